@@ -1,0 +1,1 @@
+//! Wiring: builds components from a [`crate::config::Config`], spawns their tasks, owns shutdown.

@@ -1,0 +1,446 @@
+//! The validated configuration: what the rest of the agent consumes.
+//!
+//! These types are produced by [`super::load`] after the TOML has been parsed, templates expanded,
+//! CSV register maps imported and every rule checked. Nothing downstream re-validates them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole agent configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages and relative paths).
+    pub path: PathBuf,
+    /// Site identifier: first element of every topic and record key (`qh-al-01`).
+    pub site: String,
+    /// Physical Modbus connections and the devices behind them.
+    pub sources: Vec<SourceConfig>,
+    /// The built-in plant simulator, when the file has a `[simulator]` section.
+    pub simulator: Option<crate::simulator::SimulatorConfig>,
+    /// Where durable state lives (spools, sequence numbers).
+    pub state_dir: PathBuf,
+    /// Northbound uplinks, each with its own spool.
+    pub uplinks: Vec<UplinkConfig>,
+}
+
+/// One physical connection: a TCP endpoint or a serial bus. One poller task serves it, with one
+/// request in flight at a time.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Unique name (`potline1_pcu_gw`).
+    pub name: Arc<str>,
+    /// How to reach the bus.
+    pub transport: Transport,
+    /// Deadline for one request/response; a device that misses it is marked `comm_fail` and the
+    /// connection is rebuilt (a late reply would otherwise answer the next request).
+    pub timeout: Duration,
+    /// Pause between two requests on the bus (RTU needs ≥ 3.5 character times).
+    pub inter_request_gap: Duration,
+    /// Reconnect backoff: first delay, doubling up to `reconnect_max`, with ±25 % jitter.
+    pub reconnect_min: Duration,
+    /// Upper bound of the reconnect backoff.
+    pub reconnect_max: Duration,
+    /// Consecutive failed cycles after which a device's circuit opens and it is only probed
+    /// every `breaker_probe_interval`.
+    pub breaker_failures: u32,
+    /// How often an open circuit lets one probe request through (half-open).
+    pub breaker_probe_interval: Duration,
+    /// Devices on this connection.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// How a source reaches its devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// Modbus TCP (MBAP header).
+    Tcp {
+        /// Host and port.
+        addr: HostPort,
+    },
+    /// Modbus RTU frames tunnelled over a raw TCP socket (serial device servers).
+    RtuOverTcp {
+        /// Host and port of the serial server.
+        addr: HostPort,
+    },
+    /// Modbus RTU on a local serial port.
+    Rtu(SerialSettings),
+}
+
+/// A host name or address with a port, resolved at connect time so that DNS changes are followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP literal.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// From a socket address.
+    pub fn from_addr(addr: SocketAddr) -> Self {
+        HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Serial line settings for RTU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialSettings {
+    /// Device path (`/dev/ttyS1`, `/dev/serial/by-id/...`).
+    pub path: String,
+    /// Baud rate (9600, 19200, 38400, 115200 …).
+    pub baud: u32,
+    /// Data bits (7 or 8).
+    pub data_bits: u8,
+    /// Parity.
+    pub parity: Parity,
+    /// Stop bits (1 or 2).
+    pub stop_bits: u8,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    /// No parity bit.
+    None,
+    /// Even parity (the Modbus RTU default).
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+/// One Modbus device (a unit id behind a connection).
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Unique name within the site (`pot_017`).
+    pub name: Arc<str>,
+    /// Modbus unit id (1–247; 0 is broadcast and never valid for reads; 255 is accepted on TCP).
+    pub unit_id: u8,
+    /// Largest register count in one read (≤ 125; ≤ 2000 for coils/discrete inputs, see
+    /// `max_bits_per_read`).
+    pub max_registers_per_read: u16,
+    /// Largest bit count in one coil/discrete-input read (≤ 2000).
+    pub max_bits_per_read: u16,
+    /// Largest run of unused registers a read may span to merge two neighbouring points.
+    pub max_gap_registers: u16,
+    /// Some devices only accept one point per request: never coalesce.
+    pub single_point_reads: bool,
+    /// Free-form labels carried into payloads (`line = "1"`, `kind = "pcu"`).
+    pub labels: Vec<(String, String)>,
+    /// Points, in configuration order.
+    pub points: Vec<PointConfig>,
+}
+
+/// One value on a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointConfig {
+    /// Name with its unit as suffix by convention (`cell_voltage_v`).
+    pub name: Arc<str>,
+    /// Register area.
+    pub area: Area,
+    /// 0-based protocol address. Datasheets often number registers from 1 (40001 = holding 0).
+    pub address: u16,
+    /// Wire type.
+    pub data_type: DataType,
+    /// Order of the 16-bit words and of the bytes within them, for multi-register types.
+    pub byte_order: ByteOrder,
+    /// engineering = raw × scale + offset.
+    pub scale: f64,
+    /// See `scale`.
+    pub offset: f64,
+    /// Engineering unit after scaling.
+    pub unit: Arc<str>,
+    /// Poll class: how often this point is read.
+    pub poll_interval: Duration,
+    /// Plausible range in engineering units; values outside get `out_of_range`.
+    pub range: Option<(f64, f64)>,
+    /// Whether smeltwatch may write this point. Default false: smeltwatch never writes to a
+    /// controller unless the configuration allows that register explicitly.
+    pub writable: bool,
+}
+
+impl PointConfig {
+    /// Number of registers (or bits, for coil/discrete areas) the point occupies.
+    pub fn width(&self) -> u16 {
+        match self.area {
+            Area::Coil | Area::DiscreteInput => 1,
+            Area::Holding | Area::Input => self.data_type.registers(),
+        }
+    }
+}
+
+/// Modbus data area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Area {
+    /// Read/write bits (FC 1).
+    Coil,
+    /// Read-only bits (FC 2).
+    DiscreteInput,
+    /// Read/write registers (FC 3).
+    Holding,
+    /// Read-only registers (FC 4).
+    Input,
+}
+
+impl Area {
+    /// Whether the area holds bits rather than 16-bit registers.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Area::Coil | Area::DiscreteInput)
+    }
+
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Area::Coil => "coil",
+            Area::DiscreteInput => "discrete_input",
+            Area::Holding => "holding",
+            Area::Input => "input",
+        }
+    }
+}
+
+/// Wire type of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataType {
+    /// A coil or discrete input, or with `bit = Some(n)` bit n (0 = LSB) of one register.
+    Bool {
+        /// Bit index within a register (0–15); `None` for coil/discrete areas.
+        bit: Option<u8>,
+    },
+    /// Unsigned 16-bit.
+    U16,
+    /// Signed 16-bit (two's complement).
+    I16,
+    /// Unsigned 32-bit (2 registers).
+    U32,
+    /// Signed 32-bit (2 registers).
+    I32,
+    /// Unsigned 64-bit (4 registers).
+    U64,
+    /// Signed 64-bit (4 registers).
+    I64,
+    /// IEEE 754 single (2 registers).
+    F32,
+    /// IEEE 754 double (4 registers).
+    F64,
+    /// ASCII text of N registers (2 characters each, high byte first under ABCD).
+    Ascii {
+        /// Register count.
+        registers: u16,
+    },
+}
+
+impl DataType {
+    /// Registers occupied in a register area.
+    pub fn registers(self) -> u16 {
+        match self {
+            DataType::Bool { .. } | DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::Ascii { registers } => registers,
+        }
+    }
+
+    /// Name as written in configuration files (`f32`, `ascii`, `bool`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::Bool { .. } => "bool",
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::U64 => "u64",
+            DataType::I64 => "i64",
+            DataType::F32 => "f32",
+            DataType::F64 => "f64",
+            DataType::Ascii { .. } => "ascii",
+        }
+    }
+}
+
+/// Order of bytes in a multi-register value, named by where the most significant byte `A` lands.
+///
+/// `ABCD` is Modbus big-endian (high word first, high byte first); `CDAB` swaps words (common on
+/// PLCs and many meters); `BADC` swaps bytes within words; `DCBA` is fully little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ByteOrder {
+    /// High word first, high byte first.
+    #[default]
+    #[serde(rename = "ABCD", alias = "abcd")]
+    Abcd,
+    /// Low word first, high byte first ("word swap").
+    #[serde(rename = "CDAB", alias = "cdab")]
+    Cdab,
+    /// High word first, low byte first ("byte swap").
+    #[serde(rename = "BADC", alias = "badc")]
+    Badc,
+    /// Low word first, low byte first (little-endian).
+    #[serde(rename = "DCBA", alias = "dcba")]
+    Dcba,
+}
+
+impl ByteOrder {
+    /// All four orders.
+    pub const ALL: [ByteOrder; 4] = [
+        ByteOrder::Abcd,
+        ByteOrder::Cdab,
+        ByteOrder::Badc,
+        ByteOrder::Dcba,
+    ];
+
+    /// Name as written in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByteOrder::Abcd => "ABCD",
+            ByteOrder::Cdab => "CDAB",
+            ByteOrder::Badc => "BADC",
+            ByteOrder::Dcba => "DCBA",
+        }
+    }
+}
+
+/// A northbound uplink with its own spool.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Unique name (`plant`, `province`); names the spool file.
+    pub name: String,
+    /// Transport-specific settings.
+    pub kind: UplinkKind,
+    /// Streams this uplink carries.
+    pub streams: Vec<Stream>,
+    /// Spool settings.
+    pub spool: SpoolConfig,
+}
+
+/// Transport of an uplink.
+#[derive(Debug, Clone)]
+pub enum UplinkKind {
+    /// An MQTT 3.1.1 broker.
+    Mqtt(MqttConfig),
+}
+
+/// MQTT uplink settings.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker host and port.
+    pub broker: HostPort,
+    /// `mqtts` when true (TLS); plain TCP otherwise.
+    pub tls: bool,
+    /// Client id; defaults to `smeltwatch-{site}-{uplink}`.
+    pub client_id: String,
+    /// User name, if the broker requires one.
+    pub username: Option<String>,
+    /// Password, resolved from `password`, `password_file` or `password_env`. Never logged.
+    pub password: Option<Secret>,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Largest packet accepted or sent (rumqttc's default of 10 KiB is far too small).
+    pub max_packet_size: usize,
+    /// Publishes awaiting PUBACK at once.
+    pub max_inflight: u16,
+    /// Reconnect backoff, first delay.
+    pub reconnect_min: Duration,
+    /// Reconnect backoff, upper bound.
+    pub reconnect_max: Duration,
+    /// Topic templates per stream, with `{site}`, `{source}`, `{device}`, `{calc}`, `{kind}`.
+    pub topics: TopicTemplates,
+}
+
+/// Topic templates (DESIGN.md §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplates {
+    /// Live poll batches: `smeltwatch/{site}/live/{source}/{device}`.
+    pub live: String,
+    /// Metrics: `smeltwatch/{site}/metrics/{calc}`.
+    pub metrics: String,
+    /// Events: `smeltwatch/{site}/events/{kind}`.
+    pub events: String,
+    /// Emissions: `smeltwatch/{site}/emissions/{stack}/{period}`.
+    pub emissions: String,
+    /// Retained agent status: `smeltwatch/{site}/status`.
+    pub status: String,
+}
+
+impl Default for TopicTemplates {
+    fn default() -> Self {
+        TopicTemplates {
+            live: "smeltwatch/{site}/live/{source}/{device}".into(),
+            metrics: "smeltwatch/{site}/metrics/{calc}".into(),
+            events: "smeltwatch/{site}/events/{kind}".into(),
+            emissions: "smeltwatch/{site}/emissions/{stack}/{period}".into(),
+            status: "smeltwatch/{site}/status".into(),
+        }
+    }
+}
+
+/// A credential that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Record streams, in increasing priority (the spool drops the lowest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Raw poll batches for operators.
+    Live,
+    /// Computed metrics.
+    Metrics,
+    /// Events (anode effects, exceedances, outages).
+    Events,
+    /// Regulated emission records.
+    Emissions,
+}
+
+impl Stream {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Live => "live",
+            Stream::Metrics => "metrics",
+            Stream::Events => "events",
+            Stream::Emissions => "emissions",
+        }
+    }
+}
+
+/// Spool settings of one uplink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    /// Byte budget of the spool file (payload bytes).
+    pub max_bytes: u64,
+    /// `FULL` (default: an acknowledged record survives power loss) or `NORMAL` (less flash wear).
+    pub synchronous_full: bool,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: 256 * 1024 * 1024,
+            synchronous_full: true,
+        }
+    }
+}

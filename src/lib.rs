@@ -1,0 +1,33 @@
+//! smeltwatch: the edge daemon for aluminium potlines and copper smelters.
+//!
+//! ```text
+//!  controllers (Modbus TCP / RTU / RTU-over-TCP)
+//!         │  modbus::poller: planned reads, timestamps at acquisition, quality per value
+//!         ▼
+//!    ReadingBatch ──► app fan-out ──► spool (one durable SQLite queue per uplink)
+//!                                        │ a record leaves only when its uplink acks it
+//!                                        ▼
+//!                                  publish::mqtt (QoS 1, PUBACK → spool ack)
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the TOML schema, templates, CSV register maps and validation with located errors.
+//! - [`model`]: readings, quality codes, timestamps, records.
+//! - [`modbus`]: the pure read planner and decoder, and the poller task (one per connection).
+//! - [`simulator`]: Modbus TCP servers that behave like a potline, a copper smelter and a stack
+//!   CEMS, with fault injection; used by `demo`, tests and benchmarks.
+//! - [`spool`]: the durable per-uplink queue.
+//! - [`publish`]: uplinks and payload encoders.
+//! - [`app`]: the only place that wires components together and owns shutdown.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod app;
+#[cfg(feature = "demo-broker")]
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod modbus;
+pub mod model;
+pub mod publish;
+pub mod simulator;
+pub mod spool;

@@ -1,0 +1,1 @@
+//! Decoding registers into typed values (pure).

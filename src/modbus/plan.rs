@@ -1,0 +1,1 @@
+//! Read planning: points → minimal reads (pure).

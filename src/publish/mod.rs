@@ -1,0 +1,4 @@
+//! Uplinks and payload encoders.
+
+pub mod encode;
+pub mod mqtt;
