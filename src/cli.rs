@@ -1,8 +1,219 @@
-//! Command-line interface (DESIGN.md §7 is the contract).
+//! Command-line interface. The command and flag names are a contract (DESIGN.md §7): scripts and
+//! operators rely on them.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app;
+use crate::config::{self, Area};
+
+/// smeltwatch: Modbus acquisition, energy and emission metrics, and durable MQTT delivery for
+/// aluminium and copper smelters.
+#[derive(Debug, Parser)]
+#[command(name = "smeltwatch", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for journald and log shippers).
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: poll the configured sources and deliver to the uplinks.
+    Run {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Override the first MQTT uplink's broker (mqtt://host:port).
+        #[arg(long)]
+        broker: Option<String>,
+        /// Stop after this long (for scripted runs); runs until SIGINT/SIGTERM otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Run the built-in plant simulator, an embedded broker and the agent, with a live summary.
+    Demo {
+        /// Stop after this long; runs until Ctrl-C otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Port of the embedded MQTT broker (default 1883, or a free port when 1883 is taken).
+        #[arg(long)]
+        mqtt_port: Option<u16>,
+        /// Reserved for the HTTP endpoint.
+        #[arg(long, hide = true)]
+        http_port: Option<u16>,
+    },
+    /// Run the plant simulator of a configuration file (its `[simulator]` section) alone.
+    Simulate {
+        /// Configuration file with a `[simulator]` section.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Stop after this long; runs until Ctrl-C otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Validate a configuration file and print the read plan; exit 1 with located errors.
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Commissioning: read registers from a live device and print them decoded in every type and
+    /// byte order.
+    Probe {
+        /// Modbus TCP endpoint (host:port).
+        #[arg(long)]
+        tcp: SocketAddr,
+        /// Unit id.
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// First register, 0-based protocol address (datasheet 40001 = holding 0).
+        #[arg(long)]
+        address: u16,
+        /// Number of registers (1–125).
+        #[arg(long, default_value_t = 8)]
+        count: u16,
+        /// Register area.
+        #[arg(long, value_enum, default_value_t = ProbeArea::Holding)]
+        area: ProbeArea,
+        /// Reply timeout.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        timeout: Duration,
+    },
+}
+
+/// Register areas `probe` can read.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProbeArea {
+    /// Holding registers (FC 3).
+    Holding,
+    /// Input registers (FC 4).
+    Input,
+}
+
+impl From<ProbeArea> for Area {
+    fn from(a: ProbeArea) -> Area {
+        match a {
+            ProbeArea::Holding => Area::Holding,
+            ProbeArea::Input => Area::Input,
+        }
+    }
+}
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,rumqttc=warn,rumqttd=warn,tokio_modbus=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            broker,
+            duration,
+        } => {
+            let mut cfg = load_or_report(&config)?;
+            if let Some(url) = broker {
+                app::override_broker(&mut cfg, &url)?;
+            }
+            let shutdown = app::shutdown_on_signal(duration);
+            app::run(cfg, app::RunOptions::default(), shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            duration,
+            mqtt_port,
+            http_port: _,
+        } => {
+            let shutdown = app::shutdown_on_signal(duration);
+            app::demo::run(app::demo::DemoOptions { mqtt_port }, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { config, duration } => {
+            let cfg = load_or_report(&config)?;
+            let sim = cfg.simulator.clone().with_context(|| {
+                format!("{}: no [simulator] section to run", config.display())
+            })?;
+            let shutdown = app::shutdown_on_signal(duration);
+            crate::simulator::run(&sim, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", app::check_report(&cfg));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Probe {
+            tcp,
+            unit,
+            address,
+            count,
+            area,
+            timeout,
+        } => {
+            let words = app::probe(tcp, unit, area.into(), address, count, timeout).await?;
+            print!("{}", crate::modbus::probe::render_probe(address, &words));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Load a configuration, turning a validation failure into a plain multi-line error.
+fn load_or_report(path: &std::path::Path) -> anyhow::Result<config::Config> {
+    config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }

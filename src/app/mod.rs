@@ -1,1 +1,442 @@
-//! Wiring: builds components from a [`crate::config::Config`], spawns their tasks, owns shutdown.
+//! Wiring: the only place that builds components from a [`Config`], spawns their tasks and owns
+//! shutdown.
+//!
+//! ```text
+//! Poller ×sources ──mpsc<ReadingBatch>(bounded)──► fan-out ──append (one txn per burst)──► Spool ×uplinks
+//!                                                                                       │
+//!                                                         MqttUplink ×uplinks ◄─────────┘ read / ack on PUBACK
+//! ```
+//!
+//! Shutdown order: the pollers stop first (cancel), the fan-out drains what they produced into the
+//! spools and exits when its channel closes, then the uplinks get a grace period to finish what is
+//! in flight. Whatever was appended to a spool and not acknowledged by a broker stays in the spool
+//! file and is sent first on the next start.
+
+pub mod demo;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Area, Config, HostPort, Stream, TopicTemplates, UplinkKind};
+use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp};
+use crate::modbus::plan;
+use crate::modbus::poller::{Poller, PollerStats};
+use crate::publish::mqtt::{MqttUplink, UplinkStatus};
+use crate::spool::{NewRecord, SpoolHandle};
+
+/// Capacity of the channel between the pollers and the fan-out, in batches. When it is full the
+/// pollers wait, which shows up as late ticks: acquisition slows down, nothing is dropped.
+const READINGS_CHANNEL: usize = 4096;
+/// Largest number of batches appended to the spools in one transaction.
+const MAX_BATCHES_PER_APPEND: usize = 512;
+
+/// Knobs of a run that do not belong in the configuration file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long the uplinks get after the sources stopped to deliver what is in flight.
+    pub grace_period: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            grace_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Latest value of every point, and the counters of every component, for status displays.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    /// (device, point) → latest reading.
+    pub latest: Mutex<HashMap<(Arc<str>, Arc<str>), Reading>>,
+    /// One entry per source.
+    pub pollers: Mutex<Vec<(Arc<str>, Arc<PollerStats>)>>,
+    /// One entry per uplink: name, spool, status.
+    pub uplinks: Mutex<Vec<UplinkView>>,
+}
+
+/// What the status display knows of an uplink.
+#[derive(Debug, Clone)]
+pub struct UplinkView {
+    /// Uplink name.
+    pub name: String,
+    /// Its spool.
+    pub spool: SpoolHandle,
+    /// Its connection status.
+    pub status: watch::Receiver<UplinkStatus>,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    sources: CancellationToken,
+    uplinks: CancellationToken,
+    fan_out: tokio::task::JoinHandle<()>,
+    tracker: TaskTracker,
+    spools: Vec<SpoolHandle>,
+    grace: Duration,
+    /// Live state for displays.
+    pub live: Arc<LiveState>,
+}
+
+/// Start every component of `cfg`. Returns once the spools are open and every task is spawned.
+pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
+    let live = Arc::new(LiveState::default());
+    let sources = CancellationToken::new();
+    let uplinks_token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    std::fs::create_dir_all(&cfg.state_dir).with_context(|| {
+        format!("cannot create state directory {}", cfg.state_dir.display())
+    })?;
+
+    let mut targets = Vec::new();
+    let mut spools = Vec::new();
+    for uplink in &cfg.uplinks {
+        let path = spool_path(&cfg, &uplink.name);
+        let spool = SpoolHandle::open(&path, &uplink.spool)
+            .with_context(|| format!("uplink {:?}: cannot open spool {}", uplink.name, path.display()))?;
+        let UplinkKind::Mqtt(mqtt) = &uplink.kind;
+        let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
+            .with_context(|| format!("uplink {:?}", uplink.name))?;
+        live.uplinks
+            .lock()
+            .expect("live state lock is never poisoned: holders do not panic")
+            .push(UplinkView {
+                name: uplink.name.clone(),
+                spool: spool.clone(),
+                status: client.status(),
+            });
+        tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
+        tracker.spawn(client.run(uplinks_token.clone()));
+        targets.push(FanTarget {
+            spool: spool.clone(),
+            streams: uplink.streams.clone(),
+            topics: mqtt.topics.clone(),
+        });
+        spools.push(spool);
+    }
+
+    let (tx, rx) = mpsc::channel(READINGS_CHANNEL);
+    for source in &cfg.sources {
+        let poller = Poller::new(source.clone(), tx.clone());
+        live.pollers
+            .lock()
+            .expect("live state lock is never poisoned: holders do not panic")
+            .push((source.name.clone(), poller.stats()));
+        tracker.spawn(poller.run(sources.clone()));
+    }
+    drop(tx);
+    let fan_out = tokio::spawn(fan_out(rx, targets, cfg.site.clone(), live.clone()));
+    tracker.close();
+
+    Ok(Agent {
+        sources,
+        uplinks: uplinks_token,
+        fan_out,
+        tracker,
+        spools,
+        grace: opts.grace_period,
+        live,
+    })
+}
+
+impl Agent {
+    /// Stop in order: sources, fan-out (drains into the spools), uplinks (grace period), spools.
+    pub async fn shutdown(self) {
+        self.sources.cancel();
+        if let Err(e) = self.fan_out.await {
+            tracing::error!("fan-out task failed: {e}");
+        }
+        self.uplinks.cancel();
+        if tokio::time::timeout(self.grace + Duration::from_secs(2), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("uplinks did not stop within the grace period; unsent records stay in the spool");
+        }
+        for spool in self.spools {
+            if let Err(e) = spool.close().await {
+                tracing::error!("closing spool: {e}");
+            }
+        }
+    }
+}
+
+/// Run the agent until `shutdown` fires, then stop cleanly.
+pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(
+        site = %cfg.site,
+        sources = cfg.sources.len(),
+        devices = cfg.sources.iter().map(|s| s.devices.len()).sum::<usize>(),
+        uplinks = cfg.uplinks.len(),
+        "smeltwatch {} starting", env!("CARGO_PKG_VERSION")
+    );
+    // A configuration with a [simulator] section brings its plant along (config/demo.toml does),
+    // so that `run -c config/demo.toml --broker URL` works against any broker.
+    let sim = match &cfg.simulator {
+        Some(sim_cfg) => Some(
+            crate::simulator::start(sim_cfg, crate::simulator::BindMode::AsConfigured)
+                .await
+                .context("starting the simulator of the [simulator] section")?,
+        ),
+        None => None,
+    };
+    let agent = start(cfg, opts).await?;
+    shutdown.cancelled().await;
+    tracing::info!("stopping: draining readings into the spools");
+    agent.shutdown().await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The spool file of an uplink.
+pub fn spool_path(cfg: &Config, uplink: &str) -> PathBuf {
+    cfg.state_dir.join(format!("spool-{uplink}.db"))
+}
+
+/// Where fan-out sends the records of the streams an uplink carries.
+struct FanTarget {
+    spool: SpoolHandle,
+    streams: Vec<Stream>,
+    topics: TopicTemplates,
+}
+
+/// Route poll batches to every uplink's spool that carries the `live` stream.
+///
+/// Batches that arrive together are appended in one transaction per spool: under load this turns
+/// many small fsyncs into few large ones. A spool that fails to append is logged loudly; the
+/// records are retried on the next burst rather than dropped.
+async fn fan_out(
+    mut rx: mpsc::Receiver<ReadingBatch>,
+    targets: Vec<FanTarget>,
+    site: String,
+    live: Arc<LiveState>,
+) {
+    let mut burst = Vec::with_capacity(MAX_BATCHES_PER_APPEND);
+    loop {
+        if rx.recv_many(&mut burst, MAX_BATCHES_PER_APPEND).await == 0 {
+            break;
+        }
+        {
+            let mut latest = live
+                .latest
+                .lock()
+                .expect("live state lock is never poisoned: holders do not panic");
+            for batch in &burst {
+                for r in &batch.readings {
+                    latest.insert((batch.device.clone(), r.point.clone()), r.clone());
+                }
+            }
+        }
+        let records: Vec<Record> = burst.drain(..).map(Record::Batch).collect();
+        let created = Timestamp::now();
+        for target in &targets {
+            if !target.streams.contains(&Stream::Live) {
+                continue;
+            }
+            let mut new = Vec::with_capacity(records.len());
+            for record in &records {
+                let body = match serde_json::to_vec(record) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("cannot serialise a record: {e}");
+                        continue;
+                    }
+                };
+                new.push(NewRecord {
+                    stream: Stream::Live,
+                    topic: crate::publish::topic::topic_for(&target.topics, &site, record),
+                    body,
+                    created,
+                });
+            }
+            append_until_stored(&target.spool, new).await;
+        }
+    }
+}
+
+/// Append, retrying with backoff while the spool refuses (disk full, I/O error). Acquisition backs
+/// up behind this rather than losing the readings.
+async fn append_until_stored(spool: &SpoolHandle, records: Vec<NewRecord>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match spool.append(records.clone()).await {
+            Ok(_) => return,
+            Err(crate::spool::SpoolError::Closed) => {
+                tracing::error!("spool closed; {} records could not be stored", records.len());
+                return;
+            }
+            Err(e) => {
+                tracing::error!("spool append failed, retrying in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A cancellation token that fires on SIGINT or SIGTERM, or after `duration` if given.
+pub fn shutdown_on_signal(duration: Option<Duration>) -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        let timer = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("interrupted"),
+            _ = term => tracing::info!("terminated"),
+            _ = timer => {},
+        }
+        t.cancel();
+    });
+    token
+}
+
+/// Replace the first MQTT uplink's broker (`--broker mqtt://host:port`).
+pub fn override_broker(cfg: &mut Config, url: &str) -> anyhow::Result<()> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        bail!("--broker {url:?}: expected mqtt://host:port or mqtts://host:port");
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .with_context(|| format!("--broker {url:?}: bad port {p:?}"))?,
+        ),
+        None => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        bail!("--broker {url:?}: missing host");
+    }
+    let Some(uplink) = cfg
+        .uplinks
+        .iter_mut()
+        .find(|u| matches!(u.kind, UplinkKind::Mqtt(_)))
+    else {
+        bail!("--broker given but the configuration has no MQTT uplink");
+    };
+    let UplinkKind::Mqtt(m) = &mut uplink.kind;
+    m.broker = HostPort { host, port };
+    m.tls = tls;
+    Ok(())
+}
+
+/// The text `smeltwatch check` prints for a valid configuration: a summary and the read plan.
+pub fn check_report(cfg: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let devices: usize = cfg.sources.iter().map(|s| s.devices.len()).sum();
+    let points: usize = cfg
+        .sources
+        .iter()
+        .flat_map(|s| &s.devices)
+        .map(|d| d.points.len())
+        .sum();
+    let _ = writeln!(
+        out,
+        "{}: ok: site {:?}, {} sources, {} devices, {} points, {} uplinks{}",
+        cfg.path.display(),
+        cfg.site,
+        cfg.sources.len(),
+        devices,
+        points,
+        cfg.uplinks.len(),
+        if cfg.simulator.is_some() {
+            ", simulator"
+        } else {
+            ""
+        }
+    );
+    for source in &cfg.sources {
+        let plans = plan::plan_source(source);
+        let _ = writeln!(out);
+        out.push_str(&plan::render_plan(source, &plans));
+    }
+    out
+}
+
+/// Read `count` registers for `smeltwatch probe`.
+pub async fn probe(
+    addr: SocketAddr,
+    unit: u8,
+    area: Area,
+    address: u16,
+    count: u16,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u16>> {
+    use tokio_modbus::prelude::*;
+    if count == 0 || count > 125 {
+        bail!("--count {count}: expected 1 to 125 registers");
+    }
+    let mut ctx = tokio::time::timeout(timeout, tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)))
+        .await
+        .with_context(|| format!("connecting to {addr}: no answer within {timeout:?}"))?
+        .with_context(|| format!("connecting to {addr}"))?;
+    let call = async {
+        match area {
+            Area::Input => ctx.read_input_registers(address, count).await,
+            _ => ctx.read_holding_registers(address, count).await,
+        }
+    };
+    let words = tokio::time::timeout(timeout, call)
+        .await
+        .with_context(|| format!("unit {unit} at {addr}: no reply within {timeout:?}"))?
+        .with_context(|| format!("unit {unit} at {addr}"))?
+        .map_err(|code| {
+            anyhow::anyhow!(
+                "unit {unit} at {addr} answered {} {address}+{count} with exception {code:?}",
+                area.as_str()
+            )
+        })?;
+    Ok(words)
+}
+
+/// Quality counts summed over every poller.
+pub fn quality_totals(live: &LiveState) -> [u64; Quality::ALL.len()] {
+    let mut totals = [0u64; Quality::ALL.len()];
+    for (_, stats) in live
+        .pollers
+        .lock()
+        .expect("live state lock is never poisoned: holders do not panic")
+        .iter()
+    {
+        for (i, t) in totals.iter_mut().enumerate() {
+            *t += stats.readings_by_quality[i].load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    totals
+}

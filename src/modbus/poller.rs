@@ -1,1 +1,516 @@
-//! The poller: one task per connection.
+//! The poller: one task per physical connection (a TCP endpoint or a serial bus).
+//!
+//! # Schedule
+//! Every (device, poll class) pair is a *job* with a period. All jobs of a connection share one
+//! deterministic, deadline-based schedule: job `j` is due at `start + k × period_j` for
+//! k = 0, 1, 2, … and nothing else moves those deadlines, so the schedule never drifts. Jobs due at
+//! the same instant run in configuration order. When a job is picked up after its *next* deadline
+//! has already passed (the bus was too slow, or a device took its whole timeout), the missed
+//! deadlines are skipped and counted as late ticks; the cycle that does run is never repeated to
+//! catch up.
+//!
+//! # One request in flight
+//! tokio-modbus takes `&mut self` per call, so a connection has exactly one outstanding request,
+//! which is also what an RS-485 bus requires. On RTU an inter-request gap (≥ 3.5 characters) is
+//! kept between the end of one exchange and the start of the next.
+//!
+//! # Failures
+//! - Every call is wrapped in a timeout: tokio-modbus has none of its own.
+//! - After a timeout, a transport error or a transaction-id mismatch the connection is dropped and
+//!   rebuilt, because a late reply would otherwise be taken as the answer to the next request.
+//!   Reconnecting after a *timeout* is immediate (the link itself was fine; a silent unit behind a
+//!   gateway must not hold its neighbours back); reconnecting after a failed *connect* waits an
+//!   exponential backoff with ±25 % jitter.
+//! - A Modbus exception marks only the points of that request (`device_exception`) and keeps the
+//!   connection.
+//! - A device whose cycles fail `breaker_failures` times in a row has its circuit opened: its jobs
+//!   emit `comm_fail` readings without touching the bus, and one half-open probe per
+//!   `breaker_probe_interval` tries it again; one good answer closes the circuit.
+//!
+//! Every job run emits exactly one [`ReadingBatch`] with one reading per configured point, so a
+//! consumer can count expected against received readings.
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_modbus::client::Context;
+use tokio_modbus::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
+use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
+use crate::modbus::decode::{self, RequestData};
+use crate::modbus::plan::{self, DevicePlan, ReadRequest};
+
+/// Counters of one poller, shared with the status display and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct PollerStats {
+    /// Job runs (device poll cycles) completed, successful or not.
+    pub cycles: AtomicU64,
+    /// Modbus requests sent.
+    pub requests: AtomicU64,
+    /// Requests that timed out or failed in transport.
+    pub comm_failures: AtomicU64,
+    /// Requests answered with a Modbus exception.
+    pub exceptions: AtomicU64,
+    /// Scheduled cycles skipped because the previous work ran past them.
+    pub late_ticks: AtomicU64,
+    /// Connections established.
+    pub connects: AtomicU64,
+    /// Readings emitted, by quality (index = `Quality as usize`).
+    pub readings_by_quality: [AtomicU64; Quality::ALL.len()],
+    /// Sum of request round-trip times in microseconds (with `requests`, gives the mean).
+    pub request_time_us: AtomicU64,
+}
+
+impl PollerStats {
+    fn count_batch(&self, batch: &ReadingBatch) {
+        for (i, n) in batch.quality_counts().iter().enumerate() {
+            self.readings_by_quality[i].fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A poller for one source. Build it with [`Poller::new`], run it with [`Poller::run`].
+#[derive(Debug)]
+pub struct Poller {
+    source: SourceConfig,
+    plans: Vec<DevicePlan>,
+    out: mpsc::Sender<ReadingBatch>,
+    stats: Arc<PollerStats>,
+}
+
+/// Circuit-breaker and failure state of one device.
+#[derive(Debug, Default, Clone)]
+struct DeviceHealth {
+    consecutive_failures: u32,
+    /// While open, only a probe at or after this instant touches the bus.
+    open_until: Option<Instant>,
+}
+
+/// What went wrong with one request.
+enum RequestFailure {
+    /// The device said no; the link is healthy.
+    Exception(ExceptionCode),
+    /// No usable answer: the connection must be rebuilt.
+    Comm(String),
+}
+
+impl Poller {
+    /// A poller for `source` that sends one batch per job run to `out`.
+    ///
+    /// `out` is bounded: when downstream is slower than acquisition, the poller waits for room,
+    /// which shows up as late ticks rather than as unbounded memory.
+    pub fn new(source: SourceConfig, out: mpsc::Sender<ReadingBatch>) -> Self {
+        let plans = plan::plan_source(&source);
+        Poller {
+            source,
+            plans,
+            out,
+            stats: Arc::new(PollerStats::default()),
+        }
+    }
+
+    /// The poller's counters.
+    pub fn stats(&self) -> Arc<PollerStats> {
+        self.stats.clone()
+    }
+
+    /// Poll until `shutdown` is cancelled or the output channel closes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Poller {
+            source,
+            plans,
+            out,
+            stats,
+        } = self;
+        if plans.is_empty() {
+            tracing::warn!(source = %source.name, "source has no points to poll");
+            return;
+        }
+        let mut conn = Connection::new(&source);
+        let mut health = vec![DeviceHealth::default(); source.devices.len()];
+        let start = Instant::now();
+        // Min-heap of (deadline, job index). The job index breaks ties, so jobs due together run in
+        // configuration order and the schedule is deterministic.
+        let mut heap: BinaryHeap<Reverse<(Instant, usize)>> =
+            (0..plans.len()).map(|j| Reverse((start, j))).collect();
+        let wall_start = Timestamp::now();
+        let mut readings = Vec::new();
+
+        while let Some(Reverse((due, job))) = heap.pop() {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until(due) => {}
+            }
+            let plan = &plans[job];
+            let device = &source.devices[plan.device];
+            let scheduled = Timestamp(
+                wall_start.0 + due.duration_since(start).as_millis() as i64,
+            );
+
+            readings.clear();
+            run_job(
+                &mut conn,
+                &source,
+                device,
+                plan,
+                &mut health[plan.device],
+                &stats,
+                &mut readings,
+            )
+            .await;
+            let batch = ReadingBatch {
+                source: source.name.clone(),
+                device: device.name.clone(),
+                unit_id: device.unit_id,
+                poll_interval_ms: plan.poll_interval.as_millis() as u64,
+                scheduled,
+                readings: std::mem::take(&mut readings),
+            };
+            stats.count_batch(&batch);
+            stats.cycles.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                biased;
+                res = out.send(batch) => if res.is_err() { break },
+                // Still deliver on shutdown if there is room; otherwise give up this batch only
+                // when the agent is stopping (downstream is being torn down anyway).
+                _ = shutdown.cancelled() => break,
+            }
+
+            // Next deadline on this job's own grid; skip (and count) deadlines already past.
+            let period = plan.poll_interval;
+            let mut next = due + period;
+            let now = Instant::now();
+            if next <= now {
+                let behind = now.duration_since(next);
+                let missed = (behind.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
+                stats
+                    .late_ticks
+                    .fetch_add(u64::from(missed), Ordering::Relaxed);
+                next += period * missed;
+            }
+            heap.push(Reverse((next, job)));
+        }
+        conn.close().await;
+    }
+}
+
+/// Run every request of one job, appending one reading per point to `readings`.
+async fn run_job(
+    conn: &mut Connection,
+    source: &SourceConfig,
+    device: &DeviceConfig,
+    plan: &DevicePlan,
+    health: &mut DeviceHealth,
+    stats: &PollerStats,
+    readings: &mut Vec<Reading>,
+) {
+    let now = Instant::now();
+    if let Some(until) = health.open_until {
+        if now < until {
+            // Circuit open: no bus traffic, the cycle is reported as failed.
+            let ts = Timestamp::now();
+            for req in &plan.requests {
+                fill_failed(device, req, Quality::CommFail, ts, readings);
+            }
+            return;
+        }
+        // Half-open: this cycle is the probe.
+    }
+
+    let mut answered = false;
+    let mut comm_failed = false;
+    for req in &plan.requests {
+        if comm_failed {
+            // The device did not answer the previous request of this cycle: do not spend another
+            // timeout on it; the rest of its points fail for this cycle.
+            fill_failed(device, req, Quality::CommFail, Timestamp::now(), readings);
+            continue;
+        }
+        let started = Instant::now();
+        let result = conn.read(source, device.unit_id, req).await;
+        let ts = Timestamp::now();
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats
+            .request_time_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match result {
+            Ok(data) => {
+                answered = true;
+                let data = match &data {
+                    ReadData::Registers(w) => RequestData::Registers(w),
+                    ReadData::Bits(b) => RequestData::Bits(b),
+                };
+                decode::apply_request(device, req, data, ts, readings);
+            }
+            Err(RequestFailure::Exception(code)) => {
+                answered = true;
+                stats.exceptions.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    source = %source.name, device = %device.name,
+                    area = req.area.as_str(), start = req.start, count = req.count,
+                    "device answered with exception {code:?}"
+                );
+                fill_failed(device, req, Quality::DeviceException, ts, readings);
+            }
+            Err(RequestFailure::Comm(reason)) => {
+                comm_failed = true;
+                stats.comm_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    source = %source.name, device = %device.name,
+                    area = req.area.as_str(), start = req.start, count = req.count,
+                    "read failed: {reason}"
+                );
+                fill_failed(device, req, Quality::CommFail, ts, readings);
+            }
+        }
+    }
+
+    if answered && !comm_failed {
+        if health.open_until.is_some() || health.consecutive_failures >= source.breaker_failures {
+            tracing::info!(source = %source.name, device = %device.name, "device answers again");
+        }
+        *health = DeviceHealth::default();
+    } else if !answered {
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        if health.consecutive_failures >= source.breaker_failures {
+            if health.open_until.is_none() {
+                tracing::warn!(
+                    source = %source.name, device = %device.name,
+                    failures = health.consecutive_failures,
+                    "device not answering; probing it every {}",
+                    humantime::format_duration(source.breaker_probe_interval)
+                );
+            }
+            health.open_until = Some(Instant::now() + source.breaker_probe_interval);
+        }
+    }
+}
+
+/// Readings for every point of a request that could not be read.
+fn fill_failed(
+    device: &DeviceConfig,
+    req: &ReadRequest,
+    quality: Quality,
+    ts: Timestamp,
+    readings: &mut Vec<Reading>,
+) {
+    for slot in &req.points {
+        let p = &device.points[slot.point];
+        readings.push(Reading {
+            point: p.name.clone(),
+            value: None,
+            unit: p.unit.clone(),
+            quality,
+            ts,
+        });
+    }
+}
+
+/// Data of a successful read.
+enum ReadData {
+    Registers(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+/// A (re)connecting Modbus client for one source.
+struct Connection {
+    ctx: Option<Context>,
+    /// Earliest instant of the next connect attempt after a failed one.
+    next_attempt: Instant,
+    backoff: Duration,
+    /// End of the previous exchange, for the inter-request gap.
+    last_exchange: Option<Instant>,
+    name: Arc<str>,
+    /// Whether the last connect attempt failed (to log state changes once).
+    down: bool,
+}
+
+impl Connection {
+    fn new(source: &SourceConfig) -> Self {
+        Connection {
+            ctx: None,
+            next_attempt: Instant::now(),
+            backoff: source.reconnect_min,
+            last_exchange: None,
+            name: source.name.clone(),
+            down: false,
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(mut ctx) = self.ctx.take() {
+            let _ = ctx.disconnect().await;
+        }
+    }
+
+    fn drop_context(&mut self) {
+        // Dropping the context closes the socket; a late reply dies with it.
+        self.ctx = None;
+    }
+
+    async fn ensure_connected(&mut self, source: &SourceConfig) -> Result<(), String> {
+        if self.ctx.is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now < self.next_attempt {
+            return Err("reconnect backoff".into());
+        }
+        match timeout(source.timeout.max(Duration::from_secs(1)), connect(&source.transport)).await
+        {
+            Ok(Ok(ctx)) => {
+                self.ctx = Some(ctx);
+                self.backoff = source.reconnect_min;
+                if self.down {
+                    tracing::info!(source = %self.name, "connected to {}", describe(&source.transport));
+                } else {
+                    tracing::debug!(source = %self.name, "connected to {}", describe(&source.transport));
+                }
+                self.down = false;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.connect_failed(source, e.to_string())),
+            Err(_) => Err(self.connect_failed(source, "connect timed out".into())),
+        }
+    }
+
+    fn connect_failed(&mut self, source: &SourceConfig, reason: String) -> String {
+        if !self.down {
+            tracing::warn!(source = %self.name, "cannot connect to {}: {reason}", describe(&source.transport));
+        }
+        self.down = true;
+        let jitter = 0.75 + fastrand::f64() * 0.5;
+        self.next_attempt = Instant::now() + self.backoff.mul_f64(jitter);
+        self.backoff = (self.backoff * 2).min(source.reconnect_max);
+        reason
+    }
+
+    async fn read(
+        &mut self,
+        source: &SourceConfig,
+        unit_id: u8,
+        req: &ReadRequest,
+    ) -> Result<ReadData, RequestFailure> {
+        self.ensure_connected(source)
+            .await
+            .map_err(RequestFailure::Comm)?;
+        if let Some(last) = self.last_exchange
+            && !source.inter_request_gap.is_zero()
+        {
+            sleep_until(last + source.inter_request_gap).await;
+        }
+        let ctx = self.ctx.as_mut().expect("ensure_connected succeeded");
+        ctx.set_slave(Slave(unit_id));
+        let call = async {
+            match req.area {
+                Area::Holding => ctx
+                    .read_holding_registers(req.start, req.count)
+                    .await
+                    .map(|r| r.map(ReadData::Registers)),
+                Area::Input => ctx
+                    .read_input_registers(req.start, req.count)
+                    .await
+                    .map(|r| r.map(ReadData::Registers)),
+                Area::Coil => ctx
+                    .read_coils(req.start, req.count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+                Area::DiscreteInput => ctx
+                    .read_discrete_inputs(req.start, req.count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+            }
+        };
+        let result = timeout(source.timeout, call).await;
+        self.last_exchange = Some(Instant::now());
+        match result {
+            Ok(Ok(Ok(data))) => {
+                let got = match &data {
+                    ReadData::Registers(w) => w.len(),
+                    ReadData::Bits(b) => b.len(),
+                };
+                if got < usize::from(req.count) {
+                    // A short answer is a bad frame: nothing in it can be trusted to be aligned.
+                    self.drop_context();
+                    return Err(RequestFailure::Comm(format!(
+                        "short reply: {got} of {} values",
+                        req.count
+                    )));
+                }
+                Ok(data)
+            }
+            Ok(Ok(Err(code))) => Err(RequestFailure::Exception(code)),
+            Ok(Err(e)) => {
+                self.drop_context();
+                Err(RequestFailure::Comm(e.to_string()))
+            }
+            Err(_) => {
+                self.drop_context();
+                Err(RequestFailure::Comm(format!(
+                    "no reply within {}",
+                    humantime::format_duration(source.timeout)
+                )))
+            }
+        }
+    }
+}
+
+fn describe(t: &Transport) -> String {
+    match t {
+        Transport::Tcp { addr } => format!("modbus tcp {addr}"),
+        Transport::RtuOverTcp { addr } => format!("rtu over tcp {addr}"),
+        Transport::Rtu(s) => format!("serial {} at {} baud", s.path, s.baud),
+    }
+}
+
+async fn connect(transport: &Transport) -> io::Result<Context> {
+    match transport {
+        Transport::Tcp { addr } => {
+            let stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(tokio_modbus::client::tcp::attach(stream))
+        }
+        Transport::RtuOverTcp { addr } => {
+            let stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(1)))
+        }
+        Transport::Rtu(serial) => open_serial(serial),
+    }
+}
+
+fn open_serial(s: &SerialSettings) -> io::Result<Context> {
+    use tokio_serial::SerialPortBuilderExt;
+    let parity = match s.parity {
+        crate::config::Parity::None => tokio_serial::Parity::None,
+        crate::config::Parity::Even => tokio_serial::Parity::Even,
+        crate::config::Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let data_bits = match s.data_bits {
+        5 => tokio_serial::DataBits::Five,
+        6 => tokio_serial::DataBits::Six,
+        7 => tokio_serial::DataBits::Seven,
+        _ => tokio_serial::DataBits::Eight,
+    };
+    let stop_bits = if s.stop_bits == 2 {
+        tokio_serial::StopBits::Two
+    } else {
+        tokio_serial::StopBits::One
+    };
+    let port = tokio_serial::new(&s.path, s.baud)
+        .data_bits(data_bits)
+        .parity(parity)
+        .stop_bits(stop_bits)
+        .open_native_async()
+        .map_err(io::Error::from)?;
+    Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(1)))
+}
