@@ -1,1 +1,212 @@
-//! The durable per-uplink spool.
+//! The durable per-uplink spool: a FIFO queue of outgoing records in one SQLite file.
+//!
+//! Fan-out appends every record to each uplink's spool **before** anything is sent; the uplink reads
+//! batches in id order, sends them, and [`Spool::ack`]s what its peer confirmed (MQTT PUBACK, HJ 212
+//! 9014). A record leaves the spool only by an ack or by the byte budget, never by a read. Delivery is
+//! therefore at-least-once, and every record carries `(stream, seq)` so consumers can drop duplicates
+//! and see gaps.
+//!
+//! One spool file belongs to exactly one uplink, and one process opens it (`smeltwatch spool stats`
+//! may read it alongside). [`Spool`] is the synchronous core that owns the `rusqlite::Connection`
+//! (which is not `Sync`); [`SpoolHandle`] runs it on a dedicated thread and gives async callers a
+//! cloneable handle.
+//!
+//! # On-disk format (`PRAGMA user_version = 1`)
+//! ```sql
+//! CREATE TABLE records (                       -- the queue, oldest first by id
+//!     id         INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, even after the table empties
+//!     stream     TEXT    NOT NULL,             -- 'live' | 'metrics' | 'events' | 'emissions'
+//!     seq        INTEGER NOT NULL,             -- per-stream sequence number, from 1
+//!     topic      TEXT    NOT NULL,
+//!     body       BLOB    NOT NULL,             -- the encoded record, opaque to the spool
+//!     created_ms INTEGER NOT NULL,             -- Timestamp: ms since the Unix epoch, UTC
+//!     attempts   INTEGER NOT NULL DEFAULT 0    -- send attempts so far (mark_attempt)
+//! );
+//! CREATE INDEX records_by_stream ON records(stream, id);  -- budget eviction, per-stream heads
+//! CREATE TABLE streams (                       -- one row per stream, written with every append
+//!     stream   TEXT PRIMARY KEY,
+//!     next_seq INTEGER NOT NULL,               -- the seq the next record of this stream gets
+//!     dropped  INTEGER NOT NULL DEFAULT 0      -- records dropped by the byte budget, ever
+//! ) WITHOUT ROWID;
+//! CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;  -- bdSeq, aliases
+//! ```
+//! The file runs in WAL mode (`-wal` and `-shm` files beside it) with a busy timeout; `open` runs
+//! `PRAGMA quick_check` and refuses a corrupt file with an error that names it, and refuses a file
+//! whose `user_version` is newer than this build understands.
+//!
+//! # Sequence numbers
+//! `seq` starts at 1 and is strictly increasing per stream for the life of the file, across restarts
+//! and after every record was acked: the next value lives in `streams.next_seq`, updated in the same
+//! transaction as the insert, and is never derived from the surviving rows. A record that the budget
+//! drops keeps the seq it was given, so a consumer sees the loss as a gap.
+//!
+//! # Crash guarantees
+//! [`Spool::append`] writes a whole batch in one transaction and returns only after it committed.
+//! - `synchronous = FULL` (the default): a record whose append returned survives a process crash,
+//!   an OS crash and power loss, and so does every ack and seq counter.
+//! - `synchronous = NORMAL` (less flash wear): the file is never corrupted and a committed record
+//!   survives a process crash, but after power loss or an OS crash the most recent commits may roll
+//!   back: returned records may be missing, acked ones may come back, and the seqs handed out in the
+//!   lost commits will be issued again to different records. Use `FULL` where `(stream, seq)` must
+//!   stay unique across power loss.
+//!
+//! In both modes a reopened spool holds every record that was appended (and returned) and not acked,
+//! in id order; acking an unknown or already-acked id is harmless.
+//!
+//! # Byte budget
+//! [`SpoolConfig::max_bytes`](crate::config::SpoolConfig) bounds the sum of topic and body bytes.
+//! When an append would exceed it, records are dropped lowest priority first (`live` < `metrics` <
+//! `events` < `emissions`, the order of [`Stream`](crate::config::Stream)) and oldest first within a
+//! stream, the queued ones before those of the new batch; emissions are dropped only when nothing
+//! else remains. If the new batch alone exceeds the budget, what fits is kept by the same rule. Drops
+//! are counted per stream in `streams.dropped` (persisted in the same transaction) and logged at
+//! warn. Running totals per stream are kept in memory, computed once at open, so enforcing the budget
+//! reads only the rows it removes.
+
+mod handle;
+mod store;
+
+use std::path::PathBuf;
+
+use crate::config::Stream;
+use crate::model::Timestamp;
+
+pub use handle::SpoolHandle;
+pub use store::Spool;
+
+/// A record to append: what fan-out hands to an uplink's spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// The stream it belongs to; decides its seq counter and its priority under the byte budget.
+    pub stream: Stream,
+    /// The topic it will be published on (counted in the byte budget).
+    pub topic: String,
+    /// The encoded record, opaque to the spool (counted in the byte budget).
+    pub body: Vec<u8>,
+    /// When the data was acquired or produced.
+    pub created: Timestamp,
+}
+
+/// A record as stored in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Spool-wide id: increasing in append order, never reused. Pass it to [`Spool::ack`].
+    pub id: i64,
+    /// The record's stream.
+    pub stream: Stream,
+    /// Sequence number within the stream, from 1, strictly increasing for the life of the file.
+    pub seq: u64,
+    /// The topic it will be published on.
+    pub topic: String,
+    /// The encoded record.
+    pub body: Vec<u8>,
+    /// When the data was acquired or produced.
+    pub created: Timestamp,
+    /// How often [`Spool::mark_attempt`] was called for it.
+    pub attempts: u32,
+}
+
+/// Where an appended record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's id.
+    pub id: i64,
+    /// The record's stream.
+    pub stream: Stream,
+    /// The seq it was given.
+    pub seq: u64,
+}
+
+/// What is waiting in a spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Records waiting.
+    pub records: u64,
+    /// Topic plus body bytes waiting (what the budget counts).
+    pub bytes: u64,
+    /// The earliest `created` among the oldest waiting record of each stream; `None` when empty.
+    pub oldest: Option<Timestamp>,
+    /// Records waiting per stream, every stream in priority order (lowest first), zeros included.
+    pub per_stream: Vec<(Stream, u64)>,
+    /// Records dropped by the byte budget over the life of the file.
+    pub dropped: u64,
+}
+
+/// What can go wrong with a spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The directory for the spool file could not be created.
+    #[error("cannot create spool directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a readable SQLite database or fails its integrity check.
+    #[error(
+        "spool file {path} is corrupt ({detail}); move it aside to start an empty spool, or inspect it with sqlite3"
+    )]
+    Corrupt {
+        /// The spool file.
+        path: PathBuf,
+        /// What SQLite reported.
+        detail: String,
+    },
+    /// The file is a SQLite database but not a smeltwatch spool.
+    #[error("{path} is a SQLite database but not a smeltwatch spool ({detail})")]
+    NotASpool {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not recognised.
+        detail: String,
+    },
+    /// The file was written by a newer smeltwatch with a schema this build does not know.
+    #[error(
+        "spool file {path} has schema version {found}; this build understands up to {supported}"
+    )]
+    NewerSchema {
+        /// The spool file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found in the file.
+        found: i64,
+        /// The newest version this build understands.
+        supported: i64,
+    },
+    /// SQLite would not switch the file to WAL mode (e.g. a file system without shared memory).
+    #[error("spool file {path}: cannot enable WAL mode, journal_mode stayed {mode:?}")]
+    NoWal {
+        /// The spool file.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+    /// The disk (or the file's size limit) is full; nothing of the failed call was written.
+    #[error("spool file {path}: disk full, the write was rolled back")]
+    DiskFull {
+        /// The spool file.
+        path: PathBuf,
+    },
+    /// Any other SQLite or I/O error; nothing of the failed call was written.
+    #[error("spool file {path}: {source}")]
+    Sqlite {
+        /// The spool file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The spool thread could not be started.
+    #[error("cannot start the spool thread for {path}: {source}")]
+    Thread {
+        /// The spool file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spool was closed (by [`SpoolHandle::close`] on any clone) or its thread stopped.
+    #[error("spool is closed")]
+    Closed,
+}

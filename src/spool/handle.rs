@@ -1,0 +1,176 @@
+//! [`SpoolHandle`]: the async face of a [`Spool`], which runs on a dedicated thread.
+//!
+//! SQLite calls block (fsync on every commit under `FULL`), so they never run on a tokio worker.
+//! One `std::thread` owns the `Spool` and serves commands from a bounded channel in arrival order;
+//! each command carries a oneshot for its reply. When the channel is full, callers wait: that is
+//! the backpressure fan-out feels when the disk is slow.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Appended, NewRecord, Spool, SpoolError, SpoolStats, StoredRecord};
+use crate::config::SpoolConfig;
+
+/// Commands waiting for the spool thread before senders wait.
+const COMMAND_CAPACITY: usize = 64;
+
+type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
+
+enum Command {
+    Append(Vec<NewRecord>, Reply<Vec<Appended>>),
+    ReadAfter(i64, usize, Reply<Vec<StoredRecord>>),
+    Ack(Vec<i64>, Reply<u64>),
+    MarkAttempt(Vec<i64>, Reply<()>),
+    Stats(Reply<SpoolStats>),
+    KvGet(String, Reply<Option<Vec<u8>>>),
+    KvSet(String, Vec<u8>, Reply<()>),
+    Close(Reply<()>),
+}
+
+/// A cloneable async handle to a spool running on its own thread.
+///
+/// The thread stops when [`close`](SpoolHandle::close) is called on any clone (the others then get
+/// [`SpoolError::Closed`]) or when the last clone is dropped (it then checkpoints and closes the
+/// file itself). A call whose future is dropped after it was sent still runs to completion: an
+/// append cancelled that way may still be stored.
+#[derive(Debug, Clone)]
+pub struct SpoolHandle {
+    commands: mpsc::Sender<Command>,
+    appended: watch::Receiver<i64>,
+    path: Arc<PathBuf>,
+}
+
+impl SpoolHandle {
+    /// Opens the spool synchronously (so a bad file fails at startup), then starts its thread.
+    pub fn open(path: &Path, cfg: &SpoolConfig) -> Result<SpoolHandle, SpoolError> {
+        let spool = Spool::open(path, cfg)?;
+        let (appended_tx, appended) = watch::channel(spool.last_id()?);
+        let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
+        std::thread::Builder::new()
+            .name("smeltwatch-spool".to_owned())
+            .spawn(move || serve(spool, rx, appended_tx))
+            .map_err(|source| SpoolError::Thread {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(SpoolHandle {
+            commands,
+            appended,
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    /// The spool file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        // A dropped reply sender means the thread stopped before serving this command.
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Appends a batch in one transaction; returns after it committed. See [`Spool::append`].
+    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Appended>, SpoolError> {
+        self.call(|reply| Command::Append(records, reply)).await
+    }
+
+    /// Up to `limit` records with `id > after_id`, oldest first. See [`Spool::read_after`].
+    pub async fn read_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SpoolError> {
+        self.call(|reply| Command::ReadAfter(after_id, limit, reply))
+            .await
+    }
+
+    /// Deletes delivered records; returns how many were removed. See [`Spool::ack`].
+    pub async fn ack(&self, ids: Vec<i64>) -> Result<u64, SpoolError> {
+        self.call(|reply| Command::Ack(ids, reply)).await
+    }
+
+    /// Counts a send attempt for each record. See [`Spool::mark_attempt`].
+    pub async fn mark_attempt(&self, ids: Vec<i64>) -> Result<(), SpoolError> {
+        self.call(|reply| Command::MarkAttempt(ids, reply)).await
+    }
+
+    /// What is waiting. See [`Spool::stats`].
+    pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        self.call(Command::Stats).await
+    }
+
+    /// Reads a small piece of durable state.
+    pub async fn kv_get(&self, key: String) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.call(|reply| Command::KvGet(key, reply)).await
+    }
+
+    /// Writes a small piece of durable state; returns after it committed.
+    pub async fn kv_set(&self, key: String, value: Vec<u8>) -> Result<(), SpoolError> {
+        self.call(|reply| Command::KvSet(key, value, reply)).await
+    }
+
+    /// The id of the last appended record (0 if none ever was), updated after each committed
+    /// append, so an uplink can wait for new records (`changed().await`) instead of polling.
+    pub fn appended(&self) -> watch::Receiver<i64> {
+        self.appended.clone()
+    }
+
+    /// Checkpoints the WAL, closes the file and stops the thread. Commands queued behind this one,
+    /// and every later call on any clone, fail with [`SpoolError::Closed`].
+    pub async fn close(self) -> Result<(), SpoolError> {
+        self.call(Command::Close).await
+    }
+}
+
+/// The spool thread: serves commands in order until closed or every handle is gone.
+fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watch::Sender<i64>) {
+    // A failed `send` on a reply only means the caller stopped waiting; the work is done anyway.
+    while let Some(command) = commands.blocking_recv() {
+        match command {
+            Command::Append(records, reply) => {
+                let result = spool.append(records);
+                if let Some(last) = result.as_ref().ok().and_then(|a| a.last()) {
+                    appended.send_replace(last.id);
+                }
+                let _ = reply.send(result);
+            }
+            Command::ReadAfter(after_id, limit, reply) => {
+                let _ = reply.send(spool.read_after(after_id, limit));
+            }
+            Command::Ack(ids, reply) => {
+                let _ = reply.send(spool.ack(&ids));
+            }
+            Command::MarkAttempt(ids, reply) => {
+                let _ = reply.send(spool.mark_attempt(&ids));
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(spool.stats());
+            }
+            Command::KvGet(key, reply) => {
+                let _ = reply.send(spool.kv_get(&key));
+            }
+            Command::KvSet(key, value, reply) => {
+                let _ = reply.send(spool.kv_set(&key, &value));
+            }
+            Command::Close(reply) => {
+                // Refuse new sends at once; queued commands are dropped with the receiver, so
+                // their callers see `Closed`.
+                commands.close();
+                let _ = reply.send(spool.close());
+                return;
+            }
+        }
+    }
+    let path = spool.path().to_path_buf();
+    if let Err(e) = spool.close() {
+        tracing::warn!(spool = %path.display(), error = %e, "closing the spool after its last handle was dropped");
+    }
+}

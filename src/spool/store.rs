@@ -1,0 +1,615 @@
+//! [`Spool`]: the synchronous core over one SQLite connection. No tokio, no threads.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
+
+use super::{Appended, NewRecord, SpoolError, SpoolStats, StoredRecord};
+use crate::config::{SpoolConfig, Stream};
+use crate::model::Timestamp;
+
+/// The schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for a lock held by another connection (e.g. `spool stats` reading
+/// the file) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The budget's measure of one row, in SQL. `octet_length` counts UTF-8 bytes of the topic.
+const ROW_BYTES: &str = "octet_length(topic) + length(body)";
+
+const SCHEMA: &str = "
+CREATE TABLE records (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    topic      TEXT    NOT NULL,
+    body       BLOB    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX records_by_stream ON records(stream, id);
+CREATE TABLE streams (
+    stream   TEXT PRIMARY KEY,
+    next_seq INTEGER NOT NULL,
+    dropped  INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+";
+
+/// Every stream, lowest priority first: the order the budget drops in.
+const STREAMS: [Stream; 4] = [
+    Stream::Live,
+    Stream::Metrics,
+    Stream::Events,
+    Stream::Emissions,
+];
+
+fn index(stream: Stream) -> usize {
+    match stream {
+        Stream::Live => 0,
+        Stream::Metrics => 1,
+        Stream::Events => 2,
+        Stream::Emissions => 3,
+    }
+}
+
+/// In-memory mirror of one stream's durable state, so appends need not scan the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct StreamState {
+    records: u64,
+    bytes: u64,
+    next_seq: u64,
+    dropped: u64,
+}
+
+/// The spool over one SQLite file. See the [module docs](super) for format and guarantees.
+///
+/// Every mutating method runs in one transaction; if it fails, neither the file nor the in-memory
+/// totals change.
+pub struct Spool {
+    conn: Connection,
+    path: PathBuf,
+    max_bytes: u64,
+    streams: [StreamState; 4],
+}
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("path", &self.path)
+            .field("max_bytes", &self.max_bytes)
+            .field("streams", &self.streams)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Classifies a SQLite error for the caller: disk full and corruption get their own variants.
+fn classify(path: &Path, e: rusqlite::Error) -> SpoolError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => SpoolError::DiskFull {
+            path: path.to_path_buf(),
+        },
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+        _ => SpoolError::Sqlite {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+fn parse_stream(path: &Path, name: &str) -> Result<Stream, SpoolError> {
+    STREAMS
+        .into_iter()
+        .find(|s| s.as_str() == name)
+        .ok_or_else(|| SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("unknown stream {name:?}"),
+        })
+}
+
+/// A non-negative SQLite integer as u64 (counts, seqs); negative values mean a damaged file.
+fn non_negative(path: &Path, what: &str, v: i64) -> Result<u64, SpoolError> {
+    u64::try_from(v).map_err(|_| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("negative {what} {v}"),
+    })
+}
+
+fn to_sql_int(v: u64) -> i64 {
+    // Seqs and counters start at 0 or 1 and grow by one per record; i64::MAX is out of reach.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Spool {
+    /// Opens (or creates) the spool file at `path`, creating missing directories.
+    ///
+    /// Runs `PRAGMA quick_check` and fails with [`SpoolError::Corrupt`] naming the file if it is
+    /// damaged, switches to WAL mode, sets `synchronous` per `cfg`, creates or checks the schema,
+    /// and loads the per-stream totals (one scan of the table).
+    pub fn open(path: &Path, cfg: &SpoolConfig) -> Result<Spool, SpoolError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let err = |e| classify(path, e);
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        quick_check(&conn, path)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SpoolError::NoWal {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let synchronous = if cfg.synchronous_full {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(err)?;
+        migrate(&mut conn, path)?;
+        let mut spool = Spool {
+            conn,
+            path: path.to_path_buf(),
+            max_bytes: cfg.max_bytes,
+            streams: [StreamState::default(); 4],
+        };
+        spool.load_totals()?;
+        Ok(spool)
+    }
+
+    fn err(&self, e: rusqlite::Error) -> SpoolError {
+        classify(&self.path, e)
+    }
+
+    /// The spool file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn load_totals(&mut self) -> Result<(), SpoolError> {
+        let path = self.path.clone();
+        let mut streams = [StreamState::default(); 4];
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT stream, next_seq, dropped FROM streams")
+                .map_err(|e| classify(&path, e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| classify(&path, e))?;
+            for row in rows {
+                let (name, next_seq, dropped) = row.map_err(|e| classify(&path, e))?;
+                let s = &mut streams[index(parse_stream(&path, &name)?)];
+                s.next_seq = non_negative(&path, "next_seq", next_seq)?;
+                s.dropped = non_negative(&path, "dropped", dropped)?;
+            }
+            let sql = format!(
+                "SELECT stream, count(*), coalesce(sum({ROW_BYTES}), 0) FROM records GROUP BY stream"
+            );
+            let mut stmt = self.conn.prepare(&sql).map_err(|e| classify(&path, e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| classify(&path, e))?;
+            for row in rows {
+                let (name, records, bytes) = row.map_err(|e| classify(&path, e))?;
+                let s = &mut streams[index(parse_stream(&path, &name)?)];
+                s.records = non_negative(&path, "count", records)?;
+                s.bytes = non_negative(&path, "size", bytes)?;
+            }
+        }
+        if let Some(s) = streams.iter().zip(STREAMS).find(|(s, _)| s.next_seq == 0) {
+            return Err(SpoolError::Corrupt {
+                path,
+                detail: format!("no sequence counter for stream {}", s.1.as_str()),
+            });
+        }
+        self.streams = streams;
+        Ok(())
+    }
+
+    /// Appends `records` in one transaction and returns where each stored one went, in input
+    /// order.
+    ///
+    /// Every record gets the next seq of its stream. If the byte budget forces drops (see the
+    /// module docs), queued records and possibly records of this batch are removed; those of this
+    /// batch have no `Appended` entry (their seqs are consumed, so consumers see the gap) and all
+    /// drops are counted. When this returns `Ok`, the transaction has committed.
+    pub fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Appended>, SpoolError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut streams = self.streams;
+        let sizes: Vec<u64> = records
+            .iter()
+            .map(|r| (r.topic.len() + r.body.len()) as u64)
+            .collect();
+        let mut seqs = Vec::with_capacity(records.len());
+        for r in &records {
+            let s = &mut streams[index(r.stream)];
+            seqs.push(s.next_seq);
+            s.next_seq += 1;
+        }
+
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+
+        // Budget: free lowest-priority, oldest bytes first; queued rows before this batch's.
+        let mut keep = vec![true; records.len()];
+        let mut dropped_now = [0u64; 4];
+        let queued: u64 = streams.iter().map(|s| s.bytes).sum();
+        let mut excess = (queued + sizes.iter().sum::<u64>()).saturating_sub(self.max_bytes);
+        for stream in STREAMS {
+            if excess == 0 {
+                break;
+            }
+            let i = index(stream);
+            if streams[i].records > 0 {
+                let (rows, bytes) = evict_oldest(&tx, stream, excess).map_err(err)?;
+                streams[i].records -= rows;
+                streams[i].bytes -= bytes;
+                dropped_now[i] += rows;
+                excess = excess.saturating_sub(bytes);
+            }
+            for (k, r) in records.iter().enumerate() {
+                if excess == 0 {
+                    break;
+                }
+                if r.stream == stream {
+                    keep[k] = false;
+                    dropped_now[i] += 1;
+                    excess = excess.saturating_sub(sizes[k]);
+                }
+            }
+        }
+
+        let mut appended = Vec::with_capacity(records.len());
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO records (stream, seq, topic, body, created_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err)?;
+            for (k, r) in records.iter().enumerate() {
+                if !keep[k] {
+                    continue;
+                }
+                insert
+                    .execute(params![
+                        r.stream.as_str(),
+                        to_sql_int(seqs[k]),
+                        r.topic,
+                        r.body,
+                        r.created.unix_ms()
+                    ])
+                    .map_err(err)?;
+                let s = &mut streams[index(r.stream)];
+                s.records += 1;
+                s.bytes += sizes[k];
+                appended.push(Appended {
+                    id: tx.last_insert_rowid(),
+                    stream: r.stream,
+                    seq: seqs[k],
+                });
+            }
+            let mut update = tx
+                .prepare_cached("UPDATE streams SET next_seq = ?2, dropped = ?3 WHERE stream = ?1")
+                .map_err(err)?;
+            for stream in STREAMS {
+                let (old, new) = (&self.streams[index(stream)], &mut streams[index(stream)]);
+                new.dropped += dropped_now[index(stream)];
+                if (old.next_seq, old.dropped) != (new.next_seq, new.dropped) {
+                    update
+                        .execute(params![
+                            stream.as_str(),
+                            to_sql_int(new.next_seq),
+                            to_sql_int(new.dropped)
+                        ])
+                        .map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.streams = streams;
+
+        let total: u64 = dropped_now.iter().sum();
+        if total > 0 {
+            tracing::warn!(
+                spool = %self.path.display(),
+                dropped = total,
+                live = dropped_now[0],
+                metrics = dropped_now[1],
+                events = dropped_now[2],
+                emissions = dropped_now[3],
+                max_bytes = self.max_bytes,
+                "spool over its byte budget: dropped the lowest-priority oldest records"
+            );
+        }
+        Ok(appended)
+    }
+
+    /// Up to `limit` records with `id > after_id`, oldest (lowest id) first.
+    pub fn read_after(&self, after_id: i64, limit: usize) -> Result<Vec<StoredRecord>, SpoolError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, stream, seq, topic, body, created_ms, attempts FROM records \
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after_id, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, stream, seq, topic, body, created_ms, attempts) =
+                row.map_err(|e| self.err(e))?;
+            out.push(StoredRecord {
+                id,
+                stream: parse_stream(&self.path, &stream)?,
+                seq: non_negative(&self.path, "seq", seq)?,
+                topic,
+                body,
+                created: Timestamp(created_ms),
+                attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes delivered records in one transaction; returns how many were removed. Unknown and
+    /// already-acked ids are ignored.
+    pub fn ack(&mut self, ids: &[i64]) -> Result<u64, SpoolError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut streams = self.streams;
+        let mut removed = 0;
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let sql = format!("DELETE FROM records WHERE id = ?1 RETURNING stream, {ROW_BYTES}");
+            let mut delete = tx.prepare_cached(&sql).map_err(err)?;
+            for id in ids {
+                let gone = delete
+                    .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()
+                    .map_err(err)?;
+                if let Some((name, bytes)) = gone {
+                    let s = &mut streams[index(parse_stream(&path, &name)?)];
+                    s.records = s.records.saturating_sub(1);
+                    s.bytes = s.bytes.saturating_sub(non_negative(&path, "size", bytes)?);
+                    removed += 1;
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.streams = streams;
+        Ok(removed)
+    }
+
+    /// Adds one to the `attempts` of each record in `ids` (one transaction); unknown ids are
+    /// ignored.
+    pub fn mark_attempt(&mut self, ids: &[i64]) -> Result<(), SpoolError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE records SET attempts = attempts + 1 WHERE id = ?1")
+                .map_err(err)?;
+            for id in ids {
+                update.execute([id]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// What is waiting. Counts come from the in-memory totals; `oldest` reads one row per stream.
+    pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        let mut oldest: Option<Timestamp> = None;
+        let mut head = self
+            .conn
+            .prepare_cached("SELECT created_ms FROM records WHERE stream = ?1 ORDER BY id LIMIT 1")
+            .map_err(|e| self.err(e))?;
+        for stream in STREAMS {
+            if self.streams[index(stream)].records == 0 {
+                continue;
+            }
+            let created: Option<i64> = head
+                .query_row([stream.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let Some(ms) = created {
+                oldest = Some(oldest.map_or(Timestamp(ms), |t| t.min(Timestamp(ms))));
+            }
+        }
+        Ok(SpoolStats {
+            records: self.streams.iter().map(|s| s.records).sum(),
+            bytes: self.streams.iter().map(|s| s.bytes).sum(),
+            oldest,
+            per_stream: STREAMS
+                .iter()
+                .map(|&s| (s, self.streams[index(s)].records))
+                .collect(),
+            dropped: self.streams.iter().map(|s| s.dropped).sum(),
+        })
+    }
+
+    /// Records dropped by the byte budget over the life of the file, per stream (priority order).
+    pub fn dropped_per_stream(&self) -> Vec<(Stream, u64)> {
+        STREAMS
+            .iter()
+            .map(|&s| (s, self.streams[index(s)].dropped))
+            .collect()
+    }
+
+    /// Reads a small piece of durable state.
+    pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.conn
+            .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+            .and_then(|mut stmt| stmt.query_row([key], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Writes a small piece of durable state (committed when this returns).
+    pub fn kv_set(&mut self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut stmt| stmt.execute(params![key, value]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The id of the last record ever appended (0 if none), acked or not.
+    pub fn last_id(&self) -> Result<i64, SpoolError> {
+        self.conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|id| id.unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Checkpoints the WAL into the main file (truncating the WAL) and closes the connection.
+    /// Dropping a `Spool` also closes it safely; this only reports errors and leaves one file.
+    pub fn close(self) -> Result<(), SpoolError> {
+        let path = self.path.clone();
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| classify(&path, e))?;
+        self.conn.close().map_err(|(_, e)| classify(&path, e))
+    }
+}
+
+/// Deletes the oldest rows of `stream` until at least `need` bytes are freed or the stream is
+/// empty. Returns (rows, bytes) removed. Reads only the rows it removes (index `records_by_stream`).
+fn evict_oldest(tx: &Transaction<'_>, stream: Stream, need: u64) -> rusqlite::Result<(u64, u64)> {
+    let sql = format!("SELECT id, {ROW_BYTES} FROM records WHERE stream = ?1 ORDER BY id");
+    let mut select = tx.prepare_cached(&sql)?;
+    let mut rows = select.query([stream.as_str()])?;
+    let (mut count, mut freed, mut last_id) = (0u64, 0u64, None);
+    while freed < need {
+        let Some(row) = rows.next()? else { break };
+        last_id = Some(row.get::<_, i64>(0)?);
+        freed += u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+        count += 1;
+    }
+    drop(rows);
+    if let Some(last_id) = last_id {
+        tx.prepare_cached("DELETE FROM records WHERE stream = ?1 AND id <= ?2")?
+            .execute(params![stream.as_str(), last_id])?;
+    }
+    Ok((count, freed))
+}
+
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), SpoolError> {
+    let corrupt = |detail: String| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut problems = Vec::new();
+    conn.pragma_query(None, "quick_check", |row| {
+        problems.push(row.get::<_, String>(0)?);
+        Ok(())
+    })
+    .map_err(|e| match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => corrupt(e.to_string()),
+        _ => classify(path, e),
+    })?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        Ok(())
+    } else {
+        Err(corrupt(format!("quick_check: {}", problems.join("; "))))
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
+    let err = |e| classify(path, e);
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    match version {
+        SCHEMA_VERSION => Ok(()),
+        0 => {
+            let tx = conn.transaction().map_err(err)?;
+            let tables: i64 = tx
+                .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+                .map_err(err)?;
+            if tables > 0 {
+                return Err(SpoolError::NotASpool {
+                    path: path.to_path_buf(),
+                    detail: format!("user_version 0 but {tables} schema objects"),
+                });
+            }
+            tx.execute_batch(SCHEMA).map_err(err)?;
+            for stream in STREAMS {
+                tx.execute(
+                    "INSERT INTO streams (stream, next_seq, dropped) VALUES (?1, 1, 0)",
+                    [stream.as_str()],
+                )
+                .map_err(err)?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err)?;
+            tx.commit().map_err(err)
+        }
+        found if found > SCHEMA_VERSION => Err(SpoolError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        found => Err(SpoolError::NotASpool {
+            path: path.to_path_buf(),
+            detail: format!("unknown user_version {found}"),
+        }),
+    }
+}
