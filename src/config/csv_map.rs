@@ -1,0 +1,347 @@
+//! Register maps imported from CSV.
+//!
+//! A header row is required; columns may come in any order; an unknown or repeated column is an
+//! error; an empty cell means the default. Lines starting with `#` are comments. Each row becomes
+//! a [`RawPoint`], the same struct an inline TOML point deserializes into, so that both go through
+//! the same semantic checks. Every problem is reported with the CSV file, its line and the column.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::de::value::{Error as ValueError, StrDeserializer};
+
+use super::locate::{KeyPath, Origin, Report};
+use super::raw::{RawPoint, RawType};
+use crate::config::model::{Area, ByteOrder};
+
+/// Every column a register map CSV may have, in documentation order.
+pub(crate) const COLUMNS: [&str; 15] = [
+    "name",
+    "area",
+    "address",
+    "type",
+    "byte_order",
+    "scale",
+    "offset",
+    "unit",
+    "poll",
+    "range_min",
+    "range_max",
+    "bit",
+    "registers",
+    "writable",
+    "description",
+];
+
+const REQUIRED: [&str; 4] = ["name", "area", "address", "type"];
+
+/// A point read from a CSV row (or an inline table), with where it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct PointDef {
+    pub(crate) name: String,
+    pub(crate) raw: RawPoint,
+    pub(crate) origin: Origin,
+}
+
+/// Parses the text of a CSV register map. `map_path` is `register_maps.<name>`; problems go to
+/// `report` and the rows that parsed are returned.
+pub(crate) fn parse_csv_map(
+    file: &Path,
+    text: &str,
+    map_path: &KeyPath,
+    report: &mut Report<'_>,
+) -> Vec<PointDef> {
+    let file = Arc::new(file.to_path_buf());
+    let csv_path = map_path.key("csv");
+    let mut reader = csv::ReaderBuilder::new()
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+
+    let header = match reader.headers() {
+        Ok(header) => header.clone(),
+        Err(err) => {
+            let line = err.position().map_or(1, csv::Position::line);
+            report.at_csv(
+                &file,
+                line,
+                None,
+                &csv_path,
+                format!("unreadable header: {err}"),
+            );
+            return Vec::new();
+        }
+    };
+    let header_line = header.position().map_or(1, csv::Position::line);
+    if header.iter().all(str::is_empty) {
+        report.at_csv(
+            &file,
+            header_line,
+            None,
+            &csv_path,
+            format!(
+                "missing header row, expected columns among {}",
+                column_list()
+            ),
+        );
+        return Vec::new();
+    }
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut header_ok = true;
+    for (i, column) in header.iter().enumerate() {
+        let Some(known) = COLUMNS.iter().find(|c| **c == column) else {
+            report.at_csv(
+                &file,
+                header_line,
+                Some(column),
+                &csv_path,
+                format!(
+                    "unknown column `{column}`, expected one of {}",
+                    column_list()
+                ),
+            );
+            header_ok = false;
+            continue;
+        };
+        if index.insert(known, i).is_some() {
+            report.at_csv(
+                &file,
+                header_line,
+                Some(column),
+                &csv_path,
+                format!("column `{column}` appears twice"),
+            );
+            header_ok = false;
+        }
+    }
+    for required in REQUIRED {
+        if !index.contains_key(required) {
+            report.at_csv(
+                &file,
+                header_line,
+                Some(required),
+                &csv_path,
+                format!("missing required column `{required}`"),
+            );
+            header_ok = false;
+        }
+    }
+    if !header_ok {
+        return Vec::new();
+    }
+
+    let mut points: Vec<PointDef> = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(record) => record,
+            Err(err) => {
+                let line = err.position().map_or(header_line, csv::Position::line);
+                report.at_csv(
+                    &file,
+                    line,
+                    None,
+                    &csv_path,
+                    format!("malformed row: {err}"),
+                );
+                continue;
+            }
+        };
+        let line = record.position().map_or(header_line, csv::Position::line);
+        let cell = |column: &str| -> Option<&str> {
+            index
+                .get(column)
+                .and_then(|&i| record.get(i))
+                .filter(|s| !s.is_empty())
+        };
+        let Some(name) = cell("name") else {
+            report.at_csv(
+                &file,
+                line,
+                Some("name"),
+                &csv_path,
+                "missing point name (column `name` is required)",
+            );
+            continue;
+        };
+        let point_path = map_path.key("points").key(name);
+        if let Some(first) = seen.get(name) {
+            report.at_csv(
+                &file,
+                line,
+                Some("name"),
+                &point_path,
+                format!("duplicate point `{name}` (first defined on line {first})"),
+            );
+            continue;
+        }
+        seen.insert(name.to_owned(), line);
+
+        let mut row = Row {
+            report,
+            file: &file,
+            line,
+            path: &point_path,
+            failed: false,
+        };
+        let area = row.required(cell("area"), "area", parse_enum::<Area>);
+        let address = row.required(cell("address"), "address", parse_address);
+        let data_type = row.required(cell("type"), "type", parse_enum::<RawType>);
+        let byte_order = row.optional(cell("byte_order"), "byte_order", parse_enum::<ByteOrder>);
+        let scale = row.optional(cell("scale"), "scale", parse_f64);
+        let offset = row.optional(cell("offset"), "offset", parse_f64);
+        let unit = cell("unit").map(str::to_owned);
+        let poll = row.optional(cell("poll"), "poll", |s| {
+            humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}`: {e}"))
+        });
+        let range_min = row.optional(cell("range_min"), "range_min", parse_f64);
+        let range_max = row.optional(cell("range_max"), "range_max", parse_f64);
+        let bit = row.optional(cell("bit"), "bit", |s| {
+            s.parse::<u8>()
+                .map_err(|_| format!("invalid bit `{s}`, expected an integer 0..=15"))
+        });
+        let registers = row.optional(cell("registers"), "registers", |s| {
+            s.parse::<u16>()
+                .map_err(|_| format!("invalid register count `{s}`, expected an integer"))
+        });
+        let writable = row.optional(cell("writable"), "writable", |s| match s {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("invalid value `{s}`, expected `true` or `false`")),
+        });
+        let range = match (range_min, range_max) {
+            (Some(min), Some(max)) => Some([min, max]),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                let column = if range_min.is_some() {
+                    "range_max"
+                } else {
+                    "range_min"
+                };
+                row.fail(
+                    column,
+                    "range",
+                    "range_min and range_max must both be given or both be empty",
+                );
+                None
+            }
+        };
+        let failed = row.failed;
+        let (Some(area), Some(address), Some(data_type)) = (area, address, data_type) else {
+            continue;
+        };
+        if failed {
+            continue;
+        }
+        points.push(PointDef {
+            name: name.to_owned(),
+            raw: RawPoint {
+                area,
+                address,
+                data_type,
+                byte_order,
+                scale,
+                offset,
+                unit,
+                poll,
+                range,
+                bit,
+                registers,
+                writable,
+                description: cell("description").map(str::to_owned),
+            },
+            origin: Origin::Csv {
+                file: Arc::clone(&file),
+                line,
+                path: point_path,
+            },
+        });
+    }
+    points
+}
+
+/// The cells of one row being parsed, with problem reporting.
+struct Row<'r, 'a> {
+    report: &'r mut Report<'a>,
+    file: &'r PathBuf,
+    line: u64,
+    path: &'r KeyPath,
+    failed: bool,
+}
+
+impl Row<'_, '_> {
+    fn fail(&mut self, column: &str, key: &str, message: impl Into<String>) {
+        self.failed = true;
+        self.report.at_csv(
+            self.file,
+            self.line,
+            Some(column),
+            &self.path.key(key),
+            message,
+        );
+    }
+
+    fn required<T>(
+        &mut self,
+        cell: Option<&str>,
+        column: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match cell {
+            None => {
+                self.fail(column, column, format!("missing `{column}` (required)"));
+                None
+            }
+            Some(text) => self.optional(Some(text), column, parse),
+        }
+    }
+
+    fn optional<T>(
+        &mut self,
+        cell: Option<&str>,
+        column: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let text = cell?;
+        match parse(text) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                let key = match column {
+                    "range_min" | "range_max" => "range",
+                    other => other,
+                };
+                self.fail(column, key, message);
+                None
+            }
+        }
+    }
+}
+
+/// Parses a cell the way serde parses the same string in TOML, so that messages match.
+fn parse_enum<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    T::deserialize(StrDeserializer::<ValueError>::new(text)).map_err(|e| e.to_string())
+}
+
+/// Decimal, or hexadecimal with `0x` (datasheets use both).
+fn parse_address(text: &str) -> Result<u16, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse::<u16>(),
+    };
+    parsed.map_err(|_| format!("invalid address `{text}`, expected an integer 0..=65535"))
+}
+
+fn parse_f64(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .map_err(|_| format!("invalid number `{text}`"))
+}
+
+fn column_list() -> String {
+    COLUMNS
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

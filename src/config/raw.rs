@@ -1,0 +1,226 @@
+//! The configuration file as written: serde structs that check its shape only.
+//!
+//! Every struct denies unknown keys, every choice is an enum, every duration is humantime. Values
+//! that have a semantic range (unit ids, read sizes, counts) are kept wide here (`i64`, `u32`) so
+//! that the second phase (`validate`) can name the rule that was broken instead of serde
+//! reporting a bare integer overflow. Nothing in this module applies defaults that depend on other
+//! keys; that is `validate`'s job, so the defaults live in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::model::{Area, ByteOrder, Parity, Stream};
+use crate::simulator::SimulatorConfig;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) site: String,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) simulator: Option<SimulatorConfig>,
+    #[serde(default)]
+    pub(crate) register_maps: IndexMap<String, RawMap>,
+    #[serde(default)]
+    pub(crate) sources: Vec<RawSource>,
+    #[serde(default)]
+    pub(crate) uplinks: Vec<RawUplink>,
+}
+
+/// A named register map: a CSV file, inline points, or both (inline points are added).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMap {
+    pub(crate) csv: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) points: IndexMap<String, RawPoint>,
+}
+
+/// One point as written in TOML (or assembled from one CSV row).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoint {
+    pub(crate) area: Area,
+    pub(crate) address: u16,
+    #[serde(rename = "type")]
+    pub(crate) data_type: RawType,
+    pub(crate) byte_order: Option<ByteOrder>,
+    pub(crate) scale: Option<f64>,
+    pub(crate) offset: Option<f64>,
+    pub(crate) unit: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) poll: Option<Duration>,
+    pub(crate) range: Option<[f64; 2]>,
+    pub(crate) bit: Option<u8>,
+    pub(crate) registers: Option<u16>,
+    pub(crate) writable: Option<bool>,
+    /// Free text for people; accepted so that maps can document themselves, never used.
+    #[allow(dead_code, reason = "documentation for readers of the file only")]
+    pub(crate) description: Option<String>,
+}
+
+/// Wire type names as written in files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    Ascii,
+}
+
+impl RawType {
+    /// Registers the type occupies, `None` for ascii (its length is configured).
+    pub(crate) fn fixed_registers(self) -> Option<u16> {
+        match self {
+            RawType::Bool | RawType::U16 | RawType::I16 => Some(1),
+            RawType::U32 | RawType::I32 | RawType::F32 => Some(2),
+            RawType::U64 | RawType::I64 | RawType::F64 => Some(4),
+            RawType::Ascii => None,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RawType::Bool => "bool",
+            RawType::U16 => "u16",
+            RawType::I16 => "i16",
+            RawType::U32 => "u32",
+            RawType::I32 => "i32",
+            RawType::U64 => "u64",
+            RawType::I64 => "i64",
+            RawType::F32 => "f32",
+            RawType::F64 => "f64",
+            RawType::Ascii => "ascii",
+        }
+    }
+}
+
+/// One `[[sources]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    pub(crate) name: String,
+    pub(crate) tcp: Option<String>,
+    pub(crate) rtu_over_tcp: Option<String>,
+    pub(crate) serial: Option<RawSerial>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) inter_request_gap: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) reconnect_min: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) reconnect_max: Option<Duration>,
+    pub(crate) breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) breaker_probe_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) default_poll: Option<Duration>,
+    pub(crate) max_registers_per_read: Option<u32>,
+    pub(crate) max_bits_per_read: Option<u32>,
+    pub(crate) max_gap_registers: Option<u16>,
+    #[serde(default)]
+    pub(crate) devices: Vec<RawDevice>,
+}
+
+/// `[sources.serial]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSerial {
+    pub(crate) path: String,
+    pub(crate) baud: Option<u32>,
+    pub(crate) parity: Option<Parity>,
+    pub(crate) data_bits: Option<u8>,
+    pub(crate) stop_bits: Option<u8>,
+}
+
+/// One `[[sources.devices]]` entry: a device, or a template when `count` is given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDevice {
+    pub(crate) name: String,
+    pub(crate) unit_id: i64,
+    pub(crate) map: Option<String>,
+    #[serde(default)]
+    pub(crate) labels: IndexMap<String, String>,
+    pub(crate) single_point_reads: Option<bool>,
+    pub(crate) max_registers_per_read: Option<u32>,
+    pub(crate) max_bits_per_read: Option<u32>,
+    pub(crate) max_gap_registers: Option<u16>,
+    #[serde(default)]
+    pub(crate) points: IndexMap<String, RawPoint>,
+    pub(crate) count: Option<u32>,
+    pub(crate) first_index: Option<u32>,
+    pub(crate) unit_id_step: Option<i64>,
+    pub(crate) address_stride: Option<u32>,
+}
+
+/// Uplink transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawUplinkType {
+    Mqtt,
+}
+
+/// One `[[uplinks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUplink {
+    pub(crate) name: String,
+    #[serde(rename = "type")]
+    pub(crate) kind: RawUplinkType,
+    pub(crate) broker: String,
+    pub(crate) client_id: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) password_env: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) keep_alive: Option<Duration>,
+    pub(crate) max_packet_size: Option<u64>,
+    pub(crate) max_inflight: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) reconnect_min: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) reconnect_max: Option<Duration>,
+    pub(crate) streams: Option<Vec<Stream>>,
+    pub(crate) topics: Option<RawTopics>,
+    pub(crate) spool: Option<RawSpool>,
+}
+
+/// `[uplinks.topics]`: overrides of the default topic templates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTopics {
+    pub(crate) live: Option<String>,
+    pub(crate) metrics: Option<String>,
+    pub(crate) events: Option<String>,
+    pub(crate) emissions: Option<String>,
+    pub(crate) status: Option<String>,
+}
+
+/// `[uplinks.spool]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSpool {
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) synchronous: Option<RawSynchronous>,
+}
+
+/// SQLite `synchronous` levels offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawSynchronous {
+    Full,
+    Normal,
+}

@@ -1,0 +1,1511 @@
+//! The second phase: raw structs → validated [`Config`].
+//!
+//! Applies every default (in one place), imports CSV register maps, expands device templates and
+//! checks every rule that serde cannot express. Problems are collected, never returned early, so
+//! that the caller sees all of them; the `Config` built alongside is only handed out when the
+//! collector stayed empty.
+//!
+//! Overlap rules: two points overlap when they share a register (or a bit, for coil/discrete
+//! areas) of the same area on the same unit id of the same source. A `bool` point with `bit` on a
+//! register area only overlaps another `bool` point with the same register and bit, because
+//! decoding a status word both as a whole and bit by bit is normal practice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::csv_map::{PointDef, parse_csv_map};
+use super::locate::{KeyPath, Origin, Report};
+use super::model::{
+    Area, ByteOrder, Config, DataType, DeviceConfig, HostPort, MqttConfig, PointConfig,
+    SerialSettings, SourceConfig, SpoolConfig, Stream, TopicTemplates, Transport, UplinkConfig,
+    UplinkKind,
+};
+use super::model::{Parity, Secret};
+use super::raw::{
+    RawConfig, RawDevice, RawSource, RawSynchronous, RawTopics, RawType, RawUplink, RawUplinkType,
+};
+use super::template::NamePattern;
+
+/// Defaults, named once so that the documentation and the code cannot drift apart.
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    pub(crate) const STATE_DIR: &str = "state";
+    pub(crate) const TIMEOUT: Duration = Duration::from_secs(1);
+    pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(200);
+    pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(30);
+    pub(crate) const BREAKER_FAILURES: u32 = 3;
+    pub(crate) const BREAKER_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+    pub(crate) const DEFAULT_POLL: Duration = Duration::from_secs(1);
+    pub(crate) const MAX_REGISTERS_PER_READ: u16 = 125;
+    pub(crate) const MAX_BITS_PER_READ: u16 = 2000;
+    pub(crate) const MAX_GAP_REGISTERS: u16 = 8;
+    pub(crate) const RTU_GAP_MIN: Duration = Duration::from_millis(2);
+    pub(crate) const RTU_OVER_TCP_GAP: Duration = Duration::from_millis(5);
+    pub(crate) const BAUD: u32 = 19200;
+    pub(crate) const DATA_BITS: u8 = 8;
+    pub(crate) const STOP_BITS: u8 = 1;
+    pub(crate) const FIRST_INDEX: u32 = 1;
+    pub(crate) const UNIT_ID_STEP: i64 = 1;
+    pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+    pub(crate) const MAX_PACKET_SIZE: u64 = 1024 * 1024;
+    pub(crate) const MAX_INFLIGHT: u32 = 64;
+    pub(crate) const MQTT_RECONNECT_MIN: Duration = Duration::from_millis(500);
+    pub(crate) const MQTT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+    pub(crate) const MQTT_PORT: u16 = 1883;
+    pub(crate) const MQTTS_PORT: u16 = 8883;
+}
+
+/// Modbus limits (Modbus Application Protocol v1.1b3 §6.1–6.4).
+const MODBUS_MAX_REGISTERS: u32 = 125;
+const MODBUS_MAX_BITS: u32 = 2000;
+
+/// A point that passed its own checks; the poll class may still come from the source default.
+#[derive(Debug, Clone)]
+struct CheckedPoint {
+    name: Arc<str>,
+    area: Area,
+    address: u16,
+    data_type: DataType,
+    byte_order: ByteOrder,
+    scale: f64,
+    offset: f64,
+    unit: Arc<str>,
+    poll: Option<Duration>,
+    range: Option<(f64, f64)>,
+    writable: bool,
+    origin: Origin,
+}
+
+impl CheckedPoint {
+    fn width(&self) -> u32 {
+        match self.area {
+            Area::Coil | Area::DiscreteInput => 1,
+            Area::Holding | Area::Input => u32::from(self.data_type.registers()),
+        }
+    }
+
+    /// A bool on one bit of a register.
+    fn bit(&self) -> Option<u8> {
+        match self.data_type {
+            DataType::Bool { bit } if !self.area.is_bits() => bit,
+            _ => None,
+        }
+    }
+}
+
+/// `holding 10-11`, `coil 5`, `input 7 bit 3`.
+fn describe_registers(area: Area, address: u32, width: u32, bit: Option<u8>) -> String {
+    let area = area.as_str();
+    match (width, bit) {
+        (_, Some(bit)) => format!("{area} {address} bit {bit}"),
+        (0 | 1, None) => format!("{area} {address}"),
+        (w, None) => format!("{area} {address}-{}", address + w - 1),
+    }
+}
+
+/// An interval of one point, for overlap sweeps. `owner` tells points of different devices
+/// apart; `order` is the definition order (later ones are reported).
+struct Span<'p> {
+    area: Area,
+    start: u32,
+    end: u32,
+    bit: Option<u8>,
+    owner: usize,
+    order: usize,
+    point: &'p CheckedPoint,
+}
+
+/// Overlapping pairs `(earlier, later)` by definition order. Each point is reported at most once.
+fn overlaps<'s, 'p>(spans: &'s mut [Span<'p>]) -> Vec<(&'s Span<'p>, &'s Span<'p>)> {
+    spans.sort_by_key(|s| (s.area, s.bit.is_some(), s.start, s.bit, s.order));
+    let mut pairs = Vec::new();
+    let mut reach: Option<usize> = None;
+    for i in 0..spans.len() {
+        let current = &spans[i];
+        if let Some(r) = reach {
+            let previous = &spans[r];
+            let same_group =
+                previous.area == current.area && previous.bit.is_some() == current.bit.is_some();
+            let overlapping = match (previous.bit, current.bit) {
+                (None, None) => same_group && current.start < previous.end,
+                (Some(a), Some(b)) => same_group && previous.start == current.start && a == b,
+                _ => false,
+            };
+            if overlapping {
+                let pair = if previous.order < current.order {
+                    (previous, current)
+                } else {
+                    (current, previous)
+                };
+                pairs.push(pair);
+            }
+            if !same_group || current.end > previous.end || current.bit.is_some() {
+                reach = Some(i);
+            }
+        } else {
+            reach = Some(i);
+        }
+    }
+    pairs
+}
+
+fn span<'p>(point: &'p CheckedPoint, shift: u32, owner: usize, order: usize) -> Span<'p> {
+    let start = u32::from(point.address) + shift;
+    Span {
+        area: point.area,
+        start,
+        end: start + point.width(),
+        bit: point.bit(),
+        owner,
+        order,
+        point,
+    }
+}
+
+/// A device after template expansion, kept for the site-wide checks.
+struct Expanded {
+    source: usize,
+    entry: usize,
+    entry_path: KeyPath,
+    /// `Some(name)` when the device is an instance of a template.
+    instance: Option<String>,
+    name: String,
+    unit_id: u8,
+    shift: u32,
+    points: Vec<CheckedPoint>,
+}
+
+impl Expanded {
+    fn what(&self) -> String {
+        match &self.instance {
+            Some(name) => format!("instance `{name}`"),
+            None => format!("device `{}`", self.name),
+        }
+    }
+}
+
+struct Builder<'r, 'a> {
+    report: &'r mut Report<'a>,
+    dir: PathBuf,
+}
+
+/// Validates `raw`, read from `path`, reporting every problem to `report`. The returned config
+/// is only meaningful when the report stayed empty.
+pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Config {
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut b = Builder { report, dir };
+    let root = KeyPath::default();
+
+    if raw.site.is_empty()
+        || !raw
+            .site
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+    {
+        b.report.at(
+            &root.key("site"),
+            format!(
+                "invalid site `{}`, expected lowercase letters, digits, `_` and `-` only",
+                raw.site
+            ),
+        );
+    }
+    let state_dir = b.resolve(
+        raw.state_dir
+            .as_deref()
+            .unwrap_or(Path::new(defaults::STATE_DIR)),
+    );
+
+    let maps = b.register_maps(&raw);
+
+    let mut sources = Vec::new();
+    let mut expanded: Vec<Expanded> = Vec::new();
+    let mut source_names: HashMap<String, usize> = HashMap::new();
+    for (i, source) in raw.sources.iter().enumerate() {
+        let source_path = root.key("sources").index(i);
+        if source.name.is_empty() {
+            b.report
+                .at(&source_path.key("name"), "source name must not be empty");
+        } else if let Some(first) = source_names.get(&source.name) {
+            b.report.at(
+                &source_path.key("name"),
+                format!(
+                    "duplicate source name `{}`, already used by sources[{first}]",
+                    source.name
+                ),
+            );
+        } else {
+            source_names.insert(source.name.clone(), i);
+        }
+        sources.push(b.source(i, source, &source_path, &maps, &mut expanded));
+    }
+    b.site_wide_device_checks(&raw.sources, &expanded);
+
+    let mut uplinks = Vec::new();
+    let mut uplink_names: HashMap<String, usize> = HashMap::new();
+    for (i, uplink) in raw.uplinks.iter().enumerate() {
+        let uplink_path = root.key("uplinks").index(i);
+        if let Some(first) = uplink_names.get(&uplink.name) {
+            b.report.at(
+                &uplink_path.key("name"),
+                format!(
+                    "duplicate uplink name `{}`, already used by uplinks[{first}]",
+                    uplink.name
+                ),
+            );
+        } else {
+            uplink_names.insert(uplink.name.clone(), i);
+        }
+        uplinks.push(b.uplink(&raw.site, uplink, &uplink_path));
+    }
+
+    Config {
+        path: path.to_path_buf(),
+        site: raw.site,
+        sources,
+        simulator: raw.simulator,
+        state_dir,
+        uplinks,
+    }
+}
+
+impl Builder<'_, '_> {
+    /// A path from the file, relative to the configuration file's directory.
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+
+    // === register maps ===
+
+    fn register_maps(&mut self, raw: &RawConfig) -> IndexMap<String, Vec<CheckedPoint>> {
+        let mut maps = IndexMap::new();
+        for (name, map) in &raw.register_maps {
+            let map_path = KeyPath::default().key("register_maps").key(name);
+            let mut defs: Vec<PointDef> = Vec::new();
+            if let Some(csv) = &map.csv {
+                let file = self.resolve(csv);
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => defs = parse_csv_map(&file, &text, &map_path, self.report),
+                    Err(err) => self.report.at(
+                        &map_path.key("csv"),
+                        format!("cannot read register map `{}`: {err}", file.display()),
+                    ),
+                }
+            }
+            for (point_name, point) in &map.points {
+                let origin = Origin::Toml(map_path.key("points").key(point_name));
+                if let Some(existing) = defs.iter().find(|d| &d.name == point_name) {
+                    let message = match &existing.origin {
+                        Origin::Csv { file, line, .. } => format!(
+                            "point `{point_name}` is already defined in `{}` line {line}",
+                            file.display()
+                        ),
+                        Origin::Toml(_) => format!("point `{point_name}` is defined twice"),
+                    };
+                    self.report.at_point(&origin, "", message);
+                    continue;
+                }
+                defs.push(PointDef {
+                    name: point_name.clone(),
+                    raw: point.clone(),
+                    origin,
+                });
+            }
+            if map.csv.is_none() && map.points.is_empty() {
+                self.report.at(
+                    &map_path,
+                    format!("register map `{name}` is empty: give `csv` or `points`"),
+                );
+            }
+            let points: Vec<CheckedPoint> = defs.iter().filter_map(|d| self.point(d)).collect();
+            let mut spans: Vec<Span<'_>> = points
+                .iter()
+                .enumerate()
+                .map(|(order, p)| span(p, 0, 0, order))
+                .collect();
+            let pairs: Vec<(String, Origin)> = overlaps(&mut spans)
+                .into_iter()
+                .map(|(earlier, later)| {
+                    (overlap_message(earlier, later), later.point.origin.clone())
+                })
+                .collect();
+            for (message, origin) in pairs {
+                self.report.at_point(&origin, "address", message);
+            }
+            maps.insert(name.clone(), points);
+        }
+        maps
+    }
+
+    // === points ===
+
+    /// Checks one point definition on its own (independent of the device it ends up on).
+    fn point(&mut self, def: &PointDef) -> Option<CheckedPoint> {
+        let before = self.report.len();
+        let raw = &def.raw;
+        let origin = &def.origin;
+        let type_name = raw.data_type.name();
+        let area = raw.area;
+
+        if raw.bit.is_some() && raw.data_type != RawType::Bool {
+            self.report.at_point(
+                origin,
+                "bit",
+                format!("`bit` applies only to `bool` points, not to `{type_name}`"),
+            );
+        }
+        let data_type = match raw.data_type {
+            RawType::Bool if area.is_bits() => {
+                if raw.bit.is_some() {
+                    self.report.at_point(
+                        origin,
+                        "bit",
+                        format!(
+                            "`bit` is not allowed on a {} point: each address there is already a single bit",
+                            area.as_str()
+                        ),
+                    );
+                }
+                DataType::Bool { bit: None }
+            }
+            RawType::Bool => match raw.bit {
+                None => {
+                    self.report.at_point(
+                        origin,
+                        "bit",
+                        format!(
+                            "a `bool` point on a {} register needs `bit` (0..=15, 0 = least significant)",
+                            area.as_str()
+                        ),
+                    );
+                    DataType::Bool { bit: None }
+                }
+                Some(bit) if bit > 15 => {
+                    self.report.at_point(
+                        origin,
+                        "bit",
+                        format!(
+                            "bit {bit} is out of range, expected 0..=15 (0 = least significant)"
+                        ),
+                    );
+                    DataType::Bool { bit: None }
+                }
+                Some(bit) => DataType::Bool { bit: Some(bit) },
+            },
+            other if area.is_bits() => {
+                self.report.at_point(
+                    origin,
+                    "type",
+                    format!(
+                        "type `{}` cannot live in a {} area, which holds single bits: expected `bool`",
+                        other.name(),
+                        area.as_str()
+                    ),
+                );
+                DataType::U16
+            }
+            RawType::Ascii => match raw.registers {
+                Some(0) | None => {
+                    self.report.at_point(
+                        origin,
+                        "registers",
+                        "type `ascii` needs `registers` >= 1 (2 characters per register)",
+                    );
+                    DataType::Ascii { registers: 1 }
+                }
+                Some(registers) => DataType::Ascii { registers },
+            },
+            RawType::U16 => DataType::U16,
+            RawType::I16 => DataType::I16,
+            RawType::U32 => DataType::U32,
+            RawType::I32 => DataType::I32,
+            RawType::U64 => DataType::U64,
+            RawType::I64 => DataType::I64,
+            RawType::F32 => DataType::F32,
+            RawType::F64 => DataType::F64,
+        };
+        if let (Some(fixed), Some(given)) = (raw.data_type.fixed_registers(), raw.registers) {
+            if area.is_bits() {
+                self.report.at_point(
+                    origin,
+                    "registers",
+                    format!("`registers` does not apply to a {} point", area.as_str()),
+                );
+            } else if given != fixed {
+                self.report.at_point(
+                    origin,
+                    "registers",
+                    format!(
+                        "type `{type_name}` occupies {fixed} register{}, but `registers` = {given}",
+                        if fixed == 1 { "" } else { "s" }
+                    ),
+                );
+            }
+        }
+        let width = if area.is_bits() {
+            1
+        } else {
+            u32::from(data_type.registers())
+        };
+        if u32::from(raw.address) + width > 65536 {
+            self.report.at_point(
+                origin,
+                "address",
+                format!(
+                    "{} runs past the last address 65535",
+                    describe_registers(area, u32::from(raw.address), width, None)
+                ),
+            );
+        }
+        let scale = raw.scale.unwrap_or(1.0);
+        if scale == 0.0 || !scale.is_finite() {
+            self.report.at_point(
+                origin,
+                "scale",
+                format!("scale must be a finite, non-zero number, got {scale}"),
+            );
+        }
+        let offset = raw.offset.unwrap_or(0.0);
+        if !offset.is_finite() {
+            self.report.at_point(
+                origin,
+                "offset",
+                format!("offset must be a finite number, got {offset}"),
+            );
+        }
+        let range = raw.range.map(|[min, max]| (min, max));
+        if let Some((min, max)) = range {
+            if min.is_nan() || max.is_nan() {
+                self.report
+                    .at_point(origin, "range", "range bounds must be numbers, got NaN");
+            } else if min > max {
+                self.report.at_point(
+                    origin,
+                    "range",
+                    format!("range minimum {min} is greater than its maximum {max}"),
+                );
+            }
+        }
+        if raw.poll == Some(Duration::ZERO) {
+            self.report
+                .at_point(origin, "poll", "poll interval must be greater than zero");
+        }
+        if self.report.len() > before {
+            return None;
+        }
+        Some(CheckedPoint {
+            name: Arc::from(def.name.as_str()),
+            area,
+            address: raw.address,
+            data_type,
+            byte_order: raw.byte_order.unwrap_or_default(),
+            scale,
+            offset,
+            unit: Arc::from(raw.unit.as_deref().unwrap_or("")),
+            poll: raw.poll,
+            range,
+            writable: raw.writable.unwrap_or(false),
+            origin: origin.clone(),
+        })
+    }
+
+    // === sources ===
+
+    fn source(
+        &mut self,
+        index: usize,
+        raw: &RawSource,
+        path: &KeyPath,
+        maps: &IndexMap<String, Vec<CheckedPoint>>,
+        expanded: &mut Vec<Expanded>,
+    ) -> SourceConfig {
+        let transport = self.transport(raw, path);
+        let is_tcp = matches!(transport, Some(Transport::Tcp { .. }));
+        let default_gap = match &transport {
+            Some(Transport::Tcp { .. }) | None => Duration::ZERO,
+            Some(Transport::RtuOverTcp { .. }) => defaults::RTU_OVER_TCP_GAP,
+            Some(Transport::Rtu(serial)) => rtu_gap(serial),
+        };
+        let timeout = self.positive(path, "timeout", raw.timeout, defaults::TIMEOUT);
+        let reconnect_min = self.positive(
+            path,
+            "reconnect_min",
+            raw.reconnect_min,
+            defaults::RECONNECT_MIN,
+        );
+        let reconnect_max = self.positive(
+            path,
+            "reconnect_max",
+            raw.reconnect_max,
+            defaults::RECONNECT_MAX,
+        );
+        if reconnect_min > reconnect_max {
+            self.report.at(
+                &path.key("reconnect_min"),
+                format!(
+                    "reconnect_min ({}) is greater than reconnect_max ({})",
+                    humantime::format_duration(reconnect_min),
+                    humantime::format_duration(reconnect_max)
+                ),
+            );
+        }
+        let breaker_failures = raw.breaker_failures.unwrap_or(defaults::BREAKER_FAILURES);
+        if breaker_failures == 0 {
+            self.report.at(
+                &path.key("breaker_failures"),
+                "breaker_failures must be at least 1",
+            );
+        }
+        let breaker_probe_interval = self.positive(
+            path,
+            "breaker_probe_interval",
+            raw.breaker_probe_interval,
+            defaults::BREAKER_PROBE_INTERVAL,
+        );
+        let default_poll = self.positive(
+            path,
+            "default_poll",
+            raw.default_poll,
+            defaults::DEFAULT_POLL,
+        );
+        let limits = Limits {
+            max_registers: self
+                .max_registers(path, raw.max_registers_per_read)
+                .unwrap_or(defaults::MAX_REGISTERS_PER_READ),
+            max_bits: self
+                .max_bits(path, raw.max_bits_per_read)
+                .unwrap_or(defaults::MAX_BITS_PER_READ),
+            max_gap: raw.max_gap_registers.unwrap_or(defaults::MAX_GAP_REGISTERS),
+        };
+
+        let mut devices = Vec::new();
+        for (j, device) in raw.devices.iter().enumerate() {
+            let device_path = path.key("devices").index(j);
+            self.device(
+                index,
+                j,
+                device,
+                &device_path,
+                maps,
+                &limits,
+                is_tcp,
+                default_poll,
+                expanded,
+                &mut devices,
+            );
+        }
+
+        SourceConfig {
+            name: Arc::from(raw.name.as_str()),
+            transport: transport.unwrap_or(Transport::Tcp {
+                addr: HostPort {
+                    host: String::new(),
+                    port: 0,
+                },
+            }),
+            timeout,
+            inter_request_gap: raw.inter_request_gap.unwrap_or(default_gap),
+            reconnect_min,
+            reconnect_max,
+            breaker_failures,
+            breaker_probe_interval,
+            devices,
+        }
+    }
+
+    fn transport(&mut self, raw: &RawSource, path: &KeyPath) -> Option<Transport> {
+        let given: Vec<&str> = [
+            raw.tcp.as_ref().map(|_| "tcp"),
+            raw.rtu_over_tcp.as_ref().map(|_| "rtu_over_tcp"),
+            raw.serial.as_ref().map(|_| "serial"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match given.as_slice() {
+            [] => {
+                self.report.at(
+                    path,
+                    "no transport: expected exactly one of `tcp = \"host:port\"`, `rtu_over_tcp = \"host:port\"` or `[sources.serial]`",
+                );
+                None
+            }
+            [_] => {
+                if let Some(addr) = &raw.tcp {
+                    self.host_port(path, "tcp", addr)
+                        .map(|addr| Transport::Tcp { addr })
+                } else if let Some(addr) = &raw.rtu_over_tcp {
+                    self.host_port(path, "rtu_over_tcp", addr)
+                        .map(|addr| Transport::RtuOverTcp { addr })
+                } else {
+                    raw.serial.as_ref().and_then(|serial| {
+                        let serial_path = path.key("serial");
+                        let before = self.report.len();
+                        if serial.path.is_empty() {
+                            self.report.at(
+                                &serial_path.key("path"),
+                                "serial port path must not be empty",
+                            );
+                        }
+                        let baud = serial.baud.unwrap_or(defaults::BAUD);
+                        if baud == 0 {
+                            self.report.at(
+                                &serial_path.key("baud"),
+                                "baud rate must be greater than zero",
+                            );
+                        }
+                        let data_bits = serial.data_bits.unwrap_or(defaults::DATA_BITS);
+                        if !matches!(data_bits, 7 | 8) {
+                            self.report.at(
+                                &serial_path.key("data_bits"),
+                                format!("data_bits = {data_bits}, expected 7 or 8"),
+                            );
+                        }
+                        let stop_bits = serial.stop_bits.unwrap_or(defaults::STOP_BITS);
+                        if !matches!(stop_bits, 1 | 2) {
+                            self.report.at(
+                                &serial_path.key("stop_bits"),
+                                format!("stop_bits = {stop_bits}, expected 1 or 2"),
+                            );
+                        }
+                        (self.report.len() == before).then(|| {
+                            Transport::Rtu(SerialSettings {
+                                path: serial.path.clone(),
+                                baud,
+                                data_bits,
+                                parity: serial.parity.unwrap_or(Parity::Even),
+                                stop_bits,
+                            })
+                        })
+                    })
+                }
+            }
+            [_, second, ..] => {
+                self.report.at(
+                    &path.key(second),
+                    format!(
+                        "more than one transport ({}): expected exactly one of `tcp`, `rtu_over_tcp` or `[sources.serial]`",
+                        given
+                            .iter()
+                            .map(|g| format!("`{g}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn host_port(&mut self, path: &KeyPath, key: &str, text: &str) -> Option<HostPort> {
+        match parse_host_port(text) {
+            Ok(hp) => Some(hp),
+            Err(message) => {
+                self.report.at(&path.key(key), message);
+                None
+            }
+        }
+    }
+
+    /// A duration that must be positive, with its default.
+    fn positive(
+        &mut self,
+        path: &KeyPath,
+        key: &str,
+        value: Option<Duration>,
+        default: Duration,
+    ) -> Duration {
+        let value = value.unwrap_or(default);
+        if value.is_zero() {
+            self.report
+                .at(&path.key(key), format!("{key} must be greater than zero"));
+        }
+        value
+    }
+
+    fn max_registers(&mut self, path: &KeyPath, value: Option<u32>) -> Option<u16> {
+        let value = value?;
+        if value == 0 || value > MODBUS_MAX_REGISTERS {
+            self.report.at(
+                &path.key("max_registers_per_read"),
+                format!(
+                    "max_registers_per_read = {value} is out of range, expected 1..={MODBUS_MAX_REGISTERS} (the Modbus limit for one read)"
+                ),
+            );
+            return None;
+        }
+        u16::try_from(value).ok()
+    }
+
+    fn max_bits(&mut self, path: &KeyPath, value: Option<u32>) -> Option<u16> {
+        let value = value?;
+        if value == 0 || value > MODBUS_MAX_BITS {
+            self.report.at(
+                &path.key("max_bits_per_read"),
+                format!(
+                    "max_bits_per_read = {value} is out of range, expected 1..={MODBUS_MAX_BITS} (the Modbus limit for one read)"
+                ),
+            );
+            return None;
+        }
+        u16::try_from(value).ok()
+    }
+
+    // === devices and templates ===
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; a struct would only rename them"
+    )]
+    fn device(
+        &mut self,
+        source: usize,
+        entry: usize,
+        raw: &RawDevice,
+        path: &KeyPath,
+        maps: &IndexMap<String, Vec<CheckedPoint>>,
+        source_limits: &Limits,
+        is_tcp: bool,
+        default_poll: Duration,
+        expanded: &mut Vec<Expanded>,
+        devices: &mut Vec<DeviceConfig>,
+    ) {
+        let before = self.report.len();
+        let pattern = match NamePattern::parse(&raw.name) {
+            Ok(pattern) => Some(pattern),
+            Err(message) => {
+                self.report.at(&path.key("name"), message);
+                None
+            }
+        };
+        if raw.name.is_empty() {
+            self.report
+                .at(&path.key("name"), "device name must not be empty");
+        }
+        let count = raw.count.unwrap_or(1);
+        if count == 0 {
+            self.report
+                .at(&path.key("count"), "count must be at least 1");
+        }
+        if let Some(pattern) = &pattern
+            && count > 1
+            && !pattern.has_placeholder()
+        {
+            self.report.at(
+                &path.key("name"),
+                format!(
+                    "template name `{}` has no `{{n}}` placeholder but count = {count}: every instance would get the same name (write e.g. `{}_{{n:03}}`)",
+                    raw.name, raw.name
+                ),
+            );
+        }
+        if raw.address_stride.is_some() && raw.unit_id_step.is_some() {
+            self.report.at(
+                &path.key("address_stride"),
+                "`address_stride` and `unit_id_step` exclude each other: instances either share the unit id and shift addresses, or step the unit id",
+            );
+        }
+        let limits = Limits {
+            max_registers: self
+                .max_registers(path, raw.max_registers_per_read)
+                .unwrap_or(source_limits.max_registers),
+            max_bits: self
+                .max_bits(path, raw.max_bits_per_read)
+                .unwrap_or(source_limits.max_bits),
+            max_gap: raw.max_gap_registers.unwrap_or(source_limits.max_gap),
+        };
+
+        // The points: the map's first, then inline ones.
+        let mut points: Vec<CheckedPoint> = Vec::new();
+        let mut from_map = 0;
+        if let Some(map_name) = &raw.map {
+            match maps.get(map_name) {
+                Some(map_points) => {
+                    points.extend(map_points.iter().cloned());
+                    from_map = points.len();
+                }
+                None => {
+                    let known = if maps.is_empty() {
+                        "no register maps are defined".to_owned()
+                    } else {
+                        format!(
+                            "defined maps: {}",
+                            maps.keys()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    self.report.at(
+                        &path.key("map"),
+                        format!("unknown register map `{map_name}` ({known})"),
+                    );
+                }
+            }
+        }
+        for (name, point) in &raw.points {
+            let def = PointDef {
+                name: name.clone(),
+                raw: point.clone(),
+                origin: Origin::Toml(path.key("points").key(name)),
+            };
+            if points[..from_map].iter().any(|p| &*p.name == name) {
+                self.report.at_point(
+                    &def.origin,
+                    "",
+                    format!(
+                        "point `{name}` is already defined by register map `{}`",
+                        raw.map.as_deref().unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
+            if let Some(point) = self.point(&def) {
+                points.push(point);
+            }
+        }
+
+        // Overlaps that involve an inline point (map-internal ones were reported with the map).
+        let mut spans: Vec<Span<'_>> = points
+            .iter()
+            .enumerate()
+            .map(|(order, p)| span(p, 0, 0, order))
+            .collect();
+        let pairs: Vec<(String, Origin)> = overlaps(&mut spans)
+            .into_iter()
+            .filter(|(_, later)| later.order >= from_map)
+            .map(|(earlier, later)| (overlap_message(earlier, later), later.point.origin.clone()))
+            .collect();
+        for (message, origin) in pairs {
+            self.report.at_point(&origin, "address", message);
+        }
+
+        for point in &points {
+            if point.area.is_bits() {
+                continue;
+            }
+            let width = point.width();
+            if width > u32::from(limits.max_registers) {
+                self.report.at_point(
+                    &point.origin,
+                    "type",
+                    format!(
+                        "point `{}` ({}, {width} registers) is wider than max_registers_per_read = {} of {path}, so it can never be read",
+                        point.name,
+                        point.data_type.name(),
+                        limits.max_registers
+                    ),
+                );
+            }
+        }
+
+        if self.report.len() > before {
+            return;
+        }
+        let Some(pattern) = pattern else { return };
+
+        // Expansion.
+        let first_index = raw.first_index.unwrap_or(defaults::FIRST_INDEX);
+        let step = match raw.address_stride {
+            Some(_) => 0,
+            None => raw.unit_id_step.unwrap_or(defaults::UNIT_ID_STEP),
+        };
+        let stride = raw.address_stride.unwrap_or(0);
+        let is_template = count > 1;
+        let mut bad_unit: Vec<(String, i64)> = Vec::new();
+        let mut bad_address: Vec<(String, String)> = Vec::new();
+        let labels: Vec<(String, String)> = raw
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for k in 0..count {
+            let name = pattern.render(u64::from(first_index) + u64::from(k));
+            let unit_id = raw.unit_id + i64::from(k) * step;
+            let unit_ok = (1..=247).contains(&unit_id) || (unit_id == 255 && is_tcp);
+            if !unit_ok {
+                bad_unit.push((name.clone(), unit_id));
+            }
+            let shift = u64::from(k) * u64::from(stride);
+            let mut device_points = Vec::with_capacity(points.len());
+            for point in &points {
+                let address = u64::from(point.address) + shift;
+                if address + u64::from(point.width()) > 65536 {
+                    bad_address.push((
+                        name.clone(),
+                        format!(
+                            "point `{}` would start at {} address {address} and run past 65535",
+                            point.name,
+                            point.area.as_str()
+                        ),
+                    ));
+                    continue;
+                }
+                device_points.push(PointConfig {
+                    name: Arc::clone(&point.name),
+                    area: point.area,
+                    address: u16::try_from(address).expect("checked against 65536 above"),
+                    data_type: point.data_type,
+                    byte_order: point.byte_order,
+                    scale: point.scale,
+                    offset: point.offset,
+                    unit: Arc::clone(&point.unit),
+                    poll_interval: point.poll.unwrap_or(default_poll),
+                    range: point.range,
+                    writable: point.writable,
+                });
+            }
+            let (Ok(unit), true) = (u8::try_from(unit_id), unit_ok) else {
+                continue;
+            };
+            expanded.push(Expanded {
+                source,
+                entry,
+                entry_path: path.clone(),
+                instance: is_template.then(|| name.clone()),
+                name: name.clone(),
+                unit_id: unit,
+                shift: u32::try_from(shift).unwrap_or(u32::MAX),
+                points: points.clone(),
+            });
+            devices.push(DeviceConfig {
+                name: Arc::from(name.as_str()),
+                unit_id: unit,
+                max_registers_per_read: limits.max_registers,
+                max_bits_per_read: limits.max_bits,
+                max_gap_registers: limits.max_gap,
+                single_point_reads: raw.single_point_reads.unwrap_or(false),
+                labels: labels.clone(),
+                points: device_points,
+            });
+        }
+        if let Some((name, unit_id)) = bad_unit.first() {
+            let expected = if is_tcp {
+                "expected 1..=247 (or 255 on tcp)"
+            } else {
+                "expected 1..=247 (255 only on tcp sources)"
+            };
+            let why = if *unit_id == 0 {
+                ": 0 is the broadcast address and cannot be polled"
+            } else {
+                ""
+            };
+            let message = if is_template {
+                format!(
+                    "unit id {unit_id} of instance `{name}` is out of range{why}, {expected}{}",
+                    more(bad_unit.len() - 1, "instance")
+                )
+            } else {
+                format!("unit id {unit_id} is out of range{why}, {expected}")
+            };
+            self.report.at(&path.key("unit_id"), message);
+        }
+        if let Some((name, what)) = bad_address.first() {
+            let message = if is_template {
+                format!(
+                    "instance `{name}`: {what} (address_stride = {stride}){}",
+                    more(bad_address.len() - 1, "point")
+                )
+            } else {
+                what.clone()
+            };
+            self.report.at(&path.key("address_stride"), message);
+        }
+    }
+
+    /// Duplicate device names across the site and overlaps between devices sharing a unit id.
+    fn site_wide_device_checks(&mut self, sources: &[RawSource], expanded: &[Expanded]) {
+        let mut names: HashMap<&str, &Expanded> = HashMap::new();
+        for device in expanded {
+            match names.get(device.name.as_str()) {
+                Some(first) if (first.source, first.entry) == (device.source, device.entry) => {
+                    // Same template: already reported as a missing `{n}` placeholder.
+                }
+                Some(first) => {
+                    let whose = match &device.instance {
+                        Some(_) => " (an instance of this template)".to_owned(),
+                        None => String::new(),
+                    };
+                    let earlier = match &first.instance {
+                        Some(name) => format!("{} (instance `{name}`)", first.entry_path),
+                        None => first.entry_path.to_string(),
+                    };
+                    self.report.at(
+                        &device.entry_path.key("name"),
+                        format!(
+                            "duplicate device name `{}`{whose}, already used by {earlier}; device names must be unique across the site",
+                            device.name
+                        ),
+                    );
+                }
+                None => {
+                    names.insert(&device.name, device);
+                }
+            }
+        }
+
+        let mut groups: IndexMap<(usize, u8), Vec<usize>> = IndexMap::new();
+        for (i, device) in expanded.iter().enumerate() {
+            groups
+                .entry((device.source, device.unit_id))
+                .or_default()
+                .push(i);
+        }
+        let mut reported: Vec<(usize, usize, usize)> = Vec::new();
+        for ((source, unit_id), members) in groups {
+            if members.len() < 2 {
+                continue;
+            }
+            let mut spans: Vec<Span<'_>> = Vec::new();
+            for &d in &members {
+                let device = &expanded[d];
+                for point in &device.points {
+                    let order = spans.len();
+                    spans.push(span(point, device.shift, d, order));
+                }
+            }
+            let mut messages = Vec::new();
+            for (earlier, later) in overlaps(&mut spans) {
+                if earlier.owner == later.owner {
+                    continue; // Within one device: reported with the device.
+                }
+                let (a, b) = (&expanded[earlier.owner], &expanded[later.owner]);
+                let key = (source, a.entry, b.entry);
+                if reported.contains(&key) {
+                    continue;
+                }
+                reported.push(key);
+                messages.push((
+                    b.entry_path.clone(),
+                    format!(
+                        "{} point `{}` ({}) overlaps {} point `{}` ({}) of {}: both are unit id {unit_id} on source `{}`",
+                        b.what(),
+                        later.point.name,
+                        describe_registers(later.area, later.start, later.end - later.start, later.bit),
+                        a.what(),
+                        earlier.point.name,
+                        describe_registers(earlier.area, earlier.start, earlier.end - earlier.start, earlier.bit),
+                        a.entry_path,
+                        sources[source].name
+                    ),
+                ));
+            }
+            for (path, message) in messages {
+                self.report.at(&path, message);
+            }
+        }
+    }
+
+    // === uplinks ===
+
+    fn uplink(&mut self, site: &str, raw: &RawUplink, path: &KeyPath) -> UplinkConfig {
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        {
+            self.report.at(
+                &path.key("name"),
+                format!(
+                    "invalid uplink name `{}`: it names the spool file, so only letters, digits, `_` and `-` are allowed",
+                    raw.name
+                ),
+            );
+        }
+        let RawUplinkType::Mqtt = raw.kind;
+        let (broker, tls) = match parse_broker(&raw.broker) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                self.report.at(&path.key("broker"), message);
+                (
+                    HostPort {
+                        host: String::new(),
+                        port: 0,
+                    },
+                    false,
+                )
+            }
+        };
+        let client_id = raw
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("smeltwatch-{site}-{}", raw.name));
+        if client_id.is_empty() {
+            self.report
+                .at(&path.key("client_id"), "client_id must not be empty");
+        }
+        let password = self.password(raw, path);
+        if password.is_some() && raw.username.is_none() {
+            self.report.at(
+                &path.key("username"),
+                "a password needs a `username` (MQTT 3.1.1 sends no password without a user name)",
+            );
+        }
+        let keep_alive = raw.keep_alive.unwrap_or(defaults::KEEP_ALIVE);
+        if keep_alive < Duration::from_secs(1) || keep_alive > Duration::from_secs(65535) {
+            self.report.at(
+                &path.key("keep_alive"),
+                format!(
+                    "keep_alive = {} is out of range, expected 1s..=65535s",
+                    humantime::format_duration(keep_alive)
+                ),
+            );
+        }
+        let max_packet_size = raw.max_packet_size.unwrap_or(defaults::MAX_PACKET_SIZE);
+        if max_packet_size == 0 {
+            self.report.at(
+                &path.key("max_packet_size"),
+                "max_packet_size must be greater than zero",
+            );
+        }
+        let max_inflight = raw.max_inflight.unwrap_or(defaults::MAX_INFLIGHT);
+        if !(1..=65535).contains(&max_inflight) {
+            self.report.at(
+                &path.key("max_inflight"),
+                format!("max_inflight = {max_inflight} is out of range, expected 1..=65535"),
+            );
+        }
+        let reconnect_min = self.positive(
+            path,
+            "reconnect_min",
+            raw.reconnect_min,
+            defaults::MQTT_RECONNECT_MIN,
+        );
+        let reconnect_max = self.positive(
+            path,
+            "reconnect_max",
+            raw.reconnect_max,
+            defaults::MQTT_RECONNECT_MAX,
+        );
+        if reconnect_min > reconnect_max {
+            self.report.at(
+                &path.key("reconnect_min"),
+                format!(
+                    "reconnect_min ({}) is greater than reconnect_max ({})",
+                    humantime::format_duration(reconnect_min),
+                    humantime::format_duration(reconnect_max)
+                ),
+            );
+        }
+        let streams = match &raw.streams {
+            None => vec![
+                Stream::Live,
+                Stream::Metrics,
+                Stream::Events,
+                Stream::Emissions,
+            ],
+            Some(streams) => {
+                if streams.is_empty() {
+                    self.report.at(
+                        &path.key("streams"),
+                        "streams must not be empty, expected some of `live`, `metrics`, `events`, `emissions`",
+                    );
+                }
+                for (i, stream) in streams.iter().enumerate() {
+                    if streams[..i].contains(stream) {
+                        self.report.at(
+                            &path.key("streams").index(i),
+                            format!("stream `{}` is listed twice", stream.as_str()),
+                        );
+                    }
+                }
+                streams.clone()
+            }
+        };
+        let topics = self.topics(raw.topics.as_ref(), path);
+        let spool = match &raw.spool {
+            None => SpoolConfig::default(),
+            Some(spool) => {
+                let default = SpoolConfig::default();
+                let max_bytes = spool.max_bytes.unwrap_or(default.max_bytes);
+                if max_bytes == 0 {
+                    self.report.at(
+                        &path.key("spool").key("max_bytes"),
+                        "max_bytes must be greater than zero",
+                    );
+                }
+                SpoolConfig {
+                    max_bytes,
+                    synchronous_full: spool.synchronous.unwrap_or(RawSynchronous::Full)
+                        == RawSynchronous::Full,
+                }
+            }
+        };
+        UplinkConfig {
+            name: raw.name.clone(),
+            kind: UplinkKind::Mqtt(MqttConfig {
+                broker,
+                tls,
+                client_id,
+                username: raw.username.clone(),
+                password,
+                keep_alive,
+                max_packet_size: usize::try_from(max_packet_size).unwrap_or(usize::MAX),
+                max_inflight: u16::try_from(max_inflight).unwrap_or(u16::MAX),
+                reconnect_min,
+                reconnect_max,
+                topics,
+            }),
+            streams,
+            spool,
+        }
+    }
+
+    /// The password from exactly one of its three sources. Messages name the file or variable,
+    /// never the secret.
+    fn password(&mut self, raw: &RawUplink, path: &KeyPath) -> Option<Secret> {
+        let given: Vec<&str> = [
+            raw.password.as_ref().map(|_| "password"),
+            raw.password_file.as_ref().map(|_| "password_file"),
+            raw.password_env.as_ref().map(|_| "password_env"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let [_, second, ..] = given.as_slice() {
+            self.report.at(
+                &path.key(second),
+                format!(
+                    "give at most one of `password`, `password_file`, `password_env`; found {}",
+                    given
+                        .iter()
+                        .map(|g| format!("`{g}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            );
+            return None;
+        }
+        if let Some(password) = &raw.password {
+            return Some(Secret(password.clone()));
+        }
+        if let Some(file) = &raw.password_file {
+            let file = self.resolve(file);
+            return match std::fs::read_to_string(&file) {
+                Ok(text) => Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned())),
+                Err(err) => {
+                    self.report.at(
+                        &path.key("password_file"),
+                        format!("cannot read password file `{}`: {err}", file.display()),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(variable) = &raw.password_env {
+            return match std::env::var(variable) {
+                Ok(value) => Some(Secret(value)),
+                Err(std::env::VarError::NotPresent) => {
+                    self.report.at(
+                        &path.key("password_env"),
+                        format!("environment variable `{variable}` is not set"),
+                    );
+                    None
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    self.report.at(
+                        &path.key("password_env"),
+                        format!("environment variable `{variable}` is not valid UTF-8"),
+                    );
+                    None
+                }
+            };
+        }
+        None
+    }
+
+    fn topics(&mut self, raw: Option<&RawTopics>, path: &KeyPath) -> TopicTemplates {
+        let mut topics = TopicTemplates::default();
+        let Some(raw) = raw else { return topics };
+        let overrides = [
+            ("live", &raw.live, &mut topics.live),
+            ("metrics", &raw.metrics, &mut topics.metrics),
+            ("events", &raw.events, &mut topics.events),
+            ("emissions", &raw.emissions, &mut topics.emissions),
+            ("status", &raw.status, &mut topics.status),
+        ];
+        for (key, value, slot) in overrides {
+            let Some(value) = value else { continue };
+            if value.is_empty() || value.contains(['+', '#', '\0']) {
+                self.report.at(
+                    &path.key("topics").key(key),
+                    format!(
+                        "invalid topic template `{value}`: it must not be empty or contain the wildcards `+` and `#`"
+                    ),
+                );
+            }
+            *slot = value.clone();
+        }
+        topics
+    }
+}
+
+/// Read limits of one device.
+struct Limits {
+    max_registers: u16,
+    max_bits: u16,
+    max_gap: u16,
+}
+
+fn overlap_message(earlier: &Span<'_>, later: &Span<'_>) -> String {
+    format!(
+        "point `{}` ({}) overlaps point `{}` ({})",
+        later.point.name,
+        describe_registers(later.area, later.start, later.end - later.start, later.bit),
+        earlier.point.name,
+        describe_registers(
+            earlier.area,
+            earlier.start,
+            earlier.end - earlier.start,
+            earlier.bit
+        ),
+    )
+}
+
+fn more(n: usize, what: &str) -> String {
+    match n {
+        0 => String::new(),
+        1 => format!(" (and 1 more {what})"),
+        n => format!(" (and {n} more {what}s)"),
+    }
+}
+
+/// 3.5 character times at the line's settings, at least 2 ms (Modbus over serial line v1.02
+/// §2.5.1.1 fixes 1.75 ms above 19200 baud; 2 ms leaves margin for USB adapters).
+fn rtu_gap(serial: &SerialSettings) -> Duration {
+    let parity_bits = u32::from(serial.parity != Parity::None);
+    let char_bits = 1 + u32::from(serial.data_bits) + parity_bits + u32::from(serial.stop_bits);
+    let gap = if serial.baud == 0 {
+        defaults::RTU_GAP_MIN
+    } else {
+        Duration::from_secs_f64(3.5 * f64::from(char_bits) / f64::from(serial.baud))
+    };
+    gap.max(defaults::RTU_GAP_MIN)
+}
+
+/// `host:port` or `[v6]:port`.
+fn parse_host_port(text: &str) -> Result<HostPort, String> {
+    let bad = || format!("invalid address `{text}`, expected `host:port` (e.g. `10.1.0.20:502`)");
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
+        (host, rest.strip_prefix(':').ok_or_else(bad)?)
+    } else {
+        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        if host.contains(':') {
+            return Err(bad());
+        }
+        (host, port)
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(format!("invalid address `{text}`: port 0"));
+    }
+    Ok(HostPort {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`; returns the address and whether TLS is on.
+fn parse_broker(text: &str) -> Result<(HostPort, bool), String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid broker URL `{text}`: {why}, expected `mqtt://host:port` or `mqtts://host:port`"
+        )
+    };
+    let (rest, tls, default_port) = if let Some(rest) = text.strip_prefix("mqtt://") {
+        (rest, false, defaults::MQTT_PORT)
+    } else if let Some(rest) = text.strip_prefix("mqtts://") {
+        (rest, true, defaults::MQTTS_PORT)
+    } else {
+        return Err(bad("unknown scheme"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(bad("no path, query or credentials allowed"));
+    }
+    let has_port = if rest.starts_with('[') {
+        rest.contains("]:")
+    } else {
+        rest.contains(':')
+    };
+    let with_port = if has_port {
+        rest.to_owned()
+    } else {
+        format!("{rest}:{default_port}")
+    };
+    let addr = parse_host_port(&with_port).map_err(|_| bad("malformed host or port"))?;
+    Ok((addr, tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_take_default_ports_and_tls_from_the_scheme() {
+        let (addr, tls) = parse_broker("mqtt://broker.plant").expect("valid");
+        assert_eq!(
+            (addr.host.as_str(), addr.port, tls),
+            ("broker.plant", 1883, false)
+        );
+        let (addr, tls) = parse_broker("mqtts://10.0.0.5").expect("valid");
+        assert_eq!(
+            (addr.host.as_str(), addr.port, tls),
+            ("10.0.0.5", 8883, true)
+        );
+        let (addr, _) = parse_broker("mqtt://[::1]:1884/").expect("valid");
+        assert_eq!((addr.host.as_str(), addr.port), ("::1", 1884));
+        for bad in [
+            "tcp://x:1",
+            "mqtt://",
+            "mqtt://x:99999",
+            "mqtt://u:p@x:1",
+            "mqtt://x/t",
+        ] {
+            assert!(parse_broker(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn host_port_needs_a_port() {
+        assert!(parse_host_port("10.0.0.1").is_err());
+        assert!(parse_host_port(":502").is_err());
+        assert!(parse_host_port("::1:502").is_err());
+        assert_eq!(
+            parse_host_port("plc-7:5020").expect("valid"),
+            HostPort {
+                host: "plc-7".into(),
+                port: 5020
+            }
+        );
+    }
+
+    #[test]
+    fn rtu_gap_is_three_and_a_half_characters_with_a_floor() {
+        let mut serial = SerialSettings {
+            path: "/dev/ttyS1".into(),
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::Even,
+            stop_bits: 1,
+        };
+        // 11 bits per character: 3.5 × 11 / 9600 s = 4.0104 ms.
+        assert_eq!(rtu_gap(&serial).as_micros(), 4010);
+        serial.baud = 115_200;
+        assert_eq!(rtu_gap(&serial), Duration::from_millis(2));
+    }
+}
