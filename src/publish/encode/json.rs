@@ -1,0 +1,210 @@
+//! The JSON payload encoder.
+//!
+//! A [`Record::Batch`] becomes one object per poll batch of one device, fields in this fixed
+//! order (consumers and the golden file rely on it):
+//!
+//! ```json
+//! {"site":"demo-al-01","stream":"live","seq":17,"source":"potline1","device":"pot_003",
+//!  "unit_id":12,"poll_interval_ms":1000,"scheduled":"2026-11-28T03:24:13.000Z",
+//!  "readings":[{"point":"cell_voltage_v","value":4.061,"unit":"V","quality":"good",
+//!               "ts":"2026-11-28T03:24:13.123Z","ts_ms":1764300253123}]}
+//! ```
+//!
+//! `value` is `null` when nothing could be read (the quality says why) and for non-finite floats;
+//! `"historical":true` follows `seq` only for records replayed after an outage, and is absent
+//! otherwise. The encoder serialises borrowed views of the record with serde, so nothing but the
+//! two RFC 3339 strings per reading is allocated besides the output buffer.
+
+use serde::Serialize;
+use serde::ser::{SerializeSeq, Serializer};
+
+use crate::config::Stream;
+use crate::model::{Reading, ReadingBatch, Record, Timestamp, Value};
+
+/// Encode one spooled record as a JSON payload.
+///
+/// `historical` marks a record sent after an outage, behind newer data; it adds
+/// `"historical":true` and is omitted when false.
+pub fn encode_record(
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    record: &Record,
+    historical: bool,
+) -> Vec<u8> {
+    match record {
+        Record::Batch(batch) => encode_batch(site, stream, seq, batch, historical),
+    }
+}
+
+fn encode_batch(
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    batch: &ReadingBatch,
+    historical: bool,
+) -> Vec<u8> {
+    let payload = BatchPayload {
+        site,
+        stream: stream.as_str(),
+        seq,
+        historical,
+        source: &batch.source,
+        device: &batch.device,
+        unit_id: batch.unit_id,
+        poll_interval_ms: batch.poll_interval_ms,
+        scheduled: Rfc3339(batch.scheduled),
+        readings: Readings(&batch.readings),
+    };
+    // Rough size guess: ~110 bytes per reading plus the header; avoids most regrowth.
+    let mut out = Vec::with_capacity(192 + 112 * batch.readings.len());
+    serde_json::to_writer(&mut out, &payload)
+        .expect("serialising borrowed strings and numbers into a Vec cannot fail");
+    out
+}
+
+#[derive(Serialize)]
+struct BatchPayload<'a> {
+    site: &'a str,
+    stream: &'a str,
+    seq: u64,
+    #[serde(skip_serializing_if = "is_false")]
+    historical: bool,
+    source: &'a str,
+    device: &'a str,
+    unit_id: u8,
+    poll_interval_ms: u64,
+    scheduled: Rfc3339,
+    readings: Readings<'a>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A timestamp printed as RFC 3339 with milliseconds.
+struct Rfc3339(Timestamp);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_rfc3339())
+    }
+}
+
+/// The readings, serialised lazily from the batch's slice.
+struct Readings<'a>(&'a [Reading]);
+
+impl Serialize for Readings<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for r in self.0 {
+            seq.serialize_element(&ReadingPayload {
+                point: &r.point,
+                value: r.value.as_ref().map(ValuePayload),
+                unit: &r.unit,
+                quality: r.quality.as_str(),
+                ts: Rfc3339(r.ts),
+                ts_ms: r.ts.unix_ms(),
+            })?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct ReadingPayload<'a> {
+    point: &'a str,
+    value: Option<ValuePayload<'a>>,
+    unit: &'a str,
+    quality: &'a str,
+    ts: Rfc3339,
+    ts_ms: i64,
+}
+
+/// A value as a bare JSON scalar; non-finite floats become `null` (JSON has no NaN).
+struct ValuePayload<'a>(&'a Value);
+
+impl Serialize for ValuePayload<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::UInt(u) => s.serialize_u64(*u),
+            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Float(_) => s.serialize_none(),
+            Value::Text(t) => s.serialize_str(t),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Quality;
+
+    fn reading(point: &str, value: Option<Value>, unit: &str, q: Quality, ts: i64) -> Reading {
+        Reading {
+            point: point.into(),
+            value,
+            unit: unit.into(),
+            quality: q,
+            ts: Timestamp(ts),
+        }
+    }
+
+    fn batch(readings: Vec<Reading>) -> Record {
+        Record::Batch(ReadingBatch {
+            source: "potline1".into(),
+            device: "pot_003".into(),
+            unit_id: 12,
+            poll_interval_ms: 1000,
+            scheduled: Timestamp(1_764_300_253_000),
+            readings,
+        })
+    }
+
+    #[test]
+    fn historical_flag_appears_only_when_set() {
+        let r = batch(vec![]);
+        let live = String::from_utf8(encode_record("s", Stream::Live, 1, &r, false)).unwrap();
+        let hist = String::from_utf8(encode_record("s", Stream::Live, 1, &r, true)).unwrap();
+        assert!(!live.contains("historical"), "{live}");
+        assert!(
+            hist.contains(r#""seq":1,"historical":true,"source""#),
+            "{hist}"
+        );
+    }
+
+    #[test]
+    fn every_value_kind_encodes_as_a_bare_scalar() {
+        let r = batch(vec![
+            reading("b", Some(Value::Bool(true)), "", Quality::Good, 0),
+            reading("i", Some(Value::Int(-3)), "", Quality::Good, 0),
+            reading("u", Some(Value::UInt(u64::MAX)), "kWh", Quality::Good, 0),
+            reading(
+                "f",
+                Some(Value::Float(f64::NAN)),
+                "V",
+                Quality::OutOfRange,
+                0,
+            ),
+            reading("t", Some(Value::Text("A\"1".into())), "", Quality::Good, 0),
+            reading("n", None, "V", Quality::CommFail, 0),
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_record("s", Stream::Live, 2, &r, false)).unwrap();
+        let values: Vec<&serde_json::Value> = v["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["value"])
+            .collect();
+        assert_eq!(values[0], &serde_json::json!(true));
+        assert_eq!(values[1], &serde_json::json!(-3));
+        assert_eq!(values[2], &serde_json::json!(u64::MAX));
+        assert!(values[3].is_null());
+        assert_eq!(values[4], &serde_json::json!("A\"1"));
+        assert!(values[5].is_null());
+        assert_eq!(v["readings"][5]["quality"], "comm_fail");
+    }
+}
