@@ -613,3 +613,451 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    fn cfg(max_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            max_bytes,
+            synchronous_full: false,
+        }
+    }
+
+    /// A record of exactly `bytes` budget bytes (topic "t/NN" plus body).
+    fn rec(stream: Stream, n: u8, bytes: usize) -> NewRecord {
+        let topic = format!("t/{n:02}");
+        NewRecord {
+            stream,
+            body: vec![n; bytes - topic.len()],
+            topic,
+            created: Timestamp(1_000 + i64::from(n)),
+        }
+    }
+
+    fn open(dir: &TempDir, max_bytes: u64) -> Spool {
+        Spool::open(&dir.path().join("spool/plant.db"), &cfg(max_bytes)).unwrap()
+    }
+
+    fn seqs_of(spool: &Spool, stream: Stream) -> Vec<u64> {
+        spool
+            .read_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.stream == stream)
+            .map(|r| r.seq)
+            .collect()
+    }
+
+    #[test]
+    fn append_assigns_seq_per_stream_independently() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        let streams = [
+            Stream::Live,
+            Stream::Metrics,
+            Stream::Live,
+            Stream::Live,
+            Stream::Metrics,
+            Stream::Events,
+        ];
+        let batch = streams.iter().map(|&s| rec(s, 1, 10)).collect();
+        let appended = spool.append(batch).unwrap();
+        let got: Vec<(i64, Stream, u64)> =
+            appended.iter().map(|a| (a.id, a.stream, a.seq)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Stream::Live, 1),
+                (2, Stream::Metrics, 1),
+                (3, Stream::Live, 2),
+                (4, Stream::Live, 3),
+                (5, Stream::Metrics, 2),
+                (6, Stream::Events, 1),
+            ]
+        );
+        let next = spool.append(vec![rec(Stream::Metrics, 2, 10)]).unwrap();
+        assert_eq!((next[0].id, next[0].seq), (7, 3));
+        assert!(spool.append(Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn read_after_returns_oldest_first_from_the_cursor() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        let batch: Vec<_> = (0..10u8).map(|n| rec(Stream::Live, n, 20)).collect();
+        spool.append(batch.clone()).unwrap();
+        let all = spool.read_after(0, 100).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.id).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(all[3].topic, batch[3].topic);
+        assert_eq!(all[3].body, batch[3].body);
+        assert_eq!(all[3].created, batch[3].created);
+        assert_eq!(all[3].attempts, 0);
+        let page = spool.read_after(4, 3).unwrap();
+        assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert!(spool.read_after(10, 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ack_removes_only_known_ids_and_is_idempotent() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        spool
+            .append((0..5u8).map(|n| rec(Stream::Events, n, 30)).collect())
+            .unwrap();
+        assert_eq!(spool.ack(&[2, 4, 99, 2]).unwrap(), 2);
+        assert_eq!(spool.ack(&[2, 4]).unwrap(), 0);
+        assert_eq!(spool.ack(&[]).unwrap(), 0);
+        let left: Vec<i64> = spool
+            .read_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, vec![1, 3, 5]);
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.bytes), (3, 90));
+    }
+
+    #[test]
+    fn seq_and_id_continue_after_reopen_even_when_empty() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        spool
+            .append(vec![rec(Stream::Live, 1, 10), rec(Stream::Live, 2, 10)])
+            .unwrap();
+        spool.append(vec![rec(Stream::Emissions, 3, 10)]).unwrap();
+        assert_eq!(spool.ack(&[1, 2, 3]).unwrap(), 3);
+        assert_eq!(spool.stats().unwrap().records, 0);
+        drop(spool);
+
+        let mut spool = open(&dir, u64::MAX);
+        assert_eq!(spool.last_id().unwrap(), 3);
+        let a = spool
+            .append(vec![
+                rec(Stream::Live, 4, 10),
+                rec(Stream::Emissions, 5, 10),
+            ])
+            .unwrap();
+        assert_eq!((a[0].id, a[0].seq), (4, 3));
+        assert_eq!((a[1].id, a[1].seq), (5, 2));
+        assert_eq!(seqs_of(&spool, Stream::Metrics), Vec::<u64>::new());
+        assert_eq!(
+            spool.append(vec![rec(Stream::Metrics, 6, 10)]).unwrap()[0].seq,
+            1
+        );
+    }
+
+    #[test]
+    fn budget_drops_live_then_metrics_then_events_and_emissions_last() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, 1000);
+        // 10 records of 100 bytes: exactly the budget, nothing dropped.
+        let mut batch = Vec::new();
+        for n in 0..2 {
+            batch.push(rec(Stream::Emissions, n, 100));
+            batch.push(rec(Stream::Events, n, 100));
+            batch.push(rec(Stream::Metrics, n, 100));
+        }
+        for n in 0..4 {
+            batch.push(rec(Stream::Live, n, 100));
+        }
+        assert_eq!(spool.append(batch).unwrap().len(), 10);
+        assert_eq!(spool.stats().unwrap().dropped, 0);
+
+        // One more emission record: the oldest live record goes.
+        spool.append(vec![rec(Stream::Emissions, 2, 100)]).unwrap();
+        assert_eq!(seqs_of(&spool, Stream::Live), vec![2, 3, 4]);
+
+        // 400 bytes of events: the other three live records, then the oldest metrics record.
+        spool
+            .append((3..7).map(|n| rec(Stream::Events, n, 100)).collect())
+            .unwrap();
+        assert_eq!(seqs_of(&spool, Stream::Live), Vec::<u64>::new());
+        assert_eq!(seqs_of(&spool, Stream::Metrics), vec![2]);
+        assert_eq!(seqs_of(&spool, Stream::Events), vec![1, 2, 3, 4, 5, 6]);
+
+        // 300 bytes of emissions: the last metrics record, then the two oldest events.
+        spool
+            .append((7..10).map(|n| rec(Stream::Emissions, n, 100)).collect())
+            .unwrap();
+        assert_eq!(seqs_of(&spool, Stream::Metrics), Vec::<u64>::new());
+        assert_eq!(seqs_of(&spool, Stream::Events), vec![3, 4, 5, 6]);
+        assert_eq!(seqs_of(&spool, Stream::Emissions), vec![1, 2, 3, 4, 5, 6]);
+
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.bytes, stats.dropped), (10, 1000, 8));
+        assert_eq!(
+            spool.dropped_per_stream(),
+            vec![
+                (Stream::Live, 4),
+                (Stream::Metrics, 2),
+                (Stream::Events, 2),
+                (Stream::Emissions, 0)
+            ]
+        );
+
+        // A live record now has nothing of lower priority to displace: it is dropped itself,
+        // rather than an older event.
+        assert!(
+            spool
+                .append(vec![rec(Stream::Live, 10, 100)])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(seqs_of(&spool, Stream::Events), vec![3, 4, 5, 6]);
+        assert_eq!(spool.stats().unwrap().dropped, 9);
+
+        // The drop counters and totals survive a reopen.
+        drop(spool);
+        let spool = open(&dir, 1000);
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.bytes, stats.dropped), (10, 1000, 9));
+        assert_eq!(spool.dropped_per_stream()[0], (Stream::Live, 5));
+    }
+
+    #[test]
+    fn budget_drops_oldest_emissions_only_when_nothing_else_remains() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, 250);
+        spool
+            .append(vec![
+                rec(Stream::Emissions, 0, 100),
+                rec(Stream::Live, 0, 100),
+            ])
+            .unwrap();
+        spool.append(vec![rec(Stream::Emissions, 1, 100)]).unwrap();
+        assert_eq!(seqs_of(&spool, Stream::Live), Vec::<u64>::new());
+        assert_eq!(seqs_of(&spool, Stream::Emissions), vec![1, 2]);
+        spool.append(vec![rec(Stream::Emissions, 2, 100)]).unwrap();
+        assert_eq!(seqs_of(&spool, Stream::Emissions), vec![2, 3]);
+    }
+
+    #[test]
+    fn oversized_batch_keeps_what_fits_by_priority() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, 300);
+        let mut batch: Vec<_> = (0..5).map(|n| rec(Stream::Live, n, 100)).collect();
+        batch.insert(2, rec(Stream::Emissions, 9, 100));
+        let appended = spool.append(batch).unwrap();
+        let got: Vec<(Stream, u64)> = appended.iter().map(|a| (a.stream, a.seq)).collect();
+        // Live seqs 1..3 were dropped (consumed, so a consumer sees the gap); ids stay dense.
+        assert_eq!(
+            got,
+            vec![(Stream::Emissions, 1), (Stream::Live, 4), (Stream::Live, 5)]
+        );
+        assert_eq!(
+            appended.iter().map(|a| a.id).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.bytes, stats.dropped), (3, 300, 3));
+        assert_eq!(
+            spool.append(vec![rec(Stream::Live, 6, 10)]).unwrap().len(),
+            1
+        );
+        assert_eq!(seqs_of(&spool, Stream::Live), vec![5, 6]);
+
+        // A single record larger than the whole budget is dropped, not stored.
+        let mut spool = Spool::open(&dir.path().join("tiny.db"), &cfg(50)).unwrap();
+        assert!(
+            spool
+                .append(vec![rec(Stream::Emissions, 1, 60)])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(spool.stats().unwrap().dropped, 1);
+    }
+
+    #[test]
+    fn stats_report_counts_bytes_and_the_oldest_head() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        let empty = spool.stats().unwrap();
+        assert_eq!(empty.records, 0);
+        assert_eq!(empty.oldest, None);
+        assert_eq!(empty.per_stream.len(), 4);
+        let mut late_event = rec(Stream::Events, 1, 40);
+        late_event.created = Timestamp(500);
+        spool
+            .append(vec![
+                rec(Stream::Live, 1, 10),
+                late_event,
+                rec(Stream::Live, 2, 10),
+            ])
+            .unwrap();
+        // Multi-byte topic: the budget counts bytes, not characters.
+        spool
+            .append(vec![NewRecord {
+                stream: Stream::Metrics,
+                topic: "µ".to_owned(),
+                body: vec![0; 3],
+                created: Timestamp(2_000),
+            }])
+            .unwrap();
+        let stats = spool.stats().unwrap();
+        assert_eq!(stats.records, 4);
+        assert_eq!(stats.bytes, 10 + 40 + 10 + 5);
+        assert_eq!(stats.oldest, Some(Timestamp(500)));
+        assert_eq!(
+            stats.per_stream,
+            vec![
+                (Stream::Live, 2),
+                (Stream::Metrics, 1),
+                (Stream::Events, 1),
+                (Stream::Emissions, 0)
+            ]
+        );
+        // The in-memory totals agree with what a fresh open computes from the table.
+        drop(spool);
+        assert_eq!(open(&dir, u64::MAX).stats().unwrap(), stats);
+    }
+
+    #[test]
+    fn mark_attempt_counts_attempts() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        spool
+            .append(vec![rec(Stream::Live, 1, 10), rec(Stream::Live, 2, 10)])
+            .unwrap();
+        spool.mark_attempt(&[1, 42]).unwrap();
+        spool.mark_attempt(&[1, 2]).unwrap();
+        let attempts: Vec<u32> = spool
+            .read_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.attempts)
+            .collect();
+        assert_eq!(attempts, vec![2, 1]);
+    }
+
+    #[test]
+    fn kv_values_persist_and_overwrite() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        assert_eq!(spool.kv_get("bdseq").unwrap(), None);
+        spool.kv_set("bdseq", &[1]).unwrap();
+        spool.kv_set("bdseq", &[2, 3]).unwrap();
+        drop(spool);
+        let spool = open(&dir, u64::MAX);
+        assert_eq!(spool.kv_get("bdseq").unwrap(), Some(vec![2, 3]));
+    }
+
+    #[test]
+    fn open_refuses_a_file_that_is_not_a_database() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("garbage.db");
+        fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = Spool::open(&path, &cfg(u64::MAX)).unwrap_err();
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("garbage.db"), "{err}");
+    }
+
+    #[test]
+    fn open_refuses_a_damaged_page_found_by_quick_check() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("damaged.db");
+        let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        spool
+            .append((0..200u8).map(|n| rec(Stream::Live, n, 200)).collect())
+            .unwrap();
+        spool.close().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let page: usize = 4096;
+        assert!(bytes.len() > 4 * page, "the file should span several pages");
+        bytes[2 * page..3 * page].fill(0xff);
+        fs::write(&path, bytes).unwrap();
+        let err = Spool::open(&path, &cfg(u64::MAX)).unwrap_err();
+        assert!(matches!(err, SpoolError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("damaged.db"), "{err}");
+    }
+
+    #[test]
+    fn open_refuses_newer_schema_and_foreign_databases() {
+        let dir = TempDir::new().unwrap();
+        let newer = dir.path().join("newer.db");
+        let spool = Spool::open(&newer, &cfg(u64::MAX)).unwrap();
+        spool.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(spool);
+        let err = Spool::open(&newer, &cfg(u64::MAX)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpoolError::NewerSchema {
+                    found: 99,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = Spool::open(&foreign, &cfg(u64::MAX)).unwrap_err();
+        assert!(matches!(err, SpoolError::NotASpool { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn disk_full_is_an_error_and_leaves_file_and_totals_consistent() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        // Cap the file near its current size: SQLite then reports SQLITE_FULL like a full disk.
+        let pages: i64 = spool
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        spool
+            .conn
+            .pragma_update(None, "max_page_count", pages + 8)
+            .unwrap();
+        let mut stored = 0;
+        let err = loop {
+            match spool.append((0..20u8).map(|n| rec(Stream::Metrics, n, 1000)).collect()) {
+                Ok(a) => stored += a.len() as u64,
+                Err(e) => break e,
+            }
+            assert!(stored < 10_000, "the page cap never took effect");
+        };
+        assert!(matches!(err, SpoolError::DiskFull { .. }), "{err:?}");
+        let stats = spool.stats().unwrap();
+        assert_eq!(stats.records, stored);
+        // Acks still work on a full disk, and the failed batch consumed no seqs.
+        assert_eq!(spool.ack(&[1]).unwrap(), 1);
+        drop(spool);
+        let mut spool = open(&dir, u64::MAX);
+        assert_eq!(spool.stats().unwrap().records, stored - 1);
+        let next = spool.append(vec![rec(Stream::Metrics, 0, 10)]).unwrap();
+        assert_eq!(next[0].seq, stored + 1);
+    }
+
+    #[test]
+    fn file_is_in_wal_mode_with_the_configured_synchronous() {
+        let dir = TempDir::new().unwrap();
+        for (full, expected) in [(true, 2), (false, 1)] {
+            let path = dir.path().join(format!("sync-{full}.db"));
+            let cfg = SpoolConfig {
+                max_bytes: 1,
+                synchronous_full: full,
+            };
+            let spool = Spool::open(&path, &cfg).unwrap();
+            let mode: String = spool
+                .conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            let sync: i64 = spool
+                .conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!((mode.as_str(), sync), ("wal", expected));
+        }
+    }
+}
