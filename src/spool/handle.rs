@@ -174,3 +174,80 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
         tracing::warn!(spool = %path.display(), error = %e, "closing the spool after its last handle was dropped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Stream;
+    use crate::model::Timestamp;
+
+    fn rec(stream: Stream, n: u8) -> NewRecord {
+        NewRecord {
+            stream,
+            topic: format!("t/{n}"),
+            body: vec![n; 16],
+            created: Timestamp(i64::from(n)),
+        }
+    }
+
+    #[tokio::test]
+    async fn handle_appends_reads_acks_and_signals_new_records() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let handle = SpoolHandle::open(&dir.path().join("a.db"), &SpoolConfig::default()).unwrap();
+        let mut appended = handle.appended();
+        assert_eq!(*appended.borrow_and_update(), 0);
+
+        let writer = handle.clone();
+        let a = tokio::spawn(async move {
+            writer
+                .append(vec![rec(Stream::Live, 1), rec(Stream::Events, 2)])
+                .await
+        });
+        appended.changed().await.unwrap();
+        assert_eq!(*appended.borrow_and_update(), 2);
+        let a = a.await.unwrap().unwrap();
+        assert_eq!(a.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 1]);
+
+        let read = handle.read_after(0, 10).await.unwrap();
+        assert_eq!(read.len(), 2);
+        handle.mark_attempt(vec![1]).await.unwrap();
+        assert_eq!(handle.read_after(0, 1).await.unwrap()[0].attempts, 1);
+        assert_eq!(handle.ack(vec![1, 1, 7]).await.unwrap(), 1);
+        assert_eq!(handle.stats().await.unwrap().records, 1);
+        handle.kv_set("bdseq".into(), vec![9]).await.unwrap();
+        assert_eq!(handle.kv_get("bdseq".into()).await.unwrap(), Some(vec![9]));
+
+        let other = handle.clone();
+        handle.close().await.unwrap();
+        assert!(matches!(other.stats().await, Err(SpoolError::Closed)));
+        assert!(matches!(other.close().await, Err(SpoolError::Closed)));
+
+        // Closed cleanly: the WAL was checkpointed, and a reopen sees the state and the last id.
+        let reopened =
+            SpoolHandle::open(&dir.path().join("a.db"), &SpoolConfig::default()).unwrap();
+        assert_eq!(*reopened.appended().borrow(), 2);
+        assert_eq!(reopened.read_after(0, 10).await.unwrap()[0].id, 2);
+        assert_eq!(
+            reopened.kv_get("bdseq".into()).await.unwrap(),
+            Some(vec![9])
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_stops_the_thread_and_releases_the_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("b.db");
+        let handle = SpoolHandle::open(&path, &SpoolConfig::default()).unwrap();
+        handle.append(vec![rec(Stream::Metrics, 1)]).await.unwrap();
+        let mut appended = handle.appended();
+        assert_eq!(*appended.borrow_and_update(), 1);
+        drop(handle);
+        // The watch sender lives in the thread: its end proves the thread stopped.
+        assert!(appended.changed().await.is_err());
+        // It checkpointed on the way out: the WAL is truncated and the record is in the main file.
+        let wal = dir.path().join("b.db-wal");
+        assert!(std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0);
+        let spool = Spool::open(&path, &SpoolConfig::default()).unwrap();
+        assert_eq!(spool.stats().unwrap().records, 1);
+    }
+}
