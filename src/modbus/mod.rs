@@ -3,3 +3,4 @@
 pub mod decode;
 pub mod plan;
 pub mod poller;
+pub mod probe;
