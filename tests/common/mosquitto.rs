@@ -1,0 +1,270 @@
+//! A real Mosquitto broker for integration tests, on a free loopback port, with helpers to stop,
+//! kill and restart it on the same port, and a subscriber that returns only after its SUBACK.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// Largest packet the test broker and subscribers accept.
+pub const MAX_PACKET: usize = 4 * 1024 * 1024;
+
+/// A running `mosquitto` process. Dropping it kills the process.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    user: Option<(String, String)>,
+    persistent: bool,
+}
+
+impl Mosquitto {
+    /// Anonymous access, no persistence.
+    pub fn start() -> Mosquitto {
+        Self::launch(None, false)
+    }
+
+    /// Only `user`/`password` may connect.
+    pub fn start_with_user(user: &str, password: &str) -> Mosquitto {
+        Self::launch(Some((user.into(), password.into())), false)
+    }
+
+    /// Anonymous access with persistence saved after every change, so that persistent sessions
+    /// (subscriptions, queued QoS 1 messages) survive a SIGKILL as far as they were saved.
+    pub fn start_persistent() -> Mosquitto {
+        Self::launch(None, true)
+    }
+
+    fn launch(user: Option<(String, String)>, persistent: bool) -> Mosquitto {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir for mosquitto");
+        let mut m = Mosquitto {
+            port,
+            child: None,
+            dir,
+            user,
+            persistent,
+        };
+        m.spawn();
+        m
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The persistence file (exists once Mosquitto has saved something).
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.db")
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let mut text = format!(
+            "listener {} 127.0.0.1\nmax_packet_size {MAX_PACKET}\nmax_queued_messages 0\n\
+             max_inflight_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            self.port
+        );
+        if self.persistent {
+            // Started as root, Mosquitto drops to its own user, which must be able to write here.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("make the persistence directory writable");
+            text.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_on_changes true\nautosave_interval 1\n",
+                self.dir.path().display()
+            ));
+        } else {
+            text.push_str("persistence false\n");
+        }
+        match &self.user {
+            None => text.push_str("allow_anonymous true\n"),
+            Some((user, password)) => {
+                let pw = self.dir.path().join("passwd");
+                std::fs::write(&pw, "").expect("create password file");
+                let status = Command::new("mosquitto_passwd")
+                    .arg("-b")
+                    .arg(&pw)
+                    .arg(user)
+                    .arg(password)
+                    .status()
+                    .expect("run mosquitto_passwd");
+                assert!(status.success(), "mosquitto_passwd failed");
+                text.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    pw.display()
+                ));
+            }
+        }
+        let mut f = std::fs::File::create(&conf).expect("write mosquitto.conf");
+        f.write_all(text.as_bytes()).expect("write mosquitto.conf");
+        conf
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.write_config();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mosquitto (is it installed?)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Poll TCP connects until the broker accepts one (10 s deadline).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("mosquitto exited at start-up: {status}");
+            }
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not accept connections on {} within 10 s",
+                self.addr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait: a clean broker shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL and wait: the broker vanishes without closing anything cleanly.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port (after `stop` or `kill`; kills a running one first).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Restart on the same port with a different login (`None`: anonymous).
+    pub fn restart_with_user(&mut self, user: Option<(&str, &str)>) {
+        self.kill();
+        self.user = user.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Options for a test subscriber.
+pub struct SubscribeOptions {
+    /// `None`: a clean session with a generated id; `Some(id)`: a persistent session with that id.
+    pub persistent_id: Option<String>,
+    /// Login, if the broker needs one.
+    pub user: Option<(String, String)>,
+}
+
+/// Subscribe to `topic` at QoS 1 with a clean session; returns after the SUBACK.
+pub async fn subscribe(port: u16, topic: &str) -> (AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
+    subscribe_with(
+        port,
+        topic,
+        SubscribeOptions {
+            persistent_id: None,
+            user: None,
+        },
+    )
+    .await
+}
+
+/// Subscribe with options; returns after the SUBACK. The event loop keeps running in a task: it
+/// reconnects after errors (every 50 ms) and, on a clean session, subscribes again after each
+/// reconnect. Received publishes go to the channel as `(topic, payload)`.
+pub async fn subscribe_with(
+    port: u16,
+    topic: &str,
+    opts: SubscribeOptions,
+) -> (AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
+    let persistent = opts.persistent_id.is_some();
+    let id = opts
+        .persistent_id
+        .unwrap_or_else(|| format!("test-sub-{}", fastrand::u64(..)));
+    let mut o = MqttOptions::new(id, ("127.0.0.1".to_owned(), port));
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_keep_alive(5)
+        .set_clean_session(!persistent);
+    if let Some((u, p)) = opts.user {
+        o.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = AsyncClient::builder(o).capacity(64).build();
+    let (tx, rx) = mpsc::channel(1_000_000);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
+    let resub = client.clone();
+    let topic_owned = topic.to_owned();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if !first && !ack.session_present {
+                        let _ = resub.try_subscribe(topic_owned.clone(), QoS::AtLeastOnce);
+                    }
+                    first = false;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.try_send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let t = String::from_utf8_lossy(&p.topic).into_owned();
+                    if tx.send((t, p.payload.to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::RequestsDone) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    client
+        .subscribe(topic.to_owned(), QoS::AtLeastOnce)
+        .await
+        .expect("queue SUBSCRIBE");
+    tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+        .await
+        .expect("SUBACK within 10 s")
+        .expect("subscriber task alive");
+    (client, rx)
+}
