@@ -63,7 +63,7 @@ pub(crate) fn parse_csv_map(
     let header = match reader.headers() {
         Ok(header) => header.clone(),
         Err(err) => {
-            let line = err.position().map_or(1, csv::Position::line);
+            let line = err.position().map_or(1, |p| line_of(text, p));
             report.at_csv(
                 &file,
                 line,
@@ -74,7 +74,7 @@ pub(crate) fn parse_csv_map(
             return Vec::new();
         }
     };
-    let header_line = header.position().map_or(1, csv::Position::line);
+    let header_line = header.position().map_or(1, |p| line_of(text, p));
     if header.iter().all(str::is_empty) {
         report.at_csv(
             &file,
@@ -138,7 +138,7 @@ pub(crate) fn parse_csv_map(
         let record = match record {
             Ok(record) => record,
             Err(err) => {
-                let line = err.position().map_or(header_line, csv::Position::line);
+                let line = err.position().map_or(header_line, |p| line_of(text, p));
                 report.at_csv(
                     &file,
                     line,
@@ -149,7 +149,7 @@ pub(crate) fn parse_csv_map(
                 continue;
             }
         };
-        let line = record.position().map_or(header_line, csv::Position::line);
+        let line = record.position().map_or(header_line, |p| line_of(text, p));
         let cell = |column: &str| -> Option<&str> {
             index
                 .get(column)
@@ -262,6 +262,24 @@ pub(crate) fn parse_csv_map(
     points
 }
 
+/// 1-based line of a record as an editor shows it. csv reports where it started reading, which
+/// is before any blank and comment lines it then skipped, so skip those here too.
+fn line_of(text: &str, position: &csv::Position) -> u64 {
+    let mut offset = usize::try_from(position.byte()).map_or(text.len(), |b| b.min(text.len()));
+    while let Some(rest) = text.get(offset..) {
+        let skippable = rest.starts_with('\n') || rest.starts_with("\r\n") || rest.starts_with('#');
+        match rest.find('\n') {
+            Some(newline) if skippable => offset += newline + 1,
+            _ => break,
+        }
+    }
+    let newlines = text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
+    u64::try_from(newlines).map_or(u64::MAX, |n| n + 1)
+}
+
 /// The cells of one row being parsed, with problem reporting.
 struct Row<'r, 'a> {
     report: &'r mut Report<'a>,
@@ -344,4 +362,61 @@ fn column_list() -> String {
         .map(|c| format!("`{c}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Vec<PointDef>, Vec<String>) {
+        let src = "site = \"t\"\n";
+        let root = toml::de::DeTable::parse(src).expect("valid toml");
+        let mut report = Report::new(Path::new("c.toml"), src, root);
+        let map = KeyPath::default().key("register_maps").key("m");
+        let points = parse_csv_map(Path::new("m.csv"), text, &map, &mut report);
+        let problems = report
+            .into_problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        (points, problems)
+    }
+
+    #[test]
+    fn columns_in_any_order_with_comments_and_hex_addresses() {
+        let (points, problems) = parse(
+            "# comment\ntype,address,name,area,unit\n\n# another\nu32,0x10,energy_kwh,holding, kWh \n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(points.len(), 1);
+        let p = &points[0];
+        assert_eq!(p.name, "energy_kwh");
+        assert_eq!((p.raw.area, p.raw.address), (Area::Holding, 16));
+        assert_eq!(p.raw.data_type, RawType::U32);
+        assert_eq!(p.raw.unit.as_deref(), Some("kWh"));
+        let Origin::Csv { line, .. } = p.origin else {
+            panic!("csv origin expected");
+        };
+        assert_eq!(line, 5);
+    }
+
+    #[test]
+    fn every_bad_cell_is_reported_with_its_column() {
+        let (points, problems) = parse(
+            "name,area,address,type,range_min,range_max,writable\n\
+             a,holding,0,u16,5,,yes\n\
+             a,holding,1,u16,,,\n\
+             ,holding,2,u16,,,\n",
+        );
+        assert!(points.is_empty());
+        assert_eq!(
+            problems,
+            [
+                "m.csv:2: register_maps.m.points.a.writable (column `writable`): invalid value `yes`, expected `true` or `false`",
+                "m.csv:2: register_maps.m.points.a.range (column `range_max`): range_min and range_max must both be given or both be empty",
+                "m.csv:3: register_maps.m.points.a (column `name`): duplicate point `a` (first defined on line 2)",
+                "m.csv:4: register_maps.m.csv (column `name`): missing point name (column `name` is required)",
+            ]
+        );
+    }
 }

@@ -197,7 +197,7 @@ impl<'a> Report<'a> {
                     .iter()
                     .find(|(k, _)| k.get_ref().as_ref() == key.as_str())
                     .map(|(_, v)| v),
-                (Segment::Index(index), _, Some(DeValue::Array(array))) => array.iter().nth(*index),
+                (Segment::Index(index), _, Some(DeValue::Array(array))) => array.get(*index),
                 _ => None,
             };
             let Some(next) = next else { break };

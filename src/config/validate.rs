@@ -175,7 +175,8 @@ struct Expanded {
     /// `Some(name)` when the device is an instance of a template.
     instance: Option<String>,
     name: String,
-    unit_id: u8,
+    /// `None` when the unit id is invalid (reported already); the name is still checked.
+    unit_id: Option<u8>,
     shift: u32,
     points: Vec<CheckedPoint>,
 }
@@ -964,9 +965,7 @@ impl Builder<'_, '_> {
                     writable: point.writable,
                 });
             }
-            let (Ok(unit), true) = (u8::try_from(unit_id), unit_ok) else {
-                continue;
-            };
+            let unit = u8::try_from(unit_id).ok().filter(|_| unit_ok);
             expanded.push(Expanded {
                 source,
                 entry,
@@ -977,6 +976,7 @@ impl Builder<'_, '_> {
                 shift: u32::try_from(shift).unwrap_or(u32::MAX),
                 points: points.clone(),
             });
+            let Some(unit) = unit else { continue };
             devices.push(DeviceConfig {
                 name: Arc::from(name.as_str()),
                 unit_id: unit,
@@ -995,17 +995,17 @@ impl Builder<'_, '_> {
                 "expected 1..=247 (255 only on tcp sources)"
             };
             let why = if *unit_id == 0 {
-                ": 0 is the broadcast address and cannot be polled"
+                "is the broadcast address and cannot be polled"
             } else {
-                ""
+                "is out of range"
             };
             let message = if is_template {
                 format!(
-                    "unit id {unit_id} of instance `{name}` is out of range{why}, {expected}{}",
+                    "unit id {unit_id} of instance `{name}` {why}, {expected}{}",
                     more(bad_unit.len() - 1, "instance")
                 )
             } else {
-                format!("unit id {unit_id} is out of range{why}, {expected}")
+                format!("unit id {unit_id} {why}, {expected}")
             };
             self.report.at(&path.key("unit_id"), message);
         }
@@ -1055,10 +1055,10 @@ impl Builder<'_, '_> {
 
         let mut groups: IndexMap<(usize, u8), Vec<usize>> = IndexMap::new();
         for (i, device) in expanded.iter().enumerate() {
-            groups
-                .entry((device.source, device.unit_id))
-                .or_default()
-                .push(i);
+            let Some(unit_id) = device.unit_id else {
+                continue;
+            };
+            groups.entry((device.source, unit_id)).or_default().push(i);
         }
         let mut reported: Vec<(usize, usize, usize)> = Vec::new();
         for ((source, unit_id), members) in groups {
@@ -1454,6 +1454,83 @@ fn parse_broker(text: &str) -> Result<(HostPort, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn point(name: &str, area: Area, address: u16, data_type: DataType) -> CheckedPoint {
+        CheckedPoint {
+            name: Arc::from(name),
+            area,
+            address,
+            data_type,
+            byte_order: ByteOrder::Abcd,
+            scale: 1.0,
+            offset: 0.0,
+            unit: Arc::from(""),
+            poll: None,
+            range: None,
+            writable: false,
+            origin: Origin::Toml(KeyPath::default()),
+        }
+    }
+
+    fn overlapping_names(points: &[CheckedPoint]) -> Vec<(String, String)> {
+        let mut spans: Vec<Span<'_>> = points
+            .iter()
+            .enumerate()
+            .map(|(order, p)| span(p, 0, 0, order))
+            .collect();
+        overlaps(&mut spans)
+            .into_iter()
+            .map(|(a, b)| (a.point.name.to_string(), b.point.name.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn adjacent_points_and_different_areas_do_not_overlap() {
+        let points = [
+            point("a", Area::Holding, 0, DataType::F32),
+            point("b", Area::Holding, 2, DataType::U64),
+            point("c", Area::Input, 0, DataType::F64),
+            point("d", Area::Coil, 0, DataType::Bool { bit: None }),
+            point("e", Area::Coil, 1, DataType::Bool { bit: None }),
+        ];
+        assert!(overlapping_names(&points).is_empty());
+    }
+
+    #[test]
+    fn overlaps_are_reported_against_the_earlier_definition() {
+        let points = [
+            point("wide", Area::Holding, 10, DataType::F64),
+            point("inside", Area::Holding, 12, DataType::U16),
+            point("before", Area::Holding, 9, DataType::U32),
+            point("coil", Area::Coil, 5, DataType::Bool { bit: None }),
+            point("coil_again", Area::Coil, 5, DataType::Bool { bit: None }),
+        ];
+        let mut got = overlapping_names(&points);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("coil".to_owned(), "coil_again".to_owned()),
+                ("wide".to_owned(), "before".to_owned()),
+                ("wide".to_owned(), "inside".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bits_overlap_only_the_same_bit() {
+        let points = [
+            point("word", Area::Input, 3, DataType::U16),
+            point("b0", Area::Input, 3, DataType::Bool { bit: Some(0) }),
+            point("b1", Area::Input, 3, DataType::Bool { bit: Some(1) }),
+            point("b1_again", Area::Input, 3, DataType::Bool { bit: Some(1) }),
+            point("next_b1", Area::Input, 4, DataType::Bool { bit: Some(1) }),
+        ];
+        assert_eq!(
+            overlapping_names(&points),
+            [("b1".to_owned(), "b1_again".to_owned())]
+        );
+    }
 
     #[test]
     fn broker_urls_take_default_ports_and_tls_from_the_scheme() {

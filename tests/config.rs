@@ -1,0 +1,573 @@
+//! Configuration loading: golden error cases and the meaning of valid files.
+//!
+//! Golden cases live in `tests/testdata/configs/<case>/`: `smeltwatch.toml` and, for a file that
+//! must be rejected, `expected.err` with the exact error text. A case without `expected.err` must
+//! load. Run with `SMELTWATCH_BLESS=1` to (re)write the `expected.err` files, then review them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use smeltwatch::config::{
+    self, Area, ByteOrder, Config, ConfigError, DataType, Location, Stream, Transport, UplinkKind,
+};
+
+const CASES: &str = "tests/testdata/configs";
+
+fn case_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(CASES)
+        .expect("golden cases directory exists")
+        .map(|entry| entry.expect("readable directory entry").path())
+        .filter(|path| path.join("smeltwatch.toml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn load_case(name: &str) -> Config {
+    let path = Path::new(CASES).join(name).join("smeltwatch.toml");
+    config::load(&path).unwrap_or_else(|err| panic!("{name} should load:\n{err}"))
+}
+
+fn parse_err(src: &str) -> ConfigError {
+    config::parse(src, Path::new("inline/smeltwatch.toml")).expect_err("config must be rejected")
+}
+
+fn parse_ok(src: &str) -> Config {
+    config::parse(src, Path::new("inline/smeltwatch.toml"))
+        .unwrap_or_else(|err| panic!("config should load:\n{err}"))
+}
+
+#[test]
+fn golden_error_cases_match_exactly() {
+    let bless = std::env::var_os("SMELTWATCH_BLESS").is_some();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for dir in case_dirs() {
+        let expected_path = dir.join("expected.err");
+        let result = config::load(&dir.join("smeltwatch.toml"));
+        if !expected_path.exists() && !bless {
+            if let Err(err) = result {
+                failures.push(format!("{}: should load, got:\n{err}", dir.display()));
+            }
+            continue;
+        }
+        let actual = match result {
+            Ok(_) if dir.ends_with("ok_potline") => continue,
+            Ok(_) => format!("{}: unexpectedly loaded", dir.display()),
+            Err(err) => format!("{err}\n"),
+        };
+        if bless {
+            std::fs::write(&expected_path, &actual).expect("write expected.err");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).expect("read expected.err");
+        checked += 1;
+        if actual != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                dir.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        bless || checked >= 10,
+        "only {checked} golden error cases found"
+    );
+}
+
+#[test]
+fn every_problem_is_one_located_line() {
+    for dir in case_dirs() {
+        let Err(err) = config::load(&dir.join("smeltwatch.toml")) else {
+            continue;
+        };
+        assert!(!err.problems().is_empty(), "{}", dir.display());
+        assert_eq!(err.problems().len(), err.to_string().lines().count());
+        for problem in err.problems() {
+            let line = problem.to_string();
+            assert!(
+                line.starts_with(&format!("{}:", problem.file.display())),
+                "{line}"
+            );
+            match &problem.location {
+                Location::Toml { line, column } => assert!(*line >= 1 && *column >= 1),
+                Location::Csv { line, .. } => assert!(*line >= 1),
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_key_names_the_key_path_line_and_column() {
+    let err = parse_err("site = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"h:1\"\ncolour = 1\n");
+    assert_eq!(
+        err.to_string(),
+        "inline/smeltwatch.toml:5:1: sources[0].colour: unknown field `colour`, expected one of \
+         `name`, `tcp`, `rtu_over_tcp`, `serial`, `timeout`, `inter_request_gap`, `reconnect_min`, \
+         `reconnect_max`, `breaker_failures`, `breaker_probe_interval`, `default_poll`, \
+         `max_registers_per_read`, `max_bits_per_read`, `max_gap_registers`, `devices`"
+    );
+}
+
+#[test]
+fn all_semantic_problems_are_reported_together() {
+    let err = parse_err(
+        r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "h:502"
+max_registers_per_read = 0
+[[sources.devices]]
+name = "a"
+unit_id = 0
+[[sources.devices]]
+name = "a"
+unit_id = 300
+"#,
+    );
+    let text = err.to_string();
+    assert_eq!(err.problems().len(), 4, "{text}");
+    assert!(text.contains("sources[0].max_registers_per_read"), "{text}");
+    assert!(
+        text.contains("sources[0].devices[0].unit_id: unit id 0 is the broadcast"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sources[0].devices[1].unit_id: unit id 300"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sources[0].devices[1].name: duplicate device name `a`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn potline_fixture_expands_the_template_and_imports_the_csv() {
+    let cfg = load_case("ok_potline");
+    assert_eq!(cfg.site, "al-line1");
+    assert_eq!(cfg.sources.len(), 1);
+    let source = &cfg.sources[0];
+    assert_eq!(&*source.name, "line1_gw");
+    assert_eq!(
+        source.transport,
+        Transport::Tcp {
+            addr: config::HostPort {
+                host: "127.0.0.1".into(),
+                port: 15020
+            }
+        }
+    );
+    let names: Vec<&str> = source.devices.iter().map(|d| &*d.name).collect();
+    assert_eq!(
+        names,
+        ["rectifier", "pot_001", "pot_002", "pot_003", "pot_004"]
+    );
+    let units: Vec<u8> = source.devices.iter().map(|d| d.unit_id).collect();
+    assert_eq!(units, [1, 10, 11, 12, 13]);
+
+    // Rectifier: map points first, in file order, then the inline point.
+    let rectifier = &source.devices[0];
+    let point_names: Vec<&str> = rectifier.points.iter().map(|p| &*p.name).collect();
+    assert_eq!(
+        point_names,
+        [
+            "line_current_ka",
+            "line_voltage_v",
+            "dc_energy_kwh",
+            "transformer_temp_c"
+        ]
+    );
+    assert_eq!(rectifier.points[0].byte_order, ByteOrder::Cdab);
+    assert_eq!(rectifier.points[0].range, Some((0.0, 600.0)));
+    assert_eq!(rectifier.points[2].data_type, DataType::U64);
+    assert_eq!(rectifier.points[2].poll_interval, Duration::from_secs(60));
+    assert_eq!(rectifier.points[3].scale, 0.1);
+    assert_eq!(
+        rectifier.labels,
+        [
+            ("kind".to_owned(), "rectifier".to_owned()),
+            ("line".to_owned(), "1".to_owned())
+        ]
+    );
+
+    // Pots: every instance carries the CSV map.
+    let pot = &source.devices[3];
+    let csv_names: Vec<&str> = pot.points.iter().map(|p| &*p.name).collect();
+    assert_eq!(
+        csv_names,
+        [
+            "cell_voltage_v",
+            "anode_current_ka",
+            "bath_temp_c",
+            "anode_effect",
+            "feeding",
+            "status_word",
+            "feed_setpoint_s",
+            "tag"
+        ]
+    );
+    let p = |name: &str| {
+        pot.points
+            .iter()
+            .find(|p| &*p.name == name)
+            .expect("point exists")
+    };
+    assert_eq!(p("cell_voltage_v").data_type, DataType::F32);
+    assert_eq!(p("cell_voltage_v").range, Some((0.0, 10.0)));
+    assert_eq!(&*p("cell_voltage_v").unit, "V");
+    assert_eq!(p("anode_current_ka").address, 2);
+    // An empty poll cell falls back to the source's default_poll (2s here).
+    assert_eq!(p("anode_current_ka").poll_interval, Duration::from_secs(2));
+    assert_eq!(p("bath_temp_c").poll_interval, Duration::from_secs(10));
+    assert_eq!(p("bath_temp_c").scale, 0.1);
+    assert_eq!(p("anode_effect").data_type, DataType::Bool { bit: Some(0) });
+    assert_eq!(p("feeding").data_type, DataType::Bool { bit: Some(1) });
+    assert_eq!(p("feed_setpoint_s").area, Area::Holding);
+    assert!(p("feed_setpoint_s").writable);
+    assert!(!p("cell_voltage_v").writable);
+    assert_eq!(p("tag").data_type, DataType::Ascii { registers: 4 });
+    assert_eq!(p("tag").width(), 4);
+}
+
+#[test]
+fn defaults_are_applied() {
+    let cfg = parse_ok(
+        r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "plc:502"
+[[sources.devices]]
+name = "d"
+unit_id = 1
+points.v = { area = "holding", address = 0, type = "f32" }
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://broker"
+"#,
+    );
+    assert_eq!(cfg.state_dir, Path::new("inline/state"));
+    assert!(cfg.simulator.is_none());
+    let source = &cfg.sources[0];
+    assert_eq!(source.timeout, Duration::from_secs(1));
+    assert_eq!(source.inter_request_gap, Duration::ZERO);
+    assert_eq!(source.reconnect_min, Duration::from_millis(200));
+    assert_eq!(source.reconnect_max, Duration::from_secs(30));
+    assert_eq!(source.breaker_failures, 3);
+    assert_eq!(source.breaker_probe_interval, Duration::from_secs(30));
+    let device = &source.devices[0];
+    assert_eq!(device.max_registers_per_read, 125);
+    assert_eq!(device.max_bits_per_read, 2000);
+    assert_eq!(device.max_gap_registers, 8);
+    assert!(!device.single_point_reads);
+    assert!(device.labels.is_empty());
+    let point = &device.points[0];
+    assert_eq!(point.byte_order, ByteOrder::Abcd);
+    assert_eq!((point.scale, point.offset), (1.0, 0.0));
+    assert_eq!(&*point.unit, "");
+    assert_eq!(point.poll_interval, Duration::from_secs(1));
+    assert_eq!(point.range, None);
+    assert!(!point.writable);
+
+    let uplink = &cfg.uplinks[0];
+    assert_eq!(
+        uplink.streams,
+        [
+            Stream::Live,
+            Stream::Metrics,
+            Stream::Events,
+            Stream::Emissions
+        ]
+    );
+    assert_eq!(uplink.spool, config::SpoolConfig::default());
+    let UplinkKind::Mqtt(mqtt) = &uplink.kind;
+    assert_eq!(
+        (mqtt.broker.host.as_str(), mqtt.broker.port),
+        ("broker", 1883)
+    );
+    assert!(!mqtt.tls);
+    assert_eq!(mqtt.client_id, "smeltwatch-t-plant");
+    assert_eq!(mqtt.keep_alive, Duration::from_secs(15));
+    assert_eq!(mqtt.max_packet_size, 1024 * 1024);
+    assert_eq!(mqtt.max_inflight, 64);
+    assert_eq!(mqtt.reconnect_min, Duration::from_millis(500));
+    assert_eq!(mqtt.reconnect_max, Duration::from_secs(30));
+    assert_eq!(mqtt.topics, config::TopicTemplates::default());
+    assert!(mqtt.username.is_none() && mqtt.password.is_none());
+}
+
+#[test]
+fn serial_sources_default_to_even_parity_and_an_rtu_gap() {
+    let cfg = parse_ok(
+        r#"
+site = "t"
+[[sources]]
+name = "bus"
+[sources.serial]
+path = "/dev/ttyS1"
+baud = 9600
+[[sources]]
+name = "server"
+rtu_over_tcp = "10.0.0.9:4001"
+"#,
+    );
+    let Transport::Rtu(serial) = &cfg.sources[0].transport else {
+        panic!("expected rtu, got {:?}", cfg.sources[0].transport);
+    };
+    assert_eq!(serial.parity, config::Parity::Even);
+    assert_eq!((serial.data_bits, serial.stop_bits), (8, 1));
+    // 3.5 characters of 11 bits at 9600 baud.
+    assert_eq!(cfg.sources[0].inter_request_gap.as_micros(), 4010);
+    assert_eq!(cfg.sources[1].inter_request_gap, Duration::from_millis(5));
+}
+
+#[test]
+fn a_24_pot_template_expands_into_24_devices() {
+    let cfg = parse_ok(
+        r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:15020"
+[[sources.devices]]
+name = "pot_{n:03}"
+count = 24
+unit_id = 10
+labels = { kind = "pcu" }
+points.cell_voltage_v = { area = "input", address = 0, type = "f32", unit = "V" }
+"#,
+    );
+    let devices = &cfg.sources[0].devices;
+    assert_eq!(devices.len(), 24);
+    for (k, device) in devices.iter().enumerate() {
+        assert_eq!(&*device.name, format!("pot_{:03}", k + 1));
+        assert_eq!(usize::from(device.unit_id), 10 + k);
+        assert_eq!(device.points[0].address, 0);
+        assert_eq!(device.labels, [("kind".to_owned(), "pcu".to_owned())]);
+    }
+    assert_eq!(&*devices[23].name, "pot_024");
+    assert_eq!(devices[23].unit_id, 33);
+}
+
+#[test]
+fn unit_id_step_and_first_index_are_honoured() {
+    let cfg = parse_ok(
+        r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:15020"
+[[sources.devices]]
+name = "pot{n}"
+count = 3
+first_index = 101
+unit_id = 2
+unit_id_step = 2
+"#,
+    );
+    let got: Vec<(&str, u8)> = cfg.sources[0]
+        .devices
+        .iter()
+        .map(|d| (&*d.name, d.unit_id))
+        .collect();
+    assert_eq!(got, [("pot101", 2), ("pot102", 4), ("pot103", 6)]);
+}
+
+#[test]
+fn address_stride_shares_the_unit_id_and_shifts_addresses() {
+    let cfg = parse_ok(
+        r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:15020"
+[[sources.devices]]
+name = "pot_{n}"
+count = 3
+unit_id = 5
+address_stride = 20
+points.cell_voltage_v = { area = "input", address = 100, type = "f32" }
+points.status = { area = "input", address = 102, type = "u16" }
+points.running = { area = "coil", address = 7, type = "bool" }
+"#,
+    );
+    let devices = &cfg.sources[0].devices;
+    assert_eq!(devices.len(), 3);
+    for (k, device) in devices.iter().enumerate() {
+        let k = u16::try_from(k).expect("small");
+        assert_eq!(device.unit_id, 5);
+        assert_eq!(device.points[0].address, 100 + 20 * k);
+        assert_eq!(device.points[1].address, 102 + 20 * k);
+        assert_eq!(device.points[2].address, 7 + 20 * k);
+    }
+}
+
+#[test]
+fn a_template_error_points_at_the_template_and_names_the_instance() {
+    let err = parse_err(
+        r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:15020"
+[[sources.devices]]
+name = "rectifier"
+unit_id = 1
+[[sources.devices]]
+name = "pot_{n:03}"
+count = 24
+unit_id = 240
+"#,
+    );
+    assert_eq!(
+        err.to_string(),
+        "inline/smeltwatch.toml:12:11: sources[0].devices[1].unit_id: unit id 248 of instance \
+         `pot_009` is out of range, expected 1..=247 (or 255 on tcp) (and 14 more instances)"
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("maps")).expect("mkdir");
+    std::fs::create_dir_all(dir.path().join("secrets")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("maps/meter.csv"),
+        "name,area,address,type\nenergy_kwh,holding,0,u32\n",
+    )
+    .expect("write csv");
+    std::fs::write(dir.path().join("secrets/mqtt.pass"), "from-file\n").expect("write pass");
+    let path = dir.path().join("smeltwatch.toml");
+    std::fs::write(
+        &path,
+        r#"
+site = "t"
+state_dir = "var/state"
+[register_maps.meter]
+csv = "maps/meter.csv"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:502"
+[[sources.devices]]
+name = "meter"
+unit_id = 1
+map = "meter"
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtts://broker:8884"
+username = "agent"
+password_file = "secrets/mqtt.pass"
+"#,
+    )
+    .expect("write config");
+    let cfg = config::load(&path).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(cfg.path, path);
+    assert_eq!(cfg.state_dir, dir.path().join("var/state"));
+    assert_eq!(&*cfg.sources[0].devices[0].points[0].name, "energy_kwh");
+    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind;
+    assert!(mqtt.tls);
+    assert_eq!(mqtt.broker.port, 8884);
+    // The trailing newline of the file is not part of the password.
+    assert_eq!(
+        mqtt.password.as_ref().map(|s| s.0.as_str()),
+        Some("from-file")
+    );
+}
+
+#[test]
+fn absolute_state_dir_is_kept() {
+    let cfg = parse_ok("site = \"t\"\nstate_dir = \"/var/lib/smeltwatch\"\n");
+    assert_eq!(cfg.state_dir, Path::new("/var/lib/smeltwatch"));
+}
+
+#[test]
+fn password_from_the_environment_is_read() {
+    // Cargo sets this for every test run; setting a variable here would race other tests.
+    let variable = "CARGO_PKG_NAME";
+    let cfg = parse_ok(&format!(
+        "site = \"t\"\n[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://b\"\n\
+         username = \"u\"\npassword_env = \"{variable}\"\n"
+    ));
+    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind;
+    assert_eq!(
+        mqtt.password.as_ref().map(|s| s.0.as_str()),
+        Some("smeltwatch")
+    );
+}
+
+#[test]
+fn the_password_never_appears_in_debug_output_or_errors() {
+    let cfg = load_case("ok_potline");
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains("correct horse"), "{debug}");
+    assert!(debug.contains("Secret(***)"), "{debug}");
+    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind;
+    assert_eq!(
+        mqtt.password.as_ref().map(|s| s.0.as_str()),
+        Some("correct horse battery staple")
+    );
+
+    let dir = Path::new(CASES).join("uplink_problems");
+    let err = config::load(&dir.join("smeltwatch.toml")).expect_err("rejected");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+#[test]
+fn uplink_settings_are_read() {
+    let cfg = load_case("ok_potline");
+    let uplink = &cfg.uplinks[0];
+    assert_eq!(uplink.name, "plant");
+    assert_eq!(
+        uplink.streams,
+        [Stream::Live, Stream::Metrics, Stream::Events]
+    );
+    assert_eq!(uplink.spool.max_bytes, 64 * 1024 * 1024);
+    assert!(!uplink.spool.synchronous_full);
+    let UplinkKind::Mqtt(mqtt) = &uplink.kind;
+    assert_eq!(mqtt.username.as_deref(), Some("agent"));
+    assert_eq!(cfg.state_dir, Path::new(CASES).join("ok_potline/var/state"));
+}
+
+#[test]
+fn a_missing_file_is_a_read_error() {
+    let err = config::load(Path::new(
+        "tests/testdata/configs/no_such_case/smeltwatch.toml",
+    ))
+    .expect_err("missing file");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("tests/testdata/configs/no_such_case/smeltwatch.toml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bits_of_one_status_word_do_not_overlap_but_the_same_bit_twice_does() {
+    let base = r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:502"
+[[sources.devices]]
+name = "plc"
+unit_id = 1
+points.word = { area = "holding", address = 3, type = "u16" }
+points.a = { area = "holding", address = 3, type = "bool", bit = 0 }
+points.b = { area = "holding", address = 3, type = "bool", bit = 1 }
+"#;
+    parse_ok(base);
+    let err = parse_err(&format!(
+        "{base}points.c = {{ area = \"holding\", address = 3, type = \"bool\", bit = 1 }}\n"
+    ));
+    assert_eq!(
+        err.to_string(),
+        "inline/smeltwatch.toml:12:42: sources[0].devices[0].points.c.address: point `c` \
+         (holding 3 bit 1) overlaps point `b` (holding 3 bit 1)"
+    );
+}
