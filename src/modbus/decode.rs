@@ -228,3 +228,516 @@ fn ascii(words: &[u16], order: ByteOrder) -> (Option<Value>, Quality) {
     };
     (Some(Value::Text(text)), quality)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::model::{Area, ByteOrder::*};
+    use crate::modbus::plan::PointSlot;
+
+    fn point(data_type: DataType, byte_order: ByteOrder) -> PointConfig {
+        PointConfig {
+            name: "p".into(),
+            area: Area::Holding,
+            address: 0,
+            data_type,
+            byte_order,
+            scale: 1.0,
+            offset: 0.0,
+            unit: "V".into(),
+            poll_interval: Duration::from_secs(1),
+            range: None,
+            writable: false,
+        }
+    }
+
+    fn dec(data_type: DataType, order: ByteOrder, words: &[u16]) -> (Option<Value>, Quality) {
+        decode_registers(&point(data_type, order), words)
+    }
+
+    fn good(v: Value) -> (Option<Value>, Quality) {
+        (Some(v), Quality::Good)
+    }
+
+    #[test]
+    fn f32_in_all_four_orders() {
+        // 123.456f32 = 0x42F6E979.
+        let expected = good(Value::Float(f64::from(123.456f32)));
+        assert_eq!(dec(DataType::F32, Abcd, &[0x42F6, 0xE979]), expected);
+        assert_eq!(dec(DataType::F32, Cdab, &[0xE979, 0x42F6]), expected);
+        assert_eq!(dec(DataType::F32, Badc, &[0xF642, 0x79E9]), expected);
+        assert_eq!(dec(DataType::F32, Dcba, &[0x79E9, 0xF642]), expected);
+    }
+
+    #[test]
+    fn u32_and_i32_in_all_four_orders() {
+        let u = good(Value::UInt(0x1234_5678));
+        assert_eq!(dec(DataType::U32, Abcd, &[0x1234, 0x5678]), u);
+        assert_eq!(dec(DataType::U32, Cdab, &[0x5678, 0x1234]), u);
+        assert_eq!(dec(DataType::U32, Badc, &[0x3412, 0x7856]), u);
+        assert_eq!(dec(DataType::U32, Dcba, &[0x7856, 0x3412]), u);
+
+        // -2 = 0xFFFF_FFFE.
+        let i = good(Value::Int(-2));
+        assert_eq!(dec(DataType::I32, Abcd, &[0xFFFF, 0xFFFE]), i);
+        assert_eq!(dec(DataType::I32, Cdab, &[0xFFFE, 0xFFFF]), i);
+        assert_eq!(dec(DataType::I32, Badc, &[0xFFFF, 0xFEFF]), i);
+        assert_eq!(dec(DataType::I32, Dcba, &[0xFEFF, 0xFFFF]), i);
+        assert_eq!(
+            dec(DataType::I32, Abcd, &[0x8000, 0x0000]),
+            good(Value::Int(i64::from(i32::MIN)))
+        );
+    }
+
+    #[test]
+    fn sixteen_bit_types_swap_bytes_only_under_badc_and_dcba() {
+        for order in [Abcd, Cdab] {
+            assert_eq!(
+                dec(DataType::U16, order, &[0x1234]),
+                good(Value::UInt(0x1234))
+            );
+            assert_eq!(dec(DataType::I16, order, &[0xFFFE]), good(Value::Int(-2)));
+        }
+        for order in [Badc, Dcba] {
+            assert_eq!(
+                dec(DataType::U16, order, &[0x1234]),
+                good(Value::UInt(0x3412))
+            );
+            assert_eq!(dec(DataType::I16, order, &[0xFEFF]), good(Value::Int(-2)));
+        }
+        assert_eq!(
+            dec(DataType::I16, Abcd, &[0x8000]),
+            good(Value::Int(-32768))
+        );
+    }
+
+    #[test]
+    fn u64_i64_and_f64_in_all_four_orders() {
+        let u = good(Value::UInt(0x0102_0304_0506_0708));
+        assert_eq!(
+            dec(DataType::U64, Abcd, &[0x0102, 0x0304, 0x0506, 0x0708]),
+            u
+        );
+        assert_eq!(
+            dec(DataType::U64, Cdab, &[0x0708, 0x0506, 0x0304, 0x0102]),
+            u
+        );
+        assert_eq!(
+            dec(DataType::U64, Badc, &[0x0201, 0x0403, 0x0605, 0x0807]),
+            u
+        );
+        assert_eq!(
+            dec(DataType::U64, Dcba, &[0x0807, 0x0605, 0x0403, 0x0201]),
+            u
+        );
+
+        let i = good(Value::Int(-2));
+        assert_eq!(
+            dec(DataType::I64, Abcd, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE]),
+            i
+        );
+        assert_eq!(
+            dec(DataType::I64, Cdab, &[0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF]),
+            i
+        );
+        assert_eq!(
+            dec(DataType::I64, Badc, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF]),
+            i
+        );
+        assert_eq!(
+            dec(DataType::I64, Dcba, &[0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF]),
+            i
+        );
+
+        // 123.456f64 = 0x405E_DD2F_1A9F_BE77.
+        let f = good(Value::Float(123.456));
+        assert_eq!(
+            dec(DataType::F64, Abcd, &[0x405E, 0xDD2F, 0x1A9F, 0xBE77]),
+            f
+        );
+        assert_eq!(
+            dec(DataType::F64, Cdab, &[0xBE77, 0x1A9F, 0xDD2F, 0x405E]),
+            f
+        );
+        assert_eq!(
+            dec(DataType::F64, Badc, &[0x5E40, 0x2FDD, 0x9F1A, 0x77BE]),
+            f
+        );
+        assert_eq!(
+            dec(DataType::F64, Dcba, &[0x77BE, 0x9F1A, 0x2FDD, 0x5E40]),
+            f
+        );
+    }
+
+    #[test]
+    fn ascii_reads_two_characters_per_register_and_trims() {
+        let ascii = |n| DataType::Ascii { registers: n };
+        let text = |s: &str| good(Value::Text(s.into()));
+        // "POT017" = 50 4F | 54 30 | 31 37, padded with NULs or spaces.
+        for order in [Abcd, Cdab] {
+            assert_eq!(
+                dec(ascii(4), order, &[0x504F, 0x5430, 0x3137, 0x0000]),
+                text("POT017")
+            );
+        }
+        for order in [Badc, Dcba] {
+            assert_eq!(
+                dec(ascii(4), order, &[0x4F50, 0x3054, 0x3731, 0x0000]),
+                text("POT017")
+            );
+        }
+        assert_eq!(
+            dec(ascii(4), Abcd, &[0x504F, 0x5430, 0x3137, 0x2020]),
+            text("POT017")
+        );
+        // The text ends at the first NUL even if the device leaves bytes after it.
+        assert_eq!(dec(ascii(3), Abcd, &[0x504F, 0x5400, 0x4142]), text("POT"));
+        assert_eq!(dec(ascii(2), Abcd, &[0x2050, 0x2020]), text(" P"));
+        // Non-ASCII bytes are replaced and flag the value.
+        assert_eq!(
+            dec(ascii(2), Abcd, &[0x50C3, 0x0A4F]),
+            (
+                Some(Value::Text("P\u{FFFD}\u{FFFD}O".into())),
+                Quality::OutOfRange
+            )
+        );
+    }
+
+    #[test]
+    fn register_bits_follow_the_sixteen_bit_order() {
+        let bit = |n| DataType::Bool { bit: Some(n) };
+        assert_eq!(dec(bit(3), Abcd, &[0x0008]), good(Value::Bool(true)));
+        assert_eq!(dec(bit(2), Abcd, &[0x0008]), good(Value::Bool(false)));
+        assert_eq!(dec(bit(15), Cdab, &[0x8000]), good(Value::Bool(true)));
+        assert_eq!(dec(bit(3), Badc, &[0x0800]), good(Value::Bool(true)));
+        assert_eq!(dec(bit(11), Dcba, &[0x0800]), good(Value::Bool(false)));
+        assert_eq!(dec(bit(16), Abcd, &[0xFFFF]), good(Value::Bool(false)));
+        let whole = DataType::Bool { bit: None };
+        assert_eq!(dec(whole, Abcd, &[0x0100]), good(Value::Bool(true)));
+        assert_eq!(dec(whole, Abcd, &[0]), good(Value::Bool(false)));
+        assert_eq!(
+            decode_bit(&point(whole, Abcd), true),
+            good(Value::Bool(true))
+        );
+    }
+
+    #[test]
+    fn scale_and_offset_turn_integers_into_floats() {
+        let mut p = point(DataType::I16, Abcd);
+        p.scale = 0.1;
+        p.offset = 5.0;
+        assert_eq!(
+            decode_registers(&p, &[0xFFFE]),
+            good(Value::Float(-2.0 * 0.1 + 5.0))
+        );
+        let mut p = point(DataType::U32, Cdab);
+        p.scale = 0.01;
+        assert_eq!(
+            decode_registers(&p, &[0x86A0, 0x0001]),
+            good(Value::Float(100_000.0 * 0.01))
+        );
+        let mut p = point(DataType::F32, Abcd);
+        p.offset = -273.15;
+        assert_eq!(
+            decode_registers(&p, &[0x43C8, 0x0000]),
+            good(Value::Float(400.0 - 273.15))
+        );
+    }
+
+    #[test]
+    fn nan_and_infinity_have_no_value() {
+        let nan = (None, Quality::OutOfRange);
+        assert_eq!(dec(DataType::F32, Abcd, &[0x7FC0, 0x0000]), nan);
+        assert_eq!(dec(DataType::F32, Abcd, &[0xFF80, 0x0000]), nan);
+        assert_eq!(dec(DataType::F64, Abcd, &[0x7FF0, 0, 0, 0]), nan);
+        // Finite raw, infinite after scaling.
+        let mut p = point(DataType::F64, Abcd);
+        p.scale = 1e10;
+        assert_eq!(decode_registers(&p, &[0x7FEF, 0xFFFF, 0xFFFF, 0xFFFF]), nan);
+    }
+
+    #[test]
+    fn values_outside_the_range_keep_their_value() {
+        let mut p = point(DataType::U16, Abcd);
+        p.range = Some((0.0, 100.0));
+        assert_eq!(decode_registers(&p, &[100]), good(Value::UInt(100)));
+        assert_eq!(
+            decode_registers(&p, &[101]),
+            (Some(Value::UInt(101)), Quality::OutOfRange)
+        );
+        let mut p = point(DataType::F32, Abcd);
+        p.range = Some((3.0, 5.0));
+        // 4.25 = 0x40880000; 2.5 = 0x40200000.
+        assert_eq!(decode_registers(&p, &[0x4088, 0]), good(Value::Float(4.25)));
+        assert_eq!(
+            decode_registers(&p, &[0x4020, 0]),
+            (Some(Value::Float(2.5)), Quality::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn short_frames_are_comm_failures() {
+        assert_eq!(
+            dec(DataType::F32, Abcd, &[0x42F6]),
+            (None, Quality::CommFail)
+        );
+        assert_eq!(
+            dec(DataType::U64, Abcd, &[1, 2, 3]),
+            (None, Quality::CommFail)
+        );
+        assert_eq!(dec(DataType::U16, Abcd, &[]), (None, Quality::CommFail));
+        assert_eq!(
+            dec(DataType::Ascii { registers: 4 }, Abcd, &[0x4141]),
+            (None, Quality::CommFail)
+        );
+    }
+
+    fn named(name: &str, area: Area, address: u16, data_type: DataType) -> PointConfig {
+        let mut p = point(data_type, Abcd);
+        p.name = name.into();
+        p.area = area;
+        p.address = address;
+        p
+    }
+
+    fn device(points: Vec<PointConfig>) -> DeviceConfig {
+        DeviceConfig {
+            name: "pot_017".into(),
+            unit_id: 17,
+            max_registers_per_read: 125,
+            max_bits_per_read: 2000,
+            max_gap_registers: 10,
+            single_point_reads: false,
+            labels: Vec::new(),
+            points,
+        }
+    }
+
+    #[test]
+    fn apply_request_decodes_every_served_point() {
+        let dev = device(vec![
+            named("cell_voltage_v", Area::Holding, 100, DataType::F32),
+            named("anode_moves", Area::Holding, 103, DataType::U16),
+            named("tag", Area::Holding, 104, DataType::Ascii { registers: 2 }),
+        ]);
+        let req = ReadRequest {
+            area: Area::Holding,
+            start: 100,
+            count: 6,
+            points: vec![
+                PointSlot {
+                    point: 0,
+                    offset: 0,
+                },
+                PointSlot {
+                    point: 1,
+                    offset: 3,
+                },
+                PointSlot {
+                    point: 2,
+                    offset: 4,
+                },
+            ],
+        };
+        let words = [0x4088, 0x0000, 0xDEAD, 42, 0x504F, 0x5400];
+        let mut out = Vec::new();
+        apply_request(
+            &dev,
+            &req,
+            RequestData::Registers(&words),
+            Timestamp(7),
+            &mut out,
+        );
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (&*r.point, r.value.clone(), r.quality, r.ts, &*r.unit))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "cell_voltage_v",
+                    Some(Value::Float(4.25)),
+                    Quality::Good,
+                    Timestamp(7),
+                    "V"
+                ),
+                (
+                    "anode_moves",
+                    Some(Value::UInt(42)),
+                    Quality::Good,
+                    Timestamp(7),
+                    "V"
+                ),
+                (
+                    "tag",
+                    Some(Value::Text("POT".into())),
+                    Quality::Good,
+                    Timestamp(7),
+                    "V"
+                ),
+            ]
+        );
+
+        // A short frame fails only the points it does not cover; appending keeps earlier output.
+        apply_request(
+            &dev,
+            &req,
+            RequestData::Registers(&words[..5]),
+            Timestamp(8),
+            &mut out,
+        );
+        let q: Vec<_> = out[3..]
+            .iter()
+            .map(|r| (r.value.is_some(), r.quality))
+            .collect();
+        assert_eq!(
+            q,
+            vec![
+                (true, Quality::Good),
+                (true, Quality::Good),
+                (false, Quality::CommFail)
+            ]
+        );
+        // Bits for a register read cannot be decoded.
+        let mut out = Vec::new();
+        apply_request(
+            &dev,
+            &req,
+            RequestData::Bits(&[true; 6]),
+            Timestamp(9),
+            &mut out,
+        );
+        assert!(
+            out.iter()
+                .all(|r| r.value.is_none() && r.quality == Quality::CommFail)
+        );
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn apply_request_decodes_bits_and_skips_unknown_slots() {
+        let dev = device(vec![
+            named("alarm", Area::Coil, 5, DataType::Bool { bit: None }),
+            named("run", Area::Coil, 7, DataType::Bool { bit: None }),
+        ]);
+        let req = ReadRequest {
+            area: Area::Coil,
+            start: 5,
+            count: 3,
+            points: vec![
+                PointSlot {
+                    point: 0,
+                    offset: 0,
+                },
+                PointSlot {
+                    point: 1,
+                    offset: 2,
+                },
+                PointSlot {
+                    point: 9,
+                    offset: 1,
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        apply_request(
+            &dev,
+            &req,
+            RequestData::Bits(&[true, false, false]),
+            Timestamp(1),
+            &mut out,
+        );
+        let got: Vec<_> = out.iter().map(|r| (&*r.point, r.value.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("alarm", Some(Value::Bool(true))),
+                ("run", Some(Value::Bool(false)))
+            ]
+        );
+        let mut out = Vec::new();
+        apply_request(
+            &dev,
+            &req,
+            RequestData::Bits(&[true]),
+            Timestamp(1),
+            &mut out,
+        );
+        assert_eq!(out[1].quality, Quality::CommFail);
+    }
+
+    #[test]
+    fn words_from_bytes_pairs_big_endian() {
+        assert_eq!(
+            words_from_bytes(&[0x42, 0xF6, 0xE9, 0x79, 0x01]),
+            vec![0x42F6, 0xE979]
+        );
+    }
+
+    // === round trip through a test-only encoder ===
+
+    /// Writes the low `n` words' worth of big-endian `value` under `order` (the module's table).
+    fn encode(value: u64, n: usize, order: ByteOrder) -> Vec<u16> {
+        let mut words: Vec<u16> = (0..n)
+            .map(|i| (value >> (16 * (n - 1 - i))) as u16)
+            .collect();
+        if matches!(order, Badc | Dcba) {
+            words.iter_mut().for_each(|w| *w = w.swap_bytes());
+        }
+        if matches!(order, Cdab | Dcba) {
+            words.reverse();
+        }
+        words
+    }
+
+    fn encode_text(text: &str, n: usize, order: ByteOrder) -> Vec<u16> {
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.resize(n * 2, 0);
+        bytes
+            .chunks_exact(2)
+            .map(|p| word16(u16::from_be_bytes([p[0], p[1]]), order))
+            .collect()
+    }
+
+    fn arb_order() -> impl Strategy<Value = ByteOrder> {
+        prop::sample::select(ByteOrder::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn integers_round_trip(order in arb_order(), raw in any::<u64>()) {
+            let w16 = raw as u16;
+            let w32 = raw as u32;
+            prop_assert_eq!(dec(DataType::U16, order, &encode(u64::from(w16), 1, order)), good(Value::UInt(u64::from(w16))));
+            prop_assert_eq!(dec(DataType::I16, order, &encode(u64::from(w16), 1, order)), good(Value::Int(i64::from(w16 as i16))));
+            prop_assert_eq!(dec(DataType::U32, order, &encode(u64::from(w32), 2, order)), good(Value::UInt(u64::from(w32))));
+            prop_assert_eq!(dec(DataType::I32, order, &encode(u64::from(w32), 2, order)), good(Value::Int(i64::from(w32 as i32))));
+            prop_assert_eq!(dec(DataType::U64, order, &encode(raw, 4, order)), good(Value::UInt(raw)));
+            prop_assert_eq!(dec(DataType::I64, order, &encode(raw, 4, order)), good(Value::Int(raw as i64)));
+        }
+
+        #[test]
+        fn floats_round_trip_bit_for_bit(order in arb_order(), x in any::<f32>(), y in any::<f64>()) {
+            match dec(DataType::F32, order, &encode(u64::from(x.to_bits()), 2, order)) {
+                (Some(Value::Float(got)), Quality::Good) => prop_assert_eq!(got.to_bits(), f64::from(x).to_bits()),
+                other => prop_assert!(!x.is_finite() && other == (None, Quality::OutOfRange), "{:?} → {:?}", x, other),
+            }
+            match dec(DataType::F64, order, &encode(y.to_bits(), 4, order)) {
+                (Some(Value::Float(got)), Quality::Good) => prop_assert_eq!(got.to_bits(), y.to_bits()),
+                other => prop_assert!(!y.is_finite() && other == (None, Quality::OutOfRange), "{:?} → {:?}", y, other),
+            }
+        }
+
+        #[test]
+        fn ascii_round_trips(order in arb_order(), text in "[ -~]{0,15}[!-~]", pad in 0..3usize) {
+            let n = text.len().div_ceil(2) + pad;
+            let ty = DataType::Ascii { registers: n as u16 };
+            prop_assert_eq!(dec(ty, order, &encode_text(&text, n, order)), good(Value::Text(text)));
+        }
+    }
+}

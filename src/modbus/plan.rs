@@ -491,8 +491,11 @@ mod tests {
         }
     }
 
-    /// `(area, start, count, [(point, offset)])` of every request of one plan.
-    fn shape(plan: &DevicePlan) -> Vec<(Area, u16, u16, Vec<(usize, u16)>)> {
+    /// `(area, start, count, [(point, offset)])` of one request.
+    type RequestShape = (Area, u16, u16, Vec<(usize, u16)>);
+
+    /// The shape of every request of one plan.
+    fn shape(plan: &DevicePlan) -> Vec<RequestShape> {
         plan.requests
             .iter()
             .map(|r| {
