@@ -175,4 +175,56 @@ mod tests {
         assert!(matches!(err, BrokerError::PortInUse { .. }), "{err}");
         assert!(err.to_string().contains("the port is taken"), "{err}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_publishes_and_another_receives_through_it() {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, PublishOptions, QoS};
+
+        let broker = start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = broker.local_addr().port();
+        assert_ne!(port, 0);
+        let client = |id: &str| {
+            let mut o = MqttOptions::new(id, ("127.0.0.1".to_owned(), port));
+            o.set_max_packet_size(MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES);
+            AsyncClient::builder(o).capacity(10).build()
+        };
+
+        let (sub, mut sub_loop) = client("sub");
+        let (got_tx, mut got_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok(ev) = sub_loop.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = ev {
+                    let _ = got_tx.send((p.topic.to_vec(), p.payload.len())).await;
+                }
+            }
+        });
+        sub.subscribe_tracked("smeltwatch/#", QoS::AtLeastOnce)
+            .await
+            .unwrap()
+            .wait_async()
+            .await
+            .unwrap();
+
+        let (publisher, mut pub_loop) = client("pub");
+        tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+        // Larger than rumqttd's and rumqttc's 10-20 KiB defaults.
+        let payload = vec![b'x'; 300 * 1024];
+        publisher
+            .publish_tracked(
+                "smeltwatch/demo/live/a/b",
+                payload,
+                PublishOptions::new(QoS::AtLeastOnce),
+            )
+            .await
+            .unwrap()
+            .wait_async()
+            .await
+            .unwrap();
+        let (topic, len) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+            .await
+            .expect("delivery within 10 s")
+            .unwrap();
+        assert_eq!(topic, b"smeltwatch/demo/live/a/b");
+        assert_eq!(len, 300 * 1024);
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto, SubscribeOptions};
@@ -287,8 +287,17 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    /// Lines that mention `needle` (the broker address identifies one test's uplink).
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).contains(needle)
     }
 }
 
@@ -302,18 +311,29 @@ impl Write for Captured {
     }
 }
 
-// current_thread: every task of the test runs on this thread, under the capturing subscriber.
-#[tokio::test]
-async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_right_password() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("smeltwatch=debug")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// One process-wide capturing subscriber. A thread-scoped one (`set_default`) misses events
+/// whose callsites other tests' threads registered first, so the capture is global and each test
+/// picks its lines by its broker's address.
+fn log_capture() -> Captured {
+    static CAPTURE: OnceLock<Captured> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let logs = Captured::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("smeltwatch=debug")
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("first global subscriber");
+            logs
+        })
+        .clone()
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_right_password() {
+    let logs = log_capture();
     let mut broker = Mosquitto::start_with_user("plant", "right-password");
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(&dir);
@@ -330,19 +350,24 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
     assert!(s.last_error.is_some());
     append(&spool, 1, 10).await;
     // Let it fail at least five more times (it logs those at debug only).
-    let repeated = timeout(Duration::from_secs(20), async {
-        while logs
-            .text()
-            .matches("connection attempt failed again")
+    let me = format!("127.0.0.1:{}", broker.port);
+    let repeats = || {
+        logs.lines_with(&me)
+            .iter()
+            .filter(|l| l.contains("connection attempt failed again"))
             .count()
-            < 5
-        {
-            tokio::task::yield_now().await;
+    };
+    let repeated = timeout(Duration::from_secs(20), async {
+        while repeats() < 5 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    assert!(repeated.is_ok(), "no repeated attempts: {}", logs.text());
+    assert!(
+        repeated.is_ok(),
+        "no repeated attempts: {:?}",
+        logs.lines_with(&me)
+    );
     append(&spool, 11, 20).await;
     assert_eq!(
         spool.stats().await.unwrap().records,
@@ -350,9 +375,9 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
         "records keep accumulating"
     );
 
-    let text = logs.text();
-    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
-    assert_eq!(errors.len(), 1, "exactly one error line:\n{text}");
+    let mine = logs.lines_with(&me);
+    let errors: Vec<&String> = mine.iter().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line: {mine:#?}");
     let expected = format!(
         "uplink \"plant\": broker 127.0.0.1:{} refused the connection: ",
         broker.port
@@ -364,7 +389,7 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
         errors[0]
     );
     assert!(
-        !text.contains("wrong-password"),
+        !logs.contains("wrong-password"),
         "the password leaked into the log"
     );
 
@@ -388,7 +413,9 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
     })
     .await;
     assert!(
-        logs.text().contains("connected to the broker"),
+        logs.lines_with(&me)
+            .iter()
+            .any(|l| l.contains("connected to the broker")),
         "recovery is logged"
     );
     stop.cancel();

@@ -457,7 +457,7 @@ impl Driver<'_> {
                 ),
             }
         } else {
-            tracing::debug!(uplink = %u.name, "connection attempt failed again: {err}");
+            tracing::debug!(uplink = %u.name, broker = %u.cfg.broker, "connection attempt failed again: {err}");
         }
         let text = match &failure {
             Failure::Refused(r) => format!("refused: {r}"),

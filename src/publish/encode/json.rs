@@ -208,3 +208,80 @@ mod tests {
         assert_eq!(v["readings"][5]["quality"], "comm_fail");
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+    use crate::model::Quality;
+
+    /// The batch of the module docs: three readings covering a float, an integer counter and a
+    /// failed read.
+    fn documented_batch() -> Record {
+        let ts = |ms: i64| Timestamp(1_764_300_253_000 + ms);
+        Record::Batch(ReadingBatch {
+            source: "potline1".into(),
+            device: "pot_003".into(),
+            unit_id: 12,
+            poll_interval_ms: 1000,
+            scheduled: ts(0),
+            readings: vec![
+                Reading {
+                    point: "cell_voltage_v".into(),
+                    value: Some(Value::Float(4.061)),
+                    unit: "V".into(),
+                    quality: Quality::Good,
+                    ts: ts(123),
+                },
+                Reading {
+                    point: "energy_kwh".into(),
+                    value: Some(Value::UInt(18_446_744_073_709_551_000)),
+                    unit: "kWh".into(),
+                    quality: Quality::Good,
+                    ts: ts(123),
+                },
+                Reading {
+                    point: "anode_current_ka".into(),
+                    value: None,
+                    unit: "kA".into(),
+                    quality: Quality::CommFail,
+                    ts: ts(310),
+                },
+            ],
+        })
+    }
+
+    const GOLDEN: &[u8] = include_bytes!("../../../tests/testdata/json/batch.json");
+
+    #[test]
+    fn batch_matches_the_golden_file_byte_for_byte() {
+        let got = encode_record("demo-al-01", Stream::Live, 17, &documented_batch(), false);
+        // The golden file ends with a newline for editors; the payload does not.
+        let want = GOLDEN.strip_suffix(b"\n").unwrap_or(GOLDEN);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "JSON payload changed; if intended, update tests/testdata/json/batch.json"
+        );
+    }
+
+    #[test]
+    fn batch_round_trips_through_a_json_parser() {
+        let got = encode_record("demo-al-01", Stream::Live, 17, &documented_batch(), false);
+        let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(v["site"], "demo-al-01");
+        assert_eq!(v["stream"], "live");
+        assert_eq!(v["seq"], 17);
+        assert_eq!(v["unit_id"], 12);
+        assert_eq!(v["scheduled"], "2025-11-28T03:24:13.000Z");
+        let r = &v["readings"];
+        assert_eq!(r.as_array().unwrap().len(), 3);
+        assert_eq!(r[0]["value"].as_f64(), Some(4.061));
+        assert_eq!(r[0]["ts"], "2025-11-28T03:24:13.123Z");
+        assert_eq!(r[0]["ts_ms"], 1_764_300_253_123_i64);
+        assert_eq!(r[1]["value"].as_u64(), Some(18_446_744_073_709_551_000));
+        assert!(r[2]["value"].is_null());
+        assert_eq!(r[2]["quality"], "comm_fail");
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert!(!keys.contains(&"historical"));
+    }
+}
