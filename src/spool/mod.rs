@@ -56,7 +56,7 @@
 //! # Byte budget
 //! [`SpoolConfig::max_bytes`](crate::config::SpoolConfig) bounds the sum of topic and body bytes.
 //! When an append would exceed it, records are dropped lowest priority first (`live` < `metrics` <
-//! `events` < `emissions`, the order of [`Stream`](crate::config::Stream)) and oldest first within a
+//! `events` < `emissions`, the order of [`Stream`]) and oldest first within a
 //! stream, the queued ones before those of the new batch; emissions are dropped only when nothing
 //! else remains. If the new batch alone exceeds the budget, what fits is kept by the same rule. Drops
 //! are counted per stream in `streams.dropped` (persisted in the same transaction) and logged at
