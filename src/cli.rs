@@ -143,9 +143,8 @@ pub fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,rumqttc=warn,rumqttd=warn,tokio_modbus=warn")
-    });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn,rumqttd=warn,tokio_modbus=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -181,9 +180,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Simulate { config, duration } => {
             let cfg = load_or_report(&config)?;
-            let sim = cfg.simulator.clone().with_context(|| {
-                format!("{}: no [simulator] section to run", config.display())
-            })?;
+            let sim = cfg
+                .simulator
+                .clone()
+                .with_context(|| format!("{}: no [simulator] section to run", config.display()))?;
             let shutdown = app::shutdown_on_signal(duration);
             crate::simulator::run(&sim, shutdown).await?;
             Ok(ExitCode::SUCCESS)

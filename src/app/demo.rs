@@ -19,7 +19,10 @@ use crate::simulator::{self, BindMode};
 const DEMO_FILES: &[(&str, &str)] = &[
     ("demo.toml", include_str!("../../config/demo.toml")),
     ("maps/pcu.csv", include_str!("../../config/maps/pcu.csv")),
-    ("maps/rectifier.csv", include_str!("../../config/maps/rectifier.csv")),
+    (
+        "maps/rectifier.csv",
+        include_str!("../../config/maps/rectifier.csv"),
+    ),
     (
         "maps/copper_smelter.csv",
         include_str!("../../config/maps/copper_smelter.csv"),
@@ -108,7 +111,10 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
     for ep in sim.endpoints() {
         println!("  simulator {:<22} modbus tcp {}", ep.name, ep.bound);
     }
-    println!("  watch the topics:     mosquitto_sub -h 127.0.0.1 -p {} -t 'smeltwatch/#' -v", broker_addr.port());
+    println!(
+        "  watch the topics:     mosquitto_sub -h 127.0.0.1 -p {} -t 'smeltwatch/#' -v",
+        broker_addr.port()
+    );
     println!("  stop with Ctrl-C\n");
 
     let agent = super::start(cfg, RunOptions::default()).await?;
@@ -207,7 +213,10 @@ fn pick_broker_addr(requested: Option<u16>) -> anyhow::Result<SocketAddr> {
         Err(_) => {
             let l = TcpListener::bind((ip, 0)).context("finding a free port for the broker")?;
             let addr = l.local_addr()?;
-            println!("port 1883 is taken (a local broker?); the embedded broker uses {}", addr.port());
+            println!(
+                "port 1883 is taken (a local broker?); the embedded broker uses {}",
+                addr.port()
+            );
             Ok(addr)
         }
     }

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Area, Config, HostPort, Stream, TopicTemplates, UplinkKind};
-use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp};
 use crate::modbus::plan;
 use crate::modbus::poller::{Poller, PollerStats};
+use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp};
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::{NewRecord, SpoolHandle};
 
@@ -95,16 +95,20 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     let uplinks_token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| {
-        format!("cannot create state directory {}", cfg.state_dir.display())
-    })?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
 
     let mut targets = Vec::new();
     let mut spools = Vec::new();
     for uplink in &cfg.uplinks {
         let path = spool_path(&cfg, &uplink.name);
-        let spool = SpoolHandle::open(&path, &uplink.spool)
-            .with_context(|| format!("uplink {:?}: cannot open spool {}", uplink.name, path.display()))?;
+        let spool = SpoolHandle::open(&path, &uplink.spool).with_context(|| {
+            format!(
+                "uplink {:?}: cannot open spool {}",
+                uplink.name,
+                path.display()
+            )
+        })?;
         let UplinkKind::Mqtt(mqtt) = &uplink.kind;
         let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
             .with_context(|| format!("uplink {:?}", uplink.name))?;
@@ -162,7 +166,9 @@ impl Agent {
             .await
             .is_err()
         {
-            tracing::warn!("uplinks did not stop within the grace period; unsent records stay in the spool");
+            tracing::warn!(
+                "uplinks did not stop within the grace period; unsent records stay in the spool"
+            );
         }
         for spool in self.spools {
             if let Err(e) = spool.close().await {
@@ -276,7 +282,10 @@ async fn append_until_stored(spool: &SpoolHandle, records: Vec<NewRecord>) {
         match spool.append(records.clone()).await {
             Ok(_) => return,
             Err(crate::spool::SpoolError::Closed) => {
-                tracing::error!("spool closed; {} records could not be stored", records.len());
+                tracing::error!(
+                    "spool closed; {} records could not be stored",
+                    records.len()
+                );
                 return;
             }
             Err(e) => {
@@ -402,10 +411,13 @@ pub async fn probe(
     if count == 0 || count > 125 {
         bail!("--count {count}: expected 1 to 125 registers");
     }
-    let mut ctx = tokio::time::timeout(timeout, tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)))
-        .await
-        .with_context(|| format!("connecting to {addr}: no answer within {timeout:?}"))?
-        .with_context(|| format!("connecting to {addr}"))?;
+    let mut ctx = tokio::time::timeout(
+        timeout,
+        tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)),
+    )
+    .await
+    .with_context(|| format!("connecting to {addr}: no answer within {timeout:?}"))?
+    .with_context(|| format!("connecting to {addr}"))?;
     let call = async {
         match area {
             Area::Input => ctx.read_input_registers(address, count).await,

@@ -30,8 +30,8 @@
 //! Every job run emits exactly one [`ReadingBatch`] with one reading per configured point, so a
 //! consumer can count expected against received readings.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,9 +44,9 @@ use tokio_modbus::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
-use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
 use crate::modbus::decode::{self, RequestData};
 use crate::modbus::plan::{self, DevicePlan, ReadRequest};
+use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
 
 /// Counters of one poller, shared with the status display and the metrics endpoint.
 #[derive(Debug, Default)]
@@ -152,9 +152,7 @@ impl Poller {
             }
             let plan = &plans[job];
             let device = &source.devices[plan.device];
-            let scheduled = Timestamp(
-                wall_start.0 + due.duration_since(start).as_millis() as i64,
-            );
+            let scheduled = Timestamp(wall_start.0 + due.duration_since(start).as_millis() as i64);
 
             readings.clear();
             run_job(
@@ -365,7 +363,11 @@ impl Connection {
         if now < self.next_attempt {
             return Err("reconnect backoff".into());
         }
-        match timeout(source.timeout.max(Duration::from_secs(1)), connect(&source.transport)).await
+        match timeout(
+            source.timeout.max(Duration::from_secs(1)),
+            connect(&source.transport),
+        )
+        .await
         {
             Ok(Ok(ctx)) => {
                 self.ctx = Some(ctx);
