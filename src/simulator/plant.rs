@@ -1,0 +1,678 @@
+//! Plant models: what the simulated devices measure, advanced one tick at a time.
+//!
+//! Every model owns a seeded RNG (derived from the simulator seed and the plant name, so adding
+//! a plant does not change the others) and the [`Device`] handles it writes into. A step depends
+//! only on the model's state, its RNG, `dt` and the set points clients may have written, so the
+//! same seed and the same number of ticks give the same registers. There are no clocks here: the
+//! runtime calls [`Plant::step`] from a `tokio::time::interval`.
+//!
+//! Analog signals are Ornstein–Uhlenbeck processes (mean-reverting noise, exact discretisation
+//! so any tick length is stable) around plausible operating points.
+
+use super::config::{PotlineSim, SmelterSim, StackProfile, StackSim};
+use super::device::Device;
+use super::layout::{cems, copper_smelter, pcu, rectifier};
+
+/// E0 of the pseudo-resistance, in V (DOMAIN.md §1.5).
+const E0_V: f64 = 1.65;
+/// Anode-effect threshold (cell voltage above it = anode effect).
+const AE_THRESHOLD_V: f64 = 8.0;
+/// Default interval between alumina feeder shots, in s.
+const FEED_INTERVAL_S: f64 = 90.0;
+
+/// 64-bit mixing (splitmix64 finaliser), for deriving independent seeds.
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed for `name` under the simulator seed (FNV-1a of the name, mixed; stable across builds).
+pub(crate) fn seed_for(seed: u64, name: &str) -> u64 {
+    let fnv = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+    });
+    mix(seed ^ fnv)
+}
+
+/// 1.0 for true, 0.0 for false (bool points).
+fn flag(b: bool) -> f64 {
+    f64::from(u8::from(b))
+}
+
+/// A standard normal deviate (Box–Muller).
+fn normal(rng: &mut fastrand::Rng) -> f64 {
+    let u1 = 1.0 - rng.f64(); // (0, 1]
+    let u2 = rng.f64();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// A mean-reverting process with stationary standard deviation `std` and time constant `tau_s`.
+#[derive(Debug, Clone, Copy)]
+struct Ou {
+    mean: f64,
+    std: f64,
+    tau_s: f64,
+}
+
+impl Ou {
+    const fn new(mean: f64, std: f64, tau_s: f64) -> Self {
+        Ou { mean, std, tau_s }
+    }
+
+    fn start(&self, rng: &mut fastrand::Rng) -> f64 {
+        self.mean + self.std * normal(rng)
+    }
+
+    fn step(&self, x: f64, dt: f64, rng: &mut fastrand::Rng) -> f64 {
+        let a = (-dt / self.tau_s).exp();
+        self.mean + (x - self.mean) * a + self.std * (1.0 - a * a).sqrt() * normal(rng)
+    }
+}
+
+/// One simulated plant.
+#[derive(Debug)]
+pub(crate) enum Plant {
+    Potline(Box<Potline>),
+    Smelter(Smelter),
+    Stack(Box<Stack>),
+}
+
+impl Plant {
+    /// Advances the model by `dt_s` seconds and writes the new values into its devices.
+    pub(crate) fn step(&mut self, dt_s: f64) {
+        match self {
+            Plant::Potline(p) => p.step(dt_s),
+            Plant::Smelter(s) => s.step(dt_s),
+            Plant::Stack(s) => s.step(dt_s),
+        }
+    }
+}
+
+// === Potline ===
+
+#[derive(Debug)]
+struct AnodeEffect {
+    elapsed_s: f64,
+    duration_s: f64,
+    peak_v: f64,
+}
+
+#[derive(Debug)]
+struct Cell {
+    device: Device,
+    out_of_service: bool,
+    offset_v: f64,
+    bath_temp_c: f64,
+    feed_shots: u32,
+    feed_timer_s: f64,
+    anode_effect: Option<AnodeEffect>,
+    ae_count: u32,
+}
+
+/// A potline: rectifier, energy meters and pot control units.
+#[derive(Debug)]
+pub(crate) struct Potline {
+    rng: fastrand::Rng,
+    nominal_current_ka: f64,
+    bus_drop_v: f64,
+    efficiency: f64,
+    ae_per_cell_day: f64,
+    bath: Ou,
+    rectifier: Device,
+    drift_ka: f64,
+    oil_temp_c: f64,
+    dc_start_kwh: f64,
+    ac_start_kwh: f64,
+    dc_kwh: f64,
+    ac_kwh: f64,
+    cells: Vec<Cell>,
+}
+
+const DRIFT: Ou = Ou::new(0.0, 4.0, 600.0);
+const CELL_OFFSET: Ou = Ou::new(0.0, 0.02, 120.0);
+const OIL_TEMP_C: Ou = Ou::new(55.0, 1.5, 900.0);
+
+impl Potline {
+    /// Builds the model; `rectifier` and `pots` (cell 1 first) are its devices.
+    pub(crate) fn new(cfg: &PotlineSim, seed: u64, rectifier: Device, pots: Vec<Device>) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let bath = Ou::new(cfg.bath_temp_c, 2.0, 900.0);
+        rectifier.write_point(&rectifier::CURRENT_SETPOINT_KA, cfg.line_current_ka);
+        let cells = pots
+            .into_iter()
+            .enumerate()
+            .map(|(i, device)| {
+                device.write_point(&pcu::TARGET_VOLTAGE_V, cfg.cell_voltage_v);
+                device.write_point(&pcu::FEED_INTERVAL_S, FEED_INTERVAL_S);
+                let n = i as u16 + 1;
+                Cell {
+                    device,
+                    out_of_service: cfg.cells_out_of_service.contains(&n),
+                    offset_v: CELL_OFFSET.start(&mut rng),
+                    bath_temp_c: bath.start(&mut rng),
+                    feed_shots: rng.u32(100_000..2_000_000),
+                    feed_timer_s: rng.f64() * FEED_INTERVAL_S,
+                    anode_effect: None,
+                    ae_count: 0,
+                }
+            })
+            .collect();
+        let dc_start = f64::from(cfg.dc_energy_start_kwh);
+        let mut line = Potline {
+            drift_ka: DRIFT.start(&mut rng),
+            oil_temp_c: OIL_TEMP_C.start(&mut rng),
+            rng,
+            nominal_current_ka: cfg.line_current_ka,
+            bus_drop_v: cfg.bus_drop_v,
+            efficiency: cfg.rectifier_efficiency,
+            ae_per_cell_day: cfg.anode_effects_per_cell_day,
+            bath,
+            rectifier,
+            dc_start_kwh: dc_start,
+            ac_start_kwh: cfg.ac_energy_start_kwh.map_or(dc_start, f64::from),
+            dc_kwh: 0.0,
+            ac_kwh: 0.0,
+            cells,
+        };
+        line.step(0.0);
+        line
+    }
+
+    fn step(&mut self, dt: f64) {
+        let rng = &mut self.rng;
+        let setpoint_ka = self
+            .rectifier
+            .read_point(&rectifier::CURRENT_SETPOINT_KA)
+            .filter(|v| v.is_finite() && (0.0..=2000.0).contains(v))
+            .unwrap_or(self.nominal_current_ka);
+        if dt > 0.0 {
+            self.drift_ka = DRIFT.step(self.drift_ka, dt, rng);
+            self.oil_temp_c = OIL_TEMP_C.step(self.oil_temp_c, dt, rng);
+        }
+        let current_ka = (setpoint_ka + self.drift_ka + 0.2 * normal(rng)).max(0.0);
+        let load = if self.nominal_current_ka > 0.0 {
+            current_ka / self.nominal_current_ka
+        } else {
+            0.0
+        };
+        // Probability that one in-service cell starts an anode effect during this tick.
+        let p_ae = 1.0 - (-self.ae_per_cell_day * dt / 86_400.0).exp();
+
+        let mut sum_v = 0.0;
+        for cell in &mut self.cells {
+            let target_v = cell
+                .device
+                .read_point(&pcu::TARGET_VOLTAGE_V)
+                .filter(|v| v.is_finite() && (E0_V..=10.0).contains(v))
+                .unwrap_or(4.05);
+            let feed_interval_s = cell
+                .device
+                .read_point(&pcu::FEED_INTERVAL_S)
+                .filter(|v| *v >= 1.0)
+                .unwrap_or(FEED_INTERVAL_S);
+            let voltage_v;
+            if cell.out_of_service {
+                // Shorting bridges in: a few millivolts across the cell, cold bath.
+                voltage_v = (0.004 + 0.001 * normal(rng)).max(0.0);
+                cell.bath_temp_c = 35.0 + 0.2 * normal(rng);
+                cell.anode_effect = None;
+            } else {
+                if dt > 0.0 {
+                    cell.offset_v = CELL_OFFSET.step(cell.offset_v, dt, rng);
+                    cell.bath_temp_c = self.bath.step(cell.bath_temp_c, dt, rng);
+                    cell.feed_timer_s += dt;
+                    while cell.feed_timer_s >= feed_interval_s {
+                        cell.feed_timer_s -= feed_interval_s;
+                        cell.feed_shots = cell.feed_shots.wrapping_add(1);
+                    }
+                }
+                let normal_v = E0_V + (target_v - E0_V) * load + cell.offset_v + 0.01 * normal(rng);
+                if let Some(ae) = &mut cell.anode_effect {
+                    ae.elapsed_s += dt;
+                    if ae.elapsed_s >= ae.duration_s {
+                        cell.anode_effect = None;
+                    }
+                } else if dt > 0.0 && rng.f64() < p_ae {
+                    cell.anode_effect = Some(AnodeEffect {
+                        elapsed_s: 0.0,
+                        duration_s: 20.0 + rng.f64() * 160.0,
+                        peak_v: 12.0 + rng.f64() * 18.0,
+                    });
+                    cell.ae_count = cell.ae_count.wrapping_add(1);
+                }
+                voltage_v = match &cell.anode_effect {
+                    // A jump to the peak, decaying towards ~9 V until the effect is killed.
+                    Some(ae) => {
+                        let decay = (-ae.elapsed_s / (ae.duration_s / 4.0)).exp();
+                        (9.0 + (ae.peak_v - 9.0) * decay + 0.3 * normal(rng))
+                            .max(AE_THRESHOLD_V + 0.2)
+                    }
+                    None => normal_v,
+                };
+            }
+            sum_v += voltage_v;
+            let in_ae = cell.anode_effect.is_some();
+            let pseudo_uohm = if cell.out_of_service || current_ka <= 0.0 {
+                0.0
+            } else {
+                (voltage_v - E0_V) / current_ka * 1000.0
+            };
+            cell.device.write_points(&[
+                (&pcu::CELL_VOLTAGE_V, voltage_v),
+                (&pcu::PSEUDO_RESISTANCE_UOHM, pseudo_uohm),
+                (&pcu::BATH_TEMP_C, cell.bath_temp_c),
+                (&pcu::IN_SERVICE, flag(!cell.out_of_service)),
+                (&pcu::ANODE_EFFECT, flag(in_ae)),
+                (&pcu::CUT_OUT, flag(cell.out_of_service)),
+                (&pcu::FEED_SHOTS, f64::from(cell.feed_shots)),
+                (&pcu::ANODE_EFFECT_COUNT, f64::from(cell.ae_count % 65_536)),
+                (&pcu::AE_ALARM, flag(in_ae)),
+            ]);
+        }
+
+        let line_v = sum_v + self.bus_drop_v * load;
+        let dc_kw = line_v * current_ka;
+        let ac_kw = dc_kw / self.efficiency;
+        self.dc_kwh += dc_kw * dt / 3600.0;
+        self.ac_kwh += ac_kw * dt / 3600.0;
+        let counter = |start: f64, acc: f64| ((start + acc).floor() as u64 % (1u64 << 32)) as f64;
+        self.rectifier.write_points(&[
+            (&rectifier::LINE_CURRENT_KA, current_ka),
+            (&rectifier::LINE_VOLTAGE_V, line_v),
+            (&rectifier::DC_POWER_MW, dc_kw / 1000.0),
+            (&rectifier::AC_POWER_MW, ac_kw / 1000.0),
+            (
+                &rectifier::DC_ENERGY_KWH,
+                counter(self.dc_start_kwh, self.dc_kwh),
+            ),
+            (
+                &rectifier::AC_ENERGY_KWH,
+                counter(self.ac_start_kwh, self.ac_kwh),
+            ),
+            (&rectifier::EFFICIENCY_PCT, self.efficiency * 100.0),
+            (&rectifier::TRANSFORMER_OIL_TEMP_C, self.oil_temp_c),
+        ]);
+    }
+}
+
+// === Copper smelter ===
+
+/// A copper flash-smelter controller.
+#[derive(Debug)]
+pub(crate) struct Smelter {
+    rng: fastrand::Rng,
+    device: Device,
+    nominal_feed_tph: f64,
+    feed_dev_tph: f64,
+    o2_per_t: f64,
+    enrichment_pct: f64,
+    furnace_temp_c: f64,
+    matte_grade_pct: f64,
+    so2_pct: f64,
+}
+
+const FEED_DEV: Ou = Ou::new(0.0, 3.0, 300.0);
+const O2_PER_T: Ou = Ou::new(165.0, 4.0, 600.0);
+const ENRICHMENT: Ou = Ou::new(70.0, 1.5, 600.0);
+const FURNACE_TEMP: Ou = Ou::new(1290.0, 8.0, 1800.0);
+const MATTE_GRADE: Ou = Ou::new(65.0, 1.2, 3600.0);
+const ACID_SO2: Ou = Ou::new(12.0, 0.5, 300.0);
+
+impl Smelter {
+    pub(crate) fn new(cfg: &SmelterSim, seed: u64, device: Device) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        device.write_point(&copper_smelter::FEED_SETPOINT_TPH, cfg.concentrate_feed_tph);
+        let mut s = Smelter {
+            feed_dev_tph: FEED_DEV.start(&mut rng),
+            o2_per_t: O2_PER_T.start(&mut rng),
+            enrichment_pct: ENRICHMENT.start(&mut rng),
+            furnace_temp_c: FURNACE_TEMP.start(&mut rng),
+            matte_grade_pct: MATTE_GRADE.start(&mut rng),
+            so2_pct: ACID_SO2.start(&mut rng),
+            rng,
+            device,
+            nominal_feed_tph: cfg.concentrate_feed_tph,
+        };
+        s.step(0.0);
+        s
+    }
+
+    fn step(&mut self, dt: f64) {
+        let rng = &mut self.rng;
+        if dt > 0.0 {
+            self.feed_dev_tph = FEED_DEV.step(self.feed_dev_tph, dt, rng);
+            self.o2_per_t = O2_PER_T.step(self.o2_per_t, dt, rng);
+            self.enrichment_pct = ENRICHMENT.step(self.enrichment_pct, dt, rng);
+            self.furnace_temp_c = FURNACE_TEMP.step(self.furnace_temp_c, dt, rng);
+            self.matte_grade_pct = MATTE_GRADE.step(self.matte_grade_pct, dt, rng);
+            self.so2_pct = ACID_SO2.step(self.so2_pct, dt, rng);
+        }
+        let setpoint = self
+            .device
+            .read_point(&copper_smelter::FEED_SETPOINT_TPH)
+            .filter(|v| v.is_finite() && (0.0..=1000.0).contains(v))
+            .unwrap_or(self.nominal_feed_tph);
+        let feed = (setpoint + self.feed_dev_tph).max(0.0);
+        let load = if setpoint > 0.0 { feed / setpoint } else { 0.0 };
+        self.device.write_points(&[
+            (&copper_smelter::CONCENTRATE_FEED_TPH, feed),
+            (&copper_smelter::OXYGEN_FLOW_NM3H, feed * self.o2_per_t),
+            (
+                &copper_smelter::OXYGEN_ENRICHMENT_PCT,
+                self.enrichment_pct.clamp(21.0, 95.0),
+            ),
+            (&copper_smelter::FURNACE_TEMP_C, self.furnace_temp_c),
+            (
+                &copper_smelter::MATTE_GRADE_PCT,
+                self.matte_grade_pct.clamp(40.0, 78.0),
+            ),
+            (
+                &copper_smelter::ACID_PLANT_SO2_PCT,
+                (self.so2_pct * load).max(0.0),
+            ),
+            (&copper_smelter::RUNNING, flag(feed > 1.0)),
+        ]);
+    }
+}
+
+// === Stack CEMS ===
+
+#[derive(Debug, Clone, Copy)]
+struct StackTypicals {
+    so2: Ou,
+    nox: Ou,
+    particulate: Ou,
+    fluoride: Ou,
+    o2: Ou,
+    flow: Ou,
+    temperature: Ou,
+    moisture: Ou,
+}
+
+fn typicals(profile: StackProfile) -> StackTypicals {
+    match profile {
+        // Tail gas after the double-contact acid plant and scrubber (GB 25467 limits: SO2 400,
+        // particulate 80 mg/m³; special limits SO2 100, particulate 10).
+        StackProfile::CopperSmelter => StackTypicals {
+            so2: Ou::new(120.0, 18.0, 600.0),
+            nox: Ou::new(60.0, 8.0, 600.0),
+            particulate: Ou::new(8.0, 1.5, 600.0),
+            fluoride: Ou::new(0.3, 0.06, 600.0),
+            o2: Ou::new(13.0, 0.4, 600.0),
+            flow: Ou::new(250_000.0, 8_000.0, 900.0),
+            temperature: Ou::new(65.0, 2.0, 900.0),
+            moisture: Ou::new(8.0, 0.5, 900.0),
+        },
+        // Potline gas-treatment centre, dry scrubbing (GB 25465 limits: fluoride 3.0, SO2 200,
+        // particulate 20 mg/m³).
+        StackProfile::PotlineGtc => StackTypicals {
+            so2: Ou::new(85.0, 10.0, 600.0),
+            nox: Ou::new(5.0, 1.0, 600.0),
+            particulate: Ou::new(4.2, 0.8, 600.0),
+            fluoride: Ou::new(0.85, 0.15, 600.0),
+            o2: Ou::new(20.6, 0.1, 600.0),
+            flow: Ou::new(1_600_000.0, 30_000.0, 900.0),
+            temperature: Ou::new(105.0, 3.0, 900.0),
+            moisture: Ou::new(2.5, 0.3, 900.0),
+        },
+    }
+}
+
+/// A stack CEMS.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    rng: fastrand::Rng,
+    device: Device,
+    t: StackTypicals,
+    values: [f64; 8],
+    /// Multiplier on SO2 during a process upset (1 = none), decaying back to 1.
+    upset: f64,
+}
+
+impl Stack {
+    pub(crate) fn new(cfg: &StackSim, seed: u64, device: Device) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let t = typicals(cfg.profile);
+        let values = t.ous().map(|ou| ou.start(&mut rng));
+        let mut s = Stack {
+            rng,
+            device,
+            t,
+            values,
+            upset: 1.0,
+        };
+        s.step(0.0);
+        s
+    }
+
+    fn step(&mut self, dt: f64) {
+        let rng = &mut self.rng;
+        if dt > 0.0 {
+            for (x, ou) in self.values.iter_mut().zip(self.t.ous()) {
+                *x = ou.step(*x, dt, rng);
+            }
+            // About one SO2 upset per 6 hours, up to 2× and fading over ~5 minutes: the hourly
+            // average stays under the limit, the minute values sometimes do not.
+            self.upset = 1.0 + (self.upset - 1.0) * (-dt / 300.0).exp();
+            if rng.f64() < 1.0 - (-dt / 21_600.0).exp() {
+                self.upset = 1.5 + rng.f64() * 0.5;
+            }
+        }
+        let [
+            so2,
+            nox,
+            particulate,
+            fluoride,
+            o2,
+            flow,
+            temperature,
+            moisture,
+        ] = self.values;
+        self.device.write_points(&[
+            (&cems::SO2_MG_M3, (so2 * self.upset).max(0.0)),
+            (&cems::NOX_MG_M3, nox.max(0.0)),
+            (&cems::PARTICULATE_MG_M3, particulate.max(0.0)),
+            (&cems::FLUORIDE_MG_M3, fluoride.max(0.0)),
+            (&cems::O2_PCT, o2.clamp(0.0, 21.0)),
+            (&cems::FLOW_M3H, flow.max(0.0)),
+            (&cems::TEMPERATURE_C, temperature),
+            (&cems::MOISTURE_PCT, moisture.max(0.0)),
+            (&cems::IN_CALIBRATION, 0.0),
+            (&cems::IN_MAINTENANCE, 0.0),
+            (&cems::ANALYSER_FAULT, 0.0),
+        ]);
+    }
+}
+
+impl StackTypicals {
+    fn ous(&self) -> [Ou; 8] {
+        [
+            self.so2,
+            self.nox,
+            self.particulate,
+            self.fluoride,
+            self.o2,
+            self.flow,
+            self.temperature,
+            self.moisture,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::device::BankSizes;
+
+    fn potline_cfg(ae_rate: f64) -> PotlineSim {
+        toml::from_str(&format!(
+            r#"
+            name = "p"
+            listen = "127.0.0.1:1"
+            cells = 24
+            cells_out_of_service = [7]
+            anode_effects_per_cell_day = {ae_rate}
+            dc_energy_start_kwh = 4294967000
+            "#
+        ))
+        .expect("potline config")
+    }
+
+    fn potline(ae_rate: f64, seed: u64) -> Potline {
+        let cfg = potline_cfg(ae_rate);
+        let rect = Device::new("r", BankSizes::for_layout(rectifier::LAYOUT), 0);
+        let pots = (0..cfg.cells)
+            .map(|_| Device::new("pot", BankSizes::for_layout(pcu::LAYOUT), 0))
+            .collect();
+        Potline::new(&cfg, seed, rect, pots)
+    }
+
+    #[test]
+    fn potline_values_are_plausible() {
+        let mut line = potline(0.0, 7);
+        let mut current_sum = 0.0;
+        for _ in 0..600 {
+            line.step(1.0);
+            current_sum += line
+                .rectifier
+                .read_point(&rectifier::LINE_CURRENT_KA)
+                .expect("current");
+        }
+        let mean_current = current_sum / 600.0;
+        assert!((385.0..415.0).contains(&mean_current), "{mean_current}");
+        let cut = &line.cells[6].device;
+        assert!(cut.read_point(&pcu::CELL_VOLTAGE_V).expect("v") < 0.05);
+        assert_eq!(cut.read_point(&pcu::CUT_OUT), Some(1.0));
+        assert_eq!(cut.read_point(&pcu::IN_SERVICE), Some(0.0));
+        let v = line.cells[0]
+            .device
+            .read_point(&pcu::CELL_VOLTAGE_V)
+            .expect("v");
+        assert!((3.8..4.3).contains(&v), "{v}");
+        let r = line.cells[0]
+            .device
+            .read_point(&pcu::PSEUDO_RESISTANCE_UOHM)
+            .expect("r");
+        assert!((5.0..7.0).contains(&r), "{r}");
+        let t = line.cells[0]
+            .device
+            .read_point(&pcu::BATH_TEMP_C)
+            .expect("t");
+        assert!((940.0..970.0).contains(&t), "{t}");
+        // 23 cells × ~4.05 V + 5 V bus ≈ 98 V.
+        let line_v = line
+            .rectifier
+            .read_point(&rectifier::LINE_VOLTAGE_V)
+            .expect("V");
+        assert!((90.0..106.0).contains(&line_v), "{line_v}");
+    }
+
+    #[test]
+    fn energy_counters_roll_over_and_ac_exceeds_dc_by_the_efficiency() {
+        let mut line = potline(0.0, 1);
+        let start = 4_294_967_000.0;
+        // ~39 MW: 296 kWh to the wrap take ~27 s.
+        for _ in 0..60 {
+            line.step(1.0);
+        }
+        let dc = line
+            .rectifier
+            .read_point(&rectifier::DC_ENERGY_KWH)
+            .expect("dc");
+        let ac = line
+            .rectifier
+            .read_point(&rectifier::AC_ENERGY_KWH)
+            .expect("ac");
+        assert!(dc < 1000.0, "DC counter wrapped: {dc}");
+        let dc_used = dc + 4_294_967_296.0 - start;
+        let ac_used = ac + 4_294_967_296.0 - start;
+        let ratio = dc_used / ac_used;
+        assert!((ratio - 0.975).abs() < 0.01, "{ratio}");
+        assert!((500.0..800.0).contains(&dc_used), "{dc_used}");
+    }
+
+    #[test]
+    fn anode_effects_happen_at_roughly_the_configured_rate_and_exceed_8_v() {
+        // 23 cells × 200 per cell-day ≈ 3.2 per minute.
+        let mut line = potline(200.0, 3);
+        let mut max_v: f64 = 0.0;
+        for _ in 0..1800 {
+            line.step(1.0);
+            for cell in &line.cells {
+                if cell.device.read_point(&pcu::ANODE_EFFECT) == Some(1.0) {
+                    let v = cell.device.read_point(&pcu::CELL_VOLTAGE_V).expect("v");
+                    assert!(v > AE_THRESHOLD_V, "{v}");
+                    max_v = max_v.max(v);
+                }
+            }
+        }
+        let total: f64 = line
+            .cells
+            .iter()
+            .map(|c| {
+                c.device
+                    .read_point(&pcu::ANODE_EFFECT_COUNT)
+                    .expect("count")
+            })
+            .sum();
+        // Cells in an effect cannot start another, so expect somewhat fewer than 96.
+        assert!((40.0..=110.0).contains(&total), "{total}");
+        assert!(max_v > 12.0, "{max_v}");
+        assert_eq!(
+            line.cells[6].device.read_point(&pcu::ANODE_EFFECT_COUNT),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn stacks_stay_mostly_under_their_limits() {
+        for (profile, so2_limit, particulate_limit) in [
+            (StackProfile::PotlineGtc, 200.0, 20.0),
+            (StackProfile::CopperSmelter, 400.0, 80.0),
+        ] {
+            let cfg = StackSim {
+                name: "s".into(),
+                listen: "127.0.0.1:1".parse().expect("addr"),
+                unit_id: 1,
+                profile,
+            };
+            let dev = Device::new("s", BankSizes::for_layout(cems::LAYOUT), 0);
+            let mut stack = Stack::new(&cfg, 11, dev.clone());
+            let mut over = 0;
+            for _ in 0..3600 {
+                stack.step(1.0);
+                let so2 = dev.read_point(&cems::SO2_MG_M3).expect("so2");
+                let pm = dev.read_point(&cems::PARTICULATE_MG_M3).expect("pm");
+                if so2 > so2_limit || pm > particulate_limit {
+                    over += 1;
+                }
+            }
+            assert!(over < 36, "{profile:?}: {over} of 3600 s over a limit");
+        }
+    }
+
+    #[test]
+    fn smelter_follows_a_written_setpoint() {
+        let cfg = SmelterSim {
+            name: "s".into(),
+            listen: "127.0.0.1:1".parse().expect("addr"),
+            unit_id: 1,
+            concentrate_feed_tph: 150.0,
+        };
+        let dev = Device::new("s", BankSizes::for_layout(copper_smelter::LAYOUT), 0);
+        let mut s = Smelter::new(&cfg, 5, dev.clone());
+        dev.write_point(&copper_smelter::FEED_SETPOINT_TPH, 100.0);
+        s.step(1.0);
+        let feed = dev
+            .read_point(&copper_smelter::CONCENTRATE_FEED_TPH)
+            .expect("feed");
+        assert!((85.0..115.0).contains(&feed), "{feed}");
+        let o2 = dev
+            .read_point(&copper_smelter::OXYGEN_FLOW_NM3H)
+            .expect("o2");
+        assert!((o2 / feed - 165.0).abs() < 25.0, "{o2}");
+        assert_eq!(dev.read_point(&copper_smelter::RUNNING), Some(1.0));
+    }
+}
