@@ -285,7 +285,7 @@ impl fmt::Display for PlanReport<'_> {
         )?;
         writeln!(
             f,
-            "  addresses are 0-based protocol addresses, first-last inclusive (datasheet 40001 = holding 0)"
+            "  addresses are 0-based and inclusive (datasheet 40001 = holding 0, 30001 = input 0)"
         )?;
 
         let mut i = 0;
@@ -329,7 +329,17 @@ impl fmt::Display for PlanReport<'_> {
             totals.requests_per_s,
             totals.registers_per_s,
             totals.bits_per_s,
-        )
+        )?;
+        if totals.requests_per_s > 0.0 {
+            // One request is in flight at a time per connection, so this is the mean round trip
+            // (plus inter-request gap) the connection must sustain to keep every poll class on time.
+            writeln!(
+                f,
+                "  keeping up needs a mean request time (round trip + gap) under {:.1} ms",
+                1000.0 / totals.requests_per_s
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -362,11 +372,14 @@ impl PlanReport<'_> {
             for req in &plan.requests {
                 let unit = if req.area.is_bits() { "bit" } else { "reg" };
                 let last = req.end().saturating_sub(1);
+                let span = if req.count == 1 {
+                    format!("{:>5} {:<5}", req.start, "")
+                } else {
+                    format!("{:>5}-{last:<5}", req.start)
+                };
                 let mut line = format!(
-                    "      {:<14} {:>5}-{:<5} ({:>3} {unit}{})",
+                    "      {:<14} {span} ({:>3} {unit}{})",
                     req.area.as_str(),
-                    req.start,
-                    last,
                     req.count,
                     if req.count == 1 { " " } else { "s" },
                 );
@@ -750,6 +763,8 @@ mod tests {
             text.contains("total: 9 reads planned, 5.1 requests/s, 18 registers/s, 0 bits/s"),
             "{text}"
         );
+        // 1000 ms / 5.0667 requests/s.
+        assert!(text.contains("under 197.4 ms"), "{text}");
     }
 
     #[test]
