@@ -16,8 +16,12 @@
 //! | `BADC` | high word first, low byte first ("byte swap") | `[BA]` | `[BA, DC]` | `[BA, DC, FE, HG]` |
 //! | `DCBA` | low word first, low byte first (little-endian) | `[BA]` | `[DC, BA]` | `[HG, FE, DC, BA]` |
 //!
-//! For 64-bit values `CDAB` reverses all four words (words 3, 2, 1, 0), as pymodbus does; devices
-//! that swap only within 32-bit halves (`CDAB GHEF`) are not supported.
+//! For 64-bit values `CDAB` reverses all four words (words 3, 2, 1, 0): pymodbus 3's
+//! `convert_from_registers` does exactly `registers.reverse()` for `word_order="little"`, and
+//! mbpoll/Kepware's "low word first" means the same. Devices that swap only within 32-bit halves
+//! (`EFGH ABCD` → `[CD, AB, GH, EF]`) are not supported. pymodbus 3 has no byte swap; `BADC` and
+//! `DCBA` are the swapped-bytes variants of pymodbus 2's `byteorder=Endian.Little` and Kepware's
+//! "first byte low".
 //!
 //! Bit `n` of a register (`bool` with `bit = Some(n)`, 0 = least significant) is taken from the
 //! register's 16-bit value decoded under the point's order: as received under `ABCD`/`CDAB`,
@@ -25,7 +29,7 @@
 //! the register is non-zero.
 //!
 //! ASCII text keeps the registers in address order under every order (text is a byte stream, not a
-//! number): each register holds two characters, high byte first under `ABCD`/`CDAB`, low byte first
+//! number; unlike pymodbus, `CDAB` does not reverse the registers of a string): each register holds two characters, high byte first under `ABCD`/`CDAB`, low byte first
 //! under `BADC`/`DCBA`. The text ends at the first NUL; trailing spaces are trimmed. Bytes that are
 //! not printable ASCII (below 0x20 or above 0x7E) are replaced with U+FFFD and the value is marked
 //! `out_of_range`, so an operator sees a garbled string for what it is.
