@@ -144,7 +144,7 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn,rumqttd=warn,tokio_modbus=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn,rumqttd=off,tokio_modbus=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -178,7 +178,7 @@ pub struct ReadingBatch {
     pub poll_interval_ms: u64,
     /// The scheduled instant of this cycle (deadline), for completeness accounting.
     pub scheduled: Timestamp,
-    /// Readings, in configuration order of the points.
+    /// Readings, one per configured point, in read-plan order.
     pub readings: Vec<Reading>,
 }
 

@@ -53,11 +53,14 @@ impl Default for RunOptions {
     }
 }
 
+/// Latest reading of every point, keyed by (device, point).
+pub type LatestReadings = HashMap<(Arc<str>, Arc<str>), Reading>;
+
 /// Latest value of every point, and the counters of every component, for status displays.
 #[derive(Debug, Default)]
 pub struct LiveState {
     /// (device, point) → latest reading.
-    pub latest: Mutex<HashMap<(Arc<str>, Arc<str>), Reading>>,
+    pub latest: Mutex<LatestReadings>,
     /// One entry per source.
     pub pollers: Mutex<Vec<(Arc<str>, Arc<PollerStats>)>>,
     /// One entry per uplink: name, spool, status.

@@ -212,16 +212,16 @@ async fn run_job(
     readings: &mut Vec<Reading>,
 ) {
     let now = Instant::now();
-    if let Some(until) = health.open_until {
-        if now < until {
-            // Circuit open: no bus traffic, the cycle is reported as failed.
-            let ts = Timestamp::now();
-            for req in &plan.requests {
-                fill_failed(device, req, Quality::CommFail, ts, readings);
-            }
-            return;
+    // Circuit open: no bus traffic, the cycle is reported as failed. Once `open_until` has
+    // passed, the cycle goes ahead as the half-open probe.
+    if let Some(until) = health.open_until
+        && now < until
+    {
+        let ts = Timestamp::now();
+        for req in &plan.requests {
+            fill_failed(device, req, Quality::CommFail, ts, readings);
         }
-        // Half-open: this cycle is the probe.
+        return;
     }
 
     let mut answered = false;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install what the integration tests talk to, then run the whole test suite.
+#
+#   mosquitto, mosquitto_passwd  real MQTT broker for the uplink and end-to-end tests (Debian package)
+#   mbpoll                       an independent Modbus client reading our simulator (Debian package)
+#   pymodbus                     an independent Modbus server for the poller (PyPI, in ./.venv)
+#
+# Packages are installed only when missing; apt-get needs root (or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian's mosquitto package may start a system broker; the tests start their own on free ports.
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pymodbus' 2>/dev/null; then
+  echo "installing pymodbus into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q 'pymodbus==3.16.1'
+fi
+export SMELTWATCH_PYTHON="$PWD/.venv/bin/python"
+# Tests that need an external peer fail instead of skipping when this is set.
+export SMELTWATCH_REQUIRE_PEERS=1
+
+cargo test --locked "$@"
