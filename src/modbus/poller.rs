@@ -134,7 +134,7 @@ impl Poller {
             tracing::warn!(source = %source.name, "source has no points to poll");
             return;
         }
-        let mut conn = Connection::new(&source);
+        let mut conn = Connection::new(&source, stats.clone());
         let mut health = vec![DeviceHealth::default(); source.devices.len()];
         let start = Instant::now();
         // Min-heap of (deadline, job index). The job index breaks ties, so jobs due together run in
@@ -330,10 +330,11 @@ struct Connection {
     name: Arc<str>,
     /// Whether the last connect attempt failed (to log state changes once).
     down: bool,
+    stats: Arc<PollerStats>,
 }
 
 impl Connection {
-    fn new(source: &SourceConfig) -> Self {
+    fn new(source: &SourceConfig, stats: Arc<PollerStats>) -> Self {
         Connection {
             ctx: None,
             next_attempt: Instant::now(),
@@ -341,6 +342,7 @@ impl Connection {
             last_exchange: None,
             name: source.name.clone(),
             down: false,
+            stats,
         }
     }
 
@@ -371,6 +373,7 @@ impl Connection {
         {
             Ok(Ok(ctx)) => {
                 self.ctx = Some(ctx);
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 self.backoff = source.reconnect_min;
                 if self.down {
                     tracing::info!(source = %self.name, "connected to {}", describe(&source.transport));

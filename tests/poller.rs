@@ -1,0 +1,545 @@
+//! The poller against real Modbus servers: our simulator's devices (healthy and faulty), an
+//! independent pymodbus server, and an RTU server through a pseudo-terminal pair.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use smeltwatch::config::{self, Config};
+use smeltwatch::modbus::poller::{Poller, PollerStats};
+use smeltwatch::model::{Quality, ReadingBatch, Value};
+use smeltwatch::simulator::{BankSizes, Device, ExceptionFault, Faults, UnitMap, serve_tcp};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn parse(toml: &str) -> Config {
+    match config::parse(toml, Path::new("poller-test.toml")) {
+        Ok(c) => c,
+        Err(e) => panic!("test configuration is invalid:\n{e}\n---\n{toml}"),
+    }
+}
+
+fn device(name: &str) -> Device {
+    Device::new(
+        name,
+        BankSizes {
+            coils: 16,
+            discrete_inputs: 16,
+            holding: 256,
+            input: 256,
+        },
+        7,
+    )
+}
+
+/// Serve `units` on a fresh loopback port; returns the port.
+async fn serve(units: UnitMap, shutdown: &CancellationToken) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve_tcp(listener, units, shutdown.clone()));
+    port
+}
+
+/// Start one poller per source of `cfg`; batches from all of them arrive on one channel.
+fn start_pollers(
+    cfg: &Config,
+    shutdown: &CancellationToken,
+) -> (mpsc::Receiver<ReadingBatch>, Vec<Arc<PollerStats>>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let mut stats = Vec::new();
+    for source in &cfg.sources {
+        let poller = Poller::new(source.clone(), tx.clone());
+        stats.push(poller.stats());
+        tokio::spawn(poller.run(shutdown.clone()));
+    }
+    (rx, stats)
+}
+
+fn value_of<'a>(batch: &'a ReadingBatch, point: &str) -> (&'a Option<Value>, Quality) {
+    let r = batch
+        .readings
+        .iter()
+        .find(|r| &*r.point == point)
+        .unwrap_or_else(|| panic!("no reading for {point} in {batch:?}"));
+    (&r.value, r.quality)
+}
+
+fn float(v: &Option<Value>) -> f64 {
+    v.as_ref().and_then(Value::as_f64).expect("a numeric value")
+}
+
+/// Receive batches until `done` says enough, with an overall deadline so a broken poller fails the
+/// test instead of hanging it.
+async fn collect(
+    rx: &mut mpsc::Receiver<ReadingBatch>,
+    mut done: impl FnMut(&BTreeMap<String, Vec<ReadingBatch>>) -> bool,
+) -> BTreeMap<String, Vec<ReadingBatch>> {
+    let mut by_device: BTreeMap<String, Vec<ReadingBatch>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&by_device) {
+        let batch = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("batches stopped arriving")
+            .expect("pollers ended");
+        by_device
+            .entry(batch.device.to_string())
+            .or_default()
+            .push(batch);
+    }
+    by_device
+}
+
+#[tokio::test]
+async fn poller_decodes_what_the_simulated_device_holds() {
+    let shutdown = CancellationToken::new();
+    let dev = device("meter");
+    // 123.456 as f32 ABCD, -42 as i16 scaled by 0.1, 4_000_000_000 as u32 CDAB, "POT017".
+    dev.set_holding(0, &[0x42F6, 0xE979]);
+    dev.set_holding(2, &[(-42i16) as u16]);
+    dev.set_holding(10, &[0x2800, 0xEE6B]);
+    dev.set_input(20, &[0x504F, 0x5430, 0x3137]);
+    dev.set_coil(3, true);
+    let port = serve(UnitMap::from([(5, dev.clone())]), &shutdown).await;
+    let cfg = parse(&format!(
+        r#"
+site = "t"
+[[sources]]
+name = "bus"
+tcp = "127.0.0.1:{port}"
+[[sources.devices]]
+name = "meter"
+unit_id = 5
+[sources.devices.points.power_mw]
+area = "holding"
+address = 0
+type = "f32"
+unit = "MW"
+[sources.devices.points.temp_c]
+area = "holding"
+address = 2
+type = "i16"
+scale = 0.1
+unit = "degC"
+[sources.devices.points.energy_kwh]
+area = "holding"
+address = 10
+type = "u32"
+byte_order = "CDAB"
+unit = "kWh"
+[sources.devices.points.tag]
+area = "input"
+address = 20
+type = "ascii"
+registers = 3
+[sources.devices.points.breaker_closed]
+area = "coil"
+address = 3
+type = "bool"
+"#
+    ));
+    let (mut rx, _) = start_pollers(&cfg, &shutdown);
+    let batch = rx.recv().await.unwrap();
+    shutdown.cancel();
+
+    assert_eq!(&*batch.device, "meter");
+    assert_eq!(batch.unit_id, 5);
+    assert_eq!(batch.readings.len(), 5);
+    for r in &batch.readings {
+        assert_eq!(r.quality, Quality::Good, "{r:?}");
+    }
+    let (v, _) = value_of(&batch, "power_mw");
+    assert!((float(v) - 123.456).abs() < 1e-4, "{v:?}");
+    let (v, _) = value_of(&batch, "temp_c");
+    assert!((float(v) + 4.2).abs() < 1e-9, "{v:?}");
+    assert_eq!(
+        value_of(&batch, "energy_kwh").0,
+        &Some(Value::UInt(4_000_000_000))
+    );
+    assert_eq!(
+        value_of(&batch, "tag").0,
+        &Some(Value::Text("POT017".into()))
+    );
+    assert_eq!(
+        value_of(&batch, "breaker_closed").0,
+        &Some(Value::Bool(true))
+    );
+    let unit = batch
+        .readings
+        .iter()
+        .find(|r| &*r.point == "power_mw")
+        .unwrap();
+    assert_eq!(&*unit.unit, "MW");
+}
+
+#[tokio::test]
+async fn exception_marks_only_the_points_of_the_refused_request() {
+    let shutdown = CancellationToken::new();
+    let dev = device("pcu");
+    dev.set_holding(0, &[4000]);
+    dev.set_holding(100, &[955]);
+    dev.set_faults(Faults {
+        exception: Some(ExceptionFault {
+            code: 2,
+            addresses: Some(100..=100),
+        }),
+        ..Faults::default()
+    });
+    let port = serve(UnitMap::from([(1, dev)]), &shutdown).await;
+    let cfg = parse(&format!(
+        r#"
+site = "t"
+[[sources]]
+name = "bus"
+tcp = "127.0.0.1:{port}"
+max_gap_registers = 4
+[[sources.devices]]
+name = "pcu"
+unit_id = 1
+[sources.devices.points.cell_voltage_mv]
+area = "holding"
+address = 0
+type = "u16"
+[sources.devices.points.bath_temp_c]
+area = "holding"
+address = 100
+type = "u16"
+"#
+    ));
+    let (mut rx, stats) = start_pollers(&cfg, &shutdown);
+    let first = rx.recv().await.unwrap();
+    let second = rx.recv().await.unwrap();
+    shutdown.cancel();
+    for batch in [first, second] {
+        assert_eq!(
+            value_of(&batch, "cell_voltage_mv"),
+            (&Some(Value::UInt(4000)), Quality::Good)
+        );
+        assert_eq!(
+            value_of(&batch, "bath_temp_c"),
+            (&None, Quality::DeviceException)
+        );
+    }
+    // The connection was kept: an exception is an answer, not a link failure.
+    assert_eq!(stats[0].connects.load(Ordering::Relaxed), 1);
+    assert_eq!(stats[0].comm_failures.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn silent_and_disconnecting_devices_do_not_disturb_healthy_ones() {
+    let shutdown = CancellationToken::new();
+    let mut ports = Vec::new();
+    for (name, faults) in [
+        ("healthy_a", Faults::default()),
+        ("healthy_b", Faults::default()),
+        (
+            "silent",
+            Faults {
+                silent: true,
+                ..Faults::default()
+            },
+        ),
+        (
+            "dropping",
+            Faults {
+                drop_every: 2,
+                ..Faults::default()
+            },
+        ),
+    ] {
+        let dev = device(name);
+        dev.set_holding(0, &[0x4081, 0x999A]); // 4.05 f32
+        dev.set_faults(faults);
+        ports.push((name, serve(UnitMap::from([(1, dev)]), &shutdown).await));
+    }
+    let mut toml = String::from("site = \"t\"\n");
+    for (name, port) in &ports {
+        toml.push_str(&format!(
+            r#"
+[[sources]]
+name = "{name}_link"
+tcp = "127.0.0.1:{port}"
+timeout = "150ms"
+reconnect_min = "50ms"
+reconnect_max = "200ms"
+breaker_failures = 3
+breaker_probe_interval = "1s"
+default_poll = "200ms"
+[[sources.devices]]
+name = "{name}"
+unit_id = 1
+[sources.devices.points.cell_voltage_v]
+area = "holding"
+address = 0
+type = "f32"
+unit = "V"
+"#
+        ));
+    }
+    let cfg = parse(&toml);
+    let (mut rx, stats) = start_pollers(&cfg, &shutdown);
+    let got = collect(&mut rx, |m| {
+        ["healthy_a", "healthy_b"]
+            .iter()
+            .all(|d| m.get(*d).is_some_and(|v| v.len() >= 12))
+            && m.get("dropping").is_some_and(|v| v.len() >= 6)
+            && m.get("silent").is_some_and(|v| v.len() >= 6)
+    })
+    .await;
+    shutdown.cancel();
+
+    for (i, name) in ["healthy_a", "healthy_b"].iter().enumerate() {
+        let batches = &got[*name];
+        // Every cycle on the 200 ms grid, none skipped, none late, all good.
+        for pair in batches.windows(2) {
+            assert_eq!(
+                pair[1].scheduled.0 - pair[0].scheduled.0,
+                200,
+                "{name} missed a cycle"
+            );
+        }
+        for b in batches {
+            let (v, q) = value_of(b, "cell_voltage_v");
+            assert_eq!(q, Quality::Good);
+            assert!((float(v) - 4.05).abs() < 1e-6);
+        }
+        assert_eq!(stats[i].late_ticks.load(Ordering::Relaxed), 0, "{name}");
+    }
+    assert!(
+        got["silent"]
+            .iter()
+            .all(|b| value_of(b, "cell_voltage_v") == (&None, Quality::CommFail))
+    );
+    let dropping: Vec<Quality> = got["dropping"]
+        .iter()
+        .map(|b| value_of(b, "cell_voltage_v").1)
+        .collect();
+    assert!(dropping.contains(&Quality::Good), "{dropping:?}");
+    assert!(dropping.contains(&Quality::CommFail), "{dropping:?}");
+}
+
+#[tokio::test]
+async fn a_silent_unit_on_a_shared_link_costs_one_timeout_and_its_breaker_opens() {
+    let shutdown = CancellationToken::new();
+    let healthy1 = device("unit1");
+    let silent = device("unit2");
+    let healthy3 = device("unit3");
+    for d in [&healthy1, &silent, &healthy3] {
+        d.set_holding(0, &[1234]);
+    }
+    silent.set_faults(Faults {
+        silent: true,
+        ..Faults::default()
+    });
+    let port = serve(
+        UnitMap::from([(1, healthy1), (2, silent.clone()), (3, healthy3)]),
+        &shutdown,
+    )
+    .await;
+    let mut toml = format!(
+        r#"
+site = "t"
+[[sources]]
+name = "gateway"
+tcp = "127.0.0.1:{port}"
+timeout = "100ms"
+reconnect_min = "20ms"
+breaker_failures = 2
+breaker_probe_interval = "1500ms"
+default_poll = "300ms"
+"#
+    );
+    for unit in 1..=3 {
+        toml.push_str(&format!(
+            r#"
+[[sources.devices]]
+name = "unit{unit}"
+unit_id = {unit}
+[sources.devices.points.value]
+area = "holding"
+address = 0
+type = "u16"
+"#
+        ));
+    }
+    let cfg = parse(&toml);
+    let (mut rx, stats) = start_pollers(&cfg, &shutdown);
+    let got = collect(&mut rx, |m| m.get("unit3").is_some_and(|v| v.len() >= 8)).await;
+
+    // The healthy units kept every 300 ms cycle with good values although unit 2 timed out.
+    for name in ["unit1", "unit3"] {
+        for pair in got[name].windows(2) {
+            assert_eq!(pair[1].scheduled.0 - pair[0].scheduled.0, 300, "{name}");
+        }
+        assert!(
+            got[name]
+                .iter()
+                .all(|b| value_of(b, "value") == (&Some(Value::UInt(1234)), Quality::Good))
+        );
+    }
+    assert_eq!(stats[0].late_ticks.load(Ordering::Relaxed), 0);
+    // Over 8 cycles (2.1 s) unit 2 was asked twice before its circuit opened, then only probed
+    // (at most twice in 2.1 s at one probe per 1.5 s), never 8 times.
+    let asked = silent.requests();
+    assert!((2..=4).contains(&asked), "unit 2 was asked {asked} times");
+    assert!(
+        got["unit2"]
+            .iter()
+            .all(|b| value_of(b, "value") == (&None, Quality::CommFail))
+    );
+
+    // It recovers by itself once it answers again: the next probe closes the circuit.
+    silent.clear_faults();
+    let got = collect(&mut rx, |m| {
+        m.get("unit2")
+            .is_some_and(|v| v.iter().any(|b| value_of(b, "value").1 == Quality::Good))
+    })
+    .await;
+    shutdown.cancel();
+    assert!(got.contains_key("unit2"));
+}
+
+#[tokio::test]
+async fn poller_reads_an_independent_pymodbus_server_in_all_four_byte_orders() {
+    let Some(python) = common::peers::python_with_pymodbus() else {
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_server.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the pymodbus server");
+    let port = common::peers::read_port_line(child.stdout.take().unwrap()).await;
+
+    let mut toml = format!(
+        r#"
+site = "t"
+[[sources]]
+name = "pymodbus"
+tcp = "127.0.0.1:{port}"
+timeout = "2s"
+[[sources.devices]]
+name = "peer"
+unit_id = 1
+"#
+    );
+    for (i, order) in ["ABCD", "CDAB", "BADC", "DCBA"].iter().enumerate() {
+        toml.push_str(&format!(
+            "[sources.devices.points.f32_{order}]\narea = \"holding\"\naddress = {}\ntype = \"f32\"\nbyte_order = \"{order}\"\n",
+            i * 2
+        ));
+    }
+    toml.push_str(
+        r#"[sources.devices.points.negative]
+area = "holding"
+address = 8
+type = "f32"
+[sources.devices.points.big_u32]
+area = "holding"
+address = 10
+type = "u32"
+[sources.devices.points.small_i16]
+area = "holding"
+address = 12
+type = "i16"
+[sources.devices.points.big_u16]
+area = "holding"
+address = 13
+type = "u16"
+[sources.devices.points.f64_value]
+area = "input"
+address = 0
+type = "f64"
+[sources.devices.points.coil0]
+area = "coil"
+address = 0
+type = "bool"
+[sources.devices.points.coil1]
+area = "coil"
+address = 1
+type = "bool"
+"#,
+    );
+    let cfg = parse(&toml);
+    let shutdown = CancellationToken::new();
+    let (mut rx, _) = start_pollers(&cfg, &shutdown);
+    let batch = rx.recv().await.unwrap();
+    shutdown.cancel();
+    drop(child);
+
+    for r in &batch.readings {
+        assert_eq!(r.quality, Quality::Good, "{r:?}");
+    }
+    for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
+        let (v, _) = value_of(&batch, &format!("f32_{order}"));
+        assert_eq!(float(v), f64::from(123.456f32), "byte order {order}");
+    }
+    assert_eq!(float(value_of(&batch, "negative").0), -1234.5);
+    assert_eq!(
+        value_of(&batch, "big_u32").0,
+        &Some(Value::UInt(4_000_000_000))
+    );
+    assert_eq!(value_of(&batch, "small_i16").0, &Some(Value::Int(-42)));
+    assert_eq!(value_of(&batch, "big_u16").0, &Some(Value::UInt(65000)));
+    assert_eq!(float(value_of(&batch, "f64_value").0), -9876.54321);
+    assert_eq!(value_of(&batch, "coil0").0, &Some(Value::Bool(true)));
+    assert_eq!(value_of(&batch, "coil1").0, &Some(Value::Bool(false)));
+}
+
+#[tokio::test]
+async fn poller_reads_rtu_through_a_pty_pair() {
+    use tokio_serial::SerialPort as _;
+    let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
+    let path = slave.name().expect("the pty slave has a path");
+    let dev = device("rtu_meter");
+    dev.set_holding(4, &[0x42F6, 0xE979, 0x0102]);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(smeltwatch::simulator::serve_rtu(
+        master,
+        UnitMap::from([(17, dev)]),
+        shutdown.clone(),
+    ));
+    let cfg = parse(&format!(
+        r#"
+site = "t"
+[[sources]]
+name = "rs485"
+timeout = "1s"
+[sources.serial]
+path = "{path}"
+baud = 19200
+parity = "even"
+[[sources.devices]]
+name = "rtu_meter"
+unit_id = 17
+[sources.devices.points.power_mw]
+area = "holding"
+address = 4
+type = "f32"
+[sources.devices.points.status]
+area = "holding"
+address = 6
+type = "u16"
+"#
+    ));
+    let (mut rx, _) = start_pollers(&cfg, &shutdown);
+    let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an RTU batch within 10 s")
+        .unwrap();
+    shutdown.cancel();
+    drop(slave);
+    assert_eq!(
+        value_of(&batch, "status"),
+        (&Some(Value::UInt(0x0102)), Quality::Good)
+    );
+    assert_eq!(float(value_of(&batch, "power_mw").0), f64::from(123.456f32));
+}
