@@ -230,6 +230,16 @@ async fn a_client_reads_the_values_the_device_handles_report() {
         "a CEMS has no holding registers"
     );
 
+    // Unit 255 ("this device") reaches the only device of a single-device endpoint.
+    let gtc = sim.device_addr("gtc1_stack").expect("gtc");
+    let mut ctx = timeout(CALL, tcp::connect(gtc.addr))
+        .await
+        .expect("in time")
+        .expect("connect");
+    let words = read_input(&mut ctx, 0, 2).await;
+    let truth = sim.device("gtc1_stack").expect("gtc").input(0, 2);
+    assert_eq!(Some(words), truth);
+
     sim.shutdown().await;
 }
 

@@ -273,12 +273,14 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
 pub async fn run(cfg: &SimulatorConfig, shutdown: CancellationToken) -> io::Result<()> {
     let sim = start(cfg, BindMode::AsConfigured).await?;
     for ep in &sim.endpoints {
-        let units: Vec<String> = sim
+        let mut units: Vec<(u8, &str)> = sim
             .devices
             .iter()
             .filter(|(_, (_, at))| at.addr == ep.bound)
-            .map(|(name, (_, at))| format!("{}={name}", at.unit_id))
+            .map(|(name, (_, at))| (at.unit_id, name.as_str()))
             .collect();
+        units.sort_unstable();
+        let units: Vec<String> = units.iter().map(|(u, n)| format!("{u}={n}")).collect();
         tracing::info!(endpoint = %ep.name, addr = %ep.bound, units = %units.join(" "), "simulator serving Modbus TCP");
     }
     for f in &cfg.faults {
