@@ -203,6 +203,141 @@ impl ReadingBatch {
 pub enum Record {
     /// One poll batch of one device (stream `live`).
     Batch(ReadingBatch),
+    /// Metrics computed by one calculator at one instant (stream `metrics`).
+    Metrics(MetricBatch),
+    /// Something that happened (stream `events`).
+    Event(Event),
+    /// A closed aggregation window of a regulated quantity (stream `emissions`).
+    Aggregate(Aggregate),
+}
+
+impl Record {
+    /// The stream a record travels on.
+    pub fn stream(&self) -> crate::config::Stream {
+        use crate::config::Stream;
+        match self {
+            Record::Batch(_) => Stream::Live,
+            Record::Metrics(_) => Stream::Metrics,
+            Record::Event(_) => Stream::Events,
+            Record::Aggregate(_) => Stream::Emissions,
+        }
+    }
+}
+
+/// A computed value: kWh per tonne, aluminium produced, AEM, a mass flow…
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// Name with its unit as suffix (`dc_energy_kwh_per_t`).
+    pub name: Arc<str>,
+    /// The value; `None` when it cannot be computed (quality says why).
+    pub value: Option<f64>,
+    /// Unit (`kWh/t`, `t`, `kg/h`).
+    pub unit: Arc<str>,
+    /// Trust: the worst quality of the inputs, or `substituted`.
+    pub quality: Quality,
+    /// The instant (or end of the period) the value describes, from the inputs' timestamps.
+    pub ts: Timestamp,
+    /// Labels that place it (`line = "potline1"`, `cell = "pot_017"`, `period = "day"`).
+    pub labels: Vec<(Arc<str>, Arc<str>)>,
+}
+
+/// Metrics of one calculator at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricBatch {
+    /// Calculator name (`potline`, `anode_effect`, `emissions`): the `{calc}` of the topic.
+    pub calc: Arc<str>,
+    /// The instant the batch describes.
+    pub ts: Timestamp,
+    /// The metrics.
+    pub metrics: Vec<Metric>,
+}
+
+/// Something that happened: an anode effect started or ended, a limit was exceeded, an outage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Kind, snake case: the `{kind}` of the topic (`anode_effect`, `exceedance`, `outage`).
+    pub kind: Arc<str>,
+    /// What it concerns (`potline1/pot_017`, `gtc1_stack/so2`).
+    pub subject: Arc<str>,
+    /// `start`, `end` or `instant`.
+    pub phase: EventPhase,
+    /// When it happened (from reading timestamps).
+    pub ts: Timestamp,
+    /// Details (`peak_voltage_v`, `duration_s`, `limit_mg_m3`…).
+    pub attributes: Vec<(Arc<str>, Value)>,
+    /// One human-readable sentence.
+    pub message: String,
+}
+
+/// Phase of an [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventPhase {
+    /// A condition began.
+    Start,
+    /// A condition ended.
+    End,
+    /// A one-off occurrence.
+    Instant,
+}
+
+/// Length of an aggregation window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// One clock minute.
+    Minute,
+    /// One clock hour.
+    Hour,
+    /// One calendar day (site time zone).
+    Day,
+}
+
+impl Period {
+    /// Stable lowercase name (the `{period}` of the emissions topic).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+        }
+    }
+}
+
+/// A closed, clock-aligned window of one quantity of one subject (a stack pollutant, a line's
+/// energy), with the validity verdict of the rules that apply (HJ 75/76 for CEMS data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Stack or line (`gtc1_stack`): the `{stack}` of the emissions topic.
+    pub subject: Arc<str>,
+    /// Quantity (`so2_mg_m3`, `so2_kg`).
+    pub quantity: Arc<str>,
+    /// Unit of avg/min/max.
+    pub unit: Arc<str>,
+    /// Window length.
+    pub period: Period,
+    /// Window start (inclusive).
+    pub start: Timestamp,
+    /// Window end (exclusive).
+    pub end: Timestamp,
+    /// Mean of the valid samples.
+    pub avg: Option<f64>,
+    /// Minimum of the valid samples.
+    pub min: Option<f64>,
+    /// Maximum of the valid samples.
+    pub max: Option<f64>,
+    /// Cumulative amount over the window (mass for concentrations × flow), when defined.
+    pub total: Option<f64>,
+    /// Unit of `total` (`kg`).
+    pub total_unit: Option<Arc<str>>,
+    /// Valid samples or sub-windows counted.
+    pub samples: u32,
+    /// Samples or sub-windows expected.
+    pub expected: u32,
+    /// Whether the window meets its validity rule.
+    pub valid: bool,
+    /// Overall quality of the window.
+    pub quality: Quality,
 }
 
 #[cfg(test)]

@@ -251,27 +251,35 @@ async fn fan_out(
             }
         }
         let records: Vec<Record> = burst.drain(..).map(Record::Batch).collect();
-        let created = Timestamp::now();
-        for target in &targets {
-            if !target.streams.contains(&Stream::Live) {
+        route(&targets, &site, &records).await;
+    }
+}
+
+/// Append `records` to the spool of every uplink that carries their stream.
+async fn route(targets: &[FanTarget], site: &str, records: &[Record]) {
+    let created = Timestamp::now();
+    for target in targets {
+        let mut new = Vec::with_capacity(records.len());
+        for record in records {
+            let stream = record.stream();
+            if !target.streams.contains(&stream) {
                 continue;
             }
-            let mut new = Vec::with_capacity(records.len());
-            for record in &records {
-                let body = match serde_json::to_vec(record) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!("cannot serialise a record: {e}");
-                        continue;
-                    }
-                };
-                new.push(NewRecord {
-                    stream: Stream::Live,
-                    topic: crate::publish::topic::topic_for(&target.topics, &site, record),
-                    body,
-                    created,
-                });
-            }
+            let body = match serde_json::to_vec(record) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("cannot serialise a record: {e}");
+                    continue;
+                }
+            };
+            new.push(NewRecord {
+                stream,
+                topic: crate::publish::topic::topic_for(&target.topics, site, record),
+                body,
+                created,
+            });
+        }
+        if !new.is_empty() {
             append_until_stored(&target.spool, new).await;
         }
     }

@@ -161,6 +161,22 @@ pub fn topic_for(templates: &TopicTemplates, site: &str, record: &Record) -> Str
             "device" => Some(&b.device),
             _ => None,
         }),
+        Record::Metrics(m) => render(&templates.metrics, |name| match name {
+            "site" => Some(site),
+            "calc" => Some(&m.calc),
+            _ => None,
+        }),
+        Record::Event(e) => render(&templates.events, |name| match name {
+            "site" => Some(site),
+            "kind" => Some(&e.kind),
+            _ => None,
+        }),
+        Record::Aggregate(a) => render(&templates.emissions, |name| match name {
+            "site" => Some(site),
+            "stack" => Some(&a.subject),
+            "period" => Some(a.period.as_str()),
+            _ => None,
+        }),
     }
 }
 

@@ -34,7 +34,39 @@ pub fn encode_record(
 ) -> Vec<u8> {
     match record {
         Record::Batch(batch) => encode_batch(site, stream, seq, batch, historical),
+        Record::Metrics(m) => encode_envelope(site, stream, seq, historical, m),
+        Record::Event(e) => encode_envelope(site, stream, seq, historical, e),
+        Record::Aggregate(a) => encode_envelope(site, stream, seq, historical, a),
     }
+}
+
+/// Metrics, events and aggregates: the record's own fields (timestamps as Unix milliseconds)
+/// after the common `site`, `stream`, `seq` (and `historical`) header.
+fn encode_envelope<T: Serialize>(
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    historical: bool,
+    body: &T,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a, T> {
+        site: &'a str,
+        stream: &'a str,
+        seq: u64,
+        #[serde(skip_serializing_if = "is_false")]
+        historical: bool,
+        #[serde(flatten)]
+        body: &'a T,
+    }
+    serde_json::to_vec(&Envelope {
+        site,
+        stream: stream.as_str(),
+        seq,
+        historical,
+        body,
+    })
+    .expect("serialising plain data into a Vec cannot fail")
 }
 
 fn encode_batch(
