@@ -98,6 +98,32 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         timeout: Duration,
     },
+    /// Inspect what is waiting in the spools (safe while the agent runs).
+    Spool {
+        /// What to do.
+        #[command(subcommand)]
+        action: SpoolCommand,
+    },
+}
+
+/// `smeltwatch spool …` actions.
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Per uplink: records waiting, bytes, oldest record, drops by stream.
+    Stats {
+        /// Configuration file (names the uplinks and the state directory).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the records waiting in an uplink's spool as JSON lines (oldest first).
+    Export {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Uplink name (default: the first uplink).
+        #[arg(long)]
+        uplink: Option<String>,
+    },
 }
 
 /// Register areas `probe` can read.
@@ -208,6 +234,84 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let words = app::probe(tcp, unit, area.into(), address, count, timeout).await?;
             print!("{}", crate::modbus::probe::render_probe(address, &words));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Spool { action } => spool_command(action),
+    }
+}
+
+fn spool_command(action: SpoolCommand) -> anyhow::Result<ExitCode> {
+    use crate::spool::Spool;
+    use std::io::Write as _;
+    match action {
+        SpoolCommand::Stats { config } => {
+            let cfg = load_or_report(&config)?;
+            for uplink in &cfg.uplinks {
+                let path = app::spool_path(&cfg, &uplink.name);
+                if !path.exists() {
+                    println!("{:<12} no spool yet ({})", uplink.name, path.display());
+                    continue;
+                }
+                let spool = Spool::open(&path, &uplink.spool)?;
+                let s = spool.stats()?;
+                let oldest = s
+                    .oldest
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "-".into());
+                let per: Vec<String> = s
+                    .per_stream
+                    .iter()
+                    .map(|(st, n)| format!("{}={n}", st.as_str()))
+                    .collect();
+                println!(
+                    "{:<12} {} records, {} bytes, oldest {oldest}, by stream [{}], dropped {}  ({})",
+                    uplink.name,
+                    s.records,
+                    s.bytes,
+                    per.join(" "),
+                    s.dropped,
+                    path.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SpoolCommand::Export { config, uplink } => {
+            let cfg = load_or_report(&config)?;
+            let up = match &uplink {
+                Some(name) => cfg
+                    .uplinks
+                    .iter()
+                    .find(|u| &u.name == name)
+                    .with_context(|| format!("no uplink named {name:?}"))?,
+                None => cfg
+                    .uplinks
+                    .first()
+                    .context("the configuration has no uplink")?,
+            };
+            let path = app::spool_path(&cfg, &up.name);
+            anyhow::ensure!(path.exists(), "no spool at {}", path.display());
+            let spool = Spool::open(&path, &up.spool)?;
+            let mut out = std::io::stdout().lock();
+            let mut after = 0;
+            loop {
+                let batch = spool.read_after(after, 1000)?;
+                let Some(last) = batch.last() else { break };
+                after = last.id;
+                for r in &batch {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&r.body).unwrap_or_else(|_| serde_json::Value::Null);
+                    let line = serde_json::json!({
+                        "id": r.id,
+                        "stream": r.stream.as_str(),
+                        "seq": r.seq,
+                        "topic": r.topic,
+                        "created": r.created.to_rfc3339(),
+                        "attempts": r.attempts,
+                        "record": body,
+                    });
+                    writeln!(out, "{line}")?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,149 @@
+//! The command-line contract: `probe` against a live device, `spool stats` and `spool export`.
+
+use std::process::Command;
+
+use smeltwatch::config::{SpoolConfig, Stream};
+use smeltwatch::model::Timestamp;
+use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
+use smeltwatch::spool::{NewRecord, Spool};
+use tokio_util::sync::CancellationToken;
+
+fn smeltwatch(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(args)
+        .output()
+        .expect("running smeltwatch");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_shows_a_cdab_float_in_the_cdab_column() {
+    let dev = Device::new(
+        "meter",
+        BankSizes {
+            input: 16,
+            holding: 16,
+            ..BankSizes::default()
+        },
+        1,
+    );
+    // 123.456 f32 with swapped words (CDAB), then 4.05 f32 ABCD.
+    dev.set_input(0, &[0xE979, 0x42F6, 0x4081, 0x999A]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve_tcp(
+        listener,
+        UnitMap::from([(3, dev)]),
+        shutdown.clone(),
+    ));
+
+    let out = tokio::task::spawn_blocking(move || {
+        smeltwatch(&[
+            "probe",
+            "--tcp",
+            &addr,
+            "--unit",
+            "3",
+            "--address",
+            "0",
+            "--count",
+            "4",
+            "--area",
+            "input",
+        ])
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    let (ok, stdout, stderr) = out;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("123.456"), "{stdout}");
+    assert!(stdout.contains("4.05"), "{stdout}");
+    assert!(stdout.contains("CDAB"), "{stdout}");
+}
+
+#[test]
+fn probe_reports_an_unreachable_device_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ok, _, stderr) = smeltwatch(&[
+        "probe",
+        "--tcp",
+        &format!("127.0.0.1:{port}"),
+        "--address",
+        "0",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("connecting to 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn spool_stats_and_export_show_what_is_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plant.toml");
+    std::fs::write(
+        &config,
+        r#"
+site = "s"
+state_dir = "state"
+[[sources]]
+name = "bus"
+tcp = "127.0.0.1:502"
+[[sources.devices]]
+name = "meter"
+unit_id = 1
+[sources.devices.points.power_mw]
+area = "input"
+address = 0
+type = "f32"
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:1883"
+"#,
+    )
+    .unwrap();
+    let path = dir.path().join("state/spool-plant.db");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut spool = Spool::open(&path, &SpoolConfig::default()).unwrap();
+    let records = (0..3)
+        .map(|i| NewRecord {
+            stream: Stream::Live,
+            topic: format!("smeltwatch/s/live/bus/meter{i}"),
+            body: br#"{"kind":"batch"}"#.to_vec(),
+            created: Timestamp(1_795_000_000_000 + i),
+        })
+        .collect();
+    spool.append(records).unwrap();
+    spool.close().unwrap();
+
+    let cfg = config.to_str().unwrap();
+    let (ok, stdout, stderr) = smeltwatch(&["spool", "stats", "-c", cfg]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("plant        3 records"), "{stdout}");
+    assert!(stdout.contains("live=3"), "{stdout}");
+
+    let (ok, stdout, stderr) = smeltwatch(&["spool", "export", "-c", cfg]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["seq"], 3);
+    assert_eq!(lines[2]["topic"], "smeltwatch/s/live/bus/meter2");
+    assert_eq!(lines[0]["record"]["kind"], "batch");
+}
