@@ -187,12 +187,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             broker,
             duration,
         } => {
-            let mut cfg = load_or_report(&config)?;
-            if let Some(url) = broker {
-                app::override_broker(&mut cfg, &url)?;
-            }
+            let reload = app::ReloadSource {
+                path: config,
+                broker,
+            };
+            let cfg = reload.load()?;
             let shutdown = app::shutdown_on_signal(duration);
-            app::run(cfg, app::RunOptions::default(), shutdown).await?;
+            let opts = app::RunOptions {
+                reload: Some(reload),
+                ..app::RunOptions::default()
+            };
+            app::run(cfg, opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -299,7 +304,7 @@ fn spool_command(action: SpoolCommand) -> anyhow::Result<ExitCode> {
                 after = last.id;
                 for r in &batch {
                     let body: serde_json::Value =
-                        serde_json::from_slice(&r.body).unwrap_or_else(|_| serde_json::Value::Null);
+                        serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
                     let line = serde_json::json!({
                         "id": r.id,
                         "stream": r.stream.as_str(),

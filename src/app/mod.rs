@@ -13,6 +13,7 @@
 //! file and is sent first on the next start.
 
 pub mod demo;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,13 +44,36 @@ const MAX_BATCHES_PER_APPEND: usize = 512;
 pub struct RunOptions {
     /// How long the uplinks get after the sources stopped to deliver what is in flight.
     pub grace_period: Duration,
+    /// Where to reload the configuration from on SIGHUP (`None`: SIGHUP is ignored).
+    pub reload: Option<ReloadSource>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             grace_period: Duration::from_secs(5),
+            reload: None,
         }
+    }
+}
+
+/// How `run` rereads its configuration on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ReloadSource {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// The `--broker` override given on the command line, applied again after each reload.
+    pub broker: Option<String>,
+}
+
+impl ReloadSource {
+    /// Load and validate the configuration as `run` was started with it.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = crate::config::load(&self.path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(url) = &self.broker {
+            override_broker(&mut cfg, url)?;
+        }
+        Ok(cfg)
     }
 }
 
@@ -81,6 +105,7 @@ pub struct UplinkView {
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
+    pollers: Vec<tokio::task::JoinHandle<()>>,
     sources: CancellationToken,
     uplinks: CancellationToken,
     fan_out: tokio::task::JoinHandle<()>,
@@ -134,19 +159,21 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     }
 
     let (tx, rx) = mpsc::channel(READINGS_CHANNEL);
+    let mut pollers = Vec::new();
     for source in &cfg.sources {
         let poller = Poller::new(source.clone(), tx.clone());
         live.pollers
             .lock()
             .expect("live state lock is never poisoned: holders do not panic")
             .push((source.name.clone(), poller.stats()));
-        tracker.spawn(poller.run(sources.clone()));
+        pollers.push(tracker.spawn(poller.run(sources.clone())));
     }
     drop(tx);
     let fan_out = tokio::spawn(fan_out(rx, targets, cfg.site.clone(), live.clone()));
     tracker.close();
 
     Ok(Agent {
+        pollers,
         sources,
         uplinks: uplinks_token,
         fan_out,
@@ -158,6 +185,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
 }
 
 impl Agent {
+    /// Whether the pipeline is running: every poller and the fan-out are still at work. This is
+    /// what feeds the systemd watchdog.
+    pub fn is_alive(&self) -> bool {
+        !self.fan_out.is_finished() && self.pollers.iter().all(|p| !p.is_finished())
+    }
+
     /// Stop in order: sources, fan-out (drains into the spools), uplinks (grace period), spools.
     pub async fn shutdown(self) {
         self.sources.cancel();
@@ -183,15 +216,10 @@ impl Agent {
 
 /// Run the agent until `shutdown` fires, then stop cleanly.
 pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tracing::info!(
-        site = %cfg.site,
-        sources = cfg.sources.len(),
-        devices = cfg.sources.iter().map(|s| s.devices.len()).sum::<usize>(),
-        uplinks = cfg.uplinks.len(),
-        "smeltwatch {} starting", env!("CARGO_PKG_VERSION")
-    );
+    log_start(&cfg);
     // A configuration with a [simulator] section brings its plant along (config/demo.toml does),
-    // so that `run -c config/demo.toml --broker URL` works against any broker.
+    // so that `run -c config/demo.toml --broker URL` works against any broker. The simulator is not
+    // restarted by a reload.
     let sim = match &cfg.simulator {
         Some(sim_cfg) => Some(
             crate::simulator::start(sim_cfg, crate::simulator::BindMode::AsConfigured)
@@ -200,8 +228,49 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         ),
         None => None,
     };
-    let agent = start(cfg, opts).await?;
-    shutdown.cancelled().await;
+    let notifier = systemd::Notifier::from_env();
+    let mut agent = start(cfg, opts.clone()).await?;
+    notifier.notify_or_log("READY=1\nSTATUS=polling");
+
+    let mut hup = reload_signal(opts.reload.is_some())?;
+    let watchdog = systemd::watchdog_interval();
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                // Fed only while the pipeline works: if a poller or the fan-out died, systemd's
+                // watchdog restarts the service.
+                if agent.is_alive() {
+                    notifier.notify_or_log("WATCHDOG=1");
+                } else {
+                    tracing::error!("pipeline task ended unexpectedly; no longer feeding the watchdog");
+                }
+            }
+            Some(()) = hup.recv() => {
+                let Some(source) = &opts.reload else { continue };
+                notifier.notify_or_log("RELOADING=1");
+                match source.load() {
+                    Ok(new_cfg) => {
+                        tracing::info!(config = %source.path.display(), "reloading the configuration");
+                        agent.shutdown().await;
+                        log_start(&new_cfg);
+                        agent = start(new_cfg, opts.clone()).await?;
+                        notifier.notify_or_log("READY=1\nSTATUS=polling (configuration reloaded)");
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            config = %source.path.display(),
+                            "configuration reload failed, keeping the running configuration: {e:#}"
+                        );
+                        notifier.notify_or_log("READY=1\nSTATUS=polling (reload rejected: invalid configuration)");
+                    }
+                }
+            }
+        }
+    }
+    notifier.notify_or_log("STOPPING=1");
     tracing::info!("stopping: draining readings into the spools");
     agent.shutdown().await;
     if let Some(sim) = sim {
@@ -209,6 +278,37 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn log_start(cfg: &Config) {
+    tracing::info!(
+        site = %cfg.site,
+        sources = cfg.sources.len(),
+        devices = cfg.sources.iter().map(|s| s.devices.len()).sum::<usize>(),
+        uplinks = cfg.uplinks.len(),
+        "smeltwatch {} starting", env!("CARGO_PKG_VERSION")
+    );
+}
+
+/// SIGHUP as a channel of reload requests (never fires when reloading is off or off Unix).
+fn reload_signal(enabled: bool) -> anyhow::Result<mpsc::Receiver<()>> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    if enabled {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // A reload already pending covers this one too.
+                let _ = tx.try_send(());
+            }
+        });
+        return Ok(rx);
+    }
+    // No reloads: the sender is dropped and the receiver reports a closed channel, which the
+    // `Some(())` pattern in `run` treats as "no request".
+    drop((tx, enabled));
+    Ok(rx)
 }
 
 /// The spool file of an uplink.
