@@ -6,3 +6,5 @@
 //! that consumers can drop duplicates (delivery is at-least-once) and spot gaps.
 
 pub mod json;
+pub mod protobuf;
+pub mod sparkplug;

@@ -1,0 +1,454 @@
+//! The protobuf payload encoder: schema `smeltwatch.v1` (`proto/smeltwatch/v1/smeltwatch.proto`).
+//!
+//! Every payload is one [`pb::Envelope`]: `site`, `stream`, `seq`, `historical` and a `body` oneof
+//! holding the record ([`pb::ReadingBatch`], [`pb::MetricBatch`], [`pb::Event`] or
+//! [`pb::Aggregate`]). A consumer decodes every smeltwatch topic with the one message type.
+//!
+//! Invariants:
+//! - field numbers and enum values are stable (the `.proto` says so and the golden files in
+//!   `tests/testdata/protobuf/` pin the bytes);
+//! - timestamps are Unix milliseconds (`*_ms`), exactly the record's [`Timestamp`]s;
+//! - a missing value stays missing (`value` absent, never 0); integers keep their signedness
+//!   (`sint64` / `uint64`), floats are `double`, NaN and infinities pass through unchanged;
+//! - [`decode_record`] inverts [`encode_record`]: decoding an encoded record gives it back.
+//!
+//! The encoder is pure: the same arguments always give the same bytes.
+
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::config::Stream;
+use crate::model::{
+    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
+    Record, Timestamp, Value,
+};
+
+/// The prost types generated from `proto/smeltwatch/v1/smeltwatch.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/smeltwatch.v1.rs"));
+}
+
+/// A protobuf payload that is not a valid `smeltwatch.v1.Envelope`.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a protobuf message of this schema.
+    #[error("not a smeltwatch.v1.Envelope: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// The envelope has no body.
+    #[error("envelope without a body")]
+    NoBody,
+    /// An enum field holds a value this build does not know.
+    #[error("unknown {field} value {value}")]
+    UnknownEnum {
+        /// The field.
+        field: &'static str,
+        /// The number found.
+        value: i32,
+    },
+    /// A field is out of the range the model allows.
+    #[error("{field} out of range: {value}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+}
+
+/// A decoded envelope: the header and the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Site identifier.
+    pub site: String,
+    /// The stream.
+    pub stream: Stream,
+    /// Sequence number within `(site, stream)`.
+    pub seq: u64,
+    /// Whether the record was replayed after an outage.
+    pub historical: bool,
+    /// The record.
+    pub record: Record,
+}
+
+/// Encode one spooled record as a `smeltwatch.v1.Envelope`.
+///
+/// Same signature and meaning as [`super::json::encode_record`].
+pub fn encode_record(
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    record: &Record,
+    historical: bool,
+) -> Vec<u8> {
+    envelope(site, stream, seq, record, historical).encode_to_vec()
+}
+
+/// The envelope message of a record (for callers that want the message rather than bytes).
+pub fn envelope(
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    record: &Record,
+    historical: bool,
+) -> pb::Envelope {
+    use pb::envelope::Body;
+    let body = match record {
+        Record::Batch(b) => Body::Batch(batch(b)),
+        Record::Metrics(m) => Body::Metrics(metric_batch(m)),
+        Record::Event(e) => Body::Event(event(e)),
+        Record::Aggregate(a) => Body::Aggregate(aggregate(a)),
+    };
+    pb::Envelope {
+        site: site.to_owned(),
+        stream: stream_pb(stream) as i32,
+        seq,
+        historical,
+        body: Some(body),
+    }
+}
+
+/// Decode a payload made by [`encode_record`].
+pub fn decode_record(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    use pb::envelope::Body;
+    let env = pb::Envelope::decode(bytes)?;
+    let stream = match pb::Stream::try_from(env.stream) {
+        Ok(pb::Stream::Live) => Stream::Live,
+        Ok(pb::Stream::Metrics) => Stream::Metrics,
+        Ok(pb::Stream::Events) => Stream::Events,
+        Ok(pb::Stream::Emissions) => Stream::Emissions,
+        _ => {
+            return Err(DecodeError::UnknownEnum {
+                field: "stream",
+                value: env.stream,
+            });
+        }
+    };
+    let record = match env.body.ok_or(DecodeError::NoBody)? {
+        Body::Batch(b) => Record::Batch(batch_from(b)?),
+        Body::Metrics(m) => Record::Metrics(metric_batch_from(m)?),
+        Body::Event(e) => Record::Event(event_from(e)?),
+        Body::Aggregate(a) => Record::Aggregate(aggregate_from(a)?),
+    };
+    Ok(Decoded {
+        site: env.site,
+        stream,
+        seq: env.seq,
+        historical: env.historical,
+        record,
+    })
+}
+
+fn stream_pb(s: Stream) -> pb::Stream {
+    match s {
+        Stream::Live => pb::Stream::Live,
+        Stream::Metrics => pb::Stream::Metrics,
+        Stream::Events => pb::Stream::Events,
+        Stream::Emissions => pb::Stream::Emissions,
+    }
+}
+
+/// The schema's quality number: declaration order of [`Quality`], from 1 (0 is unspecified).
+pub fn quality_pb(q: Quality) -> pb::Quality {
+    match q {
+        Quality::Good => pb::Quality::Good,
+        Quality::CommFail => pb::Quality::CommFail,
+        Quality::DeviceException => pb::Quality::DeviceException,
+        Quality::OutOfRange => pb::Quality::OutOfRange,
+        Quality::Stale => pb::Quality::Stale,
+        Quality::Substituted => pb::Quality::Substituted,
+        Quality::Maintenance => pb::Quality::Maintenance,
+        Quality::Calibration => pb::Quality::Calibration,
+    }
+}
+
+fn quality_from(v: i32) -> Result<Quality, DecodeError> {
+    usize::try_from(v - 1)
+        .ok()
+        .and_then(|i| Quality::ALL.get(i).copied())
+        .ok_or(DecodeError::UnknownEnum {
+            field: "quality",
+            value: v,
+        })
+}
+
+fn value_pb(v: &Value) -> pb::Value {
+    use pb::value::Kind;
+    let kind = match v {
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Int(i) => Kind::IntValue(*i),
+        Value::UInt(u) => Kind::UintValue(*u),
+        Value::Float(f) => Kind::FloatValue(*f),
+        Value::Text(t) => Kind::TextValue(t.clone()),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+fn value_from(v: pb::Value) -> Option<Value> {
+    use pb::value::Kind;
+    Some(match v.kind? {
+        Kind::BoolValue(b) => Value::Bool(b),
+        Kind::IntValue(i) => Value::Int(i),
+        Kind::UintValue(u) => Value::UInt(u),
+        Kind::FloatValue(f) => Value::Float(f),
+        Kind::TextValue(t) => Value::Text(t),
+    })
+}
+
+fn batch(b: &ReadingBatch) -> pb::ReadingBatch {
+    pb::ReadingBatch {
+        source: b.source.to_string(),
+        device: b.device.to_string(),
+        unit_id: u32::from(b.unit_id),
+        poll_interval_ms: b.poll_interval_ms,
+        scheduled_ms: b.scheduled.unix_ms(),
+        readings: b.readings.iter().map(reading).collect(),
+    }
+}
+
+fn reading(r: &Reading) -> pb::Reading {
+    pb::Reading {
+        point: r.point.to_string(),
+        value: r.value.as_ref().map(value_pb),
+        unit: r.unit.to_string(),
+        quality: quality_pb(r.quality) as i32,
+        ts_ms: r.ts.unix_ms(),
+    }
+}
+
+fn batch_from(b: pb::ReadingBatch) -> Result<ReadingBatch, DecodeError> {
+    Ok(ReadingBatch {
+        source: b.source.into(),
+        device: b.device.into(),
+        unit_id: u8::try_from(b.unit_id).map_err(|_| DecodeError::OutOfRange {
+            field: "unit_id",
+            value: u64::from(b.unit_id),
+        })?,
+        poll_interval_ms: b.poll_interval_ms,
+        scheduled: Timestamp(b.scheduled_ms),
+        readings: b
+            .readings
+            .into_iter()
+            .map(|r| {
+                Ok(Reading {
+                    point: r.point.into(),
+                    value: r.value.and_then(value_from),
+                    unit: r.unit.into(),
+                    quality: quality_from(r.quality)?,
+                    ts: Timestamp(r.ts_ms),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?,
+    })
+}
+
+fn labels(l: &[(Arc<str>, Arc<str>)]) -> Vec<pb::Label> {
+    l.iter()
+        .map(|(k, v)| pb::Label {
+            key: k.to_string(),
+            value: v.to_string(),
+        })
+        .collect()
+}
+
+fn metric_batch(m: &MetricBatch) -> pb::MetricBatch {
+    pb::MetricBatch {
+        calc: m.calc.to_string(),
+        ts_ms: m.ts.unix_ms(),
+        metrics: m
+            .metrics
+            .iter()
+            .map(|x: &Metric| pb::Metric {
+                name: x.name.to_string(),
+                value: x.value,
+                unit: x.unit.to_string(),
+                quality: quality_pb(x.quality) as i32,
+                ts_ms: x.ts.unix_ms(),
+                labels: labels(&x.labels),
+            })
+            .collect(),
+    }
+}
+
+fn metric_batch_from(m: pb::MetricBatch) -> Result<MetricBatch, DecodeError> {
+    Ok(MetricBatch {
+        calc: m.calc.into(),
+        ts: Timestamp(m.ts_ms),
+        metrics: m
+            .metrics
+            .into_iter()
+            .map(|x| {
+                Ok(Metric {
+                    name: x.name.into(),
+                    value: x.value,
+                    unit: x.unit.into(),
+                    quality: quality_from(x.quality)?,
+                    ts: Timestamp(x.ts_ms),
+                    labels: x
+                        .labels
+                        .into_iter()
+                        .map(|l| (l.key.into(), l.value.into()))
+                        .collect(),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?,
+    })
+}
+
+fn event(e: &Event) -> pb::Event {
+    pb::Event {
+        kind: e.kind.to_string(),
+        subject: e.subject.to_string(),
+        phase: match e.phase {
+            EventPhase::Start => pb::EventPhase::Start,
+            EventPhase::End => pb::EventPhase::End,
+            EventPhase::Instant => pb::EventPhase::Instant,
+        } as i32,
+        ts_ms: e.ts.unix_ms(),
+        attributes: e
+            .attributes
+            .iter()
+            .map(|(k, v)| pb::Attribute {
+                key: k.to_string(),
+                value: Some(value_pb(v)),
+            })
+            .collect(),
+        message: e.message.clone(),
+    }
+}
+
+fn event_from(e: pb::Event) -> Result<Event, DecodeError> {
+    let phase = match pb::EventPhase::try_from(e.phase) {
+        Ok(pb::EventPhase::Start) => EventPhase::Start,
+        Ok(pb::EventPhase::End) => EventPhase::End,
+        Ok(pb::EventPhase::Instant) => EventPhase::Instant,
+        _ => {
+            return Err(DecodeError::UnknownEnum {
+                field: "phase",
+                value: e.phase,
+            });
+        }
+    };
+    Ok(Event {
+        kind: e.kind.into(),
+        subject: e.subject.into(),
+        phase,
+        ts: Timestamp(e.ts_ms),
+        attributes: e
+            .attributes
+            .into_iter()
+            .filter_map(|a| Some((a.key.into(), value_from(a.value?)?)))
+            .collect(),
+        message: e.message,
+    })
+}
+
+fn aggregate(a: &Aggregate) -> pb::Aggregate {
+    pb::Aggregate {
+        subject: a.subject.to_string(),
+        quantity: a.quantity.to_string(),
+        unit: a.unit.to_string(),
+        period: match a.period {
+            Period::Minute => pb::Period::Minute,
+            Period::Hour => pb::Period::Hour,
+            Period::Day => pb::Period::Day,
+        } as i32,
+        start_ms: a.start.unix_ms(),
+        end_ms: a.end.unix_ms(),
+        avg: a.avg,
+        min: a.min,
+        max: a.max,
+        total: a.total,
+        total_unit: a.total_unit.as_ref().map(|u| u.to_string()),
+        samples: a.samples,
+        expected: a.expected,
+        valid: a.valid,
+        quality: quality_pb(a.quality) as i32,
+    }
+}
+
+fn aggregate_from(a: pb::Aggregate) -> Result<Aggregate, DecodeError> {
+    let period = match pb::Period::try_from(a.period) {
+        Ok(pb::Period::Minute) => Period::Minute,
+        Ok(pb::Period::Hour) => Period::Hour,
+        Ok(pb::Period::Day) => Period::Day,
+        _ => {
+            return Err(DecodeError::UnknownEnum {
+                field: "period",
+                value: a.period,
+            });
+        }
+    };
+    Ok(Aggregate {
+        subject: a.subject.into(),
+        quantity: a.quantity.into(),
+        unit: a.unit.into(),
+        period,
+        start: Timestamp(a.start_ms),
+        end: Timestamp(a.end_ms),
+        avg: a.avg,
+        min: a.min,
+        max: a.max,
+        total: a.total,
+        total_unit: a.total_unit.map(Into::into),
+        samples: a.samples,
+        expected: a.expected,
+        valid: a.valid,
+        quality: quality_from(a.quality)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_numbers_follow_declaration_order_from_one() {
+        for (i, q) in Quality::ALL.iter().enumerate() {
+            assert_eq!(quality_pb(*q) as i32, i as i32 + 1);
+            assert_eq!(quality_from(i as i32 + 1).unwrap(), *q);
+        }
+        assert!(quality_from(0).is_err());
+        assert!(quality_from(9).is_err());
+    }
+
+    #[test]
+    fn a_missing_value_stays_missing_and_is_not_zero() {
+        let r = Record::Batch(ReadingBatch {
+            source: "s".into(),
+            device: "d".into(),
+            unit_id: 1,
+            poll_interval_ms: 1000,
+            scheduled: Timestamp(0),
+            readings: vec![Reading {
+                point: "p".into(),
+                value: None,
+                unit: "V".into(),
+                quality: Quality::CommFail,
+                ts: Timestamp(5),
+            }],
+        });
+        let env = envelope("x", Stream::Live, 1, &r, false);
+        let Some(pb::envelope::Body::Batch(b)) = env.body else {
+            panic!("not a batch")
+        };
+        assert!(b.readings[0].value.is_none());
+        let back = decode_record(&encode_record("x", Stream::Live, 1, &r, false)).unwrap();
+        assert_eq!(back.record, r);
+    }
+
+    #[test]
+    fn garbage_and_bodiless_envelopes_are_refused() {
+        assert!(decode_record(&[0xff, 0xff, 0xff]).is_err());
+        let empty = pb::Envelope {
+            site: "s".into(),
+            stream: 1,
+            seq: 1,
+            historical: false,
+            body: None,
+        }
+        .encode_to_vec();
+        assert!(matches!(decode_record(&empty), Err(DecodeError::NoBody)));
+    }
+}
