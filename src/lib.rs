@@ -12,6 +12,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML schema, templates, CSV register maps and validation with located errors.
+//! - [`calc`]: pure calculators (potline energy, anode effects, emissions, windows, limits,
+//!   tariff) that turn readings into metrics, events and aggregates.
 //! - [`model`]: readings, quality codes, timestamps, records.
 //! - [`modbus`]: the pure read planner and decoder, and the poller task (one per connection).
 //! - [`simulator`]: Modbus TCP servers that behave like a potline, a copper smelter and a stack
@@ -24,6 +26,7 @@
 pub mod app;
 #[cfg(feature = "demo-broker")]
 pub mod broker;
+pub mod calc;
 pub mod cli;
 pub mod config;
 pub mod modbus;

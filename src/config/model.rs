@@ -21,6 +21,9 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// The built-in plant simulator, when the file has a `[simulator]` section.
     pub simulator: Option<crate::simulator::SimulatorConfig>,
+    /// The calculators (`[calc]`): which devices and points play which role, which coefficient
+    /// tables apply.
+    pub calc: Option<crate::calc::CalcConfig>,
     /// Where durable state lives (spools, sequence numbers).
     pub state_dir: PathBuf,
     /// Northbound uplinks, each with its own spool.

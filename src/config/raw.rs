@@ -22,6 +22,7 @@ pub(crate) struct RawConfig {
     pub(crate) site: String,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) simulator: Option<SimulatorConfig>,
+    pub(crate) calc: Option<crate::calc::CalcConfig>,
     #[serde(default)]
     pub(crate) register_maps: IndexMap<String, RawMap>,
     #[serde(default)]

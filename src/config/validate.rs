@@ -270,6 +270,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         site: raw.site,
         sources,
         simulator: raw.simulator,
+        calc: raw.calc,
         state_dir,
         uplinks,
     }

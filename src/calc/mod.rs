@@ -1,0 +1,282 @@
+//! Pure calculators: readings in; metrics, events and aggregates out (DESIGN §3 `calc/`).
+//!
+//! [`Pipeline`] is what the app calls: `on_batch` for every [`ReadingBatch`], `flush` when windows
+//! must close without new data. Everything here is pure: no clock, no I/O, no channels; all time
+//! comes from the readings' timestamps (or the `now` handed to `flush`), so tests drive it with
+//! timestamped readings.
+//!
+//! Submodules hold the formulas ([`potline`], [`emissions`], [`tariff`], [`limits`]) and the
+//! stateful trackers ([`counter`], [`anode_effect`], [`window`]). Every coefficient comes from a
+//! versioned table ([`coefficients`]), never from a literal in code.
+
+pub mod anode_effect;
+pub mod coefficients;
+pub mod counter;
+pub mod emissions;
+pub mod limits;
+mod pipeline;
+pub mod potline;
+pub mod tariff;
+pub mod time;
+pub mod window;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+pub use limits::LimitClass;
+pub use pipeline::Pipeline;
+
+/// Errors building the calculators.
+#[derive(Debug, thiserror::Error)]
+pub enum CalcError {
+    /// No shipped coefficient table of that name.
+    #[error("unknown coefficient table `{name}`, known: {known}")]
+    UnknownCoefficients {
+        /// Requested name.
+        name: String,
+        /// Shipped names.
+        known: String,
+    },
+    /// A coefficient table could not be read or parsed.
+    #[error("coefficient table {origin}: {message}")]
+    Coefficients {
+        /// File or table name.
+        origin: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A key of `[calc]` names an entry the coefficient table lacks.
+    #[error("calc.{key}: `{value}` is not in coefficient table `{table}` (known: {known})")]
+    UnknownKey {
+        /// Config key (`gwp`, `potlines[0].technology`).
+        key: String,
+        /// Its value.
+        value: String,
+        /// Coefficient table version.
+        table: String,
+        /// Known entries.
+        known: String,
+    },
+    /// A value out of its range.
+    #[error("calc.{key}: {message}")]
+    Invalid {
+        /// Config key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The optional `[calc]` section: which devices and points play which role, and which
+/// coefficient tables apply.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalcConfig {
+    /// Shipped coefficient table (`cn-2025`).
+    #[serde(default = "default_coefficients")]
+    pub coefficients: String,
+    /// A coefficient file that replaces the shipped table (relative to the working directory
+    /// unless absolute).
+    #[serde(default)]
+    pub coefficients_path: Option<PathBuf>,
+    /// GWP set for CO2e: `sar`, `ar4`, `ar5`, `ar6` (keys of the table's `[gwp]`).
+    #[serde(default = "default_gwp")]
+    pub gwp: String,
+    /// Grid emission factor for electricity CO2 (a key of the table's `[grid]`, e.g.
+    /// `qinghai-2022`).
+    #[serde(default = "default_grid")]
+    pub grid_factor: String,
+    /// Site offset from UTC in hours, for day and month boundaries (China: 8).
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset_hours: i32,
+    /// Potlines.
+    #[serde(default)]
+    pub potlines: Vec<PotlineRole>,
+    /// Stacks with CEMS.
+    #[serde(default)]
+    pub stacks: Vec<StackRole>,
+}
+
+fn default_coefficients() -> String {
+    "cn-2025".into()
+}
+fn default_gwp() -> String {
+    "ar5".into()
+}
+fn default_grid() -> String {
+    "national-2023".into()
+}
+const fn default_utc_offset() -> i32 {
+    8
+}
+
+/// One potline: its rectifier, its pots, and its constants.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PotlineRole {
+    /// Line name: the `line` label of its metrics (`potline1`).
+    pub name: String,
+    /// Glob matching the rectifier device, as `source/device` or `device` (`potline1/rectifier`).
+    pub rectifier: String,
+    /// Glob matching the pot control units (`potline1/pot_*`).
+    pub pots: String,
+    /// Metal key of the coefficient table (`al`, `mg`).
+    #[serde(default = "default_metal")]
+    pub metal: String,
+    /// PFC technology key (`cwpb`, `swpb`, `vss`, `hss`).
+    #[serde(default = "default_technology")]
+    pub technology: String,
+    /// Current efficiency, 0–1 (e.g. 0.935).
+    pub current_efficiency: f64,
+    /// Approved capacity, t/year, for capacity utilisation.
+    #[serde(default)]
+    pub approved_capacity_t_per_year: Option<f64>,
+    /// Grade table for AC kWh/t (a key of the table's `[grades]`).
+    #[serde(default = "default_grade")]
+    pub ac_grade: String,
+    /// Non-hydro renewable share of consumption, %, for the tariff estimate.
+    #[serde(default)]
+    pub renewable_share_pct: f64,
+    /// The province's non-hydro incentive weight of the previous year, %.
+    #[serde(default)]
+    pub provincial_renewable_weight_pct: f64,
+    /// Line current point of the rectifier.
+    #[serde(default = "default_line_current")]
+    pub line_current_point: String,
+    /// DC energy counter point of the rectifier.
+    #[serde(default = "default_dc_energy")]
+    pub dc_energy_point: String,
+    /// AC energy counter point of the rectifier.
+    #[serde(default = "default_ac_energy")]
+    pub ac_energy_point: String,
+    /// Width of the energy counters: 16, 32 or 64 bits.
+    #[serde(default = "default_counter_bits")]
+    pub counter_bits: u8,
+    /// Multiplier of the counters (CT × PT × scale).
+    #[serde(default = "default_ratio")]
+    pub counter_ratio: f64,
+    /// Cell voltage point of the pots.
+    #[serde(default = "default_cell_voltage")]
+    pub cell_voltage_point: String,
+    /// "In service" status bit of the pots.
+    #[serde(default = "default_in_service")]
+    pub in_service_point: String,
+    /// "Cut out" status bit of the pots.
+    #[serde(default = "default_cut_out")]
+    pub cut_out_point: String,
+    /// Overrides of the AE threshold, V.
+    #[serde(default)]
+    pub ae_threshold_v: Option<f64>,
+    /// Override of the AE minimum duration, s.
+    #[serde(default)]
+    pub ae_min_duration_s: Option<f64>,
+    /// Override of the AE hysteresis, V.
+    #[serde(default)]
+    pub ae_hysteresis_v: Option<f64>,
+    /// Longest gap between two samples that is still integrated (longer gaps count nothing).
+    #[serde(default = "default_max_gap", with = "humantime_serde")]
+    pub max_gap: Duration,
+}
+
+fn default_metal() -> String {
+    "al".into()
+}
+fn default_technology() -> String {
+    "cwpb".into()
+}
+fn default_grade() -> String {
+    "gb21346_2022_al_liquid_ac".into()
+}
+fn default_line_current() -> String {
+    "line_current_ka".into()
+}
+fn default_dc_energy() -> String {
+    "dc_energy_kwh".into()
+}
+fn default_ac_energy() -> String {
+    "ac_energy_kwh".into()
+}
+const fn default_counter_bits() -> u8 {
+    32
+}
+const fn default_ratio() -> f64 {
+    1.0
+}
+fn default_cell_voltage() -> String {
+    "cell_voltage_v".into()
+}
+fn default_in_service() -> String {
+    "in_service".into()
+}
+fn default_cut_out() -> String {
+    "cut_out".into()
+}
+const fn default_max_gap() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One stack with a CEMS.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackRole {
+    /// Stack name: the subject of its aggregates (`gtc1_stack`).
+    pub name: String,
+    /// Glob matching the CEMS device (`gtc1/gtc1_stack`).
+    pub device: String,
+    /// Limit table key (`gb25465_2010_al_pot_gas`); no exceedance checks without one.
+    #[serde(default)]
+    pub limits: Option<String>,
+    /// General or special limits.
+    #[serde(default)]
+    pub limit_class: LimitClass,
+    /// Pollutant key (as in the limit table) → concentration point (mg/m³, standard dry).
+    pub pollutants: IndexMap<String, String>,
+    /// Flow point (m³/h, standard dry).
+    #[serde(default = "default_flow")]
+    pub flow_point: String,
+    /// O2 point (%), for O2-referenced concentrations.
+    #[serde(default)]
+    pub o2_point: Option<String>,
+    /// Reference O2 (%) of the applicable standard; none for GB 25465 (reference exhaust volume).
+    #[serde(default)]
+    pub o2_reference_pct: Option<f64>,
+    /// Status bit: analyser calibrating (samples flagged `calibration`).
+    #[serde(default)]
+    pub calibration_point: Option<String>,
+    /// Status bit: maintenance (samples flagged `maintenance`).
+    #[serde(default)]
+    pub maintenance_point: Option<String>,
+    /// Status bit: analyser fault (samples flagged `device_exception`).
+    #[serde(default)]
+    pub fault_point: Option<String>,
+}
+
+fn default_flow() -> String {
+    "flow_m3h".into()
+}
+
+/// Whether `name` matches `pattern` (`*` any run, `?` one character).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}

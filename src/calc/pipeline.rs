@@ -1,0 +1,786 @@
+//! The calculator stage as one object: routes each batch to the potline or stack it belongs to
+//! and turns the state changes into records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::anode_effect::{AeDetector, AeParams, AeStats, AeTransition, event_of};
+use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable, PfcTable};
+use super::counter::{CounterStep, EnergyCounter};
+use super::emissions::{
+    anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, o2_corrected, pfc_slope,
+};
+use super::limits::{check_hour, grade, limit_of};
+use super::potline::{
+    Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
+};
+use super::time::{MINUTE_MS, civil, days_in_month, floor, local_day};
+use super::window::{Sample, Window, WindowRules};
+use super::{CalcConfig, CalcError, PotlineRole, StackRole, glob_match, tariff};
+use crate::model::{
+    Aggregate, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch, Record, Timestamp,
+};
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Rectifier(usize),
+    Pot(usize),
+    Stack(usize),
+    Other,
+}
+
+/// Figures of a line accumulated over a period.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeriodAcc {
+    /// Σ line current × time × cells in service, kA·h.
+    charge_ka_h: f64,
+    /// Σ cell voltage × line current × time, kWh.
+    dc_kwh: f64,
+    /// AC energy from the meter, kWh.
+    ac_kwh: f64,
+    /// DC energy from the meter, kWh.
+    dc_meter_kwh: f64,
+    /// AE figures.
+    ae: AeStats,
+    /// Meter resets seen.
+    resets: u32,
+}
+
+impl PeriodAcc {
+    fn add(&mut self, o: &PeriodAcc) {
+        self.charge_ka_h += o.charge_ka_h;
+        self.dc_kwh += o.dc_kwh;
+        self.ac_kwh += o.ac_kwh;
+        self.dc_meter_kwh += o.dc_meter_kwh;
+        self.ae.add(&o.ae);
+        self.resets += o.resets;
+    }
+}
+
+#[derive(Debug)]
+struct Cell {
+    subject: Arc<str>,
+    detector: AeDetector,
+    in_service: bool,
+    last_ts: Option<Timestamp>,
+    minute_v_sum: f64,
+    minute_v_n: u32,
+}
+
+#[derive(Debug)]
+struct Line {
+    role: PotlineRole,
+    name: Arc<str>,
+    metal: Metal,
+    pfc: PfcTable,
+    grade: GradeTable,
+    ae: AeParams,
+    max_gap_ms: i64,
+    cells: HashMap<Arc<str>, Cell>,
+    current: Option<(Timestamp, f64)>,
+    dc_counter: EnergyCounter,
+    ac_counter: EnergyCounter,
+    /// Local day and minute currently open.
+    day: Option<i64>,
+    minute: Option<Timestamp>,
+    today: PeriodAcc,
+    month: PeriodAcc,
+    month_days: u32,
+    year: PeriodAcc,
+    year_days: u32,
+}
+
+#[derive(Debug)]
+struct Stack {
+    role: StackRole,
+    name: Arc<str>,
+    limits: HashMap<String, f64>,
+    windows: IndexMap<Arc<str>, Window>,
+}
+
+use indexmap::IndexMap;
+
+/// The calculator stage: feed it every [`ReadingBatch`]; it returns the records to fan out.
+#[derive(Debug)]
+pub struct Pipeline {
+    coef: Coefficients,
+    gwp: GwpTable,
+    grid_t_per_mwh: f64,
+    offset_ms: i64,
+    rules: WindowRules,
+    lines: Vec<Line>,
+    stacks: Vec<Stack>,
+    routes: HashMap<(Arc<str>, Arc<str>), Route>,
+}
+
+fn lookup<'a, T>(
+    map: &'a std::collections::BTreeMap<String, T>,
+    key: &str,
+    value: &str,
+    table: &str,
+) -> Result<&'a T, CalcError> {
+    map.get(value).ok_or_else(|| CalcError::UnknownKey {
+        key: key.to_string(),
+        value: value.to_string(),
+        table: table.to_string(),
+        known: map.keys().cloned().collect::<Vec<_>>().join(", "),
+    })
+}
+
+impl Pipeline {
+    /// Build the stage: load the coefficient table (`coefficients_path` overrides the shipped
+    /// one) and check that every key of `cfg` names an entry of it.
+    pub fn new(cfg: &CalcConfig) -> Result<Self, CalcError> {
+        let coef = match &cfg.coefficients_path {
+            Some(p) => Coefficients::from_path(p)?,
+            None => Coefficients::embedded(&cfg.coefficients)?,
+        };
+        Self::with_coefficients(cfg, coef)
+    }
+
+    /// Build the stage with an already loaded table.
+    pub fn with_coefficients(cfg: &CalcConfig, coef: Coefficients) -> Result<Self, CalcError> {
+        let v = coef.version.clone();
+        let gwp = lookup(&coef.gwp, "gwp", &cfg.gwp, &v)?.clone();
+        let grid = lookup(&coef.grid, "grid_factor", &cfg.grid_factor, &v)?.t_co2_per_mwh;
+        if !(-14..=14).contains(&cfg.utc_offset_hours) {
+            return Err(CalcError::Invalid {
+                key: "utc_offset_hours".into(),
+                message: format!("{} is not between -14 and 14", cfg.utc_offset_hours),
+            });
+        }
+        let offset_ms = i64::from(cfg.utc_offset_hours) * 3_600_000;
+        let mut lines = Vec::new();
+        for (i, role) in cfg.potlines.iter().enumerate() {
+            let key = |k: &str| format!("potlines[{i}].{k}");
+            let metal = Metal::from(lookup(&coef.metals, &key("metal"), &role.metal, &v)?);
+            let pfc = lookup(&coef.pfc, &key("technology"), &role.technology, &v)?.clone();
+            let grade = lookup(&coef.grades, &key("ac_grade"), &role.ac_grade, &v)?.clone();
+            if !(role.current_efficiency > 0.0 && role.current_efficiency <= 1.0) {
+                return Err(CalcError::Invalid {
+                    key: key("current_efficiency"),
+                    message: format!("{} is not in (0, 1]", role.current_efficiency),
+                });
+            }
+            if ![16, 32, 64].contains(&role.counter_bits) {
+                return Err(CalcError::Invalid {
+                    key: key("counter_bits"),
+                    message: format!("{} is not 16, 32 or 64", role.counter_bits),
+                });
+            }
+            let mut ae = AeParams::from(&coef.anode_effect);
+            ae.threshold_v = role.ae_threshold_v.unwrap_or(ae.threshold_v);
+            ae.min_duration_s = role.ae_min_duration_s.unwrap_or(ae.min_duration_s);
+            ae.hysteresis_v = role.ae_hysteresis_v.unwrap_or(ae.hysteresis_v);
+            lines.push(Line {
+                name: Arc::from(role.name.as_str()),
+                metal,
+                pfc,
+                grade,
+                ae,
+                max_gap_ms: i64::try_from(role.max_gap.as_millis()).unwrap_or(i64::MAX),
+                cells: HashMap::new(),
+                current: None,
+                dc_counter: EnergyCounter::new(role.counter_bits, role.counter_ratio, None),
+                ac_counter: EnergyCounter::new(role.counter_bits, role.counter_ratio, None),
+                day: None,
+                minute: None,
+                today: PeriodAcc::default(),
+                month: PeriodAcc::default(),
+                month_days: 0,
+                year: PeriodAcc::default(),
+                year_days: 0,
+                role: role.clone(),
+            });
+        }
+        let mut stacks = Vec::new();
+        for (i, role) in cfg.stacks.iter().enumerate() {
+            let mut limits = HashMap::new();
+            if let Some(std_key) = &role.limits {
+                let table: &std::collections::BTreeMap<String, LimitTable> =
+                    lookup(&coef.limits, &format!("stacks[{i}].limits"), std_key, &v)?;
+                for p in role.pollutants.keys() {
+                    if let Some(l) = table.get(p) {
+                        limits.insert(p.clone(), limit_of(l, role.limit_class));
+                    }
+                }
+            }
+            stacks.push(Stack {
+                name: Arc::from(role.name.as_str()),
+                role: role.clone(),
+                limits,
+                windows: IndexMap::new(),
+            });
+        }
+        Ok(Pipeline {
+            rules: WindowRules::new(&coef.validity, offset_ms),
+            coef,
+            gwp,
+            grid_t_per_mwh: grid,
+            offset_ms,
+            lines,
+            stacks,
+            routes: HashMap::new(),
+        })
+    }
+
+    /// The coefficient table in use.
+    pub fn coefficients(&self) -> &Coefficients {
+        &self.coef
+    }
+
+    fn route(&mut self, batch: &ReadingBatch) -> Route {
+        let key = (batch.source.clone(), batch.device.clone());
+        if let Some(r) = self.routes.get(&key) {
+            return *r;
+        }
+        let full = format!("{}/{}", batch.source, batch.device);
+        let m = |p: &str| glob_match(p, &full) || glob_match(p, &batch.device);
+        let r = if let Some(i) = self.lines.iter().position(|l| m(&l.role.rectifier)) {
+            Route::Rectifier(i)
+        } else if let Some(i) = self.lines.iter().position(|l| m(&l.role.pots)) {
+            Route::Pot(i)
+        } else if let Some(i) = self.stacks.iter().position(|s| m(&s.role.device)) {
+            Route::Stack(i)
+        } else {
+            Route::Other
+        };
+        self.routes.insert(key, r);
+        r
+    }
+
+    /// Process one poll batch; returns the metrics, events and aggregates it produced.
+    pub fn on_batch(&mut self, batch: &ReadingBatch) -> Vec<Record> {
+        let mut out = Vec::new();
+        match self.route(batch) {
+            Route::Rectifier(i) => self.rectifier(i, batch, &mut out),
+            Route::Pot(i) => self.pot(i, batch, &mut out),
+            Route::Stack(i) => self.stack(i, batch, &mut out),
+            Route::Other => {}
+        }
+        out
+    }
+
+    /// Close every window whose end is at or before `now` (no new data arrived).
+    pub fn flush(&mut self, now: Timestamp) -> Vec<Record> {
+        let mut out = Vec::new();
+        for i in 0..self.lines.len() {
+            self.line_clock(i, now, &mut out);
+        }
+        let mut aggs = Vec::new();
+        for s in &mut self.stacks {
+            for w in s.windows.values_mut() {
+                w.advance(now, &mut aggs);
+            }
+        }
+        self.emit_aggregates(aggs, &mut out);
+        out
+    }
+
+    fn line_clock(&mut self, i: usize, ts: Timestamp, out: &mut Vec<Record>) {
+        let minute = floor(ts, MINUTE_MS, self.offset_ms);
+        let day = local_day(ts, self.offset_ms);
+        let line = &mut self.lines[i];
+        if line.minute.is_some_and(|m| minute > m) {
+            let m = line
+                .minute
+                .take()
+                .map_or(minute, |m| Timestamp(m.0 + MINUTE_MS));
+            out.push(Record::Metrics(self.minute_metrics(i, m)));
+        }
+        let line = &mut self.lines[i];
+        if line.minute.is_none_or(|m| minute > m) {
+            line.minute = Some(minute);
+        }
+        match line.day {
+            None => line.day = Some(day),
+            Some(d) if day > d => {
+                self.close_day(i, d, out);
+                self.lines[i].day = Some(day);
+            }
+            _ => {}
+        }
+    }
+
+    fn rectifier(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
+        let Some(ts) = batch.readings.iter().map(|r| r.ts).max() else {
+            return;
+        };
+        self.line_clock(i, ts, out);
+        let line = &mut self.lines[i];
+        let in_service = line.cells.values().filter(|c| c.in_service).count() as f64;
+        for r in &batch.readings {
+            if !r.quality.is_good() {
+                continue;
+            }
+            if *r.point == *line.role.line_current_point {
+                let Some(ka) = num(r) else { continue };
+                if let Some((t0, ka0)) = line.current {
+                    let dt = r.ts.0 - t0.0;
+                    if dt > 0 && dt <= line.max_gap_ms {
+                        let h = dt as f64 / 3_600_000.0;
+                        line.today.charge_ka_h += ka0 * h * in_service;
+                        line.today.ae.cell_days += in_service * h / 24.0;
+                    }
+                }
+                line.current = Some((r.ts, ka));
+            } else if *r.point == *line.role.dc_energy_point
+                || *r.point == *line.role.ac_energy_point
+            {
+                let Some(raw) = raw_u64(r) else { continue };
+                let dc = *r.point == *line.role.dc_energy_point;
+                let counter = if dc {
+                    &mut line.dc_counter
+                } else {
+                    &mut line.ac_counter
+                };
+                let d = counter.update(raw);
+                if matches!(d.step, CounterStep::Reset | CounterStep::Jump) {
+                    line.today.resets += 1;
+                }
+                if dc {
+                    line.today.dc_meter_kwh += d.delta;
+                } else {
+                    line.today.ac_kwh += d.delta;
+                }
+            }
+        }
+    }
+
+    fn pot(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
+        let Some(ts) = batch.readings.iter().map(|r| r.ts).max() else {
+            return;
+        };
+        self.line_clock(i, ts, out);
+        let line = &mut self.lines[i];
+        let find = |p: &str| batch.readings.iter().find(|r| *r.point == *p);
+        let flag = |p: &str| {
+            find(p)
+                .filter(|r| r.quality.is_good())
+                .and_then(num)
+                .map(|v| v != 0.0)
+        };
+        let in_service = flag(&line.role.in_service_point);
+        let cut_out = flag(&line.role.cut_out_point);
+        let name = line.name.clone();
+        let cell = line
+            .cells
+            .entry(batch.device.clone())
+            .or_insert_with(|| Cell {
+                subject: Arc::from(format!("{name}/{}", batch.device)),
+                detector: AeDetector::default(),
+                in_service: false,
+                last_ts: None,
+                minute_v_sum: 0.0,
+                minute_v_n: 0,
+            });
+        if in_service.is_some() || cut_out.is_some() {
+            cell.in_service = in_service.unwrap_or(true) && !cut_out.unwrap_or(false);
+        }
+        let Some(vr) = find(&line.role.cell_voltage_point).filter(|r| r.quality.is_good()) else {
+            return;
+        };
+        let Some(v) = num(vr) else { return };
+        if let (Some(t0), Some((_, ka))) = (cell.last_ts, line.current)
+            && cell.in_service
+        {
+            let dt = vr.ts.0 - t0.0;
+            if dt > 0 && dt <= line.max_gap_ms {
+                line.today.dc_kwh += v * ka * dt as f64 / 3_600_000.0;
+            }
+        }
+        cell.last_ts = Some(vr.ts);
+        if cell.in_service {
+            cell.minute_v_sum += v;
+            cell.minute_v_n += 1;
+        }
+        if let Some(t) = cell.detector.update(&line.ae, vr.ts, v, cell.in_service) {
+            if let AeTransition::Ended(ae) = t {
+                line.today.ae.count += 1;
+                line.today.ae.minutes += ae.duration_s() / 60.0;
+            }
+            out.push(Record::Event(event_of(&cell.subject, &t)));
+        }
+    }
+
+    fn stack(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
+        let rules = self.rules;
+        let s = &mut self.stacks[i];
+        let find = |p: &Option<String>| {
+            p.as_deref()
+                .and_then(|p| batch.readings.iter().find(|r| *r.point == *p))
+                .filter(|r| r.quality.is_good())
+                .and_then(num)
+                .is_some_and(|v| v != 0.0)
+        };
+        let status = if find(&s.role.calibration_point) {
+            Some(Quality::Calibration)
+        } else if find(&s.role.maintenance_point) {
+            Some(Quality::Maintenance)
+        } else if find(&s.role.fault_point) {
+            Some(Quality::DeviceException)
+        } else {
+            None
+        };
+        let get = |p: &str| batch.readings.iter().find(|r| *r.point == *p);
+        let flow = get(&s.role.flow_point)
+            .filter(|r| r.quality.is_good() && status.is_none())
+            .and_then(num);
+        let o2 = s
+            .role
+            .o2_point
+            .as_deref()
+            .and_then(get)
+            .filter(|r| r.quality.is_good())
+            .and_then(num);
+        let mut aggs = Vec::new();
+        let mut feed = |quantity: String, unit: &str, total_unit: Option<&str>, sample: Sample| {
+            let name = s.name.clone();
+            let w = s
+                .windows
+                .entry(Arc::from(quantity.as_str()))
+                .or_insert_with(|| {
+                    Window::new(
+                        name,
+                        Arc::from(quantity.as_str()),
+                        Arc::from(unit),
+                        total_unit.map(Arc::from),
+                        rules,
+                        batch.poll_interval_ms,
+                    )
+                });
+            w.push(sample, &mut aggs);
+        };
+        if let Some(fr) = get(&s.role.flow_point) {
+            let q = status.unwrap_or(fr.quality);
+            let v = num(fr).unwrap_or(f64::NAN);
+            feed(
+                "flow_m3h".into(),
+                "m3/h",
+                Some("m3"),
+                Sample {
+                    ts: fr.ts,
+                    value: v,
+                    quality: q,
+                    rate_per_h: Some(v),
+                },
+            );
+        }
+        for (pollutant, point) in &s.role.pollutants {
+            let Some(r) = get(point) else { continue };
+            let q = status.unwrap_or(r.quality);
+            let mut c = num(r).unwrap_or(f64::NAN);
+            let mut q = q;
+            if let Some(o2_ref) = s.role.o2_reference_pct {
+                match o2.and_then(|o2| o2_corrected(c, o2_ref, o2)) {
+                    Some(z) => c = z,
+                    None => q = if q.is_good() { Quality::OutOfRange } else { q },
+                }
+            }
+            feed(
+                format!("{pollutant}_mg_m3"),
+                "mg/m3",
+                None,
+                Sample {
+                    ts: r.ts,
+                    value: c,
+                    quality: q,
+                    rate_per_h: None,
+                },
+            );
+            let (mq, mv) = match flow {
+                Some(f) => (q, mass_flow_kg_h(c, f)),
+                None => (if q.is_good() { Quality::CommFail } else { q }, f64::NAN),
+            };
+            feed(
+                format!("{pollutant}_kg_h"),
+                "kg/h",
+                Some("kg"),
+                Sample {
+                    ts: r.ts,
+                    value: mv,
+                    quality: mq,
+                    rate_per_h: Some(mv),
+                },
+            );
+        }
+        self.emit_aggregates(aggs, out);
+    }
+
+    fn emit_aggregates(&self, aggs: Vec<Aggregate>, out: &mut Vec<Record>) {
+        for a in aggs {
+            if a.period == Period::Hour
+                && let Some(stack) = self.stacks.iter().find(|s| s.name == a.subject)
+                && let Some(p) = a.quantity.strip_suffix("_mg_m3")
+                && let Some(limit) = stack.limits.get(p)
+                && let Some(e) = check_hour(&a, *limit)
+            {
+                out.push(Record::Event(e));
+            }
+            out.push(Record::Aggregate(a));
+        }
+    }
+
+    fn minute_metrics(&mut self, i: usize, end: Timestamp) -> MetricBatch {
+        let e0 = self.coef.potline.e0_v;
+        let line = &mut self.lines[i];
+        let labels = vec![(Arc::from("line"), line.name.clone())];
+        let ka = line.current.map(|(_, ka)| ka);
+        let in_service = line.cells.values().filter(|c| c.in_service).count() as f64;
+        let prod_t = line
+            .metal
+            .produced_from_charge_kg(line.today.charge_ka_h, line.role.current_efficiency)
+            / 1000.0;
+        let mut metrics = vec![
+            metric("line_current_ka", ka, "kA", end, &labels),
+            metric("cells_in_service", Some(in_service), "", end, &labels),
+            metric("production_today_t", Some(prod_t), "t", end, &labels),
+            metric(
+                "dc_kwh_per_t_today",
+                specific_energy_kwh_per_t(line.today.dc_kwh, prod_t),
+                "kWh/t",
+                end,
+                &labels,
+            ),
+            metric(
+                "ac_kwh_per_t_today",
+                specific_energy_kwh_per_t(line.today.ac_kwh, prod_t),
+                "kWh/t",
+                end,
+                &labels,
+            ),
+        ];
+        let mut cells: Vec<_> = line.cells.values_mut().collect();
+        cells.sort_by(|a, b| a.subject.cmp(&b.subject));
+        for c in cells {
+            if c.minute_v_n == 0 {
+                continue;
+            }
+            let v = c.minute_v_sum / f64::from(c.minute_v_n);
+            c.minute_v_sum = 0.0;
+            c.minute_v_n = 0;
+            let l = vec![
+                (Arc::from("line"), line.name.clone()),
+                (Arc::from("cell"), c.subject.clone()),
+            ];
+            metrics.push(metric("cell_voltage_avg_v", Some(v), "V", end, &l));
+            let r = ka.and_then(|ka| pseudo_resistance_uohm(v, e0, ka));
+            metrics.push(metric("pseudo_resistance_uohm", r, "uohm", end, &l));
+        }
+        MetricBatch {
+            calc: Arc::from("potline"),
+            ts: end,
+            metrics,
+        }
+    }
+
+    fn close_day(&mut self, i: usize, day: i64, out: &mut Vec<Record>) {
+        let end = Timestamp((day + 1) * super::time::DAY_MS - self.offset_ms);
+        let (y, m, _) = civil(day);
+        let (ny, nm, _) = civil(day + 1);
+        let line = &mut self.lines[i];
+        let today = std::mem::take(&mut line.today);
+        line.month.add(&today);
+        line.month_days += 1;
+        line.year.add(&today);
+        line.year_days += 1;
+        let month = line.month;
+        let year = line.year;
+        out.extend(self.period_records(i, "day", &today, 1.0, y, end));
+        if nm != m || ny != y {
+            let days = f64::from(days_in_month(y, m));
+            out.extend(self.period_records(i, "month", &month, days, y, end));
+            let line = &mut self.lines[i];
+            line.month = PeriodAcc::default();
+            line.month_days = 0;
+        }
+        let line = &self.lines[i];
+        if let Some(cap) = line.role.approved_capacity_t_per_year {
+            let prod = line
+                .metal
+                .produced_from_charge_kg(year.charge_ka_h, line.role.current_efficiency)
+                / 1000.0;
+            let labels = vec![
+                (Arc::from("line"), line.name.clone()),
+                (Arc::from("period"), Arc::from("ytd")),
+            ];
+            let u = capacity_utilisation(prod, cap, f64::from(line.year_days)).map(|u| u * 100.0);
+            out.push(Record::Metrics(MetricBatch {
+                calc: Arc::from("potline"),
+                ts: end,
+                metrics: vec![metric("capacity_utilisation_pct", u, "%", end, &labels)],
+            }));
+        }
+        if ny != y {
+            let line = &mut self.lines[i];
+            line.year = PeriodAcc::default();
+            line.year_days = 0;
+        }
+    }
+
+    fn period_records(
+        &self,
+        i: usize,
+        period: &str,
+        acc: &PeriodAcc,
+        days: f64,
+        year: i32,
+        end: Timestamp,
+    ) -> Vec<Record> {
+        let line = &self.lines[i];
+        let labels = vec![
+            (Arc::from("line"), line.name.clone()),
+            (Arc::from("period"), Arc::from(period)),
+        ];
+        let l = &labels;
+        let prod_t = line
+            .metal
+            .produced_from_charge_kg(acc.charge_ka_h, line.role.current_efficiency)
+            / 1000.0;
+        let dc = specific_energy_kwh_per_t(acc.dc_kwh, prod_t);
+        let ac = specific_energy_kwh_per_t(acc.ac_kwh, prod_t);
+        let mut pot = vec![
+            metric("production_t", Some(prod_t), "t", end, l),
+            metric("dc_energy_kwh", Some(acc.dc_kwh), "kWh", end, l),
+            metric("dc_meter_energy_kwh", Some(acc.dc_meter_kwh), "kWh", end, l),
+            metric("ac_energy_kwh", Some(acc.ac_kwh), "kWh", end, l),
+            metric("dc_kwh_per_t", dc, "kWh/t", end, l),
+            metric("ac_kwh_per_t", ac, "kWh/t", end, l),
+            metric(
+                "ac_grade",
+                ac.map(|v| grade(&line.grade, v).as_number()),
+                "",
+                end,
+                l,
+            ),
+            metric(
+                "ac_energy_kgce",
+                Some(kgce(acc.ac_kwh, self.coef.energy.kgce_per_kwh)),
+                "kgce",
+                end,
+                l,
+            ),
+            metric("meter_resets", Some(f64::from(acc.resets)), "", end, l),
+        ];
+        if let Some(cap) = line.role.approved_capacity_t_per_year {
+            let u = capacity_utilisation(prod_t, cap, days).map(|u| u * 100.0);
+            pot.push(metric("capacity_utilisation_pct", u, "%", end, l));
+        }
+        if let Some(ac) = ac {
+            let s = tariff::surcharge_yuan_per_kwh(
+                &self.coef.tariff,
+                year,
+                ac,
+                line.role.renewable_share_pct,
+                line.role.provincial_renewable_weight_pct,
+            );
+            pot.push(metric(
+                "tariff_surcharge_yuan_per_kwh_estimate",
+                Some(s),
+                "yuan/kWh",
+                end,
+                l,
+            ));
+            pot.push(metric(
+                "tariff_surcharge_yuan_estimate",
+                Some(tariff::surcharge_cost_yuan(s, ac, prod_t)),
+                "yuan",
+                end,
+                l,
+            ));
+        }
+        let ae = &acc.ae;
+        let aem = ae.aem();
+        let ae_metrics = vec![
+            metric("ae_count", Some(ae.count as f64), "", end, l),
+            metric("ae_minutes", Some(ae.minutes), "min", end, l),
+            metric("cell_days", Some(ae.cell_days), "cell-day", end, l),
+            metric("aef_per_cell_day", ae.aef(), "1/cell-day", end, l),
+            metric("aed_min", ae.aed_min(), "min", end, l),
+            metric("aem_min_per_cell_day", aem, "min/cell-day", end, l),
+        ];
+        let mut em = Vec::new();
+        if let Some(aem) = aem {
+            let pfc = pfc_slope(&line.pfc, aem, prod_t);
+            em.push(metric("pfc_cf4_kg", Some(pfc.cf4_kg), "kg", end, l));
+            em.push(metric("pfc_c2f6_kg", Some(pfc.c2f6_kg), "kg", end, l));
+            em.push(metric(
+                "pfc_co2e_t",
+                Some(pfc.co2e_t(&self.gwp)),
+                "t",
+                end,
+                l,
+            ));
+        }
+        em.push(metric(
+            "anode_co2_t",
+            Some(anode_co2_t(&self.coef.anode, prod_t)),
+            "t",
+            end,
+            l,
+        ));
+        em.push(metric(
+            "electricity_co2_t",
+            Some(electricity_co2_t(acc.ac_kwh, self.grid_t_per_mwh)),
+            "t",
+            end,
+            l,
+        ));
+        vec![
+            Record::Metrics(MetricBatch {
+                calc: Arc::from("potline"),
+                ts: end,
+                metrics: pot,
+            }),
+            Record::Metrics(MetricBatch {
+                calc: Arc::from("anode_effect"),
+                ts: end,
+                metrics: ae_metrics,
+            }),
+            Record::Metrics(MetricBatch {
+                calc: Arc::from("emissions"),
+                ts: end,
+                metrics: em,
+            }),
+        ]
+    }
+}
+
+fn metric(
+    name: &str,
+    value: Option<f64>,
+    unit: &str,
+    ts: Timestamp,
+    labels: &[(Arc<str>, Arc<str>)],
+) -> Metric {
+    let value = value.filter(|v| v.is_finite());
+    Metric {
+        name: Arc::from(name),
+        quality: if value.is_some() {
+            Quality::Good
+        } else {
+            Quality::Stale
+        },
+        value,
+        unit: Arc::from(unit),
+        ts,
+        labels: labels.to_vec(),
+    }
+}
+
+fn num(r: &Reading) -> Option<f64> {
+    r.value
+        .as_ref()
+        .and_then(|v| v.as_f64())
+        .filter(|v| v.is_finite())
+}
+
+fn raw_u64(r: &Reading) -> Option<u64> {
+    use crate::model::Value;
+    match r.value.as_ref()? {
+        Value::UInt(u) => Some(*u),
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::Float(f) if *f >= 0.0 && f.is_finite() => Some(*f as u64),
+        _ => None,
+    }
+}
