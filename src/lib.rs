@@ -20,6 +20,8 @@
 //!   CEMS, with fault injection; used by `demo`, tests and benchmarks.
 //! - [`spool`]: the durable per-uplink queue.
 //! - [`publish`]: uplinks and payload encoders.
+//! - [`http`]: `/metrics` (Prometheus), health checks, the JSON snapshot and event stream, and
+//!   the control-room dashboard.
 //! - [`app`]: the only place that wires components together and owns shutdown.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -29,6 +31,7 @@ pub mod broker;
 pub mod calc;
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod modbus;
 pub mod model;
 pub mod publish;

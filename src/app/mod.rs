@@ -89,6 +89,9 @@ pub struct LiveState {
     pub pollers: Mutex<Vec<(Arc<str>, Arc<PollerStats>)>>,
     /// One entry per uplink: name, spool, status.
     pub uplinks: Mutex<Vec<UplinkView>>,
+    /// Computed metrics and events for live displays (the HTTP side doors); producers call
+    /// `records.send(record)`, which never waits.
+    pub records: crate::http::RecordFeed,
 }
 
 /// What the status display knows of an uplink.

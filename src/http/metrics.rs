@@ -1,0 +1,297 @@
+//! `/metrics`: a [`Snapshot`] in the Prometheus text exposition format (0.0.4).
+//!
+//! The agent's counters already live in atomics and watches ([`PollerStats`], `UplinkStatus`,
+//! spool statistics), so they are not re-recorded at event time: each scrape builds a fresh
+//! `metrics-exporter-prometheus` recorder, sets every series from the snapshot through the `metrics`
+//! facade under [`metrics::with_local_recorder`], renders it and drops it. That keeps the crates of
+//! DESIGN.md §6 (and their escaping of label values), installs no global recorder (tests run many
+//! servers in one process), and never shows a series that no longer exists (a point whose value
+//! turned `null`, a quality that changed). The cost, a few allocations per series, is fine for a few
+//! thousand points scraped every 15 s.
+//!
+//! # Families
+//! | name | type | labels |
+//! |---|---|---|
+//! | `smeltwatch_build_info` | gauge (1) | `version` |
+//! | `smeltwatch_source_cycles_total`, `_requests_total`, `_comm_failures_total`, `_exceptions_total`, `_late_ticks_total`, `_connects_total` | counter | `source` |
+//! | `smeltwatch_source_request_duration_seconds_total` | counter (sum of round trips) | `source` |
+//! | `smeltwatch_source_request_duration_seconds_mean` | gauge (since start) | `source` |
+//! | `smeltwatch_source_readings_total` | counter | `source`, `quality` |
+//! | `smeltwatch_uplink_state` | gauge, 1 for the current state, 0 for the others | `uplink`, `state` |
+//! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total` | counter | `uplink` |
+//! | `smeltwatch_uplink_in_flight` | gauge | `uplink` |
+//! | `smeltwatch_spool_records`, `_bytes`, `_oldest_age_seconds` | gauge | `uplink` |
+//! | `smeltwatch_spool_stream_records` | gauge | `uplink`, `stream` |
+//! | `smeltwatch_spool_dropped_total` | counter (life of the file) | `uplink` |
+//! | `smeltwatch_point_value` | gauge, numeric and finite values only | `device`, `point`, `unit` |
+//! | `smeltwatch_point_quality` | gauge (1), one series per point | `device`, `point`, `quality` |
+//! | `smeltwatch_point_timestamp_seconds` | gauge, acquisition time | `device`, `point` |
+//! | `smeltwatch_calc_value` | gauge | `calc`, `metric`, `unit`, the metric's own labels |
+//! | `smeltwatch_events_total` | counter (since the HTTP server started) | `kind`, `phase` |
+//!
+//! [`PollerStats`]: crate::modbus::poller::PollerStats
+
+use metrics::{Label, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use super::snapshot::Snapshot;
+use crate::model::Value;
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const LINK_STATES: [&str; 4] = ["connecting", "connected", "disconnected", "auth_failed"];
+
+/// Render `snap` in the Prometheus text format.
+pub fn render(snap: &Snapshot) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || record(snap));
+    handle.render()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<Label> {
+    pairs
+        .iter()
+        .map(|(k, v)| Label::new((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A Prometheus label name from a metric label key: `[a-zA-Z_][a-zA-Z0-9_]*`, and never one of the
+/// labels `smeltwatch_calc_value` sets itself.
+fn label_name(key: &str) -> String {
+    let mut name: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) || name.starts_with("__") {
+        name.insert_str(0, "label_");
+    }
+    if matches!(name.as_str(), "calc" | "metric" | "unit") {
+        name.insert_str(0, "label_");
+    }
+    name
+}
+
+fn record(snap: &Snapshot) {
+    describe();
+    gauge!(
+        "smeltwatch_build_info",
+        labels(&[("version", snap.version)])
+    )
+    .set(1.0);
+
+    for s in &snap.sources {
+        let l = labels(&[("source", &s.name)]);
+        counter!("smeltwatch_source_cycles_total", l.clone()).absolute(s.cycles);
+        counter!("smeltwatch_source_requests_total", l.clone()).absolute(s.requests);
+        counter!("smeltwatch_source_comm_failures_total", l.clone()).absolute(s.comm_failures);
+        counter!("smeltwatch_source_exceptions_total", l.clone()).absolute(s.exceptions);
+        counter!("smeltwatch_source_late_ticks_total", l.clone()).absolute(s.late_ticks);
+        counter!("smeltwatch_source_connects_total", l.clone()).absolute(s.connects);
+        // A counter of seconds: the exporter's counters are integers, so this is a gauge that
+        // only grows; `rate()` over it is the mean round-trip time times the request rate.
+        gauge!(
+            "smeltwatch_source_request_duration_seconds_total",
+            l.clone()
+        )
+        .set(s.request_time_s);
+        if let Some(mean) = s.request_mean_s {
+            gauge!("smeltwatch_source_request_duration_seconds_mean", l.clone()).set(mean);
+        }
+        for (quality, n) in &s.readings_by_quality {
+            counter!(
+                "smeltwatch_source_readings_total",
+                labels(&[("source", &s.name), ("quality", quality)])
+            )
+            .absolute(*n);
+        }
+    }
+
+    for u in &snap.uplinks {
+        let l = labels(&[("uplink", &u.name)]);
+        for state in LINK_STATES {
+            gauge!(
+                "smeltwatch_uplink_state",
+                labels(&[("uplink", &u.name), ("state", state)])
+            )
+            .set(if u.state == state { 1.0 } else { 0.0 });
+        }
+        counter!("smeltwatch_uplink_acked_total", l.clone()).absolute(u.acked_total);
+        counter!("smeltwatch_uplink_rejected_total", l.clone()).absolute(u.rejected_total);
+        counter!("smeltwatch_uplink_connects_total", l.clone()).absolute(u.connects);
+        gauge!("smeltwatch_uplink_in_flight", l.clone()).set(u.in_flight as f64);
+        if let Some(spool) = &u.spool {
+            gauge!("smeltwatch_spool_records", l.clone()).set(spool.records as f64);
+            gauge!("smeltwatch_spool_bytes", l.clone()).set(spool.bytes as f64);
+            gauge!("smeltwatch_spool_oldest_age_seconds", l.clone())
+                .set(spool.oldest_age_s.unwrap_or(0.0));
+            counter!("smeltwatch_spool_dropped_total", l.clone()).absolute(spool.dropped);
+            for (stream, n) in &spool.per_stream {
+                gauge!(
+                    "smeltwatch_spool_stream_records",
+                    labels(&[("uplink", &u.name), ("stream", stream)])
+                )
+                .set(*n as f64);
+            }
+        }
+    }
+
+    for p in &snap.points {
+        let number = match &p.value {
+            Some(Value::Text(_)) | None => None,
+            Some(v) => v.as_f64().filter(|f| f.is_finite()),
+        };
+        if let Some(v) = number {
+            gauge!(
+                "smeltwatch_point_value",
+                labels(&[
+                    ("device", &p.device),
+                    ("point", &p.point),
+                    ("unit", &p.unit)
+                ])
+            )
+            .set(v);
+        }
+        gauge!(
+            "smeltwatch_point_quality",
+            labels(&[
+                ("device", &p.device),
+                ("point", &p.point),
+                ("quality", p.quality.as_str())
+            ])
+        )
+        .set(1.0);
+        gauge!(
+            "smeltwatch_point_timestamp_seconds",
+            labels(&[("device", &p.device), ("point", &p.point)])
+        )
+        .set(p.ts_ms as f64 / 1000.0);
+    }
+
+    for m in &snap.metrics {
+        let Some(v) = m.value else { continue };
+        let mut l = labels(&[("calc", &m.calc), ("metric", &m.name), ("unit", &m.unit)]);
+        for (k, val) in &m.labels {
+            l.push(Label::new(label_name(k), val.to_string()));
+        }
+        gauge!("smeltwatch_calc_value", l).set(v);
+    }
+
+    for e in &snap.event_counts {
+        counter!(
+            "smeltwatch_events_total",
+            labels(&[("kind", &e.kind), ("phase", e.phase)])
+        )
+        .absolute(e.count);
+    }
+}
+
+fn describe() {
+    describe_gauge!("smeltwatch_build_info", "Agent version (always 1).");
+    describe_counter!(
+        "smeltwatch_source_cycles_total",
+        "Device poll cycles completed, successful or not."
+    );
+    describe_counter!("smeltwatch_source_requests_total", "Modbus requests sent.");
+    describe_counter!(
+        "smeltwatch_source_comm_failures_total",
+        "Requests that timed out or failed in transport."
+    );
+    describe_counter!(
+        "smeltwatch_source_exceptions_total",
+        "Requests answered with a Modbus exception."
+    );
+    describe_counter!(
+        "smeltwatch_source_late_ticks_total",
+        "Scheduled cycles skipped because earlier work ran past them."
+    );
+    describe_counter!(
+        "smeltwatch_source_connects_total",
+        "Connections established."
+    );
+    describe_gauge!(
+        "smeltwatch_source_request_duration_seconds_total",
+        "Sum of request round-trip times, seconds (only grows)."
+    );
+    describe_gauge!(
+        "smeltwatch_source_request_duration_seconds_mean",
+        "Mean request round-trip time since start, seconds."
+    );
+    describe_counter!(
+        "smeltwatch_source_readings_total",
+        "Readings emitted, by quality."
+    );
+    describe_gauge!(
+        "smeltwatch_uplink_state",
+        "1 for the uplink's current connection state, 0 for the others."
+    );
+    describe_counter!(
+        "smeltwatch_uplink_acked_total",
+        "Records acknowledged by the broker and removed from the spool."
+    );
+    describe_counter!(
+        "smeltwatch_uplink_rejected_total",
+        "Records dropped because they could not be decoded."
+    );
+    describe_counter!(
+        "smeltwatch_uplink_connects_total",
+        "Successful broker connections."
+    );
+    describe_gauge!(
+        "smeltwatch_uplink_in_flight",
+        "Publishes awaiting acknowledgement."
+    );
+    describe_gauge!("smeltwatch_spool_records", "Records waiting in the spool.");
+    describe_gauge!(
+        "smeltwatch_spool_bytes",
+        "Topic and body bytes waiting in the spool."
+    );
+    describe_gauge!(
+        "smeltwatch_spool_oldest_age_seconds",
+        "Age of the oldest waiting record (0 when empty)."
+    );
+    describe_gauge!(
+        "smeltwatch_spool_stream_records",
+        "Records waiting in the spool, by stream."
+    );
+    describe_counter!(
+        "smeltwatch_spool_dropped_total",
+        "Records dropped by the spool's byte budget over the life of the file."
+    );
+    describe_gauge!(
+        "smeltwatch_point_value",
+        "Latest numeric value of a point, in its unit."
+    );
+    describe_gauge!(
+        "smeltwatch_point_quality",
+        "1, labelled with the quality of the point's latest reading."
+    );
+    describe_gauge!(
+        "smeltwatch_point_timestamp_seconds",
+        "Acquisition time of the point's latest reading, Unix seconds."
+    );
+    describe_gauge!(
+        "smeltwatch_calc_value",
+        "Latest value of a computed metric (kWh/t, AEM, mass flows...)."
+    );
+    describe_counter!(
+        "smeltwatch_events_total",
+        "Events seen since the HTTP server started."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names_are_valid_and_do_not_shadow_ours() {
+        assert_eq!(label_name("line"), "line");
+        assert_eq!(label_name("unit"), "label_unit");
+        assert_eq!(label_name("cell-id"), "cell_id");
+        assert_eq!(label_name("1st"), "label_1st");
+        assert_eq!(label_name("__name__"), "label___name__");
+        assert_eq!(label_name(""), "label_");
+    }
+}

@@ -1,0 +1,345 @@
+//! The operators' side doors over HTTP: Prometheus metrics, health checks, a JSON snapshot, a
+//! server-sent event stream and the control-room dashboard.
+//!
+//! ```text
+//! LiveState (latest readings, poller stats, uplink status + spool) ──┐
+//! LiveState::records (broadcast of metrics/events) ──► collector ───┤ gathered per request
+//!                                                                    ▼
+//!        /metrics  /readyz  /api/v1/snapshot  /api/v1/stream  /   (+ /healthz, no auth)
+//! ```
+//!
+//! # Routes
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | `200 ok` while the process serves requests; never needs the token |
+//! | `GET /readyz` | `200` when every source completed a poll cycle and every uplink is connected or spooling without having dropped records since the server started; otherwise `503`. The body is JSON `{ready, reasons[]}` either way |
+//! | `GET /metrics` | Prometheus text format 0.0.4 (see [`metrics`] for every family) |
+//! | `GET /api/v1/snapshot` | JSON [`Snapshot`]: every point's latest value, unit, quality and time; computed metrics; recent events; sources; uplinks with spool stats |
+//! | `GET /api/v1/stream` | server-sent events: one `snapshot` event (a full [`Snapshot`]), then once a second a `delta` event ([`Delta`]): the points whose time, quality or value changed since the previous event, computed metrics that changed, new events, and the sources and uplinks in full. A comment line keeps idle proxies open. The stream ends when the server shuts down |
+//! | `GET /` | the dashboard, one self-contained HTML page (no external assets) polling the snapshot |
+//!
+//! # Token
+//! With [`HttpOptions::token`] set, every route except `/healthz` needs either
+//! `Authorization: Bearer <token>` (scripts, Prometheus' `authorization` scrape option) or HTTP
+//! Basic with the token as password and any user name (so that a browser can open the dashboard:
+//! it prompts once and then sends the credentials with the page's own requests). Anything else is
+//! answered `401` with a `WWW-Authenticate` challenge. Tokens are compared in constant time and are
+//! never logged.
+//!
+//! # Invariants
+//! - No lock on [`LiveState`] is held across an `.await`; spool statistics are asked with a
+//!   timeout so that a busy disk cannot hang a scrape.
+//! - `/metrics` renders from a fresh recorder per scrape ([`metrics::render`]): no global recorder
+//!   is installed and no series outlives the state it describes.
+//! - [`serve`] returns only after the listener closed and every open event stream ended.
+
+pub mod feed;
+pub mod metrics;
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::LiveState;
+use crate::config::Secret;
+
+pub use feed::{Collected, RecordFeed};
+pub use snapshot::{Delta, Snapshot};
+
+/// The dashboard page, served as is.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+/// Interval between two `delta` events of `/api/v1/stream`.
+pub const STREAM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Options of the HTTP server that do not come from [`LiveState`].
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// Bearer token required on every route but `/healthz`; `None` leaves them open (the default
+    /// bind address is loopback).
+    pub token: Option<Secret>,
+}
+
+/// What can stop the HTTP server.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The listener failed while serving.
+    #[error("http server on {addr}: {source}")]
+    Serve {
+        /// The local address, or `unknown`.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every request.
+struct Ctx {
+    live: Arc<LiveState>,
+    token: Option<Secret>,
+    collected: Arc<Mutex<Collected>>,
+    /// Spool `dropped` counters when the server started: readiness fails if they grow.
+    dropped_at_start: HashMap<String, u64>,
+    shutdown: CancellationToken,
+}
+
+/// Serve the side doors on `listener` until `shutdown` fires.
+///
+/// Binding is the caller's job (default `127.0.0.1:9187`). Also runs the collector that keeps the
+/// latest computed metrics and the recent events from [`LiveState::records`]; it stops with the
+/// server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<LiveState>,
+    opts: HttpOptions,
+    shutdown: CancellationToken,
+) -> Result<(), HttpError> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    let collected = Arc::new(Mutex::new(Collected::default()));
+    let collector = tokio::spawn(feed::collect(
+        state.records.subscribe(),
+        collected.clone(),
+        shutdown.clone(),
+    ));
+    let dropped_at_start = snapshot::spool_dropped(&state).await;
+    let ctx = Arc::new(Ctx {
+        live: state,
+        token: opts.token,
+        collected,
+        dropped_at_start,
+        shutdown: shutdown.clone(),
+    });
+    let app = router(ctx);
+    tracing::info!(%addr, "http: serving /metrics, /healthz, /readyz, /api/v1, dashboard");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    // The collector watches the same token; make sure it is cancelled even when the listener
+    // failed on its own.
+    shutdown.cancel();
+    if let Err(e) = collector.await {
+        tracing::error!("http: record collector failed: {e}");
+    }
+    served.map_err(|source| HttpError::Serve { addr, source })
+}
+
+fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(prometheus))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/snapshot", get(snapshot_json))
+        .route("/api/v1/stream", get(stream))
+        .layer(middleware::from_fn_with_state(ctx.clone(), require_token))
+        // Added after the layer: not behind the token.
+        .route("/healthz", get(healthz))
+        .with_state(ctx)
+}
+
+async fn require_token(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Response {
+    match &ctx.token {
+        Some(token) if !authorised(req.headers(), &token.0) => {
+            let mut resp =
+                (StatusCode::UNAUTHORIZED, "a valid token is required\n").into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="smeltwatch", charset="UTF-8""#),
+            );
+            resp
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Whether the request carries `token` as a bearer token or as the password of HTTP Basic.
+fn authorised(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return constant_time_eq(rest.as_bytes(), token.as_bytes());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Some(decoded) = base64_decode(rest) else {
+            return false;
+        };
+        let password = match decoded.iter().position(|&b| b == b':') {
+            Some(i) => &decoded[i + 1..],
+            None => return false,
+        };
+        return constant_time_eq(password, token.as_bytes());
+    }
+    false
+}
+
+/// Equality whose time depends on the lengths only, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Standard base64 (RFC 4648 §4, padding optional); `None` on any other character.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    fn sextet(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= sextet(c)? << (18 - 6 * i);
+        }
+        let n = chunk.len() - 1;
+        out.extend_from_slice(&acc.to_be_bytes()[1..=n]);
+    }
+    Some(out)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
+async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
+    let snap = Snapshot::gather(&ctx.live, &ctx.collected).await;
+    let text = metrics::render(&snap);
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        Body::from(text),
+    )
+        .into_response()
+}
+
+async fn snapshot_json(State(ctx): State<Arc<Ctx>>) -> Response {
+    let snap = Snapshot::gather(&ctx.live, &ctx.collected).await;
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(snap)).into_response()
+}
+
+async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
+    let snap = Snapshot::gather(&ctx.live, &ctx.collected).await;
+    let verdict = snapshot::readiness(&snap, &ctx.dropped_at_start);
+    let code = if verdict.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(verdict)).into_response()
+}
+
+async fn stream(State(ctx): State<Arc<Ctx>>) -> Response {
+    struct StreamState {
+        ctx: Arc<Ctx>,
+        interval: tokio::time::Interval,
+        last: Option<Snapshot>,
+    }
+    let mut interval = tokio::time::interval(STREAM_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let init = StreamState {
+        ctx,
+        interval,
+        last: None,
+    };
+    let events = futures_util::stream::unfold(init, |mut st| async move {
+        tokio::select! {
+            _ = st.ctx.shutdown.cancelled() => return None,
+            _ = st.interval.tick() => {}
+        }
+        let snap = Snapshot::gather(&st.ctx.live, &st.ctx.collected).await;
+        let event = match &st.last {
+            None => SseEvent::default().event("snapshot").json_data(&snap),
+            Some(prev) => SseEvent::default()
+                .event("delta")
+                .json_data(Delta::between(prev, &snap)),
+        };
+        st.last = Some(snap);
+        Some((event, st))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_and_basic_carry_the_token() {
+        assert!(authorised(&headers("Bearer s3cret"), "s3cret"));
+        assert!(authorised(&headers("bearer  s3cret "), "s3cret"));
+        assert!(!authorised(&headers("Bearer s3cre"), "s3cret"));
+        assert!(!authorised(&headers("Bearer s3cretx"), "s3cret"));
+        // "operator:s3cret" in base64.
+        assert!(authorised(&headers("Basic b3BlcmF0b3I6czNjcmV0"), "s3cret"));
+        // ":s3cret"
+        assert!(authorised(&headers("Basic OnMzY3JldA=="), "s3cret"));
+        // "s3cret" without a colon is not a Basic credential.
+        assert!(!authorised(&headers("Basic czNjcmV0"), "s3cret"));
+        assert!(!authorised(&headers("Token s3cret"), "s3cret"));
+        assert!(!authorised(&HeaderMap::new(), "s3cret"));
+    }
+
+    #[test]
+    fn base64_decodes_rfc4648_vectors() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_decode(coded).unwrap(), plain.as_bytes(), "{coded}");
+        }
+        assert_eq!(base64_decode("Z"), None);
+        assert_eq!(base64_decode("Zm9v!"), None);
+    }
+}
