@@ -1,0 +1,245 @@
+//! HJ 212 code tables as data: version bits, field limits, command codes, system codes, the
+//! quality → data-flag mapping and the factor (pollutant) codes.
+//!
+//! The 2017 table ships in `config/hj212/hj212-2017.toml` and is compiled in
+//! ([`Table::hj212_2017`]); another edition (HJ 212-2025) is another TOML file loaded with
+//! [`Table::from_toml`]. Invariants checked on load: version bits fit in six bits, every flag is one
+//! ASCII upper-case letter, factor codes and quantity names are unique.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::model::Quality;
+
+/// The compiled-in HJ 212-2017 table.
+const HJ212_2017: &str = include_str!("../../../../config/hj212/hj212-2017.toml");
+
+/// A table that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The TOML did not parse or did not match the schema.
+    #[error("HJ 212 table: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// The table parsed but is inconsistent.
+    #[error("HJ 212 table: {0}")]
+    Invalid(String),
+}
+
+/// Field limits of one edition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest data segment in characters.
+    pub max_data_segment: usize,
+    /// Largest CP data area (between the `&&` delimiters) in characters.
+    pub max_cp: usize,
+    /// Length of the PW value.
+    pub pw_len: usize,
+    /// Length of the MN value.
+    pub mn_len: usize,
+}
+
+/// Command codes (CN) the codec produces and answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commands {
+    /// Real-time pollutant data.
+    pub realtime: u16,
+    /// Minute data.
+    pub minute: u16,
+    /// Hourly data.
+    pub hourly: u16,
+    /// Daily data.
+    pub daily: u16,
+    /// Request response (QnRtn).
+    pub request_response: u16,
+    /// Execution result (ExeRtn).
+    pub execution_result: u16,
+    /// Notification response.
+    pub notification_response: u16,
+    /// Data response (the acknowledgement of an uploaded data packet).
+    pub data_response: u16,
+}
+
+/// Data flag letter for each [`Quality`], plus one for a window that fails its validity rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flags {
+    /// [`Quality::Good`].
+    pub good: char,
+    /// [`Quality::CommFail`].
+    pub comm_fail: char,
+    /// [`Quality::DeviceException`].
+    pub device_exception: char,
+    /// [`Quality::OutOfRange`].
+    pub out_of_range: char,
+    /// [`Quality::Stale`].
+    pub stale: char,
+    /// [`Quality::Substituted`].
+    pub substituted: char,
+    /// [`Quality::Maintenance`].
+    pub maintenance: char,
+    /// [`Quality::Calibration`].
+    pub calibration: char,
+    /// A window of good quality that fails its validity rule.
+    pub invalid_window: char,
+}
+
+impl Flags {
+    /// The flag letter of one quality.
+    pub fn for_quality(&self, quality: Quality) -> char {
+        match quality {
+            Quality::Good => self.good,
+            Quality::CommFail => self.comm_fail,
+            Quality::DeviceException => self.device_exception,
+            Quality::OutOfRange => self.out_of_range,
+            Quality::Stale => self.stale,
+            Quality::Substituted => self.substituted,
+            Quality::Maintenance => self.maintenance,
+            Quality::Calibration => self.calibration,
+        }
+    }
+
+    fn all(&self) -> [char; 9] {
+        [
+            self.good,
+            self.comm_fail,
+            self.device_exception,
+            self.out_of_range,
+            self.stale,
+            self.substituted,
+            self.maintenance,
+            self.calibration,
+            self.invalid_window,
+        ]
+    }
+}
+
+/// One factor (pollutant or flue-gas parameter) code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Factor {
+    /// The code (`a21026`).
+    pub code: String,
+    /// Human name (`SO2`).
+    pub name: String,
+    /// Concentration or value unit.
+    pub unit: String,
+    /// Unit of the -Cou amount, when the factor has one.
+    #[serde(default)]
+    pub amount_unit: Option<String>,
+    /// smeltwatch quantity names that map to this code.
+    #[serde(default)]
+    pub quantities: Vec<String>,
+    /// Decimals printed for -Rtd/-Avg/-Min/-Max.
+    pub decimals: usize,
+    /// Decimals printed for -Cou.
+    pub cou_decimals: usize,
+}
+
+/// A whole edition of the standard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    version_bits: u8,
+    limits: Limits,
+    commands: Commands,
+    systems: BTreeMap<String, String>,
+    flags: Flags,
+    factors: Vec<Factor>,
+}
+
+/// A loaded, checked HJ 212 table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Name of the edition (`HJ 212-2017`).
+    pub name: String,
+    /// Version bits V5..V0 of Flag.
+    pub version_bits: u8,
+    /// Field limits.
+    pub limits: Limits,
+    /// Command codes.
+    pub commands: Commands,
+    /// System codes (ST) accepted by the parser, with their meaning.
+    pub systems: BTreeMap<u16, String>,
+    /// Quality → data flag.
+    pub flags: Flags,
+    /// Factor codes in table order.
+    pub factors: Vec<Factor>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Table {
+    /// The HJ 212-2017 table compiled into the binary.
+    pub fn hj212_2017() -> Table {
+        Table::from_toml(HJ212_2017).expect("the compiled-in HJ 212-2017 table is valid")
+    }
+
+    /// Load and check a table from TOML text.
+    pub fn from_toml(text: &str) -> Result<Table, TableError> {
+        let raw: RawTable = toml::from_str(text)?;
+        if raw.version_bits > 0x3F {
+            return Err(TableError::Invalid(format!(
+                "version_bits {} does not fit in six bits",
+                raw.version_bits
+            )));
+        }
+        for c in raw.flags.all() {
+            if !c.is_ascii_uppercase() {
+                return Err(TableError::Invalid(format!(
+                    "flag {c:?} is not an upper-case ASCII letter"
+                )));
+            }
+        }
+        let mut systems = BTreeMap::new();
+        for (code, meaning) in raw.systems {
+            let n: u16 = code
+                .parse()
+                .ok()
+                .filter(|_| code.len() == 2)
+                .ok_or_else(|| {
+                    TableError::Invalid(format!("system code {code:?} is not 2 digits"))
+                })?;
+            systems.insert(n, meaning);
+        }
+        let mut by_name = HashMap::new();
+        let mut codes = HashSet::new();
+        for (i, f) in raw.factors.iter().enumerate() {
+            if !codes.insert(f.code.clone()) {
+                return Err(TableError::Invalid(format!(
+                    "factor {} listed twice",
+                    f.code
+                )));
+            }
+            for name in std::iter::once(&f.code).chain(&f.quantities) {
+                if by_name.insert(name.clone(), i).is_some() {
+                    return Err(TableError::Invalid(format!(
+                        "quantity {name:?} maps to more than one factor"
+                    )));
+                }
+            }
+        }
+        Ok(Table {
+            name: raw.name,
+            version_bits: raw.version_bits,
+            limits: raw.limits,
+            commands: raw.commands,
+            systems,
+            flags: raw.flags,
+            factors: raw.factors,
+            by_name,
+        })
+    }
+
+    /// The factor of a smeltwatch quantity name or of a factor code.
+    pub fn factor(&self, quantity: &str) -> Option<&Factor> {
+        self.by_name.get(quantity).map(|&i| &self.factors[i])
+    }
+
+    /// The Flag field value: version bits, split bit D and acknowledgement bit A.
+    pub fn flag(&self, split: bool, ack: bool) -> u8 {
+        (self.version_bits << 2) | (u8::from(split) << 1) | u8::from(ack)
+    }
+}
