@@ -4,6 +4,7 @@
 #   mosquitto, mosquitto_passwd  real MQTT broker for the uplink and end-to-end tests (Debian package)
 #   mbpoll                       an independent Modbus client reading our simulator (Debian package)
 #   pymodbus                     an independent Modbus server for the poller (PyPI, in ./.venv)
+#   sparkplug-payload            Eclipse Tahu JS, decodes our Sparkplug payloads (npm, when node is present)
 #
 # Packages are installed only when missing; apt-get needs root (or sudo).
 set -euo pipefail
@@ -26,6 +27,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pymodbus' 2>/dev/n
   echo "installing pymodbus into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q 'pymodbus==3.16.1'
+fi
+# Eclipse Tahu's JavaScript decoder for the Sparkplug cross-check (npm, into tests/peers/node).
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/peers/node/node_modules/sparkplug-payload ]; then
+  echo "installing sparkplug-payload into tests/peers/node"
+  npm ci --prefix tests/peers/node --no-audit --no-fund --silent
 fi
 export SMELTWATCH_PYTHON="$PWD/.venv/bin/python"
 # Tests that need an external peer fail instead of skipping when this is set.
