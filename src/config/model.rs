@@ -28,6 +28,17 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Northbound uplinks, each with its own spool.
     pub uplinks: Vec<UplinkConfig>,
+    /// The HTTP side doors, when the file has an `[http]` section.
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: where `/metrics`, the health checks, the live API and the dashboard are served.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Address to bind (`127.0.0.1:9187` by default: loopback only).
+    pub listen: SocketAddr,
+    /// Bearer token every route but `/healthz` requires, read from `token_file`.
+    pub token: Option<Secret>,
 }
 
 /// One physical connection: a TCP endpoint or a serial bus. One poller task serves it, with one

@@ -29,6 +29,15 @@ pub(crate) struct RawConfig {
     pub(crate) sources: Vec<RawSource>,
     #[serde(default)]
     pub(crate) uplinks: Vec<RawUplink>,
+    pub(crate) http: Option<RawHttp>,
+}
+
+/// `[http]`: the side doors (metrics, health, live API, dashboard).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub(crate) listen: Option<String>,
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// A named register map: a CSV file, inline points, or both (inline points are added).

@@ -24,10 +24,11 @@ use super::model::{
     SerialSettings, SourceConfig, SpoolConfig, Stream, TopicTemplates, Transport, UplinkConfig,
     UplinkKind,
 };
-use super::model::{Parity, Secret};
+use super::model::{HttpConfig, Parity, Secret};
 use super::raw::{
     RawConfig, RawDevice, RawSource, RawSynchronous, RawTopics, RawType, RawUplink, RawUplinkType,
 };
+use super::raw::RawHttp;
 use super::template::NamePattern;
 
 /// Defaults, named once so that the documentation and the code cannot drift apart.
@@ -57,6 +58,7 @@ pub(crate) mod defaults {
     pub(crate) const MQTT_RECONNECT_MIN: Duration = Duration::from_millis(500);
     pub(crate) const MQTT_RECONNECT_MAX: Duration = Duration::from_secs(30);
     pub(crate) const MQTT_PORT: u16 = 1883;
+    pub(crate) const HTTP_PORT: u16 = 9187;
     pub(crate) const MQTTS_PORT: u16 = 8883;
 }
 
@@ -264,6 +266,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         }
         uplinks.push(b.uplink(&raw.site, uplink, &uplink_path));
     }
+    let http = raw.http.as_ref().map(|h| b.http(h, &root.key("http")));
 
     Config {
         path: path.to_path_buf(),
@@ -273,6 +276,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         calc: raw.calc,
         state_dir,
         uplinks,
+        http,
     }
 }
 
@@ -1104,6 +1108,49 @@ impl Builder<'_, '_> {
                 self.report.at(&path, message);
             }
         }
+    }
+
+    // === http ===
+
+    /// `[http]`: a socket address (an IP literal: binding follows no DNS) and a non-empty token.
+    fn http(&mut self, raw: &RawHttp, path: &KeyPath) -> HttpConfig {
+        let listen = match raw.listen.as_deref() {
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], defaults::HTTP_PORT)),
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.report.at(
+                    &path.key("listen"),
+                    format!(
+                        "invalid listen address `{text}`, expected IP:PORT such as `127.0.0.1:9187` or `[::1]:9187`"
+                    ),
+                );
+                std::net::SocketAddr::from(([127, 0, 0, 1], defaults::HTTP_PORT))
+            }),
+        };
+        let token = raw.token_file.as_ref().and_then(|file| {
+            let file = self.resolve(file);
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let token = text.trim();
+                    if token.is_empty() {
+                        self.report.at(
+                            &path.key("token_file"),
+                            format!("token file `{}` is empty", file.display()),
+                        );
+                        None
+                    } else {
+                        Some(Secret(token.to_owned()))
+                    }
+                }
+                Err(err) => {
+                    self.report.at(
+                        &path.key("token_file"),
+                        format!("cannot read token file `{}`: {err}", file.display()),
+                    );
+                    None
+                }
+            }
+        });
+        HttpConfig { listen, token }
     }
 
     // === uplinks ===
