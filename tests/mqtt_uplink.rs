@@ -41,6 +41,7 @@ fn uplink_config(port: u16, login: Option<(&str, &str)>) -> UplinkConfig {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(100),
             topics: TopicTemplates::default(),
+            encoding: Default::default(),
         }),
         streams: vec![Stream::Live],
         spool: SpoolConfig::default(),

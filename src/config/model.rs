@@ -376,6 +376,25 @@ pub struct MqttConfig {
     pub reconnect_max: Duration,
     /// Topic templates per stream, with `{site}`, `{source}`, `{device}`, `{calc}`, `{kind}`.
     pub topics: TopicTemplates,
+    /// Payload encoding, per stream (`encoding = "json" | "protobuf"`, default json).
+    pub encoding: EncodingConfig,
+    /// `[uplinks.tls]`: CA, client certificate and SNI of an `mqtts://` broker.
+    pub tls_settings: TlsSettings,
+    /// Largest rate at which the backlog is replayed after an outage, in records per second.
+    pub replay_rate: u32,
+}
+
+/// TLS settings of an `mqtts://` uplink (`[uplinks.tls]`). Paths are PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// CA certificates the broker's certificate must chain to; the system roots when `None`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain for mutual TLS (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// Private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Name sent as SNI and checked against the broker's certificate; the broker host when `None`.
+    pub server_name: Option<String>,
 }
 
 /// Topic templates (DESIGN.md §5).
@@ -402,6 +421,36 @@ impl Default for TopicTemplates {
             emissions: "smeltwatch/{site}/emissions/{stack}/{period}".into(),
             status: "smeltwatch/{site}/status".into(),
         }
+    }
+}
+
+/// A payload encoding of the MQTT uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// JSON objects (`publish::encode::json`).
+    #[default]
+    Json,
+    /// `smeltwatch.v1.Envelope` protobuf messages (`publish::encode::protobuf`).
+    Protobuf,
+}
+
+/// The encoding of each stream of an uplink: one default, optionally overridden per stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodingConfig {
+    /// The encoding of every stream not listed in `per_stream`.
+    pub default: Encoding,
+    /// Per-stream overrides.
+    pub per_stream: Vec<(Stream, Encoding)>,
+}
+
+impl EncodingConfig {
+    /// The encoding records of `stream` are published with.
+    pub fn for_stream(&self, stream: Stream) -> Encoding {
+        self.per_stream
+            .iter()
+            .find(|(s, _)| *s == stream)
+            .map_or(self.default, |(_, e)| *e)
     }
 }
 

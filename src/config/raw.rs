@@ -12,7 +12,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::model::{Area, ByteOrder, Parity, Stream};
+use super::model::{Area, ByteOrder, Encoding, EncodingConfig, Parity, Stream};
 use crate::simulator::SimulatorConfig;
 
 /// The whole file.
@@ -205,7 +205,65 @@ pub(crate) struct RawUplink {
     pub(crate) reconnect_max: Option<Duration>,
     pub(crate) streams: Option<Vec<Stream>>,
     pub(crate) topics: Option<RawTopics>,
+    pub(crate) encoding: Option<RawEncoding>,
     pub(crate) spool: Option<RawSpool>,
+    pub(crate) tls: Option<RawTls>,
+    pub(crate) replay_rate: Option<u32>,
+}
+
+/// `[uplinks.tls]`: PEM files and SNI of an `mqtts://` broker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) server_name: Option<String>,
+}
+
+/// `encoding = "protobuf"`, or per stream: `encoding = { default = "json", live = "protobuf" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawEncoding {
+    /// One encoding for every stream.
+    One(Encoding),
+    /// A default and per-stream overrides.
+    PerStream(RawStreamEncoding),
+}
+
+/// The table form of `encoding`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStreamEncoding {
+    pub(crate) default: Option<Encoding>,
+    pub(crate) live: Option<Encoding>,
+    pub(crate) metrics: Option<Encoding>,
+    pub(crate) events: Option<Encoding>,
+    pub(crate) emissions: Option<Encoding>,
+}
+
+impl RawEncoding {
+    /// The validated form (nothing to check beyond the shape).
+    pub(crate) fn resolve(&self) -> EncodingConfig {
+        match self {
+            RawEncoding::One(e) => EncodingConfig {
+                default: *e,
+                per_stream: Vec::new(),
+            },
+            RawEncoding::PerStream(t) => EncodingConfig {
+                default: t.default.unwrap_or_default(),
+                per_stream: [
+                    (Stream::Live, t.live),
+                    (Stream::Metrics, t.metrics),
+                    (Stream::Events, t.events),
+                    (Stream::Emissions, t.emissions),
+                ]
+                .into_iter()
+                .filter_map(|(s, e)| Some((s, e?)))
+                .collect(),
+            },
+        }
+    }
 }
 
 /// `[uplinks.topics]`: overrides of the default topic templates.

@@ -4,7 +4,9 @@
 //! - [`topic`]: topic templates, validated when the uplink is built and rendered per record.
 //! - [`mqtt`]: the MQTT uplink task: reads its spool, publishes at QoS 1 and acks the spool on
 //!   PUBACK, so a record leaves the spool only once a broker has taken responsibility for it.
+//! - [`tls`]: rustls (ring) client configuration of `mqtts://` uplinks and TLS error sentences.
 
 pub mod encode;
 pub mod mqtt;
+pub mod tls;
 pub mod topic;

@@ -58,7 +58,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttConfig, UplinkConfig, UplinkKind};
 use crate::model::{Record, Timestamp};
-use crate::publish::encode::json::encode_record;
 use crate::publish::topic::{self, TopicError};
 use crate::spool::{SpoolHandle, StoredRecord};
 
@@ -781,7 +780,14 @@ impl<'a> Sender<'a> {
                 return Sent::Rejected;
             }
         };
-        let payload = encode_record(&u.site, record.stream, record.seq, &decoded, false);
+        let payload = crate::publish::encode::encode_record(
+            u.cfg.encoding.for_stream(record.stream),
+            &u.site,
+            record.stream,
+            record.seq,
+            &decoded,
+            false,
+        );
         let topic = if record.topic.is_empty() {
             topic::topic_for(&u.cfg.topics, &u.site, &decoded)
         } else {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Appended, NewRecord, Spool, SpoolError, SpoolStats, StoredRecord};
-use crate::config::SpoolConfig;
+use crate::config::{SpoolConfig, Stream};
 
 /// Commands waiting for the spool thread before senders wait.
 const COMMAND_CAPACITY: usize = 64;
@@ -24,6 +24,7 @@ enum Command {
     Ack(Vec<i64>, Reply<u64>),
     MarkAttempt(Vec<i64>, Reply<()>),
     Stats(Reply<SpoolStats>),
+    DroppedPerStream(Reply<Vec<(Stream, u64)>>),
     KvGet(String, Reply<Option<Vec<u8>>>),
     KvSet(String, Vec<u8>, Reply<()>),
     Close(Reply<()>),
@@ -107,6 +108,11 @@ impl SpoolHandle {
         self.call(Command::Stats).await
     }
 
+    /// Records dropped by the byte budget, per stream. See [`Spool::dropped_per_stream`].
+    pub async fn dropped_per_stream(&self) -> Result<Vec<(Stream, u64)>, SpoolError> {
+        self.call(Command::DroppedPerStream).await
+    }
+
     /// Reads a small piece of durable state.
     pub async fn kv_get(&self, key: String) -> Result<Option<Vec<u8>>, SpoolError> {
         self.call(|reply| Command::KvGet(key, reply)).await
@@ -153,6 +159,9 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
             }
             Command::Stats(reply) => {
                 let _ = reply.send(spool.stats());
+            }
+            Command::DroppedPerStream(reply) => {
+                let _ = reply.send(Ok(spool.dropped_per_stream()));
             }
             Command::KvGet(key, reply) => {
                 let _ = reply.send(spool.kv_get(&key));

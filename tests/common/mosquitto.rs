@@ -20,6 +20,20 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     user: Option<(String, String)>,
     persistent: bool,
+    tls: Option<TlsListener>,
+}
+
+/// PEM files of a TLS listener (`cafile`, `certfile`, `keyfile`).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// CA that client certificates must chain to.
+    pub ca: PathBuf,
+    /// The broker's certificate chain.
+    pub cert: PathBuf,
+    /// The broker's private key.
+    pub key: PathBuf,
+    /// `require_certificate true`: clients must present a certificate signed by `ca`.
+    pub require_certificate: bool,
 }
 
 impl Mosquitto {
@@ -39,7 +53,20 @@ impl Mosquitto {
         Self::launch(None, true)
     }
 
+    /// Anonymous access over TLS only.
+    pub fn start_tls(tls: TlsListener) -> Mosquitto {
+        Self::launch_with(None, false, Some(tls))
+    }
+
     fn launch(user: Option<(String, String)>, persistent: bool) -> Mosquitto {
+        Self::launch_with(user, persistent, None)
+    }
+
+    fn launch_with(
+        user: Option<(String, String)>,
+        persistent: bool,
+        tls: Option<TlsListener>,
+    ) -> Mosquitto {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
         let mut m = Mosquitto {
@@ -48,6 +75,7 @@ impl Mosquitto {
             dir,
             user,
             persistent,
+            tls,
         };
         m.spawn();
         m
@@ -73,6 +101,15 @@ impl Mosquitto {
              max_inflight_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n",
             self.port
         );
+        if let Some(tls) = &self.tls {
+            text.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display(),
+                tls.require_certificate
+            ));
+        }
         if self.persistent {
             // Started as root, Mosquitto drops to its own user, which must be able to write here.
             use std::os::unix::fs::PermissionsExt;
@@ -152,6 +189,33 @@ impl Mosquitto {
                 .arg(child.id().to_string())
                 .status();
             let _ = child.wait();
+        }
+    }
+
+    /// The broker's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process freezes; its TCP connections stay open but silent (the kernel still
+    /// acknowledges segments and completes handshakes into the listen backlog).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Mosquitto::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .arg(sig)
+                .arg(pid.to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {sig} {pid} failed");
         }
     }
 

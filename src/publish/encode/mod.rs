@@ -8,3 +8,22 @@
 pub mod json;
 pub mod protobuf;
 pub mod sparkplug;
+
+use crate::config::{Encoding, Stream};
+use crate::model::Record;
+
+/// Encode a record with the uplink's chosen encoding (see [`json::encode_record`] and
+/// [`protobuf::encode_record`]).
+pub fn encode_record(
+    encoding: Encoding,
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    record: &Record,
+    historical: bool,
+) -> Vec<u8> {
+    match encoding {
+        Encoding::Json => json::encode_record(site, stream, seq, record, historical),
+        Encoding::Protobuf => protobuf::encode_record(site, stream, seq, record, historical),
+    }
+}
