@@ -1,0 +1,622 @@
+//! The HTTP side doors against a running agent: simulator devices → agent → Mosquitto, with
+//! `http::serve` on the agent's live state. Every route is requested with a plain HTTP/1.1 client
+//! over a `TcpStream`; `/metrics` is parsed with `prometheus-parse`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::mosquitto::Mosquitto;
+use prometheus_parse::{Scrape, Value as PromValue};
+use serde_json::Value as Json;
+use smeltwatch::app::LiveState;
+use smeltwatch::config::{self, Secret};
+use smeltwatch::http::{self, HttpOptions};
+use smeltwatch::modbus::poller::PollerStats;
+use smeltwatch::model::{
+    Event, EventPhase, Metric, MetricBatch, Quality, Record, Timestamp, Value,
+};
+use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "pot-room-token";
+
+fn device(name: &str) -> Device {
+    Device::new(
+        name,
+        BankSizes {
+            coils: 8,
+            discrete_inputs: 8,
+            holding: 64,
+            input: 64,
+        },
+        1,
+    )
+}
+
+fn f32_words(v: f32) -> [u16; 2] {
+    let b = v.to_be_bytes();
+    [
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+    ]
+}
+
+/// A rectifier at 400.5 kA, a healthy pot at 4.05 V, a pot in anode effect at 8.75 V and a pot
+/// whose voltage register holds NaN.
+async fn plant(shutdown: &CancellationToken) -> u16 {
+    let rectifier = device("rectifier");
+    rectifier.set_input(0, &f32_words(400.5));
+    let pot1 = device("pot_001");
+    pot1.set_input(0, &f32_words(4.05));
+    let pot2 = device("pot_002");
+    pot2.set_input(0, &f32_words(f32::NAN));
+    let pot3 = device("pot_003");
+    pot3.set_input(0, &f32_words(8.75));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve_tcp(
+        listener,
+        UnitMap::from([(1, rectifier), (10, pot1), (11, pot2), (12, pot3)]),
+        shutdown.clone(),
+    ));
+    port
+}
+
+fn agent_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {
+    format!(
+        r#"
+site = "http"
+state_dir = "{state}"
+
+[[sources]]
+name = "line1"
+tcp = "127.0.0.1:{modbus_port}"
+timeout = "500ms"
+default_poll = "200ms"
+
+[[sources.devices]]
+name = "rectifier"
+unit_id = 1
+[sources.devices.points.line_current_ka]
+area = "input"
+address = 0
+type = "f32"
+unit = "kA"
+
+[[sources.devices]]
+name = "pot_{{n:03}}"
+count = 3
+unit_id = 10
+[sources.devices.points.cell_voltage_v]
+area = "input"
+address = 0
+type = "f32"
+unit = "V"
+range = [0.0, 60.0]
+
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:{mqtt_port}"
+keep_alive = "5s"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+streams = ["live"]
+"#,
+        state = state_dir.display()
+    )
+}
+
+/// A response: status, lower-cased header names with values, body (de-chunked).
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+async fn request(addr: SocketAddr, path: &str, auth: Option<&str>) -> Resp {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 10 s")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+fn sample<'a>(scrape: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> Option<&'a PromValue> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| &s.value)
+}
+
+fn number(v: Option<&PromValue>) -> f64 {
+    match v {
+        Some(PromValue::Gauge(x)) | Some(PromValue::Counter(x)) | Some(PromValue::Untyped(x)) => *x,
+        other => panic!("expected a gauge or counter, got {other:?}"),
+    }
+}
+
+/// Poll `path` until `done` holds for its JSON body (the agent fills its state asynchronously).
+async fn wait_json(addr: SocketAddr, path: &str, done: impl Fn(&Json) -> bool) -> Json {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = request(addr, path, Some(&bearer())).await;
+        let json: Json = serde_json::from_str(&r.body).unwrap_or(Json::Null);
+        if done(&json) {
+            return json;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never satisfied the condition; last answer {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kwh_metric() -> Record {
+    Record::Metrics(MetricBatch {
+        calc: "potline".into(),
+        ts: Timestamp::now(),
+        metrics: vec![Metric {
+            name: "dc_energy_kwh_per_t".into(),
+            value: Some(13_050.0),
+            unit: "kWh/t".into(),
+            quality: Quality::Good,
+            ts: Timestamp::now(),
+            labels: vec![("line".into(), "potline1".into())],
+        }],
+    })
+}
+
+fn anode_effect() -> Record {
+    Record::Event(Event {
+        kind: "anode_effect".into(),
+        subject: "potline1/pot_003".into(),
+        phase: EventPhase::Start,
+        ts: Timestamp::now(),
+        attributes: vec![("peak_voltage_v".into(), Value::Float(8.75))],
+        message: "anode effect started on pot_003 at 8.75 V".into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_serves_the_running_agent() {
+    let broker = Mosquitto::start();
+    let shutdown = CancellationToken::new();
+    let modbus_port = plant(&shutdown).await;
+    let state = tempfile::tempdir().unwrap();
+    let toml = agent_config(modbus_port, broker.port, state.path());
+    let cfg = config::parse(&toml, Path::new("http.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let agent = smeltwatch::app::start(cfg, Default::default())
+        .await
+        .unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let http_stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        agent.live.clone(),
+        HttpOptions {
+            token: Some(Secret(TOKEN.to_owned())),
+        },
+        http_stop.clone(),
+    ));
+
+    // /healthz needs no token; once it answers, the record collector is subscribed.
+    let health = request(addr, "/healthz", None).await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    agent.live.records.send(kwh_metric());
+    agent.live.records.send(anode_effect());
+
+    // The token: every other route refuses a request without it, or with a wrong one.
+    for path in [
+        "/",
+        "/metrics",
+        "/readyz",
+        "/api/v1/snapshot",
+        "/api/v1/stream",
+    ] {
+        let r = request(addr, path, None).await;
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert!(r.headers["www-authenticate"].starts_with("Basic"), "{path}");
+        let r = request(addr, path, Some("Bearer wrong-token")).await;
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+    }
+    // HTTP Basic with the token as password ("operator:pot-room-token"), as a browser sends it.
+    let r = request(
+        addr,
+        "/healthz",
+        Some("Basic b3BlcmF0b3I6cG90LXJvb20tdG9rZW4="),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = request(addr, "/", Some("Basic b3BlcmF0b3I6cG90LXJvb20tdG9rZW4=")).await;
+    assert_eq!(r.status, 200);
+
+    // /readyz: ready once the source polled and the uplink connected.
+    let ready = wait_json(addr, "/readyz", |j| j["ready"] == true).await;
+    assert_eq!(ready["reasons"], serde_json::json!([]));
+    let r = request(addr, "/readyz", Some(&bearer())).await;
+    assert_eq!(r.status, 200);
+
+    // /api/v1/snapshot: every point, the uplink with its spool, the computed metric and the event.
+    let snap = wait_json(addr, "/api/v1/snapshot", |j| {
+        j["points"].as_array().is_some_and(|p| p.len() == 4)
+            && j["events"].as_array().is_some_and(|e| !e.is_empty())
+            && j["uplinks"][0]["state"] == "connected"
+    })
+    .await;
+    let point = |device: &str| {
+        snap["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["device"] == device)
+            .unwrap_or_else(|| panic!("no {device} in {snap}"))
+            .clone()
+    };
+    let current = point("rectifier");
+    assert_eq!(current["point"], "line_current_ka");
+    assert_eq!(current["value"].as_f64(), Some(400.5));
+    assert_eq!(
+        (&current["unit"], &current["quality"]),
+        (&"kA".into(), &"good".into())
+    );
+    assert!(current["ts_ms"].as_i64().unwrap() > 0);
+    let pot1 = point("pot_001");
+    assert!((pot1["value"].as_f64().unwrap() - 4.05).abs() < 1e-6);
+    assert_eq!(pot1["unit"], "V");
+    let pot2 = point("pot_002");
+    assert!(pot2["value"].is_null(), "NaN is never a number: {pot2}");
+    assert_eq!(pot2["quality"], "out_of_range");
+    assert_eq!(snap["uplinks"][0]["name"], "plant");
+    assert!(snap["uplinks"][0]["spool"]["records"].is_u64());
+    assert_eq!(snap["sources"][0]["name"], "line1");
+    assert!(snap["sources"][0]["cycles"].as_u64().unwrap() > 0);
+    assert_eq!(snap["metrics"][0]["name"], "dc_energy_kwh_per_t");
+    assert_eq!(snap["metrics"][0]["value"], 13_050.0);
+    assert_eq!(snap["metrics"][0]["labels"]["line"], "potline1");
+    assert_eq!(snap["events"][0]["subject"], "potline1/pot_003");
+    assert_eq!(snap["events"][0]["phase"], "start");
+
+    // /metrics: parsed by a real parser, with specific samples.
+    let r = request(addr, "/metrics", Some(&bearer())).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].starts_with("text/plain; version=0.0.4"));
+    let scrape = Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition");
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_point_value",
+            &[
+                ("device", "rectifier"),
+                ("point", "line_current_ka"),
+                ("unit", "kA")
+            ]
+        )),
+        400.5
+    );
+    let v = number(sample(
+        &scrape,
+        "smeltwatch_point_value",
+        &[("device", "pot_003"), ("point", "cell_voltage_v")],
+    ));
+    assert!((v - 8.75).abs() < 1e-6);
+    assert!(
+        sample(&scrape, "smeltwatch_point_value", &[("device", "pot_002")]).is_none(),
+        "a point without a finite value has no value series"
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_point_quality",
+            &[("device", "pot_002"), ("quality", "out_of_range")]
+        )),
+        1.0
+    );
+    assert!(matches!(
+        sample(&scrape, "smeltwatch_source_cycles_total", &[("source", "line1")]),
+        Some(PromValue::Counter(n)) if *n >= 1.0
+    ));
+    assert!(
+        number(sample(
+            &scrape,
+            "smeltwatch_source_requests_total",
+            &[("source", "line1")]
+        )) >= 1.0
+    );
+    assert!(
+        number(sample(
+            &scrape,
+            "smeltwatch_source_readings_total",
+            &[("source", "line1"), ("quality", "good")]
+        )) >= 3.0
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_source_comm_failures_total",
+            &[("source", "line1")]
+        )),
+        0.0
+    );
+    assert!(
+        number(sample(
+            &scrape,
+            "smeltwatch_source_request_duration_seconds_mean",
+            &[("source", "line1")]
+        )) > 0.0
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_uplink_state",
+            &[("uplink", "plant"), ("state", "connected")]
+        )),
+        1.0
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_uplink_state",
+            &[("uplink", "plant"), ("state", "disconnected")]
+        )),
+        0.0
+    );
+    assert!(
+        number(sample(
+            &scrape,
+            "smeltwatch_uplink_connects_total",
+            &[("uplink", "plant")]
+        )) >= 1.0
+    );
+    assert!(sample(&scrape, "smeltwatch_spool_bytes", &[("uplink", "plant")]).is_some());
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_spool_dropped_total",
+            &[("uplink", "plant")]
+        )),
+        0.0
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_calc_value",
+            &[
+                ("calc", "potline"),
+                ("metric", "dc_energy_kwh_per_t"),
+                ("line", "potline1")
+            ]
+        )),
+        13_050.0
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_events_total",
+            &[("kind", "anode_effect"), ("phase", "start")]
+        )),
+        1.0
+    );
+    assert!(
+        scrape
+            .docs
+            .get("smeltwatch_point_value")
+            .is_some_and(|d| !d.is_empty()),
+        "HELP lines are rendered"
+    );
+
+    // The dashboard: one page, no external assets.
+    let page = request(addr, "/", Some(&bearer())).await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"].starts_with("text/html"));
+    assert!(page.body.contains("id=\"heatmap\"") && page.body.contains("api/v1/snapshot"));
+    for external in ["src=\"http", "href=\"http", "<link", "@import", "url(http"] {
+        assert!(!page.body.contains(external), "external asset: {external}");
+    }
+
+    // /api/v1/stream: a full snapshot first, then a delta a second later.
+    let events = read_sse(addr, 2).await;
+    assert_eq!(events[0].0, "snapshot");
+    let first: Json = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(first["points"].as_array().unwrap().len(), 4);
+    assert_eq!(events[1].0, "delta");
+    let delta: Json = serde_json::from_str(&events[1].1).unwrap();
+    assert!(delta["ts_ms"].as_i64().unwrap() > first["ts_ms"].as_i64().unwrap());
+    assert_eq!(delta["uplinks"][0]["name"], "plant");
+    assert!(
+        !delta["points"].as_array().unwrap().is_empty(),
+        "points are polled every 200 ms, so a one-second delta has fresh ones"
+    );
+
+    // Shutdown ends the server even while an event stream is open.
+    let mut open_stream = TcpStream::connect(addr).await.unwrap();
+    open_stream
+        .write_all(
+            format!(
+                "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+                bearer()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut first_bytes = [0u8; 16];
+    open_stream.read_exact(&mut first_bytes).await.unwrap();
+    http_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("http::serve returns after shutdown with a stream open")
+        .unwrap()
+        .unwrap();
+
+    agent.shutdown().await;
+    shutdown.cancel();
+}
+
+/// Read `n` server-sent events (name, data) from `/api/v1/stream`.
+async fn read_sse(addr: SocketAddr, n: usize) -> Vec<(String, String)> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    wr.write_all(
+        format!(
+            "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+            bearer()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = BufReader::new(rd).lines();
+    let mut events = Vec::new();
+    let (mut name, mut data) = (String::new(), String::new());
+    let read = async {
+        let status = lines.next_line().await.unwrap().unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // Chunk-size lines of the chunked encoding carry no colon and are skipped; an SSE
+            // line never spans two chunks here because axum writes each event in one frame.
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            } else if line.is_empty() && !data.is_empty() {
+                events.push((std::mem::take(&mut name), std::mem::take(&mut data)));
+                if events.len() == n {
+                    break;
+                }
+            } else if line.to_ascii_lowercase().starts_with("content-type") {
+                assert!(line.contains("text/event-stream"), "{line}");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("events within 15 s");
+    events
+}
+
+#[tokio::test]
+async fn not_ready_before_any_poll_cycle_and_open_without_a_token() {
+    let live = Arc::new(LiveState::default());
+    live.pollers
+        .lock()
+        .unwrap()
+        .push(("line1".into(), Arc::new(PollerStats::default())));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        live.clone(),
+        HttpOptions::default(),
+        stop.clone(),
+    ));
+
+    let r = request(addr, "/readyz", None).await;
+    assert_eq!(r.status, 503);
+    let body: Json = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["ready"], false);
+    assert_eq!(
+        body["reasons"],
+        serde_json::json!(["source \"line1\" has not completed a poll cycle"])
+    );
+
+    // A cycle completed: ready (no uplink to wait for).
+    live.pollers.lock().unwrap()[0]
+        .1
+        .cycles
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let r = request(addr, "/readyz", None).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, r#"{"ready":true,"reasons":[]}"#)
+    );
+
+    // Without a token every route is open, and an empty state is still valid exposition.
+    let r = request(addr, "/metrics", None).await;
+    assert_eq!(r.status, 200);
+    let scrape = Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_source_cycles_total",
+            &[("source", "line1")]
+        )),
+        1.0
+    );
+    assert!(sample(&scrape, "smeltwatch_point_value", &[]).is_none());
+    let r = request(addr, "/api/v1/snapshot", None).await;
+    assert_eq!(r.status, 200);
+    let snap: Json = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(snap["points"], serde_json::json!([]));
+    assert_eq!(snap["uplinks"], serde_json::json!([]));
+
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
