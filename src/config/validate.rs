@@ -24,10 +24,11 @@ use super::model::{
     SerialSettings, SourceConfig, SpoolConfig, Stream, TopicTemplates, Transport, UplinkConfig,
     UplinkKind,
 };
-use super::model::{HttpConfig, Parity, Secret};
+use super::model::{HttpConfig, Parity, Secret, TlsSettings};
 use super::raw::RawHttp;
 use super::raw::{
-    RawConfig, RawDevice, RawSource, RawSynchronous, RawTopics, RawType, RawUplink, RawUplinkType,
+    RawConfig, RawDevice, RawSource, RawSynchronous, RawTls, RawTopics, RawType, RawUplink,
+    RawUplinkType,
 };
 use super::template::NamePattern;
 
@@ -55,6 +56,7 @@ pub(crate) mod defaults {
     pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
     pub(crate) const MAX_PACKET_SIZE: u64 = 1024 * 1024;
     pub(crate) const MAX_INFLIGHT: u32 = 64;
+    pub(crate) const REPLAY_RATE: u32 = 2000;
     pub(crate) const MQTT_RECONNECT_MIN: Duration = Duration::from_millis(500);
     pub(crate) const MQTT_RECONNECT_MAX: Duration = Duration::from_secs(30);
     pub(crate) const MQTT_PORT: u16 = 1883;
@@ -1155,6 +1157,40 @@ impl Builder<'_, '_> {
 
     // === uplinks ===
 
+    fn tls(&mut self, raw: Option<&RawTls>, enabled: bool, path: &KeyPath) -> TlsSettings {
+        let Some(raw) = raw else {
+            return TlsSettings::default();
+        };
+        let at = path.key("tls");
+        if !enabled {
+            self.report.at(
+                &at,
+                "[uplinks.tls] needs an `mqtts://` broker URL (the broker is `mqtt://`, plain TCP)",
+            );
+        }
+        match (&raw.cert_file, &raw.key_file) {
+            (Some(_), None) => self.report.at(
+                &at.key("cert_file"),
+                "cert_file needs key_file (the client certificate's private key)",
+            ),
+            (None, Some(_)) => self.report.at(
+                &at.key("key_file"),
+                "key_file needs cert_file (the client certificate)",
+            ),
+            _ => {}
+        }
+        if raw.server_name.as_deref() == Some("") {
+            self.report
+                .at(&at.key("server_name"), "server_name must not be empty");
+        }
+        TlsSettings {
+            ca_file: raw.ca_file.clone(),
+            cert_file: raw.cert_file.clone(),
+            key_file: raw.key_file.clone(),
+            server_name: raw.server_name.clone(),
+        }
+    }
+
     fn uplink(&mut self, site: &str, raw: &RawUplink, path: &KeyPath) -> UplinkConfig {
         if raw.name.is_empty()
             || !raw
@@ -1271,6 +1307,14 @@ impl Builder<'_, '_> {
             }
         };
         let topics = self.topics(raw.topics.as_ref(), path);
+        let tls_settings = self.tls(raw.tls.as_ref(), tls, path);
+        let replay_rate = raw.replay_rate.unwrap_or(defaults::REPLAY_RATE);
+        if replay_rate == 0 {
+            self.report.at(
+                &path.key("replay_rate"),
+                "replay_rate must be at least 1 record per second",
+            );
+        }
         let spool = match &raw.spool {
             None => SpoolConfig::default(),
             Some(spool) => {
@@ -1303,6 +1347,13 @@ impl Builder<'_, '_> {
                 reconnect_min,
                 reconnect_max,
                 topics,
+                encoding: raw
+                    .encoding
+                    .as_ref()
+                    .map(super::raw::RawEncoding::resolve)
+                    .unwrap_or_default(),
+                tls_settings,
+                replay_rate,
             }),
             streams,
             spool,
