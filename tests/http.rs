@@ -620,3 +620,59 @@ async fn not_ready_before_any_poll_cycle_and_open_without_a_token() {
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[test]
+fn http_section_defaults_to_loopback_and_reads_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "  s3cret\n").unwrap();
+    let base = "site = \"http\"\n";
+    let cfg = config::parse(base, &dir.path().join("a.toml")).unwrap();
+    assert!(cfg.http.is_none());
+
+    let cfg = config::parse(&format!("{base}[http]\n"), &dir.path().join("a.toml")).unwrap();
+    let http = cfg.http.unwrap();
+    assert_eq!(http.listen, "127.0.0.1:9187".parse().unwrap());
+    assert!(http.token.is_none());
+
+    // token_file is relative to the configuration file; surrounding whitespace is not the token.
+    let cfg = config::parse(
+        &format!("{base}[http]\nlisten = \"[::1]:8080\"\ntoken_file = \"token\"\n"),
+        &dir.path().join("a.toml"),
+    )
+    .unwrap();
+    let http = cfg.http.unwrap();
+    assert_eq!(http.listen, "[::1]:8080".parse().unwrap());
+    assert_eq!(http.token.unwrap().0, "s3cret");
+}
+
+#[test]
+fn http_section_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let path = dir.path().join("a.toml");
+    let cases = [
+        (
+            "[http]\nlisten = \"localhost:9187\"\n",
+            "http.listen: invalid listen address `localhost:9187`",
+        ),
+        (
+            "[http]\nlisten = \"127.0.0.1\"\n",
+            "http.listen: invalid listen address",
+        ),
+        (
+            "[http]\ntoken_file = \"missing\"\n",
+            "http.token_file: cannot read token file",
+        ),
+        (
+            "[http]\ntoken_file = \"empty\"\n",
+            "http.token_file: token file",
+        ),
+        ("[http]\nport = 1\n", "unknown field `port`"),
+    ];
+    for (section, expected) in cases {
+        let err = config::parse(&format!("site = \"http\"\n{section}"), &path)
+            .expect_err(section)
+            .to_string();
+        assert!(err.contains(expected), "{section:?}: {err}");
+    }
+}
