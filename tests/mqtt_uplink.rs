@@ -42,6 +42,8 @@ fn uplink_config(port: u16, login: Option<(&str, &str)>) -> UplinkConfig {
             reconnect_max: Duration::from_millis(100),
             topics: TopicTemplates::default(),
             encoding: Default::default(),
+            tls_settings: Default::default(),
+            replay_rate: 2000,
         }),
         streams: vec![Stream::Live],
         spool: SpoolConfig::default(),
@@ -111,6 +113,11 @@ async fn wait_status(
     }
 }
 
+fn historical_of(payload: &[u8]) -> bool {
+    let v: serde_json::Value = serde_json::from_slice(payload).expect("payload is JSON");
+    v["historical"].as_bool().unwrap_or(false)
+}
+
 fn seq_of(payload: &[u8]) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(payload).expect("payload is JSON");
     v["seq"].as_u64().expect("seq")
@@ -152,16 +159,34 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
 
     let mut got = Vec::new();
     collect_until(&mut rx, &mut got, "120 messages", |g| g.len() >= 120).await;
-    for (i, (topic, payload)) in got.iter().enumerate() {
-        let seq = i as u64 + 1;
+    // Records waiting when the connection came up are replayed as historical beside fresh ones:
+    // seq order holds within each of the two lanes, not across them.
+    let (mut historical, mut fresh) = (Vec::new(), Vec::new());
+    for (topic, payload) in &got {
+        let seq = seq_of(payload);
+        let is_historical = historical_of(payload);
         let r = record(seq);
         assert_eq!(topic, &topic_for(&TopicTemplates::default(), SITE, &r));
         assert_eq!(
             payload,
-            &encode_record(SITE, Stream::Live, seq, &r, false),
+            &encode_record(SITE, Stream::Live, seq, &r, is_historical),
             "payload of seq {seq}"
         );
+        if is_historical {
+            historical.push(seq);
+        } else {
+            fresh.push(seq);
+        }
     }
+    assert!(historical.windows(2).all(|w| w[0] < w[1]), "{historical:?}");
+    assert!(fresh.windows(2).all(|w| w[0] < w[1]), "{fresh:?}");
+    assert!(
+        (1..=50).all(|s| historical.contains(&s)),
+        "spooled before the start: historical"
+    );
+    let mut all: Vec<u64> = historical.iter().chain(&fresh).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=120).collect::<Vec<_>>());
     let s = wait_status(&mut status, "120 acks", |s| s.acked_total == 120).await;
     assert_eq!(s.state, LinkState::Connected);
     assert_eq!(spool.stats().await.unwrap().records, 0);
@@ -253,17 +278,20 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
     .await;
 
     let mut seen = BTreeSet::new();
-    let mut first_order = Vec::new();
+    // First deliveries are in seq order within each lane (historical replay, fresh).
+    let mut first_order = [Vec::new(), Vec::new()];
     for (_, p) in &got {
         let s = seq_of(p);
         if seen.insert(s) {
-            first_order.push(s);
+            first_order[usize::from(historical_of(p))].push(s);
         }
     }
-    assert!(
-        first_order.windows(2).all(|w| w[0] < w[1]),
-        "first deliveries out of order: {first_order:?}"
-    );
+    for lane in &first_order {
+        assert!(
+            lane.windows(2).all(|w| w[0] < w[1]),
+            "first deliveries out of order: {lane:?}"
+        );
+    }
     let missing: Vec<u64> = (1..=N).filter(|s| !seen.contains(s)).collect();
     assert!(
         missing.iter().all(|s| acked_before.contains(s)),
@@ -497,7 +525,8 @@ async fn retained_status_is_online_while_running_offline_after_shutdown_and_afte
 }
 
 #[test]
-fn mqtts_is_refused_at_build_time_and_options_never_print_the_password() {
+fn mqtts_with_an_unreadable_ca_file_is_refused_at_build_time_and_options_never_print_the_password()
+{
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -510,9 +539,14 @@ fn mqtts_is_refused_at_build_time_and_options_never_print_the_password() {
     assert!(!format!("{uplink:?}").contains("s3cret-pw"));
     let UplinkKind::Mqtt(m) = &mut cfg.kind;
     m.tls = true;
-    let err = MqttUplink::new(SITE, &cfg, spool).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "uplink \"plant\": mqtts is not supported in this build yet"
+    let missing = dir.path().join("missing-ca.pem");
+    m.tls_settings.ca_file = Some(missing.clone());
+    let err = MqttUplink::new(SITE, &cfg, spool).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "uplink \"plant\": ca_file {}: ",
+            missing.display()
+        )),
+        "{err}"
     );
 }

@@ -16,19 +16,51 @@
 //!   notice still waiting for a PUBACK fails with it; nothing sent through an old connection can be
 //!   delivered, or acknowledged, on a later one. Between attempts it sleeps an exponential backoff
 //!   (`reconnect_min` doubling to `reconnect_max`, ±25 % jitter, reset by a CONNACK).
-//! - the **sender** reads the spool after a cursor and publishes through the client of the current
-//!   generation, with at most `max_inflight` notices outstanding. Each id is tracked with the
-//!   generation it was last published in. On a new generation the cursor restarts from 0, so every
-//!   record still in the spool is sent again in id order; ids already acked (or awaiting the batched
-//!   spool ack) are skipped. A notice resolves:
+//! - the **sender** reads the spool and publishes through the client of the current generation,
+//!   with at most `max_inflight` notices outstanding. Each id is tracked with the generation it was
+//!   last published in. On a new generation the spool is split at the last appended id (the
+//!   *boundary*) into two lanes, each read in id order after its own cursor:
+//!   - **fresh** (ids above the boundary): sent as soon as they are appended, first;
+//!   - **backlog** (ids up to the boundary: everything that waited out the outage or restart):
+//!     replayed beside the fresh lane, paced by a token bucket at `replay_rate` records/s, and
+//!     marked `historical` in the payload (so is any record created more than
+//!     [`HISTORICAL_AGE`] ago).
+//!
+//!   Ids already acked (or awaiting the batched spool ack) are skipped. A notice resolves:
 //!   - OK: the broker has the record, whichever generation sent it; the id joins the ack batch
 //!     (flushed every 50 ms or 256 ids). Acking an id twice is harmless.
-//!   - failed, for the id's latest generation: the id is forgotten and the cursor rewinds, so it is
-//!     published again (in order) on the current connection or the next one.
+//!   - failed, for the id's latest generation: the id is forgotten and its lane's cursor rewinds,
+//!     so it is published again (in order) on the current connection or the next one.
 //!   - failed, for an older generation than the id's latest: ignored; the newer publish decides.
 //!
 //!   A record whose body cannot be decoded is logged, counted as rejected and acked: it would never
 //!   become sendable.
+//!
+//! # Ordering after an outage
+//! Within a lane, first deliveries of a stream happen in seq order. Across lanes they do not: after
+//! an outage a consumer sees fresh seqs before the older, historical ones of the same stream. That
+//! is the point of replaying beside live data; consumers order by `seq` (or by timestamps), drop
+//! duplicates by `(site, stream, seq)`, and treat a missing seq as missing only once the backlog
+//! has drained ([`UplinkStatus::backlog_records`] is 0).
+//!
+//! # Outage record
+//! The spool's byte budget may drop records while the link is down. After every CONNACK the sender
+//! compares the spool's per-stream drop counters with those already reported (kept in the spool's
+//! kv store) and, if some are new, appends one `Event` of kind `outage` (attributes
+//! `dropped_{stream}`, `dropped_total`, `outage_start`, `outage_end`, `duration_s`) to the
+//! `events` stream of this spool, so it is durable and delivered like any record. The outage start
+//! is when this process last lost the link (or started).
+//!
+//! # Keep-alive blind spot
+//! A record published on a link that is already dead (the broker froze, a NAT dropped the flow)
+//! is not acked until its PUBACK arrives, so it stays in the spool while the keep-alive timeout
+//! runs; when the driver declares the link dead its notice fails and it is sent again on the next
+//! connection.
+//!
+//! # TLS
+//! `mqtts://` brokers use rustls with the ring provider; see [`crate::publish::tls`]. A failed
+//! handshake is reported as one sentence (expired certificate, wrong CA, missing client
+//! certificate…) in [`UplinkStatus::last_error`] and the log, and records stay in the spool.
 //!
 //! # Status and logging
 //! [`MqttUplink::status`] is a `watch` of [`UplinkStatus`]. A broker that refuses the connection
@@ -45,21 +77,23 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Outgoing, Packet, PublishOptions, QoS,
+    Outgoing, Packet, PublishOptions, QoS, TlsConfiguration, Transport,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MqttConfig, UplinkConfig, UplinkKind};
-use crate::model::{Record, Timestamp};
+use crate::config::{MqttConfig, Stream, UplinkConfig, UplinkKind};
+use crate::model::{Event as ModelEvent, EventPhase, Record, Timestamp, Value};
+use crate::publish::tls::{self, TlsError};
 use crate::publish::topic::{self, TopicError};
-use crate::spool::{SpoolHandle, StoredRecord};
+use crate::spool::{NewRecord, SpoolHandle, StoredRecord};
 
 /// Acks collected from PUBACKs are written to the spool at least this often…
 const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -69,15 +103,21 @@ const ACK_FLUSH_IDS: usize = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long the final offline publish and DISCONNECT may take.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A record older than this when it is published is marked historical even if it was created
+/// after the current connection was established (it waited behind a long backlog).
+pub const HISTORICAL_AGE: Duration = Duration::from_secs(60);
 
 /// Why an MQTT uplink cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// `mqtts://` was configured; TLS is not implemented yet.
-    #[error("uplink {uplink:?}: mqtts is not supported in this build yet")]
-    TlsUnsupported {
+    /// The TLS settings of an `mqtts://` uplink are unusable (unreadable file, key mismatch…).
+    #[error("uplink {uplink:?}: {source}")]
+    Tls {
         /// The uplink name.
         uplink: String,
+        /// What is wrong.
+        #[source]
+        source: TlsError,
     },
     /// A topic template is unusable.
     #[error("uplink {uplink:?}: {source}")]
@@ -138,9 +178,23 @@ pub struct UplinkStatus {
     pub connects: u64,
     /// The last error seen (connection, spool or publish), if any.
     pub last_error: Option<String>,
+    /// Records that were waiting when the current connection was established and are not acked
+    /// yet (the replay backlog; 0 when drained or while disconnected).
+    pub backlog_records: u64,
+    /// Creation time of the oldest backlog record not yet published; `None` when drained.
+    pub backlog_oldest: Option<Timestamp>,
+    /// Backlog records acked per second over the last complete second (the drain rate).
+    pub replay_rate_per_s: u64,
 }
 
 impl UplinkStatus {
+    /// Age of the oldest backlog record not yet published, at `now`.
+    pub fn backlog_age(&self, now: Timestamp) -> Option<Duration> {
+        let oldest = self.backlog_oldest?;
+        let ms = now.unix_ms().saturating_sub(oldest.unix_ms()).max(0);
+        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
+
     fn new() -> Self {
         UplinkStatus {
             state: LinkState::Connecting,
@@ -149,6 +203,9 @@ impl UplinkStatus {
             rejected_total: 0,
             connects: 0,
             last_error: None,
+            backlog_records: 0,
+            backlog_oldest: None,
+            replay_rate_per_s: 0,
         }
     }
 }
@@ -164,6 +221,16 @@ impl fmt::Display for UplinkStatus {
         )?;
         if self.rejected_total > 0 {
             write!(f, " rejected {}", self.rejected_total)?;
+        }
+        if self.backlog_records > 0 {
+            write!(
+                f,
+                " backlog {} draining {}/s",
+                self.backlog_records, self.replay_rate_per_s
+            )?;
+            if let Some(age) = self.backlog_age(Timestamp::now()) {
+                write!(f, " oldest {}s", age.as_secs())?;
+            }
         }
         match &self.state {
             LinkState::Disconnected(r) | LinkState::AuthFailed(r) => write!(f, " ({r})"),
@@ -182,6 +249,7 @@ pub struct MqttUplink {
     spool: SpoolHandle,
     status_tx: watch::Sender<UplinkStatus>,
     shutdown_grace: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for MqttUplink {
@@ -208,10 +276,18 @@ impl MqttUplink {
             uplink: uplink.name.clone(),
             problem: problem.to_owned(),
         };
-        if cfg.tls {
-            return Err(PublishError::TlsUnsupported {
-                uplink: uplink.name.clone(),
-            });
+        let tls = if cfg.tls {
+            let config =
+                tls::client_config(&cfg.tls_settings).map_err(|source| PublishError::Tls {
+                    uplink: uplink.name.clone(),
+                    source,
+                })?;
+            Some(config)
+        } else {
+            None
+        };
+        if cfg.replay_rate == 0 {
+            return Err(invalid("replay_rate must be at least 1 record per second"));
         }
         topic::validate(&cfg.topics).map_err(|source| PublishError::Topic {
             uplink: uplink.name.clone(),
@@ -245,6 +321,7 @@ impl MqttUplink {
             spool,
             status_tx,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            tls,
         })
     }
 
@@ -286,10 +363,28 @@ impl MqttUplink {
 
     fn mqtt_options(&self) -> MqttOptions {
         let cfg = &self.cfg;
+        // With a TLS server-name override, rumqttc gets that name as its host (it is what rustls
+        // sends as SNI and verifies), and the socket connector dials the configured host instead.
+        let sni = match (&self.tls, &cfg.tls_settings.server_name) {
+            (Some(_), Some(name)) => Some(name.clone()),
+            _ => None,
+        };
         let mut o = MqttOptions::new(
             cfg.client_id.clone(),
-            (cfg.broker.host.clone(), cfg.broker.port),
+            (
+                sni.clone().unwrap_or_else(|| cfg.broker.host.clone()),
+                cfg.broker.port,
+            ),
         );
+        if let Some(config) = &self.tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(config.clone())));
+        }
+        if sni.is_some() {
+            let dial = format!("{}:{}", cfg.broker.host, cfg.broker.port);
+            o.set_socket_connector(move |_host, network| {
+                rumqttc::default_socket_connect(dial.clone(), network)
+            });
+        }
         o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
             .set_clean_session(true)
             .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
@@ -535,7 +630,7 @@ fn refusal_reason(code: ConnectReturnCode) -> &'static str {
 fn describe(err: &ConnectionError) -> String {
     match err {
         ConnectionError::ConnectionRefused(code) => refusal_reason(*code).to_owned(),
-        other => other.to_string(),
+        other => tls::explain(other).unwrap_or_else(|| other.to_string()),
     }
 }
 
@@ -553,15 +648,38 @@ enum Tracked {
 /// The result a notice waiter reports: id, generation it was published in, outcome.
 type NoticeOutcome = (i64, u64, Result<(), String>);
 
+/// The two read positions of a connection: records appended after the CONNACK (fresh) and the
+/// records that were already waiting then (backlog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Fresh,
+    Backlog,
+}
+
+/// Kv key of the per-stream drop counts already reported in an outage event.
+const REPORTED_DROPS_KEY: &str = "uplink.reported_drops";
+
 struct Sender<'a> {
     uplink: &'a MqttUplink,
     spool: SpoolHandle,
     conn_rx: watch::Receiver<Option<Conn>>,
     conn: Option<Conn>,
-    /// Read the spool after this id.
-    cursor: i64,
-    /// The spool may hold records after `cursor` that were not read yet.
-    more: bool,
+    /// Ids up to this one were in the spool at the CONNACK: the backlog.
+    boundary: i64,
+    /// Read fresh records (ids above `boundary`) after this id.
+    fresh_cursor: i64,
+    /// The spool may hold fresh records after `fresh_cursor` that were not read yet.
+    fresh_more: bool,
+    /// Read backlog records after this id (up to `boundary`).
+    backlog_cursor: i64,
+    /// Backlog records after `backlog_cursor` may remain.
+    backlog_more: bool,
+    /// Backlog records not yet acked (estimate: spool depth at the CONNACK minus backlog acks).
+    backlog_left: u64,
+    /// When the link was last lost (or the uplink started), for the outage event.
+    down_since: Timestamp,
+    bucket: TokenBucket,
+    drain: DrainRate,
     tracked: HashMap<i64, Tracked>,
     waiters: JoinSet<NoticeOutcome>,
     to_ack: Vec<i64>,
@@ -576,8 +694,15 @@ impl<'a> Sender<'a> {
             spool: uplink.spool.clone(),
             conn_rx,
             conn: None,
-            cursor: 0,
-            more: true,
+            boundary: 0,
+            fresh_cursor: 0,
+            fresh_more: true,
+            backlog_cursor: 0,
+            backlog_more: false,
+            backlog_left: 0,
+            down_since: Timestamp::now(),
+            bucket: TokenBucket::new(uplink.cfg.replay_rate),
+            drain: DrainRate::new(),
             tracked: HashMap::new(),
             waiters: JoinSet::new(),
             to_ack: Vec::new(),
@@ -601,21 +726,33 @@ impl<'a> Sender<'a> {
             .count()
     }
 
+    /// Something can be published right now.
+    fn can_fill(&mut self) -> bool {
+        self.conn.is_some()
+            && self.outstanding() < self.max_inflight
+            && (self.fresh_more || (self.backlog_more && self.bucket.available(Instant::now()) > 0))
+    }
+
     async fn run(mut self, shutdown: &CancellationToken) {
         let mut appended = self.spool.appended();
         loop {
-            if self.conn.is_some() && self.more && self.outstanding() < self.max_inflight {
+            if self.can_fill() {
                 self.fill().await;
                 continue;
             }
             self.publish_status();
+            // The backlog waits for replay tokens only when it is the one thing left to send.
+            let token_wait = (self.conn.is_some()
+                && self.backlog_more
+                && self.outstanding() < self.max_inflight)
+                .then(|| self.bucket.next_token_at());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = self.conn_rx.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    self.on_connection_change();
+                    self.on_connection_change().await;
                 }
                 Some(joined) = self.waiters.join_next(), if !self.waiters.is_empty() => {
                     if let Ok(outcome) = joined {
@@ -627,11 +764,12 @@ impl<'a> Sender<'a> {
                         tracing::warn!(uplink = %self.uplink.name, "spool closed; uplink stops sending");
                         break;
                     }
-                    self.more = true;
+                    self.fresh_more = true;
                 }
                 _ = sleep_until(self.ack_deadline.unwrap_or_else(far_future)), if self.ack_deadline.is_some() => {
                     self.flush_acks().await;
                 }
+                _ = sleep_until(token_wait.unwrap_or_else(far_future)), if token_wait.is_some() => {}
             }
             if self.to_ack.len() >= ACK_FLUSH_IDS {
                 self.flush_acks().await;
@@ -640,16 +778,106 @@ impl<'a> Sender<'a> {
         self.drain().await;
     }
 
-    fn on_connection_change(&mut self) {
+    async fn on_connection_change(&mut self) {
         let next = self.conn_rx.borrow_and_update().clone();
         let new_generation = next.as_ref().map(|c| c.generation);
-        if new_generation.is_some() && new_generation != self.generation() {
-            // A new connection: re-send everything still in the spool, oldest first.
-            self.cursor = 0;
-            self.more = true;
+        if next.is_none() && self.conn.is_some() {
+            self.down_since = Timestamp::now();
         }
+        let is_new = new_generation.is_some() && new_generation != self.generation();
         // Dropping the old client lets its event loop's channel close, so its notices fail.
         self.conn = next;
+        if is_new {
+            self.on_connected().await;
+        }
+    }
+
+    /// A new connection: report budget drops, then split the spool into the backlog (everything
+    /// waiting now, replayed at `replay_rate`) and fresh records (sent as they come).
+    async fn on_connected(&mut self) {
+        let now = Timestamp::now();
+        self.boundary = *self.spool.appended().borrow();
+        self.fresh_cursor = self.boundary;
+        self.fresh_more = true;
+        self.backlog_cursor = 0;
+        self.backlog_more = true;
+        self.backlog_left = match self.spool.stats().await {
+            Ok(stats) => stats.records,
+            Err(_) => 0,
+        };
+        self.bucket.reset(Instant::now());
+        self.drain = DrainRate::new();
+        // After the boundary: the outage event is fresh news about the past, sent first.
+        self.report_outage(now).await;
+    }
+
+    /// If the byte budget dropped records since the last report, append one `outage` event to the
+    /// `events` stream of this spool, naming the drops per stream and the outage window. The
+    /// reported counts are kept in the spool's kv store, so each drop is reported once (a crash
+    /// between the append and the kv write reports it twice, never zero times).
+    async fn report_outage(&mut self, now: Timestamp) {
+        let u = self.uplink;
+        let dropped = match self.spool.dropped_per_stream().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(uplink = %u.name, "cannot read the spool's drop counters: {e}");
+                return;
+            }
+        };
+        let reported: HashMap<Stream, u64> =
+            match self.spool.kv_get(REPORTED_DROPS_KEY.to_owned()).await {
+                Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Ok(None) => HashMap::new(),
+                Err(e) => {
+                    tracing::warn!(uplink = %u.name, "cannot read the reported drop counters: {e}");
+                    return;
+                }
+            };
+        let new: Vec<(Stream, u64)> = dropped
+            .iter()
+            .map(|(s, n)| (*s, n.saturating_sub(reported.get(s).copied().unwrap_or(0))))
+            .collect();
+        let total: u64 = new.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return;
+        }
+        let event = outage_event(&u.name, self.down_since, now, &new);
+        let record = Record::Event(event);
+        let body = match serde_json::to_vec(&record) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(uplink = %u.name, "cannot serialise the outage event: {e}");
+                return;
+            }
+        };
+        let new_record = NewRecord {
+            stream: Stream::Events,
+            topic: topic::topic_for(&u.cfg.topics, &u.site, &record),
+            body,
+            created: now,
+        };
+        if let Err(e) = self.spool.append(vec![new_record]).await {
+            tracing::warn!(uplink = %u.name, "cannot spool the outage event: {e}");
+            return;
+        }
+        let counts: HashMap<Stream, u64> = dropped.into_iter().collect();
+        let bytes = serde_json::to_vec(&counts).expect("a map of counters always serialises");
+        if let Err(e) = self
+            .spool
+            .kv_set(REPORTED_DROPS_KEY.to_owned(), bytes)
+            .await
+        {
+            tracing::warn!(uplink = %u.name, "cannot store the reported drop counters: {e}");
+        }
+        tracing::warn!(uplink = %u.name, dropped = total, "the spool budget dropped records during the outage; outage event queued");
+    }
+
+    fn lane_of(&self, id: i64) -> Lane {
+        if id > self.boundary {
+            Lane::Fresh
+        } else {
+            Lane::Backlog
+        }
     }
 
     fn on_notice(&mut self, (id, generation, result): NoticeOutcome) {
@@ -665,10 +893,18 @@ impl<'a> Sender<'a> {
                 self.tracked.remove(&id);
                 if Some(generation) == self.generation() {
                     // Failed on the live connection (it is probably dropping): send it again.
-                    self.cursor = self.cursor.min(id - 1);
-                    self.more = true;
+                    match self.lane_of(id) {
+                        Lane::Fresh => {
+                            self.fresh_cursor = self.fresh_cursor.min(id - 1);
+                            self.fresh_more = true;
+                        }
+                        Lane::Backlog => {
+                            self.backlog_cursor = self.backlog_cursor.min(id - 1);
+                            self.backlog_more = true;
+                        }
+                    }
                 }
-                // Otherwise the next connection's rewind to 0 picks it up.
+                // Otherwise the next connection's rewind picks it up.
             }
             // An older publish of a record that was published again, or already acked.
             (Err(_), _) => {}
@@ -693,6 +929,9 @@ impl<'a> Sender<'a> {
                 for id in &ids {
                     self.tracked.remove(id);
                 }
+                let backlog = ids.iter().filter(|id| **id <= self.boundary).count() as u64;
+                self.backlog_left = self.backlog_left.saturating_sub(backlog);
+                self.drain.add(Instant::now(), backlog);
                 self.uplink.update(|s| s.acked_total += removed);
             }
             Err(e) => {
@@ -706,46 +945,92 @@ impl<'a> Sender<'a> {
         }
     }
 
-    /// Read records after the cursor and publish them until the in-flight window is full.
+    /// Publish fresh records first, then backlog records as far as the replay rate allows, until
+    /// the in-flight window is full.
     async fn fill(&mut self) {
+        let mut published = Vec::new();
+        if self.fresh_more {
+            let room = self.max_inflight.saturating_sub(self.outstanding());
+            self.fill_lane(Lane::Fresh, room, &mut published).await;
+        }
+        if self.backlog_more && self.conn.is_some() {
+            let room = self.max_inflight.saturating_sub(self.outstanding());
+            let tokens = self.bucket.available(Instant::now());
+            let before = published.len();
+            self.fill_lane(Lane::Backlog, room.min(tokens), &mut published)
+                .await;
+            self.bucket.take(published.len() - before);
+        }
+        if !published.is_empty()
+            && let Err(e) = self.spool.mark_attempt(published).await
+        {
+            tracing::debug!(uplink = %self.uplink.name, "cannot count send attempts: {e}");
+        }
+        self.publish_status();
+    }
+
+    /// Read records of one lane after its cursor and publish up to `room` of them.
+    async fn fill_lane(&mut self, lane: Lane, room: usize, published: &mut Vec<i64>) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
-        let room = self.max_inflight.saturating_sub(self.outstanding());
+        if room == 0 {
+            return;
+        }
+        let cursor = match lane {
+            Lane::Fresh => self.fresh_cursor,
+            Lane::Backlog => self.backlog_cursor,
+        };
         // Read more than `room`: some may be skipped as already in flight or acked.
         let limit = room.max(ACK_FLUSH_IDS);
-        let records = match self.spool.read_after(self.cursor, limit).await {
+        let records = match self.spool.read_after(cursor, limit).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(uplink = %self.uplink.name, "cannot read the spool: {e}");
                 self.uplink
                     .update(|s| s.last_error = Some(format!("spool read: {e}")));
                 // Wait for the next append or connection change before trying again.
-                self.more = false;
+                self.set_lane(lane, cursor, false);
                 return;
             }
         };
         let exhausted = records.len() < limit;
-        let mut published = Vec::new();
+        if lane == Lane::Backlog {
+            let oldest = records
+                .iter()
+                .find(|r| r.id <= self.boundary)
+                .map(|r| r.created);
+            self.uplink.update(|s| s.backlog_oldest = oldest);
+        }
+        let mut cursor = cursor;
         let mut stopped_early = false;
+        let mut lane_done = false;
+        let mut sent = 0usize;
         for record in records {
+            if lane == Lane::Backlog && record.id > self.boundary {
+                lane_done = true;
+                break;
+            }
             match self.tracked.get(&record.id) {
                 Some(Tracked::Acked) => {
-                    self.cursor = record.id;
+                    cursor = record.id;
                     continue;
                 }
                 Some(Tracked::InFlight(g)) if *g == conn.generation => {
-                    self.cursor = record.id;
+                    cursor = record.id;
                     continue;
                 }
                 _ => {}
             }
-            if published.len() >= room {
+            if sent >= room {
                 stopped_early = true;
                 break;
             }
             match self.publish(&conn, &record).await {
-                Sent::Published => published.push(record.id),
+                Sent::Published => {
+                    published.push(record.id);
+                    sent += 1;
+                }
                 Sent::Rejected => {}
                 Sent::Failed => {
                     // The connection is going away; wait for the driver to hand over a new one.
@@ -754,15 +1039,37 @@ impl<'a> Sender<'a> {
                     break;
                 }
             }
-            self.cursor = record.id;
+            cursor = record.id;
         }
-        self.more = stopped_early || !exhausted;
-        if !published.is_empty()
-            && let Err(e) = self.spool.mark_attempt(published).await
-        {
-            tracing::debug!(uplink = %self.uplink.name, "cannot count send attempts: {e}");
+        let more = !lane_done && (stopped_early || !exhausted);
+        self.set_lane(lane, cursor, more);
+    }
+
+    fn set_lane(&mut self, lane: Lane, cursor: i64, more: bool) {
+        match lane {
+            Lane::Fresh => {
+                self.fresh_cursor = cursor;
+                self.fresh_more = more;
+            }
+            Lane::Backlog => {
+                self.backlog_cursor = cursor;
+                self.backlog_more = more;
+                if !more {
+                    self.uplink.update(|s| s.backlog_oldest = None);
+                }
+            }
         }
-        self.publish_status();
+    }
+
+    /// A record is historical when it was already in the spool when the current connection was
+    /// established (the backlog: it waited out an outage or a restart), or when it was created
+    /// more than [`HISTORICAL_AGE`] ago.
+    fn is_historical(&self, record: &StoredRecord) -> bool {
+        let age_ms = Timestamp::now()
+            .unix_ms()
+            .saturating_sub(record.created.unix_ms());
+        record.id <= self.boundary
+            || u128::try_from(age_ms).unwrap_or(0) > HISTORICAL_AGE.as_millis()
     }
 
     async fn publish(&mut self, conn: &Conn, record: &StoredRecord) -> Sent {
@@ -780,13 +1087,14 @@ impl<'a> Sender<'a> {
                 return Sent::Rejected;
             }
         };
+        let historical = self.is_historical(record);
         let payload = crate::publish::encode::encode_record(
             u.cfg.encoding.for_stream(record.stream),
             &u.site,
             record.stream,
             record.seq,
             &decoded,
-            false,
+            historical,
         );
         let topic = if record.topic.is_empty() {
             topic::topic_for(&u.cfg.topics, &u.site, &decoded)
@@ -818,11 +1126,21 @@ impl<'a> Sender<'a> {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         let in_flight = self.tracked.len();
+        let backlog = if self.backlog_more || self.backlog_left > 0 && self.conn.is_some() {
+            self.backlog_left
+        } else {
+            0
+        };
+        let rate = self.drain.per_second(Instant::now());
         self.uplink.status_tx.send_if_modified(|s| {
-            let changed = s.in_flight != in_flight;
+            let changed = s.in_flight != in_flight
+                || s.backlog_records != backlog
+                || s.replay_rate_per_s != rate;
             s.in_flight = in_flight;
+            s.backlog_records = backlog;
+            s.replay_rate_per_s = rate;
             changed
         });
     }
@@ -858,6 +1176,48 @@ impl<'a> Sender<'a> {
     }
 }
 
+/// The `outage` event: drops per stream between `from` and `to`.
+fn outage_event(
+    uplink: &str,
+    from: Timestamp,
+    to: Timestamp,
+    dropped: &[(Stream, u64)],
+) -> ModelEvent {
+    let total: u64 = dropped.iter().map(|(_, n)| n).sum();
+    let mut attributes: Vec<(Arc<str>, Value)> = dropped
+        .iter()
+        .map(|(s, n)| {
+            (
+                Arc::from(format!("dropped_{}", s.as_str())),
+                Value::UInt(*n),
+            )
+        })
+        .collect();
+    attributes.push(("dropped_total".into(), Value::UInt(total)));
+    attributes.push(("outage_start".into(), Value::Text(from.to_rfc3339())));
+    attributes.push(("outage_end".into(), Value::Text(to.to_rfc3339())));
+    let duration_s = (to.unix_ms() - from.unix_ms()).max(0) as f64 / 1000.0;
+    attributes.push(("duration_s".into(), Value::Float(duration_s)));
+    let per_stream = dropped
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ModelEvent {
+        kind: "outage".into(),
+        subject: uplink.into(),
+        phase: EventPhase::Instant,
+        ts: to,
+        attributes,
+        message: format!(
+            "uplink {uplink}: the spool budget dropped {total} records ({per_stream}) between {} and {}",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        ),
+    }
+}
+
 enum Sent {
     Published,
     Rejected,
@@ -866,6 +1226,113 @@ enum Sent {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
+}
+
+// === impl TokenBucket ===
+
+/// Replay pacing: `rate` tokens per second, bursts of up to a tenth of a second's worth.
+#[derive(Debug)]
+struct TokenBucket {
+    rate_per_s: f64,
+    capacity: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate_per_s: u32) -> Self {
+        let rate_per_s = f64::from(rate_per_s.max(1));
+        let capacity = (rate_per_s / 10.0).max(1.0);
+        TokenBucket {
+            rate_per_s,
+            capacity,
+            tokens: capacity,
+            at: Instant::now(),
+        }
+    }
+
+    fn reset(&mut self, now: Instant) {
+        self.tokens = self.capacity;
+        self.at = now;
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.capacity);
+        self.at = now;
+    }
+
+    /// Whole tokens available now.
+    fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.tokens.floor() as usize
+    }
+
+    fn take(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+
+    /// When the next whole token will be available.
+    fn next_token_at(&self) -> Instant {
+        if self.tokens >= 1.0 {
+            return self.at;
+        }
+        self.at + Duration::from_secs_f64((1.0 - self.tokens) / self.rate_per_s)
+    }
+}
+
+// === impl DrainRate ===
+
+/// Backlog records acked per second, over the last complete one-second window.
+#[derive(Debug)]
+struct DrainRate {
+    window_start: Option<Instant>,
+    count: u64,
+    last: u64,
+}
+
+impl DrainRate {
+    fn new() -> Self {
+        DrainRate {
+            window_start: None,
+            count: 0,
+            last: 0,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let Some(start) = self.window_start else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Duration::from_secs(2) {
+            // A whole window without acks.
+            self.last = 0;
+            self.count = 0;
+            self.window_start = Some(now);
+        } else if elapsed >= Duration::from_secs(1) {
+            self.last = self.count;
+            self.count = 0;
+            self.window_start = Some(start + Duration::from_secs(1));
+        }
+    }
+
+    fn add(&mut self, now: Instant, n: u64) {
+        if n == 0 {
+            self.roll(now);
+            return;
+        }
+        if self.window_start.is_none() {
+            self.window_start = Some(now);
+        }
+        self.roll(now);
+        self.count += n;
+    }
+
+    fn per_second(&mut self, now: Instant) -> u64 {
+        self.roll(now);
+        self.last
+    }
 }
 
 // === impl Backoff ===
