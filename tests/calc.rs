@@ -1,0 +1,867 @@
+//! The calculators against every worked example of the domain reference (§1.7, §2.4, §3, §4.3,
+//! §5.1, §5.3 with its edge cases, §5.4, §7.5, §7.6), property tests for counters and windows,
+//! and anode-effect detection and a potline day driven through the pipeline by timestamped
+//! readings.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use smeltwatch::calc::anode_effect::{AeDetector, AeParams, AeStats, AeTransition};
+use smeltwatch::calc::coefficients::Coefficients;
+use smeltwatch::calc::counter::{CounterStep, EnergyCounter};
+use smeltwatch::calc::emissions::{
+    anode_co2_factor, anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, mass_kg, o2_corrected,
+    pfc_slope,
+};
+use smeltwatch::calc::limits::{Grade, grade};
+use smeltwatch::calc::potline::{
+    Metal, ac_from_dc_kwh_per_t, anode_effect_share_v, capacity_utilisation,
+    pseudo_resistance_uohm, specific_energy_kwh_per_t,
+};
+use smeltwatch::calc::tariff::{
+    steps, surcharge_cost_yuan, surcharge_yuan_per_kwh, threshold_kwh_per_t,
+};
+use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, civil, days_from_civil};
+use smeltwatch::calc::window::{Sample, Window, WindowRules, month_valid};
+use smeltwatch::calc::{CalcConfig, Pipeline, glob_match};
+use smeltwatch::model::{
+    Aggregate, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+};
+
+fn coef() -> Coefficients {
+    Coefficients::embedded("cn-2025").expect("the shipped table parses")
+}
+
+fn al() -> Metal {
+    Metal::from(&coef().metals["al"])
+}
+
+fn close(actual: f64, expected: f64, tol: f64) {
+    assert!(
+        (actual - expected).abs() <= tol,
+        "{actual} is not within {tol} of {expected}"
+    );
+}
+
+// === §1 potline physics ===
+
+#[test]
+fn faraday_equivalent_of_aluminium_is_0_335573() {
+    close(al().kg_per_ka_h(), 0.335573, 5e-7);
+}
+
+#[test]
+fn magnesium_uses_its_valence_and_molar_mass() {
+    let mg = Metal::from(&coef().metals["mg"]);
+    // 24.305 / (2 × 96485.33212) × 3600
+    close(mg.kg_per_ka_h(), 0.453_426, 1e-6);
+}
+
+#[test]
+fn worked_example_1_production_energy_and_resistance() {
+    let al = al();
+    let cell_day_kg = al.produced_kg(400.0, 24.0, 0.935, 1.0);
+    close(cell_day_kg, 3012.10, 0.005);
+    let line_t = al.produced_kg(400.0, 24.0, 0.935, 200.0) / 1000.0;
+    close(line_t, 602.42, 0.01);
+    let dc_kwh = 400.0 * 4.05 * 200.0 * 24.0;
+    close(dc_kwh, 7_776_000.0, 1e-6);
+    let w_dc = specific_energy_kwh_per_t(dc_kwh, line_t).expect("production > 0");
+    close(w_dc, 12_908.0, 1.0);
+    close(al.dc_kwh_per_t(4.05, 0.935), 12_908.0, 1.0);
+    close(ac_from_dc_kwh_per_t(w_dc, 0.975), 13_239.0, 1.0);
+    close(ac_from_dc_kwh_per_t(w_dc, 0.97), 13_307.0, 1.0);
+    close(
+        pseudo_resistance_uohm(4.05, 1.65, 400.0).expect("current > 0"),
+        6.0,
+        1e-9,
+    );
+    close(200.0 * 4.05, 810.0, 1e-9);
+}
+
+#[test]
+fn current_efficiency_from_tapped_metal_and_from_the_rectifier_example() {
+    let al = al();
+    // 200 cells × 400 kA × 24 h; tapped 602.42 t → CE 93.5 %
+    let ce = al
+        .current_efficiency(602_420.0, 400.0 * 24.0 * 200.0)
+        .expect("charge > 0");
+    close(ce, 0.935, 1e-4);
+    // §1.3: 14000 = 2.98 × 4.3 / X / 0.97 → X = 94.36 %
+    let x = al.dc_kwh_per_t(4.3, 1.0) / (14_000.0 * 0.97);
+    close(x, 0.9436, 1e-4);
+}
+
+#[test]
+fn anode_effect_share_voltage_example() {
+    close(anode_effect_share_v(0.05, 30.0, 4.0, 2.0), 0.0018, 5e-5);
+}
+
+// === §2.4 PFC ===
+
+#[test]
+fn worked_example_2_aef_aed_aem_and_pfc() {
+    let c = coef();
+    let stats = AeStats {
+        count: 300,
+        minutes: 600.0,
+        cell_days: 6000.0,
+    };
+    close(stats.aef().expect("cell-days"), 0.05, 1e-12);
+    close(stats.aed_min().expect("cell-days"), 2.0, 1e-12);
+    let aem = stats.aem().expect("cell-days");
+    close(aem, 0.10, 1e-12);
+    let mp = 602.42 * 30.0;
+    close(mp, 18_072.6, 1e-6);
+    let pfc = pfc_slope(&c.pfc["cwpb"], aem, mp);
+    close(pfc.cf4_kg, 258.44, 0.005);
+    close(pfc.c2f6_kg, 31.27, 0.005);
+    let ar5 = pfc.co2e_t(&c.gwp["ar5"]);
+    close(ar5, 2060.6, 0.05);
+    close(ar5 / mp, 0.1140, 5e-5);
+    let ar6 = pfc.co2e_t(&c.gwp["ar6"]);
+    close(ar6, 2295.0, 0.05);
+    close(ar6 / mp, 0.1270, 5e-5);
+    let sar = pfc.co2e_t(&c.gwp["sar"]);
+    close(sar, 1967.5, 0.05);
+    close(sar / mp, 0.1089, 5e-5);
+}
+
+// === §3 anode CO2, §4.3 electricity ===
+
+#[test]
+fn worked_example_3_anode_co2() {
+    let c = coef();
+    close(anode_co2_factor(0.40, 2.0, 0.4), 1.4315, 5e-5);
+    close(anode_co2_t(&c.anode, 18_072.6), 25_870.0, 1.0);
+    // the 2024 draft's default 1.424 equals NAC 0.40 with 2.9 % sulphur + ash
+    close(anode_co2_factor(0.40, 2.9, 0.0), 1.424, 5e-4);
+}
+
+#[test]
+fn electricity_co2_and_standard_coal_examples() {
+    let c = coef();
+    close(
+        electricity_co2_t(13_239.0, c.grid["qinghai-2022"].t_co2_per_mwh),
+        2.07,
+        0.005,
+    );
+    close(
+        electricity_co2_t(13_239.0, c.grid["national-2022"].t_co2_per_mwh),
+        7.10,
+        0.005,
+    );
+    close(
+        electricity_co2_t(13_239.0, c.grid["national-ets-2022"].t_co2_per_mwh),
+        7.55,
+        0.005,
+    );
+    close(kgce(13_450.0, c.energy.kgce_per_kwh), 1653.0, 0.05);
+}
+
+// === §5.1 grades ===
+
+#[test]
+fn gb21346_grading_examples() {
+    let c = coef();
+    let ac = &c.grades["gb21346_2022_al_liquid_ac"];
+    let comp = &c.grades["gb21346_2022_al_liquid_comprehensive_ac"];
+    assert_eq!(grade(ac, 12_980.0), Grade::Level2);
+    assert_eq!(grade(ac, 12_950.0), Grade::Level1);
+    assert_eq!(grade(comp, 13_400.0), Grade::Level3);
+    assert_eq!(grade(comp, 13_700.0), Grade::Level3);
+    assert_eq!(grade(comp, 13_700.1), Grade::Fail);
+}
+
+// === §5.3 tariff ===
+
+#[test]
+fn tariff_thresholds_by_year() {
+    let t = coef().tariff;
+    assert_eq!(threshold_kwh_per_t(&t, 2021), None);
+    assert_eq!(threshold_kwh_per_t(&t, 2022), Some(13_650.0));
+    assert_eq!(threshold_kwh_per_t(&t, 2024), Some(13_450.0));
+    assert_eq!(threshold_kwh_per_t(&t, 2025), Some(13_300.0));
+    assert_eq!(threshold_kwh_per_t(&t, 2030), Some(13_300.0));
+}
+
+#[test]
+fn tariff_worked_examples_and_edge_cases() {
+    let t = coef().tariff;
+    for (e, expected_steps, surcharge) in [
+        (13_300.0, 0, 0.0),
+        (13_305.0, 1, 0.01),
+        (13_320.0, 1, 0.01),
+        (13_320.0001, 2, 0.02),
+        (13_321.0, 2, 0.02),
+        (13_520.0, 11, 0.11),
+        (13_000.0, 0, 0.0),
+    ] {
+        assert_eq!(steps(&t, e, 13_300.0), expected_steps, "steps at {e}");
+        close(
+            surcharge_yuan_per_kwh(&t, 2025, e, 0.0, 0.0),
+            surcharge,
+            1e-12,
+        );
+    }
+    let s = surcharge_yuan_per_kwh(&t, 2025, 13_520.0, 0.0, 0.0);
+    close(
+        surcharge_cost_yuan(s, 13_520.0, 200_000.0) / 1e6,
+        297.44,
+        0.005,
+    );
+    // 25 % non-hydro share, at least the provincial weight: −10 %
+    let s = surcharge_yuan_per_kwh(&t, 2025, 13_520.0, 25.0, 6.6);
+    close(s, 0.099, 1e-12);
+    close(
+        surcharge_cost_yuan(s, 13_520.0, 200_000.0) / 1e6,
+        267.70,
+        0.005,
+    );
+    // exactly 15 %: no reduction ("超过15%")
+    close(
+        surcharge_yuan_per_kwh(&t, 2025, 13_520.0, 15.0, 6.6),
+        0.11,
+        1e-12,
+    );
+    // above 15 % but below the provincial weight: no reduction
+    close(
+        surcharge_yuan_per_kwh(&t, 2025, 13_520.0, 18.0, 20.0),
+        0.11,
+        1e-12,
+    );
+}
+
+// === §5.4 capacity ===
+
+#[test]
+fn capacity_utilisation_example() {
+    close(
+        capacity_utilisation(360_000.0, 400_000.0, 365.0).expect("capacity"),
+        0.90,
+        1e-12,
+    );
+    close(
+        capacity_utilisation(1_000.0, 365_000.0, 1.0).expect("capacity"),
+        1.0,
+        1e-12,
+    );
+}
+
+// === §7.5 amounts ===
+
+#[test]
+fn worked_example_4_amounts() {
+    close(mass_kg(85.3, 1.6e6), 136.48, 1e-9);
+    close(mass_kg(4.2, 1.6e6), 6.72, 1e-9);
+    close(mass_kg(0.85, 1.6e6), 1.36, 1e-9);
+    close(444.44 * 3600.0, 1.6e6, 100.0);
+    close(mass_flow_kg_h(85.3, 1.6e6), 136.48, 1e-9);
+    close(
+        o2_corrected(100.0, 6.0, 11.0).expect("O2 < 21"),
+        150.0,
+        1e-9,
+    );
+    assert_eq!(o2_corrected(100.0, 6.0, 21.0), None);
+}
+
+// === §7.6 validity ===
+
+const T0: i64 = 1_740_787_200_000; // 2025-03-01T00:00:00Z = 08:00 local (UTC+8)
+
+fn rules() -> WindowRules {
+    WindowRules::new(&coef().validity, 8 * HOUR_MS)
+}
+
+fn window(interval_ms: u64) -> Window {
+    Window::new(
+        Arc::from("gtc1_stack"),
+        Arc::from("so2_kg_h"),
+        Arc::from("kg/h"),
+        Some(Arc::from("kg")),
+        rules(),
+        interval_ms,
+    )
+}
+
+fn sample(ts: i64, value: f64, quality: Quality) -> Sample {
+    Sample {
+        ts: Timestamp(ts),
+        value,
+        quality,
+        rate_per_h: Some(value),
+    }
+}
+
+fn of(aggs: &[Aggregate], period: Period) -> Vec<&Aggregate> {
+    aggs.iter().filter(|a| a.period == period).collect()
+}
+
+/// One sample per minute of the hour starting at `start`: `valid` good minutes with value
+/// `v_good(i)`, the rest flagged calibration with value `v_bad`.
+fn feed_hour(
+    w: &mut Window,
+    start: i64,
+    valid: u32,
+    v_good: impl Fn(u32) -> f64,
+    v_bad: f64,
+    out: &mut Vec<Aggregate>,
+) {
+    for i in 0..60 {
+        let ts = start + i64::from(i) * MINUTE_MS + 5_000;
+        if i < valid {
+            w.push(sample(ts, v_good(i), Quality::Good), out);
+        } else {
+            w.push(sample(ts, v_bad, Quality::Calibration), out);
+        }
+    }
+}
+
+#[test]
+fn worked_example_5_hour_with_47_valid_minutes_is_valid_and_averages_them() {
+    let mut w = window(60_000);
+    let mut out = Vec::new();
+    feed_hour(&mut w, T0, 47, |i| f64::from(i), 1000.0, &mut out);
+    w.advance(Timestamp(T0 + HOUR_MS), &mut out);
+    let hours = of(&out, Period::Hour);
+    assert_eq!(hours.len(), 1);
+    let h = hours[0];
+    assert!(h.valid);
+    assert_eq!((h.samples, h.expected), (47, 60));
+    close(h.avg.expect("valid hour"), 23.0, 1e-12); // mean of 0..=46
+    assert_eq!((h.min, h.max), (Some(0.0), Some(46.0)));
+    let minutes = of(&out, Period::Minute);
+    assert_eq!(minutes.len(), 60);
+    assert_eq!(minutes.iter().filter(|m| !m.valid).count(), 13);
+    assert!(
+        minutes
+            .iter()
+            .filter(|m| !m.valid)
+            .all(|m| m.quality == Quality::Calibration && m.avg.is_none())
+    );
+}
+
+#[test]
+fn worked_example_5_hour_with_44_valid_minutes_is_invalid() {
+    let mut w = window(60_000);
+    let mut out = Vec::new();
+    feed_hour(&mut w, T0, 44, |_| 85.3, 1000.0, &mut out);
+    w.advance(Timestamp(T0 + HOUR_MS), &mut out);
+    let h = of(&out, Period::Hour)[0];
+    assert!(!h.valid);
+    assert_eq!(h.samples, 44);
+    assert_eq!(h.avg, None);
+    assert_eq!(h.quality, Quality::Calibration);
+}
+
+#[test]
+fn worked_example_5_day_needs_20_valid_hours() {
+    for (valid_hours, expect_valid) in [(19, false), (20, true)] {
+        let mut w = window(60_000);
+        let mut out = Vec::new();
+        // local day starts at 16:00Z the day before T0's local midnight; use T0 - 8 h
+        let day = T0 - 8 * HOUR_MS;
+        for h in 0..24 {
+            let valid = if h < valid_hours { 60 } else { 30 };
+            feed_hour(&mut w, day + h * HOUR_MS, valid, |_| 50.0, 999.0, &mut out);
+        }
+        w.advance(Timestamp(day + DAY_MS), &mut out);
+        let days = of(&out, Period::Day);
+        assert_eq!(days.len(), 1, "one day for {valid_hours} valid hours");
+        let d = days[0];
+        assert_eq!(d.start, Timestamp(day));
+        assert_eq!(d.valid, expect_valid, "{valid_hours} valid hours");
+        assert_eq!(d.samples, valid_hours as u32);
+        if expect_valid {
+            close(d.avg.expect("valid day"), 50.0, 1e-12);
+            // 20 valid hours × 50 kg/h × 1 h
+            close(d.total.expect("valid day"), 1000.0, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn month_validity_rule() {
+    let v = coef().validity;
+    assert!(month_valid(&v, 3, 25));
+    assert!(!month_valid(&v, 3, 24));
+    assert!(month_valid(&v, 2, 23));
+    assert!(!month_valid(&v, 2, 22));
+}
+
+#[test]
+fn an_hour_at_the_example_concentration_and_flow_totals_136_48_kg() {
+    let mut w = window(10_000);
+    let mut out = Vec::new();
+    for i in 0..360 {
+        let rate = mass_flow_kg_h(85.3, 1.6e6);
+        w.push(sample(T0 + i * 10_000, rate, Quality::Good), &mut out);
+    }
+    w.advance(Timestamp(T0 + HOUR_MS), &mut out);
+    let h = of(&out, Period::Hour)[0];
+    close(h.total.expect("valid hour"), 136.48, 1e-6);
+    assert_eq!(h.total_unit.as_deref(), Some("kg"));
+    assert_eq!(of(&out, Period::Minute)[0].expected, 6);
+}
+
+#[test]
+fn windows_align_on_local_midnight() {
+    // 2025-03-01 00:00 local = 2025-02-28 16:00Z
+    let (y, m, d) = civil(days_from_civil(2025, 3, 1));
+    assert_eq!((y, m, d), (2025, 3, 1));
+    let local_midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    assert_eq!(local_midnight, T0 - 8 * HOUR_MS);
+}
+
+proptest! {
+    #[test]
+    fn constant_input_gives_that_constant(c in -1e6f64..1e6, per_minute in 1usize..12, minutes in 45i64..=60) {
+        let mut w = window(60_000 / per_minute as u64);
+        let mut out = Vec::new();
+        for m in 0..minutes {
+            for k in 0..per_minute {
+                let ts = T0 + m * MINUTE_MS + (k as i64) * (60_000 / per_minute as i64);
+                w.push(sample(ts, c, Quality::Good), &mut out);
+            }
+        }
+        w.advance(Timestamp(T0 + HOUR_MS), &mut out);
+        for a in &out {
+            prop_assert!(a.valid);
+            let tol = 1e-9 * c.abs().max(1.0);
+            prop_assert!((a.avg.unwrap() - c).abs() <= tol);
+            prop_assert!((a.min.unwrap() - c).abs() <= tol);
+            prop_assert!((a.max.unwrap() - c).abs() <= tol);
+        }
+        prop_assert_eq!(of(&out, Period::Hour).len(), 1);
+    }
+
+    #[test]
+    fn invalid_minutes_never_enter_an_average(
+        good in proptest::collection::vec(0.0f64..1000.0, 45..=60),
+        bad_value in -1e9f64..1e9,
+        bad_quality in prop::sample::select(vec![Quality::Calibration, Quality::Maintenance, Quality::CommFail, Quality::OutOfRange, Quality::Substituted]),
+    ) {
+        let mut w = window(60_000);
+        let mut out = Vec::new();
+        let n = good.len();
+        // interleave: good minutes first then bad ones, plus a bad sample inside a good minute
+        // that the majority rule tolerates
+        for i in 0..60 {
+            let ts = T0 + i as i64 * MINUTE_MS;
+            if i < n {
+                for k in 0..4 {
+                    w.push(sample(ts + k * 1000, good[i], Quality::Good), &mut out);
+                }
+                w.push(sample(ts + 5000, bad_value, bad_quality), &mut out);
+            } else {
+                w.push(sample(ts, bad_value, bad_quality), &mut out);
+            }
+        }
+        w.advance(Timestamp(T0 + HOUR_MS), &mut out);
+        let h = of(&out, Period::Hour)[0];
+        let mean = good.iter().sum::<f64>() / n as f64;
+        prop_assert!(h.valid);
+        prop_assert_eq!(h.samples as usize, n);
+        prop_assert!((h.avg.unwrap() - mean).abs() < 1e-9);
+        let expected_total: f64 = good.iter().map(|g| g / 60.0).sum();
+        prop_assert!((h.total.unwrap() - expected_total).abs() < 1e-6);
+    }
+
+    #[test]
+    fn counter_sums_increments_across_rollovers(
+        bits in prop::sample::select(vec![16u8, 32, 64]),
+        start in any::<u64>(),
+        steps in proptest::collection::vec(0u64..5000, 1..200),
+    ) {
+        let modulus: u128 = 1u128 << bits;
+        let mut c = EnergyCounter::new(bits, 1.0, Some(10_000));
+        let mut raw = (u128::from(start) % modulus) as u64;
+        prop_assert_eq!(c.update(raw).step, CounterStep::First);
+        let mut sum = 0.0;
+        for s in &steps {
+            let next = ((u128::from(raw) + u128::from(*s)) % modulus) as u64;
+            let d = c.update(next);
+            prop_assert!(d.step == CounterStep::Normal || d.step == CounterStep::Rollover);
+            prop_assert_eq!(d.step == CounterStep::Rollover, next < raw);
+            sum += d.delta;
+            raw = next;
+        }
+        prop_assert_eq!(sum, steps.iter().map(|s| *s as f64).sum::<f64>());
+        prop_assert_eq!(c.last_raw(), Some(raw));
+    }
+
+    #[test]
+    fn counter_reset_counts_from_the_new_value(
+        last in 100_000u64..u32::MAX as u64,
+        new in 0u64..50_000,
+        after in proptest::collection::vec(0u64..1000, 0..20),
+    ) {
+        // a drop whose wrapped distance exceeds the plausible step is a reset, never a rollover
+        let mut c = EnergyCounter::new(32, 0.5, Some(10_000)).with_last(last);
+        let wrapped = (1u64 << 32) - last + new;
+        let d = c.update(new);
+        if wrapped <= 10_000 {
+            prop_assert_eq!(d.step, CounterStep::Rollover);
+        } else {
+            prop_assert_eq!(d.step, CounterStep::Reset);
+            prop_assert_eq!(d.delta, 0.0);
+        }
+        let mut raw = new;
+        let mut sum = 0.0;
+        for a in &after {
+            raw += a;
+            sum += c.update(raw).delta;
+        }
+        prop_assert_eq!(sum, after.iter().sum::<u64>() as f64 * 0.5);
+    }
+}
+
+#[test]
+fn counter_rollover_of_the_demo_u32_meter() {
+    let mut c = EnergyCounter::new(32, 1.0, None);
+    c.update(4_294_966_800);
+    let d = c.update(100);
+    assert_eq!(d.step, CounterStep::Rollover);
+    assert_eq!(d.delta, 596.0);
+    let d = c.update(50);
+    assert_eq!(d.step, CounterStep::Reset);
+    assert_eq!(d.delta, 0.0);
+    assert_eq!(c.update(70).delta, 20.0);
+    // a CT/PT ratio multiplies the delta
+    let mut c = EnergyCounter::new(16, 40.0, None);
+    c.update(65_530);
+    let d = c.update(4);
+    assert_eq!((d.step, d.delta), (CounterStep::Rollover, 400.0));
+}
+
+// === anode-effect detection ===
+
+fn params() -> AeParams {
+    AeParams {
+        threshold_v: 8.0,
+        min_duration_s: 3.0,
+        hysteresis_v: 0.5,
+    }
+}
+
+#[test]
+fn detector_applies_threshold_min_duration_and_hysteresis() {
+    let p = params();
+    let mut d = AeDetector::default();
+    let mut got = Vec::new();
+    for (s, v) in [
+        (0, 4.0),
+        (10, 9.0),
+        (11, 9.5),
+        (12, 9.0),
+        (13, 9.0),
+        (14, 7.8),
+        (15, 7.4),
+        (16, 4.0),
+    ] {
+        if let Some(t) = d.update(&p, Timestamp(s * 1000), v, true) {
+            got.push((s, t));
+        }
+    }
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], (13, AeTransition::Started(Timestamp(10_000))));
+    let AeTransition::Ended(ae) = got[1].1 else {
+        panic!("second transition is the end")
+    };
+    assert_eq!(got[1].0, 15);
+    assert_eq!((ae.start, ae.end), (Timestamp(10_000), Timestamp(15_000)));
+    close(ae.duration_s(), 5.0, 1e-12);
+    close(ae.peak_v, 9.5, 1e-12);
+    close(ae.mean_v, (9.0 + 9.5 + 9.0 + 9.0 + 7.8) / 5.0, 1e-12);
+}
+
+#[test]
+fn detector_ignores_short_spikes_and_cells_out_of_service() {
+    let p = params();
+    let mut d = AeDetector::default();
+    for (s, v) in [(0, 9.0), (1, 12.0), (2, 7.0), (3, 4.0)] {
+        assert_eq!(
+            d.update(&p, Timestamp(s * 1000), v, true),
+            None,
+            "spike at {s}"
+        );
+    }
+    let mut d = AeDetector::default();
+    for s in 0..60 {
+        assert_eq!(d.update(&p, Timestamp(s * 1000), 30.0, false), None);
+    }
+    // an AE in progress ends when the cell leaves service
+    let mut d = AeDetector::default();
+    for s in 0..5 {
+        d.update(&p, Timestamp(s * 1000), 30.0, true);
+    }
+    assert!(d.in_effect());
+    assert!(matches!(
+        d.update(&p, Timestamp(5000), 0.0, false),
+        Some(AeTransition::Ended(_))
+    ));
+}
+
+// === the pipeline, driven by timestamped readings ===
+
+fn reading(point: &str, value: Value, ts: i64) -> Reading {
+    Reading {
+        point: Arc::from(point),
+        value: Some(value),
+        unit: Arc::from(""),
+        quality: Quality::Good,
+        ts: Timestamp(ts),
+    }
+}
+
+fn batch(source: &str, device: &str, interval_ms: u64, readings: Vec<Reading>) -> ReadingBatch {
+    let ts = readings.first().map_or(Timestamp(0), |r| r.ts);
+    ReadingBatch {
+        source: Arc::from(source),
+        device: Arc::from(device),
+        unit_id: 1,
+        poll_interval_ms: interval_ms,
+        scheduled: ts,
+        readings,
+    }
+}
+
+fn pot(device: &str, ts: i64, v: f64, in_service: bool, cut_out: bool) -> ReadingBatch {
+    batch(
+        "potline1",
+        device,
+        10_000,
+        vec![
+            reading("cell_voltage_v", Value::Float(v), ts),
+            reading("in_service", Value::Bool(in_service), ts),
+            reading("cut_out", Value::Bool(cut_out), ts),
+        ],
+    )
+}
+
+const DEMO_CALC: &str = r#"
+gwp = "ar5"
+grid_factor = "qinghai-2022"
+utc_offset_hours = 8
+
+[[potlines]]
+name = "potline1"
+rectifier = "potline1/rectifier"
+pots = "potline1/pot_*"
+current_efficiency = 0.935
+approved_capacity_t_per_year = 1100.0
+
+[[stacks]]
+name = "gtc1_stack"
+device = "gtc1/gtc1_stack"
+limits = "gb25465_2010_al_pot_gas"
+pollutants = { so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }
+calibration_point = "in_calibration"
+"#;
+
+fn pipeline() -> Pipeline {
+    let cfg: CalcConfig = toml::from_str(DEMO_CALC).expect("calc config parses");
+    Pipeline::new(&cfg).expect("pipeline builds")
+}
+
+fn metric(records: &[Record], calc: &str, name: &str, period: &str) -> Option<f64> {
+    records.iter().rev().find_map(|r| match r {
+        Record::Metrics(b) if &*b.calc == calc => b.metrics.iter().find_map(|m| {
+            let p = m
+                .labels
+                .iter()
+                .any(|(k, v)| &**k == "period" && &**v == period);
+            (&*m.name == name && p).then_some(m.value).flatten()
+        }),
+        _ => None,
+    })
+}
+
+#[test]
+fn potline_day_matches_worked_example_1_and_counts_one_anode_effect() {
+    let mut p = pipeline();
+    let cells = 10;
+    // local midnight 2025-03-01 = 2025-02-28T16:00Z; start one step before it
+    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let step = 10_000i64;
+    let mut ac_raw: u64 = 4_294_960_000;
+    let ac_per_step = 400.0 * 4.05 * f64::from(cells) / 0.975 * step as f64 / 3_600_000.0;
+    let mut ac_acc = 0.0f64;
+    let mut records = Vec::new();
+    let ae_start = midnight + 6 * HOUR_MS;
+    let mut t = midnight - step;
+    while t <= midnight + DAY_MS {
+        records.extend(p.on_batch(&batch(
+            "potline1",
+            "rectifier",
+            10_000,
+            vec![
+                reading("line_current_ka", Value::Float(400.0), t),
+                reading("ac_energy_kwh", Value::UInt(ac_raw), t),
+            ],
+        )));
+        for c in 1..=cells {
+            let v = if c == 3 && (ae_start..ae_start + 60_000).contains(&t) {
+                30.0
+            } else {
+                4.05
+            };
+            records.extend(p.on_batch(&pot(&format!("pot_{c:03}"), t, v, true, false)));
+        }
+        // a cut-out cell: its 30 V never counts, it counts in no denominator
+        records.extend(p.on_batch(&pot(
+            "pot_011",
+            t,
+            if t == ae_start { 30.0 } else { 0.0 },
+            false,
+            true,
+        )));
+        ac_acc += ac_per_step;
+        let whole = ac_acc.floor();
+        ac_acc -= whole;
+        ac_raw = ((u128::from(ac_raw) + whole as u128) % (1u128 << 32)) as u64;
+        t += step;
+    }
+    let prod = metric(&records, "potline", "production_t", "day").expect("a day closed");
+    // 10 cells: a twentieth of the example line's 602.42 t/day
+    close(prod, 602.42 / 20.0, 0.01);
+    close(
+        metric(&records, "potline", "dc_kwh_per_t", "day").expect("dc"),
+        // 12,908 at 4.05 V, plus the anode effect: 26 V above 4.05 V at 400 kA for one minute
+        12_908.0 + 26.0 * 400.0 / 60.0 / prod,
+        1.0,
+    );
+    close(
+        metric(&records, "potline", "ac_kwh_per_t", "day").expect("ac"),
+        13_239.0,
+        1.0,
+    );
+    assert_eq!(metric(&records, "potline", "ac_grade", "day"), Some(3.0));
+    assert_eq!(
+        metric(&records, "potline", "meter_resets", "day"),
+        Some(0.0)
+    );
+    close(
+        metric(&records, "potline", "capacity_utilisation_pct", "day").expect("cap"),
+        prod / (1100.0 / 365.0) * 100.0,
+        0.05,
+    );
+    assert_eq!(
+        metric(&records, "anode_effect", "ae_count", "day"),
+        Some(1.0)
+    );
+    close(
+        metric(&records, "anode_effect", "cell_days", "day").expect("cell-days"),
+        10.0,
+        1e-6,
+    );
+    close(
+        metric(&records, "anode_effect", "aem_min_per_cell_day", "day").expect("aem"),
+        0.1,
+        1e-9,
+    );
+    let cf4 = metric(&records, "emissions", "pfc_cf4_kg", "day").expect("cf4");
+    close(cf4, 0.143 * 0.1 * prod, 1e-6);
+    close(
+        metric(&records, "emissions", "anode_co2_t", "day").expect("anode"),
+        1.431_466_7 * prod,
+        1e-3,
+    );
+    let events: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "one start and one end: {events:?}");
+    assert_eq!(events[0].phase, EventPhase::Start);
+    assert_eq!(&*events[0].subject, "potline1/pot_003");
+    assert_eq!(events[0].ts, Timestamp(ae_start));
+    assert_eq!(events[1].phase, EventPhase::End);
+    let duration = events[1]
+        .attributes
+        .iter()
+        .find(|(k, _)| &**k == "duration_s")
+        .map(|(_, v)| v.clone());
+    assert_eq!(duration, Some(Value::Float(60.0)));
+    // per-cell pseudo-resistance on the minute
+    let r = records.iter().find_map(|r| match r {
+        Record::Metrics(b) => b
+            .metrics
+            .iter()
+            .find(|m| &*m.name == "pseudo_resistance_uohm")
+            .and_then(|m| m.value),
+        _ => None,
+    });
+    close(r.expect("pseudo-resistance"), 6.0, 1e-9);
+}
+
+#[test]
+fn stack_hour_with_an_exceedance_gives_an_event_and_mass() {
+    let mut p = pipeline();
+    let mut records = Vec::new();
+    for i in 0..360 {
+        let t = T0 + i * 10_000;
+        let so2 = if i < 180 { 150.0 } else { 300.0 };
+        records.extend(p.on_batch(&batch(
+            "gtc1",
+            "gtc1_stack",
+            10_000,
+            vec![
+                reading("so2_mg_m3", Value::Float(so2), t),
+                reading("fluoride_mg_m3", Value::Float(0.85), t),
+                reading("flow_m3h", Value::Float(1.6e6), t),
+                reading("in_calibration", Value::Bool(i % 60 == 59), t),
+            ],
+        )));
+    }
+    records.extend(p.flush(Timestamp(T0 + HOUR_MS)));
+    let hour = |q: &str| {
+        records
+            .iter()
+            .find_map(|r| match r {
+                Record::Aggregate(a) if a.period == Period::Hour && &*a.quantity == q => {
+                    Some(a.clone())
+                }
+                _ => None,
+            })
+            .expect("hour aggregate")
+    };
+    let so2 = hour("so2_mg_m3");
+    assert!(so2.valid);
+    close(so2.avg.expect("valid"), 225.0, 1e-9);
+    let f = hour("fluoride_kg_h");
+    close(f.total.expect("valid"), 1.36, 1e-9);
+    let exceed: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) if &*e.kind == "exceedance" => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exceed.len(), 1);
+    assert_eq!(&*exceed[0].subject, "gtc1_stack/so2_mg_m3");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let mut cfg: CalcConfig = toml::from_str(DEMO_CALC).expect("parses");
+    cfg.gwp = "ar9".into();
+    let e = Pipeline::new(&cfg).expect_err("unknown gwp").to_string();
+    assert!(e.contains("calc.gwp") && e.contains("ar5"), "{e}");
+    let mut cfg: CalcConfig = toml::from_str(DEMO_CALC).expect("parses");
+    cfg.potlines[0].technology = "xx".into();
+    let e = Pipeline::new(&cfg)
+        .expect_err("unknown technology")
+        .to_string();
+    assert!(e.contains("potlines[0].technology"), "{e}");
+    assert!(toml::from_str::<CalcConfig>("gwpp = \"ar5\"").is_err());
+}
+
+#[test]
+fn glob_matches_templates() {
+    assert!(glob_match("potline1/pot_*", "potline1/pot_017"));
+    assert!(!glob_match("potline1/pot_*", "potline1/rectifier"));
+    assert!(glob_match("pot_0?7", "pot_017"));
+}
