@@ -471,6 +471,30 @@ async fn every_route_serves_the_running_agent() {
         "HELP lines are rendered"
     );
 
+    // Every series the Grafana dashboard queries is one this scrape renders.
+    let grafana = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/smeltwatch.json"),
+    )
+    .unwrap();
+    let rendered: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    let mut queried = std::collections::BTreeSet::new();
+    for (i, _) in grafana.match_indices("smeltwatch_") {
+        let name: String = grafana[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        queried.insert(name);
+    }
+    queried.retain(|n| n.ends_with(|c: char| c.is_ascii_lowercase()) && n.contains('_'));
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in &queried {
+        assert!(
+            rendered.contains(name.as_str()),
+            "the Grafana dashboard queries {name}, which /metrics does not render"
+        );
+    }
+
     // The dashboard: one page, no external assets.
     let page = request(addr, "/", Some(&bearer())).await;
     assert_eq!(page.status, 200);
