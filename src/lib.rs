@@ -32,6 +32,7 @@ pub mod calc;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod ledger;
 pub mod modbus;
 pub mod model;
 pub mod publish;

@@ -5,6 +5,7 @@
 //! the same record always encodes to the same bytes. Each payload carries `(site, stream, seq)` so
 //! that consumers can drop duplicates (delivery is at-least-once) and spot gaps.
 
+pub mod hj212;
 pub mod json;
 pub mod protobuf;
 pub mod sparkplug;

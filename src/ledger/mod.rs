@@ -1,0 +1,227 @@
+//! The ledger: regulated records in a hash chain, each signed with the site's Ed25519 key, and the
+//! verifier a regulator runs over a captured feed.
+//!
+//! # Record and hash
+//! A record is `(site, stream, seq, prev, payload)`. Its hash is SHA-256 over this canonical
+//! encoding (all integers big-endian):
+//!
+//! ```text
+//! "smeltwatch-ledger-v1\n"
+//! u32 len(site)    site      (UTF-8)
+//! u32 len(stream)  stream    (UTF-8)
+//! u64 seq
+//! prev             (32 bytes: the hash of record seq-1; all zeros for the first record, seq 1)
+//! u64 len(payload) payload   (UTF-8 bytes exactly as carried)
+//! ```
+//!
+//! and its signature is Ed25519 over the 32 hash bytes. Lengths are prefixed so that no two
+//! different records share an encoding.
+//!
+//! # Wire form
+//! One JSON object per record, one per line in a file (JSON lines), or alone as an MQTT payload:
+//!
+//! ```json
+//! {"site":"demo-al-01","stream":"emissions","seq":7,"prev":"<64 hex>","hash":"<64 hex>",
+//!  "sig":"<128 hex>","payload":"<the record's text: JSON or HJ 212>"}
+//! ```
+//!
+//! The payload is carried as a JSON string (the regulated record's own JSON or HJ 212 text), so it
+//! is readable and its bytes survive the round trip exactly.
+//!
+//! # Invariants
+//! - [`Chain::append`] is the only producer: seq increases by one, `prev` is the previous hash.
+//! - [`verify`] is pure and total: it never stops at the first fault, it names every faulty seq.
+//! - Key files: `site.key` (64 hex digits of the secret seed, mode 0600; [`load_signing_key`]
+//!   refuses one that group or others can read) and `site.pub` (64 hex digits).
+
+mod keys;
+mod verify;
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use keys::{
+    KeyPair, LedgerError, PUBLIC_KEY_FILE, SECRET_KEY_FILE, append_jsonl, keygen, load_signing_key,
+    load_verifying_key, read_jsonl, verify_file,
+};
+pub use verify::{Report, verify};
+
+/// Domain tag at the start of every canonical encoding (changes with the format version).
+pub const DOMAIN_TAG: &[u8] = b"smeltwatch-ledger-v1\n";
+
+/// The `prev` of the first record of a chain.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// One signed, chained record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerRecord {
+    /// Site name.
+    pub site: String,
+    /// Stream name (`emissions`, `energy`, `config`).
+    pub stream: String,
+    /// Position in the chain, 1 for the first record.
+    pub seq: u64,
+    /// Hash of the previous record ([`GENESIS`] for seq 1).
+    #[serde(with = "hex_array")]
+    pub prev: [u8; 32],
+    /// SHA-256 of the canonical encoding.
+    #[serde(with = "hex_array")]
+    pub hash: [u8; 32],
+    /// Ed25519 signature over `hash`.
+    #[serde(with = "hex_array")]
+    pub sig: [u8; 64],
+    /// The regulated record's text.
+    pub payload: String,
+}
+
+impl LedgerRecord {
+    /// The record as one JSON line (without the newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a ledger record always serialises")
+    }
+
+    /// Parse one JSON record.
+    pub fn from_json(text: &str) -> Result<LedgerRecord, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Recompute the hash from the record's fields.
+    pub fn computed_hash(&self) -> [u8; 32] {
+        hash(
+            &self.site,
+            &self.stream,
+            self.seq,
+            &self.prev,
+            self.payload.as_bytes(),
+        )
+    }
+}
+
+/// The canonical encoding that is hashed (see the module documentation).
+pub fn canonical(site: &str, stream: &str, seq: u64, prev: &[u8; 32], payload: &[u8]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(DOMAIN_TAG.len() + 8 + site.len() + stream.len() + 48 + payload.len());
+    out.extend_from_slice(DOMAIN_TAG);
+    for s in [site, stream] {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(prev);
+    out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// SHA-256 of the canonical encoding.
+pub fn hash(site: &str, stream: &str, seq: u64, prev: &[u8; 32], payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(canonical(site, stream, seq, prev, payload)).into()
+}
+
+/// The writer's side of one chain (one site and stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    site: String,
+    stream: String,
+    next_seq: u64,
+    prev: [u8; 32],
+}
+
+impl Chain {
+    /// A new chain: the first record will be seq 1 with `prev` = [`GENESIS`].
+    pub fn new(site: impl Into<String>, stream: impl Into<String>) -> Chain {
+        Chain {
+            site: site.into(),
+            stream: stream.into(),
+            next_seq: 1,
+            prev: GENESIS,
+        }
+    }
+
+    /// Continue a chain after its last record (e.g. read back after a restart).
+    pub fn resume(last: &LedgerRecord) -> Chain {
+        Chain {
+            site: last.site.clone(),
+            stream: last.stream.clone(),
+            next_seq: last.seq + 1,
+            prev: last.hash,
+        }
+    }
+
+    /// The seq the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Append a payload: hash it into the chain and sign it.
+    pub fn append(&mut self, key: &SigningKey, payload: impl Into<String>) -> LedgerRecord {
+        let payload = payload.into();
+        let seq = self.next_seq;
+        let hash = hash(
+            &self.site,
+            &self.stream,
+            seq,
+            &self.prev,
+            payload.as_bytes(),
+        );
+        let sig = key.sign(&hash).to_bytes();
+        let record = LedgerRecord {
+            site: self.site.clone(),
+            stream: self.stream.clone(),
+            seq,
+            prev: self.prev,
+            hash,
+            sig,
+            payload,
+        };
+        self.next_seq += 1;
+        self.prev = hash;
+        record
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0F)]));
+    }
+    s
+}
+
+/// Bytes of a hex string of exactly `N` bytes (either case).
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let t = text.as_bytes();
+    if t.len() != 2 * N {
+        return None;
+    }
+    let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; N];
+    for (i, pair) in t.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+mod hex_array {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::to_hex(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        let text = String::deserialize(d)?;
+        super::from_hex(&text)
+            .ok_or_else(|| D::Error::custom(format!("expected {} hex digits", 2 * N)))
+    }
+}

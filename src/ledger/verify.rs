@@ -1,0 +1,236 @@
+//! Verification of a captured chain: hashes, signatures, links, gaps, duplicates and order.
+//!
+//! Records are taken in the order they were captured. Each distinct seq is checked once (its first
+//! occurrence); the chain links are checked in seq order, so a feed delivered out of order still
+//! links, and the disorder itself is reported.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use super::{GENESIS, LedgerRecord};
+
+/// What [`verify`] found. Every list names records by seq, in ascending order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// No record is altered, badly signed, unlinked, missing, conflicting, foreign, out of order
+    /// or unreadable. Duplicates alone do not fail it: delivery is at-least-once.
+    pub ok: bool,
+    /// Records read (including duplicates).
+    pub records: usize,
+    /// Distinct records whose hash and signature both check.
+    pub verified: usize,
+    /// Site and stream of the chain (from the first record).
+    pub chain: Option<(String, String)>,
+    /// Lowest and highest seq seen.
+    pub seq_range: Option<(u64, u64)>,
+    /// The lowest seq is 1 with the genesis `prev`: the capture holds the whole chain.
+    pub from_genesis: bool,
+    /// Content does not match the record's hash: the payload or a field was changed.
+    pub bad_hash: Vec<u64>,
+    /// The hash matches but the signature is not this key's.
+    pub bad_signature: Vec<u64>,
+    /// `prev` is not the hash of the record before it (or seq 1 does not start from genesis).
+    pub broken_chain: Vec<u64>,
+    /// Missing seqs, as inclusive ranges.
+    pub gaps: Vec<(u64, u64)>,
+    /// Seqs seen again with identical content (replays or redeliveries).
+    pub duplicates: Vec<u64>,
+    /// Seqs seen again with different content.
+    pub conflicts: Vec<u64>,
+    /// Records captured after a record with a higher seq.
+    pub out_of_order: Vec<u64>,
+    /// Records of another site or stream than the first record.
+    pub foreign: Vec<u64>,
+    /// Lines that are not ledger records: (line number, reason).
+    pub unreadable: Vec<(usize, String)>,
+}
+
+/// Verify a captured chain against the site's public key.
+pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
+    let mut report = Report {
+        records: records.len(),
+        ..Report::default()
+    };
+    let Some(first) = records.first() else {
+        report.ok = true;
+        return report;
+    };
+    report.chain = Some((first.site.clone(), first.stream.clone()));
+
+    let mut by_seq: BTreeMap<u64, &LedgerRecord> = BTreeMap::new();
+    let mut highest: Option<u64> = None;
+    for r in records {
+        if r.site != first.site || r.stream != first.stream {
+            report.foreign.push(r.seq);
+            continue;
+        }
+        if let Some(seen) = by_seq.get(&r.seq) {
+            if *seen == r {
+                report.duplicates.push(r.seq);
+            } else {
+                report.conflicts.push(r.seq);
+            }
+            continue;
+        }
+        if highest.is_some_and(|h| r.seq < h) {
+            report.out_of_order.push(r.seq);
+        }
+        highest = highest.max(Some(r.seq));
+        by_seq.insert(r.seq, r);
+
+        if r.computed_hash() != r.hash {
+            report.bad_hash.push(r.seq);
+        } else if key
+            .verify_strict(&r.hash, &Signature::from_bytes(&r.sig))
+            .is_err()
+        {
+            report.bad_signature.push(r.seq);
+        } else {
+            report.verified += 1;
+        }
+    }
+
+    let mut prev: Option<&LedgerRecord> = None;
+    for (&seq, &r) in &by_seq {
+        match prev {
+            Some(p) if seq == p.seq + 1 => {
+                if r.prev != p.hash {
+                    report.broken_chain.push(seq);
+                }
+            }
+            Some(p) => report.gaps.push((p.seq + 1, seq - 1)),
+            None => {
+                // Seq 1 must start from genesis; a later start cannot be checked backwards.
+                if (seq == 1) != (r.prev == GENESIS) {
+                    report.broken_chain.push(seq);
+                }
+            }
+        }
+        prev = Some(r);
+    }
+    if let (Some((&lo, lo_rec)), Some((&hi, _))) =
+        (by_seq.first_key_value(), by_seq.last_key_value())
+    {
+        report.seq_range = Some((lo, hi));
+        report.from_genesis = lo == 1 && lo_rec.prev == GENESIS;
+    }
+    for list in [
+        &mut report.duplicates,
+        &mut report.conflicts,
+        &mut report.out_of_order,
+        &mut report.foreign,
+        &mut report.broken_chain,
+    ] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    report.bad_hash.sort_unstable();
+    report.bad_signature.sort_unstable();
+    report.ok = report.bad_hash.is_empty()
+        && report.bad_signature.is_empty()
+        && report.broken_chain.is_empty()
+        && report.gaps.is_empty()
+        && report.conflicts.is_empty()
+        && report.out_of_order.is_empty()
+        && report.foreign.is_empty()
+        && report.unreadable.is_empty();
+    report
+}
+
+fn seqs(list: &[u64]) -> String {
+    list.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Verdict: {}",
+            if self.ok {
+                "INTACT: every record is signed by this key and the chain is complete"
+            } else {
+                "FAILED: the feed is not intact (details below)"
+            }
+        )?;
+        if let Some((site, stream)) = &self.chain {
+            writeln!(f, "Chain: site {site}, stream {stream}")?;
+        }
+        write!(
+            f,
+            "Records: {} read, {} verified",
+            self.records, self.verified
+        )?;
+        if let Some((lo, hi)) = self.seq_range {
+            write!(f, ", seq {lo} to {hi}")?;
+        }
+        writeln!(f)?;
+        if self.seq_range.is_some() && !self.from_genesis {
+            writeln!(
+                f,
+                "Note: the capture does not start at seq 1; earlier records cannot be checked"
+            )?;
+        }
+        let lines: [(&str, &[u64], &str); 7] = [
+            ("Altered", &self.bad_hash, "content does not match its hash"),
+            (
+                "Bad signature",
+                &self.bad_signature,
+                "not signed by this site's key",
+            ),
+            (
+                "Broken chain",
+                &self.broken_chain,
+                "does not follow from the record before it",
+            ),
+            (
+                "Conflicting",
+                &self.conflicts,
+                "same seq seen with different content",
+            ),
+            (
+                "Out of order",
+                &self.out_of_order,
+                "captured after a later record",
+            ),
+            (
+                "Foreign",
+                &self.foreign,
+                "belongs to another site or stream",
+            ),
+            (
+                "Duplicates",
+                &self.duplicates,
+                "identical record delivered again; counted once",
+            ),
+        ];
+        for (what, list, why) in lines {
+            if !list.is_empty() {
+                writeln!(f, "{what}: seq {} ({why})", seqs(list))?;
+            }
+        }
+        if !self.gaps.is_empty() {
+            let gaps: Vec<String> = self
+                .gaps
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        format!("{a}")
+                    } else {
+                        format!("{a} to {b}")
+                    }
+                })
+                .collect();
+            let missing: u64 = self.gaps.iter().map(|&(a, b)| b - a + 1).sum();
+            writeln!(f, "Missing: {missing} record(s), seq {}", gaps.join(", "))?;
+        }
+        for (line, why) in &self.unreadable {
+            writeln!(f, "Unreadable: line {line} ({why})")?;
+        }
+        Ok(())
+    }
+}

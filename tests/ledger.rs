@@ -1,0 +1,279 @@
+//! Ledger: the canonical hash, a clean chain, and every tamper a regulator must catch (changed
+//! value, dropped record, reordered records, replay, another key), named by seq; key files.
+
+use ed25519_dalek::SigningKey;
+use smeltwatch::ledger::{self, Chain, GENESIS, LedgerError, LedgerRecord, Report};
+
+const SITE: &str = "demo-al-01";
+const STREAM: &str = "emissions";
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// Ten hourly records signed with `key(1)`.
+fn chain(n: u64) -> Vec<LedgerRecord> {
+    let k = key(1);
+    let mut c = Chain::new(SITE, STREAM);
+    (1..=n)
+        .map(|i| {
+            c.append(
+                &k,
+                format!(
+                    r#"{{"quantity":"so2_mg_m3","period":"hour","avg":{}.5}}"#,
+                    80 + i
+                ),
+            )
+        })
+        .collect()
+}
+
+fn check(records: &[LedgerRecord]) -> Report {
+    ledger::verify(&key(1).verifying_key(), records)
+}
+
+#[test]
+fn hash_is_sha256_of_the_documented_encoding() {
+    // Computed independently from the module documentation's layout.
+    let expected = "3dcca3b00116c8c50a3b6fe1ec910e1485ba49834ca645a8f3de37a8c7cf3526";
+    let h = ledger::hash(SITE, STREAM, 1, &GENESIS, b"hello");
+    assert_eq!(ledger::to_hex(&h), expected);
+    let r = Chain::new(SITE, STREAM).append(&key(1), "hello");
+    assert_eq!(ledger::to_hex(&r.hash), expected);
+    assert_eq!(r.seq, 1);
+    assert_eq!(r.prev, GENESIS);
+}
+
+#[test]
+fn a_record_is_one_json_line_that_round_trips() {
+    let r = &chain(2)[1];
+    let line = r.to_json();
+    assert!(!line.contains('\n'));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["seq"], 2);
+    assert_eq!(v["site"], SITE);
+    assert_eq!(v["prev"].as_str().unwrap().len(), 64);
+    assert_eq!(v["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(v["sig"].as_str().unwrap().len(), 128);
+    assert_eq!(v["payload"], r.payload);
+    assert_eq!(&LedgerRecord::from_json(&line).unwrap(), r);
+    assert!(LedgerRecord::from_json(&line.replace(r#""seq":2"#, r#""seq":2,"x":1"#)).is_err());
+}
+
+#[test]
+fn a_clean_chain_verifies() {
+    let records = chain(10);
+    let report = check(&records);
+    assert!(report.ok, "{report}");
+    assert_eq!(report.records, 10);
+    assert_eq!(report.verified, 10);
+    assert_eq!(report.seq_range, Some((1, 10)));
+    assert!(report.from_genesis);
+    assert!(report.to_string().starts_with("Verdict: INTACT"));
+    // A chain resumed after a restart continues seamlessly.
+    let mut c = Chain::resume(&records[9]);
+    let mut more = records.clone();
+    more.push(c.append(&key(1), "after restart"));
+    let report = check(&more);
+    assert!(report.ok, "{report}");
+    assert_eq!(report.verified, 11);
+    assert!(check(&[]).ok);
+}
+
+#[test]
+fn a_changed_value_is_named() {
+    let mut records = chain(10);
+    // Flip one byte of the payload of seq 5: "85.5" becomes "84.5".
+    let mut bytes = records[4].payload.clone().into_bytes();
+    let at = bytes.iter().position(|&b| b == b'5').unwrap();
+    bytes[at] ^= 0x01;
+    records[4].payload = String::from_utf8(bytes).unwrap();
+    let report = check(&records);
+    assert!(!report.ok);
+    assert_eq!(report.bad_hash, vec![5]);
+    assert!(report.bad_signature.is_empty());
+    assert_eq!(report.verified, 9);
+    let text = report.to_string();
+    assert!(
+        text.contains("Altered: seq 5 (content does not match its hash)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_changed_value_with_a_recomputed_hash_breaks_signature_and_chain() {
+    let mut records = chain(10);
+    let r = &mut records[4];
+    r.payload = r.payload.replace("85.5", "15.5");
+    r.hash = r.computed_hash();
+    let report = check(&records);
+    assert_eq!(report.bad_hash, Vec::<u64>::new());
+    assert_eq!(report.bad_signature, vec![5]);
+    assert_eq!(
+        report.broken_chain,
+        vec![6],
+        "seq 6 no longer follows seq 5"
+    );
+}
+
+#[test]
+fn a_dropped_record_is_a_gap() {
+    let mut records = chain(10);
+    records.remove(6);
+    records.remove(2);
+    records.remove(2);
+    let report = check(&records);
+    assert!(!report.ok);
+    assert_eq!(report.gaps, vec![(3, 4), (7, 7)]);
+    assert_eq!(report.verified, 7);
+    assert!(report.broken_chain.is_empty());
+    let text = report.to_string();
+    assert!(
+        text.contains("Missing: 3 record(s), seq 3 to 4, 7"),
+        "{text}"
+    );
+}
+
+#[test]
+fn reordered_records_are_named() {
+    let mut records = chain(10);
+    records.swap(3, 4);
+    let report = check(&records);
+    assert!(!report.ok);
+    assert_eq!(report.out_of_order, vec![4]);
+    assert!(report.broken_chain.is_empty(), "the chain itself is intact");
+    assert_eq!(report.verified, 10);
+    assert!(report.to_string().contains("Out of order: seq 4"));
+}
+
+#[test]
+fn a_replayed_record_is_a_duplicate_and_a_rewritten_one_a_conflict() {
+    let mut records = chain(10);
+    records.push(records[2].clone());
+    let report = check(&records);
+    assert_eq!(report.duplicates, vec![3]);
+    assert_eq!(report.records, 11);
+    assert_eq!(report.verified, 10);
+    assert!(
+        report.ok,
+        "an identical redelivery does not fail the feed: {report}"
+    );
+    assert!(report.to_string().contains("Duplicates: seq 3"));
+
+    // Same seq, different content, validly signed by the site key on a forked chain.
+    let mut forked = Chain::resume(&records[1]);
+    let mut fork = forked.append(&key(1), "a different hour 3");
+    fork.prev = records[1].hash;
+    records.push(fork);
+    let report = check(&records);
+    assert!(!report.ok);
+    assert_eq!(report.conflicts, vec![3]);
+}
+
+#[test]
+fn a_record_re_signed_with_another_key_is_named() {
+    let mut records = chain(10);
+    let r = &records[6];
+    let mut other = Chain::resume(&records[5]);
+    let forged = other.append(&key(2), r.payload.clone());
+    assert_eq!(forged.hash, r.hash, "same content, same hash");
+    records[6] = forged;
+    let report = check(&records);
+    assert!(!report.ok);
+    assert_eq!(report.bad_signature, vec![7]);
+    assert!(report.broken_chain.is_empty());
+    assert!(
+        report
+            .to_string()
+            .contains("Bad signature: seq 7 (not signed by this site's key)")
+    );
+
+    // A whole feed signed by another key fails everywhere.
+    let report = ledger::verify(&key(2).verifying_key(), &chain(4));
+    assert_eq!(report.bad_signature, vec![1, 2, 3, 4]);
+    assert_eq!(report.verified, 0);
+}
+
+#[test]
+fn a_capture_that_starts_mid_chain_says_so() {
+    let records = chain(10);
+    let report = check(&records[4..]);
+    assert!(report.ok, "{report}");
+    assert!(!report.from_genesis);
+    assert!(report.to_string().contains("does not start at seq 1"));
+    // A forged "first" record claiming genesis in the middle of the chain.
+    let mut records = chain(3);
+    records[0].prev = [7; 32];
+    records[0].hash = records[0].computed_hash();
+    let report = check(&records);
+    assert_eq!(report.bad_signature, vec![1]);
+    assert_eq!(report.broken_chain, vec![1, 2]);
+}
+
+#[test]
+fn records_of_another_stream_are_foreign() {
+    let mut records = chain(3);
+    let mut other = Chain::new(SITE, "energy");
+    records.push(other.append(&key(1), "x"));
+    let report = check(&records);
+    assert!(!report.ok);
+    assert_eq!(report.foreign, vec![1]);
+}
+
+#[cfg(unix)]
+#[test]
+fn keygen_writes_a_private_key_only_the_owner_reads() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ledger::keygen(&dir.path().join("keys")).unwrap();
+    let mode = std::fs::metadata(&keys.secret)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(keys.public_hex.len(), 64);
+    assert!(matches!(
+        ledger::keygen(&dir.path().join("keys")),
+        Err(LedgerError::KeyExists(_))
+    ));
+
+    let signing = ledger::load_signing_key(&keys.secret).unwrap();
+    let public = ledger::load_verifying_key(&keys.public).unwrap();
+    assert_eq!(signing.verifying_key(), public);
+
+    // Sign a feed, write it, verify the file.
+    let mut c = Chain::new(SITE, STREAM);
+    let records: Vec<_> = (0..5)
+        .map(|i| c.append(&signing, format!("hour {i}")))
+        .collect();
+    let file = dir.path().join("feed.jsonl");
+    ledger::append_jsonl(&file, &records[..3]).unwrap();
+    ledger::append_jsonl(&file, &records[3..]).unwrap();
+    let report = ledger::verify_file(&keys.public, &file).unwrap();
+    assert!(report.ok, "{report}");
+    assert_eq!(report.verified, 5);
+
+    // A line that is not a record fails the verdict and is named.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("not json\n");
+    std::fs::write(&file, text).unwrap();
+    let report = ledger::verify_file(&keys.public, &file).unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.unreadable.len(), 1);
+    assert_eq!(report.unreadable[0].0, 6);
+    assert!(report.to_string().contains("Unreadable: line 6"));
+
+    // A key others can read is refused.
+    std::fs::set_permissions(&keys.secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(
+        ledger::load_signing_key(&keys.secret),
+        Err(LedgerError::KeyTooOpen { mode: 0o644, .. })
+    ));
+    // A damaged public key file is refused.
+    std::fs::write(&keys.public, "abc\n").unwrap();
+    assert!(matches!(
+        ledger::load_verifying_key(&keys.public),
+        Err(LedgerError::KeyFormat { .. })
+    ));
+}
