@@ -16,6 +16,8 @@ pub const MAX_PACKET: usize = 4 * 1024 * 1024;
 /// A running `mosquitto` process. Dropping it kills the process.
 pub struct Mosquitto {
     pub port: u16,
+    /// With a TLS listener on `port`: a second, plain listener for test subscribers.
+    pub plain_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     user: Option<(String, String)>,
@@ -69,8 +71,10 @@ impl Mosquitto {
     ) -> Mosquitto {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
+        let plain_port = tls.as_ref().map(|_| free_port());
         let mut m = Mosquitto {
             port,
+            plain_port,
             child: None,
             dir,
             user,
@@ -109,6 +113,10 @@ impl Mosquitto {
                 tls.key.display(),
                 tls.require_certificate
             ));
+        }
+        if let Some(plain) = self.plain_port {
+            // Settings above apply to the TLS listener; this one is plain TCP.
+            text.push_str(&format!("listener {plain} 127.0.0.1\n"));
         }
         if self.persistent {
             // Started as root, Mosquitto drops to its own user, which must be able to write here.
