@@ -192,7 +192,7 @@ fn tariff_worked_examples_and_edge_cases() {
         (13_300.0, 0, 0.0),
         (13_305.0, 1, 0.01),
         (13_320.0, 1, 0.01),
-        (13_320.0001, 2, 0.02),
+        (13_320.000_1, 2, 0.02),
         (13_321.0, 2, 0.02),
         (13_520.0, 11, 0.11),
         (13_000.0, 0, 0.0),
@@ -321,7 +321,7 @@ fn feed_hour(
 fn worked_example_5_hour_with_47_valid_minutes_is_valid_and_averages_them() {
     let mut w = window(60_000);
     let mut out = Vec::new();
-    feed_hour(&mut w, T0, 47, |i| f64::from(i), 1000.0, &mut out);
+    feed_hour(&mut w, T0, 47, f64::from, 1000.0, &mut out);
     w.advance(Timestamp(T0 + HOUR_MS), &mut out);
     let hours = of(&out, Period::Hour);
     assert_eq!(hours.len(), 1);
@@ -448,9 +448,9 @@ proptest! {
         // that the majority rule tolerates
         for i in 0..60 {
             let ts = T0 + i as i64 * MINUTE_MS;
-            if i < n {
+            if let Some(g) = good.get(i) {
                 for k in 0..4 {
-                    w.push(sample(ts + k * 1000, good[i], Quality::Good), &mut out);
+                    w.push(sample(ts + k * 1000, *g, Quality::Good), &mut out);
                 }
                 w.push(sample(ts + 5000, bad_value, bad_quality), &mut out);
             } else {
@@ -864,4 +864,14 @@ fn glob_matches_templates() {
     assert!(glob_match("potline1/pot_*", "potline1/pot_017"));
     assert!(!glob_match("potline1/pot_*", "potline1/rectifier"));
     assert!(glob_match("pot_0?7", "pot_017"));
+}
+
+#[test]
+fn demo_config_calc_section_builds_a_pipeline() {
+    let cfg = smeltwatch::config::load(std::path::Path::new("config/demo.toml"))
+        .expect("demo config loads");
+    let calc = cfg.calc.expect("demo config has a [calc] section");
+    assert_eq!(calc.potlines.len(), 1);
+    assert_eq!(calc.stacks.len(), 2);
+    Pipeline::new(&calc).expect("demo calc section builds");
 }
