@@ -8,5 +8,6 @@
 
 pub mod encode;
 pub mod mqtt;
+pub mod sparkplug;
 pub mod tls;
 pub mod topic;
