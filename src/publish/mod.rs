@@ -7,6 +7,7 @@
 //! - [`tls`]: rustls (ring) client configuration of `mqtts://` uplinks and TLS error sentences.
 
 pub mod encode;
+pub mod hj212_tcp;
 pub mod mqtt;
 pub mod sparkplug;
 pub mod tls;

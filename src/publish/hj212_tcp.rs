@@ -1,0 +1,460 @@
+//! The HJ 212 TCP uplink: spool → HJ 212 packets over one TCP connection to the provincial
+//! platform → 9014 data response → spool ack.
+//!
+//! # Delivery contract
+//! The spool is the source of truth, as for every uplink. The uplink reads the oldest waiting
+//! records, groups the [`Aggregate`]s of one window (same subject, period and start; records of
+//! other streams in between do not split it, an aggregate of another window does) into
+//! one 2051/2061/2031 packet (split over PNUM/PNO when long) and poll batches into 2011 packets,
+//! sends them one packet at a time and acks the records in the spool only when every packet of the
+//! group has been answered by a 9014 with the same QN (when the station asks for acknowledgements,
+//! Flag bit A; without it, a packet counts as delivered once written). Delivery is at-least-once
+//! and, window by window, in spool order.
+//!
+//! # Retries and reconnects
+//! A packet not answered within `over_time` is sent again with the same QN, up to `re_count`
+//! times (the standard's OverTime/ReCount). When those are used up, or the connection fails or
+//! closes, the connection is dropped and a new one is made after a backoff (`reconnect_min`
+//! doubling to `reconnect_max`, reset by a connection that delivered something); the unacked
+//! group is sent again from the start on the new connection.
+//!
+//! Records that cannot become HJ 212 (events, metrics, quantities without a factor code) are acked
+//! without being sent and counted in [`TcpStats::skipped`]: they would never become sendable.
+//! Incoming packets other than 9014 are answered 9011 with QnRtn 2 (rejected) when they are
+//! platform requests (CN 1000–3999) that want an answer; nothing else is served yet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Aggregate, Record, Timestamp};
+use crate::publish::encode::hj212::{
+    self, EncodeError, Packet, ParseOptions, RtdValue, Scan, Station, Table,
+};
+use crate::spool::{SpoolError, SpoolHandle, StoredRecord};
+
+/// Settings of one HJ 212 TCP uplink.
+#[derive(Debug, Clone)]
+pub struct Hj212TcpConfig {
+    /// Platform address, `host:port`.
+    pub platform: String,
+    /// Station header (ST, PW, default MN, ack flag, local time offset).
+    pub station: Station,
+    /// MN per subject (stack), when stacks are separate monitoring points.
+    pub mn_by_subject: HashMap<String, String>,
+    /// How long to wait for a 9014 before sending again (OverTime).
+    pub over_time: Duration,
+    /// How many times a packet is sent again before the connection is given up (ReCount).
+    pub re_count: u32,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Records read from the spool at a time.
+    pub batch: usize,
+}
+
+impl Hj212TcpConfig {
+    /// Defaults of the standard's examples: OverTime 5 s, ReCount 3.
+    pub fn new(platform: impl Into<String>, station: Station) -> Hj212TcpConfig {
+        Hj212TcpConfig {
+            platform: platform.into(),
+            station,
+            mn_by_subject: HashMap::new(),
+            over_time: Duration::from_secs(5),
+            re_count: 3,
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+            batch: 256,
+        }
+    }
+}
+
+/// What stops the uplink.
+#[derive(Debug, thiserror::Error)]
+pub enum Hj212TcpError {
+    /// The spool failed or was closed.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// Counters of the uplink, published on a `watch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Connections made.
+    pub connects: u64,
+    /// Packets written (including resends).
+    pub packets_sent: u64,
+    /// Packets sent again after OverTime.
+    pub resends: u64,
+    /// Spool records acked after delivery.
+    pub delivered: u64,
+    /// Spool records acked without sending (nothing to say in HJ 212).
+    pub skipped: u64,
+    /// The last link error.
+    pub last_error: Option<String>,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum LinkEnd {
+    Shutdown,
+    Failed(String),
+    Spool(SpoolError),
+}
+
+impl From<SpoolError> for LinkEnd {
+    fn from(e: SpoolError) -> Self {
+        LinkEnd::Spool(e)
+    }
+}
+
+/// The HJ 212 TCP uplink task.
+pub struct Hj212TcpUplink {
+    cfg: Hj212TcpConfig,
+    table: Arc<Table>,
+    spool: SpoolHandle,
+    stats: watch::Sender<TcpStats>,
+    last_qn_ms: i64,
+}
+
+/// One group of spool records and the packets that carry it.
+struct Group {
+    ids: Vec<i64>,
+    packets: Vec<String>,
+}
+
+impl Hj212TcpUplink {
+    /// An uplink over `spool` with a code table.
+    pub fn new(cfg: Hj212TcpConfig, table: Arc<Table>, spool: SpoolHandle) -> Hj212TcpUplink {
+        Hj212TcpUplink {
+            cfg,
+            table,
+            spool,
+            stats: watch::Sender::new(TcpStats::default()),
+            last_qn_ms: 0,
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> watch::Receiver<TcpStats> {
+        self.stats.subscribe()
+    }
+
+    /// Run until `shutdown` is cancelled (records not yet acknowledged stay in the spool).
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Hj212TcpError> {
+        let mut backoff = self.cfg.reconnect_min;
+        loop {
+            let connect = tokio::time::timeout(
+                self.cfg.over_time,
+                TcpStream::connect(self.cfg.platform.as_str()),
+            );
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                r = connect => r,
+            };
+            let end = match result {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.stats.send_modify(|s| s.connects += 1);
+                    tracing::info!(platform = %self.cfg.platform, "HJ 212 platform connected");
+                    let delivered_before = self.stats.borrow().delivered;
+                    let end = self.session(stream, &shutdown).await;
+                    if self.stats.borrow().delivered > delivered_before {
+                        backoff = self.cfg.reconnect_min;
+                    }
+                    end
+                }
+                Ok(Err(e)) => LinkEnd::Failed(format!("connect: {e}")),
+                Err(_) => LinkEnd::Failed("connect: timed out".into()),
+            };
+            match end {
+                LinkEnd::Shutdown => return Ok(()),
+                LinkEnd::Spool(e) => return Err(e.into()),
+                LinkEnd::Failed(why) => {
+                    tracing::warn!(platform = %self.cfg.platform, error = %why, "HJ 212 link down");
+                    self.stats.send_modify(|s| s.last_error = Some(why));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.cfg.reconnect_max);
+        }
+    }
+
+    async fn session(&mut self, stream: TcpStream, shutdown: &CancellationToken) -> LinkEnd {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut buf = Vec::with_capacity(4096);
+        let mut appended = self.spool.appended();
+        loop {
+            appended.borrow_and_update();
+            let records = match self.spool.read_after(0, self.cfg.batch).await {
+                Ok(r) => r,
+                Err(e) => return e.into(),
+            };
+            if records.is_empty() {
+                // Idle: wait for new records while watching the socket.
+                tokio::select! {
+                    () = shutdown.cancelled() => return LinkEnd::Shutdown,
+                    r = appended.changed() => if r.is_err() {
+                        return LinkEnd::Spool(SpoolError::Closed);
+                    },
+                    r = rd.read_buf(&mut buf) => match r {
+                        Ok(0) => return LinkEnd::Failed("platform closed the connection".into()),
+                        Ok(_) => {
+                            if let Err(e) = self.serve_incoming(&mut buf, &mut wr, None).await {
+                                return e;
+                            }
+                        }
+                        Err(e) => return LinkEnd::Failed(format!("read: {e}")),
+                    },
+                }
+                continue;
+            }
+            for group in self.groups(&records) {
+                if !group.packets.is_empty() {
+                    for packet in &group.packets {
+                        if let Err(end) = self
+                            .deliver(packet, &mut rd, &mut wr, &mut buf, shutdown)
+                            .await
+                        {
+                            return end;
+                        }
+                    }
+                }
+                let n = group.ids.len() as u64;
+                if let Err(e) = self.spool.ack(group.ids).await {
+                    return e.into();
+                }
+                let sent = !group.packets.is_empty();
+                self.stats.send_modify(|s| {
+                    if sent {
+                        s.delivered += n;
+                    } else {
+                        s.skipped += n;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Send one packet and wait for its 9014, resending after OverTime up to ReCount times.
+    async fn deliver(
+        &mut self,
+        packet: &str,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+        buf: &mut Vec<u8>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkEnd> {
+        let qn = hj212::parse(packet.as_bytes(), &self.table, &ParseOptions::default())
+            .expect("the encoder's packets parse")
+            .qn;
+        for attempt in 0..=self.cfg.re_count {
+            if attempt > 0 {
+                self.stats.send_modify(|s| s.resends += 1);
+            }
+            let write = async {
+                wr.write_all(packet.as_bytes()).await?;
+                wr.flush().await
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(LinkEnd::Shutdown),
+                r = write => r.map_err(|e| LinkEnd::Failed(format!("write: {e}")))?,
+            }
+            self.stats.send_modify(|s| s.packets_sent += 1);
+            if !self.cfg.station.ack {
+                return Ok(());
+            }
+            let deadline = Instant::now() + self.cfg.over_time;
+            loop {
+                if self.serve_incoming(buf, wr, qn.as_deref()).await? {
+                    return Ok(());
+                }
+                let read = tokio::time::timeout_at(deadline, rd.read_buf(buf));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(LinkEnd::Shutdown),
+                    r = read => match r {
+                        Err(_) => break, // OverTime: send again
+                        Ok(Ok(0)) => {
+                            return Err(LinkEnd::Failed("platform closed the connection".into()));
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(LinkEnd::Failed(format!("read: {e}"))),
+                    },
+                }
+            }
+        }
+        Err(LinkEnd::Failed(format!(
+            "no 9014 after {} sends of QN {}",
+            self.cfg.re_count + 1,
+            qn.as_deref().unwrap_or("-")
+        )))
+    }
+
+    /// Take every complete packet out of `buf`; true when one is the 9014 for `awaiting`.
+    async fn serve_incoming(
+        &self,
+        buf: &mut Vec<u8>,
+        wr: &mut OwnedWriteHalf,
+        awaiting: Option<&str>,
+    ) -> Result<bool, LinkEnd> {
+        let mut acked = false;
+        loop {
+            match hj212::scan(buf) {
+                Scan::Incomplete => return Ok(acked),
+                Scan::Skip(n) => {
+                    buf.drain(..n);
+                }
+                Scan::Frame(n) => {
+                    let frame: Vec<u8> = buf.drain(..n).collect();
+                    let packet = match hj212::parse(&frame, &self.table, &ParseOptions::default()) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "HJ 212: bad packet from the platform");
+                            continue;
+                        }
+                    };
+                    if packet.cn == self.table.commands.data_response {
+                        if awaiting.is_some() && packet.qn.as_deref() == awaiting {
+                            acked = true;
+                        }
+                        continue;
+                    }
+                    if (1000..4000).contains(&packet.cn) && packet.wants_ack() {
+                        self.reject(&packet, wr).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reject(&self, request: &Packet, wr: &mut OwnedWriteHalf) -> Result<(), LinkEnd> {
+        tracing::info!(
+            cn = request.cn,
+            "HJ 212: platform request not served; answered rejected"
+        );
+        let answer = hj212::request_response(&self.table, request, hj212::qn_rtn::REJECTED)
+            .map_err(|e| LinkEnd::Failed(format!("answer: {e}")))?;
+        wr.write_all(answer.as_bytes())
+            .await
+            .map_err(|e| LinkEnd::Failed(format!("write: {e}")))
+    }
+
+    /// A QN instant strictly after the previous one, so QNs are unique per exchange.
+    fn next_qn(&mut self) -> Timestamp {
+        let ms = Timestamp::now().0.max(self.last_qn_ms + 1);
+        self.last_qn_ms = ms;
+        Timestamp(ms)
+    }
+
+    fn station_for(&self, subject: Option<&str>) -> Station {
+        let mut station = self.cfg.station.clone();
+        if let Some(mn) = subject.and_then(|s| self.cfg.mn_by_subject.get(s)) {
+            station.mn = mn.clone();
+        }
+        station
+    }
+
+    /// Group records into packets: aggregates of one window together (until an aggregate of
+    /// another window arrives; other records in between do not split it), each poll batch alone;
+    /// anything else (or nothing encodable) gives a group without packets.
+    fn groups(&mut self, records: &[StoredRecord]) -> Vec<Group> {
+        let mut groups = Vec::new();
+        let mut window: Vec<(i64, Aggregate)> = Vec::new();
+        for r in records {
+            let decoded: Option<Record> = serde_json::from_slice(&r.body).ok();
+            if let Some(Record::Aggregate(a)) = decoded {
+                let same = window.first().is_none_or(|(_, w)| {
+                    w.subject == a.subject && w.period == a.period && w.start == a.start
+                });
+                if !same {
+                    groups.push(self.window_group(std::mem::take(&mut window)));
+                }
+                window.push((r.id, a));
+                continue;
+            }
+            // Other records do not close the window: fan-out interleaves streams in one spool.
+            let packets = match decoded {
+                Some(Record::Batch(batch)) => {
+                    let values: Vec<RtdValue<'_>> = batch
+                        .readings
+                        .iter()
+                        .filter(|r| self.table.factor(&r.point).is_some())
+                        .map(|r| RtdValue {
+                            quantity: &r.point,
+                            value: r.value.as_ref().and_then(|v| v.as_f64()),
+                            quality: r.quality,
+                        })
+                        .collect();
+                    if values.is_empty() {
+                        Vec::new()
+                    } else {
+                        let station = self.station_for(Some(&batch.device));
+                        let qn = self.next_qn();
+                        let ts = batch.readings.first().map_or(batch.scheduled, |r| r.ts);
+                        self.encoded(hj212::encode_realtime(
+                            &self.table,
+                            &station,
+                            qn,
+                            ts,
+                            &values,
+                        ))
+                    }
+                }
+                Some(_) => Vec::new(),
+                None => {
+                    tracing::warn!(id = r.id, "HJ 212: spool record is not a record; skipped");
+                    Vec::new()
+                }
+            };
+            groups.push(Group {
+                ids: vec![r.id],
+                packets,
+            });
+        }
+        if !window.is_empty() {
+            groups.push(self.window_group(window));
+        }
+        groups
+    }
+
+    fn window_group(&mut self, window: Vec<(i64, Aggregate)>) -> Group {
+        let ids = window.iter().map(|(id, _)| *id).collect();
+        let aggs: Vec<Aggregate> = window
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| {
+                let known = self.table.factor(&a.quantity).is_some();
+                if !known {
+                    tracing::debug!(quantity = %a.quantity, "HJ 212: no factor code; not sent");
+                }
+                known
+            })
+            .collect();
+        let packets = if aggs.is_empty() {
+            Vec::new()
+        } else {
+            let station = self.station_for(Some(&aggs[0].subject));
+            let qn = self.next_qn();
+            self.encoded(hj212::encode_window(&self.table, &station, qn, &aggs))
+        };
+        Group { ids, packets }
+    }
+
+    fn encoded(&self, result: Result<Vec<String>, EncodeError>) -> Vec<String> {
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "HJ 212: record cannot be encoded; skipped");
+            Vec::new()
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! HJ 212 TCP uplink against a fake platform: hourly packets delivered in order, a dropped
+//! connection, an unanswered packet sent again with the same QN (OverTime/ReCount), and the spool
+//! emptied only by 9014 answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smeltwatch::config::{SpoolConfig, Stream};
+use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
+use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Station, Table};
+use smeltwatch::publish::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink};
+use smeltwatch::spool::{NewRecord, SpoolHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// 2025-03-01 09:00 China time.
+const T0: i64 = 1_740_790_800_000;
+
+fn aggregate(hour: i64, quantity: &str, avg: f64) -> Aggregate {
+    Aggregate {
+        subject: Arc::from("gtc1_stack"),
+        quantity: Arc::from(quantity),
+        unit: Arc::from("mg/m3"),
+        period: Period::Hour,
+        start: Timestamp(T0 + hour * 3_600_000),
+        end: Timestamp(T0 + (hour + 1) * 3_600_000),
+        avg: Some(avg),
+        min: Some(avg - 1.0),
+        max: Some(avg + 1.0),
+        total: Some(avg * 1.6),
+        total_unit: Some(Arc::from("kg")),
+        samples: 60,
+        expected: 60,
+        valid: true,
+        quality: Quality::Good,
+    }
+}
+
+fn record(r: &Record) -> NewRecord {
+    NewRecord {
+        stream: Stream::Emissions,
+        topic: "t".into(),
+        body: serde_json::to_vec(r).unwrap(),
+        created: Timestamp(T0),
+    }
+}
+
+/// Read the next packet from the connection; `None` when the peer closed it.
+async fn next_packet(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Packet> {
+    let table = Table::hj212_2017();
+    loop {
+        match hj212::scan(buf) {
+            Scan::Frame(n) => {
+                let frame: Vec<u8> = buf.drain(..n).collect();
+                return Some(hj212::parse(&frame, &table, &ParseOptions::default()).unwrap());
+            }
+            Scan::Skip(n) => panic!("garbage from the uplink: {:?}", &buf[..n]),
+            Scan::Incomplete => {
+                if conn.read_buf(buf).await.unwrap() == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    // Three hours, two pollutants each, plus an event that has no HJ 212 form.
+    let mut records = Vec::new();
+    for hour in 0..3 {
+        records.push(record(&Record::Aggregate(aggregate(
+            hour,
+            "so2_mg_m3",
+            80.0 + hour as f64,
+        ))));
+        if hour == 1 {
+            records.push(record(&Record::Event(smeltwatch::model::Event {
+                kind: Arc::from("exceedance"),
+                subject: Arc::from("gtc1_stack/so2"),
+                phase: smeltwatch::model::EventPhase::Instant,
+                ts: Timestamp(T0),
+                attributes: Vec::new(),
+                message: "test".into(),
+            })));
+        }
+        records.push(record(&Record::Aggregate(aggregate(
+            hour,
+            "nox_mg_m3",
+            50.0 + hour as f64,
+        ))));
+    }
+    spool.append(records).await.unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<(usize, Packet)>();
+    let table = Arc::new(Table::hj212_2017());
+    let platform_table = table.clone();
+    let platform = tokio::spawn(async move {
+        // Connection 1: take the first packet, then drop the connection without answering.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let p = next_packet(&mut conn, &mut buf).await.unwrap();
+        seen_tx.send((1, p)).unwrap();
+        drop(conn);
+        // Connection 2: leave the first packet unanswered, answer everything after it.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut first = true;
+        while let Some(p) = next_packet(&mut conn, &mut buf).await {
+            if !first {
+                let ack = hj212::data_response(&platform_table, &p).unwrap();
+                conn.write_all(ack.as_bytes()).await.unwrap();
+            }
+            first = false;
+            if seen_tx.send((2, p)).is_err() {
+                break;
+            }
+        }
+    });
+
+    let station = Station {
+        st: 31,
+        pw: "123456".into(),
+        mn: "QHAL0000000000000000GTC1".into(),
+        ack: true,
+        utc_offset_min: 480,
+    };
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    cfg.over_time = Duration::from_millis(300);
+    cfg.re_count = 3;
+    cfg.reconnect_min = Duration::from_millis(20);
+    cfg.reconnect_max = Duration::from_millis(100);
+    let uplink = Hj212TcpUplink::new(cfg, table, spool.clone());
+    let mut stats = uplink.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(shutdown.clone()));
+
+    // Wait until all seven records are accounted for (6 delivered + 1 skipped).
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while {
+            let s = stats.borrow_and_update();
+            s.delivered + s.skipped < 7
+        } {
+            stats.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the uplink delivers everything within 20 s");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let mut packets = Vec::new();
+    while let Ok(p) = seen.try_recv() {
+        packets.push(p);
+    }
+    // conn 1: hour 0; conn 2: hour 0 unanswered, hour 0 again (same QN), hours 1 and 2.
+    let summary: Vec<(usize, String, String)> = packets
+        .iter()
+        .map(|(c, p)| {
+            (
+                *c,
+                p.cp.get("DataTime").unwrap().to_owned(),
+                p.qn.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 5, "{summary:?}");
+    assert_eq!(summary[0].1, "20250301090000");
+    assert_eq!(summary[1].0, 2);
+    assert_eq!(summary[1].1, "20250301090000");
+    assert_eq!(summary[2].1, "20250301090000");
+    assert_eq!(summary[1].2, summary[2].2, "a resend keeps its QN");
+    assert_eq!(summary[3].1, "20250301100000");
+    assert_eq!(summary[4].1, "20250301110000");
+    let qns: std::collections::HashSet<_> = summary[2..].iter().map(|s| s.2.clone()).collect();
+    assert_eq!(qns.len(), 3, "each window has its own QN");
+    for (_, p) in &packets {
+        assert_eq!(p.cn, 2061);
+        assert!(p.wants_ack());
+        assert!(p.cp.get("a21026-Avg").is_some() && p.cp.get("a21002-Avg").is_some());
+    }
+    assert_eq!(packets[4].1.cp.get("a21026-Avg"), Some("82.0"));
+
+    let s = stats.borrow().clone();
+    assert_eq!(s.delivered, 6);
+    assert_eq!(s.skipped, 1);
+    assert_eq!(s.connects, 2);
+    assert_eq!(s.resends, 1);
+    assert_eq!(
+        spool.stats().await.unwrap().records,
+        0,
+        "the spool is empty"
+    );
+    platform.abort();
+}
+
+#[tokio::test]
+async fn records_stay_in_the_spool_when_the_platform_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    spool
+        .append(vec![record(&Record::Aggregate(aggregate(
+            0,
+            "so2_mg_m3",
+            80.0,
+        )))])
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let platform = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(p) = next_packet(&mut conn, &mut buf).await {
+                    let _ = tx.send(p.qn.unwrap());
+                }
+            });
+        }
+    });
+    let station = Station {
+        st: 31,
+        pw: "123456".into(),
+        mn: "QHAL0000000000000000GTC1".into(),
+        ack: true,
+        utc_offset_min: 480,
+    };
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    cfg.over_time = Duration::from_millis(100);
+    cfg.re_count = 2;
+    cfg.reconnect_min = Duration::from_millis(10);
+    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone());
+    let mut stats = uplink.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(shutdown.clone()));
+    // 1 + ReCount sends on the first connection, then a reconnect.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stats.borrow_and_update().connects < 2 {
+            stats.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let mut qns = Vec::new();
+    while let Ok(q) = rx.try_recv() {
+        qns.push(q);
+    }
+    assert!(qns.len() >= 3, "{qns:?}");
+    assert!(
+        qns[..3].iter().all(|q| *q == qns[0]),
+        "ReCount resends keep the QN"
+    );
+    let s = stats.borrow().clone();
+    assert_eq!(s.delivered, 0);
+    assert!(s.last_error.unwrap().contains("no 9014 after 3 sends"));
+    assert_eq!(
+        spool.stats().await.unwrap().records,
+        1,
+        "nothing acked without a 9014"
+    );
+    platform.abort();
+}
