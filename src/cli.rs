@@ -57,8 +57,8 @@ pub enum Command {
         /// Port of the embedded MQTT broker (default 1883, or a free port when 1883 is taken).
         #[arg(long)]
         mqtt_port: Option<u16>,
-        /// Reserved for the HTTP endpoint.
-        #[arg(long, hide = true)]
+        /// Port of the HTTP endpoint and dashboard (default 9187, or a free port when taken).
+        #[arg(long)]
         http_port: Option<u16>,
     },
     /// Run the plant simulator of a configuration file (its `[simulator]` section) alone.
@@ -203,10 +203,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo {
             duration,
             mqtt_port,
-            http_port: _,
+            http_port,
         } => {
             let shutdown = app::shutdown_on_signal(duration);
-            app::demo::run(app::demo::DemoOptions { mqtt_port }, shutdown).await?;
+            app::demo::run(
+                app::demo::DemoOptions {
+                    mqtt_port,
+                    http_port,
+                },
+                shutdown,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate { config, duration } => {

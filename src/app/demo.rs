@@ -38,6 +38,8 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 pub struct DemoOptions {
     /// Port for the embedded broker; `None` tries 1883 and falls back to a free port.
     pub mqtt_port: Option<u16>,
+    /// Port for the HTTP endpoint and dashboard; `None` tries 9187 and falls back to a free port.
+    pub http_port: Option<u16>,
 }
 
 /// Load the embedded demo configuration, with its state under `dir`.
@@ -104,6 +106,11 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
         .await
         .context("starting the plant simulator")?;
     retarget_sources(&mut cfg, &sim.endpoints());
+    let http_addr = pick_addr(opts.http_port, 9187, "HTTP endpoint")?;
+    cfg.http = Some(crate::config::HttpConfig {
+        listen: http_addr,
+        token: None,
+    });
     super::override_broker(&mut cfg, &format!("mqtt://{broker_addr}"))?;
 
     println!("smeltwatch demo: site {:?}", cfg.site);
@@ -111,6 +118,9 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
     for ep in sim.endpoints() {
         println!("  simulator {:<22} modbus tcp {}", ep.name, ep.bound);
     }
+    println!(
+        "  dashboard             http://{http_addr}/   (Prometheus: http://{http_addr}/metrics)"
+    );
     println!(
         "  watch the topics:     mosquitto_sub -h 127.0.0.1 -p {} -t 'smeltwatch/#' -v",
         broker_addr.port()
@@ -204,19 +214,22 @@ pub async fn summary(live: &LiveState, points_per_s: f64) -> String {
 
 /// 127.0.0.1 on the requested port, or on 1883, or on any free port when 1883 is taken.
 fn pick_broker_addr(requested: Option<u16>) -> anyhow::Result<SocketAddr> {
+    pick_addr(requested, 1883, "embedded broker")
+}
+
+/// 127.0.0.1 on the requested port, or on `preferred`, or on any free port when that is taken.
+fn pick_addr(requested: Option<u16>, preferred: u16, what: &str) -> anyhow::Result<SocketAddr> {
     let ip = Ipv4Addr::LOCALHOST;
     if let Some(port) = requested {
         return Ok(SocketAddr::from((ip, port)));
     }
-    match TcpListener::bind((ip, 1883)) {
+    match TcpListener::bind((ip, preferred)) {
         Ok(l) => Ok(l.local_addr()?),
         Err(_) => {
-            let l = TcpListener::bind((ip, 0)).context("finding a free port for the broker")?;
+            let l = TcpListener::bind((ip, 0))
+                .with_context(|| format!("finding a free port for the {what}"))?;
             let addr = l.local_addr()?;
-            println!(
-                "port 1883 is taken (a local broker?); the embedded broker uses {}",
-                addr.port()
-            );
+            println!("port {preferred} is taken; the {what} uses {}", addr.port());
             Ok(addr)
         }
     }

@@ -172,6 +172,28 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         pollers.push(tracker.spawn(poller.run(sources.clone())));
     }
     drop(tx);
+
+    // The HTTP side doors are a source too: they stop with the pollers. Binding here makes a
+    // taken or invalid address fail the start with a clear message.
+    if let Some(http) = &cfg.http {
+        let listener = tokio::net::TcpListener::bind(http.listen)
+            .await
+            .with_context(|| format!("http.listen {}: cannot bind", http.listen))?;
+        tracing::info!(listen = %http.listen, "HTTP endpoint: /metrics /healthz /readyz /api/v1 and the dashboard");
+        let opts = crate::http::HttpOptions {
+            token: http.token.clone(),
+        };
+        tracker.spawn({
+            let live = live.clone();
+            let stop = sources.clone();
+            async move {
+                if let Err(e) = crate::http::serve(listener, live, opts, stop).await {
+                    tracing::error!("http endpoint: {e}");
+                }
+            }
+        });
+    }
+
     let fan_out = tokio::spawn(fan_out(rx, targets, cfg.site.clone(), live.clone()));
     tracker.close();
 
