@@ -4,6 +4,7 @@
 #   mosquitto, mosquitto_passwd  real MQTT broker for the uplink and end-to-end tests (Debian package)
 #   mbpoll                       an independent Modbus client reading our simulator (Debian package)
 #   pymodbus                     an independent Modbus server for the poller (PyPI, in ./.venv)
+#   chromium                     headless browser for the dashboard test (Debian package)
 #   sparkplug-payload            Eclipse Tahu JS, decodes our Sparkplug payloads (npm, when node is present)
 #
 # Packages are installed only when missing; apt-get needs root (or sudo).
@@ -14,6 +15,7 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
