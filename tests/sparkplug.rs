@@ -66,6 +66,20 @@ unit = "degC"
 area = "coil"
 address = 0
 type = "bool"
+
+[[sources]]
+name = "gw2"
+tcp = "127.0.0.1:15021"
+
+[[sources.devices]]
+name = "pot_001"
+unit_id = 2
+
+[sources.devices.points.cell_voltage_v]
+area = "input"
+address = 0
+type = "f32"
+unit = "V"
 "#;
 
 fn model() -> EdgeNodeModel {
@@ -346,4 +360,415 @@ fn num(v: &serde_json::Value) -> f64 {
         serde_json::Value::String(s) => s.parse().unwrap_or_else(|_| panic!("not a number: {s}")),
         other => panic!("not a number: {other}"),
     }
+}
+
+// === the edge node against a real Mosquitto ===
+
+use std::time::Duration;
+
+use common::mosquitto::{self, Mosquitto};
+use rumqttc::{AsyncClient, PublishOptions, QoS};
+use smeltwatch::config::{Stream, UplinkKind};
+use smeltwatch::model::Record;
+use smeltwatch::publish::encode::sparkplug::pb::Payload;
+use smeltwatch::publish::sparkplug::{SparkplugSettings, SparkplugStatus, SparkplugUplink};
+use smeltwatch::spool::{NewRecord, SpoolHandle};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+const GROUP: &str = "smelter";
+const EDGE: &str = "line1";
+
+struct Edge {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+    status: watch::Receiver<SparkplugStatus>,
+}
+
+fn spool_in(dir: &tempfile::TempDir) -> SpoolHandle {
+    SpoolHandle::open(&dir.path().join("spool.db"), &Default::default()).expect("open spool")
+}
+
+fn start_edge(port: u16, spool: &SpoolHandle) -> Edge {
+    let src = format!(
+        "{CONFIG}\n[[uplinks]]\nname = \"scada\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
+         reconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeep_alive = \"5s\"\n"
+    );
+    let cfg = smeltwatch::config::parse(&src, Path::new("t.toml")).expect("valid config");
+    let mqtt = match &cfg.uplinks[0].kind {
+        UplinkKind::Mqtt(m) => m.clone(),
+        #[allow(unreachable_patterns)]
+        _ => panic!("not MQTT"),
+    };
+    let ids = SparkplugSettings {
+        group_id: GROUP.into(),
+        edge_node_id: EDGE.into(),
+    };
+    let up = SparkplugUplink::new(
+        "scada",
+        &mqtt,
+        ids,
+        EdgeNodeModel::from_sources(&cfg.sources),
+        spool.clone(),
+    )
+    .expect("valid uplink");
+    let status = up.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(up.run(stop.clone()));
+    Edge { task, stop, status }
+}
+
+async fn wait_status(
+    rx: &mut watch::Receiver<SparkplugStatus>,
+    what: &str,
+    f: impl Fn(&SparkplugStatus) -> bool,
+) {
+    let ok = matches!(
+        timeout(Duration::from_secs(20), rx.wait_for(|s| f(s))).await,
+        Ok(Ok(_))
+    );
+    assert!(ok, "timed out waiting for {what}: {:?}", *rx.borrow());
+}
+
+/// A message seen on `spBv1.0/#`: its type, device and decoded payload.
+#[derive(Debug, Clone)]
+struct Msg {
+    kind: String,
+    device: Option<String>,
+    payload: Payload,
+    raw: Vec<u8>,
+}
+
+async fn next_msg(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, what: &str) -> Msg {
+    let (topic, raw) = timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("subscriber alive");
+    let parts: Vec<&str> = topic.split('/').collect();
+    assert_eq!(&parts[..2], &["spBv1.0", GROUP], "{topic}");
+    assert_eq!(parts[3], EDGE, "{topic}");
+    Msg {
+        kind: parts[2].to_owned(),
+        device: parts.get(4).map(|d| (*d).to_owned()),
+        payload: spb::decode(&raw).expect("a Sparkplug payload"),
+        raw,
+    }
+}
+
+/// Skip messages until one of `kind` arrives.
+async fn until(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, kind: &str) -> Msg {
+    loop {
+        let m = next_msg(rx, kind).await;
+        if m.kind == kind {
+            return m;
+        }
+    }
+}
+
+fn bd_seq_of(p: &Payload) -> u64 {
+    let m = p
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(spb::BD_SEQ))
+        .expect("a bdSeq metric");
+    match m.value {
+        Some(spb::pb::payload::metric::Value::LongValue(v)) => v,
+        ref other => panic!("bdSeq value {other:?}"),
+    }
+}
+
+async fn append_batches(spool: &SpoolHandle, batches: Vec<ReadingBatch>) {
+    let recs = batches
+        .into_iter()
+        .map(|b| NewRecord {
+            stream: Stream::Live,
+            topic: String::new(),
+            body: serde_json::to_vec(&Record::Batch(b)).unwrap(),
+            created: Timestamp::now(),
+        })
+        .collect();
+    spool.append(recs).await.expect("append");
+}
+
+fn pot_batch(value: Option<f64>, ts: i64) -> ReadingBatch {
+    ReadingBatch {
+        source: "gw2".into(),
+        device: "pot_001".into(),
+        unit_id: 2,
+        poll_interval_ms: 1000,
+        scheduled: Timestamp(ts),
+        readings: vec![Reading {
+            point: "cell_voltage_v".into(),
+            value: value.map(Value::Float),
+            unit: "V".into(),
+            quality: if value.is_some() {
+                Quality::Good
+            } else {
+                Quality::CommFail
+            },
+            ts: Timestamp(ts),
+        }],
+    }
+}
+
+/// Births of one session: NBIRTH then a DBIRTH per configured device, seq 0, 1, 2.
+async fn expect_births(rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> u64 {
+    let nbirth = until(rx, "NBIRTH").await;
+    assert_eq!(nbirth.payload.seq, Some(0), "seq starts at 0 on NBIRTH");
+    let bd = bd_seq_of(&nbirth.payload);
+    let d1 = next_msg(rx, "DBIRTH rectifier").await;
+    let d2 = next_msg(rx, "DBIRTH pot_001").await;
+    assert_eq!(
+        (d1.kind.as_str(), d1.device.as_deref()),
+        ("DBIRTH", Some("rectifier"))
+    );
+    assert_eq!(
+        (d2.kind.as_str(), d2.device.as_deref()),
+        ("DBIRTH", Some("pot_001"))
+    );
+    assert_eq!((d1.payload.seq, d2.payload.seq), (Some(1), Some(2)));
+    assert_eq!(d1.payload.metrics.len(), 7, "every metric of the device");
+    bd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bdseq_in_the_will_equals_nbirths_and_seq_starts_at_0_on_nbirth() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let edge = start_edge(broker.port, &spool);
+    let bd = expect_births(&mut rx).await;
+    assert_eq!(bd, 0, "the first bdSeq is 0");
+    // Drop the connection without DISCONNECT: the broker publishes the Will.
+    edge.task.abort();
+    let _ = edge.task.await;
+    let will = until(&mut rx, "NDEATH").await;
+    assert_eq!(bd_seq_of(&will.payload), bd, "Will bdSeq = NBIRTH bdSeq");
+    assert_eq!(will.payload.seq, None, "NDEATH has no seq");
+    assert_eq!(will.payload.metrics.len(), 1, "NDEATH carries only bdSeq");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seq_increments_per_message_and_wraps_after_255() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let mut edge = start_edge(broker.port, &spool);
+    expect_births(&mut rx).await;
+    wait_status(&mut edge.status, "online", |s| s.online).await;
+    let batches = (0..300)
+        .map(|i| pot_batch(Some(4.0 + f64::from(i) / 1000.0), T0 + i64::from(i)))
+        .collect();
+    append_batches(&spool, batches).await;
+    let mut seqs = Vec::new();
+    for i in 0..300 {
+        let m = next_msg(&mut rx, "DDATA").await;
+        assert_eq!(
+            (m.kind.as_str(), m.device.as_deref()),
+            ("DDATA", Some("pot_001")),
+            "message {i}"
+        );
+        let x = &m.payload.metrics[0];
+        assert_eq!(x.alias, Some(8), "aliases only");
+        assert_eq!(x.name, None);
+        assert_eq!(x.timestamp, Some((T0 + i) as u64), "acquisition timestamp");
+        seqs.push(m.payload.seq.unwrap());
+    }
+    let want: Vec<u64> = (3..303).map(|i| i % 256).collect();
+    assert_eq!(
+        seqs, want,
+        "seq continues after the births and wraps 255 -> 0"
+    );
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebirth_request_yields_a_fresh_nbirth_and_all_dbirths_that_tahu_js_decodes() {
+    let broker = Mosquitto::start();
+    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let mut edge = start_edge(broker.port, &spool);
+    let bd = expect_births(&mut rx).await;
+    wait_status(&mut edge.status, "online", |s| s.online).await;
+    append_batches(&spool, vec![first_poll()]).await;
+    let data = until(&mut rx, "DDATA").await;
+    assert_eq!(
+        data.payload.metrics.len(),
+        7,
+        "first values: every metric changed"
+    );
+
+    request_rebirth(&sub).await;
+    let bd2 = expect_births_capturing(&mut rx).await;
+    assert_eq!(bd2.0, bd, "a rebirth keeps the session's bdSeq");
+    let dbirth = bd2.1;
+    // Current values in the new DBIRTH, checked with our lenient decoder…
+    let values: Vec<Option<Value>> = dbirth
+        .payload
+        .metrics
+        .iter()
+        .map(|m| {
+            spb::decode_value(
+                DataType::try_from(m.datatype.unwrap() as i32).unwrap(),
+                m.value.as_ref(),
+            )
+        })
+        .collect();
+    let want: Vec<Option<Value>> = first_poll().readings.into_iter().map(|r| r.value).collect();
+    assert_eq!(values, want);
+    // …and with Eclipse Tahu JS, on the bytes captured from the broker.
+    if let Some(script) = tahu_js() {
+        let decoded = decode_with_tahu(&script, &[&dbirth.raw]);
+        let m = &decoded[0]["metrics"];
+        assert_eq!(m[1]["name"], "offset_raw");
+        assert_eq!(m[1]["type"], "Int16");
+        assert_eq!(num(&m[1]["value"]), -5.0);
+        assert_eq!(num(&m[0]["value"]), -402.5);
+        assert_eq!(num(&m[3]["value"]), -9_000_000_000.0);
+        assert_eq!(num(&m[3]["alias"]), 4.0);
+        assert_eq!(num(&m[0]["timestamp"]), (T0 + 11) as f64);
+        assert_eq!(num(&decoded[0]["seq"]), 1.0);
+    }
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+async fn request_rebirth(client: &AsyncClient) {
+    client
+        .publish(
+            spb::topic(GROUP, spb::MessageType::NCmd, EDGE, None),
+            spb::encode(&spb::rebirth_request(Timestamp::now())),
+            PublishOptions::new(QoS::AtLeastOnce),
+        )
+        .await
+        .expect("publish NCMD");
+}
+
+/// Like [`expect_births`], returning the bdSeq and the rectifier's DBIRTH.
+async fn expect_births_capturing(rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> (u64, Msg) {
+    let nbirth = until(rx, "NBIRTH").await;
+    assert_eq!(nbirth.payload.seq, Some(0));
+    let d1 = next_msg(rx, "DBIRTH rectifier").await;
+    let d2 = next_msg(rx, "DBIRTH pot_001").await;
+    assert_eq!(
+        (d1.kind.as_str(), d1.device.as_deref()),
+        ("DBIRTH", Some("rectifier"))
+    );
+    assert_eq!(
+        (d2.kind.as_str(), d2.device.as_deref()),
+        ("DBIRTH", Some("pot_001"))
+    );
+    (bd_seq_of(&nbirth.payload), d1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_and_an_agent_restart_each_yield_a_new_bdseq() {
+    let mut broker = Mosquitto::start();
+    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let mut edge = start_edge(broker.port, &spool);
+    let bd0 = expect_births(&mut rx).await;
+    wait_status(&mut edge.status, "online", |s| s.online && s.connects == 1).await;
+    broker.restart();
+    wait_status(&mut edge.status, "reconnected", |s| {
+        s.online && s.connects >= 2
+    })
+    .await;
+    // The test subscriber may have re-subscribed after the new NBIRTH went out: ask for a rebirth
+    // (which repeats the session's bdSeq) until an NBIRTH is seen.
+    let bd1 = loop {
+        request_rebirth(&sub).await;
+        if let Ok(m) = timeout(Duration::from_millis(500), until(&mut rx, "NBIRTH")).await {
+            break bd_seq_of(&m.payload);
+        }
+    };
+    assert!(bd1 > bd0, "new connection, new bdSeq: {bd0} then {bd1}");
+    assert_eq!(edge.status.borrow().bd_seq, Some(bd1));
+    // An intentional shutdown publishes NDEATH with the current bdSeq.
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+    let death = until(&mut rx, "NDEATH").await;
+    assert_eq!(bd_seq_of(&death.payload), bd1);
+    // A restarted agent on the same spool continues the sequence.
+    let edge = start_edge(broker.port, &spool);
+    let bd2 = bd_seq_of(&until(&mut rx, "NBIRTH").await.payload);
+    assert_eq!(bd2, bd1 + 1, "bdSeq persisted across restarts");
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_answering_gets_ddeath_and_a_dbirth_when_it_recovers() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let mut edge = start_edge(broker.port, &spool);
+    expect_births(&mut rx).await;
+    wait_status(&mut edge.status, "online", |s| s.online).await;
+    append_batches(
+        &spool,
+        vec![
+            pot_batch(Some(4.1), T0),
+            pot_batch(None, T0 + 1000),
+            pot_batch(None, T0 + 2000),
+            pot_batch(Some(4.25), T0 + 3000),
+        ],
+    )
+    .await;
+    let kinds: Vec<(String, Option<u64>)> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let m = next_msg(&mut rx, "device messages").await;
+            assert_eq!(m.device.as_deref(), Some("pot_001"));
+            v.push((m.kind.clone(), m.payload.seq));
+            if m.kind == "DBIRTH" {
+                assert_eq!(
+                    spb::decode_value(DataType::Float, m.payload.metrics[0].value.as_ref()),
+                    Some(Value::Float(4.25)),
+                    "DBIRTH carries the recovered value"
+                );
+            }
+        }
+        v
+    };
+    assert_eq!(
+        kinds,
+        vec![
+            ("DDATA".into(), Some(3)),
+            ("DDEATH".into(), Some(4)),
+            ("DBIRTH".into(), Some(5)),
+        ],
+        "one DDEATH for two dead polls, then DBIRTH"
+    );
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_spooled_before_the_session_is_replayed_as_historical_after_the_births() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    append_batches(&spool, vec![pot_batch(Some(3.9), T0 - 60_000)]).await;
+    let edge = start_edge(broker.port, &spool);
+    expect_births(&mut rx).await;
+    let m = until(&mut rx, "DDATA").await;
+    let x = &m.payload.metrics[0];
+    assert_eq!(x.is_historical, Some(true));
+    assert_eq!(
+        x.timestamp,
+        Some((T0 - 60_000) as u64),
+        "original timestamp"
+    );
+    edge.stop.cancel();
+    edge.task.await.unwrap();
 }
