@@ -199,7 +199,9 @@ impl ReadingBatch {
 /// with its own encoder at send time, adding `(site, stream, seq)`. Later streams (metrics, events,
 /// emissions) add variants here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+// The tag is `record`, not `kind`: `Event` has a field named `kind`, and an internally tagged
+// enum whose variant has a field of the tag's name serialises the key twice (unreadable).
+#[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
     /// One poll batch of one device (stream `live`).
     Batch(ReadingBatch),

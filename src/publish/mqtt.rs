@@ -1128,7 +1128,12 @@ impl<'a> Sender<'a> {
 
     fn publish_status(&mut self) {
         let in_flight = self.tracked.len();
-        let backlog = if self.backlog_more || self.backlog_left > 0 && self.conn.is_some() {
+        if !self.backlog_more && !self.tracked.keys().any(|id| *id <= self.boundary) {
+            // Every backlog record was sent and acked; the estimate may have counted a few
+            // records appended while the connection came up.
+            self.backlog_left = 0;
+        }
+        let backlog = if self.conn.is_some() {
             self.backlog_left
         } else {
             0
@@ -1176,6 +1181,12 @@ impl<'a> Sender<'a> {
     }
 }
 
+/// A counter as an event attribute. `Int`, not `UInt`: `Value` is untagged, so a small `UInt`
+/// would come back from the spool as an `Int`.
+fn count(n: u64) -> Value {
+    Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 /// The `outage` event: drops per stream between `from` and `to`.
 fn outage_event(
     uplink: &str,
@@ -1186,14 +1197,9 @@ fn outage_event(
     let total: u64 = dropped.iter().map(|(_, n)| n).sum();
     let mut attributes: Vec<(Arc<str>, Value)> = dropped
         .iter()
-        .map(|(s, n)| {
-            (
-                Arc::from(format!("dropped_{}", s.as_str())),
-                Value::UInt(*n),
-            )
-        })
+        .map(|(s, n)| (Arc::from(format!("dropped_{}", s.as_str())), count(*n)))
         .collect();
-    attributes.push(("dropped_total".into(), Value::UInt(total)));
+    attributes.push(("dropped_total".into(), count(total)));
     attributes.push(("outage_start".into(), Value::Text(from.to_rfc3339())));
     attributes.push(("outage_end".into(), Value::Text(to.to_rfc3339())));
     let duration_s = (to.unix_ms() - from.unix_ms()).max(0) as f64 / 1000.0;
@@ -1388,6 +1394,56 @@ mod tests {
         b.reset();
         let d = b.next_delay().as_millis();
         assert!((75..=125).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn the_outage_event_survives_the_spool_round_trip() {
+        let event = outage_event(
+            "province",
+            Timestamp(1_764_300_000_000),
+            Timestamp(1_764_300_010_000),
+            &[(Stream::Live, 7), (Stream::Emissions, 0)],
+        );
+        let record = Record::Event(event.clone());
+        let body = serde_json::to_vec(&record).expect("serialise");
+        let back: Record = serde_json::from_slice(&body).expect("an event record decodes");
+        assert_eq!(back, record);
+        assert_eq!(event.kind.as_ref(), "outage");
+        assert_eq!(event.attributes[0], ("dropped_live".into(), Value::Int(7)));
+        assert!(
+            event.message.contains("dropped 7 records (7 live)"),
+            "{}",
+            event.message
+        );
+        assert!(
+            event
+                .attributes
+                .contains(&("duration_s".into(), Value::Float(10.0)))
+        );
+    }
+
+    #[test]
+    fn token_bucket_paces_to_the_rate() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(100);
+        b.reset(start);
+        assert_eq!(b.available(start), 10, "a tenth of a second's burst");
+        b.take(10);
+        assert_eq!(b.available(start), 0);
+        assert_eq!(b.next_token_at(), start + Duration::from_millis(10));
+        assert_eq!(b.available(start + Duration::from_millis(55)), 5);
+        assert_eq!(b.available(start + Duration::from_secs(5)), 10, "capped");
+    }
+
+    #[test]
+    fn drain_rate_reports_the_last_whole_second() {
+        let t0 = Instant::now();
+        let mut d = DrainRate::new();
+        d.add(t0, 100);
+        d.add(t0 + Duration::from_millis(500), 150);
+        assert_eq!(d.per_second(t0 + Duration::from_millis(900)), 0);
+        assert_eq!(d.per_second(t0 + Duration::from_millis(1100)), 250);
+        assert_eq!(d.per_second(t0 + Duration::from_secs(4)), 0, "idle");
     }
 
     #[test]
