@@ -749,3 +749,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn history_requests_are_read_from_the_data_area() {
+    let t = table();
+    let packet = |cn: u16, cp: &str| Packet {
+        qn: Some("20250301120000001".into()),
+        st: 31,
+        cn,
+        pw: "123456".into(),
+        mn: "QHAL0000000000000000GTC1".into(),
+        flag: 5,
+        split: None,
+        cp: Cp::parse(cp).unwrap(),
+    };
+    let range = "BeginTime=20250301090000,EndTime=20250301110000";
+    let h = hj212::history_request(&t, &packet(2061, range), 480)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.period, Period::Hour);
+    assert_eq!(h.begin, T_0900_CST);
+    assert_eq!(h.end, Timestamp(T_0900_CST.0 + 2 * 3_600_000));
+    let d = hj212::history_request(&t, &packet(2031, range), 480)
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.period, Period::Day);
+    // An upload (DataTime, no BeginTime) and another command are not requests.
+    assert_eq!(
+        hj212::history_request(&t, &packet(2061, "DataTime=20250301090000"), 480),
+        Ok(None)
+    );
+    assert_eq!(
+        hj212::history_request(&t, &packet(1011, range), 480),
+        Ok(None)
+    );
+    let reversed = "BeginTime=20250301110000,EndTime=20250301090000";
+    let err = hj212::history_request(&t, &packet(2051, reversed), 480).unwrap_err();
+    assert_eq!(err.qn_rtn(), qn_rtn::REJECTED);
+    let no_end = "BeginTime=20250301110000";
+    assert!(hj212::history_request(&t, &packet(2051, no_end), 480).is_err());
+
+    let answer = hj212::system_time(&t, &station(false), "20250301120000001", T_1000_CST).unwrap();
+    let p = hj212::parse(answer.as_bytes(), &t, &opts()).unwrap();
+    assert_eq!((p.cn, p.flag), (1011, 4));
+    assert_eq!(p.cp.get("SystemTime"), Some("20250301100000"));
+    assert_eq!(p.qn.as_deref(), Some("20250301120000001"));
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
 use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Station, Table};
-use smeltwatch::publish::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink};
+use smeltwatch::publish::hj212_tcp::{HistorySource, Hj212TcpConfig, Hj212TcpUplink};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -270,4 +270,181 @@ async fn records_stay_in_the_spool_when_the_platform_never_answers() {
         "nothing acked without a 9014"
     );
     platform.abort();
+}
+
+/// The history store, as the uplink sees it: the aggregates it was given, grouped by window.
+struct MemoryHistory(Vec<Aggregate>);
+
+impl HistorySource for MemoryHistory {
+    fn windows(&self, period: Period, begin: Timestamp, end: Timestamp) -> Vec<Vec<Aggregate>> {
+        let mut windows: Vec<Vec<Aggregate>> = Vec::new();
+        for a in self
+            .0
+            .iter()
+            .filter(|a| a.period == period && a.start >= begin && a.start <= end)
+        {
+            match windows
+                .iter_mut()
+                .find(|w| w[0].start == a.start && w[0].subject == a.subject)
+            {
+                Some(w) => w.push(a.clone()),
+                None => windows.push(vec![a.clone()]),
+            }
+        }
+        windows
+    }
+}
+
+/// A platform request packet, as the platform would frame it.
+fn request(cn: u16, qn: &str, pw: &str, cp: &str) -> Vec<u8> {
+    let seg =
+        format!("QN={qn};ST=31;CN={cn};PW={pw};MN=QHAL0000000000000000GTC1;Flag=5;CP=&&{cp}&&");
+    hj212::frame(&seg).unwrap().into_bytes()
+}
+
+#[tokio::test]
+async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let mut aggs = Vec::new();
+    for hour in 0..3 {
+        aggs.push(aggregate(hour, "so2_mg_m3", 80.0 + hour as f64));
+        aggs.push(aggregate(hour, "nox_mg_m3", 50.0 + hour as f64));
+    }
+    spool
+        .append(
+            aggs.iter()
+                .map(|a| record(&Record::Aggregate(a.clone())))
+                .collect(),
+        )
+        .await
+        .unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let table = Arc::new(Table::hj212_2017());
+    let t = table.clone();
+    let platform = tokio::spawn(async move {
+        // Connection 1 drops after the first packet.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        next_packet(&mut conn, &mut buf).await.unwrap();
+        drop(conn);
+        // Connection 2: acknowledge the three hours, then ask for them again.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut live = Vec::new();
+        while live.len() < 3 {
+            let p = next_packet(&mut conn, &mut buf).await.unwrap();
+            conn.write_all(hj212::data_response(&t, &p).unwrap().as_bytes())
+                .await
+                .unwrap();
+            live.push(p);
+        }
+        let qn = "20250301120000001";
+        let cp = "BeginTime=20250301090000,EndTime=20250301110000";
+        conn.write_all(&request(2061, qn, "123456", cp))
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        loop {
+            let p = next_packet(&mut conn, &mut buf).await.unwrap();
+            let last = p.cn == 9012;
+            answer.push(p);
+            if last {
+                break;
+            }
+        }
+        // Time, a refused time set, a wrong password, an empty range.
+        let mut others = Vec::new();
+        for (cn, qn, pw, cp, replies) in [
+            (1011, "20250301120000002", "123456", "", 3),
+            (
+                1012,
+                "20250301120000003",
+                "123456",
+                "SystemTime=20250301120000",
+                1,
+            ),
+            (2061, "20250301120000004", "654321", cp, 1),
+            (
+                2061,
+                "20250301120000005",
+                "123456",
+                "BeginTime=20240101000000,EndTime=20240101010000",
+                2,
+            ),
+            (
+                2061,
+                "20250301120000006",
+                "123456",
+                "BeginTime=20250301110000,EndTime=2025",
+                1,
+            ),
+        ] {
+            conn.write_all(&request(cn, qn, pw, cp)).await.unwrap();
+            let mut got = Vec::new();
+            for _ in 0..replies {
+                got.push(next_packet(&mut conn, &mut buf).await.unwrap());
+            }
+            others.push(got);
+        }
+        (live, answer, others)
+    });
+
+    let station = Station {
+        st: 31,
+        pw: "123456".into(),
+        mn: "QHAL0000000000000000GTC1".into(),
+        ack: true,
+        utc_offset_min: 480,
+    };
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    cfg.over_time = Duration::from_millis(500);
+    cfg.reconnect_min = Duration::from_millis(20);
+    let uplink = Hj212TcpUplink::new(cfg, table, spool.clone())
+        .with_history(Arc::new(MemoryHistory(aggs.clone())));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(shutdown.clone()));
+    let (live, answer, others) = tokio::time::timeout(Duration::from_secs(20), platform)
+        .await
+        .expect("the exchange completes")
+        .unwrap();
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(spool.stats().await.unwrap().records, 0);
+
+    // 9011 ready, the three hours with the request's QN, 9012 success.
+    assert_eq!(answer.len(), 5, "{answer:?}");
+    assert_eq!((answer[0].cn, answer[0].cp.get("QnRtn")), (9011, Some("1")));
+    assert_eq!(
+        (answer[4].cn, answer[4].cp.get("ExeRtn")),
+        (9012, Some("1"))
+    );
+    for (old, again) in live.iter().zip(&answer[1..4]) {
+        assert_eq!(again.cn, 2061);
+        assert_eq!(again.qn.as_deref(), Some("20250301120000001"));
+        assert!(!again.wants_ack());
+        assert_eq!(again.cp, old.cp, "the same hour, the same data area");
+    }
+
+    let [time, set, wrong_pw, empty, bad_time] = others.try_into().unwrap();
+    assert_eq!(time[0].cp.get("QnRtn"), Some("1"));
+    assert_eq!(time[1].cn, 1011);
+    let system_time = time[1].cp.get("SystemTime").unwrap();
+    assert_eq!(system_time.len(), 14);
+    assert!(hj212::parse_time_text(system_time, 480).is_some());
+    assert_eq!(time[2].cp.get("ExeRtn"), Some("1"));
+    assert_eq!(
+        set[0].cp.get("QnRtn"),
+        Some("2"),
+        "the clock is not set remotely"
+    );
+    assert_eq!(wrong_pw[0].cp.get("QnRtn"), Some("3"));
+    assert_eq!(empty[0].cp.get("QnRtn"), Some("1"));
+    assert_eq!(empty[1].cp.get("ExeRtn"), Some("100"), "no data");
+    assert_eq!(bad_time[0].cp.get("QnRtn"), Some("2"));
+    for reply in [&set[0], &wrong_pw[0], &empty[1]] {
+        assert_eq!(reply.st, 91);
+    }
 }

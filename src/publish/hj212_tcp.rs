@@ -20,8 +20,17 @@
 //!
 //! Records that cannot become HJ 212 (events, metrics, quantities without a factor code) are acked
 //! without being sent and counted in [`TcpStats::skipped`]: they would never become sendable.
-//! Incoming packets other than 9014 are answered 9011 with QnRtn 2 (rejected) when they are
-//! platform requests (CN 1000–3999) that want an answer; nothing else is served yet.
+//!
+//! # Platform requests
+//! Requests (CN 1000–3999) are answered whenever they arrive, also while waiting for a 9014:
+//! - wrong MN or PW: 9011 with QnRtn 4 or 3;
+//! - time get (1011): 9011 QnRtn 1, a 1011 packet with `SystemTime`, 9012 ExeRtn 1. Setting the
+//!   time (1012) is refused (QnRtn 2): the gateway's clock is not the platform's to set;
+//! - history (2051/2061/2031 with `BeginTime`/`EndTime`): 9011 QnRtn 1, then the stored windows
+//!   from the [`HistorySource`] (one packet or split set per window, carrying the request's QN,
+//!   without acknowledgement), then 9012 with ExeRtn 1, or 100 when there was no data. Without a
+//!   history source: QnRtn 2;
+//! - anything else: 9011 QnRtn 2.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,11 +43,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Aggregate, Record, Timestamp};
+use crate::model::{Aggregate, Period, Record, Timestamp};
 use crate::publish::encode::hj212::{
     self, EncodeError, Packet, ParseOptions, RtdValue, Scan, Station, Table,
 };
 use crate::spool::{SpoolError, SpoolHandle, StoredRecord};
+
+/// Stored closed windows, for the platform's history requests (the history store implements it).
+pub trait HistorySource: Send + Sync {
+    /// The closed windows of `period` whose start lies in `begin..=end`, oldest first, each as the
+    /// aggregates of one subject and window. Called on a blocking thread.
+    fn windows(&self, period: Period, begin: Timestamp, end: Timestamp) -> Vec<Vec<Aggregate>>;
+}
 
 /// Settings of one HJ 212 TCP uplink.
 #[derive(Debug, Clone)]
@@ -123,6 +139,7 @@ pub struct Hj212TcpUplink {
     spool: SpoolHandle,
     stats: watch::Sender<TcpStats>,
     last_qn_ms: i64,
+    history: Option<Arc<dyn HistorySource>>,
 }
 
 /// One group of spool records and the packets that carry it.
@@ -140,7 +157,14 @@ impl Hj212TcpUplink {
             spool,
             stats: watch::Sender::new(TcpStats::default()),
             last_qn_ms: 0,
+            history: None,
         }
+    }
+
+    /// Answer the platform's history requests from `source`.
+    pub fn with_history(mut self, source: Arc<dyn HistorySource>) -> Hj212TcpUplink {
+        self.history = Some(source);
+        self
     }
 
     /// The counters.
@@ -330,24 +354,97 @@ impl Hj212TcpUplink {
                         }
                         continue;
                     }
-                    if (1000..4000).contains(&packet.cn) && packet.wants_ack() {
-                        self.reject(&packet, wr).await?;
+                    if (1000..4000).contains(&packet.cn) {
+                        self.answer_request(&packet, wr).await?;
                     }
                 }
             }
         }
     }
 
-    async fn reject(&self, request: &Packet, wr: &mut OwnedWriteHalf) -> Result<(), LinkEnd> {
-        tracing::info!(
-            cn = request.cn,
-            "HJ 212: platform request not served; answered rejected"
-        );
-        let answer = hj212::request_response(&self.table, request, hj212::qn_rtn::REJECTED)
-            .map_err(|e| LinkEnd::Failed(format!("answer: {e}")))?;
-        wr.write_all(answer.as_bytes())
+    async fn send(&self, wr: &mut OwnedWriteHalf, packet: &str) -> Result<(), LinkEnd> {
+        wr.write_all(packet.as_bytes())
             .await
             .map_err(|e| LinkEnd::Failed(format!("write: {e}")))
+    }
+
+    fn encode_or_fail<T>(result: Result<T, EncodeError>) -> Result<T, LinkEnd> {
+        result.map_err(|e| LinkEnd::Failed(format!("encode answer: {e}")))
+    }
+
+    /// Answer one platform request (see the module documentation).
+    async fn answer_request(
+        &self,
+        request: &Packet,
+        wr: &mut OwnedWriteHalf,
+    ) -> Result<(), LinkEnd> {
+        let t = &*self.table;
+        let rtn = |code| Self::encode_or_fail(hj212::request_response(t, request, code));
+        let ours = request.mn == self.cfg.station.mn
+            || self.cfg.mn_by_subject.values().any(|mn| *mn == request.mn);
+        let Some(qn) = request.qn.as_deref() else {
+            return self.send(wr, &rtn(hj212::qn_rtn::WRONG_QN)?).await;
+        };
+        if !ours {
+            return self.send(wr, &rtn(hj212::qn_rtn::WRONG_MN)?).await;
+        }
+        if request.pw != self.cfg.station.pw {
+            return self.send(wr, &rtn(hj212::qn_rtn::WRONG_PW)?).await;
+        }
+        let mut station = self.cfg.station.clone();
+        station.mn = request.mn.clone();
+        station.ack = false;
+        if request.cn == t.commands.get_time {
+            self.send(wr, &rtn(hj212::qn_rtn::READY)?).await?;
+            let now = Timestamp::now();
+            self.send(
+                wr,
+                &Self::encode_or_fail(hj212::system_time(t, &station, qn, now))?,
+            )
+            .await?;
+            let done = Self::encode_or_fail(hj212::execution_result(t, request, 1))?;
+            return self.send(wr, &done).await;
+        }
+        let history = match hj212::history_request(t, request, station.utc_offset_min) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                tracing::info!(cn = request.cn, "HJ 212: platform request not served");
+                return self.send(wr, &rtn(hj212::qn_rtn::REJECTED)?).await;
+            }
+            Err(e) => return self.send(wr, &rtn(e.qn_rtn())?).await,
+        };
+        let Some(source) = self.history.clone() else {
+            return self.send(wr, &rtn(hj212::qn_rtn::REJECTED)?).await;
+        };
+        self.send(wr, &rtn(hj212::qn_rtn::READY)?).await?;
+        let windows = tokio::task::spawn_blocking(move || {
+            source.windows(history.period, history.begin, history.end)
+        })
+        .await
+        .unwrap_or_default();
+        let mut answered = 0;
+        for window in windows {
+            let Some(first) = window.first() else {
+                continue;
+            };
+            if self.station_for(Some(&first.subject)).mn != request.mn {
+                continue;
+            }
+            let known: Vec<Aggregate> = window
+                .into_iter()
+                .filter(|a| t.factor(&a.quantity).is_some())
+                .collect();
+            if known.is_empty() {
+                continue;
+            }
+            for packet in Self::encode_or_fail(hj212::encode_window_qn(t, &station, qn, &known))? {
+                self.send(wr, &packet).await?;
+            }
+            answered += 1;
+        }
+        let exe_rtn = if answered > 0 { 1 } else { 100 };
+        let done = Self::encode_or_fail(hj212::execution_result(t, request, exe_rtn))?;
+        self.send(wr, &done).await
     }
 
     /// A QN instant strictly after the previous one, so QNs are unique per exchange.

@@ -371,6 +371,22 @@ pub fn encode_window(
     qn: Timestamp,
     aggregates: &[Aggregate],
 ) -> Result<Vec<String>, EncodeError> {
+    encode_window_qn(
+        table,
+        station,
+        &qn_text(qn, station.utc_offset_min),
+        aggregates,
+    )
+}
+
+/// [`encode_window`] with a given QN text: the answer to a platform's history request carries the
+/// request's QN.
+pub fn encode_window_qn(
+    table: &Table,
+    station: &Station,
+    qn: &str,
+    aggregates: &[Aggregate],
+) -> Result<Vec<String>, EncodeError> {
     let first = aggregates.first().ok_or(EncodeError::Empty)?;
     if aggregates
         .iter()
@@ -406,7 +422,7 @@ pub fn encode_window(
         table,
         station,
         period_command(table, first.period),
-        qn,
+        qn.to_owned(),
         data_time,
         items,
     )
@@ -453,7 +469,14 @@ pub fn encode_realtime(
         "DataTime".to_owned(),
         data_time_text(data_time, station.utc_offset_min),
     )];
-    build_packets(table, station, table.commands.realtime, qn, head, items)
+    build_packets(
+        table,
+        station,
+        table.commands.realtime,
+        qn_text(qn, station.utc_offset_min),
+        head,
+        items,
+    )
 }
 
 /// Build one packet, or split the items over several (same QN, Flag D, PNUM/PNO, `head` repeated
@@ -462,13 +485,13 @@ fn build_packets(
     table: &Table,
     station: &Station,
     cn: u16,
-    qn: Timestamp,
+    qn: String,
     head: Vec<(String, String)>,
     items: Vec<Vec<(String, String)>>,
 ) -> Result<Vec<String>, EncodeError> {
     station.check(table)?;
     let mut packet = Packet {
-        qn: Some(qn_text(qn, station.utc_offset_min)),
+        qn: Some(qn),
         st: station.st,
         cn,
         pw: station.pw.clone(),
@@ -536,6 +559,71 @@ fn build_packets(
             packet.encode()
         })
         .collect()
+}
+
+/// A platform's request for stored data (2051/2061/2031 with `BeginTime` and `EndTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// The period asked for, from the command code.
+    pub period: Period,
+    /// `BeginTime`: the first window start wanted (inclusive).
+    pub begin: Timestamp,
+    /// `EndTime`: the last window start wanted (inclusive).
+    pub end: Timestamp,
+}
+
+/// The history request in a packet: `Ok(None)` when its command is not 2051/2061/2031 or it has
+/// no `BeginTime` (an upload, not a request); an error (QnRtn 2) when a time is malformed or the
+/// range is reversed.
+pub fn history_request(
+    table: &Table,
+    packet: &Packet,
+    utc_offset_min: i32,
+) -> Result<Option<HistoryRequest>, ParseError> {
+    let period = match packet.cn {
+        cn if cn == table.commands.minute => Period::Minute,
+        cn if cn == table.commands.hourly => Period::Hour,
+        cn if cn == table.commands.daily => Period::Day,
+        _ => return Ok(None),
+    };
+    let Some(begin) = packet.cp.get("BeginTime") else {
+        return Ok(None);
+    };
+    let time = |key: &str, text: Option<&str>| {
+        text.and_then(|t| parse_time_text(t, utc_offset_min))
+            .ok_or_else(|| ParseError::DataArea(format!("{key} missing or not YYYYMMDDhhmmss")))
+    };
+    let begin = time("BeginTime", Some(begin))?;
+    let end = time("EndTime", packet.cp.get("EndTime"))?;
+    if end < begin {
+        return Err(ParseError::DataArea("EndTime before BeginTime".into()));
+    }
+    Ok(Some(HistoryRequest { period, begin, end }))
+}
+
+/// The answer to a time request (1011): `SystemTime` in local time, the request's QN, no
+/// acknowledgement asked.
+pub fn system_time(
+    table: &Table,
+    station: &Station,
+    qn: &str,
+    now: Timestamp,
+) -> Result<String, EncodeError> {
+    station.check(table)?;
+    Packet {
+        qn: Some(qn.to_owned()),
+        st: station.st,
+        cn: table.commands.get_time,
+        pw: station.pw.clone(),
+        mn: station.mn.clone(),
+        flag: table.flag(false, false),
+        split: None,
+        cp: Cp(vec![vec![(
+            "SystemTime".to_owned(),
+            data_time_text(now, station.utc_offset_min),
+        )]]),
+    }
+    .encode()
 }
 
 /// The data response (9014) to an uploaded data packet: ST 91, same QN, PW and MN, empty data

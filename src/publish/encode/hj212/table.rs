@@ -44,6 +44,10 @@ pub struct Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Commands {
+    /// Get (or upload) the data logger's time.
+    pub get_time: u16,
+    /// Set the data logger's time.
+    pub set_time: u16,
     /// Real-time pollutant data.
     pub realtime: u16,
     /// Minute data.
