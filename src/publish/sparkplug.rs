@@ -15,8 +15,9 @@
 //!    a batch whose readings are all `comm_fail` becomes **DDEATH** (once), and the first batch
 //!    after that a **DBIRTH**. Records that were already waiting when the session started are
 //!    replayed as DDATA with `is_historical` and their acquisition timestamps, without touching
-//!    the live state. A record leaves the spool once its message was written to the socket
-//!    (Sparkplug DATA is QoS 0: there is nothing else to wait for).
+//!    the live state. A record leaves the spool once the messages it produced were written to the
+//!    socket (Sparkplug DATA is QoS 0: there is no acknowledgement to wait for); if the connection
+//!    fails first, the record stays and is replayed, as historical, in the next session.
 //!
 //! An NCMD `Node Control/Rebirth = true` makes it publish NBIRTH (same bdSeq, seq 0) and every
 //! DBIRTH again. On shutdown it publishes NDEATH itself (QoS 1, waits for the PUBACK), then
@@ -254,6 +255,7 @@ impl SparkplugUplink {
                         node: &mut node,
                         seq: SeqCounter::default(),
                         bd_seq,
+                        pending: Vec::new(),
                     };
                     tokio::select! {
                         e = drive(&mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
@@ -305,6 +307,8 @@ struct Session<'a> {
     node: &'a mut NodeState,
     seq: SeqCounter,
     bd_seq: u64,
+    /// Notices of the publishes not yet known to be written to the socket.
+    pending: Vec<rumqttc::PublishNotice>,
 }
 
 impl Session<'_> {
@@ -380,11 +384,25 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
-        self.client
-            .publish(topic, payload, PublishOptions::new(QoS::AtMostOnce))
+    async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        let notice = self
+            .client
+            .publish_tracked(topic, payload, PublishOptions::new(QoS::AtMostOnce))
             .await
-            .map_err(|e| format!("publish: {e}"))
+            .map_err(|e| format!("publish: {e}"))?;
+        self.pending.push(notice);
+        Ok(())
+    }
+
+    /// Wait until every publish so far was written to the socket (QoS 0 notices resolve then).
+    async fn flushed(&mut self) -> Result<(), String> {
+        for notice in self.pending.drain(..) {
+            timeout(STEP_TIMEOUT, notice.wait_async())
+                .await
+                .map_err(|_| "a publish was not written within 5 s".to_owned())?
+                .map_err(|e| format!("publish not written: {e}"))?;
+        }
+        Ok(())
     }
 
     /// NBIRTH (seq 0) and every DBIRTH; DDEATH after the DBIRTH of a device known dead.
@@ -418,6 +436,7 @@ impl Session<'_> {
                 .await?;
             }
         }
+        self.flushed().await?;
         up.status_tx.send_modify(|s| {
             s.online = true;
             s.nbirths += 1;
@@ -444,6 +463,7 @@ impl Session<'_> {
             done.push(r.id);
             *cursor = r.id;
         }
+        self.flushed().await?;
         if !done.is_empty() {
             let n = up
                 .spool
