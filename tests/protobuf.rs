@@ -304,9 +304,7 @@ fn config_src_with(encoding: &str) -> String {
 
 /// The uplink publishes live records as protobuf and metrics as JSON when configured so, against
 /// a real Mosquitto.
-///
-/// (Metrics rather than events carry the JSON side: an `Event` does not survive the spool's
-/// serde form yet, because `Record`'s `kind` tag collides with `Event::kind`.)
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mqtt_uplink_publishes_each_stream_in_its_configured_encoding() {
     use smeltwatch::publish::topic::topic_for;
