@@ -795,3 +795,54 @@ fn history_requests_are_read_from_the_data_area() {
     assert_eq!(p.cp.get("SystemTime"), Some("20250301100000"));
     assert_eq!(p.qn.as_deref(), Some("20250301120000001"));
 }
+
+#[test]
+fn spooled_records_become_hj212_text() {
+    use smeltwatch::model::{Reading, ReadingBatch, Record, Value};
+    let t = table();
+    let s = station(false);
+    let reading = |point: &str, value: f64, quality| Reading {
+        point: Arc::from(point),
+        value: Some(Value::Float(value)),
+        unit: Arc::from("mg/m3"),
+        quality,
+        ts: T_1000_CST,
+    };
+    let batch = Record::Batch(ReadingBatch {
+        source: Arc::from("cems"),
+        device: Arc::from("gtc1_cems"),
+        unit_id: 1,
+        poll_interval_ms: 5000,
+        scheduled: T_1000_CST,
+        readings: vec![
+            reading("so2_mg_m3", 88.04, Quality::Good),
+            reading("vendor_status_word", 3.0, Quality::Good),
+            reading("nox_mg_m3", 41.0, Quality::CommFail),
+        ],
+    });
+    let packets = hj212::encode_record(&t, &s, T_1000_CST, &batch).unwrap();
+    assert_eq!(packets.len(), 1);
+    let p = hj212::parse(packets[0].as_bytes(), &t, &opts()).unwrap();
+    assert_eq!(p.cn, 2011);
+    assert_eq!(
+        p.cp.to_string(),
+        "DataTime=20250301100000;a21026-Rtd=88.0,a21026-Flag=N;a21002-Rtd=41.0,a21002-Flag=B"
+    );
+    let hour = Record::Aggregate(agg("so2_mg_m3", 85.3, 70.2, 99.8, 136.48));
+    let packets = hj212::encode_record(&t, &s, T_1000_CST, &hour).unwrap();
+    let p = hj212::parse(packets[0].as_bytes(), &t, &opts()).unwrap();
+    assert_eq!(p.cn, 2061);
+    assert_eq!(p.cp.get("a21026-Cou"), Some("136.480"));
+    let event = Record::Event(smeltwatch::model::Event {
+        kind: Arc::from("outage"),
+        subject: Arc::from("x"),
+        phase: smeltwatch::model::EventPhase::Instant,
+        ts: T_1000_CST,
+        attributes: Vec::new(),
+        message: String::new(),
+    });
+    assert_eq!(
+        hj212::encode_record(&t, &s, T_1000_CST, &event),
+        Ok(Vec::new())
+    );
+}

@@ -277,3 +277,17 @@ fn keygen_writes_a_private_key_only_the_owner_reads() {
         Err(LedgerError::KeyFormat { .. })
     ));
 }
+
+#[test]
+fn a_config_change_is_a_record_of_the_chain() {
+    let payload = ledger::config_change_payload(b"abc", smeltwatch::model::Timestamp(1_000));
+    // SHA-256("abc"), the FIPS 180-2 example.
+    assert_eq!(
+        payload,
+        r#"{"kind":"config_change","config_sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","ts_ms":1000}"#
+    );
+    let mut records = chain(2);
+    let mut c = Chain::resume(&records[1]);
+    records.push(c.append(&key(1), payload));
+    assert!(check(&records).ok);
+}

@@ -182,6 +182,18 @@ impl Chain {
     }
 }
 
+/// The payload recording a configuration change in the chain: the SHA-256 of the new
+/// configuration file's bytes and when it took effect, as one JSON object
+/// (`{"kind":"config_change","config_sha256":"<64 hex>","ts_ms":…}`).
+pub fn config_change_payload(config: &[u8], ts: crate::model::Timestamp) -> String {
+    let digest: [u8; 32] = Sha256::digest(config).into();
+    format!(
+        r#"{{"kind":"config_change","config_sha256":"{}","ts_ms":{}}}"#,
+        to_hex(&digest),
+        ts.0
+    )
+}
+
 /// Lower-case hex of bytes.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{Aggregate, Period, Record, Timestamp};
 use crate::publish::encode::hj212::{
-    self, EncodeError, Packet, ParseOptions, RtdValue, Scan, Station, Table,
+    self, EncodeError, Packet, ParseOptions, Scan, Station, Table,
 };
 use crate::spool::{SpoolError, SpoolHandle, StoredRecord};
 
@@ -483,30 +483,10 @@ impl Hj212TcpUplink {
             // Other records do not close the window: fan-out interleaves streams in one spool.
             let packets = match decoded {
                 Some(Record::Batch(batch)) => {
-                    let values: Vec<RtdValue<'_>> = batch
-                        .readings
-                        .iter()
-                        .filter(|r| self.table.factor(&r.point).is_some())
-                        .map(|r| RtdValue {
-                            quantity: &r.point,
-                            value: r.value.as_ref().and_then(|v| v.as_f64()),
-                            quality: r.quality,
-                        })
-                        .collect();
-                    if values.is_empty() {
-                        Vec::new()
-                    } else {
-                        let station = self.station_for(Some(&batch.device));
-                        let qn = self.next_qn();
-                        let ts = batch.readings.first().map_or(batch.scheduled, |r| r.ts);
-                        self.encoded(hj212::encode_realtime(
-                            &self.table,
-                            &station,
-                            qn,
-                            ts,
-                            &values,
-                        ))
-                    }
+                    let station = self.station_for(Some(&batch.device));
+                    let qn = self.next_qn();
+                    let record = Record::Batch(batch);
+                    self.encoded(hj212::encode_record(&self.table, &station, qn, &record))
                 }
                 Some(_) => Vec::new(),
                 None => {

@@ -561,6 +561,40 @@ fn build_packets(
         .collect()
 }
 
+/// HJ 212 text for one spooled record, e.g. as an MQTT payload for platforms that take HJ 212
+/// over MQTT: an aggregate becomes its window packet (2051/2061/2031, one factor), a poll batch a
+/// 2011 packet of the readings whose point names have factor codes. Other records, and batches
+/// without such readings, give no packet.
+pub fn encode_record(
+    table: &Table,
+    station: &Station,
+    qn: Timestamp,
+    record: &crate::model::Record,
+) -> Result<Vec<String>, EncodeError> {
+    use crate::model::Record;
+    match record {
+        Record::Aggregate(a) => encode_window(table, station, qn, std::slice::from_ref(a)),
+        Record::Batch(batch) => {
+            let values: Vec<RtdValue<'_>> = batch
+                .readings
+                .iter()
+                .filter(|r| table.factor(&r.point).is_some())
+                .map(|r| RtdValue {
+                    quantity: &r.point,
+                    value: r.value.as_ref().and_then(|v| v.as_f64()),
+                    quality: r.quality,
+                })
+                .collect();
+            if values.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ts = batch.readings.first().map_or(batch.scheduled, |r| r.ts);
+            encode_realtime(table, station, qn, ts, &values)
+        }
+        Record::Metrics(_) | Record::Event(_) => Ok(Vec::new()),
+    }
+}
+
 /// A platform's request for stored data (2051/2061/2031 with `BeginTime` and `EndTime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryRequest {
