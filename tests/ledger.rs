@@ -291,3 +291,26 @@ fn a_config_change_is_a_record_of_the_chain() {
     records.push(c.append(&key(1), payload));
     assert!(check(&records).ok);
 }
+
+#[test]
+fn a_back_dated_record_is_named() {
+    let k = key(1);
+    let mut c = Chain::new(SITE, STREAM);
+    let hour = 3_600_000;
+    let records: Vec<_> = [1, 2, 3, 1, 5]
+        .iter()
+        .map(|h| {
+            c.append(
+                &k,
+                format!(r#"{{"quantity":"so2_mg_m3","end":{}}}"#, h * hour),
+            )
+        })
+        .collect();
+    let report = check(&records);
+    assert!(!report.ok);
+    assert_eq!(report.time_reversed, vec![4]);
+    assert_eq!(report.verified, 5, "signed and chained, but back-dated");
+    assert!(report.to_string().contains("Time reversed: seq 4"));
+    assert_eq!(ledger::payload_time(r#"{"ts_ms":7}"#), Some(7));
+    assert_eq!(ledger::payload_time("##0101QN=…"), None);
+}

@@ -1,4 +1,5 @@
-//! Verification of a captured chain: hashes, signatures, links, gaps, duplicates and order.
+//! Verification of a captured chain: hashes, signatures, links, gaps, duplicates, capture order
+//! and time order (of payloads that carry a time).
 //!
 //! Records are taken in the order they were captured. Each distinct seq is checked once (its first
 //! occurrence); the chain links are checked in seq order, so a feed delivered out of order still
@@ -43,6 +44,9 @@ pub struct Report {
     pub out_of_order: Vec<u64>,
     /// Records of another site or stream than the first record.
     pub foreign: Vec<u64>,
+    /// Records whose time (see [`payload_time`]) is earlier than that of the record before them:
+    /// a record back-dated into the chain.
+    pub time_reversed: Vec<u64>,
     /// Lines that are not ledger records: (line number, reason).
     pub unreadable: Vec<(usize, String)>,
 }
@@ -92,6 +96,16 @@ pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
         }
     }
 
+    let mut last_time: Option<i64> = None;
+    for (&seq, &r) in &by_seq {
+        if let Some(t) = payload_time(&r.payload) {
+            if last_time.is_some_and(|last| t < last) {
+                report.time_reversed.push(seq);
+            }
+            last_time = Some(t);
+        }
+    }
+
     let mut prev: Option<&LedgerRecord> = None;
     for (&seq, &r) in &by_seq {
         match prev {
@@ -135,8 +149,18 @@ pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
         && report.conflicts.is_empty()
         && report.out_of_order.is_empty()
         && report.foreign.is_empty()
+        && report.time_reversed.is_empty()
         && report.unreadable.is_empty();
     report
+}
+
+/// The time a payload describes, in Unix milliseconds, when it is a JSON object with an integer
+/// `end` (aggregates: the window end), `ts_ms` or `ts`; `None` otherwise (not checked).
+pub fn payload_time(payload: &str) -> Option<i64> {
+    let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    ["end", "ts_ms", "ts"]
+        .iter()
+        .find_map(|key| value.get(key).and_then(serde_json::Value::as_i64))
 }
 
 fn seqs(list: &[u64]) -> String {
@@ -175,7 +199,7 @@ impl fmt::Display for Report {
                 "Note: the capture does not start at seq 1; earlier records cannot be checked"
             )?;
         }
-        let lines: [(&str, &[u64], &str); 7] = [
+        let lines: [(&str, &[u64], &str); 8] = [
             ("Altered", &self.bad_hash, "content does not match its hash"),
             (
                 "Bad signature",
@@ -201,6 +225,11 @@ impl fmt::Display for Report {
                 "Foreign",
                 &self.foreign,
                 "belongs to another site or stream",
+            ),
+            (
+                "Time reversed",
+                &self.time_reversed,
+                "describes an earlier time than the record before it",
             ),
             (
                 "Duplicates",
