@@ -3,7 +3,9 @@
 //! TLS, and a password file made here with `mosquitto_passwd`), and each role can do what it must
 //! and is refused what it must not. The bridge test adds a second Mosquitto as the provincial
 //! broker, with `deploy/mosquitto/province.{conf,acl}`, and the plant broker bridging to it with
-//! `deploy/mosquitto/bridge-province.conf`.
+//! `deploy/mosquitto/bridge-province.conf`. One test keeps plant.conf's TLS listener, switches on
+//! its documented certificate option, and checks that client certificates (made here with rcgen)
+//! map to the same ACL accounts by their Common Name.
 //!
 //! Absence is proven with a marker, never with a sleep: the forbidden message is published (and,
 //! when it comes from another client than the marker, its PUBACK awaited, so the broker has
@@ -56,14 +58,20 @@ fn derive(file: &str, text: &str, rules: &[Rule<'_>]) -> String {
     let mut out = String::new();
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
+        // `#directive` rules match a commented-out line (`# require_certificate true`).
+        let commented = line
+            .strip_prefix('#')
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|w| format!("#{w}"))
+            .unwrap_or_default();
         let mut keep = Some(line.to_owned());
         for (i, rule) in rules.iter().enumerate() {
             match rule {
-                Rule::Drop(d) if *d == first => {
+                Rule::Drop(d) if *d == first || *d == commented => {
                     used[i] = true;
                     keep = None;
                 }
-                Rule::Replace(d, with) if *d == first => {
+                Rule::Replace(d, with) if *d == first || *d == commented => {
                     used[i] = true;
                     keep = Some(with.clone());
                 }
@@ -742,5 +750,172 @@ async fn the_bridge_carries_emissions_and_events_to_the_province_and_nothing_els
     assert_eq!(
         at_platform, carried,
         "the platform's consumer gets the same"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificate authentication on the plant broker's TLS listener
+// ---------------------------------------------------------------------------------------------
+
+/// A CA, and leaf certificates it signs, as PEM files in `dir`.
+struct Pki {
+    ca: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test plant CA");
+        let pem = ca.self_signed(&key).expect("self-sign CA").pem();
+        let pki = Pki {
+            ca,
+            key,
+            dir: dir.to_owned(),
+        };
+        pki.write("plant-ca.crt", &pem);
+        pki
+    }
+
+    fn write(&self, name: &str, pem: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        path
+    }
+
+    /// Issue `<name>.crt` and `<name>.key` with Common Name `cn` (and `cn` as the SAN).
+    fn issue(&self, name: &str, cn: &str, purpose: rcgen::ExtendedKeyUsagePurpose) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let mut params = rcgen::CertificateParams::new(vec![cn.to_owned()]).expect("leaf params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![purpose];
+        let issuer = rcgen::Issuer::from_params(&self.ca, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("sign leaf");
+        self.write(&format!("{name}.crt"), &cert.pem());
+        self.write(&format!("{name}.key"), &key.serialize_pem());
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// `mosquitto_pub` at QoS 1 over TLS with a client certificate (`None`: without one). It returns
+/// after the PUBACK; `false` when the connection was refused.
+fn tls_publish(pki: &Pki, port: u16, client: Option<&str>, topic: &str, payload: &str) -> bool {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["--cafile", &pki.path("plant-ca.crt")])
+        .args(["-t", topic, "-m", payload])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(c) = client {
+        cmd.args(["--cert", &pki.path(&format!("{c}.crt"))])
+            .args(["--key", &pki.path(&format!("{c}.key"))]);
+    }
+    cmd.status().expect("run mosquitto_pub").success()
+}
+
+#[tokio::test]
+async fn with_certificates_the_common_name_is_the_account_of_the_same_acl() {
+    let pki_dir = tempfile::tempdir().expect("PKI dir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(pki_dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("open the PKI dir");
+    }
+    let pki = Pki::new(pki_dir.path());
+    pki.issue(
+        "broker",
+        "127.0.0.1",
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    pki.issue(
+        "agent",
+        "agent-al-yunnan-03",
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    pki.issue(
+        "operator",
+        "operator-control-room",
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+
+    // plant.conf as shipped, with its certificate option switched on, plus a plain listener on
+    // another port for the test observer (it logs in with a password).
+    let tls_port = free_port();
+    let conf = derive(
+        "plant.conf",
+        &read_deploy("plant.conf"),
+        &[
+            Rule::Replace("listener", format!("listener {tls_port} 127.0.0.1")),
+            Rule::Replace("cafile", format!("cafile {}", pki.path("plant-ca.crt"))),
+            Rule::Replace("certfile", format!("certfile {}", pki.path("broker.crt"))),
+            Rule::Replace("keyfile", format!("keyfile {}", pki.path("broker.key"))),
+            Rule::Replace("#require_certificate", "require_certificate true".into()),
+            Rule::Replace(
+                "#use_identity_as_username",
+                "use_identity_as_username true".into(),
+            ),
+            Rule::Replace("password_file", "password_file @PASSWD@".into()),
+            Rule::Replace("acl_file", "acl_file @ACL@".into()),
+        ],
+    );
+    let conf = format!("{conf}\nlistener @PORT@ 127.0.0.1\n");
+    let broker = Broker::start(&conf, &read_deploy("plant.acl"), &[]);
+    let mut observer = broker.login(OBSERVER).await;
+    observer.must_subscribe("#").await;
+
+    // Without a client certificate the TLS listener lets nobody in.
+    assert!(
+        !tls_publish(&pki, tls_port, None, &site("events/x"), "no-cert"),
+        "a client without a certificate was let in"
+    );
+    // The agent's certificate (CN=agent-al-yunnan-03) gets the agent's rules; the operator's
+    // certificate gets the operator's (it connects, but its publish goes nowhere).
+    let steps = [
+        (
+            Some("agent"),
+            "smeltwatch/cu-other-01/live/gw/dev",
+            "forbidden",
+        ),
+        (
+            Some("agent"),
+            "smeltwatch/al-yunnan-03/live/potroom_gw/pot_001",
+            "allowed",
+        ),
+        (
+            Some("operator"),
+            "smeltwatch/al-yunnan-03/live/potroom_gw/pot_001",
+            "forged",
+        ),
+        (
+            Some("agent"),
+            "smeltwatch/al-yunnan-03/events/marker",
+            "marker",
+        ),
+    ];
+    for (client, topic, payload) in steps {
+        assert!(
+            tls_publish(&pki, tls_port, client, topic, payload),
+            "{client:?} could not connect over TLS"
+        );
+    }
+    let seen = observer.until(&site("events/marker")).await;
+    assert_eq!(
+        seen,
+        vec![
+            (site("live/potroom_gw/pot_001"), "allowed".to_owned()),
+            (site("events/marker"), "marker".to_owned()),
+        ]
     );
 }
