@@ -228,6 +228,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
+                if let Some(calc) = &cfg.calc
+                    && let Err(e) = crate::calc::Pipeline::new(calc)
+                {
+                    eprintln!("{}: [calc]: {e}", config.display());
+                    return Ok(ExitCode::FAILURE);
+                }
                 print!("{}", app::check_report(&cfg));
                 Ok(ExitCode::SUCCESS)
             }

@@ -36,6 +36,8 @@ use crate::spool::{NewRecord, SpoolHandle};
 /// Capacity of the channel between the pollers and the fan-out, in batches. When it is full the
 /// pollers wait, which shows up as late ticks: acquisition slows down, nothing is dropped.
 const READINGS_CHANNEL: usize = 4096;
+/// How often the calculators are asked to close windows whose data stopped.
+const CALC_FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Largest number of batches appended to the spools in one transaction.
 const MAX_BATCHES_PER_APPEND: usize = 512;
 
@@ -194,7 +196,11 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         });
     }
 
-    let fan_out = tokio::spawn(fan_out(rx, targets, cfg.site.clone(), live.clone()));
+    let calc = match &cfg.calc {
+        Some(c) => Some(crate::calc::Pipeline::new(c).context("[calc]")?),
+        None => None,
+    };
+    let fan_out = tokio::spawn(fan_out(rx, targets, cfg.site.clone(), live.clone(), calc));
     tracker.close();
 
     Ok(Agent {
@@ -358,25 +364,64 @@ async fn fan_out(
     targets: Vec<FanTarget>,
     site: String,
     live: Arc<LiveState>,
+    mut calc: Option<crate::calc::Pipeline>,
 ) {
     let mut burst = Vec::with_capacity(MAX_BATCHES_PER_APPEND);
+    // Windows must close even when their data stops (a dead stack analyser still owes the
+    // platform an invalid hour), so the calculators are also flushed on a timer.
+    let mut flush_tick = tokio::time::interval(CALC_FLUSH_EVERY);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if rx.recv_many(&mut burst, MAX_BATCHES_PER_APPEND).await == 0 {
-            break;
-        }
-        {
-            let mut latest = live
-                .latest
-                .lock()
-                .expect("live state lock is never poisoned: holders do not panic");
-            for batch in &burst {
-                for r in &batch.readings {
-                    latest.insert((batch.device.clone(), r.point.clone()), r.clone());
+        let mut records: Vec<Record> = Vec::new();
+        tokio::select! {
+            n = rx.recv_many(&mut burst, MAX_BATCHES_PER_APPEND) => {
+                if n == 0 {
+                    break;
+                }
+                remember_latest(&live, &burst);
+                for batch in burst.drain(..) {
+                    let derived = calc.as_mut().map(|c| c.on_batch(&batch)).unwrap_or_default();
+                    records.push(Record::Batch(batch));
+                    records.extend(derived);
+                }
+            }
+            _ = flush_tick.tick(), if calc.is_some() => {
+                if let Some(c) = calc.as_mut() {
+                    records = c.flush(Timestamp::now());
                 }
             }
         }
-        let records: Vec<Record> = burst.drain(..).map(Record::Batch).collect();
+        publish_derived(&live, &records);
+        if !records.is_empty() {
+            route(&targets, &site, &records).await;
+        }
+    }
+    if let Some(c) = calc.as_mut() {
+        let records = c.flush(Timestamp::now());
+        publish_derived(&live, &records);
         route(&targets, &site, &records).await;
+    }
+}
+
+/// Keep the latest reading of every point for the status displays and the HTTP API.
+fn remember_latest(live: &LiveState, batches: &[ReadingBatch]) {
+    let mut latest = live
+        .latest
+        .lock()
+        .expect("live state lock is never poisoned: holders do not panic");
+    for batch in batches {
+        for r in &batch.readings {
+            latest.insert((batch.device.clone(), r.point.clone()), r.clone());
+        }
+    }
+}
+
+/// Hand computed metrics, events and aggregates to the live feed (dashboard, SSE).
+fn publish_derived(live: &LiveState, records: &[Record]) {
+    for r in records {
+        if !matches!(r, Record::Batch(_)) {
+            live.records.send(r.clone());
+        }
     }
 }
 
@@ -526,6 +571,21 @@ pub fn check_report(cfg: &Config) -> String {
             ""
         }
     );
+    if let Some(calc) = &cfg.calc {
+        match crate::calc::Pipeline::new(calc) {
+            Ok(_) => {
+                let _ = writeln!(
+                    out,
+                    "calculators: {} potlines, {} stacks",
+                    calc.potlines.len(),
+                    calc.stacks.len()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "calculators: INVALID: {e}");
+            }
+        }
+    }
     for source in &cfg.sources {
         let plans = plan::plan_source(source);
         let _ = writeln!(out);
