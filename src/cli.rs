@@ -98,6 +98,21 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         timeout: Duration,
     },
+    /// Create the site's Ed25519 key pair for signed, hash-chained regulated records.
+    Keygen {
+        /// Directory for `site.key` (mode 0600) and `site.pub`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Regulators: check the signatures, the hash chain and the sequence of a ledger file.
+    Verify {
+        /// The site's public key file (`site.pub`).
+        #[arg(long)]
+        key: PathBuf,
+        /// A ledger file (JSON lines).
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Inspect what is waiting in the spools (safe while the agent runs).
     Spool {
         /// What to do.
@@ -255,6 +270,28 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Spool { action } => spool_command(action),
+        Command::Keygen { out } => {
+            let pair = crate::ledger::keygen(&out)?;
+            println!(
+                "secret key  {} (keep it on the gateway, mode 0600)",
+                pair.secret.display()
+            );
+            println!(
+                "public key  {} (hand it to the regulator)",
+                pair.public.display()
+            );
+            println!("            {}", pair.public_hex);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { key, file } => {
+            let report = crate::ledger::verify_file(&key, &file)?;
+            print!("{report}");
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 

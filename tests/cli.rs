@@ -147,3 +147,55 @@ broker = "mqtt://127.0.0.1:1883"
     assert_eq!(lines[2]["topic"], "smeltwatch/s/live/bus/meter2");
     assert_eq!(lines[0]["record"]["kind"], "batch");
 }
+
+#[test]
+fn keygen_then_verify_accepts_a_clean_ledger_and_names_a_tampered_record() {
+    use smeltwatch::ledger::{Chain, append_jsonl, load_signing_key};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (ok, stdout, stderr) = smeltwatch(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("site.pub"), "{stdout}");
+    // A second keygen must not overwrite the site's key.
+    let (ok, _, _) = smeltwatch(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(!ok);
+
+    let key = load_signing_key(&keys.join("site.key")).unwrap();
+    let mut chain = Chain::new("qh-al-01", "emissions");
+    let records: Vec<_> = (0..5)
+        .map(|i| chain.append(&key, format!("{{\"so2_kg\":{i}.5}}")))
+        .collect();
+    let ledger = dir.path().join("emissions.jsonl");
+    append_jsonl(&ledger, &records).unwrap();
+    let pubkey = keys.join("site.pub");
+    let args = |f: &std::path::Path| {
+        vec![
+            "verify".to_string(),
+            "--key".into(),
+            pubkey.to_str().unwrap().into(),
+            "--file".into(),
+            f.to_str().unwrap().into(),
+        ]
+    };
+    let run = |f: &std::path::Path| {
+        let a = args(f);
+        smeltwatch(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (ok, stdout, stderr) = run(&ledger);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("5 verified"), "{stdout}");
+
+    // Change one emission figure in record 3: verify fails and names it.
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let tampered_line = lines[2].replace("2.5", "0.5");
+    assert_ne!(tampered_line, lines[2]);
+    let tampered = dir.path().join("tampered.jsonl");
+    let mut out = lines.clone();
+    out[2] = &tampered_line;
+    std::fs::write(&tampered, out.join("\n") + "\n").unwrap();
+    let (ok, stdout, _) = run(&tampered);
+    assert!(!ok, "{stdout}");
+    let seq = records[2].seq.to_string();
+    assert!(stdout.contains(&seq), "{stdout}");
+}
