@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the aarch64 build: cross-build it (deploy/build-arm.sh) and run it under
 # qemu-aarch64 (Debian's qemu-user): `smeltwatch --version` and `smeltwatch check` of the demo
-# configuration. Takes minutes (a full release build); .ci/run runs it when SMELTWATCH_ARM_SMOKE=1.
+# configuration. Takes minutes (a full release build); .ci/run runs it unless SMELTWATCH_ARM_SMOKE=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
