@@ -2,9 +2,10 @@
 //! continuous load, a flapping link, a spool budget that overflows during an outage, the
 //! keep-alive blind spot (a frozen broker), and two uplinks of one agent with one broker down.
 //!
-//! The consumer is a persistent-session subscriber on a broker with persistence, so that what the
-//! broker accepted while the subscriber was away reaches it; the broker is stopped with SIGTERM
-//! (it saves its state), except where a test says otherwise.
+//! Outages and flaps are made by a TCP relay between the uplink and Mosquitto that can cut the
+//! link ([`Link`]); the test subscriber stays connected to the broker, so it sees exactly what the
+//! broker accepted. The keep-alive test freezes the broker itself (SIGSTOP) and then SIGKILLs and
+//! restarts it; there the subscriber has a persistent session on a broker with persistence.
 
 mod common;
 
@@ -26,7 +27,7 @@ use smeltwatch::publish::mqtt::{LinkState, MqttUplink, UplinkStatus};
 use smeltwatch::publish::topic::topic_for;
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::block_in_place;
 use tokio::time::{Instant, sleep, timeout};
@@ -44,6 +45,51 @@ const FLAP_TOTAL: Duration = Duration::from_secs(15);
 const LOAD_PERIOD: Duration = Duration::from_millis(10);
 /// Replay pacing used by the outage test (records/s).
 const REPLAY_RATE: u32 = 400;
+
+/// A TCP relay between the uplink and the broker that can cut the link: while down it closes
+/// every relayed connection and every new one at once, as a failed WAN link or a broker outage
+/// looks from the agent. The test subscriber talks to the broker directly, so it sees exactly what
+/// the broker accepted.
+struct Link {
+    port: u16,
+    up: watch::Sender<bool>,
+}
+
+impl Link {
+    async fn start(broker_port: u16) -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let port = listener.local_addr().expect("relay addr").port();
+        let (up, up_rx) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*up_rx.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut broker) = TcpStream::connect(("127.0.0.1", broker_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        _ = cut.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Link { port, up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
 
 fn uplink_config(port: u16, max_bytes: u64, replay_rate: u32) -> UplinkConfig {
     UplinkConfig {
@@ -154,6 +200,10 @@ fn parse(topic: String, payload: &[u8]) -> Option<Msg> {
         historical: json["historical"].as_bool().unwrap_or(false),
         json,
     })
+}
+
+async fn subscriber(port: u16) -> (rumqttc::AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
+    mosquitto::subscribe(port, &format!("smeltwatch/{SITE}/#")).await
 }
 
 async fn persistent_subscriber(
@@ -307,13 +357,14 @@ fn assert_no_gaps(got: &[Msg], expected: &BTreeMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_under_load_loses_nothing_and_replays_the_backlog_as_historical() {
-    let mut broker = Mosquitto::start_persistent();
-    let (_sub, mut rx) = persistent_subscriber(broker.port).await;
+    let broker = Mosquitto::start();
+    let link = Link::start(broker.port).await;
+    let (_sub, mut rx) = subscriber(broker.port).await;
     let dir = tempfile::tempdir().unwrap();
     let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
     let uplink = MqttUplink::new(
         SITE,
-        &uplink_config(broker.port, SpoolConfig::default().max_bytes, REPLAY_RATE),
+        &uplink_config(link.port, SpoolConfig::default().max_bytes, REPLAY_RATE),
         spool.clone(),
     )
     .unwrap();
@@ -329,18 +380,22 @@ async fn broker_outage_under_load_loses_nothing_and_replays_the_backlog_as_histo
         s.state == LinkState::Connected && s.acked_total > 100
     })
     .await;
-    block_in_place(|| broker.stop());
+    link.cut();
     down.store(true, Ordering::SeqCst);
     sleep(OUTAGE).await;
     down.store(false, Ordering::SeqCst);
     let back = Instant::now();
     let connects_before = status.borrow().connects;
-    block_in_place(|| broker.restart());
+    link.restore();
     wait_status(&mut status, "reconnected", Duration::from_secs(10), |s| {
         s.connects > connects_before
     })
     .await;
     // Keep the load on while the backlog drains, then stop it.
+    wait_status(&mut status, "backlog shown", Duration::from_secs(10), |s| {
+        s.backlog_records > 0
+    })
+    .await;
     wait_status(
         &mut status,
         "backlog drained",
@@ -380,6 +435,34 @@ async fn broker_outage_under_load_loses_nothing_and_replays_the_backlog_as_histo
         fresh_after > 0,
         "fresh records after the outage are not historical"
     );
+    // Fresh data went out beside the backlog, not behind it.
+    let last_down_seq = |stream: &str| {
+        while_down
+            .iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, seq)| *seq)
+            .max()
+            .unwrap_or(0)
+    };
+    let first_fresh = got
+        .iter()
+        .position(|m| m.seq > last_down_seq(&m.stream))
+        .expect("records appended after the outage arrived");
+    let last_historical = got
+        .iter()
+        .rposition(|m| m.historical)
+        .expect("historical records");
+    assert!(
+        first_fresh < last_historical,
+        "fresh data waited for the whole backlog ({first_fresh} >= {last_historical})"
+    );
+    // Paced: the backlog took about backlog / replay_rate to drain.
+    let paced = Duration::from_secs_f64(while_down.len() as f64 / f64::from(REPLAY_RATE));
+    assert!(
+        drained_after >= paced.mul_f64(0.7),
+        "backlog of {} drained in {drained_after:?}, faster than {REPLAY_RATE}/s",
+        while_down.len()
+    );
     let o = observed.lock().unwrap().clone();
     assert!(
         o.max_backlog as usize >= while_down.len(),
@@ -415,13 +498,14 @@ async fn broker_outage_under_load_loses_nothing_and_replays_the_backlog_as_histo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_link_loses_nothing() {
-    let mut broker = Mosquitto::start_persistent();
-    let (_sub, mut rx) = persistent_subscriber(broker.port).await;
+    let broker = Mosquitto::start();
+    let link = Link::start(broker.port).await;
+    let (_sub, mut rx) = subscriber(broker.port).await;
     let dir = tempfile::tempdir().unwrap();
     let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
     let uplink = MqttUplink::new(
         SITE,
-        &uplink_config(broker.port, SpoolConfig::default().max_bytes, 2000),
+        &uplink_config(link.port, SpoolConfig::default().max_bytes, 2000),
         spool.clone(),
     )
     .unwrap();
@@ -439,9 +523,9 @@ async fn a_flapping_link_loses_nothing() {
     let mut flaps = 0;
     while start.elapsed() < FLAP_TOTAL {
         sleep(FLAP_UP).await;
-        block_in_place(|| broker.stop());
+        link.cut();
         sleep(FLAP_DOWN).await;
-        block_in_place(|| broker.restart());
+        link.restore();
         flaps += 1;
     }
     stop_load.cancel();
@@ -482,9 +566,10 @@ fn attribute<'a>(msg: &'a Json, name: &str) -> &'a Json {
 async fn an_overflowing_budget_keeps_every_emission_and_reports_exact_drops() {
     const LIVE: u64 = 300;
     const EMISSIONS: u64 = 30;
-    let mut broker = Mosquitto::start_persistent();
-    let (_sub, mut rx) = persistent_subscriber(broker.port).await;
-    block_in_place(|| broker.stop());
+    let broker = Mosquitto::start();
+    let link = Link::start(broker.port).await;
+    let (_sub, mut rx) = subscriber(broker.port).await;
+    link.cut();
 
     let dir = tempfile::tempdir().unwrap();
     let budget = 40_000;
@@ -493,12 +578,8 @@ async fn an_overflowing_budget_keeps_every_emission_and_reports_exact_drops() {
         ..SpoolConfig::default()
     };
     let spool = SpoolHandle::open(&dir.path().join("spool.db"), &spool_cfg).unwrap();
-    let uplink = MqttUplink::new(
-        SITE,
-        &uplink_config(broker.port, budget, 2000),
-        spool.clone(),
-    )
-    .unwrap();
+    let uplink =
+        MqttUplink::new(SITE, &uplink_config(link.port, budget, 2000), spool.clone()).unwrap();
     let mut status = uplink.status();
     let stop_uplink = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop_uplink.clone()));
@@ -528,13 +609,15 @@ async fn an_overflowing_budget_keeps_every_emission_and_reports_exact_drops() {
 
     // The link comes back. Appending the outage event to the full spool may itself evict a few
     // more live records: those are reported by the next outage event, after the next reconnect.
-    block_in_place(|| broker.restart());
+    link.restore();
     wait_spool_empty(&spool).await;
     let connects = status.borrow().connects;
-    block_in_place(|| {
-        broker.stop(); // SIGTERM: Mosquitto saves what it queued for the subscriber
-        broker.restart();
-    });
+    link.cut();
+    wait_status(&mut status, "link lost", Duration::from_secs(10), |s| {
+        s.state != LinkState::Connected
+    })
+    .await;
+    link.restore();
     wait_status(&mut status, "reconnected", Duration::from_secs(10), |s| {
         s.connects > connects
     })
@@ -574,7 +657,7 @@ async fn an_overflowing_budget_keeps_every_emission_and_reports_exact_drops() {
          {outage_events} events",
         got.len(),
         got.iter().fold(BTreeMap::<&str, u64>::new(), |mut m, g| {
-            *m.entry(g.stream.as_str()).or_default() += 1;
+            *m.entry(g.topic.as_str()).or_default() += 1;
             m
         })
     );
