@@ -284,13 +284,16 @@ async fn wait_status(
     }
 }
 
+/// Last seq appended per stream, and the (stream, seq) appended while the link was down.
+type LoadResult = (BTreeMap<String, u64>, BTreeSet<(String, u64)>);
+
 /// Continuous load: one live batch and one event every [`LOAD_PERIOD`] until `stop`. Seqs appended
 /// while `down` is set are collected per stream. Returns (appended per stream, seqs while down).
 fn spawn_load(
     spool: SpoolHandle,
     stop: CancellationToken,
     down: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(BTreeMap<String, u64>, BTreeSet<(String, u64)>)> {
+) -> tokio::task::JoinHandle<LoadResult> {
     tokio::spawn(async move {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let mut while_down = BTreeSet::new();
