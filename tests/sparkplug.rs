@@ -405,6 +405,7 @@ fn start_edge(port: u16, spool: &SpoolHandle) -> Edge {
     let ids = SparkplugSettings {
         group_id: GROUP.into(),
         edge_node_id: EDGE.into(),
+        primary_host_id: None,
     };
     let up = SparkplugUplink::new(
         "scada",

@@ -27,6 +27,12 @@
 //!   emit `comm_fail` readings without touching the bus, and one half-open probe per
 //!   `breaker_probe_interval` tries it again; one good answer closes the circuit.
 //!
+//! # Writes
+//! A poller built [`with_writes`](Poller::with_writes) also serves a bounded queue of guarded
+//! writes ([`crate::modbus::write`]) while it waits for the next deadline: a write goes on the same
+//! connection, between two polls, so there is still one request in flight and the inter-request
+//! gap is kept. Every write is answered on its reply channel with the device's verdict.
+//!
 //! Every job run emits exactly one [`ReadingBatch`] with one reading per configured point, so a
 //! consumer can count expected against received readings.
 
@@ -46,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
 use crate::modbus::decode::{self, RequestData};
 use crate::modbus::plan::{self, DevicePlan, ReadRequest};
+use crate::modbus::write::{WriteCommand, WriteData, WriteQueue};
 use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
 
 /// Counters of one poller, shared with the status display and the metrics endpoint.
@@ -84,6 +91,7 @@ pub struct Poller {
     plans: Vec<DevicePlan>,
     out: mpsc::Sender<ReadingBatch>,
     stats: Arc<PollerStats>,
+    writes: Option<WriteQueue>,
 }
 
 /// Circuit-breaker and failure state of one device.
@@ -114,7 +122,16 @@ impl Poller {
             plans,
             out,
             stats: Arc::new(PollerStats::default()),
+            writes: None,
         }
+    }
+
+    /// Serve the guarded writes queued on `queue` (from
+    /// [`DeviceWriters::for_sources`](crate::modbus::write::DeviceWriters::for_sources)) between
+    /// polls.
+    pub fn with_writes(mut self, queue: WriteQueue) -> Self {
+        self.writes = Some(queue);
+        self
     }
 
     /// The poller's counters.
@@ -129,7 +146,9 @@ impl Poller {
             plans,
             out,
             stats,
+            writes,
         } = self;
+        let mut writes = writes.map(|q| q.0);
         if plans.is_empty() {
             tracing::warn!(source = %source.name, "source has no points to poll");
             return;
@@ -149,6 +168,16 @@ impl Poller {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until(due) => {}
+                cmd = next_write(&mut writes) => {
+                    match cmd {
+                        Some(cmd) => conn.serve_write(&source, cmd).await,
+                        // Every writer is gone: no more writes will come.
+                        None => writes = None,
+                    }
+                    // The job was not run: wait for its deadline again.
+                    heap.push(Reverse((due, job)));
+                    continue;
+                }
             }
             let plan = &plans[job];
             let device = &source.devices[plan.device];
@@ -198,6 +227,14 @@ impl Poller {
             heap.push(Reverse((next, job)));
         }
         conn.close().await;
+    }
+}
+
+/// The next queued write, or never when the poller serves none.
+async fn next_write(writes: &mut Option<mpsc::Receiver<WriteCommand>>) -> Option<WriteCommand> {
+    match writes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -464,6 +501,79 @@ impl Connection {
                     "no reply within {}",
                     humantime::format_duration(source.timeout)
                 )))
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// Send one write on this connection (same timeout, gap and failure handling as a read) and
+    /// answer its reply channel.
+    async fn serve_write(&mut self, source: &SourceConfig, cmd: WriteCommand) {
+        let WriteCommand {
+            unit_id,
+            device,
+            address,
+            data,
+            reply,
+        } = cmd;
+        let result = self.write(source, unit_id, address, &data).await;
+        match &result {
+            Ok(()) => tracing::info!(
+                source = %source.name, %device, address, ?data, "write confirmed by the device"
+            ),
+            Err(e) => tracing::warn!(
+                source = %source.name, %device, address, ?data, "write failed: {e}"
+            ),
+        }
+        let _ = reply.send(result);
+    }
+
+    async fn write(
+        &mut self,
+        source: &SourceConfig,
+        unit_id: u8,
+        address: u16,
+        data: &WriteData,
+    ) -> Result<(), String> {
+        self.ensure_connected(source).await?;
+        if let Some(last) = self.last_exchange
+            && !source.inter_request_gap.is_zero()
+        {
+            sleep_until(last + source.inter_request_gap).await;
+        }
+        let ctx = self.ctx.as_mut().expect("ensure_connected succeeded");
+        ctx.set_slave(Slave(unit_id));
+        let call = async {
+            match data {
+                WriteData::Coil(on) => ctx.write_single_coil(address, *on).await,
+                WriteData::Registers(words) if words.len() == 1 => {
+                    ctx.write_single_register(address, words[0]).await
+                }
+                WriteData::Registers(words) => ctx.write_multiple_registers(address, words).await,
+            }
+        };
+        let result = timeout(source.timeout, call).await;
+        self.last_exchange = Some(Instant::now());
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(code))) => {
+                self.stats.exceptions.fetch_add(1, Ordering::Relaxed);
+                Err(format!("the device answered with exception {code:?}"))
+            }
+            Ok(Err(e)) => {
+                self.stats.comm_failures.fetch_add(1, Ordering::Relaxed);
+                self.drop_context();
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.stats.comm_failures.fetch_add(1, Ordering::Relaxed);
+                self.drop_context();
+                Err(format!(
+                    "no reply within {}",
+                    humantime::format_duration(source.timeout)
+                ))
             }
         }
     }

@@ -23,24 +23,45 @@
 //! DBIRTH again. On shutdown it publishes NDEATH itself (QoS 1, waits for the PUBACK), then
 //! DISCONNECTs, which discards the Will. A lost connection is retried with backoff.
 //!
+//! # Primary host (Sparkplug 3.0 §5, PROTOCOLS.md §3.3)
+//! With a `primary_host_id`, step 3 also subscribes to `spBv1.0/STATE/{host}` (QoS 1) and the
+//! births wait until that retained topic says `{"online":true,"timestamp":…}`. A STATE whose
+//! timestamp is older than the last one accepted is ignored. When the host goes offline
+//! (`online: false`, timestamp not older than its last online) the uplink publishes NDEATH,
+//! DISCONNECTs and connects again with the next bdSeq, then waits for the host once more. Meanwhile
+//! the pollers keep appending to the spool; what piled up is replayed as historical after the
+//! new births. The 2.2 form of the payload (`ONLINE` / `OFFLINE`) is accepted too.
+//!
+//! # Device writes (DCMD)
+//! A DCMD metric (by alias or by name) asks to write a device point. The request goes to the
+//! [`DeviceWriteGate`] given with [`SparkplugUplink::with_device_writes`], which writes through the
+//! source's poller only when the uplink allows device writes, the point is `writable` and the value
+//! is within its range and type ([`crate::modbus::write`]). Requests are served one after the other
+//! in arrival order; every attempt, written, refused or failed, becomes an event (`kind = "write"`)
+//! on the events stream, with the old and the new value. The device's next poll reports the new
+//! value as DDATA. Without a gate, DCMDs are refused and logged.
+//!
 //! Streams other than `live` are not carried over Sparkplug; such records are acked and counted.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, PublishOptions,
-    QoS,
+    QoS, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttConfig, Stream};
-use crate::model::{Record, Timestamp};
+use crate::modbus::write::{self, DeviceWriters, Refusal, WriteFailure};
+use crate::model::{Event as WriteEvent, EventPhase, Record, Timestamp, Value};
 use crate::publish::encode::sparkplug::{
     self as spb, Change, DeviceState, EdgeNodeModel, MessageType, SeqCounter,
 };
+use crate::publish::tls::{self, TlsError};
 use crate::spool::{SpoolError, SpoolHandle};
 
 /// The spool `kv` key holding the last bdSeq used.
@@ -49,6 +70,10 @@ pub const BD_SEQ_KEY: &str = "sparkplug.bdseq";
 const READ_BATCH: usize = 256;
 /// How long the SUBACKs, the NDEATH's PUBACK and the DISCONNECT may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// DCMD write requests waiting for the writer before new ones are refused.
+const DCMD_QUEUE: usize = 64;
+/// The `kind` of the events that report write attempts.
+pub const WRITE_EVENT_KIND: &str = "write";
 
 /// Sparkplug identity of the edge node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +82,19 @@ pub struct SparkplugSettings {
     pub group_id: String,
     /// Edge node id (unique within the group).
     pub edge_node_id: String,
+    /// The primary host application whose STATE gates the births, if any.
+    pub primary_host_id: Option<String>,
+}
+
+/// Where DCMD writes go: the uplink's permission, the sources' write queues, the events stream.
+#[derive(Debug, Clone)]
+pub struct DeviceWriteGate {
+    /// `[uplinks.device_writes] enabled`: when false every DCMD write is refused (with an event).
+    pub enabled: bool,
+    /// Every device's configuration and its source's write queue.
+    pub writers: DeviceWriters,
+    /// The events stream (fan-out): one event per write attempt.
+    pub events: mpsc::Sender<Record>,
 }
 
 /// Why a Sparkplug uplink cannot be built.
@@ -72,11 +110,14 @@ pub enum SparkplugError {
         /// The value.
         value: String,
     },
-    /// `mqtts://` is not wired for Sparkplug yet.
-    #[error("uplink {uplink:?}: mqtts is not supported for Sparkplug yet")]
-    TlsUnsupported {
+    /// The TLS settings cannot be used.
+    #[error("uplink {uplink:?}: {source}")]
+    Tls {
         /// The uplink name.
         uplink: String,
+        /// What is wrong.
+        #[source]
+        source: TlsError,
     },
 }
 
@@ -85,6 +126,10 @@ pub enum SparkplugError {
 pub struct SparkplugStatus {
     /// Births published in the current connection (NBIRTH and DBIRTHs done).
     pub online: bool,
+    /// Connected, and waiting for the primary host to be online before the births.
+    pub waiting_for_host: bool,
+    /// Times the primary host went offline during a session (each ended it with NDEATH).
+    pub host_offline_total: u64,
     /// The bdSeq of the current (or last) connection.
     pub bd_seq: Option<u64>,
     /// Successful connections since start.
@@ -105,6 +150,8 @@ pub struct SparkplugUplink {
     model: EdgeNodeModel,
     spool: SpoolHandle,
     status_tx: watch::Sender<SparkplugStatus>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    writes: Option<DeviceWriteGate>,
 }
 
 impl fmt::Debug for SparkplugUplink {
@@ -120,6 +167,8 @@ impl fmt::Debug for SparkplugUplink {
 enum Ended {
     Shutdown,
     Lost(String),
+    /// The primary host went offline: NDEATH and DISCONNECT are out, connect again.
+    HostOffline,
 }
 
 impl SparkplugUplink {
@@ -144,11 +193,25 @@ impl SparkplugUplink {
                 });
             }
         }
-        if mqtt.tls {
-            return Err(SparkplugError::TlsUnsupported {
+        if let Some(host) = &ids.primary_host_id
+            && (host.is_empty() || host.contains(['+', '/', '#']))
+        {
+            return Err(SparkplugError::BadId {
                 uplink: name.to_owned(),
+                what: "primary_host_id",
+                value: host.clone(),
             });
         }
+        let tls = if mqtt.tls {
+            Some(
+                tls::client_config(&mqtt.tls_settings).map_err(|source| SparkplugError::Tls {
+                    uplink: name.to_owned(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
         let (status_tx, _) = watch::channel(SparkplugStatus::default());
         Ok(SparkplugUplink {
             name: name.to_owned(),
@@ -157,7 +220,15 @@ impl SparkplugUplink {
             model,
             spool,
             status_tx,
+            tls,
+            writes: None,
         })
+    }
+
+    /// Serve DCMD writes through `gate` (without one, DCMDs are refused and logged).
+    pub fn with_device_writes(mut self, gate: DeviceWriteGate) -> Self {
+        self.writes = Some(gate);
+        self
     }
 
     /// A live view of the uplink's state.
@@ -186,10 +257,28 @@ impl SparkplugUplink {
 
     fn options(&self, bd_seq: u64) -> MqttOptions {
         let cfg = &self.mqtt;
+        // With a TLS server-name override, rumqttc gets that name as its host (what rustls sends
+        // as SNI and verifies) and the socket connector dials the configured host instead.
+        let sni = match (&self.tls, &cfg.tls_settings.server_name) {
+            (Some(_), Some(name)) => Some(name.clone()),
+            _ => None,
+        };
         let mut o = MqttOptions::new(
             cfg.client_id.clone(),
-            (cfg.broker.host.clone(), cfg.broker.port),
+            (
+                sni.clone().unwrap_or_else(|| cfg.broker.host.clone()),
+                cfg.broker.port,
+            ),
         );
+        if let Some(config) = &self.tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(config.clone())));
+        }
+        if sni.is_some() {
+            let dial = format!("{}:{}", cfg.broker.host, cfg.broker.port);
+            o.set_socket_connector(move |_host, network| {
+                rumqttc::default_socket_connect(dial.clone(), network)
+            });
+        }
         let will = spb::encode(&spb::ndeath(bd_seq, Timestamp::now()));
         o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
             .set_clean_session(true)
@@ -216,6 +305,14 @@ impl SparkplugUplink {
     /// Connect, publish and retry until `shutdown`; then NDEATH, DISCONNECT and return.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut node = NodeState::new(&self.model);
+        // DCMD writes are served one at a time, in arrival order, by their own task, so a slow
+        // device never holds up publishing.
+        let (dcmd_tx, dcmd_rx) = mpsc::channel(DCMD_QUEUE);
+        let writer = tokio::spawn(serve_writes(
+            self.name.clone(),
+            self.writes.clone(),
+            dcmd_rx,
+        ));
         let mut delay = self.mqtt.reconnect_min;
         loop {
             if shutdown.is_cancelled() {
@@ -256,16 +353,32 @@ impl SparkplugUplink {
                         seq: SeqCounter::default(),
                         bd_seq,
                         pending: Vec::new(),
+                        dcmd: &dcmd_tx,
                     };
-                    tokio::select! {
+                    let ended = tokio::select! {
                         e = drive(&mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
                         ended = session.run(cmd_rx, &shutdown) => ended,
+                    };
+                    if matches!(ended, Ended::Shutdown | Ended::HostOffline) {
+                        // The session queued its DISCONNECT: drive the event loop until it is
+                        // out, so that the broker discards the Will.
+                        let (tx, _rx) = mpsc::channel(1);
+                        let _ = timeout(STEP_TIMEOUT, drive(&mut eventloop, tx)).await;
                     }
+                    ended
                 }
             };
-            self.status_tx.send_modify(|s| s.online = false);
+            self.status_tx.send_modify(|s| {
+                s.online = false;
+                s.waiting_for_host = false;
+            });
             match ended {
                 Ended::Shutdown => break,
+                Ended::HostOffline => {
+                    self.status_tx.send_modify(|s| s.host_offline_total += 1);
+                    // Not a failure: connect again at once and wait for the host there.
+                    continue;
+                }
                 Ended::Lost(reason) => {
                     tracing::warn!(uplink = %self.name, "Sparkplug connection lost: {reason}");
                     self.status_tx.send_modify(|s| s.last_error = Some(reason));
@@ -278,6 +391,9 @@ impl SparkplugUplink {
                 _ = sleep(jittered) => {}
             }
         }
+        // Writes already queued are still answered (and reported); then the writer ends.
+        drop(dcmd_tx);
+        let _ = timeout(STEP_TIMEOUT, writer).await;
         tracing::info!(uplink = %self.name, "Sparkplug uplink stopped");
     }
 }
@@ -286,6 +402,8 @@ impl SparkplugUplink {
 struct NodeState {
     devices: Vec<DeviceState>,
     dead: Vec<bool>,
+    /// Timestamp of the last STATE accepted from the primary host (older ones are ignored).
+    host_ts: Option<u64>,
 }
 
 impl NodeState {
@@ -297,6 +415,7 @@ impl NodeState {
                 .map(|d| DeviceState::new(d.metrics.len()))
                 .collect(),
             dead: vec![false; model.devices.len()],
+            host_ts: None,
         }
     }
 }
@@ -309,6 +428,53 @@ struct Session<'a> {
     bd_seq: u64,
     /// Notices of the publishes not yet known to be written to the socket.
     pending: Vec<rumqttc::PublishNotice>,
+    /// DCMD write requests go here (served by [`serve_writes`]).
+    dcmd: &'a mpsc::Sender<DcmdWrite>,
+}
+
+/// What a received command is.
+enum Command<'p> {
+    /// `Node Control/Rebirth = true` on NCMD.
+    Rebirth,
+    /// A DCMD for the named device.
+    Dcmd(&'p str),
+    /// The primary host's STATE.
+    HostState(HostState),
+    /// Anything else (ignored).
+    Other,
+}
+
+/// A STATE payload: 3.0 JSON `{"online":…,"timestamp":…}`, or the 2.2 text `ONLINE`/`OFFLINE`
+/// (no timestamp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostState {
+    /// Whether the host says it is online.
+    pub online: bool,
+    /// Its timestamp (ms since the epoch), when the payload has one.
+    pub timestamp: Option<u64>,
+}
+
+impl HostState {
+    /// Parse a STATE payload; `None` when it is neither form.
+    pub fn parse(payload: &[u8]) -> Option<HostState> {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
+            return Some(HostState {
+                online: v.get("online")?.as_bool()?,
+                timestamp: v.get("timestamp").and_then(serde_json::Value::as_u64),
+            });
+        }
+        match payload {
+            b"ONLINE" => Some(HostState {
+                online: true,
+                timestamp: None,
+            }),
+            b"OFFLINE" => Some(HostState {
+                online: false,
+                timestamp: None,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl Session<'_> {
@@ -320,15 +486,20 @@ impl Session<'_> {
         if let Err(e) = self.subscribe().await {
             return Ended::Lost(e);
         }
+        if self.up.ids.primary_host_id.is_some()
+            && let Some(ended) = self.wait_for_host(&mut cmds, shutdown).await
+        {
+            return ended;
+        }
         if let Err(e) = self.births().await {
             return Ended::Lost(e);
         }
         let mut appended = self.up.spool.appended();
-        // Records up to here waited out the outage (or the restart): replayed as historical.
+        // Records up to here waited out the outage (or the restart, or the host's absence):
+        // replayed as historical.
         let boundary = *appended.borrow_and_update();
         let mut cursor = 0i64;
         let mut more = true;
-        let ncmd = self.up.topic(MessageType::NCmd, None);
         loop {
             if more {
                 match self.send_batch(&mut cursor, boundary).await {
@@ -342,16 +513,31 @@ impl Session<'_> {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return self.goodbye().await,
+                _ = shutdown.cancelled() => {
+                    self.ndeath_and_disconnect().await;
+                    return Ended::Shutdown;
+                }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return Ended::Lost("event loop stopped".into()) };
-                    if std::str::from_utf8(&cmd.topic).ok() == Some(ncmd.as_str())
-                        && spb::decode(&cmd.payload).is_ok_and(|p| spb::is_rebirth_request(&p))
-                    {
-                        tracing::info!(uplink = %self.up.name, "rebirth requested");
-                        if let Err(e) = self.births().await {
-                            return Ended::Lost(e);
+                    match self.classify(&cmd) {
+                        Command::Rebirth => {
+                            tracing::info!(uplink = %self.up.name, "rebirth requested");
+                            if let Err(e) = self.births().await {
+                                return Ended::Lost(e);
+                            }
                         }
+                        Command::Dcmd(device) => self.on_dcmd(device, &cmd.payload),
+                        Command::HostState(state) => {
+                            if self.accept_host_state(state) && !state.online {
+                                tracing::warn!(
+                                    uplink = %self.up.name,
+                                    "primary host offline: NDEATH, disconnect, spool until it is back"
+                                );
+                                self.ndeath_and_disconnect().await;
+                                return Ended::HostOffline;
+                            }
+                        }
+                        Command::Other => {}
                     }
                 }
                 changed = appended.changed() => {
@@ -365,11 +551,166 @@ impl Session<'_> {
         }
     }
 
+    fn classify<'p>(&self, cmd: &'p rumqttc::Publish) -> Command<'p> {
+        let Ok(topic) = std::str::from_utf8(&cmd.topic) else {
+            return Command::Other;
+        };
+        let ids = &self.up.ids;
+        if let Some(host) = &ids.primary_host_id
+            && topic == state_topic(host)
+        {
+            return HostState::parse(&cmd.payload).map_or_else(
+                || {
+                    tracing::warn!(uplink = %self.up.name, "unreadable STATE payload ignored");
+                    Command::Other
+                },
+                Command::HostState,
+            );
+        }
+        if topic == self.up.topic(MessageType::NCmd, None) {
+            return if spb::decode(&cmd.payload).is_ok_and(|p| spb::is_rebirth_request(&p)) {
+                Command::Rebirth
+            } else {
+                Command::Other
+            };
+        }
+        let dcmd = self.up.topic(MessageType::DCmd, None);
+        match topic
+            .strip_prefix(dcmd.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            Some(device) if !device.is_empty() && !device.contains('/') => Command::Dcmd(device),
+            _ => Command::Other,
+        }
+    }
+
+    /// Whether a STATE is to be acted on: not older than the last one accepted (3.0 timestamps).
+    fn accept_host_state(&mut self, state: HostState) -> bool {
+        match (state.timestamp, self.node.host_ts) {
+            (Some(ts), Some(last)) if ts < last => {
+                tracing::debug!(uplink = %self.up.name, ts, last, "stale STATE ignored");
+                false
+            }
+            (Some(ts), _) => {
+                self.node.host_ts = Some(ts);
+                true
+            }
+            (None, _) => true,
+        }
+    }
+
+    /// Before the births: wait until the primary host says it is online. `Some` when the session
+    /// ends first (shutdown, lost connection).
+    async fn wait_for_host(
+        &mut self,
+        cmds: &mut mpsc::Receiver<rumqttc::Publish>,
+        shutdown: &CancellationToken,
+    ) -> Option<Ended> {
+        self.up.status_tx.send_modify(|s| s.waiting_for_host = true);
+        tracing::info!(uplink = %self.up.name, "waiting for the primary host to be online");
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.ndeath_and_disconnect().await;
+                    return Some(Ended::Shutdown);
+                }
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else {
+                        return Some(Ended::Lost("event loop stopped".into()));
+                    };
+                    match self.classify(&cmd) {
+                        Command::HostState(state) => {
+                            if self.accept_host_state(state) && state.online {
+                                self.up.status_tx.send_modify(|s| s.waiting_for_host = false);
+                                tracing::info!(uplink = %self.up.name, "primary host online");
+                                return None;
+                            }
+                        }
+                        Command::Dcmd(device) => tracing::warn!(
+                            uplink = %self.up.name, device,
+                            "DCMD before the births ignored (the primary host is not online)"
+                        ),
+                        Command::Rebirth | Command::Other => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queue the writes a DCMD asks for (one per metric), in order.
+    fn on_dcmd(&mut self, device: &str, payload: &[u8]) {
+        let up = self.up;
+        let payload = match spb::decode(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(uplink = %up.name, device, "undecodable DCMD ignored: {e}");
+                return;
+            }
+        };
+        let model = up
+            .model
+            .device_index(device)
+            .map(|i| (i, &up.model.devices[i]));
+        for m in &payload.metrics {
+            // Aliases as the DCMD should carry them (3.0), or names as some hosts send.
+            let metric = model.and_then(|(_, d)| {
+                let by_alias = m
+                    .alias
+                    .and_then(|a| d.metrics.iter().position(|x| x.alias == a));
+                by_alias.or_else(|| d.metric_index(m.name.as_deref()?))
+            });
+            let point: Arc<str> = match (model, metric) {
+                (Some((_, d)), Some(j)) => d.metrics[j].name.clone(),
+                _ => m
+                    .name
+                    .clone()
+                    .or_else(|| m.alias.map(|a| format!("alias {a}")))
+                    .unwrap_or_default()
+                    .into(),
+            };
+            let (old, new) = match (model, metric) {
+                (Some((i, d)), Some(j)) => (
+                    self.node.devices[i].current()[j]
+                        .as_ref()
+                        .and_then(|r| r.value.clone()),
+                    spb::decode_value(d.metrics[j].datatype, m.value.as_ref()),
+                ),
+                _ => (None, None),
+            };
+            let request = DcmdWrite {
+                device: device.into(),
+                point,
+                known: metric.is_some(),
+                old,
+                new,
+                topic: format!("{}/{device}", up.topic(MessageType::DCmd, None)),
+            };
+            if let Err(mpsc::error::TrySendError::Full(request)) = self.dcmd.try_send(request) {
+                // Refused without touching the device; still reported.
+                let events = up.writes.as_ref().map(|g| g.events.clone());
+                let name = up.name.clone();
+                tokio::spawn(async move {
+                    report(
+                        &name,
+                        events.as_ref(),
+                        &request,
+                        &Err(WriteFailure::Refused(Refusal::Busy)),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+
     async fn subscribe(&self) -> Result<(), String> {
-        let topics = [
+        let mut topics = vec![
             self.up.topic(MessageType::NCmd, None),
             format!("{}/#", self.up.topic(MessageType::DCmd, None)),
         ];
+        if let Some(host) = &self.up.ids.primary_host_id {
+            topics.push(state_topic(host));
+        }
         for t in topics {
             let notice = self
                 .client
@@ -538,8 +879,9 @@ impl Session<'_> {
             .await
     }
 
-    /// NDEATH (QoS 1, waits for the PUBACK), then DISCONNECT.
-    async fn goodbye(&mut self) -> Ended {
+    /// NDEATH (QoS 1, waits for the PUBACK), then DISCONNECT (queued: the caller drives the
+    /// event loop until it is out).
+    async fn ndeath_and_disconnect(&mut self) {
         let up = self.up;
         let payload = spb::encode(&spb::ndeath(self.bd_seq, Timestamp::now()));
         match self
@@ -559,9 +901,134 @@ impl Session<'_> {
             Err(e) => tracing::warn!(uplink = %up.name, "cannot publish the NDEATH: {e}"),
         }
         let _ = self.client.disconnect().await;
-        // The driver ends when the DISCONNECT is out; this only bounds the wait.
-        sleep(STEP_TIMEOUT).await;
-        Ended::Shutdown
+    }
+}
+
+/// The STATE topic of a primary host application.
+pub fn state_topic(host_id: &str) -> String {
+    format!("{}/STATE/{host_id}", spb::NAMESPACE)
+}
+
+/// One DCMD metric asking for a write.
+#[derive(Debug)]
+struct DcmdWrite {
+    device: Arc<str>,
+    point: Arc<str>,
+    /// Whether device and metric exist in the model.
+    known: bool,
+    /// Last value reported for the point.
+    old: Option<Value>,
+    /// The requested value, decoded with the metric's datatype (`None`: unreadable or null).
+    new: Option<Value>,
+    /// The DCMD topic it came on.
+    topic: String,
+}
+
+/// Serve DCMD writes in order until every sender is gone.
+async fn serve_writes(
+    uplink: String,
+    gate: Option<DeviceWriteGate>,
+    mut requests: mpsc::Receiver<DcmdWrite>,
+) {
+    while let Some(req) = requests.recv().await {
+        let result = attempt(gate.as_ref(), &req).await;
+        report(&uplink, gate.as_ref().map(|g| &g.events), &req, &result).await;
+    }
+}
+
+/// Apply the gates and, when they pass, write through the source's poller.
+async fn attempt(gate: Option<&DeviceWriteGate>, req: &DcmdWrite) -> Result<(), WriteFailure> {
+    let Some(gate) = gate else {
+        return Err(WriteFailure::Refused(Refusal::WritesDisabled));
+    };
+    if !gate.enabled {
+        return Err(WriteFailure::Refused(Refusal::WritesDisabled));
+    }
+    let found = gate.writers.device(&req.device).and_then(|(w, d)| {
+        let p = d.points.iter().find(|p| p.name == req.point)?;
+        Some((w, d, p))
+    });
+    let (writer, device, point) = match found {
+        Some(f) if req.known => f,
+        _ => return Err(WriteFailure::Refused(Refusal::UnknownPoint)),
+    };
+    let Some(value) = &req.new else {
+        return Err(WriteFailure::Refused(Refusal::WrongType {
+            expected: "a value of the metric's datatype",
+        }));
+    };
+    let data = write::check_write(gate.enabled, point, value).map_err(WriteFailure::Refused)?;
+    writer.write(device, point, data).await
+}
+
+/// Log a write attempt and put its event on the events stream.
+async fn report(
+    uplink: &str,
+    events: Option<&mpsc::Sender<Record>>,
+    req: &DcmdWrite,
+    result: &Result<(), WriteFailure>,
+) {
+    let (outcome, reason) = match result {
+        Ok(()) => ("accepted", None),
+        Err(WriteFailure::Refused(r)) => ("refused", Some(r.to_string())),
+        Err(WriteFailure::Failed(why)) => ("failed", Some(why.clone())),
+    };
+    let shown = |v: &Option<Value>| {
+        v.as_ref()
+            .map_or_else(|| "null".to_owned(), Value::to_string)
+    };
+    let message = match &reason {
+        None => format!(
+            "write of {}/{} = {} accepted (was {})",
+            req.device,
+            req.point,
+            shown(&req.new),
+            shown(&req.old)
+        ),
+        Some(why) => format!(
+            "write of {}/{} = {} {outcome}: {why}",
+            req.device,
+            req.point,
+            shown(&req.new)
+        ),
+    };
+    if result.is_ok() {
+        tracing::info!(uplink, "{message}");
+    } else {
+        tracing::warn!(uplink, "{message}");
+    }
+    let mut attributes: Vec<(Arc<str>, Value)> = vec![
+        ("outcome".into(), Value::Text(outcome.into())),
+        (
+            "by".into(),
+            Value::Text(format!("sparkplug DCMD on uplink {uplink}")),
+        ),
+        ("topic".into(), Value::Text(req.topic.clone())),
+    ];
+    if let Some(why) = reason {
+        attributes.push(("reason".into(), Value::Text(why)));
+    }
+    if let Some(v) = &req.old {
+        attributes.push(("old_value".into(), v.clone()));
+    }
+    if let Some(v) = &req.new {
+        attributes.push(("new_value".into(), v.clone()));
+    }
+    let event = WriteEvent {
+        kind: WRITE_EVENT_KIND.into(),
+        subject: format!("{}/{}", req.device, req.point).into(),
+        phase: EventPhase::Instant,
+        ts: Timestamp::now(),
+        attributes,
+        message,
+    };
+    if let Some(events) = events
+        && events.send(Record::Event(event)).await.is_err()
+    {
+        tracing::warn!(
+            uplink,
+            "the events stream is closed: write event not recorded"
+        );
     }
 }
 
