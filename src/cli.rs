@@ -98,6 +98,10 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         timeout: Duration,
     },
+    /// Operators' live view of what smeltwatch publishes on a broker: KPIs, cells by voltage with
+    /// anode effects, stacks against their limits, uplinks, recent events (JSON, protobuf and
+    /// Sparkplug B).
+    Tail(crate::tail::TailArgs),
     /// Create the site's Ed25519 key pair for signed, hash-chained regulated records.
     Keygen {
         /// Directory for `site.key` (mode 0600) and `site.pub`.
@@ -270,6 +274,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Spool { action } => spool_command(action),
+        Command::Tail(args) => {
+            let opts = crate::tail::TailOptions::from_args(&args)?;
+            let shutdown = app::shutdown_on_signal(args.duration);
+            crate::tail::run(opts, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen { out } => {
             let pair = crate::ledger::keygen(&out)?;
             println!(

@@ -22,6 +22,8 @@
 //! - [`publish`]: uplinks and payload encoders.
 //! - [`http`]: `/metrics` (Prometheus), health checks, the JSON snapshot and event stream, and
 //!   the control-room dashboard.
+//! - [`tail`]: `smeltwatch tail`, the operators' live view of a broker (JSON, protobuf,
+//!   Sparkplug B), as a terminal screen or one line per message.
 //! - [`app`]: the only place that wires components together and owns shutdown.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -38,3 +40,4 @@ pub mod model;
 pub mod publish;
 pub mod simulator;
 pub mod spool;
+pub mod tail;

@@ -1,0 +1,705 @@
+//! What the `tail` screen shows, as plain data: [`State::apply`] folds decoded messages into it,
+//! the renderer only reads it. No I/O and no clock: "now" is the newest timestamp seen, so a
+//! recorded stream always gives the same screen.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::calc::glob_match;
+use crate::model::{
+    Aggregate, Event, EventPhase, MetricBatch, Period, Quality, ReadingBatch, Record, Timestamp,
+    Value,
+};
+
+use super::decode::{AgentStatus, Message, SparkplugMessage};
+
+/// Default anode-effect threshold (V): a cell at or above it is shown in anode effect even before
+/// the calculator's event arrives (METRICS.md, `anode_effect.threshold_v`).
+pub const AE_THRESHOLD_V: f64 = 8.0;
+/// Events kept for the "recent events" list.
+pub const EVENTS_KEPT: usize = 200;
+
+/// Glob patterns (`*`, `?`) over a message's names: site, source, device, `source/device`, the
+/// `line` and `cell` labels of metrics, stack and event subjects (and their first segment), and
+/// Sparkplug group, edge node and device. A message passes when any pattern matches any name;
+/// with no pattern everything passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    patterns: Vec<String>,
+}
+
+impl Filter {
+    /// A filter from `--filter` patterns.
+    pub fn new(patterns: Vec<String>) -> Self {
+        Filter { patterns }
+    }
+
+    /// Whether the message passes.
+    pub fn accepts(&self, msg: &Message) -> bool {
+        if self.patterns.is_empty() {
+            return true;
+        }
+        let names = names(msg);
+        self.patterns
+            .iter()
+            .any(|p| names.iter().any(|n| glob_match(p, n)))
+    }
+}
+
+fn names(msg: &Message) -> Vec<String> {
+    let mut out = Vec::new();
+    match msg {
+        Message::Record { site, record, .. } => {
+            out.push(site.clone());
+            match record {
+                Record::Batch(b) => batch_names(b, &mut out),
+                Record::Metrics(m) => {
+                    out.push(m.calc.to_string());
+                    for metric in &m.metrics {
+                        for (k, v) in &metric.labels {
+                            if &**k == "line" || &**k == "cell" || &**k == "stack" {
+                                out.push(v.to_string());
+                            }
+                        }
+                    }
+                }
+                Record::Event(e) => subject_names(&e.subject, &mut out),
+                Record::Aggregate(a) => subject_names(&a.subject, &mut out),
+            }
+        }
+        Message::Status { status, .. } => out.push(status.site.clone()),
+        Message::Sparkplug(s) => {
+            out.push(s.group.clone());
+            out.push(s.edge.clone());
+            if let Some(d) = &s.device {
+                out.push(d.clone());
+                out.push(format!("{}/{d}", s.edge));
+            }
+        }
+    }
+    out
+}
+
+fn batch_names(b: &ReadingBatch, out: &mut Vec<String>) {
+    out.push(b.source.to_string());
+    out.push(b.device.to_string());
+    out.push(format!("{}/{}", b.source, b.device));
+}
+
+fn subject_names(subject: &str, out: &mut Vec<String>) {
+    out.push(subject.to_owned());
+    if let Some((first, _)) = subject.split_once('/') {
+        out.push(first.to_owned());
+    }
+}
+
+/// One potline cell (a device with a `cell_voltage_v` point).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// `source/device` (`potline1/pot_017`).
+    pub key: String,
+    /// Latest voltage.
+    pub voltage_v: Option<f64>,
+    /// Its quality.
+    pub quality: Quality,
+    /// When it was read.
+    pub ts: Timestamp,
+    /// `in_service` status bit, when the device reports one.
+    pub in_service: Option<bool>,
+    /// `cut_out` status bit, when the device reports one.
+    pub cut_out: Option<bool>,
+    /// `anode_effect` status bit, when the device reports one.
+    pub ae_bit: Option<bool>,
+    /// An `anode_effect` start event without its end.
+    pub ae_event_open: bool,
+}
+
+impl Cell {
+    fn new(key: String) -> Self {
+        Cell {
+            key,
+            voltage_v: None,
+            quality: Quality::CommFail,
+            ts: Timestamp(0),
+            in_service: None,
+            cut_out: None,
+            ae_bit: None,
+            ae_event_open: false,
+        }
+    }
+
+    /// In anode effect: an open AE event, the controller's AE bit, or a good voltage at or above
+    /// [`AE_THRESHOLD_V`].
+    pub fn anode_effect(&self) -> bool {
+        self.ae_event_open
+            || self.ae_bit == Some(true)
+            || (self.quality.is_good() && self.voltage_v.is_some_and(|v| v >= AE_THRESHOLD_V))
+    }
+
+    /// In service unless a status bit says otherwise.
+    pub fn in_service(&self) -> bool {
+        self.in_service != Some(false) && self.cut_out != Some(true)
+    }
+}
+
+/// The potline KPIs of one line (from `calc = "potline"` metrics labelled `line`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineKpis {
+    /// `line_current_ka` (kA).
+    pub line_current_ka: Option<f64>,
+    /// `production_today_t` (t).
+    pub production_today_t: Option<f64>,
+    /// `dc_kwh_per_t_today` (kWh/t).
+    pub dc_kwh_per_t: Option<f64>,
+    /// `ac_kwh_per_t_today` (kWh/t).
+    pub ac_kwh_per_t: Option<f64>,
+    /// `capacity_utilisation_pct` of the last closed day (%).
+    pub capacity_use_pct: Option<f64>,
+    /// `cells_in_service`.
+    pub cells_in_service: Option<f64>,
+    /// Time of the newest metric.
+    pub ts: Option<Timestamp>,
+}
+
+/// One quantity of a stack: the latest minute aggregate, and the limit when known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StackQuantity {
+    /// Concentration (mg/m³), minute average.
+    pub conc_mg_m3: Option<f64>,
+    /// Mass flow (kg/h), minute average.
+    pub mass_kg_h: Option<f64>,
+    /// Quality of the concentration window.
+    pub quality: Option<Quality>,
+    /// Concentration limit (mg/m³): from `--config`, or learned from an exceedance event.
+    pub limit_mg_m3: Option<f64>,
+    /// Hours above the limit reported by exceedance events since `tail` started.
+    pub exceedances: u32,
+}
+
+/// One stack: pollutants by name, and the flow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stack {
+    /// Pollutant (`so2`) → figures.
+    pub pollutants: BTreeMap<String, StackQuantity>,
+    /// Flow (m³/h), minute average.
+    pub flow_m3h: Option<f64>,
+    /// End of the newest window.
+    pub ts: Option<Timestamp>,
+}
+
+/// What is known about one uplink as seen on this broker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Uplink {
+    /// The retained status (`online`/`offline`).
+    pub status: Option<AgentStatus>,
+    /// Records marked `historical` received: the uplink is replaying its backlog.
+    pub historical_records: u64,
+    /// When the newest historical record arrived (its own time).
+    pub last_historical: Option<Timestamp>,
+    /// The newest `outage` event: records dropped and duration.
+    pub last_outage: Option<Event>,
+    /// Gaps in `seq` seen per stream (records missed so far).
+    pub seq_gaps: u64,
+}
+
+/// One Sparkplug edge node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeNode {
+    /// Births seen and no death since.
+    pub online: bool,
+    /// `bdSeq` of the last birth or death.
+    pub bd_seq: Option<u64>,
+    /// Devices born (and not dead).
+    pub devices_online: usize,
+    /// DATA metrics that no birth resolved.
+    pub unresolved: u64,
+}
+
+/// One line of the recent-events list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventLine {
+    /// Site.
+    pub site: String,
+    /// The event.
+    pub event: Event,
+    /// Replayed after an outage.
+    pub historical: bool,
+}
+
+/// The whole screen's data.
+#[derive(Debug, Clone)]
+pub struct State {
+    filter: Filter,
+    /// Sites seen.
+    pub sites: Vec<String>,
+    /// Cells by `source/device`.
+    pub cells: BTreeMap<String, Cell>,
+    /// Line KPIs by line name.
+    pub lines: BTreeMap<String, LineKpis>,
+    /// Stacks by name.
+    pub stacks: BTreeMap<String, Stack>,
+    /// Newest first.
+    pub events: VecDeque<EventLine>,
+    /// Uplinks by site (records, outage events) and status topic.
+    pub uplinks: BTreeMap<String, Uplink>,
+    /// Sparkplug edge nodes by `group/edge`.
+    pub edge_nodes: BTreeMap<String, EdgeNode>,
+    /// Messages applied (after the filter).
+    pub messages: u64,
+    /// Messages that could not be decoded.
+    pub decode_errors: u64,
+    /// The newest decode error.
+    pub last_error: Option<String>,
+    /// Newest timestamp seen in any message.
+    pub now: Timestamp,
+    last_seq: BTreeMap<(String, &'static str), u64>,
+}
+
+impl State {
+    /// An empty state with a filter.
+    pub fn new(filter: Filter) -> Self {
+        State {
+            filter,
+            sites: Vec::new(),
+            cells: BTreeMap::new(),
+            lines: BTreeMap::new(),
+            stacks: BTreeMap::new(),
+            events: VecDeque::new(),
+            uplinks: BTreeMap::new(),
+            edge_nodes: BTreeMap::new(),
+            messages: 0,
+            decode_errors: 0,
+            last_error: None,
+            now: Timestamp(0),
+            last_seq: BTreeMap::new(),
+        }
+    }
+
+    /// Set the known concentration limit of a stack pollutant (mg/m³).
+    pub fn set_limit(&mut self, stack: &str, pollutant: &str, limit_mg_m3: f64) {
+        self.stacks
+            .entry(stack.to_owned())
+            .or_default()
+            .pollutants
+            .entry(pollutant.to_owned())
+            .or_default()
+            .limit_mg_m3 = Some(limit_mg_m3);
+    }
+
+    /// Count a message that could not be decoded.
+    pub fn decode_error(&mut self, error: String) {
+        self.decode_errors += 1;
+        self.last_error = Some(error);
+    }
+
+    /// Fold one message in; returns false when the filter rejected it.
+    pub fn apply(&mut self, msg: &Message) -> bool {
+        if !self.filter.accepts(msg) {
+            return false;
+        }
+        self.messages += 1;
+        match msg {
+            Message::Record {
+                site,
+                stream,
+                seq,
+                historical,
+                record,
+            } => {
+                if !self.sites.contains(site) {
+                    self.sites.push(site.clone());
+                }
+                let uplink = self.uplinks.entry(site.clone()).or_default();
+                if *historical {
+                    uplink.historical_records += 1;
+                    uplink.last_historical = Some(record_ts(record));
+                } else {
+                    // Gaps only in the live order: historical records fill older seqs.
+                    let key = (site.clone(), stream.as_str());
+                    if let Some(prev) = self.last_seq.get(&key)
+                        && *seq > prev + 1
+                    {
+                        uplink.seq_gaps += seq - prev - 1;
+                    }
+                    let last = self.last_seq.entry(key).or_insert(*seq);
+                    *last = (*last).max(*seq);
+                }
+                self.now = self.now.max(record_ts(record));
+                match record {
+                    Record::Batch(b) => self.apply_batch(b),
+                    Record::Metrics(m) => self.apply_metrics(m),
+                    Record::Event(e) => self.apply_event(site, e, *historical),
+                    Record::Aggregate(a) => self.apply_aggregate(a),
+                }
+            }
+            Message::Status { topic, status } => {
+                self.uplinks.entry(topic.clone()).or_default().status = Some(status.clone());
+            }
+            Message::Sparkplug(s) => self.apply_sparkplug(s),
+        }
+        true
+    }
+
+    fn apply_batch(&mut self, b: &ReadingBatch) {
+        let get = |name: &str| b.readings.iter().find(|r| &*r.point == name);
+        let flag = |name: &str| {
+            get(name).and_then(|r| match r.value {
+                Some(Value::Bool(v)) if r.quality.is_good() => Some(v),
+                _ => None,
+            })
+        };
+        if let Some(r) = get("cell_voltage_v") {
+            let key = format!("{}/{}", b.source, b.device);
+            let cell = self
+                .cells
+                .entry(key.clone())
+                .or_insert_with(|| Cell::new(key));
+            cell.voltage_v = r.value.as_ref().and_then(Value::as_f64);
+            cell.quality = r.quality;
+            cell.ts = r.ts;
+            // Sparkplug DDATA carries only what changed: keep the last known bits.
+            cell.in_service = flag("in_service").or(cell.in_service);
+            cell.cut_out = flag("cut_out").or(cell.cut_out);
+            cell.ae_bit = flag("anode_effect").or(cell.ae_bit);
+        } else if let Some(cell) = self.cells.get_mut(&format!("{}/{}", b.source, b.device)) {
+            cell.in_service = flag("in_service").or(cell.in_service);
+            cell.cut_out = flag("cut_out").or(cell.cut_out);
+            cell.ae_bit = flag("anode_effect").or(cell.ae_bit);
+        }
+        for r in &b.readings {
+            self.now = self.now.max(r.ts);
+        }
+    }
+
+    fn apply_metrics(&mut self, m: &MetricBatch) {
+        if &*m.calc != "potline" {
+            return;
+        }
+        for metric in &m.metrics {
+            let label = |k: &str| {
+                metric
+                    .labels
+                    .iter()
+                    .find(|(key, _)| &**key == k)
+                    .map(|(_, v)| v.to_string())
+            };
+            // Per-cell metrics carry `cell`; the KPIs are the line's own.
+            if label("cell").is_some() {
+                continue;
+            }
+            let Some(line) = label("line") else { continue };
+            let kpis = self.lines.entry(line).or_default();
+            kpis.ts = kpis.ts.max(Some(metric.ts));
+            let v = metric.value;
+            match &*metric.name {
+                "line_current_ka" => kpis.line_current_ka = v,
+                "production_today_t" => kpis.production_today_t = v,
+                "dc_kwh_per_t_today" => kpis.dc_kwh_per_t = v,
+                "ac_kwh_per_t_today" => kpis.ac_kwh_per_t = v,
+                "cells_in_service" => kpis.cells_in_service = v,
+                "capacity_utilisation_pct" if label("period").as_deref() == Some("day") => {
+                    kpis.capacity_use_pct = v
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn apply_event(&mut self, site: &str, e: &Event, historical: bool) {
+        match &*e.kind {
+            "anode_effect" => {
+                let cell = self
+                    .cells
+                    .entry(e.subject.to_string())
+                    .or_insert_with(|| Cell::new(e.subject.to_string()));
+                match e.phase {
+                    EventPhase::Start => cell.ae_event_open = true,
+                    EventPhase::End => cell.ae_event_open = false,
+                    EventPhase::Instant => {}
+                }
+            }
+            "exceedance" => {
+                // subject `stack/so2_mg_m3`, attribute `limit_mg_m3`.
+                if let Some((stack, quantity)) = e.subject.split_once('/')
+                    && let Some(pollutant) = quantity.strip_suffix("_mg_m3")
+                {
+                    let q = self
+                        .stacks
+                        .entry(stack.to_owned())
+                        .or_default()
+                        .pollutants
+                        .entry(pollutant.to_owned())
+                        .or_default();
+                    q.exceedances += 1;
+                    if let Some(limit) = attribute(e, "limit_mg_m3") {
+                        q.limit_mg_m3 = Some(limit);
+                    }
+                }
+            }
+            "outage" => {
+                self.uplinks.entry(site.to_owned()).or_default().last_outage = Some(e.clone());
+            }
+            _ => {}
+        }
+        self.now = self.now.max(e.ts);
+        self.events.push_front(EventLine {
+            site: site.to_owned(),
+            event: e.clone(),
+            historical,
+        });
+        self.events.truncate(EVENTS_KEPT);
+    }
+
+    fn apply_aggregate(&mut self, a: &Aggregate) {
+        if a.period != Period::Minute {
+            return;
+        }
+        let stack = self.stacks.entry(a.subject.to_string()).or_default();
+        stack.ts = stack.ts.max(Some(a.end));
+        if &*a.quantity == "flow_m3h" {
+            stack.flow_m3h = a.avg;
+        } else if let Some(p) = a.quantity.strip_suffix("_mg_m3") {
+            let q = stack.pollutants.entry(p.to_owned()).or_default();
+            q.conc_mg_m3 = a.avg;
+            q.quality = Some(a.quality);
+        } else if let Some(p) = a.quantity.strip_suffix("_kg_h") {
+            stack.pollutants.entry(p.to_owned()).or_default().mass_kg_h = a.avg;
+        }
+    }
+
+    fn apply_sparkplug(&mut self, s: &SparkplugMessage) {
+        use crate::publish::encode::sparkplug::MessageType as T;
+        let node = self
+            .edge_nodes
+            .entry(format!("{}/{}", s.group, s.edge))
+            .or_default();
+        node.unresolved += s.unresolved as u64;
+        match s.kind {
+            T::NBirth => {
+                node.online = true;
+                node.bd_seq = s.bd_seq;
+                node.devices_online = 0;
+            }
+            T::NDeath => {
+                node.online = false;
+                node.bd_seq = s.bd_seq.or(node.bd_seq);
+                node.devices_online = 0;
+            }
+            T::DBirth => node.devices_online += 1,
+            T::DDeath => node.devices_online = node.devices_online.saturating_sub(1),
+            _ => {}
+        }
+        if let Some(ts) = s.ts {
+            self.now = self.now.max(ts);
+        }
+        if let Some(b) = &s.batch {
+            self.apply_batch(b);
+        }
+    }
+
+    /// Cells sorted by voltage, highest first (cells without a voltage last).
+    pub fn cells_by_voltage(&self) -> Vec<&Cell> {
+        let mut cells: Vec<&Cell> = self.cells.values().collect();
+        cells.sort_by(|a, b| {
+            let va = a.voltage_v.unwrap_or(f64::NEG_INFINITY);
+            let vb = b.voltage_v.unwrap_or(f64::NEG_INFINITY);
+            vb.total_cmp(&va).then_with(|| a.key.cmp(&b.key))
+        });
+        cells
+    }
+
+    /// Mean voltage of the in-service cells with a good voltage, of `line` (cells keyed
+    /// `line/…`), or of all cells when `line` is `None` or no cell is keyed by it.
+    pub fn mean_cell_voltage(&self, line: Option<&str>) -> Option<f64> {
+        let usable = |c: &&Cell| c.in_service() && c.quality.is_good() && c.voltage_v.is_some();
+        let prefix = line.map(|l| format!("{l}/"));
+        let of_line: Vec<f64> = self
+            .cells
+            .values()
+            .filter(usable)
+            .filter(|c| {
+                prefix
+                    .as_ref()
+                    .is_some_and(|p| c.key.starts_with(p.as_str()))
+            })
+            .filter_map(|c| c.voltage_v)
+            .collect();
+        let vs = if of_line.is_empty() {
+            self.cells
+                .values()
+                .filter(usable)
+                .filter_map(|c| c.voltage_v)
+                .collect()
+        } else {
+            of_line
+        };
+        (!vs.is_empty()).then(|| vs.iter().sum::<f64>() / vs.len() as f64)
+    }
+
+    /// The filter in use.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+}
+
+/// The time a record describes.
+pub fn record_ts(record: &Record) -> Timestamp {
+    match record {
+        Record::Batch(b) => b.readings.iter().map(|r| r.ts).max().unwrap_or(b.scheduled),
+        Record::Metrics(m) => m.ts,
+        Record::Event(e) => e.ts,
+        Record::Aggregate(a) => a.end,
+    }
+}
+
+/// A numeric attribute of an event.
+pub fn attribute(e: &Event, name: &str) -> Option<f64> {
+    e.attributes
+        .iter()
+        .find(|(k, _)| &**k == name)
+        .and_then(|(_, v)| v.as_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Stream;
+    use crate::model::Reading;
+
+    fn cell(device: &str, v: f64, in_service: bool, ae: bool, ts: i64) -> Message {
+        let r = |point: &str, value: Value| Reading {
+            point: point.into(),
+            value: Some(value),
+            unit: "".into(),
+            quality: Quality::Good,
+            ts: Timestamp(ts),
+        };
+        Message::Record {
+            site: "s1".into(),
+            stream: Stream::Live,
+            seq: 0,
+            historical: false,
+            record: Record::Batch(ReadingBatch {
+                source: "potline1".into(),
+                device: device.into(),
+                unit_id: 1,
+                poll_interval_ms: 1000,
+                scheduled: Timestamp(ts),
+                readings: vec![
+                    r("cell_voltage_v", Value::Float(v)),
+                    r("in_service", Value::Bool(in_service)),
+                    r("anode_effect", Value::Bool(ae)),
+                ],
+            }),
+        }
+    }
+
+    fn with_seq(mut m: Message, n: u64, hist: bool) -> Message {
+        if let Message::Record {
+            seq, historical, ..
+        } = &mut m
+        {
+            *seq = n;
+            *historical = hist;
+        }
+        m
+    }
+
+    fn ae_event(device: &str, phase: EventPhase) -> Message {
+        Message::Record {
+            site: "s1".into(),
+            stream: Stream::Events,
+            seq: 1,
+            historical: false,
+            record: Record::Event(Event {
+                kind: "anode_effect".into(),
+                subject: format!("potline1/{device}").into(),
+                phase,
+                ts: Timestamp(5_000),
+                attributes: vec![],
+                message: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn cells_sort_by_voltage_and_mean_leaves_out_cells_out_of_service() {
+        let mut s = State::new(Filter::default());
+        s.apply(&cell("pot_001", 4.10, true, false, 1_000));
+        s.apply(&cell("pot_002", 0.02, false, false, 1_000));
+        s.apply(&cell("pot_003", 4.30, true, false, 1_000));
+        s.apply(&cell("pot_004", 4.00, true, false, 1_000));
+        let order: Vec<&str> = s
+            .cells_by_voltage()
+            .iter()
+            .map(|c| c.key.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "potline1/pot_003",
+                "potline1/pot_001",
+                "potline1/pot_004",
+                "potline1/pot_002"
+            ]
+        );
+        let mean = s.mean_cell_voltage(Some("potline1")).unwrap();
+        assert!((mean - (4.10 + 4.30 + 4.00) / 3.0).abs() < 1e-12, "{mean}");
+        assert_eq!(s.now, Timestamp(1_000));
+    }
+
+    #[test]
+    fn anode_effect_follows_events_bits_and_the_threshold() {
+        let mut s = State::new(Filter::default());
+        s.apply(&cell("pot_001", 4.1, true, false, 1_000));
+        assert!(!s.cells["potline1/pot_001"].anode_effect());
+        s.apply(&ae_event("pot_001", EventPhase::Start));
+        assert!(s.cells["potline1/pot_001"].anode_effect());
+        s.apply(&ae_event("pot_001", EventPhase::End));
+        assert!(!s.cells["potline1/pot_001"].anode_effect());
+        s.apply(&cell("pot_001", 4.1, true, true, 2_000));
+        assert!(s.cells["potline1/pot_001"].anode_effect(), "controller bit");
+        s.apply(&cell("pot_001", AE_THRESHOLD_V, true, false, 3_000));
+        assert!(
+            s.cells["potline1/pot_001"].anode_effect(),
+            "voltage at the threshold"
+        );
+        s.apply(&cell("pot_001", AE_THRESHOLD_V - 0.01, true, false, 4_000));
+        assert!(!s.cells["potline1/pot_001"].anode_effect());
+        assert_eq!(s.events.len(), 2);
+    }
+
+    #[test]
+    fn seq_jumps_count_as_gaps_and_historical_records_as_backlog() {
+        let mut s = State::new(Filter::default());
+        s.apply(&with_seq(cell("pot_001", 4.0, true, false, 1), 10, false));
+        s.apply(&with_seq(cell("pot_001", 4.0, true, false, 2), 11, false));
+        s.apply(&with_seq(cell("pot_001", 4.0, true, false, 3), 15, false));
+        // Replayed older seqs neither count as gaps nor move the live order back.
+        s.apply(&with_seq(cell("pot_001", 4.0, true, false, 0), 12, true));
+        s.apply(&with_seq(cell("pot_001", 4.0, true, false, 4), 16, false));
+        let u = &s.uplinks["s1"];
+        assert_eq!(u.seq_gaps, 3);
+        assert_eq!(u.historical_records, 1);
+    }
+
+    #[test]
+    fn filter_matches_site_line_stack_device_and_subjects() {
+        let f = Filter::new(vec!["pot_00?".into()]);
+        assert!(f.accepts(&cell("pot_001", 4.0, true, false, 0)));
+        assert!(!f.accepts(&cell("pot_010", 4.0, true, false, 0)));
+        assert!(Filter::new(vec!["s1".into()]).accepts(&cell("pot_010", 4.0, true, false, 0)));
+        assert!(
+            Filter::new(vec!["potline1".into()]).accepts(&ae_event("pot_010", EventPhase::Start))
+        );
+        assert!(
+            !Filter::new(vec!["gtc1_stack".into()])
+                .accepts(&ae_event("pot_010", EventPhase::Start))
+        );
+        assert!(Filter::default().accepts(&ae_event("pot_010", EventPhase::Start)));
+        let mut s = State::new(Filter::new(vec!["pot_001".into()]));
+        assert!(s.apply(&cell("pot_001", 4.0, true, false, 0)));
+        assert!(!s.apply(&cell("pot_002", 4.0, true, false, 0)));
+        assert_eq!(s.cells.len(), 1);
+        assert_eq!(s.messages, 1);
+    }
+}
