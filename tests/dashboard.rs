@@ -13,10 +13,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
+use common::plant::{device, f32_words, serve};
 use smeltwatch::config;
 use smeltwatch::http::{self, HttpOptions};
 use smeltwatch::model::{Event, EventPhase, Record, Timestamp, Value};
-use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
+use smeltwatch::simulator::UnitMap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,27 +32,6 @@ fn chromium() -> Option<PathBuf> {
         }
     }
     common::peers::missing("chromium (Debian package `chromium`)")
-}
-
-fn device(name: &str) -> Device {
-    Device::new(
-        name,
-        BankSizes {
-            coils: 8,
-            discrete_inputs: 8,
-            holding: 64,
-            input: 64,
-        },
-        1,
-    )
-}
-
-fn f32_words(v: f32) -> [u16; 2] {
-    let b = v.to_be_bytes();
-    [
-        u16::from_be_bytes([b[0], b[1]]),
-        u16::from_be_bytes([b[2], b[3]]),
-    ]
 }
 
 fn agent_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {
@@ -174,9 +154,7 @@ async fn dashboard_shows_cells_kpis_and_events_and_follows_changes() {
     let stack = device("gtc1_stack");
     stack.set_input(0, &f32_words(85.0));
     units.insert(40, stack);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let modbus_port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve_tcp(listener, units, shutdown.clone()));
+    let modbus_port = serve(units, &shutdown).await;
 
     let state = tempfile::tempdir().unwrap();
     let toml = agent_config(modbus_port, broker.port, state.path());

@@ -10,35 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto, SubscribeOptions};
+use common::plant::{device, f32_words, serve};
 use serde_json::Value as Json;
 use smeltwatch::config::{self, SpoolConfig};
 use smeltwatch::model::Timestamp;
-use smeltwatch::simulator::{BankSizes, Device, ExceptionFault, Faults, UnitMap, serve_tcp};
+use smeltwatch::simulator::{ExceptionFault, Faults, UnitMap};
 use smeltwatch::spool::Spool;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-fn device(name: &str) -> Device {
-    Device::new(
-        name,
-        BankSizes {
-            coils: 8,
-            discrete_inputs: 8,
-            holding: 64,
-            input: 64,
-        },
-        1,
-    )
-}
-
-fn f32_words(v: f32) -> [u16; 2] {
-    let b = v.to_be_bytes();
-    [
-        u16::from_be_bytes([b[0], b[1]]),
-        u16::from_be_bytes([b[2], b[3]]),
-    ]
-}
 
 /// A small plant with a known state: a rectifier and three pots, one of which reports NaN, one an
 /// implausible bath temperature, and one refuses its status register.
@@ -63,14 +42,11 @@ async fn known_plant(shutdown: &CancellationToken) -> u16 {
         }),
         ..Faults::default()
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve_tcp(
-        listener,
+    serve(
         UnitMap::from([(1, rectifier), (10, pot1), (11, pot2), (12, pot3)]),
-        shutdown.clone(),
-    ));
-    port
+        shutdown,
+    )
+    .await
 }
 
 fn plant_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path, poll: &str) -> String {

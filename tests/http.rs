@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
+use common::plant::{device, f32_words, serve};
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::Value as Json;
 use smeltwatch::app::LiveState;
@@ -20,33 +21,12 @@ use smeltwatch::modbus::poller::PollerStats;
 use smeltwatch::model::{
     Event, EventPhase, Metric, MetricBatch, Quality, Record, Timestamp, Value,
 };
-use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
+use smeltwatch::simulator::UnitMap;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "pot-room-token";
-
-fn device(name: &str) -> Device {
-    Device::new(
-        name,
-        BankSizes {
-            coils: 8,
-            discrete_inputs: 8,
-            holding: 64,
-            input: 64,
-        },
-        1,
-    )
-}
-
-fn f32_words(v: f32) -> [u16; 2] {
-    let b = v.to_be_bytes();
-    [
-        u16::from_be_bytes([b[0], b[1]]),
-        u16::from_be_bytes([b[2], b[3]]),
-    ]
-}
 
 /// A rectifier at 400.5 kA, a healthy pot at 4.05 V, a pot in anode effect at 8.75 V and a pot
 /// whose voltage register holds NaN.
@@ -59,14 +39,11 @@ async fn plant(shutdown: &CancellationToken) -> u16 {
     pot2.set_input(0, &f32_words(f32::NAN));
     let pot3 = device("pot_003");
     pot3.set_input(0, &f32_words(8.75));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve_tcp(
-        listener,
+    serve(
         UnitMap::from([(1, rectifier), (10, pot1), (11, pot2), (12, pot3)]),
-        shutdown.clone(),
-    ));
-    port
+        shutdown,
+    )
+    .await
 }
 
 fn agent_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {

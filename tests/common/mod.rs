@@ -1,3 +1,4 @@
 #![allow(dead_code)]
 pub mod mosquitto;
 pub mod peers;
+pub mod plant;
