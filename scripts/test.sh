@@ -4,6 +4,7 @@
 #   mosquitto, mosquitto_passwd  real MQTT broker for the uplink and end-to-end tests (Debian package)
 #   mbpoll                       an independent Modbus client reading our simulator (Debian package)
 #   pymodbus                     an independent Modbus server for the poller (PyPI, in ./.venv)
+#   mqtt-spb-wrapper             a second Sparkplug decoder for the cross-check (PyPI, in ./.venv)
 #   chromium                     headless browser for the dashboard test (Debian package)
 #   sparkplug-payload            Eclipse Tahu JS, decodes our Sparkplug payloads (npm, when node is present)
 #
@@ -25,10 +26,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian's mosquitto package may start a system broker; the tests start their own on free ports.
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pymodbus' 2>/dev/null; then
-  echo "installing pymodbus into .venv"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pymodbus, mqtt_spb_wrapper' 2>/dev/null; then
+  echo "installing pymodbus and mqtt-spb-wrapper into .venv"
   python3 -m venv .venv
-  .venv/bin/pip install -q 'pymodbus==3.16.1'
+  .venv/bin/pip install -q 'pymodbus==3.16.1' 'mqtt-spb-wrapper==2.1.2'
 fi
 # Eclipse Tahu's JavaScript decoder for the Sparkplug cross-check (npm, into tests/peers/node).
 if command -v npm >/dev/null 2>&1 && [ ! -d tests/peers/node/node_modules/sparkplug-payload ]; then

@@ -14,6 +14,18 @@ pub fn missing<T>(what: &str) -> Option<T> {
 
 /// A Python interpreter that can import pymodbus: `SMELTWATCH_PYTHON`, else `./.venv/bin/python`.
 pub fn python_with_pymodbus() -> Option<PathBuf> {
+    python_with("pymodbus", "a Python with pymodbus")
+}
+
+/// A Python interpreter that can import mqtt-spb-wrapper (the lenient Sparkplug decoder), found
+/// like [`python_with_pymodbus`].
+pub fn python_with_spb_wrapper() -> Option<PathBuf> {
+    python_with("mqtt_spb_wrapper", "a Python with mqtt-spb-wrapper")
+}
+
+/// A Python interpreter that can import `module`: `SMELTWATCH_PYTHON`, else `./.venv/bin/python`;
+/// otherwise [`missing`] with `what`.
+pub fn python_with(module: &str, what: &str) -> Option<PathBuf> {
     let candidates = std::env::var_os("SMELTWATCH_PYTHON")
         .map(PathBuf::from)
         .into_iter()
@@ -22,14 +34,14 @@ pub fn python_with_pymodbus() -> Option<PathBuf> {
         ));
     for python in candidates {
         let ok = std::process::Command::new(&python)
-            .args(["-c", "import pymodbus"])
+            .args(["-c", &format!("import {module}")])
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
             return Some(python);
         }
     }
-    missing("a Python with pymodbus")
+    missing(what)
 }
 
 /// Read lines from a child's stdout until `PORT <n>`; returns n.

@@ -1,0 +1,126 @@
+//! Start-up of a `type = "sparkplug"` uplink: the edge node over its own spool, with DCMD writes
+//! going to the sources' pollers and write events to the fan-out.
+//!
+//! The uplink reports its own [`SparkplugStatus`]; the status displays and the HTTP side doors
+//! know [`UplinkStatus`], so a small task translates one into the other for as long as the uplink
+//! runs.
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, SparkplugConfig, UplinkConfig};
+use crate::modbus::write::DeviceWriters;
+use crate::model::Record;
+use crate::publish::encode::sparkplug::EdgeNodeModel;
+use crate::publish::mqtt::{LinkState, UplinkStatus};
+use crate::publish::sparkplug::{
+    DeviceWriteGate, SparkplugSettings, SparkplugStatus, SparkplugUplink,
+};
+use crate::spool::SpoolHandle;
+
+/// What the Sparkplug uplink needs from the rest of the agent.
+pub(crate) struct Wiring<'a> {
+    /// Every device's source write queue.
+    pub(crate) writers: &'a DeviceWriters,
+    /// The fan-out's side entrance for events.
+    pub(crate) events: &'a mpsc::Sender<Record>,
+    /// Spawns the uplink (and its status task) so that shutdown waits for them.
+    pub(crate) tracker: &'a TaskTracker,
+    /// Cancelled when the uplinks are to stop.
+    pub(crate) stop: &'a CancellationToken,
+}
+
+/// Build and spawn the uplink; returns its status as the displays know it.
+pub(crate) fn start(
+    cfg: &Config,
+    uplink: &UplinkConfig,
+    spb: &SparkplugConfig,
+    spool: SpoolHandle,
+    wiring: Wiring<'_>,
+) -> anyhow::Result<watch::Receiver<UplinkStatus>> {
+    let ids = SparkplugSettings {
+        group_id: spb.group_id.clone(),
+        edge_node_id: spb.edge_node_id.clone(),
+        primary_host_id: spb.primary_host_id.clone(),
+    };
+    let edge = SparkplugUplink::new(
+        &uplink.name,
+        &spb.mqtt,
+        ids,
+        EdgeNodeModel::from_sources(&cfg.sources),
+        spool,
+    )
+    .with_context(|| format!("uplink {:?}", uplink.name))?
+    .with_device_writes(DeviceWriteGate {
+        enabled: spb.device_writes,
+        writers: wiring.writers.clone(),
+        events: wiring.events.clone(),
+    });
+    tracing::info!(
+        uplink = %uplink.name,
+        broker = %spb.mqtt.broker,
+        group_id = %spb.group_id,
+        edge_node_id = %spb.edge_node_id,
+        primary_host = spb.primary_host_id.as_deref().unwrap_or("-"),
+        device_writes = spb.device_writes,
+        "Sparkplug uplink ready"
+    );
+    let mut from = edge.status();
+    let (to, status) = watch::channel(translate(&from.borrow()));
+    wiring.tracker.spawn(edge.run(wiring.stop.clone()));
+    wiring.tracker.spawn(async move {
+        // Ends when the uplink (the sender) is gone.
+        while from.changed().await.is_ok() {
+            let s = translate(&from.borrow_and_update());
+            to.send_replace(s);
+        }
+    });
+    Ok(status)
+}
+
+/// The display status of a Sparkplug uplink: connected once its births are out.
+fn translate(s: &SparkplugStatus) -> UplinkStatus {
+    let state = if s.online {
+        LinkState::Connected
+    } else if s.waiting_for_host {
+        LinkState::Disconnected("waiting for the primary host to be online".into())
+    } else if let Some(e) = &s.last_error {
+        LinkState::Disconnected(e.clone())
+    } else {
+        LinkState::Connecting
+    };
+    UplinkStatus {
+        state,
+        in_flight: 0,
+        acked_total: s.acked_total,
+        rejected_total: 0,
+        connects: s.connects,
+        last_error: s.last_error.clone(),
+        backlog_records: 0,
+        backlog_oldest: None,
+        replay_rate_per_s: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn births_out_is_connected_and_waiting_for_the_host_says_so() {
+        let mut s = SparkplugStatus::default();
+        assert_eq!(translate(&s).state, LinkState::Connecting);
+        s.waiting_for_host = true;
+        assert!(matches!(
+            translate(&s).state,
+            LinkState::Disconnected(ref why) if why.contains("primary host")
+        ));
+        s.waiting_for_host = false;
+        s.online = true;
+        s.acked_total = 7;
+        let t = translate(&s);
+        assert_eq!((t.state, t.acked_total), (LinkState::Connected, 7));
+    }
+}
