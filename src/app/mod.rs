@@ -12,6 +12,7 @@
 //! in flight. Whatever was appended to a spool and not acknowledged by a broker stays in the spool
 //! file and is sent first on the next start.
 
+pub mod calc_state;
 pub mod demo;
 pub mod systemd;
 
@@ -197,7 +198,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     }
 
     let calc = match &cfg.calc {
-        Some(c) => Some(crate::calc::Pipeline::new(c).context("[calc]")?),
+        Some(c) => Some(calc_state::CalcStage::open(
+            crate::calc::Pipeline::new(c).context("[calc]")?,
+            &cfg.state_dir,
+        )),
         None => None,
     };
     let fan_out = tokio::spawn(fan_out(rx, targets, cfg.site.clone(), live.clone(), calc));
@@ -364,7 +368,7 @@ async fn fan_out(
     targets: Vec<FanTarget>,
     site: String,
     live: Arc<LiveState>,
-    mut calc: Option<crate::calc::Pipeline>,
+    mut calc: Option<calc_state::CalcStage>,
 ) {
     let mut burst = Vec::with_capacity(MAX_BATCHES_PER_APPEND);
     // Windows must close even when their data stops (a dead stack analyser still owes the
@@ -395,11 +399,15 @@ async fn fan_out(
         if !records.is_empty() {
             route(&targets, &site, &records).await;
         }
+        if let Some(c) = calc.as_mut() {
+            c.saved_after(&records);
+        }
     }
     if let Some(c) = calc.as_mut() {
         let records = c.flush(Timestamp::now());
         publish_derived(&live, &records);
         route(&targets, &site, &records).await;
+        c.saved_after(&records);
     }
 }
 

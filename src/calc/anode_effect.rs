@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::coefficients::AnodeEffectTable;
 use crate::model::{Event, EventPhase, Timestamp, Value};
 
@@ -53,7 +55,7 @@ impl AnodeEffect {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Active {
     start: Timestamp,
     confirmed: bool,
@@ -71,8 +73,8 @@ pub enum AeTransition {
     Ended(AnodeEffect),
 }
 
-/// Detector of one cell.
-#[derive(Debug, Clone, Default)]
+/// Detector of one cell (serialisable: an AE in progress survives an agent restart).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AeDetector {
     active: Option<Active>,
 }
@@ -144,7 +146,7 @@ impl AeDetector {
 }
 
 /// AE statistics of a line over a period.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct AeStats {
     /// Number of AEs ended in the period.
     pub count: u64,

@@ -16,6 +16,7 @@ pub mod emissions;
 pub mod limits;
 mod pipeline;
 pub mod potline;
+mod snapshot;
 pub mod tariff;
 pub mod time;
 pub mod window;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use limits::LimitClass;
 pub use pipeline::Pipeline;
+pub use snapshot::PipelineSnapshot;
 
 /// Errors building the calculators.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,26 @@ pub struct CalcConfig {
     /// Stacks with CEMS.
     #[serde(default)]
     pub stacks: Vec<StackRole>,
+    /// Plant time for a simulator that runs faster than real time (`[simulator] time_scale`);
+    /// absent in production. See [`SimulatedTime`].
+    #[serde(default)]
+    pub simulated_time: Option<SimulatedTime>,
+}
+
+/// `[calc.simulated_time]`: the calculators read reading timestamps as plant time running
+/// `scale` times faster than the wall clock, starting at `start` with the first reading.
+///
+/// This exists so that hour and day windows, day closes and AE statistics can be exercised in
+/// seconds (tests, demos) against a simulator with the same `time_scale`. Only the calculators'
+/// view changes: `t_plant = start + (t_reading − t_first_reading) × scale`; the live stream keeps
+/// the acquisition timestamps. Never set it on a plant: every figure would be wrong by `scale`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedTime {
+    /// Plant seconds per wall-clock second (> 0).
+    pub scale: f64,
+    /// Plant time of the first reading, RFC 3339 in UTC (`2025-03-01T15:58:00Z`).
+    pub start: String,
 }
 
 fn default_coefficients() -> String {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::anode_effect::{AeDetector, AeParams, AeStats, AeTransition, event_of};
+use super::anode_effect::{AeDetector, AeParams, AeTransition, event_of};
 use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable, PfcTable};
 use super::counter::{CounterStep, EnergyCounter};
 use super::emissions::{
@@ -13,6 +13,9 @@ use super::emissions::{
 use super::limits::{check_hour, grade, limit_of};
 use super::potline::{
     Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
+};
+use super::snapshot::{
+    CellState, LineSnapshot, PeriodAcc, PipelineSnapshot, SNAPSHOT_VERSION, StackSnapshot,
 };
 use super::time::{MINUTE_MS, civil, days_in_month, floor, local_day};
 use super::window::{Sample, Window, WindowRules};
@@ -29,42 +32,22 @@ enum Route {
     Other,
 }
 
-/// Figures of a line accumulated over a period.
-#[derive(Debug, Clone, Copy, Default)]
-struct PeriodAcc {
-    /// Σ line current × time × cells in service, kA·h.
-    charge_ka_h: f64,
-    /// Σ cell voltage × line current × time, kWh.
-    dc_kwh: f64,
-    /// AC energy from the meter, kWh.
-    ac_kwh: f64,
-    /// DC energy from the meter, kWh.
-    dc_meter_kwh: f64,
-    /// AE figures.
-    ae: AeStats,
-    /// Meter resets seen.
-    resets: u32,
+type Cell = CellState;
+
+/// Plant time of `[calc.simulated_time]`: an affine map of reading timestamps.
+#[derive(Debug, Clone, Copy)]
+struct SimClock {
+    scale: f64,
+    start_ms: i64,
+    /// Wall-clock time of the first reading (or flush) seen.
+    anchor_ms: Option<i64>,
 }
 
-impl PeriodAcc {
-    fn add(&mut self, o: &PeriodAcc) {
-        self.charge_ka_h += o.charge_ka_h;
-        self.dc_kwh += o.dc_kwh;
-        self.ac_kwh += o.ac_kwh;
-        self.dc_meter_kwh += o.dc_meter_kwh;
-        self.ae.add(&o.ae);
-        self.resets += o.resets;
+impl SimClock {
+    fn map(&mut self, ts: Timestamp) -> Timestamp {
+        let anchor = *self.anchor_ms.get_or_insert(ts.0);
+        Timestamp(self.start_ms + ((ts.0 - anchor) as f64 * self.scale).round() as i64)
     }
-}
-
-#[derive(Debug)]
-struct Cell {
-    subject: Arc<str>,
-    detector: AeDetector,
-    in_service: bool,
-    last_ts: Option<Timestamp>,
-    minute_v_sum: f64,
-    minute_v_n: u32,
 }
 
 #[derive(Debug)]
@@ -111,6 +94,9 @@ pub struct Pipeline {
     lines: Vec<Line>,
     stacks: Vec<Stack>,
     routes: HashMap<(Arc<str>, Arc<str>), Route>,
+    clock: Option<SimClock>,
+    /// Latest calculator time seen.
+    latest: Option<Timestamp>,
 }
 
 fn lookup<'a, T>(
@@ -212,6 +198,33 @@ impl Pipeline {
                 windows: IndexMap::new(),
             });
         }
+        let clock = match &cfg.simulated_time {
+            None => None,
+            Some(st) => {
+                if !(st.scale.is_finite() && st.scale > 0.0) {
+                    return Err(CalcError::Invalid {
+                        key: "simulated_time.scale".into(),
+                        message: format!("{} is not a number above 0", st.scale),
+                    });
+                }
+                let start =
+                    humantime::parse_rfc3339(&st.start).map_err(|e| CalcError::Invalid {
+                        key: "simulated_time.start".into(),
+                        message: format!(
+                            "`{}` is not an RFC 3339 UTC time like 2025-03-01T15:58:00Z: {e}",
+                            st.start
+                        ),
+                    })?;
+                let start_ms = start
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                Some(SimClock {
+                    scale: st.scale,
+                    start_ms,
+                    anchor_ms: None,
+                })
+            }
+        };
         Ok(Pipeline {
             rules: WindowRules::new(&coef.validity, offset_ms),
             coef,
@@ -221,7 +234,111 @@ impl Pipeline {
             lines,
             stacks,
             routes: HashMap::new(),
+            clock,
+            latest: None,
         })
+    }
+
+    /// Copy of everything open (windows, accumulators, counters, detectors), to be saved so
+    /// that a restart resumes it with [`Pipeline::restore`].
+    pub fn snapshot(&self) -> PipelineSnapshot {
+        PipelineSnapshot {
+            version: SNAPSHOT_VERSION,
+            latest: self.latest,
+            lines: self
+                .lines
+                .iter()
+                .map(|l| {
+                    let mut cells: Vec<_> = l
+                        .cells
+                        .iter()
+                        .map(|(d, c)| (d.clone(), c.clone()))
+                        .collect();
+                    cells.sort_by(|a, b| a.0.cmp(&b.0));
+                    LineSnapshot {
+                        name: l.role.name.clone(),
+                        cells,
+                        current: l.current,
+                        dc_counter_raw: l.dc_counter.last_raw(),
+                        ac_counter_raw: l.ac_counter.last_raw(),
+                        day: l.day,
+                        minute: l.minute,
+                        today: l.today,
+                        month: l.month,
+                        month_days: l.month_days,
+                        year: l.year,
+                        year_days: l.year_days,
+                    }
+                })
+                .collect(),
+            stacks: self
+                .stacks
+                .iter()
+                .map(|s| StackSnapshot {
+                    name: s.role.name.clone(),
+                    windows: s
+                        .windows
+                        .iter()
+                        .map(|(q, w)| (q.clone(), w.clone()))
+                        .collect(),
+                })
+                .collect(),
+            clock_anchor_ms: self.clock.and_then(|c| c.anchor_ms),
+        }
+    }
+
+    /// Resume from a snapshot taken before a restart. Lines and stacks are matched by name;
+    /// those no longer configured are dropped, new ones start empty; windows take the current
+    /// validity rules. Returns false (and changes nothing) for a snapshot of another format
+    /// version.
+    ///
+    /// Whatever happened while the agent was down is not invented: windows that ended in the
+    /// meantime close (with what they had) on the first reading or flush after the restart, and
+    /// the missing minutes count as missing.
+    pub fn restore(&mut self, snap: PipelineSnapshot) -> bool {
+        if snap.version != SNAPSHOT_VERSION {
+            return false;
+        }
+        for ls in snap.lines {
+            let Some(line) = self.lines.iter_mut().find(|l| l.role.name == ls.name) else {
+                continue;
+            };
+            line.cells = ls.cells.into_iter().collect();
+            line.current = ls.current;
+            let (bits, ratio) = (line.role.counter_bits, line.role.counter_ratio);
+            let counter = |raw: Option<u64>| {
+                let c = EnergyCounter::new(bits, ratio, None);
+                match raw {
+                    Some(r) => c.with_last(r),
+                    None => c,
+                }
+            };
+            line.dc_counter = counter(ls.dc_counter_raw);
+            line.ac_counter = counter(ls.ac_counter_raw);
+            line.day = ls.day;
+            line.minute = ls.minute;
+            line.today = ls.today;
+            line.month = ls.month;
+            line.month_days = ls.month_days;
+            line.year = ls.year;
+            line.year_days = ls.year_days;
+        }
+        let rules = self.rules;
+        for ss in snap.stacks {
+            let Some(stack) = self.stacks.iter_mut().find(|s| s.role.name == ss.name) else {
+                continue;
+            };
+            stack.windows = ss
+                .windows
+                .into_iter()
+                .map(|(q, w)| (q, w.with_rules(rules)))
+                .collect();
+        }
+        if let (Some(clock), Some(anchor)) = (self.clock.as_mut(), snap.clock_anchor_ms) {
+            clock.anchor_ms = Some(anchor);
+        }
+        self.latest = snap.latest;
+        true
     }
 
     /// The coefficient table in use.
@@ -251,6 +368,22 @@ impl Pipeline {
 
     /// Process one poll batch; returns the metrics, events and aggregates it produced.
     pub fn on_batch(&mut self, batch: &ReadingBatch) -> Vec<Record> {
+        if let Some(clock) = self.clock.as_mut() {
+            let mut b = batch.clone();
+            b.scheduled = clock.map(b.scheduled);
+            for r in &mut b.readings {
+                r.ts = clock.map(r.ts);
+            }
+            b.poll_interval_ms = (b.poll_interval_ms as f64 * clock.scale).round() as u64;
+            return self.process(&b);
+        }
+        self.process(batch)
+    }
+
+    fn process(&mut self, batch: &ReadingBatch) -> Vec<Record> {
+        if let Some(ts) = batch.readings.iter().map(|r| r.ts).max() {
+            self.latest = self.latest.max(Some(ts));
+        }
         let mut out = Vec::new();
         match self.route(batch) {
             Route::Rectifier(i) => self.rectifier(i, batch, &mut out),
@@ -263,6 +396,10 @@ impl Pipeline {
 
     /// Close every window whose end is at or before `now` (no new data arrived).
     pub fn flush(&mut self, now: Timestamp) -> Vec<Record> {
+        let now = match self.clock.as_mut() {
+            Some(c) => c.map(now),
+            None => now,
+        };
         let mut out = Vec::new();
         for i in 0..self.lines.len() {
             self.line_clock(i, now, &mut out);

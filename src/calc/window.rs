@@ -17,12 +17,14 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::coefficients::ValidityTable;
 use super::time::{DAY_MS, HOUR_MS, MINUTE_MS, floor};
 use crate::model::{Aggregate, Period, Quality, Timestamp};
 
 /// Validity rules and the site's UTC offset.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WindowRules {
     /// Good samples a minute needs.
     pub minute_min_samples: u32,
@@ -72,7 +74,7 @@ pub struct Sample {
     pub rate_per_h: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Acc {
     start: Timestamp,
     len_ms: i64,
@@ -94,8 +96,10 @@ impl Acc {
             valid: 0,
             seen: 0,
             sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
+            // Finite sentinels (not ±∞) so that a snapshot survives JSON; every value that
+            // reaches `add_valid` is finite, so they never show in an aggregate.
+            min: f64::MAX,
+            max: f64::MIN,
             total: 0.0,
             has_total: false,
             bad: [0; Quality::ALL.len()],
@@ -140,15 +144,16 @@ impl Acc {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct MinuteAcc {
     acc: Acc,
     rate_sum: f64,
     rate_n: u32,
 }
 
-/// Aggregation windows of one quantity of one subject.
-#[derive(Debug, Clone)]
+/// Aggregation windows of one quantity of one subject. It serialises with its open windows, so
+/// that an agent restart resumes them (see `PipelineSnapshot`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Window {
     subject: Arc<str>,
     quantity: Arc<str>,
@@ -186,6 +191,12 @@ impl Window {
             day: None,
             late: 0,
         }
+    }
+
+    /// The same windows under other rules (after a restore, the configuration's rules apply).
+    pub fn with_rules(mut self, rules: WindowRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Samples dropped because they were older than the open minute.

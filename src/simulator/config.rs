@@ -26,6 +26,12 @@ pub struct SimulatorConfig {
     /// tick.
     #[serde(default = "default_tick", with = "humantime_serde")]
     pub tick: Duration,
+    /// Model seconds per real second (default 1). Each tick advances the models by
+    /// `tick × time_scale`: at 60 an hour of plant time passes in a minute. For tests and demos
+    /// of hour and day windows; pair it with `[calc.simulated_time]` so that the calculators
+    /// see the same plant time.
+    #[serde(default = "default_time_scale")]
+    pub time_scale: f64,
     /// Allow `listen` addresses that are not loopback (default false: the simulator is a test
     /// tool and must not appear on a plant network by accident).
     #[serde(default)]
@@ -48,11 +54,16 @@ fn default_tick() -> Duration {
     Duration::from_secs(1)
 }
 
+const fn default_time_scale() -> f64 {
+    1.0
+}
+
 impl Default for SimulatorConfig {
     fn default() -> Self {
         SimulatorConfig {
             seed: 0,
             tick: default_tick(),
+            time_scale: default_time_scale(),
             allow_non_loopback: false,
             potlines: Vec::new(),
             smelters: Vec::new(),
@@ -95,6 +106,10 @@ pub struct PotlineSim {
     /// 0.01–0.3, a demo wants a few per minute, e.g. 200 for 23 cells).
     #[serde(default = "default_ae_rate")]
     pub anode_effects_per_cell_day: f64,
+    /// Anode effects at known times, besides the random ones (set the rate to 0 to have only
+    /// these): a seeded schedule for tests that must know what the agent should detect.
+    #[serde(default)]
+    pub anode_effect_schedule: Vec<ScheduledAnodeEffect>,
     /// Cells (numbered from 1) cut out of service: voltage ≈ 0, status bit `cut_out`.
     #[serde(default)]
     pub cells_out_of_service: Vec<u16>,
@@ -108,6 +123,29 @@ pub struct PotlineSim {
     /// Rectifier efficiency DC/AC (default 0.975).
     #[serde(default = "default_efficiency")]
     pub rectifier_efficiency: f64,
+}
+
+/// An anode effect at a known model time.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledAnodeEffect {
+    /// Cell number (from 1); it must be in service.
+    pub cell: u16,
+    /// Model time after the simulator start at which the voltage jumps (humantime, `"10m"`).
+    /// The effect shows from the first tick at or after it.
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    /// How long it lasts (model time): the voltage is back to normal from the first tick at or
+    /// after `at + duration`.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Voltage at the start, V (default 30); it decays towards 9 V, never below 8.2 V.
+    #[serde(default = "default_ae_peak_v")]
+    pub peak_v: f64,
+}
+
+const fn default_ae_peak_v() -> f64 {
+    30.0
 }
 
 /// One copper flash-smelter controller.
@@ -139,6 +177,10 @@ pub struct StackSim {
     pub unit_id: u8,
     /// Which kind of stack: typical concentrations, flow, temperature and moisture.
     pub profile: StackProfile,
+    /// Points held at a constant value without noise (`{ so2_mg_m3 = 250.0 }`): a known
+    /// exceedance or a known mass flow for tests and demos. Keys are CEMS point names.
+    #[serde(default)]
+    pub fixed: BTreeMap<String, f64>,
 }
 
 /// Typical values of a stack.
@@ -294,6 +336,21 @@ pub enum SimConfigError {
     /// A tick of zero.
     #[error("simulator: tick must be longer than 0")]
     Tick,
+    /// A time scale that is not a positive number.
+    #[error("simulator: time_scale = {0} (must be a number above 0)")]
+    TimeScale(f64),
+    /// A stack holds a point its CEMS does not have.
+    #[error(
+        "simulator: stack {stack:?}: fixed point {point:?} is not a CEMS point (known: {known})"
+    )]
+    FixedPoint {
+        /// Stack name.
+        stack: String,
+        /// The unknown point.
+        point: String,
+        /// The CEMS points.
+        known: String,
+    },
 }
 
 /// One device the configuration describes.
@@ -349,6 +406,9 @@ impl SimulatorConfig {
         if self.tick.is_zero() {
             return Err(SimConfigError::Tick);
         }
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
+            return Err(SimConfigError::TimeScale(self.time_scale));
+        }
         let devices = self.devices()?;
         let mut names = BTreeSet::new();
         let mut units: BTreeMap<(SocketAddr, u8), &str> = BTreeMap::new();
@@ -393,6 +453,29 @@ impl SimulatorConfig {
                     ),
                 });
             }
+            for ae in &line.anode_effect_schedule {
+                if ae.cell == 0
+                    || ae.cell > line.cells
+                    || line.cells_out_of_service.contains(&ae.cell)
+                {
+                    return Err(SimConfigError::Potline {
+                        name: line.name.clone(),
+                        reason: format!(
+                            "anode_effect_schedule has cell {}, which is not an in-service cell of 1..={}",
+                            ae.cell, line.cells
+                        ),
+                    });
+                }
+                if ae.duration.is_zero() || !(ae.peak_v.is_finite() && ae.peak_v > 8.0) {
+                    return Err(SimConfigError::Potline {
+                        name: line.name.clone(),
+                        reason: format!(
+                            "anode_effect_schedule entry for cell {} needs a duration above 0 and peak_v above 8 V",
+                            ae.cell
+                        ),
+                    });
+                }
+            }
             if !(0.5..=1.0).contains(&line.rectifier_efficiency) {
                 return Err(SimConfigError::Potline {
                     name: line.name.clone(),
@@ -400,6 +483,16 @@ impl SimulatorConfig {
                         "rectifier_efficiency = {} (must be 0.5..=1.0)",
                         line.rectifier_efficiency
                     ),
+                });
+            }
+        }
+        for s in &self.stacks {
+            let cems = super::layout::cems::LAYOUT;
+            if let Some(p) = s.fixed.keys().find(|p| !cems.iter().any(|r| r.name == *p)) {
+                return Err(SimConfigError::FixedPoint {
+                    stack: s.name.clone(),
+                    point: p.clone(),
+                    known: cems.iter().map(|r| r.name).collect::<Vec<_>>().join(", "),
                 });
             }
         }

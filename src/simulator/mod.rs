@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    FaultSim, PotlineSim, SimConfigError, SimulatorConfig, SmelterSim, StackProfile, StackSim,
-    pot_device_name, rectifier_device_name,
+    FaultSim, PotlineSim, ScheduledAnodeEffect, SimConfigError, SimulatorConfig, SmelterSim,
+    StackProfile, StackSim, pot_device_name, rectifier_device_name,
 };
 pub use device::{
     BankSizes, Banks, Corruption, Device, ExceptionFault, Faults, decode_registers,
@@ -240,8 +240,8 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
     let (tick_tx, ticks) = watch::channel(0u64);
     let token = shutdown.clone();
     let period = cfg.tick;
+    let dt_s = period.as_secs_f64() * cfg.time_scale;
     tracker.spawn(async move {
-        let dt_s = period.as_secs_f64();
         let mut interval = tokio::time::interval(period);
         interval.tick().await; // the first tick is immediate: initial values are already set
         let mut n = 0u64;

@@ -11,7 +11,7 @@
 
 use super::config::{PotlineSim, SmelterSim, StackProfile, StackSim};
 use super::device::Device;
-use super::layout::{cems, copper_smelter, pcu, rectifier};
+use super::layout::{Reg, cems, copper_smelter, pcu, rectifier};
 
 /// E0 of the pseudo-resistance, in V (DOMAIN.md §1.5).
 const E0_V: f64 = 1.65;
@@ -128,6 +128,10 @@ pub(crate) struct Potline {
     dc_kwh: f64,
     ac_kwh: f64,
     cells: Vec<Cell>,
+    /// Model time since start, s.
+    t_s: f64,
+    /// Scheduled anode effects not yet started: (cell index, start s, duration s, peak V).
+    schedule: Vec<(usize, f64, f64, f64)>,
 }
 
 const DRIFT: Ou = Ou::new(0.0, 4.0, 600.0);
@@ -175,6 +179,19 @@ impl Potline {
             dc_kwh: 0.0,
             ac_kwh: 0.0,
             cells,
+            t_s: 0.0,
+            schedule: cfg
+                .anode_effect_schedule
+                .iter()
+                .map(|ae| {
+                    (
+                        usize::from(ae.cell.saturating_sub(1)),
+                        ae.at.as_secs_f64(),
+                        ae.duration.as_secs_f64(),
+                        ae.peak_v,
+                    )
+                })
+                .collect(),
         };
         line.step(0.0);
         line
@@ -199,9 +216,20 @@ impl Potline {
         };
         // Probability that one in-service cell starts an anode effect during this tick.
         let p_ae = 1.0 - (-self.ae_per_cell_day * dt / 86_400.0).exp();
+        // Scheduled effects due by the end of this step start now, already `t - at` old.
+        self.t_s += dt;
+        let t_s = self.t_s;
+        let mut due = Vec::new();
+        self.schedule.retain(|&(cell, at, duration, peak)| {
+            let start = at <= t_s;
+            if start {
+                due.push((cell, t_s - at, duration, peak));
+            }
+            !start
+        });
 
         let mut sum_v = 0.0;
-        for cell in &mut self.cells {
+        for (i, cell) in self.cells.iter_mut().enumerate() {
             let target_v = cell
                 .device
                 .read_point(&pcu::TARGET_VOLTAGE_V)
@@ -229,7 +257,16 @@ impl Potline {
                     }
                 }
                 let normal_v = E0_V + (target_v - E0_V) * load + cell.offset_v + 0.01 * normal(rng);
-                if let Some(ae) = &mut cell.anode_effect {
+                if let Some(&(_, elapsed_s, duration_s, peak_v)) =
+                    due.iter().find(|(c, ..)| *c == i)
+                {
+                    cell.anode_effect = (elapsed_s < duration_s).then_some(AnodeEffect {
+                        elapsed_s,
+                        duration_s,
+                        peak_v,
+                    });
+                    cell.ae_count = cell.ae_count.wrapping_add(1);
+                } else if let Some(ae) = &mut cell.anode_effect {
                     ae.elapsed_s += dt;
                     if ae.elapsed_s >= ae.duration_s {
                         cell.anode_effect = None;
@@ -429,6 +466,8 @@ pub(crate) struct Stack {
     values: [f64; 8],
     /// Multiplier on SO2 during a process upset (1 = none), decaying back to 1.
     upset: f64,
+    /// Points held at a constant value.
+    fixed: Vec<(Reg, f64)>,
 }
 
 impl Stack {
@@ -436,12 +475,23 @@ impl Stack {
         let mut rng = fastrand::Rng::with_seed(seed);
         let t = typicals(cfg.profile);
         let values = t.ous().map(|ou| ou.start(&mut rng));
+        let fixed = cfg
+            .fixed
+            .iter()
+            .filter_map(|(name, v)| {
+                cems::LAYOUT
+                    .iter()
+                    .find(|r| r.name == name)
+                    .map(|r| (*r, *v))
+            })
+            .collect();
         let mut s = Stack {
             rng,
             device,
             t,
             values,
             upset: 1.0,
+            fixed,
         };
         s.step(0.0);
         s
@@ -483,6 +533,9 @@ impl Stack {
             (&cems::IN_MAINTENANCE, 0.0),
             (&cems::ANALYSER_FAULT, 0.0),
         ]);
+        for (reg, v) in &self.fixed {
+            self.device.write_point(reg, *v);
+        }
     }
 }
 
@@ -637,6 +690,7 @@ mod tests {
                 listen: "127.0.0.1:1".parse().expect("addr"),
                 unit_id: 1,
                 profile,
+                fixed: Default::default(),
             };
             let dev = Device::new("s", BankSizes::for_layout(cems::LAYOUT), 0);
             let mut stack = Stack::new(&cfg, 11, dev.clone());

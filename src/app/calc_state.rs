@@ -1,0 +1,111 @@
+//! The calculator stage as the fan-out runs it: the pure [`Pipeline`] plus its open state kept in
+//! `calc-state.json` under the state directory, so that a restart mid-hour or mid-day resumes the
+//! open windows instead of losing them.
+//!
+//! When the file is written: after every burst that produced calculator records (a window closed,
+//! an event), every `flush` (the fan-out's timer) and at shutdown. It is written to a temporary file, synced
+//! and renamed over the old one, so a power cut leaves the old or the new snapshot, never half of
+//! one. What a crash can still do (docs/METRICS.md, "Restarts"): samples taken after the last
+//! write are lost (they count as missing), and windows closed after the last write are emitted
+//! again after the restart (same subject, quantity and start: consumers drop duplicates as they
+//! do for the spool's at-least-once delivery). A clean stop loses nothing and repeats nothing.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::calc::{Pipeline, PipelineSnapshot};
+use crate::model::{ReadingBatch, Record, Timestamp};
+
+/// File name of the snapshot in the state directory.
+pub const CALC_STATE_FILE: &str = "calc-state.json";
+
+/// The pipeline and where its open state lives.
+#[derive(Debug)]
+pub struct CalcStage {
+    pipeline: Pipeline,
+    path: PathBuf,
+    /// A flush happened since the last save: save even if it produced nothing.
+    save_due: bool,
+}
+
+impl CalcStage {
+    /// Wrap `pipeline`, resuming from the snapshot in `state_dir` if there is a usable one. A
+    /// snapshot that cannot be read or parsed is logged and set aside (renamed `.bad`), never
+    /// silently dropped.
+    pub fn open(mut pipeline: Pipeline, state_dir: &Path) -> Self {
+        let path = state_dir.join(CALC_STATE_FILE);
+        match load(&path) {
+            Ok(None) => {}
+            Ok(Some(snap)) => {
+                let latest = snap.latest;
+                if pipeline.restore(snap) {
+                    tracing::info!(file = %path.display(), latest = ?latest, "calculators resumed their open windows");
+                } else {
+                    tracing::warn!(file = %path.display(), "calculator snapshot of another format version; starting empty");
+                }
+            }
+            Err(e) => {
+                let bad = path.with_extension("json.bad");
+                tracing::error!(file = %path.display(), moved_to = %bad.display(), "cannot read the calculator snapshot, starting empty: {e}");
+                let _ = std::fs::rename(&path, &bad);
+            }
+        }
+        CalcStage {
+            pipeline,
+            path,
+            save_due: false,
+        }
+    }
+
+    /// Feed one batch (the caller saves with [`CalcStage::saved_after`] once the records are
+    /// handed on).
+    pub fn on_batch(&mut self, batch: &ReadingBatch) -> Vec<Record> {
+        self.pipeline.on_batch(batch)
+    }
+
+    /// Close windows whose end passed (the caller saves with [`CalcStage::saved_after`]).
+    pub fn flush(&mut self, now: Timestamp) -> Vec<Record> {
+        self.save_due = true;
+        self.pipeline.flush(now)
+    }
+
+    /// Call once `records` are in the spools: saves the state if a flush happened or the
+    /// calculators produced any of them (a window closed, an event). Saving after the hand-on,
+    /// not before, means a crash in between repeats records rather than losing them.
+    pub fn saved_after(&mut self, records: &[Record]) {
+        if self.save_due || records.iter().any(|r| !matches!(r, Record::Batch(_))) {
+            self.save_due = false;
+            self.save();
+        }
+    }
+
+    /// Write the snapshot now (logged, not fatal, when the disk refuses).
+    pub fn save(&self) {
+        if let Err(e) = save(&self.path, &self.pipeline.snapshot()) {
+            tracing::error!(file = %self.path.display(), "cannot save the calculator snapshot: {e}");
+        }
+    }
+}
+
+/// Read a snapshot; `Ok(None)` when there is none.
+pub fn load(path: &Path) -> std::io::Result<Option<PipelineSnapshot>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Write a snapshot atomically (temporary file, fsync, rename).
+pub fn save(path: &Path, snap: &PipelineSnapshot) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}

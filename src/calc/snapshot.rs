@@ -1,0 +1,103 @@
+//! The open state of the calculators, so that an agent restart neither loses a partial window nor
+//! counts anything twice.
+//!
+//! What is open at any instant: each stack's minute, hour and day windows; each line's open
+//! minute, day, month and year accumulators (charge, DC and AC energy, AE figures); the last raw
+//! value of every energy counter; every cell's anode-effect detector (an AE in progress) and
+//! status. [`Pipeline::snapshot`](super::Pipeline::snapshot) copies all of it into a
+//! [`PipelineSnapshot`]; [`Pipeline::restore`](super::Pipeline::restore) puts it back into a
+//! pipeline built from the (possibly edited) configuration, matching lines and stacks by name.
+//! Closed aggregates are not part of it: once emitted they belong to the spools (and the history
+//! store), so a restore cannot emit them again.
+//!
+//! Pure data: the agent decides where and when it is written (`app`: `calc-state.json` in the
+//! state directory, after every burst that closed a window, on a timer and at shutdown).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::anode_effect::{AeDetector, AeStats};
+use super::window::Window;
+use crate::model::Timestamp;
+
+/// Format version of [`PipelineSnapshot`]; a snapshot of another version is not restored.
+pub(super) const SNAPSHOT_VERSION: u32 = 1;
+
+/// Everything the calculators hold open. Serialise it with serde (the agent uses JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineSnapshot {
+    /// Format version of the writer (a snapshot of another version is not restored).
+    pub version: u32,
+    /// Latest calculator time seen (reading time, or plant time under `simulated_time`).
+    pub latest: Option<Timestamp>,
+    pub(super) lines: Vec<LineSnapshot>,
+    pub(super) stacks: Vec<StackSnapshot>,
+    /// Wall-clock anchor of `[calc.simulated_time]`, if that is in use.
+    pub(super) clock_anchor_ms: Option<i64>,
+}
+
+/// Figures of a line accumulated over a period.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(super) struct PeriodAcc {
+    /// Σ line current × time × cells in service, kA·h.
+    pub(super) charge_ka_h: f64,
+    /// Σ cell voltage × line current × time, kWh.
+    pub(super) dc_kwh: f64,
+    /// AC energy from the meter, kWh.
+    pub(super) ac_kwh: f64,
+    /// DC energy from the meter, kWh.
+    pub(super) dc_meter_kwh: f64,
+    /// AE figures.
+    pub(super) ae: AeStats,
+    /// Meter resets seen.
+    pub(super) resets: u32,
+}
+
+impl PeriodAcc {
+    pub(super) fn add(&mut self, o: &PeriodAcc) {
+        self.charge_ka_h += o.charge_ka_h;
+        self.dc_kwh += o.dc_kwh;
+        self.ac_kwh += o.ac_kwh;
+        self.dc_meter_kwh += o.dc_meter_kwh;
+        self.ae.add(&o.ae);
+        self.resets += o.resets;
+    }
+}
+
+/// One cell's open state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CellState {
+    pub(super) subject: Arc<str>,
+    pub(super) detector: AeDetector,
+    pub(super) in_service: bool,
+    pub(super) last_ts: Option<Timestamp>,
+    pub(super) minute_v_sum: f64,
+    pub(super) minute_v_n: u32,
+}
+
+/// One line's open state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct LineSnapshot {
+    pub(super) name: String,
+    /// (device, cell state).
+    pub(super) cells: Vec<(Arc<str>, CellState)>,
+    pub(super) current: Option<(Timestamp, f64)>,
+    pub(super) dc_counter_raw: Option<u64>,
+    pub(super) ac_counter_raw: Option<u64>,
+    pub(super) day: Option<i64>,
+    pub(super) minute: Option<Timestamp>,
+    pub(super) today: PeriodAcc,
+    pub(super) month: PeriodAcc,
+    pub(super) month_days: u32,
+    pub(super) year: PeriodAcc,
+    pub(super) year_days: u32,
+}
+
+/// One stack's open windows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct StackSnapshot {
+    pub(super) name: String,
+    /// (quantity, its windows).
+    pub(super) windows: Vec<(Arc<str>, Window)>,
+}
