@@ -19,6 +19,10 @@
 //! - [`simulator`]: Modbus TCP servers that behave like a potline, a copper smelter and a stack
 //!   CEMS, with fault injection; used by `demo`, tests and benchmarks.
 //! - [`spool`]: the durable per-uplink queue.
+//! - [`completeness`]: per device, stream and hour: values expected, received and delivered
+//!   (acknowledged by each uplink's broker), reported on the `metrics` stream.
+//! - [`history`]: closed windows, potline figures and the ledger chain, for history requests
+//!   and restarts.
 //! - [`publish`]: uplinks and payload encoders.
 //! - [`http`]: `/metrics` (Prometheus), health checks, the JSON snapshot and event stream, and
 //!   the control-room dashboard.
@@ -31,8 +35,10 @@ pub mod app;
 #[cfg(feature = "demo-broker")]
 pub mod broker;
 pub mod calc;
+pub mod completeness;
 pub mod cli;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod ledger;
 pub mod modbus;

@@ -27,6 +27,8 @@ enum Command {
     DroppedPerStream(Reply<Vec<(Stream, u64)>>),
     KvGet(String, Reply<Option<Vec<u8>>>),
     KvSet(String, Vec<u8>, Reply<()>),
+    CapFilePages(u64, Reply<u64>),
+    DiskFullDrops(Reply<u64>),
     Close(Reply<()>),
 }
 
@@ -123,6 +125,18 @@ impl SpoolHandle {
         self.call(|reply| Command::KvSet(key, value, reply)).await
     }
 
+    /// Caps the file at `pages` pages until it is closed, as a full disk would. See
+    /// [`Spool::cap_file_pages`].
+    pub async fn cap_file_pages(&self, pages: u64) -> Result<u64, SpoolError> {
+        self.call(|reply| Command::CapFilePages(pages, reply)).await
+    }
+
+    /// Records dropped to make room on a full disk since the spool was opened. See
+    /// [`Spool::disk_full_drops`].
+    pub async fn disk_full_drops(&self) -> Result<u64, SpoolError> {
+        self.call(Command::DiskFullDrops).await
+    }
+
     /// The id of the last appended record (0 if none ever was), updated after each committed
     /// append, so an uplink can wait for new records (`changed().await`) instead of polling.
     pub fn appended(&self) -> watch::Receiver<i64> {
@@ -168,6 +182,12 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
             }
             Command::KvSet(key, value, reply) => {
                 let _ = reply.send(spool.kv_set(&key, &value));
+            }
+            Command::CapFilePages(pages, reply) => {
+                let _ = reply.send(spool.cap_file_pages(pages));
+            }
+            Command::DiskFullDrops(reply) => {
+                let _ = reply.send(Ok(spool.disk_full_drops()));
             }
             Command::Close(reply) => {
                 // Refuse new sends at once; queued commands are dropped with the receiver, so

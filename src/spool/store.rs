@@ -21,6 +21,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The budget's measure of one row, in SQL. `octet_length` counts UTF-8 bytes of the topic.
 const ROW_BYTES: &str = "octet_length(topic) + length(body)";
 
+/// Room made by the first retry of an append that hit a full disk, at least: a few pages, as rows
+/// and index entries take more than their payload bytes.
+const DISK_FULL_FIRST_ROOM: u64 = 16 * 1024;
+
 const SCHEMA: &str = "
 CREATE TABLE records (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,6 +79,7 @@ pub struct Spool {
     path: PathBuf,
     max_bytes: u64,
     streams: [StreamState; 4],
+    disk_full_drops: u64,
 }
 
 impl fmt::Debug for Spool {
@@ -166,6 +171,7 @@ impl Spool {
             path: path.to_path_buf(),
             max_bytes: cfg.max_bytes,
             streams: [StreamState::default(); 4],
+            disk_full_drops: 0,
         };
         spool.load_totals()?;
         Ok(spool)
@@ -240,17 +246,82 @@ impl Spool {
     /// module docs), queued records and possibly records of this batch are removed; those of this
     /// batch have no `Appended` entry (their seqs are consumed, so consumers see the gap) and all
     /// drops are counted. When this returns `Ok`, the transaction has committed.
+    ///
+    /// A full disk (`SQLITE_FULL`: the file system, a quota or `max_page_count`) is handled like
+    /// the budget: the append is retried with a budget shrunk below what is queued now, dropping
+    /// lowest-priority, oldest records first, doubling the room it makes until the batch fits.
+    /// Those drops are counted like budget drops (and also in [`Spool::disk_full_drops`]). Only if
+    /// nothing at all can be written, not even after dropping everything, does this return
+    /// [`SpoolError::DiskFull`].
     pub fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Appended>, SpoolError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let (appended, dropped) = match self.append_within(&records, self.max_bytes) {
+            Err(SpoolError::DiskFull { .. }) => self.append_on_full_disk(&records)?,
+            other => other?,
+        };
+        let total: u64 = dropped.iter().sum();
+        if total > 0 {
+            tracing::warn!(
+                spool = %self.path.display(),
+                dropped = total,
+                live = dropped[0],
+                metrics = dropped[1],
+                events = dropped[2],
+                emissions = dropped[3],
+                max_bytes = self.max_bytes,
+                "spool over its byte budget: dropped the lowest-priority oldest records"
+            );
+        }
+        Ok(appended)
+    }
+
+    /// The disk is full: make room by the budget's rule, twice as much each time it still does
+    /// not fit, until the batch fits or there is nothing left to drop.
+    fn append_on_full_disk(
+        &mut self,
+        records: &[NewRecord],
+    ) -> Result<(Vec<Appended>, [u64; 4]), SpoolError> {
+        let batch: u64 = records
+            .iter()
+            .map(|r| (r.topic.len() + r.body.len()) as u64)
+            .sum();
+        // Pages hold more than the payload (row headers, index entries): start with some slack.
+        let mut room = batch.max(DISK_FULL_FIRST_ROOM);
+        loop {
+            let queued: u64 = self.streams.iter().map(|s| s.bytes).sum();
+            let cap = (queued + batch).saturating_sub(room);
+            match self.append_within(records, cap) {
+                Ok((appended, dropped)) => {
+                    let total: u64 = dropped.iter().sum();
+                    self.disk_full_drops += total;
+                    tracing::warn!(
+                        spool = %self.path.display(),
+                        dropped = total,
+                        "spool file system full: dropped the lowest-priority oldest records to store new ones"
+                    );
+                    return Ok((appended, dropped));
+                }
+                Err(SpoolError::DiskFull { .. }) if cap > 0 => room = room.saturating_mul(2),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// [`Spool::append`] under a byte budget of `max_bytes`; also returns the drops per stream.
+    fn append_within(
+        &mut self,
+        records: &[NewRecord],
+        max_bytes: u64,
+    ) -> Result<(Vec<Appended>, [u64; 4]), SpoolError> {
         let mut streams = self.streams;
         let sizes: Vec<u64> = records
             .iter()
             .map(|r| (r.topic.len() + r.body.len()) as u64)
             .collect();
         let mut seqs = Vec::with_capacity(records.len());
-        for r in &records {
+        for r in records {
             let s = &mut streams[index(r.stream)];
             seqs.push(s.next_seq);
             s.next_seq += 1;
@@ -264,7 +335,7 @@ impl Spool {
         let mut keep = vec![true; records.len()];
         let mut dropped_now = [0u64; 4];
         let queued: u64 = streams.iter().map(|s| s.bytes).sum();
-        let mut excess = (queued + sizes.iter().sum::<u64>()).saturating_sub(self.max_bytes);
+        let mut excess = (queued + sizes.iter().sum::<u64>()).saturating_sub(max_bytes);
         for stream in STREAMS {
             if excess == 0 {
                 break;
@@ -338,21 +409,37 @@ impl Spool {
         }
         tx.commit().map_err(err)?;
         self.streams = streams;
+        Ok((appended, dropped_now))
+    }
 
-        let total: u64 = dropped_now.iter().sum();
-        if total > 0 {
-            tracing::warn!(
-                spool = %self.path.display(),
-                dropped = total,
-                live = dropped_now[0],
-                metrics = dropped_now[1],
-                events = dropped_now[2],
-                emissions = dropped_now[3],
-                max_bytes = self.max_bytes,
-                "spool over its byte budget: dropped the lowest-priority oldest records"
-            );
-        }
-        Ok(appended)
+    /// Records dropped to make room on a full disk since this spool was opened (they are also in
+    /// the persisted per-stream drop counts, with the budget's drops).
+    pub fn disk_full_drops(&self) -> u64 {
+        self.disk_full_drops
+    }
+
+    /// Caps the file at `pages` database pages (SQLite `max_page_count`; pages are 4 KiB by
+    /// default) until it is closed; 0 removes the cap. Writes that would grow the file beyond it
+    /// fail like on a full disk. For fault tests, and for a hard size limit on a shared disk.
+    /// Returns the cap in effect (never below the file's current size).
+    pub fn cap_file_pages(&mut self, pages: u64) -> Result<u64, SpoolError> {
+        let pages = if pages == 0 {
+            i64::from(u32::MAX - 1)
+        } else {
+            to_sql_int(pages)
+        };
+        self.conn
+            .pragma_update_and_check(None, "max_page_count", pages, |r| r.get::<_, i64>(0))
+            .map(|p| u64::try_from(p).unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Pages the file has now (SQLite `page_count`).
+    pub fn page_count(&self) -> Result<u64, SpoolError> {
+        self.conn
+            .pragma_query_value(None, "page_count", |r| r.get::<_, i64>(0))
+            .map(|p| u64::try_from(p).unwrap_or(0))
+            .map_err(|e| self.err(e))
     }
 
     /// Up to `limit` records with `id > after_id`, oldest (lowest id) first.
@@ -1007,36 +1094,80 @@ mod tests {
     }
 
     #[test]
-    fn disk_full_is_an_error_and_leaves_file_and_totals_consistent() {
+    fn a_full_disk_drops_like_the_budget_and_keeps_seqs_and_totals_consistent() {
         let dir = TempDir::new().unwrap();
         let mut spool = open(&dir, u64::MAX);
+        spool.append(vec![rec(Stream::Emissions, 0, 500)]).unwrap();
         // Cap the file near its current size: SQLite then reports SQLITE_FULL like a full disk.
-        let pages: i64 = spool
-            .conn
-            .pragma_query_value(None, "page_count", |r| r.get(0))
-            .unwrap();
-        spool
-            .conn
-            .pragma_update(None, "max_page_count", pages + 8)
-            .unwrap();
-        let mut stored = 0;
-        let err = loop {
-            match spool.append((0..20u8).map(|n| rec(Stream::Metrics, n, 1000)).collect()) {
-                Ok(a) => stored += a.len() as u64,
-                Err(e) => break e,
-            }
-            assert!(stored < 10_000, "the page cap never took effect");
-        };
-        assert!(matches!(err, SpoolError::DiskFull { .. }), "{err:?}");
+        let pages = spool.page_count().unwrap();
+        assert_eq!(spool.cap_file_pages(pages + 8).unwrap(), pages + 8);
+        // Fill it with live and metrics records, far more than 8 pages hold.
+        let mut stored = 0u64;
+        for round in 0..40u8 {
+            let stream = if round % 2 == 0 {
+                Stream::Live
+            } else {
+                Stream::Metrics
+            };
+            let a = spool
+                .append((0..20u8).map(|n| rec(stream, n, 1000)).collect())
+                .expect("a full disk drops, it does not fail the append");
+            stored += a.len() as u64;
+        }
+        // Every record was given its seq, and only what the disk could not hold was dropped.
+        let dropped: u64 = spool.dropped_per_stream().iter().map(|(_, n)| n).sum();
+        assert!(dropped > 0, "the cap never took effect");
+        assert_eq!(spool.disk_full_drops(), dropped);
         let stats = spool.stats().unwrap();
-        assert_eq!(stats.records, stored);
-        // Acks still work on a full disk, and the failed batch consumed no seqs.
+        assert_eq!(stats.records + dropped, 1 + 800, "{stats:?}");
+        assert_eq!(stats.dropped, dropped);
+        assert!(spool.page_count().unwrap() <= pages + 8);
+        // The emission survived: live and metrics were there to drop.
+        assert_eq!(seqs_of(&spool, Stream::Emissions), vec![1]);
+        assert_eq!(spool.dropped_per_stream()[3], (Stream::Emissions, 0));
+        // Live went before metrics: the metrics of the last rounds are all still there.
+        assert_eq!(
+            seqs_of(&spool, Stream::Metrics).last(),
+            Some(&400),
+            "the newest metrics were kept"
+        );
+        assert!(stored > 0);
+        // Acks still work on a full disk, and the totals survive a reopen.
         assert_eq!(spool.ack(&[1]).unwrap(), 1);
+        let left = spool.stats().unwrap().records;
         drop(spool);
         let mut spool = open(&dir, u64::MAX);
-        assert_eq!(spool.stats().unwrap().records, stored - 1);
+        assert_eq!(spool.stats().unwrap().records, left);
+        assert_eq!(spool.stats().unwrap().dropped, dropped);
         let next = spool.append(vec![rec(Stream::Metrics, 0, 10)]).unwrap();
-        assert_eq!(next[0].seq, stored + 1);
+        assert_eq!(next[0].seq, 401);
+    }
+
+    #[test]
+    fn a_record_bigger_than_the_whole_disk_is_dropped_and_counted() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        let pages = spool.page_count().unwrap();
+        spool.cap_file_pages(pages + 2).unwrap();
+        spool.append(vec![rec(Stream::Live, 0, 100)]).unwrap();
+        // One record bigger than the whole cap: nothing can make room for it. By the budget's
+        // rule it is dropped (after everything of lower priority), its seq consumed and counted.
+        let a = spool
+            .append(vec![rec(Stream::Emissions, 0, 64 * 1024)])
+            .unwrap();
+        assert!(a.is_empty());
+        assert_eq!(
+            spool.dropped_per_stream(),
+            vec![
+                (Stream::Live, 1),
+                (Stream::Metrics, 0),
+                (Stream::Events, 0),
+                (Stream::Emissions, 1)
+            ]
+        );
+        assert_eq!(spool.stats().unwrap().records, 0);
+        let next = spool.append(vec![rec(Stream::Emissions, 1, 10)]).unwrap();
+        assert_eq!(next[0].seq, 2, "the consumer sees the dropped one as a gap");
     }
 
     #[test]
