@@ -875,3 +875,178 @@ fn demo_config_calc_section_builds_a_pipeline() {
     assert_eq!(calc.stacks.len(), 2);
     Pipeline::new(&calc).expect("demo calc section builds");
 }
+
+// === restarts: the open windows survive a snapshot ===
+
+/// An hour of a 3-cell line and its stack, one poll every 10 s, steps `from..to` (step 0 is
+/// local 08:00). Cell 2 is in an anode effect from minute 20 to minute 40; SO2 varies so that
+/// a lost or doubled sample would change the hour.
+fn drive_hour(p: &mut Pipeline, steps: std::ops::Range<i64>, out: &mut Vec<Record>) {
+    for i in steps {
+        let t = T0 + i * 10_000;
+        out.extend(p.on_batch(&batch(
+            "potline1",
+            "rectifier",
+            10_000,
+            vec![
+                reading("line_current_ka", Value::Float(400.0 + (i % 5) as f64), t),
+                reading("ac_energy_kwh", Value::UInt(1_000 + i as u64 * 50), t),
+            ],
+        )));
+        for c in 1..=3 {
+            let ae = c == 2 && (120..240).contains(&i);
+            let v = if ae { 25.0 - (i % 3) as f64 } else { 4.05 };
+            out.extend(p.on_batch(&pot(&format!("pot_{c:03}"), t, v, true, false)));
+        }
+        out.extend(p.on_batch(&batch(
+            "gtc1",
+            "gtc1_stack",
+            10_000,
+            vec![
+                reading("so2_mg_m3", Value::Float(150.0 + (i % 7) as f64), t),
+                reading("fluoride_mg_m3", Value::Float(0.85), t),
+                reading("flow_m3h", Value::Float(1.0e6 + (i % 11) as f64 * 100.0), t),
+                reading("in_calibration", Value::Bool(false), t),
+            ],
+        )));
+    }
+}
+
+/// Snapshot `p` through JSON (as the agent stores it) into a freshly built pipeline.
+fn restart(p: Pipeline) -> Pipeline {
+    let json = serde_json::to_string(&p.snapshot()).expect("snapshot serialises");
+    drop(p);
+    let mut fresh = pipeline();
+    let snap = serde_json::from_str(&json).expect("snapshot parses");
+    assert!(fresh.restore(snap), "same format version restores");
+    fresh
+}
+
+#[test]
+fn a_restart_mid_hour_emits_exactly_what_an_uninterrupted_run_emits() {
+    let mut straight = pipeline();
+    let mut expected = Vec::new();
+    drive_hour(&mut straight, 0..361, &mut expected);
+    expected.extend(straight.flush(Timestamp(T0 + HOUR_MS + MINUTE_MS)));
+
+    // restart at minute 30: inside the open hour, inside the anode effect, mid-minute
+    let mut first = pipeline();
+    let mut got = Vec::new();
+    drive_hour(&mut first, 0..183, &mut got);
+    let mut second = restart(first);
+    drive_hour(&mut second, 183..361, &mut got);
+    got.extend(second.flush(Timestamp(T0 + HOUR_MS + MINUTE_MS)));
+
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g, e);
+    }
+    // and the hour is there, valid, with every minute in it
+    let hour = got
+        .iter()
+        .find_map(|r| match r {
+            Record::Aggregate(a) if a.period == Period::Hour && &*a.quantity == "so2_kg_h" => {
+                Some(a)
+            }
+            _ => None,
+        })
+        .expect("the hour closed");
+    assert!(hour.valid);
+    assert_eq!(hour.samples, 60);
+    // one anode effect, started before the restart and ended after it
+    let ends: Vec<_> = got
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) if e.phase == EventPhase::End => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends.len(), 1);
+    assert!(
+        ends[0]
+            .attributes
+            .iter()
+            .any(|(k, v)| &**k == "start" && *v == Value::Int(T0 + 120 * 10_000))
+    );
+}
+
+#[test]
+fn a_restart_after_downtime_counts_the_gap_as_missing_and_nothing_twice() {
+    let mut first = pipeline();
+    let mut got = Vec::new();
+    drive_hour(&mut first, 0..120, &mut got); // minutes 0-19
+    let mut second = restart(first);
+    drive_hour(&mut second, 180..361, &mut got); // down for minutes 20-29
+    got.extend(second.flush(Timestamp(T0 + HOUR_MS + MINUTE_MS)));
+    let minutes: Vec<_> = got
+        .iter()
+        .filter_map(|r| match r {
+            Record::Aggregate(a)
+                if a.period == Period::Minute
+                    && &*a.quantity == "so2_mg_m3"
+                    && a.start.0 < T0 + HOUR_MS =>
+            {
+                Some(a)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut starts: Vec<_> = minutes.iter().map(|a| a.start).collect();
+    starts.dedup();
+    assert_eq!(starts.len(), minutes.len(), "a minute emitted twice");
+    assert_eq!(minutes.len(), 50);
+    let hour = got
+        .iter()
+        .find_map(|r| match r {
+            Record::Aggregate(a) if a.period == Period::Hour && &*a.quantity == "so2_mg_m3" => {
+                Some(a)
+            }
+            _ => None,
+        })
+        .expect("the hour closed");
+    assert!(hour.valid, "50 valid minutes make a valid hour");
+    assert_eq!(hour.samples, 50);
+    let mean = minutes.iter().map(|a| a.avg.expect("valid")).sum::<f64>() / 50.0;
+    close(hour.avg.expect("valid"), mean, 1e-9);
+}
+
+#[test]
+fn a_snapshot_of_another_format_version_is_not_restored() {
+    let mut p = pipeline();
+    let mut out = Vec::new();
+    drive_hour(&mut p, 0..10, &mut out);
+    let mut snap = p.snapshot();
+    snap.version += 1;
+    let mut fresh = pipeline();
+    assert!(!fresh.restore(snap));
+    assert_eq!(fresh.snapshot().latest, None);
+}
+
+#[test]
+fn the_agent_keeps_the_snapshot_in_the_state_directory_and_sets_a_bad_one_aside() {
+    use smeltwatch::app::calc_state::{CALC_STATE_FILE, CalcStage, load};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(CALC_STATE_FILE);
+    let mut stage = CalcStage::open(pipeline(), dir.path());
+    let mut out = Vec::new();
+    for i in 0..7 {
+        let t = T0 + i * 10_000;
+        out.extend(stage.on_batch(&pot("pot_001", t, 4.05, true, false)));
+    }
+    // a minute closed: the records are handed on, then the state is saved
+    assert!(!out.is_empty());
+    stage.saved_after(&out);
+    let saved = load(&path).expect("readable").expect("saved");
+    assert_eq!(saved.latest, Some(Timestamp(T0 + 60_000)));
+    // the next start resumes from it
+    let resumed = CalcStage::open(pipeline(), dir.path());
+    assert_eq!(
+        resumed.pipeline().snapshot().latest,
+        Some(Timestamp(T0 + 60_000))
+    );
+    // a file that is not a snapshot is moved aside, not silently dropped
+    std::fs::write(&path, b"{ not json").expect("write");
+    let _fresh = CalcStage::open(pipeline(), dir.path());
+    assert!(!path.exists());
+    assert!(dir.path().join("calc-state.json.bad").exists());
+}

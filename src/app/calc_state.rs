@@ -57,6 +57,11 @@ impl CalcStage {
         }
     }
 
+    /// The calculators, e.g. for a look at their snapshot.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
     /// Feed one batch (the caller saves with [`CalcStage::saved_after`] once the records are
     /// handed on).
     pub fn on_batch(&mut self, batch: &ReadingBatch) -> Vec<Record> {
