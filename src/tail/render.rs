@@ -64,7 +64,7 @@ pub fn draw(frame: &mut Frame, state: &State, broker: &str) {
     frame.render_widget(kpi_block(state), kpis);
 
     let [cells, right] =
-        Layout::horizontal([Constraint::Length(34), Constraint::Min(20)]).areas(body);
+        Layout::horizontal([Constraint::Length(38), Constraint::Min(20)]).areas(body);
     frame.render_widget(cell_list(state, cells.height.saturating_sub(2)), cells);
 
     let stack_rows: usize = state

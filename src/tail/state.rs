@@ -19,7 +19,8 @@ pub const AE_THRESHOLD_V: f64 = 8.0;
 pub const EVENTS_KEPT: usize = 200;
 
 /// Glob patterns (`*`, `?`) over a message's names: site, source, device, `source/device`, the
-/// `line` and `cell` labels of metrics, stack and event subjects (and their first segment), and
+/// `line` and `cell` labels of metrics, stack and event subjects (and their first and last
+/// segments: `potline1/pot_017` matches `potline1` and `pot_017`), and
 /// Sparkplug group, edge node and device. A message passes when any pattern matches any name;
 /// with no pattern everything passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,8 +88,9 @@ fn batch_names(b: &ReadingBatch, out: &mut Vec<String>) {
 
 fn subject_names(subject: &str, out: &mut Vec<String>) {
     out.push(subject.to_owned());
-    if let Some((first, _)) = subject.split_once('/') {
+    if let Some((first, last)) = subject.split_once('/') {
         out.push(first.to_owned());
+        out.push(last.rsplit('/').next().unwrap_or(last).to_owned());
     }
 }
 
