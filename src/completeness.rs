@@ -510,6 +510,8 @@ impl Report {
 pub struct Completeness {
     ledger: Mutex<Option<Ledger>>,
     file: Option<PathBuf>,
+    /// When the state file was last written (ms), for [`Completeness::tick`].
+    saved_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Completeness {
@@ -536,7 +538,20 @@ impl Completeness {
         Completeness {
             ledger: Mutex::new(Some(ledger)),
             file: Some(file),
+            saved_ms: std::sync::atomic::AtomicI64::new(now.unix_ms()),
         }
+    }
+
+    /// Called by fan-out after each burst: the reports of the hours due (see
+    /// [`Completeness::close_due`]), and a checkpoint of the state file every
+    /// [`CHECKPOINT_EVERY`]. The file is a few KiB; writing it inline costs less than a hop.
+    pub fn tick(&self, now: Timestamp) -> Vec<Record> {
+        let records = self.close_due(now);
+        let saved = self.saved_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if records.is_empty() && now.unix_ms() - saved >= CHECKPOINT_EVERY.as_millis() as i64 {
+            self.checkpoint();
+        }
+        records
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> Option<T> {
@@ -594,6 +609,10 @@ impl Completeness {
     /// Write the state file (temporary file, fsync, rename). Errors are logged.
     pub fn checkpoint(&self) {
         let Some(file) = &self.file else { return };
+        self.saved_ms.store(
+            crate::model::Timestamp::now().unix_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let Some(bytes) = self.with(|l| serde_json::to_vec(l.state())) else {
             return;
         };

@@ -95,6 +95,8 @@ pub struct LiveState {
     /// Computed metrics and events for live displays (the HTTP side doors); producers call
     /// `records.send(record)`, which never waits.
     pub records: crate::http::RecordFeed,
+    /// Values expected, received and delivered per device, stream and hour.
+    pub completeness: Arc<crate::completeness::Completeness>,
 }
 
 /// What the status display knows of an uplink.
@@ -124,7 +126,13 @@ pub struct Agent {
 
 /// Start every component of `cfg`. Returns once the spools are open and every task is spawned.
 pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
-    let live = Arc::new(LiveState::default());
+    let live = Arc::new(LiveState {
+        completeness: Arc::new(crate::completeness::Completeness::open(
+            &cfg,
+            Timestamp::now(),
+        )),
+        ..LiveState::default()
+    });
     let sources = CancellationToken::new();
     let uplinks_token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -145,7 +153,8 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         })?;
         let UplinkKind::Mqtt(mqtt) = &uplink.kind;
         let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
-            .with_context(|| format!("uplink {:?}", uplink.name))?;
+            .with_context(|| format!("uplink {:?}", uplink.name))?
+            .with_completeness(live.completeness.clone());
         live.uplinks
             .lock()
             .expect("live state lock is never poisoned: holders do not panic")
@@ -241,6 +250,8 @@ impl Agent {
                 "uplinks did not stop within the grace period; unsent records stay in the spool"
             );
         }
+        // After the uplinks' last acks: the delivered counts are complete.
+        self.live.completeness.checkpoint();
         for spool in self.spools {
             if let Err(e) = spool.close().await {
                 tracing::error!("closing spool: {e}");
@@ -396,6 +407,8 @@ async fn fan_out(
             }
         }
         publish_derived(&live, &records);
+        live.completeness.received(&records);
+        records.extend(live.completeness.tick(Timestamp::now()));
         if !records.is_empty() {
             route(&targets, &site, &records).await;
         }
@@ -406,9 +419,13 @@ async fn fan_out(
     if let Some(c) = calc.as_mut() {
         let records = c.flush(Timestamp::now());
         publish_derived(&live, &records);
+        live.completeness.received(&records);
         route(&targets, &site, &records).await;
         c.saved_after(&records);
     }
+    // The hour in progress is reported as partial; after a restart it continues.
+    let partial = live.completeness.partial(Timestamp::now());
+    route(&targets, &site, &partial).await;
 }
 
 /// Keep the latest reading of every point for the status displays and the HTTP API.

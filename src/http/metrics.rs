@@ -28,6 +28,14 @@
 //! | `smeltwatch_point_timestamp_seconds` | gauge, acquisition time | `device`, `point` |
 //! | `smeltwatch_calc_value` | gauge | `calc`, `metric`, `unit`, the metric's own labels |
 //! | `smeltwatch_events_total` | counter (since the HTTP server started) | `kind`, `phase` |
+//! | `smeltwatch_completeness_expected` | gauge, readings expected so far this hour (`live`) | `device`, `stream`, `hour` |
+//! | `smeltwatch_completeness_received` | gauge, values received | `device`, `stream`, `quality`, `hour` |
+//! | `smeltwatch_completeness_delivered` | gauge, values the uplink's broker acknowledged | `device`, `stream`, `uplink`, `hour` |
+//! | `smeltwatch_completeness_ratio` | gauge, delivered ÷ expected (`live`) | `device`, `stream`, `uplink`, `hour` |
+//!
+//! The completeness families come from [`crate::completeness`] ([`render_completeness`]): `hour` is
+//! `current` (the hour so far) or `previous` (the last hour, including deliveries that arrived
+//! after it closed). They are gauges: they start again at every hour.
 //!
 //! [`PollerStats`]: crate::modbus::poller::PollerStats
 
@@ -48,6 +56,75 @@ pub fn render(snap: &Snapshot) -> String {
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || record(snap));
     handle.render()
+}
+
+/// The completeness families for `view` (from [`Completeness::live_view`]) in the Prometheus text
+/// format, to append to [`render`]'s output.
+///
+/// [`Completeness::live_view`]: crate::completeness::Completeness::live_view
+pub fn render_completeness(view: &[(&str, crate::completeness::Report)]) -> String {
+    if view.is_empty() {
+        return String::new();
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || record_completeness(view));
+    handle.render()
+}
+
+fn record_completeness(view: &[(&str, crate::completeness::Report)]) {
+    describe_gauge!(
+        "smeltwatch_completeness_expected",
+        "Readings expected from the read plan in the hour so far."
+    );
+    describe_gauge!(
+        "smeltwatch_completeness_received",
+        "Values that reached fan-out in the hour, by quality."
+    );
+    describe_gauge!(
+        "smeltwatch_completeness_delivered",
+        "Values of the hour acknowledged by the uplink's broker."
+    );
+    describe_gauge!(
+        "smeltwatch_completeness_ratio",
+        "Delivered values of the hour divided by the expected ones."
+    );
+    for (hour, report) in view {
+        for row in &report.rows {
+            let (device, stream) = (&*row.device, row.stream.as_str());
+            if let Some(e) = row.expected {
+                gauge!(
+                    "smeltwatch_completeness_expected",
+                    labels(&[("device", device), ("stream", stream), ("hour", hour)])
+                )
+                .set(e as f64);
+            }
+            for (q, n) in &row.received {
+                gauge!(
+                    "smeltwatch_completeness_received",
+                    labels(&[
+                        ("device", device),
+                        ("stream", stream),
+                        ("quality", q.as_str()),
+                        ("hour", hour)
+                    ])
+                )
+                .set(*n as f64);
+            }
+            for (uplink, n) in &row.delivered {
+                let l = labels(&[
+                    ("device", device),
+                    ("stream", stream),
+                    ("uplink", uplink),
+                    ("hour", hour),
+                ]);
+                gauge!("smeltwatch_completeness_delivered", l.clone()).set(*n as f64);
+                if let Some(p) = crate::completeness::percent(*n, row.expected) {
+                    gauge!("smeltwatch_completeness_ratio", l).set(p / 100.0);
+                }
+            }
+        }
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<Label> {

@@ -243,7 +243,12 @@ async fn dashboard() -> Response {
 
 async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
     let snap = Snapshot::gather(&ctx.live, &ctx.collected).await;
-    let text = metrics::render(&snap);
+    let mut text = metrics::render(&snap);
+    let view = ctx
+        .live
+        .completeness
+        .live_view(crate::model::Timestamp(snap.ts_ms));
+    text.push_str(&metrics::render_completeness(&view));
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         Body::from(text),

@@ -89,6 +89,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
+use crate::completeness::{self, Completeness, Tally};
 use crate::config::{MqttConfig, Stream, UplinkConfig, UplinkKind};
 use crate::model::{Event as ModelEvent, EventPhase, Record, Timestamp, Value};
 use crate::publish::tls::{self, TlsError};
@@ -250,6 +251,8 @@ pub struct MqttUplink {
     status_tx: watch::Sender<UplinkStatus>,
     shutdown_grace: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Completeness accounting, told what the broker acknowledged.
+    completeness: Option<Arc<Completeness>>,
 }
 
 impl fmt::Debug for MqttUplink {
@@ -322,7 +325,15 @@ impl MqttUplink {
             status_tx,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             tls,
+            completeness: None,
         })
+    }
+
+    /// Count the values of every record the broker acknowledged (PUBACK, then the spool ack) as
+    /// delivered by this uplink in `completeness`.
+    pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Self {
+        self.completeness = Some(completeness);
+        self
     }
 
     /// How long [`MqttUplink::run`] waits for in-flight PUBACKs after the shutdown signal
@@ -681,6 +692,8 @@ struct Sender<'a> {
     bucket: TokenBucket,
     drain: DrainRate,
     tracked: HashMap<i64, Tracked>,
+    /// What each published record counts for in the completeness accounting, until its ack.
+    tallies: HashMap<i64, Tally>,
     waiters: JoinSet<NoticeOutcome>,
     to_ack: Vec<i64>,
     ack_deadline: Option<Instant>,
@@ -704,6 +717,7 @@ impl<'a> Sender<'a> {
             bucket: TokenBucket::new(uplink.cfg.replay_rate),
             drain: DrainRate::new(),
             tracked: HashMap::new(),
+            tallies: HashMap::new(),
             waiters: JoinSet::new(),
             to_ack: Vec::new(),
             ack_deadline: None,
@@ -796,6 +810,9 @@ impl<'a> Sender<'a> {
     /// waiting now, replayed at `replay_rate`) and fresh records (sent as they come).
     async fn on_connected(&mut self) {
         let now = Timestamp::now();
+        // Tallies of publishes that failed are taken again when the records are sent again.
+        let tracked = &self.tracked;
+        self.tallies.retain(|id, _| tracked.contains_key(id));
         self.boundary = *self.spool.appended().borrow();
         self.fresh_cursor = self.boundary;
         self.fresh_more = true;
@@ -928,6 +945,14 @@ impl<'a> Sender<'a> {
             Ok(removed) => {
                 for id in &ids {
                     self.tracked.remove(id);
+                }
+                // Delivered: the broker acknowledged these and the spool let go of them.
+                let delivered: Vec<Tally> =
+                    ids.iter().filter_map(|id| self.tallies.remove(id)).collect();
+                if let Some(c) = &self.uplink.completeness
+                    && !delivered.is_empty()
+                {
+                    c.delivered(&self.uplink.name, &delivered);
                 }
                 let backlog = ids.iter().filter(|id| **id <= self.boundary).count() as u64;
                 self.backlog_left = self.backlog_left.saturating_sub(backlog);
@@ -1109,6 +1134,11 @@ impl<'a> Sender<'a> {
             Ok(notice) => {
                 let (id, generation) = (record.id, conn.generation);
                 self.tracked.insert(id, Tracked::InFlight(generation));
+                if self.uplink.completeness.is_some()
+                    && let Some(t) = completeness::tally(&decoded)
+                {
+                    self.tallies.insert(id, t);
+                }
                 self.waiters.spawn(async move {
                     let result = notice
                         .wait_async()
