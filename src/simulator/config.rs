@@ -545,6 +545,48 @@ mod tests {
     }
 
     #[test]
+    fn time_scale_schedule_and_fixed_points_are_checked() {
+        let base = r#"
+            [[potlines]]
+            name = "p"
+            listen = "127.0.0.1:15020"
+            cells = 4
+            cells_out_of_service = [4]
+            [[stacks]]
+            name = "s"
+            listen = "127.0.0.1:15021"
+            profile = "potline_gtc"
+            "#;
+        assert_eq!(parse(base).time_scale, 1.0);
+        parse(base).validate().expect("valid");
+        let err = parse(&format!("time_scale = 0.0\n{base}"))
+            .validate()
+            .expect_err("zero scale");
+        assert_eq!(err, SimConfigError::TimeScale(0.0));
+        let with_ae = |cell: u16| {
+            format!(
+                "{base}\n[[potlines.anode_effect_schedule]]\ncell = {cell}\nat = \"1m\"\nduration = \"2m\"\n"
+            )
+        };
+        let ok = parse(&with_ae(2));
+        ok.validate().expect("cell 2 is in service");
+        assert_eq!(ok.potlines[0].anode_effect_schedule[0].peak_v, 30.0);
+        assert_eq!(
+            ok.potlines[0].anode_effect_schedule[0].duration,
+            Duration::from_secs(120)
+        );
+        let err = parse(&with_ae(4)).validate().expect_err("cut-out cell");
+        assert!(err.to_string().contains("cell 4"), "{err}");
+        let err = parse(&format!("{base}fixed = {{ so3_mg_m3 = 1.0 }}\n"))
+            .validate()
+            .expect_err("unknown point");
+        assert!(
+            err.to_string().contains("so3_mg_m3") && err.to_string().contains("so2_mg_m3"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn example_section_parses_with_defaults() {
         let cfg = parse(
             r#"

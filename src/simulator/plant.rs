@@ -680,6 +680,81 @@ mod tests {
     }
 
     #[test]
+    fn scheduled_anode_effects_start_and_end_on_their_ticks() {
+        let mut cfg = potline_cfg(0.0);
+        cfg.anode_effect_schedule = toml::from_str::<PotlineSim>(
+            r#"
+            name = "p"
+            listen = "127.0.0.1:1"
+            cells = 24
+            [[anode_effect_schedule]]
+            cell = 3
+            at = "10s"
+            duration = "5s"
+            peak_v = 25.0
+            "#,
+        )
+        .expect("schedule")
+        .anode_effect_schedule;
+        let rect = Device::new("r", BankSizes::for_layout(rectifier::LAYOUT), 0);
+        let pots = (0..cfg.cells)
+            .map(|_| Device::new("pot", BankSizes::for_layout(pcu::LAYOUT), 0))
+            .collect();
+        let mut line = Potline::new(&cfg, 3, rect, pots);
+        let mut in_effect = Vec::new();
+        for t in 1..=20 {
+            line.step(1.0);
+            let cell = &line.cells[2].device;
+            let v = cell.read_point(&pcu::CELL_VOLTAGE_V).expect("v");
+            let ae = cell.read_point(&pcu::ANODE_EFFECT) == Some(1.0);
+            assert_eq!(ae, v > AE_THRESHOLD_V, "t = {t} s: {v} V");
+            if t == 10 {
+                // the jump: 9 + (25 - 9) at elapsed 0, plus noise
+                assert!(v > 23.0, "{v}");
+            }
+            if ae {
+                in_effect.push(t);
+            }
+            // no other cell has an effect at rate 0
+            assert!(
+                line.cells
+                    .iter()
+                    .enumerate()
+                    .all(|(i, c)| i == 2 || c.device.read_point(&pcu::ANODE_EFFECT) == Some(0.0))
+            );
+        }
+        assert_eq!(in_effect, vec![10, 11, 12, 13, 14]);
+        assert_eq!(
+            line.cells[2].device.read_point(&pcu::ANODE_EFFECT_COUNT),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn fixed_stack_points_hold_their_value() {
+        let cfg: StackSim = toml::from_str(
+            r#"
+            name = "s"
+            listen = "127.0.0.1:1"
+            profile = "potline_gtc"
+            fixed = { so2_mg_m3 = 250.0, flow_m3h = 1600000.0 }
+            "#,
+        )
+        .expect("stack");
+        let dev = Device::new("s", BankSizes::for_layout(cems::LAYOUT), 0);
+        let mut stack = Stack::new(&cfg, 1, dev.clone());
+        let mut fluoride = Vec::new();
+        for _ in 0..100 {
+            stack.step(10.0);
+            assert_eq!(dev.read_point(&cems::SO2_MG_M3), Some(250.0));
+            assert_eq!(dev.read_point(&cems::FLOW_M3H), Some(1_600_000.0));
+            fluoride.push(dev.read_point(&cems::FLUORIDE_MG_M3).expect("f"));
+        }
+        // the others still move
+        assert!(fluoride.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    #[test]
     fn stacks_stay_mostly_under_their_limits() {
         for (profile, so2_limit, particulate_limit) in [
             (StackProfile::PotlineGtc, 200.0, 20.0),
