@@ -392,6 +392,11 @@ fn spool_in(dir: &tempfile::TempDir) -> SpoolHandle {
 }
 
 fn start_edge(port: u16, spool: &SpoolHandle) -> Edge {
+    start_edge_with_host(port, spool, None)
+}
+
+/// An edge node that waits for the primary host `host` (when given).
+fn start_edge_with_host(port: u16, spool: &SpoolHandle, host: Option<&str>) -> Edge {
     let src = format!(
         "{CONFIG}\n[[uplinks]]\nname = \"scada\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
          reconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeep_alive = \"5s\"\n"
@@ -405,7 +410,7 @@ fn start_edge(port: u16, spool: &SpoolHandle) -> Edge {
     let ids = SparkplugSettings {
         group_id: GROUP.into(),
         edge_node_id: EDGE.into(),
-        primary_host_id: None,
+        primary_host_id: host.map(str::to_owned),
     };
     let up = SparkplugUplink::new(
         "scada",
@@ -772,4 +777,287 @@ async fn data_spooled_before_the_session_is_replayed_as_historical_after_the_bir
     );
     edge.stop.cancel();
     edge.task.await.unwrap();
+}
+
+// === primary host awareness (Sparkplug 3.0: STATE) ===
+
+const HOST: &str = "scada_host";
+
+/// Publish the host's retained STATE, as a Sparkplug 3.0 primary host application does.
+async fn host_state(client: &AsyncClient, online: bool, timestamp: i64) {
+    client
+        .publish(
+            smeltwatch::publish::sparkplug::state_topic(HOST),
+            format!(r#"{{"online":{online},"timestamp":{timestamp}}}"#).into_bytes(),
+            PublishOptions::new(QoS::AtLeastOnce).retain(true),
+        )
+        .await
+        .expect("publish STATE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_primary_host_nbirth_waits_for_its_online_state_and_its_offline_state_yields_ndeath_and_spooling()
+ {
+    let broker = Mosquitto::start();
+    // Only the edge node's messages: the STATE topic is outside the group.
+    let (host, mut rx) = mosquitto::subscribe(broker.port, &format!("spBv1.0/{GROUP}/#")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let mut edge = start_edge_with_host(broker.port, &spool, Some(HOST));
+
+    // Connected and subscribed, but no host yet: no NBIRTH, and data piles up in the spool.
+    wait_status(&mut edge.status, "waiting for the host", |s| {
+        s.waiting_for_host && s.connects == 1
+    })
+    .await;
+    append_batches(&spool, vec![pot_batch(Some(4.05), T0)]).await;
+    assert!(
+        timeout(Duration::from_millis(700), rx.recv())
+            .await
+            .is_err(),
+        "nothing is published before the primary host is online"
+    );
+    assert_eq!(
+        spool.stats().await.unwrap().records,
+        1,
+        "the batch waits in the spool"
+    );
+
+    // The host comes online: births, then the spooled batch as history.
+    host_state(&host, true, T0 + 10_000).await;
+    let bd0 = expect_births(&mut rx).await;
+    let m = until(&mut rx, "DDATA").await;
+    assert_eq!(m.payload.metrics[0].is_historical, Some(true));
+    assert_eq!(m.payload.metrics[0].timestamp, Some(T0 as u64));
+
+    // An offline STATE older than the last online one is ignored: the session goes on, and a
+    // rebirth request is answered with the same bdSeq.
+    host_state(&host, false, T0 + 5_000).await;
+    request_rebirth(&host).await;
+    let next = loop {
+        // Our own NCMD comes back on the subscription: skip it.
+        let m = next_msg(&mut rx, "NBIRTH after a stale STATE").await;
+        if m.kind != "NCMD" {
+            break m;
+        }
+    };
+    assert_eq!(
+        next.kind, "NBIRTH",
+        "a stale offline STATE must not end the session"
+    );
+    assert_eq!(bd_seq_of(&next.payload), bd0);
+    until(&mut rx, "DBIRTH").await;
+    until(&mut rx, "DBIRTH").await;
+
+    // The host goes offline: NDEATH with the session's bdSeq, then a new connection that waits.
+    host_state(&host, false, T0 + 20_000).await;
+    let death = until(&mut rx, "NDEATH").await;
+    assert_eq!(
+        bd_seq_of(&death.payload),
+        bd0,
+        "NDEATH carries the session's bdSeq"
+    );
+    wait_status(&mut edge.status, "reconnected, waiting for the host", |s| {
+        s.host_offline_total == 1 && s.connects == 2 && s.waiting_for_host
+    })
+    .await;
+    // Data keeps being spooled meanwhile.
+    append_batches(&spool, vec![pot_batch(Some(4.25), T0 + 30_000)]).await;
+    assert!(
+        timeout(Duration::from_millis(700), rx.recv())
+            .await
+            .is_err(),
+        "nothing is published while the primary host is offline"
+    );
+
+    // Back online: new births with the next bdSeq, then what was spooled, as history.
+    host_state(&host, true, T0 + 40_000).await;
+    let bd1 = expect_births(&mut rx).await;
+    assert_eq!(bd1, bd0 + 1, "a new session, a new bdSeq");
+    let m = until(&mut rx, "DDATA").await;
+    assert_eq!(m.payload.metrics[0].is_historical, Some(true));
+    assert_eq!(m.payload.metrics[0].timestamp, Some((T0 + 30_000) as u64));
+    assert_eq!(
+        spb::decode_value(DataType::Float, m.payload.metrics[0].value.as_ref()),
+        Some(Value::Float(4.25))
+    );
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+#[test]
+fn state_payloads_of_sparkplug_3_and_2_2_are_understood() {
+    use smeltwatch::publish::sparkplug::HostState;
+    assert_eq!(
+        HostState::parse(br#"{"online":true,"timestamp":1764300253000}"#),
+        Some(HostState {
+            online: true,
+            timestamp: Some(1_764_300_253_000)
+        })
+    );
+    assert_eq!(
+        HostState::parse(b"OFFLINE"),
+        Some(HostState {
+            online: false,
+            timestamp: None
+        })
+    );
+    assert_eq!(HostState::parse(br#"{"timestamp":1}"#), None);
+    assert_eq!(HostState::parse(b"maybe"), None);
+}
+
+// === mqtt-spb-wrapper (PyPI) decodes what Mosquitto delivered ===
+
+/// Decode payloads (in receiving order) with `tests/peers/spb_wrapper_decode.py`.
+fn decode_with_spb_wrapper(python: &Path, payloads: &[&[u8]]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = dir.path().join(format!("{i}.bin"));
+            std::fs::write(&f, p).unwrap();
+            f
+        })
+        .collect();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/spb_wrapper_decode.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(&files)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "mqtt-spb-wrapper decode failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_spb_wrapper_decodes_nbirth_dbirth_and_ddata_captured_from_mosquitto() {
+    let Some(python) = common::peers::python_with_spb_wrapper() else {
+        return;
+    };
+    let broker = Mosquitto::start();
+    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    // A restarted agent: the last bdSeq used was 41, so this session's is 42.
+    spool
+        .kv_set(
+            smeltwatch::publish::sparkplug::BD_SEQ_KEY.to_owned(),
+            b"41".to_vec(),
+        )
+        .await
+        .unwrap();
+    let mut edge = start_edge(broker.port, &spool);
+    let nbirth = until(&mut rx, "NBIRTH").await;
+    let first_dbirth = next_msg(&mut rx, "DBIRTH rectifier").await;
+    until(&mut rx, "DBIRTH").await;
+    wait_status(&mut edge.status, "online", |s| s.online).await;
+    append_batches(&spool, vec![first_poll(), second_poll()]).await;
+    let ddata1 = until(&mut rx, "DDATA").await;
+    let ddata2 = until(&mut rx, "DDATA").await;
+    // A DBIRTH with values: after a rebirth request.
+    request_rebirth(&sub).await;
+    until(&mut rx, "NBIRTH").await;
+    let dbirth = next_msg(&mut rx, "DBIRTH rectifier with values").await;
+    assert_eq!(dbirth.device.as_deref(), Some("rectifier"));
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+
+    let raws: Vec<&[u8]> = [&nbirth, &first_dbirth, &ddata1, &ddata2, &dbirth]
+        .iter()
+        .map(|m| m.raw.as_slice())
+        .collect();
+    let decoded = decode_with_spb_wrapper(&python, &raws);
+    let [nb, db0, d1, d2, db] = &decoded[..] else {
+        panic!("{decoded:?}")
+    };
+
+    // NBIRTH: seq 0, bdSeq Int64 (4) = 42, rebirth Boolean (11) false.
+    assert_eq!(nb["seq"], 0);
+    assert_eq!(nb["metrics"][0]["name"], "bdSeq");
+    assert_eq!(nb["metrics"][0]["datatype"], 4);
+    assert_eq!(nb["metrics"][0]["value"], 42);
+    assert_eq!(nb["metrics"][1]["name"], "Node Control/Rebirth");
+    assert_eq!(nb["metrics"][1]["datatype"], 11);
+    assert_eq!(nb["metrics"][1]["value"], false);
+
+    // The first DBIRTH (no values read yet): names, aliases and datatypes, values null.
+    assert_eq!(db0["seq"], 1);
+    let want = [
+        ("line_current_ka", 1, 9), // Float
+        ("offset_raw", 2, 2),      // Int16
+        ("delta_i32", 3, 3),       // Int32
+        ("balance_i64", 4, 4),     // Int64
+        ("energy_kwh", 5, 8),      // UInt64
+        ("temp_c", 6, 10),         // Double (scaled)
+        ("breaker_closed", 7, 11), // Boolean
+    ];
+    for (i, (name, alias, datatype)) in want.iter().enumerate() {
+        let m = &db0["metrics"][i];
+        assert_eq!(m["name"], *name, "{m}");
+        assert_eq!(m["alias"], *alias, "{m}");
+        assert_eq!(m["datatype"], *datatype, "{m}");
+        assert_eq!(m["is_null"], true, "{m}");
+    }
+
+    // DDATA: aliases only, values (negative integers and floats) and acquisition timestamps.
+    assert_eq!(d1["seq"], 3);
+    let values = [
+        serde_json::json!(-402.5),
+        serde_json::json!(-5),
+        serde_json::json!(-2_000_000_000),
+        serde_json::json!(-9_000_000_000i64),
+        serde_json::json!(18_000_000_000_000u64),
+        serde_json::json!(-12.25),
+        serde_json::json!(true),
+    ];
+    let stamps = [11, 11, 11, 11, 12, 12, 13];
+    for (i, value) in values.iter().enumerate() {
+        let m = &d1["metrics"][i];
+        assert_eq!(m["name"], serde_json::Value::Null, "aliases only: {m}");
+        assert_eq!(m["alias"], i + 1, "{m}");
+        assert_eq!(&m["value"], value, "{m}");
+        assert_eq!(m["timestamp"], T0 + stamps[i], "{m}");
+        assert_eq!(m["is_historical"], false, "{m}");
+    }
+    // Report by exception: only what changed, with the quality of a value that went bad.
+    assert_eq!(d2["seq"], 4);
+    let changed = d2["metrics"].as_array().unwrap();
+    assert_eq!(changed.len(), 2, "{d2}");
+    assert_eq!(
+        (&changed[0]["alias"], &changed[0]["value"]),
+        (&serde_json::json!(2), &serde_json::json!(-6))
+    );
+    assert_eq!(changed[0]["timestamp"], T0 + 1011);
+    assert_eq!(changed[1]["alias"], 6);
+    assert_eq!(changed[1]["is_null"], true);
+    assert_eq!(changed[1]["quality"], spb::QUALITY_BAD);
+
+    // The DBIRTH after the rebirth: current values by name, with their Quality.
+    assert_eq!(db["seq"], 1);
+    let m = &db["metrics"];
+    assert_eq!(
+        (&m[1]["name"], &m[1]["value"]),
+        (&"offset_raw".into(), &(-6).into())
+    );
+    assert_eq!(m[1]["quality"], spb::QUALITY_GOOD);
+    assert_eq!(
+        (&m[3]["name"], &m[3]["value"]),
+        (&"balance_i64".into(), &serde_json::json!(-9_000_000_000i64))
+    );
+    assert_eq!(m[5]["name"], "temp_c");
+    assert_eq!(
+        m[5]["quality"],
+        spb::QUALITY_BAD,
+        "temp_c went bad in the second poll"
+    );
 }

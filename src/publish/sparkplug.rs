@@ -491,13 +491,13 @@ impl Session<'_> {
         {
             return ended;
         }
+        let mut appended = self.up.spool.appended();
+        // Records up to here waited out the outage (or the restart, or the host's absence):
+        // replayed as historical after the births. Whatever arrives from now on is live.
+        let boundary = *appended.borrow_and_update();
         if let Err(e) = self.births().await {
             return Ended::Lost(e);
         }
-        let mut appended = self.up.spool.appended();
-        // Records up to here waited out the outage (or the restart, or the host's absence):
-        // replayed as historical.
-        let boundary = *appended.borrow_and_update();
         let mut cursor = 0i64;
         let mut more = true;
         loop {
