@@ -206,7 +206,14 @@ fn stack_block(state: &State, area: Rect) -> Paragraph<'static> {
                 && gauge_width > 0
             {
                 let filled = ((c / l).clamp(0.0, 1.0) * gauge_width as f64).round() as usize;
-                spans.push(Span::styled("█".repeat(filled), value_style));
+                let bar = if over {
+                    over_limit_style()
+                } else if c >= 0.8 * l {
+                    Style::new().fg(Color::Yellow)
+                } else {
+                    Style::new().fg(Color::Green)
+                };
+                spans.push(Span::styled("█".repeat(filled), bar));
                 spans.push(Span::styled("░".repeat(gauge_width - filled), dim()));
                 spans.push(Span::raw(format!(" {:>3.0}%", 100.0 * c / l)));
             }
