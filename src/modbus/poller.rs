@@ -29,9 +29,11 @@
 //!
 //! # Writes
 //! A poller built [`with_writes`](Poller::with_writes) also serves a bounded queue of guarded
-//! writes ([`crate::modbus::write`]) while it waits for the next deadline: a write goes on the same
-//! connection, between two polls, so there is still one request in flight and the inter-request
-//! gap is kept. Every write is answered on its reply channel with the device's verdict.
+//! writes ([`crate::modbus::write`]) between two polls, ahead of a poll that is due (so that a
+//! late schedule cannot starve them; the queue is bounded, so neither can they starve the polls
+//! for long). A write goes on the same connection, so there is still one request in flight and
+//! the inter-request gap is kept. Every write is answered on its reply channel with the device's
+//! verdict.
 //!
 //! Every job run emits exactly one [`ReadingBatch`] with one reading per configured point, so a
 //! consumer can count expected against received readings.
@@ -166,8 +168,8 @@ impl Poller {
         while let Some(Reverse((due, job))) = heap.pop() {
             tokio::select! {
                 biased;
+                // Writes before polls: a late schedule must not starve them (the queue is bounded).
                 _ = shutdown.cancelled() => break,
-                _ = sleep_until(due) => {}
                 cmd = next_write(&mut writes) => {
                     match cmd {
                         Some(cmd) => conn.serve_write(&source, cmd).await,
@@ -178,6 +180,7 @@ impl Poller {
                     heap.push(Reverse((due, job)));
                     continue;
                 }
+                _ = sleep_until(due) => {}
             }
             let plan = &plans[job];
             let device = &source.devices[plan.device];
