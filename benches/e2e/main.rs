@@ -1,0 +1,148 @@
+//! The end-to-end load harness (see `harness.rs` for what it measures and how).
+//!
+//! ```text
+//! cargo bench --bench e2e -- --devices 20 --registers 100 --duration 60s
+//! cargo bench --bench e2e -- --devices 200 --registers 100 --duration 30s --outage 60s --target agent
+//! ```
+//!
+//! Needs `mosquitto` on the PATH. Runs the agent (the `smeltwatch` binary cargo built beside this
+//! bench, in the bench profile) and then the bare reference loop against a fresh simulator and
+//! broker each, prints a table and the ratio of their CPU time per point, and writes the reports
+//! as JSON to `--json FILE` (or to stdout with `--json -`). See docs/PERFORMANCE.md.
+
+#[path = "../../tests/common/mosquitto.rs"]
+#[allow(dead_code)]
+mod mosquitto;
+
+mod harness;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use harness::{Params, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Agent,
+    Reference,
+    Both,
+}
+
+/// End-to-end load harness: simulator → agent → Mosquitto → counting subscriber.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Devices.
+    #[arg(long, default_value_t = 20)]
+    devices: usize,
+    /// Holding registers (u16 points) per device, 1..=125.
+    #[arg(long, default_value_t = 100)]
+    registers: u16,
+    /// Devices per Modbus TCP endpoint (= per agent source and poller), 1..=247.
+    #[arg(long, default_value_t = 100)]
+    per_endpoint: usize,
+    /// Poll interval.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    interval: Duration,
+    /// Warm-up before the measured window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    warmup: Duration,
+    /// Measured window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    duration: Duration,
+    /// After the window, freeze the broker (SIGSTOP) this long, then measure the replay.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    outage: Option<Duration>,
+    /// The agent uplink's `replay_rate` (records/s) in outage mode.
+    #[arg(long, default_value_t = 1_000_000)]
+    replay_rate: u32,
+    /// The agent spool's byte budget.
+    #[arg(long, default_value_t = 4 << 30)]
+    spool_max_bytes: u64,
+    /// What to run.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    target: Which,
+    /// The agent binary (default: the one cargo built with this bench).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Write the reports as JSON here (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let agent_bin = args
+        .agent
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_smeltwatch")));
+    let targets: &[Target] = match args.target {
+        Which::Agent => &[Target::Agent],
+        Which::Reference => &[Target::Reference],
+        Which::Both => &[Target::Agent, Target::Reference],
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut reports = Vec::new();
+    for &target in targets {
+        let params = Params {
+            agent_bin: agent_bin.clone(),
+            target,
+            devices: args.devices,
+            registers: args.registers,
+            per_endpoint: args.per_endpoint,
+            interval: args.interval,
+            warmup: args.warmup,
+            duration: args.duration,
+            outage: args.outage.filter(|_| target == Target::Agent),
+            replay_rate: args.replay_rate,
+            spool_max_bytes: args.spool_max_bytes,
+            unserved_devices: 0,
+        };
+        eprintln!(
+            "bench: {target:?}: {} devices × {} registers every {}, warm-up {}, window {}{}",
+            args.devices,
+            args.registers,
+            humantime::format_duration(args.interval),
+            humantime::format_duration(args.warmup),
+            humantime::format_duration(args.duration),
+            params
+                .outage
+                .map(|o| format!(", then a {} outage", humantime::format_duration(o)))
+                .unwrap_or_default()
+        );
+        reports.push(rt.block_on(harness::run(&params))?);
+    }
+    print!("{}", harness::table(&reports));
+    let ratio = match (
+        reports.iter().find(|r| r.target == Target::Agent),
+        reports.iter().find(|r| r.target == Target::Reference),
+    ) {
+        (Some(a), Some(r)) if r.cpu_us_per_point > 0.0 => {
+            let ratio = a.cpu_us_per_point / r.cpu_us_per_point;
+            println!(
+                "agent / reference CPU per point: {:.3} / {:.3} µs = {ratio:.2}×",
+                a.cpu_us_per_point, r.cpu_us_per_point
+            );
+            Some(ratio)
+        }
+        _ => None,
+    };
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&serde_json::json!({
+            "reports": reports,
+            "agent_over_reference_cpu_per_point": ratio,
+        }))?;
+        if path.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n")?;
+        }
+    }
+    Ok(())
+}
