@@ -1050,3 +1050,155 @@ fn the_agent_keeps_the_snapshot_in_the_state_directory_and_sets_a_bad_one_aside(
     assert!(!path.exists());
     assert!(dir.path().join("calc-state.json.bad").exists());
 }
+
+// === copper smelting (DOMAIN §5.2, §9) ===
+
+#[test]
+fn copper_oxygen_so2_capture_and_energy_formulas() {
+    use smeltwatch::calc::copper::{
+        energy_kgce_per_t, oxygen_per_t_concentrate, so2_kg_h_from_volume_pct, sulphur_capture_pct,
+    };
+    // 150 t/h of concentrate blown with 24,750 Nm³/h of oxygen: 165 Nm³/t
+    close(
+        oxygen_per_t_concentrate(24_750.0, 150.0).expect("feed"),
+        165.0,
+        1e-12,
+    );
+    assert_eq!(oxygen_per_t_concentrate(1.0, 0.0), None);
+    // SO2 density at 0 °C, 101.325 kPa: 64.066 g/mol / 22.414 L/mol
+    let rho = coef().copper.so2_density_kg_per_nm3;
+    close(rho, 64.066 / 22.414, 5e-4);
+    // 12 % SO2 in 100,000 Nm³/h at the acid-plant inlet: 34,296 kg/h
+    let inlet = so2_kg_h_from_volume_pct(12.0, 100_000.0, rho);
+    close(inlet, 34_296.0, 1e-9);
+    // 120 mg/m³ in 250,000 m³/h leave by the stack: 30 kg/h; 99.9125 % captured
+    let stack = mass_flow_kg_h(120.0, 250_000.0);
+    close(stack, 30.0, 1e-12);
+    close(
+        sulphur_capture_pct(inlet, stack).expect("inlet"),
+        100.0 * (1.0 - 30.0 / 34_296.0),
+        1e-12,
+    );
+    assert_eq!(sulphur_capture_pct(0.0, 1.0), None);
+    // 216,000 kgce for 960 t of cathode copper: 225 kgce/t
+    close(
+        energy_kgce_per_t(216_000.0, 960.0).expect("output"),
+        225.0,
+        1e-12,
+    );
+}
+
+#[test]
+fn gb25323_copper_grades() {
+    let c = coef();
+    let smelting = &c.grades["gb25323_2023_cu_smelting"];
+    // concentrate to cathode: 1级 ≤ 210, 2级 ≤ 230, 3级 ≤ 340 kgce/t
+    assert_eq!(grade(smelting, 210.0), Grade::Level1);
+    assert_eq!(grade(smelting, 215.0), Grade::Level2);
+    assert_eq!(grade(smelting, 340.0), Grade::Level3);
+    assert_eq!(grade(smelting, 340.5), Grade::Fail);
+    let blister = &c.grades["gb25323_2023_cu_blister"];
+    assert_eq!(blister.levels, [100.0, 125.0, 175.0]);
+    assert_eq!(grade(blister, 130.0), Grade::Level3);
+    let electrolysis = &c.grades["gb25323_2023_cu_electrolysis"];
+    assert_eq!(grade(electrolysis, 85.0), Grade::Level2);
+    assert_eq!(
+        c.grades["gb25323_2023_cu_scrap_to_cathode"].levels,
+        [290.0, 310.0, 370.0]
+    );
+}
+
+const SMELTER_CALC: &str = r#"
+utc_offset_hours = 8
+
+[[stacks]]
+name = "smelter1_stack"
+device = "smelter1/smelter1_stack"
+limits = "gb25467_2010_cu_smelting"
+pollutants = { so2 = "so2_mg_m3" }
+
+[[smelters]]
+name = "smelter1"
+device = "smelter1/smelter1"
+acid_plant_gas_flow_point = "acid_plant_gas_nm3h"
+stack = "smelter1_stack"
+copper_output_point = "cathode_tph"
+energy_kgce_point = "energy_kgce_h"
+"#;
+
+#[test]
+fn smelter_day_integrates_feed_oxygen_so2_and_energy() {
+    let cfg: CalcConfig = toml::from_str(SMELTER_CALC).expect("parses");
+    let mut p = Pipeline::new(&cfg).expect("builds");
+    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let step = 10_000i64;
+    let mut records = Vec::new();
+    let mut t = midnight - step;
+    while t <= midnight + DAY_MS {
+        records.extend(p.on_batch(&batch(
+            "smelter1",
+            "smelter1_stack",
+            10_000,
+            vec![
+                reading("so2_mg_m3", Value::Float(120.0), t),
+                reading("flow_m3h", Value::Float(250_000.0), t),
+            ],
+        )));
+        records.extend(p.on_batch(&batch(
+            "smelter1",
+            "smelter1",
+            10_000,
+            vec![
+                reading("concentrate_feed_tph", Value::Float(150.0), t),
+                reading("oxygen_flow_nm3h", Value::Float(24_750.0), t),
+                reading("oxygen_enrichment_pct", Value::Float(70.0), t),
+                reading("acid_plant_so2_pct", Value::Float(12.0), t),
+                reading("acid_plant_gas_nm3h", Value::Float(100_000.0), t),
+                reading("cathode_tph", Value::Float(40.0), t),
+                reading("energy_kgce_h", Value::Float(9_000.0), t),
+            ],
+        )));
+        t += step;
+    }
+    let day = |name: &str| metric(&records, "copper", name, "day").expect(name);
+    close(day("concentrate_t"), 3_600.0, 1e-6);
+    close(day("oxygen_nm3"), 594_000.0, 1e-4);
+    close(day("oxygen_nm3_per_t_concentrate"), 165.0, 1e-9);
+    close(day("copper_t"), 960.0, 1e-6);
+    close(day("energy_kgce"), 216_000.0, 1e-4);
+    close(day("energy_kgce_per_t"), 225.0, 1e-9);
+    assert_eq!(day("energy_grade"), 2.0);
+    let rho = coef().copper.so2_density_kg_per_nm3;
+    close(
+        day("acid_plant_so2_t"),
+        12.0 / 100.0 * 100_000.0 * rho * 24.0 / 1000.0,
+        1e-6,
+    );
+    close(day("stack_so2_t"), 30.0 * 24.0 / 1000.0, 1e-9);
+    close(
+        day("sulphur_capture_pct"),
+        100.0 * (1.0 - 30.0 / (12.0 / 100.0 * 100_000.0 * rho)),
+        1e-9,
+    );
+    // the minute figures carry the instantaneous ratio and enrichment
+    let minute = records.iter().find_map(|r| match r {
+        Record::Metrics(b) if &*b.calc == "copper" => b
+            .metrics
+            .iter()
+            .find(|m| &*m.name == "oxygen_nm3_per_t_concentrate" && m.labels.len() == 1)
+            .and_then(|m| m.value),
+        _ => None,
+    });
+    close(minute.expect("minute metric"), 165.0, 1e-9);
+}
+
+#[test]
+fn a_smelter_naming_an_unknown_stack_is_a_config_error() {
+    let mut cfg: CalcConfig = toml::from_str(SMELTER_CALC).expect("parses");
+    cfg.smelters[0].stack = Some("nope".into());
+    let e = Pipeline::new(&cfg).expect_err("unknown stack").to_string();
+    assert!(
+        e.contains("smelters[0].stack") && e.contains("smelter1_stack"),
+        "{e}"
+    );
+}

@@ -38,6 +38,8 @@ pub struct Coefficients {
     pub anode: AnodeTable,
     /// Grid emission factors by key (`qinghai-2022`).
     pub grid: BTreeMap<String, GridTable>,
+    /// Copper smelting constants.
+    pub copper: CopperTable,
     /// Energy conversions.
     pub energy: EnergyTable,
     /// Grade tables by key (`gb21346_2022_al_liquid_ac`).
@@ -153,6 +155,17 @@ pub struct GridTable {
     /// Source.
     #[serde(default)]
     pub source: String,
+}
+
+/// Copper smelting constants.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CopperTable {
+    /// Density of SO2 at the standard state, kg/Nm³.
+    pub so2_density_kg_per_nm3: f64,
+    /// Source.
+    #[serde(default)]
+    pub so2_density_source: String,
 }
 
 /// Energy conversions.

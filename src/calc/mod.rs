@@ -11,6 +11,7 @@
 
 pub mod anode_effect;
 pub mod coefficients;
+pub mod copper;
 pub mod counter;
 pub mod emissions;
 pub mod limits;
@@ -100,6 +101,9 @@ pub struct CalcConfig {
     /// Stacks with CEMS.
     #[serde(default)]
     pub stacks: Vec<StackRole>,
+    /// Copper smelters.
+    #[serde(default)]
+    pub smelters: Vec<SmelterRole>,
     /// Plant time for a simulator that runs faster than real time (`[simulator] time_scale`);
     /// absent in production. See [`SimulatedTime`].
     #[serde(default)]
@@ -278,6 +282,67 @@ pub struct StackRole {
 
 fn default_flow() -> String {
     "flow_m3h".into()
+}
+
+/// One copper smelting furnace (oxygen-enriched bath or flash smelting) and its acid plant.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmelterRole {
+    /// Smelter name: the `smelter` label of its metrics.
+    pub name: String,
+    /// Glob matching the furnace controller (`smelter1/smelter1`).
+    pub device: String,
+    /// Concentrate feed point, t/h.
+    #[serde(default = "default_feed")]
+    pub feed_point: String,
+    /// Oxygen flow point, Nm³/h.
+    #[serde(default = "default_oxygen")]
+    pub oxygen_point: String,
+    /// Oxygen enrichment point, %.
+    #[serde(default = "default_enrichment")]
+    pub enrichment_point: String,
+    /// SO2 at the acid-plant inlet, % by volume.
+    #[serde(default = "default_acid_so2")]
+    pub acid_plant_so2_point: String,
+    /// Gas flow at the acid-plant inlet, Nm³/h; without it there is no inlet SO2 mass and no
+    /// sulphur capture.
+    #[serde(default)]
+    pub acid_plant_gas_flow_point: Option<String>,
+    /// The `[[calc.stacks]]` entry (by name) whose `so2` mass flow leaves the acid plant.
+    #[serde(default)]
+    pub stack: Option<String>,
+    /// Copper output point, t/h (of the product the grade table is about).
+    #[serde(default)]
+    pub copper_output_point: Option<String>,
+    /// Comprehensive energy rate of the process, kgce/h (all energy carriers, already converted
+    /// to standard coal by the plant's energy system or a derived point).
+    #[serde(default)]
+    pub energy_kgce_point: Option<String>,
+    /// Grade table of GB 25323-2023 for `energy_kgce_per_t` (a key of the table's `[grades]`).
+    #[serde(default = "default_cu_grade")]
+    pub energy_grade: String,
+    /// Longest gap between two samples that is still integrated.
+    #[serde(default = "default_smelter_gap", with = "humantime_serde")]
+    pub max_gap: Duration,
+}
+
+fn default_feed() -> String {
+    "concentrate_feed_tph".into()
+}
+fn default_oxygen() -> String {
+    "oxygen_flow_nm3h".into()
+}
+fn default_enrichment() -> String {
+    "oxygen_enrichment_pct".into()
+}
+fn default_acid_so2() -> String {
+    "acid_plant_so2_pct".into()
+}
+fn default_cu_grade() -> String {
+    "gb25323_2023_cu_smelting".into()
+}
+const fn default_smelter_gap() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Whether `name` matches `pattern` (`*` any run, `?` one character).

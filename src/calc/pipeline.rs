@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use super::anode_effect::{AeDetector, AeParams, AeTransition, event_of};
 use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable, PfcTable};
+use super::copper::{
+    energy_kgce_per_t, oxygen_per_t_concentrate, so2_kg_h_from_volume_pct, sulphur_capture_pct,
+};
 use super::counter::{CounterStep, EnergyCounter};
 use super::emissions::{
     anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, o2_corrected, pfc_slope,
@@ -15,7 +18,8 @@ use super::potline::{
     Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
 };
 use super::snapshot::{
-    CellState, LineSnapshot, PeriodAcc, PipelineSnapshot, SNAPSHOT_VERSION, StackSnapshot,
+    CellState, LineSnapshot, PeriodAcc, PipelineSnapshot, SNAPSHOT_VERSION, SmelterAcc,
+    SmelterSnapshot, SmelterState, StackSnapshot,
 };
 use super::time::{MINUTE_MS, civil, days_in_month, floor, local_day};
 use super::window::{Sample, Window, WindowRules};
@@ -29,6 +33,7 @@ enum Route {
     Rectifier(usize),
     Pot(usize),
     Stack(usize),
+    Smelter(usize),
     Other,
 }
 
@@ -79,6 +84,19 @@ struct Stack {
     name: Arc<str>,
     limits: HashMap<String, f64>,
     windows: IndexMap<Arc<str>, Window>,
+    /// Latest good SO2 mass flow, kg/h (for a smelter's sulphur capture).
+    latest_so2_kg_h: Option<f64>,
+}
+
+#[derive(Debug)]
+struct Smelter {
+    role: super::SmelterRole,
+    name: Arc<str>,
+    grade: GradeTable,
+    max_gap_ms: i64,
+    /// Index of the stack whose SO2 leaves its acid plant.
+    stack: Option<usize>,
+    state: SmelterState,
 }
 
 use indexmap::IndexMap;
@@ -93,6 +111,7 @@ pub struct Pipeline {
     rules: WindowRules,
     lines: Vec<Line>,
     stacks: Vec<Stack>,
+    smelters: Vec<Smelter>,
     routes: HashMap<(Arc<str>, Arc<str>), Route>,
     clock: Option<SimClock>,
     /// Latest calculator time seen.
@@ -196,6 +215,37 @@ impl Pipeline {
                 role: role.clone(),
                 limits,
                 windows: IndexMap::new(),
+                latest_so2_kg_h: None,
+            });
+        }
+        let mut smelters = Vec::new();
+        for (i, role) in cfg.smelters.iter().enumerate() {
+            let key = |k: &str| format!("smelters[{i}].{k}");
+            let grade = lookup(&coef.grades, &key("energy_grade"), &role.energy_grade, &v)?.clone();
+            let stack = match &role.stack {
+                None => None,
+                Some(name) => {
+                    let found = cfg.stacks.iter().position(|s| s.name == *name);
+                    let known = || {
+                        let names: Vec<&str> = cfg.stacks.iter().map(|s| s.name.as_str()).collect();
+                        names.join(", ")
+                    };
+                    Some(found.ok_or_else(|| CalcError::Invalid {
+                        key: key("stack"),
+                        message: format!(
+                            "`{name}` is not the name of a [[calc.stacks]] entry (known: {})",
+                            known()
+                        ),
+                    })?)
+                }
+            };
+            smelters.push(Smelter {
+                name: Arc::from(role.name.as_str()),
+                grade,
+                max_gap_ms: i64::try_from(role.max_gap.as_millis()).unwrap_or(i64::MAX),
+                stack,
+                state: SmelterState::default(),
+                role: role.clone(),
             });
         }
         let clock = match &cfg.simulated_time {
@@ -233,6 +283,7 @@ impl Pipeline {
             offset_ms,
             lines,
             stacks,
+            smelters,
             routes: HashMap::new(),
             clock,
             latest: None,
@@ -281,6 +332,14 @@ impl Pipeline {
                         .iter()
                         .map(|(q, w)| (q.clone(), w.clone()))
                         .collect(),
+                })
+                .collect(),
+            smelters: self
+                .smelters
+                .iter()
+                .map(|s| SmelterSnapshot {
+                    name: s.role.name.clone(),
+                    state: s.state.clone(),
                 })
                 .collect(),
             clock_anchor_ms: self.clock.and_then(|c| c.anchor_ms),
@@ -334,6 +393,11 @@ impl Pipeline {
                 .map(|(q, w)| (q, w.with_rules(rules)))
                 .collect();
         }
+        for ss in snap.smelters {
+            if let Some(sm) = self.smelters.iter_mut().find(|s| s.role.name == ss.name) {
+                sm.state = ss.state;
+            }
+        }
         if let (Some(clock), Some(anchor)) = (self.clock.as_mut(), snap.clock_anchor_ms) {
             clock.anchor_ms = Some(anchor);
         }
@@ -359,6 +423,8 @@ impl Pipeline {
             Route::Pot(i)
         } else if let Some(i) = self.stacks.iter().position(|s| m(&s.role.device)) {
             Route::Stack(i)
+        } else if let Some(i) = self.smelters.iter().position(|s| m(&s.role.device)) {
+            Route::Smelter(i)
         } else {
             Route::Other
         };
@@ -389,6 +455,7 @@ impl Pipeline {
             Route::Rectifier(i) => self.rectifier(i, batch, &mut out),
             Route::Pot(i) => self.pot(i, batch, &mut out),
             Route::Stack(i) => self.stack(i, batch, &mut out),
+            Route::Smelter(i) => self.smelter(i, batch, &mut out),
             Route::Other => {}
         }
         out
@@ -403,6 +470,9 @@ impl Pipeline {
         let mut out = Vec::new();
         for i in 0..self.lines.len() {
             self.line_clock(i, now, &mut out);
+        }
+        for i in 0..self.smelters.len() {
+            self.smelter_clock(i, now, &mut out);
         }
         let mut aggs = Vec::new();
         for s in &mut self.stacks {
@@ -571,6 +641,7 @@ impl Pipeline {
             .filter(|r| r.quality.is_good())
             .and_then(num);
         let mut aggs = Vec::new();
+        let mut so2_update = None;
         let mut feed = |quantity: String, unit: &str, total_unit: Option<&str>, sample: Sample| {
             let name = s.name.clone();
             let w = s
@@ -629,6 +700,9 @@ impl Pipeline {
                 Some(f) => (q, mass_flow_kg_h(c, f)),
                 None => (if q.is_good() { Quality::CommFail } else { q }, f64::NAN),
             };
+            if pollutant == "so2" {
+                so2_update = Some((mq.is_good() && mv.is_finite()).then_some(mv));
+            }
             feed(
                 format!("{pollutant}_kg_h"),
                 "kg/h",
@@ -641,7 +715,86 @@ impl Pipeline {
                 },
             );
         }
+        if let Some(u) = so2_update {
+            self.stacks[i].latest_so2_kg_h = u;
+        }
         self.emit_aggregates(aggs, out);
+    }
+
+    fn smelter(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
+        let Some(ts) = batch.readings.iter().map(|r| r.ts).max() else {
+            return;
+        };
+        self.smelter_clock(i, ts, out);
+        let density = self.coef.copper.so2_density_kg_per_nm3;
+        let stack_so2 = self.smelters[i]
+            .stack
+            .and_then(|j| self.stacks[j].latest_so2_kg_h);
+        let sm = &mut self.smelters[i];
+        if let Some(t0) = sm.state.last_ts {
+            let dt = ts.0 - t0.0;
+            if dt > 0 && dt <= sm.max_gap_ms {
+                let rates = sm.state.rates;
+                sm.state.today.integrate(&rates, dt as f64 / 3_600_000.0);
+            }
+        }
+        let get = |p: &str| {
+            batch
+                .readings
+                .iter()
+                .find(|r| *r.point == *p)
+                .filter(|r| r.quality.is_good())
+                .and_then(num)
+        };
+        let opt = |p: &Option<String>| p.as_deref().and_then(get);
+        let role = &sm.role;
+        let r = &mut sm.state.rates;
+        r.feed_tph = get(&role.feed_point);
+        r.oxygen_nm3_h = get(&role.oxygen_point);
+        r.enrichment_pct = get(&role.enrichment_point);
+        r.inlet_so2_kg_h = match (
+            get(&role.acid_plant_so2_point),
+            opt(&role.acid_plant_gas_flow_point),
+        ) {
+            (Some(pct), Some(flow)) => Some(so2_kg_h_from_volume_pct(pct, flow, density)),
+            _ => None,
+        };
+        r.stack_so2_kg_h = stack_so2;
+        r.copper_tph = opt(&role.copper_output_point);
+        r.energy_kgce_h = opt(&role.energy_kgce_point);
+        sm.state.last_ts = Some(ts);
+    }
+
+    fn smelter_clock(&mut self, i: usize, ts: Timestamp, out: &mut Vec<Record>) {
+        let minute = floor(ts, MINUTE_MS, self.offset_ms);
+        let day = local_day(ts, self.offset_ms);
+        let sm = &mut self.smelters[i];
+        if let Some(m) = sm.state.minute
+            && minute > m
+        {
+            let end = Timestamp(m.0 + MINUTE_MS);
+            out.push(Record::Metrics(smelter_minute(sm, end)));
+        }
+        if sm.state.minute.is_none_or(|m| minute > m) {
+            sm.state.minute = Some(minute);
+        }
+        match sm.state.day {
+            None => sm.state.day = Some(day),
+            Some(d) if day > d => {
+                let end = Timestamp((d + 1) * super::time::DAY_MS - self.offset_ms);
+                let (_, m, _) = civil(d);
+                let (_, nm, _) = civil(d + 1);
+                let today = std::mem::take(&mut sm.state.today);
+                sm.state.month.add(&today);
+                out.push(Record::Metrics(smelter_period(sm, "day", &today, end)));
+                if nm != m {
+                    let month = std::mem::take(&mut sm.state.month);
+                    out.push(Record::Metrics(smelter_period(sm, "month", &month, end)));
+                }
+                sm.state.day = Some(day);
+            }
+            _ => {}
+        }
     }
 
     fn emit_aggregates(&self, aggs: Vec<Aggregate>, out: &mut Vec<Record>) {
@@ -880,6 +1033,99 @@ impl Pipeline {
                 metrics: em,
             }),
         ]
+    }
+}
+
+/// The smelter's instantaneous figures at the end of a minute (calc `copper`).
+fn smelter_minute(sm: &Smelter, end: Timestamp) -> MetricBatch {
+    let l = vec![(Arc::from("smelter"), sm.name.clone())];
+    let r = &sm.state.rates;
+    let o2_per_t = match (r.oxygen_nm3_h, r.feed_tph) {
+        (Some(o), Some(f)) => oxygen_per_t_concentrate(o, f),
+        _ => None,
+    };
+    let capture = match (r.inlet_so2_kg_h, r.stack_so2_kg_h) {
+        (Some(i), Some(o)) => sulphur_capture_pct(i, o),
+        _ => None,
+    };
+    MetricBatch {
+        calc: Arc::from("copper"),
+        ts: end,
+        metrics: vec![
+            metric("concentrate_feed_tph", r.feed_tph, "t/h", end, &l),
+            metric("oxygen_flow_nm3h", r.oxygen_nm3_h, "Nm3/h", end, &l),
+            metric("oxygen_enrichment_pct", r.enrichment_pct, "%", end, &l),
+            metric("oxygen_nm3_per_t_concentrate", o2_per_t, "Nm3/t", end, &l),
+            metric("acid_plant_so2_kg_h", r.inlet_so2_kg_h, "kg/h", end, &l),
+            metric("stack_so2_kg_h", r.stack_so2_kg_h, "kg/h", end, &l),
+            metric("sulphur_capture_pct", capture, "%", end, &l),
+        ],
+    }
+}
+
+/// The smelter's figures of a closed day or month (calc `copper`, label `period`).
+fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) -> MetricBatch {
+    let l = vec![
+        (Arc::from("smelter"), sm.name.clone()),
+        (Arc::from("period"), Arc::from(period)),
+    ];
+    let l = &l;
+    let kgce_t = energy_kgce_per_t(acc.energy_kgce, acc.copper_t);
+    let has_copper = sm.role.copper_output_point.is_some();
+    let has_energy = has_copper && sm.role.energy_kgce_point.is_some();
+    let has_so2 = sm.role.acid_plant_gas_flow_point.is_some() && sm.stack.is_some();
+    let mut metrics = vec![
+        metric("concentrate_t", Some(acc.concentrate_t), "t", end, l),
+        metric("oxygen_nm3", Some(acc.oxygen_nm3), "Nm3", end, l),
+        metric(
+            "oxygen_nm3_per_t_concentrate",
+            oxygen_per_t_concentrate(acc.oxygen_nm3, acc.concentrate_t),
+            "Nm3/t",
+            end,
+            l,
+        ),
+    ];
+    if has_so2 {
+        metrics.push(metric(
+            "acid_plant_so2_t",
+            Some(acc.inlet_so2_kg / 1000.0),
+            "t",
+            end,
+            l,
+        ));
+        metrics.push(metric(
+            "stack_so2_t",
+            Some(acc.stack_so2_kg / 1000.0),
+            "t",
+            end,
+            l,
+        ));
+        metrics.push(metric(
+            "sulphur_capture_pct",
+            sulphur_capture_pct(acc.inlet_so2_kg, acc.stack_so2_kg),
+            "%",
+            end,
+            l,
+        ));
+    }
+    if has_copper {
+        metrics.push(metric("copper_t", Some(acc.copper_t), "t", end, l));
+    }
+    if has_energy {
+        metrics.push(metric("energy_kgce", Some(acc.energy_kgce), "kgce", end, l));
+        metrics.push(metric("energy_kgce_per_t", kgce_t, "kgce/t", end, l));
+        metrics.push(metric(
+            "energy_grade",
+            kgce_t.map(|v| grade(&sm.grade, v).as_number()),
+            "",
+            end,
+            l,
+        ));
+    }
+    MetricBatch {
+        calc: Arc::from("copper"),
+        ts: end,
+        metrics,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct PipelineSnapshot {
     pub latest: Option<Timestamp>,
     pub(super) lines: Vec<LineSnapshot>,
     pub(super) stacks: Vec<StackSnapshot>,
+    #[serde(default)]
+    pub(super) smelters: Vec<SmelterSnapshot>,
     /// Wall-clock anchor of `[calc.simulated_time]`, if that is in use.
     pub(super) clock_anchor_ms: Option<i64>,
 }
@@ -100,4 +102,69 @@ pub(super) struct StackSnapshot {
     pub(super) name: String,
     /// (quantity, its windows).
     pub(super) windows: Vec<(Arc<str>, Window)>,
+}
+
+/// Latest rates of a smelter (good samples only; `None` when the point is missing or bad).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(super) struct SmelterRates {
+    pub(super) feed_tph: Option<f64>,
+    pub(super) oxygen_nm3_h: Option<f64>,
+    pub(super) enrichment_pct: Option<f64>,
+    pub(super) inlet_so2_kg_h: Option<f64>,
+    pub(super) stack_so2_kg_h: Option<f64>,
+    pub(super) copper_tph: Option<f64>,
+    pub(super) energy_kgce_h: Option<f64>,
+}
+
+/// A smelter's figures over a period.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(super) struct SmelterAcc {
+    pub(super) concentrate_t: f64,
+    pub(super) oxygen_nm3: f64,
+    /// Inlet and stack SO2, kg, over the intervals where both were known.
+    pub(super) inlet_so2_kg: f64,
+    pub(super) stack_so2_kg: f64,
+    pub(super) copper_t: f64,
+    pub(super) energy_kgce: f64,
+}
+
+impl SmelterAcc {
+    pub(super) fn add(&mut self, o: &SmelterAcc) {
+        self.concentrate_t += o.concentrate_t;
+        self.oxygen_nm3 += o.oxygen_nm3;
+        self.inlet_so2_kg += o.inlet_so2_kg;
+        self.stack_so2_kg += o.stack_so2_kg;
+        self.copper_t += o.copper_t;
+        self.energy_kgce += o.energy_kgce;
+    }
+
+    /// Integrate `r` over `h` hours.
+    pub(super) fn integrate(&mut self, r: &SmelterRates, h: f64) {
+        self.concentrate_t += r.feed_tph.unwrap_or(0.0) * h;
+        self.oxygen_nm3 += r.oxygen_nm3_h.unwrap_or(0.0) * h;
+        if let (Some(i), Some(o)) = (r.inlet_so2_kg_h, r.stack_so2_kg_h) {
+            self.inlet_so2_kg += i * h;
+            self.stack_so2_kg += o * h;
+        }
+        self.copper_t += r.copper_tph.unwrap_or(0.0) * h;
+        self.energy_kgce += r.energy_kgce_h.unwrap_or(0.0) * h;
+    }
+}
+
+/// One smelter's open state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct SmelterState {
+    pub(super) last_ts: Option<Timestamp>,
+    pub(super) rates: SmelterRates,
+    pub(super) minute: Option<Timestamp>,
+    pub(super) day: Option<i64>,
+    pub(super) today: SmelterAcc,
+    pub(super) month: SmelterAcc,
+}
+
+/// One smelter's snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SmelterSnapshot {
+    pub(super) name: String,
+    pub(super) state: SmelterState,
 }
