@@ -637,3 +637,64 @@ async fn plain_prints_one_line_per_message_of_every_encoding() {
         assert!(status.success(), "{status}");
     }
 }
+
+#[test]
+fn tail_help_has_the_contract_flags_and_a_bad_broker_is_named() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(["tail", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--broker",
+        "--plain",
+        "--filter",
+        "--config",
+        "--ca-file",
+        "--password-file",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(["tail", "--plain", "--broker", "tcp://127.0.0.1:1883"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains(
+            "--broker \"tcp://127.0.0.1:1883\": expected mqtt://host:port or mqtts://host:port"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn plain_reports_an_unreachable_broker_once_and_stops_at_its_duration() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+            .args(["tail", "--plain", "--duration", "2500ms", "--broker"])
+            .arg(format!("mqtt://127.0.0.1:{port}"))
+            .output(),
+    )
+    .await
+    .expect("tail --duration 2500ms ends")
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let down: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&format!("tail: mqtt://127.0.0.1:{port}: ")))
+        .collect();
+    assert_eq!(down.len(), 1, "one line for ~3 failed attempts:\n{err}");
+    assert!(down[0].ends_with("(retrying every second)"), "{err}");
+}

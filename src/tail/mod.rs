@@ -424,6 +424,8 @@ async fn run_plain(
 ) -> anyhow::Result<()> {
     let mut decoder = Decoder::new();
     let mut stdout = std::io::stdout().lock();
+    // A broker that stays down is reported once per reason, not once per retry.
+    let mut last_down: Option<String> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -433,12 +435,20 @@ async fn run_plain(
                 }
                 // Status goes to stderr so that stdout holds only messages.
                 match &*link.borrow_and_update() {
-                    Link::Subscribed => eprintln!(
-                        "tail: subscribed to {} on {}",
-                        opts.topics.join(", "),
-                        opts.broker_url()
-                    ),
-                    Link::Down(why) => eprintln!("tail: {}: {why}", opts.broker_url()),
+                    Link::Subscribed => {
+                        last_down = None;
+                        eprintln!(
+                            "tail: subscribed to {} on {}",
+                            opts.topics.join(", "),
+                            opts.broker_url()
+                        );
+                    }
+                    Link::Down(why) => {
+                        if last_down.as_deref() != Some(why.as_str()) {
+                            eprintln!("tail: {}: {why} (retrying every second)", opts.broker_url());
+                            last_down = Some(why.clone());
+                        }
+                    }
                     Link::Connecting => {}
                 }
             }
