@@ -1202,3 +1202,60 @@ fn a_smelter_naming_an_unknown_stack_is_a_config_error() {
         "{e}"
     );
 }
+
+#[test]
+fn current_efficiency_from_the_tapped_metal_counter() {
+    let cfg: CalcConfig = toml::from_str(&DEMO_CALC.replace(
+        "approved_capacity_t_per_year = 1100.0",
+        "approved_capacity_t_per_year = 1100.0\ntapped_metal_kg_point = \"tapped_kg\"\ncounter_bits = 16",
+    ))
+    .expect("parses");
+    let mut p = Pipeline::new(&cfg).expect("builds");
+    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let step = 10_000i64;
+    // six taps of 4,940 kg, one every 4 hours from 01:00; a u16 counter rolls over on the way
+    let mut tapped: u64 = 60_000;
+    let mut records = Vec::new();
+    let mut t = midnight - step;
+    while t <= midnight + DAY_MS {
+        let since = t - midnight;
+        if since >= HOUR_MS && since < DAY_MS && (since - HOUR_MS) % (4 * HOUR_MS) == 0 {
+            tapped = (tapped + 4_940) % 65_536;
+        }
+        records.extend(p.on_batch(&batch(
+            "potline1",
+            "rectifier",
+            10_000,
+            vec![
+                reading("line_current_ka", Value::Float(400.0), t),
+                reading("tapped_kg", Value::UInt(tapped), t),
+            ],
+        )));
+        for c in 1..=10 {
+            records.extend(p.on_batch(&pot(&format!("pot_{c:03}"), t, 4.05, true, false)));
+        }
+        t += step;
+    }
+    close(
+        metric(&records, "potline", "tapped_metal_t", "day").expect("tapped"),
+        29.64,
+        1e-9,
+    );
+    // 10 cells × 400 kA × 24 h = 96,000 kA·h → 32,215 kg in theory; 29,640 kg tapped: 92.0 %
+    close(
+        metric(
+            &records,
+            "potline",
+            "current_efficiency_from_tapping_pct",
+            "day",
+        )
+        .expect("CE"),
+        29_640.0 / (0.335_573 * 96_000.0) * 100.0,
+        1e-3,
+    );
+    assert_eq!(
+        metric(&records, "potline", "meter_resets", "day"),
+        Some(0.0),
+        "a rollover is not a reset"
+    );
+}

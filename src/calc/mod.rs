@@ -178,6 +178,12 @@ pub struct PotlineRole {
     /// AC energy counter point of the rectifier.
     #[serde(default = "default_ac_energy")]
     pub ac_energy_point: String,
+    /// Cumulative tapped-metal counter (kg) on the rectifier's device, from the plant's crucible
+    /// weighing; with it, the line reports the current efficiency from tapping per day and
+    /// month. Rollover and resets are handled as for the energy counters (`counter_bits`, no
+    /// ratio).
+    #[serde(default)]
+    pub tapped_metal_kg_point: Option<String>,
     /// Width of the energy counters: 16, 32 or 64 bits.
     #[serde(default = "default_counter_bits")]
     pub counter_bits: u8,

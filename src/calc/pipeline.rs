@@ -68,6 +68,7 @@ struct Line {
     current: Option<(Timestamp, f64)>,
     dc_counter: EnergyCounter,
     ac_counter: EnergyCounter,
+    tap_counter: EnergyCounter,
     /// Local day and minute currently open.
     day: Option<i64>,
     minute: Option<Timestamp>,
@@ -188,6 +189,7 @@ impl Pipeline {
                 current: None,
                 dc_counter: EnergyCounter::new(role.counter_bits, role.counter_ratio, None),
                 ac_counter: EnergyCounter::new(role.counter_bits, role.counter_ratio, None),
+                tap_counter: EnergyCounter::new(role.counter_bits, 1.0, None),
                 day: None,
                 minute: None,
                 today: PeriodAcc::default(),
@@ -312,6 +314,7 @@ impl Pipeline {
                         current: l.current,
                         dc_counter_raw: l.dc_counter.last_raw(),
                         ac_counter_raw: l.ac_counter.last_raw(),
+                        tap_counter_raw: l.tap_counter.last_raw(),
                         day: l.day,
                         minute: l.minute,
                         today: l.today,
@@ -374,6 +377,10 @@ impl Pipeline {
             };
             line.dc_counter = counter(ls.dc_counter_raw);
             line.ac_counter = counter(ls.ac_counter_raw);
+            line.tap_counter = match ls.tap_counter_raw {
+                Some(r) => EnergyCounter::new(bits, 1.0, None).with_last(r),
+                None => EnergyCounter::new(bits, 1.0, None),
+            };
             line.day = ls.day;
             line.minute = ls.minute;
             line.today = ls.today;
@@ -531,6 +538,13 @@ impl Pipeline {
                     }
                 }
                 line.current = Some((r.ts, ka));
+            } else if line.role.tapped_metal_kg_point.as_deref() == Some(&*r.point) {
+                let Some(raw) = raw_u64(r) else { continue };
+                let d = line.tap_counter.update(raw);
+                if matches!(d.step, CounterStep::Reset | CounterStep::Jump) {
+                    line.today.resets += 1;
+                }
+                line.today.tapped_kg += d.delta;
             } else if *r.point == *line.role.dc_energy_point
                 || *r.point == *line.role.ac_energy_point
             {
@@ -955,6 +969,26 @@ impl Pipeline {
         if let Some(cap) = line.role.approved_capacity_t_per_year {
             let u = capacity_utilisation(prod_t, cap, days).map(|u| u * 100.0);
             pot.push(metric("capacity_utilisation_pct", u, "%", end, l));
+        }
+        if line.role.tapped_metal_kg_point.is_some() {
+            pot.push(metric(
+                "tapped_metal_t",
+                Some(acc.tapped_kg / 1000.0),
+                "t",
+                end,
+                l,
+            ));
+            let ce = line
+                .metal
+                .current_efficiency(acc.tapped_kg, acc.charge_ka_h)
+                .map(|ce| ce * 100.0);
+            pot.push(metric(
+                "current_efficiency_from_tapping_pct",
+                ce,
+                "%",
+                end,
+                l,
+            ));
         }
         if let Some(ac) = ac {
             let s = tariff::surcharge_yuan_per_kwh(

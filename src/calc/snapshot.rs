@@ -54,6 +54,9 @@ pub(super) struct PeriodAcc {
     pub(super) ae: AeStats,
     /// Meter resets seen.
     pub(super) resets: u32,
+    /// Metal tapped, kg.
+    #[serde(default)]
+    pub(super) tapped_kg: f64,
 }
 
 impl PeriodAcc {
@@ -64,6 +67,7 @@ impl PeriodAcc {
         self.dc_meter_kwh += o.dc_meter_kwh;
         self.ae.add(&o.ae);
         self.resets += o.resets;
+        self.tapped_kg += o.tapped_kg;
     }
 }
 
@@ -87,6 +91,8 @@ pub(super) struct LineSnapshot {
     pub(super) current: Option<(Timestamp, f64)>,
     pub(super) dc_counter_raw: Option<u64>,
     pub(super) ac_counter_raw: Option<u64>,
+    #[serde(default)]
+    pub(super) tap_counter_raw: Option<u64>,
     pub(super) day: Option<i64>,
     pub(super) minute: Option<Timestamp>,
     pub(super) today: PeriodAcc,
