@@ -108,21 +108,49 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Regulators: check the signatures, the hash chain and the sequence of a ledger file.
-    Verify {
-        /// The site's public key file (`site.pub`).
-        #[arg(long)]
-        key: PathBuf,
-        /// A ledger file (JSON lines).
-        #[arg(long)]
-        file: PathBuf,
-    },
+    /// Regulators: check the signatures, the hash chain and the sequence of a captured feed (a
+    /// file, or live from a broker).
+    Verify(VerifyArgs),
     /// Inspect what is waiting in the spools (safe while the agent runs).
     Spool {
         /// What to do.
         #[command(subcommand)]
         action: SpoolCommand,
     },
+}
+
+/// `smeltwatch verify` arguments.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The site's public key file (`site.pub`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// A capture file: JSON lines (ledger records or captured JSON payloads) or
+    /// length-delimited protobuf envelopes.
+    #[arg(long, required_unless_present = "broker", conflicts_with = "broker")]
+    pub file: Option<PathBuf>,
+    /// Capture from this broker instead: `mqtt://host:port`, `mqtts://host:port` or `host:port`.
+    #[arg(long, requires = "topic")]
+    pub broker: Option<String>,
+    /// Topic filter to subscribe to (repeat for several, e.g. the emissions, the potline
+    /// metrics and the config_change events of a site).
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Vec<String>,
+    /// With --broker: stop capturing after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// With --broker: stop after this many signed records.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// With --broker: user name.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// With --broker: file holding the password (first line).
+    #[arg(long, requires = "username")]
+    pub password_file: Option<PathBuf>,
+    /// With an mqtts:// broker: CA certificates (PEM) the broker's certificate must chain to.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `smeltwatch spool …` actions.
@@ -293,8 +321,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("            {}", pair.public_hex);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { key, file } => {
-            let report = crate::ledger::verify_file(&key, &file)?;
+        Command::Verify(args) => {
+            let report = verify_command(args).await?;
             print!("{report}");
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -303,6 +331,50 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `verify --file` or `verify --broker`: the same verdict either way.
+async fn verify_command(args: VerifyArgs) -> anyhow::Result<crate::ledger::Report> {
+    use crate::ledger::{capture, subscribe};
+    let Some(broker) = args.broker else {
+        let file = args.file.context("--file or --broker is required")?;
+        return Ok(crate::ledger::verify_file(&args.key, &file)?);
+    };
+    let key = crate::ledger::load_verifying_key(&args.key)?;
+    let (host, port, tls) = subscribe::parse_broker(&broker).map_err(anyhow::Error::msg)?;
+    let password = match &args.password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--password-file {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let opts = subscribe::CaptureOptions {
+        host,
+        port,
+        tls,
+        tls_settings: crate::config::TlsSettings {
+            ca_file: args.ca_file,
+            ..Default::default()
+        },
+        credentials: args.username.map(|u| (u, password)),
+        topics: args.topic,
+        duration: args.duration,
+        count: args.count,
+    };
+    let messages = subscribe::capture(&opts).await?;
+    Ok(capture::verify_messages(
+        &key,
+        messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i + 1, m.as_slice())),
+        false,
+    ))
 }
 
 fn spool_command(action: SpoolCommand) -> anyhow::Result<ExitCode> {

@@ -21,6 +21,8 @@
 //! - [`spool`]: the durable per-uplink queue.
 //! - [`completeness`]: per device, stream and hour: values expected, received and delivered
 //!   (acknowledged by each uplink's broker), reported on the `metrics` stream.
+//! - [`history`]: closed windows, potline figures and the ledger chain, for history requests
+//!   and restarts.
 //! - [`publish`]: uplinks and payload encoders.
 //! - [`http`]: `/metrics` (Prometheus), health checks, the JSON snapshot and event stream, and
 //!   the control-room dashboard.
@@ -36,6 +38,7 @@ pub mod calc;
 pub mod completeness;
 pub mod cli;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod ledger;
 pub mod modbus;

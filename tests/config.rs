@@ -284,7 +284,9 @@ broker = "mqtt://broker"
         ]
     );
     assert_eq!(uplink.spool, config::SpoolConfig::default());
-    let UplinkKind::Mqtt(mqtt) = &uplink.kind;
+    let UplinkKind::Mqtt(mqtt) = &uplink.kind else {
+        panic!("an MQTT uplink")
+    };
     assert_eq!(
         (mqtt.broker.host.as_str(), mqtt.broker.port),
         ("broker", 1883)
@@ -469,7 +471,9 @@ password_file = "secrets/mqtt.pass"
     assert_eq!(cfg.path, path);
     assert_eq!(cfg.state_dir, dir.path().join("var/state"));
     assert_eq!(&*cfg.sources[0].devices[0].points[0].name, "energy_kwh");
-    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind;
+    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind else {
+        panic!("an MQTT uplink")
+    };
     assert!(mqtt.tls);
     assert_eq!(mqtt.broker.port, 8884);
     // The trailing newline of the file is not part of the password.
@@ -493,7 +497,9 @@ fn password_from_the_environment_is_read() {
         "site = \"t\"\n[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://b\"\n\
          username = \"u\"\npassword_env = \"{variable}\"\n"
     ));
-    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind;
+    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind else {
+        panic!("an MQTT uplink")
+    };
     assert_eq!(
         mqtt.password.as_ref().map(|s| s.0.as_str()),
         Some("smeltwatch")
@@ -506,7 +512,9 @@ fn the_password_never_appears_in_debug_output_or_errors() {
     let debug = format!("{cfg:?}");
     assert!(!debug.contains("correct horse"), "{debug}");
     assert!(debug.contains("Secret(***)"), "{debug}");
-    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind;
+    let UplinkKind::Mqtt(mqtt) = &cfg.uplinks[0].kind else {
+        panic!("an MQTT uplink")
+    };
     assert_eq!(
         mqtt.password.as_ref().map(|s| s.0.as_str()),
         Some("correct horse battery staple")
@@ -528,7 +536,9 @@ fn uplink_settings_are_read() {
     );
     assert_eq!(uplink.spool.max_bytes, 64 * 1024 * 1024);
     assert!(!uplink.spool.synchronous_full);
-    let UplinkKind::Mqtt(mqtt) = &uplink.kind;
+    let UplinkKind::Mqtt(mqtt) = &uplink.kind else {
+        panic!("an MQTT uplink")
+    };
     assert_eq!(mqtt.username.as_deref(), Some("agent"));
     assert_eq!(cfg.state_dir, Path::new(CASES).join("ok_potline/var/state"));
 }
@@ -570,4 +580,312 @@ points.b = { area = "holding", address = 3, type = "bool", bit = 1 }
         "inline/smeltwatch.toml:12:42: sources[0].devices[0].points.c.address: point `c` \
          (holding 3 bit 1) overlaps point `b` (holding 3 bit 1)"
     );
+}
+
+const SPARKPLUG_SOURCES: &str = r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:502"
+[[sources.devices]]
+name = "pot_001"
+unit_id = 1
+points.setpoint_v = { area = "holding", address = 0, type = "f32", range = [3.8, 4.6], writable = true }
+"#;
+
+#[test]
+fn sparkplug_uplink_settings_are_read() {
+    let cfg = parse_ok(&format!(
+        r#"{SPARKPLUG_SOURCES}
+[[uplinks]]
+name = "scada"
+type = "sparkplug"
+broker = "mqtt://broker.plant:1884"
+username = "edge"
+password = "pw"
+group_id = "smelter"
+edge_node_id = "line1"
+primary_host_id = "ignition"
+keep_alive = "15s"
+[uplinks.device_writes]
+enabled = true
+[uplinks.spool]
+max_bytes = 1048576
+"#
+    ));
+    let uplink = &cfg.uplinks[0];
+    let UplinkKind::Sparkplug(spb) = &uplink.kind else {
+        panic!("a Sparkplug uplink: {:?}", uplink.kind)
+    };
+    assert_eq!(spb.group_id, "smelter");
+    assert_eq!(spb.edge_node_id, "line1");
+    assert_eq!(spb.primary_host_id.as_deref(), Some("ignition"));
+    assert!(spb.device_writes);
+    assert_eq!(spb.mqtt.broker.to_string(), "broker.plant:1884");
+    assert_eq!(spb.mqtt.username.as_deref(), Some("edge"));
+    assert_eq!(spb.mqtt.keep_alive, Duration::from_secs(15));
+    assert_eq!(spb.mqtt.client_id, "smeltwatch-t-scada");
+    assert_eq!(
+        uplink.streams,
+        [Stream::Live],
+        "Sparkplug carries device metrics only"
+    );
+    assert_eq!(uplink.spool.max_bytes, 1_048_576);
+    assert!(cfg.sources[0].devices[0].points[0].writable);
+}
+
+#[test]
+fn sparkplug_device_writes_are_off_by_default() {
+    let cfg = parse_ok(&format!(
+        "{SPARKPLUG_SOURCES}\n[[uplinks]]\nname = \"scada\"\ntype = \"sparkplug\"\n\
+         broker = \"mqtt://b\"\ngroup_id = \"g\"\nedge_node_id = \"e\"\n"
+    ));
+    let UplinkKind::Sparkplug(spb) = &cfg.uplinks[0].kind else {
+        panic!("a Sparkplug uplink")
+    };
+    assert!(!spb.device_writes);
+    assert_eq!(spb.primary_host_id, None);
+}
+
+#[test]
+fn sparkplug_uplink_problems_name_the_key_and_what_was_expected() {
+    let err = parse_err(&format!(
+        r#"{SPARKPLUG_SOURCES}
+[[uplinks]]
+name = "scada"
+type = "sparkplug"
+broker = "mqtt://b"
+edge_node_id = "line/1"
+primary_host_id = ""
+streams = ["live", "events"]
+encoding = "protobuf"
+[uplinks.device_writes]
+enabled = true
+"#
+    ));
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    for want in [
+        "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"sparkplug\"",
+        "uplinks[0].streams[1]: a Sparkplug uplink carries only the `live` stream (device metrics), not `events`",
+        "uplinks[0].group_id: missing `group_id`, expected a Sparkplug id (one MQTT topic level)",
+        "uplinks[0].edge_node_id: invalid edge_node_id `line/1`: a Sparkplug id must be non-empty and free of `+`, `/` and `#` (it is one topic level)",
+        "uplinks[0].primary_host_id: invalid primary_host_id ``",
+        "uplinks[0].device_writes.enabled: device writes need an authenticated uplink: set `username` (with a password) or a client certificate (`[uplinks.tls] cert_file`)",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("inline/smeltwatch.toml:") && l.contains(want)),
+            "missing {want:?} in:\n{text}"
+        );
+    }
+    assert_eq!(lines.len(), 6, "{text}");
+}
+
+#[test]
+fn sparkplug_keys_on_an_mqtt_uplink_are_rejected() {
+    let err = parse_err(&format!(
+        "{SPARKPLUG_SOURCES}\n[[uplinks]]\nname = \"plant\"\ntype = \"mqtt\"\nbroker = \"mqtt://b\"\n\
+         group_id = \"g\"\n[uplinks.device_writes]\nenabled = false\n"
+    ));
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "uplinks[0].group_id: `group_id` does not apply to an uplink of type = \"mqtt\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("uplinks[0].device_writes: `device_writes` does not apply to an uplink of type = \"mqtt\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn only_holding_registers_and_coils_can_be_writable() {
+    let base = "site = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"127.0.0.1:502\"\n\
+                [[sources.devices]]\nname = \"plc\"\nunit_id = 1\n";
+    parse_ok(&format!(
+        "{base}points.sp = {{ area = \"holding\", address = 0, type = \"i32\", writable = true }}\n\
+         points.run = {{ area = \"coil\", address = 0, type = \"bool\", writable = true }}\n"
+    ));
+    for (point, why) in [
+        (
+            "{ area = \"input\", address = 0, type = \"u16\", writable = true }",
+            "writable = true: input is a read-only area, expected a `holding` register or a `coil`",
+        ),
+        (
+            "{ area = \"holding\", address = 5, type = \"bool\", bit = 2, writable = true }",
+            "writable = true: a bit of a holding register cannot be written on its own (smeltwatch does no read-modify-write)",
+        ),
+        (
+            "{ area = \"holding\", address = 9, type = \"ascii\", registers = 4, writable = true }",
+            "writable = true: text (`ascii`) points cannot be written",
+        ),
+    ] {
+        let err = parse_err(&format!("{base}points.x = {point}\n"));
+        assert!(
+            err.to_string()
+                .contains(&format!("sources[0].devices[0].points.x.writable: {why}")),
+            "{err}"
+        );
+    }
+}
+
+const HJ212_SOURCES: &str = "site = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"127.0.0.1:502\"\n\
+                             [[sources.devices]]\nname = \"stack\"\nunit_id = 1\n\
+                             points.so2_mg_m3 = { area = \"input\", address = 0, type = \"f32\" }\n";
+
+#[test]
+fn hj212_uplink_settings_are_read_with_their_defaults() {
+    let cfg = parse_ok(&format!(
+        r#"{HJ212_SOURCES}
+[[uplinks]]
+name = "province"
+type = "hj212"
+platform = "10.1.2.3:8600"
+reconnect_max = "2m"
+[uplinks.hj212]
+mn = "88888880000001"
+pw = "123456"
+over_time = "10s"
+re_count = 5
+[uplinks.hj212.mn_by_stack]
+gtc1_stack = "88888880000002"
+"#
+    ));
+    let uplink = &cfg.uplinks[0];
+    assert_eq!(uplink.streams, vec![Stream::Emissions]);
+    assert_eq!(uplink.spool, config::SpoolConfig::default());
+    let UplinkKind::Hj212(h) = &uplink.kind else {
+        panic!("an HJ 212 uplink")
+    };
+    assert_eq!(h.platform.to_string(), "10.1.2.3:8600");
+    assert_eq!(h.table.name, "HJ 212-2017");
+    assert_eq!(h.station.st, 31);
+    assert_eq!(h.station.mn, "88888880000001");
+    assert_eq!(h.station.pw, "123456");
+    assert!(h.station.ack);
+    assert_eq!(h.station.utc_offset_min, 480);
+    assert_eq!(
+        h.mn_by_stack,
+        vec![("gtc1_stack".to_owned(), "88888880000002".to_owned())]
+    );
+    assert_eq!(h.over_time, Duration::from_secs(10));
+    assert_eq!(h.re_count, 5);
+    assert_eq!(h.reconnect_min, Duration::from_secs(1));
+    assert_eq!(h.reconnect_max, Duration::from_secs(120));
+    // No [calc], no [ledger]: the history store keeps its defaults, nothing is signed.
+    assert_eq!(cfg.history.path, Path::new("inline/state/history.db"));
+    assert_eq!(cfg.history.hour_retention, Duration::from_secs(400 * 86_400));
+    assert!(cfg.ledger.is_none());
+}
+
+#[test]
+fn hj212_uplink_problems_name_the_key_and_what_was_expected() {
+    let err = parse_err(&format!(
+        r#"{HJ212_SOURCES}
+[[uplinks]]
+name = "province"
+type = "hj212"
+encoding = "protobuf"
+[uplinks.hj212]
+mn = "this-mn-is-far-too-long-for-hj212-2017"
+pw = "12345"
+st = 99
+table = "missing-table.toml"
+utc_offset_hours = 20
+"#
+    ));
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    for want in [
+        "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"hj212\"",
+        "uplinks[0].platform: missing `platform`, expected the HJ 212 platform as host:port",
+        "uplinks[0].hj212.table: cannot read `inline/missing-table.toml`",
+        "expected `hj212-2017` (built in) or the path of a code table file",
+        "uplinks[0].hj212.st: st = 99 is not a system code of HJ 212-2017, expected one of 21,",
+        "uplinks[0].hj212.pw: pw must be 6 printable ASCII characters",
+        "uplinks[0].hj212.mn: MN `this-mn-is-far-too-long-for-hj212-2017` must be 1 to 24 printable ASCII characters",
+        "uplinks[0].hj212.utc_offset_hours: utc_offset_hours = 20 is out of range, expected -12..=14",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("inline/smeltwatch.toml:") && l.contains(want)),
+            "missing {want:?} in:\n{text}"
+        );
+    }
+    assert_eq!(lines.len(), 7, "{text}");
+
+    let err = parse_err(&format!(
+        "{HJ212_SOURCES}\n[[uplinks]]\nname = \"p\"\ntype = \"hj212\"\nplatform = \"h:1\"\n"
+    ));
+    assert!(
+        err.to_string()
+            .contains("uplinks[0].hj212: missing [uplinks.hj212], expected at least `mn` and `pw`"),
+        "{err}"
+    );
+    let err = parse_err(&format!(
+        "{HJ212_SOURCES}\n[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nplatform = \"h:1\"\n"
+    ));
+    let text = err.to_string();
+    assert!(
+        text.contains("uplinks[0].platform: `platform` does not apply to an uplink of type = \"mqtt\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("uplinks[0].broker: missing `broker`, expected mqtt://host:port or mqtts://host:port"),
+        "{text}"
+    );
+}
+
+#[test]
+fn history_and_ledger_sections_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("site.key");
+    std::fs::write(&key, "00".repeat(32)).unwrap();
+    let cfg = parse_ok(&format!(
+        r#"{HJ212_SOURCES}
+[history]
+file = "/var/lib/smeltwatch/history.db"
+minute_retention = "2days"
+[ledger]
+key_file = "{}"
+regulated = ["stack_minute", "stack_hour"]
+"#,
+        key.display()
+    ));
+    assert_eq!(cfg.history.path, Path::new("/var/lib/smeltwatch/history.db"));
+    assert_eq!(cfg.history.minute_retention, Duration::from_secs(2 * 86_400));
+    assert_eq!(cfg.history.day_retention, Duration::from_secs(3653 * 86_400));
+    let ledger = cfg.ledger.unwrap();
+    assert_eq!(ledger.key_file, key);
+    assert_eq!(
+        ledger.regulated,
+        vec![config::Regulated::StackMinute, config::Regulated::StackHour]
+    );
+
+    let err = parse_err(&format!(
+        r#"{HJ212_SOURCES}
+[history]
+hour_retention = "30s"
+[ledger]
+key_file = "no-such.key"
+regulated = ["stack_day", "stack_day"]
+"#
+    ));
+    let text = err.to_string();
+    for want in [
+        "history.hour_retention: hour_retention = 30s is too short, expected at least 1m",
+        "ledger.key_file: no key file at `inline/no-such.key`, expected the site's secret key (make one with `smeltwatch keygen --out DIR`)",
+        "ledger.regulated[1]: `stack_day` is listed twice",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let err = parse_err(&format!(
+        "{HJ212_SOURCES}\n[ledger]\nkey_file = \"k\"\nregulated = [\"stack_week\"]\n"
+    ));
+    assert!(err.to_string().contains("ledger.regulated"), "{err}");
 }

@@ -314,3 +314,188 @@ fn a_back_dated_record_is_named() {
     assert_eq!(ledger::payload_time(r#"{"ts_ms":7}"#), Some(7));
     assert_eq!(ledger::payload_time("##0101QN=…"), None);
 }
+
+/// Hourly aggregates sealed into a chain and encoded as the MQTT uplink publishes them.
+fn sealed_payloads(
+    encoding: smeltwatch::config::Encoding,
+    historical: &[bool],
+) -> Vec<(LedgerRecord, Vec<u8>)> {
+    use smeltwatch::config::Stream;
+    use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
+    use std::sync::Arc;
+    let k = key(1);
+    let mut c = Chain::new(SITE, ledger::capture::REGULATED_CHAIN);
+    historical
+        .iter()
+        .enumerate()
+        .map(|(i, &hist)| {
+            let start = 1_740_790_800_000 + i as i64 * 3_600_000;
+            let record = Record::Aggregate(Aggregate {
+                subject: Arc::from("gtc1_stack"),
+                quantity: Arc::from("so2_mg_m3"),
+                unit: Arc::from("mg/m3"),
+                period: Period::Hour,
+                start: Timestamp(start),
+                end: Timestamp(start + 3_600_000),
+                avg: Some(80.25 + i as f64),
+                min: Some(70.0),
+                max: Some(95.5),
+                total: None,
+                total_unit: None,
+                samples: 60,
+                expected: 60,
+                valid: true,
+                quality: Quality::Good,
+            });
+            let seal = c.append(&k, ledger::capture::payload_of(&record));
+            // Through the spool as the fan-out writes it, out as the MQTT uplink encodes it.
+            let body = ledger::capture::sealed_body(&seal);
+            let back: Record = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                back, record,
+                "uplinks that do not sign read the sealed body"
+            );
+            let carried = ledger::capture::seal_of(&body).unwrap();
+            assert_eq!(carried, seal);
+            let payload = smeltwatch::publish::encode::encode_sealed(
+                encoding,
+                SITE,
+                Stream::Emissions,
+                i as u64 + 1,
+                &back,
+                hist,
+                Some(&carried),
+            );
+            (seal, payload)
+        })
+        .collect()
+}
+
+fn verify_payloads(payloads: &[Vec<u8>]) -> Report {
+    ledger::capture::verify_messages(
+        &key(1).verifying_key(),
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i + 1, p.as_slice())),
+        false,
+    )
+}
+
+#[test]
+fn sealed_json_and_protobuf_payloads_verify_and_a_changed_body_is_named() {
+    use smeltwatch::config::Encoding;
+    for encoding in [Encoding::Json, Encoding::Protobuf] {
+        let sealed = sealed_payloads(encoding, &[false; 4]);
+        let mut payloads: Vec<Vec<u8>> = sealed.iter().map(|(_, p)| p.clone()).collect();
+        let report = verify_payloads(&payloads);
+        assert!(report.ok, "{encoding:?}: {report}");
+        assert_eq!(report.verified, 4);
+
+        // Change the average shown in the body of seq 3, leaving the signed payload alone.
+        payloads[2] = match encoding {
+            Encoding::Json => {
+                let mut v: serde_json::Value = serde_json::from_slice(&payloads[2]).unwrap();
+                assert_eq!(v["ledger"]["seq"], 3);
+                v["avg"] = serde_json::json!(12.0);
+                serde_json::to_vec(&v).unwrap()
+            }
+            Encoding::Protobuf => {
+                use prost::Message as _;
+                use smeltwatch::publish::encode::protobuf::pb;
+                let mut env = pb::Envelope::decode(payloads[2].as_slice()).unwrap();
+                let Some(pb::envelope::Body::Aggregate(a)) = &mut env.body else {
+                    panic!("an aggregate")
+                };
+                a.avg = Some(12.0);
+                env.encode_to_vec()
+            }
+        };
+        let report = verify_payloads(&payloads);
+        assert!(!report.ok, "{encoding:?}");
+        assert_eq!(report.mismatched, vec![3], "{encoding:?}: {report}");
+        assert_eq!(report.verified, 4, "the signatures themselves still check");
+        assert!(
+            report
+                .to_string()
+                .contains("Altered body: seq 3 (the record shown differs from the signed payload)"),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn a_historical_replay_may_arrive_late_but_a_reordered_live_record_may_not() {
+    use smeltwatch::config::Encoding;
+    // Seq 2 was replayed after an outage, behind seq 3 and 4: late by design.
+    let sealed = sealed_payloads(Encoding::Json, &[false, true, false, false]);
+    let p: Vec<Vec<u8>> = sealed.iter().map(|(_, p)| p.clone()).collect();
+    let report = verify_payloads(&[p[0].clone(), p[2].clone(), p[3].clone(), p[1].clone()]);
+    assert!(report.ok, "{report}");
+    assert_eq!(report.late, vec![2]);
+    assert!(report.out_of_order.is_empty());
+    // The same order with seq 3 out of place and not historical fails.
+    let report = verify_payloads(&[p[0].clone(), p[1].clone(), p[3].clone(), p[2].clone()]);
+    assert!(!report.ok);
+    assert_eq!(report.out_of_order, vec![3], "{report}");
+}
+
+#[test]
+fn capture_files_of_json_payloads_or_protobuf_envelopes_verify() {
+    use smeltwatch::config::Encoding;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ledger::keygen(&dir.path().join("keys")).unwrap();
+    let signing = ledger::load_signing_key(&keys.secret).unwrap();
+    // The payloads of `sealed_payloads`, sealed again with the generated key.
+    let mut c = Chain::new(SITE, ledger::capture::REGULATED_CHAIN);
+    let mut json_lines = Vec::new();
+    let mut pb_file = Vec::new();
+    for (seal, _) in sealed_payloads(Encoding::Json, &[false; 3]) {
+        let resealed = c.append(&signing, seal.payload.clone());
+        let record: smeltwatch::model::Record = serde_json::from_str(&seal.payload).unwrap();
+        for (encoding, out) in [(Encoding::Json, 0), (Encoding::Protobuf, 1)] {
+            let payload = smeltwatch::publish::encode::encode_sealed(
+                encoding,
+                SITE,
+                smeltwatch::config::Stream::Emissions,
+                resealed.seq,
+                &record,
+                false,
+                Some(&resealed),
+            );
+            if out == 0 {
+                json_lines.extend_from_slice(&payload);
+                json_lines.push(b'\n');
+            } else {
+                prost::encoding::encode_varint(payload.len() as u64, &mut pb_file);
+                pb_file.extend_from_slice(&payload);
+            }
+        }
+    }
+    // An unsigned payload (a live batch) in the capture is counted and ignored.
+    json_lines.extend_from_slice(br#"{"site":"demo-al-01","stream":"live","seq":9,"readings":[]}"#);
+    json_lines.push(b'\n');
+    let jsonl = dir.path().join("capture.jsonl");
+    std::fs::write(&jsonl, &json_lines).unwrap();
+    let report = ledger::verify_file(&keys.public, &jsonl).unwrap();
+    assert!(report.ok, "{report}");
+    assert_eq!((report.verified, report.unsealed), (3, 1));
+    assert!(
+        report
+            .to_string()
+            .contains("Not in the chain: 1 unsigned message(s)")
+    );
+
+    let pb = dir.path().join("capture.pb");
+    std::fs::write(&pb, &pb_file).unwrap();
+    let report = ledger::verify_file(&keys.public, &pb).unwrap();
+    assert!(report.ok, "{report}");
+    assert_eq!(report.verified, 3);
+    // A truncated protobuf capture fails, naming where it breaks; what precedes still checks.
+    std::fs::write(&pb, &pb_file[..pb_file.len() - 3]).unwrap();
+    let report = ledger::verify_file(&keys.public, &pb).unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.verified, 2, "{report}");
+    assert_eq!(report.unreadable.len(), 1, "{report}");
+    assert_eq!(report.unreadable[0].0, 3, "{report}");
+}

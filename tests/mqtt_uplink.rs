@@ -537,7 +537,9 @@ fn mqtts_with_an_unreadable_ca_file_is_refused_at_build_time_and_options_never_p
     let mut cfg = uplink_config(1883, Some(("plant", "s3cret-pw")));
     let uplink = MqttUplink::new(SITE, &cfg, spool.clone()).unwrap();
     assert!(!format!("{uplink:?}").contains("s3cret-pw"));
-    let UplinkKind::Mqtt(m) = &mut cfg.kind;
+    let UplinkKind::Mqtt(m) = &mut cfg.kind else {
+        panic!("an MQTT uplink")
+    };
     m.tls = true;
     let missing = dir.path().join("missing-ca.pem");
     m.tls_settings.ca_file = Some(missing.clone());

@@ -14,6 +14,9 @@
 
 pub mod calc_state;
 pub mod demo;
+mod hj212;
+mod regulated;
+mod sparkplug;
 pub mod systemd;
 
 use std::collections::HashMap;
@@ -30,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Area, Config, HostPort, Stream, TopicTemplates, UplinkKind};
 use crate::modbus::plan;
 use crate::modbus::poller::{Poller, PollerStats};
+use crate::modbus::write::DeviceWriters;
 use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp};
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::{NewRecord, SpoolHandle};
@@ -41,6 +45,8 @@ const READINGS_CHANNEL: usize = 4096;
 const CALC_FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Largest number of batches appended to the spools in one transaction.
 const MAX_BATCHES_PER_APPEND: usize = 512;
+/// Capacity of the side entrance of the fan-out for events produced by the uplinks.
+const EVENTS_CHANNEL: usize = 256;
 
 /// Knobs of a run that do not belong in the configuration file.
 #[derive(Debug, Clone)]
@@ -140,6 +146,16 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
 
+    // History store and ledger first: the HJ 212 uplinks answer history requests from the store,
+    // and a key that others can read stops the start before anything runs.
+    let regulator = regulated::Regulator::open(&cfg)?;
+    let history = regulator.history_source();
+
+    // Guarded device writes (Sparkplug DCMD) go to the pollers' write queues; every attempt is
+    // reported as an event through the fan-out's side entrance.
+    let (writers, write_queues) = DeviceWriters::for_sources(&cfg.sources);
+    let (events_tx, events_rx) = mpsc::channel(EVENTS_CHANNEL);
+
     let mut targets = Vec::new();
     let mut spools = Vec::new();
     for uplink in &cfg.uplinks {
@@ -151,32 +167,60 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                 path.display()
             )
         })?;
-        let UplinkKind::Mqtt(mqtt) = &uplink.kind;
-        let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
-            .with_context(|| format!("uplink {:?}", uplink.name))?
-            .with_completeness(live.completeness.clone());
+        let (status, topics) = match &uplink.kind {
+            UplinkKind::Mqtt(mqtt) => {
+                let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
+                    .with_context(|| format!("uplink {:?}", uplink.name))?
+                    .with_completeness(live.completeness.clone());
+                tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
+                let status = client.status();
+                tracker.spawn(client.run(uplinks_token.clone()));
+                (status, mqtt.topics.clone())
+            }
+            UplinkKind::Hj212(h) => {
+                tracing::info!(uplink = %uplink.name, platform = %h.platform, spool = %path.display(), "HJ 212 uplink ready");
+                let status = hj212::start(
+                    uplink,
+                    h,
+                    spool.clone(),
+                    history.clone(),
+                    &tracker,
+                    uplinks_token.clone(),
+                );
+                (status, TopicTemplates::default())
+            }
+            UplinkKind::Sparkplug(spb) => {
+                let wiring = sparkplug::Wiring {
+                    writers: &writers,
+                    events: &events_tx,
+                    tracker: &tracker,
+                    stop: &uplinks_token,
+                };
+                let status = sparkplug::start(&cfg, uplink, spb, spool.clone(), wiring)?;
+                (status, TopicTemplates::default())
+            }
+        };
         live.uplinks
             .lock()
             .expect("live state lock is never poisoned: holders do not panic")
             .push(UplinkView {
                 name: uplink.name.clone(),
                 spool: spool.clone(),
-                status: client.status(),
+                status,
             });
-        tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
-        tracker.spawn(client.run(uplinks_token.clone()));
         targets.push(FanTarget {
             spool: spool.clone(),
             streams: uplink.streams.clone(),
-            topics: mqtt.topics.clone(),
+            topics,
         });
         spools.push(spool);
     }
 
     let (tx, rx) = mpsc::channel(READINGS_CHANNEL);
     let mut pollers = Vec::new();
-    for source in &cfg.sources {
-        let poller = Poller::new(source.clone(), tx.clone());
+    drop(events_tx);
+    for (source, writes) in cfg.sources.iter().zip(write_queues) {
+        let poller = Poller::new(source.clone(), tx.clone()).with_writes(writes);
         live.pollers
             .lock()
             .expect("live state lock is never poisoned: holders do not panic")
@@ -213,7 +257,20 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         )),
         None => None,
     };
-    let fan_out = tokio::spawn(fan_out(rx, targets, cfg.site.clone(), live.clone(), calc));
+    let initial: Vec<Record> = regulator.config_change(&cfg).into_iter().collect();
+    let inputs = FanInputs {
+        batches: rx,
+        events: events_rx,
+    };
+    let fan_out = tokio::spawn(fan_out(
+        inputs,
+        targets,
+        cfg.site.clone(),
+        live.clone(),
+        calc,
+        regulator,
+        initial,
+    ));
     tracker.close();
 
     Ok(Agent {
@@ -362,6 +419,13 @@ pub fn spool_path(cfg: &Config, uplink: &str) -> PathBuf {
     cfg.state_dir.join(format!("spool-{uplink}.db"))
 }
 
+/// What the fan-out reads: the pollers' batches (it ends when they are all gone) and the events the
+/// uplinks produce (device write attempts).
+struct FanInputs {
+    batches: mpsc::Receiver<ReadingBatch>,
+    events: mpsc::Receiver<Record>,
+}
+
 /// Where fan-out sends the records of the streams an uplink carries.
 struct FanTarget {
     spool: SpoolHandle,
@@ -373,14 +437,27 @@ struct FanTarget {
 ///
 /// Batches that arrive together are appended in one transaction per spool: under load this turns
 /// many small fsyncs into few large ones. A spool that fails to append is logged loudly; the
-/// records are retried on the next burst rather than dropped.
+/// records are retried on the next burst rather than dropped. `initial` records (the
+/// configuration change of the ledger) go first. Closed windows are stored in the history store
+/// and regulated records sealed into the ledger before they reach a spool.
 async fn fan_out(
-    mut rx: mpsc::Receiver<ReadingBatch>,
+    inputs: FanInputs,
     targets: Vec<FanTarget>,
     site: String,
     live: Arc<LiveState>,
     mut calc: Option<calc_state::CalcStage>,
+    mut regulator: regulated::Regulator,
+    initial: Vec<Record>,
 ) {
+    let FanInputs {
+        batches: mut rx,
+        mut events,
+    } = inputs;
+    if !initial.is_empty() {
+        let seals = regulator.process(&initial).await;
+        publish_derived(&live, &initial);
+        route(&targets, &site, &initial, &seals).await;
+    }
     let mut burst = Vec::with_capacity(MAX_BATCHES_PER_APPEND);
     // Windows must close even when their data stops (a dead stack analyser still owes the
     // platform an invalid hour), so the calculators are also flushed on a timer.
@@ -405,12 +482,16 @@ async fn fan_out(
                     records = c.flush(Timestamp::now());
                 }
             }
+            // Events from the uplinks (device write attempts); the branch sleeps once they are
+            // all gone.
+            Some(event) = events.recv() => records.push(event),
         }
         publish_derived(&live, &records);
         live.completeness.received(&records);
         records.extend(live.completeness.tick(Timestamp::now()));
         if !records.is_empty() {
-            route(&targets, &site, &records).await;
+            let seals = regulator.process(&records).await;
+            route(&targets, &site, &records, &seals).await;
         }
         if let Some(c) = calc.as_mut() {
             c.saved_after(&records);
@@ -420,12 +501,16 @@ async fn fan_out(
         let records = c.flush(Timestamp::now());
         publish_derived(&live, &records);
         live.completeness.received(&records);
-        route(&targets, &site, &records).await;
+        let seals = regulator.process(&records).await;
+        route(&targets, &site, &records, &seals).await;
         c.saved_after(&records);
     }
     // The hour in progress is reported as partial; after a restart it continues.
     let partial = live.completeness.partial(Timestamp::now());
-    route(&targets, &site, &partial).await;
+    if !partial.is_empty() {
+        let seals = regulator.process(&partial).await;
+        route(&targets, &site, &partial, &seals).await;
+    }
 }
 
 /// Keep the latest reading of every point for the status displays and the HTTP API.
@@ -450,22 +535,31 @@ fn publish_derived(live: &LiveState, records: &[Record]) {
     }
 }
 
-/// Append `records` to the spool of every uplink that carries their stream.
-async fn route(targets: &[FanTarget], site: &str, records: &[Record]) {
+/// Append `records` to the spool of every uplink that carries their stream; a sealed record
+/// (`seals[i]`, see [`regulated`]) carries its seal in the spool body.
+async fn route(
+    targets: &[FanTarget],
+    site: &str,
+    records: &[Record],
+    seals: &[Option<crate::ledger::LedgerRecord>],
+) {
     let created = Timestamp::now();
     for target in targets {
         let mut new = Vec::with_capacity(records.len());
-        for record in records {
+        for (i, record) in records.iter().enumerate() {
             let stream = record.stream();
             if !target.streams.contains(&stream) {
                 continue;
             }
-            let body = match serde_json::to_vec(record) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!("cannot serialise a record: {e}");
-                    continue;
-                }
+            let body = match seals.get(i).and_then(Option::as_ref) {
+                Some(seal) => crate::ledger::capture::sealed_body(seal),
+                None => match serde_json::to_vec(record) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("cannot serialise a record: {e}");
+                        continue;
+                    }
+                },
             };
             new.push(NewRecord {
                 stream,
@@ -557,14 +651,12 @@ pub fn override_broker(cfg: &mut Config, url: &str) -> anyhow::Result<()> {
     if host.is_empty() {
         bail!("--broker {url:?}: missing host");
     }
-    let Some(uplink) = cfg
-        .uplinks
-        .iter_mut()
-        .find(|u| matches!(u.kind, UplinkKind::Mqtt(_)))
-    else {
+    let Some(m) = cfg.uplinks.iter_mut().find_map(|u| match &mut u.kind {
+        UplinkKind::Mqtt(m) => Some(m),
+        _ => None,
+    }) else {
         bail!("--broker given but the configuration has no MQTT uplink");
     };
-    let UplinkKind::Mqtt(m) = &mut uplink.kind;
     m.broker = HostPort { host, port };
     m.tls = tls;
     Ok(())

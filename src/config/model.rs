@@ -30,6 +30,72 @@ pub struct Config {
     pub uplinks: Vec<UplinkConfig>,
     /// The HTTP side doors, when the file has an `[http]` section.
     pub http: Option<HttpConfig>,
+    /// `[history]`: where closed windows are kept and for how long (used when `[calc]` exists).
+    pub history: HistoryConfig,
+    /// `[ledger]`: the site key and the regulated records, when the file has that section.
+    pub ledger: Option<LedgerConfig>,
+}
+
+/// `[history]`: the store of closed aggregate windows and the potline's daily and monthly figures,
+/// which answers the HJ 212 platform's history requests across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// SQLite file (`state_dir/history.db` by default).
+    pub path: PathBuf,
+    /// How long minute windows are kept.
+    pub minute_retention: Duration,
+    /// How long hour windows are kept.
+    pub hour_retention: Duration,
+    /// How long day windows and the potline's daily and monthly figures are kept.
+    pub day_retention: Duration,
+}
+
+/// `[ledger]`: regulated records are hash-chained and signed with the site key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// The site's Ed25519 secret key (`smeltwatch keygen`); refused when group or others can
+    /// read it.
+    pub key_file: PathBuf,
+    /// Which records are signed into the chain.
+    pub regulated: Vec<Regulated>,
+}
+
+/// A kind of regulated record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Regulated {
+    /// Minute aggregates of the stacks (2051 data); not signed unless listed.
+    StackMinute,
+    /// Hourly aggregates of the stacks (2061 data).
+    StackHour,
+    /// Daily aggregates of the stacks (2031 data).
+    StackDay,
+    /// The potlines' daily energy and PFC figures.
+    PotlineDay,
+    /// The potlines' monthly energy and PFC figures.
+    PotlineMonth,
+}
+
+impl Regulated {
+    /// The default of `regulated`: hourly and daily stack aggregates, the potlines' daily and
+    /// monthly figures.
+    pub const DEFAULT: [Regulated; 4] = [
+        Regulated::StackHour,
+        Regulated::StackDay,
+        Regulated::PotlineDay,
+        Regulated::PotlineMonth,
+    ];
+
+    /// Name as written in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Regulated::StackMinute => "stack_minute",
+            Regulated::StackHour => "stack_hour",
+            Regulated::StackDay => "stack_day",
+            Regulated::PotlineDay => "potline_day",
+            Regulated::PotlineMonth => "potline_month",
+        }
+    }
 }
 
 /// `[http]`: where `/metrics`, the health checks, the live API and the dashboard are served.
@@ -349,6 +415,47 @@ pub struct UplinkConfig {
 pub enum UplinkKind {
     /// An MQTT 3.1.1 broker.
     Mqtt(MqttConfig),
+    /// An HJ 212 platform over TCP (the provincial regulator's data centre).
+    Hj212(Hj212Config),
+    /// A Sparkplug B 3.0 host (SCADA) through an MQTT 3.1.1 broker: smeltwatch is the edge node.
+    Sparkplug(SparkplugConfig),
+}
+
+/// Sparkplug B uplink settings (`type = "sparkplug"`).
+#[derive(Debug, Clone)]
+pub struct SparkplugConfig {
+    /// Broker, credentials, TLS, keep-alive, packet size and backoff, as for an MQTT uplink (its
+    /// topic templates and encoding are not used: Sparkplug fixes both).
+    pub mqtt: MqttConfig,
+    /// Sparkplug group id (`spBv1.0/{group_id}/…`).
+    pub group_id: String,
+    /// Edge node id, unique within the group.
+    pub edge_node_id: String,
+    /// The primary host application whose `spBv1.0/STATE/{id}` gates the births, if any.
+    pub primary_host_id: Option<String>,
+    /// `[uplinks.device_writes]`: whether a DCMD may write Modbus points (default false).
+    pub device_writes: bool,
+}
+
+/// HJ 212 TCP uplink settings (`type = "hj212"`, `[uplinks.hj212]`).
+#[derive(Debug, Clone)]
+pub struct Hj212Config {
+    /// Platform host and port.
+    pub platform: HostPort,
+    /// The code table (`hj212-2017` built in, or a TOML file of another edition).
+    pub table: Arc<crate::publish::encode::hj212::Table>,
+    /// Station header: ST, PW, MN, acknowledgement flag, local time offset.
+    pub station: crate::publish::encode::hj212::Station,
+    /// MN per stack, for stacks registered as separate monitoring points.
+    pub mn_by_stack: Vec<(String, String)>,
+    /// How long to wait for a 9014 before sending again (OverTime).
+    pub over_time: Duration,
+    /// Sends again before the connection is given up (ReCount).
+    pub re_count: u32,
+    /// Reconnect backoff, first delay.
+    pub reconnect_min: Duration,
+    /// Reconnect backoff, upper bound.
+    pub reconnect_max: Duration,
 }
 
 /// MQTT uplink settings.

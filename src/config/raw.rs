@@ -30,6 +30,29 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) uplinks: Vec<RawUplink>,
     pub(crate) http: Option<RawHttp>,
+    pub(crate) history: Option<RawHistory>,
+    pub(crate) ledger: Option<RawLedger>,
+}
+
+/// `[history]`: the store of closed windows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHistory {
+    pub(crate) file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) minute_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) hour_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) day_retention: Option<Duration>,
+}
+
+/// `[ledger]`: the site key and which records are signed into the chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLedger {
+    pub(crate) key_file: PathBuf,
+    pub(crate) regulated: Option<Vec<super::model::Regulated>>,
 }
 
 /// `[http]`: the side doors (metrics, health, live API, dashboard).
@@ -180,6 +203,8 @@ pub(crate) struct RawDevice {
 #[serde(rename_all = "snake_case")]
 pub(crate) enum RawUplinkType {
     Mqtt,
+    Hj212,
+    Sparkplug,
 }
 
 /// One `[[uplinks]]` entry.
@@ -189,7 +214,12 @@ pub(crate) struct RawUplink {
     pub(crate) name: String,
     #[serde(rename = "type")]
     pub(crate) kind: RawUplinkType,
-    pub(crate) broker: String,
+    /// MQTT broker URL (`type = "mqtt"`).
+    pub(crate) broker: Option<String>,
+    /// HJ 212 platform `host:port` (`type = "hj212"`).
+    pub(crate) platform: Option<String>,
+    /// `[uplinks.hj212]`: station identity and exchange settings (`type = "hj212"`).
+    pub(crate) hj212: Option<RawHj212>,
     pub(crate) client_id: Option<String>,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
@@ -209,6 +239,38 @@ pub(crate) struct RawUplink {
     pub(crate) spool: Option<RawSpool>,
     pub(crate) tls: Option<RawTls>,
     pub(crate) replay_rate: Option<u32>,
+    /// Sparkplug group id (`type = "sparkplug"` only).
+    pub(crate) group_id: Option<String>,
+    /// Sparkplug edge node id (`type = "sparkplug"` only).
+    pub(crate) edge_node_id: Option<String>,
+    /// Sparkplug primary host application id (`type = "sparkplug"` only).
+    pub(crate) primary_host_id: Option<String>,
+    /// `[uplinks.device_writes]`: DCMD writes to Modbus points (`type = "sparkplug"` only).
+    pub(crate) device_writes: Option<RawDeviceWrites>,
+}
+
+/// `[uplinks.device_writes]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDeviceWrites {
+    pub(crate) enabled: Option<bool>,
+}
+
+/// `[uplinks.hj212]`: the station header and the exchange settings of an HJ 212 TCP uplink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHj212 {
+    pub(crate) mn: String,
+    pub(crate) pw: String,
+    pub(crate) st: Option<i64>,
+    pub(crate) table: Option<String>,
+    pub(crate) ack: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) over_time: Option<Duration>,
+    pub(crate) re_count: Option<u32>,
+    pub(crate) utc_offset_hours: Option<i32>,
+    #[serde(default)]
+    pub(crate) mn_by_stack: IndexMap<String, String>,
 }
 
 /// `[uplinks.tls]`: PEM files and SNI of an `mqtts://` broker.

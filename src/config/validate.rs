@@ -25,6 +25,7 @@ use super::model::{
     UplinkKind,
 };
 use super::model::{HttpConfig, Parity, Secret, TlsSettings};
+use super::model::{HistoryConfig, Hj212Config, LedgerConfig, Regulated};
 use super::raw::RawHttp;
 use super::raw::{
     RawConfig, RawDevice, RawSource, RawSynchronous, RawTls, RawTopics, RawType, RawUplink,
@@ -62,6 +63,17 @@ pub(crate) mod defaults {
     pub(crate) const MQTT_PORT: u16 = 1883;
     pub(crate) const HTTP_PORT: u16 = 9187;
     pub(crate) const MQTTS_PORT: u16 = 8883;
+    pub(crate) const HJ212_TABLE: &str = "hj212-2017";
+    pub(crate) const HJ212_ST: u16 = 31;
+    pub(crate) const HJ212_UTC_OFFSET_HOURS: i32 = 8;
+    pub(crate) const HJ212_OVER_TIME: Duration = Duration::from_secs(5);
+    pub(crate) const HJ212_RE_COUNT: u32 = 3;
+    pub(crate) const HJ212_RECONNECT_MIN: Duration = Duration::from_secs(1);
+    pub(crate) const HJ212_RECONNECT_MAX: Duration = Duration::from_secs(60);
+    pub(crate) const HISTORY_FILE: &str = "history.db";
+    pub(crate) const MINUTE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+    pub(crate) const HOUR_RETENTION: Duration = Duration::from_secs(400 * 86_400);
+    pub(crate) const DAY_RETENTION: Duration = Duration::from_secs(3653 * 86_400);
 }
 
 /// Modbus limits (Modbus Application Protocol v1.1b3 §6.1–6.4).
@@ -269,6 +281,11 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         uplinks.push(b.uplink(&raw.site, uplink, &uplink_path));
     }
     let http = raw.http.as_ref().map(|h| b.http(h, &root.key("http")));
+    let history = b.history(raw.history.as_ref(), &state_dir, &root.key("history"));
+    let ledger = raw
+        .ledger
+        .as_ref()
+        .map(|l| b.ledger(l, &root.key("ledger")));
 
     Config {
         path: path.to_path_buf(),
@@ -279,6 +296,8 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         state_dir,
         uplinks,
         http,
+        history,
+        ledger,
     }
 }
 
@@ -506,6 +525,27 @@ impl Builder<'_, '_> {
         if raw.poll == Some(Duration::ZERO) {
             self.report
                 .at_point(origin, "poll", "poll interval must be greater than zero");
+        }
+        if raw.writable == Some(true) {
+            // Only what a single write request can set is writable: a register value or a coil.
+            let why = match (area, data_type) {
+                (Area::Input | Area::DiscreteInput, _) => Some(format!(
+                    "{} is a read-only area, expected a `holding` register or a `coil`",
+                    area.as_str()
+                )),
+                (Area::Holding, DataType::Bool { .. }) => Some(
+                    "a bit of a holding register cannot be written on its own (smeltwatch does no read-modify-write)"
+                        .to_owned(),
+                ),
+                (Area::Holding, DataType::Ascii { .. }) => {
+                    Some("text (`ascii`) points cannot be written".to_owned())
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                self.report
+                    .at_point(origin, "writable", format!("writable = true: {why}"));
+            }
         }
         if self.report.len() > before {
             return None;
@@ -1206,8 +1246,26 @@ impl Builder<'_, '_> {
                 ),
             );
         }
-        let RawUplinkType::Mqtt = raw.kind;
-        let (broker, tls) = match parse_broker(&raw.broker) {
+        if raw.kind == RawUplinkType::Hj212 {
+            return self.hj212_uplink(raw, path);
+        }
+        let kind_name = if raw.kind == RawUplinkType::Sparkplug {
+            "sparkplug"
+        } else {
+            "mqtt"
+        };
+        self.not_for_kind(
+            path,
+            kind_name,
+            &[
+                ("platform", raw.platform.is_some()),
+                ("hj212", raw.hj212.is_some()),
+            ],
+        );
+        let broker_url = raw.broker.as_deref().ok_or_else(|| {
+            "missing `broker`, expected mqtt://host:port or mqtts://host:port".to_owned()
+        });
+        let (broker, tls) = match broker_url.and_then(parse_broker) {
             Ok(parsed) => parsed,
             Err(message) => {
                 self.report.at(&path.key("broker"), message);
@@ -1281,31 +1339,16 @@ impl Builder<'_, '_> {
                 ),
             );
         }
-        let streams = match &raw.streams {
-            None => vec![
+        let streams = self.streams(
+            raw.streams.as_ref(),
+            path,
+            &[
                 Stream::Live,
                 Stream::Metrics,
                 Stream::Events,
                 Stream::Emissions,
             ],
-            Some(streams) => {
-                if streams.is_empty() {
-                    self.report.at(
-                        &path.key("streams"),
-                        "streams must not be empty, expected some of `live`, `metrics`, `events`, `emissions`",
-                    );
-                }
-                for (i, stream) in streams.iter().enumerate() {
-                    if streams[..i].contains(stream) {
-                        self.report.at(
-                            &path.key("streams").index(i),
-                            format!("stream `{}` is listed twice", stream.as_str()),
-                        );
-                    }
-                }
-                streams.clone()
-            }
-        };
+        );
         let topics = self.topics(raw.topics.as_ref(), path);
         let tls_settings = self.tls(raw.tls.as_ref(), tls, path);
         let replay_rate = raw.replay_rate.unwrap_or(defaults::REPLAY_RATE);
@@ -1315,49 +1358,130 @@ impl Builder<'_, '_> {
                 "replay_rate must be at least 1 record per second",
             );
         }
-        let spool = match &raw.spool {
-            None => SpoolConfig::default(),
-            Some(spool) => {
-                let default = SpoolConfig::default();
-                let max_bytes = spool.max_bytes.unwrap_or(default.max_bytes);
-                if max_bytes == 0 {
-                    self.report.at(
-                        &path.key("spool").key("max_bytes"),
-                        "max_bytes must be greater than zero",
-                    );
-                }
-                SpoolConfig {
-                    max_bytes,
-                    synchronous_full: spool.synchronous.unwrap_or(RawSynchronous::Full)
-                        == RawSynchronous::Full,
-                }
-            }
+        let spool = self.spool(raw.spool.as_ref(), path);
+        let mqtt = MqttConfig {
+            broker,
+            tls,
+            client_id,
+            username: raw.username.clone(),
+            password,
+            keep_alive,
+            max_packet_size: usize::try_from(max_packet_size).unwrap_or(usize::MAX),
+            max_inflight: u16::try_from(max_inflight).unwrap_or(u16::MAX),
+            reconnect_min,
+            reconnect_max,
+            topics,
+            encoding: raw
+                .encoding
+                .as_ref()
+                .map(super::raw::RawEncoding::resolve)
+                .unwrap_or_default(),
+            tls_settings,
+            replay_rate,
         };
+        if raw.kind == RawUplinkType::Sparkplug {
+            return self.sparkplug_uplink(raw, path, mqtt, spool);
+        }
+        self.not_for_kind(
+            path,
+            "mqtt",
+            &[
+                ("group_id", raw.group_id.is_some()),
+                ("edge_node_id", raw.edge_node_id.is_some()),
+                ("primary_host_id", raw.primary_host_id.is_some()),
+                ("device_writes", raw.device_writes.is_some()),
+            ],
+        );
         UplinkConfig {
             name: raw.name.clone(),
-            kind: UplinkKind::Mqtt(MqttConfig {
-                broker,
-                tls,
-                client_id,
-                username: raw.username.clone(),
-                password,
-                keep_alive,
-                max_packet_size: usize::try_from(max_packet_size).unwrap_or(usize::MAX),
-                max_inflight: u16::try_from(max_inflight).unwrap_or(u16::MAX),
-                reconnect_min,
-                reconnect_max,
-                topics,
-                encoding: raw
-                    .encoding
-                    .as_ref()
-                    .map(super::raw::RawEncoding::resolve)
-                    .unwrap_or_default(),
-                tls_settings,
-                replay_rate,
-            }),
+            kind: UplinkKind::Mqtt(mqtt),
             streams,
             spool,
         }
+    }
+
+    /// A `type = "sparkplug"` uplink: the broker settings of an MQTT uplink (`mqtt`, already
+    /// checked) plus the Sparkplug identity and `[uplinks.device_writes]`.
+    fn sparkplug_uplink(
+        &mut self,
+        raw: &RawUplink,
+        path: &KeyPath,
+        mqtt: MqttConfig,
+        spool: SpoolConfig,
+    ) -> UplinkConfig {
+        self.not_for_kind(
+            path,
+            "sparkplug",
+            &[
+                ("topics", raw.topics.is_some()),
+                ("encoding", raw.encoding.is_some()),
+                ("replay_rate", raw.replay_rate.is_some()),
+            ],
+        );
+        // Sparkplug carries poll batches only: metrics, events and emissions have no Sparkplug form.
+        if let Some(streams) = &raw.streams {
+            for (i, stream) in streams.iter().enumerate() {
+                if *stream != Stream::Live {
+                    self.report.at(
+                        &path.key("streams").index(i),
+                        format!(
+                            "a Sparkplug uplink carries only the `live` stream (device metrics), not `{}`",
+                            stream.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        let group_id = self.sparkplug_id(path, "group_id", raw.group_id.as_deref());
+        let edge_node_id = self.sparkplug_id(path, "edge_node_id", raw.edge_node_id.as_deref());
+        let primary_host_id = raw
+            .primary_host_id
+            .as_deref()
+            .map(|h| self.sparkplug_id(path, "primary_host_id", Some(h)));
+        let device_writes = raw
+            .device_writes
+            .as_ref()
+            .and_then(|w| w.enabled)
+            .unwrap_or(false);
+        // A DCMD can move a set point: only a broker session that proves who it is may carry one.
+        if device_writes && mqtt.username.is_none() && mqtt.tls_settings.cert_file.is_none() {
+            self.report.at(
+                &path.key("device_writes").key("enabled"),
+                "device writes need an authenticated uplink: set `username` (with a password) or a client certificate (`[uplinks.tls] cert_file`)",
+            );
+        }
+        UplinkConfig {
+            name: raw.name.clone(),
+            kind: UplinkKind::Sparkplug(super::model::SparkplugConfig {
+                mqtt,
+                group_id,
+                edge_node_id,
+                primary_host_id,
+                device_writes,
+            }),
+            streams: vec![Stream::Live],
+            spool,
+        }
+    }
+
+    /// A Sparkplug id (group, edge node, host): required, one topic level.
+    fn sparkplug_id(&mut self, path: &KeyPath, key: &str, value: Option<&str>) -> String {
+        let Some(v) = value else {
+            self.report.at(
+                &path.key(key),
+                format!("missing `{key}`, expected a Sparkplug id (one MQTT topic level)"),
+            );
+            return String::new();
+        };
+        if v.is_empty() || v.contains(['+', '/', '#']) {
+            self.report.at(
+                &path.key(key),
+                format!(
+                    "invalid {key} `{v}`: a Sparkplug id must be non-empty and free of `+`, `/` and `#` (it is one topic level)"
+                ),
+            );
+        }
+        v.to_owned()
     }
 
     /// The password from exactly one of its three sources. Messages name the file or variable,
@@ -1446,6 +1570,351 @@ impl Builder<'_, '_> {
             *slot = value.clone();
         }
         topics
+    }
+}
+
+/// Validation shared by every uplink type, and the HJ 212 uplink.
+impl Builder<'_, '_> {
+    /// `streams`: `default` when absent; never empty, no stream twice.
+    fn streams(&mut self, raw: Option<&Vec<Stream>>, path: &KeyPath, default: &[Stream]) -> Vec<Stream> {
+        let Some(streams) = raw else {
+            return default.to_vec();
+        };
+        if streams.is_empty() {
+            self.report.at(
+                &path.key("streams"),
+                "streams must not be empty, expected some of `live`, `metrics`, `events`, `emissions`",
+            );
+        }
+        for (i, stream) in streams.iter().enumerate() {
+            if streams[..i].contains(stream) {
+                self.report.at(
+                    &path.key("streams").index(i),
+                    format!("stream `{}` is listed twice", stream.as_str()),
+                );
+            }
+        }
+        streams.clone()
+    }
+
+    /// `[uplinks.spool]`.
+    fn spool(&mut self, raw: Option<&super::raw::RawSpool>, path: &KeyPath) -> SpoolConfig {
+        let default = SpoolConfig::default();
+        let Some(spool) = raw else {
+            return default;
+        };
+        let max_bytes = spool.max_bytes.unwrap_or(default.max_bytes);
+        if max_bytes == 0 {
+            self.report.at(
+                &path.key("spool").key("max_bytes"),
+                "max_bytes must be greater than zero",
+            );
+        }
+        SpoolConfig {
+            max_bytes,
+            synchronous_full: spool.synchronous.unwrap_or(RawSynchronous::Full)
+                == RawSynchronous::Full,
+        }
+    }
+
+    /// Report every key in `given` that is set although uplinks of `kind` do not use it.
+    fn not_for_kind(&mut self, path: &KeyPath, kind: &str, given: &[(&str, bool)]) {
+        for (key, _) in given.iter().filter(|(_, set)| *set) {
+            self.report.at(
+                &path.key(key),
+                format!("`{key}` does not apply to an uplink of type = \"{kind}\""),
+            );
+        }
+    }
+
+    /// A `type = "hj212"` uplink: the platform address and `[uplinks.hj212]`.
+    fn hj212_uplink(&mut self, raw: &RawUplink, path: &KeyPath) -> UplinkConfig {
+        use crate::publish::encode::hj212::{Station, Table};
+        self.not_for_kind(
+            path,
+            "hj212",
+            &[
+                ("broker", raw.broker.is_some()),
+                ("client_id", raw.client_id.is_some()),
+                ("username", raw.username.is_some()),
+                ("password", raw.password.is_some()),
+                ("password_file", raw.password_file.is_some()),
+                ("password_env", raw.password_env.is_some()),
+                ("keep_alive", raw.keep_alive.is_some()),
+                ("max_packet_size", raw.max_packet_size.is_some()),
+                ("max_inflight", raw.max_inflight.is_some()),
+                ("topics", raw.topics.is_some()),
+                ("encoding", raw.encoding.is_some()),
+                ("tls", raw.tls.is_some()),
+                ("replay_rate", raw.replay_rate.is_some()),
+            ],
+        );
+        let platform = match raw.platform.as_deref() {
+            Some(text) => match parse_host_port(text) {
+                Ok(hp) => hp,
+                Err(message) => {
+                    self.report.at(&path.key("platform"), message);
+                    HostPort {
+                        host: String::new(),
+                        port: 0,
+                    }
+                }
+            },
+            None => {
+                self.report.at(
+                    &path.key("platform"),
+                    "missing `platform`, expected the HJ 212 platform as host:port",
+                );
+                HostPort {
+                    host: String::new(),
+                    port: 0,
+                }
+            }
+        };
+        let streams = self.streams(raw.streams.as_ref(), path, &[Stream::Emissions]);
+        let spool = self.spool(raw.spool.as_ref(), path);
+        let at = path.key("hj212");
+        let Some(h) = &raw.hj212 else {
+            self.report.at(
+                &at,
+                "missing [uplinks.hj212], expected at least `mn` and `pw` (the station's MN and access password)",
+            );
+            return UplinkConfig {
+                name: raw.name.clone(),
+                kind: UplinkKind::Hj212(Hj212Config {
+                    platform,
+                    table: Arc::new(Table::hj212_2017()),
+                    station: Station {
+                        st: defaults::HJ212_ST,
+                        pw: String::new(),
+                        mn: String::new(),
+                        ack: true,
+                        utc_offset_min: defaults::HJ212_UTC_OFFSET_HOURS * 60,
+                    },
+                    mn_by_stack: Vec::new(),
+                    over_time: defaults::HJ212_OVER_TIME,
+                    re_count: defaults::HJ212_RE_COUNT,
+                    reconnect_min: defaults::HJ212_RECONNECT_MIN,
+                    reconnect_max: defaults::HJ212_RECONNECT_MAX,
+                }),
+                streams,
+                spool,
+            };
+        };
+        let table_name = h.table.as_deref().unwrap_or(defaults::HJ212_TABLE);
+        let table = if table_name == defaults::HJ212_TABLE {
+            Table::hj212_2017()
+        } else {
+            let file = self.resolve(Path::new(table_name));
+            let loaded = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
+                .and_then(|text| {
+                    Table::from_toml(&text)
+                        .map_err(|e| format!("`{}` is not an HJ 212 code table: {e}", file.display()))
+                });
+            match loaded {
+                Ok(t) => t,
+                Err(message) => {
+                    self.report.at(
+                        &at.key("table"),
+                        format!(
+                            "{message}; expected `{}` (built in) or the path of a code table file",
+                            defaults::HJ212_TABLE
+                        ),
+                    );
+                    Table::hj212_2017()
+                }
+            }
+        };
+        let st = h.st.unwrap_or(i64::from(defaults::HJ212_ST));
+        if !table
+            .systems
+            .keys()
+            .any(|&code| i64::from(code) == st)
+        {
+            self.report.at(
+                &at.key("st"),
+                format!(
+                    "st = {st} is not a system code of {}, expected one of {}",
+                    table.name,
+                    table.systems.keys().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        let plain = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b'=' | b'&' | b','))
+        };
+        if h.pw.len() != table.limits.pw_len || !plain(&h.pw) {
+            self.report.at(
+                &at.key("pw"),
+                format!(
+                    "pw must be {} printable ASCII characters without `;`, `=`, `&` or `,`",
+                    table.limits.pw_len
+                ),
+            );
+        }
+        let check_mn = |b: &mut Self, key: &KeyPath, mn: &str| {
+            if mn.is_empty() || mn.len() > table.limits.mn_len || !plain(mn) {
+                b.report.at(
+                    key,
+                    format!(
+                        "MN `{mn}` must be 1 to {} printable ASCII characters without `;`, `=`, `&` or `,`",
+                        table.limits.mn_len
+                    ),
+                );
+            }
+        };
+        check_mn(self, &at.key("mn"), &h.mn);
+        for (stack, mn) in &h.mn_by_stack {
+            check_mn(self, &at.key("mn_by_stack").key(stack), mn);
+        }
+        let utc_offset_hours = h
+            .utc_offset_hours
+            .unwrap_or(defaults::HJ212_UTC_OFFSET_HOURS);
+        if !(-12..=14).contains(&utc_offset_hours) {
+            self.report.at(
+                &at.key("utc_offset_hours"),
+                format!("utc_offset_hours = {utc_offset_hours} is out of range, expected -12..=14"),
+            );
+        }
+        let over_time = self.positive(&at, "over_time", h.over_time, defaults::HJ212_OVER_TIME);
+        let reconnect_min = self.positive(
+            path,
+            "reconnect_min",
+            raw.reconnect_min,
+            defaults::HJ212_RECONNECT_MIN,
+        );
+        let reconnect_max = self.positive(
+            path,
+            "reconnect_max",
+            raw.reconnect_max,
+            defaults::HJ212_RECONNECT_MAX,
+        );
+        if reconnect_min > reconnect_max {
+            self.report.at(
+                &path.key("reconnect_min"),
+                format!(
+                    "reconnect_min ({}) is greater than reconnect_max ({})",
+                    humantime::format_duration(reconnect_min),
+                    humantime::format_duration(reconnect_max)
+                ),
+            );
+        }
+        UplinkConfig {
+            name: raw.name.clone(),
+            kind: UplinkKind::Hj212(Hj212Config {
+                platform,
+                station: Station {
+                    st: u16::try_from(st).unwrap_or(0),
+                    pw: h.pw.clone(),
+                    mn: h.mn.clone(),
+                    ack: h.ack.unwrap_or(true),
+                    utc_offset_min: utc_offset_hours * 60,
+                },
+                table: Arc::new(table),
+                mn_by_stack: h
+                    .mn_by_stack
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                over_time,
+                re_count: h.re_count.unwrap_or(defaults::HJ212_RE_COUNT),
+                reconnect_min,
+                reconnect_max,
+            }),
+            streams,
+            spool,
+        }
+    }
+}
+
+/// `[history]` and `[ledger]`.
+impl Builder<'_, '_> {
+    /// `[history]`: the store file (relative to `state_dir`) and the retention per period.
+    fn history(
+        &mut self,
+        raw: Option<&super::raw::RawHistory>,
+        state_dir: &Path,
+        path: &KeyPath,
+    ) -> HistoryConfig {
+        let file = raw
+            .and_then(|h| h.file.clone())
+            .unwrap_or_else(|| PathBuf::from(defaults::HISTORY_FILE));
+        let mut retention = |key: &str, value: Option<Duration>, default: Duration| {
+            let d = value.unwrap_or(default);
+            if d < Duration::from_secs(60) {
+                self.report.at(
+                    &path.key(key),
+                    format!(
+                        "{key} = {} is too short, expected at least 1m",
+                        humantime::format_duration(d)
+                    ),
+                );
+            }
+            d
+        };
+        HistoryConfig {
+            path: if file.is_absolute() {
+                file
+            } else {
+                state_dir.join(file)
+            },
+            minute_retention: retention(
+                "minute_retention",
+                raw.and_then(|h| h.minute_retention),
+                defaults::MINUTE_RETENTION,
+            ),
+            hour_retention: retention(
+                "hour_retention",
+                raw.and_then(|h| h.hour_retention),
+                defaults::HOUR_RETENTION,
+            ),
+            day_retention: retention(
+                "day_retention",
+                raw.and_then(|h| h.day_retention),
+                defaults::DAY_RETENTION,
+            ),
+        }
+    }
+
+    /// `[ledger]`: the site key (must exist; its permissions are checked when the agent starts)
+    /// and which records are regulated.
+    fn ledger(&mut self, raw: &super::raw::RawLedger, path: &KeyPath) -> LedgerConfig {
+        let key_file = self.resolve(&raw.key_file);
+        if !key_file.is_file() {
+            self.report.at(
+                &path.key("key_file"),
+                format!(
+                    "no key file at `{}`, expected the site's secret key (make one with `smeltwatch keygen --out DIR`)",
+                    key_file.display()
+                ),
+            );
+        }
+        let regulated = match &raw.regulated {
+            None => Regulated::DEFAULT.to_vec(),
+            Some(list) => {
+                if list.is_empty() {
+                    self.report.at(
+                        &path.key("regulated"),
+                        "regulated must not be empty, expected some of `stack_minute`, `stack_hour`, `stack_day`, `potline_day`, `potline_month`",
+                    );
+                }
+                for (i, r) in list.iter().enumerate() {
+                    if list[..i].contains(r) {
+                        self.report.at(
+                            &path.key("regulated").index(i),
+                            format!("`{}` is listed twice", r.as_str()),
+                        );
+                    }
+                }
+                list.clone()
+            }
+        };
+        LedgerConfig {
+            key_file,
+            regulated,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
-use super::{LedgerRecord, Report, from_hex, to_hex, verify};
+use super::{LedgerRecord, Report, from_hex, to_hex};
 
 /// File name of the secret key written by [`keygen`].
 pub const SECRET_KEY_FILE: &str = "site.key";
@@ -170,15 +170,17 @@ pub fn append_jsonl(path: &Path, records: &[LedgerRecord]) -> Result<(), LedgerE
         .map_err(io(path))
 }
 
-/// Verify a JSON-lines file of records against a public key file (`smeltwatch verify`).
-/// Unreadable lines are reported and fail the verdict.
+/// Verify a capture file against a public key file (`smeltwatch verify --file`): JSON lines
+/// (ledger records, or captured JSON payloads with their seal) or length-delimited protobuf
+/// envelopes (see [`super::capture`]). Unreadable lines are reported and fail the verdict;
+/// payloads without a seal are counted and ignored.
 pub fn verify_file(public_key: &Path, file: &Path) -> Result<Report, LedgerError> {
     let key = load_verifying_key(public_key)?;
-    let text = fs::read_to_string(file).map_err(io(file))?;
-    let (records, unreadable) = read_jsonl(&text);
-    let mut report = verify(&key, &records);
-    if !unreadable.is_empty() {
-        report.unreadable = unreadable;
+    let bytes = fs::read(file).map_err(io(file))?;
+    let split = super::capture::split_capture(&bytes);
+    let mut report = super::capture::verify_messages(&key, split.messages, split.json_only);
+    if let Some(damaged) = split.damaged {
+        report.unreadable.push(damaged);
         report.ok = false;
     }
     Ok(report)

@@ -34,7 +34,9 @@
 //! - Key files: `site.key` (64 hex digits of the secret seed, mode 0600; [`load_signing_key`]
 //!   refuses one that group or others can read) and `site.pub` (64 hex digits).
 
+pub mod capture;
 mod keys;
+pub mod subscribe;
 mod verify;
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -59,7 +61,7 @@ pub const GENESIS: [u8; 32] = [0; 32];
 pub struct LedgerRecord {
     /// Site name.
     pub site: String,
-    /// Stream name (`emissions`, `energy`, `config`).
+    /// Chain name ([`capture::REGULATED_CHAIN`] for the agent's regulated records).
     pub stream: String,
     /// Position in the chain, 1 for the first record.
     pub seq: u64,

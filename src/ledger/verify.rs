@@ -49,6 +49,14 @@ pub struct Report {
     pub time_reversed: Vec<u64>,
     /// Lines that are not ledger records: (line number, reason).
     pub unreadable: Vec<(usize, String)>,
+    /// Records whose message body (the record shown beside the seal) differs from the signed
+    /// payload: a value changed where a reader sees it.
+    pub mismatched: Vec<u64>,
+    /// Captured messages without a seal (records that are not regulated): not part of the chain.
+    pub unsealed: usize,
+    /// Records captured after a later one but marked historical: replayed after an outage, late
+    /// by design (not a fault).
+    pub late: Vec<u64>,
 }
 
 /// Verify a captured chain against the site's public key.
@@ -142,16 +150,24 @@ pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
     }
     report.bad_hash.sort_unstable();
     report.bad_signature.sort_unstable();
-    report.ok = report.bad_hash.is_empty()
-        && report.bad_signature.is_empty()
-        && report.broken_chain.is_empty()
-        && report.gaps.is_empty()
-        && report.conflicts.is_empty()
-        && report.out_of_order.is_empty()
-        && report.foreign.is_empty()
-        && report.time_reversed.is_empty()
-        && report.unreadable.is_empty();
+    report.ok = report.intact();
     report
+}
+
+impl Report {
+    /// The verdict from the lists: no fault of any kind (duplicates and unsealed messages aside).
+    pub fn intact(&self) -> bool {
+        self.bad_hash.is_empty()
+            && self.bad_signature.is_empty()
+            && self.broken_chain.is_empty()
+            && self.gaps.is_empty()
+            && self.conflicts.is_empty()
+            && self.out_of_order.is_empty()
+            && self.foreign.is_empty()
+            && self.time_reversed.is_empty()
+            && self.unreadable.is_empty()
+            && self.mismatched.is_empty()
+    }
 }
 
 /// The time a payload describes, in Unix milliseconds, when it is a JSON object with an integer
@@ -199,8 +215,20 @@ impl fmt::Display for Report {
                 "Note: the capture does not start at seq 1; earlier records cannot be checked"
             )?;
         }
-        let lines: [(&str, &[u64], &str); 8] = [
+        if self.unsealed > 0 {
+            writeln!(
+                f,
+                "Not in the chain: {} unsigned message(s) (not regulated records), ignored",
+                self.unsealed
+            )?;
+        }
+        let lines: [(&str, &[u64], &str); 10] = [
             ("Altered", &self.bad_hash, "content does not match its hash"),
+            (
+                "Altered body",
+                &self.mismatched,
+                "the record shown differs from the signed payload",
+            ),
             (
                 "Bad signature",
                 &self.bad_signature,
@@ -235,6 +263,11 @@ impl fmt::Display for Report {
                 "Duplicates",
                 &self.duplicates,
                 "identical record delivered again; counted once",
+            ),
+            (
+                "Late",
+                &self.late,
+                "replayed after an outage (marked historical); expected",
             ),
         ];
         for (what, list, why) in lines {

@@ -3,13 +3,13 @@
 //!
 //! # Delivery contract
 //! The spool is the source of truth, as for every uplink. The uplink reads the oldest waiting
-//! records, groups the [`Aggregate`]s of one window (same subject, period and start; records of
-//! other streams in between do not split it, an aggregate of another window does) into
-//! one 2051/2061/2031 packet (split over PNUM/PNO when long) and poll batches into 2011 packets,
-//! sends them one packet at a time and acks the records in the spool only when every packet of the
-//! group has been answered by a 9014 with the same QN (when the station asks for acknowledgements,
-//! Flag bit A; without it, a packet counts as delivered once written). Delivery is at-least-once
-//! and, window by window, in spool order.
+//! records, groups the [`Aggregate`]s of one window (same subject, period and start, wherever
+//! they are among the records read together) into one 2051/2061/2031 packet (split over
+//! PNUM/PNO when long) and poll batches into 2011 packets, sends them one packet at a time and
+//! acks the records in the spool only when every packet of the group has been answered by a 9014
+//! with the same QN (when the station asks for acknowledgements, Flag bit A; without it, a packet
+//! counts as delivered once written). Delivery is at-least-once and, window by window, in the
+//! spool order of each window's first record.
 //!
 //! # Retries and reconnects
 //! A packet not answered within `over_time` is sent again with the same QN, up to `re_count`
@@ -462,25 +462,35 @@ impl Hj212TcpUplink {
         station
     }
 
-    /// Group records into packets: aggregates of one window together (until an aggregate of
-    /// another window arrives; other records in between do not split it), each poll batch alone;
-    /// anything else (or nothing encodable) gives a group without packets.
+    /// Group records into packets: the aggregates of one window (same subject, period and
+    /// start) among the records read together form one group, placed where its first aggregate
+    /// is (the calculators interleave the windows of several quantities and periods that close
+    /// at once); each poll batch is a group of its own; anything else (or nothing encodable)
+    /// gives a group without packets.
     fn groups(&mut self, records: &[StoredRecord]) -> Vec<Group> {
-        let mut groups = Vec::new();
-        let mut window: Vec<(i64, Aggregate)> = Vec::new();
+        enum Pending {
+            Window(Vec<(i64, Aggregate)>),
+            Done(Group),
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut open: HashMap<(Arc<str>, Period, Timestamp), usize> = HashMap::new();
         for r in records {
             let decoded: Option<Record> = serde_json::from_slice(&r.body).ok();
             if let Some(Record::Aggregate(a)) = decoded {
-                let same = window.first().is_none_or(|(_, w)| {
-                    w.subject == a.subject && w.period == a.period && w.start == a.start
-                });
-                if !same {
-                    groups.push(self.window_group(std::mem::take(&mut window)));
+                let key = (a.subject.clone(), a.period, a.start);
+                match open.get(&key) {
+                    Some(&i) => {
+                        if let Pending::Window(w) = &mut pending[i] {
+                            w.push((r.id, a));
+                        }
+                    }
+                    None => {
+                        open.insert(key, pending.len());
+                        pending.push(Pending::Window(vec![(r.id, a)]));
+                    }
                 }
-                window.push((r.id, a));
                 continue;
             }
-            // Other records do not close the window: fan-out interleaves streams in one spool.
             let packets = match decoded {
                 Some(Record::Batch(batch)) => {
                     let station = self.station_for(Some(&batch.device));
@@ -494,15 +504,18 @@ impl Hj212TcpUplink {
                     Vec::new()
                 }
             };
-            groups.push(Group {
+            pending.push(Pending::Done(Group {
                 ids: vec![r.id],
                 packets,
-            });
+            }));
         }
-        if !window.is_empty() {
-            groups.push(self.window_group(window));
-        }
-        groups
+        pending
+            .into_iter()
+            .map(|p| match p {
+                Pending::Window(w) => self.window_group(w),
+                Pending::Done(g) => g,
+            })
+            .collect()
     }
 
     fn window_group(&mut self, window: Vec<(i64, Aggregate)>) -> Group {

@@ -274,10 +274,12 @@ impl MqttUplink {
         uplink: &UplinkConfig,
         spool: SpoolHandle,
     ) -> Result<MqttUplink, PublishError> {
-        let UplinkKind::Mqtt(cfg) = &uplink.kind;
         let invalid = |problem: &str| PublishError::Invalid {
             uplink: uplink.name.clone(),
             problem: problem.to_owned(),
+        };
+        let UplinkKind::Mqtt(cfg) = &uplink.kind else {
+            return Err(invalid("not an MQTT uplink"));
         };
         let tls = if cfg.tls {
             let config =
@@ -1113,13 +1115,15 @@ impl<'a> Sender<'a> {
             }
         };
         let historical = self.is_historical(record);
-        let payload = crate::publish::encode::encode_record(
+        let seal = crate::ledger::capture::seal_of(&record.body);
+        let payload = crate::publish::encode::encode_sealed(
             u.cfg.encoding.for_stream(record.stream),
             &u.site,
             record.stream,
             record.seq,
             &decoded,
             historical,
+            seal.as_ref(),
         );
         let topic = if record.topic.is_empty() {
             topic::topic_for(&u.cfg.topics, &u.site, &decoded)

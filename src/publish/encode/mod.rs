@@ -28,3 +28,31 @@ pub fn encode_record(
         Encoding::Protobuf => protobuf::encode_record(site, stream, seq, record, historical),
     }
 }
+
+/// [`encode_record`] for a record that may carry a ledger seal: the JSON payload gets a trailing
+/// `"ledger"` object, the protobuf envelope its `ledger` field (see [`crate::ledger::capture`]).
+pub fn encode_sealed(
+    encoding: Encoding,
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    record: &Record,
+    historical: bool,
+    seal: Option<&crate::ledger::LedgerRecord>,
+) -> Vec<u8> {
+    let Some(seal) = seal else {
+        return encode_record(encoding, site, stream, seq, record, historical);
+    };
+    match encoding {
+        Encoding::Json => crate::ledger::capture::seal_json_payload(
+            json::encode_record(site, stream, seq, record, historical),
+            seal,
+        ),
+        Encoding::Protobuf => {
+            use prost::Message as _;
+            let mut envelope = protobuf::envelope(site, stream, seq, record, historical);
+            envelope.ledger = Some(crate::ledger::capture::seal_pb(seal));
+            envelope.encode_to_vec()
+        }
+    }
+}

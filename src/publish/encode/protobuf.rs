@@ -106,6 +106,7 @@ pub fn envelope(
         seq,
         historical,
         body: Some(body),
+        ledger: None,
     }
 }
 
@@ -447,6 +448,7 @@ mod tests {
             seq: 1,
             historical: false,
             body: None,
+            ledger: None,
         }
         .encode_to_vec();
         assert!(matches!(decode_record(&empty), Err(DecodeError::NoBody)));

@@ -1,0 +1,306 @@
+//! Seals on the wire: how a regulated record carries its ledger record through the spool and in
+//! the JSON and protobuf payloads, and how a captured message is read back for [`verify`].
+//!
+//! # Forms
+//! - **Spool body**: the record's canonical JSON with a leading `"ledger"` key holding the
+//!   [`LedgerRecord`] (`{"ledger":{…},"record":"aggregate",…}`). Uplinks that do not sign ignore
+//!   the key; the key comes first so that an uplink can tell a sealed body from its first bytes.
+//! - **JSON payload**: the usual JSON envelope with a trailing `"ledger"` object (the same
+//!   [`LedgerRecord`]).
+//! - **protobuf payload**: `Envelope.ledger` (`LedgerSeal`, field 20).
+//! - **Ledger file**: one [`LedgerRecord`] per line, or captured JSON payloads, one per line.
+//!
+//! The signed bytes are the `payload`, the record's canonical JSON. A payload also shows the
+//! record in its body; the verifier checks that the body says the same as the signed payload, so
+//! a value changed in the body alone is caught too ([`Report::mismatched`]).
+
+use serde_json::Value as Json;
+
+use super::{LedgerRecord, Report, verify};
+use crate::model::Record;
+use crate::publish::encode::protobuf::{self, pb};
+
+/// Name of the chain regulated records and configuration changes are appended to.
+pub const REGULATED_CHAIN: &str = "regulated";
+
+/// Kind of the event that records, in the chain, a configuration the agent started with (its
+/// `config_sha256` attribute is the SHA-256 of the file).
+pub const CONFIG_CHANGE: &str = "config_change";
+
+const SEALED_PREFIX: &[u8] = b"{\"ledger\":";
+
+/// The canonical JSON of a record: the ledger payload of a regulated record.
+pub fn payload_of(record: &Record) -> String {
+    serde_json::to_string(record).expect("a record always serialises")
+}
+
+/// The spool body of a sealed record (see the module documentation).
+pub fn sealed_body(seal: &LedgerRecord) -> Vec<u8> {
+    // The payload is the record's canonical JSON object; insert the seal as its first key.
+    let rest = seal
+        .payload
+        .strip_prefix('{')
+        .expect("a record's JSON is an object");
+    let mut body = Vec::with_capacity(seal.payload.len() * 2 + 300);
+    body.extend_from_slice(SEALED_PREFIX);
+    body.extend_from_slice(seal.to_json().as_bytes());
+    if rest != "}" {
+        body.push(b',');
+    }
+    body.extend_from_slice(rest.as_bytes());
+    body
+}
+
+/// The seal of a spool body, when it has one.
+pub fn seal_of(body: &[u8]) -> Option<LedgerRecord> {
+    if !body.starts_with(SEALED_PREFIX) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Sealed {
+        ledger: LedgerRecord,
+    }
+    serde_json::from_slice::<Sealed>(body)
+        .ok()
+        .map(|s| s.ledger)
+}
+
+/// Add a seal to a JSON payload (an object): `,"ledger":{…}` before its closing brace.
+pub fn seal_json_payload(mut payload: Vec<u8>, seal: &LedgerRecord) -> Vec<u8> {
+    if payload.last() == Some(&b'}') {
+        payload.pop();
+        payload.extend_from_slice(b",\"ledger\":");
+        payload.extend_from_slice(seal.to_json().as_bytes());
+        payload.push(b'}');
+    }
+    payload
+}
+
+/// The protobuf form of a seal.
+pub fn seal_pb(seal: &LedgerRecord) -> pb::LedgerSeal {
+    pb::LedgerSeal {
+        site: seal.site.clone(),
+        chain: seal.stream.clone(),
+        seq: seal.seq,
+        prev: seal.prev.to_vec(),
+        hash: seal.hash.to_vec(),
+        sig: seal.sig.to_vec(),
+        payload: seal.payload.clone(),
+    }
+}
+
+fn seal_from_pb(s: pb::LedgerSeal) -> Result<LedgerRecord, String> {
+    let bytes = |field: &str, v: Vec<u8>, n: usize| {
+        if v.len() == n {
+            Ok(v)
+        } else {
+            Err(format!("ledger.{field}: {} bytes, expected {n}", v.len()))
+        }
+    };
+    let prev = bytes("prev", s.prev, 32)?;
+    let hash = bytes("hash", s.hash, 32)?;
+    let sig = bytes("sig", s.sig, 64)?;
+    Ok(LedgerRecord {
+        site: s.site,
+        stream: s.chain,
+        seq: s.seq,
+        prev: prev.try_into().expect("length checked"),
+        hash: hash.try_into().expect("length checked"),
+        sig: sig.try_into().expect("length checked"),
+        payload: s.payload,
+    })
+}
+
+/// What one captured message holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Captured {
+    /// A ledger record; `body_matches` is false when the record shown in the message's body
+    /// differs from the signed payload.
+    Sealed {
+        /// The ledger record.
+        record: LedgerRecord,
+        /// Whether the body beside the seal says the same as the signed payload.
+        body_matches: bool,
+        /// Whether the message was marked historical (replayed after an outage).
+        historical: bool,
+    },
+    /// A message without a seal (not a regulated record): not part of the chain.
+    Unsealed,
+}
+
+/// Read one captured message: a ledger record line, a sealed JSON payload, or (unless
+/// `json_only`, as for the lines of a file) a protobuf envelope. An error says why a message
+/// that should be a record cannot be read.
+pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
+    let trimmed = bytes.trim_ascii();
+    if json_only || trimmed.first() == Some(&b'{') {
+        let value: Json = serde_json::from_slice(trimmed).map_err(|e| format!("not JSON: {e}"))?;
+        let Json::Object(mut object) = value else {
+            return Err("not a JSON object".into());
+        };
+        if object.contains_key("hash") && object.contains_key("payload") {
+            let record: LedgerRecord = serde_json::from_value(Json::Object(object))
+                .map_err(|e| format!("not a ledger record: {e}"))?;
+            return Ok(Captured::Sealed {
+                record,
+                body_matches: true,
+                historical: false,
+            });
+        }
+        let Some(seal) = object.remove("ledger") else {
+            return Ok(Captured::Unsealed);
+        };
+        let record: LedgerRecord =
+            serde_json::from_value(seal).map_err(|e| format!("ledger: {e}"))?;
+        let historical = object.get("historical") == Some(&Json::Bool(true));
+        for key in ["site", "stream", "seq", "historical"] {
+            object.remove(key);
+        }
+        let body_matches = match serde_json::from_str::<Json>(&record.payload) {
+            Ok(Json::Object(mut signed)) => {
+                signed.remove("record");
+                signed == object
+            }
+            _ => false,
+        };
+        return Ok(Captured::Sealed {
+            record,
+            body_matches,
+            historical,
+        });
+    }
+    use prost::Message as _;
+    // Binary: no trimming (whitespace bytes are protobuf content).
+    let envelope =
+        pb::Envelope::decode(bytes).map_err(|e| format!("neither JSON nor protobuf: {e}"))?;
+    let Some(seal) = envelope.ledger.clone() else {
+        return Ok(Captured::Unsealed);
+    };
+    let record = seal_from_pb(seal)?;
+    let body_matches = match (
+        protobuf::decode_record(bytes),
+        serde_json::from_str::<Record>(&record.payload),
+    ) {
+        (Ok(decoded), Ok(signed)) => decoded.record == signed,
+        _ => false,
+    };
+    Ok(Captured::Sealed {
+        record,
+        body_matches,
+        historical: envelope.historical,
+    })
+}
+
+/// Verify captured messages in capture order (see [`read_message`]); messages without a seal are
+/// counted in [`Report::unsealed`] and otherwise ignored. Each message comes with the number that
+/// names it in the report (its line or message number). A record captured after a later one is
+/// out of order, unless its message is marked historical: a backlog replayed after an outage
+/// arrives behind newer records by design ([`Report::late`]).
+pub fn verify_messages<'a>(
+    key: &ed25519_dalek::VerifyingKey,
+    messages: impl IntoIterator<Item = (usize, &'a [u8])>,
+    json_only: bool,
+) -> Report {
+    let mut records = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut unsealed = 0;
+    let mut historical = std::collections::BTreeSet::new();
+    for (label, bytes) in messages {
+        let blank = if json_only {
+            bytes.trim_ascii().is_empty()
+        } else {
+            bytes.is_empty()
+        };
+        if blank {
+            continue;
+        }
+        match read_message(bytes, json_only) {
+            Ok(Captured::Sealed {
+                record,
+                body_matches,
+                historical: late,
+            }) => {
+                if !body_matches {
+                    mismatched.push(record.seq);
+                }
+                if late {
+                    historical.insert(record.seq);
+                }
+                records.push(record);
+            }
+            Ok(Captured::Unsealed) => unsealed += 1,
+            Err(why) => unreadable.push((label, why)),
+        }
+    }
+    let mut report = verify(key, &records);
+    mismatched.sort_unstable();
+    mismatched.dedup();
+    report.unsealed = unsealed;
+    let (late, out_of_order): (Vec<u64>, Vec<u64>) = report
+        .out_of_order
+        .iter()
+        .partition(|seq| historical.contains(seq));
+    report.late = late;
+    report.out_of_order = out_of_order;
+    report.mismatched = mismatched;
+    report.unreadable = unreadable;
+    report.ok = report.intact();
+    report
+}
+
+/// A capture file's messages (what `--file` accepts): JSON lines when it starts with `{`,
+/// otherwise length-delimited protobuf envelopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split<'a> {
+    /// Each message with its line or message number (from 1).
+    pub messages: Vec<(usize, &'a [u8])>,
+    /// JSON lines (true) or protobuf envelopes (false).
+    pub json_only: bool,
+    /// Where a protobuf capture stopped making sense (a bad or truncated length prefix): the
+    /// number of the message and why.
+    pub damaged: Option<(usize, String)>,
+}
+
+/// Split a capture file into messages (see [`Split`]).
+pub fn split_capture(bytes: &[u8]) -> Split<'_> {
+    if bytes.trim_ascii_start().first().is_none_or(|&b| b == b'{') {
+        return Split {
+            messages: bytes
+                .split(|&b| b == b'\n')
+                .enumerate()
+                .map(|(i, line)| (i + 1, line))
+                .collect(),
+            json_only: true,
+            damaged: None,
+        };
+    }
+    let mut messages = Vec::new();
+    let mut damaged = None;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = messages.len() + 1;
+        let mut cursor = rest;
+        let len = match prost::encoding::decode_varint(&mut cursor) {
+            Ok(len) => usize::try_from(len).unwrap_or(usize::MAX),
+            Err(e) => {
+                damaged = Some((n, format!("bad length prefix: {e}")));
+                break;
+            }
+        };
+        if len > cursor.len() {
+            damaged = Some((
+                n,
+                format!("{len} bytes announced, {} left (truncated)", cursor.len()),
+            ));
+            break;
+        }
+        messages.push((n, &cursor[..len]));
+        rest = &cursor[len..];
+    }
+    Split {
+        messages,
+        json_only: false,
+        damaged,
+    }
+}

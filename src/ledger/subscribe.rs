@@ -1,0 +1,179 @@
+//! `smeltwatch verify --broker`: capture a live feed from an MQTT broker for the verifier.
+//!
+//! The capture subscribes (QoS 1, clean session) to the given topic filters and keeps every
+//! message in arrival order until the duration is over or enough signed records have arrived.
+//! It does not retry forever: a broker that refuses or drops the connection ends the capture with
+//! an error, so a regulator's script fails loudly instead of verifying an empty feed.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+use super::capture::{Captured, read_message};
+use crate::config::TlsSettings;
+
+/// Largest message accepted (a daily window with many quantities is a few KiB).
+const MAX_PACKET: usize = 4 * 1024 * 1024;
+
+/// Where and what to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS (`mqtts://`).
+    pub tls: bool,
+    /// CA, client certificate and SNI for TLS.
+    pub tls_settings: TlsSettings,
+    /// User name and password, when the broker requires them.
+    pub credentials: Option<(String, Option<String>)>,
+    /// Topic filters to subscribe to.
+    pub topics: Vec<String>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Stop after this many signed records.
+    pub count: Option<usize>,
+}
+
+/// The capture failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The broker could not be reached, refused the client, or dropped the connection.
+    #[error("broker {broker}: {reason}")]
+    Broker {
+        /// `host:port`.
+        broker: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The TLS settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::publish::tls::TlsError),
+    /// Neither a duration nor a count was given: the capture would never end.
+    #[error("give --duration or --count (or both): the capture needs an end")]
+    Unbounded,
+}
+
+/// Parse `mqtt://host:port`, `mqtts://host:port` or `host:port` (plain MQTT).
+pub fn parse_broker(text: &str) -> Result<(String, u16, bool), String> {
+    let (tls, rest) = if let Some(r) = text.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = text.strip_prefix("mqtt://") {
+        (false, r)
+    } else if text.contains("://") {
+        return Err(format!(
+            "--broker {text:?}: expected mqtt://host:port, mqtts://host:port or host:port"
+        ));
+    } else {
+        (false, text)
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_start_matches('[').trim_end_matches(']'),
+            p.parse::<u16>()
+                .map_err(|_| format!("--broker {text:?}: bad port {p:?}"))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(format!("--broker {text:?}: missing host"));
+    }
+    Ok((host.to_owned(), port, tls))
+}
+
+/// Subscribe and collect payloads in arrival order (see the module documentation).
+pub async fn capture(opts: &CaptureOptions) -> Result<Vec<Vec<u8>>, CaptureError> {
+    if opts.duration.is_none() && opts.count.is_none() {
+        return Err(CaptureError::Unbounded);
+    }
+    let broker = format!("{}:{}", opts.host, opts.port);
+    let fail = |reason: String| CaptureError::Broker {
+        broker: broker.clone(),
+        reason,
+    };
+    let sni = opts
+        .tls
+        .then(|| opts.tls_settings.server_name.clone())
+        .flatten();
+    let client_id = format!(
+        "smeltwatch-verify-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let mut o = MqttOptions::new(
+        client_id,
+        (sni.clone().unwrap_or_else(|| opts.host.clone()), opts.port),
+    );
+    if opts.tls {
+        let config = crate::publish::tls::client_config(&opts.tls_settings)?;
+        o.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
+    }
+    if sni.is_some() {
+        let dial = broker.clone();
+        o.set_socket_connector(move |_host, network| {
+            rumqttc::default_socket_connect(dial.clone(), network)
+        });
+    }
+    o.set_keep_alive(30)
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if let Some((user, password)) = &opts.credentials {
+        match password {
+            Some(p) => o.set_credentials(user.clone(), p.clone()),
+            None => o.set_username(user.clone()),
+        };
+    }
+    let (client, mut eventloop) = AsyncClient::builder(o).capacity(64).build();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut messages = Vec::new();
+    let mut sealed = 0usize;
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+    loop {
+        let event = tokio::select! {
+            () = &mut until_deadline => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                for t in &opts.topics {
+                    client
+                        .try_subscribe(t.clone(), QoS::AtLeastOnce)
+                        .map_err(|e| fail(format!("cannot subscribe to {t}: {e}")))?;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    return Err(fail("the broker refused a subscription".into()));
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if matches!(read_message(&p.payload, false), Ok(Captured::Sealed { .. })) {
+                    sealed += 1;
+                }
+                messages.push(p.payload.to_vec());
+                if opts.count.is_some_and(|n| sealed >= n) {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let why = crate::publish::tls::explain(&e).unwrap_or_else(|| e.to_string());
+                return Err(fail(why));
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    Ok(messages)
+}
