@@ -186,7 +186,7 @@ fn stack_block(state: &State, area: Rect) -> Paragraph<'static> {
     let mut lines = Vec::new();
     for (name, s) in &state.stacks {
         lines.push(Line::from(vec![
-            Span::styled(format!("{name}"), Style::new().add_modifier(Modifier::BOLD)),
+            Span::styled(name.clone(), Style::new().add_modifier(Modifier::BOLD)),
             Span::styled(format!("  flow {} m3/h", num(s.flow_m3h, 0)), dim()),
         ]));
         for (p, q) in &s.pollutants {
@@ -338,7 +338,7 @@ fn event_block(state: &State, rows: u16) -> Paragraph<'static> {
         };
         let mut spans = vec![
             Span::styled(format!("{} ", clock(ev.ts)), dim()),
-            Span::styled(format!("{}", ev.kind), kind_style),
+            Span::styled(ev.kind.to_string(), kind_style),
             Span::raw(format!(" {phase:<5} {:<22} ", ev.subject)),
             Span::raw(ev.message.clone()),
         ];
