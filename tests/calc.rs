@@ -1219,7 +1219,7 @@ fn current_efficiency_from_the_tapped_metal_counter() {
     let mut t = midnight - step;
     while t <= midnight + DAY_MS {
         let since = t - midnight;
-        if since >= HOUR_MS && since < DAY_MS && (since - HOUR_MS) % (4 * HOUR_MS) == 0 {
+        if (HOUR_MS..DAY_MS).contains(&since) && (since - HOUR_MS) % (4 * HOUR_MS) == 0 {
             tapped = (tapped + 4_940) % 65_536;
         }
         records.extend(p.on_batch(&batch(
