@@ -345,7 +345,7 @@ fn is_record(topic: &str) -> bool {
 /// The seal of a captured payload, if it has one.
 fn sealed(payload: &[u8]) -> Option<ledger::LedgerRecord> {
     match capture::read_message(payload, false).unwrap() {
-        capture::Captured::Sealed { record, .. } => Some(record),
+        capture::Captured::Sealed { record, .. } => Some(*record),
         capture::Captured::Unsealed => None,
     }
 }

@@ -118,7 +118,7 @@ pub enum Captured {
     /// differs from the signed payload.
     Sealed {
         /// The ledger record.
-        record: LedgerRecord,
+        record: Box<LedgerRecord>,
         /// Whether the body beside the seal says the same as the signed payload.
         body_matches: bool,
         /// Whether the message was marked historical (replayed after an outage).
@@ -142,7 +142,7 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
             let record: LedgerRecord = serde_json::from_value(Json::Object(object))
                 .map_err(|e| format!("not a ledger record: {e}"))?;
             return Ok(Captured::Sealed {
-                record,
+                record: Box::new(record),
                 body_matches: true,
                 historical: false,
             });
@@ -164,7 +164,7 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
             _ => false,
         };
         return Ok(Captured::Sealed {
-            record,
+            record: Box::new(record),
             body_matches,
             historical,
         });
@@ -185,7 +185,7 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
         _ => false,
     };
     Ok(Captured::Sealed {
-        record,
+        record: Box::new(record),
         body_matches,
         historical: envelope.historical,
     })
@@ -227,7 +227,7 @@ pub fn verify_messages<'a>(
                 if late {
                     historical.insert(record.seq);
                 }
-                records.push(record);
+                records.push(*record);
             }
             Ok(Captured::Unsealed) => unsealed += 1,
             Err(why) => unreadable.push((label, why)),
