@@ -778,7 +778,10 @@ gtc1_stack = "88888880000002"
     assert_eq!(h.reconnect_max, Duration::from_secs(120));
     // No [calc], no [ledger]: the history store keeps its defaults, nothing is signed.
     assert_eq!(cfg.history.path, Path::new("inline/state/history.db"));
-    assert_eq!(cfg.history.hour_retention, Duration::from_secs(400 * 86_400));
+    assert_eq!(
+        cfg.history.hour_retention,
+        Duration::from_secs(400 * 86_400)
+    );
     assert!(cfg.ledger.is_none());
 }
 
@@ -832,11 +835,15 @@ utc_offset_hours = 20
     ));
     let text = err.to_string();
     assert!(
-        text.contains("uplinks[0].platform: `platform` does not apply to an uplink of type = \"mqtt\""),
+        text.contains(
+            "uplinks[0].platform: `platform` does not apply to an uplink of type = \"mqtt\""
+        ),
         "{text}"
     );
     assert!(
-        text.contains("uplinks[0].broker: missing `broker`, expected mqtt://host:port or mqtts://host:port"),
+        text.contains(
+            "uplinks[0].broker: missing `broker`, expected mqtt://host:port or mqtts://host:port"
+        ),
         "{text}"
     );
 }
@@ -857,9 +864,18 @@ regulated = ["stack_minute", "stack_hour"]
 "#,
         key.display()
     ));
-    assert_eq!(cfg.history.path, Path::new("/var/lib/smeltwatch/history.db"));
-    assert_eq!(cfg.history.minute_retention, Duration::from_secs(2 * 86_400));
-    assert_eq!(cfg.history.day_retention, Duration::from_secs(3653 * 86_400));
+    assert_eq!(
+        cfg.history.path,
+        Path::new("/var/lib/smeltwatch/history.db")
+    );
+    assert_eq!(
+        cfg.history.minute_retention,
+        Duration::from_secs(2 * 86_400)
+    );
+    assert_eq!(
+        cfg.history.day_retention,
+        Duration::from_secs(3653 * 86_400)
+    );
     let ledger = cfg.ledger.unwrap();
     assert_eq!(ledger.key_file, key);
     assert_eq!(

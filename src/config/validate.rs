@@ -24,8 +24,8 @@ use super::model::{
     SerialSettings, SourceConfig, SpoolConfig, Stream, TopicTemplates, Transport, UplinkConfig,
     UplinkKind,
 };
-use super::model::{HttpConfig, Parity, Secret, TlsSettings};
 use super::model::{HistoryConfig, Hj212Config, LedgerConfig, Regulated};
+use super::model::{HttpConfig, Parity, Secret, TlsSettings};
 use super::raw::RawHttp;
 use super::raw::{
     RawConfig, RawDevice, RawSource, RawSynchronous, RawTls, RawTopics, RawType, RawUplink,
@@ -1576,7 +1576,12 @@ impl Builder<'_, '_> {
 /// Validation shared by every uplink type, and the HJ 212 uplink.
 impl Builder<'_, '_> {
     /// `streams`: `default` when absent; never empty, no stream twice.
-    fn streams(&mut self, raw: Option<&Vec<Stream>>, path: &KeyPath, default: &[Stream]) -> Vec<Stream> {
+    fn streams(
+        &mut self,
+        raw: Option<&Vec<Stream>>,
+        path: &KeyPath,
+        default: &[Stream],
+    ) -> Vec<Stream> {
         let Some(streams) = raw else {
             return default.to_vec();
         };
@@ -1709,8 +1714,9 @@ impl Builder<'_, '_> {
             let loaded = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
                 .and_then(|text| {
-                    Table::from_toml(&text)
-                        .map_err(|e| format!("`{}` is not an HJ 212 code table: {e}", file.display()))
+                    Table::from_toml(&text).map_err(|e| {
+                        format!("`{}` is not an HJ 212 code table: {e}", file.display())
+                    })
                 });
             match loaded {
                 Ok(t) => t,
@@ -1727,17 +1733,18 @@ impl Builder<'_, '_> {
             }
         };
         let st = h.st.unwrap_or(i64::from(defaults::HJ212_ST));
-        if !table
-            .systems
-            .keys()
-            .any(|&code| i64::from(code) == st)
-        {
+        if !table.systems.keys().any(|&code| i64::from(code) == st) {
             self.report.at(
                 &at.key("st"),
                 format!(
                     "st = {st} is not a system code of {}, expected one of {}",
                     table.name,
-                    table.systems.keys().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                    table
+                        .systems
+                        .keys()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             );
         }
