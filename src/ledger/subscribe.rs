@@ -177,3 +177,71 @@ pub async fn capture(opts: &CaptureOptions) -> Result<Vec<Vec<u8>>, CaptureError
     let _ = client.try_disconnect();
     Ok(messages)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses_take_a_scheme_or_none() {
+        assert_eq!(
+            parse_broker("mqtt://10.0.0.5:1884"),
+            Ok(("10.0.0.5".into(), 1884, false))
+        );
+        assert_eq!(
+            parse_broker("mqtts://broker.plant"),
+            Ok(("broker.plant".into(), 8883, true))
+        );
+        assert_eq!(
+            parse_broker("127.0.0.1:1883"),
+            Ok(("127.0.0.1".into(), 1883, false))
+        );
+        assert_eq!(parse_broker("[::1]:1883"), Ok(("::1".into(), 1883, false)));
+        assert!(
+            parse_broker("ws://h:1")
+                .unwrap_err()
+                .contains("expected mqtt://")
+        );
+        assert!(parse_broker("h:port").unwrap_err().contains("bad port"));
+        assert!(
+            parse_broker("mqtt://:1883")
+                .unwrap_err()
+                .contains("missing host")
+        );
+    }
+
+    fn opts(port: u16) -> CaptureOptions {
+        CaptureOptions {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+            tls_settings: TlsSettings::default(),
+            credentials: None,
+            topics: vec!["smeltwatch/#".into()],
+            duration: Some(Duration::from_secs(5)),
+            count: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capture_without_an_end_is_refused() {
+        let mut o = opts(1);
+        o.duration = None;
+        assert!(matches!(capture(&o).await, Err(CaptureError::Unbounded)));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_ends_the_capture_with_an_error() {
+        // A port nothing listens on: bind, read the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = capture(&opts(port)).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("broker 127.0.0.1:{port}: ")),
+            "{err}"
+        );
+    }
+}
