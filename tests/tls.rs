@@ -418,3 +418,67 @@ async fn a_key_that_does_not_match_the_certificate_is_refused_at_build_time() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparkplug_over_mutual_tls_publishes_births_and_replays_the_spool() {
+    use smeltwatch::publish::encode::sparkplug::{
+        self as spb, DeviceModel, EdgeNodeModel, MetricModel, pb::DataType,
+    };
+    use smeltwatch::publish::sparkplug::{SparkplugSettings, SparkplugUplink};
+
+    let s = setup(&["localhost", "127.0.0.1"], false);
+    let (_sub, mut rx) =
+        mosquitto::subscribe(s.broker.plain_port.expect("plain port"), "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with_records(dir.path()).await;
+    let tls = TlsSettings {
+        ca_file: Some(s.ca_file.clone()),
+        cert_file: Some(s.client_cert.clone()),
+        key_file: Some(s.client_key.clone()),
+        server_name: None,
+    };
+    let UplinkKind::Mqtt(mqtt) = uplink_config(s.broker.port, tls).kind else {
+        panic!("an MQTT uplink")
+    };
+    let model = EdgeNodeModel::new(vec![DeviceModel::new(
+        "stack1".into(),
+        vec![MetricModel {
+            name: "so2_mg_m3".into(),
+            alias: 1,
+            datatype: DataType::Double,
+        }],
+    )]);
+    let ids = SparkplugSettings {
+        group_id: "smelter".into(),
+        edge_node_id: "tls-edge".into(),
+        primary_host_id: None,
+    };
+    let edge = SparkplugUplink::new("scada", &mqtt, ids, model, spool.clone()).expect("uplink");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(edge.run(stop.clone()));
+    let mut next = async || {
+        let (topic, raw) = timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a Sparkplug message over TLS within 20 s")
+            .expect("subscriber alive");
+        (topic, spb::decode(&raw).expect("a Sparkplug payload"))
+    };
+    assert_eq!(next().await.0, "spBv1.0/smelter/NBIRTH/tls-edge");
+    assert_eq!(next().await.0, "spBv1.0/smelter/DBIRTH/tls-edge/stack1");
+    // What waited in the spool: historical DDATA, one per record, in order.
+    for i in 1..=RECORDS {
+        let (topic, p) = next().await;
+        assert_eq!(topic, "spBv1.0/smelter/DDATA/tls-edge/stack1");
+        let m = &p.metrics[0];
+        assert_eq!(m.is_historical, Some(true));
+        assert_eq!(
+            spb::decode_value(DataType::Double, m.value.as_ref()),
+            Some(Value::Float(100.0 + i as f64))
+        );
+    }
+    stop.cancel();
+    timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
