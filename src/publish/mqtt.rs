@@ -742,10 +742,20 @@ impl<'a> Sender<'a> {
             .count()
     }
 
+    /// The in-flight window has room worth a spool read: nothing is in flight, or at least a
+    /// quarter of the window is free. Refilling one slot per PUBACK would cost a spool read and an
+    /// attempt-count transaction per record under load; waiting for a quarter of the window batches
+    /// them while the other three quarters keep the link busy.
+    fn has_room(&self) -> bool {
+        let outstanding = self.outstanding();
+        outstanding == 0
+            || self.max_inflight.saturating_sub(outstanding) >= (self.max_inflight / 4).max(1)
+    }
+
     /// Something can be published right now.
     fn can_fill(&mut self) -> bool {
         self.conn.is_some()
-            && self.outstanding() < self.max_inflight
+            && self.has_room()
             && (self.fresh_more || (self.backlog_more && self.bucket.available(Instant::now()) > 0))
     }
 
@@ -758,9 +768,7 @@ impl<'a> Sender<'a> {
             }
             self.publish_status();
             // The backlog waits for replay tokens only when it is the one thing left to send.
-            let token_wait = (self.conn.is_some()
-                && self.backlog_more
-                && self.outstanding() < self.max_inflight)
+            let token_wait = (self.conn.is_some() && self.backlog_more && self.has_room())
                 .then(|| self.bucket.next_token_at());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -1008,8 +1016,10 @@ impl<'a> Sender<'a> {
             Lane::Fresh => self.fresh_cursor,
             Lane::Backlog => self.backlog_cursor,
         };
-        // Read more than `room`: some may be skipped as already in flight or acked.
-        let limit = room.max(ACK_FLUSH_IDS);
+        // Read `room` records: each carries its whole body, so reading more than can be sent
+        // costs a copy per record. Records skipped as already in flight or acked (after a rewind)
+        // leave the lane `more`, and the next fill reads on from the cursor.
+        let limit = room;
         let records = match self.spool.read_after(cursor, limit).await {
             Ok(r) => r,
             Err(e) => {
