@@ -499,3 +499,26 @@ fn capture_files_of_json_payloads_or_protobuf_envelopes_verify() {
     assert_eq!(report.unreadable.len(), 1, "{report}");
     assert_eq!(report.unreadable[0].0, 3, "{report}");
 }
+
+#[test]
+fn a_window_that_closes_after_a_restart_is_not_back_dated_by_the_configuration_record() {
+    // Restart at 13:05: the configuration record (its `ts`) precedes the hour 12:00-13:00 that
+    // was open across the restart and closes once the new agent reads again.
+    let k = key(1);
+    let mut c = Chain::new(SITE, STREAM);
+    let hour = 3_600_000;
+    let records = vec![
+        c.append(&k, format!(r#"{{"quantity":"so2_mg_m3","end":{}}}"#, 12 * hour)),
+        c.append(
+            &k,
+            format!(
+                r#"{{"record":"event","kind":"config_change","subject":"s","phase":"instant","ts":{},"attributes":[],"message":""}}"#,
+                13 * hour + 300_000
+            ),
+        ),
+        c.append(&k, format!(r#"{{"quantity":"so2_mg_m3","end":{}}}"#, 13 * hour)),
+    ];
+    let report = check(&records);
+    assert!(report.ok, "{report}");
+    assert!(report.time_reversed.is_empty());
+}

@@ -172,8 +172,16 @@ impl Report {
 
 /// The time a payload describes, in Unix milliseconds, when it is a JSON object with an integer
 /// `end` (aggregates: the window end), `ts_ms` or `ts`; `None` otherwise (not checked).
+///
+/// Configuration records (`"kind":"config_change"`) are not checked: they carry the time the
+/// agent started, and a window that was open across a restart (or that closes once the restarted
+/// agent sees its next reading) legitimately follows them with an earlier end.
 pub fn payload_time(payload: &str) -> Option<i64> {
     let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    if value.get("kind").and_then(serde_json::Value::as_str) == Some(super::capture::CONFIG_CHANGE)
+    {
+        return None;
+    }
     ["end", "ts_ms", "ts"]
         .iter()
         .find_map(|key| value.get(key).and_then(serde_json::Value::as_i64))
