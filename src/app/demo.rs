@@ -125,6 +125,7 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
         "  watch the topics:     mosquitto_sub -h 127.0.0.1 -p {} -t 'smeltwatch/#' -v",
         broker_addr.port()
     );
+    println!("  live view:            smeltwatch tail --broker mqtt://{broker_addr}");
     println!("  stop with Ctrl-C\n");
 
     let agent = super::start(cfg, RunOptions::default()).await?;

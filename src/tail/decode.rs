@@ -130,6 +130,11 @@ pub enum Message {
     },
     /// A Sparkplug B message.
     Sparkplug(SparkplugMessage),
+    /// An empty payload on a smeltwatch topic: a retained message (the status) being cleared.
+    Cleared {
+        /// The topic.
+        topic: String,
+    },
 }
 
 /// One known metric of a Sparkplug device (from its DBIRTH).
@@ -157,6 +162,11 @@ impl Decoder {
     pub fn decode(&mut self, topic: &str, payload: &[u8]) -> Result<Message, DecodeError> {
         if topic.starts_with(spb::NAMESPACE) && topic[spb::NAMESPACE.len()..].starts_with('/') {
             return self.sparkplug(topic, payload).map(Message::Sparkplug);
+        }
+        if payload.is_empty() {
+            return Ok(Message::Cleared {
+                topic: topic.to_owned(),
+            });
         }
         if payload.first() == Some(&b'{') {
             decode_json(topic, payload)
@@ -584,6 +594,13 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(off, Message::Status { status, .. } if status.state == "offline"));
+        let cleared = Decoder::new().decode("smeltwatch/s1/status", b"").unwrap();
+        assert_eq!(
+            cleared,
+            Message::Cleared {
+                topic: "smeltwatch/s1/status".into()
+            }
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub fn line(msg: &Message) -> String {
             let _ = write!(out, " ({topic})");
         }
         Message::Sparkplug(s) => sparkplug(&mut out, s),
+        Message::Cleared { topic } => {
+            let _ = write!(out, "- cleared {topic}");
+        }
     }
     out
 }

@@ -68,6 +68,7 @@ fn names(msg: &Message) -> Vec<String> {
             }
         }
         Message::Status { status, .. } => out.push(status.site.clone()),
+        Message::Cleared { topic } => out.push(topic.clone()),
         Message::Sparkplug(s) => {
             out.push(s.group.clone());
             out.push(s.edge.clone());
@@ -337,6 +338,12 @@ impl State {
                 self.uplinks.entry(topic.clone()).or_default().status = Some(status.clone());
             }
             Message::Sparkplug(s) => self.apply_sparkplug(s),
+            // Status entries are keyed by their topic, records by site: only a status goes.
+            Message::Cleared { topic } => {
+                if self.uplinks.get(topic).is_some_and(|u| u.status.is_some()) {
+                    self.uplinks.remove(topic);
+                }
+            }
         }
         true
     }
