@@ -1,19 +1,21 @@
 //! `tail --plain`: one line per message, for pipes and logs.
 //!
-//! Every line starts with the time the message describes (RFC 3339, UTC), then the site (or the
-//! Sparkplug `group/edge`), then what it is:
+//! Every line starts with the time the message describes (RFC 3339, UTC; `-` for the status,
+//! which has none), then the site (or `spB group/edge`), then what it is (`…` elides the rest):
 //!
 //! ```text
-//! 2026-11-28T03:24:13.012Z demo-al-01 live#17 potline1/pot_003 cell_voltage_v=4.061V in_service=true
+//! 2026-11-28T03:24:13.012Z demo-al-01 live#17 potline1/pot_003 cell_voltage_v=4.061V in_service=true …
 //! 2026-11-28T03:25:00.000Z demo-al-01 metrics#3 potline line_current_ka=400.2kA production_today_t=1.21t …
-//! 2026-11-28T03:24:40.120Z demo-al-01 events#5 anode_effect start potline1/pot_017: …
-//! 2026-11-28T03:25:00.000Z demo-al-01 emissions#9 gtc1_stack so2_mg_m3 minute avg=12.3mg/m3 …
-//! -                        demo-al-01 status online since 2026-11-28T03:24:13.000Z (smeltwatch/demo-al-01/status)
-//! 2026-11-28T03:24:13.012Z spB demo/gw1 DDATA pot_003 seq=4 cell_voltage_v=4.061
+//! 2026-11-28T03:24:40.120Z demo-al-01 events#5 anode_effect start potline1/pot_017: anode effect started on potline1/pot_017
+//! 2026-11-28T03:25:00.000Z demo-al-01 emissions#9 gtc1_stack so2_mg_m3 minute valid=true samples=6/6 avg=12.3mg/m3 …
+//! - demo-al-01 status online since 2026-11-28T03:24:13.000Z version 0.1.0 (smeltwatch/demo-al-01/status)
+//! 2026-11-28T03:24:13.000Z spB demo/gw1 DDATA pot_003 seq=4 cell_voltage_v=4.061
+//! - cleared smeltwatch/demo-al-01/status
 //! ```
 //!
 //! A value whose quality is not `good` is followed by its quality in brackets
 //! (`cell_voltage_v=null[comm_fail]`); records replayed after an outage end with `historical`.
+//! Metrics print their labels other than `line` before the name (`day:capacity_utilisation_pct`).
 
 use std::fmt::Write as _;
 
