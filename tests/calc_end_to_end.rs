@@ -448,3 +448,135 @@ async fn anode_effects_aem_and_hourly_mass_flows_arrive_at_the_broker() {
     );
     drop(broker);
 }
+
+/// Plant time of the latest aggregate seen, ms.
+fn plant_now(msg: &Json) -> Option<i64> {
+    msg["end"].as_i64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_mid_hour_resumes_the_open_hour_from_the_state_directory() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/calc-e2e/#").await;
+    let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
+        .await
+        .expect("simulator starts");
+    let port = |name: &str| {
+        sim.endpoints()
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("endpoint {name}"))
+            .bound
+            .port()
+    };
+    let state = tempfile::tempdir().expect("temp dir");
+    let toml = agent_config(
+        port("potline1"),
+        port("gtc1_stack"),
+        broker.port,
+        state.path(),
+    );
+    let opts = || smeltwatch::app::RunOptions {
+        grace_period: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let parse =
+        || config::parse(&toml, Path::new("calc-e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let hour_start = days_from_civil(2025, 3, 1) * DAY_MS + 15 * HOUR_MS;
+    let restart_at = hour_start + 25 * 60_000;
+
+    // messages by (stream, seq): the spool's at-least-once delivery may repeat some after a
+    // restart, and consumers drop those by their sequence number
+    let mut seen = std::collections::BTreeSet::new();
+    let mut messages: Vec<(String, Json)> = Vec::new();
+    let mut receive = async |until: &dyn Fn(&[(String, Json)]) -> bool| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !until(&messages) {
+            let (topic, payload) = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("messages stopped arriving")
+                .expect("subscriber alive");
+            let msg: Json = serde_json::from_slice(&payload).expect("JSON payload");
+            if seen.insert((msg["stream"].to_string(), msg["seq"].as_u64())) {
+                messages.push((topic, msg));
+            }
+        }
+    };
+
+    // first run: until plant time passes 23:25, inside the hour 23:00-00:00
+    let agent = smeltwatch::app::start(parse(), opts())
+        .await
+        .expect("agent starts");
+    receive(&|m: &[(String, Json)]| {
+        m.iter()
+            .any(|(t, msg)| t.ends_with("/minute") && plant_now(msg) >= Some(restart_at))
+    })
+    .await;
+    agent.shutdown().await;
+    assert!(state.path().join("calc-state.json").exists());
+
+    // second run on the same state directory, until the day closes
+    let agent = smeltwatch::app::start(parse(), opts())
+        .await
+        .expect("agent restarts");
+    receive(&|m: &[(String, Json)]| {
+        m.iter().any(|(t, msg)| {
+            t.ends_with("/metrics/anode_effect") && day_metric(msg, "ae_count").is_some()
+        }) && m
+            .iter()
+            .any(|(t, msg)| t.ends_with("/hour") && msg["start"] == hour_start)
+    })
+    .await;
+    agent.shutdown().await;
+    sim.shutdown().await;
+
+    // the hour 23:00-00:00 is emitted once, valid, with the minutes from before the restart:
+    // without them it would have at most 35 and be invalid
+    let hours: Vec<&Json> = messages
+        .iter()
+        .filter(|(t, m)| {
+            t.ends_with("/hour") && m["start"] == hour_start && m["quantity"] == "so2_mg_m3"
+        })
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    assert_eq!(hours[0]["valid"], true, "{}", hours[0]);
+    let samples = hours[0]["samples"].as_u64().expect("samples");
+    assert!(
+        (55..=60).contains(&samples),
+        "the restart costs a minute or two of plant time, not the first 25: {samples}"
+    );
+    // no minute twice
+    let mut minutes: Vec<i64> = messages
+        .iter()
+        .filter(|(t, m)| t.ends_with("/minute") && m["quantity"] == "so2_mg_m3")
+        .map(|(_, m)| m["start"].as_i64().expect("start"))
+        .collect();
+    let n = minutes.len();
+    minutes.sort_unstable();
+    minutes.dedup();
+    assert_eq!(minutes.len(), n, "a minute was emitted twice");
+    // every scheduled anode effect started and ended once, across the restart
+    let phases = |phase: &str| {
+        messages
+            .iter()
+            .filter(|(t, m)| t.contains("/events/anode_effect") && m["phase"] == phase)
+            .count()
+    };
+    assert_eq!((phases("start"), phases("end")), (3, 3));
+    let day = messages
+        .iter()
+        .find(|(t, m)| t.ends_with("/metrics/anode_effect") && day_metric(m, "ae_count").is_some())
+        .map(|(_, m)| m)
+        .expect("the day closed");
+    assert_eq!(day_metric(day, "ae_count"), Some(3.0));
+    // the day's cell-days span both runs (less the restart's plant minute or two)
+    let cell_days = CELLS_IN_SERVICE * MINUTES_TO_MIDNIGHT / 1440.0;
+    close(
+        day_metric(day, "cell_days").expect("cell-days"),
+        cell_days,
+        0.06 * cell_days,
+        "cell-days across the restart",
+    );
+    drop(broker);
+}
