@@ -698,3 +698,26 @@ async fn plain_reports_an_unreachable_broker_once_and_stops_at_its_duration() {
     assert_eq!(down.len(), 1, "one line for ~3 failed attempts:\n{err}");
     assert!(down[0].ends_with("(retrying every second)"), "{err}");
 }
+
+#[test]
+fn tiny_and_empty_screens_draw_without_panicking() {
+    let full = state_of(&encoded(false));
+    let empty = State::new(Filter::default());
+    for (w, h) in [(1, 1), (20, 5), (60, 12), (300, 80)] {
+        for state in [&full, &empty] {
+            let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+            terminal
+                .draw(|f| tail::render::draw(f, state, "mqtt://127.0.0.1:1883"))
+                .unwrap();
+        }
+    }
+    let screen = rows(&render(&empty)).join("\n");
+    for hint in [
+        "waiting for data",
+        "no stack aggregates yet",
+        "no status seen yet",
+        "no events yet",
+    ] {
+        assert!(screen.contains(hint), "{hint:?} missing:\n{screen}");
+    }
+}
