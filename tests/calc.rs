@@ -1259,3 +1259,48 @@ fn current_efficiency_from_the_tapped_metal_counter() {
         "a rollover is not a reset"
     );
 }
+
+#[test]
+fn simulated_time_maps_readings_to_plant_time_and_rejects_bad_settings() {
+    let with = |extra: &str| format!("{DEMO_CALC}\n[simulated_time]\n{extra}\n");
+    let cfg: CalcConfig =
+        toml::from_str(&with("scale = 60.0\nstart = \"2025-03-01T15:00:00Z\"")).expect("parses");
+    let mut p = Pipeline::new(&cfg).expect("builds");
+    // two stack samples one real second apart are one plant minute apart: the first minute
+    // (15:00Z) closes with the second sample
+    let wall = 1_900_000_000_000;
+    let mut out = Vec::new();
+    for k in 0..2 {
+        out.extend(p.on_batch(&batch(
+            "gtc1",
+            "gtc1_stack",
+            10_000,
+            vec![
+                reading("so2_mg_m3", Value::Float(100.0), wall + k * 1000),
+                reading("flow_m3h", Value::Float(1.0e6), wall + k * 1000),
+            ],
+        )));
+    }
+    let plant_start = days_from_civil(2025, 3, 1) * DAY_MS + 15 * HOUR_MS;
+    let minute = out
+        .iter()
+        .find_map(|r| match r {
+            Record::Aggregate(a) if a.period == Period::Minute => Some(a),
+            _ => None,
+        })
+        .expect("a plant minute closed");
+    assert_eq!(minute.start, Timestamp(plant_start));
+    assert_eq!(minute.end, Timestamp(plant_start + MINUTE_MS));
+
+    let cfg: CalcConfig =
+        toml::from_str(&with("scale = 0.0\nstart = \"2025-03-01T15:00:00Z\"")).expect("parses");
+    let e = Pipeline::new(&cfg).expect_err("scale 0").to_string();
+    assert!(e.contains("calc.simulated_time.scale"), "{e}");
+    let cfg: CalcConfig =
+        toml::from_str(&with("scale = 60.0\nstart = \"1 March 2025\"")).expect("parses");
+    let e = Pipeline::new(&cfg).expect_err("bad start").to_string();
+    assert!(
+        e.contains("calc.simulated_time.start") && e.contains("1 March 2025"),
+        "{e}"
+    );
+}
