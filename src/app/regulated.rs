@@ -155,7 +155,11 @@ impl Regulator {
         };
         let kept: Vec<Record> = records
             .iter()
-            .filter(|r| matches!(r, Record::Aggregate(_) | Record::Metrics(_)))
+            .filter(|r| match r {
+                Record::Aggregate(_) => true,
+                Record::Metrics(m) => figures_period(m).is_some(),
+                Record::Batch(_) | Record::Event(_) => false,
+            })
             .cloned()
             .collect();
         let sealed: Vec<LedgerRecord> = seals.iter().flatten().cloned().collect();
@@ -176,5 +180,131 @@ impl Regulator {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Aggregate, Metric, MetricBatch, Quality};
+
+    fn aggregate(period: Period) -> Record {
+        Record::Aggregate(Aggregate {
+            subject: Arc::from("gtc1_stack"),
+            quantity: Arc::from("so2_mg_m3"),
+            unit: Arc::from("mg/m3"),
+            period,
+            start: Timestamp(0),
+            end: Timestamp(60_000),
+            avg: Some(1.0),
+            min: Some(1.0),
+            max: Some(1.0),
+            total: None,
+            total_unit: None,
+            samples: 1,
+            expected: 1,
+            valid: true,
+            quality: Quality::Good,
+        })
+    }
+
+    fn figures(calc: &str, period: &str) -> Record {
+        Record::Metrics(MetricBatch {
+            calc: Arc::from(calc),
+            ts: Timestamp(60_000),
+            metrics: vec![Metric {
+                name: Arc::from("ac_energy_kwh"),
+                value: Some(1.0),
+                unit: Arc::from("kWh"),
+                quality: Quality::Good,
+                ts: Timestamp(60_000),
+                labels: vec![
+                    (Arc::from("line"), Arc::from("potline1")),
+                    (Arc::from("period"), Arc::from(period)),
+                ],
+            }],
+        })
+    }
+
+    fn event(kind: &str) -> Record {
+        Record::Event(Event {
+            kind: Arc::from(kind),
+            subject: Arc::from("s"),
+            phase: EventPhase::Instant,
+            ts: Timestamp(1),
+            attributes: Vec::new(),
+            message: String::new(),
+        })
+    }
+
+    fn regulator(regulated: &[Regulated]) -> Regulator {
+        Regulator {
+            history: None,
+            ledger: Some(Sealer {
+                key: SigningKey::from_bytes(&[3; 32]),
+                chain: Chain::new("site", REGULATED_CHAIN),
+                regulated: regulated.to_vec(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn regulated_records_are_sealed_in_order_and_others_are_not() {
+        let records = vec![
+            aggregate(Period::Minute),
+            aggregate(Period::Hour),
+            figures("potline", "day"),
+            figures("emissions", "month"),
+            figures("potline", "ytd"),
+            figures("anode_effect", "day"),
+            aggregate(Period::Day),
+            event("anode_effect"),
+            event(CONFIG_CHANGE),
+        ];
+        let mut r = regulator(&Regulated::DEFAULT);
+        let seals = r.process(&records).await;
+        let seqs: Vec<Option<u64>> = seals.iter().map(|s| s.as_ref().map(|s| s.seq)).collect();
+        assert_eq!(
+            seqs,
+            vec![
+                None,
+                Some(1),
+                Some(2),
+                Some(3),
+                None,
+                None,
+                Some(4),
+                None,
+                Some(5)
+            ]
+        );
+        // Each seal signs the record's canonical JSON and links to the one before.
+        let sealed: Vec<&LedgerRecord> = seals.iter().flatten().collect();
+        assert_eq!(sealed[0].payload, payload_of(&records[1]));
+        for pair in sealed.windows(2) {
+            assert_eq!(pair[1].prev, pair[0].hash);
+        }
+        let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let owned: Vec<LedgerRecord> = sealed.into_iter().cloned().collect();
+        let report = crate::ledger::verify(&key, &owned);
+        assert!(report.ok, "{report}");
+
+        // Only what is listed: minute windows when asked for, no potline figures.
+        let mut r = regulator(&[Regulated::StackMinute]);
+        let seals = r.process(&records).await;
+        let sealed: Vec<usize> = (0..records.len()).filter(|&i| seals[i].is_some()).collect();
+        assert_eq!(sealed, vec![0, 8]);
+    }
+
+    #[tokio::test]
+    async fn without_a_ledger_nothing_is_sealed() {
+        let mut r = Regulator {
+            history: None,
+            ledger: None,
+        };
+        let seals = r
+            .process(&[aggregate(Period::Hour), event(CONFIG_CHANGE)])
+            .await;
+        assert_eq!(seals, vec![None, None]);
     }
 }
