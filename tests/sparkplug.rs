@@ -1061,3 +1061,35 @@ async fn mqtt_spb_wrapper_decodes_nbirth_dbirth_and_ddata_captured_from_mosquitt
         "temp_c went bad in the second poll"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_is_replaced_before_each_reconnect_and_carries_the_new_bdseq() {
+    let mut broker = Mosquitto::start();
+    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let mut edge = start_edge(broker.port, &spool);
+    let bd0 = expect_births(&mut rx).await;
+    broker.restart();
+    wait_status(&mut edge.status, "reconnected", |s| {
+        s.online && s.connects >= 2
+    })
+    .await;
+    // Make sure the test subscriber is back too: a rebirth is answered on the new session.
+    let bd1 = loop {
+        request_rebirth(&sub).await;
+        if let Ok(m) = timeout(Duration::from_millis(500), until(&mut rx, "NBIRTH")).await {
+            break bd_seq_of(&m.payload);
+        }
+    };
+    assert!(bd1 > bd0, "{bd0} then {bd1}");
+    // The connection dies without a DISCONNECT: the broker publishes this connection's Will.
+    edge.task.abort();
+    let _ = edge.task.await;
+    let will = until(&mut rx, "NDEATH").await;
+    assert_eq!(
+        bd_seq_of(&will.payload),
+        bd1,
+        "the Will of the new connection carries the new bdSeq, not the first one"
+    );
+}
