@@ -1,6 +1,11 @@
-//! Sparkplug B 3.0: golden payload files and a decoding cross-check with Eclipse Tahu's
-//! JavaScript library (npm `sparkplug-payload`, installed into `tests/peers/node` by
-//! `scripts/test.sh`; skipped with a message when absent unless `SMELTWATCH_REQUIRE_PEERS` is set).
+//! Sparkplug B 3.0: golden payload files, decoding cross-checks with Eclipse Tahu's JavaScript
+//! library (npm `sparkplug-payload`, installed into `tests/peers/node`) and with the PyPI package
+//! `mqtt-spb-wrapper` (in `.venv`, through `tests/peers/spb_wrapper_decode.py`), both installed by
+//! `scripts/test.sh` and skipped with a message when absent unless `SMELTWATCH_REQUIRE_PEERS` is set;
+//! and the edge node against a real Mosquitto, in tests named after the specification's normative
+//! statements (bdSeq in the Will, seq from 0 wrapping after 255, rebirth, broker restart, the Will
+//! replaced before each reconnect, primary host STATE). The agent-level statements (a device
+//! timeout yields DDEATH, DCMD writes) are in `tests/sparkplug_agent.rs`.
 //!
 //! Regenerate the golden files after an intended change with `SMELTWATCH_BLESS=1` and review the
 //! diff (`protoc --decode=org.eclipse.tahu.protobuf.Payload -I proto proto/sparkplug_b.proto`).
