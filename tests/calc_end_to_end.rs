@@ -449,6 +449,9 @@ async fn anode_effects_aem_and_hourly_mass_flows_arrive_at_the_broker() {
     drop(broker);
 }
 
+/// Messages received so far: (topic, JSON payload).
+type Received = [(String, Json)];
+
 /// Plant time of the latest aggregate seen, ms.
 fn plant_now(msg: &Json) -> Option<i64> {
     msg["end"].as_i64()
@@ -489,7 +492,7 @@ async fn an_agent_restart_mid_hour_resumes_the_open_hour_from_the_state_director
     // restart, and consumers drop those by their sequence number
     let mut seen = std::collections::BTreeSet::new();
     let mut messages: Vec<(String, Json)> = Vec::new();
-    let mut receive = async |until: &dyn Fn(&[(String, Json)]) -> bool| {
+    let mut receive = async |until: &dyn Fn(&Received) -> bool| {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while !until(&messages) {
             let (topic, payload) = tokio::time::timeout_at(deadline, rx.recv())
@@ -507,7 +510,7 @@ async fn an_agent_restart_mid_hour_resumes_the_open_hour_from_the_state_director
     let agent = smeltwatch::app::start(parse(), opts())
         .await
         .expect("agent starts");
-    receive(&|m: &[(String, Json)]| {
+    receive(&|m: &Received| {
         m.iter()
             .any(|(t, msg)| t.ends_with("/minute") && plant_now(msg) >= Some(restart_at))
     })
@@ -519,7 +522,7 @@ async fn an_agent_restart_mid_hour_resumes_the_open_hour_from_the_state_director
     let agent = smeltwatch::app::start(parse(), opts())
         .await
         .expect("agent restarts");
-    receive(&|m: &[(String, Json)]| {
+    receive(&|m: &Received| {
         m.iter().any(|(t, msg)| {
             t.ends_with("/metrics/anode_effect") && day_metric(msg, "ae_count").is_some()
         }) && m
