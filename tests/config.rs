@@ -703,6 +703,21 @@ fn sparkplug_keys_on_an_mqtt_uplink_are_rejected() {
 }
 
 #[test]
+fn sparkplug_keys_on_an_hj212_uplink_are_rejected() {
+    let err = parse_err(
+        "site = \"t\"\n[[uplinks]]\nname = \"province\"\ntype = \"hj212\"\n\
+         platform = \"127.0.0.1:9000\"\nedge_node_id = \"e\"\n\
+         [uplinks.hj212]\nmn = \"MN0001\"\npw = \"123456\"\n",
+    );
+    assert!(
+        err.to_string().contains(
+            "uplinks[0].edge_node_id: `edge_node_id` does not apply to an uplink of type = \"hj212\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn only_holding_registers_and_coils_can_be_writable() {
     let base = "site = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"127.0.0.1:502\"\n\
                 [[sources.devices]]\nname = \"plc\"\nunit_id = 1\n";

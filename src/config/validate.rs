@@ -1652,6 +1652,10 @@ impl Builder<'_, '_> {
                 ("encoding", raw.encoding.is_some()),
                 ("tls", raw.tls.is_some()),
                 ("replay_rate", raw.replay_rate.is_some()),
+                ("group_id", raw.group_id.is_some()),
+                ("edge_node_id", raw.edge_node_id.is_some()),
+                ("primary_host_id", raw.primary_host_id.is_some()),
+                ("device_writes", raw.device_writes.is_some()),
             ],
         );
         let platform = match raw.platform.as_deref() {
