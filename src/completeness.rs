@@ -61,6 +61,9 @@ pub const CALC: &str = "completeness";
 /// Name of the state file in the state directory.
 pub const STATE_FILE: &str = "completeness.json";
 
+/// Counts of one hour, by `(device, stream)`.
+type HourCounts = BTreeMap<(Arc<str>, Stream), Counts>;
+
 /// One device's poll classes: `(poll_interval_ms, points)`.
 pub type DevicePlan = Vec<(u64, u64)>;
 
@@ -197,7 +200,7 @@ struct Hour {
     closed: bool,
     /// `(device, stream)` → counts (a list of `[device, stream, counts]` in JSON).
     #[serde(with = "counts_as_list")]
-    counts: BTreeMap<(Arc<str>, Stream), Counts>,
+    counts: HourCounts,
 }
 
 /// JSON object keys must be strings: the counts map is stored as a list of entries.
@@ -205,16 +208,11 @@ mod counts_as_list {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(
-        map: &BTreeMap<(Arc<str>, Stream), Counts>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(map: &HourCounts, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(map.iter().map(|((d, st), c)| (d, st, c)))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<(Arc<str>, Stream), Counts>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HourCounts, D::Error> {
         let list: Vec<(Arc<str>, Stream, Counts)> = Vec::deserialize(d)?;
         Ok(list.into_iter().map(|(d, st, c)| ((d, st), c)).collect())
     }
