@@ -236,10 +236,19 @@ async fn anode_effects_aem_and_hourly_mass_flows_arrive_at_the_broker() {
     let mut emissions_day: Option<Json> = None;
     let mut potline_day: Option<Json> = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    // Everything closes at once, but arrives one message after the other: wait for each piece.
+    let have_hour = |hours: &[Json], q: &str| {
+        hours
+            .iter()
+            .any(|h| h["start"] == hour_start && h["quantity"] == q)
+    };
     while ae_day.is_none()
         || emissions_day.is_none()
         || potline_day.is_none()
-        || !hours.iter().any(|h| h["start"] == hour_start)
+        || !["so2_mg_m3", "so2_kg_h", "fluoride_kg_h"]
+            .iter()
+            .all(|q| have_hour(&hours, q))
+        || !days.iter().any(|d| d["quantity"] == "so2_mg_m3")
     {
         let (topic, payload) = tokio::time::timeout_at(deadline, rx.recv())
             .await
@@ -525,9 +534,9 @@ async fn an_agent_restart_mid_hour_resumes_the_open_hour_from_the_state_director
     receive(&|m: &Received| {
         m.iter().any(|(t, msg)| {
             t.ends_with("/metrics/anode_effect") && day_metric(msg, "ae_count").is_some()
-        }) && m
-            .iter()
-            .any(|(t, msg)| t.ends_with("/hour") && msg["start"] == hour_start)
+        }) && m.iter().any(|(t, msg)| {
+            t.ends_with("/hour") && msg["start"] == hour_start && msg["quantity"] == "so2_mg_m3"
+        })
     })
     .await;
     agent.shutdown().await;
