@@ -110,7 +110,13 @@ impl fmt::Display for Quality {
 
 /// A decoded value. Integers keep their signedness so that a u64 energy counter never passes
 /// through a float.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Serialised untagged (a bare JSON scalar). Deserialising is written by hand with the same result
+/// as `#[serde(untagged)]` (bool → `Bool`, integers in i64 range → `Int`, larger ones → `UInt`,
+/// other numbers → `Float`, strings → `Text`): the derived untagged form tries each variant in turn
+/// and builds an error for every miss, which was a visible share of the uplink's CPU when it decodes
+/// spooled batches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     /// Coil, discrete input or bit of a register.
@@ -123,6 +129,37 @@ pub enum Value {
     Float(f64),
     /// ASCII string (trailing NULs and spaces trimmed).
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a bool, a number or a string")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+                Ok(Value::Bool(b))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+                Ok(Value::Int(i))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+                Ok(i64::try_from(u).map_or(Value::UInt(u), Value::Int))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+                Ok(Value::Float(f))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+                Ok(Value::Text(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Value, E> {
+                Ok(Value::Text(s))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Value {
@@ -345,6 +382,58 @@ pub struct Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_deserialises_as_untagged_did() {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Untagged {
+            Bool(bool),
+            Int(i64),
+            UInt(u64),
+            Float(f64),
+            Text(String),
+        }
+        for text in [
+            "true",
+            "-5",
+            "5",
+            "9223372036854775807",
+            "18446744073709551615",
+            "1.5",
+            "-0.0",
+            "1e300",
+            "\"x\"",
+        ] {
+            let expected = match serde_json::from_str::<Untagged>(text).unwrap() {
+                Untagged::Bool(b) => Value::Bool(b),
+                Untagged::Int(i) => Value::Int(i),
+                Untagged::UInt(u) => Value::UInt(u),
+                Untagged::Float(f) => Value::Float(f),
+                Untagged::Text(t) => Value::Text(t),
+            };
+            assert_eq!(
+                serde_json::from_str::<Value>(text).unwrap(),
+                expected,
+                "{text}"
+            );
+        }
+        // Inside an internally tagged record (buffered by serde first), and null as None.
+        let r: Record = serde_json::from_str(
+            r#"{"record":"batch","source":"s","device":"d","unit_id":1,"poll_interval_ms":1000,
+               "scheduled":0,"readings":[
+               {"point":"a","value":7,"unit":"","quality":"good","ts":0},
+               {"point":"b","value":null,"unit":"","quality":"comm_fail","ts":0},
+               {"point":"c","value":2.5,"unit":"","quality":"good","ts":0}]}"#,
+        )
+        .unwrap();
+        let Record::Batch(b) = r else {
+            panic!("a batch")
+        };
+        let values: Vec<_> = b.readings.iter().map(|r| r.value.clone()).collect();
+        assert_eq!(values, [Some(Value::Int(7)), None, Some(Value::Float(2.5))]);
+        assert!(serde_json::from_str::<Value>("[1]").is_err());
+    }
 
     #[test]
     fn timestamp_formats_as_rfc3339_millis() {
