@@ -619,18 +619,27 @@ struct Reference {
     stop: CancellationToken,
 }
 
-/// The JSON batch the agent would publish for these registers (same fields, same order).
-fn encode_reference(
-    buf: &mut Vec<u8>,
+/// The envelope of one reference batch.
+#[derive(Clone, Copy)]
+struct BatchHead<'a> {
     seq: u64,
-    source: &str,
-    device: &str,
+    source: &'a str,
+    device: &'a str,
     unit_id: u8,
     interval_ms: u64,
     scheduled: Timestamp,
-    ts: Timestamp,
-    words: &[u16],
-) {
+}
+
+/// The JSON batch the agent would publish for these registers (same fields, same order).
+fn encode_reference(buf: &mut Vec<u8>, head: &BatchHead<'_>, ts: Timestamp, words: &[u16]) {
+    let BatchHead {
+        seq,
+        source,
+        device,
+        unit_id,
+        interval_ms,
+        scheduled,
+    } = *head;
     buf.clear();
     let ts_text = ts.to_rfc3339();
     let _ = write!(
@@ -750,17 +759,15 @@ async fn reference_loop(
                     };
                     let ts = Timestamp::now();
                     seq += 1;
-                    encode_reference(
-                        &mut buf,
+                    let head = BatchHead {
                         seq,
-                        &source,
+                        source: &source,
                         device,
-                        k as u8 + 1,
+                        unit_id: k as u8 + 1,
                         interval_ms,
                         scheduled,
-                        ts,
-                        &words,
-                    );
+                    };
+                    encode_reference(&mut buf, &head, ts, &words);
                     let topic = format!("smeltwatch/{SITE}/live/{source}/{device}");
                     if client
                         .publish(topic, buf.clone(), PublishOptions::new(QoS::AtLeastOnce))
