@@ -35,8 +35,8 @@ pub mod app;
 #[cfg(feature = "demo-broker")]
 pub mod broker;
 pub mod calc;
-pub mod completeness;
 pub mod cli;
+pub mod completeness;
 pub mod config;
 pub mod history;
 pub mod http;

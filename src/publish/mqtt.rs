@@ -957,8 +957,10 @@ impl<'a> Sender<'a> {
                     self.tracked.remove(id);
                 }
                 // Delivered: the broker acknowledged these and the spool let go of them.
-                let delivered: Vec<Tally> =
-                    ids.iter().filter_map(|id| self.tallies.remove(id)).collect();
+                let delivered: Vec<Tally> = ids
+                    .iter()
+                    .filter_map(|id| self.tallies.remove(id))
+                    .collect();
                 if let Some(c) = &self.uplink.completeness
                     && !delivered.is_empty()
                 {
