@@ -7,13 +7,11 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use super::capture::{Captured, read_message};
 use crate::config::TlsSettings;
-
-/// Largest message accepted (a daily window with many quantities is a few KiB).
-const MAX_PACKET: usize = 4 * 1024 * 1024;
+use crate::publish::subscriber::{self, Endpoint};
 
 /// Where and what to capture.
 #[derive(Debug, Clone)]
@@ -93,38 +91,16 @@ pub async fn capture(opts: &CaptureOptions) -> Result<Vec<Vec<u8>>, CaptureError
         broker: broker.clone(),
         reason,
     };
-    let sni = opts
-        .tls
-        .then(|| opts.tls_settings.server_name.clone())
-        .flatten();
-    let client_id = format!(
-        "smeltwatch-verify-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    );
-    let mut o = MqttOptions::new(
-        client_id,
-        (sni.clone().unwrap_or_else(|| opts.host.clone()), opts.port),
-    );
-    if opts.tls {
-        let config = crate::publish::tls::client_config(&opts.tls_settings)?;
-        o.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
-    }
-    if sni.is_some() {
-        let dial = broker.clone();
-        o.set_socket_connector(move |_host, network| {
-            rumqttc::default_socket_connect(dial.clone(), network)
-        });
-    }
-    o.set_keep_alive(30)
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    if let Some((user, password)) = &opts.credentials {
-        match password {
-            Some(p) => o.set_credentials(user.clone(), p.clone()),
-            None => o.set_username(user.clone()),
-        };
-    }
+    let endpoint = Endpoint {
+        host: &opts.host,
+        port: opts.port,
+        tls: opts.tls.then_some(&opts.tls_settings),
+        credentials: opts
+            .credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_deref())),
+    };
+    let o = subscriber::options("verify", &endpoint)?;
     let (client, mut eventloop) = AsyncClient::builder(o).capacity(64).build();
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut messages = Vec::new();

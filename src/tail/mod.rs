@@ -30,11 +30,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Secret, TlsSettings, UplinkKind};
+use crate::publish::subscriber::{self, Endpoint};
 
 pub use decode::{Decoder, Message};
 pub use state::{Filter, State};
@@ -43,8 +44,6 @@ pub use state::{Filter, State};
 pub const DEMO_BROKER: &str = "mqtt://127.0.0.1:1883";
 /// Topics subscribed by default: everything under the default templates and all Sparkplug B.
 pub const DEFAULT_TOPICS: [&str; 2] = ["smeltwatch/#", "spBv1.0/#"];
-/// Largest message accepted (a potline batch with hundreds of cells fits easily).
-const MAX_PACKET: usize = 4 * 1024 * 1024;
 /// How often the screen is redrawn while messages arrive.
 const FRAME: Duration = Duration::from_millis(250);
 
@@ -313,39 +312,16 @@ async fn subscriber(
     link: watch::Sender<Link>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let sni = opts
-        .tls
-        .then(|| opts.tls_settings.server_name.clone())
-        .flatten();
-    let client_id = format!(
-        "smeltwatch-tail-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    );
-    let mut o = MqttOptions::new(
-        client_id,
-        (sni.clone().unwrap_or_else(|| opts.host.clone()), opts.port),
-    );
-    if opts.tls {
-        let config = crate::publish::tls::client_config(&opts.tls_settings)?;
-        o.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
-    }
-    if sni.is_some() {
-        // rustls checks the name given as host; the socket dials the real host.
-        let dial = format!("{}:{}", opts.host, opts.port);
-        o.set_socket_connector(move |_host, network| {
-            rumqttc::default_socket_connect(dial.clone(), network)
-        });
-    }
-    o.set_keep_alive(30)
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    if let Some(user) = &opts.username {
-        match &opts.password {
-            Some(p) => o.set_credentials(user.clone(), p.0.clone()),
-            None => o.set_username(user.clone()),
-        };
-    }
+    let endpoint = Endpoint {
+        host: &opts.host,
+        port: opts.port,
+        tls: opts.tls.then_some(&opts.tls_settings),
+        credentials: opts
+            .username
+            .as_deref()
+            .map(|u| (u, opts.password.as_ref().map(|p| p.0.as_str()))),
+    };
+    let o = subscriber::options("tail", &endpoint)?;
     let (client, mut eventloop) = AsyncClient::builder(o).capacity(64).build();
     let subscribe = |client: &AsyncClient| {
         for t in &opts.topics {
