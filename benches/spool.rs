@@ -31,6 +31,7 @@ fn batch(n: usize) -> Vec<NewRecord> {
 fn open(dir: &tempfile::TempDir, synchronous_full: bool) -> Spool {
     let cfg = SpoolConfig {
         max_bytes: u64::MAX,
+        max_age: None,
         synchronous_full,
     };
     Spool::open(&dir.path().join("bench.db"), &cfg).expect("open the bench spool")

@@ -920,3 +920,20 @@ regulated = ["stack_day", "stack_day"]
     ));
     assert!(err.to_string().contains("ledger.regulated"), "{err}");
 }
+
+#[test]
+fn spool_max_age_is_a_duration_and_zero_is_rejected() {
+    let uplink = "[[uplinks]]\nname = \"plant\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:1883\"\n[uplinks.spool]\n";
+    let cfg = parse_ok(&format!("{SPARKPLUG_SOURCES}\n{uplink}max_age = \"7d\"\n"));
+    assert_eq!(
+        cfg.uplinks[0].spool.max_age,
+        Some(Duration::from_secs(7 * 24 * 3600))
+    );
+    let err = parse_err(&format!("{SPARKPLUG_SOURCES}\n{uplink}max_age = \"0s\"\n")).to_string();
+    assert!(
+        err.contains("uplinks[0].spool.max_age") && err.contains("positive duration"),
+        "{err}"
+    );
+    let err = parse_err(&format!("{SPARKPLUG_SOURCES}\n{uplink}max_age = 7\n")).to_string();
+    assert!(err.contains("max_age"), "{err}");
+}

@@ -30,6 +30,7 @@ fn crash_child_writer() {
     };
     let cfg = SpoolConfig {
         max_bytes: u64::MAX,
+        max_age: None,
         synchronous_full: std::env::var(CHILD_SYNC_VAR).as_deref() == Ok("1"),
     };
     let mut spool = Spool::open(Path::new(&path), &cfg).expect("child opens the spool");
@@ -241,7 +242,11 @@ proptest! {
     ) {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("model.db");
-        let cfg = SpoolConfig { max_bytes, synchronous_full: false };
+        let cfg = SpoolConfig {
+            max_bytes,
+            max_age: None,
+            synchronous_full: false,
+        };
         let mut spool = Spool::open(&path, &cfg).unwrap();
         let mut model = Model {
             queue: VecDeque::new(),

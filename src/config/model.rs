@@ -602,6 +602,10 @@ impl Stream {
 pub struct SpoolConfig {
     /// Byte budget of the spool file (payload bytes).
     pub max_bytes: u64,
+    /// Records of the `live`, `metrics` and `events` streams older than this (by their creation
+    /// time, against the newest record appended) are dropped and counted like budget drops.
+    /// Emissions never expire: only the byte budget bounds them. `None`: no age limit.
+    pub max_age: Option<std::time::Duration>,
     /// `FULL` (default: an acknowledged record survives power loss) or `NORMAL` (less flash wear).
     pub synchronous_full: bool,
 }
@@ -610,6 +614,7 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             max_bytes: 256 * 1024 * 1024,
+            max_age: None,
             synchronous_full: true,
         }
     }

@@ -344,6 +344,8 @@ pub(crate) struct RawTopics {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSpool {
     pub(crate) max_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_age: Option<Duration>,
     pub(crate) synchronous: Option<RawSynchronous>,
 }
 

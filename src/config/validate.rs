@@ -1615,8 +1615,15 @@ impl Builder<'_, '_> {
                 "max_bytes must be greater than zero",
             );
         }
+        if spool.max_age.is_some_and(|a| a.is_zero()) {
+            self.report.at(
+                &path.key("spool").key("max_age"),
+                "max_age must be a positive duration such as \"7d\" (leave it out for no age limit)",
+            );
+        }
         SpoolConfig {
             max_bytes,
+            max_age: spool.max_age,
             synchronous_full: spool.synchronous.unwrap_or(RawSynchronous::Full)
                 == RawSynchronous::Full,
         }

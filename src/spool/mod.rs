@@ -2,9 +2,9 @@
 //!
 //! Fan-out appends every record to each uplink's spool **before** anything is sent; the uplink reads
 //! batches in id order, sends them, and [`Spool::ack`]s what its peer confirmed (MQTT PUBACK, HJ 212
-//! 9014). A record leaves the spool only by an ack or by the byte budget, never by a read. Delivery is
-//! therefore at-least-once, and every record carries `(stream, seq)` so consumers can drop duplicates
-//! and see gaps.
+//! 9014). A record leaves the spool only by an ack, the byte budget or its maximum age, never by a
+//! read. Delivery is therefore at-least-once, and every record carries `(stream, seq)` so consumers
+//! can drop duplicates and see gaps.
 //!
 //! One spool file belongs to exactly one uplink, and one process opens it (`smeltwatch spool stats`
 //! may read it alongside). [`Spool`] is the synchronous core that owns the `rusqlite::Connection`
@@ -62,6 +62,12 @@
 //! are counted per stream in `streams.dropped` (persisted in the same transaction) and logged at
 //! warn. Running totals per stream are kept in memory, computed once at open, so enforcing the budget
 //! reads only the rows it removes.
+//!
+//! # Maximum age
+//! With [`SpoolConfig::max_age`](crate::config::SpoolConfig), each append first expires the queued
+//! `live`, `metrics` and `events` records created more than `max_age` before the newest record of
+//! the batch (no clock is read), walking each stream from its head. Emissions never expire. Expired
+//! records are counted in `streams.dropped` like budget drops, so they are reported the same way.
 
 mod handle;
 mod store;

@@ -78,6 +78,7 @@ pub struct Spool {
     conn: Connection,
     path: PathBuf,
     max_bytes: u64,
+    max_age_ms: Option<i64>,
     streams: [StreamState; 4],
     disk_full_drops: u64,
 }
@@ -170,6 +171,9 @@ impl Spool {
             conn,
             path: path.to_path_buf(),
             max_bytes: cfg.max_bytes,
+            max_age_ms: cfg
+                .max_age
+                .map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
             streams: [StreamState::default(); 4],
             disk_full_drops: 0,
         };
@@ -271,7 +275,7 @@ impl Spool {
                 events = dropped[2],
                 emissions = dropped[3],
                 max_bytes = self.max_bytes,
-                "spool over its byte budget: dropped the lowest-priority oldest records"
+                "spool dropped records: the lowest-priority oldest over the byte budget, or older than max_age"
             );
         }
         Ok(appended)
@@ -331,9 +335,27 @@ impl Spool {
         let err = |e| classify(&path, e);
         let tx = self.conn.transaction().map_err(err)?;
 
-        // Budget: free lowest-priority, oldest bytes first; queued rows before this batch's.
         let mut keep = vec![true; records.len()];
         let mut dropped_now = [0u64; 4];
+
+        // Age: queued records older than `max_age` before the newest record of this batch expire,
+        // except emissions (a regulator's record is bounded by the byte budget alone).
+        if let Some(max_age_ms) = self.max_age_ms {
+            let newest = records.iter().map(|r| r.created.unix_ms()).max();
+            let cutoff = newest.unwrap_or(i64::MIN).saturating_sub(max_age_ms);
+            for stream in STREAMS {
+                let i = index(stream);
+                if stream == Stream::Emissions || streams[i].records == 0 {
+                    continue;
+                }
+                let (rows, bytes) = evict_older(&tx, stream, cutoff).map_err(err)?;
+                streams[i].records -= rows;
+                streams[i].bytes -= bytes;
+                dropped_now[i] += rows;
+            }
+        }
+
+        // Budget: free lowest-priority, oldest bytes first; queued rows before this batch's.
         let queued: u64 = streams.iter().map(|s| s.bytes).sum();
         let mut excess = (queued + sizes.iter().sum::<u64>()).saturating_sub(max_bytes);
         for stream in STREAMS {
@@ -638,6 +660,36 @@ fn evict_oldest(tx: &Transaction<'_>, stream: Stream, need: u64) -> rusqlite::Re
     Ok((count, freed))
 }
 
+/// Deletes the oldest records of `stream` (by id) while they were created before `cutoff_ms`;
+/// returns (rows, budget bytes) freed. Walking from the head reads only the rows it removes plus
+/// one; a record that is older than one queued before it (clocks are not monotonic) simply waits
+/// for the records ahead of it to expire.
+fn evict_older(
+    tx: &Transaction<'_>,
+    stream: Stream,
+    cutoff_ms: i64,
+) -> rusqlite::Result<(u64, u64)> {
+    let sql =
+        format!("SELECT id, {ROW_BYTES}, created_ms FROM records WHERE stream = ?1 ORDER BY id");
+    let mut select = tx.prepare_cached(&sql)?;
+    let mut rows = select.query([stream.as_str()])?;
+    let (mut count, mut freed, mut last_id) = (0u64, 0u64, None);
+    while let Some(row) = rows.next()? {
+        if row.get::<_, i64>(2)? >= cutoff_ms {
+            break;
+        }
+        last_id = Some(row.get::<_, i64>(0)?);
+        freed += u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+        count += 1;
+    }
+    drop(rows);
+    if let Some(last_id) = last_id {
+        tx.prepare_cached("DELETE FROM records WHERE stream = ?1 AND id <= ?2")?
+            .execute(params![stream.as_str(), last_id])?;
+    }
+    Ok((count, freed))
+}
+
 fn quick_check(conn: &Connection, path: &Path) -> Result<(), SpoolError> {
     let corrupt = |detail: String| SpoolError::Corrupt {
         path: path.to_path_buf(),
@@ -709,6 +761,7 @@ mod tests {
     fn cfg(max_bytes: u64) -> SpoolConfig {
         SpoolConfig {
             max_bytes,
+            max_age: None,
             synchronous_full: false,
         }
     }
@@ -923,6 +976,52 @@ mod tests {
         assert_eq!(seqs_of(&spool, Stream::Emissions), vec![1, 2]);
         spool.append(vec![rec(Stream::Emissions, 2, 100)]).unwrap();
         assert_eq!(seqs_of(&spool, Stream::Emissions), vec![2, 3]);
+    }
+
+    #[test]
+    fn max_age_expires_old_records_except_emissions_and_counts_them() {
+        let dir = TempDir::new().unwrap();
+        let cfg = SpoolConfig {
+            max_age: Some(std::time::Duration::from_millis(10)),
+            ..cfg(u64::MAX)
+        };
+        let mut spool = Spool::open(&dir.path().join("aged.db"), &cfg).unwrap();
+        let at = |stream, n: u8, ms: i64| NewRecord {
+            created: Timestamp(ms),
+            ..rec(stream, n, 20)
+        };
+        spool
+            .append(vec![
+                at(Stream::Live, 0, 1_000),
+                at(Stream::Events, 1, 1_000),
+                at(Stream::Emissions, 2, 1_000),
+                at(Stream::Live, 3, 1_005),
+            ])
+            .unwrap();
+        // 1 010 - 10 ms = 1 000: nothing is older than the cutoff yet.
+        spool.append(vec![at(Stream::Metrics, 4, 1_010)]).unwrap();
+        assert_eq!(spool.stats().unwrap().records, 5);
+        // 1 012 - 10 ms = 1 002: the two records of 1 000 expire, but not the emission.
+        spool.append(vec![at(Stream::Live, 5, 1_012)]).unwrap();
+        assert_eq!(seqs_of(&spool, Stream::Live), vec![2, 3]);
+        assert_eq!(seqs_of(&spool, Stream::Events), Vec::<u64>::new());
+        assert_eq!(seqs_of(&spool, Stream::Emissions), vec![1]);
+        assert_eq!(seqs_of(&spool, Stream::Metrics), vec![1]);
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.dropped), (4, 2));
+        assert_eq!(
+            spool.dropped_per_stream(),
+            vec![
+                (Stream::Live, 1),
+                (Stream::Metrics, 0),
+                (Stream::Events, 1),
+                (Stream::Emissions, 0)
+            ]
+        );
+        // Expiry is persisted like budget drops: a reopened spool still counts them.
+        drop(spool);
+        let spool = Spool::open(&dir.path().join("aged.db"), &cfg).unwrap();
+        assert_eq!(spool.stats().unwrap().dropped, 2);
     }
 
     #[test]
@@ -1177,6 +1276,7 @@ mod tests {
             let path = dir.path().join(format!("sync-{full}.db"));
             let cfg = SpoolConfig {
                 max_bytes: 1,
+                max_age: None,
                 synchronous_full: full,
             };
             let spool = Spool::open(&path, &cfg).unwrap();
