@@ -334,7 +334,7 @@ fn describe() {
     );
     describe_counter!(
         "smeltwatch_spool_dropped_total",
-        "Records dropped by the spool's byte budget over the life of the file."
+        "Records dropped by the spool (byte budget, full disk or max_age) over the life of the file."
     );
     describe_gauge!(
         "smeltwatch_point_value",

@@ -152,7 +152,7 @@ pub struct SpoolView {
     pub oldest_ts_ms: Option<i64>,
     /// Age of the oldest waiting record at snapshot time, seconds.
     pub oldest_age_s: Option<f64>,
-    /// Records dropped by the byte budget over the life of the spool file.
+    /// Records dropped by the byte budget, a full disk or `max_age` over the life of the spool file.
     pub dropped: u64,
     /// Records waiting per stream.
     pub per_stream: BTreeMap<&'static str, u64>,

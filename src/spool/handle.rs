@@ -110,7 +110,7 @@ impl SpoolHandle {
         self.call(Command::Stats).await
     }
 
-    /// Records dropped by the byte budget, per stream. See [`Spool::dropped_per_stream`].
+    /// Records dropped by the byte budget, a full disk or `max_age`, per stream. See [`Spool::dropped_per_stream`].
     pub async fn dropped_per_stream(&self) -> Result<Vec<(Stream, u64)>, SpoolError> {
         self.call(Command::DroppedPerStream).await
     }

@@ -134,7 +134,7 @@ pub struct SpoolStats {
     pub oldest: Option<Timestamp>,
     /// Records waiting per stream, every stream in priority order (lowest first), zeros included.
     pub per_stream: Vec<(Stream, u64)>,
-    /// Records dropped by the byte budget over the life of the file.
+    /// Records dropped by the byte budget, a full disk or `max_age` over the life of the file.
     pub dropped: u64,
 }
 

@@ -587,7 +587,8 @@ impl Spool {
         })
     }
 
-    /// Records dropped by the byte budget over the life of the file, per stream (priority order).
+    /// Records dropped by the byte budget, a full disk or `max_age` over the life of the file, per
+    /// stream (priority order).
     pub fn dropped_per_stream(&self) -> Vec<(Stream, u64)> {
         STREAMS
             .iter()
