@@ -420,6 +420,17 @@ async fn every_route_serves_the_running_agent() {
         )),
         0.0
     );
+    for reason in ["budget", "disk_full", "max_age"] {
+        assert_eq!(
+            number(sample(
+                &scrape,
+                "smeltwatch_spool_drops_total",
+                &[("uplink", "plant"), ("reason", reason)]
+            )),
+            0.0,
+            "drops by {reason}"
+        );
+    }
     assert_eq!(
         number(sample(
             &scrape,

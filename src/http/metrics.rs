@@ -23,6 +23,7 @@
 //! | `smeltwatch_spool_records`, `_bytes`, `_oldest_age_seconds` | gauge | `uplink` |
 //! | `smeltwatch_spool_stream_records` | gauge | `uplink`, `stream` |
 //! | `smeltwatch_spool_dropped_total` | counter (life of the file) | `uplink` |
+//! | `smeltwatch_spool_drops_total` | counter (since start) | `uplink`, `reason` |
 //! | `smeltwatch_point_value` | gauge, numeric and finite values only | `device`, `point`, `unit` |
 //! | `smeltwatch_point_quality` | gauge (1), one series per point | `device`, `point`, `quality` |
 //! | `smeltwatch_point_timestamp_seconds` | gauge, acquisition time | `device`, `point` |
@@ -204,6 +205,18 @@ fn record(snap: &Snapshot) {
             gauge!("smeltwatch_spool_oldest_age_seconds", l.clone())
                 .set(spool.oldest_age_s.unwrap_or(0.0));
             counter!("smeltwatch_spool_dropped_total", l.clone()).absolute(spool.dropped);
+            let by_reason = &spool.dropped_by_reason;
+            for (reason, n) in [
+                ("budget", by_reason.budget),
+                ("disk_full", by_reason.disk_full),
+                ("max_age", by_reason.max_age),
+            ] {
+                counter!(
+                    "smeltwatch_spool_drops_total",
+                    labels(&[("uplink", &u.name), ("reason", reason)])
+                )
+                .absolute(n);
+            }
             for (stream, n) in &spool.per_stream {
                 gauge!(
                     "smeltwatch_spool_stream_records",
@@ -331,6 +344,10 @@ fn describe() {
     describe_gauge!(
         "smeltwatch_spool_stream_records",
         "Records waiting in the spool, by stream."
+    );
+    describe_counter!(
+        "smeltwatch_spool_drops_total",
+        "Records the spool dropped since the agent started, by reason (budget, disk_full, max_age)."
     );
     describe_counter!(
         "smeltwatch_spool_dropped_total",

@@ -154,6 +154,8 @@ pub struct SpoolView {
     pub oldest_age_s: Option<f64>,
     /// Records dropped by the byte budget, a full disk or `max_age` over the life of the spool file.
     pub dropped: u64,
+    /// Records dropped since the agent opened the spool, by reason.
+    pub dropped_by_reason: crate::spool::DropsByReason,
     /// Records waiting per stream.
     pub per_stream: BTreeMap<&'static str, u64>,
 }
@@ -298,6 +300,7 @@ impl Snapshot {
                                 .oldest
                                 .map(|t| (now.unix_ms() - t.unix_ms()).max(0) as f64 / 1000.0),
                             dropped: s.dropped,
+                            dropped_by_reason: s.dropped_since_open,
                             per_stream: s
                                 .per_stream
                                 .iter()
@@ -488,6 +491,10 @@ mod tests {
                     oldest_ts_ms: Some(500),
                     oldest_age_s: Some(0.5),
                     dropped: 3,
+                    dropped_by_reason: crate::spool::DropsByReason {
+                        budget: 3,
+                        ..Default::default()
+                    },
                     per_stream: BTreeMap::new(),
                 }),
                 spool_error: None,

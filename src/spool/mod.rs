@@ -136,6 +136,20 @@ pub struct SpoolStats {
     pub per_stream: Vec<(Stream, u64)>,
     /// Records dropped by the byte budget, a full disk or `max_age` over the life of the file.
     pub dropped: u64,
+    /// The drops since this spool was opened, by reason (not persisted: the life-of-file total
+    /// above is).
+    pub dropped_since_open: DropsByReason,
+}
+
+/// Records a spool dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DropsByReason {
+    /// Over the byte budget (lowest priority, oldest first).
+    pub budget: u64,
+    /// To make room on a full file system.
+    pub disk_full: u64,
+    /// Older than `max_age`.
+    pub max_age: u64,
 }
 
 /// What can go wrong with a spool.

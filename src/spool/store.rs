@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
-use super::{Appended, NewRecord, SpoolError, SpoolStats, StoredRecord};
+use super::{Appended, DropsByReason, NewRecord, SpoolError, SpoolStats, StoredRecord};
 use crate::config::{SpoolConfig, Stream};
 use crate::model::Timestamp;
 
@@ -80,7 +80,7 @@ pub struct Spool {
     max_bytes: u64,
     max_age_ms: Option<i64>,
     streams: [StreamState; 4],
-    disk_full_drops: u64,
+    drops: DropsByReason,
 }
 
 impl fmt::Debug for Spool {
@@ -175,7 +175,7 @@ impl Spool {
                 .max_age
                 .map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
             streams: [StreamState::default(); 4],
-            disk_full_drops: 0,
+            drops: DropsByReason::default(),
         };
         spool.load_totals()?;
         Ok(spool)
@@ -263,7 +263,11 @@ impl Spool {
         }
         let (appended, dropped) = match self.append_within(&records, self.max_bytes) {
             Err(SpoolError::DiskFull { .. }) => self.append_on_full_disk(&records)?,
-            other => other?,
+            Ok((appended, dropped, aged)) => {
+                self.drops.budget += dropped.iter().sum::<u64>() - aged;
+                (appended, dropped)
+            }
+            Err(e) => return Err(e),
         };
         let total: u64 = dropped.iter().sum();
         if total > 0 {
@@ -297,9 +301,9 @@ impl Spool {
             let queued: u64 = self.streams.iter().map(|s| s.bytes).sum();
             let cap = (queued + batch).saturating_sub(room);
             match self.append_within(records, cap) {
-                Ok((appended, dropped)) => {
+                Ok((appended, dropped, aged)) => {
                     let total: u64 = dropped.iter().sum();
-                    self.disk_full_drops += total;
+                    self.drops.disk_full += total - aged;
                     tracing::warn!(
                         spool = %self.path.display(),
                         dropped = total,
@@ -313,12 +317,13 @@ impl Spool {
         }
     }
 
-    /// [`Spool::append`] under a byte budget of `max_bytes`; also returns the drops per stream.
+    /// [`Spool::append`] under a byte budget of `max_bytes`; also returns the drops per stream
+    /// (every reason) and how many of them were expired by `max_age` (counted here, on commit).
     fn append_within(
         &mut self,
         records: &[NewRecord],
         max_bytes: u64,
-    ) -> Result<(Vec<Appended>, [u64; 4]), SpoolError> {
+    ) -> Result<(Vec<Appended>, [u64; 4], u64), SpoolError> {
         let mut streams = self.streams;
         let sizes: Vec<u64> = records
             .iter()
@@ -337,6 +342,7 @@ impl Spool {
 
         let mut keep = vec![true; records.len()];
         let mut dropped_now = [0u64; 4];
+        let mut aged = 0u64;
 
         // Age: queued records older than `max_age` before the newest record of this batch expire,
         // except emissions (a regulator's record is bounded by the byte budget alone).
@@ -352,6 +358,7 @@ impl Spool {
                 streams[i].records -= rows;
                 streams[i].bytes -= bytes;
                 dropped_now[i] += rows;
+                aged += rows;
             }
         }
 
@@ -431,13 +438,14 @@ impl Spool {
         }
         tx.commit().map_err(err)?;
         self.streams = streams;
-        Ok((appended, dropped_now))
+        self.drops.max_age += aged;
+        Ok((appended, dropped_now, aged))
     }
 
     /// Records dropped to make room on a full disk since this spool was opened (they are also in
     /// the persisted per-stream drop counts, with the budget's drops).
     pub fn disk_full_drops(&self) -> u64 {
-        self.disk_full_drops
+        self.drops.disk_full
     }
 
     /// Caps the file at `pages` database pages (SQLite `max_page_count`; pages are 4 KiB by
@@ -584,6 +592,7 @@ impl Spool {
                 .map(|&s| (s, self.streams[index(s)].records))
                 .collect(),
             dropped: self.streams.iter().map(|s| s.dropped).sum(),
+            dropped_since_open: self.drops,
         })
     }
 
@@ -1011,6 +1020,13 @@ mod tests {
         let stats = spool.stats().unwrap();
         assert_eq!((stats.records, stats.dropped), (4, 2));
         assert_eq!(
+            stats.dropped_since_open,
+            DropsByReason {
+                max_age: 2,
+                ..DropsByReason::default()
+            }
+        );
+        assert_eq!(
             spool.dropped_per_stream(),
             vec![
                 (Stream::Live, 1),
@@ -1044,6 +1060,7 @@ mod tests {
         );
         let stats = spool.stats().unwrap();
         assert_eq!((stats.records, stats.bytes, stats.dropped), (3, 300, 3));
+        assert_eq!(stats.dropped_since_open.budget, 3);
         assert_eq!(
             spool.append(vec![rec(Stream::Live, 6, 10)]).unwrap().len(),
             1
