@@ -20,6 +20,7 @@
 //! | `smeltwatch_uplink_state` | gauge, 1 for the current state, 0 for the others | `uplink`, `state` |
 //! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total` | counter | `uplink` |
 //! | `smeltwatch_uplink_in_flight` | gauge | `uplink` |
+//! | `smeltwatch_uplink_backlog_records`, `smeltwatch_uplink_backlog_oldest_age_seconds`, `smeltwatch_uplink_replay_rate` | gauge | `uplink` |
 //! | `smeltwatch_spool_records`, `_bytes`, `_oldest_age_seconds` | gauge | `uplink` |
 //! | `smeltwatch_spool_stream_records` | gauge | `uplink`, `stream` |
 //! | `smeltwatch_spool_dropped_total` | counter (life of the file) | `uplink` |
@@ -199,6 +200,10 @@ fn record(snap: &Snapshot) {
         counter!("smeltwatch_uplink_rejected_total", l.clone()).absolute(u.rejected_total);
         counter!("smeltwatch_uplink_connects_total", l.clone()).absolute(u.connects);
         gauge!("smeltwatch_uplink_in_flight", l.clone()).set(u.in_flight as f64);
+        gauge!("smeltwatch_uplink_backlog_records", l.clone()).set(u.backlog_records as f64);
+        gauge!("smeltwatch_uplink_backlog_oldest_age_seconds", l.clone())
+            .set(u.backlog_oldest_age_s.unwrap_or(0.0));
+        gauge!("smeltwatch_uplink_replay_rate", l.clone()).set(u.replay_rate_per_s as f64);
         if let Some(spool) = &u.spool {
             gauge!("smeltwatch_spool_records", l.clone()).set(spool.records as f64);
             gauge!("smeltwatch_spool_bytes", l.clone()).set(spool.bytes as f64);
@@ -331,6 +336,18 @@ fn describe() {
     describe_gauge!(
         "smeltwatch_uplink_in_flight",
         "Publishes awaiting acknowledgement."
+    );
+    describe_gauge!(
+        "smeltwatch_uplink_backlog_records",
+        "Replay backlog: records waiting since before the current connection, not yet acked."
+    );
+    describe_gauge!(
+        "smeltwatch_uplink_backlog_oldest_age_seconds",
+        "Age of the oldest backlog record not yet published (0 when drained)."
+    );
+    describe_gauge!(
+        "smeltwatch_uplink_replay_rate",
+        "Backlog records acked per second over the last whole second."
     );
     describe_gauge!("smeltwatch_spool_records", "Records waiting in the spool.");
     describe_gauge!(

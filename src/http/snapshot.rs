@@ -135,6 +135,13 @@ pub struct UplinkSnapshot {
     pub connects: u64,
     /// The last error seen, if any.
     pub last_error: Option<String>,
+    /// Replay backlog: records that were waiting when the current connection came up and are
+    /// not acked yet (0 when drained or disconnected).
+    pub backlog_records: u64,
+    /// Age of the oldest backlog record not yet published, seconds.
+    pub backlog_oldest_age_s: Option<f64>,
+    /// Backlog records acked over the last whole second (the drain rate).
+    pub replay_rate_per_s: u64,
     /// The spool's statistics; `null` when the spool did not answer (see `spool_error`).
     pub spool: Option<SpoolView>,
     /// Why `spool` is missing.
@@ -325,6 +332,9 @@ impl Snapshot {
                 acked_total: status.acked_total,
                 rejected_total: status.rejected_total,
                 connects: status.connects,
+                backlog_records: status.backlog_records,
+                backlog_oldest_age_s: status.backlog_age(now).map(|age| age.as_secs_f64()),
+                replay_rate_per_s: status.replay_rate_per_s,
                 last_error: status.last_error,
                 spool,
                 spool_error,
@@ -484,6 +494,9 @@ mod tests {
                 acked_total: 0,
                 rejected_total: 0,
                 connects: 0,
+                backlog_records: 0,
+                backlog_oldest_age_s: None,
+                replay_rate_per_s: 0,
                 last_error: None,
                 spool: Some(SpoolView {
                     records: 10,
