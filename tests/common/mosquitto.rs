@@ -295,12 +295,20 @@ pub async fn subscribe_with(
         .unwrap_or_else(|| format!("test-sub-{}", fastrand::u64(..)));
     let mut o = MqttOptions::new(id, ("127.0.0.1".to_owned(), port));
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_keep_alive(5)
+        .set_keep_alive(30)
         .set_clean_session(!persistent);
+    if persistent {
+        // Acknowledge a message only once it is in the test's channel: if the connection drops
+        // with messages read (and, in automatic mode, already acknowledged) but not yet handed
+        // over, the broker delivers them again instead of the test seeing a gap.
+        o.set_ack_mode(rumqttc::AckMode::Manual);
+    }
     if let Some((u, p)) = opts.user {
         o.set_credentials(u, p);
     }
-    let (client, mut eventloop) = AsyncClient::builder(o).capacity(64).build();
+    // Room for the manual acks of a whole flood of messages.
+    let capacity = if persistent { 1 << 16 } else { 64 };
+    let (client, mut eventloop) = AsyncClient::builder(o).capacity(capacity).build();
     let (tx, rx) = mpsc::channel(1_000_000);
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
     let resub = client.clone();
@@ -322,6 +330,10 @@ pub async fn subscribe_with(
                     let t = String::from_utf8_lossy(&p.topic).into_owned();
                     if tx.send((t, p.payload.to_vec())).await.is_err() {
                         return;
+                    }
+                    // Queued without waiting: this task is the one that drains the queue.
+                    if persistent && resub.try_ack(&p).is_err() {
+                        tracing::debug!("ack queue full; the broker will deliver again");
                     }
                 }
                 Ok(_) => {}
