@@ -235,7 +235,14 @@ impl ReadingBatch {
 /// The spool stores records in this canonical form (serialised as JSON) and each uplink encodes them
 /// with its own encoder at send time, adding `(site, stream, seq)`. Later streams (metrics, events,
 /// emissions) add variants here.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Serialised internally tagged (`{"record":"batch",...}`). Deserialising is written by hand with
+/// the same result as the derived form: the derived form buffers every record into serde's
+/// `Content` tree before it looks at the tag, which was a visible share of the uplink's CPU when it
+/// decodes spooled batches. Our serialiser writes the tag first, and then the variant is read
+/// straight from the input; a record whose tag comes later is still accepted (through a
+/// `serde_json::Value`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 // The tag is `record`, not `kind`: `Event` has a field named `kind`, and an internally tagged
 // enum whose variant has a field of the tag's name serialises the key twice (unreadable).
 #[serde(tag = "record", rename_all = "snake_case")]
@@ -260,6 +267,92 @@ impl Record {
             Record::Event(_) => Stream::Events,
             Record::Aggregate(_) => Stream::Emissions,
         }
+    }
+}
+
+/// The variant names of [`Record`] as they appear in its `record` tag.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RecordTag {
+    Batch,
+    Metrics,
+    Event,
+    Aggregate,
+}
+
+impl RecordTag {
+    /// Deserialise the variant's fields from `d`.
+    fn variant<'de, D: serde::Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
+        Ok(match self {
+            RecordTag::Batch => Record::Batch(ReadingBatch::deserialize(d)?),
+            RecordTag::Metrics => Record::Metrics(MetricBatch::deserialize(d)?),
+            RecordTag::Event => Record::Event(Event::deserialize(d)?),
+            RecordTag::Aggregate => Record::Aggregate(Aggregate::deserialize(d)?),
+        })
+    }
+}
+
+/// The first key of a record object: the tag, or another field (kept for the slow path).
+enum FirstKey {
+    Tag,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for FirstKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = FirstKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<FirstKey, E> {
+                Ok(if s == "record" {
+                    FirstKey::Tag
+                } else {
+                    FirstKey::Other(s.to_owned())
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor, value::MapAccessDeserializer};
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Record;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a record: an object with a `record` tag")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+                let first = match map.next_key::<FirstKey>()? {
+                    None => return Err(A::Error::missing_field("record")),
+                    Some(FirstKey::Tag) => {
+                        // The common case: the rest of the map is the variant's fields.
+                        let tag: RecordTag = map.next_value()?;
+                        return tag.variant(MapAccessDeserializer::new(map));
+                    }
+                    Some(FirstKey::Other(key)) => key,
+                };
+                // The tag comes later: collect the fields, then decode the variant from them.
+                let mut fields = serde_json::Map::new();
+                fields.insert(first, map.next_value()?);
+                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    fields.insert(k, v);
+                }
+                let tag = fields
+                    .remove("record")
+                    .ok_or_else(|| A::Error::missing_field("record"))?;
+                let tag = RecordTag::deserialize(tag).map_err(A::Error::custom)?;
+                tag.variant(serde_json::Value::Object(fields))
+                    .map_err(A::Error::custom)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -433,6 +526,63 @@ mod tests {
         let values: Vec<_> = b.readings.iter().map(|r| r.value.clone()).collect();
         assert_eq!(values, [Some(Value::Int(7)), None, Some(Value::Float(2.5))]);
         assert!(serde_json::from_str::<Value>("[1]").is_err());
+    }
+
+    #[test]
+    fn record_deserialises_as_internally_tagged_did() {
+        #[derive(Deserialize)]
+        #[serde(tag = "record", rename_all = "snake_case")]
+        enum Tagged {
+            Batch(ReadingBatch),
+            Metrics(MetricBatch),
+            Event(Event),
+            Aggregate(Aggregate),
+        }
+        let derived = |text: &str| -> Record {
+            match serde_json::from_str::<Tagged>(text).unwrap() {
+                Tagged::Batch(b) => Record::Batch(b),
+                Tagged::Metrics(m) => Record::Metrics(m),
+                Tagged::Event(e) => Record::Event(e),
+                Tagged::Aggregate(a) => Record::Aggregate(a),
+            }
+        };
+        let batch = r#""source":"s","device":"d","unit_id":1,"poll_interval_ms":1000,"scheduled":5,
+            "readings":[{"point":"a","value":-7,"unit":"V","quality":"good","ts":5}]"#;
+        let metrics = r#""calc":"potline","ts":9,"metrics":[{"name":"m_t","value":1.5,"unit":"t",
+            "quality":"good","ts":9,"labels":[["line","potline1"]]}]"#;
+        let event = r#""kind":"outage","subject":"plant","phase":"instant","ts":3,
+            "attributes":[["dropped_live",4]],"message":"m""#;
+        let aggregate = r#""subject":"s1","quantity":"so2_mg_m3","unit":"mg/m3","period":"hour",
+            "start":0,"end":3600000,"avg":1.0,"min":0.5,"max":2.0,"total":null,"total_unit":null,
+            "samples":60,"expected":60,"valid":true,"quality":"good""#;
+        for (tag, fields) in [
+            ("batch", batch),
+            ("metrics", metrics),
+            ("event", event),
+            ("aggregate", aggregate),
+        ] {
+            // Tag first (what our serialiser writes), tag last, and an unknown field (a seal).
+            for text in [
+                format!(r#"{{"record":"{tag}",{fields}}}"#),
+                format!(r#"{{{fields},"record":"{tag}"}}"#),
+                format!(r#"{{"record":"{tag}",{fields},"seal":{{"chain_seq":1}}}}"#),
+            ] {
+                let ours: Record = serde_json::from_str(&text).unwrap();
+                assert_eq!(ours, derived(&text), "{text}");
+                let again = serde_json::to_vec(&ours).unwrap();
+                assert_eq!(serde_json::from_slice::<Record>(&again).unwrap(), ours);
+            }
+        }
+        for bad in [
+            r#"{}"#,
+            r#"{"source":"s"}"#,
+            r#"{"record":"nope","source":"s"}"#,
+            r#"{"record":"batch","source":"s"}"#,
+            r#"[1]"#,
+        ] {
+            assert!(serde_json::from_str::<Record>(bad).is_err(), "{bad}");
+            assert!(serde_json::from_str::<Tagged>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -192,8 +192,8 @@ pub async fn summary(live: &LiveState, points_per_s: f64) -> String {
         .lock()
         .expect("live state lock is never poisoned: holders do not panic")
         .iter()
-        .filter(|((_, point), _)| point.starts_with("cell_voltage"))
-        .filter_map(|((device, _), r)| {
+        .filter(|(_, r)| r.point.starts_with("cell_voltage"))
+        .filter_map(|(device, r)| {
             r.value
                 .as_ref()
                 .and_then(|v| v.as_f64())

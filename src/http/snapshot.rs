@@ -204,7 +204,7 @@ impl Snapshot {
                 .expect("live state lock is never poisoned: holders do not panic");
             latest
                 .iter()
-                .map(|((device, _), r)| PointView {
+                .map(|(device, r)| PointView {
                     device: device.clone(),
                     point: r.point.clone(),
                     value: r.value.clone().filter(|v| match v {

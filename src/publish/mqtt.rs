@@ -698,6 +698,10 @@ struct Sender<'a> {
     tallies: HashMap<i64, Tally>,
     waiters: JoinSet<NoticeOutcome>,
     to_ack: Vec<i64>,
+    /// Ids whose publish ended without a PUBACK, to be counted in the spool's `attempts` with the
+    /// next ack flush. A successful send is not written: the ack deletes the row anyway, and
+    /// rewriting a whole row (body included) per publish cost a write transaction per refill.
+    failed_sends: Vec<i64>,
     ack_deadline: Option<Instant>,
     max_inflight: usize,
 }
@@ -722,6 +726,7 @@ impl<'a> Sender<'a> {
             tallies: HashMap::new(),
             waiters: JoinSet::new(),
             to_ack: Vec::new(),
+            failed_sends: Vec::new(),
             ack_deadline: None,
             max_inflight: usize::from(uplink.cfg.max_inflight),
         }
@@ -743,9 +748,9 @@ impl<'a> Sender<'a> {
     }
 
     /// The in-flight window has room worth a spool read: nothing is in flight, or at least a
-    /// quarter of the window is free. Refilling one slot per PUBACK would cost a spool read and an
-    /// attempt-count transaction per record under load; waiting for a quarter of the window batches
-    /// them while the other three quarters keep the link busy.
+    /// quarter of the window is free. Refilling one slot per PUBACK would cost a spool read per
+    /// record under load; waiting for a quarter of the window batches the reads while the other
+    /// three quarters keep the link busy.
     fn has_room(&self) -> bool {
         let outstanding = self.outstanding();
         outstanding == 0
@@ -918,6 +923,10 @@ impl<'a> Sender<'a> {
             (Err(reason), Some(Tracked::InFlight(latest))) if latest == generation => {
                 tracing::debug!(uplink = %self.uplink.name, id, "publish not acknowledged: {reason}");
                 self.tracked.remove(&id);
+                self.failed_sends.push(id);
+                if self.ack_deadline.is_none() {
+                    self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
+                }
                 if Some(generation) == self.generation() {
                     // Failed on the live connection (it is probably dropping): send it again.
                     match self.lane_of(id) {
@@ -947,6 +956,12 @@ impl<'a> Sender<'a> {
 
     async fn flush_acks(&mut self) {
         self.ack_deadline = None;
+        if !self.failed_sends.is_empty() {
+            let ids = std::mem::take(&mut self.failed_sends);
+            if let Err(e) = self.spool.mark_attempt(ids).await {
+                tracing::debug!(uplink = %self.uplink.name, "cannot count failed sends: {e}");
+            }
+        }
         if self.to_ack.is_empty() {
             return;
         }
@@ -997,11 +1012,6 @@ impl<'a> Sender<'a> {
             self.fill_lane(Lane::Backlog, room.min(tokens), &mut published)
                 .await;
             self.bucket.take(published.len() - before);
-        }
-        if !published.is_empty()
-            && let Err(e) = self.spool.mark_attempt(published).await
-        {
-            tracing::debug!(uplink = %self.uplink.name, "cannot count send attempts: {e}");
         }
         self.publish_status();
     }

@@ -20,7 +20,7 @@
 //!     topic      TEXT    NOT NULL,
 //!     body       BLOB    NOT NULL,             -- the encoded record, opaque to the spool
 //!     created_ms INTEGER NOT NULL,             -- Timestamp: ms since the Unix epoch, UTC
-//!     attempts   INTEGER NOT NULL DEFAULT 0    -- send attempts so far (mark_attempt)
+//!     attempts   INTEGER NOT NULL DEFAULT 0    -- sends that ended unacknowledged (mark_attempt)
 //! );
 //! CREATE INDEX records_by_stream ON records(stream, id);  -- budget eviction, per-stream heads
 //! CREATE TABLE streams (                       -- one row per stream, written with every append
@@ -108,7 +108,8 @@ pub struct StoredRecord {
     pub body: Vec<u8>,
     /// When the data was acquired or produced.
     pub created: Timestamp,
-    /// How often [`Spool::mark_attempt`] was called for it.
+    /// How often [`Spool::mark_attempt`] was called for it: the MQTT uplink counts each send that
+    /// ended without an acknowledgement (a successful send is acked and the row deleted).
     pub attempts: u32,
 }
 

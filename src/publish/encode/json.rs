@@ -12,8 +12,8 @@
 //!
 //! `value` is `null` when nothing could be read (the quality says why) and for non-finite floats;
 //! `"historical":true` follows `seq` only for records replayed after an outage, and is absent
-//! otherwise. The encoder serialises borrowed views of the record with serde, so nothing but the
-//! two RFC 3339 strings per reading is allocated besides the output buffer.
+//! otherwise. The encoder serialises borrowed views of the record with serde, so nothing but one
+//! RFC 3339 string per distinct timestamp is allocated besides the output buffer.
 
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
@@ -129,13 +129,19 @@ struct Readings<'a>(&'a [Reading]);
 impl Serialize for Readings<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        // The readings of one request share their timestamp: format each distinct one once.
+        let mut formatted: Option<(Timestamp, String)> = None;
         for r in self.0 {
+            let ts = match &formatted {
+                Some((t, text)) if *t == r.ts => text,
+                _ => &formatted.insert((r.ts, r.ts.to_rfc3339())).1,
+            };
             seq.serialize_element(&ReadingPayload {
                 point: &r.point,
                 value: r.value.as_ref().map(ValuePayload),
                 unit: &r.unit,
                 quality: r.quality.as_str(),
-                ts: Rfc3339(r.ts),
+                ts,
                 ts_ms: r.ts.unix_ms(),
             })?;
         }
@@ -144,12 +150,12 @@ impl Serialize for Readings<'_> {
 }
 
 #[derive(Serialize)]
-struct ReadingPayload<'a> {
+struct ReadingPayload<'a, 't> {
     point: &'a str,
     value: Option<ValuePayload<'a>>,
     unit: &'a str,
     quality: &'a str,
-    ts: Rfc3339,
+    ts: &'t str,
     ts_ms: i64,
 }
 
