@@ -141,6 +141,21 @@ pub fn hour_of(ts: Timestamp) -> i64 {
     ts.unix_ms().div_euclid(HOUR_MS) * HOUR_MS
 }
 
+/// How a live batch of `device` counts, from its scheduled instant and its readings' qualities:
+/// the same as [`tally`] of the decoded batch.
+pub fn live_tally(
+    device: &str,
+    scheduled: Timestamp,
+    by_quality: [u64; Quality::ALL.len()],
+) -> Tally {
+    Tally {
+        device: device.into(),
+        stream: Stream::Live,
+        hour_ms: hour_of(scheduled),
+        by_quality,
+    }
+}
+
 /// How a record counts, or `None` for records that are not accounted (completeness reports,
 /// outage events: the agent's own bookkeeping).
 pub fn tally(record: &Record) -> Option<Tally> {

@@ -104,8 +104,14 @@ impl LatestReadings {
             .batches
             .get_mut(&(batch.device.clone(), batch.poll_interval_ms))
         {
-            // `clone_from` reuses the readings' allocation.
-            Some(latest) => latest.clone_from(batch),
+            Some(latest) => {
+                // Field by field: `Vec::clone_from` reuses the readings' allocation (a derived
+                // `clone_from` would clone the whole batch).
+                latest.source.clone_from(&batch.source);
+                latest.unit_id = batch.unit_id;
+                latest.scheduled = batch.scheduled;
+                latest.readings.clone_from(&batch.readings);
+            }
             None => {
                 self.batches.insert(
                     (batch.device.clone(), batch.poll_interval_ms),
@@ -806,4 +812,58 @@ pub fn quality_totals(live: &LiveState) -> [u64; Quality::ALL.len()] {
         }
     }
     totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Value;
+
+    fn batch(device: &str, interval_ms: u64, points: &[(&str, f64)], ts: i64) -> ReadingBatch {
+        ReadingBatch {
+            source: "line1".into(),
+            device: device.into(),
+            unit_id: 1,
+            poll_interval_ms: interval_ms,
+            scheduled: Timestamp(ts),
+            readings: points
+                .iter()
+                .map(|(p, v)| Reading {
+                    point: (*p).into(),
+                    value: Some(Value::Float(*v)),
+                    unit: "V".into(),
+                    quality: Quality::Good,
+                    ts: Timestamp(ts),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn latest_readings_keep_the_last_batch_of_each_device_and_poll_class() {
+        let mut latest = LatestReadings::default();
+        assert!(latest.is_empty());
+        latest.update(&batch("pot_001", 1000, &[("cell_voltage_v", 4.0)], 1));
+        latest.update(&batch("pot_001", 60_000, &[("energy_kwh", 7.0)], 1));
+        latest.update(&batch("pot_002", 1000, &[("cell_voltage_v", 4.1)], 1));
+        latest.update(&batch("pot_001", 1000, &[("cell_voltage_v", 8.5)], 2));
+        let mut seen: Vec<(String, String, Option<f64>, i64)> = latest
+            .iter()
+            .map(|(d, r)| {
+                let v = r.value.as_ref().and_then(Value::as_f64);
+                (d.to_string(), r.point.to_string(), v, r.ts.unix_ms())
+            })
+            .collect();
+        seen.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        assert_eq!(
+            seen,
+            [
+                ("pot_001".into(), "cell_voltage_v".into(), Some(8.5), 2),
+                ("pot_001".into(), "energy_kwh".into(), Some(7.0), 1),
+                ("pot_002".into(), "cell_voltage_v".into(), Some(4.1), 1),
+            ]
+        );
+        assert_eq!(latest.len(), 3);
+        assert!(!latest.is_empty());
+    }
 }

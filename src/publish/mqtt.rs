@@ -90,8 +90,9 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::completeness::{self, Completeness, Tally};
-use crate::config::{MqttConfig, Stream, UplinkConfig, UplinkKind};
+use crate::config::{Encoding, MqttConfig, Stream, UplinkConfig, UplinkKind};
 use crate::model::{Event as ModelEvent, EventPhase, Record, Timestamp, Value};
+use crate::publish::encode::json;
 use crate::publish::tls::{self, TlsError};
 use crate::publish::topic::{self, TopicError};
 use crate::spool::{NewRecord, SpoolHandle, StoredRecord};
@@ -1121,25 +1122,32 @@ impl<'a> Sender<'a> {
             || u128::try_from(age_ms).unwrap_or(0) > HISTORICAL_AGE.as_millis()
     }
 
-    async fn publish(&mut self, conn: &Conn, record: &StoredRecord) -> Sent {
+    /// The payload, topic and completeness tally of a spooled record; `Err` when its body cannot
+    /// be decoded.
+    fn prepare(
+        &self,
+        record: &StoredRecord,
+    ) -> Result<(Vec<u8>, String, Option<Tally>), serde_json::Error> {
         let u = self.uplink;
-        let decoded: Record = match serde_json::from_slice(&record.body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(
-                    uplink = %u.name, id = record.id, stream = record.stream.as_str(), seq = record.seq,
-                    "dropping a spooled record that cannot be decoded: {e}"
-                );
-                u.update(|s| s.rejected_total += 1);
-                self.tracked.insert(record.id, Tracked::Acked);
-                self.queue_ack(record.id);
-                return Sent::Rejected;
-            }
-        };
         let historical = self.is_historical(record);
+        let encoding = u.cfg.encoding.for_stream(record.stream);
+        // The bulk of the traffic: a live batch to a JSON payload, encoded from the spool body as
+        // it is, without building the record (see `SpooledBatch`).
+        if record.stream == Stream::Live
+            && encoding == Encoding::Json
+            && !record.topic.is_empty()
+            && let Some(batch) = json::SpooledBatch::parse(&record.body)
+        {
+            let payload = batch.encode(&u.site, record.stream, record.seq, historical);
+            let tally = u.completeness.is_some().then(|| {
+                completeness::live_tally(&batch.device, batch.scheduled, batch.quality_counts())
+            });
+            return Ok((payload, record.topic.clone(), tally));
+        }
+        let decoded: Record = serde_json::from_slice(&record.body)?;
         let seal = crate::ledger::capture::seal_of(&record.body);
         let payload = crate::publish::encode::encode_sealed(
-            u.cfg.encoding.for_stream(record.stream),
+            encoding,
             &u.site,
             record.stream,
             record.seq,
@@ -1152,6 +1160,29 @@ impl<'a> Sender<'a> {
         } else {
             record.topic.clone()
         };
+        let tally = u
+            .completeness
+            .is_some()
+            .then(|| completeness::tally(&decoded))
+            .flatten();
+        Ok((payload, topic, tally))
+    }
+
+    async fn publish(&mut self, conn: &Conn, record: &StoredRecord) -> Sent {
+        let u = self.uplink;
+        let (payload, topic, tally) = match self.prepare(record) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::warn!(
+                    uplink = %u.name, id = record.id, stream = record.stream.as_str(), seq = record.seq,
+                    "dropping a spooled record that cannot be decoded: {e}"
+                );
+                u.update(|s| s.rejected_total += 1);
+                self.tracked.insert(record.id, Tracked::Acked);
+                self.queue_ack(record.id);
+                return Sent::Rejected;
+            }
+        };
         match conn
             .client
             .publish_tracked(topic, payload, PublishOptions::new(QoS::AtLeastOnce))
@@ -1160,9 +1191,7 @@ impl<'a> Sender<'a> {
             Ok(notice) => {
                 let (id, generation) = (record.id, conn.generation);
                 self.tracked.insert(id, Tracked::InFlight(generation));
-                if self.uplink.completeness.is_some()
-                    && let Some(t) = completeness::tally(&decoded)
-                {
+                if let Some(t) = tally {
                     self.tallies.insert(id, t);
                 }
                 self.waiters.spawn(async move {
