@@ -20,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${SMELTWATCH_ZIG_VENV:-target/zigbuild-venv}"
+[[ "$venv" == /* ]] || venv="$PWD/$venv"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cross}"
 
 if [[ ! -x "$venv/bin/cargo-zigbuild" ]]; then
@@ -28,7 +29,7 @@ if [[ ! -x "$venv/bin/cargo-zigbuild" ]]; then
     "$venv/bin/pip" install --quiet cargo-zigbuild ziglang
 fi
 # cargo-zigbuild finds zig through the ziglang module of the Python on PATH.
-export PATH="$PWD/$venv/bin:$PATH"
+export PATH="$venv/bin:$PATH"
 
 want=("$@")
 [[ ${#want[@]} -eq 0 ]] && want=(aarch64 armv7)

@@ -207,41 +207,30 @@ trait ReadingFields {
     fn ts(&self) -> Timestamp;
 }
 
-impl ReadingFields for Reading {
-    fn point(&self) -> &str {
-        &self.point
-    }
-    fn value(&self) -> Option<&Value> {
-        self.value.as_ref()
-    }
-    fn unit(&self) -> &str {
-        &self.unit
-    }
-    fn quality(&self) -> Quality {
-        self.quality
-    }
-    fn ts(&self) -> Timestamp {
-        self.ts
-    }
+/// The owned and the borrowed reading have the same fields; only their string types differ.
+macro_rules! reading_fields {
+    ($($t:ty),+) => {$(
+        impl ReadingFields for $t {
+            fn point(&self) -> &str {
+                &self.point
+            }
+            fn value(&self) -> Option<&Value> {
+                self.value.as_ref()
+            }
+            fn unit(&self) -> &str {
+                &self.unit
+            }
+            fn quality(&self) -> Quality {
+                self.quality
+            }
+            fn ts(&self) -> Timestamp {
+                self.ts
+            }
+        }
+    )+};
 }
 
-impl ReadingFields for SpooledReading<'_> {
-    fn point(&self) -> &str {
-        &self.point
-    }
-    fn value(&self) -> Option<&Value> {
-        self.value.as_ref()
-    }
-    fn unit(&self) -> &str {
-        &self.unit
-    }
-    fn quality(&self) -> Quality {
-        self.quality
-    }
-    fn ts(&self) -> Timestamp {
-        self.ts
-    }
-}
+reading_fields!(Reading, SpooledReading<'_>);
 
 #[derive(Serialize)]
 #[serde(bound(serialize = "R: ReadingFields"))]
