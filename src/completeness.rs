@@ -144,12 +144,12 @@ pub fn hour_of(ts: Timestamp) -> i64 {
 /// How a live batch of `device` counts, from its scheduled instant and its readings' qualities:
 /// the same as [`tally`] of the decoded batch.
 pub fn live_tally(
-    device: &str,
+    device: Arc<str>,
     scheduled: Timestamp,
     by_quality: [u64; Quality::ALL.len()],
 ) -> Tally {
     Tally {
-        device: device.into(),
+        device,
         stream: Stream::Live,
         hour_ms: hour_of(scheduled),
         by_quality,
@@ -165,7 +165,7 @@ pub fn tally(record: &Record) -> Option<Tally> {
             for r in &b.readings {
                 by_quality[r.quality as usize] += 1;
             }
-            (b.device.clone(), b.scheduled)
+            return Some(live_tally(b.device.clone(), b.scheduled, by_quality));
         }
         Record::Metrics(m) => {
             if &*m.calc == CALC {

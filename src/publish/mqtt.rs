@@ -1001,29 +1001,27 @@ impl<'a> Sender<'a> {
     /// Publish fresh records first, then backlog records as far as the replay rate allows, until
     /// the in-flight window is full.
     async fn fill(&mut self) {
-        let mut published = Vec::new();
         if self.fresh_more {
             let room = self.max_inflight.saturating_sub(self.outstanding());
-            self.fill_lane(Lane::Fresh, room, &mut published).await;
+            self.fill_lane(Lane::Fresh, room).await;
         }
         if self.backlog_more && self.conn.is_some() {
             let room = self.max_inflight.saturating_sub(self.outstanding());
             let tokens = self.bucket.available(Instant::now());
-            let before = published.len();
-            self.fill_lane(Lane::Backlog, room.min(tokens), &mut published)
-                .await;
-            self.bucket.take(published.len() - before);
+            let sent = self.fill_lane(Lane::Backlog, room.min(tokens)).await;
+            self.bucket.take(sent);
         }
         self.publish_status();
     }
 
-    /// Read records of one lane after its cursor and publish up to `room` of them.
-    async fn fill_lane(&mut self, lane: Lane, room: usize, published: &mut Vec<i64>) {
+    /// Read records of one lane after its cursor and publish up to `room` of them; returns how
+    /// many were published.
+    async fn fill_lane(&mut self, lane: Lane, room: usize) -> usize {
         let Some(conn) = self.conn.clone() else {
-            return;
+            return 0;
         };
         if room == 0 {
-            return;
+            return 0;
         }
         let cursor = match lane {
             Lane::Fresh => self.fresh_cursor,
@@ -1041,7 +1039,7 @@ impl<'a> Sender<'a> {
                     .update(|s| s.last_error = Some(format!("spool read: {e}")));
                 // Wait for the next append or connection change before trying again.
                 self.set_lane(lane, cursor, false);
-                return;
+                return 0;
             }
         };
         let exhausted = records.len() < limit;
@@ -1077,10 +1075,7 @@ impl<'a> Sender<'a> {
                 break;
             }
             match self.publish(&conn, &record).await {
-                Sent::Published => {
-                    published.push(record.id);
-                    sent += 1;
-                }
+                Sent::Published => sent += 1,
                 Sent::Rejected => {}
                 Sent::Failed => {
                     // The connection is going away; wait for the driver to hand over a new one.
@@ -1093,6 +1088,7 @@ impl<'a> Sender<'a> {
         }
         let more = !lane_done && (stopped_early || !exhausted);
         self.set_lane(lane, cursor, more);
+        sent
     }
 
     fn set_lane(&mut self, lane: Lane, cursor: i64, more: bool) {
@@ -1140,7 +1136,8 @@ impl<'a> Sender<'a> {
         {
             let payload = batch.encode(&u.site, record.stream, record.seq, historical);
             let tally = u.completeness.is_some().then(|| {
-                completeness::live_tally(&batch.device, batch.scheduled, batch.quality_counts())
+                let device = Arc::from(batch.device.as_ref());
+                completeness::live_tally(device, batch.scheduled, batch.quality_counts())
             });
             return Ok((payload, record.topic.clone(), tally));
         }
