@@ -360,8 +360,8 @@ fn assert_no_gaps(got: &[Msg], expected: &BTreeMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "quarantined: 1 run in 5 misses a block of 30-55 seqs per stream (the same seqs in both \
-            streams) that the uplink no longer holds; open in the delivery issue until it is known \
-            whether the agent or the test subscriber loses them. Run with --ignored."]
+            streams) after the backlog drained; open in the delivery issue until it is known whether \
+            the agent or the test subscriber loses them. Run with --ignored."]
 async fn broker_outage_under_load_loses_nothing_and_replays_the_backlog_as_historical() {
     let broker = Mosquitto::start();
     let link = Link::start(broker.port).await;
