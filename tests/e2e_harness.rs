@@ -31,6 +31,7 @@ fn params(target: Target) -> Params {
         outage: None,
         replay_rate: 1000,
         spool_max_bytes: 64 << 20,
+        spool_synchronous: "full".into(),
         unserved_devices: 0,
     }
 }

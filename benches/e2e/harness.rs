@@ -80,6 +80,8 @@ pub struct Params {
     pub replay_rate: u32,
     /// `[uplinks.spool] max_bytes` of the agent.
     pub spool_max_bytes: u64,
+    /// `[uplinks.spool] synchronous` of the agent: `"full"` or `"normal"`.
+    pub spool_synchronous: String,
     /// The last this many devices are configured but not served (their unit ids answer with an
     /// exception): for checking that the harness notices incomplete delivery.
     pub unserved_devices: usize,
@@ -527,8 +529,8 @@ fn write_agent_config(p: &Params, plant: &Plant, broker: u16, http: u16, dir: &P
     toml.push_str(&format!(
         "\n[[uplinks]]\nname = \"bench\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{broker}\"\n\
          streams = [\"live\"]\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
-         replay_rate = {}\n\n[uplinks.spool]\nmax_bytes = {}\n",
-        p.replay_rate, p.spool_max_bytes
+         replay_rate = {}\n\n[uplinks.spool]\nmax_bytes = {}\nsynchronous = \"{}\"\n",
+        p.replay_rate, p.spool_max_bytes, p.spool_synchronous
     ));
     let path = dir.join("agent.toml");
     std::fs::write(&path, toml).expect("write the agent configuration");

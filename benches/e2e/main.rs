@@ -59,6 +59,10 @@ struct Args {
     /// The agent spool's byte budget.
     #[arg(long, default_value_t = 4 << 30)]
     spool_max_bytes: u64,
+    /// The agent spool's `synchronous` level: `full` (an fsync per commit, the default) or
+    /// `normal`.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    spool_synchronous: String,
     /// What to run.
     #[arg(long, value_enum, default_value_t = Which::Both)]
     target: Which,
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             outage: args.outage.filter(|_| target == Target::Agent),
             replay_rate: args.replay_rate,
             spool_max_bytes: args.spool_max_bytes,
+            spool_synchronous: args.spool_synchronous.clone(),
             unserved_devices: 0,
         };
         eprintln!(

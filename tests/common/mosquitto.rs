@@ -338,7 +338,10 @@ pub async fn subscribe_with(
                 }
                 Ok(_) => {}
                 Err(rumqttc::ConnectionError::RequestsDone) => return,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    eprintln!("test subscriber {topic_owned}: {e}; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     });
@@ -351,4 +354,84 @@ pub async fn subscribe_with(
         .expect("SUBACK within 10 s")
         .expect("subscriber task alive");
     (client, rx)
+}
+
+/// An independent witness: a `mosquitto_sub` process (libmosquitto, not rumqttc) subscribed at
+/// QoS 1, collecting every payload it prints. Used where a test must tell a loss in the agent
+/// from a loss in the test's own subscriber. Dropping it kills the process.
+pub struct CliWitness {
+    child: Child,
+    payloads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CliWitness {
+    /// Subscribe to `topic` on the broker at `port`; returns once a probe message published after
+    /// the subscription has come through (so nothing published later can be missed). `None` when
+    /// `mosquitto_sub` is not installed.
+    pub fn start(port: u16, topic: &str) -> Option<CliWitness> {
+        use std::io::BufRead;
+        let probe_topic = format!("witness/probe/{}", fastrand::u64(..));
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-v"])
+            // A persistent session: a reconnect of the witness itself loses nothing.
+            .args([
+                "-c",
+                "-i",
+                &format!("witness-{}", fastrand::u64(..)),
+                "-k",
+                "60",
+            ])
+            .args(["-t", topic, "-t", &probe_topic])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .ok()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let payloads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (probe_seen_tx, probe_seen_rx) = std::sync::mpsc::channel::<()>();
+        let sink = payloads.clone();
+        let probe = probe_topic.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                match line.split_once(' ') {
+                    Some((t, _)) if t == probe => {
+                        let _ = probe_seen_tx.send(());
+                    }
+                    Some((_, payload)) => sink.lock().unwrap().push(payload.to_owned()),
+                    None => {}
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+                .args(["-t", &probe_topic, "-m", "probe"])
+                .status();
+            if probe_seen_rx
+                .recv_timeout(Duration::from_millis(200))
+                .is_ok()
+            {
+                return Some(CliWitness { child, payloads });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto_sub witness did not see its probe within 10 s"
+            );
+        }
+    }
+
+    /// Every payload received so far (probe excluded), in arrival order.
+    pub fn payloads(&self) -> Vec<String> {
+        self.payloads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CliWitness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
