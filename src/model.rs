@@ -258,6 +258,19 @@ pub enum Record {
 }
 
 impl Record {
+    /// Whether this record is a poll batch that its JSON form (the spool body) decodes back to
+    /// exactly: JSON has no NaN or infinity, so a non-finite float is written as `null` and comes
+    /// back as no value. Other kinds answer `false` (not checked).
+    pub fn is_batch_exact_in_json(&self) -> bool {
+        match self {
+            Record::Batch(b) => b
+                .readings
+                .iter()
+                .all(|r| !matches!(r.value, Some(Value::Float(f)) if !f.is_finite())),
+            _ => false,
+        }
+    }
+
     /// The stream a record travels on.
     pub fn stream(&self) -> crate::config::Stream {
         use crate::config::Stream;

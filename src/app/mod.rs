@@ -36,7 +36,7 @@ use crate::modbus::poller::{Poller, PollerStats};
 use crate::modbus::write::DeviceWriters;
 use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp};
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
-use crate::spool::{NewRecord, SpoolHandle};
+use crate::spool::{Decoded, NewRecord, SpoolHandle};
 
 /// Capacity of the channel between the pollers and the fan-out, in batches. When it is full the
 /// pollers wait, which shows up as late ticks: acquisition slows down, nothing is dropped.
@@ -262,6 +262,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
             spool: spool.clone(),
             streams: uplink.streams.clone(),
             topics,
+            hand_over_decoded: matches!(uplink.kind, UplinkKind::Mqtt(_)),
         });
         spools.push(spool);
     }
@@ -481,6 +482,9 @@ struct FanTarget {
     spool: SpoolHandle,
     streams: Vec<Stream>,
     topics: TopicTemplates,
+    /// The uplink reads records with their decoded form (`SpoolHandle::read_after_decoded`): hand
+    /// each unsealed record over beside its body, so that it is not parsed back.
+    hand_over_decoded: bool,
 }
 
 /// Route poll batches to every uplink's spool that carries the `live` stream.
@@ -594,12 +598,14 @@ async fn route(
     let created = Timestamp::now();
     for target in targets {
         let mut new = Vec::with_capacity(records.len());
+        let mut decoded = Vec::new();
         for (i, record) in records.iter().enumerate() {
             let stream = record.stream();
             if !target.streams.contains(&stream) {
                 continue;
             }
-            let body = match seals.get(i).and_then(Option::as_ref) {
+            let seal = seals.get(i).and_then(Option::as_ref);
+            let body = match seal {
                 Some(seal) => crate::ledger::capture::sealed_body(seal),
                 None => match serde_json::to_vec(record) {
                     Ok(b) => b,
@@ -609,6 +615,12 @@ async fn route(
                     }
                 },
             };
+            if target.hand_over_decoded {
+                // Poll batches are the bulk of the traffic. A sealed record's payload carries its
+                // seal, which only the body has.
+                let hand_over = seal.is_none() && record.is_batch_exact_in_json();
+                decoded.push(hand_over.then(|| Arc::new(record.clone()) as Decoded));
+            }
             new.push(NewRecord {
                 stream,
                 topic: crate::publish::topic::topic_for(&target.topics, site, record),
@@ -617,17 +629,21 @@ async fn route(
             });
         }
         if !new.is_empty() {
-            append_until_stored(&target.spool, new).await;
+            append_until_stored(&target.spool, new, decoded).await;
         }
     }
 }
 
 /// Append, retrying with backoff while the spool refuses (disk full, I/O error). Acquisition backs
 /// up behind this rather than losing the readings.
-async fn append_until_stored(spool: &SpoolHandle, records: Vec<NewRecord>) {
+async fn append_until_stored(
+    spool: &SpoolHandle,
+    records: Vec<NewRecord>,
+    decoded: Vec<Option<Decoded>>,
+) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match spool.append(records.clone()).await {
+        match spool.append_decoded(records.clone(), decoded.clone()).await {
             Ok(_) => return,
             Err(crate::spool::SpoolError::Closed) => {
                 tracing::error!(

@@ -95,7 +95,7 @@ use crate::model::{Event as ModelEvent, EventPhase, Record, Timestamp, Value};
 use crate::publish::encode::json;
 use crate::publish::tls::{self, TlsError};
 use crate::publish::topic::{self, TopicError};
-use crate::spool::{NewRecord, SpoolHandle, StoredRecord};
+use crate::spool::{Decoded, NewRecord, SpoolHandle, StoredRecord};
 
 /// Acks collected from PUBACKs are written to the spool at least this often…
 const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -1031,7 +1031,7 @@ impl<'a> Sender<'a> {
         // costs a copy per record. Records skipped as already in flight or acked (after a rewind)
         // leave the lane `more`, and the next fill reads on from the cursor.
         let limit = room;
-        let records = match self.spool.read_after(cursor, limit).await {
+        let records = match self.spool.read_after_decoded(cursor, limit).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(uplink = %self.uplink.name, "cannot read the spool: {e}");
@@ -1046,15 +1046,15 @@ impl<'a> Sender<'a> {
         if lane == Lane::Backlog {
             let oldest = records
                 .iter()
-                .find(|r| r.id <= self.boundary)
-                .map(|r| r.created);
+                .find(|(r, _)| r.id <= self.boundary)
+                .map(|(r, _)| r.created);
             self.uplink.update(|s| s.backlog_oldest = oldest);
         }
         let mut cursor = cursor;
         let mut stopped_early = false;
         let mut lane_done = false;
         let mut sent = 0usize;
-        for record in records {
+        for (record, decoded) in records {
             if lane == Lane::Backlog && record.id > self.boundary {
                 lane_done = true;
                 break;
@@ -1074,7 +1074,7 @@ impl<'a> Sender<'a> {
                 stopped_early = true;
                 break;
             }
-            match self.publish(&conn, &record).await {
+            match self.publish(&conn, &record, decoded).await {
                 Sent::Published => sent += 1,
                 Sent::Rejected => {}
                 Sent::Failed => {
@@ -1119,14 +1119,37 @@ impl<'a> Sender<'a> {
     }
 
     /// The payload, topic and completeness tally of a spooled record; `Err` when its body cannot
-    /// be decoded.
+    /// be decoded. `decoded` is the record as fan-out appended it (unsealed records only), when
+    /// the spool still had it: a poll batch that its body decodes back to exactly is then encoded
+    /// from it, without parsing the body again (the payload is the same either way).
     fn prepare(
         &self,
         record: &StoredRecord,
+        decoded: Option<Decoded>,
     ) -> Result<(Vec<u8>, String, Option<Tally>), serde_json::Error> {
         let u = self.uplink;
         let historical = self.is_historical(record);
         let encoding = u.cfg.encoding.for_stream(record.stream);
+        if let Some(decoded) = decoded.as_ref().and_then(|d| d.downcast_ref::<Record>())
+            && !record.topic.is_empty()
+            && decoded.is_batch_exact_in_json()
+        {
+            let payload = crate::publish::encode::encode_sealed(
+                encoding,
+                &u.site,
+                record.stream,
+                record.seq,
+                decoded,
+                historical,
+                None,
+            );
+            let tally = u
+                .completeness
+                .is_some()
+                .then(|| completeness::tally(decoded))
+                .flatten();
+            return Ok((payload, record.topic.clone(), tally));
+        }
         // The bulk of the traffic: a live batch to a JSON payload, encoded from the spool body as
         // it is, without building the record (see `SpooledBatch`).
         if record.stream == Stream::Live
@@ -1165,9 +1188,14 @@ impl<'a> Sender<'a> {
         Ok((payload, topic, tally))
     }
 
-    async fn publish(&mut self, conn: &Conn, record: &StoredRecord) -> Sent {
+    async fn publish(
+        &mut self,
+        conn: &Conn,
+        record: &StoredRecord,
+        decoded: Option<Decoded>,
+    ) -> Sent {
         let u = self.uplink;
-        let (payload, topic, tally) = match self.prepare(record) {
+        let (payload, topic, tally) = match self.prepare(record, decoded) {
             Ok(prepared) => prepared,
             Err(e) => {
                 tracing::warn!(
@@ -1459,6 +1487,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TopicTemplates;
 
     #[test]
     fn backoff_doubles_to_the_cap_with_bounded_jitter_and_resets() {
@@ -1476,6 +1505,147 @@ mod tests {
         b.reset();
         let d = b.next_delay().as_millis();
         assert!((75..=125).contains(&d), "{d}");
+    }
+
+    fn test_config(encoding: Encoding) -> UplinkConfig {
+        UplinkConfig {
+            name: "plant".into(),
+            kind: UplinkKind::Mqtt(MqttConfig {
+                broker: crate::config::HostPort {
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                },
+                tls: false,
+                client_id: "smeltwatch-test".into(),
+                username: None,
+                password: None,
+                keep_alive: Duration::from_secs(5),
+                max_packet_size: 1 << 20,
+                max_inflight: 8,
+                reconnect_min: Duration::from_millis(50),
+                reconnect_max: Duration::from_millis(300),
+                topics: TopicTemplates::default(),
+                encoding: crate::config::EncodingConfig {
+                    default: encoding,
+                    per_stream: Vec::new(),
+                },
+                tls_settings: Default::default(),
+                replay_rate: 100,
+            }),
+            streams: vec![Stream::Live, Stream::Events, Stream::Emissions],
+            spool: crate::config::SpoolConfig::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_handed_over_decoded_is_published_exactly_as_its_body_would_be() {
+        use crate::model::{Aggregate, Period, Quality, Reading, ReadingBatch, Value};
+        let ts = Timestamp(1_764_300_253_123);
+        let reading = |point: &str, value: Option<Value>, quality| Reading {
+            point: point.into(),
+            value,
+            unit: "V".into(),
+            quality,
+            ts,
+        };
+        let readings = vec![
+            reading("cell_voltage_v", Some(Value::Float(4.061)), Quality::Good),
+            reading("alarm", Some(Value::Bool(true)), Quality::Good),
+            reading("count", Some(Value::UInt(u64::MAX)), Quality::Good),
+            reading("offset", Some(Value::Int(-7)), Quality::Substituted),
+            reading(
+                "state",
+                Some(Value::Text("tapping\n".into())),
+                Quality::Good,
+            ),
+            reading("silent", None, Quality::CommFail),
+        ];
+        let batch = ReadingBatch {
+            source: "potline1".into(),
+            device: "pot_\"003\"".into(),
+            unit_id: 12,
+            poll_interval_ms: 1000,
+            scheduled: Timestamp(1_764_300_253_000),
+            readings,
+        };
+        // JSON has no NaN: the body decodes to no value, so this one is encoded from its body.
+        let mut with_nan = batch.clone();
+        with_nan.readings.push(reading(
+            "nan",
+            Some(Value::Float(f64::NAN)),
+            Quality::OutOfRange,
+        ));
+        let (batch, with_nan) = (Record::Batch(batch), Record::Batch(with_nan));
+        let event = Record::Event(outage_event(
+            "plant",
+            Timestamp(1_764_300_000_000),
+            Timestamp(1_764_300_010_000),
+            &[(Stream::Live, 7)],
+        ));
+        let aggregate = Record::Aggregate(Aggregate {
+            subject: "gtc1_stack".into(),
+            quantity: "so2_mg_m3".into(),
+            unit: "mg/m3".into(),
+            period: Period::Hour,
+            start: Timestamp(1_764_298_800_000),
+            end: Timestamp(1_764_302_400_000),
+            avg: Some(120.5),
+            min: Some(100.0),
+            max: None,
+            total: Some(3.2),
+            total_unit: Some("kg".into()),
+            samples: 58,
+            expected: 60,
+            valid: true,
+            quality: Quality::Good,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        for encoding in [Encoding::Json, Encoding::Protobuf] {
+            let spool = SpoolHandle::open(
+                &dir.path().join(format!("{encoding:?}.db")),
+                &crate::config::SpoolConfig::default(),
+            )
+            .unwrap();
+            let uplink = MqttUplink::new("demo-al-01", &test_config(encoding), spool).unwrap();
+            let (_conn_tx, conn_rx) = watch::channel(None);
+            let mut sender = Sender::new(&uplink, conn_rx);
+            let cases = [
+                (&batch, true),
+                (&with_nan, false),
+                (&event, false),
+                (&aggregate, false),
+            ];
+            for (id, (record, from_memory)) in cases.into_iter().enumerate() {
+                let stored = StoredRecord {
+                    id: id as i64 + 1,
+                    stream: record.stream(),
+                    seq: 40 + id as u64,
+                    topic: topic::topic_for(&TopicTemplates::default(), "demo-al-01", record),
+                    body: serde_json::to_vec(record).unwrap(),
+                    created: Timestamp::now(),
+                    attempts: 0,
+                };
+                for boundary in [0, 10] {
+                    // Fresh and historical.
+                    sender.boundary = boundary;
+                    let from_body = sender.prepare(&stored, None).unwrap();
+                    let decoded: Decoded = Arc::new(record.clone());
+                    let from_decoded = sender.prepare(&stored, Some(decoded.clone())).unwrap();
+                    assert_eq!(from_decoded, from_body, "{encoding:?} {record:?}");
+                    // Which way it went: only the decoded form does without the body.
+                    let unreadable = StoredRecord {
+                        body: b"{not json".to_vec(),
+                        ..stored.clone()
+                    };
+                    let without_body = sender.prepare(&unreadable, Some(decoded));
+                    assert_eq!(
+                        without_body.ok(),
+                        from_memory.then_some(from_body),
+                        "{encoding:?} {record:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,19 @@
 //! One `std::thread` owns the `Spool` and serves commands from a bounded channel in arrival order;
 //! each command carries a oneshot for its reply. When the channel is full, callers wait: that is
 //! the backpressure fan-out feels when the disk is slow.
+//!
+//! # Decoded forms
+//! Fan-out holds each record decoded in memory when it appends its body; the uplink reading it a
+//! few milliseconds later would otherwise parse the body straight back. [`SpoolHandle::append_decoded`]
+//! hands the decoded form (opaque here, [`Decoded`]) to the spool thread beside the body, and
+//! [`SpoolHandle::read_after_decoded`] returns it with the stored record, once. They are kept in
+//! memory only, bounded by [`DECODED_MAX_BYTES`] of the bodies they stand for, oldest dropped
+//! first: after a restart, a long outage or a second read of the same id the reader decodes the
+//! body, which stays the one source of truth. A decoded form is attached to a record only when
+//! the append stored every record of the batch (none dropped by the budget), in input order.
 
+use std::any::Any;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,11 +28,19 @@ use crate::config::{SpoolConfig, Stream};
 /// Commands waiting for the spool thread before senders wait.
 const COMMAND_CAPACITY: usize = 64;
 
+/// Decoded forms kept for records not read yet, counted in the body bytes they stand for: at most
+/// this many (4 MiB: a few hundred poll batches of 100 readings).
+pub const DECODED_MAX_BYTES: usize = 4 << 20;
+
+/// The decoded form of a record, handed from the appender to the reader (see the module docs).
+pub type Decoded = Arc<dyn Any + Send + Sync>;
+
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
 enum Command {
-    Append(Vec<NewRecord>, Reply<Vec<Appended>>),
+    Append(Vec<NewRecord>, Vec<Option<Decoded>>, Reply<Vec<Appended>>),
     ReadAfter(i64, usize, Reply<Vec<StoredRecord>>),
+    ReadAfterDecoded(i64, usize, Reply<Vec<(StoredRecord, Option<Decoded>)>>),
     Ack(Vec<i64>, Reply<u64>),
     MarkAttempt(Vec<i64>, Reply<()>),
     Stats(Reply<SpoolStats>),
@@ -82,7 +102,18 @@ impl SpoolHandle {
 
     /// Appends a batch in one transaction; returns after it committed. See [`Spool::append`].
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<Appended>, SpoolError> {
-        self.call(|reply| Command::Append(records, reply)).await
+        self.append_decoded(records, Vec::new()).await
+    }
+
+    /// [`append`](Self::append), handing over the decoded form of each record (`decoded[i]` for
+    /// `records[i]`; shorter or empty: none for the rest) for [`read_after_decoded`](Self::read_after_decoded).
+    pub async fn append_decoded(
+        &self,
+        records: Vec<NewRecord>,
+        decoded: Vec<Option<Decoded>>,
+    ) -> Result<Vec<Appended>, SpoolError> {
+        self.call(|reply| Command::Append(records, decoded, reply))
+            .await
     }
 
     /// Up to `limit` records with `id > after_id`, oldest first. See [`Spool::read_after`].
@@ -92,6 +123,17 @@ impl SpoolHandle {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, SpoolError> {
         self.call(|reply| Command::ReadAfter(after_id, limit, reply))
+            .await
+    }
+
+    /// [`read_after`](Self::read_after), each record with the decoded form its appender handed
+    /// over, if it is still kept; a decoded form is returned once.
+    pub async fn read_after_decoded(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(StoredRecord, Option<Decoded>)>, SpoolError> {
+        self.call(|reply| Command::ReadAfterDecoded(after_id, limit, reply))
             .await
     }
 
@@ -150,13 +192,68 @@ impl SpoolHandle {
     }
 }
 
+/// Decoded forms of appended records by id, with the body bytes each stands for.
+#[derive(Default)]
+struct DecodedForms {
+    by_id: BTreeMap<i64, (Decoded, usize)>,
+    bytes: usize,
+}
+
+impl DecodedForms {
+    /// Keep the decoded forms of a committed append. Only when every record was stored (the
+    /// budget dropped none of the batch) is `appended[i]` known to be `records[i]`.
+    fn keep(
+        &mut self,
+        streams_and_sizes: &[(Stream, usize)],
+        decoded: Vec<Option<Decoded>>,
+        appended: &[Appended],
+    ) {
+        if appended.len() != streams_and_sizes.len() {
+            return;
+        }
+        for ((a, (stream, size)), d) in appended.iter().zip(streams_and_sizes).zip(decoded) {
+            if let Some(d) = d
+                && a.stream == *stream
+            {
+                self.bytes += size;
+                if let Some((_, old)) = self.by_id.insert(a.id, (d, *size)) {
+                    self.bytes -= old;
+                }
+            }
+        }
+        while self.bytes > DECODED_MAX_BYTES {
+            match self.by_id.pop_first() {
+                Some((_, (_, size))) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+
+    fn take(&mut self, id: i64) -> Option<Decoded> {
+        let (d, size) = self.by_id.remove(&id)?;
+        self.bytes -= size;
+        Some(d)
+    }
+}
+
 /// The spool thread: serves commands in order until closed or every handle is gone.
 fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watch::Sender<i64>) {
+    let mut forms = DecodedForms::default();
     // A failed `send` on a reply only means the caller stopped waiting; the work is done anyway.
     while let Some(command) = commands.blocking_recv() {
         match command {
-            Command::Append(records, reply) => {
+            Command::Append(records, decoded, reply) => {
+                let sizes: Vec<(Stream, usize)> = if decoded.iter().any(Option::is_some) {
+                    records.iter().map(|r| (r.stream, r.body.len())).collect()
+                } else {
+                    Vec::new()
+                };
                 let result = spool.append(records);
+                if let Ok(stored) = &result
+                    && !sizes.is_empty()
+                {
+                    forms.keep(&sizes, decoded, stored);
+                }
                 if let Some(last) = result.as_ref().ok().and_then(|a| a.last()) {
                     appended.send_replace(last.id);
                 }
@@ -164,6 +261,18 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
             }
             Command::ReadAfter(after_id, limit, reply) => {
                 let _ = reply.send(spool.read_after(after_id, limit));
+            }
+            Command::ReadAfterDecoded(after_id, limit, reply) => {
+                let result = spool.read_after(after_id, limit).map(|records| {
+                    records
+                        .into_iter()
+                        .map(|r| {
+                            let d = forms.take(r.id);
+                            (r, d)
+                        })
+                        .collect()
+                });
+                let _ = reply.send(result);
             }
             Command::Ack(ids, reply) => {
                 let _ = reply.send(spool.ack(&ids));
@@ -260,6 +369,101 @@ mod tests {
             reopened.kv_get("bdseq".into()).await.unwrap(),
             Some(vec![9])
         );
+    }
+
+    fn decoded(n: u32) -> Option<Decoded> {
+        Some(Arc::new(n))
+    }
+
+    fn numbers(read: &[(StoredRecord, Option<Decoded>)]) -> Vec<(i64, Option<u32>)> {
+        read.iter()
+            .map(|(r, d)| {
+                (
+                    r.id,
+                    d.as_ref().and_then(|d| d.downcast_ref::<u32>()).copied(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn decoded_forms_come_back_with_their_own_records_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let handle = SpoolHandle::open(&dir.path().join("d.db"), &SpoolConfig::default()).unwrap();
+        handle.append(vec![rec(Stream::Live, 1)]).await.unwrap();
+        let batch = vec![
+            rec(Stream::Live, 2),
+            rec(Stream::Events, 3),
+            rec(Stream::Live, 4),
+        ];
+        handle
+            .append_decoded(batch, vec![decoded(20), None, decoded(40)])
+            .await
+            .unwrap();
+        // A plain read leaves them be.
+        assert_eq!(handle.read_after(0, 10).await.unwrap().len(), 4);
+        let first = handle.read_after_decoded(0, 2).await.unwrap();
+        assert_eq!(numbers(&first), vec![(1, None), (2, Some(20))]);
+        let rest = handle.read_after_decoded(2, 10).await.unwrap();
+        assert_eq!(numbers(&rest), vec![(3, None), (4, Some(40))]);
+        // Once: reading again (a rewind after a failed send) decodes the body.
+        let again = handle.read_after_decoded(0, 10).await.unwrap();
+        assert_eq!(
+            numbers(&again),
+            vec![(1, None), (2, None), (3, None), (4, None)]
+        );
+        // The bodies are what was appended, whichever way they were read.
+        assert_eq!(again[1].0.body, vec![2; 16]);
+    }
+
+    #[tokio::test]
+    async fn decoded_forms_are_bounded_and_skipped_when_the_budget_drops_part_of_a_batch() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let handle = SpoolHandle::open(&dir.path().join("e.db"), &SpoolConfig::default()).unwrap();
+        // Bodies of a quarter of the bound: only the last four appended keep their forms.
+        let big = |n: u8| NewRecord {
+            body: vec![n; DECODED_MAX_BYTES / 4],
+            ..rec(Stream::Live, n)
+        };
+        for n in 1..=6u8 {
+            handle
+                .append_decoded(vec![big(n)], vec![decoded(u32::from(n))])
+                .await
+                .unwrap();
+        }
+        let read = handle.read_after_decoded(0, 10).await.unwrap();
+        let kept: Vec<i64> = numbers(&read)
+            .into_iter()
+            .filter_map(|(id, d)| d.map(|_| id))
+            .collect();
+        assert_eq!(kept, vec![3, 4, 5, 6]);
+
+        // A budget that cannot hold the whole batch: no form is attached to a record it was not
+        // handed over with.
+        let small = SpoolConfig {
+            max_bytes: 100,
+            ..SpoolConfig::default()
+        };
+        let handle = SpoolHandle::open(&dir.path().join("f.db"), &small).unwrap();
+        let sized = |stream, n: u8| NewRecord {
+            body: vec![n; 40],
+            ..rec(stream, n)
+        };
+        let batch = vec![
+            sized(Stream::Live, 1),
+            sized(Stream::Emissions, 2),
+            sized(Stream::Emissions, 3),
+        ];
+        let stored = handle
+            .append_decoded(batch, vec![decoded(1), decoded(2), decoded(3)])
+            .await
+            .unwrap();
+        assert!(
+            stored.len() < 3,
+            "the budget dropped part of the batch: {stored:?}"
+        );
+        let read = handle.read_after_decoded(0, 10).await.unwrap();
+        assert!(read.iter().all(|(_, d)| d.is_none()));
     }
 
     #[tokio::test]

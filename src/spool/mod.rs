@@ -77,7 +77,7 @@ use std::path::PathBuf;
 use crate::config::Stream;
 use crate::model::Timestamp;
 
-pub use handle::SpoolHandle;
+pub use handle::{DECODED_MAX_BYTES, Decoded, SpoolHandle};
 pub use store::Spool;
 
 /// A record to append: what fan-out hands to an uplink's spool.
