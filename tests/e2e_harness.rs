@@ -32,6 +32,7 @@ fn params(target: Target) -> Params {
         replay_rate: 1000,
         spool_max_bytes: 64 << 20,
         spool_synchronous: "full".into(),
+        max_inflight: None,
         unserved_devices: 0,
     }
 }

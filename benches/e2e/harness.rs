@@ -82,6 +82,8 @@ pub struct Params {
     pub spool_max_bytes: u64,
     /// `[uplinks.spool] synchronous` of the agent: `"full"` or `"normal"`.
     pub spool_synchronous: String,
+    /// `max_inflight` of the agent's uplink (`None`: its default).
+    pub max_inflight: Option<u16>,
     /// The last this many devices are configured but not served (their unit ids answer with an
     /// exception): for checking that the harness notices incomplete delivery.
     pub unserved_devices: usize,
@@ -526,10 +528,14 @@ fn write_agent_config(p: &Params, plant: &Plant, broker: u16, http: u16, dir: &P
         ));
         first += names.len();
     }
+    let inflight = p
+        .max_inflight
+        .map(|n| format!("max_inflight = {n}\n"))
+        .unwrap_or_default();
     toml.push_str(&format!(
         "\n[[uplinks]]\nname = \"bench\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{broker}\"\n\
          streams = [\"live\"]\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
-         replay_rate = {}\n\n[uplinks.spool]\nmax_bytes = {}\nsynchronous = \"{}\"\n",
+         replay_rate = {}\n{inflight}\n[uplinks.spool]\nmax_bytes = {}\nsynchronous = \"{}\"\n",
         p.replay_rate, p.spool_max_bytes, p.spool_synchronous
     ));
     let path = dir.join("agent.toml");

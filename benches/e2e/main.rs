@@ -63,6 +63,9 @@ struct Args {
     /// `normal`.
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     spool_synchronous: String,
+    /// The agent uplink's `max_inflight` (unset: the agent's default).
+    #[arg(long)]
+    max_inflight: Option<u16>,
     /// What to run.
     #[arg(long, value_enum, default_value_t = Which::Both)]
     target: Which,
@@ -107,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             replay_rate: args.replay_rate,
             spool_max_bytes: args.spool_max_bytes,
             spool_synchronous: args.spool_synchronous.clone(),
+            max_inflight: args.max_inflight,
             unserved_devices: 0,
         };
         eprintln!(
