@@ -43,8 +43,11 @@ use crate::spool::{Decoded, NewRecord, SpoolHandle};
 const READINGS_CHANNEL: usize = 4096;
 /// How often the calculators are asked to close windows whose data stopped.
 const CALC_FLUSH_EVERY: Duration = Duration::from_secs(10);
-/// Largest number of batches appended to the spools in one transaction.
-const MAX_BATCHES_PER_APPEND: usize = 512;
+/// Largest number of batches appended to the spools in one transaction. The spool serves one
+/// command at a time, so an uplink's read waits for the append in progress: at 1,000 batches of
+/// 13 kB a second, bursts of 512 made transactions of about 45 ms that held fresh data back from
+/// the uplink (latency p50 about 85 ms; with 32 about 60 ms, at the same CPU, and 16 MB less RSS).
+const MAX_BATCHES_PER_APPEND: usize = 32;
 /// Capacity of the side entrance of the fan-out for events produced by the uplinks.
 const EVENTS_CHANNEL: usize = 256;
 
@@ -489,8 +492,8 @@ struct FanTarget {
 
 /// Route poll batches to every uplink's spool that carries the `live` stream.
 ///
-/// Batches that arrive together are appended in one transaction per spool: under load this turns
-/// many small fsyncs into few large ones. A spool that fails to append is logged loudly; the
+/// Batches that arrive together are appended in one transaction per spool, up to
+/// [`MAX_BATCHES_PER_APPEND`]: under load this turns many small fsyncs into few larger ones. A spool that fails to append is logged loudly; the
 /// records are retried on the next burst rather than dropped. `initial` records (the
 /// configuration change of the ledger) go first. Closed windows are stored in the history store
 /// and regulated records sealed into the ledger before they reach a spool.
