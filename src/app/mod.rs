@@ -599,6 +599,8 @@ async fn route(
     seals: &[Option<crate::ledger::LedgerRecord>],
 ) {
     let created = Timestamp::now();
+    // Decoded forms, made on first use and shared by every uplink that takes them.
+    let mut shared: Vec<Option<Decoded>> = vec![None; records.len()];
     for target in targets {
         let mut new = Vec::with_capacity(records.len());
         let mut decoded = Vec::new();
@@ -620,9 +622,14 @@ async fn route(
             };
             if target.hand_over_decoded {
                 // Poll batches are the bulk of the traffic. A sealed record's payload carries its
-                // seal, which only the body has.
-                let hand_over = seal.is_none() && record.is_batch_exact_in_json();
-                decoded.push(hand_over.then(|| Arc::new(record.clone()) as Decoded));
+                // seal, which only the body has. Whether a form may stand in for its body is the
+                // uplink's call (`Record::is_batch_exact_in_json`).
+                let hand_over = seal.is_none() && matches!(record, Record::Batch(_));
+                decoded.push(hand_over.then(|| {
+                    shared[i]
+                        .get_or_insert_with(|| Arc::new(record.clone()) as Decoded)
+                        .clone()
+                }));
             }
             new.push(NewRecord {
                 stream,
