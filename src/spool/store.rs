@@ -532,16 +532,30 @@ impl Spool {
         let mut removed = 0;
         let path = self.path.clone();
         let err = |e| classify(&path, e);
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let tx = self.conn.transaction().map_err(err)?;
         {
-            let sql = format!("DELETE FROM records WHERE id = ?1 RETURNING stream, {ROW_BYTES}");
+            // Acks come in runs of consecutive ids (PUBACKs arrive in publish order): one range
+            // delete per run instead of one statement per id.
+            let sql = format!(
+                "DELETE FROM records WHERE id BETWEEN ?1 AND ?2 RETURNING stream, {ROW_BYTES}"
+            );
             let mut delete = tx.prepare_cached(&sql).map_err(err)?;
-            for id in ids {
-                let gone = delete
-                    .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                    .optional()
-                    .map_err(err)?;
-                if let Some((name, bytes)) = gone {
+            let mut rest = sorted.as_slice();
+            while let Some(&first) = rest.first() {
+                let run = rest
+                    .iter()
+                    .zip(first..)
+                    .take_while(|(id, expected)| **id == *expected)
+                    .count();
+                let last = rest[run - 1];
+                rest = &rest[run..];
+                let mut rows = delete.query(params![first, last]).map_err(err)?;
+                while let Some(row) = rows.next().map_err(err)? {
+                    let name: String = row.get(0).map_err(err)?;
+                    let bytes: i64 = row.get(1).map_err(err)?;
                     let s = &mut streams[index(parse_stream(&path, &name)?)];
                     s.records = s.records.saturating_sub(1);
                     s.bytes = s.bytes.saturating_sub(non_negative(&path, "size", bytes)?);
@@ -882,6 +896,46 @@ mod tests {
         assert_eq!(left, vec![1, 3, 5]);
         let stats = spool.stats().unwrap();
         assert_eq!((stats.records, stats.bytes), (3, 90));
+    }
+
+    #[test]
+    fn ack_deletes_runs_of_ids_in_any_order_and_keeps_the_totals_per_stream() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        // ids 1..=12, alternating live (odd) and metrics (even), 40 bytes each.
+        spool
+            .append(
+                (0..12u8)
+                    .map(|n| {
+                        let stream = if n % 2 == 0 {
+                            Stream::Live
+                        } else {
+                            Stream::Metrics
+                        };
+                        rec(stream, n, 40)
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        // Two runs (3..=6 and 9..=10) given out of order with a duplicate, a lone id, and ids
+        // that are not in the spool (0, 13, 20) next to the runs.
+        assert_eq!(spool.ack(&[6, 4, 10, 3, 5, 9, 5, 1, 13, 0, 20]).unwrap(), 7);
+        let left: Vec<i64> = spool
+            .read_after(0, 20)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, vec![2, 7, 8, 11, 12]);
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.bytes), (5, 200));
+        // Left: live 7, 11; metrics 2, 8, 12.
+        let per_stream: Vec<(Stream, u64)> = stats
+            .per_stream
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(per_stream, vec![(Stream::Live, 2), (Stream::Metrics, 3)]);
     }
 
     #[test]
