@@ -815,6 +815,12 @@ mod tests {
         Spool::open(&dir.path().join("spool/plant.db"), &cfg(max_bytes)).unwrap()
     }
 
+    /// Ids of every record waiting, oldest first.
+    fn ids_of(spool: &Spool) -> Vec<i64> {
+        let all = spool.read_after(0, usize::MAX).unwrap();
+        all.iter().map(|r| r.id).collect()
+    }
+
     fn seqs_of(spool: &Spool, stream: Stream) -> Vec<u64> {
         spool
             .read_after(0, usize::MAX)
@@ -887,13 +893,7 @@ mod tests {
         assert_eq!(spool.ack(&[2, 4, 99, 2]).unwrap(), 2);
         assert_eq!(spool.ack(&[2, 4]).unwrap(), 0);
         assert_eq!(spool.ack(&[]).unwrap(), 0);
-        let left: Vec<i64> = spool
-            .read_after(0, 10)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(left, vec![1, 3, 5]);
+        assert_eq!(ids_of(&spool), vec![1, 3, 5]);
         let stats = spool.stats().unwrap();
         assert_eq!((stats.records, stats.bytes), (3, 90));
     }
@@ -920,13 +920,7 @@ mod tests {
         // Two runs (3..=6 and 9..=10) given out of order with a duplicate, a lone id, and ids
         // that are not in the spool (0, 13, 20) next to the runs.
         assert_eq!(spool.ack(&[6, 4, 10, 3, 5, 9, 5, 1, 13, 0, 20]).unwrap(), 7);
-        let left: Vec<i64> = spool
-            .read_after(0, 20)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(left, vec![2, 7, 8, 11, 12]);
+        assert_eq!(ids_of(&spool), vec![2, 7, 8, 11, 12]);
         let stats = spool.stats().unwrap();
         assert_eq!((stats.records, stats.bytes), (5, 200));
         // Left: live 7, 11; metrics 2, 8, 12.
