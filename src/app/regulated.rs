@@ -166,12 +166,23 @@ impl Regulator {
         if kept.is_empty() && sealed.is_empty() {
             return seals;
         }
+        // Retention is measured on the clock the records were made by: the newest window's end or
+        // figure's time. On a plant that is the wall clock; under `[calc.simulated_time]` it is the
+        // plant's clock, by which windows a year in the past are this hour's, not expired ones.
+        let now = kept
+            .iter()
+            .filter_map(|r| match r {
+                Record::Aggregate(a) => Some(a.end),
+                Record::Metrics(m) => Some(m.ts),
+                Record::Batch(_) | Record::Event(_) => None,
+            })
+            .max()
+            .unwrap_or_else(Timestamp::now);
         let (kept, sealed) = (Arc::new(kept), Arc::new(sealed));
         let mut delay = Duration::from_millis(100);
         loop {
             let (store, k, s) = (store.clone(), kept.clone(), sealed.clone());
-            let result =
-                tokio::task::spawn_blocking(move || store.store(&k, &s, Timestamp::now())).await;
+            let result = tokio::task::spawn_blocking(move || store.store(&k, &s, now)).await;
             match result {
                 Ok(Ok(_)) => return seals,
                 Ok(Err(e)) => tracing::error!("history store failed, retrying in {delay:?}: {e}"),
@@ -306,5 +317,28 @@ mod tests {
             .process(&[aggregate(Period::Hour), event(CONFIG_CHANGE)])
             .await;
         assert_eq!(seals, vec![None, None]);
+    }
+
+    #[tokio::test]
+    async fn retention_runs_on_the_records_clock_so_simulated_hours_are_kept() {
+        // Windows of a simulated plant, made long before the wall clock's now (1970 here): the
+        // first store of a run prunes, and must not take them for expired.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::HistoryConfig {
+            path: dir.path().join("history.db"),
+            minute_retention: Duration::from_secs(3600),
+            hour_retention: Duration::from_secs(86_400),
+            day_retention: Duration::from_secs(30 * 86_400),
+        };
+        let store = Arc::new(HistoryStore::open(&cfg).unwrap());
+        let mut r = Regulator {
+            history: Some(store.clone()),
+            ledger: None,
+        };
+        r.process(&[aggregate(Period::Hour)]).await;
+        let hours = store
+            .windows_between(Period::Hour, Timestamp(0), Timestamp(0))
+            .unwrap();
+        assert_eq!(hours.len(), 1, "the hour was pruned by the wall clock");
     }
 }
