@@ -106,6 +106,7 @@ fn potline() -> Vec<SourceConfig> {
             reconnect_max: Duration::from_secs(60),
             breaker_failures: 3,
             breaker_probe_interval: Duration::from_secs(30),
+            poll_offset: Duration::ZERO,
             devices: (0..POTS_PER_SOURCE)
                 .map(|d| pot(s * POTS_PER_SOURCE + d))
                 .collect(),

@@ -106,7 +106,7 @@ fn unknown_key_names_the_key_path_line_and_column() {
         "inline/smeltwatch.toml:5:1: sources[0].colour: unknown field `colour`, expected one of \
          `name`, `tcp`, `rtu_over_tcp`, `serial`, `timeout`, `inter_request_gap`, `reconnect_min`, \
          `reconnect_max`, `breaker_failures`, `breaker_probe_interval`, `default_poll`, \
-         `max_registers_per_read`, `max_bits_per_read`, `max_gap_registers`, `devices`"
+         `poll_offset`, `max_registers_per_read`, `max_bits_per_read`, `max_gap_registers`, `devices`"
     );
 }
 
@@ -300,6 +300,60 @@ broker = "mqtt://broker"
     assert_eq!(mqtt.reconnect_max, Duration::from_secs(30));
     assert_eq!(mqtt.topics, config::TopicTemplates::default());
     assert!(mqtt.username.is_none() && mqtt.password.is_none());
+}
+
+#[test]
+fn sources_are_spread_over_their_shortest_poll_interval_unless_an_offset_is_given() {
+    let source = |name: &str, extra: &str| {
+        format!(
+            "[[sources]]\nname = \"{name}\"\ntcp = \"plc:502\"\n{extra}\n[[sources.devices]]\n\
+             name = \"{name}_d\"\nunit_id = 1\n\
+             points.fast = {{ area = \"holding\", address = 0, type = \"u16\", poll = \"2s\" }}\n\
+             points.slow = {{ area = \"holding\", address = 1, type = \"u16\", poll = \"1m\" }}\n"
+        )
+    };
+    let offsets =
+        |cfg: &Config| -> Vec<Duration> { cfg.sources.iter().map(|s| s.poll_offset).collect() };
+
+    // Four sources, none configured: 0, 1/4, 2/4 and 3/4 of the shortest interval (2 s).
+    let spread = parse_ok(&format!(
+        "site = \"t\"\n{}{}{}{}",
+        source("a", ""),
+        source("b", ""),
+        source("c", ""),
+        source("d", "")
+    ));
+    assert_eq!(
+        offsets(&spread),
+        [0, 500, 1000, 1500].map(Duration::from_millis)
+    );
+
+    // An explicit offset wins; the others keep their place in the spread.
+    let mixed = parse_ok(&format!(
+        "site = \"t\"\n{}{}",
+        source("a", "poll_offset = \"1200ms\""),
+        source("b", "")
+    ));
+    assert_eq!(offsets(&mixed), [1200, 1000].map(Duration::from_millis));
+
+    // `0s` everywhere puts every source on the same instant.
+    let aligned = parse_ok(&format!(
+        "site = \"t\"\n{}{}",
+        source("a", "poll_offset = \"0s\""),
+        source("b", "poll_offset = \"0s\"")
+    ));
+    assert_eq!(offsets(&aligned), [Duration::ZERO; 2]);
+
+    // An offset of a whole interval or more is not an offset.
+    let err = parse_err(&format!(
+        "site = \"t\"\n{}",
+        source("a", "poll_offset = \"2s\"")
+    ));
+    assert_eq!(
+        err.to_string(),
+        "inline/smeltwatch.toml:5:15: sources[0].poll_offset: poll_offset (2s) must be shorter than the \
+         source's shortest poll interval (2s)"
+    );
 }
 
 #[test]

@@ -33,6 +33,7 @@ fn params(target: Target) -> Params {
         spool_max_bytes: 64 << 20,
         spool_synchronous: "full".into(),
         max_inflight: None,
+        aligned: false,
         unserved_devices: 0,
     }
 }

@@ -177,6 +177,58 @@ type = "bool"
 }
 
 #[tokio::test]
+async fn a_source_with_a_poll_offset_runs_its_schedule_that_much_later() {
+    let shutdown = CancellationToken::new();
+    let dev = device("pcu");
+    dev.set_holding(0, &[4000]);
+    let port = serve(UnitMap::from([(1, dev)]), &shutdown).await;
+    let source = |name: &str, offset: &str| {
+        format!(
+            r#"
+[[sources]]
+name = "{name}"
+tcp = "127.0.0.1:{port}"
+default_poll = "1s"
+poll_offset = "{offset}"
+[[sources.devices]]
+name = "{name}_pcu"
+unit_id = 1
+points.cell_voltage_mv = {{ area = "holding", address = 0, type = "u16" }}
+"#
+        )
+    };
+    let cfg = parse(&format!(
+        "site = \"t\"\n{}{}",
+        source("early", "0s"),
+        source("late", "400ms")
+    ));
+    let started = tokio::time::Instant::now();
+    let (mut rx, _stats) = start_pollers(&cfg, &shutdown);
+    let got = collect(&mut rx, |d| {
+        d.values().filter(|b| b.len() >= 2).count() == 2
+    })
+    .await;
+    shutdown.cancel();
+    let (early, late) = (&got["early_pcu"], &got["late_pcu"]);
+    // The late source's first cycle was not read before its offset had passed.
+    assert!(
+        late[0].readings[0].ts.0 >= late[0].scheduled.0,
+        "{:?}",
+        late[0]
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    // Both schedules keep the period; the late one sits 400 ms after the early one (both pollers
+    // take their start within a few milliseconds of each other).
+    for k in 0..2 {
+        let behind = late[k].scheduled.0 - early[k].scheduled.0;
+        assert!((400..450).contains(&behind), "cycle {k}: {behind} ms");
+        assert_eq!(early[1].scheduled.0 - early[0].scheduled.0, 1000);
+        assert_eq!(late[1].scheduled.0 - late[0].scheduled.0, 1000);
+        assert_eq!(value_of(&late[k], "cell_voltage_mv").1, Quality::Good);
+    }
+}
+
+#[tokio::test]
 async fn exception_marks_only_the_points_of_the_refused_request() {
     let shutdown = CancellationToken::new();
     let dev = device("pcu");

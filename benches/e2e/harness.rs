@@ -84,6 +84,9 @@ pub struct Params {
     pub spool_synchronous: String,
     /// `max_inflight` of the agent's uplink (`None`: its default).
     pub max_inflight: Option<u16>,
+    /// Every source polls on the same instant (`poll_offset = "0s"` on each, and the reference's
+    /// endpoints alike) instead of the agent's default spread of sources over the interval.
+    pub aligned: bool,
     /// The last this many devices are configured but not served (their unit ids answer with an
     /// exception): for checking that the harness notices incomplete delivery.
     pub unserved_devices: usize,
@@ -519,10 +522,15 @@ fn write_agent_config(p: &Params, plant: &Plant, broker: u16, http: u16, dir: &P
          [register_maps.synth]\ncsv = \"synth.csv\"\n"
     );
     let mut first = 1;
+    let offset = if p.aligned {
+        "poll_offset = \"0s\"\n"
+    } else {
+        ""
+    };
     for (addr, source, names) in &plant.endpoints {
         toml.push_str(&format!(
             "\n[[sources]]\nname = \"{source}\"\ntcp = \"{addr}\"\ntimeout = \"1s\"\n\
-             default_poll = \"{poll}\"\n\n[[sources.devices]]\nname = \"dev{{n:04}}\"\n\
+             default_poll = \"{poll}\"\n{offset}\n[[sources.devices]]\nname = \"dev{{n:04}}\"\n\
              count = {}\nfirst_index = {first}\nunit_id = 1\nmap = \"synth\"\n",
             names.len()
         ));
@@ -675,6 +683,7 @@ fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow::Result<Ref
     let endpoints = plant.endpoints.clone();
     let registers = p.registers;
     let interval = p.interval;
+    let aligned = p.aligned;
     let stop = CancellationToken::new();
     let thread_stop = stop.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -693,6 +702,7 @@ fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow::Result<Ref
                 endpoints,
                 registers,
                 interval,
+                aligned,
                 broker,
                 thread_stop,
             ))
@@ -705,11 +715,13 @@ fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow::Result<Ref
     Ok(Reference { thread, stat, stop })
 }
 
-/// Returns the number of skipped (late) ticks.
+/// Returns the number of skipped (late) ticks. Unless `aligned`, endpoint `i` of `n` starts
+/// `i / n` of the interval after the first, as the agent spreads its sources by default.
 async fn reference_loop(
     endpoints: Vec<(SocketAddr, String, Vec<String>)>,
     registers: u16,
     interval: Duration,
+    aligned: bool,
     broker: u16,
     stop: CancellationToken,
 ) -> u64 {
@@ -733,7 +745,13 @@ async fn reference_loop(
     });
     let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for (addr, source, devices) in endpoints {
+    let n = endpoints.len() as u32;
+    for (i, (addr, source, devices)) in endpoints.into_iter().enumerate() {
+        let offset = if aligned {
+            Duration::ZERO
+        } else {
+            interval * i as u32 / n
+        };
         let client = client.clone();
         let stop = stop.clone();
         let late = late.clone();
@@ -741,9 +759,9 @@ async fn reference_loop(
             let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
             stream.set_nodelay(true).expect("nodelay");
             let mut ctx = tokio_modbus::client::tcp::attach(stream);
-            let start = tokio::time::Instant::now();
-            let wall = Timestamp::now();
-            let mut tick = tokio::time::interval(interval);
+            let start = tokio::time::Instant::now() + offset;
+            let wall = Timestamp(Timestamp::now().0 + offset.as_millis() as i64);
+            let mut tick = tokio::time::interval_at(start, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let interval_ms = interval.as_millis() as u64;
             let mut expected_next = start;

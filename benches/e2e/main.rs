@@ -66,6 +66,10 @@ struct Args {
     /// The agent uplink's `max_inflight` (unset: the agent's default).
     #[arg(long)]
     max_inflight: Option<u16>,
+    /// Poll every source (and every endpoint of the reference) on the same instant, instead of
+    /// the agent's default spread of sources over the interval.
+    #[arg(long)]
+    aligned: bool,
     /// What to run.
     #[arg(long, value_enum, default_value_t = Which::Both)]
     target: Which,
@@ -111,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             spool_max_bytes: args.spool_max_bytes,
             spool_synchronous: args.spool_synchronous.clone(),
             max_inflight: args.max_inflight,
+            aligned: args.aligned,
             unserved_devices: 0,
         };
         eprintln!(

@@ -159,6 +159,8 @@ pub(crate) struct RawSource {
     pub(crate) breaker_probe_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) default_poll: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) poll_offset: Option<Duration>,
     pub(crate) max_registers_per_read: Option<u32>,
     pub(crate) max_bits_per_read: Option<u32>,
     pub(crate) max_gap_registers: Option<u16>,

@@ -261,6 +261,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         }
         sources.push(b.source(i, source, &source_path, &maps, &mut expanded));
     }
+    b.poll_offsets(&raw.sources, &mut sources, &root);
     b.site_wide_device_checks(&raw.sources, &expanded);
 
     let mut uplinks = Vec::new();
@@ -666,7 +667,43 @@ impl Builder<'_, '_> {
             reconnect_max,
             breaker_failures,
             breaker_probe_interval,
+            // Resolved by `poll_offsets` once every source is known.
+            poll_offset: Duration::ZERO,
             devices,
+        }
+    }
+
+    /// Each source's `poll_offset`: the configured one, checked against the source's shortest
+    /// poll interval, or source `i` of `n` at `i / n` of that interval (see
+    /// [`SourceConfig::poll_offset`]).
+    fn poll_offsets(&mut self, raw: &[RawSource], sources: &mut [SourceConfig], root: &KeyPath) {
+        let n = sources.len() as u32;
+        for (i, (raw, source)) in raw.iter().zip(sources.iter_mut()).enumerate() {
+            let Some(shortest) = source
+                .devices
+                .iter()
+                .flat_map(|d| &d.points)
+                .map(|p| p.poll_interval)
+                .min()
+            else {
+                // No points: nothing is scheduled, any given offset is moot.
+                continue;
+            };
+            source.poll_offset = match raw.poll_offset {
+                Some(offset) if offset >= shortest => {
+                    self.report.at(
+                        &root.key("sources").index(i).key("poll_offset"),
+                        format!(
+                            "poll_offset ({}) must be shorter than the source's shortest poll interval ({})",
+                            humantime::format_duration(offset),
+                            humantime::format_duration(shortest)
+                        ),
+                    );
+                    offset
+                }
+                Some(offset) => offset,
+                None => shortest * i as u32 / n,
+            };
         }
     }
 

@@ -703,6 +703,7 @@ mod tests {
             reconnect_max: MINUTE,
             breaker_failures: 3,
             breaker_probe_interval: MINUTE,
+            poll_offset: Duration::ZERO,
             devices,
         }
     }

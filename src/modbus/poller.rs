@@ -3,7 +3,9 @@
 //! # Schedule
 //! Every (device, poll class) pair is a *job* with a period. All jobs of a connection share one
 //! deterministic, deadline-based schedule: job `j` is due at `start + k × period_j` for
-//! k = 0, 1, 2, … and nothing else moves those deadlines, so the schedule never drifts. Jobs due at
+//! k = 0, 1, 2, … and nothing else moves those deadlines, so the schedule never drifts. `start` is
+//! the poller's start plus the source's `poll_offset`, which spreads the sources of one agent
+//! over their poll interval. Jobs due at
 //! the same instant run in configuration order. When a job is picked up after its *next* deadline
 //! has already passed (the bus was too slow, or a device took its whole timeout), the missed
 //! deadlines are skipped and counted as late ticks; the cycle that does run is never repeated to
@@ -157,12 +159,14 @@ impl Poller {
         }
         let mut conn = Connection::new(&source, stats.clone());
         let mut health = vec![DeviceHealth::default(); source.devices.len()];
-        let start = Instant::now();
+        // The schedule starts `poll_offset` from now (the sources of one agent are spread over
+        // their poll interval unless configured otherwise).
+        let start = Instant::now() + source.poll_offset;
         // Min-heap of (deadline, job index). The job index breaks ties, so jobs due together run in
         // configuration order and the schedule is deterministic.
         let mut heap: BinaryHeap<Reverse<(Instant, usize)>> =
             (0..plans.len()).map(|j| Reverse((start, j))).collect();
-        let wall_start = Timestamp::now();
+        let wall_start = Timestamp(Timestamp::now().0 + source.poll_offset.as_millis() as i64);
         let mut readings = Vec::new();
 
         while let Some(Reverse((due, job))) = heap.pop() {
