@@ -1,4 +1,5 @@
-//! The command-line contract: `probe` against a live device, `spool stats` and `spool export`.
+//! The command-line contract: `probe` against a live device, `spool stats` and `spool export`,
+//! global options.
 
 use std::process::Command;
 
@@ -18,6 +19,20 @@ fn smeltwatch(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[test]
+fn worker_threads_is_a_global_option_of_at_least_one() {
+    let (ok, stdout, stderr) =
+        smeltwatch(&["check", "-c", "config/demo.toml", "--worker-threads", "1"]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.is_empty());
+    let (ok, _, stderr) = smeltwatch(&["--worker-threads", "0", "check", "-c", "config/demo.toml"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("invalid value '0' for '--worker-threads <WORKER_THREADS>'"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
