@@ -702,7 +702,10 @@ impl Builder<'_, '_> {
                     offset
                 }
                 Some(offset) => offset,
-                None => shortest * i as u32 / n,
+                // Whole milliseconds: scheduled times are.
+                None => {
+                    Duration::from_millis((shortest.as_millis() * i as u128 / u128::from(n)) as u64)
+                }
             };
         }
     }

@@ -276,12 +276,13 @@ impl fmt::Display for PlanReport<'_> {
 
         writeln!(
             f,
-            "source {} ({}): {} device{}, timeout {}",
+            "source {} ({}): {} device{}, timeout {}, poll offset {}",
             source.name,
             transport_text(&source.transport),
             source.devices.len(),
             plural(source.devices.len()),
             humantime::format_duration(source.timeout),
+            humantime::format_duration(source.poll_offset),
         )?;
         writeln!(
             f,
@@ -728,12 +729,15 @@ mod tests {
         odd.name = "rectifier".into();
         odd.unit_id = 1;
         devices.push(odd);
-        let src = source(devices);
+        let mut src = source(devices);
+        src.poll_offset = Duration::from_millis(250);
         let plans = plan_source(&src);
         let text = render_plan(&src, &plans);
 
         assert!(
-            text.contains("source potline1 (tcp 10.0.0.5:502): 5 devices"),
+            text.contains(
+                "source potline1 (tcp 10.0.0.5:502): 5 devices, timeout 500ms, poll offset 250ms"
+            ),
             "{text}"
         );
         assert!(
