@@ -4,12 +4,11 @@
 //! Every (device, poll class) pair is a *job* with a period. All jobs of a connection share one
 //! deterministic, deadline-based schedule: job `j` is due at `start + k × period_j` for
 //! k = 0, 1, 2, … and nothing else moves those deadlines, so the schedule never drifts. `start` is
-//! the poller's start plus the source's `poll_offset`, which spreads the sources of one agent
-//! over their poll interval. Jobs due at
-//! the same instant run in configuration order. When a job is picked up after its *next* deadline
-//! has already passed (the bus was too slow, or a device took its whole timeout), the missed
-//! deadlines are skipped and counted as late ticks; the cycle that does run is never repeated to
-//! catch up.
+//! the poller's start plus the source's `poll_offset`, which spreads the sources of one agent over
+//! their poll interval. Jobs due at the same instant run in configuration order. When a job is
+//! picked up after its *next* deadline has already passed (the bus was too slow, or a device took
+//! its whole timeout), the missed deadlines are skipped and counted as late ticks; the cycle that
+//! does run is never repeated to catch up.
 //!
 //! # One request in flight
 //! tokio-modbus takes `&mut self` per call, so a connection has exactly one outstanding request,
