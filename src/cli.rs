@@ -165,7 +165,9 @@ pub enum SpoolCommand {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Print the records waiting in an uplink's spool as JSON lines (oldest first).
+    /// Print the records waiting in an uplink's spool as JSON lines (oldest first): id, stream,
+    /// seq, topic, created, attempts and the record as JSON (`{"undecodable": why}` for a body
+    /// that cannot be decoded).
     Export {
         /// Configuration file.
         #[arg(short, long)]
@@ -458,8 +460,8 @@ fn spool_command(action: SpoolCommand) -> anyhow::Result<ExitCode> {
                 let Some(last) = batch.last() else { break };
                 after = last.id;
                 for r in &batch {
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+                    let body = crate::publish::body::to_json(&r.body)
+                        .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }));
                     let line = serde_json::json!({
                         "id": r.id,
                         "stream": r.stream.as_str(),

@@ -4,7 +4,8 @@
 use std::process::Command;
 
 use smeltwatch::config::{SpoolConfig, Stream};
-use smeltwatch::model::Timestamp;
+use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
+use smeltwatch::publish::body;
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, Spool};
 use tokio_util::sync::CancellationToken;
@@ -143,13 +144,38 @@ broker = "mqtt://127.0.0.1:1883"
         })
         .collect();
     spool.append(records).unwrap();
+    // What the agent writes (the binary form), and a body nothing can decode.
+    let batch = Record::Batch(ReadingBatch {
+        source: "bus".into(),
+        device: "meter".into(),
+        unit_id: 1,
+        poll_interval_ms: 1000,
+        scheduled: Timestamp(1_795_000_001_000),
+        readings: vec![Reading {
+            point: "power_mw".into(),
+            value: Some(Value::Float(41.5)),
+            unit: "MW".into(),
+            quality: Quality::Good,
+            ts: Timestamp(1_795_000_001_012),
+        }],
+    });
+    let more = [body::encode(&batch), vec![0x7f, 0, 0]]
+        .into_iter()
+        .map(|body| NewRecord {
+            stream: Stream::Live,
+            topic: "smeltwatch/s/live/bus/meter".into(),
+            body,
+            created: Timestamp(1_795_000_001_100),
+        })
+        .collect();
+    spool.append(more).unwrap();
     spool.close().unwrap();
 
     let cfg = config.to_str().unwrap();
     let (ok, stdout, stderr) = smeltwatch(&["spool", "stats", "-c", cfg]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("plant        3 records"), "{stdout}");
-    assert!(stdout.contains("live=3"), "{stdout}");
+    assert!(stdout.contains("plant        5 records"), "{stdout}");
+    assert!(stdout.contains("live=5"), "{stdout}");
 
     let (ok, stdout, stderr) = smeltwatch(&["spool", "export", "-c", cfg]);
     assert!(ok, "{stderr}");
@@ -157,10 +183,17 @@ broker = "mqtt://127.0.0.1:1883"
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 5);
     assert_eq!(lines[2]["seq"], 3);
     assert_eq!(lines[2]["topic"], "smeltwatch/s/live/bus/meter2");
     assert_eq!(lines[0]["record"]["kind"], "batch");
+    // A binary body is shown as its record's JSON; an undecodable one says why.
+    assert_eq!(lines[3]["record"], serde_json::to_value(&batch).unwrap());
+    assert_eq!(lines[3]["record"]["readings"][0]["value"], 41.5);
+    assert_eq!(
+        lines[4]["record"]["undecodable"],
+        "unknown body form (first byte 0x7f)"
+    );
 }
 
 #[test]

@@ -14,9 +14,9 @@
 //!   runtime: a bare tokio-modbus client per endpoint and one bare rumqttc client publishing the
 //!   same JSON bytes at QoS 1, so its CPU time is that thread's alone).
 //!
-//! After `warmup` it measures for `duration`: CPU time of the target (`/proc/<pid>/stat`, or the
-//! reference thread's `/proc/<pid>/task/<tid>/stat`), RSS (`VmRSS` samples, `VmHWM`), and the
-//! subscriber's view of every cycle scheduled inside the window. Latency is measured from the
+//! After `warmup` it measures for `duration`: CPU time of the target (the nanoseconds on CPU in
+//! `schedstat` of every thread of the agent's process, or of the reference thread), RSS (`VmRSS`
+//! samples, `VmHWM`), and the subscriber's view of every cycle scheduled inside the window. Latency is measured from the
 //! reading's acquisition timestamp (`ts_ms`) to the message's arrival at the subscriber, an upper
 //! bound of acquisition-to-PUBACK (the broker acknowledges before it forwards).
 //!
@@ -477,26 +477,37 @@ fn latency(mut l: Vec<i64>) -> Latency {
 // ------------------------------------------------------------------------------------------------
 // /proc.
 
-fn clock_ticks_per_s() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+/// On-CPU time of every thread under a `/proc/.../task` directory, in nanoseconds, by thread id:
+/// the first field of each thread's `schedstat`, which the scheduler keeps in nanoseconds (the
+/// `utime`/`stime` of `stat` count 10 ms clock ticks, too coarse for a gateway that uses a few
+/// milliseconds of CPU a second).
+fn threads_cpu_ns(task_dir: &Path) -> anyhow::Result<HashMap<u32, u64>> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(task_dir)? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A thread may exit between the listing and the read.
+        if let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat"))
+            && let Some(ns) = text.split_whitespace().next().and_then(|f| f.parse().ok())
+        {
+            out.insert(tid, ns);
+        }
+    }
+    Ok(out)
 }
 
-/// utime + stime of a `stat` file, in seconds.
-fn cpu_s(stat_path: &Path, hz: f64) -> anyhow::Result<f64> {
-    let text = std::fs::read_to_string(stat_path)?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &text[text.rfind(')').ok_or_else(|| anyhow::anyhow!("bad stat"))? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime 15.
-    let utime: f64 = f[11].parse()?;
-    let stime: f64 = f[12].parse()?;
-    Ok((utime + stime) / hz)
+/// CPU seconds the threads used between two [`threads_cpu_ns`] readings: a thread that started in
+/// between counts in full; one that exited in between is missing its share after the first
+/// reading, and is counted in the second result.
+fn cpu_between(from: &HashMap<u32, u64>, to: &HashMap<u32, u64>) -> (f64, usize) {
+    let ns: u64 = to
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(from.get(tid).copied().unwrap_or(0)))
+        .sum();
+    let exited = from.keys().filter(|tid| !to.contains_key(tid)).count();
+    (ns as f64 / 1e9, exited)
 }
 
 /// A `kB` line of `/proc/<pid>/status`, in MB.
@@ -631,7 +642,8 @@ fn metric_sum(http_port: u16, name: &str) -> Option<u64> {
 
 struct Reference {
     thread: std::thread::JoinHandle<u64>,
-    stat: PathBuf,
+    /// `/proc/<pid>/task/<tid>` of the reference thread.
+    thread_dir: PathBuf,
     stop: CancellationToken,
 }
 
@@ -690,8 +702,9 @@ fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow::Result<Ref
     let thread = std::thread::Builder::new()
         .name("reference".into())
         .spawn(move || {
+            // `/proc/thread-self` is `<pid>/task/<tid>`: this thread alone.
             let me = std::fs::read_link("/proc/thread-self")
-                .map(|p| Path::new("/proc").join(p).join("stat"))
+                .map(|p| Path::new("/proc").join(p))
                 .unwrap_or_default();
             let _ = tx.send(me);
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -707,12 +720,16 @@ fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow::Result<Ref
                 thread_stop,
             ))
         })?;
-    let stat = rx.recv()?;
+    let thread_dir = rx.recv()?;
     anyhow::ensure!(
-        !stat.as_os_str().is_empty(),
+        !thread_dir.as_os_str().is_empty(),
         "cannot find the reference thread's /proc entry"
     );
-    Ok(Reference { thread, stat, stop })
+    Ok(Reference {
+        thread,
+        thread_dir,
+        stop,
+    })
 }
 
 /// Returns the number of skipped (late) ticks. Unless `aligned`, endpoint `i` of `n` starts
@@ -822,10 +839,19 @@ enum Running {
 }
 
 impl Running {
-    fn cpu_s(&self, hz: f64) -> anyhow::Result<f64> {
+    /// On-CPU nanoseconds of the target's threads (the agent's process, the reference's thread).
+    fn cpu_ns(&self) -> anyhow::Result<HashMap<u32, u64>> {
         match self {
-            Running::Agent(a) => cpu_s(Path::new(&format!("/proc/{}/stat", a.child.id())), hz),
-            Running::Reference(r) => cpu_s(&r.stat, hz),
+            Running::Agent(a) => threads_cpu_ns(Path::new(&format!("/proc/{}/task", a.child.id()))),
+            Running::Reference(r) => {
+                let text = std::fs::read_to_string(r.thread_dir.join("schedstat"))?;
+                let ns = text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|f| f.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("bad schedstat: {text:?}"))?;
+                Ok(HashMap::from([(0, ns)]))
+            }
         }
     }
 
@@ -867,7 +893,6 @@ async fn watch(running: &mut Running, d: Duration, rss: &mut Vec<f64>) -> anyhow
 
 /// Run one measurement.
 pub async fn run(p: &Params) -> anyhow::Result<Report> {
-    let hz = clock_ticks_per_s();
     let interval_ms = p.interval.as_millis() as i64;
     anyhow::ensure!(interval_ms > 0, "--interval must be at least 1 ms");
     let plant = start_plant(p).await?;
@@ -892,11 +917,11 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
     let mut warm_rss = Vec::new();
     watch(&mut running, p.warmup, &mut warm_rss).await?;
     let from = now_ms();
-    let cpu0 = running.cpu_s(hz)?;
+    let cpu0 = running.cpu_ns()?;
     let t0 = Instant::now();
     let mut rss = Vec::new();
     watch(&mut running, p.duration, &mut rss).await?;
-    let cpu1 = running.cpu_s(hz)?;
+    let cpu1 = running.cpu_ns()?;
     let window = t0.elapsed().as_secs_f64();
     let to = now_ms();
     let peak_rss = running.pid().and_then(|pid| status_mb(pid, "VmHWM:"));
@@ -959,7 +984,12 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
     }
     let v = window_view(&seen, &names, p.registers, interval_ms, from, to, false);
     let expected_points = v.expected_cycles * u64::from(p.registers);
-    let cpu = cpu1 - cpu0;
+    let (cpu, exited) = cpu_between(&cpu0, &cpu1);
+    if exited > 0 {
+        eprintln!(
+            "bench: {exited} thread(s) of the target exited in the window; their CPU after its start is not counted"
+        );
+    }
     Ok(Report {
         target: p.target,
         devices: p.devices,

@@ -36,7 +36,7 @@ use crate::modbus::poller::{Poller, PollerStats};
 use crate::modbus::write::DeviceWriters;
 use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp};
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
-use crate::spool::{Decoded, NewRecord, SpoolHandle};
+use crate::spool::{AppendFailed, Decoded, NewRecord, SpoolHandle};
 
 /// Capacity of the channel between the pollers and the fan-out, in batches. When it is full the
 /// pollers wait, which shows up as late ticks: acquisition slows down, nothing is dropped.
@@ -632,13 +632,7 @@ async fn route(
             let seal = seals.get(i).and_then(Option::as_ref);
             let body = match seal {
                 Some(seal) => crate::ledger::capture::sealed_body(seal),
-                None => match serde_json::to_vec(record) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!("cannot serialise a record: {e}");
-                        continue;
-                    }
-                },
+                None => crate::publish::body::encode(record),
             };
             if target.hand_over_decoded {
                 // Poll batches are the bulk of the traffic. A sealed record's payload carries its
@@ -665,25 +659,33 @@ async fn route(
 }
 
 /// Append, retrying with backoff while the spool refuses (disk full, I/O error). Acquisition backs
-/// up behind this rather than losing the readings.
+/// up behind this rather than losing the readings. A failed append gives the records back, so
+/// nothing is copied for the retry.
 async fn append_until_stored(
     spool: &SpoolHandle,
-    records: Vec<NewRecord>,
-    decoded: Vec<Option<Decoded>>,
+    mut records: Vec<NewRecord>,
+    mut decoded: Vec<Option<Decoded>>,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match spool.append_decoded(records.clone(), decoded.clone()).await {
+        let count = records.len();
+        match spool.try_append_decoded(records, decoded).await {
             Ok(_) => return,
-            Err(crate::spool::SpoolError::Closed) => {
-                tracing::error!(
-                    "spool closed; {} records could not be stored",
-                    records.len()
-                );
+            Err(failed) if matches!(failed.error, crate::spool::SpoolError::Closed) => {
+                tracing::error!("spool closed; {count} records could not be stored");
                 return;
             }
-            Err(e) => {
-                tracing::error!("spool append failed, retrying in {delay:?}: {e}");
+            Err(failed) => {
+                tracing::error!(
+                    "spool append failed, retrying in {delay:?}: {}",
+                    failed.error
+                );
+                let AppendFailed {
+                    records: r,
+                    decoded: d,
+                    ..
+                } = *failed;
+                (records, decoded) = (r, d);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

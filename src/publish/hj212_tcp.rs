@@ -475,7 +475,7 @@ impl Hj212TcpUplink {
         let mut pending: Vec<Pending> = Vec::new();
         let mut open: HashMap<(Arc<str>, Period, Timestamp), usize> = HashMap::new();
         for r in records {
-            let decoded: Option<Record> = serde_json::from_slice(&r.body).ok();
+            let decoded = crate::publish::body::decode(&r.body).ok();
             if let Some(Record::Aggregate(a)) = decoded {
                 let key = (a.subject.clone(), a.period, a.start);
                 match open.get(&key) {

@@ -876,13 +876,7 @@ impl<'a> Sender<'a> {
         }
         let event = outage_event(&u.name, self.down_since, now, &new);
         let record = Record::Event(event);
-        let body = match serde_json::to_vec(&record) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(uplink = %u.name, "cannot serialise the outage event: {e}");
-                return;
-            }
-        };
+        let body = crate::publish::body::encode(&record);
         let new_record = NewRecord {
             stream: Stream::Events,
             topic: topic::topic_for(&u.cfg.topics, &u.site, &record),
@@ -1126,7 +1120,7 @@ impl<'a> Sender<'a> {
         &self,
         record: &StoredRecord,
         decoded: Option<Decoded>,
-    ) -> Result<(Vec<u8>, String, Option<Tally>), serde_json::Error> {
+    ) -> Result<(Vec<u8>, String, Option<Tally>), crate::publish::body::BodyError> {
         let u = self.uplink;
         let historical = self.is_historical(record);
         let encoding = u.cfg.encoding.for_stream(record.stream);
@@ -1164,7 +1158,7 @@ impl<'a> Sender<'a> {
             });
             return Ok((payload, record.topic.clone(), tally));
         }
-        let decoded: Record = serde_json::from_slice(&record.body)?;
+        let decoded = crate::publish::body::decode(&record.body)?;
         let seal = crate::ledger::capture::seal_of(&record.body);
         let payload = crate::publish::encode::encode_sealed(
             encoding,

@@ -797,7 +797,7 @@ impl Session<'_> {
         let mut done = Vec::with_capacity(records.len());
         for r in &records {
             if r.stream == Stream::Live
-                && let Ok(Record::Batch(batch)) = serde_json::from_slice::<Record>(&r.body)
+                && let Ok(Record::Batch(batch)) = crate::publish::body::decode(&r.body)
             {
                 self.send_reading_batch(&batch, r.id <= boundary).await?;
             }

@@ -37,8 +37,24 @@ pub type Decoded = Arc<dyn Any + Send + Sync>;
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
+/// An append that did not commit, with the records (and decoded forms) it was given back, so that
+/// the caller can retry it without keeping a copy of every body.
+#[derive(Debug)]
+pub struct AppendFailed {
+    /// Why.
+    pub error: SpoolError,
+    /// The records, as given (none stored).
+    pub records: Vec<NewRecord>,
+    /// Their decoded forms, as given.
+    pub decoded: Vec<Option<Decoded>>,
+}
+
 enum Command {
-    Append(Vec<NewRecord>, Vec<Option<Decoded>>, Reply<Vec<Appended>>),
+    Append(
+        Vec<NewRecord>,
+        Vec<Option<Decoded>>,
+        oneshot::Sender<Result<Vec<Appended>, Box<AppendFailed>>>,
+    ),
     ReadAfter(i64, usize, Reply<Vec<StoredRecord>>),
     ReadAfterDecoded(i64, usize, Reply<Vec<(StoredRecord, Option<Decoded>)>>),
     Ack(Vec<i64>, Reply<u64>),
@@ -112,8 +128,43 @@ impl SpoolHandle {
         records: Vec<NewRecord>,
         decoded: Vec<Option<Decoded>>,
     ) -> Result<Vec<Appended>, SpoolError> {
-        self.call(|reply| Command::Append(records, decoded, reply))
+        self.try_append_decoded(records, decoded)
             .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`append_decoded`](Self::append_decoded), giving the records back when they were not
+    /// stored (see [`AppendFailed`]).
+    pub async fn try_append_decoded(
+        &self,
+        records: Vec<NewRecord>,
+        decoded: Vec<Option<Decoded>>,
+    ) -> Result<Vec<Appended>, Box<AppendFailed>> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(command)) = self
+            .commands
+            .send(Command::Append(records, decoded, reply))
+            .await
+        {
+            let (records, decoded) = match command {
+                Command::Append(records, decoded, _) => (records, decoded),
+                _ => (Vec::new(), Vec::new()),
+            };
+            return Err(Box::new(AppendFailed {
+                error: SpoolError::Closed,
+                records,
+                decoded,
+            }));
+        }
+        // A dropped reply sender means the thread stopped before serving this command, and
+        // dropped the records with it.
+        answer.await.unwrap_or_else(|_| {
+            Err(Box::new(AppendFailed {
+                error: SpoolError::Closed,
+                records: Vec::new(),
+                decoded: Vec::new(),
+            }))
+        })
     }
 
     /// Up to `limit` records with `id > after_id`, oldest first. See [`Spool::read_after`].
@@ -248,15 +299,22 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
                 } else {
                     Vec::new()
                 };
-                let result = spool.append(records);
-                if let Ok(stored) = &result
-                    && !sizes.is_empty()
-                {
-                    forms.keep(&sizes, decoded, stored);
-                }
-                if let Some(last) = result.as_ref().ok().and_then(|a| a.last()) {
-                    appended.send_replace(last.id);
-                }
+                let result = match spool.append_slice(&records) {
+                    Ok(stored) => {
+                        if !sizes.is_empty() {
+                            forms.keep(&sizes, decoded, &stored);
+                        }
+                        if let Some(last) = stored.last() {
+                            appended.send_replace(last.id);
+                        }
+                        Ok(stored)
+                    }
+                    Err(error) => Err(Box::new(AppendFailed {
+                        error,
+                        records,
+                        decoded,
+                    })),
+                };
                 let _ = reply.send(result);
             }
             Command::ReadAfter(after_id, limit, reply) => {
@@ -464,6 +522,38 @@ mod tests {
         );
         let read = handle.read_after_decoded(0, 10).await.unwrap();
         assert!(read.iter().all(|(_, d)| d.is_none()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_gives_its_records_back_for_the_retry() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("c.db");
+        let handle = SpoolHandle::open(&path, &SpoolConfig::default()).unwrap();
+        // Break the file under the spool thread: another connection removes the queue's table.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE records")
+            .unwrap();
+        let records = vec![rec(Stream::Live, 1), rec(Stream::Live, 2)];
+        let failed = handle
+            .try_append_decoded(records.clone(), vec![decoded(7)])
+            .await
+            .unwrap_err();
+        assert!(
+            !matches!(failed.error, SpoolError::Closed),
+            "{:?}",
+            failed.error
+        );
+        assert_eq!(failed.records, records);
+        assert_eq!(failed.decoded.len(), 1);
+        // A closed spool gives them back too.
+        handle.clone().close().await.unwrap();
+        let failed = handle
+            .try_append_decoded(records.clone(), Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(failed.error, SpoolError::Closed));
+        assert_eq!(failed.records, records);
     }
 
     #[tokio::test]

@@ -11,14 +11,14 @@
 //! (which is not `Sync`); [`SpoolHandle`] runs it on a dedicated thread and gives async callers a
 //! cloneable handle.
 //!
-//! # On-disk format (`PRAGMA user_version = 1`)
+//! # On-disk format (`PRAGMA user_version = 2`)
 //! ```sql
 //! CREATE TABLE records (                       -- the queue, oldest first by id
 //!     id         INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, even after the table empties
 //!     stream     TEXT    NOT NULL,             -- 'live' | 'metrics' | 'events' | 'emissions'
 //!     seq        INTEGER NOT NULL,             -- per-stream sequence number, from 1
 //!     topic      TEXT    NOT NULL,
-//!     body       BLOB    NOT NULL,             -- the encoded record, opaque to the spool
+//!     body       BLOB    NOT NULL,             -- the encoded record, opaque to the spool (publish::body)
 //!     created_ms INTEGER NOT NULL,             -- Timestamp: ms since the Unix epoch, UTC
 //!     attempts   INTEGER NOT NULL DEFAULT 0    -- sends that ended unacknowledged (mark_attempt)
 //! );
@@ -77,7 +77,7 @@ use std::path::PathBuf;
 use crate::config::Stream;
 use crate::model::Timestamp;
 
-pub use handle::{DECODED_MAX_BYTES, Decoded, SpoolHandle};
+pub use handle::{AppendFailed, DECODED_MAX_BYTES, Decoded, SpoolHandle};
 pub use store::Spool;
 
 /// A record to append: what fan-out hands to an uplink's spool.

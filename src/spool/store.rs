@@ -11,8 +11,11 @@ use super::{Appended, DropsByReason, NewRecord, SpoolError, SpoolStats, StoredRe
 use crate::config::{SpoolConfig, Stream};
 use crate::model::Timestamp;
 
-/// The schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version written to `PRAGMA user_version` (see the module documentation of
+/// [`crate::spool`]): 1 held JSON bodies only; 2, the same tables, may also hold binary bodies
+/// ([`crate::publish::body`]). A version-1 file is upgraded in place when it is opened, and a build
+/// that knows only version 1 refuses a version-2 file rather than drop bodies it cannot read.
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for a lock held by another connection (e.g. `spool stats` reading
 /// the file) before failing.
@@ -268,11 +271,16 @@ impl Spool {
     /// nothing at all can be written, not even after dropping everything, does this return
     /// [`SpoolError::DiskFull`].
     pub fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Appended>, SpoolError> {
+        self.append_slice(&records)
+    }
+
+    /// [`append`](Self::append), leaving the records with the caller (who may retry them).
+    pub fn append_slice(&mut self, records: &[NewRecord]) -> Result<Vec<Appended>, SpoolError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let (appended, dropped) = match self.append_within(&records, self.max_bytes) {
-            Err(SpoolError::DiskFull { .. }) => self.append_on_full_disk(&records)?,
+        let (appended, dropped) = match self.append_within(records, self.max_bytes) {
+            Err(SpoolError::DiskFull { .. }) => self.append_on_full_disk(records)?,
             Ok((appended, dropped, aged)) => {
                 self.drops.budget += dropped.iter().sum::<u64>() - aged;
                 (appended, dropped)
@@ -752,6 +760,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
         .map_err(err)?;
     match version {
         SCHEMA_VERSION => Ok(()),
+        // The tables are unchanged; every JSON body a version-1 file holds still decodes.
+        1 => conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err),
         0 => {
             let tx = conn.transaction().map_err(err)?;
             let tables: i64 = tx
@@ -1252,7 +1264,7 @@ mod tests {
                 err,
                 SpoolError::NewerSchema {
                     found: 99,
-                    supported: 1,
+                    supported: SCHEMA_VERSION,
                     ..
                 }
             ),
@@ -1266,6 +1278,28 @@ mod tests {
             .unwrap();
         let err = Spool::open(&foreign, &cfg(u64::MAX)).unwrap_err();
         assert!(matches!(err, SpoolError::NotASpool { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_in_place_and_keeps_its_records_and_seqs() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("v1.db");
+        let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        spool.append(vec![rec(Stream::Live, 4, 20)]).unwrap();
+        spool.conn.pragma_update(None, "user_version", 1).unwrap();
+        spool.close().unwrap();
+
+        let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        let version: i64 = spool
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let read = spool.read_after(0, 10).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].seq, 1);
+        let appended = spool.append(vec![rec(Stream::Live, 5, 20)]).unwrap();
+        assert_eq!(appended[0].seq, 2, "the seq counter continues");
     }
 
     #[test]

@@ -12,12 +12,13 @@
 //!
 //! `value` is `null` when nothing could be read (the quality says why) and for non-finite floats;
 //! `"historical":true` follows `seq` only for records replayed after an outage, and is absent
-//! otherwise. The encoder serialises borrowed views of the record with serde, so nothing but one
-//! RFC 3339 string per distinct timestamp is allocated besides the output buffer.
+//! otherwise. The encoder writes borrowed views of the record (the header with serde, the readings
+//! by hand, see `write_reading`), so nothing but one RFC 3339 string per distinct timestamp is
+//! allocated besides the output buffer.
 
 use std::borrow::Cow;
 
-use serde::ser::{SerializeSeq, Serializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Stream;
@@ -111,7 +112,7 @@ fn write_batch<R: ReadingFields>(
     scheduled: Timestamp,
     readings: &[R],
 ) -> Vec<u8> {
-    let payload = BatchPayload {
+    let head = BatchHead {
         site: header.site,
         stream: header.stream.as_str(),
         seq: header.seq,
@@ -121,12 +122,29 @@ fn write_batch<R: ReadingFields>(
         unit_id,
         poll_interval_ms,
         scheduled: Rfc3339(scheduled),
-        readings: Readings(readings),
     };
     // Rough size guess: ~110 bytes per reading plus the header; avoids most regrowth.
     let mut out = Vec::with_capacity(192 + 112 * readings.len());
-    serde_json::to_writer(&mut out, &payload)
+    serde_json::to_writer(&mut out, &head)
         .expect("serialising borrowed strings and numbers into a Vec cannot fail");
+    // `readings` is the last field: reopen the object and append it.
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+    out.extend_from_slice(b",\"readings\":[");
+    // The readings of one request share their timestamp: format each distinct one once.
+    let mut formatted: Option<(Timestamp, String)> = None;
+    for (i, r) in readings.iter().enumerate() {
+        let at = r.ts();
+        let ts = match &formatted {
+            Some((t, text)) if *t == at => text,
+            _ => &formatted.insert((at, at.to_rfc3339())).1,
+        };
+        if i > 0 {
+            out.push(b',');
+        }
+        write_reading(&mut out, r, ts);
+    }
+    out.extend_from_slice(b"]}");
     out
 }
 
@@ -233,8 +251,7 @@ macro_rules! reading_fields {
 reading_fields!(Reading, SpooledReading<'_>);
 
 #[derive(Serialize)]
-#[serde(bound(serialize = "R: ReadingFields"))]
-struct BatchPayload<'a, R> {
+struct BatchHead<'a> {
     site: &'a str,
     stream: &'a str,
     seq: u64,
@@ -245,7 +262,6 @@ struct BatchPayload<'a, R> {
     unit_id: u8,
     poll_interval_ms: u64,
     scheduled: Rfc3339,
-    readings: Readings<'a, R>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -261,57 +277,39 @@ impl Serialize for Rfc3339 {
     }
 }
 
-/// The readings, serialised lazily from the batch's slice.
-struct Readings<'a, R>(&'a [R]);
-
-impl<R: ReadingFields> Serialize for Readings<'_, R> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        // The readings of one request share their timestamp: format each distinct one once.
-        let mut formatted: Option<(Timestamp, String)> = None;
-        for r in self.0 {
-            let at = r.ts();
-            let ts = match &formatted {
-                Some((t, text)) if *t == at => text,
-                _ => &formatted.insert((at, at.to_rfc3339())).1,
-            };
-            seq.serialize_element(&ReadingPayload {
-                point: r.point(),
-                value: r.value().map(ValuePayload),
-                unit: r.unit(),
-                quality: r.quality().as_str(),
-                ts,
-                ts_ms: at.unix_ms(),
-            })?;
-        }
-        seq.end()
+/// One reading, `{"point":…,"value":…,"unit":…,"quality":…,"ts":…,"ts_ms":…}`, written by hand:
+/// a poll batch is a hundred of them, and serde would escape the six keys, the quality name and
+/// the timestamp of every one although none of them can need it. The point, the unit and text
+/// values go through `serde_json`, which escapes them; numbers are printed by `serde_json` too,
+/// so the bytes are what serde writes for the same fields (the golden file holds them).
+fn write_reading<R: ReadingFields>(out: &mut Vec<u8>, r: &R, ts: &str) {
+    out.extend_from_slice(b"{\"point\":");
+    scalar(out, r.point());
+    out.extend_from_slice(b",\"value\":");
+    match r.value() {
+        Some(Value::Bool(b)) => scalar(out, b),
+        Some(Value::Int(i)) => scalar(out, i),
+        Some(Value::UInt(u)) => scalar(out, u),
+        Some(Value::Float(f)) if f.is_finite() => scalar(out, f),
+        Some(Value::Text(t)) => scalar(out, t.as_str()),
+        // Nothing was read, or a non-finite float (JSON has no NaN): the quality says why.
+        Some(Value::Float(_)) | None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"unit\":");
+    scalar(out, r.unit());
+    // Quality names are fixed snake_case words, RFC 3339 timestamps digits and `-:.TZ`.
+    out.extend_from_slice(b",\"quality\":\"");
+    out.extend_from_slice(r.quality().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"ts\":\"");
+    out.extend_from_slice(ts.as_bytes());
+    out.extend_from_slice(b"\",\"ts_ms\":");
+    scalar(out, &r.ts().unix_ms());
+    out.push(b'}');
 }
 
-#[derive(Serialize)]
-struct ReadingPayload<'a, 't> {
-    point: &'a str,
-    value: Option<ValuePayload<'a>>,
-    unit: &'a str,
-    quality: &'a str,
-    ts: &'t str,
-    ts_ms: i64,
-}
-
-/// A value as a bare JSON scalar; non-finite floats become `null` (JSON has no NaN).
-struct ValuePayload<'a>(&'a Value);
-
-impl Serialize for ValuePayload<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Bool(b) => s.serialize_bool(*b),
-            Value::Int(i) => s.serialize_i64(*i),
-            Value::UInt(u) => s.serialize_u64(*u),
-            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
-            Value::Float(_) => s.serialize_none(),
-            Value::Text(t) => s.serialize_str(t),
-        }
-    }
+/// A JSON string (escaped) or number, as `serde_json` prints it.
+fn scalar<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(&mut *out, v).expect("a string or number always serialises into a Vec");
 }
 
 #[cfg(test)]
