@@ -43,7 +43,9 @@
 //! # Crash guarantees
 //! [`Spool::append`] writes a whole batch in one transaction and returns only after it committed.
 //! - `synchronous = FULL` (the default): a record whose append returned survives a process crash,
-//!   an OS crash and power loss, and so does every ack and seq counter.
+//!   an OS crash and power loss, and so does every seq counter. Acks commit without an fsync of
+//!   their own (see [`Spool::ack`]): an OS crash or power loss may undo those since the last
+//!   append, and their records are then sent again, which at-least-once delivery allows.
 //! - `synchronous = NORMAL` (less flash wear): the file is never corrupted and a committed record
 //!   survives a process crash, but after power loss or an OS crash the most recent commits may roll
 //!   back: returned records may be missing, acked ones may come back, and the seqs handed out in the

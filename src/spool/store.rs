@@ -91,6 +91,8 @@ pub struct Spool {
     max_age_ms: Option<i64>,
     streams: [StreamState; 4],
     drops: DropsByReason,
+    /// `synchronous = FULL` (an fsync per commit) for appends; acks always commit without one.
+    synchronous_full: bool,
 }
 
 impl fmt::Debug for Spool {
@@ -189,6 +191,7 @@ impl Spool {
                 .map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
             streams: [StreamState::default(); 4],
             drops: DropsByReason::default(),
+            synchronous_full: cfg.synchronous_full,
         };
         spool.load_totals()?;
         Ok(spool)
@@ -532,10 +535,32 @@ impl Spool {
 
     /// Deletes delivered records in one transaction; returns how many were removed. Unknown and
     /// already-acked ids are ignored.
+    ///
+    /// An ack commits without an fsync of its own, under `synchronous = FULL` too: a lost ack
+    /// only sends its records again (delivery is at-least-once and consumers drop repeats by
+    /// seq), so it need not wait for the disk. The WAL is written in order, so the fsync of the
+    /// next append (or checkpoint) makes every ack before it durable; a process crash loses
+    /// none (they are in the OS's cache), an OS crash or power loss at most those since that
+    /// fsync.
     pub fn ack(&mut self, ids: &[i64]) -> Result<u64, SpoolError> {
         if ids.is_empty() {
             return Ok(0);
         }
+        if !self.synchronous_full {
+            return self.ack_ids(ids);
+        }
+        let err = |e| classify(&self.path, e);
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        let result = self.ack_ids(ids);
+        let restored = self.conn.pragma_update(None, "synchronous", "FULL");
+        let removed = result?;
+        restored.map_err(|e| classify(&self.path, e))?;
+        Ok(removed)
+    }
+
+    fn ack_ids(&mut self, ids: &[i64]) -> Result<u64, SpoolError> {
         let mut streams = self.streams;
         let mut removed = 0;
         let path = self.path.clone();
@@ -1389,16 +1414,27 @@ mod tests {
                 max_age: None,
                 synchronous_full: full,
             };
-            let spool = Spool::open(&path, &cfg).unwrap();
+            let mut spool = Spool::open(&path, &cfg).unwrap();
             let mode: String = spool
                 .conn
                 .pragma_query_value(None, "journal_mode", |r| r.get(0))
                 .unwrap();
-            let sync: i64 = spool
-                .conn
-                .pragma_query_value(None, "synchronous", |r| r.get(0))
-                .unwrap();
-            assert_eq!((mode.as_str(), sync), ("wal", expected));
+            let sync = |spool: &Spool| -> i64 {
+                spool
+                    .conn
+                    .pragma_query_value(None, "synchronous", |r| r.get(0))
+                    .unwrap()
+            };
+            assert_eq!((mode.as_str(), sync(&spool)), ("wal", expected));
+            // An ack commits without an fsync and leaves the level as configured for appends,
+            // also when it fails.
+            spool.max_bytes = u64::MAX;
+            let appended = spool.append(vec![rec(Stream::Live, 1, 10)]).unwrap();
+            assert_eq!(spool.ack(&[appended[0].id]).unwrap(), 1);
+            assert_eq!(sync(&spool), expected);
+            spool.conn.execute_batch("DROP TABLE records").unwrap();
+            assert!(spool.ack(&[1]).is_err());
+            assert_eq!(sync(&spool), expected);
         }
     }
 
