@@ -232,7 +232,8 @@ impl ReadingBatch {
 
 /// A unit of data on its way north: what fan-out hands to each uplink's spool.
 ///
-/// The spool stores records in this canonical form (serialised as JSON) and each uplink encodes them
+/// The spool stores records in this canonical form (its body is the record's protobuf, or JSON for
+/// sealed records, see [`crate::publish::body`]) and each uplink encodes them
 /// with its own encoder at send time, adding `(site, stream, seq)`. Later streams (metrics, events,
 /// emissions) add variants here.
 ///
@@ -258,8 +259,8 @@ pub enum Record {
 }
 
 impl Record {
-    /// Whether this record is a poll batch that its JSON form (the spool body) decodes back to
-    /// exactly: JSON has no NaN or infinity, so a non-finite float is written as `null` and comes
+    /// Whether this record is a poll batch that its JSON form (the spool body of older builds)
+    /// decodes back to exactly: JSON has no NaN or infinity, so a non-finite float is written as `null` and comes
     /// back as no value. Other kinds answer `false` (not checked).
     pub fn is_batch_exact_in_json(&self) -> bool {
         match self {

@@ -1144,8 +1144,8 @@ impl<'a> Sender<'a> {
                 .flatten();
             return Ok((payload, record.topic.clone(), tally));
         }
-        // The bulk of the traffic: a live batch to a JSON payload, encoded from the spool body as
-        // it is, without building the record (see `SpooledBatch`).
+        // A live batch in a JSON body (spools written by older builds) to a JSON payload, encoded
+        // from the body as it is, without building the record (see `SpooledBatch`).
         if record.stream == Stream::Live
             && encoding == Encoding::Json
             && !record.topic.is_empty()

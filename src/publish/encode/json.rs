@@ -148,7 +148,8 @@ fn write_batch<R: ReadingFields>(
     out
 }
 
-/// A live batch borrowed from its spool body (the JSON form of [`Record::Batch`]): the uplink
+/// A live batch borrowed from a JSON spool body (the form of [`Record::Batch`] in spools written
+/// before the binary body, see [`crate::publish::body`]): the uplink
 /// encodes a JSON payload from it without building the [`ReadingBatch`] (no allocation per
 /// reading, only for text values and strings with escapes). [`SpooledBatch::encode`] writes the
 /// same bytes as [`encode_record`] of the decoded record; a unit test holds both to that.
