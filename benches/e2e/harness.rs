@@ -16,9 +16,10 @@
 //!
 //! After `warmup` it measures for `duration`: CPU time of the target (the nanoseconds on CPU in
 //! `schedstat` of every thread of the agent's process, or of the reference thread), RSS (`VmRSS`
-//! samples, `VmHWM`), and the subscriber's view of every cycle scheduled inside the window. Latency is measured from the
-//! reading's acquisition timestamp (`ts_ms`) to the message's arrival at the subscriber, an upper
-//! bound of acquisition-to-PUBACK (the broker acknowledges before it forwards).
+//! samples, `VmHWM`), and the subscriber's view of every cycle scheduled inside the window.
+//! Latency is measured from the reading's acquisition timestamp (`ts_ms`) to the message's arrival
+//! at the subscriber, an upper bound of acquisition-to-PUBACK (the broker acknowledges before it
+//! forwards).
 //!
 //! Outage mode freezes the broker (SIGSTOP) after the measured window, resumes it (SIGCONT) and
 //! then measures how fast the backlog arrives (`historical` batches per second), how long until
