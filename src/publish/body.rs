@@ -63,11 +63,6 @@ pub fn to_json(body: &[u8]) -> Result<serde_json::Value, BodyError> {
     }
 }
 
-/// Whether a body is in the binary form.
-pub fn is_binary(body: &[u8]) -> bool {
-    body.first() == Some(&PROTOBUF_FORM)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,7 +92,7 @@ mod tests {
     fn every_record_kind_round_trips_in_the_binary_form() {
         for record in records() {
             let body = encode(&record);
-            assert!(is_binary(&body));
+            assert_eq!(body[0], PROTOBUF_FORM);
             assert_eq!(decode(&body).unwrap(), record);
             // Export shows the same JSON as the record's own JSON form.
             assert_eq!(
@@ -111,7 +106,7 @@ mod tests {
     fn json_bodies_of_older_spools_still_decode() {
         for record in records() {
             let body = serde_json::to_vec(&record).unwrap();
-            assert!(!is_binary(&body));
+            assert_eq!(body[0], b'{');
             assert_eq!(decode(&body).unwrap(), record);
             assert_eq!(
                 to_json(&body).unwrap(),

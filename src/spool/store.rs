@@ -21,12 +21,13 @@ const SCHEMA_VERSION: i64 = 2;
 /// the file) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Page size of new spool files. A poll batch of 100 readings was a JSON body of about 13 kB: in
-/// SQLite's default 4 KiB pages it is a leaf cell plus a chain of three overflow pages, so every
-/// append writes four WAL frames per record and every read and ack walks the chain. In 16 KiB pages
+/// Page size of new spool files. A poll batch of 100 readings was a JSON body of about 8 kB: in
+/// SQLite's default 4 KiB pages it is a leaf cell plus a chain of overflow pages, so every append
+/// wrote several WAL frames per record and every read and ack walked the chain. In 16 KiB pages
 /// it fits in one. At 1,000 batches a second this cut the spool thread's time per append by about
-/// a third (docs/PERFORMANCE.md). Bodies are binary now (2 to 3 kB for such a batch); the page
-/// size has not been measured again since. Files made with another page size keep it.
+/// a third (docs/PERFORMANCE.md). Bodies are binary now (2 to 3 kB for such a batch); 4 and 8 KiB
+/// pages were measured again and were no better beyond the noise. Files made with another page
+/// size keep it.
 const PAGE_SIZE_BYTES: i64 = 16 * 1024;
 
 /// The budget's measure of one row, in SQL. `octet_length` counts UTF-8 bytes of the topic.
