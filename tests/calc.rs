@@ -474,13 +474,13 @@ proptest! {
         steps in proptest::collection::vec(0u64..5000, 1..200),
     ) {
         let modulus: u128 = 1u128 << bits;
-        let mut c = EnergyCounter::new(bits, 1.0, Some(10_000));
+        let mut c = EnergyCounter::new(bits, 1.0).with_max_step(10_000);
         let mut raw = (u128::from(start) % modulus) as u64;
-        prop_assert_eq!(c.update(raw).step, CounterStep::First);
+        prop_assert_eq!(c.update(raw, Timestamp(0)).step, CounterStep::First);
         let mut sum = 0.0;
-        for s in &steps {
+        for (i, s) in steps.iter().enumerate() {
             let next = ((u128::from(raw) + u128::from(*s)) % modulus) as u64;
-            let d = c.update(next);
+            let d = c.update(next, Timestamp(i as i64 + 1));
             prop_assert!(d.step == CounterStep::Normal || d.step == CounterStep::Rollover);
             prop_assert_eq!(d.step == CounterStep::Rollover, next < raw);
             sum += d.delta;
@@ -496,21 +496,27 @@ proptest! {
         new in 0u64..50_000,
         after in proptest::collection::vec(0u64..1000, 0..20),
     ) {
-        // a drop whose wrapped distance exceeds the plausible step is a reset, never a rollover
-        let mut c = EnergyCounter::new(32, 0.5, Some(10_000)).with_last(last);
+        // a drop whose wrapped distance exceeds the plausible step is suspect, never a rollover,
+        // and the reading after it confirms the reset
+        let mut c = EnergyCounter::new(32, 0.5).with_max_step(10_000);
+        c.update(last, Timestamp(0));
         let wrapped = (1u64 << 32) - last + new;
-        let d = c.update(new);
+        let d = c.update(new, Timestamp(1));
         if wrapped <= 10_000 {
             prop_assert_eq!(d.step, CounterStep::Rollover);
         } else {
-            prop_assert_eq!(d.step, CounterStep::Reset);
+            prop_assert_eq!(d.step, CounterStep::Suspect);
             prop_assert_eq!(d.delta, 0.0);
         }
         let mut raw = new;
         let mut sum = 0.0;
-        for a in &after {
+        for (i, a) in after.iter().enumerate() {
             raw += a;
-            sum += c.update(raw).delta;
+            let d = c.update(raw, Timestamp(i as i64 + 2));
+            if i == 0 && wrapped > 10_000 {
+                prop_assert_eq!(d.step, CounterStep::Reset);
+            }
+            sum += d.delta;
         }
         prop_assert_eq!(sum, after.iter().sum::<u64>() as f64 * 0.5);
     }
@@ -518,19 +524,21 @@ proptest! {
 
 #[test]
 fn counter_rollover_of_the_demo_u32_meter() {
-    let mut c = EnergyCounter::new(32, 1.0, None);
-    c.update(4_294_966_800);
-    let d = c.update(100);
+    let t = Timestamp;
+    let mut c = EnergyCounter::new(32, 1.0);
+    c.update(4_294_966_800, t(0));
+    let d = c.update(100, t(1));
     assert_eq!(d.step, CounterStep::Rollover);
     assert_eq!(d.delta, 596.0);
-    let d = c.update(50);
-    assert_eq!(d.step, CounterStep::Reset);
+    let d = c.update(50, t(2));
+    assert_eq!(d.step, CounterStep::Suspect);
     assert_eq!(d.delta, 0.0);
-    assert_eq!(c.update(70).delta, 20.0);
+    let d = c.update(70, t(3));
+    assert_eq!((d.step, d.delta), (CounterStep::Reset, 20.0));
     // a CT/PT ratio multiplies the delta
-    let mut c = EnergyCounter::new(16, 40.0, None);
-    c.update(65_530);
-    let d = c.update(4);
+    let mut c = EnergyCounter::new(16, 40.0);
+    c.update(65_530, t(0));
+    let d = c.update(4, t(1));
     assert_eq!((d.step, d.delta), (CounterStep::Rollover, 400.0));
 }
 
@@ -1302,5 +1310,54 @@ fn simulated_time_maps_readings_to_plant_time_and_rejects_bad_settings() {
     assert!(
         e.contains("calc.simulated_time.start") && e.contains("1 March 2025"),
         "{e}"
+    );
+}
+
+#[test]
+fn a_glitched_ac_counter_reading_adds_the_real_energy_and_raises_one_meter_anomaly() {
+    // A 50 MW meter read every 10 s can add at most about 139 kWh between two readings: the
+    // 1.5 × 10⁹ reading is a glitch, the next reading is 100 kWh above the one before it.
+    let cfg: CalcConfig = toml::from_str(&DEMO_CALC.replace(
+        "approved_capacity_t_per_year = 1100.0",
+        "approved_capacity_t_per_year = 1100.0\nac_meter_rated_kw = 50000.0",
+    ))
+    .expect("parses");
+    let mut p = Pipeline::new(&cfg).expect("builds");
+    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let mut records = Vec::new();
+    for (i, raw) in [1_000_000u64, 1_500_000_000, 1_000_100, 1_000_100]
+        .into_iter()
+        .enumerate()
+    {
+        let t = midnight - 30_000 + i as i64 * 10_000;
+        records.extend(p.on_batch(&batch(
+            "potline1",
+            "rectifier",
+            10_000,
+            vec![
+                reading("line_current_ka", Value::Float(400.0), t),
+                reading("ac_energy_kwh", Value::UInt(raw), t),
+            ],
+        )));
+    }
+    records.extend(p.flush(Timestamp(midnight + 20_000)));
+    close(
+        metric(&records, "potline", "ac_energy_kwh", "day").expect("the day closed"),
+        100.0,
+        1e-9,
+    );
+    let anomalies: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) if &*e.kind == "meter_anomaly" => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    assert_eq!(&*anomalies[0].subject, "potline1/rectifier.ac_energy_kwh");
+    assert_eq!(
+        metric(&records, "potline", "meter_resets", "day"),
+        Some(0.0),
+        "a glitch is not a reset"
     );
 }

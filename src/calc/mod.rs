@@ -184,6 +184,19 @@ pub struct PotlineRole {
     /// ratio).
     #[serde(default)]
     pub tapped_metal_kg_point: Option<String>,
+    /// Rated power of the AC energy meter (or the largest power the feeder can carry), kW: a
+    /// step of the AC counter larger than this × the time since the previous reading is
+    /// suspect (a glitch unless the next reading confirms it). Without it, half the register
+    /// range.
+    #[serde(default)]
+    pub ac_meter_rated_kw: Option<f64>,
+    /// Rated power of the DC energy meter, kW (as `ac_meter_rated_kw`).
+    #[serde(default)]
+    pub dc_meter_rated_kw: Option<f64>,
+    /// Largest plausible tapping rate, kg/h, for the tapped-metal counter (a crucible of 4 t
+    /// every 5 minutes is 48,000 kg/h); without it, half the register range.
+    #[serde(default)]
+    pub tapped_metal_max_kg_per_h: Option<f64>,
     /// Width of the energy counters: 16, 32 or 64 bits.
     #[serde(default = "default_counter_bits")]
     pub counter_bits: u8,

@@ -9,7 +9,7 @@ use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable, PfcTab
 use super::copper::{
     energy_kgce_per_t, oxygen_per_t_concentrate, so2_kg_h_from_volume_pct, sulphur_capture_pct,
 };
-use super::counter::{CounterStep, EnergyCounter};
+use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
 use super::emissions::{
     anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, o2_corrected, pfc_slope,
 };
@@ -187,9 +187,9 @@ impl Pipeline {
                 max_gap_ms: i64::try_from(role.max_gap.as_millis()).unwrap_or(i64::MAX),
                 cells: HashMap::new(),
                 current: None,
-                dc_counter: EnergyCounter::new(role.counter_bits, role.counter_ratio, None),
-                ac_counter: EnergyCounter::new(role.counter_bits, role.counter_ratio, None),
-                tap_counter: EnergyCounter::new(role.counter_bits, 1.0, None),
+                dc_counter: counter_of(role, Counter::Dc),
+                ac_counter: counter_of(role, Counter::Ac),
+                tap_counter: counter_of(role, Counter::Tap),
                 day: None,
                 minute: None,
                 today: PeriodAcc::default(),
@@ -312,9 +312,12 @@ impl Pipeline {
                         name: l.role.name.clone(),
                         cells,
                         current: l.current,
-                        dc_counter_raw: l.dc_counter.last_raw(),
-                        ac_counter_raw: l.ac_counter.last_raw(),
-                        tap_counter_raw: l.tap_counter.last_raw(),
+                        dc_counter: l.dc_counter.state(),
+                        ac_counter: l.ac_counter.state(),
+                        tap_counter: l.tap_counter.state(),
+                        dc_counter_raw: None,
+                        ac_counter_raw: None,
+                        tap_counter_raw: None,
                         day: l.day,
                         minute: l.minute,
                         today: l.today,
@@ -367,20 +370,22 @@ impl Pipeline {
             };
             line.cells = ls.cells.into_iter().collect();
             line.current = ls.current;
-            let (bits, ratio) = (line.role.counter_bits, line.role.counter_ratio);
-            let counter = |raw: Option<u64>| {
-                let c = EnergyCounter::new(bits, ratio, None);
-                match raw {
-                    Some(r) => c.with_last(r),
-                    None => c,
-                }
+            // A snapshot of an older build has the raw values without their times: they
+            // count from the snapshot's latest time.
+            let at = snap.latest.unwrap_or(Timestamp(0));
+            let state = |st: CounterState, raw: Option<u64>| match (st.last, raw) {
+                (None, Some(r)) => CounterState {
+                    last: Some((r, at)),
+                    pending: None,
+                },
+                _ => st,
             };
-            line.dc_counter = counter(ls.dc_counter_raw);
-            line.ac_counter = counter(ls.ac_counter_raw);
-            line.tap_counter = match ls.tap_counter_raw {
-                Some(r) => EnergyCounter::new(bits, 1.0, None).with_last(r),
-                None => EnergyCounter::new(bits, 1.0, None),
-            };
+            line.dc_counter = counter_of(&line.role, Counter::Dc)
+                .with_state(state(ls.dc_counter, ls.dc_counter_raw));
+            line.ac_counter = counter_of(&line.role, Counter::Ac)
+                .with_state(state(ls.ac_counter, ls.ac_counter_raw));
+            line.tap_counter = counter_of(&line.role, Counter::Tap)
+                .with_state(state(ls.tap_counter, ls.tap_counter_raw));
             line.day = ls.day;
             line.minute = ls.minute;
             line.today = ls.today;
@@ -540,10 +545,8 @@ impl Pipeline {
                 line.current = Some((r.ts, ka));
             } else if line.role.tapped_metal_kg_point.as_deref() == Some(&*r.point) {
                 let Some(raw) = raw_u64(r) else { continue };
-                let d = line.tap_counter.update(raw);
-                if matches!(d.step, CounterStep::Reset | CounterStep::Jump) {
-                    line.today.resets += 1;
-                }
+                let d = line.tap_counter.update(raw, r.ts);
+                counter_anomaly(&mut line.today, batch, r, &d, out);
                 line.today.tapped_kg += d.delta;
             } else if *r.point == *line.role.dc_energy_point
                 || *r.point == *line.role.ac_energy_point
@@ -555,10 +558,8 @@ impl Pipeline {
                 } else {
                     &mut line.ac_counter
                 };
-                let d = counter.update(raw);
-                if matches!(d.step, CounterStep::Reset | CounterStep::Jump) {
-                    line.today.resets += 1;
-                }
+                let d = counter.update(raw, r.ts);
+                counter_anomaly(&mut line.today, batch, r, &d, out);
                 if dc {
                     line.today.dc_meter_kwh += d.delta;
                 } else {
@@ -1161,6 +1162,72 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
         ts: end,
         metrics,
     }
+}
+
+/// The counters of a line.
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    Dc,
+    Ac,
+    Tap,
+}
+
+/// A counter of `role` with its width, ratio and plausible rate.
+fn counter_of(role: &PotlineRole, which: Counter) -> EnergyCounter {
+    let (ratio, rate) = match which {
+        Counter::Dc => (role.counter_ratio, role.dc_meter_rated_kw),
+        Counter::Ac => (role.counter_ratio, role.ac_meter_rated_kw),
+        Counter::Tap => (1.0, role.tapped_metal_max_kg_per_h),
+    };
+    let c = EnergyCounter::new(role.counter_bits, ratio);
+    match rate {
+        Some(r) => c.with_max_rate_per_h(r),
+        None => c,
+    }
+}
+
+/// Count a confirmed reset and report a glitch or reset of the counter read in `r` as a
+/// `meter_anomaly` event.
+fn counter_anomaly(
+    acc: &mut PeriodAcc,
+    batch: &ReadingBatch,
+    r: &Reading,
+    d: &CounterDelta,
+    out: &mut Vec<Record>,
+) {
+    use crate::model::{Event, EventPhase, Value};
+    if !d.step.is_anomaly() {
+        return;
+    }
+    let (what, message) = match d.step {
+        CounterStep::Reset => {
+            acc.resets += 1;
+            (
+                "reset",
+                "was reset or replaced: counting restarted from the new value",
+            )
+        }
+        _ => (
+            "glitch",
+            "gave one implausible value, which was not counted",
+        ),
+    };
+    let subject = format!("{}/{}.{}", batch.source, batch.device, r.point);
+    let mut attributes = vec![(Arc::from("classification"), Value::Text(what.to_string()))];
+    if let Some(raw) = d.suspect_raw {
+        attributes.push((Arc::from("suspect_raw"), Value::UInt(raw)));
+    }
+    if let Some(raw) = raw_u64(r) {
+        attributes.push((Arc::from("raw"), Value::UInt(raw)));
+    }
+    out.push(Record::Event(Event {
+        kind: Arc::from("meter_anomaly"),
+        message: format!("counter {subject} {message}"),
+        subject: Arc::from(subject),
+        phase: EventPhase::Instant,
+        ts: r.ts,
+        attributes,
+    }));
 }
 
 fn metric(

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::anode_effect::{AeDetector, AeStats};
+use super::counter::CounterState;
 use super::window::Window;
 use crate::model::Timestamp;
 
@@ -89,9 +90,19 @@ pub(super) struct LineSnapshot {
     /// (device, cell state).
     pub(super) cells: Vec<(Arc<str>, CellState)>,
     pub(super) current: Option<(Timestamp, f64)>,
-    pub(super) dc_counter_raw: Option<u64>,
-    pub(super) ac_counter_raw: Option<u64>,
+    /// The DC, AC and tapped-metal counters (baseline with its time, and a suspect value).
     #[serde(default)]
+    pub(super) dc_counter: CounterState,
+    #[serde(default)]
+    pub(super) ac_counter: CounterState,
+    #[serde(default)]
+    pub(super) tap_counter: CounterState,
+    /// Last raw values as snapshots before the counter state had times wrote them; read only.
+    #[serde(default, skip_serializing)]
+    pub(super) dc_counter_raw: Option<u64>,
+    #[serde(default, skip_serializing)]
+    pub(super) ac_counter_raw: Option<u64>,
+    #[serde(default, skip_serializing)]
     pub(super) tap_counter_raw: Option<u64>,
     pub(super) day: Option<i64>,
     pub(super) minute: Option<Timestamp>,
