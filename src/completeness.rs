@@ -718,6 +718,7 @@ mod tests {
             expected: 360,
             valid: true,
             quality,
+            substituted: 0,
         })
     }
 

@@ -484,6 +484,14 @@ pub struct Aggregate {
     pub valid: bool,
     /// Overall quality of the window.
     pub quality: Quality,
+    /// Sub-windows (hours of a day) missing or invalid whose value was filled by the
+    /// substitution policy into `total`; omitted from JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub substituted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

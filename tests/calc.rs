@@ -22,7 +22,7 @@ use smeltwatch::calc::tariff::{
     steps, surcharge_cost_yuan, surcharge_yuan_per_kwh, threshold_kwh_per_t,
 };
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, civil, days_from_civil};
-use smeltwatch::calc::window::{Sample, Window, WindowRules, month_valid};
+use smeltwatch::calc::window::{Sample, Substitution, Window, WindowRules, month_valid};
 use smeltwatch::calc::{CalcConfig, Pipeline, glob_match};
 use smeltwatch::model::{
     Aggregate, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
@@ -270,7 +270,9 @@ fn worked_example_4_amounts() {
 const T0: i64 = 1_740_787_200_000; // 2025-03-01T00:00:00Z = 08:00 local (UTC+8)
 
 fn rules() -> WindowRules {
-    WindowRules::new(&coef().validity, 8 * HOUR_MS)
+    let c = coef();
+    WindowRules::new(&c.validity, 8 * HOUR_MS)
+        .with_substitution(Substitution::new(&c.substitution, None))
 }
 
 fn window(interval_ms: u64) -> Window {
@@ -374,9 +376,12 @@ fn worked_example_5_day_needs_20_valid_hours() {
         assert_eq!(d.samples, valid_hours as u32);
         if expect_valid {
             close(d.avg.expect("valid day"), 50.0, 1e-12);
-            // 20 valid hours × 50 kg/h × 1 h
-            close(d.total.expect("valid day"), 1000.0, 1e-6);
+            assert_eq!(d.quality, Quality::Substituted);
         }
+        // valid or not, the invalid hours at the day's end are filled with the valid hour before
+        // them (HJ 75): 24 × 50 kg/h × 1 h, not the valid hours' 20 × 50
+        close(d.total.expect("every hour has a value"), 1200.0, 1e-6);
+        assert_eq!(d.substituted, 24 - valid_hours as u32);
     }
 }
 
@@ -463,8 +468,8 @@ proptest! {
         prop_assert!(h.valid);
         prop_assert_eq!(h.samples as usize, n);
         prop_assert!((h.avg.unwrap() - mean).abs() < 1e-9);
-        let expected_total: f64 = good.iter().map(|g| g / 60.0).sum();
-        prop_assert!((h.total.unwrap() - expected_total).abs() < 1e-6);
+        // the hour's mean rate × 1 h (the missing minutes do not count as zero)
+        prop_assert!((h.total.unwrap() - mean).abs() < 1e-6);
     }
 
     #[test]

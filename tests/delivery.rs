@@ -168,6 +168,7 @@ fn emission(i: u64) -> Record {
         expected: 60,
         valid: true,
         quality: Quality::Good,
+        substituted: 0,
     })
 }
 

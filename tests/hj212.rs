@@ -78,6 +78,7 @@ fn agg(quantity: &str, avg: f64, min: f64, max: f64, total: f64) -> Aggregate {
         expected: 60,
         valid: true,
         quality: Quality::Good,
+        substituted: 0,
     }
 }
 

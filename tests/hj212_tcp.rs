@@ -35,6 +35,7 @@ fn aggregate(hour: i64, quantity: &str, avg: f64) -> Aggregate {
         expected: 60,
         valid: true,
         quality: Quality::Good,
+        substituted: 0,
     }
 }
 

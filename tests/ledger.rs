@@ -346,6 +346,7 @@ fn sealed_payloads(
                 expected: 60,
                 valid: true,
                 quality: Quality::Good,
+                substituted: 0,
             });
             let seal = c.append(&k, ledger::capture::payload_of(&record));
             // Through the spool as the fan-out writes it, out as the MQTT uplink encodes it.

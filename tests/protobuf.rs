@@ -122,6 +122,7 @@ fn aggregate() -> Record {
         expected: 60,
         valid: true,
         quality: Quality::Good,
+        substituted: 0,
     })
 }
 

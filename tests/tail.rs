@@ -104,6 +104,7 @@ fn aggregate(quantity: &str, unit: &str, avg: f64) -> Aggregate {
         expected: 6,
         valid: true,
         quality: Quality::Good,
+        substituted: 0,
     }
 }
 

@@ -216,6 +216,7 @@ mod tests {
             expected: 1,
             valid: true,
             quality: Quality::Good,
+            substituted: 0,
         })
     }
 

@@ -50,6 +50,8 @@ pub struct Coefficients {
     pub tariff: TariffTable,
     /// CEMS validity rules.
     pub validity: ValidityTable,
+    /// How a day fills its missing or invalid hours of a mass flow.
+    pub substitution: SubstitutionTable,
 }
 
 /// A metal for the Faraday formula.
@@ -258,6 +260,35 @@ pub struct ValidityTable {
     #[serde(default)]
     pub minute_source: String,
     /// Sources.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// Which rule fills the missing or invalid hours of a day's mass (see `calc::window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubstitutionPolicy {
+    /// HJ 75-2017 as commonly cited: a gap of at most `short_gap_max_hours` takes the mean of the
+    /// valid hour before and the valid hour after it; a longer gap the maximum of the preceding
+    /// `long_gap_lookback_hours` valid hours.
+    Hj75,
+    /// No filling: a day's total is the sum of its valid hours (a gap counts as zero), for a
+    /// platform that substitutes itself.
+    #[default]
+    None,
+}
+
+/// The substitution rule and its parameters.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubstitutionTable {
+    /// Policy applied unless `[calc]` or a stack overrides it.
+    pub policy: SubstitutionPolicy,
+    /// Longest gap, hours, filled with the mean of its neighbours.
+    pub short_gap_max_hours: u32,
+    /// Valid hours a longer gap looks back over for their maximum.
+    pub long_gap_lookback_hours: u32,
+    /// Source.
     #[serde(default)]
     pub source: String,
 }

@@ -1,4 +1,5 @@
-//! Greenhouse gases and stack mass flows (DOMAIN §2.2, §3, §4.3, §7.5).
+//! Greenhouse gases, stack mass flows and converted (折算) concentrations (DOMAIN §2.2, §3,
+//! §4.3, §7.5).
 //!
 //! Pure formulas; every coefficient is an argument taken from the coefficient tables.
 
@@ -63,4 +64,24 @@ pub fn mass_kg(concentration_mg_m3: f64, volume_m3: f64) -> f64 {
 pub fn o2_corrected(concentration: f64, o2_ref_pct: f64, o2_measured_pct: f64) -> Option<f64> {
     let denom = 21.0 - o2_measured_pct;
     (denom > 0.0).then(|| concentration * (21.0 - o2_ref_pct) / denom)
+}
+
+/// Reference-exhaust-volume (基准排气量) concentration of GB 25465/25467: when the actual exhaust
+/// volume per tonne of product, `flow / production`, exceeds the reference, ρ × Q_actual/Q_ref;
+/// otherwise the measured ρ. `None` without a production above 0.
+pub fn reference_exhaust_corrected(
+    concentration_mg_m3: f64,
+    flow_m3_h: f64,
+    production_t_h: f64,
+    reference_m3_per_t: f64,
+) -> Option<f64> {
+    if !(production_t_h > 0.0 && reference_m3_per_t > 0.0) {
+        return None;
+    }
+    let actual_m3_per_t = flow_m3_h / production_t_h;
+    Some(if actual_m3_per_t > reference_m3_per_t {
+        concentration_mg_m3 * actual_m3_per_t / reference_m3_per_t
+    } else {
+        concentration_mg_m3
+    })
 }

@@ -285,9 +285,29 @@ pub struct StackRole {
     /// O2 point (%), for O2-referenced concentrations.
     #[serde(default)]
     pub o2_point: Option<String>,
-    /// Reference O2 (%) of the applicable standard; none for GB 25465 (reference exhaust volume).
+    /// Reference O2 (%) of the applicable standard: the pollutants get a converted
+    /// `<p>_zs_mg_m3` = C × (21 − O2_ref)/(21 − O2), which the limits apply to; mass always uses
+    /// the measured concentration. None for GB 25465/25467 (reference exhaust volume).
     #[serde(default)]
     pub o2_reference_pct: Option<f64>,
+    /// Reference exhaust volume (基准排气量) of the applicable standard, m³ per t of product
+    /// (GB 25465/25467; values to check against the standard's table [U]): when the actual
+    /// exhaust volume per tonne (flow / production rate) exceeds it, `<p>_zs_mg_m3` = C ×
+    /// actual/reference, else C; the limits apply to it. Needs `production_point` or
+    /// `production_t_per_h`; excludes `o2_reference_pct`.
+    #[serde(default)]
+    pub reference_exhaust_m3_per_t: Option<f64>,
+    /// Production rate point, t/h, in the CEMS device's poll (a derived point or a plant tag
+    /// mapped onto it), for `reference_exhaust_m3_per_t`.
+    #[serde(default)]
+    pub production_point: Option<String>,
+    /// Fixed production rate, t/h, when there is no `production_point`.
+    #[serde(default)]
+    pub production_t_per_h: Option<f64>,
+    /// Substitution policy of this stack's day totals (`hj75`, `none`); the coefficient table's
+    /// `[substitution] policy` when absent.
+    #[serde(default)]
+    pub substitution: Option<window::SubstitutionPolicy>,
     /// Status bit: analyser calibrating (samples flagged `calibration`).
     #[serde(default)]
     pub calibration_point: Option<String>,

@@ -12,6 +12,7 @@ use super::copper::{
 use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
 use super::emissions::{
     anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, o2_corrected, pfc_slope,
+    reference_exhaust_corrected,
 };
 use super::limits::{check_hour, grade, limit_of};
 use super::potline::{
@@ -22,7 +23,7 @@ use super::snapshot::{
     SmelterSnapshot, SmelterState, StackSnapshot,
 };
 use super::time::{MINUTE_MS, civil, days_in_month, floor, local_day};
-use super::window::{Sample, Window, WindowRules};
+use super::window::{Sample, Substitution, Window, WindowRules};
 use super::{CalcConfig, CalcError, PotlineRole, StackRole, glob_match, tariff};
 use crate::model::{
     Aggregate, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch, Record, Timestamp,
@@ -79,10 +80,23 @@ struct Line {
     year_days: u32,
 }
 
+/// How a stack's measured concentration is converted (折算) for the limit check.
+#[derive(Debug, Clone, Copy)]
+enum Conversion {
+    /// To a reference O2, %.
+    O2 { reference_pct: f64 },
+    /// To a reference exhaust volume per tonne of product (基准排气量), m³/t.
+    ExhaustVolume { reference_m3_per_t: f64 },
+}
+
 #[derive(Debug)]
 struct Stack {
     role: StackRole,
     name: Arc<str>,
+    /// Validity and substitution rules of its windows.
+    rules: WindowRules,
+    /// The conversion its limits apply to, if its standard has one.
+    conversion: Option<Conversion>,
     limits: HashMap<String, f64>,
     windows: IndexMap<Arc<str>, Window>,
     /// Latest good SO2 mass flow, kg/h (for a smelter's sulphur capture).
@@ -109,7 +123,6 @@ pub struct Pipeline {
     gwp: GwpTable,
     grid_t_per_mwh: f64,
     offset_ms: i64,
-    rules: WindowRules,
     lines: Vec<Line>,
     stacks: Vec<Stack>,
     smelters: Vec<Smelter>,
@@ -212,9 +225,45 @@ impl Pipeline {
                     }
                 }
             }
+            let key = |k: &str| format!("stacks[{i}].{k}");
+            let conversion = match (role.o2_reference_pct, role.reference_exhaust_m3_per_t) {
+                (Some(_), Some(_)) => {
+                    return Err(CalcError::Invalid {
+                        key: key("reference_exhaust_m3_per_t"),
+                        message: "a stack converts to a reference O2 or to a reference exhaust \
+                                  volume, not both (o2_reference_pct is set too)"
+                            .into(),
+                    });
+                }
+                (Some(reference_pct), None) => Some(Conversion::O2 { reference_pct }),
+                (None, Some(q)) => {
+                    if !(q.is_finite() && q > 0.0) {
+                        return Err(CalcError::Invalid {
+                            key: key("reference_exhaust_m3_per_t"),
+                            message: format!("{q} is not a number above 0"),
+                        });
+                    }
+                    if role.production_point.is_none() && role.production_t_per_h.is_none() {
+                        return Err(CalcError::Invalid {
+                            key: key("reference_exhaust_m3_per_t"),
+                            message: "needs production_point or production_t_per_h (the \
+                                      production rate the exhaust volume is divided by)"
+                                .into(),
+                        });
+                    }
+                    Some(Conversion::ExhaustVolume {
+                        reference_m3_per_t: q,
+                    })
+                }
+                (None, None) => None,
+            };
+            let rules = WindowRules::new(&coef.validity, offset_ms)
+                .with_substitution(Substitution::new(&coef.substitution, role.substitution));
             stacks.push(Stack {
                 name: Arc::from(role.name.as_str()),
                 role: role.clone(),
+                rules,
+                conversion,
                 limits,
                 windows: IndexMap::new(),
                 latest_so2_kg_h: None,
@@ -278,7 +327,6 @@ impl Pipeline {
             }
         };
         Ok(Pipeline {
-            rules: WindowRules::new(&coef.validity, offset_ms),
             coef,
             gwp,
             grid_t_per_mwh: grid,
@@ -394,11 +442,11 @@ impl Pipeline {
             line.year = ls.year;
             line.year_days = ls.year_days;
         }
-        let rules = self.rules;
         for ss in snap.stacks {
             let Some(stack) = self.stacks.iter_mut().find(|s| s.role.name == ss.name) else {
                 continue;
             };
+            let rules = stack.rules;
             stack.windows = ss
                 .windows
                 .into_iter()
@@ -625,9 +673,15 @@ impl Pipeline {
         }
     }
 
+    /// One CEMS poll. Each pollutant feeds three windows: `<p>_mg_m3`, the measured (dry,
+    /// standard) concentration; `<p>_zs_mg_m3`, the converted (折算) concentration, only where
+    /// the stack's standard defines a conversion; and `<p>_kg_h`, the mass flow from the
+    /// measured concentration and the flow (HJ 75: mass is never computed from the converted
+    /// concentration, which exists only to be compared with the limit).
     fn stack(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
-        let rules = self.rules;
         let s = &mut self.stacks[i];
+        let rules = s.rules;
+        let conversion = s.conversion;
         let find = |p: &Option<String>| {
             p.as_deref()
                 .and_then(|p| batch.readings.iter().find(|r| *r.point == *p))
@@ -655,6 +709,10 @@ impl Pipeline {
             .and_then(get)
             .filter(|r| r.quality.is_good())
             .and_then(num);
+        let production_t_h = match &s.role.production_point {
+            Some(p) => get(p).filter(|r| r.quality.is_good()).and_then(num),
+            None => s.role.production_t_per_h,
+        };
         let mut aggs = Vec::new();
         let mut so2_update = None;
         let mut feed = |quantity: String, unit: &str, total_unit: Option<&str>, sample: Sample| {
@@ -692,14 +750,7 @@ impl Pipeline {
         for (pollutant, point) in &s.role.pollutants {
             let Some(r) = get(point) else { continue };
             let q = status.unwrap_or(r.quality);
-            let mut c = num(r).unwrap_or(f64::NAN);
-            let mut q = q;
-            if let Some(o2_ref) = s.role.o2_reference_pct {
-                match o2.and_then(|o2| o2_corrected(c, o2_ref, o2)) {
-                    Some(z) => c = z,
-                    None => q = if q.is_good() { Quality::OutOfRange } else { q },
-                }
-            }
+            let c = num(r).unwrap_or(f64::NAN);
             feed(
                 format!("{pollutant}_mg_m3"),
                 "mg/m3",
@@ -711,6 +762,38 @@ impl Pipeline {
                     rate_per_h: None,
                 },
             );
+            if let Some(conv) = conversion {
+                let z = match conv {
+                    Conversion::O2 { reference_pct } => {
+                        o2.and_then(|o2| o2_corrected(c, reference_pct, o2))
+                    }
+                    Conversion::ExhaustVolume { reference_m3_per_t } => {
+                        match (flow, production_t_h) {
+                            (Some(f), Some(p)) => {
+                                reference_exhaust_corrected(c, f, p, reference_m3_per_t)
+                            }
+                            _ => None,
+                        }
+                    }
+                };
+                // Without the O2 (or flow and production) the converted value is unknown: the
+                // sample counts as out of range in the converted window only.
+                let (zv, zq) = match z {
+                    Some(z) => (z, q),
+                    None => (f64::NAN, if q.is_good() { Quality::OutOfRange } else { q }),
+                };
+                feed(
+                    format!("{pollutant}_zs_mg_m3"),
+                    "mg/m3",
+                    None,
+                    Sample {
+                        ts: r.ts,
+                        value: zv,
+                        quality: zq,
+                        rate_per_h: None,
+                    },
+                );
+            }
             let (mq, mv) = match flow {
                 Some(f) => (q, mass_flow_kg_h(c, f)),
                 None => (if q.is_good() { Quality::CommFail } else { q }, f64::NAN),
@@ -812,11 +895,18 @@ impl Pipeline {
         }
     }
 
+    /// Push the closed windows, each valid hour of the concentration the limits apply to
+    /// preceded by its exceedance event: the converted `<p>_zs_mg_m3` where the stack has a
+    /// conversion, the measured `<p>_mg_m3` otherwise.
     fn emit_aggregates(&self, aggs: Vec<Aggregate>, out: &mut Vec<Record>) {
         for a in aggs {
             if a.period == Period::Hour
                 && let Some(stack) = self.stacks.iter().find(|s| s.name == a.subject)
-                && let Some(p) = a.quantity.strip_suffix("_mg_m3")
+                && let Some(p) = a.quantity.strip_suffix(if stack.conversion.is_some() {
+                    "_zs_mg_m3"
+                } else {
+                    "_mg_m3"
+                })
                 && let Some(limit) = stack.limits.get(p)
                 && let Some(e) = check_hour(&a, *limit)
             {

@@ -1,4 +1,5 @@
-//! Clock-aligned minute, hour and day aggregates with the HJ 75/76 validity rules (DOMAIN §7.6).
+//! Clock-aligned minute, hour and day aggregates with the HJ 75/76 validity rules, and the
+//! substitution of a day's missing hours of mass.
 //!
 //! Invariants:
 //! - Windows are aligned in the site's local time and closed only by timestamps: a sample in a
@@ -8,22 +9,74 @@
 //!   `minute_min_samples` good samples making up at least `minute_min_good_ratio` of its samples;
 //!   its average is the mean of its good samples. An hour is valid with at least
 //!   `hour_min_minutes` valid minutes and averages only those; a day is valid with at least
-//!   `day_min_hours` valid hours and averages only those. Invalid minutes and hours never enter an
-//!   average or a total.
-//! - Min and max of an hour (day) are the extremes of its valid minute (hour) averages; the total
-//!   (e.g. kg) is the sum over valid sub-windows of the sample rate (e.g. kg/h) times the time.
-//! - A sample older than the open minute is dropped and counted ([`Window::late_samples`]).
-//!   Hours or days with no data at all are not emitted.
+//!   `day_min_hours` valid hours and averages only those (HJ 76: the day's concentration is the
+//!   mean of its valid hours, filled hours never enter it). Min and max of an hour (day) are the
+//!   extremes of its valid minute (hour) averages.
+//! - Totals (kg of a kg/h rate, m³ of a m³/h flow): a valid minute's total is the mean rate of
+//!   its good samples × 1 min. A valid hour's total is the mean rate of its valid minutes × 1 h,
+//!   so calibration or missing minutes in a valid hour do not count as zero emission; an invalid
+//!   hour has no total. A day's total is the sum over its 24 hours of the valid hours' totals and,
+//!   for every missing or invalid hour, the value of the substitution policy
+//!   ([`SubstitutionPolicy`]): the day counts the filled hours in `substituted` and its quality is
+//!   `substituted` when it is otherwise valid. Under `hj75` a day has a total when every hour
+//!   has a value (valid or filled), valid day or not; under `none` only a valid day has one, the
+//!   sum of its valid hours.
+//! - The `hj75` rule: a gap (a run of missing or invalid hours) of at most `short_gap_max_hours`
+//!   takes the mean of the last valid hour before it and the first valid hour after it; a longer
+//!   gap takes the maximum of the `long_gap_lookback_hours` valid hours before it. A gap is
+//!   filled when its day closes: a gap at the end of the day has no hour after it yet, so it takes
+//!   the valid hour before it, and its length is what is known at the close (a gap that goes on
+//!   into the next day is not revisited). A gap with only one neighbour known (the first hours a
+//!   window ever saw) takes that neighbour. What the rule needs across days (the last valid hour,
+//!   the length of the gap in progress, the last `long_gap_lookback_hours` valid hours) is part of
+//!   the serialised window, so a restart resumes it.
+//! - An hour with no data at all (device silent, agent down) is still emitted, with 0 samples,
+//!   not valid, quality `comm_fail`; so is a day. [`Window::advance`] emits every hour between the
+//!   last closed one and `now`, but at most [`MAX_CATCH_UP_HOURS`] (31 days) of hours after the
+//!   day in progress: after a longer silence the whole days before that are not emitted (they
+//!   still count in the length of the gap). Minutes with no data are not emitted (the hour's
+//!   `samples` says how many it had). Hours before the first sample a window ever saw are not
+//!   emitted either, but they count as missing hours of that day.
+//! - A sample older than the open minute, or in an hour already closed, is dropped and counted
+//!   ([`Window::late_samples`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::coefficients::ValidityTable;
+pub use super::coefficients::SubstitutionPolicy;
+use super::coefficients::{SubstitutionTable, ValidityTable};
 use super::time::{DAY_MS, HOUR_MS, MINUTE_MS, floor};
 use crate::model::{Aggregate, Period, Quality, Timestamp};
 
-/// Validity rules and the site's UTC offset.
+/// Most hours without data that [`Window::advance`] emits after the day in progress (31 days):
+/// it bounds the work and the output of one call after a long outage.
+pub const MAX_CATCH_UP_HOURS: i64 = 31 * 24;
+
+/// The substitution rule a window applies to its day totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Substitution {
+    /// Which rule.
+    pub policy: SubstitutionPolicy,
+    /// Longest gap, hours, filled with the mean of its neighbours.
+    pub short_gap_max_hours: u32,
+    /// Valid hours a longer gap looks back over for their maximum (and that a window keeps).
+    pub long_gap_lookback_hours: u32,
+}
+
+impl Substitution {
+    /// The rule of a coefficient table, with its policy replaced by `policy` when given.
+    pub fn new(t: &SubstitutionTable, policy: Option<SubstitutionPolicy>) -> Self {
+        Substitution {
+            policy: policy.unwrap_or(t.policy),
+            short_gap_max_hours: t.short_gap_max_hours,
+            long_gap_lookback_hours: t.long_gap_lookback_hours,
+        }
+    }
+}
+
+/// Validity rules, the substitution rule and the site's UTC offset.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WindowRules {
     /// Good samples a minute needs.
@@ -36,10 +89,14 @@ pub struct WindowRules {
     pub day_min_hours: u32,
     /// Site offset from UTC, ms (UTC+8: 28 800 000).
     pub utc_offset_ms: i64,
+    /// How a day fills its missing hours (policy `none` unless set).
+    #[serde(default)]
+    pub substitution: Substitution,
 }
 
 impl WindowRules {
-    /// Rules from a validity table and a UTC offset.
+    /// Rules from a validity table and a UTC offset, without substitution (see
+    /// [`WindowRules::with_substitution`]).
     pub fn new(v: &ValidityTable, utc_offset_ms: i64) -> Self {
         WindowRules {
             minute_min_samples: v.minute_min_samples,
@@ -47,7 +104,14 @@ impl WindowRules {
             hour_min_minutes: v.hour_min_minutes,
             day_min_hours: v.day_min_hours,
             utc_offset_ms,
+            substitution: Substitution::default(),
         }
+    }
+
+    /// The same rules with a substitution rule.
+    pub fn with_substitution(mut self, substitution: Substitution) -> Self {
+        self.substitution = substitution;
+        self
     }
 }
 
@@ -151,8 +215,42 @@ struct MinuteAcc {
     rate_n: u32,
 }
 
-/// Aggregation windows of one quantity of one subject. It serialises with its open windows, so
-/// that an agent restart resumes them (see `PipelineSnapshot`).
+/// What the substitution rule carries from one day to the next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct FillState {
+    /// Total of the last valid hour.
+    last_valid: Option<f64>,
+    /// Missing or invalid hours since it (the gap in progress).
+    gap_hours: u32,
+    /// Totals of the last `long_gap_lookback_hours` valid hours, oldest first.
+    history: VecDeque<f64>,
+}
+
+impl FillState {
+    fn push_valid(&mut self, total: f64, lookback: u32) {
+        self.last_valid = Some(total);
+        self.gap_hours = 0;
+        self.history.push_back(total);
+        while self.history.len() > lookback as usize {
+            self.history.pop_front();
+        }
+    }
+
+    /// The `hj75` value of one hour of a gap of `gap_hours`, `after` the first valid hour after it
+    /// (if known).
+    fn hj75(&self, rule: &Substitution, gap_hours: u32, after: Option<f64>) -> Option<f64> {
+        if gap_hours > rule.short_gap_max_hours {
+            return self.history.iter().copied().reduce(f64::max).or(after);
+        }
+        match (self.last_valid, after) {
+            (Some(b), Some(a)) => Some((b + a) / 2.0),
+            (b, a) => b.or(a),
+        }
+    }
+}
+
+/// Aggregation windows of one quantity of one subject. It serialises with its open windows and
+/// the substitution state, so that an agent restart resumes them (see `PipelineSnapshot`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Window {
     subject: Arc<str>,
@@ -165,6 +263,15 @@ pub struct Window {
     hour: Option<Acc>,
     day: Option<Acc>,
     late: u64,
+    /// Start of the first hour not closed yet (absent before the first sample; derived from the
+    /// open windows in a snapshot written before it existed).
+    #[serde(default)]
+    next_hour: Option<Timestamp>,
+    /// Totals of the open day's valid hours: (hour of the day, total).
+    #[serde(default)]
+    day_hours: Vec<(u32, f64)>,
+    #[serde(default)]
+    fill: FillState,
 }
 
 impl Window {
@@ -190,6 +297,9 @@ impl Window {
             hour: None,
             day: None,
             late: 0,
+            next_hour: None,
+            day_hours: Vec::new(),
+            fill: FillState::default(),
         }
     }
 
@@ -199,7 +309,7 @@ impl Window {
         self
     }
 
-    /// Samples dropped because they were older than the open minute.
+    /// Samples dropped because they were older than the open minute or in a closed hour.
     pub fn late_samples(&self) -> u64 {
         self.late
     }
@@ -208,13 +318,18 @@ impl Window {
     pub fn push(&mut self, s: Sample, out: &mut Vec<Aggregate>) {
         let off = self.rules.utc_offset_ms;
         let m = floor(s.ts, MINUTE_MS, off);
-        if let Some(cur) = &self.minute
-            && m < cur.acc.start
-        {
+        let late = match &self.minute {
+            Some(cur) => m < cur.acc.start,
+            None => self.next_hour.is_some_and(|h| m < h),
+        };
+        if late {
             self.late += 1;
             return;
         }
         self.advance(m, out);
+        if self.next_hour.is_none() {
+            self.next_hour = Some(floor(m, HOUR_MS, off));
+        }
         let cur = self.minute.get_or_insert_with(|| MinuteAcc {
             acc: Acc::new(m, MINUTE_MS),
             rate_sum: 0.0,
@@ -236,20 +351,54 @@ impl Window {
         }
     }
 
-    /// Close every window that ends at or before `now`.
+    /// Close every window that ends at or before `now`, hours without data included (see the
+    /// module doc for the bound).
     pub fn advance(&mut self, now: Timestamp, out: &mut Vec<Aggregate>) {
         if self.minute.as_ref().is_some_and(|m| m.acc.end() <= now) {
             let m = self.minute.take().expect("checked just above");
             self.close_minute(m, out);
         }
-        if self.hour.as_ref().is_some_and(|h| h.end() <= now) {
-            let h = self.hour.take().expect("checked just above");
-            self.close_hour(h, out);
-        }
-        if self.day.as_ref().is_some_and(|d| d.end() <= now) {
-            let d = self.day.take().expect("checked just above");
-            let agg = self.aggregate(&d, Period::Day, 24, self.rules.day_min_hours);
-            out.push(agg);
+        self.close_hours_until(now, out);
+    }
+
+    /// Close every hour that ends at or before `t`, from the first one not closed yet.
+    fn close_hours_until(&mut self, t: Timestamp, out: &mut Vec<Aggregate>) {
+        let Some(mut h) = self
+            .next_hour
+            .or_else(|| self.hour.as_ref().map(|a| a.start))
+        else {
+            return;
+        };
+        while h.0 + HOUR_MS <= t.0 {
+            // After a long silence, jump over whole days once nothing is open (the day in
+            // progress has closed): their hours count in the gap but are not emitted.
+            if self.hour.is_none()
+                && self.day.is_none()
+                && (t.0 - h.0) / HOUR_MS > MAX_CATCH_UP_HOURS
+            {
+                let resume = floor(
+                    Timestamp(t.0 - MAX_CATCH_UP_HOURS * HOUR_MS),
+                    DAY_MS,
+                    self.rules.utc_offset_ms,
+                );
+                if resume > h {
+                    let skipped = u32::try_from((resume.0 - h.0) / HOUR_MS).unwrap_or(u32::MAX);
+                    self.fill.gap_hours = self.fill.gap_hours.saturating_add(skipped);
+                    h = resume;
+                    self.next_hour = Some(h);
+                    continue;
+                }
+            }
+            let acc = match self.hour.take() {
+                Some(a) if a.start == h => a,
+                other => {
+                    self.hour = other;
+                    Acc::new(h, HOUR_MS)
+                }
+            };
+            self.close_hour(acc, out);
+            h = Timestamp(h.0 + HOUR_MS);
+            self.next_hour = Some(h);
         }
     }
 
@@ -262,9 +411,9 @@ impl Window {
         let mut agg = self.aggregate_samples(acc, valid, total);
         agg.expected = self.expected_per_minute;
         let hour_start = floor(acc.start, HOUR_MS, self.rules.utc_offset_ms);
-        if self.hour.as_ref().is_some_and(|h| h.start != hour_start) {
-            let h = self.hour.take().expect("checked just above");
-            self.close_hour(h, out);
+        self.close_hours_until(hour_start, out);
+        if self.next_hour.is_none() {
+            self.next_hour = Some(hour_start);
         }
         let hour = self
             .hour
@@ -278,17 +427,84 @@ impl Window {
 
     fn close_hour(&mut self, h: Acc, out: &mut Vec<Aggregate>) {
         let agg = self.aggregate(&h, Period::Hour, 60, self.rules.hour_min_minutes);
-        let day_start = floor(h.start, DAY_MS, self.rules.utc_offset_ms);
+        let off = self.rules.utc_offset_ms;
+        let day_start = floor(h.start, DAY_MS, off);
         if self.day.as_ref().is_some_and(|d| d.start != day_start) {
             let d = self.day.take().expect("checked just above");
-            out.push(self.aggregate(&d, Period::Day, 24, self.rules.day_min_hours));
+            self.close_day(d, out);
         }
         let day = self.day.get_or_insert_with(|| Acc::new(day_start, DAY_MS));
         match (agg.valid, agg.avg, agg.min, agg.max) {
-            (true, Some(avg), Some(min), Some(max)) => day.add_valid(avg, min, max, agg.total),
+            (true, Some(avg), Some(min), Some(max)) => {
+                day.add_valid(avg, min, max, agg.total);
+                if let Some(t) = agg.total {
+                    let index = u32::try_from((h.start.0 - day_start.0) / HOUR_MS).unwrap_or(0);
+                    self.day_hours.push((index, t));
+                }
+            }
             _ => day.add_invalid(agg.quality),
         }
+        let day_ends = day.end() == h.end();
         out.push(agg);
+        if day_ends {
+            let d = self.day.take().expect("opened just above");
+            self.close_day(d, out);
+        }
+    }
+
+    fn close_day(&mut self, d: Acc, out: &mut Vec<Aggregate>) {
+        let mut agg = self.aggregate(&d, Period::Day, 24, self.rules.day_min_hours);
+        let hours = std::mem::take(&mut self.day_hours);
+        if self.total_unit.is_some() {
+            let (total, filled) = self.fill_day(&d, &hours);
+            if self.rules.substitution.policy == SubstitutionPolicy::Hj75 {
+                agg.total = total;
+                agg.substituted = filled;
+                if agg.valid && filled > 0 {
+                    agg.quality = Quality::Substituted;
+                }
+            }
+        }
+        out.push(agg);
+    }
+
+    /// Walk the day's hours in order: valid hours feed the substitution state, each gap gets the
+    /// `hj75` value. Returns the day's total when every hour has a value, and the hours filled.
+    fn fill_day(&mut self, d: &Acc, hours: &[(u32, f64)]) -> (Option<f64>, u32) {
+        let rule = self.rules.substitution;
+        let n = usize::try_from(d.len_ms / HOUR_MS).unwrap_or(24);
+        let mut slots: Vec<Option<f64>> = vec![None; n];
+        for &(i, t) in hours {
+            if let Some(s) = slots.get_mut(i as usize) {
+                *s = Some(t);
+            }
+        }
+        let (mut total, mut filled, mut complete) = (0.0, 0u32, true);
+        let mut i = 0;
+        while i < n {
+            if let Some(t) = slots[i] {
+                total += t;
+                self.fill.push_valid(t, rule.long_gap_lookback_hours);
+                i += 1;
+                continue;
+            }
+            let first = i;
+            while i < n && slots[i].is_none() {
+                i += 1;
+            }
+            let run = u32::try_from(i - first).unwrap_or(u32::MAX);
+            let gap = self.fill.gap_hours.saturating_add(run);
+            let after = slots.get(i).copied().flatten();
+            match self.fill.hj75(&rule, gap, after) {
+                Some(v) => {
+                    total += v * f64::from(run);
+                    filled += run;
+                }
+                None => complete = false,
+            }
+            self.fill.gap_hours = gap;
+        }
+        (complete.then_some(total), filled)
     }
 
     fn aggregate_samples(&self, acc: &Acc, valid: bool, total: Option<f64>) -> Aggregate {
@@ -297,10 +513,16 @@ impl Window {
         agg
     }
 
+    /// An hour or day; `expected` sub-windows of which `min_valid` must be valid. An hour's total
+    /// is the mean of its valid minutes' totals × 60 (the mean rate × 1 h); a day's, before
+    /// substitution, the sum of its valid hours' totals.
     fn aggregate(&self, acc: &Acc, period: Period, expected: u32, min_valid: u32) -> Aggregate {
         let valid = acc.valid >= min_valid;
         let mut agg = self.aggregate_of(acc, period, valid, expected);
-        agg.total = (valid && acc.has_total).then_some(acc.total);
+        agg.total = (valid && acc.has_total).then(|| match period {
+            Period::Hour => acc.total / f64::from(acc.valid) * f64::from(expected),
+            Period::Minute | Period::Day => acc.total,
+        });
         agg
     }
 
@@ -322,6 +544,7 @@ impl Window {
             expected,
             valid,
             quality: if valid { Quality::Good } else { acc.worst() },
+            substituted: 0,
         }
     }
 }

@@ -457,6 +457,7 @@ mod tests {
             expected: 60,
             valid: true,
             quality: Quality::Good,
+            substituted: 0,
         }
     }
 

@@ -1593,6 +1593,7 @@ mod tests {
             expected: 60,
             valid: true,
             quality: Quality::Good,
+            substituted: 0,
         });
         let dir = tempfile::tempdir().unwrap();
         for encoding in [Encoding::Json, Encoding::Protobuf] {

@@ -542,6 +542,7 @@ mod tests {
                     expected: 6,
                     valid: true,
                     quality: Quality::Good,
+                    substituted: 0,
                 }),
             ),
         ]

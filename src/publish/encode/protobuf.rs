@@ -389,6 +389,7 @@ fn aggregate(a: &Aggregate) -> pb::Aggregate {
         expected: a.expected,
         valid: a.valid,
         quality: quality_pb(a.quality) as i32,
+        substituted: a.substituted,
     }
 }
 
@@ -420,6 +421,7 @@ fn aggregate_from(a: pb::Aggregate) -> Result<Aggregate, DecodeError> {
         expected: a.expected,
         valid: a.valid,
         quality: quality_from(a.quality)?,
+        substituted: a.substituted,
     })
 }
 
