@@ -15,6 +15,7 @@ pub mod copper;
 pub mod counter;
 pub mod emissions;
 pub mod limits;
+mod line;
 mod pipeline;
 pub mod potline;
 mod snapshot;
@@ -221,9 +222,82 @@ pub struct PotlineRole {
     /// Override of the AE hysteresis, V.
     #[serde(default)]
     pub ae_hysteresis_v: Option<f64>,
-    /// Longest gap between two samples that is still integrated (longer gaps count nothing).
+    /// Longest interval between two line-current samples that is integrated as it is; a longer
+    /// one is a gap in the current (bridged or left out, `gap_bridge`).
     #[serde(default = "default_max_gap", with = "humantime_serde")]
     pub max_gap: Duration,
+    /// How a gap in the line current (a lost rectifier link while the line runs) is bridged:
+    /// `interpolate` (the mean of the current before and after it) or `none`.
+    #[serde(default)]
+    pub gap_bridge: GapBridge,
+    /// Longest gap that is bridged; a longer one is left out of production and energy alike.
+    #[serde(default = "default_max_bridge", with = "humantime_serde")]
+    pub max_bridge: Duration,
+    /// Bus and series share of the average cell voltage, V per cell (平均电压 is the working
+    /// voltage plus the AE share plus this), added to each cell's voltage in the DC energy. A
+    /// plant constant from its bus design or a survey of the line voltage.
+    #[serde(default)]
+    pub bus_share_v: f64,
+    /// Auxiliary energy meters of the line (kWh counters): with them, the comprehensive AC
+    /// consumption (铝液综合交流电耗) is reported and the tariff estimate is assessed on it. List
+    /// the meters inside the boundary only (desulphurisation is outside it).
+    #[serde(default)]
+    pub auxiliary_meters: Vec<AuxiliaryMeter>,
+    /// Grade table for the comprehensive AC figure (a key of the table's `[grades]`).
+    #[serde(default = "default_comprehensive_grade")]
+    pub comprehensive_ac_grade: String,
+    /// Metal-pad inventory point (kg of metal in the line's cells) on the rectifier's device:
+    /// its change corrects the tapped metal in the current efficiency from tapping.
+    #[serde(default)]
+    pub metal_inventory_kg_point: Option<String>,
+    /// Trailing window of the current efficiency from tapping that measured production uses.
+    #[serde(default = "default_ce_window", with = "humantime_serde")]
+    pub ce_window: Duration,
+}
+
+/// How a gap in a potline's line current is bridged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapBridge {
+    /// The mean of the current before and after the gap, over the gap.
+    #[default]
+    Interpolate,
+    /// Not bridged: the gap is left out of production and of the energy that spans it.
+    None,
+}
+
+/// An auxiliary energy meter of a potline (`[[calc.potlines.auxiliary_meters]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuxiliaryMeter {
+    /// Glob matching the meter's device, as `source/device` or `device`; a glob that matches
+    /// several devices sums them.
+    pub device: String,
+    /// Its cumulative energy point, kWh.
+    #[serde(default = "default_aux_point")]
+    pub point: String,
+    /// Register width (default: the line's `counter_bits`).
+    #[serde(default)]
+    pub counter_bits: Option<u8>,
+    /// Multiplier (CT × PT × scale).
+    #[serde(default = "default_ratio")]
+    pub counter_ratio: f64,
+    /// Rated power, kW, for the counter's plausibility check.
+    #[serde(default)]
+    pub rated_kw: Option<f64>,
+}
+
+fn default_aux_point() -> String {
+    "energy_kwh".into()
+}
+fn default_comprehensive_grade() -> String {
+    "gb21346_2022_al_liquid_comprehensive_ac".into()
+}
+const fn default_max_bridge() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+const fn default_ce_window() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 fn default_metal() -> String {

@@ -4,27 +4,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::anode_effect::{AeDetector, AeParams, AeTransition, event_of};
-use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable, PfcTable};
+use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable};
 use super::copper::{
     energy_kgce_per_t, oxygen_per_t_concentrate, so2_kg_h_from_volume_pct, sulphur_capture_pct,
 };
-use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
-use super::emissions::{
-    anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, o2_corrected, pfc_slope,
-    reference_exhaust_corrected,
-};
+use super::emissions::{mass_flow_kg_h, o2_corrected, reference_exhaust_corrected};
 use super::limits::{check_hour, grade, limit_of};
-use super::potline::{
-    Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
-};
+use super::line::{Ctx, Line};
 use super::snapshot::{
-    CellState, LineSnapshot, PeriodAcc, PipelineSnapshot, SNAPSHOT_VERSION, SmelterAcc,
-    SmelterSnapshot, SmelterState, StackSnapshot,
+    PipelineSnapshot, SNAPSHOT_VERSION, SmelterAcc, SmelterSnapshot, SmelterState, StackSnapshot,
 };
-use super::time::{MINUTE_MS, civil, days_in_month, floor, local_day};
+use super::time::{MINUTE_MS, civil, floor, local_day};
 use super::window::{Sample, Substitution, Window, WindowRules};
-use super::{CalcConfig, CalcError, PotlineRole, StackRole, glob_match, tariff};
+use super::{CalcConfig, CalcError, StackRole, glob_match};
 use crate::model::{
     Aggregate, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch, Record, Timestamp,
 };
@@ -33,12 +25,11 @@ use crate::model::{
 enum Route {
     Rectifier(usize),
     Pot(usize),
+    Auxiliary(usize),
     Stack(usize),
     Smelter(usize),
     Other,
 }
-
-type Cell = CellState;
 
 /// Plant time of `[calc.simulated_time]`: an affine map of reading timestamps.
 #[derive(Debug, Clone, Copy)]
@@ -54,30 +45,6 @@ impl SimClock {
         let anchor = *self.anchor_ms.get_or_insert(ts.0);
         Timestamp(self.start_ms + ((ts.0 - anchor) as f64 * self.scale).round() as i64)
     }
-}
-
-#[derive(Debug)]
-struct Line {
-    role: PotlineRole,
-    name: Arc<str>,
-    metal: Metal,
-    pfc: PfcTable,
-    grade: GradeTable,
-    ae: AeParams,
-    max_gap_ms: i64,
-    cells: HashMap<Arc<str>, Cell>,
-    current: Option<(Timestamp, f64)>,
-    dc_counter: EnergyCounter,
-    ac_counter: EnergyCounter,
-    tap_counter: EnergyCounter,
-    /// Local day and minute currently open.
-    day: Option<i64>,
-    minute: Option<Timestamp>,
-    today: PeriodAcc,
-    month: PeriodAcc,
-    month_days: u32,
-    year: PeriodAcc,
-    year_days: u32,
 }
 
 /// How a stack's measured concentration is converted (折算) for the limit check.
@@ -169,50 +136,12 @@ impl Pipeline {
             });
         }
         let offset_ms = i64::from(cfg.utc_offset_hours) * 3_600_000;
-        let mut lines = Vec::new();
-        for (i, role) in cfg.potlines.iter().enumerate() {
-            let key = |k: &str| format!("potlines[{i}].{k}");
-            let metal = Metal::from(lookup(&coef.metals, &key("metal"), &role.metal, &v)?);
-            let pfc = lookup(&coef.pfc, &key("technology"), &role.technology, &v)?.clone();
-            let grade = lookup(&coef.grades, &key("ac_grade"), &role.ac_grade, &v)?.clone();
-            if !(role.current_efficiency > 0.0 && role.current_efficiency <= 1.0) {
-                return Err(CalcError::Invalid {
-                    key: key("current_efficiency"),
-                    message: format!("{} is not in (0, 1]", role.current_efficiency),
-                });
-            }
-            if ![16, 32, 64].contains(&role.counter_bits) {
-                return Err(CalcError::Invalid {
-                    key: key("counter_bits"),
-                    message: format!("{} is not 16, 32 or 64", role.counter_bits),
-                });
-            }
-            let mut ae = AeParams::from(&coef.anode_effect);
-            ae.threshold_v = role.ae_threshold_v.unwrap_or(ae.threshold_v);
-            ae.min_duration_s = role.ae_min_duration_s.unwrap_or(ae.min_duration_s);
-            ae.hysteresis_v = role.ae_hysteresis_v.unwrap_or(ae.hysteresis_v);
-            lines.push(Line {
-                name: Arc::from(role.name.as_str()),
-                metal,
-                pfc,
-                grade,
-                ae,
-                max_gap_ms: i64::try_from(role.max_gap.as_millis()).unwrap_or(i64::MAX),
-                cells: HashMap::new(),
-                current: None,
-                dc_counter: counter_of(role, Counter::Dc),
-                ac_counter: counter_of(role, Counter::Ac),
-                tap_counter: counter_of(role, Counter::Tap),
-                day: None,
-                minute: None,
-                today: PeriodAcc::default(),
-                month: PeriodAcc::default(),
-                month_days: 0,
-                year: PeriodAcc::default(),
-                year_days: 0,
-                role: role.clone(),
-            });
-        }
+        let lines = cfg
+            .potlines
+            .iter()
+            .enumerate()
+            .map(|(i, role)| Line::new(i, role, &coef))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut stacks = Vec::new();
         for (i, role) in cfg.stacks.iter().enumerate() {
             let mut limits = HashMap::new();
@@ -346,36 +275,7 @@ impl Pipeline {
         PipelineSnapshot {
             version: SNAPSHOT_VERSION,
             latest: self.latest,
-            lines: self
-                .lines
-                .iter()
-                .map(|l| {
-                    let mut cells: Vec<_> = l
-                        .cells
-                        .iter()
-                        .map(|(d, c)| (d.clone(), c.clone()))
-                        .collect();
-                    cells.sort_by(|a, b| a.0.cmp(&b.0));
-                    LineSnapshot {
-                        name: l.role.name.clone(),
-                        cells,
-                        current: l.current,
-                        dc_counter: l.dc_counter.state(),
-                        ac_counter: l.ac_counter.state(),
-                        tap_counter: l.tap_counter.state(),
-                        dc_counter_raw: None,
-                        ac_counter_raw: None,
-                        tap_counter_raw: None,
-                        day: l.day,
-                        minute: l.minute,
-                        today: l.today,
-                        month: l.month,
-                        month_days: l.month_days,
-                        year: l.year,
-                        year_days: l.year_days,
-                    }
-                })
-                .collect(),
+            lines: self.lines.iter().map(Line::snapshot).collect(),
             stacks: self
                 .stacks
                 .iter()
@@ -413,34 +313,9 @@ impl Pipeline {
             return false;
         }
         for ls in snap.lines {
-            let Some(line) = self.lines.iter_mut().find(|l| l.role.name == ls.name) else {
-                continue;
-            };
-            line.cells = ls.cells.into_iter().collect();
-            line.current = ls.current;
-            // A snapshot of an older build has the raw values without their times: they
-            // count from the snapshot's latest time.
-            let at = snap.latest.unwrap_or(Timestamp(0));
-            let state = |st: CounterState, raw: Option<u64>| match (st.last, raw) {
-                (None, Some(r)) => CounterState {
-                    last: Some((r, at)),
-                    pending: None,
-                },
-                _ => st,
-            };
-            line.dc_counter = counter_of(&line.role, Counter::Dc)
-                .with_state(state(ls.dc_counter, ls.dc_counter_raw));
-            line.ac_counter = counter_of(&line.role, Counter::Ac)
-                .with_state(state(ls.ac_counter, ls.ac_counter_raw));
-            line.tap_counter = counter_of(&line.role, Counter::Tap)
-                .with_state(state(ls.tap_counter, ls.tap_counter_raw));
-            line.day = ls.day;
-            line.minute = ls.minute;
-            line.today = ls.today;
-            line.month = ls.month;
-            line.month_days = ls.month_days;
-            line.year = ls.year;
-            line.year_days = ls.year_days;
+            if let Some(line) = self.lines.iter_mut().find(|l| l.role.name == ls.name) {
+                line.restore(ls, snap.latest);
+            }
         }
         for ss in snap.stacks {
             let Some(stack) = self.stacks.iter_mut().find(|s| s.role.name == ss.name) else {
@@ -481,6 +356,12 @@ impl Pipeline {
             Route::Rectifier(i)
         } else if let Some(i) = self.lines.iter().position(|l| m(&l.role.pots)) {
             Route::Pot(i)
+        } else if let Some(i) = self
+            .lines
+            .iter()
+            .position(|l| l.has_auxiliary(&full, &batch.device))
+        {
+            Route::Auxiliary(i)
         } else if let Some(i) = self.stacks.iter().position(|s| m(&s.role.device)) {
             Route::Stack(i)
         } else if let Some(i) = self.smelters.iter().position(|s| m(&s.role.device)) {
@@ -514,6 +395,7 @@ impl Pipeline {
         match self.route(batch) {
             Route::Rectifier(i) => self.rectifier(i, batch, &mut out),
             Route::Pot(i) => self.pot(i, batch, &mut out),
+            Route::Auxiliary(i) => self.auxiliary(i, batch, &mut out),
             Route::Stack(i) => self.stack(i, batch, &mut out),
             Route::Smelter(i) => self.smelter(i, batch, &mut out),
             Route::Other => {}
@@ -545,132 +427,36 @@ impl Pipeline {
     }
 
     fn line_clock(&mut self, i: usize, ts: Timestamp, out: &mut Vec<Record>) {
-        let minute = floor(ts, MINUTE_MS, self.offset_ms);
-        let day = local_day(ts, self.offset_ms);
-        let line = &mut self.lines[i];
-        if line.minute.is_some_and(|m| minute > m) {
-            let m = line
-                .minute
-                .take()
-                .map_or(minute, |m| Timestamp(m.0 + MINUTE_MS));
-            out.push(Record::Metrics(self.minute_metrics(i, m)));
-        }
-        let line = &mut self.lines[i];
-        if line.minute.is_none_or(|m| minute > m) {
-            line.minute = Some(minute);
-        }
-        match line.day {
-            None => line.day = Some(day),
-            Some(d) if day > d => {
-                self.close_day(i, d, out);
-                self.lines[i].day = Some(day);
-            }
-            _ => {}
-        }
+        let (lines, ctx) = self.split_lines();
+        lines[i].clock(&ctx, ts, out);
     }
 
     fn rectifier(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
-        let Some(ts) = batch.readings.iter().map(|r| r.ts).max() else {
-            return;
-        };
-        self.line_clock(i, ts, out);
-        let line = &mut self.lines[i];
-        let in_service = line.cells.values().filter(|c| c.in_service).count() as f64;
-        for r in &batch.readings {
-            if !r.quality.is_good() {
-                continue;
-            }
-            if *r.point == *line.role.line_current_point {
-                let Some(ka) = num(r) else { continue };
-                if let Some((t0, ka0)) = line.current {
-                    let dt = r.ts.0 - t0.0;
-                    if dt > 0 && dt <= line.max_gap_ms {
-                        let h = dt as f64 / 3_600_000.0;
-                        line.today.charge_ka_h += ka0 * h * in_service;
-                        line.today.ae.cell_days += in_service * h / 24.0;
-                    }
-                }
-                line.current = Some((r.ts, ka));
-            } else if line.role.tapped_metal_kg_point.as_deref() == Some(&*r.point) {
-                let Some(raw) = raw_u64(r) else { continue };
-                let d = line.tap_counter.update(raw, r.ts);
-                counter_anomaly(&mut line.today, batch, r, &d, out);
-                line.today.tapped_kg += d.delta;
-            } else if *r.point == *line.role.dc_energy_point
-                || *r.point == *line.role.ac_energy_point
-            {
-                let Some(raw) = raw_u64(r) else { continue };
-                let dc = *r.point == *line.role.dc_energy_point;
-                let counter = if dc {
-                    &mut line.dc_counter
-                } else {
-                    &mut line.ac_counter
-                };
-                let d = counter.update(raw, r.ts);
-                counter_anomaly(&mut line.today, batch, r, &d, out);
-                if dc {
-                    line.today.dc_meter_kwh += d.delta;
-                } else {
-                    line.today.ac_kwh += d.delta;
-                }
-            }
-        }
+        let (lines, ctx) = self.split_lines();
+        lines[i].rectifier(&ctx, batch, out);
     }
 
     fn pot(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
-        let Some(ts) = batch.readings.iter().map(|r| r.ts).max() else {
-            return;
+        let (lines, ctx) = self.split_lines();
+        lines[i].pot(&ctx, batch, out);
+    }
+
+    fn auxiliary(&mut self, i: usize, batch: &ReadingBatch, out: &mut Vec<Record>) {
+        if let Some(ts) = batch.readings.iter().map(|r| r.ts).max() {
+            self.line_clock(i, ts, out);
+        }
+        self.lines[i].auxiliary(batch, out);
+    }
+
+    /// The lines, mutably, beside the context their figures read.
+    fn split_lines(&mut self) -> (&mut [Line], Ctx<'_>) {
+        let ctx = Ctx {
+            coef: &self.coef,
+            gwp: &self.gwp,
+            grid_t_per_mwh: self.grid_t_per_mwh,
+            offset_ms: self.offset_ms,
         };
-        self.line_clock(i, ts, out);
-        let line = &mut self.lines[i];
-        let find = |p: &str| batch.readings.iter().find(|r| *r.point == *p);
-        let flag = |p: &str| {
-            find(p)
-                .filter(|r| r.quality.is_good())
-                .and_then(num)
-                .map(|v| v != 0.0)
-        };
-        let in_service = flag(&line.role.in_service_point);
-        let cut_out = flag(&line.role.cut_out_point);
-        let name = line.name.clone();
-        let cell = line
-            .cells
-            .entry(batch.device.clone())
-            .or_insert_with(|| Cell {
-                subject: Arc::from(format!("{name}/{}", batch.device)),
-                detector: AeDetector::default(),
-                in_service: false,
-                last_ts: None,
-                minute_v_sum: 0.0,
-                minute_v_n: 0,
-            });
-        if in_service.is_some() || cut_out.is_some() {
-            cell.in_service = in_service.unwrap_or(true) && !cut_out.unwrap_or(false);
-        }
-        let Some(vr) = find(&line.role.cell_voltage_point).filter(|r| r.quality.is_good()) else {
-            return;
-        };
-        let Some(v) = num(vr) else { return };
-        if let (Some(t0), Some((_, ka))) = (cell.last_ts, line.current)
-            && cell.in_service
-        {
-            let dt = vr.ts.0 - t0.0;
-            if dt > 0 && dt <= line.max_gap_ms {
-                line.today.dc_kwh += v * ka * dt as f64 / 3_600_000.0;
-            }
-        }
-        cell.last_ts = Some(vr.ts);
-        if cell.in_service {
-            cell.minute_v_sum += v;
-            cell.minute_v_n += 1;
-        }
-        if let Some(t) = cell.detector.update(&line.ae, vr.ts, v, cell.in_service) {
-            if let AeTransition::Ended(ae) = t {
-                line.today.ae.count += 1;
-                line.today.ae.minutes += ae.duration_s() / 60.0;
-            }
-            out.push(Record::Event(event_of(&cell.subject, &t)));
-        }
+        (&mut self.lines, ctx)
     }
 
     /// One CEMS poll. Each pollutant feeds three windows: `<p>_mg_m3`, the measured (dry,
@@ -915,250 +701,6 @@ impl Pipeline {
             out.push(Record::Aggregate(a));
         }
     }
-
-    fn minute_metrics(&mut self, i: usize, end: Timestamp) -> MetricBatch {
-        let e0 = self.coef.potline.e0_v;
-        let line = &mut self.lines[i];
-        let labels = vec![(Arc::from("line"), line.name.clone())];
-        let ka = line.current.map(|(_, ka)| ka);
-        let in_service = line.cells.values().filter(|c| c.in_service).count() as f64;
-        let prod_t = line
-            .metal
-            .produced_from_charge_kg(line.today.charge_ka_h, line.role.current_efficiency)
-            / 1000.0;
-        let mut metrics = vec![
-            metric("line_current_ka", ka, "kA", end, &labels),
-            metric("cells_in_service", Some(in_service), "", end, &labels),
-            metric("production_today_t", Some(prod_t), "t", end, &labels),
-            metric(
-                "dc_kwh_per_t_today",
-                specific_energy_kwh_per_t(line.today.dc_kwh, prod_t),
-                "kWh/t",
-                end,
-                &labels,
-            ),
-            metric(
-                "ac_kwh_per_t_today",
-                specific_energy_kwh_per_t(line.today.ac_kwh, prod_t),
-                "kWh/t",
-                end,
-                &labels,
-            ),
-        ];
-        let mut cells: Vec<_> = line.cells.values_mut().collect();
-        cells.sort_by(|a, b| a.subject.cmp(&b.subject));
-        for c in cells {
-            if c.minute_v_n == 0 {
-                continue;
-            }
-            let v = c.minute_v_sum / f64::from(c.minute_v_n);
-            c.minute_v_sum = 0.0;
-            c.minute_v_n = 0;
-            let l = vec![
-                (Arc::from("line"), line.name.clone()),
-                (Arc::from("cell"), c.subject.clone()),
-            ];
-            metrics.push(metric("cell_voltage_avg_v", Some(v), "V", end, &l));
-            let r = ka.and_then(|ka| pseudo_resistance_uohm(v, e0, ka));
-            metrics.push(metric("pseudo_resistance_uohm", r, "uohm", end, &l));
-        }
-        MetricBatch {
-            calc: Arc::from("potline"),
-            ts: end,
-            metrics,
-        }
-    }
-
-    fn close_day(&mut self, i: usize, day: i64, out: &mut Vec<Record>) {
-        let end = Timestamp((day + 1) * super::time::DAY_MS - self.offset_ms);
-        let (y, m, _) = civil(day);
-        let (ny, nm, _) = civil(day + 1);
-        let line = &mut self.lines[i];
-        let today = std::mem::take(&mut line.today);
-        line.month.add(&today);
-        line.month_days += 1;
-        line.year.add(&today);
-        line.year_days += 1;
-        let month = line.month;
-        let year = line.year;
-        out.extend(self.period_records(i, "day", &today, 1.0, y, end));
-        if nm != m || ny != y {
-            let days = f64::from(days_in_month(y, m));
-            out.extend(self.period_records(i, "month", &month, days, y, end));
-            let line = &mut self.lines[i];
-            line.month = PeriodAcc::default();
-            line.month_days = 0;
-        }
-        let line = &self.lines[i];
-        if let Some(cap) = line.role.approved_capacity_t_per_year {
-            let prod = line
-                .metal
-                .produced_from_charge_kg(year.charge_ka_h, line.role.current_efficiency)
-                / 1000.0;
-            let labels = vec![
-                (Arc::from("line"), line.name.clone()),
-                (Arc::from("period"), Arc::from("ytd")),
-            ];
-            let u = capacity_utilisation(prod, cap, f64::from(line.year_days)).map(|u| u * 100.0);
-            out.push(Record::Metrics(MetricBatch {
-                calc: Arc::from("potline"),
-                ts: end,
-                metrics: vec![metric("capacity_utilisation_pct", u, "%", end, &labels)],
-            }));
-        }
-        if ny != y {
-            let line = &mut self.lines[i];
-            line.year = PeriodAcc::default();
-            line.year_days = 0;
-        }
-    }
-
-    fn period_records(
-        &self,
-        i: usize,
-        period: &str,
-        acc: &PeriodAcc,
-        days: f64,
-        year: i32,
-        end: Timestamp,
-    ) -> Vec<Record> {
-        let line = &self.lines[i];
-        let labels = vec![
-            (Arc::from("line"), line.name.clone()),
-            (Arc::from("period"), Arc::from(period)),
-        ];
-        let l = &labels;
-        let prod_t = line
-            .metal
-            .produced_from_charge_kg(acc.charge_ka_h, line.role.current_efficiency)
-            / 1000.0;
-        let dc = specific_energy_kwh_per_t(acc.dc_kwh, prod_t);
-        let ac = specific_energy_kwh_per_t(acc.ac_kwh, prod_t);
-        let mut pot = vec![
-            metric("production_t", Some(prod_t), "t", end, l),
-            metric("dc_energy_kwh", Some(acc.dc_kwh), "kWh", end, l),
-            metric("dc_meter_energy_kwh", Some(acc.dc_meter_kwh), "kWh", end, l),
-            metric("ac_energy_kwh", Some(acc.ac_kwh), "kWh", end, l),
-            metric("dc_kwh_per_t", dc, "kWh/t", end, l),
-            metric("ac_kwh_per_t", ac, "kWh/t", end, l),
-            metric(
-                "ac_grade",
-                ac.map(|v| grade(&line.grade, v).as_number()),
-                "",
-                end,
-                l,
-            ),
-            metric(
-                "ac_energy_kgce",
-                Some(kgce(acc.ac_kwh, self.coef.energy.kgce_per_kwh)),
-                "kgce",
-                end,
-                l,
-            ),
-            metric("meter_resets", Some(f64::from(acc.resets)), "", end, l),
-        ];
-        if let Some(cap) = line.role.approved_capacity_t_per_year {
-            let u = capacity_utilisation(prod_t, cap, days).map(|u| u * 100.0);
-            pot.push(metric("capacity_utilisation_pct", u, "%", end, l));
-        }
-        if line.role.tapped_metal_kg_point.is_some() {
-            pot.push(metric(
-                "tapped_metal_t",
-                Some(acc.tapped_kg / 1000.0),
-                "t",
-                end,
-                l,
-            ));
-            let ce = line
-                .metal
-                .current_efficiency(acc.tapped_kg, acc.charge_ka_h)
-                .map(|ce| ce * 100.0);
-            pot.push(metric(
-                "current_efficiency_from_tapping_pct",
-                ce,
-                "%",
-                end,
-                l,
-            ));
-        }
-        if let Some(ac) = ac {
-            let s = tariff::surcharge_yuan_per_kwh(
-                &self.coef.tariff,
-                year,
-                ac,
-                line.role.renewable_share_pct,
-                line.role.provincial_renewable_weight_pct,
-            );
-            pot.push(metric(
-                "tariff_surcharge_yuan_per_kwh_estimate",
-                Some(s),
-                "yuan/kWh",
-                end,
-                l,
-            ));
-            pot.push(metric(
-                "tariff_surcharge_yuan_estimate",
-                Some(tariff::surcharge_cost_yuan(s, ac, prod_t)),
-                "yuan",
-                end,
-                l,
-            ));
-        }
-        let ae = &acc.ae;
-        let aem = ae.aem();
-        let ae_metrics = vec![
-            metric("ae_count", Some(ae.count as f64), "", end, l),
-            metric("ae_minutes", Some(ae.minutes), "min", end, l),
-            metric("cell_days", Some(ae.cell_days), "cell-day", end, l),
-            metric("aef_per_cell_day", ae.aef(), "1/cell-day", end, l),
-            metric("aed_min", ae.aed_min(), "min", end, l),
-            metric("aem_min_per_cell_day", aem, "min/cell-day", end, l),
-        ];
-        let mut em = Vec::new();
-        if let Some(aem) = aem {
-            let pfc = pfc_slope(&line.pfc, aem, prod_t);
-            em.push(metric("pfc_cf4_kg", Some(pfc.cf4_kg), "kg", end, l));
-            em.push(metric("pfc_c2f6_kg", Some(pfc.c2f6_kg), "kg", end, l));
-            em.push(metric(
-                "pfc_co2e_t",
-                Some(pfc.co2e_t(&self.gwp)),
-                "t",
-                end,
-                l,
-            ));
-        }
-        em.push(metric(
-            "anode_co2_t",
-            Some(anode_co2_t(&self.coef.anode, prod_t)),
-            "t",
-            end,
-            l,
-        ));
-        em.push(metric(
-            "electricity_co2_t",
-            Some(electricity_co2_t(acc.ac_kwh, self.grid_t_per_mwh)),
-            "t",
-            end,
-            l,
-        ));
-        vec![
-            Record::Metrics(MetricBatch {
-                calc: Arc::from("potline"),
-                ts: end,
-                metrics: pot,
-            }),
-            Record::Metrics(MetricBatch {
-                calc: Arc::from("anode_effect"),
-                ts: end,
-                metrics: ae_metrics,
-            }),
-            Record::Metrics(MetricBatch {
-                calc: Arc::from("emissions"),
-                ts: end,
-                metrics: em,
-            }),
-        ]
-    }
 }
 
 /// The smelter's instantaneous figures at the end of a minute (calc `copper`).
@@ -1254,73 +796,7 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
     }
 }
 
-/// The counters of a line.
-#[derive(Debug, Clone, Copy)]
-enum Counter {
-    Dc,
-    Ac,
-    Tap,
-}
-
-/// A counter of `role` with its width, ratio and plausible rate.
-fn counter_of(role: &PotlineRole, which: Counter) -> EnergyCounter {
-    let (ratio, rate) = match which {
-        Counter::Dc => (role.counter_ratio, role.dc_meter_rated_kw),
-        Counter::Ac => (role.counter_ratio, role.ac_meter_rated_kw),
-        Counter::Tap => (1.0, role.tapped_metal_max_kg_per_h),
-    };
-    let c = EnergyCounter::new(role.counter_bits, ratio);
-    match rate {
-        Some(r) => c.with_max_rate_per_h(r),
-        None => c,
-    }
-}
-
-/// Count a confirmed reset and report a glitch or reset of the counter read in `r` as a
-/// `meter_anomaly` event.
-fn counter_anomaly(
-    acc: &mut PeriodAcc,
-    batch: &ReadingBatch,
-    r: &Reading,
-    d: &CounterDelta,
-    out: &mut Vec<Record>,
-) {
-    use crate::model::{Event, EventPhase, Value};
-    if !d.step.is_anomaly() {
-        return;
-    }
-    let (what, message) = match d.step {
-        CounterStep::Reset => {
-            acc.resets += 1;
-            (
-                "reset",
-                "was reset or replaced: counting restarted from the new value",
-            )
-        }
-        _ => (
-            "glitch",
-            "gave one implausible value, which was not counted",
-        ),
-    };
-    let subject = format!("{}/{}.{}", batch.source, batch.device, r.point);
-    let mut attributes = vec![(Arc::from("classification"), Value::Text(what.to_string()))];
-    if let Some(raw) = d.suspect_raw {
-        attributes.push((Arc::from("suspect_raw"), Value::UInt(raw)));
-    }
-    if let Some(raw) = raw_u64(r) {
-        attributes.push((Arc::from("raw"), Value::UInt(raw)));
-    }
-    out.push(Record::Event(Event {
-        kind: Arc::from("meter_anomaly"),
-        message: format!("counter {subject} {message}"),
-        subject: Arc::from(subject),
-        phase: EventPhase::Instant,
-        ts: r.ts,
-        attributes,
-    }));
-}
-
-fn metric(
+pub(super) fn metric(
     name: &str,
     value: Option<f64>,
     unit: &str,
@@ -1342,14 +818,14 @@ fn metric(
     }
 }
 
-fn num(r: &Reading) -> Option<f64> {
+pub(super) fn num(r: &Reading) -> Option<f64> {
     r.value
         .as_ref()
         .and_then(|v| v.as_f64())
         .filter(|v| v.is_finite())
 }
 
-fn raw_u64(r: &Reading) -> Option<u64> {
+pub(super) fn raw_u64(r: &Reading) -> Option<u64> {
     use crate::model::Value;
     match r.value.as_ref()? {
         Value::UInt(u) => Some(*u),

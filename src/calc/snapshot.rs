@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::anode_effect::{AeDetector, AeStats};
 use super::counter::CounterState;
+use super::line::LineExtra;
 use super::window::Window;
 use crate::model::Timestamp;
 
@@ -58,6 +59,18 @@ pub(super) struct PeriodAcc {
     /// Metal tapped, kg.
     #[serde(default)]
     pub(super) tapped_kg: f64,
+    /// Auxiliary energy, kWh.
+    #[serde(default)]
+    pub(super) aux_kwh: f64,
+    /// Gaps in the line current that were bridged, s.
+    #[serde(default)]
+    pub(super) bridged_s: f64,
+    /// Gaps in the line current that were not bridged, s.
+    #[serde(default)]
+    pub(super) unbridged_s: f64,
+    /// Counter energy left out because it spans a gap that was not bridged, kWh.
+    #[serde(default)]
+    pub(super) excluded_kwh: f64,
 }
 
 impl PeriodAcc {
@@ -69,6 +82,10 @@ impl PeriodAcc {
         self.ae.add(&o.ae);
         self.resets += o.resets;
         self.tapped_kg += o.tapped_kg;
+        self.aux_kwh += o.aux_kwh;
+        self.bridged_s += o.bridged_s;
+        self.unbridged_s += o.unbridged_s;
+        self.excluded_kwh += o.excluded_kwh;
     }
 }
 
@@ -104,6 +121,9 @@ pub(super) struct LineSnapshot {
     pub(super) ac_counter_raw: Option<u64>,
     #[serde(default, skip_serializing)]
     pub(super) tap_counter_raw: Option<u64>,
+    /// Gap, tapping and auxiliary-meter state.
+    #[serde(default)]
+    pub(super) extra: LineExtra,
     pub(super) day: Option<i64>,
     pub(super) minute: Option<Timestamp>,
     pub(super) today: PeriodAcc,
