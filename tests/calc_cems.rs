@@ -7,7 +7,7 @@ use std::sync::Arc;
 use smeltwatch::calc::coefficients::Coefficients;
 use smeltwatch::calc::emissions::mass_flow_kg_h;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
-use smeltwatch::calc::window::{Sample, Window, WindowRules};
+use smeltwatch::calc::window::{MAX_CATCH_UP_HOURS, Sample, Substitution, Window, WindowRules};
 use smeltwatch::calc::{CalcConfig, Pipeline};
 use smeltwatch::model::{
     Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
@@ -29,8 +29,11 @@ fn close(actual: f64, expected: f64, tol: f64, what: &str) {
     );
 }
 
+/// The shipped validity rules and substitution rule (`hj75`).
 fn rules() -> WindowRules {
-    WindowRules::new(&coef().validity, 8 * HOUR_MS)
+    let c = coef();
+    WindowRules::new(&c.validity, 8 * HOUR_MS)
+        .with_substitution(Substitution::new(&c.substitution, None))
 }
 
 fn rate_window() -> Window {
@@ -250,6 +253,7 @@ fn item_3_day_fills_a_3_hour_calibration_gap_with_the_mean_of_its_neighbours_157
         "day total, kg",
     );
     assert_eq!(day.quality, Quality::Substituted);
+    assert_eq!(day.substituted, 3);
     // the day's average stays the mean of its valid hours
     close(
         day.avg.expect("valid day"),
@@ -288,4 +292,244 @@ fn item_3_a_silent_device_at_the_end_of_the_day_is_filled_with_the_hour_before_1
         "day total, kg",
     );
     assert_eq!(day.quality, Quality::Substituted);
+    assert_eq!(day.substituted, 2);
+}
+
+#[test]
+fn item_3_a_stack_with_substitution_none_keeps_the_sum_of_its_valid_hours() {
+    let cfg = format!("{PLAIN_STACK}substitution = \"none\"\n");
+    let mut p = pipeline(&cfg);
+    let records = drive_day(&mut p, |h| match h {
+        0..=9 => Some((50.0, false)),
+        10..=12 => Some((50.0, true)),
+        _ => Some((80.0, false)),
+    });
+    let day = day_of(&records, "so2_kg_h");
+    close(
+        day.total.expect("valid day"),
+        1380.0,
+        1e-6,
+        "valid hours only",
+    );
+    assert_eq!((day.substituted, day.quality), (0, Quality::Good));
+}
+
+/// Day 1 valid (50 kg/h, 120 at 05:00), day 2 silent, day 3 silent until noon then 60 kg/h; the
+/// window goes through JSON (an agent restart) after day 1.
+#[test]
+fn item_3_a_gap_longer_than_24_hours_takes_the_maximum_of_the_preceding_valid_hours() {
+    let mut w = rate_window();
+    let mut out = Vec::new();
+    for h in 0..24 {
+        let rate = if h == 5 { 120.0 } else { 50.0 };
+        feed_hour(&mut w, DAY0 + h * HOUR_MS, 60, rate, &mut out);
+    }
+    w.advance(Timestamp(DAY0 + DAY_MS), &mut out);
+    let json = serde_json::to_string(&w).expect("window serialises");
+    let mut w: Window = serde_json::from_str(&json).expect("window parses");
+    w.advance(Timestamp(DAY0 + 2 * DAY_MS + 12 * HOUR_MS), &mut out);
+    for h in 12..24 {
+        feed_hour(&mut w, DAY0 + 2 * DAY_MS + h * HOUR_MS, 60, 60.0, &mut out);
+    }
+    w.advance(Timestamp(DAY0 + 3 * DAY_MS), &mut out);
+    let days = of(&out, Period::Day);
+    assert_eq!(days.len(), 3);
+    close(
+        days[0].total.expect("valid"),
+        23.0 * 50.0 + 120.0,
+        1e-9,
+        "day 1",
+    );
+    // day 2: no data at all; emitted, invalid, its 24 hours filled with the hour before the gap
+    // (the gap is 24 h long when the day closes)
+    let d2 = days[1];
+    assert_eq!(
+        (d2.samples, d2.valid, d2.quality),
+        (0, false, Quality::CommFail)
+    );
+    assert_eq!(d2.substituted, 24);
+    close(d2.total.expect("filled"), 24.0 * 50.0, 1e-9, "day 2");
+    // day 3: the gap is 36 h: its 12 hours take the maximum of the valid hours before it (120)
+    let d3 = days[2];
+    assert!(!d3.valid, "12 valid hours");
+    assert_eq!(d3.substituted, 12);
+    close(
+        d3.total.expect("filled"),
+        12.0 * 120.0 + 12.0 * 60.0,
+        1e-9,
+        "day 3: 2160 kg",
+    );
+    assert_eq!(of(&out, Period::Hour).len(), 72, "every hour emitted");
+}
+
+#[test]
+fn item_3_catching_up_after_a_long_outage_is_bounded_to_31_days_of_hours() {
+    let mut w = rate_window();
+    let mut out = Vec::new();
+    feed_hour(&mut w, DAY0, 60, 10.0, &mut out);
+    w.advance(Timestamp(DAY0 + 40 * DAY_MS), &mut out);
+    let hours = of(&out, Period::Hour);
+    // the first day (with its 23 silent hours) and the last 31 days are emitted
+    assert_eq!(hours.len() as i64, 24 + MAX_CATCH_UP_HOURS);
+    assert_eq!(
+        hours.last().expect("hours").end,
+        Timestamp(DAY0 + 40 * DAY_MS)
+    );
+    let days = of(&out, Period::Day);
+    assert_eq!(days.len(), 32);
+    assert_eq!(days[1].start, Timestamp(DAY0 + 9 * DAY_MS));
+}
+
+#[test]
+fn the_aggregate_json_has_substituted_only_when_hours_were_filled() {
+    let mut p = pipeline(PLAIN_STACK);
+    let records = drive_day(&mut p, |h| (h < 22).then_some((50.0, false)));
+    let day = day_of(&records, "so2_kg_h");
+    let json = serde_json::to_value(day).expect("serialises");
+    assert_eq!(json["substituted"], 2);
+    let hour = hour_of(&records, "so2_kg_h");
+    let json = serde_json::to_value(hour).expect("serialises");
+    assert!(json.get("substituted").is_none(), "{json}");
+    // and the protobuf form carries it (field 16)
+    use smeltwatch::config::Stream;
+    use smeltwatch::publish::encode::protobuf;
+    let record = Record::Aggregate(day.clone());
+    let bytes = protobuf::encode_record("site", Stream::Emissions, 1, &record, false);
+    let back = protobuf::decode_record(&bytes).expect("decodes");
+    assert_eq!(back.record, record);
+}
+
+// === item 4: the converted concentration is its own quantity, and the limits apply to it ===
+
+fn exceedances(records: &[Record]) -> Vec<&smeltwatch::model::Event> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) if &*e.kind == "exceedance" => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn drive_hour(p: &mut Pipeline, readings: impl Fn(i64) -> Vec<Reading>) -> Vec<Record> {
+    let mut records = Vec::new();
+    for i in 0..360 {
+        let t = T0 + i * 10_000;
+        records.extend(p.on_batch(&stack_batch(t, readings(t))));
+    }
+    records.extend(p.flush(Timestamp(T0 + HOUR_MS)));
+    records
+}
+
+#[test]
+fn item_4_the_limit_check_uses_the_o2_converted_hourly_mean() {
+    let mut p = pipeline(O2_STACK);
+    // 300 mg/m³ measured at 11 % O2 is 450 mg/m³ at 6 %: above GB 25467's 400, below it measured
+    let records = drive_hour(&mut p, |t| {
+        vec![
+            reading("so2_mg_m3", 300.0, t),
+            reading("o2_pct", 11.0, t),
+            reading("flow_m3h", 1.0e6, t),
+        ]
+    });
+    close(
+        hour_of(&records, "so2_mg_m3").avg.expect("valid"),
+        300.0,
+        1e-9,
+        "measured",
+    );
+    let zs = hour_of(&records, "so2_zs_mg_m3");
+    close(zs.avg.expect("valid"), 450.0, 1e-9, "converted");
+    close(
+        hour_of(&records, "so2_kg_h").total.expect("valid"),
+        300.0,
+        1e-9,
+        "kg",
+    );
+    let e = exceedances(&records);
+    assert_eq!(e.len(), 1);
+    assert_eq!(&*e[0].subject, "boiler_stack/so2_zs_mg_m3");
+}
+
+#[test]
+fn item_4_without_o2_readings_nothing_is_converted_and_mass_is_still_counted() {
+    let mut p = pipeline(O2_STACK);
+    let records = drive_hour(&mut p, |t| {
+        vec![
+            reading("so2_mg_m3", 100.0, t),
+            reading("flow_m3h", 1.0e6, t),
+        ]
+    });
+    let zs = hour_of(&records, "so2_zs_mg_m3");
+    assert!(!zs.valid && zs.quality == Quality::OutOfRange, "{zs:?}");
+    close(
+        hour_of(&records, "so2_kg_h").total.expect("valid"),
+        100.0,
+        1e-9,
+        "kg",
+    );
+}
+
+const EXHAUST_STACK: &str = r#"
+utc_offset_hours = 8
+
+[[stacks]]
+name = "boiler_stack"
+device = "plant/boiler_stack"
+limits = "gb25465_2010_al_pot_gas"
+pollutants = { so2 = "so2_mg_m3" }
+reference_exhaust_m3_per_t = 8000.0
+production_point = "production_tph"
+"#;
+
+#[test]
+fn item_4_reference_exhaust_volume_scales_the_concentration_only_above_the_reference() {
+    // 10⁶ m³/h over 100 t/h is 10,000 m³/t, above the 8,000 reference: 180 × 10,000/8,000 = 225, above GB 25465's
+    // 200 where the measured 180 is not
+    let mut p = pipeline(EXHAUST_STACK);
+    let records = drive_hour(&mut p, |t| {
+        vec![
+            reading("so2_mg_m3", 180.0, t),
+            reading("flow_m3h", 1.0e6, t),
+            reading("production_tph", 100.0, t),
+        ]
+    });
+    close(
+        hour_of(&records, "so2_zs_mg_m3").avg.expect("valid"),
+        225.0,
+        1e-9,
+        "converted",
+    );
+    close(
+        hour_of(&records, "so2_kg_h").avg.expect("valid"),
+        180.0,
+        1e-9,
+        "kg/h, measured",
+    );
+    assert_eq!(exceedances(&records).len(), 1);
+    // at 5,000 m³/t the measured concentration stands
+    let mut p = pipeline(EXHAUST_STACK);
+    let records = drive_hour(&mut p, |t| {
+        vec![
+            reading("so2_mg_m3", 180.0, t),
+            reading("flow_m3h", 0.5e6, t),
+            reading("production_tph", 100.0, t),
+        ]
+    });
+    close(
+        hour_of(&records, "so2_zs_mg_m3").avg.expect("valid"),
+        180.0,
+        1e-9,
+        "not scaled",
+    );
+    // both conversions at once, or a reference volume without a production rate, are refused
+    let both = format!("{EXHAUST_STACK}o2_reference_pct = 6.0\n");
+    let cfg: CalcConfig = toml::from_str(&both).expect("parses");
+    let e = Pipeline::new(&cfg)
+        .expect_err("both conversions")
+        .to_string();
+    assert!(e.contains("stacks[0].reference_exhaust_m3_per_t"), "{e}");
+    let bare = EXHAUST_STACK.replace("production_point = \"production_tph\"\n", "");
+    let cfg: CalcConfig = toml::from_str(&bare).expect("parses");
+    assert!(Pipeline::new(&cfg).is_err());
 }

@@ -847,3 +847,38 @@ fn spooled_records_become_hj212_text() {
         Ok(Vec::new())
     );
 }
+
+/// Item 4 of issue 18: an hour of a stack with an O2 reference gives both concentrations in one
+/// item, the measured as -Avg/-Min/-Max, the converted (折算) as -ZsAvg/-ZsMin/-ZsMax, and the
+/// mass flow's total as -Cou (100 mg/m³ at 11 % O2, reference 6 %: 150 mg/m³ converted; 10⁶ m³/h:
+/// 100 kg, from the measured concentration).
+#[test]
+fn item_4_measured_and_converted_concentrations_and_the_mass_share_one_item() {
+    let t = table();
+    let mut measured = agg("so2_mg_m3", 100.0, 98.0, 102.0, 0.0);
+    measured.total = None;
+    measured.total_unit = None;
+    let mut converted = agg("so2_zs_mg_m3", 150.0, 147.0, 153.0, 0.0);
+    converted.total = None;
+    converted.total_unit = None;
+    let mut mass = agg("so2_kg_h", 100.0, 98.0, 102.0, 100.0);
+    mass.unit = Arc::from("kg/h");
+    let flow = agg("flow_m3_s", 277.78, 270.0, 285.0, 1_000_000.0);
+    let packets = hj212::encode_window(
+        &t,
+        &station(true),
+        T_1000_CST,
+        &[measured, converted, mass, flow],
+    )
+    .unwrap();
+    assert_eq!(packets.len(), 1);
+    let p = hj212::parse(packets[0].as_bytes(), &t, &opts()).unwrap();
+    let so2: Vec<String> = p.cp.0[1].iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(
+        so2.join(","),
+        "a21026-Avg=100.0,a21026-Min=98.0,a21026-Max=102.0,a21026-ZsAvg=150.0,\
+         a21026-ZsMin=147.0,a21026-ZsMax=153.0,a21026-Cou=100.000,a21026-Flag=N"
+    );
+    assert_eq!(p.cp.0.len(), 3, "DataTime, SO2, flow: {}", p.cp);
+    assert!(t.factor("so2_zs_mg_m3").is_some() && t.factor("so2_kg_h").is_some());
+}

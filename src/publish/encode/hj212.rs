@@ -27,7 +27,7 @@ mod table;
 
 use std::fmt;
 
-pub use table::{Commands, Factor, Flags, Limits, Table, TableError};
+pub use table::{Commands, Factor, Flags, Limits, Role, Table, TableError};
 
 use crate::model::{Aggregate, Period, Quality, Timestamp};
 
@@ -361,10 +361,14 @@ fn number(v: Option<f64>, decimals: usize) -> Option<String> {
 /// Packets for one closed window of one stack: 2051, 2061 or 2031 by the aggregates' period.
 ///
 /// Every aggregate must share period and window start; `DataTime` is the window start (the
-/// convention to confirm with the platform, DOMAIN §7.4). Each aggregate becomes one item
-/// `code-Avg,code-Min,code-Max[,code-Cou],code-Flag` in the order given; a missing or non-finite
-/// value is left out and its flag kept. Returns one packet, or several when the data area exceeds
-/// the table's limits.
+/// convention to confirm with the platform). The aggregates of one factor code make one item
+/// `code-Avg,code-Min,code-Max[,code-ZsAvg,code-ZsMin,code-ZsMax][,code-Cou],code-Flag`, items in
+/// the order their first aggregate is given: the measured concentration (a [`Role::Measured`]
+/// quantity such as `so2_mg_m3`) gives Avg/Min/Max, the converted one (`so2_zs_mg_m3`) the Zs
+/// values, and Cou is the measured aggregate's own `total` or else the mass flow's (`so2_kg_h`).
+/// The flag is the measured aggregate's, or the first one's when there is none. A missing or
+/// non-finite value is left out and its flag kept. Returns one packet, or several when the data
+/// area exceeds the table's limits.
 pub fn encode_window(
     table: &Table,
     station: &Station,
@@ -394,23 +398,79 @@ pub fn encode_window_qn(
     {
         return Err(EncodeError::MixedWindows);
     }
-    let mut items = Vec::with_capacity(aggregates.len());
+    /// The aggregates of one factor code, by role.
+    struct Item<'a> {
+        factor: &'a Factor,
+        measured: Option<&'a Aggregate>,
+        converted: Option<&'a Aggregate>,
+        amount: Option<&'a Aggregate>,
+    }
+    let mut grouped: Vec<Item<'_>> = Vec::with_capacity(aggregates.len());
     for a in aggregates {
-        let f = table
-            .factor(&a.quantity)
+        let (f, role) = table
+            .factor_role(&a.quantity)
             .ok_or_else(|| EncodeError::UnknownQuantity(a.quantity.to_string()))?;
+        let slot = |it: &mut Item<'_>| -> bool {
+            let s = match role {
+                Role::Measured => &mut it.measured,
+                Role::Converted => &mut it.converted,
+                Role::Amount => &mut it.amount,
+            };
+            s.is_none()
+        };
+        // A second aggregate of the same code and role (say `so2_mg_m3` and `a21026`) makes an
+        // item of its own, as before.
+        let i = match grouped
+            .iter_mut()
+            .position(|it| it.factor.code == f.code && slot(it))
+        {
+            Some(i) => i,
+            None => {
+                grouped.push(Item {
+                    factor: f,
+                    measured: None,
+                    converted: None,
+                    amount: None,
+                });
+                grouped.len() - 1
+            }
+        };
+        let it = &mut grouped[i];
+        match role {
+            Role::Measured => it.measured = Some(a),
+            Role::Converted => it.converted = Some(a),
+            Role::Amount => it.amount = Some(a),
+        }
+    }
+    let mut items = Vec::with_capacity(grouped.len());
+    for it in grouped {
+        let f = it.factor;
         let mut pairs = Vec::new();
-        for (suffix, v) in [("Avg", a.avg), ("Min", a.min), ("Max", a.max)] {
+        let values = |a: Option<&Aggregate>| a.map_or([None; 3], |a| [a.avg, a.min, a.max]);
+        let measured = ["Avg", "Min", "Max"].into_iter().zip(values(it.measured));
+        let converted = ["ZsAvg", "ZsMin", "ZsMax"]
+            .into_iter()
+            .zip(values(it.converted));
+        for (suffix, v) in measured.chain(converted) {
             if let Some(text) = number(v, f.decimals) {
                 pairs.push((format!("{}-{suffix}", f.code), text));
             }
         }
-        if let Some(text) = number(a.total, f.cou_decimals) {
+        let cou = it
+            .measured
+            .and_then(|a| a.total)
+            .or_else(|| it.amount.and_then(|a| a.total));
+        if let Some(text) = number(cou, f.cou_decimals) {
             pairs.push((format!("{}-Cou", f.code), text));
         }
+        let flagged = it
+            .measured
+            .or(it.converted)
+            .or(it.amount)
+            .expect("an item holds at least one aggregate");
         pairs.push((
             format!("{}-Flag", f.code),
-            window_flag(table, a.quality, a.valid).to_string(),
+            window_flag(table, flagged.quality, flagged.valid).to_string(),
         ));
         items.push(pairs);
     }

@@ -133,9 +133,16 @@ pub struct Factor {
     /// Unit of the -Cou amount, when the factor has one.
     #[serde(default)]
     pub amount_unit: Option<String>,
-    /// smeltwatch quantity names that map to this code.
+    /// smeltwatch quantity names that map to this code: measured values (-Avg/-Min/-Max, and
+    /// -Cou from their `total` when they carry one).
     #[serde(default)]
     pub quantities: Vec<String>,
+    /// Quantity names of the converted (折算) concentration of this code (-ZsAvg/-ZsMin/-ZsMax).
+    #[serde(default)]
+    pub converted_quantities: Vec<String>,
+    /// Quantity names of this code's mass flow, whose `total` is the window's amount (-Cou).
+    #[serde(default)]
+    pub amount_quantities: Vec<String>,
     /// Decimals printed for -Rtd/-Avg/-Min/-Max.
     pub decimals: usize,
     /// Decimals printed for -Cou.
@@ -172,7 +179,18 @@ pub struct Table {
     pub flags: Flags,
     /// Factor codes in table order.
     pub factors: Vec<Factor>,
-    by_name: HashMap<String, usize>,
+    by_name: HashMap<String, (usize, Role)>,
+}
+
+/// What a quantity is to its factor code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The measured value (`-Avg`, `-Min`, `-Max`, `-Rtd`).
+    Measured,
+    /// The converted concentration (`-ZsAvg`, `-ZsMin`, `-ZsMax`).
+    Converted,
+    /// The mass flow whose total is the amount (`-Cou`).
+    Amount,
 }
 
 impl Table {
@@ -217,8 +235,13 @@ impl Table {
                     f.code
                 )));
             }
-            for name in std::iter::once(&f.code).chain(&f.quantities) {
-                if by_name.insert(name.clone(), i).is_some() {
+            let names = std::iter::once(&f.code)
+                .chain(&f.quantities)
+                .map(|n| (n, Role::Measured))
+                .chain(f.converted_quantities.iter().map(|n| (n, Role::Converted)))
+                .chain(f.amount_quantities.iter().map(|n| (n, Role::Amount)));
+            for (name, role) in names {
+                if by_name.insert(name.clone(), (i, role)).is_some() {
                     return Err(TableError::Invalid(format!(
                         "quantity {name:?} maps to more than one factor"
                     )));
@@ -237,9 +260,16 @@ impl Table {
         })
     }
 
-    /// The factor of a smeltwatch quantity name or of a factor code.
+    /// The factor of a smeltwatch quantity name (of any [`Role`]) or of a factor code.
     pub fn factor(&self, quantity: &str) -> Option<&Factor> {
-        self.by_name.get(quantity).map(|&i| &self.factors[i])
+        self.factor_role(quantity).map(|(f, _)| f)
+    }
+
+    /// The factor of a quantity name and what the quantity is to it.
+    pub fn factor_role(&self, quantity: &str) -> Option<(&Factor, Role)> {
+        self.by_name
+            .get(quantity)
+            .map(|&(i, role)| (&self.factors[i], role))
     }
 
     /// The Flag field value: version bits, split bit D and acknowledgement bit A.
