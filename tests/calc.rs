@@ -583,9 +583,35 @@ fn detector_applies_threshold_min_duration_and_hysteresis() {
     };
     assert_eq!(got[1].0, 15);
     assert_eq!((ae.start, ae.end), (Timestamp(10_000), Timestamp(15_000)));
-    close(ae.duration_s(), 5.0, 1e-12);
+    // at or above 8 V from 10 s to the 7.8 V sample at 14 s: 4 s; the hysteresis only holds
+    // the effect open until 15 s so that a return above 8 V would not be a second one
+    close(ae.duration_s(), 4.0, 1e-12);
     close(ae.peak_v, 9.5, 1e-12);
     close(ae.mean_v, (9.0 + 9.5 + 9.0 + 9.0 + 7.8) / 5.0, 1e-12);
+}
+
+#[test]
+fn a_dip_under_the_threshold_within_the_hysteresis_is_one_effect_counting_only_time_above() {
+    let p = params();
+    let mut d = AeDetector::default();
+    let mut ended = Vec::new();
+    // above 8 V 0..4 s, 7.8 V (within the 0.5 V hysteresis) 4..6 s, above again 6..9 s, out
+    for (s, v) in [
+        (0, 20.0),
+        (2, 18.0),
+        (4, 7.8),
+        (6, 9.0),
+        (8, 8.5),
+        (9, 7.0),
+        (12, 4.0),
+    ] {
+        if let Some(AeTransition::Ended(ae)) = d.update(&p, Timestamp(s * 1000), v, true) {
+            ended.push(ae);
+        }
+    }
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    close(ended[0].duration_s(), 4.0 + 3.0, 1e-12);
+    assert_eq!(ended[0].end, Timestamp(9_000));
 }
 
 #[test]

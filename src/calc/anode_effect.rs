@@ -6,6 +6,11 @@
 //! below `threshold_v − hysteresis_v`. A cell out of service (cut out, not in service) never
 //! starts an AE; if it goes out of service during one, the AE ends there. Time comes only from
 //! the readings' timestamps.
+//!
+//! The duration of an AE (the AE minutes of AEM, and so of the PFC slope method) is the time the
+//! voltage spent at or above the threshold, each sample standing for the interval up to the next
+//! one. The hysteresis only keeps a voltage that dips under the threshold and comes back from
+//! counting as a second AE: the time between the threshold and the end level is not AE time.
 
 use std::sync::Arc;
 
@@ -42,6 +47,8 @@ pub struct AnodeEffect {
     pub start: Timestamp,
     /// First sample below the end level (or the instant the cell left service).
     pub end: Timestamp,
+    /// Time at or above the threshold, ms.
+    pub above_ms: i64,
     /// Highest voltage, V.
     pub peak_v: f64,
     /// Mean of the samples during the AE, V.
@@ -49,9 +56,9 @@ pub struct AnodeEffect {
 }
 
 impl AnodeEffect {
-    /// Duration, s.
+    /// Duration: the time at or above the threshold, s.
     pub fn duration_s(&self) -> f64 {
-        (self.end.0 - self.start.0) as f64 / 1000.0
+        self.above_ms as f64 / 1000.0
     }
 }
 
@@ -62,6 +69,22 @@ struct Active {
     peak_v: f64,
     sum_v: f64,
     n: u32,
+    /// Time at or above the threshold so far, ms.
+    #[serde(default)]
+    above_ms: i64,
+    /// The previous sample: its time and whether it was at or above the threshold.
+    #[serde(default)]
+    last: Option<(Timestamp, bool)>,
+}
+
+impl Active {
+    /// Count the interval since the previous sample if that one was above the threshold.
+    fn advance(&mut self, ts: Timestamp, above: bool) {
+        if let Some((t0, true)) = self.last {
+            self.above_ms += (ts.0 - t0.0).max(0);
+        }
+        self.last = Some((ts, above));
+    }
 }
 
 /// What one sample did.
@@ -106,6 +129,8 @@ impl AeDetector {
                         peak_v: voltage_v,
                         sum_v: voltage_v,
                         n: 1,
+                        above_ms: 0,
+                        last: Some((ts, true)),
                     });
                     return self.confirm(p, ts);
                 }
@@ -115,6 +140,7 @@ impl AeDetector {
                 if voltage_v < end_level {
                     return self.finish(ts);
                 }
+                a.advance(ts, voltage_v >= p.threshold_v);
                 a.peak_v = a.peak_v.max(voltage_v);
                 a.sum_v += voltage_v;
                 a.n += 1;
@@ -133,11 +159,13 @@ impl AeDetector {
     }
 
     fn finish(&mut self, ts: Timestamp) -> Option<AeTransition> {
-        let a = self.active.take()?;
+        let mut a = self.active.take()?;
+        a.advance(ts, false);
         a.confirmed.then(|| {
             AeTransition::Ended(AnodeEffect {
                 start: a.start,
                 end: ts,
+                above_ms: a.above_ms,
                 peak_v: a.peak_v,
                 mean_v: a.sum_v / f64::from(a.n.max(1)),
             })
