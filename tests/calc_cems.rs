@@ -533,3 +533,35 @@ fn item_4_reference_exhaust_volume_scales_the_concentration_only_above_the_refer
     let cfg: CalcConfig = toml::from_str(&bare).expect("parses");
     assert!(Pipeline::new(&cfg).is_err());
 }
+
+/// A window saved by an older build (without the substitution state and the next hour to close)
+/// still restores, and closes its open hour and day.
+#[test]
+fn a_window_saved_without_the_new_fields_restores_with_defaults() {
+    let mut w = rate_window();
+    let mut out = Vec::new();
+    for h in 0..2 {
+        feed_hour(&mut w, DAY0 + h * HOUR_MS, 60, 40.0, &mut out);
+    }
+    let mut json: serde_json::Value = serde_json::to_value(&w).expect("serialises");
+    let obj = json.as_object_mut().expect("an object");
+    for key in ["next_hour", "day_hours", "fill"] {
+        assert!(obj.remove(key).is_some(), "{key}");
+    }
+    obj["rules"]
+        .as_object_mut()
+        .expect("rules")
+        .remove("substitution");
+    let w: Window = serde_json::from_value(json).expect("an old window parses");
+    let mut w = w.with_rules(rules());
+    let mut out = Vec::new();
+    w.advance(Timestamp(DAY0 + DAY_MS), &mut out);
+    let hours = of(&out, Period::Hour);
+    assert_eq!(
+        hours.len(),
+        23,
+        "the open hour 01:00 and the 22 silent ones"
+    );
+    assert!(hours[0].valid);
+    assert_eq!(of(&out, Period::Day).len(), 1);
+}

@@ -302,12 +302,13 @@ impl Pipeline {
 
     /// Resume from a snapshot taken before a restart. Lines and stacks are matched by name;
     /// those no longer configured are dropped, new ones start empty; windows take the current
-    /// validity rules. Returns false (and changes nothing) for a snapshot of another format
-    /// version.
+    /// validity and substitution rules. Returns false (and changes nothing) for a snapshot of
+    /// another format version.
     ///
     /// Whatever happened while the agent was down is not invented: windows that ended in the
-    /// meantime close (with what they had) on the first reading or flush after the restart, and
-    /// the missing minutes count as missing.
+    /// meantime close (with what they had) on the first reading or flush after the restart, the
+    /// missing minutes count as missing, and the hours without any data are emitted as such
+    /// (0 samples, `comm_fail`), to be filled at their day's close by the substitution policy.
     pub fn restore(&mut self, snap: PipelineSnapshot) -> bool {
         if snap.version != SNAPSHOT_VERSION {
             return false;
