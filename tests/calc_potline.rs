@@ -46,6 +46,14 @@ struct Day {
     aux_kwh_per_t: Option<f64>,
     /// True current efficiency of the line, with the tapped-metal counter when set.
     tapped_ce: Option<f64>,
+    /// Taps at these local hours (counted from the first midnight) happen this many minutes
+    /// late.
+    late_taps: &'static [(i64, i64)],
+    /// First local day (default 2025-03-01) and the number of days (default 1).
+    start: Option<(i32, u32, u32)>,
+    days: i64,
+    /// The pots report no status points.
+    no_status: bool,
 }
 
 fn reading(point: &str, value: Value, ts: i64) -> Reading {
@@ -86,15 +94,18 @@ impl Meter {
     }
 }
 
-fn midnight() -> i64 {
-    days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS
+fn midnight(day: &Day) -> i64 {
+    let (y, m, d) = day.start.unwrap_or((2025, 3, 1));
+    days_from_civil(y, m, d) * DAY_MS - 8 * HOUR_MS
 }
 
-/// Run one local day (and one step into the next, which closes it); returns every record.
+/// Run the local days (and one step into the next, which closes the last); returns every
+/// record.
 fn run(day: &Day) -> Vec<Record> {
     let cfg: CalcConfig = toml::from_str(&format!("{CALC}{}\n", day.keys)).expect("parses");
     let mut p = Pipeline::new(&cfg).expect("builds");
-    let m = midnight();
+    let m = midnight(day);
+    let days = day.days.max(1);
     let (mut ac, mut dc, mut aux, mut tapped) = (
         Meter::default(),
         Meter::default(),
@@ -108,18 +119,29 @@ fn run(day: &Day) -> Vec<Record> {
     let metal_per_step_kg = K * KA * h * true_ce * cells;
     let mut out = Vec::new();
     let mut t = m - STEP_MS;
-    while t <= m + DAY_MS {
+    // the taps of the metal made in each 4 h, from 01:00 (some of them late)
+    let tap_times: Vec<i64> = (0..days * 6)
+        .map(|i| {
+            let h = 1 + 4 * i;
+            let late = day
+                .late_taps
+                .iter()
+                .find(|(at, _)| *at == h)
+                .map_or(0, |l| l.1);
+            h * HOUR_MS + late * 60_000
+        })
+        .collect();
+    let tap_kg = metal_per_step_kg * (4 * HOUR_MS / STEP_MS) as f64;
+    while t <= m + days * DAY_MS {
         let dc_kwh = (CELL_V + day.bus_v) * KA * cells * h;
         let ac_v = ac.add(CELL_V * KA * cells * h / day.eta);
         let dc_v = dc.add(dc_kwh);
         let aux_v = day
             .aux_kwh_per_t
             .map(|a| aux.add(a * metal_per_step_kg / 1000.0));
-        // taps of the metal made in each 4 h, from 01:00
         let since = t - m;
-        let tap = since >= HOUR_MS && (since - HOUR_MS) % (4 * HOUR_MS) == 0;
-        let tap_v = if tap {
-            tapped.add(metal_per_step_kg * (4 * HOUR_MS / STEP_MS) as f64)
+        let tap_v = if tap_times.contains(&since) {
+            tapped.add(tap_kg)
         } else {
             tapped.raw()
         };
@@ -141,14 +163,12 @@ fn run(day: &Day) -> Vec<Record> {
             out.extend(p.on_batch(&batch("rectifier", r)));
         }
         for c in 1..=CELLS {
-            out.extend(p.on_batch(&batch(
-                &format!("pot_{c:03}"),
-                vec![
-                    reading("cell_voltage_v", Value::Float(CELL_V), t),
-                    reading("in_service", Value::Bool(true), t),
-                    reading("cut_out", Value::Bool(false), t),
-                ],
-            )));
+            let mut r = vec![reading("cell_voltage_v", Value::Float(CELL_V), t)];
+            if !day.no_status {
+                r.push(reading("in_service", Value::Bool(true), t));
+                r.push(reading("cut_out", Value::Bool(false), t));
+            }
+            out.extend(p.on_batch(&batch(&format!("pot_{c:03}"), r)));
         }
         t += STEP_MS;
     }
@@ -156,15 +176,24 @@ fn run(day: &Day) -> Vec<Record> {
 }
 
 fn day_metric<'a>(records: &'a [Record], name: &str) -> Option<&'a Metric> {
-    records.iter().rev().find_map(|r| match r {
-        Record::Metrics(b) => b.metrics.iter().find(|m| {
+    period_metrics(records, name, "day").last().copied()
+}
+
+/// Every `period` value of metric `name`, in order.
+fn period_metrics<'a>(records: &'a [Record], name: &str, period: &str) -> Vec<&'a Metric> {
+    records
+        .iter()
+        .flat_map(|r| match r {
+            Record::Metrics(b) => b.metrics.iter().collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .filter(|m| {
             &*m.name == name
                 && m.labels
                     .iter()
-                    .any(|(k, v)| &**k == "period" && &**v == "day")
-        }),
-        _ => None,
-    })
+                    .any(|(k, v)| &**k == "period" && &**v == period)
+        })
+        .collect()
 }
 
 fn value(records: &[Record], name: &str) -> f64 {
@@ -195,6 +224,7 @@ fn production_t(ce: f64) -> f64 {
 fn steady() -> Day {
     Day {
         eta: 0.975,
+        days: 1,
         ..Day::default()
     }
 }
@@ -393,5 +423,80 @@ fn measured_metal_replaces_the_configured_current_efficiency() {
         production_t(0.935),
         0.01,
         "the Faraday estimate",
+    );
+}
+
+#[test]
+fn a_tap_that_moves_across_midnight_does_not_swing_the_day() {
+    // day 2's 21:00 tap happens at 00:30 on day 3: that day's own tapping gives 76.7 %, but
+    // production uses the efficiency from tapping tap to tap, which stays at 92 %
+    let r = run(&Day {
+        keys: "tapped_metal_kg_point = \"tapped_kg\"",
+        tapped_ce: Some(0.92),
+        late_taps: &[(24 + 21, 210)],
+        days: 3,
+        ..steady()
+    });
+    let ce: Vec<f64> = period_metrics(&r, "current_efficiency_from_tapping_pct", "day")
+        .iter()
+        .filter_map(|m| m.value)
+        .collect();
+    assert_eq!(ce.len(), 3, "{ce:?}");
+    close(ce[1], 92.0 * 5.0 / 6.0, 0.05, "day 2's own tapping");
+    // the first "day" is the step before the first midnight
+    let prod: Vec<f64> = period_metrics(&r, "production_t", "day")
+        .iter()
+        .skip(1)
+        .filter_map(|m| m.value)
+        .collect();
+    assert_eq!(prod.len(), 3, "{prod:?}");
+    for (i, p) in prod.iter().enumerate() {
+        close(
+            *p,
+            production_t(0.92),
+            0.05,
+            &format!("production of day {}", i + 1),
+        );
+    }
+}
+
+#[test]
+fn pots_without_status_points_count_in_service_by_default() {
+    let r = run(&Day {
+        no_status: true,
+        ..steady()
+    });
+    close(
+        value(&r, "production_t"),
+        production_t(0.935),
+        0.01,
+        "production",
+    );
+    close(value(&r, "cell_days"), f64::from(CELLS), 1e-3, "cell-days");
+    let r = run(&Day {
+        keys: "in_service_default = false",
+        no_status: true,
+        ..steady()
+    });
+    assert_eq!(value(&r, "production_t"), 0.0, "configured out of service");
+}
+
+#[test]
+fn a_partial_first_month_is_measured_against_the_days_it_covers() {
+    // the line starts on 30 March: the month that closes on 1 April covers two days
+    let r = run(&Day {
+        keys: "approved_capacity_t_per_year = 27500.0",
+        start: Some((2025, 3, 30)),
+        days: 2,
+        ..steady()
+    });
+    let month = period_metrics(&r, "capacity_utilisation_pct", "month");
+    assert_eq!(month.len(), 1);
+    let expected = 2.0 * production_t(0.935) / (27_500.0 * 2.0 / 365.0) * 100.0;
+    close(
+        month[0].value.expect("value"),
+        expected,
+        0.05,
+        "month utilisation",
     );
 }

@@ -40,7 +40,7 @@ use super::potline::{
     Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
 };
 use super::snapshot::{CellState, LineSnapshot, PeriodAcc};
-use super::time::{DAY_MS, MINUTE_MS, civil, days_in_month, floor, local_day};
+use super::time::{DAY_MS, MINUTE_MS, civil, days_from_civil, floor, local_day};
 use super::{AuxiliaryMeter, CalcError, GapBridge, PotlineRole, glob_match, tariff};
 use crate::model::{
     Event, EventPhase, Metric, MetricBatch, Quality, Reading, ReadingBatch, Record, Timestamp,
@@ -83,6 +83,9 @@ pub(super) struct LineExtra {
     pub(super) taps: VecDeque<TapPoint>,
     /// Auxiliary meter counters: (meter index, device, state).
     pub(super) aux: Vec<(usize, Arc<str>, CounterState)>,
+    /// Time of the first reading: a month or year that began before it is measured against
+    /// the days it covers.
+    pub(super) first_ts: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -297,12 +300,19 @@ impl Line {
         self.year_days = ls.year_days;
     }
 
+    /// Days from `start` (or the first reading, if later) to `end`.
+    fn days_covered(&self, start: Timestamp, end: Timestamp) -> f64 {
+        let from = self.extra.first_ts.map_or(start, |f| f.max(start));
+        (end.0 - from.0).max(0) as f64 / DAY_MS as f64
+    }
+
     fn in_service(&self) -> f64 {
         self.cells.values().filter(|c| c.in_service).count() as f64
     }
 
     /// Close the minute and the day that `ts` has passed.
     pub(super) fn clock(&mut self, ctx: &Ctx<'_>, ts: Timestamp, out: &mut Vec<Record>) {
+        self.extra.first_ts.get_or_insert(ts);
         let minute = floor(ts, MINUTE_MS, ctx.offset_ms);
         let day = local_day(ts, ctx.offset_ms);
         if let Some(m) = self.minute
@@ -524,13 +534,14 @@ impl Line {
         let in_service = flag(&self.role.in_service_point);
         let cut_out = flag(&self.role.cut_out_point);
         let name = self.name.clone();
+        let in_service_default = self.role.in_service_default;
         let cell = self
             .cells
             .entry(batch.device.clone())
             .or_insert_with(|| CellState {
                 subject: Arc::from(format!("{name}/{}", batch.device)),
                 detector: AeDetector::default(),
-                in_service: false,
+                in_service: in_service_default,
                 last_ts: None,
                 minute_v_sum: 0.0,
                 minute_v_n: 0,
@@ -643,7 +654,8 @@ impl Line {
         out.extend(self.period_records(ctx, "day", &today, 1.0, y, end));
         if nm != m || ny != y {
             let month = self.month;
-            let days = f64::from(days_in_month(y, m));
+            let start = Timestamp(days_from_civil(y, m, 1) * DAY_MS - ctx.offset_ms);
+            let days = self.days_covered(start, end);
             out.extend(self.period_records(ctx, "month", &month, days, y, end));
             self.month = PeriodAcc::default();
             self.month_days = 0;
@@ -654,7 +666,9 @@ impl Line {
                 (Arc::from("line"), self.name.clone()),
                 (Arc::from("period"), Arc::from("ytd")),
             ];
-            let u = capacity_utilisation(prod, cap, f64::from(self.year_days)).map(|u| u * 100.0);
+            let start = Timestamp(days_from_civil(y, 1, 1) * DAY_MS - ctx.offset_ms);
+            let days = self.days_covered(start, end);
+            let u = capacity_utilisation(prod, cap, days).map(|u| u * 100.0);
             let mut m = metric("capacity_utilisation_pct", u, "%", end, &labels);
             downgrade(&mut m, self.year.quality());
             out.push(Record::Metrics(MetricBatch {

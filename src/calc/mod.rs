@@ -210,6 +210,10 @@ pub struct PotlineRole {
     /// "In service" status bit of the pots.
     #[serde(default = "default_in_service")]
     pub in_service_point: String,
+    /// Whether a pot counts in service before (or without) any status reading: pot control
+    /// units with no status points are in service unless this is false.
+    #[serde(default = "default_true")]
+    pub in_service_default: bool,
     /// "Cut out" status bit of the pots.
     #[serde(default = "default_cut_out")]
     pub cut_out_point: String,
@@ -292,6 +296,9 @@ fn default_aux_point() -> String {
 }
 fn default_comprehensive_grade() -> String {
     "gb21346_2022_al_liquid_comprehensive_ac".into()
+}
+const fn default_true() -> bool {
+    true
 }
 const fn default_max_bridge() -> Duration {
     Duration::from_secs(24 * 3600)
