@@ -886,7 +886,7 @@ fn stack_hour_with_an_exceedance_gives_an_event_and_mass() {
 #[test]
 fn config_errors_name_the_key() {
     let mut cfg: CalcConfig = toml::from_str(DEMO_CALC).expect("parses");
-    cfg.gwp = "ar9".into();
+    cfg.gwp = Some("ar9".into());
     let e = Pipeline::new(&cfg).expect_err("unknown gwp").to_string();
     assert!(e.contains("calc.gwp") && e.contains("ar5"), "{e}");
     let mut cfg: CalcConfig = toml::from_str(DEMO_CALC).expect("parses");

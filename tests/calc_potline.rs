@@ -54,6 +54,8 @@ struct Day {
     days: i64,
     /// The pots report no status points.
     no_status: bool,
+    /// The rectifier reports the line current in this unit (default kA).
+    current_unit: Option<(&'static str, f64)>,
 }
 
 fn reading(point: &str, value: Value, ts: i64) -> Reading {
@@ -149,8 +151,11 @@ fn run(day: &Day) -> Vec<Record> {
             (from_h * HOUR_MS..from_h * HOUR_MS + s * 1000).contains(&since)
         });
         if !cut {
+            let (unit, per_ka) = day.current_unit.unwrap_or(("kA", 1.0));
+            let mut current = reading("line_current_ka", Value::Float(KA * per_ka), t);
+            current.unit = Arc::from(unit);
             let mut r = vec![
-                reading("line_current_ka", Value::Float(KA), t),
+                current,
                 reading("ac_energy_kwh", ac_v, t),
                 reading("dc_energy_kwh", dc_v, t),
             ];
@@ -498,5 +503,137 @@ fn a_partial_first_month_is_measured_against_the_days_it_covers() {
         expected,
         0.05,
         "month utilisation",
+    );
+}
+
+#[test]
+fn the_gwp_set_and_grid_factor_come_from_the_table_when_calc_names_none() {
+    // a table whose default GWP set is AR6: the CF4 and C2F6 of a 2-minute effect are weighed
+    // with 7380 and 12400, not with a set written into the code
+    let mut coef = Coefficients::embedded("cn-2025").expect("table");
+    coef.defaults.gwp = Some("ar6".into());
+    coef.defaults.grid_factor = Some("qinghai-2022".into());
+    let calc = CALC.replace("gwp = \"ar5\"\ngrid_factor = \"qinghai-2022\"\n", "");
+    let cfg: CalcConfig = toml::from_str(&calc).expect("parses");
+    assert_eq!(
+        (cfg.gwp.as_deref(), cfg.grid_factor.as_deref()),
+        (None, None)
+    );
+    let mut p = Pipeline::with_coefficients(&cfg, coef.clone()).expect("builds");
+    let m = midnight(&steady());
+    let mut r = Vec::new();
+    let mut ac = 0u64;
+    let mut t = m - STEP_MS;
+    while t <= m + DAY_MS {
+        ac += 4_500;
+        r.extend(p.on_batch(&batch(
+            "rectifier",
+            vec![
+                reading("line_current_ka", Value::Float(KA), t),
+                reading("ac_energy_kwh", Value::UInt(ac), t),
+            ],
+        )));
+        let ae = (6 * HOUR_MS..6 * HOUR_MS + 120_000).contains(&(t - m));
+        r.extend(p.on_batch(&batch(
+            "pot_001",
+            vec![
+                reading(
+                    "cell_voltage_v",
+                    Value::Float(if ae { 30.0 } else { CELL_V }),
+                    t,
+                ),
+                reading("in_service", Value::Bool(true), t),
+            ],
+        )));
+        t += STEP_MS;
+    }
+    let (cf4, c2f6) = (value(&r, "pfc_cf4_kg"), value(&r, "pfc_c2f6_kg"));
+    assert!(cf4 > 0.0);
+    close(
+        value(&r, "pfc_co2e_t"),
+        (cf4 * 7380.0 + c2f6 * 12400.0) / 1000.0,
+        1e-9,
+        "CO2e under AR6",
+    );
+    close(
+        value(&r, "electricity_co2_t"),
+        value(&r, "ac_energy_kwh") * 0.1567 / 1000.0,
+        1e-9,
+        "electricity CO2 with the Qinghai factor",
+    );
+    // a table without defaults makes them required, and the error says so
+    coef.defaults.gwp = None;
+    let e = Pipeline::with_coefficients(&cfg, coef)
+        .expect_err("gwp is required")
+        .to_string();
+    assert!(e.contains("gwp") && e.contains("required"), "{e}");
+}
+
+#[test]
+fn measured_anode_data_replace_the_defaults_and_tier1_is_available() {
+    let prod = production_t(0.935);
+    let r = run(&Day {
+        keys: "anode_nac_t_per_t = 0.42\nanode_sulphur_pct = 1.8\nanode_ash_pct = 0.3",
+        ..steady()
+    });
+    let m = day_metric(&r, "anode_co2_t").expect("anode CO2");
+    // 0.42 × (100 − 1.8 − 0.3)/100 × 44/12
+    close(
+        m.value.expect("value"),
+        0.42 * 0.979 * 44.0 / 12.0 * prod,
+        1e-3,
+        "tier 2",
+    );
+    assert_eq!(label(m, "anode_data"), Some("measured"));
+    let r = run(&steady());
+    let m = day_metric(&r, "anode_co2_t").expect("anode CO2");
+    close(
+        m.value.expect("value"),
+        1.431_466_7 * prod,
+        1e-3,
+        "defaults",
+    );
+    assert_eq!(label(m, "anode_data"), Some("default"));
+    let r = run(&Day {
+        keys: "anode_co2_method = \"tier1\"",
+        ..steady()
+    });
+    let m = day_metric(&r, "anode_co2_t").expect("anode CO2");
+    close(m.value.expect("value"), 1.6 * prod, 1e-3, "tier 1");
+    assert_eq!(label(m, "anode_data"), Some("tier1"));
+}
+
+#[test]
+fn a_reading_in_another_unit_is_converted_and_one_it_cannot_be_is_refused() {
+    let r = run(&Day {
+        current_unit: Some(("A", 1000.0)),
+        ..steady()
+    });
+    close(
+        value(&r, "production_t"),
+        production_t(0.935),
+        0.01,
+        "current in A",
+    );
+    let r = run(&Day {
+        current_unit: Some(("kW", 1.0)),
+        ..steady()
+    });
+    assert_eq!(
+        value(&r, "production_t"),
+        0.0,
+        "a current in kW is not used"
+    );
+    let mismatches: Vec<_> = r
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) if &*e.kind == "unit_mismatch" => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(mismatches.len(), 1, "reported once: {mismatches:?}");
+    assert_eq!(
+        &*mismatches[0].subject,
+        "potline1/rectifier.line_current_ka"
     );
 }

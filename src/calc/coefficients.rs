@@ -52,6 +52,25 @@ pub struct Coefficients {
     pub validity: ValidityTable,
     /// How a day fills its missing or invalid hours of a mass flow.
     pub substitution: SubstitutionTable,
+    /// The table's choices where `[calc]` names none.
+    #[serde(default)]
+    pub defaults: DefaultsTable,
+}
+
+/// `[defaults]`: the GWP set and grid factor a table applies when `[calc]` names none (a table
+/// without them makes `[calc] gwp` and `grid_factor` required).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsTable {
+    /// Key of `[gwp]`.
+    #[serde(default)]
+    pub gwp: Option<String>,
+    /// Key of `[grid]`.
+    #[serde(default)]
+    pub grid_factor: Option<String>,
+    /// Source of the choices.
+    #[serde(default)]
+    pub source: String,
 }
 
 /// A metal for the Faraday formula.

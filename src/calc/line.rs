@@ -25,7 +25,7 @@
 //!   Without one, production is Faraday's with the configured efficiency, label
 //!   `production = "faraday"`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::anode_effect::{AeDetector, AeParams, AeTransition, event_of};
 use super::coefficients::{Coefficients, GradeTable, GwpTable, PfcTable};
 use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
-use super::emissions::{anode_co2_t, electricity_co2_t, kgce, pfc_slope};
+use super::emissions::{anode_co2_factor, electricity_co2_t, kgce, pfc_slope};
 use super::limits::grade;
 use super::pipeline::{metric, num, raw_u64};
 use super::potline::{
@@ -41,7 +41,10 @@ use super::potline::{
 };
 use super::snapshot::{CellState, LineSnapshot, PeriodAcc};
 use super::time::{DAY_MS, MINUTE_MS, civil, days_from_civil, floor, local_day};
-use super::{AuxiliaryMeter, CalcError, GapBridge, PotlineRole, glob_match, tariff};
+use super::units;
+use super::{
+    AnodeCo2Method, AuxiliaryMeter, CalcError, GapBridge, PotlineRole, glob_match, tariff,
+};
 use crate::model::{
     Event, EventPhase, Metric, MetricBatch, Quality, Reading, ReadingBatch, Record, Timestamp,
     Value,
@@ -107,6 +110,8 @@ pub(super) struct Line {
     tap_counter: EnergyCounter,
     aux_counters: HashMap<(usize, Arc<str>), EnergyCounter>,
     extra: LineExtra,
+    /// Points whose unit mismatch has been reported.
+    unit_reported: HashSet<String>,
     /// Local day and minute currently open.
     day: Option<i64>,
     minute: Option<Timestamp>,
@@ -176,6 +181,20 @@ impl Line {
                 format!("{} V is not between 0 and 5", role.bus_share_v),
             ));
         }
+        for (k, v, range) in [
+            ("anode_nac_t_per_t", role.anode_nac_t_per_t, 0.0..2.0),
+            ("anode_sulphur_pct", role.anode_sulphur_pct, 0.0..100.0),
+            ("anode_ash_pct", role.anode_ash_pct, 0.0..100.0),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && range.contains(&v))
+            {
+                return Err(invalid(
+                    k,
+                    format!("{v} is not in {}..{}", range.start, range.end),
+                ));
+            }
+        }
         for (j, m) in role.auxiliary_meters.iter().enumerate() {
             if let Some(bits) = m.counter_bits
                 && ![16, 32, 64].contains(&bits)
@@ -207,6 +226,7 @@ impl Line {
             tap_counter: counter_of(role, Counter::Tap),
             aux_counters: HashMap::new(),
             extra: LineExtra::default(),
+            unit_reported: HashSet::new(),
             day: None,
             minute: None,
             today: PeriodAcc::default(),
@@ -298,6 +318,29 @@ impl Line {
         self.month_days = ls.month_days;
         self.year = ls.year;
         self.year_days = ls.year_days;
+    }
+
+    /// Anode CO2 of `prod_t` tonnes, t, and what it rests on: `tier1`, `measured` (every
+    /// Tier 2 input measured), `partly_measured` or `default`.
+    fn anode_co2(&self, ctx: &Ctx<'_>, prod_t: f64) -> (f64, &'static str) {
+        let t = &ctx.coef.anode;
+        if self.role.anode_co2_method == AnodeCo2Method::Tier1 {
+            return (t.tier1_t_co2_per_t * prod_t, "tier1");
+        }
+        let r = &self.role;
+        let given = [r.anode_nac_t_per_t, r.anode_sulphur_pct, r.anode_ash_pct];
+        let n = given.iter().filter(|v| v.is_some()).count();
+        let factor = anode_co2_factor(
+            r.anode_nac_t_per_t.unwrap_or(t.nac_t_per_t),
+            r.anode_sulphur_pct.unwrap_or(t.sulphur_pct),
+            r.anode_ash_pct.unwrap_or(t.ash_pct),
+        );
+        let basis = match n {
+            0 => "default",
+            3 => "measured",
+            _ => "partly_measured",
+        };
+        (factor * prod_t, basis)
     }
 
     /// Days from `start` (or the first reading, if later) to `end`.
@@ -392,23 +435,36 @@ impl Line {
                 continue;
             }
             if *r.point == *self.role.line_current_point {
+                let Some(f) = self.unit_factor(batch, r, "kA", out) else {
+                    continue;
+                };
                 if let Some(ka) = num(r) {
-                    self.line_current(r, ka, out);
+                    self.line_current(r, ka * f, out);
                 }
             } else if self.role.tapped_metal_kg_point.as_deref() == Some(&*r.point) {
+                let Some(f) = self.unit_factor(batch, r, "kg", out) else {
+                    continue;
+                };
                 let Some(raw) = raw_u64(r) else { continue };
                 let d = self.tap_counter.update(raw, r.ts);
                 counter_anomaly(&mut self.today, batch, r, &d, out);
-                self.today.tapped_kg += d.delta;
-                if d.delta > 0.0 {
-                    self.extra.tapped_kg += d.delta;
+                let kg = d.delta * f;
+                self.today.tapped_kg += kg;
+                if kg > 0.0 {
+                    self.extra.tapped_kg += kg;
                     self.record_tap(r.ts);
                 }
             } else if self.role.metal_inventory_kg_point.as_deref() == Some(&*r.point) {
-                self.extra.inventory_kg = num(r).or(self.extra.inventory_kg);
+                let Some(f) = self.unit_factor(batch, r, "kg", out) else {
+                    continue;
+                };
+                self.extra.inventory_kg = num(r).map(|v| v * f).or(self.extra.inventory_kg);
             } else if *r.point == *self.role.dc_energy_point
                 || *r.point == *self.role.ac_energy_point
             {
+                let Some(f) = self.unit_factor(batch, r, "kWh", out) else {
+                    continue;
+                };
                 let Some(raw) = raw_u64(r) else { continue };
                 let dc = *r.point == *self.role.dc_energy_point;
                 let counter = if dc {
@@ -419,15 +475,35 @@ impl Line {
                 let prev = counter.state().last.map(|(_, t)| t);
                 let d = counter.update(raw, r.ts);
                 counter_anomaly(&mut self.today, batch, r, &d, out);
+                let kwh = d.delta * f;
                 let excluded = self.spans_unbridged(prev, r.ts);
                 match (dc, excluded) {
-                    (_, true) => self.today.excluded_kwh += d.delta,
-                    (true, false) => self.today.dc_meter_kwh += d.delta,
-                    (false, false) => self.today.ac_kwh += d.delta,
+                    (_, true) => self.today.excluded_kwh += kwh,
+                    (true, false) => self.today.dc_meter_kwh += kwh,
+                    (false, false) => self.today.ac_kwh += kwh,
                 }
             }
         }
         self.auxiliary(batch, out);
+    }
+
+    /// The factor that turns `r` into `expected` units, or `None` (reported once per point)
+    /// when its unit cannot be.
+    fn unit_factor(
+        &mut self,
+        batch: &ReadingBatch,
+        r: &Reading,
+        expected: &str,
+        out: &mut Vec<Record>,
+    ) -> Option<f64> {
+        let f = units::factor(&r.unit, expected);
+        if f.is_none() {
+            let subject = format!("{}/{}.{}", batch.source, batch.device, r.point);
+            if self.unit_reported.insert(subject.clone()) {
+                out.push(Record::Event(unit_event(subject, r, expected)));
+            }
+        }
+        f
     }
 
     /// The auxiliary meters' counters in `batch` (a device of their own, or the rectifier's).
@@ -436,7 +512,8 @@ impl Line {
             return;
         }
         let full = format!("{}/{}", batch.source, batch.device);
-        for (j, m) in self.role.auxiliary_meters.iter().enumerate() {
+        let meters = self.role.auxiliary_meters.clone();
+        for (j, m) in meters.iter().enumerate() {
             if !(glob_match(&m.device, &full) || glob_match(&m.device, &batch.device)) {
                 continue;
             }
@@ -447,13 +524,17 @@ impl Line {
             else {
                 continue;
             };
+            let Some(f) = self.unit_factor(batch, r, "kWh", out) else {
+                continue;
+            };
             let Some(raw) = raw_u64(r) else { continue };
             let c = self
                 .aux_counters
                 .entry((j, batch.device.clone()))
                 .or_insert_with(|| aux_counter(&self.role, m));
             let prev = c.state().last.map(|(_, t)| t);
-            let d = c.update(raw, r.ts);
+            let mut d = c.update(raw, r.ts);
+            d.delta *= f;
             counter_anomaly(&mut self.today, batch, r, &d, out);
             let excluded = match (prev, self.extra.unbridged) {
                 (Some(p), Some((g0, g1))) => p < g1 && r.ts > g0,
@@ -533,6 +614,12 @@ impl Line {
         };
         let in_service = flag(&self.role.in_service_point);
         let cut_out = flag(&self.role.cut_out_point);
+        let voltage = match find(&self.role.cell_voltage_point).filter(|r| r.quality.is_good()) {
+            Some(vr) => self
+                .unit_factor(batch, vr, "V", out)
+                .and_then(|f| num(vr).map(|v| (vr.ts, v * f))),
+            None => None,
+        };
         let name = self.name.clone();
         let in_service_default = self.role.in_service_default;
         let cell = self
@@ -549,28 +636,27 @@ impl Line {
         if in_service.is_some() || cut_out.is_some() {
             cell.in_service = in_service.unwrap_or(true) && !cut_out.unwrap_or(false);
         }
-        let Some(vr) = find(&self.role.cell_voltage_point).filter(|r| r.quality.is_good()) else {
+        let Some((v_ts, v)) = voltage else {
             return;
         };
-        let Some(v) = num(vr) else { return };
         if let (Some(t0), Some((t_ka, ka))) = (cell.last_ts, self.current)
             && cell.in_service
         {
-            let dt = vr.ts.0 - t0.0;
+            let dt = v_ts.0 - t0.0;
             if dt > 0 && dt <= self.max_gap_ms {
                 let v_h = (v + self.role.bus_share_v) * dt as f64 / 3_600_000.0;
                 self.today.dc_kwh += v_h * ka;
-                if vr.ts.0 - t_ka.0 > self.max_gap_ms {
+                if v_ts.0 - t_ka.0 > self.max_gap_ms {
                     self.extra.gap_v_h += v_h;
                 }
             }
         }
-        cell.last_ts = Some(vr.ts);
+        cell.last_ts = Some(v_ts);
         if cell.in_service {
             cell.minute_v_sum += v;
             cell.minute_v_n += 1;
         }
-        if let Some(t) = cell.detector.update(&self.ae, vr.ts, v, cell.in_service) {
+        if let Some(t) = cell.detector.update(&self.ae, v_ts, v, cell.in_service) {
             if let AeTransition::Ended(ae) = t {
                 self.today.ae.count += 1;
                 self.today.ae.minutes += ae.duration_s() / 60.0;
@@ -891,13 +977,10 @@ impl Line {
             em.push(metric("pfc_c2f6_kg", Some(pfc.c2f6_kg), "kg", end, l));
             em.push(metric("pfc_co2e_t", Some(pfc.co2e_t(ctx.gwp)), "t", end, l));
         }
-        em.push(metric(
-            "anode_co2_t",
-            Some(anode_co2_t(&ctx.coef.anode, prod_t)),
-            "t",
-            end,
-            l,
-        ));
+        let (anode_t, anode_basis) = self.anode_co2(ctx, prod_t);
+        let mut al = labels.clone();
+        al.push((Arc::from("anode_data"), Arc::from(anode_basis)));
+        em.push(metric("anode_co2_t", Some(anode_t), "t", end, &al));
         em.push(metric(
             "electricity_co2_t",
             Some(electricity_co2_t(acc.ac_kwh, ctx.grid_t_per_mwh)),
@@ -946,6 +1029,24 @@ impl PeriodAcc {
 fn downgrade(m: &mut Metric, q: Quality) {
     if m.value.is_some() && q != Quality::Good {
         m.quality = q;
+    }
+}
+
+/// The event of a reading whose unit is not the one its calculator input expects.
+fn unit_event(subject: String, r: &Reading, expected: &str) -> Event {
+    Event {
+        kind: Arc::from("unit_mismatch"),
+        message: format!(
+            "{subject} is in `{}`, which cannot be converted to the `{expected}` the calculators expect: its readings are not used",
+            r.unit
+        ),
+        subject: Arc::from(subject),
+        phase: EventPhase::Instant,
+        ts: r.ts,
+        attributes: vec![
+            (Arc::from("unit"), Value::Text(r.unit.to_string())),
+            (Arc::from("expected"), Value::Text(expected.to_string())),
+        ],
     }
 }
 

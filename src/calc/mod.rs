@@ -21,6 +21,7 @@ pub mod potline;
 mod snapshot;
 pub mod tariff;
 pub mod time;
+pub mod units;
 pub mod window;
 
 use std::path::PathBuf;
@@ -86,13 +87,14 @@ pub struct CalcConfig {
     /// unless absolute).
     #[serde(default)]
     pub coefficients_path: Option<PathBuf>,
-    /// GWP set for CO2e: `sar`, `ar4`, `ar5`, `ar6` (keys of the table's `[gwp]`).
-    #[serde(default = "default_gwp")]
-    pub gwp: String,
+    /// GWP set for CO2e: `sar`, `ar4`, `ar5`, `ar6` (keys of the table's `[gwp]`); without it,
+    /// the table's `[defaults] gwp`.
+    #[serde(default)]
+    pub gwp: Option<String>,
     /// Grid emission factor for electricity CO2 (a key of the table's `[grid]`, e.g.
-    /// `qinghai-2022`).
-    #[serde(default = "default_grid")]
-    pub grid_factor: String,
+    /// `qinghai-2022`); without it, the table's `[defaults] grid_factor`.
+    #[serde(default)]
+    pub grid_factor: Option<String>,
     /// Site offset from UTC in hours, for day and month boundaries (China: 8).
     #[serde(default = "default_utc_offset")]
     pub utc_offset_hours: i32,
@@ -129,12 +131,6 @@ pub struct SimulatedTime {
 
 fn default_coefficients() -> String {
     "cn-2025".into()
-}
-fn default_gwp() -> String {
-    "ar5".into()
-}
-fn default_grid() -> String {
-    "national-2023".into()
 }
 const fn default_utc_offset() -> i32 {
     8
@@ -210,6 +206,20 @@ pub struct PotlineRole {
     /// "In service" status bit of the pots.
     #[serde(default = "default_in_service")]
     pub in_service_point: String,
+    /// How anode CO2 is computed: `tier2` (net anode consumption × (100 − S − ash)/100 ×
+    /// 44/12, with the line's measured values below where set, the table's defaults
+    /// otherwise) or `tier1` (the table's t CO2 per t Al).
+    #[serde(default)]
+    pub anode_co2_method: AnodeCo2Method,
+    /// Measured net anode consumption, t anode per t Al (replaces the table's default).
+    #[serde(default)]
+    pub anode_nac_t_per_t: Option<f64>,
+    /// Measured sulphur content of the baked anodes, weight %.
+    #[serde(default)]
+    pub anode_sulphur_pct: Option<f64>,
+    /// Measured ash content of the baked anodes, weight %.
+    #[serde(default)]
+    pub anode_ash_pct: Option<f64>,
     /// Whether a pot counts in service before (or without) any status reading: pot control
     /// units with no status points are in service unless this is false.
     #[serde(default = "default_true")]
@@ -257,6 +267,17 @@ pub struct PotlineRole {
     /// Trailing window of the current efficiency from tapping that measured production uses.
     #[serde(default = "default_ce_window", with = "humantime_serde")]
     pub ce_window: Duration,
+}
+
+/// How a potline's anode CO2 is computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnodeCo2Method {
+    /// IPCC 2006 Tier 2 for prebake: NAC × (100 − S − ash)/100 × 44/12.
+    #[default]
+    Tier2,
+    /// IPCC 2006 Tier 1: a fixed factor per tonne of aluminium.
+    Tier1,
 }
 
 /// How a gap in a potline's line current is bridged.

@@ -127,8 +127,20 @@ impl Pipeline {
     /// Build the stage with an already loaded table.
     pub fn with_coefficients(cfg: &CalcConfig, coef: Coefficients) -> Result<Self, CalcError> {
         let v = coef.version.clone();
-        let gwp = lookup(&coef.gwp, "gwp", &cfg.gwp, &v)?.clone();
-        let grid = lookup(&coef.grid, "grid_factor", &cfg.grid_factor, &v)?.t_co2_per_mwh;
+        let chosen = |key: &str, cfg: &Option<String>, table: &Option<String>| {
+            cfg.clone()
+                .or_else(|| table.clone())
+                .ok_or_else(|| CalcError::Invalid {
+                    key: key.to_string(),
+                    message: format!(
+                        "required: the coefficient table `{v}` has no `[defaults] {key}`"
+                    ),
+                })
+        };
+        let gwp_key = chosen("gwp", &cfg.gwp, &coef.defaults.gwp)?;
+        let grid_key = chosen("grid_factor", &cfg.grid_factor, &coef.defaults.grid_factor)?;
+        let gwp = lookup(&coef.gwp, "gwp", &gwp_key, &v)?.clone();
+        let grid = lookup(&coef.grid, "grid_factor", &grid_key, &v)?.t_co2_per_mwh;
         if !(-14..=14).contains(&cfg.utc_offset_hours) {
             return Err(CalcError::Invalid {
                 key: "utc_offset_hours".into(),
