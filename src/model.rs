@@ -437,6 +437,8 @@ pub enum Period {
     Hour,
     /// One calendar day (site time zone).
     Day,
+    /// One calendar month (site time zone).
+    Month,
 }
 
 impl Period {
@@ -446,6 +448,7 @@ impl Period {
             Period::Minute => "minute",
             Period::Hour => "hour",
             Period::Day => "day",
+            Period::Month => "month",
         }
     }
 }

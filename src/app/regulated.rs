@@ -123,6 +123,7 @@ impl Regulator {
                 Period::Minute => wanted(Regulated::StackMinute),
                 Period::Hour => wanted(Regulated::StackHour),
                 Period::Day => wanted(Regulated::StackDay),
+                Period::Month => wanted(Regulated::StackMonth),
             },
             Record::Metrics(m) if matches!(&*m.calc, "potline" | "emissions") => {
                 match figures_period(m) {

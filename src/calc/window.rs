@@ -1,5 +1,5 @@
-//! Clock-aligned minute, hour and day aggregates with the HJ 75/76 validity rules, and the
-//! substitution of a day's missing hours of mass.
+//! Clock-aligned minute, hour, day and month aggregates with the HJ 75/76 validity rules, and
+//! the substitution of a day's missing hours of mass.
 //!
 //! Invariants:
 //! - Windows are aligned in the site's local time and closed only by timestamps: a sample in a
@@ -30,11 +30,25 @@
 //!   window ever saw) takes that neighbour. What the rule needs across days (the last valid hour,
 //!   the length of the gap in progress, the last `long_gap_lookback_hours` valid hours) is part of
 //!   the serialised window, so a restart resumes it.
+//! - A month (calendar month in local time) is valid with at least `month_min_days` valid days,
+//!   `february_min_days` in February (HJ 76: 25 and 23; [`month_valid`]). Its average is the mean
+//!   of its valid days' averages (filled hours never enter it, as for a day), its min and max the
+//!   extremes of its valid days'. Its total is the sum of its days' totals, filled hours
+//!   included, and its `substituted` the sum of their filled hours: the month's mass is what
+//!   was reported day by day, never recomputed. Under `hj75` a month has a total when every day
+//!   it covers has one, valid month or not; under `none` only a valid month has one, the sum of
+//!   its valid days' totals. A month's quality is `substituted` when it is valid with filled
+//!   hours, `good` when valid without, otherwise the worst quality of its invalid days. The
+//!   days a month covers run from its first day to its end, or from the first day the window
+//!   closed in it (a window that started, or was restored from a snapshot without an open month,
+//!   in mid-month): those earlier days count as missing in `samples` against `expected` (the
+//!   days of the month). A month closes with its last day, through the same `push`/`advance`.
 //! - An hour with no data at all (device silent, agent down) is still emitted, with 0 samples,
-//!   not valid, quality `comm_fail`; so is a day. [`Window::advance`] emits every hour between the
+//!   not valid, quality `comm_fail`; so is a day and a month. [`Window::advance`] emits every hour between the
 //!   last closed one and `now`, but at most [`MAX_CATCH_UP_HOURS`] (31 days) of hours after the
 //!   day in progress: after a longer silence the whole days before that are not emitted (they
-//!   still count in the length of the gap). Minutes with no data are not emitted (the hour's
+//!   still count in the length of the gap, and a month they belong to has no total; a month
+//!   all of whose days were jumped over is not emitted). Minutes with no data are not emitted (the hour's
 //!   `samples` says how many it had). Hours before the first sample a window ever saw are not
 //!   emitted either, but they count as missing hours of that day.
 //! - A sample older than the open minute, or in an hour already closed, is dropped and counted
@@ -47,7 +61,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::coefficients::SubstitutionPolicy;
 use super::coefficients::{SubstitutionTable, ValidityTable};
-use super::time::{DAY_MS, HOUR_MS, MINUTE_MS, floor};
+use super::time::{DAY_MS, HOUR_MS, MINUTE_MS, civil, days_from_civil, days_in_month, floor};
 use crate::model::{Aggregate, Period, Quality, Timestamp};
 
 /// Most hours without data that [`Window::advance`] emits after the day in progress (31 days):
@@ -87,6 +101,12 @@ pub struct WindowRules {
     pub hour_min_minutes: u32,
     /// Valid hours a day needs (HJ 76: 20).
     pub day_min_hours: u32,
+    /// Valid days a month needs (HJ 76: 25).
+    #[serde(default = "default_month_min_days")]
+    pub month_min_days: u32,
+    /// Valid days February needs (HJ 76: 23).
+    #[serde(default = "default_february_min_days")]
+    pub february_min_days: u32,
     /// Site offset from UTC, ms (UTC+8: 28 800 000).
     pub utc_offset_ms: i64,
     /// How a day fills its missing hours (policy `none` unless set).
@@ -103,6 +123,8 @@ impl WindowRules {
             minute_min_good_ratio: v.minute_min_good_ratio,
             hour_min_minutes: v.hour_min_minutes,
             day_min_hours: v.day_min_hours,
+            month_min_days: v.month_min_days,
+            february_min_days: v.february_min_days,
             utc_offset_ms,
             substitution: Substitution::default(),
         }
@@ -115,13 +137,28 @@ impl WindowRules {
     }
 }
 
+/// The month rule of a window saved before it had one (replaced by the configured rule on
+/// restore, see [`Window::with_rules`]): HJ 76's 25 days.
+fn default_month_min_days() -> u32 {
+    25
+}
+
+/// February's part of the rule above: HJ 76's 23 days.
+fn default_february_min_days() -> u32 {
+    23
+}
+
 /// Whether a month with `valid_days` valid days is valid (HJ 76: 25, February 23).
 pub fn month_valid(v: &ValidityTable, month: u32, valid_days: u32) -> bool {
+    min_days_met(v.month_min_days, v.february_min_days, month, valid_days)
+}
+
+fn min_days_met(month_min_days: u32, february_min_days: u32, month: u32, valid_days: u32) -> bool {
     valid_days
         >= if month == 2 {
-            v.february_min_days
+            february_min_days
         } else {
-            v.month_min_days
+            month_min_days
         }
 }
 
@@ -215,6 +252,25 @@ struct MinuteAcc {
     rate_n: u32,
 }
 
+/// The open month: its days as a day's hours are in [`Acc`], and what its total needs besides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MonthAcc {
+    acc: Acc,
+    /// Calendar month (1–12), for the February rule.
+    month: u32,
+    /// Start of the first day closed in it.
+    first_day: Timestamp,
+    /// Days closed in it.
+    days: u32,
+    /// Days with a total, and the sum of those totals.
+    days_with_total: u32,
+    total: f64,
+    /// Sum of the valid days' totals (the month's total under `none`).
+    valid_total: f64,
+    /// Hours filled in its days.
+    filled_hours: u32,
+}
+
 /// What the substitution rule carries from one day to the next.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct FillState {
@@ -272,6 +328,10 @@ pub struct Window {
     day_hours: Vec<(u32, f64)>,
     #[serde(default)]
     fill: FillState,
+    /// The open month (absent in a snapshot written before months: it starts with the next day
+    /// closed).
+    #[serde(default)]
+    month: Option<MonthAcc>,
 }
 
 impl Window {
@@ -300,6 +360,7 @@ impl Window {
             next_hour: None,
             day_hours: Vec::new(),
             fill: FillState::default(),
+            month: None,
         }
     }
 
@@ -314,7 +375,7 @@ impl Window {
         self.late
     }
 
-    /// Feed one sample; returns the windows it closed (minute, then hour, then day).
+    /// Feed one sample; returns the windows it closed (minute, then hour, then day, then month).
     pub fn push(&mut self, s: Sample, out: &mut Vec<Aggregate>) {
         let off = self.rules.utc_offset_ms;
         let m = floor(s.ts, MINUTE_MS, off);
@@ -465,6 +526,73 @@ impl Window {
                 }
             }
         }
+        self.add_day_to_month(&agg, out);
+        out.push(agg);
+        if self.month.as_ref().is_some_and(|m| m.acc.end() == d.end()) {
+            let m = self.month.take().expect("checked just above");
+            self.close_month(m, out);
+        }
+    }
+
+    /// Count a closed day in its month, closing first an open month it is not part of (days
+    /// jumped over after a long silence).
+    fn add_day_to_month(&mut self, day: &Aggregate, out: &mut Vec<Aggregate>) {
+        let off = self.rules.utc_offset_ms;
+        let local = (day.start.0 + off).div_euclid(DAY_MS);
+        let (y, mo, _) = civil(local);
+        let month_start = Timestamp(days_from_civil(y, mo, 1) * DAY_MS - off);
+        if self
+            .month
+            .as_ref()
+            .is_some_and(|m| m.acc.start != month_start)
+        {
+            let m = self.month.take().expect("checked just above");
+            self.close_month(m, out);
+        }
+        let m = self.month.get_or_insert_with(|| MonthAcc {
+            acc: Acc::new(month_start, i64::from(days_in_month(y, mo)) * DAY_MS),
+            month: mo,
+            first_day: day.start,
+            days: 0,
+            days_with_total: 0,
+            total: 0.0,
+            valid_total: 0.0,
+            filled_hours: 0,
+        });
+        m.days += 1;
+        m.filled_hours = m.filled_hours.saturating_add(day.substituted);
+        if let Some(t) = day.total {
+            m.days_with_total += 1;
+            m.total += t;
+        }
+        match (day.valid, day.avg, day.min, day.max) {
+            (true, Some(avg), Some(min), Some(max)) => {
+                if let Some(t) = day.total {
+                    m.valid_total += t;
+                }
+                m.acc.add_valid(avg, min, max, day.total);
+            }
+            _ => m.acc.add_invalid(day.quality),
+        }
+    }
+
+    fn close_month(&self, m: MonthAcc, out: &mut Vec<Aggregate>) {
+        let r = &self.rules;
+        let expected = u32::try_from(m.acc.len_ms / DAY_MS).unwrap_or(31);
+        let valid = min_days_met(r.month_min_days, r.february_min_days, m.month, m.acc.valid);
+        let mut agg = self.aggregate_of(&m.acc, Period::Month, valid, expected);
+        if self.total_unit.is_some() {
+            if r.substitution.policy == SubstitutionPolicy::Hj75 {
+                let covered = u32::try_from((m.acc.end().0 - m.first_day.0) / DAY_MS).unwrap_or(0);
+                agg.total = (m.days_with_total == covered && covered > 0).then_some(m.total);
+                agg.substituted = m.filled_hours;
+                if valid && m.filled_hours > 0 {
+                    agg.quality = Quality::Substituted;
+                }
+            } else {
+                agg.total = (valid && m.acc.has_total).then_some(m.valid_total);
+            }
+        }
         out.push(agg);
     }
 
@@ -521,7 +649,7 @@ impl Window {
         let mut agg = self.aggregate_of(acc, period, valid, expected);
         agg.total = (valid && acc.has_total).then(|| match period {
             Period::Hour => acc.total / f64::from(acc.valid) * f64::from(expected),
-            Period::Minute | Period::Day => acc.total,
+            Period::Minute | Period::Day | Period::Month => acc.total,
         });
         agg
     }

@@ -70,6 +70,8 @@ pub enum Regulated {
     StackHour,
     /// Daily aggregates of the stacks (2031 data).
     StackDay,
+    /// Monthly aggregates of the stacks (no HJ 212 command: not uploaded there).
+    StackMonth,
     /// The potlines' daily energy and PFC figures.
     PotlineDay,
     /// The potlines' monthly energy and PFC figures.
@@ -77,11 +79,12 @@ pub enum Regulated {
 }
 
 impl Regulated {
-    /// The default of `regulated`: hourly and daily stack aggregates, the potlines' daily and
-    /// monthly figures.
-    pub const DEFAULT: [Regulated; 4] = [
+    /// The default of `regulated`: hourly, daily and monthly stack aggregates, the potlines'
+    /// daily and monthly figures.
+    pub const DEFAULT: [Regulated; 5] = [
         Regulated::StackHour,
         Regulated::StackDay,
+        Regulated::StackMonth,
         Regulated::PotlineDay,
         Regulated::PotlineMonth,
     ];
@@ -92,6 +95,7 @@ impl Regulated {
             Regulated::StackMinute => "stack_minute",
             Regulated::StackHour => "stack_hour",
             Regulated::StackDay => "stack_day",
+            Regulated::StackMonth => "stack_month",
             Regulated::PotlineDay => "potline_day",
             Regulated::PotlineMonth => "potline_month",
         }

@@ -1955,7 +1955,7 @@ impl Builder<'_, '_> {
                 if list.is_empty() {
                     self.report.at(
                         &path.key("regulated"),
-                        "regulated must not be empty, expected some of `stack_minute`, `stack_hour`, `stack_day`, `potline_day`, `potline_month`",
+                        "regulated must not be empty, expected some of `stack_minute`, `stack_hour`, `stack_day`, `stack_month`, `potline_day`, `potline_month`",
                     );
                 }
                 for (i, r) in list.iter().enumerate() {

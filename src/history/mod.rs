@@ -14,8 +14,8 @@
 //!   window) replaces it, keeping the order of the other quantities.
 //! - Windows come back in the order they were stored within a window (the packet's item order),
 //!   windows ordered by start, then subject.
-//! - Retention is per period; day retention also applies to the potlines' figures and to ledger
-//!   records. The last ledger record is never pruned: it is the chain's head.
+//! - Retention is per period; day retention also applies to monthly windows, to the potlines'
+//!   figures and to ledger records. The last ledger record is never pruned: it is the chain's head.
 //! - WAL, `synchronous = FULL`: what was stored survives a power cut.
 
 use std::path::{Path, PathBuf};
@@ -271,6 +271,7 @@ impl HistoryStore {
             (Period::Minute, self.cfg.minute_retention),
             (Period::Hour, self.cfg.hour_retention),
             (Period::Day, self.cfg.day_retention),
+            (Period::Month, self.cfg.day_retention),
         ] {
             deleted += inner
                 .conn
@@ -440,6 +441,7 @@ mod tests {
             Period::Minute => 60_000,
             Period::Hour => H,
             Period::Day => 24 * H,
+            Period::Month => 31 * 24 * H,
         };
         Aggregate {
             subject: Arc::from(subject),

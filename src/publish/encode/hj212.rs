@@ -334,12 +334,15 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The command code of data packets for a period (minute 2051, hour 2061, day 2031).
-pub fn period_command(table: &Table, period: Period) -> u16 {
+/// The command code of data packets for a period (minute 2051, hour 2061, day 2031); none for a
+/// month, which the standard's tables have no data command for (monthly aggregates are not
+/// uploaded over HJ 212).
+pub fn period_command(table: &Table, period: Period) -> Option<u16> {
     match period {
-        Period::Minute => table.commands.minute,
-        Period::Hour => table.commands.hourly,
-        Period::Day => table.commands.daily,
+        Period::Minute => Some(table.commands.minute),
+        Period::Hour => Some(table.commands.hourly),
+        Period::Day => Some(table.commands.daily),
+        Period::Month => None,
     }
 }
 
@@ -368,7 +371,7 @@ fn number(v: Option<f64>, decimals: usize) -> Option<String> {
 /// values, and Cou is the measured aggregate's own `total` or else the mass flow's (`so2_kg_h`).
 /// The flag is the measured aggregate's, or the first one's when there is none. A missing or
 /// non-finite value is left out and its flag kept. Returns one packet, or several when the data
-/// area exceeds the table's limits.
+/// area exceeds the table's limits; none for a monthly window (no data command for it).
 pub fn encode_window(
     table: &Table,
     station: &Station,
@@ -398,6 +401,9 @@ pub fn encode_window_qn(
     {
         return Err(EncodeError::MixedWindows);
     }
+    let Some(cn) = period_command(table, first.period) else {
+        return Ok(Vec::new());
+    };
     /// The aggregates of one factor code, by role.
     struct Item<'a> {
         factor: &'a Factor,
@@ -478,14 +484,7 @@ pub fn encode_window_qn(
         "DataTime".to_owned(),
         data_time_text(first.start, station.utc_offset_min),
     )];
-    build_packets(
-        table,
-        station,
-        period_command(table, first.period),
-        qn.to_owned(),
-        data_time,
-        items,
-    )
+    build_packets(table, station, cn, qn.to_owned(), data_time, items)
 }
 
 /// One real-time value for a 2011 packet.

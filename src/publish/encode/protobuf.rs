@@ -377,6 +377,7 @@ fn aggregate(a: &Aggregate) -> pb::Aggregate {
             Period::Minute => pb::Period::Minute,
             Period::Hour => pb::Period::Hour,
             Period::Day => pb::Period::Day,
+            Period::Month => pb::Period::Month,
         } as i32,
         start_ms: a.start.unix_ms(),
         end_ms: a.end.unix_ms(),
@@ -398,6 +399,7 @@ fn aggregate_from(a: pb::Aggregate) -> Result<Aggregate, DecodeError> {
         Ok(pb::Period::Minute) => Period::Minute,
         Ok(pb::Period::Hour) => Period::Hour,
         Ok(pb::Period::Day) => Period::Day,
+        Ok(pb::Period::Month) => Period::Month,
         _ => {
             return Err(DecodeError::UnknownEnum {
                 field: "period",
