@@ -195,6 +195,11 @@ fn records() -> Vec<(Stream, Record)> {
 
 /// The recorded stream as `(topic, payload)` with one encoder; seq per stream from 1.
 fn encoded(protobuf: bool) -> Vec<(String, Vec<u8>)> {
+    encode(records(), protobuf)
+}
+
+/// `records` as `(topic, payload)` after the retained status; seq per stream from 1.
+fn encode(records: Vec<(Stream, Record)>, protobuf: bool) -> Vec<(String, Vec<u8>)> {
     let templates = TopicTemplates::default();
     let mut seqs = std::collections::HashMap::new();
     let mut out = vec![(
@@ -202,7 +207,7 @@ fn encoded(protobuf: bool) -> Vec<(String, Vec<u8>)> {
         br#"{"state":"online","site":"demo-al-01","since":"2025-11-28T03:20:00.000Z","version":"0.1.0"}"#
             .to_vec(),
     )];
-    for (stream, record) in records() {
+    for (stream, record) in records {
         let seq = seqs.entry(stream).or_insert(0u64);
         *seq += 1;
         let bytes = if protobuf {
@@ -443,6 +448,79 @@ fn sparkplug_stream_resolves_aliases_from_births_and_highlights_the_ae_bit() {
     assert!(state.cells.is_empty());
     let screen = rows(&render(&state)).join("\n");
     assert!(screen.contains("2 metrics awaiting a birth"), "{screen}");
+}
+
+/// A stack with an O2 conversion publishes `so2_mg_m3` and `so2_zs_mg_m3`: one `so2` row with
+/// both, the limit checked against the converted value (85.3 measured is under 100, the
+/// converted 120.0 over it).
+#[test]
+fn the_converted_concentration_shows_in_its_pollutants_row_and_the_limit_goes_with_it() {
+    let records = vec![
+        aggregate("so2_mg_m3", "mg/m3", 85.3),
+        aggregate("so2_zs_mg_m3", "mg/m3", 120.0),
+        aggregate("so2_kg_h", "kg/h", 21.325),
+        aggregate("fluoride_mg_m3", "mg/m3", 1.5),
+        aggregate("flow_m3h", "m3/h", 250_000.0),
+    ]
+    .into_iter()
+    .map(|a| (Stream::Emissions, Record::Aggregate(a)))
+    .chain(std::iter::once((
+        Stream::Events,
+        Record::Event(Event {
+            kind: "exceedance".into(),
+            subject: "gtc1_stack/so2_zs_mg_m3".into(),
+            phase: EventPhase::Instant,
+            ts: Timestamp(T0),
+            attributes: vec![
+                ("hour_avg_mg_m3".into(), Value::Float(120.0)),
+                ("limit_mg_m3".into(), Value::Float(100.0)),
+            ],
+            message: "gtc1_stack so2_zs_mg_m3 hourly average 120.00 mg/m3 exceeds the limit 100 \
+                      mg/m3"
+                .into(),
+        }),
+    )))
+    .collect::<Vec<_>>();
+    for protobuf in [false, true] {
+        let state = state_of(&encode(records.clone(), protobuf));
+        let stack = &state.stacks["gtc1_stack"];
+        assert_eq!(
+            stack.pollutants.keys().collect::<Vec<_>>(),
+            ["fluoride", "so2"],
+            "no `so2_zs` pollutant"
+        );
+        let so2 = &stack.pollutants["so2"];
+        assert_eq!((so2.conc_mg_m3, so2.zs_mg_m3), (Some(85.3), Some(120.0)));
+        assert_eq!((so2.limit_mg_m3, so2.exceedances), (Some(100.0), 1));
+        let buf = render(&state);
+        let screen = rows(&buf).join("\n");
+        let (y, x) = find(&buf, "85.30 (zs  120.00) / 100");
+        let row = &rows(&buf)[y as usize];
+        assert!(
+            row.contains("21.325 kg/h") && row.contains("1 h over"),
+            "{screen}"
+        );
+        assert!(
+            row.contains("120%"),
+            "the gauge of the converted value:\n{screen}"
+        );
+        assert_ne!(
+            buf[(x, y)].style().fg,
+            Some(Color::Red),
+            "measured 85.3 is under 100"
+        );
+        let (zy, zx) = find(&buf, "120.00");
+        assert_eq!(zy, y);
+        assert_eq!(
+            buf[(zx, zy)].style().fg,
+            Some(Color::Red),
+            "converted 120.0 over 100"
+        );
+        // the pollutant without a conversion lines up with the converted one's limit column
+        let (fy, _) = find(&buf, "1.50");
+        let slash = |r: &str| r.chars().position(|c| c == '/');
+        assert_eq!(slash(&rows(&buf)[fy as usize]), slash(row), "{screen}");
+    }
 }
 
 #[test]

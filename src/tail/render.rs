@@ -2,8 +2,10 @@
 //! screen, so tests render into a `TestBackend` and read the buffer.
 //!
 //! Layout: a title line; the potline KPIs; cells sorted by voltage on the left (anode effects in
-//! [`ae_style`], cells out of service or with a bad reading dimmed); on the right the stacks against
-//! their limits, the uplinks and Sparkplug edge nodes, and the recent events.
+//! [`ae_style`], cells out of service or with a bad reading dimmed); on the right the stacks
+//! against their limits (a pollutant's measured concentration, and its converted one in the same
+//! row as `(zs …)` where the stack publishes one, the limit coloured against the converted one),
+//! the uplinks and Sparkplug edge nodes, and the recent events.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -35,6 +37,9 @@ fn dim() -> Style {
 fn label() -> Style {
     Style::new().fg(Color::Cyan)
 }
+
+/// Width of the ` (zs 1234.56)` text of a converted concentration.
+const ZS_WIDTH: usize = 13;
 
 /// `12 345.6`-style grouping is left out on purpose: the figures line up in fixed columns.
 fn num(v: Option<f64>, decimals: usize) -> String {
@@ -189,19 +194,42 @@ fn stack_block(state: &State, area: Rect) -> Paragraph<'static> {
             Span::styled(name.clone(), Style::new().add_modifier(Modifier::BOLD)),
             Span::styled(format!("  flow {} m3/h", num(s.flow_m3h, 0)), dim()),
         ]));
+        // A stack with converted concentrations shows them in a `zs` column beside the measured
+        // ones; the limit, its colour and its gauge go with the converted value.
+        let zs_column = s.pollutants.values().any(|q| q.has_zs());
+        let gauge_width = if zs_column {
+            gauge_width.saturating_sub(ZS_WIDTH)
+        } else {
+            gauge_width
+        };
         for (p, q) in &s.pollutants {
-            let over = matches!((q.conc_mg_m3, q.limit_mg_m3), (Some(c), Some(l)) if c > l);
+            let checked = q.checked_mg_m3();
+            let over = matches!((checked, q.limit_mg_m3), (Some(c), Some(l)) if c > l);
             let value_style = if over {
                 over_limit_style()
             } else {
                 Style::new()
             };
-            let mut spans = vec![
-                Span::raw(format!("  {p:<12}")),
-                Span::styled(format!("{:>9}", num(q.conc_mg_m3, 2)), value_style),
-                Span::raw(format!(" / {:<7} mg/m3 ", num(q.limit_mg_m3, 0))),
-            ];
-            if let (Some(c), Some(l)) = (q.conc_mg_m3, q.limit_mg_m3)
+            let mut spans = vec![Span::raw(format!("  {p:<12}"))];
+            if q.has_zs() {
+                spans.push(Span::raw(format!("{:>9}", num(q.conc_mg_m3, 2))));
+                spans.push(Span::raw(" (zs "));
+                spans.push(Span::styled(
+                    format!("{:>7}", num(q.zs_mg_m3, 2)),
+                    value_style,
+                ));
+                spans.push(Span::raw(")"));
+            } else {
+                spans.push(Span::styled(
+                    format!("{:>9}", num(q.conc_mg_m3, 2)),
+                    value_style,
+                ));
+                if zs_column {
+                    spans.push(Span::raw(" ".repeat(ZS_WIDTH)));
+                }
+            }
+            spans.push(Span::raw(format!(" / {:<7} mg/m3 ", num(q.limit_mg_m3, 0))));
+            if let (Some(c), Some(l)) = (checked, q.limit_mg_m3)
                 && l > 0.0
                 && gauge_width > 0
             {

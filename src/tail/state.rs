@@ -163,11 +163,20 @@ pub struct LineKpis {
     pub ts: Option<Timestamp>,
 }
 
-/// One quantity of a stack: the latest minute aggregate, and the limit when known.
+/// One pollutant of a stack: the latest minute aggregates of its measured concentration
+/// (`<p>_mg_m3`), its converted (折算) concentration (`<p>_zs_mg_m3`, where the stack's standard
+/// has a conversion) and its mass flow (`<p>_kg_h`), and the limit when known. The converted
+/// concentration belongs to the same pollutant, not to one of its own: the limit applies to it
+/// where it exists ([`StackQuantity::checked_mg_m3`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StackQuantity {
-    /// Concentration (mg/m³), minute average.
+    /// Measured concentration (mg/m³), minute average.
     pub conc_mg_m3: Option<f64>,
+    /// Converted concentration (mg/m³), minute average.
+    pub zs_mg_m3: Option<f64>,
+    /// Whether a converted concentration was ever published for it (then the limit is checked
+    /// against it alone, even while its minute is invalid).
+    pub zs_published: bool,
     /// Mass flow (kg/h), minute average.
     pub mass_kg_h: Option<f64>,
     /// Quality of the concentration window.
@@ -176,6 +185,32 @@ pub struct StackQuantity {
     pub limit_mg_m3: Option<f64>,
     /// Hours above the limit reported by exceedance events since `tail` started.
     pub exceedances: u32,
+}
+
+impl StackQuantity {
+    /// The concentration the limit is compared with: the converted one where the stack
+    /// publishes it, the measured one otherwise.
+    pub fn checked_mg_m3(&self) -> Option<f64> {
+        if self.has_zs() {
+            self.zs_mg_m3
+        } else {
+            self.conc_mg_m3
+        }
+    }
+
+    /// Whether a converted concentration was published for this pollutant.
+    pub fn has_zs(&self) -> bool {
+        self.zs_published
+    }
+}
+
+/// The pollutant of a concentration quantity: `so2` of `so2_zs_mg_m3` (converted, `true`) or of
+/// `so2_mg_m3` (measured, `false`).
+pub fn concentration_pollutant(quantity: &str) -> Option<(&str, bool)> {
+    quantity
+        .strip_suffix("_zs_mg_m3")
+        .map(|p| (p, true))
+        .or_else(|| quantity.strip_suffix("_mg_m3").map(|p| (p, false)))
 }
 
 /// One stack: pollutants by name, and the flow.
@@ -427,9 +462,10 @@ impl State {
                 }
             }
             "exceedance" => {
-                // subject `stack/so2_mg_m3`, attribute `limit_mg_m3`.
+                // subject `stack/so2_mg_m3` (or `stack/so2_zs_mg_m3`, the converted
+                // concentration of the same pollutant), attribute `limit_mg_m3`.
                 if let Some((stack, quantity)) = e.subject.split_once('/')
-                    && let Some(pollutant) = quantity.strip_suffix("_mg_m3")
+                    && let Some((pollutant, _)) = concentration_pollutant(quantity)
                 {
                     let q = self
                         .stacks
@@ -466,10 +502,15 @@ impl State {
         stack.ts = stack.ts.max(Some(a.end));
         if &*a.quantity == "flow_m3h" {
             stack.flow_m3h = a.avg;
-        } else if let Some(p) = a.quantity.strip_suffix("_mg_m3") {
+        } else if let Some((p, converted)) = concentration_pollutant(&a.quantity) {
             let q = stack.pollutants.entry(p.to_owned()).or_default();
-            q.conc_mg_m3 = a.avg;
-            q.quality = Some(a.quality);
+            if converted {
+                q.zs_mg_m3 = a.avg;
+                q.zs_published = true;
+            } else {
+                q.conc_mg_m3 = a.avg;
+                q.quality = Some(a.quality);
+            }
         } else if let Some(p) = a.quantity.strip_suffix("_kg_h") {
             stack.pollutants.entry(p.to_owned()).or_default().mass_kg_h = a.avg;
         }
