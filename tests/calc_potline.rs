@@ -56,6 +56,8 @@ struct Day {
     no_status: bool,
     /// The rectifier reports the line current in this unit (default kA).
     current_unit: Option<(&'static str, f64)>,
+    /// The line current while the rectifier link is cut (default: unchanged), kA.
+    current_during_cut: Option<f64>,
     /// Share of the metal made that the taps remove; the rest stays in the metal pads, whose
     /// inventory the rectifier's device reports (default: all of it is tapped, no inventory).
     tapped_share: Option<f64>,
@@ -140,21 +142,25 @@ fn run(day: &Day) -> Vec<Record> {
     let tap_kg = metal_per_step_kg * (4 * HOUR_MS / STEP_MS) as f64 * share;
     let mut made_kg = 0.0;
     while t <= m + days * DAY_MS {
-        let dc_kwh = (CELL_V + day.bus_v) * KA * cells * h;
-        let ac_v = ac.add(CELL_V * KA * cells * h / day.eta);
+        let since = t - m;
+        let cut = day.link_cut.is_some_and(|(from_h, s)| {
+            (from_h * HOUR_MS..from_h * HOUR_MS + s * 1000).contains(&since)
+        });
+        let ka = match day.current_during_cut {
+            Some(ka) if cut => ka,
+            _ => KA,
+        };
+        let dc_kwh = (CELL_V + day.bus_v) * ka * cells * h;
+        let ac_v = ac.add(CELL_V * ka * cells * h / day.eta);
         let dc_v = dc.add(dc_kwh);
         let aux_v = day
             .aux_kwh_per_t
             .map(|a| aux.add(a * metal_per_step_kg / 1000.0));
-        let since = t - m;
         let tap_v = if tap_times.contains(&since) {
             tapped.add(tap_kg)
         } else {
             tapped.raw()
         };
-        let cut = day.link_cut.is_some_and(|(from_h, s)| {
-            (from_h * HOUR_MS..from_h * HOUR_MS + s * 1000).contains(&since)
-        });
         if !cut {
             let (unit, per_ka) = day.current_unit.unwrap_or(("kA", 1.0));
             let mut current = reading("line_current_ka", Value::Float(KA * per_ka), t);
@@ -717,4 +723,32 @@ fn metal_left_in_the_pads_is_counted_through_the_inventory_correction() {
     );
     let p = day_metric(&r, "production_t").expect("production");
     assert_eq!(label(p, "production"), Some("measured"));
+}
+
+#[test]
+fn the_dc_meter_bridges_a_gap_in_which_the_current_changed() {
+    // the line runs at 380 kA during the hour the rectifier link is lost, 400 before and after:
+    // interpolation assumes 400 kA; the DC meter's energy over the gap says 380
+    let day = |bridge: &'static str| Day {
+        keys: bridge,
+        link_cut: Some((10, 3600)),
+        current_during_cut: Some(380.0),
+        ..steady()
+    };
+    let true_t = K * (KA * 23.0 + 380.0) * 0.935 * f64::from(CELLS) / 1000.0;
+    let r = run(&day("gap_bridge = \"dc_meter\""));
+    close(
+        value(&r, "production_t"),
+        true_t,
+        0.01,
+        "bridged by the DC meter",
+    );
+    let expected_ac = (CELL_V * f64::from(CELLS) / 0.975) * (KA * 23.0 + 380.0) / true_t;
+    close(value(&r, "ac_kwh_per_t"), expected_ac, 1.0, "AC kWh/t");
+    let r = run(&day("gap_bridge = \"interpolate\""));
+    let interpolated = value(&r, "production_t");
+    assert!(
+        interpolated - true_t > 0.1,
+        "interpolation over-counts the hour at 380 kA: {interpolated} against {true_t}"
+    );
 }

@@ -89,6 +89,36 @@ pub(super) struct LineExtra {
     /// Time of the first reading: a month or year that began before it is measured against
     /// the days it covers.
     pub(super) first_ts: Option<Timestamp>,
+    /// Σ line current × time since the start (not × cells), kA·h, bridged gaps included.
+    #[serde(default)]
+    pub(super) line_ka_h: f64,
+    /// `line_ka_h` at the DC meter's last reading.
+    #[serde(default)]
+    pub(super) line_ka_h_at_dc: Option<f64>,
+    /// DC meter energy and line charge (kWh, kA·h) over its recent intervals without a gap,
+    /// each weighted down by e^(−age/1 h): their ratio is the line voltage at the meter (V),
+    /// over long enough a span that the counter's resolution does not matter.
+    #[serde(default)]
+    pub(super) dc_meter_recent: (f64, f64),
+    /// The latest span of line current that was bridged.
+    #[serde(default)]
+    pub(super) bridged: Option<(Timestamp, Timestamp)>,
+    /// A gap bridged by interpolation that the DC meter's next reading will correct.
+    #[serde(default)]
+    pub(super) pending_bridge: Option<PendingBridge>,
+}
+
+/// A gap in the line current bridged provisionally (`gap_bridge = "dc_meter"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct PendingBridge {
+    pub(super) from: Timestamp,
+    pub(super) to: Timestamp,
+    /// The interpolated current it was bridged with, kA.
+    pub(super) ka: f64,
+    /// Cells in service over it.
+    pub(super) cells: f64,
+    /// Σ (V + bus share) × Δt of the cells over it, V·h.
+    pub(super) v_h: f64,
 }
 
 #[derive(Debug)]
@@ -384,6 +414,54 @@ impl Line {
         self.today.charge_ka_h += ka * h * n;
         self.today.ae.cell_days += n * h / 24.0;
         self.extra.theoretical_kg += self.metal.kg_per_ka_h() * ka * h * n;
+        self.extra.line_ka_h += ka * h;
+    }
+
+    /// A DC meter delta over (`prev`, `ts`]: learn the line voltage from an interval without a
+    /// gap, or correct the pending bridge with the current the energy implies over one that
+    /// covers it. The interval of the first reading after a link cut is the gap plus at most a
+    /// poll interval at each end, so its mean current stands for the gap's.
+    fn dc_meter_interval(&mut self, prev: Option<Timestamp>, ts: Timestamp, kwh: f64) {
+        let before = self.extra.line_ka_h_at_dc.replace(self.extra.line_ka_h);
+        let (Some(prev), Some(before)) = (prev, before) else {
+            return;
+        };
+        let ka_h = self.extra.line_ka_h - before;
+        let overlaps = |(g0, g1): (Timestamp, Timestamp)| prev < g1 && ts > g0;
+        match self.extra.pending_bridge {
+            Some(b) if prev <= b.from && ts >= b.to => {
+                self.extra.pending_bridge = None;
+                let (e, q) = self.extra.dc_meter_recent;
+                if !(e > 0.0 && q > 0.0) {
+                    return;
+                }
+                let u_v = e / q;
+                let gap_h = (b.to.0 - b.from.0) as f64 / 3_600_000.0;
+                // the charge the energy implies, less what the provisional bridge counted
+                let delta_ka_h = kwh / u_v - ka_h;
+                let delta_ka = (delta_ka_h / gap_h).max(-b.ka);
+                let dq = delta_ka * gap_h;
+                self.today.charge_ka_h += dq * b.cells;
+                self.extra.theoretical_kg += self.metal.kg_per_ka_h() * dq * b.cells;
+                self.extra.line_ka_h += dq;
+                if let Some(at) = self.extra.line_ka_h_at_dc.as_mut() {
+                    *at += dq;
+                }
+                self.today.dc_kwh += delta_ka * b.v_h;
+            }
+            // a meter read during the gap (through another link) cannot cover it: the bridge
+            // stays interpolated
+            Some(b) if prev > b.from => self.extra.pending_bridge = None,
+            Some(_) => {}
+            None if self.extra.bridged.is_some_and(overlaps) => {}
+            None => {
+                if ka_h > 0.0 && kwh >= 0.0 {
+                    let w = (-((ts.0 - prev.0) as f64) / 3_600_000.0).exp();
+                    let (e, q) = self.extra.dc_meter_recent;
+                    self.extra.dc_meter_recent = (e * w + kwh, q * w + ka_h);
+                }
+            }
+        }
     }
 
     fn line_current(&mut self, r: &Reading, ka: f64, out: &mut Vec<Record>) {
@@ -392,14 +470,22 @@ impl Line {
             let h = dt as f64 / 3_600_000.0;
             if dt > 0 && dt <= self.max_gap_ms {
                 self.add_charge(ka0, h);
-            } else if dt > 0
-                && self.role.gap_bridge == GapBridge::Interpolate
-                && dt <= self.max_bridge_ms
+            } else if dt > 0 && self.role.gap_bridge != GapBridge::None && dt <= self.max_bridge_ms
             {
                 let bridge_ka = (ka0 + ka) / 2.0;
                 self.add_charge(bridge_ka, h);
                 // the pots integrated DC energy with the current held at ka0 during the gap
                 self.today.dc_kwh += (bridge_ka - ka0) * self.extra.gap_v_h;
+                self.extra.bridged = Some((t0, r.ts));
+                if self.role.gap_bridge == GapBridge::DcMeter {
+                    self.extra.pending_bridge = Some(PendingBridge {
+                        from: t0,
+                        to: r.ts,
+                        ka: bridge_ka,
+                        cells: self.in_service(),
+                        v_h: self.extra.gap_v_h,
+                    });
+                }
                 self.today.bridged_s += dt as f64 / 1000.0;
                 out.push(Record::Event(gap_event(
                     &self.name, t0, r.ts, bridge_ka, true,
@@ -430,7 +516,15 @@ impl Line {
             return;
         };
         self.clock(ctx, ts, out);
-        for r in &batch.readings {
+        // the line current first, so that a gap it closes is known to the counters read with it
+        let current_point = self.role.line_current_point.clone();
+        let is_current = |r: &&Reading| *r.point == *current_point;
+        let current_first = batch
+            .readings
+            .iter()
+            .filter(is_current)
+            .chain(batch.readings.iter().filter(|r| !is_current(r)));
+        for r in current_first {
             if !r.quality.is_good() {
                 continue;
             }
@@ -477,6 +571,15 @@ impl Line {
                 counter_anomaly(&mut self.today, batch, r, &d, out);
                 let kwh = d.delta * f;
                 let excluded = self.spans_unbridged(prev, r.ts);
+                if dc
+                    && !excluded
+                    && matches!(
+                        d.step,
+                        CounterStep::Normal | CounterStep::Rollover | CounterStep::Glitch
+                    )
+                {
+                    self.dc_meter_interval(prev, r.ts, kwh);
+                }
                 match (dc, excluded) {
                     (_, true) => self.today.excluded_kwh += kwh,
                     (true, false) => self.today.dc_meter_kwh += kwh,

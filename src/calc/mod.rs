@@ -241,7 +241,8 @@ pub struct PotlineRole {
     #[serde(default = "default_max_gap", with = "humantime_serde")]
     pub max_gap: Duration,
     /// How a gap in the line current (a lost rectifier link while the line runs) is bridged:
-    /// `interpolate` (the mean of the current before and after it) or `none`.
+    /// `interpolate` (the mean of the current before and after it), `dc_meter` (corrected by the
+    /// DC energy meter's delta over the gap) or `none`.
     #[serde(default)]
     pub gap_bridge: GapBridge,
     /// Longest gap that is bridged; a longer one is left out of production and energy alike.
@@ -285,8 +286,13 @@ pub enum AnodeCo2Method {
 #[serde(rename_all = "snake_case")]
 pub enum GapBridge {
     /// The mean of the current before and after the gap, over the gap.
-    #[default]
     Interpolate,
+    /// Bridged as `interpolate`, then corrected by the DC energy meter's delta over the gap
+    /// (divided by the line voltage the meter showed in the hour before it) when the meter's
+    /// next reading covers the gap, as it does when the meter is read through the same link;
+    /// otherwise (no DC meter, or one read through another link) it stays interpolated.
+    #[default]
+    DcMeter,
     /// Not bridged: the gap is left out of production and of the energy that spans it.
     None,
 }
