@@ -565,3 +565,58 @@ fn a_window_saved_without_the_new_fields_restores_with_defaults() {
     assert!(hours[0].valid);
     assert_eq!(of(&out, Period::Day).len(), 1);
 }
+
+// === item 8: a reading's unit is checked against the unit the calculator expects ===
+
+/// A reading of `point` declared in `unit`.
+fn reading_in(point: &str, value: f64, unit: &str, ts: i64) -> Reading {
+    let mut r = reading(point, value, ts);
+    r.unit = Arc::from(unit);
+    r
+}
+
+#[test]
+fn a_flow_declared_in_m3_per_s_is_converted_and_one_in_kg_is_refused() {
+    // 444.44 m³/s is 1.6 × 10⁶ m³/h: 85.3 mg/m³ gives 136.48 kg in the hour, not 1/3600 of it
+    let run = |flow_unit: &str| {
+        let mut p = pipeline(PLAIN_STACK);
+        let mut records = Vec::new();
+        for i in 0..360 {
+            let t = T0 + i * 10_000;
+            records.extend(p.on_batch(&ReadingBatch {
+                source: Arc::from("plant"),
+                device: Arc::from("boiler_stack"),
+                unit_id: 1,
+                poll_interval_ms: 10_000,
+                scheduled: Timestamp(t),
+                readings: vec![
+                    reading_in("so2_mg_m3", 85.3, "mg/m3", t),
+                    reading_in("flow_m3h", 1.6e6 / 3600.0, flow_unit, t),
+                ],
+            }));
+        }
+        records.extend(p.flush(Timestamp(T0 + HOUR_MS)));
+        records
+    };
+    let records = run("m3/s");
+    close(
+        hour_of(&records, "so2_kg_h").total.expect("valid"),
+        136.48,
+        1e-6,
+        "SO2 kg with the flow in m³/s",
+    );
+    close(
+        hour_of(&records, "flow_m3h").avg.expect("valid"),
+        1.6e6,
+        1e-3,
+        "flow in m³/h",
+    );
+    let records = run("kg");
+    let kg = hour_of(&records, "so2_kg_h");
+    assert!(!kg.valid && kg.total.is_none(), "{kg:?}");
+    let events: Vec<_> = records
+        .iter()
+        .filter(|r| matches!(r, Record::Event(e) if &*e.kind == "unit_mismatch"))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+}

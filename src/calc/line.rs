@@ -35,7 +35,7 @@ use super::coefficients::{Coefficients, GradeTable, GwpTable, PfcTable};
 use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
 use super::emissions::{anode_co2_factor, electricity_co2_t, kgce, pfc_slope};
 use super::limits::grade;
-use super::pipeline::{metric, num, raw_u64};
+use super::pipeline::{metric, num, raw_u64, unit_mismatch};
 use super::potline::{
     Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
 };
@@ -603,7 +603,7 @@ impl Line {
         if f.is_none() {
             let subject = format!("{}/{}.{}", batch.source, batch.device, r.point);
             if self.unit_reported.insert(subject.clone()) {
-                out.push(Record::Event(unit_event(subject, r, expected)));
+                out.push(Record::Event(unit_mismatch(subject, r, expected)));
             }
         }
         f
@@ -1132,24 +1132,6 @@ impl PeriodAcc {
 fn downgrade(m: &mut Metric, q: Quality) {
     if m.value.is_some() && q != Quality::Good {
         m.quality = q;
-    }
-}
-
-/// The event of a reading whose unit is not the one its calculator input expects.
-fn unit_event(subject: String, r: &Reading, expected: &str) -> Event {
-    Event {
-        kind: Arc::from("unit_mismatch"),
-        message: format!(
-            "{subject} is in `{}`, which cannot be converted to the `{expected}` the calculators expect: its readings are not used",
-            r.unit
-        ),
-        subject: Arc::from(subject),
-        phase: EventPhase::Instant,
-        ts: r.ts,
-        attributes: vec![
-            (Arc::from("unit"), Value::Text(r.unit.to_string())),
-            (Arc::from("expected"), Value::Text(expected.to_string())),
-        ],
     }
 }
 

@@ -1,7 +1,7 @@
 //! The calculator stage as one object: routes each batch to the potline or stack it belongs to
 //! and turns the state changes into records.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable};
@@ -15,10 +15,12 @@ use super::snapshot::{
     PipelineSnapshot, SNAPSHOT_VERSION, SmelterAcc, SmelterSnapshot, SmelterState, StackSnapshot,
 };
 use super::time::{MINUTE_MS, civil, floor, local_day};
+use super::units;
 use super::window::{Sample, Substitution, Window, WindowRules};
 use super::{CalcConfig, CalcError, StackRole, glob_match};
 use crate::model::{
-    Aggregate, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch, Record, Timestamp,
+    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
+    Record, Timestamp, Value,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +70,8 @@ struct Stack {
     windows: IndexMap<Arc<str>, Window>,
     /// Latest good SO2 mass flow, kg/h (for a smelter's sulphur capture).
     latest_so2_kg_h: Option<f64>,
+    /// Points whose unit mismatch has been reported.
+    unit_reported: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -208,6 +212,7 @@ impl Pipeline {
                 limits,
                 windows: IndexMap::new(),
                 latest_so2_kg_h: None,
+                unit_reported: HashSet::new(),
             });
         }
         let mut smelters = Vec::new();
@@ -498,16 +503,42 @@ impl Pipeline {
             None
         };
         let get = |p: &str| batch.readings.iter().find(|r| *r.point == *p);
+        // Each input in the unit its formula expects (a flow in m³/s is converted to m³/h); a
+        // reading whose unit cannot be converted is out of range, reported once per point.
+        let mut factors: HashMap<&str, Option<f64>> = HashMap::new();
+        let inputs = std::iter::once((s.role.flow_point.as_str(), "m3/h"))
+            .chain(s.role.o2_point.as_deref().map(|p| (p, "%")))
+            .chain(s.role.pollutants.values().map(|p| (p.as_str(), "mg/m3")));
+        for (point, expected) in inputs {
+            let Some(r) = get(point) else { continue };
+            let f = units::factor(&r.unit, expected);
+            let subject = format!("{}/{}.{}", batch.source, batch.device, point);
+            if f.is_none() && s.unit_reported.insert(subject.clone()) {
+                out.push(Record::Event(unit_mismatch(subject, r, expected)));
+            }
+            factors.insert(point, f);
+        }
+        // the value of `r` in its expected unit (NaN when it has none)
+        let value = |r: &Reading| {
+            let f = factors.get(&*r.point).copied().flatten();
+            f.and_then(|f| num(r).map(|v| v * f)).unwrap_or(f64::NAN)
+        };
+        let unit_quality = |r: &Reading| match factors.get(&*r.point) {
+            Some(None) => Quality::OutOfRange,
+            _ => r.quality,
+        };
         let flow = get(&s.role.flow_point)
-            .filter(|r| r.quality.is_good() && status.is_none())
-            .and_then(num);
+            .filter(|r| unit_quality(r).is_good() && status.is_none())
+            .map(value)
+            .filter(|v| v.is_finite());
         let o2 = s
             .role
             .o2_point
             .as_deref()
             .and_then(get)
-            .filter(|r| r.quality.is_good())
-            .and_then(num);
+            .filter(|r| unit_quality(r).is_good())
+            .map(value)
+            .filter(|v| v.is_finite());
         let production_t_h = match &s.role.production_point {
             Some(p) => get(p).filter(|r| r.quality.is_good()).and_then(num),
             None => s.role.production_t_per_h,
@@ -532,8 +563,8 @@ impl Pipeline {
             w.push(sample, &mut aggs);
         };
         if let Some(fr) = get(&s.role.flow_point) {
-            let q = status.unwrap_or(fr.quality);
-            let v = num(fr).unwrap_or(f64::NAN);
+            let q = status.unwrap_or(unit_quality(fr));
+            let v = value(fr);
             feed(
                 "flow_m3h".into(),
                 "m3/h",
@@ -548,8 +579,8 @@ impl Pipeline {
         }
         for (pollutant, point) in &s.role.pollutants {
             let Some(r) = get(point) else { continue };
-            let q = status.unwrap_or(r.quality);
-            let c = num(r).unwrap_or(f64::NAN);
+            let q = status.unwrap_or(unit_quality(r));
+            let c = value(r);
             feed(
                 format!("{pollutant}_mg_m3"),
                 "mg/m3",
@@ -806,6 +837,24 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
         calc: Arc::from("copper"),
         ts: end,
         metrics,
+    }
+}
+
+/// The event of a reading whose unit is not the one its calculator input expects.
+pub(super) fn unit_mismatch(subject: String, r: &Reading, expected: &str) -> Event {
+    Event {
+        kind: Arc::from("unit_mismatch"),
+        message: format!(
+            "{subject} is in `{}`, which cannot be converted to the `{expected}` the calculators expect: its readings are not used",
+            r.unit
+        ),
+        subject: Arc::from(subject),
+        phase: EventPhase::Instant,
+        ts: r.ts,
+        attributes: vec![
+            (Arc::from("unit"), Value::Text(r.unit.to_string())),
+            (Arc::from("expected"), Value::Text(expected.to_string())),
+        ],
     }
 }
 
