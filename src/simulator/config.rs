@@ -246,6 +246,7 @@ impl FaultSim {
             corrupt_every: self.corrupt_every,
             corrupt_once: false,
             corruption: self.corruption,
+            glitch_once: None,
         }
     }
 }

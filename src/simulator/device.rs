@@ -13,6 +13,10 @@
 //! - Fault decisions that look random (latency jitter) come from a per-device RNG seeded at
 //!   construction, and periodic faults (`drop_every`, `corrupt_every`) count requests from the
 //!   moment the faults were set, so a fault scenario replays identically.
+//! - A *forced* point ([`Device::force_point`]) keeps its value against the plant model's writes
+//!   ([`Device::write_point`], [`Device::write_points`]) until it is released, as forcing an I/O
+//!   point in a PLC does: the way for a test to hold a status bit that the model rewrites on every
+//!   tick. Raw setters and client writes still change it.
 
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,11 +80,24 @@ pub struct ExceptionFault {
     pub addresses: Option<RangeInclusive<u16>>,
 }
 
+/// Wrong register values that one reply carries instead of the bank's (see
+/// [`Faults::glitch_once`]): a bad frame that passed the checksum, a half-updated register pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glitch {
+    /// Register bank: `Area::Holding` or `Area::Input` (any other area never matches).
+    pub area: Area,
+    /// First register replaced.
+    pub address: u16,
+    /// The words the reply carries from `address` on, as on the wire.
+    pub words: Vec<u16>,
+}
+
 /// The faults a device injects. `Faults::default()` is a healthy device.
 ///
 /// When several faults apply to one request they are applied in this order: the request is
 /// counted; `silent` swallows it; the latency is waited; a drop closes the connection; the
-/// exception is answered; otherwise the request is served and the reply may be corrupted.
+/// exception is answered; otherwise the request is served, a register read that covers the
+/// registers of `glitch_once` carries its words, and the reply may be corrupted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Added before every reply (and before a drop or an exception).
@@ -101,6 +118,11 @@ pub struct Faults {
     pub corrupt_once: bool,
     /// How replies are corrupted.
     pub corruption: Corruption,
+    /// The next served read of `area` whose range covers all of the glitch's registers replies
+    /// with its words there (the banks are not changed); then it is cleared. Reads that do not
+    /// cover them, and requests that are not served (silence, drop, exception), leave it pending.
+    /// The value is wrong in exactly one reply, whatever the model writes meanwhile.
+    pub glitch_once: Option<Glitch>,
 }
 
 /// What the server must do with one request, decided under the device lock.
@@ -142,6 +164,8 @@ pub struct Banks {
 struct State {
     banks: Banks,
     faults: Faults,
+    /// Points held against the model's writes, with their value.
+    forced: Vec<(Reg, f64)>,
     /// Requests counted since the faults were last set (drives `*_every`).
     fault_counter: u64,
     /// All requests ever addressed to this device.
@@ -170,6 +194,7 @@ impl Device {
             state: Arc::new(Mutex::new(State {
                 banks,
                 faults: Faults::default(),
+                forced: Vec::new(),
                 fault_counter: 0,
                 requests: 0,
                 rng: fastrand::Rng::with_seed(seed),
@@ -240,18 +265,36 @@ impl Device {
         get(&self.lock().banks.discrete_inputs, addr, count)
     }
 
-    /// Writes the engineering value of one layout register (scaled, typed, in its byte order).
+    /// Writes the engineering value of one layout register (scaled, typed, in its byte order),
+    /// unless the point is forced.
     pub fn write_point(&self, reg: &Reg, value: f64) {
-        self.with_banks(|banks| write_point(banks, reg, value));
+        self.write_points(&[(reg, value)]);
     }
 
     /// Writes several layout registers under one lock, so that a reader sees them change together.
+    /// Forced points keep their forced value.
     pub fn write_points(&self, values: &[(&Reg, f64)]) {
-        self.with_banks(|banks| {
-            for (reg, value) in values {
+        let mut state = self.lock();
+        let State { banks, forced, .. } = &mut *state;
+        for (reg, value) in values {
+            if !forced.iter().any(|(f, _)| same_point(f, reg)) {
                 write_point(banks, reg, *value);
             }
-        });
+        }
+    }
+
+    /// Writes `value` into one layout register and holds it there: the model's writes to it are
+    /// ignored until [`Device::release_point`]. Forcing it again changes the held value.
+    pub fn force_point(&self, reg: &Reg, value: f64) {
+        let mut state = self.lock();
+        state.forced.retain(|(f, _)| !same_point(f, reg));
+        state.forced.push((*reg, value));
+        write_point(&mut state.banks, reg, value);
+    }
+
+    /// Lets the model write the point again (its next tick does; the value stays until then).
+    pub fn release_point(&self, reg: &Reg) {
+        self.lock().forced.retain(|(f, _)| !same_point(f, reg));
     }
 
     /// Reads one layout register as an engineering value (`None` if outside the banks).
@@ -279,6 +322,26 @@ impl Device {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.set_faults(Faults::default());
+    }
+
+    /// Takes the pending [`Faults::glitch_once`] if a served read of `area` over `count`
+    /// registers from `start` covers all of its registers (the server applies it to that reply).
+    pub(crate) fn take_glitch(&self, area: Area, start: u16, count: usize) -> Option<Glitch> {
+        let mut state = self.lock();
+        let g = state.faults.glitch_once.as_ref()?;
+        let (first, end) = (
+            usize::from(g.address),
+            usize::from(g.address) + g.words.len(),
+        );
+        let covers = g.area == area
+            && matches!(area, Area::Holding | Area::Input)
+            && usize::from(start) <= first
+            && end <= usize::from(start) + count;
+        if covers {
+            state.faults.glitch_once.take()
+        } else {
+            None
+        }
     }
 
     /// Requests addressed to this device so far (served or not).
@@ -326,6 +389,12 @@ impl Device {
         };
         FaultPlan { delay, action }
     }
+}
+
+/// Whether two layout registers are the same point (same area, address and type, so two bits of
+/// one register are different points).
+fn same_point(a: &Reg, b: &Reg) -> bool {
+    a.area == b.area && a.address == b.address && a.data_type == b.data_type
 }
 
 fn put<T: Copy + Default>(bank: &mut Vec<T>, addr: u16, values: &[T]) {
@@ -559,5 +628,50 @@ mod tests {
         assert_eq!(d.plan(Some(0..=9)).action, FaultAction::Serve(None));
         assert_eq!(d.plan(Some(8..=11)).action, FaultAction::Exception(4));
         assert_eq!(d.plan(Some(19..=30)).action, FaultAction::Exception(4));
+    }
+
+    #[test]
+    fn a_glitch_replaces_one_covering_read_and_is_then_gone() {
+        let d = Device::new("d", BankSizes::default(), 1);
+        d.set_faults(Faults {
+            glitch_once: Some(Glitch {
+                area: Area::Input,
+                address: 10,
+                words: vec![0xDEAD, 0xBEEF],
+            }),
+            ..Faults::default()
+        });
+        // another bank, or a read that covers only part of the registers: still pending
+        assert_eq!(d.take_glitch(Area::Holding, 0, 16), None);
+        assert_eq!(d.take_glitch(Area::Input, 0, 11), None);
+        assert_eq!(d.take_glitch(Area::Input, 11, 4), None);
+        let g = d
+            .take_glitch(Area::Input, 8, 4)
+            .expect("8..=11 covers 10..=11");
+        assert_eq!((g.address, g.words), (10, vec![0xDEAD, 0xBEEF]));
+        assert_eq!(d.take_glitch(Area::Input, 8, 4), None, "once");
+        assert_eq!(d.faults().glitch_once, None);
+    }
+
+    #[test]
+    fn a_forced_point_ignores_model_writes_until_released() {
+        let bank = |b| reg(DataType::Bool { bit: Some(b) }, ByteOrder::Abcd, 1.0);
+        let (calibration, maintenance) = (bank(0), bank(1));
+        let d = Device::new("d", BankSizes::default(), 1);
+        d.force_point(&calibration, 1.0);
+        // a model tick writes both bits of the register
+        d.write_points(&[(&calibration, 0.0), (&maintenance, 1.0)]);
+        assert_eq!(d.read_point(&calibration), Some(1.0));
+        assert_eq!(d.read_point(&maintenance), Some(1.0));
+        d.write_point(&calibration, 0.0);
+        assert_eq!(d.read_point(&calibration), Some(1.0));
+        d.release_point(&calibration);
+        assert_eq!(
+            d.read_point(&calibration),
+            Some(1.0),
+            "until the next write"
+        );
+        d.write_point(&calibration, 0.0);
+        assert_eq!(d.read_point(&calibration), Some(0.0));
     }
 }

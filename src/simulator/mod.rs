@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`](SimulatorConfig): the `[simulator]` section and its validation.
 //! - [`layout`]: the register table of each device kind (mirrored by `config/maps/*.csv`).
-//! - [`Device`]: register banks plus faults behind a cloneable handle; usable on its own in tests.
+//! - [`Device`]: register banks plus faults (and points a test forces against the models) behind
+//!   a cloneable handle; usable on its own in tests.
 //! - [`serve_tcp`] / [`serve_rtu`]: Modbus servers for a set of devices keyed by unit id.
 //! - `plant`: the models that move the values, one tick at a time, from a seeded RNG.
 //! - [`start`] / [`run`]: build everything from a configuration and run it.
@@ -36,7 +37,7 @@ pub use config::{
     StackProfile, StackSim, pot_device_name, rectifier_device_name,
 };
 pub use device::{
-    BankSizes, Banks, Corruption, Device, ExceptionFault, Faults, decode_registers,
+    BankSizes, Banks, Corruption, Device, ExceptionFault, Faults, Glitch, decode_registers,
     encode_registers,
 };
 pub use server::{UnitMap, serve_rtu, serve_tcp};

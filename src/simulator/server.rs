@@ -14,7 +14,9 @@
 //! tokio-modbus ends the connection task and the socket is closed; corrupting a reply rewrites
 //! the bytes of the next frame written (its MBAP transaction or protocol id), or writes only
 //! half of it and closes. On RTU there is no connection to drop and no frame to rewrite, so those
-//! two faults degrade to silence there.
+//! two faults degrade to silence there. A glitch ([`Faults::glitch_once`](super::Faults)) is done
+//! in the service: the words of a served register read are replaced in the reply only, on TCP and
+//! RTU alike.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,6 +35,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
 use super::device::{Corruption, Device, FaultAction};
+use crate::config::Area;
 
 /// Unit id → device, for one socket or one serial line.
 pub type UnitMap = BTreeMap<u8, Device>;
@@ -205,6 +208,7 @@ impl Service for UnitService {
         };
         let plan = device.plan(addresses(&req.request));
         let conn = Arc::clone(&self.conn);
+        let read = register_read(&req.request);
         let request = req.request;
         Box::pin(async move {
             if !plan.delay.is_zero() {
@@ -218,7 +222,10 @@ impl Service for UnitService {
                 }
                 FaultAction::Exception(code) => Err(ExceptionCode::new(code)),
                 FaultAction::Serve(corruption) => {
-                    let response = answer(&device, request)?;
+                    let mut response = answer(&device, request)?;
+                    if let Some((area, start)) = read {
+                        glitch(&device, area, start, &mut response);
+                    }
                     if corruption.is_some() {
                         *conn.corrupt() = corruption;
                     }
@@ -249,6 +256,31 @@ fn addresses(req: &Request<'_>) -> Option<RangeInclusive<u16>> {
             Some(*r.start().min(w.start())..=*r.end().max(w.end()))
         }
         _ => None,
+    }
+}
+
+/// The bank and first address of a register read (the read part of FC 23 included).
+fn register_read(req: &Request<'_>) -> Option<(Area, u16)> {
+    match req {
+        Request::ReadInputRegisters(a, _) => Some((Area::Input, *a)),
+        Request::ReadHoldingRegisters(a, _) | Request::ReadWriteMultipleRegisters(a, ..) => {
+            Some((Area::Holding, *a))
+        }
+        _ => None,
+    }
+}
+
+/// Puts the device's pending glitch into the words of a register read's reply, if it covers it.
+fn glitch(device: &Device, area: Area, start: u16, response: &mut Response) {
+    let words = match response {
+        Response::ReadInputRegisters(w)
+        | Response::ReadHoldingRegisters(w)
+        | Response::ReadWriteMultipleRegisters(w) => w,
+        _ => return,
+    };
+    if let Some(g) = device.take_glitch(area, start, words.len()) {
+        let at = usize::from(g.address - start);
+        words[at..at + g.words.len()].copy_from_slice(&g.words);
     }
 }
 
@@ -412,5 +444,45 @@ mod tests {
             )),
             Some(3..=11)
         );
+    }
+
+    #[tokio::test]
+    async fn a_glitch_is_in_one_reply_and_never_in_the_banks() {
+        use crate::simulator::device::{Faults, Glitch};
+        let d = device();
+        d.set_input(0, &[1, 2, 3, 4]);
+        d.set_faults(Faults {
+            glitch_once: Some(Glitch {
+                area: Area::Input,
+                address: 2,
+                words: vec![0xFFFF, 0xFFFF],
+            }),
+            ..Faults::default()
+        });
+        let service = UnitService {
+            units: Arc::new(UnitMap::from([(1, d.clone())])),
+            conn: Arc::new(ConnState::default()),
+        };
+        let read = |request: Request<'static>| service.call(SlaveRequest { slave: 1, request });
+        // holding registers at the same addresses, and an input read that covers only one of
+        // the two words, answer from the banks
+        assert_eq!(
+            read(Request::ReadHoldingRegisters(0, 4)).await,
+            Ok(Some(Response::ReadHoldingRegisters(vec![0; 4])))
+        );
+        assert_eq!(
+            read(Request::ReadInputRegisters(0, 3)).await,
+            Ok(Some(Response::ReadInputRegisters(vec![1, 2, 3])))
+        );
+        assert_eq!(
+            read(Request::ReadInputRegisters(1, 3)).await,
+            Ok(Some(Response::ReadInputRegisters(vec![2, 0xFFFF, 0xFFFF])))
+        );
+        assert_eq!(
+            read(Request::ReadInputRegisters(1, 3)).await,
+            Ok(Some(Response::ReadInputRegisters(vec![2, 3, 4]))),
+            "the next reply is true again"
+        );
+        assert_eq!(d.input(0, 4), Some(vec![1, 2, 3, 4]));
     }
 }
