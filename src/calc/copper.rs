@@ -1,5 +1,5 @@
 //! Copper smelting (oxygen-enriched bath or flash smelting): oxygen per tonne of concentrate,
-//! sulphur capture by the acid plant, comprehensive energy per tonne of copper (DOMAIN §5.2, §9).
+//! sulphur capture by the acid plant, comprehensive energy per tonne of copper (GB 25323-2023).
 //!
 //! Pure formulas; the SO2 density and the GB 25323-2023 grade tables come from the coefficient
 //! table (`[copper]`, `[grades.gb25323_2023_cu_*]`).

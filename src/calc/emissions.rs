@@ -1,5 +1,5 @@
-//! Greenhouse gases, stack mass flows and converted (折算) concentrations (DOMAIN §2.2, §3,
-//! §4.3, §7.5).
+//! Greenhouse gases (IPCC 2006 Vol. 3 Ch. 4; 40 CFR 98 Subpart F), stack mass flows (HJ 212-2017
+//! App. D) and converted (折算) concentrations.
 //!
 //! Pure formulas; every coefficient is an argument taken from the coefficient tables.
 

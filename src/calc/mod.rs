@@ -1,4 +1,4 @@
-//! Pure calculators: readings in; metrics, events and aggregates out (DESIGN §3 `calc/`).
+//! Pure calculators: readings in; metrics, events and aggregates out.
 //!
 //! [`Pipeline`] is what the app calls: `on_batch` for every [`ReadingBatch`], `flush` when windows
 //! must close without new data. Everything here is pure: no clock, no I/O, no channels; all time

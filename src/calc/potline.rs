@@ -1,5 +1,5 @@
 //! Potline energy and production: Faraday production, current efficiency, DC and AC specific
-//! energy, pseudo-resistance and capacity utilisation (DOMAIN §1, §5.4).
+//! energy, pseudo-resistance and capacity utilisation.
 //!
 //! Pure functions of their arguments. The metal is a parameter (valence, molar mass) so that the
 //! same formulas serve aluminium and magnesium cells. Only the Faraday constant is a constant here:

@@ -1,5 +1,5 @@
-//! Tiered electricity surcharge of the electrolytic-aluminium policy (发改价格〔2021〕1239号,
-//! DOMAIN §5.3): threshold by year, +step per started 20 kWh/t above it, renewable reduction.
+//! Tiered electricity surcharge of the electrolytic-aluminium policy (发改价格〔2021〕1239号, August
+//! 2021): threshold by year, +step per started 20 kWh/t above it, renewable reduction.
 
 use super::coefficients::TariffTable;
 
