@@ -1232,6 +1232,48 @@ fn smelter_day_integrates_feed_oxygen_so2_and_energy() {
 }
 
 #[test]
+fn a_smelter_feed_declared_in_kg_per_h_is_converted_and_an_oxygen_flow_in_kw_is_refused() {
+    let cfg: CalcConfig = toml::from_str(SMELTER_CALC).expect("parses");
+    let mut p = Pipeline::new(&cfg).expect("builds");
+    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let in_unit = |point: &str, v: f64, unit: &str, t: i64| {
+        let mut r = reading(point, Value::Float(v), t);
+        r.unit = Arc::from(unit);
+        r
+    };
+    let mut records = Vec::new();
+    for i in 0..=12 {
+        let t = midnight + i * 10_000;
+        records.extend(p.on_batch(&batch(
+            "smelter1",
+            "smelter1",
+            10_000,
+            vec![
+                in_unit("concentrate_feed_tph", 150_000.0, "kg/h", t),
+                in_unit("oxygen_flow_nm3h", 24_750.0, "kW", t),
+            ],
+        )));
+    }
+    let minute = |name: &str| {
+        records.iter().find_map(|r| match r {
+            Record::Metrics(b) if &*b.calc == "copper" => b
+                .metrics
+                .iter()
+                .find(|m| &*m.name == name && m.labels.len() == 1)
+                .map(|m| m.value),
+            _ => None,
+        })
+    };
+    assert_eq!(minute("concentrate_feed_tph"), Some(Some(150.0)));
+    assert_eq!(minute("oxygen_flow_nm3h"), Some(None));
+    let refused = records
+        .iter()
+        .filter(|r| matches!(r, Record::Event(e) if &*e.kind == "unit_mismatch"))
+        .count();
+    assert_eq!(refused, 1);
+}
+
+#[test]
 fn a_smelter_naming_an_unknown_stack_is_a_config_error() {
     let mut cfg: CalcConfig = toml::from_str(SMELTER_CALC).expect("parses");
     cfg.smelters[0].stack = Some("nope".into());

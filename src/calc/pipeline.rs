@@ -83,6 +83,8 @@ struct Smelter {
     /// Index of the stack whose SO2 leaves its acid plant.
     stack: Option<usize>,
     state: SmelterState,
+    /// Points whose unit mismatch has been reported.
+    unit_reported: HashSet<String>,
 }
 
 use indexmap::IndexMap;
@@ -242,6 +244,7 @@ impl Pipeline {
                 max_gap_ms: i64::try_from(role.max_gap.as_millis()).unwrap_or(i64::MAX),
                 stack,
                 state: SmelterState::default(),
+                unit_reported: HashSet::new(),
                 role: role.clone(),
             });
         }
@@ -666,30 +669,43 @@ impl Pipeline {
                 sm.state.today.integrate(&rates, dt as f64 / 3_600_000.0);
             }
         }
-        let get = |p: &str| {
-            batch
+        // each input in the unit its formula expects; one that cannot be converted is not used
+        // and is reported once per point
+        let reported = &mut sm.unit_reported;
+        let mut get = |p: &str, expected: &str| {
+            let r = batch
                 .readings
                 .iter()
                 .find(|r| *r.point == *p)
-                .filter(|r| r.quality.is_good())
-                .and_then(num)
+                .filter(|r| r.quality.is_good())?;
+            let Some(f) = units::factor(&r.unit, expected) else {
+                let subject = format!("{}/{}.{}", batch.source, batch.device, p);
+                if reported.insert(subject.clone()) {
+                    out.push(Record::Event(unit_mismatch(subject, r, expected)));
+                }
+                return None;
+            };
+            num(r).map(|v| v * f)
         };
-        let opt = |p: &Option<String>| p.as_deref().and_then(get);
         let role = &sm.role;
-        let r = &mut sm.state.rates;
-        r.feed_tph = get(&role.feed_point);
-        r.oxygen_nm3_h = get(&role.oxygen_point);
-        r.enrichment_pct = get(&role.enrichment_point);
-        r.inlet_so2_kg_h = match (
-            get(&role.acid_plant_so2_point),
-            opt(&role.acid_plant_gas_flow_point),
-        ) {
-            (Some(pct), Some(flow)) => Some(so2_kg_h_from_volume_pct(pct, flow, density)),
-            _ => None,
+        let mut opt =
+            |p: &Option<String>, expected: &str| p.as_deref().and_then(|p| get(p, expected));
+        let rates = super::snapshot::SmelterRates {
+            feed_tph: opt(&Some(role.feed_point.clone()), "t/h"),
+            oxygen_nm3_h: opt(&Some(role.oxygen_point.clone()), "Nm3/h"),
+            enrichment_pct: opt(&Some(role.enrichment_point.clone()), "%"),
+            inlet_so2_kg_h: match (
+                opt(&Some(role.acid_plant_so2_point.clone()), "%"),
+                opt(&role.acid_plant_gas_flow_point, "Nm3/h"),
+            ) {
+                (Some(pct), Some(flow)) => Some(so2_kg_h_from_volume_pct(pct, flow, density)),
+                _ => None,
+            },
+            stack_so2_kg_h: stack_so2,
+            copper_tph: opt(&role.copper_output_point, "t/h"),
+            energy_kgce_h: opt(&role.energy_kgce_point, "kgce/h"),
         };
-        r.stack_so2_kg_h = stack_so2;
-        r.copper_tph = opt(&role.copper_output_point);
-        r.energy_kgce_h = opt(&role.energy_kgce_point);
+        sm.state.rates = rates;
         sm.state.last_ts = Some(ts);
     }
 

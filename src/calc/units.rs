@@ -44,6 +44,8 @@ const UNITS: &[(&str, &str, f64)] = &[
     ("mg/Nm3", "concentration", 1.0),
     ("g/m3", "concentration", 1e3),
     ("ug/m3", "concentration", 1e-3),
+    ("kgce/h", "coal_rate", 1.0),
+    ("tce/h", "coal_rate", 1e3),
     ("%", "fraction", 1.0),
 ];
 
