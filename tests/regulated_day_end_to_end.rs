@@ -625,9 +625,11 @@ async fn a_day_with_a_link_cut_a_calibration_and_a_glitch_matches_its_recomputat
         "line_current_bridged_s {bridged_s}, gap {gap_s} s"
     );
     assert_eq!(unbridged_s, 0.0);
-    // from the last answer before the cut to the first probe that found the link back
+    // from the last answer before the cut to the first probe that found the link back: the
+    // breaker's probe interval (about 50 plant s here) plus what a loaded machine adds to the
+    // test's own reaction, 2.5 s of real time at most
     assert!(
-        gap_s >= cut_s - 1.0 && gap_s <= cut_s + 90.0,
+        gap_s >= cut_s - 1.0 && gap_s <= cut_s + 300.0,
         "bridged {gap_s} s for a cut of {cut_s} s"
     );
     within("production_t", production, line.production_t, DAY_TOL);
@@ -697,10 +699,17 @@ async fn a_day_with_a_link_cut_a_calibration_and_a_glitch_matches_its_recomputat
          (recomputed {valid_minutes}, {calibration_minutes} with calibration samples)",
         so2_kg_h["total"], so2_mg_m3["avg"], so2_kg_h["samples"]
     );
-    assert_eq!(valid_minutes, 47, "recomputed valid minutes of the hour");
+    // 47 when the test reacts to the stack's samples within one poll (12 plant s, 100 ms);
+    // a loaded machine can start or end the calibration a minute late, which changes the
+    // count by one but never what must hold: the hour stays valid (>= 45 minutes) and the
+    // agent counts exactly the minutes the raw stream shows
+    assert!(
+        (46..=48).contains(&valid_minutes),
+        "recomputed valid minutes of the hour: {valid_minutes}"
+    );
     for agg in [so2_kg_h, so2_mg_m3] {
         assert_eq!(agg["valid"], true, "{agg}");
-        assert_eq!(agg["samples"], 47, "{agg}");
+        assert_eq!(agg["samples"], valid_minutes, "{agg}");
     }
     assert_eq!(so2_kg_h["total_unit"], "kg");
     within(
