@@ -772,11 +772,30 @@ fn sparkplug_keys_on_an_hj212_uplink_are_rejected() {
 }
 
 #[test]
+fn a_writable_number_needs_a_range_and_a_coil_does_not() {
+    let base = "site = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"127.0.0.1:502\"\n\
+                [[sources.devices]]\nname = \"plc\"\nunit_id = 1\n";
+    let err = parse_err(&format!(
+        "{base}points.sp = {{ area = \"holding\", address = 0, type = \"i32\", writable = true }}\n"
+    ));
+    assert!(
+        err.to_string().contains(
+            "sources[0].devices[0].points.sp.writable: writable = true: a number needs a `range` (range_min and range_max in a CSV map): without one any value the register holds could be written"
+        ),
+        "{err}"
+    );
+    parse_ok(&format!(
+        "{base}points.sp = {{ area = \"holding\", address = 0, type = \"i32\", range = [0.0, 100.0], writable = true }}\n\
+         points.run = {{ area = \"coil\", address = 0, type = \"bool\", writable = true }}\n"
+    ));
+}
+
+#[test]
 fn only_holding_registers_and_coils_can_be_writable() {
     let base = "site = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"127.0.0.1:502\"\n\
                 [[sources.devices]]\nname = \"plc\"\nunit_id = 1\n";
     parse_ok(&format!(
-        "{base}points.sp = {{ area = \"holding\", address = 0, type = \"i32\", writable = true }}\n\
+        "{base}points.sp = {{ area = \"holding\", address = 0, type = \"i32\", range = [0.0, 10.0], writable = true }}\n\
          points.run = {{ area = \"coil\", address = 0, type = \"bool\", writable = true }}\n"
     ));
     for (point, why) in [

@@ -541,6 +541,12 @@ impl Builder<'_, '_> {
                 (Area::Holding, DataType::Ascii { .. }) => {
                     Some("text (`ascii`) points cannot be written".to_owned())
                 }
+                // A coil holds only on or off; a number is bounded only by its wire type, so a
+                // command could set a set point anywhere the register can hold.
+                (Area::Holding, _) if range.is_none() => Some(
+                    "a number needs a `range` (range_min and range_max in a CSV map): without one any value the register holds could be written"
+                        .to_owned(),
+                ),
                 _ => None,
             };
             if let Some(why) = why {
