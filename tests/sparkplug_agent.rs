@@ -212,8 +212,20 @@ impl Rig {
 
     /// Publish a DCMD writing `value` to `point`, by alias (as Sparkplug 3.0 wants).
     async fn dcmd(&self, point: &str, datatype: DataType, value: PbValue) {
+        self.dcmd_as(point, datatype, value, 0, false).await;
+    }
+
+    /// A DCMD stamped `age_ms` before now, published retained or not.
+    async fn dcmd_as(
+        &self,
+        point: &str,
+        datatype: DataType,
+        value: PbValue,
+        age_ms: i64,
+        retain: bool,
+    ) {
         let payload = Payload {
-            timestamp: Some(Timestamp::now().unix_ms() as u64),
+            timestamp: Some((Timestamp::now().unix_ms() - age_ms) as u64),
             metrics: vec![Metric {
                 alias: Some(self.aliases[point]),
                 timestamp: Some(Timestamp::now().unix_ms() as u64),
@@ -227,7 +239,7 @@ impl Rig {
             .publish(
                 spb::topic(GROUP, spb::MessageType::DCmd, EDGE, Some(DEVICE)),
                 spb::encode(&payload),
-                PublishOptions::new(QoS::AtLeastOnce),
+                PublishOptions::new(QoS::AtLeastOnce).retain(retain),
             )
             .await
             .expect("publish DCMD");
@@ -475,5 +487,76 @@ async fn with_device_writes_disabled_every_dcmd_write_is_refused_and_never_reach
     let after = rig.dev.snapshot();
     assert_eq!(after.holding, before.holding);
     assert_eq!(after.coils, before.coils);
+    rig.stop().await;
+}
+
+/// Connect with the agent's Sparkplug client id until the broker has taken its session over
+/// (and so disconnected the agent), then go away: the agent reconnects and subscribes again.
+async fn take_over_session(port: u16) {
+    let mut o = rumqttc::MqttOptions::new("smeltwatch-t-scada", ("127.0.0.1".to_owned(), port));
+    o.set_credentials(USER, PASSWORD);
+    let (client, mut eventloop) = AsyncClient::builder(o).build();
+    timeout(Duration::from_secs(20), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("take-over client: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the broker accepts the take-over");
+    client.disconnect().await.expect("disconnect");
+    let _ = timeout(Duration::from_secs(5), eventloop.poll()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_dcmd_is_refused_on_reconnect_and_a_stale_one_always() {
+    let mut rig = rig(true).await;
+    rig.until_value("current_setpoint_ka", |v| *v == Value::Float(0.0))
+        .await;
+    // A host that publishes its command retained: delivered live it cannot be told from any
+    // other (the broker clears the flag on an established subscription), so it is executed...
+    rig.dcmd_as(
+        "current_setpoint_ka",
+        DataType::Float,
+        PbValue::FloatValue(400.0),
+        0,
+        true,
+    )
+    .await;
+    assert_eq!(rig.write_event().await.outcome(), "accepted");
+    // ...but the broker keeps it and hands it over again, retained, on every new subscription.
+    // The operator sets the point back; the agent's connection is then taken over and renewed.
+    rig.dev.set_holding(0, &[0, 0]);
+    let before = rig.dev.snapshot();
+    take_over_session(rig._broker.port).await;
+    let ev = rig.write_event().await;
+    assert_eq!(ev.outcome(), "refused", "{ev:?}");
+    assert!(ev.reason().contains("retained"), "{ev:?}");
+    // Five minutes old: older than the default max_command_age of 30 s.
+    rig.dcmd_as(
+        "current_setpoint_ka",
+        DataType::Float,
+        PbValue::FloatValue(410.0),
+        300_000,
+        false,
+    )
+    .await;
+    let ev = rig.write_event().await;
+    assert_eq!(ev.outcome(), "refused", "{ev:?}");
+    assert!(ev.reason().contains("old"), "{ev:?}");
+    // A fresh one behind them lands: anything the refused ones had sent would have too.
+    rig.dcmd(
+        "breaker_closed",
+        DataType::Boolean,
+        PbValue::BooleanValue(true),
+    )
+    .await;
+    assert_eq!(rig.write_event().await.outcome(), "accepted");
+    let after = rig.dev.snapshot();
+    assert_eq!(after.holding, before.holding, "no register was written");
+    assert!(after.coils[0]);
     rig.stop().await;
 }

@@ -55,6 +55,7 @@ pub(crate) fn start(
     .with_context(|| format!("uplink {:?}", uplink.name))?
     .with_device_writes(DeviceWriteGate {
         enabled: spb.device_writes,
+        max_command_age: spb.max_command_age,
         writers: wiring.writers.clone(),
         events: wiring.events.clone(),
     });

@@ -445,6 +445,9 @@ pub struct SparkplugConfig {
     pub primary_host_id: Option<String>,
     /// `[uplinks.device_writes]`: whether a DCMD may write Modbus points (default false).
     pub device_writes: bool,
+    /// `[uplinks.device_writes] max_command_age`: a DCMD whose timestamp is further than this
+    /// from the gateway's clock (older, or ahead) is refused (default 30 s).
+    pub max_command_age: Duration,
 }
 
 /// HJ 212 TCP uplink settings (`type = "hj212"`, `[uplinks.hj212]`).

@@ -256,6 +256,8 @@ pub(crate) struct RawUplink {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDeviceWrites {
     pub(crate) enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_command_age: Option<Duration>,
 }
 
 /// `[uplinks.hj212]`: the station header and the exchange settings of an HJ 212 TCP uplink.

@@ -43,6 +43,9 @@ pub(crate) mod defaults {
     pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(30);
     pub(crate) const BREAKER_FAILURES: u32 = 3;
     pub(crate) const BREAKER_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+    /// A DCMD's timestamp may be this far from the gateway's clock: room for a host's and the
+    /// broker's delays and a few seconds of clock difference, not for a replayed command.
+    pub(crate) const MAX_COMMAND_AGE: Duration = Duration::from_secs(30);
     pub(crate) const DEFAULT_POLL: Duration = Duration::from_secs(1);
     pub(crate) const MAX_REGISTERS_PER_READ: u16 = 125;
     pub(crate) const MAX_BITS_PER_READ: u16 = 2000;
@@ -1489,6 +1492,17 @@ impl Builder<'_, '_> {
             .as_ref()
             .and_then(|w| w.enabled)
             .unwrap_or(false);
+        let max_command_age = raw
+            .device_writes
+            .as_ref()
+            .and_then(|w| w.max_command_age)
+            .unwrap_or(defaults::MAX_COMMAND_AGE);
+        if max_command_age.is_zero() {
+            self.report.at(
+                &path.key("device_writes").key("max_command_age"),
+                "max_command_age must be greater than zero",
+            );
+        }
         // A DCMD can move a set point: only a broker session that proves who it is may carry one.
         if device_writes && mqtt.username.is_none() && mqtt.tls_settings.cert_file.is_none() {
             self.report.at(
@@ -1504,6 +1518,7 @@ impl Builder<'_, '_> {
                 edge_node_id,
                 primary_host_id,
                 device_writes,
+                max_command_age,
             }),
             streams: vec![Stream::Live],
             spool,

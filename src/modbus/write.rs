@@ -61,6 +61,19 @@ pub enum Refusal {
     NotRepresentable(String),
     /// The source's write queue is full or its poller is not running.
     Busy,
+    /// The command came retained: the broker hands it over again on every new subscription, so
+    /// executing it would repeat the write on every reconnect.
+    Retained,
+    /// The command's timestamp is too far from the gateway's clock (a delayed or replayed
+    /// command): `age_ms` old (negative: ahead of the clock), `max_age_ms` allowed.
+    Stale {
+        /// Clock minus the command's timestamp, ms.
+        age_ms: i64,
+        /// The configured limit, ms.
+        max_age_ms: i64,
+    },
+    /// The command carries no timestamp to check its age against.
+    NoTimestamp,
 }
 
 impl fmt::Display for Refusal {
@@ -76,6 +89,24 @@ impl fmt::Display for Refusal {
             }
             Refusal::NotRepresentable(why) => f.write_str(why),
             Refusal::Busy => f.write_str("the source's write queue is full or stopped"),
+            Refusal::Retained => f.write_str(
+                "the command was retained by the broker: a retained command would be executed again on every reconnect",
+            ),
+            Refusal::Stale { age_ms, max_age_ms } if *age_ms < 0 => write!(
+                f,
+                "the command's timestamp is {:.1} s ahead of the gateway's clock, more than max_command_age ({:.1} s)",
+                -*age_ms as f64 / 1000.0,
+                *max_age_ms as f64 / 1000.0
+            ),
+            Refusal::Stale { age_ms, max_age_ms } => write!(
+                f,
+                "the command is {:.1} s old, older than max_command_age ({:.1} s)",
+                *age_ms as f64 / 1000.0,
+                *max_age_ms as f64 / 1000.0
+            ),
+            Refusal::NoTimestamp => {
+                f.write_str("the command carries no timestamp to check its age against")
+            }
         }
     }
 }

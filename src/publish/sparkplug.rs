@@ -91,6 +91,9 @@ pub struct SparkplugSettings {
 pub struct DeviceWriteGate {
     /// `[uplinks.device_writes] enabled`: when false every DCMD write is refused (with an event).
     pub enabled: bool,
+    /// `[uplinks.device_writes] max_command_age`: a DCMD further than this from the clock is
+    /// refused.
+    pub max_command_age: Duration,
     /// Every device's configuration and its source's write queue.
     pub writers: DeviceWriters,
     /// The events stream (fan-out): one event per write attempt.
@@ -526,7 +529,7 @@ impl Session<'_> {
                                 return Ended::Lost(e);
                             }
                         }
-                        Command::Dcmd(device) => self.on_dcmd(device, &cmd.payload),
+                        Command::Dcmd(device) => self.on_dcmd(device, &cmd.payload, cmd.retain),
                         Command::HostState(state) => {
                             if self.accept_host_state(state) && !state.online {
                                 tracing::warn!(
@@ -638,14 +641,31 @@ impl Session<'_> {
         }
     }
 
-    /// Queue the writes a DCMD asks for (one per metric), in order.
-    fn on_dcmd(&mut self, device: &str, payload: &[u8]) {
+    /// Queue the writes a DCMD asks for (one per metric), in order. A retained DCMD, or one
+    /// whose timestamp is further than `max_command_age` from the clock (or missing), is queued
+    /// refused: it never reaches the device, and each of its writes is reported.
+    fn on_dcmd(&mut self, device: &str, payload: &[u8], retained: bool) {
         let up = self.up;
         let payload = match spb::decode(payload) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(uplink = %up.name, device, "undecodable DCMD ignored: {e}");
                 return;
+            }
+        };
+        let max_age_ms = up.writes.as_ref().map_or(i64::MAX, |g| {
+            i64::try_from(g.max_command_age.as_millis()).unwrap_or(i64::MAX)
+        });
+        let refusal = if retained {
+            Some(Refusal::Retained)
+        } else {
+            match payload.timestamp.and_then(|t| i64::try_from(t).ok()) {
+                None => Some(Refusal::NoTimestamp),
+                Some(t) => {
+                    let age_ms = Timestamp::now().unix_ms() - t;
+                    (age_ms.unsigned_abs() > max_age_ms.unsigned_abs())
+                        .then_some(Refusal::Stale { age_ms, max_age_ms })
+                }
             }
         };
         let model = up
@@ -685,6 +705,7 @@ impl Session<'_> {
                 old,
                 new,
                 topic: format!("{}/{device}", up.topic(MessageType::DCmd, None)),
+                refusal: refusal.clone(),
             };
             if let Err(mpsc::error::TrySendError::Full(request)) = self.dcmd.try_send(request) {
                 // Refused without touching the device; still reported.
@@ -922,6 +943,8 @@ struct DcmdWrite {
     new: Option<Value>,
     /// The DCMD topic it came on.
     topic: String,
+    /// Refused before any gate (retained, stale or without a timestamp).
+    refusal: Option<Refusal>,
 }
 
 /// Serve DCMD writes in order until every sender is gone.
@@ -938,6 +961,9 @@ async fn serve_writes(
 
 /// Apply the gates and, when they pass, write through the source's poller.
 async fn attempt(gate: Option<&DeviceWriteGate>, req: &DcmdWrite) -> Result<(), WriteFailure> {
+    if let Some(r) = &req.refusal {
+        return Err(WriteFailure::Refused(r.clone()));
+    }
     let Some(gate) = gate else {
         return Err(WriteFailure::Refused(Refusal::WritesDisabled));
     };
