@@ -4,13 +4,16 @@
 //! scaled by cells) and checks the figures against the worked examples: 12,908 kWh/t DC and
 //! 13,239 kWh/t AC at 4.05 V, CE 93.5 % and a rectifier efficiency of 97.5 %.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::calc::{close, reading};
 use smeltwatch::calc::coefficients::Coefficients;
 use smeltwatch::calc::tariff::{surcharge_cost_yuan, surcharge_yuan_per_kwh};
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, days_from_civil};
 use smeltwatch::calc::{CalcConfig, Pipeline};
-use smeltwatch::model::{Metric, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
+use smeltwatch::model::{Metric, Quality, Reading, ReadingBatch, Record, Value};
 
 const CELLS: u32 = 25;
 const KA: f64 = 400.0;
@@ -63,26 +66,8 @@ struct Day {
     tapped_share: Option<f64>,
 }
 
-fn reading(point: &str, value: Value, ts: i64) -> Reading {
-    Reading {
-        point: Arc::from(point),
-        value: Some(value),
-        unit: Arc::from(""),
-        quality: Quality::Good,
-        ts: Timestamp(ts),
-    }
-}
-
 fn batch(device: &str, readings: Vec<Reading>) -> ReadingBatch {
-    let ts = readings.first().map_or(Timestamp(0), |r| r.ts);
-    ReadingBatch {
-        source: Arc::from("potline1"),
-        device: Arc::from(device),
-        unit_id: 1,
-        poll_interval_ms: STEP_MS as u64,
-        scheduled: ts,
-        readings,
-    }
+    common::calc::batch("potline1", device, STEP_MS as u64, readings)
 }
 
 /// A counter that accumulates a float quantity and reads as whole units.
@@ -228,13 +213,6 @@ fn label<'a>(m: &'a Metric, key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| &**k == key)
         .map(|(_, v)| &**v)
-}
-
-fn close(actual: f64, expected: f64, tol: f64, what: &str) {
-    assert!(
-        (actual - expected).abs() <= tol,
-        "{what}: {actual} is not within {tol} of {expected}"
-    );
 }
 
 /// The line's true production in a day, t.

@@ -35,7 +35,7 @@ use super::coefficients::{Coefficients, GradeTable, GwpTable, PfcTable};
 use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
 use super::emissions::{anode_co2_factor, electricity_co2_t, kgce, pfc_slope};
 use super::limits::grade;
-use super::pipeline::{metric, num, raw_u64, unit_mismatch};
+use super::pipeline::{lookup, metric, num, raw_u64, unit_mismatch};
 use super::potline::{
     Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
 };
@@ -150,20 +150,6 @@ pub(super) struct Line {
     month_days: u32,
     year: PeriodAcc,
     year_days: u32,
-}
-
-fn lookup<'a, T>(
-    map: &'a std::collections::BTreeMap<String, T>,
-    key: &str,
-    value: &str,
-    table: &str,
-) -> Result<&'a T, CalcError> {
-    map.get(value).ok_or_else(|| CalcError::UnknownKey {
-        key: key.to_string(),
-        value: value.to_string(),
-        table: table.to_string(),
-        known: map.keys().cloned().collect::<Vec<_>>().join(", "),
-    })
 }
 
 fn ms(d: std::time::Duration) -> i64 {

@@ -105,7 +105,9 @@ pub struct Pipeline {
     latest: Option<Timestamp>,
 }
 
-fn lookup<'a, T>(
+/// The entry `value` of a coefficient table's `map`, or an error naming the config `key` and the
+/// entries known.
+pub(super) fn lookup<'a, T>(
     map: &'a std::collections::BTreeMap<String, T>,
     key: &str,
     value: &str,

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod calc;
 pub mod mosquitto;
 pub mod peers;
 pub mod plant;
