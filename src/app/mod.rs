@@ -14,6 +14,7 @@
 
 pub mod calc_state;
 pub mod demo;
+pub mod health;
 mod hj212;
 mod regulated;
 mod sparkplug;
@@ -39,7 +40,9 @@ use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::{AppendFailed, Decoded, NewRecord, SpoolHandle};
 
 /// Capacity of the channel between the pollers and the fan-out, in batches. When it is full the
-/// pollers wait, which shows up as late ticks: acquisition slows down, nothing is dropped.
+/// pollers wait, which shows up as late ticks. The fan-out never waits on a store for longer than
+/// a store call's timeout (a failing store is isolated, [`health`]), so it fills only when the
+/// machine cannot keep up.
 const READINGS_CHANNEL: usize = 4096;
 /// How often the calculators are asked to close windows whose data stopped.
 const CALC_FLUSH_EVERY: Duration = Duration::from_secs(10);
@@ -162,6 +165,34 @@ pub struct LiveState {
     pub records: crate::http::RecordFeed,
     /// Values expected, received and delivered per device, stream and hour.
     pub completeness: Arc<crate::completeness::Completeness>,
+    /// Progress of the stages and what the stores lost (`/readyz`, the watchdog, `/metrics`).
+    pub health: Arc<health::Health>,
+}
+
+impl LiveState {
+    /// Why the pipeline is not healthy (stalled stages, failing stores); empty when it is.
+    pub fn problems(&self) -> Vec<String> {
+        self.health.problems(&self.poller_cycles())
+    }
+
+    /// The stalled stages only: what stops the watchdog.
+    pub fn stalls(&self) -> Vec<String> {
+        self.health.stalls(&self.poller_cycles())
+    }
+
+    fn poller_cycles(&self) -> Vec<(String, u64)> {
+        self.pollers
+            .lock()
+            .expect("live state lock is never poisoned: holders do not panic")
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.to_string(),
+                    s.cycles.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
 }
 
 /// What the status display knows of an uplink.
@@ -181,6 +212,9 @@ pub struct Agent {
     pollers: Vec<tokio::task::JoinHandle<()>>,
     sources: CancellationToken,
     uplinks: CancellationToken,
+    /// Fired when the grace period ends during a stop: the fan-out stops storing and counts what
+    /// is left.
+    drain_deadline: CancellationToken,
     fan_out: tokio::task::JoinHandle<()>,
     tracker: TaskTracker,
     spools: Vec<SpoolHandle>,
@@ -196,6 +230,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
             &cfg,
             Timestamp::now(),
         )),
+        health: Arc::new(health::Health::new(cfg.stall_after)),
         ..LiveState::default()
     });
     let sources = CancellationToken::new();
@@ -207,7 +242,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
 
     // History store and ledger first: the HJ 212 uplinks answer history requests from the store,
     // and a key that others can read stops the start before anything runs.
-    let regulator = regulated::Regulator::open(&cfg)?;
+    let regulator = regulated::Regulator::open(&cfg)?.with_health(live.health.clone());
     let history = regulator.history_source();
 
     // Guarded device writes (Sparkplug DCMD) go to the pollers' write queues; every attempt is
@@ -268,6 +303,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                 status,
             });
         targets.push(FanTarget {
+            gate: health::StoreGate::new(format!("spool-{}", uplink.name)),
             spool: spool.clone(),
             streams: uplink.streams.clone(),
             topics,
@@ -285,6 +321,14 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
             .lock()
             .expect("live state lock is never poisoned: holders do not panic")
             .push((source.name.clone(), poller.stats()));
+        let shortest_poll = source
+            .devices
+            .iter()
+            .flat_map(|d| &d.points)
+            .map(|p| p.poll_interval)
+            .min()
+            .unwrap_or(Duration::ZERO);
+        live.health.watch_poller(&source.name, shortest_poll);
         pollers.push(tracker.spawn(poller.run(sources.clone())));
     }
     drop(tx);
@@ -322,6 +366,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         batches: rx,
         events: events_rx,
     };
+    let drain_deadline = CancellationToken::new();
     let fan_out = tokio::spawn(fan_out(
         inputs,
         targets,
@@ -330,6 +375,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         calc,
         regulator,
         initial,
+        drain_deadline.clone(),
     ));
     tracker.close();
 
@@ -337,6 +383,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         pollers,
         sources,
         uplinks: uplinks_token,
+        drain_deadline,
         fan_out,
         tracker,
         spools,
@@ -346,16 +393,39 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
 }
 
 impl Agent {
-    /// Whether the pipeline is running: every poller and the fan-out are still at work. This is
+    /// Whether the pipeline is running and making progress: every poller and the fan-out are
+    /// still at work, and none has gone without progress for `stall_after` ([`health`]). This is
     /// what feeds the systemd watchdog.
     pub fn is_alive(&self) -> bool {
-        !self.fan_out.is_finished() && self.pollers.iter().all(|p| !p.is_finished())
+        !self.fan_out.is_finished()
+            && self.pollers.iter().all(|p| !p.is_finished())
+            && self.live.stalls().is_empty()
     }
 
     /// Stop in order: sources, fan-out (drains into the spools), uplinks (grace period), spools.
+    ///
+    /// The fan-out gets the grace period to drain; when it ends, the fan-out stops storing and
+    /// counts the batches it could not store (`smeltwatch_store_lost_records_total{reason=
+    /// "shutdown"}`, and logged), so a stop never outlasts about twice the grace period.
     pub async fn shutdown(self) {
         self.sources.cancel();
-        if let Err(e) = self.fan_out.await {
+        let mut fan_out = self.fan_out;
+        let drained = tokio::time::timeout(self.grace, &mut fan_out).await;
+        let joined = match drained {
+            Ok(joined) => joined,
+            Err(_) => {
+                self.drain_deadline.cancel();
+                match tokio::time::timeout(Duration::from_secs(2), &mut fan_out).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        fan_out.abort();
+                        tracing::error!("fan-out did not stop after the grace period; aborted");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        if let Err(e) = joined {
             tracing::error!("fan-out task failed: {e}");
         }
         self.uplinks.cancel();
@@ -489,6 +559,8 @@ struct FanInputs {
 /// Where fan-out sends the records of the streams an uplink carries.
 struct FanTarget {
     spool: SpoolHandle,
+    /// Whether the spool is failing, and when to try it again ([`health`]).
+    gate: health::StoreGate,
     streams: Vec<Stream>,
     topics: TopicTemplates,
     /// The uplink reads records with their decoded form (`SpoolHandle::read_after_decoded`): hand
@@ -496,30 +568,92 @@ struct FanTarget {
     hand_over_decoded: bool,
 }
 
+/// What the fan-out works with besides its inputs and targets.
+struct FanContext {
+    site: String,
+    live: Arc<LiveState>,
+    regulator: regulated::Regulator,
+    /// Fired when a stop's grace period ended: store nothing more, count what is left.
+    drain_deadline: CancellationToken,
+}
+
+impl FanContext {
+    /// Seal, store in history and append to the spools.
+    async fn hand_on(&mut self, targets: &mut [FanTarget], records: &mut Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        if self.drain_deadline.is_cancelled() {
+            count_undrained(&self.live, targets, records);
+            return;
+        }
+        let seals = tokio::select! {
+            seals = self.regulator.process(records) => seals,
+            _ = self.drain_deadline.cancelled() => {
+                count_undrained(&self.live, targets, records);
+                return;
+            }
+        };
+        route(
+            targets,
+            &self.site,
+            records,
+            &seals,
+            &self.live.health,
+            &self.drain_deadline,
+        )
+        .await;
+    }
+}
+
+/// Count `records` as lost at shutdown, once for every spool that would have taken them.
+fn count_undrained(live: &LiveState, targets: &[FanTarget], records: &[Record]) {
+    let batches = records
+        .iter()
+        .filter(|r| matches!(r, Record::Batch(_)))
+        .count();
+    live.health.undrained(batches as u64);
+    for t in targets {
+        let n = records
+            .iter()
+            .filter(|r| t.streams.contains(&r.stream()))
+            .count();
+        live.health.lost(t.gate.name(), "shutdown", n as u64);
+    }
+}
+
 /// Route poll batches to every uplink's spool that carries the `live` stream.
 ///
 /// Batches that arrive together are appended in one transaction per spool, up to
-/// [`MAX_BATCHES_PER_APPEND`]: under load this turns many small fsyncs into few larger ones. A spool that fails to append is logged loudly; the
-/// records are retried on the next burst rather than dropped. `initial` records (the
-/// configuration change of the ledger) go first. Closed windows are stored in the history store
-/// and regulated records sealed into the ledger before they reach a spool.
+/// [`MAX_BATCHES_PER_APPEND`]: under load this turns many small fsyncs into few larger ones. A
+/// spool or history store that keeps failing is isolated ([`health`]): what it refuses is
+/// counted as lost, and acquisition goes on. `initial` records (the configuration change of the
+/// ledger) go first. Closed windows are stored in the history store and regulated records sealed
+/// into the ledger before they reach a spool.
+#[allow(clippy::too_many_arguments)]
 async fn fan_out(
     inputs: FanInputs,
-    targets: Vec<FanTarget>,
+    mut targets: Vec<FanTarget>,
     site: String,
     live: Arc<LiveState>,
     mut calc: Option<calc_state::CalcStage>,
-    mut regulator: regulated::Regulator,
-    initial: Vec<Record>,
+    regulator: regulated::Regulator,
+    mut initial: Vec<Record>,
+    drain_deadline: CancellationToken,
 ) {
     let FanInputs {
         batches: mut rx,
         mut events,
     } = inputs;
+    let mut cx = FanContext {
+        site,
+        live: live.clone(),
+        regulator,
+        drain_deadline,
+    };
     if !initial.is_empty() {
-        let seals = regulator.process(&initial).await;
         publish_derived(&live, &initial);
-        route(&targets, &site, &initial, &seals).await;
+        cx.hand_on(&mut targets, &mut initial).await;
     }
     let mut burst = Vec::with_capacity(MAX_BATCHES_PER_APPEND);
     // Windows must close even when their data stops (a dead stack analyser still owes the
@@ -528,11 +662,13 @@ async fn fan_out(
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut records: Vec<Record> = Vec::new();
+        live.health.fan_out_idle();
         tokio::select! {
             n = rx.recv_many(&mut burst, MAX_BATCHES_PER_APPEND) => {
                 if n == 0 {
                     break;
                 }
+                live.health.fan_out_busy();
                 linger(&mut rx, &mut burst).await;
                 remember_latest(&live, &burst);
                 for batch in burst.drain(..) {
@@ -542,39 +678,44 @@ async fn fan_out(
                 }
             }
             _ = flush_tick.tick(), if calc.is_some() => {
+                live.health.fan_out_busy();
                 if let Some(c) = calc.as_mut() {
                     records = c.flush(Timestamp::now());
                 }
             }
             // Events from the uplinks (device write attempts); the branch sleeps once they are
             // all gone.
-            Some(event) = events.recv() => records.push(event),
+            Some(event) = events.recv() => {
+                live.health.fan_out_busy();
+                records.push(event);
+            }
         }
         publish_derived(&live, &records);
         live.completeness.received(&records);
         records.extend(live.completeness.tick(Timestamp::now()));
-        if !records.is_empty() {
-            let seals = regulator.process(&records).await;
-            route(&targets, &site, &records, &seals).await;
-        }
+        cx.hand_on(&mut targets, &mut records).await;
         if let Some(c) = calc.as_mut() {
             c.saved_after(&records);
         }
     }
+    live.health.fan_out_busy();
     if let Some(c) = calc.as_mut() {
-        let records = c.flush(Timestamp::now());
+        let mut records = c.flush(Timestamp::now());
         publish_derived(&live, &records);
         live.completeness.received(&records);
-        let seals = regulator.process(&records).await;
-        route(&targets, &site, &records, &seals).await;
+        cx.hand_on(&mut targets, &mut records).await;
         c.saved_after(&records);
     }
     // The hour in progress is reported as partial; after a restart it continues.
-    let partial = live.completeness.partial(Timestamp::now());
-    if !partial.is_empty() {
-        let seals = regulator.process(&partial).await;
-        route(&targets, &site, &partial, &seals).await;
+    let mut partial = live.completeness.partial(Timestamp::now());
+    cx.hand_on(&mut targets, &mut partial).await;
+    let undrained = live.health.undrained_total();
+    if undrained > 0 {
+        tracing::error!(
+            "{undrained} poll batches could not be stored within the grace period and are lost"
+        );
     }
+    live.health.fan_out_idle();
 }
 
 /// Adds to `burst` what arrives within [`APPEND_LINGER`], until it holds
@@ -613,15 +754,17 @@ fn publish_derived(live: &LiveState, records: &[Record]) {
 /// Append `records` to the spool of every uplink that carries their stream; a sealed record
 /// (`seals[i]`, see [`regulated`]) carries its seal in the spool body.
 async fn route(
-    targets: &[FanTarget],
+    targets: &mut [FanTarget],
     site: &str,
     records: &[Record],
     seals: &[Option<crate::ledger::LedgerRecord>],
+    health: &health::Health,
+    drain_deadline: &CancellationToken,
 ) {
     let created = Timestamp::now();
     // Decoded forms, made on first use and shared by every uplink that takes them.
     let mut shared: Vec<Option<Decoded>> = vec![None; records.len()];
-    for target in targets {
+    for target in targets.iter_mut() {
         let mut new = Vec::with_capacity(records.len());
         let mut decoded = Vec::new();
         for (i, record) in records.iter().enumerate() {
@@ -653,44 +796,76 @@ async fn route(
             });
         }
         if !new.is_empty() {
-            append_until_stored(&target.spool, new, decoded).await;
+            tokio::select! {
+                () = append_or_count(target, new, decoded, health) => {}
+                _ = drain_deadline.cancelled() => {}
+            }
         }
     }
 }
 
-/// Append, retrying with backoff while the spool refuses (disk full, I/O error). Acquisition backs
-/// up behind this rather than losing the readings. A failed append gives the records back, so
-/// nothing is copied for the retry.
-async fn append_until_stored(
-    spool: &SpoolHandle,
+/// Append to the target's spool: a few quick retries while it is healthy, one probe per backoff
+/// while it fails ([`health::StoreGate`]). What it does not take is counted as lost with the
+/// reason (`disk_full` when even the spool's own disk-full drops made no room, `io_error`,
+/// `timeout`, `closed`, `store_failing` while the probe is not due). A failed append gives the
+/// records back, so nothing is copied for the retry.
+async fn append_or_count(
+    target: &mut FanTarget,
     mut records: Vec<NewRecord>,
     mut decoded: Vec<Option<Decoded>>,
+    health: &health::Health,
 ) {
+    let count = records.len() as u64;
+    let attempts = target.gate.attempts();
     let mut delay = Duration::from_millis(100);
-    loop {
-        let count = records.len();
-        match spool.try_append_decoded(records, decoded).await {
-            Ok(_) => return,
-            Err(failed) if matches!(failed.error, crate::spool::SpoolError::Closed) => {
-                tracing::error!("spool closed; {count} records could not be stored");
+    let mut last = (String::from("failing, probe not due"), "store_failing");
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        let call = target.spool.try_append_decoded(records, decoded);
+        let result = match tokio::time::timeout(health::STORE_CALL_TIMEOUT, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                last = (
+                    format!("no answer within {:?}", health::STORE_CALL_TIMEOUT),
+                    "timeout",
+                );
+                // The records went with the call: nothing left to retry.
+                target.gate.failed(health, &last.0);
+                health.lost(target.gate.name(), last.1, count);
+                return;
+            }
+        };
+        match result {
+            Ok(_) => {
+                target.gate.ok(health);
                 return;
             }
             Err(failed) => {
-                tracing::error!(
-                    "spool append failed, retrying in {delay:?}: {}",
-                    failed.error
-                );
+                let reason = match failed.error {
+                    crate::spool::SpoolError::DiskFull { .. } => "disk_full",
+                    crate::spool::SpoolError::Closed => "closed",
+                    _ => "io_error",
+                };
+                last = (failed.error.to_string(), reason);
                 let AppendFailed {
                     records: r,
                     decoded: d,
                     ..
                 } = *failed;
                 (records, decoded) = (r, d);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                if reason == "closed" {
+                    break;
+                }
             }
         }
     }
+    if attempts > 0 {
+        target.gate.failed(health, &last.0);
+    }
+    health.lost(target.gate.name(), last.1, count);
 }
 
 /// A cancellation token that fires on SIGINT or SIGTERM, or after `duration` if given.

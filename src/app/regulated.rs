@@ -12,6 +12,15 @@
 //! Regulated are (by `[ledger] regulated`): hourly and daily stack aggregates, the potlines' daily
 //! and monthly energy (`potline`) and PFC (`emissions`) figures; and every configuration the agent
 //! starts with (`config_change` events with the SHA-256 of the file), at start and on reload.
+//!
+//! # When the history store fails
+//! The fan-out never waits on it (see [`super::health`]): after a short retry round the store is
+//! marked failing and probed once per backoff. The chain is rolled back to where it stood before
+//! the failed write, so no seal exists that its head in the store does not cover and a restart
+//! cannot fork it. Regulated records of a failed write are held back (up to
+//! [`MAX_HELD_BACK`] records, oldest kept) and sealed with the next write that succeeds; windows
+//! and figures that are not sealed go on to the spools and are counted as lost to the history
+//! store (`store="history"`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +35,22 @@ use crate::ledger::{Chain, LedgerRecord};
 use crate::model::{Event, EventPhase, Period, Record, Timestamp, Value};
 use crate::publish::hj212_tcp::HistorySource;
 
+use super::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
+
+/// Most regulated records held back while the history store fails (a day of hourly aggregates
+/// of a dozen stacks is about 300): beyond it the oldest are counted as lost.
+pub(super) const MAX_HELD_BACK: usize = 10_000;
+/// The store's name in counters and `/readyz`.
+const STORE: &str = "history";
+
 /// The history store and the ledger of a running agent.
 pub(super) struct Regulator {
     history: Option<Arc<HistoryStore>>,
     ledger: Option<Sealer>,
+    gate: StoreGate,
+    health: Arc<Health>,
+    /// Regulated records held back while the store fails, oldest first.
+    held_back: Vec<Record>,
 }
 
 struct Sealer {
@@ -84,7 +105,23 @@ impl Regulator {
             }
             _ => None,
         };
-        Ok(Regulator { history, ledger })
+        Ok(Regulator::new(history, ledger))
+    }
+
+    fn new(history: Option<Arc<HistoryStore>>, ledger: Option<Sealer>) -> Regulator {
+        Regulator {
+            history,
+            ledger,
+            gate: StoreGate::new(STORE.to_owned()),
+            health: Arc::default(),
+            held_back: Vec::new(),
+        }
+    }
+
+    /// Count losses and failures in `health`.
+    pub(super) fn with_health(mut self, health: Arc<Health>) -> Regulator {
+        self.health = health;
+        self
     }
 
     /// The store the HJ 212 uplinks answer history requests from.
@@ -138,11 +175,18 @@ impl Regulator {
     }
 
     /// Seal the regulated records among `records` and store the windows, figures and seals in
-    /// the history store (retrying while it fails: acquisition backs up rather than forking the
-    /// chain). Returns one entry per record: its seal, or `None`.
-    pub(super) async fn process(&mut self, records: &[Record]) -> Vec<Option<LedgerRecord>> {
+    /// the history store. Returns one entry per record of `records` as it is on return: its seal,
+    /// or `None`. Held-back records go first once the store writes again; while it fails the
+    /// regulated ones are taken out of `records` and held back (module docs).
+    pub(super) async fn process(&mut self, records: &mut Vec<Record>) -> Vec<Option<LedgerRecord>> {
+        if self.history.is_some() && !self.held_back.is_empty() && self.gate.attempts() > 0 {
+            let mut all = std::mem::take(&mut self.held_back);
+            all.append(records);
+            *records = all;
+        }
+        let before = self.ledger.as_ref().map(|s| s.chain.clone());
         let mut seals = Vec::with_capacity(records.len());
-        for record in records {
+        for record in records.iter() {
             let seal = if self.is_regulated(record) {
                 let sealer = self.ledger.as_mut().expect("is_regulated needs a ledger");
                 Some(sealer.chain.append(&sealer.key, payload_of(record)))
@@ -181,17 +225,69 @@ impl Regulator {
             .unwrap_or_else(Timestamp::now);
         let (kept, sealed) = (Arc::new(kept), Arc::new(sealed));
         let mut delay = Duration::from_millis(100);
-        loop {
-            let (store, k, s) = (store.clone(), kept.clone(), sealed.clone());
-            let result = tokio::task::spawn_blocking(move || store.store(&k, &s, now)).await;
-            match result {
-                Ok(Ok(_)) => return seals,
-                Ok(Err(e)) => tracing::error!("history store failed, retrying in {delay:?}: {e}"),
-                Err(e) => tracing::error!("history store task failed, retrying in {delay:?}: {e}"),
+        let attempts = self.gate.attempts();
+        let mut last_error = (String::from("failing, probe not due"), "store_failing");
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            let (store, k, s) = (store.clone(), kept.clone(), sealed.clone());
+            let call = tokio::task::spawn_blocking(move || store.store(&k, &s, now));
+            match tokio::time::timeout(STORE_CALL_TIMEOUT, call).await {
+                Ok(Ok(Ok(_))) => {
+                    self.gate.ok(&self.health);
+                    return seals;
+                }
+                Ok(Ok(Err(e))) => {
+                    let text = format!("{e:#}");
+                    let reason = if text.contains("full") {
+                        "disk_full"
+                    } else {
+                        "io_error"
+                    };
+                    last_error = (text, reason);
+                }
+                Ok(Err(e)) => last_error = (format!("store task failed: {e}"), "io_error"),
+                Err(_) => {
+                    last_error = (
+                        format!("no answer within {STORE_CALL_TIMEOUT:?}"),
+                        "timeout",
+                    );
+                }
+            }
         }
+        let (error, reason) = last_error;
+        if attempts > 0 {
+            self.gate.failed(&self.health, &error);
+        }
+        // Undo the seals: the store's head does not cover them.
+        if let (Some(sealer), Some(chain)) = (self.ledger.as_mut(), before) {
+            sealer.chain = chain;
+        }
+        let mut unsealed_kept = 0u64;
+        let mut routed = Vec::with_capacity(records.len());
+        for (record, seal) in records.drain(..).zip(&seals) {
+            if seal.is_some() {
+                self.held_back.push(record);
+            } else {
+                let kept = match &record {
+                    Record::Aggregate(_) => true,
+                    Record::Metrics(m) => figures_period(m).is_some(),
+                    Record::Batch(_) | Record::Event(_) => false,
+                };
+                unsealed_kept += u64::from(kept);
+                routed.push(record);
+            }
+        }
+        *records = routed;
+        if self.held_back.len() > MAX_HELD_BACK {
+            let over = self.held_back.len() - MAX_HELD_BACK;
+            self.held_back.drain(..over);
+            self.health.lost(STORE, "held_back_full", over as u64);
+        }
+        self.health.lost(STORE, reason, unsealed_kept);
+        vec![None; records.len()]
     }
 }
 
@@ -251,14 +347,14 @@ mod tests {
     }
 
     fn regulator(regulated: &[Regulated]) -> Regulator {
-        Regulator {
-            history: None,
-            ledger: Some(Sealer {
+        Regulator::new(
+            None,
+            Some(Sealer {
                 key: SigningKey::from_bytes(&[3; 32]),
                 chain: Chain::new("site", REGULATED_CHAIN),
                 regulated: regulated.to_vec(),
             }),
-        }
+        )
     }
 
     #[tokio::test]
@@ -275,7 +371,7 @@ mod tests {
             event(CONFIG_CHANGE),
         ];
         let mut r = regulator(&Regulated::DEFAULT);
-        let seals = r.process(&records).await;
+        let seals = r.process(&mut records.clone()).await;
         let seqs: Vec<Option<u64>> = seals.iter().map(|s| s.as_ref().map(|s| s.seq)).collect();
         assert_eq!(
             seqs,
@@ -304,19 +400,16 @@ mod tests {
 
         // Only what is listed: minute windows when asked for, no potline figures.
         let mut r = regulator(&[Regulated::StackMinute]);
-        let seals = r.process(&records).await;
+        let seals = r.process(&mut records.clone()).await;
         let sealed: Vec<usize> = (0..records.len()).filter(|&i| seals[i].is_some()).collect();
         assert_eq!(sealed, vec![0, 8]);
     }
 
     #[tokio::test]
     async fn without_a_ledger_nothing_is_sealed() {
-        let mut r = Regulator {
-            history: None,
-            ledger: None,
-        };
+        let mut r = Regulator::new(None, None);
         let seals = r
-            .process(&[aggregate(Period::Hour), event(CONFIG_CHANGE)])
+            .process(&mut vec![aggregate(Period::Hour), event(CONFIG_CHANGE)])
             .await;
         assert_eq!(seals, vec![None, None]);
     }
@@ -333,11 +426,8 @@ mod tests {
             day_retention: Duration::from_secs(30 * 86_400),
         };
         let store = Arc::new(HistoryStore::open(&cfg).unwrap());
-        let mut r = Regulator {
-            history: Some(store.clone()),
-            ledger: None,
-        };
-        r.process(&[aggregate(Period::Hour)]).await;
+        let mut r = Regulator::new(Some(store.clone()), None);
+        r.process(&mut vec![aggregate(Period::Hour)]).await;
         let hours = store
             .windows_between(Period::Hour, Timestamp(0), Timestamp(0))
             .unwrap();

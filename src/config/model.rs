@@ -26,6 +26,9 @@ pub struct Config {
     pub calc: Option<crate::calc::CalcConfig>,
     /// Where durable state lives (spools, sequence numbers).
     pub state_dir: PathBuf,
+    /// A stage without progress for this long makes `/readyz` answer 503 and stops the systemd
+    /// watchdog (`crate::app::health`).
+    pub stall_after: Duration,
     /// Northbound uplinks, each with its own spool.
     pub uplinks: Vec<UplinkConfig>,
     /// The HTTP side doors, when the file has an `[http]` section.

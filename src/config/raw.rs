@@ -21,6 +21,8 @@ use crate::simulator::SimulatorConfig;
 pub(crate) struct RawConfig {
     pub(crate) site: String,
     pub(crate) state_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) stall_after: Option<Duration>,
     pub(crate) simulator: Option<SimulatorConfig>,
     pub(crate) calc: Option<crate::calc::CalcConfig>,
     #[serde(default)]

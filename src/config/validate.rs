@@ -298,6 +298,9 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         simulator: raw.simulator,
         calc: raw.calc,
         state_dir,
+        stall_after: raw
+            .stall_after
+            .unwrap_or(crate::app::health::DEFAULT_STALL_AFTER),
         uplinks,
         http,
         history,

@@ -1,0 +1,355 @@
+//! A store that keeps failing must not stop acquisition: `state_dir` on a 2 MiB tmpfs that fills
+//! up while `[calc]` runs on plant time (minute windows close every half second, so the history
+//! store is written all the time), with a live broker (the uplink stays connected, so nothing
+//! else makes the agent look unhealthy).
+//!
+//! Asserted once the file system is full: the pollers' cycles grow by more than the fan-out
+//! channel holds (so nothing waits on a store), the records that could not be stored are counted
+//! per store and reason in `/metrics`, and `/readyz` answers 503 naming the failing store.
+//! Needs root for `mount -t tmpfs`.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::mosquitto::Mosquitto;
+use common::plant::{device, f32_words, serve};
+use smeltwatch::app::{Agent, RunOptions};
+use smeltwatch::simulator::{self, BindMode, SimulatorConfig, UnitMap};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+/// Meters per fast source, polled every 50 ms: with two sources 640 batches a second, so the
+/// fan-out channel (4096 batches) would fill within seconds if the fan-out stopped reading.
+const METERS: u8 = 16;
+
+/// A tmpfs mounted on a fresh directory, unmounted on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mount -t tmpfs needs root");
+        SmallFs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write a file until the file system refuses more; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            match f.write_all(&block) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn meters(shutdown: &CancellationToken) -> u16 {
+    let units: UnitMap = (1..=METERS)
+        .map(|unit| {
+            let d = device(&format!("meter_{unit:02}"));
+            d.set_input(0, &f32_words(10.0 * f32::from(unit)));
+            (unit, d)
+        })
+        .collect();
+    serve(units, shutdown).await
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn agent_toml(
+    state: &Path,
+    maps: &Path,
+    stack_port: u16,
+    meter_ports: &[u16],
+    mqtt_port: u16,
+    http_port: u16,
+) -> String {
+    let mut toml = format!(
+        r#"
+site = "full-disk"
+state_dir = "{state}"
+
+[register_maps.cems]
+csv = "{cems}"
+
+[register_maps.meter.points.power_mw]
+area = "input"
+address = 0
+type = "f32"
+unit = "MW"
+
+[[sources]]
+name = "gtc1"
+tcp = "127.0.0.1:{stack_port}"
+timeout = "1s"
+
+[[sources.devices]]
+name = "gtc1_stack"
+unit_id = 1
+map = "cems"
+"#,
+        state = state.display(),
+        cems = maps.join("cems.csv").display(),
+    );
+    for (i, port) in meter_ports.iter().enumerate() {
+        toml.push_str(&format!(
+            r#"
+[[sources]]
+name = "bus{i}"
+tcp = "127.0.0.1:{port}"
+timeout = "500ms"
+default_poll = "50ms"
+
+[[sources.devices]]
+name = "bus{i}_meter_{{n:02}}"
+count = {METERS}
+unit_id = 1
+map = "meter"
+"#
+        ));
+    }
+    toml.push_str(&format!(
+        r#"
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:{mqtt_port}"
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+streams = ["live", "metrics", "events", "emissions"]
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[calc]
+utc_offset_hours = 8
+
+[calc.simulated_time]
+scale = 120
+start = "2025-03-01T00:00:00Z"
+
+[[calc.stacks]]
+name = "gtc1_stack"
+device = "gtc1/gtc1_stack"
+limits = "gb25465_2010_al_pot_gas"
+limit_class = "general"
+pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3", particulate = "particulate_mg_m3" }}
+flow_point = "flow_m3h"
+calibration_point = "in_calibration"
+maintenance_point = "in_maintenance"
+fault_point = "analyser_fault"
+"#
+    ));
+    toml
+}
+
+/// The simulator's CEMS map polled every 100 ms, written into `dir`.
+fn cems_map(dir: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("config/maps/cems.csv")).unwrap();
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| l.replacen(",10s,", ",100ms,", 1))
+        .collect();
+    std::fs::write(dir.join("cems.csv"), out.join("\n")).unwrap();
+}
+
+/// `GET path` on the agent's HTTP endpoint: (status code, body).
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    conn.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The sum of the samples of metric family `name` whose labels contain `label`.
+fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn cycles(agent: &Agent) -> u64 {
+    agent
+        .live
+        .pollers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.cycles.load(Ordering::Relaxed))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_dir_with_calc_on_never_stops_acquisition() {
+    let fs = SmallFs::mount("2m");
+    let work = tempfile::tempdir().unwrap();
+    cems_map(work.path());
+    let stop = CancellationToken::new();
+    let sim_cfg: SimulatorConfig = toml::from_str(
+        r#"
+seed = 7
+tick = "50ms"
+time_scale = 120
+[[stacks]]
+name = "gtc1_stack"
+listen = "127.0.0.1:0"
+unit_id = 1
+profile = "potline_gtc"
+"#,
+    )
+    .unwrap();
+    let sim = simulator::start(&sim_cfg, BindMode::AnyPort).await.unwrap();
+    let stack_port = sim.endpoints()[0].bound.port();
+    let meter_ports = [meters(&stop).await, meters(&stop).await];
+    let broker = Mosquitto::start();
+    let http_port = free_port();
+    let state = fs.path().join("state");
+    let toml = agent_toml(
+        &state,
+        work.path(),
+        stack_port,
+        &meter_ports,
+        broker.port,
+        http_port,
+    );
+    let cfg = smeltwatch::config::parse(&toml, &work.path().join("full.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let agent = smeltwatch::app::start(
+        cfg,
+        RunOptions {
+            grace_period: Duration::from_secs(2),
+            reload: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut status = agent.live.uplinks.lock().unwrap()[0].status.clone();
+    timeout(
+        Duration::from_secs(20),
+        status.wait_for(|s| s.acked_total > 0),
+    )
+    .await
+    .expect("the uplink delivers before the disk fills")
+    .unwrap();
+    let (code, body) = get(http_port, "/readyz").await;
+    assert_eq!(code, 200, "ready before the fault: {body}");
+
+    // The disk fills up.
+    fs.fill();
+    let full_at = cycles(&agent);
+
+    // Records the stores could not keep are counted, per store and reason.
+    let lost = timeout(Duration::from_secs(30), async {
+        loop {
+            let (_, text) = get(http_port, "/metrics").await;
+            let history = metric_sum(
+                &text,
+                "smeltwatch_store_lost_records_total",
+                "store=\"history\"",
+            );
+            if history > 0 {
+                return text;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no record counted as lost by the history store within 30 s of a full disk \
+             (cycles {full_at} at full, {} now)",
+            cycles(&agent)
+        )
+    });
+    eprintln!(
+        "lost: {}",
+        lost.lines()
+            .filter(|l| l.starts_with("smeltwatch_store_lost_records_total"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+
+    // Acquisition goes on: the pollers complete more cycles than the fan-out channel holds.
+    let wanted = full_at + 3 * 4096;
+    let r = timeout(Duration::from_secs(60), async {
+        while cycles(&agent) < wanted {
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        r.is_ok(),
+        "acquisition stalled on a full disk: {} cycles at full, {} after 60 s (wanted {wanted})",
+        full_at,
+        cycles(&agent)
+    );
+
+    // Not ready, and it says why.
+    let (code, body) = get(http_port, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("history store"), "{body}");
+    assert!(agent.is_alive(), "the pipeline tasks keep running");
+
+    // The stop finishes within its grace period even with every store failing.
+    timeout(Duration::from_secs(10), agent.shutdown())
+        .await
+        .expect("shutdown within the grace period");
+    stop.cancel();
+    sim.shutdown().await;
+}
