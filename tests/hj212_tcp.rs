@@ -449,3 +449,200 @@ async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
         assert_eq!(reply.st, 91);
     }
 }
+
+fn aggregate_of(subject: &str, hour: i64, quantity: &str, avg: f64) -> Aggregate {
+    Aggregate {
+        subject: Arc::from(subject),
+        ..aggregate(hour, quantity, avg)
+    }
+}
+
+const MN_A: &str = "QHAL0000000000000000GTC1";
+const MN_B: &str = "QHAL0000000000000000GTC2";
+
+fn two_stack_config(addr: std::net::SocketAddr) -> Hj212TcpConfig {
+    let station = Station {
+        st: 31,
+        pw: "123456".into(),
+        mn: MN_A.into(),
+        ack: true,
+        utc_offset_min: 480,
+    };
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    cfg.mn_by_subject.insert("gtc1_stack".into(), MN_A.into());
+    cfg.mn_by_subject.insert("gtc2_stack".into(), MN_B.into());
+    cfg.over_time = Duration::from_millis(100);
+    cfg.re_count = 1;
+    cfg.reconnect_min = Duration::from_millis(20);
+    cfg.reconnect_max = Duration::from_millis(200);
+    cfg
+}
+
+/// A platform that answers every packet except those of `ignored` (an MN it has not registered),
+/// on any number of connections; every packet it receives is reported on `seen`.
+fn platform_ignoring(
+    listener: TcpListener,
+    ignored: &'static str,
+    seen: mpsc::UnboundedSender<Packet>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let table = Table::hj212_2017();
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let table = table.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(p) = next_packet(&mut conn, &mut buf).await {
+                    if p.mn != ignored {
+                        let ack = hj212::data_response(&table, &p).unwrap();
+                        if conn.write_all(ack.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = seen.send(p);
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    // Stack 1's hours first (its MN is not registered yet), then stack 2's.
+    let mut records = Vec::new();
+    for hour in 0..3 {
+        records.push(record(&Record::Aggregate(aggregate_of(
+            "gtc1_stack",
+            hour,
+            "so2_mg_m3",
+            80.0,
+        ))));
+    }
+    for hour in 0..3 {
+        records.push(record(&Record::Aggregate(aggregate_of(
+            "gtc2_stack",
+            hour,
+            "so2_mg_m3",
+            60.0,
+        ))));
+    }
+    spool.append(records).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let platform = platform_ignoring(listener, MN_A, seen_tx);
+
+    let mut cfg = two_stack_config(addr);
+    cfg.max_wait = Duration::from_millis(300);
+    let (events_tx, mut events) = mpsc::channel(64);
+    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone())
+        .with_events(events_tx);
+    let mut stats = uplink.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(shutdown.clone()));
+
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stats.borrow_and_update().delivered < 3 {
+            stats.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("stack 2's three hours are delivered while stack 1 goes unanswered");
+    let s = stats.borrow().clone();
+    assert_eq!(s.delivered, 3, "nothing of stack 1 counts as delivered");
+    assert_eq!(
+        spool.stats().await.unwrap().records,
+        3,
+        "stack 1's hours stay in the spool"
+    );
+    let mut by_mn = std::collections::BTreeMap::<String, usize>::new();
+    while let Ok(p) = seen.try_recv() {
+        *by_mn.entry(p.mn.clone()).or_default() += 1;
+    }
+    assert_eq!(by_mn.get(MN_B), Some(&3), "{by_mn:?}");
+    assert!(by_mn.get(MN_A).is_some_and(|n| *n >= 2), "{by_mn:?}");
+    // Stack 1 has waited longer than max_wait: one start event names its MN.
+    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Record::Event(e)) = events.recv().await
+                && &*e.kind == "hj212_waiting"
+            {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("an hj212_waiting event");
+    assert_eq!(waiting.phase, smeltwatch::model::EventPhase::Start);
+    assert!(waiting.subject.ends_with(MN_A), "{}", waiting.subject);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    platform.abort();
+}
+
+#[tokio::test]
+async fn a_record_that_cannot_be_encoded_is_not_counted_as_having_no_hj212_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    // Stack 2's MN is not a valid MN: its hour cannot be encoded. Stack 1's can.
+    spool
+        .append(vec![
+            record(&Record::Aggregate(aggregate_of(
+                "gtc2_stack",
+                0,
+                "so2_mg_m3",
+                60.0,
+            ))),
+            record(&Record::Aggregate(aggregate_of(
+                "gtc1_stack",
+                0,
+                "so2_mg_m3",
+                80.0,
+            ))),
+        ])
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let platform = platform_ignoring(listener, "nobody", seen_tx);
+    let mut cfg = two_stack_config(addr);
+    cfg.mn_by_subject
+        .insert("gtc2_stack".into(), "not;an&mn".into());
+    let (events_tx, mut events) = mpsc::channel(64);
+    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone())
+        .with_events(events_tx);
+    let mut stats = uplink.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while {
+            let s = stats.borrow_and_update();
+            s.delivered + s.skipped + s.encode_failed < 2
+        } {
+            stats.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("both records are accounted for");
+    let s = stats.borrow().clone();
+    assert_eq!(s.delivered, 1);
+    assert_eq!(
+        s.skipped, 0,
+        "an encode failure is not a record without an HJ 212 form"
+    );
+    assert_eq!(s.encode_failed, 1);
+    let Ok(Record::Event(e)) = events.try_recv() else {
+        panic!("no event for the record that could not be encoded");
+    };
+    assert_eq!(&*e.kind, "hj212_encode_error");
+    assert!(e.message.contains("MN"), "{}", e.message);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    platform.abort();
+}

@@ -273,11 +273,16 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
             }
             UplinkKind::Hj212(h) => {
                 tracing::info!(uplink = %uplink.name, platform = %h.platform, spool = %path.display(), "HJ 212 uplink ready");
+                let wiring = hj212::Wiring {
+                    events: events_tx.clone(),
+                    completeness: live.completeness.clone(),
+                };
                 let status = hj212::start(
                     uplink,
                     h,
                     spool.clone(),
                     history.clone(),
+                    wiring,
                     &tracker,
                     uplinks_token.clone(),
                 );

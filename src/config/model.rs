@@ -472,6 +472,8 @@ pub struct Hj212Config {
     pub reconnect_min: Duration,
     /// Reconnect backoff, upper bound.
     pub reconnect_max: Duration,
+    /// How long an MN's data may go unacknowledged before an `hj212_waiting` event.
+    pub max_wait: Duration,
 }
 
 /// MQTT uplink settings.

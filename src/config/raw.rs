@@ -274,6 +274,8 @@ pub(crate) struct RawHj212 {
     #[serde(default, with = "humantime_serde")]
     pub(crate) over_time: Option<Duration>,
     pub(crate) re_count: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_wait: Option<Duration>,
     pub(crate) utc_offset_hours: Option<i32>,
     #[serde(default)]
     pub(crate) mn_by_stack: IndexMap<String, String>,

@@ -71,6 +71,7 @@ pub(crate) mod defaults {
     pub(crate) const HJ212_UTC_OFFSET_HOURS: i32 = 8;
     pub(crate) const HJ212_OVER_TIME: Duration = Duration::from_secs(5);
     pub(crate) const HJ212_RE_COUNT: u32 = 3;
+    pub(crate) const HJ212_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
     pub(crate) const HJ212_RECONNECT_MIN: Duration = Duration::from_secs(1);
     pub(crate) const HJ212_RECONNECT_MAX: Duration = Duration::from_secs(60);
     pub(crate) const HISTORY_FILE: &str = "history.db";
@@ -1776,6 +1777,7 @@ impl Builder<'_, '_> {
                     re_count: defaults::HJ212_RE_COUNT,
                     reconnect_min: defaults::HJ212_RECONNECT_MIN,
                     reconnect_max: defaults::HJ212_RECONNECT_MAX,
+                    max_wait: defaults::HJ212_MAX_WAIT,
                 }),
                 streams,
                 spool,
@@ -1904,6 +1906,7 @@ impl Builder<'_, '_> {
                 re_count: h.re_count.unwrap_or(defaults::HJ212_RE_COUNT),
                 reconnect_min,
                 reconnect_max,
+                max_wait: self.positive(&at, "max_wait", h.max_wait, defaults::HJ212_MAX_WAIT),
             }),
             streams,
             spool,

@@ -50,7 +50,13 @@ use crate::model::Value;
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const LINK_STATES: [&str; 4] = ["connecting", "connected", "disconnected", "auth_failed"];
+const LINK_STATES: [&str; 5] = [
+    "connecting",
+    "connected",
+    "disconnected",
+    "auth_failed",
+    "failed",
+];
 
 /// Render `snap` in the Prometheus text format.
 pub fn render(snap: &Snapshot) -> String {

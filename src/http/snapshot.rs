@@ -293,7 +293,9 @@ impl Snapshot {
         for view in views {
             let status = view.status.borrow().clone();
             let reason = match &status.state {
-                LinkState::Disconnected(r) | LinkState::AuthFailed(r) => Some(r.clone()),
+                LinkState::Disconnected(r) | LinkState::AuthFailed(r) | LinkState::Failed(r) => {
+                    Some(r.clone())
+                }
                 _ => None,
             };
             let (spool, spool_error) =
@@ -428,6 +430,13 @@ pub fn readiness(snap: &Snapshot, dropped_at_start: &HashMap<String, u64>) -> Re
         }
     }
     for u in &snap.uplinks {
+        if u.state == "failed" {
+            reasons.push(format!(
+                "uplink {:?} failed and is being restarted: {}",
+                u.name,
+                u.reason.as_deref().unwrap_or("unknown")
+            ));
+        }
         match &u.spool {
             None => reasons.push(format!(
                 "uplink {:?}: spool unavailable: {}",

@@ -19,7 +19,27 @@
 //! group is sent again from the start on the new connection.
 //!
 //! Records that cannot become HJ 212 (events, metrics, quantities without a factor code) are acked
-//! without being sent and counted in [`TcpStats::skipped`]: they would never become sendable.
+//! without being sent and counted in [`TcpStats::skipped`]: they would never become sendable. A
+//! record the encoder refuses (a station field the standard does not allow, a data segment over
+//! its length limit) is acked too, since no retry can change the outcome, but it is a fault, not
+//! a normal skip: it is counted in [`TcpStats::encode_failed`] and reported as one
+//! `hj212_encode_error` event.
+//!
+//! # One queue per monitoring point
+//! Every packet belongs to the MN of its stack. A platform that has not registered an MN yet
+//! never answers that MN's packets, and it must not hold up the other stacks: when a packet's
+//! ReCount is used up, its MN is *parked* (its records stay in the spool, unread) and the records
+//! of the other MNs behind it are sent. A parked MN is tried again on its own schedule
+//! (`reconnect_min` doubling to `reconnect_max`) on the same connection, from its oldest record,
+//! so each MN keeps its spool order. The connection itself is rebuilt only when nothing at all
+//! was answered on it: then the link, not one MN, is at fault. An MN whose data has waited
+//! longer than `max_wait` since its first unanswered packet raises an `hj212_waiting` start
+//! event, and an end event once its data is acknowledged again.
+//!
+//! # Completeness
+//! With [`Hj212TcpUplink::with_completeness`], the values of a group count as delivered when the
+//! platform's 9014 for every packet of the group has arrived, never when merely written. Without
+//! acknowledgements (`ack = false`) nothing proves a packet arrived, so nothing is counted.
 //!
 //! # Platform requests
 //! Requests (CN 1000–3999) are answered whenever they arrive, also while waiting for a 9014:
@@ -39,11 +59,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Aggregate, Period, Record, Timestamp};
+use crate::completeness::{self, Completeness, Tally};
+use crate::model::{Aggregate, Event, EventPhase, Period, Record, Timestamp, Value};
 use crate::publish::encode::hj212::{
     self, EncodeError, Packet, ParseOptions, Scan, Station, Table,
 };
@@ -75,6 +96,10 @@ pub struct Hj212TcpConfig {
     pub reconnect_max: Duration,
     /// Records read from the spool at a time.
     pub batch: usize,
+    /// How long an MN's data may wait unacknowledged before an `hj212_waiting` event.
+    pub max_wait: Duration,
+    /// The uplink's name, in its events and completeness counts.
+    pub name: String,
 }
 
 impl Hj212TcpConfig {
@@ -89,6 +114,8 @@ impl Hj212TcpConfig {
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
             batch: 256,
+            max_wait: Duration::from_secs(30 * 60),
+            name: "hj212".into(),
         }
     }
 }
@@ -114,6 +141,10 @@ pub struct TcpStats {
     pub delivered: u64,
     /// Spool records acked without sending (nothing to say in HJ 212).
     pub skipped: u64,
+    /// Spool records acked without sending because the encoder refused them.
+    pub encode_failed: u64,
+    /// MNs parked now because the platform did not answer their last packet.
+    pub parked: Vec<String>,
     /// The last link error.
     pub last_error: Option<String>,
 }
@@ -123,6 +154,8 @@ pub struct TcpStats {
 enum LinkEnd {
     Shutdown,
     Failed(String),
+    /// ReCount used up for a packet of this MN.
+    Unanswered(String),
     Spool(SpoolError),
 }
 
@@ -137,15 +170,38 @@ pub struct Hj212TcpUplink {
     cfg: Hj212TcpConfig,
     table: Arc<Table>,
     spool: SpoolHandle,
-    stats: watch::Sender<TcpStats>,
+    stats: Arc<watch::Sender<TcpStats>>,
     last_qn_ms: i64,
     history: Option<Arc<dyn HistorySource>>,
+    events: Option<mpsc::Sender<Record>>,
+    completeness: Option<Arc<Completeness>>,
+    /// Per MN: parked or waiting. Kept across connections.
+    lanes: HashMap<String, Lane>,
+}
+
+/// The delivery state of one MN.
+#[derive(Debug)]
+struct Lane {
+    /// Not tried again before this instant; `None`: sendable.
+    parked_until: Option<Instant>,
+    /// The next park's length.
+    backoff: Duration,
+    /// Since when its oldest undelivered packet has gone unanswered.
+    waiting_since: Instant,
+    /// Whether the `hj212_waiting` start event was raised for this wait.
+    reported: bool,
 }
 
 /// One group of spool records and the packets that carry it.
 struct Group {
     ids: Vec<i64>,
     packets: Vec<String>,
+    /// The MN the packets are addressed to.
+    mn: String,
+    /// What the group counts for in completeness once acknowledged.
+    tallies: Vec<Tally>,
+    /// Why the encoder refused the group, if it did.
+    encode_error: Option<String>,
 }
 
 impl Hj212TcpUplink {
@@ -155,10 +211,38 @@ impl Hj212TcpUplink {
             cfg,
             table,
             spool,
-            stats: watch::Sender::new(TcpStats::default()),
+            stats: Arc::new(watch::Sender::new(TcpStats::default())),
             last_qn_ms: 0,
             history: None,
+            events: None,
+            completeness: None,
+            lanes: HashMap::new(),
         }
+    }
+
+    /// Report `hj212_encode_error` and `hj212_waiting` events on `events` (never waiting: an
+    /// event that finds the channel full is logged instead).
+    pub fn with_events(mut self, events: mpsc::Sender<Record>) -> Hj212TcpUplink {
+        self.events = Some(events);
+        self
+    }
+
+    /// Count the values the platform acknowledged as delivered by this uplink.
+    pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Hj212TcpUplink {
+        self.completeness = Some(completeness);
+        self
+    }
+
+    /// Publish the counters on `stats` (shared with an earlier instance of the same uplink, so a
+    /// rebuilt uplink continues its counts).
+    pub fn with_stats(mut self, stats: Arc<watch::Sender<TcpStats>>) -> Hj212TcpUplink {
+        self.stats = stats;
+        self
+    }
+
+    /// The counters' sender, to hand to a rebuilt instance (see [`Hj212TcpUplink::with_stats`]).
+    pub fn stats_sender(&self) -> Arc<watch::Sender<TcpStats>> {
+        self.stats.clone()
     }
 
     /// Answer the platform's history requests from `source`.
@@ -174,6 +258,12 @@ impl Hj212TcpUplink {
 
     /// Run until `shutdown` is cancelled (records not yet acknowledged stay in the spool).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Hj212TcpError> {
+        self.run_once(&shutdown).await
+    }
+
+    /// Run until `shutdown` is cancelled or the spool fails; may be called again after an error
+    /// (the supervisor does, after a backoff): every session starts again from the spool.
+    pub async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<(), Hj212TcpError> {
         let mut backoff = self.cfg.reconnect_min;
         loop {
             let connect = tokio::time::timeout(
@@ -190,7 +280,7 @@ impl Hj212TcpUplink {
                     self.stats.send_modify(|s| s.connects += 1);
                     tracing::info!(platform = %self.cfg.platform, "HJ 212 platform connected");
                     let delivered_before = self.stats.borrow().delivered;
-                    let end = self.session(stream, &shutdown).await;
+                    let end = self.session(stream, shutdown).await;
                     if self.stats.borrow().delivered > delivered_before {
                         backoff = self.cfg.reconnect_min;
                     }
@@ -202,7 +292,7 @@ impl Hj212TcpUplink {
             match end {
                 LinkEnd::Shutdown => return Ok(()),
                 LinkEnd::Spool(e) => return Err(e.into()),
-                LinkEnd::Failed(why) => {
+                LinkEnd::Failed(why) | LinkEnd::Unanswered(why) => {
                     tracing::warn!(platform = %self.cfg.platform, error = %why, "HJ 212 link down");
                     self.stats.send_modify(|s| s.last_error = Some(why));
                 }
@@ -219,16 +309,39 @@ impl Hj212TcpUplink {
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = Vec::with_capacity(4096);
         let mut appended = self.spool.appended();
+        // Every record up to `head` was acked or belongs to an MN parked now; an MN that is due
+        // again sends `head` back to 0, so its oldest record is read first.
+        let mut head = 0;
+        let mut answered_here = false;
         loop {
+            // A parked MN gets its turn once this connection has proved itself with another MN's
+            // acknowledgement, or when nothing else is waiting (below); otherwise a reconnect
+            // would hand the connection to the unanswered MN first, every time.
+            if answered_here && self.unpark_due() {
+                head = 0;
+            }
+            self.report_waits();
             appended.borrow_and_update();
-            let records = match self.spool.read_after(0, self.cfg.batch).await {
+            let records = match self.spool.read_after(head, self.cfg.batch).await {
                 Ok(r) => r,
                 Err(e) => return e.into(),
             };
-            if records.is_empty() {
-                // Idle: wait for new records while watching the socket.
+            let Some(last) = records.last().map(|r| r.id) else {
+                if self.unpark_due() {
+                    head = 0;
+                    continue;
+                }
+                // Idle: wait for new records or a parked MN's turn while watching the socket.
+                let wake = self.next_wake();
+                let sleep = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => return LinkEnd::Shutdown,
+                    () = sleep => {}
                     r = appended.changed() => if r.is_err() {
                         return LinkEnd::Spool(SpoolError::Closed);
                     },
@@ -243,31 +356,203 @@ impl Hj212TcpUplink {
                     },
                 }
                 continue;
-            }
+            };
             for group in self.groups(&records) {
-                if !group.packets.is_empty() {
-                    for packet in &group.packets {
-                        if let Err(end) = self
-                            .deliver(packet, &mut rd, &mut wr, &mut buf, shutdown)
-                            .await
-                        {
-                            return end;
-                        }
+                if !group.packets.is_empty() && self.is_parked(&group.mn) {
+                    continue;
+                }
+                let mut outcome = Ok(());
+                for packet in &group.packets {
+                    outcome = self
+                        .deliver(packet, &mut rd, &mut wr, &mut buf, shutdown)
+                        .await;
+                    if outcome.is_err() {
+                        break;
                     }
+                }
+                match outcome {
+                    Ok(()) => {}
+                    Err(LinkEnd::Unanswered(why)) => {
+                        self.park(&group.mn, &why);
+                        if !answered_here {
+                            // Nothing was answered on this connection: the link is at fault.
+                            return LinkEnd::Failed(why);
+                        }
+                        continue;
+                    }
+                    Err(end) => return end,
                 }
                 let n = group.ids.len() as u64;
                 if let Err(e) = self.spool.ack(group.ids).await {
                     return e.into();
                 }
                 let sent = !group.packets.is_empty();
+                if sent {
+                    answered_here = true;
+                    self.lane_delivered(&group.mn);
+                    if self.cfg.station.ack
+                        && let Some(c) = &self.completeness
+                    {
+                        c.delivered(&self.cfg.name, &group.tallies);
+                    }
+                }
+                if let Some(why) = &group.encode_error {
+                    self.event(
+                        "hj212_encode_error",
+                        EventPhase::Instant,
+                        &group.mn,
+                        vec![(Arc::from("records"), Value::UInt(n))],
+                        format!(
+                            "{n} record(s) for MN {} cannot be encoded and were skipped: {why}",
+                            group.mn
+                        ),
+                    );
+                }
+                let failed = group.encode_error.is_some();
                 self.stats.send_modify(|s| {
                     if sent {
                         s.delivered += n;
+                    } else if failed {
+                        s.encode_failed += n;
                     } else {
                         s.skipped += n;
                     }
                 });
             }
+            head = last;
+        }
+    }
+
+    fn is_parked(&self, mn: &str) -> bool {
+        self.lanes.get(mn).is_some_and(|l| l.parked_until.is_some())
+    }
+
+    /// Park `mn` after its packet went unanswered (see the module documentation).
+    fn park(&mut self, mn: &str, why: &str) {
+        let now = Instant::now();
+        let min = self.cfg.reconnect_min;
+        let lane = self.lanes.entry(mn.to_owned()).or_insert(Lane {
+            parked_until: None,
+            backoff: min,
+            waiting_since: now,
+            reported: false,
+        });
+        lane.parked_until = Some(now + lane.backoff);
+        tracing::warn!(mn, retry_in = ?lane.backoff, error = why, "HJ 212: MN parked, the others go on");
+        lane.backoff = (lane.backoff * 2).min(self.cfg.reconnect_max);
+        self.publish_parked(Some(why));
+    }
+
+    /// Unpark the MNs whose turn has come; true when there was one.
+    fn unpark_due(&mut self) -> bool {
+        let now = Instant::now();
+        let mut any = false;
+        for lane in self.lanes.values_mut() {
+            if lane.parked_until.is_some_and(|t| t <= now) {
+                lane.parked_until = None;
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// The earliest instant a parked MN is due or a wait reaches `max_wait`.
+    fn next_wake(&self) -> Option<Instant> {
+        self.lanes
+            .values()
+            .flat_map(|l| {
+                let waited = (!l.reported).then_some(l.waiting_since + self.cfg.max_wait);
+                [l.parked_until, waited]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Raise `hj212_waiting` for every MN that has waited longer than `max_wait`.
+    fn report_waits(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, Duration)> = self
+            .lanes
+            .iter_mut()
+            .filter(|(_, l)| {
+                !l.reported && now.duration_since(l.waiting_since) >= self.cfg.max_wait
+            })
+            .map(|(mn, l)| {
+                l.reported = true;
+                (mn.clone(), now.duration_since(l.waiting_since))
+            })
+            .collect();
+        for (mn, waited) in due {
+            self.event(
+                "hj212_waiting",
+                EventPhase::Start,
+                &mn,
+                vec![(Arc::from("waited_s"), Value::UInt(waited.as_secs()))],
+                format!(
+                    "the platform has not acknowledged MN {mn} for {}",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                ),
+            );
+        }
+    }
+
+    /// `mn`'s data was acknowledged: it is no longer waiting.
+    fn lane_delivered(&mut self, mn: &str) {
+        let Some(lane) = self.lanes.remove(mn) else {
+            return;
+        };
+        if lane.reported {
+            let waited = Instant::now().duration_since(lane.waiting_since);
+            self.event(
+                "hj212_waiting",
+                EventPhase::End,
+                mn,
+                vec![(Arc::from("waited_s"), Value::UInt(waited.as_secs()))],
+                format!("the platform acknowledges MN {mn} again"),
+            );
+        }
+        self.publish_parked(None);
+    }
+
+    fn publish_parked(&self, why: Option<&str>) {
+        let mut parked: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.parked_until.is_some())
+            .map(|(mn, _)| mn.clone())
+            .collect();
+        parked.sort();
+        self.stats.send_modify(|s| {
+            s.parked = parked;
+            if let Some(why) = why {
+                s.last_error = Some(why.to_owned());
+            }
+        });
+    }
+
+    fn event(
+        &self,
+        kind: &str,
+        phase: EventPhase,
+        mn: &str,
+        mut attributes: Vec<(Arc<str>, Value)>,
+        message: String,
+    ) {
+        tracing::warn!(uplink = %self.cfg.name, kind, mn, "{message}");
+        let Some(events) = &self.events else {
+            return;
+        };
+        attributes.insert(0, (Arc::from("mn"), Value::Text(mn.to_owned())));
+        let event = Record::Event(Event {
+            kind: Arc::from(kind),
+            subject: Arc::from(format!("{}/{mn}", self.cfg.name)),
+            phase,
+            ts: Timestamp::now(),
+            attributes,
+            message,
+        });
+        if events.try_send(event).is_err() {
+            tracing::warn!(uplink = %self.cfg.name, kind, "event channel full or closed; event not recorded");
         }
     }
 
@@ -318,7 +603,7 @@ impl Hj212TcpUplink {
                 }
             }
         }
-        Err(LinkEnd::Failed(format!(
+        Err(LinkEnd::Unanswered(format!(
             "no 9014 after {} sends of QN {}",
             self.cfg.re_count + 1,
             qn.as_deref().unwrap_or("-")
@@ -491,23 +776,33 @@ impl Hj212TcpUplink {
                 }
                 continue;
             }
-            let packets = match decoded {
+            let mut group = Group {
+                ids: vec![r.id],
+                packets: Vec::new(),
+                mn: self.cfg.station.mn.clone(),
+                tallies: Vec::new(),
+                encode_error: None,
+            };
+            match decoded {
                 Some(Record::Batch(batch)) => {
                     let station = self.station_for(Some(&batch.device));
                     let qn = self.next_qn();
                     let record = Record::Batch(batch);
-                    self.encoded(hj212::encode_record(&self.table, &station, qn, &record))
+                    match hj212::encode_record(&self.table, &station, qn, &record) {
+                        Ok(packets) => group.packets = packets,
+                        Err(e) => group.encode_error = Some(e.to_string()),
+                    }
+                    if self.completeness.is_some() {
+                        group.tallies.extend(completeness::tally(&record));
+                    }
+                    group.mn = station.mn;
                 }
-                Some(_) => Vec::new(),
+                Some(_) => {}
                 None => {
                     tracing::warn!(id = r.id, "HJ 212: spool record is not a record; skipped");
-                    Vec::new()
                 }
-            };
-            pending.push(Pending::Done(Group {
-                ids: vec![r.id],
-                packets,
-            }));
+            }
+            pending.push(Pending::Done(group));
         }
         pending
             .into_iter()
@@ -531,20 +826,28 @@ impl Hj212TcpUplink {
                 known
             })
             .collect();
-        let packets = if aggs.is_empty() {
-            Vec::new()
-        } else {
-            let station = self.station_for(Some(&aggs[0].subject));
-            let qn = self.next_qn();
-            self.encoded(hj212::encode_window(&self.table, &station, qn, &aggs))
+        let station = self.station_for(aggs.first().map(|a| &*a.subject));
+        let mut group = Group {
+            ids,
+            packets: Vec::new(),
+            mn: station.mn.clone(),
+            tallies: Vec::new(),
+            encode_error: None,
         };
-        Group { ids, packets }
-    }
-
-    fn encoded(&self, result: Result<Vec<String>, EncodeError>) -> Vec<String> {
-        result.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "HJ 212: record cannot be encoded; skipped");
-            Vec::new()
-        })
+        if aggs.is_empty() {
+            return group;
+        }
+        let qn = self.next_qn();
+        match hj212::encode_window(&self.table, &station, qn, &aggs) {
+            Ok(packets) => group.packets = packets,
+            Err(e) => group.encode_error = Some(e.to_string()),
+        }
+        if self.completeness.is_some() {
+            group.tallies = aggs
+                .into_iter()
+                .filter_map(|a| completeness::tally(&Record::Aggregate(a)))
+                .collect();
+        }
+        group
     }
 }

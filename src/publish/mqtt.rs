@@ -151,16 +151,20 @@ pub enum LinkState {
     Disconnected(String),
     /// The broker refused the credentials or the client. Retrying with backoff.
     AuthFailed(String),
+    /// The uplink task itself ended on an error (its spool failed); its supervisor starts it
+    /// again after a backoff. Not ready.
+    Failed(String),
 }
 
 impl LinkState {
-    /// Stable lowercase name (`connecting`, `connected`, `disconnected`, `auth_failed`).
+    /// Stable lowercase name (`connecting`, `connected`, `disconnected`, `auth_failed`, `failed`).
     pub fn as_str(&self) -> &'static str {
         match self {
             LinkState::Connecting => "connecting",
             LinkState::Connected => "connected",
             LinkState::Disconnected(_) => "disconnected",
             LinkState::AuthFailed(_) => "auth_failed",
+            LinkState::Failed(_) => "failed",
         }
     }
 }
