@@ -210,6 +210,9 @@ pub struct FaultSim {
     /// Never answer.
     #[serde(default)]
     pub silent: bool,
+    /// Never answer requests touching these addresses `[first, last]`; answer the others.
+    #[serde(default)]
+    pub silent_addresses: Option<[u16; 2]>,
     /// Answer with this Modbus exception code (1..=255; 6 = server device busy).
     #[serde(default)]
     pub exception: Option<u8>,
@@ -237,6 +240,7 @@ impl FaultSim {
             latency: self.latency.unwrap_or_default(),
             latency_jitter: self.latency_jitter.unwrap_or_default(),
             silent: self.silent,
+            silent_addresses: self.silent_addresses.map(|[a, b]| a..=b),
             exception: self.exception.map(|code| ExceptionFault {
                 code,
                 addresses: self.exception_addresses.map(|[a, b]| a..=b),
@@ -668,6 +672,7 @@ mod tests {
             latency: None,
             latency_jitter: None,
             silent: true,
+            silent_addresses: None,
             exception: None,
             exception_addresses: None,
             drop_every: 0,
