@@ -176,6 +176,38 @@ pub enum SpoolCommand {
         #[arg(long)]
         uplink: Option<String>,
     },
+    /// Print the records an uplink set aside because its broker would not take them, as JSON
+    /// lines (oldest first): id, stream, seq, topic, created, attempts, reason, dead_at, requeue
+    /// and the record as JSON.
+    DeadLetters {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Uplink name (default: the first uplink).
+        #[arg(long)]
+        uplink: Option<String>,
+    },
+    /// Send dead letters again: flags them, and the agent moves them back into the queue on its
+    /// next connection or within seconds while connected (at its next start if it is stopped).
+    Requeue {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Uplink name (default: the first uplink).
+        #[arg(long)]
+        uplink: Option<String>,
+        /// Id of a dead letter (as `spool dead-letters` prints it); repeatable.
+        #[arg(
+            long = "id",
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ids: Vec<i64>,
+        /// Every dead letter of the uplink.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Register areas `probe` can read.
@@ -426,33 +458,20 @@ fn spool_command(action: SpoolCommand) -> anyhow::Result<ExitCode> {
                     .map(|(st, n)| format!("{}={n}", st.as_str()))
                     .collect();
                 println!(
-                    "{:<12} {} records, {} bytes, oldest {oldest}, by stream [{}], dropped {}  ({})",
+                    "{:<12} {} records, {} bytes, oldest {oldest}, by stream [{}], dropped {}, dead letters {}  ({})",
                     uplink.name,
                     s.records,
                     s.bytes,
                     per.join(" "),
                     s.dropped,
+                    s.dead_letters,
                     path.display()
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         SpoolCommand::Export { config, uplink } => {
-            let cfg = load_or_report(&config)?;
-            let up = match &uplink {
-                Some(name) => cfg
-                    .uplinks
-                    .iter()
-                    .find(|u| &u.name == name)
-                    .with_context(|| format!("no uplink named {name:?}"))?,
-                None => cfg
-                    .uplinks
-                    .first()
-                    .context("the configuration has no uplink")?,
-            };
-            let path = app::spool_path(&cfg, &up.name);
-            anyhow::ensure!(path.exists(), "no spool at {}", path.display());
-            let spool = Spool::open(&path, &up.spool)?;
+            let spool = open_uplink_spool(&config, uplink.as_deref())?;
             let mut out = std::io::stdout().lock();
             let mut after = 0;
             loop {
@@ -476,7 +495,76 @@ fn spool_command(action: SpoolCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        SpoolCommand::DeadLetters { config, uplink } => {
+            let spool = open_uplink_spool(&config, uplink.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            for d in spool.dead_letters()? {
+                let body = crate::publish::body::to_json(&d.body)
+                    .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }));
+                let line = serde_json::json!({
+                    "id": d.id,
+                    "stream": d.stream.as_str(),
+                    "seq": d.seq,
+                    "topic": d.topic,
+                    "created": d.created.to_rfc3339(),
+                    "attempts": d.attempts,
+                    "reason": d.reason,
+                    "dead_at": d.dead_at.to_rfc3339(),
+                    "requeue": d.requeue,
+                    "record": body,
+                });
+                writeln!(out, "{line}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SpoolCommand::Requeue {
+            config,
+            uplink,
+            ids,
+            all,
+        } => {
+            let mut spool = open_uplink_spool(&config, uplink.as_deref())?;
+            let flagged = spool.request_requeue((!all).then_some(ids.as_slice()))?;
+            if !all && flagged < ids.len() as u64 {
+                let known: Vec<i64> = spool.dead_letters()?.iter().map(|d| d.id).collect();
+                let unknown: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !known.contains(id))
+                    .map(i64::to_string)
+                    .collect();
+                anyhow::bail!(
+                    "no dead letter with id {}; {flagged} flagged for re-queueing",
+                    unknown.join(", ")
+                );
+            }
+            println!(
+                "{flagged} dead letters flagged; the agent sends them again on its next connection (or within seconds while connected)"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// The spool of `uplink` (default: the first uplink) of the configuration at `config`.
+fn open_uplink_spool(
+    config: &std::path::Path,
+    uplink: Option<&str>,
+) -> anyhow::Result<crate::spool::Spool> {
+    let cfg = load_or_report(config)?;
+    let up = match uplink {
+        Some(name) => cfg
+            .uplinks
+            .iter()
+            .find(|u| u.name == name)
+            .with_context(|| format!("no uplink named {name:?}"))?,
+        None => cfg
+            .uplinks
+            .first()
+            .context("the configuration has no uplink")?,
+    };
+    let path = app::spool_path(&cfg, &up.name);
+    anyhow::ensure!(path.exists(), "no spool at {}", path.display());
+    Ok(crate::spool::Spool::open(&path, &up.spool)?)
 }
 
 /// Load a configuration, turning a validation failure into a plain multi-line error.

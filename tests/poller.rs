@@ -456,6 +456,64 @@ type = "u16"
 }
 
 #[tokio::test]
+async fn a_block_that_keeps_timing_out_is_probed_like_a_dead_device_and_the_rest_is_read() {
+    // One device, two request groups (holding 0 and holding 100); the block at 100 never
+    // answers while the one at 0 does. Its breaker must open like a dead device's: otherwise
+    // every cycle spends a whole timeout on it and drops the connection it shares.
+    let shutdown = CancellationToken::new();
+    let dev = device("rect");
+    dev.set_holding(0, &[1234]);
+    dev.set_holding(100, &[5678]);
+    dev.set_faults(Faults {
+        silent_addresses: Some(100..=100),
+        ..Faults::default()
+    });
+    let port = serve(UnitMap::from([(1, dev.clone())]), &shutdown).await;
+    let cfg = parse(&format!(
+        r#"
+site = "t"
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:{port}"
+timeout = "100ms"
+reconnect_min = "20ms"
+breaker_failures = 2
+breaker_probe_interval = "1h"
+default_poll = "250ms"
+[[sources.devices]]
+name = "rect"
+unit_id = 1
+points.good = {{ area = "holding", address = 0, type = "u16" }}
+points.hung = {{ area = "holding", address = 100, type = "u16" }}
+"#
+    ));
+    let (mut rx, stats) = start_pollers(&cfg, &shutdown);
+    let got = collect(&mut rx, |m| m.get("rect").is_some_and(|v| v.len() >= 10)).await;
+    shutdown.cancel();
+    let cycles = &got["rect"];
+    assert!(
+        cycles
+            .iter()
+            .all(|b| value_of(b, "hung") == (&None, Quality::CommFail))
+    );
+    // The block that answers is read in every cycle once the hung one is left out, and in most
+    // before: the device is alive, so one block's timeout does not end its cycle.
+    let good = cycles
+        .iter()
+        .filter(|b| value_of(b, "good") == (&Some(Value::UInt(1234)), Quality::Good))
+        .count();
+    assert!(
+        good >= 9,
+        "good block read in {good} of {} cycles",
+        cycles.len()
+    );
+    // The hung block was asked twice (breaker_failures), then left alone until its probe in an
+    // hour: 10 cycles cost 2 timeouts, not 10.
+    let failures = stats[0].comm_failures.load(Ordering::Relaxed);
+    assert_eq!(failures, 2, "timeouts spent on the hung block");
+}
+
+#[tokio::test]
 async fn poller_reads_an_independent_pymodbus_server_in_all_four_byte_orders() {
     let Some(python) = common::peers::python_with_pymodbus() else {
         return;

@@ -83,6 +83,7 @@ pub(super) fn start(
         backlog_records: 0,
         backlog_oldest: None,
         replay_rate_per_s: 0,
+        dead_letters: 0,
     });
     let status_tx = Arc::new(status_tx);
     tracker.spawn(follow_stats(stats, status_tx.clone()));
@@ -233,7 +234,8 @@ mod tests {
             backlog_records: 0,
             backlog_oldest: None,
             replay_rate_per_s: 0,
-            });
+            dead_letters: 0,
+        });
         let (events_tx, mut events) = mpsc::channel(16);
         let stop = CancellationToken::new();
         let started = tokio::time::Instant::now();

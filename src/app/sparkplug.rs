@@ -97,6 +97,7 @@ fn translate(s: &SparkplugStatus) -> UplinkStatus {
         in_flight: 0,
         acked_total: s.acked_total,
         rejected_total: 0,
+        dead_letters: 0,
         connects: s.connects,
         last_error: s.last_error.clone(),
         backlog_records: 0,

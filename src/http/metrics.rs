@@ -24,6 +24,7 @@
 //! | `smeltwatch_spool_records`, `_bytes`, `_oldest_age_seconds` | gauge | `uplink` |
 //! | `smeltwatch_spool_stream_records` | gauge | `uplink`, `stream` |
 //! | `smeltwatch_spool_dropped_total` | counter (life of the file) | `uplink` |
+//! | `smeltwatch_spool_dead_letters` | gauge (records set aside, not re-queued) | `uplink` |
 //! | `smeltwatch_spool_drops_total` | counter (since start) | `uplink`, `reason` |
 //! | `smeltwatch_point_value` | gauge, numeric and finite values only | `device`, `point`, `unit` |
 //! | `smeltwatch_point_quality` | gauge (1), one series per point | `device`, `point`, `quality` |
@@ -216,6 +217,7 @@ fn record(snap: &Snapshot) {
             gauge!("smeltwatch_spool_oldest_age_seconds", l.clone())
                 .set(spool.oldest_age_s.unwrap_or(0.0));
             counter!("smeltwatch_spool_dropped_total", l.clone()).absolute(spool.dropped);
+            gauge!("smeltwatch_spool_dead_letters", l.clone()).set(spool.dead_letters as f64);
             let by_reason = &spool.dropped_by_reason;
             for (reason, n) in [
                 ("budget", by_reason.budget),
@@ -356,6 +358,10 @@ fn describe() {
         "Backlog records acked per second over the last whole second."
     );
     describe_gauge!("smeltwatch_spool_records", "Records waiting in the spool.");
+    describe_gauge!(
+        "smeltwatch_spool_dead_letters",
+        "Records set aside in the spool's dead-letter table (the broker would not take them)."
+    );
     describe_gauge!(
         "smeltwatch_spool_bytes",
         "Topic and body bytes waiting in the spool."

@@ -163,6 +163,8 @@ pub struct SpoolView {
     pub dropped: u64,
     /// Records dropped since the agent opened the spool, by reason.
     pub dropped_by_reason: crate::spool::DropsByReason,
+    /// Records set aside in the dead-letter table (the broker would not take them).
+    pub dead_letters: u64,
     /// Records waiting per stream.
     pub per_stream: BTreeMap<&'static str, u64>,
 }
@@ -310,6 +312,7 @@ impl Snapshot {
                                 .map(|t| (now.unix_ms() - t.unix_ms()).max(0) as f64 / 1000.0),
                             dropped: s.dropped,
                             dropped_by_reason: s.dropped_since_open,
+                            dead_letters: s.dead_letters,
                             per_stream: s
                                 .per_stream
                                 .iter()
@@ -517,6 +520,7 @@ mod tests {
                         budget: 3,
                         ..Default::default()
                     },
+                    dead_letters: 0,
                     per_stream: BTreeMap::new(),
                 }),
                 spool_error: None,

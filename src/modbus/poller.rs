@@ -27,6 +27,12 @@
 //! - A device whose cycles fail `breaker_failures` times in a row has its circuit opened: its jobs
 //!   emit `comm_fail` readings without touching the bus, and one half-open probe per
 //!   `breaker_probe_interval` tries it again; one good answer closes the circuit.
+//! - The same holds for each request group of a device that answers others: a block that fails
+//!   `breaker_failures` times in a row is left out (its points `comm_fail`) and probed once per
+//!   `breaker_probe_interval`, so a device that answers some requests and not others costs no
+//!   timeout (and no rebuilt connection shared with its neighbours) per cycle. Within a cycle, a
+//!   comm failure ends the device's cycle only when the device answered nothing in its previous
+//!   cycle (a dead device costs one timeout a cycle, not one per request).
 //!
 //! # Writes
 //! A poller built [`with_writes`](Poller::with_writes) also serves a bounded queue of guarded
@@ -102,6 +108,17 @@ pub struct Poller {
 struct DeviceHealth {
     consecutive_failures: u32,
     /// While open, only a probe at or after this instant touches the bus.
+    open_until: Option<Instant>,
+    /// Whether the device answered nothing in its last cycle.
+    silent_last_cycle: bool,
+    /// Per request group (by area and first address), the same breaker.
+    requests: std::collections::HashMap<(&'static str, u16), RequestHealth>,
+}
+
+/// Circuit-breaker state of one request group of a device that answers others.
+#[derive(Debug, Default, Clone, Copy)]
+struct RequestHealth {
+    consecutive_failures: u32,
     open_until: Option<Instant>,
 }
 
@@ -270,9 +287,12 @@ async fn run_job(
     let mut answered = false;
     let mut comm_failed = false;
     for req in &plan.requests {
-        if comm_failed {
-            // The device did not answer the previous request of this cycle: do not spend another
-            // timeout on it; the rest of its points fail for this cycle.
+        let key = (req.area.as_str(), req.start);
+        let req_health = health.requests.get(&key).copied().unwrap_or_default();
+        let left_out = req_health.open_until.is_some_and(|until| now < until);
+        if left_out || (comm_failed && health.silent_last_cycle) {
+            // A block whose own circuit is open, or a device that answered nothing last cycle
+            // and has just timed out again: no further timeout is spent on it this cycle.
             fill_failed(device, req, Quality::CommFail, Timestamp::now(), readings);
             continue;
         }
@@ -286,6 +306,14 @@ async fn run_job(
         match result {
             Ok(data) => {
                 answered = true;
+                if req_health.open_until.is_some() {
+                    tracing::info!(
+                        source = %source.name, device = %device.name,
+                        area = req.area.as_str(), start = req.start,
+                        "request group answers again"
+                    );
+                }
+                health.requests.remove(&key);
                 let data = match &data {
                     ReadData::Registers(w) => RequestData::Registers(w),
                     ReadData::Bits(b) => RequestData::Bits(b),
@@ -294,6 +322,7 @@ async fn run_job(
             }
             Err(RequestFailure::Exception(code)) => {
                 answered = true;
+                health.requests.remove(&key);
                 stats.exceptions.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     source = %source.name, device = %device.name,
@@ -305,6 +334,19 @@ async fn run_job(
             Err(RequestFailure::Comm(reason)) => {
                 comm_failed = true;
                 stats.comm_failures.fetch_add(1, Ordering::Relaxed);
+                let r = health.requests.entry(key).or_default();
+                r.consecutive_failures = r.consecutive_failures.saturating_add(1);
+                if r.consecutive_failures >= source.breaker_failures {
+                    if r.open_until.is_none() {
+                        tracing::warn!(
+                            source = %source.name, device = %device.name,
+                            area = req.area.as_str(), start = req.start, count = req.count,
+                            "request group not answering; probing it every {}",
+                            humantime::format_duration(source.breaker_probe_interval)
+                        );
+                    }
+                    r.open_until = Some(Instant::now() + source.breaker_probe_interval);
+                }
                 tracing::debug!(
                     source = %source.name, device = %device.name,
                     area = req.area.as_str(), start = req.start, count = req.count,
@@ -315,12 +357,14 @@ async fn run_job(
         }
     }
 
-    if answered && !comm_failed {
+    health.silent_last_cycle = !answered;
+    if answered {
         if health.open_until.is_some() || health.consecutive_failures >= source.breaker_failures {
             tracing::info!(source = %source.name, device = %device.name, "device answers again");
         }
-        *health = DeviceHealth::default();
-    } else if !answered {
+        health.consecutive_failures = 0;
+        health.open_until = None;
+    } else if comm_failed {
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
         if health.consecutive_failures >= source.breaker_failures {
             if health.open_until.is_none() {

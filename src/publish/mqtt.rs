@@ -36,6 +36,30 @@
 //!   A record whose body cannot be decoded is logged, counted as rejected and acked: it would never
 //!   become sendable.
 //!
+//! # Records the broker will not take
+//! Because every connection restarts at the oldest unacknowledged record, one record that cannot
+//! be delivered would hold the whole uplink: rumqttc fails the connection on a packet over
+//! `max_packet_size`, a broker drops the client on a packet over its own limit, and the next
+//! connection sends the same record first again. Two rules keep such a record from blocking the
+//! ones behind it; both move it to the spool's dead-letter table ([`SpoolHandle::dead_letter`]),
+//! raise a `dead_letter` event on this spool's `events` stream, log a warning and count it in
+//! [`UplinkStatus::dead_letters`]:
+//! - **Too large.** Before a publish, its packet size (MQTT 3.1.1 PUBLISH at QoS 1: fixed header,
+//!   topic, packet id, payload) is compared with `max_packet_size`; a larger record is never sent
+//!   and is set aside at once, since no retry can make it fit. It is not split: the parts would
+//!   share the record's `(site, stream, seq)`, which consumers drop duplicates by.
+//! - **Kills the connection.** When a connection ends with publishes unacknowledged, the *first*
+//!   of them in publish order is blamed (its `attempts` in the spool grows by one): PUBACKs come
+//!   in publish order, so it is where the broker stopped. Records behind it that died with the
+//!   connection are not counted. A record blamed by [`DEFAULT_DEAD_LETTER_AFTER`] connections
+//!   (`with_dead_letter_after`) is set aside. A broker that merely goes away costs the record at
+//!   the head one count, which its next PUBACK ends (the row is deleted); only a record that keeps
+//!   being where connections die reaches the limit.
+//!
+//! `smeltwatch spool requeue` flags dead letters; the uplink moves flagged ones back into the
+//! queue on every connection and every [`REQUEUE_CHECK_INTERVAL`], and sends them like fresh
+//! records (same seq, new spool id).
+//!
 //! # Ordering after an outage
 //! Within a lane, first deliveries of a stream happen in seq order. Across lanes they do not: after
 //! an outage a consumer sees fresh seqs before the older, historical ones of the same stream. That
@@ -105,6 +129,11 @@ const ACK_FLUSH_IDS: usize = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long the final offline publish and DISCONNECT may take.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections that ended with a record as the oldest unacknowledged publish before the record is
+/// set aside as a dead letter (see the module docs).
+pub const DEFAULT_DEAD_LETTER_AFTER: u32 = 5;
+/// How often a connected uplink looks for dead letters that `smeltwatch spool requeue` flagged.
+pub const REQUEUE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// A record older than this when it is published is marked historical even if it was created
 /// after the current connection was established (it waited behind a long backlog).
 pub const HISTORICAL_AGE: Duration = Duration::from_secs(60);
@@ -180,6 +209,9 @@ pub struct UplinkStatus {
     pub acked_total: u64,
     /// Records dropped because their body could not be decoded, since start.
     pub rejected_total: u64,
+    /// Records in the spool's dead-letter table (set aside because the broker would not take
+    /// them, not yet re-queued).
+    pub dead_letters: u64,
     /// Successful connections (CONNACKs), since start.
     pub connects: u64,
     /// The last error seen (connection, spool or publish), if any.
@@ -207,6 +239,7 @@ impl UplinkStatus {
             in_flight: 0,
             acked_total: 0,
             rejected_total: 0,
+            dead_letters: 0,
             connects: 0,
             last_error: None,
             backlog_records: 0,
@@ -227,6 +260,9 @@ impl fmt::Display for UplinkStatus {
         )?;
         if self.rejected_total > 0 {
             write!(f, " rejected {}", self.rejected_total)?;
+        }
+        if self.dead_letters > 0 {
+            write!(f, " dead letters {}", self.dead_letters)?;
         }
         if self.backlog_records > 0 {
             write!(
@@ -258,6 +294,8 @@ pub struct MqttUplink {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Completeness accounting, told what the broker acknowledged.
     completeness: Option<Arc<Completeness>>,
+    /// Blamed connections before a record is set aside.
+    dead_letter_after: u32,
 }
 
 impl fmt::Debug for MqttUplink {
@@ -333,6 +371,7 @@ impl MqttUplink {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             tls,
             completeness: None,
+            dead_letter_after: DEFAULT_DEAD_LETTER_AFTER,
         })
     }
 
@@ -347,6 +386,13 @@ impl MqttUplink {
     /// (default [`DEFAULT_SHUTDOWN_GRACE`]).
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// How many connections may end with a record as the oldest unacknowledged publish before it
+    /// is set aside as a dead letter (default [`DEFAULT_DEAD_LETTER_AFTER`], at least 1).
+    pub fn with_dead_letter_after(mut self, connections: u32) -> Self {
+        self.dead_letter_after = connections.max(1);
         self
     }
 
@@ -709,6 +755,16 @@ struct Sender<'a> {
     failed_sends: Vec<i64>,
     ack_deadline: Option<Instant>,
     max_inflight: usize,
+    /// Publishes so far, numbering each in publish order.
+    publish_count: u64,
+    /// For each id in flight: its number in publish order.
+    publish_no: HashMap<i64, u64>,
+    /// The attempts each record in flight had (as read, plus blames counted since).
+    attempts: HashMap<i64, u32>,
+    /// Per connection generation that lost publishes: the first of them (publish number, id).
+    lost_head: HashMap<u64, (u64, i64)>,
+    /// Records to move to the dead-letter table with the next flush, with their reason.
+    to_dead: Vec<(i64, String)>,
 }
 
 impl<'a> Sender<'a> {
@@ -734,6 +790,11 @@ impl<'a> Sender<'a> {
             failed_sends: Vec::new(),
             ack_deadline: None,
             max_inflight: usize::from(uplink.cfg.max_inflight),
+            publish_count: 0,
+            publish_no: HashMap::new(),
+            attempts: HashMap::new(),
+            lost_head: HashMap::new(),
+            to_dead: Vec::new(),
         }
     }
 
@@ -771,6 +832,9 @@ impl<'a> Sender<'a> {
 
     async fn run(mut self, shutdown: &CancellationToken) {
         let mut appended = self.spool.appended();
+        self.refresh_dead_letters().await;
+        let mut requeue_check = tokio::time::interval(REQUEUE_CHECK_INTERVAL);
+        requeue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.can_fill() {
                 self.fill().await;
@@ -804,6 +868,7 @@ impl<'a> Sender<'a> {
                     self.flush_acks().await;
                 }
                 _ = sleep_until(token_wait.unwrap_or_else(far_future)), if token_wait.is_some() => {}
+                _ = requeue_check.tick(), if self.conn.is_some() => self.take_requeued().await,
             }
             if self.to_ack.len() >= ACK_FLUSH_IDS {
                 self.flush_acks().await;
@@ -833,6 +898,8 @@ impl<'a> Sender<'a> {
         // Tallies of publishes that failed are taken again when the records are sent again.
         let tracked = &self.tracked;
         self.tallies.retain(|id, _| tracked.contains_key(id));
+        // Re-queued dead letters join the backlog of this connection.
+        self.take_requeued().await;
         self.boundary = *self.spool.appended().borrow();
         self.fresh_cursor = self.boundary;
         self.fresh_more = true;
@@ -922,7 +989,7 @@ impl<'a> Sender<'a> {
             (Err(reason), Some(Tracked::InFlight(latest))) if latest == generation => {
                 tracing::debug!(uplink = %self.uplink.name, id, "publish not acknowledged: {reason}");
                 self.tracked.remove(&id);
-                self.failed_sends.push(id);
+                self.note_lost(id, generation);
                 if self.ack_deadline.is_none() {
                     self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
                 }
@@ -946,6 +1013,118 @@ impl<'a> Sender<'a> {
         }
     }
 
+    /// A publish of `generation` ended without its PUBACK. Once none of that generation is left
+    /// in flight, the first lost one in publish order is blamed (see the module docs).
+    fn note_lost(&mut self, id: i64, generation: u64) {
+        let no = self.publish_no.get(&id).copied().unwrap_or(u64::MAX);
+        let head = self.lost_head.entry(generation).or_insert((no, id));
+        if no < head.0 {
+            *head = (no, id);
+        }
+        let pending = self
+            .tracked
+            .values()
+            .any(|t| *t == Tracked::InFlight(generation));
+        if pending {
+            return;
+        }
+        let Some((_, blamed)) = self.lost_head.remove(&generation) else {
+            return;
+        };
+        let attempts = self.attempts.get(&blamed).copied().unwrap_or(0) + 1;
+        self.attempts.insert(blamed, attempts);
+        self.failed_sends.push(blamed);
+        if attempts >= self.uplink.dead_letter_after && !self.tracked.contains_key(&blamed) {
+            let last = self
+                .uplink
+                .status_tx
+                .borrow()
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            let reason = format!(
+                "{attempts} connections ended with it the oldest unacknowledged publish (last: {last})"
+            );
+            self.set_aside(blamed, reason);
+        }
+    }
+
+    /// Never send `id` again on this run; move it to the dead-letter table with the next flush.
+    fn set_aside(&mut self, id: i64, reason: String) {
+        self.tracked.insert(id, Tracked::Acked);
+        self.to_dead.push((id, reason));
+        if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
+        }
+    }
+
+    /// Move the records set aside to the dead-letter table and report each one.
+    async fn flush_dead_letters(&mut self) {
+        if self.to_dead.is_empty() {
+            return;
+        }
+        let u = self.uplink;
+        let letters = std::mem::take(&mut self.to_dead);
+        let moved = match self.spool.dead_letter(letters.clone()).await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::warn!(uplink = %u.name, "cannot move {} records to the dead-letter table: {e}", letters.len());
+                u.update(|s| s.last_error = Some(format!("spool dead letter: {e}")));
+                self.to_dead = letters;
+                self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
+                return;
+            }
+        };
+        for (id, _) in &letters {
+            self.tracked.remove(id);
+            self.attempts.remove(id);
+            self.publish_no.remove(id);
+            self.tallies.remove(id);
+        }
+        let backlog = moved.iter().filter(|d| d.id <= self.boundary).count() as u64;
+        self.backlog_left = self.backlog_left.saturating_sub(backlog);
+        let now = Timestamp::now();
+        let mut events = Vec::with_capacity(moved.len());
+        for letter in &moved {
+            tracing::warn!(
+                uplink = %u.name, id = letter.id, stream = letter.stream.as_str(), seq = letter.seq,
+                "record set aside as a dead letter: {}", letter.reason
+            );
+            let record = Record::Event(dead_letter_event(&u.name, now, letter));
+            events.push(NewRecord {
+                stream: Stream::Events,
+                topic: topic::topic_for(&u.cfg.topics, &u.site, &record),
+                body: crate::publish::body::encode(&record),
+                created: now,
+            });
+        }
+        if let Err(e) = self.spool.append(events).await {
+            tracing::warn!(uplink = %u.name, "cannot spool the dead_letter events: {e}");
+        }
+        self.refresh_dead_letters().await;
+    }
+
+    /// Move dead letters that `smeltwatch spool requeue` flagged back into the queue.
+    async fn take_requeued(&mut self) {
+        match self.spool.take_requeued().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(uplink = %self.uplink.name, records = n, "re-queued dead letters");
+                self.fresh_more = true;
+                self.refresh_dead_letters().await;
+            }
+            Err(e) => {
+                tracing::warn!(uplink = %self.uplink.name, "cannot re-queue dead letters: {e}")
+            }
+        }
+    }
+
+    async fn refresh_dead_letters(&mut self) {
+        if let Ok(stats) = self.spool.stats().await {
+            self.uplink.update(|s| s.dead_letters = stats.dead_letters);
+        }
+    }
+
     fn queue_ack(&mut self, id: i64) {
         self.to_ack.push(id);
         if self.ack_deadline.is_none() {
@@ -961,6 +1140,7 @@ impl<'a> Sender<'a> {
                 tracing::debug!(uplink = %self.uplink.name, "cannot count failed sends: {e}");
             }
         }
+        self.flush_dead_letters().await;
         if self.to_ack.is_empty() {
             return;
         }
@@ -969,6 +1149,8 @@ impl<'a> Sender<'a> {
             Ok(removed) => {
                 for id in &ids {
                     self.tracked.remove(id);
+                    self.publish_no.remove(id);
+                    self.attempts.remove(id);
                 }
                 // Delivered: the broker acknowledged these and the spool let go of them.
                 let delivered: Vec<Tally> = ids
@@ -1206,6 +1388,15 @@ impl<'a> Sender<'a> {
                 return Sent::Rejected;
             }
         };
+        let size = publish_packet_size(topic.len(), payload.len());
+        if size > u.cfg.max_packet_size {
+            let reason = format!(
+                "its PUBLISH packet of {size} bytes is larger than max_packet_size ({})",
+                u.cfg.max_packet_size
+            );
+            self.set_aside(record.id, reason);
+            return Sent::Rejected;
+        }
         match conn
             .client
             .publish_tracked(topic, payload, PublishOptions::new(QoS::AtLeastOnce))
@@ -1214,6 +1405,10 @@ impl<'a> Sender<'a> {
             Ok(notice) => {
                 let (id, generation) = (record.id, conn.generation);
                 self.tracked.insert(id, Tracked::InFlight(generation));
+                self.publish_count += 1;
+                self.publish_no.insert(id, self.publish_count);
+                let known = self.attempts.entry(id).or_insert(0);
+                *known = (*known).max(record.attempts);
                 if let Some(t) = tally {
                     self.tallies.insert(id, t);
                 }
@@ -1330,6 +1525,49 @@ fn outage_event(
             to.to_rfc3339()
         ),
     }
+}
+
+/// The `dead_letter` event: one record set aside, and why.
+fn dead_letter_event(uplink: &str, ts: Timestamp, letter: &crate::spool::DeadLetter) -> ModelEvent {
+    let attributes: Vec<(Arc<str>, Value)> = vec![
+        ("stream".into(), Value::Text(letter.stream.as_str().into())),
+        ("seq".into(), count(letter.seq)),
+        (
+            "spool_id".into(),
+            count(u64::try_from(letter.id).unwrap_or(0)),
+        ),
+        ("attempts".into(), count(u64::from(letter.attempts))),
+        ("topic".into(), Value::Text(letter.topic.as_str().into())),
+        ("created".into(), Value::Text(letter.created.to_rfc3339())),
+        ("reason".into(), Value::Text(letter.reason.as_str().into())),
+    ];
+    ModelEvent {
+        kind: "dead_letter".into(),
+        subject: uplink.into(),
+        phase: EventPhase::Instant,
+        ts,
+        attributes,
+        message: format!(
+            "uplink {uplink}: {} record seq {} set aside as a dead letter: {}; \
+             `smeltwatch spool dead-letters` lists it, `smeltwatch spool requeue` sends it again",
+            letter.stream.as_str(),
+            letter.seq,
+            letter.reason
+        ),
+    }
+}
+
+/// Bytes of an MQTT 3.1.1 PUBLISH at QoS 1: fixed header byte, remaining length (1 to 4 bytes),
+/// topic length and topic, packet id, payload. The size rumqttc compares with its limit.
+fn publish_packet_size(topic: usize, payload: usize) -> usize {
+    let remaining = 2 + topic + 2 + payload;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
 }
 
 enum Sent {

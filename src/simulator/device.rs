@@ -106,6 +106,9 @@ pub struct Faults {
     pub latency_jitter: Duration,
     /// Never answer (the request is read and ignored; the connection stays open).
     pub silent: bool,
+    /// Never answer requests touching these addresses (any area), and answer the others: a
+    /// device with one block that hangs its firmware, or a gateway path to part of it.
+    pub silent_addresses: Option<RangeInclusive<u16>>,
     /// Answer every request (or requests in a range) with a Modbus exception.
     pub exception: Option<ExceptionFault>,
     /// Close the client's TCP connection instead of answering every N-th request (0 = never).
@@ -363,7 +366,12 @@ impl Device {
             Duration::ZERO
         };
         let faults = &mut state.faults;
-        if faults.silent {
+        let touches = |range: &RangeInclusive<u16>| {
+            addresses
+                .as_ref()
+                .is_some_and(|req| req.start() <= range.end() && range.start() <= req.end())
+        };
+        if faults.silent || faults.silent_addresses.as_ref().is_some_and(touches) {
             return FaultPlan {
                 delay: Duration::ZERO,
                 action: FaultAction::Silence,
@@ -376,9 +384,7 @@ impl Device {
             FaultAction::Drop
         } else if let Some(exc) = faults.exception.as_ref().filter(|e| match &e.addresses {
             None => true,
-            Some(range) => addresses
-                .as_ref()
-                .is_some_and(|req| req.start() <= range.end() && range.start() <= req.end()),
+            Some(range) => touches(range),
         }) {
             FaultAction::Exception(exc.code)
         } else if faults.corrupt_once || every(faults.corrupt_every) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Appended, NewRecord, Spool, SpoolError, SpoolStats, StoredRecord};
+use super::{Appended, DeadLetter, NewRecord, Spool, SpoolError, SpoolStats, StoredRecord};
 use crate::config::{SpoolConfig, Stream};
 
 /// Commands waiting for the spool thread before senders wait.
@@ -61,6 +61,10 @@ enum Command {
     ReadAfterDecoded(i64, usize, Reply<Vec<(StoredRecord, Option<Decoded>)>>),
     Ack(Vec<i64>, Reply<u64>),
     MarkAttempt(Vec<i64>, Reply<()>),
+    DeadLetter(Vec<(i64, String)>, Reply<Vec<DeadLetter>>),
+    DeadLetters(Reply<Vec<DeadLetter>>),
+    RequestRequeue(Option<Vec<i64>>, Reply<u64>),
+    TakeRequeued(Reply<u64>),
     Stats(Reply<SpoolStats>),
     DroppedPerStream(Reply<Vec<(Stream, u64)>>),
     KvGet(String, Reply<Option<Vec<u8>>>),
@@ -198,6 +202,30 @@ impl SpoolHandle {
     /// Counts a send attempt for each record. See [`Spool::mark_attempt`].
     pub async fn mark_attempt(&self, ids: Vec<i64>) -> Result<(), SpoolError> {
         self.call(|reply| Command::MarkAttempt(ids, reply)).await
+    }
+
+    /// Moves records to the dead-letter table. See [`Spool::dead_letter`].
+    pub async fn dead_letter(
+        &self,
+        letters: Vec<(i64, String)>,
+    ) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.call(|reply| Command::DeadLetter(letters, reply)).await
+    }
+
+    /// Every dead letter. See [`Spool::dead_letters`].
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
+        self.call(Command::DeadLetters).await
+    }
+
+    /// Flags dead letters for re-queueing (`None`: all). See [`Spool::request_requeue`].
+    pub async fn request_requeue(&self, ids: Option<Vec<i64>>) -> Result<u64, SpoolError> {
+        self.call(|reply| Command::RequestRequeue(ids, reply)).await
+    }
+
+    /// Moves flagged dead letters back into the queue (see [`Spool::take_requeued`]); the
+    /// [`appended`](Self::appended) watch moves on when any were, so the uplink reads them.
+    pub async fn take_requeued(&self) -> Result<u64, SpoolError> {
+        self.call(Command::TakeRequeued).await
     }
 
     /// What is waiting. See [`Spool::stats`].
@@ -339,6 +367,25 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
             }
             Command::MarkAttempt(ids, reply) => {
                 let _ = reply.send(spool.mark_attempt(&ids));
+            }
+            Command::DeadLetter(letters, reply) => {
+                let _ = reply.send(spool.dead_letter(&letters, crate::model::Timestamp::now()));
+            }
+            Command::DeadLetters(reply) => {
+                let _ = reply.send(spool.dead_letters());
+            }
+            Command::RequestRequeue(ids, reply) => {
+                let _ = reply.send(spool.request_requeue(ids.as_deref()));
+            }
+            Command::TakeRequeued(reply) => {
+                let result = spool.take_requeued();
+                if let Ok(n) = &result
+                    && *n > 0
+                    && let Ok(last) = spool.last_id()
+                {
+                    appended.send_replace(last);
+                }
+                let _ = reply.send(result);
             }
             Command::Stats(reply) => {
                 let _ = reply.send(spool.stats());

@@ -11,7 +11,7 @@
 //! (which is not `Sync`); [`SpoolHandle`] runs it on a dedicated thread and gives async callers a
 //! cloneable handle.
 //!
-//! # On-disk format (`PRAGMA user_version = 2`)
+//! # On-disk format (`PRAGMA user_version = 3`)
 //! ```sql
 //! CREATE TABLE records (                       -- the queue, oldest first by id
 //!     id         INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, even after the table empties
@@ -29,7 +29,14 @@
 //!     dropped  INTEGER NOT NULL DEFAULT 0      -- records dropped by the byte budget, ever
 //! ) WITHOUT ROWID;
 //! CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;  -- bdSeq, aliases
+//! CREATE TABLE dead_letters (                  -- records set aside (version 3)
+//!     id, stream, seq, topic, body, created_ms, attempts,  -- as they were in `records`
+//!     reason     TEXT    NOT NULL,             -- why the uplink set it aside
+//!     dead_ms    INTEGER NOT NULL,             -- when
+//!     requeue    INTEGER NOT NULL DEFAULT 0    -- 1: `spool requeue` asked for it to be sent again
+//! );
 //! ```
+//! Versions 1 and 2 are upgraded in place at open (2 only gains the empty `dead_letters`).
 //! The file runs in WAL mode (`-wal` and `-shm` files beside it) with a busy timeout; `open` runs
 //! `PRAGMA quick_check` and refuses a corrupt file with an error that names it, and refuses a file
 //! whose `user_version` is newer than this build understands.
@@ -64,6 +71,16 @@
 //! are counted per stream in `streams.dropped` (persisted in the same transaction) and logged at
 //! warn. Running totals per stream are kept in memory, computed once at open, so enforcing the budget
 //! reads only the rows it removes.
+//!
+//! # Dead letters
+//! A record its peer will not take (larger than the uplink's packet limit, or one that kept
+//! killing the connection) would block every record behind it, because the uplink restarts from
+//! the oldest record on each connection. [`Spool::dead_letter`] moves such a record out of the
+//! queue into `dead_letters`, with its reason; it is not counted in the byte budget or the stats'
+//! `records` any more (`dead_letters` counts it). `smeltwatch spool requeue` only flags rows
+//! ([`Spool::request_requeue`]): the process that owns the spool moves them back into the queue
+//! ([`Spool::take_requeued`]), so that its in-memory totals stay those of the table. A re-queued
+//! record keeps its seq and gets a new id.
 //!
 //! # Maximum age
 //! With [`SpoolConfig::max_age`](crate::config::SpoolConfig), each append first expires the queued
@@ -142,6 +159,33 @@ pub struct SpoolStats {
     /// The drops since this spool was opened, by reason (not persisted: the life-of-file total
     /// above is).
     pub dropped_since_open: DropsByReason,
+    /// Records set aside in the dead-letter table (not counted in `records` or `bytes`).
+    pub dead_letters: u64,
+}
+
+/// A record set aside because its peer would not take it (see [`Spool::dead_letter`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The id it had in the queue.
+    pub id: i64,
+    /// The record's stream.
+    pub stream: Stream,
+    /// Its seq, kept when it is re-queued.
+    pub seq: u64,
+    /// The topic it was to be published on.
+    pub topic: String,
+    /// The encoded record (empty in what [`Spool::dead_letter`] returns).
+    pub body: Vec<u8>,
+    /// When the data was acquired or produced.
+    pub created: Timestamp,
+    /// Its `attempts` when it was set aside.
+    pub attempts: u32,
+    /// Why it was set aside.
+    pub reason: String,
+    /// When it was set aside.
+    pub dead_at: Timestamp,
+    /// A re-queue was asked for and the owning process has not moved it back yet.
+    pub requeue: bool,
 }
 
 /// Records a spool dropped, by reason.

@@ -7,15 +7,32 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
-use super::{Appended, DropsByReason, NewRecord, SpoolError, SpoolStats, StoredRecord};
+use super::{Appended, DeadLetter, DropsByReason, NewRecord, SpoolError, SpoolStats, StoredRecord};
 use crate::config::{SpoolConfig, Stream};
 use crate::model::Timestamp;
 
 /// The schema version written to `PRAGMA user_version` (see the module documentation of
 /// [`crate::spool`]): 1 held JSON bodies only; 2, the same tables, may also hold binary bodies
-/// ([`crate::publish::body`]). A version-1 file is upgraded in place when it is opened, and a build
-/// that knows only version 1 refuses a version-2 file rather than drop bodies it cannot read.
-const SCHEMA_VERSION: i64 = 2;
+/// ([`crate::publish::body`]); 3 adds the `dead_letters` table. Older files are upgraded in place
+/// when they are opened, and an older build refuses a newer file rather than drop what it cannot
+/// read (a version-2 build would not know that records were set aside).
+const SCHEMA_VERSION: i64 = 3;
+
+/// The table of version 3 (also part of [`SCHEMA`]).
+const DEAD_LETTERS_SCHEMA: &str = "
+CREATE TABLE dead_letters (
+    id         INTEGER PRIMARY KEY,
+    stream     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    topic      TEXT    NOT NULL,
+    body       BLOB    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL,
+    reason     TEXT    NOT NULL,
+    dead_ms    INTEGER NOT NULL,
+    requeue    INTEGER NOT NULL DEFAULT 0
+);
+";
 
 /// How long a statement waits for a lock held by another connection (e.g. `spool stats` reading
 /// the file) before failing.
@@ -652,7 +669,204 @@ impl Spool {
                 .collect(),
             dropped: self.streams.iter().map(|s| s.dropped).sum(),
             dropped_since_open: self.drops,
+            dead_letters: self.dead_letter_count()?,
         })
+    }
+
+    /// Moves records out of the queue into the dead-letter table, each with its reason, in one
+    /// transaction; returns what was moved (ids not in the queue are ignored). A dead letter keeps
+    /// its id, seq, body and attempts; it is never sent again unless it is re-queued.
+    pub fn dead_letter(
+        &mut self,
+        letters: &[(i64, String)],
+        now: Timestamp,
+    ) -> Result<Vec<DeadLetter>, SpoolError> {
+        if letters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut streams = self.streams;
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut moved = Vec::new();
+        {
+            let mut copy = tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters \
+                     (id, stream, seq, topic, body, created_ms, attempts, reason, dead_ms) \
+                     SELECT id, stream, seq, topic, body, created_ms, attempts, ?2, ?3 \
+                     FROM records WHERE id = ?1",
+                )
+                .map_err(err)?;
+            let sql = format!(
+                "DELETE FROM records WHERE id = ?1 RETURNING stream, seq, topic, created_ms, \
+                 attempts, {ROW_BYTES}"
+            );
+            let mut delete = tx.prepare_cached(&sql).map_err(err)?;
+            for (id, reason) in letters {
+                if copy
+                    .execute(params![id, reason, now.unix_ms()])
+                    .map_err(err)?
+                    == 0
+                {
+                    continue;
+                }
+                let mut rows = delete.query([id]).map_err(err)?;
+                while let Some(row) = rows.next().map_err(err)? {
+                    let stream = parse_stream(&path, &row.get::<_, String>(0).map_err(err)?)?;
+                    let bytes = non_negative(&path, "size", row.get(5).map_err(err)?)?;
+                    let s = &mut streams[index(stream)];
+                    s.records = s.records.saturating_sub(1);
+                    s.bytes = s.bytes.saturating_sub(bytes);
+                    moved.push(DeadLetter {
+                        id: *id,
+                        stream,
+                        seq: non_negative(&path, "seq", row.get(1).map_err(err)?)?,
+                        topic: row.get(2).map_err(err)?,
+                        body: Vec::new(),
+                        created: Timestamp(row.get(3).map_err(err)?),
+                        attempts: u32::try_from(row.get::<_, i64>(4).map_err(err)?.max(0))
+                            .unwrap_or(u32::MAX),
+                        reason: reason.clone(),
+                        dead_at: now,
+                        requeue: false,
+                    });
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.streams = streams;
+        Ok(moved)
+    }
+
+    /// Every dead letter, oldest id first, with its body.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, stream, seq, topic, body, created_ms, attempts, reason, dead_ms, \
+                 requeue FROM dead_letters ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, stream, seq, topic, body, created_ms, attempts, reason, dead_ms, requeue) =
+                row.map_err(|e| self.err(e))?;
+            out.push(DeadLetter {
+                id,
+                stream: parse_stream(&self.path, &stream)?,
+                seq: non_negative(&self.path, "seq", seq)?,
+                topic,
+                body,
+                created: Timestamp(created_ms),
+                attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+                reason,
+                dead_at: Timestamp(dead_ms),
+                requeue: requeue != 0,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Dead letters waiting (re-queue requests included).
+    pub fn dead_letter_count(&self) -> Result<u64, SpoolError> {
+        self.conn
+            .query_row("SELECT count(*) FROM dead_letters", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Asks for dead letters to be re-queued: `ids`, or every one when `None`. Only a flag is
+    /// written, so that this is safe from another process (`smeltwatch spool requeue` while the
+    /// agent runs): the process that owns the spool moves them back with
+    /// [`take_requeued`](Self::take_requeued), keeping its in-memory totals right. Returns how
+    /// many dead letters were flagged.
+    pub fn request_requeue(&mut self, ids: Option<&[i64]>) -> Result<u64, SpoolError> {
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut flagged = 0;
+        match ids {
+            None => {
+                flagged += tx
+                    .execute("UPDATE dead_letters SET requeue = 1", [])
+                    .map_err(err)?;
+            }
+            Some(ids) => {
+                let mut update = tx
+                    .prepare_cached("UPDATE dead_letters SET requeue = 1 WHERE id = ?1")
+                    .map_err(err)?;
+                for id in ids {
+                    flagged += update.execute([id]).map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(flagged as u64)
+    }
+
+    /// Moves the dead letters flagged by [`request_requeue`](Self::request_requeue) back into the
+    /// queue, in one transaction; returns how many. Each gets a new id (after every record
+    /// appended so far, so a running uplink reads it like a fresh record), keeps its stream, seq
+    /// (its identity for consumers), topic, body and creation time, and starts again at 0
+    /// attempts. Re-queued records bypass the byte budget: they were counted in it once.
+    pub fn take_requeued(&mut self) -> Result<u64, SpoolError> {
+        let flagged: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM dead_letters WHERE requeue = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if flagged == 0 {
+            return Ok(0);
+        }
+        let mut streams = self.streams;
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut moved = 0;
+        {
+            let sql = format!(
+                "INSERT INTO records (stream, seq, topic, body, created_ms) \
+                 SELECT stream, seq, topic, body, created_ms FROM dead_letters \
+                 WHERE requeue = 1 ORDER BY id RETURNING stream, {ROW_BYTES}"
+            );
+            let mut insert = tx.prepare_cached(&sql).map_err(err)?;
+            let mut rows = insert.query([]).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let stream = parse_stream(&path, &row.get::<_, String>(0).map_err(err)?)?;
+                let bytes = non_negative(&path, "size", row.get(1).map_err(err)?)?;
+                let s = &mut streams[index(stream)];
+                s.records += 1;
+                s.bytes += bytes;
+                moved += 1;
+            }
+        }
+        tx.execute("DELETE FROM dead_letters WHERE requeue = 1", [])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.streams = streams;
+        Ok(moved)
     }
 
     /// Records dropped by the byte budget, a full disk or `max_age` over the life of the file, per
@@ -787,10 +1001,16 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
         .map_err(err)?;
     match version {
         SCHEMA_VERSION => Ok(()),
-        // The tables are unchanged; every JSON body a version-1 file holds still decodes.
-        1 => conn
-            .pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(err),
+        // 1 to 2 changed no table (every JSON body a version-1 file holds still decodes); 3 adds
+        // the empty dead-letter table. One transaction: an interrupted upgrade leaves the old
+        // version, which the next open upgrades again.
+        1 | 2 => {
+            let tx = conn.transaction().map_err(err)?;
+            tx.execute_batch(DEAD_LETTERS_SCHEMA).map_err(err)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err)?;
+            tx.commit().map_err(err)
+        }
         0 => {
             let tx = conn.transaction().map_err(err)?;
             let tables: i64 = tx
@@ -803,6 +1023,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
                 });
             }
             tx.execute_batch(SCHEMA).map_err(err)?;
+            tx.execute_batch(DEAD_LETTERS_SCHEMA).map_err(err)?;
             for stream in STREAMS {
                 tx.execute(
                     "INSERT INTO streams (stream, next_seq, dropped) VALUES (?1, 1, 0)",
@@ -1313,6 +1534,8 @@ mod tests {
         let path = dir.path().join("v1.db");
         let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
         spool.append(vec![rec(Stream::Live, 4, 20)]).unwrap();
+        // Version 1 had no dead-letter table.
+        spool.conn.execute_batch("DROP TABLE dead_letters").unwrap();
         spool.conn.pragma_update(None, "user_version", 1).unwrap();
         spool.close().unwrap();
 
@@ -1327,6 +1550,101 @@ mod tests {
         assert_eq!(read[0].seq, 1);
         let appended = spool.append(vec![rec(Stream::Live, 5, 20)]).unwrap();
         assert_eq!(appended[0].seq, 2, "the seq counter continues");
+    }
+
+    #[test]
+    fn a_version_2_file_is_upgraded_in_place_and_gains_an_empty_dead_letter_table() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("v2.db");
+        let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        spool
+            .append(vec![rec(Stream::Live, 4, 20), rec(Stream::Events, 5, 20)])
+            .unwrap();
+        spool.mark_attempt(&[1]).unwrap();
+        // A version-2 file: the same tables but no dead_letters.
+        spool.conn.execute_batch("DROP TABLE dead_letters").unwrap();
+        spool.conn.pragma_update(None, "user_version", 2).unwrap();
+        spool.close().unwrap();
+
+        let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        let version: i64 = spool
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(spool.dead_letters().unwrap(), Vec::new());
+        let read = spool.read_after(0, 10).unwrap();
+        assert_eq!(
+            read.iter().map(|r| (r.seq, r.attempts)).collect::<Vec<_>>(),
+            vec![(1, 1), (1, 0)]
+        );
+        // The upgraded file works as a version-3 one.
+        let moved = spool
+            .dead_letter(&[(1, "too large".into())], Timestamp(9_000))
+            .unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(spool.stats().unwrap().dead_letters, 1);
+        drop(spool);
+        // Reopening an upgraded file changes nothing.
+        let spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        assert_eq!(spool.dead_letter_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn dead_letters_leave_the_queue_with_their_reason_and_come_back_with_their_seq() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        spool
+            .append((1..=4u8).map(|n| rec(Stream::Live, n, 50)).collect())
+            .unwrap();
+        spool.mark_attempt(&[2, 2, 2]).unwrap();
+        let moved = spool
+            .dead_letter(
+                &[(2, "connection lost".into()), (99, "unknown".into())],
+                Timestamp(5_000),
+            )
+            .unwrap();
+        assert_eq!(moved.len(), 1, "an id not in the queue is ignored");
+        assert_eq!(
+            (moved[0].id, moved[0].seq, moved[0].attempts),
+            (2, 2, 3),
+            "{moved:?}"
+        );
+        assert_eq!(ids_of(&spool), vec![1, 3, 4]);
+        let stats = spool.stats().unwrap();
+        assert_eq!(
+            (stats.records, stats.bytes, stats.dead_letters),
+            (3, 150, 1)
+        );
+        let letters = spool.dead_letters().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].reason, "connection lost");
+        assert_eq!(letters[0].dead_at, Timestamp(5_000));
+        assert_eq!(letters[0].body, vec![2u8; 50 - 4]);
+        assert!(!letters[0].requeue);
+
+        // Nothing flagged: nothing moves. Flagging an unknown id flags nothing.
+        assert_eq!(spool.take_requeued().unwrap(), 0);
+        assert_eq!(spool.request_requeue(Some(&[7])).unwrap(), 0);
+        assert_eq!(spool.request_requeue(None).unwrap(), 1);
+        assert!(spool.dead_letters().unwrap()[0].requeue);
+        // The flag survives a reopen; the owner moves it back with a new id and its old seq.
+        drop(spool);
+        let mut spool = open(&dir, u64::MAX);
+        assert_eq!(spool.take_requeued().unwrap(), 1);
+        assert_eq!(spool.dead_letter_count().unwrap(), 0);
+        let read = spool.read_after(0, 10).unwrap();
+        assert_eq!(
+            read.iter()
+                .map(|r| (r.id, r.seq, r.attempts))
+                .collect::<Vec<_>>(),
+            vec![(1, 1, 0), (3, 3, 0), (4, 4, 0), (5, 2, 0)]
+        );
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.bytes), (4, 200));
+        // The totals agree with what a fresh open computes from the table.
+        drop(spool);
+        assert_eq!(open(&dir, u64::MAX).stats().unwrap(), stats);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Mosquitto {
     user: Option<(String, String)>,
     persistent: bool,
     tls: Option<TlsListener>,
+    /// Mosquitto's `max_packet_size`: a client sending a larger packet is disconnected.
+    max_packet: usize,
 }
 
 /// PEM files of a TLS listener (`cafile`, `certfile`, `keyfile`).
@@ -55,6 +57,22 @@ impl Mosquitto {
         Self::launch(None, true)
     }
 
+    /// Anonymous access; the broker disconnects a client that sends a packet of more than
+    /// `max_packet` bytes.
+    pub fn start_with_max_packet(max_packet: usize) -> Mosquitto {
+        let mut m = Self::configured(None, false, None);
+        m.max_packet = max_packet;
+        m.spawn();
+        m
+    }
+
+    /// Restart on the same port with another `max_packet_size`.
+    pub fn restart_with_max_packet(&mut self, max_packet: usize) {
+        self.kill();
+        self.max_packet = max_packet;
+        self.spawn();
+    }
+
     /// Anonymous access over TLS only.
     pub fn start_tls(tls: TlsListener) -> Mosquitto {
         Self::launch_with(None, false, Some(tls))
@@ -69,10 +87,20 @@ impl Mosquitto {
         persistent: bool,
         tls: Option<TlsListener>,
     ) -> Mosquitto {
+        let mut m = Self::configured(user, persistent, tls);
+        m.spawn();
+        m
+    }
+
+    fn configured(
+        user: Option<(String, String)>,
+        persistent: bool,
+        tls: Option<TlsListener>,
+    ) -> Mosquitto {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
         let plain_port = tls.as_ref().map(|_| free_port());
-        let mut m = Mosquitto {
+        Mosquitto {
             port,
             plain_port,
             child: None,
@@ -80,9 +108,8 @@ impl Mosquitto {
             user,
             persistent,
             tls,
-        };
-        m.spawn();
-        m
+            max_packet: MAX_PACKET,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -101,9 +128,9 @@ impl Mosquitto {
     fn write_config(&self) -> PathBuf {
         let conf = self.dir.path().join("mosquitto.conf");
         let mut text = format!(
-            "listener {} 127.0.0.1\nmax_packet_size {MAX_PACKET}\nmax_queued_messages 0\n\
+            "listener {} 127.0.0.1\nmax_packet_size {}\nmax_queued_messages 0\n\
              max_inflight_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n",
-            self.port
+            self.port, self.max_packet
         );
         if let Some(tls) = &self.tls {
             text.push_str(&format!(

@@ -1,0 +1,333 @@
+//! A record the broker will not take must not block the records behind it: a payload over the
+//! uplink's own `max_packet_size` (never sent), and one over the broker's limit (Mosquitto
+//! disconnects the client; the record goes to the dead-letter table after N such connections),
+//! against a real Mosquitto on a free port; `smeltwatch spool dead-letters` and `spool requeue`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mosquitto::{self, Mosquitto};
+use smeltwatch::config::{
+    HostPort, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
+};
+use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
+use smeltwatch::publish::mqtt::{DEFAULT_DEAD_LETTER_AFTER, MqttUplink, UplinkStatus};
+use smeltwatch::publish::topic::topic_for;
+use smeltwatch::spool::{NewRecord, SpoolHandle};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+const SITE: &str = "poison-01";
+
+fn uplink_config(port: u16, max_packet_size: usize) -> UplinkConfig {
+    UplinkConfig {
+        name: "plant".into(),
+        kind: UplinkKind::Mqtt(MqttConfig {
+            broker: HostPort {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            tls: false,
+            client_id: format!("smeltwatch-poison-{}", fastrand::u32(..)),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(5),
+            max_packet_size,
+            max_inflight: 20,
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_millis(100),
+            topics: TopicTemplates::default(),
+            encoding: Default::default(),
+            tls_settings: Default::default(),
+            replay_rate: 2000,
+        }),
+        streams: vec![Stream::Live, Stream::Events],
+        spool: SpoolConfig::default(),
+    }
+}
+
+/// A poll batch of `readings` readings (about 130 bytes of JSON each).
+fn batch(i: u64, readings: usize) -> Record {
+    let ts = 1_764_300_253_000 + i as i64 * 1000;
+    Record::Batch(ReadingBatch {
+        source: "potline1".into(),
+        device: format!("pot_{i:03}").into(),
+        unit_id: 12,
+        poll_interval_ms: 1000,
+        scheduled: Timestamp(ts),
+        readings: (0..readings)
+            .map(|r| Reading {
+                point: format!("cell_voltage_{r:02}_v").into(),
+                value: Some(Value::Float(4.0 + r as f64 / 1000.0)),
+                unit: "V".into(),
+                quality: Quality::Good,
+                ts: Timestamp(ts + 12),
+            })
+            .collect(),
+    })
+}
+
+fn new_record(r: &Record) -> NewRecord {
+    NewRecord {
+        stream: Stream::Live,
+        topic: topic_for(&TopicTemplates::default(), SITE, r),
+        body: smeltwatch::publish::body::encode(r),
+        created: Timestamp::now(),
+    }
+}
+
+fn json_len(r: &Record) -> usize {
+    smeltwatch::publish::encode::json::encode_record(SITE, Stream::Live, 1, r, false).len()
+}
+
+/// One record of more than 2 KiB as JSON, then ten small ones (seqs 2..=11).
+async fn append_poison_then_ten(spool: &SpoolHandle) {
+    let big = batch(0, 20);
+    assert!(json_len(&big) > 2048, "{}", json_len(&big));
+    let small: Vec<Record> = (1..=10).map(|i| batch(i, 2)).collect();
+    assert!(small.iter().all(|r| json_len(r) < 600));
+    let mut records = vec![new_record(&big)];
+    records.extend(small.iter().map(new_record));
+    spool.append(records).await.expect("append");
+}
+
+async fn wait_status(
+    rx: &mut watch::Receiver<UplinkStatus>,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&UplinkStatus) -> bool,
+) -> UplinkStatus {
+    let r = timeout(within, async {
+        rx.wait_for(|s| pred(s)).await.map(|s| s.clone())
+    })
+    .await;
+    match r {
+        Ok(Ok(s)) => s,
+        _ => panic!("timed out waiting for {what}; status: {:?}", *rx.borrow()),
+    }
+}
+
+/// Seqs of the live payloads received until `want` distinct ones arrived.
+async fn live_seqs(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, want: usize) -> Vec<u64> {
+    let mut seqs = std::collections::BTreeSet::new();
+    let r = timeout(Duration::from_secs(10), async {
+        while seqs.len() < want {
+            let (_, payload) = rx.recv().await.expect("subscriber alive");
+            let v: serde_json::Value = serde_json::from_slice(&payload).expect("JSON payload");
+            seqs.insert(v["seq"].as_u64().expect("seq"));
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "only {seqs:?} arrived");
+    seqs.into_iter().collect()
+}
+
+/// The uplink's own limit: the 2 KiB record is never sent, the ten behind it are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_the_uplinks_max_packet_size_does_not_block_the_ones_behind_it() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/+/live/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
+    append_poison_then_ten(&spool).await;
+    let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, 1024), spool.clone()).unwrap();
+    let mut status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+
+    let st = wait_status(
+        &mut status,
+        "the ten small records acked",
+        Duration::from_secs(10),
+        |s| s.acked_total >= 10 && s.dead_letters == 1,
+    )
+    .await;
+    assert_eq!(live_seqs(&mut rx, 10).await, (2..=11).collect::<Vec<_>>());
+    // Never sent, so no connection was lost over it.
+    assert_eq!(st.connects, 1, "{st:?}");
+    let dead = spool.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].stream, dead[0].seq, dead[0].attempts),
+        (Stream::Live, 1, 0)
+    );
+    assert!(
+        dead[0].reason.contains("max_packet_size (1024)"),
+        "{}",
+        dead[0].reason
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// The broker's limit (Mosquitto disconnects a client that sends a larger packet): the record
+/// that keeps killing the connection is set aside and the ten behind it are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_the_brokers_limit_does_not_block_the_ones_behind_it() {
+    let broker = Mosquitto::start_with_max_packet(1024);
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/+/live/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
+    append_poison_then_ten(&spool).await;
+    let uplink =
+        MqttUplink::new(SITE, &uplink_config(broker.port, 1 << 20), spool.clone()).unwrap();
+    let mut status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+
+    let st = wait_status(
+        &mut status,
+        "the ten small records acked",
+        Duration::from_secs(10),
+        |s| s.acked_total >= 10 && s.dead_letters == 1,
+    )
+    .await;
+    assert_eq!(live_seqs(&mut rx, 10).await, (2..=11).collect::<Vec<_>>());
+    let dead = spool.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].seq, dead[0].attempts),
+        (1, DEFAULT_DEAD_LETTER_AFTER)
+    );
+    assert!(st.connects > u64::from(DEFAULT_DEAD_LETTER_AFTER), "{st:?}");
+    stop.cancel();
+    task.await.unwrap();
+}
+
+fn smeltwatch(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(args)
+        .output()
+        .expect("running smeltwatch");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The dead-letter path end to end: the broker refuses a record (its size limit) three
+/// connections in a row; it goes to the dead-letter table with a `dead_letter` event, later
+/// records flow, `spool dead-letters` lists it, and after the broker's limit is raised
+/// `spool requeue` sends it with its seq while the uplink runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_becomes_a_dead_letter_that_spool_lists_and_requeues() {
+    let mut broker = Mosquitto::start_with_max_packet(1024);
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/+/live/#").await;
+    let (_esub, mut events) = mosquitto::subscribe(broker.port, "smeltwatch/+/events/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+site = "{SITE}"
+state_dir = "state"
+[[sources]]
+name = "bus"
+tcp = "127.0.0.1:502"
+[[sources.devices]]
+name = "meter"
+unit_id = 1
+[sources.devices.points.power_mw]
+area = "input"
+address = 0
+type = "f32"
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:{}"
+"#,
+            broker.port
+        ),
+    )
+    .unwrap();
+    let path = dir.path().join("state/spool-plant.db");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let spool = SpoolHandle::open(&path, &SpoolConfig::default()).unwrap();
+    append_poison_then_ten(&spool).await;
+    let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, 1 << 20), spool.clone())
+        .unwrap()
+        .with_dead_letter_after(3);
+    let mut status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+
+    wait_status(
+        &mut status,
+        "the refused record set aside",
+        Duration::from_secs(10),
+        |s| s.dead_letters == 1 && s.acked_total >= 10,
+    )
+    .await;
+    assert_eq!(live_seqs(&mut rx, 10).await, (2..=11).collect::<Vec<_>>());
+    // The event, delivered like any record.
+    let (topic, payload) = timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("the dead_letter event within 10 s")
+        .unwrap();
+    assert!(topic.ends_with("/events/dead_letter"), "{topic}");
+    let event: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(event["kind"], "dead_letter", "{event}");
+    assert_eq!(event["subject"], "plant", "{event}");
+    // Later records flow.
+    let later: Vec<NewRecord> = (12..=16).map(|i| new_record(&batch(i, 2))).collect();
+    spool.append(later).await.unwrap();
+    assert_eq!(live_seqs(&mut rx, 5).await, (12..=16).collect::<Vec<_>>());
+
+    let cfg = config.to_str().unwrap();
+    let (ok, stdout, stderr) = smeltwatch(&["spool", "dead-letters", "-c", cfg]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(
+        (lines[0]["seq"].as_u64(), lines[0]["attempts"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(lines[0]["record"]["device"], "pot_000", "{stdout}");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 connections"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = smeltwatch(&["spool", "stats", "-c", cfg]);
+    assert!(ok);
+    assert!(stdout.contains("dead letters 1"), "{stdout}");
+    let (ok, _, stderr) = smeltwatch(&["spool", "requeue", "-c", cfg, "--id", "999"]);
+    assert!(!ok);
+    assert!(stderr.contains("no dead letter with id 999"), "{stderr}");
+
+    // The broker takes it now; re-queued while the uplink runs, it is sent with its seq.
+    broker.restart_with_max_packet(1 << 20);
+    let (_sub2, mut rx2) = mosquitto::subscribe(broker.port, "smeltwatch/+/live/#").await;
+    let id = lines[0]["id"].to_string();
+    let (ok, stdout, stderr) = smeltwatch(&["spool", "requeue", "-c", cfg, "--id", &id]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("1 dead letters flagged"), "{stdout}");
+    wait_status(
+        &mut status,
+        "the re-queued record moved back",
+        Duration::from_secs(10),
+        |s| s.dead_letters == 0,
+    )
+    .await;
+    assert_eq!(live_seqs(&mut rx2, 1).await, vec![1]);
+    wait_status(
+        &mut status,
+        "the spool drained",
+        Duration::from_secs(10),
+        |s| s.in_flight == 0,
+    )
+    .await;
+    let (ok, stdout, _) = smeltwatch(&["spool", "dead-letters", "-c", cfg]);
+    assert!(ok && stdout.is_empty(), "{stdout}");
+    stop.cancel();
+    task.await.unwrap();
+}
