@@ -61,6 +61,8 @@ struct Day {
     current_unit: Option<(&'static str, f64)>,
     /// The line current while the rectifier link is cut (default: unchanged), kA.
     current_during_cut: Option<f64>,
+    /// The coefficient table's `[potline] max_bridge` instead of the shipped one.
+    table_max_bridge: Option<std::time::Duration>,
     /// Share of the metal made that the taps remove; the rest stays in the metal pads, whose
     /// inventory the rectifier's device reports (default: all of it is tapped, no inventory).
     tapped_share: Option<f64>,
@@ -95,7 +97,11 @@ fn midnight(day: &Day) -> i64 {
 /// record.
 fn run(day: &Day) -> Vec<Record> {
     let cfg: CalcConfig = toml::from_str(&format!("{CALC}{}\n", day.keys)).expect("parses");
-    let mut p = Pipeline::new(&cfg).expect("builds");
+    let mut coef = Coefficients::embedded("cn-2025").expect("table");
+    if let Some(d) = day.table_max_bridge {
+        coef.potline.max_bridge = d;
+    }
+    let mut p = Pipeline::with_coefficients(&cfg, coef).expect("builds");
     let m = midnight(day);
     let days = day.days.max(1);
     let (mut ac, mut dc, mut aux, mut tapped) = (
@@ -311,6 +317,23 @@ fn a_gap_longer_than_max_bridge_is_left_out_of_energy_and_production_alike() {
         10.0,
         "unbridged s",
     );
+}
+
+#[test]
+fn the_bridging_policy_comes_from_the_coefficient_table_where_the_line_names_none() {
+    // the same one-hour cut under a table that bridges at most 30 minutes: not bridged
+    let r = run(&Day {
+        link_cut: Some((10, 3600)),
+        table_max_bridge: Some(std::time::Duration::from_secs(1800)),
+        ..steady()
+    });
+    close(
+        value(&r, "line_current_unbridged_s"),
+        3600.0,
+        10.0,
+        "unbridged s",
+    );
+    assert_eq!(value(&r, "line_current_bridged_s"), 0.0);
 }
 
 #[test]

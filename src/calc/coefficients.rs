@@ -95,6 +95,19 @@ pub struct PotlineTable {
     /// Source of E0.
     #[serde(default)]
     pub e0_source: String,
+    /// How a gap in the line current is bridged where a line names no `gap_bridge`.
+    pub gap_bridge: super::GapBridge,
+    /// Longest gap bridged where a line names no `max_bridge`.
+    #[serde(with = "humantime_serde")]
+    pub max_bridge: std::time::Duration,
+    /// Window of the current efficiency from tapping where a line names no `ce_window`.
+    #[serde(with = "humantime_serde")]
+    pub ce_window: std::time::Duration,
+    /// Whether a pot with no status reading counts in service where a line does not say.
+    pub in_service_default: bool,
+    /// Source of these choices.
+    #[serde(default)]
+    pub policy_source: String,
 }
 
 /// Anode-effect detection defaults.

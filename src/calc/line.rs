@@ -131,8 +131,10 @@ pub(super) struct Line {
     comprehensive_grade: GradeTable,
     ae: AeParams,
     max_gap_ms: i64,
+    gap_bridge: GapBridge,
     max_bridge_ms: i64,
     ce_window_ms: i64,
+    in_service_default: bool,
     cells: HashMap<Arc<str>, CellState>,
     current: Option<(Timestamp, f64)>,
     dc_counter: EnergyCounter,
@@ -233,8 +235,12 @@ impl Line {
             comprehensive_grade,
             ae,
             max_gap_ms: ms(role.max_gap),
-            max_bridge_ms: ms(role.max_bridge),
-            ce_window_ms: ms(role.ce_window),
+            gap_bridge: role.gap_bridge.unwrap_or(coef.potline.gap_bridge),
+            max_bridge_ms: ms(role.max_bridge.unwrap_or(coef.potline.max_bridge)),
+            ce_window_ms: ms(role.ce_window.unwrap_or(coef.potline.ce_window)),
+            in_service_default: role
+                .in_service_default
+                .unwrap_or(coef.potline.in_service_default),
             cells: HashMap::new(),
             current: None,
             dc_counter: counter_of(role, Counter::Dc),
@@ -456,14 +462,13 @@ impl Line {
             let h = dt as f64 / 3_600_000.0;
             if dt > 0 && dt <= self.max_gap_ms {
                 self.add_charge(ka0, h);
-            } else if dt > 0 && self.role.gap_bridge != GapBridge::None && dt <= self.max_bridge_ms
-            {
+            } else if dt > 0 && self.gap_bridge != GapBridge::None && dt <= self.max_bridge_ms {
                 let bridge_ka = (ka0 + ka) / 2.0;
                 self.add_charge(bridge_ka, h);
                 // the pots integrated DC energy with the current held at ka0 during the gap
                 self.today.dc_kwh += (bridge_ka - ka0) * self.extra.gap_v_h;
                 self.extra.bridged = Some((t0, r.ts));
-                if self.role.gap_bridge == GapBridge::DcMeter {
+                if self.gap_bridge == GapBridge::DcMeter {
                     self.extra.pending_bridge = Some(PendingBridge {
                         from: t0,
                         to: r.ts,
@@ -710,7 +715,7 @@ impl Line {
             None => None,
         };
         let name = self.name.clone();
-        let in_service_default = self.role.in_service_default;
+        let in_service_default = self.in_service_default;
         let cell = self
             .cells
             .entry(batch.device.clone())

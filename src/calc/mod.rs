@@ -220,10 +220,10 @@ pub struct PotlineRole {
     /// Measured ash content of the baked anodes, weight %.
     #[serde(default)]
     pub anode_ash_pct: Option<f64>,
-    /// Whether a pot counts in service before (or without) any status reading: pot control
-    /// units with no status points are in service unless this is false.
-    #[serde(default = "default_true")]
-    pub in_service_default: bool,
+    /// Whether a pot counts in service before (or without) any status reading; without it, the
+    /// table's `[potline] in_service_default`.
+    #[serde(default)]
+    pub in_service_default: Option<bool>,
     /// "Cut out" status bit of the pots.
     #[serde(default = "default_cut_out")]
     pub cut_out_point: String,
@@ -242,12 +242,14 @@ pub struct PotlineRole {
     pub max_gap: Duration,
     /// How a gap in the line current (a lost rectifier link while the line runs) is bridged:
     /// `interpolate` (the mean of the current before and after it), `dc_meter` (corrected by the
-    /// DC energy meter's delta over the gap) or `none`.
+    /// DC energy meter's delta over the gap) or `none`; without it, the table's
+    /// `[potline] gap_bridge`.
     #[serde(default)]
-    pub gap_bridge: GapBridge,
+    pub gap_bridge: Option<GapBridge>,
     /// Longest gap that is bridged; a longer one is left out of production and energy alike.
-    #[serde(default = "default_max_bridge", with = "humantime_serde")]
-    pub max_bridge: Duration,
+    /// Without it, the table's `[potline] max_bridge`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_bridge: Option<Duration>,
     /// Bus and series share of the average cell voltage, V per cell (平均电压 is the working
     /// voltage plus the AE share plus this), added to each cell's voltage in the DC energy. A
     /// plant constant from its bus design or a survey of the line voltage.
@@ -265,9 +267,10 @@ pub struct PotlineRole {
     /// its change corrects the tapped metal in the current efficiency from tapping.
     #[serde(default)]
     pub metal_inventory_kg_point: Option<String>,
-    /// Trailing window of the current efficiency from tapping that measured production uses.
-    #[serde(default = "default_ce_window", with = "humantime_serde")]
-    pub ce_window: Duration,
+    /// Trailing window of the current efficiency from tapping that measured production uses;
+    /// without it, the table's `[potline] ce_window`.
+    #[serde(default, with = "humantime_serde")]
+    pub ce_window: Option<Duration>,
 }
 
 /// How a potline's anode CO2 is computed.
@@ -282,7 +285,7 @@ pub enum AnodeCo2Method {
 }
 
 /// How a gap in a potline's line current is bridged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GapBridge {
     /// The mean of the current before and after the gap, over the gap.
@@ -291,7 +294,6 @@ pub enum GapBridge {
     /// (divided by the line voltage the meter showed in the hour before it) when the meter's
     /// next reading covers the gap, as it does when the meter is read through the same link;
     /// otherwise (no DC meter, or one read through another link) it stays interpolated.
-    #[default]
     DcMeter,
     /// Not bridged: the gap is left out of production and of the energy that spans it.
     None,
@@ -323,15 +325,6 @@ fn default_aux_point() -> String {
 }
 fn default_comprehensive_grade() -> String {
     "gb21346_2022_al_liquid_comprehensive_ac".into()
-}
-const fn default_true() -> bool {
-    true
-}
-const fn default_max_bridge() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-const fn default_ce_window() -> Duration {
-    Duration::from_secs(30 * 24 * 3600)
 }
 
 fn default_metal() -> String {
