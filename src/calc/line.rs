@@ -5,8 +5,10 @@
 //! - **Production and energy cover the same span.** Charge (Σ I·Δt·N) is integrated on each line
 //!   current sample. An interval longer than `max_gap` is a gap in the current (a lost rectifier
 //!   link while the line runs): up to `max_bridge` it is bridged with the mean of the current
-//!   before and after (`gap_bridge = "interpolate"`), counted in `line_current_bridged_s`, and
-//!   every figure that depends on production is flagged `substituted`. A longer gap (or
+//!   before and after, corrected by the DC energy meter's delta over the gap when the meter's
+//!   next reading covers it (`gap_bridge = "dc_meter"`; `"interpolate"` keeps the mean), counted
+//!   in `line_current_bridged_s`, and every figure that depends on production is flagged
+//!   `substituted`. A longer gap (or
 //!   `gap_bridge = "none"`) is not bridged: the counter deltas that span it are left out of
 //!   energy too (so a full-span energy is never divided by a part-span production), the span is
 //!   counted in `line_current_unbridged_s`, and the per-tonne figures are flagged `stale`.
@@ -630,11 +632,7 @@ impl Line {
             let mut d = c.update(raw, r.ts);
             d.delta *= f;
             counter_anomaly(&mut self.today, batch, r, &d, out);
-            let excluded = match (prev, self.extra.unbridged) {
-                (Some(p), Some((g0, g1))) => p < g1 && r.ts > g0,
-                _ => false,
-            };
-            if excluded {
+            if self.spans_unbridged(prev, r.ts) {
                 self.today.excluded_kwh += d.delta;
             } else {
                 self.today.aux_kwh += d.delta;
