@@ -1,7 +1,7 @@
 //! The embedded demo broker: rumqttd 0.20 on a loopback address, for `smeltwatch demo` and tests.
 //!
 //! Never a production broker: rumqttd keeps everything in memory (no persistence) and its retained
-//! message and Last Will support is young (PROTOCOLS.md §2.6). It is compiled only with the default
+//! message and Last Will support is young. It is compiled only with the default
 //! cargo feature `demo-broker`.
 //!
 //! `rumqttd::Broker::start` blocks for the life of the broker and spawns its own threads, each with

@@ -1,4 +1,4 @@
-//! Command-line interface. The command and flag names are a contract (DESIGN.md §7): scripts and
+//! Command-line interface. The command and flag names are a contract (README.md, docs/CONFIG.md): scripts and
 //! operators rely on them.
 
 use std::net::SocketAddr;

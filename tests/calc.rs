@@ -1090,7 +1090,7 @@ fn the_agent_keeps_the_snapshot_in_the_state_directory_and_sets_a_bad_one_aside(
     assert!(dir.path().join("calc-state.json.bad").exists());
 }
 
-// === copper smelting (DOMAIN §5.2, §9) ===
+// === copper smelting (GB 25323-2023, oxygen-enriched smelting) ===
 
 #[test]
 fn copper_oxygen_so2_capture_and_energy_formulas() {

@@ -1,4 +1,4 @@
-//! HJ 212 codec: the worked vectors of DOMAIN.md §7, golden packets, every rejection with its
+//! HJ 212 codec: the worked vectors of HJ 212-2017 (§6, Appendix A), golden packets, every rejection with its
 //! QnRtn, splitting over PNUM/PNO, round trips and a bounded fuzz over arbitrary and mutated bytes.
 
 use std::sync::Arc;
@@ -116,7 +116,7 @@ fn crc_of_every_worked_vector_matches_and_modbus_does_not() {
             "MODBUS must not pass the vector"
         );
     }
-    // The standard's own example: MODBUS gives 0759 (DOMAIN §7.3).
+    // The standard's own example: MODBUS gives 0759 (Appendix A).
     assert_eq!(crc16_modbus(segment_and_crc(STANDARD_1062).0), 0x0759);
     // And our MODBUS reference is the real one (its catalogue check value).
     assert_eq!(crc16_modbus(b"123456789"), 0x4B37);
@@ -124,7 +124,7 @@ fn crc_of_every_worked_vector_matches_and_modbus_does_not() {
 
 #[test]
 fn a_packet_published_with_a_wrong_crc_is_rejected() {
-    // DOMAIN §7.3: a packet seen in a repository ends in 0137 but its segment computes to 71C0.
+    // Appendix A: a packet seen in a repository ends in 0137 but its segment computes to 71C0.
     let mut bad = LAMPBLACK_2051.to_vec();
     let n = bad.len();
     bad[n - 6..n - 2].copy_from_slice(b"0137");

@@ -522,7 +522,7 @@ pub struct TlsSettings {
     pub server_name: Option<String>,
 }
 
-/// Topic templates (DESIGN.md §5).
+/// Topic templates (docs/TOPICS.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicTemplates {
     /// Live poll batches: `smeltwatch/{site}/live/{source}/{device}`.

@@ -3,8 +3,8 @@
 //! The agent's counters already live in atomics and watches ([`PollerStats`], `UplinkStatus`,
 //! spool statistics), so they are not re-recorded at event time: each scrape builds a fresh
 //! `metrics-exporter-prometheus` recorder, sets every series from the snapshot through the `metrics`
-//! facade under [`metrics::with_local_recorder`], renders it and drops it. That keeps the crates of
-//! DESIGN.md §6 (and their escaping of label values), installs no global recorder (tests run many
+//! facade under [`metrics::with_local_recorder`], renders it and drops it. That keeps the project's
+//! metrics crates (and their escaping of label values), installs no global recorder (tests run many
 //! servers in one process), and never shows a series that no longer exists (a point whose value
 //! turned `null`, a quality that changed). The cost, a few allocations per series, is fine for a few
 //! thousand points scraped every 15 s.

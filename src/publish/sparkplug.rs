@@ -2,7 +2,7 @@
 //! each configured Modbus device a Sparkplug device, each point a device metric (payloads from
 //! [`encode::sparkplug`](crate::publish::encode::sparkplug)).
 //!
-//! # Session (PROTOCOLS.md §3.3)
+//! # Session (Sparkplug 3.0 §5)
 //! For every connection attempt the uplink:
 //! 1. takes the next **bdSeq** (0 the first time, then +1 per CONNECT, wrapping 255 → 0), persisted
 //!    in the spool's `kv` table *before* connecting, so it also increments across restarts;
@@ -23,7 +23,7 @@
 //! DBIRTH again. On shutdown it publishes NDEATH itself (QoS 1, waits for the PUBACK), then
 //! DISCONNECTs, which discards the Will. A lost connection is retried with backoff.
 //!
-//! # Primary host (Sparkplug 3.0 §5, PROTOCOLS.md §3.3)
+//! # Primary host (Sparkplug 3.0 §5)
 //! With a `primary_host_id`, step 3 also subscribes to `spBv1.0/STATE/{host}` (QoS 1) and the
 //! births wait until that retained topic says `{"online":true,"timestamp":…}`. A STATE whose
 //! timestamp is older than the last one accepted is ignored. When the host goes offline

@@ -1,4 +1,4 @@
-//! Topic templates: `smeltwatch/{site}/live/{source}/{device}` and friends (DESIGN.md §5).
+//! Topic templates: `smeltwatch/{site}/live/{source}/{device}` and friends (docs/TOPICS.md).
 //!
 //! Templates are checked once, when an uplink is built ([`validate`]): each may only use the
 //! placeholders that make sense for its stream, must not contain the MQTT wildcards `+` and `#`

@@ -13,7 +13,7 @@ use super::config::{PotlineSim, SmelterSim, StackProfile, StackSim};
 use super::device::Device;
 use super::layout::{Reg, cems, copper_smelter, pcu, rectifier};
 
-/// E0 of the pseudo-resistance, in V (DOMAIN.md §1.5).
+/// E0 of the pseudo-resistance, in V (a plant constant; 1.65 V is common practice).
 const E0_V: f64 = 1.65;
 /// Anode-effect threshold (cell voltage above it = anode effect).
 const AE_THRESHOLD_V: f64 = 8.0;

@@ -47,7 +47,7 @@ pub const DEFAULT_TOPICS: [&str; 2] = ["smeltwatch/#", "spBv1.0/#"];
 /// How often the screen is redrawn while messages arrive.
 const FRAME: Duration = Duration::from_millis(250);
 
-/// `smeltwatch tail` flags (DESIGN.md §7: `--broker`, `--plain`, `--filter`).
+/// `smeltwatch tail` flags (`--broker`, `--plain`, `--filter` are a contract scripts rely on).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
     /// Broker, `mqtt://host:port` or `mqtts://host:port` [default: the first MQTT uplink of

@@ -1,8 +1,7 @@
 //! The Sparkplug B 3.0 payload encoder (pure): smeltwatch is the edge node, each Modbus device a
 //! Sparkplug device, each configured point a device metric.
 //!
-//! What this module guarantees (the statements of the Sparkplug 3.0 specification it implements,
-//! see PROTOCOLS.md §3):
+//! What this module guarantees (the statements of the Sparkplug 3.0 specification it implements):
 //! - **Aliases** are assigned deterministically from the configuration: device metrics get 1, 2, 3…
 //!   in configuration order of sources, devices and points ([`EdgeNodeModel::from_sources`]), so
 //!   the same configuration gives the same aliases after every restart. Aliases are unique across
