@@ -27,7 +27,7 @@
 //!   Without one, production is Faraday's with the configured efficiency, label
 //!   `production = "faraday"`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -37,13 +37,13 @@ use super::coefficients::{Coefficients, GradeTable, GwpTable, PfcTable};
 use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
 use super::emissions::{anode_co2_factor, electricity_co2_t, kgce, pfc_slope};
 use super::limits::grade;
-use super::pipeline::{lookup, metric, num, raw_u64, unit_mismatch};
+use super::pipeline::{lookup, metric, num, raw_u64};
 use super::potline::{
     Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
 };
 use super::snapshot::{CellState, LineSnapshot, PeriodAcc};
 use super::time::{DAY_MS, MINUTE_MS, civil, days_from_civil, floor, local_day};
-use super::units;
+use super::units::UnitCheck;
 use super::{
     AnodeCo2Method, AuxiliaryMeter, CalcError, GapBridge, PotlineRole, glob_match, tariff,
 };
@@ -144,8 +144,8 @@ pub(super) struct Line {
     tap_counter: EnergyCounter,
     aux_counters: HashMap<(usize, Arc<str>), EnergyCounter>,
     extra: LineExtra,
-    /// Points whose unit mismatch has been reported.
-    unit_reported: HashSet<String>,
+    /// Converts its inputs' units, and reports each point whose unit cannot be converted.
+    units: UnitCheck,
     /// Local day and minute currently open.
     day: Option<i64>,
     minute: Option<Timestamp>,
@@ -250,7 +250,7 @@ impl Line {
             tap_counter: counter_of(role, Counter::Tap),
             aux_counters: HashMap::new(),
             extra: LineExtra::default(),
-            unit_reported: HashSet::new(),
+            units: UnitCheck::default(),
             day: None,
             minute: None,
             today: PeriodAcc::default(),
@@ -592,14 +592,7 @@ impl Line {
         expected: &str,
         out: &mut Vec<Record>,
     ) -> Option<f64> {
-        let f = units::factor(&r.unit, expected);
-        if f.is_none() {
-            let subject = format!("{}/{}.{}", batch.source, batch.device, r.point);
-            if self.unit_reported.insert(subject.clone()) {
-                out.push(Record::Event(unit_mismatch(subject, r, expected)));
-            }
-        }
-        f
+        self.units.factor(batch, r, expected, out)
     }
 
     /// The auxiliary meters' counters in `batch` (a device of their own, or the rectifier's).

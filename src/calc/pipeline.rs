@@ -1,7 +1,7 @@
 //! The calculator stage as one object: routes each batch to the potline or stack it belongs to
 //! and turns the state changes into records.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::coefficients::{Coefficients, GradeTable, GwpTable, LimitTable};
@@ -15,12 +15,11 @@ use super::snapshot::{
     PipelineSnapshot, SNAPSHOT_VERSION, SmelterAcc, SmelterSnapshot, SmelterState, StackSnapshot,
 };
 use super::time::{MINUTE_MS, civil, floor, local_day};
-use super::units;
+use super::units::UnitCheck;
 use super::window::{Sample, Substitution, Window, WindowRules};
 use super::{CalcConfig, CalcError, StackRole, glob_match};
 use crate::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
-    Record, Timestamp, Value,
+    Aggregate, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch, Record, Timestamp,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +69,8 @@ struct Stack {
     windows: IndexMap<Arc<str>, Window>,
     /// Latest good SO2 mass flow, kg/h (for a smelter's sulphur capture).
     latest_so2_kg_h: Option<f64>,
-    /// Points whose unit mismatch has been reported.
-    unit_reported: HashSet<String>,
+    /// Converts its inputs' units, and reports each point whose unit cannot be converted.
+    units: UnitCheck,
 }
 
 #[derive(Debug)]
@@ -83,8 +82,8 @@ struct Smelter {
     /// Index of the stack whose SO2 leaves its acid plant.
     stack: Option<usize>,
     state: SmelterState,
-    /// Points whose unit mismatch has been reported.
-    unit_reported: HashSet<String>,
+    /// Converts its inputs' units, and reports each point whose unit cannot be converted.
+    units: UnitCheck,
 }
 
 use indexmap::IndexMap;
@@ -216,7 +215,7 @@ impl Pipeline {
                 limits,
                 windows: IndexMap::new(),
                 latest_so2_kg_h: None,
-                unit_reported: HashSet::new(),
+                units: UnitCheck::default(),
             });
         }
         let mut smelters = Vec::new();
@@ -246,7 +245,7 @@ impl Pipeline {
                 max_gap_ms: i64::try_from(role.max_gap.as_millis()).unwrap_or(i64::MAX),
                 stack,
                 state: SmelterState::default(),
-                unit_reported: HashSet::new(),
+                units: UnitCheck::default(),
                 role: role.clone(),
             });
         }
@@ -516,12 +515,7 @@ impl Pipeline {
             .chain(s.role.pollutants.values().map(|p| (p.as_str(), "mg/m3")));
         for (point, expected) in inputs {
             let Some(r) = get(point) else { continue };
-            let f = units::factor(&r.unit, expected);
-            let subject = format!("{}/{}.{}", batch.source, batch.device, point);
-            if f.is_none() && s.unit_reported.insert(subject.clone()) {
-                out.push(Record::Event(unit_mismatch(subject, r, expected)));
-            }
-            factors.insert(point, f);
+            factors.insert(point, s.units.factor(batch, r, expected, out));
         }
         // the value of `r` in its expected unit (NaN when it has none)
         let value = |r: &Reading| {
@@ -673,20 +667,14 @@ impl Pipeline {
         }
         // each input in the unit its formula expects; one that cannot be converted is not used
         // and is reported once per point
-        let reported = &mut sm.unit_reported;
+        let check = &mut sm.units;
         let mut get = |p: &str, expected: &str| {
             let r = batch
                 .readings
                 .iter()
                 .find(|r| *r.point == *p)
                 .filter(|r| r.quality.is_good())?;
-            let Some(f) = units::factor(&r.unit, expected) else {
-                let subject = format!("{}/{}.{}", batch.source, batch.device, p);
-                if reported.insert(subject.clone()) {
-                    out.push(Record::Event(unit_mismatch(subject, r, expected)));
-                }
-                return None;
-            };
+            let f = check.factor(batch, r, expected, out)?;
             num(r).map(|v| v * f)
         };
         let role = &sm.role;
@@ -855,24 +843,6 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
         calc: Arc::from("copper"),
         ts: end,
         metrics,
-    }
-}
-
-/// The event of a reading whose unit is not the one its calculator input expects.
-pub(super) fn unit_mismatch(subject: String, r: &Reading, expected: &str) -> Event {
-    Event {
-        kind: Arc::from("unit_mismatch"),
-        message: format!(
-            "{subject} is in `{}`, which cannot be converted to the `{expected}` the calculators expect: its readings are not used",
-            r.unit
-        ),
-        subject: Arc::from(subject),
-        phase: EventPhase::Instant,
-        ts: r.ts,
-        attributes: vec![
-            (Arc::from("unit"), Value::Text(r.unit.to_string())),
-            (Arc::from("expected"), Value::Text(expected.to_string())),
-        ],
     }
 }
 

@@ -9,6 +9,58 @@
 //! factor of 3600 in every mass figure. A reading whose point declares no unit is taken as being
 //! in the expected unit, since many register maps leave the column empty.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::model::{Event, EventPhase, Reading, ReadingBatch, Record, Value};
+
+/// The unit check of one calculator subject (a line, a stack, a smelter): the factor of each
+/// reading to the unit its input expects, and one `unit_mismatch` event per point whose unit
+/// cannot be converted.
+#[derive(Debug, Default)]
+pub struct UnitCheck {
+    reported: HashSet<String>,
+}
+
+impl UnitCheck {
+    /// The factor that turns `r` (a reading of `batch`) into `expected`, or `None`, reported in
+    /// `out` the first time for its point, when it cannot be converted.
+    pub fn factor(
+        &mut self,
+        batch: &ReadingBatch,
+        r: &Reading,
+        expected: &str,
+        out: &mut Vec<Record>,
+    ) -> Option<f64> {
+        let f = factor(&r.unit, expected);
+        if f.is_none() {
+            let subject = format!("{}/{}.{}", batch.source, batch.device, r.point);
+            if self.reported.insert(subject.clone()) {
+                out.push(Record::Event(mismatch_event(subject, r, expected)));
+            }
+        }
+        f
+    }
+}
+
+/// The event of a reading whose unit is not the one its calculator input expects.
+fn mismatch_event(subject: String, r: &Reading, expected: &str) -> Event {
+    Event {
+        kind: Arc::from("unit_mismatch"),
+        message: format!(
+            "{subject} is in `{}`, which cannot be converted to the `{expected}` the calculators expect: its readings are not used",
+            r.unit
+        ),
+        subject: Arc::from(subject),
+        phase: EventPhase::Instant,
+        ts: r.ts,
+        attributes: vec![
+            (Arc::from("unit"), Value::Text(r.unit.to_string())),
+            (Arc::from("expected"), Value::Text(expected.to_string())),
+        ],
+    }
+}
+
 /// A physical dimension and the factor of a unit to the dimension's base unit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Unit {

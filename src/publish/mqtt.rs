@@ -10,8 +10,8 @@
 //!
 //! # Tasks and connection generations
 //! [`MqttUplink::run`] drives two loops concurrently in one task:
-//! - the **driver** owns the rumqttc `EventLoop` and does nothing but poll it (a rumqttc event loop that is not polled
-//!   stalls every client call).
+//! - the **driver** owns the rumqttc `EventLoop` and does nothing but poll it (an event loop
+//!   that is not polled stalls every client call).
 //!   Each connection attempt gets a *fresh* client/event-loop pair, numbered by a generation.
 //!   When a connection fails the pair is dropped, so every request still queued in it and every
 //!   notice still waiting for a PUBACK fails with it; nothing sent through an old connection can be
