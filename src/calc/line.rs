@@ -497,10 +497,7 @@ impl Line {
     /// Whether the counter interval ending at `ts` and starting at `prev` spans the latest
     /// span of line current that was not bridged.
     fn spans_unbridged(&self, prev: Option<Timestamp>, ts: Timestamp) -> bool {
-        match (prev, self.extra.unbridged) {
-            (Some(p), Some((g0, g1))) => p < g1 && ts > g0,
-            _ => false,
-        }
+        spans(prev, ts, self.extra.unbridged)
     }
 
     /// One poll of the rectifier (and of any auxiliary meter it carries).
@@ -601,8 +598,7 @@ impl Line {
             return;
         }
         let full = format!("{}/{}", batch.source, batch.device);
-        let meters = self.role.auxiliary_meters.clone();
-        for (j, m) in meters.iter().enumerate() {
+        for (j, m) in self.role.auxiliary_meters.iter().enumerate() {
             if !(glob_match(&m.device, &full) || glob_match(&m.device, &batch.device)) {
                 continue;
             }
@@ -613,19 +609,20 @@ impl Line {
             else {
                 continue;
             };
-            let Some(f) = self.unit_factor(batch, r, "kWh", out) else {
+            let Some(f) = self.units.factor(batch, r, "kWh", out) else {
                 continue;
             };
             let Some(raw) = raw_u64(r) else { continue };
+            let role = &self.role;
             let c = self
                 .aux_counters
                 .entry((j, batch.device.clone()))
-                .or_insert_with(|| aux_counter(&self.role, m));
+                .or_insert_with(|| aux_counter(role, m));
             let prev = c.state().last.map(|(_, t)| t);
             let mut d = c.update(raw, r.ts);
             d.delta *= f;
             counter_anomaly(&mut self.today, batch, r, &d, out);
-            if self.spans_unbridged(prev, r.ts) {
+            if spans(prev, r.ts, self.extra.unbridged) {
                 self.today.excluded_kwh += d.delta;
             } else {
                 self.today.aux_kwh += d.delta;
@@ -1114,6 +1111,14 @@ impl PeriodAcc {
 fn downgrade(m: &mut Metric, q: Quality) {
     if m.value.is_some() && q != Quality::Good {
         m.quality = q;
+    }
+}
+
+/// Whether the interval (`prev`, `ts`] overlaps the span `gap`.
+fn spans(prev: Option<Timestamp>, ts: Timestamp, gap: Option<(Timestamp, Timestamp)>) -> bool {
+    match (prev, gap) {
+        (Some(p), Some((g0, g1))) => p < g1 && ts > g0,
+        _ => false,
     }
 }
 
