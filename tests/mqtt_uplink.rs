@@ -363,7 +363,9 @@ fn log_capture() -> Captured {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_right_password() {
     let logs = log_capture();
-    let mut broker = Mosquitto::start_with_user("plant", "right-password");
+    // `watcher` is the test's subscriber, connected before the uplink can be.
+    let mut broker =
+        Mosquitto::start_with_users(&[("plant", "right-password"), ("watcher", "watcher")]);
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(&dir);
     let cfg = uplink_config(broker.port, Some(("plant", "wrong-password")));
@@ -422,17 +424,19 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
         "the password leaked into the log"
     );
 
-    // The operator fixes the broker's password file to match.
-    broker.restart_with_user(Some(("plant", "wrong-password")));
+    // Subscribed before the broker accepts the uplink's login: a subscriber that connects after
+    // the fix races the uplink's reconnect and can miss the whole backlog.
     let (_sub, mut rx) = mosquitto::subscribe_with(
         broker.port,
         "smeltwatch/+/live/#",
         SubscribeOptions {
             persistent_id: None,
-            user: Some(("plant".into(), "wrong-password".into())),
+            user: Some(("watcher".into(), "watcher".into())),
         },
     )
     .await;
+    // The operator fixes the broker's password file to match and reloads it.
+    broker.reload_users(&[("plant", "wrong-password"), ("watcher", "watcher")]);
     wait_status(&mut status, "all 20 acked", |s| s.acked_total == 20).await;
     assert_eq!(spool.stats().await.unwrap().records, 0);
     let mut got = Vec::new();

@@ -20,7 +20,8 @@ pub struct Mosquitto {
     pub plain_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
-    user: Option<(String, String)>,
+    /// Logins in the password file; empty: anonymous access.
+    users: Vec<(String, String)>,
     persistent: bool,
     tls: Option<TlsListener>,
     /// Mosquitto's `max_packet_size`: a client sending a larger packet is disconnected.
@@ -43,24 +44,29 @@ pub struct TlsListener {
 impl Mosquitto {
     /// Anonymous access, no persistence.
     pub fn start() -> Mosquitto {
-        Self::launch(None, false)
+        Self::launch(Vec::new(), false)
     }
 
     /// Only `user`/`password` may connect.
     pub fn start_with_user(user: &str, password: &str) -> Mosquitto {
-        Self::launch(Some((user.into(), password.into())), false)
+        Self::start_with_users(&[(user, password)])
+    }
+
+    /// Only these logins may connect.
+    pub fn start_with_users(users: &[(&str, &str)]) -> Mosquitto {
+        Self::launch(owned(users), false)
     }
 
     /// Anonymous access with persistence saved after every change, so that persistent sessions
     /// (subscriptions, queued QoS 1 messages) survive a SIGKILL as far as they were saved.
     pub fn start_persistent() -> Mosquitto {
-        Self::launch(None, true)
+        Self::launch(Vec::new(), true)
     }
 
     /// Anonymous access; the broker disconnects a client that sends a packet of more than
     /// `max_packet` bytes.
     pub fn start_with_max_packet(max_packet: usize) -> Mosquitto {
-        let mut m = Self::configured(None, false, None);
+        let mut m = Self::configured(Vec::new(), false, None);
         m.max_packet = max_packet;
         m.spawn();
         m
@@ -75,25 +81,25 @@ impl Mosquitto {
 
     /// Anonymous access over TLS only.
     pub fn start_tls(tls: TlsListener) -> Mosquitto {
-        Self::launch_with(None, false, Some(tls))
+        Self::launch_with(Vec::new(), false, Some(tls))
     }
 
-    fn launch(user: Option<(String, String)>, persistent: bool) -> Mosquitto {
-        Self::launch_with(user, persistent, None)
+    fn launch(users: Vec<(String, String)>, persistent: bool) -> Mosquitto {
+        Self::launch_with(users, persistent, None)
     }
 
     fn launch_with(
-        user: Option<(String, String)>,
+        users: Vec<(String, String)>,
         persistent: bool,
         tls: Option<TlsListener>,
     ) -> Mosquitto {
-        let mut m = Self::configured(user, persistent, tls);
+        let mut m = Self::configured(users, persistent, tls);
         m.spawn();
         m
     }
 
     fn configured(
-        user: Option<(String, String)>,
+        users: Vec<(String, String)>,
         persistent: bool,
         tls: Option<TlsListener>,
     ) -> Mosquitto {
@@ -105,7 +111,7 @@ impl Mosquitto {
             plain_port,
             child: None,
             dir,
-            user,
+            users,
             persistent,
             tls,
             max_packet: MAX_PACKET,
@@ -157,11 +163,12 @@ impl Mosquitto {
         } else {
             text.push_str("persistence false\n");
         }
-        match &self.user {
-            None => text.push_str("allow_anonymous true\n"),
-            Some((user, password)) => {
-                let pw = self.dir.path().join("passwd");
-                std::fs::write(&pw, "").expect("create password file");
+        if self.users.is_empty() {
+            text.push_str("allow_anonymous true\n");
+        } else {
+            let pw = self.dir.path().join("passwd");
+            std::fs::write(&pw, "").expect("create password file");
+            for (user, password) in &self.users {
                 let status = Command::new("mosquitto_passwd")
                     .arg("-b")
                     .arg(&pw)
@@ -170,11 +177,11 @@ impl Mosquitto {
                     .status()
                     .expect("run mosquitto_passwd");
                 assert!(status.success(), "mosquitto_passwd failed");
-                text.push_str(&format!(
-                    "allow_anonymous false\npassword_file {}\n",
-                    pw.display()
-                ));
             }
+            text.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                pw.display()
+            ));
         }
         let mut f = std::fs::File::create(&conf).expect("write mosquitto.conf");
         f.write_all(text.as_bytes()).expect("write mosquitto.conf");
@@ -268,11 +275,12 @@ impl Mosquitto {
         self.spawn();
     }
 
-    /// Restart on the same port with a different login (`None`: anonymous).
-    pub fn restart_with_user(&mut self, user: Option<(&str, &str)>) {
-        self.kill();
-        self.user = user.map(|(u, p)| (u.to_owned(), p.to_owned()));
-        self.spawn();
+    /// Replace the logins without a restart: rewrite the password file and SIGHUP the broker,
+    /// which rereads it (connected clients whose login is still in the file stay connected).
+    pub fn reload_users(&mut self, users: &[(&str, &str)]) {
+        self.users = owned(users);
+        self.write_config();
+        self.signal("-HUP");
     }
 }
 
@@ -280,6 +288,13 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn owned(users: &[(&str, &str)]) -> Vec<(String, String)> {
+    users
+        .iter()
+        .map(|(u, p)| ((*u).to_owned(), (*p).to_owned()))
+        .collect()
 }
 
 fn free_port() -> u16 {
