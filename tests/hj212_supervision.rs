@@ -244,3 +244,145 @@ async fn a_spool_failure_under_the_uplink_shows_in_its_status_and_readiness() {
     agent.shutdown().await;
     platform.1.abort();
 }
+
+/// Two stacks registered as separate monitoring points, each measured by a CEMS device whose
+/// name is not the stack's: a platform records the MN of every 2011 packet it receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_data_of_each_stack_goes_out_under_its_own_mn() {
+    const MN_SITE: &str = "QHAL0000000000000000SITE";
+    const MN_1: &str = "QHAL0000000000000000GTC1";
+    const MN_2: &str = "QHAL0000000000000000GTC2";
+    let sim_cfg: SimulatorConfig = toml::from_str(
+        r#"
+seed = 7
+tick = "50ms"
+[[stacks]]
+name = "gtc1_stack"
+listen = "127.0.0.1:0"
+unit_id = 1
+profile = "potline_gtc"
+[[stacks]]
+name = "gtc2_stack"
+listen = "127.0.0.1:0"
+unit_id = 2
+profile = "potline_gtc"
+"#,
+    )
+    .unwrap();
+    let sim = simulator::start(&sim_cfg, BindMode::AnyPort).await.unwrap();
+    // Both analysers answer on one endpoint, unit ids 1 and 2.
+    let port = sim.endpoints()[0].bound.port();
+    let state = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, u16)>();
+    let platform = tokio::spawn(async move {
+        let table = Table::hj212_2017();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (table, seen) = (table.clone(), seen_tx.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(p) = next_packet(&mut conn, &mut buf, &table).await {
+                    let _ = seen.send((p.mn.clone(), p.cn));
+                    if p.wants_ack() {
+                        let ack = hj212::data_response(&table, &p).unwrap();
+                        if conn.write_all(ack.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let toml = format!(
+        r#"
+site = "qh-al-01"
+state_dir = "{state}"
+
+[register_maps.cems]
+csv = "{map}"
+
+[[sources]]
+name = "cems"
+tcp = "127.0.0.1:{port}"
+timeout = "1s"
+[[sources.devices]]
+name = "gtc1_cems"
+unit_id = 1
+map = "cems"
+[[sources.devices]]
+name = "gtc2_cems"
+unit_id = 2
+map = "cems"
+
+[calc]
+utc_offset_hours = 8
+
+[[calc.stacks]]
+name = "gtc1_stack"
+device = "cems/gtc1_cems"
+limits = "gb25465_2010_al_pot_gas"
+pollutants = {{ so2 = "so2_mg_m3" }}
+
+[[calc.stacks]]
+name = "gtc2_stack"
+device = "cems/gtc2_cems"
+limits = "gb25465_2010_al_pot_gas"
+pollutants = {{ so2 = "so2_mg_m3" }}
+
+[[uplinks]]
+name = "province"
+type = "hj212"
+platform = "{addr}"
+streams = ["live"]
+reconnect_min = "50ms"
+reconnect_max = "200ms"
+[uplinks.hj212]
+mn = "{MN_SITE}"
+pw = "123456"
+over_time = "2s"
+[uplinks.hj212.mn_by_stack]
+gtc1_stack = "{MN_1}"
+gtc2_stack = "{MN_2}"
+"#,
+        state = state.path().display(),
+        map = fast_map(state.path()).display(),
+    );
+    let file = state.path().join("smeltwatch.toml");
+    std::fs::write(&file, toml).unwrap();
+    let cfg = config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let agent = smeltwatch::app::start(
+        cfg,
+        RunOptions {
+            grace_period: Duration::from_secs(2),
+            reload: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut by_mn = std::collections::BTreeMap::<String, usize>::new();
+    let both = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some((mn, cn)) = seen.recv().await {
+            if cn == 2011 {
+                *by_mn.entry(mn).or_default() += 1;
+            }
+            if by_mn.get(MN_1).is_some_and(|n| *n >= 3) && by_mn.get(MN_2).is_some_and(|n| *n >= 3)
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        both.is_ok(),
+        "2011 packets per MN: {by_mn:?} (each stack's CEMS data belongs to its own MN)"
+    );
+    assert_eq!(
+        by_mn.get(MN_SITE),
+        None,
+        "no stack's live data goes out under the site's MN: {by_mn:?}"
+    );
+    agent.shutdown().await;
+    platform.abort();
+    sim.shutdown().await;
+}

@@ -646,3 +646,102 @@ async fn a_record_that_cannot_be_encoded_is_not_counted_as_having_no_hj212_form(
     task.await.unwrap().unwrap();
     platform.abort();
 }
+
+fn live_batch(device: &str, i: i64, so2_mg_m3: f64) -> Record {
+    let ts = Timestamp(T0 + i * 1000);
+    Record::Batch(smeltwatch::model::ReadingBatch {
+        source: Arc::from("cems"),
+        device: Arc::from(device),
+        unit_id: 1,
+        poll_interval_ms: 1000,
+        scheduled: ts,
+        readings: vec![smeltwatch::model::Reading {
+            point: Arc::from("so2_mg_m3"),
+            value: Some(smeltwatch::model::Value::Float(so2_mg_m3)),
+            unit: Arc::from("mg/m3"),
+            quality: Quality::Good,
+            ts,
+        }],
+    })
+}
+
+#[tokio::test]
+async fn live_data_of_a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
+    // The agent's shape: one poll batch per stack and second, appended as they are acquired,
+    // while the platform never answers stack 1's MN.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let platform = platform_ignoring(listener, MN_A, seen_tx);
+
+    let mut cfg = two_stack_config(addr);
+    cfg.mn_by_subject.insert("gtc1_cems".into(), MN_A.into());
+    cfg.mn_by_subject.insert("gtc2_cems".into(), MN_B.into());
+    cfg.max_wait = Duration::from_millis(300);
+    let (events_tx, mut events) = mpsc::channel(1024);
+    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone())
+        .with_events(events_tx);
+    let mut stats = uplink.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(shutdown.clone()));
+
+    let feeder = {
+        let spool = spool.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                spool
+                    .append(vec![
+                        record(&live_batch("gtc1_cems", i, 80.0)),
+                        record(&live_batch("gtc2_cems", i, 60.0)),
+                    ])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    feeder.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while stats.borrow_and_update().delivered < 40 {
+            stats.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "stack 2's 40 batches are delivered while stack 1 goes unanswered: {:?}",
+            stats.borrow()
+        )
+    });
+    assert_eq!(stats.borrow().delivered, 40, "nothing of stack 1 counts");
+    assert_eq!(
+        spool.stats().await.unwrap().records,
+        40,
+        "stack 1's batches wait"
+    );
+    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Record::Event(e)) = events.recv().await
+                && &*e.kind == "hj212_waiting"
+            {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("an hj212_waiting event");
+    assert!(waiting.subject.ends_with(MN_A), "{}", waiting.subject);
+    let mut b_packets = 0;
+    while let Ok(p) = seen.try_recv() {
+        if p.mn == MN_B {
+            assert_eq!(p.cn, 2011, "live data goes as 2011");
+            b_packets += 1;
+        }
+    }
+    assert!(b_packets >= 40, "{b_packets} packets of stack 2");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    platform.abort();
+}

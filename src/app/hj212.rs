@@ -13,6 +13,7 @@
 //! (`reconnect_min` doubling to `reconnect_max`, reset by a run that delivered something). A
 //! panic is handled the same way with a freshly built client that continues the same counters.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::completeness::Completeness;
-use crate::config::{Hj212Config, UplinkConfig};
+use crate::config::{Config, Hj212Config, UplinkConfig};
 use crate::model::{Event, EventPhase, Record, Timestamp, Value};
 use crate::publish::hj212_tcp::{HistorySource, Hj212TcpConfig, Hj212TcpUplink, TcpStats};
 use crate::publish::mqtt::{LinkState, UplinkStatus};
@@ -34,6 +35,35 @@ pub(super) struct Wiring {
     pub(super) events: mpsc::Sender<Record>,
     /// Values delivered per uplink.
     pub(super) completeness: Arc<Completeness>,
+    /// The MN of each subject with its own monitoring point ([`mn_by_subject`]).
+    pub(super) mn_by_subject: HashMap<String, String>,
+}
+
+/// The MN each subject's data goes out under: `mn_by_stack` names stacks, whose windows carry
+/// the stack's name, while live data (2011) carries the name of the CEMS device that measured
+/// it. Each device a `[[calc.stacks]]` entry reads (its `device` glob) therefore takes its
+/// stack's MN too; without that, a stack's real-time data would be reported under the site's
+/// MN, as another monitoring point's. A key that names a device directly keeps working.
+pub(super) fn mn_by_subject(h: &Hj212Config, cfg: &Config) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = h.mn_by_stack.iter().cloned().collect();
+    let stacks = cfg.calc.iter().flat_map(|c| c.stacks.iter());
+    for stack in stacks {
+        let Some(mn) = h.mn_by_stack.iter().find(|(s, _)| *s == stack.name) else {
+            continue;
+        };
+        for source in &cfg.sources {
+            for device in &source.devices {
+                let full = format!("{}/{}", source.name, device.name);
+                if crate::calc::glob_match(&stack.device, &full)
+                    || crate::calc::glob_match(&stack.device, &device.name)
+                {
+                    map.entry(device.name.to_string())
+                        .or_insert_with(|| mn.1.clone());
+                }
+            }
+        }
+    }
+    map
 }
 
 /// Spawn the HJ 212 TCP uplink of `uplink` on `tracker`; returns its status for the displays.
@@ -47,7 +77,7 @@ pub(super) fn start(
     stop: CancellationToken,
 ) -> watch::Receiver<UplinkStatus> {
     let mut tcp = Hj212TcpConfig::new(cfg.platform.to_string(), cfg.station.clone());
-    tcp.mn_by_subject = cfg.mn_by_stack.iter().cloned().collect();
+    tcp.mn_by_subject = wiring.mn_by_subject.clone();
     tcp.over_time = cfg.over_time;
     tcp.re_count = cfg.re_count;
     tcp.reconnect_min = cfg.reconnect_min;

@@ -276,6 +276,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                 let wiring = hj212::Wiring {
                     events: events_tx.clone(),
                     completeness: live.completeness.clone(),
+                    mn_by_subject: hj212::mn_by_subject(h, &cfg),
                 };
                 let status = hj212::start(
                     uplink,
