@@ -3,3 +3,4 @@ pub mod calc;
 pub mod mosquitto;
 pub mod peers;
 pub mod plant;
+pub mod probe;

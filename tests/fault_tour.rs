@@ -1,0 +1,430 @@
+//! The whole agent, as a process, through the faults a gateway meets in its first year, one after
+//! the other, with the same state directory throughout:
+//!
+//! 1. a provincial platform that never answers one stack's MN (it has not registered it yet);
+//! 2. records larger than an uplink's `max_packet_size` (poison records for that uplink);
+//! 3. the state directory's file system filling up with `[calc]` on;
+//! 4. SIGTERM.
+//!
+//! After each, the test asserts from outside, as an operator or a regulator would see it:
+//! acquisition went on (`smeltwatch_source_cycles_total` grows), nothing was lost uncounted (what
+//! did not go out is in a spool, a dead-letter table or a lost-records counter) and the health
+//! endpoints told the truth (`/readyz`). Needs root (`mount -t tmpfs`) and `mosquitto`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::mosquitto::{self, Mosquitto};
+use common::probe::{SmallFs, get, metric_sum};
+use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Table};
+use smeltwatch::simulator::{self, BindMode, SimulatorConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+const SITE: &str = "tour";
+const MN_SITE: &str = "QHAL0000000000000000SITE";
+const MN_1: &str = "QHAL0000000000000000GTC1";
+const MN_2: &str = "QHAL0000000000000000GTC2";
+
+/// The agent process; killed if the test ends without stopping it.
+struct AgentProcess(Option<Child>);
+
+impl AgentProcess {
+    fn spawn(config: &Path) -> AgentProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting smeltwatch run");
+        AgentProcess(Some(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then wait up to `limit` for the exit.
+    fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = self.0.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                panic!("the agent did not stop within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A platform that acknowledges every packet except those of `ignored`, on any number of
+/// connections; reports the (MN, CN) of every packet it receives.
+fn platform_ignoring(
+    listener: TcpListener,
+    ignored: &'static str,
+    seen: mpsc::UnboundedSender<(String, u16)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let table = Table::hj212_2017();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (table, seen) = (table.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(p) = next_packet(&mut conn, &mut buf, &table).await {
+                    let _ = seen.send((p.mn.clone(), p.cn));
+                    if p.mn != ignored && p.wants_ack() {
+                        let ack = hj212::data_response(&table, &p).unwrap();
+                        if conn.write_all(ack.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+async fn next_packet(conn: &mut TcpStream, buf: &mut Vec<u8>, table: &Table) -> Option<Packet> {
+    loop {
+        match hj212::scan(buf) {
+            Scan::Frame(n) => {
+                let frame: Vec<u8> = buf.drain(..n).collect();
+                return hj212::parse(&frame, table, &ParseOptions::default()).ok();
+            }
+            Scan::Skip(n) => {
+                buf.drain(..n);
+            }
+            Scan::Incomplete => {
+                if conn.read_buf(buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The simulator's CEMS map polled every 100 ms, written into `dir`.
+fn cems_map(dir: &Path) -> std::path::PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("config/maps/cems.csv")).unwrap();
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| l.replacen(",10s,", ",100ms,", 1))
+        .collect();
+    let path = dir.join("cems.csv");
+    std::fs::write(&path, out.join("\n")).unwrap();
+    path
+}
+
+struct Ports {
+    modbus: u16,
+    mqtt: u16,
+    platform: std::net::SocketAddr,
+    http: u16,
+}
+
+fn agent_toml(state: &Path, map: &Path, p: &Ports) -> String {
+    format!(
+        r#"
+site = "{SITE}"
+state_dir = "{state}"
+
+[register_maps.cems]
+csv = "{map}"
+
+[[sources]]
+name = "cems"
+tcp = "127.0.0.1:{modbus}"
+timeout = "1s"
+[[sources.devices]]
+name = "gtc1_cems"
+unit_id = 1
+map = "cems"
+[[sources.devices]]
+name = "gtc2_cems"
+unit_id = 2
+map = "cems"
+
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:{mqtt}"
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+streams = ["live", "metrics", "events", "emissions"]
+
+# Its limit (the smallest allowed) is below the size of a live batch of a CEMS (about 2 kB of
+# JSON) and above an event's: every live record is a poison record here, the events are not.
+[[uplinks]]
+name = "narrow"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:{mqtt}"
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+max_packet_size = 1024
+streams = ["live", "events"]
+
+[[uplinks]]
+name = "province"
+type = "hj212"
+platform = "{platform}"
+streams = ["live", "emissions"]
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+[uplinks.hj212]
+mn = "{MN_SITE}"
+pw = "123456"
+over_time = "300ms"
+re_count = 1
+max_wait = "1s"
+[uplinks.hj212.mn_by_stack]
+gtc1_stack = "{MN_1}"
+gtc2_stack = "{MN_2}"
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[calc]
+utc_offset_hours = 8
+
+[calc.simulated_time]
+scale = 120
+start = "2025-03-01T00:00:00Z"
+
+[[calc.stacks]]
+name = "gtc1_stack"
+device = "cems/gtc1_cems"
+limits = "gb25465_2010_al_pot_gas"
+pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
+calibration_point = "in_calibration"
+
+[[calc.stacks]]
+name = "gtc2_stack"
+device = "cems/gtc2_cems"
+limits = "gb25465_2010_al_pot_gas"
+pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
+calibration_point = "in_calibration"
+"#,
+        state = state.display(),
+        map = map.display(),
+        modbus = p.modbus,
+        mqtt = p.mqtt,
+        platform = p.platform,
+        http = p.http,
+    )
+}
+
+async fn metrics(port: u16) -> String {
+    let (code, body) = get(port, "/metrics").await;
+    assert_eq!(code, 200, "/metrics: {body}");
+    body
+}
+
+async fn cycles(port: u16) -> u64 {
+    metric_sum(&metrics(port).await, "smeltwatch_source_cycles_total", "")
+}
+
+/// Poll `/metrics` (every 100 ms, up to `limit`) until `done` holds for its text.
+async fn until_metrics(port: u16, what: &str, limit: Duration, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = metrics(port).await;
+        if done(&text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {limit:?} for {what}; /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Poll `/readyz` until it answers `code`; returns its body.
+async fn until_ready_is(port: u16, code: u16, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (got, body) = get(port, "/readyz").await;
+        if got == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {got} after {limit:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait on the broker for an event of `kind` (JSON on `smeltwatch/{site}/events/{kind}`).
+async fn event(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, kind: &str) -> serde_json::Value {
+    let suffix = format!("/events/{kind}");
+    timeout(Duration::from_secs(30), async {
+        loop {
+            let (topic, payload) = rx.recv().await.expect("subscriber open");
+            if topic.ends_with(&suffix) {
+                return serde_json::from_slice(&payload).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind} event within 30 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_keeps_acquiring_counts_what_it_could_not_deliver_and_tells_the_truth() {
+    let fs = SmallFs::mount("64m");
+    let work = tempfile::tempdir().unwrap();
+    let map = cems_map(work.path());
+    let sim_cfg: SimulatorConfig = toml::from_str(
+        r#"
+seed = 7
+tick = "50ms"
+time_scale = 120
+[[stacks]]
+name = "gtc1_stack"
+listen = "127.0.0.1:0"
+unit_id = 1
+profile = "potline_gtc"
+[[stacks]]
+name = "gtc2_stack"
+listen = "127.0.0.1:0"
+unit_id = 2
+profile = "potline_gtc"
+"#,
+    )
+    .unwrap();
+    let sim = simulator::start(&sim_cfg, BindMode::AnyPort).await.unwrap();
+    let broker = Mosquitto::start();
+    let (_events_sub, mut events) =
+        mosquitto::subscribe(broker.port, &format!("smeltwatch/{SITE}/events/#")).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let ports = Ports {
+        modbus: sim.endpoints()[0].bound.port(),
+        mqtt: broker.port,
+        platform: listener.local_addr().unwrap(),
+        http: free_port(),
+    };
+    let platform = platform_ignoring(listener, MN_1, seen_tx);
+    let state = fs.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let config = work.path().join("smeltwatch.toml");
+    std::fs::write(&config, agent_toml(&state, &map, &ports)).unwrap();
+    let mut agent = AgentProcess::spawn(&config);
+    let http = ports.http;
+
+    // Start: every source polled, every uplink connected.
+    until_ready_is(http, 200, Duration::from_secs(30)).await;
+
+    // 1. The platform never answers stack 1's MN: stack 2's live data keeps flowing, stack 1's
+    // waits in the spool (not lost), and the wait is reported as an event.
+    let mut by_mn = std::collections::BTreeMap::<String, usize>::new();
+    timeout(Duration::from_secs(30), async {
+        while by_mn.get(MN_2).copied().unwrap_or(0) < 20 || !by_mn.contains_key(MN_1) {
+            let (mn, cn) = seen.recv().await.unwrap();
+            if cn == 2011 {
+                *by_mn.entry(mn).or_default() += 1;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("2011 packets per MN: {by_mn:?}"));
+    assert!(!by_mn.contains_key(MN_SITE), "{by_mn:?}");
+    let waiting = event(&mut events, "hj212_waiting").await;
+    assert!(
+        waiting["subject"].as_str().unwrap().ends_with(MN_1),
+        "{waiting}"
+    );
+    let text = metrics(http).await;
+    assert!(
+        metric_sum(&text, "smeltwatch_spool_records", "uplink=\"province\"") > 0,
+        "stack 1's data waits in the province spool:\n{text}"
+    );
+    until_ready_is(http, 200, Duration::from_secs(10)).await;
+
+    // 2. Poison records: every live batch is over the narrow uplink's limit. They are set aside
+    // (counted, with events) and its events still go out.
+    let dead_letter = event(&mut events, "dead_letter").await;
+    assert_eq!(dead_letter["subject"], "narrow", "{dead_letter}");
+    until_metrics(
+        http,
+        "dead letters of the narrow uplink and its events acked",
+        Duration::from_secs(30),
+        |t| {
+            metric_sum(t, "smeltwatch_spool_dead_letters", "uplink=\"narrow\"") > 0
+                && metric_sum(t, "smeltwatch_uplink_acked_total", "uplink=\"narrow\"") > 0
+        },
+    )
+    .await;
+
+    // 3. The state directory's file system fills up: acquisition goes on, what the stores could
+    // not keep is counted, and /readyz says so.
+    let before = cycles(http).await;
+    let filler = fs.fill();
+    let body = until_ready_is(http, 503, Duration::from_secs(30)).await;
+    assert!(
+        body.contains("disk full") || body.contains("store failing"),
+        "the reason names the full disk or the failing store: {body}"
+    );
+    until_metrics(
+        http,
+        "records counted as lost or dropped with the disk full",
+        Duration::from_secs(30),
+        |t| {
+            metric_sum(t, "smeltwatch_store_lost_records_total", "") > 0
+                || metric_sum(t, "smeltwatch_spool_dropped_total", "") > 0
+        },
+    )
+    .await;
+    let full = cycles(http).await;
+    until_metrics(http, "poll cycles going on", Duration::from_secs(30), |t| {
+        metric_sum(t, "smeltwatch_source_cycles_total", "") > full + 50
+    })
+    .await;
+    assert!(full > before);
+    // Space again: the stores write again and /readyz recovers.
+    std::fs::remove_file(&filler).unwrap();
+    until_ready_is(http, 200, Duration::from_secs(60)).await;
+
+    // 4. SIGTERM: a clean stop within the grace period (10 s by default) and some margin.
+    let (status, took) = agent.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status} after {took:?}");
+
+    platform.abort();
+    sim.shutdown().await;
+}
