@@ -20,9 +20,9 @@ mod regulated;
 mod sparkplug;
 pub mod systemd;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ use crate::config::{Area, Config, HostPort, Stream, TopicTemplates, UplinkKind};
 use crate::modbus::plan;
 use crate::modbus::poller::{Poller, PollerStats};
 use crate::modbus::write::DeviceWriters;
-use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp};
+use crate::model::{Event, EventPhase, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::{AppendFailed, Decoded, NewRecord, SpoolHandle};
 
@@ -218,6 +218,8 @@ pub struct Agent {
     fan_out: tokio::task::JoinHandle<()>,
     tracker: TaskTracker,
     spools: Vec<SpoolHandle>,
+    /// The fan-out's side entrance for events, for what happens around the agent ([`Agent::report`]).
+    events: mpsc::Sender<Record>,
     grace: Duration,
     /// Live state for displays.
     pub live: Arc<LiveState>,
@@ -320,7 +322,6 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
 
     let (tx, rx) = mpsc::channel(READINGS_CHANNEL);
     let mut pollers = Vec::new();
-    drop(events_tx);
     for (source, writes) in cfg.sources.iter().zip(write_queues) {
         let poller = Poller::new(source.clone(), tx.clone()).with_writes(writes);
         live.pollers
@@ -393,12 +394,84 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         fan_out,
         tracker,
         spools,
+        events: events_tx,
         grace: opts.grace_period,
         live,
     })
 }
 
+/// Build the fallible parts of `cfg` that do not need what the agent running `running` holds, and
+/// drop them again. A reload stops the running agent only once these pass, so a configuration
+/// that validates but cannot start (a rotated certificate or key that does not parse, a spool or
+/// history store that cannot be opened, an HTTP address that is taken, an unreadable ledger key)
+/// leaves the agent running. The same code as in [`start`] builds each part.
+///
+/// What the running agent holds is checked without taking it from it: a spool file it has open is
+/// not opened a second time (it opened, and one agent works a spool), the HTTP address it listens
+/// on is not bound. The history store is SQLite in WAL mode with a busy timeout, made for more
+/// than one connection, so it is opened like at start. The simulator is not restarted by a reload
+/// and not checked.
+async fn preflight(cfg: &Config, running: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    drop(regulated::Regulator::open(cfg)?);
+    let held: HashSet<PathBuf> = running
+        .uplinks
+        .iter()
+        .map(|u| spool_path(running, &u.name))
+        .collect();
+    for uplink in &cfg.uplinks {
+        let path = spool_path(cfg, &uplink.name);
+        if !held.contains(&path) {
+            crate::spool::Spool::open(&path, &uplink.spool).with_context(|| {
+                format!(
+                    "uplink {:?}: cannot open spool {}",
+                    uplink.name,
+                    path.display()
+                )
+            })?;
+        }
+        match &uplink.kind {
+            UplinkKind::Mqtt(_) => MqttUplink::preflight(uplink)
+                .with_context(|| format!("uplink {:?}", uplink.name))?,
+            UplinkKind::Hj212(_) => {}
+            UplinkKind::Sparkplug(spb) => sparkplug::preflight(uplink, spb)?,
+        }
+    }
+    if let Some(http) = &cfg.http
+        && running.http.as_ref().map(|h| h.listen) != Some(http.listen)
+    {
+        tokio::net::TcpListener::bind(http.listen)
+            .await
+            .with_context(|| format!("http.listen {}: cannot bind", http.listen))?;
+    }
+    if let Some(c) = &cfg.calc {
+        crate::calc::Pipeline::new(c).context("[calc]")?;
+    }
+    Ok(())
+}
+
+/// The `reload_failed` event: what failed and what runs now.
+fn reload_failed(config: &Path, stage: &str, message: String) -> Record {
+    Record::Event(Event {
+        kind: Arc::from("reload_failed"),
+        subject: Arc::from(config.display().to_string()),
+        phase: EventPhase::Instant,
+        ts: Timestamp::now(),
+        attributes: vec![(Arc::from("stage"), Value::Text(stage.to_owned()))],
+        message,
+    })
+}
+
 impl Agent {
+    /// Hand an event about the agent itself (a failed reload) to the fan-out: the live feed, the
+    /// event counts of `/metrics` and the uplinks that carry the `events` stream. Never waits.
+    pub fn report(&self, event: Record) {
+        if self.events.try_send(event).is_err() {
+            tracing::warn!("event channel full or closed; event not recorded");
+        }
+    }
+
     /// Whether the pipeline is running and making progress: every poller and the fan-out are
     /// still at work, and none has gone without progress for `stall_after` ([`health`]). This is
     /// what feeds the systemd watchdog.
@@ -468,6 +541,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         None => None,
     };
     let notifier = systemd::Notifier::from_env();
+    // Kept to check a reload against (preflight) and to start again when a reload fails to start.
+    let mut running = cfg.clone();
     let mut agent = start(cfg, opts.clone()).await?;
     notifier.notify_or_log("READY=1\nSTATUS=polling");
 
@@ -492,11 +567,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
                 notifier.notify_or_log("RELOADING=1");
                 match source.load() {
                     Ok(new_cfg) => {
-                        tracing::info!(config = %source.path.display(), "reloading the configuration");
-                        agent.shutdown().await;
-                        log_start(&new_cfg);
-                        agent = start(new_cfg, opts.clone()).await?;
-                        notifier.notify_or_log("READY=1\nSTATUS=polling (configuration reloaded)");
+                        agent = reload(agent, &mut running, new_cfg, &opts, &notifier).await?;
                     }
                     Err(e) => {
                         tracing::error!(
@@ -517,6 +588,67 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Replace the running agent by one of `new_cfg`, or keep (or restart) the running configuration.
+///
+/// The new configuration's fallible parts are built first ([`preflight`]); if one fails, the
+/// running agent is not touched. If the new agent still fails to start once the old one stopped
+/// (a spool locked by another process, a port taken in between), the previous configuration is
+/// started again. Either failure is an error in the log, a `reload_failed` event and the systemd
+/// STATUS; the daemon ends only if the previous configuration cannot be started again either.
+async fn reload(
+    agent: Agent,
+    running: &mut Config,
+    new_cfg: Config,
+    opts: &RunOptions,
+    notifier: &systemd::Notifier,
+) -> anyhow::Result<Agent> {
+    let path = &new_cfg.path;
+    if let Err(e) = preflight(&new_cfg, running).await {
+        let message =
+            format!("configuration reload failed, keeping the running configuration: {e:#}");
+        tracing::error!(config = %path.display(), "{message}");
+        agent.report(reload_failed(path, "preflight", message));
+        notifier.notify_or_log(&format!(
+            "READY=1\nSTATUS=polling (reload failed, running configuration kept: {})",
+            one_line(&format!("{e:#}"))
+        ));
+        return Ok(agent);
+    }
+    tracing::info!(config = %path.display(), "reloading the configuration");
+    agent.shutdown().await;
+    log_start(&new_cfg);
+    match start(new_cfg.clone(), opts.clone()).await {
+        Ok(agent) => {
+            *running = new_cfg;
+            notifier.notify_or_log("READY=1\nSTATUS=polling (configuration reloaded)");
+            Ok(agent)
+        }
+        Err(e) => {
+            let message = format!(
+                "configuration reload failed, restarting the previous configuration: {e:#}"
+            );
+            tracing::error!(config = %new_cfg.path.display(), "{message}");
+            log_start(running);
+            let agent = start(running.clone(), opts.clone())
+                .await
+                .with_context(|| {
+                    format!("restarting the previous configuration after a failed reload ({e:#})")
+                })?;
+            agent.report(reload_failed(&new_cfg.path, "start", message));
+            notifier.notify_or_log(&format!(
+                "READY=1\nSTATUS=polling (reload failed, previous configuration restarted: {})",
+                one_line(&format!("{e:#}"))
+            ));
+            Ok(agent)
+        }
+    }
+}
+
+/// `text` on one line, for the systemd STATUS.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn log_start(cfg: &Config) {
@@ -689,8 +821,8 @@ async fn fan_out(
                     records = c.flush(Timestamp::now());
                 }
             }
-            // Events from the uplinks (device write attempts); the branch sleeps once they are
-            // all gone.
+            // Events from the uplinks (device write attempts) and about the agent itself
+            // ([`Agent::report`]); the branch sleeps once they are all gone.
             Some(event) = events.recv() => {
                 live.health.fan_out_busy();
                 records.push(event);

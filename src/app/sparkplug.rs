@@ -32,6 +32,21 @@ pub(crate) struct Wiring<'a> {
     pub(crate) stop: &'a CancellationToken,
 }
 
+/// The Sparkplug identity of the uplink.
+fn ids(spb: &SparkplugConfig) -> SparkplugSettings {
+    SparkplugSettings {
+        group_id: spb.group_id.clone(),
+        edge_node_id: spb.edge_node_id.clone(),
+        primary_host_id: spb.primary_host_id.clone(),
+    }
+}
+
+/// What [`start`] can refuse, checked without a spool (see [`super::preflight`]).
+pub(crate) fn preflight(uplink: &UplinkConfig, spb: &SparkplugConfig) -> anyhow::Result<()> {
+    SparkplugUplink::preflight(&uplink.name, &spb.mqtt, &ids(spb))
+        .with_context(|| format!("uplink {:?}", uplink.name))
+}
+
 /// Build and spawn the uplink; returns its status as the displays know it.
 pub(crate) fn start(
     cfg: &Config,
@@ -40,11 +55,7 @@ pub(crate) fn start(
     spool: SpoolHandle,
     wiring: Wiring<'_>,
 ) -> anyhow::Result<watch::Receiver<UplinkStatus>> {
-    let ids = SparkplugSettings {
-        group_id: spb.group_id.clone(),
-        edge_node_id: spb.edge_node_id.clone(),
-        primary_host_id: spb.primary_host_id.clone(),
-    };
+    let ids = ids(spb);
     let edge = SparkplugUplink::new(
         &uplink.name,
         &spb.mqtt,

@@ -318,6 +318,32 @@ impl MqttUplink {
         uplink: &UplinkConfig,
         spool: SpoolHandle,
     ) -> Result<MqttUplink, PublishError> {
+        let (cfg, tls) = Self::checked(uplink)?;
+        let (status_tx, _) = watch::channel(UplinkStatus::new());
+        Ok(MqttUplink {
+            name: uplink.name.clone(),
+            site: site.to_owned(),
+            status_topic: topic::status_topic(&cfg.topics, site),
+            cfg: cfg.clone(),
+            spool,
+            status_tx,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            tls,
+            completeness: None,
+            dead_letter_after: DEFAULT_DEAD_LETTER_AFTER,
+        })
+    }
+
+    /// Everything [`MqttUplink::new`] can refuse, without a spool: a configuration reload runs
+    /// it before it stops the running agent, so that unusable TLS files keep the agent running.
+    pub fn preflight(uplink: &UplinkConfig) -> Result<(), PublishError> {
+        Self::checked(uplink).map(drop)
+    }
+
+    /// The uplink's MQTT settings once checked, and its TLS configuration (files read).
+    fn checked(
+        uplink: &UplinkConfig,
+    ) -> Result<(&MqttConfig, Option<Arc<rustls::ClientConfig>>), PublishError> {
         let invalid = |problem: &str| PublishError::Invalid {
             uplink: uplink.name.clone(),
             problem: problem.to_owned(),
@@ -361,19 +387,7 @@ impl MqttUplink {
         if cfg.max_packet_size < 1024 {
             return Err(invalid("max_packet_size must be at least 1024 bytes"));
         }
-        let (status_tx, _) = watch::channel(UplinkStatus::new());
-        Ok(MqttUplink {
-            name: uplink.name.clone(),
-            site: site.to_owned(),
-            status_topic: topic::status_topic(&cfg.topics, site),
-            cfg: cfg.clone(),
-            spool,
-            status_tx,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            tls,
-            completeness: None,
-            dead_letter_after: DEFAULT_DEAD_LETTER_AFTER,
-        })
+        Ok((cfg, tls))
     }
 
     /// Count the values of every record the broker acknowledged (PUBACK, then the spool ack) as

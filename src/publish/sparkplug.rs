@@ -184,6 +184,37 @@ impl SparkplugUplink {
         model: EdgeNodeModel,
         spool: SpoolHandle,
     ) -> Result<SparkplugUplink, SparkplugError> {
+        let tls = Self::checked(name, mqtt, &ids)?;
+        let (status_tx, _) = watch::channel(SparkplugStatus::default());
+        Ok(SparkplugUplink {
+            name: name.to_owned(),
+            mqtt: mqtt.clone(),
+            ids,
+            model,
+            spool,
+            status_tx,
+            tls,
+            writes: None,
+        })
+    }
+
+    /// Everything [`SparkplugUplink::new`] can refuse, without a spool: a configuration reload
+    /// runs it before it stops the running agent, so that unusable TLS files keep the agent
+    /// running.
+    pub fn preflight(
+        name: &str,
+        mqtt: &MqttConfig,
+        ids: &SparkplugSettings,
+    ) -> Result<(), SparkplugError> {
+        Self::checked(name, mqtt, ids).map(drop)
+    }
+
+    /// Check the ids; the TLS configuration (files read) of an `mqtts://` broker.
+    fn checked(
+        name: &str,
+        mqtt: &MqttConfig,
+        ids: &SparkplugSettings,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, SparkplugError> {
         for (what, value) in [
             ("group_id", &ids.group_id),
             ("edge_node_id", &ids.edge_node_id),
@@ -215,17 +246,7 @@ impl SparkplugUplink {
         } else {
             None
         };
-        let (status_tx, _) = watch::channel(SparkplugStatus::default());
-        Ok(SparkplugUplink {
-            name: name.to_owned(),
-            mqtt: mqtt.clone(),
-            ids,
-            model,
-            spool,
-            status_tx,
-            tls,
-            writes: None,
-        })
+        Ok(tls)
     }
 
     /// Serve DCMD writes through `gate` (without one, DCMDs are refused and logged).
