@@ -757,3 +757,33 @@ fn the_verify_command_fails_on_truncation_and_passes_with_its_anchors() {
     let (ok, out) = run(&late_start, &["--after", &after, "--expect-head", &head]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_record_sent_live_and_again_as_historical_is_one_record_delivered_twice() {
+    use smeltwatch::config::Encoding;
+    let (seal, live) = sealed_payloads(Encoding::Json, &[false]).remove(0);
+    let record: smeltwatch::model::Record = serde_json::from_str(&seal.payload).unwrap();
+    let again = smeltwatch::publish::encode::encode_sealed(
+        Encoding::Json,
+        SITE,
+        smeltwatch::config::Stream::Emissions,
+        1,
+        &record,
+        true,
+        Some(&seal),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&again).unwrap();
+    assert_eq!(v["historical"], true);
+    assert_eq!(
+        v["ledger"]["historical"], true,
+        "the seal carries the label"
+    );
+    assert!(
+        v["ledger"].get("sig_historical").is_none(),
+        "the other label's signature stays on the gateway"
+    );
+    let report = verify_payloads(&[live, again]);
+    assert!(report.ok, "{report}");
+    assert_eq!(report.duplicates, vec![1]);
+    assert!(report.conflicts.is_empty() && report.relabelled.is_empty());
+}
