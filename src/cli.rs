@@ -154,6 +154,15 @@ pub struct VerifyArgs {
     /// With an mqtts:// broker: CA certificates (PEM) the broker's certificate must chain to.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// The head recorded earlier, `SEQ:HASH` (as a previous verification's `Head:` line prints
+    /// it): the capture must reach this seq with this hash, or the verdict fails (records cut off
+    /// at the end, an old chain replayed, or another chain).
+    #[arg(long, value_name = "SEQ:HASH", value_parser = crate::ledger::Anchor::parse)]
+    pub expect_head: Option<crate::ledger::Anchor>,
+    /// The capture starts right after this record, `SEQ:HASH` (or `SEQ`): records up to it were
+    /// verified before. Without it the capture must start at seq 1, or the verdict fails.
+    #[arg(long, value_name = "SEQ:HASH", value_parser = crate::ledger::Anchor::parse)]
+    pub after: Option<crate::ledger::Anchor>,
 }
 
 /// `smeltwatch spool …` actions.
@@ -393,9 +402,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 /// `verify --file` or `verify --broker`: the same verdict either way.
 async fn verify_command(args: VerifyArgs) -> anyhow::Result<crate::ledger::Report> {
     use crate::ledger::{capture, subscribe};
+    let anchors = crate::ledger::Anchors {
+        after: args.after,
+        expect_head: args.expect_head,
+    };
     let Some(broker) = args.broker else {
         let file = args.file.context("--file or --broker is required")?;
-        return Ok(crate::ledger::verify_file(&args.key, &file)?);
+        return Ok(crate::ledger::verify_file_with(&args.key, &file, &anchors)?);
     };
     let key = crate::ledger::load_verifying_key(&args.key)?;
     let (host, port, tls) = subscribe::parse_broker(&broker).map_err(anyhow::Error::msg)?;
@@ -424,13 +437,14 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<crate::ledger::Repor
         count: args.count,
     };
     let messages = subscribe::capture(&opts).await?;
-    Ok(capture::verify_messages(
+    Ok(capture::verify_messages_with(
         &key,
         messages
             .iter()
             .enumerate()
             .map(|(i, m)| (i + 1, m.as_slice())),
         false,
+        &anchors,
     ))
 }
 

@@ -198,7 +198,10 @@ fn a_record_re_signed_with_another_key_is_named() {
 fn a_capture_that_starts_mid_chain_says_so() {
     let records = chain(10);
     let report = check(&records[4..]);
-    assert!(report.ok, "{report}");
+    assert!(
+        !report.ok,
+        "a missing start fails without --after: {report}"
+    );
     assert!(!report.from_genesis);
     assert!(report.to_string().contains("does not start at seq 1"));
     // A forged "first" record claiming genesis in the middle of the chain.
@@ -522,4 +525,265 @@ fn a_window_that_closes_after_a_restart_is_not_back_dated_by_the_configuration_r
     let report = check(&records);
     assert!(report.ok, "{report}");
     assert!(report.time_reversed.is_empty());
+}
+
+// Anchors: the head an operator or regulator recorded (`--expect-head`) and the point a capture
+// is known to start after (`--after`). Without them a shortened or replayed chain still links.
+
+fn check_anchored(records: &[LedgerRecord], anchors: &ledger::Anchors) -> Report {
+    ledger::verify_with(&key(1).verifying_key(), records, anchors)
+}
+
+fn head_of(r: &LedgerRecord) -> ledger::Anchors {
+    ledger::Anchors {
+        expect_head: Some(ledger::Anchor {
+            seq: r.seq,
+            hash: Some(r.hash),
+        }),
+        ..ledger::Anchors::default()
+    }
+}
+
+#[test]
+fn a_tail_dropped_against_the_expected_head_fails() {
+    let records = chain(10);
+    let anchors = head_of(&records[9]);
+    // Seq 8 to 10 cut off: every remaining record is signed and linked.
+    let report = check_anchored(&records[..7], &anchors);
+    assert!(!report.ok, "{report}");
+    assert_eq!(report.tail_missing, Some((8, 10)), "{report}");
+    assert_eq!(report.verified, 7);
+    let text = report.to_string();
+    assert!(text.starts_with("Verdict: FAILED"), "{text}");
+    assert!(
+        text.contains(
+            "Missing tail: seq 8 to 10 (the capture ends before the expected head, seq 10"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_dropped_prefix_fails_unless_the_capture_starts_after_an_anchor() {
+    let records = chain(10);
+    let report = check(&records[4..]);
+    assert!(!report.ok, "{report}");
+    assert_eq!(report.prefix_missing, Some((1, 4)), "{report}");
+    assert!(
+        report.to_string().contains(
+            "Missing start: seq 1 to 4 (the capture does not start at seq 1; give --after SEQ:HASH"
+        ),
+        "{report}"
+    );
+    // Known to start after seq 4 (whose hash the regulator holds): intact.
+    let after = |seq: u64, hash: Option<[u8; 32]>| ledger::Anchors {
+        after: Some(ledger::Anchor { seq, hash }),
+        ..ledger::Anchors::default()
+    };
+    let report = check_anchored(&records[4..], &after(4, Some(records[3].hash)));
+    assert!(report.ok, "{report}");
+    assert_eq!(report.prefix_missing, None);
+    // Starting after seq 2: seq 3 and 4 are missing.
+    let report = check_anchored(&records[4..], &after(2, None));
+    assert!(!report.ok);
+    assert_eq!(report.prefix_missing, Some((3, 4)), "{report}");
+    // The anchor's hash is not the one seq 5 follows: the capture is of another chain.
+    let report = check_anchored(&records[4..], &after(4, Some([9; 32])));
+    assert!(!report.ok);
+    assert_eq!(report.diverged, vec![5], "{report}");
+}
+
+#[test]
+fn an_old_complete_chain_fails_against_a_newer_expected_head() {
+    let records = chain(10);
+    let anchors = head_of(&records[9]);
+    // The chain as it stood at seq 6, complete from genesis and replayed whole.
+    let old = &records[..6];
+    assert!(check(old).ok, "without an anchor it passes");
+    let report = check_anchored(old, &anchors);
+    assert!(!report.ok, "{report}");
+    assert_eq!(report.tail_missing, Some((7, 10)), "{report}");
+
+    // A chain that reaches seq 10 but is not the one the head was recorded from.
+    let mut c = Chain::resume(&records[5]);
+    let mut forked = old.to_vec();
+    forked.extend((7..=10).map(|i| c.append(&key(1), format!("another hour {i}"))));
+    assert!(check(&forked).ok, "signed by the site key and linked");
+    let report = check_anchored(&forked, &anchors);
+    assert!(!report.ok, "{report}");
+    assert_eq!(report.diverged, vec![10], "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("Diverged: seq 10 (its hash is not the anchored one"),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_untampered_chain_with_its_head_passes() {
+    let records = chain(10);
+    let report = check_anchored(&records, &head_of(&records[9]));
+    assert!(report.ok, "{report}");
+    assert_eq!(report.tail_missing, None);
+    assert!(report.diverged.is_empty());
+    assert!(
+        report.to_string().contains(&format!(
+            "Head: seq 10, hash {}",
+            ledger::to_hex(&records[9].hash)
+        )),
+        "{report}"
+    );
+    // The chain has grown since the head was recorded: still intact.
+    let report = check_anchored(&records, &head_of(&records[7]));
+    assert!(report.ok, "{report}");
+    assert_eq!(
+        ledger::Anchor::parse(&format!("10:{}", ledger::to_hex(&records[9].hash))),
+        Ok(ledger::Anchor {
+            seq: 10,
+            hash: Some(records[9].hash)
+        })
+    );
+    assert_eq!(
+        ledger::Anchor::parse("4"),
+        Ok(ledger::Anchor { seq: 4, hash: None })
+    );
+    assert!(ledger::Anchor::parse("x:00").is_err());
+    assert!(ledger::Anchor::parse("4:abc").is_err());
+}
+
+#[test]
+fn a_relabelled_historical_flag_fails() {
+    use smeltwatch::config::Encoding;
+    for encoding in [Encoding::Json, Encoding::Protobuf] {
+        // Seq 2 was replayed after an outage (historical), the others were live.
+        let sealed = sealed_payloads(encoding, &[false, true, false, false]);
+        let p: Vec<Vec<u8>> = sealed.iter().map(|(_, p)| p.clone()).collect();
+        let report = verify_payloads(&p);
+        assert!(report.ok, "{encoding:?}: {report}");
+        assert!(report.relabelled.is_empty());
+
+        // Flip the flag of seq 3 (live to historical) and of seq 2 (historical to live).
+        for (i, seq) in [(2usize, 3u64), (1, 2)] {
+            let mut q = p.clone();
+            q[i] = match encoding {
+                Encoding::Json => {
+                    let mut v: serde_json::Value = serde_json::from_slice(&q[i]).unwrap();
+                    let was = v.get("historical") == Some(&serde_json::json!(true));
+                    let o = v.as_object_mut().unwrap();
+                    if was {
+                        o.remove("historical");
+                    } else {
+                        o.insert("historical".into(), serde_json::json!(true));
+                    }
+                    serde_json::to_vec(&v).unwrap()
+                }
+                Encoding::Protobuf => {
+                    use prost::Message as _;
+                    use smeltwatch::publish::encode::protobuf::pb;
+                    let mut env = pb::Envelope::decode(q[i].as_slice()).unwrap();
+                    env.historical = !env.historical;
+                    env.encode_to_vec()
+                }
+            };
+            let report = verify_payloads(&q);
+            assert!(!report.ok, "{encoding:?} seq {seq}: {report}");
+            assert_eq!(report.relabelled, vec![seq], "{encoding:?}: {report}");
+            assert!(
+                report.to_string().contains(&format!(
+                    "Relabelled: seq {seq} (the historical flag differs from the signed one)"
+                )),
+                "{report}"
+            );
+        }
+
+        // Relabelling the seal itself as well breaks its signature.
+        if encoding == Encoding::Json {
+            let mut v: serde_json::Value = serde_json::from_slice(&p[2]).unwrap();
+            v["historical"] = serde_json::json!(true);
+            v["ledger"]["historical"] = serde_json::json!(true);
+            let mut q = p.clone();
+            q[2] = serde_json::to_vec(&v).unwrap();
+            let report = verify_payloads(&q);
+            assert!(!report.ok);
+            assert_eq!(report.bad_signature, vec![3], "{report}");
+        }
+    }
+}
+
+#[test]
+fn the_verify_command_fails_on_truncation_and_passes_with_its_anchors() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("site.pub");
+    std::fs::write(
+        &public,
+        format!("{}\n", ledger::to_hex(key(1).verifying_key().as_bytes())),
+    )
+    .unwrap();
+    let records = chain(10);
+    let file = |name: &str, rs: &[LedgerRecord]| {
+        let f = dir.path().join(name);
+        ledger::append_jsonl(&f, rs).unwrap();
+        f
+    };
+    let whole = file("whole.jsonl", &records);
+    let cut = file("cut.jsonl", &records[..7]);
+    let late_start = file("late_start.jsonl", &records[4..]);
+    let head = format!("10:{}", ledger::to_hex(&records[9].hash));
+    let after = format!("4:{}", ledger::to_hex(&records[3].hash));
+    let run = |f: &std::path::Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+            .arg("verify")
+            .arg("--key")
+            .arg(&public)
+            .arg("--file")
+            .arg(f)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = run(&whole, &["--expect-head", &head]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&cut, &["--expect-head", &head]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("Missing tail: seq 8 to 10"), "{out}");
+    let (ok, out) = run(&late_start, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("Missing start: seq 1 to 4"), "{out}");
+    let (ok, out) = run(&late_start, &["--after", &after, "--expect-head", &head]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_record_sent_live_and_again_as_historical_is_one_record_delivered_twice() {
+    use smeltwatch::config::Encoding;
+    let (seal, live) = sealed_payloads(Encoding::Json, &[false]).remove(0);
+    let record: smeltwatch::model::Record = serde_json::from_str(&seal.payload).unwrap();
+    let again = smeltwatch::publish::encode::encode_sealed(
+        Encoding::Json,
+        SITE,
+        smeltwatch::config::Stream::Emissions,
+        1,
+        &record,
+        true,
+        Some(&seal),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&again).unwrap();
+    assert_eq!(v["historical"], true);
+    assert_eq!(
+        v["ledger"]["historical"], true,
+        "the seal carries the label"
+    );
+    assert!(
+        v["ledger"].get("sig_historical").is_none(),
+        "the other label's signature stays on the gateway"
+    );
+    let report = verify_payloads(&[live, again]);
+    assert!(report.ok, "{report}");
+    assert_eq!(report.duplicates, vec![1]);
+    assert!(report.conflicts.is_empty() && report.relabelled.is_empty());
 }

@@ -405,10 +405,39 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
     }
 
     let agent = start_agent(&file, &toml).await;
-    // The regulator's verifier, live from the broker: three signed records.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut json = Vec::new();
+    let mut pb = Vec::new();
+    // A live capture starts wherever the chain is when it subscribes: the regulator anchors its
+    // start on a record it already holds, here the configuration record (seq 1).
+    let first = loop {
+        let (topic, payload) = timeout_at(deadline, rx.recv())
+            .await
+            .expect("the configuration record arrives")
+            .unwrap();
+        if !is_record(&topic) {
+            continue;
+        }
+        if topic.starts_with("pb/") {
+            pb.push(payload);
+            continue;
+        }
+        let seal = sealed(&payload);
+        json.push(payload);
+        if let Some(seal) = seal {
+            break seal;
+        }
+    };
+    assert_eq!(
+        first.seq, 1,
+        "a fresh chain starts with the configuration record"
+    );
+    let after = format!("1:{}", ledger::to_hex(&first.hash));
+    // The regulator's verifier, live from the broker: three signed records after seq 1.
     let verifier = tokio::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
         .args(["verify", "--key"])
         .arg(&keys.public)
+        .args(["--after", &after])
         .args(["--broker", &format!("127.0.0.1:{}", broker.port)])
         .args(["--topic", &format!("smeltwatch/{SITE}/emissions/#")])
         .args([
@@ -419,10 +448,7 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
         .output();
     let verifier = tokio::spawn(verifier);
 
-    // Run 1: the configuration record and the first sealed minute window.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut json = Vec::new();
-    let mut pb = Vec::new();
+    // Run 1: the first sealed minute window.
     let mut run1_aggregates = 0;
     while run1_aggregates == 0 {
         let (topic, payload) = timeout_at(deadline, rx.recv())

@@ -13,10 +13,15 @@
 //! The signed bytes are the `payload`, the record's canonical JSON. A payload also shows the
 //! record in its body; the verifier checks that the body says the same as the signed payload, so
 //! a value changed in the body alone is caught too ([`Report::mismatched`]).
+//!
+//! The message's `historical` flag (JSON `"historical":true`, protobuf `Envelope.historical`) is
+//! repeated in a version-2 seal, where it is signed (see [`super`]); the verifier checks that the
+//! two agree ([`Report::relabelled`]). The seal is published with the signature of the label it
+//! is sent with ([`LedgerRecord::delivered`]).
 
 use serde_json::Value as Json;
 
-use super::{LedgerRecord, Report, verify};
+use super::{Anchors, LedgerRecord, Report, verify_with};
 use crate::model::Record;
 use crate::publish::encode::protobuf::{self, pb};
 
@@ -86,6 +91,8 @@ pub fn seal_pb(seal: &LedgerRecord) -> pb::LedgerSeal {
         hash: seal.hash.to_vec(),
         sig: seal.sig.to_vec(),
         payload: seal.payload.clone(),
+        version: u32::from(seal.v),
+        historical: seal.historical,
     }
 }
 
@@ -108,6 +115,13 @@ fn seal_from_pb(s: pb::LedgerSeal) -> Result<LedgerRecord, String> {
         hash: hash.try_into().expect("length checked"),
         sig: sig.try_into().expect("length checked"),
         payload: s.payload,
+        // Field absent (0): a seal of an older build.
+        v: match s.version {
+            0 | 1 => 1,
+            v => u8::try_from(v).unwrap_or(u8::MAX),
+        },
+        historical: s.historical,
+        sig_historical: None,
     })
 }
 
@@ -121,7 +135,8 @@ pub enum Captured {
         record: Box<LedgerRecord>,
         /// Whether the body beside the seal says the same as the signed payload.
         body_matches: bool,
-        /// Whether the message was marked historical (replayed after an outage).
+        /// Whether the message was marked historical (replayed after an outage); for a bare
+        /// ledger record, its seal's label.
         historical: bool,
     },
     /// A message without a seal (not a regulated record): not part of the chain.
@@ -141,10 +156,11 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
         if object.contains_key("hash") && object.contains_key("payload") {
             let record: LedgerRecord = serde_json::from_value(Json::Object(object))
                 .map_err(|e| format!("not a ledger record: {e}"))?;
+            let historical = record.historical;
             return Ok(Captured::Sealed {
                 record: Box::new(record),
                 body_matches: true,
-                historical: false,
+                historical,
             });
         }
         let Some(seal) = object.remove("ledger") else {
@@ -191,21 +207,36 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
     })
 }
 
-/// Verify captured messages in capture order (see [`read_message`]); messages without a seal are
-/// counted in [`Report::unsealed`] and otherwise ignored. Each message comes with the number that
-/// names it in the report (its line or message number). A record captured after a later one is
-/// out of order, unless its message is marked historical: a backlog replayed after an outage
-/// arrives behind newer records by design ([`Report::late`]).
+/// [`verify_messages_with`] expecting the capture from seq 1 and without a head to reach.
 pub fn verify_messages<'a>(
     key: &ed25519_dalek::VerifyingKey,
     messages: impl IntoIterator<Item = (usize, &'a [u8])>,
     json_only: bool,
+) -> Report {
+    verify_messages_with(key, messages, json_only, &Anchors::default())
+}
+
+/// Verify captured messages in capture order (see [`read_message`]) against the chain's known
+/// ends; messages without a seal are counted in [`Report::unsealed`] and otherwise ignored. Each
+/// message comes with the number that names it in the report (its line or message number). A
+/// record captured after a later one is out of order, unless it is labelled historical: a backlog
+/// replayed after an outage arrives behind newer records by design ([`Report::late`]). The label
+/// is the one the seal signs; a message whose flag says otherwise is relabelled
+/// ([`Report::relabelled`]). A seal of an older build signs no label: its message's flag is taken
+/// as it is and noted ([`Report::unsigned_label`]).
+pub fn verify_messages_with<'a>(
+    key: &ed25519_dalek::VerifyingKey,
+    messages: impl IntoIterator<Item = (usize, &'a [u8])>,
+    json_only: bool,
+    anchors: &Anchors,
 ) -> Report {
     let mut records = Vec::new();
     let mut mismatched = Vec::new();
     let mut unreadable = Vec::new();
     let mut unsealed = 0;
     let mut historical = std::collections::BTreeSet::new();
+    let mut relabelled = Vec::new();
+    let mut unsigned_label = Vec::new();
     for (label, bytes) in messages {
         let blank = if json_only {
             bytes.trim_ascii().is_empty()
@@ -224,7 +255,18 @@ pub fn verify_messages<'a>(
                 if !body_matches {
                     mismatched.push(record.seq);
                 }
-                if late {
+                let label = if record.v == 1 {
+                    if late {
+                        unsigned_label.push(record.seq);
+                    }
+                    late
+                } else {
+                    if late != record.historical {
+                        relabelled.push(record.seq);
+                    }
+                    record.historical
+                };
+                if label {
                     historical.insert(record.seq);
                 }
                 records.push(*record);
@@ -233,9 +275,13 @@ pub fn verify_messages<'a>(
             Err(why) => unreadable.push((label, why)),
         }
     }
-    let mut report = verify(key, &records);
-    mismatched.sort_unstable();
-    mismatched.dedup();
+    let mut report = verify_with(key, &records, anchors);
+    for list in [&mut mismatched, &mut relabelled, &mut unsigned_label] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    report.relabelled = relabelled;
+    report.unsigned_label = unsigned_label;
     report.unsealed = unsealed;
     let (late, out_of_order): (Vec<u64>, Vec<u64>) = report
         .out_of_order

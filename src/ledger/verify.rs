@@ -4,13 +4,66 @@
 //! Records are taken in the order they were captured. Each distinct seq is checked once (its first
 //! occurrence); the chain links are checked in seq order, so a feed delivered out of order still
 //! links, and the disorder itself is reported.
+//!
+//! # Anchors: the ends of the chain
+//! Links prove that records follow one another, not that the capture holds all of them: a chain
+//! cut short at either end, or an old chain replayed whole, still links. So the ends are checked
+//! against what the regulator holds from outside the capture ([`Anchors`]):
+//! - **start**: a capture must begin at seq 1 (from genesis), or right after the seq given as
+//!   `--after SEQ[:HASH]` (with the hash, the first record must follow it). A missing start fails
+//!   the verdict ([`Report::prefix_missing`]).
+//! - **head**: `--expect-head SEQ[:HASH]` is a head recorded earlier (the one the last
+//!   verification printed, or one the operator wrote down). The capture must reach it, and the
+//!   record at that seq must have that hash; a capture that ends before it (tail cut, or an old
+//!   chain replayed) or does not match it fails ([`Report::tail_missing`], [`Report::diverged`]).
+//!   A capture that goes beyond the head is the chain having grown since: fine.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
-use super::{GENESIS, LedgerRecord};
+use super::{GENESIS, LedgerRecord, from_hex, to_hex};
+
+/// A point of the chain known from outside the capture: a seq and, usually, its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// The record's seq.
+    pub seq: u64,
+    /// The record's hash, when known.
+    pub hash: Option<[u8; 32]>,
+}
+
+impl Anchor {
+    /// Parse `SEQ` or `SEQ:HASH` (64 hex digits), as printed in the report's `Head:` line.
+    pub fn parse(text: &str) -> Result<Anchor, String> {
+        let (seq, hash) = match text.split_once(':') {
+            Some((s, h)) => (s, Some(h)),
+            None => (text, None),
+        };
+        let seq = seq
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{text:?}: expected SEQ or SEQ:HASH (a seq number)"))?;
+        let hash = match hash {
+            Some(h) => Some(
+                from_hex::<32>(h.trim())
+                    .ok_or_else(|| format!("{text:?}: the hash must be 64 hex digits"))?,
+            ),
+            None => None,
+        };
+        Ok(Anchor { seq, hash })
+    }
+}
+
+/// What the verifier knows of the chain's ends (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Anchors {
+    /// The capture starts right after this record (`--after`); without it, at seq 1.
+    pub after: Option<Anchor>,
+    /// The capture must reach this record (`--expect-head`).
+    pub expect_head: Option<Anchor>,
+}
 
 /// What [`verify`] found. Every list names records by seq, in ascending order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,16 +110,47 @@ pub struct Report {
     /// Records captured after a later one but marked historical: replayed after an outage, late
     /// by design (not a fault).
     pub late: Vec<u64>,
+    /// Records whose message's `historical` flag differs from the label their seal signs.
+    pub relabelled: Vec<u64>,
+    /// Records sealed by older builds (seal version 1) and marked historical: the flag is not
+    /// signed, so it cannot be checked (noted, not a fault).
+    pub unsigned_label: Vec<u64>,
+    /// Seqs missing before the first record: from 1 (or the seq after `--after`) to the first
+    /// captured seq minus one.
+    pub prefix_missing: Option<(u64, u64)>,
+    /// Seqs missing after the last record, up to the expected head.
+    pub tail_missing: Option<(u64, u64)>,
+    /// Records that do not match an anchor: the head's seq with another hash, or the first
+    /// record after `--after` not following the anchored hash.
+    pub diverged: Vec<u64>,
+    /// The last record of the capture (seq and hash): the head to expect next time.
+    pub head: Option<(u64, [u8; 32])>,
+    /// The anchors the capture was checked against.
+    pub anchors: Anchors,
 }
 
-/// Verify a captured chain against the site's public key.
+/// Verify a captured chain against the site's public key, expecting it from seq 1 and without a
+/// head to reach ([`verify_with`] and default [`Anchors`]).
 pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
+    verify_with(key, records, &Anchors::default())
+}
+
+/// Verify a captured chain against the site's public key and the chain's known ends.
+pub fn verify_with(key: &VerifyingKey, records: &[LedgerRecord], anchors: &Anchors) -> Report {
     let mut report = Report {
         records: records.len(),
+        anchors: *anchors,
         ..Report::default()
     };
     let Some(first) = records.first() else {
-        report.ok = true;
+        // Nothing captured: only a head to reach can be missing.
+        if let Some(head) = anchors.expect_head {
+            let from = anchors.after.map_or(1, |a| a.seq + 1);
+            if head.seq >= from {
+                report.tail_missing = Some((from, head.seq));
+            }
+        }
+        report.ok = report.intact();
         return report;
     };
     report.chain = Some((first.site.clone(), first.stream.clone()));
@@ -79,8 +163,14 @@ pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
             continue;
         }
         if let Some(seen) = by_seq.get(&r.seq) {
-            if *seen == r {
+            if seen.same_link(r) {
                 report.duplicates.push(r.seq);
+                // Sent again with the other label: its own signature must check too.
+                if (seen.sig, seen.historical, seen.v) != (r.sig, r.historical, r.v)
+                    && !signature_checks(key, r)
+                {
+                    report.bad_signature.push(r.seq);
+                }
             } else {
                 report.conflicts.push(r.seq);
             }
@@ -94,10 +184,7 @@ pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
 
         if r.computed_hash() != r.hash {
             report.bad_hash.push(r.seq);
-        } else if key
-            .verify_strict(&r.hash, &Signature::from_bytes(&r.sig))
-            .is_err()
-        {
+        } else if !signature_checks(key, r) {
             report.bad_signature.push(r.seq);
         } else {
             report.verified += 1;
@@ -132,11 +219,13 @@ pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
         }
         prev = Some(r);
     }
-    if let (Some((&lo, lo_rec)), Some((&hi, _))) =
+    if let (Some((&lo, lo_rec)), Some((&hi, hi_rec))) =
         (by_seq.first_key_value(), by_seq.last_key_value())
     {
         report.seq_range = Some((lo, hi));
         report.from_genesis = lo == 1 && lo_rec.prev == GENESIS;
+        report.head = Some((hi, hi_rec.hash));
+        check_anchors(&mut report, &by_seq, anchors);
     }
     for list in [
         &mut report.duplicates,
@@ -144,14 +233,59 @@ pub fn verify(key: &VerifyingKey, records: &[LedgerRecord]) -> Report {
         &mut report.out_of_order,
         &mut report.foreign,
         &mut report.broken_chain,
+        &mut report.bad_signature,
+        &mut report.diverged,
     ] {
         list.sort_unstable();
         list.dedup();
     }
     report.bad_hash.sort_unstable();
-    report.bad_signature.sort_unstable();
     report.ok = report.intact();
     report
+}
+
+/// Whether the record's signature is this key's over what its seal version signs.
+fn signature_checks(key: &VerifyingKey, r: &LedgerRecord) -> bool {
+    r.signed_message().is_some_and(|m| {
+        key.verify_strict(&m, &Signature::from_bytes(&r.sig))
+            .is_ok()
+    })
+}
+
+/// The chain's ends against the anchors (see the module documentation).
+fn check_anchors(report: &mut Report, by_seq: &BTreeMap<u64, &LedgerRecord>, anchors: &Anchors) {
+    let (Some((&lo, _)), Some((&hi, _))) = (by_seq.first_key_value(), by_seq.last_key_value())
+    else {
+        return;
+    };
+    let start = anchors.after.map_or(1, |a| a.seq + 1);
+    if lo > start {
+        report.prefix_missing = Some((start, lo - 1));
+    }
+    if let Some(Anchor {
+        seq,
+        hash: Some(hash),
+    }) = anchors.after
+    {
+        // The anchored record itself, when captured, and the one after it must agree with it.
+        if by_seq.get(&seq).is_some_and(|r| r.hash != hash) {
+            report.diverged.push(seq);
+        }
+        if let Some(next) = seq.checked_add(1)
+            && by_seq.get(&next).is_some_and(|r| r.prev != hash)
+        {
+            report.diverged.push(next);
+        }
+    }
+    if let Some(head) = anchors.expect_head {
+        if hi < head.seq {
+            report.tail_missing = Some((hi + 1, head.seq));
+        } else if let (Some(r), Some(hash)) = (by_seq.get(&head.seq), head.hash)
+            && r.hash != hash
+        {
+            report.diverged.push(head.seq);
+        }
+    }
 }
 
 impl Report {
@@ -167,6 +301,10 @@ impl Report {
             && self.time_reversed.is_empty()
             && self.unreadable.is_empty()
             && self.mismatched.is_empty()
+            && self.relabelled.is_empty()
+            && self.prefix_missing.is_none()
+            && self.tail_missing.is_none()
+            && self.diverged.is_empty()
     }
 }
 
@@ -217,10 +355,58 @@ impl fmt::Display for Report {
             write!(f, ", seq {lo} to {hi}")?;
         }
         writeln!(f)?;
-        if self.seq_range.is_some() && !self.from_genesis {
+        if let Some((seq, hash)) = self.head {
+            // Only an intact capture's head is worth anchoring the next verification on.
+            let hint = if self.ok {
+                " (to expect next time: --expect-head SEQ:HASH)"
+            } else {
+                ""
+            };
+            writeln!(f, "Head: seq {seq}, hash {}{hint}", to_hex(&hash))?;
+        }
+        if let Some(after) = self.anchors.after {
+            writeln!(f, "Start anchor: after seq {}", after.seq)?;
+        }
+        if let Some(head) = self.anchors.expect_head {
+            writeln!(f, "Expected head: seq {}", head.seq)?;
+        }
+        if let Some((a, b)) = self.prefix_missing {
+            let range = if a == b {
+                format!("{a}")
+            } else {
+                format!("{a} to {b}")
+            };
+            let why = match self.anchors.after {
+                Some(after) => format!("the capture does not start right after seq {}", after.seq),
+                None => "the capture does not start at seq 1; give --after SEQ:HASH when it \
+                         continues a capture already verified"
+                    .to_owned(),
+            };
+            writeln!(f, "Missing start: seq {range} ({why})")?;
+        } else if self.seq_range.is_some() && !self.from_genesis {
             writeln!(
                 f,
-                "Note: the capture does not start at seq 1; earlier records cannot be checked"
+                "Note: the capture does not start at seq 1; earlier records are not checked here"
+            )?;
+        }
+        if let Some((a, b)) = self.tail_missing {
+            let range = if a == b {
+                format!("{a}")
+            } else {
+                format!("{a} to {b}")
+            };
+            writeln!(
+                f,
+                "Missing tail: seq {range} (the capture ends before the expected head, seq {b}: \
+                 records were cut off or an old chain was replayed)"
+            )?;
+        }
+        if !self.unsigned_label.is_empty() {
+            writeln!(
+                f,
+                "Note: seq {} sealed by an older build (seal version 1): the historical flag is \
+                 not signed and was not checked",
+                seqs(&self.unsigned_label)
             )?;
         }
         if self.unsealed > 0 {
@@ -230,8 +416,18 @@ impl fmt::Display for Report {
                 self.unsealed
             )?;
         }
-        let lines: [(&str, &[u64], &str); 10] = [
+        let lines: [(&str, &[u64], &str); 12] = [
             ("Altered", &self.bad_hash, "content does not match its hash"),
+            (
+                "Diverged",
+                &self.diverged,
+                "its hash is not the anchored one: another chain than the one anchored",
+            ),
+            (
+                "Relabelled",
+                &self.relabelled,
+                "the historical flag differs from the signed one",
+            ),
             (
                 "Altered body",
                 &self.mismatched,

@@ -43,6 +43,8 @@ pub fn encode_sealed(
     let Some(seal) = seal else {
         return encode_record(encoding, site, stream, seq, record, historical);
     };
+    // The seal goes out with the signature of the label the record is sent with.
+    let seal = &seal.delivered(historical);
     match encoding {
         Encoding::Json => crate::ledger::capture::seal_json_payload(
             json::encode_record(site, stream, seq, record, historical),
