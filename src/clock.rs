@@ -180,6 +180,9 @@ struct State {
 #[derive(Debug)]
 pub struct Clock {
     wall: Arc<dyn WallSource>,
+    /// The monotonic side: the OS clock for the system clock, tokio's (which a test may pause)
+    /// for one built over a test's wall source.
+    mono: fn() -> Instant,
     state: Mutex<State>,
 }
 
@@ -188,15 +191,26 @@ impl Clock {
     pub fn system() -> Arc<Clock> {
         static SYSTEM: OnceLock<Arc<Clock>> = OnceLock::new();
         SYSTEM
-            .get_or_init(|| Clock::new(Arc::new(SystemWall)))
+            .get_or_init(|| {
+                // Not tokio's clock: a test that pauses it must not look like a step to the
+                // process's shared clock.
+                Clock::with_mono(Arc::new(SystemWall), || {
+                    Instant::from_std(std::time::Instant::now())
+                })
+            })
             .clone()
     }
 
-    /// A clock over `wall`, anchored now.
+    /// A clock over `wall`, anchored now, on tokio's monotonic clock (tests pause and advance it).
     pub fn new(wall: Arc<dyn WallSource>) -> Arc<Clock> {
-        let detector = StepDetector::new(wall.now_ms(), Instant::now(), STEP_TOLERANCE);
+        Clock::with_mono(wall, Instant::now)
+    }
+
+    fn with_mono(wall: Arc<dyn WallSource>, mono: fn() -> Instant) -> Arc<Clock> {
+        let detector = StepDetector::new(wall.now_ms(), mono(), STEP_TOLERANCE);
         Arc::new(Clock {
             wall,
+            mono,
             state: Mutex::new(State {
                 detector,
                 steps: VecDeque::new(),
@@ -222,7 +236,7 @@ impl Clock {
     pub fn now_ms(&self) -> i64 {
         let mut st = self.state();
         let wall_ms = self.wall.now_ms();
-        if let Some(step) = st.detector.observe(wall_ms, Instant::now()) {
+        if let Some(step) = st.detector.observe(wall_ms, (self.mono)()) {
             st.count += 1;
             st.offset_ms = st.offset_ms.saturating_add(step.delta_ms());
             let n = st.count;
