@@ -28,6 +28,7 @@
 //!   the control-room dashboard.
 //! - [`tail`]: `smeltwatch tail`, the operators' live view of a broker (JSON, protobuf,
 //!   Sparkplug B), as a terminal screen or one line per message.
+//! - [`clock`]: wall-clock step detection, shared by the pollers and the spools.
 //! - [`app`]: the only place that wires components together and owns shutdown.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -36,6 +37,7 @@ pub mod app;
 pub mod broker;
 pub mod calc;
 pub mod cli;
+pub mod clock;
 pub mod completeness;
 pub mod config;
 pub mod history;

@@ -653,3 +653,77 @@ type = "u16"
     );
     assert_eq!(float(value_of(&batch, "power_mw").0), f64::from(123.456f32));
 }
+
+#[tokio::test]
+async fn after_a_clock_step_timestamps_follow_the_new_wall_clock_and_one_event_is_raised() {
+    use smeltwatch::clock::{CLOCK_STEP_EVENT, Clock, ShiftedWall};
+    use smeltwatch::model::{Record, Timestamp};
+
+    let shutdown = CancellationToken::new();
+    let dev = device("pcu");
+    dev.set_holding(0, &[4000]);
+    let port = serve(UnitMap::from([(1, dev)]), &shutdown).await;
+    let cfg = parse(&format!(
+        r#"
+site = "t"
+[[sources]]
+name = "bus"
+tcp = "127.0.0.1:{port}"
+default_poll = "100ms"
+poll_offset = "0s"
+[[sources.devices]]
+name = "pcu"
+unit_id = 1
+points.cell_voltage_mv = {{ area = "holding", address = 0, type = "u16" }}
+"#
+    ));
+    // A gateway without a real-time clock: it boots at the epoch (plus a little uptime).
+    let boot_ms = 60_000;
+    let wall = ShiftedWall::new(boot_ms - Timestamp::now().0);
+    let clock = Clock::new(wall.clone());
+    let (events_tx, mut events) = mpsc::channel(8);
+    clock.set_events(events_tx);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let poller = Poller::new(cfg.sources[0].clone(), tx).with_clock(clock.clone());
+    tokio::spawn(poller.run(shutdown.clone()));
+
+    let year_2000_ms = 946_684_800_000;
+    for _ in 0..3 {
+        let batch = rx.recv().await.unwrap();
+        assert!(batch.scheduled.0 < year_2000_ms, "{:?}", batch.scheduled);
+    }
+    // NTP syncs: the wall clock jumps to the real time. The batch in flight may keep the old
+    // time; within a few cycles every timestamp follows the new one.
+    wall.set_offset(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = Timestamp(0);
+    let mut after = Vec::new();
+    while after.len() < 3 {
+        let Ok(batch) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            panic!("5 s after the step, timestamps still follow the boot-time clock: last {last:?}")
+        };
+        last = batch.unwrap().scheduled;
+        if last.0 >= year_2000_ms {
+            after.push(last);
+        } else {
+            assert!(
+                after.is_empty(),
+                "an old timestamp after a new one: {last:?}"
+            );
+        }
+    }
+    shutdown.cancel();
+    let now = Timestamp::now().0;
+    for ts in &after {
+        assert!(
+            (ts.0 - now).abs() < 5_000,
+            "{ts:?} is not near the corrected wall clock {now}"
+        );
+    }
+    assert_eq!(clock.steps_total(), 1);
+    let Ok(Record::Event(e)) = events.try_recv() else {
+        panic!("no clock_step event")
+    };
+    assert_eq!(&*e.kind, CLOCK_STEP_EVENT);
+    assert!(events.try_recv().is_err(), "one event per step");
+}

@@ -311,3 +311,60 @@ proptest! {
         }
     }
 }
+
+/// A forward step of the wall clock (NTP correcting a gateway that had the wrong time) must not
+/// make the backlog look a day old: `max_age` measures age across the step as if the clock had
+/// always been right, also after a restart, and still expires records that really are too old.
+#[test]
+fn a_forward_clock_step_does_not_expire_the_backlog() {
+    use smeltwatch::clock::{Clock, ShiftedWall};
+    const HOUR_MS: i64 = 3_600_000;
+    const DAY_MS: i64 = 24 * HOUR_MS;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.db");
+    let cfg = SpoolConfig {
+        max_age: Some(std::time::Duration::from_secs(3_600)),
+        ..SpoolConfig::default()
+    };
+    let wall = ShiftedWall::new(0);
+    let clock = Clock::new(wall.clone());
+    let mut spool = Spool::open(&path, &cfg).unwrap().with_clock(clock.clone());
+    let rec = |created: i64| NewRecord {
+        stream: Stream::Live,
+        topic: "t/live".into(),
+        body: vec![0; 10],
+        created: Timestamp(created),
+    };
+    let t0 = Timestamp::now().0;
+    for i in 0..10 {
+        spool.append(vec![rec(t0 + i)]).unwrap();
+    }
+    // The clock is set a day forward; the next record is stamped with the new time.
+    wall.set_offset(DAY_MS);
+    spool.append(vec![rec(t0 + DAY_MS + 10)]).unwrap();
+    let stats = spool.stats().unwrap();
+    assert_eq!(
+        (stats.records, stats.dropped_since_open.max_age),
+        (11, 0),
+        "the step expired the backlog"
+    );
+    assert_eq!(clock.steps_total(), 1);
+
+    // After a restart (no step seen by the new process) the backlog is still measured across it.
+    drop(spool);
+    let mut spool = Spool::open(&path, &cfg)
+        .unwrap()
+        .with_clock(Clock::new(ShiftedWall::new(DAY_MS)));
+    spool.append(vec![rec(t0 + DAY_MS + 20)]).unwrap();
+    assert_eq!(
+        spool.stats().unwrap().records,
+        12,
+        "expired after a restart"
+    );
+
+    // Records that are really older than max_age on the corrected basis still expire.
+    spool.append(vec![rec(t0 + DAY_MS + 2 * HOUR_MS)]).unwrap();
+    let stats = spool.stats().unwrap();
+    assert_eq!((stats.records, stats.dropped_since_open.max_age), (1, 12));
+}

@@ -322,6 +322,8 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
 
     let (tx, rx) = mpsc::channel(READINGS_CHANNEL);
     let mut pollers = Vec::new();
+    // A step of the wall clock is raised once, by whichever poller or spool reads the clock first.
+    crate::clock::Clock::system().set_events(events_tx.clone());
     for (source, writes) in cfg.sources.iter().zip(write_queues) {
         let poller = Poller::new(source.clone(), tx.clone()).with_writes(writes);
         live.pollers

@@ -31,6 +31,7 @@
 //! | `smeltwatch_point_timestamp_seconds` | gauge, acquisition time | `device`, `point` |
 //! | `smeltwatch_calc_value` | gauge | `calc`, `metric`, `unit`, the metric's own labels |
 //! | `smeltwatch_events_total` | counter (since the HTTP server started) | `kind`, `phase` |
+//! | `smeltwatch_clock_steps_total` | counter (since start), see [`crate::clock`] | — |
 //! | `smeltwatch_completeness_expected` | gauge, readings expected so far this hour (`live`) | `device`, `stream`, `hour` |
 //! | `smeltwatch_completeness_received` | gauge, values received | `device`, `stream`, `quality`, `hour` |
 //! | `smeltwatch_completeness_delivered` | gauge, values the uplink's broker acknowledged | `device`, `stream`, `uplink`, `hour` |
@@ -288,6 +289,9 @@ fn record(snap: &Snapshot) {
         )
         .absolute(e.count);
     }
+
+    // The process's wall clock: one per machine, so not part of the snapshot.
+    counter!("smeltwatch_clock_steps_total").absolute(crate::clock::Clock::system().steps_total());
 }
 
 fn describe() {
@@ -401,6 +405,10 @@ fn describe() {
     describe_counter!(
         "smeltwatch_events_total",
         "Events seen since the HTTP server started."
+    );
+    describe_counter!(
+        "smeltwatch_clock_steps_total",
+        "Steps of the wall clock (set forward or back by more than 2 s) since the agent started."
     );
 }
 

@@ -10,6 +10,11 @@
 //! its whole timeout), the missed deadlines are skipped and counted as late ticks; the cycle that
 //! does run is never repeated to catch up.
 //!
+//! The wall time of a deadline is the wall clock read at the start plus the monotonic time since,
+//! so the timestamps do not jitter with the scheduler; when the wall clock is stepped (NTP's first
+//! sync on a gateway without a real-time clock), every job checks [`Clock`] and the schedule's
+//! wall time moves by the step, from the next cycle on.
+//!
 //! # One request in flight
 //! tokio-modbus takes `&mut self` per call, so a connection has exactly one outstanding request,
 //! which is also what an RS-485 bus requires. On RTU an inter-request gap (≥ 3.5 characters) is
@@ -58,6 +63,7 @@ use tokio_modbus::client::Context;
 use tokio_modbus::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
 use crate::modbus::decode::{self, RequestData};
 use crate::modbus::plan::{self, DevicePlan, ReadRequest};
@@ -101,6 +107,7 @@ pub struct Poller {
     out: mpsc::Sender<ReadingBatch>,
     stats: Arc<PollerStats>,
     writes: Option<WriteQueue>,
+    clock: Arc<Clock>,
 }
 
 /// Circuit-breaker and failure state of one device.
@@ -143,7 +150,14 @@ impl Poller {
             out,
             stats: Arc::new(PollerStats::default()),
             writes: None,
+            clock: Clock::system(),
         }
+    }
+
+    /// Take the wall time of the schedule from `clock` instead of the system clock (tests step it).
+    pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Serve the guarded writes queued on `queue` (from
@@ -167,6 +181,7 @@ impl Poller {
             out,
             stats,
             writes,
+            clock,
         } = self;
         let mut writes = writes.map(|q| q.0);
         if plans.is_empty() {
@@ -182,7 +197,10 @@ impl Poller {
         // configuration order and the schedule is deterministic.
         let mut heap: BinaryHeap<Reverse<(Instant, usize)>> =
             (0..plans.len()).map(|j| Reverse((start, j))).collect();
-        let wall_start = Timestamp(Timestamp::now().0 + source.poll_offset.as_millis() as i64);
+        // Wall time of `start`. A step of the wall clock (see [`crate::clock`]) moves it by the
+        // step, so timestamps follow the corrected clock while the deadlines stay where they are.
+        let wall_start = Timestamp(clock.now_ms() + source.poll_offset.as_millis() as i64);
+        let offset_at_start = clock.offset_ms();
         let mut readings = Vec::new();
 
         while let Some(Reverse((due, job))) = heap.pop() {
@@ -204,7 +222,11 @@ impl Poller {
             }
             let plan = &plans[job];
             let device = &source.devices[plan.device];
-            let scheduled = Timestamp(wall_start.0 + due.duration_since(start).as_millis() as i64);
+            // Reading the clock notices a step (whoever reads it first raises it, once).
+            clock.now_ms();
+            let stepped = clock.offset_ms() - offset_at_start;
+            let scheduled =
+                Timestamp(wall_start.0 + stepped + due.duration_since(start).as_millis() as i64);
 
             readings.clear();
             run_job(

@@ -85,8 +85,16 @@
 //! # Maximum age
 //! With [`SpoolConfig::max_age`](crate::config::SpoolConfig), each append first expires the queued
 //! `live`, `metrics` and `events` records created more than `max_age` before the newest record of
-//! the batch (no clock is read), walking each stream from its head. Emissions never expire. Expired
-//! records are counted in `streams.dropped` like budget drops, so they are reported the same way.
+//! the batch, walking each stream from its head. Emissions never expire. Expired records are
+//! counted in `streams.dropped` like budget drops, so they are reported the same way.
+//!
+//! Ages are compared on the wall clock as corrected by every forward step ([`crate::clock`]): the
+//! spool reads the shared clock at each append only to notice steps, and a record created before a
+//! forward step of `d` is compared at `created + d`, the time the corrected clock would have given
+//! it, so that NTP setting a gateway's clock from 1970 to today does not expire the whole backlog.
+//! The corrections (`kv` key `clock_steps`) are kept, with the last record id they may concern,
+//! until no such record is queued, so they survive a restart. `created` itself is never changed.
+//! A backward step needs no correction: records queued before it only expire later.
 
 mod handle;
 mod store;

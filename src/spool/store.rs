@@ -3,11 +3,13 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use super::{Appended, DeadLetter, DropsByReason, NewRecord, SpoolError, SpoolStats, StoredRecord};
+use crate::clock::Clock;
 use crate::config::{SpoolConfig, Stream};
 use crate::model::Timestamp;
 
@@ -112,6 +114,70 @@ pub struct Spool {
     drops: DropsByReason,
     /// `synchronous = FULL` (an fsync per commit) for appends; acks always commit without one.
     synchronous_full: bool,
+    /// Read at every append to notice wall-clock steps (see the module docs, "Maximum age").
+    clock: Arc<Clock>,
+    /// Forward steps whose records are still queued, oldest first; persisted in `kv`.
+    corrections: Vec<StepCorrection>,
+    /// Steps of `clock` already taken into `corrections`.
+    steps_seen: u64,
+}
+
+/// The `kv` key of the step corrections: 24 bytes per correction, three little-endian i64
+/// (`before_ms`, `delta_ms`, `up_to_id`), oldest first.
+const CLOCK_STEPS_KEY: &str = "clock_steps";
+
+/// `up_to_id` of a correction not yet bounded by the append that noticed its step.
+const UNBOUNDED: i64 = i64::MAX;
+
+/// A forward step of the wall clock, for the `max_age` comparison: a record created before
+/// `before_ms` was stamped by the clock before the step, and is aged from its creation time plus
+/// `delta_ms` (the time the corrected clock would have given it). Its stored `created` is not
+/// changed: that is what was acquired and published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StepCorrection {
+    /// Halfway between the old clock's time and the new one's at the step: on either side of it
+    /// lie the times stamped before and after the step.
+    before_ms: i64,
+    delta_ms: i64,
+    /// Kept while a record with an id up to this one is queued; only those can predate the step.
+    up_to_id: i64,
+}
+
+/// `created_ms` on the clock as corrected by every later forward step.
+fn corrected(corrections: &[StepCorrection], created_ms: i64) -> i64 {
+    corrections.iter().fold(created_ms, |c, k| {
+        if c < k.before_ms {
+            c.saturating_add(k.delta_ms)
+        } else {
+            c
+        }
+    })
+}
+
+fn encode_corrections(corrections: &[StepCorrection]) -> Vec<u8> {
+    corrections
+        .iter()
+        .flat_map(|k| [k.before_ms, k.delta_ms, k.up_to_id])
+        .flat_map(i64::to_le_bytes)
+        .collect()
+}
+
+fn decode_corrections(path: &Path, bytes: &[u8]) -> Result<Vec<StepCorrection>, SpoolError> {
+    if !bytes.len().is_multiple_of(24) {
+        return Err(SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("kv {CLOCK_STEPS_KEY:?} holds {} bytes", bytes.len()),
+        });
+    }
+    let int = |b: &[u8]| i64::from_le_bytes(b.try_into().expect("8 bytes"));
+    Ok(bytes
+        .chunks_exact(24)
+        .map(|c| StepCorrection {
+            before_ms: int(&c[0..8]),
+            delta_ms: int(&c[8..16]),
+            up_to_id: int(&c[16..24]),
+        })
+        .collect())
 }
 
 impl fmt::Debug for Spool {
@@ -211,9 +277,21 @@ impl Spool {
             streams: [StreamState::default(); 4],
             drops: DropsByReason::default(),
             synchronous_full: cfg.synchronous_full,
+            clock: Clock::system(),
+            corrections: Vec::new(),
+            steps_seen: 0,
         };
         spool.load_totals()?;
+        if let Some(bytes) = spool.kv_get(CLOCK_STEPS_KEY)? {
+            spool.corrections = decode_corrections(path, &bytes)?;
+        }
         Ok(spool)
+    }
+
+    /// Notice wall-clock steps on `clock` instead of the system clock (tests step it).
+    pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn err(&self, e: rusqlite::Error) -> SpoolError {
@@ -301,6 +379,7 @@ impl Spool {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        self.note_clock_steps();
         let (appended, dropped) = match self.append_within(records, self.max_bytes) {
             Err(SpoolError::DiskFull { .. }) => self.append_on_full_disk(records)?,
             Ok((appended, dropped, aged)) => {
@@ -323,6 +402,39 @@ impl Spool {
             );
         }
         Ok(appended)
+    }
+
+    /// Take the forward steps of the wall clock since the last append into the `max_age`
+    /// corrections. A backward step needs none: records queued before it only expire later.
+    fn note_clock_steps(&mut self) {
+        self.clock.now_ms();
+        for (n, step) in self.clock.steps_after(self.steps_seen) {
+            self.steps_seen = n;
+            let delta_ms = step.delta_ms();
+            if delta_ms <= 0 {
+                continue;
+            }
+            let k = StepCorrection {
+                before_ms: step.expected_ms.saturating_add(delta_ms / 2),
+                delta_ms,
+                up_to_id: UNBOUNDED,
+            };
+            // Reopened in the same process, the spool sees the process's steps again.
+            if self
+                .corrections
+                .iter()
+                .any(|c| (c.before_ms, c.delta_ms) == (k.before_ms, k.delta_ms))
+            {
+                continue;
+            }
+            tracing::warn!(
+                spool = %self.path.display(),
+                step_ms = delta_ms,
+                "the wall clock was stepped forward: records queued before the step are aged from \
+                 their creation time plus the step, not expired by it"
+            );
+            self.corrections.push(k);
+        }
     }
 
     /// The disk is full: make room by the budget's rule, twice as much each time it still does
@@ -387,14 +499,19 @@ impl Spool {
         // Age: queued records older than `max_age` before the newest record of this batch expire,
         // except emissions (a regulator's record is bounded by the byte budget alone).
         if let Some(max_age_ms) = self.max_age_ms {
-            let newest = records.iter().map(|r| r.created.unix_ms()).max();
+            // Ages are compared on the clock as corrected by every forward step (see `corrected`).
+            let newest = records
+                .iter()
+                .map(|r| corrected(&self.corrections, r.created.unix_ms()))
+                .max();
             let cutoff = newest.unwrap_or(i64::MIN).saturating_sub(max_age_ms);
             for stream in STREAMS {
                 let i = index(stream);
                 if stream == Stream::Emissions || streams[i].records == 0 {
                     continue;
                 }
-                let (rows, bytes) = evict_older(&tx, stream, cutoff).map_err(err)?;
+                let (rows, bytes) =
+                    evict_older(&tx, stream, cutoff, &self.corrections).map_err(err)?;
                 streams[i].records -= rows;
                 streams[i].bytes -= bytes;
                 dropped_now[i] += rows;
@@ -476,7 +593,9 @@ impl Spool {
                 }
             }
         }
+        let corrections = bound_corrections(&tx, &self.corrections).map_err(err)?;
         tx.commit().map_err(err)?;
+        self.corrections = corrections;
         self.streams = streams;
         self.drops.max_age += aged;
         Ok((appended, dropped_now, aged))
@@ -922,6 +1041,46 @@ impl Spool {
     }
 }
 
+/// `corrections` after an append in `tx`: a new one is bounded by the last id appended (the
+/// records it may concern are queued by now), one is dropped once no record up to its bound is
+/// queued; written to `kv` if they changed.
+fn bound_corrections(
+    tx: &Transaction<'_>,
+    corrections: &[StepCorrection],
+) -> rusqlite::Result<Vec<StepCorrection>> {
+    if corrections.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last_id: i64 = tx
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let head: Option<i64> = tx.query_row("SELECT MIN(id) FROM records", [], |r| r.get(0))?;
+    let mut kept = corrections.to_vec();
+    for k in &mut kept {
+        if k.up_to_id == UNBOUNDED {
+            k.up_to_id = last_id;
+        }
+    }
+    kept.retain(|k| head.is_some_and(|h| h <= k.up_to_id));
+    if kept != corrections {
+        if kept.is_empty() {
+            tx.execute("DELETE FROM kv WHERE key = ?1", [CLOCK_STEPS_KEY])?;
+        } else {
+            tx.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![CLOCK_STEPS_KEY, encode_corrections(&kept)],
+            )?;
+        }
+    }
+    Ok(kept)
+}
+
 /// Deletes the oldest rows of `stream` until at least `need` bytes are freed or the stream is
 /// empty. Returns (rows, bytes) removed. Reads only the rows it removes (index `records_by_stream`).
 fn evict_oldest(tx: &Transaction<'_>, stream: Stream, need: u64) -> rusqlite::Result<(u64, u64)> {
@@ -943,14 +1102,15 @@ fn evict_oldest(tx: &Transaction<'_>, stream: Stream, need: u64) -> rusqlite::Re
     Ok((count, freed))
 }
 
-/// Deletes the oldest records of `stream` (by id) while they were created before `cutoff_ms`;
-/// returns (rows, budget bytes) freed. Walking from the head reads only the rows it removes plus
-/// one; a record that is older than one queued before it (clocks are not monotonic) simply waits
-/// for the records ahead of it to expire.
+/// Deletes the oldest records of `stream` (by id) while they were created before `cutoff_ms` (on
+/// the clock as `corrections` correct it); returns (rows, budget bytes) freed. Walking from the
+/// head reads only the rows it removes plus one; a record that is older than one queued before it
+/// (clocks are not monotonic) simply waits for the records ahead of it to expire.
 fn evict_older(
     tx: &Transaction<'_>,
     stream: Stream,
     cutoff_ms: i64,
+    corrections: &[StepCorrection],
 ) -> rusqlite::Result<(u64, u64)> {
     let sql =
         format!("SELECT id, {ROW_BYTES}, created_ms FROM records WHERE stream = ?1 ORDER BY id");
@@ -958,7 +1118,7 @@ fn evict_older(
     let mut rows = select.query([stream.as_str()])?;
     let (mut count, mut freed, mut last_id) = (0u64, 0u64, None);
     while let Some(row) = rows.next()? {
-        if row.get::<_, i64>(2)? >= cutoff_ms {
+        if corrected(corrections, row.get::<_, i64>(2)?) >= cutoff_ms {
             break;
         }
         last_id = Some(row.get::<_, i64>(0)?);
