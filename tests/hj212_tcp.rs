@@ -745,3 +745,51 @@ async fn live_data_of_a_stack_the_platform_does_not_answer_does_not_hold_the_oth
     task.await.unwrap().unwrap();
     platform.abort();
 }
+
+#[tokio::test]
+async fn without_acknowledgements_written_packets_count_as_unconfirmed_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let records = (0..3)
+        .map(|hour| record(&Record::Aggregate(aggregate(hour, "so2_mg_m3", 80.0))))
+        .collect();
+    spool.append(records).await.unwrap();
+    // A platform that reads everything and answers nothing (the station asked for no answer).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let platform = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while let Some(p) = next_packet(&mut conn, &mut buf).await {
+            assert!(!p.wants_ack());
+        }
+    });
+    let station = Station {
+        st: 31,
+        pw: "123456".into(),
+        mn: "QHAL0000000000000000GTC1".into(),
+        ack: false,
+        utc_offset_min: 480,
+    };
+    let cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone());
+    let mut stats = uplink.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while spool.stats().await.unwrap().records > 0 {
+            stats.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the spool empties within 20 s");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    platform.abort();
+    let s = stats.borrow().clone();
+    assert_eq!(
+        (s.delivered, s.unconfirmed),
+        (0, 3),
+        "written without an answer: unconfirmed, not delivered"
+    );
+}

@@ -560,3 +560,43 @@ async fn a_retained_dcmd_is_refused_on_reconnect_and_a_stale_one_always() {
     assert!(after.coils[0]);
     rig.stop().await;
 }
+
+/// Values counted as delivered by `uplink` on the `live` stream, this hour and the last.
+fn delivered_by(agent: &Agent, uplink: &str) -> u64 {
+    agent
+        .live
+        .completeness
+        .live_view(Timestamp::now())
+        .iter()
+        .flat_map(|(_, report)| report.rows.iter())
+        .filter(|row| row.stream == smeltwatch::config::Stream::Live)
+        .flat_map(|row| row.delivered.iter())
+        .filter(|(u, _)| u == uplink)
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completeness_counts_the_values_the_sparkplug_uplink_delivered() {
+    let mut rig = rig(false).await;
+    rig.until("DDATA").await;
+    let agent = rig.agent.as_ref().expect("agent running");
+    let mut status = agent.live.uplinks.lock().unwrap()[0].status.clone();
+    timeout(Duration::from_secs(20), async {
+        loop {
+            if status.borrow_and_update().acked_total > 0 && delivered_by(agent, "scada") > 0 {
+                return;
+            }
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "acked {} records, completeness shows {} values delivered by scada",
+            status.borrow().acked_total,
+            delivered_by(agent, "scada")
+        )
+    });
+    rig.stop().await;
+}

@@ -114,6 +114,8 @@ pub(super) fn start(
         backlog_oldest: None,
         replay_rate_per_s: 0,
         dead_letters: 0,
+        commands_dropped_total: 0,
+        unconfirmed_total: 0,
     });
     let status_tx = Arc::new(status_tx);
     tracker.spawn(follow_stats(stats, status_tx.clone()));
@@ -127,7 +129,8 @@ pub(super) fn start(
         let mut c = taken.unwrap_or_else(|| build().with_stats(shared.clone()));
         let slot = slot.clone();
         async move {
-            let delivered = c.stats().borrow().delivered;
+            let sent = |s: &TcpStats| s.delivered + s.unconfirmed;
+            let before = sent(&c.stats().borrow());
             // A task of its own, so that a panic ends this attempt only.
             let run = tokio::spawn(async move {
                 let r = c.run_once(&stop).await;
@@ -135,7 +138,7 @@ pub(super) fn start(
             });
             match run.await {
                 Ok((c, r)) => {
-                    let progressed = c.stats().borrow().delivered > delivered;
+                    let progressed = sent(&c.stats().borrow()) > before;
                     if let Ok(mut s) = slot.lock() {
                         *s = Some(c);
                     }
@@ -238,6 +241,7 @@ async fn follow_stats(
             }
             s.connects = now.connects;
             s.acked_total = now.delivered + now.skipped;
+            s.unconfirmed_total = now.unconfirmed;
             s.rejected_total = now.encode_failed;
             s.last_error.clone_from(&now.last_error);
         });
@@ -265,6 +269,8 @@ mod tests {
             backlog_oldest: None,
             replay_rate_per_s: 0,
             dead_letters: 0,
+            commands_dropped_total: 0,
+            unconfirmed_total: 0,
         });
         let (events_tx, mut events) = mpsc::channel(16);
         let stop = CancellationToken::new();

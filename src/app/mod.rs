@@ -297,6 +297,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     events: &events_tx,
                     tracker: &tracker,
                     stop: &uplinks_token,
+                    completeness: &live.completeness,
                 };
                 let status = sparkplug::start(&cfg, uplink, spb, spool.clone(), wiring)?;
                 (status, TopicTemplates::default())

@@ -5,11 +5,14 @@
 //! know [`UplinkStatus`], so a small task translates one into the other for as long as the uplink
 //! runs.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::completeness::Completeness;
 use crate::config::{Config, SparkplugConfig, UplinkConfig};
 use crate::modbus::write::DeviceWriters;
 use crate::model::Record;
@@ -30,6 +33,8 @@ pub(crate) struct Wiring<'a> {
     pub(crate) tracker: &'a TaskTracker,
     /// Cancelled when the uplinks are to stop.
     pub(crate) stop: &'a CancellationToken,
+    /// Where the values the uplink delivered are counted.
+    pub(crate) completeness: &'a Arc<Completeness>,
 }
 
 /// The Sparkplug identity of the uplink.
@@ -69,7 +74,8 @@ pub(crate) fn start(
         max_command_age: spb.max_command_age,
         writers: wiring.writers.clone(),
         events: wiring.events.clone(),
-    });
+    })
+    .with_completeness(wiring.completeness.clone());
     tracing::info!(
         uplink = %uplink.name,
         broker = %spb.mqtt.broker,
@@ -105,7 +111,7 @@ fn translate(s: &SparkplugStatus) -> UplinkStatus {
     };
     UplinkStatus {
         state,
-        in_flight: 0,
+        in_flight: usize::try_from(s.unproven).unwrap_or(usize::MAX),
         acked_total: s.acked_total,
         rejected_total: 0,
         dead_letters: 0,
@@ -114,6 +120,8 @@ fn translate(s: &SparkplugStatus) -> UplinkStatus {
         backlog_records: 0,
         backlog_oldest: None,
         replay_rate_per_s: 0,
+        commands_dropped_total: s.commands_dropped,
+        unconfirmed_total: 0,
     }
 }
 

@@ -19,6 +19,8 @@
 //! | `smeltwatch_source_readings_total` | counter | `source`, `quality` |
 //! | `smeltwatch_uplink_state` | gauge, 1 for the current state, 0 for the others | `uplink`, `state` |
 //! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total` | counter | `uplink` |
+//! | `smeltwatch_uplink_commands_dropped_total` | counter, commands dropped on a full queue (Sparkplug NCMD/DCMD) | `uplink` |
+//! | `smeltwatch_uplink_unconfirmed_total` | counter, records sent with nothing to prove they arrived (HJ 212 `ack = false`), not in `_acked_total` | `uplink` |
 //! | `smeltwatch_uplink_in_flight` | gauge | `uplink` |
 //! | `smeltwatch_uplink_backlog_records`, `smeltwatch_uplink_backlog_oldest_age_seconds`, `smeltwatch_uplink_replay_rate` | gauge | `uplink` |
 //! | `smeltwatch_spool_records`, `_bytes`, `_oldest_age_seconds` | gauge | `uplink` |
@@ -207,6 +209,9 @@ fn record(snap: &Snapshot) {
         counter!("smeltwatch_uplink_acked_total", l.clone()).absolute(u.acked_total);
         counter!("smeltwatch_uplink_rejected_total", l.clone()).absolute(u.rejected_total);
         counter!("smeltwatch_uplink_connects_total", l.clone()).absolute(u.connects);
+        counter!("smeltwatch_uplink_commands_dropped_total", l.clone())
+            .absolute(u.commands_dropped_total);
+        counter!("smeltwatch_uplink_unconfirmed_total", l.clone()).absolute(u.unconfirmed_total);
         gauge!("smeltwatch_uplink_in_flight", l.clone()).set(u.in_flight as f64);
         gauge!("smeltwatch_uplink_backlog_records", l.clone()).set(u.backlog_records as f64);
         gauge!("smeltwatch_uplink_backlog_oldest_age_seconds", l.clone())
@@ -344,6 +349,14 @@ fn describe() {
     describe_counter!(
         "smeltwatch_uplink_connects_total",
         "Successful broker connections."
+    );
+    describe_counter!(
+        "smeltwatch_uplink_commands_dropped_total",
+        "Commands from the broker dropped because a queue was full."
+    );
+    describe_counter!(
+        "smeltwatch_uplink_unconfirmed_total",
+        "Records sent with nothing to prove they arrived (HJ 212 without acknowledgements)."
     );
     describe_gauge!(
         "smeltwatch_uplink_in_flight",

@@ -142,6 +142,10 @@ pub struct UplinkSnapshot {
     pub backlog_oldest_age_s: Option<f64>,
     /// Backlog records acked over the last whole second (the drain rate).
     pub replay_rate_per_s: u64,
+    /// Commands from the broker dropped on a full queue since start.
+    pub commands_dropped_total: u64,
+    /// Records sent with nothing to prove they arrived (HJ 212 with `ack = false`) since start.
+    pub unconfirmed_total: u64,
     /// The spool's statistics; `null` when the spool did not answer (see `spool_error`).
     pub spool: Option<SpoolView>,
     /// Why `spool` is missing.
@@ -340,6 +344,8 @@ impl Snapshot {
                 backlog_records: status.backlog_records,
                 backlog_oldest_age_s: status.backlog_age(now).map(|age| age.as_secs_f64()),
                 replay_rate_per_s: status.replay_rate_per_s,
+                commands_dropped_total: status.commands_dropped_total,
+                unconfirmed_total: status.unconfirmed_total,
                 last_error: status.last_error,
                 spool,
                 spool_error,
@@ -509,6 +515,8 @@ mod tests {
                 backlog_records: 0,
                 backlog_oldest_age_s: None,
                 replay_rate_per_s: 0,
+                commands_dropped_total: 0,
+                unconfirmed_total: 0,
                 last_error: None,
                 spool: Some(SpoolView {
                     records: 10,

@@ -8,7 +8,8 @@
 //! PNUM/PNO when long) and poll batches into 2011 packets, sends them one packet at a time and
 //! acks the records in the spool only when every packet of the group has been answered by a 9014
 //! with the same QN (when the station asks for acknowledgements, Flag bit A; without it, a packet
-//! counts as delivered once written). Delivery is at-least-once and, window by window, in the
+//! leaves the spool once written and its records count as [`TcpStats::unconfirmed`], not as
+//! delivered: the platform sends nothing that would prove they arrived). Delivery is at-least-once and, window by window, in the
 //! spool order of each window's first record.
 //!
 //! # Retries and reconnects
@@ -137,8 +138,11 @@ pub struct TcpStats {
     pub packets_sent: u64,
     /// Packets sent again after OverTime.
     pub resends: u64,
-    /// Spool records acked after delivery.
+    /// Spool records acked after the platform acknowledged them (9014).
     pub delivered: u64,
+    /// Spool records acked once written, without acknowledgement (`ack = false`): sent, but not
+    /// known to have arrived, so not counted as delivered.
+    pub unconfirmed: u64,
     /// Spool records acked without sending (nothing to say in HJ 212).
     pub skipped: u64,
     /// Spool records acked without sending because the encoder refused them.
@@ -279,9 +283,10 @@ impl Hj212TcpUplink {
                     let _ = stream.set_nodelay(true);
                     self.stats.send_modify(|s| s.connects += 1);
                     tracing::info!(platform = %self.cfg.platform, "HJ 212 platform connected");
-                    let delivered_before = self.stats.borrow().delivered;
+                    let sent = |s: &TcpStats| s.delivered + s.unconfirmed;
+                    let sent_before = sent(&self.stats.borrow());
                     let end = self.session(stream, shutdown).await;
-                    if self.stats.borrow().delivered > delivered_before {
+                    if sent(&self.stats.borrow()) > sent_before {
                         backoff = self.cfg.reconnect_min;
                     }
                     end
@@ -409,9 +414,12 @@ impl Hj212TcpUplink {
                     );
                 }
                 let failed = group.encode_error.is_some();
+                let ack = self.cfg.station.ack;
                 self.stats.send_modify(|s| {
-                    if sent {
+                    if sent && ack {
                         s.delivered += n;
+                    } else if sent {
+                        s.unconfirmed += n;
                     } else if failed {
                         s.encode_failed += n;
                     } else {

@@ -224,6 +224,11 @@ pub struct UplinkStatus {
     pub backlog_oldest: Option<Timestamp>,
     /// Backlog records acked per second over the last complete second (the drain rate).
     pub replay_rate_per_s: u64,
+    /// Commands from the broker dropped on a full queue, since start (Sparkplug NCMD/DCMD).
+    pub commands_dropped_total: u64,
+    /// Records that left the spool once written, with nothing to prove they arrived (HJ 212
+    /// with `ack = false`), since start. Not in `acked_total`.
+    pub unconfirmed_total: u64,
 }
 
 impl UplinkStatus {
@@ -246,6 +251,8 @@ impl UplinkStatus {
             backlog_records: 0,
             backlog_oldest: None,
             replay_rate_per_s: 0,
+            commands_dropped_total: 0,
+            unconfirmed_total: 0,
         }
     }
 }

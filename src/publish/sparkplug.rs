@@ -15,9 +15,18 @@
 //!    a batch whose readings are all `comm_fail` becomes **DDEATH** (once), and the first batch
 //!    after that a **DBIRTH**. Records that were already waiting when the session started are
 //!    replayed as DDATA with `is_historical` and their acquisition timestamps, without touching
-//!    the live state. A record leaves the spool once the messages it produced were written to the
-//!    socket (Sparkplug DATA is QoS 0: there is no acknowledgement to wait for); if the connection
-//!    fails first, the record stays and is replayed, as historical, in the next session.
+//!    the live state. Sparkplug DATA is QoS 0, so the broker acknowledges none of it; but TCP
+//!    delivers in order, so an answer to a packet sent after the data proves the data arrived.
+//!    After each group of records (one spool batch, at most [`READ_BATCH`]) the uplink sends an
+//!    UNSUBSCRIBE of a topic it never subscribed to (`…/NCMD/{edge}/delivery-check`), which the
+//!    broker must answer with an UNSUBACK; the group leaves the spool, and counts as delivered
+//!    (completeness, `acked_total`), only when that answer arrives. One group is in flight at a
+//!    time. Without an answer within `keep_alive` (a broker that froze with its TCP connection
+//!    open) the connection is dropped and the group stays in the spool, to be replayed, as
+//!    historical, after the next births (its `seq` numbering starts again at NBIRTH, so the host
+//!    takes the replay as new messages of a new session). Pings cannot serve as that proof: the
+//!    MQTT client resets its keep-alive timer on every packet it sends, so under steady traffic no
+//!    PINGREQ ever goes out.
 //!
 //! An NCMD `Node Control/Rebirth = true` makes it publish NBIRTH (same bdSeq, seq 0) and every
 //! DBIRTH again. On shutdown it publishes NDEATH itself (QoS 1, waits for the PUBACK), then
@@ -42,6 +51,14 @@
 //! value as DDATA. Without a gate, DCMDs are refused and logged.
 //!
 //! Streams other than `live` are not carried over Sparkplug; such records are acked and counted.
+//!
+//! # Dropped commands
+//! Incoming NCMD, DCMD and STATE messages wait for the session in a bounded queue, so that a
+//! burst never stalls the MQTT event loop; a message that finds the queue full is dropped, and so
+//! is a DCMD write that finds the writer's queue full. Each drop counts in
+//! [`SparkplugStatus::commands_dropped`] (`smeltwatch_uplink_commands_dropped_total`), is logged,
+//! and, with a [`DeviceWriteGate`], raises a `command_dropped` event (a dropped DCMD write also
+//! raises its refused `write` event).
 
 use std::fmt;
 use std::sync::Arc;
@@ -52,9 +69,10 @@ use rumqttc::{
     QoS, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, timeout};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+use crate::completeness::{self, Completeness, Tally};
 use crate::config::{MqttConfig, Stream};
 use crate::modbus::write::{self, DeviceWriters, Refusal, WriteFailure};
 use crate::model::{Event as WriteEvent, EventPhase, Record, Timestamp, Value};
@@ -74,6 +92,13 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const DCMD_QUEUE: usize = 64;
 /// The `kind` of the events that report write attempts.
 pub const WRITE_EVENT_KIND: &str = "write";
+/// The `kind` of the events that report a command dropped on a full queue.
+pub const COMMAND_DROPPED_EVENT_KIND: &str = "command_dropped";
+/// Incoming commands (NCMD, DCMD, STATE) waiting for the session.
+const COMMAND_QUEUE: usize = 16;
+/// The last level of the topic the delivery proof unsubscribes from (under the node's NCMD topic,
+/// never subscribed to).
+const PROOF_LEVEL: &str = "delivery-check";
 
 /// Sparkplug identity of the edge node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,8 +164,13 @@ pub struct SparkplugStatus {
     pub connects: u64,
     /// NBIRTHs published since start (connections and rebirths).
     pub nbirths: u64,
-    /// Spool records sent and acked since start.
+    /// Spool records acked since start: those that produced messages once the broker proved it
+    /// received them (the UNSUBACK after them), the others at once.
     pub acked_total: u64,
+    /// Records sent whose proof of arrival has not come yet (at most one spool batch).
+    pub unproven: u64,
+    /// Commands dropped because a queue was full (see the module documentation), since start.
+    pub commands_dropped: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
 }
@@ -155,6 +185,7 @@ pub struct SparkplugUplink {
     status_tx: watch::Sender<SparkplugStatus>,
     tls: Option<Arc<rustls::ClientConfig>>,
     writes: Option<DeviceWriteGate>,
+    completeness: Option<Arc<Completeness>>,
 }
 
 impl fmt::Debug for SparkplugUplink {
@@ -195,6 +226,7 @@ impl SparkplugUplink {
             status_tx,
             tls,
             writes: None,
+            completeness: None,
         })
     }
 
@@ -252,6 +284,13 @@ impl SparkplugUplink {
     /// Serve DCMD writes through `gate` (without one, DCMDs are refused and logged).
     pub fn with_device_writes(mut self, gate: DeviceWriteGate) -> Self {
         self.writes = Some(gate);
+        self
+    }
+
+    /// Count the values of the `live` records this uplink delivered (acked after the broker's
+    /// proof, see the module documentation) in `completeness`.
+    pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Self {
+        self.completeness = Some(completeness);
         self
     }
 
@@ -369,7 +408,7 @@ impl SparkplugUplink {
                     delay = self.mqtt.reconnect_min;
                     self.status_tx.send_modify(|s| s.connects += 1);
                     tracing::info!(uplink = %self.name, bd_seq, "Sparkplug session up");
-                    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+                    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
                     let mut session = Session {
                         up: &self,
                         client: &client,
@@ -380,14 +419,14 @@ impl SparkplugUplink {
                         dcmd: &dcmd_tx,
                     };
                     let ended = tokio::select! {
-                        e = drive(&mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
+                        e = drive(&self, &mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
                         ended = session.run(cmd_rx, &shutdown) => ended,
                     };
                     if matches!(ended, Ended::Shutdown | Ended::HostOffline) {
                         // The session queued its DISCONNECT: drive the event loop until it is
                         // out, so that the broker discards the Will.
                         let (tx, _rx) = mpsc::channel(1);
-                        let _ = timeout(STEP_TIMEOUT, drive(&mut eventloop, tx)).await;
+                        let _ = timeout(STEP_TIMEOUT, drive(&self, &mut eventloop, tx)).await;
                     }
                     ended
                 }
@@ -395,6 +434,7 @@ impl SparkplugUplink {
             self.status_tx.send_modify(|s| {
                 s.online = false;
                 s.waiting_for_host = false;
+                s.unproven = 0;
             });
             match ended {
                 Ended::Shutdown => break,
@@ -454,6 +494,33 @@ struct Session<'a> {
     pending: Vec<rumqttc::PublishNotice>,
     /// DCMD write requests go here (served by [`serve_writes`]).
     dcmd: &'a mpsc::Sender<DcmdWrite>,
+}
+
+/// A group of records whose messages are out, waiting for the broker's answer to the UNSUBSCRIBE
+/// sent after them: that answer proves the broker read everything before it.
+struct Proof {
+    answer: std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>,
+    /// When the connection is given up for lost.
+    deadline: Instant,
+    /// The spool ids of the group.
+    ids: Vec<i64>,
+    /// What the group's `live` records count for in the completeness accounting.
+    tallies: Vec<Tally>,
+}
+
+/// The broker's answer to `proof`'s UNSUBSCRIBE, or an error when it fails or does not come
+/// before the deadline. Pending forever without a proof in flight.
+async fn proof_answer(proof: &mut Option<Proof>) -> Result<(), String> {
+    let Some(p) = proof.as_mut() else {
+        return std::future::pending().await;
+    };
+    match timeout_at(p.deadline, &mut p.answer).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "the broker did not answer within keep_alive ({} records unconfirmed, kept in the spool)",
+            p.ids.len()
+        )),
+    }
 }
 
 /// What a received command is.
@@ -524,10 +591,16 @@ impl Session<'_> {
         }
         let mut cursor = 0i64;
         let mut more = true;
+        // At most one group of records waits for its proof of arrival; the next is read only
+        // once it came, so a silent broker holds back at most one spool batch.
+        let mut proof: Option<Proof> = None;
         loop {
-            if more {
+            if more && proof.is_none() {
                 match self.send_batch(&mut cursor, boundary).await {
-                    Ok(m) => more = m,
+                    Ok((m, p)) => {
+                        more = m;
+                        proof = p;
+                    }
                     Err(e) => return Ended::Lost(e),
                 }
                 if more {
@@ -538,8 +611,19 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.ndeath_and_disconnect().await;
+                    self.ndeath_and_disconnect(&mut proof).await;
                     return Ended::Shutdown;
+                }
+                answer = proof_answer(&mut proof) => {
+                    let p = proof.take().expect("an answer comes only for a proof in flight");
+                    if let Err(e) = answer {
+                        return Ended::Lost(e);
+                    }
+                    if let Err(e) = self.settle(p.ids, &p.tallies).await {
+                        return Ended::Lost(e);
+                    }
+                    // The batch read before may have filled a whole READ_BATCH.
+                    more = true;
                 }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return Ended::Lost("event loop stopped".into()) };
@@ -557,7 +641,7 @@ impl Session<'_> {
                                     uplink = %self.up.name,
                                     "primary host offline: NDEATH, disconnect, spool until it is back"
                                 );
-                                self.ndeath_and_disconnect().await;
+                                self.ndeath_and_disconnect(&mut proof).await;
                                 return Ended::HostOffline;
                             }
                         }
@@ -570,7 +654,7 @@ impl Session<'_> {
                     }
                     more = true;
                 }
-                _ = std::future::ready(()), if more => {}
+                _ = std::future::ready(()), if more && proof.is_none() => {}
             }
         }
     }
@@ -636,7 +720,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.ndeath_and_disconnect().await;
+                    self.ndeath_and_disconnect(&mut None).await;
                     return Some(Ended::Shutdown);
                 }
                 cmd = cmds.recv() => {
@@ -730,6 +814,7 @@ impl Session<'_> {
             };
             if let Err(mpsc::error::TrySendError::Full(request)) = self.dcmd.try_send(request) {
                 // Refused without touching the device; still reported.
+                up.command_dropped(&request.topic, "the device write queue is full");
                 let events = up.writes.as_ref().map(|g| g.events.clone());
                 let name = up.name.clone();
                 tokio::spawn(async move {
@@ -827,8 +912,14 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Send the next spool batch after `cursor`; `Ok(true)` when more may be waiting.
-    async fn send_batch(&mut self, cursor: &mut i64, boundary: i64) -> Result<bool, String> {
+    /// Send the next spool batch after `cursor`: `Ok(true, _)` when more may be waiting, and the
+    /// group's [`Proof`] when it produced messages. A group that produced none (other streams,
+    /// no change to report) is acked at once: the messages before it were proven already.
+    async fn send_batch(
+        &mut self,
+        cursor: &mut i64,
+        boundary: i64,
+    ) -> Result<(bool, Option<Proof>), String> {
         let up = self.up;
         let records = up
             .spool
@@ -836,26 +927,74 @@ impl Session<'_> {
             .await
             .map_err(|e| format!("spool read: {e}"))?;
         let more = records.len() == READ_BATCH;
-        let mut done = Vec::with_capacity(records.len());
+        let mut ids = Vec::with_capacity(records.len());
+        let mut tallies = Vec::new();
         for r in &records {
             if r.stream == Stream::Live
-                && let Ok(Record::Batch(batch)) = crate::publish::body::decode(&r.body)
+                && let Ok(record) = crate::publish::body::decode(&r.body)
+                && let Record::Batch(batch) = &record
             {
-                self.send_reading_batch(&batch, r.id <= boundary).await?;
+                self.send_reading_batch(batch, r.id <= boundary).await?;
+                if up.completeness.is_some() {
+                    tallies.extend(completeness::tally(&record));
+                }
             }
-            done.push(r.id);
+            ids.push(r.id);
             *cursor = r.id;
         }
-        self.flushed().await?;
-        if !done.is_empty() {
-            let n = up
-                .spool
-                .ack(done)
-                .await
-                .map_err(|e| format!("spool ack: {e}"))?;
-            up.status_tx.send_modify(|s| s.acked_total += n);
+        // The publishes' own notices only say they were written to the socket: not a proof.
+        let sent = !self.pending.is_empty();
+        self.pending.clear();
+        if !sent {
+            self.settle(ids, &tallies).await?;
+            return Ok((more, None));
         }
-        Ok(more)
+        let topic = format!("{}/{PROOF_LEVEL}", up.topic(MessageType::NCmd, None));
+        let notice = self
+            .client
+            .unsubscribe_tracked(topic)
+            .await
+            .map_err(|e| format!("unsubscribe (delivery check): {e}"))?;
+        let n = ids.len() as u64;
+        up.status_tx.send_modify(|s| s.unproven = n);
+        Ok((
+            more,
+            Some(Proof {
+                answer: Box::pin(async move {
+                    notice
+                        .wait_async()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("delivery check: {e}"))
+                }),
+                deadline: Instant::now() + up.mqtt.keep_alive.max(Duration::from_secs(1)),
+                ids,
+                tallies,
+            }),
+        ))
+    }
+
+    /// Ack a group in the spool, and count its `live` values as delivered.
+    async fn settle(&mut self, ids: Vec<i64>, tallies: &[Tally]) -> Result<(), String> {
+        let up = self.up;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let n = up
+            .spool
+            .ack(ids)
+            .await
+            .map_err(|e| format!("spool ack: {e}"))?;
+        up.status_tx.send_modify(|s| {
+            s.acked_total += n;
+            s.unproven = 0;
+        });
+        if let Some(c) = &up.completeness
+            && !tallies.is_empty()
+        {
+            c.delivered(&up.name, tallies);
+        }
+        Ok(())
     }
 
     async fn send_reading_batch(
@@ -922,10 +1061,13 @@ impl Session<'_> {
     }
 
     /// NDEATH (QoS 1, waits for the PUBACK), then DISCONNECT (queued: the caller drives the
-    /// event loop until it is out).
-    async fn ndeath_and_disconnect(&mut self) {
+    /// event loop until it is out). A group still waiting for its proof is settled when the
+    /// proof came before the PUBACK (the broker answers in order); otherwise it stays in the
+    /// spool.
+    async fn ndeath_and_disconnect(&mut self, proof: &mut Option<Proof>) {
         let up = self.up;
         let payload = spb::encode(&spb::ndeath(self.bd_seq, Timestamp::now()));
+        let mut acked = false;
         match self
             .client
             .publish_tracked(
@@ -935,12 +1077,18 @@ impl Session<'_> {
             )
             .await
         {
-            Ok(notice) => {
-                if timeout(STEP_TIMEOUT, notice.wait_async()).await.is_err() {
-                    tracing::warn!(uplink = %up.name, "no PUBACK for the NDEATH");
-                }
-            }
+            Ok(notice) => match timeout(STEP_TIMEOUT, notice.wait_async()).await {
+                Ok(r) => acked = r.is_ok(),
+                Err(_) => tracing::warn!(uplink = %up.name, "no PUBACK for the NDEATH"),
+            },
             Err(e) => tracing::warn!(uplink = %up.name, "cannot publish the NDEATH: {e}"),
+        }
+        if acked
+            && let Some(mut p) = proof.take()
+            && let Ok(Ok(())) = timeout(Duration::from_millis(100), &mut p.answer).await
+            && let Err(e) = self.settle(p.ids, &p.tallies).await
+        {
+            tracing::warn!(uplink = %up.name, "{e}");
         }
         let _ = self.client.disconnect().await;
     }
@@ -1089,18 +1237,148 @@ async fn wait_connack(eventloop: &mut EventLoop) -> Result<(), ConnectionError> 
 }
 
 /// Drive an established connection, forwarding incoming publishes (NCMD/DCMD), until it ends.
-async fn drive(eventloop: &mut EventLoop, cmds: mpsc::Sender<rumqttc::Publish>) -> ConnectionError {
+async fn drive(
+    up: &SparkplugUplink,
+    eventloop: &mut EventLoop,
+    cmds: mpsc::Sender<rumqttc::Publish>,
+) -> ConnectionError {
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                // A full command queue drops the command rather than stalling the event loop.
-                let _ = cmds.try_send(p);
-            }
+            Ok(Event::Incoming(Packet::Publish(p))) => forward(up, &cmds, p),
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 return ConnectionError::RequestsDone;
             }
             Ok(_) => {}
             Err(e) => return e,
         }
+    }
+}
+
+/// Hand an incoming command to the session. A full queue drops it (reported) rather than stall
+/// the event loop, which must keep reading the broker's answers.
+fn forward(up: &SparkplugUplink, cmds: &mpsc::Sender<rumqttc::Publish>, p: rumqttc::Publish) {
+    if let Err(mpsc::error::TrySendError::Full(p)) = cmds.try_send(p) {
+        up.command_dropped(
+            &String::from_utf8_lossy(&p.topic),
+            "the command queue is full",
+        );
+    }
+}
+
+impl SparkplugUplink {
+    /// Count, log and report (as a `command_dropped` event, with a [`DeviceWriteGate`]) a command
+    /// that was dropped on a full queue.
+    fn command_dropped(&self, topic: &str, why: &str) {
+        self.status_tx.send_modify(|s| s.commands_dropped += 1);
+        let message = format!("command on {topic} dropped: {why}");
+        tracing::warn!(uplink = %self.name, "{message}");
+        let Some(events) = self.writes.as_ref().map(|g| g.events.clone()) else {
+            return;
+        };
+        let event = WriteEvent {
+            kind: COMMAND_DROPPED_EVENT_KIND.into(),
+            subject: self.name.as_str().into(),
+            phase: EventPhase::Instant,
+            ts: Timestamp::now(),
+            attributes: vec![
+                ("topic".into(), Value::Text(topic.to_owned())),
+                ("reason".into(), Value::Text(why.to_owned())),
+            ],
+            message,
+        };
+        // Not awaited here: the caller is the event loop (or the session) and must not wait for
+        // the events stream.
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if events.send(Record::Event(event)).await.is_err() {
+                tracing::warn!(
+                    uplink = %name,
+                    "the events stream is closed: command_dropped event not recorded"
+                );
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UplinkKind;
+
+    const CONFIG: &str = r#"
+site = "t"
+state_dir = "var/state"
+
+[[sources]]
+name = "gw"
+tcp = "127.0.0.1:1502"
+
+[[sources.devices]]
+name = "rect"
+unit_id = 1
+points.x = { area = "holding", address = 0, type = "u16" }
+
+[[uplinks]]
+name = "scada"
+type = "sparkplug"
+broker = "mqtt://127.0.0.1:1883"
+group_id = "g"
+edge_node_id = "e"
+"#;
+
+    #[tokio::test]
+    async fn a_command_that_finds_the_queue_full_is_counted_and_reported_as_an_event() {
+        let cfg = crate::config::parse(CONFIG, std::path::Path::new("t.toml")).unwrap();
+        let UplinkKind::Sparkplug(spb_cfg) = &cfg.uplinks[0].kind else {
+            panic!("a Sparkplug uplink")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SpoolHandle::open(&dir.path().join("spool.db"), &Default::default()).unwrap();
+        let (writers, _queues) = DeviceWriters::for_sources(&cfg.sources);
+        let (events_tx, mut events_rx) = mpsc::channel(4);
+        let ids = SparkplugSettings {
+            group_id: "g".into(),
+            edge_node_id: "e".into(),
+            primary_host_id: None,
+        };
+        let up = SparkplugUplink::new(
+            "scada",
+            &spb_cfg.mqtt,
+            ids,
+            EdgeNodeModel::from_sources(&cfg.sources),
+            spool,
+        )
+        .unwrap()
+        .with_device_writes(DeviceWriteGate {
+            enabled: false,
+            max_command_age: Duration::from_secs(30),
+            writers,
+            events: events_tx,
+        });
+        let status = up.status();
+        let (tx, mut rx) = mpsc::channel(1);
+        let cmd = |n: u8| rumqttc::Publish::new("spBv1.0/g/NCMD/e", QoS::AtMostOnce, vec![n]);
+        forward(&up, &tx, cmd(1));
+        forward(&up, &tx, cmd(2));
+        assert_eq!(status.borrow().commands_dropped, 1);
+        assert_eq!(
+            rx.recv().await.unwrap().payload[..],
+            [1],
+            "the first one waits"
+        );
+        let Some(Record::Event(e)) = timeout(Duration::from_secs(5), events_rx.recv())
+            .await
+            .expect("an event within 5 s")
+        else {
+            panic!("an event record")
+        };
+        assert_eq!(&*e.kind, COMMAND_DROPPED_EVENT_KIND);
+        assert_eq!(&*e.subject, "scada");
+        assert!(
+            e.attributes
+                .iter()
+                .any(|(k, v)| &**k == "topic" && *v == Value::Text("spBv1.0/g/NCMD/e".into())),
+            "{e:?}"
+        );
     }
 }
