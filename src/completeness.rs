@@ -33,13 +33,12 @@
 //!
 //! The ledger is pure: every method takes the time it should use, nothing reads a clock.
 //! [`Completeness`] wraps it for the running agent and persists it to `completeness.json` in the
-//! state directory (written atomically: temporary file, fsync, rename) every
+//! state directory (written atomically on the blocking pool, see [`crate::state_file`]) every
 //! [`CHECKPOINT_EVERY`] and at shutdown, so a restart in the middle of an hour continues its
 //! counts. A crash loses at most the last checkpoint interval of counts: the hour then shows fewer
 //! values received and delivered than there were, never more.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Stream};
 use crate::model::{Metric, MetricBatch, Quality, Record, Timestamp};
+use crate::state_file::StateFile;
 
 /// Length of an accounting period.
 pub const HOUR_MS: i64 = 3_600_000;
@@ -522,7 +522,7 @@ impl Report {
 #[derive(Debug, Default)]
 pub struct Completeness {
     ledger: Mutex<Option<Ledger>>,
-    file: Option<PathBuf>,
+    file: Option<StateFile>,
     /// When the state file was last written (ms), for [`Completeness::tick`].
     saved_ms: std::sync::atomic::AtomicI64,
 }
@@ -550,19 +550,19 @@ impl Completeness {
         };
         Completeness {
             ledger: Mutex::new(Some(ledger)),
-            file: Some(file),
+            file: Some(StateFile::new(file)),
             saved_ms: std::sync::atomic::AtomicI64::new(now.unix_ms()),
         }
     }
 
     /// Called by fan-out after each burst: the reports of the hours due (see
     /// [`Completeness::close_due`]), and a checkpoint of the state file every
-    /// [`CHECKPOINT_EVERY`]. The file is a few KiB; writing it inline costs less than a hop.
-    pub fn tick(&self, now: Timestamp) -> Vec<Record> {
-        let records = self.close_due(now);
+    /// [`CHECKPOINT_EVERY`].
+    pub async fn tick(&self, now: Timestamp) -> Vec<Record> {
+        let records = self.close_due(now).await;
         let saved = self.saved_ms.load(std::sync::atomic::Ordering::Relaxed);
         if records.is_empty() && now.unix_ms() - saved >= CHECKPOINT_EVERY.as_millis() as i64 {
-            self.checkpoint();
+            self.checkpoint().await;
         }
         records
     }
@@ -587,10 +587,10 @@ impl Completeness {
 
     /// Reports of the hours due (see [`Ledger::close_due`]) as metrics records; writes the state
     /// file when something closed.
-    pub fn close_due(&self, now: Timestamp) -> Vec<Record> {
+    pub async fn close_due(&self, now: Timestamp) -> Vec<Record> {
         let reports = self.with(|l| l.close_due(now)).unwrap_or_default();
         if !reports.is_empty() {
-            self.checkpoint();
+            self.checkpoint().await;
         }
         reports.iter().map(Report::to_record).collect()
     }
@@ -619,33 +619,29 @@ impl Completeness {
         .unwrap_or_default()
     }
 
-    /// Write the state file (temporary file, fsync, rename). Errors are logged.
-    pub fn checkpoint(&self) {
+    /// Write the state file (temporary file, fsync, rename, on the blocking pool). Errors are
+    /// logged.
+    pub async fn checkpoint(&self) {
         let Some(file) = &self.file else { return };
         self.saved_ms.store(
             crate::model::Timestamp::now().unix_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let Some(bytes) = self.with(|l| serde_json::to_vec(l.state())) else {
+        // The write is queued under the ledger's lock, so that of two checkpoints the one with the
+        // later state lands last.
+        let Some(written) =
+            self.with(|l| serde_json::to_vec(l.state()).map(|bytes| file.write(bytes)))
+        else {
             return;
         };
-        let result = bytes
-            .map_err(std::io::Error::other)
-            .and_then(|b| write_atomically(file, &b));
+        let result = match written {
+            Ok(write) => write.await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
         if let Err(e) = result {
-            tracing::warn!(file = %file.display(), "cannot write the completeness state: {e}");
+            tracing::warn!(file = %file.path().display(), "cannot write the completeness state: {e}");
         }
     }
-}
-
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = file.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, file)
 }
 
 #[cfg(test)]

@@ -48,4 +48,5 @@ pub mod model;
 pub mod publish;
 pub mod simulator;
 pub mod spool;
+pub mod state_file;
 pub mod tail;

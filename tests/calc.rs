@@ -1061,8 +1061,8 @@ fn a_snapshot_of_another_format_version_is_not_restored() {
     assert_eq!(fresh.snapshot().latest, None);
 }
 
-#[test]
-fn the_agent_keeps_the_snapshot_in_the_state_directory_and_sets_a_bad_one_aside() {
+#[tokio::test]
+async fn the_agent_keeps_the_snapshot_in_the_state_directory_and_sets_a_bad_one_aside() {
     use smeltwatch::app::calc_state::{CALC_STATE_FILE, CalcStage, load};
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(CALC_STATE_FILE);
@@ -1074,7 +1074,7 @@ fn the_agent_keeps_the_snapshot_in_the_state_directory_and_sets_a_bad_one_aside(
     }
     // a minute closed: the records are handed on, then the state is saved
     assert!(!out.is_empty());
-    stage.saved_after(&out);
+    stage.saved_after(&out).await;
     let saved = load(&path).expect("readable").expect("saved");
     assert_eq!(saved.latest, Some(Timestamp(T0 + 60_000)));
     // the next start resumes from it

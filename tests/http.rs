@@ -239,6 +239,7 @@ async fn every_route_serves_the_running_agent() {
         agent.live.clone(),
         HttpOptions {
             token: Some(Secret(TOKEN.to_owned())),
+            ..Default::default()
         },
         http_stop.clone(),
     ));
@@ -631,6 +632,128 @@ async fn not_ready_before_any_poll_cycle_and_open_without_a_token() {
 
     stop.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// `http::serve` on an empty agent state with `opts`: its address, its stop token and its task.
+async fn bare_server(
+    opts: HttpOptions,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), http::HttpError>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        Arc::new(LiveState::default()),
+        opts,
+        stop.clone(),
+    ));
+    (addr, stop, server)
+}
+
+async fn stop_server(
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), http::HttpError>>,
+) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("http::serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_slow_to_send_its_request_head_is_disconnected() {
+    let (addr, stop, server) = bare_server(HttpOptions {
+        header_read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    // Half a request line, then nothing; and a connection that sends nothing at all.
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /heal").await.unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    for (name, conn) in [("half a request line", &mut half), ("silent", &mut silent)] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the server still holds the connection after 5 s"));
+        // Closed (end of stream, or a reset), without a response.
+        assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
+    }
+
+    // Both are counted.
+    let r = request(addr, "/metrics", None).await;
+    let scrape = Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_http_header_timeouts_total",
+            &[]
+        )),
+        2.0
+    );
+    assert_eq!(
+        number(sample(&scrape, "smeltwatch_http_connections_max", &[])),
+        64.0
+    );
+
+    // The timeout bounds the request head only: an event stream outlives it (its second event
+    // comes a second after the first).
+    let events = read_sse(addr, 2).await;
+    assert_eq!(
+        (events[0].0.as_str(), events[1].0.as_str()),
+        ("snapshot", "delta")
+    );
+    // And a request sent in time is answered.
+    let health = request(addr, "/healthz", None).await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    stop_server(stop, server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_ends() {
+    let (addr, stop, server) = bare_server(HttpOptions {
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await;
+    // Two idle connections take both slots (the listen backlog is accepted in order).
+    let idle1 = TcpStream::connect(addr).await.unwrap();
+    let idle2 = TcpStream::connect(addr).await.unwrap();
+    // A third client sends a complete request...
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // ...and is not answered while both slots are held. An answer that does not come can only
+    // be watched for over a window; a server without the cap answers within milliseconds.
+    let mut answer = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut answer)).await;
+    assert!(
+        early.is_err() && answer.is_empty(),
+        "answered beyond the cap of 2 connections: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // One idle connection ends: the third is served.
+    drop(idle1);
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+
+    drop(idle2);
+    stop_server(stop, server).await;
 }
 
 #[test]

@@ -4,17 +4,17 @@
 //!
 //! When the file is written: after every burst that produced calculator records (a window closed,
 //! an event), every `flush` (the fan-out's timer) and at shutdown. It is written to a temporary file, synced
-//! and renamed over the old one, so a power cut leaves the old or the new snapshot, never half of
-//! one. What a crash can still do (docs/METRICS.md, "Restarts"): samples taken after the last
+//! and renamed over the old one on the blocking pool ([`StateFile`]), so a power cut leaves the old
+//! or the new snapshot, never half of one, and a slow disk does not stall the runtime. What a crash can still do (docs/METRICS.md, "Restarts"): samples taken after the last
 //! write are lost (they count as missing), and windows closed after the last write are emitted
 //! again after the restart (same subject, quantity and start: consumers drop duplicates as they
 //! do for the spool's at-least-once delivery). A clean stop loses nothing and repeats nothing.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::calc::{Pipeline, PipelineSnapshot};
 use crate::model::{ReadingBatch, Record, Timestamp};
+use crate::state_file::StateFile;
 
 /// File name of the snapshot in the state directory.
 pub const CALC_STATE_FILE: &str = "calc-state.json";
@@ -23,7 +23,7 @@ pub const CALC_STATE_FILE: &str = "calc-state.json";
 #[derive(Debug)]
 pub struct CalcStage {
     pipeline: Pipeline,
-    path: PathBuf,
+    file: StateFile,
     /// A flush happened since the last save: save even if it produced nothing.
     save_due: bool,
 }
@@ -52,7 +52,7 @@ impl CalcStage {
         }
         CalcStage {
             pipeline,
-            path,
+            file: StateFile::new(path),
             save_due: false,
         }
     }
@@ -77,17 +77,22 @@ impl CalcStage {
     /// Call once `records` are in the spools: saves the state if a flush happened or the
     /// calculators produced any of them (a window closed, an event). Saving after the hand-on,
     /// not before, means a crash in between repeats records rather than losing them.
-    pub fn saved_after(&mut self, records: &[Record]) {
+    pub async fn saved_after(&mut self, records: &[Record]) {
         if self.save_due || records.iter().any(|r| !matches!(r, Record::Batch(_))) {
             self.save_due = false;
-            self.save();
+            self.save().await;
         }
     }
 
-    /// Write the snapshot now (logged, not fatal, when the disk refuses).
-    pub fn save(&self) {
-        if let Err(e) = save(&self.path, &self.pipeline.snapshot()) {
-            tracing::error!(file = %self.path.display(), "cannot save the calculator snapshot: {e}");
+    /// Write the snapshot now (logged, not fatal, when the disk refuses). The snapshot is taken
+    /// when this is called; the write runs on the blocking pool.
+    pub async fn save(&self) {
+        let written = match serde_json::to_vec(&self.pipeline.snapshot()) {
+            Ok(body) => self.file.write(body).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Err(e) = written {
+            tracing::error!(file = %self.file.path().display(), "cannot save the calculator snapshot: {e}");
         }
     }
 }
@@ -102,15 +107,4 @@ pub fn load(path: &Path) -> std::io::Result<Option<PipelineSnapshot>> {
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Write a snapshot atomically (temporary file, fsync, rename).
-pub fn save(path: &Path, snap: &PipelineSnapshot) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }

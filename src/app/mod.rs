@@ -352,6 +352,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         tracing::info!(listen = %http.listen, "HTTP endpoint: /metrics /healthz /readyz /api/v1 and the dashboard");
         let opts = crate::http::HttpOptions {
             token: http.token.clone(),
+            ..Default::default()
         };
         tracker.spawn({
             let live = live.clone();
@@ -520,7 +521,7 @@ impl Agent {
             );
         }
         // After the uplinks' last acks: the delivered counts are complete.
-        self.live.completeness.checkpoint();
+        self.live.completeness.checkpoint().await;
         for spool in self.spools {
             if let Err(e) = spool.close().await {
                 tracing::error!("closing spool: {e}");
@@ -833,10 +834,10 @@ async fn fan_out(
         }
         publish_derived(&live, &records);
         live.completeness.received(&records);
-        records.extend(live.completeness.tick(Timestamp::now()));
+        records.extend(live.completeness.tick(Timestamp::now()).await);
         cx.hand_on(&mut targets, &mut records).await;
         if let Some(c) = calc.as_mut() {
-            c.saved_after(&records);
+            c.saved_after(&records).await;
         }
     }
     live.health.fan_out_busy();
@@ -845,7 +846,7 @@ async fn fan_out(
         publish_derived(&live, &records);
         live.completeness.received(&records);
         cx.hand_on(&mut targets, &mut records).await;
-        c.saved_after(&records);
+        c.saved_after(&records).await;
     }
     // The hour in progress is reported as partial; after a restart it continues.
     let mut partial = live.completeness.partial(Timestamp::now());

@@ -38,6 +38,8 @@
 //! | `smeltwatch_completeness_received` | gauge, values received | `device`, `stream`, `quality`, `hour` |
 //! | `smeltwatch_completeness_delivered` | gauge, values the uplink's broker acknowledged | `device`, `stream`, `uplink`, `hour` |
 //! | `smeltwatch_completeness_ratio` | gauge, delivered ÷ expected (`live`) | `device`, `stream`, `uplink`, `hour` |
+//! | `smeltwatch_http_connections`, `smeltwatch_http_connections_max` | gauge, connections served now (this scrape's included) and the cap | |
+//! | `smeltwatch_http_header_timeouts_total` | counter (since the HTTP server started), connections closed because the request head did not arrive in time | |
 //!
 //! The completeness families come from [`crate::completeness`] ([`render_completeness`]): `hour` is
 //! `current` (the hour so far) or `previous` (the last hour, including deliveries that arrived
@@ -81,6 +83,30 @@ pub fn render_completeness(view: &[(&str, crate::completeness::Report)]) -> Stri
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || record_completeness(view));
+    handle.render()
+}
+
+/// The HTTP server's own families (see [`super::HttpOptions`]), to append to [`render`]'s output.
+pub fn render_http(open: usize, max: usize, header_timeouts: u64) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe_gauge!(
+            "smeltwatch_http_connections",
+            "HTTP connections being served, this scrape's included."
+        );
+        describe_gauge!(
+            "smeltwatch_http_connections_max",
+            "HTTP connections served at once; further clients wait to be accepted."
+        );
+        describe_counter!(
+            "smeltwatch_http_header_timeouts_total",
+            "HTTP connections closed because the request head did not arrive in time."
+        );
+        gauge!("smeltwatch_http_connections").set(open as f64);
+        gauge!("smeltwatch_http_connections_max").set(max as f64);
+        counter!("smeltwatch_http_header_timeouts_total").absolute(header_timeouts);
+    });
     handle.render()
 }
 

@@ -31,13 +31,20 @@
 //!   timeout so that a busy disk cannot hang a scrape.
 //! - `/metrics` renders from a fresh recorder per scrape ([`metrics::render`]): no global recorder
 //!   is installed and no series outlives the state it describes.
-//! - [`serve`] returns only after the listener closed and every open event stream ended.
+//! - [`serve`] returns only after the listener closed and every open connection ended (event
+//!   streams end when the server shuts down).
+//!
+//! # Limits
+//! A connection whose request head does not arrive within [`HEADER_READ_TIMEOUT`] is closed, and
+//! at most [`MAX_CONNECTIONS`] connections are served at once; the server is served with hyper
+//! directly because `axum::serve` offers neither.
 
 pub mod feed;
 pub mod metrics;
 pub mod snapshot;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,7 +56,11 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::LiveState;
 use crate::config::Secret;
@@ -62,12 +73,37 @@ const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 /// Interval between two `delta` events of `/api/v1/stream`.
 pub const STREAM_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a client may take to send a request head (request line and headers), counted from
+/// the moment the server waits for it: on a new connection and between two requests of a
+/// kept-alive one. A client that is slower is disconnected, so that idle or hostile connections
+/// cannot hold [`MAX_CONNECTIONS`] slots for long. Request bodies and responses (the event
+/// stream) are not bounded by it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. Further clients wait in the listen backlog, unaccepted, until a
+/// connection ends; a probe of `/healthz` waits at most [`HEADER_READ_TIMEOUT`] for a slot unless
+/// every slot holds a request in progress (an open event stream).
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Options of the HTTP server that do not come from [`LiveState`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// Bearer token required on every route but `/healthz`; `None` leaves them open (the default
     /// bind address is loopback).
     pub token: Option<Secret>,
+    /// See [`HEADER_READ_TIMEOUT`] (the default).
+    pub header_read_timeout: Duration,
+    /// See [`MAX_CONNECTIONS`] (the default); at least 1.
+    pub max_connections: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            token: None,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// What can stop the HTTP server.
@@ -92,6 +128,11 @@ struct Ctx {
     /// Spool `dropped` counters when the server started: readiness fails if they grow.
     dropped_at_start: HashMap<String, u64>,
     shutdown: CancellationToken,
+    /// One permit per connection served ([`HttpOptions::max_connections`]).
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// Connections closed because their request head did not arrive in time.
+    header_timeouts: AtomicU64,
 }
 
 /// Serve the side doors on `listener` until `shutdown` fires.
@@ -121,19 +162,97 @@ pub async fn serve(
         collected,
         dropped_at_start,
         shutdown: shutdown.clone(),
+        slots: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+        max_connections: opts.max_connections.max(1),
+        header_timeouts: AtomicU64::new(0),
     });
-    let app = router(ctx);
+    let app = router(ctx.clone());
     tracing::info!(%addr, "http: serving /metrics, /healthz, /readyz, /api/v1, dashboard");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    // The collector watches the same token; make sure it is cancelled even when the listener
-    // failed on its own.
-    shutdown.cancel();
+    let connections = TaskTracker::new();
+    loop {
+        // The slot is taken before the connection is accepted: beyond the cap, clients wait in
+        // the listen backlog instead of being accepted and left unanswered.
+        let slot = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            slot = ctx.slots.clone().acquire_owned() => slot.expect("the slot semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, _peer)) => {
+                let (app, ctx) = (app.clone(), ctx.clone());
+                let timeout = opts.header_read_timeout;
+                connections.spawn(async move {
+                    serve_connection(tcp, app, timeout, &ctx).await;
+                    drop(slot);
+                });
+            }
+            // The client gave up between its connect and the accept.
+            Err(e) if is_connection_error(&e) => {}
+            // Out of file descriptors and the like: wait for connections to end rather than spin.
+            Err(e) => {
+                tracing::error!(%addr, "http: accept failed: {e}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    // The collector watches the same token; it was cancelled for the loop to end.
     if let Err(e) = collector.await {
         tracing::error!("http: record collector failed: {e}");
     }
-    served.map_err(|source| HttpError::Serve { addr, source })
+    Ok(())
+}
+
+/// Serve one connection until the client closes it, it breaks, or the server shuts down: then the
+/// request in progress is finished (event streams end on the same token) and the connection is
+/// closed.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    header_read_timeout: Duration,
+    ctx: &Ctx,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = ctx.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    match served {
+        Ok(()) => {}
+        Err(e) if e.is_timeout() => {
+            ctx.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("http: client sent no complete request head in time; disconnected");
+        }
+        Err(e) => tracing::debug!("http: connection ended: {e}"),
+    }
+}
+
+/// Errors of one incoming connection, not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 fn router(ctx: Arc<Ctx>) -> Router {
@@ -250,6 +369,12 @@ async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
         .live_view(crate::model::Timestamp(snap.ts_ms));
     text.push_str(&metrics::render_completeness(&view));
     text.push_str(&ctx.live.health.render_metrics());
+    let open = ctx.max_connections - ctx.slots.available_permits();
+    text.push_str(&metrics::render_http(
+        open,
+        ctx.max_connections,
+        ctx.header_timeouts.load(Ordering::Relaxed),
+    ));
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         Body::from(text),
