@@ -248,3 +248,111 @@ async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
     );
     stop_plant.cancel();
 }
+
+/// A spool written by a newer build is not pushed aside (this build cannot read its records):
+/// that uplink alone is not started, the other one delivers and reports it, `/readyz` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_stops_only_its_uplink_and_is_left_untouched() {
+    let stop_plant = CancellationToken::new();
+    let d = device("meter");
+    d.set_input(0, &f32_words(42.0));
+    let modbus_port = serve(UnitMap::from([(1, d)]), &stop_plant).await;
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "#").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let newer = state.join("spool-broken.db");
+    smeltwatch::spool::Spool::open(&newer, &smeltwatch::config::SpoolConfig::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let before = std::fs::read(&newer).unwrap();
+    let http_port = free_port();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, config(modbus_port, broker.port, http_port, &state)).unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting smeltwatch run");
+
+    let mut healthy_live = 0;
+    let mut event: Option<Json> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while healthy_live < 5 || event.is_none() {
+        assert_running(&mut agent, &log);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((topic, payload))) =
+            timeout(left.min(Duration::from_millis(500)), rx.recv()).await
+        else {
+            assert!(
+                Instant::now() < deadline,
+                "after 30 s: {healthy_live} live records, event {event:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            continue;
+        };
+        assert!(!topic.starts_with("broken/"), "{topic}");
+        if topic.starts_with(&format!("healthy/{SITE}/live/")) {
+            healthy_live += 1;
+        } else if topic == format!("healthy/{SITE}/events/spool_open_failed") {
+            event = Some(serde_json::from_slice(&payload).unwrap());
+        }
+    }
+    let event = event.unwrap();
+    assert_eq!(event["subject"], "broken", "{event}");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("schema version 99"),
+        "{event}"
+    );
+    let readyz: Json = serde_json::from_str(&get(http_port, "/readyz").await).unwrap();
+    assert_eq!(readyz["ready"], false, "{readyz}");
+    assert!(
+        readyz["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("uplink \"broken\" not started"),
+        "{readyz}"
+    );
+    let metrics = get(http_port, "/metrics").await;
+    assert!(
+        metrics.contains("smeltwatch_spool_open_failed{uplink=\"broken\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        std::fs::read(&newer).unwrap(),
+        before,
+        "the file is left as it was"
+    );
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+
+    Command::new("kill")
+        .arg(agent.id().to_string())
+        .status()
+        .unwrap();
+    let status = agent.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    stop_plant.cancel();
+}
