@@ -41,6 +41,10 @@ pub struct Health {
     stores: Mutex<BTreeMap<String, StoreState>>,
     /// Poll batches the fan-out could not store before the end of the grace period at shutdown.
     undrained_at_shutdown: AtomicU64,
+    /// Damaged spool files moved aside at start, by (uplink, reason).
+    spools_set_aside: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Uplinks not started because their spool could not be opened, with the error.
+    spools_not_opened: Mutex<BTreeMap<String, String>>,
 }
 
 #[derive(Debug)]
@@ -75,7 +79,22 @@ impl Health {
             pollers: Mutex::new(Vec::new()),
             stores: Mutex::new(BTreeMap::new()),
             undrained_at_shutdown: AtomicU64::new(0),
+            spools_set_aside: Mutex::new(BTreeMap::new()),
+            spools_not_opened: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The damaged spool file of `uplink` was moved aside at start for `reason`.
+    pub fn spool_set_aside(&self, uplink: &str, reason: &'static str) {
+        *lock(&self.spools_set_aside)
+            .entry((uplink.to_owned(), reason))
+            .or_default() += 1;
+    }
+
+    /// `uplink` was not started: its spool could not be opened (`error`). It stays a problem of
+    /// this run ([`Health::problems`]); a restart tries again.
+    pub fn spool_not_opened(&self, uplink: &str, error: &str) {
+        lock(&self.spools_not_opened).insert(uplink.to_owned(), error.to_owned());
     }
 
     /// Watch the poller `name`, whose shortest poll interval is `shortest_poll`.
@@ -152,6 +171,11 @@ impl Health {
     /// stores. Empty when all is well.
     pub fn problems(&self, cycles: &[(String, u64)]) -> Vec<String> {
         let mut out = self.stalls(cycles);
+        for (uplink, err) in lock(&self.spools_not_opened).iter() {
+            out.push(format!(
+                "uplink {uplink:?} not started: its spool cannot be opened ({err})"
+            ));
+        }
         for (store, s) in self.stores_lock().iter() {
             if let Some(err) = &s.failing {
                 out.push(format!(
@@ -227,6 +251,29 @@ impl Health {
                 u8::from(s.failing.is_some())
             );
         }
+        drop(stores);
+        out.push_str(
+            "# HELP smeltwatch_spool_set_aside_total Damaged spool files moved aside at start (an empty spool took their place), by uplink and reason.\n\
+             # TYPE smeltwatch_spool_set_aside_total counter\n",
+        );
+        for ((uplink, reason), n) in lock(&self.spools_set_aside).iter() {
+            let _ = writeln!(
+                out,
+                "smeltwatch_spool_set_aside_total{{uplink=\"{}\",reason=\"{reason}\"}} {n}",
+                escape(uplink)
+            );
+        }
+        out.push_str(
+            "# HELP smeltwatch_spool_open_failed Uplinks not started because their spool could not be opened (1).\n\
+             # TYPE smeltwatch_spool_open_failed gauge\n",
+        );
+        for uplink in lock(&self.spools_not_opened).keys() {
+            let _ = writeln!(
+                out,
+                "smeltwatch_spool_open_failed{{uplink=\"{}\"}} 1",
+                escape(uplink)
+            );
+        }
         out
     }
 
@@ -241,6 +288,11 @@ impl Health {
             .lock()
             .expect("health lock is never poisoned: holders do not panic")
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock()
+        .expect("health lock is never poisoned: holders do not panic")
 }
 
 fn escape(label: &str) -> String {
@@ -356,5 +408,29 @@ mod tests {
         h.store_ok("history");
         assert!(h.problems(&[]).is_empty());
         assert_eq!(h.lost_total("history"), 3);
+    }
+
+    #[test]
+    fn spools_set_aside_are_counted_and_one_not_opened_is_a_problem() {
+        let h = Health::default();
+        h.spool_set_aside("plant", "corrupt");
+        h.spool_set_aside("plant", "corrupt");
+        h.spool_not_opened("scada", "schema version 9");
+        let text = h.render_metrics();
+        assert!(
+            text.contains(
+                "smeltwatch_spool_set_aside_total{uplink=\"plant\",reason=\"corrupt\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("smeltwatch_spool_open_failed{uplink=\"scada\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            h.problems(&[]),
+            ["uplink \"scada\" not started: its spool cannot be opened (schema version 9)"]
+        );
+        assert!(h.stalls(&[]).is_empty(), "the watchdog is still fed");
     }
 }

@@ -18,6 +18,7 @@ pub mod health;
 mod hj212;
 mod regulated;
 mod sparkplug;
+pub mod spools;
 pub mod systemd;
 
 use std::collections::{HashMap, HashSet};
@@ -254,15 +255,20 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
 
     let mut targets = Vec::new();
     let mut spools = Vec::new();
+    // A damaged spool file is moved aside, a spool that cannot be opened stops its uplink only
+    // (`spools`); what happened goes out first as events.
+    let notifier = systemd::Notifier::from_env();
+    let mut spool_events = Vec::new();
     for uplink in &cfg.uplinks {
         let path = spool_path(&cfg, &uplink.name);
-        let spool = SpoolHandle::open(&path, &uplink.spool).with_context(|| {
-            format!(
-                "uplink {:?}: cannot open spool {}",
-                uplink.name,
-                path.display()
-            )
-        })?;
+        let report = spools::Report {
+            notifier: &notifier,
+            health: &live.health,
+            events: &mut spool_events,
+        };
+        let Some(spool) = spools::open(uplink, &path, report) else {
+            continue;
+        };
         let (status, topics) = match &uplink.kind {
             UplinkKind::Mqtt(mqtt) => {
                 let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
@@ -372,7 +378,11 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         )),
         None => None,
     };
-    let initial: Vec<Record> = regulator.config_change(&cfg).into_iter().collect();
+    let initial: Vec<Record> = regulator
+        .config_change(&cfg)
+        .into_iter()
+        .chain(spool_events)
+        .collect();
     let inputs = FanInputs {
         batches: rx,
         events: events_rx,

@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Appended, DeadLetter, NewRecord, Spool, SpoolError, SpoolStats, StoredRecord};
+use super::{
+    Appended, DeadLetter, NewRecord, SetAside, Spool, SpoolError, SpoolStats, StoredRecord,
+};
 use crate::config::{SpoolConfig, Stream};
 
 /// Commands waiting for the spool thread before senders wait.
@@ -90,20 +92,35 @@ pub struct SpoolHandle {
 impl SpoolHandle {
     /// Opens the spool synchronously (so a bad file fails at startup), then starts its thread.
     pub fn open(path: &Path, cfg: &SpoolConfig) -> Result<SpoolHandle, SpoolError> {
-        let spool = Spool::open(path, cfg)?;
+        Self::serve_on_thread(Spool::open(path, cfg)?)
+    }
+
+    /// [`Spool::open_or_set_aside`], then starts its thread: a damaged file is moved aside and
+    /// an empty spool started in its place, which the [`SetAside`] describes.
+    pub fn open_or_set_aside(
+        path: &Path,
+        cfg: &SpoolConfig,
+        now: std::time::SystemTime,
+    ) -> Result<(SpoolHandle, Option<SetAside>), SpoolError> {
+        let (spool, aside) = Spool::open_or_set_aside(path, cfg, now)?;
+        Ok((Self::serve_on_thread(spool)?, aside))
+    }
+
+    fn serve_on_thread(spool: Spool) -> Result<SpoolHandle, SpoolError> {
+        let path = spool.path().to_path_buf();
         let (appended_tx, appended) = watch::channel(spool.last_id()?);
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
         std::thread::Builder::new()
             .name("smeltwatch-spool".to_owned())
             .spawn(move || serve(spool, rx, appended_tx))
             .map_err(|source| SpoolError::Thread {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 source,
             })?;
         Ok(SpoolHandle {
             commands,
             appended,
-            path: Arc::new(path.to_path_buf()),
+            path: Arc::new(path),
         })
     }
 

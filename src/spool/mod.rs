@@ -41,6 +41,18 @@
 //! `PRAGMA quick_check` and refuses a corrupt file with an error that names it, and refuses a file
 //! whose `user_version` is newer than this build understands.
 //!
+//! # A damaged file at start
+//! [`Spool::open_or_set_aside`] (what the agent uses) does not let one damaged file stop the
+//! agent: a file that is not a SQLite database, fails `quick_check`, holds impossible values or
+//! lacks the spool's tables ([`SpoolError::is_damaged`]) is renamed to
+//! `<name>.corrupt-<UTC time>` (a `-wal` and `-shm` that SQLite left first, to `<new name>-wal`/
+//! `-shm`, so that `sqlite3` opens them together and a fresh file never picks up the old WAL;
+//! closing the failed connection normally checkpoints a readable WAL into the file), and an empty spool
+//! is started in its place; the caller reports the [`SetAside`]. Nothing is deleted. Every other
+//! failure leaves the file alone: a permission problem, a full disk or an I/O error is not the
+//! file's fault, and a file of a newer schema holds records this build cannot read, which it must
+//! not push out of the way.
+//!
 //! # Sequence numbers
 //! `seq` starts at 1 and is strictly increasing per stream for the life of the file, across restarts
 //! and after every record was acked: the next value lives in `streams.next_seq`, updated in the same
@@ -106,6 +118,21 @@ use crate::model::Timestamp;
 
 pub use handle::{AppendFailed, DECODED_MAX_BYTES, Decoded, SpoolHandle};
 pub use store::Spool;
+
+/// A damaged spool file that [`Spool::open_or_set_aside`] moved aside before it started an empty
+/// spool in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// The spool file: a fresh, empty spool now.
+    pub path: PathBuf,
+    /// Where the damaged file went (its `-wal` and `-shm`, if any, beside it with those suffixes).
+    pub moved_to: PathBuf,
+    /// `corrupt` (not a database, failed `quick_check`, impossible values) or `not_a_spool` (a
+    /// SQLite database without the spool's schema).
+    pub reason: &'static str,
+    /// The error the open failed with.
+    pub detail: String,
+}
 
 /// A record to append: what fan-out hands to an uplink's spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,4 +311,38 @@ pub enum SpoolError {
     /// The spool was closed (by [`SpoolHandle::close`] on any clone) or its thread stopped.
     #[error("spool is closed")]
     Closed,
+    /// A damaged spool file could not be moved aside.
+    #[error("spool file {path} is damaged ({detail}) and cannot be moved aside to {to}: {source}")]
+    SetAsideFailed {
+        /// The spool file.
+        path: PathBuf,
+        /// Why it was to be moved.
+        detail: String,
+        /// Where it was to go.
+        to: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SpoolError {
+    /// Whether the error is the file's own damage, so that moving it aside and starting an empty
+    /// spool is the way on: not a SQLite database, a failed `quick_check` or impossible values
+    /// ([`SpoolError::Corrupt`]), or a database without the spool's schema
+    /// ([`SpoolError::NotASpool`]). Not for a newer schema (records this build cannot read), a
+    /// full disk, permissions or other I/O errors: those are not fixed by a new file, or would
+    /// push data out of the way.
+    pub fn is_damaged(&self) -> bool {
+        self.set_aside_reason().is_some()
+    }
+
+    /// The `reason` of a [`SetAside`] for a damaged file; `None` for the others.
+    pub fn set_aside_reason(&self) -> Option<&'static str> {
+        match self {
+            SpoolError::Corrupt { .. } => Some("corrupt"),
+            SpoolError::NotASpool { .. } => Some("not_a_spool"),
+            _ => None,
+        }
+    }
 }

@@ -4,11 +4,13 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
-use super::{Appended, DeadLetter, DropsByReason, NewRecord, SpoolError, SpoolStats, StoredRecord};
+use super::{
+    Appended, DeadLetter, DropsByReason, NewRecord, SetAside, SpoolError, SpoolStats, StoredRecord,
+};
 use crate::clock::Clock;
 use crate::config::{SpoolConfig, Stream};
 use crate::model::Timestamp;
@@ -267,6 +269,7 @@ impl Spool {
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(err)?;
         migrate(&mut conn, path)?;
+        check_tables(&conn, path)?;
         let mut spool = Spool {
             conn,
             path: path.to_path_buf(),
@@ -292,6 +295,41 @@ impl Spool {
     pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// [`Spool::open`], but a damaged file ([`SpoolError::is_damaged`]) does not stop it: the file
+    /// (and its `-wal` and `-shm`) is renamed to `<name>.corrupt-<now, UTC>` and an empty spool is
+    /// opened in its place; the [`SetAside`] says what was moved where and why. Any other error is
+    /// returned with the file untouched (see the [module docs](super)).
+    pub fn open_or_set_aside(
+        path: &Path,
+        cfg: &SpoolConfig,
+        now: SystemTime,
+    ) -> Result<(Spool, Option<SetAside>), SpoolError> {
+        let e = match Spool::open(path, cfg) {
+            Ok(spool) => return Ok((spool, None)),
+            Err(e) => e,
+        };
+        let Some(reason) = e.set_aside_reason() else {
+            return Err(e);
+        };
+        let detail = e.to_string();
+        let moved_to = set_aside(path, now).map_err(|(to, source)| SpoolError::SetAsideFailed {
+            path: path.to_path_buf(),
+            detail: detail.clone(),
+            to,
+            source,
+        })?;
+        let spool = Spool::open(path, cfg)?;
+        Ok((
+            spool,
+            Some(SetAside {
+                path: path.to_path_buf(),
+                moved_to,
+                reason,
+                detail,
+            }),
+        ))
     }
 
     fn err(&self, e: rusqlite::Error) -> SpoolError {
@@ -1154,6 +1192,70 @@ fn quick_check(conn: &Connection, path: &Path) -> Result<(), SpoolError> {
     }
 }
 
+/// Rename the spool file at `path` to `<name>.corrupt-<now as YYYYMMDDTHHMMSSZ>` (with `-1`,
+/// `-2`… if that is taken) and returns the new path; on failure, the path it tried and the error.
+///
+/// The `-wal` and `-shm` files, if SQLite left any (closing the failed connection normally
+/// checkpoints a readable WAL into the file and removes both), go first, to the new name plus
+/// their suffix: SQLite would replay a WAL left at the old name into the fresh file, and beside the
+/// renamed file it is the WAL that `sqlite3` reads with it.
+fn set_aside(path: &Path, now: SystemTime) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let with_suffix = |p: &Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    let taken = |p: &Path| {
+        ["", "-wal", "-shm"]
+            .iter()
+            .any(|s| with_suffix(p, s).symlink_metadata().is_ok())
+    };
+    let mut to = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let mut n = 0;
+    while taken(&to) {
+        n += 1;
+        to = path.with_file_name(format!("{name}.corrupt-{stamp}-{n}"));
+    }
+    for suffix in ["-wal", "-shm"] {
+        let from = with_suffix(path, suffix);
+        let dest = with_suffix(&to, suffix);
+        match fs::rename(&from, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err((dest, e)),
+        }
+    }
+    fs::rename(path, &to).map_err(|e| (to.clone(), e))?;
+    Ok(to)
+}
+
+/// Fails with [`SpoolError::NotASpool`] naming the first table of the spool's schema the file
+/// lacks: such a file would fail every call later, so it is refused at open like a damaged one.
+fn check_tables(conn: &Connection, path: &Path) -> Result<(), SpoolError> {
+    for table in ["records", "streams", "kv", "dead_letters"] {
+        let found: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .map_err(|e| classify(path, e))?;
+        if found == 0 {
+            return Err(SpoolError::NotASpool {
+                path: path.to_path_buf(),
+                detail: format!("user_version {SCHEMA_VERSION} but no table {table}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     let err = |e| classify(path, e);
     let version: i64 = conn
@@ -1686,6 +1788,114 @@ mod tests {
             .unwrap();
         let err = Spool::open(&foreign, &cfg(u64::MAX)).unwrap_err();
         assert!(matches!(err, SpoolError::NotASpool { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn damage_is_told_apart_from_other_open_failures() {
+        let dir = TempDir::new().unwrap();
+        let open_err = |path: &Path| Spool::open(path, &cfg(u64::MAX)).unwrap_err();
+        // Damaged: not a database, a database without the spool's tables, or missing one.
+        let garbage = dir.path().join("garbage.db");
+        fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let truncated = dir.path().join("no-streams.db");
+        let spool = Spool::open(&truncated, &cfg(u64::MAX)).unwrap();
+        spool.conn.execute_batch("DROP TABLE streams").unwrap();
+        drop(spool);
+        for (path, reason) in [
+            (&garbage, "corrupt"),
+            (&foreign, "not_a_spool"),
+            (&truncated, "not_a_spool"),
+        ] {
+            let err = open_err(path);
+            assert!(err.is_damaged(), "{err:?}");
+            assert_eq!(err.set_aside_reason(), Some(reason), "{err:?}");
+        }
+        // Not damage: a newer schema, a file that cannot be opened, a directory that cannot be
+        // made, a full disk.
+        let newer = dir.path().join("newer.db");
+        let spool = Spool::open(&newer, &cfg(u64::MAX)).unwrap();
+        spool.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(spool);
+        let a_directory = dir.path().join("a-directory.db");
+        fs::create_dir(&a_directory).unwrap();
+        let under_a_file = garbage.join("spool.db");
+        for err in [
+            open_err(&newer),
+            open_err(&a_directory),
+            open_err(&under_a_file),
+            SpoolError::DiskFull {
+                path: newer.clone(),
+            },
+        ] {
+            assert!(!err.is_damaged(), "{err:?}");
+            assert_eq!(err.set_aside_reason(), None, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_is_moved_aside_and_an_empty_spool_takes_its_place() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("spool-b.db");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_083_200);
+        let stamp = "20261201T000000Z";
+        for round in 0..2 {
+            fs::write(&path, vec![round; 8192]).unwrap();
+            let (mut spool, aside) = Spool::open_or_set_aside(&path, &cfg(u64::MAX), now).unwrap();
+            let aside = aside.expect("the garbage was set aside");
+            // The second one in the same second gets a name of its own.
+            let name = match round {
+                0 => format!("spool-b.db.corrupt-{stamp}"),
+                _ => format!("spool-b.db.corrupt-{stamp}-1"),
+            };
+            assert_eq!(aside.moved_to, dir.path().join(&name));
+            assert_eq!(
+                (aside.path.as_path(), aside.reason),
+                (path.as_path(), "corrupt")
+            );
+            assert!(aside.detail.contains("spool-b.db"), "{aside:?}");
+            assert_eq!(fs::read(&aside.moved_to).unwrap(), vec![round; 8192]);
+            // A working, empty spool in its place.
+            assert_eq!(spool.stats().unwrap().records, 0);
+            assert_eq!(
+                spool.append(vec![rec(Stream::Live, 1, 10)]).unwrap()[0].seq,
+                1
+            );
+            spool.close().unwrap();
+        }
+        // A healthy file is opened as it is.
+        let (spool, aside) = Spool::open_or_set_aside(&path, &cfg(u64::MAX), now).unwrap();
+        assert_eq!((aside, spool.stats().unwrap().records), (None, 1));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_where_it_is() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("newer.db");
+        let spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        spool.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(spool);
+        let before = fs::read(&path).unwrap();
+        let err = Spool::open_or_set_aside(&path, &cfg(u64::MAX), SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(err, SpoolError::NewerSchema { found: 99, .. }),
+            "{err:?}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), before);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().contains("corrupt")),
+            "{names:?}"
+        );
     }
 
     #[test]
