@@ -18,7 +18,7 @@
 //! | `smeltwatch_source_request_duration_seconds_mean` | gauge (since start) | `source` |
 //! | `smeltwatch_source_readings_total` | counter | `source`, `quality` |
 //! | `smeltwatch_uplink_state` | gauge, 1 for the current state, 0 for the others | `uplink`, `state` |
-//! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total` | counter | `uplink` |
+//! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total`, `_restarts_total` | counter | `uplink` |
 //! | `smeltwatch_uplink_in_flight` | gauge | `uplink` |
 //! | `smeltwatch_uplink_backlog_records`, `smeltwatch_uplink_backlog_oldest_age_seconds`, `smeltwatch_uplink_replay_rate` | gauge | `uplink` |
 //! | `smeltwatch_spool_records`, `_bytes`, `_oldest_age_seconds` | gauge | `uplink` |
@@ -206,6 +206,7 @@ fn record(snap: &Snapshot) {
         counter!("smeltwatch_uplink_acked_total", l.clone()).absolute(u.acked_total);
         counter!("smeltwatch_uplink_rejected_total", l.clone()).absolute(u.rejected_total);
         counter!("smeltwatch_uplink_connects_total", l.clone()).absolute(u.connects);
+        counter!("smeltwatch_uplink_restarts_total", l.clone()).absolute(u.restarts);
         gauge!("smeltwatch_uplink_in_flight", l.clone()).set(u.in_flight as f64);
         gauge!("smeltwatch_uplink_backlog_records", l.clone()).set(u.backlog_records as f64);
         gauge!("smeltwatch_uplink_backlog_oldest_age_seconds", l.clone())
@@ -340,6 +341,10 @@ fn describe() {
     describe_counter!(
         "smeltwatch_uplink_connects_total",
         "Successful broker connections."
+    );
+    describe_counter!(
+        "smeltwatch_uplink_restarts_total",
+        "Times the uplink task failed and was started again by its supervisor."
     );
     describe_gauge!(
         "smeltwatch_uplink_in_flight",

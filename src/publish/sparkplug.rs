@@ -52,7 +52,7 @@ use rumqttc::{
     QoS, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, timeout};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttConfig, Stream};
@@ -70,6 +70,8 @@ pub const BD_SEQ_KEY: &str = "sparkplug.bdseq";
 const READ_BATCH: usize = 256;
 /// How long the SUBACKs, the NDEATH's PUBACK and the DISCONNECT may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time [`SparkplugUplink::run`] may take after the shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// DCMD write requests waiting for the writer before new ones are refused.
 const DCMD_QUEUE: usize = 64;
 /// The `kind` of the events that report write attempts.
@@ -155,6 +157,7 @@ pub struct SparkplugUplink {
     status_tx: watch::Sender<SparkplugStatus>,
     tls: Option<Arc<rustls::ClientConfig>>,
     writes: Option<DeviceWriteGate>,
+    shutdown_grace: Duration,
 }
 
 impl fmt::Debug for SparkplugUplink {
@@ -225,7 +228,16 @@ impl SparkplugUplink {
             status_tx,
             tls,
             writes: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         })
+    }
+
+    /// How long [`SparkplugUplink::run`] may take after the shutdown signal: the NDEATH's PUBACK,
+    /// the DISCONNECT and the device writes already queued are waited for within this time
+    /// (default [`DEFAULT_SHUTDOWN_GRACE`]). The agent gives its `grace_period`.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Serve DCMD writes through `gate` (without one, DCMDs are refused and logged).
@@ -305,9 +317,23 @@ impl SparkplugUplink {
         o
     }
 
-    /// Connect, publish and retry until `shutdown`; then NDEATH, DISCONNECT and return.
+    /// Connect, publish and retry until `shutdown`; then NDEATH, DISCONNECT and return. A failure
+    /// that ends the run is logged ([`SparkplugUplink::run_once`] returns it instead).
     pub async fn run(self, shutdown: CancellationToken) {
+        if let Err(e) = self.run_once(&shutdown).await {
+            tracing::error!(uplink = %self.name, "Sparkplug uplink stopped: {e}");
+        }
+    }
+
+    /// [`SparkplugUplink::run`], returning `Err` when the run ended without `shutdown`: its spool
+    /// closed under it (a lost connection or a failing spool call is retried with backoff). May
+    /// be called again after it returned (the supervisor does): the next bdSeq, fresh births, and
+    /// what waits in the spool replayed as historical.
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), String> {
         let mut node = NodeState::new(&self.model);
+        let mut outcome = Ok(());
+        // Set when the shutdown signal is seen: the end of the grace period.
+        let mut stopping: Option<Instant> = None;
         // DCMD writes are served one at a time, in arrival order, by their own task, so a slow
         // device never holds up publishing.
         let (dcmd_tx, dcmd_rx) = mpsc::channel(DCMD_QUEUE);
@@ -323,6 +349,10 @@ impl SparkplugUplink {
             }
             let bd_seq = match self.next_bd_seq().await {
                 Ok(b) => b,
+                Err(SpoolError::Closed) => {
+                    outcome = Err("spool closed".to_owned());
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(uplink = %self.name, "cannot persist bdSeq: {e}");
                     self.status_tx
@@ -350,23 +380,26 @@ impl SparkplugUplink {
                     tracing::info!(uplink = %self.name, bd_seq, "Sparkplug session up");
                     let (cmd_tx, cmd_rx) = mpsc::channel(16);
                     let mut session = Session {
-                        up: &self,
+                        up: self,
                         client: &client,
                         node: &mut node,
                         seq: SeqCounter::default(),
                         bd_seq,
                         pending: Vec::new(),
                         dcmd: &dcmd_tx,
+                        stopping: None,
                     };
                     let ended = tokio::select! {
                         e = drive(&mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
-                        ended = session.run(cmd_rx, &shutdown) => ended,
+                        ended = session.run(cmd_rx, shutdown) => ended,
                     };
+                    stopping = session.stopping;
                     if matches!(ended, Ended::Shutdown | Ended::HostOffline) {
                         // The session queued its DISCONNECT: drive the event loop until it is
                         // out, so that the broker discards the Will.
                         let (tx, _rx) = mpsc::channel(1);
-                        let _ = timeout(STEP_TIMEOUT, drive(&mut eventloop, tx)).await;
+                        let until = stopping.unwrap_or_else(|| Instant::now() + STEP_TIMEOUT);
+                        let _ = timeout_at(until, drive(&mut eventloop, tx)).await;
                     }
                     ended
                 }
@@ -394,10 +427,23 @@ impl SparkplugUplink {
                 _ = sleep(jittered) => {}
             }
         }
-        // Writes already queued are still answered (and reported); then the writer ends.
+        // Writes already queued are still answered (and reported) within the grace period; then
+        // the writer ends.
         drop(dcmd_tx);
-        let _ = timeout(STEP_TIMEOUT, writer).await;
+        let until = stopping
+            .or_else(|| {
+                shutdown
+                    .is_cancelled()
+                    .then(|| Instant::now() + self.shutdown_grace)
+            })
+            .unwrap_or_else(|| Instant::now() + STEP_TIMEOUT);
+        let mut writer = writer;
+        if timeout_at(until, &mut writer).await.is_err() {
+            tracing::warn!(uplink = %self.name, "device writes still queued at the end of the grace period are dropped");
+            writer.abort();
+        }
         tracing::info!(uplink = %self.name, "Sparkplug uplink stopped");
+        outcome
     }
 }
 
@@ -433,6 +479,8 @@ struct Session<'a> {
     pending: Vec<rumqttc::PublishNotice>,
     /// DCMD write requests go here (served by [`serve_writes`]).
     dcmd: &'a mpsc::Sender<DcmdWrite>,
+    /// The end of the grace period, once the shutdown signal was seen.
+    stopping: Option<Instant>,
 }
 
 /// What a received command is.
@@ -505,9 +553,20 @@ impl Session<'_> {
         let mut more = true;
         loop {
             if more {
-                match self.send_batch(&mut cursor, boundary).await {
-                    Ok(m) => more = m,
-                    Err(e) => return Ended::Lost(e),
+                // A batch waiting on a dead link must not hold the stop past the grace period:
+                // its records stay in the spool.
+                let sent = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => None,
+                    r = self.send_batch(&mut cursor, boundary) => Some(r),
+                };
+                match sent {
+                    None => {
+                        self.stop().await;
+                        return Ended::Shutdown;
+                    }
+                    Some(Ok(m)) => more = m,
+                    Some(Err(e)) => return Ended::Lost(e),
                 }
                 if more {
                     // Let commands and shutdown in between batches.
@@ -517,7 +576,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.ndeath_and_disconnect().await;
+                    self.stop().await;
                     return Ended::Shutdown;
                 }
                 cmd = cmds.recv() => {
@@ -536,7 +595,8 @@ impl Session<'_> {
                                     uplink = %self.up.name,
                                     "primary host offline: NDEATH, disconnect, spool until it is back"
                                 );
-                                self.ndeath_and_disconnect().await;
+                                let until = Instant::now() + STEP_TIMEOUT;
+                                self.ndeath_and_disconnect(until).await;
                                 return Ended::HostOffline;
                             }
                         }
@@ -615,7 +675,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.ndeath_and_disconnect().await;
+                    self.stop().await;
                     return Some(Ended::Shutdown);
                 }
                 cmd = cmds.recv() => {
@@ -900,28 +960,43 @@ impl Session<'_> {
             .await
     }
 
-    /// NDEATH (QoS 1, waits for the PUBACK), then DISCONNECT (queued: the caller drives the
-    /// event loop until it is out).
-    async fn ndeath_and_disconnect(&mut self) {
+    /// The shutdown signal: NDEATH and DISCONNECT within the grace period, which starts now.
+    async fn stop(&mut self) {
+        let until = Instant::now() + self.up.shutdown_grace;
+        self.stopping = Some(until);
+        // The last fifth (at most 500 ms) is kept for the DISCONNECT.
+        let reserve = (self.up.shutdown_grace / 5).min(Duration::from_millis(500));
+        self.ndeath_and_disconnect(until - reserve).await;
+    }
+
+    /// NDEATH (QoS 1, waits for the PUBACK until `until`), then DISCONNECT (queued: the caller
+    /// drives the event loop until it is out).
+    async fn ndeath_and_disconnect(&mut self, until: Instant) {
         let up = self.up;
         let payload = spb::encode(&spb::ndeath(self.bd_seq, Timestamp::now()));
-        match self
-            .client
-            .publish_tracked(
+        // Queueing waits for room in the client's request channel, which a link that takes
+        // nothing never makes: bounded by `until` as well.
+        let queued = timeout_at(
+            until,
+            self.client.publish_tracked(
                 up.topic(MessageType::NDeath, None),
                 payload,
                 PublishOptions::new(QoS::AtLeastOnce),
-            )
-            .await
-        {
-            Ok(notice) => {
-                if timeout(STEP_TIMEOUT, notice.wait_async()).await.is_err() {
+            ),
+        )
+        .await;
+        match queued {
+            Ok(Ok(notice)) => {
+                if timeout_at(until, notice.wait_async()).await.is_err() {
                     tracing::warn!(uplink = %up.name, "no PUBACK for the NDEATH");
                 }
             }
-            Err(e) => tracing::warn!(uplink = %up.name, "cannot publish the NDEATH: {e}"),
+            Ok(Err(e)) => tracing::warn!(uplink = %up.name, "cannot publish the NDEATH: {e}"),
+            Err(_) => tracing::warn!(uplink = %up.name, "no room to queue the NDEATH in time"),
         }
-        let _ = self.client.disconnect().await;
+        if let Err(e) = self.client.try_disconnect() {
+            tracing::debug!(uplink = %up.name, "cannot queue the DISCONNECT: {e}");
+        }
     }
 }
 
