@@ -6,15 +6,11 @@
 //! reason after a link error, `failed` while the task is down.
 //!
 //! # Supervision
-//! The client ends on its own only when its spool fails. A regulator's feed must not stop for
-//! good on one SQLite error, so the task is supervised: after an error the status turns
-//! `failed` (which `/readyz` reports and `/metrics` shows as `smeltwatch_uplink_state`), an
-//! `uplink_failed` event is raised, and the client is started again after a backoff
-//! (`reconnect_min` doubling to `reconnect_max`, reset by a run that delivered something). A
-//! panic is handled the same way with a freshly built client that continues the same counters.
+//! The client ends on its own only when its spool fails; it runs under [`super::supervise`] like
+//! every uplink (a run that delivered something resets the backoff). A panic is handled the same
+//! way with a freshly built client that continues the same counters.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +20,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::completeness::Completeness;
 use crate::config::{Config, Hj212Config, UplinkConfig};
-use crate::model::{Event, EventPhase, Record, Timestamp, Value};
+use crate::model::Record;
 use crate::publish::hj212_tcp::{HistorySource, Hj212TcpConfig, Hj212TcpUplink, TcpStats};
 use crate::publish::mqtt::{LinkState, UplinkStatus};
 use crate::spool::SpoolHandle;
+
+use super::supervise::{self, Supervised};
 
 /// What the HJ 212 uplink reports to the rest of the agent.
 pub(super) struct Wiring {
@@ -35,6 +33,8 @@ pub(super) struct Wiring {
     pub(super) events: mpsc::Sender<Record>,
     /// Values delivered per uplink.
     pub(super) completeness: Arc<Completeness>,
+    /// How long the packet on the wire may wait for its 9014 after the stop.
+    pub(super) grace: Duration,
     /// The MN of each subject with its own monitoring point ([`mn_by_subject`]).
     pub(super) mn_by_subject: HashMap<String, String>,
 }
@@ -84,6 +84,7 @@ pub(super) fn start(
     tcp.reconnect_max = cfg.reconnect_max;
     tcp.max_wait = cfg.max_wait;
     tcp.name = uplink.name.clone();
+    tcp.shutdown_grace = wiring.grace;
     if history.is_none() {
         tracing::warn!(
             uplink = %uplink.name,
@@ -103,20 +104,7 @@ pub(super) fn start(
     };
     let client = build();
     let stats = client.stats();
-    let (status_tx, status_rx) = watch::channel(UplinkStatus {
-        state: LinkState::Connecting,
-        in_flight: 0,
-        acked_total: 0,
-        rejected_total: 0,
-        connects: 0,
-        last_error: None,
-        backlog_records: 0,
-        backlog_oldest: None,
-        replay_rate_per_s: 0,
-        dead_letters: 0,
-        commands_dropped_total: 0,
-        unconfirmed_total: 0,
-    });
+    let (status_tx, status_rx) = watch::channel(UplinkStatus::default());
     let status_tx = Arc::new(status_tx);
     tracker.spawn(follow_stats(stats, status_tx.clone()));
     let backoff = (cfg.reconnect_min, cfg.reconnect_max);
@@ -131,8 +119,7 @@ pub(super) fn start(
         async move {
             let sent = |s: &TcpStats| s.delivered + s.unconfirmed;
             let before = sent(&c.stats().borrow());
-            // A task of its own, so that a panic ends this attempt only.
-            let run = tokio::spawn(async move {
+            let run = supervise::contain(async move {
                 let r = c.run_once(&stop).await;
                 (c, r)
             });
@@ -144,81 +131,19 @@ pub(super) fn start(
                     }
                     (r.map_err(|e| e.to_string()), progressed)
                 }
-                Err(e) => (Err(format!("panicked: {e}")), false),
+                Err(panicked) => (Err(panicked), false),
             }
         }
     };
-    tracker.spawn(supervise(
+    let who = Supervised {
         name,
-        attempt,
-        status_tx,
-        wiring.events,
+        kind: "HJ 212",
+        status: status_tx,
+        events: wiring.events,
         backoff,
-        stop,
-    ));
+    };
+    tracker.spawn(supervise::supervise(who, attempt, stop));
     status_rx
-}
-
-/// Run `attempt` until it ends without an error or `stop` is cancelled; after an error mark the
-/// status `failed`, raise `uplink_failed` and start again after the backoff (see the module
-/// documentation). `attempt` returns the outcome and whether the run delivered anything.
-async fn supervise<F, Fut>(
-    name: String,
-    mut attempt: F,
-    status: Arc<watch::Sender<UplinkStatus>>,
-    events: mpsc::Sender<Record>,
-    (min, max): (Duration, Duration),
-    stop: CancellationToken,
-) where
-    F: FnMut(CancellationToken) -> Fut,
-    Fut: Future<Output = (Result<(), String>, bool)>,
-{
-    let mut backoff = min;
-    let mut failures: u64 = 0;
-    loop {
-        let (outcome, progressed) = attempt(stop.clone()).await;
-        let why = match outcome {
-            Ok(()) => return,
-            Err(_) if stop.is_cancelled() => return,
-            Err(why) => why,
-        };
-        if progressed {
-            backoff = min;
-        }
-        failures += 1;
-        tracing::error!(uplink = %name, restart_in = ?backoff, "HJ 212 uplink failed: {why}");
-        let reason = format!(
-            "{why}; restart {failures} in {}",
-            humantime::format_duration(backoff)
-        );
-        status.send_modify(|s| {
-            s.state = LinkState::Failed(reason.clone());
-            s.last_error = Some(why.clone());
-        });
-        let event = Record::Event(Event {
-            kind: Arc::from("uplink_failed"),
-            subject: Arc::from(name.as_str()),
-            phase: EventPhase::Instant,
-            ts: Timestamp::now(),
-            attributes: vec![
-                (Arc::from("failures"), Value::UInt(failures)),
-                (
-                    Arc::from("restart_in_ms"),
-                    Value::UInt(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX)),
-                ),
-            ],
-            message: format!("uplink {name} failed ({why}); restarting"),
-        });
-        if events.try_send(event).is_err() {
-            tracing::warn!(uplink = %name, "event channel full or closed; uplink_failed not recorded");
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(max);
-        status.send_modify(|s| s.state = LinkState::Connecting);
-    }
 }
 
 /// Mirror the TCP uplink's counters into an [`UplinkStatus`] until the uplink ends.
@@ -249,81 +174,5 @@ async fn follow_stats(
         if stats.changed().await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failing_task_is_restarted_with_a_doubling_backoff_and_shows_failed() {
-        let (status_tx, mut status) = watch::channel(UplinkStatus {
-            state: LinkState::Connected,
-            in_flight: 0,
-            acked_total: 0,
-            rejected_total: 0,
-            connects: 1,
-            last_error: None,
-            backlog_records: 0,
-            backlog_oldest: None,
-            replay_rate_per_s: 0,
-            dead_letters: 0,
-            commands_dropped_total: 0,
-            unconfirmed_total: 0,
-        });
-        let (events_tx, mut events) = mpsc::channel(16);
-        let stop = CancellationToken::new();
-        let started = tokio::time::Instant::now();
-        let (runs_tx, mut runs) = mpsc::unbounded_channel();
-        let mut n = 0;
-        let attempt = move |_stop: CancellationToken| {
-            n += 1;
-            let _ = runs_tx.send(started.elapsed());
-            let outcome = if n < 4 {
-                Err("spool: disk full".to_owned())
-            } else {
-                Ok(())
-            };
-            async move { (outcome, false) }
-        };
-        let task = tokio::spawn(supervise(
-            "province".into(),
-            attempt,
-            Arc::new(status_tx),
-            events_tx,
-            (Duration::from_secs(1), Duration::from_secs(3)),
-            stop.clone(),
-        ));
-        // The first failure shows at once.
-        let first = status
-            .wait_for(|s| matches!(s.state, LinkState::Failed(_)))
-            .await
-            .unwrap()
-            .clone();
-        let LinkState::Failed(reason) = &first.state else {
-            unreachable!()
-        };
-        assert!(
-            reason.contains("disk full") && reason.contains("restart 1"),
-            "{reason}"
-        );
-        task.await.unwrap();
-        let mut at = Vec::new();
-        while let Ok(t) = runs.try_recv() {
-            at.push(t.as_secs());
-        }
-        // Runs at 0, then after 1 s, 2 s and 3 s (capped).
-        assert_eq!(at, vec![0, 1, 3, 6]);
-        let mut kinds = Vec::new();
-        while let Ok(Record::Event(e)) = events.try_recv() {
-            kinds.push((e.kind.to_string(), e.subject.to_string()));
-        }
-        assert_eq!(kinds.len(), 3, "{kinds:?}");
-        assert!(
-            kinds
-                .iter()
-                .all(|(k, s)| k == "uplink_failed" && s == "province")
-        );
     }
 }

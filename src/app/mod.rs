@@ -19,9 +19,11 @@ mod hj212;
 mod regulated;
 mod sparkplug;
 pub mod spools;
+mod supervise;
 pub mod systemd;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -60,6 +62,9 @@ const MAX_BATCHES_PER_APPEND: usize = 32;
 const APPEND_LINGER: Duration = Duration::from_millis(5);
 /// Capacity of the side entrance of the fan-out for events produced by the uplinks.
 const EVENTS_CHANNEL: usize = 256;
+/// Every uplink stops within the grace period on its own (in-flight acknowledgements are awaited
+/// up to its end); shutdown waits this much longer for the tasks to be scheduled and return.
+const UPLINK_STOP_MARGIN: Duration = Duration::from_millis(500);
 
 /// Knobs of a run that do not belong in the configuration file.
 #[derive(Debug, Clone)]
@@ -273,10 +278,22 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
             UplinkKind::Mqtt(mqtt) => {
                 let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
                     .with_context(|| format!("uplink {:?}", uplink.name))?
-                    .with_completeness(live.completeness.clone());
+                    .with_completeness(live.completeness.clone())
+                    .with_shutdown_grace(opts.grace_period);
                 tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
                 let status = client.status();
-                tracker.spawn(client.run(uplinks_token.clone()));
+                let who = supervise::Supervised {
+                    name: uplink.name.clone(),
+                    kind: "MQTT",
+                    status: client.status_sender(),
+                    events: events_tx.clone(),
+                    backoff: (mqtt.reconnect_min, mqtt.reconnect_max),
+                };
+                tracker.spawn(supervise::supervise(
+                    who,
+                    supervised_mqtt(Arc::new(client)),
+                    uplinks_token.clone(),
+                ));
                 (status, mqtt.topics.clone())
             }
             UplinkKind::Hj212(h) => {
@@ -285,6 +302,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     events: events_tx.clone(),
                     completeness: live.completeness.clone(),
                     mn_by_subject: hj212::mn_by_subject(h, &cfg),
+                    grace: opts.grace_period,
                 };
                 let status = hj212::start(
                     uplink,
@@ -304,6 +322,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     tracker: &tracker,
                     stop: &uplinks_token,
                     completeness: &live.completeness,
+                    grace: opts.grace_period,
                 };
                 let status = sparkplug::start(&cfg, uplink, spb, spool.clone(), wiring)?;
                 (status, TopicTemplates::default())
@@ -522,7 +541,7 @@ impl Agent {
             tracing::error!("fan-out task failed: {e}");
         }
         self.uplinks.cancel();
-        if tokio::time::timeout(self.grace + Duration::from_secs(2), self.tracker.wait())
+        if tokio::time::timeout(self.grace + UPLINK_STOP_MARGIN, self.tracker.wait())
             .await
             .is_err()
         {
@@ -532,9 +551,57 @@ impl Agent {
         }
         // After the uplinks' last acks: the delivered counts are complete.
         self.live.completeness.checkpoint().await;
+        log_undelivered(&self.live).await;
         for spool in self.spools {
             if let Err(e) = spool.close().await {
                 tracing::error!("closing spool: {e}");
+            }
+        }
+    }
+}
+
+/// The attempts of a supervised MQTT uplink: each runs `client` in a task of its own (a panic ends
+/// that run only); a run that got records acknowledged resets the backoff.
+fn supervised_mqtt(
+    client: Arc<MqttUplink>,
+) -> impl FnMut(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = supervise::Outcome> + Send>>
+{
+    move |stop: CancellationToken| {
+        let client = client.clone();
+        Box::pin(async move {
+            let acked = client.status().borrow().acked_total;
+            let run = supervise::contain({
+                let client = client.clone();
+                async move { client.run_once(&stop).await }
+            })
+            .await;
+            let progressed = client.status().borrow().acked_total > acked;
+            (run.and_then(|r| r), progressed)
+        })
+    }
+}
+
+/// What each uplink leaves in its spool at the stop, logged with the count: sent first on the
+/// next start.
+async fn log_undelivered(live: &LiveState) {
+    let views = live
+        .uplinks
+        .lock()
+        .expect("live state lock is never poisoned: holders do not panic")
+        .clone();
+    for view in views {
+        match tokio::time::timeout(Duration::from_secs(1), view.spool.stats()).await {
+            Ok(Ok(stats)) if stats.records > 0 => tracing::info!(
+                uplink = %view.name,
+                records = stats.records,
+                "records not delivered by the end of the grace period stay in the spool for the next start"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(uplink = %view.name, "cannot count the undelivered records: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(uplink = %view.name, "cannot count the undelivered records: the spool did not answer")
             }
         }
     }

@@ -3,9 +3,11 @@
 //!
 //! The uplink reports its own [`SparkplugStatus`]; the status displays and the HTTP side doors
 //! know [`UplinkStatus`], so a small task translates one into the other for as long as the uplink
-//! runs.
+//! runs. The uplink runs under [`super::supervise`] like every uplink (a run that acked spool
+//! records resets the backoff).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
@@ -23,6 +25,8 @@ use crate::publish::sparkplug::{
 };
 use crate::spool::SpoolHandle;
 
+use super::supervise::{self, Supervised};
+
 /// What the Sparkplug uplink needs from the rest of the agent.
 pub(crate) struct Wiring<'a> {
     /// Every device's source write queue.
@@ -33,6 +37,8 @@ pub(crate) struct Wiring<'a> {
     pub(crate) tracker: &'a TaskTracker,
     /// Cancelled when the uplinks are to stop.
     pub(crate) stop: &'a CancellationToken,
+    /// How long the NDEATH, DISCONNECT and queued device writes may take after the stop.
+    pub(crate) grace: Duration,
     /// Where the values the uplink delivered are counted.
     pub(crate) completeness: &'a Arc<Completeness>,
 }
@@ -75,7 +81,8 @@ pub(crate) fn start(
         writers: wiring.writers.clone(),
         events: wiring.events.clone(),
     })
-    .with_completeness(wiring.completeness.clone());
+    .with_completeness(wiring.completeness.clone())
+    .with_shutdown_grace(wiring.grace);
     tracing::info!(
         uplink = %uplink.name,
         broker = %spb.mqtt.broker,
@@ -87,12 +94,44 @@ pub(crate) fn start(
     );
     let mut from = edge.status();
     let (to, status) = watch::channel(translate(&from.borrow()));
-    wiring.tracker.spawn(edge.run(wiring.stop.clone()));
+    let to = Arc::new(to);
+    let edge = Arc::new(edge);
+    let attempt = move |stop: CancellationToken| {
+        let edge = edge.clone();
+        async move {
+            let acked = edge.status().borrow().acked_total;
+            let run = supervise::contain({
+                let edge = edge.clone();
+                async move { edge.run_once(&stop).await }
+            })
+            .await;
+            let progressed = edge.status().borrow().acked_total > acked;
+            (run.and_then(|r| r), progressed)
+        }
+    };
+    let who = Supervised {
+        name: uplink.name.clone(),
+        kind: "Sparkplug",
+        status: to.clone(),
+        events: wiring.events.clone(),
+        backoff: (spb.mqtt.reconnect_min, spb.mqtt.reconnect_max),
+    };
+    wiring
+        .tracker
+        .spawn(supervise::supervise(who, attempt, wiring.stop.clone()));
     wiring.tracker.spawn(async move {
-        // Ends when the uplink (the sender) is gone.
+        // Ends when the uplink (the sender) is gone. What the supervisor owns is kept: the
+        // restart count, and a failed state until it starts the next run (a late change of the
+        // run that failed must not hide the failure).
         while from.changed().await.is_ok() {
-            let s = translate(&from.borrow_and_update());
-            to.send_replace(s);
+            let mut s = translate(&from.borrow_and_update());
+            to.send_modify(|t| {
+                s.restarts = t.restarts;
+                if matches!(t.state, LinkState::Failed(_)) {
+                    s.state = t.state.clone();
+                }
+                *t = s;
+            });
         }
     });
     Ok(status)
@@ -122,6 +161,7 @@ fn translate(s: &SparkplugStatus) -> UplinkStatus {
         replay_rate_per_s: 0,
         commands_dropped_total: s.commands_dropped,
         unconfirmed_total: 0,
+        restarts: 0,
     }
 }
 

@@ -18,7 +18,7 @@
 //! | `smeltwatch_source_request_duration_seconds_mean` | gauge (since start) | `source` |
 //! | `smeltwatch_source_readings_total` | counter | `source`, `quality` |
 //! | `smeltwatch_uplink_state` | gauge, 1 for the current state, 0 for the others | `uplink`, `state` |
-//! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total` | counter | `uplink` |
+//! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total`, `_restarts_total` | counter | `uplink` |
 //! | `smeltwatch_uplink_commands_dropped_total` | counter, commands dropped on a full queue (Sparkplug NCMD/DCMD) | `uplink` |
 //! | `smeltwatch_uplink_unconfirmed_total` | counter, records sent with nothing to prove they arrived (HJ 212 `ack = false`), not in `_acked_total` | `uplink` |
 //! | `smeltwatch_uplink_in_flight` | gauge | `uplink` |
@@ -238,6 +238,7 @@ fn record(snap: &Snapshot) {
         counter!("smeltwatch_uplink_commands_dropped_total", l.clone())
             .absolute(u.commands_dropped_total);
         counter!("smeltwatch_uplink_unconfirmed_total", l.clone()).absolute(u.unconfirmed_total);
+        counter!("smeltwatch_uplink_restarts_total", l.clone()).absolute(u.restarts);
         gauge!("smeltwatch_uplink_in_flight", l.clone()).set(u.in_flight as f64);
         gauge!("smeltwatch_uplink_backlog_records", l.clone()).set(u.backlog_records as f64);
         gauge!("smeltwatch_uplink_backlog_oldest_age_seconds", l.clone())
@@ -383,6 +384,10 @@ fn describe() {
     describe_counter!(
         "smeltwatch_uplink_unconfirmed_total",
         "Records sent with nothing to prove they arrived (HJ 212 without acknowledgements)."
+    );
+    describe_counter!(
+        "smeltwatch_uplink_restarts_total",
+        "Times the uplink task failed and was started again by its supervisor."
     );
     describe_gauge!(
         "smeltwatch_uplink_in_flight",

@@ -121,7 +121,7 @@ pub struct SourceView {
 pub struct UplinkSnapshot {
     /// Uplink name.
     pub name: String,
-    /// `connecting`, `connected`, `disconnected` or `auth_failed`.
+    /// `connecting`, `connected`, `disconnected`, `auth_failed` or `failed`.
     pub state: &'static str,
     /// Why it is disconnected or refused, if it is.
     pub reason: Option<String>,
@@ -133,6 +133,8 @@ pub struct UplinkSnapshot {
     pub rejected_total: u64,
     /// Successful connections since start.
     pub connects: u64,
+    /// Times the uplink task failed and was restarted by its supervisor, since start.
+    pub restarts: u64,
     /// The last error seen, if any.
     pub last_error: Option<String>,
     /// Replay backlog: records that were waiting when the current connection came up and are
@@ -341,6 +343,7 @@ impl Snapshot {
                 acked_total: status.acked_total,
                 rejected_total: status.rejected_total,
                 connects: status.connects,
+                restarts: status.restarts,
                 backlog_records: status.backlog_records,
                 backlog_oldest_age_s: status.backlog_age(now).map(|age| age.as_secs_f64()),
                 replay_rate_per_s: status.replay_rate_per_s,
@@ -512,6 +515,7 @@ mod tests {
                 acked_total: 0,
                 rejected_total: 0,
                 connects: 0,
+                restarts: 0,
                 backlog_records: 0,
                 backlog_oldest_age_s: None,
                 replay_rate_per_s: 0,

@@ -101,6 +101,10 @@ pub struct Hj212TcpConfig {
     pub max_wait: Duration,
     /// The uplink's name, in its events and completeness counts.
     pub name: String,
+    /// After the shutdown signal, how long the packet on the wire may still wait for its 9014
+    /// (it is not sent again; unacknowledged records stay in the spool). The agent gives its
+    /// `grace_period`.
+    pub shutdown_grace: Duration,
 }
 
 impl Hj212TcpConfig {
@@ -117,6 +121,7 @@ impl Hj212TcpConfig {
             batch: 256,
             max_wait: Duration::from_secs(30 * 60),
             name: "hj212".into(),
+            shutdown_grace: Duration::from_secs(3),
         }
     }
 }
@@ -585,6 +590,7 @@ impl Hj212TcpUplink {
                 wr.flush().await
             };
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return Err(LinkEnd::Shutdown),
                 r = write => r.map_err(|e| LinkEnd::Failed(format!("write: {e}")))?,
             }
@@ -593,14 +599,22 @@ impl Hj212TcpUplink {
                 return Ok(());
             }
             let deadline = Instant::now() + self.cfg.over_time;
+            // After the shutdown signal the packet on the wire still gets its 9014, until the end
+            // of the grace period and without a resend: a record the platform acknowledged is
+            // not sent again on the next start.
+            let mut stopping: Option<Instant> = None;
             loop {
                 if self.serve_incoming(buf, wr, qn.as_deref()).await? {
                     return Ok(());
                 }
-                let read = tokio::time::timeout_at(deadline, rd.read_buf(buf));
+                let until = stopping.map_or(deadline, |s| s.min(deadline));
+                let read = tokio::time::timeout_at(until, rd.read_buf(buf));
                 tokio::select! {
-                    () = shutdown.cancelled() => return Err(LinkEnd::Shutdown),
+                    () = shutdown.cancelled(), if stopping.is_none() => {
+                        stopping = Some(Instant::now() + self.cfg.shutdown_grace);
+                    }
                     r = read => match r {
+                        Err(_) if stopping.is_some() => return Err(LinkEnd::Shutdown),
                         Err(_) => break, // OverTime: send again
                         Ok(Ok(0)) => {
                             return Err(LinkEnd::Failed("platform closed the connection".into()));

@@ -229,6 +229,14 @@ pub struct UplinkStatus {
     /// Records that left the spool once written, with nothing to prove they arrived (HJ 212
     /// with `ack = false`), since start. Not in `acked_total`.
     pub unconfirmed_total: u64,
+    /// Times the uplink task failed and was started again by its supervisor, since start.
+    pub restarts: u64,
+}
+
+impl Default for UplinkStatus {
+    fn default() -> Self {
+        UplinkStatus::new()
+    }
 }
 
 impl UplinkStatus {
@@ -253,6 +261,7 @@ impl UplinkStatus {
             replay_rate_per_s: 0,
             commands_dropped_total: 0,
             unconfirmed_total: 0,
+            restarts: 0,
         }
     }
 }
@@ -282,8 +291,13 @@ impl fmt::Display for UplinkStatus {
                 write!(f, " oldest {}s", age.as_secs())?;
             }
         }
+        if self.restarts > 0 {
+            write!(f, " restarts {}", self.restarts)?;
+        }
         match &self.state {
-            LinkState::Disconnected(r) | LinkState::AuthFailed(r) => write!(f, " ({r})"),
+            LinkState::Disconnected(r) | LinkState::AuthFailed(r) | LinkState::Failed(r) => {
+                write!(f, " ({r})")
+            }
             _ => Ok(()),
         }
     }
@@ -297,7 +311,8 @@ pub struct MqttUplink {
     cfg: MqttConfig,
     status_topic: String,
     spool: SpoolHandle,
-    status_tx: watch::Sender<UplinkStatus>,
+    /// Shared with the supervisor, which marks a failed run in it.
+    status_tx: Arc<watch::Sender<UplinkStatus>>,
     shutdown_grace: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Completeness accounting, told what the broker acknowledged.
@@ -333,7 +348,7 @@ impl MqttUplink {
             status_topic: topic::status_topic(&cfg.topics, site),
             cfg: cfg.clone(),
             spool,
-            status_tx,
+            status_tx: Arc::new(status_tx),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             tls,
             completeness: None,
@@ -404,8 +419,9 @@ impl MqttUplink {
         self
     }
 
-    /// How long [`MqttUplink::run`] waits for in-flight PUBACKs after the shutdown signal
-    /// (default [`DEFAULT_SHUTDOWN_GRACE`]).
+    /// How long [`MqttUplink::run`] may take after the shutdown signal: it waits for in-flight
+    /// PUBACKs, then publishes the offline status and DISCONNECTs, all within this time (default
+    /// [`DEFAULT_SHUTDOWN_GRACE`]). The agent gives its `grace_period`.
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
         self
@@ -428,23 +444,44 @@ impl MqttUplink {
         self.status_tx.subscribe()
     }
 
+    /// The sender behind [`MqttUplink::status`], for a supervisor that reports a failed run.
+    pub fn status_sender(&self) -> Arc<watch::Sender<UplinkStatus>> {
+        self.status_tx.clone()
+    }
+
     /// Connect, send and ack until `shutdown` is cancelled; then wait up to the grace period for
     /// in-flight PUBACKs, publish the retained offline status, DISCONNECT and return. Records not
-    /// acknowledged stay in the spool for the next start.
+    /// acknowledged stay in the spool for the next start. A failure that ends the run is logged
+    /// ([`MqttUplink::run_once`] returns it instead).
     pub async fn run(self, shutdown: CancellationToken) {
+        if let Err(e) = self.run_once(&shutdown).await {
+            tracing::error!(uplink = %self.name, "uplink stopped: {e}");
+        }
+    }
+
+    /// [`MqttUplink::run`], returning `Err` when the run ended without `shutdown`: its spool
+    /// closed under it. May be called again after it returned (the supervisor does): every run
+    /// connects anew and reads the spool from its oldest record.
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), String> {
         let (conn_tx, conn_rx) = watch::channel(None::<Conn>);
         let stop_driver = CancellationToken::new();
+        // When the sender stopped, the time left for the offline status and DISCONNECT ends:
+        // both share one grace period.
+        let stop_deadline = std::sync::OnceLock::new();
         let driver = Driver {
-            uplink: &self,
+            uplink: self,
             options: self.mqtt_options(),
             conn_tx,
+            deadline: &stop_deadline,
         };
-        let sender = Sender::new(&self, conn_rx);
-        tokio::join!(driver.run(stop_driver.clone()), async {
-            sender.run(&shutdown).await;
+        let sender = Sender::new(self, conn_rx);
+        let ((), ended) = tokio::join!(driver.run(stop_driver.clone()), async {
+            let ended = sender.run(shutdown, &stop_deadline).await;
             stop_driver.cancel();
+            ended
         });
         tracing::info!(uplink = %self.name, "uplink stopped");
+        ended
     }
 
     fn mqtt_options(&self) -> MqttOptions {
@@ -533,6 +570,8 @@ struct Driver<'a> {
     uplink: &'a MqttUplink,
     options: MqttOptions,
     conn_tx: watch::Sender<Option<Conn>>,
+    /// Set by the sender when it stops: the end of the grace period.
+    deadline: &'a std::sync::OnceLock<Instant>,
 }
 
 impl Driver<'_> {
@@ -662,7 +701,16 @@ impl Driver<'_> {
             tracing::warn!(uplink = %u.name, "cannot queue the offline status and DISCONNECT: {e}");
             return;
         }
-        let done = timeout(DISCONNECT_TIMEOUT + Duration::from_millis(500), async {
+        // Within what is left of the grace period: a broker that does not take the offline
+        // status in time publishes the Will, which says the same.
+        let budget = self
+            .deadline
+            .get()
+            .map_or(DISCONNECT_TIMEOUT, |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(DISCONNECT_TIMEOUT + Duration::from_millis(500));
+        let done = timeout(budget, async {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
@@ -852,12 +900,22 @@ impl<'a> Sender<'a> {
             && (self.fresh_more || (self.backlog_more && self.bucket.available(Instant::now()) > 0))
     }
 
-    async fn run(mut self, shutdown: &CancellationToken) {
+    /// Send until `shutdown`, then drain within the grace period (setting `deadline` to its
+    /// end). `Err` when the spool closed first.
+    async fn run(
+        mut self,
+        shutdown: &CancellationToken,
+        deadline: &std::sync::OnceLock<Instant>,
+    ) -> Result<(), String> {
+        let mut ended = Ok(());
         let mut appended = self.spool.appended();
         self.refresh_dead_letters().await;
         let mut requeue_check = tokio::time::interval(REQUEUE_CHECK_INTERVAL);
         requeue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
             if self.can_fill() {
                 self.fill().await;
                 continue;
@@ -882,6 +940,7 @@ impl<'a> Sender<'a> {
                 changed = appended.changed() => {
                     if changed.is_err() {
                         tracing::warn!(uplink = %self.uplink.name, "spool closed; uplink stops sending");
+                        ended = Err("spool closed".to_owned());
                         break;
                     }
                     self.fresh_more = true;
@@ -896,7 +955,11 @@ impl<'a> Sender<'a> {
                 self.flush_acks().await;
             }
         }
-        self.drain().await;
+        let until = *deadline.get_or_init(|| Instant::now() + self.uplink.shutdown_grace);
+        // The last fifth (at most 500 ms) is kept for the offline status and DISCONNECT.
+        let reserve = (self.uplink.shutdown_grace / 5).min(Duration::from_millis(500));
+        self.drain(until - reserve).await;
+        ended
     }
 
     async fn on_connection_change(&mut self) {
@@ -1475,10 +1538,9 @@ impl<'a> Sender<'a> {
         });
     }
 
-    /// After the shutdown signal: wait up to the grace period for outstanding PUBACKs, then write
-    /// the acks that arrived. Everything else stays in the spool.
-    async fn drain(mut self) {
-        let deadline = Instant::now() + self.uplink.shutdown_grace;
+    /// After the shutdown signal: wait until `deadline` (the end of the grace period) for
+    /// outstanding PUBACKs, then write the acks that arrived. Everything else stays in the spool.
+    async fn drain(mut self, deadline: Instant) {
         while self
             .tracked
             .values()

@@ -88,6 +88,8 @@ pub const BD_SEQ_KEY: &str = "sparkplug.bdseq";
 const READ_BATCH: usize = 256;
 /// How long the SUBACKs, the NDEATH's PUBACK and the DISCONNECT may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time [`SparkplugUplink::run`] may take after the shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// DCMD write requests waiting for the writer before new ones are refused.
 const DCMD_QUEUE: usize = 64;
 /// The `kind` of the events that report write attempts.
@@ -186,6 +188,7 @@ pub struct SparkplugUplink {
     tls: Option<Arc<rustls::ClientConfig>>,
     writes: Option<DeviceWriteGate>,
     completeness: Option<Arc<Completeness>>,
+    shutdown_grace: Duration,
 }
 
 impl fmt::Debug for SparkplugUplink {
@@ -227,6 +230,7 @@ impl SparkplugUplink {
             tls,
             writes: None,
             completeness: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         })
     }
 
@@ -279,6 +283,14 @@ impl SparkplugUplink {
             None
         };
         Ok(tls)
+    }
+
+    /// How long [`SparkplugUplink::run`] may take after the shutdown signal: the NDEATH's PUBACK,
+    /// the DISCONNECT and the device writes already queued are waited for within this time
+    /// (default [`DEFAULT_SHUTDOWN_GRACE`]). The agent gives its `grace_period`.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Serve DCMD writes through `gate` (without one, DCMDs are refused and logged).
@@ -365,9 +377,23 @@ impl SparkplugUplink {
         o
     }
 
-    /// Connect, publish and retry until `shutdown`; then NDEATH, DISCONNECT and return.
+    /// Connect, publish and retry until `shutdown`; then NDEATH, DISCONNECT and return. A failure
+    /// that ends the run is logged ([`SparkplugUplink::run_once`] returns it instead).
     pub async fn run(self, shutdown: CancellationToken) {
+        if let Err(e) = self.run_once(&shutdown).await {
+            tracing::error!(uplink = %self.name, "Sparkplug uplink stopped: {e}");
+        }
+    }
+
+    /// [`SparkplugUplink::run`], returning `Err` when the run ended without `shutdown`: its spool
+    /// closed under it (a lost connection or a failing spool call is retried with backoff). May
+    /// be called again after it returned (the supervisor does): the next bdSeq, fresh births, and
+    /// what waits in the spool replayed as historical.
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), String> {
         let mut node = NodeState::new(&self.model);
+        let mut outcome = Ok(());
+        // Set when the shutdown signal is seen: the end of the grace period.
+        let mut stopping: Option<Instant> = None;
         // DCMD writes are served one at a time, in arrival order, by their own task, so a slow
         // device never holds up publishing.
         let (dcmd_tx, dcmd_rx) = mpsc::channel(DCMD_QUEUE);
@@ -383,6 +409,10 @@ impl SparkplugUplink {
             }
             let bd_seq = match self.next_bd_seq().await {
                 Ok(b) => b,
+                Err(SpoolError::Closed) => {
+                    outcome = Err("spool closed".to_owned());
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(uplink = %self.name, "cannot persist bdSeq: {e}");
                     self.status_tx
@@ -410,23 +440,26 @@ impl SparkplugUplink {
                     tracing::info!(uplink = %self.name, bd_seq, "Sparkplug session up");
                     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
                     let mut session = Session {
-                        up: &self,
+                        up: self,
                         client: &client,
                         node: &mut node,
                         seq: SeqCounter::default(),
                         bd_seq,
                         pending: Vec::new(),
                         dcmd: &dcmd_tx,
+                        stopping: None,
                     };
                     let ended = tokio::select! {
                         e = drive(&self, &mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
-                        ended = session.run(cmd_rx, &shutdown) => ended,
+                        ended = session.run(cmd_rx, shutdown) => ended,
                     };
+                    stopping = session.stopping;
                     if matches!(ended, Ended::Shutdown | Ended::HostOffline) {
                         // The session queued its DISCONNECT: drive the event loop until it is
                         // out, so that the broker discards the Will.
                         let (tx, _rx) = mpsc::channel(1);
-                        let _ = timeout(STEP_TIMEOUT, drive(&self, &mut eventloop, tx)).await;
+                        let until = stopping.unwrap_or_else(|| Instant::now() + STEP_TIMEOUT);
+                        let _ = timeout_at(until, drive(&self, &mut eventloop, tx)).await;
                     }
                     ended
                 }
@@ -455,10 +488,23 @@ impl SparkplugUplink {
                 _ = sleep(jittered) => {}
             }
         }
-        // Writes already queued are still answered (and reported); then the writer ends.
+        // Writes already queued are still answered (and reported) within the grace period; then
+        // the writer ends.
         drop(dcmd_tx);
-        let _ = timeout(STEP_TIMEOUT, writer).await;
+        let until = stopping
+            .or_else(|| {
+                shutdown
+                    .is_cancelled()
+                    .then(|| Instant::now() + self.shutdown_grace)
+            })
+            .unwrap_or_else(|| Instant::now() + STEP_TIMEOUT);
+        let mut writer = writer;
+        if timeout_at(until, &mut writer).await.is_err() {
+            tracing::warn!(uplink = %self.name, "device writes still queued at the end of the grace period are dropped");
+            writer.abort();
+        }
         tracing::info!(uplink = %self.name, "Sparkplug uplink stopped");
+        outcome
     }
 }
 
@@ -494,6 +540,8 @@ struct Session<'a> {
     pending: Vec<rumqttc::PublishNotice>,
     /// DCMD write requests go here (served by [`serve_writes`]).
     dcmd: &'a mpsc::Sender<DcmdWrite>,
+    /// The end of the grace period, once the shutdown signal was seen.
+    stopping: Option<Instant>,
 }
 
 /// A group of records whose messages are out, waiting for the broker's answer to the UNSUBSCRIBE
@@ -596,12 +644,23 @@ impl Session<'_> {
         let mut proof: Option<Proof> = None;
         loop {
             if more && proof.is_none() {
-                match self.send_batch(&mut cursor, boundary).await {
-                    Ok((m, p)) => {
+                // A batch waiting on a dead link must not hold the stop past the grace period:
+                // its records stay in the spool.
+                let sent = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => None,
+                    r = self.send_batch(&mut cursor, boundary) => Some(r),
+                };
+                match sent {
+                    None => {
+                        self.stop(&mut proof).await;
+                        return Ended::Shutdown;
+                    }
+                    Some(Ok((m, p))) => {
                         more = m;
                         proof = p;
                     }
-                    Err(e) => return Ended::Lost(e),
+                    Some(Err(e)) => return Ended::Lost(e),
                 }
                 if more {
                     // Let commands and shutdown in between batches.
@@ -611,7 +670,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.ndeath_and_disconnect(&mut proof).await;
+                    self.stop(&mut proof).await;
                     return Ended::Shutdown;
                 }
                 answer = proof_answer(&mut proof) => {
@@ -641,7 +700,8 @@ impl Session<'_> {
                                     uplink = %self.up.name,
                                     "primary host offline: NDEATH, disconnect, spool until it is back"
                                 );
-                                self.ndeath_and_disconnect(&mut proof).await;
+                                let until = Instant::now() + STEP_TIMEOUT;
+                                self.ndeath_and_disconnect(until, &mut proof).await;
                                 return Ended::HostOffline;
                             }
                         }
@@ -720,7 +780,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.ndeath_and_disconnect(&mut None).await;
+                    self.stop(&mut None).await;
                     return Some(Ended::Shutdown);
                 }
                 cmd = cmds.recv() => {
@@ -1060,28 +1120,41 @@ impl Session<'_> {
             .await
     }
 
-    /// NDEATH (QoS 1, waits for the PUBACK), then DISCONNECT (queued: the caller drives the
-    /// event loop until it is out). A group still waiting for its proof is settled when the
-    /// proof came before the PUBACK (the broker answers in order); otherwise it stays in the
-    /// spool.
-    async fn ndeath_and_disconnect(&mut self, proof: &mut Option<Proof>) {
+    /// The shutdown signal: NDEATH and DISCONNECT within the grace period, which starts now.
+    async fn stop(&mut self, proof: &mut Option<Proof>) {
+        let until = Instant::now() + self.up.shutdown_grace;
+        self.stopping = Some(until);
+        // The last fifth (at most 500 ms) is kept for the DISCONNECT.
+        let reserve = (self.up.shutdown_grace / 5).min(Duration::from_millis(500));
+        self.ndeath_and_disconnect(until - reserve, proof).await;
+    }
+
+    /// NDEATH (QoS 1, waits for the PUBACK until `until`), then DISCONNECT (queued: the caller
+    /// drives the event loop until it is out). A group still waiting for its proof is settled
+    /// when the proof came before the PUBACK (the broker answers in order); otherwise it stays
+    /// in the spool.
+    async fn ndeath_and_disconnect(&mut self, until: Instant, proof: &mut Option<Proof>) {
         let up = self.up;
         let payload = spb::encode(&spb::ndeath(self.bd_seq, Timestamp::now()));
-        let mut acked = false;
-        match self
-            .client
-            .publish_tracked(
+        // Queueing waits for room in the client's request channel, which a link that takes
+        // nothing never makes: bounded by `until` as well.
+        let queued = timeout_at(
+            until,
+            self.client.publish_tracked(
                 up.topic(MessageType::NDeath, None),
                 payload,
                 PublishOptions::new(QoS::AtLeastOnce),
-            )
-            .await
-        {
-            Ok(notice) => match timeout(STEP_TIMEOUT, notice.wait_async()).await {
+            ),
+        )
+        .await;
+        let mut acked = false;
+        match queued {
+            Ok(Ok(notice)) => match timeout_at(until, notice.wait_async()).await {
                 Ok(r) => acked = r.is_ok(),
                 Err(_) => tracing::warn!(uplink = %up.name, "no PUBACK for the NDEATH"),
             },
-            Err(e) => tracing::warn!(uplink = %up.name, "cannot publish the NDEATH: {e}"),
+            Ok(Err(e)) => tracing::warn!(uplink = %up.name, "cannot publish the NDEATH: {e}"),
+            Err(_) => tracing::warn!(uplink = %up.name, "no room to queue the NDEATH in time"),
         }
         if acked
             && let Some(mut p) = proof.take()
@@ -1090,7 +1163,9 @@ impl Session<'_> {
         {
             tracing::warn!(uplink = %up.name, "{e}");
         }
-        let _ = self.client.disconnect().await;
+        if let Err(e) = self.client.try_disconnect() {
+            tracing::debug!(uplink = %up.name, "cannot queue the DISCONNECT: {e}");
+        }
     }
 }
 
