@@ -450,7 +450,7 @@ impl SparkplugUplink {
                         stopping: None,
                     };
                     let ended = tokio::select! {
-                        e = drive(&self, &mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
+                        e = drive(self, &mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
                         ended = session.run(cmd_rx, shutdown) => ended,
                     };
                     stopping = session.stopping;
@@ -459,7 +459,7 @@ impl SparkplugUplink {
                         // out, so that the broker discards the Will.
                         let (tx, _rx) = mpsc::channel(1);
                         let until = stopping.unwrap_or_else(|| Instant::now() + STEP_TIMEOUT);
-                        let _ = timeout_at(until, drive(&self, &mut eventloop, tx)).await;
+                        let _ = timeout_at(until, drive(self, &mut eventloop, tx)).await;
                     }
                     ended
                 }
