@@ -43,7 +43,8 @@ type = "mqtt"
     )
 }
 
-/// Next notification on the notify socket that is not a watchdog ping, as text.
+/// Next notification on the notify socket that is not a watchdog ping or a start-up time
+/// extension, as text.
 async fn next_status(sock: &UnixDatagram) -> String {
     let mut buf = vec![0u8; 4096];
     loop {
@@ -52,7 +53,8 @@ async fn next_status(sock: &UnixDatagram) -> String {
             .expect("a notification within 30 s")
             .unwrap();
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if msg != "WATCHDOG=1" {
+        // Watchdog pings, and the start-up time extensions each spool open sends.
+        if msg != "WATCHDOG=1" && !msg.starts_with("EXTEND_TIMEOUT_USEC=") {
             return msg;
         }
     }
