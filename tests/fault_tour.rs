@@ -4,12 +4,19 @@
 //! 1. a provincial platform that never answers one stack's MN (it has not registered it yet);
 //! 2. records larger than an uplink's `max_packet_size` (poison records for that uplink);
 //! 3. the state directory's file system filling up with `[calc]` on;
-//! 4. SIGTERM.
+//! 4. a reload (SIGHUP) of a configuration that validates but cannot start (a CA file that holds
+//!    no certificate);
+//! 5. SIGTERM;
+//! 6. a start with one uplink's spool file damaged.
 //!
 //! After each, the test asserts from outside, as an operator or a regulator would see it:
 //! acquisition went on (`smeltwatch_source_cycles_total` grows), nothing was lost uncounted (what
 //! did not go out is in a spool, a dead-letter table or a lost-records counter) and the health
 //! endpoints told the truth (`/readyz`). Needs root (`mount -t tmpfs`) and `mosquitto`.
+//!
+//! Not in the tour: a clock step (the test cannot step the machine's clock; `tests/poller.rs`
+//! and `tests/spool.rs` step an injected one) and a broker's ACL denial (Mosquitto answers a
+//! denied QoS 1 PUBLISH of an MQTT 3.1.1 client with a PUBACK, so no client can tell).
 
 mod common;
 
@@ -52,14 +59,22 @@ impl AgentProcess {
         self.0.as_ref().expect("running").id()
     }
 
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.0.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
     /// SIGTERM, then wait up to `limit` for the exit.
     fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
         let started = std::time::Instant::now();
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.signal("-TERM");
         let mut child = self.0.take().unwrap();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -421,7 +436,67 @@ profile = "potline_gtc"
     std::fs::remove_file(&filler).unwrap();
     until_ready_is(http, 200, Duration::from_secs(60)).await;
 
-    // 4. SIGTERM: a clean stop within the grace period (10 s by default) and some margin.
+    // 4. A reload whose configuration validates but cannot start: the plant uplink moved to TLS
+    // with a CA file that holds no certificate. The running configuration goes on and says so.
+    let good = agent_toml(&state, &map, &ports);
+    let plain = format!(
+        "broker = \"mqtt://127.0.0.1:{}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\nstreams = [\"live\", \"metrics\", \"events\", \"emissions\"]\n",
+        ports.mqtt
+    );
+    assert!(good.contains(&plain));
+    let bad_ca = work.path().join("ca.crt");
+    std::fs::write(&bad_ca, "not a certificate\n").unwrap();
+    let tls = format!(
+        "broker = \"mqtts://127.0.0.1:{}\"\nstreams = [\"live\", \"metrics\", \"events\", \"emissions\"]\n[uplinks.tls]\nca_file = \"{}\"\n",
+        ports.mqtt,
+        bad_ca.display()
+    );
+    std::fs::write(&config, good.replacen(&plain, &tls, 1)).unwrap();
+    let before = cycles(http).await;
+    agent.signal("-HUP");
+    let failed = event(&mut events, "reload_failed").await;
+    assert!(
+        failed.to_string().contains("ca.crt"),
+        "the event names the file: {failed}"
+    );
+    let (_live_sub, mut live) =
+        mosquitto::subscribe(broker.port, &format!("smeltwatch/{SITE}/live/#")).await;
+    timeout(Duration::from_secs(10), live.recv())
+        .await
+        .expect("live data still reaches the broker on the running configuration");
+    assert!(agent.running(), "the daemon survived the bad reload");
+    assert!(cycles(http).await > before);
+    until_ready_is(http, 200, Duration::from_secs(10)).await;
+    std::fs::write(&config, &good).unwrap();
+
+    // 5. SIGTERM: a clean stop within the grace period (10 s by default) and some margin.
+    let (status, took) = agent.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status} after {took:?}");
+
+    // 6. One spool file damaged while the agent was down: it is moved aside, that uplink starts
+    // on an empty spool, and everything else runs as before.
+    let narrow = state.join("spool-narrow.db");
+    std::fs::write(&narrow, vec![0x5a; 64 * 1024]).unwrap();
+    let mut agent = AgentProcess::spawn(&config);
+    let set_aside = event(&mut events, "spool_set_aside").await;
+    assert!(
+        set_aside.to_string().contains("spool-narrow.db"),
+        "{set_aside}"
+    );
+    until_ready_is(http, 200, Duration::from_secs(30)).await;
+    let moved: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("spool-narrow.db.corrupt-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "the damaged file is kept beside: {moved:?}");
+    until_metrics(
+        http,
+        "the narrow uplink acking again",
+        Duration::from_secs(30),
+        |t| metric_sum(t, "smeltwatch_uplink_acked_total", "uplink=\"narrow\"") > 0,
+    )
+    .await;
     let (status, took) = agent.terminate(Duration::from_secs(20));
     assert!(status.success(), "exit status {status} after {took:?}");
 

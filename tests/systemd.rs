@@ -34,8 +34,8 @@ broker = "mqtt://127.0.0.1:1"
     )
 }
 
-/// The next notification as text, past the start-up time extensions each spool open sends (their own
-/// test is in tests/spool_set_aside.rs).
+/// The next notification as text, past the start-up time extensions each spool open sends
+/// (their own test is in tests/spool_set_aside.rs).
 async fn next(sock: &UnixDatagram) -> String {
     let mut buf = vec![0u8; 4096];
     loop {
