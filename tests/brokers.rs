@@ -624,12 +624,14 @@ async fn the_province_lets_each_plant_write_only_its_own_regulated_topics() {
     let allowed = [
         site("emissions/gtc3_stack/hour"),
         site("events/anode_effect"),
+        site("metrics/completeness"),
         site("status"),
     ];
     let forbidden = [
         "smeltwatch/cu-other-01/emissions/stack/hour".to_owned(),
         site("live/potroom_gw/pot_001"),
-        site("metrics/potline"),
+        "smeltwatch/cu-other-01/metrics/potline".to_owned(),
+        site("live/gtc_cems/gtc3_stack"),
     ];
     for (ok, no) in allowed.iter().zip(&forbidden) {
         plant.publish(no, "forbidden").await;
@@ -660,13 +662,14 @@ async fn the_province_lets_each_plant_write_only_its_own_regulated_topics() {
 }
 
 #[tokio::test]
-async fn the_bridge_carries_emissions_and_events_to_the_province_and_nothing_else() {
+async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_nothing_else() {
     // The platform's ACL would stop live data too (the test above); here the plant's account may
     // write anything, so that what arrives shows what the bridge's own topic filter lets out.
     let province = start_province(&format!("# test only\nuser {SITE}\ntopic write #\n"));
     let mut ingest = province.login("platform-ingest").await;
     ingest.must_subscribe("smeltwatch/+/emissions/#").await;
     ingest.must_subscribe("smeltwatch/+/events/#").await;
+    ingest.must_subscribe("smeltwatch/+/metrics/#").await;
     let mut observer = province.login(OBSERVER).await;
     observer.must_subscribe("#").await;
 
@@ -733,12 +736,13 @@ async fn the_bridge_carries_emissions_and_events_to_the_province_and_nothing_els
     assert_eq!(
         carried,
         vec![
+            site("metrics/potline"),
             site("emissions/gtc3_stack/minute"),
             site("events/anode_effect"),
             site("emissions/gtc3_stack/hour"),
             marker.clone(),
         ],
-        "the bridge carries emissions and events, in order, and nothing else"
+        "the bridge carries emissions, events and metrics, in order, and nothing else"
     );
     let at_platform: Vec<String> = ingest
         .until(&marker)

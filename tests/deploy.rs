@@ -183,3 +183,41 @@ fn every_file_the_debian_package_names_exists() {
         .expect("unit-scripts");
     assert!(repo(units).join("smeltwatch.service").is_file());
 }
+
+/// The regulator's feed carries the completeness reports (`metrics/completeness`, on the
+/// `metrics` stream) and the energy figures, whichever way it leaves the plant: the agent's own
+/// `province` uplink or the plant broker's bridge.
+#[test]
+fn the_province_feed_carries_the_completeness_reports() {
+    let text = std::fs::read_to_string(repo("deploy/smeltwatch.toml")).unwrap();
+    let cfg: toml::Table = toml::from_str(&text).unwrap();
+    let province = cfg["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"].as_str() == Some("province"))
+        .expect("a province uplink");
+    let streams: Vec<&str> = province["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for stream in ["emissions", "events", "metrics"] {
+        assert!(streams.contains(&stream), "{stream} in {streams:?}");
+    }
+    let bridge = std::fs::read_to_string(repo("deploy/mosquitto/bridge-province.conf")).unwrap();
+    for topic in ["emissions", "events", "metrics"] {
+        assert!(
+            bridge.contains(&format!("topic smeltwatch/al-yunnan-03/{topic}/# out 1")),
+            "the bridge forwards {topic}"
+        );
+    }
+    // A platform broker that denies a topic still acknowledges an MQTT 3.1.1 PUBLISH: its ACL
+    // must let the site write every topic the feed carries.
+    let acl = std::fs::read_to_string(repo("deploy/mosquitto/province.acl")).unwrap();
+    for topic in ["emissions", "events", "metrics"] {
+        assert!(acl.contains(&format!("pattern write smeltwatch/%u/{topic}/#")));
+        assert!(acl.contains(&format!("topic read smeltwatch/+/{topic}/#")));
+    }
+}
