@@ -6,6 +6,7 @@
 #   pymodbus                     an independent Modbus server for the poller (PyPI, in ./.venv)
 #   mqtt-spb-wrapper             a second Sparkplug decoder for the cross-check (PyPI, in ./.venv)
 #   chromium                     headless browser for the dashboard test (Debian package)
+#   faketime                     libfaketime: steps the agent's wall clock in the fault tour (Debian package)
 #   sparkplug-payload            Eclipse Tahu JS, decodes our Sparkplug payloads (npm, when node is present)
 #
 # Packages are installed only when missing; apt-get needs root (or sudo).
@@ -17,6 +18,7 @@ command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

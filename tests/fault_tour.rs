@@ -6,17 +6,20 @@
 //! 3. the state directory's file system filling up with `[calc]` on;
 //! 4. a reload (SIGHUP) of a configuration that validates but cannot start (a CA file that holds
 //!    no certificate);
-//! 5. SIGTERM;
-//! 6. a start with one uplink's spool file damaged.
+//! 5. the wall clock stepped a day forward (the agent runs under libfaketime, whose offset file
+//!    the test rewrites; the monotonic clock is left alone, as NTP leaves it);
+//! 6. SIGTERM;
+//! 7. a start with one uplink's spool file damaged.
 //!
 //! After each, the test asserts from outside, as an operator or a regulator would see it:
 //! acquisition went on (`smeltwatch_source_cycles_total` grows), nothing was lost uncounted (what
 //! did not go out is in a spool, a dead-letter table or a lost-records counter) and the health
-//! endpoints told the truth (`/readyz`). Needs root (`mount -t tmpfs`) and `mosquitto`.
+//! endpoints told the truth (`/readyz`). Needs root (`mount -t tmpfs`), `mosquitto` and
+//! libfaketime (Debian package `faketime`).
 //!
-//! Not in the tour: a clock step (the test cannot step the machine's clock; `tests/poller.rs`
-//! and `tests/spool.rs` step an injected one) and a broker's ACL denial (Mosquitto answers a
-//! denied QoS 1 PUBLISH of an MQTT 3.1.1 client with a PUBACK, so no client can tell).
+//! Not in the tour: a broker's ACL denial. Mosquitto answers a denied QoS 1 PUBLISH of an MQTT
+//! 3.1.1 client with a PUBACK and drops it, so no client can tell; `tests/brokers.rs` and
+//! `tests/deploy.rs` check instead that the shipped ACLs grant every topic the agent publishes.
 
 mod common;
 
@@ -42,11 +45,17 @@ const MN_2: &str = "QHAL0000000000000000GTC2";
 struct AgentProcess(Option<Child>);
 
 impl AgentProcess {
-    fn spawn(config: &Path) -> AgentProcess {
+    /// `smeltwatch run -c config`, its wall clock offset by what `clock_offset` holds (a
+    /// libfaketime offset such as `+0` or `+1d`, reread at most once a second).
+    fn spawn(config: &Path, clock_offset: &Path) -> AgentProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "warn")
+            .env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME_TIMESTAMP_FILE", clock_offset)
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -96,6 +105,17 @@ impl Drop for AgentProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The multi-threaded libfaketime of Debian's `faketime` package, wherever the architecture puts it.
+fn libfaketime() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime (apt-get install faketime)")
 }
 
 /// A platform that acknowledges every packet except those of `ignored`, on any number of
@@ -229,6 +249,10 @@ max_wait = "1s"
 [uplinks.hj212.mn_by_stack]
 gtc1_stack = "{MN_1}"
 gtc2_stack = "{MN_2}"
+[uplinks.spool]
+# Stack 1's live data waits here while the platform ignores its MN: a clock step must not
+# expire it.
+max_age = "1h"
 
 [http]
 listen = "127.0.0.1:{http}"
@@ -360,7 +384,9 @@ profile = "potline_gtc"
     std::fs::create_dir(&state).unwrap();
     let config = work.path().join("smeltwatch.toml");
     std::fs::write(&config, agent_toml(&state, &map, &ports)).unwrap();
-    let mut agent = AgentProcess::spawn(&config);
+    let clock_offset = work.path().join("clock-offset");
+    std::fs::write(&clock_offset, "+0\n").unwrap();
+    let mut agent = AgentProcess::spawn(&config, &clock_offset);
     let http = ports.http;
 
     // Start: every source polled, every uplink connected.
@@ -469,15 +495,55 @@ profile = "potline_gtc"
     until_ready_is(http, 200, Duration::from_secs(10)).await;
     std::fs::write(&config, &good).unwrap();
 
-    // 5. SIGTERM: a clean stop within the grace period (10 s by default) and some margin.
+    // 5. The wall clock steps a day forward (a gateway without a real-time clock set by NTP):
+    // one event, timestamps follow the new time, and the backlog waiting for the platform is not
+    // expired by the step although it is now a day older than max_age on the wall clock.
+    let waiting = metric_sum(
+        &metrics(http).await,
+        "smeltwatch_spool_records",
+        "uplink=\"province\"",
+    );
+    assert!(waiting > 0);
+    let dropped = |t: &str| metric_sum(t, "smeltwatch_spool_dropped_total", "uplink=\"province\"");
+    let dropped_before = dropped(&metrics(http).await);
+    let stepped_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    std::fs::write(&clock_offset, "+1d\n").unwrap();
+    let step = event(&mut events, "clock_step").await;
+    assert!(step.to_string().contains("forward"), "{step}");
+    let day_ms = 86_400_000;
+    timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, payload) = live.recv().await.expect("live subscriber open");
+            let batch: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let ts = batch["readings"][0]["ts_ms"].as_i64().unwrap_or(0);
+            if ts > stepped_at_ms + day_ms - 60_000 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("live readings stamped with the stepped clock");
+    let after = metrics(http).await;
+    assert_eq!(
+        dropped(&after),
+        dropped_before,
+        "nothing expired by the step:\n{after}"
+    );
+    assert!(metric_sum(&after, "smeltwatch_spool_records", "uplink=\"province\"") >= waiting);
+    until_ready_is(http, 200, Duration::from_secs(10)).await;
+
+    // 6. SIGTERM: a clean stop within the grace period (10 s by default) and some margin.
     let (status, took) = agent.terminate(Duration::from_secs(20));
     assert!(status.success(), "exit status {status} after {took:?}");
 
-    // 6. One spool file damaged while the agent was down: it is moved aside, that uplink starts
+    // 7. One spool file damaged while the agent was down: it is moved aside, that uplink starts
     // on an empty spool, and everything else runs as before.
     let narrow = state.join("spool-narrow.db");
     std::fs::write(&narrow, vec![0x5a; 64 * 1024]).unwrap();
-    let mut agent = AgentProcess::spawn(&config);
+    let mut agent = AgentProcess::spawn(&config, &clock_offset);
     let set_aside = event(&mut events, "spool_set_aside").await;
     assert!(
         set_aside.to_string().contains("spool-narrow.db"),
