@@ -75,8 +75,11 @@ const CURRENT_EFFICIENCY: f64 = 0.935;
 /// Faraday's law for aluminium, kg per kA·h: M / (z F) × 3600 s/h, with M = 26.9815385 g/mol
 /// and F = 96,485.33212 C/mol (CODATA 2018).
 const FARADAY_KG_PER_KA_H: f64 = 26.981_538_5 / (3.0 * 96_485.332_12) * 3600.0;
-/// Rated power of the AC meter, kW (the line draws about 7 MW).
-const AC_RATED_KW: f64 = 10_000.0;
+/// Rated power of the AC meter, kW (the line draws about 7 MW). At 120 times plant speed a poll
+/// interval is 100 ms of real time, and a reading stamped late by scheduling shortens the next
+/// interval: with 10 MW a 43 ms skew already made one honest step implausible on a loaded
+/// machine. 30 MW allows a 77 ms skew; the glitch (5 GWh at once) is still far beyond it.
+const AC_RATED_KW: f64 = 30_000.0;
 /// Longest interval of line current integrated as it is: a poll every 12 plant s, and room for
 /// a stalled poller (2.5 s of real time) on a loaded machine before an interval counts as a gap.
 const MAX_GAP_MS: i64 = 5 * MINUTE_MS;
