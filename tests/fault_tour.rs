@@ -27,12 +27,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::hj212::next_packet;
 use common::mosquitto::{self, Mosquitto};
 use common::probe::{SmallFs, get, metric_sum};
-use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Table};
+use smeltwatch::publish::encode::hj212::{self, Table};
 use smeltwatch::simulator::{self, BindMode, SimulatorConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
@@ -143,25 +144,6 @@ fn platform_ignoring(
             });
         }
     })
-}
-
-async fn next_packet(conn: &mut TcpStream, buf: &mut Vec<u8>, table: &Table) -> Option<Packet> {
-    loop {
-        match hj212::scan(buf) {
-            Scan::Frame(n) => {
-                let frame: Vec<u8> = buf.drain(..n).collect();
-                return hj212::parse(&frame, table, &ParseOptions::default()).ok();
-            }
-            Scan::Skip(n) => {
-                buf.drain(..n);
-            }
-            Scan::Incomplete => {
-                if conn.read_buf(buf).await.ok()? == 0 {
-                    return None;
-                }
-            }
-        }
-    }
 }
 
 fn free_port() -> u16 {

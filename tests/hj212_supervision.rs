@@ -3,17 +3,20 @@
 //! completeness accounting, and a spool failure under the uplink shows in its status and in the
 //! readiness verdict instead of leaving it "connected".
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::hj212::next_packet;
 use smeltwatch::app::{Agent, RunOptions};
 use smeltwatch::config::{self, Stream};
 use smeltwatch::model::Timestamp;
-use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Table};
+use smeltwatch::publish::encode::hj212::{self, Table};
 use smeltwatch::publish::mqtt::LinkState;
 use smeltwatch::simulator::{self, BindMode, RunningSimulator, SimulatorConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 
 const MN: &str = "QHAL0000000000000000GTC1";
 
@@ -94,25 +97,6 @@ over_time = "2s"
     )
     .await
     .unwrap()
-}
-
-async fn next_packet(conn: &mut TcpStream, buf: &mut Vec<u8>, table: &Table) -> Option<Packet> {
-    loop {
-        match hj212::scan(buf) {
-            Scan::Frame(n) => {
-                let frame: Vec<u8> = buf.drain(..n).collect();
-                return hj212::parse(&frame, table, &ParseOptions::default()).ok();
-            }
-            Scan::Skip(n) => {
-                buf.drain(..n);
-            }
-            Scan::Incomplete => {
-                if conn.read_buf(buf).await.ok()? == 0 {
-                    return None;
-                }
-            }
-        }
-    }
 }
 
 /// A platform that acknowledges every packet on every connection.

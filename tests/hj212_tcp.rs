@@ -2,16 +2,19 @@
 //! connection, an unanswered packet sent again with the same QN (OverTime/ReCount), and the spool
 //! emptied only by 9014 answers.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::hj212::next_packet;
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
-use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Station, Table};
+use smeltwatch::publish::encode::hj212::{self, Packet, Station, Table};
 use smeltwatch::publish::hj212_tcp::{HistorySource, Hj212TcpConfig, Hj212TcpUplink};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -45,25 +48,6 @@ fn record(r: &Record) -> NewRecord {
         topic: "t".into(),
         body: serde_json::to_vec(r).unwrap(),
         created: Timestamp(T0),
-    }
-}
-
-/// Read the next packet from the connection; `None` when the peer closed it.
-async fn next_packet(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Packet> {
-    let table = Table::hj212_2017();
-    loop {
-        match hj212::scan(buf) {
-            Scan::Frame(n) => {
-                let frame: Vec<u8> = buf.drain(..n).collect();
-                return Some(hj212::parse(&frame, &table, &ParseOptions::default()).unwrap());
-            }
-            Scan::Skip(n) => panic!("garbage from the uplink: {:?}", &buf[..n]),
-            Scan::Incomplete => {
-                if conn.read_buf(buf).await.unwrap() == 0 {
-                    return None;
-                }
-            }
-        }
     }
 }
 
@@ -106,14 +90,16 @@ async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() 
         // Connection 1: take the first packet, then drop the connection without answering.
         let (mut conn, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
-        let p = next_packet(&mut conn, &mut buf).await.unwrap();
+        let p = next_packet(&mut conn, &mut buf, &Table::hj212_2017())
+            .await
+            .unwrap();
         seen_tx.send((1, p)).unwrap();
         drop(conn);
         // Connection 2: leave the first packet unanswered, answer everything after it.
         let (mut conn, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
         let mut first = true;
-        while let Some(p) = next_packet(&mut conn, &mut buf).await {
+        while let Some(p) = next_packet(&mut conn, &mut buf, &Table::hj212_2017()).await {
             if !first {
                 let ack = hj212::data_response(&platform_table, &p).unwrap();
                 conn.write_all(ack.as_bytes()).await.unwrap();
@@ -222,7 +208,7 @@ async fn records_stay_in_the_spool_when_the_platform_never_answers() {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                while let Some(p) = next_packet(&mut conn, &mut buf).await {
+                while let Some(p) = next_packet(&mut conn, &mut buf, &Table::hj212_2017()).await {
                     let _ = tx.send(p.qn.unwrap());
                 }
             });
@@ -329,14 +315,18 @@ async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
         // Connection 1 drops after the first packet.
         let (mut conn, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
-        next_packet(&mut conn, &mut buf).await.unwrap();
+        next_packet(&mut conn, &mut buf, &Table::hj212_2017())
+            .await
+            .unwrap();
         drop(conn);
         // Connection 2: acknowledge the three hours, then ask for them again.
         let (mut conn, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
         let mut live = Vec::new();
         while live.len() < 3 {
-            let p = next_packet(&mut conn, &mut buf).await.unwrap();
+            let p = next_packet(&mut conn, &mut buf, &Table::hj212_2017())
+                .await
+                .unwrap();
             conn.write_all(hj212::data_response(&t, &p).unwrap().as_bytes())
                 .await
                 .unwrap();
@@ -349,7 +339,9 @@ async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
             .unwrap();
         let mut answer = Vec::new();
         loop {
-            let p = next_packet(&mut conn, &mut buf).await.unwrap();
+            let p = next_packet(&mut conn, &mut buf, &Table::hj212_2017())
+                .await
+                .unwrap();
             let last = p.cn == 9012;
             answer.push(p);
             if last {
@@ -386,7 +378,11 @@ async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
             conn.write_all(&request(cn, qn, pw, cp)).await.unwrap();
             let mut got = Vec::new();
             for _ in 0..replies {
-                got.push(next_packet(&mut conn, &mut buf).await.unwrap());
+                got.push(
+                    next_packet(&mut conn, &mut buf, &Table::hj212_2017())
+                        .await
+                        .unwrap(),
+                );
             }
             others.push(got);
         }
@@ -495,7 +491,7 @@ fn platform_ignoring(
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                while let Some(p) = next_packet(&mut conn, &mut buf).await {
+                while let Some(p) = next_packet(&mut conn, &mut buf, &Table::hj212_2017()).await {
                     if p.mn != ignored {
                         let ack = hj212::data_response(&table, &p).unwrap();
                         if conn.write_all(ack.as_bytes()).await.is_err() {
@@ -760,7 +756,7 @@ async fn without_acknowledgements_written_packets_count_as_unconfirmed_not_deliv
     let platform = tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
-        while let Some(p) = next_packet(&mut conn, &mut buf).await {
+        while let Some(p) = next_packet(&mut conn, &mut buf, &Table::hj212_2017()).await {
             assert!(!p.wants_ack());
         }
     });

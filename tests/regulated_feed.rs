@@ -14,13 +14,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::hj212::next_packet;
 use common::mosquitto::{self, Mosquitto};
 use smeltwatch::app::{Agent, RunOptions};
 use smeltwatch::config;
 use smeltwatch::ledger::{self, capture};
-use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Table};
+use smeltwatch::publish::encode::hj212::{self, Packet, Table};
 use smeltwatch::simulator::{self, BindMode, RunningSimulator, SimulatorConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
 
@@ -119,24 +120,6 @@ async fn start_agent(file: &Path, toml: &str) -> Agent {
     )
     .await
     .unwrap()
-}
-
-/// The next HJ 212 packet on `conn`; `None` when the agent closed the connection.
-async fn next_packet(conn: &mut TcpStream, buf: &mut Vec<u8>, table: &Table) -> Option<Packet> {
-    loop {
-        match hj212::scan(buf) {
-            Scan::Frame(n) => {
-                let frame: Vec<u8> = buf.drain(..n).collect();
-                return Some(hj212::parse(&frame, table, &ParseOptions::default()).unwrap());
-            }
-            Scan::Skip(n) => panic!("garbage from the agent: {:?}", &buf[..n]),
-            Scan::Incomplete => {
-                if conn.read_buf(buf).await.unwrap() == 0 {
-                    return None;
-                }
-            }
-        }
-    }
 }
 
 /// Acknowledge a data packet that asks for it (9014), as a platform does.

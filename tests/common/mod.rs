@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod calc;
+pub mod hj212;
 pub mod mosquitto;
 pub mod peers;
 pub mod plant;
