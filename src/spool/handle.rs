@@ -595,7 +595,9 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("c.db");
         let handle = SpoolHandle::open(&path, &SpoolConfig::default()).unwrap();
-        // Break the file under the spool thread: another connection removes the queue's table.
+        // Appends go to SQLite while the file is capped (not to the record log), and then break
+        // with the file: another connection removes the queue's table under the spool thread.
+        handle.cap_file_pages(1 << 20).await.unwrap();
         rusqlite::Connection::open(&path)
             .unwrap()
             .execute_batch("DROP TABLE records")

@@ -1,4 +1,5 @@
-//! The durable per-uplink spool: a FIFO queue of outgoing records in one SQLite file.
+//! The durable per-uplink spool: a FIFO queue of outgoing records in one SQLite file and a record
+//! log beside it.
 //!
 //! Fan-out appends every record to each uplink's spool **before** anything is sent; the uplink reads
 //! batches in id order, sends them, and [`Spool::ack`]s what its peer confirmed (MQTT PUBACK, HJ 212
@@ -41,12 +42,37 @@
 //! `PRAGMA quick_check` and refuses a corrupt file with an error that names it, and refuses a file
 //! whose `user_version` is newer than this build understands.
 //!
+//! # Record log
+//! Appends go first to `<spool file>-log` ([`log`]), an append-only file of checksummed frames:
+//! one write and, under `synchronous = FULL`, one `fdatasync` per append, and the next append
+//! starts on a fresh 4 KiB page so that no synced page is written twice. Acks of logged records
+//! are frames of id ranges, written without a sync (as for SQLite, below). The records not yet
+//! acked are also kept in memory, so that an uplink that keeps up reads and acks them without
+//! touching a file; SQLite is not written at all in that case. A poll batch of a few kB thus costs
+//! one or two pages of flash instead of a dozen B-tree pages written twice (WAL and checkpoint) and
+//! rewritten by the delete.
+//!
+//! The log is moved into SQLite (its unacked records inserted with their ids, the seq and id
+//! counters updated, in one transaction) and then emptied when its unacked records exceed 1 MiB (an
+//! outage), when the file exceeds 8 MiB, at [`Spool::close`], at open after a crash, and before
+//! any call that needs SQL over every record: an append that the byte budget, `max_age` or a full
+//! disk must drop records for, or one after a clock step (see below); dead-lettering, re-queueing
+//! and [`Spool::cap_file_pages`] (while a cap is set, appends go to SQLite, whose pages it
+//! counts). Ids are handed out by the spool and stay increasing across both; SQLite's
+//! `sqlite_sequence` is moved past every id the log used.
+//!
+//! The process that opens the log holds an exclusive lock on it (released when it closes or
+//! dies): that process owns the spool. Another [`Spool::open`] of the same file (`smeltwatch spool
+//! stats` beside a running agent) reads the log without taking it and shows its records with
+//! SQLite's; it may read and flag dead letters for re-queueing, and any call that writes records
+//! fails with [`SpoolError::HeldByAnother`].
+//!
 //! # A damaged file at start
 //! [`Spool::open_or_set_aside`] (what the agent uses) does not let one damaged file stop the
 //! agent: a file that is not a SQLite database, fails `quick_check`, holds impossible values or
 //! lacks the spool's tables ([`SpoolError::is_damaged`]) is renamed to
-//! `<name>.corrupt-<UTC time>` (a `-wal` and `-shm` that SQLite left first, to `<new name>-wal`/
-//! `-shm`, so that `sqlite3` opens them together and a fresh file never picks up the old WAL;
+//! `<name>.corrupt-<UTC time>` (a `-wal`, `-shm` and `-log` left beside it first, to `<new name>-wal`,
+//! `-shm` and `-log`, so that `sqlite3` opens them together and a fresh file never picks up the old WAL;
 //! closing the failed connection normally checkpoints a readable WAL into the file), and an empty spool
 //! is started in its place; the caller reports the [`SetAside`]. Nothing is deleted. Every other
 //! failure leaves the file alone: a permission problem, a full disk or an I/O error is not the
@@ -60,7 +86,10 @@
 //! drops keeps the seq it was given, so a consumer sees the loss as a gap.
 //!
 //! # Crash guarantees
-//! [`Spool::append`] writes a whole batch in one transaction and returns only after it committed.
+//! [`Spool::append`] writes a whole batch in one log write (or one transaction) and returns only
+//! after it is durable. At open the log is read back up to the first incomplete or damaged frame
+//! (only the tail can be torn: every append that returned was synced before the next began), and
+//! its unacked records are moved into SQLite.
 //! - `synchronous = FULL` (the default): a record whose append returned survives a process crash,
 //!   an OS crash and power loss, and so does every seq counter. Acks commit without an fsync of
 //!   their own (see [`Spool::ack`]): an OS crash or power loss may undo those since the last
@@ -109,6 +138,8 @@
 //! A backward step needs no correction: records queued before it only expire later.
 
 mod handle;
+mod log;
+mod pending;
 mod store;
 
 use std::path::PathBuf;
@@ -298,6 +329,21 @@ pub enum SpoolError {
         /// The cause.
         #[source]
         source: rusqlite::Error,
+    },
+    /// The record log beside the spool file could not be read or written (not a full disk).
+    #[error("spool record log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The call needs to own the spool, and another process (the agent) does.
+    #[error("spool file {path} is in use by another process; stop it first")]
+    HeldByAnother {
+        /// The spool file.
+        path: PathBuf,
     },
     /// The spool thread could not be started.
     #[error("cannot start the spool thread for {path}: {source}")]

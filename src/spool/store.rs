@@ -1,4 +1,5 @@
-//! [`Spool`]: the synchronous core over one SQLite connection. No tokio, no threads.
+//! [`Spool`]: the synchronous core over one SQLite connection and the record log beside it. No
+//! tokio, no threads.
 
 use std::fmt;
 use std::fs;
@@ -8,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
+use super::log::{self, RecordLog};
+use super::pending::{Pending, PendingRecord};
 use super::{
     Appended, DeadLetter, DropsByReason, NewRecord, SetAside, SpoolError, SpoolStats, StoredRecord,
 };
@@ -122,7 +125,24 @@ pub struct Spool {
     corrections: Vec<StepCorrection>,
     /// Steps of `clock` already taken into `corrections`.
     steps_seen: u64,
+    /// The record log appends go to (see "Record log" in the [module docs](super)); `None` when
+    /// another process owns the spool and this one only reads it.
+    log: Option<RecordLog>,
+    /// The log's records not acked yet, also counted in `streams`.
+    pending: Pending,
+    /// The id the next appended record gets.
+    next_id: i64,
+    /// `cap_file_pages` is in effect: appends go to SQLite, whose pages the cap counts.
+    capped: bool,
 }
+
+/// The log is emptied into SQLite when its pending records exceed this many budget bytes (a long
+/// outage: memory stays bounded and the backlog goes to SQLite in large transactions)...
+const PENDING_MAX_BYTES: u64 = 1 << 20;
+
+/// ...or when the file exceeds this many bytes (acked records included), so that the log never
+/// holds more than a few seconds to minutes of a plant's data and its replay at open stays short.
+const LOG_MAX_BYTES: u64 = 8 << 20;
 
 /// The `kv` key of the step corrections: 24 bytes per correction, three little-endian i64
 /// (`before_ms`, `delta_ms`, `up_to_id`), oldest first.
@@ -209,6 +229,34 @@ fn classify(path: &Path, e: rusqlite::Error) -> SpoolError {
     }
 }
 
+/// Sorted, non-overlapping id ranges covering `ranges`.
+fn merged(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
+}
+
+/// Classifies an I/O error of the record log: a full disk or quota gets its own variant.
+fn classify_io(path: &Path, e: std::io::Error) -> SpoolError {
+    // ENOSPC, EFBIG, EDQUOT.
+    if matches!(e.raw_os_error(), Some(28 | 27 | 122)) {
+        SpoolError::DiskFull {
+            path: path.to_path_buf(),
+        }
+    } else {
+        SpoolError::Log {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
 fn parse_stream(path: &Path, name: &str) -> Result<Stream, SpoolError> {
     STREAMS
         .into_iter()
@@ -283,12 +331,193 @@ impl Spool {
             clock: Clock::system(),
             corrections: Vec::new(),
             steps_seen: 0,
+            log: None,
+            pending: Pending::default(),
+            next_id: 1,
+            capped: false,
         };
         spool.load_totals()?;
         if let Some(bytes) = spool.kv_get(CLOCK_STEPS_KEY)? {
             spool.corrections = decode_corrections(path, &bytes)?;
         }
+        spool.next_id = spool.sqlite_last_id()? + 1;
+        spool.open_log()?;
         Ok(spool)
+    }
+
+    /// Opens the record log and takes in what it holds: records appended and not acked before the
+    /// last stop (or crash) are moved into SQLite and the log starts empty. If another process
+    /// owns the spool (it holds the log's lock), the log is only read, and its records are shown
+    /// beside SQLite's.
+    fn open_log(&mut self) -> Result<(), SpoolError> {
+        let log_path = log::path_for(&self.path);
+        let damaged = |detail: String| SpoolError::Corrupt {
+            path: log_path.clone(),
+            detail,
+        };
+        let (log, replay) = match RecordLog::open(&log_path) {
+            Ok((log, replay)) => (Some(log), replay),
+            Err(log::OpenError::Held(_)) => match RecordLog::read(&log_path) {
+                Ok(replay) => (None, replay),
+                Err(log::OpenError::NotALog(detail)) => return Err(damaged(detail)),
+                Err(log::OpenError::Io(e) | log::OpenError::Held(e)) => {
+                    return Err(classify_io(&log_path, e));
+                }
+            },
+            Err(log::OpenError::NotALog(detail)) => return Err(damaged(detail)),
+            Err(log::OpenError::Io(e)) => return Err(classify_io(&log_path, e)),
+        };
+        if replay.discarded_bytes > 0 {
+            tracing::warn!(
+                log = %log_path.display(),
+                bytes = replay.discarded_bytes,
+                "spool record log: an incomplete or damaged frame at the end was discarded (a \
+                 write cut short by a crash; every append that returned was before it)"
+            );
+        }
+        let acked = merged(replay.acked);
+        let is_acked = |id: i64| {
+            let i = acked.partition_point(|&(first, _)| first <= id);
+            i > 0 && id <= acked[i - 1].1
+        };
+        let mut attempts = std::collections::HashMap::<i64, u32>::new();
+        for id in replay.attempts {
+            *attempts.entry(id).or_default() += 1;
+        }
+        let in_sqlite = self.next_id - 1;
+        for r in replay.records {
+            if r.id <= in_sqlite {
+                // Moved into SQLite before a crash cut the log's reset short.
+                continue;
+            }
+            self.next_id = self.next_id.max(r.id + 1);
+            let s = &mut self.streams[index(r.stream)];
+            s.next_seq = s.next_seq.max(r.seq + 1);
+            if is_acked(r.id) {
+                continue;
+            }
+            let record = PendingRecord {
+                stream: r.stream,
+                seq: r.seq,
+                topic: r.topic,
+                body: r.body,
+                created_ms: r.created_ms,
+                attempts: attempts.get(&r.id).copied().unwrap_or(0),
+            };
+            s.records += 1;
+            s.bytes += record.budget_bytes();
+            self.pending.insert(r.id, record, index(r.stream));
+        }
+        self.log = log;
+        if self.log.is_some() {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the pending records into SQLite in one transaction, with the seq counters and the
+    /// id counter, then empties the log. Fails with nothing changed if the transaction fails.
+    fn spill(&mut self) -> Result<(), SpoolError> {
+        let Some(log) = &self.log else {
+            return if self.pending.is_empty() {
+                Ok(())
+            } else {
+                Err(SpoolError::HeldByAnother {
+                    path: self.path.clone(),
+                })
+            };
+        };
+        if self.pending.is_empty() && log.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO records (id, stream, seq, topic, body, created_ms, attempts) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for (id, r) in self.pending.iter() {
+                insert
+                    .execute(params![
+                        id,
+                        r.stream.as_str(),
+                        to_sql_int(r.seq),
+                        r.topic,
+                        r.body,
+                        r.created_ms,
+                        r.attempts
+                    ])
+                    .map_err(err)?;
+            }
+            let mut update = tx
+                .prepare_cached("UPDATE streams SET next_seq = ?2, dropped = ?3 WHERE stream = ?1")
+                .map_err(err)?;
+            for stream in STREAMS {
+                let s = &self.streams[index(stream)];
+                update
+                    .execute(params![
+                        stream.as_str(),
+                        to_sql_int(s.next_seq),
+                        to_sql_int(s.dropped)
+                    ])
+                    .map_err(err)?;
+            }
+            // AUTOINCREMENT continues after the ids the log handed out, acked ones included.
+            let last = self.next_id - 1;
+            let bumped = tx
+                .execute(
+                    "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'records'",
+                    [last],
+                )
+                .map_err(err)?;
+            if bumped == 0 && last > 0 {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
+                    [last],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.pending.clear();
+        if let Some(log) = &mut self.log {
+            log.reset()
+                .map_err(|e| classify_io(&log::path_for(&path), e))?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless this process owns the spool (holds its record log): a reader beside the
+    /// owner must not write records, or ids would collide.
+    fn owned(&self) -> Result<(), SpoolError> {
+        match self.log {
+            Some(_) => Ok(()),
+            None => Err(SpoolError::HeldByAnother {
+                path: self.path.clone(),
+            }),
+        }
+    }
+
+    /// The last id SQLite handed out or was told about (`sqlite_sequence`).
+    fn sqlite_last_id(&self) -> Result<i64, SpoolError> {
+        self.conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|id| id.unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records of `stream` held in SQLite (not in the log).
+    fn in_sqlite(&self, i: usize) -> u64 {
+        self.streams[i].records - self.pending.count(i)
     }
 
     /// Notice wall-clock steps on `clock` instead of the system clock (tests step it).
@@ -417,7 +646,136 @@ impl Spool {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        self.owned()?;
         self.note_clock_steps();
+        match self.append_to_log(records) {
+            Some(Ok(appended)) => return Ok(appended),
+            Some(Err(SpoolError::DiskFull { .. })) | None => {}
+            Some(Err(e)) => return Err(e),
+        }
+        // The budget, `max_age` or a full disk must drop records, or a clock step must be
+        // recorded: SQLite's path does that, so it must hold every record first.
+        self.spill_or_drop()?;
+        let result = self.append_to_sqlite(records);
+        self.next_id = self.next_id.max(self.sqlite_last_id()? + 1);
+        result
+    }
+
+    /// The common case: the batch fits the budget, nothing expires and no clock step is pending,
+    /// so it goes to the record log with one write (and one `fdatasync` under `synchronous =
+    /// FULL`). `None` when SQLite's path is needed.
+    fn append_to_log(
+        &mut self,
+        records: &[NewRecord],
+    ) -> Option<Result<Vec<Appended>, SpoolError>> {
+        if self.log.is_none() || self.capped || !self.corrections.is_empty() {
+            return None;
+        }
+        let batch: u64 = records
+            .iter()
+            .map(|r| (r.topic.len() + r.body.len()) as u64)
+            .sum();
+        let queued: u64 = self.streams.iter().map(|s| s.bytes).sum();
+        if queued + batch > self.max_bytes {
+            return None;
+        }
+        if let Some(max_age_ms) = self.max_age_ms {
+            let newest = records.iter().map(|r| r.created.unix_ms()).max();
+            let cutoff = newest.unwrap_or(i64::MIN).saturating_sub(max_age_ms);
+            let expiring = |stream: Stream| stream != Stream::Emissions;
+            if STREAMS
+                .into_iter()
+                .any(|s| expiring(s) && self.in_sqlite(index(s)) > 0)
+                || self
+                    .pending
+                    .any(|r| expiring(r.stream) && r.created_ms < cutoff)
+            {
+                return None;
+            }
+        }
+        let mut frames = Vec::with_capacity(records.iter().map(|r| r.body.len() + 64).sum());
+        let mut appended = Vec::with_capacity(records.len());
+        let mut streams = self.streams;
+        for (k, r) in records.iter().enumerate() {
+            let s = &mut streams[index(r.stream)];
+            let id = self.next_id + k as i64;
+            log::encode_record(&mut frames, id, s.next_seq, r);
+            appended.push(Appended {
+                id,
+                stream: r.stream,
+                seq: s.next_seq,
+            });
+            s.next_seq += 1;
+            s.records += 1;
+            s.bytes += (r.topic.len() + r.body.len()) as u64;
+        }
+        let log = self.log.as_mut()?;
+        if let Err(e) = log.append(&frames, self.synchronous_full) {
+            return Some(Err(classify_io(&log::path_for(&self.path), e)));
+        }
+        self.streams = streams;
+        self.next_id += records.len() as i64;
+        for (a, r) in appended.iter().zip(records) {
+            let record = PendingRecord {
+                stream: r.stream,
+                seq: a.seq,
+                topic: r.topic.clone(),
+                body: r.body.clone(),
+                created_ms: r.created.unix_ms(),
+                attempts: 0,
+            };
+            self.pending.insert(a.id, record, index(r.stream));
+        }
+        let full = self.pending.bytes() > PENDING_MAX_BYTES
+            || self.log.as_ref().is_some_and(|l| l.len() > LOG_MAX_BYTES);
+        if full && let Err(e) = self.spill() {
+            // The batch is durable in the log; the next append tries again.
+            tracing::warn!(spool = %self.path.display(), error = %e, "spool: moving the record log into SQLite failed");
+        }
+        Some(Ok(appended))
+    }
+
+    /// [`spill`](Self::spill); on a full disk, drops pending records by the budget's rule (lowest
+    /// priority, oldest first; counted as disk-full drops), twice as many bytes each time, until
+    /// the rest fits.
+    fn spill_or_drop(&mut self) -> Result<(), SpoolError> {
+        let mut room = DISK_FULL_FIRST_ROOM;
+        loop {
+            match self.spill() {
+                Err(SpoolError::DiskFull { .. }) if !self.pending.is_empty() => {}
+                other => return other,
+            }
+            let mut victims = Vec::new();
+            let mut freed = 0;
+            for stream in STREAMS {
+                for (id, r) in self.pending.iter().filter(|(_, r)| r.stream == stream) {
+                    if freed >= room {
+                        break;
+                    }
+                    freed += r.budget_bytes();
+                    victims.push(id);
+                }
+            }
+            for id in victims {
+                if let Some(r) = self.pending.remove(id, index) {
+                    let s = &mut self.streams[index(r.stream)];
+                    s.records -= 1;
+                    s.bytes -= r.budget_bytes();
+                    s.dropped += 1;
+                    self.drops.disk_full += 1;
+                }
+            }
+            tracing::warn!(
+                spool = %self.path.display(),
+                freed_bytes = freed,
+                "spool file system full: dropped the lowest-priority oldest records of the record log to move the rest into SQLite"
+            );
+            room = room.saturating_mul(2);
+        }
+    }
+
+    /// [`Spool::append`] through SQLite (every record already there).
+    fn append_to_sqlite(&mut self, records: &[NewRecord]) -> Result<Vec<Appended>, SpoolError> {
         let (appended, dropped) = match self.append_within(records, self.max_bytes) {
             Err(SpoolError::DiskFull { .. }) => self.append_on_full_disk(records)?,
             Ok((appended, dropped, aged)) => {
@@ -650,6 +1008,9 @@ impl Spool {
     /// fail like on a full disk. For fault tests, and for a hard size limit on a shared disk.
     /// Returns the cap in effect (never below the file's current size).
     pub fn cap_file_pages(&mut self, pages: u64) -> Result<u64, SpoolError> {
+        // While capped, appends go to SQLite, where the cap applies.
+        self.spill()?;
+        self.capped = pages != 0;
         let pages = if pages == 0 {
             i64::from(u32::MAX - 1)
         } else {
@@ -671,6 +1032,24 @@ impl Spool {
 
     /// Up to `limit` records with `id > after_id`, oldest (lowest id) first.
     pub fn read_after(&self, after_id: i64, limit: usize) -> Result<Vec<StoredRecord>, SpoolError> {
+        let logged = self.pending.read_after(after_id, limit);
+        if STREAMS.iter().all(|&s| self.in_sqlite(index(s)) == 0) {
+            return Ok(logged);
+        }
+        let mut out = self.read_after_in_sqlite(after_id, limit)?;
+        if !logged.is_empty() {
+            out.extend(logged);
+            out.sort_unstable_by_key(|r| r.id);
+            out.truncate(limit);
+        }
+        Ok(out)
+    }
+
+    fn read_after_in_sqlite(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SpoolError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self
             .conn
@@ -722,6 +1101,42 @@ impl Spool {
         if ids.is_empty() {
             return Ok(0);
         }
+        self.owned()?;
+        let (logged, others): (Vec<i64>, Vec<i64>) =
+            ids.iter().partition(|&&id| self.pending.contains(id));
+        let mut removed = 0;
+        if !logged.is_empty() {
+            removed += self.ack_logged(logged)?;
+        }
+        if others.is_empty() || STREAMS.iter().all(|&s| self.in_sqlite(index(s)) == 0) {
+            return Ok(removed);
+        }
+        Ok(removed + self.ack_in_sqlite(&others)?)
+    }
+
+    /// Acks records of the log: one frame of id ranges, written without a sync, then they leave
+    /// memory.
+    fn ack_logged(&mut self, mut ids: Vec<i64>) -> Result<u64, SpoolError> {
+        ids.sort_unstable();
+        ids.dedup();
+        let ranges = merged(ids.iter().map(|&id| (id, id)).collect());
+        if let Some(log) = &mut self.log {
+            log.append_acks(&ranges)
+                .map_err(|e| classify_io(&log::path_for(&self.path), e))?;
+        }
+        let mut removed = 0;
+        for id in ids {
+            if let Some(r) = self.pending.remove(id, index) {
+                let s = &mut self.streams[index(r.stream)];
+                s.records -= 1;
+                s.bytes -= r.budget_bytes();
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn ack_in_sqlite(&mut self, ids: &[i64]) -> Result<u64, SpoolError> {
         if !self.synchronous_full {
             return self.ack_ids(ids);
         }
@@ -780,7 +1195,19 @@ impl Spool {
     /// Adds one to the `attempts` of each record in `ids` (one transaction); unknown ids are
     /// ignored.
     pub fn mark_attempt(&mut self, ids: &[i64]) -> Result<(), SpoolError> {
-        if ids.is_empty() {
+        self.owned()?;
+        let (logged, ids): (Vec<i64>, Vec<i64>) =
+            ids.iter().partition(|&&id| self.pending.contains(id));
+        if !logged.is_empty() {
+            if let Some(log) = &mut self.log {
+                log.append_attempts(&logged)
+                    .map_err(|e| classify_io(&log::path_for(&self.path), e))?;
+            }
+            for id in logged {
+                self.pending.mark_attempt(id);
+            }
+        }
+        if ids.is_empty() || STREAMS.iter().all(|&s| self.in_sqlite(index(s)) == 0) {
             return Ok(());
         }
         let path = self.path.clone();
@@ -790,7 +1217,7 @@ impl Spool {
             let mut update = tx
                 .prepare_cached("UPDATE records SET attempts = attempts + 1 WHERE id = ?1")
                 .map_err(err)?;
-            for id in ids {
+            for id in &ids {
                 update.execute([id]).map_err(err)?;
             }
         }
@@ -805,7 +1232,10 @@ impl Spool {
             .prepare_cached("SELECT created_ms FROM records WHERE stream = ?1 ORDER BY id LIMIT 1")
             .map_err(|e| self.err(e))?;
         for stream in STREAMS {
-            if self.streams[index(stream)].records == 0 {
+            if let Some(ms) = self.pending.head_created(stream) {
+                oldest = Some(oldest.map_or(Timestamp(ms), |t| t.min(Timestamp(ms))));
+            }
+            if self.in_sqlite(index(stream)) == 0 {
                 continue;
             }
             let created: Option<i64> = head
@@ -841,6 +1271,8 @@ impl Spool {
         if letters.is_empty() {
             return Ok(Vec::new());
         }
+        self.owned()?;
+        self.spill()?;
         let mut streams = self.streams;
         let path = self.path.clone();
         let err = |e| classify(&path, e);
@@ -997,6 +1429,8 @@ impl Spool {
         if flagged == 0 {
             return Ok(0);
         }
+        self.owned()?;
+        self.spill()?;
         let mut streams = self.streams;
         let path = self.path.clone();
         let err = |e| classify(&path, e);
@@ -1023,6 +1457,7 @@ impl Spool {
             .map_err(err)?;
         tx.commit().map_err(err)?;
         self.streams = streams;
+        self.next_id = self.next_id.max(self.sqlite_last_id()? + 1);
         Ok(moved)
     }
 
@@ -1057,21 +1492,20 @@ impl Spool {
 
     /// The id of the last record ever appended (0 if none), acked or not.
     pub fn last_id(&self) -> Result<i64, SpoolError> {
-        self.conn
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(|id| id.unwrap_or(0))
-            .map_err(|e| self.err(e))
+        Ok(self.next_id - 1)
     }
 
     /// Checkpoints the WAL into the main file (truncating the WAL) and closes the connection.
     /// Dropping a `Spool` also closes it safely; this only reports errors and leaves one file.
-    pub fn close(self) -> Result<(), SpoolError> {
+    pub fn close(mut self) -> Result<(), SpoolError> {
         let path = self.path.clone();
+        if self.log.is_some() {
+            self.spill()?;
+            if let Some(log) = self.log.take() {
+                log.remove()
+                    .map_err(|e| classify_io(&log::path_for(&path), e))?;
+            }
+        }
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| classify(&path, e))?;
@@ -1212,7 +1646,7 @@ fn set_aside(path: &Path, now: SystemTime) -> Result<PathBuf, (PathBuf, std::io:
         PathBuf::from(s)
     };
     let taken = |p: &Path| {
-        ["", "-wal", "-shm"]
+        ["", "-wal", "-shm", "-log"]
             .iter()
             .any(|s| with_suffix(p, s).symlink_metadata().is_ok())
     };
@@ -1222,7 +1656,7 @@ fn set_aside(path: &Path, now: SystemTime) -> Result<PathBuf, (PathBuf, std::io:
         n += 1;
         to = path.with_file_name(format!("{name}.corrupt-{stamp}-{n}"));
     }
-    for suffix in ["-wal", "-shm"] {
+    for suffix in ["-wal", "-shm", "-log"] {
         let from = with_suffix(path, suffix);
         let dest = with_suffix(&to, suffix);
         match fs::rename(&from, &dest) {
@@ -1335,6 +1769,160 @@ mod tests {
 
     fn open(dir: &TempDir, max_bytes: u64) -> Spool {
         Spool::open(&dir.path().join("spool/plant.db"), &cfg(max_bytes)).unwrap()
+    }
+
+    fn ids_and_seqs(records: &[StoredRecord]) -> Vec<(i64, Stream, u64)> {
+        records.iter().map(|r| (r.id, r.stream, r.seq)).collect()
+    }
+
+    #[test]
+    fn appends_go_to_the_record_log_and_a_crash_keeps_what_was_not_acked() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("spool/plant.db");
+        let mut spool = open(&dir, u64::MAX);
+        spool
+            .append(vec![rec(Stream::Live, 1, 100), rec(Stream::Events, 2, 50)])
+            .unwrap();
+        spool.append(vec![rec(Stream::Live, 3, 100)]).unwrap();
+        spool.ack(&[1]).unwrap();
+        let before = spool.read_after(0, 10).unwrap();
+        assert_eq!(
+            ids_and_seqs(&before),
+            [(2, Stream::Events, 1), (3, Stream::Live, 2)]
+        );
+        assert_eq!(spool.stats().unwrap().records, 2);
+        let rows: i64 = spool
+            .conn
+            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "nothing went through SQLite");
+        assert!(log::path_for(&path).exists());
+        // A crash: the spool is dropped without close; the log stays beside the file.
+        drop(spool);
+
+        let mut spool = open(&dir, u64::MAX);
+        assert_eq!(spool.read_after(0, 10).unwrap(), before);
+        assert_eq!(spool.last_id().unwrap(), 3);
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.records, stats.bytes), (2, 150));
+        assert_eq!(stats.oldest, Some(Timestamp(1_002)));
+        // Seqs and ids go on after the recovered ones.
+        let next = spool.append(vec![rec(Stream::Live, 4, 100)]).unwrap();
+        assert_eq!((next[0].id, next[0].seq), (4, 3));
+        spool.ack(&[2, 3, 4]).unwrap();
+        spool.close().unwrap();
+        assert!(
+            !log::path_for(&path).exists(),
+            "a clean close leaves one file"
+        );
+
+        let mut spool = open(&dir, u64::MAX);
+        assert!(spool.read_after(0, 10).unwrap().is_empty());
+        assert_eq!(spool.last_id().unwrap(), 4, "ids are never reused");
+        let next = spool.append(vec![rec(Stream::Events, 5, 50)]).unwrap();
+        assert_eq!((next[0].id, next[0].seq), (5, 2));
+    }
+
+    #[test]
+    fn records_in_sqlite_and_in_the_log_read_back_in_id_order() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        spool.cap_file_pages(1 << 20).unwrap();
+        spool.append(vec![rec(Stream::Live, 1, 100)]).unwrap();
+        spool.cap_file_pages(0).unwrap();
+        spool.append(vec![rec(Stream::Metrics, 2, 100)]).unwrap();
+        spool.cap_file_pages(1 << 20).unwrap();
+        spool.append(vec![rec(Stream::Live, 3, 100)]).unwrap();
+        spool.cap_file_pages(0).unwrap();
+        spool.append(vec![rec(Stream::Live, 4, 100)]).unwrap();
+        spool.mark_attempt(&[1, 4]).unwrap();
+        let got = spool.read_after(1, 2).unwrap();
+        assert_eq!(
+            ids_and_seqs(&got),
+            [(2, Stream::Metrics, 1), (3, Stream::Live, 2)]
+        );
+        let all = spool.read_after(0, 10).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.attempts).collect::<Vec<_>>(),
+            [1, 0, 0, 1]
+        );
+        assert_eq!(spool.ack(&[4, 1]).unwrap(), 2);
+        assert_eq!(spool.stats().unwrap().records, 2);
+    }
+
+    #[test]
+    fn a_second_open_beside_the_owner_reads_the_log_without_taking_it() {
+        let dir = TempDir::new().unwrap();
+        let mut owner = open(&dir, u64::MAX);
+        owner
+            .append(vec![
+                rec(Stream::Live, 1, 100),
+                rec(Stream::Emissions, 2, 60),
+            ])
+            .unwrap();
+        owner.ack(&[1]).unwrap();
+        let mut reader = open(&dir, u64::MAX);
+        assert_eq!(
+            ids_and_seqs(&reader.read_after(0, 10).unwrap()),
+            [(2, Stream::Emissions, 1)]
+        );
+        assert_eq!(reader.stats().unwrap().records, 1);
+        assert!(matches!(
+            reader.dead_letter(&[(2, "test".to_owned())], Timestamp(0)),
+            Err(SpoolError::HeldByAnother { .. })
+        ));
+        drop(reader);
+        // The owner's log is untouched by the reader.
+        owner.append(vec![rec(Stream::Live, 3, 100)]).unwrap();
+        assert_eq!(
+            ids_and_seqs(&owner.read_after(0, 10).unwrap()),
+            [(2, Stream::Emissions, 1), (3, Stream::Live, 2)]
+        );
+    }
+
+    #[test]
+    fn a_large_backlog_moves_from_the_log_into_sqlite_and_stays_in_order() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        let body = (PENDING_MAX_BYTES / 10) as usize;
+        for n in 1..=25u8 {
+            spool.append(vec![rec(Stream::Live, n, body)]).unwrap();
+        }
+        assert!(spool.pending.bytes() <= PENDING_MAX_BYTES);
+        assert!(spool.in_sqlite(index(Stream::Live)) >= 10);
+        let all = spool.read_after(0, 100).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.id).collect::<Vec<_>>(),
+            (1..=25).collect::<Vec<i64>>()
+        );
+        assert!(all.iter().zip(1u8..).all(|(r, n)| r.body[0] == n));
+        spool.ack(&(1..=25).collect::<Vec<_>>()).unwrap();
+        assert_eq!(spool.stats().unwrap().records, 0);
+    }
+
+    #[test]
+    fn requeued_dead_letters_take_ids_after_those_of_the_log() {
+        let dir = TempDir::new().unwrap();
+        let mut spool = open(&dir, u64::MAX);
+        spool
+            .append(vec![rec(Stream::Live, 1, 100), rec(Stream::Live, 2, 100)])
+            .unwrap();
+        spool
+            .dead_letter(&[(1, "too big".to_owned())], Timestamp(9))
+            .unwrap();
+        spool.append(vec![rec(Stream::Live, 3, 100)]).unwrap();
+        spool.ack(&[3]).unwrap();
+        spool.request_requeue(None).unwrap();
+        assert_eq!(spool.take_requeued().unwrap(), 1);
+        let ids: Vec<i64> = spool
+            .read_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [2, 4]);
+        let next = spool.append(vec![rec(Stream::Live, 5, 100)]).unwrap();
+        assert_eq!(next[0].id, 5);
     }
 
     /// Ids of every record waiting, oldest first.
@@ -1838,6 +2426,32 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_spool_file_is_moved_aside_with_its_record_log() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("spool-l.db");
+        let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
+        spool.append(vec![rec(Stream::Live, 1, 10)]).unwrap();
+        drop(spool);
+        let logged = fs::read(log::path_for(&path)).unwrap();
+        fs::write(&path, vec![7; 8192]).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_083_200);
+        let (spool, aside) = Spool::open_or_set_aside(&path, &cfg(u64::MAX), now).unwrap();
+        let aside = aside.expect("set aside");
+        assert_eq!(fs::read(log::path_for(&aside.moved_to)).unwrap(), logged);
+        assert_eq!(
+            spool.stats().unwrap().records,
+            0,
+            "the fresh spool has no old log"
+        );
+        // A log that is not a log is damage too: the spool is set aside with it.
+        drop(spool);
+        fs::write(log::path_for(&path), b"not a record log").unwrap();
+        let (spool, aside) = Spool::open_or_set_aside(&path, &cfg(u64::MAX), now).unwrap();
+        assert_eq!(aside.expect("set aside").reason, "corrupt");
+        assert_eq!(spool.stats().unwrap().records, 0);
+    }
+
+    #[test]
     fn a_damaged_file_is_moved_aside_and_an_empty_spool_takes_its_place() {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("spool-b.db");
@@ -2119,11 +2733,15 @@ mod tests {
             // An ack commits without an fsync and leaves the level as configured for appends,
             // also when it fails.
             spool.max_bytes = u64::MAX;
-            let appended = spool.append(vec![rec(Stream::Live, 1, 10)]).unwrap();
+            // Appends go to the record log unless the file is capped; this is about SQLite's acks.
+            spool.cap_file_pages(1 << 20).unwrap();
+            let appended = spool
+                .append(vec![rec(Stream::Live, 1, 10), rec(Stream::Live, 2, 10)])
+                .unwrap();
             assert_eq!(spool.ack(&[appended[0].id]).unwrap(), 1);
             assert_eq!(sync(&spool), expected);
             spool.conn.execute_batch("DROP TABLE records").unwrap();
-            assert!(spool.ack(&[1]).is_err());
+            assert!(spool.ack(&[appended[1].id]).is_err());
             assert_eq!(sync(&spool), expected);
         }
     }
