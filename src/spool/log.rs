@@ -16,12 +16,15 @@
 //! kind 2, acks:     (first_id i64, last_id i64) per range of acked ids
 //! kind 3, attempts: id i64 per record whose send ended unacknowledged (once per attempt)
 //! ```
-//! After a synced append the next frame starts on the next 4 KiB boundary, leaving a hole: the
-//! page the append ended in is then never written again after its fsync (a re-dirtied page is
-//! written to flash again in full), which is what keeps an append of a few kB at one or two pages.
-//! A reader skips a run of zero bytes to the next boundary. Replay stops at the first frame that
-//! is incomplete or fails its checksum: only the tail can be torn, since every append that
-//! returned was synced; what lies after such a frame is reported, not guessed at.
+//! After a synced append the next frame starts on the next 4 KiB boundary: the page the append
+//! ended in is then never written again after its fsync (a page dirtied again is written to
+//! flash again in full). The file is also kept at a fixed size, sparse, [`FILE_BYTES`] (an append
+//! beyond it extends it): on ext4 an append that extends a file also writes the page that held
+//! the old end again. Together they bring an append of a 2.2 kB batch from about 1.5 pages (no
+//! alignment), or 2 (alignment alone), to one. A reader skips a run of zero bytes to the next
+//! boundary. Replay stops at the first frame that is incomplete or fails its checksum: only the
+//! tail can be torn, since every append that returned was synced; what lies after such a frame
+//! is reported, not guessed at.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -38,6 +41,10 @@ const KIND_ACKS: u8 = 2;
 const KIND_ATTEMPTS: u8 = 3;
 /// The page a synced append is padded to: the kernel's page, the unit it writes back.
 const PAGE_BYTES: u64 = 4096;
+/// The spool moves the log into SQLite and empties it once it holds this many bytes.
+pub(super) const FULL_BYTES: u64 = 8 << 20;
+/// The size the file is kept at (sparse): the full log plus the append that filled it.
+const FILE_BYTES: u64 = FULL_BYTES + (1 << 20);
 /// The fixed part of a record frame's payload.
 const RECORD_FIXED_LEN: usize = 8 + 1 + 8 + 8 + 4;
 
@@ -63,8 +70,11 @@ pub(super) struct Replay {
     pub(super) acked: Vec<(i64, i64)>,
     /// One id per unacknowledged send of that record.
     pub(super) attempts: Vec<i64>,
-    /// Bytes after the first incomplete or damaged frame (a torn tail is normal after a crash).
+    /// Bytes from the first incomplete or damaged frame to the last non-zero byte (a torn tail
+    /// is normal after a crash).
     pub(super) discarded_bytes: u64,
+    /// Where the last good frame ends.
+    pub(super) end: u64,
 }
 
 /// The log file, open for appending.
@@ -141,37 +151,43 @@ fn decode_record(payload: &[u8]) -> Option<LoggedRecord> {
     })
 }
 
+/// Bytes from `at` to the last non-zero byte of `bytes`.
+fn non_zero_extent(bytes: &[u8], at: usize) -> u64 {
+    bytes[at..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |p| p as u64 + 1)
+}
+
 /// Parses a whole log file's bytes (after the magic check).
 fn replay(bytes: &[u8]) -> Replay {
-    let mut out = Replay::default();
+    let mut out = Replay {
+        end: HEADER_LEN,
+        ..Replay::default()
+    };
     let mut at = HEADER_LEN as usize;
     while at < bytes.len() {
-        let Some(header) = bytes.get(at..at + FRAME_HEADER_LEN) else {
-            // Fewer bytes than a header: zeros are the hole after the last synced append.
-            if bytes[at..].iter().any(|&b| b != 0) {
-                out.discarded_bytes = (bytes.len() - at) as u64;
-            }
-            break;
-        };
-        if header.iter().all(|&b| b == 0) {
-            // A hole: the next frame starts on the next page (see the module docs).
-            let next = align_up(at as u64 + 1) as usize;
-            if bytes[at..next.min(bytes.len())].iter().any(|&b| b != 0) {
-                out.discarded_bytes = (bytes.len() - at) as u64;
+        let header = bytes.get(at..at + FRAME_HEADER_LEN);
+        if header.is_none_or(|h| h.iter().all(|&b| b == 0)) {
+            // Zeros: the rest of a page after a synced append, or the unused part of the file.
+            let next = (align_up(at as u64 + 1) as usize).min(bytes.len());
+            if bytes[at..next].iter().any(|&b| b != 0) {
+                out.discarded_bytes = non_zero_extent(bytes, at);
                 break;
             }
             at = next;
             continue;
         }
+        let header = header.expect("checked above");
         let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let end = at + FRAME_HEADER_LEN + len;
+        let end = at.saturating_add(FRAME_HEADER_LEN).saturating_add(len);
         let Some(checked) = bytes.get(at + 8..end) else {
-            out.discarded_bytes = (bytes.len() - at) as u64;
+            out.discarded_bytes = non_zero_extent(bytes, at);
             break;
         };
         if CRC.checksum(checked) != crc {
-            out.discarded_bytes = (bytes.len() - at) as u64;
+            out.discarded_bytes = non_zero_extent(bytes, at);
             break;
         }
         let payload = &checked[1..];
@@ -197,10 +213,11 @@ fn replay(bytes: &[u8]) -> Replay {
         if parsed.is_none() {
             // A checksummed frame this build cannot read: written by a newer one, or damage the
             // checksum missed. Nothing after it is taken on trust.
-            out.discarded_bytes = (bytes.len() - at) as u64;
+            out.discarded_bytes = non_zero_extent(bytes, at);
             break;
         }
         at = end;
+        out.end = end as u64;
     }
     out
 }
@@ -261,15 +278,17 @@ impl RecordLog {
             )));
         }
         let replay = replay(&bytes);
-        log.end = if replay.discarded_bytes > 0 {
-            // Cut the torn frame, or the next replay would stop at it again, before frames
+        if replay.discarded_bytes > 0 {
+            // Zero the torn frame, or the next replay would stop at it again, before frames
             // appended after it.
-            let end = bytes.len() as u64 - replay.discarded_bytes;
-            log.file.set_len(end).map_err(OpenError::Io)?;
-            end
-        } else {
-            align_up(bytes.len() as u64)
-        };
+            log.file.set_len(replay.end).map_err(OpenError::Io)?;
+        }
+        if replay.discarded_bytes > 0 || (bytes.len() as u64) < FILE_BYTES {
+            log.file
+                .set_len(FILE_BYTES.max(replay.end))
+                .map_err(OpenError::Io)?;
+        }
+        log.end = align_up(replay.end);
         Ok((log, replay))
     }
 
@@ -344,6 +363,7 @@ impl RecordLog {
     /// Empties the log (after its records were written elsewhere).
     pub(super) fn reset(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
+        self.file.set_len(FILE_BYTES)?;
         self.file.write_all_at(FILE_MAGIC, 0)?;
         self.end = HEADER_LEN;
         Ok(())
@@ -445,7 +465,7 @@ mod tests {
             assert_eq!(replay.discarded_bytes, cut as u64, "cut {cut}");
         }
         let mut flipped = whole.clone();
-        let last = flipped.len() - 1;
+        let last = 4096 + second.len() - 1;
         flipped[last] ^= 0x40;
         fs::write(&path, &flipped).unwrap();
         let (log, replay) = RecordLog::open(&path).unwrap();
@@ -456,11 +476,10 @@ mod tests {
             4096,
             "the next append overwrites the damaged frame"
         );
-        assert_eq!(
-            fs::metadata(&path).unwrap().len(),
-            4096,
-            "which is cut from the file"
-        );
+        drop(log);
+        let zeroed = fs::read(&path).unwrap();
+        assert_eq!(zeroed.len() as u64, FILE_BYTES);
+        assert!(zeroed[4096..].iter().all(|&b| b == 0), "which is zeroed");
     }
 
     #[test]

@@ -137,12 +137,10 @@ pub struct Spool {
 }
 
 /// The log is emptied into SQLite when its pending records exceed this many budget bytes (a long
-/// outage: memory stays bounded and the backlog goes to SQLite in large transactions)...
+/// outage: memory stays bounded and the backlog goes to SQLite in large transactions), or when
+/// the file exceeds [`log::FULL_BYTES`] (acked records included), so that the log never holds more
+/// than a few seconds to minutes of a plant's data and its replay at open stays short.
 const PENDING_MAX_BYTES: u64 = 1 << 20;
-
-/// ...or when the file exceeds this many bytes (acked records included), so that the log never
-/// holds more than a few seconds to minutes of a plant's data and its replay at open stays short.
-const LOG_MAX_BYTES: u64 = 8 << 20;
 
 /// The `kv` key of the step corrections: 24 bytes per correction, three little-endian i64
 /// (`before_ms`, `delta_ms`, `up_to_id`), oldest first.
@@ -727,7 +725,7 @@ impl Spool {
             self.pending.insert(a.id, record, index(r.stream));
         }
         let full = self.pending.bytes() > PENDING_MAX_BYTES
-            || self.log.as_ref().is_some_and(|l| l.len() > LOG_MAX_BYTES);
+            || self.log.as_ref().is_some_and(|l| l.len() > log::FULL_BYTES);
         if full && let Err(e) = self.spill() {
             // The batch is durable in the log; the next append tries again.
             tracing::warn!(spool = %self.path.display(), error = %e, "spool: moving the record log into SQLite failed");
