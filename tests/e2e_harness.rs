@@ -35,6 +35,7 @@ fn params(target: Target) -> Params {
         max_inflight: None,
         aligned: false,
         unserved_devices: 0,
+        work_dir: None,
     }
 }
 
@@ -59,6 +60,15 @@ fn assert_complete(r: &harness::Report) {
     assert_eq!(r.incomplete_cycles, 0);
     assert!(r.latency.count as u64 * 10 == r.expected_points, "{r:#?}");
     assert!(r.cpu_s > 0.0 && r.cpu_us_per_point > 0.0, "{r:#?}");
+    // Disk figures are per delivered record: every cycle of the window, once.
+    let d = &r.disk;
+    assert_eq!(d.delivered_records * 10, r.delivered_points, "{r:#?}");
+    // The spool body (protobuf) is smaller than the JSON payload of the same batch.
+    assert!(
+        0.0 < d.spool_body_bytes_per_record
+            && d.spool_body_bytes_per_record < d.payload_bytes_per_record,
+        "{r:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,6 +85,13 @@ async fn tiny_agent_run_is_complete() {
         r.late_ticks_total.is_some(),
         "late ticks scraped from /metrics"
     );
+    // The spool commits every batch to disk (on a tmpfs nothing reaches a disk: not checked).
+    let d = &r.disk;
+    assert!(d.fs_type.is_some(), "{r:#?}");
+    if d.fs_type.as_deref() != Some("tmpfs") {
+        assert!(d.write_bytes > 0 && d.write_over_body > 0.0, "{r:#?}");
+    }
+    assert!(d.log_bytes.is_some(), "{r:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,6 +104,9 @@ async fn tiny_reference_run_is_complete() {
         .expect("harness run");
     assert_complete(&r);
     assert_eq!(r.late_ticks_total, Some(0));
+    // The reference loop keeps nothing on disk: its thread's counters stay (next to) zero.
+    assert!(r.disk.write_bytes < 64 * 1024, "{r:#?}");
+    assert_eq!(r.disk.fs_type, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

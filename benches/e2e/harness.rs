@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, PublishOptions, QoS};
 use serde::{Deserialize, Serialize};
-use smeltwatch::model::Timestamp;
+use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +91,10 @@ pub struct Params {
     /// The last this many devices are configured but not served (their unit ids answer with an
     /// exception): for checking that the harness notices incomplete delivery.
     pub unserved_devices: usize,
+    /// Parent of the run's temporary directory (the agent's configuration, state and spool);
+    /// `None`: the system's temporary directory. It must be on the disk being judged: on a tmpfs
+    /// `write_bytes` stays 0.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// Latency summary in milliseconds.
@@ -127,6 +131,44 @@ pub struct OutageReport {
     pub fresh_latency: Latency,
     /// Cycles scheduled after the resume that never arrived (in that same span).
     pub fresh_missing_cycles: u64,
+}
+
+/// What the target wrote to disk in the measured window, against what it delivered.
+///
+/// The counters are the kernel's block-I/O accounting of the target (`/proc/<pid>/io` of the
+/// agent, which includes its exited threads; `/proc/<pid>/task/<tid>/io` of the reference thread):
+/// `write_bytes` counts a page when the target dirties it, so a page written again after it was
+/// flushed (an fsync per commit) counts again, and the file system's own journal writes are not
+/// in it. `cancelled_write_bytes` are dirtied bytes that were truncated away before they reached
+/// the disk. Per-record figures divide by the window's delivered records (poll batches, the
+/// spool's unit), as the CPU figure divides by its delivered points.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiskReport {
+    /// File system of the agent's state directory (`/proc/self/mounts`); `None` for the
+    /// reference, which has none.
+    pub fs_type: Option<String>,
+    /// `write_bytes` delta over the window.
+    pub write_bytes: u64,
+    /// `cancelled_write_bytes` delta over the window.
+    pub cancelled_write_bytes: u64,
+    /// Growth of the agent's log file (its stderr) over the window: part of `write_bytes`.
+    pub log_bytes: Option<u64>,
+    /// Batches (one per device and cycle) of the window delivered to the subscriber, first copies.
+    pub delivered_records: u64,
+    /// `write_bytes / delivered_records`.
+    pub write_bytes_per_record: f64,
+    /// `write_bytes / delivered_points`.
+    pub write_bytes_per_point: f64,
+    /// Mean MQTT payload (the JSON batch) of those records at the subscriber, bytes.
+    pub payload_bytes_per_record: f64,
+    /// Mean spool body of those records, bytes: what the agent's spool stores for each (its
+    /// binary form, about a third of the JSON), re-encoded from the delivered batch by the agent's
+    /// own encoder, since `/metrics` counts no appended bytes. The spool adds the topic to it.
+    pub spool_body_bytes_per_record: f64,
+    /// `write_bytes` per spool body byte: disk bytes per record over the record's body size.
+    pub write_over_body: f64,
+    /// `write_bytes` per payload byte.
+    pub write_over_payload: f64,
 }
 
 /// The result of one run.
@@ -175,6 +217,8 @@ pub struct Report {
     /// Late (skipped) ticks over the whole run, from the agent's `/metrics`, or the reference's
     /// own count.
     pub late_ticks_total: Option<u64>,
+    /// Disk writes in the window.
+    pub disk: DiskReport,
     /// Outage mode.
     pub outage: Option<OutageReport>,
 }
@@ -287,6 +331,10 @@ struct Cycle {
     copies: u16,
     latency_ms: i64,
     historical: bool,
+    /// MQTT payload size of the first copy.
+    payload_bytes: u32,
+    /// Spool body size of the first copy ([`spool_body_len`]).
+    body_bytes: u32,
 }
 
 #[derive(Debug, Default)]
@@ -303,7 +351,11 @@ struct Seen {
 #[derive(Deserialize)]
 struct Msg<'a> {
     #[serde(borrow)]
+    source: &'a str,
+    #[serde(borrow)]
     device: &'a str,
+    unit_id: u8,
+    poll_interval_ms: u64,
     #[serde(borrow)]
     scheduled: &'a str,
     #[serde(default)]
@@ -314,10 +366,43 @@ struct Msg<'a> {
 
 #[derive(Deserialize)]
 struct Rd<'a> {
-    value: Option<serde::de::IgnoredAny>,
     #[serde(borrow)]
-    quality: &'a str,
+    point: &'a str,
+    value: Option<Value>,
+    #[serde(borrow)]
+    unit: &'a str,
+    quality: Quality,
     ts_ms: i64,
+}
+
+/// The size of the spool body the agent stores for this batch: the record rebuilt from the
+/// message and encoded by the agent's own code (`publish::body`), since `/metrics` has no
+/// appended-bytes counter. Exact for this plant: every field of the body is in the JSON, and every
+/// point is a `u16`, which the agent holds as an unsigned integer (JSON cannot tell it from a
+/// signed one, and protobuf encodes the two differently).
+fn spool_body_len(m: Msg<'_>, scheduled_ms: i64) -> usize {
+    let batch = ReadingBatch {
+        source: m.source.into(),
+        device: m.device.into(),
+        unit_id: m.unit_id,
+        poll_interval_ms: m.poll_interval_ms,
+        scheduled: Timestamp(scheduled_ms),
+        readings: m
+            .readings
+            .into_iter()
+            .map(|r| Reading {
+                point: r.point.into(),
+                value: match r.value {
+                    Some(Value::Int(i)) if i >= 0 => Some(Value::UInt(i as u64)),
+                    v => v,
+                },
+                unit: r.unit.into(),
+                quality: r.quality,
+                ts: Timestamp(r.ts_ms),
+            })
+            .collect(),
+    };
+    smeltwatch::publish::body::encode(&Record::Batch(batch)).len()
 }
 
 impl Seen {
@@ -344,8 +429,10 @@ impl Seen {
         let good = m
             .readings
             .iter()
-            .filter(|r| r.quality == "good" && r.value.is_some())
+            .filter(|r| r.quality == Quality::Good && r.value.is_some())
             .count();
+        let readings = m.readings.len() as u16;
+        let historical = m.historical;
         let cycles = match self.devices.get_mut(m.device) {
             Some(c) => c,
             None => self.devices.entry(m.device.to_owned()).or_default(),
@@ -353,11 +440,13 @@ impl Seen {
         let c = cycles.entry(sched).or_default();
         if c.copies == 0 {
             *c = Cycle {
-                readings: m.readings.len() as u16,
+                readings,
                 good: good as u16,
                 copies: 1,
                 latency_ms: arrival_ms - acquired,
-                historical: m.historical,
+                historical,
+                payload_bytes: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+                body_bytes: u32::try_from(spool_body_len(m, sched)).unwrap_or(u32::MAX),
             };
         } else {
             c.copies += 1;
@@ -417,6 +506,10 @@ struct WindowView {
     incomplete: u64,
     duplicates: u64,
     latencies: Vec<i64>,
+    /// Payload bytes of the received cycles (first copies).
+    payload_bytes: u64,
+    /// Their spool body bytes.
+    body_bytes: u64,
 }
 
 fn window_view(
@@ -445,6 +538,8 @@ fn window_view(
             if let Some(c) = cycles.and_then(|c| c.get(&s)) {
                 v.received += 1;
                 v.delivered_points += u64::from(c.good);
+                v.payload_bytes += u64::from(c.payload_bytes);
+                v.body_bytes += u64::from(c.body_bytes);
                 if c.readings != registers || c.good != registers {
                     v.incomplete += 1;
                 }
@@ -509,6 +604,47 @@ fn cpu_between(from: &HashMap<u32, u64>, to: &HashMap<u32, u64>) -> (f64, usize)
         .sum();
     let exited = from.keys().filter(|tid| !to.contains_key(tid)).count();
     (ns as f64 / 1e9, exited)
+}
+
+/// The block-I/O counters of a `/proc/.../io` file that matter for disk wear.
+#[derive(Debug, Clone, Copy, Default)]
+struct IoCounters {
+    write_bytes: u64,
+    cancelled_write_bytes: u64,
+}
+
+fn read_io(path: &Path) -> anyhow::Result<IoCounters> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {key} in {}", path.display()))
+    };
+    Ok(IoCounters {
+        write_bytes: field("write_bytes")?,
+        cancelled_write_bytes: field("cancelled_write_bytes")?,
+    })
+}
+
+/// The file system type of the mount that holds `dir` (the longest mount point above it in
+/// `/proc/self/mounts`).
+fn fs_type(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, ty) = (f.next()?, f.next()?, f.next()?);
+            // Spaces in mount points are written `\040`.
+            let at = PathBuf::from(at.replace("\\040", " "));
+            dir.starts_with(&at)
+                .then(|| (at.as_os_str().len(), ty.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, ty)| ty)
 }
 
 /// A `kB` line of `/proc/<pid>/status`, in MB.
@@ -856,6 +992,23 @@ impl Running {
         }
     }
 
+    /// Block-I/O counters of the target: the agent's whole process (exited threads included),
+    /// the reference's thread alone (the harness's own threads share its process).
+    fn io(&self) -> anyhow::Result<IoCounters> {
+        match self {
+            Running::Agent(a) => read_io(Path::new(&format!("/proc/{}/io", a.child.id()))),
+            Running::Reference(r) => read_io(&r.thread_dir.join("io")),
+        }
+    }
+
+    /// Size of the agent's log file (its stderr), bytes.
+    fn log_len(&self) -> Option<u64> {
+        match self {
+            Running::Agent(a) => std::fs::metadata(&a.log).ok().map(|m| m.len()),
+            Running::Reference(_) => None,
+        }
+    }
+
     fn pid(&self) -> Option<u32> {
         match self {
             Running::Agent(a) => Some(a.child.id()),
@@ -904,7 +1057,21 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         .collect();
     let mut broker = tokio::task::spawn_blocking(Mosquitto::start).await?;
     let (sub, seen) = start_subscriber(broker.port).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = match &p.work_dir {
+        Some(parent) => tempfile::tempdir_in(parent)
+            .map_err(|e| anyhow::anyhow!("--work-dir {}: {e}", parent.display()))?,
+        None => tempfile::tempdir()?,
+    };
+    let fs = match p.target {
+        Target::Agent => fs_type(dir.path()),
+        Target::Reference => None,
+    };
+    if fs.as_deref() == Some("tmpfs") {
+        eprintln!(
+            "bench: {} is on a tmpfs: the agent's disk writes will read 0 (see --work-dir)",
+            dir.path().display()
+        );
+    }
 
     let mut running = match p.target {
         Target::Agent => {
@@ -919,10 +1086,14 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
     watch(&mut running, p.warmup, &mut warm_rss).await?;
     let from = now_ms();
     let cpu0 = running.cpu_ns()?;
+    let io0 = running.io()?;
+    let log0 = running.log_len();
     let t0 = Instant::now();
     let mut rss = Vec::new();
     watch(&mut running, p.duration, &mut rss).await?;
     let cpu1 = running.cpu_ns()?;
+    let io1 = running.io()?;
+    let log1 = running.log_len();
     let window = t0.elapsed().as_secs_f64();
     let to = now_ms();
     let peak_rss = running.pid().and_then(|pid| status_mb(pid, "VmHWM:"));
@@ -986,6 +1157,23 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
     let v = window_view(&seen, &names, p.registers, interval_ms, from, to, false);
     let expected_points = v.expected_cycles * u64::from(p.registers);
     let (cpu, exited) = cpu_between(&cpu0, &cpu1);
+    let write_bytes = io1.write_bytes.saturating_sub(io0.write_bytes);
+    let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+    let disk = DiskReport {
+        fs_type: fs,
+        write_bytes,
+        cancelled_write_bytes: io1
+            .cancelled_write_bytes
+            .saturating_sub(io0.cancelled_write_bytes),
+        log_bytes: log0.zip(log1).map(|(a, b)| b.saturating_sub(a)),
+        delivered_records: v.received,
+        write_bytes_per_record: per(write_bytes, v.received),
+        write_bytes_per_point: per(write_bytes, v.delivered_points),
+        payload_bytes_per_record: per(v.payload_bytes, v.received),
+        spool_body_bytes_per_record: per(v.body_bytes, v.received),
+        write_over_body: per(write_bytes, v.body_bytes),
+        write_over_payload: per(write_bytes, v.payload_bytes),
+    };
     if exited > 0 {
         eprintln!(
             "bench: {exited} thread(s) of the target exited in the window; their CPU after its start is not counted"
@@ -1024,6 +1212,7 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         },
         latency: latency(v.latencies),
         late_ticks_total,
+        disk,
         outage,
     })
 }
@@ -1145,6 +1334,28 @@ pub fn table(reports: &[Report]) -> String {
             r.latency.p99_ms,
             r.latency.max_ms,
             r.late_ticks_total.map(|n| n.to_string()).unwrap_or("-".into()),
+        ));
+        let d = &r.disk;
+        out.push_str(&format!(
+            "  disk: {} B written in the window ({} B cancelled{}{}), {} records: {:.0} B/record, \
+             {:.1} B/point; record payload {:.0} B, spool body {:.0} B; written/body {:.2}×, \
+             written/payload {:.2}×\n",
+            d.write_bytes,
+            d.cancelled_write_bytes,
+            d.log_bytes
+                .map(|b| format!(", log {b} B"))
+                .unwrap_or_default(),
+            d.fs_type
+                .as_ref()
+                .map(|t| format!(", state on {t}"))
+                .unwrap_or_default(),
+            d.delivered_records,
+            d.write_bytes_per_record,
+            d.write_bytes_per_point,
+            d.payload_bytes_per_record,
+            d.spool_body_bytes_per_record,
+            d.write_over_body,
+            d.write_over_payload,
         ));
         if let Some(o) = &r.outage {
             out.push_str(&format!(

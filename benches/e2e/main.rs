@@ -76,6 +76,11 @@ struct Args {
     /// The agent binary (default: the one cargo built with this bench).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Parent of each run's temporary directory, which holds the agent's state and spool (default:
+    /// the system's temporary directory). Disk writes are only measured on a real disk: not a
+    /// tmpfs.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
     /// Write the reports as JSON here (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -84,8 +89,47 @@ struct Args {
     bench: bool,
 }
 
+/// Raise the soft limit on open files to the hard one, for this process and the agent and broker
+/// it starts (they inherit it), and check that it covers `need`. With one endpoint per device,
+/// 1000 devices take 1000 listeners and 1000 accepted connections here (plus 1000 connections of
+/// the reference loop, which runs in this process), and 1000 connections in the agent: more than
+/// the usual soft limit of 1024.
+fn raise_open_files_limit(need: u64) -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` into the valid, exclusively borrowed `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        anyhow::bail!(
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `setrlimit` only reads the valid `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let soft = lim.rlim_cur;
+    anyhow::ensure!(
+        soft >= need,
+        "this run needs about {need} open files but the limit is {soft} \
+         (hard limit {}): raise it (ulimit -Hn) or use fewer endpoints",
+        lim.rlim_max
+    );
+    Ok(soft)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let endpoints = args.devices.div_ceil(args.per_endpoint.max(1)) as u64;
+    raise_open_files_limit(3 * endpoints + 256)?;
     let agent_bin = args
         .agent
         .clone()
@@ -117,6 +161,7 @@ fn main() -> anyhow::Result<()> {
             max_inflight: args.max_inflight,
             aligned: args.aligned,
             unserved_devices: 0,
+            work_dir: args.work_dir.clone(),
         };
         eprintln!(
             "bench: {target:?}: {} devices × {} registers every {}, warm-up {}, window {}{}",
