@@ -146,6 +146,14 @@ impl LatestReadings {
             .flat_map(|b| b.readings.iter().map(move |r| (&b.device, r)))
     }
 
+    /// Every point's latest reading, with its device and the poll interval of its class (ms), in
+    /// no particular order.
+    pub fn iter_with_interval(&self) -> impl Iterator<Item = (&Arc<str>, u64, &Reading)> {
+        self.batches.iter().flat_map(|((device, interval_ms), b)| {
+            b.readings.iter().map(move |r| (device, *interval_ms, r))
+        })
+    }
+
     /// Number of points with a reading.
     pub fn len(&self) -> usize {
         self.batches.values().map(|b| b.readings.len()).sum()

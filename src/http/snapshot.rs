@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::feed::Collected;
-use crate::app::LiveState;
+use crate::app::{LatestReadings, LiveState};
 use crate::model::{Event, Quality, Timestamp, Value};
 use crate::publish::mqtt::LinkState;
 
@@ -205,27 +205,13 @@ impl Snapshot {
     /// Copy the state of `live` and `collected` now.
     pub async fn gather(live: &LiveState, collected: &Mutex<Collected>) -> Snapshot {
         let now = Timestamp::now();
-        let mut points: Vec<PointView> = {
+        let points = {
             let latest = live
                 .latest
                 .lock()
                 .expect("live state lock is never poisoned: holders do not panic");
-            latest
-                .iter()
-                .map(|(device, r)| PointView {
-                    device: device.clone(),
-                    point: r.point.clone(),
-                    value: r.value.clone().filter(|v| match v {
-                        Value::Float(f) => f.is_finite(),
-                        _ => true,
-                    }),
-                    unit: r.unit.clone(),
-                    quality: r.quality,
-                    ts_ms: r.ts.unix_ms(),
-                })
-                .collect()
+            point_views(&latest, now)
         };
-        points.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
 
         let (metrics, events, event_counts, feed_lagged) = {
             let c = collected
@@ -367,6 +353,34 @@ impl Snapshot {
             uplinks,
         }
     }
+}
+
+/// Every point's latest reading as shown at `now`, sorted by (device, point).
+///
+/// Staleness is judged here, when a snapshot is taken, and not where readings are stored: a
+/// stored quality is what the device said at acquisition, while "not refreshed for three poll
+/// intervals" depends on when someone looks. A poller that hangs or a device class that stops
+/// producing batches leaves no reading to carry a new quality, so only the reader can notice it.
+/// `/api/v1/snapshot`, its stream, the dashboard and `/metrics` all come from this snapshot.
+fn point_views(latest: &LatestReadings, now: Timestamp) -> Vec<PointView> {
+    let mut points: Vec<PointView> = latest
+        .iter_with_interval()
+        .map(|(device, interval_ms, r)| PointView {
+            device: device.clone(),
+            point: r.point.clone(),
+            value: r.value.clone().filter(|v| match v {
+                Value::Float(f) => f.is_finite(),
+                _ => true,
+            }),
+            unit: r.unit.clone(),
+            quality: r
+                .quality
+                .at_age(now.unix_ms() - r.ts.unix_ms(), interval_ms),
+            ts_ms: r.ts.unix_ms(),
+        })
+        .collect();
+    points.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
+    points
 }
 
 impl Delta {
@@ -538,6 +552,48 @@ mod tests {
                 spool_error: None,
             }],
         }
+    }
+
+    fn batch(device: &str, interval_ms: u64, ts: i64) -> crate::model::ReadingBatch {
+        crate::model::ReadingBatch {
+            source: "line1".into(),
+            device: device.into(),
+            unit_id: 1,
+            poll_interval_ms: interval_ms,
+            scheduled: Timestamp(ts),
+            readings: vec![crate::model::Reading {
+                point: "cell_voltage_v".into(),
+                value: Some(Value::Float(4.1)),
+                unit: "V".into(),
+                quality: Quality::Good,
+                ts: Timestamp(ts),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_reading_older_than_three_poll_intervals_is_shown_stale() {
+        let mut latest = LatestReadings::default();
+        // 1 s class read 3 s ago: on the limit, still good. 1 s class read 3.001 s ago: stale.
+        latest.update(&batch("pot_001", 1000, 10_000));
+        latest.update(&batch("pot_002", 1000, 9_999));
+        // A 60 s class read 2 min ago is fine; a failed reading keeps its own quality.
+        latest.update(&batch("meter", 60_000, 13_000 - 120_000));
+        let mut failed = batch("pot_003", 1000, 1_000);
+        failed.readings[0].quality = Quality::CommFail;
+        latest.update(&failed);
+        let shown: Vec<(String, Quality)> = point_views(&latest, Timestamp(13_000))
+            .iter()
+            .map(|p| (p.device.to_string(), p.quality))
+            .collect();
+        let expected = [
+            ("meter", Quality::Good),
+            ("pot_001", Quality::Good),
+            ("pot_002", Quality::Stale),
+            ("pot_003", Quality::CommFail),
+        ]
+        .map(|(d, q)| (d.to_owned(), q));
+        assert_eq!(shown, expected);
     }
 
     #[test]
