@@ -218,6 +218,8 @@ pub struct UplinkView {
     pub spool: SpoolHandle,
     /// Its connection status.
     pub status: watch::Receiver<UplinkStatus>,
+    /// Acquisition to acknowledgement of the records it delivered.
+    pub publish_latency: Arc<crate::histogram::Histogram>,
 }
 
 /// A running agent.
@@ -282,11 +284,13 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         let Some(spool) = spools::open(uplink, &path, report) else {
             continue;
         };
+        let latency = Arc::new(crate::histogram::Histogram::default());
         let (status, topics) = match &uplink.kind {
             UplinkKind::Mqtt(mqtt) => {
                 let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
                     .with_context(|| format!("uplink {:?}", uplink.name))?
                     .with_completeness(live.completeness.clone())
+                    .with_publish_latency(latency.clone())
                     .with_shutdown_grace(opts.grace_period);
                 tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
                 let status = client.status();
@@ -311,6 +315,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     completeness: live.completeness.clone(),
                     mn_by_subject: hj212::mn_by_subject(h, &cfg),
                     grace: opts.grace_period,
+                    publish_latency: latency.clone(),
                 };
                 let status = hj212::start(
                     uplink,
@@ -331,6 +336,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     stop: &uplinks_token,
                     completeness: &live.completeness,
                     grace: opts.grace_period,
+                    publish_latency: &latency,
                 };
                 let status = sparkplug::start(&cfg, uplink, spb, spool.clone(), wiring)?;
                 (status, TopicTemplates::default())
@@ -343,6 +349,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                 name: uplink.name.clone(),
                 spool: spool.clone(),
                 status,
+                publish_latency: latency,
             });
         targets.push(FanTarget {
             gate: health::StoreGate::new(format!("spool-{}", uplink.name)),

@@ -15,6 +15,8 @@ use serde::Serialize;
 
 use super::feed::Collected;
 use crate::app::{LatestReadings, LiveState};
+use crate::histogram::HistogramSnapshot;
+use crate::modbus::poller::DeviceReadErrors;
 use crate::model::{Event, Quality, Timestamp, Value};
 use crate::publish::mqtt::LinkState;
 
@@ -114,6 +116,11 @@ pub struct SourceView {
     pub request_mean_s: Option<f64>,
     /// Readings emitted per quality (every quality listed).
     pub readings_by_quality: BTreeMap<&'static str, u64>,
+    /// Failed read requests per device that had any.
+    pub device_read_errors: BTreeMap<Arc<str>, DeviceReadErrors>,
+    /// Request round-trip times (for `/metrics`; not in the JSON, which has the mean).
+    #[serde(skip)]
+    pub request_duration: HistogramSnapshot,
 }
 
 /// Status and spool of one uplink.
@@ -148,6 +155,10 @@ pub struct UplinkSnapshot {
     pub commands_dropped_total: u64,
     /// Records sent with nothing to prove they arrived (HJ 212 with `ack = false`) since start.
     pub unconfirmed_total: u64,
+    /// Time from acquisition to the platform's acknowledgement of delivered records (for
+    /// `/metrics`; not in the JSON).
+    #[serde(skip)]
+    pub publish_latency: HistogramSnapshot,
     /// The spool's statistics; `null` when the spool did not answer (see `spool_error`).
     pub spool: Option<SpoolView>,
     /// Why `spool` is missing.
@@ -274,6 +285,8 @@ impl Snapshot {
                             )
                         })
                         .collect(),
+                    device_read_errors: s.device_read_errors().into_iter().collect(),
+                    request_duration: s.request_duration.snapshot(),
                 }
             })
             .collect();
@@ -336,6 +349,7 @@ impl Snapshot {
                 commands_dropped_total: status.commands_dropped_total,
                 unconfirmed_total: status.unconfirmed_total,
                 last_error: status.last_error,
+                publish_latency: view.publish_latency.snapshot(),
                 spool,
                 spool_error,
             });
@@ -490,10 +504,10 @@ pub fn readiness(snap: &Snapshot, dropped_at_start: &HashMap<String, u64>) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn snap() -> Snapshot {
+    pub(crate) fn snap() -> Snapshot {
         Snapshot {
             ts_ms: 1000,
             version: "test",
@@ -520,6 +534,8 @@ mod tests {
                 request_time_s: 0.002,
                 request_mean_s: Some(0.002),
                 readings_by_quality: BTreeMap::new(),
+                device_read_errors: BTreeMap::new(),
+                request_duration: HistogramSnapshot::default(),
             }],
             uplinks: vec![UplinkSnapshot {
                 name: "plant".into(),
@@ -536,6 +552,7 @@ mod tests {
                 commands_dropped_total: 0,
                 unconfirmed_total: 0,
                 last_error: None,
+                publish_latency: HistogramSnapshot::default(),
                 spool: Some(SpoolView {
                     records: 10,
                     bytes: 1000,
