@@ -249,6 +249,17 @@ async fn every_route_serves_the_running_agent() {
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     agent.live.records.send(kwh_metric());
     agent.live.records.send(anode_effect());
+    // What an agent with a [[calc.stacks]] entry knows at start (this one has no [calc]).
+    agent
+        .live
+        .stack_limits
+        .set(vec![smeltwatch::calc::limits::StackLimit {
+            stack: "gtc1_stack".into(),
+            pollutant: "so2".into(),
+            point: "so2_mg_m3".into(),
+            limit_mg_m3: 200.0,
+        }])
+        .unwrap();
 
     // The token: every other route refuses a request without it, or with a wrong one.
     for path in [
@@ -518,6 +529,22 @@ async fn every_route_serves_the_running_agent() {
             "the Grafana dashboard queries {name}, which /metrics does not render"
         );
     }
+
+    // The limit lines of the concentration panel come from a series /metrics renders (the query
+    // named calc metrics `*_limit_mg_m3` that no calculator produces).
+    assert!(grafana.contains("smeltwatch_stack_limit_mg_m3{"));
+    assert!(
+        !grafana.contains("_limit_mg_m3\\\""),
+        "no query of calc metrics named *_limit_mg_m3"
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_stack_limit_mg_m3",
+            &[("stack", "gtc1_stack"), ("pollutant", "so2")]
+        )),
+        200.0
+    );
 
     // The dashboard: one page, no external assets.
     let page = request(addr, "/", Some(&bearer())).await;

@@ -181,6 +181,9 @@ pub struct LiveState {
     pub completeness: Arc<crate::completeness::Completeness>,
     /// Progress of the stages and what the stores lost (`/readyz`, the watchdog, `/metrics`).
     pub health: Arc<health::Health>,
+    /// The concentration limits of the configured stacks, set once at start (the limit lines of
+    /// the dashboards).
+    pub stack_limits: std::sync::OnceLock<Vec<crate::calc::limits::StackLimit>>,
 }
 
 impl LiveState {
@@ -251,6 +254,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         health: Arc::new(health::Health::new(cfg.stall_after)),
         ..LiveState::default()
     });
+    if let Some(calc) = &cfg.calc {
+        let limits = crate::calc::limits::stack_limits(calc).context("[calc] stack limits")?;
+        let _ = live.stack_limits.set(limits);
+    }
     let sources = CancellationToken::new();
     let uplinks_token = CancellationToken::new();
     let tracker = TaskTracker::new();

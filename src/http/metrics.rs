@@ -31,6 +31,7 @@
 //! | `smeltwatch_point_value` | gauge, numeric and finite values only | `device`, `point`, `unit` |
 //! | `smeltwatch_point_quality` | gauge (1), one series per point | `device`, `point`, `quality` |
 //! | `smeltwatch_point_timestamp_seconds` | gauge, acquisition time | `device`, `point` |
+//! | `smeltwatch_stack_limit_mg_m3` | gauge, the concentration limit of a `[[calc.stacks]]` pollutant; `point` is its measured concentration point | `stack`, `pollutant`, `point` |
 //! | `smeltwatch_calc_value` | gauge | `calc`, `metric`, `unit`, the metric's own labels |
 //! | `smeltwatch_events_total` | counter (since the HTTP server started) | `kind`, `phase` |
 //! | `smeltwatch_clock_steps_total` | counter (since start), see [`crate::clock`] | — |
@@ -347,6 +348,18 @@ fn record(snap: &Snapshot) {
         .set(p.ts_ms as f64 / 1000.0);
     }
 
+    for l in &snap.stack_limits {
+        gauge!(
+            "smeltwatch_stack_limit_mg_m3",
+            labels(&[
+                ("stack", &l.stack),
+                ("pollutant", &l.pollutant),
+                ("point", &l.point)
+            ])
+        )
+        .set(l.limit_mg_m3);
+    }
+
     for m in &snap.metrics {
         let Some(v) = m.value else { continue };
         let mut l = labels(&[("calc", &m.calc), ("metric", &m.name), ("unit", &m.unit)]);
@@ -477,6 +490,10 @@ fn describe() {
         "Acquisition time of the point's latest reading, Unix seconds."
     );
     describe_gauge!(
+        "smeltwatch_stack_limit_mg_m3",
+        "Concentration limit of a stack's pollutant (the coefficient table's limit class), mg/m3."
+    );
+    describe_gauge!(
         "smeltwatch_calc_value",
         "Latest value of a computed metric (kWh/t, AEM, mass flows...)."
     );
@@ -530,6 +547,20 @@ mod tests {
         ] {
             assert!(!text.contains(gone), "{gone} still rendered");
         }
+    }
+
+    #[test]
+    fn stack_limits_are_a_family_of_their_own() {
+        let mut snap = crate::http::snapshot::tests::snap();
+        snap.stack_limits = vec![crate::calc::limits::StackLimit {
+            stack: "gtc1_stack".into(),
+            pollutant: "so2".into(),
+            point: "so2_mg_m3".into(),
+            limit_mg_m3: 200.0,
+        }];
+        let text = render(&snap);
+        let line = "smeltwatch_stack_limit_mg_m3{stack=\"gtc1_stack\",pollutant=\"so2\",point=\"so2_mg_m3\"} 200";
+        assert!(text.lines().any(|l| l == line), "{text}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::feed::Collected;
 use crate::app::{LatestReadings, LiveState};
+use crate::calc::limits::StackLimit;
 use crate::histogram::HistogramSnapshot;
 use crate::modbus::poller::DeviceReadErrors;
 use crate::model::{Event, Quality, Timestamp, Value};
@@ -44,6 +45,8 @@ pub struct Snapshot {
     pub sources: Vec<SourceView>,
     /// Status and spool of every uplink.
     pub uplinks: Vec<UplinkSnapshot>,
+    /// The concentration limit of each pollutant of each configured stack (`[[calc.stacks]]`).
+    pub stack_limits: Vec<StackLimit>,
 }
 
 /// The latest reading of one point.
@@ -365,6 +368,7 @@ impl Snapshot {
             feed_lagged,
             sources,
             uplinks,
+            stack_limits: live.stack_limits.get().cloned().unwrap_or_default(),
         }
     }
 }
@@ -568,6 +572,7 @@ pub(crate) mod tests {
                 }),
                 spool_error: None,
             }],
+            stack_limits: vec![],
         }
     }
 
