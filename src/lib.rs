@@ -40,6 +40,7 @@ pub mod cli;
 pub mod clock;
 pub mod completeness;
 pub mod config;
+pub mod histogram;
 pub mod history;
 pub mod http;
 pub mod ledger;

@@ -100,7 +100,27 @@ impl Quality {
     pub fn is_good(self) -> bool {
         self == Quality::Good
     }
+
+    /// The quality a reading of this quality is shown with when it is `age_ms` old and its point
+    /// is polled every `poll_interval_ms`: [`Quality::Stale`] once a good reading is older than
+    /// [`STALE_AFTER_POLL_INTERVALS`] intervals (the poller missed three refreshes, or stopped).
+    /// Other qualities already say why the value is not a fresh good one and are kept; an unknown
+    /// interval (0, a Sparkplug stream) never ages.
+    pub fn at_age(self, age_ms: i64, poll_interval_ms: u64) -> Quality {
+        let limit_ms = i64::try_from(poll_interval_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(STALE_AFTER_POLL_INTERVALS);
+        if self.is_good() && poll_interval_ms > 0 && age_ms > limit_ms {
+            Quality::Stale
+        } else {
+            self
+        }
+    }
 }
+
+/// A good reading not refreshed for this many of its poll intervals is shown `stale`
+/// ([`Quality::at_age`]).
+pub const STALE_AFTER_POLL_INTERVALS: i64 = 3;
 
 impl fmt::Display for Quality {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

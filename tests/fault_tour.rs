@@ -409,7 +409,11 @@ profile = "potline_gtc"
         "dead letters of the narrow uplink and its events acked",
         Duration::from_secs(30),
         |t| {
-            metric_sum(t, "smeltwatch_spool_dead_letters", "uplink=\"narrow\"") > 0
+            metric_sum(
+                t,
+                "smeltwatch_spool_dead_letter_records",
+                "uplink=\"narrow\"",
+            ) > 0
                 && metric_sum(t, "smeltwatch_uplink_acked_total", "uplink=\"narrow\"") > 0
         },
     )
@@ -430,7 +434,7 @@ profile = "potline_gtc"
         Duration::from_secs(30),
         |t| {
             metric_sum(t, "smeltwatch_store_lost_records_total", "") > 0
-                || metric_sum(t, "smeltwatch_spool_dropped_total", "") > 0
+                || metric_sum(t, "smeltwatch_spool_drops_total", "") > 0
         },
     )
     .await;
@@ -486,7 +490,7 @@ profile = "potline_gtc"
         "uplink=\"province\"",
     );
     assert!(waiting > 0);
-    let dropped = |t: &str| metric_sum(t, "smeltwatch_spool_dropped_total", "uplink=\"province\"");
+    let dropped = |t: &str| metric_sum(t, "smeltwatch_spool_drops_total", "uplink=\"province\"");
     let dropped_before = dropped(&metrics(http).await);
     let stepped_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -123,7 +123,9 @@ async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() 
     cfg.re_count = 3;
     cfg.reconnect_min = Duration::from_millis(20);
     cfg.reconnect_max = Duration::from_millis(100);
-    let uplink = Hj212TcpUplink::new(cfg, table, spool.clone());
+    let latency = Arc::new(smeltwatch::histogram::Histogram::default());
+    let uplink =
+        Hj212TcpUplink::new(cfg, table, spool.clone()).with_publish_latency(latency.clone());
     let mut stats = uplink.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(uplink.run(shutdown.clone()));
@@ -184,6 +186,12 @@ async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() 
         0,
         "the spool is empty"
     );
+    // Publish latency: one observation per delivered record, none for the skipped event;
+    // windows are computed, so timed from when they were spooled (T0, March 2025, here).
+    let h = latency.snapshot();
+    assert_eq!(h.count, 6, "{h:?}");
+    assert_eq!(h.buckets.last().map(|b| b.1), Some(0), "{h:?}");
+    assert!(h.sum_s > 6.0 * 86_400.0, "{h:?}");
     platform.abort();
 }
 

@@ -249,6 +249,17 @@ async fn every_route_serves_the_running_agent() {
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     agent.live.records.send(kwh_metric());
     agent.live.records.send(anode_effect());
+    // What an agent with a [[calc.stacks]] entry knows at start (this one has no [calc]).
+    agent
+        .live
+        .stack_limits
+        .set(vec![smeltwatch::calc::limits::StackLimit {
+            stack: "gtc1_stack".into(),
+            pollutant: "so2".into(),
+            point: "so2_mg_m3".into(),
+            limit_mg_m3: 200.0,
+        }])
+        .unwrap();
 
     // The token: every other route refuses a request without it, or with a wrong one.
     for path in [
@@ -382,12 +393,53 @@ async fn every_route_serves_the_running_agent() {
         )),
         0.0
     );
+    // The request duration histogram: buckets from 1 ms to 60 s, as many observations as
+    // requests (read when the scrape was taken; the poller goes on between the two lines).
+    let line_value = |prefix: &str| -> f64 {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}in\n{}", r.body))
+            .trim()
+            .parse()
+            .unwrap()
+    };
     assert!(
-        number(sample(
-            &scrape,
-            "smeltwatch_source_request_duration_seconds_mean",
-            &[("source", "line1")]
-        )) > 0.0
+        r.body
+            .contains("# TYPE smeltwatch_source_request_duration_seconds histogram"),
+        "{}",
+        r.body
+    );
+    let requests = line_value("smeltwatch_source_requests_total{source=\"line1\"} ");
+    let observed =
+        line_value("smeltwatch_source_request_duration_seconds_count{source=\"line1\"} ");
+    assert!(
+        observed >= 1.0 && observed <= requests,
+        "{observed} of {requests}"
+    );
+    assert_eq!(
+        line_value(
+            "smeltwatch_source_request_duration_seconds_bucket{source=\"line1\",le=\"+Inf\"} "
+        ),
+        observed
+    );
+    assert!(line_value("smeltwatch_source_request_duration_seconds_sum{source=\"line1\"} ") > 0.0);
+    for le in ["0.001", "0.01", "1", "60"] {
+        assert!(
+            r.body.contains(&format!(
+                "smeltwatch_source_request_duration_seconds_bucket{{source=\"line1\",le=\"{le}\"}}"
+            )),
+            "bucket {le}"
+        );
+    }
+    // Publish latency per uplink: the family is there from the start, counting once records
+    // are acknowledged.
+    assert!(
+        r.body.contains(
+            "smeltwatch_uplink_publish_latency_seconds_bucket{uplink=\"plant\",le=\"0.001\"}"
+        ),
+        "{}",
+        r.body
     );
     assert_eq!(
         number(sample(
@@ -413,14 +465,6 @@ async fn every_route_serves_the_running_agent() {
         )) >= 1.0
     );
     assert!(sample(&scrape, "smeltwatch_spool_bytes", &[("uplink", "plant")]).is_some());
-    assert_eq!(
-        number(sample(
-            &scrape,
-            "smeltwatch_spool_dropped_total",
-            &[("uplink", "plant")]
-        )),
-        0.0
-    );
     for reason in ["budget", "disk_full", "max_age"] {
         assert_eq!(
             number(sample(
@@ -478,11 +522,29 @@ async fn every_route_serves_the_running_agent() {
     queried.retain(|n| n.ends_with(|c: char| c.is_ascii_lowercase()) && n.contains('_'));
     assert!(queried.len() >= 15, "{queried:?}");
     for name in &queried {
+        // A histogram is parsed under its family name; the dashboard queries its `_bucket`s.
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
         assert!(
-            rendered.contains(name.as_str()),
+            rendered.contains(name.as_str()) || rendered.contains(family),
             "the Grafana dashboard queries {name}, which /metrics does not render"
         );
     }
+
+    // The limit lines of the concentration panel come from a series /metrics renders (the query
+    // named calc metrics `*_limit_mg_m3` that no calculator produces).
+    assert!(grafana.contains("smeltwatch_stack_limit_mg_m3{"));
+    assert!(
+        !grafana.contains("_limit_mg_m3\\\""),
+        "no query of calc metrics named *_limit_mg_m3"
+    );
+    assert_eq!(
+        number(sample(
+            &scrape,
+            "smeltwatch_stack_limit_mg_m3",
+            &[("stack", "gtc1_stack"), ("pollutant", "so2")]
+        )),
+        200.0
+    );
 
     // The dashboard: one page, no external assets.
     let page = request(addr, "/", Some(&bearer())).await;

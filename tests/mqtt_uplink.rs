@@ -200,6 +200,68 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open_spool(&dir);
+    let latency = Arc::new(smeltwatch::histogram::Histogram::default());
+    let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone())
+        .unwrap()
+        .with_publish_latency(latency.clone());
+    let mut status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+    wait_status(&mut status, "connected", |s| {
+        s.state == LinkState::Connected
+    })
+    .await;
+
+    // Five poll batches acquired 2 s ago, one a year ago (an outage's backlog).
+    let acquired = Timestamp(Timestamp::now().unix_ms() - 2_000);
+    let mut recs: Vec<NewRecord> = (1..=5)
+        .map(|i| {
+            let mut r = record(i);
+            if let Record::Batch(b) = &mut r {
+                b.scheduled = acquired;
+            }
+            NewRecord {
+                stream: Stream::Live,
+                topic: topic_for(&TopicTemplates::default(), SITE, &r),
+                body: serde_json::to_vec(&r).unwrap(),
+                created: Timestamp::now(),
+            }
+        })
+        .collect();
+    let old = record(6);
+    recs.push(NewRecord {
+        stream: Stream::Live,
+        topic: topic_for(&TopicTemplates::default(), SITE, &old),
+        body: serde_json::to_vec(&old).unwrap(),
+        created: Timestamp::now(),
+    });
+    spool.append(recs).await.unwrap();
+    wait_status(&mut status, "6 acks", |s| s.acked_total == 6).await;
+
+    let h = latency.snapshot();
+    assert_eq!(h.count, 6);
+    let bucket = |le: f64| h.buckets.iter().find(|(b, _)| *b == le).unwrap().1;
+    assert_eq!(bucket(1.0), 0, "{h:?}");
+    assert_eq!(bucket(10.0), 5, "{h:?}");
+    assert_eq!(
+        bucket(60.0),
+        5,
+        "the year-old batch is above every bound: {h:?}"
+    );
+    assert!(h.sum_s > 300.0 * 86_400.0, "{h:?}");
+
+    stop.cancel();
+    timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_delivery_in_order() {
     const N: u64 = 400;
     let mut broker = Mosquitto::start_persistent();

@@ -390,6 +390,7 @@ struct Edge {
     task: JoinHandle<()>,
     stop: CancellationToken,
     status: watch::Receiver<SparkplugStatus>,
+    latency: std::sync::Arc<smeltwatch::histogram::Histogram>,
 }
 
 fn spool_in(dir: &tempfile::TempDir) -> SpoolHandle {
@@ -425,10 +426,17 @@ fn start_edge_with_host(port: u16, spool: &SpoolHandle, host: Option<&str>) -> E
         spool.clone(),
     )
     .expect("valid uplink");
+    let latency = std::sync::Arc::new(smeltwatch::histogram::Histogram::default());
+    let up = up.with_publish_latency(latency.clone());
     let status = up.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(up.run(stop.clone()));
-    Edge { task, stop, status }
+    Edge {
+        task,
+        stop,
+        status,
+        latency,
+    }
 }
 
 async fn wait_status(
@@ -1156,6 +1164,9 @@ async fn data_sent_to_a_frozen_broker_stays_in_the_spool_and_arrives_after_it_re
     })
     .await;
     assert_eq!(spool_records(&spool).await, 0);
+    // Publish latency: each batch once, when its group was proven (not when it went to the
+    // frozen broker).
+    assert_eq!(edge.latency.snapshot().count, 1 + FROZEN as u64);
     edge.stop.cancel();
     edge.task.await.unwrap();
 }

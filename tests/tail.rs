@@ -524,6 +524,26 @@ fn the_converted_concentration_shows_in_its_pollutants_row_and_the_limit_goes_wi
 }
 
 #[test]
+fn a_cell_not_refreshed_for_three_poll_intervals_shows_stale() {
+    // Every cell but pot_001 is read again 3.5 poll intervals (1 s) later.
+    let mut recs = records();
+    for (d, v, s, ae) in CELLS.iter().filter(|c| c.0 != "pot_001") {
+        recs.push((
+            Stream::Live,
+            Record::Batch(cell_batch(d, *v, *s, *ae, T0 + 3_500)),
+        ));
+    }
+    let buf = render(&state_of(&encode(recs, false)));
+    let screen = rows(&buf);
+    let row = |cell: &str| {
+        let (y, _) = find(&buf, cell);
+        screen[y as usize].clone()
+    };
+    assert!(row("pot_001").contains("stale"), "{}", screen.join("\n"));
+    assert!(!row("pot_004").contains("stale"), "{}", screen.join("\n"));
+}
+
+#[test]
 fn filter_by_stack_keeps_only_that_stack() {
     let mut state = State::new(Filter::new(vec!["gtc1_stack".into()]));
     let mut decoder = Decoder::new();

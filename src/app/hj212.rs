@@ -37,6 +37,8 @@ pub(super) struct Wiring {
     pub(super) grace: Duration,
     /// The MN of each subject with its own monitoring point ([`mn_by_subject`]).
     pub(super) mn_by_subject: HashMap<String, String>,
+    /// Acquisition to the platform's 9014 of each delivered record.
+    pub(super) publish_latency: Arc<crate::histogram::Histogram>,
 }
 
 /// The MN each subject's data goes out under: `mn_by_stack` names stacks, whose windows carry
@@ -96,7 +98,8 @@ pub(super) fn start(
     let build = move || {
         let mut client = Hj212TcpUplink::new(tcp.clone(), table.clone(), spool.clone())
             .with_events(events.clone())
-            .with_completeness(wiring.completeness.clone());
+            .with_completeness(wiring.completeness.clone())
+            .with_publish_latency(wiring.publish_latency.clone());
         if let Some(h) = &history {
             client = client.with_history(h.clone());
         }

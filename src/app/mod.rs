@@ -146,6 +146,14 @@ impl LatestReadings {
             .flat_map(|b| b.readings.iter().map(move |r| (&b.device, r)))
     }
 
+    /// Every point's latest reading, with its device and the poll interval of its class (ms), in
+    /// no particular order.
+    pub fn iter_with_interval(&self) -> impl Iterator<Item = (&Arc<str>, u64, &Reading)> {
+        self.batches.iter().flat_map(|((device, interval_ms), b)| {
+            b.readings.iter().map(move |r| (device, *interval_ms, r))
+        })
+    }
+
     /// Number of points with a reading.
     pub fn len(&self) -> usize {
         self.batches.values().map(|b| b.readings.len()).sum()
@@ -173,6 +181,9 @@ pub struct LiveState {
     pub completeness: Arc<crate::completeness::Completeness>,
     /// Progress of the stages and what the stores lost (`/readyz`, the watchdog, `/metrics`).
     pub health: Arc<health::Health>,
+    /// The concentration limits of the configured stacks, set once at start (the limit lines of
+    /// the dashboards).
+    pub stack_limits: std::sync::OnceLock<Vec<crate::calc::limits::StackLimit>>,
 }
 
 impl LiveState {
@@ -210,6 +221,8 @@ pub struct UplinkView {
     pub spool: SpoolHandle,
     /// Its connection status.
     pub status: watch::Receiver<UplinkStatus>,
+    /// Acquisition to acknowledgement of the records it delivered.
+    pub publish_latency: Arc<crate::histogram::Histogram>,
 }
 
 /// A running agent.
@@ -241,6 +254,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         health: Arc::new(health::Health::new(cfg.stall_after)),
         ..LiveState::default()
     });
+    if let Some(calc) = &cfg.calc {
+        let limits = crate::calc::limits::stack_limits(calc).context("[calc] stack limits")?;
+        let _ = live.stack_limits.set(limits);
+    }
     let sources = CancellationToken::new();
     let uplinks_token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -274,11 +291,13 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         let Some(spool) = spools::open(uplink, &path, report) else {
             continue;
         };
+        let latency = Arc::new(crate::histogram::Histogram::default());
         let (status, topics) = match &uplink.kind {
             UplinkKind::Mqtt(mqtt) => {
                 let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
                     .with_context(|| format!("uplink {:?}", uplink.name))?
                     .with_completeness(live.completeness.clone())
+                    .with_publish_latency(latency.clone())
                     .with_shutdown_grace(opts.grace_period);
                 tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
                 let status = client.status();
@@ -303,6 +322,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     completeness: live.completeness.clone(),
                     mn_by_subject: hj212::mn_by_subject(h, &cfg),
                     grace: opts.grace_period,
+                    publish_latency: latency.clone(),
                 };
                 let status = hj212::start(
                     uplink,
@@ -323,6 +343,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     stop: &uplinks_token,
                     completeness: &live.completeness,
                     grace: opts.grace_period,
+                    publish_latency: &latency,
                 };
                 let status = sparkplug::start(&cfg, uplink, spb, spool.clone(), wiring)?;
                 (status, TopicTemplates::default())
@@ -335,6 +356,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                 name: uplink.name.clone(),
                 spool: spool.clone(),
                 status,
+                publish_latency: latency,
             });
         targets.push(FanTarget {
             gate: health::StoreGate::new(format!("spool-{}", uplink.name)),

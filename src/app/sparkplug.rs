@@ -41,6 +41,8 @@ pub(crate) struct Wiring<'a> {
     pub(crate) grace: Duration,
     /// Where the values the uplink delivered are counted.
     pub(crate) completeness: &'a Arc<Completeness>,
+    /// Acquisition to the proof of delivery of each reading batch.
+    pub(crate) publish_latency: &'a Arc<crate::histogram::Histogram>,
 }
 
 /// The Sparkplug identity of the uplink.
@@ -82,6 +84,7 @@ pub(crate) fn start(
         events: wiring.events.clone(),
     })
     .with_completeness(wiring.completeness.clone())
+    .with_publish_latency(wiring.publish_latency.clone())
     .with_shutdown_grace(wiring.grace);
     tracing::info!(
         uplink = %uplink.name,

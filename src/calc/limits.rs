@@ -7,6 +7,50 @@ use std::sync::Arc;
 use super::coefficients::{GradeTable, LimitTable};
 use crate::model::{Aggregate, Event, EventPhase, Value};
 
+/// The concentration limit of one pollutant of one `[[calc.stacks]]` entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StackLimit {
+    /// Stack name.
+    pub stack: String,
+    /// Pollutant key (`so2`).
+    pub pollutant: String,
+    /// The measured concentration point it applies to (`so2_mg_m3`).
+    pub point: String,
+    /// Limit, mg/m³.
+    pub limit_mg_m3: f64,
+}
+
+/// The concentration limit of every pollutant of every `[[calc.stacks]]` entry with a limit
+/// table, from the configured coefficient table.
+pub fn stack_limits(calc: &super::CalcConfig) -> anyhow::Result<Vec<StackLimit>> {
+    use anyhow::Context as _;
+
+    use super::coefficients::Coefficients;
+    let coef = match &calc.coefficients_path {
+        Some(path) => Coefficients::from_path(path)?,
+        None => Coefficients::embedded(&calc.coefficients)?,
+    };
+    let mut out = Vec::new();
+    for stack in &calc.stacks {
+        let Some(key) = &stack.limits else { continue };
+        let table = coef
+            .limits
+            .get(key)
+            .with_context(|| format!("calc.stacks: no limit table {key:?} in the coefficients"))?;
+        for (p, point) in &stack.pollutants {
+            if let Some(l) = table.get(p) {
+                out.push(StackLimit {
+                    stack: stack.name.clone(),
+                    pollutant: p.clone(),
+                    point: point.clone(),
+                    limit_mg_m3: limit_of(l, stack.limit_class),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Grade of an energy figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Grade {

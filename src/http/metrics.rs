@@ -14,32 +14,45 @@
 //! |---|---|---|
 //! | `smeltwatch_build_info` | gauge (1) | `version` |
 //! | `smeltwatch_source_cycles_total`, `_requests_total`, `_comm_failures_total`, `_exceptions_total`, `_late_ticks_total`, `_connects_total` | counter | `source` |
-//! | `smeltwatch_source_request_duration_seconds_total` | counter (sum of round trips) | `source` |
-//! | `smeltwatch_source_request_duration_seconds_mean` | gauge (since start) | `source` |
+//! | `smeltwatch_source_request_duration_seconds` | histogram of read request round trips (`_bucket{le}`, `_sum`, `_count`) | `source` |
+//! | `smeltwatch_device_read_errors_total` | counter, failed read requests (`kind` = `comm_failure` or `exception`); devices without one have no series | `source`, `device`, `kind` |
 //! | `smeltwatch_source_readings_total` | counter | `source`, `quality` |
 //! | `smeltwatch_uplink_state` | gauge, 1 for the current state, 0 for the others | `uplink`, `state` |
 //! | `smeltwatch_uplink_acked_total`, `_rejected_total`, `_connects_total`, `_restarts_total` | counter | `uplink` |
 //! | `smeltwatch_uplink_commands_dropped_total` | counter, commands dropped on a full queue (Sparkplug NCMD/DCMD) | `uplink` |
 //! | `smeltwatch_uplink_unconfirmed_total` | counter, records sent with nothing to prove they arrived (HJ 212 `ack = false`), not in `_acked_total` | `uplink` |
-//! | `smeltwatch_uplink_in_flight` | gauge | `uplink` |
-//! | `smeltwatch_uplink_backlog_records`, `smeltwatch_uplink_backlog_oldest_age_seconds`, `smeltwatch_uplink_replay_rate` | gauge | `uplink` |
+//! | `smeltwatch_uplink_publish_latency_seconds` | histogram, acquisition (a poll batch's scheduled time; for computed records the time they were spooled) to the acknowledgement (MQTT PUBACK and spool ack, Sparkplug proof, HJ 212 9014) | `uplink` |
+//! | `smeltwatch_uplink_in_flight_records` | gauge | `uplink` |
+//! | `smeltwatch_uplink_backlog_records`, `smeltwatch_uplink_backlog_oldest_age_seconds`, `smeltwatch_uplink_replay_records_per_second` | gauge | `uplink` |
 //! | `smeltwatch_spool_records`, `_bytes`, `_oldest_age_seconds` | gauge | `uplink` |
 //! | `smeltwatch_spool_stream_records` | gauge | `uplink`, `stream` |
-//! | `smeltwatch_spool_dropped_total` | counter (life of the file) | `uplink` |
-//! | `smeltwatch_spool_dead_letters` | gauge (records set aside, not re-queued) | `uplink` |
-//! | `smeltwatch_spool_drops_total` | counter (since start) | `uplink`, `reason` |
+//! | `smeltwatch_spool_dead_letter_records` | gauge (records set aside, not re-queued) | `uplink` |
+//! | `smeltwatch_spool_drops_total` | counter (since start; `rate()` and `increase()` handle the restarts) | `uplink`, `reason` |
 //! | `smeltwatch_point_value` | gauge, numeric and finite values only | `device`, `point`, `unit` |
 //! | `smeltwatch_point_quality` | gauge (1), one series per point | `device`, `point`, `quality` |
 //! | `smeltwatch_point_timestamp_seconds` | gauge, acquisition time | `device`, `point` |
+//! | `smeltwatch_stack_limit_mg_m3` | gauge, the concentration limit of a `[[calc.stacks]]` pollutant; `point` is its measured concentration point | `stack`, `pollutant`, `point` |
 //! | `smeltwatch_calc_value` | gauge | `calc`, `metric`, `unit`, the metric's own labels |
 //! | `smeltwatch_events_total` | counter (since the HTTP server started) | `kind`, `phase` |
 //! | `smeltwatch_clock_steps_total` | counter (since start), see [`crate::clock`] | — |
-//! | `smeltwatch_completeness_expected` | gauge, readings expected so far this hour (`live`) | `device`, `stream`, `hour` |
-//! | `smeltwatch_completeness_received` | gauge, values received | `device`, `stream`, `quality`, `hour` |
-//! | `smeltwatch_completeness_delivered` | gauge, values the uplink's broker acknowledged | `device`, `stream`, `uplink`, `hour` |
+//! | `smeltwatch_completeness_expected_values` | gauge, readings expected so far this hour (`live`) | `device`, `stream`, `hour` |
+//! | `smeltwatch_completeness_received_values` | gauge, values received | `device`, `stream`, `quality`, `hour` |
+//! | `smeltwatch_completeness_delivered_values` | gauge, values the uplink's broker acknowledged | `device`, `stream`, `uplink`, `hour` |
 //! | `smeltwatch_completeness_ratio` | gauge, delivered ÷ expected (`live`) | `device`, `stream`, `uplink`, `hour` |
 //! | `smeltwatch_http_connections`, `smeltwatch_http_connections_max` | gauge, connections served now (this scrape's included) and the cap | |
 //! | `smeltwatch_http_header_timeouts_total` | counter (since the HTTP server started), connections closed because the request head did not arrive in time | |
+//!
+//! Every name carries its unit (`_seconds`, `_bytes`, `_records`, `_values`, `_ratio`) or is a
+//! counter of events (`_total`), a state set (`_state`, `_quality`, `_info`), or a value whose
+//! unit is its `unit` label (`smeltwatch_point_value`, `smeltwatch_calc_value`). Renamed in this
+//! release, without the old names: `smeltwatch_uplink_replay_rate`,
+//! `smeltwatch_uplink_in_flight`, `smeltwatch_spool_dead_letters`, the three
+//! `smeltwatch_completeness_*` counts; `smeltwatch_spool_dropped_total` (the life of the spool
+//! file) is gone in favour of `smeltwatch_spool_drops_total` (by reason); the request duration
+//! `_seconds_total` and `_seconds_mean` gauges are the histogram's `_sum` and `_sum / _count`.
+//!
+//! The histograms are rendered by [`crate::histogram::render`]: the exporter's histograms take
+//! single observations, while these are counted where they happen and only copied here.
 //!
 //! The completeness families come from [`crate::completeness`] ([`render_completeness`]): `hour` is
 //! `current` (the hour so far) or `previous` (the last hour, including deliveries that arrived
@@ -69,7 +82,34 @@ pub fn render(snap: &Snapshot) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || record(snap));
-    handle.render()
+    let mut out = handle.render();
+    render_histograms(&mut out, snap);
+    out
+}
+
+fn render_histograms(out: &mut String, snap: &Snapshot) {
+    let sources: Vec<_> = snap
+        .sources
+        .iter()
+        .map(|s| (vec![("source", &*s.name)], s.request_duration.clone()))
+        .collect();
+    crate::histogram::render(
+        out,
+        "smeltwatch_source_request_duration_seconds",
+        "Round-trip time of Modbus read requests, answered or not (a timeout counts its wait).",
+        &sources,
+    );
+    let uplinks: Vec<_> = snap
+        .uplinks
+        .iter()
+        .map(|u| (vec![("uplink", u.name.as_str())], u.publish_latency.clone()))
+        .collect();
+    crate::histogram::render(
+        out,
+        "smeltwatch_uplink_publish_latency_seconds",
+        "Time from acquisition to the platform's acknowledgement of delivered records.",
+        &uplinks,
+    );
 }
 
 /// The completeness families for `view` (from [`Completeness::live_view`]) in the Prometheus text
@@ -112,15 +152,15 @@ pub fn render_http(open: usize, max: usize, header_timeouts: u64) -> String {
 
 fn record_completeness(view: &[(&str, crate::completeness::Report)]) {
     describe_gauge!(
-        "smeltwatch_completeness_expected",
+        "smeltwatch_completeness_expected_values",
         "Readings expected from the read plan in the hour so far."
     );
     describe_gauge!(
-        "smeltwatch_completeness_received",
+        "smeltwatch_completeness_received_values",
         "Values that reached fan-out in the hour, by quality."
     );
     describe_gauge!(
-        "smeltwatch_completeness_delivered",
+        "smeltwatch_completeness_delivered_values",
         "Values of the hour acknowledged by the uplink's broker."
     );
     describe_gauge!(
@@ -132,14 +172,14 @@ fn record_completeness(view: &[(&str, crate::completeness::Report)]) {
             let (device, stream) = (&*row.device, row.stream.as_str());
             if let Some(e) = row.expected {
                 gauge!(
-                    "smeltwatch_completeness_expected",
+                    "smeltwatch_completeness_expected_values",
                     labels(&[("device", device), ("stream", stream), ("hour", hour)])
                 )
                 .set(e as f64);
             }
             for (q, n) in &row.received {
                 gauge!(
-                    "smeltwatch_completeness_received",
+                    "smeltwatch_completeness_received_values",
                     labels(&[
                         ("device", device),
                         ("stream", stream),
@@ -156,7 +196,7 @@ fn record_completeness(view: &[(&str, crate::completeness::Report)]) {
                     ("uplink", uplink),
                     ("hour", hour),
                 ]);
-                gauge!("smeltwatch_completeness_delivered", l.clone()).set(*n as f64);
+                gauge!("smeltwatch_completeness_delivered_values", l.clone()).set(*n as f64);
                 if let Some(p) = crate::completeness::percent(*n, row.expected) {
                     gauge!("smeltwatch_completeness_ratio", l).set(p / 100.0);
                 }
@@ -204,15 +244,17 @@ fn record(snap: &Snapshot) {
         counter!("smeltwatch_source_exceptions_total", l.clone()).absolute(s.exceptions);
         counter!("smeltwatch_source_late_ticks_total", l.clone()).absolute(s.late_ticks);
         counter!("smeltwatch_source_connects_total", l.clone()).absolute(s.connects);
-        // A counter of seconds: the exporter's counters are integers, so this is a gauge that
-        // only grows; `rate()` over it is the mean round-trip time times the request rate.
-        gauge!(
-            "smeltwatch_source_request_duration_seconds_total",
-            l.clone()
-        )
-        .set(s.request_time_s);
-        if let Some(mean) = s.request_mean_s {
-            gauge!("smeltwatch_source_request_duration_seconds_mean", l.clone()).set(mean);
+        for (device, e) in &s.device_read_errors {
+            for (kind, n) in [
+                ("comm_failure", e.comm_failures),
+                ("exception", e.exceptions),
+            ] {
+                counter!(
+                    "smeltwatch_device_read_errors_total",
+                    labels(&[("source", &s.name), ("device", device), ("kind", kind)])
+                )
+                .absolute(n);
+            }
         }
         for (quality, n) in &s.readings_by_quality {
             counter!(
@@ -239,18 +281,19 @@ fn record(snap: &Snapshot) {
             .absolute(u.commands_dropped_total);
         counter!("smeltwatch_uplink_unconfirmed_total", l.clone()).absolute(u.unconfirmed_total);
         counter!("smeltwatch_uplink_restarts_total", l.clone()).absolute(u.restarts);
-        gauge!("smeltwatch_uplink_in_flight", l.clone()).set(u.in_flight as f64);
+        gauge!("smeltwatch_uplink_in_flight_records", l.clone()).set(u.in_flight as f64);
         gauge!("smeltwatch_uplink_backlog_records", l.clone()).set(u.backlog_records as f64);
         gauge!("smeltwatch_uplink_backlog_oldest_age_seconds", l.clone())
             .set(u.backlog_oldest_age_s.unwrap_or(0.0));
-        gauge!("smeltwatch_uplink_replay_rate", l.clone()).set(u.replay_rate_per_s as f64);
+        gauge!("smeltwatch_uplink_replay_records_per_second", l.clone())
+            .set(u.replay_rate_per_s as f64);
         if let Some(spool) = &u.spool {
             gauge!("smeltwatch_spool_records", l.clone()).set(spool.records as f64);
             gauge!("smeltwatch_spool_bytes", l.clone()).set(spool.bytes as f64);
             gauge!("smeltwatch_spool_oldest_age_seconds", l.clone())
                 .set(spool.oldest_age_s.unwrap_or(0.0));
-            counter!("smeltwatch_spool_dropped_total", l.clone()).absolute(spool.dropped);
-            gauge!("smeltwatch_spool_dead_letters", l.clone()).set(spool.dead_letters as f64);
+            gauge!("smeltwatch_spool_dead_letter_records", l.clone())
+                .set(spool.dead_letters as f64);
             let by_reason = &spool.dropped_by_reason;
             for (reason, n) in [
                 ("budget", by_reason.budget),
@@ -305,6 +348,18 @@ fn record(snap: &Snapshot) {
         .set(p.ts_ms as f64 / 1000.0);
     }
 
+    for l in &snap.stack_limits {
+        gauge!(
+            "smeltwatch_stack_limit_mg_m3",
+            labels(&[
+                ("stack", &l.stack),
+                ("pollutant", &l.pollutant),
+                ("point", &l.point)
+            ])
+        )
+        .set(l.limit_mg_m3);
+    }
+
     for m in &snap.metrics {
         let Some(v) = m.value else { continue };
         let mut l = labels(&[("calc", &m.calc), ("metric", &m.name), ("unit", &m.unit)]);
@@ -349,13 +404,9 @@ fn describe() {
         "smeltwatch_source_connects_total",
         "Connections established."
     );
-    describe_gauge!(
-        "smeltwatch_source_request_duration_seconds_total",
-        "Sum of request round-trip times, seconds (only grows)."
-    );
-    describe_gauge!(
-        "smeltwatch_source_request_duration_seconds_mean",
-        "Mean request round-trip time since start, seconds."
+    describe_counter!(
+        "smeltwatch_device_read_errors_total",
+        "Failed read requests of a device, by kind (comm_failure, exception)."
     );
     describe_counter!(
         "smeltwatch_source_readings_total",
@@ -390,7 +441,7 @@ fn describe() {
         "Times the uplink task failed and was started again by its supervisor."
     );
     describe_gauge!(
-        "smeltwatch_uplink_in_flight",
+        "smeltwatch_uplink_in_flight_records",
         "Publishes awaiting acknowledgement."
     );
     describe_gauge!(
@@ -402,12 +453,12 @@ fn describe() {
         "Age of the oldest backlog record not yet published (0 when drained)."
     );
     describe_gauge!(
-        "smeltwatch_uplink_replay_rate",
+        "smeltwatch_uplink_replay_records_per_second",
         "Backlog records acked per second over the last whole second."
     );
     describe_gauge!("smeltwatch_spool_records", "Records waiting in the spool.");
     describe_gauge!(
-        "smeltwatch_spool_dead_letters",
+        "smeltwatch_spool_dead_letter_records",
         "Records set aside in the spool's dead-letter table (the broker would not take them)."
     );
     describe_gauge!(
@@ -426,10 +477,6 @@ fn describe() {
         "smeltwatch_spool_drops_total",
         "Records the spool dropped since the agent started, by reason (budget, disk_full, max_age)."
     );
-    describe_counter!(
-        "smeltwatch_spool_dropped_total",
-        "Records dropped by the spool (byte budget, full disk or max_age) over the life of the file."
-    );
     describe_gauge!(
         "smeltwatch_point_value",
         "Latest numeric value of a point, in its unit."
@@ -441,6 +488,10 @@ fn describe() {
     describe_gauge!(
         "smeltwatch_point_timestamp_seconds",
         "Acquisition time of the point's latest reading, Unix seconds."
+    );
+    describe_gauge!(
+        "smeltwatch_stack_limit_mg_m3",
+        "Concentration limit of a stack's pollutant (the coefficient table's limit class), mg/m3."
     );
     describe_gauge!(
         "smeltwatch_calc_value",
@@ -459,6 +510,58 @@ fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_device_read_errors_histograms_and_renamed_families() {
+        let mut snap = crate::http::snapshot::tests::snap();
+        snap.sources[0].device_read_errors.insert(
+            "pot_007".into(),
+            crate::modbus::poller::DeviceReadErrors {
+                comm_failures: 4,
+                exceptions: 1,
+            },
+        );
+        let h = crate::histogram::Histogram::default();
+        h.observe(std::time::Duration::from_millis(40));
+        h.observe(std::time::Duration::from_secs(2));
+        snap.uplinks[0].publish_latency = h.snapshot();
+        snap.sources[0].request_duration = h.snapshot();
+        let text = render(&snap);
+        for line in [
+            "smeltwatch_device_read_errors_total{source=\"line1\",device=\"pot_007\",kind=\"comm_failure\"} 4",
+            "smeltwatch_device_read_errors_total{source=\"line1\",device=\"pot_007\",kind=\"exception\"} 1",
+            "# TYPE smeltwatch_uplink_publish_latency_seconds histogram",
+            "smeltwatch_uplink_publish_latency_seconds_bucket{uplink=\"plant\",le=\"0.05\"} 1",
+            "smeltwatch_uplink_publish_latency_seconds_bucket{uplink=\"plant\",le=\"2.5\"} 2",
+            "smeltwatch_uplink_publish_latency_seconds_count{uplink=\"plant\"} 2",
+            "smeltwatch_source_request_duration_seconds_sum{source=\"line1\"} 2.04",
+            "smeltwatch_uplink_replay_records_per_second{uplink=\"plant\"} 0",
+            "smeltwatch_spool_drops_total{uplink=\"plant\",reason=\"budget\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+        for gone in [
+            "smeltwatch_uplink_replay_rate{",
+            "smeltwatch_spool_dropped_total",
+            "smeltwatch_source_request_duration_seconds_mean",
+        ] {
+            assert!(!text.contains(gone), "{gone} still rendered");
+        }
+    }
+
+    #[test]
+    fn stack_limits_are_a_family_of_their_own() {
+        let mut snap = crate::http::snapshot::tests::snap();
+        snap.stack_limits = vec![crate::calc::limits::StackLimit {
+            stack: "gtc1_stack".into(),
+            pollutant: "so2".into(),
+            point: "so2_mg_m3".into(),
+            limit_mg_m3: 200.0,
+        }];
+        let text = render(&snap);
+        let line = "smeltwatch_stack_limit_mg_m3{stack=\"gtc1_stack\",pollutant=\"so2\",point=\"so2_mg_m3\"} 200";
+        assert!(text.lines().any(|l| l == line), "{text}");
+    }
 
     #[test]
     fn label_names_are_valid_and_do_not_shadow_ours() {

@@ -14,7 +14,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::feed::Collected;
-use crate::app::LiveState;
+use crate::app::{LatestReadings, LiveState};
+use crate::calc::limits::StackLimit;
+use crate::histogram::HistogramSnapshot;
+use crate::modbus::poller::DeviceReadErrors;
 use crate::model::{Event, Quality, Timestamp, Value};
 use crate::publish::mqtt::LinkState;
 
@@ -42,6 +45,8 @@ pub struct Snapshot {
     pub sources: Vec<SourceView>,
     /// Status and spool of every uplink.
     pub uplinks: Vec<UplinkSnapshot>,
+    /// The concentration limit of each pollutant of each configured stack (`[[calc.stacks]]`).
+    pub stack_limits: Vec<StackLimit>,
 }
 
 /// The latest reading of one point.
@@ -114,6 +119,11 @@ pub struct SourceView {
     pub request_mean_s: Option<f64>,
     /// Readings emitted per quality (every quality listed).
     pub readings_by_quality: BTreeMap<&'static str, u64>,
+    /// Failed read requests per device that had any.
+    pub device_read_errors: BTreeMap<Arc<str>, DeviceReadErrors>,
+    /// Request round-trip times (for `/metrics`; not in the JSON, which has the mean).
+    #[serde(skip)]
+    pub request_duration: HistogramSnapshot,
 }
 
 /// Status and spool of one uplink.
@@ -148,6 +158,10 @@ pub struct UplinkSnapshot {
     pub commands_dropped_total: u64,
     /// Records sent with nothing to prove they arrived (HJ 212 with `ack = false`) since start.
     pub unconfirmed_total: u64,
+    /// Time from acquisition to the platform's acknowledgement of delivered records (for
+    /// `/metrics`; not in the JSON).
+    #[serde(skip)]
+    pub publish_latency: HistogramSnapshot,
     /// The spool's statistics; `null` when the spool did not answer (see `spool_error`).
     pub spool: Option<SpoolView>,
     /// Why `spool` is missing.
@@ -205,27 +219,13 @@ impl Snapshot {
     /// Copy the state of `live` and `collected` now.
     pub async fn gather(live: &LiveState, collected: &Mutex<Collected>) -> Snapshot {
         let now = Timestamp::now();
-        let mut points: Vec<PointView> = {
+        let points = {
             let latest = live
                 .latest
                 .lock()
                 .expect("live state lock is never poisoned: holders do not panic");
-            latest
-                .iter()
-                .map(|(device, r)| PointView {
-                    device: device.clone(),
-                    point: r.point.clone(),
-                    value: r.value.clone().filter(|v| match v {
-                        Value::Float(f) => f.is_finite(),
-                        _ => true,
-                    }),
-                    unit: r.unit.clone(),
-                    quality: r.quality,
-                    ts_ms: r.ts.unix_ms(),
-                })
-                .collect()
+            point_views(&latest, now)
         };
-        points.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
 
         let (metrics, events, event_counts, feed_lagged) = {
             let c = collected
@@ -288,6 +288,8 @@ impl Snapshot {
                             )
                         })
                         .collect(),
+                    device_read_errors: s.device_read_errors().into_iter().collect(),
+                    request_duration: s.request_duration.snapshot(),
                 }
             })
             .collect();
@@ -350,6 +352,7 @@ impl Snapshot {
                 commands_dropped_total: status.commands_dropped_total,
                 unconfirmed_total: status.unconfirmed_total,
                 last_error: status.last_error,
+                publish_latency: view.publish_latency.snapshot(),
                 spool,
                 spool_error,
             });
@@ -365,8 +368,37 @@ impl Snapshot {
             feed_lagged,
             sources,
             uplinks,
+            stack_limits: live.stack_limits.get().cloned().unwrap_or_default(),
         }
     }
+}
+
+/// Every point's latest reading as shown at `now`, sorted by (device, point).
+///
+/// Staleness is judged here, when a snapshot is taken, and not where readings are stored: a
+/// stored quality is what the device said at acquisition, while "not refreshed for three poll
+/// intervals" depends on when someone looks. A poller that hangs or a device class that stops
+/// producing batches leaves no reading to carry a new quality, so only the reader can notice it.
+/// `/api/v1/snapshot`, its stream, the dashboard and `/metrics` all come from this snapshot.
+fn point_views(latest: &LatestReadings, now: Timestamp) -> Vec<PointView> {
+    let mut points: Vec<PointView> = latest
+        .iter_with_interval()
+        .map(|(device, interval_ms, r)| PointView {
+            device: device.clone(),
+            point: r.point.clone(),
+            value: r.value.clone().filter(|v| match v {
+                Value::Float(f) => f.is_finite(),
+                _ => true,
+            }),
+            unit: r.unit.clone(),
+            quality: r
+                .quality
+                .at_age(now.unix_ms() - r.ts.unix_ms(), interval_ms),
+            ts_ms: r.ts.unix_ms(),
+        })
+        .collect();
+    points.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
+    points
 }
 
 impl Delta {
@@ -476,10 +508,10 @@ pub fn readiness(snap: &Snapshot, dropped_at_start: &HashMap<String, u64>) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn snap() -> Snapshot {
+    pub(crate) fn snap() -> Snapshot {
         Snapshot {
             ts_ms: 1000,
             version: "test",
@@ -506,6 +538,8 @@ mod tests {
                 request_time_s: 0.002,
                 request_mean_s: Some(0.002),
                 readings_by_quality: BTreeMap::new(),
+                device_read_errors: BTreeMap::new(),
+                request_duration: HistogramSnapshot::default(),
             }],
             uplinks: vec![UplinkSnapshot {
                 name: "plant".into(),
@@ -522,6 +556,7 @@ mod tests {
                 commands_dropped_total: 0,
                 unconfirmed_total: 0,
                 last_error: None,
+                publish_latency: HistogramSnapshot::default(),
                 spool: Some(SpoolView {
                     records: 10,
                     bytes: 1000,
@@ -537,7 +572,50 @@ mod tests {
                 }),
                 spool_error: None,
             }],
+            stack_limits: vec![],
         }
+    }
+
+    fn batch(device: &str, interval_ms: u64, ts: i64) -> crate::model::ReadingBatch {
+        crate::model::ReadingBatch {
+            source: "line1".into(),
+            device: device.into(),
+            unit_id: 1,
+            poll_interval_ms: interval_ms,
+            scheduled: Timestamp(ts),
+            readings: vec![crate::model::Reading {
+                point: "cell_voltage_v".into(),
+                value: Some(Value::Float(4.1)),
+                unit: "V".into(),
+                quality: Quality::Good,
+                ts: Timestamp(ts),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_reading_older_than_three_poll_intervals_is_shown_stale() {
+        let mut latest = LatestReadings::default();
+        // 1 s class read 3 s ago: on the limit, still good. 1 s class read 3.001 s ago: stale.
+        latest.update(&batch("pot_001", 1000, 10_000));
+        latest.update(&batch("pot_002", 1000, 9_999));
+        // A 60 s class read 2 min ago is fine; a failed reading keeps its own quality.
+        latest.update(&batch("meter", 60_000, 13_000 - 120_000));
+        let mut failed = batch("pot_003", 1000, 1_000);
+        failed.readings[0].quality = Quality::CommFail;
+        latest.update(&failed);
+        let shown: Vec<(String, Quality)> = point_views(&latest, Timestamp(13_000))
+            .iter()
+            .map(|p| (p.device.to_string(), p.quality))
+            .collect();
+        let expected = [
+            ("meter", Quality::Good),
+            ("pot_001", Quality::Good),
+            ("pot_002", Quality::Stale),
+            ("pot_003", Quality::CommFail),
+        ]
+        .map(|(d, q)| (d.to_owned(), q));
+        assert_eq!(shown, expected);
     }
 
     #[test]

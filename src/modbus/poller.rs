@@ -51,10 +51,10 @@
 //! consumer can count expected against received readings.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -65,6 +65,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
+use crate::histogram::Histogram;
 use crate::modbus::decode::{self, RequestData};
 use crate::modbus::plan::{self, DevicePlan, ReadRequest};
 use crate::modbus::write::{WriteCommand, WriteData, WriteQueue};
@@ -89,9 +90,46 @@ pub struct PollerStats {
     pub readings_by_quality: [AtomicU64; Quality::ALL.len()],
     /// Sum of request round-trip times in microseconds (with `requests`, gives the mean).
     pub request_time_us: AtomicU64,
+    /// Read request round-trip times, answered or not (a timeout counts its full wait).
+    pub request_duration: Histogram,
+    /// Failed read requests per device. A lock, not atomics: devices are known only by name
+    /// here, and a failed request already cost a timeout or an exception frame.
+    pub device_read_errors: Mutex<BTreeMap<Arc<str>, DeviceReadErrors>>,
+}
+
+/// Failed read requests of one device, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceReadErrors {
+    /// Requests that timed out or failed in transport.
+    pub comm_failures: u64,
+    /// Requests answered with a Modbus exception.
+    pub exceptions: u64,
 }
 
 impl PollerStats {
+    fn count_read_error(&self, device: &Arc<str>, exception: bool) {
+        let mut map = self
+            .device_read_errors
+            .lock()
+            .expect("poller stats lock is never poisoned: holders do not panic");
+        let e = map.entry(device.clone()).or_default();
+        if exception {
+            e.exceptions += 1;
+        } else {
+            e.comm_failures += 1;
+        }
+    }
+
+    /// Failed read requests per device now, sorted by device.
+    pub fn device_read_errors(&self) -> Vec<(Arc<str>, DeviceReadErrors)> {
+        self.device_read_errors
+            .lock()
+            .expect("poller stats lock is never poisoned: holders do not panic")
+            .iter()
+            .map(|(d, e)| (d.clone(), *e))
+            .collect()
+    }
+
     fn count_batch(&self, batch: &ReadingBatch) {
         for (i, n) in batch.quality_counts().iter().enumerate() {
             self.readings_by_quality[i].fetch_add(*n as u64, Ordering::Relaxed);
@@ -322,9 +360,11 @@ async fn run_job(
         let result = conn.read(source, device.unit_id, req).await;
         let ts = Timestamp::now();
         stats.requests.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
         stats
             .request_time_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        stats.request_duration.observe(took);
         match result {
             Ok(data) => {
                 answered = true;
@@ -346,6 +386,7 @@ async fn run_job(
                 answered = true;
                 health.requests.remove(&key);
                 stats.exceptions.fetch_add(1, Ordering::Relaxed);
+                stats.count_read_error(&device.name, true);
                 tracing::debug!(
                     source = %source.name, device = %device.name,
                     area = req.area.as_str(), start = req.start, count = req.count,
@@ -356,6 +397,7 @@ async fn run_job(
             Err(RequestFailure::Comm(reason)) => {
                 comm_failed = true;
                 stats.comm_failures.fetch_add(1, Ordering::Relaxed);
+                stats.count_read_error(&device.name, false);
                 let r = health.requests.entry(key).or_default();
                 r.consecutive_failures = r.consecutive_failures.saturating_add(1);
                 if r.consecutive_failures >= source.breaker_failures {

@@ -184,6 +184,8 @@ pub struct Hj212TcpUplink {
     history: Option<Arc<dyn HistorySource>>,
     events: Option<mpsc::Sender<Record>>,
     completeness: Option<Arc<Completeness>>,
+    /// Acquisition to the platform's 9014 of each delivered record.
+    publish_latency: Arc<crate::histogram::Histogram>,
     /// Per MN: parked or waiting. Kept across connections.
     lanes: HashMap<String, Lane>,
 }
@@ -209,6 +211,8 @@ struct Group {
     mn: String,
     /// What the group counts for in completeness once acknowledged.
     tallies: Vec<Tally>,
+    /// When its records were acquired (publish latency).
+    acquired: Vec<Timestamp>,
     /// Why the encoder refused the group, if it did.
     encode_error: Option<String>,
 }
@@ -225,6 +229,7 @@ impl Hj212TcpUplink {
             history: None,
             events: None,
             completeness: None,
+            publish_latency: Arc::default(),
             lanes: HashMap::new(),
         }
     }
@@ -233,6 +238,16 @@ impl Hj212TcpUplink {
     /// event that finds the channel full is logged instead).
     pub fn with_events(mut self, events: mpsc::Sender<Record>) -> Hj212TcpUplink {
         self.events = Some(events);
+        self
+    }
+
+    /// Count the time from each delivered record's acquisition to the platform's 9014 in
+    /// `histogram` (with `ack = true` only: without it nothing proves a record arrived).
+    pub fn with_publish_latency(
+        mut self,
+        histogram: Arc<crate::histogram::Histogram>,
+    ) -> Hj212TcpUplink {
+        self.publish_latency = histogram;
         self
     }
 
@@ -404,6 +419,12 @@ impl Hj212TcpUplink {
                         && let Some(c) = &self.completeness
                     {
                         c.delivered(&self.cfg.name, &group.tallies);
+                    }
+                    if self.cfg.station.ack {
+                        let now = Timestamp::now();
+                        for t in &group.acquired {
+                            self.publish_latency.observe_between(*t, now);
+                        }
                     }
                 }
                 if let Some(why) = &group.encode_error {
@@ -803,10 +824,12 @@ impl Hj212TcpUplink {
                 packets: Vec::new(),
                 mn: self.cfg.station.mn.clone(),
                 tallies: Vec::new(),
+                acquired: Vec::new(),
                 encode_error: None,
             };
             match decoded {
                 Some(Record::Batch(batch)) => {
+                    group.acquired.push(batch.scheduled);
                     let station = self.station_for(Some(&batch.device));
                     let qn = self.next_qn();
                     let record = Record::Batch(batch);
@@ -826,10 +849,21 @@ impl Hj212TcpUplink {
             }
             pending.push(Pending::Done(group));
         }
+        // A window is computed, not acquired: its records' time is when they were spooled.
+        let spooled: HashMap<i64, Timestamp> = records.iter().map(|r| (r.id, r.created)).collect();
         pending
             .into_iter()
             .map(|p| match p {
-                Pending::Window(w) => self.window_group(w),
+                Pending::Window(w) => {
+                    let mut g = self.window_group(w);
+                    g.acquired = g
+                        .ids
+                        .iter()
+                        .filter_map(|id| spooled.get(id))
+                        .copied()
+                        .collect();
+                    g
+                }
                 Pending::Done(g) => g,
             })
             .collect()
@@ -854,6 +888,7 @@ impl Hj212TcpUplink {
             packets: Vec::new(),
             mn: station.mn.clone(),
             tallies: Vec::new(),
+            acquired: Vec::new(),
             encode_error: None,
         };
         if aggs.is_empty() {

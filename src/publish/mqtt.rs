@@ -317,6 +317,8 @@ pub struct MqttUplink {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Completeness accounting, told what the broker acknowledged.
     completeness: Option<Arc<Completeness>>,
+    /// Acquisition to PUBACK (and spool ack) of each delivered record.
+    publish_latency: Arc<crate::histogram::Histogram>,
     /// Blamed connections before a record is set aside.
     dead_letter_after: u32,
 }
@@ -352,6 +354,7 @@ impl MqttUplink {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             tls,
             completeness: None,
+            publish_latency: Arc::default(),
             dead_letter_after: DEFAULT_DEAD_LETTER_AFTER,
         })
     }
@@ -416,6 +419,13 @@ impl MqttUplink {
     /// delivered by this uplink in `completeness`.
     pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Self {
         self.completeness = Some(completeness);
+        self
+    }
+
+    /// Count the time from each delivered record's acquisition (a poll batch's scheduled time,
+    /// otherwise the time it was spooled) to its acknowledgement in `histogram`.
+    pub fn with_publish_latency(mut self, histogram: Arc<crate::histogram::Histogram>) -> Self {
+        self.publish_latency = histogram;
         self
     }
 
@@ -817,6 +827,8 @@ struct Sender<'a> {
     tracked: HashMap<i64, Tracked>,
     /// What each published record counts for in the completeness accounting, until its ack.
     tallies: HashMap<i64, Tally>,
+    /// When each published record was acquired, until its ack (publish latency).
+    acquired: HashMap<i64, Timestamp>,
     waiters: JoinSet<NoticeOutcome>,
     to_ack: Vec<i64>,
     /// Ids whose publish ended without a PUBACK, to be counted in the spool's `attempts` with the
@@ -855,6 +867,7 @@ impl<'a> Sender<'a> {
             drain: DrainRate::new(),
             tracked: HashMap::new(),
             tallies: HashMap::new(),
+            acquired: HashMap::new(),
             waiters: JoinSet::new(),
             to_ack: Vec::new(),
             failed_sends: Vec::new(),
@@ -983,6 +996,7 @@ impl<'a> Sender<'a> {
         // Tallies of publishes that failed are taken again when the records are sent again.
         let tracked = &self.tracked;
         self.tallies.retain(|id, _| tracked.contains_key(id));
+        self.acquired.retain(|id, _| tracked.contains_key(id));
         // Re-queued dead letters join the backlog of this connection.
         self.take_requeued().await;
         self.boundary = *self.spool.appended().borrow();
@@ -1165,6 +1179,7 @@ impl<'a> Sender<'a> {
             self.attempts.remove(id);
             self.publish_no.remove(id);
             self.tallies.remove(id);
+            self.acquired.remove(id);
         }
         let backlog = moved.iter().filter(|d| d.id <= self.boundary).count() as u64;
         self.backlog_left = self.backlog_left.saturating_sub(backlog);
@@ -1246,6 +1261,12 @@ impl<'a> Sender<'a> {
                     && !delivered.is_empty()
                 {
                     c.delivered(&self.uplink.name, &delivered);
+                }
+                let now = Timestamp::now();
+                for id in &ids {
+                    if let Some(t) = self.acquired.remove(id) {
+                        self.uplink.publish_latency.observe_between(t, now);
+                    }
                 }
                 let backlog = ids.iter().filter(|id| **id <= self.boundary).count() as u64;
                 self.backlog_left = self.backlog_left.saturating_sub(backlog);
@@ -1391,7 +1412,7 @@ impl<'a> Sender<'a> {
         &self,
         record: &StoredRecord,
         decoded: Option<Decoded>,
-    ) -> Result<(Vec<u8>, String, Option<Tally>), crate::publish::body::BodyError> {
+    ) -> Result<(Vec<u8>, String, Option<Tally>, Timestamp), crate::publish::body::BodyError> {
         let u = self.uplink;
         let historical = self.is_historical(record);
         let encoding = u.cfg.encoding.for_stream(record.stream);
@@ -1413,7 +1434,8 @@ impl<'a> Sender<'a> {
                 .is_some()
                 .then(|| completeness::tally(decoded))
                 .flatten();
-            return Ok((payload, record.topic.clone(), tally));
+            let acquired = crate::histogram::acquired_at(decoded, record.created);
+            return Ok((payload, record.topic.clone(), tally, acquired));
         }
         // A live batch in a JSON body (spools written by older builds) to a JSON payload, encoded
         // from the body as it is, without building the record (see `SpooledBatch`).
@@ -1427,7 +1449,7 @@ impl<'a> Sender<'a> {
                 let device = Arc::from(batch.device.as_ref());
                 completeness::live_tally(device, batch.scheduled, batch.quality_counts())
             });
-            return Ok((payload, record.topic.clone(), tally));
+            return Ok((payload, record.topic.clone(), tally, batch.scheduled));
         }
         let decoded = crate::publish::body::decode(&record.body)?;
         let seal = crate::ledger::capture::seal_of(&record.body);
@@ -1450,7 +1472,8 @@ impl<'a> Sender<'a> {
             .is_some()
             .then(|| completeness::tally(&decoded))
             .flatten();
-        Ok((payload, topic, tally))
+        let acquired = crate::histogram::acquired_at(&decoded, record.created);
+        Ok((payload, topic, tally, acquired))
     }
 
     async fn publish(
@@ -1460,7 +1483,7 @@ impl<'a> Sender<'a> {
         decoded: Option<Decoded>,
     ) -> Sent {
         let u = self.uplink;
-        let (payload, topic, tally) = match self.prepare(record, decoded) {
+        let (payload, topic, tally, acquired) = match self.prepare(record, decoded) {
             Ok(prepared) => prepared,
             Err(e) => {
                 tracing::warn!(
@@ -1497,6 +1520,7 @@ impl<'a> Sender<'a> {
                 if let Some(t) = tally {
                     self.tallies.insert(id, t);
                 }
+                self.acquired.insert(id, acquired);
                 self.waiters.spawn(async move {
                     let result = notice
                         .wait_async()

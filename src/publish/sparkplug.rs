@@ -188,6 +188,8 @@ pub struct SparkplugUplink {
     tls: Option<Arc<rustls::ClientConfig>>,
     writes: Option<DeviceWriteGate>,
     completeness: Option<Arc<Completeness>>,
+    /// Acquisition to proof of delivery of each reading batch.
+    publish_latency: Arc<crate::histogram::Histogram>,
     shutdown_grace: Duration,
 }
 
@@ -230,6 +232,7 @@ impl SparkplugUplink {
             tls,
             writes: None,
             completeness: None,
+            publish_latency: Arc::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         })
     }
@@ -303,6 +306,12 @@ impl SparkplugUplink {
     /// proof, see the module documentation) in `completeness`.
     pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Self {
         self.completeness = Some(completeness);
+        self
+    }
+
+    /// Count the time from each delivered batch's acquisition to its proof in `histogram`.
+    pub fn with_publish_latency(mut self, histogram: Arc<crate::histogram::Histogram>) -> Self {
+        self.publish_latency = histogram;
         self
     }
 
@@ -554,6 +563,8 @@ struct Proof {
     ids: Vec<i64>,
     /// What the group's `live` records count for in the completeness accounting.
     tallies: Vec<Tally>,
+    /// When the group's reading batches were acquired (publish latency).
+    acquired: Vec<Timestamp>,
 }
 
 /// The broker's answer to `proof`'s UNSUBSCRIBE, or an error when it fails or does not come
@@ -678,7 +689,7 @@ impl Session<'_> {
                     if let Err(e) = answer {
                         return Ended::Lost(e);
                     }
-                    if let Err(e) = self.settle(p.ids, &p.tallies).await {
+                    if let Err(e) = self.settle(p.ids, &p.tallies, &p.acquired).await {
                         return Ended::Lost(e);
                     }
                     // The batch read before may have filled a whole READ_BATCH.
@@ -989,12 +1000,14 @@ impl Session<'_> {
         let more = records.len() == READ_BATCH;
         let mut ids = Vec::with_capacity(records.len());
         let mut tallies = Vec::new();
+        let mut acquired = Vec::new();
         for r in &records {
             if r.stream == Stream::Live
                 && let Ok(record) = crate::publish::body::decode(&r.body)
                 && let Record::Batch(batch) = &record
             {
                 self.send_reading_batch(batch, r.id <= boundary).await?;
+                acquired.push(crate::histogram::acquired_at(&record, r.created));
                 if up.completeness.is_some() {
                     tallies.extend(completeness::tally(&record));
                 }
@@ -1006,7 +1019,8 @@ impl Session<'_> {
         let sent = !self.pending.is_empty();
         self.pending.clear();
         if !sent {
-            self.settle(ids, &tallies).await?;
+            // Nothing went out: no publish to time.
+            self.settle(ids, &tallies, &[]).await?;
             return Ok((more, None));
         }
         let topic = format!("{}/{PROOF_LEVEL}", up.topic(MessageType::NCmd, None));
@@ -1030,12 +1044,18 @@ impl Session<'_> {
                 deadline: Instant::now() + up.mqtt.keep_alive.max(Duration::from_secs(1)),
                 ids,
                 tallies,
+                acquired,
             }),
         ))
     }
 
     /// Ack a group in the spool, and count its `live` values as delivered.
-    async fn settle(&mut self, ids: Vec<i64>, tallies: &[Tally]) -> Result<(), String> {
+    async fn settle(
+        &mut self,
+        ids: Vec<i64>,
+        tallies: &[Tally],
+        acquired: &[Timestamp],
+    ) -> Result<(), String> {
         let up = self.up;
         if ids.is_empty() {
             return Ok(());
@@ -1049,6 +1069,10 @@ impl Session<'_> {
             s.acked_total += n;
             s.unproven = 0;
         });
+        let now = Timestamp::now();
+        for t in acquired {
+            up.publish_latency.observe_between(*t, now);
+        }
         if let Some(c) = &up.completeness
             && !tallies.is_empty()
         {
@@ -1159,7 +1183,7 @@ impl Session<'_> {
         if acked
             && let Some(mut p) = proof.take()
             && let Ok(Ok(())) = timeout(Duration::from_millis(100), &mut p.answer).await
-            && let Err(e) = self.settle(p.ids, &p.tallies).await
+            && let Err(e) = self.settle(p.ids, &p.tallies, &p.acquired).await
         {
             tracing::warn!(uplink = %up.name, "{e}");
         }

@@ -247,29 +247,10 @@ pub fn topic_prefix_filter(template: &str, site: &str) -> String {
 
 /// The concentration limit of every pollutant of every `[[calc.stacks]]` with a limit table.
 pub fn stack_limits(calc: &crate::calc::CalcConfig) -> anyhow::Result<Vec<(String, String, f64)>> {
-    use crate::calc::coefficients::Coefficients;
-    let coef = match &calc.coefficients_path {
-        Some(path) => Coefficients::from_path(path)?,
-        None => Coefficients::embedded(&calc.coefficients)?,
-    };
-    let mut out = Vec::new();
-    for stack in &calc.stacks {
-        let Some(key) = &stack.limits else { continue };
-        let table = coef
-            .limits
-            .get(key)
-            .with_context(|| format!("calc.stacks: no limit table {key:?} in the coefficients"))?;
-        for p in stack.pollutants.keys() {
-            if let Some(l) = table.get(p) {
-                out.push((
-                    stack.name.clone(),
-                    p.clone(),
-                    crate::calc::limits::limit_of(l, stack.limit_class),
-                ));
-            }
-        }
-    }
-    Ok(out)
+    Ok(crate::calc::limits::stack_limits(calc)?
+        .into_iter()
+        .map(|l| (l.stack, l.pollutant, l.limit_mg_m3))
+        .collect())
 }
 
 /// `mqtt://host[:port]` or `mqtts://host[:port]` → host, port, TLS.

@@ -166,11 +166,11 @@ fn cell_list(state: &State, rows: u16) -> Paragraph<'static> {
             ])
         } else if !c.in_service() {
             Line::from(Span::styled(format!("{name:<12}{v}  cut out"), dim()))
-        } else if !c.quality.is_good() {
+        } else if !c.shown_quality(state.readings_now).is_good() {
             Line::from(vec![
                 Span::raw(format!("{name:<12}{v}  ")),
                 Span::styled(
-                    c.quality.as_str().to_owned(),
+                    c.shown_quality(state.readings_now).as_str().to_owned(),
                     Style::new().fg(Color::Yellow),
                 ),
             ])

@@ -106,6 +106,8 @@ pub struct Cell {
     pub quality: Quality,
     /// When it was read.
     pub ts: Timestamp,
+    /// Poll interval of its batch (ms); 0 when the stream does not say (Sparkplug).
+    pub poll_interval_ms: u64,
     /// `in_service` status bit, when the device reports one.
     pub in_service: Option<bool>,
     /// `cut_out` status bit, when the device reports one.
@@ -123,6 +125,7 @@ impl Cell {
             voltage_v: None,
             quality: Quality::CommFail,
             ts: Timestamp(0),
+            poll_interval_ms: 0,
             in_service: None,
             cut_out: None,
             ae_bit: None,
@@ -136,6 +139,20 @@ impl Cell {
         self.ae_event_open
             || self.ae_bit == Some(true)
             || (self.quality.is_good() && self.voltage_v.is_some_and(|v| v >= AE_THRESHOLD_V))
+    }
+
+    /// The quality shown at `now`: `stale` for a good reading not refreshed for three poll
+    /// intervals ([`Quality::at_age`]).
+    ///
+    /// `now` is the newest reading timestamp of the stream ([`State::readings_now`]), not the
+    /// viewer's clock: a
+    /// recorded stream then always shows the same screen, and a viewer whose clock differs from
+    /// the agent's does not mark every cell stale. A cell goes stale when the others move on
+    /// without it (one device or poll class stopped); when the whole feed stops, the status and
+    /// uplink panes say so.
+    pub fn shown_quality(&self, now: Timestamp) -> Quality {
+        self.quality
+            .at_age(now.unix_ms() - self.ts.unix_ms(), self.poll_interval_ms)
     }
 
     /// In service unless a status bit says otherwise.
@@ -289,6 +306,9 @@ pub struct State {
     pub last_error: Option<String>,
     /// Newest timestamp seen in any message.
     pub now: Timestamp,
+    /// Newest acquisition timestamp of a reading: the clock cells age against (metrics and
+    /// aggregates may be stamped at the end of their window, or in simulated plant time).
+    pub readings_now: Timestamp,
     last_seq: BTreeMap<(String, &'static str), u64>,
 }
 
@@ -308,6 +328,7 @@ impl State {
             decode_errors: 0,
             last_error: None,
             now: Timestamp(0),
+            readings_now: Timestamp(0),
             last_seq: BTreeMap::new(),
         }
     }
@@ -400,6 +421,7 @@ impl State {
             cell.voltage_v = r.value.as_ref().and_then(Value::as_f64);
             cell.quality = r.quality;
             cell.ts = r.ts;
+            cell.poll_interval_ms = b.poll_interval_ms;
             // Sparkplug DDATA carries only what changed: keep the last known bits.
             cell.in_service = flag("in_service").or(cell.in_service);
             cell.cut_out = flag("cut_out").or(cell.cut_out);
@@ -411,6 +433,7 @@ impl State {
         }
         for r in &b.readings {
             self.now = self.now.max(r.ts);
+            self.readings_now = self.readings_now.max(r.ts);
         }
     }
 
@@ -695,6 +718,22 @@ mod tests {
         let mean = s.mean_cell_voltage(Some("potline1")).unwrap();
         assert!((mean - (4.10 + 4.30 + 4.00) / 3.0).abs() < 1e-12, "{mean}");
         assert_eq!(s.now, Timestamp(1_000));
+    }
+
+    #[test]
+    fn a_cell_not_refreshed_for_three_poll_intervals_shows_stale() {
+        let mut s = State::new(Filter::default());
+        s.apply(&cell("pot_001", 4.1, true, false, 1_000));
+        s.apply(&cell("pot_002", 4.2, true, false, 4_000));
+        let shown = |s: &State, key: &str| s.cells[key].shown_quality(s.readings_now);
+        // Three intervals of 1 s: on the limit, still good.
+        assert_eq!(shown(&s, "potline1/pot_001"), Quality::Good);
+        s.apply(&cell("pot_002", 4.2, true, false, 4_001));
+        assert_eq!(shown(&s, "potline1/pot_001"), Quality::Stale);
+        assert_eq!(shown(&s, "potline1/pot_002"), Quality::Good);
+        // A fresh reading makes it good again.
+        s.apply(&cell("pot_001", 4.1, true, false, 4_001));
+        assert_eq!(shown(&s, "potline1/pot_001"), Quality::Good);
     }
 
     #[test]
