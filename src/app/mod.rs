@@ -173,6 +173,8 @@ pub struct LiveState {
     pub completeness: Arc<crate::completeness::Completeness>,
     /// Progress of the stages and what the stores lost (`/readyz`, the watchdog, `/metrics`).
     pub health: Arc<health::Health>,
+    /// The trends in memory (`/api/v1/series`), fed by the fan-out.
+    pub series: Arc<crate::series::SeriesStore>,
 }
 
 impl LiveState {
@@ -252,6 +254,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     // and a key that others can read stops the start before anything runs.
     let regulator = regulated::Regulator::open(&cfg)?.with_health(live.health.clone());
     let history = regulator.history_source();
+    live.series.set_history(regulator.history_store());
 
     // Guarded device writes (Sparkplug DCMD) go to the pollers' write queues; every attempt is
     // reported as an event through the fan-out's side entrance.
@@ -391,10 +394,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     }
 
     let calc = match &cfg.calc {
-        Some(c) => Some(calc_state::CalcStage::open(
-            crate::calc::Pipeline::new(c).context("[calc]")?,
-            &cfg.state_dir,
-        )),
+        Some(c) => {
+            let pipeline = crate::calc::Pipeline::new(c).context("[calc]")?;
+            let refs = crate::series::references::from_calc(c, pipeline.coefficients());
+            live.series.set_references(refs);
+            Some(calc_state::CalcStage::open(pipeline, &cfg.state_dir))
+        }
         None => None,
     };
     let initial: Vec<Record> = regulator
@@ -950,7 +955,8 @@ async fn linger(rx: &mut mpsc::Receiver<ReadingBatch>, burst: &mut Vec<ReadingBa
     }
 }
 
-/// Keep the latest reading of every point for the status displays and the HTTP API.
+/// Keep the latest reading of every point for the status displays and the HTTP API, and the
+/// trends.
 fn remember_latest(live: &LiveState, batches: &[ReadingBatch]) {
     let mut latest = live
         .latest
@@ -959,10 +965,13 @@ fn remember_latest(live: &LiveState, batches: &[ReadingBatch]) {
     for batch in batches {
         latest.update(batch);
     }
+    drop(latest);
+    live.series.record_batches(batches);
 }
 
-/// Hand computed metrics, events and aggregates to the live feed (dashboard, SSE).
+/// Hand computed metrics, events and aggregates to the live feed (dashboard, SSE) and the trends.
 fn publish_derived(live: &LiveState, records: &[Record]) {
+    live.series.record(records);
     for r in records {
         if !matches!(r, Record::Batch(_)) {
             live.records.send(r.clone());
