@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::model::{Period, Quality, Timestamp};
 use crate::series::{
-    Bucket, Key, Listed, Reference, Selector, SeriesStore, downsample, window_bucket,
+    Bucket, Found, HOURS, Key, Listed, Reference, Selector, SeriesStore, downsample, window_bucket,
 };
 
 /// Most series in one request.
@@ -320,7 +320,20 @@ pub async fn answer(store: &SeriesStore, q: &SeriesQuery) -> SeriesAnswer {
                 series.push(columns(head, buckets, q.max_points));
             }
             sel => {
-                let found = store.query(sel, q.from_ms, q.to_ms);
+                let mut found = store.query(sel, q.from_ms, q.to_ms);
+                // Hours not in memory (none closed since the start) may be in the history store.
+                if found.is_empty()
+                    && let Selector::Exact(key @ Key::Hour { subject, quantity }) = sel
+                {
+                    found.push(Found {
+                        key: key.clone(),
+                        unit: Arc::from(""),
+                        class: HOURS,
+                        buckets: Vec::new(),
+                        oldest_ms: None,
+                        references: store.window_references(subject, quantity),
+                    });
+                }
                 if found.is_empty() {
                     let labels = match sel {
                         Selector::Metric { labels, .. } => labels.iter().cloned().collect(),
@@ -345,18 +358,21 @@ pub async fn answer(store: &SeriesStore, q: &SeriesQuery) -> SeriesAnswer {
                     {
                         let until = f.oldest_ms.map_or(q.to_ms, |o| (o - 1).min(q.to_ms));
                         let (s, qn, from) = (subject.to_string(), quantity.to_string(), q.from_ms);
-                        let (older, _) = tokio::task::spawn_blocking(move || {
+                        let (older, unit) = tokio::task::spawn_blocking(move || {
                             history_windows(&h, Period::Hour, &s, &qn, from, until)
                         })
                         .await
                         .unwrap_or_default();
+                        if let Some(unit) = unit.filter(|_| f.unit.is_empty()) {
+                            f.unit = unit;
+                        }
                         from_history = older.len();
                         f.buckets.splice(0..0, older);
                     }
                     let head = Head {
                         name: f.key.name(),
                         labels: f.key.labels().iter().cloned().collect(),
-                        unit: Some(f.unit),
+                        unit: (!f.unit.is_empty()).then_some(f.unit),
                         class: Some((f.class.name, f.class.resolution_ms)),
                         from_history,
                         references: f.references,

@@ -577,9 +577,12 @@ impl SeriesStore {
             .collect()
     }
 
-    /// Every series kept, in name order.
+    /// Every series kept, in name order, followed by the hourly windows a limit is configured
+    /// for that have no window yet (so that a display knows them before their first hour
+    /// closes: older hours may be in the history store).
     pub fn catalogue(&self) -> Vec<Listed> {
-        self.lock()
+        let inner = self.lock();
+        let mut out: Vec<Listed> = inner
             .series
             .iter()
             .map(|(k, e)| Listed {
@@ -589,7 +592,32 @@ impl SeriesStore {
                 class: k.class().name,
                 references: e.references.clone(),
             })
-            .collect()
+            .collect();
+        for (t, r) in &inner.references {
+            let RefTarget::Window { subject, quantity } = t else {
+                continue;
+            };
+            let key = Key::Hour {
+                subject: Arc::from(subject.as_str()),
+                quantity: Arc::from(quantity.as_str()),
+            };
+            if inner.series.contains_key(&key) {
+                continue;
+            }
+            let name = key.name();
+            match out.iter_mut().find(|l| l.name == name) {
+                Some(l) => l.references.push(r.clone()),
+                None => out.push(Listed {
+                    name,
+                    labels: BTreeMap::new(),
+                    // Limits are set on concentrations only.
+                    unit: Arc::from(CONCENTRATION_UNIT),
+                    class: HOURS.name,
+                    references: vec![r.clone()],
+                }),
+            }
+        }
+        out
     }
 
     /// Series not kept because their class was full, since start.

@@ -206,6 +206,11 @@ fn hourly_windows_are_kept_with_their_limit_and_an_invalid_hour_has_no_value() {
             value: 200.0,
         },
     )]);
+    // Known before its first hour closes.
+    let listed = store.catalogue();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "hour:gtc1_stack/so2_mg_m3");
+    assert_eq!(listed[0].references[0].value, 200.0);
     let h = 3_600_000;
     let agg = |i: i64, valid: bool| {
         Record::Aggregate(Aggregate {
@@ -245,6 +250,7 @@ fn hourly_windows_are_kept_with_their_limit_and_an_invalid_hour_has_no_value() {
     assert_eq!(b[1].quality, Quality::CommFail);
     assert_eq!(f[0].references[0].label, "limit");
     assert_eq!(store.window_references("gtc1_stack", "so2_mg_m3").len(), 1);
+    assert_eq!(store.catalogue().len(), 1);
     // Time range: only the last hour.
     let last = store.query(
         &Selector::parse("hour:gtc1_stack/so2_mg_m3").unwrap(),
