@@ -231,6 +231,9 @@ async fn series_are_answered_from_memory_and_history_downsampled_with_units_and_
         ]
     );
     assert_eq!(names["refused"], 0);
+    let (_, scrape) = get(addr, "/metrics").await;
+    assert!(scrape.contains("\nsmeltwatch_series 3\n"), "{scrape}");
+    assert!(scrape.contains("\nsmeltwatch_series_refused_total 0\n"));
 
     // uPlot comes from the binary; the page names no outside address.
     let (status, js) = get(addr, "/vendor/uPlot.iife.min.js").await;

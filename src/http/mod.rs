@@ -411,6 +411,10 @@ async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
         ctx.max_connections,
         ctx.header_timeouts.load(Ordering::Relaxed),
     ));
+    text.push_str(&metrics::render_series(
+        ctx.live.series.len(),
+        ctx.live.series.refused(),
+    ));
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         Body::from(text),
