@@ -24,6 +24,7 @@
 //! - [`history`]: closed windows, potline figures and the ledger chain, for history requests
 //!   and restarts.
 //! - [`publish`]: uplinks and payload encoders.
+//! - [`series`]: the trends in memory (bounded rings per series) behind `/api/v1/series`.
 //! - [`http`]: `/metrics` (Prometheus), health checks, the JSON snapshot and event stream, and
 //!   the control-room dashboard.
 //! - [`tail`]: `smeltwatch tail`, the operators' live view of a broker (JSON, protobuf,
@@ -47,6 +48,7 @@ pub mod ledger;
 pub mod modbus;
 pub mod model;
 pub mod publish;
+pub mod series;
 pub mod simulator;
 pub mod spool;
 pub mod state_file;

@@ -546,13 +546,28 @@ async fn every_route_serves_the_running_agent() {
         200.0
     );
 
-    // The dashboard: one page, no external assets.
+    // The dashboard: one page whose only assets are the ones compiled into the binary
+    // (`/vendor/`, behind the same token), nothing from outside.
     let page = request(addr, "/", Some(&bearer())).await;
     assert_eq!(page.status, 200);
     assert!(page.headers["content-type"].starts_with("text/html"));
     assert!(page.body.contains("id=\"heatmap\"") && page.body.contains("api/v1/snapshot"));
-    for external in ["src=\"http", "href=\"http", "<link", "@import", "url(http"] {
+    for external in ["@import", "url(http", "url(//"] {
         assert!(!page.body.contains(external), "external asset: {external}");
+    }
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for (i, _) in page.body.match_indices(attr) {
+            let rest = &page.body[i + attr.len()..];
+            assets.push(rest[..rest.find('"').unwrap()].to_owned());
+        }
+    }
+    assert_eq!(assets.len(), 2, "{assets:?}");
+    for asset in assets {
+        assert!(asset.starts_with("vendor/"), "external asset: {asset}");
+        let served = request(addr, &format!("/{asset}"), Some(&bearer())).await;
+        assert_eq!(served.status, 200, "{asset}");
+        assert!(request(addr, &format!("/{asset}"), None).await.status == 401);
     }
 
     // /api/v1/stream: a full snapshot first, then a delta a second later.

@@ -184,6 +184,8 @@ pub struct LiveState {
     /// The concentration limits of the configured stacks, set once at start (the limit lines of
     /// the dashboards).
     pub stack_limits: std::sync::OnceLock<Vec<crate::calc::limits::StackLimit>>,
+    /// The trends in memory (`/api/v1/series`), fed by the fan-out.
+    pub series: Arc<crate::series::SeriesStore>,
 }
 
 impl LiveState {
@@ -269,6 +271,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     // and a key that others can read stops the start before anything runs.
     let regulator = regulated::Regulator::open(&cfg)?.with_health(live.health.clone());
     let history = regulator.history_source();
+    live.series.set_history(regulator.history_store());
 
     // Guarded device writes (Sparkplug DCMD) go to the pollers' write queues; every attempt is
     // reported as an event through the fan-out's side entrance.
@@ -413,10 +416,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
     }
 
     let calc = match &cfg.calc {
-        Some(c) => Some(calc_state::CalcStage::open(
-            crate::calc::Pipeline::new(c).context("[calc]")?,
-            &cfg.state_dir,
-        )),
+        Some(c) => {
+            let pipeline = crate::calc::Pipeline::new(c).context("[calc]")?;
+            let refs = crate::series::references::from_calc(c, pipeline.coefficients());
+            live.series.set_references(refs);
+            Some(calc_state::CalcStage::open(pipeline, &cfg.state_dir))
+        }
         None => None,
     };
     let initial: Vec<Record> = regulator
@@ -972,7 +977,8 @@ async fn linger(rx: &mut mpsc::Receiver<ReadingBatch>, burst: &mut Vec<ReadingBa
     }
 }
 
-/// Keep the latest reading of every point for the status displays and the HTTP API.
+/// Keep the latest reading of every point for the status displays and the HTTP API, and the
+/// trends.
 fn remember_latest(live: &LiveState, batches: &[ReadingBatch]) {
     let mut latest = live
         .latest
@@ -981,10 +987,13 @@ fn remember_latest(live: &LiveState, batches: &[ReadingBatch]) {
     for batch in batches {
         latest.update(batch);
     }
+    drop(latest);
+    live.series.record_batches(batches);
 }
 
-/// Hand computed metrics, events and aggregates to the live feed (dashboard, SSE).
+/// Hand computed metrics, events and aggregates to the live feed (dashboard, SSE) and the trends.
 fn publish_derived(live: &LiveState, records: &[Record]) {
+    live.series.record(records);
     for r in records {
         if !matches!(r, Record::Batch(_)) {
             live.records.send(r.clone());

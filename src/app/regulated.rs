@@ -129,6 +129,11 @@ impl Regulator {
         self.history.clone().map(|h| h as Arc<dyn HistorySource>)
     }
 
+    /// The store itself, for the trends older than their ring (`/api/v1/series`).
+    pub(super) fn history_store(&self) -> Option<Arc<HistoryStore>> {
+        self.history.clone()
+    }
+
     /// The record of the configuration this agent starts with, when the ledger is on.
     pub(super) fn config_change(&self, cfg: &Config) -> Option<Record> {
         self.ledger.as_ref()?;

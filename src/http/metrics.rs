@@ -41,6 +41,7 @@
 //! | `smeltwatch_completeness_ratio` | gauge, delivered ÷ expected (`live`) | `device`, `stream`, `uplink`, `hour` |
 //! | `smeltwatch_http_connections`, `smeltwatch_http_connections_max` | gauge, connections served now (this scrape's included) and the cap | |
 //! | `smeltwatch_http_header_timeouts_total` | counter (since the HTTP server started), connections closed because the request head did not arrive in time | |
+//! | `smeltwatch_series`, `smeltwatch_series_refused_total` | gauge, trends kept in memory; counter (since start), trends not kept because their class was full ([`crate::series`]) | |
 //!
 //! Every name carries its unit (`_seconds`, `_bytes`, `_records`, `_values`, `_ratio`) or is a
 //! counter of events (`_total`), a state set (`_state`, `_quality`, `_info`), or a value whose
@@ -146,6 +147,25 @@ pub fn render_http(open: usize, max: usize, header_timeouts: u64) -> String {
         gauge!("smeltwatch_http_connections").set(open as f64);
         gauge!("smeltwatch_http_connections_max").set(max as f64);
         counter!("smeltwatch_http_header_timeouts_total").absolute(header_timeouts);
+    });
+    handle.render()
+}
+
+/// The series store's size: series kept and series refused by a full class.
+pub fn render_series(kept: usize, refused: u64) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe_gauge!(
+            "smeltwatch_series",
+            "Trends kept in memory for /api/v1/series."
+        );
+        describe_counter!(
+            "smeltwatch_series_refused_total",
+            "Trends not kept because their class was full (docs/HTTP.md, Memory)."
+        );
+        gauge!("smeltwatch_series").set(kept as f64);
+        counter!("smeltwatch_series_refused_total").absolute(refused);
     });
     handle.render()
 }

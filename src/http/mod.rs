@@ -16,7 +16,10 @@
 //! | `GET /metrics` | Prometheus text format 0.0.4 (see [`metrics`] for every family) |
 //! | `GET /api/v1/snapshot` | JSON [`Snapshot`]: every point's latest value, unit, quality and time (quality `stale` when a good reading is older than three of its poll intervals); computed metrics; recent events; sources; uplinks with spool stats |
 //! | `GET /api/v1/stream` | server-sent events: one `snapshot` event (a full [`Snapshot`]), then once a second a `delta` event ([`Delta`]): the points whose time, quality or value changed since the previous event, computed metrics that changed, new events, and the sources and uplinks in full. A comment line keeps idle proxies open. The stream ends when the server shuts down |
-//! | `GET /` | the dashboard, one self-contained HTML page (no external assets) polling the snapshot |
+//! | `GET /api/v1/series` | JSON trends of one or more series over a time range, downsampled to `max_points` ([`series`]; docs/HTTP.md); `400` with `{error}` for a bad query |
+//! | `GET /api/v1/series/names` | JSON: every series kept in memory, with unit, class and limits |
+//! | `GET /vendor/uPlot.*` | the charting library, compiled into the binary |
+//! | `GET /` | the dashboard, one HTML page that loads only the bundled uPlot, polling the snapshot and the series |
 //!
 //! # Token
 //! With [`HttpOptions::token`] set, every route except `/healthz` needs either
@@ -41,6 +44,7 @@
 
 pub mod feed;
 pub mod metrics;
+pub mod series;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -70,6 +74,11 @@ pub use snapshot::{Delta, Snapshot};
 
 /// The dashboard page, served as is.
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+/// uPlot, the dashboard's charting library, compiled in (no CDN: plant networks are isolated);
+/// version and origin in `vendor/uplot/README.md`.
+const UPLOT_JS: &str = include_str!("vendor/uplot/uPlot.iife.min.js");
+/// uPlot's style sheet.
+const UPLOT_CSS: &str = include_str!("vendor/uplot/uPlot.min.css");
 /// Interval between two `delta` events of `/api/v1/stream`.
 pub const STREAM_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -262,6 +271,10 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/snapshot", get(snapshot_json))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/series", get(series::series))
+        .route("/api/v1/series/names", get(series::names))
+        .route("/vendor/uPlot.iife.min.js", get(uplot_js))
+        .route("/vendor/uPlot.min.css", get(uplot_css))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token))
         // Added after the layer: not behind the token.
         .route("/healthz", get(healthz))
@@ -360,6 +373,29 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
+/// The bundled files change only with the binary: a day of caching spares the plant network.
+async fn uplot_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        UPLOT_JS,
+    )
+        .into_response()
+}
+
+async fn uplot_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        UPLOT_CSS,
+    )
+        .into_response()
+}
+
 async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
     let snap = Snapshot::gather(&ctx.live, &ctx.collected).await;
     let mut text = metrics::render(&snap);
@@ -374,6 +410,10 @@ async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
         open,
         ctx.max_connections,
         ctx.header_timeouts.load(Ordering::Relaxed),
+    ));
+    text.push_str(&metrics::render_series(
+        ctx.live.series.len(),
+        ctx.live.series.refused(),
     ));
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
