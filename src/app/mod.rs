@@ -60,6 +60,10 @@ const MAX_BATCHES_PER_APPEND: usize = 32;
 /// transaction (with the fsync `synchronous = full` makes of it). At 1000 × 100 with the sources
 /// spread over the second that was about 190 commits a second.
 const APPEND_LINGER: Duration = Duration::from_millis(5);
+/// After this many waits in a row that gathered nothing, fan-out stops waiting ([`Linger`])...
+const LINGER_FRUITLESS: u32 = 8;
+/// ...except on every this many bursts, to notice when batches trickle in again.
+const LINGER_PROBE_EVERY: u32 = 16;
 /// Capacity of the side entrance of the fan-out for events produced by the uplinks.
 const EVENTS_CHANNEL: usize = 256;
 /// Every uplink stops within the grace period on its own (in-flight acknowledgements are awaited
@@ -902,6 +906,7 @@ async fn fan_out(
         cx.hand_on(&mut targets, &mut initial).await;
     }
     let mut burst = Vec::with_capacity(MAX_BATCHES_PER_APPEND);
+    let mut lingering = Linger::default();
     // Windows must close even when their data stops (a dead stack analyser still owes the
     // platform an invalid hour), so the calculators are also flushed on a timer.
     let mut flush_tick = tokio::time::interval(CALC_FLUSH_EVERY);
@@ -915,7 +920,7 @@ async fn fan_out(
                     break;
                 }
                 live.health.fan_out_busy();
-                linger(&mut rx, &mut burst).await;
+                lingering.gather(&mut rx, &mut burst).await;
                 remember_latest(&live, &burst);
                 for batch in burst.drain(..) {
                     let derived = calc.as_mut().map(|c| c.on_batch(&batch)).unwrap_or_default();
@@ -962,6 +967,47 @@ async fn fan_out(
         );
     }
     live.health.fan_out_idle();
+}
+
+/// Group commit that waits only where waiting gathers something. A source reading many devices
+/// behind one gateway sends its batches in a trickle, and [`APPEND_LINGER`] joins them into one
+/// append. Where every device is its own connection, the sources are spread over the interval
+/// (each a few tens of milliseconds from the next) and the wait gathered nothing: it only cost a
+/// timer wake-up per batch. So after [`LINGER_FRUITLESS`] waits in a row that gathered nothing,
+/// a burst takes only what has already arrived, and every [`LINGER_PROBE_EVERY`]th burst waits
+/// again to notice when batches trickle in again.
+#[derive(Debug, Default)]
+struct Linger {
+    fruitless: u32,
+    skipped: u32,
+}
+
+impl Linger {
+    async fn gather(
+        &mut self,
+        rx: &mut mpsc::Receiver<ReadingBatch>,
+        burst: &mut Vec<ReadingBatch>,
+    ) {
+        if self.fruitless >= LINGER_FRUITLESS {
+            self.skipped = self.skipped.wrapping_add(1);
+            if !self.skipped.is_multiple_of(LINGER_PROBE_EVERY) {
+                while burst.len() < MAX_BATCHES_PER_APPEND {
+                    match rx.try_recv() {
+                        Ok(batch) => burst.push(batch),
+                        Err(_) => break,
+                    }
+                }
+                return;
+            }
+        }
+        let before = burst.len();
+        linger(rx, burst).await;
+        self.fruitless = if burst.len() > before {
+            0
+        } else {
+            self.fruitless.saturating_add(1)
+        };
+    }
 }
 
 /// Adds to `burst` what arrives within [`APPEND_LINGER`], until it holds
@@ -1373,6 +1419,53 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 45, "{sizes:?}");
         assert!(
             sizes[1..sizes.len() - 1].iter().all(|&n| n == 5),
+            "{sizes:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_stops_waiting_where_waiting_gathers_nothing_and_resumes_when_it_would() {
+        let (tx, mut rx) = mpsc::channel(256);
+        // Sources of one device each, spread 50 ms apart; then one source of many devices.
+        tokio::spawn(async move {
+            let mut n = 0;
+            for gap_ms in [50; 60].into_iter().chain([1; 100]) {
+                tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+                n += 1;
+                tx.send(batch(&format!("pot_{n:03}"), 1000, &[], n))
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut lingering = Linger::default();
+        let (mut waits, mut sizes) = (Vec::new(), Vec::new());
+        let mut burst = Vec::new();
+        while rx.recv_many(&mut burst, MAX_BATCHES_PER_APPEND).await > 0 {
+            let started = tokio::time::Instant::now();
+            lingering.gather(&mut rx, &mut burst).await;
+            waits.push(started.elapsed() > Duration::ZERO);
+            sizes.push(burst.len());
+            burst.clear();
+        }
+        // The spread part: the first waits, then only the probes.
+        let spread = &waits[..60];
+        assert!(spread[..LINGER_FRUITLESS as usize].iter().all(|&w| w));
+        let later = spread[LINGER_FRUITLESS as usize..]
+            .iter()
+            .filter(|&&w| w)
+            .count();
+        assert!((2..=4).contains(&later), "{waits:?}");
+        // The trickle: a probe notices it, and from then on bursts of 5 as before.
+        assert_eq!(sizes.iter().sum::<usize>(), 160);
+        let trickle = &sizes[60..];
+        assert!(
+            trickle.len() <= 100 / 5 + LINGER_PROBE_EVERY as usize,
+            "{sizes:?}"
+        );
+        assert!(
+            trickle[trickle.len() - 5..trickle.len() - 1]
+                .iter()
+                .all(|&n| n == 5),
             "{sizes:?}"
         );
     }
