@@ -31,7 +31,8 @@ pub struct Cli {
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines: coloured only on a terminal (and not with `NO_COLOR` set), with a
+    /// syslog priority prefix and no timestamp under systemd's journal (`JOURNAL_STREAM`).
     Text,
     /// One JSON object per line (for journald and log shippers).
     Json,
@@ -281,16 +282,10 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn,rumqttd=off,tokio_modbus=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    crate::logging::init(
+        matches!(format, LogFormat::Json),
+        crate::logging::text_style_of_process(),
+    );
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -45,6 +45,7 @@ pub mod histogram;
 pub mod history;
 pub mod http;
 pub mod ledger;
+pub mod logging;
 pub mod modbus;
 pub mod model;
 pub mod publish;

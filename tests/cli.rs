@@ -247,3 +247,77 @@ fn keygen_then_verify_accepts_a_clean_ledger_and_names_a_tampered_record() {
     let seq = records[2].seq.to_string();
     assert!(stdout.contains(&seq), "{stdout}");
 }
+
+/// Log lines written to a file carry no colour escapes, and under systemd's journal (stderr is
+/// the stream `JOURNAL_STREAM` names) each starts with its syslog priority and has no timestamp.
+#[test]
+fn logs_are_plain_in_a_file_and_carry_priorities_for_journald() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plant.toml");
+    // A device and a broker on a port nothing listens on: the agent logs while it runs.
+    std::fs::write(
+        &config,
+        r#"
+site = "s"
+state_dir = "state"
+[[sources]]
+name = "bus"
+tcp = "127.0.0.1:1"
+[[sources.devices]]
+name = "meter"
+unit_id = 1
+[sources.devices.points.power_mw]
+area = "input"
+address = 0
+type = "f32"
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:1"
+"#,
+    )
+    .unwrap();
+    let run = |log: &std::path::Path, journal: bool| -> String {
+        let file = std::fs::File::create(log).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"));
+        cmd.args([
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--duration",
+            "1500ms",
+        ])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(file);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "{status}");
+        std::fs::read_to_string(log).unwrap()
+    };
+    let plain = run(&dir.path().join("plain.log"), false);
+    assert!(plain.lines().count() >= 2, "{plain}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colour escapes in a file: {plain:?}"
+    );
+    assert!(plain.contains(" INFO "), "{plain}");
+
+    let journal = run(&dir.path().join("journal.log"), true);
+    assert!(journal.lines().count() >= 2, "{journal}");
+    assert!(!journal.contains('\x1b'), "{journal:?}");
+    for line in journal.lines() {
+        assert!(
+            ["<3>ERROR ", "<4>WARN ", "<6>INFO ", "<7>DEBUG "]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "not a journald line: {line:?}"
+        );
+    }
+}
