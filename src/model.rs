@@ -403,8 +403,66 @@ pub struct Metric {
     pub quality: Quality,
     /// The instant (or end of the period) the value describes, from the inputs' timestamps.
     pub ts: Timestamp,
-    /// Labels that place it (`line = "potline1"`, `cell = "pot_017"`, `period = "day"`).
+    /// Labels that place it (`line = "potline1"`, `cell = "pot_017"`, `period = "day"`), in
+    /// order. JSON form: an object (see [`labels_json`]).
+    #[serde(with = "labels_json")]
     pub labels: Vec<(Arc<str>, Arc<str>)>,
+}
+
+/// The JSON form of a metric's labels: an object `{"line":"potline1","period":"day"}`, keys in
+/// the metric's order, because that is what JSON consumers (Telegraf's json parser, Node-RED,
+/// Grafana's JSON sources, jq) read as labels. Reading also accepts the array of `[key, value]`
+/// pairs that older builds wrote, so their spool bodies, history rows and ledger payloads still
+/// decode.
+pub mod labels_json {
+    use std::fmt;
+    use std::sync::Arc;
+
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::ser::{SerializeMap, Serializer};
+
+    type Labels = Vec<(Arc<str>, Arc<str>)>;
+
+    /// Write the labels as an object, in order.
+    pub fn serialize<S: Serializer>(
+        labels: &[(Arc<str>, Arc<str>)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(labels.len()))?;
+        for (k, v) in labels {
+            map.serialize_entry(&**k, &**v)?;
+        }
+        map.end()
+    }
+
+    /// Read an object of strings or an array of `[key, value]` pairs, keeping their order.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+        struct Form;
+        impl<'de> Visitor<'de> for Form {
+            type Value = Labels;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of label strings or an array of [key, value] pairs")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some(kv) = a.next_entry::<Arc<str>, Arc<str>>()? {
+                    out.push(kv);
+                }
+                Ok(out)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some(kv) = a.next_element::<(Arc<str>, Arc<str>)>()? {
+                    out.push(kv);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Form)
+    }
 }
 
 /// Metrics of one calculator at one instant.
@@ -627,6 +685,80 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Record>(bad).is_err(), "{bad}");
             assert!(serde_json::from_str::<Tagged>(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn potline_metric() -> Metric {
+        Metric {
+            name: Arc::from("production_today_t"),
+            value: Some(188.42),
+            unit: Arc::from("t"),
+            quality: Quality::Good,
+            ts: Timestamp(9),
+            // Not in key order: the JSON object keeps the metric's order.
+            labels: vec![
+                (Arc::from("line"), Arc::from("potline1")),
+                (Arc::from("period"), Arc::from("day")),
+                (Arc::from("cell"), Arc::from("pot_017")),
+            ],
+        }
+    }
+
+    #[test]
+    fn labels_serialise_as_an_object_in_their_order() {
+        let text = serde_json::to_string(&potline_metric()).unwrap();
+        assert!(
+            text.ends_with(r#""labels":{"line":"potline1","period":"day","cell":"pot_017"}}"#),
+            "{text}"
+        );
+        let empty = Metric {
+            labels: vec![],
+            ..potline_metric()
+        };
+        assert!(
+            serde_json::to_string(&empty)
+                .unwrap()
+                .ends_with(r#""labels":{}}"#)
+        );
+        let back: Metric = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, potline_metric());
+    }
+
+    #[test]
+    fn labels_of_older_builds_as_pairs_still_deserialise() {
+        let old = r#"{"name":"production_today_t","value":188.42,"unit":"t","quality":"good",
+            "ts":9,"labels":[["line","potline1"],["period","day"],["cell","pot_017"]]}"#;
+        assert_eq!(
+            serde_json::from_str::<Metric>(old).unwrap(),
+            potline_metric()
+        );
+        let empty = old.replace(
+            r#"[["line","potline1"],["period","day"],["cell","pot_017"]]"#,
+            "[]",
+        );
+        assert!(
+            serde_json::from_str::<Metric>(&empty)
+                .unwrap()
+                .labels
+                .is_empty()
+        );
+        // A whole spooled record of the old form, through the record's own deserialiser.
+        let record = format!(r#"{{"record":"metrics","calc":"potline","ts":9,"metrics":[{old}]}}"#);
+        let Record::Metrics(m) = serde_json::from_str::<Record>(&record).unwrap() else {
+            panic!("not a metrics record");
+        };
+        assert_eq!(m.metrics[0].labels.len(), 3);
+        for bad in [
+            r#"{"line":1}"#,
+            r#"[["line"]]"#,
+            r#"[["a","b","c"]]"#,
+            r#""line""#,
+        ] {
+            let text = old.replace(
+                r#"[["line","potline1"],["period","day"],["cell","pot_017"]]"#,
+                bad,
+            );
+            assert!(serde_json::from_str::<Metric>(&text).is_err(), "{bad}");
         }
     }
 

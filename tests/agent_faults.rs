@@ -402,15 +402,7 @@ async fn completeness_counts_what_the_broker_acknowledged_not_what_was_sent() {
             .iter()
             .any(|m| m["name"] == "completeness_expected_count")
     );
-    let label = |m: &Json, k: &str| {
-        m["labels"][k].as_str().map(str::to_owned).or_else(|| {
-            m["labels"].as_array().and_then(|l| {
-                l.iter()
-                    .find(|p| p[0] == k)
-                    .and_then(|p| p[1].as_str().map(str::to_owned))
-            })
-        })
-    };
+    let label = |m: &Json, k: &str| m["labels"][k].as_str().map(str::to_owned);
     assert!(
         metrics
             .iter()

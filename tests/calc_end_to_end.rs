@@ -182,10 +182,7 @@ fn attr(event: &Json, key: &str) -> f64 {
 /// The value of metric `name` with label `period = "day"` in a metrics message, if present.
 fn day_metric(msg: &Json, name: &str) -> Option<f64> {
     msg["metrics"].as_array()?.iter().find_map(|m| {
-        let day = m["labels"]
-            .as_array()?
-            .iter()
-            .any(|kv| kv[0] == "period" && kv[1] == "day");
+        let day = m["labels"]["period"] == "day";
         (m["name"] == name && day)
             .then(|| m["value"].as_f64())
             .flatten()

@@ -296,12 +296,10 @@ fn attr(event: &Json, key: &str) -> f64 {
 
 /// Metric `name` with label `period = "day"` in a metrics message: (value, quality).
 fn day_metric(msg: &Json, name: &str) -> Option<(f64, String)> {
-    let m = msg["metrics"].as_array()?.iter().find(|m| {
-        m["name"] == name
-            && m["labels"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|kv| kv[0] == "period" && kv[1] == "day"))
-    })?;
+    let m = msg["metrics"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name && m["labels"]["period"] == "day")?;
     Some((
         m["value"].as_f64()?,
         m["quality"].as_str().unwrap_or_default().to_owned(),

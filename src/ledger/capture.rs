@@ -125,6 +125,34 @@ fn seal_from_pb(s: pb::LedgerSeal) -> Result<LedgerRecord, String> {
     })
 }
 
+/// Rewrite the `labels` of a signed metric batch from the `[key, value]` pairs older builds
+/// signed to the object the JSON payload now carries, so that a record sealed before an upgrade
+/// and published after it still compares equal to its body (same labels, same order).
+fn labels_as_objects(signed: &mut serde_json::Map<String, Json>) {
+    let Some(Json::Array(metrics)) = signed.get_mut("metrics") else {
+        return;
+    };
+    for metric in metrics {
+        let Some(labels) = metric.get_mut("labels") else {
+            continue;
+        };
+        let Json::Array(pairs) = labels else {
+            continue;
+        };
+        let mut object = serde_json::Map::new();
+        for pair in pairs.iter() {
+            match pair.as_array().map(Vec::as_slice) {
+                Some([Json::String(k), v]) => {
+                    object.insert(k.clone(), v.clone());
+                }
+                // Not the pairs form: leave it for the comparison to reject.
+                _ => return,
+            }
+        }
+        *labels = Json::Object(object);
+    }
+}
+
 /// What one captured message holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Captured {
@@ -175,6 +203,7 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
         let body_matches = match serde_json::from_str::<Json>(&record.payload) {
             Ok(Json::Object(mut signed)) => {
                 signed.remove("record");
+                labels_as_objects(&mut signed);
                 signed == object
             }
             _ => false,
@@ -348,5 +377,53 @@ pub fn split_capture(bytes: &[u8]) -> Split<'_> {
         messages,
         json_only: false,
         damaged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::config::Stream;
+    use crate::ledger::Chain;
+    use crate::publish::encode::json::encode_record;
+
+    /// A payload signed by an older build (labels as `[key, value]` pairs), published by this one.
+    /// `tamper`: change a label value in the published body.
+    fn published_after_upgrade(signed_labels: &str, tamper: bool) -> Captured {
+        let old = format!(
+            r#"{{"record":"metrics","calc":"potline","ts":9,"metrics":[{{"name":"m_t","value":1.5,"unit":"t","quality":"good","ts":9,"labels":{signed_labels}}}]}}"#
+        );
+        let seal = Chain::new("s", REGULATED_CHAIN).append(&SigningKey::from_bytes(&[3; 32]), old);
+        // The spool body holds the old payload; this build decodes it and encodes its JSON form.
+        let record: Record = serde_json::from_slice(&sealed_body(&seal)).unwrap();
+        let payload = encode_record("s", Stream::Metrics, 1, &record, false);
+        assert!(
+            std::str::from_utf8(&payload)
+                .unwrap()
+                .contains(r#""labels":{"line":"potline1","period":"day"}"#)
+        );
+        let payload = if tamper {
+            String::from_utf8(payload)
+                .unwrap()
+                .replace("potline1", "potline2")
+                .into_bytes()
+        } else {
+            payload
+        };
+        read_message(&seal_json_payload(payload, &seal), false).unwrap()
+    }
+
+    #[test]
+    fn a_payload_signed_with_label_pairs_matches_its_body_with_a_labels_object() {
+        let pairs = r#"[["line","potline1"],["period","day"]]"#;
+        for (tamper, matches) in [(false, true), (true, false)] {
+            let Captured::Sealed { body_matches, .. } = published_after_upgrade(pairs, tamper)
+            else {
+                panic!("not sealed");
+            };
+            assert_eq!(body_matches, matches, "tamper {tamper}");
+        }
     }
 }

@@ -438,7 +438,11 @@ fn decode_json(topic: &str, payload: &[u8]) -> Result<Message, DecodeError> {
                     .collect(),
             })
         }
-        Stream::Metrics => Record::Metrics(MetricBatch::deserialize(&value).map_err(err)?),
+        // From the bytes, not `value`: a `serde_json::Value` object sorts its keys, and the
+        // labels object's key order is the metric's label order.
+        Stream::Metrics => {
+            Record::Metrics(serde_json::from_slice::<MetricBatch>(payload).map_err(err)?)
+        }
         Stream::Events => Record::Event(Event::deserialize(&value).map_err(err)?),
         Stream::Emissions => Record::Aggregate(Aggregate::deserialize(&value).map_err(err)?),
     };
@@ -506,7 +510,11 @@ mod tests {
                         unit: "kA".into(),
                         quality: Quality::Good,
                         ts: Timestamp(T0),
-                        labels: vec![("line".into(), "potline1".into())],
+                        // Out of key order: decoding keeps the labels object's order.
+                        labels: vec![
+                            ("period".into(), "minute".into()),
+                            ("line".into(), "potline1".into()),
+                        ],
                     }],
                 }),
             ),
