@@ -18,9 +18,10 @@
 //! ```
 //! After a synced append the next frame starts on the next 4 KiB boundary: the page the append
 //! ended in is then never written again after its fsync (a page dirtied again is written to
-//! flash again in full). The file is also kept at a fixed size, sparse, [`FILE_BYTES`] (an append
-//! beyond it extends it): on ext4 an append that extends a file also writes the page that held
-//! the old end again. Together they bring an append of a 2.2 kB batch from about 1.5 pages (no
+//! flash again in full). The file is also kept at a fixed size, [`FILE_BYTES`], its blocks
+//! allocated ahead (`posix_fallocate`; sparse where the file system cannot): on ext4 an append
+//! that extends a file also writes the page that held the old end again, and allocated blocks let
+//! appends go on when the file system fills, as SQLite's WAL reuses its own pages. Together they bring an append of a 2.2 kB batch from about 1.5 pages (no
 //! alignment), or 2 (alignment alone), to one. A reader skips a run of zero bytes to the next
 //! boundary. Replay stops at the first frame that is incomplete or fails its checksum: only the
 //! tail can be torn, since every append that returned was synced; what lies after such a frame
@@ -222,6 +223,19 @@ fn replay(bytes: &[u8]) -> Replay {
     out
 }
 
+/// Makes `file` `len` bytes long with its blocks allocated, or sparse (`set_len`) where they
+/// cannot be (a full disk, a file system without `fallocate`): the size is what keeps appends from
+/// extending the file; the allocation is what lets them go on when the disk fills.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(len) else {
+        return file.set_len(len);
+    };
+    // SAFETY: `posix_fallocate` only reads the descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off) };
+    if rc == 0 { Ok(()) } else { file.set_len(len) }
+}
+
 /// The log's path for the spool file at `spool`: `<spool>-log`, like SQLite's `-wal`.
 pub(super) fn path_for(spool: &Path) -> PathBuf {
     let mut s = spool.as_os_str().to_owned();
@@ -284,9 +298,7 @@ impl RecordLog {
             log.file.set_len(replay.end).map_err(OpenError::Io)?;
         }
         if replay.discarded_bytes > 0 || (bytes.len() as u64) < FILE_BYTES {
-            log.file
-                .set_len(FILE_BYTES.max(replay.end))
-                .map_err(OpenError::Io)?;
+            allocate(&log.file, FILE_BYTES.max(replay.end)).map_err(OpenError::Io)?;
         }
         log.end = align_up(replay.end);
         Ok((log, replay))
@@ -316,9 +328,12 @@ impl RecordLog {
             .write_all_at(frames, at)
             .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
-            // Cut what part of the frames reached the file; a failure here leaves a torn frame,
-            // which replay discards.
-            let _ = self.file.set_len(at);
+            // Zero what part of the frames reached the file (cut, then the file's size again); a
+            // failure here leaves a torn frame, which replay discards.
+            let _ = self
+                .file
+                .set_len(at)
+                .and_then(|()| allocate(&self.file, FILE_BYTES.max(at)));
             return Err(e);
         }
         let end = at + frames.len() as u64;
@@ -363,7 +378,7 @@ impl RecordLog {
     /// Empties the log (after its records were written elsewhere).
     pub(super) fn reset(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
-        self.file.set_len(FILE_BYTES)?;
+        allocate(&self.file, FILE_BYTES)?;
         self.file.write_all_at(FILE_MAGIC, 0)?;
         self.end = HEADER_LEN;
         Ok(())
