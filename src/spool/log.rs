@@ -44,7 +44,7 @@ const KIND_ATTEMPTS: u8 = 3;
 const PAGE_BYTES: u64 = 4096;
 /// The spool moves the log into SQLite and empties it once it holds this many bytes.
 pub(super) const FULL_BYTES: u64 = 8 << 20;
-/// The size the file is kept at (sparse): the full log plus the append that filled it.
+/// The size the file is kept at (see [`allocate`]): the full log plus the append that filled it.
 const FILE_BYTES: u64 = FULL_BYTES + (1 << 20);
 /// The fixed part of a record frame's payload.
 const RECORD_FIXED_LEN: usize = 8 + 1 + 8 + 8 + 4;
