@@ -414,6 +414,7 @@ fn sealed_json_and_protobuf_payloads_verify_and_a_changed_body_is_named() {
                 a.avg = Some(12.0);
                 env.encode_to_vec()
             }
+            Encoding::Hj212 => unreachable!("HJ 212 text carries no ledger seal"),
         };
         let report = verify_payloads(&payloads);
         assert!(!report.ok, "{encoding:?}");
@@ -685,6 +686,7 @@ fn a_relabelled_historical_flag_fails() {
                     env.historical = !env.historical;
                     env.encode_to_vec()
                 }
+                Encoding::Hj212 => unreachable!("HJ 212 text carries no ledger seal"),
             };
             let report = verify_payloads(&q);
             assert!(!report.ok, "{encoding:?} seq {seq}: {report}");

@@ -46,11 +46,14 @@ pub(super) struct Wiring {
 /// it. Each device a `[[calc.stacks]]` entry reads (its `device` glob) therefore takes its
 /// stack's MN too; without that, a stack's real-time data would be reported under the site's
 /// MN, as another monitoring point's. A key that names a device directly keeps working.
-pub(super) fn mn_by_subject(h: &Hj212Config, cfg: &Config) -> HashMap<String, String> {
-    let mut map: HashMap<String, String> = h.mn_by_stack.iter().cloned().collect();
+pub(super) fn mn_by_subject(
+    mn_by_stack: &[(String, String)],
+    cfg: &Config,
+) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = mn_by_stack.iter().cloned().collect();
     let stacks = cfg.calc.iter().flat_map(|c| c.stacks.iter());
     for stack in stacks {
-        let Some(mn) = h.mn_by_stack.iter().find(|(s, _)| *s == stack.name) else {
+        let Some(mn) = mn_by_stack.iter().find(|(s, _)| *s == stack.name) else {
             continue;
         };
         for source in &cfg.sources {

@@ -305,7 +305,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                     .with_context(|| format!("uplink {:?}", uplink.name))?
                     .with_completeness(live.completeness.clone())
                     .with_publish_latency(latency.clone())
-                    .with_shutdown_grace(opts.grace_period);
+                    .with_shutdown_grace(opts.grace_period)
+                    .with_hj212_mn_by_subject(
+                        mqtt.encoding.hj212.as_ref().map_or_else(HashMap::new, |h| {
+                            hj212::mn_by_subject(&h.mn_by_stack, &cfg)
+                        }),
+                    );
                 tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
                 let status = client.status();
                 let who = supervise::Supervised {
@@ -327,7 +332,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
                 let wiring = hj212::Wiring {
                     events: events_tx.clone(),
                     completeness: live.completeness.clone(),
-                    mn_by_subject: hj212::mn_by_subject(h, &cfg),
+                    mn_by_subject: hj212::mn_by_subject(&h.mn_by_stack, &cfg),
                     grace: opts.grace_period,
                     publish_latency: latency.clone(),
                 };

@@ -558,15 +558,45 @@ pub enum Encoding {
     Json,
     /// `smeltwatch.v1.Envelope` protobuf messages (`publish::encode::protobuf`).
     Protobuf,
+    /// HJ 212 text packets (`publish::encode::hj212`), for platforms that take HJ 212 over MQTT:
+    /// a poll batch as 2011 real-time data, a closed window as 2051/2061/2031. Only the `live`
+    /// and `emissions` streams have this form.
+    Hj212,
+}
+
+impl Encoding {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+            Encoding::Hj212 => "hj212",
+        }
+    }
 }
 
 /// The encoding of each stream of an uplink: one default, optionally overridden per stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct EncodingConfig {
     /// The encoding of every stream not listed in `per_stream`.
     pub default: Encoding,
     /// Per-stream overrides.
     pub per_stream: Vec<(Stream, Encoding)>,
+    /// `[uplinks.hj212]` of an MQTT uplink: the station header HJ 212 packets carry. Present
+    /// exactly when some stream of the uplink is encoded as `hj212`.
+    pub hj212: Option<Hj212Station>,
+}
+
+/// What an HJ 212 packet says about its sender: the code table, the station header (ST, PW, MN,
+/// local time offset) and the MN of each stack registered as a monitoring point of its own.
+#[derive(Debug, Clone)]
+pub struct Hj212Station {
+    /// The code table (`hj212-2017` built in, or a TOML file of another edition).
+    pub table: Arc<crate::publish::encode::hj212::Table>,
+    /// Station header: ST, PW, MN, acknowledgement flag, local time offset.
+    pub station: crate::publish::encode::hj212::Station,
+    /// MN per stack, for stacks registered as separate monitoring points.
+    pub mn_by_stack: Vec<(String, String)>,
 }
 
 impl EncodingConfig {

@@ -313,12 +313,13 @@ pub(crate) struct RawStreamEncoding {
 }
 
 impl RawEncoding {
-    /// The validated form (nothing to check beyond the shape).
+    /// The encodings per stream (the station of `hj212` is added by the uplink's validation).
     pub(crate) fn resolve(&self) -> EncodingConfig {
         match self {
             RawEncoding::One(e) => EncodingConfig {
                 default: *e,
                 per_stream: Vec::new(),
+                hj212: None,
             },
             RawEncoding::PerStream(t) => EncodingConfig {
                 default: t.default.unwrap_or_default(),
@@ -331,6 +332,7 @@ impl RawEncoding {
                 .into_iter()
                 .filter_map(|(s, e)| Some((s, e?)))
                 .collect(),
+                hj212: None,
             },
         }
     }

@@ -24,7 +24,7 @@ use super::model::{
     SerialSettings, SourceConfig, SpoolConfig, Stream, TopicTemplates, Transport, UplinkConfig,
     UplinkKind,
 };
-use super::model::{HistoryConfig, Hj212Config, LedgerConfig, Regulated};
+use super::model::{HistoryConfig, LedgerConfig, Regulated};
 use super::model::{HttpConfig, Parity, Secret, TlsSettings};
 use super::raw::RawHttp;
 use super::raw::{
@@ -32,6 +32,8 @@ use super::raw::{
     RawUplinkType,
 };
 use super::template::NamePattern;
+
+mod hj212;
 
 /// Defaults, named once so that the documentation and the code cannot drift apart.
 pub(crate) mod defaults {
@@ -1312,7 +1314,8 @@ impl Builder<'_, '_> {
             kind_name,
             &[
                 ("platform", raw.platform.is_some()),
-                ("hj212", raw.hj212.is_some()),
+                // An MQTT uplink takes `[uplinks.hj212]` for its `hj212` encoding.
+                ("hj212", raw.hj212.is_some() && kind_name == "sparkplug"),
             ],
         );
         let broker_url = raw.broker.as_deref().ok_or_else(|| {
@@ -1424,11 +1427,11 @@ impl Builder<'_, '_> {
             reconnect_min,
             reconnect_max,
             topics,
-            encoding: raw
-                .encoding
-                .as_ref()
-                .map(super::raw::RawEncoding::resolve)
-                .unwrap_or_default(),
+            encoding: if raw.kind == RawUplinkType::Sparkplug {
+                Default::default()
+            } else {
+                self.mqtt_encoding(raw, path, &streams)
+            },
             tls_settings,
             replay_rate,
         };
@@ -1701,215 +1704,6 @@ impl Builder<'_, '_> {
                 &path.key(key),
                 format!("`{key}` does not apply to an uplink of type = \"{kind}\""),
             );
-        }
-    }
-
-    /// A `type = "hj212"` uplink: the platform address and `[uplinks.hj212]`.
-    fn hj212_uplink(&mut self, raw: &RawUplink, path: &KeyPath) -> UplinkConfig {
-        use crate::publish::encode::hj212::{Station, Table};
-        self.not_for_kind(
-            path,
-            "hj212",
-            &[
-                ("broker", raw.broker.is_some()),
-                ("client_id", raw.client_id.is_some()),
-                ("username", raw.username.is_some()),
-                ("password", raw.password.is_some()),
-                ("password_file", raw.password_file.is_some()),
-                ("password_env", raw.password_env.is_some()),
-                ("keep_alive", raw.keep_alive.is_some()),
-                ("max_packet_size", raw.max_packet_size.is_some()),
-                ("max_inflight", raw.max_inflight.is_some()),
-                ("topics", raw.topics.is_some()),
-                ("encoding", raw.encoding.is_some()),
-                ("tls", raw.tls.is_some()),
-                ("replay_rate", raw.replay_rate.is_some()),
-                ("group_id", raw.group_id.is_some()),
-                ("edge_node_id", raw.edge_node_id.is_some()),
-                ("primary_host_id", raw.primary_host_id.is_some()),
-                ("device_writes", raw.device_writes.is_some()),
-            ],
-        );
-        let platform = match raw.platform.as_deref() {
-            Some(text) => match parse_host_port(text) {
-                Ok(hp) => hp,
-                Err(message) => {
-                    self.report.at(&path.key("platform"), message);
-                    HostPort {
-                        host: String::new(),
-                        port: 0,
-                    }
-                }
-            },
-            None => {
-                self.report.at(
-                    &path.key("platform"),
-                    "missing `platform`, expected the HJ 212 platform as host:port",
-                );
-                HostPort {
-                    host: String::new(),
-                    port: 0,
-                }
-            }
-        };
-        let streams = self.streams(raw.streams.as_ref(), path, &[Stream::Emissions]);
-        let spool = self.spool(raw.spool.as_ref(), path);
-        let at = path.key("hj212");
-        let Some(h) = &raw.hj212 else {
-            self.report.at(
-                &at,
-                "missing [uplinks.hj212], expected at least `mn` and `pw` (the station's MN and access password)",
-            );
-            return UplinkConfig {
-                name: raw.name.clone(),
-                kind: UplinkKind::Hj212(Hj212Config {
-                    platform,
-                    table: Arc::new(Table::hj212_2017()),
-                    station: Station {
-                        st: defaults::HJ212_ST,
-                        pw: String::new(),
-                        mn: String::new(),
-                        ack: true,
-                        utc_offset_min: defaults::HJ212_UTC_OFFSET_HOURS * 60,
-                    },
-                    mn_by_stack: Vec::new(),
-                    over_time: defaults::HJ212_OVER_TIME,
-                    re_count: defaults::HJ212_RE_COUNT,
-                    reconnect_min: defaults::HJ212_RECONNECT_MIN,
-                    reconnect_max: defaults::HJ212_RECONNECT_MAX,
-                    max_wait: defaults::HJ212_MAX_WAIT,
-                }),
-                streams,
-                spool,
-            };
-        };
-        let table_name = h.table.as_deref().unwrap_or(defaults::HJ212_TABLE);
-        let table = if table_name == defaults::HJ212_TABLE {
-            Table::hj212_2017()
-        } else {
-            let file = self.resolve(Path::new(table_name));
-            let loaded = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read `{}`: {e}", file.display()))
-                .and_then(|text| {
-                    Table::from_toml(&text).map_err(|e| {
-                        format!("`{}` is not an HJ 212 code table: {e}", file.display())
-                    })
-                });
-            match loaded {
-                Ok(t) => t,
-                Err(message) => {
-                    self.report.at(
-                        &at.key("table"),
-                        format!(
-                            "{message}; expected `{}` (built in) or the path of a code table file",
-                            defaults::HJ212_TABLE
-                        ),
-                    );
-                    Table::hj212_2017()
-                }
-            }
-        };
-        let st = h.st.unwrap_or(i64::from(defaults::HJ212_ST));
-        if !table.systems.keys().any(|&code| i64::from(code) == st) {
-            self.report.at(
-                &at.key("st"),
-                format!(
-                    "st = {st} is not a system code of {}, expected one of {}",
-                    table.name,
-                    table
-                        .systems
-                        .keys()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-        }
-        let plain = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b'=' | b'&' | b','))
-        };
-        if h.pw.len() != table.limits.pw_len || !plain(&h.pw) {
-            self.report.at(
-                &at.key("pw"),
-                format!(
-                    "pw must be {} printable ASCII characters without `;`, `=`, `&` or `,`",
-                    table.limits.pw_len
-                ),
-            );
-        }
-        let check_mn = |b: &mut Self, key: &KeyPath, mn: &str| {
-            if mn.is_empty() || mn.len() > table.limits.mn_len || !plain(mn) {
-                b.report.at(
-                    key,
-                    format!(
-                        "MN `{mn}` must be 1 to {} printable ASCII characters without `;`, `=`, `&` or `,`",
-                        table.limits.mn_len
-                    ),
-                );
-            }
-        };
-        check_mn(self, &at.key("mn"), &h.mn);
-        for (stack, mn) in &h.mn_by_stack {
-            check_mn(self, &at.key("mn_by_stack").key(stack), mn);
-        }
-        let utc_offset_hours = h
-            .utc_offset_hours
-            .unwrap_or(defaults::HJ212_UTC_OFFSET_HOURS);
-        if !(-12..=14).contains(&utc_offset_hours) {
-            self.report.at(
-                &at.key("utc_offset_hours"),
-                format!("utc_offset_hours = {utc_offset_hours} is out of range, expected -12..=14"),
-            );
-        }
-        let over_time = self.positive(&at, "over_time", h.over_time, defaults::HJ212_OVER_TIME);
-        let reconnect_min = self.positive(
-            path,
-            "reconnect_min",
-            raw.reconnect_min,
-            defaults::HJ212_RECONNECT_MIN,
-        );
-        let reconnect_max = self.positive(
-            path,
-            "reconnect_max",
-            raw.reconnect_max,
-            defaults::HJ212_RECONNECT_MAX,
-        );
-        if reconnect_min > reconnect_max {
-            self.report.at(
-                &path.key("reconnect_min"),
-                format!(
-                    "reconnect_min ({}) is greater than reconnect_max ({})",
-                    humantime::format_duration(reconnect_min),
-                    humantime::format_duration(reconnect_max)
-                ),
-            );
-        }
-        UplinkConfig {
-            name: raw.name.clone(),
-            kind: UplinkKind::Hj212(Hj212Config {
-                platform,
-                station: Station {
-                    st: u16::try_from(st).unwrap_or(0),
-                    pw: h.pw.clone(),
-                    mn: h.mn.clone(),
-                    ack: h.ack.unwrap_or(true),
-                    utc_offset_min: utc_offset_hours * 60,
-                },
-                table: Arc::new(table),
-                mn_by_stack: h
-                    .mn_by_stack
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                over_time,
-                re_count: h.re_count.unwrap_or(defaults::HJ212_RE_COUNT),
-                reconnect_min,
-                reconnect_max,
-                max_wait: self.positive(&at, "max_wait", h.max_wait, defaults::HJ212_MAX_WAIT),
-            }),
-            streams,
-            spool,
         }
     }
 }

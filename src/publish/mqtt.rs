@@ -117,6 +117,7 @@ use tokio_util::sync::CancellationToken;
 use crate::completeness::{self, Completeness, Tally};
 use crate::config::{Encoding, MqttConfig, Stream, UplinkConfig, UplinkKind};
 use crate::model::{Event as ModelEvent, EventPhase, Record, Timestamp, Value};
+use crate::publish::encode::hj212_message::Hj212Messages;
 use crate::publish::encode::json;
 use crate::publish::tls::{self, TlsError};
 use crate::publish::topic::{self, TopicError};
@@ -325,6 +326,8 @@ pub struct MqttUplink {
     publish_latency: Arc<crate::histogram::Histogram>,
     /// Blamed connections before a record is set aside.
     dead_letter_after: u32,
+    /// `encoding = "hj212"`: the MN of each stack and of each device that measures one.
+    hj212_mn_by_subject: HashMap<String, String>,
 }
 
 impl fmt::Debug for MqttUplink {
@@ -360,6 +363,7 @@ impl MqttUplink {
             completeness: None,
             publish_latency: Arc::default(),
             dead_letter_after: DEFAULT_DEAD_LETTER_AFTER,
+            hj212_mn_by_subject: HashMap::new(),
         })
     }
 
@@ -416,7 +420,24 @@ impl MqttUplink {
         if cfg.max_packet_size < 1024 {
             return Err(invalid("max_packet_size must be at least 1024 bytes"));
         }
+        let hj212 = uplink
+            .streams
+            .iter()
+            .any(|s| cfg.encoding.for_stream(*s) == Encoding::Hj212);
+        if hj212 && cfg.encoding.hj212.is_none() {
+            return Err(invalid(
+                "encoding = \"hj212\" needs the station header of [uplinks.hj212]",
+            ));
+        }
         Ok((cfg, tls))
+    }
+
+    /// With `encoding = "hj212"`: the MN each stack's data and each measuring device's real-time
+    /// data goes out under (`[uplinks.hj212] mn_by_stack` extended to the stacks' devices); the
+    /// site's `mn` for anything else.
+    pub fn with_hj212_mn_by_subject(mut self, mn_by_subject: HashMap<String, String>) -> Self {
+        self.hj212_mn_by_subject = mn_by_subject;
+        self
     }
 
     /// Count the values of every record the broker acknowledged (PUBACK, then the spool ack) as
@@ -851,6 +872,11 @@ struct Sender<'a> {
     lost_head: HashMap<u64, (u64, i64)>,
     /// Records to move to the dead-letter table with the next flush, with their reason.
     to_dead: Vec<(i64, String)>,
+    /// `encoding = "hj212"` on some stream: the messages' encoder.
+    hj212: Option<Hj212Messages>,
+    /// The records that went out in the message of another (the first of a window's aggregates,
+    /// with `hj212`), by that record's id: its PUBACK, loss or dead letter is theirs too.
+    riders: HashMap<i64, Vec<i64>>,
 }
 
 impl<'a> Sender<'a> {
@@ -882,6 +908,13 @@ impl<'a> Sender<'a> {
             attempts: HashMap::new(),
             lost_head: HashMap::new(),
             to_dead: Vec::new(),
+            hj212: uplink
+                .cfg
+                .encoding
+                .hj212
+                .as_ref()
+                .map(|h| Hj212Messages::new(h, uplink.hj212_mn_by_subject.clone())),
+            riders: HashMap::new(),
         }
     }
 
@@ -1087,12 +1120,20 @@ impl<'a> Sender<'a> {
                 // A PUBACK from any generation means the broker has the record.
                 self.tracked.insert(id, Tracked::Acked);
                 self.queue_ack(id);
+                for rider in self.riders.remove(&id).unwrap_or_default() {
+                    self.tracked.insert(rider, Tracked::Acked);
+                    self.queue_ack(rider);
+                }
             }
             (Ok(()), _) => {}
             (Err(reason), Some(Tracked::InFlight(latest))) if latest == generation => {
                 tracing::debug!(uplink = %self.uplink.name, id, "publish not acknowledged: {reason}");
                 self.tracked.remove(&id);
                 self.note_lost(id, generation);
+                // Sent again with it (the rewind below reads them again), unless set aside with it.
+                for rider in self.riders.remove(&id).unwrap_or_default() {
+                    self.tracked.remove(&rider);
+                }
                 if self.ack_deadline.is_none() {
                     self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
                 }
@@ -1154,6 +1195,10 @@ impl<'a> Sender<'a> {
 
     /// Never send `id` again on this run; move it to the dead-letter table with the next flush.
     fn set_aside(&mut self, id: i64, reason: String) {
+        for rider in self.riders.remove(&id).unwrap_or_default() {
+            self.tracked.insert(rider, Tracked::Acked);
+            self.to_dead.push((rider, reason.clone()));
+        }
         self.tracked.insert(id, Tracked::Acked);
         self.to_dead.push((id, reason));
         if self.ack_deadline.is_none() {
@@ -1343,7 +1388,8 @@ impl<'a> Sender<'a> {
         let mut stopped_early = false;
         let mut lane_done = false;
         let mut sent = 0usize;
-        for (record, decoded) in records {
+        let mut records = records.into_iter().peekable();
+        while let Some((record, decoded)) = records.next() {
             if lane == Lane::Backlog && record.id > self.boundary {
                 lane_done = true;
                 break;
@@ -1363,9 +1409,28 @@ impl<'a> Sender<'a> {
                 stopped_early = true;
                 break;
             }
-            match self.publish(&conn, &record, decoded).await {
+            let outcome = if self.hj212.is_some()
+                && self.uplink.cfg.encoding.for_stream(record.stream) == Encoding::Hj212
+            {
+                let bound = (lane == Lane::Backlog).then_some(self.boundary);
+                let group = self.hj212_group(record, decoded, &mut records, bound);
+                let last = group.last().map(|(r, _)| r.id);
+                let outcome = self.publish_hj212(&conn, group).await;
+                if !matches!(outcome, Sent::Failed) {
+                    cursor = last.unwrap_or(cursor);
+                }
+                outcome
+            } else {
+                let id = record.id;
+                let outcome = self.publish(&conn, &record, decoded).await;
+                if !matches!(outcome, Sent::Failed) {
+                    cursor = id;
+                }
+                outcome
+            };
+            match outcome {
                 Sent::Published => sent += 1,
-                Sent::Rejected => {}
+                Sent::Rejected | Sent::Nothing => {}
                 Sent::Failed => {
                     // The connection is going away; wait for the driver to hand over a new one.
                     self.conn = None;
@@ -1373,7 +1438,6 @@ impl<'a> Sender<'a> {
                     break;
                 }
             }
-            cursor = record.id;
         }
         let more = !lane_done && (stopped_early || !exhausted);
         self.set_lane(lane, cursor, more);
@@ -1515,15 +1579,7 @@ impl<'a> Sender<'a> {
         {
             Ok(notice) => {
                 let (id, generation) = (record.id, conn.generation);
-                self.tracked.insert(id, Tracked::InFlight(generation));
-                self.publish_count += 1;
-                self.publish_no.insert(id, self.publish_count);
-                let known = self.attempts.entry(id).or_insert(0);
-                *known = (*known).max(record.attempts);
-                if let Some(t) = tally {
-                    self.tallies.insert(id, t);
-                }
-                self.acquired.insert(id, acquired);
+                self.track(record, generation, tally, acquired);
                 self.waiters.spawn(async move {
                     let result = notice
                         .wait_async()
@@ -1539,6 +1595,164 @@ impl<'a> Sender<'a> {
                 Sent::Failed
             }
         }
+    }
+
+    /// Note `record` as published in `generation`, for its PUBACK.
+    fn track(
+        &mut self,
+        record: &StoredRecord,
+        generation: u64,
+        tally: Option<Tally>,
+        acquired: Timestamp,
+    ) {
+        let id = record.id;
+        self.tracked.insert(id, Tracked::InFlight(generation));
+        self.publish_count += 1;
+        self.publish_no.insert(id, self.publish_count);
+        let known = self.attempts.entry(id).or_insert(0);
+        *known = (*known).max(record.attempts);
+        if let Some(t) = tally {
+            self.tallies.insert(id, t);
+        }
+        self.acquired.insert(id, acquired);
+    }
+
+    /// The records that make one HJ 212 message, starting with `first`: a window's aggregates
+    /// are appended one after another, so the next records of `rest` that belong to the same
+    /// window join it (up to `bound`, the backlog's end, and not those already published). A
+    /// record whose body cannot be decoded goes alone, as `None`.
+    fn hj212_group<I>(
+        &self,
+        first: StoredRecord,
+        decoded: Option<Decoded>,
+        rest: &mut std::iter::Peekable<I>,
+        bound: Option<i64>,
+    ) -> Vec<(StoredRecord, Option<Record>)>
+    where
+        I: Iterator<Item = (StoredRecord, Option<Decoded>)>,
+    {
+        let decode = |r: &StoredRecord, d: Option<&Decoded>| -> Option<Record> {
+            match d.and_then(|d| d.downcast_ref::<Record>()) {
+                Some(record) if crate::ledger::capture::seal_of(&r.body).is_none() => {
+                    Some(record.clone())
+                }
+                _ => crate::publish::body::decode(&r.body).ok(),
+            }
+        };
+        let head = decode(&first, decoded.as_ref());
+        let window = head.as_ref().and_then(Hj212Messages::window_of);
+        let mut group = vec![(first, head)];
+        let Some(window) = window else {
+            return group;
+        };
+        while let Some((next, next_decoded)) = rest.peek() {
+            let joins = next.stream == group[0].0.stream
+                && bound.is_none_or(|b| next.id <= b)
+                && !self.tracked.contains_key(&next.id);
+            let record = joins.then(|| decode(next, next_decoded.as_ref())).flatten();
+            match record {
+                Some(r) if Hj212Messages::window_of(&r).as_ref() == Some(&window) => {
+                    let (next, _) = rest.next().expect("peeked");
+                    group.push((next, Some(r)));
+                }
+                _ => break,
+            }
+        }
+        group
+    }
+
+    /// Publish the HJ 212 message of `group` (see [`Sender::hj212_group`]): its first record is
+    /// tracked, the others ride with it.
+    async fn publish_hj212(
+        &mut self,
+        conn: &Conn,
+        group: Vec<(StoredRecord, Option<Record>)>,
+    ) -> Sent {
+        let u = self.uplink;
+        let ids: Vec<i64> = group.iter().map(|(r, _)| r.id).collect();
+        let (leader, leader_record) = &group[0];
+        let Some(leader_record) = leader_record else {
+            tracing::warn!(
+                uplink = %u.name, id = leader.id, stream = leader.stream.as_str(), seq = leader.seq,
+                "dropping a spooled record that cannot be decoded"
+            );
+            u.update(|s| s.rejected_total += 1);
+            self.tracked.insert(leader.id, Tracked::Acked);
+            self.queue_ack(leader.id);
+            return Sent::Rejected;
+        };
+        let records: Vec<&Record> = group.iter().filter_map(|(_, r)| r.as_ref()).collect();
+        let encoded = match self.hj212.as_mut() {
+            Some(messages) => messages.encode(Timestamp::now(), &records),
+            None => Ok(Vec::new()),
+        };
+        let payload = match encoded {
+            Ok(payload) => payload,
+            Err(e) => {
+                for id in ids {
+                    self.set_aside(id, format!("it has no HJ 212 packet: {e}"));
+                }
+                return Sent::Rejected;
+            }
+        };
+        if payload.is_empty() {
+            for id in ids {
+                self.tracked.insert(id, Tracked::Acked);
+                self.queue_ack(id);
+            }
+            return Sent::Nothing;
+        }
+        let topic = if leader.topic.is_empty() {
+            topic::topic_for(&u.cfg.topics, &u.site, leader_record)
+        } else {
+            leader.topic.clone()
+        };
+        let size = publish_packet_size(topic.len(), payload.len());
+        if size > u.cfg.max_packet_size {
+            let reason = format!(
+                "its PUBLISH packet of {size} bytes is larger than max_packet_size ({})",
+                u.cfg.max_packet_size
+            );
+            for id in ids {
+                self.set_aside(id, reason.clone());
+            }
+            return Sent::Rejected;
+        }
+        let notice = conn
+            .client
+            .publish_tracked(topic, payload, PublishOptions::new(QoS::AtLeastOnce))
+            .await;
+        let notice = match notice {
+            Ok(notice) => notice,
+            Err(e) => {
+                tracing::debug!(uplink = %u.name, "publish not queued: {e}");
+                return Sent::Failed;
+            }
+        };
+        let generation = conn.generation;
+        for (record, decoded) in &group {
+            let tally = decoded.as_ref().and_then(|d| {
+                u.completeness
+                    .is_some()
+                    .then(|| completeness::tally(d))
+                    .flatten()
+            });
+            let acquired = decoded.as_ref().map_or(record.created, |d| {
+                crate::histogram::acquired_at(d, record.created)
+            });
+            self.track(record, generation, tally, acquired);
+        }
+        let id = ids[0];
+        self.riders.insert(id, ids[1..].to_vec());
+        self.waiters.spawn(async move {
+            let result = notice
+                .wait_async()
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string());
+            (id, generation, result)
+        });
+        Sent::Published
     }
 
     fn publish_status(&mut self) {
@@ -1684,6 +1898,8 @@ fn publish_packet_size(topic: usize, payload: usize) -> usize {
 enum Sent {
     Published,
     Rejected,
+    /// Nothing to publish (a record with no HJ 212 form): acked at once, not delivered.
+    Nothing,
     Failed,
 }
 
@@ -1875,6 +2091,7 @@ mod tests {
                 encoding: crate::config::EncodingConfig {
                     default: encoding,
                     per_stream: Vec::new(),
+                    hj212: None,
                 },
                 tls_settings: Default::default(),
                 replay_rate: 100,

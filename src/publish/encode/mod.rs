@@ -6,6 +6,7 @@
 //! that consumers can drop duplicates (delivery is at-least-once) and spot gaps.
 
 pub mod hj212;
+pub mod hj212_message;
 pub mod json;
 pub mod protobuf;
 pub mod sparkplug;
@@ -24,7 +25,12 @@ pub fn encode_record(
     historical: bool,
 ) -> Vec<u8> {
     match encoding {
-        Encoding::Json => json::encode_record(site, stream, seq, record, historical),
+        // HJ 212 text needs a station header and makes one message of a window's records: the
+        // MQTT uplink encodes it with `hj212_message` before reaching here. A caller without a
+        // station gets the self-describing JSON form, never a packet with an empty header.
+        Encoding::Json | Encoding::Hj212 => {
+            json::encode_record(site, stream, seq, record, historical)
+        }
         Encoding::Protobuf => protobuf::encode_record(site, stream, seq, record, historical),
     }
 }
@@ -46,7 +52,7 @@ pub fn encode_sealed(
     // The seal goes out with the signature of the label the record is sent with.
     let seal = &seal.delivered(historical);
     match encoding {
-        Encoding::Json => crate::ledger::capture::seal_json_payload(
+        Encoding::Json | Encoding::Hj212 => crate::ledger::capture::seal_json_payload(
             json::encode_record(site, stream, seq, record, historical),
             seal,
         ),
