@@ -600,28 +600,11 @@ impl Builder<'_, '_> {
             Some(Transport::Rtu(serial)) => rtu_gap(serial),
         };
         let timeout = self.positive(path, "timeout", raw.timeout, defaults::TIMEOUT);
-        let reconnect_min = self.positive(
+        let (reconnect_min, reconnect_max) = self.reconnect_range(
             path,
-            "reconnect_min",
-            raw.reconnect_min,
-            defaults::RECONNECT_MIN,
+            (raw.reconnect_min, raw.reconnect_max),
+            (defaults::RECONNECT_MIN, defaults::RECONNECT_MAX),
         );
-        let reconnect_max = self.positive(
-            path,
-            "reconnect_max",
-            raw.reconnect_max,
-            defaults::RECONNECT_MAX,
-        );
-        if reconnect_min > reconnect_max {
-            self.report.at(
-                &path.key("reconnect_min"),
-                format!(
-                    "reconnect_min ({}) is greater than reconnect_max ({})",
-                    humantime::format_duration(reconnect_min),
-                    humantime::format_duration(reconnect_max)
-                ),
-            );
-        }
         let breaker_failures = raw.breaker_failures.unwrap_or(defaults::BREAKER_FAILURES);
         if breaker_failures == 0 {
             self.report.at(
@@ -833,6 +816,29 @@ impl Builder<'_, '_> {
                 .at(&path.key(key), format!("{key} must be greater than zero"));
         }
         value
+    }
+
+    /// `reconnect_min` and `reconnect_max` of a source or an uplink: each positive, the first
+    /// not above the second.
+    fn reconnect_range(
+        &mut self,
+        path: &KeyPath,
+        (min, max): (Option<Duration>, Option<Duration>),
+        (default_min, default_max): (Duration, Duration),
+    ) -> (Duration, Duration) {
+        let min = self.positive(path, "reconnect_min", min, default_min);
+        let max = self.positive(path, "reconnect_max", max, default_max);
+        if min > max {
+            self.report.at(
+                &path.key("reconnect_min"),
+                format!(
+                    "reconnect_min ({}) is greater than reconnect_max ({})",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+        (min, max)
     }
 
     fn max_registers(&mut self, path: &KeyPath, value: Option<u32>) -> Option<u16> {
@@ -1373,28 +1379,11 @@ impl Builder<'_, '_> {
                 format!("max_inflight = {max_inflight} is out of range, expected 1..=65535"),
             );
         }
-        let reconnect_min = self.positive(
+        let (reconnect_min, reconnect_max) = self.reconnect_range(
             path,
-            "reconnect_min",
-            raw.reconnect_min,
-            defaults::MQTT_RECONNECT_MIN,
+            (raw.reconnect_min, raw.reconnect_max),
+            (defaults::MQTT_RECONNECT_MIN, defaults::MQTT_RECONNECT_MAX),
         );
-        let reconnect_max = self.positive(
-            path,
-            "reconnect_max",
-            raw.reconnect_max,
-            defaults::MQTT_RECONNECT_MAX,
-        );
-        if reconnect_min > reconnect_max {
-            self.report.at(
-                &path.key("reconnect_min"),
-                format!(
-                    "reconnect_min ({}) is greater than reconnect_max ({})",
-                    humantime::format_duration(reconnect_min),
-                    humantime::format_duration(reconnect_max)
-                ),
-            );
-        }
         let streams = self.streams(
             raw.streams.as_ref(),
             path,

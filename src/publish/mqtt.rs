@@ -1580,14 +1580,7 @@ impl<'a> Sender<'a> {
             Ok(notice) => {
                 let (id, generation) = (record.id, conn.generation);
                 self.track(record, generation, tally, acquired);
-                self.waiters.spawn(async move {
-                    let result = notice
-                        .wait_async()
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string());
-                    (id, generation, result)
-                });
+                self.await_puback(id, generation, notice);
                 Sent::Published
             }
             Err(e) => {
@@ -1744,6 +1737,12 @@ impl<'a> Sender<'a> {
         }
         let id = ids[0];
         self.riders.insert(id, ids[1..].to_vec());
+        self.await_puback(id, generation, notice);
+        Sent::Published
+    }
+
+    /// Wait for the PUBACK of `id`'s publish in `generation` (see [`Sender::on_notice`]).
+    fn await_puback(&mut self, id: i64, generation: u64, notice: rumqttc::PublishNotice) {
         self.waiters.spawn(async move {
             let result = notice
                 .wait_async()
@@ -1752,7 +1751,6 @@ impl<'a> Sender<'a> {
                 .map_err(|e| e.to_string());
             (id, generation, result)
         });
-        Sent::Published
     }
 
     fn publish_status(&mut self) {

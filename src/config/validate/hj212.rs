@@ -64,28 +64,11 @@ impl Builder<'_, '_> {
                 (unnamed_station(), None)
             }
         };
-        let reconnect_min = self.positive(
+        let (reconnect_min, reconnect_max) = self.reconnect_range(
             path,
-            "reconnect_min",
-            raw.reconnect_min,
-            defaults::HJ212_RECONNECT_MIN,
+            (raw.reconnect_min, raw.reconnect_max),
+            (defaults::HJ212_RECONNECT_MIN, defaults::HJ212_RECONNECT_MAX),
         );
-        let reconnect_max = self.positive(
-            path,
-            "reconnect_max",
-            raw.reconnect_max,
-            defaults::HJ212_RECONNECT_MAX,
-        );
-        if reconnect_min > reconnect_max {
-            self.report.at(
-                &path.key("reconnect_min"),
-                format!(
-                    "reconnect_min ({}) is greater than reconnect_max ({})",
-                    humantime::format_duration(reconnect_min),
-                    humantime::format_duration(reconnect_max)
-                ),
-            );
-        }
         let over_time = h.and_then(|h| h.over_time);
         let max_wait = h.and_then(|h| h.max_wait);
         UplinkConfig {
