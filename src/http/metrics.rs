@@ -6,8 +6,11 @@
 //! facade under [`metrics::with_local_recorder`], renders it and drops it. That keeps the project's
 //! metrics crates (and their escaping of label values), installs no global recorder (tests run many
 //! servers in one process), and never shows a series that no longer exists (a point whose value
-//! turned `null`, a quality that changed). The cost, a few allocations per series, is fine for a few
-//! thousand points scraped every 15 s.
+//! turned `null`, a quality that changed). The families with a series per point or per computed
+//! metric are written straight into the text instead ([`render_points`]): through the recorder
+//! each series cost a few allocations, hashing and sorting, about 10 µs, which for 2,000 points was
+//! a 23 ms scrape, half again the agent's whole pipeline cost at a 15 s scrape interval
+//! (`benches/metrics.rs`, docs/PERFORMANCE.md).
 //!
 //! # Families
 //! | name | type | labels |
@@ -85,7 +88,127 @@ pub fn render(snap: &Snapshot) -> String {
     metrics::with_local_recorder(&recorder, || record(snap));
     let mut out = handle.render();
     render_histograms(&mut out, snap);
+    render_points(&mut out, snap);
     out
+}
+
+/// The per-point and per-metric families, written directly (see the module docs): one family's
+/// series together, as the text format requires, each with its `# HELP` and `# TYPE`.
+fn render_points(out: &mut String, snap: &Snapshot) {
+    use std::fmt::Write as _;
+    let numbers: Vec<(&super::snapshot::PointView, f64)> = snap
+        .points
+        .iter()
+        .filter_map(|p| match &p.value {
+            Some(Value::Text(_)) | None => None,
+            Some(v) => v.as_f64().filter(|f| f.is_finite()).map(|f| (p, f)),
+        })
+        .collect();
+    family(
+        out,
+        "smeltwatch_point_value",
+        "Latest numeric value of a point, in its unit.",
+        numbers.iter().map(|(p, v)| {
+            let labels = [
+                ("device", &*p.device),
+                ("point", &*p.point),
+                ("unit", &*p.unit),
+            ];
+            (labels, *v)
+        }),
+    );
+    family(
+        out,
+        "smeltwatch_point_quality",
+        "1, labelled with the quality of the point's latest reading.",
+        snap.points.iter().map(|p| {
+            let labels = [
+                ("device", &*p.device),
+                ("point", &*p.point),
+                ("quality", p.quality.as_str()),
+            ];
+            (labels, 1.0)
+        }),
+    );
+    family(
+        out,
+        "smeltwatch_point_timestamp_seconds",
+        "Acquisition time of the point's latest reading, Unix seconds.",
+        snap.points.iter().map(|p| {
+            let labels = [("device", &*p.device), ("point", &*p.point)];
+            (labels, p.ts_ms as f64 / 1000.0)
+        }),
+    );
+    let values: Vec<_> = snap.metrics.iter().filter(|m| m.value.is_some()).collect();
+    if values.is_empty() {
+        return;
+    }
+    let name = "smeltwatch_calc_value";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latest value of a computed metric (kWh/t, AEM, mass flows...)."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for m in values {
+        out.push_str(name);
+        let own: Vec<(String, &str)> = m
+            .labels
+            .iter()
+            .map(|(k, v)| (label_name(k), &**v))
+            .collect();
+        let fixed = [("calc", &*m.calc), ("metric", &*m.name), ("unit", &*m.unit)];
+        let all = fixed
+            .iter()
+            .copied()
+            .chain(own.iter().map(|(k, v)| (k.as_str(), *v)));
+        write_labels(out, all);
+        let _ = writeln!(out, " {}", m.value.unwrap_or_default());
+    }
+    out.push('\n');
+}
+
+/// One gauge family of `series` (labels, value); nothing when there is no series.
+fn family<'a, const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = ([(&'a str, &'a str); N], f64)>,
+) {
+    use std::fmt::Write as _;
+    let mut series = series.peekable();
+    if series.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, value) in series {
+        out.push_str(name);
+        write_labels(out, labels.into_iter());
+        let _ = writeln!(out, " {value}");
+    }
+    out.push('\n');
+}
+
+/// `{k="v",…}` with each value escaped for the text format (backslash, double quote, line feed).
+fn write_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, &'a str)>) {
+    out.push('{');
+    for (i, (k, v)) in labels.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
 }
 
 fn render_histograms(out: &mut String, snap: &Snapshot) {
@@ -336,38 +459,6 @@ fn record(snap: &Snapshot) {
         }
     }
 
-    for p in &snap.points {
-        let number = match &p.value {
-            Some(Value::Text(_)) | None => None,
-            Some(v) => v.as_f64().filter(|f| f.is_finite()),
-        };
-        if let Some(v) = number {
-            gauge!(
-                "smeltwatch_point_value",
-                labels(&[
-                    ("device", &p.device),
-                    ("point", &p.point),
-                    ("unit", &p.unit)
-                ])
-            )
-            .set(v);
-        }
-        gauge!(
-            "smeltwatch_point_quality",
-            labels(&[
-                ("device", &p.device),
-                ("point", &p.point),
-                ("quality", p.quality.as_str())
-            ])
-        )
-        .set(1.0);
-        gauge!(
-            "smeltwatch_point_timestamp_seconds",
-            labels(&[("device", &p.device), ("point", &p.point)])
-        )
-        .set(p.ts_ms as f64 / 1000.0);
-    }
-
     for l in &snap.stack_limits {
         gauge!(
             "smeltwatch_stack_limit_mg_m3",
@@ -378,15 +469,6 @@ fn record(snap: &Snapshot) {
             ])
         )
         .set(l.limit_mg_m3);
-    }
-
-    for m in &snap.metrics {
-        let Some(v) = m.value else { continue };
-        let mut l = labels(&[("calc", &m.calc), ("metric", &m.name), ("unit", &m.unit)]);
-        for (k, val) in &m.labels {
-            l.push(Label::new(label_name(k), val.to_string()));
-        }
-        gauge!("smeltwatch_calc_value", l).set(v);
     }
 
     for e in &snap.event_counts {
@@ -498,24 +580,8 @@ fn describe() {
         "Records the spool dropped since the agent started, by reason (budget, disk_full, max_age)."
     );
     describe_gauge!(
-        "smeltwatch_point_value",
-        "Latest numeric value of a point, in its unit."
-    );
-    describe_gauge!(
-        "smeltwatch_point_quality",
-        "1, labelled with the quality of the point's latest reading."
-    );
-    describe_gauge!(
-        "smeltwatch_point_timestamp_seconds",
-        "Acquisition time of the point's latest reading, Unix seconds."
-    );
-    describe_gauge!(
         "smeltwatch_stack_limit_mg_m3",
         "Concentration limit of a stack's pollutant (the coefficient table's limit class), mg/m3."
-    );
-    describe_gauge!(
-        "smeltwatch_calc_value",
-        "Latest value of a computed metric (kWh/t, AEM, mass flows...)."
     );
     describe_counter!(
         "smeltwatch_events_total",
@@ -567,6 +633,109 @@ mod tests {
         ] {
             assert!(!text.contains(gone), "{gone} still rendered");
         }
+    }
+
+    /// The per-point and per-metric families, written by hand, carry exactly the samples the
+    /// `metrics` exporter renders for them (escaping included).
+    #[test]
+    fn points_and_calc_values_render_as_the_exporter_would() {
+        use crate::http::snapshot::{MetricView, PointView};
+        use crate::model::Quality;
+        let mut snap = crate::http::snapshot::tests::snap();
+        let point = |device: &str, point: &str, value: Option<Value>, unit: &str| PointView {
+            device: device.into(),
+            point: point.into(),
+            value,
+            unit: unit.into(),
+            quality: Quality::Stale,
+            ts_ms: 1_740_787_200_123,
+        };
+        snap.points = vec![
+            point("pot_001", "cell_voltage_v", Some(Value::Float(4.125)), "V"),
+            point("pot_001", "flow", Some(Value::Int(-3)), "m³/h"),
+            point(
+                "stack \"a\" \\ b\nc",
+                "note",
+                Some(Value::Text("x".into())),
+                "-",
+            ),
+            point("pot_001", "level", Some(Value::Float(0.5)), "a\\b\nc\"d\""),
+            point("pot_002", "nan", Some(Value::Float(f64::NAN)), "V"),
+            point("pot_002", "none", None, "V"),
+        ];
+        snap.metrics = vec![MetricView {
+            calc: "potline".into(),
+            name: "dc_energy_kwh_per_t".into(),
+            value: Some(13_120.5),
+            unit: "kWh/t".into(),
+            quality: Quality::Good,
+            ts_ms: 0,
+            labels: [
+                ("line".into(), "potline1".into()),
+                ("unit".into(), "x".into()),
+            ]
+            .into(),
+        }];
+        let by_exporter = {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::with_local_recorder(&recorder, || {
+                for p in &snap.points {
+                    let number = p
+                        .value
+                        .as_ref()
+                        .and_then(Value::as_f64)
+                        .filter(|f| f.is_finite());
+                    if let (Some(v), false) = (number, matches!(p.value, Some(Value::Text(_)))) {
+                        let l = labels(&[
+                            ("device", &p.device),
+                            ("point", &p.point),
+                            ("unit", &p.unit),
+                        ]);
+                        gauge!("smeltwatch_point_value", l).set(v);
+                    }
+                    let l = labels(&[
+                        ("device", &p.device),
+                        ("point", &p.point),
+                        ("quality", p.quality.as_str()),
+                    ]);
+                    gauge!("smeltwatch_point_quality", l).set(1.0);
+                    let l = labels(&[("device", &p.device), ("point", &p.point)]);
+                    gauge!("smeltwatch_point_timestamp_seconds", l).set(p.ts_ms as f64 / 1000.0);
+                }
+                for m in &snap.metrics {
+                    let mut l =
+                        labels(&[("calc", &m.calc), ("metric", &m.name), ("unit", &m.unit)]);
+                    for (k, v) in &m.labels {
+                        l.push(Label::new(label_name(k), v.to_string()));
+                    }
+                    gauge!("smeltwatch_calc_value", l).set(m.value.unwrap_or_default());
+                }
+            });
+            handle.render()
+        };
+        let samples = |text: &str| {
+            let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+                .expect("valid text format");
+            let mut out: Vec<String> = scrape
+                .samples
+                .into_iter()
+                .filter(|s| {
+                    s.metric.starts_with("smeltwatch_point") || s.metric == "smeltwatch_calc_value"
+                })
+                .map(|s| {
+                    let mut l: Vec<_> =
+                        s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                    l.sort();
+                    format!("{} {} {:?}", s.metric, l.join(","), s.value)
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        let ours = render(&snap);
+        assert_eq!(samples(&ours), samples(&by_exporter), "{ours}");
+        assert_eq!(samples(&ours).len(), 3 + 6 + 6 + 1, "{ours}");
     }
 
     #[test]
