@@ -50,15 +50,15 @@ const READINGS_CHANNEL: usize = 4096;
 /// How often the calculators are asked to close windows whose data stopped.
 const CALC_FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Largest number of batches appended to the spools in one transaction. The spool serves one
-/// command at a time, so an uplink's read waits for the append in progress: at 1,000 batches of
-/// 13 kB a second, bursts of 512 made transactions of about 45 ms that held fresh data back from
-/// the uplink (latency p50 about 85 ms; with 32 about 60 ms, at the same CPU, and 16 MB less RSS).
+/// command at a time, so an uplink's read waits for the append in progress: a short transaction
+/// lets fresh data out sooner, at the same CPU (docs/PERFORMANCE.md, "fresh data waited behind
+/// 512-batch spool transactions").
 const MAX_BATCHES_PER_APPEND: usize = 32;
 /// How long fan-out waits for more batches after the first of a burst before it appends them (up
 /// to [`MAX_BATCHES_PER_APPEND`]): group commit. A source reads its devices one after the other,
-/// so its batches trickle in over tens of milliseconds; without the wait nearly every batch was a
-/// transaction (with the fsync `synchronous = full` makes of it). At 1000 × 100 with the sources
-/// spread over the second that was about 190 commits a second.
+/// so its batches trickle in over tens of milliseconds; the wait joins them into one transaction
+/// (one fsync under `synchronous = full`) instead of one each (docs/PERFORMANCE.md, "spread
+/// sources made a transaction of nearly every batch").
 const APPEND_LINGER: Duration = Duration::from_millis(5);
 /// After this many waits in a row that gathered nothing, fan-out stops waiting ([`Linger`])...
 const LINGER_FRUITLESS: u32 = 8;
@@ -972,7 +972,7 @@ async fn fan_out(
 /// Group commit that waits only where waiting gathers something. A source reading many devices
 /// behind one gateway sends its batches in a trickle, and [`APPEND_LINGER`] joins them into one
 /// append. Where every device is its own connection, the sources are spread over the interval
-/// (each a few tens of milliseconds from the next) and the wait gathered nothing: it only cost a
+/// (each a few tens of milliseconds from the next) and the wait gathers nothing: it only costs a
 /// timer wake-up per batch. So after [`LINGER_FRUITLESS`] waits in a row that gathered nothing,
 /// a burst takes only what has already arrived, and every [`LINGER_PROBE_EVERY`]th burst waits
 /// again to notice when batches trickle in again.
