@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Area, Config, HostPort, Stream, TopicTemplates, UplinkKind};
+use crate::config::{Area, BrokerUrl, Config, Stream, TopicTemplates, UplinkKind};
 use crate::modbus::plan;
 use crate::modbus::poller::{Poller, PollerStats};
 use crate::modbus::write::DeviceWriters;
@@ -1199,33 +1199,17 @@ pub fn shutdown_on_signal(duration: Option<Duration>) -> CancellationToken {
 
 /// Replace the first MQTT uplink's broker (`--broker mqtt://host:port`).
 pub fn override_broker(cfg: &mut Config, url: &str) -> anyhow::Result<()> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else {
-        bail!("--broker {url:?}: expected mqtt://host:port or mqtts://host:port");
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse::<u16>()
-                .with_context(|| format!("--broker {url:?}: bad port {p:?}"))?,
-        ),
-        None => (rest.to_string(), if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        bail!("--broker {url:?}: missing host");
-    }
+    let url: BrokerUrl = url
+        .parse()
+        .map_err(|e: crate::config::BrokerUrlError| anyhow::anyhow!(e.for_flag("--broker")))?;
     let Some(m) = cfg.uplinks.iter_mut().find_map(|u| match &mut u.kind {
         UplinkKind::Mqtt(m) => Some(m),
         _ => None,
     }) else {
         bail!("--broker given but the configuration has no MQTT uplink");
     };
-    m.broker = HostPort { host, port };
-    m.tls = tls;
+    m.broker = url.addr;
+    m.tls = url.tls;
     Ok(())
 }
 
