@@ -38,7 +38,9 @@ use crate::config::{Area, BrokerUrl, Config, Stream, TopicTemplates, UplinkKind}
 use crate::modbus::plan;
 use crate::modbus::poller::{Poller, PollerStats};
 use crate::modbus::write::DeviceWriters;
-use crate::model::{Event, EventPhase, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
+use crate::model::{
+    Event, EventKind, EventPhase, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+};
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::{AppendFailed, Decoded, NewRecord, SpoolHandle};
 
@@ -518,7 +520,7 @@ async fn preflight(cfg: &Config, running: &Config) -> anyhow::Result<()> {
 /// The `reload_failed` event: what failed and what runs now.
 fn reload_failed(config: &Path, stage: &str, message: String) -> Record {
     Record::Event(Event {
-        kind: Arc::from("reload_failed"),
+        kind: EventKind::ReloadFailed,
         subject: Arc::from(config.display().to_string()),
         phase: EventPhase::Instant,
         ts: Timestamp::now(),

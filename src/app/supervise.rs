@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Event, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
 use crate::publish::mqtt::{LinkState, UplinkStatus};
 
 /// A run at least this long counts as having worked: the next failure restarts after the
@@ -97,7 +97,7 @@ where
             s.restarts += 1;
         });
         let event = Record::Event(Event {
-            kind: Arc::from("uplink_failed"),
+            kind: EventKind::UplinkFailed,
             subject: Arc::from(name.as_str()),
             phase: EventPhase::Instant,
             ts: Timestamp::now(),

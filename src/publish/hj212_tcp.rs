@@ -65,7 +65,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::completeness::{self, Completeness, Tally};
-use crate::model::{Aggregate, Event, EventPhase, Period, Record, Timestamp, Value};
+use crate::model::{Aggregate, Event, EventKind, EventPhase, Period, Record, Timestamp, Value};
 use crate::publish::encode::hj212::{
     self, EncodeError, Packet, ParseOptions, Scan, Station, Table,
 };
@@ -429,7 +429,7 @@ impl Hj212TcpUplink {
                 }
                 if let Some(why) = &group.encode_error {
                     self.event(
-                        "hj212_encode_error",
+                        EventKind::Hj212EncodeError,
                         EventPhase::Instant,
                         &group.mn,
                         vec![(Arc::from("records"), Value::UInt(n))],
@@ -518,7 +518,7 @@ impl Hj212TcpUplink {
             .collect();
         for (mn, waited) in due {
             self.event(
-                "hj212_waiting",
+                EventKind::Hj212Waiting,
                 EventPhase::Start,
                 &mn,
                 vec![(Arc::from("waited_s"), Value::UInt(waited.as_secs()))],
@@ -538,7 +538,7 @@ impl Hj212TcpUplink {
         if lane.reported {
             let waited = Instant::now().duration_since(lane.waiting_since);
             self.event(
-                "hj212_waiting",
+                EventKind::Hj212Waiting,
                 EventPhase::End,
                 mn,
                 vec![(Arc::from("waited_s"), Value::UInt(waited.as_secs()))],
@@ -566,19 +566,19 @@ impl Hj212TcpUplink {
 
     fn event(
         &self,
-        kind: &str,
+        kind: EventKind,
         phase: EventPhase,
         mn: &str,
         mut attributes: Vec<(Arc<str>, Value)>,
         message: String,
     ) {
-        tracing::warn!(uplink = %self.cfg.name, kind, mn, "{message}");
+        tracing::warn!(uplink = %self.cfg.name, %kind, mn, "{message}");
         let Some(events) = &self.events else {
             return;
         };
         attributes.insert(0, (Arc::from("mn"), Value::Text(mn.to_owned())));
         let event = Record::Event(Event {
-            kind: Arc::from(kind),
+            kind: kind.clone(),
             subject: Arc::from(format!("{}/{mn}", self.cfg.name)),
             phase,
             ts: Timestamp::now(),
@@ -586,7 +586,7 @@ impl Hj212TcpUplink {
             message,
         });
         if events.try_send(event).is_err() {
-            tracing::warn!(uplink = %self.cfg.name, kind, "event channel full or closed; event not recorded");
+            tracing::warn!(uplink = %self.cfg.name, %kind, "event channel full or closed; event not recorded");
         }
     }
 

@@ -116,7 +116,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::completeness::{self, Completeness, Tally};
 use crate::config::{Encoding, MqttConfig, Stream, UplinkConfig, UplinkKind};
-use crate::model::{Event as ModelEvent, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event as ModelEvent, EventKind, EventPhase, Record, Timestamp, Value};
 use crate::publish::encode::json;
 use crate::publish::tls::{self, TlsError};
 use crate::publish::topic::{self, TopicError};
@@ -1625,7 +1625,7 @@ fn outage_event(
         .collect::<Vec<_>>()
         .join(", ");
     ModelEvent {
-        kind: "outage".into(),
+        kind: EventKind::Outage,
         subject: uplink.into(),
         phase: EventPhase::Instant,
         ts: to,
@@ -1653,7 +1653,7 @@ fn dead_letter_event(uplink: &str, ts: Timestamp, letter: &crate::spool::DeadLet
         ("reason".into(), Value::Text(letter.reason.as_str().into())),
     ];
     ModelEvent {
-        kind: "dead_letter".into(),
+        kind: EventKind::DeadLetter,
         subject: uplink.into(),
         phase: EventPhase::Instant,
         ts,
@@ -2022,7 +2022,7 @@ mod tests {
         let body = crate::publish::body::encode(&record);
         let back = crate::publish::body::decode(&body).expect("an event record decodes");
         assert_eq!(back, record);
-        assert_eq!(event.kind.as_ref(), "outage");
+        assert_eq!(event.kind.as_str(), "outage");
         assert_eq!(event.attributes[0], ("dropped_live".into(), Value::Int(7)));
         assert!(
             event.message.contains("dropped 7 records (7 live)"),

@@ -75,7 +75,7 @@ use tokio_util::sync::CancellationToken;
 use crate::completeness::{self, Completeness, Tally};
 use crate::config::{MqttConfig, Stream};
 use crate::modbus::write::{self, DeviceWriters, Refusal, WriteFailure};
-use crate::model::{Event as WriteEvent, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event as WriteEvent, EventKind, EventPhase, Record, Timestamp, Value};
 use crate::publish::encode::sparkplug::{
     self as spb, Change, DeviceState, EdgeNodeModel, MessageType, SeqCounter,
 };
@@ -92,10 +92,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// DCMD write requests waiting for the writer before new ones are refused.
 const DCMD_QUEUE: usize = 64;
-/// The `kind` of the events that report write attempts.
-pub const WRITE_EVENT_KIND: &str = "write";
-/// The `kind` of the events that report a command dropped on a full queue.
-pub const COMMAND_DROPPED_EVENT_KIND: &str = "command_dropped";
 /// Incoming commands (NCMD, DCMD, STATE) waiting for the session.
 const COMMAND_QUEUE: usize = 16;
 /// The last level of the topic the delivery proof unsubscribes from (under the node's NCMD topic,
@@ -1309,7 +1305,7 @@ async fn report(
         attributes.push(("new_value".into(), v.clone()));
     }
     let event = WriteEvent {
-        kind: WRITE_EVENT_KIND.into(),
+        kind: EventKind::Write,
         subject: format!("{}/{}", req.device, req.point).into(),
         phase: EventPhase::Instant,
         ts: Timestamp::now(),
@@ -1375,7 +1371,7 @@ impl SparkplugUplink {
             return;
         };
         let event = WriteEvent {
-            kind: COMMAND_DROPPED_EVENT_KIND.into(),
+            kind: EventKind::CommandDropped,
             subject: self.name.as_str().into(),
             phase: EventPhase::Instant,
             ts: Timestamp::now(),
@@ -1471,7 +1467,7 @@ edge_node_id = "e"
         else {
             panic!("an event record")
         };
-        assert_eq!(&*e.kind, COMMAND_DROPPED_EVENT_KIND);
+        assert_eq!(e.kind, EventKind::CommandDropped);
         assert_eq!(&*e.subject, "scada");
         assert!(
             e.attributes
