@@ -76,6 +76,7 @@ use crate::completeness::{self, Completeness, Tally};
 use crate::config::{MqttConfig, Stream};
 use crate::modbus::write::{self, DeviceWriters, Refusal, WriteFailure};
 use crate::model::{Event as WriteEvent, EventKind, EventPhase, Record, Timestamp, Value};
+use crate::publish::backoff::Backoff;
 use crate::publish::encode::sparkplug::{
     self as spb, Change, DeviceState, EdgeNodeModel, MessageType, SeqCounter,
 };
@@ -407,7 +408,8 @@ impl SparkplugUplink {
             self.writes.clone(),
             dcmd_rx,
         ));
-        let mut delay = self.mqtt.reconnect_min;
+        let mut backoff =
+            Backoff::new(self.mqtt.reconnect_min, self.mqtt.reconnect_max).with_jitter();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -424,7 +426,7 @@ impl SparkplugUplink {
                         .send_modify(|s| s.last_error = Some(format!("bdSeq: {e}")));
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = sleep(delay) => {}
+                        _ = sleep(backoff.peek()) => {}
                     }
                     continue;
                 }
@@ -440,7 +442,7 @@ impl SparkplugUplink {
             let ended = match connected {
                 Err(e) => Ended::Lost(e.to_string()),
                 Ok(()) => {
-                    delay = self.mqtt.reconnect_min;
+                    backoff.reset();
                     self.status_tx.send_modify(|s| s.connects += 1);
                     tracing::info!(uplink = %self.name, bd_seq, "Sparkplug session up");
                     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -486,11 +488,9 @@ impl SparkplugUplink {
                     self.status_tx.send_modify(|s| s.last_error = Some(reason));
                 }
             }
-            let jittered = delay.mul_f64(0.75 + 0.5 * fastrand::f64());
-            delay = (delay * 2).min(self.mqtt.reconnect_max);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = sleep(jittered) => {}
+                _ = sleep(backoff.next_delay()) => {}
             }
         }
         // Writes already queued are still answered (and reported) within the grace period; then
