@@ -134,51 +134,32 @@ pub fn cems_map(dir: &Path, poll: &str) -> PathBuf {
     path
 }
 
+/// Source `source` at `port` whose `devices` (name, unit id) each use the CEMS register map at
+/// `map`.
+pub fn cems_source_toml(source: &str, port: u16, map: &Path, devices: &[(&str, u8)]) -> String {
+    let mut toml = format!(
+        "\n[register_maps.cems]\ncsv = \"{}\"\n\n[[sources]]\nname = \"{source}\"\n\
+         tcp = \"127.0.0.1:{port}\"\ntimeout = \"1s\"\n",
+        map.display()
+    );
+    for (name, unit) in devices {
+        toml.push_str(&format!(
+            "[[sources.devices]]\nname = \"{name}\"\nunit_id = {unit}\nmap = \"cems\"\n"
+        ));
+    }
+    toml
+}
+
 /// Stack 1's CEMS (the simulator's `gtc1_stack`, unit 1) polled as device `gtc1/gtc1_stack` at
 /// `port`, with the register map at `map`.
 pub fn gtc1_source_toml(port: u16, map: &Path) -> String {
-    format!(
-        r#"
-[register_maps.cems]
-csv = "{map}"
-
-[[sources]]
-name = "gtc1"
-tcp = "127.0.0.1:{port}"
-timeout = "1s"
-
-[[sources.devices]]
-name = "gtc1_stack"
-unit_id = 1
-map = "cems"
-"#,
-        map = map.display()
-    )
+    cems_source_toml("gtc1", port, map, &[("gtc1_stack", 1)])
 }
 
 /// Both stacks' CEMS (units 1 and 2 of one endpoint at `port`) polled as devices
 /// `cems/gtc1_cems` and `cems/gtc2_cems`, with the register map at `map`.
 pub fn two_cems_source_toml(port: u16, map: &Path) -> String {
-    format!(
-        r#"
-[register_maps.cems]
-csv = "{map}"
-
-[[sources]]
-name = "cems"
-tcp = "127.0.0.1:{port}"
-timeout = "1s"
-[[sources.devices]]
-name = "gtc1_cems"
-unit_id = 1
-map = "cems"
-[[sources.devices]]
-name = "gtc2_cems"
-unit_id = 2
-map = "cems"
-"#,
-        map = map.display()
-    )
+    cems_source_toml("cems", port, map, &[("gtc1_cems", 1), ("gtc2_cems", 2)])
 }
 
 /// The emission calculator of `gtc1_stack` (device `gtc1/gtc1_stack`) with every status point
