@@ -7,20 +7,17 @@
 //! in-flight window can be overridden with `SMELTWATCH_REPLAY_BACKLOG` and
 //! `SMELTWATCH_REPLAY_INFLIGHT`.
 
-#[path = "../tests/common/mosquitto.rs"]
-#[allow(dead_code)]
-mod mosquitto;
-
 use std::time::{Duration, Instant};
 
-use mosquitto::Mosquitto;
 use smeltwatch::config::{
-    HostPort, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
+    MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::publish::mqtt::MqttUplink;
 use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch_testkit::mosquitto::Mosquitto;
+use smeltwatch_testkit::mqtt_config;
 use tokio_util::sync::CancellationToken;
 
 const SITE: &str = "bench";
@@ -96,23 +93,14 @@ fn main() {
         let cfg = UplinkConfig {
             name: "bench".into(),
             kind: UplinkKind::Mqtt(MqttConfig {
-                broker: HostPort {
-                    host: "127.0.0.1".into(),
-                    port: broker.port,
-                },
-                tls: false,
                 client_id: "smeltwatch-replay-bench".into(),
-                username: None,
-                password: None,
                 keep_alive: Duration::from_secs(30),
-                max_packet_size: 1 << 20,
                 max_inflight: u16::try_from(inflight).unwrap_or(u16::MAX),
                 reconnect_min: Duration::from_millis(50),
                 reconnect_max: Duration::from_millis(500),
                 topics: templates.clone(),
-                encoding: Default::default(),
-                tls_settings: Default::default(),
                 replay_rate: u32::MAX,
+                ..mqtt_config(broker.port, "replay-bench")
             }),
             streams: vec![Stream::Live],
             spool: spool_cfg,

@@ -406,7 +406,9 @@ async fn verify_command(args: VerifyArgs) -> anyhow::Result<crate::ledger::Repor
         return Ok(crate::ledger::verify_file_with(&args.key, &file, &anchors)?);
     };
     let key = crate::ledger::load_verifying_key(&args.key)?;
-    let (host, port, tls) = subscribe::parse_broker(&broker).map_err(anyhow::Error::msg)?;
+    let url = crate::config::BrokerUrl::parse_or_plain(&broker)
+        .map_err(|e| anyhow::anyhow!(e.for_flag("--broker")))?;
+    let (host, port, tls) = (url.addr.host, url.addr.port, url.tls);
     let password = match &args.password_file {
         Some(f) => Some(
             std::fs::read_to_string(f)

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::model::{Event, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
 
 /// A wall-clock difference up to this (plus the slew allowance) is jitter, not a step: reading two
 /// clocks is not atomic, and a busy machine may be descheduled between the reads.
@@ -37,7 +37,7 @@ pub const SLEW_ALLOWANCE_PPM: u64 = 500;
 /// Steps kept for [`Clock::steps_after`]; a reader that falls this far behind misses the oldest.
 const STEPS_KEPT: usize = 64;
 
-/// The `kind` of the event raised for a step.
+/// The name of [`EventKind::ClockStep`], the event raised for a step.
 pub const CLOCK_STEP_EVENT: &str = "clock_step";
 
 /// Where wall-clock time comes from: the system clock, or a test's.
@@ -287,7 +287,7 @@ impl Clock {
 pub fn step_event(step: &ClockStep) -> Event {
     let delta = step.delta_ms();
     Event {
-        kind: Arc::from(CLOCK_STEP_EVENT),
+        kind: EventKind::ClockStep,
         subject: Arc::from("system_clock"),
         phase: EventPhase::Instant,
         ts: Timestamp(step.actual_ms),

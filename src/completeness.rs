@@ -45,7 +45,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Stream};
-use crate::model::{Metric, MetricBatch, Quality, Record, Timestamp};
+use crate::model::{EventKind, Metric, MetricBatch, Quality, Record, Timestamp};
 use crate::state_file::StateFile;
 
 /// Length of an accounting period.
@@ -177,11 +177,11 @@ pub fn tally(record: &Record) -> Option<Tally> {
             (m.calc.clone(), m.ts)
         }
         Record::Event(e) => {
-            if &*e.kind == "outage" {
+            if e.kind == EventKind::Outage {
                 return None;
             }
             by_quality[Quality::Good as usize] += 1;
-            (e.kind.clone(), e.ts)
+            (Arc::from(e.kind.as_str()), e.ts)
         }
         Record::Aggregate(a) => {
             by_quality[a.quality as usize] += 1;
@@ -720,7 +720,7 @@ mod tests {
 
     fn event(kind: &str, ts: i64) -> Record {
         Record::Event(Event {
-            kind: kind.into(),
+            kind: EventKind::from_name(kind),
             subject: "pot_001".into(),
             phase: EventPhase::Instant,
             ts: Timestamp(ts),

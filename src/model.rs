@@ -479,8 +479,8 @@ pub struct MetricBatch {
 /// Something that happened: an anode effect started or ended, a limit was exceeded, an outage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Kind, snake case: the `{kind}` of the topic (`anode_effect`, `exceedance`, `outage`).
-    pub kind: Arc<str>,
+    /// What happened: the `kind` of the payload and the `{kind}` of the topic.
+    pub kind: EventKind,
     /// What it concerns (`potline1/pot_017`, `gtc1_stack/so2`).
     pub subject: Arc<str>,
     /// `start`, `end` or `instant`.
@@ -491,6 +491,143 @@ pub struct Event {
     pub attributes: Vec<(Arc<str>, Value)>,
     /// One human-readable sentence.
     pub message: String,
+}
+
+/// What an [`Event`] reports. Serialised as its name (`anode_effect`, `outage`…), which is also
+/// the `{kind}` of its topic; a name this build does not know (a newer agent's, read back by
+/// `tail` or from a spool) is kept as [`EventKind::Other`] so that nothing is lost on the way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// `anode_effect`: An anode effect of a cell started or ended (`calc::anode_effect`).
+    AnodeEffect,
+    /// `exceedance`: A stack's hourly concentration exceeded its limit (`calc::limits`).
+    Exceedance,
+    /// `unit_mismatch`: A point's configured unit is not the one its calculator expects.
+    UnitMismatch,
+    /// `gap_bridged`: A gap in the line current was bridged at the last current.
+    GapBridged,
+    /// `gap_unbridged`: A gap in the line current was too long to bridge.
+    GapUnbridged,
+    /// `meter_anomaly`: An energy meter's counter went back or jumped.
+    MeterAnomaly,
+    /// `outage`: An uplink lost or regained its broker.
+    Outage,
+    /// `dead_letter`: A record its broker refused for good was set aside.
+    DeadLetter,
+    /// `uplink_failed`: An uplink's task failed and is restarted after a backoff.
+    UplinkFailed,
+    /// `spool_open_failed`: An uplink's spool could not be opened: that uplink is not started.
+    SpoolOpenFailed,
+    /// `spool_set_aside`: A damaged spool file was moved aside and a fresh one started.
+    SpoolSetAside,
+    /// `reload_failed`: A reload of the configuration could not start; the running one is kept.
+    ReloadFailed,
+    /// `config_change`: The configuration of the regulated figures changed (recorded in the ledger).
+    ConfigChange,
+    /// `clock_step`: The wall clock stepped against the monotonic clock.
+    ClockStep,
+    /// `write`: A Sparkplug command wrote (or failed to write) a device point.
+    Write,
+    /// `command_dropped`: A Sparkplug command was dropped unexecuted.
+    CommandDropped,
+    /// `hj212_encode_error`: Records for an HJ 212 MN could not be encoded and were skipped.
+    Hj212EncodeError,
+    /// `hj212_waiting`: The HJ 212 platform stopped or resumed acknowledging an MN.
+    Hj212Waiting,
+    /// A kind this build does not know, by its name.
+    Other(Arc<str>),
+}
+
+impl EventKind {
+    /// Every kind this build emits, in the order of the enum.
+    pub const KNOWN: &[EventKind] = &[
+        EventKind::AnodeEffect,
+        EventKind::Exceedance,
+        EventKind::UnitMismatch,
+        EventKind::GapBridged,
+        EventKind::GapUnbridged,
+        EventKind::MeterAnomaly,
+        EventKind::Outage,
+        EventKind::DeadLetter,
+        EventKind::UplinkFailed,
+        EventKind::SpoolOpenFailed,
+        EventKind::SpoolSetAside,
+        EventKind::ReloadFailed,
+        EventKind::ConfigChange,
+        EventKind::ClockStep,
+        EventKind::Write,
+        EventKind::CommandDropped,
+        EventKind::Hj212EncodeError,
+        EventKind::Hj212Waiting,
+    ];
+
+    /// The name in payloads and topics.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::AnodeEffect => "anode_effect",
+            EventKind::Exceedance => "exceedance",
+            EventKind::UnitMismatch => "unit_mismatch",
+            EventKind::GapBridged => "gap_bridged",
+            EventKind::GapUnbridged => "gap_unbridged",
+            EventKind::MeterAnomaly => "meter_anomaly",
+            EventKind::Outage => "outage",
+            EventKind::DeadLetter => "dead_letter",
+            EventKind::UplinkFailed => "uplink_failed",
+            EventKind::SpoolOpenFailed => "spool_open_failed",
+            EventKind::SpoolSetAside => "spool_set_aside",
+            EventKind::ReloadFailed => "reload_failed",
+            EventKind::ConfigChange => "config_change",
+            EventKind::ClockStep => "clock_step",
+            EventKind::Write => "write",
+            EventKind::CommandDropped => "command_dropped",
+            EventKind::Hj212EncodeError => "hj212_encode_error",
+            EventKind::Hj212Waiting => "hj212_waiting",
+            EventKind::Other(name) => name,
+        }
+    }
+
+    /// The kind of that name; [`EventKind::Other`] for a name this build does not emit.
+    pub fn from_name(name: &str) -> EventKind {
+        EventKind::KNOWN
+            .iter()
+            .find(|k| k.as_str() == name)
+            .cloned()
+            .unwrap_or_else(|| EventKind::Other(Arc::from(name)))
+    }
+}
+
+/// An event kind reads as its name where a `&str` is wanted (`&*event.kind == "outage"`).
+impl std::ops::Deref for EventKind {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for EventKind {
+    fn from(name: &str) -> EventKind {
+        EventKind::from_name(name)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EventKind, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(EventKind::from_name(&name))
+    }
 }
 
 /// Phase of an [`Event`].
@@ -578,6 +715,37 @@ fn is_zero(n: &u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_kinds_serialise_as_their_names_and_unknown_names_survive() {
+        for kind in EventKind::KNOWN {
+            let json = serde_json::to_string(kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), *kind);
+            assert_eq!(EventKind::from_name(kind.as_str()), *kind);
+        }
+        let names: std::collections::BTreeSet<&str> =
+            EventKind::KNOWN.iter().map(EventKind::as_str).collect();
+        assert_eq!(
+            names.len(),
+            EventKind::KNOWN.len(),
+            "two kinds share a name"
+        );
+        assert_eq!(EventKind::AnodeEffect.as_str(), "anode_effect");
+        assert_eq!(EventKind::Outage.to_string(), "outage");
+        let newer: EventKind = serde_json::from_str("\"furnace_tap\"").unwrap();
+        assert_eq!(newer, EventKind::Other(Arc::from("furnace_tap")));
+        assert_eq!(serde_json::to_string(&newer).unwrap(), "\"furnace_tap\"");
+        // The names other modules match on.
+        assert_eq!(
+            crate::clock::CLOCK_STEP_EVENT,
+            EventKind::ClockStep.as_str()
+        );
+        assert_eq!(
+            crate::ledger::capture::CONFIG_CHANGE,
+            EventKind::ConfigChange.as_str()
+        );
+    }
 
     #[test]
     fn value_deserialises_as_untagged_did() {

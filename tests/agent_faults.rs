@@ -7,16 +7,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::mosquitto::{self, Mosquitto, SubscribeOptions};
-use common::plant::{device, f32_words, serve};
+use common::agent;
+use common::mosquitto::{self, Mosquitto};
+use common::plant::meters;
 use serde_json::Value as Json;
 use smeltwatch::completeness::{Ledger, Plan, Report, State};
 use smeltwatch::config::{self, SpoolConfig, Stream};
 use smeltwatch::model::Timestamp;
-use smeltwatch::simulator::UnitMap;
 use smeltwatch::spool::{NewRecord, Spool, StoredRecord};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
@@ -28,15 +27,7 @@ const DEVICES: u8 = 4;
 
 /// A plant of [`DEVICES`] meters (unit ids 1..), served until `shutdown`; returns the port.
 async fn plant(shutdown: &CancellationToken) -> u16 {
-    let units: UnitMap = (1..=DEVICES)
-        .map(|unit| {
-            let d = device(&format!("meter_{unit:02}"));
-            d.set_input(0, &f32_words(10.0 * f32::from(unit)));
-            d.set_input(2, &f32_words(1000.0 + f32::from(unit)));
-            (unit, d)
-        })
-        .collect();
-    serve(units, shutdown).await
+    meters(DEVICES, shutdown).await
 }
 
 fn config(modbus_port: u16, mqtt_port: u16, state: &Path, replay_rate: u32) -> String {
@@ -87,15 +78,7 @@ streams = ["live", "metrics", "events"]
 async fn persistent_subscriber(
     port: u16,
 ) -> (rumqttc::AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
-    mosquitto::subscribe_with(
-        port,
-        &format!("smeltwatch/{SITE}/#"),
-        SubscribeOptions {
-            persistent_id: Some(format!("faults-sub-{}", fastrand::u32(..))),
-            user: None,
-        },
-    )
-    .await
+    mosquitto::subscribe_persistent(port, &format!("smeltwatch/{SITE}/#")).await
 }
 
 /// A live message: (seq, device, readings, historical).
@@ -173,18 +156,6 @@ impl Inbox {
     }
 }
 
-fn spawn_agent(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(["run", "-c"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting smeltwatch run")
-}
-
 /// After the agent stopped: the last seq the spool ever gave to `stream` (a probe record takes
 /// the next one) and the records of `stream` still waiting. A graceful stop waits for the PUBACKs
 /// in flight, not for records appended in its last moments: those wait for the next start.
@@ -221,7 +192,7 @@ async fn sigkill_of_the_agent_during_replay_loses_nothing_after_restart() {
 
     // The broker is down while a backlog builds: 4 devices × 10 batches/s × 5 s.
     broker.stop();
-    let mut agent = spawn_agent(&config_path);
+    let mut agent = agent::spawn(&config_path);
     sleep(Duration::from_secs(5)).await;
     broker.restart();
     let mut inbox = Inbox::default();
@@ -241,7 +212,7 @@ async fn sigkill_of_the_agent_during_replay_loses_nothing_after_restart() {
         "killed while replaying: {missing_at_kill} of {max_at_kill} seqs not yet delivered"
     );
 
-    let mut agent = spawn_agent(&config_path);
+    let mut agent = agent::spawn(&config_path);
     // Everything up to some seq after the restart, without a gap.
     inbox
         .until(
@@ -255,14 +226,7 @@ async fn sigkill_of_the_agent_during_replay_loses_nothing_after_restart() {
             },
         )
         .await;
-    let pid = agent.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    agent::signal(agent.id(), "-TERM");
     assert!(agent.wait().unwrap().success());
     stop_plant.cancel();
 

@@ -18,12 +18,13 @@
 //! other users' rules as they are.
 
 use std::collections::BTreeSet;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, PublishOptions, QoS};
+use smeltwatch_testkit::free_port;
 use tokio::sync::{mpsc, oneshot};
 
 const SITE: &str = "al-yunnan-03";
@@ -97,14 +98,6 @@ fn derive(file: &str, text: &str, rules: &[Rule<'_>]) -> String {
 
 fn password(user: &str) -> String {
     format!("pw-{user}-{}", fastrand::u32(..))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 /// A running `mosquitto`; dropping it kills the process.

@@ -1,7 +1,7 @@
-//! The calculators against every worked example of the domain reference (§1.7, §2.4, §3, §4.3,
-//! §5.1, §5.3 with its edge cases, §5.4, §7.5, §7.6), property tests for counters and windows,
-//! and anode-effect detection and a potline day driven through the pipeline by timestamped
-//! readings.
+//! The calculators against worked examples computed by hand from the standards they follow (each
+//! section names its standard; docs/METRICS.md has the formulas and "Worked examples" the
+//! figures), property tests for counters and windows, and anode-effect detection and a potline
+//! day driven through the pipeline by timestamped readings.
 
 use std::sync::Arc;
 
@@ -43,7 +43,7 @@ fn close(actual: f64, expected: f64, tol: f64) {
     );
 }
 
-// === §1 potline physics ===
+// === Potline physics: Faraday's law, specific DC and AC energy, pseudo-resistance ===
 
 #[test]
 fn faraday_equivalent_of_aluminium_is_0_335573() {
@@ -87,7 +87,8 @@ fn current_efficiency_from_tapped_metal_and_from_the_rectifier_example() {
         .current_efficiency(602_420.0, 400.0 * 24.0 * 200.0)
         .expect("charge > 0");
     close(ce, 0.935, 1e-4);
-    // §1.3: 14000 = 2.98 × 4.3 / X / 0.97 → X = 94.36 %
+    // The AC consumption run backwards: 14000 kWh/t AC at 4.3 V and a 97 % efficient rectifier
+    // is 2.98 × 4.3 / CE / 0.97 = 14000 → CE = 94.36 %
     let x = al.dc_kwh_per_t(4.3, 1.0) / (14_000.0 * 0.97);
     close(x, 0.9436, 1e-4);
 }
@@ -97,7 +98,7 @@ fn anode_effect_share_voltage_example() {
     close(anode_effect_share_v(0.05, 30.0, 4.0, 2.0), 0.0018, 5e-5);
 }
 
-// === §2.4 PFC ===
+// === PFC by the slope method (IPCC 2006 Vol. 3 Ch. 4.4; 40 CFR 98.63), one 30-day month ===
 
 #[test]
 fn worked_example_2_aef_aed_aem_and_pfc() {
@@ -127,7 +128,7 @@ fn worked_example_2_aef_aed_aem_and_pfc() {
     close(sar / mp, 0.1089, 5e-5);
 }
 
-// === §3 anode CO2, §4.3 electricity ===
+// === Anode CO2 (IPCC 2006 Tier 2), CO2 of electricity by grid factor, standard coal ===
 
 #[test]
 fn worked_example_3_anode_co2() {
@@ -159,7 +160,7 @@ fn electricity_co2_and_standard_coal_examples() {
     close(kgce(13_450.0, c.energy.kgce_per_kwh), 1653.0, 0.05);
 }
 
-// === §5.1 grades ===
+// === GB 21346-2022 energy grades of liquid aluminium ===
 
 #[test]
 fn gb21346_grading_examples() {
@@ -173,7 +174,7 @@ fn gb21346_grading_examples() {
     assert_eq!(grade(comp, 13_700.1), Grade::Fail);
 }
 
-// === §5.3 tariff ===
+// === Tiered electricity price of electrolytic aluminium (NDRC 发改价格〔2021〕1239号) ===
 
 #[test]
 fn tariff_thresholds_by_year() {
@@ -232,7 +233,7 @@ fn tariff_worked_examples_and_edge_cases() {
     );
 }
 
-// === §5.4 capacity ===
+// === Capacity utilisation ===
 
 #[test]
 fn capacity_utilisation_example() {
@@ -248,7 +249,7 @@ fn capacity_utilisation_example() {
     );
 }
 
-// === §7.5 amounts ===
+// === Emission amounts (HJ 212-2017 -Cou) and the O2 conversion ===
 
 #[test]
 fn worked_example_4_amounts() {
@@ -265,7 +266,7 @@ fn worked_example_4_amounts() {
     assert_eq!(o2_corrected(100.0, 6.0, 21.0), None);
 }
 
-// === §7.6 validity ===
+// === CEMS data validity (HJ 75-2017) ===
 
 const T0: i64 = 1_740_787_200_000; // 2025-03-01T00:00:00Z = 08:00 local (UTC+8)
 

@@ -1,8 +1,11 @@
 //! The command-line contract: `probe` against a live device, `spool stats` and `spool export`,
 //! global options.
 
+mod common;
+
 use std::process::Command;
 
+use common::plant::one_meter_toml;
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::publish::body;
@@ -110,28 +113,15 @@ fn probe_reports_an_unreachable_device_clearly() {
 fn spool_stats_and_export_show_what_is_waiting() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("plant.toml");
-    std::fs::write(
-        &config,
-        r#"
-site = "s"
-state_dir = "state"
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:502"
-[[sources.devices]]
-name = "meter"
-unit_id = 1
-[sources.devices.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:1883"
-"#,
-    )
-    .unwrap();
+    let toml = one_meter_toml(
+        "s",
+        "state",
+        "127.0.0.1:502",
+        None,
+        "meter",
+        r#"broker = "mqtt://127.0.0.1:1883""#,
+    );
+    std::fs::write(&config, toml).unwrap();
     let path = dir.path().join("state/spool-plant.db");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut spool = Spool::open(&path, &SpoolConfig::default()).unwrap();
@@ -256,28 +246,15 @@ fn logs_are_plain_in_a_file_and_carry_priorities_for_journald() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("plant.toml");
     // A device and a broker on a port nothing listens on: the agent logs while it runs.
-    std::fs::write(
-        &config,
-        r#"
-site = "s"
-state_dir = "state"
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:1"
-[[sources.devices]]
-name = "meter"
-unit_id = 1
-[sources.devices.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:1"
-"#,
-    )
-    .unwrap();
+    let toml = one_meter_toml(
+        "s",
+        "state",
+        "127.0.0.1:1",
+        None,
+        "meter",
+        r#"broker = "mqtt://127.0.0.1:1""#,
+    );
+    std::fs::write(&config, toml).unwrap();
     let run = |log: &std::path::Path, journal: bool| -> String {
         let file = std::fs::File::create(log).unwrap();
         let meta = file.metadata().unwrap();

@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::mosquitto::{self, CliWitness, Mosquitto, SubscribeOptions};
+use common::mosquitto::{self, CliWitness, Mosquitto};
+use common::mqtt_config;
+use common::status::wait_status;
 use serde_json::Value as Json;
 use smeltwatch::config::{
-    self, HostPort, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
+    self, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{
     Aggregate, Event, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
@@ -95,23 +97,12 @@ fn uplink_config(port: u16, max_bytes: u64, replay_rate: u32) -> UplinkConfig {
     UplinkConfig {
         name: "plant".into(),
         kind: UplinkKind::Mqtt(MqttConfig {
-            broker: HostPort {
-                host: "127.0.0.1".into(),
-                port,
-            },
-            tls: false,
-            client_id: format!("smeltwatch-delivery-{}", fastrand::u32(..)),
-            username: None,
-            password: None,
             keep_alive: Duration::from_secs(2),
-            max_packet_size: 1024 * 1024,
             max_inflight: 32,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(300),
-            topics: TopicTemplates::default(),
-            encoding: Default::default(),
-            tls_settings: Default::default(),
             replay_rate,
+            ..mqtt_config(port, "delivery")
         }),
         streams: vec![Stream::Live, Stream::Events, Stream::Emissions],
         spool: SpoolConfig {
@@ -210,15 +201,7 @@ async fn subscriber(port: u16) -> (rumqttc::AsyncClient, mpsc::Receiver<(String,
 async fn persistent_subscriber(
     port: u16,
 ) -> (rumqttc::AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
-    mosquitto::subscribe_with(
-        port,
-        &format!("smeltwatch/{SITE}/#"),
-        SubscribeOptions {
-            persistent_id: Some(format!("delivery-sub-{}", fastrand::u32(..))),
-            user: None,
-        },
-    )
-    .await
+    mosquitto::subscribe_persistent(port, &format!("smeltwatch/{SITE}/#")).await
 }
 
 /// Seqs of `1..=expected[stream]` not in `got`, per stream (streams with none missing left out).
@@ -296,22 +279,6 @@ async fn collect_all(
         "records missing after {deadline:?}: {:?}",
         summary(&missing)
     );
-}
-
-async fn wait_status(
-    rx: &mut watch::Receiver<UplinkStatus>,
-    what: &str,
-    within: Duration,
-    pred: impl Fn(&UplinkStatus) -> bool,
-) -> UplinkStatus {
-    let r = timeout(within, async {
-        rx.wait_for(|s| pred(s)).await.map(|s| s.clone())
-    })
-    .await;
-    match r {
-        Ok(Ok(s)) => s,
-        _ => panic!("timed out waiting for {what}; status: {:?}", *rx.borrow()),
-    }
 }
 
 /// Last seq appended per stream, and the (stream, seq) appended while the link was down.

@@ -8,14 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::probe::get;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{agent, free_port};
 
 /// Kills the demo if the test fails before it stopped.
 struct Demo(Option<std::process::Child>);
@@ -88,14 +81,7 @@ async fn demo_serves_the_dashboard_publishes_and_stops_cleanly_on_sigint() {
 
     // Ctrl-C: a clean stop (uplinks flushed, simulator and broker closed) with exit code 0.
     let mut child = demo.0.take().unwrap();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    agent::signal(child.id(), "-INT");
     let started = Instant::now();
     let limit = Duration::from_secs(30);
     let status = loop {

@@ -2,21 +2,13 @@
 //! seconds is delivered complete, through the agent and through the reference loop. This checks
 //! the harness, not speed: no figure here depends on the machine.
 
-#[path = "common/mosquitto.rs"]
-#[allow(dead_code)]
-mod mosquitto;
-#[path = "common/peers.rs"]
-#[allow(dead_code)]
-mod peers;
-
-#[path = "../benches/e2e/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use harness::{Params, Target};
+use common::peers;
+use smeltwatch_testkit::e2e::{self as harness, Params, Target};
 
 fn params(target: Target) -> Params {
     Params {

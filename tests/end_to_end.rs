@@ -6,10 +6,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::mosquitto::{self, Mosquitto, SubscribeOptions};
+use common::agent;
+use common::mosquitto::{self, Mosquitto};
 use common::plant::{device, f32_words, serve};
 use serde_json::Value as Json;
 use smeltwatch::config::{self, SpoolConfig};
@@ -213,14 +214,8 @@ async fn every_value_unit_timestamp_and_quality_arrives_at_the_broker() {
 }
 
 fn spawn_agent(config: &Path, mqtt_port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(["run", "-c"])
-        .arg(config)
+    agent::run_command(config)
         .args(["--broker", &format!("mqtt://127.0.0.1:{mqtt_port}")])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("starting smeltwatch run")
 }
@@ -261,15 +256,7 @@ async fn agent_killed_with_sigkill_loses_nothing_that_reached_its_spool() {
     let config_path = dir.path().join("plant.toml");
     // The broker in the file is wrong on purpose: `--broker` must override it.
     std::fs::write(&config_path, plant_config(modbus_port, 1, &state, "100ms")).unwrap();
-    let (_sub, mut rx) = mosquitto::subscribe_with(
-        broker.port,
-        "smeltwatch/e2e/live/#",
-        SubscribeOptions {
-            persistent_id: None,
-            user: None,
-        },
-    )
-    .await;
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/e2e/live/#").await;
 
     let mut received = Vec::new();
     let mut agent = spawn_agent(&config_path, broker.port);
@@ -281,14 +268,7 @@ async fn agent_killed_with_sigkill_loses_nothing_that_reached_its_spool() {
     let mut agent = spawn_agent(&config_path, broker.port);
     receive(&mut rx, 60, &mut received).await;
     // Graceful stop this time: SIGTERM, and the agent must exit by itself.
-    let pid = agent.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    agent::signal(agent.id(), "-TERM");
     let status = agent.wait().unwrap();
     assert!(status.success(), "smeltwatch run exited with {status}");
     // Let the subscriber take in what the broker already has (the agent is gone).

@@ -24,15 +24,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use common::hj212::next_packet;
+use common::hj212::platform;
 use common::mosquitto::{self, Mosquitto};
+use common::plant::{cems_map, stack_simulator, two_cems_source_toml};
 use common::probe::{SmallFs, get, metric_sum};
-use smeltwatch::publish::encode::hj212::{self, Table};
-use smeltwatch::simulator::{self, BindMode, SimulatorConfig};
-use tokio::io::AsyncWriteExt;
+use common::{agent, free_port};
+use smeltwatch::publish::encode::hj212;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -49,17 +49,11 @@ impl AgentProcess {
     /// `smeltwatch run -c config`, its wall clock offset by what `clock_offset` holds (a
     /// libfaketime offset such as `+0` or `+1d`, reread at most once a second).
     fn spawn(config: &Path, clock_offset: &Path) -> AgentProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-            .args(["run", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
+        let child = agent::run_command(config)
             .env("LD_PRELOAD", libfaketime())
             .env("FAKETIME_TIMESTAMP_FILE", clock_offset)
             .env("FAKETIME_CACHE_DURATION", "1")
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("starting smeltwatch run");
         AgentProcess(Some(child))
@@ -70,11 +64,7 @@ impl AgentProcess {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig}");
+        agent::signal(self.pid(), sig);
     }
 
     fn running(&mut self) -> bool {
@@ -119,54 +109,6 @@ fn libfaketime() -> std::path::PathBuf {
         .expect("libfaketime (apt-get install faketime)")
 }
 
-/// A platform that acknowledges every packet except those of `ignored`, on any number of
-/// connections; reports the (MN, CN) of every packet it receives.
-fn platform_ignoring(
-    listener: TcpListener,
-    ignored: &'static str,
-    seen: mpsc::UnboundedSender<(String, u16)>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let table = Table::hj212_2017();
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let (table, seen) = (table.clone(), seen.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some(p) = next_packet(&mut conn, &mut buf, &table).await {
-                    let _ = seen.send((p.mn.clone(), p.cn));
-                    if p.mn != ignored && p.wants_ack() {
-                        let ack = hj212::data_response(&table, &p).unwrap();
-                        if conn.write_all(ack.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The simulator's CEMS map polled every 100 ms, written into `dir`.
-fn cems_map(dir: &Path) -> std::path::PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(repo.join("config/maps/cems.csv")).unwrap();
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| l.replacen(",10s,", ",100ms,", 1))
-        .collect();
-    let path = dir.join("cems.csv");
-    std::fs::write(&path, out.join("\n")).unwrap();
-    path
-}
-
 struct Ports {
     modbus: u16,
     mqtt: u16,
@@ -180,22 +122,7 @@ fn agent_toml(state: &Path, map: &Path, p: &Ports) -> String {
 site = "{SITE}"
 state_dir = "{state}"
 
-[register_maps.cems]
-csv = "{map}"
-
-[[sources]]
-name = "cems"
-tcp = "127.0.0.1:{modbus}"
-timeout = "1s"
-[[sources.devices]]
-name = "gtc1_cems"
-unit_id = 1
-map = "cems"
-[[sources.devices]]
-name = "gtc2_cems"
-unit_id = 2
-map = "cems"
-
+{sources}
 [[uplinks]]
 name = "plant"
 type = "mqtt"
@@ -261,8 +188,7 @@ pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
 calibration_point = "in_calibration"
 "#,
         state = state.display(),
-        map = map.display(),
-        modbus = p.modbus,
+        sources = two_cems_source_toml(p.modbus, map),
         mqtt = p.mqtt,
         platform = p.platform,
         http = p.http,
@@ -330,38 +256,20 @@ async fn event(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, kind: &str) -> serde_
 async fn the_agent_keeps_acquiring_counts_what_it_could_not_deliver_and_tells_the_truth() {
     let fs = SmallFs::mount("64m");
     let work = tempfile::tempdir().unwrap();
-    let map = cems_map(work.path());
-    let sim_cfg: SimulatorConfig = toml::from_str(
-        r#"
-seed = 7
-tick = "50ms"
-time_scale = 120
-[[stacks]]
-name = "gtc1_stack"
-listen = "127.0.0.1:0"
-unit_id = 1
-profile = "potline_gtc"
-[[stacks]]
-name = "gtc2_stack"
-listen = "127.0.0.1:0"
-unit_id = 2
-profile = "potline_gtc"
-"#,
-    )
-    .unwrap();
-    let sim = simulator::start(&sim_cfg, BindMode::AnyPort).await.unwrap();
+    let map = cems_map(work.path(), "100ms");
+    let (sim, modbus_port) = stack_simulator(2, 120.0).await;
     let broker = Mosquitto::start();
     let (_events_sub, mut events) =
         mosquitto::subscribe(broker.port, &format!("smeltwatch/{SITE}/events/#")).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let ports = Ports {
-        modbus: sim.endpoints()[0].bound.port(),
+        modbus: modbus_port,
         mqtt: broker.port,
         platform: listener.local_addr().unwrap(),
         http: free_port(),
     };
-    let platform = platform_ignoring(listener, MN_1, seen_tx);
+    let platform = platform(listener, Some(MN_1), Some(seen_tx));
     let state = fs.path().join("state");
     std::fs::create_dir(&state).unwrap();
     let config = work.path().join("smeltwatch.toml");
@@ -379,7 +287,7 @@ profile = "potline_gtc"
     let mut by_mn = std::collections::BTreeMap::<String, usize>::new();
     timeout(Duration::from_secs(30), async {
         while by_mn.get(MN_2).copied().unwrap_or(0) < 20 || !by_mn.contains_key(MN_1) {
-            let (mn, cn) = seen.recv().await.unwrap();
+            let hj212::Packet { mn, cn, .. } = seen.recv().await.unwrap();
             if cn == 2011 {
                 *by_mn.entry(mn).or_default() += 1;
             }

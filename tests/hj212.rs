@@ -835,7 +835,7 @@ fn spooled_records_become_hj212_text() {
     assert_eq!(p.cn, 2061);
     assert_eq!(p.cp.get("a21026-Cou"), Some("136.480"));
     let event = Record::Event(smeltwatch::model::Event {
-        kind: Arc::from("outage"),
+        kind: "outage".into(),
         subject: Arc::from("x"),
         phase: smeltwatch::model::EventPhase::Instant,
         ts: T_1000_CST,

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::mosquitto::{self, Mosquitto};
 use smeltwatch::config::{self, Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+    Aggregate, Event, EventKind, EventPhase, Period, Quality, Reading, ReadingBatch, Record,
+    Timestamp, Value,
 };
 use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Table};
 use smeltwatch::publish::mqtt::MqttUplink;
@@ -132,7 +133,7 @@ async fn a_window_is_one_packet_under_its_stack_mn_and_a_poll_batch_one_2011() {
     let dir = tempfile::tempdir().unwrap();
     let spool = SpoolHandle::open(&dir.path().join("province.db"), &uplink_cfg.spool).unwrap();
     let event = Record::Event(Event {
-        kind: Arc::from("exceedance"),
+        kind: EventKind::Exceedance,
         subject: Arc::from("gtc1_stack/so2"),
         phase: EventPhase::Instant,
         ts: Timestamp(T0),

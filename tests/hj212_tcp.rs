@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hj212::next_packet;
+use common::hj212::{next_packet, platform};
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
 use smeltwatch::publish::encode::hj212::{self, Packet, Station, Table};
@@ -65,7 +65,7 @@ async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() 
         ))));
         if hour == 1 {
             records.push(record(&Record::Event(smeltwatch::model::Event {
-                kind: Arc::from("exceedance"),
+                kind: "exceedance".into(),
                 subject: Arc::from("gtc1_stack/so2"),
                 phase: smeltwatch::model::EventPhase::Instant,
                 ts: Timestamp(T0),
@@ -482,37 +482,6 @@ fn two_stack_config(addr: std::net::SocketAddr) -> Hj212TcpConfig {
     cfg
 }
 
-/// A platform that answers every packet except those of `ignored` (an MN it has not registered),
-/// on any number of connections; every packet it receives is reported on `seen`.
-fn platform_ignoring(
-    listener: TcpListener,
-    ignored: &'static str,
-    seen: mpsc::UnboundedSender<Packet>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let table = Table::hj212_2017();
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let table = table.clone();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some(p) = next_packet(&mut conn, &mut buf, &Table::hj212_2017()).await {
-                    if p.mn != ignored {
-                        let ack = hj212::data_response(&table, &p).unwrap();
-                        if conn.write_all(ack.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = seen.send(p);
-                }
-            });
-        }
-    })
-}
-
 #[tokio::test]
 async fn a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
     let dir = tempfile::tempdir().unwrap();
@@ -539,7 +508,7 @@ async fn a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let platform = platform_ignoring(listener, MN_A, seen_tx);
+    let platform = platform(listener, Some(MN_A), Some(seen_tx));
 
     let mut cfg = two_stack_config(addr);
     cfg.max_wait = Duration::from_millis(300);
@@ -614,7 +583,7 @@ async fn a_record_that_cannot_be_encoded_is_not_counted_as_having_no_hj212_form(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen_tx, _seen) = mpsc::unbounded_channel();
-    let platform = platform_ignoring(listener, "nobody", seen_tx);
+    let platform = platform(listener, Some("nobody"), Some(seen_tx));
     let mut cfg = two_stack_config(addr);
     cfg.mn_by_subject
         .insert("gtc2_stack".into(), "not;an&mn".into());
@@ -678,7 +647,7 @@ async fn live_data_of_a_stack_the_platform_does_not_answer_does_not_hold_the_oth
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let platform = platform_ignoring(listener, MN_A, seen_tx);
+    let platform = platform(listener, Some(MN_A), Some(seen_tx));
 
     let mut cfg = two_stack_config(addr);
     cfg.mn_by_subject.insert("gtc1_cems".into(), MN_A.into());

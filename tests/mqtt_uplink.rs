@@ -9,17 +9,22 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto, SubscribeOptions};
+use common::mqtt_config;
+use common::status::wait_status;
 use smeltwatch::config::{
-    HostPort, MqttConfig, Secret, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
+    MqttConfig, Secret, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::publish::encode::json::encode_record;
-use smeltwatch::publish::mqtt::{LinkState, MqttUplink, UplinkStatus};
+use smeltwatch::publish::mqtt::{LinkState, MqttUplink};
 use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+/// How long a status may take to come true.
+const WAIT: Duration = Duration::from_secs(30);
 
 const SITE: &str = "demo-al-01";
 
@@ -27,23 +32,9 @@ fn uplink_config(port: u16, login: Option<(&str, &str)>) -> UplinkConfig {
     UplinkConfig {
         name: "plant".into(),
         kind: UplinkKind::Mqtt(MqttConfig {
-            broker: HostPort {
-                host: "127.0.0.1".into(),
-                port,
-            },
-            tls: false,
-            client_id: format!("smeltwatch-test-{}", fastrand::u32(..)),
             username: login.map(|(u, _)| u.to_owned()),
             password: login.map(|(_, p)| Secret(p.to_owned())),
-            keep_alive: Duration::from_secs(5),
-            max_packet_size: 1024 * 1024,
-            max_inflight: 20,
-            reconnect_min: Duration::from_millis(20),
-            reconnect_max: Duration::from_millis(100),
-            topics: TopicTemplates::default(),
-            encoding: Default::default(),
-            tls_settings: Default::default(),
-            replay_rate: 2000,
+            ..mqtt_config(port, "test")
         }),
         streams: vec![Stream::Live],
         spool: SpoolConfig::default(),
@@ -96,21 +87,6 @@ async fn append(spool: &SpoolHandle, from: u64, to: u64) {
         .collect();
     let appended = spool.append(recs).await.expect("append");
     assert_eq!(appended.first().map(|a| a.seq), Some(from));
-}
-
-async fn wait_status(
-    rx: &mut watch::Receiver<UplinkStatus>,
-    what: &str,
-    pred: impl Fn(&UplinkStatus) -> bool,
-) -> UplinkStatus {
-    let r = timeout(Duration::from_secs(30), async {
-        rx.wait_for(|s| pred(s)).await.map(|s| s.clone())
-    })
-    .await;
-    match r {
-        Ok(Ok(s)) => s,
-        _ => panic!("timed out waiting for {what}; status: {:?}", *rx.borrow()),
-    }
 }
 
 fn historical_of(payload: &[u8]) -> bool {
@@ -187,7 +163,7 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
     let mut all: Vec<u64> = historical.iter().chain(&fresh).copied().collect();
     all.sort_unstable();
     assert_eq!(all, (1..=120).collect::<Vec<_>>());
-    let s = wait_status(&mut status, "120 acks", |s| s.acked_total == 120).await;
+    let s = wait_status(&mut status, "120 acks", WAIT, |s| s.acked_total == 120).await;
     assert_eq!(s.state, LinkState::Connected);
     assert_eq!(spool.stats().await.unwrap().records, 0);
 
@@ -211,7 +187,7 @@ async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
     let mut status = uplink.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
-    wait_status(&mut status, "connected", |s| {
+    wait_status(&mut status, "connected", WAIT, |s| {
         s.state == LinkState::Connected
     })
     .await;
@@ -240,7 +216,7 @@ async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
         created: Timestamp::now(),
     });
     spool.append(recs).await.unwrap();
-    wait_status(&mut status, "6 acks", |s| s.acked_total == 6).await;
+    wait_status(&mut status, "6 acks", WAIT, |s| s.acked_total == 6).await;
 
     let h = latency.snapshot();
     assert_eq!(h.count, 6);
@@ -267,15 +243,7 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
     let mut broker = Mosquitto::start_persistent();
     // A persistent session so that Mosquitto queues for the subscriber while it is away; its
     // subscription survives the SIGKILL because Mosquitto saves after every change.
-    let (_sub, mut rx) = mosquitto::subscribe_with(
-        broker.port,
-        "smeltwatch/+/live/#",
-        SubscribeOptions {
-            persistent_id: Some(format!("crash-sub-{}", fastrand::u32(..))),
-            user: None,
-        },
-    )
-    .await;
+    let (_sub, mut rx) = mosquitto::subscribe_persistent(broker.port, "smeltwatch/+/live/#").await;
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(&dir);
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
@@ -293,14 +261,14 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
         })
     };
 
-    wait_status(&mut status, "100 acks", |s| s.acked_total >= 100).await;
+    wait_status(&mut status, "100 acks", WAIT, |s| s.acked_total >= 100).await;
     assert!(
         broker.db_path().exists(),
         "mosquitto saved the subscription"
     );
     broker.kill();
     // Every notice of the dead connection has resolved and every PUBACK that did arrive is acked.
-    wait_status(&mut status, "link down, nothing in flight", |s| {
+    wait_status(&mut status, "link down, nothing in flight", WAIT, |s| {
         s.state != LinkState::Connected && s.in_flight == 0
     })
     .await;
@@ -320,7 +288,7 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
     broker.restart();
 
     appender.await.unwrap();
-    let final_status = wait_status(&mut status, "spool drained", |s| {
+    let final_status = wait_status(&mut status, "spool drained", WAIT, |s| {
         s.state == LinkState::Connected && s.acked_total >= N
     })
     .await;
@@ -436,7 +404,7 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
 
-    let s = wait_status(&mut status, "auth_failed", |s| {
+    let s = wait_status(&mut status, "auth_failed", WAIT, |s| {
         matches!(s.state, LinkState::AuthFailed(_))
     })
     .await;
@@ -499,7 +467,7 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
     .await;
     // The operator fixes the broker's password file to match and reloads it.
     broker.reload_users(&[("plant", "wrong-password"), ("watcher", "watcher")]);
-    wait_status(&mut status, "all 20 acked", |s| s.acked_total == 20).await;
+    wait_status(&mut status, "all 20 acked", WAIT, |s| s.acked_total == 20).await;
     assert_eq!(spool.stats().await.unwrap().records, 0);
     let mut got = Vec::new();
     collect_until(&mut rx, &mut got, "20 messages", |g| {
@@ -542,7 +510,7 @@ async fn retained_status_is_online_while_running_offline_after_shutdown_and_afte
     let mut status = uplink.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
-    wait_status(&mut status, "connected", |s| {
+    wait_status(&mut status, "connected", WAIT, |s| {
         s.state == LinkState::Connected
     })
     .await;
@@ -566,7 +534,7 @@ async fn retained_status_is_online_while_running_offline_after_shutdown_and_afte
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
     let mut status = uplink.status();
     let task = tokio::spawn(uplink.run(CancellationToken::new()));
-    wait_status(&mut status, "connected again", |s| {
+    wait_status(&mut status, "connected again", WAIT, |s| {
         s.state == LinkState::Connected
     })
     .await;

@@ -8,14 +8,17 @@ mod common;
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
+use common::mqtt_config;
+use common::plant::one_meter_toml;
+use common::status::wait_status;
 use smeltwatch::config::{
-    HostPort, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
+    MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::mqtt::{DEFAULT_DEAD_LETTER_AFTER, MqttUplink, UplinkStatus};
+use smeltwatch::publish::mqtt::{DEFAULT_DEAD_LETTER_AFTER, MqttUplink};
 use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -25,23 +28,8 @@ fn uplink_config(port: u16, max_packet_size: usize) -> UplinkConfig {
     UplinkConfig {
         name: "plant".into(),
         kind: UplinkKind::Mqtt(MqttConfig {
-            broker: HostPort {
-                host: "127.0.0.1".into(),
-                port,
-            },
-            tls: false,
-            client_id: format!("smeltwatch-poison-{}", fastrand::u32(..)),
-            username: None,
-            password: None,
-            keep_alive: Duration::from_secs(5),
             max_packet_size,
-            max_inflight: 20,
-            reconnect_min: Duration::from_millis(20),
-            reconnect_max: Duration::from_millis(100),
-            topics: TopicTemplates::default(),
-            encoding: Default::default(),
-            tls_settings: Default::default(),
-            replay_rate: 2000,
+            ..mqtt_config(port, "poison")
         }),
         streams: vec![Stream::Live, Stream::Events],
         spool: SpoolConfig::default(),
@@ -91,22 +79,6 @@ async fn append_poison_then_ten(spool: &SpoolHandle) {
     let mut records = vec![new_record(&big)];
     records.extend(small.iter().map(new_record));
     spool.append(records).await.expect("append");
-}
-
-async fn wait_status(
-    rx: &mut watch::Receiver<UplinkStatus>,
-    what: &str,
-    within: Duration,
-    pred: impl Fn(&UplinkStatus) -> bool,
-) -> UplinkStatus {
-    let r = timeout(within, async {
-        rx.wait_for(|s| pred(s)).await.map(|s| s.clone())
-    })
-    .await;
-    match r {
-        Ok(Ok(s)) => s,
-        _ => panic!("timed out waiting for {what}; status: {:?}", *rx.borrow()),
-    }
 }
 
 /// Seqs of the live payloads received until `want` distinct ones arrived.
@@ -219,31 +191,15 @@ async fn a_refused_record_becomes_a_dead_letter_that_spool_lists_and_requeues() 
     let (_esub, mut events) = mosquitto::subscribe(broker.port, "smeltwatch/+/events/#").await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("plant.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-site = "{SITE}"
-state_dir = "state"
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:502"
-[[sources.devices]]
-name = "meter"
-unit_id = 1
-[sources.devices.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{}"
-"#,
-            broker.port
-        ),
-    )
-    .unwrap();
+    let toml = one_meter_toml(
+        SITE,
+        "state",
+        "127.0.0.1:502",
+        None,
+        "meter",
+        &format!("broker = \"mqtt://127.0.0.1:{}\"", broker.port),
+    );
+    std::fs::write(&config, toml).unwrap();
     let path = dir.path().join("state/spool-plant.db");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let spool = SpoolHandle::open(&path, &SpoolConfig::default()).unwrap();

@@ -11,16 +11,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::agent;
 use common::hj212::next_packet;
 use common::mosquitto::{self, Mosquitto};
-use smeltwatch::app::{Agent, RunOptions};
+use common::plant::{GTC1_STACK_CALC, cems_map, gtc1_source_toml, stack_simulator};
+use smeltwatch::app::RunOptions;
 use smeltwatch::config;
 use smeltwatch::ledger::{self, capture};
 use smeltwatch::publish::encode::hj212::{self, Packet, Table};
-use smeltwatch::simulator::{self, BindMode, RunningSimulator, SimulatorConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
@@ -29,97 +30,21 @@ const SITE: &str = "qh-al-01";
 const MN: &str = "QHAL0000000000000000GTC1";
 const PW: &str = "123456";
 
-/// One stack CEMS on a free port, `time_scale` plant seconds per real second.
-async fn stack_simulator(time_scale: f64) -> (RunningSimulator, u16) {
-    let cfg: SimulatorConfig = toml::from_str(&format!(
-        r#"
-seed = 7
-tick = "50ms"
-time_scale = {time_scale}
-[[stacks]]
-name = "gtc1_stack"
-listen = "127.0.0.1:0"
-unit_id = 1
-profile = "potline_gtc"
-"#
-    ))
-    .unwrap();
-    let sim = simulator::start(&cfg, BindMode::AnyPort).await.unwrap();
-    let port = sim.endpoints()[0].bound.port();
-    (sim, port)
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 /// The stack, its calculator (with `calc_extra` in `[calc]`) and `rest` (uplinks, `[ledger]`).
 fn agent_toml(modbus_port: u16, state: &Path, poll: &str, calc_extra: &str, rest: &str) -> String {
     format!(
         r#"
 site = "{SITE}"
 state_dir = "{state}"
-
-[register_maps.cems]
-csv = "{cems}"
-
-[[sources]]
-name = "gtc1"
-tcp = "127.0.0.1:{modbus_port}"
-timeout = "1s"
-
-[[sources.devices]]
-name = "gtc1_stack"
-unit_id = 1
-map = "cems"
-
+{gtc1}
 [calc]
 utc_offset_hours = 8
 {calc_extra}
-
-[[calc.stacks]]
-name = "gtc1_stack"
-device = "gtc1/gtc1_stack"
-limits = "gb25465_2010_al_pot_gas"
-limit_class = "general"
-pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3", particulate = "particulate_mg_m3" }}
-flow_point = "flow_m3h"
-calibration_point = "in_calibration"
-maintenance_point = "in_maintenance"
-fault_point = "analyser_fault"
-{rest}
+{GTC1_STACK_CALC}{rest}
 "#,
         state = state.display(),
-        cems = poll_map(state, poll).display(),
+        gtc1 = gtc1_source_toml(modbus_port, &cems_map(state, poll)),
     )
-}
-
-/// The simulator's CEMS register map with every poll interval replaced by `poll`, written into
-/// `dir` (the shipped map polls every 10 s).
-fn poll_map(dir: &Path, poll: &str) -> PathBuf {
-    let text = std::fs::read_to_string(repo("config/maps/cems.csv")).unwrap();
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| l.replacen(",10s,", &format!(",{poll},"), 1))
-        .collect();
-    let path = dir.join("cems.csv");
-    std::fs::write(&path, out.join("\n")).unwrap();
-    path
-}
-
-/// Write the configuration to a file (the ledger records the file's hash) and start the agent.
-async fn start_agent(file: &Path, toml: &str) -> Agent {
-    std::fs::write(file, toml).unwrap();
-    let cfg = config::load(file).unwrap_or_else(|e| panic!("{e}"));
-    smeltwatch::app::start(
-        cfg,
-        RunOptions {
-            grace_period: Duration::from_secs(2),
-            reload: None,
-        },
-    )
-    .await
-    .unwrap()
 }
 
 /// Acknowledge a data packet that asks for it (9014), as a platform does.
@@ -187,7 +112,7 @@ fn plant_time(start: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_gets_the_same_hours_back_after_a_dropped_connection_and_a_restart() {
     let table = Table::hj212_2017();
-    let (sim, modbus_port) = stack_simulator(120.0).await;
+    let (sim, modbus_port) = stack_simulator(1, 120.0).await;
     let state = tempfile::tempdir().unwrap();
     let platform = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let uplink = format!(
@@ -214,7 +139,7 @@ over_time = "2s"
         &uplink,
     );
     let file = state.path().join("smeltwatch.toml");
-    let agent = start_agent(&file, &toml).await;
+    let agent = agent::start(&file, &toml).await;
     let deadline = Instant::now() + Duration::from_secs(120);
 
     // Connection 1: minute and hour packets as windows close, all acknowledged. The first
@@ -296,7 +221,7 @@ over_time = "2s"
         &plant_time("2025-03-02T00:58:00Z"),
         &uplink,
     );
-    let agent = start_agent(&file, &toml).await;
+    let agent = agent::start(&file, &toml).await;
     let (mut conn, _) = timeout_at(deadline, platform.accept())
         .await
         .expect("the restarted agent connects")
@@ -336,7 +261,7 @@ fn sealed(payload: &[u8]) -> Option<ledger::LedgerRecord> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_signed_feed_verifies_from_the_broker_and_continues_across_a_restart() {
     let broker = Mosquitto::start();
-    let (sim, modbus_port) = stack_simulator(1.0).await;
+    let (sim, modbus_port) = stack_simulator(1, 1.0).await;
     let state = tempfile::tempdir().unwrap();
     let keys = ledger::keygen(&state.path().join("keys")).unwrap();
     let (_sub, mut rx) = mosquitto::subscribe(broker.port, "#").await;
@@ -387,7 +312,7 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
         std::fs::set_permissions(&keys.secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    let agent = start_agent(&file, &toml).await;
+    let agent = agent::start(&file, &toml).await;
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut json = Vec::new();
     let mut pb = Vec::new();
@@ -472,7 +397,7 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
         .max()
         .unwrap();
     agent.shutdown().await;
-    let agent = start_agent(&file, &toml).await;
+    let agent = agent::start(&file, &toml).await;
     let mut resumed = None;
     while resumed.is_none() {
         let (topic, payload) = timeout_at(deadline, rx.recv())

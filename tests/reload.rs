@@ -6,58 +6,30 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::agent;
 use common::mosquitto::{Mosquitto, subscribe};
+use common::notify::NotifySocket;
+use common::plant::{one_meter, one_meter_toml};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
-use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const SITE: &str = "rl";
+/// How long a notification may take.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn config(modbus_port: u16, device: &str, state: &Path, uplink: &str) -> String {
-    format!(
-        r#"
-site = "{SITE}"
-state_dir = "{}"
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:{modbus_port}"
-default_poll = "200ms"
-[[sources.devices]]
-name = "{device}"
-unit_id = 1
-[sources.devices.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-{uplink}
-"#,
-        state.display()
+    one_meter_toml(
+        SITE,
+        &state.display().to_string(),
+        &format!("127.0.0.1:{modbus_port}"),
+        Some("200ms"),
+        device,
+        uplink,
     )
-}
-
-/// Next notification on the notify socket that is not a watchdog ping or a start-up time
-/// extension, as text.
-async fn next_status(sock: &UnixDatagram) -> String {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(30), sock.recv(&mut buf))
-            .await
-            .expect("a notification within 30 s")
-            .unwrap();
-        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        // Watchdog pings, and the start-up time extensions each spool open sends.
-        if msg != "WATCHDOG=1" && !msg.starts_with("EXTEND_TIMEOUT_USEC=") {
-            return msg;
-        }
-    }
 }
 
 /// Wait for a message whose topic satisfies `want`; returns its payload.
@@ -93,16 +65,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn signal(pid: u32, sig: &str) {
-    assert!(
-        Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 fn assert_running(child: &mut Child, when: &str) {
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -112,46 +74,29 @@ fn assert_running(child: &mut Child, when: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_cannot_start_keeps_the_running_configuration() {
-    let dev = Device::new(
-        "meter",
-        BankSizes {
-            input: 4,
-            ..BankSizes::default()
-        },
-        1,
-    );
-    dev.set_input(0, &[0x4081, 0x999A]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let modbus_port = listener.local_addr().unwrap().port();
     let plant = CancellationToken::new();
-    tokio::spawn(serve_tcp(
-        listener,
-        UnitMap::from([(1, dev)]),
-        plant.clone(),
-    ));
+    let modbus_port = one_meter(&plant).await;
     let broker = Mosquitto::start();
     let (_sub, mut rx) = subscribe(broker.port, &format!("smeltwatch/{SITE}/#")).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify");
-    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    let notify = NotifySocket::bind(dir.path());
     let cfg_path = dir.path().join("smeltwatch.toml");
     let state = dir.path().join("state");
     let plain = format!("broker = \"mqtt://127.0.0.1:{}\"", broker.port);
     std::fs::write(&cfg_path, config(modbus_port, "meter_a", &state, &plain)).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(["run", "-c"])
-        .arg(&cfg_path)
-        .env("NOTIFY_SOCKET", &notify_path)
+    let mut child = agent::run_command(&cfg_path)
+        .env("NOTIFY_SOCKET", &notify.path)
         .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
-    assert_eq!(next_status(&sock).await, "READY=1\nSTATUS=polling");
+    assert_eq!(
+        notify.next_non_watchdog(WAIT).await,
+        "READY=1\nSTATUS=polling"
+    );
     let live_a = format!("smeltwatch/{SITE}/live/bus/meter_a");
     await_topic(&mut rx, "a first live batch", |t, _| t == live_a).await;
 
@@ -176,7 +121,7 @@ async fn a_reload_that_cannot_start_keeps_the_running_configuration() {
     );
     std::fs::write(&cfg_path, config(modbus_port, "meter_b", &state, &tls)).unwrap();
     let sighup_ms = now_ms();
-    signal(pid, "-HUP");
+    agent::signal(pid, "-HUP");
 
     // Reported on the uplink of the configuration that keeps running, as an event naming the file.
     let event = await_topic(&mut rx, "a reload_failed event", |t, _| {
@@ -189,8 +134,8 @@ async fn a_reload_that_cannot_start_keeps_the_running_configuration() {
         message.contains("cert_file") && message.contains("agent.crt"),
         "{event}"
     );
-    assert_eq!(next_status(&sock).await, "RELOADING=1");
-    let status = next_status(&sock).await;
+    assert_eq!(notify.next_non_watchdog(WAIT).await, "RELOADING=1");
+    let status = notify.next_non_watchdog(WAIT).await;
     assert!(
         status.starts_with("READY=1\nSTATUS=polling (reload failed")
             && status.contains("cert_file"),
@@ -209,10 +154,10 @@ async fn a_reload_that_cannot_start_keeps_the_running_configuration() {
 
     // A valid configuration still replaces it.
     std::fs::write(&cfg_path, config(modbus_port, "meter_c", &state, &plain)).unwrap();
-    signal(pid, "-HUP");
-    assert_eq!(next_status(&sock).await, "RELOADING=1");
+    agent::signal(pid, "-HUP");
+    assert_eq!(notify.next_non_watchdog(WAIT).await, "RELOADING=1");
     assert_eq!(
-        next_status(&sock).await,
+        notify.next_non_watchdog(WAIT).await,
         "READY=1\nSTATUS=polling (configuration reloaded)"
     );
     let live_c = format!("smeltwatch/{SITE}/live/bus/meter_c");
@@ -223,7 +168,7 @@ async fn a_reload_that_cannot_start_keeps_the_running_configuration() {
     )
     .await;
 
-    signal(pid, "-TERM");
+    agent::signal(pid, "-TERM");
     let out = child.wait_with_output().unwrap();
     plant.cancel();
     assert!(out.status.success(), "exit status {}", out.status);

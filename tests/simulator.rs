@@ -3,11 +3,11 @@
 //! Values are decoded by hand here (not with the crate's decoder), so these tests check the
 //! simulator's wire format independently.
 
-#[path = "common/mbpoll.rs"]
-mod mbpoll;
+mod common;
 
 use std::time::Duration;
 
+use common::mbpoll;
 use smeltwatch::simulator::layout::{cems, copper_smelter, pcu, rectifier};
 use smeltwatch::simulator::{
     self, BankSizes, BindMode, Corruption, Device, ExceptionFault, Faults, RunningSimulator,

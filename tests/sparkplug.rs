@@ -372,6 +372,7 @@ fn num(v: &serde_json::Value) -> f64 {
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
+use common::status::wait_status;
 use rumqttc::{AsyncClient, PublishOptions, QoS};
 use smeltwatch::config::{Stream, UplinkKind};
 use smeltwatch::model::Record;
@@ -382,6 +383,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+/// How long a status may take to come true.
+const WAIT: Duration = Duration::from_secs(20);
 
 const GROUP: &str = "smelter";
 const EDGE: &str = "line1";
@@ -437,18 +441,6 @@ fn start_edge_with_host(port: u16, spool: &SpoolHandle, host: Option<&str>) -> E
         status,
         latency,
     }
-}
-
-async fn wait_status(
-    rx: &mut watch::Receiver<SparkplugStatus>,
-    what: &str,
-    f: impl Fn(&SparkplugStatus) -> bool,
-) {
-    let ok = matches!(
-        timeout(Duration::from_secs(20), rx.wait_for(|s| f(s))).await,
-        Ok(Ok(_))
-    );
-    assert!(ok, "timed out waiting for {what}: {:?}", *rx.borrow());
 }
 
 /// A message seen on `spBv1.0/#`: its type, device and decoded payload.
@@ -578,7 +570,7 @@ async fn seq_increments_per_message_and_wraps_after_255() {
     let spool = spool_in(&dir);
     let mut edge = start_edge(broker.port, &spool);
     expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", |s| s.online).await;
+    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
     let batches = (0..300)
         .map(|i| pot_batch(Some(4.0 + f64::from(i) / 1000.0), T0 + i64::from(i)))
         .collect();
@@ -614,7 +606,7 @@ async fn a_rebirth_request_yields_a_fresh_nbirth_and_all_dbirths_that_tahu_js_de
     let spool = spool_in(&dir);
     let mut edge = start_edge(broker.port, &spool);
     let bd = expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", |s| s.online).await;
+    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
     append_batches(&spool, vec![first_poll()]).await;
     let data = until(&mut rx, "DDATA").await;
     assert_eq!(
@@ -694,9 +686,12 @@ async fn a_broker_restart_and_an_agent_restart_each_yield_a_new_bdseq() {
     let spool = spool_in(&dir);
     let mut edge = start_edge(broker.port, &spool);
     let bd0 = expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", |s| s.online && s.connects == 1).await;
+    wait_status(&mut edge.status, "online", WAIT, |s| {
+        s.online && s.connects == 1
+    })
+    .await;
     broker.restart();
-    wait_status(&mut edge.status, "reconnected", |s| {
+    wait_status(&mut edge.status, "reconnected", WAIT, |s| {
         s.online && s.connects >= 2
     })
     .await;
@@ -731,7 +726,7 @@ async fn a_device_that_stops_answering_gets_ddeath_and_a_dbirth_when_it_recovers
     let spool = spool_in(&dir);
     let mut edge = start_edge(broker.port, &spool);
     expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", |s| s.online).await;
+    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
     append_batches(
         &spool,
         vec![
@@ -819,7 +814,7 @@ async fn with_a_primary_host_nbirth_waits_for_its_online_state_and_its_offline_s
     let mut edge = start_edge_with_host(broker.port, &spool, Some(HOST));
 
     // Connected and subscribed, but no host yet: no NBIRTH, and data piles up in the spool.
-    wait_status(&mut edge.status, "waiting for the host", |s| {
+    wait_status(&mut edge.status, "waiting for the host", WAIT, |s| {
         s.waiting_for_host && s.connects == 1
     })
     .await;
@@ -870,9 +865,12 @@ async fn with_a_primary_host_nbirth_waits_for_its_online_state_and_its_offline_s
         bd0,
         "NDEATH carries the session's bdSeq"
     );
-    wait_status(&mut edge.status, "reconnected, waiting for the host", |s| {
-        s.host_offline_total == 1 && s.connects == 2 && s.waiting_for_host
-    })
+    wait_status(
+        &mut edge.status,
+        "reconnected, waiting for the host",
+        WAIT,
+        |s| s.host_offline_total == 1 && s.connects == 2 && s.waiting_for_host,
+    )
     .await;
     // Data keeps being spooled meanwhile.
     append_batches(&spool, vec![pot_batch(Some(4.25), T0 + 30_000)]).await;
@@ -973,7 +971,7 @@ async fn mqtt_spb_wrapper_decodes_nbirth_dbirth_and_ddata_captured_from_mosquitt
     let nbirth = until(&mut rx, "NBIRTH").await;
     let first_dbirth = next_msg(&mut rx, "DBIRTH rectifier").await;
     until(&mut rx, "DBIRTH").await;
-    wait_status(&mut edge.status, "online", |s| s.online).await;
+    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
     append_batches(&spool, vec![first_poll(), second_poll()]).await;
     let ddata1 = until(&mut rx, "DDATA").await;
     let ddata2 = until(&mut rx, "DDATA").await;
@@ -1084,7 +1082,7 @@ async fn the_will_is_replaced_before_each_reconnect_and_carries_the_new_bdseq() 
     let mut edge = start_edge(broker.port, &spool);
     let bd0 = expect_births(&mut rx).await;
     broker.restart();
-    wait_status(&mut edge.status, "reconnected", |s| {
+    wait_status(&mut edge.status, "reconnected", WAIT, |s| {
         s.online && s.connects >= 2
     })
     .await;
@@ -1121,10 +1119,10 @@ async fn data_sent_to_a_frozen_broker_stays_in_the_spool_and_arrives_after_it_re
     let spool = spool_in(&dir);
     let mut edge = start_edge(broker.port, &spool);
     expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", |s| s.online).await;
+    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
     append_batches(&spool, vec![pot_batch(Some(4.0), T0)]).await;
     until(&mut rx, "DDATA").await;
-    wait_status(&mut edge.status, "the first record acked", |s| {
+    wait_status(&mut edge.status, "the first record acked", WAIT, |s| {
         s.acked_total == 1
     })
     .await;
@@ -1136,7 +1134,10 @@ async fn data_sent_to_a_frozen_broker_stays_in_the_spool_and_arrives_after_it_re
         .map(|i| pot_batch(Some(4.0 + i as f64 / 10.0), T0 + i * 1000))
         .collect();
     append_batches(&spool, frozen).await;
-    wait_status(&mut edge.status, "the silent broker noticed", |s| !s.online).await;
+    wait_status(&mut edge.status, "the silent broker noticed", WAIT, |s| {
+        !s.online
+    })
+    .await;
     let acked = edge.status.borrow().acked_total;
     assert_eq!(
         spool_records(&spool).await,
@@ -1159,7 +1160,7 @@ async fn data_sent_to_a_frozen_broker_stays_in_the_spool_and_arrives_after_it_re
             }
         }
     }
-    wait_status(&mut edge.status, "every record acked", |s| {
+    wait_status(&mut edge.status, "every record acked", WAIT, |s| {
         s.online && s.acked_total == 1 + FROZEN as u64
     })
     .await;

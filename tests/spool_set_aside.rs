@@ -5,27 +5,20 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
+use common::notify::NotifySocket;
 use common::plant::{device, f32_words, serve};
+use common::probe::get;
+use common::{agent, free_port};
 use serde_json::Value as Json;
 use smeltwatch::simulator::UnitMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 const SITE: &str = "aside";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(modbus_port: u16, mqtt_port: u16, http_port: u16, state: &Path) -> String {
     let uplink = |name: &str| {
@@ -75,22 +68,6 @@ map = "meter"
     )
 }
 
-/// `GET path` on the agent's HTTP endpoint: the body.
-async fn get(port: u16, path: &str) -> String {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    conn.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
 /// Fails the test with the agent's exit status and log if it is no longer running.
 fn assert_running(agent: &mut Child, log: &Path) {
     if let Some(status) = agent.try_wait().unwrap() {
@@ -125,16 +102,11 @@ async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
     std::fs::write(&cfg, config(modbus_port, broker.port, http_port, &state)).unwrap();
 
     // Under systemd the spool opens ask for more start time before READY=1.
-    let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify")).unwrap();
+    let notify = NotifySocket::bind(dir.path());
     let log = dir.path().join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
+    let mut agent = agent::run_command(&cfg)
         .env("NO_COLOR", "1")
-        .env("NOTIFY_SOCKET", dir.path().join("notify"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .env("NOTIFY_SOCKET", &notify.path)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("starting smeltwatch run");
@@ -208,12 +180,7 @@ async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
         "{event}"
     );
 
-    notify.set_nonblocking(true).unwrap();
-    let mut notes = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = notify.recv(&mut buf) {
-        notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let notes = notify.queued();
     let ready = notes
         .iter()
         .position(|n| n.contains("READY=1"))
@@ -224,7 +191,7 @@ async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
         .count();
     assert_eq!(extends, 2, "one per spool before READY=1: {notes:?}");
 
-    let metrics = get(http_port, "/metrics").await;
+    let metrics = get(http_port, "/metrics").await.1;
     assert!(
         metrics
             .contains("smeltwatch_spool_set_aside_total{uplink=\"broken\",reason=\"corrupt\"} 1"),
@@ -235,10 +202,7 @@ async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
         "{metrics}"
     );
 
-    Command::new("kill")
-        .arg(agent.id().to_string())
-        .status()
-        .unwrap();
+    agent::signal(agent.id(), "-TERM");
     let status = agent.wait().unwrap();
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status}: {log_text}");
@@ -276,13 +240,8 @@ async fn a_newer_schema_stops_only_its_uplink_and_is_left_untouched() {
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, config(modbus_port, broker.port, http_port, &state)).unwrap();
     let log = dir.path().join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
+    let mut agent = agent::run_command(&cfg)
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("starting smeltwatch run");
@@ -319,7 +278,7 @@ async fn a_newer_schema_stops_only_its_uplink_and_is_left_untouched() {
             .contains("schema version 99"),
         "{event}"
     );
-    let readyz: Json = serde_json::from_str(&get(http_port, "/readyz").await).unwrap();
+    let readyz: Json = serde_json::from_str(&get(http_port, "/readyz").await.1).unwrap();
     assert_eq!(readyz["ready"], false, "{readyz}");
     assert!(
         readyz["reasons"][0]
@@ -328,7 +287,7 @@ async fn a_newer_schema_stops_only_its_uplink_and_is_left_untouched() {
             .starts_with("uplink \"broken\" not started"),
         "{readyz}"
     );
-    let metrics = get(http_port, "/metrics").await;
+    let metrics = get(http_port, "/metrics").await.1;
     assert!(
         metrics.contains("smeltwatch_spool_open_failed{uplink=\"broken\"} 1"),
         "{metrics}"
@@ -344,10 +303,7 @@ async fn a_newer_schema_stops_only_its_uplink_and_is_left_untouched() {
         .collect();
     assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
 
-    Command::new("kill")
-        .arg(agent.id().to_string())
-        .status()
-        .unwrap();
+    agent::signal(agent.id(), "-TERM");
     let status = agent.wait().unwrap();
     assert!(
         status.success(),

@@ -15,35 +15,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
-use common::plant::{device, f32_words, serve};
+use common::plant::{GTC1_STACK_CALC, cems_map, gtc1_source_toml, meters, stack_simulator};
 use common::probe::{SmallFs, get, metric_sum};
-use smeltwatch::app::{Agent, RunOptions};
-use smeltwatch::simulator::{self, BindMode, SimulatorConfig, UnitMap};
+use common::{agent, free_port};
+use smeltwatch::app::Agent;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 /// Meters per fast source, polled every 50 ms: with two sources 640 batches a second, so the
 /// fan-out channel (4096 batches) would fill within seconds if the fan-out stopped reading.
 const METERS: u8 = 16;
-
-async fn meters(shutdown: &CancellationToken) -> u16 {
-    let units: UnitMap = (1..=METERS)
-        .map(|unit| {
-            let d = device(&format!("meter_{unit:02}"));
-            d.set_input(0, &f32_words(10.0 * f32::from(unit)));
-            (unit, d)
-        })
-        .collect();
-    serve(units, shutdown).await
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn agent_toml(
     state: &Path,
@@ -58,27 +39,14 @@ fn agent_toml(
 site = "full-disk"
 state_dir = "{state}"
 
-[register_maps.cems]
-csv = "{cems}"
-
 [register_maps.meter.points.power_mw]
 area = "input"
 address = 0
 type = "f32"
 unit = "MW"
-
-[[sources]]
-name = "gtc1"
-tcp = "127.0.0.1:{stack_port}"
-timeout = "1s"
-
-[[sources.devices]]
-name = "gtc1_stack"
-unit_id = 1
-map = "cems"
-"#,
+{gtc1}"#,
         state = state.display(),
-        cems = maps.join("cems.csv").display(),
+        gtc1 = gtc1_source_toml(stack_port, &cems_map(maps, "100ms")),
     );
     for (i, port) in meter_ports.iter().enumerate() {
         toml.push_str(&format!(
@@ -116,31 +84,9 @@ utc_offset_hours = 8
 [calc.simulated_time]
 scale = 120
 start = "2025-03-01T00:00:00Z"
-
-[[calc.stacks]]
-name = "gtc1_stack"
-device = "gtc1/gtc1_stack"
-limits = "gb25465_2010_al_pot_gas"
-limit_class = "general"
-pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3", particulate = "particulate_mg_m3" }}
-flow_point = "flow_m3h"
-calibration_point = "in_calibration"
-maintenance_point = "in_maintenance"
-fault_point = "analyser_fault"
-"#
+{GTC1_STACK_CALC}"#
     ));
     toml
-}
-
-/// The simulator's CEMS map polled every 100 ms, written into `dir`.
-fn cems_map(dir: &Path) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(repo.join("config/maps/cems.csv")).unwrap();
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| l.replacen(",10s,", ",100ms,", 1))
-        .collect();
-    std::fs::write(dir.join("cems.csv"), out.join("\n")).unwrap();
 }
 
 fn cycles(agent: &Agent) -> u64 {
@@ -158,24 +104,9 @@ fn cycles(agent: &Agent) -> u64 {
 async fn a_full_state_dir_with_calc_on_never_stops_acquisition() {
     let fs = SmallFs::mount("2m");
     let work = tempfile::tempdir().unwrap();
-    cems_map(work.path());
     let stop = CancellationToken::new();
-    let sim_cfg: SimulatorConfig = toml::from_str(
-        r#"
-seed = 7
-tick = "50ms"
-time_scale = 120
-[[stacks]]
-name = "gtc1_stack"
-listen = "127.0.0.1:0"
-unit_id = 1
-profile = "potline_gtc"
-"#,
-    )
-    .unwrap();
-    let sim = simulator::start(&sim_cfg, BindMode::AnyPort).await.unwrap();
-    let stack_port = sim.endpoints()[0].bound.port();
-    let meter_ports = [meters(&stop).await, meters(&stop).await];
+    let (sim, stack_port) = stack_simulator(1, 120.0).await;
+    let meter_ports = [meters(METERS, &stop).await, meters(METERS, &stop).await];
     let broker = Mosquitto::start();
     let http_port = free_port();
     let state = fs.path().join("state");
@@ -187,17 +118,7 @@ profile = "potline_gtc"
         broker.port,
         http_port,
     );
-    let cfg = smeltwatch::config::parse(&toml, &work.path().join("full.toml"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(
-        cfg,
-        RunOptions {
-            grace_period: Duration::from_secs(2),
-            reload: None,
-        },
-    )
-    .await
-    .unwrap();
+    let agent = agent::start(&work.path().join("full.toml"), &toml).await;
     let mut status = agent.live.uplinks.lock().unwrap()[0].status.clone();
     timeout(
         Duration::from_secs(20),

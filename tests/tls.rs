@@ -9,21 +9,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto, TlsListener};
+use common::mqtt_config;
+use common::status::wait_status;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     date_time_ymd,
 };
 use smeltwatch::config::{
-    HostPort, MqttConfig, SpoolConfig, Stream, TlsSettings, TopicTemplates, UplinkConfig,
-    UplinkKind,
+    MqttConfig, SpoolConfig, Stream, TlsSettings, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::mqtt::{LinkState, MqttUplink, UplinkStatus};
+use smeltwatch::publish::mqtt::{LinkState, MqttUplink};
 use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+/// How long a status may take to come true.
+const WAIT: Duration = Duration::from_secs(20);
 
 const SITE: &str = "tls-site";
 const RECORDS: u64 = 20;
@@ -138,23 +142,11 @@ fn uplink_config(port: u16, tls: TlsSettings) -> UplinkConfig {
     UplinkConfig {
         name: "province".into(),
         kind: UplinkKind::Mqtt(MqttConfig {
-            broker: HostPort {
-                host: "127.0.0.1".into(),
-                port,
-            },
             tls: true,
-            client_id: format!("smeltwatch-tls-{}", fastrand::u32(..)),
-            username: None,
-            password: None,
-            keep_alive: Duration::from_secs(5),
-            max_packet_size: 1024 * 1024,
-            max_inflight: 20,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(200),
-            topics: TopicTemplates::default(),
-            encoding: Default::default(),
             tls_settings: tls,
-            replay_rate: 2000,
+            ..mqtt_config(port, "tls")
         }),
         streams: vec![Stream::Live],
         spool: SpoolConfig::default(),
@@ -196,21 +188,6 @@ async fn spool_with_records(dir: &Path) -> SpoolHandle {
     spool
 }
 
-async fn wait_status(
-    rx: &mut watch::Receiver<UplinkStatus>,
-    what: &str,
-    pred: impl Fn(&UplinkStatus) -> bool,
-) -> UplinkStatus {
-    let r = timeout(Duration::from_secs(20), async {
-        rx.wait_for(|s| pred(s)).await.map(|s| s.clone())
-    })
-    .await;
-    match r {
-        Ok(Ok(s)) => s,
-        _ => panic!("timed out waiting for {what}; status: {:?}", *rx.borrow()),
-    }
-}
-
 async fn receive_all(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, n: u64) -> Vec<u64> {
     let mut seqs = Vec::new();
     timeout(Duration::from_secs(20), async {
@@ -236,7 +213,7 @@ async fn expect_tls_failure(setup: &Setup, tls: TlsSettings) -> String {
     let mut status = uplink.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
-    let first = wait_status(&mut status, "a failed TLS connection", |s| {
+    let first = wait_status(&mut status, "a failed TLS connection", WAIT, |s| {
         matches!(s.state, LinkState::Disconnected(_))
     })
     .await;
@@ -288,7 +265,7 @@ async fn mutual_tls_delivers_every_record() {
     let task = tokio::spawn(uplink.run(stop.clone()));
     let seqs = receive_all(&mut rx, RECORDS).await;
     assert_eq!(seqs, (1..=RECORDS).collect::<Vec<_>>());
-    wait_status(&mut status, "all acked", |s| s.acked_total == RECORDS).await;
+    wait_status(&mut status, "all acked", WAIT, |s| s.acked_total == RECORDS).await;
     assert_eq!(spool.stats().await.unwrap().records, 0);
     stop.cancel();
     timeout(Duration::from_secs(10), task)

@@ -13,26 +13,19 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::{device, f32_words, serve};
-use smeltwatch::app::{Agent, RunOptions, UplinkView};
+use common::plant::meters;
+use smeltwatch::app::{Agent, UplinkView};
 use smeltwatch::config::SpoolConfig;
 use smeltwatch::publish::mqtt::LinkState;
-use smeltwatch::simulator::UnitMap;
 use smeltwatch::spool::SpoolHandle;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 /// Two meters polled every 100 ms; returns the port.
 async fn plant(shutdown: &CancellationToken) -> u16 {
-    let units: UnitMap = (1..=2u8)
-        .map(|unit| {
-            let d = device(&format!("meter_{unit:02}"));
-            d.set_input(0, &f32_words(10.0 * f32::from(unit)));
-            (unit, d)
-        })
-        .collect();
-    serve(units, shutdown).await
+    meters(2, shutdown).await
 }
 
 fn mqtt_uplink(broker: u16) -> String {
@@ -113,17 +106,7 @@ map = "meter"
     for u in uplinks {
         src.push_str(u);
     }
-    let cfg = smeltwatch::config::parse(&src, Path::new("uplink_supervision.toml"))
-        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"));
-    smeltwatch::app::start(
-        cfg,
-        RunOptions {
-            grace_period: grace,
-            reload: None,
-        },
-    )
-    .await
-    .expect("agent starts")
+    agent::start_with_grace(&state.join("uplink_supervision.toml"), &src, grace).await
 }
 
 fn view(agent: &Agent, name: &str) -> UplinkView {

@@ -34,11 +34,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Area, Config, HostPort, Stream, TopicTemplates, UplinkKind};
+use crate::config::{Area, BrokerUrl, Config, Stream, TopicTemplates, UplinkKind};
 use crate::modbus::plan;
 use crate::modbus::poller::{Poller, PollerStats};
 use crate::modbus::write::DeviceWriters;
-use crate::model::{Event, EventPhase, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
+use crate::model::{
+    Event, EventKind, EventPhase, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+};
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::{AppendFailed, Decoded, NewRecord, SpoolHandle};
 
@@ -50,15 +52,15 @@ const READINGS_CHANNEL: usize = 4096;
 /// How often the calculators are asked to close windows whose data stopped.
 const CALC_FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Largest number of batches appended to the spools in one transaction. The spool serves one
-/// command at a time, so an uplink's read waits for the append in progress: at 1,000 batches of
-/// 13 kB a second, bursts of 512 made transactions of about 45 ms that held fresh data back from
-/// the uplink (latency p50 about 85 ms; with 32 about 60 ms, at the same CPU, and 16 MB less RSS).
+/// command at a time, so an uplink's read waits for the append in progress: a short transaction
+/// lets fresh data out sooner, at the same CPU (docs/PERFORMANCE.md, "fresh data waited behind
+/// 512-batch spool transactions").
 const MAX_BATCHES_PER_APPEND: usize = 32;
 /// How long fan-out waits for more batches after the first of a burst before it appends them (up
 /// to [`MAX_BATCHES_PER_APPEND`]): group commit. A source reads its devices one after the other,
-/// so its batches trickle in over tens of milliseconds; without the wait nearly every batch was a
-/// transaction (with the fsync `synchronous = full` makes of it). At 1000 × 100 with the sources
-/// spread over the second that was about 190 commits a second.
+/// so its batches trickle in over tens of milliseconds; the wait joins them into one transaction
+/// (one fsync under `synchronous = full`) instead of one each (docs/PERFORMANCE.md, "spread
+/// sources made a transaction of nearly every batch").
 const APPEND_LINGER: Duration = Duration::from_millis(5);
 /// After this many waits in a row that gathered nothing, fan-out stops waiting ([`Linger`])...
 const LINGER_FRUITLESS: u32 = 8;
@@ -523,7 +525,7 @@ async fn preflight(cfg: &Config, running: &Config) -> anyhow::Result<()> {
 /// The `reload_failed` event: what failed and what runs now.
 fn reload_failed(config: &Path, stage: &str, message: String) -> Record {
     Record::Event(Event {
-        kind: Arc::from("reload_failed"),
+        kind: EventKind::ReloadFailed,
         subject: Arc::from(config.display().to_string()),
         phase: EventPhase::Instant,
         ts: Timestamp::now(),
@@ -977,7 +979,7 @@ async fn fan_out(
 /// Group commit that waits only where waiting gathers something. A source reading many devices
 /// behind one gateway sends its batches in a trickle, and [`APPEND_LINGER`] joins them into one
 /// append. Where every device is its own connection, the sources are spread over the interval
-/// (each a few tens of milliseconds from the next) and the wait gathered nothing: it only cost a
+/// (each a few tens of milliseconds from the next) and the wait gathers nothing: it only costs a
 /// timer wake-up per batch. So after [`LINGER_FRUITLESS`] waits in a row that gathered nothing,
 /// a burst takes only what has already arrived, and every [`LINGER_PROBE_EVERY`]th burst waits
 /// again to notice when batches trickle in again.
@@ -1204,33 +1206,17 @@ pub fn shutdown_on_signal(duration: Option<Duration>) -> CancellationToken {
 
 /// Replace the first MQTT uplink's broker (`--broker mqtt://host:port`).
 pub fn override_broker(cfg: &mut Config, url: &str) -> anyhow::Result<()> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else {
-        bail!("--broker {url:?}: expected mqtt://host:port or mqtts://host:port");
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse::<u16>()
-                .with_context(|| format!("--broker {url:?}: bad port {p:?}"))?,
-        ),
-        None => (rest.to_string(), if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        bail!("--broker {url:?}: missing host");
-    }
+    let url: BrokerUrl = url
+        .parse()
+        .map_err(|e: crate::config::BrokerUrlError| anyhow::anyhow!(e.for_flag("--broker")))?;
     let Some(m) = cfg.uplinks.iter_mut().find_map(|u| match &mut u.kind {
         UplinkKind::Mqtt(m) => Some(m),
         _ => None,
     }) else {
         bail!("--broker given but the configuration has no MQTT uplink");
     };
-    m.broker = HostPort { host, port };
-    m.tls = tls;
+    m.broker = url.addr;
+    m.tls = url.tls;
     Ok(())
 }
 

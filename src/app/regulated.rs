@@ -30,9 +30,9 @@ use ed25519_dalek::SigningKey;
 
 use crate::config::{Config, Regulated};
 use crate::history::{HistoryStore, figures_period};
-use crate::ledger::capture::{CONFIG_CHANGE, REGULATED_CHAIN, payload_of};
+use crate::ledger::capture::{REGULATED_CHAIN, payload_of};
 use crate::ledger::{Chain, LedgerRecord};
-use crate::model::{Event, EventPhase, Period, Record, Timestamp, Value};
+use crate::model::{Event, EventKind, EventPhase, Period, Record, Timestamp, Value};
 use crate::publish::hj212_tcp::HistorySource;
 
 use super::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
@@ -146,7 +146,7 @@ impl Regulator {
         };
         let digest = crate::ledger::to_hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         Some(Record::Event(Event {
-            kind: Arc::from(CONFIG_CHANGE),
+            kind: EventKind::ConfigChange,
             subject: Arc::from(cfg.site.as_str()),
             phase: EventPhase::Instant,
             ts: Timestamp::now(),
@@ -174,7 +174,7 @@ impl Regulator {
                     _ => false,
                 }
             }
-            Record::Event(e) => &*e.kind == CONFIG_CHANGE,
+            Record::Event(e) => e.kind == EventKind::ConfigChange,
             Record::Metrics(_) | Record::Batch(_) => false,
         }
     }
@@ -299,6 +299,7 @@ impl Regulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::capture::CONFIG_CHANGE;
     use crate::model::{Aggregate, Metric, MetricBatch, Quality};
 
     fn aggregate(period: Period) -> Record {
@@ -342,7 +343,7 @@ mod tests {
 
     fn event(kind: &str) -> Record {
         Record::Event(Event {
-            kind: Arc::from(kind),
+            kind: EventKind::from_name(kind),
             subject: Arc::from("s"),
             phase: EventPhase::Instant,
             ts: Timestamp(1),

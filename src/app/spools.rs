@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::UplinkConfig;
-use crate::model::{Event, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
 use crate::spool::{SetAside, SpoolHandle};
 
 use super::health::Health;
@@ -94,7 +94,7 @@ pub(super) fn open(uplink: &UplinkConfig, path: &Path, report: Report<'_>) -> Op
             );
             report.health.spool_not_opened(&uplink.name, &error);
             report.events.push(Record::Event(Event {
-                kind: Arc::from("spool_open_failed"),
+                kind: EventKind::SpoolOpenFailed,
                 subject: Arc::from(uplink.name.as_str()),
                 phase: EventPhase::Instant,
                 ts: Timestamp::now(),
@@ -114,7 +114,7 @@ pub(super) fn open(uplink: &UplinkConfig, path: &Path, report: Report<'_>) -> Op
 fn set_aside_event(uplink: &str, aside: &SetAside) -> Record {
     let text = |s: String| Value::Text(s);
     Record::Event(Event {
-        kind: Arc::from("spool_set_aside"),
+        kind: EventKind::SpoolSetAside,
         subject: Arc::from(uplink),
         phase: EventPhase::Instant,
         ts: Timestamp::now(),

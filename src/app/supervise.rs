@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Event, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
+use crate::publish::backoff::Backoff;
 use crate::publish::mqtt::{LinkState, UplinkStatus};
 
 /// A run at least this long counts as having worked: the next failure restarts after the
@@ -72,7 +73,7 @@ where
         events,
         backoff: (min, max),
     } = who;
-    let mut backoff = min;
+    let mut backoff = Backoff::new(min, max);
     let mut failures: u64 = 0;
     loop {
         let started = tokio::time::Instant::now();
@@ -83,13 +84,14 @@ where
             Err(why) => why,
         };
         if progressed || started.elapsed() >= STABLE_RUN {
-            backoff = min;
+            backoff.reset();
         }
+        let delay = backoff.next_delay();
         failures += 1;
-        tracing::error!(uplink = %name, restart_in = ?backoff, "{kind} uplink failed: {why}");
+        tracing::error!(uplink = %name, restart_in = ?delay, "{kind} uplink failed: {why}");
         let reason = format!(
             "{why}; restart {failures} in {}",
-            humantime::format_duration(backoff)
+            humantime::format_duration(delay)
         );
         status.send_modify(|s| {
             s.state = LinkState::Failed(reason.clone());
@@ -97,7 +99,7 @@ where
             s.restarts += 1;
         });
         let event = Record::Event(Event {
-            kind: Arc::from("uplink_failed"),
+            kind: EventKind::UplinkFailed,
             subject: Arc::from(name.as_str()),
             phase: EventPhase::Instant,
             ts: Timestamp::now(),
@@ -105,7 +107,7 @@ where
                 (Arc::from("failures"), Value::UInt(failures)),
                 (
                     Arc::from("restart_in_ms"),
-                    Value::UInt(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX)),
+                    Value::UInt(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                 ),
             ],
             message: format!("uplink {name} failed ({why}); restarting"),
@@ -115,9 +117,8 @@ where
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(max);
         status.send_modify(|s| s.state = LinkState::Connecting);
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::coefficients::AnodeEffectTable;
-use crate::model::{Event, EventPhase, Timestamp, Value};
+use crate::model::{Event, EventKind, EventPhase, Timestamp, Value};
 
 /// Detection parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,7 +215,7 @@ impl AeStats {
 pub fn event_of(subject: &Arc<str>, t: &AeTransition) -> Event {
     match *t {
         AeTransition::Started(ts) => Event {
-            kind: Arc::from("anode_effect"),
+            kind: EventKind::AnodeEffect,
             subject: subject.clone(),
             phase: EventPhase::Start,
             ts,
@@ -223,7 +223,7 @@ pub fn event_of(subject: &Arc<str>, t: &AeTransition) -> Event {
             message: format!("anode effect started on {subject}"),
         },
         AeTransition::Ended(ae) => Event {
-            kind: Arc::from("anode_effect"),
+            kind: EventKind::AnodeEffect,
             subject: subject.clone(),
             phase: EventPhase::End,
             ts: ae.end,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::coefficients::{GradeTable, LimitTable};
-use crate::model::{Aggregate, Event, EventPhase, Value};
+use crate::model::{Aggregate, Event, EventKind, EventPhase, Value};
 
 /// The concentration limit of one pollutant of one `[[calc.stacks]]` entry.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -127,7 +127,7 @@ pub fn check_hour(agg: &Aggregate, limit_mg_m3: f64) -> Option<Event> {
         return None;
     }
     Some(Event {
-        kind: Arc::from("exceedance"),
+        kind: EventKind::Exceedance,
         subject: Arc::from(format!("{}/{}", agg.subject, agg.quantity)),
         phase: EventPhase::Instant,
         ts: agg.start,

@@ -37,6 +37,7 @@ use super::coefficients::{Coefficients, GradeTable, GwpTable, PfcTable};
 use super::counter::{CounterDelta, CounterState, CounterStep, EnergyCounter};
 use super::emissions::{anode_co2_factor, electricity_co2_t, kgce, pfc_slope};
 use super::limits::grade;
+use super::names;
 use super::pipeline::{lookup, metric, num, raw_u64};
 use super::potline::{
     Metal, capacity_utilisation, pseudo_resistance_uohm, specific_energy_kwh_per_t,
@@ -48,8 +49,8 @@ use super::{
     AnodeCo2Method, AuxiliaryMeter, CalcError, GapBridge, PotlineRole, glob_match, tariff,
 };
 use crate::model::{
-    Event, EventPhase, Metric, MetricBatch, Quality, Reading, ReadingBatch, Record, Timestamp,
-    Value,
+    Event, EventKind, EventPhase, Metric, MetricBatch, Quality, Reading, ReadingBatch, Record,
+    Timestamp, Value,
 };
 
 /// What the line's figures need from the stage around it.
@@ -754,18 +755,18 @@ impl Line {
         let in_service = self.in_service();
         let (prod_t, _) = self.production_t(self.today.charge_ka_h);
         let mut metrics = vec![
-            metric("line_current_ka", ka, "kA", end, &labels),
-            metric("cells_in_service", Some(in_service), "", end, &labels),
-            metric("production_today_t", Some(prod_t), "t", end, &labels),
+            metric(names::LINE_CURRENT_KA, ka, "kA", end, &labels),
+            metric(names::CELLS_IN_SERVICE, Some(in_service), "", end, &labels),
+            metric(names::PRODUCTION_TODAY_T, Some(prod_t), "t", end, &labels),
             metric(
-                "dc_kwh_per_t_today",
+                names::DC_KWH_PER_T_TODAY,
                 specific_energy_kwh_per_t(self.today.dc_kwh, prod_t),
                 "kWh/t",
                 end,
                 &labels,
             ),
             metric(
-                "ac_kwh_per_t_today",
+                names::AC_KWH_PER_T_TODAY,
                 specific_energy_kwh_per_t(self.today.ac_kwh, prod_t),
                 "kWh/t",
                 end,
@@ -804,7 +805,7 @@ impl Line {
             metrics.push(metric("pseudo_resistance_uohm", r, "uohm", end, &l));
         }
         MetricBatch {
-            calc: Arc::from("potline"),
+            calc: Arc::from(names::POTLINE),
             ts: end,
             metrics,
         }
@@ -837,10 +838,10 @@ impl Line {
             let start = Timestamp(days_from_civil(y, 1, 1) * DAY_MS - ctx.offset_ms);
             let days = self.days_covered(start, end);
             let u = capacity_utilisation(prod, cap, days).map(|u| u * 100.0);
-            let mut m = metric("capacity_utilisation_pct", u, "%", end, &labels);
+            let mut m = metric(names::CAPACITY_UTILISATION_PCT, u, "%", end, &labels);
             downgrade(&mut m, self.year.quality());
             out.push(Record::Metrics(MetricBatch {
-                calc: Arc::from("potline"),
+                calc: Arc::from(names::POTLINE),
                 ts: end,
                 metrics: vec![m],
             }));
@@ -881,7 +882,7 @@ impl Line {
             metric("dc_energy_kwh", Some(acc.dc_kwh), "kWh", end, l),
             metric("dc_meter_energy_kwh", Some(acc.dc_meter_kwh), "kWh", end, l),
             metric("ac_energy_kwh", Some(acc.ac_kwh), "kWh", end, l),
-            metric("dc_kwh_per_t", dc, "kWh/t", end, l),
+            metric(names::DC_KWH_PER_T, dc, "kWh/t", end, l),
             metric(
                 "average_voltage_v",
                 (acc.charge_ka_h > 0.0).then(|| acc.dc_kwh / acc.charge_ka_h),
@@ -905,7 +906,7 @@ impl Line {
                 end,
                 l,
             ),
-            metric("ac_kwh_per_t", ac, "kWh/t", end, l),
+            metric(names::AC_KWH_PER_T, ac, "kWh/t", end, l),
             metric("ac_grade", grade_of(&self.grade, ac), "", end, l),
             metric(
                 "ac_energy_kgce",
@@ -949,7 +950,7 @@ impl Line {
         }
         if let Some(cap) = self.role.approved_capacity_t_per_year {
             let u = capacity_utilisation(prod_t, cap, days).map(|u| u * 100.0);
-            pot.push(metric("capacity_utilisation_pct", u, "%", end, l));
+            pot.push(metric(names::CAPACITY_UTILISATION_PCT, u, "%", end, l));
         }
         if self.role.tapped_metal_kg_point.is_some() {
             pot.push(metric(
@@ -1075,7 +1076,7 @@ impl Line {
         }
         vec![
             Record::Metrics(MetricBatch {
-                calc: Arc::from("potline"),
+                calc: Arc::from(names::POTLINE),
                 ts: end,
                 metrics: pot,
             }),
@@ -1127,19 +1128,19 @@ fn gap_event(line: &Arc<str>, from: Timestamp, to: Timestamp, ka: f64, bridged: 
     let s = (to.0 - from.0) as f64 / 1000.0;
     let (kind, message) = if bridged {
         (
-            "gap_bridged",
+            EventKind::GapBridged,
             format!("{line}: {s:.0} s without line current bridged at {ka:.1} kA"),
         )
     } else {
         (
-            "gap_unbridged",
+            EventKind::GapUnbridged,
             format!(
                 "{line}: {s:.0} s without line current not bridged; its energy is left out of the per-tonne figures"
             ),
         )
     };
     Event {
-        kind: Arc::from(kind),
+        kind,
         subject: line.clone(),
         phase: EventPhase::Instant,
         ts: to,
@@ -1216,7 +1217,7 @@ fn counter_anomaly(
         attributes.push((Arc::from("raw"), Value::UInt(raw)));
     }
     out.push(Record::Event(Event {
-        kind: Arc::from("meter_anomaly"),
+        kind: EventKind::MeterAnomaly,
         message: format!("counter {subject} {message}"),
         subject: Arc::from(subject),
         phase: EventPhase::Instant,

@@ -16,6 +16,7 @@ pub mod counter;
 pub mod emissions;
 pub mod limits;
 mod line;
+pub mod names;
 mod pipeline;
 pub mod potline;
 mod snapshot;

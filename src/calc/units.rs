@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::model::{Event, EventPhase, Reading, ReadingBatch, Record, Value};
+use crate::model::{Event, EventKind, EventPhase, Reading, ReadingBatch, Record, Value};
 
 /// The unit check of one calculator subject (a line, a stack, a smelter): the factor of each
 /// reading to the unit its input expects, and one `unit_mismatch` event per point whose unit
@@ -46,7 +46,7 @@ impl UnitCheck {
 /// The event of a reading whose unit is not the one its calculator input expects.
 fn mismatch_event(subject: String, r: &Reading, expected: &str) -> Event {
     Event {
-        kind: Arc::from("unit_mismatch"),
+        kind: EventKind::UnitMismatch,
         message: format!(
             "{subject} is in `{}`, which cannot be converted to the `{expected}` the calculators expect: its readings are not used",
             r.unit

@@ -12,6 +12,7 @@
 //! file's directory, templates are expanded into plain devices, and nothing downstream needs to
 //! re-check it.
 
+mod broker_url;
 mod csv_map;
 mod error;
 mod locate;
@@ -22,6 +23,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use broker_url::{BrokerUrl, BrokerUrlError, BrokerUrlProblem, MQTT_PORT, MQTTS_PORT};
 pub use error::{ConfigError, Location, Problem};
 pub use model::*;
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
+use super::broker_url::BrokerUrl;
 use super::csv_map::{PointDef, parse_csv_map};
 use super::locate::{KeyPath, Origin, Report};
 use super::model::{
@@ -65,9 +66,7 @@ pub(crate) mod defaults {
     pub(crate) const REPLAY_RATE: u32 = 2000;
     pub(crate) const MQTT_RECONNECT_MIN: Duration = Duration::from_millis(500);
     pub(crate) const MQTT_RECONNECT_MAX: Duration = Duration::from_secs(30);
-    pub(crate) const MQTT_PORT: u16 = 1883;
     pub(crate) const HTTP_PORT: u16 = 9187;
-    pub(crate) const MQTTS_PORT: u16 = 8883;
     pub(crate) const HJ212_TABLE: &str = "hj212-2017";
     pub(crate) const HJ212_ST: u16 = 31;
     pub(crate) const HJ212_UTC_OFFSET_HOURS: i32 = 8;
@@ -1327,8 +1326,10 @@ impl Builder<'_, '_> {
         let broker_url = raw.broker.as_deref().ok_or_else(|| {
             "missing `broker`, expected mqtt://host:port or mqtts://host:port".to_owned()
         });
-        let (broker, tls) = match broker_url.and_then(parse_broker) {
-            Ok(parsed) => parsed,
+        let parsed =
+            broker_url.and_then(|text| text.parse::<BrokerUrl>().map_err(|e| e.to_string()));
+        let (broker, tls) = match parsed {
+            Ok(url) => (url.addr, url.tls),
             Err(message) => {
                 self.report.at(&path.key("broker"), message);
                 (
@@ -1855,38 +1856,6 @@ fn parse_host_port(text: &str) -> Result<HostPort, String> {
     })
 }
 
-/// `mqtt://host[:port]` or `mqtts://host[:port]`; returns the address and whether TLS is on.
-fn parse_broker(text: &str) -> Result<(HostPort, bool), String> {
-    let bad = |why: &str| {
-        format!(
-            "invalid broker URL `{text}`: {why}, expected `mqtt://host:port` or `mqtts://host:port`"
-        )
-    };
-    let (rest, tls, default_port) = if let Some(rest) = text.strip_prefix("mqtt://") {
-        (rest, false, defaults::MQTT_PORT)
-    } else if let Some(rest) = text.strip_prefix("mqtts://") {
-        (rest, true, defaults::MQTTS_PORT)
-    } else {
-        return Err(bad("unknown scheme"));
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains(['/', '?', '#', '@']) {
-        return Err(bad("no path, query or credentials allowed"));
-    }
-    let has_port = if rest.starts_with('[') {
-        rest.contains("]:")
-    } else {
-        rest.contains(':')
-    };
-    let with_port = if has_port {
-        rest.to_owned()
-    } else {
-        format!("{rest}:{default_port}")
-    };
-    let addr = parse_host_port(&with_port).map_err(|_| bad("malformed host or port"))?;
-    Ok((addr, tls))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1966,31 +1935,6 @@ mod tests {
             overlapping_names(&points),
             [("b1".to_owned(), "b1_again".to_owned())]
         );
-    }
-
-    #[test]
-    fn broker_urls_take_default_ports_and_tls_from_the_scheme() {
-        let (addr, tls) = parse_broker("mqtt://broker.plant").expect("valid");
-        assert_eq!(
-            (addr.host.as_str(), addr.port, tls),
-            ("broker.plant", 1883, false)
-        );
-        let (addr, tls) = parse_broker("mqtts://10.0.0.5").expect("valid");
-        assert_eq!(
-            (addr.host.as_str(), addr.port, tls),
-            ("10.0.0.5", 8883, true)
-        );
-        let (addr, _) = parse_broker("mqtt://[::1]:1884/").expect("valid");
-        assert_eq!((addr.host.as_str(), addr.port), ("::1", 1884));
-        for bad in [
-            "tcp://x:1",
-            "mqtt://",
-            "mqtt://x:99999",
-            "mqtt://u:p@x:1",
-            "mqtt://x/t",
-        ] {
-            assert!(parse_broker(bad).is_err(), "{bad} should be rejected");
-        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Collected {
                 };
                 *self
                     .event_counts
-                    .entry((event.kind.clone(), phase))
+                    .entry((Arc::from(event.kind.as_str()), phase))
                     .or_default() += 1;
                 self.events.push_front(event);
                 self.events.truncate(MAX_EVENTS);
@@ -119,11 +119,11 @@ pub async fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EventPhase, MetricBatch, Quality, Timestamp};
+    use crate::model::{EventKind, EventPhase, MetricBatch, Quality, Timestamp};
 
     fn event(i: i64) -> Record {
         Record::Event(Event {
-            kind: "anode_effect".into(),
+            kind: EventKind::AnodeEffect,
             subject: "potline1/pot_017".into(),
             phase: if i % 2 == 0 {
                 EventPhase::Start

@@ -478,6 +478,42 @@ async fn stream(State(ctx): State<Arc<Ctx>>) -> Response {
 mod tests {
     use super::*;
 
+    /// The potline metric names the dashboard's script asks for are the ones the calculators
+    /// emit (`calc::names`): the trend series `metric:potline/<name>`, and the energy tiles'
+    /// `<dc|ac>` + `_kwh_per_t_today` / `_kwh_per_t`.
+    #[test]
+    fn the_dashboard_asks_for_metric_names_the_calculators_emit() {
+        use crate::calc::names;
+        let emitted = |name: &str| names::POTLINE_METRICS.contains(&name);
+        let prefix = format!("metric:{}/", names::POTLINE);
+        let mut asked = Vec::new();
+        for (i, _) in DASHBOARD_HTML.match_indices(&prefix) {
+            let rest = &DASHBOARD_HTML[i + prefix.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            asked.push(rest[..end].to_owned());
+        }
+        let tile_suffixes = ["_kwh_per_t_today", "_kwh_per_t"];
+        for suffix in tile_suffixes {
+            assert!(
+                DASHBOARD_HTML.contains(&format!("kind + \"{suffix}\"")),
+                "the energy tile no longer builds its names from `kind + \"{suffix}\"`"
+            );
+        }
+        for kind in ["dc", "ac"] {
+            assert!(DASHBOARD_HTML.contains(&format!("energyTile(snap, \"{kind}\")")));
+            asked.extend(tile_suffixes.iter().map(|s| format!("{kind}{s}")));
+        }
+        assert!(asked.len() >= 6, "found only {asked:?}");
+        for name in &asked {
+            assert!(
+                emitted(name),
+                "the dashboard asks for `{name}`, which no calculator emits"
+            );
+        }
+    }
+
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());

@@ -28,8 +28,9 @@ use crate::publish::encode::protobuf::{self, pb};
 /// Name of the chain regulated records and configuration changes are appended to.
 pub const REGULATED_CHAIN: &str = "regulated";
 
-/// Kind of the event that records, in the chain, a configuration the agent started with (its
-/// `config_sha256` attribute is the SHA-256 of the file).
+/// Name of [`EventKind::ConfigChange`](crate::model::EventKind::ConfigChange), the event that
+/// records, in the chain, a configuration the agent started with (its `config_sha256` attribute
+/// is the SHA-256 of the file); the verifier finds it by this name in the signed JSON.
 pub const CONFIG_CHANGE: &str = "config_change";
 
 const SEALED_PREFIX: &[u8] = b"{\"ledger\":";

@@ -53,34 +53,6 @@ pub enum CaptureError {
     Unbounded,
 }
 
-/// Parse `mqtt://host:port`, `mqtts://host:port` or `host:port` (plain MQTT).
-pub fn parse_broker(text: &str) -> Result<(String, u16, bool), String> {
-    let (tls, rest) = if let Some(r) = text.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = text.strip_prefix("mqtt://") {
-        (false, r)
-    } else if text.contains("://") {
-        return Err(format!(
-            "--broker {text:?}: expected mqtt://host:port, mqtts://host:port or host:port"
-        ));
-    } else {
-        (false, text)
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h.trim_start_matches('[').trim_end_matches(']'),
-            p.parse::<u16>()
-                .map_err(|_| format!("--broker {text:?}: bad port {p:?}"))?,
-        ),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        return Err(format!("--broker {text:?}: missing host"));
-    }
-    Ok((host.to_owned(), port, tls))
-}
-
 /// Subscribe and collect payloads in arrival order (see the module documentation).
 pub async fn capture(opts: &CaptureOptions) -> Result<Vec<Vec<u8>>, CaptureError> {
     if opts.duration.is_none() && opts.count.is_none() {
@@ -157,34 +129,6 @@ pub async fn capture(opts: &CaptureOptions) -> Result<Vec<Vec<u8>>, CaptureError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_addresses_take_a_scheme_or_none() {
-        assert_eq!(
-            parse_broker("mqtt://10.0.0.5:1884"),
-            Ok(("10.0.0.5".into(), 1884, false))
-        );
-        assert_eq!(
-            parse_broker("mqtts://broker.plant"),
-            Ok(("broker.plant".into(), 8883, true))
-        );
-        assert_eq!(
-            parse_broker("127.0.0.1:1883"),
-            Ok(("127.0.0.1".into(), 1883, false))
-        );
-        assert_eq!(parse_broker("[::1]:1883"), Ok(("::1".into(), 1883, false)));
-        assert!(
-            parse_broker("ws://h:1")
-                .unwrap_err()
-                .contains("expected mqtt://")
-        );
-        assert!(parse_broker("h:port").unwrap_err().contains("bad port"));
-        assert!(
-            parse_broker("mqtt://:1883")
-                .unwrap_err()
-                .contains("missing host")
-        );
-    }
 
     fn opts(port: u16) -> CaptureOptions {
         CaptureOptions {

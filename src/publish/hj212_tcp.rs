@@ -65,7 +65,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::completeness::{self, Completeness, Tally};
-use crate::model::{Aggregate, Event, EventPhase, Period, Record, Timestamp, Value};
+use crate::model::{Aggregate, Event, EventKind, EventPhase, Period, Record, Timestamp, Value};
+use crate::publish::backoff::Backoff;
 use crate::publish::encode::hj212::{
     self, EncodeError, Packet, ParseOptions, Scan, Station, Table,
 };
@@ -195,8 +196,8 @@ pub struct Hj212TcpUplink {
 struct Lane {
     /// Not tried again before this instant; `None`: sendable.
     parked_until: Option<Instant>,
-    /// The next park's length.
-    backoff: Duration,
+    /// The length of its parks.
+    backoff: Backoff,
     /// Since when its oldest undelivered packet has gone unanswered.
     waiting_since: Instant,
     /// Whether the `hj212_waiting` start event was raised for this wait.
@@ -288,7 +289,7 @@ impl Hj212TcpUplink {
     /// Run until `shutdown` is cancelled or the spool fails; may be called again after an error
     /// (the supervisor does, after a backoff): every session starts again from the spool.
     pub async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<(), Hj212TcpError> {
-        let mut backoff = self.cfg.reconnect_min;
+        let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
         loop {
             let connect = tokio::time::timeout(
                 self.cfg.over_time,
@@ -307,7 +308,7 @@ impl Hj212TcpUplink {
                     let sent_before = sent(&self.stats.borrow());
                     let end = self.session(stream, shutdown).await;
                     if sent(&self.stats.borrow()) > sent_before {
-                        backoff = self.cfg.reconnect_min;
+                        backoff.reset();
                     }
                     end
                 }
@@ -324,9 +325,8 @@ impl Hj212TcpUplink {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(self.cfg.reconnect_max);
         }
     }
 
@@ -429,7 +429,7 @@ impl Hj212TcpUplink {
                 }
                 if let Some(why) = &group.encode_error {
                     self.event(
-                        "hj212_encode_error",
+                        EventKind::Hj212EncodeError,
                         EventPhase::Instant,
                         &group.mn,
                         vec![(Arc::from("records"), Value::UInt(n))],
@@ -464,16 +464,16 @@ impl Hj212TcpUplink {
     /// Park `mn` after its packet went unanswered (see the module documentation).
     fn park(&mut self, mn: &str, why: &str) {
         let now = Instant::now();
-        let min = self.cfg.reconnect_min;
-        let lane = self.lanes.entry(mn.to_owned()).or_insert(Lane {
+        let (min, max) = (self.cfg.reconnect_min, self.cfg.reconnect_max);
+        let lane = self.lanes.entry(mn.to_owned()).or_insert_with(|| Lane {
             parked_until: None,
-            backoff: min,
+            backoff: Backoff::new(min, max),
             waiting_since: now,
             reported: false,
         });
-        lane.parked_until = Some(now + lane.backoff);
-        tracing::warn!(mn, retry_in = ?lane.backoff, error = why, "HJ 212: MN parked, the others go on");
-        lane.backoff = (lane.backoff * 2).min(self.cfg.reconnect_max);
+        let delay = lane.backoff.next_delay();
+        lane.parked_until = Some(now + delay);
+        tracing::warn!(mn, retry_in = ?delay, error = why, "HJ 212: MN parked, the others go on");
         self.publish_parked(Some(why));
     }
 
@@ -518,7 +518,7 @@ impl Hj212TcpUplink {
             .collect();
         for (mn, waited) in due {
             self.event(
-                "hj212_waiting",
+                EventKind::Hj212Waiting,
                 EventPhase::Start,
                 &mn,
                 vec![(Arc::from("waited_s"), Value::UInt(waited.as_secs()))],
@@ -538,7 +538,7 @@ impl Hj212TcpUplink {
         if lane.reported {
             let waited = Instant::now().duration_since(lane.waiting_since);
             self.event(
-                "hj212_waiting",
+                EventKind::Hj212Waiting,
                 EventPhase::End,
                 mn,
                 vec![(Arc::from("waited_s"), Value::UInt(waited.as_secs()))],
@@ -566,19 +566,19 @@ impl Hj212TcpUplink {
 
     fn event(
         &self,
-        kind: &str,
+        kind: EventKind,
         phase: EventPhase,
         mn: &str,
         mut attributes: Vec<(Arc<str>, Value)>,
         message: String,
     ) {
-        tracing::warn!(uplink = %self.cfg.name, kind, mn, "{message}");
+        tracing::warn!(uplink = %self.cfg.name, %kind, mn, "{message}");
         let Some(events) = &self.events else {
             return;
         };
         attributes.insert(0, (Arc::from("mn"), Value::Text(mn.to_owned())));
         let event = Record::Event(Event {
-            kind: Arc::from(kind),
+            kind: kind.clone(),
             subject: Arc::from(format!("{}/{mn}", self.cfg.name)),
             phase,
             ts: Timestamp::now(),
@@ -586,7 +586,7 @@ impl Hj212TcpUplink {
             message,
         });
         if events.try_send(event).is_err() {
-            tracing::warn!(uplink = %self.cfg.name, kind, "event channel full or closed; event not recorded");
+            tracing::warn!(uplink = %self.cfg.name, %kind, "event channel full or closed; event not recorded");
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`subscriber`]: MQTT options of the read-only clients (`tail`, `verify --broker`).
 //! - [`tls`]: rustls (ring) client configuration of `mqtts://` uplinks and TLS error sentences.
 
+pub mod backoff;
 pub mod body;
 pub mod encode;
 pub mod hj212_tcp;

@@ -116,7 +116,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::completeness::{self, Completeness, Tally};
 use crate::config::{Encoding, MqttConfig, Stream, UplinkConfig, UplinkKind};
-use crate::model::{Event as ModelEvent, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event as ModelEvent, EventKind, EventPhase, Record, Timestamp, Value};
+use crate::publish::backoff::Backoff;
 use crate::publish::encode::hj212_message::Hj212Messages;
 use crate::publish::encode::json;
 use crate::publish::tls::{self, TlsError};
@@ -612,7 +613,7 @@ struct Driver<'a> {
 impl Driver<'_> {
     async fn run(self, stop: CancellationToken) {
         let u = self.uplink;
-        let mut backoff = Backoff::new(u.cfg.reconnect_min, u.cfg.reconnect_max);
+        let mut backoff = Backoff::new(u.cfg.reconnect_min, u.cfg.reconnect_max).with_jitter();
         let mut generation = 0u64;
         let mut last_failure: Option<Failure> = None;
         loop {
@@ -1837,7 +1838,7 @@ fn outage_event(
         .collect::<Vec<_>>()
         .join(", ");
     ModelEvent {
-        kind: "outage".into(),
+        kind: EventKind::Outage,
         subject: uplink.into(),
         phase: EventPhase::Instant,
         ts: to,
@@ -1865,7 +1866,7 @@ fn dead_letter_event(uplink: &str, ts: Timestamp, letter: &crate::spool::DeadLet
         ("reason".into(), Value::Text(letter.reason.as_str().into())),
     ];
     ModelEvent {
-        kind: "dead_letter".into(),
+        kind: EventKind::DeadLetter,
         subject: uplink.into(),
         phase: EventPhase::Instant,
         ts,
@@ -2012,61 +2013,10 @@ impl DrainRate {
     }
 }
 
-// === impl Backoff ===
-
-/// Exponential reconnect delay with ±25 % jitter.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-    rng: fastrand::Rng,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-            rng: fastrand::Rng::new(),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    /// The delay to sleep now; doubles the next one, up to the maximum.
-    fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base.mul_f64(0.75 + 0.5 * self.rng.f64())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::TopicTemplates;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_bounded_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
-        b.rng = fastrand::Rng::with_seed(7);
-        let bases = [100u64, 200, 400, 800, 1000, 1000];
-        for base in bases {
-            let d = b.next_delay().as_secs_f64() * 1000.0;
-            let base = base as f64;
-            assert!(
-                d >= base * 0.75 - 1e-6 && d <= base * 1.25 + 1e-6,
-                "{d} vs {base}"
-            );
-        }
-        b.reset();
-        let d = b.next_delay().as_millis();
-        assert!((75..=125).contains(&d), "{d}");
-    }
 
     fn test_config(encoding: Encoding) -> UplinkConfig {
         UplinkConfig {
@@ -2237,7 +2187,7 @@ mod tests {
         let body = crate::publish::body::encode(&record);
         let back = crate::publish::body::decode(&body).expect("an event record decodes");
         assert_eq!(back, record);
-        assert_eq!(event.kind.as_ref(), "outage");
+        assert_eq!(event.kind.as_str(), "outage");
         assert_eq!(event.attributes[0], ("dropped_live".into(), Value::Int(7)));
         assert!(
             event.message.contains("dropped 7 records (7 live)"),

@@ -75,7 +75,8 @@ use tokio_util::sync::CancellationToken;
 use crate::completeness::{self, Completeness, Tally};
 use crate::config::{MqttConfig, Stream};
 use crate::modbus::write::{self, DeviceWriters, Refusal, WriteFailure};
-use crate::model::{Event as WriteEvent, EventPhase, Record, Timestamp, Value};
+use crate::model::{Event as WriteEvent, EventKind, EventPhase, Record, Timestamp, Value};
+use crate::publish::backoff::Backoff;
 use crate::publish::encode::sparkplug::{
     self as spb, Change, DeviceState, EdgeNodeModel, MessageType, SeqCounter,
 };
@@ -92,10 +93,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// DCMD write requests waiting for the writer before new ones are refused.
 const DCMD_QUEUE: usize = 64;
-/// The `kind` of the events that report write attempts.
-pub const WRITE_EVENT_KIND: &str = "write";
-/// The `kind` of the events that report a command dropped on a full queue.
-pub const COMMAND_DROPPED_EVENT_KIND: &str = "command_dropped";
 /// Incoming commands (NCMD, DCMD, STATE) waiting for the session.
 const COMMAND_QUEUE: usize = 16;
 /// The last level of the topic the delivery proof unsubscribes from (under the node's NCMD topic,
@@ -411,7 +408,8 @@ impl SparkplugUplink {
             self.writes.clone(),
             dcmd_rx,
         ));
-        let mut delay = self.mqtt.reconnect_min;
+        let mut backoff =
+            Backoff::new(self.mqtt.reconnect_min, self.mqtt.reconnect_max).with_jitter();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -428,7 +426,7 @@ impl SparkplugUplink {
                         .send_modify(|s| s.last_error = Some(format!("bdSeq: {e}")));
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = sleep(delay) => {}
+                        _ = sleep(backoff.peek()) => {}
                     }
                     continue;
                 }
@@ -444,7 +442,7 @@ impl SparkplugUplink {
             let ended = match connected {
                 Err(e) => Ended::Lost(e.to_string()),
                 Ok(()) => {
-                    delay = self.mqtt.reconnect_min;
+                    backoff.reset();
                     self.status_tx.send_modify(|s| s.connects += 1);
                     tracing::info!(uplink = %self.name, bd_seq, "Sparkplug session up");
                     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -490,11 +488,9 @@ impl SparkplugUplink {
                     self.status_tx.send_modify(|s| s.last_error = Some(reason));
                 }
             }
-            let jittered = delay.mul_f64(0.75 + 0.5 * fastrand::f64());
-            delay = (delay * 2).min(self.mqtt.reconnect_max);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = sleep(jittered) => {}
+                _ = sleep(backoff.next_delay()) => {}
             }
         }
         // Writes already queued are still answered (and reported) within the grace period; then
@@ -1309,7 +1305,7 @@ async fn report(
         attributes.push(("new_value".into(), v.clone()));
     }
     let event = WriteEvent {
-        kind: WRITE_EVENT_KIND.into(),
+        kind: EventKind::Write,
         subject: format!("{}/{}", req.device, req.point).into(),
         phase: EventPhase::Instant,
         ts: Timestamp::now(),
@@ -1375,7 +1371,7 @@ impl SparkplugUplink {
             return;
         };
         let event = WriteEvent {
-            kind: COMMAND_DROPPED_EVENT_KIND.into(),
+            kind: EventKind::CommandDropped,
             subject: self.name.as_str().into(),
             phase: EventPhase::Instant,
             ts: Timestamp::now(),
@@ -1471,7 +1467,7 @@ edge_node_id = "e"
         else {
             panic!("an event record")
         };
-        assert_eq!(&*e.kind, COMMAND_DROPPED_EVENT_KIND);
+        assert_eq!(e.kind, EventKind::CommandDropped);
         assert_eq!(&*e.subject, "scada");
         assert!(
             e.attributes

@@ -168,7 +168,7 @@ pub fn topic_for(templates: &TopicTemplates, site: &str, record: &Record) -> Str
         }),
         Record::Event(e) => render(&templates.events, |name| match name {
             "site" => Some(site),
-            "kind" => Some(&e.kind),
+            "kind" => Some(e.kind.as_str()),
             _ => None,
         }),
         Record::Aggregate(a) => render(&templates.emissions, |name| match name {

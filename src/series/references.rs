@@ -9,9 +9,9 @@
 //!   its `ac_kwh_per_t_today` and `comprehensive_ac_kwh_per_t_today` figures.
 
 use super::{RefTarget, Reference};
-use crate::calc::CalcConfig;
 use crate::calc::coefficients::Coefficients;
 use crate::calc::limits::limit_of;
+use crate::calc::{CalcConfig, names};
 
 /// Every reference line of `cfg` (keys that name no table entry are left out: the calculators
 /// refuse such a configuration anyway).
@@ -52,7 +52,7 @@ pub fn from_calc(cfg: &CalcConfig, coef: &Coefficients) -> Vec<(RefTarget, Refer
     }
     for line in &cfg.potlines {
         for (metric, grade_key) in [
-            ("ac_kwh_per_t_today", &line.ac_grade),
+            (names::AC_KWH_PER_T_TODAY, &line.ac_grade),
             (
                 "comprehensive_ac_kwh_per_t_today",
                 &line.comprehensive_ac_grade,

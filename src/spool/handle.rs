@@ -32,8 +32,9 @@ const COMMAND_CAPACITY: usize = 64;
 
 /// Decoded forms kept for records not read yet, counted in the body bytes they stand for: at most
 /// this many. 1 MiB is about 450 poll batches of 100 readings in their binary body (2.3 kB), which
-/// take about 8 kB each decoded, i.e. about 4 MB of memory (the 4 MiB budget of JSON bodies,
-/// which were about as large as their decoded form, kept about as many).
+/// take about 8 kB each decoded, i.e. about 4 MB of memory: enough for the uplink to read a
+/// second of a large plant without decoding (docs/PERFORMANCE.md, "the spool held every record as
+/// JSON").
 pub const DECODED_MAX_BYTES: usize = 1 << 20;
 
 /// The decoded form of a record, handed from the appender to the reader (see the module docs).

@@ -45,13 +45,11 @@ CREATE TABLE dead_letters (
 /// the file) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Page size of new spool files. A poll batch of 100 readings was a JSON body of about 8 kB: in
-/// SQLite's default 4 KiB pages it is a leaf cell plus a chain of overflow pages, so every append
-/// wrote several WAL frames per record and every read and ack walked the chain. In 16 KiB pages
-/// it fits in one. At 1,000 batches a second this cut the spool thread's time per append by about
-/// a third (docs/PERFORMANCE.md). Bodies are binary now (2 to 3 kB for such a batch); 4 and 8 KiB
-/// pages were measured again and were no better beyond the noise. Files made with another page
-/// size keep it.
+/// Page size of new spool files: 16 KiB, so that a record of a large batch sits in one leaf page
+/// instead of a leaf cell and a chain of overflow pages (each an extra WAL frame on append and an
+/// extra page to walk on read and ack). With binary bodies (2 to 3 kB for a batch of 100
+/// readings) 4 and 8 KiB pages are no better; docs/PERFORMANCE.md ("every spooled batch spanned
+/// four pages", "Tried and left out") has the figures. Files made with another page size keep it.
 const PAGE_SIZE_BYTES: i64 = 16 * 1024;
 
 /// The budget's measure of one row, in SQL. `octet_length` counts UTF-8 bytes of the topic.

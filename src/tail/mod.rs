@@ -34,7 +34,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Secret, TlsSettings, UplinkKind};
+use crate::config::{self, BrokerUrl, HostPort, Secret, TlsSettings, UplinkKind};
 use crate::publish::subscriber::{self, Endpoint};
 
 pub use decode::{Decoder, Message};
@@ -124,15 +124,21 @@ pub struct TailOptions {
 impl TailOptions {
     /// `mqtt://host:port` or `mqtts://host:port`, for display.
     pub fn broker_url(&self) -> String {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        format!("{scheme}://{}:{}", self.host, self.port)
+        BrokerUrl {
+            addr: HostPort {
+                host: self.host.clone(),
+                port: self.port,
+            },
+            tls: self.tls,
+        }
+        .to_string()
     }
 
     /// Resolve the flags: `--config` first, then the flags that override it.
     pub fn from_args(args: &TailArgs) -> anyhow::Result<TailOptions> {
         let mut opts = TailOptions {
             host: "127.0.0.1".into(),
-            port: 1883,
+            port: config::MQTT_PORT,
             tls: false,
             tls_settings: TlsSettings::default(),
             username: None,
@@ -148,7 +154,10 @@ impl TailOptions {
                 .with_context(|| path.display().to_string())?;
         }
         if let Some(url) = &args.broker {
-            (opts.host, opts.port, opts.tls) = parse_broker(url)?;
+            let url: BrokerUrl = url.parse().map_err(|e: crate::config::BrokerUrlError| {
+                anyhow::anyhow!(e.for_flag("--broker"))
+            })?;
+            (opts.host, opts.port, opts.tls) = (url.addr.host, url.addr.port, url.tls);
         }
         if let Some(u) = &args.username {
             opts.username = Some(u.clone());
@@ -251,30 +260,6 @@ pub fn stack_limits(calc: &crate::calc::CalcConfig) -> anyhow::Result<Vec<(Strin
         .into_iter()
         .map(|l| (l.stack, l.pollutant, l.limit_mg_m3))
         .collect())
-}
-
-/// `mqtt://host[:port]` or `mqtts://host[:port]` → host, port, TLS.
-pub fn parse_broker(url: &str) -> anyhow::Result<(String, u16, bool)> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else {
-        bail!("--broker {url:?}: expected mqtt://host:port or mqtts://host:port");
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') => (
-            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-            p.parse::<u16>()
-                .with_context(|| format!("--broker {url:?}: bad port {p:?}"))?,
-        ),
-        _ => (rest.to_owned(), if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() || host.contains(['/', '@']) {
-        bail!("--broker {url:?}: expected mqtt://host:port or mqtts://host:port");
-    }
-    Ok((host, port, tls))
 }
 
 /// The connection as the screen's title shows it.
@@ -518,25 +503,6 @@ pub fn replay<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls_take_the_default_port_of_their_scheme() {
-        assert_eq!(
-            parse_broker("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".into(), 1884, false)
-        );
-        assert_eq!(
-            parse_broker("mqtts://broker.plant").unwrap(),
-            ("broker.plant".into(), 8883, true)
-        );
-        assert_eq!(
-            parse_broker("mqtt://[::1]:1883/").unwrap(),
-            ("::1".into(), 1883, false)
-        );
-        assert!(parse_broker("tcp://x:1").is_err());
-        assert!(parse_broker("mqtt://x:notaport").is_err());
-        assert!(parse_broker("mqtt://").is_err());
-    }
 
     #[test]
     fn template_prefixes_become_subscriptions() {

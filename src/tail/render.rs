@@ -13,7 +13,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 
-use crate::model::{EventPhase, Timestamp};
+use crate::model::{EventKind, EventPhase, Timestamp};
 
 use super::state::{State, attribute};
 
@@ -359,9 +359,9 @@ fn event_block(state: &State, rows: u16) -> Paragraph<'static> {
             EventPhase::End => "end",
             EventPhase::Instant => "",
         };
-        let kind_style = match (&*ev.kind, ev.phase) {
-            ("anode_effect", EventPhase::Start) => ae_style(),
-            ("exceedance", _) | ("outage", _) => over_limit_style(),
+        let kind_style = match (&ev.kind, ev.phase) {
+            (EventKind::AnodeEffect, EventPhase::Start) => ae_style(),
+            (EventKind::Exceedance | EventKind::Outage, _) => over_limit_style(),
             _ => label(),
         };
         let mut spans = vec![

@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::calc::glob_match;
+use crate::calc::{glob_match, names};
 use crate::model::{
-    Aggregate, Event, EventPhase, MetricBatch, Period, Quality, ReadingBatch, Record, Timestamp,
-    Value,
+    Aggregate, Event, EventKind, EventPhase, MetricBatch, Period, Quality, ReadingBatch, Record,
+    Timestamp, Value,
 };
 
 use super::decode::{AgentStatus, Message, SparkplugMessage};
@@ -438,7 +438,7 @@ impl State {
     }
 
     fn apply_metrics(&mut self, m: &MetricBatch) {
-        if &*m.calc != "potline" {
+        if &*m.calc != names::POTLINE {
             return;
         }
         for metric in &m.metrics {
@@ -458,12 +458,12 @@ impl State {
             kpis.ts = kpis.ts.max(Some(metric.ts));
             let v = metric.value;
             match &*metric.name {
-                "line_current_ka" => kpis.line_current_ka = v,
-                "production_today_t" => kpis.production_today_t = v,
-                "dc_kwh_per_t_today" => kpis.dc_kwh_per_t = v,
-                "ac_kwh_per_t_today" => kpis.ac_kwh_per_t = v,
-                "cells_in_service" => kpis.cells_in_service = v,
-                "capacity_utilisation_pct" if label("period").as_deref() == Some("day") => {
+                names::LINE_CURRENT_KA => kpis.line_current_ka = v,
+                names::PRODUCTION_TODAY_T => kpis.production_today_t = v,
+                names::DC_KWH_PER_T_TODAY => kpis.dc_kwh_per_t = v,
+                names::AC_KWH_PER_T_TODAY => kpis.ac_kwh_per_t = v,
+                names::CELLS_IN_SERVICE => kpis.cells_in_service = v,
+                names::CAPACITY_UTILISATION_PCT if label("period").as_deref() == Some("day") => {
                     kpis.capacity_use_pct = v
                 }
                 _ => {}
@@ -472,8 +472,8 @@ impl State {
     }
 
     fn apply_event(&mut self, site: &str, e: &Event, historical: bool) {
-        match &*e.kind {
-            "anode_effect" => {
+        match e.kind {
+            EventKind::AnodeEffect => {
                 let cell = self
                     .cells
                     .entry(e.subject.to_string())
@@ -484,7 +484,7 @@ impl State {
                     EventPhase::Instant => {}
                 }
             }
-            "exceedance" => {
+            EventKind::Exceedance => {
                 // subject `stack/so2_mg_m3` (or `stack/so2_zs_mg_m3`, the converted
                 // concentration of the same pollutant), attribute `limit_mg_m3`.
                 if let Some((stack, quantity)) = e.subject.split_once('/')
@@ -503,7 +503,7 @@ impl State {
                     }
                 }
             }
-            "outage" => {
+            EventKind::Outage => {
                 self.uplinks.entry(site.to_owned()).or_default().last_outage = Some(e.clone());
             }
             _ => {}
@@ -684,7 +684,7 @@ mod tests {
             seq: 1,
             historical: false,
             record: Record::Event(Event {
-                kind: "anode_effect".into(),
+                kind: EventKind::AnodeEffect,
                 subject: format!("potline1/{device}").into(),
                 phase,
                 ts: Timestamp(5_000),

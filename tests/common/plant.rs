@@ -1,7 +1,12 @@
 //! Simulated Modbus devices for the integration tests: a device with small register banks, f32
-//! words in the big-endian order the test maps use, and a server on a fresh loopback port.
+//! words in the big-endian order the test maps use, a server on a fresh loopback port, the
+//! simulator's stack CEMS and the configuration that polls them.
 
-use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
+use std::path::{Path, PathBuf};
+
+use smeltwatch::simulator::{
+    self, BankSizes, BindMode, Device, RunningSimulator, SimulatorConfig, UnitMap, serve_tcp,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,3 +40,139 @@ pub async fn serve(units: UnitMap, shutdown: &CancellationToken) -> u16 {
     tokio::spawn(serve_tcp(listener, units, shutdown.clone()));
     port
 }
+
+/// `count` meters (unit ids 1..), meter `n` reading 10·n MW (input registers 0-1) and 1000 + n
+/// MWh (input registers 2-3), served until `shutdown`; returns the port.
+pub async fn meters(count: u8, shutdown: &CancellationToken) -> u16 {
+    let units: UnitMap = (1..=count)
+        .map(|unit| {
+            let d = device(&format!("meter_{unit:02}"));
+            d.set_input(0, &f32_words(10.0 * f32::from(unit)));
+            d.set_input(2, &f32_words(1000.0 + f32::from(unit)));
+            (unit, d)
+        })
+        .collect();
+    serve(units, shutdown).await
+}
+
+/// One meter (unit 1) whose input registers 0-1 hold 4.05 as an f32, served until `shutdown`;
+/// returns the port. [`one_meter_toml`] polls it.
+pub async fn one_meter(shutdown: &CancellationToken) -> u16 {
+    let dev = Device::new(
+        "meter",
+        BankSizes {
+            input: 4,
+            ..BankSizes::default()
+        },
+        1,
+    );
+    dev.set_input(0, &[0x4081, 0x999A]);
+    serve(UnitMap::from([(1, dev)]), shutdown).await
+}
+
+/// A plant of one meter named `device` (its `power_mw`, an f32 input register at 0) on source
+/// `bus` at `modbus` (`host:port`), polled every `poll` when given, and one MQTT uplink `plant`
+/// whose other keys are `uplink` (`broker = "…"` and what follows it).
+pub fn one_meter_toml(
+    site: &str,
+    state_dir: &str,
+    modbus: &str,
+    poll: Option<&str>,
+    device: &str,
+    uplink: &str,
+) -> String {
+    let poll = poll.map_or(String::new(), |p| format!("default_poll = \"{p}\"\n"));
+    format!(
+        r#"
+site = "{site}"
+state_dir = "{state_dir}"
+[[sources]]
+name = "bus"
+tcp = "{modbus}"
+{poll}[[sources.devices]]
+name = "{device}"
+unit_id = 1
+[sources.devices.points.power_mw]
+area = "input"
+address = 0
+type = "f32"
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+{uplink}
+"#
+    )
+}
+
+/// The stack CEMS of the plant simulator, `gtc1_stack`, `gtc2_stack`, … (`stacks` of them, unit
+/// ids 1..) on one Modbus TCP endpoint, ticking every 50 ms with `time_scale` plant seconds per
+/// real second; returns the simulator and the endpoint's port.
+pub async fn stack_simulator(stacks: u8, time_scale: f64) -> (RunningSimulator, u16) {
+    let mut toml = format!("seed = 7\ntick = \"50ms\"\ntime_scale = {time_scale}\n");
+    for unit in 1..=stacks {
+        toml.push_str(&format!(
+            "[[stacks]]\nname = \"gtc{unit}_stack\"\nlisten = \"127.0.0.1:0\"\nunit_id = {unit}\nprofile = \"potline_gtc\"\n"
+        ));
+    }
+    let cfg: SimulatorConfig = toml::from_str(&toml).unwrap();
+    let sim = simulator::start(&cfg, BindMode::AnyPort).await.unwrap();
+    let port = sim.endpoints()[0].bound.port();
+    (sim, port)
+}
+
+/// The simulator's CEMS register map (`config/maps/cems.csv`) with every poll interval (10 s in
+/// the shipped map) replaced by `poll`, written to `dir/cems.csv`; returns its path.
+pub fn cems_map(dir: &Path, poll: &str) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("config/maps/cems.csv")).unwrap();
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| l.replacen(",10s,", &format!(",{poll},"), 1))
+        .collect();
+    let path = dir.join("cems.csv");
+    std::fs::write(&path, out.join("\n")).unwrap();
+    path
+}
+
+/// Source `source` at `port` whose `devices` (name, unit id) each use the CEMS register map at
+/// `map`.
+pub fn cems_source_toml(source: &str, port: u16, map: &Path, devices: &[(&str, u8)]) -> String {
+    let mut toml = format!(
+        "\n[register_maps.cems]\ncsv = \"{}\"\n\n[[sources]]\nname = \"{source}\"\n\
+         tcp = \"127.0.0.1:{port}\"\ntimeout = \"1s\"\n",
+        map.display()
+    );
+    for (name, unit) in devices {
+        toml.push_str(&format!(
+            "[[sources.devices]]\nname = \"{name}\"\nunit_id = {unit}\nmap = \"cems\"\n"
+        ));
+    }
+    toml
+}
+
+/// Stack 1's CEMS (the simulator's `gtc1_stack`, unit 1) polled as device `gtc1/gtc1_stack` at
+/// `port`, with the register map at `map`.
+pub fn gtc1_source_toml(port: u16, map: &Path) -> String {
+    cems_source_toml("gtc1", port, map, &[("gtc1_stack", 1)])
+}
+
+/// Both stacks' CEMS (units 1 and 2 of one endpoint at `port`) polled as devices
+/// `cems/gtc1_cems` and `cems/gtc2_cems`, with the register map at `map`.
+pub fn two_cems_source_toml(port: u16, map: &Path) -> String {
+    cems_source_toml("cems", port, map, &[("gtc1_cems", 1), ("gtc2_cems", 2)])
+}
+
+/// The emission calculator of `gtc1_stack` (device `gtc1/gtc1_stack`) with every status point
+/// of the simulator's CEMS map.
+pub const GTC1_STACK_CALC: &str = r#"
+[[calc.stacks]]
+name = "gtc1_stack"
+device = "gtc1/gtc1_stack"
+limits = "gb25465_2010_al_pot_gas"
+limit_class = "general"
+pollutants = { so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3", particulate = "particulate_mg_m3" }
+flow_point = "flow_m3h"
+calibration_point = "in_calibration"
+maintenance_point = "in_maintenance"
+fault_point = "analyser_fault"
+"#;

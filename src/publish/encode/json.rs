@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(spooled.quality_counts().to_vec(), counts);
         // Not a batch, or not in our serialiser's layout: the general path decodes it.
         let event = serde_json::to_vec(&Record::Event(crate::model::Event {
-            kind: "outage".into(),
+            kind: crate::model::EventKind::Outage,
             subject: "plant".into(),
             phase: crate::model::EventPhase::Instant,
             ts: Timestamp(0),

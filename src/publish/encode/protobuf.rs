@@ -20,8 +20,8 @@ use prost::Message;
 
 use crate::config::Stream;
 use crate::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
-    Record, Timestamp, Value,
+    Aggregate, Event, EventKind, EventPhase, Metric, MetricBatch, Period, Quality, Reading,
+    ReadingBatch, Record, Timestamp, Value,
 };
 
 /// The prost types generated from `proto/smeltwatch/v1/smeltwatch.proto`.
@@ -322,7 +322,7 @@ fn metric_batch_from(m: pb::MetricBatch) -> Result<MetricBatch, DecodeError> {
 
 fn event(e: &Event) -> pb::Event {
     pb::Event {
-        kind: e.kind.to_string(),
+        kind: e.kind.as_str().to_owned(),
         subject: e.subject.to_string(),
         phase: match e.phase {
             EventPhase::Start => pb::EventPhase::Start,
@@ -355,7 +355,7 @@ fn event_from(e: pb::Event) -> Result<Event, DecodeError> {
         }
     };
     Ok(Event {
-        kind: e.kind.into(),
+        kind: EventKind::from_name(&e.kind),
         subject: e.subject.into(),
         phase,
         ts: Timestamp(e.ts_ms),

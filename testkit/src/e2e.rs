@@ -5,7 +5,7 @@
 //! - a synthetic plant from `smeltwatch::simulator`: `devices` devices of `registers` holding
 //!   registers each, `per_endpoint` devices (unit ids 1..) behind each Modbus TCP endpoint; a model
 //!   task changes every register once per poll interval;
-//! - a Mosquitto broker (`tests/common/mosquitto.rs`);
+//! - a Mosquitto broker ([`crate::mosquitto`]);
 //! - the counting subscriber: a rumqttc client on `smeltwatch/bench/live/#` (QoS 1) that decodes
 //!   every JSON batch and records, per (device, scheduled cycle), how many readings arrived, how
 //!   many were `good`, how often the cycle arrived and the acquisition-to-arrival latency;
@@ -41,6 +41,7 @@ use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use tokio_util::sync::CancellationToken;
 
+use crate::free_port;
 use crate::mosquitto::{MAX_PACKET, Mosquitto};
 
 /// Site name of the generated configuration (first topic level after `smeltwatch/`).
@@ -228,13 +229,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Device `i` (0-based) of the run: its name, endpoint index and unit id.

@@ -2,13 +2,15 @@
 //! kill and restart it on the same port, and a subscriber that returns only after its SUBACK.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
+
+use crate::free_port;
 
 /// Largest packet the test broker and subscribers accept.
 pub const MAX_PACKET: usize = 4 * 1024 * 1024;
@@ -297,11 +299,6 @@ fn owned(users: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
 /// Options for a test subscriber.
 pub struct SubscribeOptions {
     /// `None`: a clean session with a generated id; `Some(id)`: a persistent session with that id.
@@ -317,6 +314,23 @@ pub async fn subscribe(port: u16, topic: &str) -> (AsyncClient, mpsc::Receiver<(
         topic,
         SubscribeOptions {
             persistent_id: None,
+            user: None,
+        },
+    )
+    .await
+}
+
+/// Subscribe to `topic` at QoS 1 with a persistent session under a fresh client id: the broker
+/// keeps what it accepted for this subscriber while it reconnects (after a broker restart, say).
+pub async fn subscribe_persistent(
+    port: u16,
+    topic: &str,
+) -> (AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
+    subscribe_with(
+        port,
+        topic,
+        SubscribeOptions {
+            persistent_id: Some(format!("test-persistent-sub-{}", fastrand::u64(..))),
             user: None,
         },
     )

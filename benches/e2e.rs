@@ -1,4 +1,5 @@
-//! The end-to-end load harness (see `harness.rs` for what it measures and how).
+//! The end-to-end load harness (see `smeltwatch_testkit::e2e`, `testkit/src/e2e.rs`, for what it
+//! measures and how).
 //!
 //! ```text
 //! cargo bench --bench e2e -- --devices 20 --registers 100 --duration 60s
@@ -10,17 +11,12 @@
 //! broker each, prints a table and the ratio of their CPU time per point, and writes the reports
 //! as JSON to `--json FILE` (or to stdout with `--json -`). See docs/PERFORMANCE.md.
 
-#[path = "../../tests/common/mosquitto.rs"]
-#[allow(dead_code)]
-mod mosquitto;
-
-mod harness;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use harness::{Params, Target};
+use smeltwatch_testkit::e2e as harness;
+use smeltwatch_testkit::e2e::{Params, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {

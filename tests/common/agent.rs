@@ -1,0 +1,59 @@
+//! The agent under test: `smeltwatch run` as a child process, or started in this process from a
+//! configuration text.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use smeltwatch::app::{Agent, RunOptions};
+
+/// `smeltwatch run -c config` with `RUST_LOG=warn`, no stdin or stdout and its log on the test's
+/// stderr; the caller adds what its test needs (environment, a log file) and spawns it.
+pub fn run_command(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smeltwatch"));
+    cmd.args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// `smeltwatch run -c config`, spawned as [`run_command`] sets it up.
+pub fn spawn(config: &Path) -> Child {
+    run_command(config)
+        .spawn()
+        .expect("starting smeltwatch run")
+}
+
+/// Send `sig` (`-TERM`, `-HUP`, …) to process `pid` with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// The agent started in this process from `toml`, written to `file` first (as an operator's
+/// file: the ledger records its hash), with a 2 s grace period and no reload channel.
+pub async fn start(file: &Path, toml: &str) -> Agent {
+    start_with_grace(file, toml, Duration::from_secs(2)).await
+}
+
+/// [`start`] with a grace period of `grace`.
+pub async fn start_with_grace(file: &Path, toml: &str, grace: Duration) -> Agent {
+    std::fs::write(file, toml).unwrap();
+    let cfg = smeltwatch::config::load(file)
+        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"));
+    smeltwatch::app::start(
+        cfg,
+        RunOptions {
+            grace_period: grace,
+            reload: None,
+        },
+    )
+    .await
+    .expect("agent starts")
+}
