@@ -25,8 +25,8 @@ fn decode_one(bytes: &[u8]) -> Result<Frame, FrameError> {
 /// ("DL645通信协议97/07规约(附上下行例子)"): meter 000102030425 is asked for total forward
 /// active energy (DI 00010000) and answers 001206.42 kWh.
 ///
-/// Request checksum: 68+25+04+03+02+01+00+68 = FFh; + 11 + 04 = 114h;
-/// + 33+33+34+33 (CDh) = 1E1h → E1.
+/// Request checksum: 68+25+04+03+02+01+00+68 = FFh; + 11 + 04 = 114h; plus the DI
+/// 33+33+34+33 (CDh) = 1E1h → E1.
 /// Reply checksum: FFh + 91 + 08 = 198h; + CDh (the DI) = 265h; + 75+39+45+33 (126h) = 38Bh → 8B.
 /// Value: 75 39 45 33 − 33h each = 42 06 12 00, lowest byte first → 00 12 06 42 → 001206.42.
 #[test]
@@ -144,8 +144,8 @@ fn golden_1997_voltage_read_from_a_manual() {
 /// what a reply from the wrong meter looks like: its checksum is right, its address is not
 /// the one asked.
 /// Request checksum: 68+63+01+43+03+00+00+68 = 17Ah; + 01 + 02 = 17Dh; + 43 + C3 = 283h → 83.
-/// Reply checksum: 68+54+07+13+00+80+13+68 = 1D1h; + 81 + 06 = 258h; + 43 + C3 = 35Eh;
-/// + 34+33+33+33 (CDh) = 42Bh → 2B. Value: 34 33 33 33 − 33h = 01 00 00 00 → 000000.01 kWh.
+/// Reply checksum: 68+54+07+13+00+80+13+68 = 1D1h; + 81 + 06 = 258h; + 43 + C3 = 35Eh; plus
+/// 34+33+33+33 (CDh) = 42Bh → 2B. Value: 34 33 33 33 − 33h = 01 00 00 00 → 000000.01 kWh.
 #[test]
 fn golden_1997_energy_read_and_a_reply_from_another_meter() {
     let asked = Address::parse("3430163").expect("valid address");
