@@ -450,8 +450,20 @@ map = "aux"
         "{report}"
     );
     assert!(
-        report
-            .contains("source aux_bus (dlt645-2007 via serial /dev/ttyS1 at 2400 baud): 2 meters"),
+        report.contains(
+            "source aux_bus (dlt645-2007 via serial /dev/ttyS1 at 2400 baud): 2 meters, timeout 2s, poll offset 0s"
+        ),
+        "{report}"
+    );
+    // Per meter: energy once a minute, power every 5 s: 2 × (1/60 + 1/5) = 0.43 requests/s.
+    assert!(
+        report.contains("total: 4 reads planned, 0.4 requests/s"),
+        "{report}"
+    );
+    // A read of a 4-byte value is 2 × (4 + 12 + 4) + 4 = 44 bytes, a 3-byte one 43; at
+    // 2400 baud and 11 bits a byte: 2 × (44/60 + 43/5) × 11 / 2400 = 0.0856 of the time.
+    assert!(
+        report.contains("the exchanges take 9 % of the time"),
         "{report}"
     );
     assert!(

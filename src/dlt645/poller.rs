@@ -88,12 +88,13 @@ pub fn plan_bus(bus: &BusConfig) -> Vec<MeterPlan> {
 pub fn render_plan(bus: &BusConfig, plans: &[MeterPlan]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "source {} ({} via {}): {} meters, {} reads per cycle set\n",
+        "source {} ({} via {}): {} meters, timeout {}, poll offset {}\n",
         bus.name,
         bus.edition,
         bus.transport,
         bus.meters.len(),
-        plans.iter().map(|p| p.reads.len()).sum::<usize>()
+        humantime::format_duration(bus.timeout),
+        humantime::format_duration(bus.poll_offset),
     );
     for plan in plans {
         let meter = &bus.meters[plan.meter];
@@ -114,6 +115,43 @@ pub fn render_plan(bus: &BusConfig, plans: &[MeterPlan]) -> String {
                 .collect();
             let _ = writeln!(out, "    DI {di}: {}", names.join(", "));
         }
+    }
+    out.push_str(&plan_totals(bus, plans));
+    out
+}
+
+/// The plan's read rate and, on a serial port, the share of the line it takes: a request is
+/// 4 wake-up bytes, 12 of frame and the DI; its answer 4 + 12 + the DI + the value, each byte
+/// 11 bits on the line (8E1).
+fn plan_totals(bus: &BusConfig, plans: &[MeterPlan]) -> String {
+    let reads: usize = plans.iter().map(|p| p.reads.len()).sum();
+    let per_s: f64 = plans
+        .iter()
+        .map(|p| p.reads.len() as f64 / p.poll_interval.as_secs_f64())
+        .sum();
+    let mut out = format!("  total: {reads} reads planned, {per_s:.1} requests/s\n");
+    if let BusTransport::Serial(serial) = &bus.transport {
+        let di = bus.edition.di_len();
+        let wire_s: f64 = plans
+            .iter()
+            .map(|p| {
+                let meter = &bus.meters[p.meter];
+                let bytes: usize = p
+                    .reads
+                    .iter()
+                    .map(|(_, points)| {
+                        let value = points.iter().map(|&i| meter.points[i].format.width());
+                        2 * (frame::WAKE_UP_COUNT + frame::OVERHEAD + di) + value.max().unwrap_or(0)
+                    })
+                    .sum();
+                bytes as f64 * 11.0 / f64::from(serial.baud) / p.poll_interval.as_secs_f64()
+            })
+            .sum();
+        out.push_str(&format!(
+            "  on the line at {} baud the exchanges take {:.0} % of the time, before the meters' answer delays\n",
+            serial.baud,
+            wire_s * 100.0
+        ));
     }
     out
 }
