@@ -529,3 +529,41 @@ address = "1"
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_dlt645_reads_the_address_and_the_default_dis() {
+    let shutdown = CancellationToken::new();
+    let meter = Meter::new(Edition::Dlt2007, address("3430163"), 1206.42, 12.5);
+    let port = serve(MeterBus::new(vec![meter]), &shutdown).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(["probe", "--dlt645", "--tcp", &format!("127.0.0.1:{port}")])
+        .output()
+        .await
+        .unwrap();
+    shutdown.cancel();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "meter address 000003430163 (read with the address read to AAAAAAAAAAAA)"
+    );
+    // Energy, voltage, current, power, power factor: the standard's formats for their DIs.
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert!(lines[1].contains("→ 1206.42 kWh (XXXXXX.XX)"), "{stdout}");
+    assert!(lines[2].contains("→ 230 V (XXX.X)"), "{stdout}");
+    assert!(lines[4].contains("→ 12.5 kW (sXX.XXXX)"), "{stdout}");
+    assert!(lines[5].contains("→ 0.92 (sX.XXX)"), "{stdout}");
+    // Without --dlt645 a Modbus probe still needs its address.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(["probe", "--tcp", "127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--address"));
+}
