@@ -567,3 +567,55 @@ async fn probe_dlt645_reads_the_address_and_the_default_dis() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--address"));
 }
+
+#[test]
+fn meters_by_address_list() {
+    let cfg = parse(
+        r#"site = "t"
+[[sources]]
+name = "bus"
+protocol = "dlt645-1997"
+tcp = "127.0.0.1:4001"
+[[sources.meters]]
+name = "feeder_{n:02}"
+first_index = 7
+addresses = ["3430163", "000012345678"]
+points.energy_kwh = { di = "9010", format = "XXXXXX.XX", unit = "kWh" }
+"#,
+    );
+    let meters: Vec<(String, String)> = cfg.meter_buses[0]
+        .meters
+        .iter()
+        .map(|m| (m.name.to_string(), m.address.to_string()))
+        .collect();
+    assert_eq!(
+        meters,
+        [
+            ("feeder_07".to_owned(), "000003430163".to_owned()),
+            ("feeder_08".to_owned(), "000012345678".to_owned()),
+        ]
+    );
+    let err = problems(
+        r#"site = "t"
+[[sources]]
+name = "bus"
+protocol = "dlt645-2007"
+tcp = "127.0.0.1:4001"
+[[sources.meters]]
+name = "m_{n}"
+address = "1"
+addresses = ["2", "1"]
+[[sources.meters]]
+name = "k_{n}"
+addresses = ["3", "3"]
+"#,
+    );
+    assert!(
+        err.contains("sources[0].meters[0]: a meter entry needs exactly one of `address`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("address 000000000003 is used twice on this bus"),
+        "{err}"
+    );
+}

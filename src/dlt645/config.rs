@@ -5,7 +5,8 @@
 //! serial port (`[sources.serial]`, 2400 baud 8E1 by default for 2007, 1200 8E1 for 1997) or a
 //! transparent serial server (`tcp = "host:port"`, raw bytes both ways). Its meters are listed
 //! under `[[sources.meters]]` with their address; a meter with `count` is a template of meters
-//! with consecutive addresses (`address_step` apart). Points come from a `[meter_maps.NAME]`
+//! with consecutive addresses (`address_step` apart), one with `addresses = [...]` a template
+//! of the meters listed. Points come from a `[meter_maps.NAME]`
 //! (CSV `name,di,format,unit,poll`, or inline) and from the meter's own `points`.
 
 use std::collections::HashSet;
@@ -120,7 +121,9 @@ pub struct MeterPoint {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMeter {
     name: String,
-    address: String,
+    address: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
     map: Option<String>,
     #[serde(default)]
     labels: IndexMap<String, String>,
@@ -494,24 +497,103 @@ fn expand_meter(
     let pattern = NamePattern::parse(&raw.name)
         .map_err(|m| report.at(&path.key("name"), m))
         .ok();
-    let address = Address::parse(&raw.address)
-        .map_err(|m| report.at(&path.key("address"), m))
-        .ok();
-    let count = raw.count.unwrap_or(1);
-    if count == 0 {
-        report.at(&path.key("count"), "count must be at least 1");
-    }
-    if count > 1 && pattern.as_ref().is_some_and(|p| !p.has_placeholder()) {
+    let addresses = meter_addresses(raw, path, report);
+    let points = meter_points(raw, edition, path, maps, default_poll, report);
+    let (Some(pattern), Some(addresses)) = (pattern, addresses) else {
+        return;
+    };
+    if addresses.len() > 1 && !pattern.has_placeholder() {
         report.at(
             &path.key("name"),
             format!(
-                "template name `{}` has no `{{n}}` placeholder but count = {count}",
-                raw.name
+                "template name `{}` has no `{{n}}` placeholder but the entry has {} meters",
+                raw.name,
+                addresses.len()
             ),
         );
         return;
     }
-    let mut points: Vec<MeterPoint> = Vec::new();
+    let first = u64::from(raw.first_index.unwrap_or(1));
+    let labels: Vec<(String, String)> = raw
+        .labels
+        .iter()
+        .map(|(key, v)| (key.clone(), v.clone()))
+        .collect();
+    for (k, address) in addresses.into_iter().enumerate() {
+        out.push(MeterConfig {
+            name: Arc::from(pattern.render(first + k as u64).as_str()),
+            address,
+            labels: labels.clone(),
+            points: points.clone(),
+        });
+    }
+}
+
+/// The addresses of a meter entry: `address`, stepped by `address_step` for `count` meters,
+/// or every one listed in `addresses`.
+fn meter_addresses(
+    raw: &RawMeter,
+    path: &KeyPath,
+    report: &mut Report<'_>,
+) -> Option<Vec<Address>> {
+    let parse = |report: &mut Report<'_>, key: KeyPath, text: &str| {
+        Address::parse(text).map_err(|m| report.at(&key, m)).ok()
+    };
+    match (&raw.address, raw.addresses.is_empty()) {
+        (Some(_), false) | (None, true) => {
+            report.at(
+                path,
+                "a meter entry needs exactly one of `address` (with `count` for a template of consecutive addresses) or `addresses = [...]`",
+            );
+            None
+        }
+        (None, false) => {
+            if raw.count.is_some() || raw.address_step.is_some() {
+                report.at(
+                    &path.key("addresses"),
+                    "`addresses` lists every meter: `count` and `address_step` do not go with it",
+                );
+                return None;
+            }
+            let list: Vec<Option<Address>> = raw
+                .addresses
+                .iter()
+                .enumerate()
+                .map(|(i, text)| parse(report, path.key("addresses").index(i), text))
+                .collect();
+            list.into_iter().collect()
+        }
+        (Some(text), true) => {
+            let first = parse(report, path.key("address"), text)?;
+            let count = raw.count.unwrap_or(1);
+            if count == 0 {
+                report.at(&path.key("count"), "count must be at least 1");
+                return None;
+            }
+            let step = raw.address_step.unwrap_or(1);
+            let all: Option<Vec<Address>> = (0..u64::from(count))
+                .map(|k| first.offset(k.checked_mul(step)?))
+                .collect();
+            if all.is_none() {
+                report.at(
+                    &path.key("count"),
+                    "the template's addresses run past 12 digits",
+                );
+            }
+            all
+        }
+    }
+}
+
+/// The points of a meter entry: its map's, then its own, each of the bus's edition.
+fn meter_points(
+    raw: &RawMeter,
+    edition: Edition,
+    path: &KeyPath,
+    maps: &IndexMap<String, Vec<MapPoint>>,
+    default_poll: Duration,
+    report: &mut Report<'_>,
+) -> Vec<MeterPoint> {
     let mut map_points: Vec<MapPoint> = Vec::new();
     if let Some(map) = &raw.map {
         match maps.get(map) {
@@ -522,15 +604,13 @@ fn expand_meter(
     for (name, p) in &raw.points {
         let origin = Origin::Toml(path.key("points").key(name));
         if map_points.iter().any(|m| &m.name == name) {
-            report.at_point(
-                &origin,
-                "",
-                format!("point `{name}` is already defined by the map"),
-            );
+            let message = format!("point `{name}` is already defined by the map");
+            report.at_point(&origin, "", message);
             continue;
         }
         map_points.extend(map_point(name, p, origin, report));
     }
+    let mut points = Vec::new();
     for p in map_points {
         if p.di.edition() != edition {
             let message = format!(
@@ -553,28 +633,5 @@ fn expand_meter(
             poll_interval: p.poll.unwrap_or(default_poll),
         });
     }
-    let (Some(pattern), Some(address)) = (pattern, address) else {
-        return;
-    };
-    let step = raw.address_step.unwrap_or(1);
-    let first = u64::from(raw.first_index.unwrap_or(1));
-    for k in 0..u64::from(count) {
-        let Some(address) = address.offset(k * step) else {
-            report.at(
-                &path.key("count"),
-                "the template's addresses run past 12 digits",
-            );
-            return;
-        };
-        out.push(MeterConfig {
-            name: Arc::from(pattern.render(first + k).as_str()),
-            address,
-            labels: raw
-                .labels
-                .iter()
-                .map(|(key, v)| (key.clone(), v.clone()))
-                .collect(),
-            points: points.clone(),
-        });
-    }
+    points
 }
