@@ -286,24 +286,7 @@ points.voltage_a_v = {{ di = "02010100", format = "XXX.X", unit = "V" }}
     shutdown.cancel();
 
     for healthy in ["feeder_1", "feeder_2"] {
-        let batches = &by_device[healthy];
-        for b in batches {
-            for r in &b.readings {
-                assert_eq!(r.quality, Quality::Good, "{healthy}: {r:?}");
-            }
-        }
-        // On the grid: consecutive cycles exactly one poll period apart, and each read done
-        // within that period of its deadline.
-        for pair in batches.windows(2) {
-            assert_eq!(pair[1].scheduled.0 - pair[0].scheduled.0, 200, "{healthy}");
-        }
-        for b in batches {
-            let lag = b.readings[0].ts.0 - b.scheduled.0;
-            assert!(
-                (-5..200).contains(&lag),
-                "{healthy}: read {lag} ms after its deadline"
-            );
-        }
+        assert_good_on_the_grid(&by_device[healthy], healthy);
     }
     assert_eq!(stats.late_ticks.load(Ordering::Relaxed), 0);
     for faulty in ["feeder_3", "feeder_4"] {
@@ -322,6 +305,26 @@ points.voltage_a_v = {{ di = "02010100", format = "XXX.X", unit = "V" }}
     assert_eq!(meters[2].requests(), 3, "silent meter");
     assert_eq!(meters[3].requests(), 3, "garbling meter");
     assert!(stats.comm_failures.load(Ordering::Relaxed) >= 6);
+}
+
+/// Every reading good, consecutive cycles exactly one 200 ms poll period apart, and each read
+/// done within that period of its deadline.
+fn assert_good_on_the_grid(batches: &[ReadingBatch], healthy: &str) {
+    for b in batches {
+        for r in &b.readings {
+            assert_eq!(r.quality, Quality::Good, "{healthy}: {r:?}");
+        }
+    }
+    for pair in batches.windows(2) {
+        assert_eq!(pair[1].scheduled.0 - pair[0].scheduled.0, 200, "{healthy}");
+    }
+    for b in batches {
+        let lag = b.readings[0].ts.0 - b.scheduled.0;
+        assert!(
+            (-5..200).contains(&lag),
+            "{healthy}: read {lag} ms after its deadline"
+        );
+    }
 }
 
 /// A meter that answers in another meter's name: its answers are discarded, never taken as
@@ -601,6 +604,8 @@ points.energy_kwh = { di = "9010", format = "XXXXXX.XX", unit = "kWh" }
 name = "bus"
 protocol = "dlt645-2007"
 tcp = "127.0.0.1:4001"
+reconnect_min = "5s"
+reconnect_max = "1s"
 [[sources.meters]]
 name = "m_{n}"
 address = "1"
@@ -616,6 +621,12 @@ addresses = ["3", "3"]
     );
     assert!(
         err.contains("address 000000000003 is used twice on this bus"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "sources[0].reconnect_min: reconnect_min (5s) is greater than reconnect_max (1s)"
+        ),
         "{err}"
     );
 }

@@ -348,17 +348,7 @@ pub(crate) fn bus(
     maps: &IndexMap<String, Vec<MapPoint>>,
     report: &mut Report<'_>,
 ) -> BusConfig {
-    for key in modbus_only_keys(raw) {
-        let hint = if key == "devices" {
-            "; a DL/T 645 bus lists its meters under [[sources.meters]]"
-        } else {
-            ""
-        };
-        report.at(
-            &path.key(key),
-            format!("`{key}` is a Modbus setting, not used by a {edition} bus{hint}"),
-        );
-    }
+    refuse_modbus_keys(raw, edition, path, report);
     let transport = transport(raw, edition, path, report);
     let positive = |report: &mut Report<'_>, key: &str, v: Option<Duration>, d: Duration| {
         let v = v.unwrap_or(d);
@@ -396,6 +386,59 @@ pub(crate) fn bus(
             "breaker_failures must be at least 1",
         );
     }
+    if reconnect_min > reconnect_max {
+        report.at(
+            &path.key("reconnect_min"),
+            format!(
+                "reconnect_min ({}) is greater than reconnect_max ({})",
+                humantime::format_duration(reconnect_min),
+                humantime::format_duration(reconnect_max)
+            ),
+        );
+    }
+    let meters = meters(raw, edition, path, maps, default_poll, report);
+    BusConfig {
+        name: Arc::from(raw.name.as_str()),
+        edition,
+        transport: transport.unwrap_or(BusTransport::SerialServer(HostPort {
+            host: String::new(),
+            port: 0,
+        })),
+        timeout,
+        inter_frame_gap: raw.inter_request_gap.unwrap_or(defaults::INTER_FRAME_GAP),
+        reconnect_min,
+        reconnect_max,
+        breaker_failures,
+        breaker_probe_interval,
+        poll_offset: raw.poll_offset.unwrap_or_default(),
+        meters,
+    }
+}
+
+/// Reports every Modbus-only key set on a DL/T 645 bus.
+fn refuse_modbus_keys(raw: &RawSource, edition: Edition, path: &KeyPath, report: &mut Report<'_>) {
+    for key in modbus_only_keys(raw) {
+        let hint = if key == "devices" {
+            "; a DL/T 645 bus lists its meters under [[sources.meters]]"
+        } else {
+            ""
+        };
+        report.at(
+            &path.key(key),
+            format!("`{key}` is a Modbus setting, not used by a {edition} bus{hint}"),
+        );
+    }
+}
+
+/// The meters of a bus, templates expanded; two with one address are an error.
+fn meters(
+    raw: &RawSource,
+    edition: Edition,
+    path: &KeyPath,
+    maps: &IndexMap<String, Vec<MapPoint>>,
+    default_poll: Duration,
+    report: &mut Report<'_>,
+) -> Vec<MeterConfig> {
     let mut meters = Vec::new();
     for (j, meter) in raw.meters.iter().enumerate() {
         let meter_path = path.key("meters").index(j);
@@ -421,22 +464,7 @@ pub(crate) fn bus(
             );
         }
     }
-    BusConfig {
-        name: Arc::from(raw.name.as_str()),
-        edition,
-        transport: transport.unwrap_or(BusTransport::SerialServer(HostPort {
-            host: String::new(),
-            port: 0,
-        })),
-        timeout,
-        inter_frame_gap: raw.inter_request_gap.unwrap_or(defaults::INTER_FRAME_GAP),
-        reconnect_min,
-        reconnect_max,
-        breaker_failures,
-        breaker_probe_interval,
-        poll_offset: raw.poll_offset.unwrap_or_default(),
-        meters,
-    }
+    meters
 }
 
 /// The transport of a bus: `tcp` (a serial server) or `[sources.serial]`.
