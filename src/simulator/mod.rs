@@ -341,6 +341,11 @@ pub async fn run(cfg: &SimulatorConfig, shutdown: CancellationToken) -> io::Resu
             .collect();
         units.sort_unstable();
         let units: Vec<String> = units.iter().map(|(u, n)| format!("{u}={n}")).collect();
+        if let Some(bus) = cfg.meter_buses.iter().find(|b| b.name == ep.name) {
+            let meters: Vec<&str> = bus.meters.iter().map(|m| m.address.as_str()).collect();
+            tracing::info!(endpoint = %ep.name, addr = %ep.bound, meters = %meters.join(" "), "simulator serving {} meters over TCP", bus.edition);
+            continue;
+        }
         tracing::info!(endpoint = %ep.name, addr = %ep.bound, units = %units.join(" "), "simulator serving Modbus TCP");
     }
     for f in &cfg.faults {
