@@ -81,17 +81,32 @@ pub enum Command {
         config: PathBuf,
     },
     /// Commissioning: read registers from a live device and print them decoded in every type and
-    /// byte order.
+    /// byte order; with `--dlt645`, read a DL/T 645 meter's address and data identifiers through
+    /// a transparent serial server.
     Probe {
-        /// Modbus TCP endpoint (host:port).
+        /// Modbus TCP endpoint, or with `--dlt645` the serial server (host:port).
         #[arg(long)]
         tcp: SocketAddr,
         /// Unit id.
         #[arg(long, default_value_t = 1)]
         unit: u8,
         /// First register, 0-based protocol address (datasheet 40001 = holding 0).
+        #[arg(long, required_unless_present = "dlt645")]
+        address: Option<u16>,
+        /// Probe a DL/T 645 meter instead of a Modbus device.
         #[arg(long)]
-        address: u16,
+        dlt645: bool,
+        /// DL/T 645 edition: 2007 or 1997.
+        #[arg(long, default_value_t = 2007, requires = "dlt645")]
+        edition: u16,
+        /// DL/T 645 meter address (up to 12 digits); without it the address is read by the
+        /// address read (2007, the meter alone on the line).
+        #[arg(long, requires = "dlt645")]
+        meter: Option<String>,
+        /// DL/T 645 data identifiers to read, `DI` or `DI:format` (`00010000`, `02010100:XXX.X`);
+        /// repeat or separate with commas. Default: energy, voltage, current, power, power factor.
+        #[arg(long, value_delimiter = ',', requires = "dlt645")]
+        di: Vec<String>,
         /// Number of registers (1–125).
         #[arg(long, default_value_t = 8)]
         count: u16,
@@ -354,10 +369,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             tcp,
             unit,
             address,
+            dlt645,
+            edition,
+            meter,
+            di,
             count,
             area,
             timeout,
         } => {
+            if dlt645 {
+                print!("{}", probe_dlt645(tcp, edition, meter, &di, timeout).await?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let address = address.expect("clap requires --address without --dlt645");
             let words = app::probe(tcp, unit, area.into(), address, count, timeout).await?;
             print!("{}", crate::modbus::probe::render_probe(address, &words));
             Ok(ExitCode::SUCCESS)
@@ -581,4 +605,34 @@ fn open_uplink_spool(
 /// Load a configuration, turning a validation failure into a plain multi-line error.
 fn load_or_report(path: &std::path::Path) -> anyhow::Result<config::Config> {
     config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `probe --dlt645`: the meter's address (unless given) and the DIs asked for, decoded.
+async fn probe_dlt645(
+    tcp: SocketAddr,
+    edition: u16,
+    meter: Option<String>,
+    dis: &[String],
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    use crate::dlt645::{Address, Edition, probe};
+    let edition = match edition {
+        2007 => Edition::Dlt2007,
+        1997 => Edition::Dlt1997,
+        other => anyhow::bail!("--edition {other}: expected 2007 or 1997"),
+    };
+    let meter = meter
+        .map(|m| Address::parse(&m).map_err(anyhow::Error::msg))
+        .transpose()?;
+    let dis = if dis.is_empty() {
+        probe::default_dis(edition)
+            .into_iter()
+            .map(|di| (di, None))
+            .collect()
+    } else {
+        dis.iter()
+            .map(|d| probe::parse_di(edition, d))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    probe::probe(tcp, edition, meter, &dis, timeout).await
 }

@@ -16,6 +16,7 @@
 //!   tariff) that turn readings into metrics, events and aggregates.
 //! - [`model`]: readings, quality codes, timestamps, records.
 //! - [`modbus`]: the pure read planner and decoder, and the poller task (one per connection).
+//! - [`dlt645`]: DL/T 645 energy meters (2007 and 1997): the frame codec and value formats.
 //! - [`simulator`]: Modbus TCP servers that behave like a potline, a copper smelter and a stack
 //!   CEMS, with fault injection; used by `demo`, tests and benchmarks.
 //! - [`spool`]: the durable per-uplink queue.
@@ -29,10 +30,13 @@
 //!   the control-room dashboard.
 //! - [`tail`]: `smeltwatch tail`, the operators' live view of a broker (JSON, protobuf,
 //!   Sparkplug B), as a terminal screen or one line per message.
+//! - [`acquisition`]: what every poller shares: the deadline schedule, the circuit breaker and
+//!   the reconnect backoff.
 //! - [`clock`]: wall-clock step detection, shared by the pollers and the spools.
 //! - [`app`]: the only place that wires components together and owns shutdown.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod acquisition;
 pub mod app;
 #[cfg(feature = "demo-broker")]
 pub mod broker;
@@ -41,6 +45,7 @@ pub mod cli;
 pub mod clock;
 pub mod completeness;
 pub mod config;
+pub mod dlt645;
 pub mod histogram;
 pub mod history;
 pub mod http;

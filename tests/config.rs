@@ -104,9 +104,10 @@ fn unknown_key_names_the_key_path_line_and_column() {
     assert_eq!(
         err.to_string(),
         "inline/smeltwatch.toml:5:1: sources[0].colour: unknown field `colour`, expected one of \
-         `name`, `tcp`, `rtu_over_tcp`, `serial`, `timeout`, `inter_request_gap`, `reconnect_min`, \
-         `reconnect_max`, `breaker_failures`, `breaker_probe_interval`, `default_poll`, \
-         `poll_offset`, `max_registers_per_read`, `max_bits_per_read`, `max_gap_registers`, `devices`"
+         `name`, `protocol`, `tcp`, `rtu_over_tcp`, `serial`, `timeout`, `inter_request_gap`, \
+         `reconnect_min`, `reconnect_max`, `breaker_failures`, `breaker_probe_interval`, \
+         `default_poll`, `poll_offset`, `max_registers_per_read`, `max_bits_per_read`, \
+         `max_gap_registers`, `devices`, `meters`"
     );
 }
 

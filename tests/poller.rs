@@ -727,3 +727,59 @@ points.cell_voltage_mv = {{ area = "holding", address = 0, type = "u16" }}
     assert_eq!(&*e.kind, CLOCK_STEP_EVENT);
     assert!(events.try_recv().is_err(), "one event per step");
 }
+
+/// Modbus RTU over TCP at run time: the poller's RTU framing through a transparent serial
+/// server (bytes copied both ways between a TCP connection and one end of a pty pair) to the
+/// simulator's RTU server on the other end, as a serial-to-Ethernet converter does.
+#[tokio::test]
+async fn poller_reads_rtu_over_tcp_through_a_transparent_serial_server() {
+    let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
+    let dev = device("rtu_gw_meter");
+    dev.set_holding(4, &[0x42F6, 0xE979, 0x0102]);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(smeltwatch::simulator::serve_rtu(
+        master,
+        UnitMap::from([(9, dev.clone())]),
+        shutdown.clone(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut line = slave;
+        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut line).await;
+    });
+    let cfg = parse(&format!(
+        r#"
+site = "t"
+[[sources]]
+name = "serial_server"
+rtu_over_tcp = "127.0.0.1:{port}"
+timeout = "1s"
+[[sources.devices]]
+name = "rtu_gw_meter"
+unit_id = 9
+[sources.devices.points.power_mw]
+area = "holding"
+address = 4
+type = "f32"
+[sources.devices.points.status]
+area = "holding"
+address = 6
+type = "u16"
+"#
+    ));
+    let (mut rx, stats) = start_pollers(&cfg, &shutdown);
+    let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a batch within 10 s")
+        .unwrap();
+    shutdown.cancel();
+    assert_eq!(
+        value_of(&batch, "status"),
+        (&Some(Value::UInt(0x0102)), Quality::Good)
+    );
+    assert_eq!(float(value_of(&batch, "power_mw").0), f64::from(123.456f32));
+    assert!(dev.requests() >= 1);
+    assert_eq!(stats[0].comm_failures.load(Ordering::Relaxed), 0);
+}

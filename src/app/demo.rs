@@ -28,6 +28,10 @@ const DEMO_FILES: &[(&str, &str)] = &[
         include_str!("../../config/maps/copper_smelter.csv"),
     ),
     ("maps/cems.csv", include_str!("../../config/maps/cems.csv")),
+    (
+        "maps/aux_meter.csv",
+        include_str!("../../config/maps/aux_meter.csv"),
+    ),
 ];
 
 /// How often the summary is printed.
@@ -60,15 +64,23 @@ pub fn demo_config(dir: &Path) -> anyhow::Result<Config> {
 
 /// Point every source that targets a simulator's configured address at where it really listens.
 pub fn retarget_sources(cfg: &mut Config, endpoints: &[simulator::Endpoint]) {
+    let retarget = |addr: &mut HostPort| {
+        for ep in endpoints {
+            if addr.port == ep.configured.port()
+                && (addr.host == ep.configured.ip().to_string() || addr.host == "localhost")
+            {
+                *addr = HostPort::from_addr(ep.bound);
+            }
+        }
+    };
     for source in &mut cfg.sources {
         if let Transport::Tcp { addr } | Transport::RtuOverTcp { addr } = &mut source.transport {
-            for ep in endpoints {
-                if addr.port == ep.configured.port()
-                    && (addr.host == ep.configured.ip().to_string() || addr.host == "localhost")
-                {
-                    *addr = HostPort::from_addr(ep.bound);
-                }
-            }
+            retarget(addr);
+        }
+    }
+    for bus in &mut cfg.meter_buses {
+        if let crate::dlt645::config::BusTransport::SerialServer(addr) = &mut bus.transport {
+            retarget(addr);
         }
     }
 }
@@ -116,7 +128,7 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
     println!("smeltwatch demo: site {:?}", cfg.site);
     println!("  embedded MQTT broker  mqtt://{broker_addr}");
     for ep in sim.endpoints() {
-        println!("  simulator {:<22} modbus tcp {}", ep.name, ep.bound);
+        println!("  simulator {:<22} tcp {}", ep.name, ep.bound);
     }
     println!(
         "  dashboard             http://{http_addr}/   (Prometheus: http://{http_addr}/metrics)"

@@ -402,6 +402,22 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         live.health.watch_poller(&source.name, shortest_poll);
         pollers.push(tracker.spawn(poller.run(sources.clone())));
     }
+    for bus in &cfg.meter_buses {
+        let poller = crate::dlt645::poller::Dlt645Poller::new(bus.clone(), tx.clone());
+        live.pollers
+            .lock()
+            .expect("live state lock is never poisoned: holders do not panic")
+            .push((bus.name.clone(), poller.stats()));
+        let shortest_poll = bus
+            .meters
+            .iter()
+            .flat_map(|m| &m.points)
+            .map(|p| p.poll_interval)
+            .min()
+            .unwrap_or(Duration::ZERO);
+        live.health.watch_poller(&bus.name, shortest_poll);
+        pollers.push(tracker.spawn(poller.run(sources.clone())));
+    }
     drop(tx);
 
     // The HTTP side doors are a source too: they stop with the pollers. Binding here makes a
@@ -1246,6 +1262,16 @@ pub fn check_report(cfg: &Config) -> String {
             ""
         }
     );
+    if !cfg.meter_buses.is_empty() {
+        let meters = cfg.meter_buses.iter().flat_map(|b| &b.meters);
+        let _ = writeln!(
+            out,
+            "DL/T 645: {} meter buses, {} meters, {} points",
+            cfg.meter_buses.len(),
+            meters.clone().count(),
+            meters.map(|m| m.points.len()).sum::<usize>()
+        );
+    }
     if let Some(calc) = &cfg.calc {
         match crate::calc::Pipeline::new(calc) {
             Ok(_) => {
@@ -1265,6 +1291,11 @@ pub fn check_report(cfg: &Config) -> String {
         let plans = plan::plan_source(source);
         let _ = writeln!(out);
         out.push_str(&plan::render_plan(source, &plans));
+    }
+    for bus in &cfg.meter_buses {
+        let plans = crate::dlt645::poller::plan_bus(bus);
+        let _ = writeln!(out);
+        out.push_str(&crate::dlt645::poller::render_plan(bus, &plans));
     }
     out
 }

@@ -264,7 +264,7 @@ pub(crate) fn parse_csv_map(
 
 /// 1-based line of a record as an editor shows it. csv reports where it started reading, which
 /// is before any blank and comment lines it then skipped, so skip those here too.
-fn line_of(text: &str, position: &csv::Position) -> u64 {
+pub(crate) fn line_of(text: &str, position: &csv::Position) -> u64 {
     let mut offset = usize::try_from(position.byte()).map_or(text.len(), |b| b.min(text.len()));
     while let Some(rest) = text.get(offset..) {
         let skippable = rest.starts_with('\n') || rest.starts_with("\r\n") || rest.starts_with('#');

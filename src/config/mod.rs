@@ -13,13 +13,13 @@
 //! re-check it.
 
 mod broker_url;
-mod csv_map;
+pub(crate) mod csv_map;
 mod error;
-mod locate;
+pub(crate) mod locate;
 pub mod model;
-mod raw;
-mod template;
-mod validate;
+pub(crate) mod raw;
+pub(crate) mod template;
+pub(crate) mod validate;
 
 use std::path::Path;
 

@@ -19,6 +19,8 @@ pub struct Config {
     pub site: String,
     /// Physical Modbus connections and the devices behind them.
     pub sources: Vec<SourceConfig>,
+    /// DL/T 645 meter buses (`[[sources]]` with `protocol = "dlt645-…"`), in file order.
+    pub meter_buses: Vec<crate::dlt645::config::BusConfig>,
     /// The built-in plant simulator, when the file has a `[simulator]` section.
     pub simulator: Option<crate::simulator::SimulatorConfig>,
     /// The calculators (`[calc]`): which devices and points play which role, which coefficient

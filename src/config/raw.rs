@@ -27,6 +27,9 @@ pub(crate) struct RawConfig {
     pub(crate) calc: Option<crate::calc::CalcConfig>,
     #[serde(default)]
     pub(crate) register_maps: IndexMap<String, RawMap>,
+    /// DL/T 645 point maps (`[meter_maps.NAME]`).
+    #[serde(default)]
+    pub(crate) meter_maps: IndexMap<String, crate::dlt645::config::RawMeterMap>,
     #[serde(default)]
     pub(crate) sources: Vec<RawSource>,
     #[serde(default)]
@@ -145,6 +148,8 @@ impl RawType {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSource {
     pub(crate) name: String,
+    /// `modbus` (the default), `dlt645-2007` or `dlt645-1997`.
+    pub(crate) protocol: Option<RawProtocol>,
     pub(crate) tcp: Option<String>,
     pub(crate) rtu_over_tcp: Option<String>,
     pub(crate) serial: Option<RawSerial>,
@@ -168,6 +173,34 @@ pub(crate) struct RawSource {
     pub(crate) max_gap_registers: Option<u16>,
     #[serde(default)]
     pub(crate) devices: Vec<RawDevice>,
+    /// The meters of a DL/T 645 bus.
+    #[serde(default)]
+    pub(crate) meters: Vec<crate::dlt645::config::RawMeter>,
+}
+
+/// The acquisition protocol of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) enum RawProtocol {
+    /// Modbus TCP, RTU or RTU over TCP (by the transport).
+    #[serde(rename = "modbus")]
+    Modbus,
+    /// DL/T 645-2007 meters.
+    #[serde(rename = "dlt645-2007")]
+    Dlt645v2007,
+    /// DL/T 645-1997 meters.
+    #[serde(rename = "dlt645-1997")]
+    Dlt645v1997,
+}
+
+impl RawProtocol {
+    /// The DL/T 645 edition, for a meter bus.
+    pub(crate) fn dlt645(self) -> Option<crate::dlt645::Edition> {
+        match self {
+            RawProtocol::Modbus => None,
+            RawProtocol::Dlt645v2007 => Some(crate::dlt645::Edition::Dlt2007),
+            RawProtocol::Dlt645v1997 => Some(crate::dlt645::Edition::Dlt1997),
+        }
+    }
 }
 
 /// `[sources.serial]`.

@@ -244,8 +244,11 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
     );
 
     let maps = b.register_maps(&raw);
+    let meter_maps = crate::dlt645::config::meter_maps(&raw.meter_maps, &b.dir, b.report);
 
     let mut sources = Vec::new();
+    let mut modbus_raw: Vec<(usize, &RawSource)> = Vec::new();
+    let mut meter_buses = Vec::new();
     let mut expanded: Vec<Expanded> = Vec::new();
     let mut source_names: HashMap<String, usize> = HashMap::new();
     for (i, source) in raw.sources.iter().enumerate() {
@@ -264,10 +267,24 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         } else {
             source_names.insert(source.name.clone(), i);
         }
+        if let Some(edition) = source.protocol.and_then(|p| p.dlt645()) {
+            let bus =
+                crate::dlt645::config::bus(source, edition, &source_path, &meter_maps, b.report);
+            meter_buses.push(bus);
+            continue;
+        }
+        if !source.meters.is_empty() {
+            b.report.at(
+                &source_path.key("meters"),
+                "`meters` are the meters of a DL/T 645 bus: set `protocol = \"dlt645-2007\"` or `\"dlt645-1997\"`, or list Modbus devices under [[sources.devices]]",
+            );
+        }
+        modbus_raw.push((i, source));
         sources.push(b.source(i, source, &source_path, &maps, &mut expanded));
     }
-    b.poll_offsets(&raw.sources, &mut sources, &root);
+    b.poll_offsets(&modbus_raw, &mut sources, &root);
     b.site_wide_device_checks(&raw.sources, &expanded);
+    b.meter_names(&raw.sources, &expanded, &meter_buses);
 
     let mut uplinks = Vec::new();
     let mut uplink_names: HashMap<String, usize> = HashMap::new();
@@ -297,6 +314,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         path: path.to_path_buf(),
         site: raw.site,
         sources,
+        meter_buses,
         simulator: raw.simulator,
         calc: raw.calc,
         state_dir,
@@ -673,9 +691,14 @@ impl Builder<'_, '_> {
     /// Each source's `poll_offset`: the configured one, checked against the source's shortest
     /// poll interval, or source `i` of `n` at `i / n` of that interval (see
     /// [`SourceConfig::poll_offset`]).
-    fn poll_offsets(&mut self, raw: &[RawSource], sources: &mut [SourceConfig], root: &KeyPath) {
+    fn poll_offsets(
+        &mut self,
+        raw: &[(usize, &RawSource)],
+        sources: &mut [SourceConfig],
+        root: &KeyPath,
+    ) {
         let n = sources.len() as u32;
-        for (i, (raw, source)) in raw.iter().zip(sources.iter_mut()).enumerate() {
+        for (i, (&(at, raw), source)) in raw.iter().zip(sources.iter_mut()).enumerate() {
             let Some(shortest) = source
                 .devices
                 .iter()
@@ -689,7 +712,7 @@ impl Builder<'_, '_> {
             source.poll_offset = match raw.poll_offset {
                 Some(offset) if offset >= shortest => {
                     self.report.at(
-                        &root.key("sources").index(i).key("poll_offset"),
+                        &root.key("sources").index(at).key("poll_offset"),
                         format!(
                             "poll_offset ({}) must be shorter than the source's shortest poll interval ({})",
                             humantime::format_duration(offset),
@@ -1130,6 +1153,38 @@ impl Builder<'_, '_> {
     }
 
     /// Duplicate device names across the site and overlaps between devices sharing a unit id.
+    /// Meter names are device names: unique across the site, Modbus devices included.
+    fn meter_names(
+        &mut self,
+        raw: &[RawSource],
+        expanded: &[Expanded],
+        buses: &[crate::dlt645::config::BusConfig],
+    ) {
+        let mut names: HashMap<&str, String> = expanded
+            .iter()
+            .map(|d| (d.name.as_str(), d.entry_path.to_string()))
+            .collect();
+        let bus_paths = raw
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.protocol.and_then(|p| p.dlt645()).is_some());
+        for ((i, _), bus) in bus_paths.zip(buses) {
+            let path = KeyPath::default().key("sources").index(i).key("meters");
+            for meter in &bus.meters {
+                let here = format!("{path} (meter `{}`)", meter.name);
+                if let Some(first) = names.insert(&meter.name, here) {
+                    self.report.at(
+                        &path,
+                        format!(
+                            "duplicate device name `{}`, already used by {first}; device names must be unique across the site",
+                            meter.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn site_wide_device_checks(&mut self, sources: &[RawSource], expanded: &[Expanded]) {
         let mut names: HashMap<&str, &Expanded> = HashMap::new();
         for device in expanded {
@@ -1831,7 +1886,7 @@ fn rtu_gap(serial: &SerialSettings) -> Duration {
 }
 
 /// `host:port` or `[v6]:port`.
-fn parse_host_port(text: &str) -> Result<HostPort, String> {
+pub(crate) fn parse_host_port(text: &str) -> Result<HostPort, String> {
     let bad = || format!("invalid address `{text}`, expected `host:port` (e.g. `10.1.0.20:502`)");
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, rest) = rest.split_once(']').ok_or_else(bad)?;

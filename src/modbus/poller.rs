@@ -2,7 +2,8 @@
 //!
 //! # Schedule
 //! Every (device, poll class) pair is a *job* with a period. All jobs of a connection share one
-//! deterministic, deadline-based schedule: job `j` is due at `start + k × period_j` for
+//! deterministic, deadline-based schedule ([`crate::acquisition::Schedule`], shared with the
+//! DL/T 645 poller): job `j` is due at `start + k × period_j` for
 //! k = 0, 1, 2, … and nothing else moves those deadlines, so the schedule never drifts. `start` is
 //! the poller's start plus the source's `poll_offset`, which spreads the sources of one agent over
 //! their poll interval. Jobs due at the same instant run in configuration order. When a job is
@@ -50,8 +51,7 @@
 //! Every job run emits exactly one [`ReadingBatch`] with one reading per configured point, so a
 //! consumer can count expected against received readings.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,7 @@ use tokio_modbus::client::Context;
 use tokio_modbus::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+use crate::acquisition::{Backoff, Breaker, Schedule, Transition};
 use crate::clock::Clock;
 use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
 use crate::histogram::Histogram;
@@ -80,8 +81,11 @@ pub struct PollerStats {
     pub requests: AtomicU64,
     /// Requests that timed out or failed in transport.
     pub comm_failures: AtomicU64,
-    /// Requests answered with a Modbus exception.
+    /// Requests answered with a Modbus exception (DL/T 645: an abnormal reply).
     pub exceptions: AtomicU64,
+    /// DL/T 645 frames discarded while waiting for an answer: another meter's address, another
+    /// data identifier (always 0 for Modbus, whose client library checks its own replies).
+    pub discarded_replies: AtomicU64,
     /// Scheduled cycles skipped because the previous work ran past them.
     pub late_ticks: AtomicU64,
     /// Connections established.
@@ -107,7 +111,7 @@ pub struct DeviceReadErrors {
 }
 
 impl PollerStats {
-    fn count_read_error(&self, device: &Arc<str>, exception: bool) {
+    pub(crate) fn count_read_error(&self, device: &Arc<str>, exception: bool) {
         let mut map = self
             .device_read_errors
             .lock()
@@ -130,7 +134,7 @@ impl PollerStats {
             .collect()
     }
 
-    fn count_batch(&self, batch: &ReadingBatch) {
+    pub(crate) fn count_batch(&self, batch: &ReadingBatch) {
         for (i, n) in batch.quality_counts().iter().enumerate() {
             self.readings_by_quality[i].fetch_add(*n as u64, Ordering::Relaxed);
         }
@@ -151,20 +155,12 @@ pub struct Poller {
 /// Circuit-breaker and failure state of one device.
 #[derive(Debug, Default, Clone)]
 struct DeviceHealth {
-    consecutive_failures: u32,
-    /// While open, only a probe at or after this instant touches the bus.
-    open_until: Option<Instant>,
+    /// While open, only a probe at or after its probe instant touches the bus.
+    breaker: Breaker,
     /// Whether the device answered nothing in its last cycle.
     silent_last_cycle: bool,
     /// Per request group (by area and first address), the same breaker.
-    requests: std::collections::HashMap<(&'static str, u16), RequestHealth>,
-}
-
-/// Circuit-breaker state of one request group of a device that answers others.
-#[derive(Debug, Default, Clone, Copy)]
-struct RequestHealth {
-    consecutive_failures: u32,
-    open_until: Option<Instant>,
+    requests: std::collections::HashMap<(&'static str, u16), Breaker>,
 }
 
 /// What went wrong with one request.
@@ -229,19 +225,12 @@ impl Poller {
         let mut conn = Connection::new(&source, stats.clone());
         let mut health = vec![DeviceHealth::default(); source.devices.len()];
         // The schedule starts `poll_offset` from now (the sources of one agent are spread over
-        // their poll interval unless configured otherwise).
-        let start = Instant::now() + source.poll_offset;
-        // Min-heap of (deadline, job index). The job index breaks ties, so jobs due together run in
-        // configuration order and the schedule is deterministic.
-        let mut heap: BinaryHeap<Reverse<(Instant, usize)>> =
-            (0..plans.len()).map(|j| Reverse((start, j))).collect();
-        // Wall time of `start`. A step of the wall clock (see [`crate::clock`]) moves it by the
-        // step, so timestamps follow the corrected clock while the deadlines stay where they are.
-        let wall_start = Timestamp(clock.now_ms() + source.poll_offset.as_millis() as i64);
-        let offset_at_start = clock.offset_ms();
+        // their poll interval unless configured otherwise). Jobs due together run in
+        // configuration order.
+        let mut schedule = Schedule::new(plans.len(), source.poll_offset, clock);
         let mut readings = Vec::new();
 
-        while let Some(Reverse((due, job))) = heap.pop() {
+        while let Some((due, job)) = schedule.pop() {
             tokio::select! {
                 biased;
                 // Writes before polls: a late schedule must not starve them (the queue is bounded).
@@ -253,18 +242,14 @@ impl Poller {
                         None => writes = None,
                     }
                     // The job was not run: wait for its deadline again.
-                    heap.push(Reverse((due, job)));
+                    schedule.put_back(due, job);
                     continue;
                 }
                 _ = sleep_until(due) => {}
             }
             let plan = &plans[job];
             let device = &source.devices[plan.device];
-            // Reading the clock notices a step (whoever reads it first raises it, once).
-            clock.now_ms();
-            let stepped = clock.offset_ms() - offset_at_start;
-            let scheduled =
-                Timestamp(wall_start.0 + stepped + due.duration_since(start).as_millis() as i64);
+            let scheduled = schedule.wall_time(due);
 
             readings.clear();
             run_job(
@@ -296,18 +281,12 @@ impl Poller {
             }
 
             // Next deadline on this job's own grid; skip (and count) deadlines already past.
-            let period = plan.poll_interval;
-            let mut next = due + period;
-            let now = Instant::now();
-            if next <= now {
-                let behind = now.duration_since(next);
-                let missed = (behind.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
+            let missed = schedule.reschedule(due, job, plan.poll_interval);
+            if missed > 0 {
                 stats
                     .late_ticks
                     .fetch_add(u64::from(missed), Ordering::Relaxed);
-                next += period * missed;
             }
-            heap.push(Reverse((next, job)));
         }
         conn.close().await;
     }
@@ -334,9 +313,7 @@ async fn run_job(
     let now = Instant::now();
     // Circuit open: no bus traffic, the cycle is reported as failed. Once `open_until` has
     // passed, the cycle goes ahead as the half-open probe.
-    if let Some(until) = health.open_until
-        && now < until
-    {
+    if health.breaker.is_open(now) {
         let ts = Timestamp::now();
         for req in &plan.requests {
             fill_failed(device, req, Quality::CommFail, ts, readings);
@@ -349,7 +326,7 @@ async fn run_job(
     for req in &plan.requests {
         let key = (req.area.as_str(), req.start);
         let req_health = health.requests.get(&key).copied().unwrap_or_default();
-        let left_out = req_health.open_until.is_some_and(|until| now < until);
+        let left_out = req_health.is_open(now);
         if left_out || (comm_failed && health.silent_last_cycle) {
             // A block whose own circuit is open, or a device that answered nothing last cycle
             // and has just timed out again: no further timeout is spent on it this cycle.
@@ -368,7 +345,7 @@ async fn run_job(
         match result {
             Ok(data) => {
                 answered = true;
-                if req_health.open_until.is_some() {
+                if req_health.has_opened() {
                     tracing::info!(
                         source = %source.name, device = %device.name,
                         area = req.area.as_str(), start = req.start,
@@ -399,17 +376,14 @@ async fn run_job(
                 stats.comm_failures.fetch_add(1, Ordering::Relaxed);
                 stats.count_read_error(&device.name, false);
                 let r = health.requests.entry(key).or_default();
-                r.consecutive_failures = r.consecutive_failures.saturating_add(1);
-                if r.consecutive_failures >= source.breaker_failures {
-                    if r.open_until.is_none() {
-                        tracing::warn!(
-                            source = %source.name, device = %device.name,
-                            area = req.area.as_str(), start = req.start, count = req.count,
-                            "request group not answering; probing it every {}",
-                            humantime::format_duration(source.breaker_probe_interval)
-                        );
-                    }
-                    r.open_until = Some(Instant::now() + source.breaker_probe_interval);
+                let opened = r.failed(source.breaker_failures, source.breaker_probe_interval);
+                if opened == Transition::Opened {
+                    tracing::warn!(
+                        source = %source.name, device = %device.name,
+                        area = req.area.as_str(), start = req.start, count = req.count,
+                        "request group not answering; probing it every {}",
+                        humantime::format_duration(source.breaker_probe_interval)
+                    );
                 }
                 tracing::debug!(
                     source = %source.name, device = %device.name,
@@ -423,23 +397,18 @@ async fn run_job(
 
     health.silent_last_cycle = !answered;
     if answered {
-        if health.open_until.is_some() || health.consecutive_failures >= source.breaker_failures {
+        if health.breaker.succeeded(source.breaker_failures) == Transition::Closed {
             tracing::info!(source = %source.name, device = %device.name, "device answers again");
         }
-        health.consecutive_failures = 0;
-        health.open_until = None;
     } else if comm_failed {
-        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
-        if health.consecutive_failures >= source.breaker_failures {
-            if health.open_until.is_none() {
-                tracing::warn!(
-                    source = %source.name, device = %device.name,
-                    failures = health.consecutive_failures,
-                    "device not answering; probing it every {}",
-                    humantime::format_duration(source.breaker_probe_interval)
-                );
-            }
-            health.open_until = Some(Instant::now() + source.breaker_probe_interval);
+        let b = &mut health.breaker;
+        if b.failed(source.breaker_failures, source.breaker_probe_interval) == Transition::Opened {
+            tracing::warn!(
+                source = %source.name, device = %device.name,
+                failures = b.consecutive_failures(),
+                "device not answering; probing it every {}",
+                humantime::format_duration(source.breaker_probe_interval)
+            );
         }
     }
 }
@@ -473,9 +442,8 @@ enum ReadData {
 /// A (re)connecting Modbus client for one source.
 struct Connection {
     ctx: Option<Context>,
-    /// Earliest instant of the next connect attempt after a failed one.
-    next_attempt: Instant,
-    backoff: Duration,
+    /// When the next connect attempt may go after a failed one.
+    backoff: Backoff,
     /// End of the previous exchange, for the inter-request gap.
     last_exchange: Option<Instant>,
     name: Arc<str>,
@@ -488,8 +456,7 @@ impl Connection {
     fn new(source: &SourceConfig, stats: Arc<PollerStats>) -> Self {
         Connection {
             ctx: None,
-            next_attempt: Instant::now(),
-            backoff: source.reconnect_min,
+            backoff: Backoff::new(source.reconnect_min, source.reconnect_max),
             last_exchange: None,
             name: source.name.clone(),
             down: false,
@@ -512,8 +479,7 @@ impl Connection {
         if self.ctx.is_some() {
             return Ok(());
         }
-        let now = Instant::now();
-        if now < self.next_attempt {
+        if !self.backoff.ready() {
             return Err("reconnect backoff".into());
         }
         match timeout(
@@ -525,7 +491,7 @@ impl Connection {
             Ok(Ok(ctx)) => {
                 self.ctx = Some(ctx);
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                self.backoff = source.reconnect_min;
+                self.backoff.succeeded();
                 if self.down {
                     tracing::info!(source = %self.name, "connected to {}", describe(&source.transport));
                 } else {
@@ -544,9 +510,7 @@ impl Connection {
             tracing::warn!(source = %self.name, "cannot connect to {}: {reason}", describe(&source.transport));
         }
         self.down = true;
-        let jitter = 0.75 + fastrand::f64() * 0.5;
-        self.next_attempt = Instant::now() + self.backoff.mul_f64(jitter);
-        self.backoff = (self.backoff * 2).min(source.reconnect_max);
+        self.backoff.failed();
         reason
     }
 
@@ -718,28 +682,6 @@ async fn connect(transport: &Transport) -> io::Result<Context> {
 }
 
 fn open_serial(s: &SerialSettings) -> io::Result<Context> {
-    use tokio_serial::SerialPortBuilderExt;
-    let parity = match s.parity {
-        crate::config::Parity::None => tokio_serial::Parity::None,
-        crate::config::Parity::Even => tokio_serial::Parity::Even,
-        crate::config::Parity::Odd => tokio_serial::Parity::Odd,
-    };
-    let data_bits = match s.data_bits {
-        5 => tokio_serial::DataBits::Five,
-        6 => tokio_serial::DataBits::Six,
-        7 => tokio_serial::DataBits::Seven,
-        _ => tokio_serial::DataBits::Eight,
-    };
-    let stop_bits = if s.stop_bits == 2 {
-        tokio_serial::StopBits::Two
-    } else {
-        tokio_serial::StopBits::One
-    };
-    let port = tokio_serial::new(&s.path, s.baud)
-        .data_bits(data_bits)
-        .parity(parity)
-        .stop_bits(stop_bits)
-        .open_native_async()
-        .map_err(io::Error::from)?;
+    let port = crate::acquisition::open_serial(s)?;
     Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(1)))
 }

@@ -48,6 +48,37 @@ pub struct SimulatorConfig {
     /// Faults injected from the start (they can be changed at runtime through device handles).
     #[serde(default)]
     pub faults: Vec<FaultSim>,
+    /// DL/T 645 meter buses, each behind a simulated transparent serial server.
+    #[serde(default)]
+    pub meter_buses: Vec<MeterBusSim>,
+}
+
+/// A DL/T 645 bus of meters served over TCP, as a transparent serial server serves its RS-485
+/// line (`[[simulator.meter_buses]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterBusSim {
+    /// Bus name (an endpoint name).
+    pub name: String,
+    /// Address the serial server listens on.
+    pub listen: SocketAddr,
+    /// The edition its meters speak (`"dlt645-2007"` or `"dlt645-1997"`).
+    pub edition: crate::dlt645::Edition,
+    /// The meters.
+    pub meters: Vec<MeterSim>,
+}
+
+/// One simulated DL/T 645 meter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterSim {
+    /// Its address, up to 12 digits.
+    pub address: String,
+    /// Energy on its total register at the start, kWh.
+    #[serde(default)]
+    pub energy_start_kwh: f64,
+    /// The load it measures, kW (its energy advances by it every tick).
+    pub load_kw: f64,
 }
 
 fn default_tick() -> Duration {
@@ -69,6 +100,7 @@ impl Default for SimulatorConfig {
             smelters: Vec::new(),
             stacks: Vec::new(),
             faults: Vec::new(),
+            meter_buses: Vec::new(),
         }
     }
 }
@@ -435,7 +467,8 @@ impl SimulatorConfig {
             .iter()
             .map(|p| (&p.name, p.listen))
             .chain(self.smelters.iter().map(|s| (&s.name, s.listen)))
-            .chain(self.stacks.iter().map(|s| (&s.name, s.listen)));
+            .chain(self.stacks.iter().map(|s| (&s.name, s.listen)))
+            .chain(self.meter_buses.iter().map(|b| (&b.name, b.listen)));
         for (name, listen) in listens {
             if !self.allow_non_loopback && !listen.ip().is_loopback() {
                 return Err(SimConfigError::NotLoopback {

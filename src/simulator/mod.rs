@@ -7,6 +7,7 @@
 //! - [`Device`]: register banks plus faults (and points a test forces against the models) behind
 //!   a cloneable handle; usable on its own in tests.
 //! - [`serve_tcp`] / [`serve_rtu`]: Modbus servers for a set of devices keyed by unit id.
+//! - [`dlt645`]: DL/T 645 meters on a bus, served over TCP or a serial stream (a pty end).
 //! - `plant`: the models that move the values, one tick at a time, from a seeded RNG.
 //! - [`start`] / [`run`]: build everything from a configuration and run it.
 //!
@@ -19,6 +20,7 @@
 
 mod config;
 mod device;
+pub mod dlt645;
 pub mod layout;
 mod plant;
 mod server;
@@ -26,6 +28,7 @@ mod server;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,13 +36,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    FaultSim, PotlineSim, ScheduledAnodeEffect, SimConfigError, SimulatorConfig, SmelterSim,
-    StackProfile, StackSim, pot_device_name, rectifier_device_name,
+    FaultSim, MeterBusSim, MeterSim, PotlineSim, ScheduledAnodeEffect, SimConfigError,
+    SimulatorConfig, SmelterSim, StackProfile, StackSim, pot_device_name, rectifier_device_name,
 };
 pub use device::{
     BankSizes, Banks, Corruption, Device, ExceptionFault, Faults, Glitch, decode_registers,
     encode_registers,
 };
+pub use dlt645::{Meter, MeterBus, MeterFault, serve_meter_stream, serve_meters_tcp};
 pub use server::{UnitMap, serve_rtu, serve_tcp};
 
 use plant::{Plant, Potline, Smelter, Stack, seed_for};
@@ -238,6 +242,8 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
         });
     }
 
+    let buses = start_meter_buses(cfg, bind, &shutdown, &tracker, &mut endpoints).await?;
+
     let (tick_tx, ticks) = watch::channel(0u64);
     let token = shutdown.clone();
     let period = cfg.tick;
@@ -252,6 +258,10 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
                 _ = interval.tick() => {
                     for plant in &mut plants {
                         plant.step(dt_s);
+                    }
+                    let now_ms = crate::model::Timestamp::now().0;
+                    for bus in &buses {
+                        bus.advance(Duration::from_secs_f64(dt_s), now_ms);
                     }
                     n += 1;
                     tick_tx.send_replace(n);
@@ -269,6 +279,55 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
     })
 }
 
+/// Binds and serves the DL/T 645 meter buses of `cfg`, adding their endpoints.
+async fn start_meter_buses(
+    cfg: &SimulatorConfig,
+    bind: BindMode,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+    endpoints: &mut Vec<Endpoint>,
+) -> io::Result<Vec<MeterBus>> {
+    let mut buses = Vec::new();
+    for sim in &cfg.meter_buses {
+        let mut meters = Vec::new();
+        for m in &sim.meters {
+            let address = crate::dlt645::Address::parse(&m.address).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("simulator bus {}: {e}", sim.name),
+                )
+            })?;
+            meters.push(Meter::new(
+                sim.edition,
+                address,
+                m.energy_start_kwh,
+                m.load_kw,
+            ));
+        }
+        let bus = MeterBus::new(meters);
+        let addr = match bind {
+            BindMode::AsConfigured => sim.listen,
+            BindMode::AnyPort => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        };
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(e.kind(), format!("simulator: cannot listen on {addr}: {e}"))
+        })?;
+        endpoints.push(Endpoint {
+            name: sim.name.clone(),
+            configured: sim.listen,
+            bound: listener.local_addr()?,
+        });
+        let (token, served, name) = (shutdown.clone(), bus.clone(), sim.name.clone());
+        tracker.spawn(async move {
+            if let Err(err) = serve_meters_tcp(listener, served, token).await {
+                tracing::error!(endpoint = %name, %err, "simulator: meter bus stopped");
+            }
+        });
+        buses.push(bus);
+    }
+    Ok(buses)
+}
+
 /// Runs the simulator of `cfg` on its configured addresses until `shutdown` is cancelled
 /// (`smeltwatch simulate`), logging what it serves.
 pub async fn run(cfg: &SimulatorConfig, shutdown: CancellationToken) -> io::Result<()> {
@@ -282,6 +341,11 @@ pub async fn run(cfg: &SimulatorConfig, shutdown: CancellationToken) -> io::Resu
             .collect();
         units.sort_unstable();
         let units: Vec<String> = units.iter().map(|(u, n)| format!("{u}={n}")).collect();
+        if let Some(bus) = cfg.meter_buses.iter().find(|b| b.name == ep.name) {
+            let meters: Vec<&str> = bus.meters.iter().map(|m| m.address.as_str()).collect();
+            tracing::info!(endpoint = %ep.name, addr = %ep.bound, meters = %meters.join(" "), "simulator serving {} meters over TCP", bus.edition);
+            continue;
+        }
         tracing::info!(endpoint = %ep.name, addr = %ep.bound, units = %units.join(" "), "simulator serving Modbus TCP");
     }
     for f in &cfg.faults {
