@@ -41,6 +41,7 @@ pub mod cli;
 pub mod clock;
 pub mod completeness;
 pub mod config;
+pub mod derived;
 pub mod histogram;
 pub mod history;
 pub mod http;

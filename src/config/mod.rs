@@ -23,6 +23,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, Location, Problem};
+pub(crate) use locate::{KeyPath, Report};
 pub use model::*;
 
 /// Reads and validates the configuration file at `path`.
