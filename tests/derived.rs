@@ -656,3 +656,132 @@ proptest! {
         prop_assert!(started.elapsed() < Duration::from_secs(1), "{expr}: {:?}", started.elapsed());
     }
 }
+
+/// Rectifier and pot batches of a 3-cell line at 400 kA and 4.05 V, at `t` (ms), with its AC and
+/// DC counters at `ac_kwh`, `dc_kwh`.
+fn line_batches(t: i64, ac_kwh: u64, dc_kwh: u64) -> Vec<ReadingBatch> {
+    let r = |p: &str, v: Value| Reading {
+        point: Arc::from(p),
+        value: Some(v),
+        unit: Arc::from(""),
+        quality: GOOD,
+        ts: Timestamp(t),
+    };
+    let b = |device: &str, readings| ReadingBatch {
+        source: Arc::from("potline1"),
+        device: Arc::from(device),
+        unit_id: 1,
+        poll_interval_ms: 10_000,
+        scheduled: Timestamp(t),
+        readings,
+    };
+    let mut out = vec![b(
+        "rectifier",
+        vec![
+            r("line_current_ka", Value::Float(400.0)),
+            r("ac_energy_kwh", Value::UInt(ac_kwh)),
+            r("dc_energy_kwh", Value::UInt(dc_kwh)),
+        ],
+    )];
+    for pot in ["pot_001", "pot_002", "pot_003"] {
+        out.push(b(
+            pot,
+            vec![
+                r("cell_voltage_v", Value::Float(4.05)),
+                r("in_service", Value::UInt(1)),
+            ],
+        ));
+    }
+    out
+}
+
+/// The last `comprehensive_ac_kwh_per_t_today` and `ac_kwh_per_t_today` in `records`.
+fn comprehensive(records: &[Record]) -> (Option<f64>, Option<f64>) {
+    let last = |name: &str| {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Metrics(m) => m.metrics.iter().rev().find(|x| &*x.name == name),
+                _ => None,
+            })
+            .next_back()
+            .and_then(|m| m.value)
+    };
+    (
+        last("comprehensive_ac_kwh_per_t_today"),
+        last("ac_kwh_per_t_today"),
+    )
+}
+
+#[test]
+fn a_derived_counter_is_an_auxiliary_meter_of_the_potline_like_the_meters_it_sums() {
+    use smeltwatch::calc::{CalcConfig, Pipeline};
+    let calc = |aux: &str| -> Pipeline {
+        let text = format!(
+            r#"
+[[potlines]]
+name = "potline1"
+rectifier = "potline1/rectifier"
+pots = "potline1/pot_*"
+current_efficiency = 0.935
+{aux}
+"#
+        );
+        let cfg: CalcConfig = toml::from_str(&text).expect("calc parses");
+        Pipeline::new(&cfg).expect("calc builds")
+    };
+    // The derived counter as the meter, beside the two physical meters it sums.
+    let mut through_derived = calc(
+        "[[potlines.auxiliary_meters]]\ndevice = \"derived/derived\"\npoint = \"aux_energy_kwh\"\ncounter_bits = 64\n",
+    );
+    let mut direct = calc("[[potlines.auxiliary_meters]]\ndevice = \"aux/*\"\n");
+    let cfg = ok(r#"
+[[derived]]
+name = "aux_energy_kwh"
+expr = "aux/compressors.energy_kwh + aux/gtc_fans.energy_kwh"
+unit = "kWh"
+"#);
+    let mut engine = Engine::new(&cfg.derived).unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let t0 = 1_764_300_000_000;
+    for step in 0..40i64 {
+        let t = t0 + step * 10_000;
+        // 160 kW at the line's AC meter, 1,080 and 360 kW of auxiliaries.
+        for batch in line_batches(
+            t,
+            1_000_000 + 4_444 * step as u64,
+            900_000 + 4_300 * step as u64,
+        ) {
+            a.extend(through_derived.on_batch(&batch));
+            b.extend(direct.on_batch(&batch));
+        }
+        let meters = [
+            batch(
+                "aux",
+                "compressors",
+                &[("energy_kwh", Some(5_000.0 + 3.0 * step as f64), GOOD)],
+                t,
+            ),
+            batch(
+                "aux",
+                "gtc_fans",
+                &[("energy_kwh", Some(7_000.0 + 1.0 * step as f64), GOOD)],
+                t,
+            ),
+        ];
+        for m in &meters {
+            let Record::Batch(m) = m else { unreachable!() };
+            b.extend(direct.on_batch(m));
+        }
+        engine.observe(&meters);
+        for d in engine.evaluate(Timestamp(t)).batches {
+            a.extend(through_derived.on_batch(&d));
+        }
+    }
+    let (with_derived, ac) = comprehensive(&a);
+    let (with_meters, ac_direct) = comprehensive(&b);
+    let with_derived = with_derived.expect("the comprehensive figure with the derived meter");
+    assert_eq!(Some(with_derived), with_meters);
+    assert_eq!(ac, ac_direct);
+    assert!(with_derived > ac.unwrap(), "{with_derived} vs {ac:?}");
+}
