@@ -42,6 +42,9 @@ pub(crate) struct RawDerived {
     device: Option<String>,
 }
 
+/// `(source, device)` pairs an input reads.
+pub type Devices = Vec<(Arc<str>, Arc<str>)>;
+
 /// When a derived point is evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -71,7 +74,7 @@ pub struct DerivedPoint {
     /// The expression with its inputs as variables.
     pub rewritten: Rewritten,
     /// For each input, the `(source, device)` pairs it reads.
-    pub resolved: Vec<Vec<(Arc<str>, Arc<str>)>>,
+    pub resolved: Vec<Devices>,
     /// For each input, its unit.
     pub units: Vec<Inferred>,
 }
@@ -164,7 +167,7 @@ pub(crate) fn validate(
     out
 }
 
-type Resolved = (Rewritten, Vec<Vec<(Arc<str>, Arc<str>)>>, Vec<Inferred>);
+type Resolved = (Rewritten, Vec<Devices>, Vec<Inferred>);
 
 /// Rewrite, resolve and compile the expression of `r`; problems go to `path.expr`.
 fn expression(
@@ -224,11 +227,10 @@ fn resolve(
     earlier: &[DerivedPoint],
     sources: &[SourceConfig],
     calc: Option<&CalcConfig>,
-) -> Result<(Vec<(Arc<str>, Arc<str>)>, Inferred), String> {
+) -> Result<(Devices, Inferred), String> {
     let p = &input.pattern;
     let written = input.written();
-    let (matches, declared): (Vec<(Arc<str>, Arc<str>)>, Vec<Arc<str>>) = match p.source.as_deref()
-    {
+    let (matches, declared): (Devices, Vec<Arc<str>>) = match p.source.as_deref() {
         Some(s) if s.starts_with("calc:") => {
             let name = &s[5..];
             if !calc_known(calc, name) {

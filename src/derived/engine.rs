@@ -75,12 +75,15 @@ pub struct Output {
     pub records: Vec<Record>,
 }
 
+/// `(source, device)`.
+type DeviceKey = (Arc<str>, Arc<str>);
+
 /// The derived points of one configuration.
 pub struct Engine {
     entries: Vec<Entry>,
     slots: Vec<Slot>,
     /// `(source, device)` → `(point, slot)` for every slot of that device.
-    by_device: HashMap<(Arc<str>, Arc<str>), Vec<(Arc<str>, usize)>>,
+    by_device: HashMap<DeviceKey, Vec<(Arc<str>, usize)>>,
     root: Context<'static, 'static>,
 }
 

@@ -160,10 +160,8 @@ fn tokens(src: &str) -> Vec<Tok<'_>> {
     let mut out = Vec::new();
     let mut rest = src;
     while let Some(c) = rest.chars().next() {
-        let len = if rest.starts_with("calc:") {
-            5 + rest[5..]
-                .find(|c| !is_run_char(c))
-                .unwrap_or(rest.len() - 5)
+        let len = if let Some(tail) = rest.strip_prefix("calc:") {
+            5 + tail.find(|c| !is_run_char(c)).unwrap_or(tail.len())
         } else if starts_run(c) {
             rest.find(|c| !is_run_char(c)).unwrap_or(rest.len())
         } else if c == '"' || c == '\'' {
