@@ -208,6 +208,18 @@ fn expression(
     let compiled = match expr::compile(&rewritten, &units) {
         Ok(c) => c,
         Err(m) => {
+            // CEL saw the rewritten text: say which input each variable is.
+            let legend: Vec<String> = rewritten
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| format!("_in.v{i} = {}", input.written()))
+                .collect();
+            let m = if legend.is_empty() {
+                m
+            } else {
+                format!("{m}\n(as compiled, with {})", legend.join(", "))
+            };
             report.at(&at, m);
             return None;
         }
