@@ -16,7 +16,7 @@ use smeltwatch::simulator::{Device, Faults, UnitMap};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn plant_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {
+fn plant_config(modbus_port: u16, mqtt_port: u16, http_port: u16, state_dir: &Path) -> String {
     format!(
         r#"
 site = "e2e"
@@ -63,6 +63,9 @@ name = "aux_power_kw"
 expr = "rate(compressors.energy_kwh, \"3s\")"
 unit = "kW"
 labels = {{ line = "potline1" }}
+
+[http]
+listen = "127.0.0.1:{http_port}"
 
 [[uplinks]]
 name = "plant"
@@ -168,7 +171,12 @@ async fn derived_mean_and_auxiliary_power_arrive_with_their_qualities() {
     let state = tempfile::tempdir().unwrap();
     let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/#").await;
 
-    let toml = plant_config(modbus_port, broker.port, state.path());
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = plant_config(modbus_port, broker.port, http_port, state.path());
     let cfg = config::parse(&toml, Path::new("e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
     let agent = smeltwatch::app::start(cfg, Default::default())
         .await
@@ -208,6 +216,24 @@ async fn derived_mean_and_auxiliary_power_arrive_with_their_qualities() {
     pots[2].set_faults(Faults::default());
     let mean = until(&mut rx, "mean_cell_voltage_v", "good").await.unwrap();
     assert!((mean - 4.2).abs() < 1e-6, "{mean}");
+
+    // /metrics has both as points of their derived device, whatever their stream.
+    let (code, text) = common::probe::get(http_port, "/metrics").await;
+    assert_eq!(code, 200);
+    let line = |prefix: &str, needle: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no {prefix} with {needle} in /metrics:\n{text}"))
+            .to_string()
+    };
+    let point = line("smeltwatch_point_value{", "point=\"mean_cell_voltage_v\"");
+    assert!(point.contains("potline1"), "{point}");
+    // The meter is still silent: the auxiliary power's latest result has no value.
+    line(
+        "smeltwatch_point_quality{",
+        "point=\"aux_power_kw\",quality=\"comm_fail\"",
+    );
+    assert!(!text.contains("smeltwatch_point_value{device=\"derived\",point=\"aux_power_kw\""));
 
     agent.shutdown().await;
     shutdown.cancel();
