@@ -45,6 +45,7 @@ pub mod cli;
 pub mod clock;
 pub mod completeness;
 pub mod config;
+pub mod derived;
 pub mod dlt645;
 pub mod histogram;
 pub mod history;

@@ -14,6 +14,7 @@
 
 pub mod calc_state;
 pub mod demo;
+mod derived_stage;
 pub mod health;
 mod hj212;
 mod regulated;
@@ -451,6 +452,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         }
         None => None,
     };
+    let derived = match cfg.derived.is_empty() {
+        true => None,
+        false => Some(crate::derived::Engine::new(&cfg.derived).map_err(anyhow::Error::msg)?),
+    };
     let initial: Vec<Record> = regulator
         .config_change(&cfg)
         .into_iter()
@@ -467,6 +472,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
         cfg.site.clone(),
         live.clone(),
         calc,
+        derived,
         regulator,
         initial,
         drain_deadline.clone(),
@@ -910,6 +916,7 @@ async fn fan_out(
     site: String,
     live: Arc<LiveState>,
     mut calc: Option<calc_state::CalcStage>,
+    mut derived: Option<crate::derived::Engine>,
     regulator: regulated::Regulator,
     mut initial: Vec<Record>,
     drain_deadline: CancellationToken,
@@ -934,6 +941,10 @@ async fn fan_out(
     // platform an invalid hour), so the calculators are also flushed on a timer.
     let mut flush_tick = tokio::time::interval(CALC_FLUSH_EVERY);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Derived points with a clock period are evaluated on this tick (their period is ≥ 1 s).
+    let periodic = derived.as_ref().is_some_and(|d| d.has_periodic());
+    let mut derived_tick = tokio::time::interval(Duration::from_secs(1));
+    derived_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut records: Vec<Record> = Vec::new();
         live.health.fan_out_idle();
@@ -963,6 +974,10 @@ async fn fan_out(
                 live.health.fan_out_busy();
                 records.push(event);
             }
+            _ = derived_tick.tick(), if periodic => live.health.fan_out_busy(),
+        }
+        if let Some(d) = derived.as_mut() {
+            derived_stage::run(d, calc.as_mut(), &live, &mut records);
         }
         publish_derived(&live, &records);
         live.completeness.received(&records);
@@ -1287,6 +1302,7 @@ pub fn check_report(cfg: &Config) -> String {
             }
         }
     }
+    out.push_str(&crate::derived::check_report(&cfg.derived));
     for source in &cfg.sources {
         let plans = plan::plan_source(source);
         let _ = writeln!(out);

@@ -25,6 +25,7 @@ use std::path::Path;
 
 pub use broker_url::{BrokerUrl, BrokerUrlError, BrokerUrlProblem, MQTT_PORT, MQTTS_PORT};
 pub use error::{ConfigError, Location, Problem};
+pub(crate) use locate::{KeyPath, Report};
 pub use model::*;
 
 /// Reads and validates the configuration file at `path`.

@@ -39,6 +39,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// `[ledger]`: the site key and the regulated records, when the file has that section.
     pub ledger: Option<LedgerConfig>,
+    /// `[[derived]]`: the plant's own formulas, validated, their inputs resolved.
+    pub derived: Vec<crate::derived::DerivedPoint>,
 }
 
 /// `[history]`: the store of closed aggregate windows and the potline's daily and monthly figures,

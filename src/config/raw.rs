@@ -37,6 +37,8 @@ pub(crate) struct RawConfig {
     pub(crate) http: Option<RawHttp>,
     pub(crate) history: Option<RawHistory>,
     pub(crate) ledger: Option<RawLedger>,
+    #[serde(default)]
+    pub(crate) derived: Vec<crate::derived::config::RawDerived>,
 }
 
 /// `[history]`: the store of closed windows.

@@ -303,6 +303,8 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         }
         uplinks.push(b.uplink(&raw.site, uplink, &uplink_path));
     }
+    let derived =
+        crate::derived::config::validate(&raw.derived, &sources, raw.calc.as_ref(), b.report);
     let http = raw.http.as_ref().map(|h| b.http(h, &root.key("http")));
     let history = b.history(raw.history.as_ref(), &state_dir, &root.key("history"));
     let ledger = raw
@@ -325,6 +327,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         http,
         history,
         ledger,
+        derived,
     }
 }
 
