@@ -66,6 +66,9 @@ struct Day {
     /// Share of the metal made that the taps remove; the rest stays in the metal pads, whose
     /// inventory the rectifier's device reports (default: all of it is tapped, no inventory).
     tapped_share: Option<f64>,
+    /// The auxiliary meter starts at this reading and wraps to 0 at this value, kWh (a DL/T 645
+    /// `XXXXXX.XX` register wraps at 1,000,000).
+    aux_register: Option<(f64, u64)>,
 }
 
 fn batch(device: &str, readings: Vec<Reading>) -> ReadingBatch {
@@ -76,15 +79,18 @@ fn batch(device: &str, readings: Vec<Reading>) -> ReadingBatch {
 #[derive(Default)]
 struct Meter {
     exact: f64,
+    /// The register wraps to 0 here (none: never).
+    wraps_at: Option<u64>,
 }
 
 impl Meter {
     fn add(&mut self, q: f64) -> Value {
         self.exact += q;
-        Value::UInt(self.exact.floor() as u64)
+        self.raw()
     }
     fn raw(&self) -> Value {
-        Value::UInt(self.exact.floor() as u64)
+        let whole = self.exact.floor() as u64;
+        Value::UInt(self.wraps_at.map_or(whole, |w| whole % w))
     }
 }
 
@@ -111,6 +117,10 @@ fn run(day: &Day) -> Vec<Record> {
         Meter::default(),
     );
     ac.exact = 1_000_000.0;
+    if let Some((start, wraps_at)) = day.aux_register {
+        aux.exact = start;
+        aux.wraps_at = Some(wraps_at);
+    }
     let cells = f64::from(CELLS);
     let h = STEP_MS as f64 / 3_600_000.0;
     let true_ce = day.tapped_ce.unwrap_or(0.935);
@@ -404,6 +414,53 @@ point = "aux_energy_kwh"
         269.78,
         1e-6,
         "yearly cost, M yuan",
+    );
+}
+
+/// A DL/T 645 auxiliary meter's `XXXXXX.XX` register wraps from 999999 to 0 kWh during the day:
+/// with `counter_wraps_at` the wrap is a rollover and the comprehensive figure is the one of the
+/// worked example; with the binary width alone it was taken as a meter reset (one anomaly, that
+/// poll interval's energy not counted).
+#[test]
+fn an_auxiliary_meter_that_wraps_at_a_million_kwh_counts_through_its_wrap() {
+    let anomalies = |r: &[Record]| {
+        r.iter()
+            .filter(|r| matches!(r, Record::Event(e) if &*e.kind == "meter_anomaly"))
+            .count()
+    };
+    let wrapping = |keys| Day {
+        keys,
+        aux_kwh_per_t: Some(250.0),
+        aux_register: Some((990_000.0, 1_000_000)),
+        ..steady()
+    };
+    let r = run(&wrapping(
+        r#"
+[[potlines.auxiliary_meters]]
+device = "potline1/rectifier"
+point = "aux_energy_kwh"
+counter_wraps_at = 1000000
+"#,
+    ));
+    close(
+        value(&r, "comprehensive_ac_kwh_per_t"),
+        13_489.0,
+        1.0,
+        "comprehensive AC kWh/t through the wrap",
+    );
+    assert_eq!(anomalies(&r), 0, "a rollover, not an anomaly");
+
+    let r = run(&wrapping(
+        r#"
+[[potlines.auxiliary_meters]]
+device = "potline1/rectifier"
+point = "aux_energy_kwh"
+"#,
+    ));
+    assert_eq!(
+        anomalies(&r),
+        1,
+        "without counter_wraps_at: taken as a reset"
     );
 }
 

@@ -107,6 +107,19 @@ impl EnergyCounter {
         }
     }
 
+    /// A register that wraps to 0 at `wraps_at` instead of at a power of two: a DL/T 645 energy
+    /// register `XXXXXX.XX` counted in whole kWh wraps at 1,000,000. The plausible step without a
+    /// rated rate becomes half of that range. A value of 0 or 1 leaves the counter as it was.
+    pub fn with_wrap_at(mut self, wraps_at: u64) -> Self {
+        if wraps_at > 1 {
+            self.modulus = u128::from(wraps_at);
+            if let Limit::Raw(r) = self.limit {
+                self.limit = Limit::Raw(r.min(wraps_at / 2));
+            }
+        }
+        self
+    }
+
     /// The largest plausible raw step, whatever the time between readings.
     pub fn with_max_step(mut self, raw: u64) -> Self {
         self.limit = Limit::Raw(raw);
@@ -208,6 +221,31 @@ mod tests {
 
     fn at(s: i64) -> Timestamp {
         Timestamp(s * 1000)
+    }
+
+    /// A decimal register (DL/T 645 `XXXXXX.XX` kWh) wraps at 1,000,000: with a binary width
+    /// only, the wrap was a suspect step and then a meter reset, and the interval's energy was
+    /// lost; with its wrap value it is a rollover that counts.
+    #[test]
+    fn a_decimal_register_rolls_over_at_its_wrap_value() {
+        let mut binary = EnergyCounter::new(32, 1.0).with_max_rate_per_h(50_000.0);
+        binary.update(999_990, at(0));
+        assert_eq!(binary.update(10, at(10)).step, CounterStep::Suspect);
+        let after = binary.update(40, at(20));
+        assert_eq!((after.step, after.delta), (CounterStep::Reset, 30.0));
+
+        let mut decimal = EnergyCounter::new(32, 1.0)
+            .with_wrap_at(1_000_000)
+            .with_max_rate_per_h(50_000.0);
+        decimal.update(999_990, at(0));
+        let wrapped = decimal.update(10, at(10));
+        assert_eq!((wrapped.step, wrapped.delta), (CounterStep::Rollover, 20.0));
+        let next = decimal.update(40, at(20));
+        assert_eq!((next.step, next.delta), (CounterStep::Normal, 30.0));
+        // Without a rated rate the plausible step is half the decimal range, not of 2^32.
+        let mut unrated = EnergyCounter::new(32, 1.0).with_wrap_at(1_000_000);
+        unrated.update(100, at(0));
+        assert_eq!(unrated.update(600_000, at(10)).step, CounterStep::Suspect);
     }
 
     #[test]

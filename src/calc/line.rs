@@ -216,6 +216,8 @@ impl Line {
                 ));
             }
         }
+        check_wrap(role.counter_wraps_at, role.counter_bits)
+            .map_err(|m| invalid("counter_wraps_at", m))?;
         for (j, m) in role.auxiliary_meters.iter().enumerate() {
             if let Some(bits) = m.counter_bits
                 && ![16, 32, 64].contains(&bits)
@@ -225,6 +227,9 @@ impl Line {
                     format!("{bits} is not 16, 32 or 64"),
                 ));
             }
+            let key = format!("auxiliary_meters[{j}].counter_wraps_at");
+            let bits = m.counter_bits.unwrap_or(role.counter_bits);
+            check_wrap(m.counter_wraps_at, bits).map_err(|msg| invalid(&key, msg))?;
         }
         let mut ae = AeParams::from(&coef.anode_effect);
         ae.threshold_v = role.ae_threshold_v.unwrap_or(ae.threshold_v);
@@ -1161,14 +1166,27 @@ enum Counter {
     Tap,
 }
 
-/// A counter of `role` with its width, ratio and plausible rate.
+/// A `counter_wraps_at` must be at least 2 and fit the register's width.
+fn check_wrap(wraps_at: Option<u64>, bits: u8) -> Result<(), String> {
+    match wraps_at {
+        Some(w) if w < 2 || (bits < 64 && u128::from(w) > 1u128 << bits) => Err(format!(
+            "{w} is not between 2 and 2^{bits}, the register's range"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A counter of `role` with its width, wrap value, ratio and plausible rate.
 fn counter_of(role: &PotlineRole, which: Counter) -> EnergyCounter {
     let (ratio, rate) = match which {
         Counter::Dc => (role.counter_ratio, role.dc_meter_rated_kw),
         Counter::Ac => (role.counter_ratio, role.ac_meter_rated_kw),
         Counter::Tap => (1.0, role.tapped_metal_max_kg_per_h),
     };
-    let c = EnergyCounter::new(role.counter_bits, ratio);
+    let mut c = EnergyCounter::new(role.counter_bits, ratio);
+    if let (Some(w), false) = (role.counter_wraps_at, matches!(which, Counter::Tap)) {
+        c = c.with_wrap_at(w);
+    }
     match rate {
         Some(r) => c.with_max_rate_per_h(r),
         None => c,
@@ -1176,7 +1194,10 @@ fn counter_of(role: &PotlineRole, which: Counter) -> EnergyCounter {
 }
 
 fn aux_counter(role: &PotlineRole, m: &AuxiliaryMeter) -> EnergyCounter {
-    let c = EnergyCounter::new(m.counter_bits.unwrap_or(role.counter_bits), m.counter_ratio);
+    let mut c = EnergyCounter::new(m.counter_bits.unwrap_or(role.counter_bits), m.counter_ratio);
+    if let Some(w) = m.counter_wraps_at.or(role.counter_wraps_at) {
+        c = c.with_wrap_at(w);
+    }
     match m.rated_kw {
         Some(r) => c.with_max_rate_per_h(r),
         None => c,

@@ -198,6 +198,11 @@ pub struct PotlineRole {
     /// Width of the energy counters: 16, 32 or 64 bits.
     #[serde(default = "default_counter_bits")]
     pub counter_bits: u8,
+    /// The raw value at which the energy counters wrap to 0 when that is not a power of two: a
+    /// DL/T 645 `XXXXXX.XX` kWh register, counted in whole kWh, wraps at 1000000. Without it, at
+    /// 2^`counter_bits`.
+    #[serde(default)]
+    pub counter_wraps_at: Option<u64>,
     /// Multiplier of the counters (CT × PT × scale).
     #[serde(default = "default_ratio")]
     pub counter_ratio: f64,
@@ -313,6 +318,10 @@ pub struct AuxiliaryMeter {
     /// Register width (default: the line's `counter_bits`).
     #[serde(default)]
     pub counter_bits: Option<u8>,
+    /// The raw value at which the register wraps to 0 when that is not a power of two (default:
+    /// the line's `counter_wraps_at`): 1000000 for a DL/T 645 `XXXXXX.XX` kWh register.
+    #[serde(default)]
+    pub counter_wraps_at: Option<u64>,
     /// Multiplier (CT × PT × scale).
     #[serde(default = "default_ratio")]
     pub counter_ratio: f64,
