@@ -244,18 +244,9 @@ impl Dlt645Poller {
                 scheduled,
                 readings,
             };
-            stats.count_batch(&batch);
-            stats.cycles.fetch_add(1, Ordering::Relaxed);
-            tokio::select! {
-                biased;
-                res = out.send(batch) => if res.is_err() { break },
-                _ = shutdown.cancelled() => break,
-            }
-            let missed = schedule.reschedule(due, job, plan.poll_interval);
-            if missed > 0 {
-                stats
-                    .late_ticks
-                    .fetch_add(u64::from(missed), Ordering::Relaxed);
+            let next = (&mut schedule, due, job, plan.poll_interval);
+            if !crate::acquisition::finish_cycle(batch, &out, &stats, &shutdown, next).await {
+                break;
             }
         }
     }

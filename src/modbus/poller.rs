@@ -270,22 +270,9 @@ impl Poller {
                 scheduled,
                 readings: std::mem::take(&mut readings),
             };
-            stats.count_batch(&batch);
-            stats.cycles.fetch_add(1, Ordering::Relaxed);
-            tokio::select! {
-                biased;
-                res = out.send(batch) => if res.is_err() { break },
-                // Still deliver on shutdown if there is room; otherwise give up this batch only
-                // when the agent is stopping (downstream is being torn down anyway).
-                _ = shutdown.cancelled() => break,
-            }
-
-            // Next deadline on this job's own grid; skip (and count) deadlines already past.
-            let missed = schedule.reschedule(due, job, plan.poll_interval);
-            if missed > 0 {
-                stats
-                    .late_ticks
-                    .fetch_add(u64::from(missed), Ordering::Relaxed);
+            let next = (&mut schedule, due, job, plan.poll_interval);
+            if !crate::acquisition::finish_cycle(batch, &out, &stats, &shutdown, next).await {
+                break;
             }
         }
         conn.close().await;
