@@ -289,12 +289,7 @@ async fn run_job(
         let result = line.exchange(bus, meter.address, *di).await;
         let ts = Timestamp::now();
         let stats = &line.stats;
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        let took = started.elapsed();
-        stats
-            .request_time_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        stats.request_duration.observe(took);
+        stats.count_request(started.elapsed());
         match result {
             Ok(value) => {
                 answered = true;

@@ -134,6 +134,14 @@ impl PollerStats {
             .collect()
     }
 
+    /// Count one request that took `took`, answered or not (a timeout counts its wait).
+    pub(crate) fn count_request(&self, took: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.request_time_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.request_duration.observe(took);
+    }
+
     pub(crate) fn count_batch(&self, batch: &ReadingBatch) {
         for (i, n) in batch.quality_counts().iter().enumerate() {
             self.readings_by_quality[i].fetch_add(*n as u64, Ordering::Relaxed);
@@ -323,12 +331,7 @@ async fn run_job(
         let started = Instant::now();
         let result = conn.read(source, device.unit_id, req).await;
         let ts = Timestamp::now();
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        let took = started.elapsed();
-        stats
-            .request_time_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        stats.request_duration.observe(took);
+        stats.count_request(started.elapsed());
         match result {
             Ok(data) => {
                 answered = true;
