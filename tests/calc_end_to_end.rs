@@ -203,14 +203,7 @@ async fn anode_effects_aem_and_hourly_mass_flows_arrive_at_the_broker() {
     let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
         .await
         .expect("simulator starts");
-    let port = |name: &str| {
-        sim.endpoints()
-            .iter()
-            .find(|e| e.name == name)
-            .unwrap_or_else(|| panic!("endpoint {name}"))
-            .bound
-            .port()
-    };
+    let port = |name: &str| common::plant::endpoint_port(&sim, name);
     let state = tempfile::tempdir().expect("temp dir");
     let toml = agent_config(
         port("potline1"),
@@ -471,14 +464,7 @@ async fn an_agent_restart_mid_hour_resumes_the_open_hour_from_the_state_director
     let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
         .await
         .expect("simulator starts");
-    let port = |name: &str| {
-        sim.endpoints()
-            .iter()
-            .find(|e| e.name == name)
-            .unwrap_or_else(|| panic!("endpoint {name}"))
-            .bound
-            .port()
-    };
+    let port = |name: &str| common::plant::endpoint_port(&sim, name);
     let state = tempfile::tempdir().expect("temp dir");
     let toml = agent_config(
         port("potline1"),

@@ -148,14 +148,7 @@ async fn auxiliary_dlt645_meters_feed_the_comprehensive_ac_figure_and_the_tariff
     let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
         .await
         .expect("simulator starts");
-    let port = |name: &str| {
-        sim.endpoints()
-            .iter()
-            .find(|e| e.name == name)
-            .unwrap_or_else(|| panic!("endpoint {name}"))
-            .bound
-            .port()
-    };
+    let port = |name: &str| common::plant::endpoint_port(&sim, name);
     let state = tempfile::tempdir().expect("temp dir");
     let toml = agent_config(
         port("potline1"),

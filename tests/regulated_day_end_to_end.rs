@@ -445,14 +445,7 @@ async fn a_day_with_a_link_cut_a_calibration_and_a_glitch_matches_its_recomputat
     let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
         .await
         .expect("simulator starts");
-    let port = |name: &str| {
-        sim.endpoints()
-            .iter()
-            .find(|e| e.name == name)
-            .unwrap_or_else(|| panic!("endpoint {name}"))
-            .bound
-            .port()
-    };
+    let port = |name: &str| common::plant::endpoint_port(&sim, name);
     let rect = sim.device("potline1/rectifier").expect("rectifier");
     let stack = sim.device("gtc1_stack").expect("stack");
     let state = tempfile::tempdir().expect("temp dir");

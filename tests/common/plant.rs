@@ -176,3 +176,13 @@ calibration_point = "in_calibration"
 maintenance_point = "in_maintenance"
 fault_point = "analyser_fault"
 "#;
+
+/// The port the running simulator's endpoint `name` is bound to.
+pub fn endpoint_port(sim: &RunningSimulator, name: &str) -> u16 {
+    sim.endpoints()
+        .iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("endpoint {name}"))
+        .bound
+        .port()
+}
