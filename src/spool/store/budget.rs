@@ -266,24 +266,15 @@ impl Spool {
         // Age: queued records older than `max_age` before the newest record of this batch expire,
         // except emissions (a regulator's record is bounded by the byte budget alone).
         if let Some(max_age_ms) = self.max_age_ms {
-            // Ages are compared on the clock as corrected by every forward step (see `corrected`).
-            let newest = records
-                .iter()
-                .map(|r| corrected(&self.corrections, r.created.unix_ms()))
-                .max();
-            let cutoff = newest.unwrap_or(i64::MIN).saturating_sub(max_age_ms);
-            for stream in STREAMS {
-                let i = index(stream);
-                if stream == Stream::Emissions || streams[i].records == 0 {
-                    continue;
-                }
-                let (rows, bytes) =
-                    evict_older(&tx, stream, cutoff, &self.corrections).map_err(err)?;
-                streams[i].records -= rows;
-                streams[i].bytes -= bytes;
-                dropped_now[i] += rows;
-                aged += rows;
-            }
+            aged = expire_aged(
+                &tx,
+                records,
+                max_age_ms,
+                &self.corrections,
+                &mut streams,
+                &mut dropped_now,
+            )
+            .map_err(err)?;
         }
 
         // Budget: free lowest-priority, oldest bytes first; queued rows before this batch's.
@@ -313,53 +304,13 @@ impl Spool {
             }
         }
 
-        let mut appended = Vec::with_capacity(records.len());
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO records (stream, seq, topic, body, created_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(err)?;
-            for (k, r) in records.iter().enumerate() {
-                if !keep[k] {
-                    continue;
-                }
-                insert
-                    .execute(params![
-                        r.stream.as_str(),
-                        to_sql_int(seqs[k]),
-                        r.topic,
-                        r.body,
-                        r.created.unix_ms()
-                    ])
-                    .map_err(err)?;
-                let s = &mut streams[index(r.stream)];
-                s.records += 1;
-                s.bytes += sizes[k];
-                appended.push(Appended {
-                    id: tx.last_insert_rowid(),
-                    stream: r.stream,
-                    seq: seqs[k],
-                });
-            }
-            let mut update = tx
-                .prepare_cached("UPDATE streams SET next_seq = ?2, dropped = ?3 WHERE stream = ?1")
-                .map_err(err)?;
-            for stream in STREAMS {
-                let (old, new) = (&self.streams[index(stream)], &mut streams[index(stream)]);
-                new.dropped += dropped_now[index(stream)];
-                if (old.next_seq, old.dropped) != (new.next_seq, new.dropped) {
-                    update
-                        .execute(params![
-                            stream.as_str(),
-                            to_sql_int(new.next_seq),
-                            to_sql_int(new.dropped)
-                        ])
-                        .map_err(err)?;
-                }
-            }
-        }
+        let kept = Kept {
+            keep: &keep,
+            seqs: &seqs,
+            sizes: &sizes,
+        };
+        let appended = insert_kept(&tx, records, &kept, &mut streams).map_err(err)?;
+        update_streams(&tx, &self.streams, &mut streams, &dropped_now).map_err(err)?;
         let corrections = bound_corrections(&tx, &self.corrections).map_err(err)?;
         tx.commit().map_err(err)?;
         self.corrections = corrections;
@@ -367,4 +318,100 @@ impl Spool {
         self.drops.max_age += aged;
         Ok((appended, dropped_now, aged))
     }
+}
+
+/// Expires the queued records older than `max_age_ms` before the newest record of `records`, on
+/// the clock as corrected by every forward step (see `corrected`); emissions never expire by age.
+/// Returns how many expired.
+fn expire_aged(
+    tx: &Transaction<'_>,
+    records: &[NewRecord],
+    max_age_ms: i64,
+    corrections: &[StepCorrection],
+    streams: &mut [StreamState; 4],
+    dropped_now: &mut [u64; 4],
+) -> rusqlite::Result<u64> {
+    let newest = records
+        .iter()
+        .map(|r| corrected(corrections, r.created.unix_ms()))
+        .max();
+    let cutoff = newest.unwrap_or(i64::MIN).saturating_sub(max_age_ms);
+    let mut aged = 0;
+    for stream in STREAMS {
+        let i = index(stream);
+        if stream == Stream::Emissions || streams[i].records == 0 {
+            continue;
+        }
+        let (rows, bytes) = evict_older(tx, stream, cutoff, corrections)?;
+        streams[i].records -= rows;
+        streams[i].bytes -= bytes;
+        dropped_now[i] += rows;
+        aged += rows;
+    }
+    Ok(aged)
+}
+
+/// Which records of a batch the budget keeps, with the seq and budget size of each.
+struct Kept<'a> {
+    keep: &'a [bool],
+    seqs: &'a [u64],
+    sizes: &'a [u64],
+}
+
+/// Inserts the kept records of a batch and counts them in `streams`.
+fn insert_kept(
+    tx: &Transaction<'_>,
+    records: &[NewRecord],
+    kept: &Kept<'_>,
+    streams: &mut [StreamState; 4],
+) -> rusqlite::Result<Vec<Appended>> {
+    let mut appended = Vec::with_capacity(records.len());
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO records (stream, seq, topic, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (k, r) in records.iter().enumerate() {
+        if !kept.keep[k] {
+            continue;
+        }
+        insert.execute(params![
+            r.stream.as_str(),
+            to_sql_int(kept.seqs[k]),
+            r.topic,
+            r.body,
+            r.created.unix_ms()
+        ])?;
+        let s = &mut streams[index(r.stream)];
+        s.records += 1;
+        s.bytes += kept.sizes[k];
+        appended.push(Appended {
+            id: tx.last_insert_rowid(),
+            stream: r.stream,
+            seq: kept.seqs[k],
+        });
+    }
+    Ok(appended)
+}
+
+/// Adds this batch's drops to `streams` and writes each stream's `next_seq` and `dropped` where
+/// they changed from `before`.
+fn update_streams(
+    tx: &Transaction<'_>,
+    before: &[StreamState; 4],
+    streams: &mut [StreamState; 4],
+    dropped_now: &[u64; 4],
+) -> rusqlite::Result<()> {
+    let mut update =
+        tx.prepare_cached("UPDATE streams SET next_seq = ?2, dropped = ?3 WHERE stream = ?1")?;
+    for stream in STREAMS {
+        let (old, new) = (&before[index(stream)], &mut streams[index(stream)]);
+        new.dropped += dropped_now[index(stream)];
+        if (old.next_seq, old.dropped) != (new.next_seq, new.dropped) {
+            update.execute(params![
+                stream.as_str(),
+                to_sql_int(new.next_seq),
+                to_sql_int(new.dropped)
+            ])?;
+        }
+    }
+    Ok(())
 }
