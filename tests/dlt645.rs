@@ -447,7 +447,7 @@ map = "aux"
     };
     assert_eq!((serial.baud, serial.parity), (2400, config::Parity::Even));
     assert_eq!(bus.meters[1].address, address("3430173"));
-    let report = smeltwatch::app::check_report(&cfg);
+    let report = smeltwatch::app::commands::check_report(&cfg);
     assert!(
         report.contains("DL/T 645: 1 meter buses, 2 meters, 4 points"),
         "{report}"

@@ -29,7 +29,7 @@ pub struct Config {
     /// Where durable state lives (spools, sequence numbers).
     pub state_dir: PathBuf,
     /// A stage without progress for this long makes `/readyz` answer 503 and stops the systemd
-    /// watchdog (`crate::app::health`).
+    /// watchdog (`crate::live::health`).
     pub stall_after: Duration,
     /// Northbound uplinks, each with its own spool.
     pub uplinks: Vec<UplinkConfig>,

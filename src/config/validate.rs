@@ -322,7 +322,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         state_dir,
         stall_after: raw
             .stall_after
-            .unwrap_or(crate::app::health::DEFAULT_STALL_AFTER),
+            .unwrap_or(crate::live::health::DEFAULT_STALL_AFTER),
         uplinks,
         http,
         history,

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::feed::Collected;
-use crate::app::{LatestReadings, LiveState};
 use crate::calc::limits::StackLimit;
 use crate::histogram::HistogramSnapshot;
+use crate::live::feed::Collected;
+use crate::live::{LatestReadings, LiveState};
 use crate::modbus::poller::DeviceReadErrors;
 use crate::model::{Event, Quality, Timestamp, Value};
 use crate::publish::mqtt::LinkState;

@@ -35,16 +35,16 @@ use crate::ledger::{Chain, LedgerRecord};
 use crate::model::{Event, EventKind, EventPhase, Period, Record, Timestamp, Value};
 use crate::publish::hj212_tcp::HistorySource;
 
-use super::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
+use crate::live::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
 
 /// Most regulated records held back while the history store fails (a day of hourly aggregates
 /// of a dozen stacks is about 300): beyond it the oldest are counted as lost.
-pub(super) const MAX_HELD_BACK: usize = 10_000;
+pub(crate) const MAX_HELD_BACK: usize = 10_000;
 /// The store's name in counters and `/readyz`.
 const STORE: &str = "history";
 
 /// The history store and the ledger of a running agent.
-pub(super) struct Regulator {
+pub(crate) struct Regulator {
     history: Option<Arc<HistoryStore>>,
     ledger: Option<Sealer>,
     gate: StoreGate,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Sealer {
 impl Regulator {
     /// Open the history store (when there are calculators or a ledger) and load the site key and
     /// the chain's head (when there is a ledger). Refuses a key that group or others can read.
-    pub(super) fn open(cfg: &Config) -> anyhow::Result<Regulator> {
+    pub(crate) fn open(cfg: &Config) -> anyhow::Result<Regulator> {
         let history = if cfg.calc.is_some() || cfg.ledger.is_some() {
             let store = HistoryStore::open(&cfg.history).context("[history]")?;
             tracing::info!(file = %store.path().display(), "history store open");
@@ -119,23 +119,23 @@ impl Regulator {
     }
 
     /// Count losses and failures in `health`.
-    pub(super) fn with_health(mut self, health: Arc<Health>) -> Regulator {
+    pub(crate) fn with_health(mut self, health: Arc<Health>) -> Regulator {
         self.health = health;
         self
     }
 
     /// The store the HJ 212 uplinks answer history requests from.
-    pub(super) fn history_source(&self) -> Option<Arc<dyn HistorySource>> {
+    pub(crate) fn history_source(&self) -> Option<Arc<dyn HistorySource>> {
         self.history.clone().map(|h| h as Arc<dyn HistorySource>)
     }
 
     /// The store itself, for the trends older than their ring (`/api/v1/series`).
-    pub(super) fn history_store(&self) -> Option<Arc<HistoryStore>> {
+    pub(crate) fn history_store(&self) -> Option<Arc<HistoryStore>> {
         self.history.clone()
     }
 
     /// The record of the configuration this agent starts with, when the ledger is on.
-    pub(super) fn config_change(&self, cfg: &Config) -> Option<Record> {
+    pub(crate) fn config_change(&self, cfg: &Config) -> Option<Record> {
         self.ledger.as_ref()?;
         let bytes = match std::fs::read(&cfg.path) {
             Ok(b) => b,
@@ -183,7 +183,7 @@ impl Regulator {
     /// the history store. Returns one entry per record of `records` as it is on return: its seal,
     /// or `None`. Held-back records go first once the store writes again; while it fails the
     /// regulated ones are taken out of `records` and held back (module docs).
-    pub(super) async fn process(&mut self, records: &mut Vec<Record>) -> Vec<Option<LedgerRecord>> {
+    pub(crate) async fn process(&mut self, records: &mut Vec<Record>) -> Vec<Option<LedgerRecord>> {
         if self.history.is_some() && !self.held_back.is_empty() && self.gate.attempts() > 0 {
             let mut all = std::mem::take(&mut self.held_back);
             all.append(records);
