@@ -19,11 +19,11 @@ use indexmap::IndexMap;
 
 use super::broker_url::BrokerUrl;
 use super::csv_map::{PointDef, parse_csv_map};
+use super::defaults;
 use super::locate::{KeyPath, Origin, Report};
 use super::model::{
     Area, ByteOrder, Config, DataType, DeviceConfig, HostPort, MqttConfig, PointConfig,
-    SerialSettings, SourceConfig, SpoolConfig, Stream, TopicTemplates, Transport, UplinkConfig,
-    UplinkKind,
+    SerialSettings, SourceConfig, SpoolConfig, TopicTemplates, Transport, UplinkConfig, UplinkKind,
 };
 use super::model::{HistoryConfig, LedgerConfig, Regulated};
 use super::model::{HttpConfig, Parity, Secret, TlsSettings};
@@ -33,53 +33,9 @@ use super::raw::{
     RawUplinkType,
 };
 use super::template::NamePattern;
+use crate::model::Stream;
 
 mod hj212;
-
-/// Defaults, named once so that the documentation and the code cannot drift apart.
-pub(crate) mod defaults {
-    use std::time::Duration;
-
-    pub(crate) const STATE_DIR: &str = "state";
-    pub(crate) const TIMEOUT: Duration = Duration::from_secs(1);
-    pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(200);
-    pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(30);
-    pub(crate) const BREAKER_FAILURES: u32 = 3;
-    pub(crate) const BREAKER_PROBE_INTERVAL: Duration = Duration::from_secs(30);
-    /// A DCMD's timestamp may be this far from the gateway's clock: room for a host's and the
-    /// broker's delays and a few seconds of clock difference, not for a replayed command.
-    pub(crate) const MAX_COMMAND_AGE: Duration = Duration::from_secs(30);
-    pub(crate) const DEFAULT_POLL: Duration = Duration::from_secs(1);
-    pub(crate) const MAX_REGISTERS_PER_READ: u16 = 125;
-    pub(crate) const MAX_BITS_PER_READ: u16 = 2000;
-    pub(crate) const MAX_GAP_REGISTERS: u16 = 8;
-    pub(crate) const RTU_GAP_MIN: Duration = Duration::from_millis(2);
-    pub(crate) const RTU_OVER_TCP_GAP: Duration = Duration::from_millis(5);
-    pub(crate) const BAUD: u32 = 19200;
-    pub(crate) const DATA_BITS: u8 = 8;
-    pub(crate) const STOP_BITS: u8 = 1;
-    pub(crate) const FIRST_INDEX: u32 = 1;
-    pub(crate) const UNIT_ID_STEP: i64 = 1;
-    pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
-    pub(crate) const MAX_PACKET_SIZE: u64 = 1024 * 1024;
-    pub(crate) const MAX_INFLIGHT: u32 = 64;
-    pub(crate) const REPLAY_RATE: u32 = 2000;
-    pub(crate) const MQTT_RECONNECT_MIN: Duration = Duration::from_millis(500);
-    pub(crate) const MQTT_RECONNECT_MAX: Duration = Duration::from_secs(30);
-    pub(crate) const HTTP_PORT: u16 = 9187;
-    pub(crate) const HJ212_TABLE: &str = "hj212-2017";
-    pub(crate) const HJ212_ST: u16 = 31;
-    pub(crate) const HJ212_UTC_OFFSET_HOURS: i32 = 8;
-    pub(crate) const HJ212_OVER_TIME: Duration = Duration::from_secs(5);
-    pub(crate) const HJ212_RE_COUNT: u32 = 3;
-    pub(crate) const HJ212_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
-    pub(crate) const HJ212_RECONNECT_MIN: Duration = Duration::from_secs(1);
-    pub(crate) const HJ212_RECONNECT_MAX: Duration = Duration::from_secs(60);
-    pub(crate) const HISTORY_FILE: &str = "history.db";
-    pub(crate) const MINUTE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
-    pub(crate) const HOUR_RETENTION: Duration = Duration::from_secs(400 * 86_400);
-    pub(crate) const DAY_RETENTION: Duration = Duration::from_secs(3653 * 86_400);
-}
 
 /// Modbus limits (Modbus Application Protocol v1.1b3 §6.1–6.4).
 const MODBUS_MAX_REGISTERS: u32 = 125;
@@ -320,9 +276,7 @@ pub(crate) fn build(raw: RawConfig, path: &Path, report: &mut Report<'_>) -> Con
         simulator: raw.simulator,
         calc: raw.calc,
         state_dir,
-        stall_after: raw
-            .stall_after
-            .unwrap_or(crate::app::health::DEFAULT_STALL_AFTER),
+        stall_after: raw.stall_after.unwrap_or(defaults::STALL_AFTER),
         uplinks,
         http,
         history,

@@ -357,7 +357,7 @@ pub(crate) fn bus(
         }
         v
     };
-    use crate::config::validate::defaults as modbus;
+    use crate::config::defaults as modbus;
     let timeout = positive(report, "timeout", raw.timeout, defaults::TIMEOUT);
     let reconnect_min = positive(
         report,

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use super::super::locate::KeyPath;
 use super::super::model::{
-    Encoding, EncodingConfig, Hj212Config, Hj212Station, HostPort, Stream, UplinkConfig, UplinkKind,
+    Encoding, EncodingConfig, Hj212Config, Hj212Station, HostPort, UplinkConfig, UplinkKind,
 };
 use super::super::raw::{RawHj212, RawUplink};
 use super::{Builder, defaults, parse_host_port};
+use crate::model::Stream;
 use crate::publish::encode::hj212::{Station, Table};
 
 impl Builder<'_, '_> {
