@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use super::super::locate::KeyPath;
 use super::super::model::{
-    Encoding, EncodingConfig, Hj212Config, Hj212Station, HostPort, UplinkConfig, UplinkKind,
+    Encoding, EncodingConfig, Hj212Config, Hj212Station, UplinkConfig, UplinkKind,
 };
 use super::super::raw::{RawHj212, RawUplink};
-use super::{Builder, defaults, parse_host_port};
+use super::Builder;
+use super::shared::{no_host, parse_host_port};
+use crate::config::defaults;
 use crate::model::Stream;
 use crate::publish::encode::hj212::{Station, Table};
 
@@ -262,13 +264,6 @@ impl Builder<'_, '_> {
 fn is_plain(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b'=' | b'&' | b','))
-}
-
-fn no_host() -> HostPort {
-    HostPort {
-        host: String::new(),
-        port: 0,
-    }
 }
 
 /// The station of an uplink whose `[uplinks.hj212]` is missing (an error already reported).
