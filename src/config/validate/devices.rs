@@ -48,6 +48,7 @@ pub(super) struct Expanded {
 }
 
 impl Expanded {
+    /// How messages name it: `instance `x`` of a template, or `device `x``.
     fn what(&self) -> String {
         match &self.instance {
             Some(name) => format!("instance `{name}`"),

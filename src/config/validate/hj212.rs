@@ -4,14 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::super::locate::KeyPath;
-use super::super::model::{
-    Encoding, EncodingConfig, Hj212Config, Hj212Station, UplinkConfig, UplinkKind,
-};
-use super::super::raw::{RawHj212, RawUplink};
 use super::Builder;
 use super::shared::{no_host, parse_host_port};
 use crate::config::defaults;
+use crate::config::locate::KeyPath;
+use crate::config::model::{
+    Encoding, EncodingConfig, Hj212Config, Hj212Station, UplinkConfig, UplinkKind,
+};
+use crate::config::raw::{RawEncoding, RawHj212, RawUplink};
 use crate::model::Stream;
 use crate::publish::encode::hj212::{Station, Table};
 
@@ -110,7 +110,7 @@ impl Builder<'_, '_> {
         let mut encoding = raw
             .encoding
             .as_ref()
-            .map(super::super::raw::RawEncoding::resolve)
+            .map(RawEncoding::resolve)
             .unwrap_or_default();
         let hj212_streams: Vec<Stream> = streams
             .iter()

@@ -28,41 +28,6 @@ struct Session {
 }
 
 impl Builder<'_, '_> {
-    /// `[uplinks.tls]`: only with an `mqtts://` broker; a client certificate comes with its key.
-    fn tls(&mut self, raw: Option<&RawTls>, enabled: bool, path: &KeyPath) -> TlsSettings {
-        let Some(raw) = raw else {
-            return TlsSettings::default();
-        };
-        let at = path.key("tls");
-        if !enabled {
-            self.report.at(
-                &at,
-                "[uplinks.tls] needs an `mqtts://` broker URL (the broker is `mqtt://`, plain TCP)",
-            );
-        }
-        match (&raw.cert_file, &raw.key_file) {
-            (Some(_), None) => self.report.at(
-                &at.key("cert_file"),
-                "cert_file needs key_file (the client certificate's private key)",
-            ),
-            (None, Some(_)) => self.report.at(
-                &at.key("key_file"),
-                "key_file needs cert_file (the client certificate)",
-            ),
-            _ => {}
-        }
-        if raw.server_name.as_deref() == Some("") {
-            self.report
-                .at(&at.key("server_name"), "server_name must not be empty");
-        }
-        TlsSettings {
-            ca_file: raw.ca_file.clone(),
-            cert_file: raw.cert_file.clone(),
-            key_file: raw.key_file.clone(),
-            server_name: raw.server_name.clone(),
-        }
-    }
-
     /// `[[uplinks]]`: each uplink, with names unique across the site.
     pub(super) fn uplinks(&mut self, raw: &RawConfig, root: &KeyPath) -> Vec<UplinkConfig> {
         let mut uplinks = Vec::new();
@@ -260,6 +225,41 @@ impl Builder<'_, '_> {
             max_inflight: u16::try_from(max_inflight).unwrap_or(u16::MAX),
             reconnect_min,
             reconnect_max,
+        }
+    }
+
+    /// `[uplinks.tls]`: only with an `mqtts://` broker; a client certificate comes with its key.
+    fn tls(&mut self, raw: Option<&RawTls>, enabled: bool, path: &KeyPath) -> TlsSettings {
+        let Some(raw) = raw else {
+            return TlsSettings::default();
+        };
+        let at = path.key("tls");
+        if !enabled {
+            self.report.at(
+                &at,
+                "[uplinks.tls] needs an `mqtts://` broker URL (the broker is `mqtt://`, plain TCP)",
+            );
+        }
+        match (&raw.cert_file, &raw.key_file) {
+            (Some(_), None) => self.report.at(
+                &at.key("cert_file"),
+                "cert_file needs key_file (the client certificate's private key)",
+            ),
+            (None, Some(_)) => self.report.at(
+                &at.key("key_file"),
+                "key_file needs cert_file (the client certificate)",
+            ),
+            _ => {}
+        }
+        if raw.server_name.as_deref() == Some("") {
+            self.report
+                .at(&at.key("server_name"), "server_name must not be empty");
+        }
+        TlsSettings {
+            ca_file: raw.ca_file.clone(),
+            cert_file: raw.cert_file.clone(),
+            key_file: raw.key_file.clone(),
+            server_name: raw.server_name.clone(),
         }
     }
 
