@@ -35,9 +35,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acquisition::PollerStats;
 use crate::config::{Area, BrokerUrl, Config, Stream, TopicTemplates, UplinkKind};
 use crate::modbus::plan;
-use crate::modbus::poller::{Poller, PollerStats};
+use crate::modbus::poller::Poller;
 use crate::modbus::write::DeviceWriters;
 use crate::model::{
     Event, EventKind, EventPhase, Quality, Reading, ReadingBatch, Record, Timestamp, Value,

@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::feed::Collected;
+use crate::acquisition::DeviceReadErrors;
 use crate::app::{LatestReadings, LiveState};
 use crate::calc::limits::StackLimit;
 use crate::histogram::HistogramSnapshot;
-use crate::modbus::poller::DeviceReadErrors;
 use crate::model::{Event, Quality, Timestamp, Value};
 use crate::publish::mqtt::LinkState;
 

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_modbus::ExceptionCode;
 
 use crate::config::{Area, ByteOrder, DataType, DeviceConfig, PointConfig, SourceConfig};
 use crate::model::Value;
@@ -281,7 +282,19 @@ pub struct WriteCommand {
     /// What to write.
     pub data: WriteData,
     /// Where the outcome goes: `Ok` once the device confirmed, `Err` with the reason otherwise.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// Why the device did not confirm a write the poller sent it, split as a read's failure is: a
+/// device that said no, or a link that gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The device answered with a Modbus exception; the link is healthy.
+    #[error("the device answered with exception {0:?}")]
+    Exception(ExceptionCode),
+    /// No connection, a transport error or no reply in time; the connection is rebuilt.
+    #[error("{0}")]
+    Link(String),
 }
 
 /// The poller's end of a source's write queue (see [`Poller::with_writes`](super::poller::Poller::with_writes)).
@@ -345,7 +358,7 @@ impl SourceWriter {
             .try_send(cmd)
             .map_err(|_| WriteFailure::Refused(Refusal::Busy))?;
         match tokio::time::timeout(self.patience, answer).await {
-            Ok(Ok(result)) => result.map_err(WriteFailure::Failed),
+            Ok(Ok(result)) => result.map_err(|e| WriteFailure::Failed(e.to_string())),
             Ok(Err(_)) => Err(WriteFailure::Failed(
                 "the poller stopped before the write".into(),
             )),
