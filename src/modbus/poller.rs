@@ -306,20 +306,37 @@ async fn run_job(
         }
     }
 
-    health.silent_last_cycle = !answered;
-    if answered {
-        if health.breaker.succeeded(source.breaker_failures) == Transition::Closed {
-            tracing::info!(source = %source.name, device = %device.name, "device answers again");
-        }
-    } else if comm_failed {
-        let b = &mut health.breaker;
-        if b.failed(source.breaker_failures, source.breaker_probe_interval) == Transition::Opened {
-            tracing::warn!(
-                source = %source.name, device = %device.name,
-                failures = b.consecutive_failures(),
-                "device not answering; probing it every {}",
-                humantime::format_duration(source.breaker_probe_interval)
-            );
+    health.end_cycle(source, device, answered, comm_failed);
+}
+
+impl DeviceHealth {
+    /// Close a cycle of the device: whether it answered anything, and its breaker's count (a
+    /// cycle of exceptions only is an answer; one without answers and with a comm failure is
+    /// a failure).
+    fn end_cycle(
+        &mut self,
+        source: &SourceConfig,
+        device: &DeviceConfig,
+        answered: bool,
+        comm_failed: bool,
+    ) {
+        self.silent_last_cycle = !answered;
+        if answered {
+            if self.breaker.succeeded(source.breaker_failures) == Transition::Closed {
+                tracing::info!(source = %source.name, device = %device.name, "device answers again");
+            }
+        } else if comm_failed {
+            let b = &mut self.breaker;
+            if b.failed(source.breaker_failures, source.breaker_probe_interval)
+                == Transition::Opened
+            {
+                tracing::warn!(
+                    source = %source.name, device = %device.name,
+                    failures = b.consecutive_failures(),
+                    "device not answering; probing it every {}",
+                    humantime::format_duration(source.breaker_probe_interval)
+                );
+            }
         }
     }
 }
