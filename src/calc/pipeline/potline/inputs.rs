@@ -468,3 +468,22 @@ fn counter_anomaly(
         attributes,
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::spans;
+    use crate::model::Timestamp;
+
+    #[test]
+    fn a_counter_interval_spans_a_gap_it_overlaps() {
+        let gap = Some((Timestamp(100), Timestamp(200)));
+        assert!(spans(Some(Timestamp(50)), Timestamp(150), gap));
+        assert!(spans(Some(Timestamp(150)), Timestamp(250), gap));
+        // an interval that ends where the gap starts, or starts where it ends, does not
+        assert!(!spans(Some(Timestamp(50)), Timestamp(100), gap));
+        assert!(!spans(Some(Timestamp(200)), Timestamp(300), gap));
+        // no previous reading or no gap: nothing spanned
+        assert!(!spans(None, Timestamp(150), gap));
+        assert!(!spans(Some(Timestamp(50)), Timestamp(150), None));
+    }
+}

@@ -433,3 +433,24 @@ fn aux_counter(role: &PotlineRole, m: &AuxiliaryMeter) -> EnergyCounter {
         None => c,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_wrap;
+
+    #[test]
+    fn a_wrap_value_fits_the_register_width() {
+        assert_eq!(check_wrap(None, 16), Ok(()));
+        assert_eq!(check_wrap(Some(2), 16), Ok(()));
+        assert_eq!(check_wrap(Some(65_536), 16), Ok(()));
+        assert_eq!(
+            check_wrap(Some(65_537), 16),
+            Err("65537 is not between 2 and 2^16, the register's range".to_string())
+        );
+        assert_eq!(
+            check_wrap(Some(1), 32),
+            Err("1 is not between 2 and 2^32, the register's range".to_string())
+        );
+        assert_eq!(check_wrap(Some(u64::MAX), 64), Ok(()));
+    }
+}
