@@ -22,6 +22,8 @@ pub(super) use potline::LineExtra;
 use smelter::Smelter;
 use stack::Stack;
 
+/// Where a batch's device belongs: a potline's rectifier, pots or auxiliary meters, a stack or
+/// a smelter.
 #[derive(Debug, Clone, Copy)]
 enum Route {
     Rectifier(usize),
