@@ -1,7 +1,7 @@
 use super::*;
 use crate::live::LatestReadings;
-use crate::model::{Quality, Reading};
 use crate::model::Value;
+use crate::model::{Quality, Reading};
 
 fn batch(device: &str, interval_ms: u64, points: &[(&str, f64)], ts: i64) -> ReadingBatch {
     ReadingBatch {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::modbus::poller::PollerStats;
+use crate::acquisition::PollerStats;
 use crate::model::{Reading, ReadingBatch};
 use crate::publish::mqtt::UplinkStatus;
 use crate::spool::SpoolHandle;
