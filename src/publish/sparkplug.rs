@@ -1,5 +1,6 @@
 //! The Sparkplug B 3.0 edge-node uplink: smeltwatch is the edge node `spBv1.0/{group}/…/{edge}`,
-//! each configured Modbus device a Sparkplug device, each point a device metric (payloads from
+//! each configured Modbus device a Sparkplug device, each point a device metric, and each device
+//! of the `live` derived points a Sparkplug device too (payloads from
 //! [`encode::sparkplug`](crate::publish::encode::sparkplug)).
 //!
 //! # Session (Sparkplug 3.0 §5)
@@ -12,8 +13,9 @@
 //! 4. publishes **NBIRTH** (seq 0, `bdSeq`, `Node Control/Rebirth`) and one **DBIRTH** per device
 //!    with its last known values (a device known dead gets its DDEATH right after);
 //! 5. reads its spool in id order: live poll batches become **DDATA** by exception (aliases only),
-//!    a batch whose readings are all `comm_fail` becomes **DDEATH** (once), and the first batch
-//!    after that a **DBIRTH**. Records that were already waiting when the session started are
+//!    a batch whose readings are all `comm_fail` becomes **DDEATH** (once; never for a derived
+//!    device, whose bad results are DATA with their quality), and the first batch after that a
+//!    **DBIRTH**. Records that were already waiting when the session started are
 //!    replayed as DDATA with `is_historical` and their acquisition timestamps, without touching
 //!    the live state. Sparkplug DATA is QoS 0, so the broker acknowledges none of it; but TCP
 //!    delivers in order, so an answer to a packet sent after the data proves the data arrived.
@@ -1083,7 +1085,7 @@ impl Session<'_> {
         historical: bool,
     ) -> Result<(), String> {
         let up = self.up;
-        let Some(i) = up.model.device_index(&batch.device) else {
+        let Some(i) = up.model.batch_device(batch) else {
             return Ok(());
         };
         let dev = &up.model.devices[i];
@@ -1109,7 +1111,8 @@ impl Session<'_> {
                 .publish(topic(MessageType::DData), spb::encode(&p))
                 .await;
         }
-        if spb::device_is_dead(batch) {
+        // A derived device is never dead: a derived value's bad quality goes out as DATA.
+        if dev.derived.is_none() && spb::device_is_dead(batch) {
             if !self.node.dead[i] {
                 self.node.dead[i] = true;
                 let p = spb::ddeath(self.seq.next_seq(), now);
