@@ -1,5 +1,6 @@
 //! Seals on the wire: how a regulated record carries its ledger record through the spool and in
-//! the JSON and protobuf payloads, and how a captured message is read back for [`verify`].
+//! the JSON and protobuf payloads, and how a captured message is read back for
+//! [`verify`](super::verify).
 //!
 //! # Forms
 //! - **Spool body**: the record's canonical JSON with a leading `"ledger"` key holding the

@@ -3,14 +3,14 @@
 //!
 //! # Delivery contract
 //! The spool is the source of truth, as for every uplink. The uplink reads the oldest waiting
-//! records, groups the [`Aggregate`]s of one window (same subject, period and start, wherever
-//! they are among the records read together) into one 2051/2061/2031 packet (split over
-//! PNUM/PNO when long) and poll batches into 2011 packets, sends them one packet at a time and
-//! acks the records in the spool only when every packet of the group has been answered by a 9014
-//! with the same QN (when the station asks for acknowledgements, Flag bit A; without it, a packet
-//! leaves the spool once written and its records count as [`TcpStats::unconfirmed`], not as
-//! delivered: the platform sends nothing that would prove they arrived). Delivery is at-least-once and, window by window, in the
-//! spool order of each window's first record.
+//! records, groups the [`Aggregate`](crate::model::Aggregate)s of one window (same subject, period
+//! and start, wherever they are among the records read together) into one 2051/2061/2031 packet
+//! (split over PNUM/PNO when long) and poll batches into 2011 packets, sends them one packet at a
+//! time and acks the records in the spool only when every packet of the group has been answered by
+//! a 9014 with the same QN (when the station asks for acknowledgements, Flag bit A; without it, a
+//! packet leaves the spool once written and its records count as [`TcpStats::unconfirmed`], not as
+//! delivered: the platform sends nothing that would prove they arrived). Delivery is at-least-once
+//! and, window by window, in the spool order of each window's first record.
 //!
 //! # Retries and reconnects
 //! A packet not answered within `over_time` is sent again with the same QN, up to `re_count`

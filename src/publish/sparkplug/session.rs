@@ -47,7 +47,7 @@ pub(super) struct Session<'a> {
     pub(super) bd_seq: u64,
     /// Notices of the publishes not yet known to be written to the socket.
     pub(super) pending: Vec<rumqttc::PublishNotice>,
-    /// DCMD write requests go here (served by [`serve_writes`]).
+    /// DCMD write requests go here (served by [`serve_writes`](super::dcmd::serve_writes)).
     pub(super) dcmd: &'a mpsc::Sender<DcmdWrite>,
     /// The end of the grace period, once the shutdown signal was seen.
     pub(super) stopping: Option<Instant>,
