@@ -357,7 +357,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     eprintln!("{}: [calc]: {e}", config.display());
                     return Ok(ExitCode::FAILURE);
                 }
-                print!("{}", app::check_report(&cfg));
+                print!("{}", app::commands::check_report(&cfg));
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -382,7 +382,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let address = address.expect("clap requires --address without --dlt645");
-            let words = app::probe(tcp, unit, area.into(), address, count, timeout).await?;
+            let words =
+                app::commands::probe(tcp, unit, area.into(), address, count, timeout).await?;
             print!("{}", crate::modbus::probe::render_probe(address, &words));
             Ok(ExitCode::SUCCESS)
         }

@@ -33,6 +33,9 @@
 //! - [`acquisition`]: what every poller shares: the deadline schedule, the circuit breaker and
 //!   the reconnect backoff.
 //! - [`clock`]: wall-clock step detection, shared by the pollers and the spools.
+//! - [`live`]: the live state the HTTP side doors read (latest readings, uplink views, health).
+//! - [`fanout`]: the task between the pollers and the spools (calculators, derived points,
+//!   history and ledger, group commit).
 //! - [`app`]: the only place that wires components together and owns shutdown.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -47,10 +50,12 @@ pub mod completeness;
 pub mod config;
 pub mod derived;
 pub mod dlt645;
+pub mod fanout;
 pub mod histogram;
 pub mod history;
 pub mod http;
 pub mod ledger;
+pub mod live;
 pub mod logging;
 pub mod modbus;
 pub mod model;

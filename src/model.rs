@@ -293,13 +293,38 @@ impl Record {
     }
 
     /// The stream a record travels on.
-    pub fn stream(&self) -> crate::config::Stream {
-        use crate::config::Stream;
+    pub fn stream(&self) -> Stream {
         match self {
             Record::Batch(_) => Stream::Live,
             Record::Metrics(_) => Stream::Metrics,
             Record::Event(_) => Stream::Events,
             Record::Aggregate(_) => Stream::Emissions,
+        }
+    }
+}
+
+/// Record streams, in increasing priority (the spool drops the lowest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Raw poll batches for operators.
+    Live,
+    /// Computed metrics.
+    Metrics,
+    /// Events (anode effects, exceedances, outages).
+    Events,
+    /// Regulated emission records.
+    Emissions,
+}
+
+impl Stream {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Live => "live",
+            Stream::Metrics => "metrics",
+            Stream::Events => "events",
+            Stream::Emissions => "emissions",
         }
     }
 }

@@ -281,7 +281,7 @@ fn persisted_counts(cfg: &config::Config, state: &Path) -> BTreeMap<String, (u64
     out
 }
 
-fn delivered_now(live: &smeltwatch::app::LiveState) -> (u64, u64) {
+fn delivered_now(live: &smeltwatch::live::LiveState) -> (u64, u64) {
     let view = live.completeness.live_view(Timestamp::now());
     let (mut received, mut delivered) = (0, 0);
     for (_, r) in &view {

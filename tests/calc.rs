@@ -1064,7 +1064,7 @@ fn a_snapshot_of_another_format_version_is_not_restored() {
 
 #[tokio::test]
 async fn the_agent_keeps_the_snapshot_in_the_state_directory_and_sets_a_bad_one_aside() {
-    use smeltwatch::app::calc_state::{CALC_STATE_FILE, CalcStage, load};
+    use smeltwatch::fanout::calc_state::{CALC_STATE_FILE, CalcStage, load};
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(CALC_STATE_FILE);
     let mut stage = CalcStage::open(pipeline(), dir.path());

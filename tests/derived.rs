@@ -140,7 +140,7 @@ trigger = "10s"
     );
     assert!(text.contains("(live, every 10s)"), "{text}");
     // `check` prints it with the rest of the summary.
-    assert!(smeltwatch::app::check_report(&cfg).contains("derived points: 2"));
+    assert!(smeltwatch::app::commands::check_report(&cfg).contains("derived points: 2"));
 }
 
 #[test]

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use smeltwatch::acquisition::PollerStats;
 use smeltwatch::config::{self, Config};
 use smeltwatch::dlt645::config::BusTransport;
 use smeltwatch::dlt645::format::MeterTime;
 use smeltwatch::dlt645::poller::Dlt645Poller;
 use smeltwatch::dlt645::{Address, Edition};
-use smeltwatch::modbus::poller::PollerStats;
 use smeltwatch::model::{Quality, ReadingBatch, Value};
 use smeltwatch::simulator::{Meter, MeterBus, MeterFault, serve_meter_stream, serve_meters_tcp};
 use tokio::net::TcpListener;
@@ -447,7 +447,7 @@ map = "aux"
     };
     assert_eq!((serial.baud, serial.parity), (2400, config::Parity::Even));
     assert_eq!(bus.meters[1].address, address("3430173"));
-    let report = smeltwatch::app::check_report(&cfg);
+    let report = smeltwatch::app::commands::check_report(&cfg);
     assert!(
         report.contains("DL/T 645: 1 meter buses, 2 meters, 4 points"),
         "{report}"

@@ -128,7 +128,7 @@ async fn a_spool_failure_under_the_uplink_shows_in_its_status_and_readiness() {
     })
     .await
     .unwrap_or_else(|_| panic!("no second restart: {:?}", restarts.borrow().state));
-    let collected = std::sync::Mutex::new(smeltwatch::http::feed::Collected::default());
+    let collected = std::sync::Mutex::new(smeltwatch::live::feed::Collected::default());
     let snap = smeltwatch::http::snapshot::Snapshot::gather(&agent.live, &collected).await;
     let verdict = smeltwatch::http::snapshot::readiness(&snap, &Default::default());
     assert!(!verdict.ready);

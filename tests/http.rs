@@ -14,10 +14,10 @@ use common::mosquitto::Mosquitto;
 use common::plant::{device, f32_words, serve};
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::Value as Json;
-use smeltwatch::app::LiveState;
+use smeltwatch::acquisition::PollerStats;
 use smeltwatch::config::{self, Secret};
 use smeltwatch::http::{self, HttpOptions};
-use smeltwatch::modbus::poller::PollerStats;
+use smeltwatch::live::LiveState;
 use smeltwatch::model::{
     Event, EventPhase, Metric, MetricBatch, Quality, Record, Timestamp, Value,
 };

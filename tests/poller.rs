@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use smeltwatch::acquisition::PollerStats;
 use smeltwatch::config::{self, Config};
-use smeltwatch::modbus::poller::{Poller, PollerStats};
+use smeltwatch::modbus::poller::Poller;
 use smeltwatch::model::{Quality, ReadingBatch, Value};
 use smeltwatch::simulator::{BankSizes, Device, ExceptionFault, Faults, UnitMap, serve_tcp};
 use tokio::net::TcpListener;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use smeltwatch::app::LiveState;
 use smeltwatch::config::HistoryConfig;
 use smeltwatch::history::HistoryStore;
 use smeltwatch::http::{self, HttpOptions};
+use smeltwatch::live::LiveState;
 use smeltwatch::model::{
     Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };

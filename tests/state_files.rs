@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use smeltwatch::app::calc_state::{CALC_STATE_FILE, CalcStage};
 use smeltwatch::calc::{CalcConfig, Pipeline, PipelineSnapshot};
 use smeltwatch::completeness::{Completeness, STATE_FILE, State};
+use smeltwatch::fanout::calc_state::{CALC_STATE_FILE, CalcStage};
 use smeltwatch::model::Timestamp;
 
 /// Runs `save` on a single-threaded runtime while `tmp` is a FIFO nobody reads. Returns whether

@@ -16,8 +16,9 @@ use std::time::Duration;
 use common::agent;
 use common::mosquitto::Mosquitto;
 use common::plant::meters;
-use smeltwatch::app::{Agent, UplinkView};
+use smeltwatch::app::Agent;
 use smeltwatch::config::SpoolConfig;
+use smeltwatch::live::UplinkView;
 use smeltwatch::publish::mqtt::LinkState;
 use smeltwatch::spool::SpoolHandle;
 use tokio::time::{Instant, timeout};
@@ -166,7 +167,7 @@ async fn spool_closes_under(agent: &Agent, name: &str) {
         *status.borrow()
     );
     assert!(status.borrow().restarts >= 2, "{}", *status.borrow());
-    let collected = std::sync::Mutex::new(smeltwatch::http::feed::Collected::default());
+    let collected = std::sync::Mutex::new(smeltwatch::live::feed::Collected::default());
     let snap = smeltwatch::http::snapshot::Snapshot::gather(&agent.live, &collected).await;
     let verdict = smeltwatch::http::snapshot::readiness(&snap, &Default::default());
     assert!(!verdict.ready);

@@ -1,24 +1,28 @@
 //! What every poller shares, whatever its protocol: the deadline schedule, the circuit breaker
 //! and the reconnect backoff.
 //!
-//! The Modbus poller ([`crate::modbus::poller`]) and the DL/T 645 poller
-//! ([`crate::dlt645::poller`]) keep the same guarantees because they use the same pieces:
+//! The Modbus poller and the DL/T 645 poller keep the same guarantees because they use the same
+//! pieces:
 //! - [`Schedule`]: jobs on fixed grids that never drift, late deadlines skipped and counted,
 //!   wall times that follow a stepped clock;
 //! - [`Breaker`]: a device (or a part of one) that fails `threshold` times in a row is left
 //!   alone and probed once per interval;
 //! - [`Backoff`]: exponential reconnect delays with ±25 % jitter;
-//! - [`open_serial`]: a local serial port with its line settings.
+//! - [`open_serial`]: a local serial port with its line settings;
+//! - [`PollerStats`]: the counters both keep, read by the status display and the metrics
+//!   endpoint.
 
 mod backoff;
 mod breaker;
 mod schedule;
 mod serial;
+mod stats;
 
 pub use backoff::Backoff;
 pub use breaker::{Breaker, Transition};
 pub use schedule::Schedule;
 pub use serial::open_serial;
+pub use stats::{DeviceReadErrors, PollerStats};
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -27,7 +31,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::modbus::poller::PollerStats;
 use crate::model::ReadingBatch;
 
 /// The end of one poll of `job` (due at `due`): count the batch and the cycle, send the batch

@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{LiveState, RunOptions};
+use super::RunOptions;
+use super::commands::{override_broker, quality_totals};
 use crate::config::{self, Config, HostPort, Transport};
+use crate::live::LiveState;
 use crate::model::Quality;
 use crate::simulator::{self, BindMode};
 
@@ -123,7 +125,7 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
         listen: http_addr,
         token: None,
     });
-    super::override_broker(&mut cfg, &format!("mqtt://{broker_addr}"))?;
+    override_broker(&mut cfg, &format!("mqtt://{broker_addr}"))?;
 
     println!("smeltwatch demo: site {:?}", cfg.site);
     println!("  embedded MQTT broker  mqtt://{broker_addr}");
@@ -151,7 +153,7 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 let now = tokio::time::Instant::now();
-                let total: u64 = super::quality_totals(&live).iter().sum();
+                let total: u64 = quality_totals(&live).iter().sum();
                 let rate = (total - last_total) as f64 / now.duration_since(last_at).as_secs_f64();
                 last_total = total;
                 last_at = now;
@@ -170,7 +172,7 @@ async fn run_in(dir: &Path, opts: DemoOptions, shutdown: CancellationToken) -> a
 pub async fn summary(live: &LiveState, points_per_s: f64) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let totals = super::quality_totals(live);
+    let totals = quality_totals(live);
     let _ = write!(out, "{:>8.0} points/s  quality:", points_per_s);
     for q in Quality::ALL {
         let n = totals[q as usize];

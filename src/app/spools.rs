@@ -27,8 +27,8 @@ use crate::config::UplinkConfig;
 use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
 use crate::spool::{SetAside, SpoolHandle};
 
-use super::health::Health;
 use super::systemd::Notifier;
+use crate::live::health::Health;
 
 /// Time allowed for an open on top of the file's read: creating the directory, WAL recovery,
 /// the schema, loading the totals.

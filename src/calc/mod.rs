@@ -15,7 +15,6 @@ pub mod copper;
 pub mod counter;
 pub mod emissions;
 pub mod limits;
-mod line;
 pub mod names;
 mod pipeline;
 pub mod potline;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::anode_effect::{AeDetector, AeStats};
 use super::counter::CounterState;
-use super::line::LineExtra;
+use super::pipeline::LineExtra;
 use super::window::Window;
 use crate::model::Timestamp;
 

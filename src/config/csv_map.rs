@@ -59,78 +59,14 @@ pub(crate) fn parse_csv_map(
         .comment(Some(b'#'))
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
-
-    let header = match reader.headers() {
-        Ok(header) => header.clone(),
-        Err(err) => {
-            let line = err.position().map_or(1, |p| line_of(text, p));
-            report.at_csv(
-                &file,
-                line,
-                None,
-                &csv_path,
-                format!("unreadable header: {err}"),
-            );
-            return Vec::new();
-        }
+    let Some((index, header_line)) = header(&mut reader, text, &file, &csv_path, report) else {
+        return Vec::new();
     };
-    let header_line = header.position().map_or(1, |p| line_of(text, p));
-    if header.iter().all(str::is_empty) {
-        report.at_csv(
-            &file,
-            header_line,
-            None,
-            &csv_path,
-            format!(
-                "missing header row, expected columns among {}",
-                column_list()
-            ),
-        );
-        return Vec::new();
-    }
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut header_ok = true;
-    for (i, column) in header.iter().enumerate() {
-        let Some(known) = COLUMNS.iter().find(|c| **c == column) else {
-            report.at_csv(
-                &file,
-                header_line,
-                Some(column),
-                &csv_path,
-                format!(
-                    "unknown column `{column}`, expected one of {}",
-                    column_list()
-                ),
-            );
-            header_ok = false;
-            continue;
-        };
-        if index.insert(known, i).is_some() {
-            report.at_csv(
-                &file,
-                header_line,
-                Some(column),
-                &csv_path,
-                format!("column `{column}` appears twice"),
-            );
-            header_ok = false;
-        }
-    }
-    for required in REQUIRED {
-        if !index.contains_key(required) {
-            report.at_csv(
-                &file,
-                header_line,
-                Some(required),
-                &csv_path,
-                format!("missing required column `{required}`"),
-            );
-            header_ok = false;
-        }
-    }
-    if !header_ok {
-        return Vec::new();
-    }
+    let sheet = Sheet {
+        file: &file,
+        map_path,
+        index,
+    };
 
     let mut points: Vec<PointDef> = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -150,116 +86,245 @@ pub(crate) fn parse_csv_map(
             }
         };
         let line = record.position().map_or(header_line, |p| line_of(text, p));
-        let cell = |column: &str| -> Option<&str> {
-            index
-                .get(column)
-                .and_then(|&i| record.get(i))
-                .filter(|s| !s.is_empty())
-        };
-        let Some(name) = cell("name") else {
+        if let Some(point) = sheet.point(&record, line, &mut seen, report) {
+            points.push(point);
+        }
+    }
+    points
+}
+
+/// The header row: the index of each column and the header's line. `None` (with the problems
+/// reported) when it is unreadable or missing, names an unknown column or one twice, or lacks a
+/// required column.
+fn header(
+    reader: &mut csv::Reader<&[u8]>,
+    text: &str,
+    file: &Path,
+    csv_path: &KeyPath,
+    report: &mut Report<'_>,
+) -> Option<(HashMap<&'static str, usize>, u64)> {
+    let header = match reader.headers() {
+        Ok(header) => header.clone(),
+        Err(err) => {
+            let line = err.position().map_or(1, |p| line_of(text, p));
             report.at_csv(
-                &file,
+                file,
                 line,
-                Some("name"),
-                &csv_path,
-                "missing point name (column `name` is required)",
+                None,
+                csv_path,
+                format!("unreadable header: {err}"),
             );
+            return None;
+        }
+    };
+    let header_line = header.position().map_or(1, |p| line_of(text, p));
+    if header.iter().all(str::is_empty) {
+        report.at_csv(
+            file,
+            header_line,
+            None,
+            csv_path,
+            format!(
+                "missing header row, expected columns among {}",
+                column_list()
+            ),
+        );
+        return None;
+    }
+    let index = column_index(&header, header_line, file, csv_path, report)?;
+    Some((index, header_line))
+}
+
+/// Each known column's position in `header`; `None` (reported) on an unknown or repeated column
+/// or a missing required one.
+fn column_index(
+    header: &csv::StringRecord,
+    header_line: u64,
+    file: &Path,
+    csv_path: &KeyPath,
+    report: &mut Report<'_>,
+) -> Option<HashMap<&'static str, usize>> {
+    let mut index: HashMap<&'static str, usize> = HashMap::new();
+    let mut header_ok = true;
+    for (i, column) in header.iter().enumerate() {
+        let Some(known) = COLUMNS.iter().find(|c| **c == column) else {
+            report.at_csv(
+                file,
+                header_line,
+                Some(column),
+                csv_path,
+                format!(
+                    "unknown column `{column}`, expected one of {}",
+                    column_list()
+                ),
+            );
+            header_ok = false;
             continue;
         };
-        let point_path = map_path.key("points").key(name);
+        if index.insert(known, i).is_some() {
+            report.at_csv(
+                file,
+                header_line,
+                Some(column),
+                csv_path,
+                format!("column `{column}` appears twice"),
+            );
+            header_ok = false;
+        }
+    }
+    for required in REQUIRED {
+        if !index.contains_key(required) {
+            report.at_csv(
+                file,
+                header_line,
+                Some(required),
+                csv_path,
+                format!("missing required column `{required}`"),
+            );
+            header_ok = false;
+        }
+    }
+    header_ok.then_some(index)
+}
+
+/// A register map CSV whose header was read: where it is and which column is where.
+struct Sheet<'s> {
+    file: &'s Arc<PathBuf>,
+    map_path: &'s KeyPath,
+    index: HashMap<&'static str, usize>,
+}
+
+impl Sheet<'_> {
+    /// The non-empty cell of `column` in `record`.
+    fn cell<'r>(&self, record: &'r csv::StringRecord, column: &str) -> Option<&'r str> {
+        self.index
+            .get(column)
+            .and_then(|&i| record.get(i))
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The point of one data row on `line`; `None` (reported) when the name is missing or was
+    /// seen before (`seen` maps names to their lines) or a cell is invalid.
+    fn point(
+        &self,
+        record: &csv::StringRecord,
+        line: u64,
+        seen: &mut HashMap<String, u64>,
+        report: &mut Report<'_>,
+    ) -> Option<PointDef> {
+        let cell = |column: &str| self.cell(record, column);
+        let Some(name) = cell("name") else {
+            report.at_csv(
+                self.file,
+                line,
+                Some("name"),
+                &self.map_path.key("csv"),
+                "missing point name (column `name` is required)",
+            );
+            return None;
+        };
+        let point_path = self.map_path.key("points").key(name);
         if let Some(first) = seen.get(name) {
             report.at_csv(
-                &file,
+                self.file,
                 line,
                 Some("name"),
                 &point_path,
                 format!("duplicate point `{name}` (first defined on line {first})"),
             );
-            continue;
+            return None;
         }
         seen.insert(name.to_owned(), line);
 
         let mut row = Row {
             report,
-            file: &file,
+            file: self.file,
             line,
             path: &point_path,
             failed: false,
         };
-        let area = row.required(cell("area"), "area", parse_enum::<Area>);
-        let address = row.required(cell("address"), "address", parse_address);
-        let data_type = row.required(cell("type"), "type", parse_enum::<RawType>);
-        let byte_order = row.optional(cell("byte_order"), "byte_order", parse_enum::<ByteOrder>);
-        let scale = row.optional(cell("scale"), "scale", parse_f64);
-        let offset = row.optional(cell("offset"), "offset", parse_f64);
-        let unit = cell("unit").map(str::to_owned);
-        let poll = row.optional(cell("poll"), "poll", |s| {
-            humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}`: {e}"))
-        });
-        let range_min = row.optional(cell("range_min"), "range_min", parse_f64);
-        let range_max = row.optional(cell("range_max"), "range_max", parse_f64);
-        let bit = row.optional(cell("bit"), "bit", |s| {
-            s.parse::<u8>()
-                .map_err(|_| format!("invalid bit `{s}`, expected an integer 0..=15"))
-        });
-        let registers = row.optional(cell("registers"), "registers", |s| {
-            s.parse::<u16>()
-                .map_err(|_| format!("invalid register count `{s}`, expected an integer"))
-        });
-        let writable = row.optional(cell("writable"), "writable", |s| match s {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(format!("invalid value `{s}`, expected `true` or `false`")),
-        });
-        let range = match (range_min, range_max) {
-            (Some(min), Some(max)) => Some([min, max]),
-            (None, None) => None,
-            (Some(_), None) | (None, Some(_)) => {
-                let column = if range_min.is_some() {
-                    "range_max"
-                } else {
-                    "range_min"
-                };
-                row.fail(
-                    column,
-                    "range",
-                    "range_min and range_max must both be given or both be empty",
-                );
-                None
-            }
-        };
-        let failed = row.failed;
-        let (Some(area), Some(address), Some(data_type)) = (area, address, data_type) else {
-            continue;
-        };
-        if failed {
-            continue;
-        }
-        points.push(PointDef {
+        let raw = raw_point(&mut row, cell)?;
+        Some(PointDef {
             name: name.to_owned(),
-            raw: RawPoint {
-                area,
-                address,
-                data_type,
-                byte_order,
-                scale,
-                offset,
-                unit,
-                poll,
-                range,
-                bit,
-                registers,
-                writable,
-                description: cell("description").map(str::to_owned),
-            },
+            raw,
             origin: Origin::Csv {
-                file: Arc::clone(&file),
+                file: Arc::clone(self.file),
                 line,
                 path: point_path,
             },
-        });
+        })
     }
-    points
+}
+
+/// The cells of a row as the point an inline table would give; `None` when a cell failed (each
+/// failure reported through `row`).
+fn raw_point<'c>(
+    row: &mut Row<'_, '_>,
+    cell: impl Fn(&str) -> Option<&'c str>,
+) -> Option<RawPoint> {
+    let area = row.required(cell("area"), "area", parse_enum::<Area>);
+    let address = row.required(cell("address"), "address", parse_address);
+    let data_type = row.required(cell("type"), "type", parse_enum::<RawType>);
+    let byte_order = row.optional(cell("byte_order"), "byte_order", parse_enum::<ByteOrder>);
+    let scale = row.optional(cell("scale"), "scale", parse_f64);
+    let offset = row.optional(cell("offset"), "offset", parse_f64);
+    let unit = cell("unit").map(str::to_owned);
+    let poll = row.optional(cell("poll"), "poll", |s| {
+        humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}`: {e}"))
+    });
+    let range_min = row.optional(cell("range_min"), "range_min", parse_f64);
+    let range_max = row.optional(cell("range_max"), "range_max", parse_f64);
+    let bit = row.optional(cell("bit"), "bit", |s| {
+        s.parse::<u8>()
+            .map_err(|_| format!("invalid bit `{s}`, expected an integer 0..=15"))
+    });
+    let registers = row.optional(cell("registers"), "registers", |s| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid register count `{s}`, expected an integer"))
+    });
+    let writable = row.optional(cell("writable"), "writable", |s| match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("invalid value `{s}`, expected `true` or `false`")),
+    });
+    let range = match (range_min, range_max) {
+        (Some(min), Some(max)) => Some([min, max]),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            let column = if range_min.is_some() {
+                "range_max"
+            } else {
+                "range_min"
+            };
+            row.fail(
+                column,
+                "range",
+                "range_min and range_max must both be given or both be empty",
+            );
+            None
+        }
+    };
+    let (Some(area), Some(address), Some(data_type)) = (area, address, data_type) else {
+        return None;
+    };
+    if row.failed {
+        return None;
+    }
+    Some(RawPoint {
+        area,
+        address,
+        data_type,
+        byte_order,
+        scale,
+        offset,
+        unit,
+        poll,
+        range,
+        bit,
+        registers,
+        writable,
+        description: cell("description").map(str::to_owned),
+    })
 }
 
 /// 1-based line of a record as an editor shows it. csv reports where it started reading, which

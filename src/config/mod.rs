@@ -14,6 +14,7 @@
 
 mod broker_url;
 pub(crate) mod csv_map;
+pub(crate) mod defaults;
 mod error;
 pub(crate) mod locate;
 pub mod model;
@@ -23,6 +24,8 @@ pub(crate) mod validate;
 
 use std::path::Path;
 
+/// Defined with the records it classifies; re-exported for the uplink settings that name it.
+pub use crate::model::Stream;
 pub use broker_url::{BrokerUrl, BrokerUrlError, BrokerUrlProblem, MQTT_PORT, MQTTS_PORT};
 pub use error::{ConfigError, Location, Problem};
 pub(crate) use locate::{KeyPath, Report};

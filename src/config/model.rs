@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Stream;
+
 /// The whole agent configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,7 +31,7 @@ pub struct Config {
     /// Where durable state lives (spools, sequence numbers).
     pub state_dir: PathBuf,
     /// A stage without progress for this long makes `/readyz` answer 503 and stops the systemd
-    /// watchdog (`crate::app::health`).
+    /// watchdog (`crate::live::health`).
     pub stall_after: Duration,
     /// Northbound uplinks, each with its own spool.
     pub uplinks: Vec<UplinkConfig>,
@@ -620,32 +622,6 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-/// Record streams, in increasing priority (the spool drops the lowest first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stream {
-    /// Raw poll batches for operators.
-    Live,
-    /// Computed metrics.
-    Metrics,
-    /// Events (anode effects, exceedances, outages).
-    Events,
-    /// Regulated emission records.
-    Emissions,
-}
-
-impl Stream {
-    /// Stable lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Live => "live",
-            Stream::Metrics => "metrics",
-            Stream::Events => "events",
-            Stream::Emissions => "emissions",
-        }
     }
 }
 

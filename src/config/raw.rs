@@ -12,7 +12,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::model::{Area, ByteOrder, Encoding, EncodingConfig, Parity, Stream};
+use super::model::{Area, ByteOrder, Encoding, EncodingConfig, Parity};
+use crate::model::Stream;
 use crate::simulator::SimulatorConfig;
 
 /// The whole file.

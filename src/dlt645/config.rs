@@ -357,7 +357,7 @@ pub(crate) fn bus(
         }
         v
     };
-    use crate::config::validate::defaults as modbus;
+    use crate::config::defaults as modbus;
     let timeout = positive(report, "timeout", raw.timeout, defaults::TIMEOUT);
     let reconnect_min = positive(
         report,
@@ -475,7 +475,7 @@ fn transport(
     report: &mut Report<'_>,
 ) -> Option<BusTransport> {
     match (&raw.tcp, &raw.serial) {
-        (Some(addr), None) => match crate::config::validate::parse_host_port(addr) {
+        (Some(addr), None) => match crate::config::validate::shared::parse_host_port(addr) {
             Ok(hp) => Some(BusTransport::SerialServer(hp)),
             Err(message) => {
                 report.at(&path.key("tcp"), message);

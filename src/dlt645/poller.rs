@@ -47,9 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{BusConfig, BusTransport, MeterConfig};
 use super::frame::{self, Address, DataId, Decoder, Edition, ErrorWord, Frame, FrameError, Reply};
-use crate::acquisition::{Backoff, Breaker, Schedule, Transition};
+use crate::acquisition::{Backoff, Breaker, PollerStats, Schedule, Transition};
 use crate::clock::Clock;
-use crate::modbus::poller::PollerStats;
 use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
 
 /// One job: a meter's points of one poll class, grouped by DI.

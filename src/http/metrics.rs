@@ -62,7 +62,7 @@
 //! `current` (the hour so far) or `previous` (the last hour, including deliveries that arrived
 //! after it closed). They are gauges: they start again at every hour.
 //!
-//! [`PollerStats`]: crate::modbus::poller::PollerStats
+//! [`PollerStats`]: crate::acquisition::PollerStats
 
 use metrics::{Label, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -602,7 +602,7 @@ mod tests {
         let mut snap = crate::http::snapshot::tests::snap();
         snap.sources[0].device_read_errors.insert(
             "pot_007".into(),
-            crate::modbus::poller::DeviceReadErrors {
+            crate::acquisition::DeviceReadErrors {
                 comm_failures: 4,
                 exceptions: 1,
             },

@@ -42,7 +42,6 @@
 //! at most [`MAX_CONNECTIONS`] connections are served at once; the server is served with hyper
 //! directly because `axum::serve` offers neither.
 
-pub mod feed;
 pub mod metrics;
 pub mod series;
 pub mod snapshot;
@@ -66,10 +65,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::LiveState;
 use crate::config::Secret;
+use crate::live::LiveState;
 
-pub use feed::{Collected, RecordFeed};
+pub use crate::live::feed::{Collected, RecordFeed};
 pub use snapshot::{Delta, Snapshot};
 
 /// The dashboard page, served as is.
@@ -159,7 +158,7 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
     let collected = Arc::new(Mutex::new(Collected::default()));
-    let collector = tokio::spawn(feed::collect(
+    let collector = tokio::spawn(crate::live::feed::collect(
         state.records.subscribe(),
         collected.clone(),
         shutdown.clone(),

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::feed::Collected;
-use crate::app::{LatestReadings, LiveState};
+use crate::acquisition::DeviceReadErrors;
 use crate::calc::limits::StackLimit;
 use crate::histogram::HistogramSnapshot;
-use crate::modbus::poller::DeviceReadErrors;
+use crate::live::feed::Collected;
+use crate::live::{LatestReadings, LiveState};
 use crate::model::{Event, Quality, Timestamp, Value};
 use crate::publish::mqtt::LinkState;
 

@@ -521,8 +521,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn apply_request_decodes_every_served_point() {
+    /// A device with a float, an integer and a text point, and the one request that covers
+    /// them.
+    fn served_request() -> (DeviceConfig, ReadRequest) {
         let dev = device(vec![
             named("cell_voltage_v", Area::Holding, 100, DataType::F32),
             named("anode_moves", Area::Holding, 103, DataType::U16),
@@ -547,6 +548,12 @@ mod tests {
                 },
             ],
         };
+        (dev, req)
+    }
+
+    #[test]
+    fn apply_request_decodes_every_served_point() {
+        let (dev, req) = served_request();
         let words = [0x4088, 0x0000, 0xDEAD, 42, 0x504F, 0x5400];
         let mut out = Vec::new();
         apply_request(
@@ -607,6 +614,11 @@ mod tests {
                 (false, Quality::CommFail)
             ]
         );
+    }
+
+    #[test]
+    fn apply_request_fails_every_point_of_bits_for_a_register_read() {
+        let (dev, req) = served_request();
         // Bits for a register read cannot be decoded.
         let mut out = Vec::new();
         apply_request(

@@ -51,10 +51,9 @@
 //! Every job run emits exactly one [`ReadingBatch`] with one reading per configured point, so a
 //! consumer can count expected against received readings.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -63,91 +62,13 @@ use tokio_modbus::client::Context;
 use tokio_modbus::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use crate::acquisition::{Backoff, Breaker, Schedule, Transition};
+use crate::acquisition::{Backoff, Breaker, PollerStats, Schedule, Transition};
 use crate::clock::Clock;
 use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
-use crate::histogram::Histogram;
 use crate::modbus::decode::{self, RequestData};
 use crate::modbus::plan::{self, DevicePlan, ReadRequest};
-use crate::modbus::write::{WriteCommand, WriteData, WriteQueue};
+use crate::modbus::write::{WriteCommand, WriteData, WriteError, WriteQueue};
 use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
-
-/// Counters of one poller, shared with the status display and the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct PollerStats {
-    /// Job runs (device poll cycles) completed, successful or not.
-    pub cycles: AtomicU64,
-    /// Modbus requests sent.
-    pub requests: AtomicU64,
-    /// Requests that timed out or failed in transport.
-    pub comm_failures: AtomicU64,
-    /// Requests answered with a Modbus exception (DL/T 645: an abnormal reply).
-    pub exceptions: AtomicU64,
-    /// DL/T 645 frames discarded while waiting for an answer: another meter's address, another
-    /// data identifier (always 0 for Modbus, whose client library checks its own replies).
-    pub discarded_replies: AtomicU64,
-    /// Scheduled cycles skipped because the previous work ran past them.
-    pub late_ticks: AtomicU64,
-    /// Connections established.
-    pub connects: AtomicU64,
-    /// Readings emitted, by quality (index = `Quality as usize`).
-    pub readings_by_quality: [AtomicU64; Quality::ALL.len()],
-    /// Sum of request round-trip times in microseconds (with `requests`, gives the mean).
-    pub request_time_us: AtomicU64,
-    /// Read request round-trip times, answered or not (a timeout counts its full wait).
-    pub request_duration: Histogram,
-    /// Failed read requests per device. A lock, not atomics: devices are known only by name
-    /// here, and a failed request already cost a timeout or an exception frame.
-    pub device_read_errors: Mutex<BTreeMap<Arc<str>, DeviceReadErrors>>,
-}
-
-/// Failed read requests of one device, since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DeviceReadErrors {
-    /// Requests that timed out or failed in transport.
-    pub comm_failures: u64,
-    /// Requests answered with a Modbus exception.
-    pub exceptions: u64,
-}
-
-impl PollerStats {
-    pub(crate) fn count_read_error(&self, device: &Arc<str>, exception: bool) {
-        let mut map = self
-            .device_read_errors
-            .lock()
-            .expect("poller stats lock is never poisoned: holders do not panic");
-        let e = map.entry(device.clone()).or_default();
-        if exception {
-            e.exceptions += 1;
-        } else {
-            e.comm_failures += 1;
-        }
-    }
-
-    /// Failed read requests per device now, sorted by device.
-    pub fn device_read_errors(&self) -> Vec<(Arc<str>, DeviceReadErrors)> {
-        self.device_read_errors
-            .lock()
-            .expect("poller stats lock is never poisoned: holders do not panic")
-            .iter()
-            .map(|(d, e)| (d.clone(), *e))
-            .collect()
-    }
-
-    /// Count one request that took `took`, answered or not (a timeout counts its wait).
-    pub(crate) fn count_request(&self, took: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.request_time_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.request_duration.observe(took);
-    }
-
-    pub(crate) fn count_batch(&self, batch: &ReadingBatch) {
-        for (i, n) in batch.quality_counts().iter().enumerate() {
-            self.readings_by_quality[i].fetch_add(*n as u64, Ordering::Relaxed);
-        }
-    }
-}
 
 /// A poller for one source. Build it with [`Poller::new`], run it with [`Poller::run`].
 #[derive(Debug)]
@@ -385,20 +306,37 @@ async fn run_job(
         }
     }
 
-    health.silent_last_cycle = !answered;
-    if answered {
-        if health.breaker.succeeded(source.breaker_failures) == Transition::Closed {
-            tracing::info!(source = %source.name, device = %device.name, "device answers again");
-        }
-    } else if comm_failed {
-        let b = &mut health.breaker;
-        if b.failed(source.breaker_failures, source.breaker_probe_interval) == Transition::Opened {
-            tracing::warn!(
-                source = %source.name, device = %device.name,
-                failures = b.consecutive_failures(),
-                "device not answering; probing it every {}",
-                humantime::format_duration(source.breaker_probe_interval)
-            );
+    health.end_cycle(source, device, answered, comm_failed);
+}
+
+impl DeviceHealth {
+    /// Close a cycle of the device: whether it answered anything, and its breaker's count (a
+    /// cycle of exceptions only is an answer; one without answers and with a comm failure is
+    /// a failure).
+    fn end_cycle(
+        &mut self,
+        source: &SourceConfig,
+        device: &DeviceConfig,
+        answered: bool,
+        comm_failed: bool,
+    ) {
+        self.silent_last_cycle = !answered;
+        if answered {
+            if self.breaker.succeeded(source.breaker_failures) == Transition::Closed {
+                tracing::info!(source = %source.name, device = %device.name, "device answers again");
+            }
+        } else if comm_failed {
+            let b = &mut self.breaker;
+            if b.failed(source.breaker_failures, source.breaker_probe_interval)
+                == Transition::Opened
+            {
+                tracing::warn!(
+                    source = %source.name, device = %device.name,
+                    failures = b.consecutive_failures(),
+                    "device not answering; probing it every {}",
+                    humantime::format_duration(source.breaker_probe_interval)
+                );
+            }
         }
     }
 }
@@ -603,8 +541,10 @@ impl Connection {
         unit_id: u8,
         address: u16,
         data: &WriteData,
-    ) -> Result<(), String> {
-        self.ensure_connected(source).await?;
+    ) -> Result<(), WriteError> {
+        self.ensure_connected(source)
+            .await
+            .map_err(WriteError::Link)?;
         if let Some(last) = self.last_exchange
             && !source.inter_request_gap.is_zero()
         {
@@ -628,20 +568,20 @@ impl Connection {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(code))) => {
                 self.stats.exceptions.fetch_add(1, Ordering::Relaxed);
-                Err(format!("the device answered with exception {code:?}"))
+                Err(WriteError::Exception(code))
             }
             Ok(Err(e)) => {
                 self.stats.comm_failures.fetch_add(1, Ordering::Relaxed);
                 self.drop_context();
-                Err(e.to_string())
+                Err(WriteError::Link(e.to_string()))
             }
             Err(_) => {
                 self.stats.comm_failures.fetch_add(1, Ordering::Relaxed);
                 self.drop_context();
-                Err(format!(
+                Err(WriteError::Link(format!(
                     "no reply within {}",
                     humantime::format_duration(source.timeout)
-                ))
+                )))
             }
         }
     }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_modbus::ExceptionCode;
 
 use crate::config::{Area, ByteOrder, DataType, DeviceConfig, PointConfig, SourceConfig};
 use crate::model::Value;
@@ -139,30 +140,52 @@ pub fn check_write(
 /// Encode `value` (engineering units) for `point`: kind and range checked, inverse scale and
 /// offset applied, the wire type's limits checked, words laid out in the point's byte order.
 pub fn encode(point: &PointConfig, value: &Value) -> Result<WriteData, Refusal> {
+    if let Some(coil) = check_area(point, value)? {
+        return Ok(coil);
+    }
+    let x = engineering_value(point, value)?;
+    let identity = point.scale == 1.0 && point.offset == 0.0;
+    // Integers with identity scaling are taken exactly (an i64 does not pass through a float).
+    let exact: Option<i128> = match value {
+        Value::Int(i) if identity => Some(i128::from(*i)),
+        Value::UInt(u) if identity => Some(i128::from(*u)),
+        _ => None,
+    };
+    let raw = if identity {
+        x
+    } else {
+        (x - point.offset) / point.scale
+    };
+    let v = RegisterValue { x, raw, exact };
+    Ok(WriteData::Registers(register_words(point, &v)?))
+}
+
+/// The write of a coil, `None` for a holding register that may take a number, or the refusal
+/// of an area or type that cannot be written.
+fn check_area(point: &PointConfig, value: &Value) -> Result<Option<WriteData>, Refusal> {
     match (point.area, point.data_type) {
-        (Area::Input | Area::DiscreteInput, _) => {
-            return Err(Refusal::NotWritableArea(format!(
-                "{} is a read-only area",
-                point.area.as_str()
-            )));
-        }
+        (Area::Input | Area::DiscreteInput, _) => Err(Refusal::NotWritableArea(format!(
+            "{} is a read-only area",
+            point.area.as_str()
+        ))),
         (Area::Coil, _) => {
             let Value::Bool(on) = value else {
                 return Err(Refusal::WrongType { expected: "a bool" });
             };
-            return Ok(WriteData::Coil(*on));
+            Ok(Some(WriteData::Coil(*on)))
         }
-        (Area::Holding, DataType::Bool { .. }) => {
-            return Err(Refusal::NotWritableArea(
-                "a bit of a register needs a read-modify-write, which smeltwatch does not do"
-                    .into(),
-            ));
-        }
+        (Area::Holding, DataType::Bool { .. }) => Err(Refusal::NotWritableArea(
+            "a bit of a register needs a read-modify-write, which smeltwatch does not do".into(),
+        )),
         (Area::Holding, DataType::Ascii { .. }) => {
-            return Err(Refusal::NotWritableArea("text points are read-only".into()));
+            Err(Refusal::NotWritableArea("text points are read-only".into()))
         }
-        (Area::Holding, _) => {}
+        (Area::Holding, _) => Ok(None),
     }
+}
+
+/// `value` as a finite number inside the point's configured range.
+fn engineering_value(point: &PointConfig, value: &Value) -> Result<f64, Refusal> {
     let x = match value {
         Value::Int(i) => *i as f64,
         Value::UInt(u) => *u as f64,
@@ -183,20 +206,22 @@ pub fn encode(point: &PointConfig, value: &Value) -> Result<WriteData, Refusal> 
     {
         return Err(Refusal::OutOfRange { value: x, min, max });
     }
-    let identity = point.scale == 1.0 && point.offset == 0.0;
-    // Integers with identity scaling are taken exactly (an i64 does not pass through a float).
-    let exact: Option<i128> = match value {
-        Value::Int(i) if identity => Some(i128::from(*i)),
-        Value::UInt(u) if identity => Some(i128::from(*u)),
-        _ => None,
-    };
-    let raw = if identity {
-        x
-    } else {
-        (x - point.offset) / point.scale
-    };
-    let integer = |lo: i128, hi: i128| -> Result<u64, Refusal> {
-        let n = match exact {
+    Ok(x)
+}
+
+/// A value on its way to a register: in engineering units, in register units, and exactly
+/// when it is an integer taken without scaling.
+struct RegisterValue {
+    x: f64,
+    raw: f64,
+    exact: Option<i128>,
+}
+
+impl RegisterValue {
+    /// The register-unit integer, checked against the wire type's range `lo..=hi`.
+    fn integer(&self, point: &PointConfig, lo: i128, hi: i128) -> Result<u64, Refusal> {
+        let (x, raw) = (self.x, self.raw);
+        let n = match self.exact {
             Some(n) => n,
             None => {
                 // Scaling may leave float noise (12.3 / 0.1 = 122.99999999999999): round to the
@@ -218,9 +243,14 @@ pub fn encode(point: &PointConfig, value: &Value) -> Result<WriteData, Refusal> 
             )));
         }
         Ok(n as u64)
-    };
+    }
+}
+
+/// The registers of `v` for the point's wire type and byte order.
+fn register_words(point: &PointConfig, v: &RegisterValue) -> Result<Vec<u16>, Refusal> {
     let order = point.byte_order;
-    let words = match point.data_type {
+    let integer = |lo: i128, hi: i128| v.integer(point, lo, hi);
+    Ok(match point.data_type {
         DataType::U16 => words(integer(0, i128::from(u16::MAX))?, 1, order),
         DataType::I16 => words(
             integer(i128::from(i16::MIN), i128::from(i16::MAX))? as i16 as u16 as u64,
@@ -240,18 +270,18 @@ pub fn encode(point: &PointConfig, value: &Value) -> Result<WriteData, Refusal> 
             order,
         ),
         DataType::F32 => {
-            let f = raw as f32;
+            let f = v.raw as f32;
             if !f.is_finite() {
                 return Err(Refusal::NotRepresentable(format!(
-                    "{x} does not fit an f32"
+                    "{} does not fit an f32",
+                    v.x
                 )));
             }
             words(u64::from(f.to_bits()), 2, order)
         }
-        DataType::F64 => words(raw.to_bits(), 4, order),
+        DataType::F64 => words(v.raw.to_bits(), 4, order),
         DataType::Bool { .. } | DataType::Ascii { .. } => unreachable!("refused above"),
-    };
-    Ok(WriteData::Registers(words))
+    })
 }
 
 /// The `n` registers of the big-endian integer `value` under `order` (the inverse of
@@ -281,7 +311,19 @@ pub struct WriteCommand {
     /// What to write.
     pub data: WriteData,
     /// Where the outcome goes: `Ok` once the device confirmed, `Err` with the reason otherwise.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// Why the device did not confirm a write the poller sent it, split as a read's failure is: a
+/// device that said no, or a link that gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The device answered with a Modbus exception; the link is healthy.
+    #[error("the device answered with exception {0:?}")]
+    Exception(ExceptionCode),
+    /// No connection, a transport error or no reply in time; the connection is rebuilt.
+    #[error("{0}")]
+    Link(String),
 }
 
 /// The poller's end of a source's write queue (see [`Poller::with_writes`](super::poller::Poller::with_writes)).
@@ -345,7 +387,7 @@ impl SourceWriter {
             .try_send(cmd)
             .map_err(|_| WriteFailure::Refused(Refusal::Busy))?;
         match tokio::time::timeout(self.patience, answer).await {
-            Ok(Ok(result)) => result.map_err(WriteFailure::Failed),
+            Ok(Ok(result)) => result.map_err(|e| WriteFailure::Failed(e.to_string())),
             Ok(Err(_)) => Err(WriteFailure::Failed(
                 "the poller stopped before the write".into(),
             )),

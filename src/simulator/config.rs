@@ -478,51 +478,7 @@ impl SimulatorConfig {
             }
         }
         for line in &self.potlines {
-            if let Some(bad) = line
-                .cells_out_of_service
-                .iter()
-                .find(|&&c| c == 0 || c > line.cells)
-            {
-                return Err(SimConfigError::Potline {
-                    name: line.name.clone(),
-                    reason: format!(
-                        "cells_out_of_service has cell {bad}, but cells are 1..={}",
-                        line.cells
-                    ),
-                });
-            }
-            for ae in &line.anode_effect_schedule {
-                if ae.cell == 0
-                    || ae.cell > line.cells
-                    || line.cells_out_of_service.contains(&ae.cell)
-                {
-                    return Err(SimConfigError::Potline {
-                        name: line.name.clone(),
-                        reason: format!(
-                            "anode_effect_schedule has cell {}, which is not an in-service cell of 1..={}",
-                            ae.cell, line.cells
-                        ),
-                    });
-                }
-                if ae.duration.is_zero() || !(ae.peak_v.is_finite() && ae.peak_v > 8.0) {
-                    return Err(SimConfigError::Potline {
-                        name: line.name.clone(),
-                        reason: format!(
-                            "anode_effect_schedule entry for cell {} needs a duration above 0 and peak_v above 8 V",
-                            ae.cell
-                        ),
-                    });
-                }
-            }
-            if !(0.5..=1.0).contains(&line.rectifier_efficiency) {
-                return Err(SimConfigError::Potline {
-                    name: line.name.clone(),
-                    reason: format!(
-                        "rectifier_efficiency = {} (must be 0.5..=1.0)",
-                        line.rectifier_efficiency
-                    ),
-                });
-            }
+            validate_potline(line)?;
         }
         for s in &self.stacks {
             let cems = super::layout::cems::LAYOUT;
@@ -535,29 +491,82 @@ impl SimulatorConfig {
             }
         }
         for f in &self.faults {
-            if !names.contains(f.device.as_str()) {
-                return Err(SimConfigError::UnknownFaultDevice(f.device.clone()));
-            }
-            let bad = |reason: &str| SimConfigError::Fault {
-                device: f.device.clone(),
-                reason: reason.to_string(),
-            };
-            if f.exception == Some(0) {
-                return Err(bad("exception code 0 is not a Modbus exception"));
-            }
-            if f.exception_addresses.is_some() && f.exception.is_none() {
-                return Err(bad("exception_addresses without exception"));
-            }
-            if let Some([a, b]) = f.exception_addresses
-                && RangeInclusive::new(a, b).is_empty()
-            {
-                return Err(bad(
-                    "exception_addresses must be [first, last] with first <= last",
-                ));
-            }
+            validate_fault(f, &names)?;
         }
         Ok(())
     }
+}
+
+/// A potline's cells, anode-effect schedule and rectifier efficiency in range.
+fn validate_potline(line: &PotlineSim) -> Result<(), SimConfigError> {
+    if let Some(bad) = line
+        .cells_out_of_service
+        .iter()
+        .find(|&&c| c == 0 || c > line.cells)
+    {
+        return Err(SimConfigError::Potline {
+            name: line.name.clone(),
+            reason: format!(
+                "cells_out_of_service has cell {bad}, but cells are 1..={}",
+                line.cells
+            ),
+        });
+    }
+    for ae in &line.anode_effect_schedule {
+        if ae.cell == 0 || ae.cell > line.cells || line.cells_out_of_service.contains(&ae.cell) {
+            return Err(SimConfigError::Potline {
+                name: line.name.clone(),
+                reason: format!(
+                    "anode_effect_schedule has cell {}, which is not an in-service cell of 1..={}",
+                    ae.cell, line.cells
+                ),
+            });
+        }
+        if ae.duration.is_zero() || !(ae.peak_v.is_finite() && ae.peak_v > 8.0) {
+            return Err(SimConfigError::Potline {
+                name: line.name.clone(),
+                reason: format!(
+                    "anode_effect_schedule entry for cell {} needs a duration above 0 and peak_v above 8 V",
+                    ae.cell
+                ),
+            });
+        }
+    }
+    if !(0.5..=1.0).contains(&line.rectifier_efficiency) {
+        return Err(SimConfigError::Potline {
+            name: line.name.clone(),
+            reason: format!(
+                "rectifier_efficiency = {} (must be 0.5..=1.0)",
+                line.rectifier_efficiency
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A fault names a configured device and a consistent exception.
+fn validate_fault(f: &FaultSim, names: &BTreeSet<&str>) -> Result<(), SimConfigError> {
+    if !names.contains(f.device.as_str()) {
+        return Err(SimConfigError::UnknownFaultDevice(f.device.clone()));
+    }
+    let bad = |reason: &str| SimConfigError::Fault {
+        device: f.device.clone(),
+        reason: reason.to_string(),
+    };
+    if f.exception == Some(0) {
+        return Err(bad("exception code 0 is not a Modbus exception"));
+    }
+    if f.exception_addresses.is_some() && f.exception.is_none() {
+        return Err(bad("exception_addresses without exception"));
+    }
+    if let Some([a, b]) = f.exception_addresses
+        && RangeInclusive::new(a, b).is_empty()
+    {
+        return Err(bad(
+            "exception_addresses must be [first, last] with first <= last",
+        ));
+    }
+    Ok(())
 }
 
 fn spec(name: &str, listen: SocketAddr, unit_id: u32) -> Result<DeviceSpec, SimConfigError> {

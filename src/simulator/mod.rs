@@ -147,62 +147,8 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
         .devices()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
 
-    // Devices, with the layout of their kind.
-    let mut by_name: BTreeMap<String, Device> = BTreeMap::new();
-    let mut make = |name: &str, layout: &[layout::Reg]| {
-        let device = Device::new(
-            name,
-            BankSizes::for_layout(layout),
-            seed_for(cfg.seed ^ 0xFA17, name),
-        );
-        by_name.insert(name.to_string(), device.clone());
-        device
-    };
-    let mut plants = Vec::new();
-    for line in &cfg.potlines {
-        let rect = make(
-            &rectifier_device_name(&line.name),
-            layout::rectifier::LAYOUT,
-        );
-        let pots = (1..=line.cells)
-            .map(|n| make(&pot_device_name(&line.name, n), layout::pcu::LAYOUT))
-            .collect();
-        let model = Potline::new(line, seed_for(cfg.seed, &line.name), rect, pots);
-        plants.push(Plant::Potline(Box::new(model)));
-    }
-    for s in &cfg.smelters {
-        let dev = make(&s.name, layout::copper_smelter::LAYOUT);
-        plants.push(Plant::Smelter(Smelter::new(
-            s,
-            seed_for(cfg.seed, &s.name),
-            dev,
-        )));
-    }
-    for s in &cfg.stacks {
-        let dev = make(&s.name, layout::cems::LAYOUT);
-        let model = Stack::new(s, seed_for(cfg.seed, &s.name), dev);
-        plants.push(Plant::Stack(Box::new(model)));
-    }
-    for f in &cfg.faults {
-        if let Some(d) = by_name.get(&f.device) {
-            d.set_faults(f.to_faults());
-        }
-    }
-
-    // Endpoints: plants with the same listen address share one socket.
-    let plant_listens = cfg
-        .potlines
-        .iter()
-        .map(|p| (&p.name, p.listen))
-        .chain(cfg.smelters.iter().map(|s| (&s.name, s.listen)))
-        .chain(cfg.stacks.iter().map(|s| (&s.name, s.listen)));
-    let mut groups: Vec<(SocketAddr, Vec<String>)> = Vec::new();
-    for (name, listen) in plant_listens {
-        match groups.iter_mut().find(|(l, _)| *l == listen) {
-            Some((_, names)) => names.push(name.clone()),
-            None => groups.push((listen, vec![name.clone()])),
-        }
-    }
+    let (plants, by_name) = build_plants(cfg);
+    let groups = endpoint_groups(cfg);
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -244,6 +190,89 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
 
     let buses = start_meter_buses(cfg, bind, &shutdown, &tracker, &mut endpoints).await?;
 
+    let ticks = spawn_ticker(cfg, plants, buses, &shutdown, &tracker);
+
+    Ok(RunningSimulator {
+        endpoints,
+        devices,
+        shutdown,
+        tracker,
+        ticks,
+    })
+}
+
+/// The plant models of `cfg` and their devices by name (each with the layout of its kind and
+/// its configured faults).
+fn build_plants(cfg: &SimulatorConfig) -> (Vec<Plant>, BTreeMap<String, Device>) {
+    let mut by_name: BTreeMap<String, Device> = BTreeMap::new();
+    let mut make = |name: &str, layout: &[layout::Reg]| {
+        let device = Device::new(
+            name,
+            BankSizes::for_layout(layout),
+            seed_for(cfg.seed ^ 0xFA17, name),
+        );
+        by_name.insert(name.to_string(), device.clone());
+        device
+    };
+    let mut plants = Vec::new();
+    for line in &cfg.potlines {
+        let rect = make(
+            &rectifier_device_name(&line.name),
+            layout::rectifier::LAYOUT,
+        );
+        let pots = (1..=line.cells)
+            .map(|n| make(&pot_device_name(&line.name, n), layout::pcu::LAYOUT))
+            .collect();
+        let model = Potline::new(line, seed_for(cfg.seed, &line.name), rect, pots);
+        plants.push(Plant::Potline(Box::new(model)));
+    }
+    for s in &cfg.smelters {
+        let dev = make(&s.name, layout::copper_smelter::LAYOUT);
+        plants.push(Plant::Smelter(Smelter::new(
+            s,
+            seed_for(cfg.seed, &s.name),
+            dev,
+        )));
+    }
+    for s in &cfg.stacks {
+        let dev = make(&s.name, layout::cems::LAYOUT);
+        let model = Stack::new(s, seed_for(cfg.seed, &s.name), dev);
+        plants.push(Plant::Stack(Box::new(model)));
+    }
+    for f in &cfg.faults {
+        if let Some(d) = by_name.get(&f.device) {
+            d.set_faults(f.to_faults());
+        }
+    }
+    (plants, by_name)
+}
+
+/// The endpoints to bind: plants with the same listen address share one socket.
+fn endpoint_groups(cfg: &SimulatorConfig) -> Vec<(SocketAddr, Vec<String>)> {
+    let plant_listens = cfg
+        .potlines
+        .iter()
+        .map(|p| (&p.name, p.listen))
+        .chain(cfg.smelters.iter().map(|s| (&s.name, s.listen)))
+        .chain(cfg.stacks.iter().map(|s| (&s.name, s.listen)));
+    let mut groups: Vec<(SocketAddr, Vec<String>)> = Vec::new();
+    for (name, listen) in plant_listens {
+        match groups.iter_mut().find(|(l, _)| *l == listen) {
+            Some((_, names)) => names.push(name.clone()),
+            None => groups.push((listen, vec![name.clone()])),
+        }
+    }
+    groups
+}
+
+/// Steps every plant and meter bus once per tick until `shutdown`; the receiver counts ticks.
+fn spawn_ticker(
+    cfg: &SimulatorConfig,
+    mut plants: Vec<Plant>,
+    buses: Vec<MeterBus>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> watch::Receiver<u64> {
     let (tick_tx, ticks) = watch::channel(0u64);
     let token = shutdown.clone();
     let period = cfg.tick;
@@ -269,14 +298,7 @@ pub async fn start(cfg: &SimulatorConfig, bind: BindMode) -> io::Result<RunningS
             }
         }
     });
-
-    Ok(RunningSimulator {
-        endpoints,
-        devices,
-        shutdown,
-        tracker,
-        ticks,
-    })
+    ticks
 }
 
 /// Binds and serves the DL/T 645 meter buses of `cfg`, adding their endpoints.

@@ -228,85 +228,16 @@ impl Potline {
             !start
         });
 
+        let tick = Tick {
+            dt,
+            current_ka,
+            load,
+            p_ae,
+            due: &due,
+        };
         let mut sum_v = 0.0;
         for (i, cell) in self.cells.iter_mut().enumerate() {
-            let target_v = cell
-                .device
-                .read_point(&pcu::TARGET_VOLTAGE_V)
-                .filter(|v| v.is_finite() && (E0_V..=10.0).contains(v))
-                .unwrap_or(4.05);
-            let feed_interval_s = cell
-                .device
-                .read_point(&pcu::FEED_INTERVAL_S)
-                .filter(|v| *v >= 1.0)
-                .unwrap_or(FEED_INTERVAL_S);
-            let voltage_v;
-            if cell.out_of_service {
-                // Shorting bridges in: a few millivolts across the cell, cold bath.
-                voltage_v = (0.004 + 0.001 * normal(rng)).max(0.0);
-                cell.bath_temp_c = 35.0 + 0.2 * normal(rng);
-                cell.anode_effect = None;
-            } else {
-                if dt > 0.0 {
-                    cell.offset_v = CELL_OFFSET.step(cell.offset_v, dt, rng);
-                    cell.bath_temp_c = self.bath.step(cell.bath_temp_c, dt, rng);
-                    cell.feed_timer_s += dt;
-                    while cell.feed_timer_s >= feed_interval_s {
-                        cell.feed_timer_s -= feed_interval_s;
-                        cell.feed_shots = cell.feed_shots.wrapping_add(1);
-                    }
-                }
-                let normal_v = E0_V + (target_v - E0_V) * load + cell.offset_v + 0.01 * normal(rng);
-                if let Some(&(_, elapsed_s, duration_s, peak_v)) =
-                    due.iter().find(|(c, ..)| *c == i)
-                {
-                    cell.anode_effect = (elapsed_s < duration_s).then_some(AnodeEffect {
-                        elapsed_s,
-                        duration_s,
-                        peak_v,
-                    });
-                    cell.ae_count = cell.ae_count.wrapping_add(1);
-                } else if let Some(ae) = &mut cell.anode_effect {
-                    ae.elapsed_s += dt;
-                    if ae.elapsed_s >= ae.duration_s {
-                        cell.anode_effect = None;
-                    }
-                } else if dt > 0.0 && rng.f64() < p_ae {
-                    cell.anode_effect = Some(AnodeEffect {
-                        elapsed_s: 0.0,
-                        duration_s: 20.0 + rng.f64() * 160.0,
-                        peak_v: 12.0 + rng.f64() * 18.0,
-                    });
-                    cell.ae_count = cell.ae_count.wrapping_add(1);
-                }
-                voltage_v = match &cell.anode_effect {
-                    // A jump to the peak, decaying towards ~9 V until the effect is killed.
-                    Some(ae) => {
-                        let decay = (-ae.elapsed_s / (ae.duration_s / 4.0)).exp();
-                        (9.0 + (ae.peak_v - 9.0) * decay + 0.3 * normal(rng))
-                            .max(AE_THRESHOLD_V + 0.2)
-                    }
-                    None => normal_v,
-                };
-            }
-            sum_v += voltage_v;
-            let in_ae = cell.anode_effect.is_some();
-            let pseudo_uohm = if cell.out_of_service || current_ka <= 0.0 {
-                0.0
-            } else {
-                (voltage_v - E0_V) / current_ka * 1000.0
-            };
-            cell.device.write_points(&[
-                (&pcu::CELL_VOLTAGE_V, voltage_v),
-                (&pcu::PSEUDO_RESISTANCE_UOHM, pseudo_uohm),
-                (&pcu::BATH_TEMP_C, cell.bath_temp_c),
-                (&pcu::IN_SERVICE, flag(!cell.out_of_service)),
-                (&pcu::ANODE_EFFECT, flag(in_ae)),
-                (&pcu::CUT_OUT, flag(cell.out_of_service)),
-                (&pcu::FEED_SHOTS, f64::from(cell.feed_shots)),
-                (&pcu::ANODE_EFFECT_COUNT, f64::from(cell.ae_count % 65_536)),
-                (&pcu::AE_ALARM, flag(in_ae)),
-            ]);
+            sum_v += cell.step(i, &tick, &self.bath, rng);
         }
 
         let line_v = sum_v + self.bus_drop_v * load;
@@ -551,6 +482,102 @@ impl StackTypicals {
             self.temperature,
             self.moisture,
         ]
+    }
+}
+
+/// What every cell of a line sees in one step.
+struct Tick<'a> {
+    /// Step, s.
+    dt: f64,
+    /// Line current, kA.
+    current_ka: f64,
+    /// Line current over its nominal value.
+    load: f64,
+    /// Probability that an in-service cell starts an anode effect in this step.
+    p_ae: f64,
+    /// Scheduled anode effects starting in this step: (cell index, age s, duration s, peak V).
+    due: &'a [(usize, f64, f64, f64)],
+}
+
+impl Cell {
+    /// Step cell `i` (its bath, feeder and anode effect) and write its registers; returns its
+    /// voltage, V.
+    fn step(&mut self, i: usize, t: &Tick<'_>, bath: &Ou, rng: &mut fastrand::Rng) -> f64 {
+        let target_v = self
+            .device
+            .read_point(&pcu::TARGET_VOLTAGE_V)
+            .filter(|v| v.is_finite() && (E0_V..=10.0).contains(v))
+            .unwrap_or(4.05);
+        let feed_interval_s = self
+            .device
+            .read_point(&pcu::FEED_INTERVAL_S)
+            .filter(|v| *v >= 1.0)
+            .unwrap_or(FEED_INTERVAL_S);
+        let voltage_v;
+        if self.out_of_service {
+            // Shorting bridges in: a few millivolts across the cell, cold bath.
+            voltage_v = (0.004 + 0.001 * normal(rng)).max(0.0);
+            self.bath_temp_c = 35.0 + 0.2 * normal(rng);
+            self.anode_effect = None;
+        } else {
+            if t.dt > 0.0 {
+                self.offset_v = CELL_OFFSET.step(self.offset_v, t.dt, rng);
+                self.bath_temp_c = bath.step(self.bath_temp_c, t.dt, rng);
+                self.feed_timer_s += t.dt;
+                while self.feed_timer_s >= feed_interval_s {
+                    self.feed_timer_s -= feed_interval_s;
+                    self.feed_shots = self.feed_shots.wrapping_add(1);
+                }
+            }
+            let normal_v = E0_V + (target_v - E0_V) * t.load + self.offset_v + 0.01 * normal(rng);
+            if let Some(&(_, elapsed_s, duration_s, peak_v)) = t.due.iter().find(|(c, ..)| *c == i)
+            {
+                self.anode_effect = (elapsed_s < duration_s).then_some(AnodeEffect {
+                    elapsed_s,
+                    duration_s,
+                    peak_v,
+                });
+                self.ae_count = self.ae_count.wrapping_add(1);
+            } else if let Some(ae) = &mut self.anode_effect {
+                ae.elapsed_s += t.dt;
+                if ae.elapsed_s >= ae.duration_s {
+                    self.anode_effect = None;
+                }
+            } else if t.dt > 0.0 && rng.f64() < t.p_ae {
+                self.anode_effect = Some(AnodeEffect {
+                    elapsed_s: 0.0,
+                    duration_s: 20.0 + rng.f64() * 160.0,
+                    peak_v: 12.0 + rng.f64() * 18.0,
+                });
+                self.ae_count = self.ae_count.wrapping_add(1);
+            }
+            voltage_v = match &self.anode_effect {
+                // A jump to the peak, decaying towards ~9 V until the effect is killed.
+                Some(ae) => {
+                    let decay = (-ae.elapsed_s / (ae.duration_s / 4.0)).exp();
+                    (9.0 + (ae.peak_v - 9.0) * decay + 0.3 * normal(rng)).max(AE_THRESHOLD_V + 0.2)
+                }
+                None => normal_v,
+            };
+        }
+        let in_ae = self.anode_effect.is_some();
+        let pseudo_uohm = if self.out_of_service || t.current_ka <= 0.0 {
+            0.0
+        } else {
+            (voltage_v - E0_V) / t.current_ka * 1000.0
+        };
+        self.device.write_points(&[
+            (&pcu::CELL_VOLTAGE_V, voltage_v),
+            (&pcu::PSEUDO_RESISTANCE_UOHM, pseudo_uohm),
+            (&pcu::BATH_TEMP_C, self.bath_temp_c),
+            (&pcu::IN_SERVICE, flag(!self.out_of_service)),
+            (&pcu::ANODE_EFFECT, flag(in_ae)),
+            (&pcu::CUT_OUT, flag(self.out_of_service)),
+            (&pcu::FEED_SHOTS, f64::from(self.feed_shots)),
+            (&pcu::ANODE_EFFECT_COUNT, f64::from(self.ae_count % 65_536)),
+            (&pcu::AE_ALARM, flag(in_ae)),
+        ]);
+        voltage_v
     }
 }
 

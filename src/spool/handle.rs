@@ -336,6 +336,9 @@ impl DecodedForms {
 }
 
 /// The spool thread: serves commands in order until closed or every handle is gone.
+// One match arm per command, each a call on the spool and its reply: split, the arms would only
+// move into functions that each take the whole state.
+#[allow(clippy::too_many_lines)]
 fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watch::Sender<i64>) {
     let mut forms = DecodedForms::default();
     // A failed `send` on a reply only means the caller stopped waiting; the work is done anyway.

@@ -4,12 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::super::locate::KeyPath;
-use super::super::model::{
-    Encoding, EncodingConfig, Hj212Config, Hj212Station, HostPort, Stream, UplinkConfig, UplinkKind,
+use super::Builder;
+use super::shared::{no_host, parse_host_port};
+use crate::config::defaults;
+use crate::config::locate::KeyPath;
+use crate::config::model::{
+    Encoding, EncodingConfig, Hj212Config, Hj212Station, UplinkConfig, UplinkKind,
 };
-use super::super::raw::{RawHj212, RawUplink};
-use super::{Builder, defaults, parse_host_port};
+use crate::config::raw::{RawEncoding, RawHj212, RawUplink};
+use crate::model::Stream;
 use crate::publish::encode::hj212::{Station, Table};
 
 impl Builder<'_, '_> {
@@ -107,7 +110,7 @@ impl Builder<'_, '_> {
         let mut encoding = raw
             .encoding
             .as_ref()
-            .map(super::super::raw::RawEncoding::resolve)
+            .map(RawEncoding::resolve)
             .unwrap_or_default();
         let hj212_streams: Vec<Stream> = streams
             .iter()
@@ -261,13 +264,6 @@ impl Builder<'_, '_> {
 fn is_plain(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b'=' | b'&' | b','))
-}
-
-fn no_host() -> HostPort {
-    HostPort {
-        host: String::new(),
-        port: 0,
-    }
 }
 
 /// The station of an uplink whose `[uplinks.hj212]` is missing (an error already reported).

@@ -69,6 +69,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::completeness::{Completeness, Tally};
+use crate::config::defaults;
 use crate::history::HistorySource;
 use crate::model::{EventKind, EventPhase, Record, Timestamp, Value};
 use crate::publish::backoff::Backoff;
@@ -105,18 +106,19 @@ pub struct Hj212TcpConfig {
 }
 
 impl Hj212TcpConfig {
-    /// Defaults of the standard's examples: OverTime 5 s, ReCount 3.
+    /// The configuration's defaults of an HJ 212 uplink (the standard's examples: OverTime 5 s,
+    /// ReCount 3).
     pub fn new(platform: impl Into<String>, station: Station) -> Hj212TcpConfig {
         Hj212TcpConfig {
             platform: platform.into(),
             station,
             mn_by_subject: HashMap::new(),
-            over_time: Duration::from_secs(5),
-            re_count: 3,
-            reconnect_min: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(60),
+            over_time: defaults::HJ212_OVER_TIME,
+            re_count: defaults::HJ212_RE_COUNT,
+            reconnect_min: defaults::HJ212_RECONNECT_MIN,
+            reconnect_max: defaults::HJ212_RECONNECT_MAX,
             batch: 256,
-            max_wait: Duration::from_secs(30 * 60),
+            max_wait: defaults::HJ212_MAX_WAIT,
             name: "hj212".into(),
             shutdown_grace: Duration::from_secs(3),
         }

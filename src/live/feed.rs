@@ -1,6 +1,6 @@
 //! The records the HTTP side doors see besides raw readings: computed metrics and events.
 //!
-//! [`RecordFeed`] is a broadcast held in [`LiveState`](crate::app::LiveState). Whoever produces
+//! [`RecordFeed`] is a broadcast held in [`LiveState`](crate::live::LiveState). Whoever produces
 //! [`Record`]s (fan-out, the calculators) calls [`RecordFeed::send`]; sending never waits and
 //! never fails, with or without listeners. The HTTP server's [`collect`] task keeps the latest
 //! value of every computed metric and the last [`MAX_EVENTS`] events in a [`Collected`].

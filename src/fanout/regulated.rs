@@ -35,16 +35,16 @@ use crate::ledger::capture::{REGULATED_CHAIN, payload_of};
 use crate::ledger::{Chain, LedgerRecord};
 use crate::model::{Event, EventKind, EventPhase, Period, Record, Timestamp, Value};
 
-use super::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
+use crate::live::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
 
 /// Most regulated records held back while the history store fails (a day of hourly aggregates
 /// of a dozen stacks is about 300): beyond it the oldest are counted as lost.
-pub(super) const MAX_HELD_BACK: usize = 10_000;
+pub(crate) const MAX_HELD_BACK: usize = 10_000;
 /// The store's name in counters and `/readyz`.
 const STORE: &str = "history";
 
 /// The history store and the ledger of a running agent.
-pub(super) struct Regulator {
+pub(crate) struct Regulator {
     history: Option<Arc<HistoryStore>>,
     ledger: Option<Sealer>,
     gate: StoreGate,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Sealer {
 impl Regulator {
     /// Open the history store (when there are calculators or a ledger) and load the site key and
     /// the chain's head (when there is a ledger). Refuses a key that group or others can read.
-    pub(super) fn open(cfg: &Config) -> anyhow::Result<Regulator> {
+    pub(crate) fn open(cfg: &Config) -> anyhow::Result<Regulator> {
         let history = if cfg.calc.is_some() || cfg.ledger.is_some() {
             let store = HistoryStore::open(&cfg.history).context("[history]")?;
             tracing::info!(file = %store.path().display(), "history store open");
@@ -119,23 +119,23 @@ impl Regulator {
     }
 
     /// Count losses and failures in `health`.
-    pub(super) fn with_health(mut self, health: Arc<Health>) -> Regulator {
+    pub(crate) fn with_health(mut self, health: Arc<Health>) -> Regulator {
         self.health = health;
         self
     }
 
     /// The store the HJ 212 uplinks answer history requests from.
-    pub(super) fn history_source(&self) -> Option<Arc<dyn HistorySource>> {
+    pub(crate) fn history_source(&self) -> Option<Arc<dyn HistorySource>> {
         self.history.clone().map(|h| h as Arc<dyn HistorySource>)
     }
 
     /// The store itself, for the trends older than their ring (`/api/v1/series`).
-    pub(super) fn history_store(&self) -> Option<Arc<HistoryStore>> {
+    pub(crate) fn history_store(&self) -> Option<Arc<HistoryStore>> {
         self.history.clone()
     }
 
     /// The record of the configuration this agent starts with, when the ledger is on.
-    pub(super) fn config_change(&self, cfg: &Config) -> Option<Record> {
+    pub(crate) fn config_change(&self, cfg: &Config) -> Option<Record> {
         self.ledger.as_ref()?;
         let bytes = match std::fs::read(&cfg.path) {
             Ok(b) => b,
@@ -183,7 +183,7 @@ impl Regulator {
     /// the history store. Returns one entry per record of `records` as it is on return: its seal,
     /// or `None`. Held-back records go first once the store writes again; while it fails the
     /// regulated ones are taken out of `records` and held back (module docs).
-    pub(super) async fn process(&mut self, records: &mut Vec<Record>) -> Vec<Option<LedgerRecord>> {
+    pub(crate) async fn process(&mut self, records: &mut Vec<Record>) -> Vec<Option<LedgerRecord>> {
         if self.history.is_some() && !self.held_back.is_empty() && self.gate.attempts() > 0 {
             let mut all = std::mem::take(&mut self.held_back);
             all.append(records);
@@ -205,11 +205,7 @@ impl Regulator {
         };
         let kept: Vec<Record> = records
             .iter()
-            .filter(|r| match r {
-                Record::Aggregate(_) => true,
-                Record::Metrics(m) => figures_period(m).is_some(),
-                Record::Batch(_) | Record::Event(_) => false,
-            })
+            .filter(|r| goes_to_history(r))
             .cloned()
             .collect();
         let sealed: Vec<LedgerRecord> = seals.iter().flatten().cloned().collect();
@@ -228,11 +224,29 @@ impl Regulator {
             })
             .max()
             .unwrap_or_else(Timestamp::now);
+        let stored = self
+            .store_with_retries(store.clone(), kept, sealed, now)
+            .await;
+        let Err((error, reason)) = stored else {
+            return seals;
+        };
+        self.hold_back(records, &seals, before, &error, reason);
+        vec![None; records.len()]
+    }
+
+    /// Store `kept` and `sealed` in the history store, trying as often as the gate allows (with a
+    /// doubling pause between tries). On failure returns the last error and its loss reason.
+    async fn store_with_retries(
+        &mut self,
+        store: Arc<HistoryStore>,
+        kept: Vec<Record>,
+        sealed: Vec<LedgerRecord>,
+        now: Timestamp,
+    ) -> Result<(), (String, &'static str)> {
         let (kept, sealed) = (Arc::new(kept), Arc::new(sealed));
         let mut delay = Duration::from_millis(100);
-        let attempts = self.gate.attempts();
         let mut last_error = (String::from("failing, probe not due"), "store_failing");
-        for attempt in 0..attempts {
+        for attempt in 0..self.gate.attempts() {
             if attempt > 0 {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -242,7 +256,7 @@ impl Regulator {
             match tokio::time::timeout(STORE_CALL_TIMEOUT, call).await {
                 Ok(Ok(Ok(_))) => {
                     self.gate.ok(&self.health);
-                    return seals;
+                    return Ok(());
                 }
                 Ok(Ok(Err(e))) => {
                     let text = format!("{e:#}");
@@ -262,26 +276,32 @@ impl Regulator {
                 }
             }
         }
-        let (error, reason) = last_error;
-        if attempts > 0 {
-            self.gate.failed(&self.health, &error);
+        Err(last_error)
+    }
+
+    /// The history store refused: undo the seals (the store's head does not cover them), hold the
+    /// sealed records back (bounded by [`MAX_HELD_BACK`]) and count the unsealed windows lost.
+    fn hold_back(
+        &mut self,
+        records: &mut Vec<Record>,
+        seals: &[Option<LedgerRecord>],
+        before: Option<Chain>,
+        error: &str,
+        reason: &'static str,
+    ) {
+        if self.gate.attempts() > 0 {
+            self.gate.failed(&self.health, error);
         }
-        // Undo the seals: the store's head does not cover them.
         if let (Some(sealer), Some(chain)) = (self.ledger.as_mut(), before) {
             sealer.chain = chain;
         }
         let mut unsealed_kept = 0u64;
         let mut routed = Vec::with_capacity(records.len());
-        for (record, seal) in records.drain(..).zip(&seals) {
+        for (record, seal) in records.drain(..).zip(seals) {
             if seal.is_some() {
                 self.held_back.push(record);
             } else {
-                let kept = match &record {
-                    Record::Aggregate(_) => true,
-                    Record::Metrics(m) => figures_period(m).is_some(),
-                    Record::Batch(_) | Record::Event(_) => false,
-                };
-                unsealed_kept += u64::from(kept);
+                unsealed_kept += u64::from(goes_to_history(&record));
                 routed.push(record);
             }
         }
@@ -292,7 +312,15 @@ impl Regulator {
             self.health.lost(STORE, "held_back_full", over as u64);
         }
         self.health.lost(STORE, reason, unsealed_kept);
-        vec![None; records.len()]
+    }
+}
+
+/// Whether the history store keeps `record`: closed windows and period figures.
+fn goes_to_history(record: &Record) -> bool {
+    match record {
+        Record::Aggregate(_) => true,
+        Record::Metrics(m) => figures_period(m).is_some(),
+        Record::Batch(_) | Record::Event(_) => false,
     }
 }
 

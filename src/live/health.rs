@@ -23,8 +23,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Default of the top-level `stall_after` key.
-pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
+use crate::config::defaults;
 
 /// Shortest `stall_after` taken: below it a busy machine's scheduling would look like a stall.
 pub const MIN_STALL_AFTER: Duration = Duration::from_millis(10);
@@ -65,7 +64,7 @@ struct StoreState {
 
 impl Default for Health {
     fn default() -> Self {
-        Health::new(DEFAULT_STALL_AFTER)
+        Health::new(defaults::STALL_AFTER)
     }
 }
 

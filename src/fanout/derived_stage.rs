@@ -3,8 +3,9 @@
 //! go: the latest readings (HTTP API, `/metrics`, dashboard), the trends, the calculators (a
 //! derived counter can be an auxiliary meter of a potline) and the spools.
 
-use super::{LiveState, calc_state::CalcStage, remember_latest};
+use super::{calc_state::CalcStage, remember_latest};
 use crate::derived::Engine;
+use crate::live::LiveState;
 use crate::model::{Record, Timestamp};
 
 /// Take the inputs in `records`, evaluate what is due and append the results (and what the

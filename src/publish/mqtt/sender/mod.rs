@@ -1,0 +1,481 @@
+//! The sender: reads the spool in two lanes (fresh and backlog), publishes at QoS 1 through the
+//! current connection and acks in the spool on PUBACK (see the module docs of `publish::mqtt`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::completeness::Tally;
+use crate::config::Stream;
+use crate::model::{Event as ModelEvent, EventKind, EventPhase, Record, Timestamp, Value};
+use crate::publish::encode::hj212_message::Hj212Messages;
+use crate::publish::topic::{self};
+use crate::spool::{NewRecord, SpoolHandle};
+
+mod acks;
+mod fill;
+
+// === impl Sender ===
+
+/// Where an id stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tracked {
+    /// Published in this generation; its notice has not resolved.
+    InFlight(u64),
+    /// PUBACKed (or rejected); waiting for the batched spool ack.
+    Acked,
+}
+
+/// The result a notice waiter reports: id, generation it was published in, outcome.
+pub(super) type NoticeOutcome = (i64, u64, Result<(), String>);
+
+/// The two read positions of a connection: records appended after the CONNACK (fresh) and the
+/// records that were already waiting then (backlog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    Fresh,
+    Backlog,
+}
+
+/// Kv key of the per-stream drop counts already reported in an outage event.
+pub(super) const REPORTED_DROPS_KEY: &str = "uplink.reported_drops";
+
+pub(super) struct Sender<'a> {
+    uplink: &'a MqttUplink,
+    spool: SpoolHandle,
+    conn_rx: watch::Receiver<Option<Conn>>,
+    conn: Option<Conn>,
+    /// Ids up to this one were in the spool at the CONNACK: the backlog.
+    pub(super) boundary: i64,
+    /// Read fresh records (ids above `boundary`) after this id.
+    fresh_cursor: i64,
+    /// The spool may hold fresh records after `fresh_cursor` that were not read yet.
+    fresh_more: bool,
+    /// Read backlog records after this id (up to `boundary`).
+    backlog_cursor: i64,
+    /// Backlog records after `backlog_cursor` may remain.
+    backlog_more: bool,
+    /// Backlog records not yet acked (estimate: spool depth at the CONNACK minus backlog acks).
+    backlog_left: u64,
+    /// When the link was last lost (or the uplink started), for the outage event.
+    down_since: Timestamp,
+    bucket: TokenBucket,
+    drain: DrainRate,
+    tracked: HashMap<i64, Tracked>,
+    /// What each published record counts for in the completeness accounting, until its ack.
+    tallies: HashMap<i64, Tally>,
+    /// When each published record was acquired, until its ack (publish latency).
+    acquired: HashMap<i64, Timestamp>,
+    waiters: JoinSet<NoticeOutcome>,
+    to_ack: Vec<i64>,
+    /// Ids whose publish ended without a PUBACK, to be counted in the spool's `attempts` with the
+    /// next ack flush. A successful send is not written: the ack deletes the row anyway, and
+    /// rewriting a whole row (body included) per publish cost a write transaction per refill.
+    failed_sends: Vec<i64>,
+    ack_deadline: Option<Instant>,
+    max_inflight: usize,
+    /// Publishes so far, numbering each in publish order.
+    publish_count: u64,
+    /// For each id in flight: its number in publish order.
+    publish_no: HashMap<i64, u64>,
+    /// The attempts each record in flight had (as read, plus blames counted since).
+    attempts: HashMap<i64, u32>,
+    /// Per connection generation that lost publishes: the first of them (publish number, id).
+    lost_head: HashMap<u64, (u64, i64)>,
+    /// Records to move to the dead-letter table with the next flush, with their reason.
+    to_dead: Vec<(i64, String)>,
+    /// `encoding = "hj212"` on some stream: the messages' encoder.
+    hj212: Option<Hj212Messages>,
+    /// The records that went out in the message of another (the first of a window's aggregates,
+    /// with `hj212`), by that record's id: its PUBACK, loss or dead letter is theirs too.
+    riders: HashMap<i64, Vec<i64>>,
+}
+
+impl<'a> Sender<'a> {
+    pub(super) fn new(uplink: &'a MqttUplink, conn_rx: watch::Receiver<Option<Conn>>) -> Self {
+        Sender {
+            uplink,
+            spool: uplink.spool.clone(),
+            conn_rx,
+            conn: None,
+            boundary: 0,
+            fresh_cursor: 0,
+            fresh_more: true,
+            backlog_cursor: 0,
+            backlog_more: false,
+            backlog_left: 0,
+            down_since: Timestamp::now(),
+            bucket: TokenBucket::new(uplink.cfg.replay_rate),
+            drain: DrainRate::new(),
+            tracked: HashMap::new(),
+            tallies: HashMap::new(),
+            acquired: HashMap::new(),
+            waiters: JoinSet::new(),
+            to_ack: Vec::new(),
+            failed_sends: Vec::new(),
+            ack_deadline: None,
+            max_inflight: usize::from(uplink.cfg.max_inflight),
+            publish_count: 0,
+            publish_no: HashMap::new(),
+            attempts: HashMap::new(),
+            lost_head: HashMap::new(),
+            to_dead: Vec::new(),
+            hj212: uplink
+                .cfg
+                .encoding
+                .hj212
+                .as_ref()
+                .map(|h| Hj212Messages::new(h, uplink.hj212_mn_by_subject.clone())),
+            riders: HashMap::new(),
+        }
+    }
+
+    pub(super) fn generation(&self) -> Option<u64> {
+        self.conn.as_ref().map(|c| c.generation)
+    }
+
+    /// Publishes of the current generation still waiting for their PUBACK.
+    pub(super) fn outstanding(&self) -> usize {
+        let Some(generation) = self.generation() else {
+            return 0;
+        };
+        self.tracked
+            .values()
+            .filter(|t| **t == Tracked::InFlight(generation))
+            .count()
+    }
+
+    /// The in-flight window has room worth a spool read: nothing is in flight, or at least a
+    /// quarter of the window is free. Refilling one slot per PUBACK would cost a spool read per
+    /// record under load; waiting for a quarter of the window batches the reads while the other
+    /// three quarters keep the link busy.
+    pub(super) fn has_room(&self) -> bool {
+        let outstanding = self.outstanding();
+        outstanding == 0
+            || self.max_inflight.saturating_sub(outstanding) >= (self.max_inflight / 4).max(1)
+    }
+
+    /// Something can be published right now.
+    pub(super) fn can_fill(&mut self) -> bool {
+        self.conn.is_some()
+            && self.has_room()
+            && (self.fresh_more || (self.backlog_more && self.bucket.available(Instant::now()) > 0))
+    }
+
+    /// Send until `shutdown`, then drain within the grace period (setting `deadline` to its
+    /// end). `Err` when the spool closed first.
+    pub(super) async fn run(
+        mut self,
+        shutdown: &CancellationToken,
+        deadline: &std::sync::OnceLock<Instant>,
+    ) -> Result<(), String> {
+        let mut ended = Ok(());
+        let mut appended = self.spool.appended();
+        self.refresh_dead_letters().await;
+        let mut requeue_check = tokio::time::interval(REQUEUE_CHECK_INTERVAL);
+        requeue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if self.can_fill() {
+                self.fill().await;
+                continue;
+            }
+            self.publish_status();
+            // The backlog waits for replay tokens only when it is the one thing left to send.
+            let token_wait = (self.conn.is_some() && self.backlog_more && self.has_room())
+                .then(|| self.bucket.next_token_at());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = self.conn_rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.on_connection_change().await;
+                }
+                Some(joined) = self.waiters.join_next(), if !self.waiters.is_empty() => {
+                    if let Ok(outcome) = joined {
+                        self.on_notice(outcome);
+                    }
+                }
+                changed = appended.changed() => {
+                    if changed.is_err() {
+                        tracing::warn!(uplink = %self.uplink.name, "spool closed; uplink stops sending");
+                        ended = Err("spool closed".to_owned());
+                        break;
+                    }
+                    self.fresh_more = true;
+                }
+                _ = sleep_until(self.ack_deadline.unwrap_or_else(far_future)), if self.ack_deadline.is_some() => {
+                    self.flush_acks().await;
+                }
+                _ = sleep_until(token_wait.unwrap_or_else(far_future)), if token_wait.is_some() => {}
+                _ = requeue_check.tick(), if self.conn.is_some() => self.take_requeued().await,
+            }
+            if self.to_ack.len() >= ACK_FLUSH_IDS {
+                self.flush_acks().await;
+            }
+        }
+        let until = *deadline.get_or_init(|| Instant::now() + self.uplink.shutdown_grace);
+        // The last fifth (at most 500 ms) is kept for the offline status and DISCONNECT.
+        let reserve = (self.uplink.shutdown_grace / 5).min(Duration::from_millis(500));
+        self.drain(until - reserve).await;
+        ended
+    }
+
+    pub(super) async fn on_connection_change(&mut self) {
+        let next = self.conn_rx.borrow_and_update().clone();
+        let new_generation = next.as_ref().map(|c| c.generation);
+        if next.is_none() && self.conn.is_some() {
+            self.down_since = Timestamp::now();
+        }
+        let is_new = new_generation.is_some() && new_generation != self.generation();
+        // Dropping the old client lets its event loop's channel close, so its notices fail.
+        self.conn = next;
+        if is_new {
+            self.on_connected().await;
+        }
+    }
+
+    /// A new connection: report budget drops, then split the spool into the backlog (everything
+    /// waiting now, replayed at `replay_rate`) and fresh records (sent as they come).
+    pub(super) async fn on_connected(&mut self) {
+        let now = Timestamp::now();
+        // Tallies of publishes that failed are taken again when the records are sent again.
+        let tracked = &self.tracked;
+        self.tallies.retain(|id, _| tracked.contains_key(id));
+        self.acquired.retain(|id, _| tracked.contains_key(id));
+        // Re-queued dead letters join the backlog of this connection.
+        self.take_requeued().await;
+        self.boundary = *self.spool.appended().borrow();
+        self.fresh_cursor = self.boundary;
+        self.fresh_more = true;
+        self.backlog_cursor = 0;
+        self.backlog_more = true;
+        self.backlog_left = match self.spool.stats().await {
+            Ok(stats) => stats.records,
+            Err(_) => 0,
+        };
+        self.bucket.reset(Instant::now());
+        self.drain = DrainRate::new();
+        // After the boundary: the outage event is fresh news about the past, sent first.
+        self.report_outage(now).await;
+    }
+
+    /// If the byte budget dropped records since the last report, append one `outage` event to the
+    /// `events` stream of this spool, naming the drops per stream and the outage window. The
+    /// reported counts are kept in the spool's kv store, so each drop is reported once (a crash
+    /// between the append and the kv write reports it twice, never zero times).
+    pub(super) async fn report_outage(&mut self, now: Timestamp) {
+        let u = self.uplink;
+        let dropped = match self.spool.dropped_per_stream().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(uplink = %u.name, "cannot read the spool's drop counters: {e}");
+                return;
+            }
+        };
+        let reported: HashMap<Stream, u64> =
+            match self.spool.kv_get(REPORTED_DROPS_KEY.to_owned()).await {
+                Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Ok(None) => HashMap::new(),
+                Err(e) => {
+                    tracing::warn!(uplink = %u.name, "cannot read the reported drop counters: {e}");
+                    return;
+                }
+            };
+        let new: Vec<(Stream, u64)> = dropped
+            .iter()
+            .map(|(s, n)| (*s, n.saturating_sub(reported.get(s).copied().unwrap_or(0))))
+            .collect();
+        let total: u64 = new.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return;
+        }
+        let event = outage_event(&u.name, self.down_since, now, &new);
+        let record = Record::Event(event);
+        let body = crate::publish::body::encode(&record);
+        let new_record = NewRecord {
+            stream: Stream::Events,
+            topic: topic::topic_for(&u.cfg.topics, &u.site, &record),
+            body,
+            created: now,
+        };
+        if let Err(e) = self.spool.append(vec![new_record]).await {
+            tracing::warn!(uplink = %u.name, "cannot spool the outage event: {e}");
+            return;
+        }
+        let counts: HashMap<Stream, u64> = dropped.into_iter().collect();
+        let bytes = serde_json::to_vec(&counts).expect("a map of counters always serialises");
+        if let Err(e) = self
+            .spool
+            .kv_set(REPORTED_DROPS_KEY.to_owned(), bytes)
+            .await
+        {
+            tracing::warn!(uplink = %u.name, "cannot store the reported drop counters: {e}");
+        }
+        tracing::warn!(uplink = %u.name, dropped = total, "the spool budget dropped records during the outage; outage event queued");
+    }
+
+    pub(super) fn publish_status(&mut self) {
+        let in_flight = self.tracked.len();
+        if !self.backlog_more && !self.tracked.keys().any(|id| *id <= self.boundary) {
+            // Every backlog record was sent and acked; the estimate may have counted a few
+            // records appended while the connection came up.
+            self.backlog_left = 0;
+        }
+        let backlog = if self.conn.is_some() {
+            self.backlog_left
+        } else {
+            0
+        };
+        let rate = self.drain.per_second(Instant::now());
+        self.uplink.status_tx.send_if_modified(|s| {
+            let changed = s.in_flight != in_flight
+                || s.backlog_records != backlog
+                || s.replay_rate_per_s != rate;
+            s.in_flight = in_flight;
+            s.backlog_records = backlog;
+            s.replay_rate_per_s = rate;
+            changed
+        });
+    }
+
+    /// After the shutdown signal: wait until `deadline` (the end of the grace period) for
+    /// outstanding PUBACKs, then write the acks that arrived. Everything else stays in the spool.
+    pub(super) async fn drain(mut self, deadline: Instant) {
+        while self
+            .tracked
+            .values()
+            .any(|t| matches!(t, Tracked::InFlight(_)))
+        {
+            tokio::select! {
+                _ = sleep_until(deadline) => {
+                    tracing::warn!(
+                        uplink = %self.uplink.name,
+                        "shutdown grace period over with {} publishes unacknowledged; they stay in the spool",
+                        self.outstanding()
+                    );
+                    break;
+                }
+                joined = self.waiters.join_next() => match joined {
+                    Some(Ok(outcome)) => self.on_notice(outcome),
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+            }
+        }
+        self.flush_acks().await;
+        self.publish_status();
+        self.waiters.abort_all();
+    }
+}
+
+/// A counter as an event attribute. `Int`, not `UInt`: `Value` is untagged, so a small `UInt`
+/// would come back from the spool as an `Int`.
+pub(super) fn count(n: u64) -> Value {
+    Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The `outage` event: drops per stream between `from` and `to`.
+pub(super) fn outage_event(
+    uplink: &str,
+    from: Timestamp,
+    to: Timestamp,
+    dropped: &[(Stream, u64)],
+) -> ModelEvent {
+    let total: u64 = dropped.iter().map(|(_, n)| n).sum();
+    let mut attributes: Vec<(Arc<str>, Value)> = dropped
+        .iter()
+        .map(|(s, n)| (Arc::from(format!("dropped_{}", s.as_str())), count(*n)))
+        .collect();
+    attributes.push(("dropped_total".into(), count(total)));
+    attributes.push(("outage_start".into(), Value::Text(from.to_rfc3339())));
+    attributes.push(("outage_end".into(), Value::Text(to.to_rfc3339())));
+    let duration_s = (to.unix_ms() - from.unix_ms()).max(0) as f64 / 1000.0;
+    attributes.push(("duration_s".into(), Value::Float(duration_s)));
+    let per_stream = dropped
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ModelEvent {
+        kind: EventKind::Outage,
+        subject: uplink.into(),
+        phase: EventPhase::Instant,
+        ts: to,
+        attributes,
+        message: format!(
+            "uplink {uplink}: the spool budget dropped {total} records ({per_stream}) between {} and {}",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        ),
+    }
+}
+
+/// The `dead_letter` event: one record set aside, and why.
+pub(super) fn dead_letter_event(
+    uplink: &str,
+    ts: Timestamp,
+    letter: &crate::spool::DeadLetter,
+) -> ModelEvent {
+    let attributes: Vec<(Arc<str>, Value)> = vec![
+        ("stream".into(), Value::Text(letter.stream.as_str().into())),
+        ("seq".into(), count(letter.seq)),
+        (
+            "spool_id".into(),
+            count(u64::try_from(letter.id).unwrap_or(0)),
+        ),
+        ("attempts".into(), count(u64::from(letter.attempts))),
+        ("topic".into(), Value::Text(letter.topic.as_str().into())),
+        ("created".into(), Value::Text(letter.created.to_rfc3339())),
+        ("reason".into(), Value::Text(letter.reason.as_str().into())),
+    ];
+    ModelEvent {
+        kind: EventKind::DeadLetter,
+        subject: uplink.into(),
+        phase: EventPhase::Instant,
+        ts,
+        attributes,
+        message: format!(
+            "uplink {uplink}: {} record seq {} set aside as a dead letter: {}; \
+             `smeltwatch spool dead-letters` lists it, `smeltwatch spool requeue` sends it again",
+            letter.stream.as_str(),
+            letter.seq,
+            letter.reason
+        ),
+    }
+}
+
+/// Bytes of an MQTT 3.1.1 PUBLISH at QoS 1: fixed header byte, remaining length (1 to 4 bytes),
+/// topic length and topic, packet id, payload. The size rumqttc compares with its limit.
+pub(super) fn publish_packet_size(topic: usize, payload: usize) -> usize {
+    let remaining = 2 + topic + 2 + payload;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+pub(super) enum Sent {
+    Published,
+    Rejected,
+    /// Nothing to publish (a record with no HJ 212 form): acked at once, not delivered.
+    Nothing,
+    Failed,
+}
+
+pub(super) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}

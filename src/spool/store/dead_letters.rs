@@ -1,0 +1,227 @@
+//! Dead letters: records the uplink set aside, kept with their reason, and flagged by
+//! `smeltwatch spool requeue` to go back into the queue.
+
+use rusqlite::params;
+
+use super::*;
+use crate::model::Timestamp;
+use crate::spool::{DeadLetter, SpoolError};
+
+/// The table of version 3 (also part of [`SCHEMA`]).
+pub(super) const DEAD_LETTERS_SCHEMA: &str = "
+CREATE TABLE dead_letters (
+    id         INTEGER PRIMARY KEY,
+    stream     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    topic      TEXT    NOT NULL,
+    body       BLOB    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL,
+    reason     TEXT    NOT NULL,
+    dead_ms    INTEGER NOT NULL,
+    requeue    INTEGER NOT NULL DEFAULT 0
+);
+";
+
+impl Spool {
+    /// Moves records out of the queue into the dead-letter table, each with its reason, in one
+    /// transaction; returns what was moved (ids not in the queue are ignored). A dead letter keeps
+    /// its id, seq, body and attempts; it is never sent again unless it is re-queued.
+    pub fn dead_letter(
+        &mut self,
+        letters: &[(i64, String)],
+        now: Timestamp,
+    ) -> Result<Vec<DeadLetter>, SpoolError> {
+        if letters.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.owned()?;
+        self.spill()?;
+        let mut streams = self.streams;
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut moved = Vec::new();
+        {
+            let mut copy = tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters \
+                     (id, stream, seq, topic, body, created_ms, attempts, reason, dead_ms) \
+                     SELECT id, stream, seq, topic, body, created_ms, attempts, ?2, ?3 \
+                     FROM records WHERE id = ?1",
+                )
+                .map_err(err)?;
+            let sql = format!(
+                "DELETE FROM records WHERE id = ?1 RETURNING stream, seq, topic, created_ms, \
+                 attempts, {ROW_BYTES}"
+            );
+            let mut delete = tx.prepare_cached(&sql).map_err(err)?;
+            for (id, reason) in letters {
+                if copy
+                    .execute(params![id, reason, now.unix_ms()])
+                    .map_err(err)?
+                    == 0
+                {
+                    continue;
+                }
+                let mut rows = delete.query([id]).map_err(err)?;
+                while let Some(row) = rows.next().map_err(err)? {
+                    let stream = parse_stream(&path, &row.get::<_, String>(0).map_err(err)?)?;
+                    let bytes = non_negative(&path, "size", row.get(5).map_err(err)?)?;
+                    let s = &mut streams[index(stream)];
+                    s.records = s.records.saturating_sub(1);
+                    s.bytes = s.bytes.saturating_sub(bytes);
+                    moved.push(DeadLetter {
+                        id: *id,
+                        stream,
+                        seq: non_negative(&path, "seq", row.get(1).map_err(err)?)?,
+                        topic: row.get(2).map_err(err)?,
+                        body: Vec::new(),
+                        created: Timestamp(row.get(3).map_err(err)?),
+                        attempts: u32::try_from(row.get::<_, i64>(4).map_err(err)?.max(0))
+                            .unwrap_or(u32::MAX),
+                        reason: reason.clone(),
+                        dead_at: now,
+                        requeue: false,
+                    });
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.streams = streams;
+        Ok(moved)
+    }
+
+    /// Every dead letter, oldest id first, with its body.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, stream, seq, topic, body, created_ms, attempts, reason, dead_ms, \
+                 requeue FROM dead_letters ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, stream, seq, topic, body, created_ms, attempts, reason, dead_ms, requeue) =
+                row.map_err(|e| self.err(e))?;
+            out.push(DeadLetter {
+                id,
+                stream: parse_stream(&self.path, &stream)?,
+                seq: non_negative(&self.path, "seq", seq)?,
+                topic,
+                body,
+                created: Timestamp(created_ms),
+                attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+                reason,
+                dead_at: Timestamp(dead_ms),
+                requeue: requeue != 0,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Dead letters waiting (re-queue requests included).
+    pub fn dead_letter_count(&self) -> Result<u64, SpoolError> {
+        self.conn
+            .query_row("SELECT count(*) FROM dead_letters", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Asks for dead letters to be re-queued: `ids`, or every one when `None`. Only a flag is
+    /// written, so that this is safe from another process (`smeltwatch spool requeue` while the
+    /// agent runs): the process that owns the spool moves them back with
+    /// [`take_requeued`](Self::take_requeued), keeping its in-memory totals right. Returns how
+    /// many dead letters were flagged.
+    pub fn request_requeue(&mut self, ids: Option<&[i64]>) -> Result<u64, SpoolError> {
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut flagged = 0;
+        match ids {
+            None => {
+                flagged += tx
+                    .execute("UPDATE dead_letters SET requeue = 1", [])
+                    .map_err(err)?;
+            }
+            Some(ids) => {
+                let mut update = tx
+                    .prepare_cached("UPDATE dead_letters SET requeue = 1 WHERE id = ?1")
+                    .map_err(err)?;
+                for id in ids {
+                    flagged += update.execute([id]).map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(flagged as u64)
+    }
+
+    /// Moves the dead letters flagged by [`request_requeue`](Self::request_requeue) back into the
+    /// queue, in one transaction; returns how many. Each gets a new id (after every record
+    /// appended so far, so a running uplink reads it like a fresh record), keeps its stream, seq
+    /// (its identity for consumers), topic, body and creation time, and starts again at 0
+    /// attempts. Re-queued records bypass the byte budget: they were counted in it once.
+    pub fn take_requeued(&mut self) -> Result<u64, SpoolError> {
+        let flagged: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM dead_letters WHERE requeue = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if flagged == 0 {
+            return Ok(0);
+        }
+        self.owned()?;
+        self.spill()?;
+        let mut streams = self.streams;
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut moved = 0;
+        {
+            let sql = format!(
+                "INSERT INTO records (stream, seq, topic, body, created_ms) \
+                 SELECT stream, seq, topic, body, created_ms FROM dead_letters \
+                 WHERE requeue = 1 ORDER BY id RETURNING stream, {ROW_BYTES}"
+            );
+            let mut insert = tx.prepare_cached(&sql).map_err(err)?;
+            let mut rows = insert.query([]).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let stream = parse_stream(&path, &row.get::<_, String>(0).map_err(err)?)?;
+                let bytes = non_negative(&path, "size", row.get(1).map_err(err)?)?;
+                let s = &mut streams[index(stream)];
+                s.records += 1;
+                s.bytes += bytes;
+                moved += 1;
+            }
+        }
+        tx.execute("DELETE FROM dead_letters WHERE requeue = 1", [])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.streams = streams;
+        self.next_id = self.next_id.max(self.sqlite_last_id()? + 1);
+        Ok(moved)
+    }
+}
