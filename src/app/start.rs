@@ -20,11 +20,11 @@ use super::{
 };
 use crate::config::{Config, TopicTemplates, UplinkConfig, UplinkKind};
 use crate::fanout::{FanInputs, FanOut, FanTarget, calc_state, fan_out, regulated};
+use crate::history::HistorySource;
 use crate::live::{LiveState, UplinkView, health};
 use crate::modbus::poller::Poller;
 use crate::modbus::write::{DeviceWriters, WriteQueue};
 use crate::model::{ReadingBatch, Record, Timestamp};
-use crate::publish::hj212_tcp::HistorySource;
 use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::SpoolHandle;
 

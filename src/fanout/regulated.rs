@@ -29,11 +29,11 @@ use anyhow::Context as _;
 use ed25519_dalek::SigningKey;
 
 use crate::config::{Config, Regulated};
+use crate::history::HistorySource;
 use crate::history::{HistoryStore, figures_period};
 use crate::ledger::capture::{REGULATED_CHAIN, payload_of};
 use crate::ledger::{Chain, LedgerRecord};
 use crate::model::{Event, EventKind, EventPhase, Period, Record, Timestamp, Value};
-use crate::publish::hj212_tcp::HistorySource;
 
 use crate::live::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
 
