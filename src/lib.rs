@@ -24,6 +24,7 @@
 //!   (acknowledged by each uplink's broker), reported on the `metrics` stream.
 //! - [`history`]: closed windows, potline figures and the ledger chain, for history requests
 //!   and restarts.
+//! - [`mqtt`]: MQTT client settings shared by the uplinks, `tail` and `verify` (TLS, subscribers).
 //! - [`publish`]: uplinks and payload encoders.
 //! - [`series`]: the trends in memory (bounded rings per series) behind `/api/v1/series`.
 //! - [`http`]: `/metrics` (Prometheus), health checks, the JSON snapshot and event stream, and
@@ -59,6 +60,7 @@ pub mod live;
 pub mod logging;
 pub mod modbus;
 pub mod model;
+pub mod mqtt;
 pub mod publish;
 pub mod series;
 pub mod simulator;

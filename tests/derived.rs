@@ -2,6 +2,10 @@
 //! evaluation with quality and time propagation through the engine, and a property test that no
 //! expression accepted by validation panics or runs unbounded on any input values.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,10 @@
 //! HJ 212 codec: the worked vectors of HJ 212-2017 (§6, Appendix A), golden packets, every rejection with its
 //! QnRtn, splitting over PNUM/PNO, round trips and a bounded fuzz over arbitrary and mutated bytes.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 use std::sync::Arc;
 
 use proptest::prelude::*;

@@ -2,6 +2,10 @@
 //! is one 2051 packet with every pollutant under the stack's MN, a poll batch one 2011 packet,
 //! a record with no HJ 212 form no message; and the configuration refuses what cannot work.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,10 @@
 //! connection, an unanswered packet sent again with the same QN (OverTime/ReCount), and the spool
 //! emptied only by 9014 answers.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::sync::Arc;

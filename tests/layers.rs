@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     // `calc` is pure arithmetic over model types (no I/O, no configuration reader); its section
     // types are part of the configuration.
     &["config", "calc"],
-    &["codec", "ledger"],
+    &["codec", "ledger", "mqtt"],
     &[
         "acquisition",
         "modbus",
@@ -47,6 +47,12 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "config",
         "dlt645",
         "a meter's address and data identifiers are parsed into the frame's types (dlt645::frame)",
+    ),
+    (
+        "ledger",
+        "codec",
+        "the verifier's reading of captured payloads (ledger::capture, verify, subscribe) decodes \
+         protobuf envelopes; it belongs above the codec, apart from the chain and the keys",
     ),
     (
         "config",

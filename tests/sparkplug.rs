@@ -10,6 +10,10 @@
 //! Regenerate the golden files after an intended change with `SMELTWATCH_BLESS=1` and review the
 //! diff (`protoc --decode=org.eclipse.tahu.protobuf.Payload -I proto proto/sparkplug_b.proto`).
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

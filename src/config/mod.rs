@@ -16,6 +16,7 @@ mod broker_url;
 pub(crate) mod csv_map;
 pub(crate) mod defaults;
 mod error;
+pub mod hj212_table;
 pub(crate) mod locate;
 pub mod model;
 pub(crate) mod raw;

@@ -465,9 +465,9 @@ pub struct Hj212Config {
     /// Platform host and port.
     pub platform: HostPort,
     /// The code table (`hj212-2017` built in, or a TOML file of another edition).
-    pub table: Arc<crate::publish::encode::hj212::Table>,
+    pub table: Arc<crate::config::hj212_table::Table>,
     /// Station header: ST, PW, MN, acknowledgement flag, local time offset.
-    pub station: crate::publish::encode::hj212::Station,
+    pub station: crate::config::hj212_table::Station,
     /// MN per stack, for stacks registered as separate monitoring points.
     pub mn_by_stack: Vec<(String, String)>,
     /// How long to wait for a 9014 before sending again (OverTime).
@@ -598,9 +598,9 @@ pub struct EncodingConfig {
 #[derive(Debug, Clone)]
 pub struct Hj212Station {
     /// The code table (`hj212-2017` built in, or a TOML file of another edition).
-    pub table: Arc<crate::publish::encode::hj212::Table>,
+    pub table: Arc<crate::config::hj212_table::Table>,
     /// Station header: ST, PW, MN, acknowledgement flag, local time offset.
-    pub station: crate::publish::encode::hj212::Station,
+    pub station: crate::config::hj212_table::Station,
     /// MN per stack, for stacks registered as separate monitoring points.
     pub mn_by_stack: Vec<(String, String)>,
 }

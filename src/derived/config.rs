@@ -13,6 +13,9 @@ use super::units::{Inferred, Unit};
 use crate::calc::{CalcConfig, glob_match};
 use crate::config::{KeyPath, Report, SourceConfig};
 
+/// The source name of derived points' batches (`derived/<device>.<name>`).
+pub const SOURCE: &str = "derived";
+
 /// Which stream a derived point travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,8 +14,7 @@ use super::expr::{self, Compiled};
 use super::inputs::{Agg, Kind};
 use crate::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 
-/// The source name of derived points' batches (`derived/<device>.<name>`).
-pub const SOURCE: &str = "derived";
+pub use super::config::SOURCE;
 /// The calculator name of derived points on the metrics stream.
 pub const CALC: &str = "derived";
 

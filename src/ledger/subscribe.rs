@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use super::capture::{Captured, read_message};
 use crate::config::TlsSettings;
-use crate::publish::subscriber::{self, Endpoint};
+use crate::mqtt::subscriber::{self, Endpoint};
 
 /// Where and what to capture.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub enum CaptureError {
     },
     /// The TLS settings are unusable.
     #[error("TLS: {0}")]
-    Tls(#[from] crate::publish::tls::TlsError),
+    Tls(#[from] crate::mqtt::tls::TlsError),
     /// Neither a duration nor a count was given: the capture would never end.
     #[error("give --duration or --count (or both): the capture needs an end")]
     Unbounded,
@@ -117,7 +117,7 @@ pub async fn capture(opts: &CaptureOptions) -> Result<Vec<Vec<u8>>, CaptureError
             }
             Ok(_) => {}
             Err(e) => {
-                let why = crate::publish::tls::explain(&e).unwrap_or_else(|| e.to_string());
+                let why = crate::mqtt::tls::explain(&e).unwrap_or_else(|| e.to_string());
                 return Err(fail(why));
             }
         }

@@ -4,8 +4,6 @@
 //! - [`topic`]: topic templates, validated when the uplink is built and rendered per record.
 //! - [`mqtt`]: the MQTT uplink task: reads its spool, publishes at QoS 1 and acks the spool on
 //!   PUBACK, so a record leaves the spool only once a broker has taken responsibility for it.
-//! - [`subscriber`]: MQTT options of the read-only clients (`tail`, `verify --broker`).
-//! - [`tls`]: rustls (ring) client configuration of `mqtts://` uplinks and TLS error sentences.
 
 pub mod backoff;
 pub mod body;
@@ -13,6 +11,4 @@ pub mod encode;
 pub mod hj212_tcp;
 pub mod mqtt;
 pub mod sparkplug;
-pub mod subscriber;
-pub mod tls;
 pub mod topic;

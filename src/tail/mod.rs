@@ -12,7 +12,7 @@
 //!   (`--plain`, for pipes and logs).
 //!
 //! This module owns the I/O: the MQTT connection (address, credentials and TLS as for uplinks,
-//! TLS through [`crate::publish::tls`]), the terminal, and shutdown.
+//! TLS through [`crate::mqtt::tls`]), the terminal, and shutdown.
 //!
 //! What the agent publishes decides what can be shown: uplink state comes from the retained
 //! status topic (online/offline), from `outage` events (duration, records dropped) and from
@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, BrokerUrl, HostPort, Secret, TlsSettings, UplinkKind};
-use crate::publish::subscriber::{self, Endpoint};
+use crate::mqtt::subscriber::{self, Endpoint};
 
 pub use decode::{Decoder, Message};
 pub use state::{Filter, State};
@@ -321,7 +321,7 @@ async fn subscriber(
             }
             Ok(_) => {}
             Err(e) => {
-                let why = crate::publish::tls::explain(&e).unwrap_or_else(|| e.to_string());
+                let why = crate::mqtt::tls::explain(&e).unwrap_or_else(|| e.to_string());
                 let _ = link.send(Link::Down(why));
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use super::Builder;
 use super::shared::{no_host, parse_host_port};
 use crate::config::defaults;
+use crate::config::hj212_table::{Station, Table};
 use crate::config::locate::KeyPath;
 use crate::config::model::{
     Encoding, EncodingConfig, Hj212Config, Hj212Station, UplinkConfig, UplinkKind,
 };
 use crate::config::raw::{RawEncoding, RawHj212, RawUplink};
 use crate::model::Stream;
-use crate::publish::encode::hj212::{Station, Table};
 
 impl Builder<'_, '_> {
     /// A `type = "hj212"` uplink: the platform address and `[uplinks.hj212]`.

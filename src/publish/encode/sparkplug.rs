@@ -34,7 +34,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::config::{DataType as WireType, PointConfig, SourceConfig};
-use crate::derived::{DerivedPoint, DerivedStream};
+use crate::derived::config::{DerivedPoint, DerivedStream, SOURCE};
 use crate::model::{Quality, Reading, ReadingBatch, Timestamp, Value};
 
 /// The prost types generated from `proto/sparkplug_b.proto`.
@@ -282,9 +282,9 @@ impl EdgeNodeModel {
     }
 
     /// The index of the device a poll batch belongs to: a derived device for the batches of
-    /// source `derived` ([`crate::derived::engine::SOURCE`]), else the device of that name.
+    /// source `derived` ([`SOURCE`]), else the device of that name.
     pub fn batch_device(&self, batch: &ReadingBatch) -> Option<usize> {
-        if *batch.source == *crate::derived::engine::SOURCE
+        if *batch.source == *SOURCE
             && let Some(i) = self
                 .devices
                 .iter()

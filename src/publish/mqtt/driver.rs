@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::model::Timestamp;
+use crate::mqtt::tls::{self};
 use crate::publish::backoff::Backoff;
-use crate::publish::tls::{self};
 
 /// The client of one established connection, handed from the driver to the sender.
 #[derive(Clone)]

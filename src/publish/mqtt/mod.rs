@@ -83,7 +83,7 @@
 //! connection.
 //!
 //! # TLS
-//! `mqtts://` brokers use rustls with the ring provider; see [`crate::publish::tls`]. A failed
+//! `mqtts://` brokers use rustls with the ring provider; see [`crate::mqtt::tls`]. A failed
 //! handshake is reported as one sentence (expired certificate, wrong CA, missing client
 //! certificate…) in [`UplinkStatus::last_error`] and the log, and records stay in the spool.
 //!
@@ -112,7 +112,7 @@ use tokio_util::sync::CancellationToken;
 use crate::completeness::Completeness;
 use crate::config::{Encoding, MqttConfig, UplinkConfig, UplinkKind};
 use crate::model::Timestamp;
-use crate::publish::tls::{self, TlsError};
+use crate::mqtt::tls::{self, TlsError};
 use crate::publish::topic::{self, TopicError};
 use crate::spool::SpoolHandle;
 

@@ -87,9 +87,9 @@ use crate::completeness::Completeness;
 use crate::config::MqttConfig;
 use crate::modbus::write::DeviceWriters;
 use crate::model::{Record, Timestamp};
+use crate::mqtt::tls::{self, TlsError};
 use crate::publish::backoff::Backoff;
 use crate::publish::encode::sparkplug::{self as spb, EdgeNodeModel, MessageType, SeqCounter};
-use crate::publish::tls::{self, TlsError};
 use crate::spool::{SpoolError, SpoolHandle};
 
 use dcmd::serve_writes;

@@ -1,9 +1,10 @@
 //! HJ 212 data packets: a closed window's aggregates as 2051/2061/2031, real-time values as 2011,
 //! a spooled record as its packets, each split over PNUM/PNO when it exceeds the table's limits.
 
-use super::frame::{Cp, EncodeError, Packet, Station};
-use super::table::{Factor, Role, Table};
+use super::frame::{Cp, EncodeError, Packet};
 use super::time::{data_time_text, qn_text};
+use crate::config::hj212_table::Station;
+use crate::config::hj212_table::{Factor, Role, Table};
 use crate::model::{Aggregate, Period, Quality, Timestamp};
 
 /// Data-area items: each a list of `key=value` pairs.

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::parse::ParseError;
-use super::table::Table;
+use crate::config::hj212_table::{Station, Table};
 
 /// The HJ 212 CRC of a data segment (Appendix A).
 ///
@@ -182,21 +182,6 @@ impl Packet {
     pub fn encode(&self) -> Result<String, EncodeError> {
         frame(&self.data_segment())
     }
-}
-
-/// The data logger's identity and settings, the header of every packet it sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Station {
-    /// System code (31 for stacks).
-    pub st: u16,
-    /// Access password (6 characters).
-    pub pw: String,
-    /// Device unique ID (24 characters in HJ 212-2017).
-    pub mn: String,
-    /// Ask the platform to acknowledge data packets (Flag bit A, answered with 9014).
-    pub ack: bool,
-    /// Offset of local time from UTC in minutes (+480 for China): QN and DataTime are local.
-    pub utc_offset_min: i32,
 }
 
 impl Station {

@@ -31,18 +31,19 @@ mod data;
 mod frame;
 mod parse;
 mod request;
-mod table;
 mod time;
 
+pub use crate::config::hj212_table::{
+    Commands, Factor, Flags, Limits, Role, Station, Table, TableError,
+};
 pub use data::{
     RtdValue, encode_realtime, encode_record, encode_window, encode_window_qn, period_command,
     window_flag,
 };
-pub use frame::{Cp, EncodeError, Packet, Station, crc16, frame};
+pub use frame::{Cp, EncodeError, Packet, crc16, frame};
 pub use parse::{ParseError, ParseOptions, Scan, parse, parse_segment, scan};
 pub use request::{
     HistoryRequest, data_response, execution_result, history_request, qn_rtn, request_response,
     system_time,
 };
-pub use table::{Commands, Factor, Flags, Limits, Role, Table, TableError};
 pub use time::{data_time_text, parse_time_text, qn_text};

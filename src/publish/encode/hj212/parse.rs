@@ -3,8 +3,8 @@
 
 use super::frame::{Cp, Packet, crc16, is_field_text};
 use super::request::qn_rtn;
-use super::table::Table;
 use super::time::parse_time_text;
+use crate::config::hj212_table::Table;
 
 /// Why an incoming packet was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,10 +2,11 @@
 //! `BeginTime`/`EndTime`), the time answer (1011), and the responses 9014, 9011 and 9012 with the
 //! standard's QnRtn codes.
 
-use super::frame::{Cp, EncodeError, Packet, Station};
+use super::frame::{Cp, EncodeError, Packet};
 use super::parse::ParseError;
-use super::table::Table;
 use super::time::{data_time_text, parse_time_text};
+use crate::config::hj212_table::Station;
+use crate::config::hj212_table::Table;
 use crate::model::{Period, Timestamp};
 
 /// A platform's request for stored data (2051/2061/2031 with `BeginTime` and `EndTime`).

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::model::Quality;
 
 /// The compiled-in HJ 212-2017 table.
-const HJ212_2017: &str = include_str!("../../../../config/hj212/hj212-2017.toml");
+const HJ212_2017: &str = include_str!("../../config/hj212/hj212-2017.toml");
 
 /// A table that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -276,4 +276,19 @@ impl Table {
     pub fn flag(&self, split: bool, ack: bool) -> u8 {
         (self.version_bits << 2) | (u8::from(split) << 1) | u8::from(ack)
     }
+}
+
+/// The data logger's identity and settings, the header of every packet it sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Station {
+    /// System code (31 for stacks).
+    pub st: u16,
+    /// Access password (6 characters).
+    pub pw: String,
+    /// Device unique ID (24 characters in HJ 212-2017).
+    pub mn: String,
+    /// Ask the platform to acknowledge data packets (Flag bit A, answered with 9014).
+    pub ack: bool,
+    /// Offset of local time from UTC in minutes (+480 for China): QN and DataTime are local.
+    pub utc_offset_min: i32,
 }

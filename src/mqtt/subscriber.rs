@@ -7,7 +7,7 @@
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
 use crate::config::TlsSettings;
-use crate::publish::tls::{TlsError, client_config};
+use crate::mqtt::tls::{TlsError, client_config};
 
 /// Largest packet a read-only client accepts (an uplink's limit is configurable and smaller).
 pub const MAX_PACKET: usize = 4 * 1024 * 1024;
