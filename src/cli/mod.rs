@@ -1,5 +1,7 @@
-//! Command-line interface. The command and flag names are a contract (README.md, docs/CONFIG.md): scripts and
-//! operators rely on them.
+//! Command-line interface: the commands and flags, the runtime the binary starts, and the
+//! dispatch of each subcommand to its step. The command and flag names are a contract
+//! (README.md, docs/CONFIG.md): scripts and operators rely on them. The `spool`, `verify` and
+//! `probe --dlt645` subcommands live in files of their own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

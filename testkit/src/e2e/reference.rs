@@ -122,7 +122,37 @@ pub(super) async fn reference_loop(
     broker: u16,
     stop: CancellationToken,
 ) -> u64 {
-    use tokio_modbus::prelude::*;
+    let client = connect_client(broker, &stop);
+    let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let n = endpoints.len() as u32;
+    for (i, (addr, source, devices)) in endpoints.into_iter().enumerate() {
+        let offset = if aligned {
+            Duration::ZERO
+        } else {
+            interval * i as u32 / n
+        };
+        tasks.push(tokio::spawn(poll_endpoint(EndpointLoop {
+            addr,
+            source,
+            devices,
+            registers,
+            interval,
+            offset,
+            client: client.clone(),
+            stop: stop.clone(),
+            late: late.clone(),
+        })));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = client.disconnect().await;
+    late.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The reference's one MQTT client, its event loop polled by a task until `stop`.
+fn connect_client(broker: u16, stop: &CancellationToken) -> AsyncClient {
     let mut o = MqttOptions::new("bench-reference", ("127.0.0.1", broker));
     o.set_keep_alive(30)
         .set_clean_session(true)
@@ -140,72 +170,86 @@ pub(super) async fn reference_loop(
             }
         }
     });
-    let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    let n = endpoints.len() as u32;
-    for (i, (addr, source, devices)) in endpoints.into_iter().enumerate() {
-        let offset = if aligned {
-            Duration::ZERO
-        } else {
-            interval * i as u32 / n
+    client
+}
+
+/// One endpoint's share of the reference loop.
+struct EndpointLoop {
+    addr: SocketAddr,
+    source: String,
+    /// Device k answers on unit id k + 1.
+    devices: Vec<String>,
+    registers: u16,
+    interval: Duration,
+    /// Delay of the first tick after the start.
+    offset: Duration,
+    client: AsyncClient,
+    stop: CancellationToken,
+    /// Skipped ticks, shared by every endpoint.
+    late: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Polls every device of one endpoint each tick and publishes each answer as a batch, until
+/// `stop` or a failed publish.
+async fn poll_endpoint(e: EndpointLoop) {
+    use tokio_modbus::prelude::*;
+    let EndpointLoop {
+        addr,
+        source,
+        devices,
+        registers,
+        interval,
+        offset,
+        client,
+        stop,
+        late,
+    } = e;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut ctx = tokio_modbus::client::tcp::attach(stream);
+    let start = tokio::time::Instant::now() + offset;
+    let wall = Timestamp(Timestamp::now().0 + offset.as_millis() as i64);
+    let mut tick = tokio::time::interval_at(start, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let interval_ms = interval.as_millis() as u64;
+    let mut expected_next = start;
+    let mut seq = 0u64;
+    let mut buf = Vec::with_capacity(128 * usize::from(registers) + 256);
+    loop {
+        let at = tokio::select! {
+            _ = stop.cancelled() => return,
+            at = tick.tick() => at,
         };
-        let client = client.clone();
-        let stop = stop.clone();
-        let late = late.clone();
-        tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            let mut ctx = tokio_modbus::client::tcp::attach(stream);
-            let start = tokio::time::Instant::now() + offset;
-            let wall = Timestamp(Timestamp::now().0 + offset.as_millis() as i64);
-            let mut tick = tokio::time::interval_at(start, interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let interval_ms = interval.as_millis() as u64;
-            let mut expected_next = start;
-            let mut seq = 0u64;
-            let mut buf = Vec::with_capacity(128 * usize::from(registers) + 256);
-            loop {
-                let at = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    at = tick.tick() => at,
-                };
-                if at > expected_next {
-                    let skipped = (at - expected_next).as_millis() as u64 / interval_ms.max(1);
-                    late.fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
-                }
-                expected_next = at + interval;
-                let scheduled = Timestamp(wall.0 + (at - start).as_millis() as i64);
-                for (k, device) in devices.iter().enumerate() {
-                    ctx.set_slave(Slave(k as u8 + 1));
-                    let Ok(Ok(words)) = ctx.read_holding_registers(0, registers).await else {
-                        continue;
-                    };
-                    let ts = Timestamp::now();
-                    seq += 1;
-                    let head = BatchHead {
-                        seq,
-                        source: &source,
-                        device,
-                        unit_id: k as u8 + 1,
-                        interval_ms,
-                        scheduled,
-                    };
-                    encode_reference(&mut buf, &head, ts, &words);
-                    let topic = format!("smeltwatch/{SITE}/live/{source}/{device}");
-                    if client
-                        .publish(topic, buf.clone(), PublishOptions::new(QoS::AtLeastOnce))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+        if at > expected_next {
+            let skipped = (at - expected_next).as_millis() as u64 / interval_ms.max(1);
+            late.fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
+        }
+        expected_next = at + interval;
+        let scheduled = Timestamp(wall.0 + (at - start).as_millis() as i64);
+        for (k, device) in devices.iter().enumerate() {
+            ctx.set_slave(Slave(k as u8 + 1));
+            let Ok(Ok(words)) = ctx.read_holding_registers(0, registers).await else {
+                continue;
+            };
+            let ts = Timestamp::now();
+            seq += 1;
+            let head = BatchHead {
+                seq,
+                source: &source,
+                device,
+                unit_id: k as u8 + 1,
+                interval_ms,
+                scheduled,
+            };
+            encode_reference(&mut buf, &head, ts, &words);
+            let topic = format!("smeltwatch/{SITE}/live/{source}/{device}");
+            if client
+                .publish(topic, buf.clone(), PublishOptions::new(QoS::AtLeastOnce))
+                .await
+                .is_err()
+            {
+                return;
             }
-        }));
+        }
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = client.disconnect().await;
-    late.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -147,12 +147,28 @@ pub(super) fn latency(mut l: Vec<i64>) -> Latency {
 
 /// A readable table of one or more reports.
 pub fn table(reports: &[Report]) -> String {
-    let mut out = String::new();
-    let cell = |o: Option<f64>, prec: usize| match o {
+    let mut out = header();
+    for r in reports {
+        out.push_str(&row(r));
+        out.push_str(&disk_line(&r.disk));
+        if let Some(o) = &r.outage {
+            out.push_str(&outage_line(o));
+        }
+    }
+    out
+}
+
+/// `v` with `prec` decimals, or `-`.
+fn cell(o: Option<f64>, prec: usize) -> String {
+    match o {
         Some(v) => format!("{v:.prec$}"),
         None => "-".into(),
-    };
-    out.push_str(&format!(
+    }
+}
+
+/// The table's column titles.
+fn header() -> String {
+    format!(
         "{:<10} {:>7} {:>6} {:>10} {:>10} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6}\n",
         "target",
         "devices",
@@ -168,67 +184,75 @@ pub fn table(reports: &[Report]) -> String {
         "p99ms",
         "maxms",
         "late"
-    ));
-    for r in reports {
-        out.push_str(&format!(
-            "{:<10} {:>7} {:>6} {:>10.0} {:>10.3} {:>8} {:>8.3} {:>7.3} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6}\n",
-            match r.target {
-                Target::Agent => "agent",
-                Target::Reference => "reference",
-            },
-            r.devices,
-            r.registers,
-            r.points_per_s,
-            r.completeness_pct,
-            r.missing_cycles,
-            r.cpu_cores,
-            r.cpu_us_per_point,
-            cell(r.peak_rss_mb, 1),
-            cell(r.rss_growth_pct, 1),
-            r.latency.p50_ms,
-            r.latency.p99_ms,
-            r.latency.max_ms,
-            r.late_ticks_total.map(|n| n.to_string()).unwrap_or("-".into()),
-        ));
-        let d = &r.disk;
-        out.push_str(&format!(
-            "  disk: {} B written in the window ({} B cancelled{}{}), {} records: {:.0} B/record, \
-             {:.1} B/point; record payload {:.0} B, spool body {:.0} B; written/body {:.2}×, \
-             written/payload {:.2}×\n",
-            d.write_bytes,
-            d.cancelled_write_bytes,
-            d.log_bytes
-                .map(|b| format!(", log {b} B"))
-                .unwrap_or_default(),
-            d.fs_type
-                .as_ref()
-                .map(|t| format!(", state on {t}"))
-                .unwrap_or_default(),
-            d.delivered_records,
-            d.write_bytes_per_record,
-            d.write_bytes_per_point,
-            d.payload_bytes_per_record,
-            d.spool_body_bytes_per_record,
-            d.write_over_body,
-            d.write_over_payload,
-        ));
-        if let Some(o) = &r.outage {
-            out.push_str(&format!(
-                "  outage {:.0} s: backlog {} records ({} points) replayed at {:.0} records/s \
-                 ({:.0} points/s); caught up {} s after resume; fresh data meanwhile p50 {} ms, \
-                 p99 {} ms, max {} ms, {} cycles missing\n",
-                o.outage_s,
-                o.backlog_records,
-                o.backlog_points,
-                o.replay_records_per_s,
-                o.replay_points_per_s,
-                cell(o.catch_up_s, 1),
-                o.fresh_latency.p50_ms,
-                o.fresh_latency.p99_ms,
-                o.fresh_latency.max_ms,
-                o.fresh_missing_cycles
-            ));
-        }
-    }
-    out
+    )
+}
+
+/// The main line of report `r`.
+fn row(r: &Report) -> String {
+    format!(
+        "{:<10} {:>7} {:>6} {:>10.0} {:>10.3} {:>8} {:>8.3} {:>7.3} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6}\n",
+        match r.target {
+            Target::Agent => "agent",
+            Target::Reference => "reference",
+        },
+        r.devices,
+        r.registers,
+        r.points_per_s,
+        r.completeness_pct,
+        r.missing_cycles,
+        r.cpu_cores,
+        r.cpu_us_per_point,
+        cell(r.peak_rss_mb, 1),
+        cell(r.rss_growth_pct, 1),
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.max_ms,
+        r.late_ticks_total
+            .map(|n| n.to_string())
+            .unwrap_or("-".into()),
+    )
+}
+
+/// The disk figures of a report, indented under its line.
+fn disk_line(d: &DiskReport) -> String {
+    format!(
+        "  disk: {} B written in the window ({} B cancelled{}{}), {} records: {:.0} B/record, \
+         {:.1} B/point; record payload {:.0} B, spool body {:.0} B; written/body {:.2}×, \
+         written/payload {:.2}×\n",
+        d.write_bytes,
+        d.cancelled_write_bytes,
+        d.log_bytes
+            .map(|b| format!(", log {b} B"))
+            .unwrap_or_default(),
+        d.fs_type
+            .as_ref()
+            .map(|t| format!(", state on {t}"))
+            .unwrap_or_default(),
+        d.delivered_records,
+        d.write_bytes_per_record,
+        d.write_bytes_per_point,
+        d.payload_bytes_per_record,
+        d.spool_body_bytes_per_record,
+        d.write_over_body,
+        d.write_over_payload,
+    )
+}
+
+/// The outage figures of a report, indented under its line.
+fn outage_line(o: &OutageReport) -> String {
+    format!(
+        "  outage {:.0} s: backlog {} records ({} points) replayed at {:.0} records/s \
+         ({:.0} points/s); caught up {} s after resume; fresh data meanwhile p50 {} ms, \
+         p99 {} ms, max {} ms, {} cycles missing\n",
+        o.outage_s,
+        o.backlog_records,
+        o.backlog_points,
+        o.replay_records_per_s,
+        o.replay_points_per_s,
+        cell(o.catch_up_s, 1),
+        o.fresh_latency.p50_ms,
+        o.fresh_latency.p99_ms,
+        o.fresh_latency.max_ms,
+        o.fresh_missing_cycles
+    )
 }

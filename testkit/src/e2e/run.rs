@@ -11,7 +11,7 @@ use super::plant::start_plant;
 use super::procfs::{IoCounters, cpu_between, fs_type, read_io, status_mb, threads_cpu_ns};
 use super::reference::{Reference, start_reference};
 use super::report::{DiskReport, OutageReport, Report, latency};
-use super::subscriber::{Seen, start_subscriber, window_view};
+use super::subscriber::{Seen, WindowView, start_subscriber, window_view};
 use super::{Params, Target, now_ms};
 use crate::free_port;
 use crate::mosquitto::Mosquitto;
@@ -107,11 +107,7 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         .collect();
     let mut broker = tokio::task::spawn_blocking(Mosquitto::start).await?;
     let (sub, seen) = start_subscriber(broker.port).await?;
-    let dir = match &p.work_dir {
-        Some(parent) => tempfile::tempdir_in(parent)
-            .map_err(|e| anyhow::anyhow!("--work-dir {}: {e}", parent.display()))?,
-        None => tempfile::tempdir()?,
-    };
+    let dir = work_dir(p)?;
     let fs = match p.target {
         Target::Agent => fs_type(dir.path()),
         Target::Reference => None,
@@ -132,32 +128,99 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         Target::Reference => Running::Reference(start_reference(p, &plant, broker.port)?),
     };
 
+    let w = measure_window(p, &mut running).await?;
+    wait_for_window(p, &seen, &names, &w).await;
+
+    let outage = match p.outage {
+        Some(d) => Some(outage_mode(p, &mut broker, &seen, &names, &mut running, d).await?),
+        None => None,
+    };
+
+    let late_ticks_total = stop_target(running).await?;
+    let _ = sub.disconnect().await;
+    plant.stop.cancel();
+    drop(broker);
+
+    let seen = seen.lock().expect("counter lock");
+    if seen.undecodable > 0 {
+        eprintln!("bench: {} payloads could not be decoded", seen.undecodable);
+    }
+    let v = window_view(&seen, &names, p.registers, interval_ms, w.from, w.to, false);
+    Ok(report(p, v, w, fs, late_ticks_total, outage))
+}
+
+/// The run's temporary directory, under `--work-dir` if given.
+fn work_dir(p: &Params) -> anyhow::Result<tempfile::TempDir> {
+    Ok(match &p.work_dir {
+        Some(parent) => tempfile::tempdir_in(parent)
+            .map_err(|e| anyhow::anyhow!("--work-dir {}: {e}", parent.display()))?,
+        None => tempfile::tempdir()?,
+    })
+}
+
+/// What the target's counters read at both ends of the measured window.
+struct Window {
+    /// Start and end, ms since the Unix epoch.
+    from: i64,
+    to: i64,
+    /// Its length, seconds.
+    window_s: f64,
+    cpu0: HashMap<u32, u64>,
+    cpu1: HashMap<u32, u64>,
+    io0: IoCounters,
+    io1: IoCounters,
+    log0: Option<u64>,
+    log1: Option<u64>,
+    /// RSS samples in the window, MB.
+    rss: Vec<f64>,
+    /// `VmHWM` at its end, MB.
+    peak_rss: Option<f64>,
+}
+
+/// Waits out the warm-up, then measures for `p.duration`.
+async fn measure_window(p: &Params, running: &mut Running) -> anyhow::Result<Window> {
     let mut warm_rss = Vec::new();
-    watch(&mut running, p.warmup, &mut warm_rss).await?;
+    watch(running, p.warmup, &mut warm_rss).await?;
     let from = now_ms();
     let cpu0 = running.cpu_ns()?;
     let io0 = running.io()?;
     let log0 = running.log_len();
     let t0 = Instant::now();
     let mut rss = Vec::new();
-    watch(&mut running, p.duration, &mut rss).await?;
+    watch(running, p.duration, &mut rss).await?;
     let cpu1 = running.cpu_ns()?;
     let io1 = running.io()?;
     let log1 = running.log_len();
-    let window = t0.elapsed().as_secs_f64();
+    let window_s = t0.elapsed().as_secs_f64();
     let to = now_ms();
     let peak_rss = running.pid().and_then(|pid| status_mb(pid, "VmHWM:"));
+    Ok(Window {
+        from,
+        to,
+        window_s,
+        cpu0,
+        cpu1,
+        io0,
+        io1,
+        log0,
+        log1,
+        rss,
+        peak_rss,
+    })
+}
 
-    // Give the last cycles of the window time to arrive.
+/// Gives the last cycles of the window time to arrive.
+async fn wait_for_window(p: &Params, seen: &Mutex<Seen>, names: &[String], w: &Window) {
+    let interval_ms = p.interval.as_millis() as i64;
     let deadline = Instant::now() + Duration::from_secs(10).max(p.interval * 3);
     loop {
         let v = window_view(
             &seen.lock().expect("counter lock"),
-            &names,
+            names,
             p.registers,
             interval_ms,
-            from,
-            to,
+            w.from,
+            w.to,
             false,
         );
         if v.received >= v.expected_cycles || Instant::now() > deadline {
@@ -165,12 +228,10 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
-    let outage = match p.outage {
-        Some(d) => Some(outage_mode(p, &mut broker, &seen, &names, &mut running, d).await?),
-        None => None,
-    };
-
+/// Stops the target; its late ticks over the whole run (the agent's from `/metrics`).
+async fn stop_target(running: Running) -> anyhow::Result<Option<u64>> {
     let late_ticks_total = match &running {
         // Scraped after the window's CPU reading: rendering every point costs the agent CPU.
         Running::Agent(a) => {
@@ -182,7 +243,7 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         }
         Running::Reference(_) => None,
     };
-    let late_ticks_total = match running {
+    Ok(match running {
         Running::Agent(a) => {
             tokio::task::spawn_blocking(move || a.stop()).await?;
             late_ticks_total
@@ -195,45 +256,33 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
                     .unwrap_or(0),
             )
         }
-    };
-    let _ = sub.disconnect().await;
-    plant.stop.cancel();
-    drop(broker);
+    })
+}
 
-    let seen = seen.lock().expect("counter lock");
-    if seen.undecodable > 0 {
-        eprintln!("bench: {} payloads could not be decoded", seen.undecodable);
-    }
-    let v = window_view(&seen, &names, p.registers, interval_ms, from, to, false);
+/// The report of a run from the subscriber's view `v` of window `w`.
+fn report(
+    p: &Params,
+    v: WindowView,
+    w: Window,
+    fs: Option<String>,
+    late_ticks_total: Option<u64>,
+    outage: Option<OutageReport>,
+) -> Report {
+    let window = w.window_s;
     let expected_points = v.expected_cycles * u64::from(p.registers);
-    let (cpu, exited) = cpu_between(&cpu0, &cpu1);
-    let write_bytes = io1.write_bytes.saturating_sub(io0.write_bytes);
-    let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
-    let disk = DiskReport {
-        fs_type: fs,
-        write_bytes,
-        cancelled_write_bytes: io1
-            .cancelled_write_bytes
-            .saturating_sub(io0.cancelled_write_bytes),
-        log_bytes: log0.zip(log1).map(|(a, b)| b.saturating_sub(a)),
-        delivered_records: v.received,
-        write_bytes_per_record: per(write_bytes, v.received),
-        write_bytes_per_point: per(write_bytes, v.delivered_points),
-        payload_bytes_per_record: per(v.payload_bytes, v.received),
-        spool_body_bytes_per_record: per(v.body_bytes, v.received),
-        write_over_body: per(write_bytes, v.body_bytes),
-        write_over_payload: per(write_bytes, v.payload_bytes),
-    };
+    let (cpu, exited) = cpu_between(&w.cpu0, &w.cpu1);
+    let disk = disk_report(&v, &w, fs);
     if exited > 0 {
         eprintln!(
             "bench: {exited} thread(s) of the target exited in the window; their CPU after its start is not counted"
         );
     }
-    Ok(Report {
+    let rss = w.rss;
+    Report {
         target: p.target,
         devices: p.devices,
         registers: p.registers,
-        interval_ms: interval_ms as u64,
+        interval_ms: p.interval.as_millis() as u64,
         window_s: window,
         expected_points,
         delivered_points: v.delivered_points,
@@ -253,7 +302,7 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         } else {
             cpu * 1e6 / v.delivered_points as f64
         },
-        peak_rss_mb: peak_rss,
+        peak_rss_mb: w.peak_rss,
         rss_start_mb: rss.first().copied(),
         rss_max_in_window_mb: rss.iter().copied().reduce(f64::max),
         rss_growth_pct: match (rss.first(), rss.last()) {
@@ -264,7 +313,29 @@ pub async fn run(p: &Params) -> anyhow::Result<Report> {
         late_ticks_total,
         disk,
         outage,
-    })
+    }
+}
+
+/// Disk writes of window `w` against what `v` delivered.
+fn disk_report(v: &WindowView, w: &Window, fs: Option<String>) -> DiskReport {
+    let write_bytes = w.io1.write_bytes.saturating_sub(w.io0.write_bytes);
+    let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+    DiskReport {
+        fs_type: fs,
+        write_bytes,
+        cancelled_write_bytes: w
+            .io1
+            .cancelled_write_bytes
+            .saturating_sub(w.io0.cancelled_write_bytes),
+        log_bytes: w.log0.zip(w.log1).map(|(a, b)| b.saturating_sub(a)),
+        delivered_records: v.received,
+        write_bytes_per_record: per(write_bytes, v.received),
+        write_bytes_per_point: per(write_bytes, v.delivered_points),
+        payload_bytes_per_record: per(v.payload_bytes, v.received),
+        spool_body_bytes_per_record: per(v.body_bytes, v.received),
+        write_over_body: per(write_bytes, v.body_bytes),
+        write_over_payload: per(write_bytes, v.payload_bytes),
+    }
 }
 
 pub(super) async fn outage_mode(
