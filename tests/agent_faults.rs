@@ -3,6 +3,10 @@
 //! full disk during an outage, and completeness accounting that counts what the broker
 //! acknowledged (not what was sent).
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

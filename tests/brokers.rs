@@ -17,6 +17,10 @@
 //! with `topic read #`: it sees everything the broker accepted. Appending a user block leaves the
 //! other users' rules as they are.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

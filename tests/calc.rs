@@ -3,6 +3,10 @@
 //! figures), property tests for counters and windows, and anode-effect detection and a potline
 //! day driven through the pipeline by timestamped readings.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 use std::sync::Arc;
 
 use proptest::prelude::*;

@@ -25,6 +25,10 @@
 //! bound (plus the simulator's 6 s tick) is the tolerance used below. The run crosses the hour
 //! 23:00–00:00 (valid, 60 minutes) and local midnight (the day closes), about 31 s of real time.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::Path;

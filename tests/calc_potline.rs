@@ -4,6 +4,10 @@
 //! scaled by cells) and checks the figures against the worked examples: 12,908 kWh/t DC and
 //! 13,239 kWh/t AC at 4.05 V, CE 93.5 % and a rectifier efficiency of 97.5 %.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::sync::Arc;

@@ -11,6 +11,10 @@
 //! Skipped with a message when `chromium` is not installed, unless `SMELTWATCH_REQUIRE_PEERS` is
 //! set.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,10 @@
 //! broker accepted. The keep-alive test freezes the broker itself (SIGSTOP) and then SIGKILLs and
 //! restarts it; there the subscriber has a persistent session on a broker with persistence.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

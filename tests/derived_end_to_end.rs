@@ -1,7 +1,8 @@
 //! Derived points end to end: simulated Modbus devices → agent → a real Mosquitto. A derived mean
 //! cell voltage over a glob (live stream) and a derived auxiliary power from an energy counter's
 //! rate (metrics stream) arrive with the right values and qualities, also while a pot and then
-//! the meter are silent.
+//! the meter are silent; over a Sparkplug uplink the `live` derived points are device metrics
+//! with the same values, qualities and timestamps.
 
 mod common;
 
@@ -12,6 +13,8 @@ use common::mosquitto::{self, Mosquitto};
 use common::plant::{device, f32_words, serve};
 use serde_json::Value as Json;
 use smeltwatch::config;
+use smeltwatch::model::Value;
+use smeltwatch::publish::encode::sparkplug as spb;
 use smeltwatch::simulator::{Device, Faults, UnitMap};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -234,6 +237,188 @@ async fn derived_mean_and_auxiliary_power_arrive_with_their_qualities() {
         "point=\"aux_power_kw\",quality=\"comm_fail\"",
     );
     assert!(!text.contains("smeltwatch_point_value{device=\"derived\",point=\"aux_power_kw\""));
+
+    agent.shutdown().await;
+    shutdown.cancel();
+}
+
+/// A plant of three pots and a Sparkplug uplink (group `g`, edge node `e`) with two `live`
+/// derived points: the mean cell voltage under device `potline1` and the pots' sum under the
+/// default device `derived`.
+fn sparkplug_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {
+    format!(
+        r#"
+site = "e2e"
+state_dir = "{state}"
+
+[register_maps.pcu.points.cell_voltage_v]
+area = "input"
+address = 0
+type = "f32"
+unit = "V"
+
+[[sources]]
+name = "line1"
+tcp = "127.0.0.1:{modbus_port}"
+timeout = "300ms"
+default_poll = "200ms"
+
+[[sources.devices]]
+name = "pot_{{n:03}}"
+count = 3
+unit_id = 10
+map = "pcu"
+
+[[derived]]
+name = "mean_cell_voltage_v"
+expr = "mean(line1/pot_*.cell_voltage_v)"
+unit = "V"
+stream = "live"
+device = "potline1"
+
+[[derived]]
+name = "sum_cell_voltage_v"
+expr = "sum(line1/pot_*.cell_voltage_v)"
+unit = "V"
+stream = "live"
+
+[[uplinks]]
+name = "scada"
+type = "sparkplug"
+broker = "mqtt://127.0.0.1:{mqtt_port}"
+group_id = "g"
+edge_node_id = "e"
+keep_alive = "5s"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+"#,
+        state = state_dir.display()
+    )
+}
+
+/// The next Sparkplug message on `topic` (others skipped); panics on a DDEATH of a derived
+/// device, which a derived point's bad quality must never cause.
+async fn next_on(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, topic: &str) -> spb::pb::Payload {
+    loop {
+        let (t, payload) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nothing on {topic} within 20 s"))
+            .expect("subscription open");
+        assert!(
+            !t.starts_with("spBv1.0/g/DDEATH/e/potline1")
+                && !t.starts_with("spBv1.0/g/DDEATH/e/derived"),
+            "a derived device got a DDEATH: {t}"
+        );
+        if t == topic {
+            return spb::decode(&payload).expect("a Sparkplug payload");
+        }
+    }
+}
+
+/// Until a live DDATA of `potline1` carries the mean (alias `alias`) with Sparkplug quality
+/// `quality` (the last one announced, since DATA repeats it only when it changes or is not
+/// good); returns the metric.
+async fn until_mean(
+    rx: &mut mpsc::Receiver<(String, Vec<u8>)>,
+    alias: u64,
+    quality: i32,
+    announced: &mut i32,
+) -> spb::pb::payload::Metric {
+    for _ in 0..400 {
+        let p = next_on(rx, "spBv1.0/g/DDATA/e/potline1").await;
+        for m in p.metrics {
+            assert_eq!(m.alias, Some(alias), "DDATA carries aliases only: {m:?}");
+            assert_eq!(m.name, None, "{m:?}");
+            if let Some(q) = spb::metric_quality(&m) {
+                *announced = q;
+            }
+            if m.is_historical != Some(true) && *announced == quality {
+                return m;
+            }
+        }
+    }
+    panic!("the mean never arrived with quality {quality}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_points_are_sparkplug_metrics_with_their_value_quality_and_timestamp() {
+    let started = smeltwatch::model::Timestamp::now();
+    let broker = Mosquitto::start();
+    let shutdown = CancellationToken::new();
+    let pots: Vec<Device> = (1..=3).map(|n| device(&format!("pot_{n:03}"))).collect();
+    let mut units = UnitMap::new();
+    for (i, (pot, v)) in pots.iter().zip([4.0f32, 4.2, 4.4]).enumerate() {
+        pot.set_input(0, &f32_words(v));
+        units.insert(10 + i as u8, pot.clone());
+    }
+    let modbus_port = serve(units, &shutdown).await;
+    let state = tempfile::tempdir().unwrap();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let toml = sparkplug_config(modbus_port, broker.port, state.path());
+    let cfg = config::parse(&toml, Path::new("e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let agent = smeltwatch::app::start(cfg, Default::default())
+        .await
+        .unwrap();
+
+    // Each derived device has its DBIRTH: its points as Double metrics with their own aliases,
+    // after the configured points' 1-3.
+    let birth = next_on(&mut rx, "spBv1.0/g/DBIRTH/e/potline1").await;
+    assert_eq!(birth.metrics.len(), 1, "{birth:?}");
+    let mean = &birth.metrics[0];
+    assert_eq!(mean.name.as_deref(), Some("mean_cell_voltage_v"));
+    assert_eq!(mean.datatype, Some(spb::pb::DataType::Double as u32));
+    assert_eq!(mean.alias, Some(4), "after the pots' three points");
+    let alias = mean.alias.unwrap();
+    let mut announced = spb::metric_quality(mean).expect("a birth carries the quality");
+    let birth = next_on(&mut rx, "spBv1.0/g/DBIRTH/e/derived").await;
+    let sum = &birth.metrics[0];
+    assert_eq!(
+        (sum.name.as_deref(), sum.alias, sum.datatype),
+        (
+            Some("sum_cell_voltage_v"),
+            Some(5),
+            Some(spb::pb::DataType::Double as u32)
+        )
+    );
+
+    // Every pot answers: the mean, good, timestamped with its newest input's acquisition.
+    let m = until_mean(&mut rx, alias, spb::QUALITY_GOOD, &mut announced).await;
+    let v = spb::decode_value(spb::pb::DataType::Double, m.value.as_ref()).expect("a Double");
+    assert!(
+        matches!(v, Value::Float(x) if (x - 4.2).abs() < 1e-6),
+        "{v:?}"
+    );
+    let ts = m.timestamp.expect("a timestamp") as i64;
+    let now = smeltwatch::model::Timestamp::now();
+    assert!(
+        started.0 <= ts && ts <= now.0,
+        "{ts} not in [{}, {}]",
+        started.0,
+        now.0
+    );
+
+    // pot_003 falls silent: the mean of the two that answer, with a bad quality (0), as DDATA
+    // (no DDEATH: the derived device still has a value).
+    pots[2].set_faults(Faults {
+        silent: true,
+        ..Faults::default()
+    });
+    let m = until_mean(&mut rx, alias, spb::QUALITY_BAD, &mut announced).await;
+    let v = spb::decode_value(spb::pb::DataType::Double, m.value.as_ref()).expect("a Double");
+    assert!(
+        matches!(v, Value::Float(x) if (x - 4.1).abs() < 1e-6),
+        "{v:?}"
+    );
+
+    // pot_003 answers again: good again, announced with the quality property.
+    pots[2].set_faults(Faults::default());
+    let m = until_mean(&mut rx, alias, spb::QUALITY_GOOD, &mut announced).await;
+    assert_eq!(spb::metric_quality(&m), Some(spb::QUALITY_GOOD), "{m:?}");
+    let v = spb::decode_value(spb::pb::DataType::Double, m.value.as_ref()).expect("a Double");
+    assert!(
+        matches!(v, Value::Float(x) if (x - 4.2).abs() < 1e-6),
+        "{v:?}"
+    );
 
     agent.shutdown().await;
     shutdown.cancel();

@@ -2,6 +2,10 @@
 //! unit, timestamp, quality and sequence number; and the agent killed with SIGKILL mid-stream and
 //! restarted on the same spool.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -21,6 +21,10 @@
 //! 3.1.1 client with a PUBACK and drops it, so no client can tell; `tests/brokers.rs` and
 //! `tests/deploy.rs` check instead that the shipped ACLs grant every topic the agent publishes.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::Path;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use common::hj212::{next_packet, platform};
 use smeltwatch::config::{SpoolConfig, Stream};
+use smeltwatch::history::HistorySource;
 use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
 use smeltwatch::publish::encode::hj212::{self, Packet, Station, Table};
-use smeltwatch::publish::hj212_tcp::{HistorySource, Hj212TcpConfig, Hj212TcpUplink};
+use smeltwatch::publish::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;

@@ -2,6 +2,10 @@
 //! `http::serve` on the agent's live state. Every route is requested with a plain HTTP/1.1 client
 //! over a `TcpStream`; `/metrics` is parsed with `prometheus-parse`.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,10 @@
 //! The MQTT uplink against a real Mosquitto: exact payloads, ack only after PUBACK, broker crash
 //! and restart, refused credentials, retained status and Last Will.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::{BTreeSet, HashSet};

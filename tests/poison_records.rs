@@ -3,6 +3,10 @@
 //! disconnects the client; the record goes to the dead-letter table after N such connections),
 //! against a real Mosquitto on a free port; `smeltwatch spool dead-letters` and `spool requeue`.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::time::Duration;

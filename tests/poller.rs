@@ -1,6 +1,10 @@
 //! The poller against real Modbus servers: our simulator's devices (healthy and faulty), an
 //! independent pymodbus server, and an RTU server through a pseudo-terminal pair.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -52,6 +52,10 @@
 //! hours are filled by the substitution policy, so the day figure would test that policy rather
 //! than the measurement.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -9,6 +9,10 @@
 //! start, and the verifier checks time order), so it waits for real minute windows: about a
 //! minute, never an hour.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::Path;

@@ -2,6 +2,10 @@
 //! was fed directly and whose history store holds the older hours and a day; the bundled uPlot
 //! is served and the dashboard loads nothing from outside.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,6 +3,10 @@
 //! Values are decoded by hand here (not with the crate's decoder), so these tests check the
 //! simulator's wire format independently.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::time::Duration;

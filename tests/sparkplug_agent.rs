@@ -57,39 +57,15 @@ struct Rig {
 /// Initial raw value of the non-writable counter (holding 10–11, u32 ABCD).
 const ENERGY_WORDS: [u16; 2] = [0x0001, 0x86A0]; // 100 000
 
-async fn rig(device_writes: bool) -> Rig {
-    let broker = Mosquitto::start_with_user(USER, PASSWORD);
-    let user = || SubscribeOptions {
-        persistent_id: None,
-        user: Some((USER.into(), PASSWORD.into())),
-    };
-    let (host, spb) = mosquitto::subscribe_with(broker.port, "spBv1.0/smelter/#", user()).await;
-    let (events_client, events) =
-        mosquitto::subscribe_with(broker.port, "smeltwatch/t/events/#", user()).await;
-
-    let dev = Device::new(
-        DEVICE,
-        BankSizes {
-            coils: 8,
-            discrete_inputs: 8,
-            holding: 32,
-            input: 8,
-        },
-        1,
-    );
-    dev.set_holding(10, &ENERGY_WORDS);
-    let sim_stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let modbus_port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve_tcp(
-        listener,
-        UnitMap::from([(1, dev.clone())]),
-        sim_stop.clone(),
-    ));
-
-    let dir = tempfile::tempdir().unwrap();
-    let port = broker.port;
-    let src = format!(
+/// The agent's configuration: the simulated device polled over Modbus TCP, the Sparkplug uplink
+/// (`scada`) and an MQTT uplink (`plant`) carrying the events, both on the broker at `port`.
+fn agent_config(
+    modbus_port: u16,
+    port: u16,
+    state_dir: &std::path::Path,
+    device_writes: bool,
+) -> String {
+    format!(
         r#"
 site = "t"
 state_dir = "{state}"
@@ -136,8 +112,42 @@ streams = ["events"]
 reconnect_min = "50ms"
 reconnect_max = "500ms"
 "#,
-        state = dir.path().display(),
+        state = state_dir.display(),
+    )
+}
+
+async fn rig(device_writes: bool) -> Rig {
+    let broker = Mosquitto::start_with_user(USER, PASSWORD);
+    let user = || SubscribeOptions {
+        persistent_id: None,
+        user: Some((USER.into(), PASSWORD.into())),
+    };
+    let (host, spb) = mosquitto::subscribe_with(broker.port, "spBv1.0/smelter/#", user()).await;
+    let (events_client, events) =
+        mosquitto::subscribe_with(broker.port, "smeltwatch/t/events/#", user()).await;
+
+    let dev = Device::new(
+        DEVICE,
+        BankSizes {
+            coils: 8,
+            discrete_inputs: 8,
+            holding: 32,
+            input: 8,
+        },
+        1,
     );
+    dev.set_holding(10, &ENERGY_WORDS);
+    let sim_stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let modbus_port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve_tcp(
+        listener,
+        UnitMap::from([(1, dev.clone())]),
+        sim_stop.clone(),
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = agent_config(modbus_port, broker.port, dir.path(), device_writes);
     let cfg = smeltwatch::config::parse(&src, Path::new("sparkplug_agent.toml"))
         .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"));
     let agent = smeltwatch::app::start(cfg, Default::default())

@@ -2,6 +2,10 @@
 //! files is garbage before the start. The agent must run: the healthy uplink delivers, the other
 //! one delivers from a fresh spool, the damaged file is kept beside it under a new name, and a `spool_set_aside` event, a counter and an error line report it.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::path::Path;

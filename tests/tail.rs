@@ -12,6 +12,10 @@
 //! missing, unless `SMELTWATCH_REQUIRE_PEERS` is set): recorded messages of all three encodings
 //! are published and the lines it prints are compared.
 
+// A test here reads as one scenario, from what it starts to its last assertion; split, the
+// scenario would be scattered over helpers that each hold a part of it.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::process::Stdio;

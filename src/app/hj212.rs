@@ -20,8 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::completeness::Completeness;
 use crate::config::{Config, Hj212Config, UplinkConfig};
+use crate::history::HistorySource;
 use crate::model::Record;
-use crate::publish::hj212_tcp::{HistorySource, Hj212TcpConfig, Hj212TcpUplink, TcpStats};
+use crate::publish::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
 use crate::publish::mqtt::{LinkState, UplinkStatus};
 use crate::spool::SpoolHandle;
 

@@ -15,13 +15,18 @@
 pub mod commands;
 pub mod demo;
 mod hj212;
+mod signals;
 mod sparkplug;
 pub mod spools;
+mod start;
 mod supervise;
 pub mod systemd;
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use signals::reload_signal;
+pub use signals::shutdown_on_signal;
+use start::preflight;
+pub use start::start;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,13 +36,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, TopicTemplates, UplinkKind};
-use crate::fanout::{FanInputs, FanOut, FanTarget, calc_state, fan_out, regulated};
-use crate::live::{LiveState, UplinkView, health};
-use crate::modbus::poller::Poller;
-use crate::modbus::write::DeviceWriters;
+use crate::config::Config;
+use crate::live::LiveState;
 use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
-use crate::publish::mqtt::MqttUplink;
 use crate::spool::SpoolHandle;
 
 /// Capacity of the channel between the pollers and the fan-out, in batches. When it is full the
@@ -106,297 +107,6 @@ pub struct Agent {
     grace: Duration,
     /// Live state for displays.
     pub live: Arc<LiveState>,
-}
-
-/// Start every component of `cfg`. Returns once the spools are open and every task is spawned.
-pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
-    let live = Arc::new(LiveState {
-        completeness: Arc::new(crate::completeness::Completeness::open(
-            &cfg,
-            Timestamp::now(),
-        )),
-        health: Arc::new(health::Health::new(cfg.stall_after)),
-        ..LiveState::default()
-    });
-    if let Some(calc) = &cfg.calc {
-        let limits = crate::calc::limits::stack_limits(calc).context("[calc] stack limits")?;
-        let _ = live.stack_limits.set(limits);
-    }
-    let sources = CancellationToken::new();
-    let uplinks_token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
-
-    // History store and ledger first: the HJ 212 uplinks answer history requests from the store,
-    // and a key that others can read stops the start before anything runs.
-    let regulator = regulated::Regulator::open(&cfg)?.with_health(live.health.clone());
-    let history = regulator.history_source();
-    live.series.set_history(regulator.history_store());
-
-    // Guarded device writes (Sparkplug DCMD) go to the pollers' write queues; every attempt is
-    // reported as an event through the fan-out's side entrance.
-    let (writers, write_queues) = DeviceWriters::for_sources(&cfg.sources);
-    let (events_tx, events_rx) = mpsc::channel(EVENTS_CHANNEL);
-
-    let mut targets = Vec::new();
-    let mut spools = Vec::new();
-    // A damaged spool file is moved aside, a spool that cannot be opened stops its uplink only
-    // (`spools`); what happened goes out first as events.
-    let notifier = systemd::Notifier::from_env();
-    let mut spool_events = Vec::new();
-    for uplink in &cfg.uplinks {
-        let path = spool_path(&cfg, &uplink.name);
-        let report = spools::Report {
-            notifier: &notifier,
-            health: &live.health,
-            events: &mut spool_events,
-        };
-        let Some(spool) = spools::open(uplink, &path, report) else {
-            continue;
-        };
-        let latency = Arc::new(crate::histogram::Histogram::default());
-        let (status, topics) = match &uplink.kind {
-            UplinkKind::Mqtt(mqtt) => {
-                let client = MqttUplink::new(&cfg.site, uplink, spool.clone())
-                    .with_context(|| format!("uplink {:?}", uplink.name))?
-                    .with_completeness(live.completeness.clone())
-                    .with_publish_latency(latency.clone())
-                    .with_shutdown_grace(opts.grace_period)
-                    .with_hj212_mn_by_subject(
-                        mqtt.encoding.hj212.as_ref().map_or_else(HashMap::new, |h| {
-                            hj212::mn_by_subject(&h.mn_by_stack, &cfg)
-                        }),
-                    );
-                tracing::info!(uplink = %uplink.name, broker = %mqtt.broker, spool = %path.display(), "uplink ready");
-                let status = client.status();
-                let who = supervise::Supervised {
-                    name: uplink.name.clone(),
-                    kind: "MQTT",
-                    status: client.status_sender(),
-                    events: events_tx.clone(),
-                    backoff: (mqtt.reconnect_min, mqtt.reconnect_max),
-                };
-                tracker.spawn(supervise::supervise(
-                    who,
-                    supervised_mqtt(Arc::new(client)),
-                    uplinks_token.clone(),
-                ));
-                (status, mqtt.topics.clone())
-            }
-            UplinkKind::Hj212(h) => {
-                tracing::info!(uplink = %uplink.name, platform = %h.platform, spool = %path.display(), "HJ 212 uplink ready");
-                let wiring = hj212::Wiring {
-                    events: events_tx.clone(),
-                    completeness: live.completeness.clone(),
-                    mn_by_subject: hj212::mn_by_subject(&h.mn_by_stack, &cfg),
-                    grace: opts.grace_period,
-                    publish_latency: latency.clone(),
-                };
-                let status = hj212::start(
-                    uplink,
-                    h,
-                    spool.clone(),
-                    history.clone(),
-                    wiring,
-                    &tracker,
-                    uplinks_token.clone(),
-                );
-                (status, TopicTemplates::default())
-            }
-            UplinkKind::Sparkplug(spb) => {
-                let wiring = sparkplug::Wiring {
-                    writers: &writers,
-                    events: &events_tx,
-                    tracker: &tracker,
-                    stop: &uplinks_token,
-                    completeness: &live.completeness,
-                    grace: opts.grace_period,
-                    publish_latency: &latency,
-                };
-                let status = sparkplug::start(&cfg, uplink, spb, spool.clone(), wiring)?;
-                (status, TopicTemplates::default())
-            }
-        };
-        live.uplinks
-            .lock()
-            .expect("live state lock is never poisoned: holders do not panic")
-            .push(UplinkView {
-                name: uplink.name.clone(),
-                spool: spool.clone(),
-                status,
-                publish_latency: latency,
-            });
-        targets.push(FanTarget {
-            gate: health::StoreGate::new(format!("spool-{}", uplink.name)),
-            spool: spool.clone(),
-            streams: uplink.streams.clone(),
-            topics,
-            hand_over_decoded: matches!(uplink.kind, UplinkKind::Mqtt(_)),
-        });
-        spools.push(spool);
-    }
-
-    let (tx, rx) = mpsc::channel(READINGS_CHANNEL);
-    let mut pollers = Vec::new();
-    // A step of the wall clock is raised once, by whichever poller or spool reads the clock first.
-    crate::clock::Clock::system().set_events(events_tx.clone());
-    for (source, writes) in cfg.sources.iter().zip(write_queues) {
-        let poller = Poller::new(source.clone(), tx.clone()).with_writes(writes);
-        live.pollers
-            .lock()
-            .expect("live state lock is never poisoned: holders do not panic")
-            .push((source.name.clone(), poller.stats()));
-        let shortest_poll = source
-            .devices
-            .iter()
-            .flat_map(|d| &d.points)
-            .map(|p| p.poll_interval)
-            .min()
-            .unwrap_or(Duration::ZERO);
-        live.health.watch_poller(&source.name, shortest_poll);
-        pollers.push(tracker.spawn(poller.run(sources.clone())));
-    }
-    for bus in &cfg.meter_buses {
-        let poller = crate::dlt645::poller::Dlt645Poller::new(bus.clone(), tx.clone());
-        live.pollers
-            .lock()
-            .expect("live state lock is never poisoned: holders do not panic")
-            .push((bus.name.clone(), poller.stats()));
-        let shortest_poll = bus
-            .meters
-            .iter()
-            .flat_map(|m| &m.points)
-            .map(|p| p.poll_interval)
-            .min()
-            .unwrap_or(Duration::ZERO);
-        live.health.watch_poller(&bus.name, shortest_poll);
-        pollers.push(tracker.spawn(poller.run(sources.clone())));
-    }
-    drop(tx);
-
-    // The HTTP side doors are a source too: they stop with the pollers. Binding here makes a
-    // taken or invalid address fail the start with a clear message.
-    if let Some(http) = &cfg.http {
-        let listener = tokio::net::TcpListener::bind(http.listen)
-            .await
-            .with_context(|| format!("http.listen {}: cannot bind", http.listen))?;
-        tracing::info!(listen = %http.listen, "HTTP endpoint: /metrics /healthz /readyz /api/v1 and the dashboard");
-        let opts = crate::http::HttpOptions {
-            token: http.token.clone(),
-            ..Default::default()
-        };
-        tracker.spawn({
-            let live = live.clone();
-            let stop = sources.clone();
-            async move {
-                if let Err(e) = crate::http::serve(listener, live, opts, stop).await {
-                    tracing::error!("http endpoint: {e}");
-                }
-            }
-        });
-    }
-
-    let calc = match &cfg.calc {
-        Some(c) => {
-            let pipeline = crate::calc::Pipeline::new(c).context("[calc]")?;
-            let refs = crate::series::references::from_calc(c, pipeline.coefficients());
-            live.series.set_references(refs);
-            Some(calc_state::CalcStage::open(pipeline, &cfg.state_dir))
-        }
-        None => None,
-    };
-    let derived = match cfg.derived.is_empty() {
-        true => None,
-        false => Some(crate::derived::Engine::new(&cfg.derived).map_err(anyhow::Error::msg)?),
-    };
-    let initial: Vec<Record> = regulator
-        .config_change(&cfg)
-        .into_iter()
-        .chain(spool_events)
-        .collect();
-    let inputs = FanInputs {
-        batches: rx,
-        events: events_rx,
-    };
-    let drain_deadline = CancellationToken::new();
-    let fan_out = tokio::spawn(fan_out(FanOut {
-        inputs,
-        targets,
-        site: cfg.site.clone(),
-        live: live.clone(),
-        calc,
-        derived,
-        regulator,
-        initial,
-        drain_deadline: drain_deadline.clone(),
-    }));
-    tracker.close();
-
-    Ok(Agent {
-        pollers,
-        sources,
-        uplinks: uplinks_token,
-        drain_deadline,
-        fan_out,
-        tracker,
-        spools,
-        events: events_tx,
-        grace: opts.grace_period,
-        live,
-    })
-}
-
-/// Build the fallible parts of `cfg` that do not need what the agent running `running` holds, and
-/// drop them again. A reload stops the running agent only once these pass, so a configuration
-/// that validates but cannot start (a rotated certificate or key that does not parse, a spool or
-/// history store that cannot be opened, an HTTP address that is taken, an unreadable ledger key)
-/// leaves the agent running. The same code as in [`start`] builds each part.
-///
-/// What the running agent holds is checked without taking it from it: a spool file it has open is
-/// not opened a second time (it opened, and one agent works a spool), the HTTP address it listens
-/// on is not bound. The history store is SQLite in WAL mode with a busy timeout, made for more
-/// than one connection, so it is opened like at start. The simulator is not restarted by a reload
-/// and not checked.
-async fn preflight(cfg: &Config, running: &Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
-    drop(regulated::Regulator::open(cfg)?);
-    let held: HashSet<PathBuf> = running
-        .uplinks
-        .iter()
-        .map(|u| spool_path(running, &u.name))
-        .collect();
-    for uplink in &cfg.uplinks {
-        let path = spool_path(cfg, &uplink.name);
-        if !held.contains(&path) {
-            crate::spool::Spool::open(&path, &uplink.spool).with_context(|| {
-                format!(
-                    "uplink {:?}: cannot open spool {}",
-                    uplink.name,
-                    path.display()
-                )
-            })?;
-        }
-        match &uplink.kind {
-            UplinkKind::Mqtt(_) => MqttUplink::preflight(uplink)
-                .with_context(|| format!("uplink {:?}", uplink.name))?,
-            UplinkKind::Hj212(_) => {}
-            UplinkKind::Sparkplug(spb) => sparkplug::preflight(uplink, spb)?,
-        }
-    }
-    if let Some(http) = &cfg.http
-        && running.http.as_ref().map(|h| h.listen) != Some(http.listen)
-    {
-        tokio::net::TcpListener::bind(http.listen)
-            .await
-            .with_context(|| format!("http.listen {}: cannot bind", http.listen))?;
-    }
-    if let Some(c) = &cfg.calc {
-        crate::calc::Pipeline::new(c).context("[calc]")?;
-    }
-    Ok(())
 }
 
 /// The `reload_failed` event: what failed and what runs now.
@@ -472,27 +182,6 @@ impl Agent {
                 tracing::error!("closing spool: {e}");
             }
         }
-    }
-}
-
-/// The attempts of a supervised MQTT uplink: each runs `client` in a task of its own (a panic ends
-/// that run only); a run that got records acknowledged resets the backoff.
-fn supervised_mqtt(
-    client: Arc<MqttUplink>,
-) -> impl FnMut(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = supervise::Outcome> + Send>>
-{
-    move |stop: CancellationToken| {
-        let client = client.clone();
-        Box::pin(async move {
-            let acked = client.status().borrow().acked_total;
-            let run = supervise::contain({
-                let client = client.clone();
-                async move { client.run_once(&stop).await }
-            })
-            .await;
-            let progressed = client.status().borrow().acked_total > acked;
-            (run.and_then(|r| r), progressed)
-        })
     }
 }
 
@@ -657,61 +346,7 @@ fn log_start(cfg: &Config) {
     );
 }
 
-/// SIGHUP as a channel of reload requests (never fires when reloading is off or off Unix).
-fn reload_signal(enabled: bool) -> anyhow::Result<mpsc::Receiver<()>> {
-    let (tx, rx) = mpsc::channel(1);
-    #[cfg(unix)]
-    if enabled {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("installing the SIGHUP handler")?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                // A reload already pending covers this one too.
-                let _ = tx.try_send(());
-            }
-        });
-        return Ok(rx);
-    }
-    // No reloads: the sender is dropped and the receiver reports a closed channel, which the
-    // `Some(())` pattern in `run` treats as "no request".
-    drop((tx, enabled));
-    Ok(rx)
-}
-
 /// The spool file of an uplink.
 pub fn spool_path(cfg: &Config, uplink: &str) -> PathBuf {
     cfg.state_dir.join(format!("spool-{uplink}.db"))
-}
-
-/// A cancellation token that fires on SIGINT or SIGTERM, or after `duration` if given.
-pub fn shutdown_on_signal(duration: Option<Duration>) -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        let timer = async {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("interrupted"),
-            _ = term => tracing::info!("terminated"),
-            _ = timer => {},
-        }
-        t.cancel();
-    });
-    token
 }

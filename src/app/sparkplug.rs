@@ -73,7 +73,7 @@ pub(crate) fn start(
         &uplink.name,
         &spb.mqtt,
         ids,
-        EdgeNodeModel::from_sources(&cfg.sources),
+        EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived),
         spool,
     )
     .with_context(|| format!("uplink {:?}", uplink.name))?

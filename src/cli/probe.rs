@@ -12,7 +12,8 @@ pub(super) async fn probe_dlt645(
     dis: &[String],
     timeout: Duration,
 ) -> anyhow::Result<String> {
-    use crate::dlt645::{Address, Edition, probe};
+    use crate::dlt645::config::Edition;
+    use crate::dlt645::{Address, probe};
     let edition = match edition {
         2007 => Edition::Dlt2007,
         1997 => Edition::Dlt1997,

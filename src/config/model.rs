@@ -24,7 +24,7 @@ pub struct Config {
     /// DL/T 645 meter buses (`[[sources]]` with `protocol = "dlt645-…"`), in file order.
     pub meter_buses: Vec<crate::dlt645::config::BusConfig>,
     /// The built-in plant simulator, when the file has a `[simulator]` section.
-    pub simulator: Option<crate::simulator::SimulatorConfig>,
+    pub simulator: Option<crate::simulator::config::SimulatorConfig>,
     /// The calculators (`[calc]`): which devices and points play which role, which coefficient
     /// tables apply.
     pub calc: Option<crate::calc::CalcConfig>,
@@ -42,7 +42,7 @@ pub struct Config {
     /// `[ledger]`: the site key and the regulated records, when the file has that section.
     pub ledger: Option<LedgerConfig>,
     /// `[[derived]]`: the plant's own formulas, validated, their inputs resolved.
-    pub derived: Vec<crate::derived::DerivedPoint>,
+    pub derived: Vec<crate::derived::config::DerivedPoint>,
 }
 
 /// `[history]`: the store of closed aggregate windows and the potline's daily and monthly figures,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::model::{Area, ByteOrder, Encoding, EncodingConfig, Parity};
 use crate::model::Stream;
-use crate::simulator::SimulatorConfig;
+use crate::simulator::config::SimulatorConfig;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -197,11 +197,11 @@ pub(crate) enum RawProtocol {
 
 impl RawProtocol {
     /// The DL/T 645 edition, for a meter bus.
-    pub(crate) fn dlt645(self) -> Option<crate::dlt645::Edition> {
+    pub(crate) fn dlt645(self) -> Option<crate::dlt645::config::Edition> {
         match self {
             RawProtocol::Modbus => None,
-            RawProtocol::Dlt645v2007 => Some(crate::dlt645::Edition::Dlt2007),
-            RawProtocol::Dlt645v1997 => Some(crate::dlt645::Edition::Dlt1997),
+            RawProtocol::Dlt645v2007 => Some(crate::dlt645::config::Edition::Dlt2007),
+            RawProtocol::Dlt645v1997 => Some(crate::dlt645::config::Edition::Dlt1997),
         }
     }
 }

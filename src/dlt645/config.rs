@@ -18,12 +18,24 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use super::format::Format;
-use super::frame::{Address, DataId, Edition};
+use super::frame::{Address, DataId};
+
 use crate::config::csv_map::line_of;
 use crate::config::locate::{KeyPath, Origin, Report};
 use crate::config::raw::RawSource;
 use crate::config::template::NamePattern;
 use crate::config::{HostPort, Parity, SerialSettings};
+
+/// The edition of the standard a meter speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Edition {
+    /// DL/T 645-2007: 4-byte data identifiers, read 11h.
+    #[serde(rename = "dlt645-2007")]
+    Dlt2007,
+    /// DL/T 645-1997: 2-byte data identifiers, read 01h.
+    #[serde(rename = "dlt645-1997")]
+    Dlt1997,
+}
 
 /// Defaults of a DL/T 645 bus.
 pub mod defaults {

@@ -10,6 +10,8 @@ use std::fmt;
 
 use crate::model::Quality;
 
+pub use super::config::Edition;
+
 /// Frame start byte.
 pub const START: u8 = 0x68;
 /// Frame end byte.
@@ -31,17 +33,6 @@ const ABNORMAL: u8 = 0x40;
 const MORE: u8 = 0x20;
 /// Control code bits of the function.
 const FUNCTION: u8 = 0x1F;
-
-/// The edition of the standard a meter speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Edition {
-    /// DL/T 645-2007: 4-byte data identifiers, read 11h.
-    #[serde(rename = "dlt645-2007")]
-    Dlt2007,
-    /// DL/T 645-1997: 2-byte data identifiers, read 01h.
-    #[serde(rename = "dlt645-1997")]
-    Dlt1997,
-}
 
 impl Edition {
     /// Control code of a read request.

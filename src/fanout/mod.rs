@@ -113,14 +113,6 @@ fn count_undrained(live: &LiveState, targets: &[FanTarget], records: &[Record]) 
     }
 }
 
-/// Route poll batches to every uplink's spool that carries the `live` stream.
-///
-/// Batches that arrive together are appended in one transaction per spool, up to
-/// [`MAX_BATCHES_PER_APPEND`]: under load this turns many small fsyncs into few larger ones. A
-/// spool or history store that keeps failing is isolated ([`health`]): what it refuses is
-/// counted as lost, and acquisition goes on. `initial` records (the configuration change of the
-/// ledger) go first. Closed windows are stored in the history store and regulated records sealed
-/// into the ledger before they reach a spool.
 /// Everything the fan-out task owns.
 pub(crate) struct FanOut {
     pub(crate) inputs: FanInputs,
@@ -135,6 +127,14 @@ pub(crate) struct FanOut {
     pub(crate) drain_deadline: CancellationToken,
 }
 
+/// Route poll batches to every uplink's spool that carries the `live` stream.
+///
+/// Batches that arrive together are appended in one transaction per spool, up to
+/// [`MAX_BATCHES_PER_APPEND`]: under load this turns many small fsyncs into few larger ones. A
+/// spool or history store that keeps failing is isolated ([`health`]): what it refuses is
+/// counted as lost, and acquisition goes on. `initial` records (the configuration change of the
+/// ledger) go first. Closed windows are stored in the history store and regulated records sealed
+/// into the ledger before they reach a spool.
 pub(crate) async fn fan_out(fan: FanOut) {
     let FanOut {
         inputs,
@@ -213,17 +213,28 @@ pub(crate) async fn fan_out(fan: FanOut) {
             c.saved_after(&records).await;
         }
     }
+    finish(&mut cx, &mut targets, calc.as_mut()).await;
+}
+
+/// After the pollers are gone: the calculators' open windows closed and handed on, the hour in
+/// progress reported as partial (after a restart it continues), and what the grace period could
+/// not store counted.
+async fn finish(
+    cx: &mut FanContext,
+    targets: &mut [FanTarget],
+    calc: Option<&mut calc_state::CalcStage>,
+) {
+    let live = cx.live.clone();
     live.health.fan_out_busy();
-    if let Some(c) = calc.as_mut() {
+    if let Some(c) = calc {
         let mut records = c.flush(Timestamp::now());
         publish_derived(&live, &records);
         live.completeness.received(&records);
-        cx.hand_on(&mut targets, &mut records).await;
+        cx.hand_on(targets, &mut records).await;
         c.saved_after(&records).await;
     }
-    // The hour in progress is reported as partial; after a restart it continues.
     let mut partial = live.completeness.partial(Timestamp::now());
-    cx.hand_on(&mut targets, &mut partial).await;
+    cx.hand_on(targets, &mut partial).await;
     let undrained = live.health.undrained_total();
     if undrained > 0 {
         tracing::error!(

@@ -29,11 +29,11 @@ use anyhow::Context as _;
 use ed25519_dalek::SigningKey;
 
 use crate::config::{Config, Regulated};
+use crate::history::HistorySource;
 use crate::history::{HistoryStore, figures_period};
 use crate::ledger::capture::{REGULATED_CHAIN, payload_of};
 use crate::ledger::{Chain, LedgerRecord};
 use crate::model::{Event, EventKind, EventPhase, Period, Record, Timestamp, Value};
-use crate::publish::hj212_tcp::HistorySource;
 
 use crate::live::health::{Health, STORE_CALL_TIMEOUT, StoreGate};
 
@@ -205,11 +205,7 @@ impl Regulator {
         };
         let kept: Vec<Record> = records
             .iter()
-            .filter(|r| match r {
-                Record::Aggregate(_) => true,
-                Record::Metrics(m) => figures_period(m).is_some(),
-                Record::Batch(_) | Record::Event(_) => false,
-            })
+            .filter(|r| goes_to_history(r))
             .cloned()
             .collect();
         let sealed: Vec<LedgerRecord> = seals.iter().flatten().cloned().collect();
@@ -228,11 +224,29 @@ impl Regulator {
             })
             .max()
             .unwrap_or_else(Timestamp::now);
+        let stored = self
+            .store_with_retries(store.clone(), kept, sealed, now)
+            .await;
+        let Err((error, reason)) = stored else {
+            return seals;
+        };
+        self.hold_back(records, &seals, before, &error, reason);
+        vec![None; records.len()]
+    }
+
+    /// Store `kept` and `sealed` in the history store, trying as often as the gate allows (with a
+    /// doubling pause between tries). On failure returns the last error and its loss reason.
+    async fn store_with_retries(
+        &mut self,
+        store: Arc<HistoryStore>,
+        kept: Vec<Record>,
+        sealed: Vec<LedgerRecord>,
+        now: Timestamp,
+    ) -> Result<(), (String, &'static str)> {
         let (kept, sealed) = (Arc::new(kept), Arc::new(sealed));
         let mut delay = Duration::from_millis(100);
-        let attempts = self.gate.attempts();
         let mut last_error = (String::from("failing, probe not due"), "store_failing");
-        for attempt in 0..attempts {
+        for attempt in 0..self.gate.attempts() {
             if attempt > 0 {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -242,7 +256,7 @@ impl Regulator {
             match tokio::time::timeout(STORE_CALL_TIMEOUT, call).await {
                 Ok(Ok(Ok(_))) => {
                     self.gate.ok(&self.health);
-                    return seals;
+                    return Ok(());
                 }
                 Ok(Ok(Err(e))) => {
                     let text = format!("{e:#}");
@@ -262,26 +276,32 @@ impl Regulator {
                 }
             }
         }
-        let (error, reason) = last_error;
-        if attempts > 0 {
-            self.gate.failed(&self.health, &error);
+        Err(last_error)
+    }
+
+    /// The history store refused: undo the seals (the store's head does not cover them), hold the
+    /// sealed records back (bounded by [`MAX_HELD_BACK`]) and count the unsealed windows lost.
+    fn hold_back(
+        &mut self,
+        records: &mut Vec<Record>,
+        seals: &[Option<LedgerRecord>],
+        before: Option<Chain>,
+        error: &str,
+        reason: &'static str,
+    ) {
+        if self.gate.attempts() > 0 {
+            self.gate.failed(&self.health, error);
         }
-        // Undo the seals: the store's head does not cover them.
         if let (Some(sealer), Some(chain)) = (self.ledger.as_mut(), before) {
             sealer.chain = chain;
         }
         let mut unsealed_kept = 0u64;
         let mut routed = Vec::with_capacity(records.len());
-        for (record, seal) in records.drain(..).zip(&seals) {
+        for (record, seal) in records.drain(..).zip(seals) {
             if seal.is_some() {
                 self.held_back.push(record);
             } else {
-                let kept = match &record {
-                    Record::Aggregate(_) => true,
-                    Record::Metrics(m) => figures_period(m).is_some(),
-                    Record::Batch(_) | Record::Event(_) => false,
-                };
-                unsealed_kept += u64::from(kept);
+                unsealed_kept += u64::from(goes_to_history(&record));
                 routed.push(record);
             }
         }
@@ -292,7 +312,15 @@ impl Regulator {
             self.health.lost(STORE, "held_back_full", over as u64);
         }
         self.health.lost(STORE, reason, unsealed_kept);
-        vec![None; records.len()]
+    }
+}
+
+/// Whether the history store keeps `record`: closed windows and period figures.
+fn goes_to_history(record: &Record) -> bool {
+    match record {
+        Record::Aggregate(_) => true,
+        Record::Metrics(m) => figures_period(m).is_some(),
+        Record::Batch(_) | Record::Event(_) => false,
     }
 }
 

@@ -27,7 +27,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::config::HistoryConfig;
 use crate::ledger::LedgerRecord;
 use crate::model::{Aggregate, MetricBatch, Period, Record, Timestamp};
-use crate::publish::hj212_tcp::HistorySource;
+
+/// Stored closed windows, for a regulator platform's history requests: [`HistoryStore`]
+/// implements it, the HJ 212 uplink reads the windows through it.
+pub trait HistorySource: Send + Sync {
+    /// The closed windows of `period` whose start lies in `begin..=end`, oldest first, each as the
+    /// aggregates of one subject and window. Called on a blocking thread.
+    fn windows(&self, period: Period, begin: Timestamp, end: Timestamp) -> Vec<Vec<Aggregate>>;
+}
 
 /// How often old rows are pruned (at most).
 const PRUNE_EVERY_MS: i64 = 3_600_000;

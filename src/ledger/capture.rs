@@ -1,5 +1,6 @@
 //! Seals on the wire: how a regulated record carries its ledger record through the spool and in
-//! the JSON and protobuf payloads, and how a captured message is read back for [`verify`].
+//! the JSON and protobuf payloads, and how a captured message is read back for
+//! [`verify`](super::verify).
 //!
 //! # Forms
 //! - **Spool body**: the record's canonical JSON with a leading `"ledger"` key holding the
@@ -9,6 +10,9 @@
 //!   [`LedgerRecord`]).
 //! - **protobuf payload**: `Envelope.ledger` (`LedgerSeal`, field 20).
 //! - **Ledger file**: one [`LedgerRecord`] per line, or captured JSON payloads, one per line.
+//!
+//! The payload forms are written by the encoders ([`crate::publish::encode::seal`]); this module
+//! writes and reads the spool body and reads captured payloads back.
 //!
 //! The signed bytes are the `payload`, the record's canonical JSON. A payload also shows the
 //! record in its body; the verifier checks that the body says the same as the signed payload, so
@@ -24,6 +28,7 @@ use serde_json::Value as Json;
 use super::{Anchors, LedgerRecord, Report, verify_with};
 use crate::model::Record;
 use crate::publish::encode::protobuf::{self, pb};
+use crate::publish::encode::seal::seal_from_pb;
 
 /// Name of the chain regulated records and configuration changes are appended to.
 pub const REGULATED_CHAIN: &str = "regulated";
@@ -69,61 +74,6 @@ pub fn seal_of(body: &[u8]) -> Option<LedgerRecord> {
     serde_json::from_slice::<Sealed>(body)
         .ok()
         .map(|s| s.ledger)
-}
-
-/// Add a seal to a JSON payload (an object): `,"ledger":{…}` before its closing brace.
-pub fn seal_json_payload(mut payload: Vec<u8>, seal: &LedgerRecord) -> Vec<u8> {
-    if payload.last() == Some(&b'}') {
-        payload.pop();
-        payload.extend_from_slice(b",\"ledger\":");
-        payload.extend_from_slice(seal.to_json().as_bytes());
-        payload.push(b'}');
-    }
-    payload
-}
-
-/// The protobuf form of a seal.
-pub fn seal_pb(seal: &LedgerRecord) -> pb::LedgerSeal {
-    pb::LedgerSeal {
-        site: seal.site.clone(),
-        chain: seal.stream.clone(),
-        seq: seal.seq,
-        prev: seal.prev.to_vec(),
-        hash: seal.hash.to_vec(),
-        sig: seal.sig.to_vec(),
-        payload: seal.payload.clone(),
-        version: u32::from(seal.v),
-        historical: seal.historical,
-    }
-}
-
-fn seal_from_pb(s: pb::LedgerSeal) -> Result<LedgerRecord, String> {
-    let bytes = |field: &str, v: Vec<u8>, n: usize| {
-        if v.len() == n {
-            Ok(v)
-        } else {
-            Err(format!("ledger.{field}: {} bytes, expected {n}", v.len()))
-        }
-    };
-    let prev = bytes("prev", s.prev, 32)?;
-    let hash = bytes("hash", s.hash, 32)?;
-    let sig = bytes("sig", s.sig, 64)?;
-    Ok(LedgerRecord {
-        site: s.site,
-        stream: s.chain,
-        seq: s.seq,
-        prev: prev.try_into().expect("length checked"),
-        hash: hash.try_into().expect("length checked"),
-        sig: sig.try_into().expect("length checked"),
-        payload: s.payload,
-        // Field absent (0): a seal of an older build.
-        v: match s.version {
-            0 | 1 => 1,
-            v => u8::try_from(v).unwrap_or(u8::MAX),
-        },
-        historical: s.historical,
-        sig_historical: None,
-    })
 }
 
 /// Rewrite the `labels` of a signed metric batch from the `[key, value]` pairs older builds
@@ -389,6 +339,7 @@ mod tests {
     use crate::config::Stream;
     use crate::ledger::Chain;
     use crate::publish::encode::json::encode_record;
+    use crate::publish::encode::seal::seal_json_payload;
 
     /// A payload signed by an older build (labels as `[key, value]` pairs), published by this one.
     /// `tamper`: change a label value in the published body.

@@ -155,6 +155,41 @@ pub fn verify_with(key: &VerifyingKey, records: &[LedgerRecord], anchors: &Ancho
     };
     report.chain = Some((first.site.clone(), first.stream.clone()));
 
+    let by_seq = index_records(key, records, first, &mut report);
+    check_links(&mut report, &by_seq);
+    if let (Some((&lo, lo_rec)), Some((&hi, hi_rec))) =
+        (by_seq.first_key_value(), by_seq.last_key_value())
+    {
+        report.seq_range = Some((lo, hi));
+        report.from_genesis = lo == 1 && lo_rec.prev == GENESIS;
+        report.head = Some((hi, hi_rec.hash));
+        check_anchors(&mut report, &by_seq, anchors);
+    }
+    for list in [
+        &mut report.duplicates,
+        &mut report.conflicts,
+        &mut report.out_of_order,
+        &mut report.foreign,
+        &mut report.broken_chain,
+        &mut report.bad_signature,
+        &mut report.diverged,
+    ] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    report.bad_hash.sort_unstable();
+    report.ok = report.intact();
+    report
+}
+
+/// The records of the first record's chain by seq, each checked (hash, signature); foreign
+/// records, duplicates, conflicts and records out of order are noted in `report`.
+fn index_records<'r>(
+    key: &VerifyingKey,
+    records: &'r [LedgerRecord],
+    first: &LedgerRecord,
+    report: &mut Report,
+) -> BTreeMap<u64, &'r LedgerRecord> {
     let mut by_seq: BTreeMap<u64, &LedgerRecord> = BTreeMap::new();
     let mut highest: Option<u64> = None;
     for r in records {
@@ -191,8 +226,13 @@ pub fn verify_with(key: &VerifyingKey, records: &[LedgerRecord], anchors: &Ancho
         }
     }
 
+    by_seq
+}
+
+/// The links between consecutive records: time order, the chain of hashes, the gaps.
+fn check_links(report: &mut Report, by_seq: &BTreeMap<u64, &LedgerRecord>) {
     let mut last_time: Option<i64> = None;
-    for (&seq, &r) in &by_seq {
+    for (&seq, &r) in by_seq {
         if let Some(t) = payload_time(&r.payload) {
             if last_time.is_some_and(|last| t < last) {
                 report.time_reversed.push(seq);
@@ -202,7 +242,7 @@ pub fn verify_with(key: &VerifyingKey, records: &[LedgerRecord], anchors: &Ancho
     }
 
     let mut prev: Option<&LedgerRecord> = None;
-    for (&seq, &r) in &by_seq {
+    for (&seq, &r) in by_seq {
         match prev {
             Some(p) if seq == p.seq + 1 => {
                 if r.prev != p.hash {
@@ -219,29 +259,6 @@ pub fn verify_with(key: &VerifyingKey, records: &[LedgerRecord], anchors: &Ancho
         }
         prev = Some(r);
     }
-    if let (Some((&lo, lo_rec)), Some((&hi, hi_rec))) =
-        (by_seq.first_key_value(), by_seq.last_key_value())
-    {
-        report.seq_range = Some((lo, hi));
-        report.from_genesis = lo == 1 && lo_rec.prev == GENESIS;
-        report.head = Some((hi, hi_rec.hash));
-        check_anchors(&mut report, &by_seq, anchors);
-    }
-    for list in [
-        &mut report.duplicates,
-        &mut report.conflicts,
-        &mut report.out_of_order,
-        &mut report.foreign,
-        &mut report.broken_chain,
-        &mut report.bad_signature,
-        &mut report.diverged,
-    ] {
-        list.sort_unstable();
-        list.dedup();
-    }
-    report.bad_hash.sort_unstable();
-    report.ok = report.intact();
-    report
 }
 
 /// Whether the record's signature is this key's over what its seal version signs.
@@ -334,6 +351,16 @@ fn seqs(list: &[u64]) -> String {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_summary(f)?;
+        self.write_ends(f)?;
+        self.write_faults(f)?;
+        self.write_gaps(f)
+    }
+}
+
+impl Report {
+    /// The verdict, the chain, the counts, the head and the anchors.
+    fn write_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "Verdict: {}",
@@ -370,6 +397,11 @@ impl fmt::Display for Report {
         if let Some(head) = self.anchors.expect_head {
             writeln!(f, "Expected head: seq {}", head.seq)?;
         }
+        Ok(())
+    }
+
+    /// What is missing at either end, and the notes on what was not checked.
+    fn write_ends(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some((a, b)) = self.prefix_missing {
             let range = if a == b {
                 format!("{a}")
@@ -416,6 +448,11 @@ impl fmt::Display for Report {
                 self.unsealed
             )?;
         }
+        Ok(())
+    }
+
+    /// One line per kind of fault.
+    fn write_faults(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let lines: [(&str, &[u64], &str); 12] = [
             ("Altered", &self.bad_hash, "content does not match its hash"),
             (
@@ -479,6 +516,11 @@ impl fmt::Display for Report {
                 writeln!(f, "{what}: seq {} ({why})", seqs(list))?;
             }
         }
+        Ok(())
+    }
+
+    /// The records missing between the captured ones, and the lines that are not records.
+    fn write_gaps(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.gaps.is_empty() {
             let gaps: Vec<String> = self
                 .gaps

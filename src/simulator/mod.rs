@@ -18,7 +18,7 @@
 //! - One task steps every model in configuration order; one task per endpoint serves it; all of
 //!   them stop on shutdown, and [`RunningSimulator::shutdown`] waits for them.
 
-mod config;
+pub mod config;
 mod device;
 pub mod dlt645;
 pub mod layout;

@@ -9,6 +9,7 @@ pub mod hj212;
 pub mod hj212_message;
 pub mod json;
 pub mod protobuf;
+pub mod seal;
 pub mod sparkplug;
 
 use crate::config::{Encoding, Stream};
@@ -36,7 +37,7 @@ pub fn encode_record(
 }
 
 /// [`encode_record`] for a record that may carry a ledger seal: the JSON payload gets a trailing
-/// `"ledger"` object, the protobuf envelope its `ledger` field (see [`crate::ledger::capture`]).
+/// `"ledger"` object, the protobuf envelope its `ledger` field (see [`seal`]).
 pub fn encode_sealed(
     encoding: Encoding,
     site: &str,
@@ -52,14 +53,14 @@ pub fn encode_sealed(
     // The seal goes out with the signature of the label the record is sent with.
     let seal = &seal.delivered(historical);
     match encoding {
-        Encoding::Json | Encoding::Hj212 => crate::ledger::capture::seal_json_payload(
+        Encoding::Json | Encoding::Hj212 => seal::seal_json_payload(
             json::encode_record(site, stream, seq, record, historical),
             seal,
         ),
         Encoding::Protobuf => {
             use prost::Message as _;
             let mut envelope = protobuf::envelope(site, stream, seq, record, historical);
-            envelope.ledger = Some(crate::ledger::capture::seal_pb(seal));
+            envelope.ledger = Some(seal::seal_pb(seal));
             envelope.encode_to_vec()
         }
     }

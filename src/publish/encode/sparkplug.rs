@@ -3,9 +3,13 @@
 //!
 //! What this module guarantees (the statements of the Sparkplug 3.0 specification it implements):
 //! - **Aliases** are assigned deterministically from the configuration: device metrics get 1, 2, 3…
-//!   in configuration order of sources, devices and points ([`EdgeNodeModel::from_sources`]), so
-//!   the same configuration gives the same aliases after every restart. Aliases are unique across
-//!   the whole edge node. The node metrics `bdSeq` and `Node Control/Rebirth` are never aliased.
+//!   in configuration order of sources, devices and points ([`EdgeNodeModel::from_sources`]), then
+//!   the `live` derived points in `[[derived]]` order ([`EdgeNodeModel::with_derived`]), so the
+//!   same configuration gives the same aliases after every restart. Aliases are unique across the
+//!   whole edge node. The node metrics `bdSeq` and `Node Control/Rebirth` are never aliased.
+//! - **Derived devices**: each device of the `live` derived points (`derived/<device>`) is a
+//!   Sparkplug device of its own, its points Double metrics. It is never dead: a derived value's
+//!   bad quality travels in DATA, not as DDEATH.
 //! - **NBIRTH** ([`nbirth`]) carries every node metric: `bdSeq` (Int64) and `Node Control/Rebirth`
 //!   (Boolean, false), with seq 0. **NDEATH** ([`ndeath`]) carries only `bdSeq` and no seq.
 //! - **DBIRTH** ([`dbirth`]) carries every metric of the device with name, alias, datatype, its
@@ -30,6 +34,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::config::{DataType as WireType, PointConfig, SourceConfig};
+use crate::derived::{DerivedPoint, DerivedStream};
 use crate::model::{Quality, Reading, ReadingBatch, Timestamp, Value};
 
 /// The prost types generated from `proto/sparkplug_b.proto`.
@@ -149,13 +154,16 @@ pub struct MetricModel {
     pub datatype: DataType,
 }
 
-/// One Sparkplug device: a configured Modbus device.
+/// One Sparkplug device: a configured Modbus device, or the device of `live` derived points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceModel {
     /// Device id: the device name.
     pub name: Arc<str>,
     /// Metrics in configuration order.
     pub metrics: Vec<MetricModel>,
+    /// The derived device (`derived/<device>`) it stands for, if it is one: never dead, never
+    /// written.
+    pub derived: Option<Arc<str>>,
     index: HashMap<Arc<str>, usize>,
 }
 
@@ -170,6 +178,7 @@ impl DeviceModel {
         DeviceModel {
             name,
             metrics,
+            derived: None,
             index,
         }
     }
@@ -226,9 +235,65 @@ impl EdgeNodeModel {
         EdgeNodeModel { devices, index }
     }
 
+    /// This model with the `live` derived points added: one device per derived device, in
+    /// first-seen order, its points Double metrics with the aliases after the last one. The
+    /// device id is the derived device's name, or `derived_<name>` when a configured device
+    /// already has that name (two births on one topic would confuse every host). `metrics`
+    /// derived points travel on the metrics stream, which Sparkplug does not carry.
+    #[must_use]
+    pub fn with_derived(self, derived: &[DerivedPoint]) -> Self {
+        let first_alias = self
+            .devices
+            .iter()
+            .flat_map(|d| &d.metrics)
+            .map(|m| m.alias)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut devices = self.devices;
+        let mut added: Vec<(Arc<str>, Vec<MetricModel>)> = Vec::new();
+        let live = derived.iter().filter(|p| p.stream == DerivedStream::Live);
+        for (alias, p) in (first_alias..).zip(live) {
+            let metric = MetricModel {
+                name: p.name.clone(),
+                alias,
+                datatype: DataType::Double,
+            };
+            match added.iter_mut().find(|(d, _)| *d == p.device) {
+                Some((_, metrics)) => metrics.push(metric),
+                None => added.push((p.device.clone(), vec![metric])),
+            }
+        }
+        for (device, metrics) in added {
+            let mut id = device.to_string();
+            while devices.iter().any(|d| *d.name == *id) {
+                id = format!("derived_{id}");
+            }
+            let mut model = DeviceModel::new(Arc::from(id), metrics);
+            model.derived = Some(device);
+            devices.push(model);
+        }
+        Self::new(devices)
+    }
+
     /// The index of a device by name.
     pub fn device_index(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
+    }
+
+    /// The index of the device a poll batch belongs to: a derived device for the batches of
+    /// source `derived` ([`crate::derived::engine::SOURCE`]), else the device of that name.
+    pub fn batch_device(&self, batch: &ReadingBatch) -> Option<usize> {
+        if *batch.source == *crate::derived::engine::SOURCE
+            && let Some(i) = self
+                .devices
+                .iter()
+                .position(|d| d.derived.as_deref() == Some(&*batch.device))
+        {
+            return Some(i);
+        }
+        self.device_index(&batch.device)
+            .filter(|&i| self.devices[i].derived.is_none())
     }
 }
 
@@ -709,6 +774,55 @@ unit = "kWh"
         );
         // The same configuration gives the same aliases (stable across restarts).
         assert_eq!(model(), m);
+    }
+
+    #[test]
+    fn live_derived_points_are_double_metrics_of_their_own_devices_after_the_polled_points() {
+        let derived = r#"
+[[derived]]
+name = "line_power_kw"
+expr = "rectifier.line_current_ka * 2"
+unit = "kA"
+stream = "live"
+device = "rectifier"
+
+[[derived]]
+name = "mean_v"
+expr = "pot_001.cell_voltage_v"
+unit = "V"
+stream = "live"
+
+[[derived]]
+name = "on_metrics_v"
+expr = "pot_001.cell_voltage_v"
+unit = "V"
+"#;
+        let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
+            .expect("valid config");
+        let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+        let names: Vec<(&str, &str, u64, DataType)> = m.devices[2..]
+            .iter()
+            .flat_map(|d| {
+                d.metrics
+                    .iter()
+                    .map(move |x| (&*d.name, &*x.name, x.alias, x.datatype))
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("derived_rectifier", "line_power_kw", 6, DataType::Double),
+                ("derived", "mean_v", 7, DataType::Double),
+            ],
+            "a configured device's name is not taken twice; metrics-stream points are not metrics"
+        );
+        let b = ReadingBatch {
+            source: "derived".into(),
+            ..batch("rectifier", vec![])
+        };
+        assert_eq!(m.batch_device(&b), Some(2));
+        assert_eq!(m.batch_device(&batch("rectifier", vec![])), Some(0));
+        assert_eq!(m.batch_device(&batch("derived", vec![])), None);
     }
 
     #[test]

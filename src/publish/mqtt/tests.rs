@@ -41,6 +41,8 @@ fn test_config(encoding: Encoding) -> UplinkConfig {
 }
 
 #[tokio::test]
+// One table of records (each encoding, stream, seal and historical flag) checked in one pass.
+#[allow(clippy::too_many_lines)]
 async fn a_record_handed_over_decoded_is_published_exactly_as_its_body_would_be() {
     use crate::model::{Aggregate, Period, Quality, Reading, ReadingBatch, Value};
     let ts = Timestamp(1_764_300_253_123);

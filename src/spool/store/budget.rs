@@ -121,22 +121,7 @@ pub(super) fn evict_oldest(
     stream: Stream,
     need: u64,
 ) -> rusqlite::Result<(u64, u64)> {
-    let sql = format!("SELECT id, {ROW_BYTES} FROM records WHERE stream = ?1 ORDER BY id");
-    let mut select = tx.prepare_cached(&sql)?;
-    let mut rows = select.query([stream.as_str()])?;
-    let (mut count, mut freed, mut last_id) = (0u64, 0u64, None);
-    while freed < need {
-        let Some(row) = rows.next()? else { break };
-        last_id = Some(row.get::<_, i64>(0)?);
-        freed += u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
-        count += 1;
-    }
-    drop(rows);
-    if let Some(last_id) = last_id {
-        tx.prepare_cached("DELETE FROM records WHERE stream = ?1 AND id <= ?2")?
-            .execute(params![stream.as_str(), last_id])?;
-    }
-    Ok((count, freed))
+    evict_head(tx, stream, |_, freed| freed >= need)
 }
 
 /// Deletes the oldest records of `stream` (by id) while they were created before `cutoff_ms` (on
@@ -149,13 +134,26 @@ pub(super) fn evict_older(
     cutoff_ms: i64,
     corrections: &[StepCorrection],
 ) -> rusqlite::Result<(u64, u64)> {
+    evict_head(tx, stream, |created_ms, _| {
+        corrected(corrections, created_ms) >= cutoff_ms
+    })
+}
+
+/// Deletes the records of `stream` from the oldest (by id) until `stop(created_ms, freed so
+/// far)` holds for the next one; returns (rows, budget bytes) freed. Reads only the rows it
+/// removes plus one, and deletes them in one statement.
+fn evict_head(
+    tx: &Transaction<'_>,
+    stream: Stream,
+    mut stop: impl FnMut(i64, u64) -> bool,
+) -> rusqlite::Result<(u64, u64)> {
     let sql =
         format!("SELECT id, {ROW_BYTES}, created_ms FROM records WHERE stream = ?1 ORDER BY id");
     let mut select = tx.prepare_cached(&sql)?;
     let mut rows = select.query([stream.as_str()])?;
     let (mut count, mut freed, mut last_id) = (0u64, 0u64, None);
     while let Some(row) = rows.next()? {
-        if corrected(corrections, row.get::<_, i64>(2)?) >= cutoff_ms {
+        if stop(row.get::<_, i64>(2)?, freed) {
             break;
         }
         last_id = Some(row.get::<_, i64>(0)?);

@@ -309,21 +309,9 @@ impl Spool {
         let path = self.path.clone();
         let mut streams = [StreamState::default(); 4];
         {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT stream, next_seq, dropped FROM streams")
+            let rows = stream_rows(&self.conn, "SELECT stream, next_seq, dropped FROM streams")
                 .map_err(|e| classify(&path, e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(|e| classify(&path, e))?;
-            for row in rows {
-                let (name, next_seq, dropped) = row.map_err(|e| classify(&path, e))?;
+            for (name, next_seq, dropped) in rows {
                 let s = &mut streams[index(parse_stream(&path, &name)?)];
                 s.next_seq = non_negative(&path, "next_seq", next_seq)?;
                 s.dropped = non_negative(&path, "dropped", dropped)?;
@@ -331,18 +319,8 @@ impl Spool {
             let sql = format!(
                 "SELECT stream, count(*), coalesce(sum({ROW_BYTES}), 0) FROM records GROUP BY stream"
             );
-            let mut stmt = self.conn.prepare(&sql).map_err(|e| classify(&path, e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(|e| classify(&path, e))?;
-            for row in rows {
-                let (name, records, bytes) = row.map_err(|e| classify(&path, e))?;
+            let rows = stream_rows(&self.conn, &sql).map_err(|e| classify(&path, e))?;
+            for (name, records, bytes) in rows {
                 let s = &mut streams[index(parse_stream(&path, &name)?)];
                 s.records = non_negative(&path, "count", records)?;
                 s.bytes = non_negative(&path, "size", bytes)?;
@@ -666,6 +644,13 @@ impl Spool {
             .map_err(|e| classify(&path, e))?;
         self.conn.close().map_err(|(_, e)| classify(&path, e))
     }
+}
+
+/// The rows of a query that yields a stream name and two integers per row.
+fn stream_rows(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<(String, i64, i64)>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
 }
 
 #[cfg(test)]

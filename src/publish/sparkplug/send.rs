@@ -1,0 +1,238 @@
+//! What a session sends: the births, and the spool's records as DDATA, DDEATH and DBIRTH, each
+//! group followed by the UNSUBSCRIBE whose answer proves it arrived, then acked in the spool.
+
+use std::time::Duration;
+
+use rumqttc::{PublishOptions, QoS};
+use tokio::time::{Instant, timeout};
+
+use super::session::{Proof, Session};
+use super::{PROOF_LEVEL, READ_BATCH, STEP_TIMEOUT};
+use crate::completeness::{self, Tally};
+use crate::config::Stream;
+use crate::model::{Record, Timestamp};
+use crate::publish::encode::sparkplug::{self as spb, Change, MessageType};
+
+impl Session<'_> {
+    pub(super) async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        let notice = self
+            .client
+            .publish_tracked(topic, payload, PublishOptions::new(QoS::AtMostOnce))
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+        self.pending.push(notice);
+        Ok(())
+    }
+
+    /// Wait until every publish so far was written to the socket (QoS 0 notices resolve then).
+    pub(super) async fn flushed(&mut self) -> Result<(), String> {
+        for notice in self.pending.drain(..) {
+            timeout(STEP_TIMEOUT, notice.wait_async())
+                .await
+                .map_err(|_| "a publish was not written within 5 s".to_owned())?
+                .map_err(|e| format!("publish not written: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// NBIRTH (seq 0) and every DBIRTH; DDEATH after the DBIRTH of a device known dead.
+    pub(super) async fn births(&mut self) -> Result<(), String> {
+        let up = self.up;
+        let now = Timestamp::now();
+        let _ = self.seq.birth();
+        self.publish(
+            up.topic(MessageType::NBirth, None),
+            spb::encode(&spb::nbirth(self.bd_seq, now)),
+        )
+        .await?;
+        for (i, dev) in up.model.devices.iter().enumerate() {
+            let p = spb::dbirth(
+                dev,
+                self.node.devices[i].current(),
+                self.seq.next_seq(),
+                now,
+            );
+            self.publish(
+                up.topic(MessageType::DBirth, Some(&dev.name)),
+                spb::encode(&p),
+            )
+            .await?;
+            if self.node.dead[i] {
+                let p = spb::ddeath(self.seq.next_seq(), now);
+                self.publish(
+                    up.topic(MessageType::DDeath, Some(&dev.name)),
+                    spb::encode(&p),
+                )
+                .await?;
+            }
+        }
+        self.flushed().await?;
+        up.status_tx.send_modify(|s| {
+            s.online = true;
+            s.nbirths += 1;
+        });
+        Ok(())
+    }
+
+    /// Send the next spool batch after `cursor`: `Ok(true, _)` when more may be waiting, and the
+    /// group's [`Proof`] when it produced messages. A group that produced none (other streams,
+    /// no change to report) is acked at once: the messages before it were proven already.
+    pub(super) async fn send_batch(
+        &mut self,
+        cursor: &mut i64,
+        boundary: i64,
+    ) -> Result<(bool, Option<Proof>), String> {
+        let up = self.up;
+        let records = up
+            .spool
+            .read_after(*cursor, READ_BATCH)
+            .await
+            .map_err(|e| format!("spool read: {e}"))?;
+        let more = records.len() == READ_BATCH;
+        let mut ids = Vec::with_capacity(records.len());
+        let mut tallies = Vec::new();
+        let mut acquired = Vec::new();
+        for r in &records {
+            if r.stream == Stream::Live
+                && let Ok(record) = crate::publish::body::decode(&r.body)
+                && let Record::Batch(batch) = &record
+            {
+                self.send_reading_batch(batch, r.id <= boundary).await?;
+                acquired.push(crate::histogram::acquired_at(&record, r.created));
+                if up.completeness.is_some() {
+                    tallies.extend(completeness::tally(&record));
+                }
+            }
+            ids.push(r.id);
+            *cursor = r.id;
+        }
+        // The publishes' own notices only say they were written to the socket: not a proof.
+        let sent = !self.pending.is_empty();
+        self.pending.clear();
+        if !sent {
+            // Nothing went out: no publish to time.
+            self.settle(ids, &tallies, &[]).await?;
+            return Ok((more, None));
+        }
+        let topic = format!("{}/{PROOF_LEVEL}", up.topic(MessageType::NCmd, None));
+        let notice = self
+            .client
+            .unsubscribe_tracked(topic)
+            .await
+            .map_err(|e| format!("unsubscribe (delivery check): {e}"))?;
+        let n = ids.len() as u64;
+        up.status_tx.send_modify(|s| s.unproven = n);
+        Ok((
+            more,
+            Some(Proof {
+                answer: Box::pin(async move {
+                    notice
+                        .wait_async()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("delivery check: {e}"))
+                }),
+                deadline: Instant::now() + up.mqtt.keep_alive.max(Duration::from_secs(1)),
+                ids,
+                tallies,
+                acquired,
+            }),
+        ))
+    }
+
+    /// Ack a group in the spool, and count its `live` values as delivered.
+    pub(super) async fn settle(
+        &mut self,
+        ids: Vec<i64>,
+        tallies: &[Tally],
+        acquired: &[Timestamp],
+    ) -> Result<(), String> {
+        let up = self.up;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let n = up
+            .spool
+            .ack(ids)
+            .await
+            .map_err(|e| format!("spool ack: {e}"))?;
+        up.status_tx.send_modify(|s| {
+            s.acked_total += n;
+            s.unproven = 0;
+        });
+        let now = Timestamp::now();
+        for t in acquired {
+            up.publish_latency.observe_between(*t, now);
+        }
+        if let Some(c) = &up.completeness
+            && !tallies.is_empty()
+        {
+            c.delivered(&up.name, tallies);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn send_reading_batch(
+        &mut self,
+        batch: &crate::model::ReadingBatch,
+        historical: bool,
+    ) -> Result<(), String> {
+        let up = self.up;
+        let Some(i) = up.model.batch_device(batch) else {
+            return Ok(());
+        };
+        let dev = &up.model.devices[i];
+        let topic = |kind| up.topic(kind, Some(&dev.name));
+        let now = Timestamp::now();
+        if historical {
+            let changes: Vec<Change<'_>> = batch
+                .readings
+                .iter()
+                .filter_map(|r| {
+                    Some(Change {
+                        metric: dev.metric_index(&r.point)?,
+                        reading: r,
+                        with_quality: r.quality != crate::model::Quality::Good,
+                    })
+                })
+                .collect();
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let p = spb::ddata(dev, &changes, self.seq.next_seq(), now, true);
+            return self
+                .publish(topic(MessageType::DData), spb::encode(&p))
+                .await;
+        }
+        // A derived device is never dead: a derived value's bad quality goes out as DATA.
+        if dev.derived.is_none() && spb::device_is_dead(batch) {
+            if !self.node.dead[i] {
+                self.node.dead[i] = true;
+                let p = spb::ddeath(self.seq.next_seq(), now);
+                self.publish(topic(MessageType::DDeath), spb::encode(&p))
+                    .await?;
+            }
+            return Ok(());
+        }
+        if self.node.dead[i] {
+            self.node.dead[i] = false;
+            self.node.devices[i].absorb(dev, batch);
+            let p = spb::dbirth(
+                dev,
+                self.node.devices[i].current(),
+                self.seq.next_seq(),
+                now,
+            );
+            return self
+                .publish(topic(MessageType::DBirth), spb::encode(&p))
+                .await;
+        }
+        let changes = self.node.devices[i].changes(dev, batch);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let p = spb::ddata(dev, &changes, self.seq.next_seq(), now, false);
+        self.publish(topic(MessageType::DData), spb::encode(&p))
+            .await
+    }
+}
