@@ -1,4 +1,4 @@
-//! The end-to-end load harness (see `smeltwatch_testkit::e2e`, `testkit/src/e2e.rs`, for what it
+//! The end-to-end load harness (see `smeltwatch_testkit::e2e`, `testkit/src/e2e/`, for what it
 //! measures and how).
 //!
 //! ```text

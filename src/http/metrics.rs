@@ -371,6 +371,7 @@ fn label_name(key: &str) -> String {
     name
 }
 
+/// Sets every series of `snap` on the recorder installed for this scrape.
 fn record(snap: &Snapshot) {
     describe();
     gauge!(
@@ -378,7 +379,15 @@ fn record(snap: &Snapshot) {
         labels(&[("version", snap.version)])
     )
     .set(1.0);
+    record_sources(snap);
+    record_uplinks(snap);
+    record_limits_and_events(snap);
+    // The process's wall clock: one per machine, so not part of the snapshot.
+    counter!("smeltwatch_clock_steps_total").absolute(crate::clock::Clock::system().steps_total());
+}
 
+/// Per source: poll counters, read errors by device and kind, readings by quality.
+fn record_sources(snap: &Snapshot) {
     for s in &snap.sources {
         let l = labels(&[("source", &s.name)]);
         counter!("smeltwatch_source_cycles_total", l.clone()).absolute(s.cycles);
@@ -407,7 +416,10 @@ fn record(snap: &Snapshot) {
             .absolute(*n);
         }
     }
+}
 
+/// Per uplink: connection state, delivery counters and backlog, and its spool if it has one.
+fn record_uplinks(snap: &Snapshot) {
     for u in &snap.uplinks {
         let l = labels(&[("uplink", &u.name)]);
         for state in LINK_STATES {
@@ -458,7 +470,10 @@ fn record(snap: &Snapshot) {
             }
         }
     }
+}
 
+/// The stacks' configured limits and the events seen.
+fn record_limits_and_events(snap: &Snapshot) {
     for l in &snap.stack_limits {
         gauge!(
             "smeltwatch_stack_limit_mg_m3",
@@ -478,13 +493,18 @@ fn record(snap: &Snapshot) {
         )
         .absolute(e.count);
     }
-
-    // The process's wall clock: one per machine, so not part of the snapshot.
-    counter!("smeltwatch_clock_steps_total").absolute(crate::clock::Clock::system().steps_total());
 }
 
+/// The help text of every metric, in the order `record` sets them.
 fn describe() {
     describe_gauge!("smeltwatch_build_info", "Agent version (always 1).");
+    describe_sources();
+    describe_uplinks();
+    describe_spool_limits_and_events();
+}
+
+/// Help texts of the per-source metrics.
+fn describe_sources() {
     describe_counter!(
         "smeltwatch_source_cycles_total",
         "Device poll cycles completed, successful or not."
@@ -514,6 +534,10 @@ fn describe() {
         "smeltwatch_source_readings_total",
         "Readings emitted, by quality."
     );
+}
+
+/// Help texts of the per-uplink metrics.
+fn describe_uplinks() {
     describe_gauge!(
         "smeltwatch_uplink_state",
         "1 for the uplink's current connection state, 0 for the others."
@@ -558,6 +582,10 @@ fn describe() {
         "smeltwatch_uplink_replay_records_per_second",
         "Backlog records acked per second over the last whole second."
     );
+}
+
+/// Help texts of the spool, stack limit, event and clock metrics.
+fn describe_spool_limits_and_events() {
     describe_gauge!("smeltwatch_spool_records", "Records waiting in the spool.");
     describe_gauge!(
         "smeltwatch_spool_dead_letter_records",
@@ -635,10 +663,8 @@ mod tests {
         }
     }
 
-    /// The per-point and per-metric families, written by hand, carry exactly the samples the
-    /// `metrics` exporter renders for them (escaping included).
-    #[test]
-    fn points_and_calc_values_render_as_the_exporter_would() {
+    /// A snapshot whose points and metric need escaping, non-finite values and text values.
+    fn awkward_points_snapshot() -> Snapshot {
         use crate::http::snapshot::{MetricView, PointView};
         use crate::model::Quality;
         let mut snap = crate::http::snapshot::tests::snap();
@@ -676,63 +702,75 @@ mod tests {
             ]
             .into(),
         }];
-        let by_exporter = {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            metrics::with_local_recorder(&recorder, || {
-                for p in &snap.points {
-                    let number = p
-                        .value
-                        .as_ref()
-                        .and_then(Value::as_f64)
-                        .filter(|f| f.is_finite());
-                    if let (Some(v), false) = (number, matches!(p.value, Some(Value::Text(_)))) {
-                        let l = labels(&[
-                            ("device", &p.device),
-                            ("point", &p.point),
-                            ("unit", &p.unit),
-                        ]);
-                        gauge!("smeltwatch_point_value", l).set(v);
-                    }
+        snap
+    }
+
+    /// The point and calc families of `snap` as the `metrics` exporter renders them.
+    fn render_by_exporter(snap: &Snapshot) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for p in &snap.points {
+                let number = p
+                    .value
+                    .as_ref()
+                    .and_then(Value::as_f64)
+                    .filter(|f| f.is_finite());
+                if let (Some(v), false) = (number, matches!(p.value, Some(Value::Text(_)))) {
                     let l = labels(&[
                         ("device", &p.device),
                         ("point", &p.point),
-                        ("quality", p.quality.as_str()),
+                        ("unit", &p.unit),
                     ]);
-                    gauge!("smeltwatch_point_quality", l).set(1.0);
-                    let l = labels(&[("device", &p.device), ("point", &p.point)]);
-                    gauge!("smeltwatch_point_timestamp_seconds", l).set(p.ts_ms as f64 / 1000.0);
+                    gauge!("smeltwatch_point_value", l).set(v);
                 }
-                for m in &snap.metrics {
-                    let mut l =
-                        labels(&[("calc", &m.calc), ("metric", &m.name), ("unit", &m.unit)]);
-                    for (k, v) in &m.labels {
-                        l.push(Label::new(label_name(k), v.to_string()));
-                    }
-                    gauge!("smeltwatch_calc_value", l).set(m.value.unwrap_or_default());
+                let l = labels(&[
+                    ("device", &p.device),
+                    ("point", &p.point),
+                    ("quality", p.quality.as_str()),
+                ]);
+                gauge!("smeltwatch_point_quality", l).set(1.0);
+                let l = labels(&[("device", &p.device), ("point", &p.point)]);
+                gauge!("smeltwatch_point_timestamp_seconds", l).set(p.ts_ms as f64 / 1000.0);
+            }
+            for m in &snap.metrics {
+                let mut l = labels(&[("calc", &m.calc), ("metric", &m.name), ("unit", &m.unit)]);
+                for (k, v) in &m.labels {
+                    l.push(Label::new(label_name(k), v.to_string()));
                 }
-            });
-            handle.render()
-        };
-        let samples = |text: &str| {
-            let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-                .expect("valid text format");
-            let mut out: Vec<String> = scrape
-                .samples
-                .into_iter()
-                .filter(|s| {
-                    s.metric.starts_with("smeltwatch_point") || s.metric == "smeltwatch_calc_value"
-                })
-                .map(|s| {
-                    let mut l: Vec<_> =
-                        s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-                    l.sort();
-                    format!("{} {} {:?}", s.metric, l.join(","), s.value)
-                })
-                .collect();
-            out.sort();
-            out
-        };
+                gauge!("smeltwatch_calc_value", l).set(m.value.unwrap_or_default());
+            }
+        });
+        handle.render()
+    }
+
+    /// The point and calc samples of `text`, one sorted line each.
+    fn point_and_calc_samples(text: &str) -> Vec<String> {
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("valid text format");
+        let mut out: Vec<String> = scrape
+            .samples
+            .into_iter()
+            .filter(|s| {
+                s.metric.starts_with("smeltwatch_point") || s.metric == "smeltwatch_calc_value"
+            })
+            .map(|s| {
+                let mut l: Vec<_> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                l.sort();
+                format!("{} {} {:?}", s.metric, l.join(","), s.value)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The per-point and per-metric families, written by hand, carry exactly the samples the
+    /// `metrics` exporter renders for them (escaping included).
+    #[test]
+    fn points_and_calc_values_render_as_the_exporter_would() {
+        let snap = awkward_points_snapshot();
+        let by_exporter = render_by_exporter(&snap);
+        let samples = point_and_calc_samples;
         let ours = render(&snap);
         assert_eq!(samples(&ours), samples(&by_exporter), "{ours}");
         assert_eq!(samples(&ours).len(), 3 + 6 + 6 + 1, "{ours}");

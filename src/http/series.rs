@@ -297,89 +297,9 @@ pub async fn answer(store: &SeriesStore, q: &SeriesQuery) -> SeriesAnswer {
     for (name, sel) in &q.names {
         match sel {
             Selector::Day { subject, quantity } => {
-                let (buckets, unit) = match store.history() {
-                    Some(h) => {
-                        let (s, qn, from, to) =
-                            (subject.clone(), quantity.clone(), q.from_ms, q.to_ms);
-                        tokio::task::spawn_blocking(move || {
-                            history_windows(&h, Period::Day, &s, &qn, from, to)
-                        })
-                        .await
-                        .unwrap_or_default()
-                    }
-                    None => (Vec::new(), None),
-                };
-                let head = Head {
-                    name: name.clone(),
-                    labels: BTreeMap::new(),
-                    unit,
-                    class: Some(("day", DAY_MS)),
-                    from_history: buckets.len(),
-                    references: store.window_references(subject, quantity),
-                };
-                series.push(columns(head, buckets, q.max_points));
+                series.push(day_series(store, q, name, subject, quantity).await);
             }
-            sel => {
-                let mut found = store.query(sel, q.from_ms, q.to_ms);
-                // Hours not in memory (none closed since the start) may be in the history store.
-                if found.is_empty()
-                    && let Selector::Exact(key @ Key::Hour { subject, quantity }) = sel
-                {
-                    found.push(Found {
-                        key: key.clone(),
-                        unit: Arc::from(""),
-                        class: HOURS,
-                        buckets: Vec::new(),
-                        oldest_ms: None,
-                        references: store.window_references(subject, quantity),
-                    });
-                }
-                if found.is_empty() {
-                    let labels = match sel {
-                        Selector::Metric { labels, .. } => labels.iter().cloned().collect(),
-                        _ => BTreeMap::new(),
-                    };
-                    let head = Head {
-                        name: name.clone(),
-                        labels,
-                        unit: None,
-                        class: None,
-                        from_history: 0,
-                        references: Vec::new(),
-                    };
-                    series.push(columns(head, Vec::new(), q.max_points));
-                }
-                for mut f in found {
-                    let mut from_history = 0;
-                    // Hours older than the ring come from the history store.
-                    if let Key::Hour { subject, quantity } = &f.key
-                        && let Some(h) = store.history()
-                        && f.oldest_ms.is_none_or(|oldest| q.from_ms < oldest)
-                    {
-                        let until = f.oldest_ms.map_or(q.to_ms, |o| (o - 1).min(q.to_ms));
-                        let (s, qn, from) = (subject.to_string(), quantity.to_string(), q.from_ms);
-                        let (older, unit) = tokio::task::spawn_blocking(move || {
-                            history_windows(&h, Period::Hour, &s, &qn, from, until)
-                        })
-                        .await
-                        .unwrap_or_default();
-                        if let Some(unit) = unit.filter(|_| f.unit.is_empty()) {
-                            f.unit = unit;
-                        }
-                        from_history = older.len();
-                        f.buckets.splice(0..0, older);
-                    }
-                    let head = Head {
-                        name: f.key.name(),
-                        labels: f.key.labels().iter().cloned().collect(),
-                        unit: (!f.unit.is_empty()).then_some(f.unit),
-                        class: Some((f.class.name, f.class.resolution_ms)),
-                        from_history,
-                        references: f.references,
-                    };
-                    series.push(columns(head, f.buckets, q.max_points));
-                }
-            }
+            sel => series.extend(ring_series(store, q, name, sel).await),
         }
     }
     SeriesAnswer {
@@ -387,6 +307,112 @@ pub async fn answer(store: &SeriesStore, q: &SeriesQuery) -> SeriesAnswer {
         to_ms: q.to_ms,
         series,
     }
+}
+
+/// The daily windows of `subject`/`quantity` in `q`'s range, all from the history store (none
+/// without one).
+async fn day_series(
+    store: &SeriesStore,
+    q: &SeriesQuery,
+    name: &str,
+    subject: &Arc<str>,
+    quantity: &Arc<str>,
+) -> SeriesJson {
+    let (buckets, unit) = match store.history() {
+        Some(h) => {
+            let (s, qn, from, to) = (subject.clone(), quantity.clone(), q.from_ms, q.to_ms);
+            tokio::task::spawn_blocking(move || history_windows(&h, Period::Day, &s, &qn, from, to))
+                .await
+                .unwrap_or_default()
+        }
+        None => (Vec::new(), None),
+    };
+    let head = Head {
+        name: name.to_owned(),
+        labels: BTreeMap::new(),
+        unit,
+        class: Some(("day", DAY_MS)),
+        from_history: buckets.len(),
+        references: store.window_references(subject, quantity),
+    };
+    columns(head, buckets, q.max_points)
+}
+
+/// The series `sel` matches in the in-memory rings, hours extended from the history store; one
+/// empty series named `name` when nothing matches.
+async fn ring_series(
+    store: &SeriesStore,
+    q: &SeriesQuery,
+    name: &str,
+    sel: &Selector,
+) -> Vec<SeriesJson> {
+    let mut series = Vec::new();
+    let mut found = store.query(sel, q.from_ms, q.to_ms);
+    // Hours not in memory (none closed since the start) may be in the history store.
+    if found.is_empty()
+        && let Selector::Exact(key @ Key::Hour { subject, quantity }) = sel
+    {
+        found.push(Found {
+            key: key.clone(),
+            unit: Arc::from(""),
+            class: HOURS,
+            buckets: Vec::new(),
+            oldest_ms: None,
+            references: store.window_references(subject, quantity),
+        });
+    }
+    if found.is_empty() {
+        let labels = match sel {
+            Selector::Metric { labels, .. } => labels.iter().cloned().collect(),
+            _ => BTreeMap::new(),
+        };
+        let head = Head {
+            name: name.to_owned(),
+            labels,
+            unit: None,
+            class: None,
+            from_history: 0,
+            references: Vec::new(),
+        };
+        series.push(columns(head, Vec::new(), q.max_points));
+    }
+    for mut f in found {
+        let from_history = prepend_older_hours(store, q, &mut f).await;
+        let head = Head {
+            name: f.key.name(),
+            labels: f.key.labels().iter().cloned().collect(),
+            unit: (!f.unit.is_empty()).then_some(f.unit),
+            class: Some((f.class.name, f.class.resolution_ms)),
+            from_history,
+            references: f.references,
+        };
+        series.push(columns(head, f.buckets, q.max_points));
+    }
+    series
+}
+
+/// For an hour series, the hours of `q`'s range older than its ring, read from the history store
+/// and put before the ring's buckets (the unit too, when the ring had none); how many were added.
+async fn prepend_older_hours(store: &SeriesStore, q: &SeriesQuery, f: &mut Found) -> usize {
+    if let Key::Hour { subject, quantity } = &f.key
+        && let Some(h) = store.history()
+        && f.oldest_ms.is_none_or(|oldest| q.from_ms < oldest)
+    {
+        let until = f.oldest_ms.map_or(q.to_ms, |o| (o - 1).min(q.to_ms));
+        let (s, qn, from) = (subject.to_string(), quantity.to_string(), q.from_ms);
+        let (older, unit) = tokio::task::spawn_blocking(move || {
+            history_windows(&h, Period::Hour, &s, &qn, from, until)
+        })
+        .await
+        .unwrap_or_default();
+        if let Some(unit) = unit.filter(|_| f.unit.is_empty()) {
+            f.unit = unit;
+        }
+        let from_history = older.len();
+        f.buckets.splice(0..0, older);
+        return from_history;
+    }
+    0
 }
 
 fn bad_request(e: BadQuery) -> Response {

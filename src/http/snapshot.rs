@@ -17,7 +17,7 @@ use crate::acquisition::DeviceReadErrors;
 use crate::calc::limits::StackLimit;
 use crate::histogram::HistogramSnapshot;
 use crate::live::feed::Collected;
-use crate::live::{LatestReadings, LiveState};
+use crate::live::{LatestReadings, LiveState, UplinkView};
 use crate::model::{Event, Quality, Timestamp, Value};
 use crate::publish::mqtt::LinkState;
 
@@ -226,138 +226,9 @@ impl Snapshot {
                 .expect("live state lock is never poisoned: holders do not panic");
             point_views(&latest, now)
         };
-
-        let (metrics, events, event_counts, feed_lagged) = {
-            let c = collected
-                .lock()
-                .expect("collected lock is never poisoned: holders do not panic");
-            let metrics = c
-                .metrics
-                .iter()
-                .map(|((calc, _, _), m)| MetricView {
-                    calc: calc.clone(),
-                    name: m.name.clone(),
-                    value: m.value.filter(|v| v.is_finite()),
-                    unit: m.unit.clone(),
-                    quality: m.quality,
-                    ts_ms: m.ts.unix_ms(),
-                    labels: m.labels.iter().cloned().collect(),
-                })
-                .collect::<Vec<_>>();
-            let counts = c
-                .event_counts
-                .iter()
-                .map(|((kind, phase), n)| EventCount {
-                    kind: kind.clone(),
-                    phase,
-                    count: *n,
-                })
-                .collect::<Vec<_>>();
-            (
-                metrics,
-                c.events.iter().cloned().collect(),
-                counts,
-                c.lagged,
-            )
-        };
-
-        let sources = live
-            .pollers
-            .lock()
-            .expect("live state lock is never poisoned: holders do not panic")
-            .iter()
-            .map(|(name, s)| {
-                let requests = s.requests.load(Ordering::Relaxed);
-                let request_time_s = s.request_time_us.load(Ordering::Relaxed) as f64 / 1e6;
-                SourceView {
-                    name: name.clone(),
-                    cycles: s.cycles.load(Ordering::Relaxed),
-                    requests,
-                    comm_failures: s.comm_failures.load(Ordering::Relaxed),
-                    exceptions: s.exceptions.load(Ordering::Relaxed),
-                    late_ticks: s.late_ticks.load(Ordering::Relaxed),
-                    connects: s.connects.load(Ordering::Relaxed),
-                    request_time_s,
-                    request_mean_s: (requests > 0).then(|| request_time_s / requests as f64),
-                    readings_by_quality: Quality::ALL
-                        .iter()
-                        .map(|q| {
-                            (
-                                q.as_str(),
-                                s.readings_by_quality[*q as usize].load(Ordering::Relaxed),
-                            )
-                        })
-                        .collect(),
-                    device_read_errors: s.device_read_errors().into_iter().collect(),
-                    request_duration: s.request_duration.snapshot(),
-                }
-            })
-            .collect();
-
-        let views = live
-            .uplinks
-            .lock()
-            .expect("live state lock is never poisoned: holders do not panic")
-            .clone();
-        let mut uplinks = Vec::with_capacity(views.len());
-        for view in views {
-            let status = view.status.borrow().clone();
-            let reason = match &status.state {
-                LinkState::Disconnected(r) | LinkState::AuthFailed(r) | LinkState::Failed(r) => {
-                    Some(r.clone())
-                }
-                _ => None,
-            };
-            let (spool, spool_error) =
-                match tokio::time::timeout(SPOOL_STATS_TIMEOUT, view.spool.stats()).await {
-                    Ok(Ok(s)) => (
-                        Some(SpoolView {
-                            records: s.records,
-                            bytes: s.bytes,
-                            oldest_ts_ms: s.oldest.map(Timestamp::unix_ms),
-                            oldest_age_s: s
-                                .oldest
-                                .map(|t| (now.unix_ms() - t.unix_ms()).max(0) as f64 / 1000.0),
-                            dropped: s.dropped,
-                            dropped_by_reason: s.dropped_since_open,
-                            dead_letters: s.dead_letters,
-                            per_stream: s
-                                .per_stream
-                                .iter()
-                                .map(|(stream, n)| (stream.as_str(), *n))
-                                .collect(),
-                        }),
-                        None,
-                    ),
-                    Ok(Err(e)) => (None, Some(e.to_string())),
-                    Err(_) => (
-                        None,
-                        Some(format!(
-                            "spool did not answer within {SPOOL_STATS_TIMEOUT:?}"
-                        )),
-                    ),
-                };
-            uplinks.push(UplinkSnapshot {
-                name: view.name,
-                state: status.state.as_str(),
-                reason,
-                in_flight: status.in_flight,
-                acked_total: status.acked_total,
-                rejected_total: status.rejected_total,
-                connects: status.connects,
-                restarts: status.restarts,
-                backlog_records: status.backlog_records,
-                backlog_oldest_age_s: status.backlog_age(now).map(|age| age.as_secs_f64()),
-                replay_rate_per_s: status.replay_rate_per_s,
-                commands_dropped_total: status.commands_dropped_total,
-                unconfirmed_total: status.unconfirmed_total,
-                last_error: status.last_error,
-                publish_latency: view.publish_latency.snapshot(),
-                spool,
-                spool_error,
-            });
-        }
-
+        let (metrics, events, event_counts, feed_lagged) = collected_views(collected);
+        let sources = source_views(live);
+        let uplinks = uplink_snapshots(live, now).await;
         Snapshot {
             ts_ms: now.unix_ms(),
             version: env!("CARGO_PKG_VERSION"),
@@ -370,6 +241,151 @@ impl Snapshot {
             uplinks,
             stack_limits: live.stack_limits.get().cloned().unwrap_or_default(),
         }
+    }
+}
+
+/// The computed metrics, recent events, event counts and lagged count of `collected`.
+fn collected_views(
+    collected: &Mutex<Collected>,
+) -> (Vec<MetricView>, Vec<Event>, Vec<EventCount>, u64) {
+    let c = collected
+        .lock()
+        .expect("collected lock is never poisoned: holders do not panic");
+    let metrics = c
+        .metrics
+        .iter()
+        .map(|((calc, _, _), m)| MetricView {
+            calc: calc.clone(),
+            name: m.name.clone(),
+            value: m.value.filter(|v| v.is_finite()),
+            unit: m.unit.clone(),
+            quality: m.quality,
+            ts_ms: m.ts.unix_ms(),
+            labels: m.labels.iter().cloned().collect(),
+        })
+        .collect::<Vec<_>>();
+    let counts = c
+        .event_counts
+        .iter()
+        .map(|((kind, phase), n)| EventCount {
+            kind: kind.clone(),
+            phase,
+            count: *n,
+        })
+        .collect::<Vec<_>>();
+    (
+        metrics,
+        c.events.iter().cloned().collect(),
+        counts,
+        c.lagged,
+    )
+}
+
+/// Every poller's counters.
+fn source_views(live: &LiveState) -> Vec<SourceView> {
+    live.pollers
+        .lock()
+        .expect("live state lock is never poisoned: holders do not panic")
+        .iter()
+        .map(|(name, s)| {
+            let requests = s.requests.load(Ordering::Relaxed);
+            let request_time_s = s.request_time_us.load(Ordering::Relaxed) as f64 / 1e6;
+            SourceView {
+                name: name.clone(),
+                cycles: s.cycles.load(Ordering::Relaxed),
+                requests,
+                comm_failures: s.comm_failures.load(Ordering::Relaxed),
+                exceptions: s.exceptions.load(Ordering::Relaxed),
+                late_ticks: s.late_ticks.load(Ordering::Relaxed),
+                connects: s.connects.load(Ordering::Relaxed),
+                request_time_s,
+                request_mean_s: (requests > 0).then(|| request_time_s / requests as f64),
+                readings_by_quality: Quality::ALL
+                    .iter()
+                    .map(|q| {
+                        (
+                            q.as_str(),
+                            s.readings_by_quality[*q as usize].load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect(),
+                device_read_errors: s.device_read_errors().into_iter().collect(),
+                request_duration: s.request_duration.snapshot(),
+            }
+        })
+        .collect()
+}
+
+/// Every uplink's status and spool statistics at `now`.
+async fn uplink_snapshots(live: &LiveState, now: Timestamp) -> Vec<UplinkSnapshot> {
+    let views = live
+        .uplinks
+        .lock()
+        .expect("live state lock is never poisoned: holders do not panic")
+        .clone();
+    let mut uplinks = Vec::with_capacity(views.len());
+    for view in views {
+        let status = view.status.borrow().clone();
+        let reason = match &status.state {
+            LinkState::Disconnected(r) | LinkState::AuthFailed(r) | LinkState::Failed(r) => {
+                Some(r.clone())
+            }
+            _ => None,
+        };
+        let (spool, spool_error) = spool_view(&view, now).await;
+        uplinks.push(UplinkSnapshot {
+            name: view.name,
+            state: status.state.as_str(),
+            reason,
+            in_flight: status.in_flight,
+            acked_total: status.acked_total,
+            rejected_total: status.rejected_total,
+            connects: status.connects,
+            restarts: status.restarts,
+            backlog_records: status.backlog_records,
+            backlog_oldest_age_s: status.backlog_age(now).map(|age| age.as_secs_f64()),
+            replay_rate_per_s: status.replay_rate_per_s,
+            commands_dropped_total: status.commands_dropped_total,
+            unconfirmed_total: status.unconfirmed_total,
+            last_error: status.last_error,
+            publish_latency: view.publish_latency.snapshot(),
+            spool,
+            spool_error,
+        });
+    }
+    uplinks
+}
+
+/// The spool statistics of `view`, or why there are none (an error, or no answer within
+/// [`SPOOL_STATS_TIMEOUT`]).
+async fn spool_view(view: &UplinkView, now: Timestamp) -> (Option<SpoolView>, Option<String>) {
+    match tokio::time::timeout(SPOOL_STATS_TIMEOUT, view.spool.stats()).await {
+        Ok(Ok(s)) => (
+            Some(SpoolView {
+                records: s.records,
+                bytes: s.bytes,
+                oldest_ts_ms: s.oldest.map(Timestamp::unix_ms),
+                oldest_age_s: s
+                    .oldest
+                    .map(|t| (now.unix_ms() - t.unix_ms()).max(0) as f64 / 1000.0),
+                dropped: s.dropped,
+                dropped_by_reason: s.dropped_since_open,
+                dead_letters: s.dead_letters,
+                per_stream: s
+                    .per_stream
+                    .iter()
+                    .map(|(stream, n)| (stream.as_str(), *n))
+                    .collect(),
+            }),
+            None,
+        ),
+        Ok(Err(e)) => (None, Some(e.to_string())),
+        Err(_) => (
+            None,
+            Some(format!(
+                "spool did not answer within {SPOOL_STATS_TIMEOUT:?}"
+            )),
+        ),
     }
 }
 

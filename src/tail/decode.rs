@@ -1,4 +1,4 @@
-//! Turn `(topic, payload)` pairs from the broker back into smeltwatch's records.
+//! Turns `(topic, payload)` pairs from the broker back into smeltwatch's records.
 //!
 //! Three encodings arrive on a broker that smeltwatch publishes to:
 //! - **JSON** (`encode::json`): a `{"site","stream","seq",…}` object per record, or the retained
@@ -189,23 +189,7 @@ impl Decoder {
         let bad_topic = || DecodeError::SparkplugTopic {
             topic: topic.to_owned(),
         };
-        let parts: Vec<&str> = topic.split('/').collect();
-        let (group, kind, edge, device) = match parts.as_slice() {
-            [_, g, k, e] => (*g, *k, *e, None),
-            [_, g, k, e, d] => (*g, *k, *e, Some(*d)),
-            _ => return Err(bad_topic()),
-        };
-        let kind = match kind {
-            "NBIRTH" => MessageType::NBirth,
-            "NDEATH" => MessageType::NDeath,
-            "NDATA" => MessageType::NData,
-            "NCMD" => MessageType::NCmd,
-            "DBIRTH" => MessageType::DBirth,
-            "DDEATH" => MessageType::DDeath,
-            "DDATA" => MessageType::DData,
-            "DCMD" => MessageType::DCmd,
-            _ => return Err(bad_topic()),
-        };
+        let (group, kind, edge, device) = sparkplug_topic(topic).ok_or_else(bad_topic)?;
         let p = spb::decode(payload).map_err(|source| DecodeError::Sparkplug {
             topic: topic.to_owned(),
             source,
@@ -223,54 +207,19 @@ impl Decoder {
             historical: false,
             unresolved: 0,
         };
-        let bd_seq = || {
-            p.metrics
-                .iter()
-                .find(|m| m.name.as_deref() == Some(spb::BD_SEQ))
-                .and_then(|m| match m.value {
-                    Some(spb::pb::payload::metric::Value::LongValue(v)) => Some(v),
-                    Some(spb::pb::payload::metric::Value::IntValue(v)) => Some(u64::from(v)),
-                    _ => None,
-                })
-        };
         match kind {
             MessageType::NBirth => {
                 // A new session: aliases of the previous one no longer hold.
                 self.births.insert(node_key, HashMap::new());
-                msg.bd_seq = bd_seq();
+                msg.bd_seq = bd_seq(&p);
             }
             MessageType::NDeath => {
                 self.births.remove(&node_key);
-                msg.bd_seq = bd_seq();
+                msg.bd_seq = bd_seq(&p);
             }
             MessageType::DBirth => {
-                let Some(device) = device else {
-                    return Err(bad_topic());
-                };
-                let mut table = HashMap::new();
-                let mut readings = Vec::with_capacity(p.metrics.len());
-                for m in &p.metrics {
-                    let Some(name) = m.name.as_deref() else {
-                        continue;
-                    };
-                    let datatype = m
-                        .datatype
-                        .and_then(|d| DataType::try_from(d as i32).ok())
-                        .unwrap_or(DataType::Unknown);
-                    let quality = quality_of(spb::metric_quality(m), Quality::Good);
-                    let name: Arc<str> = Arc::from(name);
-                    readings.push(reading(name.clone(), datatype, m, quality, msg.ts));
-                    if let Some(alias) = m.alias {
-                        table.insert(
-                            alias,
-                            AliasEntry {
-                                name,
-                                datatype,
-                                quality,
-                            },
-                        );
-                    }
-                }
+                let device = device.ok_or_else(bad_topic)?;
+                let (table, readings) = birth_table(&p, msg.ts);
                 self.births
                     .entry(node_key)
                     .or_default()
@@ -283,30 +232,13 @@ impl Decoder {
                         .get_mut(&node_key)
                         .and_then(|devices| devices.get_mut(d))
                 });
-                let mut readings = Vec::with_capacity(p.metrics.len());
-                let mut unresolved = 0;
-                match table {
-                    Some(table) => {
-                        for m in &p.metrics {
-                            let entry = m.alias.and_then(|a| table.get_mut(&a));
-                            let Some(entry) = entry else {
-                                unresolved += 1;
-                                continue;
-                            };
-                            entry.quality = quality_of(spb::metric_quality(m), entry.quality);
-                            msg.historical |= m.is_historical == Some(true);
-                            readings.push(reading(
-                                entry.name.clone(),
-                                entry.datatype,
-                                m,
-                                entry.quality,
-                                msg.ts,
-                            ));
-                        }
+                let readings = match table {
+                    Some(table) => resolve_data(table, &p, &mut msg),
+                    None => {
+                        msg.unresolved = p.metrics.len();
+                        Vec::new()
                     }
-                    None => unresolved = p.metrics.len(),
-                }
-                msg.unresolved = unresolved;
+                };
                 if let Some(device) = device {
                     msg.batch = Some(batch(edge, device, msg.ts, readings));
                 }
@@ -315,6 +247,103 @@ impl Decoder {
         }
         Ok(msg)
     }
+}
+
+/// `spBv1.0/group/KIND/edge[/device]`: group, message type, edge node and device, or `None` for
+/// a topic of another shape or an unknown type.
+fn sparkplug_topic(topic: &str) -> Option<(&str, MessageType, &str, Option<&str>)> {
+    let parts: Vec<&str> = topic.split('/').collect();
+    let (group, kind, edge, device) = match parts.as_slice() {
+        [_, g, k, e] => (*g, *k, *e, None),
+        [_, g, k, e, d] => (*g, *k, *e, Some(*d)),
+        _ => return None,
+    };
+    let kind = match kind {
+        "NBIRTH" => MessageType::NBirth,
+        "NDEATH" => MessageType::NDeath,
+        "NDATA" => MessageType::NData,
+        "NCMD" => MessageType::NCmd,
+        "DBIRTH" => MessageType::DBirth,
+        "DDEATH" => MessageType::DDeath,
+        "DDATA" => MessageType::DData,
+        "DCMD" => MessageType::DCmd,
+        _ => return None,
+    };
+    Some((group, kind, edge, device))
+}
+
+/// The `bdSeq` metric of a node birth or death certificate.
+fn bd_seq(p: &spb::pb::Payload) -> Option<u64> {
+    p.metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(spb::BD_SEQ))
+        .and_then(|m| match m.value {
+            Some(spb::pb::payload::metric::Value::LongValue(v)) => Some(v),
+            Some(spb::pb::payload::metric::Value::IntValue(v)) => Some(u64::from(v)),
+            _ => None,
+        })
+}
+
+/// A device birth's alias table (name, data type and quality by alias) and its readings.
+fn birth_table(
+    p: &spb::pb::Payload,
+    ts: Option<Timestamp>,
+) -> (HashMap<u64, AliasEntry>, Vec<Reading>) {
+    let mut table = HashMap::new();
+    let mut readings = Vec::with_capacity(p.metrics.len());
+    for m in &p.metrics {
+        let Some(name) = m.name.as_deref() else {
+            continue;
+        };
+        let datatype = m
+            .datatype
+            .and_then(|d| DataType::try_from(d as i32).ok())
+            .unwrap_or(DataType::Unknown);
+        let quality = quality_of(spb::metric_quality(m), Quality::Good);
+        let name: Arc<str> = Arc::from(name);
+        readings.push(reading(name.clone(), datatype, m, quality, ts));
+        if let Some(alias) = m.alias {
+            table.insert(
+                alias,
+                AliasEntry {
+                    name,
+                    datatype,
+                    quality,
+                },
+            );
+        }
+    }
+    (table, readings)
+}
+
+/// The readings of a data message through the birth's alias `table`, whose qualities it
+/// updates; counts the metrics with no known alias in `msg.unresolved` and marks `msg`
+/// historical if any metric is.
+fn resolve_data(
+    table: &mut HashMap<u64, AliasEntry>,
+    p: &spb::pb::Payload,
+    msg: &mut SparkplugMessage,
+) -> Vec<Reading> {
+    let mut readings = Vec::with_capacity(p.metrics.len());
+    let mut unresolved = 0;
+    for m in &p.metrics {
+        let entry = m.alias.and_then(|a| table.get_mut(&a));
+        let Some(entry) = entry else {
+            unresolved += 1;
+            continue;
+        };
+        entry.quality = quality_of(spb::metric_quality(m), entry.quality);
+        msg.historical |= m.is_historical == Some(true);
+        readings.push(reading(
+            entry.name.clone(),
+            entry.datatype,
+            m,
+            entry.quality,
+            msg.ts,
+        ));
+    }
+    msg.unresolved = unresolved;
+    readings
 }
 
 /// 192 good, 500 stale; Sparkplug's "bad" (0, or anything else) carries no reason and is shown

@@ -1,4 +1,4 @@
-//! Draw a [`State`] with ratatui. Reads the state only; the same state always draws the same
+//! Draws a [`State`] with ratatui. It reads the state only; the same state always draws the same
 //! screen, so tests render into a `TestBackend` and read the buffer.
 //!
 //! Layout: a title line; the potline KPIs; cells sorted by voltage on the left (anode effects in

@@ -1,8 +1,10 @@
-//! Command-line interface. The command and flag names are a contract (README.md, docs/CONFIG.md): scripts and
-//! operators rely on them.
+//! Command-line interface: the commands and flags, the runtime the binary starts, and the
+//! dispatch of each subcommand to its step. The command and flag names are a contract
+//! (README.md, docs/CONFIG.md): scripts and operators rely on them. The `spool`, `verify` and
+//! `probe --dlt645` subcommands live in files of their own.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,6 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::app;
 use crate::config::{self, Area};
+
+mod probe;
+mod spool;
+mod verify;
 
 /// smeltwatch: Modbus acquisition, energy and emission metrics, and durable MQTT delivery for
 /// aluminium and copper smelters.
@@ -303,68 +309,21 @@ fn init_logging(format: LogFormat) {
     );
 }
 
+/// Runs one subcommand: each arm hands its arguments to the step that implements it.
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             config,
             broker,
             duration,
-        } => {
-            let reload = app::ReloadSource {
-                path: config,
-                broker,
-            };
-            let cfg = reload.load()?;
-            let shutdown = app::shutdown_on_signal(duration);
-            let opts = app::RunOptions {
-                reload: Some(reload),
-                ..app::RunOptions::default()
-            };
-            app::run(cfg, opts, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_agent(config, broker, duration).await,
         Command::Demo {
             duration,
             mqtt_port,
             http_port,
-        } => {
-            let shutdown = app::shutdown_on_signal(duration);
-            app::demo::run(
-                app::demo::DemoOptions {
-                    mqtt_port,
-                    http_port,
-                },
-                shutdown,
-            )
-            .await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Simulate { config, duration } => {
-            let cfg = load_or_report(&config)?;
-            let sim = cfg
-                .simulator
-                .clone()
-                .with_context(|| format!("{}: no [simulator] section to run", config.display()))?;
-            let shutdown = app::shutdown_on_signal(duration);
-            crate::simulator::run(&sim, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Check { config } => match config::load(&config) {
-            Ok(cfg) => {
-                if let Some(calc) = &cfg.calc
-                    && let Err(e) = crate::calc::Pipeline::new(calc)
-                {
-                    eprintln!("{}: [calc]: {e}", config.display());
-                    return Ok(ExitCode::FAILURE);
-                }
-                print!("{}", app::commands::check_report(&cfg));
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        } => demo(duration, mqtt_port, http_port).await,
+        Command::Simulate { config, duration } => simulate(&config, duration).await,
+        Command::Check { config } => Ok(check(&config)),
         Command::Probe {
             tcp,
             unit,
@@ -378,7 +337,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             if dlt645 {
-                print!("{}", probe_dlt645(tcp, edition, meter, &di, timeout).await?);
+                print!(
+                    "{}",
+                    probe::probe_dlt645(tcp, edition, meter, &di, timeout).await?
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let address = address.expect("clap requires --address without --dlt645");
@@ -387,28 +349,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", crate::modbus::probe::render_probe(address, &words));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Spool { action } => spool_command(action),
+        Command::Spool { action } => spool::spool_command(action),
         Command::Tail(args) => {
             let opts = crate::tail::TailOptions::from_args(&args)?;
             let shutdown = app::shutdown_on_signal(args.duration);
             crate::tail::run(opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen { out } => {
-            let pair = crate::ledger::keygen(&out)?;
-            println!(
-                "secret key  {} (keep it on the gateway, mode 0600)",
-                pair.secret.display()
-            );
-            println!(
-                "public key  {} (hand it to the regulator)",
-                pair.public.display()
-            );
-            println!("            {}", pair.public_hex);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Keygen { out } => keygen(&out),
         Command::Verify(args) => {
-            let report = verify_command(args).await?;
+            let report = verify::verify_command(args).await?;
             print!("{report}");
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -419,222 +369,92 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `verify --file` or `verify --broker`: the same verdict either way.
-async fn verify_command(args: VerifyArgs) -> anyhow::Result<crate::ledger::Report> {
-    use crate::ledger::{capture, subscribe};
-    let anchors = crate::ledger::Anchors {
-        after: args.after,
-        expect_head: args.expect_head,
+/// `run`: the agent on a configuration file, reloadable, until a signal or `--duration`.
+async fn run_agent(
+    config: PathBuf,
+    broker: Option<String>,
+    duration: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let reload = app::ReloadSource {
+        path: config,
+        broker,
     };
-    let Some(broker) = args.broker else {
-        let file = args.file.context("--file or --broker is required")?;
-        return Ok(crate::ledger::verify_file_with(&args.key, &file, &anchors)?);
+    let cfg = reload.load()?;
+    let shutdown = app::shutdown_on_signal(duration);
+    let opts = app::RunOptions {
+        reload: Some(reload),
+        ..app::RunOptions::default()
     };
-    let key = crate::ledger::load_verifying_key(&args.key)?;
-    let url = crate::config::BrokerUrl::parse_or_plain(&broker)
-        .map_err(|e| anyhow::anyhow!(e.for_flag("--broker")))?;
-    let (host, port, tls) = (url.addr.host, url.addr.port, url.tls);
-    let password = match &args.password_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("--password-file {}", f.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let opts = subscribe::CaptureOptions {
-        host,
-        port,
-        tls,
-        tls_settings: crate::config::TlsSettings {
-            ca_file: args.ca_file,
-            ..Default::default()
-        },
-        credentials: args.username.map(|u| (u, password)),
-        topics: args.topic,
-        duration: args.duration,
-        count: args.count,
-    };
-    let messages = subscribe::capture(&opts).await?;
-    Ok(capture::verify_messages_with(
-        &key,
-        messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (i + 1, m.as_slice())),
-        false,
-        &anchors,
-    ))
+    app::run(cfg, opts, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn spool_command(action: SpoolCommand) -> anyhow::Result<ExitCode> {
-    use crate::spool::Spool;
-    use std::io::Write as _;
-    match action {
-        SpoolCommand::Stats { config } => {
-            let cfg = load_or_report(&config)?;
-            for uplink in &cfg.uplinks {
-                let path = app::spool_path(&cfg, &uplink.name);
-                if !path.exists() {
-                    println!("{:<12} no spool yet ({})", uplink.name, path.display());
-                    continue;
-                }
-                let spool = Spool::open(&path, &uplink.spool)?;
-                let s = spool.stats()?;
-                let oldest = s
-                    .oldest
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| "-".into());
-                let per: Vec<String> = s
-                    .per_stream
-                    .iter()
-                    .map(|(st, n)| format!("{}={n}", st.as_str()))
-                    .collect();
-                println!(
-                    "{:<12} {} records, {} bytes, oldest {oldest}, by stream [{}], dropped {}, dead letters {}  ({})",
-                    uplink.name,
-                    s.records,
-                    s.bytes,
-                    per.join(" "),
-                    s.dropped,
-                    s.dead_letters,
-                    path.display()
-                );
+/// `demo`: the simulator, an embedded broker and the agent together.
+async fn demo(
+    duration: Option<Duration>,
+    mqtt_port: Option<u16>,
+    http_port: Option<u16>,
+) -> anyhow::Result<ExitCode> {
+    let shutdown = app::shutdown_on_signal(duration);
+    app::demo::run(
+        app::demo::DemoOptions {
+            mqtt_port,
+            http_port,
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `simulate`: the `[simulator]` section of a configuration file, alone.
+async fn simulate(config: &Path, duration: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let cfg = load_or_report(config)?;
+    let sim = cfg
+        .simulator
+        .clone()
+        .with_context(|| format!("{}: no [simulator] section to run", config.display()))?;
+    let shutdown = app::shutdown_on_signal(duration);
+    crate::simulator::run(&sim, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check`: validates a configuration and prints its read plan; failure on a located error.
+fn check(config: &Path) -> ExitCode {
+    match config::load(config) {
+        Ok(cfg) => {
+            if let Some(calc) = &cfg.calc
+                && let Err(e) = crate::calc::Pipeline::new(calc)
+            {
+                eprintln!("{}: [calc]: {e}", config.display());
+                return ExitCode::FAILURE;
             }
-            Ok(ExitCode::SUCCESS)
+            print!("{}", app::commands::check_report(&cfg));
+            ExitCode::SUCCESS
         }
-        SpoolCommand::Export { config, uplink } => {
-            let spool = open_uplink_spool(&config, uplink.as_deref())?;
-            let mut out = std::io::stdout().lock();
-            let mut after = 0;
-            loop {
-                let batch = spool.read_after(after, 1000)?;
-                let Some(last) = batch.last() else { break };
-                after = last.id;
-                for r in &batch {
-                    let body = crate::publish::body::to_json(&r.body)
-                        .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }));
-                    let line = serde_json::json!({
-                        "id": r.id,
-                        "stream": r.stream.as_str(),
-                        "seq": r.seq,
-                        "topic": r.topic,
-                        "created": r.created.to_rfc3339(),
-                        "attempts": r.attempts,
-                        "record": body,
-                    });
-                    writeln!(out, "{line}")?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SpoolCommand::DeadLetters { config, uplink } => {
-            let spool = open_uplink_spool(&config, uplink.as_deref())?;
-            let mut out = std::io::stdout().lock();
-            for d in spool.dead_letters()? {
-                let body = crate::publish::body::to_json(&d.body)
-                    .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }));
-                let line = serde_json::json!({
-                    "id": d.id,
-                    "stream": d.stream.as_str(),
-                    "seq": d.seq,
-                    "topic": d.topic,
-                    "created": d.created.to_rfc3339(),
-                    "attempts": d.attempts,
-                    "reason": d.reason,
-                    "dead_at": d.dead_at.to_rfc3339(),
-                    "requeue": d.requeue,
-                    "record": body,
-                });
-                writeln!(out, "{line}")?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SpoolCommand::Requeue {
-            config,
-            uplink,
-            ids,
-            all,
-        } => {
-            let mut spool = open_uplink_spool(&config, uplink.as_deref())?;
-            let flagged = spool.request_requeue((!all).then_some(ids.as_slice()))?;
-            if !all && flagged < ids.len() as u64 {
-                let known: Vec<i64> = spool.dead_letters()?.iter().map(|d| d.id).collect();
-                let unknown: Vec<String> = ids
-                    .iter()
-                    .filter(|id| !known.contains(id))
-                    .map(i64::to_string)
-                    .collect();
-                anyhow::bail!(
-                    "no dead letter with id {}; {flagged} flagged for re-queueing",
-                    unknown.join(", ")
-                );
-            }
-            println!(
-                "{flagged} dead letters flagged; the agent sends them again on its next connection (or within seconds while connected)"
-            );
-            Ok(ExitCode::SUCCESS)
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// The spool of `uplink` (default: the first uplink) of the configuration at `config`.
-fn open_uplink_spool(
-    config: &std::path::Path,
-    uplink: Option<&str>,
-) -> anyhow::Result<crate::spool::Spool> {
-    let cfg = load_or_report(config)?;
-    let up = match uplink {
-        Some(name) => cfg
-            .uplinks
-            .iter()
-            .find(|u| u.name == name)
-            .with_context(|| format!("no uplink named {name:?}"))?,
-        None => cfg
-            .uplinks
-            .first()
-            .context("the configuration has no uplink")?,
-    };
-    let path = app::spool_path(&cfg, &up.name);
-    anyhow::ensure!(path.exists(), "no spool at {}", path.display());
-    Ok(crate::spool::Spool::open(&path, &up.spool)?)
+/// `keygen`: creates the site's key pair and prints where each half goes.
+fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
+    let pair = crate::ledger::keygen(out)?;
+    println!(
+        "secret key  {} (keep it on the gateway, mode 0600)",
+        pair.secret.display()
+    );
+    println!(
+        "public key  {} (hand it to the regulator)",
+        pair.public.display()
+    );
+    println!("            {}", pair.public_hex);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Load a configuration, turning a validation failure into a plain multi-line error.
-fn load_or_report(path: &std::path::Path) -> anyhow::Result<config::Config> {
+fn load_or_report(path: &Path) -> anyhow::Result<config::Config> {
     config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// `probe --dlt645`: the meter's address (unless given) and the DIs asked for, decoded.
-async fn probe_dlt645(
-    tcp: SocketAddr,
-    edition: u16,
-    meter: Option<String>,
-    dis: &[String],
-    timeout: Duration,
-) -> anyhow::Result<String> {
-    use crate::dlt645::config::Edition;
-    use crate::dlt645::{Address, probe};
-    let edition = match edition {
-        2007 => Edition::Dlt2007,
-        1997 => Edition::Dlt1997,
-        other => anyhow::bail!("--edition {other}: expected 2007 or 1997"),
-    };
-    let meter = meter
-        .map(|m| Address::parse(&m).map_err(anyhow::Error::msg))
-        .transpose()?;
-    let dis = if dis.is_empty() {
-        probe::default_dis(edition)
-            .into_iter()
-            .map(|di| (di, None))
-            .collect()
-    } else {
-        dis.iter()
-            .map(|d| probe::parse_di(edition, d))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
-    probe::probe(tcp, edition, meter, &dis, timeout).await
 }
