@@ -238,6 +238,32 @@ async fn derived_mean_and_auxiliary_power_arrive_with_their_qualities() {
     );
     assert!(!text.contains("smeltwatch_point_value{device=\"derived\",point=\"aux_power_kw\""));
 
+    // The dashboard's snapshot carries them like polled points: device, unit, value, quality.
+    let (code, body) = common::probe::get(http_port, "/api/v1/snapshot").await;
+    assert_eq!(code, 200);
+    let snapshot: Json = serde_json::from_str(&body).expect("the snapshot is JSON");
+    let point = |name: &str| {
+        snapshot["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .find(|p| p["point"] == name)
+            .unwrap_or_else(|| panic!("no {name} in the snapshot: {body}"))
+            .clone()
+    };
+    let mean = point("mean_cell_voltage_v");
+    assert_eq!(mean["device"], "potline1", "{mean}");
+    assert_eq!(mean["unit"], "V", "{mean}");
+    assert_eq!(mean["quality"], "good", "{mean}");
+    assert!(
+        (mean["value"].as_f64().unwrap() - 4.2).abs() < 1e-6,
+        "{mean}"
+    );
+    let power = point("aux_power_kw");
+    assert_eq!(power["unit"], "kW", "{power}");
+    assert_eq!(power["quality"], "comm_fail", "{power}");
+    assert!(power["value"].is_null(), "{power}");
+
     agent.shutdown().await;
     shutdown.cancel();
 }
