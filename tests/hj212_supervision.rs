@@ -128,8 +128,20 @@ async fn a_spool_failure_under_the_uplink_shows_in_its_status_and_readiness() {
     })
     .await
     .unwrap_or_else(|_| panic!("no second restart: {:?}", restarts.borrow().state));
+    // The uplink is failed only between a restart's end and the next attempt (its backoff): take
+    // snapshots until one falls in that window, as a readiness probe would.
     let collected = std::sync::Mutex::new(smeltwatch::live::feed::Collected::default());
-    let snap = smeltwatch::http::snapshot::Snapshot::gather(&agent.live, &collected).await;
+    let snap = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let snap = smeltwatch::http::snapshot::Snapshot::gather(&agent.live, &collected).await;
+            if snap.uplinks.iter().any(|u| u.state == "failed") {
+                return snap;
+            }
+            restarts.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("a snapshot while the uplink is failed");
     let verdict = smeltwatch::http::snapshot::readiness(&snap, &Default::default());
     assert!(!verdict.ready);
     assert!(
