@@ -12,7 +12,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process serves requests; never needs the token |
-//! | `GET /readyz` | `200` when every source completed a poll cycle, every uplink is connected or spooling without having dropped records since the server started, no stage went without progress for `stall_after` and no store is failing (`app::health`); otherwise `503`. The body is JSON `{ready, reasons[]}` either way |
+//! | `GET /readyz` | `200` when every source completed a poll cycle, every uplink is connected or spooling without having dropped records since the server started, no stage went without progress for `stall_after` and no store is failing (`live::health`); otherwise `503`. The body is JSON `{ready, reasons[]}` either way |
 //! | `GET /metrics` | Prometheus text format 0.0.4 (see [`metrics`] for every family) |
 //! | `GET /api/v1/snapshot` | JSON [`Snapshot`]: every point's latest value, unit, quality and time (quality `stale` when a good reading is older than three of its poll intervals); computed metrics; recent events; sources; uplinks with spool stats |
 //! | `GET /api/v1/stream` | server-sent events: one `snapshot` event (a full [`Snapshot`]), then once a second a `delta` event ([`Delta`]): the points whose time, quality or value changed since the previous event, computed metrics that changed, new events, and the sources and uplinks in full. A comment line keeps idle proxies open. The stream ends when the server shuts down |
@@ -429,7 +429,7 @@ async fn snapshot_json(State(ctx): State<Arc<Ctx>>) -> Response {
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
     let snap = Snapshot::gather(&ctx.live, &ctx.collected).await;
     let mut verdict = snapshot::readiness(&snap, &ctx.dropped_at_start);
-    // Stalled stages and failing stores (`app::health`).
+    // Stalled stages and failing stores (`live::health`).
     verdict.reasons.extend(ctx.live.problems());
     verdict.ready = verdict.reasons.is_empty();
     let code = if verdict.ready {
