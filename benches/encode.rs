@@ -10,12 +10,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use smeltwatch::config::Stream;
-use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::encode::sparkplug::{
+use smeltwatch::codec::sparkplug::{
     self as spb, DeviceModel, DeviceState, MetricModel, pb::DataType,
 };
-use smeltwatch::publish::encode::{json, protobuf};
+use smeltwatch::codec::{json, protobuf};
+use smeltwatch::config::Stream;
+use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 
 const CELLS: usize = 300;
 const T0: i64 = 1_764_300_253_000;

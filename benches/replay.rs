@@ -9,13 +9,13 @@
 
 use std::time::{Duration, Instant};
 
+use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
     MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::mqtt::MqttUplink;
-use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::mqtt::MqttUplink;
 use smeltwatch_testkit::mosquitto::Mosquitto;
 use smeltwatch_testkit::mqtt_config;
 use tokio_util::sync::CancellationToken;

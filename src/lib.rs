@@ -4,10 +4,10 @@
 //!  controllers (Modbus TCP / RTU / RTU-over-TCP)
 //!         │  modbus::poller: planned reads, timestamps at acquisition, quality per value
 //!         ▼
-//!    ReadingBatch ──► app fan-out ──► spool (one durable SQLite queue per uplink)
+//!    ReadingBatch ──► fanout ──► spool (one durable queue per uplink: record log + SQLite)
 //!                                        │ a record leaves only when its uplink acks it
 //!                                        ▼
-//!                                  publish::mqtt (QoS 1, PUBACK → spool ack)
+//!                                  uplink::mqtt (QoS 1, PUBACK → spool ack)
 //! ```
 //!
 //! # Layout
@@ -25,7 +25,9 @@
 //! - [`history`]: closed windows, potline figures and the ledger chain, for history requests
 //!   and restarts.
 //! - [`mqtt`]: MQTT client settings shared by the uplinks, `tail` and `verify` (TLS, subscribers).
-//! - [`publish`]: uplinks and payload encoders.
+//! - [`codec`]: pure payload encoders and decoders (JSON, protobuf, Sparkplug B, HJ 212), the
+//!   spool body and topic templates.
+//! - [`uplink`]: the MQTT, Sparkplug B and HJ 212 uplinks.
 //! - [`series`]: the trends in memory (bounded rings per series) behind `/api/v1/series`.
 //! - [`http`]: `/metrics` (Prometheus), health checks, the JSON snapshot and event stream, and
 //!   the control-room dashboard.
@@ -47,6 +49,7 @@ pub mod broker;
 pub mod calc;
 pub mod cli;
 pub mod clock;
+pub mod codec;
 pub mod completeness;
 pub mod config;
 pub mod derived;
@@ -61,9 +64,9 @@ pub mod logging;
 pub mod modbus;
 pub mod model;
 pub mod mqtt;
-pub mod publish;
 pub mod series;
 pub mod simulator;
 pub mod spool;
 pub mod state_file;
 pub mod tail;
+pub mod uplink;

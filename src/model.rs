@@ -253,7 +253,7 @@ impl ReadingBatch {
 /// A unit of data on its way north: what fan-out hands to each uplink's spool.
 ///
 /// The spool stores records in this canonical form (its body is the record's protobuf, or JSON for
-/// sealed records, see [`crate::publish::body`]) and each uplink encodes them
+/// sealed records, see [`crate::codec::body`]) and each uplink encodes them
 /// with its own encoder at send time, adding `(site, stream, seq)`. Later streams (metrics, events,
 /// emissions) add variants here.
 ///

@@ -355,7 +355,7 @@ async fn completeness_counts_what_the_broker_acknowledged_not_what_was_sent() {
             .unwrap()
             .iter()
             .filter(|r| r.stream == Stream::Metrics)
-            .map(|r| smeltwatch::publish::body::to_json(&r.body).unwrap())
+            .map(|r| smeltwatch::codec::body::to_json(&r.body).unwrap())
             .collect()
     };
     let report = inbox
@@ -391,7 +391,7 @@ async fn completeness_counts_what_the_broker_acknowledged_not_what_was_sent() {
     let (_, waiting) = last_seq_and_waiting(&state.join("spool-plant.db"), Stream::Live);
     let mut pending: BTreeMap<String, u64> = BTreeMap::new();
     for r in &waiting {
-        let json: Json = smeltwatch::publish::body::to_json(&r.body).unwrap();
+        let json: Json = smeltwatch::codec::body::to_json(&r.body).unwrap();
         *pending
             .entry(json["device"].as_str().unwrap().to_owned())
             .or_default() += json["readings"].as_array().unwrap().len() as u64;

@@ -391,8 +391,8 @@ fn the_aggregate_json_has_substituted_only_when_hours_were_filled() {
     let json = serde_json::to_value(hour).expect("serialises");
     assert!(json.get("substituted").is_none(), "{json}");
     // and the protobuf form carries it (field 16)
+    use smeltwatch::codec::protobuf;
     use smeltwatch::config::Stream;
-    use smeltwatch::publish::encode::protobuf;
     let record = Record::Aggregate(day.clone());
     let bytes = protobuf::encode_record("site", Stream::Emissions, 1, &record, false);
     let back = protobuf::decode_record(&bytes).expect("decodes");

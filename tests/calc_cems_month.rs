@@ -353,8 +353,8 @@ fn the_pipeline_closes_a_month_for_each_stack_quantity() {
         "m³",
     );
     // the protobuf form carries the period; HJ 212 has no monthly command: no packet
+    use smeltwatch::codec::{hj212, protobuf};
     use smeltwatch::config::Stream;
-    use smeltwatch::publish::encode::{hj212, protobuf};
     let record = Record::Aggregate(month("so2_kg_h").clone());
     let bytes = protobuf::encode_record("site", Stream::Emissions, 1, &record, false);
     let back = protobuf::decode_record(&bytes).expect("decodes");

@@ -6,9 +6,9 @@ mod common;
 use std::process::Command;
 
 use common::plant::one_meter_toml;
+use smeltwatch::codec::body;
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::body;
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, Spool};
 use tokio_util::sync::CancellationToken;

@@ -23,16 +23,16 @@ use common::mosquitto::{self, CliWitness, Mosquitto};
 use common::mqtt_config;
 use common::status::wait_status;
 use serde_json::Value as Json;
+use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
     self, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{
     Aggregate, Event, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };
-use smeltwatch::publish::mqtt::{LinkState, MqttUplink, UplinkStatus};
-use smeltwatch::publish::topic::topic_for;
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::mqtt::{LinkState, MqttUplink, UplinkStatus};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::block_in_place;

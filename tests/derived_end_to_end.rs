@@ -12,9 +12,9 @@ use std::time::Duration;
 use common::mosquitto::{self, Mosquitto};
 use common::plant::{device, f32_words, serve};
 use serde_json::Value as Json;
+use smeltwatch::codec::sparkplug as spb;
 use smeltwatch::config;
 use smeltwatch::model::Value;
-use smeltwatch::publish::encode::sparkplug as spb;
 use smeltwatch::simulator::{Device, Faults, UnitMap};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -155,6 +155,35 @@ fn run_meter(meter: Device, stop: CancellationToken) {
     });
 }
 
+/// The dashboard's snapshot carries the derived points like polled points (device, unit, value,
+/// quality): the mean of the pots good, the silent meter's power without a value.
+async fn snapshot_carries_the_derived_points(http_port: u16) {
+    let (code, body) = common::probe::get(http_port, "/api/v1/snapshot").await;
+    assert_eq!(code, 200);
+    let snapshot: Json = serde_json::from_str(&body).expect("the snapshot is JSON");
+    let point = |name: &str| {
+        snapshot["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .find(|p| p["point"] == name)
+            .unwrap_or_else(|| panic!("no {name} in the snapshot: {body}"))
+            .clone()
+    };
+    let mean = point("mean_cell_voltage_v");
+    assert_eq!(mean["device"], "potline1", "{mean}");
+    assert_eq!(mean["unit"], "V", "{mean}");
+    assert_eq!(mean["quality"], "good", "{mean}");
+    assert!(
+        (mean["value"].as_f64().unwrap() - 4.2).abs() < 1e-6,
+        "{mean}"
+    );
+    let power = point("aux_power_kw");
+    assert_eq!(power["unit"], "kW", "{power}");
+    assert_eq!(power["quality"], "comm_fail", "{power}");
+    assert!(power["value"].is_null(), "{power}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn derived_mean_and_auxiliary_power_arrive_with_their_qualities() {
     let broker = Mosquitto::start();
@@ -238,31 +267,7 @@ async fn derived_mean_and_auxiliary_power_arrive_with_their_qualities() {
     );
     assert!(!text.contains("smeltwatch_point_value{device=\"derived\",point=\"aux_power_kw\""));
 
-    // The dashboard's snapshot carries them like polled points: device, unit, value, quality.
-    let (code, body) = common::probe::get(http_port, "/api/v1/snapshot").await;
-    assert_eq!(code, 200);
-    let snapshot: Json = serde_json::from_str(&body).expect("the snapshot is JSON");
-    let point = |name: &str| {
-        snapshot["points"]
-            .as_array()
-            .expect("points")
-            .iter()
-            .find(|p| p["point"] == name)
-            .unwrap_or_else(|| panic!("no {name} in the snapshot: {body}"))
-            .clone()
-    };
-    let mean = point("mean_cell_voltage_v");
-    assert_eq!(mean["device"], "potline1", "{mean}");
-    assert_eq!(mean["unit"], "V", "{mean}");
-    assert_eq!(mean["quality"], "good", "{mean}");
-    assert!(
-        (mean["value"].as_f64().unwrap() - 4.2).abs() < 1e-6,
-        "{mean}"
-    );
-    let power = point("aux_power_kw");
-    assert_eq!(power["unit"], "kW", "{power}");
-    assert_eq!(power["quality"], "comm_fail", "{power}");
-    assert!(power["value"].is_null(), "{power}");
+    snapshot_carries_the_derived_points(http_port).await;
 
     agent.shutdown().await;
     shutdown.cancel();

@@ -36,7 +36,7 @@ use common::mosquitto::{self, Mosquitto};
 use common::plant::{cems_map, stack_simulator, two_cems_source_toml};
 use common::probe::{SmallFs, get, metric_sum};
 use common::{agent, free_port};
-use smeltwatch::publish::encode::hj212;
+use smeltwatch::codec::hj212;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use smeltwatch::model::{Aggregate, Period, Quality, Timestamp};
-use smeltwatch::publish::encode::hj212::{
+use smeltwatch::codec::hj212::{
     self, Cp, EncodeError, Packet, ParseError, ParseOptions, RtdValue, Scan, Station, Table, qn_rtn,
 };
+use smeltwatch::model::{Aggregate, Period, Quality, Timestamp};
 
 const HOURLY_2061: &[u8] = include_bytes!("testdata/hj212/hourly_2061.txt");
 const REALTIME_2011: &[u8] = include_bytes!("testdata/hj212/realtime_2011.txt");

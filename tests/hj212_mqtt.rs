@@ -14,15 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
+use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Table};
+use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{self, Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
     Aggregate, Event, EventKind, EventPhase, Period, Quality, Reading, ReadingBatch, Record,
     Timestamp, Value,
 };
-use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Table};
-use smeltwatch::publish::mqtt::MqttUplink;
-use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::mqtt::MqttUplink;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 

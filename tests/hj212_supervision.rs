@@ -12,10 +12,10 @@ use common::agent;
 use common::hj212::{acking_platform, platform};
 use common::plant::{cems_map, gtc1_source_toml, stack_simulator, two_cems_source_toml};
 use smeltwatch::app::Agent;
+use smeltwatch::codec::hj212;
 use smeltwatch::config::Stream;
 use smeltwatch::model::Timestamp;
-use smeltwatch::publish::encode::hj212;
-use smeltwatch::publish::mqtt::LinkState;
+use smeltwatch::uplink::mqtt::LinkState;
 use tokio::net::TcpListener;
 
 const MN: &str = "QHAL0000000000000000GTC1";

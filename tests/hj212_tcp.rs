@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::hj212::{next_packet, platform};
+use smeltwatch::codec::hj212::{self, Packet, Station, Table};
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::history::HistorySource;
 use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
-use smeltwatch::publish::encode::hj212::{self, Packet, Station, Table};
-use smeltwatch::publish::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

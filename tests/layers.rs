@@ -5,8 +5,7 @@
 //!
 //! Units are the top-level modules, with two refinements that follow the code: each component's
 //! `config.rs` (or `config/`) belongs to the `config` unit (the configuration is validated section
-//! by section beside the component it configures, and the component's runtime builds on it), and
-//! the pure encoders of `publish` (`encode/`, `body.rs`, `topic.rs`) form the `codec` unit.
+//! by section beside the component it configures, and the component's runtime builds on it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
         "series",
         "spool",
     ],
-    &["publish", "live"],
+    &["uplink", "live"],
     &["fanout", "http", "tail", "broker"],
     &["app", "cli"],
 ];
@@ -87,12 +86,6 @@ fn unit_of_file(rel: &Path) -> Option<String> {
     if parts.len() > 1 && parts[1] == "config" {
         return Some("config".into());
     }
-    if top == "publish"
-        && parts.len() > 1
-        && ["encode", "body", "topic"].contains(&parts[1].as_str())
-    {
-        return Some("codec".into());
-    }
     Some(top)
 }
 
@@ -100,7 +93,6 @@ fn unit_of_file(rel: &Path) -> Option<String> {
 fn unit_of_path(segments: &[&str]) -> String {
     match segments {
         [_, "config", ..] => "config".into(),
-        ["publish", "encode" | "body" | "topic", ..] => "codec".into(),
         [top, ..] => (*top).into(),
         [] => unreachable!("a crate path has a segment"),
     }

@@ -361,7 +361,7 @@ fn sealed_payloads(
             );
             let carried = ledger::capture::seal_of(&body).unwrap();
             assert_eq!(carried, seal);
-            let payload = smeltwatch::publish::encode::encode_sealed(
+            let payload = smeltwatch::codec::encode_sealed(
                 encoding,
                 SITE,
                 Stream::Emissions,
@@ -406,7 +406,7 @@ fn sealed_json_and_protobuf_payloads_verify_and_a_changed_body_is_named() {
             }
             Encoding::Protobuf => {
                 use prost::Message as _;
-                use smeltwatch::publish::encode::protobuf::pb;
+                use smeltwatch::codec::protobuf::pb;
                 let mut env = pb::Envelope::decode(payloads[2].as_slice()).unwrap();
                 let Some(pb::envelope::Body::Aggregate(a)) = &mut env.body else {
                     panic!("an aggregate")
@@ -459,7 +459,7 @@ fn capture_files_of_json_payloads_or_protobuf_envelopes_verify() {
         let resealed = c.append(&signing, seal.payload.clone());
         let record: smeltwatch::model::Record = serde_json::from_str(&seal.payload).unwrap();
         for (encoding, out) in [(Encoding::Json, 0), (Encoding::Protobuf, 1)] {
-            let payload = smeltwatch::publish::encode::encode_sealed(
+            let payload = smeltwatch::codec::encode_sealed(
                 encoding,
                 SITE,
                 smeltwatch::config::Stream::Emissions,
@@ -681,7 +681,7 @@ fn a_relabelled_historical_flag_fails() {
                 }
                 Encoding::Protobuf => {
                     use prost::Message as _;
-                    use smeltwatch::publish::encode::protobuf::pb;
+                    use smeltwatch::codec::protobuf::pb;
                     let mut env = pb::Envelope::decode(q[i].as_slice()).unwrap();
                     env.historical = !env.historical;
                     env.encode_to_vec()
@@ -765,7 +765,7 @@ fn a_record_sent_live_and_again_as_historical_is_one_record_delivered_twice() {
     use smeltwatch::config::Encoding;
     let (seal, live) = sealed_payloads(Encoding::Json, &[false]).remove(0);
     let record: smeltwatch::model::Record = serde_json::from_str(&seal.payload).unwrap();
-    let again = smeltwatch::publish::encode::encode_sealed(
+    let again = smeltwatch::codec::encode_sealed(
         Encoding::Json,
         SITE,
         smeltwatch::config::Stream::Emissions,

@@ -15,14 +15,14 @@ use std::time::Duration;
 use common::mosquitto::{self, Mosquitto, SubscribeOptions};
 use common::mqtt_config;
 use common::status::wait_status;
+use smeltwatch::codec::json::encode_record;
+use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
     MqttConfig, Secret, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::encode::json::encode_record;
-use smeltwatch::publish::mqtt::{LinkState, MqttUplink};
-use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::mqtt::{LinkState, MqttUplink};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;

@@ -15,13 +15,13 @@ use common::mosquitto::{self, Mosquitto};
 use common::mqtt_config;
 use common::plant::one_meter_toml;
 use common::status::wait_status;
+use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
     MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::mqtt::{DEFAULT_DEAD_LETTER_AFTER, MqttUplink};
-use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::mqtt::{DEFAULT_DEAD_LETTER_AFTER, MqttUplink};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -65,13 +65,13 @@ fn new_record(r: &Record) -> NewRecord {
     NewRecord {
         stream: Stream::Live,
         topic: topic_for(&TopicTemplates::default(), SITE, r),
-        body: smeltwatch::publish::body::encode(r),
+        body: smeltwatch::codec::body::encode(r),
         created: Timestamp::now(),
     }
 }
 
 fn json_len(r: &Record) -> usize {
-    smeltwatch::publish::encode::json::encode_record(SITE, Stream::Live, 1, r, false).len()
+    smeltwatch::codec::json::encode_record(SITE, Stream::Live, 1, r, false).len()
 }
 
 /// One record of more than 2 KiB as JSON, then ten small ones (seqs 2..=11).

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use smeltwatch::codec::protobuf::{decode_record, encode_record};
 use smeltwatch::config::{Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
     Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
     Record, Timestamp, Value,
 };
-use smeltwatch::publish::encode::protobuf::{decode_record, encode_record};
 
 const T0: i64 = 1_764_300_253_000;
 
@@ -185,8 +185,7 @@ fn the_golden_files_decode_to_the_documented_records() {
 fn protobuf_is_smaller_than_json_for_a_poll_batch() {
     let r = batch();
     let pb = encode_record("demo-al-01", Stream::Live, 17, &r, false);
-    let json =
-        smeltwatch::publish::encode::json::encode_record("demo-al-01", Stream::Live, 17, &r, false);
+    let json = smeltwatch::codec::json::encode_record("demo-al-01", Stream::Live, 17, &r, false);
     assert!(
         pb.len() * 2 < json.len(),
         "protobuf {} vs json {}",
@@ -308,7 +307,7 @@ fn config_src_with(encoding: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mqtt_uplink_publishes_each_stream_in_its_configured_encoding() {
-    use smeltwatch::publish::topic::topic_for;
+    use smeltwatch::codec::topic::topic_for;
     use smeltwatch::spool::{NewRecord, SpoolHandle};
     let broker = common::mosquitto::Mosquitto::start();
     let cfg = config_with_encoding(
@@ -331,7 +330,7 @@ async fn the_mqtt_uplink_publishes_each_stream_in_its_configured_encoding() {
         .collect();
     spool.append(recs).await.unwrap();
     let uplink =
-        smeltwatch::publish::mqtt::MqttUplink::new("demo-al-01", &cfg.uplinks[0], spool.clone())
+        smeltwatch::uplink::mqtt::MqttUplink::new("demo-al-01", &cfg.uplinks[0], spool.clone())
             .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));

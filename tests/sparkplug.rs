@@ -18,10 +18,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use smeltwatch::codec::sparkplug::{self as spb, DeviceState, EdgeNodeModel, pb::DataType};
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Timestamp, Value};
-use smeltwatch::publish::encode::sparkplug::{
-    self as spb, DeviceState, EdgeNodeModel, pb::DataType,
-};
 
 const T0: i64 = 1_764_300_253_000;
 
@@ -378,11 +376,11 @@ use std::time::Duration;
 use common::mosquitto::{self, Mosquitto};
 use common::status::wait_status;
 use rumqttc::{AsyncClient, PublishOptions, QoS};
+use smeltwatch::codec::sparkplug::pb::Payload;
 use smeltwatch::config::{Stream, UplinkKind};
 use smeltwatch::model::Record;
-use smeltwatch::publish::encode::sparkplug::pb::Payload;
-use smeltwatch::publish::sparkplug::{SparkplugSettings, SparkplugStatus, SparkplugUplink};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::sparkplug::{SparkplugSettings, SparkplugStatus, SparkplugUplink};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -799,7 +797,7 @@ const HOST: &str = "scada_host";
 async fn host_state(client: &AsyncClient, online: bool, timestamp: i64) {
     client
         .publish(
-            smeltwatch::publish::sparkplug::state_topic(HOST),
+            smeltwatch::uplink::sparkplug::state_topic(HOST),
             format!(r#"{{"online":{online},"timestamp":{timestamp}}}"#).into_bytes(),
             PublishOptions::new(QoS::AtLeastOnce).retain(true),
         )
@@ -902,7 +900,7 @@ async fn with_a_primary_host_nbirth_waits_for_its_online_state_and_its_offline_s
 
 #[test]
 fn state_payloads_of_sparkplug_3_and_2_2_are_understood() {
-    use smeltwatch::publish::sparkplug::HostState;
+    use smeltwatch::uplink::sparkplug::HostState;
     assert_eq!(
         HostState::parse(br#"{"online":true,"timestamp":1764300253000}"#),
         Some(HostState {
@@ -966,7 +964,7 @@ async fn mqtt_spb_wrapper_decodes_nbirth_dbirth_and_ddata_captured_from_mosquitt
     // A restarted agent: the last bdSeq used was 41, so this session's is 42.
     spool
         .kv_set(
-            smeltwatch::publish::sparkplug::BD_SEQ_KEY.to_owned(),
+            smeltwatch::uplink::sparkplug::BD_SEQ_KEY.to_owned(),
             b"41".to_vec(),
         )
         .await

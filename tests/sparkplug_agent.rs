@@ -20,11 +20,11 @@ use std::time::Duration;
 use common::mosquitto::{self, Mosquitto, SubscribeOptions};
 use rumqttc::{AsyncClient, PublishOptions, QoS};
 use smeltwatch::app::Agent;
-use smeltwatch::model::{Timestamp, Value};
-use smeltwatch::publish::encode::sparkplug::{
+use smeltwatch::codec::sparkplug::{
     self as spb,
     pb::{DataType, Payload, payload::Metric, payload::metric::Value as PbValue},
 };
+use smeltwatch::model::{Timestamp, Value};
 use smeltwatch::simulator::{BankSizes, Device, Faults, UnitMap, serve_tcp};
 use tokio::sync::mpsc;
 use tokio::time::timeout;

@@ -26,14 +26,14 @@ use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::style::{Color, Modifier};
 use rumqttc::{AsyncClient, MqttOptions, PublishOptions};
+use smeltwatch::codec::sparkplug::{self as spb, DeviceModel, DeviceState, MetricModel};
+use smeltwatch::codec::topic;
+use smeltwatch::codec::{json, protobuf};
 use smeltwatch::config::{Stream, TopicTemplates};
 use smeltwatch::model::{
     Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
     Record, Timestamp, Value,
 };
-use smeltwatch::publish::encode::sparkplug::{self as spb, DeviceModel, DeviceState, MetricModel};
-use smeltwatch::publish::encode::{json, protobuf};
-use smeltwatch::publish::topic;
 use smeltwatch::tail::{self, Decoder, Filter, State};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 

@@ -15,13 +15,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     date_time_ymd,
 };
+use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
     MqttConfig, SpoolConfig, Stream, TlsSettings, TopicTemplates, UplinkConfig, UplinkKind,
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::publish::mqtt::{LinkState, MqttUplink};
-use smeltwatch::publish::topic::topic_for;
 use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::uplink::mqtt::{LinkState, MqttUplink};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -398,10 +398,10 @@ async fn a_key_that_does_not_match_the_certificate_is_refused_at_build_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sparkplug_over_mutual_tls_publishes_births_and_replays_the_spool() {
-    use smeltwatch::publish::encode::sparkplug::{
+    use smeltwatch::codec::sparkplug::{
         self as spb, DeviceModel, EdgeNodeModel, MetricModel, pb::DataType,
     };
-    use smeltwatch::publish::sparkplug::{SparkplugSettings, SparkplugUplink};
+    use smeltwatch::uplink::sparkplug::{SparkplugSettings, SparkplugUplink};
 
     let s = setup(&["localhost", "127.0.0.1"], false);
     let (_sub, mut rx) =

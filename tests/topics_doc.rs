@@ -11,13 +11,13 @@
 
 use std::path::{Path, PathBuf};
 
+use smeltwatch::codec::json::encode_record;
+use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{Stream, TopicTemplates};
 use smeltwatch::model::{
     Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
     Record, Timestamp, Value,
 };
-use smeltwatch::publish::encode::json::encode_record;
-use smeltwatch::publish::topic::topic_for;
 
 const SITE: &str = "demo-al-01";
 /// 2025-11-28T03:24:13Z.
@@ -28,7 +28,7 @@ fn repo(path: &str) -> PathBuf {
 }
 
 /// The live example: a float, a 64-bit counter and a failed read (also pinned by the encoder's
-/// own golden test in src/publish/encode/json.rs).
+/// own golden test in src/codec/json.rs).
 fn live() -> Record {
     let ts = |ms: i64| Timestamp(T0 + ms);
     let reading = |point: &str, value: Option<Value>, unit: &str, quality, at| Reading {

@@ -19,8 +19,8 @@ use common::plant::meters;
 use smeltwatch::app::Agent;
 use smeltwatch::config::SpoolConfig;
 use smeltwatch::live::UplinkView;
-use smeltwatch::publish::mqtt::LinkState;
 use smeltwatch::spool::SpoolHandle;
+use smeltwatch::uplink::mqtt::LinkState;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 

@@ -22,9 +22,9 @@ use crate::completeness::Completeness;
 use crate::config::{Config, Hj212Config, UplinkConfig};
 use crate::history::HistorySource;
 use crate::model::Record;
-use crate::publish::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
-use crate::publish::mqtt::{LinkState, UplinkStatus};
 use crate::spool::SpoolHandle;
+use crate::uplink::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
+use crate::uplink::mqtt::{LinkState, UplinkStatus};
 
 use super::supervise::{self, Supervised};
 

@@ -14,16 +14,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::codec::sparkplug::EdgeNodeModel;
 use crate::completeness::Completeness;
 use crate::config::{Config, SparkplugConfig, UplinkConfig};
 use crate::modbus::write::DeviceWriters;
 use crate::model::Record;
-use crate::publish::encode::sparkplug::EdgeNodeModel;
-use crate::publish::mqtt::{LinkState, UplinkStatus};
-use crate::publish::sparkplug::{
+use crate::spool::SpoolHandle;
+use crate::uplink::mqtt::{LinkState, UplinkStatus};
+use crate::uplink::sparkplug::{
     DeviceWriteGate, SparkplugSettings, SparkplugStatus, SparkplugUplink,
 };
-use crate::spool::SpoolHandle;
 
 use super::supervise::{self, Supervised};
 

@@ -25,8 +25,8 @@ use crate::live::{LiveState, UplinkView, health};
 use crate::modbus::poller::Poller;
 use crate::modbus::write::{DeviceWriters, WriteQueue};
 use crate::model::{ReadingBatch, Record, Timestamp};
-use crate::publish::mqtt::{MqttUplink, UplinkStatus};
 use crate::spool::SpoolHandle;
+use crate::uplink::mqtt::{MqttUplink, UplinkStatus};
 
 /// Start every component of `cfg`. Returns once the spools are open and every task is spawned.
 pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
-use crate::publish::backoff::Backoff;
-use crate::publish::mqtt::{LinkState, UplinkStatus};
+use crate::uplink::backoff::Backoff;
+use crate::uplink::mqtt::{LinkState, UplinkStatus};
 
 /// A run at least this long counts as having worked: the next failure restarts after the
 /// shortest backoff again, so a fault once a day is not met with the longest wait.

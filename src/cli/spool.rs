@@ -70,7 +70,7 @@ fn export(config: &Path, uplink: Option<&str>) -> anyhow::Result<ExitCode> {
         let Some(last) = batch.last() else { break };
         after = last.id;
         for r in &batch {
-            let body = crate::publish::body::to_json(&r.body)
+            let body = crate::codec::body::to_json(&r.body)
                 .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }));
             let line = serde_json::json!({
                 "id": r.id,
@@ -92,7 +92,7 @@ fn dead_letters(config: &Path, uplink: Option<&str>) -> anyhow::Result<ExitCode>
     let spool = open_uplink_spool(config, uplink)?;
     let mut out = std::io::stdout().lock();
     for d in spool.dead_letters()? {
-        let body = crate::publish::body::to_json(&d.body)
+        let body = crate::codec::body::to_json(&d.body)
             .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }));
         let line = serde_json::json!({
             "id": d.id,

@@ -559,12 +559,12 @@ impl Default for TopicTemplates {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
-    /// JSON objects (`publish::encode::json`).
+    /// JSON objects (`codec::json`).
     #[default]
     Json,
-    /// `smeltwatch.v1.Envelope` protobuf messages (`publish::encode::protobuf`).
+    /// `smeltwatch.v1.Envelope` protobuf messages (`codec::protobuf`).
     Protobuf,
-    /// HJ 212 text packets (`publish::encode::hj212`), for platforms that take HJ 212 over MQTT:
+    /// HJ 212 text packets (`codec::hj212`), for platforms that take HJ 212 over MQTT:
     /// a poll batch as 2011 real-time data, a closed window as 2051/2061/2031. Only the `live`
     /// and `emissions` streams have this form.
     Hj212,

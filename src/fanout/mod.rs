@@ -346,7 +346,7 @@ async fn route(
             let seal = seals.get(i).and_then(Option::as_ref);
             let body = match seal {
                 Some(seal) => crate::ledger::capture::sealed_body(seal),
-                None => crate::publish::body::encode(record),
+                None => crate::codec::body::encode(record),
             };
             if target.hand_over_decoded {
                 // Poll batches are the bulk of the traffic. A sealed record's payload carries its
@@ -361,7 +361,7 @@ async fn route(
             }
             new.push(NewRecord {
                 stream,
-                topic: crate::publish::topic::topic_for(&target.topics, site, record),
+                topic: crate::codec::topic::topic_for(&target.topics, site, record),
                 body,
                 created,
             });

@@ -11,7 +11,7 @@
 //! - **protobuf payload**: `Envelope.ledger` (`LedgerSeal`, field 20).
 //! - **Ledger file**: one [`LedgerRecord`] per line, or captured JSON payloads, one per line.
 //!
-//! The payload forms are written by the encoders ([`crate::publish::encode::seal`]); this module
+//! The payload forms are written by the encoders ([`crate::codec::seal`]); this module
 //! writes and reads the spool body and reads captured payloads back.
 //!
 //! The signed bytes are the `payload`, the record's canonical JSON. A payload also shows the
@@ -26,9 +26,9 @@
 use serde_json::Value as Json;
 
 use super::{Anchors, LedgerRecord, Report, verify_with};
+use crate::codec::protobuf::{self, pb};
+use crate::codec::seal::seal_from_pb;
 use crate::model::Record;
-use crate::publish::encode::protobuf::{self, pb};
-use crate::publish::encode::seal::seal_from_pb;
 
 /// Name of the chain regulated records and configuration changes are appended to.
 pub const REGULATED_CHAIN: &str = "regulated";
@@ -336,10 +336,10 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
+    use crate::codec::json::encode_record;
+    use crate::codec::seal::seal_json_payload;
     use crate::config::Stream;
     use crate::ledger::Chain;
-    use crate::publish::encode::json::encode_record;
-    use crate::publish::encode::seal::seal_json_payload;
 
     /// A payload signed by an older build (labels as `[key, value]` pairs), published by this one.
     /// `tamper`: change a label value in the published body.

@@ -19,7 +19,7 @@
 //!     stream     TEXT    NOT NULL,             -- 'live' | 'metrics' | 'events' | 'emissions'
 //!     seq        INTEGER NOT NULL,             -- per-stream sequence number, from 1
 //!     topic      TEXT    NOT NULL,
-//!     body       BLOB    NOT NULL,             -- the encoded record, opaque to the spool (publish::body)
+//!     body       BLOB    NOT NULL,             -- the encoded record, opaque to the spool (codec::body)
 //!     created_ms INTEGER NOT NULL,             -- Timestamp: ms since the Unix epoch, UTC
 //!     attempts   INTEGER NOT NULL DEFAULT 0    -- sends that ended unacknowledged (mark_attempt)
 //! );

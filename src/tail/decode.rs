@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::codec::protobuf;
+use crate::codec::sparkplug::{self as spb, MessageType, pb::DataType};
 use crate::config::Stream;
 use crate::model::{
     Aggregate, Event, MetricBatch, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };
-use crate::publish::encode::protobuf;
-use crate::publish::encode::sparkplug::{self as spb, MessageType, pb::DataType};
 
 /// A message that could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -487,8 +487,8 @@ fn decode_json(topic: &str, payload: &[u8]) -> Result<Message, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{json, sparkplug as enc};
     use crate::model::{EventPhase, Metric};
-    use crate::publish::encode::{json, sparkplug as enc};
 
     const T0: i64 = 1_764_300_253_000;
 

@@ -242,7 +242,7 @@ impl TailOptions {
 /// other placeholder's level on replaced by `#` (`smeltwatch/{site}/live/{source}/{device}` →
 /// `smeltwatch/demo-al-01/live/#`).
 pub fn topic_prefix_filter(template: &str, site: &str) -> String {
-    let filled = template.replace("{site}", &crate::publish::topic::sanitise(site));
+    let filled = template.replace("{site}", &crate::codec::topic::sanitise(site));
     let mut levels = Vec::new();
     for level in filled.split('/') {
         if level.contains('{') {

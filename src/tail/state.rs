@@ -540,7 +540,7 @@ impl State {
     }
 
     fn apply_sparkplug(&mut self, s: &SparkplugMessage) {
-        use crate::publish::encode::sparkplug::MessageType as T;
+        use crate::codec::sparkplug::MessageType as T;
         let node = self
             .edge_nodes
             .entry(format!("{}/{}", s.group, s.edge))

@@ -1,7 +1,7 @@
 //! The platform's side of an HJ 212 connection in tests: reading the packets an uplink sends, and
 //! a fake platform that acknowledges them.
 
-use smeltwatch::publish::encode::hj212::{self, Packet, ParseOptions, Scan, Table};
+use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Scan, Table};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

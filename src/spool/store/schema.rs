@@ -12,7 +12,7 @@ use crate::spool::SpoolError;
 
 /// The schema version written to `PRAGMA user_version` (see the module documentation of
 /// [`crate::spool`]): 1 held JSON bodies only; 2, the same tables, may also hold binary bodies
-/// ([`crate::publish::body`]); 3 adds the `dead_letters` table. Older files are upgraded in place
+/// ([`crate::codec::body`]); 3 adds the `dead_letters` table. Older files are upgraded in place
 /// when they are opened, and an older build refuses a newer file rather than drop what it cannot
 /// read (a version-2 build would not know that records were set aside).
 pub(super) const SCHEMA_VERSION: i64 = 3;

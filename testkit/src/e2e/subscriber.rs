@@ -64,7 +64,7 @@ pub(super) struct Rd<'a> {
 }
 
 /// The size of the spool body the agent stores for this batch: the record rebuilt from the
-/// message and encoded by the agent's own code (`publish::body`), since `/metrics` has no
+/// message and encoded by the agent's own code (`codec::body`), since `/metrics` has no
 /// appended-bytes counter. Exact for this plant: every field of the body is in the JSON, and every
 /// point is a `u16`, which the agent holds as an unsigned integer (JSON cannot tell it from a
 /// signed one, and protobuf encodes the two differently).
@@ -90,7 +90,7 @@ pub(super) fn spool_body_len(m: Msg<'_>, scheduled_ms: i64) -> usize {
             })
             .collect(),
     };
-    smeltwatch::publish::body::encode(&Record::Batch(batch)).len()
+    smeltwatch::codec::body::encode(&Record::Batch(batch)).len()
 }
 
 impl Seen {

@@ -1,16 +1,19 @@
-//! Payload encoders: turn a canonical spooled [`Record`](crate::model::Record) into the bytes an
-//! uplink publishes.
+//! The codec: pure encoders and decoders between a spooled [`Record`](crate::model::Record) and
+//! the bytes an uplink publishes or a consumer reads (JSON, protobuf, Sparkplug B, HJ 212), the
+//! spool body, and the topic templates.
 //!
 //! Encoders are pure (no I/O, no clocks): everything they print comes from their arguments, so
 //! the same record always encodes to the same bytes. Each payload carries `(site, stream, seq)` so
 //! that consumers can drop duplicates (delivery is at-least-once) and spot gaps.
 
+pub mod body;
 pub mod hj212;
 pub mod hj212_message;
 pub mod json;
 pub mod protobuf;
 pub mod seal;
 pub mod sparkplug;
+pub mod topic;
 
 use crate::config::{Encoding, Stream};
 use crate::model::Record;

@@ -1,5 +1,5 @@
 //! The driver: owns the rumqttc event loop, connects with a fresh client per generation and
-//! hands each established connection to the sender (see the module docs of `publish::mqtt`).
+//! hands each established connection to the sender (see the module docs of `uplink::mqtt`).
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::model::Timestamp;
 use crate::mqtt::tls::{self};
-use crate::publish::backoff::Backoff;
+use crate::uplink::backoff::Backoff;
 
 /// The client of one established connection, handed from the driver to the sender.
 #[derive(Clone)]

@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 
 use super::session::Session;
 use super::{DeviceWriteGate, SparkplugUplink};
+use crate::codec::sparkplug::{self as spb, MessageType};
 use crate::modbus::write::{self, Refusal, WriteFailure};
 use crate::model::{Event as WriteEvent, EventKind, EventPhase, Record, Timestamp, Value};
-use crate::publish::encode::sparkplug::{self as spb, MessageType};
 
 impl Session<'_> {
     pub(super) fn on_dcmd(&mut self, device: &str, payload: &[u8], retained: bool) {

@@ -8,12 +8,12 @@ use rumqttc::{PublishOptions, QoS};
 use tokio::time::Instant;
 
 use super::*;
+use crate::codec::hj212_message::Hj212Messages;
+use crate::codec::json;
+use crate::codec::topic::{self};
 use crate::completeness::{self, Tally};
 use crate::config::{Encoding, Stream};
 use crate::model::{Record, Timestamp};
-use crate::publish::encode::hj212_message::Hj212Messages;
-use crate::publish::encode::json;
-use crate::publish::topic::{self};
 use crate::spool::{Decoded, StoredRecord};
 
 impl Sender<'_> {
@@ -173,11 +173,11 @@ impl Sender<'_> {
     /// be decoded. `decoded` is the record as fan-out appended it (unsealed records only), when
     /// the spool still had it: a poll batch that its body decodes back to exactly is then encoded
     /// from it, without parsing the body again (the payload is the same either way).
-    pub(in crate::publish::mqtt) fn prepare(
+    pub(in crate::uplink::mqtt) fn prepare(
         &self,
         record: &StoredRecord,
         decoded: Option<Decoded>,
-    ) -> Result<(Vec<u8>, String, Option<Tally>, Timestamp), crate::publish::body::BodyError> {
+    ) -> Result<(Vec<u8>, String, Option<Tally>, Timestamp), crate::codec::body::BodyError> {
         let u = self.uplink;
         let historical = self.is_historical(record);
         let encoding = u.cfg.encoding.for_stream(record.stream);
@@ -185,7 +185,7 @@ impl Sender<'_> {
             && !record.topic.is_empty()
             && decoded.is_batch_exact_in_json()
         {
-            let payload = crate::publish::encode::encode_sealed(
+            let payload = crate::codec::encode_sealed(
                 encoding,
                 &u.site,
                 record.stream,
@@ -216,9 +216,9 @@ impl Sender<'_> {
             });
             return Ok((payload, record.topic.clone(), tally, batch.scheduled));
         }
-        let decoded = crate::publish::body::decode(&record.body)?;
+        let decoded = crate::codec::body::decode(&record.body)?;
         let seal = crate::ledger::capture::seal_of(&record.body);
-        let payload = crate::publish::encode::encode_sealed(
+        let payload = crate::codec::encode_sealed(
             encoding,
             &u.site,
             record.stream,
@@ -327,7 +327,7 @@ impl Sender<'_> {
                 Some(record) if crate::ledger::capture::seal_of(&r.body).is_none() => {
                     Some(record.clone())
                 }
-                _ => crate::publish::body::decode(&r.body).ok(),
+                _ => crate::codec::body::decode(&r.body).ok(),
             }
         };
         let head = decode(&first, decoded.as_ref());

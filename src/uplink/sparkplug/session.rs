@@ -11,11 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::dcmd::DcmdWrite;
 use super::{Ended, STEP_TIMEOUT, SparkplugUplink, state_topic};
+use crate::codec::sparkplug::{self as spb, DeviceState, EdgeNodeModel, MessageType, SeqCounter};
 use crate::completeness::Tally;
 use crate::model::Timestamp;
-use crate::publish::encode::sparkplug::{
-    self as spb, DeviceState, EdgeNodeModel, MessageType, SeqCounter,
-};
 
 /// What survives a reconnect: the last reported values and which devices are dead.
 pub(super) struct NodeState {

@@ -109,11 +109,11 @@ use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::topic::{self, TopicError};
 use crate::completeness::Completeness;
 use crate::config::{Encoding, MqttConfig, UplinkConfig, UplinkKind};
 use crate::model::Timestamp;
 use crate::mqtt::tls::{self, TlsError};
-use crate::publish::topic::{self, TopicError};
 use crate::spool::SpoolHandle;
 
 mod driver;

@@ -149,7 +149,7 @@ fn write_batch<R: ReadingFields>(
 }
 
 /// A live batch borrowed from a JSON spool body (the form of [`Record::Batch`] in spools written
-/// before the binary body, see [`crate::publish::body`]): the uplink
+/// before the binary body, see [`crate::codec::body`]): the uplink
 /// encodes a JSON payload from it without building the [`ReadingBatch`] (no allocation per
 /// reading, only for text values and strings with escapes). [`SpooledBatch::encode`] writes the
 /// same bytes as [`encode_record`] of the decoded record; a unit test holds both to that.
@@ -482,7 +482,7 @@ mod golden {
         })
     }
 
-    const GOLDEN: &[u8] = include_bytes!("../../../tests/testdata/json/batch.json");
+    const GOLDEN: &[u8] = include_bytes!("../../tests/testdata/json/batch.json");
 
     #[test]
     fn batch_matches_the_golden_file_byte_for_byte() {

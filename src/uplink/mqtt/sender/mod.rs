@@ -1,5 +1,5 @@
 //! The sender: reads the spool in two lanes (fresh and backlog), publishes at QoS 1 through the
-//! current connection and acks in the spool on PUBACK (see the module docs of `publish::mqtt`).
+//! current connection and acks in the spool on PUBACK (see the module docs of `uplink::mqtt`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,11 +11,11 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::codec::hj212_message::Hj212Messages;
+use crate::codec::topic::{self};
 use crate::completeness::Tally;
 use crate::config::Stream;
 use crate::model::{Event as ModelEvent, EventKind, EventPhase, Record, Timestamp, Value};
-use crate::publish::encode::hj212_message::Hj212Messages;
-use crate::publish::topic::{self};
 use crate::spool::{NewRecord, SpoolHandle};
 
 mod acks;
@@ -301,7 +301,7 @@ impl<'a> Sender<'a> {
         }
         let event = outage_event(&u.name, self.down_since, now, &new);
         let record = Record::Event(event);
-        let body = crate::publish::body::encode(&record);
+        let body = crate::codec::body::encode(&record);
         let new_record = NewRecord {
             stream: Stream::Events,
             topic: topic::topic_for(&u.cfg.topics, &u.site, &record),

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Group, Hj212TcpUplink};
+use crate::codec::hj212::{self, Station};
 use crate::completeness;
 use crate::model::{Aggregate, Period, Record, Timestamp};
-use crate::publish::encode::hj212::{self, Station};
 use crate::spool::StoredRecord;
 
 impl Hj212TcpUplink {
@@ -39,7 +39,7 @@ impl Hj212TcpUplink {
         let mut pending: Vec<Pending> = Vec::new();
         let mut open: HashMap<(Arc<str>, Period, Timestamp), usize> = HashMap::new();
         for r in records {
-            let decoded = crate::publish::body::decode(&r.body).ok();
+            let decoded = crate::codec::body::decode(&r.body).ok();
             if let Some(Record::Aggregate(a)) = decoded {
                 let key = (a.subject.clone(), a.period, a.start);
                 match open.get(&key) {

@@ -1,7 +1,7 @@
 //! The Sparkplug B 3.0 edge-node uplink: smeltwatch is the edge node `spBv1.0/{group}/…/{edge}`,
 //! each configured Modbus device a Sparkplug device, each point a device metric, and each device
 //! of the `live` derived points a Sparkplug device too (payloads from
-//! [`encode::sparkplug`](crate::publish::encode::sparkplug)).
+//! [`encode::sparkplug`](crate::codec::sparkplug)).
 //!
 //! # Session (Sparkplug 3.0 §5)
 //! For every connection attempt the uplink:
@@ -83,14 +83,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::sparkplug::{self as spb, EdgeNodeModel, MessageType, SeqCounter};
 use crate::completeness::Completeness;
 use crate::config::MqttConfig;
 use crate::modbus::write::DeviceWriters;
 use crate::model::{Record, Timestamp};
 use crate::mqtt::tls::{self, TlsError};
-use crate::publish::backoff::Backoff;
-use crate::publish::encode::sparkplug::{self as spb, EdgeNodeModel, MessageType, SeqCounter};
 use crate::spool::{SpoolError, SpoolHandle};
+use crate::uplink::backoff::Backoff;
 
 use dcmd::serve_writes;
 pub use session::HostState;

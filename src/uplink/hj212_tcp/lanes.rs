@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{Hj212TcpUplink, Lane};
 use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
-use crate::publish::backoff::Backoff;
+use crate::uplink::backoff::Backoff;
 
 impl Hj212TcpUplink {
     pub(super) fn is_parked(&self, mn: &str) -> bool {

@@ -68,13 +68,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::hj212::{Station, Table};
 use crate::completeness::{Completeness, Tally};
 use crate::config::defaults;
 use crate::history::HistorySource;
 use crate::model::{EventKind, EventPhase, Record, Timestamp, Value};
-use crate::publish::backoff::Backoff;
-use crate::publish::encode::hj212::{Station, Table};
 use crate::spool::{SpoolError, SpoolHandle};
+use crate::uplink::backoff::Backoff;
 
 /// Settings of one HJ 212 TCP uplink.
 #[derive(Debug, Clone)]

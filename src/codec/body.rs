@@ -13,8 +13,8 @@
 //! and infinities, which JSON cannot). A sealed record stays JSON because its seal signs exactly
 //! that JSON. Both forms decode here, so a spool written by an older build drains after an upgrade.
 
+use crate::codec::protobuf;
 use crate::model::Record;
-use crate::publish::encode::protobuf;
 
 /// First byte of the binary form (see the module documentation).
 const PROTOBUF_FORM: u8 = 0x01;

@@ -125,7 +125,7 @@ async fn a_record_handed_over_decoded_is_published_exactly_as_its_body_would_be(
         // The body as this build writes it, and as older builds did (JSON).
         let bodies = |record: &Record| {
             [
-                crate::publish::body::encode(record),
+                crate::codec::body::encode(record),
                 serde_json::to_vec(record).unwrap(),
             ]
         };
@@ -177,8 +177,8 @@ fn the_outage_event_survives_the_spool_round_trip() {
         &[(Stream::Live, 7), (Stream::Emissions, 0)],
     );
     let record = Record::Event(event.clone());
-    let body = crate::publish::body::encode(&record);
-    let back = crate::publish::body::decode(&body).expect("an event record decodes");
+    let body = crate::codec::body::encode(&record);
+    let back = crate::codec::body::decode(&body).expect("an event record decodes");
     assert_eq!(back, record);
     assert_eq!(event.kind.as_str(), "outage");
     assert_eq!(event.attributes[0], ("dropped_live".into(), Value::Int(7)));

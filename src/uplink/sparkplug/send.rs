@@ -8,10 +8,10 @@ use tokio::time::{Instant, timeout};
 
 use super::session::{Proof, Session};
 use super::{PROOF_LEVEL, READ_BATCH, STEP_TIMEOUT};
+use crate::codec::sparkplug::{self as spb, Change, MessageType};
 use crate::completeness::{self, Tally};
 use crate::config::Stream;
 use crate::model::{Record, Timestamp};
-use crate::publish::encode::sparkplug::{self as spb, Change, MessageType};
 
 impl Session<'_> {
     pub(super) async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
@@ -94,7 +94,7 @@ impl Session<'_> {
         let mut acquired = Vec::new();
         for r in &records {
             if r.stream == Stream::Live
-                && let Ok(record) = crate::publish::body::decode(&r.body)
+                && let Ok(record) = crate::codec::body::decode(&r.body)
                 && let Record::Batch(batch) = &record
             {
                 self.send_reading_batch(batch, r.id <= boundary).await?;

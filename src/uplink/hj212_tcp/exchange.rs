@@ -7,8 +7,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Hj212TcpUplink, LinkEnd, Wire};
+use crate::codec::hj212::{self, EncodeError, Packet, ParseOptions, Scan};
 use crate::model::{Aggregate, Timestamp};
-use crate::publish::encode::hj212::{self, EncodeError, Packet, ParseOptions, Scan};
 
 impl Hj212TcpUplink {
     /// Send one packet and wait for its 9014, resending after OverTime up to ReCount times.

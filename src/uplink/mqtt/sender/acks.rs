@@ -4,10 +4,10 @@
 use tokio::time::Instant;
 
 use super::*;
+use crate::codec::topic::{self};
 use crate::completeness::Tally;
 use crate::config::Stream;
 use crate::model::{Record, Timestamp};
-use crate::publish::topic::{self};
 use crate::spool::NewRecord;
 
 impl Sender<'_> {
@@ -148,7 +148,7 @@ impl Sender<'_> {
             events.push(NewRecord {
                 stream: Stream::Events,
                 topic: topic::topic_for(&u.cfg.topics, &u.site, &record),
-                body: crate::publish::body::encode(&record),
+                body: crate::codec::body::encode(&record),
                 created: now,
             });
         }
