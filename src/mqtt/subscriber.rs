@@ -4,7 +4,7 @@
 //! a clean session, a client id that names the tool and the process, and a packet limit large
 //! enough for any batch an uplink may send.
 
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rumqttc::MqttOptions;
 
 use crate::config::TlsSettings;
 use crate::mqtt::tls::{TlsError, client_config};
@@ -29,24 +29,14 @@ pub struct Endpoint<'a> {
 /// With a `server_name` in the TLS settings, rustls checks that name (and sends it as SNI) while
 /// the socket still dials `host`.
 pub fn options(tool: &str, endpoint: &Endpoint<'_>) -> Result<MqttOptions, TlsError> {
-    let sni = endpoint.tls.and_then(|t| t.server_name.clone());
     let client_id = format!(
         "smeltwatch-{tool}-{}-{}",
         std::process::id(),
         fastrand::u32(..)
     );
-    let host = endpoint.host.to_owned();
-    let mut o = MqttOptions::new(client_id, (sni.clone().unwrap_or(host), endpoint.port));
-    if let Some(settings) = endpoint.tls {
-        let config = client_config(settings)?;
-        o.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
-    }
-    if sni.is_some() {
-        let dial = format!("{}:{}", endpoint.host, endpoint.port);
-        o.set_socket_connector(move |_host, network| {
-            rumqttc::default_socket_connect(dial.clone(), network)
-        });
-    }
+    let tls = endpoint.tls.map(client_config).transpose()?;
+    let server_name = endpoint.tls.and_then(|t| t.server_name.as_deref());
+    let mut o = super::connect_options(client_id, endpoint.host, endpoint.port, tls, server_name);
     o.set_keep_alive(30)
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET);

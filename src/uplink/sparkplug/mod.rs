@@ -75,10 +75,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -351,28 +348,13 @@ impl SparkplugUplink {
 
     fn options(&self, bd_seq: u64) -> MqttOptions {
         let cfg = &self.mqtt;
-        // With a TLS server-name override, rumqttc gets that name as its host (what rustls sends
-        // as SNI and verifies) and the socket connector dials the configured host instead.
-        let sni = match (&self.tls, &cfg.tls_settings.server_name) {
-            (Some(_), Some(name)) => Some(name.clone()),
-            _ => None,
-        };
-        let mut o = MqttOptions::new(
+        let mut o = crate::mqtt::connect_options(
             cfg.client_id.clone(),
-            (
-                sni.clone().unwrap_or_else(|| cfg.broker.host.clone()),
-                cfg.broker.port,
-            ),
+            &cfg.broker.host,
+            cfg.broker.port,
+            self.tls.clone(),
+            cfg.tls_settings.server_name.as_deref(),
         );
-        if let Some(config) = &self.tls {
-            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(config.clone())));
-        }
-        if sni.is_some() {
-            let dial = format!("{}:{}", cfg.broker.host, cfg.broker.port);
-            o.set_socket_connector(move |_host, network| {
-                rumqttc::default_socket_connect(dial.clone(), network)
-            });
-        }
         let will = spb::encode(&spb::ndeath(bd_seq, Timestamp::now()));
         o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
             .set_clean_session(true)
