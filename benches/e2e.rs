@@ -16,7 +16,24 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use smeltwatch_testkit::e2e as harness;
-use smeltwatch_testkit::e2e::{Params, Target};
+use smeltwatch_testkit::e2e::{Params, PollSchedule, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Schedule {
+    Slots,
+    Aligned,
+    PerSource,
+}
+
+impl From<Schedule> for PollSchedule {
+    fn from(s: Schedule) -> PollSchedule {
+        match s {
+            Schedule::Slots => PollSchedule::Slots,
+            Schedule::Aligned => PollSchedule::Aligned,
+            Schedule::PerSource => PollSchedule::PerSource,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -62,10 +79,15 @@ struct Args {
     /// The agent uplink's `max_inflight` (unset: the agent's default).
     #[arg(long)]
     max_inflight: Option<u16>,
-    /// Poll every source (and every endpoint of the reference) on the same instant, instead of
-    /// the agent's default spread of sources over the interval.
+    /// Poll every source (and every endpoint of the reference) on the same instant: short for
+    /// `--schedule aligned`.
     #[arg(long)]
     aligned: bool,
+    /// Where in the interval sources poll: `slots` (the agent's default: slots of up to 32
+    /// devices spread over it), `aligned` (all on one instant) or `per-source` (source i of n at
+    /// i/n of it).
+    #[arg(long, value_enum, default_value_t = Schedule::Slots)]
+    schedule: Schedule,
     /// What to run.
     #[arg(long, value_enum, default_value_t = Which::Both)]
     target: Which,
@@ -83,6 +105,17 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+impl Args {
+    /// `--aligned` wins over `--schedule`.
+    fn poll_schedule(&self) -> PollSchedule {
+        if self.aligned {
+            PollSchedule::Aligned
+        } else {
+            self.schedule.into()
+        }
+    }
 }
 
 /// Raise the soft limit on open files to the hard one, for this process and the agent and broker
@@ -155,7 +188,7 @@ fn main() -> anyhow::Result<()> {
             spool_max_bytes: args.spool_max_bytes,
             spool_synchronous: args.spool_synchronous.clone(),
             max_inflight: args.max_inflight,
-            aligned: args.aligned,
+            schedule: args.poll_schedule(),
             unserved_devices: 0,
             work_dir: args.work_dir.clone(),
         };

@@ -304,7 +304,8 @@ broker = "mqtt://broker"
 }
 
 #[test]
-fn sources_are_spread_over_their_shortest_poll_interval_unless_an_offset_is_given() {
+fn sources_are_spread_over_their_shortest_poll_interval_in_slots_of_32_devices_unless_an_offset_is_given()
+ {
     let source = |name: &str, extra: &str| {
         format!(
             "[[sources]]\nname = \"{name}\"\ntcp = \"plc:502\"\n{extra}\n[[sources.devices]]\n\
@@ -316,18 +317,28 @@ fn sources_are_spread_over_their_shortest_poll_interval_unless_an_offset_is_give
     let offsets =
         |cfg: &Config| -> Vec<Duration> { cfg.sources.iter().map(|s| s.poll_offset).collect() };
 
-    // Four sources, none configured: 0, 1/4, 2/4 and 3/4 of the shortest interval (2 s).
-    let spread = parse_ok(&format!(
+    // Up to 32 devices poll together: a plant of four one-device sources is one slot, at 0.
+    let few = parse_ok(&format!(
         "site = \"t\"\n{}{}{}{}",
         source("a", ""),
         source("b", ""),
         source("c", ""),
         source("d", "")
     ));
-    assert_eq!(
-        offsets(&spread),
-        [0, 500, 1000, 1500].map(Duration::from_millis)
-    );
+    assert_eq!(offsets(&few), [Duration::ZERO; 4]);
+
+    // 100 one-device sources: four slots of 25 at 0, 1/4, 2/4 and 3/4 of the shortest interval
+    // (2 s), in configuration order.
+    let many = parse_ok(&format!(
+        "site = \"t\"\n{}",
+        (0..100)
+            .map(|i| source(&format!("s{i}"), ""))
+            .collect::<String>()
+    ));
+    let expected: Vec<Duration> = (0..100u64)
+        .map(|i| Duration::from_millis(i / 25 * 500))
+        .collect();
+    assert_eq!(offsets(&many), expected);
 
     // An explicit offset wins; the others keep their place in the spread.
     let mixed = parse_ok(&format!(
@@ -335,7 +346,7 @@ fn sources_are_spread_over_their_shortest_poll_interval_unless_an_offset_is_give
         source("a", "poll_offset = \"1200ms\""),
         source("b", "")
     ));
-    assert_eq!(offsets(&mixed), [1200, 1000].map(Duration::from_millis));
+    assert_eq!(offsets(&mixed), [1200, 0].map(Duration::from_millis));
 
     // `0s` everywhere puts every source on the same instant.
     let aligned = parse_ok(&format!(

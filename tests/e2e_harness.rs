@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::peers;
-use smeltwatch_testkit::e2e::{self as harness, Params, Target};
+use smeltwatch_testkit::e2e::{self as harness, Params, PollSchedule, Target};
 
 fn params(target: Target) -> Params {
     Params {
@@ -25,7 +25,7 @@ fn params(target: Target) -> Params {
         spool_max_bytes: 64 << 20,
         spool_synchronous: "full".into(),
         max_inflight: None,
-        aligned: false,
+        schedule: PollSchedule::Slots,
         unserved_devices: 0,
         work_dir: None,
     }

@@ -19,6 +19,7 @@ mod error;
 pub mod hj212_table;
 pub(crate) mod locate;
 pub mod model;
+mod poll_slots;
 pub(crate) mod raw;
 pub(crate) mod template;
 pub(crate) mod validate;
@@ -31,6 +32,7 @@ pub use broker_url::{BrokerUrl, BrokerUrlError, BrokerUrlProblem, MQTT_PORT, MQT
 pub use error::{ConfigError, Location, Problem};
 pub(crate) use locate::{KeyPath, Report};
 pub use model::*;
+pub use poll_slots::{DEVICES_PER_POLL_SLOT, PollSlots};
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

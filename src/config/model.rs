@@ -143,10 +143,12 @@ pub struct SourceConfig {
     /// How often an open circuit lets one probe request through (half-open).
     pub breaker_probe_interval: Duration,
     /// How long after the agent starts this source's schedule begins: every job's deadlines are
-    /// `start + poll_offset + k × period`. Unless configured, sources are spread evenly over
-    /// their shortest poll interval in configuration order (source `i` of `n` at `i / n` of it),
-    /// so that a gateway with many sources does not read, encode and publish all of them in the
-    /// same instant. Always shorter than the source's shortest poll interval.
+    /// `start + poll_offset + k × period`. Unless configured, sources are grouped in
+    /// configuration order into slots of up to 32 devices that poll together, and the slots are
+    /// spread evenly over each source's shortest poll interval ([`crate::config::PollSlots`]), so
+    /// that a slot's batches are stored in one spool transaction and a large plant does not read,
+    /// encode and publish everything in the same instant. Always shorter than the source's
+    /// shortest poll interval.
     pub poll_offset: Duration,
     /// Devices on this connection.
     pub devices: Vec<DeviceConfig>,

@@ -27,8 +27,9 @@ const CALC_FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Largest number of batches appended to the spools in one transaction. The spool serves one
 /// command at a time, so an uplink's read waits for the append in progress: a short transaction
 /// lets fresh data out sooner, at the same CPU (docs/PERFORMANCE.md, "fresh data waited behind
-/// 512-batch spool transactions").
-pub(crate) const MAX_BATCHES_PER_APPEND: usize = 32;
+/// 512-batch spool transactions"). Sources poll in slots of as many devices
+/// ([`crate::config::PollSlots`]), so that a slot's batches make one append.
+pub(crate) const MAX_BATCHES_PER_APPEND: usize = crate::config::DEVICES_PER_POLL_SLOT;
 /// How long fan-out waits for more batches after the first of a burst before it appends them (up
 /// to [`MAX_BATCHES_PER_APPEND`]): group commit. A source reads its devices one after the other,
 /// so its batches trickle in over tens of milliseconds; the wait joins them into one transaction

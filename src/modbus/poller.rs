@@ -6,7 +6,7 @@
 //! DL/T 645 poller): job `j` is due at `start + k × period_j` for
 //! k = 0, 1, 2, … and nothing else moves those deadlines, so the schedule never drifts. `start` is
 //! the poller's start plus the source's `poll_offset`, which spreads the sources of one agent over
-//! their poll interval. Jobs due at the same instant run in configuration order. When a job is
+//! their poll interval in slots ([`crate::config::PollSlots`]). Jobs due at the same instant run in configuration order. When a job is
 //! picked up after its *next* deadline has already passed (the bus was too slow, or a device took
 //! its whole timeout), the missed deadlines are skipped and counted as late ticks; the cycle that
 //! does run is never repeated to catch up.
@@ -154,7 +154,7 @@ impl Poller {
         let mut conn = Connection::new(&source, stats.clone());
         let mut health = vec![DeviceHealth::default(); source.devices.len()];
         // The schedule starts `poll_offset` from now (the sources of one agent are spread over
-        // their poll interval unless configured otherwise). Jobs due together run in
+        // their poll interval in slots unless configured otherwise). Jobs due together run in
         // configuration order.
         let mut schedule = Schedule::new(plans.len(), source.poll_offset, clock);
         let mut readings = Vec::new();

@@ -12,6 +12,7 @@ use super::Builder;
 use super::devices::{Expanded, SourceContext};
 use super::points::CheckedPoint;
 use super::shared::{no_host, parse_host_port};
+use crate::config::PollSlots;
 use crate::config::defaults;
 use crate::config::locate::KeyPath;
 use crate::config::model::{HostPort, Parity, SerialSettings, SourceConfig, Transport};
@@ -184,15 +185,15 @@ impl Builder<'_, '_> {
     }
 
     /// Each source's `poll_offset`: the configured one, checked against the source's shortest
-    /// poll interval, or source `i` of `n` at `i / n` of that interval (see
-    /// [`SourceConfig::poll_offset`]).
+    /// poll interval, or its slot's share of that interval ([`PollSlots`]).
     fn poll_offsets(
         &mut self,
         raw: &[(usize, &RawSource)],
         sources: &mut [SourceConfig],
         root: &KeyPath,
     ) {
-        let n = sources.len() as u32;
+        let devices: Vec<usize> = sources.iter().map(|s| s.devices.len()).collect();
+        let slots = PollSlots::new(&devices);
         for (i, (&(at, raw), source)) in raw.iter().zip(sources.iter_mut()).enumerate() {
             let Some(shortest) = source
                 .devices
@@ -217,10 +218,7 @@ impl Builder<'_, '_> {
                     offset
                 }
                 Some(offset) => offset,
-                // Whole milliseconds: scheduled times are.
-                None => {
-                    Duration::from_millis((shortest.as_millis() * i as u128 / u128::from(n)) as u64)
-                }
+                None => slots.offset(i, shortest),
             };
         }
     }

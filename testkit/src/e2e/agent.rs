@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::plant::Plant;
-use super::{Params, SITE, point_name};
+use super::{Params, PollSchedule, SITE, point_name};
 
 pub(super) fn write_agent_config(
     p: &Params,
@@ -28,12 +28,16 @@ pub(super) fn write_agent_config(
          [register_maps.synth]\ncsv = \"synth.csv\"\n"
     );
     let mut first = 1;
-    let offset = if p.aligned {
-        "poll_offset = \"0s\"\n"
-    } else {
-        ""
-    };
-    for (addr, source, names) in &plant.endpoints {
+    let devices: Vec<usize> = plant.endpoints.iter().map(|(_, _, d)| d.len()).collect();
+    for (i, (addr, source, names)) in plant.endpoints.iter().enumerate() {
+        // The default schedule is the agent's own: no key.
+        let offset = match p.schedule {
+            PollSchedule::Slots => String::new(),
+            other => format!(
+                "poll_offset = \"{}ms\"\n",
+                other.offset(i, &devices, p.interval).as_millis()
+            ),
+        };
         toml.push_str(&format!(
             "\n[[sources]]\nname = \"{source}\"\ntcp = \"{addr}\"\ntimeout = \"1s\"\n\
              default_poll = \"{poll}\"\n{offset}\n[[sources.devices]]\nname = \"dev{{n:04}}\"\n\

@@ -85,9 +85,8 @@ pub struct Params {
     pub spool_synchronous: String,
     /// `max_inflight` of the agent's uplink (`None`: its default).
     pub max_inflight: Option<u16>,
-    /// Every source polls on the same instant (`poll_offset = "0s"` on each, and the reference's
-    /// endpoints alike) instead of the agent's default spread of sources over the interval.
-    pub aligned: bool,
+    /// Where in the interval each source (and each endpoint of the reference) polls.
+    pub schedule: PollSchedule,
     /// The last this many devices are configured but not served (their unit ids answer with an
     /// exception): for checking that the harness notices incomplete delivery.
     pub unserved_devices: usize,
@@ -95,6 +94,39 @@ pub struct Params {
     /// `None`: the system's temporary directory. It must be on the disk being judged: on a tmpfs
     /// `write_bytes` stays 0.
     pub work_dir: Option<PathBuf>,
+}
+
+/// Where in the interval the agent's sources and the reference's endpoints poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollSchedule {
+    /// The agent's default: slots of up to 32 devices spread over the interval
+    /// ([`smeltwatch::config::PollSlots`]); the reference's endpoints alike.
+    #[default]
+    Slots,
+    /// Every source on the same instant (`poll_offset = "0s"` on each).
+    Aligned,
+    /// Source `i` of `n` at `i / n` of the interval, each on an instant of its own (an explicit
+    /// `poll_offset` on each).
+    PerSource,
+}
+
+impl PollSchedule {
+    /// The offset of endpoint `i` of endpoints with these device counts.
+    pub fn offset(
+        self,
+        i: usize,
+        devices: &[usize],
+        interval: std::time::Duration,
+    ) -> std::time::Duration {
+        match self {
+            PollSchedule::Slots => smeltwatch::config::PollSlots::new(devices).offset(i, interval),
+            PollSchedule::Aligned => std::time::Duration::ZERO,
+            PollSchedule::PerSource => {
+                let n = devices.len().max(1) as u128;
+                std::time::Duration::from_millis((interval.as_millis() * i as u128 / n) as u64)
+            }
+        }
+    }
 }
 
 fn now_ms() -> i64 {

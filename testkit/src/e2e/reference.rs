@@ -12,7 +12,7 @@ use smeltwatch::model::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use super::plant::Plant;
-use super::{Params, SITE};
+use super::{Params, PollSchedule, SITE};
 use crate::mosquitto::MAX_PACKET;
 
 pub(super) struct Reference {
@@ -75,7 +75,7 @@ pub(super) fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow:
     let endpoints = plant.endpoints.clone();
     let registers = p.registers;
     let interval = p.interval;
-    let aligned = p.aligned;
+    let schedule = p.schedule;
     let stop = CancellationToken::new();
     let thread_stop = stop.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -95,7 +95,7 @@ pub(super) fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow:
                 endpoints,
                 registers,
                 interval,
-                aligned,
+                schedule,
                 broker,
                 thread_stop,
             ))
@@ -112,26 +112,22 @@ pub(super) fn start_reference(p: &Params, plant: &Plant, broker: u16) -> anyhow:
     })
 }
 
-/// Returns the number of skipped (late) ticks. Unless `aligned`, endpoint `i` of `n` starts
-/// `i / n` of the interval after the first, as the agent spreads its sources by default.
+/// Returns the number of skipped (late) ticks. Each endpoint starts where `schedule` starts the
+/// agent's source on it.
 pub(super) async fn reference_loop(
     endpoints: Vec<(SocketAddr, String, Vec<String>)>,
     registers: u16,
     interval: Duration,
-    aligned: bool,
+    schedule: PollSchedule,
     broker: u16,
     stop: CancellationToken,
 ) -> u64 {
     let client = connect_client(broker, &stop);
     let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
-    let n = endpoints.len() as u32;
+    let counts: Vec<usize> = endpoints.iter().map(|(_, _, d)| d.len()).collect();
     for (i, (addr, source, devices)) in endpoints.into_iter().enumerate() {
-        let offset = if aligned {
-            Duration::ZERO
-        } else {
-            interval * i as u32 / n
-        };
+        let offset = schedule.offset(i, &counts, interval);
         tasks.push(tokio::spawn(poll_endpoint(EndpointLoop {
             addr,
             source,
