@@ -183,3 +183,33 @@ async fn follow_stats(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_link_lost_again_for_the_same_reason_shows_disconnected() {
+        let (stats_tx, stats_rx) = watch::channel(TcpStats::default());
+        let status = Arc::new(watch::Sender::new(UplinkStatus::default()));
+        let mut seen = status.subscribe();
+        tokio::spawn(follow_stats(stats_rx, status.clone()));
+        let closed = "platform closed the connection".to_owned();
+        for connects in 1..=2 {
+            stats_tx.send_modify(|s| s.connects = connects);
+            seen.wait_for(|s| s.connects == connects).await.unwrap();
+            assert_eq!(seen.borrow().state, LinkState::Connected);
+            stats_tx.send_modify(|s| s.last_error = Some(closed.clone()));
+            let lost = tokio::time::timeout(
+                Duration::from_secs(5),
+                seen.wait_for(|s| s.state == LinkState::Disconnected(closed.clone())),
+            )
+            .await;
+            assert!(
+                lost.is_ok(),
+                "connection {connects} lost, status still {:?}",
+                status.borrow().state
+            );
+        }
+    }
+}
