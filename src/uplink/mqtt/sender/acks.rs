@@ -86,7 +86,7 @@ impl Sender<'_> {
         if attempts >= self.uplink.dead_letter_after && !self.tracked.contains_key(&blamed) {
             let last = self
                 .uplink
-                .status_tx
+                .report
                 .borrow()
                 .last_error
                 .clone()
@@ -216,15 +216,10 @@ impl Sender<'_> {
                     .iter()
                     .filter_map(|id| self.tallies.remove(id))
                     .collect();
-                if let Some(c) = &self.uplink.completeness
-                    && !delivered.is_empty()
-                {
-                    c.delivered(&self.uplink.name, &delivered);
-                }
                 let backlog = ids.iter().filter(|id| **id <= self.boundary).count() as u64;
                 self.backlog_left = self.backlog_left.saturating_sub(backlog);
                 self.drain.add(Instant::now(), backlog);
-                self.uplink.update(|s| s.acked_total += removed);
+                self.uplink.report.spool_acked(removed, &delivered);
             }
             Err(e) => {
                 // Keep them: the next flush retries. Until then they are not sent again.

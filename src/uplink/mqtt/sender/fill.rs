@@ -195,8 +195,8 @@ impl Sender<'_> {
                 None,
             );
             let tally = u
-                .completeness
-                .is_some()
+                .report
+                .counts_delivery()
                 .then(|| completeness::tally(decoded))
                 .flatten();
             let acquired = crate::histogram::acquired_at(decoded, record.created);
@@ -210,7 +210,7 @@ impl Sender<'_> {
             && let Some(batch) = json::SpooledBatch::parse(&record.body)
         {
             let payload = batch.encode(&u.site, record.stream, record.seq, historical);
-            let tally = u.completeness.is_some().then(|| {
+            let tally = u.report.counts_delivery().then(|| {
                 let device = Arc::from(batch.device.as_ref());
                 completeness::live_tally(device, batch.scheduled, batch.quality_counts())
             });
@@ -233,8 +233,8 @@ impl Sender<'_> {
             record.topic.clone()
         };
         let tally = u
-            .completeness
-            .is_some()
+            .report
+            .counts_delivery()
             .then(|| completeness::tally(&decoded))
             .flatten();
         let acquired = crate::histogram::acquired_at(&decoded, record.created);
@@ -423,8 +423,8 @@ impl Sender<'_> {
         let generation = conn.generation;
         for (record, decoded) in &group {
             let tally = decoded.as_ref().and_then(|d| {
-                u.completeness
-                    .is_some()
+                u.report
+                    .counts_delivery()
                     .then(|| completeness::tally(d))
                     .flatten()
             });

@@ -337,7 +337,7 @@ impl<'a> Sender<'a> {
             0
         };
         let rate = self.drain.per_second(Instant::now());
-        self.uplink.status_tx.send_if_modified(|s| {
+        self.uplink.report.update_if(|s| {
             let changed = s.in_flight != in_flight
                 || s.backlog_records != backlog
                 || s.replay_rate_per_s != rate;
