@@ -37,6 +37,10 @@
 //!   A record whose body cannot be decoded is logged, counted as rejected and acked: it would never
 //!   become sendable.
 //!
+//!   These rules (lanes, cursors, generations, what is in flight, riders, blame) are kept by a
+//!   state machine without I/O, fed with events and answering with the spool writes to make; the
+//!   sender is the driver around it that reads, publishes and writes.
+//!
 //! # Records the broker will not take
 //! Because every connection restarts at the oldest unacknowledged record, one record that cannot
 //! be delivered would hold the whole uplink: rumqttc fails the connection on a packet over
