@@ -32,7 +32,8 @@ use smeltwatch::model::{
 };
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use smeltwatch::uplink::mqtt::{LinkState, MqttUplink, UplinkStatus};
+use smeltwatch::uplink::mqtt::MqttUplink;
+use smeltwatch::uplink::{LinkState, UplinkStatus};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::block_in_place;

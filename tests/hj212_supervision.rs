@@ -15,7 +15,7 @@ use smeltwatch::app::Agent;
 use smeltwatch::codec::hj212;
 use smeltwatch::config::Stream;
 use smeltwatch::model::Timestamp;
-use smeltwatch::uplink::mqtt::LinkState;
+use smeltwatch::uplink::LinkState;
 use tokio::net::TcpListener;
 
 const MN: &str = "QHAL0000000000000000GTC1";

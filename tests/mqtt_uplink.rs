@@ -22,7 +22,8 @@ use smeltwatch::config::{
 };
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use smeltwatch::uplink::mqtt::{LinkState, MqttUplink};
+use smeltwatch::uplink::LinkState;
+use smeltwatch::uplink::mqtt::MqttUplink;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;

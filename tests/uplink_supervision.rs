@@ -20,7 +20,7 @@ use smeltwatch::app::Agent;
 use smeltwatch::config::SpoolConfig;
 use smeltwatch::live::UplinkView;
 use smeltwatch::spool::SpoolHandle;
-use smeltwatch::uplink::mqtt::LinkState;
+use smeltwatch::uplink::LinkState;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 

@@ -1,9 +1,8 @@
 //! Start-up and supervision of a `type = "hj212"` uplink: the HJ 212 TCP client to the
 //! regulator's platform, reading its spool and answering history requests from the history store.
 //!
-//! The uplink's own counters ([`TcpStats`]) are mapped onto the [`UplinkStatus`] the status
-//! displays show for every uplink: connected after a connection was made, disconnected with the
-//! reason after a link error, `failed` while the task is down.
+//! The uplink reports the [`UplinkStatus`] the status displays show for every uplink itself
+//! ([`Hj212TcpUplink::status`]); its supervisor marks it `failed` while the task is down.
 //!
 //! # Supervision
 //! The client ends on its own only when its spool fails; it runs under [`super::supervise`] like
@@ -23,8 +22,8 @@ use crate::config::{Config, Hj212Config, UplinkConfig};
 use crate::history::HistorySource;
 use crate::model::Record;
 use crate::spool::SpoolHandle;
+use crate::uplink::UplinkStatus;
 use crate::uplink::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
-use crate::uplink::mqtt::{LinkState, UplinkStatus};
 
 use super::supervise::{self, Supervised};
 
@@ -110,18 +109,21 @@ pub(super) fn start(
         client
     };
     let client = build();
-    let stats = client.stats();
-    let (status_tx, status_rx) = watch::channel(UplinkStatus::default());
-    let status_tx = Arc::new(status_tx);
-    tracker.spawn(follow_stats(stats, status_tx.clone()));
+    let status_rx = client.status();
+    let status_tx = client.status_sender();
     let backoff = (cfg.reconnect_min, cfg.reconnect_max);
     let name = uplink.name.clone();
     let shared = client.stats_sender();
+    let shared_status = status_tx.clone();
     // The client between attempts: taken by an attempt, put back when it ends without a panic.
     let slot = Arc::new(std::sync::Mutex::new(Some(client)));
     let attempt = move |stop: CancellationToken| {
         let taken = slot.lock().map(|mut s| s.take()).unwrap_or(None);
-        let mut c = taken.unwrap_or_else(|| build().with_stats(shared.clone()));
+        let mut c = taken.unwrap_or_else(|| {
+            build()
+                .with_stats(shared.clone())
+                .with_status(shared_status.clone())
+        });
         let slot = slot.clone();
         async move {
             let sent = |s: &TcpStats| s.delivered + s.unconfirmed;
@@ -151,35 +153,4 @@ pub(super) fn start(
     };
     tracker.spawn(supervise::supervise(who, attempt, stop));
     status_rx
-}
-
-/// Mirror the TCP uplink's counters into an [`UplinkStatus`] until the uplink ends.
-async fn follow_stats(
-    mut stats: watch::Receiver<TcpStats>,
-    status: Arc<watch::Sender<UplinkStatus>>,
-) {
-    let mut seen = TcpStats::default();
-    loop {
-        let now = stats.borrow_and_update().clone();
-        status.send_modify(|s| {
-            if now.connects > seen.connects {
-                s.state = LinkState::Connected;
-            }
-            if now.last_error != seen.last_error
-                && now.parked == seen.parked
-                && let Some(e) = &now.last_error
-            {
-                s.state = LinkState::Disconnected(e.clone());
-            }
-            s.connects = now.connects;
-            s.acked_total = now.delivered + now.skipped;
-            s.unconfirmed_total = now.unconfirmed;
-            s.rejected_total = now.encode_failed;
-            s.last_error.clone_from(&now.last_error);
-        });
-        seen = now;
-        if stats.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -1,10 +1,9 @@
 //! Start-up of a `type = "sparkplug"` uplink: the edge node over its own spool, with DCMD writes
 //! going to the sources' pollers and write events to the fan-out.
 //!
-//! The uplink reports its own [`SparkplugStatus`]; the status displays and the HTTP side doors
-//! know [`UplinkStatus`], so a small task translates one into the other for as long as the uplink
-//! runs. The uplink runs under [`super::supervise`] like every uplink (a run that acked spool
-//! records resets the backoff).
+//! The uplink reports the [`UplinkStatus`] every uplink reports itself
+//! ([`SparkplugUplink::uplink_status`]). It runs under [`super::supervise`] like every uplink (a
+//! run that acked spool records resets the backoff).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +19,8 @@ use crate::config::{Config, SparkplugConfig, UplinkConfig};
 use crate::modbus::write::DeviceWriters;
 use crate::model::Record;
 use crate::spool::SpoolHandle;
-use crate::uplink::mqtt::{LinkState, UplinkStatus};
-use crate::uplink::sparkplug::{
-    DeviceWriteGate, SparkplugSettings, SparkplugStatus, SparkplugUplink,
-};
+use crate::uplink::UplinkStatus;
+use crate::uplink::sparkplug::{DeviceWriteGate, SparkplugSettings, SparkplugUplink};
 
 use super::supervise::{self, Supervised};
 
@@ -33,7 +30,7 @@ pub(crate) struct Wiring<'a> {
     pub(crate) writers: &'a DeviceWriters,
     /// The fan-out's side entrance for events.
     pub(crate) events: &'a mpsc::Sender<Record>,
-    /// Spawns the uplink (and its status task) so that shutdown waits for them.
+    /// Spawns the uplink so that shutdown waits for it.
     pub(crate) tracker: &'a TaskTracker,
     /// Cancelled when the uplinks are to stop.
     pub(crate) stop: &'a CancellationToken,
@@ -95,9 +92,8 @@ pub(crate) fn start(
         device_writes = spb.device_writes,
         "Sparkplug uplink ready"
     );
-    let mut from = edge.status();
-    let (to, status) = watch::channel(translate(&from.borrow()));
-    let to = Arc::new(to);
+    let status = edge.uplink_status();
+    let status_tx = edge.status_sender();
     let edge = Arc::new(edge);
     let attempt = move |stop: CancellationToken| {
         let edge = edge.clone();
@@ -115,76 +111,12 @@ pub(crate) fn start(
     let who = Supervised {
         name: uplink.name.clone(),
         kind: "Sparkplug",
-        status: to.clone(),
+        status: status_tx,
         events: wiring.events.clone(),
         backoff: (spb.mqtt.reconnect_min, spb.mqtt.reconnect_max),
     };
     wiring
         .tracker
         .spawn(supervise::supervise(who, attempt, wiring.stop.clone()));
-    wiring.tracker.spawn(async move {
-        // Ends when the uplink (the sender) is gone. What the supervisor owns is kept: the
-        // restart count, and a failed state until it starts the next run (a late change of the
-        // run that failed must not hide the failure).
-        while from.changed().await.is_ok() {
-            let mut s = translate(&from.borrow_and_update());
-            to.send_modify(|t| {
-                s.restarts = t.restarts;
-                if matches!(t.state, LinkState::Failed(_)) {
-                    s.state = t.state.clone();
-                }
-                *t = s;
-            });
-        }
-    });
     Ok(status)
-}
-
-/// The display status of a Sparkplug uplink: connected once its births are out.
-fn translate(s: &SparkplugStatus) -> UplinkStatus {
-    let state = if s.online {
-        LinkState::Connected
-    } else if s.waiting_for_host {
-        LinkState::Disconnected("waiting for the primary host to be online".into())
-    } else if let Some(e) = &s.last_error {
-        LinkState::Disconnected(e.clone())
-    } else {
-        LinkState::Connecting
-    };
-    UplinkStatus {
-        state,
-        in_flight: usize::try_from(s.unproven).unwrap_or(usize::MAX),
-        acked_total: s.acked_total,
-        rejected_total: 0,
-        dead_letters: 0,
-        connects: s.connects,
-        last_error: s.last_error.clone(),
-        backlog_records: 0,
-        backlog_oldest: None,
-        replay_rate_per_s: 0,
-        commands_dropped_total: s.commands_dropped,
-        unconfirmed_total: 0,
-        restarts: 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn births_out_is_connected_and_waiting_for_the_host_says_so() {
-        let mut s = SparkplugStatus::default();
-        assert_eq!(translate(&s).state, LinkState::Connecting);
-        s.waiting_for_host = true;
-        assert!(matches!(
-            translate(&s).state,
-            LinkState::Disconnected(ref why) if why.contains("primary host")
-        ));
-        s.waiting_for_host = false;
-        s.online = true;
-        s.acked_total = 7;
-        let t = translate(&s);
-        assert_eq!((t.state, t.acked_total), (LinkState::Connected, 7));
-    }
 }

@@ -26,7 +26,8 @@ use crate::modbus::poller::Poller;
 use crate::modbus::write::{DeviceWriters, WriteQueue};
 use crate::model::{ReadingBatch, Record, Timestamp};
 use crate::spool::SpoolHandle;
-use crate::uplink::mqtt::{MqttUplink, UplinkStatus};
+use crate::uplink::UplinkStatus;
+use crate::uplink::mqtt::MqttUplink;
 
 /// Start every component of `cfg`. Returns once the spools are open and every task is spawned.
 pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {

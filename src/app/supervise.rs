@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
 use crate::uplink::backoff::Backoff;
-use crate::uplink::mqtt::{LinkState, UplinkStatus};
+use crate::uplink::{LinkState, UplinkStatus};
 
 /// A run at least this long counts as having worked: the next failure restarts after the
 /// shortest backoff again, so a fault once a day is not met with the longest wait.

@@ -19,7 +19,7 @@ use crate::histogram::HistogramSnapshot;
 use crate::live::feed::Collected;
 use crate::live::{LatestReadings, LiveState, UplinkView};
 use crate::model::{Event, Quality, Timestamp, Value};
-use crate::uplink::mqtt::LinkState;
+use crate::uplink::LinkState;
 
 /// How long a request waits for a spool's statistics before reporting them as unavailable.
 const SPOOL_STATS_TIMEOUT: Duration = Duration::from_secs(2);

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::acquisition::PollerStats;
 use crate::model::{Reading, ReadingBatch};
 use crate::spool::SpoolHandle;
-use crate::uplink::mqtt::UplinkStatus;
+use crate::uplink::UplinkStatus;
 
 /// Latest reading of every point: the latest batch of each device and poll class (a point
 /// belongs to one poll class, and each batch carries every point of its class).

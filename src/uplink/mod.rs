@@ -1,10 +1,18 @@
 //! Uplinks: each reads its spool and delivers to its peer, acking a record only once the peer has
 //! taken responsibility for it. The payloads come from [`crate::codec`].
 //!
-//! - [`mqtt`]: the MQTT uplink task: reads its spool, publishes at QoS 1 and acks the spool on
-//!   PUBACK, so a record leaves the spool only once a broker has taken responsibility for it.
+//! - [`status`]: the one [`UplinkStatus`] of every uplink and the [`Reporter`] each writes it
+//!   through, with the hook that reports spool acks and feeds completeness;
+//! - [`backoff`]: the reconnect and restart delay of every uplink and of their supervisor;
+//! - [`mqtt`]: the MQTT uplink: reads its spool, publishes at QoS 1 and acks the spool on PUBACK,
+//!   so a record leaves the spool only once a broker has taken responsibility for it;
+//! - [`sparkplug`]: the Sparkplug B edge node;
+//! - [`hj212_tcp`]: the HJ 212 TCP client to a regulator's platform.
 
 pub mod backoff;
 pub mod hj212_tcp;
 pub mod mqtt;
 pub mod sparkplug;
+pub mod status;
+
+pub use status::{LinkState, Reporter, UplinkStatus};

@@ -73,7 +73,7 @@ impl Hj212TcpUplink {
                         Ok(packets) => group.packets = packets,
                         Err(e) => group.encode_error = Some(e.to_string()),
                     }
-                    if self.completeness.is_some() {
+                    if self.report.counts_delivery() {
                         group.tallies.extend(completeness::tally(&record));
                     }
                     group.mn = station.mn;
@@ -135,7 +135,7 @@ impl Hj212TcpUplink {
             Ok(packets) => group.packets = packets,
             Err(e) => group.encode_error = Some(e.to_string()),
         }
-        if self.completeness.is_some() {
+        if self.report.counts_delivery() {
             group.tallies = aggs
                 .into_iter()
                 .filter_map(|a| completeness::tally(&Record::Aggregate(a)))

@@ -110,6 +110,9 @@ impl Hj212TcpUplink {
             .map(|(mn, _)| mn.clone())
             .collect();
         parked.sort();
+        if let Some(why) = why {
+            self.report.update(|s| s.last_error = Some(why.to_owned()));
+        }
         self.stats.send_modify(|s| {
             s.parked = parked;
             if let Some(why) = why {

@@ -37,10 +37,14 @@
 //! longer than `max_wait` since its first unanswered packet raises an `hj212_waiting` start
 //! event, and an end event once its data is acknowledged again.
 //!
-//! # Completeness
-//! With [`Hj212TcpUplink::with_completeness`], the values of a group count as delivered when the
-//! platform's 9014 for every packet of the group has arrived, never when merely written. Without
-//! acknowledgements (`ack = false`) nothing proves a packet arrived, so nothing is counted.
+//! # Status and completeness
+//! The uplink reports the [`UplinkStatus`] every uplink reports ([`Hj212TcpUplink::status`]):
+//! connected when a connection is made, disconnected with the reason when it ends; its own
+//! counters are [`TcpStats`]. Acked groups go through the delivery hook
+//! ([`Reporter::spool_acked`]): with [`Hj212TcpUplink::with_completeness`], the values of a group
+//! count as delivered when the platform's 9014 for every packet of the group has arrived, never
+//! when merely written. Without acknowledgements (`ack = false`) nothing proves a packet arrived:
+//! such records are reported as unconfirmed ([`Reporter::unconfirmed`]) and nothing is counted.
 //!
 //! # Platform requests
 //! Requests (CN 1000–3999) are answered whenever they arrive, also while waiting for a 9014:
@@ -75,6 +79,7 @@ use crate::history::HistorySource;
 use crate::model::{EventKind, EventPhase, Record, Timestamp, Value};
 use crate::spool::{SpoolError, SpoolHandle};
 use crate::uplink::backoff::Backoff;
+use crate::uplink::status::{LinkState, Reporter, UplinkStatus};
 
 /// Settings of one HJ 212 TCP uplink.
 #[derive(Debug, Clone)]
@@ -182,7 +187,9 @@ pub struct Hj212TcpUplink {
     last_qn_ms: i64,
     history: Option<Arc<dyn HistorySource>>,
     events: Option<mpsc::Sender<Record>>,
-    completeness: Option<Arc<Completeness>>,
+    /// The status every uplink reports, and the completeness accounting the platform's 9014s
+    /// count in.
+    report: Reporter,
     /// Acquisition to the platform's 9014 of each delivered record.
     publish_latency: Arc<crate::histogram::Histogram>,
     /// Per MN: parked or waiting. Kept across connections.
@@ -227,6 +234,7 @@ impl Hj212TcpUplink {
     /// An uplink over `spool` with a code table.
     pub fn new(cfg: Hj212TcpConfig, table: Arc<Table>, spool: SpoolHandle) -> Hj212TcpUplink {
         Hj212TcpUplink {
+            report: Reporter::new(&cfg.name),
             cfg,
             table,
             spool,
@@ -234,7 +242,6 @@ impl Hj212TcpUplink {
             last_qn_ms: 0,
             history: None,
             events: None,
-            completeness: None,
             publish_latency: Arc::default(),
             lanes: HashMap::new(),
         }
@@ -259,8 +266,28 @@ impl Hj212TcpUplink {
 
     /// Count the values the platform acknowledged as delivered by this uplink.
     pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Hj212TcpUplink {
-        self.completeness = Some(completeness);
+        self.report = self.report.with_completeness(completeness);
         self
+    }
+
+    /// Report on `status` (shared with an earlier instance of the same uplink, like
+    /// [`Hj212TcpUplink::with_stats`]).
+    pub fn with_status(mut self, status: Arc<watch::Sender<UplinkStatus>>) -> Hj212TcpUplink {
+        self.report = self.report.with_status(status);
+        self
+    }
+
+    /// The status every uplink reports: connected once a connection is made, disconnected with
+    /// the reason when it is lost, the records acked (delivered and skipped), unconfirmed and
+    /// refused by the encoder.
+    pub fn status(&self) -> watch::Receiver<UplinkStatus> {
+        self.report.subscribe()
+    }
+
+    /// The status's sender, for the supervisor and a rebuilt instance (see
+    /// [`Hj212TcpUplink::with_status`]).
+    pub fn status_sender(&self) -> Arc<watch::Sender<UplinkStatus>> {
+        self.report.sender()
     }
 
     /// Publish the counters on `stats` (shared with an earlier instance of the same uplink, so a
@@ -308,6 +335,10 @@ impl Hj212TcpUplink {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     self.stats.send_modify(|s| s.connects += 1);
+                    self.report.update(|s| {
+                        s.state = LinkState::Connected;
+                        s.connects += 1;
+                    });
                     tracing::info!(platform = %self.cfg.platform, "HJ 212 platform connected");
                     let sent = |s: &TcpStats| s.delivered + s.unconfirmed;
                     let sent_before = sent(&self.stats.borrow());
@@ -325,6 +356,10 @@ impl Hj212TcpUplink {
                 LinkEnd::Spool(e) => return Err(e.into()),
                 LinkEnd::Failed(why) | LinkEnd::Unanswered(why) => {
                     tracing::warn!(platform = %self.cfg.platform, error = %why, "HJ 212 link down");
+                    self.report.update(|s| {
+                        s.state = LinkState::Disconnected(why.clone());
+                        s.last_error = Some(why.clone());
+                    });
                     self.stats.send_modify(|s| s.last_error = Some(why));
                 }
             }
@@ -461,11 +496,6 @@ impl Hj212TcpUplink {
         let sent = !group.packets.is_empty();
         if sent {
             self.lane_delivered(&group.mn);
-            if self.cfg.station.ack
-                && let Some(c) = &self.completeness
-            {
-                c.delivered(&self.cfg.name, &group.tallies);
-            }
             if self.cfg.station.ack {
                 let now = Timestamp::now();
                 for t in &group.acquired {
@@ -487,6 +517,15 @@ impl Hj212TcpUplink {
         }
         let failed = group.encode_error.is_some();
         let ack = self.cfg.station.ack;
+        if sent && ack {
+            self.report.spool_acked(n, &group.tallies);
+        } else if sent {
+            self.report.unconfirmed(n);
+        } else if failed {
+            self.report.update(|s| s.rejected_total += n);
+        } else {
+            self.report.spool_acked(n, &[]);
+        }
         self.stats.send_modify(|s| {
             if sent && ack {
                 s.delivered += n;
@@ -498,5 +537,56 @@ impl Hj212TcpUplink {
                 s.skipped += n;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SpoolConfig;
+
+    #[tokio::test]
+    async fn a_link_lost_again_for_the_same_reason_shows_disconnected() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let platform = listener.local_addr().unwrap().to_string();
+        // A platform that closes every connection at once.
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let spool =
+            SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+        let station = Station {
+            st: 31,
+            pw: "123456".into(),
+            mn: "QHAL0000000000000000GTC1".into(),
+            ack: true,
+            utc_offset_min: 480,
+        };
+        let mut cfg = Hj212TcpConfig::new(platform, station);
+        cfg.reconnect_min = Duration::from_millis(10);
+        cfg.reconnect_max = Duration::from_millis(20);
+        let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool);
+        let mut status = uplink.status();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(uplink.run(stop.clone()));
+        let closed = LinkState::Disconnected("platform closed the connection".into());
+        for connects in 1..=3 {
+            let lost = tokio::time::timeout(
+                Duration::from_secs(5),
+                status.wait_for(|s| s.connects >= connects && s.state == closed),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            assert!(
+                lost,
+                "connection {connects} lost, status {:?}",
+                status.borrow().state
+            );
+        }
+        stop.cancel();
+        run.await.unwrap().unwrap();
     }
 }

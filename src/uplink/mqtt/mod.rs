@@ -37,6 +37,10 @@
 //!   A record whose body cannot be decoded is logged, counted as rejected and acked: it would never
 //!   become sendable.
 //!
+//!   These rules (lanes, cursors, generations, what is in flight, riders, blame) are kept by a
+//!   state machine without I/O, fed with events and answering with the spool writes to make; the
+//!   sender is the driver around it that reads, publishes and writes.
+//!
 //! # Records the broker will not take
 //! Because every connection restarts at the oldest unacknowledged record, one record that cannot
 //! be delivered would hold the whole uplink: rumqttc fails the connection on a packet over
@@ -119,9 +123,8 @@ use crate::spool::SpoolHandle;
 mod driver;
 mod rate;
 mod sender;
-mod status;
 
-pub use status::{LinkState, UplinkStatus};
+use super::status::{LinkState, Reporter, UplinkStatus};
 
 use driver::{Conn, Driver};
 use rate::{DrainRate, TokenBucket};
@@ -187,12 +190,11 @@ pub struct MqttUplink {
     cfg: MqttConfig,
     status_topic: String,
     spool: SpoolHandle,
-    /// Shared with the supervisor, which marks a failed run in it.
-    status_tx: Arc<watch::Sender<UplinkStatus>>,
+    /// Its status (shared with the supervisor, which marks a failed run in it) and the
+    /// completeness accounting, told what the broker acknowledged.
+    report: Reporter,
     shutdown_grace: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
-    /// Completeness accounting, told what the broker acknowledged.
-    completeness: Option<Arc<Completeness>>,
     /// Acquisition to PUBACK (and spool ack) of each delivered record.
     publish_latency: Arc<crate::histogram::Histogram>,
     /// Blamed connections before a record is set aside.
@@ -221,17 +223,15 @@ impl MqttUplink {
         spool: SpoolHandle,
     ) -> Result<MqttUplink, PublishError> {
         let (cfg, tls) = Self::checked(uplink)?;
-        let (status_tx, _) = watch::channel(UplinkStatus::new());
         Ok(MqttUplink {
             name: uplink.name.clone(),
             site: site.to_owned(),
             status_topic: topic::status_topic(&cfg.topics, site),
             cfg: cfg.clone(),
             spool,
-            status_tx: Arc::new(status_tx),
+            report: Reporter::new(&uplink.name),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             tls,
-            completeness: None,
             publish_latency: Arc::default(),
             dead_letter_after: DEFAULT_DEAD_LETTER_AFTER,
             hj212_mn_by_subject: HashMap::new(),
@@ -314,7 +314,7 @@ impl MqttUplink {
     /// Count the values of every record the broker acknowledged (PUBACK, then the spool ack) as
     /// delivered by this uplink in `completeness`.
     pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Self {
-        self.completeness = Some(completeness);
+        self.report = self.report.with_completeness(completeness);
         self
     }
 
@@ -347,12 +347,12 @@ impl MqttUplink {
 
     /// A live view of the uplink's state and counters.
     pub fn status(&self) -> watch::Receiver<UplinkStatus> {
-        self.status_tx.subscribe()
+        self.report.subscribe()
     }
 
     /// The sender behind [`MqttUplink::status`], for a supervisor that reports a failed run.
     pub fn status_sender(&self) -> Arc<watch::Sender<UplinkStatus>> {
-        self.status_tx.clone()
+        self.report.sender()
     }
 
     /// Connect, send and ack until `shutdown` is cancelled; then wait up to the grace period for
@@ -437,7 +437,7 @@ impl MqttUplink {
     }
 
     fn update(&self, f: impl FnOnce(&mut UplinkStatus)) {
-        self.status_tx.send_modify(f);
+        self.report.update(f);
     }
 }
 

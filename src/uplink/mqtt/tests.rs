@@ -147,7 +147,7 @@ async fn a_record_handed_over_decoded_is_published_exactly_as_its_body_would_be(
             };
             for boundary in [0, 10] {
                 // Fresh and historical.
-                sender.boundary = boundary;
+                sender.state.connected(1, boundary);
                 let from_body = sender.prepare(&stored, None).unwrap();
                 let decoded: Decoded = Arc::new(record.clone());
                 let from_decoded = sender.prepare(&stored, Some(decoded.clone())).unwrap();

@@ -70,6 +70,7 @@
 mod dcmd;
 mod send;
 mod session;
+mod status;
 
 use std::fmt;
 use std::sync::Arc;
@@ -88,10 +89,12 @@ use crate::model::{Record, Timestamp};
 use crate::mqtt::tls::{self, TlsError};
 use crate::spool::{SpoolError, SpoolHandle};
 use crate::uplink::backoff::Backoff;
+use crate::uplink::status::{Reporter, UplinkStatus};
 
 use dcmd::serve_writes;
 pub use session::HostState;
 use session::{NodeState, Session};
+use status::StatusTx;
 
 /// The spool `kv` key holding the last bdSeq used.
 pub const BD_SEQ_KEY: &str = "sparkplug.bdseq";
@@ -191,10 +194,11 @@ pub struct SparkplugUplink {
     ids: SparkplugSettings,
     model: EdgeNodeModel,
     spool: SpoolHandle,
-    status_tx: watch::Sender<SparkplugStatus>,
+    /// Its [`SparkplugStatus`] and the [`UplinkStatus`] every uplink reports, with the
+    /// completeness accounting its deliveries count in.
+    status_tx: StatusTx,
     tls: Option<Arc<rustls::ClientConfig>>,
     writes: Option<DeviceWriteGate>,
-    completeness: Option<Arc<Completeness>>,
     /// Acquisition to proof of delivery of each reading batch.
     publish_latency: Arc<crate::histogram::Histogram>,
     shutdown_grace: Duration,
@@ -228,17 +232,15 @@ impl SparkplugUplink {
         spool: SpoolHandle,
     ) -> Result<SparkplugUplink, SparkplugError> {
         let tls = Self::checked(name, mqtt, &ids)?;
-        let (status_tx, _) = watch::channel(SparkplugStatus::default());
         Ok(SparkplugUplink {
             name: name.to_owned(),
             mqtt: mqtt.clone(),
             ids,
             model,
             spool,
-            status_tx,
+            status_tx: StatusTx::new(Reporter::new(name)),
             tls,
             writes: None,
-            completeness: None,
             publish_latency: Arc::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         })
@@ -312,7 +314,7 @@ impl SparkplugUplink {
     /// Count the values of the `live` records this uplink delivered (acked after the broker's
     /// proof, see the module documentation) in `completeness`.
     pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Self {
-        self.completeness = Some(completeness);
+        self.status_tx = self.status_tx.with_completeness(completeness);
         self
     }
 
@@ -325,6 +327,16 @@ impl SparkplugUplink {
     /// A live view of the uplink's state.
     pub fn status(&self) -> watch::Receiver<SparkplugStatus> {
         self.status_tx.subscribe()
+    }
+
+    /// The status every uplink reports (connected once the births are out), for the displays.
+    pub fn uplink_status(&self) -> watch::Receiver<UplinkStatus> {
+        self.status_tx.report().subscribe()
+    }
+
+    /// The sender behind [`SparkplugUplink::uplink_status`], for the supervisor.
+    pub fn status_sender(&self) -> Arc<watch::Sender<UplinkStatus>> {
+        self.status_tx.report().sender()
     }
 
     fn topic(&self, kind: MessageType, device: Option<&str>) -> String {

@@ -99,7 +99,7 @@ impl Session<'_> {
             {
                 self.send_reading_batch(batch, r.id <= boundary).await?;
                 acquired.push(crate::histogram::acquired_at(&record, r.created));
-                if up.completeness.is_some() {
+                if up.status_tx.report().counts_delivery() {
                     tallies.extend(completeness::tally(&record));
                 }
             }
@@ -164,11 +164,7 @@ impl Session<'_> {
         for t in acquired {
             up.publish_latency.observe_between(*t, now);
         }
-        if let Some(c) = &up.completeness
-            && !tallies.is_empty()
-        {
-            c.delivered(&up.name, tallies);
-        }
+        up.status_tx.report().spool_acked(n, tallies);
         Ok(())
     }
 

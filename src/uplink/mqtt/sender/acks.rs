@@ -1,5 +1,5 @@
-//! The sender's bookkeeping of notices: PUBACKs into batched spool acks, lost publishes back
-//! into their lane, blame counting and dead letters.
+//! The sender's notices and spool writes: each notice handed to the state machine and its
+//! actions carried out (PUBACKs into batched spool acks, blames and dead letters), then written.
 
 use tokio::time::Instant;
 
@@ -11,100 +11,58 @@ use crate::model::{Record, Timestamp};
 use crate::spool::NewRecord;
 
 impl Sender<'_> {
-    pub(super) fn lane_of(&self, id: i64) -> Lane {
-        if id > self.boundary {
-            Lane::Fresh
-        } else {
-            Lane::Backlog
-        }
-    }
-
     pub(super) fn on_notice(&mut self, (id, generation, result): NoticeOutcome) {
-        match (result, self.tracked.get(&id).copied()) {
-            (Ok(()), Some(Tracked::InFlight(_))) => {
-                // A PUBACK from any generation means the broker has the record.
-                self.tracked.insert(id, Tracked::Acked);
-                self.queue_ack(id);
-                for rider in self.riders.remove(&id).unwrap_or_default() {
-                    self.tracked.insert(rider, Tracked::Acked);
-                    self.queue_ack(rider);
-                }
-            }
-            (Ok(()), _) => {}
-            (Err(reason), Some(Tracked::InFlight(latest))) if latest == generation => {
-                tracing::debug!(uplink = %self.uplink.name, id, "publish not acknowledged: {reason}");
-                self.tracked.remove(&id);
-                self.note_lost(id, generation);
-                // Sent again with it (the rewind below reads them again), unless set aside with it.
-                for rider in self.riders.remove(&id).unwrap_or_default() {
-                    self.tracked.remove(&rider);
-                }
-                if self.ack_deadline.is_none() {
-                    self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
-                }
-                if Some(generation) == self.generation() {
-                    // Failed on the live connection (it is probably dropping): send it again.
-                    match self.lane_of(id) {
-                        Lane::Fresh => {
-                            self.fresh_cursor = self.fresh_cursor.min(id - 1);
-                            self.fresh_more = true;
-                        }
-                        Lane::Backlog => {
-                            self.backlog_cursor = self.backlog_cursor.min(id - 1);
-                            self.backlog_more = true;
-                        }
+        let actions = match result {
+            Ok(()) => self.state.puback(id),
+            Err(reason) => match self.state.publish_lost(id, generation) {
+                Some(actions) => {
+                    tracing::debug!(uplink = %self.uplink.name, id, "publish not acknowledged: {reason}");
+                    if self.ack_deadline.is_none() {
+                        self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
                     }
+                    actions
                 }
-                // Otherwise the next connection's rewind picks it up.
-            }
-            // An older publish of a record that was published again, or already acked.
-            (Err(_), _) => {}
-        }
-    }
-
-    /// A publish of `generation` ended without its PUBACK. Once none of that generation is left
-    /// in flight, the first lost one in publish order is blamed (see the module docs).
-    pub(super) fn note_lost(&mut self, id: i64, generation: u64) {
-        let no = self.publish_no.get(&id).copied().unwrap_or(u64::MAX);
-        let head = self.lost_head.entry(generation).or_insert((no, id));
-        if no < head.0 {
-            *head = (no, id);
-        }
-        let pending = self
-            .tracked
-            .values()
-            .any(|t| *t == Tracked::InFlight(generation));
-        if pending {
-            return;
-        }
-        let Some((_, blamed)) = self.lost_head.remove(&generation) else {
-            return;
+                // An older publish of a record that was published again, or already acked.
+                None => return,
+            },
         };
-        let attempts = self.attempts.get(&blamed).copied().unwrap_or(0) + 1;
-        self.attempts.insert(blamed, attempts);
-        self.failed_sends.push(blamed);
-        if attempts >= self.uplink.dead_letter_after && !self.tracked.contains_key(&blamed) {
-            let last = self
-                .uplink
-                .status_tx
-                .borrow()
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "unknown".into());
-            let reason = format!(
-                "{attempts} connections ended with it the oldest unacknowledged publish (last: {last})"
-            );
-            self.set_aside(blamed, reason);
+        self.act(actions);
+    }
+
+    /// Carry out what the state machine asked for: acks into the batch, blames and dead letters
+    /// for the next flush.
+    fn act(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Ack(id) => self.queue_ack(id),
+                Action::CountAttempt(id) => self.failed_sends.push(id),
+                Action::DeadLetter { id, attempts } => {
+                    let last = self
+                        .uplink
+                        .report
+                        .borrow()
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "unknown".into());
+                    let reason = format!(
+                        "{attempts} connections ended with it the oldest unacknowledged publish (last: {last})"
+                    );
+                    self.dead_letter(id, reason);
+                }
+            }
         }
     }
 
-    /// Never send `id` again on this run; move it to the dead-letter table with the next flush.
+    /// Never send `id` (and the records riding with it) again on this run; move them to the
+    /// dead-letter table with the next flush.
     pub(super) fn set_aside(&mut self, id: i64, reason: String) {
-        for rider in self.riders.remove(&id).unwrap_or_default() {
-            self.tracked.insert(rider, Tracked::Acked);
-            self.to_dead.push((rider, reason.clone()));
+        for id in self.state.set_aside(id) {
+            self.dead_letter(id, reason.clone());
         }
-        self.tracked.insert(id, Tracked::Acked);
+    }
+
+    /// Move `id`, already set aside in the state, to the dead-letter table with the next flush.
+    fn dead_letter(&mut self, id: i64, reason: String) {
         self.to_dead.push((id, reason));
         if self.ack_deadline.is_none() {
             self.ack_deadline = Some(Instant::now() + ACK_FLUSH_INTERVAL);
@@ -128,14 +86,14 @@ impl Sender<'_> {
                 return;
             }
         };
-        for (id, _) in &letters {
-            self.tracked.remove(id);
-            self.attempts.remove(id);
-            self.publish_no.remove(id);
+        let ids: Vec<i64> = letters.iter().map(|(id, _)| *id).collect();
+        self.state.forget(&ids);
+        for id in &ids {
             self.tallies.remove(id);
             self.acquired.remove(id);
         }
-        let backlog = moved.iter().filter(|d| d.id <= self.boundary).count() as u64;
+        let boundary = self.state.boundary();
+        let backlog = moved.iter().filter(|d| d.id <= boundary).count() as u64;
         self.backlog_left = self.backlog_left.saturating_sub(backlog);
         let now = Timestamp::now();
         let mut events = Vec::with_capacity(moved.len());
@@ -164,7 +122,7 @@ impl Sender<'_> {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(uplink = %self.uplink.name, records = n, "re-queued dead letters");
-                self.fresh_more = true;
+                self.state.appended();
                 self.refresh_dead_letters().await;
             }
             Err(e) => {
@@ -206,25 +164,17 @@ impl Sender<'_> {
         let ids = std::mem::take(&mut self.to_ack);
         match self.spool.ack(ids.clone()).await {
             Ok(removed) => {
-                for id in &ids {
-                    self.tracked.remove(id);
-                    self.publish_no.remove(id);
-                    self.attempts.remove(id);
-                }
+                self.state.forget(&ids);
                 // Delivered: the broker acknowledged these and the spool let go of them.
                 let delivered: Vec<Tally> = ids
                     .iter()
                     .filter_map(|id| self.tallies.remove(id))
                     .collect();
-                if let Some(c) = &self.uplink.completeness
-                    && !delivered.is_empty()
-                {
-                    c.delivered(&self.uplink.name, &delivered);
-                }
-                let backlog = ids.iter().filter(|id| **id <= self.boundary).count() as u64;
+                let boundary = self.state.boundary();
+                let backlog = ids.iter().filter(|id| **id <= boundary).count() as u64;
                 self.backlog_left = self.backlog_left.saturating_sub(backlog);
                 self.drain.add(Instant::now(), backlog);
-                self.uplink.update(|s| s.acked_total += removed);
+                self.uplink.report.spool_acked(removed, &delivered);
             }
             Err(e) => {
                 // Keep them: the next flush retries. Until then they are not sent again.

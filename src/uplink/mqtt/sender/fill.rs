@@ -20,12 +20,12 @@ impl Sender<'_> {
     /// Publish fresh records first, then backlog records as far as the replay rate allows, until
     /// the in-flight window is full.
     pub(super) async fn fill(&mut self) {
-        if self.fresh_more {
-            let room = self.max_inflight.saturating_sub(self.outstanding());
+        if self.state.fresh_more() {
+            let room = self.state.room();
             self.fill_lane(Lane::Fresh, room).await;
         }
-        if self.backlog_more && self.conn.is_some() {
-            let room = self.max_inflight.saturating_sub(self.outstanding());
+        if self.state.backlog_more() && self.conn.is_some() {
+            let room = self.state.room();
             let tokens = self.bucket.available(Instant::now());
             let sent = self.fill_lane(Lane::Backlog, room.min(tokens)).await;
             self.bucket.take(sent);
@@ -42,10 +42,7 @@ impl Sender<'_> {
         if room == 0 {
             return 0;
         }
-        let cursor = match lane {
-            Lane::Fresh => self.fresh_cursor,
-            Lane::Backlog => self.backlog_cursor,
-        };
+        let cursor = self.state.cursor(lane);
         let limit = room;
         let Some(records) = self.read_lane(lane, cursor, limit).await else {
             return 0;
@@ -57,20 +54,16 @@ impl Sender<'_> {
         let mut sent = 0usize;
         let mut records = records.into_iter().peekable();
         while let Some((record, decoded)) = records.next() {
-            if lane == Lane::Backlog && record.id > self.boundary {
-                lane_done = true;
-                break;
-            }
-            match self.tracked.get(&record.id) {
-                Some(Tracked::Acked) => {
+            match self.state.step(lane, record.id) {
+                Step::EndOfLane => {
+                    lane_done = true;
+                    break;
+                }
+                Step::Skip => {
                     cursor = record.id;
                     continue;
                 }
-                Some(Tracked::InFlight(g)) if *g == conn.generation => {
-                    cursor = record.id;
-                    continue;
-                }
-                _ => {}
+                Step::Send => {}
             }
             if sent >= room {
                 stopped_early = true;
@@ -79,7 +72,7 @@ impl Sender<'_> {
             let outcome = if self.hj212.is_some()
                 && self.uplink.cfg.encoding.for_stream(record.stream) == Encoding::Hj212
             {
-                let bound = (lane == Lane::Backlog).then_some(self.boundary);
+                let bound = (lane == Lane::Backlog).then_some(self.state.boundary());
                 let group = self.hj212_group(record, decoded, &mut records, bound);
                 let last = group.last().map(|(r, _)| r.id);
                 let outcome = self.publish_hj212(&conn, group).await;
@@ -100,7 +93,7 @@ impl Sender<'_> {
                 Sent::Rejected | Sent::Nothing => {}
                 Sent::Failed => {
                     // The connection is going away; wait for the driver to hand over a new one.
-                    self.conn = None;
+                    self.publish_failed();
                     stopped_early = true;
                     break;
                 }
@@ -133,9 +126,10 @@ impl Sender<'_> {
             }
         };
         if lane == Lane::Backlog {
+            let boundary = self.state.boundary();
             let oldest = records
                 .iter()
-                .find(|(r, _)| r.id <= self.boundary)
+                .find(|(r, _)| r.id <= boundary)
                 .map(|(r, _)| r.created);
             self.uplink.update(|s| s.backlog_oldest = oldest);
         }
@@ -143,18 +137,9 @@ impl Sender<'_> {
     }
 
     pub(super) fn set_lane(&mut self, lane: Lane, cursor: i64, more: bool) {
-        match lane {
-            Lane::Fresh => {
-                self.fresh_cursor = cursor;
-                self.fresh_more = more;
-            }
-            Lane::Backlog => {
-                self.backlog_cursor = cursor;
-                self.backlog_more = more;
-                if !more {
-                    self.uplink.update(|s| s.backlog_oldest = None);
-                }
-            }
+        self.state.set_lane(lane, cursor, more);
+        if lane == Lane::Backlog && !more {
+            self.uplink.update(|s| s.backlog_oldest = None);
         }
     }
 
@@ -165,7 +150,7 @@ impl Sender<'_> {
         let age_ms = Timestamp::now()
             .unix_ms()
             .saturating_sub(record.created.unix_ms());
-        record.id <= self.boundary
+        record.id <= self.state.boundary()
             || u128::try_from(age_ms).unwrap_or(0) > HISTORICAL_AGE.as_millis()
     }
 
@@ -195,8 +180,8 @@ impl Sender<'_> {
                 None,
             );
             let tally = u
-                .completeness
-                .is_some()
+                .report
+                .counts_delivery()
                 .then(|| completeness::tally(decoded))
                 .flatten();
             let acquired = crate::histogram::acquired_at(decoded, record.created);
@@ -210,7 +195,7 @@ impl Sender<'_> {
             && let Some(batch) = json::SpooledBatch::parse(&record.body)
         {
             let payload = batch.encode(&u.site, record.stream, record.seq, historical);
-            let tally = u.completeness.is_some().then(|| {
+            let tally = u.report.counts_delivery().then(|| {
                 let device = Arc::from(batch.device.as_ref());
                 completeness::live_tally(device, batch.scheduled, batch.quality_counts())
             });
@@ -233,8 +218,8 @@ impl Sender<'_> {
             record.topic.clone()
         };
         let tally = u
-            .completeness
-            .is_some()
+            .report
+            .counts_delivery()
             .then(|| completeness::tally(&decoded))
             .flatten();
         let acquired = crate::histogram::acquired_at(&decoded, record.created);
@@ -256,7 +241,7 @@ impl Sender<'_> {
                     "dropping a spooled record that cannot be decoded: {e}"
                 );
                 u.update(|s| s.rejected_total += 1);
-                self.tracked.insert(record.id, Tracked::Acked);
+                self.state.dropped(record.id);
                 self.queue_ack(record.id);
                 return Sent::Rejected;
             }
@@ -277,7 +262,9 @@ impl Sender<'_> {
         {
             Ok(notice) => {
                 let (id, generation) = (record.id, conn.generation);
-                self.track(record, generation, tally, acquired);
+                self.state
+                    .published(generation, &[(record.id, record.attempts)]);
+                self.track(record.id, tally, acquired);
                 self.await_puback(id, generation, notice);
                 Sent::Published
             }
@@ -288,20 +275,8 @@ impl Sender<'_> {
         }
     }
 
-    /// Note `record` as published in `generation`, for its PUBACK.
-    pub(super) fn track(
-        &mut self,
-        record: &StoredRecord,
-        generation: u64,
-        tally: Option<Tally>,
-        acquired: Timestamp,
-    ) {
-        let id = record.id;
-        self.tracked.insert(id, Tracked::InFlight(generation));
-        self.publish_count += 1;
-        self.publish_no.insert(id, self.publish_count);
-        let known = self.attempts.entry(id).or_insert(0);
-        *known = (*known).max(record.attempts);
+    /// Keep what the published record `id` counts for until its ack.
+    pub(super) fn track(&mut self, id: i64, tally: Option<Tally>, acquired: Timestamp) {
         if let Some(t) = tally {
             self.tallies.insert(id, t);
         }
@@ -339,7 +314,7 @@ impl Sender<'_> {
         while let Some((next, next_decoded)) = rest.peek() {
             let joins = next.stream == group[0].0.stream
                 && bound.is_none_or(|b| next.id <= b)
-                && !self.tracked.contains_key(&next.id);
+                && !self.state.is_tracked(next.id);
             let record = joins.then(|| decode(next, next_decoded.as_ref())).flatten();
             match record {
                 Some(r) if Hj212Messages::window_of(&r).as_ref() == Some(&window) => {
@@ -368,7 +343,7 @@ impl Sender<'_> {
                 "dropping a spooled record that cannot be decoded"
             );
             u.update(|s| s.rejected_total += 1);
-            self.tracked.insert(leader.id, Tracked::Acked);
+            self.state.dropped(leader.id);
             self.queue_ack(leader.id);
             return Sent::Rejected;
         };
@@ -388,7 +363,7 @@ impl Sender<'_> {
         };
         if payload.is_empty() {
             for id in ids {
-                self.tracked.insert(id, Tracked::Acked);
+                self.state.dropped(id);
                 self.queue_ack(id);
             }
             return Sent::Nothing;
@@ -421,21 +396,21 @@ impl Sender<'_> {
             }
         };
         let generation = conn.generation;
+        let published: Vec<(i64, u32)> = group.iter().map(|(r, _)| (r.id, r.attempts)).collect();
+        self.state.published(generation, &published);
         for (record, decoded) in &group {
             let tally = decoded.as_ref().and_then(|d| {
-                u.completeness
-                    .is_some()
+                u.report
+                    .counts_delivery()
                     .then(|| completeness::tally(d))
                     .flatten()
             });
             let acquired = decoded.as_ref().map_or(record.created, |d| {
                 crate::histogram::acquired_at(d, record.created)
             });
-            self.track(record, generation, tally, acquired);
+            self.track(record.id, tally, acquired);
         }
-        let id = ids[0];
-        self.riders.insert(id, ids[1..].to_vec());
-        self.await_puback(id, generation, notice);
+        self.await_puback(ids[0], generation, notice);
         Sent::Published
     }
 }

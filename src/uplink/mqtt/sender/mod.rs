@@ -1,5 +1,8 @@
 //! The sender: reads the spool in two lanes (fresh and backlog), publishes at QoS 1 through the
 //! current connection and acks in the spool on PUBACK (see the module docs of `uplink::mqtt`).
+//! What is in flight in which generation, what to read next and what to send again is decided by
+//! [`SendState`], a state machine without I/O; this is the driver around it that reads the
+//! spool, publishes, waits for the notices and writes the acks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,28 +23,14 @@ use crate::spool::{NewRecord, SpoolHandle};
 
 mod acks;
 mod fill;
+mod state;
+
+use state::{Action, Lane, SendState, Step};
 
 // === impl Sender ===
 
-/// Where an id stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Tracked {
-    /// Published in this generation; its notice has not resolved.
-    InFlight(u64),
-    /// PUBACKed (or rejected); waiting for the batched spool ack.
-    Acked,
-}
-
 /// The result a notice waiter reports: id, generation it was published in, outcome.
 pub(super) type NoticeOutcome = (i64, u64, Result<(), String>);
-
-/// The two read positions of a connection: records appended after the CONNACK (fresh) and the
-/// records that were already waiting then (backlog).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Lane {
-    Fresh,
-    Backlog,
-}
 
 /// Kv key of the per-stream drop counts already reported in an outage event.
 pub(super) const REPORTED_DROPS_KEY: &str = "uplink.reported_drops";
@@ -51,23 +40,14 @@ pub(super) struct Sender<'a> {
     spool: SpoolHandle,
     conn_rx: watch::Receiver<Option<Conn>>,
     conn: Option<Conn>,
-    /// Ids up to this one were in the spool at the CONNACK: the backlog.
-    pub(super) boundary: i64,
-    /// Read fresh records (ids above `boundary`) after this id.
-    fresh_cursor: i64,
-    /// The spool may hold fresh records after `fresh_cursor` that were not read yet.
-    fresh_more: bool,
-    /// Read backlog records after this id (up to `boundary`).
-    backlog_cursor: i64,
-    /// Backlog records after `backlog_cursor` may remain.
-    backlog_more: bool,
+    /// Lanes, generations and what is in flight.
+    pub(super) state: SendState,
     /// Backlog records not yet acked (estimate: spool depth at the CONNACK minus backlog acks).
     backlog_left: u64,
     /// When the link was last lost (or the uplink started), for the outage event.
     down_since: Timestamp,
     bucket: TokenBucket,
     drain: DrainRate,
-    tracked: HashMap<i64, Tracked>,
     /// What each published record counts for in the completeness accounting, until its ack.
     tallies: HashMap<i64, Tally>,
     /// When each published record was acquired, until its ack (publish latency).
@@ -79,22 +59,10 @@ pub(super) struct Sender<'a> {
     /// rewriting a whole row (body included) per publish cost a write transaction per refill.
     failed_sends: Vec<i64>,
     ack_deadline: Option<Instant>,
-    max_inflight: usize,
-    /// Publishes so far, numbering each in publish order.
-    publish_count: u64,
-    /// For each id in flight: its number in publish order.
-    publish_no: HashMap<i64, u64>,
-    /// The attempts each record in flight had (as read, plus blames counted since).
-    attempts: HashMap<i64, u32>,
-    /// Per connection generation that lost publishes: the first of them (publish number, id).
-    lost_head: HashMap<u64, (u64, i64)>,
     /// Records to move to the dead-letter table with the next flush, with their reason.
     to_dead: Vec<(i64, String)>,
     /// `encoding = "hj212"` on some stream: the messages' encoder.
     hj212: Option<Hj212Messages>,
-    /// The records that went out in the message of another (the first of a window's aggregates,
-    /// with `hj212`), by that record's id: its PUBACK, loss or dead letter is theirs too.
-    riders: HashMap<i64, Vec<i64>>,
 }
 
 impl<'a> Sender<'a> {
@@ -104,27 +72,20 @@ impl<'a> Sender<'a> {
             spool: uplink.spool.clone(),
             conn_rx,
             conn: None,
-            boundary: 0,
-            fresh_cursor: 0,
-            fresh_more: true,
-            backlog_cursor: 0,
-            backlog_more: false,
+            state: SendState::new(
+                usize::from(uplink.cfg.max_inflight),
+                uplink.dead_letter_after,
+            ),
             backlog_left: 0,
             down_since: Timestamp::now(),
             bucket: TokenBucket::new(uplink.cfg.replay_rate),
             drain: DrainRate::new(),
-            tracked: HashMap::new(),
             tallies: HashMap::new(),
             acquired: HashMap::new(),
             waiters: JoinSet::new(),
             to_ack: Vec::new(),
             failed_sends: Vec::new(),
             ack_deadline: None,
-            max_inflight: usize::from(uplink.cfg.max_inflight),
-            publish_count: 0,
-            publish_no: HashMap::new(),
-            attempts: HashMap::new(),
-            lost_head: HashMap::new(),
             to_dead: Vec::new(),
             hj212: uplink
                 .cfg
@@ -132,40 +93,22 @@ impl<'a> Sender<'a> {
                 .hj212
                 .as_ref()
                 .map(|h| Hj212Messages::new(h, uplink.hj212_mn_by_subject.clone())),
-            riders: HashMap::new(),
         }
-    }
-
-    pub(super) fn generation(&self) -> Option<u64> {
-        self.conn.as_ref().map(|c| c.generation)
-    }
-
-    /// Publishes of the current generation still waiting for their PUBACK.
-    pub(super) fn outstanding(&self) -> usize {
-        let Some(generation) = self.generation() else {
-            return 0;
-        };
-        self.tracked
-            .values()
-            .filter(|t| **t == Tracked::InFlight(generation))
-            .count()
-    }
-
-    /// The in-flight window has room worth a spool read: nothing is in flight, or at least a
-    /// quarter of the window is free. Refilling one slot per PUBACK would cost a spool read per
-    /// record under load; waiting for a quarter of the window batches the reads while the other
-    /// three quarters keep the link busy.
-    pub(super) fn has_room(&self) -> bool {
-        let outstanding = self.outstanding();
-        outstanding == 0
-            || self.max_inflight.saturating_sub(outstanding) >= (self.max_inflight / 4).max(1)
     }
 
     /// Something can be published right now.
     pub(super) fn can_fill(&mut self) -> bool {
         self.conn.is_some()
-            && self.has_room()
-            && (self.fresh_more || (self.backlog_more && self.bucket.available(Instant::now()) > 0))
+            && self.state.has_room()
+            && (self.state.fresh_more()
+                || (self.state.backlog_more() && self.bucket.available(Instant::now()) > 0))
+    }
+
+    /// The publish on `conn` failed: the connection is going away. Nothing is sent until the
+    /// driver hands over the next one.
+    pub(super) fn publish_failed(&mut self) {
+        self.conn = None;
+        self.state.connection_lost();
     }
 
     /// Send until `shutdown`, then drain within the grace period (setting `deadline` to its
@@ -190,8 +133,9 @@ impl<'a> Sender<'a> {
             }
             self.publish_status();
             // The backlog waits for replay tokens only when it is the one thing left to send.
-            let token_wait = (self.conn.is_some() && self.backlog_more && self.has_room())
-                .then(|| self.bucket.next_token_at());
+            let token_wait =
+                (self.conn.is_some() && self.state.backlog_more() && self.state.has_room())
+                    .then(|| self.bucket.next_token_at());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = self.conn_rx.changed() => {
@@ -211,7 +155,7 @@ impl<'a> Sender<'a> {
                         ended = Err("spool closed".to_owned());
                         break;
                     }
-                    self.fresh_more = true;
+                    self.state.appended();
                 }
                 _ = sleep_until(self.ack_deadline.unwrap_or_else(far_future)), if self.ack_deadline.is_some() => {
                     self.flush_acks().await;
@@ -236,29 +180,28 @@ impl<'a> Sender<'a> {
         if next.is_none() && self.conn.is_some() {
             self.down_since = Timestamp::now();
         }
-        let is_new = new_generation.is_some() && new_generation != self.generation();
+        let is_new = new_generation.is_some() && new_generation != self.state.generation();
         // Dropping the old client lets its event loop's channel close, so its notices fail.
         self.conn = next;
-        if is_new {
-            self.on_connected().await;
+        match new_generation {
+            None => self.state.connection_lost(),
+            Some(generation) if is_new => self.on_connected(generation).await,
+            Some(_) => {}
         }
     }
 
     /// A new connection: report budget drops, then split the spool into the backlog (everything
     /// waiting now, replayed at `replay_rate`) and fresh records (sent as they come).
-    pub(super) async fn on_connected(&mut self) {
+    pub(super) async fn on_connected(&mut self, generation: u64) {
         let now = Timestamp::now();
         // Tallies of publishes that failed are taken again when the records are sent again.
-        let tracked = &self.tracked;
-        self.tallies.retain(|id, _| tracked.contains_key(id));
-        self.acquired.retain(|id, _| tracked.contains_key(id));
+        let state = &self.state;
+        self.tallies.retain(|id, _| state.is_tracked(*id));
+        self.acquired.retain(|id, _| state.is_tracked(*id));
         // Re-queued dead letters join the backlog of this connection.
         self.take_requeued().await;
-        self.boundary = *self.spool.appended().borrow();
-        self.fresh_cursor = self.boundary;
-        self.fresh_more = true;
-        self.backlog_cursor = 0;
-        self.backlog_more = true;
+        let boundary = *self.spool.appended().borrow();
+        self.state.connected(generation, boundary);
         self.backlog_left = match self.spool.stats().await {
             Ok(stats) => stats.records,
             Err(_) => 0,
@@ -325,8 +268,8 @@ impl<'a> Sender<'a> {
     }
 
     pub(super) fn publish_status(&mut self) {
-        let in_flight = self.tracked.len();
-        if !self.backlog_more && !self.tracked.keys().any(|id| *id <= self.boundary) {
+        let in_flight = self.state.in_flight();
+        if self.state.backlog_done() {
             // Every backlog record was sent and acked; the estimate may have counted a few
             // records appended while the connection came up.
             self.backlog_left = 0;
@@ -337,7 +280,7 @@ impl<'a> Sender<'a> {
             0
         };
         let rate = self.drain.per_second(Instant::now());
-        self.uplink.status_tx.send_if_modified(|s| {
+        self.uplink.report.update_if(|s| {
             let changed = s.in_flight != in_flight
                 || s.backlog_records != backlog
                 || s.replay_rate_per_s != rate;
@@ -351,17 +294,13 @@ impl<'a> Sender<'a> {
     /// After the shutdown signal: wait until `deadline` (the end of the grace period) for
     /// outstanding PUBACKs, then write the acks that arrived. Everything else stays in the spool.
     pub(super) async fn drain(mut self, deadline: Instant) {
-        while self
-            .tracked
-            .values()
-            .any(|t| matches!(t, Tracked::InFlight(_)))
-        {
+        while self.state.any_in_flight() {
             tokio::select! {
                 _ = sleep_until(deadline) => {
                     tracing::warn!(
                         uplink = %self.uplink.name,
                         "shutdown grace period over with {} publishes unacknowledged; they stay in the spool",
-                        self.outstanding()
+                        self.state.outstanding()
                     );
                     break;
                 }

@@ -1,8 +1,22 @@
-//! The uplink's link state and the status it reports to displays, `/metrics` and the log.
+//! The one status every uplink (MQTT, Sparkplug, HJ 212) reports to displays, `/metrics`, the
+//! log and its supervisor, and the [`Reporter`] each uplink writes it through.
+//!
+//! # Delivery hook
+//! An uplink reports the records its spool let go of through one call,
+//! [`Reporter::spool_acked`], made once the spool ack succeeded: it counts them in
+//! [`UplinkStatus::acked_total`] and counts the values among them that the peer proved it
+//! received (a PUBACK, the UNSUBACK after Sparkplug data, a 9014) as delivered by this uplink in
+//! the completeness accounting. Records written without any proof of arrival go through
+//! [`Reporter::unconfirmed`] instead and count nowhere as delivered. What an uplink counts as
+//! proof is its own (see each uplink's delivery contract); how it is reported is the same for all.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
+use crate::completeness::{Completeness, Tally};
 use crate::model::Timestamp;
 
 /// Connection state of an uplink.
@@ -82,7 +96,8 @@ impl UplinkStatus {
         Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
     }
 
-    pub(super) fn new() -> Self {
+    /// The status of an uplink that has not connected yet.
+    pub fn new() -> Self {
         UplinkStatus {
             state: LinkState::Connecting,
             in_flight: 0,
@@ -135,5 +150,89 @@ impl fmt::Display for UplinkStatus {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Where an uplink reports: its [`UplinkStatus`] (a `watch`, shared with its supervisor and with
+/// a rebuilt instance of the same uplink) and the completeness accounting its deliveries count
+/// in. Cloning shares both.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    uplink: Arc<str>,
+    status: Arc<watch::Sender<UplinkStatus>>,
+    completeness: Option<Arc<Completeness>>,
+}
+
+impl Reporter {
+    /// A fresh status for the uplink named `uplink`, counting deliveries nowhere.
+    pub fn new(uplink: &str) -> Reporter {
+        Reporter {
+            uplink: Arc::from(uplink),
+            status: Arc::new(watch::Sender::new(UplinkStatus::new())),
+            completeness: None,
+        }
+    }
+
+    /// Count the values of the records delivered in `completeness`.
+    pub fn with_completeness(mut self, completeness: Arc<Completeness>) -> Reporter {
+        self.completeness = Some(completeness);
+        self
+    }
+
+    /// Report on `status` (shared with an earlier instance of the same uplink, so that a rebuilt
+    /// uplink continues its counters).
+    pub fn with_status(mut self, status: Arc<watch::Sender<UplinkStatus>>) -> Reporter {
+        self.status = status;
+        self
+    }
+
+    /// Whether deliveries are counted in a completeness accounting: without one, an uplink need
+    /// not compute the tallies it would hand to [`Reporter::spool_acked`].
+    pub fn counts_delivery(&self) -> bool {
+        self.completeness.is_some()
+    }
+
+    /// A live view of the status.
+    pub fn subscribe(&self) -> watch::Receiver<UplinkStatus> {
+        self.status.subscribe()
+    }
+
+    /// The status's sender, for the supervisor (which marks a failed run in it) and for a rebuilt
+    /// uplink ([`Reporter::with_status`]).
+    pub fn sender(&self) -> Arc<watch::Sender<UplinkStatus>> {
+        self.status.clone()
+    }
+
+    /// The status as it is now.
+    pub fn borrow(&self) -> watch::Ref<'_, UplinkStatus> {
+        self.status.borrow()
+    }
+
+    /// Change the status.
+    pub fn update(&self, f: impl FnOnce(&mut UplinkStatus)) {
+        self.status.send_modify(f);
+    }
+
+    /// Change the status, waking its watchers only when `f` says it changed something.
+    pub fn update_if(&self, f: impl FnOnce(&mut UplinkStatus) -> bool) -> bool {
+        self.status.send_if_modified(f)
+    }
+
+    /// The delivery hook (see the module documentation): the spool acked `records` records, and
+    /// `delivered` are the completeness tallies of those whose arrival the peer proved. Records
+    /// acked without being sent (nothing to send, undecodable) count in `records` with no tally.
+    pub fn spool_acked(&self, records: u64, delivered: &[Tally]) {
+        self.status.send_modify(|s| s.acked_total += records);
+        if let Some(c) = &self.completeness
+            && !delivered.is_empty()
+        {
+            c.delivered(&self.uplink, delivered);
+        }
+    }
+
+    /// The spool let go of `records` records once they were written, with nothing to prove they
+    /// arrived: counted in [`UplinkStatus::unconfirmed_total`], never as delivered.
+    pub fn unconfirmed(&self, records: u64) {
+        self.status.send_modify(|s| s.unconfirmed_total += records);
     }
 }
