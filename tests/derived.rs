@@ -295,7 +295,10 @@ fn a_calc_input_brings_its_unit_from_the_catalogue_into_the_unit_check() {
             "\n[[derived]]\nname = \"x\"\nexpr = \"calc:potline/potline1.line_current_ka * potline1/rectifier.line_voltage_v\"\nunit = \"{unit}\"\n"
         )
     };
-    for (unit, want) in [("t", "is not a `t`"), ("MW", "multiply by 0.001 to get `MW`")] {
+    for (unit, want) in [
+        ("t", "is not a `t`"),
+        ("MW", "multiply by 0.001 to get `MW`"),
+    ] {
         let src = plant_with_calc(&entry(unit));
         let (line, key, msg) = problem_in(&src);
         assert_eq!(key, "derived[0].unit", "{unit}: {msg}");
@@ -308,7 +311,9 @@ fn a_calc_input_brings_its_unit_from_the_catalogue_into_the_unit_check() {
     let cfg = parse(&src).unwrap_or_else(|e| panic!("should load:\n{e}"));
     let text = check_report(&cfg.derived);
     assert!(
-        text.contains("    calc:potline/potline1.line_current_ka <- 1 metric in kA: calc:potline/potline1\n"),
+        text.contains(
+            "    calc:potline/potline1.line_current_ka <- 1 metric in kA: calc:potline/potline1\n"
+        ),
         "{text}"
     );
     // An aggregate over a glob of lines reads each line's metric, in its unit.
@@ -316,7 +321,10 @@ fn a_calc_input_brings_its_unit_from_the_catalogue_into_the_unit_check() {
         "\n[[derived]]\nname = \"x\"\nexpr = \"mean(calc:potline/potline*.line_current_ka)\"\nunit = \"A\"\n",
     ))
     .expect_err("kA is not A without a factor");
-    assert!(err.to_string().contains("multiply by 1000 to get `A`"), "{err}");
+    assert!(
+        err.to_string().contains("multiply by 1000 to get `A`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -918,8 +926,8 @@ unit = "kW"
 "#,
     ))
     .unwrap_or_else(|e| panic!("should load:\n{e}"));
-    let mut calc = smeltwatch::calc::Pipeline::new(cfg.calc.as_ref().expect("[calc]"))
-        .expect("calc builds");
+    let mut calc =
+        smeltwatch::calc::Pipeline::new(cfg.calc.as_ref().expect("[calc]")).expect("calc builds");
     let mut engine = Engine::new(&cfg.derived).unwrap();
     let t0 = 1_764_300_000_000; // on a minute
     let mut last = None;
@@ -934,7 +942,9 @@ unit = "kW"
             ],
             t,
         );
-        let Record::Batch(b) = &rect else { unreachable!() };
+        let Record::Batch(b) = &rect else {
+            unreachable!()
+        };
         let mut records = calc.on_batch(b);
         records.push(rect.clone());
         engine.observe(&records);

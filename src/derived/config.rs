@@ -258,7 +258,12 @@ fn resolve(
             let found: (Devices, Vec<Arc<str>>) = catalogue
                 .iter()
                 .filter(|m| m.calc == name && m.name == p.point && glob_match(&p.device, &m.label))
-                .map(|m| ((Arc::from(s), Arc::from(m.label.as_str())), Arc::from(m.unit)))
+                .map(|m| {
+                    (
+                        (Arc::from(s), Arc::from(m.label.as_str())),
+                        Arc::from(m.unit),
+                    )
+                })
                 .unzip();
             if found.0.is_empty() {
                 return Err(unknown_metric(input, name, catalogue));
