@@ -2,7 +2,8 @@
 //! calculators emit: a potline and a copper smelter (with its acid plant's stack) are driven over
 //! the end of a month, once with every optional input configured and once with none, and the
 //! (calculator, first label, name, unit) of every metric they emit must be in the catalogue of
-//! that configuration, and every entry of the catalogue must have been emitted.
+//! that configuration, and every entry of the catalogue must have been emitted. The catalogue in
+//! docs/CONFIG.md is checked against it too.
 
 mod common;
 
@@ -184,11 +185,7 @@ fn assert_same(text: &str) {
         not_emitted.is_empty(),
         "in the catalogue but never emitted: {not_emitted:#?}"
     );
-    assert_eq!(
-        catalog::metrics(&cfg).len(),
-        listed.len(),
-        "one entry each"
-    );
+    assert_eq!(catalog::metrics(&cfg).len(), listed.len(), "one entry each");
 }
 
 #[test]
@@ -202,4 +199,20 @@ fn without_optional_inputs_the_catalogue_drops_exactly_what_is_not_emitted() {
     let full = listed(&toml::from_str(FULL).expect("parses"));
     let bare = listed(&toml::from_str(BARE).expect("parses"));
     assert!(bare.len() < full.len(), "{} vs {}", bare.len(), full.len());
+}
+
+#[test]
+fn the_configuration_reference_lists_every_metric_of_the_catalogue_with_its_unit() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md"))
+        .expect("docs/CONFIG.md");
+    let cfg: CalcConfig = toml::from_str(FULL).expect("parses");
+    for m in catalog::metrics(&cfg) {
+        let unit = if m.unit.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", m.unit)
+        };
+        let row = format!("| `{}` | {unit} |", m.name);
+        assert!(doc.contains(&row), "docs/CONFIG.md lacks the row {row}");
+    }
 }
