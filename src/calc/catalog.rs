@@ -47,6 +47,9 @@ impl CatalogMetric {
     }
 }
 
+/// A calculator's metrics: (name, unit, what it needs).
+type Table = &'static [(&'static str, &'static str, Needs)];
+
 /// What a metric needs configured to be emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Needs {
@@ -67,7 +70,7 @@ enum Needs {
 }
 
 /// (name, unit, what it needs) of a potline's own metrics (calculator [`names::POTLINE`]).
-const POTLINE: &[(&str, &str, Needs)] = &[
+const POTLINE: Table = &[
     (names::LINE_CURRENT_KA, "kA", Needs::Nothing),
     (names::CELLS_IN_SERVICE, "", Needs::Nothing),
     (names::PRODUCTION_TODAY_T, "t", Needs::Nothing),
@@ -124,7 +127,7 @@ const POTLINE: &[(&str, &str, Needs)] = &[
 
 /// (name, unit, what it needs) of a potline's anode-effect metrics (calculator
 /// [`names::ANODE_EFFECT`]).
-const ANODE_EFFECT: &[(&str, &str, Needs)] = &[
+const ANODE_EFFECT: Table = &[
     (names::AE_COUNT, "", Needs::Nothing),
     (names::AE_MINUTES, "min", Needs::Nothing),
     (names::CELL_DAYS, "cell-day", Needs::Nothing),
@@ -134,7 +137,7 @@ const ANODE_EFFECT: &[(&str, &str, Needs)] = &[
 ];
 
 /// (name, unit, what it needs) of a potline's emission metrics (calculator [`names::EMISSIONS`]).
-const EMISSIONS: &[(&str, &str, Needs)] = &[
+const EMISSIONS: Table = &[
     (names::PFC_CF4_KG, "kg", Needs::Nothing),
     (names::PFC_C2F6_KG, "kg", Needs::Nothing),
     (names::PFC_CO2E_T, "t", Needs::Nothing),
@@ -143,14 +146,14 @@ const EMISSIONS: &[(&str, &str, Needs)] = &[
 ];
 
 /// The calculators of a potline, each with its metrics.
-const LINE_CALCULATORS: &[(&str, &[(&str, &str, Needs)])] = &[
+const LINE_CALCULATORS: &[(&str, Table)] = &[
     (names::POTLINE, POTLINE),
     (names::ANODE_EFFECT, ANODE_EFFECT),
     (names::EMISSIONS, EMISSIONS),
 ];
 
 /// (name, unit, what it needs) of a copper smelter's metrics (calculator [`names::COPPER`]).
-const COPPER: &[(&str, &str, Needs)] = &[
+const COPPER: Table = &[
     (names::CONCENTRATE_FEED_TPH, "t/h", Needs::Nothing),
     (names::OXYGEN_FLOW_NM3H, "Nm3/h", Needs::Nothing),
     (names::OXYGEN_ENRICHMENT_PCT, "%", Needs::Nothing),
