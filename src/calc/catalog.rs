@@ -23,8 +23,7 @@
 //!   every optional input and with none, and checks that what they emit and what this lists are
 //!   the same set of (calculator, first label, name, unit).
 
-use super::config::{PotlineRole, SmelterRole};
-use super::{CalcConfig, names};
+use super::{CalcConfig, PotlineRole, SmelterRole, names};
 
 /// One metric a configured calculator emits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
