@@ -90,10 +90,32 @@ fn ok(derived: &str) -> Config {
     parse(&plant(derived)).unwrap_or_else(|e| panic!("should load:\n{e}"))
 }
 
+/// The plant with a potline calculator (its line `potline1`) and a copper smelter, then
+/// `derived`.
+fn plant_with_calc(derived: &str) -> String {
+    let calc = r#"
+[calc]
+utc_offset_hours = 8
+[[calc.potlines]]
+name = "potline1"
+rectifier = "potline1/rectifier"
+pots = "potline1/pot_*"
+current_efficiency = 0.935
+[[calc.smelters]]
+name = "smelter1"
+device = "smelter1/smelter1"
+"#;
+    plant(&format!("{calc}{derived}"))
+}
+
 /// The one problem of `derived`: (line, key path, message).
 fn problem(derived: &str) -> (usize, String, String) {
-    let src = plant(derived);
-    let err = parse(&src).expect_err("must be rejected");
+    problem_in(&plant(derived))
+}
+
+/// The one problem of the configuration `src`: (line, key path, message).
+fn problem_in(src: &str) -> (usize, String, String) {
+    let err = parse(src).expect_err("must be rejected");
     let problems = err.problems();
     assert_eq!(problems.len(), 1, "{err}");
     let p = &problems[0];
@@ -235,6 +257,74 @@ name = "line_power_mw"
 expr = "rectifier.line_current_ka * rectifier.line_voltage_v / 1000"
 unit = "MW"
 "#);
+}
+
+#[test]
+fn a_calc_reference_that_names_no_metric_of_the_catalogue_is_refused_with_the_nearest_names() {
+    for (expr, want, nearest) in [
+        (
+            "calc:potline/potline1.line_curent_ka",
+            "unknown input `calc:potline/potline1.line_curent_ka`",
+            "calc:potline/potline1.line_current_ka",
+        ),
+        (
+            "calc:potline/potline2.line_current_ka",
+            "unknown input `calc:potline/potline2.line_current_ka`",
+            "calc:potline/potline1.line_current_ka",
+        ),
+        (
+            "calc:copper/smelter1.copper_t",
+            "unknown input `calc:copper/smelter1.copper_t`",
+            "calc:copper/smelter1.concentrate_t",
+        ),
+    ] {
+        let derived = format!("\n[[derived]]\nname = \"x\"\nexpr = \"{expr}\"\n");
+        let src = plant_with_calc(&derived);
+        let (line, key, msg) = problem_in(&src);
+        assert_eq!(key, "derived[0].expr", "{expr}: {msg}");
+        assert_eq!(line, line_of(&src, "expr = "), "{expr}");
+        assert!(msg.contains(want), "{expr}: {msg}");
+        assert!(msg.contains(nearest), "{expr}: {msg}");
+    }
+}
+
+#[test]
+fn a_calc_input_brings_its_unit_from_the_catalogue_into_the_unit_check() {
+    let entry = |unit: &str| {
+        format!(
+            "\n[[derived]]\nname = \"x\"\nexpr = \"calc:potline/potline1.line_current_ka * potline1/rectifier.line_voltage_v\"\nunit = \"{unit}\"\n"
+        )
+    };
+    for (unit, want) in [
+        ("t", "is not a `t`"),
+        ("MW", "multiply by 0.001 to get `MW`"),
+    ] {
+        let src = plant_with_calc(&entry(unit));
+        let (line, key, msg) = problem_in(&src);
+        assert_eq!(key, "derived[0].unit", "{unit}: {msg}");
+        assert_eq!(line, line_of(&src, "unit = "), "{unit}");
+        assert!(msg.contains("unit mismatch"), "{unit}: {msg}");
+        assert!(msg.contains(want), "{unit}: {msg}");
+    }
+    // kA × V is kW: it loads, and `check` shows the calc input with its unit.
+    let src = plant_with_calc(&entry("kW"));
+    let cfg = parse(&src).unwrap_or_else(|e| panic!("should load:\n{e}"));
+    let text = check_report(&cfg.derived);
+    assert!(
+        text.contains(
+            "    calc:potline/potline1.line_current_ka <- 1 metric in kA: calc:potline/potline1\n"
+        ),
+        "{text}"
+    );
+    // An aggregate over a glob of lines reads each line's metric, in its unit.
+    let err = parse(&plant_with_calc(
+        "\n[[derived]]\nname = \"x\"\nexpr = \"mean(calc:potline/potline*.line_current_ka)\"\nunit = \"A\"\n",
+    ))
+    .expect_err("kA is not A without a factor");
+    assert!(
+        err.to_string().contains("multiply by 1000 to get `A`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -788,4 +878,81 @@ unit = "kWh"
     assert_eq!(Some(with_derived), with_meters);
     assert_eq!(ac, ac_direct);
     assert!(with_derived > ac.unwrap(), "{with_derived} vs {ac:?}");
+}
+
+#[test]
+fn check_lists_the_calculator_metrics_a_derived_point_may_read_with_their_units() {
+    let cfg = parse(&plant_with_calc("")).unwrap_or_else(|e| panic!("should load:\n{e}"));
+    let text = smeltwatch::derived::calc_inputs_report(cfg.calc.as_ref().expect("[calc]"));
+    assert!(
+        text.starts_with(
+            "calculator metrics: 44 (derived inputs `calc:<calculator>/<label>.<metric>`)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "\n  calc:potline/potline1: line_current_ka [kA], cells_in_service, production_today_t [t],"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  calc:copper/smelter1: concentrate_feed_tph [t/h],"),
+        "{text}"
+    );
+    assert!(!text.contains("copper_t"), "no copper output point: {text}");
+    // `smeltwatch check` prints it after the read plan.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(["check", "-c", "config/demo.toml"])
+        .output()
+        .expect("running smeltwatch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("\ncalculator metrics: "), "{stdout}");
+    assert!(
+        stdout.contains("\n  calc:potline/potline1: line_current_ka [kA],"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_calc_input_takes_the_value_the_potline_calculator_emits() {
+    let cfg = parse(&plant_with_calc(
+        r#"
+[[derived]]
+name = "line_power_kw"
+expr = "calc:potline/potline1.line_current_ka * potline1/rectifier.line_voltage_v"
+unit = "kW"
+"#,
+    ))
+    .unwrap_or_else(|e| panic!("should load:\n{e}"));
+    let mut calc =
+        smeltwatch::calc::Pipeline::new(cfg.calc.as_ref().expect("[calc]")).expect("calc builds");
+    let mut engine = Engine::new(&cfg.derived).unwrap();
+    let t0 = 1_764_300_000_000; // on a minute
+    let mut last = None;
+    for step in 0..13i64 {
+        let t = t0 + step * 10_000;
+        let rect = batch(
+            "potline1",
+            "rectifier",
+            &[
+                ("line_current_ka", Some(400.0), GOOD),
+                ("line_voltage_v", Some(1_250.0), GOOD),
+            ],
+            t,
+        );
+        let Record::Batch(b) = &rect else {
+            unreachable!()
+        };
+        let mut records = calc.on_batch(b);
+        records.push(rect.clone());
+        engine.observe(&records);
+        if let Some(r) = result(&mut engine, t, "line_power_kw") {
+            last = Some(r);
+        }
+    }
+    // The minute closed at t0 + 60 s with the line current of 400 kA: 400 kA × 1,250 V.
+    let (value, quality, _) = last.expect("evaluated once the minute's metric came");
+    assert_eq!((value, quality), (Some(500_000.0), GOOD));
 }

@@ -527,6 +527,95 @@ fn the_converted_concentration_shows_in_its_pollutants_row_and_the_limit_goes_wi
     }
 }
 
+/// Derived points as the agent publishes them: `line_power_kw` (stream `metrics`, a metric of
+/// calculator `derived` with its labels), `mean_cell_voltage_v` (stream `live`, a reading of
+/// `derived/potline1`) and `aux_power_kw` whose input went silent (`comm_fail`, no value).
+fn derived_records() -> Vec<(Stream, Record)> {
+    use smeltwatch::derived::engine::{CALC, SOURCE};
+    let mut silent = metric("aux_power_kw", 0.0, "kW", &[]);
+    silent.value = None;
+    silent.quality = Quality::CommFail;
+    silent.ts = Timestamp(T0 + 15_000);
+    vec![
+        (
+            Stream::Metrics,
+            Record::Metrics(MetricBatch {
+                calc: CALC.into(),
+                ts: Timestamp(T0 + 60_000),
+                metrics: vec![
+                    metric("line_power_kw", 161_300.0, "kW", &[("line", "potline1")]),
+                    silent,
+                ],
+            }),
+        ),
+        (
+            Stream::Live,
+            Record::Batch(ReadingBatch {
+                source: SOURCE.into(),
+                device: "potline1".into(),
+                unit_id: 0,
+                poll_interval_ms: 10_000,
+                scheduled: Timestamp(T0 + 50_000),
+                readings: vec![reading(
+                    "mean_cell_voltage_v",
+                    Value::Float(4.063),
+                    "V",
+                    T0 + 50_000,
+                )],
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn derived_points_show_with_value_unit_quality_and_age_on_the_screen_and_in_plain() {
+    for protobuf in [false, true] {
+        let mut recs = records();
+        recs.extend(derived_records());
+        let buf = render(&state_of(&encode(recs, protobuf)));
+        let screen = rows(&buf).join("\n");
+        assert!(screen.contains("Derived points"), "{screen}");
+        let (y, _) = find(&buf, "line_power_kw line=potline1");
+        let row = &rows(&buf)[y as usize];
+        assert!(row.contains("161300 kW"), "{row}");
+        assert!(row.contains("good"), "{row}");
+        assert!(row.contains("0s"), "its age against the newest time: {row}");
+        let (y, _) = find(&buf, "potline1.mean_cell_voltage_v");
+        let row = &rows(&buf)[y as usize];
+        assert!(row.contains("4.063 V"), "{row}");
+        assert!(row.contains("10s"), "{row}");
+        let (y, x) = find(&buf, "comm_fail");
+        let row = &rows(&buf)[y as usize];
+        assert!(row.contains("aux_power_kw"), "{row}");
+        assert!(row.contains("– kW"), "no value: {row}");
+        assert!(row.contains("45s"), "{row}");
+        assert_eq!(
+            buf[(x, y)].style().fg,
+            Some(Color::Red),
+            "a bad quality shows"
+        );
+        // The rest of the screen is unchanged by the block.
+        assert_full_screen(&buf);
+    }
+    // `--plain` prints each derived record on its line, the bad quality in brackets.
+    let lines: Vec<String> = encode(derived_records(), false)
+        .iter()
+        .skip(1)
+        .map(|(topic, payload)| {
+            let msg = Decoder::new().decode(topic, payload).expect("decodes");
+            tail::plain::line(&msg)
+        })
+        .collect();
+    assert!(
+        lines[0].ends_with(" derived line_power_kw=161300kW aux_power_kw=null[comm_fail]"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].ends_with(" derived/potline1 mean_cell_voltage_v=4.063V"),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn a_cell_not_refreshed_for_three_poll_intervals_shows_stale() {
     // Every cell but pot_001 is read again 3.5 poll intervals (1 s) later.

@@ -430,6 +430,9 @@ fn check(config: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             print!("{}", app::commands::check_report(&cfg));
+            if let Some(calc) = &cfg.calc {
+                print!("{}", crate::derived::calc_inputs_report(calc));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::expr;
 use super::inputs::{self, Input, Kind, Rewritten};
 use super::units::{Inferred, Unit};
+use crate::calc::catalog::{self, CatalogMetric};
 use crate::calc::{CalcConfig, glob_match};
 use crate::config::{KeyPath, Report, SourceConfig};
 
@@ -80,15 +81,9 @@ pub struct DerivedPoint {
     pub resolved: Vec<Devices>,
     /// For each input, its unit.
     pub units: Vec<Inferred>,
-}
-
-/// The calculators whose metrics can be inputs, and whether the `[calc]` section has them.
-fn calc_known(calc: Option<&CalcConfig>, name: &str) -> bool {
-    calc.is_some_and(|c| match name {
-        "potline" | "anode_effect" | "emissions" => !c.potlines.is_empty(),
-        "copper" => !c.smelters.is_empty(),
-        _ => false,
-    })
+    /// For each input, the unit its points (or calculator metrics) declare, as written; empty
+    /// when none declares one.
+    pub input_units: Vec<Arc<str>>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -105,6 +100,8 @@ pub(crate) fn validate(
     report: &mut Report<'_>,
 ) -> Vec<DerivedPoint> {
     let mut out: Vec<DerivedPoint> = Vec::new();
+    // The metrics `calc:` inputs may name, and their units.
+    let catalogue = calc.map(catalog::metrics).unwrap_or_default();
     for (i, r) in raw.iter().enumerate() {
         let path = KeyPath::default().key("derived").index(i);
         let device: Arc<str> = Arc::from(r.device.as_deref().unwrap_or(super::engine::SOURCE));
@@ -145,8 +142,8 @@ pub(crate) fn validate(
                 }
             },
         };
-        let Some((rewritten, resolved, units)) =
-            expression(r, &out, sources, calc, declared, report, &path)
+        let Some((rewritten, resolved, units, input_units)) =
+            expression(r, &out, sources, &catalogue, declared, report, &path)
         else {
             continue;
         };
@@ -165,19 +162,20 @@ pub(crate) fn validate(
             rewritten,
             resolved,
             units,
+            input_units,
         });
     }
     out
 }
 
-type Resolved = (Rewritten, Vec<Devices>, Vec<Inferred>);
+type Resolved = (Rewritten, Vec<Devices>, Vec<Inferred>, Vec<Arc<str>>);
 
 /// Rewrite, resolve and compile the expression of `r`; problems go to `path.expr`.
 fn expression(
     r: &RawDerived,
     earlier: &[DerivedPoint],
     sources: &[SourceConfig],
-    calc: Option<&CalcConfig>,
+    catalogue: &[CatalogMetric],
     declared: Option<Unit>,
     report: &mut Report<'_>,
     path: &KeyPath,
@@ -192,12 +190,14 @@ fn expression(
     };
     let mut resolved = Vec::new();
     let mut units = Vec::new();
+    let mut input_units = Vec::new();
     let mut failed = false;
     for input in &rewritten.inputs {
-        match resolve(input, earlier, sources, calc) {
-            Ok((matches, unit)) => {
+        match resolve(input, earlier, sources, catalogue) {
+            Ok((matches, unit, text)) => {
                 resolved.push(matches);
                 units.push(unit);
+                input_units.push(text);
             }
             Err(m) => {
                 report.at(&at, m);
@@ -233,28 +233,42 @@ fn expression(
         report.at(&path.key("unit"), format!("unit mismatch: {m}"));
         return None;
     }
-    Some((rewritten, resolved, units))
+    Some((rewritten, resolved, units, input_units))
 }
 
-/// The `(source, device)` pairs `input` reads and its unit.
+/// The `(source, device)` pairs `input` reads, its unit, and the unit text its points declare.
 fn resolve(
     input: &Input,
     earlier: &[DerivedPoint],
     sources: &[SourceConfig],
-    calc: Option<&CalcConfig>,
-) -> Result<(Devices, Inferred), String> {
+    catalogue: &[CatalogMetric],
+) -> Result<(Devices, Inferred, Arc<str>), String> {
     let p = &input.pattern;
     let written = input.written();
     let (matches, declared): (Devices, Vec<Arc<str>>) = match p.source.as_deref() {
         Some(s) if s.starts_with("calc:") => {
-            let name = &s[5..];
-            if !calc_known(calc, name) {
+            let name = &s["calc:".len()..];
+            if !catalogue.iter().any(|m| m.calc == name) {
                 return Err(format!(
                     "unknown input `{written}`: no calculator `{name}` in [calc] (metrics of potline, anode_effect and emissions need a potline, of copper a smelter)"
                 ));
             }
-            // A calculator's metric declares no unit in the configuration: it is not checked.
-            (vec![(Arc::from(s), Arc::from(p.device.as_str()))], vec![])
+            // The catalogue lists what the configured calculators emit, each with its unit:
+            // a reference to anything else would never get a value.
+            let found: (Devices, Vec<Arc<str>>) = catalogue
+                .iter()
+                .filter(|m| m.calc == name && m.name == p.point && glob_match(&p.device, &m.label))
+                .map(|m| {
+                    (
+                        (Arc::from(s), Arc::from(m.label.as_str())),
+                        Arc::from(m.unit),
+                    )
+                })
+                .unzip();
+            if found.0.is_empty() {
+                return Err(unknown_metric(input, name, catalogue));
+            }
+            found
         }
         Some(s) if s == super::engine::SOURCE => earlier
             .iter()
@@ -283,6 +297,11 @@ fn resolve(
         ));
     }
     let unit = unit_of(&declared, &written)?;
+    let text = declared
+        .iter()
+        .find(|t| !t.trim().is_empty())
+        .cloned()
+        .unwrap_or_else(|| Arc::from(""));
     Ok((
         matches,
         match input.kind {
@@ -292,6 +311,7 @@ fn resolve(
             }
             _ => unit,
         },
+        text,
     ))
 }
 
@@ -340,6 +360,47 @@ fn unknown(input: &Input, sources: &[SourceConfig]) -> String {
     }
 }
 
+/// Why a `calc:` reference names no metric of the catalogue, with the nearest names of its
+/// calculator.
+fn unknown_metric(input: &Input, calc: &str, catalogue: &[CatalogMetric]) -> String {
+    let written = input.pattern.to_string();
+    let mut scored: Vec<(usize, String)> = catalogue
+        .iter()
+        .filter(|m| m.calc == calc)
+        .map(|m| {
+            let r = m.reference();
+            (edit_distance(&written, &r), r)
+        })
+        .collect();
+    scored.sort();
+    scored.dedup();
+    let nearest: Vec<String> = scored.into_iter().take(3).map(|(_, r)| r).collect();
+    format!(
+        "unknown input `{}`: calculator `{calc}` emits no metric `{}` for `{}` as configured; nearest: {} (a metric that needs an optional input, such as `copper_output_point`, exists only when the input is configured; `smeltwatch check` lists them all)",
+        input.written(),
+        input.pattern.point,
+        input.pattern.device,
+        nearest.join(", ")
+    )
+}
+
+/// Levenshtein distance in characters: how many insertions, deletions and substitutions turn
+/// `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut row = Vec::with_capacity(b.len() + 1);
+        row.push(i + 1);
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            row.push(substitute.min(prev[j + 1] + 1).min(row[j] + 1));
+        }
+        prev = row;
+    }
+    prev[b.len()]
+}
+
 fn list(matches: &[(Arc<str>, Arc<str>)]) -> String {
     let names: Vec<String> = matches.iter().map(|(s, d)| format!("{s}/{d}")).collect();
     shorten(&names)
@@ -352,6 +413,41 @@ fn shorten(names: &[String]) -> String {
     } else {
         format!("{}, … ({} in all)", names[..6].join(", "), names.len())
     }
+}
+
+/// What `smeltwatch check` prints of the calculators' metrics that derived points may read
+/// (`calc:<calculator>/<label>.<metric>`): one line per calculator and label, each metric with
+/// its unit. Empty without `[calc]` metrics.
+pub fn calc_inputs_report(calc: &CalcConfig) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let metrics = catalog::metrics(calc);
+    if metrics.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "calculator metrics: {} (derived inputs `calc:<calculator>/<label>.<metric>`)",
+        metrics.len()
+    );
+    let mut group: Option<(&str, &str)> = None;
+    for m in &metrics {
+        if group != Some((m.calc, m.label.as_str())) {
+            if group.is_some() {
+                out.push('\n');
+            }
+            let _ = write!(out, "  calc:{}/{}:", m.calc, m.label);
+            group = Some((m.calc, m.label.as_str()));
+        } else {
+            out.push(',');
+        }
+        let _ = write!(out, " {}", m.name);
+        if !m.unit.is_empty() {
+            let _ = write!(out, " [{}]", m.unit);
+        }
+    }
+    out.push('\n');
+    out
 }
 
 /// What `smeltwatch check` prints of the derived points: each with its trigger, stream and unit,
@@ -377,13 +473,35 @@ pub fn check_report(points: &[DerivedPoint]) -> String {
             "  derived/{}.{} [{}] = {}  ({stream}, {trigger})",
             p.device, p.name, p.unit, p.expr
         );
-        for (input, matches) in p.rewritten.inputs.iter().zip(&p.resolved) {
+        for ((input, matches), unit) in p
+            .rewritten
+            .inputs
+            .iter()
+            .zip(&p.resolved)
+            .zip(&p.input_units)
+        {
+            let plural = if matches.len() == 1 { "" } else { "s" };
+            let is_calc = input
+                .pattern
+                .source
+                .as_deref()
+                .is_some_and(|s| s.starts_with("calc:"));
+            let what = if is_calc {
+                // A calculator's metric is known by the catalogue, with its unit.
+                let unit = if unit.is_empty() {
+                    "without unit".to_string()
+                } else {
+                    format!("in {unit}")
+                };
+                format!("metric{plural} {unit}")
+            } else {
+                format!("device{plural}")
+            };
             let _ = writeln!(
                 out,
-                "    {} <- {} device{}: {}",
+                "    {} <- {} {what}: {}",
                 input.written(),
                 matches.len(),
-                if matches.len() == 1 { "" } else { "s" },
                 list(matches)
             );
         }

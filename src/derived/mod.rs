@@ -27,5 +27,5 @@ pub mod expr;
 pub mod inputs;
 pub mod units;
 
-pub use config::{DerivedPoint, DerivedStream, Trigger, check_report};
+pub use config::{DerivedPoint, DerivedStream, Trigger, calc_inputs_report, check_report};
 pub use engine::{Engine, Output};

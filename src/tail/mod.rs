@@ -7,7 +7,8 @@
 //! - [`decode`]: `(topic, payload)` → [`Message`], for JSON, protobuf and Sparkplug B (which needs
 //!   the aliases of the births, so the decoder has state);
 //! - [`state`]: a pure [`State`] that folds messages into what the screen shows (KPIs, cells by
-//!   voltage, stacks against limits, uplinks, recent events), behind the `--filter` globs;
+//!   voltage, stacks against limits, uplinks, derived points, recent events), behind the
+//!   `--filter` globs;
 //! - [`render`] draws a state with ratatui; [`plain`] prints one line per message instead
 //!   (`--plain`, for pipes and logs).
 //!

@@ -5,7 +5,8 @@
 //! [`ae_style`], cells out of service or with a bad reading dimmed); on the right the stacks
 //! against their limits (a pollutant's measured concentration, and its converted one in the same
 //! row as `(zs …)` where the stack publishes one, the limit coloured against the converted one),
-//! the uplinks and Sparkplug edge nodes, and the recent events.
+//! the uplinks and Sparkplug edge nodes, the derived points seen on the feed (only once one was
+//! seen: name, value with its unit, quality, age) and the recent events.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -37,6 +38,9 @@ fn dim() -> Style {
 fn label() -> Style {
     Style::new().fg(Color::Cyan)
 }
+
+/// Most rows the derived points' block takes.
+const DERIVED_ROWS: usize = 10;
 
 /// Width of the ` (zs 1234.56)` text of a converted concentration.
 const ZS_WIDTH: usize = 13;
@@ -79,14 +83,27 @@ pub fn draw(frame: &mut Frame, state: &State, broker: &str) {
         .sum::<usize>()
         .max(1);
     let uplink_rows = (state.uplinks.len() + state.edge_nodes.len()).max(1);
-    let [stacks, uplinks, events] = Layout::vertical([
+    // The derived block takes no room until a derived point was seen; then at most
+    // `DERIVED_ROWS` rows, so the recent events keep theirs.
+    let derived_rows = match state.derived.len() {
+        0 => 0,
+        n => n.min(DERIVED_ROWS) as u16 + 2,
+    };
+    let [stacks, uplinks, derived, events] = Layout::vertical([
         Constraint::Length(stack_rows as u16 + 2),
         Constraint::Length(uplink_rows as u16 + 2),
+        Constraint::Length(derived_rows),
         Constraint::Min(3),
     ])
     .areas(right);
     frame.render_widget(stack_block(state, stacks), stacks);
     frame.render_widget(uplink_block(state), uplinks);
+    if derived_rows > 0 {
+        frame.render_widget(
+            derived_block(state, derived.height.saturating_sub(2)),
+            derived,
+        );
+    }
     frame.render_widget(event_block(state, events.height.saturating_sub(2)), events);
 }
 
@@ -348,6 +365,51 @@ fn uplink_block(state: &State) -> Paragraph<'static> {
         lines.push(Line::from(Span::styled("no status seen yet", dim())));
     }
     Paragraph::new(lines).block(Block::bordered().title(" Uplinks "))
+}
+
+/// A derived value with the decimals its size calls for (`400.3`, `4.063`, `12876`).
+fn derived_num(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.abs() >= 1000.0 => num(v, 0),
+        Some(x) if x.abs() >= 100.0 => num(v, 1),
+        _ => num(v, 3),
+    }
+}
+
+/// Time from `ts` to `now`: `12s`, `5m`, `3h`.
+fn age(now: Timestamp, ts: Timestamp) -> String {
+    let s = now.0.saturating_sub(ts.0).max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// The derived points seen on the feed: name, value with its unit, quality (a bad one in
+/// [`over_limit_style`]) and age against the newest time seen.
+fn derived_block(state: &State, rows: u16) -> Paragraph<'static> {
+    let mut lines = Vec::new();
+    for (key, d) in state.derived.iter().take(usize::from(rows)) {
+        let quality = d.quality.to_string();
+        let quality_style = if d.quality.is_good() {
+            dim()
+        } else {
+            over_limit_style()
+        };
+        lines.push(Line::from(vec![
+            Span::raw(format!("{key:<28} ")),
+            Span::raw(format!("{:>10} {:<6} ", derived_num(d.value), d.unit)),
+            Span::styled(format!("{quality:<14} "), quality_style),
+            Span::styled(age(state.now, d.ts), dim()),
+        ]));
+    }
+    let title = if state.derived.len() > usize::from(rows) {
+        format!(" Derived points ({} of {}) ", rows, state.derived.len())
+    } else {
+        " Derived points ".to_owned()
+    };
+    Paragraph::new(lines).block(Block::bordered().title(title))
 }
 
 fn event_block(state: &State, rows: u16) -> Paragraph<'static> {

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::calc::{glob_match, names};
+use crate::derived::engine::{CALC as DERIVED_CALC, SOURCE as DERIVED_SOURCE};
 use crate::model::{
     Aggregate, Event, EventKind, EventPhase, MetricBatch, Period, Quality, ReadingBatch, Record,
     Timestamp, Value,
@@ -269,6 +270,20 @@ pub struct EdgeNode {
     pub unresolved: u64,
 }
 
+/// The latest value of one derived point (`[[derived]]`) seen on the feed: a metric of calculator
+/// `derived` (stream `metrics`) or a reading of source `derived` (stream `live`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DerivedValue {
+    /// The value; `None` when the agent could not compute it.
+    pub value: Option<f64>,
+    /// Its declared unit.
+    pub unit: String,
+    /// Its quality.
+    pub quality: Quality,
+    /// Its time (the newest input's).
+    pub ts: Timestamp,
+}
+
 /// One line of the recent-events list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventLine {
@@ -298,6 +313,9 @@ pub struct State {
     pub uplinks: BTreeMap<String, Uplink>,
     /// Sparkplug edge nodes by `group/edge`.
     pub edge_nodes: BTreeMap<String, EdgeNode>,
+    /// Derived points by what identifies them: `<name>` followed by its labels
+    /// (`line_power_kw line=potline1`) on the metrics stream, `<device>.<name>` on the live one.
+    pub derived: BTreeMap<String, DerivedValue>,
     /// Messages applied (after the filter).
     pub messages: u64,
     /// Messages that could not be decoded.
@@ -324,6 +342,7 @@ impl State {
             events: VecDeque::new(),
             uplinks: BTreeMap::new(),
             edge_nodes: BTreeMap::new(),
+            derived: BTreeMap::new(),
             messages: 0,
             decode_errors: 0,
             last_error: None,
@@ -405,6 +424,19 @@ impl State {
     }
 
     fn apply_batch(&mut self, b: &ReadingBatch) {
+        if &*b.source == DERIVED_SOURCE {
+            for r in &b.readings {
+                self.note_derived(
+                    format!("{}.{}", b.device, r.point),
+                    DerivedValue {
+                        value: r.value.as_ref().and_then(Value::as_f64),
+                        unit: r.unit.to_string(),
+                        quality: r.quality,
+                        ts: r.ts,
+                    },
+                );
+            }
+        }
         let get = |name: &str| b.readings.iter().find(|r| &*r.point == name);
         let flag = |name: &str| {
             get(name).and_then(|r| match r.value {
@@ -437,7 +469,37 @@ impl State {
         }
     }
 
+    /// Keep `value` as the derived point `key`'s, unless a newer one is known (a backlog
+    /// replayed after an outage brings older values).
+    fn note_derived(&mut self, key: String, value: DerivedValue) {
+        match self.derived.get_mut(&key) {
+            Some(known) if known.ts > value.ts => {}
+            Some(known) => *known = value,
+            None => {
+                self.derived.insert(key, value);
+            }
+        }
+    }
+
     fn apply_metrics(&mut self, m: &MetricBatch) {
+        if &*m.calc == DERIVED_CALC {
+            for metric in &m.metrics {
+                let mut key = metric.name.to_string();
+                for (k, v) in &metric.labels {
+                    key.push_str(&format!(" {k}={v}"));
+                }
+                self.note_derived(
+                    key,
+                    DerivedValue {
+                        value: metric.value,
+                        unit: metric.unit.to_string(),
+                        quality: metric.quality,
+                        ts: metric.ts,
+                    },
+                );
+            }
+            return;
+        }
         if &*m.calc != names::POTLINE {
             return;
         }
@@ -790,5 +852,38 @@ mod tests {
         assert!(!s.apply(&cell("pot_002", 4.0, true, false, 0)));
         assert_eq!(s.cells.len(), 1);
         assert_eq!(s.messages, 1);
+    }
+
+    #[test]
+    fn a_derived_value_replayed_from_a_backlog_does_not_hide_a_newer_one() {
+        use crate::model::Metric;
+        let derived = |v: f64, ts: i64, hist: bool| {
+            let m = Message::Record {
+                site: "s1".into(),
+                stream: Stream::Metrics,
+                seq: 0,
+                historical: false,
+                record: Record::Metrics(MetricBatch {
+                    calc: DERIVED_CALC.into(),
+                    ts: Timestamp(ts),
+                    metrics: vec![Metric {
+                        name: "line_power_kw".into(),
+                        value: Some(v),
+                        unit: "kW".into(),
+                        quality: Quality::Good,
+                        ts: Timestamp(ts),
+                        labels: vec![("line".into(), "potline1".into())],
+                    }],
+                }),
+            };
+            with_seq(m, ts as u64, hist)
+        };
+        let mut s = State::new(Filter::default());
+        s.apply(&derived(500.0, 2_000, false));
+        s.apply(&derived(480.0, 1_000, true));
+        let d = &s.derived["line_power_kw line=potline1"];
+        assert_eq!((d.value, d.ts), (Some(500.0), Timestamp(2_000)));
+        s.apply(&derived(510.0, 3_000, false));
+        assert_eq!(s.derived["line_power_kw line=potline1"].value, Some(510.0));
     }
 }
