@@ -409,6 +409,16 @@ fn start_edge(port: u16, spool: &SpoolHandle) -> Edge {
 
 /// An edge node that waits for the primary host `host` (when given).
 fn start_edge_with_host(port: u16, spool: &SpoolHandle, host: Option<&str>) -> Edge {
+    start_edge_with_model(port, spool, host, model())
+}
+
+/// An edge node publishing `model`.
+fn start_edge_with_model(
+    port: u16,
+    spool: &SpoolHandle,
+    host: Option<&str>,
+    model: EdgeNodeModel,
+) -> Edge {
     let src = format!(
         "{CONFIG}\n[[uplinks]]\nname = \"scada\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
          reconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeep_alive = \"5s\"\n"
@@ -428,7 +438,7 @@ fn start_edge_with_host(port: u16, spool: &SpoolHandle, host: Option<&str>) -> E
         "scada",
         &mqtt,
         ids,
-        EdgeNodeModel::from_sources(&cfg.sources),
+        model,
         spool.clone(),
     )
     .expect("valid uplink");
@@ -784,6 +794,89 @@ async fn data_spooled_before_the_session_is_replayed_as_historical_after_the_bir
         x.timestamp,
         Some((T0 - 60_000) as u64),
         "original timestamp"
+    );
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+// === engineering units: the `engUnit` property of the births ===
+
+/// A `live` derived point of device `derived`, in kA like its input.
+const DERIVED_LIVE: &str = r#"
+[[derived]]
+name = "line_current_x2_ka"
+expr = "rectifier.line_current_ka * 2"
+unit = "kA"
+stream = "live"
+"#;
+
+/// The `engUnit` property of a metric (a String, as Sparkplug hosts read it), if present.
+fn eng_unit(metric: &spb::pb::payload::Metric) -> Option<String> {
+    let props = metric.properties.as_ref()?;
+    let i = props.keys.iter().position(|k| k == "engUnit")?;
+    let v = &props.values[i];
+    assert_eq!(v.r#type, Some(DataType::String as u32), "{v:?}");
+    match v.value.as_ref()? {
+        spb::pb::payload::property_value::Value::StringValue(s) => Some(s.clone()),
+        other => panic!("engUnit is not a string: {other:?}"),
+    }
+}
+
+/// Name → `engUnit` of every metric of a birth.
+fn units_of(p: &Payload) -> Vec<(String, Option<String>)> {
+    p.metrics
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), eng_unit(m)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbirths_carry_the_unit_of_polled_and_derived_points_as_eng_unit() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let cfg = smeltwatch::config::parse(&format!("{CONFIG}{DERIVED_LIVE}"), Path::new("t.toml"))
+        .expect("valid config");
+    let model = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+    let edge = start_edge_with_model(broker.port, &spool, None, model);
+    until(&mut rx, "NBIRTH").await;
+    let rect = next_msg(&mut rx, "DBIRTH rectifier").await;
+    let pot = next_msg(&mut rx, "DBIRTH pot_001").await;
+    let derived = next_msg(&mut rx, "DBIRTH derived").await;
+    assert_eq!(rect.device.as_deref(), Some("rectifier"));
+    let some = |u: &str| Some(u.to_owned());
+    assert_eq!(
+        units_of(&rect.payload),
+        vec![
+            ("line_current_ka".to_owned(), some("kA")),
+            ("offset_raw".to_owned(), None),
+            ("delta_i32".to_owned(), None),
+            ("balance_i64".to_owned(), None),
+            ("energy_kwh".to_owned(), some("kWh")),
+            ("temp_c".to_owned(), some("degC")),
+            ("breaker_closed".to_owned(), None),
+        ],
+        "a point's declared unit, none where it declares none"
+    );
+    assert_eq!(
+        units_of(&pot.payload),
+        vec![("cell_voltage_v".to_owned(), some("V"))]
+    );
+    assert_eq!(
+        (derived.kind.as_str(), derived.device.as_deref()),
+        ("DBIRTH", Some("derived"))
+    );
+    assert_eq!(
+        units_of(&derived.payload),
+        vec![("line_current_x2_ka".to_owned(), some("kA"))]
+    );
+    // The quality stays beside the unit.
+    assert!(
+        rect.payload
+            .metrics
+            .iter()
+            .all(|m| spb::metric_quality(m).is_some())
     );
     edge.stop.cancel();
     edge.task.await.unwrap();

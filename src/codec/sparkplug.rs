@@ -856,6 +856,58 @@ unit = "V"
         );
     }
 
+    /// The `engUnit` property of a metric, if present (a String).
+    fn eng_unit(metric: &PbMetric) -> Option<String> {
+        let props = metric.properties.as_ref()?;
+        let i = props.keys.iter().position(|k| k == "engUnit")?;
+        let v = props.values.get(i)?;
+        assert_eq!(v.r#type, Some(DataType::String as u32), "{v:?}");
+        match v.value.as_ref()? {
+            pb::payload::property_value::Value::StringValue(s) => Some(s.clone()),
+            other => panic!("engUnit is not a string: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn births_carry_the_declared_unit_as_eng_unit_of_polled_and_derived_points() {
+        let derived = r#"
+[[derived]]
+name = "line_current_x2_ka"
+expr = "rectifier.line_current_ka * 2"
+unit = "kA"
+stream = "live"
+"#;
+        let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
+            .expect("valid config");
+        let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+        let rect = &m.devices[0];
+        let p = dbirth(rect, &DeviceState::new(rect.metrics.len()).last, 1, Timestamp(T0));
+        let units: Vec<(Option<&str>, Option<String>)> = p
+            .metrics
+            .iter()
+            .map(|x| (x.name.as_deref(), eng_unit(x)))
+            .collect();
+        assert_eq!(
+            units,
+            vec![
+                (Some("line_current_ka"), Some("kA".to_owned())),
+                (Some("offset_raw"), None),
+                (Some("temp_c"), Some("degC".to_owned())),
+            ],
+            "a point without a unit has no engUnit"
+        );
+        assert!(
+            p.metrics
+                .iter()
+                .all(|x| metric_quality(x) == Some(QUALITY_BAD)),
+            "the quality stays beside the unit"
+        );
+        let dev = &m.devices[2];
+        assert_eq!(dev.derived.as_deref(), Some("derived"));
+        let p = dbirth(dev, &DeviceState::new(1).last, 2, Timestamp(T0));
+        assert_eq!(eng_unit(&p.metrics[0]), Some("kA".to_owned()));
+    }
+
     #[test]
     fn dbirth_carries_every_metric_with_name_alias_datatype_current_value_and_acquisition_time() {
         let m = model();
