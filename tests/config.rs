@@ -690,6 +690,16 @@ max_bytes = 1048576
 }
 
 #[test]
+fn a_sparkplug_uplink_takes_the_metrics_stream_when_asked() {
+    let cfg = parse_ok(&format!(
+        "{SPARKPLUG_SOURCES}\n[[uplinks]]\nname = \"scada\"\ntype = \"sparkplug\"\n\
+         broker = \"mqtt://b\"\ngroup_id = \"g\"\nedge_node_id = \"e\"\n\
+         streams = [\"live\", \"metrics\"]\n"
+    ));
+    assert_eq!(cfg.uplinks[0].streams, [Stream::Live, Stream::Metrics]);
+}
+
+#[test]
 fn sparkplug_device_writes_are_off_by_default() {
     let cfg = parse_ok(&format!(
         "{SPARKPLUG_SOURCES}\n[[uplinks]]\nname = \"scada\"\ntype = \"sparkplug\"\n\
