@@ -732,7 +732,7 @@ enabled = true
     let lines: Vec<&str> = text.lines().collect();
     for want in [
         "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"sparkplug\"",
-        "uplinks[0].streams[1]: a Sparkplug uplink carries only the `live` stream (device metrics), not `events`",
+        "uplinks[0].streams[1]: a Sparkplug uplink carries the `live` stream (device metrics) and the `metrics` stream (node metrics), not `events`",
         "uplinks[0].group_id: missing `group_id`, expected a Sparkplug id (one MQTT topic level)",
         "uplinks[0].edge_node_id: invalid edge_node_id `line/1`: a Sparkplug id must be non-empty and free of `+`, `/` and `#` (it is one topic level)",
         "uplinks[0].primary_host_id: invalid primary_host_id ``",
