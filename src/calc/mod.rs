@@ -7,9 +7,11 @@
 //!
 //! Submodules hold the formulas ([`potline`], [`emissions`], [`tariff`], [`limits`]) and the
 //! stateful trackers ([`counter`], [`anode_effect`], [`window`]). Every coefficient comes from a
-//! versioned table ([`coefficients`]), never from a literal in code.
+//! versioned table ([`coefficients`]), never from a literal in code. [`names`] holds the names
+//! of what they emit, [`catalog`] the list of metrics a configuration makes them emit.
 
 pub mod anode_effect;
+pub mod catalog;
 pub mod coefficients;
 pub mod config;
 pub mod copper;

@@ -12,7 +12,7 @@ use crate::calc::limits::grade;
 use crate::calc::snapshot::{SmelterAcc, SmelterRates, SmelterState};
 use crate::calc::time::{DAY_MS, MINUTE_MS, civil, floor, local_day};
 use crate::calc::units::UnitCheck;
-use crate::calc::{CalcConfig, CalcError, SmelterRole};
+use crate::calc::{CalcConfig, CalcError, SmelterRole, names};
 use crate::model::{MetricBatch, ReadingBatch, Record, Timestamp};
 
 /// A smelter of `[[calc.smelters]]` and its open accumulators.
@@ -171,16 +171,16 @@ fn smelter_minute(sm: &Smelter, end: Timestamp) -> MetricBatch {
         _ => None,
     };
     MetricBatch {
-        calc: Arc::from("copper"),
+        calc: Arc::from(names::COPPER),
         ts: end,
         metrics: vec![
-            metric("concentrate_feed_tph", r.feed_tph, "t/h", end, &l),
-            metric("oxygen_flow_nm3h", r.oxygen_nm3_h, "Nm3/h", end, &l),
-            metric("oxygen_enrichment_pct", r.enrichment_pct, "%", end, &l),
-            metric("oxygen_nm3_per_t_concentrate", o2_per_t, "Nm3/t", end, &l),
-            metric("acid_plant_so2_kg_h", r.inlet_so2_kg_h, "kg/h", end, &l),
-            metric("stack_so2_kg_h", r.stack_so2_kg_h, "kg/h", end, &l),
-            metric("sulphur_capture_pct", capture, "%", end, &l),
+            metric(names::CONCENTRATE_FEED_TPH, r.feed_tph, "t/h", end, &l),
+            metric(names::OXYGEN_FLOW_NM3H, r.oxygen_nm3_h, "Nm3/h", end, &l),
+            metric(names::OXYGEN_ENRICHMENT_PCT, r.enrichment_pct, "%", end, &l),
+            metric(names::OXYGEN_NM3_PER_T_CONCENTRATE, o2_per_t, "Nm3/t", end, &l),
+            metric(names::ACID_PLANT_SO2_KG_H, r.inlet_so2_kg_h, "kg/h", end, &l),
+            metric(names::STACK_SO2_KG_H, r.stack_so2_kg_h, "kg/h", end, &l),
+            metric(names::SULPHUR_CAPTURE_PCT, capture, "%", end, &l),
         ],
     }
 }
@@ -197,10 +197,10 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
     let has_energy = has_copper && sm.role.energy_kgce_point.is_some();
     let has_so2 = sm.role.acid_plant_gas_flow_point.is_some() && sm.stack.is_some();
     let mut metrics = vec![
-        metric("concentrate_t", Some(acc.concentrate_t), "t", end, l),
-        metric("oxygen_nm3", Some(acc.oxygen_nm3), "Nm3", end, l),
+        metric(names::CONCENTRATE_T, Some(acc.concentrate_t), "t", end, l),
+        metric(names::OXYGEN_NM3, Some(acc.oxygen_nm3), "Nm3", end, l),
         metric(
-            "oxygen_nm3_per_t_concentrate",
+            names::OXYGEN_NM3_PER_T_CONCENTRATE,
             oxygen_per_t_concentrate(acc.oxygen_nm3, acc.concentrate_t),
             "Nm3/t",
             end,
@@ -209,21 +209,21 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
     ];
     if has_so2 {
         metrics.push(metric(
-            "acid_plant_so2_t",
+            names::ACID_PLANT_SO2_T,
             Some(acc.inlet_so2_kg / 1000.0),
             "t",
             end,
             l,
         ));
         metrics.push(metric(
-            "stack_so2_t",
+            names::STACK_SO2_T,
             Some(acc.stack_so2_kg / 1000.0),
             "t",
             end,
             l,
         ));
         metrics.push(metric(
-            "sulphur_capture_pct",
+            names::SULPHUR_CAPTURE_PCT,
             sulphur_capture_pct(acc.inlet_so2_kg, acc.stack_so2_kg),
             "%",
             end,
@@ -231,13 +231,13 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
         ));
     }
     if has_copper {
-        metrics.push(metric("copper_t", Some(acc.copper_t), "t", end, l));
+        metrics.push(metric(names::COPPER_T, Some(acc.copper_t), "t", end, l));
     }
     if has_energy {
-        metrics.push(metric("energy_kgce", Some(acc.energy_kgce), "kgce", end, l));
-        metrics.push(metric("energy_kgce_per_t", kgce_t, "kgce/t", end, l));
+        metrics.push(metric(names::ENERGY_KGCE, Some(acc.energy_kgce), "kgce", end, l));
+        metrics.push(metric(names::ENERGY_KGCE_PER_T, kgce_t, "kgce/t", end, l));
         metrics.push(metric(
-            "energy_grade",
+            names::ENERGY_GRADE,
             kgce_t.map(|v| grade(&sm.grade, v).as_number()),
             "",
             end,
@@ -245,7 +245,7 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
         ));
     }
     MetricBatch {
-        calc: Arc::from("copper"),
+        calc: Arc::from(names::COPPER),
         ts: end,
         metrics,
     }

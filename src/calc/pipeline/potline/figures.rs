@@ -73,7 +73,7 @@ impl Line {
         ];
         if !self.role.auxiliary_meters.is_empty() {
             metrics.push(metric(
-                "comprehensive_ac_kwh_per_t_today",
+                names::COMPREHENSIVE_AC_KWH_PER_T_TODAY,
                 specific_energy_kwh_per_t(self.today.ac_kwh + self.today.aux_kwh, prod_t),
                 "kWh/t",
                 end,
@@ -98,9 +98,9 @@ impl Line {
                 (Arc::from("line"), name.clone()),
                 (Arc::from("cell"), c.subject.clone()),
             ];
-            metrics.push(metric("cell_voltage_avg_v", Some(v), "V", end, &l));
+            metrics.push(metric(names::CELL_VOLTAGE_AVG_V, Some(v), "V", end, &l));
             let r = ka.and_then(|ka| pseudo_resistance_uohm(v, e0, ka));
-            metrics.push(metric("pseudo_resistance_uohm", r, "uohm", end, &l));
+            metrics.push(metric(names::PSEUDO_RESISTANCE_UOHM, r, "uohm", end, &l));
         }
         MetricBatch {
             calc: Arc::from(names::POTLINE),
@@ -181,34 +181,34 @@ impl Line {
         for m in pot.iter_mut() {
             if !matches!(
                 &*m.name,
-                "dc_meter_energy_kwh" | "ac_energy_kwh" | "auxiliary_energy_kwh"
+                names::DC_METER_ENERGY_KWH | names::AC_ENERGY_KWH | names::AUXILIARY_ENERGY_KWH
             ) {
                 downgrade(m, quality);
             }
         }
         pot.push(metric(
-            "meter_resets",
+            names::METER_RESETS,
             Some(f64::from(acc.resets)),
             "",
             end,
             l,
         ));
         pot.push(metric(
-            "line_current_bridged_s",
+            names::LINE_CURRENT_BRIDGED_S,
             Some(acc.bridged_s),
             "s",
             end,
             l,
         ));
         pot.push(metric(
-            "line_current_unbridged_s",
+            names::LINE_CURRENT_UNBRIDGED_S,
             Some(acc.unbridged_s),
             "s",
             end,
             l,
         ));
         pot.push(metric(
-            "excluded_energy_kwh",
+            names::EXCLUDED_ENERGY_KWH,
             Some(acc.excluded_kwh),
             "kWh",
             end,
@@ -221,12 +221,12 @@ impl Line {
                 metrics: pot,
             }),
             Record::Metrics(MetricBatch {
-                calc: Arc::from("anode_effect"),
+                calc: Arc::from(names::ANODE_EFFECT),
                 ts: end,
                 metrics: ae_metrics(&p),
             }),
             Record::Metrics(MetricBatch {
-                calc: Arc::from("emissions"),
+                calc: Arc::from(names::EMISSIONS),
                 ts: end,
                 metrics: self.emission_metrics(&p),
             }),
@@ -242,20 +242,20 @@ impl Line {
         let comprehensive = self.comprehensive_kwh_per_t(p);
         let grade_of = |t: &GradeTable, v: Option<f64>| v.map(|v| grade(t, v).as_number());
         let mut pot = vec![
-            metric("production_t", Some(prod_t), "t", end, l),
-            metric("dc_energy_kwh", Some(acc.dc_kwh), "kWh", end, l),
-            metric("dc_meter_energy_kwh", Some(acc.dc_meter_kwh), "kWh", end, l),
-            metric("ac_energy_kwh", Some(acc.ac_kwh), "kWh", end, l),
+            metric(names::PRODUCTION_T, Some(prod_t), "t", end, l),
+            metric(names::DC_ENERGY_KWH, Some(acc.dc_kwh), "kWh", end, l),
+            metric(names::DC_METER_ENERGY_KWH, Some(acc.dc_meter_kwh), "kWh", end, l),
+            metric(names::AC_ENERGY_KWH, Some(acc.ac_kwh), "kWh", end, l),
             metric(names::DC_KWH_PER_T, dc, "kWh/t", end, l),
             metric(
-                "average_voltage_v",
+                names::AVERAGE_VOLTAGE_V,
                 (acc.charge_ka_h > 0.0).then(|| acc.dc_kwh / acc.charge_ka_h),
                 "V",
                 end,
                 l,
             ),
             metric(
-                "dc_meter_kwh_per_t",
+                names::DC_METER_KWH_PER_T,
                 specific_energy_kwh_per_t(acc.dc_meter_kwh, prod_t)
                     .filter(|_| acc.dc_meter_kwh > 0.0),
                 "kWh/t",
@@ -263,7 +263,7 @@ impl Line {
                 l,
             ),
             metric(
-                "rectifier_efficiency_pct",
+                names::RECTIFIER_EFFICIENCY_PCT,
                 (acc.ac_kwh > 0.0 && acc.dc_meter_kwh > 0.0)
                     .then(|| acc.dc_meter_kwh / acc.ac_kwh * 100.0),
                 "%",
@@ -271,9 +271,9 @@ impl Line {
                 l,
             ),
             metric(names::AC_KWH_PER_T, ac, "kWh/t", end, l),
-            metric("ac_grade", grade_of(&self.grade, ac), "", end, l),
+            metric(names::AC_GRADE, grade_of(&self.grade, ac), "", end, l),
             metric(
-                "ac_energy_kgce",
+                names::AC_ENERGY_KGCE,
                 Some(kgce(acc.ac_kwh, p.ctx.coef.energy.kgce_per_kwh)),
                 "kgce",
                 end,
@@ -282,21 +282,21 @@ impl Line {
         ];
         if self.has_auxiliary_meters() {
             pot.push(metric(
-                "auxiliary_energy_kwh",
+                names::AUXILIARY_ENERGY_KWH,
                 Some(acc.aux_kwh),
                 "kWh",
                 end,
                 l,
             ));
             pot.push(metric(
-                "comprehensive_ac_kwh_per_t",
+                names::COMPREHENSIVE_AC_KWH_PER_T,
                 comprehensive,
                 "kWh/t",
                 end,
                 l,
             ));
             pot.push(metric(
-                "comprehensive_ac_grade",
+                names::COMPREHENSIVE_AC_GRADE,
                 grade_of(&self.comprehensive_grade, comprehensive),
                 "",
                 end,
@@ -325,7 +325,7 @@ impl Line {
         let (acc, prod_t, end, l) = (p.acc, p.prod_t, p.end, &p.labels);
         if p.measured {
             pot.push(metric(
-                "production_faraday_t",
+                names::PRODUCTION_FARADAY_T,
                 Some(self.faraday_t(acc.charge_ka_h)),
                 "t",
                 end,
@@ -338,7 +338,7 @@ impl Line {
         }
         if self.role.tapped_metal_kg_point.is_some() {
             pot.push(metric(
-                "tapped_metal_t",
+                names::TAPPED_METAL_T,
                 Some(acc.tapped_kg / 1000.0),
                 "t",
                 end,
@@ -349,7 +349,7 @@ impl Line {
                 .current_efficiency(acc.tapped_kg, acc.charge_ka_h)
                 .map(|ce| ce * 100.0);
             pot.push(metric(
-                "current_efficiency_from_tapping_pct",
+                names::CURRENT_EFFICIENCY_FROM_TAPPING_PCT,
                 ce,
                 "%",
                 end,
@@ -378,14 +378,14 @@ impl Line {
         let mut tl = p.labels.clone();
         tl.push((Arc::from("basis"), Arc::from(tariff_basis)));
         pot.push(metric(
-            "tariff_surcharge_yuan_per_kwh_estimate",
+            names::TARIFF_SURCHARGE_YUAN_PER_KWH_ESTIMATE,
             Some(s),
             "yuan/kWh",
             p.end,
             &tl,
         ));
         pot.push(metric(
-            "tariff_surcharge_yuan_estimate",
+            names::TARIFF_SURCHARGE_YUAN_ESTIMATE,
             Some(tariff::surcharge_cost_yuan(s, e, p.prod_t)),
             "yuan",
             p.end,
@@ -400,10 +400,10 @@ impl Line {
         let mut em = Vec::new();
         if let Some(aem) = acc.ae.aem() {
             let pfc = pfc_slope(&self.pfc, aem, prod_t);
-            em.push(metric("pfc_cf4_kg", Some(pfc.cf4_kg), "kg", end, l));
-            em.push(metric("pfc_c2f6_kg", Some(pfc.c2f6_kg), "kg", end, l));
+            em.push(metric(names::PFC_CF4_KG, Some(pfc.cf4_kg), "kg", end, l));
+            em.push(metric(names::PFC_C2F6_KG, Some(pfc.c2f6_kg), "kg", end, l));
             em.push(metric(
-                "pfc_co2e_t",
+                names::PFC_CO2E_T,
                 Some(pfc.co2e_t(p.ctx.gwp)),
                 "t",
                 end,
@@ -413,9 +413,9 @@ impl Line {
         let (anode_t, anode_basis) = self.anode_co2(p.ctx, prod_t);
         let mut al = p.labels.clone();
         al.push((Arc::from("anode_data"), Arc::from(anode_basis)));
-        em.push(metric("anode_co2_t", Some(anode_t), "t", end, &al));
+        em.push(metric(names::ANODE_CO2_T, Some(anode_t), "t", end, &al));
         em.push(metric(
-            "electricity_co2_t",
+            names::ELECTRICITY_CO2_T,
             Some(electricity_co2_t(acc.ac_kwh, p.ctx.grid_t_per_mwh)),
             "t",
             end,
@@ -452,12 +452,12 @@ impl Closed<'_> {
 fn ae_metrics(p: &Closed<'_>) -> Vec<Metric> {
     let (ae, end, l) = (&p.acc.ae, p.end, &p.labels);
     let mut ae_metrics = vec![
-        metric("ae_count", Some(ae.count as f64), "", end, l),
-        metric("ae_minutes", Some(ae.minutes), "min", end, l),
-        metric("cell_days", Some(ae.cell_days), "cell-day", end, l),
-        metric("aef_per_cell_day", ae.aef(), "1/cell-day", end, l),
-        metric("aed_min", ae.aed_min(), "min", end, l),
-        metric("aem_min_per_cell_day", ae.aem(), "min/cell-day", end, l),
+        metric(names::AE_COUNT, Some(ae.count as f64), "", end, l),
+        metric(names::AE_MINUTES, Some(ae.minutes), "min", end, l),
+        metric(names::CELL_DAYS, Some(ae.cell_days), "cell-day", end, l),
+        metric(names::AEF_PER_CELL_DAY, ae.aef(), "1/cell-day", end, l),
+        metric(names::AED_MIN, ae.aed_min(), "min", end, l),
+        metric(names::AEM_MIN_PER_CELL_DAY, ae.aem(), "min/cell-day", end, l),
     ];
     for m in ae_metrics.iter_mut().skip(2) {
         downgrade(m, p.acc.quality());
