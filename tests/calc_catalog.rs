@@ -184,11 +184,7 @@ fn assert_same(text: &str) {
         not_emitted.is_empty(),
         "in the catalogue but never emitted: {not_emitted:#?}"
     );
-    assert_eq!(
-        catalog::metrics(&cfg).len(),
-        listed.len(),
-        "one entry each"
-    );
+    assert_eq!(catalog::metrics(&cfg).len(), listed.len(), "one entry each");
 }
 
 #[test]

@@ -18,8 +18,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use smeltwatch::codec::sparkplug::{self as spb, DeviceState, EdgeNodeModel, pb::DataType};
 use smeltwatch::codec::sparkplug::pb::payload::metric::Value as PbValue;
+use smeltwatch::codec::sparkplug::{self as spb, DeviceState, EdgeNodeModel, pb::DataType};
 use smeltwatch::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Timestamp, Value};
 
 const T0: i64 = 1_764_300_253_000;
@@ -435,14 +435,7 @@ fn start_edge_with_model(
         edge_node_id: EDGE.into(),
         primary_host_id: host.map(str::to_owned),
     };
-    let up = SparkplugUplink::new(
-        "scada",
-        &mqtt,
-        ids,
-        model,
-        spool.clone(),
-    )
-    .expect("valid uplink");
+    let up = SparkplugUplink::new("scada", &mqtt, ids, model, spool.clone()).expect("valid uplink");
     let latency = std::sync::Arc::new(smeltwatch::histogram::Histogram::default());
     let up = up.with_publish_latency(latency.clone());
     let status = up.status();
@@ -894,9 +887,12 @@ unit = "V"
 device = "potline1"
 "#;
 
+/// A figure of [`figures`]: `(name, value, unit, labels)`.
+type Figure<'a> = (&'a str, Option<f64>, &'a str, &'a [(&'a str, &'a str)]);
+
 /// A metric batch of calculator `calc` at `ts`: `(name, value, unit, labels)`, good where there
 /// is a value, `comm_fail` where there is none.
-fn figures(calc: &str, ts: i64, metrics: &[(&str, Option<f64>, &str, &[(&str, &str)])]) -> MetricBatch {
+fn figures(calc: &str, ts: i64, metrics: &[Figure<'_>]) -> MetricBatch {
     MetricBatch {
         calc: calc.into(),
         ts: Timestamp(ts),
@@ -937,7 +933,11 @@ async fn append_metrics(spool: &SpoolHandle, batches: Vec<MetricBatch>) {
 const LINE: &[(&str, &str)] = &[("line", "potline1")];
 
 fn today_kwh_per_t(ts: i64, value: Option<f64>) -> MetricBatch {
-    figures("potline", ts, &[("dc_kwh_per_t_today", value, "kWh/t", LINE)])
+    figures(
+        "potline",
+        ts,
+        &[("dc_kwh_per_t_today", value, "kWh/t", LINE)],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -948,7 +948,7 @@ async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_t
     let spool = spool_in(&dir);
     let src = format!("{CONFIG}{DERIVED_LIVE}{DERIVED_METRICS}");
     let cfg = smeltwatch::config::parse(&src, Path::new("t.toml")).expect("valid config");
-    let mut node = spb::node_metrics(&cfg.derived);
+    let mut node = spb::node_metrics(&cfg.derived, None);
     node.push(spb::NodeMetric::calc(
         "potline",
         "potline1",
@@ -966,7 +966,9 @@ async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_t
     // NBIRTH declares the node metrics after every device metric: the 8 polled points, the live
     // derived point (9), then the metrics derived point and the potline figure.
     let nbirth = until(&mut rx, "NBIRTH").await;
-    let declared: Vec<(Option<&str>, Option<u64>, Option<u32>, Option<String>)> = nbirth.payload
+    type Declared<'a> = (Option<&'a str>, Option<u64>, Option<u32>, Option<String>);
+    let declared: Vec<Declared<'_>> = nbirth
+        .payload
         .metrics
         .iter()
         .skip(2)
@@ -976,8 +978,18 @@ async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_t
     assert_eq!(
         declared,
         vec![
-            (Some("derived/potline1/mean_cell_voltage_v"), Some(10), double, Some("V".to_owned())),
-            (Some("calc/potline/potline1/dc_kwh_per_t_today"), Some(11), double, Some("kWh/t".to_owned())),
+            (
+                Some("derived/potline1/mean_cell_voltage_v"),
+                Some(10),
+                double,
+                Some("V".to_owned())
+            ),
+            (
+                Some("calc/potline/potline1/dc_kwh_per_t_today"),
+                Some(11),
+                double,
+                Some("kWh/t".to_owned())
+            ),
         ]
     );
     assert!(
@@ -991,7 +1003,12 @@ async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_t
     let x = &replay.payload.metrics[..];
     assert_eq!(x.len(), 1, "{:?}", replay.payload);
     assert_eq!(
-        (x[0].alias, x[0].name.as_deref(), x[0].is_historical, x[0].timestamp),
+        (
+            x[0].alias,
+            x[0].name.as_deref(),
+            x[0].is_historical,
+            x[0].timestamp
+        ),
         (Some(11), None, Some(true), Some((T0 - 60_000) as u64))
     );
     assert_eq!(x[0].value, Some(PbValue::DoubleValue(13_100.0)));
@@ -1005,10 +1022,22 @@ async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_t
     append_metrics(
         &spool,
         vec![
-            figures("derived", T0, &[("mean_cell_voltage_v", Some(4.05), "V", &[])]),
-            figures("completeness", T0, &[("completeness_received_pct", Some(100.0), "%", LINE)]),
+            figures(
+                "derived",
+                T0,
+                &[("mean_cell_voltage_v", Some(4.05), "V", &[])],
+            ),
+            figures(
+                "completeness",
+                T0,
+                &[("completeness_received_pct", Some(100.0), "%", LINE)],
+            ),
             today_kwh_per_t(T0, Some(13_012.6)),
-            figures("derived", T0 + 1000, &[("mean_cell_voltage_v", None, "V", &[])]),
+            figures(
+                "derived",
+                T0 + 1000,
+                &[("mean_cell_voltage_v", None, "V", &[])],
+            ),
         ],
     )
     .await;
@@ -1031,8 +1060,20 @@ async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_t
     assert_eq!(
         seen,
         vec![
-            (10, T0, Some(Value::Float(4.05)), None, Some(spb::QUALITY_GOOD)),
-            (11, T0, Some(Value::Float(13_012.6)), None, Some(spb::QUALITY_GOOD)),
+            (
+                10,
+                T0,
+                Some(Value::Float(4.05)),
+                None,
+                Some(spb::QUALITY_GOOD)
+            ),
+            (
+                11,
+                T0,
+                Some(Value::Float(13_012.6)),
+                None,
+                Some(spb::QUALITY_GOOD)
+            ),
             (10, T0 + 1000, None, Some(true), Some(spb::QUALITY_BAD)),
         ],
         "(alias, timestamp, value, is_null, Quality): the first report of a figure and a change of \
@@ -1131,6 +1172,11 @@ reconnect_max = "1s"
     )
 }
 
+/// Node metric name and timestamp → value and Sparkplug quality, as NDATA carried them.
+type SpbValues = std::collections::HashMap<(String, u64), (Option<f64>, Option<i32>)>;
+/// Node metric name and timestamp → value and quality, as the JSON uplink carried them.
+type JsonValues = std::collections::HashMap<(String, u64), (Option<f64>, String)>;
+
 /// The node metric name (docs/TOPICS.md, "Node metrics") of a figure the MQTT uplink published
 /// as JSON (`calc`, one metric): `calc/<calc>/<line>[/<period>]/<name>` for the potline's
 /// calculators, `derived/potline1/<name>` for the derived point; none for a cell's figure and
@@ -1144,10 +1190,12 @@ fn node_name_of_json(calc: &str, metric: &serde_json::Value) -> Option<String> {
         _ if labels.get("cell").is_some() => None,
         _ => {
             let line = labels["line"].as_str().expect("a line label");
-            Some(match labels.get("period").and_then(serde_json::Value::as_str) {
-                Some(period) => format!("calc/{calc}/{line}/{period}/{name}"),
-                None => format!("calc/{calc}/{line}/{name}"),
-            })
+            Some(
+                match labels.get("period").and_then(serde_json::Value::as_str) {
+                    Some(period) => format!("calc/{calc}/{line}/{period}/{name}"),
+                    None => format!("calc/{calc}/{line}/{name}"),
+                },
+            )
         }
     }
 }
@@ -1205,7 +1253,10 @@ anode_effects_per_cell_day = 0.0
         ("calc/potline/potline1/day/dc_kwh_per_t", "kWh/t"),
         ("calc/potline/potline1/month/dc_kwh_per_t", "kWh/t"),
         ("calc/potline/potline1/ytd/capacity_utilisation_pct", "%"),
-        ("calc/anode_effect/potline1/day/aem_min_per_cell_day", "min/cell-day"),
+        (
+            "calc/anode_effect/potline1/day/aem_min_per_cell_day",
+            "min/cell-day",
+        ),
         ("calc/emissions/potline1/month/pfc_co2e_t", "t"),
         ("derived/potline1/mean_cell_voltage_v", "V"),
     ] {
@@ -1221,27 +1272,21 @@ anode_effects_per_cell_day = 0.0
 
     // Every NDATA value and every JSON value of the same figure and timestamp, until the line
     // current and the derived mean have both arrived good on both sides, and the month closed.
-    let mut spb_values: HashMap<(String, u64), (Option<f64>, Option<i32>)> = HashMap::new();
-    let mut json_values: HashMap<(String, u64), (Option<f64>, String)> = HashMap::new();
+    let mut spb_values: SpbValues = HashMap::new();
+    let mut json_values: JsonValues = HashMap::new();
     let wanted = [
         "calc/potline/potline1/line_current_ka",
         "derived/potline1/mean_cell_voltage_v",
     ];
     let month = "calc/potline/potline1/month/dc_kwh_per_t";
-    let month_closed = |spb_values: &HashMap<(String, u64), (Option<f64>, Option<i32>)>,
-                        json_values: &HashMap<(String, u64), (Option<f64>, String)>| {
+    let month_closed = |spb_values: &SpbValues, json_values: &JsonValues| {
         json_values
             .keys()
             .any(|(n, ts)| n == month && spb_values.contains_key(&(n.clone(), *ts)))
     };
-    let both_good = |spb_values: &HashMap<(String, u64), (Option<f64>, Option<i32>)>,
-                     json_values: &HashMap<(String, u64), (Option<f64>, String)>,
-                     name: &str| {
+    let both_good = |spb_values: &SpbValues, json_values: &JsonValues, name: &str| {
         json_values.iter().any(|((n, ts), (v, q))| {
-            n == name
-                && q == "good"
-                && v.is_some()
-                && spb_values.contains_key(&(n.clone(), *ts))
+            n == name && q == "good" && v.is_some() && spb_values.contains_key(&(n.clone(), *ts))
         })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -63,7 +63,7 @@ fn model(cfg: &Config, uplink: &UplinkConfig) -> EdgeNodeModel {
         model = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
     }
     if uplink.streams.contains(&Stream::Metrics) {
-        model = model.with_node_metrics(node_metrics(&cfg.derived));
+        model = model.with_node_metrics(node_metrics(&cfg.derived, cfg.calc.as_ref()));
     }
     model
 }
@@ -84,16 +84,16 @@ pub(crate) fn start(
 ) -> anyhow::Result<watch::Receiver<UplinkStatus>> {
     let ids = ids(spb);
     let edge = SparkplugUplink::new(&uplink.name, &spb.mqtt, ids, model(cfg, uplink), spool)
-    .with_context(|| format!("uplink {:?}", uplink.name))?
-    .with_device_writes(DeviceWriteGate {
-        enabled: spb.device_writes,
-        max_command_age: spb.max_command_age,
-        writers: wiring.writers.clone(),
-        events: wiring.events.clone(),
-    })
-    .with_completeness(wiring.completeness.clone())
-    .with_publish_latency(wiring.publish_latency.clone())
-    .with_shutdown_grace(wiring.grace);
+        .with_context(|| format!("uplink {:?}", uplink.name))?
+        .with_device_writes(DeviceWriteGate {
+            enabled: spb.device_writes,
+            max_command_age: spb.max_command_age,
+            writers: wiring.writers.clone(),
+            events: wiring.events.clone(),
+        })
+        .with_completeness(wiring.completeness.clone())
+        .with_publish_latency(wiring.publish_latency.clone())
+        .with_shutdown_grace(wiring.grace);
     tracing::info!(
         uplink = %uplink.name,
         broker = %spb.mqtt.broker,

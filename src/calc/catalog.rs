@@ -70,28 +70,78 @@ enum Needs {
 const POTLINE: &[(&str, &str, &str, Needs)] = &[
     (names::POTLINE, names::LINE_CURRENT_KA, "kA", Needs::Nothing),
     (names::POTLINE, names::CELLS_IN_SERVICE, "", Needs::Nothing),
-    (names::POTLINE, names::PRODUCTION_TODAY_T, "t", Needs::Nothing),
-    (names::POTLINE, names::DC_KWH_PER_T_TODAY, "kWh/t", Needs::Nothing),
-    (names::POTLINE, names::AC_KWH_PER_T_TODAY, "kWh/t", Needs::Nothing),
+    (
+        names::POTLINE,
+        names::PRODUCTION_TODAY_T,
+        "t",
+        Needs::Nothing,
+    ),
+    (
+        names::POTLINE,
+        names::DC_KWH_PER_T_TODAY,
+        "kWh/t",
+        Needs::Nothing,
+    ),
+    (
+        names::POTLINE,
+        names::AC_KWH_PER_T_TODAY,
+        "kWh/t",
+        Needs::Nothing,
+    ),
     (
         names::POTLINE,
         names::COMPREHENSIVE_AC_KWH_PER_T_TODAY,
         "kWh/t",
         Needs::AuxiliaryMeters,
     ),
-    (names::POTLINE, names::CELL_VOLTAGE_AVG_V, "V", Needs::Nothing),
-    (names::POTLINE, names::PSEUDO_RESISTANCE_UOHM, "uohm", Needs::Nothing),
+    (
+        names::POTLINE,
+        names::CELL_VOLTAGE_AVG_V,
+        "V",
+        Needs::Nothing,
+    ),
+    (
+        names::POTLINE,
+        names::PSEUDO_RESISTANCE_UOHM,
+        "uohm",
+        Needs::Nothing,
+    ),
     (names::POTLINE, names::PRODUCTION_T, "t", Needs::Nothing),
     (names::POTLINE, names::DC_ENERGY_KWH, "kWh", Needs::Nothing),
-    (names::POTLINE, names::DC_METER_ENERGY_KWH, "kWh", Needs::Nothing),
+    (
+        names::POTLINE,
+        names::DC_METER_ENERGY_KWH,
+        "kWh",
+        Needs::Nothing,
+    ),
     (names::POTLINE, names::AC_ENERGY_KWH, "kWh", Needs::Nothing),
     (names::POTLINE, names::DC_KWH_PER_T, "kWh/t", Needs::Nothing),
-    (names::POTLINE, names::AVERAGE_VOLTAGE_V, "V", Needs::Nothing),
-    (names::POTLINE, names::DC_METER_KWH_PER_T, "kWh/t", Needs::Nothing),
-    (names::POTLINE, names::RECTIFIER_EFFICIENCY_PCT, "%", Needs::Nothing),
+    (
+        names::POTLINE,
+        names::AVERAGE_VOLTAGE_V,
+        "V",
+        Needs::Nothing,
+    ),
+    (
+        names::POTLINE,
+        names::DC_METER_KWH_PER_T,
+        "kWh/t",
+        Needs::Nothing,
+    ),
+    (
+        names::POTLINE,
+        names::RECTIFIER_EFFICIENCY_PCT,
+        "%",
+        Needs::Nothing,
+    ),
     (names::POTLINE, names::AC_KWH_PER_T, "kWh/t", Needs::Nothing),
     (names::POTLINE, names::AC_GRADE, "", Needs::Nothing),
-    (names::POTLINE, names::AC_ENERGY_KGCE, "kgce", Needs::Nothing),
+    (
+        names::POTLINE,
+        names::AC_ENERGY_KGCE,
+        "kgce",
+        Needs::Nothing,
+    ),
     (
         names::POTLINE,
         names::AUXILIARY_ENERGY_KWH,
@@ -110,9 +160,24 @@ const POTLINE: &[(&str, &str, &str, Needs)] = &[
         "",
         Needs::AuxiliaryMeters,
     ),
-    (names::POTLINE, names::PRODUCTION_FARADAY_T, "t", Needs::TappedMetal),
-    (names::POTLINE, names::CAPACITY_UTILISATION_PCT, "%", Needs::Capacity),
-    (names::POTLINE, names::TAPPED_METAL_T, "t", Needs::TappedMetal),
+    (
+        names::POTLINE,
+        names::PRODUCTION_FARADAY_T,
+        "t",
+        Needs::TappedMetal,
+    ),
+    (
+        names::POTLINE,
+        names::CAPACITY_UTILISATION_PCT,
+        "%",
+        Needs::Capacity,
+    ),
+    (
+        names::POTLINE,
+        names::TAPPED_METAL_T,
+        "t",
+        Needs::TappedMetal,
+    ),
     (
         names::POTLINE,
         names::CURRENT_EFFICIENCY_FROM_TAPPING_PCT,
@@ -132,12 +197,37 @@ const POTLINE: &[(&str, &str, &str, Needs)] = &[
         Needs::Nothing,
     ),
     (names::POTLINE, names::METER_RESETS, "", Needs::Nothing),
-    (names::POTLINE, names::LINE_CURRENT_BRIDGED_S, "s", Needs::Nothing),
-    (names::POTLINE, names::LINE_CURRENT_UNBRIDGED_S, "s", Needs::Nothing),
-    (names::POTLINE, names::EXCLUDED_ENERGY_KWH, "kWh", Needs::Nothing),
+    (
+        names::POTLINE,
+        names::LINE_CURRENT_BRIDGED_S,
+        "s",
+        Needs::Nothing,
+    ),
+    (
+        names::POTLINE,
+        names::LINE_CURRENT_UNBRIDGED_S,
+        "s",
+        Needs::Nothing,
+    ),
+    (
+        names::POTLINE,
+        names::EXCLUDED_ENERGY_KWH,
+        "kWh",
+        Needs::Nothing,
+    ),
     (names::ANODE_EFFECT, names::AE_COUNT, "", Needs::Nothing),
-    (names::ANODE_EFFECT, names::AE_MINUTES, "min", Needs::Nothing),
-    (names::ANODE_EFFECT, names::CELL_DAYS, "cell-day", Needs::Nothing),
+    (
+        names::ANODE_EFFECT,
+        names::AE_MINUTES,
+        "min",
+        Needs::Nothing,
+    ),
+    (
+        names::ANODE_EFFECT,
+        names::CELL_DAYS,
+        "cell-day",
+        Needs::Nothing,
+    ),
     (
         names::ANODE_EFFECT,
         names::AEF_PER_CELL_DAY,
@@ -155,7 +245,12 @@ const POTLINE: &[(&str, &str, &str, Needs)] = &[
     (names::EMISSIONS, names::PFC_C2F6_KG, "kg", Needs::Nothing),
     (names::EMISSIONS, names::PFC_CO2E_T, "t", Needs::Nothing),
     (names::EMISSIONS, names::ANODE_CO2_T, "t", Needs::Nothing),
-    (names::EMISSIONS, names::ELECTRICITY_CO2_T, "t", Needs::Nothing),
+    (
+        names::EMISSIONS,
+        names::ELECTRICITY_CO2_T,
+        "t",
+        Needs::Nothing,
+    ),
 ];
 
 /// (name, unit, what it needs) of a copper smelter's metrics (calculator [`names::COPPER`]).
@@ -272,13 +367,14 @@ device = "smelter1/smelter1"
         assert!(has(names::POTLINE, "potline1", names::LINE_CURRENT_KA));
         assert!(has(names::EMISSIONS, "potline1", names::PFC_CF4_KG));
         assert!(!has(names::POTLINE, "potline1", names::TAPPED_METAL_T));
-        assert!(!has(names::POTLINE, "potline1", names::COMPREHENSIVE_AC_KWH_PER_T));
+        assert!(!has(
+            names::POTLINE,
+            "potline1",
+            names::COMPREHENSIVE_AC_KWH_PER_T
+        ));
         assert!(has(names::COPPER, "smelter1", names::CONCENTRATE_T));
         assert!(!has(names::COPPER, "smelter1", names::COPPER_T));
-        assert_eq!(
-            list[0].reference(),
-            "calc:potline/potline1.line_current_ka"
-        );
+        assert_eq!(list[0].reference(), "calc:potline/potline1.line_current_ka");
         let mut keys: Vec<_> = list.iter().map(|m| (m.calc, &m.label, m.name)).collect();
         let n = keys.len();
         keys.sort();

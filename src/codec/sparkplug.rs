@@ -42,6 +42,7 @@ use std::sync::Arc;
 
 use prost::Message;
 
+use crate::calc::{CalcConfig, catalog, names};
 use crate::config::{DataType as WireType, PointConfig, SourceConfig};
 use crate::derived::config::{DerivedPoint, DerivedStream, SOURCE};
 use crate::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Timestamp, Value};
@@ -339,14 +340,72 @@ impl NodeMetric {
     }
 }
 
-/// The node metrics of an edge node that carries the `metrics` stream: the derived points of
-/// that stream, in `[[derived]]` order.
-pub fn node_metrics(derived: &[DerivedPoint]) -> Vec<NodeMetric> {
-    derived
+/// The periods of the closed windows a calculator's figure is emitted for (its label
+/// [`PERIOD_LABEL`]); `None` stands for the figure of the minute, which has no period. The
+/// catalogue ([`catalog::metrics`]) lists each figure once per line or smelter, whatever its
+/// periods, and a birth must declare each period's metric: the calculators' minute figures,
+/// those of a minute and of closed windows, and those also of the year to date are listed here;
+/// every other figure is one of closed days and months. `tests/sparkplug.rs` checks these against what
+/// a potline's calculators emit over a month's end.
+fn periods(calc: &str, name: &str) -> &'static [Option<&'static str>] {
+    const MINUTE: &[Option<&str>] = &[None];
+    const DAY_MONTH: &[Option<&str>] = &[Some("day"), Some("month")];
+    const MINUTE_DAY_MONTH: &[Option<&str>] = &[None, Some("day"), Some("month")];
+    const DAY_MONTH_YTD: &[Option<&str>] = &[Some("day"), Some("month"), Some("ytd")];
+    match (calc, name) {
+        (
+            names::POTLINE,
+            names::LINE_CURRENT_KA
+            | names::CELLS_IN_SERVICE
+            | names::PRODUCTION_TODAY_T
+            | names::DC_KWH_PER_T_TODAY
+            | names::AC_KWH_PER_T_TODAY
+            | names::COMPREHENSIVE_AC_KWH_PER_T_TODAY,
+        )
+        | (
+            names::COPPER,
+            names::CONCENTRATE_FEED_TPH
+            | names::OXYGEN_FLOW_NM3H
+            | names::OXYGEN_ENRICHMENT_PCT
+            | names::ACID_PLANT_SO2_KG_H
+            | names::STACK_SO2_KG_H,
+        ) => MINUTE,
+        (names::COPPER, names::OXYGEN_NM3_PER_T_CONCENTRATE | names::SULPHUR_CAPTURE_PCT) => {
+            MINUTE_DAY_MONTH
+        }
+        (names::POTLINE, names::CAPACITY_UTILISATION_PCT) => DAY_MONTH_YTD,
+        _ => DAY_MONTH,
+    }
+}
+
+/// A cell's figures (labels `line` and [`CELL_LABEL`]): not node metrics. A line of 300 cells
+/// would declare 600 of them, and the pots' own points are device metrics already.
+fn is_cell_figure(calc: &str, name: &str) -> bool {
+    calc == names::POTLINE
+        && matches!(
+            name,
+            names::CELL_VOLTAGE_AVG_V | names::PSEUDO_RESISTANCE_UOHM
+        )
+}
+
+/// The node metrics of an edge node that carries the `metrics` stream: the `metrics` derived
+/// points in `[[derived]]` order, then every figure the calculators of `calc` can emit
+/// ([`catalog::metrics`], in its order), one per period, except a cell's.
+pub fn node_metrics(derived: &[DerivedPoint], calc: Option<&CalcConfig>) -> Vec<NodeMetric> {
+    let mut out: Vec<NodeMetric> = derived
         .iter()
         .filter(|p| p.stream == DerivedStream::Metrics)
         .map(NodeMetric::derived)
-        .collect()
+        .collect();
+    for m in calc.map(catalog::metrics).unwrap_or_default() {
+        if is_cell_figure(m.calc, m.name) {
+            continue;
+        }
+        for period in periods(m.calc, m.name) {
+            out.push(NodeMetric::calc(m.calc, &m.label, *period, m.name, m.unit));
+        }
+    }
+    out
 }
 
 /// Every device and metric of the edge node, with their aliases.
@@ -426,9 +485,15 @@ impl EdgeNodeModel {
     /// derived points are node metrics ([`EdgeNodeModel::with_node_metrics`]).
     #[must_use]
     pub fn with_derived(self, derived: &[DerivedPoint]) -> Self {
+        /// A derived device's metrics and their units, in `[[derived]]` order.
+        struct Added {
+            device: Arc<str>,
+            metrics: Vec<MetricModel>,
+            units: Vec<Arc<str>>,
+        }
         let first_alias = self.last_alias() + 1;
         let mut devices = self.devices;
-        let mut added: Vec<(Arc<str>, Vec<MetricModel>, Vec<Arc<str>>)> = Vec::new();
+        let mut added: Vec<Added> = Vec::new();
         let live = derived.iter().filter(|p| p.stream == DerivedStream::Live);
         for (alias, p) in (first_alias..).zip(live) {
             let metric = MetricModel {
@@ -436,21 +501,27 @@ impl EdgeNodeModel {
                 alias,
                 datatype: DataType::Double,
             };
-            match added.iter_mut().find(|(d, _, _)| *d == p.device) {
-                Some((_, metrics, units)) => {
-                    metrics.push(metric);
-                    units.push(p.unit.clone());
+            let i = match added.iter().position(|a| a.device == p.device) {
+                Some(i) => i,
+                None => {
+                    added.push(Added {
+                        device: p.device.clone(),
+                        metrics: Vec::new(),
+                        units: Vec::new(),
+                    });
+                    added.len() - 1
                 }
-                None => added.push((p.device.clone(), vec![metric], vec![p.unit.clone()])),
-            }
+            };
+            added[i].metrics.push(metric);
+            added[i].units.push(p.unit.clone());
         }
-        for (device, metrics, units) in added {
-            let mut id = device.to_string();
+        for a in added {
+            let mut id = a.device.to_string();
             while devices.iter().any(|d| *d.name == *id) {
                 id = format!("derived_{id}");
             }
-            let mut model = DeviceModel::new(Arc::from(id), metrics).with_units(units);
-            model.derived = Some(device);
+            let mut model = DeviceModel::new(Arc::from(id), a.metrics).with_units(a.units);
+            model.derived = Some(a.device);
             devices.push(model);
         }
         Self {
@@ -1209,7 +1280,12 @@ stream = "live"
             .expect("valid config");
         let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
         let rect = &m.devices[0];
-        let p = dbirth(rect, &DeviceState::new(rect.metrics.len()).last, 1, Timestamp(T0));
+        let p = dbirth(
+            rect,
+            &DeviceState::new(rect.metrics.len()).last,
+            1,
+            Timestamp(T0),
+        );
         let units: Vec<(Option<&str>, Option<String>)> = p
             .metrics
             .iter()
@@ -1548,12 +1624,18 @@ labels = { line = "potline1" }
 "#;
         let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
             .expect("valid config");
-        let mut figures = node_metrics(&cfg.derived);
+        let mut figures = node_metrics(&cfg.derived, None);
         let day = Some("day");
         figures.extend([
             NodeMetric::calc("potline", "potline1", None, "dc_kwh_per_t_today", "kWh/t"),
             NodeMetric::calc("potline", "potline1", day, "dc_kwh_per_t", "kWh/t"),
-            NodeMetric::calc("potline", "potline1", Some("month"), "dc_kwh_per_t", "kWh/t"),
+            NodeMetric::calc(
+                "potline",
+                "potline1",
+                Some("month"),
+                "dc_kwh_per_t",
+                "kWh/t",
+            ),
             // Declared twice: the first keeps the name.
             NodeMetric::calc("potline", "potline1", day, "dc_kwh_per_t", "MWh/t"),
         ]);
@@ -1575,10 +1657,30 @@ labels = { line = "potline1" }
         assert_eq!(
             names,
             vec![
-                ("derived/potline1/mean_cell_voltage_v", 7, DataType::Double, Some("V")),
-                ("calc/potline/potline1/dc_kwh_per_t_today", 8, DataType::Double, Some("kWh/t")),
-                ("calc/potline/potline1/day/dc_kwh_per_t", 9, DataType::Double, Some("kWh/t")),
-                ("calc/potline/potline1/month/dc_kwh_per_t", 10, DataType::Double, Some("kWh/t")),
+                (
+                    "derived/potline1/mean_cell_voltage_v",
+                    7,
+                    DataType::Double,
+                    Some("V")
+                ),
+                (
+                    "calc/potline/potline1/dc_kwh_per_t_today",
+                    8,
+                    DataType::Double,
+                    Some("kWh/t")
+                ),
+                (
+                    "calc/potline/potline1/day/dc_kwh_per_t",
+                    9,
+                    DataType::Double,
+                    Some("kWh/t")
+                ),
+                (
+                    "calc/potline/potline1/month/dc_kwh_per_t",
+                    10,
+                    DataType::Double,
+                    Some("kWh/t")
+                ),
             ],
             "after the polled points (1-5) and the live derived point (6); one per period"
         );
@@ -1608,26 +1710,44 @@ labels = { line = "potline1" }
             m.node_metric_index(calc, f)
                 .map(|i| m.node.metrics[i].name.to_string())
         };
-        let day = [("line", "potline1"), ("period", "day"), ("production", "measured")];
+        let day = [
+            ("line", "potline1"),
+            ("period", "day"),
+            ("production", "measured"),
+        ];
         assert_eq!(
             name(&potline, &figure("dc_kwh_per_t", None, Quality::Good, &day)).as_deref(),
             Some("calc/potline/potline1/day/dc_kwh_per_t"),
             "the production basis describes the value, it does not place it"
         );
-        let month = [("line", "potline1"), ("period", "month"), ("production", "faraday")];
+        let month = [
+            ("line", "potline1"),
+            ("period", "month"),
+            ("production", "faraday"),
+        ];
         assert_eq!(
-            name(&potline, &figure("dc_kwh_per_t", None, Quality::Good, &month)).as_deref(),
+            name(
+                &potline,
+                &figure("dc_kwh_per_t", None, Quality::Good, &month)
+            )
+            .as_deref(),
             Some("calc/potline/potline1/month/dc_kwh_per_t")
         );
         let cell = [("line", "potline1"), ("cell", "pot_017")];
         assert_eq!(
-            name(&potline, &figure("dc_kwh_per_t_today", None, Quality::Good, &cell)),
+            name(
+                &potline,
+                &figure("dc_kwh_per_t_today", None, Quality::Good, &cell)
+            ),
             None,
             "a cell's figure is not the line's"
         );
         let other = [("line", "potline2")];
         assert_eq!(
-            name(&potline, &figure("dc_kwh_per_t_today", None, Quality::Good, &other)),
+            name(
+                &potline,
+                &figure("dc_kwh_per_t_today", None, Quality::Good, &other)
+            ),
             None,
             "another line's"
         );
@@ -1639,17 +1759,27 @@ labels = { line = "potline1" }
         );
         let line = [("line", "potline1")];
         assert_eq!(
-            name(&derived, &figure("mean_cell_voltage_v", None, Quality::Good, &line)).as_deref(),
+            name(
+                &derived,
+                &figure("mean_cell_voltage_v", None, Quality::Good, &line)
+            )
+            .as_deref(),
             Some("derived/potline1/mean_cell_voltage_v")
         );
         let more = [("line", "potline1"), ("x", "y")];
         assert_eq!(
-            name(&derived, &figure("mean_cell_voltage_v", None, Quality::Good, &more)),
+            name(
+                &derived,
+                &figure("mean_cell_voltage_v", None, Quality::Good, &more)
+            ),
             None,
             "a derived point's labels are exactly its own"
         );
         assert_eq!(
-            name(&potline, &figure("mean_cell_voltage_v", None, Quality::Good, &line)),
+            name(
+                &potline,
+                &figure("mean_cell_voltage_v", None, Quality::Good, &line)
+            ),
             None,
             "another calculator's"
         );
@@ -1663,8 +1793,18 @@ labels = { line = "potline1" }
             calc: Arc::from("potline"),
             ts: Timestamp(T0),
             metrics: vec![
-                figure("dc_kwh_per_t_today", Some(13_012.6), Quality::Good, &[("line", "potline1")]),
-                figure("cells_in_service", Some(288.0), Quality::Good, &[("line", "potline1")]),
+                figure(
+                    "dc_kwh_per_t_today",
+                    Some(13_012.6),
+                    Quality::Good,
+                    &[("line", "potline1")],
+                ),
+                figure(
+                    "cells_in_service",
+                    Some(288.0),
+                    Quality::Good,
+                    &[("line", "potline1")],
+                ),
             ],
         };
         let readings = m.node_batch(&batch);
@@ -1672,8 +1812,15 @@ labels = { line = "potline1" }
         st.absorb(&m.node, &readings);
         let p = nbirth_with(5, &m.node, st.current(), Timestamp(T0 + 10));
         assert_eq!(p.seq, Some(0));
-        assert_eq!(p.metrics.len(), 2 + 4, "bdSeq, rebirth and every node metric");
-        assert_eq!(p.metrics[2].name.as_deref(), Some("derived/potline1/mean_cell_voltage_v"));
+        assert_eq!(
+            p.metrics.len(),
+            2 + 4,
+            "bdSeq, rebirth and every node metric"
+        );
+        assert_eq!(
+            p.metrics[2].name.as_deref(),
+            Some("derived/potline1/mean_cell_voltage_v")
+        );
         assert_eq!(p.metrics[2].is_null, Some(true), "never computed");
         assert_eq!(metric_quality(&p.metrics[2]), Some(QUALITY_BAD));
         assert_eq!(eng_unit(&p.metrics[2]).as_deref(), Some("V"));
@@ -1706,7 +1853,11 @@ labels = { line = "potline1" }
         let p = ddata(&m.node, &changes, 3, Timestamp(T0 + 60_000), false);
         assert_eq!(p.metrics.len(), 1);
         let x = &p.metrics[0];
-        assert_eq!((x.alias, x.name.as_deref()), (Some(8), None), "aliases only");
+        assert_eq!(
+            (x.alias, x.name.as_deref()),
+            (Some(8), None),
+            "aliases only"
+        );
         assert_eq!(x.is_null, Some(true));
         assert_eq!(metric_quality(x), Some(QUALITY_BAD));
         assert_eq!(metric_eng_unit(x), None, "the unit is the birth's");

@@ -177,8 +177,20 @@ fn smelter_minute(sm: &Smelter, end: Timestamp) -> MetricBatch {
             metric(names::CONCENTRATE_FEED_TPH, r.feed_tph, "t/h", end, &l),
             metric(names::OXYGEN_FLOW_NM3H, r.oxygen_nm3_h, "Nm3/h", end, &l),
             metric(names::OXYGEN_ENRICHMENT_PCT, r.enrichment_pct, "%", end, &l),
-            metric(names::OXYGEN_NM3_PER_T_CONCENTRATE, o2_per_t, "Nm3/t", end, &l),
-            metric(names::ACID_PLANT_SO2_KG_H, r.inlet_so2_kg_h, "kg/h", end, &l),
+            metric(
+                names::OXYGEN_NM3_PER_T_CONCENTRATE,
+                o2_per_t,
+                "Nm3/t",
+                end,
+                &l,
+            ),
+            metric(
+                names::ACID_PLANT_SO2_KG_H,
+                r.inlet_so2_kg_h,
+                "kg/h",
+                end,
+                &l,
+            ),
             metric(names::STACK_SO2_KG_H, r.stack_so2_kg_h, "kg/h", end, &l),
             metric(names::SULPHUR_CAPTURE_PCT, capture, "%", end, &l),
         ],
@@ -234,7 +246,13 @@ fn smelter_period(sm: &Smelter, period: &str, acc: &SmelterAcc, end: Timestamp) 
         metrics.push(metric(names::COPPER_T, Some(acc.copper_t), "t", end, l));
     }
     if has_energy {
-        metrics.push(metric(names::ENERGY_KGCE, Some(acc.energy_kgce), "kgce", end, l));
+        metrics.push(metric(
+            names::ENERGY_KGCE,
+            Some(acc.energy_kgce),
+            "kgce",
+            end,
+            l,
+        ));
         metrics.push(metric(names::ENERGY_KGCE_PER_T, kgce_t, "kgce/t", end, l));
         metrics.push(metric(
             names::ENERGY_GRADE,

@@ -258,7 +258,13 @@ impl Session<'_> {
             self.node.metrics.changes(node, &readings)
         };
         if !changes.is_empty() {
-            let p = spb::ddata(node, &changes, self.seq.next_seq(), Timestamp::now(), historical);
+            let p = spb::ddata(
+                node,
+                &changes,
+                self.seq.next_seq(),
+                Timestamp::now(),
+                historical,
+            );
             self.publish(up.topic(MessageType::NData, None), spb::encode(&p))
                 .await?;
         }

@@ -244,7 +244,13 @@ impl Line {
         let mut pot = vec![
             metric(names::PRODUCTION_T, Some(prod_t), "t", end, l),
             metric(names::DC_ENERGY_KWH, Some(acc.dc_kwh), "kWh", end, l),
-            metric(names::DC_METER_ENERGY_KWH, Some(acc.dc_meter_kwh), "kWh", end, l),
+            metric(
+                names::DC_METER_ENERGY_KWH,
+                Some(acc.dc_meter_kwh),
+                "kWh",
+                end,
+                l,
+            ),
             metric(names::AC_ENERGY_KWH, Some(acc.ac_kwh), "kWh", end, l),
             metric(names::DC_KWH_PER_T, dc, "kWh/t", end, l),
             metric(
@@ -457,7 +463,13 @@ fn ae_metrics(p: &Closed<'_>) -> Vec<Metric> {
         metric(names::CELL_DAYS, Some(ae.cell_days), "cell-day", end, l),
         metric(names::AEF_PER_CELL_DAY, ae.aef(), "1/cell-day", end, l),
         metric(names::AED_MIN, ae.aed_min(), "min", end, l),
-        metric(names::AEM_MIN_PER_CELL_DAY, ae.aem(), "min/cell-day", end, l),
+        metric(
+            names::AEM_MIN_PER_CELL_DAY,
+            ae.aem(),
+            "min/cell-day",
+            end,
+            l,
+        ),
     ];
     for m in ae_metrics.iter_mut().skip(2) {
         downgrade(m, p.acc.quality());
