@@ -346,7 +346,7 @@ impl NodeMetric {
 /// periods, and a birth must declare each period's metric: the calculators' minute figures,
 /// those of a minute and of closed windows, and those also of the year to date are listed here;
 /// every other figure is one of closed days and months. `tests/sparkplug.rs` checks these against what
-/// a potline's calculators emit over a month's end.
+/// a potline's and a copper smelter's calculators emit over a month's end.
 fn periods(calc: &str, name: &str) -> &'static [Option<&'static str>] {
     const MINUTE: &[Option<&str>] = &[None];
     const DAY_MONTH: &[Option<&str>] = &[Some("day"), Some("month")];
