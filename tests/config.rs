@@ -701,6 +701,16 @@ max_bytes = 1048576
 }
 
 #[test]
+fn a_sparkplug_uplink_takes_the_metrics_stream_when_asked() {
+    let cfg = parse_ok(&format!(
+        "{SPARKPLUG_SOURCES}\n[[uplinks]]\nname = \"scada\"\ntype = \"sparkplug\"\n\
+         broker = \"mqtt://b\"\ngroup_id = \"g\"\nedge_node_id = \"e\"\n\
+         streams = [\"live\", \"metrics\"]\n"
+    ));
+    assert_eq!(cfg.uplinks[0].streams, [Stream::Live, Stream::Metrics]);
+}
+
+#[test]
 fn sparkplug_device_writes_are_off_by_default() {
     let cfg = parse_ok(&format!(
         "{SPARKPLUG_SOURCES}\n[[uplinks]]\nname = \"scada\"\ntype = \"sparkplug\"\n\
@@ -733,7 +743,7 @@ enabled = true
     let lines: Vec<&str> = text.lines().collect();
     for want in [
         "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"sparkplug\"",
-        "uplinks[0].streams[1]: a Sparkplug uplink carries only the `live` stream (device metrics), not `events`",
+        "uplinks[0].streams[1]: a Sparkplug uplink carries the `live` stream (device metrics) and the `metrics` stream (node metrics), not `events`",
         "uplinks[0].group_id: missing `group_id`, expected a Sparkplug id (one MQTT topic level)",
         "uplinks[0].edge_node_id: invalid edge_node_id `line/1`: a Sparkplug id must be non-empty and free of `+`, `/` and `#` (it is one topic level)",
         "uplinks[0].primary_host_id: invalid primary_host_id ``",

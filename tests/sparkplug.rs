@@ -18,8 +18,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use smeltwatch::codec::sparkplug::pb::payload::metric::Value as PbValue;
 use smeltwatch::codec::sparkplug::{self as spb, DeviceState, EdgeNodeModel, pb::DataType};
-use smeltwatch::model::{Quality, Reading, ReadingBatch, Timestamp, Value};
+use smeltwatch::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Timestamp, Value};
 
 const T0: i64 = 1_764_300_253_000;
 
@@ -409,6 +410,16 @@ fn start_edge(port: u16, spool: &SpoolHandle) -> Edge {
 
 /// An edge node that waits for the primary host `host` (when given).
 fn start_edge_with_host(port: u16, spool: &SpoolHandle, host: Option<&str>) -> Edge {
+    start_edge_with_model(port, spool, host, model())
+}
+
+/// An edge node publishing `model`.
+fn start_edge_with_model(
+    port: u16,
+    spool: &SpoolHandle,
+    host: Option<&str>,
+    model: EdgeNodeModel,
+) -> Edge {
     let src = format!(
         "{CONFIG}\n[[uplinks]]\nname = \"scada\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
          reconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeep_alive = \"5s\"\n"
@@ -424,14 +435,7 @@ fn start_edge_with_host(port: u16, spool: &SpoolHandle, host: Option<&str>) -> E
         edge_node_id: EDGE.into(),
         primary_host_id: host.map(str::to_owned),
     };
-    let up = SparkplugUplink::new(
-        "scada",
-        &mqtt,
-        ids,
-        EdgeNodeModel::from_sources(&cfg.sources),
-        spool.clone(),
-    )
-    .expect("valid uplink");
+    let up = SparkplugUplink::new("scada", &mqtt, ids, model, spool.clone()).expect("valid uplink");
     let latency = std::sync::Arc::new(smeltwatch::histogram::Histogram::default());
     let up = up.with_publish_latency(latency.clone());
     let status = up.status();
@@ -787,6 +791,729 @@ async fn data_spooled_before_the_session_is_replayed_as_historical_after_the_bir
     );
     edge.stop.cancel();
     edge.task.await.unwrap();
+}
+
+// === engineering units: the `engUnit` property of the births ===
+
+/// A `live` derived point of device `derived`, in kA like its input.
+const DERIVED_LIVE: &str = r#"
+[[derived]]
+name = "line_current_x2_ka"
+expr = "rectifier.line_current_ka * 2"
+unit = "kA"
+stream = "live"
+"#;
+
+/// The `engUnit` property of a metric (a String, as Sparkplug hosts read it), if present.
+fn eng_unit(metric: &spb::pb::payload::Metric) -> Option<String> {
+    let props = metric.properties.as_ref()?;
+    let i = props.keys.iter().position(|k| k == "engUnit")?;
+    let v = &props.values[i];
+    assert_eq!(v.r#type, Some(DataType::String as u32), "{v:?}");
+    match v.value.as_ref()? {
+        spb::pb::payload::property_value::Value::StringValue(s) => Some(s.clone()),
+        other => panic!("engUnit is not a string: {other:?}"),
+    }
+}
+
+/// Name → `engUnit` of every metric of a birth.
+fn units_of(p: &Payload) -> Vec<(String, Option<String>)> {
+    p.metrics
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), eng_unit(m)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbirths_carry_the_unit_of_polled_and_derived_points_as_eng_unit() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let cfg = smeltwatch::config::parse(&format!("{CONFIG}{DERIVED_LIVE}"), Path::new("t.toml"))
+        .expect("valid config");
+    let model = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+    let edge = start_edge_with_model(broker.port, &spool, None, model);
+    until(&mut rx, "NBIRTH").await;
+    let rect = next_msg(&mut rx, "DBIRTH rectifier").await;
+    let pot = next_msg(&mut rx, "DBIRTH pot_001").await;
+    let derived = next_msg(&mut rx, "DBIRTH derived").await;
+    assert_eq!(rect.device.as_deref(), Some("rectifier"));
+    let some = |u: &str| Some(u.to_owned());
+    assert_eq!(
+        units_of(&rect.payload),
+        vec![
+            ("line_current_ka".to_owned(), some("kA")),
+            ("offset_raw".to_owned(), None),
+            ("delta_i32".to_owned(), None),
+            ("balance_i64".to_owned(), None),
+            ("energy_kwh".to_owned(), some("kWh")),
+            ("temp_c".to_owned(), some("degC")),
+            ("breaker_closed".to_owned(), None),
+        ],
+        "a point's declared unit, none where it declares none"
+    );
+    assert_eq!(
+        units_of(&pot.payload),
+        vec![("cell_voltage_v".to_owned(), some("V"))]
+    );
+    assert_eq!(
+        (derived.kind.as_str(), derived.device.as_deref()),
+        ("DBIRTH", Some("derived"))
+    );
+    assert_eq!(
+        units_of(&derived.payload),
+        vec![("line_current_x2_ka".to_owned(), some("kA"))]
+    );
+    // The quality stays beside the unit.
+    assert!(
+        rect.payload
+            .metrics
+            .iter()
+            .all(|m| spb::metric_quality(m).is_some())
+    );
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+// === the `metrics` stream: figures as metrics of the edge node (NBIRTH, NDATA) ===
+
+/// A `metrics` derived point of device `potline1`, in V.
+const DERIVED_METRICS: &str = r#"
+[[derived]]
+name = "mean_cell_voltage_v"
+expr = "pot_001.cell_voltage_v"
+unit = "V"
+device = "potline1"
+"#;
+
+/// A figure of [`figures`]: `(name, value, unit, labels)`.
+type Figure<'a> = (&'a str, Option<f64>, &'a str, &'a [(&'a str, &'a str)]);
+
+/// A metric batch of calculator `calc` at `ts`: `(name, value, unit, labels)`, good where there
+/// is a value, `comm_fail` where there is none.
+fn figures(calc: &str, ts: i64, metrics: &[Figure<'_>]) -> MetricBatch {
+    MetricBatch {
+        calc: calc.into(),
+        ts: Timestamp(ts),
+        metrics: metrics
+            .iter()
+            .map(|(name, value, unit, labels)| Metric {
+                name: (*name).into(),
+                value: *value,
+                unit: (*unit).into(),
+                quality: if value.is_some() {
+                    Quality::Good
+                } else {
+                    Quality::CommFail
+                },
+                ts: Timestamp(ts),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+async fn append_metrics(spool: &SpoolHandle, batches: Vec<MetricBatch>) {
+    let recs = batches
+        .into_iter()
+        .map(|b| NewRecord {
+            stream: Stream::Metrics,
+            topic: String::new(),
+            body: serde_json::to_vec(&Record::Metrics(b)).unwrap(),
+            created: Timestamp::now(),
+        })
+        .collect();
+    spool.append(recs).await.expect("append");
+}
+
+const LINE: &[(&str, &str)] = &[("line", "potline1")];
+
+fn today_kwh_per_t(ts: i64, value: Option<f64>) -> MetricBatch {
+    figures(
+        "potline",
+        ts,
+        &[("dc_kwh_per_t_today", value, "kWh/t", LINE)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_the_spool() {
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    let src = format!("{CONFIG}{DERIVED_LIVE}{DERIVED_METRICS}");
+    let cfg = smeltwatch::config::parse(&src, Path::new("t.toml")).expect("valid config");
+    let mut node = spb::node_metrics(&cfg.derived, None);
+    node.push(spb::NodeMetric::calc(
+        "potline",
+        "potline1",
+        None,
+        "dc_kwh_per_t_today",
+        "kWh/t",
+    ));
+    let model = EdgeNodeModel::from_sources(&cfg.sources)
+        .with_derived(&cfg.derived)
+        .with_node_metrics(node);
+    // Waiting before the session: replayed after the births, as historical.
+    append_metrics(&spool, vec![today_kwh_per_t(T0 - 60_000, Some(13_100.0))]).await;
+    let mut edge = start_edge_with_model(broker.port, &spool, None, model);
+
+    // NBIRTH declares the node metrics after every device metric: the 8 polled points, the live
+    // derived point (9), then the metrics derived point and the potline figure.
+    let nbirth = until(&mut rx, "NBIRTH").await;
+    type Declared<'a> = (Option<&'a str>, Option<u64>, Option<u32>, Option<String>);
+    let declared: Vec<Declared<'_>> = nbirth
+        .payload
+        .metrics
+        .iter()
+        .skip(2)
+        .map(|m| (m.name.as_deref(), m.alias, m.datatype, eng_unit(m)))
+        .collect();
+    let double = Some(DataType::Double as u32);
+    assert_eq!(
+        declared,
+        vec![
+            (
+                Some("derived/potline1/mean_cell_voltage_v"),
+                Some(10),
+                double,
+                Some("V".to_owned())
+            ),
+            (
+                Some("calc/potline/potline1/dc_kwh_per_t_today"),
+                Some(11),
+                double,
+                Some("kWh/t".to_owned())
+            ),
+        ]
+    );
+    assert!(
+        nbirth.payload.metrics[2..]
+            .iter()
+            .all(|m| m.is_null == Some(true) && spb::metric_quality(m) == Some(spb::QUALITY_BAD)),
+        "nothing computed yet in this run: {:?}",
+        nbirth.payload
+    );
+    let replay = until(&mut rx, "NDATA").await;
+    let x = &replay.payload.metrics[..];
+    assert_eq!(x.len(), 1, "{:?}", replay.payload);
+    assert_eq!(
+        (
+            x[0].alias,
+            x[0].name.as_deref(),
+            x[0].is_historical,
+            x[0].timestamp
+        ),
+        (Some(11), None, Some(true), Some((T0 - 60_000) as u64))
+    );
+    assert_eq!(x[0].value, Some(PbValue::DoubleValue(13_100.0)));
+    wait_status(&mut edge.status, "the replay acked", WAIT, |s| {
+        s.online && s.acked_total == 1
+    })
+    .await;
+
+    // Live: the derived point, a report no node metric stands for, the potline figure; then the
+    // derived point without a value.
+    append_metrics(
+        &spool,
+        vec![
+            figures(
+                "derived",
+                T0,
+                &[("mean_cell_voltage_v", Some(4.05), "V", &[])],
+            ),
+            figures(
+                "completeness",
+                T0,
+                &[("completeness_received_pct", Some(100.0), "%", LINE)],
+            ),
+            today_kwh_per_t(T0, Some(13_012.6)),
+            figures(
+                "derived",
+                T0 + 1000,
+                &[("mean_cell_voltage_v", None, "V", &[])],
+            ),
+        ],
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = until(&mut rx, "NDATA").await;
+        assert_eq!(m.device, None, "a node message");
+        for x in m.payload.metrics {
+            assert_eq!(x.name, None, "aliases only: {x:?}");
+            assert_eq!(x.is_historical, None, "live: {x:?}");
+            seen.push((
+                x.alias.unwrap(),
+                x.timestamp.unwrap() as i64,
+                spb::decode_value(DataType::Double, x.value.as_ref()),
+                x.is_null,
+                spb::metric_quality(&x),
+            ));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (
+                10,
+                T0,
+                Some(Value::Float(4.05)),
+                None,
+                Some(spb::QUALITY_GOOD)
+            ),
+            (
+                11,
+                T0,
+                Some(Value::Float(13_012.6)),
+                None,
+                Some(spb::QUALITY_GOOD)
+            ),
+            (10, T0 + 1000, None, Some(true), Some(spb::QUALITY_BAD)),
+        ],
+        "(alias, timestamp, value, is_null, Quality): the first report of a figure and a change of \
+         quality carry the quality"
+    );
+    // Every record leaves the spool once the broker proved it has the NDATA, the report that
+    // went nowhere too.
+    wait_status(&mut edge.status, "every record acked", WAIT, |s| {
+        s.acked_total == 5 && s.unproven == 0
+    })
+    .await;
+    assert_eq!(spool_records(&spool).await, 0);
+    edge.stop.cancel();
+    edge.task.await.unwrap();
+}
+
+/// The agent of the potline test: the simulator's potline (rectifier and four pots) polled every
+/// 100 ms, its potline calculator in plant time 120 times faster than the clock (a plant minute
+/// every half second) from a minute before the end of March (local time, UTC+8), so that a day,
+/// a month and the year-to-date close within a second; a `metrics` derived point (the mean cell
+/// voltage), a Sparkplug uplink that carries `live` and `metrics`, and an MQTT uplink with the
+/// `metrics` stream as JSON, against which the node metrics are checked.
+fn potline_agent_config(potline: u16, mqtt: u16, state: &Path) -> String {
+    format!(
+        r#"
+site = "spb-calc"
+state_dir = "{state}"
+
+[register_maps.pcu.points]
+cell_voltage_v = {{ area = "input", address = 0, type = "f32", unit = "V" }}
+in_service = {{ area = "input", address = 5, type = "bool", bit = 0 }}
+cut_out = {{ area = "input", address = 5, type = "bool", bit = 2 }}
+
+[[sources]]
+name = "potline1"
+tcp = "127.0.0.1:{potline}"
+timeout = "500ms"
+default_poll = "100ms"
+
+[[sources.devices]]
+name = "rectifier"
+unit_id = 1
+points.line_current_ka = {{ area = "input", address = 0, type = "f32", unit = "kA" }}
+
+[[sources.devices]]
+name = "pot_{{n:03}}"
+count = 4
+unit_id = 10
+map = "pcu"
+
+[calc]
+gwp = "ar5"
+grid_factor = "qinghai-2022"
+utc_offset_hours = 8
+
+[calc.simulated_time]
+scale = 120
+start = "2025-03-31T15:59:00Z"
+
+[[calc.potlines]]
+name = "potline1"
+rectifier = "potline1/rectifier"
+pots = "potline1/pot_*"
+current_efficiency = 0.935
+max_gap = "2m"
+approved_capacity_t_per_year = 100000
+
+[[derived]]
+name = "mean_cell_voltage_v"
+expr = "mean(potline1/pot_*.cell_voltage_v)"
+unit = "V"
+device = "potline1"
+trigger = "1s"
+
+[[uplinks]]
+name = "scada"
+type = "sparkplug"
+broker = "mqtt://127.0.0.1:{mqtt}"
+group_id = "{GROUP}"
+edge_node_id = "{EDGE}"
+streams = ["live", "metrics"]
+keep_alive = "5s"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+
+[[uplinks]]
+name = "plant"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:{mqtt}"
+streams = ["metrics"]
+keep_alive = "5s"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+"#,
+        state = state.display()
+    )
+}
+
+/// Node metric name and timestamp → value and Sparkplug quality, as NDATA carried them.
+type SpbValues = std::collections::HashMap<(String, u64), (Option<f64>, Option<i32>)>;
+/// Node metric name and timestamp → value and quality, as the JSON uplink carried them.
+type JsonValues = std::collections::HashMap<(String, u64), (Option<f64>, String)>;
+
+/// The node metric name (docs/TOPICS.md, "Node metrics") of a figure the MQTT uplink published
+/// as JSON (`calc`, one metric): `calc/<calc>/<line>[/<period>]/<name>` for the potline's
+/// calculators, `derived/potline1/<name>` for the derived point; none for a cell's figure and
+/// the completeness reports, which are no node metrics.
+fn node_name_of_json(calc: &str, metric: &serde_json::Value) -> Option<String> {
+    let name = metric["name"].as_str().expect("a name");
+    let labels = &metric["labels"];
+    match calc {
+        "derived" => Some(format!("derived/potline1/{name}")),
+        "completeness" => None,
+        _ if labels.get("cell").is_some() => None,
+        _ => {
+            let line = labels["line"].as_str().expect("a line label");
+            Some(
+                match labels.get("period").and_then(serde_json::Value::as_str) {
+                    Some(period) => format!("calc/{calc}/{line}/{period}/{name}"),
+                    None => format!("calc/{calc}/{line}/{name}"),
+                },
+            )
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_publishes_its_potline_figures_and_metrics_derived_points_as_node_metrics() {
+    use std::collections::HashMap;
+
+    let broker = Mosquitto::start();
+    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let (_json_sub, mut json) =
+        mosquitto::subscribe(broker.port, "smeltwatch/spb-calc/metrics/#").await;
+    let sim_cfg: smeltwatch::simulator::SimulatorConfig = toml::from_str(
+        r#"
+seed = 7
+tick = "50ms"
+time_scale = 120.0
+
+[[potlines]]
+name = "potline1"
+listen = "127.0.0.1:1"
+cells = 4
+anode_effects_per_cell_day = 0.0
+"#,
+    )
+    .expect("simulator section parses");
+    let sim = smeltwatch::simulator::start(&sim_cfg, smeltwatch::simulator::BindMode::AnyPort)
+        .await
+        .expect("simulator starts");
+    let state = tempfile::tempdir().unwrap();
+    let toml = potline_agent_config(
+        common::plant::endpoint_port(&sim, "potline1"),
+        broker.port,
+        state.path(),
+    );
+    let cfg = smeltwatch::config::parse(&toml, Path::new("spb-calc.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let agent = smeltwatch::app::start(cfg, Default::default())
+        .await
+        .expect("agent starts");
+
+    // NBIRTH declares the node metrics, each Double with its unit: the minute figures, the
+    // closed periods' one per period, the derived point.
+    let nbirth = until(&mut rx, "NBIRTH").await;
+    let declared: HashMap<String, (u64, Option<u32>, Option<String>)> = nbirth
+        .payload
+        .metrics
+        .iter()
+        .filter_map(|m| Some((m.name.clone()?, (m.alias?, m.datatype, eng_unit(m)))))
+        .collect();
+    let double = Some(DataType::Double as u32);
+    for (name, unit) in [
+        ("calc/potline/potline1/line_current_ka", "kA"),
+        ("calc/potline/potline1/dc_kwh_per_t_today", "kWh/t"),
+        ("calc/potline/potline1/day/dc_kwh_per_t", "kWh/t"),
+        ("calc/potline/potline1/month/dc_kwh_per_t", "kWh/t"),
+        ("calc/potline/potline1/ytd/capacity_utilisation_pct", "%"),
+        (
+            "calc/anode_effect/potline1/day/aem_min_per_cell_day",
+            "min/cell-day",
+        ),
+        ("calc/emissions/potline1/month/pfc_co2e_t", "t"),
+        ("derived/potline1/mean_cell_voltage_v", "V"),
+    ] {
+        let (_, datatype, eng) = declared
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not declared in {:?}", declared.keys()));
+        assert_eq!((*datatype, eng.as_deref()), (double, Some(unit)), "{name}");
+    }
+    let by_alias: HashMap<u64, &str> = declared
+        .iter()
+        .map(|(name, (alias, _, _))| (*alias, name.as_str()))
+        .collect();
+
+    // Every NDATA value and every JSON value of the same figure and timestamp, until the line
+    // current and the derived mean have both arrived good on both sides, and the month closed.
+    let mut spb_values: SpbValues = HashMap::new();
+    let mut json_values: JsonValues = HashMap::new();
+    let wanted = [
+        "calc/potline/potline1/line_current_ka",
+        "derived/potline1/mean_cell_voltage_v",
+    ];
+    let month = "calc/potline/potline1/month/dc_kwh_per_t";
+    let month_closed = |spb_values: &SpbValues, json_values: &JsonValues| {
+        json_values
+            .keys()
+            .any(|(n, ts)| n == month && spb_values.contains_key(&(n.clone(), *ts)))
+    };
+    let both_good = |spb_values: &SpbValues, json_values: &JsonValues, name: &str| {
+        json_values.iter().any(|((n, ts), (v, q))| {
+            n == name && q == "good" && v.is_some() && spb_values.contains_key(&(n.clone(), *ts))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // The last Quality announced live per alias (DATA repeats it only when it changes or is bad).
+    let mut announced: HashMap<u64, i32> = HashMap::new();
+    while !(wanted
+        .iter()
+        .all(|n| both_good(&spb_values, &json_values, n))
+        && month_closed(&spb_values, &json_values))
+    {
+        tokio::select! {
+            m = rx.recv() => {
+                let (topic, raw) = m.expect("subscriber alive");
+                if topic != format!("spBv1.0/{GROUP}/NDATA/{EDGE}") {
+                    continue;
+                }
+                for x in spb::decode(&raw).expect("a Sparkplug payload").metrics {
+                    let alias = x.alias.expect("NDATA by alias");
+                    assert_eq!(x.name, None, "{x:?}");
+                    let name = by_alias.get(&alias).unwrap_or_else(|| panic!("undeclared alias {alias}"));
+                    // Replayed figures (spooled before the births) say their quality when it is
+                    // not good; live ones when it changed since the last live report.
+                    let quality = if x.is_historical == Some(true) {
+                        Some(spb::metric_quality(&x).unwrap_or(spb::QUALITY_GOOD))
+                    } else {
+                        if let Some(q) = spb::metric_quality(&x) {
+                            announced.insert(alias, q);
+                        }
+                        announced.get(&alias).copied()
+                    };
+                    let v = match spb::decode_value(DataType::Double, x.value.as_ref()) {
+                        Some(Value::Float(f)) => Some(f),
+                        None => None,
+                        other => panic!("not a Double: {other:?}"),
+                    };
+                    spb_values.insert(
+                        ((*name).to_owned(), x.timestamp.expect("a timestamp")),
+                        (v, quality),
+                    );
+                }
+            }
+            m = json.recv() => {
+                let (_, raw) = m.expect("subscriber alive");
+                let msg: serde_json::Value = serde_json::from_slice(&raw).expect("JSON");
+                let calc = msg["calc"].as_str().unwrap_or_default().to_owned();
+                for metric in msg["metrics"].as_array().into_iter().flatten() {
+                    if let Some(name) = node_name_of_json(&calc, metric) {
+                        // Every figure the calculators emit is declared (a figure left out of
+                        // the birth would never reach a host).
+                        assert!(declared.contains_key(&name), "{name} is not a node metric: {metric}");
+                        json_values.insert(
+                            (name, metric["ts"].as_u64().expect("ts in ms")),
+                            (metric["value"].as_f64(), metric["quality"].as_str().unwrap_or_default().to_owned()),
+                        );
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => panic!(
+                "no matching line current and mean, or no month's end, within 60 s: Sparkplug {spb_values:?}, JSON {json_values:?}"
+            ),
+        }
+    }
+    agent.shutdown().await;
+    sim.shutdown().await;
+
+    // The same figure at the same instant has the same value on both uplinks, and a good one
+    // the Sparkplug quality 192.
+    let mut compared = 0;
+    for (key, (spb_value, spb_quality)) in &spb_values {
+        let Some((json_value, json_quality)) = json_values.get(key) else {
+            continue;
+        };
+        assert_eq!(spb_value, json_value, "{key:?}");
+        if json_quality == "good" {
+            assert_eq!(*spb_quality, Some(spb::QUALITY_GOOD), "{key:?}");
+        }
+        compared += 1;
+    }
+    assert!(compared >= 3, "{compared} figures compared");
+}
+
+// The calculators' figures over a month's end, as `tests/calc_catalog.rs` drives them (its
+// configuration with every optional input, and its poll batches), against the node metrics.
+
+/// Every optional input of a potline and of a smelter.
+const CALC_FULL: &str = r#"
+utc_offset_hours = 8
+
+[[potlines]]
+name = "potline1"
+rectifier = "potline1/rectifier"
+pots = "potline1/pot_*"
+current_efficiency = 0.935
+approved_capacity_t_per_year = 1100.0
+tapped_metal_kg_point = "tapped_kg"
+
+[[potlines.auxiliary_meters]]
+device = "potline1/aux_fans"
+
+[[stacks]]
+name = "smelter1_stack"
+device = "smelter1/smelter1_stack"
+pollutants = { so2 = "so2_mg_m3" }
+
+[[smelters]]
+name = "smelter1"
+device = "smelter1/smelter1"
+acid_plant_gas_flow_point = "acid_plant_gas_nm3h"
+stack = "smelter1_stack"
+copper_output_point = "cathode_tph"
+energy_kgce_point = "energy_kgce_h"
+"#;
+
+/// The poll batches of one 10 s step at `t`: the rectifier (line current, the energy counters
+/// and the tapped-metal counter), four pots (one in anode effect for a minute), an auxiliary
+/// meter, the smelter's stack and the smelter.
+fn calc_step(t: i64, n: u64, tapped_kg: u64, ae_from: i64) -> Vec<ReadingBatch> {
+    let mut out = vec![common::calc::batch(
+        "potline1",
+        "rectifier",
+        10_000,
+        vec![
+            common::calc::reading("line_current_ka", Value::Float(400.0), t),
+            common::calc::reading("dc_energy_kwh", Value::UInt(1_000_000 + 18 * n), t),
+            common::calc::reading("ac_energy_kwh", Value::UInt(2_000_000 + 19 * n), t),
+            common::calc::reading("tapped_kg", Value::UInt(tapped_kg), t),
+        ],
+    )];
+    for c in 1..=4 {
+        let v = if c == 2 && (ae_from..ae_from + smeltwatch::calc::time::MINUTE_MS).contains(&t) {
+            30.0
+        } else {
+            4.05
+        };
+        out.push(common::calc::batch(
+            "potline1",
+            &format!("pot_{c:03}"),
+            10_000,
+            vec![
+                common::calc::reading("cell_voltage_v", Value::Float(v), t),
+                common::calc::reading("in_service", Value::Bool(true), t),
+                common::calc::reading("cut_out", Value::Bool(false), t),
+            ],
+        ));
+    }
+    out.push(common::calc::batch(
+        "potline1",
+        "aux_fans",
+        10_000,
+        vec![common::calc::reading(
+            "energy_kwh",
+            Value::UInt(50_000 + 2 * n),
+            t,
+        )],
+    ));
+    out.push(common::calc::batch(
+        "smelter1",
+        "smelter1_stack",
+        10_000,
+        vec![
+            common::calc::reading("so2_mg_m3", Value::Float(120.0), t),
+            common::calc::reading("flow_m3h", Value::Float(250_000.0), t),
+        ],
+    ));
+    out.push(common::calc::batch(
+        "smelter1",
+        "smelter1",
+        10_000,
+        vec![
+            common::calc::reading("concentrate_feed_tph", Value::Float(150.0), t),
+            common::calc::reading("oxygen_flow_nm3h", Value::Float(24_750.0), t),
+            common::calc::reading("oxygen_enrichment_pct", Value::Float(70.0), t),
+            common::calc::reading("acid_plant_so2_pct", Value::Float(12.0), t),
+            common::calc::reading("acid_plant_gas_nm3h", Value::Float(100_000.0), t),
+            common::calc::reading("cathode_tph", Value::Float(40.0), t),
+            common::calc::reading("energy_kgce_h", Value::Float(9_000.0), t),
+        ],
+    ));
+    out
+}
+
+#[test]
+fn every_figure_the_calculators_emit_over_a_months_end_is_one_declared_node_metric() {
+    use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
+
+    let calc: smeltwatch::calc::CalcConfig = toml::from_str(CALC_FULL).expect("parses");
+    let model = EdgeNodeModel::default().with_node_metrics(spb::node_metrics(&[], Some(&calc)));
+    let mut pipeline = smeltwatch::calc::Pipeline::new(&calc).expect("builds");
+    let midnight = days_from_civil(2025, 4, 1) * DAY_MS - 8 * HOUR_MS;
+    let mut hit = vec![false; model.node.metrics.len()];
+    let (mut t, mut n, mut tapped) = (midnight - 2 * HOUR_MS, 0u64, 10_000u64);
+    while t <= midnight + 5 * MINUTE_MS {
+        if t == midnight - 90 * MINUTE_MS || t == midnight - 30 * MINUTE_MS {
+            tapped += 2_000;
+        }
+        for b in calc_step(t, n, tapped, midnight - HOUR_MS) {
+            for r in pipeline.on_batch(&b) {
+                let Record::Metrics(m) = r else { continue };
+                for x in &m.metrics {
+                    let i = model.node_metric_index(&m.calc, x);
+                    if x.labels.iter().any(|(k, _)| &**k == spb::CELL_LABEL) {
+                        assert_eq!(i, None, "a cell's figure is no node metric: {x:?}");
+                        continue;
+                    }
+                    let i = i.unwrap_or_else(|| panic!("{} {x:?} is not declared", m.calc));
+                    assert_eq!(model.node.unit(i).unwrap_or(""), &*x.unit, "{x:?}");
+                    hit[i] = true;
+                }
+            }
+        }
+        t += 10_000;
+        n += 1;
+    }
+    let never: Vec<&str> = model
+        .node
+        .metrics
+        .iter()
+        .zip(&hit)
+        .filter(|(_, hit)| !**hit)
+        .map(|(m, _)| &*m.name)
+        .collect();
+    assert!(never.is_empty(), "declared but never emitted: {never:#?}");
+    assert!(
+        hit.len() > 100,
+        "{} node metrics: a potline's and a smelter's figures, per period",
+        hit.len()
+    );
 }
 
 // === primary host awareness (Sparkplug 3.0: STATE) ===

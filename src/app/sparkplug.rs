@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::sparkplug::EdgeNodeModel;
+use crate::codec::sparkplug::{EdgeNodeModel, node_metrics};
 use crate::completeness::Completeness;
-use crate::config::{Config, SparkplugConfig, UplinkConfig};
+use crate::config::{Config, SparkplugConfig, Stream, UplinkConfig};
 use crate::modbus::write::DeviceWriters;
 use crate::model::Record;
 use crate::spool::SpoolHandle;
@@ -51,6 +51,20 @@ fn ids(spb: &SparkplugConfig) -> SparkplugSettings {
     }
 }
 
+/// What the edge node declares: the devices (configured and `live` derived) when the uplink
+/// carries the `live` stream, the node metrics when it carries `metrics`; nothing it would never
+/// send data for.
+fn model(cfg: &Config, uplink: &UplinkConfig) -> EdgeNodeModel {
+    let mut model = EdgeNodeModel::default();
+    if uplink.streams.contains(&Stream::Live) {
+        model = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+    }
+    if uplink.streams.contains(&Stream::Metrics) {
+        model = model.with_node_metrics(node_metrics(&cfg.derived, cfg.calc.as_ref()));
+    }
+    model
+}
+
 /// What [`start`] can refuse, checked without a spool (see [`super::preflight`]).
 pub(crate) fn preflight(uplink: &UplinkConfig, spb: &SparkplugConfig) -> anyhow::Result<()> {
     SparkplugUplink::preflight(&uplink.name, &spb.mqtt, &ids(spb))
@@ -66,23 +80,17 @@ pub(crate) fn start(
     wiring: Wiring<'_>,
 ) -> anyhow::Result<watch::Receiver<UplinkStatus>> {
     let ids = ids(spb);
-    let edge = SparkplugUplink::new(
-        &uplink.name,
-        &spb.mqtt,
-        ids,
-        EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived),
-        spool,
-    )
-    .with_context(|| format!("uplink {:?}", uplink.name))?
-    .with_device_writes(DeviceWriteGate {
-        enabled: spb.device_writes,
-        max_command_age: spb.max_command_age,
-        writers: wiring.writers.clone(),
-        events: wiring.events.clone(),
-    })
-    .with_completeness(wiring.completeness.clone())
-    .with_publish_latency(wiring.publish_latency.clone())
-    .with_shutdown_grace(wiring.grace);
+    let edge = SparkplugUplink::new(&uplink.name, &spb.mqtt, ids, model(cfg, uplink), spool)
+        .with_context(|| format!("uplink {:?}", uplink.name))?
+        .with_device_writes(DeviceWriteGate {
+            enabled: spb.device_writes,
+            max_command_age: spb.max_command_age,
+            writers: wiring.writers.clone(),
+            events: wiring.events.clone(),
+        })
+        .with_completeness(wiring.completeness.clone())
+        .with_publish_latency(wiring.publish_latency.clone())
+        .with_shutdown_grace(wiring.grace);
     tracing::info!(
         uplink = %uplink.name,
         broker = %spb.mqtt.broker,

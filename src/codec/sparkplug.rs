@@ -1,17 +1,24 @@
 //! The Sparkplug B 3.0 payload encoder (pure): smeltwatch is the edge node, each Modbus device a
-//! Sparkplug device, each configured point a device metric.
+//! Sparkplug device, each configured point a device metric, and the figures of the `metrics`
+//! stream metrics of the node itself.
 //!
 //! What this module guarantees (the statements of the Sparkplug 3.0 specification it implements):
 //! - **Aliases** are assigned deterministically from the configuration: device metrics get 1, 2, 3…
 //!   in configuration order of sources, devices and points ([`EdgeNodeModel::from_sources`]), then
 //!   the `live` derived points in `[[derived]]` order ([`EdgeNodeModel::with_derived`]), so the
-//!   same configuration gives the same aliases after every restart. Aliases are unique across the
-//!   whole edge node. The node metrics `bdSeq` and `Node Control/Rebirth` are never aliased.
+//!   same configuration gives the same aliases after every restart; then the node metrics
+//!   ([`EdgeNodeModel::with_node_metrics`]). Aliases are unique across the whole edge node. The
+//!   node metrics `bdSeq` and `Node Control/Rebirth` are never aliased.
 //! - **Derived devices**: each device of the `live` derived points (`derived/<device>`) is a
 //!   Sparkplug device of its own, its points Double metrics. It is never dead: a derived value's
 //!   bad quality travels in DATA, not as DDEATH.
-//! - **NBIRTH** ([`nbirth`]) carries every node metric: `bdSeq` (Int64) and `Node Control/Rebirth`
-//!   (Boolean, false), with seq 0. **NDEATH** ([`ndeath`]) carries only `bdSeq` and no seq.
+//! - **Node metrics**: when the uplink carries the `metrics` stream, each calculator figure and
+//!   each `metrics` derived point is a Double metric of the edge node, named by its place
+//!   ([`NodeMetric`]: `calc/<calc>/<label values…>/<name>`, `derived/<device>/<name>`), declared
+//!   in NBIRTH and reported by exception in NDATA like a device metric.
+//! - **NBIRTH** ([`nbirth_with`]) carries every node metric: `bdSeq` (Int64), `Node
+//!   Control/Rebirth` (Boolean, false) and the node metrics, with seq 0. **NDEATH** ([`ndeath`])
+//!   carries only `bdSeq` and no seq.
 //! - **DBIRTH** ([`dbirth`]) carries every metric of the device with name, alias, datatype, its
 //!   current value (or `is_null`) and the timestamp of its acquisition.
 //! - **NDATA/DDATA** ([`ddata`]) carry aliases only (no name, no datatype), only the metrics that
@@ -22,6 +29,8 @@
 //! - **Quality** is the metric property `Quality` (Int32): 192 good, 500 stale, 0 for every other
 //!   quality ([`quality_code`]). BIRTH metrics always carry it; DATA metrics carry it when the
 //!   quality is not good or has changed since it was last reported.
+//! - **Units**: a BIRTH metric whose point, derived point or figure declares a unit carries it as
+//!   the property `engUnit` (String), beside `Quality`; DATA does not repeat it.
 //! - **Integers** are encoded as Eclipse Tahu does: signed values are sign-extended into the
 //!   unsigned field (`Int16 -5` → `int_value 4294967291`), and decoded leniently
 //!   ([`decode_value`]: the low bits of either field, sign-extended to the datatype's width).
@@ -33,9 +42,10 @@ use std::sync::Arc;
 
 use prost::Message;
 
+use crate::calc::{CalcConfig, catalog, names};
 use crate::config::{DataType as WireType, PointConfig, SourceConfig};
 use crate::derived::config::{DerivedPoint, DerivedStream, SOURCE};
-use crate::model::{Quality, Reading, ReadingBatch, Timestamp, Value};
+use crate::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Timestamp, Value};
 
 /// The prost types generated from `proto/sparkplug_b.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -61,6 +71,15 @@ pub const QUALITY_GOOD: i32 = 192;
 pub const QUALITY_BAD: i32 = 0;
 /// `Quality` property value of a stale value.
 pub const QUALITY_STALE: i32 = 500;
+/// Name of the engineering-unit property (String), the one Ignition and other hosts read.
+pub const ENG_UNIT_PROPERTY: &str = "engUnit";
+/// First level of the name of a node metric that carries a calculator's figure.
+pub const NODE_CALC_PREFIX: &str = "calc";
+/// First level of the name of a node metric that carries a `metrics` derived point.
+pub const NODE_DERIVED_PREFIX: &str = "derived";
+/// The `calc` of the metric batches of the `metrics` derived points (the derived engine's, which
+/// sits above this layer; a test checks that they agree).
+const DERIVED_CALC: &str = "derived";
 
 /// The Sparkplug message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,8 +173,9 @@ pub struct MetricModel {
     pub datatype: DataType,
 }
 
-/// One Sparkplug device: a configured Modbus device, or the device of `live` derived points.
-#[derive(Debug, Clone, PartialEq)]
+/// One Sparkplug device: a configured Modbus device, or the device of `live` derived points; or
+/// the edge node's own metrics ([`EdgeNodeModel::node`]).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DeviceModel {
     /// Device id: the device name.
     pub name: Arc<str>,
@@ -164,11 +184,14 @@ pub struct DeviceModel {
     /// The derived device (`derived/<device>`) it stands for, if it is one: never dead, never
     /// written.
     pub derived: Option<Arc<str>>,
+    /// The declared unit of each metric (empty: none), beside `metrics` rather than in
+    /// [`MetricModel`] so that a model built by hand keeps its shape ([`DeviceModel::with_units`]).
+    units: Vec<Arc<str>>,
     index: HashMap<Arc<str>, usize>,
 }
 
 impl DeviceModel {
-    /// Build a device from its metrics (in the order given).
+    /// Build a device from its metrics (in the order given), without units.
     pub fn new(name: Arc<str>, metrics: Vec<MetricModel>) -> Self {
         let index = metrics
             .iter()
@@ -179,8 +202,22 @@ impl DeviceModel {
             name,
             metrics,
             derived: None,
+            units: Vec::new(),
             index,
         }
+    }
+
+    /// This device with the unit of each metric, in the order of its metrics (an empty unit, or
+    /// a missing one at the end, is none). Births carry them as `engUnit`.
+    #[must_use]
+    pub fn with_units(mut self, units: Vec<Arc<str>>) -> Self {
+        self.units = units;
+        self
+    }
+
+    /// The declared unit of metric `i`, if it has one.
+    pub fn unit(&self, i: usize) -> Option<&str> {
+        self.units.get(i).map(|u| &**u).filter(|u| !u.is_empty())
     }
 
     /// The index of a metric by point name.
@@ -189,11 +226,201 @@ impl DeviceModel {
     }
 }
 
+/// A figure of the `metrics` stream that is a metric of the edge node itself (NBIRTH, NDATA):
+/// where it comes from, and the name it has there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeMetric {
+    /// The Sparkplug metric name: `calc/<calc>/<label>[/<period>]/<metric>` for a calculator's
+    /// figure ([`NodeMetric::calc`]), `derived/<device>/<name>` for a derived point
+    /// ([`NodeMetric::derived`]).
+    pub name: Arc<str>,
+    /// The `calc` of the metric batches that carry it.
+    pub calc: Arc<str>,
+    /// Its name in those batches.
+    pub metric: Arc<str>,
+    /// Which of the metrics of that name it is.
+    pub place: Place,
+    /// The declared unit (empty: none).
+    pub unit: Arc<str>,
+}
+
+/// Which metric of a batch a node metric stands for, among those of its calculator and name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Place {
+    /// A derived point: the metric with exactly these labels (all that tells two points of one
+    /// name apart).
+    Labels(Vec<(Arc<str>, Arc<str>)>),
+    /// A calculator's figure: the metric whose first label (the line, the smelter) has the value
+    /// `first` and whose label [`PERIOD_LABEL`] is `period` (none: a minute's figure). Its other
+    /// labels describe the value rather than place it (a period's `production` basis, measured
+    /// or by Faraday, may change from one day to the next) and are not compared; a figure of one
+    /// cell (label [`CELL_LABEL`]) is never a line's.
+    Figure {
+        /// The value of the first label.
+        first: Arc<str>,
+        /// The closed window, if it is one's.
+        period: Option<Arc<str>>,
+    },
+}
+
+/// The label of a calculator's figure that names its closed window (`day`, `month`, `ytd`).
+pub const PERIOD_LABEL: &str = "period";
+/// The label of a calculator's figure of one cell.
+pub const CELL_LABEL: &str = "cell";
+
+impl Place {
+    fn matches(&self, labels: &[(Arc<str>, Arc<str>)]) -> bool {
+        let value = |key: &str| labels.iter().find(|(k, _)| &**k == key).map(|(_, v)| v);
+        match self {
+            Place::Labels(l) => l.as_slice() == labels,
+            Place::Figure { first, period } => {
+                labels.first().map(|(_, v)| v) == Some(first)
+                    && value(PERIOD_LABEL) == period.as_ref()
+                    && value(CELL_LABEL).is_none()
+            }
+        }
+    }
+}
+
+/// One level of a node metric name: a `/` inside a value would open another level, so it is
+/// written `_`.
+fn level(value: &str) -> String {
+    value.replace('/', "_")
+}
+
+impl NodeMetric {
+    /// A calculator's figure, named by its place: `calc/<calc>/<first label>/<metric>`, e.g.
+    /// `calc/potline/potline1/dc_kwh_per_t_today`, with the period as a level before the name
+    /// for the figure of a closed window (`calc/potline/potline1/day/dc_kwh_per_t`).
+    ///
+    /// One node metric per period: the day's and the month's figure are different quantities
+    /// that a host trends, stores and alarms on separately, and one metric taking the day's
+    /// value at midnight and the month's at the month's end would have a meaningless history.
+    /// Each value is timestamped with the end of its window.
+    pub fn calc(
+        calc: &str,
+        first: &str,
+        period: Option<&str>,
+        metric: &str,
+        unit: &str,
+    ) -> NodeMetric {
+        let mut name = format!("{NODE_CALC_PREFIX}/{}/{}", level(calc), level(first));
+        if let Some(p) = period {
+            name.push('/');
+            name.push_str(&level(p));
+        }
+        name.push('/');
+        name.push_str(&level(metric));
+        NodeMetric {
+            name: Arc::from(name),
+            calc: Arc::from(calc),
+            metric: Arc::from(metric),
+            place: Place::Figure {
+                first: Arc::from(first),
+                period: period.map(Arc::from),
+            },
+            unit: Arc::from(unit),
+        }
+    }
+
+    /// A derived point of the `metrics` stream, `derived/<device>/<name>`: the batches of
+    /// calculator `derived` carry it under its name with exactly its labels.
+    pub fn derived(p: &DerivedPoint) -> NodeMetric {
+        NodeMetric {
+            name: Arc::from(format!(
+                "{NODE_DERIVED_PREFIX}/{}/{}",
+                level(&p.device),
+                level(&p.name)
+            )),
+            calc: Arc::from(DERIVED_CALC),
+            metric: p.name.clone(),
+            place: Place::Labels(p.labels.clone()),
+            unit: p.unit.clone(),
+        }
+    }
+}
+
+/// The periods of the closed windows a calculator's figure is emitted for (its label
+/// [`PERIOD_LABEL`]); `None` stands for the figure of the minute, which has no period. The
+/// catalogue ([`catalog::metrics`]) lists each figure once per line or smelter, whatever its
+/// periods, and a birth must declare each period's metric: the calculators' minute figures,
+/// those of a minute and of closed windows, and those also of the year to date are listed here;
+/// every other figure is one of closed days and months. `tests/sparkplug.rs` checks these against what
+/// a potline's and a copper smelter's calculators emit over a month's end.
+fn periods(calc: &str, name: &str) -> &'static [Option<&'static str>] {
+    const MINUTE: &[Option<&str>] = &[None];
+    const DAY_MONTH: &[Option<&str>] = &[Some("day"), Some("month")];
+    const MINUTE_DAY_MONTH: &[Option<&str>] = &[None, Some("day"), Some("month")];
+    const DAY_MONTH_YTD: &[Option<&str>] = &[Some("day"), Some("month"), Some("ytd")];
+    match (calc, name) {
+        (
+            names::POTLINE,
+            names::LINE_CURRENT_KA
+            | names::CELLS_IN_SERVICE
+            | names::PRODUCTION_TODAY_T
+            | names::DC_KWH_PER_T_TODAY
+            | names::AC_KWH_PER_T_TODAY
+            | names::COMPREHENSIVE_AC_KWH_PER_T_TODAY,
+        )
+        | (
+            names::COPPER,
+            names::CONCENTRATE_FEED_TPH
+            | names::OXYGEN_FLOW_NM3H
+            | names::OXYGEN_ENRICHMENT_PCT
+            | names::ACID_PLANT_SO2_KG_H
+            | names::STACK_SO2_KG_H,
+        ) => MINUTE,
+        (names::COPPER, names::OXYGEN_NM3_PER_T_CONCENTRATE | names::SULPHUR_CAPTURE_PCT) => {
+            MINUTE_DAY_MONTH
+        }
+        (names::POTLINE, names::CAPACITY_UTILISATION_PCT) => DAY_MONTH_YTD,
+        _ => DAY_MONTH,
+    }
+}
+
+/// A cell's figures (labels `line` and [`CELL_LABEL`]): not node metrics. A line of 300 cells
+/// would declare 600 of them, and the pots' own points are device metrics already.
+fn is_cell_figure(calc: &str, name: &str) -> bool {
+    calc == names::POTLINE
+        && matches!(
+            name,
+            names::CELL_VOLTAGE_AVG_V | names::PSEUDO_RESISTANCE_UOHM
+        )
+}
+
+/// The node metrics of an edge node that carries the `metrics` stream: the `metrics` derived
+/// points in `[[derived]]` order, then every figure the calculators of `calc` can emit
+/// ([`catalog::metrics`], in its order), one per period, except a cell's.
+pub fn node_metrics(derived: &[DerivedPoint], calc: Option<&CalcConfig>) -> Vec<NodeMetric> {
+    let mut out: Vec<NodeMetric> = derived
+        .iter()
+        .filter(|p| p.stream == DerivedStream::Metrics)
+        .map(NodeMetric::derived)
+        .collect();
+    for m in calc.map(catalog::metrics).unwrap_or_default() {
+        if is_cell_figure(m.calc, m.name) {
+            continue;
+        }
+        for period in periods(m.calc, m.name) {
+            out.push(NodeMetric::calc(m.calc, &m.label, *period, m.name, m.unit));
+        }
+    }
+    out
+}
+
 /// Every device and metric of the edge node, with their aliases.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EdgeNodeModel {
     /// Devices in configuration order.
     pub devices: Vec<DeviceModel>,
+    /// The edge node's own metrics besides `bdSeq` and `Node Control/Rebirth`: the figures of
+    /// the `metrics` stream ([`EdgeNodeModel::with_node_metrics`]), Double, in NBIRTH and NDATA.
+    /// Its `name` is empty.
+    pub node: DeviceModel,
+    /// Where each metric of `node` comes from, in the same order.
+    node_sources: Vec<NodeMetric>,
+    /// `(calc, metric)` → the indexes in `node` of the node metrics of that name.
+    node_keys: HashMap<(Arc<str>, Arc<str>), Vec<usize>>,
     index: HashMap<Arc<str>, usize>,
 }
 
@@ -219,39 +446,54 @@ impl EdgeNodeModel {
                         }
                     })
                     .collect();
-                DeviceModel::new(d.name.clone(), metrics)
+                let units = d.points.iter().map(|p| p.unit.clone()).collect();
+                DeviceModel::new(d.name.clone(), metrics).with_units(units)
             })
             .collect();
         Self::new(devices)
     }
 
-    /// A model from explicit devices (aliases as given).
+    /// A model from explicit devices (aliases as given), without node metrics.
     pub fn new(devices: Vec<DeviceModel>) -> Self {
         let index = devices
             .iter()
             .enumerate()
             .map(|(i, d)| (d.name.clone(), i))
             .collect();
-        EdgeNodeModel { devices, index }
+        EdgeNodeModel {
+            devices,
+            index,
+            ..Default::default()
+        }
+    }
+
+    /// The highest alias of the model (0 when it has none).
+    fn last_alias(&self) -> u64 {
+        self.devices
+            .iter()
+            .chain(std::iter::once(&self.node))
+            .flat_map(|d| &d.metrics)
+            .map(|m| m.alias)
+            .max()
+            .unwrap_or(0)
     }
 
     /// This model with the `live` derived points added: one device per derived device, in
     /// first-seen order, its points Double metrics with the aliases after the last one. The
     /// device id is the derived device's name, or `derived_<name>` when a configured device
     /// already has that name (two births on one topic would confuse every host). `metrics`
-    /// derived points travel on the metrics stream, which Sparkplug does not carry.
+    /// derived points are node metrics ([`EdgeNodeModel::with_node_metrics`]).
     #[must_use]
     pub fn with_derived(self, derived: &[DerivedPoint]) -> Self {
-        let first_alias = self
-            .devices
-            .iter()
-            .flat_map(|d| &d.metrics)
-            .map(|m| m.alias)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        /// A derived device's metrics and their units, in `[[derived]]` order.
+        struct Added {
+            device: Arc<str>,
+            metrics: Vec<MetricModel>,
+            units: Vec<Arc<str>>,
+        }
+        let first_alias = self.last_alias() + 1;
         let mut devices = self.devices;
-        let mut added: Vec<(Arc<str>, Vec<MetricModel>)> = Vec::new();
+        let mut added: Vec<Added> = Vec::new();
         let live = derived.iter().filter(|p| p.stream == DerivedStream::Live);
         for (alias, p) in (first_alias..).zip(live) {
             let metric = MetricModel {
@@ -259,21 +501,112 @@ impl EdgeNodeModel {
                 alias,
                 datatype: DataType::Double,
             };
-            match added.iter_mut().find(|(d, _)| *d == p.device) {
-                Some((_, metrics)) => metrics.push(metric),
-                None => added.push((p.device.clone(), vec![metric])),
-            }
+            let i = match added.iter().position(|a| a.device == p.device) {
+                Some(i) => i,
+                None => {
+                    added.push(Added {
+                        device: p.device.clone(),
+                        metrics: Vec::new(),
+                        units: Vec::new(),
+                    });
+                    added.len() - 1
+                }
+            };
+            added[i].metrics.push(metric);
+            added[i].units.push(p.unit.clone());
         }
-        for (device, metrics) in added {
-            let mut id = device.to_string();
+        for a in added {
+            let mut id = a.device.to_string();
             while devices.iter().any(|d| *d.name == *id) {
                 id = format!("derived_{id}");
             }
-            let mut model = DeviceModel::new(Arc::from(id), metrics);
-            model.derived = Some(device);
+            let mut model = DeviceModel::new(Arc::from(id), a.metrics).with_units(a.units);
+            model.derived = Some(a.device);
             devices.push(model);
         }
-        Self::new(devices)
+        Self {
+            node: self.node,
+            node_sources: self.node_sources,
+            node_keys: self.node_keys,
+            ..Self::new(devices)
+        }
+    }
+
+    /// This model with the node metrics `metrics` added after the last alias, Double, in the
+    /// order given. A metric whose name is already taken is left out: the first one keeps it.
+    #[must_use]
+    pub fn with_node_metrics(mut self, metrics: impl IntoIterator<Item = NodeMetric>) -> Self {
+        let mut next_alias = self.last_alias() + 1;
+        let mut sources = std::mem::take(&mut self.node_sources);
+        let mut models = std::mem::take(&mut self.node.metrics);
+        let mut taken: std::collections::HashSet<Arc<str>> =
+            sources.iter().map(|s| s.name.clone()).collect();
+        for m in metrics {
+            if !taken.insert(m.name.clone()) {
+                continue;
+            }
+            models.push(MetricModel {
+                name: m.name.clone(),
+                alias: next_alias,
+                datatype: DataType::Double,
+            });
+            next_alias += 1;
+            sources.push(m);
+        }
+        let units = sources.iter().map(|s| s.unit.clone()).collect();
+        self.node = DeviceModel::new(Arc::from(""), models).with_units(units);
+        self.node_keys.clear();
+        for (i, s) in sources.iter().enumerate() {
+            self.node_keys
+                .entry((s.calc.clone(), s.metric.clone()))
+                .or_default()
+                .push(i);
+        }
+        self.node_sources = sources;
+        self
+    }
+
+    /// Where each node metric comes from, in the order of [`EdgeNodeModel::node`]'s metrics.
+    pub fn node_sources(&self) -> &[NodeMetric] {
+        &self.node_sources
+    }
+
+    /// The node metric a metric of calculator `calc` is, if any: the first of its name whose
+    /// [`Place`] it is.
+    pub fn node_metric_index(&self, calc: &Arc<str>, metric: &Metric) -> Option<usize> {
+        self.node_keys
+            .get(&(calc.clone(), metric.name.clone()))?
+            .iter()
+            .copied()
+            .find(|&i| self.node_sources[i].place.matches(&metric.labels))
+    }
+
+    /// A metric batch as readings of [`EdgeNodeModel::node`] (point = node metric name), for
+    /// [`DeviceState::changes`] and [`ddata`]: its metrics that are node metrics, each with its
+    /// value (Double), unit, quality and timestamp; the others are left out.
+    pub fn node_batch(&self, batch: &MetricBatch) -> ReadingBatch {
+        let readings = batch
+            .metrics
+            .iter()
+            .filter_map(|m| {
+                let i = self.node_metric_index(&batch.calc, m)?;
+                Some(Reading {
+                    point: self.node.metrics[i].name.clone(),
+                    value: m.value.map(Value::Float),
+                    unit: m.unit.clone(),
+                    quality: m.quality,
+                    ts: m.ts,
+                })
+            })
+            .collect();
+        ReadingBatch {
+            source: Arc::from(""),
+            device: batch.calc.clone(),
+            unit_id: 0,
+            poll_interval_ms: 0,
+            scheduled: batch.ts,
+            readings,
+        }
     }
 
     /// The index of a device by name.
@@ -389,6 +722,23 @@ impl DeviceState {
     }
 }
 
+/// Every reading of `batch` that is a metric of `device`, as replayed data reports it: without
+/// comparing with the last reported values (which belong to the live data), each with its
+/// `Quality` when that is not good.
+pub fn replayed<'a>(device: &DeviceModel, batch: &'a ReadingBatch) -> Vec<Change<'a>> {
+    batch
+        .readings
+        .iter()
+        .filter_map(|r| {
+            Some(Change {
+                metric: device.metric_index(&r.point)?,
+                reading: r,
+                with_quality: r.quality != Quality::Good,
+            })
+        })
+        .collect()
+}
+
 /// Whether a device stopped answering: it returned readings and every one is `comm_fail`.
 pub fn device_is_dead(batch: &ReadingBatch) -> bool {
     !batch.readings.is_empty()
@@ -422,21 +772,36 @@ fn bd_seq_metric(bd_seq: u64, ts: Timestamp) -> PbMetric {
     }
 }
 
-/// NBIRTH: `bdSeq` and `Node Control/Rebirth` (false, never aliased), seq 0.
+/// NBIRTH of a node without metrics of its own: `bdSeq` and `Node Control/Rebirth` (false,
+/// never aliased), seq 0.
 pub fn nbirth(bd_seq: u64, ts: Timestamp) -> pb::Payload {
+    nbirth_with(bd_seq, &DeviceModel::default(), &[], ts)
+}
+
+/// NBIRTH: `bdSeq` and `Node Control/Rebirth` (false, never aliased), then every node metric
+/// ([`EdgeNodeModel::node`]) as [`dbirth`] writes a device's metrics, with its last value
+/// `current`; seq 0.
+pub fn nbirth_with(
+    bd_seq: u64,
+    node: &DeviceModel,
+    current: &[Option<Reading>],
+    ts: Timestamp,
+) -> pb::Payload {
+    let mut metrics = vec![
+        bd_seq_metric(bd_seq, ts),
+        PbMetric {
+            name: Some(NODE_REBIRTH.into()),
+            timestamp: Some(ms(ts)),
+            datatype: Some(DataType::Boolean as u32),
+            value: Some(PbValue::BooleanValue(false)),
+            ..Default::default()
+        },
+    ];
+    metrics.extend(birth_metrics(node, current, ts));
     pb::Payload {
         timestamp: Some(ms(ts)),
         seq: Some(0),
-        metrics: vec![
-            bd_seq_metric(bd_seq, ts),
-            PbMetric {
-                name: Some(NODE_REBIRTH.into()),
-                timestamp: Some(ms(ts)),
-                datatype: Some(DataType::Boolean as u32),
-                value: Some(PbValue::BooleanValue(false)),
-                ..Default::default()
-            },
-        ],
+        metrics,
         ..Default::default()
     }
 }
@@ -463,42 +828,66 @@ fn quality_props(q: Quality) -> pb::payload::PropertySet {
     }
 }
 
+/// The properties of a metric in a BIRTH: `Quality`, and `engUnit` (String) when the metric
+/// declares a unit. DATA does not repeat the unit: it belongs to the metric's definition, which
+/// hosts take from the birth.
+fn birth_props(q: Quality, unit: Option<&str>) -> pb::payload::PropertySet {
+    let mut props = quality_props(q);
+    if let Some(unit) = unit {
+        props.keys.push(ENG_UNIT_PROPERTY.into());
+        props.values.push(pb::payload::PropertyValue {
+            r#type: Some(DataType::String as u32),
+            is_null: None,
+            value: Some(pb::payload::property_value::Value::StringValue(
+                unit.to_owned(),
+            )),
+        });
+    }
+    props
+}
+
+/// Every metric of `device` as a BIRTH carries it: name, alias, datatype, current value (or
+/// `is_null`), quality, unit and acquisition timestamp (`ts` for one never read).
+fn birth_metrics<'a>(
+    device: &'a DeviceModel,
+    current: &'a [Option<Reading>],
+    ts: Timestamp,
+) -> impl Iterator<Item = PbMetric> + 'a {
+    device.metrics.iter().enumerate().map(move |(i, m)| {
+        let reading = current.get(i).and_then(Option::as_ref);
+        let mut metric = PbMetric {
+            name: Some(m.name.to_string()),
+            alias: Some(m.alias),
+            datatype: Some(m.datatype as u32),
+            timestamp: Some(ms(reading.map_or(ts, |r| r.ts))),
+            properties: Some(birth_props(
+                reading.map_or(Quality::CommFail, |r| r.quality),
+                device.unit(i),
+            )),
+            ..Default::default()
+        };
+        set_value(
+            &mut metric,
+            m.datatype,
+            reading.and_then(|r| r.value.as_ref()),
+        );
+        metric
+    })
+}
+
 /// DBIRTH: every metric of the device with name, alias, datatype, current value (or `is_null`
-/// when none was ever read), quality and acquisition timestamp. A metric never read gets `ts`.
+/// when none was ever read), quality, unit (`engUnit`, when declared) and acquisition timestamp.
+/// A metric never read gets `ts`.
 pub fn dbirth(
     device: &DeviceModel,
     current: &[Option<Reading>],
     seq: u64,
     ts: Timestamp,
 ) -> pb::Payload {
-    let metrics = device
-        .metrics
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let reading = current.get(i).and_then(Option::as_ref);
-            let mut metric = PbMetric {
-                name: Some(m.name.to_string()),
-                alias: Some(m.alias),
-                datatype: Some(m.datatype as u32),
-                timestamp: Some(ms(reading.map_or(ts, |r| r.ts))),
-                properties: Some(quality_props(
-                    reading.map_or(Quality::CommFail, |r| r.quality),
-                )),
-                ..Default::default()
-            };
-            set_value(
-                &mut metric,
-                m.datatype,
-                reading.and_then(|r| r.value.as_ref()),
-            );
-            metric
-        })
-        .collect();
     pb::Payload {
         timestamp: Some(ms(ts)),
         seq: Some(seq),
-        metrics,
+        metrics: birth_metrics(device, current, ts).collect(),
         ..Default::default()
     }
 }
@@ -631,6 +1020,16 @@ pub fn decode_value(datatype: DataType, value: Option<&PbValue>) -> Option<Value
         },
         _ => return None,
     })
+}
+
+/// The `engUnit` property of a metric, if present.
+pub fn metric_eng_unit(metric: &PbMetric) -> Option<&str> {
+    let props = metric.properties.as_ref()?;
+    let i = props.keys.iter().position(|k| k == ENG_UNIT_PROPERTY)?;
+    match props.values.get(i)?.value.as_ref()? {
+        pb::payload::property_value::Value::StringValue(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// The `Quality` property of a metric, if present.
@@ -854,6 +1253,63 @@ unit = "V"
             p.metrics[0].value,
             nbirth(7, Timestamp(T0 + 5)).metrics[0].value
         );
+    }
+
+    /// The `engUnit` property of a metric, if present (a String).
+    fn eng_unit(metric: &PbMetric) -> Option<String> {
+        let props = metric.properties.as_ref()?;
+        let i = props.keys.iter().position(|k| k == "engUnit")?;
+        let v = props.values.get(i)?;
+        assert_eq!(v.r#type, Some(DataType::String as u32), "{v:?}");
+        match v.value.as_ref()? {
+            pb::payload::property_value::Value::StringValue(s) => Some(s.clone()),
+            other => panic!("engUnit is not a string: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn births_carry_the_declared_unit_as_eng_unit_of_polled_and_derived_points() {
+        let derived = r#"
+[[derived]]
+name = "line_current_x2_ka"
+expr = "rectifier.line_current_ka * 2"
+unit = "kA"
+stream = "live"
+"#;
+        let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
+            .expect("valid config");
+        let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+        let rect = &m.devices[0];
+        let p = dbirth(
+            rect,
+            &DeviceState::new(rect.metrics.len()).last,
+            1,
+            Timestamp(T0),
+        );
+        let units: Vec<(Option<&str>, Option<String>)> = p
+            .metrics
+            .iter()
+            .map(|x| (x.name.as_deref(), eng_unit(x)))
+            .collect();
+        assert_eq!(
+            units,
+            vec![
+                (Some("line_current_ka"), Some("kA".to_owned())),
+                (Some("offset_raw"), None),
+                (Some("temp_c"), Some("degC".to_owned())),
+            ],
+            "a point without a unit has no engUnit"
+        );
+        assert!(
+            p.metrics
+                .iter()
+                .all(|x| metric_quality(x) == Some(QUALITY_BAD)),
+            "the quality stays beside the unit"
+        );
+        let dev = &m.devices[2];
+        assert_eq!(dev.derived.as_deref(), Some("derived"));
+        let p = dbirth(dev, &DeviceState::new(1).last, 2, Timestamp(T0));
+        assert_eq!(eng_unit(&p.metrics[0]), Some("kA".to_owned()));
     }
 
     #[test]
@@ -1129,6 +1585,287 @@ unit = "V"
         assert!(!is_rebirth_request(&nbirth(1, Timestamp(T0))));
         let bytes = encode(&rebirth_request(Timestamp(T0)));
         assert!(is_rebirth_request(&decode(&bytes).unwrap()));
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(Arc<str>, Arc<str>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
+            .collect()
+    }
+
+    fn figure(name: &str, value: Option<f64>, q: Quality, l: &[(&str, &str)]) -> Metric {
+        Metric {
+            name: name.into(),
+            value,
+            unit: "kWh/t".into(),
+            quality: q,
+            ts: Timestamp(T0),
+            labels: labels(l),
+        }
+    }
+
+    /// The model of [`CONFIG`] with a `live` derived point, a `metrics` one and two potline
+    /// figures (one of the day so far, one of closed periods) as node metrics.
+    fn node_model() -> EdgeNodeModel {
+        let derived = r#"
+[[derived]]
+name = "line_current_x2_ka"
+expr = "rectifier.line_current_ka * 2"
+unit = "kA"
+stream = "live"
+
+[[derived]]
+name = "mean_cell_voltage_v"
+expr = "pot_001.cell_voltage_v"
+unit = "V"
+device = "potline1"
+labels = { line = "potline1" }
+"#;
+        let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
+            .expect("valid config");
+        let mut figures = node_metrics(&cfg.derived, None);
+        let day = Some("day");
+        figures.extend([
+            NodeMetric::calc("potline", "potline1", None, "dc_kwh_per_t_today", "kWh/t"),
+            NodeMetric::calc("potline", "potline1", day, "dc_kwh_per_t", "kWh/t"),
+            NodeMetric::calc(
+                "potline",
+                "potline1",
+                Some("month"),
+                "dc_kwh_per_t",
+                "kWh/t",
+            ),
+            // Declared twice: the first keeps the name.
+            NodeMetric::calc("potline", "potline1", day, "dc_kwh_per_t", "MWh/t"),
+        ]);
+        EdgeNodeModel::from_sources(&cfg.sources)
+            .with_derived(&cfg.derived)
+            .with_node_metrics(figures)
+    }
+
+    #[test]
+    fn metrics_stream_figures_are_double_node_metrics_named_by_their_place_after_every_alias() {
+        let m = node_model();
+        let names: Vec<(&str, u64, DataType, Option<&str>)> = m
+            .node
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (&*x.name, x.alias, x.datatype, m.node.unit(i)))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (
+                    "derived/potline1/mean_cell_voltage_v",
+                    7,
+                    DataType::Double,
+                    Some("V")
+                ),
+                (
+                    "calc/potline/potline1/dc_kwh_per_t_today",
+                    8,
+                    DataType::Double,
+                    Some("kWh/t")
+                ),
+                (
+                    "calc/potline/potline1/day/dc_kwh_per_t",
+                    9,
+                    DataType::Double,
+                    Some("kWh/t")
+                ),
+                (
+                    "calc/potline/potline1/month/dc_kwh_per_t",
+                    10,
+                    DataType::Double,
+                    Some("kWh/t")
+                ),
+            ],
+            "after the polled points (1-5) and the live derived point (6); one per period"
+        );
+        assert_eq!(
+            &*m.devices[2].name, "derived",
+            "the live derived point stays a device metric"
+        );
+        assert_eq!(m, node_model(), "stable across restarts");
+        assert_eq!(
+            DERIVED_CALC,
+            crate::derived::engine::CALC,
+            "the calc of the derived engine's metric batches"
+        );
+        assert_eq!(
+            NodeMetric::calc("copper", "a/b", None, "x_t", "t").name,
+            Arc::from("calc/copper/a_b/x_t"),
+            "a value never opens a level of its own"
+        );
+    }
+
+    #[test]
+    fn a_figure_is_the_node_metric_of_its_name_and_place_whatever_else_it_is_labelled() {
+        let m = node_model();
+        let potline: Arc<str> = Arc::from("potline");
+        let derived: Arc<str> = Arc::from("derived");
+        let name = |calc: &Arc<str>, f: &Metric| {
+            m.node_metric_index(calc, f)
+                .map(|i| m.node.metrics[i].name.to_string())
+        };
+        let day = [
+            ("line", "potline1"),
+            ("period", "day"),
+            ("production", "measured"),
+        ];
+        assert_eq!(
+            name(&potline, &figure("dc_kwh_per_t", None, Quality::Good, &day)).as_deref(),
+            Some("calc/potline/potline1/day/dc_kwh_per_t"),
+            "the production basis describes the value, it does not place it"
+        );
+        let month = [
+            ("line", "potline1"),
+            ("period", "month"),
+            ("production", "faraday"),
+        ];
+        assert_eq!(
+            name(
+                &potline,
+                &figure("dc_kwh_per_t", None, Quality::Good, &month)
+            )
+            .as_deref(),
+            Some("calc/potline/potline1/month/dc_kwh_per_t")
+        );
+        let cell = [("line", "potline1"), ("cell", "pot_017")];
+        assert_eq!(
+            name(
+                &potline,
+                &figure("dc_kwh_per_t_today", None, Quality::Good, &cell)
+            ),
+            None,
+            "a cell's figure is not the line's"
+        );
+        let other = [("line", "potline2")];
+        assert_eq!(
+            name(
+                &potline,
+                &figure("dc_kwh_per_t_today", None, Quality::Good, &other)
+            ),
+            None,
+            "another line's"
+        );
+        let ytd = [("line", "potline1"), ("period", "ytd")];
+        assert_eq!(
+            name(&potline, &figure("dc_kwh_per_t", None, Quality::Good, &ytd)),
+            None,
+            "a period not declared is no node metric"
+        );
+        let line = [("line", "potline1")];
+        assert_eq!(
+            name(
+                &derived,
+                &figure("mean_cell_voltage_v", None, Quality::Good, &line)
+            )
+            .as_deref(),
+            Some("derived/potline1/mean_cell_voltage_v")
+        );
+        let more = [("line", "potline1"), ("x", "y")];
+        assert_eq!(
+            name(
+                &derived,
+                &figure("mean_cell_voltage_v", None, Quality::Good, &more)
+            ),
+            None,
+            "a derived point's labels are exactly its own"
+        );
+        assert_eq!(
+            name(
+                &potline,
+                &figure("mean_cell_voltage_v", None, Quality::Good, &line)
+            ),
+            None,
+            "another calculator's"
+        );
+    }
+
+    #[test]
+    fn nbirth_declares_the_node_metrics_with_unit_and_ndata_reports_them_by_exception() {
+        let m = node_model();
+        let mut st = DeviceState::new(m.node.metrics.len());
+        let batch = MetricBatch {
+            calc: Arc::from("potline"),
+            ts: Timestamp(T0),
+            metrics: vec![
+                figure(
+                    "dc_kwh_per_t_today",
+                    Some(13_012.6),
+                    Quality::Good,
+                    &[("line", "potline1")],
+                ),
+                figure(
+                    "cells_in_service",
+                    Some(288.0),
+                    Quality::Good,
+                    &[("line", "potline1")],
+                ),
+            ],
+        };
+        let readings = m.node_batch(&batch);
+        assert_eq!(readings.readings.len(), 1, "only the declared figure");
+        st.absorb(&m.node, &readings);
+        let p = nbirth_with(5, &m.node, st.current(), Timestamp(T0 + 10));
+        assert_eq!(p.seq, Some(0));
+        assert_eq!(
+            p.metrics.len(),
+            2 + 4,
+            "bdSeq, rebirth and every node metric"
+        );
+        assert_eq!(
+            p.metrics[2].name.as_deref(),
+            Some("derived/potline1/mean_cell_voltage_v")
+        );
+        assert_eq!(p.metrics[2].is_null, Some(true), "never computed");
+        assert_eq!(metric_quality(&p.metrics[2]), Some(QUALITY_BAD));
+        assert_eq!(eng_unit(&p.metrics[2]).as_deref(), Some("V"));
+        let today = &p.metrics[3];
+        assert_eq!(
+            (today.name.as_deref(), today.alias, today.datatype),
+            (
+                Some("calc/potline/potline1/dc_kwh_per_t_today"),
+                Some(8),
+                Some(DataType::Double as u32)
+            )
+        );
+        assert_eq!(today.value, Some(PbValue::DoubleValue(13_012.6)));
+        assert_eq!(today.timestamp, Some(T0 as u64));
+        assert_eq!(metric_quality(today), Some(QUALITY_GOOD));
+        assert_eq!(metric_eng_unit(today), Some("kWh/t"));
+
+        // The next minute: the figure changed, and lost its quality.
+        let next = MetricBatch {
+            metrics: vec![figure(
+                "dc_kwh_per_t_today",
+                None,
+                Quality::CommFail,
+                &[("line", "potline1")],
+            )],
+            ..batch.clone()
+        };
+        let readings = m.node_batch(&next);
+        let changes = st.changes(&m.node, &readings);
+        let p = ddata(&m.node, &changes, 3, Timestamp(T0 + 60_000), false);
+        assert_eq!(p.metrics.len(), 1);
+        let x = &p.metrics[0];
+        assert_eq!(
+            (x.alias, x.name.as_deref()),
+            (Some(8), None),
+            "aliases only"
+        );
+        assert_eq!(x.is_null, Some(true));
+        assert_eq!(metric_quality(x), Some(QUALITY_BAD));
+        assert_eq!(metric_eng_unit(x), None, "the unit is the birth's");
+        assert!(st.changes(&m.node, &readings).is_empty(), "reported once");
+        // Replayed: every figure, historical, not compared with the live ones.
+        let replay = replayed(&m.node, &readings);
+        let p = ddata(&m.node, &replay, 4, Timestamp(T0 + 60_000), true);
+        assert_eq!(p.metrics[0].is_historical, Some(true));
     }
 
     #[test]

@@ -281,20 +281,7 @@ impl Builder<'_, '_> {
                 ("replay_rate", raw.replay_rate.is_some()),
             ],
         );
-        // Sparkplug carries poll batches only: metrics, events and emissions have no Sparkplug form.
-        if let Some(streams) = &raw.streams {
-            for (i, stream) in streams.iter().enumerate() {
-                if *stream != Stream::Live {
-                    self.report.at(
-                        &path.key("streams").index(i),
-                        format!(
-                            "a Sparkplug uplink carries only the `live` stream (device metrics), not `{}`",
-                            stream.as_str()
-                        ),
-                    );
-                }
-            }
-        }
+        let streams = self.sparkplug_streams(raw, path);
         let group_id = self.sparkplug_id(path, "group_id", raw.group_id.as_deref());
         let edge_node_id = self.sparkplug_id(path, "edge_node_id", raw.edge_node_id.as_deref());
         let primary_host_id = raw
@@ -334,9 +321,32 @@ impl Builder<'_, '_> {
                 device_writes,
                 max_command_age,
             }),
-            streams: vec![Stream::Live],
+            streams,
             spool,
         }
+    }
+
+    /// `streams` of a Sparkplug uplink: poll batches travel as device metrics and the figures of
+    /// the `metrics` stream as node metrics; events and emissions have no Sparkplug form. The
+    /// default is `live` alone: the node metrics (one per figure and place, hundreds with
+    /// per-cell figures) change what the births declare to a host, so an edge node takes them
+    /// on when its configuration asks.
+    fn sparkplug_streams(&mut self, raw: &RawUplink, path: &KeyPath) -> Vec<Stream> {
+        let Some(streams) = &raw.streams else {
+            return vec![Stream::Live];
+        };
+        for (i, stream) in streams.iter().enumerate() {
+            if !matches!(stream, Stream::Live | Stream::Metrics) {
+                self.report.at(
+                    &path.key("streams").index(i),
+                    format!(
+                        "a Sparkplug uplink carries the `live` stream (device metrics) and the `metrics` stream (node metrics), not `{}`",
+                        stream.as_str()
+                    ),
+                );
+            }
+        }
+        streams.clone()
     }
 
     /// A Sparkplug id (group, edge node, host): required, one topic level.

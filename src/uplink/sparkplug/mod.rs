@@ -1,7 +1,8 @@
 //! The Sparkplug B 3.0 edge-node uplink: smeltwatch is the edge node `spBv1.0/{group}/…/{edge}`,
 //! each configured Modbus device a Sparkplug device, each point a device metric, and each device
-//! of the `live` derived points a Sparkplug device too (payloads from
-//! [`encode::sparkplug`](crate::codec::sparkplug)).
+//! of the `live` derived points a Sparkplug device too; with the `metrics` stream, the
+//! calculators' figures and the `metrics` derived points are metrics of the node itself (payloads
+//! from [`codec::sparkplug`](crate::codec::sparkplug)).
 //!
 //! # Session (Sparkplug 3.0 §5)
 //! For every connection attempt the uplink:
@@ -10,14 +11,16 @@
 //! 2. CONNECTs (MQTT 3.1.1, clean session) with a fresh client whose **Will** is the NDEATH carrying
 //!    that bdSeq (QoS 1, not retained): the Will is rebuilt for every connection;
 //! 3. subscribes to `NCMD/{edge}` and `DCMD/{edge}/#` at QoS 1 and waits for the SUBACKs;
-//! 4. publishes **NBIRTH** (seq 0, `bdSeq`, `Node Control/Rebirth`) and one **DBIRTH** per device
-//!    with its last known values (a device known dead gets its DDEATH right after);
+//! 4. publishes **NBIRTH** (seq 0, `bdSeq`, `Node Control/Rebirth`, the node metrics with their
+//!    last known values) and one **DBIRTH** per device with its last known values (a device known
+//!    dead gets its DDEATH right after);
 //! 5. reads its spool in id order: live poll batches become **DDATA** by exception (aliases only),
 //!    a batch whose readings are all `comm_fail` becomes **DDEATH** (once; never for a derived
 //!    device, whose bad results are DATA with their quality), and the first batch after that a
-//!    **DBIRTH**. Records that were already waiting when the session started are
-//!    replayed as DDATA with `is_historical` and their acquisition timestamps, without touching
-//!    the live state. Sparkplug DATA is QoS 0, so the broker acknowledges none of it; but TCP
+//!    **DBIRTH**; metric batches become **NDATA** by exception (their figures that are node
+//!    metrics). Records that were already waiting when the session started are
+//!    replayed as DDATA (NDATA) with `is_historical` and their acquisition timestamps, without
+//!    touching the live state. Sparkplug DATA is QoS 0, so the broker acknowledges none of it; but TCP
 //!    delivers in order, so an answer to a packet sent after the data proves the data arrived.
 //!    After each group of records (one spool batch, at most [`READ_BATCH`]) the uplink sends an
 //!    UNSUBSCRIBE of a topic it never subscribed to (`…/NCMD/{edge}/delivery-check`), which the
@@ -52,7 +55,8 @@
 //! on the events stream, with the old and the new value. The device's next poll reports the new
 //! value as DDATA. Without a gate, DCMDs are refused and logged.
 //!
-//! Streams other than `live` are not carried over Sparkplug; such records are acked and counted.
+//! Events and emissions are not carried over Sparkplug, nor the figures that are no node metric
+//! (the completeness reports); such records are acked with their group, and counted.
 //!
 //! # Dropped commands
 //! Incoming NCMD, DCMD and STATE messages wait for the session in a bounded queue, so that a

@@ -1,5 +1,6 @@
-//! What a session sends: the births, and the spool's records as DDATA, DDEATH and DBIRTH, each
-//! group followed by the UNSUBSCRIBE whose answer proves it arrived, then acked in the spool.
+//! What a session sends: the births, and the spool's records as DDATA, DDEATH and DBIRTH (poll
+//! batches) and NDATA (metric batches), each group followed by the UNSUBSCRIBE whose answer proves
+//! it arrived, then acked in the spool.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use super::{PROOF_LEVEL, READ_BATCH, STEP_TIMEOUT};
 use crate::codec::sparkplug::{self as spb, Change, MessageType};
 use crate::completeness::{self, Tally};
 use crate::config::Stream;
-use crate::model::{Record, Timestamp};
+use crate::model::{MetricBatch, Record, Timestamp};
 
 impl Session<'_> {
     pub(super) async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
@@ -40,11 +41,14 @@ impl Session<'_> {
         let up = self.up;
         let now = Timestamp::now();
         let _ = self.seq.birth();
-        self.publish(
-            up.topic(MessageType::NBirth, None),
-            spb::encode(&spb::nbirth(self.bd_seq, now)),
-        )
-        .await?;
+        let nbirth = spb::nbirth_with(
+            self.bd_seq,
+            &up.model.node,
+            self.node.metrics.current(),
+            now,
+        );
+        self.publish(up.topic(MessageType::NBirth, None), spb::encode(&nbirth))
+            .await?;
         for (i, dev) in up.model.devices.iter().enumerate() {
             let p = spb::dbirth(
                 dev,
@@ -76,7 +80,8 @@ impl Session<'_> {
 
     /// Send the next spool batch after `cursor`: `Ok(true, _)` when more may be waiting, and the
     /// group's [`Proof`] when it produced messages. A group that produced none (other streams,
-    /// no change to report) is acked at once: the messages before it were proven already.
+    /// figures that are no node metric, no change to report) is acked at once: the messages
+    /// before it were proven already.
     pub(super) async fn send_batch(
         &mut self,
         cursor: &mut i64,
@@ -93,13 +98,20 @@ impl Session<'_> {
         let mut tallies = Vec::new();
         let mut acquired = Vec::new();
         for r in &records {
-            if r.stream == Stream::Live
+            if matches!(r.stream, Stream::Live | Stream::Metrics)
                 && let Ok(record) = crate::codec::body::decode(&r.body)
-                && let Record::Batch(batch) = &record
             {
-                self.send_reading_batch(batch, r.id <= boundary).await?;
-                acquired.push(crate::histogram::acquired_at(&record, r.created));
-                if up.status_tx.report().counts_delivery() {
+                let historical = r.id <= boundary;
+                let carried = match &record {
+                    Record::Batch(batch) => {
+                        self.send_reading_batch(batch, historical).await?;
+                        acquired.push(crate::histogram::acquired_at(&record, r.created));
+                        true
+                    }
+                    Record::Metrics(batch) => self.send_metric_batch(batch, historical).await?,
+                    _ => false,
+                };
+                if carried && up.status_tx.report().counts_delivery() {
                     tallies.extend(completeness::tally(&record));
                 }
             }
@@ -181,17 +193,7 @@ impl Session<'_> {
         let topic = |kind| up.topic(kind, Some(&dev.name));
         let now = Timestamp::now();
         if historical {
-            let changes: Vec<Change<'_>> = batch
-                .readings
-                .iter()
-                .filter_map(|r| {
-                    Some(Change {
-                        metric: dev.metric_index(&r.point)?,
-                        reading: r,
-                        with_quality: r.quality != crate::model::Quality::Good,
-                    })
-                })
-                .collect();
+            let changes = spb::replayed(dev, batch);
             if changes.is_empty() {
                 return Ok(());
             }
@@ -230,5 +232,38 @@ impl Session<'_> {
         let p = spb::ddata(dev, &changes, self.seq.next_seq(), now, false);
         self.publish(topic(MessageType::DData), spb::encode(&p))
             .await
+    }
+
+    /// A metric batch as NDATA: its figures that are node metrics, by exception (live) or all
+    /// of them (replayed, `is_historical`). `Ok(false)` when none of its figures is a node metric
+    /// (a calculator or a derived point the node does not declare): nothing of it is carried.
+    pub(super) async fn send_metric_batch(
+        &mut self,
+        batch: &MetricBatch,
+        historical: bool,
+    ) -> Result<bool, String> {
+        let up = self.up;
+        let node = &up.model.node;
+        let readings = up.model.node_batch(batch);
+        if readings.readings.is_empty() {
+            return Ok(false);
+        }
+        let changes: Vec<Change<'_>> = if historical {
+            spb::replayed(node, &readings)
+        } else {
+            self.node.metrics.changes(node, &readings)
+        };
+        if !changes.is_empty() {
+            let p = spb::ddata(
+                node,
+                &changes,
+                self.seq.next_seq(),
+                Timestamp::now(),
+                historical,
+            );
+            self.publish(up.topic(MessageType::NData, None), spb::encode(&p))
+                .await?;
+        }
+        Ok(true)
     }
 }

@@ -18,6 +18,8 @@ use crate::model::Timestamp;
 /// What survives a reconnect: the last reported values and which devices are dead.
 pub(super) struct NodeState {
     pub(super) devices: Vec<DeviceState>,
+    /// The last reported values of the node metrics (the `metrics` stream's figures).
+    pub(super) metrics: DeviceState,
     pub(super) dead: Vec<bool>,
     /// Timestamp of the last STATE accepted from the primary host (older ones are ignored).
     pub(super) host_ts: Option<u64>,
@@ -31,6 +33,7 @@ impl NodeState {
                 .iter()
                 .map(|d| DeviceState::new(d.metrics.len()))
                 .collect(),
+            metrics: DeviceState::new(model.node.metrics.len()),
             dead: vec![false; model.devices.len()],
             host_ts: None,
         }
