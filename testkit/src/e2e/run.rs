@@ -332,12 +332,8 @@ fn disk_report(v: &WindowView, w: &Window, fs: Option<String>) -> DiskReport {
         write_bytes_per_record: per(write_bytes, v.received),
         write_bytes_per_point: per(write_bytes, v.delivered_points),
         payload_bytes_per_record: per(v.payload_bytes, v.received),
-        spool_body_bytes_per_record: per(v.body_bytes, v.body_records),
-        // The mean body of the measured (fresh) records times every record delivered.
-        write_over_body: per(
-            write_bytes,
-            (per(v.body_bytes, v.body_records) * v.received as f64) as u64,
-        ),
+        spool_body_bytes_per_record: per(v.body_bytes, v.received),
+        write_over_body: per(write_bytes, v.body_bytes),
         write_over_payload: per(write_bytes, v.payload_bytes),
     }
 }

@@ -21,10 +21,7 @@ pub(super) struct Cycle {
     pub(super) historical: bool,
     /// MQTT payload size of the first copy.
     pub(super) payload_bytes: u32,
-    /// Spool body size of the first copy ([`spool_body_len`]); 0 for a replayed (historical)
-    /// copy, which is not measured: re-encoding every record of a backlog made the subscriber the
-    /// bottleneck of the replay it times, and the disk figures are taken over the window of
-    /// fresh data.
+    /// Spool body size of the first copy ([`spool_body_len`]).
     pub(super) body_bytes: u32,
 }
 
@@ -137,11 +134,7 @@ impl Seen {
                 latency_ms: arrival_ms - acquired,
                 historical,
                 payload_bytes: u32::try_from(payload.len()).unwrap_or(u32::MAX),
-                body_bytes: if historical {
-                    0
-                } else {
-                    u32::try_from(spool_body_len(m, sched)).unwrap_or(u32::MAX)
-                },
+                body_bytes: u32::try_from(spool_body_len(m, sched)).unwrap_or(u32::MAX),
             };
         } else {
             c.copies += 1;
@@ -203,10 +196,8 @@ pub(super) struct WindowView {
     pub(super) latencies: Vec<i64>,
     /// Payload bytes of the received cycles (first copies).
     pub(super) payload_bytes: u64,
-    /// Their spool body bytes (fresh copies only, see [`Cycle::body_bytes`]).
+    /// Their spool body bytes.
     pub(super) body_bytes: u64,
-    /// The received cycles whose body was measured (the fresh ones).
-    pub(super) body_records: u64,
 }
 
 pub(super) fn window_view(
@@ -236,10 +227,7 @@ pub(super) fn window_view(
                 v.received += 1;
                 v.delivered_points += u64::from(c.good);
                 v.payload_bytes += u64::from(c.payload_bytes);
-                if !c.historical {
-                    v.body_bytes += u64::from(c.body_bytes);
-                    v.body_records += 1;
-                }
+                v.body_bytes += u64::from(c.body_bytes);
                 if c.readings != registers || c.good != registers {
                     v.incomplete += 1;
                 }
