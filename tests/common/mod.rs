@@ -2,6 +2,7 @@
 //! them, hence `dead_code` allowed). What the benches need too lives in the `smeltwatch-testkit`
 //! crate (`testkit/`), re-exported here.
 #![allow(dead_code)]
+pub mod acquisition;
 pub mod agent;
 pub mod calc;
 pub mod hj212;
