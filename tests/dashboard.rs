@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
 use common::plant::{device, f32_words, serve};
+use common::records::stack_aggregate;
 use smeltwatch::config;
 use smeltwatch::history::HistoryStore;
 use smeltwatch::http::{self, HttpOptions};
@@ -221,24 +222,14 @@ fn earlier_hours(cfg: &config::Config) {
     let hours: Vec<Record> = [(3, 150.0), (2, 230.0), (1, 180.0)]
         .into_iter()
         .map(|(back, avg)| {
-            Record::Aggregate(Aggregate {
-                subject: "gtc1_stack".into(),
-                quantity: "so2_mg_m3".into(),
-                unit: "mg/m3".into(),
-                period: Period::Hour,
-                start: Timestamp(this_hour - back * h),
-                end: Timestamp(this_hour - (back - 1) * h),
-                avg: Some(avg),
-                min: Some(avg - 10.0),
-                max: Some(avg + 10.0),
-                total: None,
-                total_unit: None,
-                samples: 60,
-                expected: 60,
-                valid: true,
-                quality: Quality::Good,
-                substituted: 0,
-            })
+            Record::Aggregate(stack_aggregate(
+                "so2_mg_m3",
+                Period::Hour,
+                this_hour - back * h,
+                this_hour - (back - 1) * h,
+                avg,
+                10.0,
+            ))
         })
         .collect();
     store.store(&hours, &[], Timestamp::now()).unwrap();

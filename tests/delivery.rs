@@ -19,8 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::agent;
 use common::mosquitto::{self, CliWitness, Mosquitto};
+use common::plant::mqtt_uplink_toml;
 use common::mqtt_config;
+use common::records::stack_aggregate;
 use common::status::wait_status;
 use serde_json::Value as Json;
 use smeltwatch::codec::topic::topic_for;
@@ -147,24 +150,14 @@ fn event(i: u64) -> Record {
 
 fn emission(i: u64) -> Record {
     let start = Timestamp(1_764_300_000_000 + i as i64 * 60_000);
-    Record::Aggregate(Aggregate {
-        subject: "gtc1_stack".into(),
-        quantity: "so2_mg_m3".into(),
-        unit: "mg/m3".into(),
-        period: Period::Minute,
-        start,
-        end: Timestamp(start.0 + 60_000),
-        avg: Some(120.0),
-        min: Some(100.0),
-        max: Some(140.0),
-        total: None,
-        total_unit: None,
-        samples: 60,
-        expected: 60,
-        valid: true,
-        quality: Quality::Good,
-        substituted: 0,
-    })
+    Record::Aggregate(stack_aggregate(
+        "so2_mg_m3",
+        Period::Minute,
+        start.0,
+        start.0 + 60_000,
+        120.0,
+        20.0,
+    ))
 }
 
 fn new_record(r: &Record) -> NewRecord {
@@ -920,24 +913,12 @@ area = "input"
 address = 0
 type = "u16"
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{plant_port}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live"]
+{uplink_plant}
 
-[[uplinks]]
-name = "province"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{province_port}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live"]
+{uplink_province}
 "#,
+        uplink_province = mqtt_uplink_toml("province", province_port, &["live"]),
+        uplink_plant = mqtt_uplink_toml("plant", plant_port, &["live"]),
         state = state.display()
     )
 }
@@ -972,10 +953,7 @@ async fn with_one_broker_down_the_other_uplink_receives_everything_on_time() {
 
     let state = tempfile::tempdir().unwrap();
     let toml = two_uplink_config(modbus_port, plant.port, province.port, state.path());
-    let cfg = config::parse(&toml, Path::new("two.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .unwrap();
+    let agent = agent::start_inline(&toml, "two.toml").await;
 
     // Over 3 s of 100 ms polls, each batch reaches the plant broker within a second of its poll.
     let mut seqs = Vec::new();

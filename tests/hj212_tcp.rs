@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::hj212::{next_packet, platform};
+use common::records::stack_aggregate;
 use smeltwatch::codec::hj212::{self, Packet, Station, Table};
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::history::HistorySource;
@@ -28,22 +29,16 @@ const T0: i64 = 1_740_790_800_000;
 
 fn aggregate(hour: i64, quantity: &str, avg: f64) -> Aggregate {
     Aggregate {
-        subject: Arc::from("gtc1_stack"),
-        quantity: Arc::from(quantity),
-        unit: Arc::from("mg/m3"),
-        period: Period::Hour,
-        start: Timestamp(T0 + hour * 3_600_000),
-        end: Timestamp(T0 + (hour + 1) * 3_600_000),
-        avg: Some(avg),
-        min: Some(avg - 1.0),
-        max: Some(avg + 1.0),
         total: Some(avg * 1.6),
         total_unit: Some(Arc::from("kg")),
-        samples: 60,
-        expected: 60,
-        valid: true,
-        quality: Quality::Good,
-        substituted: 0,
+        ..stack_aggregate(
+            quantity,
+            Period::Hour,
+            T0 + hour * 3_600_000,
+            T0 + (hour + 1) * 3_600_000,
+            avg,
+            1.0,
+        )
     }
 }
 

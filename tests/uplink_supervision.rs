@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::meters;
+use common::plant::{meter_map_toml, meter_source_toml, meters};
 use smeltwatch::app::Agent;
 use smeltwatch::config::SpoolConfig;
 use smeltwatch::live::UplinkView;
@@ -83,26 +83,10 @@ async fn start_agent(state: &Path, modbus: u16, uplinks: &[String], grace: Durat
         r#"
 site = "sup"
 state_dir = "{state}"
-
-[register_maps.meter.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-unit = "MW"
-
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:{modbus}"
-timeout = "500ms"
-default_poll = "100ms"
-
-[[sources.devices]]
-name = "meter_{{n:02}}"
-count = 2
-unit_id = 1
-map = "meter"
-"#,
-        state = state.display()
+{map}{source}"#,
+        state = state.display(),
+        map = meter_map_toml(false),
+        source = meter_source_toml("bus", modbus, "100ms", "", 2),
     );
     for u in uplinks {
         src.push_str(u);

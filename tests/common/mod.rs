@@ -6,11 +6,13 @@ pub mod acquisition;
 pub mod agent;
 pub mod calc;
 pub mod hj212;
+pub mod json;
 pub mod mbpoll;
 pub mod notify;
 pub mod peers;
 pub mod plant;
 pub mod probe;
+pub mod records;
 pub mod status;
 
 // Each test file uses a part of these.
