@@ -489,8 +489,8 @@ fn transport(
     match (&raw.tcp, &raw.serial) {
         (Some(addr), None) => match crate::config::validate::shared::parse_host_port(addr) {
             Ok(hp) => Some(BusTransport::SerialServer(hp)),
-            Err(message) => {
-                report.at(&path.key("tcp"), message);
+            Err(err) => {
+                report.at(&path.key("tcp"), err.to_string());
                 None
             }
         },
@@ -535,7 +535,7 @@ fn expand_meter(
     out: &mut Vec<MeterConfig>,
 ) {
     let pattern = NamePattern::parse(&raw.name)
-        .map_err(|m| report.at(&path.key("name"), m))
+        .map_err(|e| report.at(&path.key("name"), e.to_string()))
         .ok();
     let addresses = meter_addresses(raw, path, report);
     let points = meter_points(raw, edition, path, maps, default_poll, report);

@@ -129,8 +129,8 @@ impl Builder<'_, '_> {
     fn device_template(&mut self, raw: &RawDevice, path: &KeyPath) -> (Option<NamePattern>, u32) {
         let pattern = match NamePattern::parse(&raw.name) {
             Ok(pattern) => Some(pattern),
-            Err(message) => {
-                self.report.at(&path.key("name"), message);
+            Err(err) => {
+                self.report.at(&path.key("name"), err.to_string());
                 None
             }
         };
