@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::calc::{close, coef, of, rules, so2_rate_window};
+use common::hj212::station;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use smeltwatch::calc::window::{Sample, Window};
 use smeltwatch::calc::{CalcConfig, Pipeline};
@@ -323,13 +324,7 @@ fn the_pipeline_closes_a_month_for_each_stack_quantity() {
     let bytes = protobuf::encode_record("site", Stream::Emissions, 1, &record, false);
     let back = protobuf::decode_record(&bytes).expect("decodes");
     assert_eq!(back.record, record);
-    let station = hj212::Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack: false,
-        utc_offset_min: 480,
-    };
+    let station = station(false);
     let table = hj212::Table::hj212_2017();
     let packets = hj212::encode_record(&table, &station, Timestamp(MARCH), &record);
     assert_eq!(packets.expect("no error"), Vec::<String>::new());

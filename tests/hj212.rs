@@ -9,10 +9,11 @@ mod common;
 
 use std::sync::Arc;
 
+use common::hj212::station;
 use common::records::stack_aggregate;
 use proptest::prelude::*;
 use smeltwatch::codec::hj212::{
-    self, Cp, EncodeError, Packet, ParseError, ParseOptions, RtdValue, Scan, Station, Table, qn_rtn,
+    self, Cp, EncodeError, Packet, ParseError, ParseOptions, RtdValue, Scan, Table, qn_rtn,
 };
 use smeltwatch::model::{Aggregate, Period, Quality, Timestamp};
 
@@ -29,16 +30,6 @@ const T_0900_CST: Timestamp = Timestamp(1_740_790_800_000);
 
 fn table() -> Table {
     Table::hj212_2017()
-}
-
-fn station(ack: bool) -> Station {
-    Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack,
-        utc_offset_min: 480,
-    }
 }
 
 fn opts() -> ParseOptions {
