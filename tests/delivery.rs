@@ -23,7 +23,7 @@ use common::agent;
 use common::mosquitto::{self, CliWitness, Mosquitto};
 use common::plant::mqtt_uplink_toml;
 use common::mqtt_config;
-use common::records::stack_aggregate;
+use common::records::{queued, stack_aggregate};
 use common::status::wait_status;
 use serde_json::Value as Json;
 use smeltwatch::codec::topic::topic_for;
@@ -161,12 +161,7 @@ fn emission(i: u64) -> Record {
 }
 
 fn new_record(r: &Record) -> NewRecord {
-    NewRecord {
-        stream: r.stream(),
-        topic: topic_for(&TopicTemplates::default(), SITE, r),
-        body: serde_json::to_vec(r).expect("serialise"),
-        created: Timestamp::now(),
-    }
+    queued(r.stream(), SITE, r)
 }
 
 /// A delivered message, parsed.

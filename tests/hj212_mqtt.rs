@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
-use common::records::stack_aggregate;
+use common::records::{queued, stack_aggregate};
 use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Table};
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{self, Encoding, Stream, UplinkKind};
@@ -85,12 +85,7 @@ fn batch(device: &str, point: &str, value: f64) -> Record {
 }
 
 fn new_record(stream: Stream, r: &Record) -> NewRecord {
-    NewRecord {
-        stream,
-        topic: topic_for(&Default::default(), "qh-al-01", r),
-        body: serde_json::to_vec(r).unwrap(),
-        created: Timestamp::now(),
-    }
+    queued(stream, "qh-al-01", r)
 }
 
 fn parse(payload: &[u8]) -> Vec<Packet> {

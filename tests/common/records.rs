@@ -1,7 +1,10 @@
 //! Records the pipeline would have produced, for tests that feed a store, a spool or an uplink
 //! directly.
 
-use smeltwatch::model::{Aggregate, Period, Quality, Timestamp};
+use smeltwatch::codec::topic::topic_for;
+use smeltwatch::config::{Stream, TopicTemplates};
+use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
+use smeltwatch::spool::NewRecord;
 
 /// A valid, good aggregate of `quantity` (in mg/m3) of stack `gtc1_stack` over the `period`
 /// from `start_ms` to `end_ms`: mean `avg`, minimum and maximum `spread` below and above it, 60
@@ -31,5 +34,16 @@ pub fn stack_aggregate(
         valid: true,
         quality: Quality::Good,
         substituted: 0,
+    }
+}
+
+/// `record` of site `site` as queued on `stream` now: its topic after the default templates, its
+/// JSON as the body.
+pub fn queued(stream: Stream, site: &str, record: &Record) -> NewRecord {
+    NewRecord {
+        stream,
+        topic: topic_for(&TopicTemplates::default(), site, record),
+        body: serde_json::to_vec(record).expect("a record serialises"),
+        created: Timestamp::now(),
     }
 }
