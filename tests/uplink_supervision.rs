@@ -177,8 +177,8 @@ async fn spool_closes_under(agent: &Agent, name: &str) {
     assert!(restarts >= 2, "{restarts}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mqtt_uplink_whose_spool_closes_is_restarted_and_reported() {
+/// [`spool_closes_under`] for an agent whose one uplink, `name`, is `uplink` to a fresh broker.
+async fn spool_closes_with_one_uplink(uplink: fn(u16) -> String, name: &str) {
     let stop_plant = CancellationToken::new();
     let modbus = plant(&stop_plant).await;
     let broker = Mosquitto::start();
@@ -186,31 +186,23 @@ async fn an_mqtt_uplink_whose_spool_closes_is_restarted_and_reported() {
     let agent = start_agent(
         state.path(),
         modbus,
-        &[mqtt_uplink(broker.port)],
+        &[uplink(broker.port)],
         Duration::from_secs(1),
     )
     .await;
-    spool_closes_under(&agent, "plant").await;
+    spool_closes_under(&agent, name).await;
     agent.shutdown().await;
     stop_plant.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_uplink_whose_spool_closes_is_restarted_and_reported() {
+    spool_closes_with_one_uplink(mqtt_uplink, "plant").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sparkplug_uplink_whose_spool_closes_is_restarted_and_reported() {
-    let stop_plant = CancellationToken::new();
-    let modbus = plant(&stop_plant).await;
-    let broker = Mosquitto::start();
-    let state = tempfile::tempdir().unwrap();
-    let agent = start_agent(
-        state.path(),
-        modbus,
-        &[sparkplug_uplink(broker.port)],
-        Duration::from_secs(1),
-    )
-    .await;
-    spool_closes_under(&agent, "scada").await;
-    agent.shutdown().await;
-    stop_plant.cancel();
+    spool_closes_with_one_uplink(sparkplug_uplink, "scada").await;
 }
 
 /// A platform that takes connections and reads what it is sent, and never answers.
