@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
-use common::plant::{device, f32_words, serve};
+use common::plant::{RECTIFIER_DEVICE, device, f32_words, serve};
 use common::records::stack_aggregate;
 use smeltwatch::config;
 use smeltwatch::history::HistoryStore;
@@ -63,15 +63,7 @@ name = "potline1"
 tcp = "127.0.0.1:{modbus_port}"
 timeout = "500ms"
 default_poll = "200ms"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
+{RECTIFIER_DEVICE}
 [sources.devices.points.ac_energy_kwh]
 area = "input"
 address = 2

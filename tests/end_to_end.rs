@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::{self, Mosquitto};
-use common::plant::{device, f32_words, mqtt_uplink_toml, serve};
+use common::plant::{RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, serve};
 use serde_json::Value as Json;
 use smeltwatch::config::{self, SpoolConfig};
 use smeltwatch::model::Timestamp;
@@ -83,16 +83,7 @@ name = "line1"
 tcp = "127.0.0.1:{modbus_port}"
 timeout = "500ms"
 default_poll = "{poll}"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-
+{RECTIFIER_DEVICE}
 [[sources.devices]]
 name = "pot_{{n:03}}"
 count = 3

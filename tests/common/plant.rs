@@ -166,6 +166,19 @@ streams = {streams:?}
     )
 }
 
+/// Device `rectifier` (unit 1) whose `line_current_ka` is the f32 at input registers 0-1; more
+/// of its points may follow.
+pub const RECTIFIER_DEVICE: &str = r#"
+[[sources.devices]]
+name = "rectifier"
+unit_id = 1
+[sources.devices.points.line_current_ka]
+area = "input"
+address = 0
+type = "f32"
+unit = "kA"
+"#;
+
 /// The register map `pcu` of the simulator's potline cells: the cell voltage (the f32 at input
 /// registers 0-1), and the in-service and cut-out bits of input register 5.
 pub const PCU_MAP: &str = r#"
