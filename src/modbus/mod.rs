@@ -6,3 +6,5 @@ pub mod plan;
 pub mod poller;
 pub mod probe;
 pub mod write;
+#[cfg(test)]
+mod test_fixtures;
