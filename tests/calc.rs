@@ -11,11 +11,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::calc::{batch, coef, of, reading, rules, sample, so2_rate_window};
+use common::calc::{batch, coef, of, reading, sample, so2_rate_window};
 
 use proptest::prelude::*;
 use smeltwatch::calc::anode_effect::{AeDetector, AeParams, AeStats, AeTransition};
-use smeltwatch::calc::coefficients::Coefficients;
 use smeltwatch::calc::counter::{CounterStep, EnergyCounter};
 use smeltwatch::calc::emissions::{
     anode_co2_factor, anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, mass_kg, o2_corrected,
@@ -30,10 +29,10 @@ use smeltwatch::calc::tariff::{
     steps, surcharge_cost_yuan, surcharge_yuan_per_kwh, threshold_kwh_per_t,
 };
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, civil, days_from_civil};
-use smeltwatch::calc::window::{Sample, Substitution, Window, WindowRules, month_valid};
+use smeltwatch::calc::window::{Window, month_valid};
 use smeltwatch::calc::{CalcConfig, Pipeline, glob_match};
 use smeltwatch::model::{
-    Aggregate, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+    Aggregate, EventPhase, Period, Quality, ReadingBatch, Record, Timestamp, Value,
 };
 
 fn al() -> Metal {

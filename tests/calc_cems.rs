@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::calc::{close, coef, of, rules, sample, so2_rate_window};
+use common::calc::{close, of, rules, sample, so2_rate_window};
 use smeltwatch::calc::emissions::mass_flow_kg_h;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use smeltwatch::calc::window::{MAX_CATCH_UP_HOURS, Window};

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::calc::{close, coef, of, rules, so2_rate_window};
+use common::calc::{close, of, rules, so2_rate_window};
 use common::hj212::station;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use smeltwatch::calc::window::{Sample, Window};

@@ -37,8 +37,8 @@ use std::time::Duration;
 use common::agent;
 use common::calc::close;
 use common::json::attr;
-use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
 use common::mosquitto::{self, Mosquitto};
+use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, days_from_civil};
 use smeltwatch::config;
@@ -150,8 +150,7 @@ limits = "gb25465_2010_al_pot_gas"
 pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
 calibration_point = "in_calibration"
 
-{uplink}
-"#,
+{uplink}"#,
         calc = simulated_calc_toml(SCALE, START_UTC),
         uplink = mqtt_uplink_toml("plant", mqtt, &["metrics", "events", "emissions"]),
         state = state.display()

@@ -28,7 +28,7 @@ use smeltwatch::config;
 use smeltwatch::history::HistoryStore;
 use smeltwatch::http::{self, HttpOptions};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
+    Event, EventPhase, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
 };
 use smeltwatch::series::Selector;
 use smeltwatch::simulator::UnitMap;

@@ -21,17 +21,14 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::{self, CliWitness, Mosquitto};
-use common::plant::mqtt_uplink_toml;
 use common::mqtt_config;
+use common::plant::mqtt_uplink_toml;
 use common::records::{queued, stack_aggregate};
 use common::status::wait_status;
 use serde_json::Value as Json;
-use smeltwatch::codec::topic::topic_for;
-use smeltwatch::config::{
-    self, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
-};
+use smeltwatch::config::{MqttConfig, SpoolConfig, Stream, UplinkConfig, UplinkKind};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+    Event, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
@@ -909,9 +906,7 @@ address = 0
 type = "u16"
 
 {uplink_plant}
-
-{uplink_province}
-"#,
+{uplink_province}"#,
         uplink_province = mqtt_uplink_toml("province", province_port, &["live"]),
         uplink_plant = mqtt_uplink_toml("plant", plant_port, &["live"]),
         state = state.display()

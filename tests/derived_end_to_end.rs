@@ -14,7 +14,6 @@ use common::mosquitto::{self, Mosquitto};
 use common::plant::{device, f32_words, mqtt_uplink_toml, serve};
 use serde_json::Value as Json;
 use smeltwatch::codec::sparkplug as spb;
-use smeltwatch::config;
 use smeltwatch::model::Value;
 use smeltwatch::simulator::{Device, Faults, UnitMap};
 use tokio::sync::mpsc;
@@ -71,8 +70,7 @@ labels = {{ line = "potline1" }}
 [http]
 listen = "127.0.0.1:{http_port}"
 
-{uplink}
-"#,
+{uplink}"#,
         uplink = mqtt_uplink_toml("plant", mqtt_port, &["live", "metrics"]),
         state = state_dir.display()
     )

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -101,9 +100,15 @@ map = "aux"
     );
     // The simulator books 30 % of the energy on the peak tariff (register 2).
     assert_eq!(float(reading_of(&first, "energy_peak_kwh").0), 370.36);
-    assert_eq!(reading_of(&first, "voltage_a_v").0, &Some(Value::Float(230.0)));
+    assert_eq!(
+        reading_of(&first, "voltage_a_v").0,
+        &Some(Value::Float(230.0))
+    );
     assert_eq!(reading_of(&first, "power_kw").0, &Some(Value::Float(36.0)));
-    assert_eq!(reading_of(&first, "power_factor").0, &Some(Value::Float(0.92)));
+    assert_eq!(
+        reading_of(&first, "power_factor").0,
+        &Some(Value::Float(0.92))
+    );
     assert_eq!(reading_of(&first, "demand_kw").0, &Some(Value::Float(36.0)));
     // The demand so far was reached when the meter started: today (UTC, as the simulator keeps).
     let today = MeterTime::from_unix_ms(first.readings[0].ts.0).to_string();

@@ -18,7 +18,6 @@ use common::agent;
 use common::mosquitto::{self, Mosquitto};
 use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
 use serde_json::Value as Json;
-use smeltwatch::config;
 use smeltwatch::simulator::{self, BindMode, SimulatorConfig};
 
 const SCALE: f64 = 120.0;
@@ -102,8 +101,7 @@ max_gap = "2m"
 [[calc.potlines.auxiliary_meters]]
 device = "aux_meters/aux_*"
 
-{uplink}
-"#,
+{uplink}"#,
         calc = simulated_calc_toml(SCALE, START_UTC),
         uplink = mqtt_uplink_toml("plant", mqtt, &["metrics", "events"]),
         state = state.display()

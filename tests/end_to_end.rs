@@ -90,8 +90,7 @@ count = 3
 unit_id = 10
 map = "pcu"
 
-{uplink}
-"#,
+{uplink}"#,
         uplink = mqtt_uplink_toml("plant", mqtt_port, &["live"]),
         state = state_dir.display()
     )

@@ -16,7 +16,6 @@ use std::time::Duration;
 use common::mosquitto::{self, Mosquitto};
 use common::records::{queued, stack_aggregate};
 use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Table};
-use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{self, Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
     Aggregate, Event, EventKind, EventPhase, Period, Quality, Reading, ReadingBatch, Record,

@@ -13,7 +13,6 @@ use common::hj212::{acking_platform, platform};
 use common::plant::{cems_map, gtc1_source_toml, stack_simulator, two_cems_source_toml};
 use smeltwatch::app::Agent;
 use smeltwatch::codec::hj212;
-use smeltwatch::model::Timestamp;
 use smeltwatch::uplink::mqtt::LinkState;
 use tokio::net::TcpListener;
 

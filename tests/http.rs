@@ -74,8 +74,7 @@ type = "f32"
 unit = "V"
 range = [0.0, 60.0]
 
-{uplink}
-"#,
+{uplink}"#,
         uplink = mqtt_uplink_toml("plant", mqtt_port, &["live"]),
         state = state_dir.display()
     )

@@ -327,8 +327,8 @@ fn sealed_payloads(
     historical: &[bool],
 ) -> Vec<(LedgerRecord, Vec<u8>)> {
     use smeltwatch::config::Stream;
-    use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
-    use std::sync::Arc;
+    use smeltwatch::model::{Aggregate, Period, Record};
+
     let k = key(1);
     let mut c = Chain::new(SITE, ledger::capture::REGULATED_CHAIN);
     historical

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,10 +15,10 @@ use std::time::Duration;
 use common::acquisition::{collect, float, reading_of};
 use common::plant::serve;
 use smeltwatch::acquisition::PollerStats;
-use smeltwatch::config::{self, Config};
+use smeltwatch::config::Config;
 use smeltwatch::modbus::poller::Poller;
 use smeltwatch::model::{Quality, ReadingBatch, Value};
-use smeltwatch::simulator::{BankSizes, Device, ExceptionFault, Faults, UnitMap, serve_tcp};
+use smeltwatch::simulator::{BankSizes, Device, ExceptionFault, Faults, UnitMap};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -613,7 +612,10 @@ type = "u16"
         reading_of(&batch, "status"),
         (&Some(Value::UInt(0x0102)), Quality::Good)
     );
-    assert_eq!(float(reading_of(&batch, "power_mw").0), f64::from(123.456f32));
+    assert_eq!(
+        float(reading_of(&batch, "power_mw").0),
+        f64::from(123.456f32)
+    );
 }
 
 #[tokio::test]
@@ -741,7 +743,10 @@ type = "u16"
         reading_of(&batch, "status"),
         (&Some(Value::UInt(0x0102)), Quality::Good)
     );
-    assert_eq!(float(reading_of(&batch, "power_mw").0), f64::from(123.456f32));
+    assert_eq!(
+        float(reading_of(&batch, "power_mw").0),
+        f64::from(123.456f32)
+    );
     assert!(dev.requests() >= 1);
     assert_eq!(stats[0].comm_failures.load(Ordering::Relaxed), 0);
 }

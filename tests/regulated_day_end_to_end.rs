@@ -183,8 +183,7 @@ limits = "gb25465_2010_al_pot_gas"
 pollutants = {{ so2 = "so2_mg_m3" }}
 calibration_point = "in_calibration"
 
-{uplink}
-"#,
+{uplink}"#,
         calc = simulated_calc_toml(SCALE, START_UTC),
         uplink = mqtt_uplink_toml("plant", mqtt, &["live", "metrics", "events", "emissions"]),
         state = state.display()

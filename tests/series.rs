@@ -18,9 +18,7 @@ use smeltwatch::config::HistoryConfig;
 use smeltwatch::history::HistoryStore;
 use smeltwatch::http::{self, HttpOptions};
 use smeltwatch::live::LiveState;
-use smeltwatch::model::{
-    Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
-};
+use smeltwatch::model::{Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::series::{RefTarget, Reference};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

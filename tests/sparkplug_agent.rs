@@ -14,7 +14,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use common::agent::{self, wait_delivered};

@@ -47,7 +47,13 @@ state_dir = "{state}"
         gtc1 = gtc1_source_toml(stack_port, &cems_map(maps, "100ms")),
     );
     for (i, port) in meter_ports.iter().enumerate() {
-        toml.push_str(&meter_source_toml(&format!("bus{i}"), *port, "50ms", &format!("bus{i}_"), METERS));
+        toml.push_str(&meter_source_toml(
+            &format!("bus{i}"),
+            *port,
+            "50ms",
+            &format!("bus{i}_"),
+            METERS,
+        ));
     }
     toml.push_str(&format!(
         r#"

@@ -16,12 +16,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     date_time_ymd,
 };
-use smeltwatch::codec::topic::topic_for;
-use smeltwatch::config::{
-    MqttConfig, SpoolConfig, Stream, TlsSettings, TopicTemplates, UplinkConfig, UplinkKind,
-};
+use smeltwatch::config::{MqttConfig, SpoolConfig, Stream, TlsSettings, UplinkConfig, UplinkKind};
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::spool::SpoolHandle;
 use smeltwatch::uplink::mqtt::{LinkState, MqttUplink};
 use tokio::sync::mpsc;
 use tokio::time::timeout;

@@ -13,7 +13,9 @@ pub(crate) enum PatternError {
     #[error("placeholder `{{{inner}}}` pads to more than 10 digits")]
     TooWide { inner: String },
     /// A placeholder other than `{n}` and `{n:0W}`.
-    #[error("unknown placeholder `{{{inner}}}` in name `{pattern}`, expected `{{n}}` or `{{n:03}}`")]
+    #[error(
+        "unknown placeholder `{{{inner}}}` in name `{pattern}`, expected `{{n}}` or `{{n:03}}`"
+    )]
     Unknown { inner: String, pattern: String },
 }
 

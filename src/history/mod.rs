@@ -386,10 +386,8 @@ impl HistoryStore {
             )
             .optional()
             .map_err(&err)?;
-        text.map(|t| {
-            LedgerRecord::from_json(&t).map_err(self.corrupt("ledger record"))
-        })
-        .transpose()
+        text.map(|t| LedgerRecord::from_json(&t).map_err(self.corrupt("ledger record")))
+            .transpose()
     }
 
     /// Every stored record of ledger chain `chain`, in seq order (for re-export).

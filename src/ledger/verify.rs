@@ -57,10 +57,9 @@ impl Anchor {
             .parse::<u64>()
             .map_err(|_| AnchorError::Seq(text.to_owned()))?;
         let hash = match hash {
-            Some(h) => Some(
-                from_hex::<32>(h.trim())
-                    .ok_or_else(|| AnchorError::Hash(text.to_owned()))?,
-            ),
+            Some(h) => {
+                Some(from_hex::<32>(h.trim()).ok_or_else(|| AnchorError::Hash(text.to_owned()))?)
+            }
             None => None,
         };
         Ok(Anchor { seq, hash })
