@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::{self, Mosquitto};
-use common::plant::meters;
+use common::plant::{meter_map_toml, meter_source_toml, meters};
 use serde_json::Value as Json;
 use smeltwatch::completeness::{Ledger, Plan, Report, State};
 use smeltwatch::config::{self, SpoolConfig, Stream};
@@ -39,30 +39,7 @@ fn config(modbus_port: u16, mqtt_port: u16, state: &Path, replay_rate: u32) -> S
         r#"
 site = "{SITE}"
 state_dir = "{state}"
-
-[register_maps.meter.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-unit = "MW"
-[register_maps.meter.points.energy_mwh]
-area = "input"
-address = 2
-type = "f32"
-unit = "MWh"
-
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:{modbus_port}"
-timeout = "500ms"
-default_poll = "100ms"
-
-[[sources.devices]]
-name = "meter_{{n:02}}"
-count = {DEVICES}
-unit_id = 1
-map = "meter"
-
+{map}{source}
 [[uplinks]]
 name = "plant"
 type = "mqtt"
@@ -73,7 +50,9 @@ reconnect_max = "500ms"
 replay_rate = {replay_rate}
 streams = ["live", "metrics", "events"]
 "#,
-        state = state.display()
+        state = state.display(),
+        map = meter_map_toml(true),
+        source = meter_source_toml("bus", modbus_port, "100ms", "", DEVICES),
     )
 }
 

@@ -7,11 +7,14 @@
 // scenario would be scattered over helpers that each hold a part of it.
 #![allow(clippy::too_many_lines)]
 
+mod common;
+
 use std::sync::Arc;
+
+use common::calc::{batch, coef, of, reading, sample, so2_rate_window};
 
 use proptest::prelude::*;
 use smeltwatch::calc::anode_effect::{AeDetector, AeParams, AeStats, AeTransition};
-use smeltwatch::calc::coefficients::Coefficients;
 use smeltwatch::calc::counter::{CounterStep, EnergyCounter};
 use smeltwatch::calc::emissions::{
     anode_co2_factor, anode_co2_t, electricity_co2_t, kgce, mass_flow_kg_h, mass_kg, o2_corrected,
@@ -26,25 +29,18 @@ use smeltwatch::calc::tariff::{
     steps, surcharge_cost_yuan, surcharge_yuan_per_kwh, threshold_kwh_per_t,
 };
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, civil, days_from_civil};
-use smeltwatch::calc::window::{Sample, Substitution, Window, WindowRules, month_valid};
+use smeltwatch::calc::window::{Window, month_valid};
 use smeltwatch::calc::{CalcConfig, Pipeline, glob_match};
 use smeltwatch::model::{
-    Aggregate, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+    Aggregate, EventPhase, Period, Quality, ReadingBatch, Record, Timestamp, Value,
 };
-
-fn coef() -> Coefficients {
-    Coefficients::embedded("cn-2025").expect("the shipped table parses")
-}
 
 fn al() -> Metal {
     Metal::from(&coef().metals["al"])
 }
 
 fn close(actual: f64, expected: f64, tol: f64) {
-    assert!(
-        (actual - expected).abs() <= tol,
-        "{actual} is not within {tol} of {expected}"
-    );
+    common::calc::close(actual, expected, tol, "value");
 }
 
 // === Potline physics: Faraday's law, specific DC and AC energy, pseudo-resistance ===
@@ -274,36 +270,6 @@ fn worked_example_4_amounts() {
 
 const T0: i64 = 1_740_787_200_000; // 2025-03-01T00:00:00Z = 08:00 local (UTC+8)
 
-fn rules() -> WindowRules {
-    let c = coef();
-    WindowRules::new(&c.validity, 8 * HOUR_MS)
-        .with_substitution(Substitution::new(&c.substitution, None))
-}
-
-fn window(interval_ms: u64) -> Window {
-    Window::new(
-        Arc::from("gtc1_stack"),
-        Arc::from("so2_kg_h"),
-        Arc::from("kg/h"),
-        Some(Arc::from("kg")),
-        rules(),
-        interval_ms,
-    )
-}
-
-fn sample(ts: i64, value: f64, quality: Quality) -> Sample {
-    Sample {
-        ts: Timestamp(ts),
-        value,
-        quality,
-        rate_per_h: Some(value),
-    }
-}
-
-fn of(aggs: &[Aggregate], period: Period) -> Vec<&Aggregate> {
-    aggs.iter().filter(|a| a.period == period).collect()
-}
-
 /// One sample per minute of the hour starting at `start`: `valid` good minutes with value
 /// `v_good(i)`, the rest flagged calibration with value `v_bad`.
 fn feed_hour(
@@ -326,7 +292,7 @@ fn feed_hour(
 
 #[test]
 fn worked_example_5_hour_with_47_valid_minutes_is_valid_and_averages_them() {
-    let mut w = window(60_000);
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     feed_hour(&mut w, T0, 47, f64::from, 1000.0, &mut out);
     w.advance(Timestamp(T0 + HOUR_MS), &mut out);
@@ -350,7 +316,7 @@ fn worked_example_5_hour_with_47_valid_minutes_is_valid_and_averages_them() {
 
 #[test]
 fn worked_example_5_hour_with_44_valid_minutes_is_invalid() {
-    let mut w = window(60_000);
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     feed_hour(&mut w, T0, 44, |_| 85.3, 1000.0, &mut out);
     w.advance(Timestamp(T0 + HOUR_MS), &mut out);
@@ -364,7 +330,7 @@ fn worked_example_5_hour_with_44_valid_minutes_is_invalid() {
 #[test]
 fn worked_example_5_day_needs_20_valid_hours() {
     for (valid_hours, expect_valid) in [(19, false), (20, true)] {
-        let mut w = window(60_000);
+        let mut w = so2_rate_window(60_000);
         let mut out = Vec::new();
         // local day starts at 16:00Z the day before T0's local midnight; use T0 - 8 h
         let day = T0 - 8 * HOUR_MS;
@@ -401,7 +367,7 @@ fn month_validity_rule() {
 
 #[test]
 fn an_hour_at_the_example_concentration_and_flow_totals_136_48_kg() {
-    let mut w = window(10_000);
+    let mut w = so2_rate_window(10_000);
     let mut out = Vec::new();
     for i in 0..360 {
         let rate = mass_flow_kg_h(85.3, 1.6e6);
@@ -426,7 +392,7 @@ fn windows_align_on_local_midnight() {
 proptest! {
     #[test]
     fn constant_input_gives_that_constant(c in -1e6f64..1e6, per_minute in 1usize..12, minutes in 45i64..=60) {
-        let mut w = window(60_000 / per_minute as u64);
+        let mut w = so2_rate_window(60_000 / per_minute as u64);
         let mut out = Vec::new();
         for m in 0..minutes {
             for k in 0..per_minute {
@@ -451,7 +417,7 @@ proptest! {
         bad_value in -1e9f64..1e9,
         bad_quality in prop::sample::select(vec![Quality::Calibration, Quality::Maintenance, Quality::CommFail, Quality::OutOfRange, Quality::Substituted]),
     ) {
-        let mut w = window(60_000);
+        let mut w = so2_rate_window(60_000);
         let mut out = Vec::new();
         let n = good.len();
         // interleave: good minutes first then bad ones, plus a bad sample inside a good minute
@@ -647,28 +613,6 @@ fn detector_ignores_short_spikes_and_cells_out_of_service() {
 }
 
 // === the pipeline, driven by timestamped readings ===
-
-fn reading(point: &str, value: Value, ts: i64) -> Reading {
-    Reading {
-        point: Arc::from(point),
-        value: Some(value),
-        unit: Arc::from(""),
-        quality: Quality::Good,
-        ts: Timestamp(ts),
-    }
-}
-
-fn batch(source: &str, device: &str, interval_ms: u64, readings: Vec<Reading>) -> ReadingBatch {
-    let ts = readings.first().map_or(Timestamp(0), |r| r.ts);
-    ReadingBatch {
-        source: Arc::from(source),
-        device: Arc::from(device),
-        unit_id: 1,
-        poll_interval_ms: interval_ms,
-        scheduled: ts,
-        readings,
-    }
-}
 
 fn pot(device: &str, ts: i64, v: f64, in_service: bool, cut_out: bool) -> ReadingBatch {
     batch(

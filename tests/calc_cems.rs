@@ -2,12 +2,14 @@
 //! days with no data, the substitution of missing hours in a day, and the measured versus the
 //! converted (折算) concentration. Each test carries the worked example it checks.
 
+mod common;
+
 use std::sync::Arc;
 
-use smeltwatch::calc::coefficients::Coefficients;
+use common::calc::{close, of, rules, sample, so2_rate_window};
 use smeltwatch::calc::emissions::mass_flow_kg_h;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
-use smeltwatch::calc::window::{MAX_CATCH_UP_HOURS, Sample, Substitution, Window, WindowRules};
+use smeltwatch::calc::window::{MAX_CATCH_UP_HOURS, Window};
 use smeltwatch::calc::{CalcConfig, Pipeline};
 use smeltwatch::model::{
     Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
@@ -17,48 +19,6 @@ use smeltwatch::model::{
 const T0: i64 = 1_740_787_200_000;
 /// Local midnight that starts 2025-03-01.
 const DAY0: i64 = T0 - 8 * HOUR_MS;
-
-fn coef() -> Coefficients {
-    Coefficients::embedded("cn-2025").expect("the shipped table parses")
-}
-
-fn close(actual: f64, expected: f64, tol: f64, what: &str) {
-    assert!(
-        (actual - expected).abs() <= tol,
-        "{what}: {actual} is not within {tol} of {expected}"
-    );
-}
-
-/// The shipped validity rules and substitution rule (`hj75`).
-fn rules() -> WindowRules {
-    let c = coef();
-    WindowRules::new(&c.validity, 8 * HOUR_MS)
-        .with_substitution(Substitution::new(&c.substitution, None))
-}
-
-fn rate_window() -> Window {
-    Window::new(
-        Arc::from("gtc1_stack"),
-        Arc::from("so2_kg_h"),
-        Arc::from("kg/h"),
-        Some(Arc::from("kg")),
-        rules(),
-        60_000,
-    )
-}
-
-fn sample(ts: i64, value: f64, quality: Quality) -> Sample {
-    Sample {
-        ts: Timestamp(ts),
-        value,
-        quality,
-        rate_per_h: Some(value),
-    }
-}
-
-fn of(aggs: &[Aggregate], period: Period) -> Vec<&Aggregate> {
-    aggs.iter().filter(|a| a.period == period).collect()
-}
 
 /// One sample per minute of the hour at `start`: the first `valid` minutes good at `rate`, the
 /// others flagged calibration.
@@ -78,7 +38,7 @@ fn feed_hour(w: &mut Window, start: i64, valid: u32, rate: f64, out: &mut Vec<Ag
 
 #[test]
 fn item_3_hour_with_47_valid_minutes_totals_136_48_kg_not_106_91() {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     let rate = mass_flow_kg_h(85.3, 1.6e6); // 136.48 kg/h
     feed_hour(&mut w, T0, 47, rate, &mut out);
@@ -92,7 +52,7 @@ fn item_3_hour_with_47_valid_minutes_totals_136_48_kg_not_106_91() {
 
 #[test]
 fn item_3_hours_with_no_data_are_emitted_as_invalid_comm_fail() {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     feed_hour(&mut w, T0, 60, 100.0, &mut out);
     // the device falls silent for two hours; the agent keeps flushing
@@ -127,13 +87,7 @@ o2_reference_pct = 6.0
 "#;
 
 fn reading(point: &str, value: f64, ts: i64) -> Reading {
-    Reading {
-        point: Arc::from(point),
-        value: Some(Value::Float(value)),
-        unit: Arc::from(""),
-        quality: Quality::Good,
-        ts: Timestamp(ts),
-    }
+    common::calc::reading(point, Value::Float(value), ts)
 }
 
 fn stack_batch(ts: i64, readings: Vec<Reading>) -> ReadingBatch {
@@ -318,7 +272,7 @@ fn item_3_a_stack_with_substitution_none_keeps_the_sum_of_its_valid_hours() {
 /// window goes through JSON (an agent restart) after day 1.
 #[test]
 fn item_3_a_gap_longer_than_24_hours_takes_the_maximum_of_the_preceding_valid_hours() {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     for h in 0..24 {
         let rate = if h == 5 { 120.0 } else { 50.0 };
@@ -364,7 +318,7 @@ fn item_3_a_gap_longer_than_24_hours_takes_the_maximum_of_the_preceding_valid_ho
 
 #[test]
 fn item_3_catching_up_after_a_long_outage_is_bounded_to_31_days_of_hours() {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     feed_hour(&mut w, DAY0, 60, 10.0, &mut out);
     w.advance(Timestamp(DAY0 + 40 * DAY_MS), &mut out);
@@ -538,7 +492,7 @@ fn item_4_reference_exhaust_volume_scales_the_concentration_only_above_the_refer
 /// still restores, and closes its open hour and day.
 #[test]
 fn a_window_saved_without_the_new_fields_restores_with_defaults() {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     for h in 0..2 {
         feed_hour(&mut w, DAY0 + h * HOUR_MS, 60, 40.0, &mut out);

@@ -3,11 +3,14 @@
 //! Months are driven at one sample a minute (`sample_interval_ms = 60000`), so a whole month is
 //! 44,640 samples.
 
+mod common;
+
 use std::sync::Arc;
 
-use smeltwatch::calc::coefficients::Coefficients;
+use common::calc::{close, of, rules, so2_rate_window};
+use common::hj212::station;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
-use smeltwatch::calc::window::{Sample, Substitution, Window, WindowRules};
+use smeltwatch::calc::window::{Sample, Window};
 use smeltwatch::calc::{CalcConfig, Pipeline};
 use smeltwatch::model::{
     Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
@@ -19,38 +22,6 @@ const MARCH: i64 = 1_740_787_200_000 - 8 * HOUR_MS;
 const FEBRUARY: i64 = MARCH - 28 * DAY_MS;
 /// Local midnight that starts 2025-04-01.
 const APRIL: i64 = MARCH + 31 * DAY_MS;
-
-fn coef() -> Coefficients {
-    Coefficients::embedded("cn-2025").expect("the shipped table parses")
-}
-
-fn rules() -> WindowRules {
-    let c = coef();
-    WindowRules::new(&c.validity, 8 * HOUR_MS)
-        .with_substitution(Substitution::new(&c.substitution, None))
-}
-
-fn close(actual: f64, expected: f64, tol: f64, what: &str) {
-    assert!(
-        (actual - expected).abs() <= tol,
-        "{what}: {actual} is not within {tol} of {expected}"
-    );
-}
-
-fn rate_window() -> Window {
-    Window::new(
-        Arc::from("gtc1_stack"),
-        Arc::from("so2_kg_h"),
-        Arc::from("kg/h"),
-        Some(Arc::from("kg")),
-        rules(),
-        60_000,
-    )
-}
-
-fn of(aggs: &[Aggregate], period: Period) -> Vec<&Aggregate> {
-    aggs.iter().filter(|a| a.period == period).collect()
-}
 
 /// The monthly aggregates among `aggs`.
 fn months(aggs: &[Aggregate]) -> Vec<&Aggregate> {
@@ -80,7 +51,7 @@ fn feed_day(w: &mut Window, start: i64, rate: f64, invalid: bool, out: &mut Vec<
 
 /// A month of `days` days from `start`, day `d` at 100 + d kg/h, the days in `invalid` invalid.
 fn drive_month(start: i64, days: i64, invalid: std::ops::Range<i64>) -> Vec<Aggregate> {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     for d in 0..days {
         feed_day(
@@ -158,7 +129,7 @@ fn february_2025_with_23_valid_days_is_valid_and_with_22_is_not() {
 
 #[test]
 fn the_month_total_is_the_sum_of_its_day_totals_and_substituted_the_sum_of_their_filled_hours() {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     for d in 0..31 {
         let start = MARCH + d * DAY_MS;
@@ -200,7 +171,7 @@ fn the_month_total_is_the_sum_of_its_day_totals_and_substituted_the_sum_of_their
 
 #[test]
 fn a_month_without_data_is_emitted_invalid() {
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     for d in 0..31 {
         feed_day(&mut w, MARCH + d * DAY_MS, 80.0, false, &mut out);
@@ -231,7 +202,7 @@ fn a_month_without_data_is_emitted_invalid() {
 fn the_open_month_survives_a_restart_and_an_older_snapshot_without_it_restores() {
     let uninterrupted = drive_month(MARCH, 31, 10..16);
     let expected = months(&uninterrupted)[0].clone();
-    let mut w = rate_window();
+    let mut w = so2_rate_window(60_000);
     let mut out = Vec::new();
     for d in 0..15 {
         feed_day(
@@ -294,13 +265,7 @@ pollutants = { so2 = "so2_mg_m3" }
 "#;
 
 fn reading(point: &str, value: f64, ts: i64) -> Reading {
-    Reading {
-        point: Arc::from(point),
-        value: Some(Value::Float(value)),
-        unit: Arc::from(""),
-        quality: Quality::Good,
-        ts: Timestamp(ts),
-    }
+    common::calc::reading(point, Value::Float(value), ts)
 }
 
 #[test]
@@ -359,13 +324,7 @@ fn the_pipeline_closes_a_month_for_each_stack_quantity() {
     let bytes = protobuf::encode_record("site", Stream::Emissions, 1, &record, false);
     let back = protobuf::decode_record(&bytes).expect("decodes");
     assert_eq!(back.record, record);
-    let station = hj212::Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack: false,
-        utc_offset_min: 480,
-    };
+    let station = station(false);
     let table = hj212::Table::hj212_2017();
     let packets = hj212::encode_record(&table, &station, Timestamp(MARCH), &record);
     assert_eq!(packets.expect("no error"), Vec::<String>::new());

@@ -34,7 +34,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::agent;
+use common::calc::close;
+use common::json::attr;
 use common::mosquitto::{self, Mosquitto};
+use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, days_from_civil};
 use smeltwatch::config;
@@ -96,12 +100,7 @@ fn agent_config(potline: u16, stack: u16, mqtt: u16, state: &Path) -> String {
         r#"
 site = "calc-e2e"
 state_dir = "{state}"
-
-[register_maps.pcu.points]
-cell_voltage_v = {{ area = "input", address = 0, type = "f32", unit = "V" }}
-in_service = {{ area = "input", address = 5, type = "bool", bit = 0 }}
-cut_out = {{ area = "input", address = 5, type = "bool", bit = 2 }}
-
+{PCU_MAP}
 [register_maps.cems.points]
 so2_mg_m3 = {{ area = "input", address = 0, type = "f32", unit = "mg/m3" }}
 fluoride_mg_m3 = {{ area = "input", address = 6, type = "f32", unit = "mg/m3" }}
@@ -135,16 +134,7 @@ default_poll = "100ms"
 name = "gtc1_stack"
 unit_id = 1
 map = "cems"
-
-[calc]
-gwp = "ar5"
-grid_factor = "qinghai-2022"
-utc_offset_hours = 8
-
-[calc.simulated_time]
-scale = {SCALE}
-start = "{START_UTC}"
-
+{calc}
 [[calc.potlines]]
 name = "potline1"
 rectifier = "potline1/rectifier"
@@ -160,27 +150,11 @@ limits = "gb25465_2010_al_pot_gas"
 pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
 calibration_point = "in_calibration"
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["metrics", "events", "emissions"]
-"#,
+{uplink}"#,
+        calc = simulated_calc_toml(SCALE, START_UTC),
+        uplink = mqtt_uplink_toml("plant", mqtt, &["metrics", "events", "emissions"]),
         state = state.display()
     )
-}
-
-fn attr(event: &Json, key: &str) -> f64 {
-    event["attributes"]
-        .as_array()
-        .expect("attributes")
-        .iter()
-        .find(|kv| kv[0] == key)
-        .and_then(|kv| kv[1].as_f64())
-        .unwrap_or_else(|| panic!("no attribute {key} in {event}"))
 }
 
 /// The value of metric `name` with label `period = "day"` in a metrics message, if present.
@@ -191,13 +165,6 @@ fn day_metric(msg: &Json, name: &str) -> Option<f64> {
             .then(|| m["value"].as_f64())
             .flatten()
     })
-}
-
-fn close(actual: f64, expected: f64, tol: f64, what: &str) {
-    assert!(
-        (actual - expected).abs() <= tol,
-        "{what}: {actual} is not within {tol} of {expected}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,10 +182,7 @@ async fn anode_effects_aem_and_hourly_mass_flows_arrive_at_the_broker() {
         broker.port,
         state.path(),
     );
-    let cfg = config::parse(&toml, Path::new("calc-e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .expect("agent starts");
+    let agent = agent::start_inline(&toml, "calc-e2e.toml").await;
 
     // Local midnight closes the day (AE statistics) and the hour 23:00-00:00 (mass flows).
     let hour_start = days_from_civil(2025, 3, 1) * DAY_MS + 15 * HOUR_MS;

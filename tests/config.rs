@@ -37,6 +37,22 @@ fn parse_ok(src: &str) -> Config {
         .unwrap_or_else(|err| panic!("config should load:\n{err}"))
 }
 
+/// Assert that `err` has `count` lines and that each text of `wants` stands in one of them
+/// located in `inline/smeltwatch.toml` (one line may hold more than one of them).
+fn assert_located_lines(err: &ConfigError, count: usize, wants: &[&str]) {
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    for want in wants {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("inline/smeltwatch.toml:") && l.contains(want)),
+            "missing {want:?} in:\n{text}"
+        );
+    }
+    assert_eq!(lines.len(), count, "{text}");
+}
+
 #[test]
 fn golden_error_cases_match_exactly() {
     let bless = std::env::var_os("SMELTWATCH_BLESS").is_some();
@@ -739,24 +755,18 @@ encoding = "protobuf"
 enabled = true
 "#
     ));
-    let text = err.to_string();
-    let lines: Vec<&str> = text.lines().collect();
-    for want in [
-        "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"sparkplug\"",
-        "uplinks[0].streams[1]: a Sparkplug uplink carries the `live` stream (device metrics) and the `metrics` stream (node metrics), not `events`",
-        "uplinks[0].group_id: missing `group_id`, expected a Sparkplug id (one MQTT topic level)",
-        "uplinks[0].edge_node_id: invalid edge_node_id `line/1`: a Sparkplug id must be non-empty and free of `+`, `/` and `#` (it is one topic level)",
-        "uplinks[0].primary_host_id: invalid primary_host_id ``",
-        "uplinks[0].device_writes.enabled: device writes need an authenticated uplink: set `username` (with a password) or a client certificate (`[uplinks.tls] cert_file`)",
-    ] {
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("inline/smeltwatch.toml:") && l.contains(want)),
-            "missing {want:?} in:\n{text}"
-        );
-    }
-    assert_eq!(lines.len(), 6, "{text}");
+    assert_located_lines(
+        &err,
+        6,
+        &[
+            "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"sparkplug\"",
+            "uplinks[0].streams[1]: a Sparkplug uplink carries the `live` stream (device metrics) and the `metrics` stream (node metrics), not `events`",
+            "uplinks[0].group_id: missing `group_id`, expected a Sparkplug id (one MQTT topic level)",
+            "uplinks[0].edge_node_id: invalid edge_node_id `line/1`: a Sparkplug id must be non-empty and free of `+`, `/` and `#` (it is one topic level)",
+            "uplinks[0].primary_host_id: invalid primary_host_id ``",
+            "uplinks[0].device_writes.enabled: device writes need an authenticated uplink: set `username` (with a password) or a client certificate (`[uplinks.tls] cert_file`)",
+        ],
+    );
 }
 
 #[test]
@@ -911,26 +921,20 @@ table = "missing-table.toml"
 utc_offset_hours = 20
 "#
     ));
-    let text = err.to_string();
-    let lines: Vec<&str> = text.lines().collect();
-    for want in [
-        "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"hj212\"",
-        "uplinks[0].platform: missing `platform`, expected the HJ 212 platform as host:port",
-        "uplinks[0].hj212.table: cannot read `inline/missing-table.toml`",
-        "expected `hj212-2017` (built in) or the path of a code table file",
-        "uplinks[0].hj212.st: st = 99 is not a system code of HJ 212-2017, expected one of 21,",
-        "uplinks[0].hj212.pw: pw must be 6 printable ASCII characters",
-        "uplinks[0].hj212.mn: MN `this-mn-is-far-too-long-for-hj212-2017` must be 1 to 24 printable ASCII characters",
-        "uplinks[0].hj212.utc_offset_hours: utc_offset_hours = 20 is out of range, expected -12..=14",
-    ] {
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("inline/smeltwatch.toml:") && l.contains(want)),
-            "missing {want:?} in:\n{text}"
-        );
-    }
-    assert_eq!(lines.len(), 7, "{text}");
+    assert_located_lines(
+        &err,
+        7,
+        &[
+            "uplinks[0].encoding: `encoding` does not apply to an uplink of type = \"hj212\"",
+            "uplinks[0].platform: missing `platform`, expected the HJ 212 platform as host:port",
+            "uplinks[0].hj212.table: cannot read `inline/missing-table.toml`",
+            "expected `hj212-2017` (built in) or the path of a code table file",
+            "uplinks[0].hj212.st: st = 99 is not a system code of HJ 212-2017, expected one of 21,",
+            "uplinks[0].hj212.pw: pw must be 6 printable ASCII characters",
+            "uplinks[0].hj212.mn: MN `this-mn-is-far-too-long-for-hj212-2017` must be 1 to 24 printable ASCII characters",
+            "uplinks[0].hj212.utc_offset_hours: utc_offset_hours = 20 is out of range, expected -12..=14",
+        ],
+    );
 
     let err = parse_err(&format!(
         "{HJ212_SOURCES}\n[[uplinks]]\nname = \"p\"\ntype = \"hj212\"\nplatform = \"h:1\"\n"

@@ -22,12 +22,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
-use common::plant::{device, f32_words, serve};
+use common::plant::{RECTIFIER_DEVICE, device, f32_words, serve};
+use common::records::stack_aggregate;
 use smeltwatch::config;
 use smeltwatch::history::HistoryStore;
 use smeltwatch::http::{self, HttpOptions};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
+    Event, EventPhase, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
 };
 use smeltwatch::series::Selector;
 use smeltwatch::simulator::UnitMap;
@@ -62,15 +63,7 @@ name = "potline1"
 tcp = "127.0.0.1:{modbus_port}"
 timeout = "500ms"
 default_poll = "200ms"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
+{RECTIFIER_DEVICE}
 [sources.devices.points.ac_energy_kwh]
 area = "input"
 address = 2
@@ -221,24 +214,14 @@ fn earlier_hours(cfg: &config::Config) {
     let hours: Vec<Record> = [(3, 150.0), (2, 230.0), (1, 180.0)]
         .into_iter()
         .map(|(back, avg)| {
-            Record::Aggregate(Aggregate {
-                subject: "gtc1_stack".into(),
-                quantity: "so2_mg_m3".into(),
-                unit: "mg/m3".into(),
-                period: Period::Hour,
-                start: Timestamp(this_hour - back * h),
-                end: Timestamp(this_hour - (back - 1) * h),
-                avg: Some(avg),
-                min: Some(avg - 10.0),
-                max: Some(avg + 10.0),
-                total: None,
-                total_unit: None,
-                samples: 60,
-                expected: 60,
-                valid: true,
-                quality: Quality::Good,
-                substituted: 0,
-            })
+            Record::Aggregate(stack_aggregate(
+                "so2_mg_m3",
+                Period::Hour,
+                this_hour - back * h,
+                this_hour - (back - 1) * h,
+                avg,
+                10.0,
+            ))
         })
         .collect();
     store.store(&hours, &[], Timestamp::now()).unwrap();

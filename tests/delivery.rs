@@ -19,16 +19,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::agent;
 use common::mosquitto::{self, CliWitness, Mosquitto};
 use common::mqtt_config;
+use common::plant::mqtt_uplink_toml;
+use common::records::{queued, stack_aggregate};
 use common::status::wait_status;
 use serde_json::Value as Json;
-use smeltwatch::codec::topic::topic_for;
-use smeltwatch::config::{
-    self, MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
-};
+use smeltwatch::config::{MqttConfig, SpoolConfig, Stream, UplinkConfig, UplinkKind};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+    Event, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
@@ -148,33 +148,18 @@ fn event(i: u64) -> Record {
 
 fn emission(i: u64) -> Record {
     let start = Timestamp(1_764_300_000_000 + i as i64 * 60_000);
-    Record::Aggregate(Aggregate {
-        subject: "gtc1_stack".into(),
-        quantity: "so2_mg_m3".into(),
-        unit: "mg/m3".into(),
-        period: Period::Minute,
-        start,
-        end: Timestamp(start.0 + 60_000),
-        avg: Some(120.0),
-        min: Some(100.0),
-        max: Some(140.0),
-        total: None,
-        total_unit: None,
-        samples: 60,
-        expected: 60,
-        valid: true,
-        quality: Quality::Good,
-        substituted: 0,
-    })
+    Record::Aggregate(stack_aggregate(
+        "so2_mg_m3",
+        Period::Minute,
+        start.0,
+        start.0 + 60_000,
+        120.0,
+        20.0,
+    ))
 }
 
 fn new_record(r: &Record) -> NewRecord {
-    NewRecord {
-        stream: r.stream(),
-        topic: topic_for(&TopicTemplates::default(), SITE, r),
-        body: serde_json::to_vec(r).expect("serialise"),
-        created: Timestamp::now(),
-    }
+    queued(r.stream(), SITE, r)
 }
 
 /// A delivered message, parsed.
@@ -921,24 +906,10 @@ area = "input"
 address = 0
 type = "u16"
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{plant_port}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live"]
-
-[[uplinks]]
-name = "province"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{province_port}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live"]
-"#,
+{uplink_plant}
+{uplink_province}"#,
+        uplink_province = mqtt_uplink_toml("province", province_port, &["live"]),
+        uplink_plant = mqtt_uplink_toml("plant", plant_port, &["live"]),
         state = state.display()
     )
 }
@@ -973,10 +944,7 @@ async fn with_one_broker_down_the_other_uplink_receives_everything_on_time() {
 
     let state = tempfile::tempdir().unwrap();
     let toml = two_uplink_config(modbus_port, plant.port, province.port, state.path());
-    let cfg = config::parse(&toml, Path::new("two.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .unwrap();
+    let agent = agent::start_inline(&toml, "two.toml").await;
 
     // Over 3 s of 100 ms polls, each batch reaches the plant broker within a second of its poll.
     let mut seqs = Vec::new();

@@ -9,11 +9,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::agent;
 use common::mosquitto::{self, Mosquitto};
-use common::plant::{device, f32_words, serve};
+use common::plant::{device, f32_words, mqtt_uplink_toml, serve};
 use serde_json::Value as Json;
 use smeltwatch::codec::sparkplug as spb;
-use smeltwatch::config;
 use smeltwatch::model::Value;
 use smeltwatch::simulator::{Device, Faults, UnitMap};
 use tokio::sync::mpsc;
@@ -70,15 +70,8 @@ labels = {{ line = "potline1" }}
 [http]
 listen = "127.0.0.1:{http_port}"
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt_port}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live", "metrics"]
-"#,
+{uplink}"#,
+        uplink = mqtt_uplink_toml("plant", mqtt_port, &["live", "metrics"]),
         state = state_dir.display()
     )
 }
@@ -209,10 +202,7 @@ async fn derived_mean_and_auxiliary_power_arrive_with_their_qualities() {
         .unwrap()
         .port();
     let toml = plant_config(modbus_port, broker.port, http_port, state.path());
-    let cfg = config::parse(&toml, Path::new("e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .unwrap();
+    let agent = agent::start_inline(&toml, "e2e.toml").await;
 
     // Every device answers: the mean of the three pots, good; the meter's power, good.
     let mean = until(&mut rx, "mean_cell_voltage_v", "good").await.unwrap();
@@ -386,10 +376,7 @@ async fn derived_points_are_sparkplug_metrics_with_their_value_quality_and_times
     let state = tempfile::tempdir().unwrap();
     let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
     let toml = sparkplug_config(modbus_port, broker.port, state.path());
-    let cfg = config::parse(&toml, Path::new("e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .unwrap();
+    let agent = agent::start_inline(&toml, "e2e.toml").await;
 
     // Each derived device has its DBIRTH: its points as Double metrics with their own aliases,
     // after the configured points' 1-3.

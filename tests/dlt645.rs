@@ -2,12 +2,14 @@
 //! over TCP (a transparent serial server) and over a pseudo-terminal pair, faults on a shared
 //! bus, and the read plan `check` prints.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::acquisition::{collect, float, reading_of};
 use smeltwatch::acquisition::PollerStats;
 use smeltwatch::config::{self, Config};
 use smeltwatch::dlt645::config::BusTransport;
@@ -21,10 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 fn parse(toml: &str) -> Config {
-    match config::parse(toml, Path::new("dlt645-test.toml")) {
-        Ok(c) => c,
-        Err(e) => panic!("test configuration is invalid:\n{e}\n---\n{toml}"),
-    }
+    common::acquisition::parse(toml, "dlt645-test.toml")
 }
 
 fn problems(toml: &str) -> String {
@@ -55,39 +54,6 @@ fn start(
     let stats = poller.stats();
     tokio::spawn(poller.run(shutdown.clone()));
     (rx, stats)
-}
-
-fn reading<'a>(batch: &'a ReadingBatch, point: &str) -> (&'a Option<Value>, Quality) {
-    let r = batch
-        .readings
-        .iter()
-        .find(|r| &*r.point == point)
-        .unwrap_or_else(|| panic!("no reading for {point} in {batch:?}"));
-    (&r.value, r.quality)
-}
-
-fn float(v: &Option<Value>) -> f64 {
-    v.as_ref().and_then(Value::as_f64).expect("a numeric value")
-}
-
-/// Batches by device until `done`, with a deadline so that a broken poller fails the test.
-async fn collect(
-    rx: &mut mpsc::Receiver<ReadingBatch>,
-    mut done: impl FnMut(&BTreeMap<String, Vec<ReadingBatch>>) -> bool,
-) -> BTreeMap<String, Vec<ReadingBatch>> {
-    let mut by_device: BTreeMap<String, Vec<ReadingBatch>> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done(&by_device) {
-        let batch = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("batches stopped arriving")
-            .expect("poller ended");
-        by_device
-            .entry(batch.device.to_string())
-            .or_default()
-            .push(batch);
-    }
-    by_device
 }
 
 const AUX_MAP: &str = r#"
@@ -129,18 +95,24 @@ map = "aux"
         assert_eq!(r.quality, Quality::Good, "{r:?}");
     }
     assert_eq!(
-        reading(&first, "energy_kwh").0,
+        reading_of(&first, "energy_kwh").0,
         &Some(Value::Float(1234.56))
     );
     // The simulator books 30 % of the energy on the peak tariff (register 2).
-    assert_eq!(float(reading(&first, "energy_peak_kwh").0), 370.36);
-    assert_eq!(reading(&first, "voltage_a_v").0, &Some(Value::Float(230.0)));
-    assert_eq!(reading(&first, "power_kw").0, &Some(Value::Float(36.0)));
-    assert_eq!(reading(&first, "power_factor").0, &Some(Value::Float(0.92)));
-    assert_eq!(reading(&first, "demand_kw").0, &Some(Value::Float(36.0)));
+    assert_eq!(float(reading_of(&first, "energy_peak_kwh").0), 370.36);
+    assert_eq!(
+        reading_of(&first, "voltage_a_v").0,
+        &Some(Value::Float(230.0))
+    );
+    assert_eq!(reading_of(&first, "power_kw").0, &Some(Value::Float(36.0)));
+    assert_eq!(
+        reading_of(&first, "power_factor").0,
+        &Some(Value::Float(0.92))
+    );
+    assert_eq!(reading_of(&first, "demand_kw").0, &Some(Value::Float(36.0)));
     // The demand so far was reached when the meter started: today (UTC, as the simulator keeps).
     let today = MeterTime::from_unix_ms(first.readings[0].ts.0).to_string();
-    let Some(Value::Text(at)) = reading(&first, "demand_at").0 else {
+    let Some(Value::Text(at)) = reading_of(&first, "demand_at").0 else {
         panic!("a date-time");
     };
     assert_eq!(at[..10], today[..10], "{at}");
@@ -150,12 +122,12 @@ map = "aux"
     bus.advance(Duration::from_secs(100), 0);
     let later = loop {
         let b = rx.recv().await.unwrap();
-        if reading(&b, "energy_kwh").0 != reading(&first, "energy_kwh").0 {
+        if reading_of(&b, "energy_kwh").0 != reading_of(&first, "energy_kwh").0 {
             break b;
         }
     };
     assert_eq!(
-        reading(&later, "energy_kwh").0,
+        reading_of(&later, "energy_kwh").0,
         &Some(Value::Float(1235.56))
     );
     shutdown.cancel();
@@ -210,15 +182,15 @@ points.power_kw = {{ di = "B630", format = "sXX.XXXX", unit = "kW" }}
     shutdown.cancel();
     drop(slave);
     assert_eq!(
-        reading(&batch, "energy_kwh"),
+        reading_of(&batch, "energy_kwh"),
         (&Some(Value::Float(88.2)), Quality::Good)
     );
     assert_eq!(
-        reading(&batch, "voltage_a_v"),
+        reading_of(&batch, "voltage_a_v"),
         (&Some(Value::UInt(230)), Quality::Good)
     );
     assert_eq!(
-        reading(&batch, "power_kw"),
+        reading_of(&batch, "power_kw"),
         (&Some(Value::Float(10.0)), Quality::Good)
     );
 }
@@ -360,10 +332,10 @@ points.energy_kwh = {{ di = "00010000", format = "XXXXXX.XX", unit = "kWh" }}
     .await;
     shutdown.cancel();
     for b in &by_device["m21"] {
-        assert_eq!(reading(b, "energy_kwh"), (&None, Quality::CommFail));
+        assert_eq!(reading_of(b, "energy_kwh"), (&None, Quality::CommFail));
     }
     assert_eq!(
-        reading(&by_device["m22"][0], "energy_kwh"),
+        reading_of(&by_device["m22"][0], "energy_kwh"),
         (&Some(Value::Float(700.0)), Quality::Good)
     );
     assert!(confused.requests() >= 2);
@@ -392,22 +364,22 @@ points.unknown = {{ di = "04000409", format = "XXXXXX" }}
     ));
     let (mut rx, stats) = start(&cfg, &shutdown);
     let batch = rx.recv().await.unwrap();
-    assert_eq!(reading(&batch, "energy_kwh").1, Quality::Good);
+    assert_eq!(reading_of(&batch, "energy_kwh").1, Quality::Good);
     // The simulator keeps no 04000409: it answers "no requested data".
     assert_eq!(
-        reading(&batch, "unknown"),
+        reading_of(&batch, "unknown"),
         (&None, Quality::DeviceException)
     );
     meter.set_fault(MeterFault::ErrorReply(0x04));
     let refused = loop {
         let b = rx.recv().await.unwrap();
-        if reading(&b, "energy_kwh").1 != Quality::Good {
+        if reading_of(&b, "energy_kwh").1 != Quality::Good {
             break b;
         }
     };
     shutdown.cancel();
     assert_eq!(
-        reading(&refused, "energy_kwh"),
+        reading_of(&refused, "energy_kwh"),
         (&None, Quality::DeviceException)
     );
     assert!(stats.exceptions.load(Ordering::Relaxed) >= 2);

@@ -14,9 +14,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::agent;
 use common::mosquitto::{self, Mosquitto};
+use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
 use serde_json::Value as Json;
-use smeltwatch::config;
 use smeltwatch::simulator::{self, BindMode, SimulatorConfig};
 
 const SCALE: f64 = 120.0;
@@ -56,12 +57,7 @@ fn agent_config(potline: u16, aux: u16, mqtt: u16, state: &Path) -> String {
         r#"
 site = "aux-e2e"
 state_dir = "{state}"
-
-[register_maps.pcu.points]
-cell_voltage_v = {{ area = "input", address = 0, type = "f32", unit = "V" }}
-in_service = {{ area = "input", address = 5, type = "bool", bit = 0 }}
-cut_out = {{ area = "input", address = 5, type = "bool", bit = 2 }}
-
+{PCU_MAP}
 [[sources]]
 name = "potline1"
 tcp = "127.0.0.1:{potline}"
@@ -94,16 +90,7 @@ name = "aux_{{n}}"
 address = "1"
 count = 3
 points.energy_kwh = {{ di = "00010000", format = "XXXXXX.XX", unit = "kWh" }}
-
-[calc]
-gwp = "ar5"
-grid_factor = "qinghai-2022"
-utc_offset_hours = 8
-
-[calc.simulated_time]
-scale = {SCALE}
-start = "{START_UTC}"
-
+{calc}
 [[calc.potlines]]
 name = "potline1"
 rectifier = "potline1/rectifier"
@@ -114,15 +101,9 @@ max_gap = "2m"
 [[calc.potlines.auxiliary_meters]]
 device = "aux_meters/aux_*"
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["metrics", "events"]
-"#,
+{uplink}"#,
+        calc = simulated_calc_toml(SCALE, START_UTC),
+        uplink = mqtt_uplink_toml("plant", mqtt, &["metrics", "events"]),
         state = state.display()
     )
 }
@@ -156,10 +137,7 @@ async fn auxiliary_dlt645_meters_feed_the_comprehensive_ac_figure_and_the_tariff
         broker.port,
         state.path(),
     );
-    let cfg = config::parse(&toml, Path::new("aux-e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .expect("agent starts");
+    let agent = agent::start_inline(&toml, "aux-e2e.toml").await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let day = loop {

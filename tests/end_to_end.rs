@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::{self, Mosquitto};
-use common::plant::{device, f32_words, serve};
+use common::plant::{RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, serve};
 use serde_json::Value as Json;
 use smeltwatch::config::{self, SpoolConfig};
 use smeltwatch::model::Timestamp;
@@ -83,31 +83,15 @@ name = "line1"
 tcp = "127.0.0.1:{modbus_port}"
 timeout = "500ms"
 default_poll = "{poll}"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-
+{RECTIFIER_DEVICE}
 [[sources.devices]]
 name = "pot_{{n:03}}"
 count = 3
 unit_id = 10
 map = "pcu"
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt_port}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live"]
-"#,
+{uplink}"#,
+        uplink = mqtt_uplink_toml("plant", mqtt_port, &["live"]),
         state = state_dir.display()
     )
 }

@@ -5,11 +5,15 @@
 // scenario would be scattered over helpers that each hold a part of it.
 #![allow(clippy::too_many_lines)]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::hj212::station;
+use common::records::stack_aggregate;
 use proptest::prelude::*;
 use smeltwatch::codec::hj212::{
-    self, Cp, EncodeError, Packet, ParseError, ParseOptions, RtdValue, Scan, Station, Table, qn_rtn,
+    self, Cp, EncodeError, Packet, ParseError, ParseOptions, RtdValue, Scan, Table, qn_rtn,
 };
 use smeltwatch::model::{Aggregate, Period, Quality, Timestamp};
 
@@ -26,16 +30,6 @@ const T_0900_CST: Timestamp = Timestamp(1_740_790_800_000);
 
 fn table() -> Table {
     Table::hj212_2017()
-}
-
-fn station(ack: bool) -> Station {
-    Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack,
-        utc_offset_min: 480,
-    }
 }
 
 fn opts() -> ParseOptions {
@@ -67,22 +61,18 @@ fn segment_and_crc(packet: &[u8]) -> (&[u8], u16) {
 
 fn agg(quantity: &str, avg: f64, min: f64, max: f64, total: f64) -> Aggregate {
     Aggregate {
-        subject: Arc::from("gtc1_stack"),
-        quantity: Arc::from(quantity),
-        unit: Arc::from("mg/m3"),
-        period: Period::Hour,
-        start: T_0900_CST,
-        end: Timestamp(T_0900_CST.0 + 3_600_000),
-        avg: Some(avg),
         min: Some(min),
         max: Some(max),
         total: Some(total),
         total_unit: Some(Arc::from("kg")),
-        samples: 60,
-        expected: 60,
-        valid: true,
-        quality: Quality::Good,
-        substituted: 0,
+        ..stack_aggregate(
+            quantity,
+            Period::Hour,
+            T_0900_CST.0,
+            T_0900_CST.0 + 3_600_000,
+            avg,
+            0.0,
+        )
     }
 }
 

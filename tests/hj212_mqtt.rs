@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
+use common::records::{queued, stack_aggregate};
 use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Table};
-use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{self, Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
     Aggregate, Event, EventKind, EventPhase, Period, Quality, Reading, ReadingBatch, Record,
@@ -63,24 +63,7 @@ gtc1_stack = "{STACK_MN}"
 }
 
 fn aggregate(quantity: &str, avg: f64) -> Aggregate {
-    Aggregate {
-        subject: Arc::from("gtc1_stack"),
-        quantity: Arc::from(quantity),
-        unit: Arc::from("mg/m3"),
-        period: Period::Minute,
-        start: Timestamp(T0),
-        end: Timestamp(T0 + 60_000),
-        avg: Some(avg),
-        min: Some(avg - 1.0),
-        max: Some(avg + 1.0),
-        total: None,
-        total_unit: None,
-        samples: 60,
-        expected: 60,
-        valid: true,
-        quality: Quality::Good,
-        substituted: 0,
-    }
+    stack_aggregate(quantity, Period::Minute, T0, T0 + 60_000, avg, 1.0)
 }
 
 fn batch(device: &str, point: &str, value: f64) -> Record {
@@ -101,12 +84,7 @@ fn batch(device: &str, point: &str, value: f64) -> Record {
 }
 
 fn new_record(stream: Stream, r: &Record) -> NewRecord {
-    NewRecord {
-        stream,
-        topic: topic_for(&Default::default(), "qh-al-01", r),
-        body: serde_json::to_vec(r).unwrap(),
-        created: Timestamp::now(),
-    }
+    queued(stream, "qh-al-01", r)
 }
 
 fn parse(payload: &[u8]) -> Vec<Packet> {

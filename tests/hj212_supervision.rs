@@ -8,13 +8,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::agent;
+use common::agent::{self, wait_delivered};
 use common::hj212::{acking_platform, platform};
 use common::plant::{cems_map, gtc1_source_toml, stack_simulator, two_cems_source_toml};
 use smeltwatch::app::Agent;
 use smeltwatch::codec::hj212;
-use smeltwatch::config::Stream;
-use smeltwatch::model::Timestamp;
 use smeltwatch::uplink::LinkState;
 use tokio::net::TcpListener;
 
@@ -44,43 +42,13 @@ over_time = "2s"
     agent::start(&state.join("smeltwatch.toml"), &toml).await
 }
 
-fn delivered_by(agent: &Agent, uplink: &str) -> u64 {
-    agent
-        .live
-        .completeness
-        .live_view(Timestamp::now())
-        .iter()
-        .flat_map(|(_, report)| report.rows.iter())
-        .filter(|row| row.stream == Stream::Live)
-        .flat_map(|row| row.delivered.iter())
-        .filter(|(u, _)| u == uplink)
-        .map(|(_, n)| *n)
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_the_platform_acknowledged_count_as_delivered() {
     let (_sim, modbus_port) = stack_simulator(1, 1.0).await;
     let state = tempfile::tempdir().unwrap();
     let platform = acking_platform().await;
     let agent = start_agent(state.path(), modbus_port, platform.0).await;
-    let mut status = agent.live.uplinks.lock().unwrap()[0].status.clone();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if status.borrow_and_update().acked_total > 0 && delivered_by(&agent, "province") > 0 {
-                return;
-            }
-            status.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "acked {} records, completeness shows {} values delivered",
-            status.borrow().acked_total,
-            delivered_by(&agent, "province")
-        )
-    });
+    wait_delivered(&agent, "province", Duration::from_secs(30)).await;
     agent.shutdown().await;
     platform.1.abort();
 }

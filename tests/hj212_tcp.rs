@@ -11,8 +11,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hj212::{next_packet, platform};
-use smeltwatch::codec::hj212::{self, Packet, Station, Table};
+use common::hj212::{next_packet, platform, station};
+use common::records::stack_aggregate;
+use smeltwatch::codec::hj212::{self, Packet, Table};
 use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::history::HistorySource;
 use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
@@ -28,22 +29,16 @@ const T0: i64 = 1_740_790_800_000;
 
 fn aggregate(hour: i64, quantity: &str, avg: f64) -> Aggregate {
     Aggregate {
-        subject: Arc::from("gtc1_stack"),
-        quantity: Arc::from(quantity),
-        unit: Arc::from("mg/m3"),
-        period: Period::Hour,
-        start: Timestamp(T0 + hour * 3_600_000),
-        end: Timestamp(T0 + (hour + 1) * 3_600_000),
-        avg: Some(avg),
-        min: Some(avg - 1.0),
-        max: Some(avg + 1.0),
         total: Some(avg * 1.6),
         total_unit: Some(Arc::from("kg")),
-        samples: 60,
-        expected: 60,
-        valid: true,
-        quality: Quality::Good,
-        substituted: 0,
+        ..stack_aggregate(
+            quantity,
+            Period::Hour,
+            T0 + hour * 3_600_000,
+            T0 + (hour + 1) * 3_600_000,
+            avg,
+            1.0,
+        )
     }
 }
 
@@ -116,14 +111,7 @@ async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() 
         }
     });
 
-    let station = Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack: true,
-        utc_offset_min: 480,
-    };
-    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station(true));
     cfg.over_time = Duration::from_millis(300);
     cfg.re_count = 3;
     cfg.reconnect_min = Duration::from_millis(20);
@@ -227,14 +215,7 @@ async fn records_stay_in_the_spool_when_the_platform_never_answers() {
             });
         }
     });
-    let station = Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack: true,
-        utc_offset_min: 480,
-    };
-    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station(true));
     cfg.over_time = Duration::from_millis(100);
     cfg.re_count = 2;
     cfg.reconnect_min = Duration::from_millis(10);
@@ -402,14 +383,7 @@ async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
         (live, answer, others)
     });
 
-    let station = Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack: true,
-        utc_offset_min: 480,
-    };
-    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station(true));
     cfg.over_time = Duration::from_millis(500);
     cfg.reconnect_min = Duration::from_millis(20);
     let uplink = Hj212TcpUplink::new(cfg, table, spool.clone())
@@ -470,14 +444,7 @@ const MN_A: &str = "QHAL0000000000000000GTC1";
 const MN_B: &str = "QHAL0000000000000000GTC2";
 
 fn two_stack_config(addr: std::net::SocketAddr) -> Hj212TcpConfig {
-    let station = Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: MN_A.into(),
-        ack: true,
-        utc_offset_min: 480,
-    };
-    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    let mut cfg = Hj212TcpConfig::new(addr.to_string(), station(true));
     cfg.mn_by_subject.insert("gtc1_stack".into(), MN_A.into());
     cfg.mn_by_subject.insert("gtc2_stack".into(), MN_B.into());
     cfg.over_time = Duration::from_millis(100);
@@ -742,14 +709,7 @@ async fn without_acknowledgements_written_packets_count_as_unconfirmed_not_deliv
             assert!(!p.wants_ack());
         }
     });
-    let station = Station {
-        st: 31,
-        pw: "123456".into(),
-        mn: "QHAL0000000000000000GTC1".into(),
-        ack: false,
-        utc_offset_min: 480,
-    };
-    let cfg = Hj212TcpConfig::new(addr.to_string(), station);
+    let cfg = Hj212TcpConfig::new(addr.to_string(), station(false));
     let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone());
     let mut stats = uplink.stats();
     let shutdown = CancellationToken::new();

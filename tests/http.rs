@@ -14,8 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::{device, f32_words, serve};
+use common::plant::{RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, serve};
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::Value as Json;
 use smeltwatch::acquisition::PollerStats;
@@ -61,16 +62,7 @@ name = "line1"
 tcp = "127.0.0.1:{modbus_port}"
 timeout = "500ms"
 default_poll = "200ms"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-
+{RECTIFIER_DEVICE}
 [[sources.devices]]
 name = "pot_{{n:03}}"
 count = 3
@@ -82,15 +74,8 @@ type = "f32"
 unit = "V"
 range = [0.0, 60.0]
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt_port}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live"]
-"#,
+{uplink}"#,
+        uplink = mqtt_uplink_toml("plant", mqtt_port, &["live"]),
         state = state_dir.display()
     )
 }
@@ -230,10 +215,7 @@ async fn every_route_serves_the_running_agent() {
     let modbus_port = plant(&shutdown).await;
     let state = tempfile::tempdir().unwrap();
     let toml = agent_config(modbus_port, broker.port, state.path());
-    let cfg = config::parse(&toml, Path::new("http.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .unwrap();
+    let agent = agent::start_inline(&toml, "http.toml").await;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

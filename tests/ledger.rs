@@ -1,6 +1,9 @@
 //! Ledger: the canonical hash, a clean chain, and every tamper a regulator must catch (changed
 //! value, dropped record, reordered records, replay, another key), named by seq; key files.
 
+mod common;
+
+use common::records::stack_aggregate;
 use ed25519_dalek::SigningKey;
 use smeltwatch::ledger::{self, Chain, GENESIS, LedgerError, LedgerRecord, Report};
 
@@ -324,8 +327,8 @@ fn sealed_payloads(
     historical: &[bool],
 ) -> Vec<(LedgerRecord, Vec<u8>)> {
     use smeltwatch::config::Stream;
-    use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
-    use std::sync::Arc;
+    use smeltwatch::model::{Aggregate, Period, Record};
+
     let k = key(1);
     let mut c = Chain::new(SITE, ledger::capture::REGULATED_CHAIN);
     historical
@@ -334,22 +337,16 @@ fn sealed_payloads(
         .map(|(i, &hist)| {
             let start = 1_740_790_800_000 + i as i64 * 3_600_000;
             let record = Record::Aggregate(Aggregate {
-                subject: Arc::from("gtc1_stack"),
-                quantity: Arc::from("so2_mg_m3"),
-                unit: Arc::from("mg/m3"),
-                period: Period::Hour,
-                start: Timestamp(start),
-                end: Timestamp(start + 3_600_000),
-                avg: Some(80.25 + i as f64),
                 min: Some(70.0),
                 max: Some(95.5),
-                total: None,
-                total_unit: None,
-                samples: 60,
-                expected: 60,
-                valid: true,
-                quality: Quality::Good,
-                substituted: 0,
+                ..stack_aggregate(
+                    "so2_mg_m3",
+                    Period::Hour,
+                    start,
+                    start + 3_600_000,
+                    80.25 + i as f64,
+                    0.0,
+                )
             });
             let seal = c.append(&k, ledger::capture::payload_of(&record));
             // Through the spool as the fan-out writes it, out as the MQTT uplink encodes it.

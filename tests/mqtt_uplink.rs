@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto, SubscribeOptions};
 use common::mqtt_config;
+use common::records::queued;
 use common::status::wait_status;
 use smeltwatch::codec::json::encode_record;
 use smeltwatch::codec::topic::topic_for;
@@ -80,15 +81,7 @@ fn record(i: u64) -> Record {
 /// Append records `from..=to` (record i gets seq i on a fresh spool).
 async fn append(spool: &SpoolHandle, from: u64, to: u64) {
     let recs = (from..=to)
-        .map(|i| {
-            let r = record(i);
-            NewRecord {
-                stream: Stream::Live,
-                topic: topic_for(&TopicTemplates::default(), SITE, &r),
-                body: serde_json::to_vec(&r).unwrap(),
-                created: Timestamp::now(),
-            }
-        })
+        .map(|i| queued(Stream::Live, SITE, &record(i)))
         .collect();
     let appended = spool.append(recs).await.expect("append");
     assert_eq!(appended.first().map(|a| a.seq), Some(from));
@@ -205,21 +198,11 @@ async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
             if let Record::Batch(b) = &mut r {
                 b.scheduled = acquired;
             }
-            NewRecord {
-                stream: Stream::Live,
-                topic: topic_for(&TopicTemplates::default(), SITE, &r),
-                body: serde_json::to_vec(&r).unwrap(),
-                created: Timestamp::now(),
-            }
+            queued(Stream::Live, SITE, &r)
         })
         .collect();
     let old = record(6);
-    recs.push(NewRecord {
-        stream: Stream::Live,
-        topic: topic_for(&TopicTemplates::default(), SITE, &old),
-        body: serde_json::to_vec(&old).unwrap(),
-        created: Timestamp::now(),
-    });
+    recs.push(queued(Stream::Live, SITE, &old));
     spool.append(recs).await.unwrap();
     wait_status(&mut status, "6 acks", WAIT, |s| s.acked_total == 6).await;
 

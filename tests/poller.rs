@@ -7,26 +7,24 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::acquisition::{collect, float, reading_of};
+use common::plant::serve;
 use smeltwatch::acquisition::PollerStats;
-use smeltwatch::config::{self, Config};
+use smeltwatch::config::Config;
 use smeltwatch::modbus::poller::Poller;
 use smeltwatch::model::{Quality, ReadingBatch, Value};
-use smeltwatch::simulator::{BankSizes, Device, ExceptionFault, Faults, UnitMap, serve_tcp};
+use smeltwatch::simulator::{BankSizes, Device, ExceptionFault, Faults, UnitMap};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 fn parse(toml: &str) -> Config {
-    match config::parse(toml, Path::new("poller-test.toml")) {
-        Ok(c) => c,
-        Err(e) => panic!("test configuration is invalid:\n{e}\n---\n{toml}"),
-    }
+    common::acquisition::parse(toml, "poller-test.toml")
 }
 
 fn device(name: &str) -> Device {
@@ -42,14 +40,6 @@ fn device(name: &str) -> Device {
     )
 }
 
-/// Serve `units` on a fresh loopback port; returns the port.
-async fn serve(units: UnitMap, shutdown: &CancellationToken) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve_tcp(listener, units, shutdown.clone()));
-    port
-}
-
 /// Start one poller per source of `cfg`; batches from all of them arrive on one channel.
 fn start_pollers(
     cfg: &Config,
@@ -63,40 +53,6 @@ fn start_pollers(
         tokio::spawn(poller.run(shutdown.clone()));
     }
     (rx, stats)
-}
-
-fn value_of<'a>(batch: &'a ReadingBatch, point: &str) -> (&'a Option<Value>, Quality) {
-    let r = batch
-        .readings
-        .iter()
-        .find(|r| &*r.point == point)
-        .unwrap_or_else(|| panic!("no reading for {point} in {batch:?}"));
-    (&r.value, r.quality)
-}
-
-fn float(v: &Option<Value>) -> f64 {
-    v.as_ref().and_then(Value::as_f64).expect("a numeric value")
-}
-
-/// Receive batches until `done` says enough, with an overall deadline so a broken poller fails the
-/// test instead of hanging it.
-async fn collect(
-    rx: &mut mpsc::Receiver<ReadingBatch>,
-    mut done: impl FnMut(&BTreeMap<String, Vec<ReadingBatch>>) -> bool,
-) -> BTreeMap<String, Vec<ReadingBatch>> {
-    let mut by_device: BTreeMap<String, Vec<ReadingBatch>> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done(&by_device) {
-        let batch = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("batches stopped arriving")
-            .expect("pollers ended");
-        by_device
-            .entry(batch.device.to_string())
-            .or_default()
-            .push(batch);
-    }
-    by_device
 }
 
 #[tokio::test]
@@ -157,20 +113,20 @@ type = "bool"
     for r in &batch.readings {
         assert_eq!(r.quality, Quality::Good, "{r:?}");
     }
-    let (v, _) = value_of(&batch, "power_mw");
+    let (v, _) = reading_of(&batch, "power_mw");
     assert!((float(v) - 123.456).abs() < 1e-4, "{v:?}");
-    let (v, _) = value_of(&batch, "temp_c");
+    let (v, _) = reading_of(&batch, "temp_c");
     assert!((float(v) + 4.2).abs() < 1e-9, "{v:?}");
     assert_eq!(
-        value_of(&batch, "energy_kwh").0,
+        reading_of(&batch, "energy_kwh").0,
         &Some(Value::UInt(4_000_000_000))
     );
     assert_eq!(
-        value_of(&batch, "tag").0,
+        reading_of(&batch, "tag").0,
         &Some(Value::Text("POT017".into()))
     );
     assert_eq!(
-        value_of(&batch, "breaker_closed").0,
+        reading_of(&batch, "breaker_closed").0,
         &Some(Value::Bool(true))
     );
     let unit = batch
@@ -229,7 +185,7 @@ points.cell_voltage_mv = {{ area = "holding", address = 0, type = "u16" }}
         assert!((400..450).contains(&behind), "cycle {k}: {behind} ms");
         assert_eq!(early[1].scheduled.0 - early[0].scheduled.0, 1000);
         assert_eq!(late[1].scheduled.0 - late[0].scheduled.0, 1000);
-        assert_eq!(value_of(&late[k], "cell_voltage_mv").1, Quality::Good);
+        assert_eq!(reading_of(&late[k], "cell_voltage_mv").1, Quality::Good);
     }
 }
 
@@ -273,11 +229,11 @@ type = "u16"
     shutdown.cancel();
     for batch in [first, second] {
         assert_eq!(
-            value_of(&batch, "cell_voltage_mv"),
+            reading_of(&batch, "cell_voltage_mv"),
             (&Some(Value::UInt(4000)), Quality::Good)
         );
         assert_eq!(
-            value_of(&batch, "bath_temp_c"),
+            reading_of(&batch, "bath_temp_c"),
             (&None, Quality::DeviceException)
         );
     }
@@ -360,7 +316,7 @@ unit = "V"
             );
         }
         for b in batches {
-            let (v, q) = value_of(b, "cell_voltage_v");
+            let (v, q) = reading_of(b, "cell_voltage_v");
             assert_eq!(q, Quality::Good);
             assert!((float(v) - 4.05).abs() < 1e-6);
         }
@@ -369,11 +325,11 @@ unit = "V"
     assert!(
         got["silent"]
             .iter()
-            .all(|b| value_of(b, "cell_voltage_v") == (&None, Quality::CommFail))
+            .all(|b| reading_of(b, "cell_voltage_v") == (&None, Quality::CommFail))
     );
     let dropping: Vec<Quality> = got["dropping"]
         .iter()
-        .map(|b| value_of(b, "cell_voltage_v").1)
+        .map(|b| reading_of(b, "cell_voltage_v").1)
         .collect();
     assert!(dropping.contains(&Quality::Good), "{dropping:?}");
     assert!(dropping.contains(&Quality::CommFail), "{dropping:?}");
@@ -435,7 +391,7 @@ type = "u16"
         assert!(
             got[name]
                 .iter()
-                .all(|b| value_of(b, "value") == (&Some(Value::UInt(1234)), Quality::Good))
+                .all(|b| reading_of(b, "value") == (&Some(Value::UInt(1234)), Quality::Good))
         );
     }
     assert_eq!(stats[0].late_ticks.load(Ordering::Relaxed), 0);
@@ -446,14 +402,14 @@ type = "u16"
     assert!(
         got["unit2"]
             .iter()
-            .all(|b| value_of(b, "value") == (&None, Quality::CommFail))
+            .all(|b| reading_of(b, "value") == (&None, Quality::CommFail))
     );
 
     // It recovers by itself once it answers again: the next probe closes the circuit.
     silent.clear_faults();
     let got = collect(&mut rx, |m| {
         m.get("unit2")
-            .is_some_and(|v| v.iter().any(|b| value_of(b, "value").1 == Quality::Good))
+            .is_some_and(|v| v.iter().any(|b| reading_of(b, "value").1 == Quality::Good))
     })
     .await;
     shutdown.cancel();
@@ -499,13 +455,13 @@ points.hung = {{ area = "holding", address = 100, type = "u16" }}
     assert!(
         cycles
             .iter()
-            .all(|b| value_of(b, "hung") == (&None, Quality::CommFail))
+            .all(|b| reading_of(b, "hung") == (&None, Quality::CommFail))
     );
     // The block that answers is read in every cycle once the hung one is left out, and in most
     // before: the device is alive, so one block's timeout does not end its cycle.
     let good = cycles
         .iter()
-        .filter(|b| value_of(b, "good") == (&Some(Value::UInt(1234)), Quality::Good))
+        .filter(|b| reading_of(b, "good") == (&Some(Value::UInt(1234)), Quality::Good))
         .count();
     assert!(
         good >= 9,
@@ -594,19 +550,19 @@ type = "bool"
         assert_eq!(r.quality, Quality::Good, "{r:?}");
     }
     for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
-        let (v, _) = value_of(&batch, &format!("f32_{order}"));
+        let (v, _) = reading_of(&batch, &format!("f32_{order}"));
         assert_eq!(float(v), f64::from(123.456f32), "byte order {order}");
     }
-    assert_eq!(float(value_of(&batch, "negative").0), -1234.5);
+    assert_eq!(float(reading_of(&batch, "negative").0), -1234.5);
     assert_eq!(
-        value_of(&batch, "big_u32").0,
+        reading_of(&batch, "big_u32").0,
         &Some(Value::UInt(4_000_000_000))
     );
-    assert_eq!(value_of(&batch, "small_i16").0, &Some(Value::Int(-42)));
-    assert_eq!(value_of(&batch, "big_u16").0, &Some(Value::UInt(65000)));
-    assert_eq!(float(value_of(&batch, "f64_value").0), -9876.54321);
-    assert_eq!(value_of(&batch, "coil0").0, &Some(Value::Bool(true)));
-    assert_eq!(value_of(&batch, "coil1").0, &Some(Value::Bool(false)));
+    assert_eq!(reading_of(&batch, "small_i16").0, &Some(Value::Int(-42)));
+    assert_eq!(reading_of(&batch, "big_u16").0, &Some(Value::UInt(65000)));
+    assert_eq!(float(reading_of(&batch, "f64_value").0), -9876.54321);
+    assert_eq!(reading_of(&batch, "coil0").0, &Some(Value::Bool(true)));
+    assert_eq!(reading_of(&batch, "coil1").0, &Some(Value::Bool(false)));
 }
 
 #[tokio::test]
@@ -653,10 +609,13 @@ type = "u16"
     shutdown.cancel();
     drop(slave);
     assert_eq!(
-        value_of(&batch, "status"),
+        reading_of(&batch, "status"),
         (&Some(Value::UInt(0x0102)), Quality::Good)
     );
-    assert_eq!(float(value_of(&batch, "power_mw").0), f64::from(123.456f32));
+    assert_eq!(
+        float(reading_of(&batch, "power_mw").0),
+        f64::from(123.456f32)
+    );
 }
 
 #[tokio::test]
@@ -781,10 +740,13 @@ type = "u16"
         .unwrap();
     shutdown.cancel();
     assert_eq!(
-        value_of(&batch, "status"),
+        reading_of(&batch, "status"),
         (&Some(Value::UInt(0x0102)), Quality::Good)
     );
-    assert_eq!(float(value_of(&batch, "power_mw").0), f64::from(123.456f32));
+    assert_eq!(
+        float(reading_of(&batch, "power_mw").0),
+        f64::from(123.456f32)
+    );
     assert!(dev.requests() >= 1);
     assert_eq!(stats[0].comm_failures.load(Ordering::Relaxed), 0);
 }

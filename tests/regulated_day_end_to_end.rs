@@ -62,7 +62,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::json::attr;
 use common::mosquitto::{self, Mosquitto};
+use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
 use smeltwatch::config::{self, Area};
@@ -128,12 +130,7 @@ fn agent_config(potline: u16, stack: u16, mqtt: u16, state: &Path) -> String {
         r#"
 site = "{SITE}"
 state_dir = "{state}"
-
-[register_maps.pcu.points]
-cell_voltage_v = {{ area = "input", address = 0, type = "f32", unit = "V" }}
-in_service = {{ area = "input", address = 5, type = "bool", bit = 0 }}
-cut_out = {{ area = "input", address = 5, type = "bool", bit = 2 }}
-
+{PCU_MAP}
 [register_maps.cems.points]
 so2_mg_m3 = {{ area = "input", address = 0, type = "f32", unit = "mg/m3" }}
 flow_m3h = {{ area = "input", address = 10, type = "f32", unit = "m3/h" }}
@@ -168,16 +165,7 @@ default_poll = "100ms"
 name = "gtc1_stack"
 unit_id = 1
 map = "cems"
-
-[calc]
-gwp = "ar5"
-grid_factor = "qinghai-2022"
-utc_offset_hours = 8
-
-[calc.simulated_time]
-scale = {SCALE}
-start = "{START_UTC}"
-
+{calc}
 [[calc.potlines]]
 name = "potline1"
 rectifier = "potline1/rectifier"
@@ -195,15 +183,9 @@ limits = "gb25465_2010_al_pot_gas"
 pollutants = {{ so2 = "so2_mg_m3" }}
 calibration_point = "in_calibration"
 
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-streams = ["live", "metrics", "events", "emissions"]
-"#,
+{uplink}"#,
+        calc = simulated_calc_toml(SCALE, START_UTC),
+        uplink = mqtt_uplink_toml("plant", mqtt, &["live", "metrics", "events", "emissions"]),
         state = state.display()
     )
 }
@@ -286,16 +268,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_millis() as i64
-}
-
-fn attr(event: &Json, key: &str) -> f64 {
-    event["attributes"]
-        .as_array()
-        .expect("attributes")
-        .iter()
-        .find(|kv| kv[0] == key)
-        .and_then(|kv| kv[1].as_f64())
-        .unwrap_or_else(|| panic!("no attribute {key} in {event}"))
 }
 
 /// Metric `name` with label `period = "day"` in a metrics message: (value, quality).

@@ -59,6 +59,26 @@ async fn ack(conn: &mut TcpStream, p: &Packet, table: &Table) {
     }
 }
 
+/// The next connection of the agent to `platform` (failing the test with `connects` if none
+/// comes before `deadline`): the hourly data (2061) of `data_time` requested under `qn`, the
+/// answer's data segments.
+async fn history_answer(
+    platform: &TcpListener,
+    table: &Table,
+    qn: &str,
+    data_time: &str,
+    deadline: Instant,
+    connects: &str,
+) -> Vec<hj212::Cp> {
+    let (mut conn, _) = timeout_at(deadline, platform.accept())
+        .await
+        .expect(connects)
+        .unwrap();
+    let mut buf = Vec::new();
+    let answer = request_history(&mut conn, &mut buf, table, (2061, qn), data_time, deadline).await;
+    answer.iter().map(|p| p.cp.clone()).collect()
+}
+
 /// Ask for the windows of command `cn` starting at `data_time` and return the data packets of
 /// the answer (acknowledging live packets that arrive meanwhile). Checks the 9011/9012 framing.
 async fn request_history(
@@ -197,23 +217,16 @@ over_time = "2s"
     }
 
     // Connection 2: the platform asks for that hour and gets the same data back.
-    let (mut conn, _) = timeout_at(deadline, platform.accept())
-        .await
-        .expect("the agent reconnects")
-        .unwrap();
-    let mut buf = Vec::new();
-    let answer = request_history(
-        &mut conn,
-        &mut buf,
+    let answer_cp = history_answer(
+        &platform,
         &table,
-        (2061, "20250301120000001"),
+        "20250301120000001",
         &data_time,
         deadline,
+        "the agent reconnects",
     )
     .await;
-    let answer_cp: Vec<hj212::Cp> = answer.iter().map(|p| p.cp.clone()).collect();
     assert_eq!(answer_cp, live_cp);
-    drop(conn);
 
     // The agent restarts on the same state directory (its plant clock a day later, so that it
     // computes no hour twice): the history store still answers for the first run's hour.
@@ -226,23 +239,16 @@ over_time = "2s"
         &uplink,
     );
     let agent = agent::start(&file, &toml).await;
-    let (mut conn, _) = timeout_at(deadline, platform.accept())
-        .await
-        .expect("the restarted agent connects")
-        .unwrap();
-    let mut buf = Vec::new();
-    let answer = request_history(
-        &mut conn,
-        &mut buf,
+    let answer_cp = history_answer(
+        &platform,
         &table,
-        (2061, "20250301120000002"),
+        "20250301120000002",
         &data_time,
         deadline,
+        "the restarted agent connects",
     )
     .await;
-    let answer_cp: Vec<hj212::Cp> = answer.iter().map(|p| p.cp.clone()).collect();
     assert_eq!(answer_cp, live_cp, "after a restart");
-    drop(conn);
     agent.shutdown().await;
     sim.shutdown().await;
 }

@@ -6,18 +6,19 @@
 // scenario would be scattered over helpers that each hold a part of it.
 #![allow(clippy::too_many_lines)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::records::stack_aggregate;
 use serde_json::Value as Json;
 use smeltwatch::config::HistoryConfig;
 use smeltwatch::history::HistoryStore;
 use smeltwatch::http::{self, HttpOptions};
 use smeltwatch::live::LiveState;
-use smeltwatch::model::{
-    Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
-};
+use smeltwatch::model::{Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::series::{RefTarget, Reference};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,24 +51,14 @@ async fn json(addr: SocketAddr, path: &str) -> Json {
 
 fn hour(start: i64, period: Period, avg: f64) -> Record {
     let len = if period == Period::Day { 24 * H } else { H };
-    Record::Aggregate(Aggregate {
-        subject: "gtc1_stack".into(),
-        quantity: "so2_mg_m3".into(),
-        unit: "mg/m3".into(),
+    Record::Aggregate(stack_aggregate(
+        "so2_mg_m3",
         period,
-        start: Timestamp(start),
-        end: Timestamp(start + len),
-        avg: Some(avg),
-        min: Some(avg - 5.0),
-        max: Some(avg + 5.0),
-        total: None,
-        total_unit: None,
-        samples: 60,
-        expected: 60,
-        valid: true,
-        quality: Quality::Good,
-        substituted: 0,
-    })
+        start,
+        start + len,
+        avg,
+        5.0,
+    ))
 }
 
 fn current(ts: i64, ka: f64) -> ReadingBatch {

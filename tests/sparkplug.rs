@@ -271,6 +271,17 @@ fn tahu_js() -> Option<PathBuf> {
 
 /// Decode payloads with Eclipse Tahu JS; one JSON value per payload.
 pub fn decode_with_tahu(script: &Path, payloads: &[&[u8]]) -> Vec<serde_json::Value> {
+    decode_with_peer(Path::new("node"), script, payloads, "tahu")
+}
+
+/// Decode payloads with a peer: `program script FILE…`, one file a payload, printing one JSON
+/// line a payload; a failed run fails the test naming `peer`.
+fn decode_with_peer(
+    program: &Path,
+    script: &Path,
+    payloads: &[&[u8]],
+    peer: &str,
+) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<PathBuf> = payloads
         .iter()
@@ -281,14 +292,14 @@ pub fn decode_with_tahu(script: &Path, payloads: &[&[u8]]) -> Vec<serde_json::Va
             f
         })
         .collect();
-    let out = std::process::Command::new("node")
+    let out = std::process::Command::new(program)
         .arg(script)
         .args(&files)
         .output()
-        .expect("run node");
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
     assert!(
         out.status.success(),
-        "tahu decode failed: {}",
+        "{peer} decode failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
@@ -1650,33 +1661,9 @@ fn state_payloads_of_sparkplug_3_and_2_2_are_understood() {
 
 /// Decode payloads (in receiving order) with `tests/peers/spb_wrapper_decode.py`.
 fn decode_with_spb_wrapper(python: &Path, payloads: &[&[u8]]) -> Vec<serde_json::Value> {
-    let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let f = dir.path().join(format!("{i}.bin"));
-            std::fs::write(&f, p).unwrap();
-            f
-        })
-        .collect();
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/spb_wrapper_decode.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .args(&files)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "mqtt-spb-wrapper decode failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    decode_with_peer(python, &script, payloads, "mqtt-spb-wrapper")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

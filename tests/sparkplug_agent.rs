@@ -14,9 +14,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
+use common::agent::{self, wait_delivered};
 use common::mosquitto::{self, Mosquitto, SubscribeOptions};
 use rumqttc::{AsyncClient, PublishOptions, QoS};
 use smeltwatch::app::Agent;
@@ -148,11 +148,7 @@ async fn rig(device_writes: bool) -> Rig {
 
     let dir = tempfile::tempdir().unwrap();
     let src = agent_config(modbus_port, broker.port, dir.path(), device_writes);
-    let cfg = smeltwatch::config::parse(&src, Path::new("sparkplug_agent.toml"))
-        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"));
-    let agent = smeltwatch::app::start(cfg, Default::default())
-        .await
-        .expect("agent starts");
+    let agent = agent::start_inline(&src, "sparkplug_agent.toml").await;
     let mut rig = Rig {
         _broker: broker,
         _dir: dir,
@@ -571,42 +567,11 @@ async fn a_retained_dcmd_is_refused_on_reconnect_and_a_stale_one_always() {
     rig.stop().await;
 }
 
-/// Values counted as delivered by `uplink` on the `live` stream, this hour and the last.
-fn delivered_by(agent: &Agent, uplink: &str) -> u64 {
-    agent
-        .live
-        .completeness
-        .live_view(Timestamp::now())
-        .iter()
-        .flat_map(|(_, report)| report.rows.iter())
-        .filter(|row| row.stream == smeltwatch::config::Stream::Live)
-        .flat_map(|row| row.delivered.iter())
-        .filter(|(u, _)| u == uplink)
-        .map(|(_, n)| *n)
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completeness_counts_the_values_the_sparkplug_uplink_delivered() {
     let mut rig = rig(false).await;
     rig.until("DDATA").await;
     let agent = rig.agent.as_ref().expect("agent running");
-    let mut status = agent.live.uplinks.lock().unwrap()[0].status.clone();
-    timeout(Duration::from_secs(20), async {
-        loop {
-            if status.borrow_and_update().acked_total > 0 && delivered_by(agent, "scada") > 0 {
-                return;
-            }
-            status.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "acked {} records, completeness shows {} values delivered by scada",
-            status.borrow().acked_total,
-            delivered_by(agent, "scada")
-        )
-    });
+    wait_delivered(agent, "scada", Duration::from_secs(20)).await;
     rig.stop().await;
 }

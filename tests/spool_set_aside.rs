@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
 use common::notify::NotifySocket;
-use common::plant::{device, f32_words, serve};
+use common::plant::{device, f32_words, meter_map_toml, serve};
 use common::probe::get;
 use common::{agent, free_port};
 use serde_json::Value as Json;
@@ -48,13 +48,7 @@ state_dir = "{state}"
 
 [http]
 listen = "127.0.0.1:{http_port}"
-
-[register_maps.meter.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-unit = "MW"
-
+{map}
 [[sources]]
 name = "bus"
 tcp = "127.0.0.1:{modbus_port}"
@@ -68,7 +62,8 @@ map = "meter"
 {}{}"#,
         uplink("healthy"),
         uplink("broken"),
-        state = state.display()
+        state = state.display(),
+        map = meter_map_toml(false),
     )
 }
 

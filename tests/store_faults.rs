@@ -15,7 +15,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
-use common::plant::{GTC1_STACK_CALC, cems_map, gtc1_source_toml, meters, stack_simulator};
+use common::plant::{
+    GTC1_STACK_CALC, cems_map, gtc1_source_toml, meter_map_toml, meter_source_toml, meters,
+    stack_simulator,
+};
 use common::probe::{SmallFs, get, metric_sum};
 use common::{agent, free_port};
 use smeltwatch::app::Agent;
@@ -38,31 +41,18 @@ fn agent_toml(
         r#"
 site = "full-disk"
 state_dir = "{state}"
-
-[register_maps.meter.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-unit = "MW"
-{gtc1}"#,
+{map}{gtc1}"#,
         state = state.display(),
+        map = meter_map_toml(false),
         gtc1 = gtc1_source_toml(stack_port, &cems_map(maps, "100ms")),
     );
     for (i, port) in meter_ports.iter().enumerate() {
-        toml.push_str(&format!(
-            r#"
-[[sources]]
-name = "bus{i}"
-tcp = "127.0.0.1:{port}"
-timeout = "500ms"
-default_poll = "50ms"
-
-[[sources.devices]]
-name = "bus{i}_meter_{{n:02}}"
-count = {METERS}
-unit_id = 1
-map = "meter"
-"#
+        toml.push_str(&meter_source_toml(
+            &format!("bus{i}"),
+            *port,
+            "50ms",
+            &format!("bus{i}_"),
+            METERS,
         ));
     }
     toml.push_str(&format!(

@@ -10,17 +10,15 @@ use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto, TlsListener};
 use common::mqtt_config;
+use common::records::queued;
 use common::status::wait_status;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     date_time_ymd,
 };
-use smeltwatch::codec::topic::topic_for;
-use smeltwatch::config::{
-    MqttConfig, SpoolConfig, Stream, TlsSettings, TopicTemplates, UplinkConfig, UplinkKind,
-};
+use smeltwatch::config::{MqttConfig, SpoolConfig, Stream, TlsSettings, UplinkConfig, UplinkKind};
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
-use smeltwatch::spool::{NewRecord, SpoolHandle};
+use smeltwatch::spool::SpoolHandle;
 use smeltwatch::uplink::LinkState;
 use smeltwatch::uplink::mqtt::MqttUplink;
 use tokio::sync::mpsc;
@@ -175,15 +173,7 @@ fn record(i: u64) -> Record {
 async fn spool_with_records(dir: &Path) -> SpoolHandle {
     let spool = SpoolHandle::open(&dir.join("spool.db"), &SpoolConfig::default()).expect("spool");
     let recs = (1..=RECORDS)
-        .map(|i| {
-            let r = record(i);
-            NewRecord {
-                stream: Stream::Live,
-                topic: topic_for(&TopicTemplates::default(), SITE, &r),
-                body: serde_json::to_vec(&r).unwrap(),
-                created: Timestamp::now(),
-            }
-        })
+        .map(|i| queued(Stream::Live, SITE, &record(i)))
         .collect();
     spool.append(recs).await.expect("append");
     spool

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::meters;
+use common::plant::{meter_map_toml, meter_source_toml, meters};
 use smeltwatch::app::Agent;
 use smeltwatch::config::SpoolConfig;
 use smeltwatch::live::UplinkView;
@@ -83,26 +83,10 @@ async fn start_agent(state: &Path, modbus: u16, uplinks: &[String], grace: Durat
         r#"
 site = "sup"
 state_dir = "{state}"
-
-[register_maps.meter.points.power_mw]
-area = "input"
-address = 0
-type = "f32"
-unit = "MW"
-
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:{modbus}"
-timeout = "500ms"
-default_poll = "100ms"
-
-[[sources.devices]]
-name = "meter_{{n:02}}"
-count = 2
-unit_id = 1
-map = "meter"
-"#,
-        state = state.display()
+{map}{source}"#,
+        state = state.display(),
+        map = meter_map_toml(false),
+        source = meter_source_toml("bus", modbus, "100ms", "", 2),
     );
     for u in uplinks {
         src.push_str(u);
@@ -193,8 +177,8 @@ async fn spool_closes_under(agent: &Agent, name: &str) {
     assert!(restarts >= 2, "{restarts}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mqtt_uplink_whose_spool_closes_is_restarted_and_reported() {
+/// [`spool_closes_under`] for an agent whose one uplink, `name`, is `uplink` to a fresh broker.
+async fn spool_closes_with_one_uplink(uplink: fn(u16) -> String, name: &str) {
     let stop_plant = CancellationToken::new();
     let modbus = plant(&stop_plant).await;
     let broker = Mosquitto::start();
@@ -202,31 +186,23 @@ async fn an_mqtt_uplink_whose_spool_closes_is_restarted_and_reported() {
     let agent = start_agent(
         state.path(),
         modbus,
-        &[mqtt_uplink(broker.port)],
+        &[uplink(broker.port)],
         Duration::from_secs(1),
     )
     .await;
-    spool_closes_under(&agent, "plant").await;
+    spool_closes_under(&agent, name).await;
     agent.shutdown().await;
     stop_plant.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_uplink_whose_spool_closes_is_restarted_and_reported() {
+    spool_closes_with_one_uplink(mqtt_uplink, "plant").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sparkplug_uplink_whose_spool_closes_is_restarted_and_reported() {
-    let stop_plant = CancellationToken::new();
-    let modbus = plant(&stop_plant).await;
-    let broker = Mosquitto::start();
-    let state = tempfile::tempdir().unwrap();
-    let agent = start_agent(
-        state.path(),
-        modbus,
-        &[sparkplug_uplink(broker.port)],
-        Duration::from_secs(1),
-    )
-    .await;
-    spool_closes_under(&agent, "scada").await;
-    agent.shutdown().await;
-    stop_plant.cancel();
+    spool_closes_with_one_uplink(sparkplug_uplink, "scada").await;
 }
 
 /// A platform that takes connections and reads what it is sent, and never answers.

@@ -270,22 +270,24 @@ fn raw_point<'c>(
     let offset = row.optional(cell("offset"), "offset", parse_f64);
     let unit = cell("unit").map(str::to_owned);
     let poll = row.optional(cell("poll"), "poll", |s| {
-        humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}`: {e}"))
+        humantime::parse_duration(s).map_err(|source| CellError::Duration {
+            text: s.to_owned(),
+            source,
+        })
     });
     let range_min = row.optional(cell("range_min"), "range_min", parse_f64);
     let range_max = row.optional(cell("range_max"), "range_max", parse_f64);
     let bit = row.optional(cell("bit"), "bit", |s| {
-        s.parse::<u8>()
-            .map_err(|_| format!("invalid bit `{s}`, expected an integer 0..=15"))
+        s.parse::<u8>().map_err(|_| CellError::Bit(s.to_owned()))
     });
     let registers = row.optional(cell("registers"), "registers", |s| {
         s.parse::<u16>()
-            .map_err(|_| format!("invalid register count `{s}`, expected an integer"))
+            .map_err(|_| CellError::Registers(s.to_owned()))
     });
     let writable = row.optional(cell("writable"), "writable", |s| match s {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(format!("invalid value `{s}`, expected `true` or `false`")),
+        _ => Err(CellError::Bool(s.to_owned())),
     });
     let range = match (range_min, range_max) {
         (Some(min), Some(max)) => Some([min, max]),
@@ -370,7 +372,7 @@ impl Row<'_, '_> {
         &mut self,
         cell: Option<&str>,
         column: &str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&str) -> Result<T, CellError>,
     ) -> Option<T> {
         match cell {
             None => {
@@ -385,40 +387,65 @@ impl Row<'_, '_> {
         &mut self,
         cell: Option<&str>,
         column: &str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&str) -> Result<T, CellError>,
     ) -> Option<T> {
         let text = cell?;
         match parse(text) {
             Ok(value) => Some(value),
-            Err(message) => {
+            Err(err) => {
                 let key = match column {
                     "range_min" | "range_max" => "range",
                     other => other,
                 };
-                self.fail(column, key, message);
+                self.fail(column, key, err.to_string());
                 None
             }
         }
     }
 }
 
+/// Why one cell of a register map CSV does not parse. Its text is the message reported at the
+/// cell, worded as the same mistake in a TOML point is.
+#[derive(Debug, thiserror::Error)]
+enum CellError {
+    /// A name the column's enumeration (`area`, `type`, `byte_order`) does not have, in serde's
+    /// words.
+    #[error("{0}")]
+    Name(ValueError),
+    #[error("invalid address `{0}`, expected an integer 0..=65535")]
+    Address(String),
+    #[error("invalid number `{0}`")]
+    Number(String),
+    #[error("invalid duration `{text}`: {source}")]
+    Duration {
+        text: String,
+        source: humantime::DurationError,
+    },
+    #[error("invalid bit `{0}`, expected an integer 0..=15")]
+    Bit(String),
+    #[error("invalid register count `{0}`, expected an integer")]
+    Registers(String),
+    #[error("invalid value `{0}`, expected `true` or `false`")]
+    Bool(String),
+}
+
 /// Parses a cell the way serde parses the same string in TOML, so that messages match.
-fn parse_enum<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    T::deserialize(StrDeserializer::<ValueError>::new(text)).map_err(|e| e.to_string())
+fn parse_enum<T: DeserializeOwned>(text: &str) -> Result<T, CellError> {
+    T::deserialize(StrDeserializer::<ValueError>::new(text)).map_err(CellError::Name)
 }
 
 /// Decimal, or hexadecimal with `0x` (datasheets use both).
-fn parse_address(text: &str) -> Result<u16, String> {
+fn parse_address(text: &str) -> Result<u16, CellError> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u16::from_str_radix(hex, 16),
         None => text.parse::<u16>(),
     };
-    parsed.map_err(|_| format!("invalid address `{text}`, expected an integer 0..=65535"))
+    parsed.map_err(|_| CellError::Address(text.to_owned()))
 }
 
-fn parse_f64(text: &str) -> Result<f64, String> {
+fn parse_f64(text: &str) -> Result<f64, CellError> {
     text.parse::<f64>()
-        .map_err(|_| format!("invalid number `{text}`"))
+        .map_err(|_| CellError::Number(text.to_owned()))
 }
 
 fn column_list() -> String {

@@ -3,6 +3,22 @@
 //! `{n}` is the instance number in decimal; `{n:0W}` zero-pads it to at least `W` digits. Any
 //! other `{…}` is an error, so that a typo such as `{N}` cannot silently name 24 devices alike.
 
+/// Why a device name pattern does not parse; its text is the message located at `name`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PatternError {
+    /// A `{` without its `}`.
+    #[error("unclosed `{{` in name `{pattern}`, expected `{{n}}` or `{{n:03}}`")]
+    Unclosed { pattern: String },
+    /// `{n:0W}` with W over 10.
+    #[error("placeholder `{{{inner}}}` pads to more than 10 digits")]
+    TooWide { inner: String },
+    /// A placeholder other than `{n}` and `{n:0W}`.
+    #[error(
+        "unknown placeholder `{{{inner}}}` in name `{pattern}`, expected `{{n}}` or `{{n:03}}`"
+    )]
+    Unknown { inner: String, pattern: String },
+}
+
 /// A parsed device name pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NamePattern {
@@ -17,7 +33,7 @@ enum Part {
 
 impl NamePattern {
     /// Parses a pattern; the error says which placeholder is malformed.
-    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, PatternError> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = pattern;
@@ -25,9 +41,9 @@ impl NamePattern {
             literal.push_str(&rest[..open]);
             let after = &rest[open + 1..];
             let Some(close) = after.find('}') else {
-                return Err(format!(
-                    "unclosed `{{` in name `{pattern}`, expected `{{n}}` or `{{n:03}}`"
-                ));
+                return Err(PatternError::Unclosed {
+                    pattern: pattern.to_owned(),
+                });
             };
             let inner = &after[..close];
             let width = match inner {
@@ -40,14 +56,15 @@ impl NamePattern {
                             .parse::<usize>()
                             .ok()
                             .filter(|w| *w <= 10)
-                            .ok_or_else(|| {
-                                format!("placeholder `{{{inner}}}` pads to more than 10 digits")
+                            .ok_or_else(|| PatternError::TooWide {
+                                inner: inner.to_owned(),
                             })?
                     }
                     _ => {
-                        return Err(format!(
-                            "unknown placeholder `{{{inner}}}` in name `{pattern}`, expected `{{n}}` or `{{n:03}}`"
-                        ));
+                        return Err(PatternError::Unknown {
+                            inner: inner.to_owned(),
+                            pattern: pattern.to_owned(),
+                        });
                     }
                 },
             };
@@ -104,7 +121,9 @@ mod tests {
 
     #[test]
     fn rejects_unknown_and_unclosed_placeholders() {
-        let err = NamePattern::parse("pot_{N}").expect_err("unknown placeholder");
+        let err = NamePattern::parse("pot_{N}")
+            .expect_err("unknown placeholder")
+            .to_string();
         assert!(err.contains("unknown placeholder `{N}`"), "{err}");
         assert!(NamePattern::parse("pot_{n:3}").is_err());
         assert!(NamePattern::parse("pot_{n").is_err());

@@ -319,7 +319,7 @@ fn map_point(
     let format = raw
         .format
         .parse::<Format>()
-        .map_err(|message| report.at_point(&origin, "format", message))
+        .map_err(|e| report.at_point(&origin, "format", e.to_string()))
         .ok();
     if raw.poll.is_some_and(|p| p.is_zero()) {
         report.at_point(&origin, "poll", "poll must be greater than zero");
@@ -489,8 +489,8 @@ fn transport(
     match (&raw.tcp, &raw.serial) {
         (Some(addr), None) => match crate::config::validate::shared::parse_host_port(addr) {
             Ok(hp) => Some(BusTransport::SerialServer(hp)),
-            Err(message) => {
-                report.at(&path.key("tcp"), message);
+            Err(err) => {
+                report.at(&path.key("tcp"), err.to_string());
                 None
             }
         },
@@ -535,7 +535,7 @@ fn expand_meter(
     out: &mut Vec<MeterConfig>,
 ) {
     let pattern = NamePattern::parse(&raw.name)
-        .map_err(|m| report.at(&path.key("name"), m))
+        .map_err(|e| report.at(&path.key("name"), e.to_string()))
         .ok();
     let addresses = meter_addresses(raw, path, report);
     let points = meter_points(raw, edition, path, maps, default_poll, report);
@@ -577,7 +577,9 @@ fn meter_addresses(
     report: &mut Report<'_>,
 ) -> Option<Vec<Address>> {
     let parse = |report: &mut Report<'_>, key: KeyPath, text: &str| {
-        Address::parse(text).map_err(|m| report.at(&key, m)).ok()
+        Address::parse(text)
+            .map_err(|e| report.at(&key, e.to_string()))
+            .ok()
     };
     match (&raw.address, raw.addresses.is_empty()) {
         (Some(_), false) | (None, true) => {

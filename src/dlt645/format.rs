@@ -306,12 +306,18 @@ impl fmt::Display for Format {
     }
 }
 
-impl FromStr for Format {
-    type Err = String;
+/// A format text that is none of the standard's notations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid format `{0}`: expected the standard's notation: `XXXXXX.XX` (unsigned BCD, one X a \
+     digit, at most 16), `sXX.XXXX` (signed), `YYMMDDhhmm`, `demand` or `demand_time`"
+)]
+pub struct FormatParseError(pub String);
 
-    fn from_str(text: &str) -> Result<Format, String> {
-        let expected = "expected the standard's notation: `XXXXXX.XX` (unsigned BCD, one X a \
-             digit, at most 16), `sXX.XXXX` (signed), `YYMMDDhhmm`, `demand` or `demand_time`";
+impl FromStr for Format {
+    type Err = FormatParseError;
+
+    fn from_str(text: &str) -> Result<Format, FormatParseError> {
         match text {
             "YYMMDDhhmm" => return Ok(Format::DateTime),
             "demand" => return Ok(Format::Demand),
@@ -326,7 +332,7 @@ impl FromStr for Format {
         let all_x = |s: &str| s.bytes().all(|b| b == b'X');
         let digits = whole.len() + frac.len();
         if whole.is_empty() || !all_x(whole) || !all_x(frac) || digits > 16 {
-            return Err(format!("invalid format `{text}`: {expected}"));
+            return Err(FormatParseError(text.to_owned()));
         }
         let (digits, decimals) = (digits as u8, frac.len() as u8);
         Ok(if signed {

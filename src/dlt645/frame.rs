@@ -74,6 +74,23 @@ impl fmt::Display for Edition {
     }
 }
 
+/// A meter address text that is not 1 to 12 decimal digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid meter address `{0}`, expected 1 to 12 decimal digits")]
+pub struct AddressError(pub String);
+
+/// A data identifier text with the wrong number of hex digits for its edition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid data identifier `{text}` for {edition}, expected {expected} hex digits")]
+pub struct DataIdError {
+    /// The text as given.
+    pub text: String,
+    /// The edition it was read for.
+    pub edition: Edition,
+    /// Hex digits that edition's identifiers have.
+    pub expected: usize,
+}
+
 /// A meter address: six bytes as sent (lowest two digits first).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Address(pub [u8; 6]);
@@ -83,11 +100,9 @@ impl Address {
     pub const ANY: Address = Address([0xAA; 6]);
 
     /// An address from up to twelve decimal digits (`"3430163"` is `000003430163`).
-    pub fn parse(text: &str) -> Result<Address, String> {
+    pub fn parse(text: &str) -> Result<Address, AddressError> {
         if text.is_empty() || text.len() > 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "invalid meter address `{text}`, expected 1 to 12 decimal digits"
-            ));
+            return Err(AddressError(text.to_owned()));
         }
         let padded = format!("{text:0>12}");
         let digits = padded.as_bytes();
@@ -150,13 +165,15 @@ pub enum DataId {
 impl DataId {
     /// Parses the tables' notation: 8 hex digits for 2007 (`00010000`, dots allowed as in
     /// `00.01.00.00`), 4 for 1997 (`9010`).
-    pub fn parse(edition: Edition, text: &str) -> Result<DataId, String> {
+    pub fn parse(edition: Edition, text: &str) -> Result<DataId, DataIdError> {
         let hex: String = text.chars().filter(|c| *c != '.').collect();
         let expected = edition.di_len() * 2;
         if hex.len() != expected || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "invalid data identifier `{text}` for {edition}, expected {expected} hex digits"
-            ));
+            return Err(DataIdError {
+                text: text.to_owned(),
+                edition,
+                expected,
+            });
         }
         let value = u32::from_str_radix(&hex, 16).expect("checked hex digits");
         Ok(match edition {

@@ -39,7 +39,8 @@ pub mod frame;
 pub mod poller;
 pub mod probe;
 
-pub use format::{Format, FormatError};
+pub use format::{Format, FormatError, FormatParseError};
 pub use frame::{
-    Address, DataId, Decoder, Edition, ErrorWord, Frame, FrameError, Reply, ReplyError,
+    Address, AddressError, DataId, DataIdError, Decoder, Edition, ErrorWord, Frame, FrameError,
+    Reply, ReplyError,
 };

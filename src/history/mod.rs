@@ -181,6 +181,15 @@ impl HistoryStore {
         }
     }
 
+    /// A stored `what` (a window, figures, a ledger record) that does not parse back, as
+    /// [`HistoryError::Corrupt`].
+    fn corrupt<E: std::fmt::Display>(&self, what: &'static str) -> impl Fn(E) -> HistoryError + '_ {
+        move |e| HistoryError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.inner
@@ -328,10 +337,7 @@ impl HistoryStore {
         let mut out: Vec<Vec<Aggregate>> = Vec::new();
         for row in rows {
             let body = row.map_err(&err)?;
-            let a: Aggregate = serde_json::from_str(&body).map_err(|e| HistoryError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("window: {e}"),
-            })?;
+            let a: Aggregate = serde_json::from_str(&body).map_err(self.corrupt("window"))?;
             match out.last_mut() {
                 Some(w) if w[0].subject == a.subject && w[0].start == a.start => w.push(a),
                 _ => out.push(vec![a]),
@@ -362,10 +368,7 @@ impl HistoryStore {
             .map_err(&err)?;
         rows.map(|row| {
             let body = row.map_err(&err)?;
-            serde_json::from_str(&body).map_err(|e| HistoryError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("figures: {e}"),
-            })
+            serde_json::from_str(&body).map_err(self.corrupt("figures"))
         })
         .collect()
     }
@@ -383,13 +386,8 @@ impl HistoryStore {
             )
             .optional()
             .map_err(&err)?;
-        text.map(|t| {
-            LedgerRecord::from_json(&t).map_err(|e| HistoryError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("ledger record: {e}"),
-            })
-        })
-        .transpose()
+        text.map(|t| LedgerRecord::from_json(&t).map_err(self.corrupt("ledger record")))
+            .transpose()
     }
 
     /// Every stored record of ledger chain `chain`, in seq order (for re-export).
@@ -405,10 +403,7 @@ impl HistoryStore {
             .map_err(&err)?;
         rows.map(|row| {
             let text = row.map_err(&err)?;
-            LedgerRecord::from_json(&text).map_err(|e| HistoryError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("ledger record: {e}"),
-            })
+            LedgerRecord::from_json(&text).map_err(self.corrupt("ledger record"))
         })
         .collect()
     }

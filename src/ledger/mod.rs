@@ -68,7 +68,7 @@ pub use keys::{
     KeyPair, LedgerError, PUBLIC_KEY_FILE, SECRET_KEY_FILE, append_jsonl, keygen, load_signing_key,
     load_verifying_key, read_jsonl, verify_file, verify_file_with,
 };
-pub use verify::{Anchor, Anchors, Report, payload_time, verify, verify_with};
+pub use verify::{Anchor, AnchorError, Anchors, Report, payload_time, verify, verify_with};
 
 /// Domain tag at the start of every canonical encoding (changes with the format version).
 pub const DOMAIN_TAG: &[u8] = b"smeltwatch-ledger-v1\n";

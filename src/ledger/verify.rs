@@ -34,9 +34,20 @@ pub struct Anchor {
     pub hash: Option<[u8; 32]>,
 }
 
+/// Why an anchor (`--after`, `--expect-head`) does not parse; the text names the argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnchorError {
+    /// The part before `:` is not a seq number.
+    #[error("{0:?}: expected SEQ or SEQ:HASH (a seq number)")]
+    Seq(String),
+    /// The part after `:` is not 64 hex digits.
+    #[error("{0:?}: the hash must be 64 hex digits")]
+    Hash(String),
+}
+
 impl Anchor {
     /// Parse `SEQ` or `SEQ:HASH` (64 hex digits), as printed in the report's `Head:` line.
-    pub fn parse(text: &str) -> Result<Anchor, String> {
+    pub fn parse(text: &str) -> Result<Anchor, AnchorError> {
         let (seq, hash) = match text.split_once(':') {
             Some((s, h)) => (s, Some(h)),
             None => (text, None),
@@ -44,12 +55,11 @@ impl Anchor {
         let seq = seq
             .trim()
             .parse::<u64>()
-            .map_err(|_| format!("{text:?}: expected SEQ or SEQ:HASH (a seq number)"))?;
+            .map_err(|_| AnchorError::Seq(text.to_owned()))?;
         let hash = match hash {
-            Some(h) => Some(
-                from_hex::<32>(h.trim())
-                    .ok_or_else(|| format!("{text:?}: the hash must be 64 hex digits"))?,
-            ),
+            Some(h) => {
+                Some(from_hex::<32>(h.trim()).ok_or_else(|| AnchorError::Hash(text.to_owned()))?)
+            }
             None => None,
         };
         Ok(Anchor { seq, hash })

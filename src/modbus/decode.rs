@@ -509,16 +509,7 @@ mod tests {
     }
 
     fn device(points: Vec<PointConfig>) -> DeviceConfig {
-        DeviceConfig {
-            name: "pot_017".into(),
-            unit_id: 17,
-            max_registers_per_read: 125,
-            max_bits_per_read: 2000,
-            max_gap_registers: 10,
-            single_point_reads: false,
-            labels: Vec::new(),
-            points,
-        }
+        crate::modbus::test_fixtures::device("pot_017", 17, points)
     }
 
     /// A device with a float, an integer and a text point, and the one request that covers

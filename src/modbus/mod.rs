@@ -5,4 +5,6 @@ pub mod decode;
 pub mod plan;
 pub mod poller;
 pub mod probe;
+#[cfg(test)]
+mod test_fixtures;
 pub mod write;

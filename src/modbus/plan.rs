@@ -493,16 +493,7 @@ mod tests {
     }
 
     fn device(points: Vec<PointConfig>) -> DeviceConfig {
-        DeviceConfig {
-            name: "pot_001".into(),
-            unit_id: 10,
-            max_registers_per_read: 125,
-            max_bits_per_read: 2000,
-            max_gap_registers: 10,
-            single_point_reads: false,
-            labels: Vec::new(),
-            points,
-        }
+        crate::modbus::test_fixtures::device("pot_001", 10, points)
     }
 
     /// `(area, start, count, [(point, offset)])` of one request.

@@ -442,6 +442,19 @@ impl Connection {
         reason
     }
 
+    /// The connected context, addressed to `unit_id` once the source's gap since the last
+    /// exchange has passed. Call after `ensure_connected` succeeded.
+    async fn addressed(&mut self, source: &SourceConfig, unit_id: u8) -> &mut Context {
+        if let Some(last) = self.last_exchange
+            && !source.inter_request_gap.is_zero()
+        {
+            sleep_until(last + source.inter_request_gap).await;
+        }
+        let ctx = self.ctx.as_mut().expect("ensure_connected succeeded");
+        ctx.set_slave(Slave(unit_id));
+        ctx
+    }
+
     async fn read(
         &mut self,
         source: &SourceConfig,
@@ -451,13 +464,7 @@ impl Connection {
         self.ensure_connected(source)
             .await
             .map_err(RequestFailure::Comm)?;
-        if let Some(last) = self.last_exchange
-            && !source.inter_request_gap.is_zero()
-        {
-            sleep_until(last + source.inter_request_gap).await;
-        }
-        let ctx = self.ctx.as_mut().expect("ensure_connected succeeded");
-        ctx.set_slave(Slave(unit_id));
+        let ctx = self.addressed(source, unit_id).await;
         let call = async {
             match req.area {
                 Area::Holding => ctx
@@ -545,13 +552,7 @@ impl Connection {
         self.ensure_connected(source)
             .await
             .map_err(WriteError::Link)?;
-        if let Some(last) = self.last_exchange
-            && !source.inter_request_gap.is_zero()
-        {
-            sleep_until(last + source.inter_request_gap).await;
-        }
-        let ctx = self.ctx.as_mut().expect("ensure_connected succeeded");
-        ctx.set_slave(Slave(unit_id));
+        let ctx = self.addressed(source, unit_id).await;
         let call = async {
             match data {
                 WriteData::Coil(on) => ctx.write_single_coil(address, *on).await,

@@ -410,24 +410,6 @@ mod tests {
         writable: bool,
     }
 
-    const COLUMNS: &[&str] = &[
-        "name",
-        "area",
-        "address",
-        "type",
-        "byte_order",
-        "scale",
-        "offset",
-        "unit",
-        "poll",
-        "range_min",
-        "range_max",
-        "bit",
-        "registers",
-        "writable",
-        "description",
-    ];
-
     fn read_csv(file: &str) -> BTreeMap<String, Row> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("config/maps")
@@ -439,7 +421,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let headers = reader.headers().expect("header row").clone();
         for h in &headers {
-            assert!(COLUMNS.contains(&h), "{file}: unknown column {h:?}");
+            assert!(
+                crate::config::csv_map::COLUMNS.contains(&h),
+                "{file}: unknown column {h:?}"
+            );
         }
         let col = |name: &str| headers.iter().position(|h| h == name);
         let mut rows = BTreeMap::new();

@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use smeltwatch::app::{Agent, RunOptions};
+use smeltwatch::config::Stream;
+use smeltwatch::model::Timestamp;
 
 /// `smeltwatch run -c config` with `RUST_LOG=warn`, no stdin or stdout and its log on the test's
 /// stderr; the caller adds what its test needs (environment, a log file) and spawns it.
@@ -42,6 +44,16 @@ pub async fn start(file: &Path, toml: &str) -> Agent {
     start_with_grace(file, toml, Duration::from_secs(2)).await
 }
 
+/// The agent started in this process from `toml`, parsed as if read from `file` (nothing is
+/// written), with the default run options.
+pub async fn start_inline(toml: &str, file: &str) -> Agent {
+    let cfg = smeltwatch::config::parse(toml, Path::new(file))
+        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}"));
+    smeltwatch::app::start(cfg, RunOptions::default())
+        .await
+        .expect("agent starts")
+}
+
 /// [`start`] with a grace period of `grace`.
 pub async fn start_with_grace(file: &Path, toml: &str, grace: Duration) -> Agent {
     std::fs::write(file, toml).unwrap();
@@ -56,4 +68,41 @@ pub async fn start_with_grace(file: &Path, toml: &str, grace: Duration) -> Agent
     )
     .await
     .expect("agent starts")
+}
+
+/// Values counted as delivered by `uplink` on the `live` stream, this hour and the last.
+pub fn delivered_by(agent: &Agent, uplink: &str) -> u64 {
+    agent
+        .live
+        .completeness
+        .live_view(Timestamp::now())
+        .iter()
+        .flat_map(|(_, report)| report.rows.iter())
+        .filter(|row| row.stream == Stream::Live)
+        .flat_map(|row| row.delivered.iter())
+        .filter(|(u, _)| u == uplink)
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+/// Wait until the agent's first uplink, `uplink`, has records acknowledged and the completeness
+/// ledger counts values it delivered; after `within`, fail the test with both counts.
+pub async fn wait_delivered(agent: &Agent, uplink: &str, within: Duration) {
+    let mut status = agent.live.uplinks.lock().unwrap()[0].status.clone();
+    tokio::time::timeout(within, async {
+        loop {
+            if status.borrow_and_update().acked_total > 0 && delivered_by(agent, uplink) > 0 {
+                return;
+            }
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "acked {} records, completeness shows {} values delivered by {uplink}",
+            status.borrow().acked_total,
+            delivered_by(agent, uplink)
+        )
+    });
 }

@@ -1,10 +1,22 @@
 //! The platform's side of an HJ 212 connection in tests: reading the packets an uplink sends, and
 //! a fake platform that acknowledges them.
 
-use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Scan, Table};
+use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Scan, Station, Table};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+/// The station of the tests' stack, `QHAL0000000000000000GTC1`: system code 31, password
+/// `123456`, UTC+8, asking the platform to acknowledge (`ack`) or not.
+pub fn station(ack: bool) -> Station {
+    Station {
+        st: 31,
+        pw: "123456".into(),
+        mn: "QHAL0000000000000000GTC1".into(),
+        ack,
+        utc_offset_min: 480,
+    }
+}
 
 /// The next packet on `conn` (bytes already read wait in `buf`); `None` once the uplink closed
 /// or reset the connection. Bytes that are not a packet, or a packet that does not parse, are a

@@ -2,14 +2,17 @@
 //! them, hence `dead_code` allowed). What the benches need too lives in the `smeltwatch-testkit`
 //! crate (`testkit/`), re-exported here.
 #![allow(dead_code)]
+pub mod acquisition;
 pub mod agent;
 pub mod calc;
 pub mod hj212;
+pub mod json;
 pub mod mbpoll;
 pub mod notify;
 pub mod peers;
 pub mod plant;
 pub mod probe;
+pub mod records;
 pub mod status;
 
 // Each test file uses a part of these.

@@ -55,6 +55,52 @@ pub async fn meters(count: u8, shutdown: &CancellationToken) -> u16 {
     serve(units, shutdown).await
 }
 
+/// The register map `meter` of the [`meters`] devices: `power_mw`, the f32 at input registers
+/// 0-1, and with `energy` also `energy_mwh`, the f32 at 2-3.
+pub fn meter_map_toml(energy: bool) -> String {
+    let mut toml = String::from(
+        r#"
+[register_maps.meter.points.power_mw]
+area = "input"
+address = 0
+type = "f32"
+unit = "MW"
+"#,
+    );
+    if energy {
+        toml.push_str(
+            r#"[register_maps.meter.points.energy_mwh]
+area = "input"
+address = 2
+type = "f32"
+unit = "MWh"
+"#,
+        );
+    }
+    toml
+}
+
+/// Source `source` at loopback `port` (500 ms timeout) polled every `poll`, whose `count`
+/// devices `{prefix}meter_01`, `{prefix}meter_02`, … (unit ids 1..) use the map of
+/// [`meter_map_toml`]: the plant that [`meters`] serves.
+pub fn meter_source_toml(source: &str, port: u16, poll: &str, prefix: &str, count: u8) -> String {
+    format!(
+        r#"
+[[sources]]
+name = "{source}"
+tcp = "127.0.0.1:{port}"
+timeout = "500ms"
+default_poll = "{poll}"
+
+[[sources.devices]]
+name = "{prefix}meter_{{n:02}}"
+count = {count}
+unit_id = 1
+map = "meter"
+"#
+    )
+}
+
 /// One meter (unit 1) whose input registers 0-1 hold 4.05 as an f32, served until `shutdown`;
 /// returns the port. [`one_meter_toml`] polls it.
 pub async fn one_meter(shutdown: &CancellationToken) -> u16 {
@@ -100,6 +146,62 @@ type = "f32"
 name = "plant"
 type = "mqtt"
 {uplink}
+"#
+    )
+}
+
+/// An MQTT uplink `name` to the test broker on loopback `port`, 5 s keep-alive, reconnecting
+/// after 100 ms to 1 s, carrying `streams`.
+pub fn mqtt_uplink_toml(name: &str, port: u16, streams: &[&str]) -> String {
+    format!(
+        r#"[[uplinks]]
+name = "{name}"
+type = "mqtt"
+broker = "mqtt://127.0.0.1:{port}"
+keep_alive = "5s"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+streams = {streams:?}
+"#
+    )
+}
+
+/// Device `rectifier` (unit 1) whose `line_current_ka` is the f32 at input registers 0-1; more
+/// of its points may follow.
+pub const RECTIFIER_DEVICE: &str = r#"
+[[sources.devices]]
+name = "rectifier"
+unit_id = 1
+[sources.devices.points.line_current_ka]
+area = "input"
+address = 0
+type = "f32"
+unit = "kA"
+"#;
+
+/// The register map `pcu` of the simulator's potline cells: the cell voltage (the f32 at input
+/// registers 0-1), and the in-service and cut-out bits of input register 5.
+pub const PCU_MAP: &str = r#"
+[register_maps.pcu.points]
+cell_voltage_v = { area = "input", address = 0, type = "f32", unit = "V" }
+in_service = { area = "input", address = 5, type = "bool", bit = 0 }
+cut_out = { area = "input", address = 5, type = "bool", bit = 2 }
+"#;
+
+/// The `[calc]` section of a run at plant speed: AR5 GWPs, the Qinghai 2022 grid factor, UTC+8,
+/// and reading timestamps mapped to plant time from `start_utc`, `scale` plant seconds per real
+/// second.
+pub fn simulated_calc_toml(scale: f64, start_utc: &str) -> String {
+    format!(
+        r#"
+[calc]
+gwp = "ar5"
+grid_factor = "qinghai-2022"
+utc_offset_hours = 8
+
+[calc.simulated_time]
+scale = {scale}
+start = "{start_utc}"
 "#
     )
 }

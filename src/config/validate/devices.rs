@@ -103,7 +103,7 @@ impl Builder<'_, '_> {
             max_gap: raw.max_gap_registers.unwrap_or(source.limits.max_gap),
         };
         let (points, from_map) = self.device_points(raw, path, source.maps);
-        self.inline_overlaps(&points, from_map);
+        self.report_overlaps(&points, from_map);
         self.too_wide(&points, &limits, path);
 
         if self.report.len() > before {
@@ -129,8 +129,8 @@ impl Builder<'_, '_> {
     fn device_template(&mut self, raw: &RawDevice, path: &KeyPath) -> (Option<NamePattern>, u32) {
         let pattern = match NamePattern::parse(&raw.name) {
             Ok(pattern) => Some(pattern),
-            Err(message) => {
-                self.report.at(&path.key("name"), message);
+            Err(err) => {
+                self.report.at(&path.key("name"), err.to_string());
                 None
             }
         };
@@ -223,8 +223,11 @@ impl Builder<'_, '_> {
         (points, from_map)
     }
 
-    /// Overlaps that involve an inline point (map-internal ones were reported with the map).
-    fn inline_overlaps(&mut self, points: &[CheckedPoint], from_map: usize) {
+    /// Report the overlaps among `points` (placed on one device, unshifted) whose later point
+    /// is at index `from` or after, at that point's address: a register map reports all of its
+    /// own (`from` 0), a device only those that involve an inline point (map-internal ones were
+    /// reported with the map).
+    pub(super) fn report_overlaps(&mut self, points: &[CheckedPoint], from: usize) {
         let mut spans: Vec<Span<'_>> = points
             .iter()
             .enumerate()
@@ -232,7 +235,7 @@ impl Builder<'_, '_> {
             .collect();
         let pairs: Vec<(String, Origin)> = overlaps(&mut spans)
             .into_iter()
-            .filter(|(_, later)| later.order >= from_map)
+            .filter(|(_, later)| later.order >= from)
             .map(|(earlier, later)| (overlap_message(earlier, later), later.point.origin.clone()))
             .collect();
         for (message, origin) in pairs {

@@ -42,8 +42,8 @@ impl Builder<'_, '_> {
             ],
         );
         let platform = match raw.platform.as_deref() {
-            Some(text) => parse_host_port(text).unwrap_or_else(|message| {
-                self.report.at(&path.key("platform"), message);
+            Some(text) => parse_host_port(text).unwrap_or_else(|err| {
+                self.report.at(&path.key("platform"), err.to_string());
                 no_host()
             }),
             None => {

@@ -7,7 +7,6 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use super::Builder;
-use super::overlap::{Span, overlap_message, overlaps, span};
 use crate::config::csv_map::{PointDef, parse_csv_map};
 use crate::config::locate::{KeyPath, Origin};
 use crate::config::model::{Area, ByteOrder, DataType};
@@ -102,20 +101,7 @@ impl Builder<'_, '_> {
                 );
             }
             let points: Vec<CheckedPoint> = defs.iter().filter_map(|d| self.point(d)).collect();
-            let mut spans: Vec<Span<'_>> = points
-                .iter()
-                .enumerate()
-                .map(|(order, p)| span(p, 0, 0, order))
-                .collect();
-            let pairs: Vec<(String, Origin)> = overlaps(&mut spans)
-                .into_iter()
-                .map(|(earlier, later)| {
-                    (overlap_message(earlier, later), later.point.origin.clone())
-                })
-                .collect();
-            for (message, origin) in pairs {
-                self.report.at_point(&origin, "address", message);
-            }
+            self.report_overlaps(&points, 0);
             maps.insert(name.clone(), points);
         }
         maps

@@ -56,9 +56,20 @@ pub(super) fn no_host() -> HostPort {
     }
 }
 
+/// Why a `host:port` address does not parse; its text is the message located at the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HostPortError {
+    /// Not `host:port` or `[v6]:port` with a port number.
+    #[error("invalid address `{0}`, expected `host:port` (e.g. `10.1.0.20:502`)")]
+    Malformed(String),
+    /// Port 0, which no one listens on.
+    #[error("invalid address `{0}`: port 0")]
+    PortZero(String),
+}
+
 /// `host:port` or `[v6]:port`.
-pub(crate) fn parse_host_port(text: &str) -> Result<HostPort, String> {
-    let bad = || format!("invalid address `{text}`, expected `host:port` (e.g. `10.1.0.20:502`)");
+pub(crate) fn parse_host_port(text: &str) -> Result<HostPort, HostPortError> {
+    let bad = || HostPortError::Malformed(text.to_owned());
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
         (host, rest.strip_prefix(':').ok_or_else(bad)?)
@@ -74,7 +85,7 @@ pub(crate) fn parse_host_port(text: &str) -> Result<HostPort, String> {
     }
     let port: u16 = port.parse().map_err(|_| bad())?;
     if port == 0 {
-        return Err(format!("invalid address `{text}`: port 0"));
+        return Err(HostPortError::PortZero(text.to_owned()));
     }
     Ok(HostPort {
         host: host.to_owned(),

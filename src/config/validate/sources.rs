@@ -316,8 +316,8 @@ impl Builder<'_, '_> {
     fn host_port(&mut self, path: &KeyPath, key: &str, text: &str) -> Option<HostPort> {
         match parse_host_port(text) {
             Ok(hp) => Some(hp),
-            Err(message) => {
-                self.report.at(&path.key(key), message);
+            Err(err) => {
+                self.report.at(&path.key(key), err.to_string());
                 None
             }
         }

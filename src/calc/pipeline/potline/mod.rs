@@ -371,7 +371,7 @@ fn check_role(
         }
     }
     check_wrap(role.counter_wraps_at, role.counter_bits)
-        .map_err(|m| invalid("counter_wraps_at", m))?;
+        .map_err(|e| invalid("counter_wraps_at", e.to_string()))?;
     for (j, m) in role.auxiliary_meters.iter().enumerate() {
         if let Some(bits) = m.counter_bits
             && ![16, 32, 64].contains(&bits)
@@ -383,7 +383,7 @@ fn check_role(
         }
         let key = format!("auxiliary_meters[{j}].counter_wraps_at");
         let bits = m.counter_bits.unwrap_or(role.counter_bits);
-        check_wrap(m.counter_wraps_at, bits).map_err(|msg| invalid(&key, msg))?;
+        check_wrap(m.counter_wraps_at, bits).map_err(|e| invalid(&key, e.to_string()))?;
     }
     Ok(())
 }
@@ -396,12 +396,20 @@ enum Counter {
     Tap,
 }
 
+/// A `counter_wraps_at` below 2 or beyond what a register of `bits` holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{wraps_at} is not between 2 and 2^{bits}, the register's range")]
+struct WrapOutOfRange {
+    wraps_at: u64,
+    bits: u8,
+}
+
 /// A `counter_wraps_at` must be at least 2 and fit the register's width.
-fn check_wrap(wraps_at: Option<u64>, bits: u8) -> Result<(), String> {
+fn check_wrap(wraps_at: Option<u64>, bits: u8) -> Result<(), WrapOutOfRange> {
     match wraps_at {
-        Some(w) if w < 2 || (bits < 64 && u128::from(w) > 1u128 << bits) => Err(format!(
-            "{w} is not between 2 and 2^{bits}, the register's range"
-        )),
+        Some(w) if w < 2 || (bits < 64 && u128::from(w) > 1u128 << bits) => {
+            Err(WrapOutOfRange { wraps_at: w, bits })
+        }
         _ => Ok(()),
     }
 }
@@ -444,11 +452,11 @@ mod tests {
         assert_eq!(check_wrap(Some(2), 16), Ok(()));
         assert_eq!(check_wrap(Some(65_536), 16), Ok(()));
         assert_eq!(
-            check_wrap(Some(65_537), 16),
+            check_wrap(Some(65_537), 16).map_err(|e| e.to_string()),
             Err("65537 is not between 2 and 2^16, the register's range".to_string())
         );
         assert_eq!(
-            check_wrap(Some(1), 32),
+            check_wrap(Some(1), 32).map_err(|e| e.to_string()),
             Err("1 is not between 2 and 2^32, the register's range".to_string())
         );
         assert_eq!(check_wrap(Some(u64::MAX), 64), Ok(()));
