@@ -876,3 +876,34 @@ fn item_4_measured_and_converted_concentrations_and_the_mass_share_one_item() {
     assert_eq!(p.cp.0.len(), 3, "DataTime, SO2, flow: {}", p.cp);
     assert!(t.factor("so2_zs_mg_m3").is_some() && t.factor("so2_kg_h").is_some());
 }
+
+#[test]
+fn a_live_derived_point_named_by_a_factor_code_goes_out_in_2011_like_any_reading() {
+    use smeltwatch::model::{Reading, ReadingBatch, Record, Value};
+    let reading = |point: &str, value: f64, unit: &str| Reading {
+        point: point.into(),
+        value: Some(Value::Float(value)),
+        unit: unit.into(),
+        quality: Quality::Good,
+        ts: T_1000_CST,
+    };
+    // The batch fan-out makes of `live` derived points: source `derived`, device `derived/<device>`.
+    let batch = ReadingBatch {
+        source: "derived".into(),
+        device: "derived/stack1".into(),
+        unit_id: 0,
+        poll_interval_ms: 1000,
+        scheduled: T_1000_CST,
+        readings: vec![
+            reading("so2_mg_m3", 88.0, "mg/m3"),
+            reading("mean_cell_voltage_v", 4.12, "V"),
+        ],
+    };
+    let packets =
+        hj212::encode_record(&table(), &station(false), T_1000_CST, &Record::Batch(batch)).unwrap();
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    assert!(packets[0].contains("CN=2011"), "{}", packets[0]);
+    assert!(packets[0].contains("a21026-Rtd=88"), "{}", packets[0]);
+    // A derived point without a factor code has no HJ 212 form.
+    assert!(!packets[0].contains("4.12"), "{}", packets[0]);
+}
