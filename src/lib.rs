@@ -44,6 +44,7 @@
 
 pub mod acquisition;
 pub mod app;
+pub mod audit;
 #[cfg(feature = "demo-broker")]
 pub mod broker;
 pub mod calc;

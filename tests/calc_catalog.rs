@@ -9,40 +9,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::calc::{batch, reading};
+use common::month_end::{self, EVERY_INPUT};
+use smeltwatch::calc::CalcConfig;
 use smeltwatch::calc::catalog;
-use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
-use smeltwatch::calc::{CalcConfig, Pipeline};
-use smeltwatch::model::{ReadingBatch, Record, Value};
-
-/// Every optional input of a potline and of a smelter.
-const FULL: &str = r#"
-utc_offset_hours = 8
-
-[[potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = 0.935
-approved_capacity_t_per_year = 1100.0
-tapped_metal_kg_point = "tapped_kg"
-
-[[potlines.auxiliary_meters]]
-device = "potline1/aux_fans"
-
-[[stacks]]
-name = "smelter1_stack"
-device = "smelter1/smelter1_stack"
-pollutants = { so2 = "so2_mg_m3" }
-
-[[smelters]]
-name = "smelter1"
-device = "smelter1/smelter1"
-acid_plant_gas_flow_point = "acid_plant_gas_nm3h"
-stack = "smelter1_stack"
-copper_output_point = "cathode_tph"
-energy_kgce_point = "energy_kgce_h"
-"#;
 
 /// No optional input at all.
 const BARE: &str = r#"
@@ -59,100 +28,20 @@ name = "smelter_b"
 device = "smelter1/smelter1"
 "#;
 
-/// The poll batches of one 10 s step at `t`: the rectifier (line current, the energy counters
-/// and the tapped-metal counter), four pots (one in anode effect for a minute), an auxiliary
-/// meter, the smelter's stack and the smelter.
-fn step(t: i64, n: u64, tapped_kg: u64, ae_from: i64) -> Vec<ReadingBatch> {
-    let mut out = vec![batch(
-        "potline1",
-        "rectifier",
-        10_000,
-        vec![
-            reading("line_current_ka", Value::Float(400.0), t),
-            reading("dc_energy_kwh", Value::UInt(1_000_000 + 18 * n), t),
-            reading("ac_energy_kwh", Value::UInt(2_000_000 + 19 * n), t),
-            reading("tapped_kg", Value::UInt(tapped_kg), t),
-        ],
-    )];
-    for c in 1..=4 {
-        let v = if c == 2 && (ae_from..ae_from + MINUTE_MS).contains(&t) {
-            30.0
-        } else {
-            4.05
-        };
-        out.push(batch(
-            "potline1",
-            &format!("pot_{c:03}"),
-            10_000,
-            vec![
-                reading("cell_voltage_v", Value::Float(v), t),
-                reading("in_service", Value::Bool(true), t),
-                reading("cut_out", Value::Bool(false), t),
-            ],
-        ));
-    }
-    out.push(batch(
-        "potline1",
-        "aux_fans",
-        10_000,
-        vec![reading("energy_kwh", Value::UInt(50_000 + 2 * n), t)],
-    ));
-    out.push(batch(
-        "smelter1",
-        "smelter1_stack",
-        10_000,
-        vec![
-            reading("so2_mg_m3", Value::Float(120.0), t),
-            reading("flow_m3h", Value::Float(250_000.0), t),
-        ],
-    ));
-    out.push(batch(
-        "smelter1",
-        "smelter1",
-        10_000,
-        vec![
-            reading("concentrate_feed_tph", Value::Float(150.0), t),
-            reading("oxygen_flow_nm3h", Value::Float(24_750.0), t),
-            reading("oxygen_enrichment_pct", Value::Float(70.0), t),
-            reading("acid_plant_so2_pct", Value::Float(12.0), t),
-            reading("acid_plant_gas_nm3h", Value::Float(100_000.0), t),
-            reading("cathode_tph", Value::Float(40.0), t),
-            reading("energy_kgce_h", Value::Float(9_000.0), t),
-        ],
-    ));
-    out
-}
-
-/// (calculator, first label, name, unit) of every metric the calculators of `cfg` emit from
-/// two hours before the local midnight that ends March 2025 to five minutes after it (a day
-/// and a month close), with two taps of metal and one anode effect on the way.
+/// (calculator, first label, name, unit) of every metric the calculators of `cfg` emit over a
+/// month's end ([`common::month_end`]).
 fn emitted(cfg: &CalcConfig) -> BTreeSet<(String, String, String, String)> {
-    let mut p = Pipeline::new(cfg).expect("builds");
-    let midnight = days_from_civil(2025, 4, 1) * DAY_MS - 8 * HOUR_MS;
-    let mut tapped = 10_000u64;
     let mut out = BTreeSet::new();
-    let mut t = midnight - 2 * HOUR_MS;
-    let mut n = 0u64;
-    while t <= midnight + 5 * MINUTE_MS {
-        if t == midnight - 90 * MINUTE_MS || t == midnight - 30 * MINUTE_MS {
-            tapped += 2_000;
+    for m in month_end::metric_batches(cfg) {
+        for x in &m.metrics {
+            let label = x.labels.first().map(|l| l.1.to_string());
+            out.insert((
+                m.calc.to_string(),
+                label.expect("every calculator metric has a first label"),
+                x.name.to_string(),
+                x.unit.to_string(),
+            ));
         }
-        for b in step(t, n, tapped, midnight - HOUR_MS) {
-            for r in p.on_batch(&b) {
-                let Record::Metrics(m) = r else { continue };
-                for x in &m.metrics {
-                    let label = x.labels.first().map(|l| l.1.to_string());
-                    out.insert((
-                        m.calc.to_string(),
-                        label.expect("every calculator metric has a first label"),
-                        x.name.to_string(),
-                        x.unit.to_string(),
-                    ));
-                }
-            }
-        }
-        t += 10_000;
-        n += 1;
     }
     out
 }
@@ -190,13 +79,13 @@ fn assert_same(text: &str) {
 
 #[test]
 fn every_metric_emitted_with_every_optional_input_is_catalogued_and_nothing_else() {
-    assert_same(FULL);
+    assert_same(EVERY_INPUT);
 }
 
 #[test]
 fn without_optional_inputs_the_catalogue_drops_exactly_what_is_not_emitted() {
     assert_same(BARE);
-    let full = listed(&toml::from_str(FULL).expect("parses"));
+    let full = listed(&toml::from_str(EVERY_INPUT).expect("parses"));
     let bare = listed(&toml::from_str(BARE).expect("parses"));
     assert!(bare.len() < full.len(), "{} vs {}", bare.len(), full.len());
 }
@@ -205,7 +94,7 @@ fn without_optional_inputs_the_catalogue_drops_exactly_what_is_not_emitted() {
 fn the_configuration_reference_lists_every_metric_of_the_catalogue_with_its_unit() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md"))
         .expect("docs/CONFIG.md");
-    let cfg: CalcConfig = toml::from_str(FULL).expect("parses");
+    let cfg: CalcConfig = toml::from_str(EVERY_INPUT).expect("parses");
     for m in catalog::metrics(&cfg) {
         let unit = if m.unit.is_empty() {
             String::new()

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["codec", "ledger", "mqtt"],
     &[
         "acquisition",
+        "audit",
         "modbus",
         "dlt645",
         "derived",
@@ -46,12 +47,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "config",
         "dlt645",
         "a meter's address and data identifiers are parsed into the frame's types (dlt645::frame)",
-    ),
-    (
-        "ledger",
-        "codec",
-        "the verifier's reading of captured payloads (ledger::capture, verify, subscribe) decodes \
-         protobuf envelopes; it belongs above the codec, apart from the chain and the keys",
     ),
     (
         "config",

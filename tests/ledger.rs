@@ -5,6 +5,7 @@ mod common;
 
 use common::records::stack_aggregate;
 use ed25519_dalek::SigningKey;
+use smeltwatch::audit;
 use smeltwatch::ledger::{self, Chain, GENESIS, LedgerError, LedgerRecord, Report};
 
 const SITE: &str = "demo-al-01";
@@ -256,7 +257,7 @@ fn keygen_writes_a_private_key_only_the_owner_reads() {
     let file = dir.path().join("feed.jsonl");
     ledger::append_jsonl(&file, &records[..3]).unwrap();
     ledger::append_jsonl(&file, &records[3..]).unwrap();
-    let report = ledger::verify_file(&keys.public, &file).unwrap();
+    let report = audit::verify_file(&keys.public, &file).unwrap();
     assert!(report.ok, "{report}");
     assert_eq!(report.verified, 5);
 
@@ -264,7 +265,7 @@ fn keygen_writes_a_private_key_only_the_owner_reads() {
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str("not json\n");
     std::fs::write(&file, text).unwrap();
-    let report = ledger::verify_file(&keys.public, &file).unwrap();
+    let report = audit::verify_file(&keys.public, &file).unwrap();
     assert!(!report.ok);
     assert_eq!(report.unreadable.len(), 1);
     assert_eq!(report.unreadable[0].0, 6);
@@ -373,7 +374,7 @@ fn sealed_payloads(
 }
 
 fn verify_payloads(payloads: &[Vec<u8>]) -> Report {
-    ledger::capture::verify_messages(
+    audit::capture::verify_messages(
         &key(1).verifying_key(),
         payloads
             .iter()
@@ -479,7 +480,7 @@ fn capture_files_of_json_payloads_or_protobuf_envelopes_verify() {
     json_lines.push(b'\n');
     let jsonl = dir.path().join("capture.jsonl");
     std::fs::write(&jsonl, &json_lines).unwrap();
-    let report = ledger::verify_file(&keys.public, &jsonl).unwrap();
+    let report = audit::verify_file(&keys.public, &jsonl).unwrap();
     assert!(report.ok, "{report}");
     assert_eq!((report.verified, report.unsealed), (3, 1));
     assert!(
@@ -490,12 +491,12 @@ fn capture_files_of_json_payloads_or_protobuf_envelopes_verify() {
 
     let pb = dir.path().join("capture.pb");
     std::fs::write(&pb, &pb_file).unwrap();
-    let report = ledger::verify_file(&keys.public, &pb).unwrap();
+    let report = audit::verify_file(&keys.public, &pb).unwrap();
     assert!(report.ok, "{report}");
     assert_eq!(report.verified, 3);
     // A truncated protobuf capture fails, naming where it breaks; what precedes still checks.
     std::fs::write(&pb, &pb_file[..pb_file.len() - 3]).unwrap();
-    let report = ledger::verify_file(&keys.public, &pb).unwrap();
+    let report = audit::verify_file(&keys.public, &pb).unwrap();
     assert!(!report.ok);
     assert_eq!(report.verified, 2, "{report}");
     assert_eq!(report.unreadable.len(), 1, "{report}");

@@ -23,9 +23,10 @@ use common::hj212::next_packet;
 use common::mosquitto::{self, Mosquitto};
 use common::plant::{GTC1_STACK_CALC, cems_map, gtc1_source_toml, stack_simulator};
 use smeltwatch::app::RunOptions;
+use smeltwatch::audit::capture;
 use smeltwatch::codec::hj212::{self, Packet, Table};
 use smeltwatch::config;
-use smeltwatch::ledger::{self, capture};
+use smeltwatch::{audit, ledger};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
@@ -454,7 +455,7 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
         text.push(b'\n');
     }
     std::fs::write(&jsonl, &text).unwrap();
-    let report = ledger::verify_file(&keys.public, &jsonl).unwrap();
+    let report = audit::verify_file(&keys.public, &jsonl).unwrap();
     assert!(report.ok, "{report}");
     assert!(report.from_genesis, "{report}");
     assert!(report.verified as u64 >= resumed.seq, "{report}");
@@ -485,7 +486,7 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
         bytes.extend_from_slice(p);
     }
     std::fs::write(&pbfile, &bytes).unwrap();
-    let report = ledger::verify_file(&keys.public, &pbfile).unwrap();
+    let report = audit::verify_file(&keys.public, &pbfile).unwrap();
     assert!(report.ok, "{report}");
     assert!(report.verified >= 2, "{report}");
 
@@ -507,7 +508,7 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
     lines[i] = tampered;
     let text = lines.join(&b'\n');
     std::fs::write(&jsonl, &text).unwrap();
-    let report = ledger::verify_file(&keys.public, &jsonl).unwrap();
+    let report = audit::verify_file(&keys.public, &jsonl).unwrap();
     assert!(!report.ok);
     assert_eq!(report.mismatched, vec![seq], "{report}");
     assert!(

@@ -1379,137 +1379,26 @@ anode_effects_per_cell_day = 0.0
     assert!(compared >= 3, "{compared} figures compared");
 }
 
-// The calculators' figures over a month's end, as `tests/calc_catalog.rs` drives them (its
-// configuration with every optional input, and its poll batches), against the node metrics.
-
-/// Every optional input of a potline and of a smelter.
-const CALC_FULL: &str = r#"
-utc_offset_hours = 8
-
-[[potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = 0.935
-approved_capacity_t_per_year = 1100.0
-tapped_metal_kg_point = "tapped_kg"
-
-[[potlines.auxiliary_meters]]
-device = "potline1/aux_fans"
-
-[[stacks]]
-name = "smelter1_stack"
-device = "smelter1/smelter1_stack"
-pollutants = { so2 = "so2_mg_m3" }
-
-[[smelters]]
-name = "smelter1"
-device = "smelter1/smelter1"
-acid_plant_gas_flow_point = "acid_plant_gas_nm3h"
-stack = "smelter1_stack"
-copper_output_point = "cathode_tph"
-energy_kgce_point = "energy_kgce_h"
-"#;
-
-/// The poll batches of one 10 s step at `t`: the rectifier (line current, the energy counters
-/// and the tapped-metal counter), four pots (one in anode effect for a minute), an auxiliary
-/// meter, the smelter's stack and the smelter.
-fn calc_step(t: i64, n: u64, tapped_kg: u64, ae_from: i64) -> Vec<ReadingBatch> {
-    let mut out = vec![common::calc::batch(
-        "potline1",
-        "rectifier",
-        10_000,
-        vec![
-            common::calc::reading("line_current_ka", Value::Float(400.0), t),
-            common::calc::reading("dc_energy_kwh", Value::UInt(1_000_000 + 18 * n), t),
-            common::calc::reading("ac_energy_kwh", Value::UInt(2_000_000 + 19 * n), t),
-            common::calc::reading("tapped_kg", Value::UInt(tapped_kg), t),
-        ],
-    )];
-    for c in 1..=4 {
-        let v = if c == 2 && (ae_from..ae_from + smeltwatch::calc::time::MINUTE_MS).contains(&t) {
-            30.0
-        } else {
-            4.05
-        };
-        out.push(common::calc::batch(
-            "potline1",
-            &format!("pot_{c:03}"),
-            10_000,
-            vec![
-                common::calc::reading("cell_voltage_v", Value::Float(v), t),
-                common::calc::reading("in_service", Value::Bool(true), t),
-                common::calc::reading("cut_out", Value::Bool(false), t),
-            ],
-        ));
-    }
-    out.push(common::calc::batch(
-        "potline1",
-        "aux_fans",
-        10_000,
-        vec![common::calc::reading(
-            "energy_kwh",
-            Value::UInt(50_000 + 2 * n),
-            t,
-        )],
-    ));
-    out.push(common::calc::batch(
-        "smelter1",
-        "smelter1_stack",
-        10_000,
-        vec![
-            common::calc::reading("so2_mg_m3", Value::Float(120.0), t),
-            common::calc::reading("flow_m3h", Value::Float(250_000.0), t),
-        ],
-    ));
-    out.push(common::calc::batch(
-        "smelter1",
-        "smelter1",
-        10_000,
-        vec![
-            common::calc::reading("concentrate_feed_tph", Value::Float(150.0), t),
-            common::calc::reading("oxygen_flow_nm3h", Value::Float(24_750.0), t),
-            common::calc::reading("oxygen_enrichment_pct", Value::Float(70.0), t),
-            common::calc::reading("acid_plant_so2_pct", Value::Float(12.0), t),
-            common::calc::reading("acid_plant_gas_nm3h", Value::Float(100_000.0), t),
-            common::calc::reading("cathode_tph", Value::Float(40.0), t),
-            common::calc::reading("energy_kgce_h", Value::Float(9_000.0), t),
-        ],
-    ));
-    out
-}
+// The calculators' figures over a month's end (`common::month_end`, which `tests/calc_catalog.rs`
+// checks against the catalogue), against the node metrics.
 
 #[test]
 fn every_figure_the_calculators_emit_over_a_months_end_is_one_declared_node_metric() {
-    use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
-
-    let calc: smeltwatch::calc::CalcConfig = toml::from_str(CALC_FULL).expect("parses");
+    let calc: smeltwatch::calc::CalcConfig =
+        toml::from_str(common::month_end::EVERY_INPUT).expect("parses");
     let model = EdgeNodeModel::default().with_node_metrics(spb::node_metrics(&[], Some(&calc)));
-    let mut pipeline = smeltwatch::calc::Pipeline::new(&calc).expect("builds");
-    let midnight = days_from_civil(2025, 4, 1) * DAY_MS - 8 * HOUR_MS;
     let mut hit = vec![false; model.node.metrics.len()];
-    let (mut t, mut n, mut tapped) = (midnight - 2 * HOUR_MS, 0u64, 10_000u64);
-    while t <= midnight + 5 * MINUTE_MS {
-        if t == midnight - 90 * MINUTE_MS || t == midnight - 30 * MINUTE_MS {
-            tapped += 2_000;
-        }
-        for b in calc_step(t, n, tapped, midnight - HOUR_MS) {
-            for r in pipeline.on_batch(&b) {
-                let Record::Metrics(m) = r else { continue };
-                for x in &m.metrics {
-                    let i = model.node_metric_index(&m.calc, x);
-                    if x.labels.iter().any(|(k, _)| &**k == spb::CELL_LABEL) {
-                        assert_eq!(i, None, "a cell's figure is no node metric: {x:?}");
-                        continue;
-                    }
-                    let i = i.unwrap_or_else(|| panic!("{} {x:?} is not declared", m.calc));
-                    assert_eq!(model.node.unit(i).unwrap_or(""), &*x.unit, "{x:?}");
-                    hit[i] = true;
-                }
+    for m in common::month_end::metric_batches(&calc) {
+        for x in &m.metrics {
+            let i = model.node_metric_index(&m.calc, x);
+            if x.labels.iter().any(|(k, _)| &**k == spb::CELL_LABEL) {
+                assert_eq!(i, None, "a cell's figure is no node metric: {x:?}");
+                continue;
             }
+            let i = i.unwrap_or_else(|| panic!("{} {x:?} is not declared", m.calc));
+            assert_eq!(model.node.unit(i).unwrap_or(""), &*x.unit, "{x:?}");
+            hit[i] = true;
         }
-        t += 10_000;
-        n += 1;
     }
     let never: Vec<&str> = model
         .node

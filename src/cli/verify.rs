@@ -7,14 +7,14 @@ use super::VerifyArgs;
 
 /// `verify --file` or `verify --broker`: the same verdict either way.
 pub(super) async fn verify_command(args: VerifyArgs) -> anyhow::Result<crate::ledger::Report> {
-    use crate::ledger::{capture, subscribe};
+    use crate::audit::{capture, subscribe};
     let anchors = crate::ledger::Anchors {
         after: args.after,
         expect_head: args.expect_head,
     };
     let Some(broker) = args.broker else {
         let file = args.file.context("--file or --broker is required")?;
-        return Ok(crate::ledger::verify_file_with(&args.key, &file, &anchors)?);
+        return Ok(crate::audit::verify_file_with(&args.key, &file, &anchors)?);
     };
     let key = crate::ledger::load_verifying_key(&args.key)?;
     let url = crate::config::BrokerUrl::parse_or_plain(&broker)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
-use super::{Anchors, LedgerRecord, Report, from_hex, to_hex};
+use super::{LedgerRecord, from_hex, to_hex};
 
 /// File name of the secret key written by [`keygen`].
 pub const SECRET_KEY_FILE: &str = "site.key";
@@ -168,30 +168,4 @@ pub fn append_jsonl(path: &Path, records: &[LedgerRecord]) -> Result<(), LedgerE
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_data())
         .map_err(io(path))
-}
-
-/// [`verify_file_with`] expecting the capture from seq 1 and without a head to reach.
-pub fn verify_file(public_key: &Path, file: &Path) -> Result<Report, LedgerError> {
-    verify_file_with(public_key, file, &Anchors::default())
-}
-
-/// Verify a capture file against a public key file and the chain's known ends (`smeltwatch
-/// verify --file`): JSON lines (ledger records, or captured JSON payloads with their seal) or
-/// length-delimited protobuf envelopes (see [`super::capture`]). Unreadable lines are reported
-/// and fail the verdict; payloads without a seal are counted and ignored.
-pub fn verify_file_with(
-    public_key: &Path,
-    file: &Path,
-    anchors: &Anchors,
-) -> Result<Report, LedgerError> {
-    let key = load_verifying_key(public_key)?;
-    let bytes = fs::read(file).map_err(io(file))?;
-    let split = super::capture::split_capture(&bytes);
-    let mut report =
-        super::capture::verify_messages_with(&key, split.messages, split.json_only, anchors);
-    if let Some(damaged) = split.damaged {
-        report.unreadable.push(damaged);
-        report.ok = false;
-    }
-    Ok(report)
 }

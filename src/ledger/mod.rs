@@ -57,7 +57,6 @@
 
 pub mod capture;
 mod keys;
-pub mod subscribe;
 mod verify;
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -66,7 +65,7 @@ use sha2::{Digest, Sha256};
 
 pub use keys::{
     KeyPair, LedgerError, PUBLIC_KEY_FILE, SECRET_KEY_FILE, append_jsonl, keygen, load_signing_key,
-    load_verifying_key, read_jsonl, verify_file, verify_file_with,
+    load_verifying_key, read_jsonl,
 };
 pub use verify::{Anchor, AnchorError, Anchors, Report, payload_time, verify, verify_with};
 

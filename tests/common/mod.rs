@@ -8,6 +8,7 @@ pub mod calc;
 pub mod hj212;
 pub mod json;
 pub mod mbpoll;
+pub mod month_end;
 pub mod notify;
 pub mod peers;
 pub mod plant;
