@@ -227,6 +227,54 @@ pub fn metrics(calc: &CalcConfig) -> Vec<CatalogMetric> {
     out
 }
 
+/// The periods of the closed windows a calculator's figure is emitted for (its label `period`);
+/// `None` stands for the figure of the minute, which has no period. [`metrics`] lists each figure
+/// once per line or smelter, whatever its periods; a reader that declares one metric per period
+/// (the Sparkplug node metrics) takes them from here. The minute figures, those of a minute and
+/// of closed windows, and those also of the year to date are listed; every other figure is one of
+/// closed days and months. `tests/sparkplug.rs` checks these against what a potline's and a
+/// copper smelter's calculators emit over a month's end.
+pub fn periods(calc: &str, name: &str) -> &'static [Option<&'static str>] {
+    const MINUTE: &[Option<&str>] = &[None];
+    const DAY_MONTH: &[Option<&str>] = &[Some("day"), Some("month")];
+    const MINUTE_DAY_MONTH: &[Option<&str>] = &[None, Some("day"), Some("month")];
+    const DAY_MONTH_YTD: &[Option<&str>] = &[Some("day"), Some("month"), Some("ytd")];
+    match (calc, name) {
+        (
+            names::POTLINE,
+            names::LINE_CURRENT_KA
+            | names::CELLS_IN_SERVICE
+            | names::PRODUCTION_TODAY_T
+            | names::DC_KWH_PER_T_TODAY
+            | names::AC_KWH_PER_T_TODAY
+            | names::COMPREHENSIVE_AC_KWH_PER_T_TODAY,
+        )
+        | (
+            names::COPPER,
+            names::CONCENTRATE_FEED_TPH
+            | names::OXYGEN_FLOW_NM3H
+            | names::OXYGEN_ENRICHMENT_PCT
+            | names::ACID_PLANT_SO2_KG_H
+            | names::STACK_SO2_KG_H,
+        ) => MINUTE,
+        (names::COPPER, names::OXYGEN_NM3_PER_T_CONCENTRATE | names::SULPHUR_CAPTURE_PCT) => {
+            MINUTE_DAY_MONTH
+        }
+        (names::POTLINE, names::CAPACITY_UTILISATION_PCT) => DAY_MONTH_YTD,
+        _ => DAY_MONTH,
+    }
+}
+
+/// Whether a figure is one of a cell (labels `line` and `cell`), emitted once per cell: readers
+/// that declare a fixed set of metrics leave them out (a line of 300 cells would declare 600).
+pub fn is_cell_figure(calc: &str, name: &str) -> bool {
+    calc == names::POTLINE
+        && matches!(
+            name,
+            names::CELL_VOLTAGE_AVG_V | names::PSEUDO_RESISTANCE_UOHM
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use prost::Message;
 
-use crate::calc::{CalcConfig, catalog, names};
+use crate::calc::{CalcConfig, catalog};
 use crate::config::{DataType as WireType, PointConfig, SourceConfig};
 use crate::derived::config::{DerivedPoint, DerivedStream, SOURCE};
 use crate::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Timestamp, Value};

@@ -117,54 +117,6 @@ impl NodeMetric {
     }
 }
 
-/// The periods of the closed windows a calculator's figure is emitted for (its label
-/// [`PERIOD_LABEL`]); `None` stands for the figure of the minute, which has no period. The
-/// catalogue ([`catalog::metrics`]) lists each figure once per line or smelter, whatever its
-/// periods, and a birth must declare each period's metric: the calculators' minute figures,
-/// those of a minute and of closed windows, and those also of the year to date are listed here;
-/// every other figure is one of closed days and months. `tests/sparkplug.rs` checks these against what
-/// a potline's and a copper smelter's calculators emit over a month's end.
-pub(super) fn periods(calc: &str, name: &str) -> &'static [Option<&'static str>] {
-    const MINUTE: &[Option<&str>] = &[None];
-    const DAY_MONTH: &[Option<&str>] = &[Some("day"), Some("month")];
-    const MINUTE_DAY_MONTH: &[Option<&str>] = &[None, Some("day"), Some("month")];
-    const DAY_MONTH_YTD: &[Option<&str>] = &[Some("day"), Some("month"), Some("ytd")];
-    match (calc, name) {
-        (
-            names::POTLINE,
-            names::LINE_CURRENT_KA
-            | names::CELLS_IN_SERVICE
-            | names::PRODUCTION_TODAY_T
-            | names::DC_KWH_PER_T_TODAY
-            | names::AC_KWH_PER_T_TODAY
-            | names::COMPREHENSIVE_AC_KWH_PER_T_TODAY,
-        )
-        | (
-            names::COPPER,
-            names::CONCENTRATE_FEED_TPH
-            | names::OXYGEN_FLOW_NM3H
-            | names::OXYGEN_ENRICHMENT_PCT
-            | names::ACID_PLANT_SO2_KG_H
-            | names::STACK_SO2_KG_H,
-        ) => MINUTE,
-        (names::COPPER, names::OXYGEN_NM3_PER_T_CONCENTRATE | names::SULPHUR_CAPTURE_PCT) => {
-            MINUTE_DAY_MONTH
-        }
-        (names::POTLINE, names::CAPACITY_UTILISATION_PCT) => DAY_MONTH_YTD,
-        _ => DAY_MONTH,
-    }
-}
-
-/// A cell's figures (labels `line` and [`CELL_LABEL`]): not node metrics. A line of 300 cells
-/// would declare 600 of them, and the pots' own points are device metrics already.
-pub(super) fn is_cell_figure(calc: &str, name: &str) -> bool {
-    calc == names::POTLINE
-        && matches!(
-            name,
-            names::CELL_VOLTAGE_AVG_V | names::PSEUDO_RESISTANCE_UOHM
-        )
-}
-
 /// The node metrics of an edge node that carries the `metrics` stream: the `metrics` derived
 /// points in `[[derived]]` order, then every figure the calculators of `calc` can emit
 /// ([`catalog::metrics`], in its order), one per period, except a cell's.
@@ -175,10 +127,10 @@ pub fn node_metrics(derived: &[DerivedPoint], calc: Option<&CalcConfig>) -> Vec<
         .map(NodeMetric::derived)
         .collect();
     for m in calc.map(catalog::metrics).unwrap_or_default() {
-        if is_cell_figure(m.calc, m.name) {
+        if catalog::is_cell_figure(m.calc, m.name) {
             continue;
         }
-        for period in periods(m.calc, m.name) {
+        for period in catalog::periods(m.calc, m.name) {
             out.push(NodeMetric::calc(m.calc, &m.label, *period, m.name, m.unit));
         }
     }
