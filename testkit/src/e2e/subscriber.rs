@@ -93,53 +93,140 @@ pub(super) fn spool_body_len(m: Msg<'_>, scheduled_ms: i64) -> usize {
     smeltwatch::codec::body::encode(&Record::Batch(batch)).len()
 }
 
+/// A replayed batch as the counter needs it: its cycle, readings and their quality, with values,
+/// points and units skipped. After an outage the counter shares the machine with the agent while
+/// it drains tens of thousands of batches a second, and a full parse of each (every value into a
+/// [`Value`], the body rebuilt to size it) cost more CPU than the agent's own replay; body sizes
+/// are reported for the measured window, which holds fresh batches only.
+#[derive(Deserialize)]
+struct Replayed<'a> {
+    #[serde(borrow)]
+    device: &'a str,
+    #[serde(borrow)]
+    scheduled: &'a str,
+    readings: Vec<ReplayedReading>,
+}
+
+#[derive(Deserialize)]
+struct ReplayedReading {
+    value: Option<serde::de::IgnoredAny>,
+    quality: Quality,
+    ts_ms: i64,
+}
+
+/// Whether a payload is a replayed batch: `historical` is written only when true, in the header
+/// before the device and the readings.
+fn is_replayed(payload: &[u8]) -> bool {
+    const FLAG: &[u8] = b"\"historical\":true";
+    payload[..payload.len().min(256)]
+        .windows(FLAG.len())
+        .any(|w| w == FLAG)
+}
+
 impl Seen {
     fn record(&mut self, payload: &[u8], arrival_ms: i64) {
+        if is_replayed(payload) {
+            self.record_replayed(payload, arrival_ms);
+            return;
+        }
         let Ok(m) = serde_json::from_slice::<Msg<'_>>(payload) else {
             self.undecodable += 1;
             return;
         };
-        let Ok(sched) = humantime::parse_rfc3339(m.scheduled) else {
+        let Some(sched) = scheduled_ms(m.scheduled) else {
             self.undecodable += 1;
             return;
         };
-        let sched = sched
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        if m.historical {
+        let arrived = Arrived {
+            device: m.device,
+            sched,
+            historical: m.historical,
+            acquired: m.readings.iter().map(|r| r.ts_ms).max().unwrap_or(sched),
+            readings: m.readings.len(),
+            good: m
+                .readings
+                .iter()
+                .filter(|r| r.quality == Quality::Good && r.value.is_some())
+                .count(),
+            payload_bytes: payload.len(),
+        };
+        self.count(arrived, arrival_ms, || spool_body_len(m, sched));
+    }
+
+    fn record_replayed(&mut self, payload: &[u8], arrival_ms: i64) {
+        let Ok(m) = serde_json::from_slice::<Replayed<'_>>(payload) else {
+            self.undecodable += 1;
+            return;
+        };
+        let Some(sched) = scheduled_ms(m.scheduled) else {
+            self.undecodable += 1;
+            return;
+        };
+        let arrived = Arrived {
+            device: m.device,
+            sched,
+            historical: true,
+            acquired: m.readings.iter().map(|r| r.ts_ms).max().unwrap_or(sched),
+            readings: m.readings.len(),
+            good: m
+                .readings
+                .iter()
+                .filter(|r| r.quality == Quality::Good && r.value.is_some())
+                .count(),
+            payload_bytes: payload.len(),
+        };
+        self.count(arrived, arrival_ms, || 0);
+    }
+
+    /// Count one arrival: the first copy of a cycle is recorded (with its spool body size, from
+    /// `body_len`), later ones only counted as copies.
+    fn count(&mut self, a: Arrived<'_>, arrival_ms: i64, body_len: impl FnOnce() -> usize) {
+        if a.historical {
             self.hist_records += 1;
-            self.hist_points += m.readings.len() as u64;
+            self.hist_points += a.readings as u64;
             self.hist_first_ms.get_or_insert(arrival_ms);
             self.hist_last_ms = Some(arrival_ms);
         }
-        let acquired = m.readings.iter().map(|r| r.ts_ms).max().unwrap_or(sched);
-        let good = m
-            .readings
-            .iter()
-            .filter(|r| r.quality == Quality::Good && r.value.is_some())
-            .count();
-        let readings = m.readings.len() as u16;
-        let historical = m.historical;
-        let cycles = match self.devices.get_mut(m.device) {
+        let cycles = match self.devices.get_mut(a.device) {
             Some(c) => c,
-            None => self.devices.entry(m.device.to_owned()).or_default(),
+            None => self.devices.entry(a.device.to_owned()).or_default(),
         };
-        let c = cycles.entry(sched).or_default();
+        let c = cycles.entry(a.sched).or_default();
         if c.copies == 0 {
             *c = Cycle {
-                readings,
-                good: good as u16,
+                readings: a.readings as u16,
+                good: a.good as u16,
                 copies: 1,
-                latency_ms: arrival_ms - acquired,
-                historical,
-                payload_bytes: u32::try_from(payload.len()).unwrap_or(u32::MAX),
-                body_bytes: u32::try_from(spool_body_len(m, sched)).unwrap_or(u32::MAX),
+                latency_ms: arrival_ms - a.acquired,
+                historical: a.historical,
+                payload_bytes: u32::try_from(a.payload_bytes).unwrap_or(u32::MAX),
+                body_bytes: u32::try_from(body_len()).unwrap_or(u32::MAX),
             };
         } else {
             c.copies += 1;
         }
     }
+}
+
+/// What the counter keeps of one arrived batch.
+struct Arrived<'a> {
+    device: &'a str,
+    sched: i64,
+    historical: bool,
+    acquired: i64,
+    readings: usize,
+    good: usize,
+    payload_bytes: usize,
+}
+
+/// A batch's `scheduled` (RFC 3339) in Unix milliseconds.
+fn scheduled_ms(text: &str) -> Option<i64> {
+    let at = humantime::parse_rfc3339(text).ok()?;
+    Some(
+        at.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    )
 }
 
 /// Subscribe to every live batch of the site; returns once subscribed.
