@@ -54,6 +54,15 @@ pub fn decode(body: &[u8]) -> Result<Record, BodyError> {
     }
 }
 
+/// A live batch read in place from a binary body, without decoding it (see
+/// [`BatchView`](crate::codec::batch_view::BatchView)); `None` for any other body.
+pub fn live_batch(body: &[u8]) -> Option<crate::codec::batch_view::BatchView<'_>> {
+    match body.split_first() {
+        Some((&PROTOBUF_FORM, envelope)) => crate::codec::batch_view::BatchView::parse(envelope),
+        _ => None,
+    }
+}
+
 /// The record of a spool body as JSON, for `smeltwatch spool export`: a JSON body as it is (a
 /// sealed one with its `ledger` seal), a binary one as the JSON of its record.
 pub fn to_json(body: &[u8]) -> Result<serde_json::Value, BodyError> {

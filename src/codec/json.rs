@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::batch_view::{BatchView, ReadingView};
 use crate::config::Stream;
 use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 
@@ -217,6 +218,31 @@ impl<'a> SpooledBatch<'a> {
     }
 }
 
+/// The JSON payload of a live batch read in place from its binary spool body: the bytes
+/// [`encode_record`] writes for the decoded batch (a property test holds both to that).
+pub fn encode_view(
+    site: &str,
+    stream: Stream,
+    seq: u64,
+    batch: &BatchView<'_>,
+    historical: bool,
+) -> Vec<u8> {
+    write_batch(
+        Header {
+            site,
+            stream,
+            seq,
+            historical,
+        },
+        batch.source,
+        batch.device,
+        batch.unit_id,
+        batch.poll_interval_ms,
+        batch.scheduled,
+        &batch.readings,
+    )
+}
+
 /// The fields of a reading that a payload shows, owned or borrowed.
 trait ReadingFields {
     fn point(&self) -> &str;
@@ -249,7 +275,7 @@ macro_rules! reading_fields {
     )+};
 }
 
-reading_fields!(Reading, SpooledReading<'_>);
+reading_fields!(Reading, SpooledReading<'_>, ReadingView<'_>);
 
 #[derive(Serialize)]
 struct BatchHead<'a> {

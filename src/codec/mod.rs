@@ -6,6 +6,7 @@
 //! the same record always encodes to the same bytes. Each payload carries `(site, stream, seq)` so
 //! that consumers can drop duplicates (delivery is at-least-once) and spot gaps.
 
+pub mod batch_view;
 pub mod body;
 pub mod hj212;
 pub mod hj212_message;

@@ -187,18 +187,24 @@ impl Sender<'_> {
             let acquired = crate::histogram::acquired_at(decoded, record.created);
             return Ok((payload, record.topic.clone(), tally, acquired));
         }
-        // A live batch in a JSON body (spools written by older builds) to a JSON payload, encoded
-        // from the body as it is, without building the record (see `SpooledBatch`).
-        if record.stream == Stream::Live
-            && encoding == Encoding::Json
-            && !record.topic.is_empty()
-            && let Some(batch) = json::SpooledBatch::parse(&record.body)
-        {
+        // A live batch to a JSON payload straight from its body, without building the record: a
+        // binary body read in place (every batch of a backlog, see `BatchView`), or a JSON one
+        // (spools written by older builds, see `SpooledBatch`).
+        let live_json =
+            record.stream == Stream::Live && encoding == Encoding::Json && !record.topic.is_empty();
+        let tally_of = |device: &str, scheduled, counts| {
+            u.report
+                .counts_delivery()
+                .then(|| completeness::live_tally(Arc::from(device), scheduled, counts))
+        };
+        if live_json && let Some(batch) = crate::codec::body::live_batch(&record.body) {
+            let payload = json::encode_view(&u.site, record.stream, record.seq, &batch, historical);
+            let tally = tally_of(batch.device, batch.scheduled, batch.quality_counts());
+            return Ok((payload, record.topic.clone(), tally, batch.scheduled));
+        }
+        if live_json && let Some(batch) = json::SpooledBatch::parse(&record.body) {
             let payload = batch.encode(&u.site, record.stream, record.seq, historical);
-            let tally = u.report.counts_delivery().then(|| {
-                let device = Arc::from(batch.device.as_ref());
-                completeness::live_tally(device, batch.scheduled, batch.quality_counts())
-            });
+            let tally = tally_of(&batch.device, batch.scheduled, batch.quality_counts());
             return Ok((payload, record.topic.clone(), tally, batch.scheduled));
         }
         let decoded = crate::codec::body::decode(&record.body)?;
