@@ -39,12 +39,6 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN: &[(&str, &str, &str)] = &[
     (
         "config",
-        "derived",
-        "validating a derived point compiles its expression (derived::expr); the aggregate `Config` \
-         belongs above the components it aggregates",
-    ),
-    (
-        "config",
         "dlt645",
         "a meter's address and data identifiers are parsed into the frame's types (dlt645::frame)",
     ),
