@@ -39,11 +39,6 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN: &[(&str, &str, &str)] = &[
     (
         "config",
-        "dlt645",
-        "a meter's address and data identifiers are parsed into the frame's types (dlt645::frame)",
-    ),
-    (
-        "config",
         "simulator",
         "the simulator's section builds its devices' layouts (simulator::device)",
     ),

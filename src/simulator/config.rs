@@ -63,7 +63,7 @@ pub struct MeterBusSim {
     /// Address the serial server listens on.
     pub listen: SocketAddr,
     /// The edition its meters speak (`"dlt645-2007"` or `"dlt645-1997"`).
-    pub edition: crate::dlt645::Edition,
+    pub edition: crate::dlt645::config::Edition,
     /// The meters.
     pub meters: Vec<MeterSim>,
 }
