@@ -1,5 +1,10 @@
 //! The `[[derived]]` section: its raw form, its validation with located errors, and what
 //! `smeltwatch check` prints of it.
+//!
+//! Validating an entry rewrites its references ([`inputs`]), compiles and type-checks its
+//! expression ([`expr`]) and infers its unit ([`units`]): pure work on the text, kept here with
+//! the section so that the runtime ([`crate::derived::engine`]) builds on the configuration and
+//! not the other way round.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,9 +12,12 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::expr;
-use super::inputs::{self, Input, Kind, Rewritten};
-use super::units::{Inferred, Unit};
+pub mod expr;
+pub mod inputs;
+pub mod units;
+
+use self::inputs::{Input, Kind, Rewritten};
+use self::units::{Inferred, Unit};
 use crate::calc::catalog::{self, CatalogMetric};
 use crate::calc::{CalcConfig, glob_match};
 use crate::config::{KeyPath, Report, SourceConfig};
@@ -104,7 +112,7 @@ pub(crate) fn validate(
     let catalogue = calc.map(catalog::metrics).unwrap_or_default();
     for (i, r) in raw.iter().enumerate() {
         let path = KeyPath::default().key("derived").index(i);
-        let device: Arc<str> = Arc::from(r.device.as_deref().unwrap_or(super::engine::SOURCE));
+        let device: Arc<str> = Arc::from(r.device.as_deref().unwrap_or(SOURCE));
         if !valid_name(&r.name) {
             report.at(
                 &path.key("name"),
@@ -184,7 +192,7 @@ fn expression(
     let rewritten = match inputs::rewrite(&r.expr) {
         Ok(rw) => rw,
         Err(m) => {
-            report.at(&at, m);
+            report.at(&at, m.to_string());
             return None;
         }
     };
@@ -200,7 +208,7 @@ fn expression(
                 input_units.push(text);
             }
             Err(m) => {
-                report.at(&at, m);
+                report.at(&at, m.to_string());
                 failed = true;
             }
         }
@@ -219,7 +227,7 @@ fn expression(
                 .map(|(i, input)| format!("_in.v{i} = {}", input.written()))
                 .collect();
             let m = if legend.is_empty() {
-                m
+                m.to_string()
             } else {
                 format!("{m}\n(as compiled, with {})", legend.join(", "))
             };
@@ -242,16 +250,17 @@ fn resolve(
     earlier: &[DerivedPoint],
     sources: &[SourceConfig],
     catalogue: &[CatalogMetric],
-) -> Result<(Devices, Inferred, Arc<str>), String> {
+) -> Result<(Devices, Inferred, Arc<str>), ResolveError> {
     let p = &input.pattern;
     let written = input.written();
     let (matches, declared): (Devices, Vec<Arc<str>>) = match p.source.as_deref() {
         Some(s) if s.starts_with("calc:") => {
             let name = &s["calc:".len()..];
             if !catalogue.iter().any(|m| m.calc == name) {
-                return Err(format!(
-                    "unknown input `{written}`: no calculator `{name}` in [calc] (metrics of potline, anode_effect and emissions need a potline, of copper a smelter)"
-                ));
+                return Err(ResolveError::NoCalculator {
+                    written,
+                    calc: name.to_owned(),
+                });
             }
             // The catalogue lists what the configured calculators emit, each with its unit:
             // a reference to anything else would never get a value.
@@ -270,7 +279,7 @@ fn resolve(
             }
             found
         }
-        Some(s) if s == super::engine::SOURCE => earlier
+        Some(s) if s == SOURCE => earlier
             .iter()
             .filter(|d| glob_match(&p.device, &d.device) && *d.name == *p.point)
             .map(|d| ((Arc::from(s), d.device.clone()), d.unit.clone()))
@@ -290,11 +299,11 @@ fn resolve(
         return Err(unknown(input, sources));
     }
     if !matches!(input.kind, Kind::Aggregate(_)) && matches.len() > 1 {
-        return Err(format!(
-            "input `{written}` matches {} devices ({}): name its source, or aggregate it",
-            matches.len(),
-            list(&matches)
-        ));
+        return Err(ResolveError::Ambiguous {
+            written,
+            count: matches.len(),
+            devices: list(&matches),
+        });
     }
     let unit = unit_of(&declared, &written)?;
     let text = declared
@@ -316,7 +325,7 @@ fn resolve(
 }
 
 /// The one unit of the matched points; `Unknown` when none declares one we know.
-fn unit_of(declared: &[Arc<str>], written: &str) -> Result<Inferred, String> {
+fn unit_of(declared: &[Arc<str>], written: &str) -> Result<Inferred, ResolveError> {
     let mut unit: Option<(Unit, &str)> = None;
     for text in declared.iter().filter(|t| !t.trim().is_empty()) {
         let Some(u) = Unit::parse(text) else {
@@ -324,9 +333,11 @@ fn unit_of(declared: &[Arc<str>], written: &str) -> Result<Inferred, String> {
         };
         match unit {
             Some((first, first_text)) if !first.same(&u) => {
-                return Err(format!(
-                    "input `{written}` matches points in `{first_text}` and in `{text}`: aggregate points of one unit"
-                ));
+                return Err(ResolveError::MixedUnits {
+                    written: written.to_owned(),
+                    first: first_text.to_owned(),
+                    second: text.to_string(),
+                });
             }
             _ => unit = Some((u, text)),
         }
@@ -335,7 +346,7 @@ fn unit_of(declared: &[Arc<str>], written: &str) -> Result<Inferred, String> {
 }
 
 /// Why nothing matched, with what exists.
-fn unknown(input: &Input, sources: &[SourceConfig]) -> String {
+fn unknown(input: &Input, sources: &[SourceConfig]) -> ResolveError {
     let p = &input.pattern;
     let devices: Vec<String> = sources
         .iter()
@@ -345,24 +356,22 @@ fn unknown(input: &Input, sources: &[SourceConfig]) -> String {
         .map(|(s, d)| format!("{}/{}", s.name, d.name))
         .collect();
     if devices.is_empty() {
-        format!(
-            "unknown input `{}`: no device matches `{}`",
-            input.written(),
-            p.device
-        )
+        ResolveError::NoDevice {
+            written: input.written(),
+            device: p.device.clone(),
+        }
     } else {
-        format!(
-            "unknown input `{}`: no point `{}` on {}",
-            input.written(),
-            p.point,
-            shorten(&devices)
-        )
+        ResolveError::NoPoint {
+            written: input.written(),
+            point: p.point.clone(),
+            devices: shorten(&devices),
+        }
     }
 }
 
 /// Why a `calc:` reference names no metric of the catalogue, with the nearest names of its
 /// calculator.
-fn unknown_metric(input: &Input, calc: &str, catalogue: &[CatalogMetric]) -> String {
+fn unknown_metric(input: &Input, calc: &str, catalogue: &[CatalogMetric]) -> ResolveError {
     let written = input.pattern.to_string();
     let mut scored: Vec<(usize, String)> = catalogue
         .iter()
@@ -375,13 +384,86 @@ fn unknown_metric(input: &Input, calc: &str, catalogue: &[CatalogMetric]) -> Str
     scored.sort();
     scored.dedup();
     let nearest: Vec<String> = scored.into_iter().take(3).map(|(_, r)| r).collect();
-    format!(
-        "unknown input `{}`: calculator `{calc}` emits no metric `{}` for `{}` as configured; nearest: {} (a metric that needs an optional input, such as `copper_output_point`, exists only when the input is configured; `smeltwatch check` lists them all)",
-        input.written(),
-        input.pattern.point,
-        input.pattern.device,
-        nearest.join(", ")
-    )
+    ResolveError::UnknownMetric {
+        written: input.written(),
+        calc: calc.to_owned(),
+        point: input.pattern.point.clone(),
+        device: input.pattern.device.clone(),
+        nearest: nearest.join(", "),
+    }
+}
+
+/// Why an input of an expression reads nothing, or reads what cannot be one input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// A `calc:` reference to a calculator that is not configured.
+    #[error(
+        "unknown input `{written}`: no calculator `{calc}` in [calc] (metrics of potline, anode_effect and emissions need a potline, of copper a smelter)"
+    )]
+    NoCalculator {
+        /// The input as written.
+        written: String,
+        /// The calculator named.
+        calc: String,
+    },
+    /// A `calc:` reference to a metric the calculator does not emit as configured.
+    #[error(
+        "unknown input `{written}`: calculator `{calc}` emits no metric `{point}` for `{device}` as configured; nearest: {nearest} (a metric that needs an optional input, such as `copper_output_point`, exists only when the input is configured; `smeltwatch check` lists them all)"
+    )]
+    UnknownMetric {
+        /// The input as written.
+        written: String,
+        /// The calculator named.
+        calc: String,
+        /// The metric named.
+        point: String,
+        /// The label (or glob) named.
+        device: String,
+        /// The nearest references of that calculator.
+        nearest: String,
+    },
+    /// No configured device matches.
+    #[error("unknown input `{written}`: no device matches `{device}`")]
+    NoDevice {
+        /// The input as written.
+        written: String,
+        /// The device (or glob) named.
+        device: String,
+    },
+    /// Devices match, none has the point.
+    #[error("unknown input `{written}`: no point `{point}` on {devices}")]
+    NoPoint {
+        /// The input as written.
+        written: String,
+        /// The point named.
+        point: String,
+        /// The devices that match.
+        devices: String,
+    },
+    /// A single-value input that matches several devices.
+    #[error(
+        "input `{written}` matches {count} devices ({devices}): name its source, or aggregate it"
+    )]
+    Ambiguous {
+        /// The input as written.
+        written: String,
+        /// How many match.
+        count: usize,
+        /// Which.
+        devices: String,
+    },
+    /// An aggregate over points in different units.
+    #[error(
+        "input `{written}` matches points in `{first}` and in `{second}`: aggregate points of one unit"
+    )]
+    MixedUnits {
+        /// The input as written.
+        written: String,
+        /// One unit.
+        first: String,
+        /// Another.
+        second: String,
+    },
 }
 
 /// Levenshtein distance in characters: how many insertions, deletions and substitutions turn

@@ -9,14 +9,25 @@ use std::sync::Arc;
 
 use cel::Context;
 
+use super::config::expr::{self, Compiled, ExprError};
+use super::config::inputs::{Agg, Kind};
 use super::config::{DerivedPoint, DerivedStream, Trigger};
-use super::expr::{self, Compiled};
-use super::inputs::{Agg, Kind};
+use super::eval;
 use crate::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 
 pub use super::config::SOURCE;
 /// The calculator name of derived points on the metrics stream.
 pub const CALC: &str = "derived";
+
+/// A validated point whose expression does not compile (validation prevents it).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("derived point {point}: {error}")]
+pub struct EngineError {
+    /// The point's name.
+    pub point: Arc<str>,
+    /// Why its expression does not compile.
+    pub error: ExprError,
+}
 
 /// The latest state of one concrete input point.
 #[derive(Debug, Clone)]
@@ -98,16 +109,19 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// The engine of validated points (`Config::derived`). `Err` names an entry that does not
     /// compile, which validation prevents.
-    pub fn new(points: &[DerivedPoint]) -> Result<Engine, String> {
+    pub fn new(points: &[DerivedPoint]) -> Result<Engine, EngineError> {
         let mut engine = Engine {
             entries: Vec::new(),
             slots: Vec::new(),
             by_device: HashMap::new(),
-            root: expr::root_context(),
+            root: eval::root_context(),
         };
         for (e, point) in points.iter().enumerate() {
-            let compiled = expr::compile(&point.rewritten, &point.units)
-                .map_err(|m| format!("derived point {}: {m}", point.name))?;
+            let compiled =
+                expr::compile(&point.rewritten, &point.units).map_err(|error| EngineError {
+                    point: point.name.clone(),
+                    error,
+                })?;
             let mut vars = Vec::new();
             for (input, resolved) in point.rewritten.inputs.iter().zip(&point.resolved) {
                 let window_ms = match input.kind {

@@ -17,25 +17,17 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::format::Format;
-use super::frame::{Address, DataId};
+mod ids;
+mod notation;
+
+pub use ids::{Address, AddressError, DataId, DataIdError, Edition};
+pub use notation::{Format, FormatParseError};
 
 use crate::config::csv_map::line_of;
 use crate::config::locate::{KeyPath, Origin, Report};
 use crate::config::raw::RawSource;
 use crate::config::template::NamePattern;
 use crate::config::{HostPort, Parity, SerialSettings};
-
-/// The edition of the standard a meter speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Edition {
-    /// DL/T 645-2007: 4-byte data identifiers, read 11h.
-    #[serde(rename = "dlt645-2007")]
-    Dlt2007,
-    /// DL/T 645-1997: 2-byte data identifiers, read 01h.
-    #[serde(rename = "dlt645-1997")]
-    Dlt1997,
-}
 
 /// Defaults of a DL/T 645 bus.
 pub mod defaults {
@@ -408,7 +400,12 @@ pub(crate) fn bus(
             ),
         );
     }
-    let meters = meters(raw, edition, path, maps, default_poll, report);
+    let shared = Shared {
+        edition,
+        maps,
+        default_poll,
+    };
+    let meters = meters(raw, &shared, path, report);
     BusConfig {
         name: Arc::from(raw.name.as_str()),
         edition,
@@ -442,27 +439,27 @@ fn refuse_modbus_keys(raw: &RawSource, edition: Edition, path: &KeyPath, report:
     }
 }
 
+/// What every meter entry of a bus is validated against.
+struct Shared<'a> {
+    /// The edition the bus speaks.
+    edition: Edition,
+    /// The meter maps, checked.
+    maps: &'a IndexMap<String, Vec<MapPoint>>,
+    /// The poll period of a point without `poll`.
+    default_poll: Duration,
+}
+
 /// The meters of a bus, templates expanded; two with one address are an error.
 fn meters(
     raw: &RawSource,
-    edition: Edition,
+    shared: &Shared<'_>,
     path: &KeyPath,
-    maps: &IndexMap<String, Vec<MapPoint>>,
-    default_poll: Duration,
     report: &mut Report<'_>,
 ) -> Vec<MeterConfig> {
     let mut meters = Vec::new();
     for (j, meter) in raw.meters.iter().enumerate() {
         let meter_path = path.key("meters").index(j);
-        expand_meter(
-            meter,
-            edition,
-            &meter_path,
-            maps,
-            default_poll,
-            report,
-            &mut meters,
-        );
+        expand_meter(meter, shared, &meter_path, report, &mut meters);
     }
     let mut seen = HashSet::new();
     for m in &meters {
@@ -527,10 +524,8 @@ fn transport(
 /// Expands one `[[sources.meters]]` entry into `out`.
 fn expand_meter(
     raw: &RawMeter,
-    edition: Edition,
+    shared: &Shared<'_>,
     path: &KeyPath,
-    maps: &IndexMap<String, Vec<MapPoint>>,
-    default_poll: Duration,
     report: &mut Report<'_>,
     out: &mut Vec<MeterConfig>,
 ) {
@@ -538,7 +533,7 @@ fn expand_meter(
         .map_err(|e| report.at(&path.key("name"), e.to_string()))
         .ok();
     let addresses = meter_addresses(raw, path, report);
-    let points = meter_points(raw, edition, path, maps, default_poll, report);
+    let points = meter_points(raw, shared, path, report);
     let (Some(pattern), Some(addresses)) = (pattern, addresses) else {
         return;
     };
@@ -630,12 +625,15 @@ fn meter_addresses(
 /// The points of a meter entry: its map's, then its own, each of the bus's edition.
 fn meter_points(
     raw: &RawMeter,
-    edition: Edition,
+    shared: &Shared<'_>,
     path: &KeyPath,
-    maps: &IndexMap<String, Vec<MapPoint>>,
-    default_poll: Duration,
     report: &mut Report<'_>,
 ) -> Vec<MeterPoint> {
+    let Shared {
+        edition,
+        maps,
+        default_poll,
+    } = *shared;
     let mut map_points: Vec<MapPoint> = Vec::new();
     if let Some(map) = &raw.map {
         match maps.get(map) {

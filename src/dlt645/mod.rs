@@ -24,9 +24,14 @@
 //!   by its time.
 //!
 //! # Layout
-//! - [`frame`]: the pure codec: requests, a decoder over a byte stream, the meaning of a reply.
-//! - [`format`]: value formats (`XXXXXX.XX`, `sXX.XXXX`, `YYMMDDhhmm`, `demand`), both ways.
-//! - [`config`]: meter buses, meters and point maps in the configuration, validated.
+//! - [`config`]: meter buses, meters and point maps in the configuration, validated, with what
+//!   a meter map declares: the [`Edition`], meter [`Address`]es, [`DataId`]s and value
+//!   [`Format`]s, and their parsing from text. They are configuration vocabulary, so the codec
+//!   builds on them rather than the configuration reaching into the codec.
+//! - [`frame`]: the pure codec: requests, a decoder over a byte stream, the meaning of a reply,
+//!   and the wire forms of addresses and data identifiers.
+//! - [`format`]: value formats (`XXXXXX.XX`, `sXX.XXXX`, `YYMMDDhhmm`, `demand`) read from and
+//!   written to bytes.
 //! - [`probe`]: `smeltwatch probe --dlt645`, for commissioning.
 //! - [`poller`]: one task per bus, on the schedule, breaker and backoff every poller shares
 //!   ([`crate::acquisition`]).
@@ -39,8 +44,6 @@ pub mod frame;
 pub mod poller;
 pub mod probe;
 
-pub use format::{Format, FormatError, FormatParseError};
-pub use frame::{
-    Address, AddressError, DataId, DataIdError, Decoder, Edition, ErrorWord, Frame, FrameError,
-    Reply, ReplyError,
-};
+pub use config::{Address, AddressError, DataId, DataIdError, Edition, Format, FormatParseError};
+pub use format::FormatError;
+pub use frame::{Decoder, ErrorWord, Frame, FrameError, Reply, ReplyError};

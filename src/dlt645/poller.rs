@@ -260,6 +260,20 @@ enum Failure {
     Comm(String),
 }
 
+/// Why the bus is not connected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ConnectError {
+    /// The reconnect backoff has not elapsed.
+    #[error("reconnect backoff")]
+    Backoff,
+    /// Connecting failed.
+    #[error("{0}")]
+    Io(String),
+    /// Connecting took longer than the bus's timeout (at least 1 s).
+    #[error("connect timed out")]
+    TimedOut,
+}
+
 /// Runs every read of one job, appending one reading per point.
 async fn run_job(
     line: &mut Line,
@@ -400,12 +414,12 @@ impl Line {
         }
     }
 
-    async fn ensure_connected(&mut self, bus: &BusConfig) -> Result<(), String> {
+    async fn ensure_connected(&mut self, bus: &BusConfig) -> Result<(), ConnectError> {
         if self.stream.is_some() {
             return Ok(());
         }
         if !self.backoff.ready() {
-            return Err("reconnect backoff".into());
+            return Err(ConnectError::Backoff);
         }
         let attempt = tokio::time::timeout(bus.timeout.max(Duration::from_secs(1)), connect(bus));
         let reason = match attempt.await {
@@ -419,8 +433,8 @@ impl Line {
                 self.down = false;
                 return Ok(());
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "connect timed out".to_owned(),
+            Ok(Err(e)) => ConnectError::Io(e.to_string()),
+            Err(_) => ConnectError::TimedOut,
         };
         if !self.down {
             tracing::warn!(source = %bus.name, "cannot connect to {}: {reason}", bus.transport);
@@ -437,7 +451,9 @@ impl Line {
         address: Address,
         di: DataId,
     ) -> Result<Vec<u8>, Failure> {
-        self.ensure_connected(bus).await.map_err(Failure::Comm)?;
+        self.ensure_connected(bus)
+            .await
+            .map_err(|e| Failure::Comm(e.to_string()))?;
         if let Some(last) = self.last_exchange {
             sleep_until(last + bus.inter_frame_gap).await;
         }

@@ -4,6 +4,11 @@
 //! `potline1/pot_005`, `smelter1`, `gtc1_stack`) and faults refer to devices by those names.
 //! Plants whose `listen` addresses are equal share one TCP socket (one gateway with several unit
 //! ids); their unit ids must then differ.
+//!
+//! The section's vocabulary is here with it: the faults a device injects ([`Faults`], which the
+//! devices act on) and the register tables of the simulated devices ([`layout`]), pure constants
+//! that the shipped register maps describe again for the agent and that a stack's `fixed` points
+//! are checked against. The runtime (`simulator::device`, `simulator::plant`) builds on them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -12,7 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::device::{Corruption, ExceptionFault, Faults};
+use crate::config::Area;
+
+pub mod layout;
 
 /// The `[simulator]` section of a configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,7 +70,7 @@ pub struct MeterBusSim {
     /// Address the serial server listens on.
     pub listen: SocketAddr,
     /// The edition its meters speak (`"dlt645-2007"` or `"dlt645-1997"`).
-    pub edition: crate::dlt645::Edition,
+    pub edition: crate::dlt645::config::Edition,
     /// The meters.
     pub meters: Vec<MeterSim>,
 }
@@ -287,6 +294,77 @@ impl FaultSim {
     }
 }
 
+/// How a corrupted reply is corrupted (see [`Faults::corrupt_every`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Corruption {
+    /// The reply's MBAP transaction id is changed (the client sees a header mismatch, like a late
+    /// reply to an earlier request).
+    #[default]
+    TransactionId,
+    /// The reply's MBAP protocol id is not 0 (the client's decoder rejects the frame).
+    ProtocolId,
+    /// Only the first half of the reply is sent, then the connection is closed.
+    Truncate,
+}
+
+/// An exception the device answers instead of data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionFault {
+    /// Modbus exception code (2 illegal data address, 4 server device failure, 6 busy, ...).
+    pub code: u8,
+    /// Only requests touching these addresses (any area) get the exception; `None` = all requests.
+    pub addresses: Option<RangeInclusive<u16>>,
+}
+
+/// Wrong register values that one reply carries instead of the bank's (see
+/// [`Faults::glitch_once`]): a bad frame that passed the checksum, a half-updated register pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glitch {
+    /// Register bank: `Area::Holding` or `Area::Input` (any other area never matches).
+    pub area: Area,
+    /// First register replaced.
+    pub address: u16,
+    /// The words the reply carries from `address` on, as on the wire.
+    pub words: Vec<u16>,
+}
+
+/// The faults a device injects. `Faults::default()` is a healthy device.
+///
+/// When several faults apply to one request they are applied in this order: the request is
+/// counted; `silent` swallows it; the latency is waited; a drop closes the connection; the
+/// exception is answered; otherwise the request is served, a register read that covers the
+/// registers of `glitch_once` carries its words, and the reply may be corrupted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Added before every reply (and before a drop or an exception).
+    pub latency: Duration,
+    /// Extra latency drawn uniformly from `0..=latency_jitter` with the device's seeded RNG.
+    pub latency_jitter: Duration,
+    /// Never answer (the request is read and ignored; the connection stays open).
+    pub silent: bool,
+    /// Never answer requests touching these addresses (any area), and answer the others: a
+    /// device with one block that hangs its firmware, or a gateway path to part of it.
+    pub silent_addresses: Option<RangeInclusive<u16>>,
+    /// Answer every request (or requests in a range) with a Modbus exception.
+    pub exception: Option<ExceptionFault>,
+    /// Close the client's TCP connection instead of answering every N-th request (0 = never).
+    pub drop_every: u64,
+    /// Close the connection on the next request, once.
+    pub drop_once: bool,
+    /// Corrupt every N-th reply (0 = never), as `corruption` says.
+    pub corrupt_every: u64,
+    /// Corrupt the next reply, once.
+    pub corrupt_once: bool,
+    /// How replies are corrupted.
+    pub corruption: Corruption,
+    /// The next served read of `area` whose range covers all of the glitch's registers replies
+    /// with its words there (the banks are not changed); then it is cleared. Reads that do not
+    /// cover them, and requests that are not served (silence, drop, exception), leave it pending.
+    /// The value is wrong in exactly one reply, whatever the model writes meanwhile.
+    pub glitch_once: Option<Glitch>,
+}
+
 const fn one() -> u8 {
     1
 }
@@ -481,7 +559,7 @@ impl SimulatorConfig {
             validate_potline(line)?;
         }
         for s in &self.stacks {
-            let cems = super::layout::cems::LAYOUT;
+            let cems = layout::cems::LAYOUT;
             if let Some(p) = s.fixed.keys().find(|p| !cems.iter().any(|r| r.name == *p)) {
                 return Err(SimConfigError::FixedPoint {
                     stack: s.name.clone(),

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`](SimulatorConfig): the `[simulator]` section and its validation.
-//! - [`layout`]: the register table of each device kind (mirrored by `config/maps/*.csv`).
+//! - [`layout`]: the register table of each device kind (mirrored by `config/maps/*.csv`), kept
+//!   with the section in `config` since it is pure data the section is checked against.
 //! - [`Device`]: register banks plus faults (and points a test forces against the models) behind
 //!   a cloneable handle; usable on its own in tests.
 //! - [`serve_tcp`] / [`serve_rtu`]: Modbus servers for a set of devices keyed by unit id.
@@ -21,7 +22,6 @@
 pub mod config;
 mod device;
 pub mod dlt645;
-pub mod layout;
 mod plant;
 mod server;
 
@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use config::layout;
 pub use config::{
     FaultSim, MeterBusSim, MeterSim, PotlineSim, ScheduledAnodeEffect, SimConfigError,
     SimulatorConfig, SmelterSim, StackProfile, StackSim, pot_device_name, rectifier_device_name,

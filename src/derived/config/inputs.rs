@@ -207,23 +207,19 @@ fn is_reference(run: &str) -> bool {
 }
 
 /// Parse a reference run into a pattern.
-fn pattern(run: &str) -> Result<Pattern, String> {
+fn pattern(run: &str) -> Result<Pattern, ReferenceError> {
     let (path, point) = run
         .rsplit_once('.')
-        .ok_or_else(|| format!("`{run}` is not `source/device.point` or `device.point`"))?;
+        .ok_or_else(|| ReferenceError::NoPoint(run.to_owned()))?;
     let (source, device) = match path.split_once('/') {
         Some((s, d)) => (Some(s.to_owned()), d),
         None => (None, path),
     };
     if device.contains('/') || device.contains('.') || device.is_empty() || point.is_empty() {
-        return Err(format!(
-            "`{run}` is not `source/device.point` or `device.point` (put spaces around `/` to divide)"
-        ));
+        return Err(ReferenceError::Malformed(run.to_owned()));
     }
     if point.contains('*') || source.as_deref().is_some_and(|s| s.contains('*')) {
-        return Err(format!(
-            "`{run}`: only the device part of a reference may be a glob"
-        ));
+        return Err(ReferenceError::GlobOutsideDevice(run.to_owned()));
     }
     Ok(Pattern {
         source,
@@ -264,7 +260,7 @@ fn call_at<'a>(toks: &[Tok<'a>], i: usize) -> Option<(&'a str, Option<&'a str>, 
 }
 
 /// Rewrite `expr`; `Err` names the reference that is malformed.
-pub fn rewrite(expr: &str) -> Result<Rewritten, String> {
+pub fn rewrite(expr: &str) -> Result<Rewritten, ReferenceError> {
     let toks = tokens(expr);
     let mut out = Rewritten {
         cel: String::with_capacity(expr.len()),
@@ -293,7 +289,10 @@ pub fn rewrite(expr: &str) -> Result<Rewritten, String> {
                     Kind::Aggregate(Agg::from_name(n).expect("checked"))
                 }
                 ("rate" | "delta", None) => {
-                    return Err(format!("`{name}` needs a window: {name}({run}, \"5m\")"));
+                    return Err(ReferenceError::NoWindow {
+                        function: name.to_owned(),
+                        run: run.to_owned(),
+                    });
                 }
                 _ => Kind::Point,
             };
@@ -313,9 +312,7 @@ pub fn rewrite(expr: &str) -> Result<Rewritten, String> {
         {
             let p = pattern(run)?;
             if p.device.contains('*') {
-                return Err(format!(
-                    "`{run}` matches devices by a glob: wrap it in mean, sum, min, max or count"
-                ));
+                return Err(ReferenceError::BareGlob(run.to_owned()));
             }
             let v = variable(&mut out.inputs, Kind::Point, p, false);
             out.cel.push_str(&format!("{INPUTS_MAP}.v{v}"));
@@ -350,14 +347,42 @@ fn variable(inputs: &mut Vec<Input>, kind: Kind, pattern: Pattern, guarded: bool
     inputs.len() - 1
 }
 
-fn window_of(literal: &str) -> Result<Duration, String> {
+fn window_of(literal: &str) -> Result<Duration, ReferenceError> {
     let text = &literal[1..literal.len().saturating_sub(1).max(1)];
     match humantime::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!(
-            "window {literal} is not a duration such as \"5m\" or \"1h\""
-        )),
+        _ => Err(ReferenceError::BadWindow(literal.to_owned())),
     }
+}
+
+/// Why a reference in an expression is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    /// A run with a `/` but no `.point`.
+    #[error("`{0}` is not `source/device.point` or `device.point`")]
+    NoPoint(String),
+    /// A run with more than one `/`, or an empty device or point.
+    #[error(
+        "`{0}` is not `source/device.point` or `device.point` (put spaces around `/` to divide)"
+    )]
+    Malformed(String),
+    /// A glob in the source or the point.
+    #[error("`{0}`: only the device part of a reference may be a glob")]
+    GlobOutsideDevice(String),
+    /// `rate` or `delta` without its window.
+    #[error("`{function}` needs a window: {function}({run}, \"5m\")")]
+    NoWindow {
+        /// `rate` or `delta`.
+        function: String,
+        /// The reference.
+        run: String,
+    },
+    /// A glob outside an aggregate.
+    #[error("`{0}` matches devices by a glob: wrap it in mean, sum, min, max or count")]
+    BareGlob(String),
+    /// A window that is not a positive duration.
+    #[error("window {0} is not a duration such as \"5m\" or \"1h\"")]
+    BadWindow(String),
 }
 
 #[cfg(test)]
@@ -411,7 +436,7 @@ mod tests {
             ("rate(a.b)", "needs a window"),
             ("a.*", "glob"),
         ] {
-            let e = rewrite(expr).unwrap_err();
+            let e = rewrite(expr).unwrap_err().to_string();
             assert!(e.contains(want), "{expr}: {e}");
         }
         // Numbers, plain identifiers and division with spaces are left alone.

@@ -232,6 +232,10 @@ impl Inferred {
     /// The unit of `a * b` (`divide`: `a / b`).
     pub fn product(a: Inferred, b: Inferred, divide: bool) -> Inferred {
         use Inferred::*;
+        if let Some((u, v, free_scale)) = quantities(a, b) {
+            let unit = if divide { u / v } else { u * v };
+            return Quantity { unit, free_scale };
+        }
         match (a, b) {
             (Unknown, _) | (_, Unknown) => Unknown,
             (Literal | Bool, Literal | Bool) => Literal,
@@ -243,75 +247,115 @@ impl Inferred {
                 unit: if divide { unit.inverse() } else { unit },
                 free_scale: true,
             },
-            (
-                Quantity {
-                    unit: u,
-                    free_scale: fa,
-                },
-                Quantity {
-                    unit: v,
-                    free_scale: fb,
-                },
-            ) => Quantity {
-                unit: if divide { u / v } else { u * v },
-                free_scale: fa || fb,
-            },
+            (Quantity { .. }, Quantity { .. }) => unreachable!("two quantities are handled above"),
         }
     }
 
     /// The unit of `a + b`, `a - b`, a comparison's operands or a conditional's branches: both
     /// must be the same quantity. `Err` says what differs.
-    pub fn same(a: Inferred, b: Inferred) -> Result<Inferred, String> {
+    pub fn same(a: Inferred, b: Inferred) -> Result<Inferred, CombineError> {
         use Inferred::*;
+        if let Some((u, v, free_scale)) = quantities(a, b) {
+            return if !u.same_dimension(&v) {
+                Err(CombineError::Dimension(u, v))
+            } else if !(free_scale || u.same(&v)) {
+                Err(CombineError::Scale(u, v))
+            } else {
+                Ok(Quantity {
+                    unit: u,
+                    free_scale,
+                })
+            };
+        }
         match (a, b) {
             (Unknown, _) | (_, Unknown) => Ok(Unknown),
             (Literal | Bool, x) | (x, Literal | Bool) => Ok(x),
-            (
-                Quantity {
-                    unit: u,
-                    free_scale: fa,
-                },
-                Quantity {
-                    unit: v,
-                    free_scale: fb,
-                },
-            ) => {
-                if !u.same_dimension(&v) {
-                    Err(format!("combines `{u}` with `{v}`"))
-                } else if !(fa || fb || u.same(&v)) {
-                    Err(format!(
-                        "combines `{u}` with `{v}` (same dimension, another scale: convert one)"
-                    ))
-                } else {
-                    Ok(Quantity {
-                        unit: u,
-                        free_scale: fa || fb,
-                    })
-                }
-            }
+            (Quantity { .. }, Quantity { .. }) => unreachable!("two quantities are handled above"),
         }
     }
 
     /// Whether a result of this unit may be declared as `declared`; `Err` says why not.
-    pub fn fits(self, declared: &Unit, declared_text: &str) -> Result<(), String> {
+    pub fn fits(self, declared: &Unit, declared_text: &str) -> Result<(), FitError> {
         match self {
             Inferred::Unknown | Inferred::Literal | Inferred::Bool => Ok(()),
             Inferred::Quantity { unit, free_scale } => {
                 if !unit.same_dimension(declared) {
-                    Err(format!(
-                        "the expression gives `{unit}`, which is not a `{declared_text}` (`{declared}`)"
-                    ))
+                    Err(FitError::Dimension {
+                        got: unit,
+                        declared: *declared,
+                        text: declared_text.to_owned(),
+                    })
                 } else if !free_scale && !unit.same(declared) {
-                    Err(format!(
-                        "the expression gives `{unit}`, the declared `{declared_text}` is `{declared}`: multiply by {} to get `{declared_text}`",
-                        unit.scale / declared.scale
-                    ))
+                    Err(FitError::Scale {
+                        got: unit,
+                        declared: *declared,
+                        text: declared_text.to_owned(),
+                        factor: unit.scale / declared.scale,
+                    })
                 } else {
                     Ok(())
                 }
             }
         }
     }
+}
+
+/// Both units with whether either scale is free, when `a` and `b` are both quantities: the
+/// case every operation on two operands works out the same way.
+fn quantities(a: Inferred, b: Inferred) -> Option<(Unit, Unit, bool)> {
+    match (a, b) {
+        (
+            Inferred::Quantity {
+                unit: u,
+                free_scale: fa,
+            },
+            Inferred::Quantity {
+                unit: v,
+                free_scale: fb,
+            },
+        ) => Some((u, v, fa || fb)),
+        _ => None,
+    }
+}
+
+/// Why two operands cannot be added, compared or be the two branches of a conditional.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CombineError {
+    /// Different dimensions (`kA` and `V`).
+    #[error("combines `{0}` with `{1}`")]
+    Dimension(Unit, Unit),
+    /// One dimension at two scales (`kA` and `A`), neither freed by a literal factor.
+    #[error("combines `{0}` with `{1}` (same dimension, another scale: convert one)")]
+    Scale(Unit, Unit),
+}
+
+/// Why a result cannot be declared in a unit.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitError {
+    /// The result has another dimension.
+    #[error("the expression gives `{got}`, which is not a `{text}` (`{declared}`)")]
+    Dimension {
+        /// The unit of the result.
+        got: Unit,
+        /// The declared unit.
+        declared: Unit,
+        /// The declared unit as written.
+        text: String,
+    },
+    /// The result has the dimension at another scale.
+    #[error(
+        "the expression gives `{got}`, the declared `{text}` is `{declared}`: multiply by {factor} to get `{text}`"
+    )]
+    Scale {
+        /// The unit of the result.
+        got: Unit,
+        /// The declared unit.
+        declared: Unit,
+        /// The declared unit as written.
+        text: String,
+        /// What the result must be multiplied by.
+        factor: f64,
+    },
 }
 
 #[cfg(test)]
@@ -366,15 +410,22 @@ mod tests {
         assert!(
             kw.fits(&u("MW"), "MW")
                 .unwrap_err()
+                .to_string()
                 .contains("multiply by 0.001")
         );
         let mw = Inferred::product(kw, Inferred::Literal, true);
         assert_eq!(mw.fits(&u("MW"), "MW"), Ok(()));
         assert!(mw.fits(&u("MWh"), "MWh").is_err());
-        assert!(Inferred::same(v, ka).unwrap_err().contains("combines"));
+        assert!(
+            Inferred::same(v, ka)
+                .unwrap_err()
+                .to_string()
+                .contains("combines")
+        );
         assert!(
             Inferred::same(Inferred::of(u("kA")), Inferred::of(u("A")))
                 .unwrap_err()
+                .to_string()
                 .contains("another scale")
         );
         assert_eq!(Inferred::same(Inferred::Unknown, ka), Ok(Inferred::Unknown));

@@ -1,7 +1,7 @@
-//! Compiling and evaluating one derived expression with CEL.
+//! Compiling one derived expression with CEL, and checking it before it is accepted.
 //!
 //! An expression is rewritten ([`super::inputs`]), compiled once by the `cel` crate, and then
-//! checked on its syntax tree before it is accepted:
+//! checked on its syntax tree:
 //! - only arithmetic (`+ - * /`), comparisons, `&& || !`, the conditional `c ? a : b`, unary
 //!   minus, `has()`, `double()`, and `max(a, b, …)`/`min(a, b, …)` of several values; no lists,
 //!   maps, strings, macros (`map`, `filter`, `all`…) or other functions. Without loops and without
@@ -10,16 +10,18 @@
 //! - integer literals are read as doubles (`8` as `8.0`), so all arithmetic is IEEE double and
 //!   cannot overflow: CEL does not mix ints and doubles, and `a > 8 ? 1 : 0` should just work.
 //! - the variables are `_in.vN` only, and the unit of the result is inferred ([`super::units`]).
+//!
+//! Compiling is part of validating `[[derived]]`: it is pure (no I/O, no state) and its result,
+//! [`Compiled`], is what the engine evaluates ([`crate::derived::eval`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cel::common::ast::{Expr, LiteralValue};
-use cel::objects::{Key, Map};
-use cel::{Context, IdedExpr, Program, Value};
+use cel::objects::Key;
+use cel::{IdedExpr, Program};
 
 use super::inputs::{INPUTS_MAP, Rewritten};
-use super::units::Inferred;
+use super::units::{CombineError, Inferred};
 
 /// Longest expression accepted, in characters.
 pub const MAX_EXPR_CHARS: usize = 2000;
@@ -28,9 +30,10 @@ pub const MAX_DEPTH: usize = 48;
 
 /// A compiled expression and the unit its result has.
 pub struct Compiled {
-    program: Program,
+    /// The program the engine runs.
+    pub(crate) program: Program,
     /// Keys `v0`, `v1`… of the inputs map, made once.
-    keys: Vec<Key>,
+    pub(crate) keys: Vec<Key>,
     /// The unit of the result, from the units of the inputs.
     pub unit: Inferred,
 }
@@ -44,30 +47,15 @@ impl std::fmt::Debug for Compiled {
     }
 }
 
-/// The evaluation context with our functions (`max`, `min`), shared by every evaluation.
-pub fn root_context() -> Context<'static, 'static> {
-    let mut ctx = Context::default();
-    ctx.add_function("max", cel::functions::max)
-        .expect("max is not a standard CEL function");
-    ctx.add_function("min", cel::functions::min)
-        .expect("min is not a standard CEL function");
-    ctx
-}
-
 /// Compile `rewritten`, whose inputs have the units `units` (one per input). `Err` says why the
 /// expression is refused.
-pub fn compile(rewritten: &Rewritten, units: &[Inferred]) -> Result<Compiled, String> {
+pub fn compile(rewritten: &Rewritten, units: &[Inferred]) -> Result<Compiled, ExprError> {
     if rewritten.cel.chars().count() > MAX_EXPR_CHARS {
-        return Err(format!(
-            "the expression is longer than {MAX_EXPR_CHARS} characters"
-        ));
+        return Err(ExprError::TooLong);
     }
     let depth = nesting(&rewritten.cel);
     if depth > MAX_DEPTH / 2 {
-        return Err(format!(
-            "the expression nests {depth} parentheses deep, more than {}",
-            MAX_DEPTH / 2
-        ));
+        return Err(ExprError::TooNested(depth));
     }
     let program = parse(&rewritten.cel)?;
     let unit = Check { units }.walk(program.expression(), 0)?;
@@ -103,49 +91,103 @@ fn nesting(text: &str) -> usize {
 const PARSER_STACK_BYTES: usize = 64 << 20;
 
 /// Parse `cel` on a thread of its own with a large stack.
-fn parse(cel: &str) -> Result<Program, String> {
+fn parse(cel: &str) -> Result<Program, ExprError> {
     let text = cel.to_owned();
     let parsed = std::thread::Builder::new()
         .name("derived-parse".into())
         .stack_size(PARSER_STACK_BYTES)
         .spawn(move || Program::compile(&text).map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot start the parser: {e}"))?
+        .map_err(|e| ExprError::ParserThread(e.to_string()))?
         .join()
-        .map_err(|_| "the parser failed".to_string())?;
-    parsed.map_err(|e| format!("does not compile: {}", e.trim()))
+        .map_err(|_| ExprError::ParserPanicked)?;
+    parsed.map_err(|e| ExprError::Syntax(e.trim().to_owned()))
 }
 
-/// Why an evaluation gave no number.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EvalError {
-    /// CEL raised an error (an input without a value, a type mismatch).
-    Failed(String),
-    /// The result is not a number or a truth value.
-    NotANumber(String),
-}
-
-impl Compiled {
-    /// Evaluate with `values[i]` the value of input `i` (`None`: no good value, left out of
-    /// `_in` so that `has()` is false for it). A truth value is 1 or 0. The result may be NaN or
-    /// infinite; the caller decides what that means.
-    pub fn eval(&self, root: &Context<'_, '_>, values: &[Option<f64>]) -> Result<f64, EvalError> {
-        let inputs: HashMap<Key, Value> = self
-            .keys
-            .iter()
-            .zip(values)
-            .filter_map(|(k, v)| v.map(|v| (k.clone(), Value::Float(v))))
-            .collect();
-        let mut ctx = root.new_inner_scope();
-        ctx.add_variable_from_value(INPUTS_MAP, Value::Map(Map::from(inputs)));
-        match self.program.execute(&ctx) {
-            Ok(Value::Float(f)) => Ok(f),
-            Ok(Value::Bool(b)) => Ok(if b { 1.0 } else { 0.0 }),
-            Ok(Value::Int(i)) => Ok(i as f64),
-            Ok(Value::UInt(u)) => Ok(u as f64),
-            Ok(other) => Err(EvalError::NotANumber(format!("{other:?}"))),
-            Err(e) => Err(EvalError::Failed(e.to_string())),
-        }
-    }
+/// Why an expression is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExprError {
+    /// More than [`MAX_EXPR_CHARS`] characters.
+    #[error("the expression is longer than {MAX_EXPR_CHARS} characters")]
+    TooLong,
+    /// Parentheses nested deeper than half of [`MAX_DEPTH`].
+    #[error("the expression nests {0} parentheses deep, more than {half}", half = MAX_DEPTH / 2)]
+    TooNested(usize),
+    /// A syntax tree deeper than [`MAX_DEPTH`].
+    #[error("the expression nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// The parser's thread could not be started.
+    #[error("cannot start the parser: {0}")]
+    ParserThread(String),
+    /// The parser panicked.
+    #[error("the parser failed")]
+    ParserPanicked,
+    /// CEL's parser refused the text.
+    #[error("does not compile: {0}")]
+    Syntax(String),
+    /// A hexadecimal or unsigned literal.
+    #[error("hexadecimal and unsigned literals are not accepted: write numbers in decimal")]
+    NotDecimal,
+    /// A string, bytes or null literal.
+    #[error("strings, bytes and null have no place in a derived point")]
+    NotANumber,
+    /// A method call (`x.size()`).
+    #[error(
+        "`.{0}()` is not available: the functions are mean, sum, min, max, count, rate, delta, has and double"
+    )]
+    Method(String),
+    /// A function or operator that is not ours (`size`).
+    #[error(
+        "`{0}` is not available: the functions are mean, sum, min, max, count, rate, delta, has and double"
+    )]
+    Function(String),
+    /// A plain identifier: not written as a reference.
+    #[error("unknown input `{0}`: inputs are written `source/device.point` or `device.point`")]
+    UnknownIdent(String),
+    /// A variable that is not one of the inputs (`_in.v7` beyond them).
+    #[error("unknown input `{map}.{field}`")]
+    UnknownVariable {
+        /// The map selected from.
+        map: String,
+        /// The field selected.
+        field: String,
+    },
+    /// A field selection on something other than the inputs.
+    #[error("field selection is only for inputs")]
+    FieldSelection,
+    /// A comprehension (`map`, `filter`, `all`, `exists`).
+    #[error("macros (map, filter, all, exists) are not available: evaluation must stay bounded")]
+    Macro,
+    /// A list, map or message.
+    #[error("lists, maps and messages are not available in a derived point")]
+    Collection,
+    /// Nothing to evaluate.
+    #[error("empty expression")]
+    Empty,
+    /// An operator with other than two operands (as CEL names it, `_+_`).
+    #[error("`{0}` takes two operands")]
+    NotTwoOperands(String),
+    /// A unary operator or `double` with other than one operand.
+    #[error("`{0}` takes one operand")]
+    NotOneOperand(String),
+    /// A conditional with other than three operands.
+    #[error("`? :` takes three operands")]
+    NotThreeOperands,
+    /// `max(x)` or `min(x)` of one value, where an aggregate was meant.
+    #[error(
+        "`{0}(x)` of one value: write `{0}(source/device_glob.point)` for an aggregate, `{0}(a, b)` for the larger of values"
+    )]
+    OneValue(String),
+    /// An operator or function whose operands' units do not combine.
+    #[error("`{op}` {units}")]
+    Units {
+        /// The operator as written (`+`) or the function.
+        op: String,
+        /// What differs.
+        units: CombineError,
+    },
+    /// The two branches of a conditional in different units.
+    #[error("the two branches of `? :` differ: {0}")]
+    Branches(CombineError),
 }
 
 /// The syntax check and unit inference.
@@ -154,22 +196,17 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    fn walk(&self, e: &IdedExpr, depth: usize) -> Result<Inferred, String> {
+    fn walk(&self, e: &IdedExpr, depth: usize) -> Result<Inferred, ExprError> {
         if depth > MAX_DEPTH {
-            return Err(format!(
-                "the expression nests deeper than {MAX_DEPTH} levels"
-            ));
+            return Err(ExprError::TooDeep);
         }
         match &e.expr {
             Expr::Literal(LiteralValue::Double(_)) => Ok(Inferred::Literal),
             Expr::Literal(LiteralValue::Boolean(_)) => Ok(Inferred::Bool),
-            Expr::Literal(LiteralValue::Int(_) | LiteralValue::UInt(_)) => Err(
-                "hexadecimal and unsigned literals are not accepted: write numbers in decimal"
-                    .into(),
-            ),
-            Expr::Literal(_) => {
-                Err("strings, bytes and null have no place in a derived point".into())
+            Expr::Literal(LiteralValue::Int(_) | LiteralValue::UInt(_)) => {
+                Err(ExprError::NotDecimal)
             }
+            Expr::Literal(_) => Err(ExprError::NotANumber),
             Expr::Select(s) => self.select(&s.operand, &s.field, s.test),
             Expr::Call(c) if c.target.is_none() => {
                 let args = c
@@ -179,34 +216,27 @@ impl Check<'_> {
                     .collect::<Result<Vec<_>, _>>()?;
                 call(&c.func_name, &args)
             }
-            Expr::Call(c) => Err(format!(
-                "`.{}()` is not available: the functions are mean, sum, min, max, count, rate, delta, has and double",
-                c.func_name
-            )),
-            Expr::Ident(name) => Err(format!(
-                "unknown input `{name}`: inputs are written `source/device.point` or `device.point`"
-            )),
-            Expr::Comprehension(_) => Err(
-                "macros (map, filter, all, exists) are not available: evaluation must stay bounded"
-                    .into(),
-            ),
-            Expr::List(_) | Expr::Map(_) | Expr::Struct(_) => {
-                Err("lists, maps and messages are not available in a derived point".into())
-            }
-            Expr::Unspecified => Err("empty expression".into()),
+            Expr::Call(c) => Err(ExprError::Method(c.func_name.clone())),
+            Expr::Ident(name) => Err(ExprError::UnknownIdent(name.clone())),
+            Expr::Comprehension(_) => Err(ExprError::Macro),
+            Expr::List(_) | Expr::Map(_) | Expr::Struct(_) => Err(ExprError::Collection),
+            Expr::Unspecified => Err(ExprError::Empty),
         }
     }
 
     /// `_in.vN` (an input) or `has(_in.vN)`.
-    fn select(&self, operand: &IdedExpr, field: &str, test: bool) -> Result<Inferred, String> {
+    fn select(&self, operand: &IdedExpr, field: &str, test: bool) -> Result<Inferred, ExprError> {
         let Expr::Ident(map) = &operand.expr else {
-            return Err("field selection is only for inputs".into());
+            return Err(ExprError::FieldSelection);
         };
         let index = field
             .strip_prefix('v')
             .and_then(|n| n.parse::<usize>().ok())
             .filter(|&i| map == INPUTS_MAP && i < self.units.len())
-            .ok_or_else(|| format!("unknown input `{map}.{field}`"))?;
+            .ok_or_else(|| ExprError::UnknownVariable {
+                map: map.clone(),
+                field: field.to_owned(),
+            })?;
         Ok(if test {
             Inferred::Bool
         } else {
@@ -216,17 +246,22 @@ impl Check<'_> {
 }
 
 /// The unit of a call of an operator or function with arguments of units `args`.
-fn call(name: &str, args: &[Inferred]) -> Result<Inferred, String> {
-    let pair = || -> Result<(Inferred, Inferred), String> {
+fn call(name: &str, args: &[Inferred]) -> Result<Inferred, ExprError> {
+    let pair = || -> Result<(Inferred, Inferred), ExprError> {
         match args {
             [a, b] => Ok((*a, *b)),
-            _ => Err(format!("`{name}` takes two operands")),
+            _ => Err(ExprError::NotTwoOperands(name.to_owned())),
         }
+    };
+    // The error of an operation whose operands' units differ.
+    let differ = |op: &str| {
+        let op = op.to_owned();
+        move |units| ExprError::Units { op, units }
     };
     match name {
         "_+_" | "_-_" => {
             let (a, b) = pair()?;
-            Inferred::same(a, b).map_err(|m| format!("`{}` {m}", op(name)))
+            Inferred::same(a, b).map_err(differ(op(name)))
         }
         "_*_" => pair().map(|(a, b)| Inferred::product(a, b, false)),
         "_/_" => pair().map(|(a, b)| Inferred::product(a, b, true)),
@@ -234,31 +269,24 @@ fn call(name: &str, args: &[Inferred]) -> Result<Inferred, String> {
             let (a, b) = pair()?;
             Inferred::same(a, b)
                 .map(|_| Inferred::Bool)
-                .map_err(|m| format!("`{}` {m}", op(name)))
+                .map_err(differ(op(name)))
         }
         "_&&_" | "_||_" => pair().map(|_| Inferred::Bool),
         "!_" => Ok(Inferred::Bool),
         "-_" | "double" => match args {
             [a] => Ok(*a),
-            _ => Err(format!("`{}` takes one operand", op(name))),
+            _ => Err(ExprError::NotOneOperand(op(name).to_owned())),
         },
         "_?_:_" => match args {
-            [_, a, b] => {
-                Inferred::same(*a, *b).map_err(|m| format!("the two branches of `? :` differ: {m}"))
-            }
-            _ => Err("`? :` takes three operands".into()),
+            [_, a, b] => Inferred::same(*a, *b).map_err(ExprError::Branches),
+            _ => Err(ExprError::NotThreeOperands),
         },
         "max" | "min" if args.len() >= 2 => args[1..]
             .iter()
             .try_fold(args[0], |acc, x| Inferred::same(acc, *x))
-            .map_err(|m| format!("`{name}` {m}")),
-        "max" | "min" => Err(format!(
-            "`{name}(x)` of one value: write `{name}(source/device_glob.point)` for an aggregate, `{name}(a, b)` for the larger of values"
-        )),
-        other => Err(format!(
-            "`{}` is not available: the functions are mean, sum, min, max, count, rate, delta, has and double",
-            op(other)
-        )),
+            .map_err(differ(name)),
+        "max" | "min" => Err(ExprError::OneValue(name.to_owned())),
+        other => Err(ExprError::Function(op(other).to_owned())),
     }
 }
 
@@ -270,45 +298,26 @@ fn op(name: &str) -> &str {
     }
 }
 
+/// `expr` rewritten and compiled with its inputs in `units` (as written; empty: unknown).
+#[cfg(test)]
+pub(crate) fn compiled(expr: &str, units: &[&str]) -> Result<Compiled, String> {
+    let r = super::inputs::rewrite(expr).map_err(|e| e.to_string())?;
+    let units: Vec<_> = units
+        .iter()
+        .map(|u| match super::units::Unit::parse(u) {
+            Some(unit) if !u.is_empty() => Inferred::of(unit),
+            _ => Inferred::Unknown,
+        })
+        .collect();
+    assert_eq!(units.len(), r.inputs.len(), "{expr}");
+    compile(&r, &units).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::inputs::rewrite;
     use super::super::units::Unit;
     use super::*;
-
-    fn compiled(expr: &str, units: &[&str]) -> Result<Compiled, String> {
-        let r = rewrite(expr)?;
-        let units: Vec<_> = units
-            .iter()
-            .map(|u| match Unit::parse(u) {
-                Some(unit) if !u.is_empty() => Inferred::of(unit),
-                _ => Inferred::Unknown,
-            })
-            .collect();
-        assert_eq!(units.len(), r.inputs.len(), "{expr}");
-        compile(&r, &units)
-    }
-
-    #[test]
-    fn arithmetic_conditions_and_has_evaluate() {
-        let root = root_context();
-        let c = compiled("r.current_ka * r.voltage_v", &["kA", "V"]).unwrap();
-        assert_eq!(c.eval(&root, &[Some(400.0), Some(4.2)]), Ok(1680.0));
-        let c = compiled("mean(line/pot_*.v) > 8 ? 1 : 0", &["V"]).unwrap();
-        assert_eq!(c.eval(&root, &[Some(9.5)]), Ok(1.0));
-        assert_eq!(c.eval(&root, &[Some(4.1)]), Ok(0.0));
-        let c = compiled("has(a.x) ? a.x : 0.0", &["kW"]).unwrap();
-        assert_eq!(c.eval(&root, &[None]), Ok(0.0));
-        assert_eq!(c.eval(&root, &[Some(2.5)]), Ok(2.5));
-        let c = compiled("max(a.x, b.x, 3) - min(a.x, b.x)", &["kW", "kW"]).unwrap();
-        assert_eq!(c.eval(&root, &[Some(1.0), Some(2.0)]), Ok(2.0));
-        // A missing input that the expression reads is an error, not a number.
-        let c = compiled("a.x + 1", &["kW"]).unwrap();
-        assert!(matches!(c.eval(&root, &[None]), Err(EvalError::Failed(_))));
-        // Division by zero is IEEE: the caller turns ±inf and NaN into a bad quality.
-        let c = compiled("a.x / 0", &["kW"]).unwrap();
-        assert_eq!(c.eval(&root, &[Some(1.0)]), Ok(f64::INFINITY));
-    }
 
     #[test]
     fn the_unit_of_the_result_is_inferred() {
@@ -336,7 +345,7 @@ mod tests {
         ] {
             let r = rewrite(expr).unwrap();
             let units = vec![Inferred::Unknown; r.inputs.len()];
-            let e = compile(&r, &units).unwrap_err();
+            let e = compile(&r, &units).unwrap_err().to_string();
             assert!(e.contains(want), "{expr}: {e}");
         }
         // A variable beyond the inputs (only our own rewriting writes `_in`).
@@ -347,6 +356,7 @@ mod tests {
         assert!(
             compile(&r, &[])
                 .unwrap_err()
+                .to_string()
                 .contains("unknown input `_in.v7`")
         );
         let deep = format!("{}a.b{}", "(".repeat(200), ")".repeat(200));
@@ -354,22 +364,24 @@ mod tests {
         assert!(
             compile(&r, &[Inferred::Unknown])
                 .unwrap_err()
+                .to_string()
                 .contains("nests 200")
         );
         // Deep without parentheses: a chain of conditionals and of unary minus.
         let chain = format!("{}a.b", "a.b > 1 ? 1 : ".repeat(120));
         let r = rewrite(&chain).unwrap();
         assert!(compile(&r, &[Inferred::Unknown]).is_err());
-        // The parser folds a run of unary minus: accepted, and evaluated without recursion.
+        // The parser folds a run of unary minus: accepted (and evaluated without recursion,
+        // `crate::derived::eval`).
         let minus = format!("{}a.b", "-".repeat(1500));
         let r = rewrite(&minus).unwrap();
-        let c = compile(&r, &[Inferred::Unknown]).unwrap();
-        assert_eq!(c.eval(&root_context(), &[Some(2.0)]), Ok(2.0));
+        compile(&r, &[Inferred::Unknown]).unwrap();
         let long = vec!["a.b"; 600].join(" + ");
         let r = rewrite(&long).unwrap();
         assert!(
             compile(&r, &[Inferred::Unknown])
                 .unwrap_err()
+                .to_string()
                 .contains("longer")
         );
     }
