@@ -23,7 +23,7 @@ use crate::history::HistorySource;
 use crate::model::Record;
 use crate::spool::SpoolHandle;
 use crate::uplink::UplinkStatus;
-use crate::uplink::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
+use crate::uplink::hj212::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
 
 use super::supervise::{self, Supervised};
 

@@ -7,10 +7,10 @@
 //! - [`mqtt`]: the MQTT uplink: reads its spool, publishes at QoS 1 and acks the spool on PUBACK,
 //!   so a record leaves the spool only once a broker has taken responsibility for it;
 //! - [`sparkplug`]: the Sparkplug B edge node;
-//! - [`hj212_tcp`]: the HJ 212 TCP client to a regulator's platform.
+//! - [`hj212`]: the HJ 212 TCP client to a regulator's platform.
 
 pub mod backoff;
-pub mod hj212_tcp;
+pub mod hj212;
 pub mod mqtt;
 pub mod sparkplug;
 pub mod status;
