@@ -16,3 +16,14 @@ pub mod sparkplug;
 pub mod status;
 
 pub use status::{LinkState, Reporter, UplinkStatus};
+
+/// Why a run of the MQTT or the Sparkplug uplink ended before its shutdown signal, which its
+/// supervisor restarts it after. A lost or refused connection is not one: each uplink rides it out
+/// by reconnecting, and reports it in its status. (The HJ 212 uplink ends with its own
+/// [`hj212::Hj212TcpError`].)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// The uplink's spool was closed under it (or its thread stopped).
+    #[error("spool closed")]
+    SpoolClosed,
+}

@@ -124,6 +124,7 @@ mod driver;
 mod rate;
 mod sender;
 
+use super::RunError;
 use super::status::{LinkState, Reporter, UplinkStatus};
 
 use driver::{Conn, Driver};
@@ -368,7 +369,7 @@ impl MqttUplink {
     /// [`MqttUplink::run`], returning `Err` when the run ended without `shutdown`: its spool
     /// closed under it. May be called again after it returned (the supervisor does): every run
     /// connects anew and reads the spool from its oldest record.
-    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), String> {
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
         let (conn_tx, conn_rx) = watch::channel(None::<Conn>);
         let stop_driver = CancellationToken::new();
         // When the sender stopped, the time left for the offline status and DISCONNECT ends:
