@@ -8,10 +8,13 @@
 //!   so a record leaves the spool only once a broker has taken responsibility for it;
 //! - [`sparkplug`]: the Sparkplug B edge node;
 //! - [`hj212`]: the HJ 212 TCP client to a regulator's platform.
+//!
+//! [`options`] builds the MQTT connection options of the two uplinks that speak MQTT.
 
 pub mod backoff;
 pub mod hj212;
 pub mod mqtt;
+mod options;
 pub mod sparkplug;
 pub mod status;
 

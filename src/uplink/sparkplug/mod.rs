@@ -364,34 +364,14 @@ impl SparkplugUplink {
     }
 
     fn options(&self, bd_seq: u64) -> MqttOptions {
-        let cfg = &self.mqtt;
-        let mut o = crate::mqtt::connect_options(
-            cfg.client_id.clone(),
-            &cfg.broker.host,
-            cfg.broker.port,
-            self.tls.clone(),
-            cfg.tls_settings.server_name.as_deref(),
+        let will = LastWill::new(
+            self.topic(MessageType::NDeath, None),
+            spb::encode(&spb::ndeath(bd_seq, Timestamp::now())),
+            QoS::AtLeastOnce,
+            false,
         );
-        let will = spb::encode(&spb::ndeath(bd_seq, Timestamp::now()));
-        o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
-            .set_clean_session(true)
-            .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
-            .set_request_channel_capacity(64)
-            .set_last_will(LastWill::new(
-                self.topic(MessageType::NDeath, None),
-                will,
-                QoS::AtLeastOnce,
-                false,
-            ));
-        match (&cfg.username, &cfg.password) {
-            (Some(user), Some(password)) => {
-                o.set_credentials(user.clone(), password.0.clone());
-            }
-            (Some(user), None) => {
-                o.set_username(user.clone());
-            }
-            (None, _) => {}
-        }
+        let mut o = crate::uplink::options::mqtt_options(&self.mqtt, self.tls.clone(), will);
+        o.set_request_channel_capacity(64);
         o
     }
 
