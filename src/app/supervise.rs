@@ -54,6 +54,15 @@ impl<E: fmt::Display> fmt::Display for Failure<E> {
     }
 }
 
+impl<E: std::error::Error + 'static> std::error::Error for Failure<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failure::Panicked(e) => Some(e),
+            Failure::Failed(e) => e.source(),
+        }
+    }
+}
+
 /// The outcome of one attempt: `Ok` when it stopped because it was told to, the failure
 /// otherwise; and whether the run made progress (delivered something), which resets the backoff.
 pub(super) type Outcome<E> = (Result<(), Failure<E>>, bool);
