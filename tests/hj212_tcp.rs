@@ -18,7 +18,7 @@ use smeltwatch::config::{SpoolConfig, Stream};
 use smeltwatch::history::HistorySource;
 use smeltwatch::model::{Aggregate, Period, Quality, Record, Timestamp};
 use smeltwatch::spool::{NewRecord, SpoolHandle};
-use smeltwatch::uplink::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink};
+use smeltwatch::uplink::hj212::{Hj212TcpConfig, Hj212TcpUplink};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

@@ -23,9 +23,9 @@ use crate::history::HistorySource;
 use crate::model::Record;
 use crate::spool::SpoolHandle;
 use crate::uplink::UplinkStatus;
-use crate::uplink::hj212_tcp::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
+use crate::uplink::hj212::{Hj212TcpConfig, Hj212TcpUplink, TcpStats};
 
-use super::supervise::{self, Supervised};
+use super::supervise::{self, Failure, Supervised};
 
 /// What the HJ 212 uplink reports to the rest of the agent.
 pub(super) struct Wiring {
@@ -138,7 +138,7 @@ pub(super) fn start(
                     if let Ok(mut s) = slot.lock() {
                         *s = Some(c);
                     }
-                    (r.map_err(|e| e.to_string()), progressed)
+                    (r.map_err(Failure::Failed), progressed)
                 }
                 Err(panicked) => (Err(panicked), false),
             }

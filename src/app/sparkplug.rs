@@ -22,7 +22,7 @@ use crate::spool::SpoolHandle;
 use crate::uplink::UplinkStatus;
 use crate::uplink::sparkplug::{DeviceWriteGate, SparkplugSettings, SparkplugUplink};
 
-use super::supervise::{self, Supervised};
+use super::supervise::{self, Failure, Supervised};
 
 /// What the Sparkplug uplink needs from the rest of the agent.
 pub(crate) struct Wiring<'a> {
@@ -113,7 +113,7 @@ pub(crate) fn start(
             })
             .await;
             let progressed = edge.status().borrow().acked_total > acked;
-            (run.and_then(|r| r), progressed)
+            (run.and_then(|r| r.map_err(Failure::Failed)), progressed)
         }
     };
     let who = Supervised {

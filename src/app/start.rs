@@ -26,8 +26,8 @@ use crate::modbus::poller::Poller;
 use crate::modbus::write::{DeviceWriters, WriteQueue};
 use crate::model::{ReadingBatch, Record, Timestamp};
 use crate::spool::SpoolHandle;
-use crate::uplink::UplinkStatus;
 use crate::uplink::mqtt::MqttUplink;
+use crate::uplink::{RunError, UplinkStatus};
 
 /// Start every component of `cfg`. Returns once the spools are open and every task is spawned.
 pub async fn start(cfg: Config, opts: RunOptions) -> anyhow::Result<Agent> {
@@ -408,8 +408,9 @@ pub(super) async fn preflight(cfg: &Config, running: &Config) -> anyhow::Result<
 /// that run only); a run that got records acknowledged resets the backoff.
 fn supervised_mqtt(
     client: Arc<MqttUplink>,
-) -> impl FnMut(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = supervise::Outcome> + Send>>
-{
+) -> impl FnMut(
+    CancellationToken,
+) -> std::pin::Pin<Box<dyn Future<Output = supervise::Outcome<RunError>> + Send>> {
     move |stop: CancellationToken| {
         let client = client.clone();
         Box::pin(async move {
@@ -420,7 +421,10 @@ fn supervised_mqtt(
             })
             .await;
             let progressed = client.status().borrow().acked_total > acked;
-            (run.and_then(|r| r), progressed)
+            (
+                run.and_then(|r| r.map_err(supervise::Failure::Failed)),
+                progressed,
+            )
         })
     }
 }

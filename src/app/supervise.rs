@@ -15,11 +15,13 @@
 //! - cancellation stops it: an attempt that ends after the stop token fired is not restarted,
 //!   whatever its outcome, and the backoff wait ends at once.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Event, EventKind, EventPhase, Record, Timestamp, Value};
@@ -30,9 +32,40 @@ use crate::uplink::{LinkState, UplinkStatus};
 /// shortest backoff again, so a fault once a day is not met with the longest wait.
 pub(super) const STABLE_RUN: Duration = Duration::from_secs(60);
 
-/// The outcome of one attempt: `Ok` when it stopped because it was told to, the error otherwise;
-/// and whether the run made progress (delivered something), which resets the backoff.
-pub(super) type Outcome = (Result<(), String>, bool);
+/// Why an attempt failed: its task panicked, or the uplink's run ended with its own error `E`.
+///
+/// A small enum rather than a boxed `dyn Error`: the supervisor only formats the failure, but a
+/// panic (a bug) stays told apart from an error (a fault around the uplink) without downcasting,
+/// and each uplink's error type reaches it unchanged, without an allocation.
+#[derive(Debug)]
+pub(super) enum Failure<E> {
+    /// The attempt's task panicked (see [`contain`]).
+    Panicked(JoinError),
+    /// The run returned an error.
+    Failed(E),
+}
+
+impl<E: fmt::Display> fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Panicked(e) => write!(f, "panicked: {e}"),
+            Failure::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Failure<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failure::Panicked(e) => Some(e),
+            Failure::Failed(e) => e.source(),
+        }
+    }
+}
+
+/// The outcome of one attempt: `Ok` when it stopped because it was told to, the failure
+/// otherwise; and whether the run made progress (delivered something), which resets the backoff.
+pub(super) type Outcome<E> = (Result<(), Failure<E>>, bool);
 
 /// Who is supervised and where its failures show.
 pub(super) struct Supervised {
@@ -49,22 +82,21 @@ pub(super) struct Supervised {
 }
 
 /// Run `task` as a task of its own, so that a panic ends this attempt only and is reported as
-/// its error.
-pub(super) async fn contain<T: Send + 'static>(
+/// its failure.
+pub(super) async fn contain<T: Send + 'static, E>(
     task: impl Future<Output = T> + Send + 'static,
-) -> Result<T, String> {
-    tokio::spawn(task)
-        .await
-        .map_err(|e| format!("panicked: {e}"))
+) -> Result<T, Failure<E>> {
+    tokio::spawn(task).await.map_err(Failure::Panicked)
 }
 
 /// Run `attempt` until it ends without an error or `stop` is cancelled; after an error mark the
 /// status failed, count the restart, raise `uplink_failed` and start again after the backoff (see
 /// the module documentation).
-pub(super) async fn supervise<F, Fut>(who: Supervised, mut attempt: F, stop: CancellationToken)
+pub(super) async fn supervise<F, Fut, E>(who: Supervised, mut attempt: F, stop: CancellationToken)
 where
     F: FnMut(CancellationToken) -> Fut,
-    Fut: Future<Output = Outcome>,
+    Fut: Future<Output = Outcome<E>>,
+    E: fmt::Display,
 {
     let Supervised {
         name,
@@ -81,7 +113,7 @@ where
         let why = match outcome {
             Ok(()) => return,
             Err(_) if stop.is_cancelled() => return,
-            Err(why) => why,
+            Err(why) => why.to_string(),
         };
         if progressed || started.elapsed() >= STABLE_RUN {
             backoff.reset();
@@ -164,7 +196,7 @@ mod tests {
             n += 1;
             let _ = runs_tx.send(started.elapsed());
             let outcome = if n < 4 {
-                Err("spool: disk full".to_owned())
+                Err(Failure::Failed("spool: disk full"))
             } else {
                 Ok(())
             };
@@ -229,10 +261,10 @@ mod tests {
                         assert!(n > 0, "first run: the spool handle went away");
                         status.send_modify(|s| s.state = LinkState::Connected);
                         stop.cancelled().await;
-                        Ok(())
+                        Ok::<(), &str>(())
                     })
                     .await;
-                    (run.and_then(|r| r), false)
+                    (run.and_then(|r| r.map_err(Failure::Failed)), false)
                 }
             }
         };
@@ -277,7 +309,7 @@ mod tests {
                 runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 async move {
                     stop.cancelled().await;
-                    (Err("spool closed".to_owned()), false)
+                    (Err(Failure::Failed("spool closed")), false)
                 }
             }
         };

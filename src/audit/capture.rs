@@ -5,7 +5,7 @@
 use serde_json::Value as Json;
 
 use crate::codec::protobuf::{self, pb};
-use crate::codec::seal::seal_from_pb;
+use crate::codec::seal::{SealLengthError, seal_from_pb};
 use crate::ledger::{Anchors, LedgerRecord, Report, verify_with};
 use crate::model::Record;
 
@@ -37,6 +37,29 @@ fn labels_as_objects(signed: &mut serde_json::Map<String, Json>) {
     }
 }
 
+/// Why a captured message that should be a record cannot be read (see [`read_message`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// It starts like JSON (or comes from a file of JSON lines) but does not parse.
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// JSON, but not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// An object with a ledger record's `hash` and `payload` that is no ledger record.
+    #[error("not a ledger record: {0}")]
+    NotARecord(#[source] serde_json::Error),
+    /// A JSON payload whose `ledger` object is no seal.
+    #[error("ledger: {0}")]
+    JsonSeal(#[source] serde_json::Error),
+    /// Binary, but no protobuf envelope.
+    #[error("neither JSON nor protobuf: {0}")]
+    NotProtobuf(#[source] prost::DecodeError),
+    /// A protobuf envelope whose seal has a field of the wrong length.
+    #[error(transparent)]
+    ProtobufSeal(#[from] SealLengthError),
+}
+
 /// What one captured message holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Captured {
@@ -58,16 +81,16 @@ pub enum Captured {
 /// Read one captured message: a ledger record line, a sealed JSON payload, or (unless
 /// `json_only`, as for the lines of a file) a protobuf envelope. An error says why a message
 /// that should be a record cannot be read.
-pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
+pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, CaptureError> {
     let trimmed = bytes.trim_ascii();
     if json_only || trimmed.first() == Some(&b'{') {
-        let value: Json = serde_json::from_slice(trimmed).map_err(|e| format!("not JSON: {e}"))?;
+        let value: Json = serde_json::from_slice(trimmed).map_err(CaptureError::NotJson)?;
         let Json::Object(mut object) = value else {
-            return Err("not a JSON object".into());
+            return Err(CaptureError::NotAnObject);
         };
         if object.contains_key("hash") && object.contains_key("payload") {
-            let record: LedgerRecord = serde_json::from_value(Json::Object(object))
-                .map_err(|e| format!("not a ledger record: {e}"))?;
+            let record: LedgerRecord =
+                serde_json::from_value(Json::Object(object)).map_err(CaptureError::NotARecord)?;
             let historical = record.historical;
             return Ok(Captured::Sealed {
                 record: Box::new(record),
@@ -78,8 +101,7 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
         let Some(seal) = object.remove("ledger") else {
             return Ok(Captured::Unsealed);
         };
-        let record: LedgerRecord =
-            serde_json::from_value(seal).map_err(|e| format!("ledger: {e}"))?;
+        let record: LedgerRecord = serde_json::from_value(seal).map_err(CaptureError::JsonSeal)?;
         let historical = object.get("historical") == Some(&Json::Bool(true));
         for key in ["site", "stream", "seq", "historical"] {
             object.remove(key);
@@ -100,8 +122,7 @@ pub fn read_message(bytes: &[u8], json_only: bool) -> Result<Captured, String> {
     }
     use prost::Message as _;
     // Binary: no trimming (whitespace bytes are protobuf content).
-    let envelope =
-        pb::Envelope::decode(bytes).map_err(|e| format!("neither JSON nor protobuf: {e}"))?;
+    let envelope = pb::Envelope::decode(bytes).map_err(CaptureError::NotProtobuf)?;
     let Some(seal) = envelope.ledger.clone() else {
         return Ok(Captured::Unsealed);
     };
@@ -185,7 +206,7 @@ pub fn verify_messages_with<'a>(
                 records.push(*record);
             }
             Ok(Captured::Unsealed) => unsealed += 1,
-            Err(why) => unreadable.push((label, why)),
+            Err(why) => unreadable.push((label, why.to_string())),
         }
     }
     let mut report = verify_with(key, &records, anchors);

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::ledger::{Anchors, LedgerError, Report, load_verifying_key};
 
-pub use capture::{Captured, read_message, verify_messages, verify_messages_with};
+pub use capture::{CaptureError, Captured, read_message, verify_messages, verify_messages_with};
 
 /// [`verify_file_with`] expecting the capture from seq 1 and without a head to reach.
 pub fn verify_file(public_key: &Path, file: &Path) -> Result<Report, LedgerError> {

@@ -32,13 +32,29 @@ pub fn seal_pb(seal: &LedgerRecord) -> pb::LedgerSeal {
     }
 }
 
+/// A field of a protobuf seal (`Envelope.ledger`) of the wrong length.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ledger.{field}: {got} bytes, expected {expected}")]
+pub struct SealLengthError {
+    /// `prev`, `hash` or `sig`.
+    pub field: &'static str,
+    /// Its length.
+    pub got: usize,
+    /// The length it must have.
+    pub expected: usize,
+}
+
 /// The seal of a protobuf envelope's `ledger` field; an error names a field of the wrong length.
-pub fn seal_from_pb(s: pb::LedgerSeal) -> Result<LedgerRecord, String> {
-    let bytes = |field: &str, v: Vec<u8>, n: usize| {
-        if v.len() == n {
+pub fn seal_from_pb(s: pb::LedgerSeal) -> Result<LedgerRecord, SealLengthError> {
+    let bytes = |field: &'static str, v: Vec<u8>, expected: usize| {
+        if v.len() == expected {
             Ok(v)
         } else {
-            Err(format!("ledger.{field}: {} bytes, expected {n}", v.len()))
+            Err(SealLengthError {
+                field,
+                got: v.len(),
+                expected,
+            })
         }
     };
     let prev = bytes("prev", s.prev, 32)?;

@@ -21,7 +21,8 @@ use serde::Serialize;
 use super::Ctx;
 use crate::model::{Period, Quality, Timestamp};
 use crate::series::{
-    Bucket, Found, HOURS, Key, Listed, Reference, Selector, SeriesStore, downsample, window_bucket,
+    Bucket, Found, HOURS, Key, Listed, Reference, Selector, SelectorError, SeriesStore, downsample,
+    window_bucket,
 };
 
 /// Most series in one request.
@@ -36,8 +37,53 @@ const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// A query that does not parse: its message is the `error` of the `400` answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadQuery(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadQuery {
+    /// A `name` that is no series name.
+    #[error(transparent)]
+    Name(#[from] SelectorError),
+    /// A `%` not followed by two hex digits.
+    #[error("bad percent-escape in {0:?}")]
+    PercentEscape(String),
+    /// A key or value that is not UTF-8 once decoded.
+    #[error("{0:?} is not UTF-8")]
+    NotUtf8(String),
+    /// `from`, `to` or `max_points` given twice.
+    #[error("{0} is given more than once")]
+    Repeated(String),
+    /// A parameter this endpoint does not take.
+    #[error("unknown parameter {0:?}; expected name, from, to, max_points")]
+    UnknownParameter(String),
+    /// No `name` at all.
+    #[error(
+        "name is required (e.g. name=sum:line_current_ka); GET /api/v1/series/names lists the series kept"
+    )]
+    NoName,
+    /// More than [`MAX_NAMES`] names.
+    #[error("{0} series asked; at most {MAX_NAMES} per request")]
+    TooManyNames(usize),
+    /// A `from` or `to` that is no time.
+    #[error(
+        "{key}={text:?}: expected ms since the Unix epoch, an RFC 3339 UTC time, `now`, or -<n><s|m|h|d> (e.g. -6h)"
+    )]
+    Time {
+        /// `from` or `to`.
+        key: String,
+        /// The value given.
+        text: String,
+    },
+    /// `from` after `to`.
+    #[error("from ({from_ms}) is after to ({to_ms})")]
+    Reversed {
+        /// Start, ms.
+        from_ms: i64,
+        /// End, ms.
+        to_ms: i64,
+    },
+    /// A `max_points` out of range or no number.
+    #[error("max_points={0:?}: expected a whole number from 1 to {MAX_POINTS}")]
+    MaxPoints(String),
+}
 
 /// What `/api/v1/series` was asked.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,7 +152,7 @@ fn percent_decode(s: &str) -> Result<String, BadQuery> {
                     .get(i + 1..i + 3)
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| BadQuery(format!("bad percent-escape in {s:?}")))?;
+                    .ok_or_else(|| BadQuery::PercentEscape(s.to_owned()))?;
                 out.push(hex);
                 i += 2;
             }
@@ -114,15 +160,14 @@ fn percent_decode(s: &str) -> Result<String, BadQuery> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| BadQuery(format!("{s:?} is not UTF-8")))
+    String::from_utf8(out).map_err(|_| BadQuery::NotUtf8(s.to_owned()))
 }
 
 /// `from`/`to`: ms since the epoch, RFC 3339, `now` or `-<n><s|m|h|d>`.
 fn parse_time(key: &str, text: &str, now_ms: i64) -> Result<i64, BadQuery> {
-    let bad = || {
-        BadQuery(format!(
-            "{key}={text:?}: expected ms since the Unix epoch, an RFC 3339 UTC time, `now`, or -<n><s|m|h|d> (e.g. -6h)"
-        ))
+    let bad = || BadQuery::Time {
+        key: key.to_owned(),
+        text: text.to_owned(),
     };
     if text == "now" {
         return Ok(now_ms);
@@ -161,34 +206,27 @@ impl SeriesQuery {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let (k, v) = (percent_decode(k)?, percent_decode(v)?);
             let once = |slot: &Option<String>| match slot {
-                Some(_) => Err(BadQuery(format!("{k} is given more than once"))),
+                Some(_) => Err(BadQuery::Repeated(k.clone())),
                 None => Ok(Some(v.clone())),
             };
             match k.as_str() {
                 "name" => {
-                    let sel = Selector::parse(&v).map_err(BadQuery)?;
+                    let sel = Selector::parse(&v)?;
                     names.push((v, sel));
                 }
                 "from" => from = once(&from)?,
                 "to" => to = once(&to)?,
                 "max_points" => max_points = once(&max_points)?,
                 other => {
-                    return Err(BadQuery(format!(
-                        "unknown parameter {other:?}; expected name, from, to, max_points"
-                    )));
+                    return Err(BadQuery::UnknownParameter(other.to_owned()));
                 }
             }
         }
         if names.is_empty() {
-            return Err(BadQuery(
-                "name is required (e.g. name=sum:line_current_ka); GET /api/v1/series/names lists the series kept".into(),
-            ));
+            return Err(BadQuery::NoName);
         }
         if names.len() > MAX_NAMES {
-            return Err(BadQuery(format!(
-                "{} series asked; at most {MAX_NAMES} per request",
-                names.len()
-            )));
+            return Err(BadQuery::TooManyNames(names.len()));
         }
         let to_ms = match &to {
             Some(t) => parse_time("to", t, now_ms)?,
@@ -199,16 +237,14 @@ impl SeriesQuery {
             None => to_ms.saturating_sub(DEFAULT_RANGE_MS),
         };
         if from_ms > to_ms {
-            return Err(BadQuery(format!("from ({from_ms}) is after to ({to_ms})")));
+            return Err(BadQuery::Reversed { from_ms, to_ms });
         }
         let max_points = match &max_points {
             None => DEFAULT_POINTS,
             Some(m) => match m.parse::<usize>() {
                 Ok(n) if (1..=MAX_POINTS).contains(&n) => n,
                 _ => {
-                    return Err(BadQuery(format!(
-                        "max_points={m:?}: expected a whole number from 1 to {MAX_POINTS}"
-                    )));
+                    return Err(BadQuery::MaxPoints(m.clone()));
                 }
             },
         };
@@ -418,7 +454,7 @@ async fn prepend_older_hours(store: &SeriesStore, q: &SeriesQuery, f: &mut Found
 fn bad_request(e: BadQuery) -> Response {
     (
         StatusCode::BAD_REQUEST,
-        axum::Json(serde_json::json!({ "error": e.0 })),
+        axum::Json(serde_json::json!({ "error": e.to_string() })),
     )
         .into_response()
 }
@@ -455,8 +491,8 @@ mod tests {
 
     const NOW: i64 = 1_764_800_000_000;
 
-    fn parse(q: &str) -> Result<SeriesQuery, String> {
-        SeriesQuery::parse(Some(q), NOW).map_err(|e| e.0)
+    fn parse(q: &str) -> Result<SeriesQuery, BadQuery> {
+        SeriesQuery::parse(Some(q), NOW)
     }
 
     #[test]
@@ -494,10 +530,10 @@ mod tests {
             ("name=sum:x&to=now&to=now", "more than once"),
             ("name=sum:x%zz", "percent-escape"),
         ] {
-            let e = parse(q).unwrap_err();
+            let e = parse(q).unwrap_err().to_string();
             assert!(e.contains(says), "{q}: {e}");
         }
         let many = vec!["name=sum:x"; MAX_NAMES + 1].join("&");
-        assert!(parse(&many).unwrap_err().contains("at most 16"));
+        assert!(parse(&many).unwrap_err().to_string().contains("at most 16"));
     }
 }

@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acquisition::{Backoff, Breaker, PollerStats, Schedule, Transition};
 use crate::clock::Clock;
-use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
+use crate::config::{Area, DeviceConfig, HostPort, SerialSettings, SourceConfig, Transport};
 use crate::modbus::decode::{self, RequestData};
 use crate::modbus::plan::{self, DevicePlan, ReadRequest};
 use crate::modbus::write::{WriteCommand, WriteData, WriteError, WriteQueue};
@@ -90,6 +90,24 @@ struct DeviceHealth {
     silent_last_cycle: bool,
     /// Per request group (by area and first address), the same breaker.
     requests: std::collections::HashMap<(&'static str, u16), Breaker>,
+}
+
+/// Why the poller has no connection to its source: like a read's [`RequestFailure`], it tells
+/// apart what happened to the link, so the log and the breaker see the cause.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The last attempt failed and its backoff has not run out: no attempt was made.
+    #[error("reconnect backoff")]
+    Backoff,
+    /// The TCP connection was refused or failed.
+    #[error("{0}")]
+    Tcp(#[source] io::Error),
+    /// The serial port could not be opened or set up.
+    #[error("{0}")]
+    Serial(#[source] io::Error),
+    /// No connection within the source's timeout (at least 1 s).
+    #[error("connect timed out")]
+    TimedOut,
 }
 
 /// What went wrong with one request.
@@ -403,12 +421,12 @@ impl Connection {
         self.ctx = None;
     }
 
-    async fn ensure_connected(&mut self, source: &SourceConfig) -> Result<(), String> {
+    async fn ensure_connected(&mut self, source: &SourceConfig) -> Result<(), ConnectError> {
         if self.ctx.is_some() {
             return Ok(());
         }
         if !self.backoff.ready() {
-            return Err("reconnect backoff".into());
+            return Err(ConnectError::Backoff);
         }
         match timeout(
             source.timeout.max(Duration::from_secs(1)),
@@ -428,12 +446,12 @@ impl Connection {
                 self.down = false;
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.connect_failed(source, e.to_string())),
-            Err(_) => Err(self.connect_failed(source, "connect timed out".into())),
+            Ok(Err(e)) => Err(self.connect_failed(source, e)),
+            Err(_) => Err(self.connect_failed(source, ConnectError::TimedOut)),
         }
     }
 
-    fn connect_failed(&mut self, source: &SourceConfig, reason: String) -> String {
+    fn connect_failed(&mut self, source: &SourceConfig, reason: ConnectError) -> ConnectError {
         if !self.down {
             tracing::warn!(source = %self.name, "cannot connect to {}: {reason}", describe(&source.transport));
         }
@@ -463,7 +481,7 @@ impl Connection {
     ) -> Result<ReadData, RequestFailure> {
         self.ensure_connected(source)
             .await
-            .map_err(RequestFailure::Comm)?;
+            .map_err(|e| RequestFailure::Comm(e.to_string()))?;
         let ctx = self.addressed(source, unit_id).await;
         let call = async {
             match req.area {
@@ -551,7 +569,7 @@ impl Connection {
     ) -> Result<(), WriteError> {
         self.ensure_connected(source)
             .await
-            .map_err(WriteError::Link)?;
+            .map_err(|e| WriteError::Link(e.to_string()))?;
         let ctx = self.addressed(source, unit_id).await;
         let call = async {
             match data {
@@ -596,20 +614,24 @@ fn describe(t: &Transport) -> String {
     }
 }
 
-async fn connect(transport: &Transport) -> io::Result<Context> {
+async fn connect(transport: &Transport) -> Result<Context, ConnectError> {
     match transport {
         Transport::Tcp { addr } => {
-            let stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)).await?;
-            stream.set_nodelay(true)?;
+            let stream = tcp_stream(addr).await.map_err(ConnectError::Tcp)?;
             Ok(tokio_modbus::client::tcp::attach(stream))
         }
         Transport::RtuOverTcp { addr } => {
-            let stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)).await?;
-            stream.set_nodelay(true)?;
+            let stream = tcp_stream(addr).await.map_err(ConnectError::Tcp)?;
             Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(1)))
         }
-        Transport::Rtu(serial) => open_serial(serial),
+        Transport::Rtu(serial) => open_serial(serial).map_err(ConnectError::Serial),
     }
+}
+
+async fn tcp_stream(addr: &HostPort) -> io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 fn open_serial(s: &SerialSettings) -> io::Result<Context> {

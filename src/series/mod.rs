@@ -40,7 +40,7 @@ use crate::history::HistoryStore;
 use crate::model::{Period, ReadingBatch, Record};
 
 pub use ring::{Bucket, Combine, Ring, downsample};
-pub use selector::Selector;
+pub use selector::{Selector, SelectorError};
 
 /// The point whose readings are the line current (kA), per rectifier device.
 pub const LINE_CURRENT_POINT: &str = "line_current_ka";

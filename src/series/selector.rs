@@ -29,27 +29,73 @@ pub enum Selector {
     },
 }
 
+/// Why a series name does not parse (see [`Selector::parse`]); each names the text given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// No `kind:` prefix.
+    #[error("series {text:?} has no kind: expected reading:, sum:, mean:, metric:, hour: or day:")]
+    NoKind {
+        /// The name given.
+        text: String,
+    },
+    /// A kind that is none of the known ones.
+    #[error(
+        "series {text:?}: unknown kind {kind:?}; expected reading, sum, mean, metric, hour or day"
+    )]
+    UnknownKind {
+        /// The name given.
+        text: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// A known kind whose rest is not of its form.
+    #[error("series {text:?}: expected {kind}:{form}")]
+    Form {
+        /// The name given.
+        text: String,
+        /// Its kind.
+        kind: String,
+        /// The form the kind wants, e.g. `<device>/<point>`.
+        form: &'static str,
+    },
+    /// `{…` without the closing brace.
+    #[error("series {text:?}: labels must end with `}}`")]
+    UnclosedLabels {
+        /// The name given.
+        text: String,
+    },
+    /// A label that is not `key=value`.
+    #[error("series {text:?}: label {label:?} is not key=value")]
+    BadLabel {
+        /// The name given.
+        text: String,
+        /// The label.
+        label: String,
+    },
+}
+
 impl Selector {
     /// Parse a series name: `reading:<device>/<point>`, `sum:<point>`, `mean:<point>`,
     /// `metric:<calc>/<name>` optionally followed by `{key=value,…}`, `hour:<subject>/<quantity>`,
     /// `day:<subject>/<quantity>`. The error says what is wrong.
-    pub fn parse(text: &str) -> Result<Selector, String> {
-        let (kind, rest) = text.split_once(':').ok_or_else(|| {
-            format!(
-                "series {text:?} has no kind: expected reading:, sum:, mean:, metric:, hour: or day:"
-            )
+    pub fn parse(text: &str) -> Result<Selector, SelectorError> {
+        let (kind, rest) = text.split_once(':').ok_or_else(|| SelectorError::NoKind {
+            text: text.to_owned(),
         })?;
-        let pair = |rest: &str, what: &str| -> Result<(Arc<str>, Arc<str>), String> {
-            match rest.split_once('/') {
-                Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('/') => {
-                    Ok((Arc::from(a), Arc::from(b)))
-                }
-                _ => Err(format!("series {text:?}: expected {kind}:{what}")),
-            }
+        let form = |form: &'static str| SelectorError::Form {
+            text: text.to_owned(),
+            kind: kind.to_owned(),
+            form,
         };
-        let single = |rest: &str| -> Result<Arc<str>, String> {
+        let pair = |rest: &str, what: &'static str| match rest.split_once('/') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('/') => {
+                Ok((Arc::from(a), Arc::from(b)))
+            }
+            _ => Err(form(what)),
+        };
+        let single = |rest: &str| {
             if rest.is_empty() || rest.contains('/') {
-                Err(format!("series {text:?}: expected {kind}:<point>"))
+                Err(form("<point>"))
             } else {
                 Ok(Arc::from(rest))
             }
@@ -73,9 +119,11 @@ impl Selector {
                 let (path, labels) = match rest.split_once('{') {
                     None => (rest, Vec::new()),
                     Some((path, l)) => {
-                        let body = l
-                            .strip_suffix('}')
-                            .ok_or_else(|| format!("series {text:?}: labels must end with `}}`"))?;
+                        let body =
+                            l.strip_suffix('}')
+                                .ok_or_else(|| SelectorError::UnclosedLabels {
+                                    text: text.to_owned(),
+                                })?;
                         let labels = body
                             .split(',')
                             .filter(|s| !s.is_empty())
@@ -83,9 +131,12 @@ impl Selector {
                                 Some((k, v)) if !k.is_empty() => {
                                     Ok((Arc::from(k.trim()), Arc::from(v.trim())))
                                 }
-                                _ => Err(format!("series {text:?}: label {kv:?} is not key=value")),
+                                _ => Err(SelectorError::BadLabel {
+                                    text: text.to_owned(),
+                                    label: kv.to_owned(),
+                                }),
                             })
-                            .collect::<Result<Labels, String>>()?;
+                            .collect::<Result<Labels, SelectorError>>()?;
                         (path, labels)
                     }
                 };
@@ -93,9 +144,10 @@ impl Selector {
                 Selector::Metric { calc, name, labels }
             }
             other => {
-                return Err(format!(
-                    "series {text:?}: unknown kind {other:?}; expected reading, sum, mean, metric, hour or day"
-                ));
+                return Err(SelectorError::UnknownKind {
+                    text: text.to_owned(),
+                    kind: other.to_owned(),
+                });
             }
         })
     }

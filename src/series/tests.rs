@@ -315,7 +315,7 @@ fn series_names_parse_or_say_what_is_wrong() {
         ("metric:potline/x{line}", "is not key=value"),
         ("metric:potline/x{line=a", "must end with"),
     ] {
-        let e = Selector::parse(bad).unwrap_err();
+        let e = Selector::parse(bad).unwrap_err().to_string();
         assert!(e.contains(says), "{bad}: {e}");
     }
     let k = Key::Metric {

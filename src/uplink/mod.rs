@@ -7,12 +7,26 @@
 //! - [`mqtt`]: the MQTT uplink: reads its spool, publishes at QoS 1 and acks the spool on PUBACK,
 //!   so a record leaves the spool only once a broker has taken responsibility for it;
 //! - [`sparkplug`]: the Sparkplug B edge node;
-//! - [`hj212_tcp`]: the HJ 212 TCP client to a regulator's platform.
+//! - [`hj212`]: the HJ 212 TCP client to a regulator's platform.
+//!
+//! [`options`] builds the MQTT connection options of the two uplinks that speak MQTT.
 
 pub mod backoff;
-pub mod hj212_tcp;
+pub mod hj212;
 pub mod mqtt;
+mod options;
 pub mod sparkplug;
 pub mod status;
 
 pub use status::{LinkState, Reporter, UplinkStatus};
+
+/// Why a run of the MQTT or the Sparkplug uplink ended before its shutdown signal, which its
+/// supervisor restarts it after. A lost or refused connection is not one: each uplink rides it out
+/// by reconnecting, and reports it in its status. (The HJ 212 uplink ends with its own
+/// [`hj212::Hj212TcpError`].)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// The uplink's spool was closed under it (or its thread stopped).
+    #[error("spool closed")]
+    SpoolClosed,
+}

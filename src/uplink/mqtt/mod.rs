@@ -124,6 +124,7 @@ mod driver;
 mod rate;
 mod sender;
 
+use super::RunError;
 use super::status::{LinkState, Reporter, UplinkStatus};
 
 use driver::{Conn, Driver};
@@ -368,7 +369,7 @@ impl MqttUplink {
     /// [`MqttUplink::run`], returning `Err` when the run ended without `shutdown`: its spool
     /// closed under it. May be called again after it returned (the supervisor does): every run
     /// connects anew and reads the spool from its oldest record.
-    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), String> {
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
         let (conn_tx, conn_rx) = watch::channel(None::<Conn>);
         let stop_driver = CancellationToken::new();
         // When the sender stopped, the time left for the offline status and DISCONNECT ends:
@@ -391,35 +392,15 @@ impl MqttUplink {
     }
 
     fn mqtt_options(&self) -> MqttOptions {
-        let cfg = &self.cfg;
-        let mut o = crate::mqtt::connect_options(
-            cfg.client_id.clone(),
-            &cfg.broker.host,
-            cfg.broker.port,
-            self.tls.clone(),
-            cfg.tls_settings.server_name.as_deref(),
+        let will = LastWill::new(
+            self.status_topic.clone(),
+            self.status_payload("offline", None),
+            QoS::AtLeastOnce,
+            true,
         );
-        o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
-            .set_clean_session(true)
-            .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
-            .set_inflight(cfg.max_inflight)
-            .set_request_channel_capacity(usize::from(cfg.max_inflight) + 8)
-            .set_last_will(LastWill::new(
-                self.status_topic.clone(),
-                self.status_payload("offline", None),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        match (&cfg.username, &cfg.password) {
-            (Some(user), Some(password)) => {
-                o.set_credentials(user.clone(), password.0.clone());
-            }
-            (Some(user), None) => {
-                o.set_username(user.clone());
-            }
-            // A password without a user is refused by `new`.
-            (None, _) => {}
-        }
+        let mut o = super::options::mqtt_options(&self.cfg, self.tls.clone(), will);
+        o.set_inflight(self.cfg.max_inflight)
+            .set_request_channel_capacity(usize::from(self.cfg.max_inflight) + 8);
         o
     }
 

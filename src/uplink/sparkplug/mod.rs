@@ -92,12 +92,13 @@ use crate::modbus::write::DeviceWriters;
 use crate::model::{Record, Timestamp};
 use crate::mqtt::tls::{self, TlsError};
 use crate::spool::{SpoolError, SpoolHandle};
+use crate::uplink::RunError;
 use crate::uplink::backoff::Backoff;
 use crate::uplink::status::{Reporter, UplinkStatus};
 
 use dcmd::serve_writes;
 pub use session::HostState;
-use session::{NodeState, Session};
+use session::{NodeState, Session, SessionError};
 use status::StatusTx;
 
 /// The spool `kv` key holding the last bdSeq used.
@@ -220,7 +221,7 @@ impl fmt::Debug for SparkplugUplink {
 /// How a session ended.
 enum Ended {
     Shutdown,
-    Lost(String),
+    Lost(SessionError),
     /// The primary host went offline: NDEATH and DISCONNECT are out, connect again.
     HostOffline,
 }
@@ -363,34 +364,14 @@ impl SparkplugUplink {
     }
 
     fn options(&self, bd_seq: u64) -> MqttOptions {
-        let cfg = &self.mqtt;
-        let mut o = crate::mqtt::connect_options(
-            cfg.client_id.clone(),
-            &cfg.broker.host,
-            cfg.broker.port,
-            self.tls.clone(),
-            cfg.tls_settings.server_name.as_deref(),
+        let will = LastWill::new(
+            self.topic(MessageType::NDeath, None),
+            spb::encode(&spb::ndeath(bd_seq, Timestamp::now())),
+            QoS::AtLeastOnce,
+            false,
         );
-        let will = spb::encode(&spb::ndeath(bd_seq, Timestamp::now()));
-        o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
-            .set_clean_session(true)
-            .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
-            .set_request_channel_capacity(64)
-            .set_last_will(LastWill::new(
-                self.topic(MessageType::NDeath, None),
-                will,
-                QoS::AtLeastOnce,
-                false,
-            ));
-        match (&cfg.username, &cfg.password) {
-            (Some(user), Some(password)) => {
-                o.set_credentials(user.clone(), password.0.clone());
-            }
-            (Some(user), None) => {
-                o.set_username(user.clone());
-            }
-            (None, _) => {}
-        }
+        let mut o = crate::uplink::options::mqtt_options(&self.mqtt, self.tls.clone(), will);
+        o.set_request_channel_capacity(64);
         o
     }
 
@@ -406,7 +387,7 @@ impl SparkplugUplink {
     /// closed under it (a lost connection or a failing spool call is retried with backoff). May
     /// be called again after it returned (the supervisor does): the next bdSeq, fresh births, and
     /// what waits in the spool replayed as historical.
-    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), String> {
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
         let mut node = NodeState::new(&self.model);
         let mut outcome = Ok(());
         // Set when the shutdown signal is seen: the end of the grace period.
@@ -428,7 +409,7 @@ impl SparkplugUplink {
             let bd_seq = match self.next_bd_seq().await {
                 Ok(b) => b,
                 Err(SpoolError::Closed) => {
-                    outcome = Err("spool closed".to_owned());
+                    outcome = Err(RunError::SpoolClosed);
                     break;
                 }
                 Err(e) => {
@@ -464,7 +445,8 @@ impl SparkplugUplink {
                 }
                 Ended::Lost(reason) => {
                     tracing::warn!(uplink = %self.name, "Sparkplug connection lost: {reason}");
-                    self.status_tx.send_modify(|s| s.last_error = Some(reason));
+                    self.status_tx
+                        .send_modify(|s| s.last_error = Some(reason.to_string()));
                 }
             }
             tokio::select! {
@@ -497,7 +479,7 @@ impl SparkplugUplink {
             r = wait_connack(&mut eventloop) => r,
         };
         if let Err(e) = connected {
-            return Some((Ended::Lost(e.to_string()), None));
+            return Some((Ended::Lost(e.into()), None));
         }
         backoff.reset();
         self.status_tx.send_modify(|s| s.connects += 1);
@@ -514,7 +496,7 @@ impl SparkplugUplink {
             stopping: None,
         };
         let ended = tokio::select! {
-            e = drive(self, &mut eventloop, cmd_tx) => Ended::Lost(e.to_string()),
+            e = drive(self, &mut eventloop, cmd_tx) => Ended::Lost(e.into()),
             ended = session.run(cmd_rx, shutdown) => ended,
         };
         let stopping = session.stopping;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rumqttc::{PublishOptions, QoS};
 use tokio::time::{Instant, timeout};
 
-use super::session::{Proof, Session};
+use super::session::{Proof, Session, SessionError};
 use super::{PROOF_LEVEL, READ_BATCH, STEP_TIMEOUT};
 use crate::codec::sparkplug::{self as spb, Change, MessageType};
 use crate::completeness::{self, Tally};
@@ -15,29 +15,33 @@ use crate::config::Stream;
 use crate::model::{MetricBatch, Record, Timestamp};
 
 impl Session<'_> {
-    pub(super) async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    pub(super) async fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<(), SessionError> {
         let notice = self
             .client
             .publish_tracked(topic, payload, PublishOptions::new(QoS::AtMostOnce))
             .await
-            .map_err(|e| format!("publish: {e}"))?;
+            .map_err(SessionError::Publish)?;
         self.pending.push(notice);
         Ok(())
     }
 
     /// Wait until every publish so far was written to the socket (QoS 0 notices resolve then).
-    pub(super) async fn flushed(&mut self) -> Result<(), String> {
+    pub(super) async fn flushed(&mut self) -> Result<(), SessionError> {
         for notice in self.pending.drain(..) {
             timeout(STEP_TIMEOUT, notice.wait_async())
                 .await
-                .map_err(|_| "a publish was not written within 5 s".to_owned())?
-                .map_err(|e| format!("publish not written: {e}"))?;
+                .map_err(|_| SessionError::PublishTimedOut)?
+                .map_err(SessionError::NotWritten)?;
         }
         Ok(())
     }
 
     /// NBIRTH (seq 0) and every DBIRTH; DDEATH after the DBIRTH of a device known dead.
-    pub(super) async fn births(&mut self) -> Result<(), String> {
+    pub(super) async fn births(&mut self) -> Result<(), SessionError> {
         let up = self.up;
         let now = Timestamp::now();
         let _ = self.seq.birth();
@@ -86,13 +90,13 @@ impl Session<'_> {
         &mut self,
         cursor: &mut i64,
         boundary: i64,
-    ) -> Result<(bool, Option<Proof>), String> {
+    ) -> Result<(bool, Option<Proof>), SessionError> {
         let up = self.up;
         let records = up
             .spool
             .read_after(*cursor, READ_BATCH)
             .await
-            .map_err(|e| format!("spool read: {e}"))?;
+            .map_err(SessionError::SpoolRead)?;
         let more = records.len() == READ_BATCH;
         let mut ids = Vec::with_capacity(records.len());
         let mut tallies = Vec::new();
@@ -131,7 +135,7 @@ impl Session<'_> {
             .client
             .unsubscribe_tracked(topic)
             .await
-            .map_err(|e| format!("unsubscribe (delivery check): {e}"))?;
+            .map_err(SessionError::ProofRequest)?;
         let n = ids.len() as u64;
         up.status_tx.send_modify(|s| s.unproven = n);
         Ok((
@@ -142,7 +146,7 @@ impl Session<'_> {
                         .wait_async()
                         .await
                         .map(|_| ())
-                        .map_err(|e| format!("delivery check: {e}"))
+                        .map_err(SessionError::ProofFailed)
                 }),
                 deadline: Instant::now() + up.mqtt.keep_alive.max(Duration::from_secs(1)),
                 ids,
@@ -158,16 +162,12 @@ impl Session<'_> {
         ids: Vec<i64>,
         tallies: &[Tally],
         acquired: &[Timestamp],
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let up = self.up;
         if ids.is_empty() {
             return Ok(());
         }
-        let n = up
-            .spool
-            .ack(ids)
-            .await
-            .map_err(|e| format!("spool ack: {e}"))?;
+        let n = up.spool.ack(ids).await.map_err(SessionError::SpoolAck)?;
         up.status_tx.send_modify(|s| {
             s.acked_total += n;
             s.unproven = 0;
@@ -184,7 +184,7 @@ impl Session<'_> {
         &mut self,
         batch: &crate::model::ReadingBatch,
         historical: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let up = self.up;
         let Some(i) = up.model.batch_device(batch) else {
             return Ok(());
@@ -241,7 +241,7 @@ impl Session<'_> {
         &mut self,
         batch: &MetricBatch,
         historical: bool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, SessionError> {
         let up = self.up;
         let node = &up.model.node;
         let readings = up.model.node_batch(batch);

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, PublishOptions, QoS};
+use rumqttc::{
+    AsyncClient, ClientError, ConnectionError, PublishNoticeError, PublishOptions, QoS,
+    SubscribeNoticeError, UnsubscribeNoticeError,
+};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +17,7 @@ use super::{Ended, STEP_TIMEOUT, SparkplugUplink, state_topic};
 use crate::codec::sparkplug::{self as spb, DeviceState, EdgeNodeModel, MessageType, SeqCounter};
 use crate::completeness::Tally;
 use crate::model::Timestamp;
+use crate::spool::SpoolError;
 
 /// What survives a reconnect: the last reported values and which devices are dead.
 pub(super) struct NodeState {
@@ -54,10 +58,80 @@ pub(super) struct Session<'a> {
     pub(super) stopping: Option<Instant>,
 }
 
+/// Why a session was lost: the connection again after the backoff, and the error is the
+/// uplink's `last_error`. The variants keep apart what failed: the link (the broker refused the
+/// CONNECT, or the connection broke), the client's requests, the broker's answers (SUBACK, the
+/// delivery proof), and the spool.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    /// The connection failed, or the broker refused it ([`ConnectionError::ConnectionRefused`]).
+    #[error("{0}")]
+    Link(#[from] ConnectionError),
+    /// The event loop that hands the session its commands stopped.
+    #[error("event loop stopped")]
+    EventLoopStopped,
+    /// A publish could not be queued in the client.
+    #[error("publish: {0}")]
+    Publish(#[source] ClientError),
+    /// A publish was not written to the socket within [`STEP_TIMEOUT`].
+    #[error("a publish was not written within 5 s")]
+    PublishTimedOut,
+    /// A publish failed before it was written.
+    #[error("publish not written: {0}")]
+    NotWritten(#[source] PublishNoticeError),
+    /// A SUBSCRIBE could not be queued in the client.
+    #[error("subscribe {topic}: {source}")]
+    Subscribe {
+        /// The topic filter.
+        topic: String,
+        /// The client's error.
+        #[source]
+        source: ClientError,
+    },
+    /// A SUBSCRIBE failed before its SUBACK (or the SUBACK refused it).
+    #[error("subscribe {topic}: {source}")]
+    Subscribed {
+        /// The topic filter.
+        topic: String,
+        /// Why.
+        #[source]
+        source: SubscribeNoticeError,
+    },
+    /// No SUBACK within [`STEP_TIMEOUT`].
+    #[error("no SUBACK for {topic}")]
+    NoSuback {
+        /// The topic filter.
+        topic: String,
+    },
+    /// The UNSUBSCRIBE that proves a group's delivery could not be queued in the client.
+    #[error("unsubscribe (delivery check): {0}")]
+    ProofRequest(#[source] ClientError),
+    /// The UNSUBSCRIBE that proves a group's delivery failed before its answer.
+    #[error("delivery check: {0}")]
+    ProofFailed(#[source] UnsubscribeNoticeError),
+    /// The broker did not answer the UNSUBSCRIBE within `keep_alive`.
+    #[error(
+        "the broker did not answer within keep_alive ({unconfirmed} records unconfirmed, kept in the spool)"
+    )]
+    Unproven {
+        /// The records of the group, left in the spool.
+        unconfirmed: usize,
+    },
+    /// The spool could not be read.
+    #[error("spool read: {0}")]
+    SpoolRead(#[source] SpoolError),
+    /// A group could not be acked in the spool.
+    #[error("spool ack: {0}")]
+    SpoolAck(#[source] SpoolError),
+    /// The spool was closed under the session.
+    #[error("spool closed")]
+    SpoolClosed,
+}
+
 /// A group of records whose messages are out, waiting for the broker's answer to the UNSUBSCRIBE
 /// sent after them: that answer proves the broker read everything before it.
 pub(super) struct Proof {
-    pub(super) answer: std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>,
+    pub(super) answer: std::pin::Pin<Box<dyn Future<Output = Result<(), SessionError>> + Send>>,
     /// When the connection is given up for lost.
     pub(super) deadline: Instant,
     /// The spool ids of the group.
@@ -70,16 +144,15 @@ pub(super) struct Proof {
 
 /// The broker's answer to `proof`'s UNSUBSCRIBE, or an error when it fails or does not come
 /// before the deadline. Pending forever without a proof in flight.
-pub(super) async fn proof_answer(proof: &mut Option<Proof>) -> Result<(), String> {
+pub(super) async fn proof_answer(proof: &mut Option<Proof>) -> Result<(), SessionError> {
     let Some(p) = proof.as_mut() else {
         return std::future::pending().await;
     };
     match timeout_at(p.deadline, &mut p.answer).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "the broker did not answer within keep_alive ({} records unconfirmed, kept in the spool)",
-            p.ids.len()
-        )),
+        Err(_) => Err(SessionError::Unproven {
+            unconfirmed: p.ids.len(),
+        }),
     }
 }
 
@@ -197,14 +270,14 @@ impl Session<'_> {
                     more = true;
                 }
                 cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { return Ended::Lost("event loop stopped".into()) };
+                    let Some(cmd) = cmd else { return Ended::Lost(SessionError::EventLoopStopped) };
                     if let Some(ended) = self.on_command(&cmd, &mut proof).await {
                         return ended;
                     }
                 }
                 changed = appended.changed() => {
                     if changed.is_err() {
-                        return Ended::Lost("spool closed".into());
+                        return Ended::Lost(SessionError::SpoolClosed);
                     }
                     more = true;
                 }
@@ -310,7 +383,7 @@ impl Session<'_> {
                 }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else {
-                        return Some(Ended::Lost("event loop stopped".into()));
+                        return Some(Ended::Lost(SessionError::EventLoopStopped));
                     };
                     match self.classify(&cmd) {
                         Command::HostState(state) => {
@@ -331,10 +404,9 @@ impl Session<'_> {
         }
     }
 
-    /// Queue the writes a DCMD asks for (one per metric), in order. A retained DCMD, or one
-    /// whose timestamp is further than `max_command_age` from the clock (or missing), is queued
-    /// refused: it never reaches the device, and each of its writes is reported.
-    async fn subscribe(&self) -> Result<(), String> {
+    /// Subscribe to the node's NCMD, its devices' DCMD and the primary host's STATE, each
+    /// waiting for its SUBACK.
+    async fn subscribe(&self) -> Result<(), SessionError> {
         let mut topics = vec![
             self.up.topic(MessageType::NCmd, None),
             format!("{}/#", self.up.topic(MessageType::DCmd, None)),
@@ -347,11 +419,14 @@ impl Session<'_> {
                 .client
                 .subscribe_tracked(t.clone(), QoS::AtLeastOnce)
                 .await
-                .map_err(|e| format!("subscribe {t}: {e}"))?;
+                .map_err(|source| SessionError::Subscribe {
+                    topic: t.clone(),
+                    source,
+                })?;
             timeout(STEP_TIMEOUT, notice.wait_async())
                 .await
-                .map_err(|_| format!("no SUBACK for {t}"))?
-                .map_err(|e| format!("subscribe {t}: {e}"))?;
+                .map_err(|_| SessionError::NoSuback { topic: t.clone() })?
+                .map_err(|source| SessionError::Subscribed { topic: t, source })?;
         }
         Ok(())
     }

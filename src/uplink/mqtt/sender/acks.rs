@@ -195,11 +195,7 @@ impl Sender<'_> {
         notice: rumqttc::PublishNotice,
     ) {
         self.waiters.spawn(async move {
-            let result = notice
-                .wait_async()
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string());
+            let result = notice.wait_async().await.map(drop);
             (id, generation, result)
         });
     }

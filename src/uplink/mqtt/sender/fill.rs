@@ -232,6 +232,25 @@ impl Sender<'_> {
         Ok((payload, topic, tally, acquired))
     }
 
+    /// A spooled record whose body cannot be decoded (`why`, when the decoder said): logged,
+    /// counted as rejected and acked, since it would never become sendable.
+    fn reject_undecodable(
+        &mut self,
+        record: &StoredRecord,
+        why: Option<&dyn std::fmt::Display>,
+    ) -> Sent {
+        let u = self.uplink;
+        let why = why.map(|e| format!(": {e}")).unwrap_or_default();
+        tracing::warn!(
+            uplink = %u.name, id = record.id, stream = record.stream.as_str(), seq = record.seq,
+            "dropping a spooled record that cannot be decoded{why}"
+        );
+        u.update(|s| s.rejected_total += 1);
+        self.state.dropped(record.id);
+        self.queue_ack(record.id);
+        Sent::Rejected
+    }
+
     pub(super) async fn publish(
         &mut self,
         conn: &Conn,
@@ -241,16 +260,7 @@ impl Sender<'_> {
         let u = self.uplink;
         let (payload, topic, tally, acquired) = match self.prepare(record, decoded) {
             Ok(prepared) => prepared,
-            Err(e) => {
-                tracing::warn!(
-                    uplink = %u.name, id = record.id, stream = record.stream.as_str(), seq = record.seq,
-                    "dropping a spooled record that cannot be decoded: {e}"
-                );
-                u.update(|s| s.rejected_total += 1);
-                self.state.dropped(record.id);
-                self.queue_ack(record.id);
-                return Sent::Rejected;
-            }
+            Err(e) => return self.reject_undecodable(record, Some(&e)),
         };
         let size = publish_packet_size(topic.len(), payload.len());
         if size > u.cfg.max_packet_size {
@@ -344,14 +354,7 @@ impl Sender<'_> {
         let ids: Vec<i64> = group.iter().map(|(r, _)| r.id).collect();
         let (leader, leader_record) = &group[0];
         let Some(leader_record) = leader_record else {
-            tracing::warn!(
-                uplink = %u.name, id = leader.id, stream = leader.stream.as_str(), seq = leader.seq,
-                "dropping a spooled record that cannot be decoded"
-            );
-            u.update(|s| s.rejected_total += 1);
-            self.state.dropped(leader.id);
-            self.queue_ack(leader.id);
-            return Sent::Rejected;
+            return self.reject_undecodable(leader, None);
         };
         let records: Vec<&Record> = group.iter().filter_map(|(_, r)| r.as_ref()).collect();
         let encoded = match self.hj212.as_mut() {

@@ -20,6 +20,7 @@ use crate::completeness::Tally;
 use crate::config::Stream;
 use crate::model::{Event as ModelEvent, EventKind, EventPhase, Record, Timestamp, Value};
 use crate::spool::{NewRecord, SpoolHandle};
+use crate::uplink::RunError;
 
 mod acks;
 mod fill;
@@ -30,7 +31,7 @@ use state::{Action, Lane, SendState, Step};
 // === impl Sender ===
 
 /// The result a notice waiter reports: id, generation it was published in, outcome.
-pub(super) type NoticeOutcome = (i64, u64, Result<(), String>);
+pub(super) type NoticeOutcome = (i64, u64, Result<(), rumqttc::PublishNoticeError>);
 
 /// Kv key of the per-stream drop counts already reported in an outage event.
 pub(super) const REPORTED_DROPS_KEY: &str = "uplink.reported_drops";
@@ -117,7 +118,7 @@ impl<'a> Sender<'a> {
         mut self,
         shutdown: &CancellationToken,
         deadline: &std::sync::OnceLock<Instant>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunError> {
         let mut ended = Ok(());
         let mut appended = self.spool.appended();
         self.refresh_dead_letters().await;
@@ -152,7 +153,7 @@ impl<'a> Sender<'a> {
                 changed = appended.changed() => {
                     if changed.is_err() {
                         tracing::warn!(uplink = %self.uplink.name, "spool closed; uplink stops sending");
-                        ended = Err("spool closed".to_owned());
+                        ended = Err(RunError::SpoolClosed);
                         break;
                     }
                     self.state.appended();

@@ -1,0 +1,42 @@
+//! The MQTT connection options of the uplinks that speak MQTT (plain MQTT and Sparkplug): one
+//! place that turns an uplink's `[uplinks]` MQTT settings into the options of a connection.
+
+use std::sync::Arc;
+
+use rumqttc::{LastWill, MqttOptions};
+
+use crate::config::MqttConfig;
+
+/// The options of a fresh connection to `cfg`'s broker: client id, TLS (`tls`, with the
+/// configured server name), keep-alive, packet size limit in both directions, credentials, a clean
+/// session, and `will` as the Last Will. What differs between the uplinks (the in-flight window,
+/// the request channel's capacity) the caller sets on the result.
+pub(super) fn mqtt_options(
+    cfg: &MqttConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    will: LastWill,
+) -> MqttOptions {
+    let mut o = crate::mqtt::connect_options(
+        cfg.client_id.clone(),
+        &cfg.broker.host,
+        cfg.broker.port,
+        tls,
+        cfg.tls_settings.server_name.as_deref(),
+    );
+    o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
+        .set_clean_session(true)
+        .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
+        .set_last_will(will);
+    match (&cfg.username, &cfg.password) {
+        (Some(user), Some(password)) => {
+            o.set_credentials(user.clone(), password.0.clone());
+        }
+        (Some(user), None) => {
+            o.set_username(user.clone());
+        }
+        // MQTT 3.1.1 has no password-only login: the MQTT uplink refuses such a configuration
+        // when it is built.
+        (None, _) => {}
+    }
+    o
+}
