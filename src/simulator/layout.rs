@@ -60,10 +60,10 @@ const fn reg(
         area,
         address,
         data_type,
+        unit,
         byte_order: ByteOrder::Abcd,
         scale: 1.0,
         offset: 0.0,
-        unit,
         writable: false,
     }
 }
