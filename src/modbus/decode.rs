@@ -488,6 +488,20 @@ mod tests {
         crate::modbus::test_fixtures::device("pot_017", 17, points)
     }
 
+    /// A read of `count` registers or bits of `area` from `start` serving `(point, offset)`.
+    fn request(area: Area, start: u16, count: u16, slots: &[(usize, u16)]) -> ReadRequest {
+        let points = slots
+            .iter()
+            .map(|&(point, offset)| PointSlot { point, offset })
+            .collect();
+        ReadRequest {
+            area,
+            start,
+            count,
+            points,
+        }
+    }
+
     /// A device with a float, an integer and a text point, and the one request that covers
     /// them.
     fn served_request() -> (DeviceConfig, ReadRequest) {
@@ -496,25 +510,7 @@ mod tests {
             named("anode_moves", Area::Holding, 103, DataType::U16),
             named("tag", Area::Holding, 104, DataType::Ascii { registers: 2 }),
         ]);
-        let req = ReadRequest {
-            area: Area::Holding,
-            start: 100,
-            count: 6,
-            points: vec![
-                PointSlot {
-                    point: 0,
-                    offset: 0,
-                },
-                PointSlot {
-                    point: 1,
-                    offset: 3,
-                },
-                PointSlot {
-                    point: 2,
-                    offset: 4,
-                },
-            ],
-        };
+        let req = request(Area::Holding, 100, 6, &[(0, 0), (1, 3), (2, 4)]);
         (dev, req)
     }
 
@@ -608,25 +604,7 @@ mod tests {
             named("alarm", Area::Coil, 5, DataType::Bool { bit: None }),
             named("run", Area::Coil, 7, DataType::Bool { bit: None }),
         ]);
-        let req = ReadRequest {
-            area: Area::Coil,
-            start: 5,
-            count: 3,
-            points: vec![
-                PointSlot {
-                    point: 0,
-                    offset: 0,
-                },
-                PointSlot {
-                    point: 1,
-                    offset: 2,
-                },
-                PointSlot {
-                    point: 9,
-                    offset: 1,
-                },
-            ],
-        };
+        let req = request(Area::Coil, 5, 3, &[(0, 0), (1, 2), (9, 1)]);
         let mut out = Vec::new();
         apply_request(
             &dev,
