@@ -80,18 +80,22 @@ fn batch(device: &str, readings: Vec<Reading>) -> ReadingBatch {
     }
 }
 
-#[test]
-fn aliases_are_assigned_in_configuration_order_and_unique_across_the_edge_node() {
-    let m = model();
-    let names: Vec<(&str, &str, u64, DataType)> = m
-        .devices
+/// Each device metric as (device, metric, alias, datatype), in order.
+fn device_metrics(devices: &[DeviceModel]) -> Vec<(&str, &str, u64, DataType)> {
+    devices
         .iter()
         .flat_map(|d| {
             d.metrics
                 .iter()
                 .map(move |x| (&*d.name, &*x.name, x.alias, x.datatype))
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn aliases_are_assigned_in_configuration_order_and_unique_across_the_edge_node() {
+    let m = model();
+    let names = device_metrics(&m.devices);
     assert_eq!(
         names,
         vec![
@@ -130,14 +134,7 @@ unit = "V"
     let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
         .expect("valid config");
     let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
-    let names: Vec<(&str, &str, u64, DataType)> = m.devices[2..]
-        .iter()
-        .flat_map(|d| {
-            d.metrics
-                .iter()
-                .map(move |x| (&*d.name, &*x.name, x.alias, x.datatype))
-        })
-        .collect();
+    let names = device_metrics(&m.devices[2..]);
     assert_eq!(
         names,
         vec![
