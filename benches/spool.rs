@@ -41,32 +41,34 @@ fn mode(full: bool) -> &'static str {
     if full { "full" } else { "normal" }
 }
 
-fn append(c: &mut Criterion) {
-    let mut group = c.benchmark_group("spool_append");
+/// Benchmarks group `name` per synchronous mode and batch size: each iteration appends and acks
+/// one batch, and `step` returns the part of that it times.
+fn append_then_ack(c: &mut Criterion, name: &str, step: fn(&mut Spool, usize) -> Duration) {
+    let mut group = c.benchmark_group(name);
     for full in [true, false] {
         for size in [100usize, 1000] {
             group.throughput(Throughput::Elements(size as u64));
             group.bench_function(BenchmarkId::new(mode(full), size), |b| {
                 let dir = tempfile::TempDir::new().expect("temp dir");
                 let mut spool = open(&dir, full);
-                b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iters {
-                        let records = batch(size);
-                        let start = Instant::now();
-                        let appended = spool.append(records).expect("append");
-                        spent += start.elapsed();
-                        // Keep the file small so every iteration measures the same thing; the
-                        // ack is not timed.
-                        let ids: Vec<i64> = appended.iter().map(|a| a.id).collect();
-                        spool.ack(&ids).expect("ack");
-                    }
-                    spent
-                });
+                b.iter_custom(|iters| (0..iters).map(|_| step(&mut spool, size)).sum());
             });
         }
     }
     group.finish();
+}
+
+fn append(c: &mut Criterion) {
+    append_then_ack(c, "spool_append", |spool, size| {
+        let records = batch(size);
+        let start = Instant::now();
+        let appended = spool.append(records).expect("append");
+        let spent = start.elapsed();
+        // Keep the file small so every iteration measures the same thing; the ack is not timed.
+        let ids: Vec<i64> = appended.iter().map(|a| a.id).collect();
+        spool.ack(&ids).expect("ack");
+        spent
+    });
 }
 
 fn read_after(c: &mut Criterion) {
@@ -94,29 +96,15 @@ fn read_after(c: &mut Criterion) {
 }
 
 fn ack(c: &mut Criterion) {
-    let mut group = c.benchmark_group("spool_ack");
-    for full in [true, false] {
-        for size in [100usize, 1000] {
-            group.throughput(Throughput::Elements(size as u64));
-            group.bench_function(BenchmarkId::new(mode(full), size), |b| {
-                let dir = tempfile::TempDir::new().expect("temp dir");
-                let mut spool = open(&dir, full);
-                b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iters {
-                        let appended = spool.append(batch(size)).expect("append");
-                        let ids: Vec<i64> = appended.iter().map(|a| a.id).collect();
-                        let start = Instant::now();
-                        let removed = spool.ack(&ids).expect("ack");
-                        spent += start.elapsed();
-                        assert_eq!(removed, size as u64);
-                    }
-                    spent
-                });
-            });
-        }
-    }
-    group.finish();
+    append_then_ack(c, "spool_ack", |spool, size| {
+        let appended = spool.append(batch(size)).expect("append");
+        let ids: Vec<i64> = appended.iter().map(|a| a.id).collect();
+        let start = Instant::now();
+        let removed = spool.ack(&ids).expect("ack");
+        let spent = start.elapsed();
+        assert_eq!(removed, size as u64);
+        spent
+    });
 }
 
 criterion_group!(benches, append, read_after, ack);

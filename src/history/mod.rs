@@ -320,24 +320,14 @@ impl HistoryStore {
         begin: Timestamp,
         end: Timestamp,
     ) -> Result<Vec<Vec<Aggregate>>, HistoryError> {
-        let err = self.sqlite();
-        let inner = self.lock();
-        let mut stmt = inner
-            .conn
-            .prepare_cached(
-                "SELECT body FROM windows WHERE period = ?1 AND start_ms BETWEEN ?2 AND ?3
-                 ORDER BY start_ms, subject, id",
-            )
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map(params![period.as_str(), begin.0, end.0], |r| {
-                r.get::<_, String>(0)
-            })
-            .map_err(&err)?;
+        let aggregates: Vec<Aggregate> = self.select_texts(
+            "SELECT body FROM windows WHERE period = ?1 AND start_ms BETWEEN ?2 AND ?3
+             ORDER BY start_ms, subject, id",
+            params![period.as_str(), begin.0, end.0],
+            |body| serde_json::from_str(body).map_err(self.corrupt("window")),
+        )?;
         let mut out: Vec<Vec<Aggregate>> = Vec::new();
-        for row in rows {
-            let body = row.map_err(&err)?;
-            let a: Aggregate = serde_json::from_str(&body).map_err(self.corrupt("window"))?;
+        for a in aggregates {
             match out.last_mut() {
                 Some(w) if w[0].subject == a.subject && w[0].start == a.start => w.push(a),
                 _ => out.push(vec![a]),
@@ -354,23 +344,12 @@ impl HistoryStore {
         begin: Timestamp,
         end: Timestamp,
     ) -> Result<Vec<MetricBatch>, HistoryError> {
-        let err = self.sqlite();
-        let inner = self.lock();
-        let mut stmt = inner
-            .conn
-            .prepare_cached(
-                "SELECT body FROM figures WHERE period = ?1 AND ts_ms BETWEEN ?2 AND ?3
-                 ORDER BY ts_ms, line, id",
-            )
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map(params![period, begin.0, end.0], |r| r.get::<_, String>(0))
-            .map_err(&err)?;
-        rows.map(|row| {
-            let body = row.map_err(&err)?;
-            serde_json::from_str(&body).map_err(self.corrupt("figures"))
-        })
-        .collect()
+        self.select_texts(
+            "SELECT body FROM figures WHERE period = ?1 AND ts_ms BETWEEN ?2 AND ?3
+             ORDER BY ts_ms, line, id",
+            params![period, begin.0, end.0],
+            |body| serde_json::from_str(body).map_err(self.corrupt("figures")),
+        )
     }
 
     /// The last record of ledger chain `chain`, to resume it after a restart.
@@ -392,20 +371,27 @@ impl HistoryStore {
 
     /// Every stored record of ledger chain `chain`, in seq order (for re-export).
     pub fn ledger_records(&self, chain: &str) -> Result<Vec<LedgerRecord>, HistoryError> {
+        self.select_texts(
+            "SELECT record FROM ledger WHERE chain = ?1 ORDER BY seq",
+            params![chain],
+            |text| LedgerRecord::from_json(text).map_err(self.corrupt("ledger record")),
+        )
+    }
+
+    /// Runs `sql`, which selects one text column, and parses each row's text with `parse`.
+    fn select_texts<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        parse: impl Fn(&str) -> Result<T, HistoryError>,
+    ) -> Result<Vec<T>, HistoryError> {
         let err = self.sqlite();
         let inner = self.lock();
-        let mut stmt = inner
-            .conn
-            .prepare_cached("SELECT record FROM ledger WHERE chain = ?1 ORDER BY seq")
-            .map_err(&err)?;
+        let mut stmt = inner.conn.prepare_cached(sql).map_err(&err)?;
         let rows = stmt
-            .query_map(params![chain], |r| r.get::<_, String>(0))
+            .query_map(params, |r| r.get::<_, String>(0))
             .map_err(&err)?;
-        rows.map(|row| {
-            let text = row.map_err(&err)?;
-            LedgerRecord::from_json(&text).map_err(self.corrupt("ledger record"))
-        })
-        .collect()
+        rows.map(|row| parse(&row.map_err(&err)?)).collect()
     }
 }
 

@@ -513,6 +513,29 @@ mod tests {
         }
     }
 
+    /// The `period` the energy tiles' fallback matches (`m.labels.period === "day"` on
+    /// `<dc|ac>_kwh_per_t`) is one the calculators emit those figures for (`calc::catalog`).
+    #[test]
+    fn the_dashboard_matches_a_period_the_calculators_emit_the_tiles_figures_for() {
+        use crate::calc::{catalog, names};
+        let prefix = "labels.period === \"";
+        let mut matched = Vec::new();
+        for (i, _) in DASHBOARD_HTML.match_indices(prefix) {
+            let rest = &DASHBOARD_HTML[i + prefix.len()..];
+            matched.push(&rest[..rest.find('"').unwrap_or(rest.len())]);
+        }
+        assert!(!matched.is_empty(), "the dashboard matches no period label");
+        for name in [names::DC_KWH_PER_T, names::AC_KWH_PER_T] {
+            let periods = catalog::periods(names::POTLINE, name);
+            for &period in &matched {
+                assert!(
+                    periods.contains(&Some(period)),
+                    "the dashboard matches {name} of period {period:?}, which is not emitted"
+                );
+            }
+        }
+    }
+
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());

@@ -267,30 +267,43 @@ mod tests {
         (Some(v), Quality::Good)
     }
 
+    /// Asserts, for each case, that its `words[k]` decode to its value under the k-th of ABCD,
+    /// CDAB, BADC and DCBA.
+    fn assert_in_all_four_orders<const N: usize>(cases: &[(DataType, Value, [[u16; N]; 4])]) {
+        for (data_type, expected, words) in cases {
+            for (order, words) in [Abcd, Cdab, Badc, Dcba].into_iter().zip(words) {
+                assert_eq!(
+                    dec(*data_type, order, words),
+                    good(expected.clone()),
+                    "{data_type:?} {order:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn f32_in_all_four_orders() {
         // 123.456f32 = 0x42F6E979.
-        let expected = good(Value::Float(f64::from(123.456f32)));
-        assert_eq!(dec(DataType::F32, Abcd, &[0x42F6, 0xE979]), expected);
-        assert_eq!(dec(DataType::F32, Cdab, &[0xE979, 0x42F6]), expected);
-        assert_eq!(dec(DataType::F32, Badc, &[0xF642, 0x79E9]), expected);
-        assert_eq!(dec(DataType::F32, Dcba, &[0x79E9, 0xF642]), expected);
+        #[rustfmt::skip]
+        let cases = [(DataType::F32, Value::Float(f64::from(123.456f32)), [
+            [0x42F6, 0xE979], [0xE979, 0x42F6], [0xF642, 0x79E9], [0x79E9, 0xF642],
+        ])];
+        assert_in_all_four_orders(&cases);
     }
 
     #[test]
     fn u32_and_i32_in_all_four_orders() {
-        let u = good(Value::UInt(0x1234_5678));
-        assert_eq!(dec(DataType::U32, Abcd, &[0x1234, 0x5678]), u);
-        assert_eq!(dec(DataType::U32, Cdab, &[0x5678, 0x1234]), u);
-        assert_eq!(dec(DataType::U32, Badc, &[0x3412, 0x7856]), u);
-        assert_eq!(dec(DataType::U32, Dcba, &[0x7856, 0x3412]), u);
-
         // -2 = 0xFFFF_FFFE.
-        let i = good(Value::Int(-2));
-        assert_eq!(dec(DataType::I32, Abcd, &[0xFFFF, 0xFFFE]), i);
-        assert_eq!(dec(DataType::I32, Cdab, &[0xFFFE, 0xFFFF]), i);
-        assert_eq!(dec(DataType::I32, Badc, &[0xFFFF, 0xFEFF]), i);
-        assert_eq!(dec(DataType::I32, Dcba, &[0xFEFF, 0xFFFF]), i);
+        #[rustfmt::skip]
+        let cases = [
+            (DataType::U32, Value::UInt(0x1234_5678), [
+                [0x1234, 0x5678], [0x5678, 0x1234], [0x3412, 0x7856], [0x7856, 0x3412],
+            ]),
+            (DataType::I32, Value::Int(-2), [
+                [0xFFFF, 0xFFFE], [0xFFFE, 0xFFFF], [0xFFFF, 0xFEFF], [0xFEFF, 0xFFFF],
+            ]),
+        ];
+        assert_in_all_four_orders(&cases);
         assert_eq!(
             dec(DataType::I32, Abcd, &[0x8000, 0x0000]),
             good(Value::Int(i64::from(i32::MIN)))
@@ -321,60 +334,23 @@ mod tests {
 
     #[test]
     fn u64_i64_and_f64_in_all_four_orders() {
-        let u = good(Value::UInt(0x0102_0304_0506_0708));
-        assert_eq!(
-            dec(DataType::U64, Abcd, &[0x0102, 0x0304, 0x0506, 0x0708]),
-            u
-        );
-        assert_eq!(
-            dec(DataType::U64, Cdab, &[0x0708, 0x0506, 0x0304, 0x0102]),
-            u
-        );
-        assert_eq!(
-            dec(DataType::U64, Badc, &[0x0201, 0x0403, 0x0605, 0x0807]),
-            u
-        );
-        assert_eq!(
-            dec(DataType::U64, Dcba, &[0x0807, 0x0605, 0x0403, 0x0201]),
-            u
-        );
-
-        let i = good(Value::Int(-2));
-        assert_eq!(
-            dec(DataType::I64, Abcd, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE]),
-            i
-        );
-        assert_eq!(
-            dec(DataType::I64, Cdab, &[0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF]),
-            i
-        );
-        assert_eq!(
-            dec(DataType::I64, Badc, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF]),
-            i
-        );
-        assert_eq!(
-            dec(DataType::I64, Dcba, &[0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF]),
-            i
-        );
-
         // 123.456f64 = 0x405E_DD2F_1A9F_BE77.
-        let f = good(Value::Float(123.456));
-        assert_eq!(
-            dec(DataType::F64, Abcd, &[0x405E, 0xDD2F, 0x1A9F, 0xBE77]),
-            f
-        );
-        assert_eq!(
-            dec(DataType::F64, Cdab, &[0xBE77, 0x1A9F, 0xDD2F, 0x405E]),
-            f
-        );
-        assert_eq!(
-            dec(DataType::F64, Badc, &[0x5E40, 0x2FDD, 0x9F1A, 0x77BE]),
-            f
-        );
-        assert_eq!(
-            dec(DataType::F64, Dcba, &[0x77BE, 0x9F1A, 0x2FDD, 0x5E40]),
-            f
-        );
+        #[rustfmt::skip]
+        let cases = [
+            (DataType::U64, Value::UInt(0x0102_0304_0506_0708), [
+                [0x0102, 0x0304, 0x0506, 0x0708], [0x0708, 0x0506, 0x0304, 0x0102],
+                [0x0201, 0x0403, 0x0605, 0x0807], [0x0807, 0x0605, 0x0403, 0x0201],
+            ]),
+            (DataType::I64, Value::Int(-2), [
+                [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF],
+                [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF], [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF],
+            ]),
+            (DataType::F64, Value::Float(123.456), [
+                [0x405E, 0xDD2F, 0x1A9F, 0xBE77], [0xBE77, 0x1A9F, 0xDD2F, 0x405E],
+                [0x5E40, 0x2FDD, 0x9F1A, 0x77BE], [0x77BE, 0x9F1A, 0x2FDD, 0x5E40],
+            ]),
+        ];
+        assert_in_all_four_orders(&cases);
     }
 
     #[test]
@@ -512,6 +488,20 @@ mod tests {
         crate::modbus::test_fixtures::device("pot_017", 17, points)
     }
 
+    /// A read of `count` registers or bits of `area` from `start` serving `(point, offset)`.
+    fn request(area: Area, start: u16, count: u16, slots: &[(usize, u16)]) -> ReadRequest {
+        let points = slots
+            .iter()
+            .map(|&(point, offset)| PointSlot { point, offset })
+            .collect();
+        ReadRequest {
+            area,
+            start,
+            count,
+            points,
+        }
+    }
+
     /// A device with a float, an integer and a text point, and the one request that covers
     /// them.
     fn served_request() -> (DeviceConfig, ReadRequest) {
@@ -520,25 +510,7 @@ mod tests {
             named("anode_moves", Area::Holding, 103, DataType::U16),
             named("tag", Area::Holding, 104, DataType::Ascii { registers: 2 }),
         ]);
-        let req = ReadRequest {
-            area: Area::Holding,
-            start: 100,
-            count: 6,
-            points: vec![
-                PointSlot {
-                    point: 0,
-                    offset: 0,
-                },
-                PointSlot {
-                    point: 1,
-                    offset: 3,
-                },
-                PointSlot {
-                    point: 2,
-                    offset: 4,
-                },
-            ],
-        };
+        let req = request(Area::Holding, 100, 6, &[(0, 0), (1, 3), (2, 4)]);
         (dev, req)
     }
 
@@ -632,25 +604,7 @@ mod tests {
             named("alarm", Area::Coil, 5, DataType::Bool { bit: None }),
             named("run", Area::Coil, 7, DataType::Bool { bit: None }),
         ]);
-        let req = ReadRequest {
-            area: Area::Coil,
-            start: 5,
-            count: 3,
-            points: vec![
-                PointSlot {
-                    point: 0,
-                    offset: 0,
-                },
-                PointSlot {
-                    point: 1,
-                    offset: 2,
-                },
-                PointSlot {
-                    point: 9,
-                    offset: 1,
-                },
-            ],
-        };
+        let req = request(Area::Coil, 5, 3, &[(0, 0), (1, 2), (9, 1)]);
         let mut out = Vec::new();
         apply_request(
             &dev,

@@ -80,18 +80,22 @@ fn batch(device: &str, readings: Vec<Reading>) -> ReadingBatch {
     }
 }
 
-#[test]
-fn aliases_are_assigned_in_configuration_order_and_unique_across_the_edge_node() {
-    let m = model();
-    let names: Vec<(&str, &str, u64, DataType)> = m
-        .devices
+/// Each device metric as (device, metric, alias, datatype), in order.
+fn device_metrics(devices: &[DeviceModel]) -> Vec<(&str, &str, u64, DataType)> {
+    devices
         .iter()
         .flat_map(|d| {
             d.metrics
                 .iter()
                 .map(move |x| (&*d.name, &*x.name, x.alias, x.datatype))
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn aliases_are_assigned_in_configuration_order_and_unique_across_the_edge_node() {
+    let m = model();
+    let names = device_metrics(&m.devices);
     assert_eq!(
         names,
         vec![
@@ -130,14 +134,7 @@ unit = "V"
     let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
         .expect("valid config");
     let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
-    let names: Vec<(&str, &str, u64, DataType)> = m.devices[2..]
-        .iter()
-        .flat_map(|d| {
-            d.metrics
-                .iter()
-                .map(move |x| (&*d.name, &*x.name, x.alias, x.datatype))
-        })
-        .collect();
+    let names = device_metrics(&m.devices[2..]);
     assert_eq!(
         names,
         vec![
@@ -632,6 +629,15 @@ fn metrics_stream_figures_are_double_node_metrics_named_by_their_place_after_eve
     );
 }
 
+/// The calculator, a figure's name and labels, the node metric it is (if any), and why.
+type FigureCase<'a> = (
+    &'a Arc<str>,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+    &'a str,
+);
+
 #[test]
 fn a_figure_is_the_node_metric_of_its_name_and_place_whatever_else_it_is_labelled() {
     let m = node_model();
@@ -646,74 +652,38 @@ fn a_figure_is_the_node_metric_of_its_name_and_place_whatever_else_it_is_labelle
         ("period", "day"),
         ("production", "measured"),
     ];
-    assert_eq!(
-        name(&potline, &figure("dc_kwh_per_t", None, Quality::Good, &day)).as_deref(),
-        Some("calc/potline/potline1/day/dc_kwh_per_t"),
-        "the production basis describes the value, it does not place it"
-    );
     let month = [
         ("line", "potline1"),
         ("period", "month"),
         ("production", "faraday"),
     ];
-    assert_eq!(
-        name(
-            &potline,
-            &figure("dc_kwh_per_t", None, Quality::Good, &month)
-        )
-        .as_deref(),
-        Some("calc/potline/potline1/month/dc_kwh_per_t")
-    );
     let cell = [("line", "potline1"), ("cell", "pot_017")];
-    assert_eq!(
-        name(
-            &potline,
-            &figure("dc_kwh_per_t_today", None, Quality::Good, &cell)
-        ),
-        None,
-        "a cell's figure is not the line's"
-    );
     let other = [("line", "potline2")];
-    assert_eq!(
-        name(
-            &potline,
-            &figure("dc_kwh_per_t_today", None, Quality::Good, &other)
-        ),
-        None,
-        "another line's"
-    );
     let ytd = [("line", "potline1"), ("period", "ytd")];
-    assert_eq!(
-        name(&potline, &figure("dc_kwh_per_t", None, Quality::Good, &ytd)),
-        None,
-        "a period not declared is no node metric"
-    );
     let line = [("line", "potline1")];
-    assert_eq!(
-        name(
-            &derived,
-            &figure("mean_cell_voltage_v", None, Quality::Good, &line)
-        )
-        .as_deref(),
-        Some("derived/potline1/mean_cell_voltage_v")
-    );
     let more = [("line", "potline1"), ("x", "y")];
-    assert_eq!(
-        name(
-            &derived,
-            &figure("mean_cell_voltage_v", None, Quality::Good, &more)
-        ),
-        None,
-        "a derived point's labels are exactly its own"
-    );
-    assert_eq!(
-        name(
-            &potline,
-            &figure("mean_cell_voltage_v", None, Quality::Good, &line)
-        ),
-        None,
-        "another calculator's"
-    );
+    #[rustfmt::skip]
+    let cases: [FigureCase; 8] = [
+        (&potline, "dc_kwh_per_t", &day, Some("calc/potline/potline1/day/dc_kwh_per_t"),
+            "the production basis describes the value, it does not place it"),
+        (&potline, "dc_kwh_per_t", &month, Some("calc/potline/potline1/month/dc_kwh_per_t"),
+            ""),
+        (&potline, "dc_kwh_per_t_today", &cell, None, "a cell's figure is not the line's"),
+        (&potline, "dc_kwh_per_t_today", &other, None, "another line's"),
+        (&potline, "dc_kwh_per_t", &ytd, None, "a period not declared is no node metric"),
+        (&derived, "mean_cell_voltage_v", &line, Some("derived/potline1/mean_cell_voltage_v"),
+            ""),
+        (&derived, "mean_cell_voltage_v", &more, None,
+            "a derived point's labels are exactly its own"),
+        (&potline, "mean_cell_voltage_v", &line, None, "another calculator's"),
+    ];
+    for (calc, metric, labels, expected, why) in cases {
+        assert_eq!(
+            name(calc, &figure(metric, None, Quality::Good, labels)).as_deref(),
+            expected,
+            "{why}"
+        );
+    }
 }
 
 #[test]

@@ -47,13 +47,12 @@ impl Reg {
     }
 }
 
+/// A register with ABCD order and no scaling; `cdab` and `scaled` change those.
 const fn reg(
     name: &'static str,
     area: Area,
     address: u16,
     data_type: DataType,
-    byte_order: ByteOrder,
-    scale: f64,
     unit: &'static str,
 ) -> Reg {
     Reg {
@@ -61,24 +60,31 @@ const fn reg(
         area,
         address,
         data_type,
-        byte_order,
-        scale,
-        offset: 0.0,
         unit,
+        byte_order: ByteOrder::Abcd,
+        scale: 1.0,
+        offset: 0.0,
         writable: false,
     }
 }
 
+impl Reg {
+    /// The same register with its two words swapped (CDAB).
+    const fn cdab(self) -> Reg {
+        Reg {
+            byte_order: ByteOrder::Cdab,
+            ..self
+        }
+    }
+
+    /// The same register with engineering = raw × `scale`.
+    const fn scaled(self, scale: f64) -> Reg {
+        Reg { scale, ..self }
+    }
+}
+
 const fn f32_in(name: &'static str, address: u16, unit: &'static str) -> Reg {
-    reg(
-        name,
-        Area::Input,
-        address,
-        DataType::F32,
-        ByteOrder::Abcd,
-        1.0,
-        unit,
-    )
+    reg(name, Area::Input, address, DataType::F32, unit)
 }
 
 const fn bit_in(name: &'static str, address: u16, bit: u8) -> Reg {
@@ -87,10 +93,24 @@ const fn bit_in(name: &'static str, address: u16, bit: u8) -> Reg {
         Area::Input,
         address,
         DataType::Bool { bit: Some(bit) },
-        ByteOrder::Abcd,
-        1.0,
         "",
     )
+}
+
+/// A 16- or 32-bit integer input register, engineering = raw × `scale`.
+const fn int_in(
+    name: &'static str,
+    address: u16,
+    data_type: DataType,
+    scale: f64,
+    unit: &'static str,
+) -> Reg {
+    reg(name, Area::Input, address, data_type, unit).scaled(scale)
+}
+
+/// A whole coil or discrete input.
+const fn one_bit(name: &'static str, area: Area, address: u16) -> Reg {
+    reg(name, area, address, DataType::Bool { bit: None }, "")
 }
 
 /// Pot control unit (one per cell, one unit id each).
@@ -102,15 +122,7 @@ pub mod pcu {
     /// Pseudo-resistance (V − 1.65 V) / I, in µΩ.
     pub const PSEUDO_RESISTANCE_UOHM: Reg = f32_in("pseudo_resistance_uohm", 2, "uohm");
     /// Bath temperature, u16 in 0.1 °C.
-    pub const BATH_TEMP_C: Reg = reg(
-        "bath_temp_c",
-        Area::Input,
-        4,
-        DataType::U16,
-        ByteOrder::Abcd,
-        0.1,
-        "degC",
-    );
+    pub const BATH_TEMP_C: Reg = int_in("bath_temp_c", 4, DataType::U16, 0.1, "degC");
     /// Status bit 0: cell in service.
     pub const IN_SERVICE: Reg = bit_in("in_service", 5, 0);
     /// Status bit 1: anode effect in progress.
@@ -118,65 +130,18 @@ pub mod pcu {
     /// Status bit 2: cell cut out (shorting bridges in).
     pub const CUT_OUT: Reg = bit_in("cut_out", 5, 2);
     /// Alumina feeder shots since commissioning (u32, wraps).
-    pub const FEED_SHOTS: Reg = reg(
-        "feed_shots",
-        Area::Input,
-        6,
-        DataType::U32,
-        ByteOrder::Abcd,
-        1.0,
-        "shots",
-    );
+    pub const FEED_SHOTS: Reg = int_in("feed_shots", 6, DataType::U32, 1.0, "shots");
     /// Anode effects since the controller started (u16, wraps).
-    pub const ANODE_EFFECT_COUNT: Reg = reg(
-        "anode_effect_count",
-        Area::Input,
-        8,
-        DataType::U16,
-        ByteOrder::Abcd,
-        1.0,
-        "",
-    );
+    pub const ANODE_EFFECT_COUNT: Reg = int_in("anode_effect_count", 8, DataType::U16, 1.0, "");
     /// Target cell voltage, the controller's set point (f32 **CDAB**; writable by a client).
-    pub const TARGET_VOLTAGE_V: Reg = reg(
-        "target_voltage_v",
-        Area::Holding,
-        0,
-        DataType::F32,
-        ByteOrder::Cdab,
-        1.0,
-        "V",
-    );
+    pub const TARGET_VOLTAGE_V: Reg =
+        reg("target_voltage_v", Area::Holding, 0, DataType::F32, "V").cdab();
     /// Nominal interval between feeder shots.
-    pub const FEED_INTERVAL_S: Reg = reg(
-        "feed_interval_s",
-        Area::Holding,
-        2,
-        DataType::U16,
-        ByteOrder::Abcd,
-        1.0,
-        "s",
-    );
+    pub const FEED_INTERVAL_S: Reg = reg("feed_interval_s", Area::Holding, 2, DataType::U16, "s");
     /// Anode-effect alarm contact (mirrors status bit 1).
-    pub const AE_ALARM: Reg = reg(
-        "ae_alarm",
-        Area::DiscreteInput,
-        0,
-        DataType::Bool { bit: None },
-        ByteOrder::Abcd,
-        1.0,
-        "",
-    );
+    pub const AE_ALARM: Reg = one_bit("ae_alarm", Area::DiscreteInput, 0);
     /// Manual mode (a coil an operator sets; the model keeps regulating regardless).
-    pub const MANUAL_MODE: Reg = reg(
-        "manual_mode",
-        Area::Coil,
-        0,
-        DataType::Bool { bit: None },
-        ByteOrder::Abcd,
-        1.0,
-        "",
-    );
+    pub const MANUAL_MODE: Reg = one_bit("manual_mode", Area::Coil, 0);
 
     /// The whole table, in address order per area.
     pub const LAYOUT: &[Reg] = &[
@@ -208,55 +173,17 @@ pub mod rectifier {
     /// AC power drawn by the rectifier.
     pub const AC_POWER_MW: Reg = f32_in("ac_power_mw", 6, "MW");
     /// DC energy counter, u32 kWh, rolls over at 2^32.
-    pub const DC_ENERGY_KWH: Reg = reg(
-        "dc_energy_kwh",
-        Area::Input,
-        8,
-        DataType::U32,
-        ByteOrder::Abcd,
-        1.0,
-        "kWh",
-    );
+    pub const DC_ENERGY_KWH: Reg = int_in("dc_energy_kwh", 8, DataType::U32, 1.0, "kWh");
     /// AC energy counter, u32 kWh, rolls over at 2^32.
-    pub const AC_ENERGY_KWH: Reg = reg(
-        "ac_energy_kwh",
-        Area::Input,
-        10,
-        DataType::U32,
-        ByteOrder::Abcd,
-        1.0,
-        "kWh",
-    );
+    pub const AC_ENERGY_KWH: Reg = int_in("ac_energy_kwh", 10, DataType::U32, 1.0, "kWh");
     /// Rectifier efficiency, u16 in 0.01 %.
-    pub const EFFICIENCY_PCT: Reg = reg(
-        "efficiency_pct",
-        Area::Input,
-        12,
-        DataType::U16,
-        ByteOrder::Abcd,
-        0.01,
-        "%",
-    );
+    pub const EFFICIENCY_PCT: Reg = int_in("efficiency_pct", 12, DataType::U16, 0.01, "%");
     /// Transformer oil temperature, i16 in 0.1 °C.
-    pub const TRANSFORMER_OIL_TEMP_C: Reg = reg(
-        "transformer_oil_temp_c",
-        Area::Input,
-        13,
-        DataType::I16,
-        ByteOrder::Abcd,
-        0.1,
-        "degC",
-    );
+    pub const TRANSFORMER_OIL_TEMP_C: Reg =
+        int_in("transformer_oil_temp_c", 13, DataType::I16, 0.1, "degC");
     /// Line-current set point (f32 **CDAB**; writable by a client, the model follows it).
-    pub const CURRENT_SETPOINT_KA: Reg = reg(
-        "current_setpoint_ka",
-        Area::Holding,
-        0,
-        DataType::F32,
-        ByteOrder::Cdab,
-        1.0,
-        "kA",
-    );
+    pub const CURRENT_SETPOINT_KA: Reg =
+        reg("current_setpoint_ka", Area::Holding, 0, DataType::F32, "kA").cdab();
 
     /// The whole table.
     pub const LAYOUT: &[Reg] = &[
@@ -285,37 +212,15 @@ pub mod copper_smelter {
     /// Furnace (settler) temperature.
     pub const FURNACE_TEMP_C: Reg = f32_in("furnace_temp_c", 6, "degC");
     /// Matte grade (Cu in matte), f32 **CDAB**.
-    pub const MATTE_GRADE_PCT: Reg = reg(
-        "matte_grade_pct",
-        Area::Input,
-        8,
-        DataType::F32,
-        ByteOrder::Cdab,
-        1.0,
-        "%",
-    );
+    pub const MATTE_GRADE_PCT: Reg =
+        reg("matte_grade_pct", Area::Input, 8, DataType::F32, "%").cdab();
     /// SO2 at the acid-plant inlet, u16 in 0.01 %.
-    pub const ACID_PLANT_SO2_PCT: Reg = reg(
-        "acid_plant_so2_pct",
-        Area::Input,
-        10,
-        DataType::U16,
-        ByteOrder::Abcd,
-        0.01,
-        "%",
-    );
+    pub const ACID_PLANT_SO2_PCT: Reg = int_in("acid_plant_so2_pct", 10, DataType::U16, 0.01, "%");
     /// Status bit 0: furnace running.
     pub const RUNNING: Reg = bit_in("running", 11, 0);
     /// Feed-rate set point (f32 CDAB; writable by a client, the model follows it).
-    pub const FEED_SETPOINT_TPH: Reg = reg(
-        "feed_setpoint_tph",
-        Area::Holding,
-        0,
-        DataType::F32,
-        ByteOrder::Cdab,
-        1.0,
-        "t/h",
-    );
+    pub const FEED_SETPOINT_TPH: Reg =
+        reg("feed_setpoint_tph", Area::Holding, 0, DataType::F32, "t/h").cdab();
 
     /// The whole table.
     pub const LAYOUT: &[Reg] = &[
@@ -347,25 +252,9 @@ pub mod cems {
     /// Flue-gas flow.
     pub const FLOW_M3H: Reg = f32_in("flow_m3h", 10, "m3/h");
     /// Flue-gas temperature, i16 in 0.1 °C.
-    pub const TEMPERATURE_C: Reg = reg(
-        "temperature_c",
-        Area::Input,
-        12,
-        DataType::I16,
-        ByteOrder::Abcd,
-        0.1,
-        "degC",
-    );
+    pub const TEMPERATURE_C: Reg = int_in("temperature_c", 12, DataType::I16, 0.1, "degC");
     /// Flue-gas moisture, u16 in 0.01 %.
-    pub const MOISTURE_PCT: Reg = reg(
-        "moisture_pct",
-        Area::Input,
-        13,
-        DataType::U16,
-        ByteOrder::Abcd,
-        0.01,
-        "%",
-    );
+    pub const MOISTURE_PCT: Reg = int_in("moisture_pct", 13, DataType::U16, 0.01, "%");
     /// Status bit 0: analyser in calibration.
     pub const IN_CALIBRATION: Reg = bit_in("in_calibration", 14, 0);
     /// Status bit 1: maintenance.

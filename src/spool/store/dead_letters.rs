@@ -5,7 +5,7 @@ use rusqlite::params;
 
 use super::*;
 use crate::model::Timestamp;
-use crate::spool::{DeadLetter, SpoolError};
+use crate::spool::{DeadLetter, SpoolError, StoredRecord};
 
 /// The table of version 3 (also part of [`SCHEMA`]).
 pub(super) const DEAD_LETTERS_SCHEMA: &str = "
@@ -51,9 +51,10 @@ impl Spool {
                      FROM records WHERE id = ?1",
                 )
                 .map_err(err)?;
+            // The letters are returned without their bodies (an empty blob in the body column).
             let sql = format!(
-                "DELETE FROM records WHERE id = ?1 RETURNING stream, seq, topic, created_ms, \
-                 attempts, {ROW_BYTES}"
+                "DELETE FROM records WHERE id = ?1 RETURNING id, stream, seq, topic, x'', \
+                 created_ms, attempts, {ROW_BYTES}"
             );
             let mut delete = tx.prepare_cached(&sql).map_err(err)?;
             for (id, reason) in letters {
@@ -66,24 +67,12 @@ impl Spool {
                 }
                 let mut rows = delete.query([id]).map_err(err)?;
                 while let Some(row) = rows.next().map_err(err)? {
-                    let stream = parse_stream(&path, &row.get::<_, String>(0).map_err(err)?)?;
-                    let bytes = non_negative(&path, "size", row.get(5).map_err(err)?)?;
-                    let s = &mut streams[index(stream)];
+                    let record = read_record(&path, row)?;
+                    let bytes = non_negative(&path, "size", row.get(7).map_err(err)?)?;
+                    let s = &mut streams[index(record.stream)];
                     s.records = s.records.saturating_sub(1);
                     s.bytes = s.bytes.saturating_sub(bytes);
-                    moved.push(DeadLetter {
-                        id: *id,
-                        stream,
-                        seq: non_negative(&path, "seq", row.get(1).map_err(err)?)?,
-                        topic: row.get(2).map_err(err)?,
-                        body: Vec::new(),
-                        created: Timestamp(row.get(3).map_err(err)?),
-                        attempts: u32::try_from(row.get::<_, i64>(4).map_err(err)?.max(0))
-                            .unwrap_or(u32::MAX),
-                        reason: reason.clone(),
-                        dead_at: now,
-                        requeue: false,
-                    });
+                    moved.push(set_aside_as(record, reason.clone(), now, false));
                 }
             }
         }
@@ -101,38 +90,15 @@ impl Spool {
                  requeue FROM dead_letters ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, i64>(9)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, stream, seq, topic, body, created_ms, attempts, reason, dead_ms, requeue) =
-                row.map_err(|e| self.err(e))?;
-            out.push(DeadLetter {
-                id,
-                stream: parse_stream(&self.path, &stream)?,
-                seq: non_negative(&self.path, "seq", seq)?,
-                topic,
-                body,
-                created: Timestamp(created_ms),
-                attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
-                reason,
-                dead_at: Timestamp(dead_ms),
-                requeue: requeue != 0,
-            });
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let record = read_record(&self.path, row)?;
+            let err = |e| self.err(e);
+            let reason = row.get(7).map_err(err)?;
+            let dead_at = Timestamp(row.get(8).map_err(err)?);
+            let requeue = row.get::<_, i64>(9).map_err(err)? != 0;
+            out.push(set_aside_as(record, reason, dead_at, requeue));
         }
         Ok(out)
     }
@@ -223,5 +189,26 @@ impl Spool {
         self.streams = streams;
         self.next_id = self.next_id.max(self.sqlite_last_id()? + 1);
         Ok(moved)
+    }
+}
+
+/// `record` as a dead letter set aside for `reason` at `dead_at`.
+fn set_aside_as(
+    record: StoredRecord,
+    reason: String,
+    dead_at: Timestamp,
+    requeue: bool,
+) -> DeadLetter {
+    DeadLetter {
+        id: record.id,
+        stream: record.stream,
+        seq: record.seq,
+        topic: record.topic,
+        body: record.body,
+        created: record.created,
+        attempts: record.attempts,
+        reason,
+        dead_at,
+        requeue,
     }
 }

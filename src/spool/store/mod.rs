@@ -174,6 +174,27 @@ fn non_negative(path: &Path, what: &str, v: i64) -> Result<u64, SpoolError> {
     })
 }
 
+/// A stored `attempts` (an INTEGER) as the count: negative reads as 0, beyond `u32` as its
+/// maximum.
+fn attempts(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+/// A row whose columns 0 to 6 are `id, stream, seq, topic, body, created_ms, attempts`, the
+/// columns `records` and `dead_letters` share, as a record.
+fn read_record(path: &Path, r: &rusqlite::Row<'_>) -> Result<StoredRecord, SpoolError> {
+    let err = |e| classify(path, e);
+    Ok(StoredRecord {
+        id: r.get(0).map_err(err)?,
+        stream: parse_stream(path, &r.get::<_, String>(1).map_err(err)?)?,
+        seq: non_negative(path, "seq", r.get(2).map_err(err)?)?,
+        topic: r.get(3).map_err(err)?,
+        body: r.get(4).map_err(err)?,
+        created: Timestamp(r.get(5).map_err(err)?),
+        attempts: attempts(r.get(6).map_err(err)?),
+    })
+}
+
 fn to_sql_int(v: u64) -> i64 {
     // Seqs and counters start at 0 or 1 and grow by one per record; i64::MAX is out of reach.
     i64::try_from(v).unwrap_or(i64::MAX)

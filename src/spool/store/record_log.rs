@@ -5,7 +5,6 @@ use rusqlite::{OptionalExtension, params};
 
 use super::*;
 use crate::config::Stream;
-use crate::model::Timestamp;
 use crate::spool::log::{self, RecordLog};
 use crate::spool::pending::PendingRecord;
 use crate::spool::{Appended, NewRecord, SpoolError, StoredRecord};
@@ -330,32 +329,12 @@ impl Spool {
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![after_id, limit], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                ))
-            })
+        let mut rows = stmt
+            .query(params![after_id, limit])
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, stream, seq, topic, body, created_ms, attempts) =
-                row.map_err(|e| self.err(e))?;
-            out.push(StoredRecord {
-                id,
-                stream: parse_stream(&self.path, &stream)?,
-                seq: non_negative(&self.path, "seq", seq)?,
-                topic,
-                body,
-                created: Timestamp(created_ms),
-                attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
-            });
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            out.push(read_record(&self.path, row)?);
         }
         Ok(out)
     }

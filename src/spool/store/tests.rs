@@ -195,6 +195,20 @@ fn seqs_of(spool: &Spool, stream: Stream) -> Vec<u64> {
         .collect()
 }
 
+/// Counts of the streams live, metrics, events and emissions, in that order, as the spool
+/// reports them per stream.
+fn by_stream(counts: [u64; 4]) -> Vec<(Stream, u64)> {
+    [
+        Stream::Live,
+        Stream::Metrics,
+        Stream::Events,
+        Stream::Emissions,
+    ]
+    .into_iter()
+    .zip(counts)
+    .collect()
+}
+
 #[test]
 fn append_assigns_seq_per_stream_independently() {
     let dir = TempDir::new().unwrap();
@@ -363,15 +377,7 @@ fn budget_drops_live_then_metrics_then_events_and_emissions_last() {
 
     let stats = spool.stats().unwrap();
     assert_eq!((stats.records, stats.bytes, stats.dropped), (10, 1000, 8));
-    assert_eq!(
-        spool.dropped_per_stream(),
-        vec![
-            (Stream::Live, 4),
-            (Stream::Metrics, 2),
-            (Stream::Events, 2),
-            (Stream::Emissions, 0)
-        ]
-    );
+    assert_eq!(spool.dropped_per_stream(), by_stream([4, 2, 2, 0]));
 
     // A live record now has nothing of lower priority to displace: it is dropped itself,
     // rather than an older event.
@@ -447,15 +453,7 @@ fn max_age_expires_old_records_except_emissions_and_counts_them() {
             ..DropsByReason::default()
         }
     );
-    assert_eq!(
-        spool.dropped_per_stream(),
-        vec![
-            (Stream::Live, 1),
-            (Stream::Metrics, 0),
-            (Stream::Events, 1),
-            (Stream::Emissions, 0)
-        ]
-    );
+    assert_eq!(spool.dropped_per_stream(), by_stream([1, 0, 1, 0]));
     // Expiry is persisted like budget drops: a reopened spool still counts them.
     drop(spool);
     let spool = Spool::open(&dir.path().join("aged.db"), &cfg).unwrap();
@@ -529,15 +527,7 @@ fn stats_report_counts_bytes_and_the_oldest_head() {
     assert_eq!(stats.records, 4);
     assert_eq!(stats.bytes, 10 + 40 + 10 + 5);
     assert_eq!(stats.oldest, Some(Timestamp(500)));
-    assert_eq!(
-        stats.per_stream,
-        vec![
-            (Stream::Live, 2),
-            (Stream::Metrics, 1),
-            (Stream::Events, 1),
-            (Stream::Emissions, 0)
-        ]
-    );
+    assert_eq!(stats.per_stream, by_stream([2, 1, 1, 0]));
     // The in-memory totals agree with what a fresh open computes from the table.
     drop(spool);
     assert_eq!(open(&dir, u64::MAX).stats().unwrap(), stats);
@@ -573,14 +563,38 @@ fn kv_values_persist_and_overwrite() {
     assert_eq!(spool.kv_get("bdseq").unwrap(), Some(vec![2, 3]));
 }
 
+/// Fills `path` with bytes that are no SQLite database.
+fn write_garbage(path: &Path) {
+    fs::write(path, vec![0x5a; 8192]).unwrap();
+}
+
+/// Makes `path` a database without the spool's tables.
+fn make_foreign(path: &Path) {
+    Connection::open(path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+}
+
+/// Makes `path` a spool of a schema newer than this build's.
+fn make_newer(path: &Path) {
+    let spool = Spool::open(path, &cfg(u64::MAX)).unwrap();
+    spool.conn.pragma_update(None, "user_version", 99).unwrap();
+}
+
+/// Opening `path` fails as corrupt, with `file` in the message.
+fn assert_open_is_corrupt(path: &Path, file: &str) {
+    let err = Spool::open(path, &cfg(u64::MAX)).unwrap_err();
+    assert!(matches!(err, SpoolError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(file), "{err}");
+}
+
 #[test]
 fn open_refuses_a_file_that_is_not_a_database() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("garbage.db");
-    fs::write(&path, vec![0x5a; 8192]).unwrap();
-    let err = Spool::open(&path, &cfg(u64::MAX)).unwrap_err();
-    assert!(matches!(err, SpoolError::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains("garbage.db"), "{err}");
+    write_garbage(&path);
+    assert_open_is_corrupt(&path, "garbage.db");
 }
 
 #[test]
@@ -597,18 +611,14 @@ fn open_refuses_a_damaged_page_found_by_quick_check() {
     assert!(bytes.len() > 4 * page, "the file should span several pages");
     bytes[2 * page..3 * page].fill(0xff);
     fs::write(&path, bytes).unwrap();
-    let err = Spool::open(&path, &cfg(u64::MAX)).unwrap_err();
-    assert!(matches!(err, SpoolError::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains("damaged.db"), "{err}");
+    assert_open_is_corrupt(&path, "damaged.db");
 }
 
 #[test]
 fn open_refuses_newer_schema_and_foreign_databases() {
     let dir = TempDir::new().unwrap();
     let newer = dir.path().join("newer.db");
-    let spool = Spool::open(&newer, &cfg(u64::MAX)).unwrap();
-    spool.conn.pragma_update(None, "user_version", 99).unwrap();
-    drop(spool);
+    make_newer(&newer);
     let err = Spool::open(&newer, &cfg(u64::MAX)).unwrap_err();
     assert!(
         matches!(
@@ -623,10 +633,7 @@ fn open_refuses_newer_schema_and_foreign_databases() {
     );
 
     let foreign = dir.path().join("foreign.db");
-    Connection::open(&foreign)
-        .unwrap()
-        .execute_batch("CREATE TABLE t (x)")
-        .unwrap();
+    make_foreign(&foreign);
     let err = Spool::open(&foreign, &cfg(u64::MAX)).unwrap_err();
     assert!(matches!(err, SpoolError::NotASpool { .. }), "{err:?}");
 }
@@ -637,12 +644,9 @@ fn damage_is_told_apart_from_other_open_failures() {
     let open_err = |path: &Path| Spool::open(path, &cfg(u64::MAX)).unwrap_err();
     // Damaged: not a database, a database without the spool's tables, or missing one.
     let garbage = dir.path().join("garbage.db");
-    fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    write_garbage(&garbage);
     let foreign = dir.path().join("foreign.db");
-    Connection::open(&foreign)
-        .unwrap()
-        .execute_batch("CREATE TABLE t (x)")
-        .unwrap();
+    make_foreign(&foreign);
     let truncated = dir.path().join("no-streams.db");
     let spool = Spool::open(&truncated, &cfg(u64::MAX)).unwrap();
     spool.conn.execute_batch("DROP TABLE streams").unwrap();
@@ -659,9 +663,7 @@ fn damage_is_told_apart_from_other_open_failures() {
     // Not damage: a newer schema, a file that cannot be opened, a directory that cannot be
     // made, a full disk.
     let newer = dir.path().join("newer.db");
-    let spool = Spool::open(&newer, &cfg(u64::MAX)).unwrap();
-    spool.conn.pragma_update(None, "user_version", 99).unwrap();
-    drop(spool);
+    make_newer(&newer);
     let a_directory = dir.path().join("a-directory.db");
     fs::create_dir(&a_directory).unwrap();
     let under_a_file = garbage.join("spool.db");
@@ -743,9 +745,7 @@ fn a_damaged_file_is_moved_aside_and_an_empty_spool_takes_its_place() {
 fn a_newer_schema_is_refused_and_left_where_it_is() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("newer.db");
-    let spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
-    spool.conn.pragma_update(None, "user_version", 99).unwrap();
-    drop(spool);
+    make_newer(&path);
     let before = fs::read(&path).unwrap();
     let err = Spool::open_or_set_aside(&path, &cfg(u64::MAX), SystemTime::now()).unwrap_err();
     assert!(
@@ -765,6 +765,23 @@ fn a_newer_schema_is_refused_and_left_where_it_is() {
     );
 }
 
+/// Turns `spool` into a file of schema `version` without the dead-letter table, and closes it.
+fn as_version_without_dead_letters(spool: Spool, version: i64) {
+    spool.conn.execute_batch("DROP TABLE dead_letters").unwrap();
+    spool
+        .conn
+        .pragma_update(None, "user_version", version)
+        .unwrap();
+    spool.close().unwrap();
+}
+
+fn schema_version(spool: &Spool) -> i64 {
+    spool
+        .conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
 #[test]
 fn a_version_1_file_is_upgraded_in_place_and_keeps_its_records_and_seqs() {
     let dir = TempDir::new().unwrap();
@@ -772,16 +789,10 @@ fn a_version_1_file_is_upgraded_in_place_and_keeps_its_records_and_seqs() {
     let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
     spool.append(vec![rec(Stream::Live, 4, 20)]).unwrap();
     // Version 1 had no dead-letter table.
-    spool.conn.execute_batch("DROP TABLE dead_letters").unwrap();
-    spool.conn.pragma_update(None, "user_version", 1).unwrap();
-    spool.close().unwrap();
+    as_version_without_dead_letters(spool, 1);
 
     let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
-    let version: i64 = spool
-        .conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(schema_version(&spool), SCHEMA_VERSION);
     let read = spool.read_after(0, 10).unwrap();
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].seq, 1);
@@ -799,16 +810,10 @@ fn a_version_2_file_is_upgraded_in_place_and_gains_an_empty_dead_letter_table() 
         .unwrap();
     spool.mark_attempt(&[1]).unwrap();
     // A version-2 file: the same tables but no dead_letters.
-    spool.conn.execute_batch("DROP TABLE dead_letters").unwrap();
-    spool.conn.pragma_update(None, "user_version", 2).unwrap();
-    spool.close().unwrap();
+    as_version_without_dead_letters(spool, 2);
 
     let mut spool = Spool::open(&path, &cfg(u64::MAX)).unwrap();
-    let version: i64 = spool
-        .conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(schema_version(&spool), 3);
     assert_eq!(spool.dead_letters().unwrap(), Vec::new());
     let read = spool.read_after(0, 10).unwrap();
     assert_eq!(
@@ -947,15 +952,7 @@ fn a_record_bigger_than_the_whole_disk_is_dropped_and_counted() {
         .append(vec![rec(Stream::Emissions, 0, 64 * 1024)])
         .unwrap();
     assert!(a.is_empty());
-    assert_eq!(
-        spool.dropped_per_stream(),
-        vec![
-            (Stream::Live, 1),
-            (Stream::Metrics, 0),
-            (Stream::Events, 0),
-            (Stream::Emissions, 1)
-        ]
-    );
+    assert_eq!(spool.dropped_per_stream(), by_stream([1, 0, 0, 1]));
     assert_eq!(spool.stats().unwrap().records, 0);
     let next = spool.append(vec![rec(Stream::Emissions, 1, 10)]).unwrap();
     assert_eq!(next[0].seq, 2, "the consumer sees the dropped one as a gap");

@@ -159,14 +159,14 @@ impl Line {
                 continue;
             }
             if *r.point == *self.role.line_current_point {
-                let Some(f) = self.unit_factor(batch, r, "kA", out) else {
+                let Some(f) = self.units.factor(batch, r, "kA", out) else {
                     continue;
                 };
                 if let Some(ka) = num(r) {
                     self.line_current(r, ka * f, out);
                 }
             } else if self.role.tapped_metal_kg_point.as_deref() == Some(&*r.point) {
-                let Some(f) = self.unit_factor(batch, r, "kg", out) else {
+                let Some(f) = self.units.factor(batch, r, "kg", out) else {
                     continue;
                 };
                 let Some(raw) = raw_u64(r) else { continue };
@@ -179,14 +179,14 @@ impl Line {
                     self.record_tap(r.ts);
                 }
             } else if self.role.metal_inventory_kg_point.as_deref() == Some(&*r.point) {
-                let Some(f) = self.unit_factor(batch, r, "kg", out) else {
+                let Some(f) = self.units.factor(batch, r, "kg", out) else {
                     continue;
                 };
                 self.extra.inventory_kg = num(r).map(|v| v * f).or(self.extra.inventory_kg);
             } else if *r.point == *self.role.dc_energy_point
                 || *r.point == *self.role.ac_energy_point
             {
-                let Some(f) = self.unit_factor(batch, r, "kWh", out) else {
+                let Some(f) = self.units.factor(batch, r, "kWh", out) else {
                     continue;
                 };
                 let Some(raw) = raw_u64(r) else { continue };
@@ -218,18 +218,6 @@ impl Line {
             }
         }
         self.auxiliary(batch, out);
-    }
-
-    /// The factor that turns `r` into `expected` units, or `None` (reported once per point)
-    /// when its unit cannot be.
-    pub(super) fn unit_factor(
-        &mut self,
-        batch: &ReadingBatch,
-        r: &Reading,
-        expected: &str,
-        out: &mut Vec<Record>,
-    ) -> Option<f64> {
-        self.units.factor(batch, r, expected, out)
     }
 
     /// The auxiliary meters' counters in `batch` (a device of their own, or the rectifier's).
@@ -338,7 +326,8 @@ impl Line {
         let cut_out = flag(&self.role.cut_out_point);
         let voltage = match find(&self.role.cell_voltage_point).filter(|r| r.quality.is_good()) {
             Some(vr) => self
-                .unit_factor(batch, vr, "V", out)
+                .units
+                .factor(batch, vr, "V", out)
                 .and_then(|f| num(vr).map(|v| (vr.ts, v * f))),
             None => None,
         };
