@@ -219,11 +219,12 @@ impl Drop for Broker {
     }
 }
 
-/// The plant broker's configuration: deploy/mosquitto/plant.conf with a plain loopback listener.
-fn plant_conf() -> String {
+/// deploy/mosquitto/`name` with a plain loopback listener instead of its TLS one, and the
+/// password and ACL files the test writes.
+fn plain_loopback_conf(name: &str) -> String {
     derive(
-        "plant.conf",
-        &read_deploy("plant.conf"),
+        name,
+        &read_deploy(name),
         &[
             Rule::Replace("listener", "listener @PORT@ 127.0.0.1".into()),
             Rule::Drop("cafile"),
@@ -234,6 +235,23 @@ fn plant_conf() -> String {
             Rule::Replace("acl_file", "acl_file @ACL@".into()),
         ],
     )
+}
+
+/// `agent` publishes each of `topics` (payload `agent`), then the marker `events/{marker}` of the
+/// site (payload `marker`), which it returns: whoever reads the marker has been given all of
+/// the topics it may read.
+async fn publish_then_marker(agent: &Client, topics: &[String], marker: &str) -> String {
+    for t in topics {
+        agent.publish(t, "agent").await;
+    }
+    let marker = site(&format!("events/{marker}"));
+    agent.publish(&marker, "marker").await;
+    marker
+}
+
+/// The plant broker's configuration: deploy/mosquitto/plant.conf with a plain loopback listener.
+fn plant_conf() -> String {
+    plain_loopback_conf("plant.conf")
 }
 
 /// The accounts of the plant ACL.
@@ -363,6 +381,14 @@ fn topics(msgs: &[(String, String)]) -> Vec<&str> {
     msgs.iter().map(|(t, _)| t.as_str()).collect()
 }
 
+/// The topics of `msgs` other than `probe`, in order.
+fn topics_but(msgs: &[(String, String)], probe: &str) -> Vec<String> {
+    msgs.iter()
+        .map(|(t, _)| t.clone())
+        .filter(|t| t != probe)
+        .collect()
+}
+
 fn site(rest: &str) -> String {
     format!("smeltwatch/{SITE}/{rest}")
 }
@@ -489,11 +515,7 @@ async fn operators_read_the_whole_site_and_write_nothing() {
         site("status"),
         spb(&format!("NDATA/{SITE}")),
     ];
-    for t in &streams {
-        agent.publish(t, "agent").await;
-    }
-    let first_marker = site("events/marker1");
-    agent.publish(&first_marker, "marker").await;
+    let first_marker = publish_then_marker(&agent, &streams, "marker1").await;
     let seen = operator.until(&first_marker).await;
     let mut expected: Vec<&str> = streams.iter().map(String::as_str).collect();
     expected.push(&first_marker);
@@ -547,11 +569,7 @@ async fn regulators_get_emissions_and_events_and_nothing_live() {
         site("events/exceedance"),
         site("live/gtc_cems/gtc3_stack"),
     ];
-    for t in &published {
-        agent.publish(t, "agent").await;
-    }
-    let marker = site("events/marker");
-    agent.publish(&marker, "marker").await;
+    let marker = publish_then_marker(&agent, &published, "marker").await;
 
     let seen = regulator.until(&marker).await;
     let got: BTreeSet<String> = seen.into_iter().map(|(t, _)| t).collect();
@@ -591,19 +609,7 @@ async fn regulators_get_emissions_and_events_and_nothing_live() {
 /// The provincial broker: deploy/mosquitto/province.conf with a plain loopback listener, and
 /// province.acl followed by `extra_acl`.
 fn start_province(extra_acl: &str) -> Broker {
-    let conf = derive(
-        "province.conf",
-        &read_deploy("province.conf"),
-        &[
-            Rule::Replace("listener", "listener @PORT@ 127.0.0.1".into()),
-            Rule::Drop("cafile"),
-            Rule::Drop("certfile"),
-            Rule::Drop("keyfile"),
-            Rule::Drop("tls_version"),
-            Rule::Replace("password_file", "password_file @PASSWD@".into()),
-            Rule::Replace("acl_file", "acl_file @ACL@".into()),
-        ],
-    );
+    let conf = plain_loopback_conf("province.conf");
     Broker::start(
         &conf,
         &format!("{}\n{extra_acl}", read_deploy("province.acl")),
@@ -717,19 +723,9 @@ async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_not
         site("live/gtc_cems/gtc3_stack"),
         site("emissions/gtc3_stack/hour"),
     ];
-    for t in &published {
-        agent.publish(t, "agent").await;
-    }
-    let marker = site("events/marker");
-    agent.publish(&marker, "marker").await;
+    let marker = publish_then_marker(&agent, &published, "marker").await;
 
-    let carried: Vec<String> = observer
-        .until(&marker)
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .filter(|t| *t != probe)
-        .collect();
+    let carried: Vec<String> = topics_but(&observer.until(&marker).await, &probe);
     assert_eq!(
         carried,
         vec![
@@ -741,13 +737,7 @@ async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_not
         ],
         "the bridge carries emissions, events and metrics, in order, and nothing else"
     );
-    let at_platform: Vec<String> = ingest
-        .until(&marker)
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .filter(|t| *t != probe)
-        .collect();
+    let at_platform: Vec<String> = topics_but(&ingest.until(&marker).await, &probe);
     assert_eq!(
         at_platform, carried,
         "the platform's consumer gets the same"
