@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::{RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, serve};
+use common::plant::{
+    RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, polled_source_toml, pots_toml, serve,
+};
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::Value as Json;
 use smeltwatch::acquisition::PollerStats;
@@ -56,25 +58,10 @@ fn agent_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {
         r#"
 site = "http"
 state_dir = "{state}"
-
-[[sources]]
-name = "line1"
-tcp = "127.0.0.1:{modbus_port}"
-timeout = "500ms"
-default_poll = "200ms"
-{RECTIFIER_DEVICE}
-[[sources.devices]]
-name = "pot_{{n:03}}"
-count = 3
-unit_id = 10
-[sources.devices.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-range = [0.0, 60.0]
-
+{source}{RECTIFIER_DEVICE}{pots}
 {uplink}"#,
+        source = polled_source_toml("line1", modbus_port, "200ms"),
+        pots = pots_toml(3),
         uplink = mqtt_uplink_toml("plant", mqtt_port, &["live"]),
         state = state_dir.display()
     )

@@ -184,6 +184,32 @@ type = "f32"
 unit = "kA"
 "#;
 
+/// A `[[sources]]` `name` at the Modbus server on `port`, polled every `poll` with a timeout of
+/// 500 ms; its devices follow.
+pub fn polled_source_toml(name: &str, port: u16, poll: &str) -> String {
+    format!(
+        "\n[[sources]]\nname = \"{name}\"\ntcp = \"127.0.0.1:{port}\"\ntimeout = \"500ms\"\n\
+         default_poll = \"{poll}\""
+    )
+}
+
+/// `count` pots `pot_001`… (units 10…) whose cell voltage (V, 0 to 60) is the f32 at input 0.
+pub fn pots_toml(count: u8) -> String {
+    format!(
+        r#"[[sources.devices]]
+name = "pot_{{n:03}}"
+count = {count}
+unit_id = 10
+[sources.devices.points.cell_voltage_v]
+area = "input"
+address = 0
+type = "f32"
+unit = "V"
+range = [0.0, 60.0]
+"#
+    )
+}
+
 /// The register map `pcu` of the simulator's potline cells: the cell voltage (the f32 at input
 /// registers 0-1), and the in-service and cut-out bits of input register 5.
 pub const PCU_MAP: &str = r#"
