@@ -25,6 +25,7 @@ use common::mqtt_config;
 use common::plant::mqtt_uplink_toml;
 use common::records::{queued, stack_aggregate};
 use common::status::wait_status;
+use common::task::stop_and_join;
 use serde_json::Value as Json;
 use smeltwatch::config::{MqttConfig, SpoolConfig, Stream, UplinkConfig, UplinkKind};
 use smeltwatch::model::{
@@ -120,15 +121,6 @@ fn spawn_uplink(
     let stop = CancellationToken::new();
     let task = tokio::spawn(uplink.run(stop.clone()));
     (status, stop, task)
-}
-
-/// Stop the uplink and wait (at most 10 s) for its task to end.
-async fn stop_and_join(stop: &CancellationToken, task: tokio::task::JoinHandle<()>) {
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 fn uplink_config(port: u16, max_bytes: u64, replay_rate: u32) -> UplinkConfig {

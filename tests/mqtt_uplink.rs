@@ -16,6 +16,7 @@ use common::mosquitto::{self, Mosquitto, SubscribeOptions};
 use common::mqtt_config;
 use common::records::queued;
 use common::status::wait_status;
+use common::task::stop_and_join;
 use smeltwatch::codec::json::encode_record;
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
@@ -165,11 +166,7 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
     assert_eq!(s.state, LinkState::Connected);
     assert_eq!(spool.stats().await.unwrap().records, 0);
 
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
     assert!(rx.try_recv().is_err(), "no duplicates on a healthy link");
 }
 
@@ -218,11 +215,7 @@ async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
     );
     assert!(h.sum_s > 300.0 * 86_400.0, "{h:?}");
 
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,11 +315,7 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
         seen.len(),
         acked_before.len()
     );
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 /// Captures formatted log lines in memory.
@@ -469,11 +458,7 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
             .any(|l| l.contains("connected to the broker")),
         "recovery is logged"
     );
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 async fn first_status(port: u16) -> serde_json::Value {
@@ -507,11 +492,7 @@ async fn retained_status_is_online_while_running_offline_after_shutdown_and_afte
     assert_eq!(online["site"], SITE);
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
     assert!(online["since"].as_str().is_some_and(|s| s.ends_with('Z')));
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
     let offline = first_status(broker.port).await;
     assert_eq!(
         offline,

@@ -12,6 +12,7 @@ use common::mosquitto::{self, Mosquitto, TlsListener};
 use common::mqtt_config;
 use common::records::queued;
 use common::status::wait_status;
+use common::task::stop_and_join;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     date_time_ymd,
@@ -258,11 +259,7 @@ async fn mutual_tls_delivers_every_record() {
     assert_eq!(seqs, (1..=RECORDS).collect::<Vec<_>>());
     wait_status(&mut status, "all acked", WAIT, |s| s.acked_total == RECORDS).await;
     assert_eq!(spool.stats().await.unwrap().records, 0);
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,11 +291,7 @@ async fn server_name_override_verifies_the_certificate_against_that_name() {
     let task = tokio::spawn(uplink.run(stop.clone()));
     let seqs = receive_all(&mut rx, RECORDS).await;
     assert_eq!(seqs, (1..=RECORDS).collect::<Vec<_>>());
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,9 +437,5 @@ async fn sparkplug_over_mutual_tls_publishes_births_and_replays_the_spool() {
             Some(Value::Float(100.0 + i as f64))
         );
     }
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
