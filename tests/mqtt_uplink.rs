@@ -118,6 +118,30 @@ async fn collect_until(
     );
 }
 
+/// Run `uplink`: its status, what stops it and its task.
+fn spawn(
+    uplink: MqttUplink,
+) -> (
+    tokio::sync::watch::Receiver<smeltwatch::uplink::UplinkStatus>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+    (status, stop, task)
+}
+
+/// Wait until the uplink's link is up.
+async fn wait_connected(
+    status: &mut tokio::sync::watch::Receiver<smeltwatch::uplink::UplinkStatus>,
+) {
+    wait_status(status, "connected", WAIT, |s| {
+        s.state == LinkState::Connected
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_puback() {
     let broker = Mosquitto::start();
@@ -127,9 +151,7 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
     append(&spool, 1, 50).await; // waiting before the uplink starts
 
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
+    let (mut status, stop, task) = spawn(uplink);
     append(&spool, 51, 120).await; // arriving while it runs
 
     let mut got = Vec::new();
@@ -179,13 +201,8 @@ async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone())
         .unwrap()
         .with_publish_latency(latency.clone());
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-    wait_status(&mut status, "connected", WAIT, |s| {
-        s.state == LinkState::Connected
-    })
-    .await;
+    let (mut status, stop, task) = spawn(uplink);
+    wait_connected(&mut status).await;
 
     // Five poll batches acquired 2 s ago, one a year ago (an outage's backlog).
     let acquired = Timestamp(Timestamp::now().unix_ms() - 2_000);
@@ -228,9 +245,7 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(&dir);
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
+    let (mut status, stop, task) = spawn(uplink);
 
     let appender = {
         let spool = spool.clone();
@@ -377,9 +392,7 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
     let spool = open_spool(&dir);
     let cfg = uplink_config(broker.port, Some(("plant", "wrong-password")));
     let uplink = MqttUplink::new(SITE, &cfg, spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
+    let (mut status, stop, task) = spawn(uplink);
 
     let s = wait_status(&mut status, "auth_failed", WAIT, |s| {
         matches!(s.state, LinkState::AuthFailed(_))
@@ -480,13 +493,8 @@ async fn retained_status_is_online_while_running_offline_after_shutdown_and_afte
 
     // Clean path: run, then shut down.
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-    wait_status(&mut status, "connected", WAIT, |s| {
-        s.state == LinkState::Connected
-    })
-    .await;
+    let (mut status, stop, task) = spawn(uplink);
+    wait_connected(&mut status).await;
     let online = first_status(broker.port).await;
     assert_eq!(online["state"], "online");
     assert_eq!(online["site"], SITE);
