@@ -558,17 +558,7 @@ async fn every_route_serves_the_running_agent() {
     );
 
     // Shutdown ends the server even while an event stream is open.
-    let mut open_stream = TcpStream::connect(addr).await.unwrap();
-    open_stream
-        .write_all(
-            format!(
-                "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
-                bearer()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut open_stream = open_event_stream(addr).await;
     let mut first_bytes = [0u8; 16];
     open_stream.read_exact(&mut first_bytes).await.unwrap();
     http_stop.cancel();
@@ -582,19 +572,26 @@ async fn every_route_serves_the_running_agent() {
     shutdown.cancel();
 }
 
+/// A connection that has asked for `/api/v1/stream`, with the token.
+async fn open_event_stream(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+                bearer()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream
+}
+
 /// Read `n` server-sent events (name, data) from `/api/v1/stream`.
 async fn read_sse(addr: SocketAddr, n: usize) -> Vec<(String, String)> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (rd, mut wr) = stream.into_split();
-    wr.write_all(
-        format!(
-            "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
-            bearer()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    // The write half stays open as long as the events are read.
+    let (rd, _wr) = open_event_stream(addr).await.into_split();
     let mut lines = BufReader::new(rd).lines();
     let mut events = Vec::new();
     let (mut name, mut data) = (String::new(), String::new());
