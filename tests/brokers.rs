@@ -249,6 +249,23 @@ async fn publish_then_marker(agent: &Client, topics: &[String], marker: &str) ->
     marker
 }
 
+/// `client` publishes each of `forbidden` (payload `forbidden`) followed by one of `allowed`
+/// (payload `allowed`), interleaved so that each refusal sits between two accepted messages,
+/// then the site's marker `events/marker`, which it returns.
+async fn interleave_then_marker(
+    client: &Client,
+    allowed: &[String],
+    forbidden: &[String],
+) -> String {
+    for (ok, no) in allowed.iter().zip(forbidden) {
+        client.publish(no, "forbidden").await;
+        client.publish(ok, "allowed").await;
+    }
+    let marker = site("events/marker");
+    client.publish(&marker, "marker").await;
+    marker
+}
+
 /// The plant broker's configuration: deploy/mosquitto/plant.conf with a plain loopback listener.
 fn plant_conf() -> String {
     plain_loopback_conf("plant.conf")
@@ -448,13 +465,7 @@ async fn the_agent_writes_only_its_site_and_its_edge_node() {
         "spBv1.0/STATE/scada-host".to_owned(),
         "plant/anything".to_owned(),
     ];
-    // Interleaved, so each refusal sits between two accepted messages.
-    for (ok, no) in allowed.iter().zip(&forbidden) {
-        agent.publish(no, "forbidden").await;
-        agent.publish(ok, "allowed").await;
-    }
-    let marker = site("events/marker");
-    agent.publish(&marker, "marker").await;
+    let marker = interleave_then_marker(&agent, &allowed, &forbidden).await;
 
     let seen = observer.until(&marker).await;
     let mut expected: Vec<&str> = allowed.iter().map(String::as_str).collect();
@@ -636,12 +647,7 @@ async fn the_province_lets_each_plant_write_only_its_own_regulated_topics() {
         "smeltwatch/cu-other-01/metrics/potline".to_owned(),
         site("live/gtc_cems/gtc3_stack"),
     ];
-    for (ok, no) in allowed.iter().zip(&forbidden) {
-        plant.publish(no, "forbidden").await;
-        plant.publish(ok, "allowed").await;
-    }
-    let marker = site("events/marker");
-    plant.publish(&marker, "marker").await;
+    let marker = interleave_then_marker(&plant, &allowed, &forbidden).await;
     let seen = observer.until(&marker).await;
     let mut expected: Vec<&str> = allowed.iter().map(String::as_str).collect();
     expected.push(&marker);

@@ -39,7 +39,7 @@ use common::calc::close;
 use common::json::attr;
 use common::plant::{
     EndToEnd, PCU_MAP, calc_gtc1_stack_toml, calc_potline1_toml, gtc1_cems_map_source_toml,
-    mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml,
+    mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml, simulated_potline1_toml,
 };
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, days_from_civil};
@@ -75,24 +75,15 @@ fn simulator_config() -> SimulatorConfig {
         ));
     }
     toml::from_str(&format!(
-        r#"
-seed = 7
-tick = "50ms"
-time_scale = {SCALE}
-
-[[potlines]]
-name = "potline1"
-listen = "127.0.0.1:1"
-cells = 4
-anode_effects_per_cell_day = 0.0
-cells_out_of_service = [4]
+        r#"{head}cells_out_of_service = [4]
 {schedule}
 [[stacks]]
 name = "gtc1_stack"
 listen = "127.0.0.1:2"
 profile = "potline_gtc"
 fixed = {{ so2_mg_m3 = {SO2_MG_M3}, fluoride_mg_m3 = {FLUORIDE_MG_M3}, flow_m3h = {FLOW_M3H} }}
-"#
+"#,
+        head = simulated_potline1_toml(7, SCALE)
     ))
     .expect("simulator section parses")
 }

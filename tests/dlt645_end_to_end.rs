@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::agent;
 use common::plant::{
     EndToEnd, PCU_MAP, calc_potline1_toml, mqtt_uplink_toml, potline1_source_toml,
-    simulated_calc_toml,
+    simulated_calc_toml, simulated_potline1_toml,
 };
 use serde_json::Value as Json;
 use smeltwatch::simulator::SimulatorConfig;
@@ -29,17 +29,7 @@ const AUX_LOAD_KW: f64 = 60.0;
 
 fn simulator_config() -> SimulatorConfig {
     toml::from_str(&format!(
-        r#"
-seed = 11
-tick = "50ms"
-time_scale = {SCALE}
-
-[[potlines]]
-name = "potline1"
-listen = "127.0.0.1:1"
-cells = 4
-anode_effects_per_cell_day = 0.0
-
+        r#"{head}
 [[meter_buses]]
 name = "aux_meters"
 listen = "127.0.0.1:3"
@@ -49,7 +39,8 @@ meters = [
     {{ address = "2", energy_start_kwh = 2000.0, load_kw = {AUX_LOAD_KW} }},
     {{ address = "3", energy_start_kwh = 3000.0, load_kw = {AUX_LOAD_KW} }},
 ]
-"#
+"#,
+        head = simulated_potline1_toml(11, SCALE)
     ))
     .expect("simulator section parses")
 }

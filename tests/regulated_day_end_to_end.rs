@@ -65,7 +65,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::json::attr;
 use common::plant::{
     EndToEnd, PCU_MAP, calc_gtc1_stack_toml, calc_potline1_toml, gtc1_cems_map_source_toml,
-    mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml,
+    mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml, simulated_potline1_toml,
 };
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
@@ -105,24 +105,15 @@ fn local(h: i64, m: i64, s: i64) -> i64 {
 
 fn simulator_config() -> SimulatorConfig {
     toml::from_str(&format!(
-        r#"
-seed = 18
-tick = "50ms"
-time_scale = {SCALE}
-
-[[potlines]]
-name = "potline1"
-listen = "127.0.0.1:1"
-cells = 4
-anode_effects_per_cell_day = 0.0
-cells_out_of_service = [4]
+        r#"{head}cells_out_of_service = [4]
 ac_energy_start_kwh = 1000000
 
 [[stacks]]
 name = "gtc1_stack"
 listen = "127.0.0.1:2"
 profile = "potline_gtc"
-"#
+"#,
+        head = simulated_potline1_toml(18, SCALE)
     ))
     .expect("simulator section parses")
 }

@@ -414,3 +414,13 @@ pub fn calc_gtc1_stack_toml(pollutants: &str) -> String {
          calibration_point = \"in_calibration\"\n"
     )
 }
+
+/// The head of a simulator configuration for the agent-level end-to-end tests: `seed`, a 50 ms
+/// tick at `time_scale` plant seconds per real second, and potline1 (four cells on 127.0.0.1:1,
+/// no random anode effects), whose other keys may follow.
+pub fn simulated_potline1_toml(seed: u64, time_scale: f64) -> String {
+    format!(
+        "\nseed = {seed}\ntick = \"50ms\"\ntime_scale = {time_scale}\n\n[[potlines]]\n\
+         name = \"potline1\"\nlisten = \"127.0.0.1:1\"\ncells = 4\nanode_effects_per_cell_day = 0.0\n"
+    )
+}
