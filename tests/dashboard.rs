@@ -23,16 +23,16 @@ use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
 use common::plant::{RECTIFIER_DEVICE, device, f32_words, polled_source_toml, pots_toml, serve};
+use common::probe::serve_http;
 use common::records::stack_aggregate;
 use smeltwatch::config;
 use smeltwatch::history::HistoryStore;
-use smeltwatch::http::{self, HttpOptions};
+use smeltwatch::http::HttpOptions;
 use smeltwatch::model::{
     Event, EventPhase, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
 };
 use smeltwatch::series::Selector;
 use smeltwatch::simulator::UnitMap;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn chromium() -> Option<PathBuf> {
@@ -273,15 +273,7 @@ async fn dashboard_shows_cells_kpis_and_events_and_follows_changes() {
     let agent = smeltwatch::app::start(cfg, Default::default())
         .await
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let http_stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        agent.live.clone(),
-        HttpOptions::default(),
-        http_stop.clone(),
-    ));
+    let (addr, http_stop, server) = serve_http(agent.live.clone(), HttpOptions::default()).await;
     // Wait until every pot has a reading (and the server listens, so the collector subscribed).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while agent.live.latest.lock().unwrap().len() < 14 {

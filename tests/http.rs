@@ -19,6 +19,7 @@ use common::mosquitto::Mosquitto;
 use common::plant::{
     RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, polled_source_toml, pots_toml, serve,
 };
+use common::probe::serve_http;
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::Value as Json;
 use smeltwatch::acquisition::PollerStats;
@@ -30,7 +31,7 @@ use smeltwatch::model::{
 };
 use smeltwatch::simulator::UnitMap;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "pot-room-token";
@@ -204,18 +205,14 @@ async fn every_route_serves_the_running_agent() {
     let toml = agent_config(modbus_port, broker.port, state.path());
     let agent = agent::start_inline(&toml, "http.toml").await;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let http_stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
+    let (addr, http_stop, server) = serve_http(
         agent.live.clone(),
         HttpOptions {
             token: Some(Secret(TOKEN.to_owned())),
             ..Default::default()
         },
-        http_stop.clone(),
-    ));
+    )
+    .await;
 
     // /healthz needs no token; once it answers, the record collector is subscribed.
     let health = request(addr, "/healthz", None).await;
@@ -628,15 +625,7 @@ async fn not_ready_before_any_poll_cycle_and_open_without_a_token() {
         .lock()
         .unwrap()
         .push(("line1".into(), Arc::new(PollerStats::default())));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        live.clone(),
-        HttpOptions::default(),
-        stop.clone(),
-    ));
+    let (addr, stop, server) = serve_http(live.clone(), HttpOptions::default()).await;
 
     let r = request(addr, "/readyz", None).await;
     assert_eq!(r.status, 503);
@@ -689,16 +678,7 @@ async fn bare_server(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), http::HttpError>>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        Arc::new(LiveState::default()),
-        opts,
-        stop.clone(),
-    ));
-    (addr, stop, server)
+    serve_http(Arc::new(LiveState::default()), opts).await
 }
 
 async fn stop_server(

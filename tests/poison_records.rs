@@ -11,6 +11,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::agent::smeltwatch;
 use common::mosquitto::{self, Mosquitto};
 use common::mqtt_config;
 use common::plant::one_meter_toml;
@@ -172,18 +173,6 @@ async fn a_record_over_the_brokers_limit_does_not_block_the_ones_behind_it() {
     assert!(st.connects > u64::from(DEFAULT_DEAD_LETTER_AFTER), "{st:?}");
     stop.cancel();
     task.await.unwrap();
-}
-
-fn smeltwatch(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(args)
-        .output()
-        .expect("running smeltwatch");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The dead-letter path end to end: the broker refuses a record (its size limit) three
