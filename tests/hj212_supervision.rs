@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::agent::{self, wait_delivered};
 use common::hj212::{acking_platform, platform};
 use common::plant::{cems_map, gtc1_source_toml, stack_simulator, two_cems_source_toml};
+use common::status::status_comes;
 use smeltwatch::app::Agent;
 use smeltwatch::codec::hj212;
 use smeltwatch::uplink::LinkState;
@@ -70,15 +71,8 @@ async fn a_spool_failure_under_the_uplink_shows_in_its_status_and_readiness() {
     .expect("the uplink delivers");
     // The spool under the uplink fails for good.
     view.spool.clone().close().await.unwrap();
-    let failed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if status.borrow_and_update().state.as_str() == "failed" {
-                return true;
-            }
-            if status.changed().await.is_err() {
-                return false; // nobody updates the status any more
-            }
-        }
+    let failed = status_comes(&mut status, Duration::from_secs(10), |s| {
+        s.state.as_str() == "failed"
     })
     .await;
     assert_eq!(
