@@ -237,6 +237,13 @@ fn plain_loopback_conf(name: &str) -> String {
     )
 }
 
+/// The test's observer on `broker`, subscribed to every topic.
+async fn observer_of(broker: &Broker) -> Client {
+    let observer = broker.login(OBSERVER).await;
+    observer.must_subscribe("#").await;
+    observer
+}
+
 /// `agent` publishes each of `topics` (payload `agent`), then the marker `events/{marker}` of the
 /// site (payload `marker`), which it returns: whoever reads the marker has been given all of
 /// the topics it may read.
@@ -441,8 +448,7 @@ async fn anonymous_clients_and_wrong_passwords_are_refused() {
 #[tokio::test]
 async fn the_agent_writes_only_its_site_and_its_edge_node() {
     let broker = start_plant();
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
     let agent = broker.login("agent-al-yunnan-03").await;
 
     let allowed = [
@@ -514,8 +520,7 @@ async fn operators_read_the_whole_site_and_write_nothing() {
     let mut operator = broker.login("operator-control-room").await;
     operator.must_subscribe(&site("#")).await;
     operator.must_subscribe(&spb("#")).await;
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
     let agent = broker.login("agent-al-yunnan-03").await;
 
     let streams = [
@@ -595,8 +600,7 @@ async fn regulators_get_emissions_and_events_and_nothing_live() {
     );
 
     // A regulator cannot write, not even into the streams it reads.
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
     regulator
         .publish(&site("emissions/gtc3_stack/minute"), "forged")
         .await;
@@ -631,8 +635,7 @@ fn start_province(extra_acl: &str) -> Broker {
 #[tokio::test]
 async fn the_province_lets_each_plant_write_only_its_own_regulated_topics() {
     let province = start_province("");
-    let mut observer = province.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&province).await;
     let plant = province.login(SITE).await;
 
     let allowed = [
@@ -679,8 +682,7 @@ async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_not
     ingest.must_subscribe("smeltwatch/+/emissions/#").await;
     ingest.must_subscribe("smeltwatch/+/events/#").await;
     ingest.must_subscribe("smeltwatch/+/metrics/#").await;
-    let mut observer = province.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&province).await;
 
     let bridge = derive(
         "bridge-province.conf",
@@ -869,8 +871,7 @@ async fn with_certificates_the_common_name_is_the_account_of_the_same_acl() {
     );
     let conf = format!("{conf}\nlistener @PORT@ 127.0.0.1\n");
     let broker = Broker::start(&conf, &read_deploy("plant.acl"), &[]);
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
 
     // Without a client certificate the TLS listener lets nobody in.
     assert!(
