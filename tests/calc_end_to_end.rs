@@ -38,8 +38,9 @@ use common::agent;
 use common::calc::close;
 use common::json::attr;
 use common::plant::{
-    EndToEnd, PCU_MAP, calc_gtc1_stack_toml, calc_potline1_toml, gtc1_cems_map_source_toml,
-    mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml, simulated_potline1_toml,
+    EndToEnd, agent_toml, calc_gtc1_stack_toml, calc_potline1_toml, cems_map_toml,
+    gtc1_cems_map_source_toml, mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml,
+    simulated_potline1_toml,
 };
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, days_from_civil};
@@ -89,29 +90,19 @@ fixed = {{ so2_mg_m3 = {SO2_MG_M3}, fluoride_mg_m3 = {FLUORIDE_MG_M3}, flow_m3h 
 }
 
 fn agent_config(potline: u16, stack: u16, mqtt: u16, state: &Path) -> String {
-    format!(
-        r#"
-site = "calc-e2e"
-state_dir = "{state}"
-{PCU_MAP}
-[register_maps.cems.points]
-so2_mg_m3 = {{ area = "input", address = 0, type = "f32", unit = "mg/m3" }}
-fluoride_mg_m3 = {{ area = "input", address = 6, type = "f32", unit = "mg/m3" }}
-flow_m3h = {{ area = "input", address = 10, type = "f32", unit = "m3/h" }}
-in_calibration = {{ area = "input", address = 14, type = "bool", bit = 0 }}
-
-{potline_source}{stack_source}{calc}
-{calc_potline}
-{calc_stack}
-{uplink}"#,
-        potline_source = potline1_source_toml(potline, "timeout = \"500ms\"", ""),
-        stack_source = gtc1_cems_map_source_toml(stack, "500ms"),
-        calc = simulated_calc_toml(SCALE, START_UTC),
-        // A poll every 12 plant seconds: longer than the default 10 s gap limit.
-        calc_potline = calc_potline1_toml("current_efficiency = 0.935\nmax_gap = \"2m\"\n"),
-        calc_stack = calc_gtc1_stack_toml(r#"{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }"#),
-        uplink = mqtt_uplink_toml("plant", mqtt, &["metrics", "events", "emissions"]),
-        state = state.display()
+    agent_toml(
+        "calc-e2e",
+        state,
+        &[
+            &cems_map_toml(true),
+            &potline1_source_toml(potline, "timeout = \"500ms\"", ""),
+            &gtc1_cems_map_source_toml(stack, "500ms"),
+            &simulated_calc_toml(SCALE, START_UTC),
+            // A poll every 12 plant seconds: longer than the default 10 s gap limit.
+            &calc_potline1_toml("current_efficiency = 0.935\nmax_gap = \"2m\"\n"),
+            &calc_gtc1_stack_toml(r#"{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }"#),
+            &mqtt_uplink_toml("plant", mqtt, &["metrics", "events", "emissions"]),
+        ],
     )
 }
 

@@ -64,8 +64,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::json::attr;
 use common::plant::{
-    EndToEnd, PCU_MAP, calc_gtc1_stack_toml, calc_potline1_toml, gtc1_cems_map_source_toml,
-    mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml, simulated_potline1_toml,
+    EndToEnd, agent_toml, calc_gtc1_stack_toml, calc_potline1_toml, cems_map_toml,
+    gtc1_cems_map_source_toml, mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml,
+    simulated_potline1_toml,
 };
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
@@ -119,34 +120,25 @@ profile = "potline_gtc"
 }
 
 fn agent_config(potline: u16, stack: u16, mqtt: u16, state: &Path) -> String {
-    format!(
-        r#"
-site = "{SITE}"
-state_dir = "{state}"
-{PCU_MAP}
-[register_maps.cems.points]
-so2_mg_m3 = {{ area = "input", address = 0, type = "f32", unit = "mg/m3" }}
-flow_m3h = {{ area = "input", address = 10, type = "f32", unit = "m3/h" }}
-in_calibration = {{ area = "input", address = 14, type = "bool", bit = 0 }}
-
-{potline_source}{stack_source}{calc}
-{calc_potline}
-{calc_stack}
-{uplink}"#,
-        potline_source = potline1_source_toml(
-            potline,
-            "timeout = \"300ms\"\nbreaker_probe_interval = \"200ms\"",
-            r#"points.ac_energy_kwh = { area = "input", address = 10, type = "u32", unit = "kWh" }"#,
-        ),
-        stack_source = gtc1_cems_map_source_toml(stack, "300ms"),
-        calc = simulated_calc_toml(SCALE, START_UTC),
-        calc_potline = calc_potline1_toml(&format!(
-            "current_efficiency = {CURRENT_EFFICIENCY}\nmax_gap = \"5m\"\nmax_bridge = \"1h\"\n\
-             gap_bridge = \"interpolate\"\nac_meter_rated_kw = {AC_RATED_KW}\n"
-        )),
-        calc_stack = calc_gtc1_stack_toml(r#"{ so2 = "so2_mg_m3" }"#),
-        uplink = mqtt_uplink_toml("plant", mqtt, &["live", "metrics", "events", "emissions"]),
-        state = state.display()
+    agent_toml(
+        SITE,
+        state,
+        &[
+            &cems_map_toml(false),
+            &potline1_source_toml(
+                potline,
+                "timeout = \"300ms\"\nbreaker_probe_interval = \"200ms\"",
+                r#"points.ac_energy_kwh = { area = "input", address = 10, type = "u32", unit = "kWh" }"#,
+            ),
+            &gtc1_cems_map_source_toml(stack, "300ms"),
+            &simulated_calc_toml(SCALE, START_UTC),
+            &calc_potline1_toml(&format!(
+                "current_efficiency = {CURRENT_EFFICIENCY}\nmax_gap = \"5m\"\nmax_bridge = \"1h\"\n\
+                 gap_bridge = \"interpolate\"\nac_meter_rated_kw = {AC_RATED_KW}\n"
+            )),
+            &calc_gtc1_stack_toml(r#"{ so2 = "so2_mg_m3" }"#),
+            &mqtt_uplink_toml("plant", mqtt, &["live", "metrics", "events", "emissions"]),
+        ],
     )
 }
 

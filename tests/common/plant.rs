@@ -424,3 +424,35 @@ pub fn simulated_potline1_toml(seed: u64, time_scale: f64) -> String {
          name = \"potline1\"\nlisten = \"127.0.0.1:1\"\ncells = 4\nanode_effects_per_cell_day = 0.0\n"
     )
 }
+
+/// The configuration of an agent of `site` that keeps its state in `state`: the cells' `pcu`
+/// map ([`PCU_MAP`]), then `sections` (TOML text each), in order.
+pub fn agent_toml(site: &str, state: &Path, sections: &[&str]) -> String {
+    let mut toml = format!(
+        "\nsite = \"{site}\"\nstate_dir = \"{}\"\n{PCU_MAP}",
+        state.display()
+    );
+    for section in sections {
+        toml.push_str(section);
+        toml.push('\n');
+    }
+    toml
+}
+
+/// The register map `cems` of the simulator's stack: SO2 (mg/m³, f32 at input 0), fluoride when
+/// asked (mg/m³, f32 at input 6), the flow (m³/h, f32 at input 10) and the calibration flag (bit 0
+/// of input 14).
+pub fn cems_map_toml(fluoride: bool) -> String {
+    let fluoride = if fluoride {
+        "fluoride_mg_m3 = { area = \"input\", address = 6, type = \"f32\", unit = \"mg/m3\" }\n"
+    } else {
+        ""
+    };
+    format!(
+        "[register_maps.cems.points]\n\
+         so2_mg_m3 = {{ area = \"input\", address = 0, type = \"f32\", unit = \"mg/m3\" }}\n\
+         {fluoride}\
+         flow_m3h = {{ area = \"input\", address = 10, type = \"f32\", unit = \"m3/h\" }}\n\
+         in_calibration = {{ area = \"input\", address = 14, type = \"bool\", bit = 0 }}\n"
+    )
+}
