@@ -438,16 +438,7 @@ async fn a_full_disk_drops_and_reports_like_the_budget_and_the_agent_keeps_runni
     // up during the outage.
     let pages = spool.cap_file_pages(1).await.unwrap();
     spool.cap_file_pages(pages + 6).await.unwrap();
-    let cycles = || -> u64 {
-        agent
-            .live
-            .pollers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, s)| s.cycles.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
-    };
+    let cycles = || common::agent::poll_cycles(&agent);
     let r = timeout(Duration::from_secs(30), async {
         while spool.disk_full_drops().await.unwrap() < 20 {
             sleep(Duration::from_millis(100)).await;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::agent;
 use common::mosquitto::Mosquitto;
 use common::plant::{meter_map_toml, meter_source_toml, meters};
+use common::probe::assert_not_ready_for;
 use common::status::status_comes;
 use smeltwatch::app::Agent;
 use smeltwatch::config::SpoolConfig;
@@ -148,16 +149,7 @@ async fn spool_closes_under(agent: &Agent, name: &str) {
     assert!(status.borrow().restarts >= 2, "{}", *status.borrow());
     let collected = std::sync::Mutex::new(smeltwatch::live::feed::Collected::default());
     let snap = smeltwatch::http::snapshot::Snapshot::gather(&agent.live, &collected).await;
-    let verdict = smeltwatch::http::snapshot::readiness(&snap, &Default::default());
-    assert!(!verdict.ready);
-    assert!(
-        verdict
-            .reasons
-            .iter()
-            .any(|r| r.contains(&format!("{name:?} failed"))),
-        "{:?}",
-        verdict.reasons
-    );
+    assert_not_ready_for(&snap, &format!("{name:?} failed"));
     let metrics = smeltwatch::http::metrics::render(&snap);
     let restarts: u64 = metrics
         .lines()

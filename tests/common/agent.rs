@@ -9,6 +9,18 @@ use smeltwatch::app::{Agent, RunOptions};
 use smeltwatch::config::Stream;
 use smeltwatch::model::Timestamp;
 
+/// The poll cycles the agent's pollers have run, all sources together.
+pub fn poll_cycles(agent: &Agent) -> u64 {
+    agent
+        .live
+        .pollers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.cycles.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
 /// Run `smeltwatch` with `args` to its end: whether it succeeded, its stdout and its stderr.
 pub fn smeltwatch(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))

@@ -106,3 +106,14 @@ pub async fn serve_http(
     let server = tokio::spawn(smeltwatch::http::serve(listener, live, opts, stop.clone()));
     (addr, stop, server)
 }
+
+/// The readiness verdict on `snap` is not ready, with a reason that contains `reason`.
+pub fn assert_not_ready_for(snap: &smeltwatch::http::snapshot::Snapshot, reason: &str) {
+    let verdict = smeltwatch::http::snapshot::readiness(snap, &Default::default());
+    assert!(!verdict.ready);
+    assert!(
+        verdict.reasons.iter().any(|r| r.contains(reason)),
+        "{:?}",
+        verdict.reasons
+    );
+}
