@@ -64,6 +64,30 @@ async fn persistent_subscriber(
     mosquitto::subscribe_persistent(port, &format!("smeltwatch/{SITE}/#")).await
 }
 
+/// The plant's meters served until `stop_plant` (their port), a persistent broker with a
+/// [`persistent_subscriber`] (its client and what it receives), and a temporary directory.
+async fn persistent_plant(
+    stop_plant: &CancellationToken,
+) -> (
+    u16,
+    Mosquitto,
+    rumqttc::AsyncClient,
+    mpsc::Receiver<(String, Vec<u8>)>,
+    tempfile::TempDir,
+) {
+    let modbus_port = plant(stop_plant).await;
+    let broker = Mosquitto::start_persistent();
+    let (sub, rx) = persistent_subscriber(broker.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    (modbus_port, broker, sub, rx, dir)
+}
+
+/// [`config`] with a replay of 2000 records/s, parsed as `faults.toml`.
+fn parsed_config(modbus_port: u16, mqtt_port: u16, state: &Path) -> config::Config {
+    let toml = config(modbus_port, mqtt_port, state, 2000);
+    config::parse(&toml, Path::new("faults.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A live message: (seq, device, readings, historical).
 #[derive(Debug, Clone)]
 struct Live {
@@ -164,10 +188,7 @@ fn last_seq_and_waiting(spool_file: &Path, stream: Stream) -> (u64, Vec<StoredRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_agent_during_replay_loses_nothing_after_restart() {
     let stop_plant = CancellationToken::new();
-    let modbus_port = plant(&stop_plant).await;
-    let mut broker = Mosquitto::start_persistent();
-    let (_sub, mut rx) = persistent_subscriber(broker.port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (modbus_port, mut broker, _sub, mut rx, dir) = persistent_plant(&stop_plant).await;
     let state = dir.path().join("state");
     let config_path = dir.path().join("faults.toml");
     // A slow replay, so that the kill lands in the middle of it.
@@ -284,8 +305,7 @@ async fn completeness_counts_what_the_broker_acknowledged_not_what_was_sent() {
     let (_sub, mut rx) = mosquitto::subscribe(broker.port, &format!("smeltwatch/{SITE}/#")).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let toml = config(modbus_port, broker.port, &state, 2000);
-    let cfg = config::parse(&toml, Path::new("faults.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = parsed_config(modbus_port, broker.port, &state);
     let agent = smeltwatch::app::start(cfg.clone(), Default::default())
         .await
         .unwrap();
@@ -405,13 +425,9 @@ fn attribute(msg: &Json, name: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_drops_and_reports_like_the_budget_and_the_agent_keeps_running() {
     let stop_plant = CancellationToken::new();
-    let modbus_port = plant(&stop_plant).await;
-    let mut broker = Mosquitto::start_persistent();
-    let (_sub, mut rx) = persistent_subscriber(broker.port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (modbus_port, mut broker, _sub, mut rx, dir) = persistent_plant(&stop_plant).await;
     let state = dir.path().join("state");
-    let toml = config(modbus_port, broker.port, &state, 2000);
-    let cfg = config::parse(&toml, Path::new("faults.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = parsed_config(modbus_port, broker.port, &state);
 
     broker.stop();
     let agent = smeltwatch::app::start(cfg, Default::default())
@@ -422,16 +438,7 @@ async fn a_full_disk_drops_and_reports_like_the_budget_and_the_agent_keeps_runni
     // up during the outage.
     let pages = spool.cap_file_pages(1).await.unwrap();
     spool.cap_file_pages(pages + 6).await.unwrap();
-    let cycles = || -> u64 {
-        agent
-            .live
-            .pollers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, s)| s.cycles.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
-    };
+    let cycles = || common::agent::poll_cycles(&agent);
     let r = timeout(Duration::from_secs(30), async {
         while spool.disk_full_drops().await.unwrap() < 20 {
             sleep(Duration::from_millis(100)).await;

@@ -219,11 +219,12 @@ impl Drop for Broker {
     }
 }
 
-/// The plant broker's configuration: deploy/mosquitto/plant.conf with a plain loopback listener.
-fn plant_conf() -> String {
+/// deploy/mosquitto/`name` with a plain loopback listener instead of its TLS one, and the
+/// password and ACL files the test writes.
+fn plain_loopback_conf(name: &str) -> String {
     derive(
-        "plant.conf",
-        &read_deploy("plant.conf"),
+        name,
+        &read_deploy(name),
         &[
             Rule::Replace("listener", "listener @PORT@ 127.0.0.1".into()),
             Rule::Drop("cafile"),
@@ -234,6 +235,47 @@ fn plant_conf() -> String {
             Rule::Replace("acl_file", "acl_file @ACL@".into()),
         ],
     )
+}
+
+/// The test's observer on `broker`, subscribed to every topic.
+async fn observer_of(broker: &Broker) -> Client {
+    let observer = broker.login(OBSERVER).await;
+    observer.must_subscribe("#").await;
+    observer
+}
+
+/// `agent` publishes each of `topics` (payload `agent`), then the marker `events/{marker}` of the
+/// site (payload `marker`), which it returns: whoever reads the marker has been given all of
+/// the topics it may read.
+async fn publish_then_marker(agent: &Client, topics: &[String], marker: &str) -> String {
+    for t in topics {
+        agent.publish(t, "agent").await;
+    }
+    let marker = site(&format!("events/{marker}"));
+    agent.publish(&marker, "marker").await;
+    marker
+}
+
+/// `client` publishes each of `forbidden` (payload `forbidden`) followed by one of `allowed`
+/// (payload `allowed`), interleaved so that each refusal sits between two accepted messages,
+/// then the site's marker `events/marker`, which it returns.
+async fn interleave_then_marker(
+    client: &Client,
+    allowed: &[String],
+    forbidden: &[String],
+) -> String {
+    for (ok, no) in allowed.iter().zip(forbidden) {
+        client.publish(no, "forbidden").await;
+        client.publish(ok, "allowed").await;
+    }
+    let marker = site("events/marker");
+    client.publish(&marker, "marker").await;
+    marker
+}
+
+/// The plant broker's configuration: deploy/mosquitto/plant.conf with a plain loopback listener.
+fn plant_conf() -> String {
+    plain_loopback_conf("plant.conf")
 }
 
 /// The accounts of the plant ACL.
@@ -363,6 +405,14 @@ fn topics(msgs: &[(String, String)]) -> Vec<&str> {
     msgs.iter().map(|(t, _)| t.as_str()).collect()
 }
 
+/// The topics of `msgs` other than `probe`, in order.
+fn topics_but(msgs: &[(String, String)], probe: &str) -> Vec<String> {
+    msgs.iter()
+        .map(|(t, _)| t.clone())
+        .filter(|t| t != probe)
+        .collect()
+}
+
 fn site(rest: &str) -> String {
     format!("smeltwatch/{SITE}/{rest}")
 }
@@ -398,8 +448,7 @@ async fn anonymous_clients_and_wrong_passwords_are_refused() {
 #[tokio::test]
 async fn the_agent_writes_only_its_site_and_its_edge_node() {
     let broker = start_plant();
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
     let agent = broker.login("agent-al-yunnan-03").await;
 
     let allowed = [
@@ -422,13 +471,7 @@ async fn the_agent_writes_only_its_site_and_its_edge_node() {
         "spBv1.0/STATE/scada-host".to_owned(),
         "plant/anything".to_owned(),
     ];
-    // Interleaved, so each refusal sits between two accepted messages.
-    for (ok, no) in allowed.iter().zip(&forbidden) {
-        agent.publish(no, "forbidden").await;
-        agent.publish(ok, "allowed").await;
-    }
-    let marker = site("events/marker");
-    agent.publish(&marker, "marker").await;
+    let marker = interleave_then_marker(&agent, &allowed, &forbidden).await;
 
     let seen = observer.until(&marker).await;
     let mut expected: Vec<&str> = allowed.iter().map(String::as_str).collect();
@@ -477,8 +520,7 @@ async fn operators_read_the_whole_site_and_write_nothing() {
     let mut operator = broker.login("operator-control-room").await;
     operator.must_subscribe(&site("#")).await;
     operator.must_subscribe(&spb("#")).await;
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
     let agent = broker.login("agent-al-yunnan-03").await;
 
     let streams = [
@@ -489,11 +531,7 @@ async fn operators_read_the_whole_site_and_write_nothing() {
         site("status"),
         spb(&format!("NDATA/{SITE}")),
     ];
-    for t in &streams {
-        agent.publish(t, "agent").await;
-    }
-    let first_marker = site("events/marker1");
-    agent.publish(&first_marker, "marker").await;
+    let first_marker = publish_then_marker(&agent, &streams, "marker1").await;
     let seen = operator.until(&first_marker).await;
     let mut expected: Vec<&str> = streams.iter().map(String::as_str).collect();
     expected.push(&first_marker);
@@ -547,11 +585,7 @@ async fn regulators_get_emissions_and_events_and_nothing_live() {
         site("events/exceedance"),
         site("live/gtc_cems/gtc3_stack"),
     ];
-    for t in &published {
-        agent.publish(t, "agent").await;
-    }
-    let marker = site("events/marker");
-    agent.publish(&marker, "marker").await;
+    let marker = publish_then_marker(&agent, &published, "marker").await;
 
     let seen = regulator.until(&marker).await;
     let got: BTreeSet<String> = seen.into_iter().map(|(t, _)| t).collect();
@@ -566,8 +600,7 @@ async fn regulators_get_emissions_and_events_and_nothing_live() {
     );
 
     // A regulator cannot write, not even into the streams it reads.
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
     regulator
         .publish(&site("emissions/gtc3_stack/minute"), "forged")
         .await;
@@ -591,19 +624,7 @@ async fn regulators_get_emissions_and_events_and_nothing_live() {
 /// The provincial broker: deploy/mosquitto/province.conf with a plain loopback listener, and
 /// province.acl followed by `extra_acl`.
 fn start_province(extra_acl: &str) -> Broker {
-    let conf = derive(
-        "province.conf",
-        &read_deploy("province.conf"),
-        &[
-            Rule::Replace("listener", "listener @PORT@ 127.0.0.1".into()),
-            Rule::Drop("cafile"),
-            Rule::Drop("certfile"),
-            Rule::Drop("keyfile"),
-            Rule::Drop("tls_version"),
-            Rule::Replace("password_file", "password_file @PASSWD@".into()),
-            Rule::Replace("acl_file", "acl_file @ACL@".into()),
-        ],
-    );
+    let conf = plain_loopback_conf("province.conf");
     Broker::start(
         &conf,
         &format!("{}\n{extra_acl}", read_deploy("province.acl")),
@@ -614,8 +635,7 @@ fn start_province(extra_acl: &str) -> Broker {
 #[tokio::test]
 async fn the_province_lets_each_plant_write_only_its_own_regulated_topics() {
     let province = start_province("");
-    let mut observer = province.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&province).await;
     let plant = province.login(SITE).await;
 
     let allowed = [
@@ -630,12 +650,7 @@ async fn the_province_lets_each_plant_write_only_its_own_regulated_topics() {
         "smeltwatch/cu-other-01/metrics/potline".to_owned(),
         site("live/gtc_cems/gtc3_stack"),
     ];
-    for (ok, no) in allowed.iter().zip(&forbidden) {
-        plant.publish(no, "forbidden").await;
-        plant.publish(ok, "allowed").await;
-    }
-    let marker = site("events/marker");
-    plant.publish(&marker, "marker").await;
+    let marker = interleave_then_marker(&plant, &allowed, &forbidden).await;
     let seen = observer.until(&marker).await;
     let mut expected: Vec<&str> = allowed.iter().map(String::as_str).collect();
     expected.push(&marker);
@@ -667,8 +682,7 @@ async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_not
     ingest.must_subscribe("smeltwatch/+/emissions/#").await;
     ingest.must_subscribe("smeltwatch/+/events/#").await;
     ingest.must_subscribe("smeltwatch/+/metrics/#").await;
-    let mut observer = province.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&province).await;
 
     let bridge = derive(
         "bridge-province.conf",
@@ -717,19 +731,9 @@ async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_not
         site("live/gtc_cems/gtc3_stack"),
         site("emissions/gtc3_stack/hour"),
     ];
-    for t in &published {
-        agent.publish(t, "agent").await;
-    }
-    let marker = site("events/marker");
-    agent.publish(&marker, "marker").await;
+    let marker = publish_then_marker(&agent, &published, "marker").await;
 
-    let carried: Vec<String> = observer
-        .until(&marker)
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .filter(|t| *t != probe)
-        .collect();
+    let carried: Vec<String> = topics_but(&observer.until(&marker).await, &probe);
     assert_eq!(
         carried,
         vec![
@@ -741,13 +745,7 @@ async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_not
         ],
         "the bridge carries emissions, events and metrics, in order, and nothing else"
     );
-    let at_platform: Vec<String> = ingest
-        .until(&marker)
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .filter(|t| *t != probe)
-        .collect();
+    let at_platform: Vec<String> = topics_but(&ingest.until(&marker).await, &probe);
     assert_eq!(
         at_platform, carried,
         "the platform's consumer gets the same"
@@ -873,8 +871,7 @@ async fn with_certificates_the_common_name_is_the_account_of_the_same_acl() {
     );
     let conf = format!("{conf}\nlistener @PORT@ 127.0.0.1\n");
     let broker = Broker::start(&conf, &read_deploy("plant.acl"), &[]);
-    let mut observer = broker.login(OBSERVER).await;
-    observer.must_subscribe("#").await;
+    let mut observer = observer_of(&broker).await;
 
     // Without a client certificate the TLS listener lets nobody in.
     assert!(

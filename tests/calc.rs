@@ -32,7 +32,7 @@ use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, civil, days_from_civil}
 use smeltwatch::calc::window::{Window, month_valid};
 use smeltwatch::calc::{CalcConfig, Pipeline, glob_match};
 use smeltwatch::model::{
-    Aggregate, EventPhase, Period, Quality, ReadingBatch, Record, Timestamp, Value,
+    Aggregate, EventPhase, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };
 
 fn al() -> Metal {
@@ -652,6 +652,31 @@ fn pipeline() -> Pipeline {
     Pipeline::new(&cfg).expect("pipeline builds")
 }
 
+/// A pipeline of [`DEMO_CALC`] whose potline has `keys` (TOML lines) besides.
+fn demo_pipeline_with(keys: &str) -> Pipeline {
+    let cfg: CalcConfig = toml::from_str(&DEMO_CALC.replace(
+        "approved_capacity_t_per_year = 1100.0",
+        &format!("approved_capacity_t_per_year = 1100.0\n{keys}"),
+    ))
+    .expect("parses");
+    Pipeline::new(&cfg).expect("builds")
+}
+
+/// Local midnight of 2025-03-01 at UTC+8, the day the potline and smelter days below close.
+fn local_midnight() -> i64 {
+    days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS
+}
+
+/// A poll of potline1's rectifier at `t`: 400 kA and `other`.
+fn rectifier(t: i64, other: Reading) -> ReadingBatch {
+    batch(
+        "potline1",
+        "rectifier",
+        10_000,
+        vec![reading("line_current_ka", Value::Float(400.0), t), other],
+    )
+}
+
 fn metric(records: &[Record], calc: &str, name: &str, period: &str) -> Option<f64> {
     records.iter().rev().find_map(|r| match r {
         Record::Metrics(b) if &*b.calc == calc => b.metrics.iter().find_map(|m| {
@@ -670,7 +695,7 @@ fn potline_day_matches_worked_example_1_and_counts_one_anode_effect() {
     let mut p = pipeline();
     let cells = 10;
     // local midnight 2025-03-01 = 2025-02-28T16:00Z; start one step before it
-    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let midnight = local_midnight();
     let step = 10_000i64;
     let mut ac_raw: u64 = 4_294_960_000;
     let ac_per_step = 400.0 * 4.05 * f64::from(cells) / 0.975 * step as f64 / 3_600_000.0;
@@ -679,14 +704,9 @@ fn potline_day_matches_worked_example_1_and_counts_one_anode_effect() {
     let ae_start = midnight + 6 * HOUR_MS;
     let mut t = midnight - step;
     while t <= midnight + DAY_MS {
-        records.extend(p.on_batch(&batch(
-            "potline1",
-            "rectifier",
-            10_000,
-            vec![
-                reading("line_current_ka", Value::Float(400.0), t),
-                reading("ac_energy_kwh", Value::UInt(ac_raw), t),
-            ],
+        records.extend(p.on_batch(&rectifier(
+            t,
+            reading("ac_energy_kwh", Value::UInt(ac_raw), t),
         )));
         for c in 1..=cells {
             let v = if c == 3 && (ae_start..ae_start + 60_000).contains(&t) {
@@ -1118,7 +1138,7 @@ energy_kgce_point = "energy_kgce_h"
 fn smelter_day_integrates_feed_oxygen_so2_and_energy() {
     let cfg: CalcConfig = toml::from_str(SMELTER_CALC).expect("parses");
     let mut p = Pipeline::new(&cfg).expect("builds");
-    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let midnight = local_midnight();
     let step = 10_000i64;
     let mut records = Vec::new();
     let mut t = midnight - step;
@@ -1184,7 +1204,7 @@ fn smelter_day_integrates_feed_oxygen_so2_and_energy() {
 fn a_smelter_feed_declared_in_kg_per_h_is_converted_and_an_oxygen_flow_in_kw_is_refused() {
     let cfg: CalcConfig = toml::from_str(SMELTER_CALC).expect("parses");
     let mut p = Pipeline::new(&cfg).expect("builds");
-    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let midnight = local_midnight();
     let in_unit = |point: &str, v: f64, unit: &str, t: i64| {
         let mut r = reading(point, Value::Float(v), t);
         r.unit = Arc::from(unit);
@@ -1235,13 +1255,8 @@ fn a_smelter_naming_an_unknown_stack_is_a_config_error() {
 
 #[test]
 fn current_efficiency_from_the_tapped_metal_counter() {
-    let cfg: CalcConfig = toml::from_str(&DEMO_CALC.replace(
-        "approved_capacity_t_per_year = 1100.0",
-        "approved_capacity_t_per_year = 1100.0\ntapped_metal_kg_point = \"tapped_kg\"\ncounter_bits = 16",
-    ))
-    .expect("parses");
-    let mut p = Pipeline::new(&cfg).expect("builds");
-    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let mut p = demo_pipeline_with("tapped_metal_kg_point = \"tapped_kg\"\ncounter_bits = 16");
+    let midnight = local_midnight();
     let step = 10_000i64;
     // six taps of 4,940 kg, one every 4 hours from 01:00; a u16 counter rolls over on the way
     let mut tapped: u64 = 60_000;
@@ -1252,15 +1267,7 @@ fn current_efficiency_from_the_tapped_metal_counter() {
         if (HOUR_MS..DAY_MS).contains(&since) && (since - HOUR_MS) % (4 * HOUR_MS) == 0 {
             tapped = (tapped + 4_940) % 65_536;
         }
-        records.extend(p.on_batch(&batch(
-            "potline1",
-            "rectifier",
-            10_000,
-            vec![
-                reading("line_current_ka", Value::Float(400.0), t),
-                reading("tapped_kg", Value::UInt(tapped), t),
-            ],
-        )));
+        records.extend(p.on_batch(&rectifier(t, reading("tapped_kg", Value::UInt(tapped), t))));
         for c in 1..=10 {
             records.extend(p.on_batch(&pot(&format!("pot_{c:03}"), t, 4.05, true, false)));
         }
@@ -1339,28 +1346,15 @@ fn simulated_time_maps_readings_to_plant_time_and_rejects_bad_settings() {
 fn a_glitched_ac_counter_reading_adds_the_real_energy_and_raises_one_meter_anomaly() {
     // A 50 MW meter read every 10 s can add at most about 139 kWh between two readings: the
     // 1.5 × 10⁹ reading is a glitch, the next reading is 100 kWh above the one before it.
-    let cfg: CalcConfig = toml::from_str(&DEMO_CALC.replace(
-        "approved_capacity_t_per_year = 1100.0",
-        "approved_capacity_t_per_year = 1100.0\nac_meter_rated_kw = 50000.0",
-    ))
-    .expect("parses");
-    let mut p = Pipeline::new(&cfg).expect("builds");
-    let midnight = days_from_civil(2025, 3, 1) * DAY_MS - 8 * HOUR_MS;
+    let mut p = demo_pipeline_with("ac_meter_rated_kw = 50000.0");
+    let midnight = local_midnight();
     let mut records = Vec::new();
     for (i, raw) in [1_000_000u64, 1_500_000_000, 1_000_100, 1_000_100]
         .into_iter()
         .enumerate()
     {
         let t = midnight - 30_000 + i as i64 * 10_000;
-        records.extend(p.on_batch(&batch(
-            "potline1",
-            "rectifier",
-            10_000,
-            vec![
-                reading("line_current_ka", Value::Float(400.0), t),
-                reading("ac_energy_kwh", Value::UInt(raw), t),
-            ],
-        )));
+        records.extend(p.on_batch(&rectifier(t, reading("ac_energy_kwh", Value::UInt(raw), t))));
     }
     records.extend(p.flush(Timestamp(midnight + 20_000)));
     close(

@@ -375,31 +375,37 @@ fn drive_hour(p: &mut Pipeline, readings: impl Fn(i64) -> Vec<Reading>) -> Vec<R
     records
 }
 
+/// The records of an hour of `stack` whose points hold `values` (point, value) throughout.
+fn steady_hour(stack: &str, values: &[(&str, f64)]) -> Vec<Record> {
+    drive_hour(&mut pipeline(stack), |t| {
+        values
+            .iter()
+            .map(|&(point, value)| reading(point, value, t))
+            .collect()
+    })
+}
+
+/// The hourly mean of `quantity`, which must be valid.
+fn hour_avg(records: &[Record], quantity: &str) -> f64 {
+    hour_of(records, quantity).avg.expect("valid")
+}
+
+/// The hourly total of `quantity`, which must be valid.
+fn hour_total(records: &[Record], quantity: &str) -> f64 {
+    hour_of(records, quantity).total.expect("valid")
+}
+
 #[test]
 fn item_4_the_limit_check_uses_the_o2_converted_hourly_mean() {
-    let mut p = pipeline(O2_STACK);
     // 300 mg/m³ measured at 11 % O2 is 450 mg/m³ at 6 %: above GB 25467's 400, below it measured
-    let records = drive_hour(&mut p, |t| {
-        vec![
-            reading("so2_mg_m3", 300.0, t),
-            reading("o2_pct", 11.0, t),
-            reading("flow_m3h", 1.0e6, t),
-        ]
-    });
-    close(
-        hour_of(&records, "so2_mg_m3").avg.expect("valid"),
-        300.0,
-        1e-9,
-        "measured",
+    let records = steady_hour(
+        O2_STACK,
+        &[("so2_mg_m3", 300.0), ("o2_pct", 11.0), ("flow_m3h", 1.0e6)],
     );
+    close(hour_avg(&records, "so2_mg_m3"), 300.0, 1e-9, "measured");
     let zs = hour_of(&records, "so2_zs_mg_m3");
     close(zs.avg.expect("valid"), 450.0, 1e-9, "converted");
-    close(
-        hour_of(&records, "so2_kg_h").total.expect("valid"),
-        300.0,
-        1e-9,
-        "kg",
-    );
+    close(hour_total(&records, "so2_kg_h"), 300.0, 1e-9, "kg");
     let e = exceedances(&records);
     assert_eq!(e.len(), 1);
     assert_eq!(&*e[0].subject, "boiler_stack/so2_zs_mg_m3");
@@ -407,21 +413,10 @@ fn item_4_the_limit_check_uses_the_o2_converted_hourly_mean() {
 
 #[test]
 fn item_4_without_o2_readings_nothing_is_converted_and_mass_is_still_counted() {
-    let mut p = pipeline(O2_STACK);
-    let records = drive_hour(&mut p, |t| {
-        vec![
-            reading("so2_mg_m3", 100.0, t),
-            reading("flow_m3h", 1.0e6, t),
-        ]
-    });
+    let records = steady_hour(O2_STACK, &[("so2_mg_m3", 100.0), ("flow_m3h", 1.0e6)]);
     let zs = hour_of(&records, "so2_zs_mg_m3");
     assert!(!zs.valid && zs.quality == Quality::OutOfRange, "{zs:?}");
-    close(
-        hour_of(&records, "so2_kg_h").total.expect("valid"),
-        100.0,
-        1e-9,
-        "kg",
-    );
+    close(hour_total(&records, "so2_kg_h"), 100.0, 1e-9, "kg");
 }
 
 const EXHAUST_STACK: &str = r#"
@@ -440,38 +435,33 @@ production_point = "production_tph"
 fn item_4_reference_exhaust_volume_scales_the_concentration_only_above_the_reference() {
     // 10⁶ m³/h over 100 t/h is 10,000 m³/t, above the 8,000 reference: 180 × 10,000/8,000 = 225, above GB 25465's
     // 200 where the measured 180 is not
-    let mut p = pipeline(EXHAUST_STACK);
-    let records = drive_hour(&mut p, |t| {
-        vec![
-            reading("so2_mg_m3", 180.0, t),
-            reading("flow_m3h", 1.0e6, t),
-            reading("production_tph", 100.0, t),
-        ]
-    });
-    close(
-        hour_of(&records, "so2_zs_mg_m3").avg.expect("valid"),
-        225.0,
-        1e-9,
-        "converted",
+    let records = steady_hour(
+        EXHAUST_STACK,
+        &[
+            ("so2_mg_m3", 180.0),
+            ("flow_m3h", 1.0e6),
+            ("production_tph", 100.0),
+        ],
     );
+    close(hour_avg(&records, "so2_zs_mg_m3"), 225.0, 1e-9, "converted");
     close(
-        hour_of(&records, "so2_kg_h").avg.expect("valid"),
+        hour_avg(&records, "so2_kg_h"),
         180.0,
         1e-9,
         "kg/h, measured",
     );
     assert_eq!(exceedances(&records).len(), 1);
     // at 5,000 m³/t the measured concentration stands
-    let mut p = pipeline(EXHAUST_STACK);
-    let records = drive_hour(&mut p, |t| {
-        vec![
-            reading("so2_mg_m3", 180.0, t),
-            reading("flow_m3h", 0.5e6, t),
-            reading("production_tph", 100.0, t),
-        ]
-    });
+    let records = steady_hour(
+        EXHAUST_STACK,
+        &[
+            ("so2_mg_m3", 180.0),
+            ("flow_m3h", 0.5e6),
+            ("production_tph", 100.0),
+        ],
+    );
     close(
-        hour_of(&records, "so2_zs_mg_m3").avg.expect("valid"),
+        hour_avg(&records, "so2_zs_mg_m3"),
         180.0,
         1e-9,
         "not scaled",
@@ -533,38 +523,21 @@ fn reading_in(point: &str, value: f64, unit: &str, ts: i64) -> Reading {
 fn a_flow_declared_in_m3_per_s_is_converted_and_one_in_kg_is_refused() {
     // 444.44 m³/s is 1.6 × 10⁶ m³/h: 85.3 mg/m³ gives 136.48 kg in the hour, not 1/3600 of it
     let run = |flow_unit: &str| {
-        let mut p = pipeline(PLAIN_STACK);
-        let mut records = Vec::new();
-        for i in 0..360 {
-            let t = T0 + i * 10_000;
-            records.extend(p.on_batch(&ReadingBatch {
-                source: Arc::from("plant"),
-                device: Arc::from("boiler_stack"),
-                unit_id: 1,
-                poll_interval_ms: 10_000,
-                scheduled: Timestamp(t),
-                readings: vec![
-                    reading_in("so2_mg_m3", 85.3, "mg/m3", t),
-                    reading_in("flow_m3h", 1.6e6 / 3600.0, flow_unit, t),
-                ],
-            }));
-        }
-        records.extend(p.flush(Timestamp(T0 + HOUR_MS)));
-        records
+        drive_hour(&mut pipeline(PLAIN_STACK), |t| {
+            vec![
+                reading_in("so2_mg_m3", 85.3, "mg/m3", t),
+                reading_in("flow_m3h", 1.6e6 / 3600.0, flow_unit, t),
+            ]
+        })
     };
     let records = run("m3/s");
     close(
-        hour_of(&records, "so2_kg_h").total.expect("valid"),
+        hour_total(&records, "so2_kg_h"),
         136.48,
         1e-6,
         "SO2 kg with the flow in m³/s",
     );
-    close(
-        hour_of(&records, "flow_m3h").avg.expect("valid"),
-        1.6e6,
-        1e-3,
-        "flow in m³/h",
-    );
+    close(hour_avg(&records, "flow_m3h"), 1.6e6, 1e-3, "flow in m³/h");
     let records = run("kg");
     let kg = hour_of(&records, "so2_kg_h");
     assert!(!kg.valid && kg.total.is_none(), "{kg:?}");

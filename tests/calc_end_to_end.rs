@@ -37,12 +37,15 @@ use std::time::Duration;
 use common::agent;
 use common::calc::close;
 use common::json::attr;
-use common::mosquitto::{self, Mosquitto};
-use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
+use common::plant::{
+    EndToEnd, agent_toml, calc_gtc1_stack_toml, calc_potline1_toml, cems_map_toml,
+    gtc1_cems_map_source_toml, mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml,
+    simulated_potline1_toml,
+};
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, days_from_civil};
 use smeltwatch::config;
-use smeltwatch::simulator::{self, BindMode, SimulatorConfig};
+use smeltwatch::simulator::SimulatorConfig;
 
 /// Plant seconds per real second, on both sides.
 const SCALE: f64 = 120.0;
@@ -73,89 +76,43 @@ fn simulator_config() -> SimulatorConfig {
         ));
     }
     toml::from_str(&format!(
-        r#"
-seed = 7
-tick = "50ms"
-time_scale = {SCALE}
-
-[[potlines]]
-name = "potline1"
-listen = "127.0.0.1:1"
-cells = 4
-anode_effects_per_cell_day = 0.0
-cells_out_of_service = [4]
+        r#"{head}cells_out_of_service = [4]
 {schedule}
 [[stacks]]
 name = "gtc1_stack"
 listen = "127.0.0.1:2"
 profile = "potline_gtc"
 fixed = {{ so2_mg_m3 = {SO2_MG_M3}, fluoride_mg_m3 = {FLUORIDE_MG_M3}, flow_m3h = {FLOW_M3H} }}
-"#
+"#,
+        head = simulated_potline1_toml(7, SCALE)
     ))
     .expect("simulator section parses")
 }
 
 fn agent_config(potline: u16, stack: u16, mqtt: u16, state: &Path) -> String {
-    format!(
-        r#"
-site = "calc-e2e"
-state_dir = "{state}"
-{PCU_MAP}
-[register_maps.cems.points]
-so2_mg_m3 = {{ area = "input", address = 0, type = "f32", unit = "mg/m3" }}
-fluoride_mg_m3 = {{ area = "input", address = 6, type = "f32", unit = "mg/m3" }}
-flow_m3h = {{ area = "input", address = 10, type = "f32", unit = "m3/h" }}
-in_calibration = {{ area = "input", address = 14, type = "bool", bit = 0 }}
-
-[[sources]]
-name = "potline1"
-tcp = "127.0.0.1:{potline}"
-timeout = "500ms"
-default_poll = "100ms"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-points.line_current_ka = {{ area = "input", address = 0, type = "f32", unit = "kA" }}
-
-[[sources.devices]]
-name = "pot_{{n:03}}"
-count = 4
-unit_id = 10
-map = "pcu"
-
-[[sources]]
-name = "gtc1"
-tcp = "127.0.0.1:{stack}"
-timeout = "500ms"
-default_poll = "100ms"
-
-[[sources.devices]]
-name = "gtc1_stack"
-unit_id = 1
-map = "cems"
-{calc}
-[[calc.potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = 0.935
-# A poll every 12 plant seconds: longer than the default 10 s gap limit.
-max_gap = "2m"
-
-[[calc.stacks]]
-name = "gtc1_stack"
-device = "gtc1/gtc1_stack"
-limits = "gb25465_2010_al_pot_gas"
-pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
-calibration_point = "in_calibration"
-
-{uplink}"#,
-        calc = simulated_calc_toml(SCALE, START_UTC),
-        uplink = mqtt_uplink_toml("plant", mqtt, &["metrics", "events", "emissions"]),
-        state = state.display()
+    agent_toml(
+        "calc-e2e",
+        state,
+        &[
+            &cems_map_toml(true),
+            &potline1_source_toml(potline, "timeout = \"500ms\"", ""),
+            &gtc1_cems_map_source_toml(stack, "500ms"),
+            &simulated_calc_toml(SCALE, START_UTC),
+            // A poll every 12 plant seconds: longer than the default 10 s gap limit.
+            &calc_potline1_toml("current_efficiency = 0.935\nmax_gap = \"2m\"\n"),
+            &calc_gtc1_stack_toml(r#"{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }"#),
+            &mqtt_uplink_toml("plant", mqtt, &["metrics", "events", "emissions"]),
+        ],
     )
 }
+
+/// The plant of these tests, as [`EndToEnd::start`] starts it.
+const PLANT: EndToEnd = EndToEnd {
+    simulator: simulator_config,
+    site: "calc-e2e",
+    endpoints: ["potline1", "gtc1_stack"],
+    agent_config,
+};
 
 /// The value of metric `name` with label `period = "day"` in a metrics message, if present.
 fn day_metric(msg: &Json, name: &str) -> Option<f64> {
@@ -169,19 +126,7 @@ fn day_metric(msg: &Json, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anode_effects_aem_and_hourly_mass_flows_arrive_at_the_broker() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/calc-e2e/#").await;
-    let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
-        .await
-        .expect("simulator starts");
-    let port = |name: &str| common::plant::endpoint_port(&sim, name);
-    let state = tempfile::tempdir().expect("temp dir");
-    let toml = agent_config(
-        port("potline1"),
-        port("gtc1_stack"),
-        broker.port,
-        state.path(),
-    );
+    let (broker, _sub, mut rx, sim, state, toml) = PLANT.start().await;
     let agent = agent::start_inline(&toml, "calc-e2e.toml").await;
 
     // Local midnight closes the day (AE statistics) and the hour 23:00-00:00 (mass flows).
@@ -427,19 +372,7 @@ fn plant_now(msg: &Json) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_mid_hour_resumes_the_open_hour_from_the_state_directory() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/calc-e2e/#").await;
-    let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
-        .await
-        .expect("simulator starts");
-    let port = |name: &str| common::plant::endpoint_port(&sim, name);
-    let state = tempfile::tempdir().expect("temp dir");
-    let toml = agent_config(
-        port("potline1"),
-        port("gtc1_stack"),
-        broker.port,
-        state.path(),
-    );
+    let (broker, _sub, mut rx, sim, state, toml) = PLANT.start().await;
     let opts = || smeltwatch::app::RunOptions {
         grace_period: Duration::from_millis(500),
         ..Default::default()

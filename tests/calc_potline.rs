@@ -248,17 +248,23 @@ fn steady() -> Day {
     }
 }
 
+/// The day's production in `r` is, within `tol` t, what the line makes at current efficiency
+/// `ce` ([`production_t`]).
+fn close_production(r: &[Record], ce: f64, tol: f64) {
+    close_value(r, "production_t", production_t(ce), tol, "production");
+}
+
+/// The day's `name` in `r` is `want` within `tol` (`what` names it in a failure).
+fn close_value(r: &[Record], name: &str, want: f64, tol: f64, what: &str) {
+    close(value(r, name), want, tol, what);
+}
+
 #[test]
 fn a_steady_day_gives_the_worked_example() {
     let r = run(&steady());
-    close(
-        value(&r, "production_t"),
-        production_t(0.935),
-        0.01,
-        "production",
-    );
-    close(value(&r, "ac_kwh_per_t"), 13_239.0, 1.0, "AC kWh/t");
-    close(value(&r, "dc_kwh_per_t"), 12_908.0, 1.0, "DC kWh/t");
+    close_production(&r, 0.935, 0.01);
+    close_value(&r, "ac_kwh_per_t", 13_239.0, 1.0, "AC kWh/t");
+    close_value(&r, "dc_kwh_per_t", 12_908.0, 1.0, "DC kWh/t");
     let p = day_metric(&r, "production_t").expect("production");
     assert_eq!(p.quality, Quality::Good);
     assert_eq!(label(p, "production"), Some("faraday"));
@@ -272,22 +278,19 @@ fn a_lost_rectifier_link_is_bridged_and_flagged_not_a_grade_fail() {
         link_cut: Some((10, 3600)),
         ..steady()
     });
-    close(
-        value(&r, "production_t"),
-        production_t(0.935),
-        0.01,
-        "production",
-    );
-    close(
-        value(&r, "ac_kwh_per_t"),
+    close_production(&r, 0.935, 0.01);
+    close_value(
+        &r,
+        "ac_kwh_per_t",
         13_239.0,
         1.0,
         "AC kWh/t (13,814 unbridged)",
     );
-    close(value(&r, "dc_kwh_per_t"), 12_908.0, 1.0, "DC kWh/t");
-    close(value(&r, "cell_days"), f64::from(CELLS), 1e-3, "cell-days");
-    close(
-        value(&r, "line_current_bridged_s"),
+    close_value(&r, "dc_kwh_per_t", 12_908.0, 1.0, "DC kWh/t");
+    close_value(&r, "cell_days", f64::from(CELLS), 1e-3, "cell-days");
+    close_value(
+        &r,
+        "line_current_bridged_s",
         3600.0,
         10.0,
         "bridged seconds",
@@ -312,25 +315,21 @@ fn a_gap_longer_than_max_bridge_is_left_out_of_energy_and_production_alike() {
         ..steady()
     });
     // 23 h of production and 23 h of energy: the per-tonne figure stays true, flagged
-    close(
-        value(&r, "production_t"),
+    close_value(
+        &r,
+        "production_t",
         production_t(0.935) * 23.0 / 24.0,
         0.02,
         "production",
     );
-    close(value(&r, "ac_kwh_per_t"), 13_239.0, 1.5, "AC kWh/t");
+    close_value(&r, "ac_kwh_per_t", 13_239.0, 1.5, "AC kWh/t");
     let m = day_metric(&r, "ac_kwh_per_t").expect("ac");
     assert_eq!(
         m.quality,
         Quality::Stale,
         "an incomplete day is not a good figure"
     );
-    close(
-        value(&r, "line_current_unbridged_s"),
-        3600.0,
-        10.0,
-        "unbridged s",
-    );
+    close_value(&r, "line_current_unbridged_s", 3600.0, 10.0, "unbridged s");
 }
 
 #[test]
@@ -341,12 +340,7 @@ fn the_bridging_policy_comes_from_the_coefficient_table_where_the_line_names_non
         table_max_bridge: Some(std::time::Duration::from_secs(1800)),
         ..steady()
     });
-    close(
-        value(&r, "line_current_unbridged_s"),
-        3600.0,
-        10.0,
-        "unbridged s",
-    );
+    close_value(&r, "line_current_unbridged_s", 3600.0, 10.0, "unbridged s");
     assert_eq!(value(&r, "line_current_bridged_s"), 0.0);
 }
 
@@ -358,22 +352,13 @@ fn the_bus_share_enters_dc_kwh_per_t_and_the_dc_meter_gives_its_own_figure() {
         ..steady()
     });
     // 2980 × 4.20 / 0.935
-    close(value(&r, "dc_kwh_per_t"), 13_386.0, 1.0, "DC kWh/t");
-    close(
-        value(&r, "average_voltage_v"),
-        4.20,
-        1e-6,
-        "average voltage",
-    );
-    close(
-        value(&r, "dc_meter_kwh_per_t"),
-        13_386.0,
-        1.0,
-        "DC meter kWh/t",
-    );
+    close_value(&r, "dc_kwh_per_t", 13_386.0, 1.0, "DC kWh/t");
+    close_value(&r, "average_voltage_v", 4.20, 1e-6, "average voltage");
+    close_value(&r, "dc_meter_kwh_per_t", 13_386.0, 1.0, "DC meter kWh/t");
     // the AC meter here draws 4.05 V / 0.975 per cell: DC meter 4.20 over it
-    close(
-        value(&r, "rectifier_efficiency_pct"),
+    close_value(
+        &r,
+        "rectifier_efficiency_pct",
         4.20 / (4.05 / 0.975) * 100.0,
         0.01,
         "rectifier efficiency",
@@ -392,16 +377,18 @@ point = "aux_energy_kwh"
         aux_kwh_per_t: Some(250.0),
         ..steady()
     });
-    close(value(&r, "ac_kwh_per_t"), 13_239.0, 1.0, "AC kWh/t");
-    close(
-        value(&r, "comprehensive_ac_kwh_per_t"),
+    close_value(&r, "ac_kwh_per_t", 13_239.0, 1.0, "AC kWh/t");
+    close_value(
+        &r,
+        "comprehensive_ac_kwh_per_t",
         13_489.0,
         1.0,
         "comprehensive AC kWh/t",
     );
     // 13,489 − 13,300 = 189 kWh/t above the 2025 threshold: 10 steps
-    close(
-        value(&r, "tariff_surcharge_yuan_per_kwh_estimate"),
+    close_value(
+        &r,
+        "tariff_surcharge_yuan_per_kwh_estimate",
         0.10,
         1e-12,
         "surcharge",
@@ -446,8 +433,9 @@ point = "aux_energy_kwh"
 counter_wraps_at = 1000000
 "#,
     ));
-    close(
-        value(&r, "comprehensive_ac_kwh_per_t"),
+    close_value(
+        &r,
+        "comprehensive_ac_kwh_per_t",
         13_489.0,
         1.0,
         "comprehensive AC kWh/t through the wrap",
@@ -485,24 +473,21 @@ fn measured_metal_replaces_the_configured_current_efficiency() {
         tapped_ce: Some(0.92),
         ..steady()
     });
-    close(
-        value(&r, "production_t"),
-        production_t(0.92),
-        0.05,
-        "production",
-    );
-    close(value(&r, "ac_kwh_per_t"), 13_454.8, 1.0, "AC kWh/t");
+    close_production(&r, 0.92, 0.05);
+    close_value(&r, "ac_kwh_per_t", 13_454.8, 1.0, "AC kWh/t");
     assert_eq!(value(&r, "ac_grade"), 4.0);
-    close(
-        value(&r, "tariff_surcharge_yuan_per_kwh_estimate"),
+    close_value(
+        &r,
+        "tariff_surcharge_yuan_per_kwh_estimate",
         0.08,
         1e-12,
         "surcharge",
     );
     let p = day_metric(&r, "production_t").expect("production");
     assert_eq!(label(p, "production"), Some("measured"));
-    close(
-        value(&r, "production_faraday_t"),
+    close_value(
+        &r,
+        "production_faraday_t",
         production_t(0.935),
         0.01,
         "the Faraday estimate",
@@ -549,13 +534,8 @@ fn pots_without_status_points_count_in_service_by_default() {
         no_status: true,
         ..steady()
     });
-    close(
-        value(&r, "production_t"),
-        production_t(0.935),
-        0.01,
-        "production",
-    );
-    close(value(&r, "cell_days"), f64::from(CELLS), 1e-3, "cell-days");
+    close_production(&r, 0.935, 0.01);
+    close_value(&r, "cell_days", f64::from(CELLS), 1e-3, "cell-days");
     let r = run(&Day {
         keys: "in_service_default = false",
         no_status: true,
@@ -627,8 +607,9 @@ fn the_gwp_set_and_grid_factor_come_from_the_table_when_calc_names_none() {
     }
     let (cf4, c2f6) = (value(&r, "pfc_cf4_kg"), value(&r, "pfc_c2f6_kg"));
     assert!(cf4 > 0.0);
-    close(
-        value(&r, "pfc_co2e_t"),
+    close_value(
+        &r,
+        "pfc_co2e_t",
         (cf4 * 7380.0 + c2f6 * 12400.0) / 1000.0,
         1e-9,
         "CO2e under AR6",
@@ -687,8 +668,9 @@ fn a_reading_in_another_unit_is_converted_and_one_it_cannot_be_is_refused() {
         current_unit: Some(("A", 1000.0)),
         ..steady()
     });
-    close(
-        value(&r, "production_t"),
+    close_value(
+        &r,
+        "production_t",
         production_t(0.935),
         0.01,
         "current in A",
@@ -777,12 +759,7 @@ fn metal_left_in_the_pads_is_counted_through_the_inventory_correction() {
         tapped_share: Some(0.9),
         ..steady()
     });
-    close(
-        value(&r, "production_t"),
-        production_t(0.92),
-        0.05,
-        "production",
-    );
+    close_production(&r, 0.92, 0.05);
     let p = day_metric(&r, "production_t").expect("production");
     assert_eq!(label(p, "production"), Some("measured"));
 }
@@ -799,14 +776,9 @@ fn the_dc_meter_bridges_a_gap_in_which_the_current_changed() {
     };
     let true_t = K * (KA * 23.0 + 380.0) * 0.935 * f64::from(CELLS) / 1000.0;
     let r = run(&day("gap_bridge = \"dc_meter\""));
-    close(
-        value(&r, "production_t"),
-        true_t,
-        0.01,
-        "bridged by the DC meter",
-    );
+    close_value(&r, "production_t", true_t, 0.01, "bridged by the DC meter");
     let expected_ac = (CELL_V * f64::from(CELLS) / 0.975) * (KA * 23.0 + 380.0) / true_t;
-    close(value(&r, "ac_kwh_per_t"), expected_ac, 1.0, "AC kWh/t");
+    close_value(&r, "ac_kwh_per_t", expected_ac, 1.0, "AC kWh/t");
     let r = run(&day("gap_bridge = \"interpolate\""));
     let interpolated = value(&r, "production_t");
     assert!(

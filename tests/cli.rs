@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
+use common::agent::smeltwatch;
 use common::plant::one_meter_toml;
 use smeltwatch::codec::body;
 use smeltwatch::config::{SpoolConfig, Stream};
@@ -12,18 +11,6 @@ use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value
 use smeltwatch::simulator::{BankSizes, Device, UnitMap, serve_tcp};
 use smeltwatch::spool::{NewRecord, Spool};
 use tokio_util::sync::CancellationToken;
-
-fn smeltwatch(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(args)
-        .output()
-        .expect("running smeltwatch");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn worker_threads_is_a_global_option_of_at_least_one() {

@@ -37,6 +37,18 @@ fn parse_ok(src: &str) -> Config {
         .unwrap_or_else(|err| panic!("config should load:\n{err}"))
 }
 
+/// The frame of an inline config whose subject is what follows it: site `t` and one TCP source
+/// `gw` at `tcp`, then `rest`. Like the configs written out in full, the text opens with a blank
+/// line, so the lines that errors name are counted alike.
+fn gw_source(tcp: &str, rest: &str) -> String {
+    format!("\nsite = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"{tcp}\"\n{rest}")
+}
+
+/// [`gw_source`] with its first `[[sources.devices]]` table opened for `device` (its keys).
+fn gw_device(tcp: &str, device: &str) -> String {
+    gw_source(tcp, &format!("[[sources.devices]]\n{device}"))
+}
+
 /// Assert that `err` has `count` lines and that each text of `wants` stands in one of them
 /// located in `inline/smeltwatch.toml` (one line may hold more than one of them).
 fn assert_located_lines(err: &ConfigError, count: usize, wants: &[&str]) {
@@ -129,13 +141,9 @@ fn unknown_key_names_the_key_path_line_and_column() {
 
 #[test]
 fn all_semantic_problems_are_reported_together() {
-    let err = parse_err(
-        r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "h:502"
-max_registers_per_read = 0
+    let err = parse_err(&gw_source(
+        "h:502",
+        r#"max_registers_per_read = 0
 [[sources.devices]]
 name = "a"
 unit_id = 0
@@ -143,7 +151,7 @@ unit_id = 0
 name = "a"
 unit_id = 300
 "#,
-    );
+    ));
     let text = err.to_string();
     assert_eq!(err.problems().len(), 4, "{text}");
     assert!(text.contains("sources[0].max_registers_per_read"), "{text}");
@@ -251,14 +259,9 @@ fn potline_fixture_expands_the_template_and_imports_the_csv() {
 
 #[test]
 fn defaults_are_applied() {
-    let cfg = parse_ok(
-        r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "plc:502"
-[[sources.devices]]
-name = "d"
+    let cfg = parse_ok(&gw_device(
+        "plc:502",
+        r#"name = "d"
 unit_id = 1
 points.v = { area = "holding", address = 0, type = "f32" }
 [[uplinks]]
@@ -266,7 +269,7 @@ name = "plant"
 type = "mqtt"
 broker = "mqtt://broker"
 "#,
-    );
+    ));
     assert_eq!(cfg.state_dir, Path::new("inline/state"));
     assert!(cfg.simulator.is_none());
     let source = &cfg.sources[0];
@@ -411,20 +414,15 @@ rtu_over_tcp = "10.0.0.9:4001"
 
 #[test]
 fn a_24_pot_template_expands_into_24_devices() {
-    let cfg = parse_ok(
-        r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "127.0.0.1:15020"
-[[sources.devices]]
-name = "pot_{n:03}"
+    let cfg = parse_ok(&gw_device(
+        "127.0.0.1:15020",
+        r#"name = "pot_{n:03}"
 count = 24
 unit_id = 10
 labels = { kind = "pcu" }
 points.cell_voltage_v = { area = "input", address = 0, type = "f32", unit = "V" }
 "#,
-    );
+    ));
     let devices = &cfg.sources[0].devices;
     assert_eq!(devices.len(), 24);
     for (k, device) in devices.iter().enumerate() {
@@ -439,20 +437,15 @@ points.cell_voltage_v = { area = "input", address = 0, type = "f32", unit = "V" 
 
 #[test]
 fn unit_id_step_and_first_index_are_honoured() {
-    let cfg = parse_ok(
-        r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "127.0.0.1:15020"
-[[sources.devices]]
-name = "pot{n}"
+    let cfg = parse_ok(&gw_device(
+        "127.0.0.1:15020",
+        r#"name = "pot{n}"
 count = 3
 first_index = 101
 unit_id = 2
 unit_id_step = 2
 "#,
-    );
+    ));
     let got: Vec<(&str, u8)> = cfg.sources[0]
         .devices
         .iter()
@@ -463,14 +456,9 @@ unit_id_step = 2
 
 #[test]
 fn address_stride_shares_the_unit_id_and_shifts_addresses() {
-    let cfg = parse_ok(
-        r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "127.0.0.1:15020"
-[[sources.devices]]
-name = "pot_{n}"
+    let cfg = parse_ok(&gw_device(
+        "127.0.0.1:15020",
+        r#"name = "pot_{n}"
 count = 3
 unit_id = 5
 address_stride = 20
@@ -478,7 +466,7 @@ points.cell_voltage_v = { area = "input", address = 100, type = "f32" }
 points.status = { area = "input", address = 102, type = "u16" }
 points.running = { area = "coil", address = 7, type = "bool" }
 "#,
-    );
+    ));
     let devices = &cfg.sources[0].devices;
     assert_eq!(devices.len(), 3);
     for (k, device) in devices.iter().enumerate() {
@@ -492,21 +480,16 @@ points.running = { area = "coil", address = 7, type = "bool" }
 
 #[test]
 fn a_template_error_points_at_the_template_and_names_the_instance() {
-    let err = parse_err(
-        r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "127.0.0.1:15020"
-[[sources.devices]]
-name = "rectifier"
+    let err = parse_err(&gw_device(
+        "127.0.0.1:15020",
+        r#"name = "rectifier"
 unit_id = 1
 [[sources.devices]]
 name = "pot_{n:03}"
 count = 24
 unit_id = 240
 "#,
-    );
+    ));
     assert_eq!(
         err.to_string(),
         "inline/smeltwatch.toml:12:11: sources[0].devices[1].unit_id: unit id 248 of instance \
@@ -641,19 +624,16 @@ fn a_missing_file_is_a_read_error() {
 
 #[test]
 fn bits_of_one_status_word_do_not_overlap_but_the_same_bit_twice_does() {
-    let base = r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "127.0.0.1:502"
-[[sources.devices]]
-name = "plc"
+    let base = gw_device(
+        "127.0.0.1:502",
+        r#"name = "plc"
 unit_id = 1
 points.word = { area = "holding", address = 3, type = "u16" }
 points.a = { area = "holding", address = 3, type = "bool", bit = 0 }
 points.b = { area = "holding", address = 3, type = "bool", bit = 1 }
-"#;
-    parse_ok(base);
+"#,
+    );
+    parse_ok(&base);
     let err = parse_err(&format!(
         "{base}points.c = {{ area = \"holding\", address = 3, type = \"bool\", bit = 1 }}\n"
     ));
@@ -664,16 +644,10 @@ points.b = { area = "holding", address = 3, type = "bool", bit = 1 }
     );
 }
 
-const SPARKPLUG_SOURCES: &str = r#"
-site = "t"
-[[sources]]
-name = "gw"
-tcp = "127.0.0.1:502"
-[[sources.devices]]
-name = "pot_001"
-unit_id = 1
-points.setpoint_v = { area = "holding", address = 0, type = "f32", range = [3.8, 4.6], writable = true }
-"#;
+const SPARKPLUG_SOURCES: &str = "\nsite = \"t\"\n[[sources]]\nname = \"gw\"\ntcp = \"127.0.0.1:502\"\n\
+                                 [[sources.devices]]\nname = \"pot_001\"\nunit_id = 1\n\
+                                 points.setpoint_v = { area = \"holding\", address = 0, type = \"f32\", \
+                                 range = [3.8, 4.6], writable = true }\n";
 
 #[test]
 fn sparkplug_uplink_settings_are_read() {

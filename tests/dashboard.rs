@@ -22,17 +22,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
-use common::plant::{RECTIFIER_DEVICE, device, f32_words, serve};
+use common::plant::{RECTIFIER_DEVICE, device, f32_words, polled_source_toml, pots_toml, serve};
+use common::probe::serve_http;
 use common::records::stack_aggregate;
 use smeltwatch::config;
 use smeltwatch::history::HistoryStore;
-use smeltwatch::http::{self, HttpOptions};
+use smeltwatch::http::HttpOptions;
 use smeltwatch::model::{
     Event, EventPhase, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
 };
 use smeltwatch::series::Selector;
 use smeltwatch::simulator::UnitMap;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn chromium() -> Option<PathBuf> {
@@ -57,30 +57,14 @@ fn agent_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {
         r#"
 site = "dash"
 state_dir = "{state}"
-
-[[sources]]
-name = "potline1"
-tcp = "127.0.0.1:{modbus_port}"
-timeout = "500ms"
-default_poll = "200ms"
-{RECTIFIER_DEVICE}
+{source}{RECTIFIER_DEVICE}
 [sources.devices.points.ac_energy_kwh]
 area = "input"
 address = 2
 type = "u32"
 unit = "kWh"
 
-[[sources.devices]]
-name = "pot_{{n:03}}"
-count = 12
-unit_id = 10
-[sources.devices.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-range = [0.0, 60.0]
-
+{pots}
 [[sources.devices]]
 name = "gtc1_stack"
 unit_id = 40
@@ -122,6 +106,8 @@ limit_class = "general"
 pollutants = {{ so2 = "so2_mg_m3" }}
 flow_point = "flow_m3h"
 "#,
+        source = polled_source_toml("potline1", modbus_port, "200ms"),
+        pots = pots_toml(12),
         state = state_dir.display()
     )
 }
@@ -287,15 +273,7 @@ async fn dashboard_shows_cells_kpis_and_events_and_follows_changes() {
     let agent = smeltwatch::app::start(cfg, Default::default())
         .await
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let http_stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        agent.live.clone(),
-        HttpOptions::default(),
-        http_stop.clone(),
-    ));
+    let (addr, http_stop, server) = serve_http(agent.live.clone(), HttpOptions::default()).await;
     // Wait until every pot has a reading (and the server listens, so the collector subscribed).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while agent.live.latest.lock().unwrap().len() < 14 {

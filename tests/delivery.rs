@@ -25,6 +25,7 @@ use common::mqtt_config;
 use common::plant::mqtt_uplink_toml;
 use common::records::{queued, stack_aggregate};
 use common::status::wait_status;
+use common::task::stop_and_join;
 use serde_json::Value as Json;
 use smeltwatch::config::{MqttConfig, SpoolConfig, Stream, UplinkConfig, UplinkKind};
 use smeltwatch::model::{
@@ -96,6 +97,30 @@ impl Link {
     fn restore(&self) {
         self.up.send_replace(true);
     }
+}
+
+/// An MQTT uplink of the site to the broker at `port` on `spool` ([`uplink_config`]), running:
+/// its status, what stops it and its task.
+fn spawn_uplink(
+    port: u16,
+    spool: &SpoolHandle,
+    max_bytes: u64,
+    replay_rate: u32,
+) -> (
+    watch::Receiver<UplinkStatus>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let uplink = MqttUplink::new(
+        SITE,
+        &uplink_config(port, max_bytes, replay_rate),
+        spool.clone(),
+    )
+    .unwrap();
+    let status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+    (status, stop, task)
 }
 
 fn uplink_config(port: u16, max_bytes: u64, replay_rate: u32) -> UplinkConfig {
@@ -546,11 +571,7 @@ async fn broker_outage_under_load_loses_nothing_and_replays_the_backlog_as_histo
         while_down.len(),
         got.len()
     );
-    stop_uplink.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop_uplink, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,15 +581,8 @@ async fn a_flapping_link_loses_nothing() {
     let (_sub, mut rx) = subscriber(broker.port).await;
     let dir = tempfile::tempdir().unwrap();
     let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
-    let uplink = MqttUplink::new(
-        SITE,
-        &uplink_config(link.port, SpoolConfig::default().max_bytes, 2000),
-        spool.clone(),
-    )
-    .unwrap();
-    let mut status = uplink.status();
-    let stop_uplink = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop_uplink.clone()));
+    let (mut status, stop_uplink, task) =
+        spawn_uplink(link.port, &spool, SpoolConfig::default().max_bytes, 2000);
     let stop_load = CancellationToken::new();
     let load = spawn_load(
         spool.clone(),
@@ -601,11 +615,7 @@ async fn a_flapping_link_loses_nothing() {
         s.connects,
         got.len()
     );
-    stop_uplink.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop_uplink, task).await;
 }
 
 /// The value of attribute `name` of an event message (attributes are `[name, value]` pairs).
@@ -635,11 +645,7 @@ async fn an_overflowing_budget_keeps_every_emission_and_reports_exact_drops() {
         ..SpoolConfig::default()
     };
     let spool = SpoolHandle::open(&dir.path().join("spool.db"), &spool_cfg).unwrap();
-    let uplink =
-        MqttUplink::new(SITE, &uplink_config(link.port, budget, 2000), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop_uplink = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop_uplink.clone()));
+    let (mut status, stop_uplink, task) = spawn_uplink(link.port, &spool, budget, 2000);
 
     // The outage: interleaved live batches and emission records, far more than the budget holds.
     for i in 1..=LIVE {
@@ -770,11 +776,7 @@ async fn an_overflowing_budget_keeps_every_emission_and_reports_exact_drops() {
         outage.len(),
         first["message"]
     );
-    stop_uplink.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop_uplink, task).await;
 }
 
 async fn wait_spool_empty(spool: &SpoolHandle) {
@@ -795,15 +797,8 @@ async fn records_published_to_a_frozen_broker_stay_spooled_and_arrive_after_its_
     let (_sub, mut rx) = persistent_subscriber(broker.port).await;
     let dir = tempfile::tempdir().unwrap();
     let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
-    let uplink = MqttUplink::new(
-        SITE,
-        &uplink_config(broker.port, SpoolConfig::default().max_bytes, 2000),
-        spool.clone(),
-    )
-    .unwrap();
-    let mut status = uplink.status();
-    let stop_uplink = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop_uplink.clone()));
+    let (mut status, stop_uplink, task) =
+        spawn_uplink(broker.port, &spool, SpoolConfig::default().max_bytes, 2000);
     for i in 1..=BEFORE {
         spool.append(vec![new_record(&live(i))]).await.unwrap();
     }
@@ -874,11 +869,7 @@ async fn records_published_to_a_frozen_broker_stay_spooled_and_arrive_after_its_
     for m in got.iter().filter(|m| m.seq > BEFORE) {
         assert!(m.historical, "resent after the reconnect: historical");
     }
-    stop_uplink.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop_uplink, task).await;
 }
 
 fn two_uplink_config(

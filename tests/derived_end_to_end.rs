@@ -19,23 +19,16 @@ use smeltwatch::simulator::{Device, Faults, UnitMap};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn plant_config(modbus_port: u16, mqtt_port: u16, http_port: u16, state_dir: &Path) -> String {
+/// The `pcu` map (the cell voltage, f32 at input 0) and the source `line1` at `modbus_port`,
+/// polled every 200 ms, with its three pots `pot_001`… (units 10…) on that map.
+fn line1_pots_toml(modbus_port: u16) -> String {
     format!(
         r#"
-site = "e2e"
-state_dir = "{state}"
-
 [register_maps.pcu.points.cell_voltage_v]
 area = "input"
 address = 0
 type = "f32"
 unit = "V"
-
-[register_maps.meter.points.energy_kwh]
-area = "input"
-address = 0
-type = "f32"
-unit = "kWh"
 
 [[sources]]
 name = "line1"
@@ -48,7 +41,22 @@ name = "pot_{{n:03}}"
 count = 3
 unit_id = 10
 map = "pcu"
+"#
+    )
+}
 
+fn plant_config(modbus_port: u16, mqtt_port: u16, http_port: u16, state_dir: &Path) -> String {
+    format!(
+        r#"
+site = "e2e"
+state_dir = "{state}"
+
+[register_maps.meter.points.energy_kwh]
+area = "input"
+address = 0
+type = "f32"
+unit = "kWh"
+{pots}
 [[sources.devices]]
 name = "compressors"
 unit_id = 20
@@ -72,7 +80,8 @@ listen = "127.0.0.1:{http_port}"
 
 {uplink}"#,
         uplink = mqtt_uplink_toml("plant", mqtt_port, &["live", "metrics"]),
-        state = state_dir.display()
+        state = state_dir.display(),
+        pots = line1_pots_toml(modbus_port)
     )
 }
 
@@ -271,25 +280,7 @@ fn sparkplug_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> Strin
         r#"
 site = "e2e"
 state_dir = "{state}"
-
-[register_maps.pcu.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-
-[[sources]]
-name = "line1"
-tcp = "127.0.0.1:{modbus_port}"
-timeout = "300ms"
-default_poll = "200ms"
-
-[[sources.devices]]
-name = "pot_{{n:03}}"
-count = 3
-unit_id = 10
-map = "pcu"
-
+{pots}
 [[derived]]
 name = "mean_cell_voltage_v"
 expr = "mean(line1/pot_*.cell_voltage_v)"
@@ -313,7 +304,8 @@ keep_alive = "5s"
 reconnect_min = "100ms"
 reconnect_max = "1s"
 "#,
-        state = state_dir.display()
+        state = state_dir.display(),
+        pots = line1_pots_toml(modbus_port)
     )
 }
 

@@ -67,6 +67,15 @@ demand_kw = { di = "01010000", format = "demand", unit = "kW" }
 demand_at = { di = "01010000", format = "demand_time" }
 "#;
 
+/// Site `t` with one DL/T 645-2007 source `bus` at the meter server on `port`, then `rest`: the
+/// source's other keys and its meters, what the test is about.
+fn meter_bus(port: u16, rest: &str) -> Config {
+    parse(&format!(
+        "\nsite = \"t\"\n[[sources]]\nname = \"bus\"\nprotocol = \"dlt645-2007\"\n\
+         tcp = \"127.0.0.1:{port}\"\n{rest}"
+    ))
+}
+
 #[tokio::test]
 async fn poller_reads_a_2007_meter_through_a_serial_server() {
     let shutdown = CancellationToken::new();
@@ -308,23 +317,18 @@ async fn a_reply_from_the_wrong_address_is_discarded_not_taken() {
     confused.set_fault(MeterFault::WrongAddress);
     let neighbour = Meter::new(Edition::Dlt2007, address("22"), 700.0, 1.0);
     let port = serve(MeterBus::new(vec![confused.clone(), neighbour]), &shutdown).await;
-    let cfg = parse(&format!(
-        r#"
-site = "t"
-[[sources]]
-name = "bus"
-protocol = "dlt645-2007"
-tcp = "127.0.0.1:{port}"
-timeout = "100ms"
+    let cfg = meter_bus(
+        port,
+        r#"timeout = "100ms"
 default_poll = "300ms"
 [[sources.meters]]
-name = "m{{n}}"
+name = "m{n}"
 first_index = 21
 count = 2
 address = "21"
-points.energy_kwh = {{ di = "00010000", format = "XXXXXX.XX", unit = "kWh" }}
-"#
-    ));
+points.energy_kwh = { di = "00010000", format = "XXXXXX.XX", unit = "kWh" }
+"#,
+    );
     let (mut rx, stats) = start(&cfg, &shutdown);
     let by_device = collect(&mut rx, |b| {
         b.get("m21").is_some_and(|v| v.len() >= 2) && b.contains_key("m22")
@@ -347,21 +351,16 @@ async fn an_error_reply_marks_the_points_with_the_meters_refusal() {
     let shutdown = CancellationToken::new();
     let meter = Meter::new(Edition::Dlt2007, address("5"), 1.0, 1.0);
     let port = serve(MeterBus::new(vec![meter.clone()]), &shutdown).await;
-    let cfg = parse(&format!(
-        r#"
-site = "t"
-[[sources]]
-name = "bus"
-protocol = "dlt645-2007"
-tcp = "127.0.0.1:{port}"
-default_poll = "100ms"
+    let cfg = meter_bus(
+        port,
+        r#"default_poll = "100ms"
 [[sources.meters]]
 name = "m"
 address = "5"
-points.energy_kwh = {{ di = "00010000", format = "XXXXXX.XX" }}
-points.unknown = {{ di = "04000409", format = "XXXXXX" }}
-"#
-    ));
+points.energy_kwh = { di = "00010000", format = "XXXXXX.XX" }
+points.unknown = { di = "04000409", format = "XXXXXX" }
+"#,
+    );
     let (mut rx, stats) = start(&cfg, &shutdown);
     let batch = rx.recv().await.unwrap();
     assert_eq!(reading_of(&batch, "energy_kwh").1, Quality::Good);

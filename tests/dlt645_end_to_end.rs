@@ -15,10 +15,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::agent;
-use common::mosquitto::{self, Mosquitto};
-use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
+use common::plant::{
+    EndToEnd, PCU_MAP, calc_potline1_toml, mqtt_uplink_toml, potline1_source_toml,
+    simulated_calc_toml, simulated_potline1_toml,
+};
 use serde_json::Value as Json;
-use smeltwatch::simulator::{self, BindMode, SimulatorConfig};
+use smeltwatch::simulator::SimulatorConfig;
 
 const SCALE: f64 = 120.0;
 const START_UTC: &str = "2025-03-01T14:59:00Z";
@@ -27,17 +29,7 @@ const AUX_LOAD_KW: f64 = 60.0;
 
 fn simulator_config() -> SimulatorConfig {
     toml::from_str(&format!(
-        r#"
-seed = 11
-tick = "50ms"
-time_scale = {SCALE}
-
-[[potlines]]
-name = "potline1"
-listen = "127.0.0.1:1"
-cells = 4
-anode_effects_per_cell_day = 0.0
-
+        r#"{head}
 [[meter_buses]]
 name = "aux_meters"
 listen = "127.0.0.1:3"
@@ -47,7 +39,8 @@ meters = [
     {{ address = "2", energy_start_kwh = 2000.0, load_kw = {AUX_LOAD_KW} }},
     {{ address = "3", energy_start_kwh = 3000.0, load_kw = {AUX_LOAD_KW} }},
 ]
-"#
+"#,
+        head = simulated_potline1_toml(11, SCALE)
     ))
     .expect("simulator section parses")
 }
@@ -58,25 +51,7 @@ fn agent_config(potline: u16, aux: u16, mqtt: u16, state: &Path) -> String {
 site = "aux-e2e"
 state_dir = "{state}"
 {PCU_MAP}
-[[sources]]
-name = "potline1"
-tcp = "127.0.0.1:{potline}"
-timeout = "500ms"
-default_poll = "100ms"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-points.line_current_ka = {{ area = "input", address = 0, type = "f32", unit = "kA" }}
-points.dc_energy_kwh = {{ area = "input", address = 8, type = "u32", unit = "kWh" }}
-points.ac_energy_kwh = {{ area = "input", address = 10, type = "u32", unit = "kWh" }}
-
-[[sources.devices]]
-name = "pot_{{n:03}}"
-count = 4
-unit_id = 10
-map = "pcu"
-
+{potline_source}
 [[sources]]
 name = "aux_meters"
 protocol = "dlt645-2007"
@@ -91,22 +66,31 @@ address = "1"
 count = 3
 points.energy_kwh = {{ di = "00010000", format = "XXXXXX.XX", unit = "kWh" }}
 {calc}
-[[calc.potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = 0.935
-max_gap = "2m"
-
+{calc_potline}
 [[calc.potlines.auxiliary_meters]]
 device = "aux_meters/aux_*"
 
 {uplink}"#,
+        potline_source = potline1_source_toml(
+            potline,
+            "timeout = \"500ms\"",
+            r#"points.dc_energy_kwh = { area = "input", address = 8, type = "u32", unit = "kWh" }
+points.ac_energy_kwh = { area = "input", address = 10, type = "u32", unit = "kWh" }"#,
+        ),
         calc = simulated_calc_toml(SCALE, START_UTC),
+        calc_potline = calc_potline1_toml("current_efficiency = 0.935\nmax_gap = \"2m\"\n"),
         uplink = mqtt_uplink_toml("plant", mqtt, &["metrics", "events"]),
         state = state.display()
     )
 }
+
+/// The plant of these tests, as [`EndToEnd::start`] starts it.
+const PLANT: EndToEnd = EndToEnd {
+    simulator: simulator_config,
+    site: "aux-e2e",
+    endpoints: ["potline1", "aux_meters"],
+    agent_config,
+};
 
 /// The metric `name` with label `period = "day"` in a metrics message, if present.
 fn day_metric<'a>(msg: &'a Json, name: &str) -> Option<&'a Json> {
@@ -124,19 +108,7 @@ fn value(msg: &Json, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auxiliary_dlt645_meters_feed_the_comprehensive_ac_figure_and_the_tariff() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/aux-e2e/#").await;
-    let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
-        .await
-        .expect("simulator starts");
-    let port = |name: &str| common::plant::endpoint_port(&sim, name);
-    let state = tempfile::tempdir().expect("temp dir");
-    let toml = agent_config(
-        port("potline1"),
-        port("aux_meters"),
-        broker.port,
-        state.path(),
-    );
+    let (_broker, _sub, mut rx, sim, _state, toml) = PLANT.start().await;
     let agent = agent::start_inline(&toml, "aux-e2e.toml").await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

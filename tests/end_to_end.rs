@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::{self, Mosquitto};
-use common::plant::{RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, serve};
+use common::plant::{
+    RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, polled_source_toml, serve,
+};
 use serde_json::Value as Json;
 use smeltwatch::config::{self, SpoolConfig};
 use smeltwatch::model::Timestamp;
@@ -77,13 +79,7 @@ range = [800.0, 1100.0]
 area = "holding"
 address = 20
 type = "u16"
-
-[[sources]]
-name = "line1"
-tcp = "127.0.0.1:{modbus_port}"
-timeout = "500ms"
-default_poll = "{poll}"
-{RECTIFIER_DEVICE}
+{source}{RECTIFIER_DEVICE}
 [[sources.devices]]
 name = "pot_{{n:03}}"
 count = 3
@@ -91,6 +87,7 @@ unit_id = 10
 map = "pcu"
 
 {uplink}"#,
+        source = polled_source_toml("line1", modbus_port, poll),
         uplink = mqtt_uplink_toml("plant", mqtt_port, &["live"]),
         state = state_dir.display()
     )

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::mosquitto::{self, Mosquitto};
 use common::records::{queued, stack_aggregate};
+use common::task::stop_and_join;
 use smeltwatch::codec::hj212::{self, Packet, ParseOptions, Table};
 use smeltwatch::config::{self, Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
@@ -203,11 +204,7 @@ async fn a_window_is_one_packet_under_its_stack_mn_and_a_poll_batch_one_2011() {
     .expect("6 records acked")
     .unwrap();
     assert_eq!(spool.stats().await.unwrap().records, 0);
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
     while let Ok((topic, payload)) = rx.try_recv() {
         assert!(
             topic.ends_with("/status"),

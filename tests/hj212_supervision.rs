@@ -11,6 +11,8 @@ use std::time::Duration;
 use common::agent::{self, wait_delivered};
 use common::hj212::{acking_platform, platform};
 use common::plant::{cems_map, gtc1_source_toml, stack_simulator, two_cems_source_toml};
+use common::probe::assert_not_ready_for;
+use common::status::status_comes;
 use smeltwatch::app::Agent;
 use smeltwatch::codec::hj212;
 use smeltwatch::uplink::LinkState;
@@ -70,15 +72,8 @@ async fn a_spool_failure_under_the_uplink_shows_in_its_status_and_readiness() {
     .expect("the uplink delivers");
     // The spool under the uplink fails for good.
     view.spool.clone().close().await.unwrap();
-    let failed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if status.borrow_and_update().state.as_str() == "failed" {
-                return true;
-            }
-            if status.changed().await.is_err() {
-                return false; // nobody updates the status any more
-            }
-        }
+    let failed = status_comes(&mut status, Duration::from_secs(10), |s| {
+        s.state.as_str() == "failed"
     })
     .await;
     assert_eq!(
@@ -110,16 +105,7 @@ async fn a_spool_failure_under_the_uplink_shows_in_its_status_and_readiness() {
     })
     .await
     .expect("a snapshot while the uplink is failed");
-    let verdict = smeltwatch::http::snapshot::readiness(&snap, &Default::default());
-    assert!(!verdict.ready);
-    assert!(
-        verdict
-            .reasons
-            .iter()
-            .any(|r| r.contains("\"province\" failed")),
-        "{:?}",
-        verdict.reasons
-    );
+    assert_not_ready_for(&snap, "\"province\" failed");
     agent.shutdown().await;
     platform.1.abort();
 }

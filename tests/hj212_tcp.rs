@@ -42,6 +42,46 @@ fn aggregate(hour: i64, quantity: &str, avg: f64) -> Aggregate {
     }
 }
 
+/// The uplink's spool, in `dir`.
+fn spool_in(dir: &tempfile::TempDir) -> SpoolHandle {
+    SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap()
+}
+
+/// Where a test's platform listens: a free loopback port, and its address.
+async fn loopback_listener() -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// An uplink of `cfg` (HJ 212-2017) on `spool` whose events go to the returned receiver, which
+/// holds `capacity` of them.
+fn uplink_with_events(
+    cfg: Hj212TcpConfig,
+    spool: &SpoolHandle,
+    capacity: usize,
+) -> (Hj212TcpUplink, mpsc::Receiver<Record>) {
+    let (events_tx, events) = mpsc::channel(capacity);
+    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone())
+        .with_events(events_tx);
+    (uplink, events)
+}
+
+/// The next event of `kind` on `events`, within 10 s.
+async fn next_event(events: &mut mpsc::Receiver<Record>, kind: &str) -> smeltwatch::model::Event {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Record::Event(e)) = events.recv().await
+                && &*e.kind == kind
+            {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("an {kind} event"))
+}
+
 fn record(r: &Record) -> NewRecord {
     NewRecord {
         stream: Stream::Emissions,
@@ -54,7 +94,7 @@ fn record(r: &Record) -> NewRecord {
 #[tokio::test]
 async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let spool = spool_in(&dir);
     // Three hours, two pollutants each, plus an event that has no HJ 212 form.
     let mut records = Vec::new();
     for hour in 0..3 {
@@ -81,8 +121,7 @@ async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() 
     }
     spool.append(records).await.unwrap();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback_listener().await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel::<(usize, Packet)>();
     let table = Arc::new(Table::hj212_2017());
     let platform_table = table.clone();
@@ -191,7 +230,7 @@ async fn hourly_packets_survive_a_dropped_connection_and_an_unanswered_packet() 
 #[tokio::test]
 async fn records_stay_in_the_spool_when_the_platform_never_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let spool = spool_in(&dir);
     spool
         .append(vec![record(&Record::Aggregate(aggregate(
             0,
@@ -200,8 +239,7 @@ async fn records_stay_in_the_spool_when_the_platform_never_answers() {
         )))])
         .await
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback_listener().await;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let platform = tokio::spawn(async move {
         loop {
@@ -286,7 +324,7 @@ fn request(cn: u16, qn: &str, pw: &str, cp: &str) -> Vec<u8> {
 #[tokio::test]
 async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let spool = spool_in(&dir);
     let mut aggs = Vec::new();
     for hour in 0..3 {
         aggs.push(aggregate(hour, "so2_mg_m3", 80.0 + hour as f64));
@@ -301,8 +339,7 @@ async fn the_platform_gets_the_same_hours_back_from_a_history_request() {
         .await
         .unwrap();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback_listener().await;
     let table = Arc::new(Table::hj212_2017());
     let t = table.clone();
     let platform = tokio::spawn(async move {
@@ -457,7 +494,7 @@ fn two_stack_config(addr: std::net::SocketAddr) -> Hj212TcpConfig {
 #[tokio::test]
 async fn a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let spool = spool_in(&dir);
     // Stack 1's hours first (its MN is not registered yet), then stack 2's.
     let mut records = Vec::new();
     for hour in 0..3 {
@@ -477,16 +514,13 @@ async fn a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
         ))));
     }
     spool.append(records).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback_listener().await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let platform = platform(listener, Some(MN_A), Some(seen_tx));
 
     let mut cfg = two_stack_config(addr);
     cfg.max_wait = Duration::from_millis(300);
-    let (events_tx, mut events) = mpsc::channel(64);
-    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone())
-        .with_events(events_tx);
+    let (uplink, mut events) = uplink_with_events(cfg, &spool, 64);
     let mut stats = uplink.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(uplink.run(shutdown.clone()));
@@ -512,17 +546,7 @@ async fn a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
     assert_eq!(by_mn.get(MN_B), Some(&3), "{by_mn:?}");
     assert!(by_mn.get(MN_A).is_some_and(|n| *n >= 2), "{by_mn:?}");
     // Stack 1 has waited longer than max_wait: one start event names its MN.
-    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Record::Event(e)) = events.recv().await
-                && &*e.kind == "hj212_waiting"
-            {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("an hj212_waiting event");
+    let waiting = next_event(&mut events, "hj212_waiting").await;
     assert_eq!(waiting.phase, smeltwatch::model::EventPhase::Start);
     assert!(waiting.subject.ends_with(MN_A), "{}", waiting.subject);
     shutdown.cancel();
@@ -533,7 +557,7 @@ async fn a_stack_the_platform_does_not_answer_does_not_hold_the_others() {
 #[tokio::test]
 async fn a_record_that_cannot_be_encoded_is_not_counted_as_having_no_hj212_form() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let spool = spool_in(&dir);
     // Stack 2's MN is not a valid MN: its hour cannot be encoded. Stack 1's can.
     spool
         .append(vec![
@@ -552,16 +576,13 @@ async fn a_record_that_cannot_be_encoded_is_not_counted_as_having_no_hj212_form(
         ])
         .await
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback_listener().await;
     let (seen_tx, _seen) = mpsc::unbounded_channel();
     let platform = platform(listener, Some("nobody"), Some(seen_tx));
     let mut cfg = two_stack_config(addr);
     cfg.mn_by_subject
         .insert("gtc2_stack".into(), "not;an&mn".into());
-    let (events_tx, mut events) = mpsc::channel(64);
-    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone())
-        .with_events(events_tx);
+    let (uplink, mut events) = uplink_with_events(cfg, &spool, 64);
     let mut stats = uplink.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(uplink.run(shutdown.clone()));
@@ -615,9 +636,8 @@ async fn live_data_of_a_stack_the_platform_does_not_answer_does_not_hold_the_oth
     // The agent's shape: one poll batch per stack and second, appended as they are acquired,
     // while the platform never answers stack 1's MN.
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let spool = spool_in(&dir);
+    let (listener, addr) = loopback_listener().await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let platform = platform(listener, Some(MN_A), Some(seen_tx));
 
@@ -625,9 +645,7 @@ async fn live_data_of_a_stack_the_platform_does_not_answer_does_not_hold_the_oth
     cfg.mn_by_subject.insert("gtc1_cems".into(), MN_A.into());
     cfg.mn_by_subject.insert("gtc2_cems".into(), MN_B.into());
     cfg.max_wait = Duration::from_millis(300);
-    let (events_tx, mut events) = mpsc::channel(1024);
-    let uplink = Hj212TcpUplink::new(cfg, Arc::new(Table::hj212_2017()), spool.clone())
-        .with_events(events_tx);
+    let (uplink, mut events) = uplink_with_events(cfg, &spool, 1024);
     let mut stats = uplink.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(uplink.run(shutdown.clone()));
@@ -666,17 +684,7 @@ async fn live_data_of_a_stack_the_platform_does_not_answer_does_not_hold_the_oth
         40,
         "stack 1's batches wait"
     );
-    let waiting = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(Record::Event(e)) = events.recv().await
-                && &*e.kind == "hj212_waiting"
-            {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("an hj212_waiting event");
+    let waiting = next_event(&mut events, "hj212_waiting").await;
     assert!(waiting.subject.ends_with(MN_A), "{}", waiting.subject);
     let mut b_packets = 0;
     while let Ok(p) = seen.try_recv() {
@@ -694,14 +702,13 @@ async fn live_data_of_a_stack_the_platform_does_not_answer_does_not_hold_the_oth
 #[tokio::test]
 async fn without_acknowledgements_written_packets_count_as_unconfirmed_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("hj212.db"), &SpoolConfig::default()).unwrap();
+    let spool = spool_in(&dir);
     let records = (0..3)
         .map(|hour| record(&Record::Aggregate(aggregate(hour, "so2_mg_m3", 80.0))))
         .collect();
     spool.append(records).await.unwrap();
     // A platform that reads everything and answers nothing (the station asked for no answer).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback_listener().await;
     let platform = tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::{RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, serve};
+use common::plant::{
+    RECTIFIER_DEVICE, device, f32_words, mqtt_uplink_toml, polled_source_toml, pots_toml, serve,
+};
+use common::probe::serve_http;
 use prometheus_parse::{Scrape, Value as PromValue};
 use serde_json::Value as Json;
 use smeltwatch::acquisition::PollerStats;
@@ -28,7 +31,7 @@ use smeltwatch::model::{
 };
 use smeltwatch::simulator::UnitMap;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "pot-room-token";
@@ -56,25 +59,10 @@ fn agent_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> String {
         r#"
 site = "http"
 state_dir = "{state}"
-
-[[sources]]
-name = "line1"
-tcp = "127.0.0.1:{modbus_port}"
-timeout = "500ms"
-default_poll = "200ms"
-{RECTIFIER_DEVICE}
-[[sources.devices]]
-name = "pot_{{n:03}}"
-count = 3
-unit_id = 10
-[sources.devices.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-range = [0.0, 60.0]
-
+{source}{RECTIFIER_DEVICE}{pots}
 {uplink}"#,
+        source = polled_source_toml("line1", modbus_port, "200ms"),
+        pots = pots_toml(3),
         uplink = mqtt_uplink_toml("plant", mqtt_port, &["live"]),
         state = state_dir.display()
     )
@@ -217,18 +205,14 @@ async fn every_route_serves_the_running_agent() {
     let toml = agent_config(modbus_port, broker.port, state.path());
     let agent = agent::start_inline(&toml, "http.toml").await;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let http_stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
+    let (addr, http_stop, server) = serve_http(
         agent.live.clone(),
         HttpOptions {
             token: Some(Secret(TOKEN.to_owned())),
             ..Default::default()
         },
-        http_stop.clone(),
-    ));
+    )
+    .await;
 
     // /healthz needs no token; once it answers, the record collector is subscribed.
     let health = request(addr, "/healthz", None).await;
@@ -571,17 +555,7 @@ async fn every_route_serves_the_running_agent() {
     );
 
     // Shutdown ends the server even while an event stream is open.
-    let mut open_stream = TcpStream::connect(addr).await.unwrap();
-    open_stream
-        .write_all(
-            format!(
-                "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
-                bearer()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut open_stream = open_event_stream(addr).await;
     let mut first_bytes = [0u8; 16];
     open_stream.read_exact(&mut first_bytes).await.unwrap();
     http_stop.cancel();
@@ -595,19 +569,26 @@ async fn every_route_serves_the_running_agent() {
     shutdown.cancel();
 }
 
+/// A connection that has asked for `/api/v1/stream`, with the token.
+async fn open_event_stream(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+                bearer()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream
+}
+
 /// Read `n` server-sent events (name, data) from `/api/v1/stream`.
 async fn read_sse(addr: SocketAddr, n: usize) -> Vec<(String, String)> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (rd, mut wr) = stream.into_split();
-    wr.write_all(
-        format!(
-            "GET /api/v1/stream HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
-            bearer()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    // The write half stays open as long as the events are read.
+    let (rd, _wr) = open_event_stream(addr).await.into_split();
     let mut lines = BufReader::new(rd).lines();
     let mut events = Vec::new();
     let (mut name, mut data) = (String::new(), String::new());
@@ -644,15 +625,7 @@ async fn not_ready_before_any_poll_cycle_and_open_without_a_token() {
         .lock()
         .unwrap()
         .push(("line1".into(), Arc::new(PollerStats::default())));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        live.clone(),
-        HttpOptions::default(),
-        stop.clone(),
-    ));
+    let (addr, stop, server) = serve_http(live.clone(), HttpOptions::default()).await;
 
     let r = request(addr, "/readyz", None).await;
     assert_eq!(r.status, 503);
@@ -705,16 +678,7 @@ async fn bare_server(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), http::HttpError>>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        Arc::new(LiveState::default()),
-        opts,
-        stop.clone(),
-    ));
-    (addr, stop, server)
+    serve_http(Arc::new(LiveState::default()), opts).await
 }
 
 async fn stop_server(

@@ -16,6 +16,7 @@ use common::mosquitto::{self, Mosquitto, SubscribeOptions};
 use common::mqtt_config;
 use common::records::queued;
 use common::status::wait_status;
+use common::task::stop_and_join;
 use smeltwatch::codec::json::encode_record;
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
@@ -117,6 +118,30 @@ async fn collect_until(
     );
 }
 
+/// Run `uplink`: its status, what stops it and its task.
+fn spawn(
+    uplink: MqttUplink,
+) -> (
+    tokio::sync::watch::Receiver<smeltwatch::uplink::UplinkStatus>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+    (status, stop, task)
+}
+
+/// Wait until the uplink's link is up.
+async fn wait_connected(
+    status: &mut tokio::sync::watch::Receiver<smeltwatch::uplink::UplinkStatus>,
+) {
+    wait_status(status, "connected", WAIT, |s| {
+        s.state == LinkState::Connected
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_puback() {
     let broker = Mosquitto::start();
@@ -126,9 +151,7 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
     append(&spool, 1, 50).await; // waiting before the uplink starts
 
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
+    let (mut status, stop, task) = spawn(uplink);
     append(&spool, 51, 120).await; // arriving while it runs
 
     let mut got = Vec::new();
@@ -165,11 +188,7 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
     assert_eq!(s.state, LinkState::Connected);
     assert_eq!(spool.stats().await.unwrap().records, 0);
 
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
     assert!(rx.try_recv().is_err(), "no duplicates on a healthy link");
 }
 
@@ -182,13 +201,8 @@ async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone())
         .unwrap()
         .with_publish_latency(latency.clone());
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-    wait_status(&mut status, "connected", WAIT, |s| {
-        s.state == LinkState::Connected
-    })
-    .await;
+    let (mut status, stop, task) = spawn(uplink);
+    wait_connected(&mut status).await;
 
     // Five poll batches acquired 2 s ago, one a year ago (an outage's backlog).
     let acquired = Timestamp(Timestamp::now().unix_ms() - 2_000);
@@ -218,11 +232,7 @@ async fn publish_latency_counts_each_acked_record_from_its_acquisition() {
     );
     assert!(h.sum_s > 300.0 * 86_400.0, "{h:?}");
 
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,9 +245,7 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
     let dir = tempfile::tempdir().unwrap();
     let spool = open_spool(&dir);
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
+    let (mut status, stop, task) = spawn(uplink);
 
     let appender = {
         let spool = spool.clone();
@@ -322,11 +330,7 @@ async fn broker_crash_loses_nothing_the_spool_still_held_and_keeps_first_deliver
         seen.len(),
         acked_before.len()
     );
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 /// Captures formatted log lines in memory.
@@ -388,9 +392,7 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
     let spool = open_spool(&dir);
     let cfg = uplink_config(broker.port, Some(("plant", "wrong-password")));
     let uplink = MqttUplink::new(SITE, &cfg, spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
+    let (mut status, stop, task) = spawn(uplink);
 
     let s = wait_status(&mut status, "auth_failed", WAIT, |s| {
         matches!(s.state, LinkState::AuthFailed(_))
@@ -469,11 +471,7 @@ async fn refused_credentials_log_one_error_keep_spooling_and_recover_with_the_ri
             .any(|l| l.contains("connected to the broker")),
         "recovery is logged"
     );
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 async fn first_status(port: u16) -> serde_json::Value {
@@ -495,23 +493,14 @@ async fn retained_status_is_online_while_running_offline_after_shutdown_and_afte
 
     // Clean path: run, then shut down.
     let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, None), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-    wait_status(&mut status, "connected", WAIT, |s| {
-        s.state == LinkState::Connected
-    })
-    .await;
+    let (mut status, stop, task) = spawn(uplink);
+    wait_connected(&mut status).await;
     let online = first_status(broker.port).await;
     assert_eq!(online["state"], "online");
     assert_eq!(online["site"], SITE);
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
     assert!(online["since"].as_str().is_some_and(|s| s.ends_with('Z')));
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
     let offline = first_status(broker.port).await;
     assert_eq!(
         offline,

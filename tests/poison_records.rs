@@ -11,6 +11,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::agent::smeltwatch;
 use common::mosquitto::{self, Mosquitto};
 use common::mqtt_config;
 use common::plant::one_meter_toml;
@@ -86,6 +87,39 @@ async fn append_poison_then_ten(spool: &SpoolHandle) {
 }
 
 /// Seqs of the live payloads received until `want` distinct ones arrived.
+/// A spool in `dir` holding a record too large for a packet then ten small ones, sent by an uplink
+/// to the broker at `port` whose `max_packet_size` is `max_packet`. Once the ten are acked and
+/// the large one set aside, the ten have arrived in order (checked here); then the spool, the
+/// uplink's status, what stops it and its task.
+async fn deliver_past_the_poison(
+    dir: &tempfile::TempDir,
+    port: u16,
+    max_packet: usize,
+) -> (
+    SpoolHandle,
+    smeltwatch::uplink::UplinkStatus,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let (_sub, mut rx) = mosquitto::subscribe(port, "smeltwatch/+/live/#").await;
+    let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
+    append_poison_then_ten(&spool).await;
+    let uplink = MqttUplink::new(SITE, &uplink_config(port, max_packet), spool.clone()).unwrap();
+    let mut status = uplink.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(uplink.run(stop.clone()));
+
+    let st = wait_status(
+        &mut status,
+        "the ten small records acked",
+        Duration::from_secs(10),
+        |s| s.acked_total >= 10 && s.dead_letters == 1,
+    )
+    .await;
+    assert_eq!(live_seqs(&mut rx, 10).await, (2..=11).collect::<Vec<_>>());
+    (spool, st, stop, task)
+}
+
 async fn live_seqs(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, want: usize) -> Vec<u64> {
     let mut seqs = std::collections::BTreeSet::new();
     let r = timeout(Duration::from_secs(10), async {
@@ -104,23 +138,8 @@ async fn live_seqs(rx: &mut mpsc::Receiver<(String, Vec<u8>)>, want: usize) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_uplinks_max_packet_size_does_not_block_the_ones_behind_it() {
     let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/+/live/#").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
-    append_poison_then_ten(&spool).await;
-    let uplink = MqttUplink::new(SITE, &uplink_config(broker.port, 1024), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-
-    let st = wait_status(
-        &mut status,
-        "the ten small records acked",
-        Duration::from_secs(10),
-        |s| s.acked_total >= 10 && s.dead_letters == 1,
-    )
-    .await;
-    assert_eq!(live_seqs(&mut rx, 10).await, (2..=11).collect::<Vec<_>>());
+    let (spool, st, stop, task) = deliver_past_the_poison(&dir, broker.port, 1024).await;
     // Never sent, so no connection was lost over it.
     assert_eq!(st.connects, 1, "{st:?}");
     let dead = spool.dead_letters().await.unwrap();
@@ -143,24 +162,8 @@ async fn a_record_over_the_uplinks_max_packet_size_does_not_block_the_ones_behin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_brokers_limit_does_not_block_the_ones_behind_it() {
     let broker = Mosquitto::start_with_max_packet(1024);
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "smeltwatch/+/live/#").await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = SpoolHandle::open(&dir.path().join("spool.db"), &SpoolConfig::default()).unwrap();
-    append_poison_then_ten(&spool).await;
-    let uplink =
-        MqttUplink::new(SITE, &uplink_config(broker.port, 1 << 20), spool.clone()).unwrap();
-    let mut status = uplink.status();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(uplink.run(stop.clone()));
-
-    let st = wait_status(
-        &mut status,
-        "the ten small records acked",
-        Duration::from_secs(10),
-        |s| s.acked_total >= 10 && s.dead_letters == 1,
-    )
-    .await;
-    assert_eq!(live_seqs(&mut rx, 10).await, (2..=11).collect::<Vec<_>>());
+    let (spool, st, stop, task) = deliver_past_the_poison(&dir, broker.port, 1 << 20).await;
     let dead = spool.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -170,18 +173,6 @@ async fn a_record_over_the_brokers_limit_does_not_block_the_ones_behind_it() {
     assert!(st.connects > u64::from(DEFAULT_DEAD_LETTER_AFTER), "{st:?}");
     stop.cancel();
     task.await.unwrap();
-}
-
-fn smeltwatch(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
-        .args(args)
-        .output()
-        .expect("running smeltwatch");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The dead-letter path end to end: the broker refuses a record (its size limit) three

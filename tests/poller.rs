@@ -27,6 +27,53 @@ fn parse(toml: &str) -> Config {
     common::acquisition::parse(toml, "poller-test.toml")
 }
 
+/// Site `t` with one TCP source `bus` at the simulator's `port`, then `rest`: the source's other
+/// keys and its devices, what the test is about.
+fn bus_config(port: u16, rest: &str) -> Config {
+    parse(&format!(
+        "\nsite = \"t\"\n[[sources]]\nname = \"bus\"\ntcp = \"127.0.0.1:{port}\"\n{rest}"
+    ))
+}
+
+/// The points of the RTU meters below (`power_mw`, f32 at holding 4; `status`, u16 at holding 6),
+/// with what [`rtu_meter`] holds there.
+const RTU_METER_POINTS: &str = r#"[sources.devices.points.power_mw]
+area = "holding"
+address = 4
+type = "f32"
+[sources.devices.points.status]
+area = "holding"
+address = 6
+type = "u16"
+"#;
+
+/// A device `name` holding 123.456 (f32) at holding 4 and 0x0102 at holding 6.
+fn rtu_meter(name: &str) -> Device {
+    let dev = device(name);
+    dev.set_holding(4, &[0x42F6, 0xE979, 0x0102]);
+    dev
+}
+
+/// The first batch on `rx`, within 10 s (`what` says which when it does not come).
+async fn first_batch_within_10s(rx: &mut mpsc::Receiver<ReadingBatch>, what: &str) -> ReadingBatch {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect(what)
+        .unwrap()
+}
+
+/// `batch` holds what [`rtu_meter`] holds, read good.
+fn assert_rtu_meter_values(batch: &ReadingBatch) {
+    assert_eq!(
+        reading_of(batch, "status"),
+        (&Some(Value::UInt(0x0102)), Quality::Good)
+    );
+    assert_eq!(
+        float(reading_of(batch, "power_mw").0),
+        f64::from(123.456f32)
+    );
+}
+
 fn device(name: &str) -> Device {
     Device::new(
         name,
@@ -66,13 +113,9 @@ async fn poller_decodes_what_the_simulated_device_holds() {
     dev.set_input(20, &[0x504F, 0x5430, 0x3137]);
     dev.set_coil(3, true);
     let port = serve(UnitMap::from([(5, dev.clone())]), &shutdown).await;
-    let cfg = parse(&format!(
-        r#"
-site = "t"
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:{port}"
-[[sources.devices]]
+    let cfg = bus_config(
+        port,
+        r#"[[sources.devices]]
 name = "meter"
 unit_id = 5
 [sources.devices.points.power_mw]
@@ -101,8 +144,8 @@ registers = 3
 area = "coil"
 address = 3
 type = "bool"
-"#
-    ));
+"#,
+    );
     let (mut rx, _) = start_pollers(&cfg, &shutdown);
     let batch = rx.recv().await.unwrap();
     shutdown.cancel();
@@ -203,13 +246,9 @@ async fn exception_marks_only_the_points_of_the_refused_request() {
         ..Faults::default()
     });
     let port = serve(UnitMap::from([(1, dev)]), &shutdown).await;
-    let cfg = parse(&format!(
-        r#"
-site = "t"
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:{port}"
-max_gap_registers = 4
+    let cfg = bus_config(
+        port,
+        r#"max_gap_registers = 4
 [[sources.devices]]
 name = "pcu"
 unit_id = 1
@@ -221,8 +260,8 @@ type = "u16"
 area = "holding"
 address = 100
 type = "u16"
-"#
-    ));
+"#,
+    );
     let (mut rx, stats) = start_pollers(&cfg, &shutdown);
     let first = rx.recv().await.unwrap();
     let second = rx.recv().await.unwrap();
@@ -570,8 +609,7 @@ async fn poller_reads_rtu_through_a_pty_pair() {
     use tokio_serial::SerialPort as _;
     let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
     let path = slave.name().expect("the pty slave has a path");
-    let dev = device("rtu_meter");
-    dev.set_holding(4, &[0x42F6, 0xE979, 0x0102]);
+    let dev = rtu_meter("rtu_meter");
     let shutdown = CancellationToken::new();
     tokio::spawn(smeltwatch::simulator::serve_rtu(
         master,
@@ -591,31 +629,13 @@ parity = "even"
 [[sources.devices]]
 name = "rtu_meter"
 unit_id = 17
-[sources.devices.points.power_mw]
-area = "holding"
-address = 4
-type = "f32"
-[sources.devices.points.status]
-area = "holding"
-address = 6
-type = "u16"
-"#
+{RTU_METER_POINTS}"#
     ));
     let (mut rx, _) = start_pollers(&cfg, &shutdown);
-    let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("an RTU batch within 10 s")
-        .unwrap();
+    let batch = first_batch_within_10s(&mut rx, "an RTU batch within 10 s").await;
     shutdown.cancel();
     drop(slave);
-    assert_eq!(
-        reading_of(&batch, "status"),
-        (&Some(Value::UInt(0x0102)), Quality::Good)
-    );
-    assert_eq!(
-        float(reading_of(&batch, "power_mw").0),
-        f64::from(123.456f32)
-    );
+    assert_rtu_meter_values(&batch);
 }
 
 #[tokio::test]
@@ -627,20 +647,16 @@ async fn after_a_clock_step_timestamps_follow_the_new_wall_clock_and_one_event_i
     let dev = device("pcu");
     dev.set_holding(0, &[4000]);
     let port = serve(UnitMap::from([(1, dev)]), &shutdown).await;
-    let cfg = parse(&format!(
-        r#"
-site = "t"
-[[sources]]
-name = "bus"
-tcp = "127.0.0.1:{port}"
-default_poll = "100ms"
+    let cfg = bus_config(
+        port,
+        r#"default_poll = "100ms"
 poll_offset = "0s"
 [[sources.devices]]
 name = "pcu"
 unit_id = 1
-points.cell_voltage_mv = {{ area = "holding", address = 0, type = "u16" }}
-"#
-    ));
+points.cell_voltage_mv = { area = "holding", address = 0, type = "u16" }
+"#,
+    );
     // A gateway without a real-time clock: it boots at the epoch (plus a little uptime).
     let boot_ms = 60_000;
     let wall = ShiftedWall::new(boot_ms - Timestamp::now().0);
@@ -698,8 +714,7 @@ points.cell_voltage_mv = {{ area = "holding", address = 0, type = "u16" }}
 #[tokio::test]
 async fn poller_reads_rtu_over_tcp_through_a_transparent_serial_server() {
     let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
-    let dev = device("rtu_gw_meter");
-    dev.set_holding(4, &[0x42F6, 0xE979, 0x0102]);
+    let dev = rtu_meter("rtu_gw_meter");
     let shutdown = CancellationToken::new();
     tokio::spawn(smeltwatch::simulator::serve_rtu(
         master,
@@ -723,30 +738,12 @@ timeout = "1s"
 [[sources.devices]]
 name = "rtu_gw_meter"
 unit_id = 9
-[sources.devices.points.power_mw]
-area = "holding"
-address = 4
-type = "f32"
-[sources.devices.points.status]
-area = "holding"
-address = 6
-type = "u16"
-"#
+{RTU_METER_POINTS}"#
     ));
     let (mut rx, stats) = start_pollers(&cfg, &shutdown);
-    let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a batch within 10 s")
-        .unwrap();
+    let batch = first_batch_within_10s(&mut rx, "a batch within 10 s").await;
     shutdown.cancel();
-    assert_eq!(
-        reading_of(&batch, "status"),
-        (&Some(Value::UInt(0x0102)), Quality::Good)
-    );
-    assert_eq!(
-        float(reading_of(&batch, "power_mw").0),
-        f64::from(123.456f32)
-    );
+    assert_rtu_meter_values(&batch);
     assert!(dev.requests() >= 1);
     assert_eq!(stats[0].comm_failures.load(Ordering::Relaxed), 0);
 }

@@ -63,13 +63,16 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::json::attr;
-use common::mosquitto::{self, Mosquitto};
-use common::plant::{PCU_MAP, mqtt_uplink_toml, simulated_calc_toml};
+use common::plant::{
+    EndToEnd, agent_toml, calc_gtc1_stack_toml, calc_potline1_toml, cems_map_toml,
+    gtc1_cems_map_source_toml, mqtt_uplink_toml, potline1_source_toml, simulated_calc_toml,
+    simulated_potline1_toml,
+};
 use serde_json::Value as Json;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
 use smeltwatch::config::{self, Area};
 use smeltwatch::simulator::layout::{cems, rectifier};
-use smeltwatch::simulator::{self, BindMode, Glitch, SimulatorConfig, encode_registers};
+use smeltwatch::simulator::{Glitch, SimulatorConfig, encode_registers};
 
 /// Plant seconds per real second, on both sides.
 const SCALE: f64 = 120.0;
@@ -103,92 +106,49 @@ fn local(h: i64, m: i64, s: i64) -> i64 {
 
 fn simulator_config() -> SimulatorConfig {
     toml::from_str(&format!(
-        r#"
-seed = 18
-tick = "50ms"
-time_scale = {SCALE}
-
-[[potlines]]
-name = "potline1"
-listen = "127.0.0.1:1"
-cells = 4
-anode_effects_per_cell_day = 0.0
-cells_out_of_service = [4]
+        r#"{head}cells_out_of_service = [4]
 ac_energy_start_kwh = 1000000
 
 [[stacks]]
 name = "gtc1_stack"
 listen = "127.0.0.1:2"
 profile = "potline_gtc"
-"#
+"#,
+        head = simulated_potline1_toml(18, SCALE)
     ))
     .expect("simulator section parses")
 }
 
 fn agent_config(potline: u16, stack: u16, mqtt: u16, state: &Path) -> String {
-    format!(
-        r#"
-site = "{SITE}"
-state_dir = "{state}"
-{PCU_MAP}
-[register_maps.cems.points]
-so2_mg_m3 = {{ area = "input", address = 0, type = "f32", unit = "mg/m3" }}
-flow_m3h = {{ area = "input", address = 10, type = "f32", unit = "m3/h" }}
-in_calibration = {{ area = "input", address = 14, type = "bool", bit = 0 }}
-
-[[sources]]
-name = "potline1"
-tcp = "127.0.0.1:{potline}"
-timeout = "300ms"
-default_poll = "100ms"
-breaker_probe_interval = "200ms"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-points.line_current_ka = {{ area = "input", address = 0, type = "f32", unit = "kA" }}
-points.ac_energy_kwh = {{ area = "input", address = 10, type = "u32", unit = "kWh" }}
-
-[[sources.devices]]
-name = "pot_{{n:03}}"
-count = 4
-unit_id = 10
-map = "pcu"
-
-[[sources]]
-name = "gtc1"
-tcp = "127.0.0.1:{stack}"
-timeout = "300ms"
-default_poll = "100ms"
-
-[[sources.devices]]
-name = "gtc1_stack"
-unit_id = 1
-map = "cems"
-{calc}
-[[calc.potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = {CURRENT_EFFICIENCY}
-max_gap = "5m"
-max_bridge = "1h"
-gap_bridge = "interpolate"
-ac_meter_rated_kw = {AC_RATED_KW}
-
-[[calc.stacks]]
-name = "gtc1_stack"
-device = "gtc1/gtc1_stack"
-limits = "gb25465_2010_al_pot_gas"
-pollutants = {{ so2 = "so2_mg_m3" }}
-calibration_point = "in_calibration"
-
-{uplink}"#,
-        calc = simulated_calc_toml(SCALE, START_UTC),
-        uplink = mqtt_uplink_toml("plant", mqtt, &["live", "metrics", "events", "emissions"]),
-        state = state.display()
+    agent_toml(
+        SITE,
+        state,
+        &[
+            &cems_map_toml(false),
+            &potline1_source_toml(
+                potline,
+                "timeout = \"300ms\"\nbreaker_probe_interval = \"200ms\"",
+                r#"points.ac_energy_kwh = { area = "input", address = 10, type = "u32", unit = "kWh" }"#,
+            ),
+            &gtc1_cems_map_source_toml(stack, "300ms"),
+            &simulated_calc_toml(SCALE, START_UTC),
+            &calc_potline1_toml(&format!(
+                "current_efficiency = {CURRENT_EFFICIENCY}\nmax_gap = \"5m\"\nmax_bridge = \"1h\"\n\
+                 gap_bridge = \"interpolate\"\nac_meter_rated_kw = {AC_RATED_KW}\n"
+            )),
+            &calc_gtc1_stack_toml(r#"{ so2 = "so2_mg_m3" }"#),
+            &mqtt_uplink_toml("plant", mqtt, &["live", "metrics", "events", "emissions"]),
+        ],
     )
 }
+
+/// The plant of these tests, as [`EndToEnd::start`] starts it.
+const PLANT: EndToEnd = EndToEnd {
+    simulator: simulator_config,
+    site: SITE,
+    endpoints: ["potline1", "gtc1_stack"],
+    agent_config,
+};
 
 /// One reading of the live stream.
 #[derive(Debug, Clone)]
@@ -416,21 +376,9 @@ fn recompute_so2_hour(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_with_a_link_cut_a_calibration_and_a_glitch_matches_its_recomputation() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, &format!("smeltwatch/{SITE}/#")).await;
-    let sim = simulator::start(&simulator_config(), BindMode::AnyPort)
-        .await
-        .expect("simulator starts");
-    let port = |name: &str| common::plant::endpoint_port(&sim, name);
+    let (broker, _sub, mut rx, sim, state, toml) = PLANT.start().await;
     let rect = sim.device("potline1/rectifier").expect("rectifier");
     let stack = sim.device("gtc1_stack").expect("stack");
-    let state = tempfile::tempdir().expect("temp dir");
-    let toml = agent_config(
-        port("potline1"),
-        port("gtc1_stack"),
-        broker.port,
-        state.path(),
-    );
     let cfg =
         config::parse(&toml, Path::new("regulated-e2e.toml")).unwrap_or_else(|e| panic!("{e}"));
     let started = std::time::Instant::now();

@@ -255,6 +255,27 @@ over_time = "2s"
 }
 
 /// Topics of the record streams the regulator captures (not the retained status).
+/// The next ledger record on the JSON uplink, (topic, payload), by `deadline` (`what` says what
+/// did not come in time); the records of the protobuf uplink on the way go to `pb`.
+async fn next_json_record(
+    rx: &mut tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    deadline: Instant,
+    what: &str,
+    pb: &mut Vec<Vec<u8>>,
+) -> (String, Vec<u8>) {
+    loop {
+        let (topic, payload) = timeout_at(deadline, rx.recv()).await.expect(what).unwrap();
+        if !is_record(&topic) {
+            continue;
+        }
+        if topic.starts_with("pb/") {
+            pb.push(payload);
+            continue;
+        }
+        return (topic, payload);
+    }
+}
+
 fn is_record(topic: &str) -> bool {
     ["/emissions/", "/events/", "/metrics/"]
         .iter()
@@ -330,17 +351,13 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
     // A live capture starts wherever the chain is when it subscribes: the regulator anchors its
     // start on a record it already holds, here the configuration record (seq 1).
     let first = loop {
-        let (topic, payload) = timeout_at(deadline, rx.recv())
-            .await
-            .expect("the configuration record arrives")
-            .unwrap();
-        if !is_record(&topic) {
-            continue;
-        }
-        if topic.starts_with("pb/") {
-            pb.push(payload);
-            continue;
-        }
+        let (_, payload) = next_json_record(
+            &mut rx,
+            deadline,
+            "the configuration record arrives",
+            &mut pb,
+        )
+        .await;
         let seal = sealed(&payload);
         json.push(payload);
         if let Some(seal) = seal {
@@ -370,21 +387,12 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
     // Run 1: the first sealed minute window.
     let mut run1_aggregates = 0;
     while run1_aggregates == 0 {
-        let (topic, payload) = timeout_at(deadline, rx.recv())
-            .await
-            .expect("a sealed minute window arrives")
-            .unwrap();
-        if !is_record(&topic) {
-            continue;
+        let (topic, payload) =
+            next_json_record(&mut rx, deadline, "a sealed minute window arrives", &mut pb).await;
+        if topic.contains("/emissions/") && sealed(&payload).is_some() {
+            run1_aggregates += 1;
         }
-        if topic.starts_with("pb/") {
-            pb.push(payload);
-        } else {
-            if topic.contains("/emissions/") && sealed(&payload).is_some() {
-                run1_aggregates += 1;
-            }
-            json.push(payload);
-        }
+        json.push(payload);
     }
     let out = timeout_at(deadline, verifier)
         .await
@@ -411,17 +419,13 @@ regulated = ["stack_minute", "stack_hour", "stack_day", "potline_day", "potline_
     let agent = agent::start(&file, &toml).await;
     let mut resumed = None;
     while resumed.is_none() {
-        let (topic, payload) = timeout_at(deadline, rx.recv())
-            .await
-            .expect("the restarted agent publishes its configuration record")
-            .unwrap();
-        if !is_record(&topic) {
-            continue;
-        }
-        if topic.starts_with("pb/") {
-            pb.push(payload);
-            continue;
-        }
+        let (topic, payload) = next_json_record(
+            &mut rx,
+            deadline,
+            "the restarted agent publishes its configuration record",
+            &mut pb,
+        )
+        .await;
         if topic.ends_with("/events/config_change")
             && let Some(r) = sealed(&payload)
             && r.seq > last_run1

@@ -12,17 +12,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::probe::serve_http;
 use common::records::stack_aggregate;
 use serde_json::Value as Json;
 use smeltwatch::config::HistoryConfig;
 use smeltwatch::history::HistoryStore;
-use smeltwatch::http::{self, HttpOptions};
+use smeltwatch::http::HttpOptions;
 use smeltwatch::live::LiveState;
 use smeltwatch::model::{Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 use smeltwatch::series::{RefTarget, Reference};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 const H: i64 = 3_600_000;
 
@@ -127,15 +127,7 @@ async fn series_are_answered_from_memory_and_history_downsampled_with_units_and_
         .collect();
     live.series.record_batches(&batches);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        live.clone(),
-        HttpOptions::default(),
-        stop.clone(),
-    ));
+    let (addr, stop, server) = serve_http(live.clone(), HttpOptions::default()).await;
 
     // Downsampled: 180 (or 181) buckets into at most 50 points of 4 buckets.
     let a = json(

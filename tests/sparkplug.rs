@@ -541,11 +541,26 @@ fn pot_batch(value: Option<f64>, ts: i64) -> ReadingBatch {
     }
 }
 
-/// Births of one session: NBIRTH then a DBIRTH per configured device, seq 0, 1, 2.
-async fn expect_births(rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> u64 {
+/// A broker, a test subscriber to `spBv1.0/#` (its client and what it receives), and a spool in
+/// a temporary directory (kept for as long as the spool): what the edge-node tests start from.
+async fn bench() -> (
+    Mosquitto,
+    AsyncClient,
+    mpsc::Receiver<(String, Vec<u8>)>,
+    tempfile::TempDir,
+    SpoolHandle,
+) {
+    let broker = Mosquitto::start();
+    let (sub, rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_in(&dir);
+    (broker, sub, rx, dir, spool)
+}
+
+/// NBIRTH (seq 0) then a DBIRTH per configured device, in order: the bdSeq and the two DBIRTHs.
+async fn births(rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> (u64, Msg, Msg) {
     let nbirth = until(rx, "NBIRTH").await;
     assert_eq!(nbirth.payload.seq, Some(0), "seq starts at 0 on NBIRTH");
-    let bd = bd_seq_of(&nbirth.payload);
     let d1 = next_msg(rx, "DBIRTH rectifier").await;
     let d2 = next_msg(rx, "DBIRTH pot_001").await;
     assert_eq!(
@@ -556,17 +571,33 @@ async fn expect_births(rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> u64 {
         (d2.kind.as_str(), d2.device.as_deref()),
         ("DBIRTH", Some("pot_001"))
     );
+    (bd_seq_of(&nbirth.payload), d1, d2)
+}
+
+/// Births of one session: NBIRTH then a DBIRTH per configured device, seq 0, 1, 2.
+async fn expect_births(rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> u64 {
+    let (bd, d1, d2) = births(rx).await;
     assert_eq!((d1.payload.seq, d2.payload.seq), (Some(1), Some(2)));
     assert_eq!(d1.payload.metrics.len(), 7, "every metric of the device");
     bd
 }
 
+/// An edge node started on `spool`, past its births ([`expect_births`]) and online; with its
+/// bdSeq.
+async fn online_edge(
+    port: u16,
+    spool: &SpoolHandle,
+    rx: &mut mpsc::Receiver<(String, Vec<u8>)>,
+) -> (Edge, u64) {
+    let mut edge = start_edge(port, spool);
+    let bd = expect_births(rx).await;
+    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
+    (edge, bd)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bdseq_in_the_will_equals_nbirths_and_seq_starts_at_0_on_nbirth() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
+    let (broker, _sub, mut rx, _dir, spool) = bench().await;
     let edge = start_edge(broker.port, &spool);
     let bd = expect_births(&mut rx).await;
     assert_eq!(bd, 0, "the first bdSeq is 0");
@@ -581,13 +612,8 @@ async fn bdseq_in_the_will_equals_nbirths_and_seq_starts_at_0_on_nbirth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seq_increments_per_message_and_wraps_after_255() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
-    let mut edge = start_edge(broker.port, &spool);
-    expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
+    let (broker, _sub, mut rx, _dir, spool) = bench().await;
+    let (edge, _) = online_edge(broker.port, &spool, &mut rx).await;
     let batches = (0..300)
         .map(|i| pot_batch(Some(4.0 + f64::from(i) / 1000.0), T0 + i64::from(i)))
         .collect();
@@ -617,13 +643,8 @@ async fn seq_increments_per_message_and_wraps_after_255() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebirth_request_yields_a_fresh_nbirth_and_all_dbirths_that_tahu_js_decodes() {
-    let broker = Mosquitto::start();
-    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
-    let mut edge = start_edge(broker.port, &spool);
-    let bd = expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
+    let (broker, sub, mut rx, _dir, spool) = bench().await;
+    let (edge, bd) = online_edge(broker.port, &spool, &mut rx).await;
     append_batches(&spool, vec![first_poll()]).await;
     let data = until(&mut rx, "DDATA").await;
     assert_eq!(
@@ -680,27 +701,24 @@ async fn request_rebirth(client: &AsyncClient) {
 
 /// Like [`expect_births`], returning the bdSeq and the rectifier's DBIRTH.
 async fn expect_births_capturing(rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> (u64, Msg) {
-    let nbirth = until(rx, "NBIRTH").await;
-    assert_eq!(nbirth.payload.seq, Some(0));
-    let d1 = next_msg(rx, "DBIRTH rectifier").await;
-    let d2 = next_msg(rx, "DBIRTH pot_001").await;
-    assert_eq!(
-        (d1.kind.as_str(), d1.device.as_deref()),
-        ("DBIRTH", Some("rectifier"))
-    );
-    assert_eq!(
-        (d2.kind.as_str(), d2.device.as_deref()),
-        ("DBIRTH", Some("pot_001"))
-    );
-    (bd_seq_of(&nbirth.payload), d1)
+    let (bd, d1, _) = births(rx).await;
+    (bd, d1)
+}
+
+/// Ask for rebirths until an NBIRTH is seen (the test subscriber may have re-subscribed after
+/// the session's NBIRTH went out); its bdSeq, the session's.
+async fn rebirth_bd_seq(sub: &AsyncClient, rx: &mut mpsc::Receiver<(String, Vec<u8>)>) -> u64 {
+    loop {
+        request_rebirth(sub).await;
+        if let Ok(m) = timeout(Duration::from_millis(500), until(rx, "NBIRTH")).await {
+            break bd_seq_of(&m.payload);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_and_an_agent_restart_each_yield_a_new_bdseq() {
-    let mut broker = Mosquitto::start();
-    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
+    let (mut broker, sub, mut rx, _dir, spool) = bench().await;
     let mut edge = start_edge(broker.port, &spool);
     let bd0 = expect_births(&mut rx).await;
     wait_status(&mut edge.status, "online", WAIT, |s| {
@@ -714,12 +732,7 @@ async fn a_broker_restart_and_an_agent_restart_each_yield_a_new_bdseq() {
     .await;
     // The test subscriber may have re-subscribed after the new NBIRTH went out: ask for a rebirth
     // (which repeats the session's bdSeq) until an NBIRTH is seen.
-    let bd1 = loop {
-        request_rebirth(&sub).await;
-        if let Ok(m) = timeout(Duration::from_millis(500), until(&mut rx, "NBIRTH")).await {
-            break bd_seq_of(&m.payload);
-        }
-    };
+    let bd1 = rebirth_bd_seq(&sub, &mut rx).await;
     assert!(bd1 > bd0, "new connection, new bdSeq: {bd0} then {bd1}");
     assert_eq!(edge.status.borrow().bd_seq, Some(bd1));
     // An intentional shutdown publishes NDEATH with the current bdSeq.
@@ -737,13 +750,8 @@ async fn a_broker_restart_and_an_agent_restart_each_yield_a_new_bdseq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_stops_answering_gets_ddeath_and_a_dbirth_when_it_recovers() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
-    let mut edge = start_edge(broker.port, &spool);
-    expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
+    let (broker, _sub, mut rx, _dir, spool) = bench().await;
+    let (edge, _) = online_edge(broker.port, &spool, &mut rx).await;
     append_batches(
         &spool,
         vec![
@@ -785,10 +793,7 @@ async fn a_device_that_stops_answering_gets_ddeath_and_a_dbirth_when_it_recovers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_spooled_before_the_session_is_replayed_as_historical_after_the_births() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
+    let (broker, _sub, mut rx, _dir, spool) = bench().await;
     append_batches(&spool, vec![pot_batch(Some(3.9), T0 - 60_000)]).await;
     let edge = start_edge(broker.port, &spool);
     expect_births(&mut rx).await;
@@ -837,10 +842,7 @@ fn units_of(p: &Payload) -> Vec<(String, Option<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dbirths_carry_the_unit_of_polled_and_derived_points_as_eng_unit() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
+    let (broker, _sub, mut rx, _dir, spool) = bench().await;
     let cfg = smeltwatch::config::parse(&format!("{CONFIG}{DERIVED_LIVE}"), Path::new("t.toml"))
         .expect("valid config");
     let model = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
@@ -953,10 +955,7 @@ fn today_kwh_per_t(ts: i64, value: Option<f64>) -> MetricBatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_stream_figures_are_node_metrics_of_nbirth_and_ndata_and_leave_the_spool() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
+    let (broker, _sub, mut rx, _dir, spool) = bench().await;
     let src = format!("{CONFIG}{DERIVED_LIVE}{DERIVED_METRICS}");
     let cfg = smeltwatch::config::parse(&src, Path::new("t.toml")).expect("valid config");
     let mut node = spb::node_metrics(&cfg.derived, None);
@@ -1560,10 +1559,7 @@ async fn mqtt_spb_wrapper_decodes_nbirth_dbirth_and_ddata_captured_from_mosquitt
     let Some(python) = common::peers::python_with_spb_wrapper() else {
         return;
     };
-    let broker = Mosquitto::start();
-    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
+    let (broker, sub, mut rx, _dir, spool) = bench().await;
     // A restarted agent: the last bdSeq used was 41, so this session's is 42.
     spool
         .kv_set(
@@ -1680,10 +1676,7 @@ async fn mqtt_spb_wrapper_decodes_nbirth_dbirth_and_ddata_captured_from_mosquitt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_will_is_replaced_before_each_reconnect_and_carries_the_new_bdseq() {
-    let mut broker = Mosquitto::start();
-    let (sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
+    let (mut broker, sub, mut rx, _dir, spool) = bench().await;
     let mut edge = start_edge(broker.port, &spool);
     let bd0 = expect_births(&mut rx).await;
     broker.restart();
@@ -1692,12 +1685,7 @@ async fn the_will_is_replaced_before_each_reconnect_and_carries_the_new_bdseq() 
     })
     .await;
     // Make sure the test subscriber is back too: a rebirth is answered on the new session.
-    let bd1 = loop {
-        request_rebirth(&sub).await;
-        if let Ok(m) = timeout(Duration::from_millis(500), until(&mut rx, "NBIRTH")).await {
-            break bd_seq_of(&m.payload);
-        }
-    };
+    let bd1 = rebirth_bd_seq(&sub, &mut rx).await;
     assert!(bd1 > bd0, "{bd0} then {bd1}");
     // The connection dies without a DISCONNECT: the broker publishes this connection's Will.
     edge.task.abort();
@@ -1718,13 +1706,8 @@ async fn spool_records(spool: &SpoolHandle) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_sent_to_a_frozen_broker_stays_in_the_spool_and_arrives_after_it_resumes() {
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "spBv1.0/#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool_in(&dir);
-    let mut edge = start_edge(broker.port, &spool);
-    expect_births(&mut rx).await;
-    wait_status(&mut edge.status, "online", WAIT, |s| s.online).await;
+    let (broker, _sub, mut rx, _dir, spool) = bench().await;
+    let (mut edge, _) = online_edge(broker.port, &spool, &mut rx).await;
     append_batches(&spool, vec![pot_batch(Some(4.0), T0)]).await;
     until(&mut rx, "DDATA").await;
     wait_status(&mut edge.status, "the first record acked", WAIT, |s| {

@@ -25,7 +25,7 @@ use smeltwatch::codec::sparkplug::{
     pb::{DataType, Payload, payload::Metric, payload::metric::Value as PbValue},
 };
 use smeltwatch::model::{Timestamp, Value};
-use smeltwatch::simulator::{BankSizes, Device, Faults, UnitMap, serve_tcp};
+use smeltwatch::simulator::{BankSizes, Banks, Device, Faults, UnitMap, serve_tcp};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -278,6 +278,21 @@ impl Rig {
         }
     }
 
+    /// Write `breaker_closed = true` (allowed, in range) and check that it is accepted and lands
+    /// while no register has changed since `before`.
+    async fn assert_an_allowed_write_lands_alone(&mut self, before: &Banks) {
+        self.dcmd(
+            "breaker_closed",
+            DataType::Boolean,
+            PbValue::BooleanValue(true),
+        )
+        .await;
+        assert_eq!(self.write_event().await.outcome(), "accepted");
+        let after = self.dev.snapshot();
+        assert_eq!(after.holding, before.holding, "no register was written");
+        assert!(after.coils[0], "the allowed write behind them landed");
+    }
+
     async fn stop(mut self) {
         if let Some(agent) = self.agent.take() {
             agent.shutdown().await;
@@ -448,16 +463,7 @@ async fn writes_to_a_non_writable_point_or_out_of_range_are_refused_and_never_re
 
     // Writes are served in order: once an allowed write behind them has landed, anything the
     // refused ones had sent would have landed too.
-    rig.dcmd(
-        "breaker_closed",
-        DataType::Boolean,
-        PbValue::BooleanValue(true),
-    )
-    .await;
-    assert_eq!(rig.write_event().await.outcome(), "accepted");
-    let after = rig.dev.snapshot();
-    assert_eq!(after.holding, before.holding, "no register was written");
-    assert!(after.coils[0], "the allowed write behind them landed");
+    rig.assert_an_allowed_write_lands_alone(&before).await;
     rig.stop().await;
 }
 
@@ -554,16 +560,7 @@ async fn a_retained_dcmd_is_refused_on_reconnect_and_a_stale_one_always() {
     assert_eq!(ev.outcome(), "refused", "{ev:?}");
     assert!(ev.reason().contains("old"), "{ev:?}");
     // A fresh one behind them lands: anything the refused ones had sent would have too.
-    rig.dcmd(
-        "breaker_closed",
-        DataType::Boolean,
-        PbValue::BooleanValue(true),
-    )
-    .await;
-    assert_eq!(rig.write_event().await.outcome(), "accepted");
-    let after = rig.dev.snapshot();
-    assert_eq!(after.holding, before.holding, "no register was written");
-    assert!(after.coils[0]);
+    rig.assert_an_allowed_write_lands_alone(&before).await;
     rig.stop().await;
 }
 

@@ -77,14 +77,51 @@ fn assert_running(agent: &mut Child, log: &Path) {
     }
 }
 
+/// A meter holding 42.0 (f32 at input 0), served until `stop_plant`, on the returned port; and a
+/// broker with a subscriber to every topic (its client and what it receives).
+async fn meter_and_broker(
+    stop_plant: &CancellationToken,
+) -> (
+    u16,
+    Mosquitto,
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let d = device("meter");
+    d.set_input(0, &f32_words(42.0));
+    let modbus_port = serve(UnitMap::from([(1, d)]), stop_plant).await;
+    let broker = Mosquitto::start();
+    let (sub, rx) = mosquitto::subscribe(broker.port, "#").await;
+    (modbus_port, broker, sub, rx)
+}
+
+/// The next message on `rx`, after waiting at most 500 ms (`None` then), while the agent runs;
+/// past `deadline`, a failure that tells `seen()` (what the test has had so far) and the log.
+async fn next_message(
+    rx: &mut tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    agent: &mut Child,
+    log: &Path,
+    deadline: Instant,
+    seen: impl Fn() -> String,
+) -> Option<(String, Vec<u8>)> {
+    assert_running(agent, log);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let Ok(Some(message)) = timeout(left.min(Duration::from_millis(500)), rx.recv()).await else {
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s: {}; log:\n{}",
+            seen(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        return None;
+    };
+    Some(message)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
     let stop_plant = CancellationToken::new();
-    let d = device("meter");
-    d.set_input(0, &f32_words(42.0));
-    let modbus_port = serve(UnitMap::from([(1, d)]), &stop_plant).await;
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "#").await;
+    let (modbus_port, broker, _sub, mut rx) = meter_and_broker(&stop_plant).await;
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -115,16 +152,11 @@ async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
     let mut event: Option<Json> = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while live.iter().any(|&n| n < 5) || event.is_none() {
-        assert_running(&mut agent, &log);
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some((topic, payload))) =
-            timeout(left.min(Duration::from_millis(500)), rx.recv()).await
+        let Some((topic, payload)) = next_message(&mut rx, &mut agent, &log, deadline, || {
+            format!("live records healthy/broken {live:?}, set-aside event {event:?}")
+        })
+        .await
         else {
-            assert!(
-                Instant::now() < deadline,
-                "after 30 s: live records healthy/broken {live:?}, set-aside event {event:?}; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
             continue;
         };
         if topic.starts_with(&format!("healthy/{SITE}/live/")) {
@@ -217,11 +249,7 @@ async fn a_corrupt_spool_is_set_aside_and_every_uplink_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_schema_stops_only_its_uplink_and_is_left_untouched() {
     let stop_plant = CancellationToken::new();
-    let d = device("meter");
-    d.set_input(0, &f32_words(42.0));
-    let modbus_port = serve(UnitMap::from([(1, d)]), &stop_plant).await;
-    let broker = Mosquitto::start();
-    let (_sub, mut rx) = mosquitto::subscribe(broker.port, "#").await;
+    let (modbus_port, broker, _sub, mut rx) = meter_and_broker(&stop_plant).await;
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -249,16 +277,11 @@ async fn a_newer_schema_stops_only_its_uplink_and_is_left_untouched() {
     let mut event: Option<Json> = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while healthy_live < 5 || event.is_none() {
-        assert_running(&mut agent, &log);
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some((topic, payload))) =
-            timeout(left.min(Duration::from_millis(500)), rx.recv()).await
+        let Some((topic, payload)) = next_message(&mut rx, &mut agent, &log, deadline, || {
+            format!("{healthy_live} live records, event {event:?}")
+        })
+        .await
         else {
-            assert!(
-                Instant::now() < deadline,
-                "after 30 s: {healthy_live} live records, event {event:?}; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
             continue;
         };
         assert!(!topic.starts_with("broken/"), "{topic}");

@@ -11,9 +11,9 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::agent::poll_cycles;
 use common::mosquitto::Mosquitto;
 use common::plant::{
     GTC1_STACK_CALC, cems_map, gtc1_source_toml, meter_map_toml, meter_source_toml, meters,
@@ -21,7 +21,6 @@ use common::plant::{
 };
 use common::probe::{SmallFs, get, metric_sum};
 use common::{agent, free_port};
-use smeltwatch::app::Agent;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
@@ -79,17 +78,6 @@ start = "2025-03-01T00:00:00Z"
     toml
 }
 
-fn cycles(agent: &Agent) -> u64 {
-    agent
-        .live
-        .pollers
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, s)| s.cycles.load(Ordering::Relaxed))
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_state_dir_with_calc_on_never_stops_acquisition() {
     let fs = SmallFs::mount("2m");
@@ -122,7 +110,7 @@ async fn a_full_state_dir_with_calc_on_never_stops_acquisition() {
 
     // The disk fills up.
     fs.fill();
-    let full_at = cycles(&agent);
+    let full_at = poll_cycles(&agent);
 
     // Records the stores could not keep are counted, per store and reason.
     let lost = timeout(Duration::from_secs(30), async {
@@ -144,7 +132,7 @@ async fn a_full_state_dir_with_calc_on_never_stops_acquisition() {
         panic!(
             "no record counted as lost by the history store within 30 s of a full disk \
              (cycles {full_at} at full, {} now)",
-            cycles(&agent)
+            poll_cycles(&agent)
         )
     });
     eprintln!(
@@ -158,7 +146,7 @@ async fn a_full_state_dir_with_calc_on_never_stops_acquisition() {
     // Acquisition goes on: the pollers complete more cycles than the fan-out channel holds.
     let wanted = full_at + 3 * 4096;
     let r = timeout(Duration::from_secs(60), async {
-        while cycles(&agent) < wanted {
+        while poll_cycles(&agent) < wanted {
             sleep(Duration::from_millis(100)).await;
         }
     })
@@ -167,7 +155,7 @@ async fn a_full_state_dir_with_calc_on_never_stops_acquisition() {
         r.is_ok(),
         "acquisition stalled on a full disk: {} cycles at full, {} after 60 s (wanted {wanted})",
         full_at,
-        cycles(&agent)
+        poll_cycles(&agent)
     );
 
     // Not ready, and it says why.

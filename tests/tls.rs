@@ -12,6 +12,7 @@ use common::mosquitto::{self, Mosquitto, TlsListener};
 use common::mqtt_config;
 use common::records::queued;
 use common::status::wait_status;
+use common::task::stop_and_join;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     date_time_ymd,
@@ -104,6 +105,19 @@ struct Setup {
     ca_file: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+}
+
+impl Setup {
+    /// The settings of an uplink that trusts the broker's CA and presents the client
+    /// certificate, verifying the broker's certificate against `server_name` if given.
+    fn client_tls(&self, server_name: Option<&str>) -> TlsSettings {
+        TlsSettings {
+            ca_file: Some(self.ca_file.clone()),
+            cert_file: Some(self.client_cert.clone()),
+            key_file: Some(self.client_key.clone()),
+            server_name: server_name.map(str::to_owned),
+        }
+    }
 }
 
 /// A TLS broker whose certificate names `server_names` (expired if asked) and that requires a
@@ -244,12 +258,7 @@ async fn mutual_tls_delivers_every_record() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let spool = spool_with_records(dir.path()).await;
-    let tls = TlsSettings {
-        ca_file: Some(s.ca_file.clone()),
-        cert_file: Some(s.client_cert.clone()),
-        key_file: Some(s.client_key.clone()),
-        server_name: None,
-    };
+    let tls = s.client_tls(None);
     let uplink = MqttUplink::new(SITE, &uplink_config(s.broker.port, tls), spool.clone()).unwrap();
     let mut status = uplink.status();
     let stop = CancellationToken::new();
@@ -258,11 +267,7 @@ async fn mutual_tls_delivers_every_record() {
     assert_eq!(seqs, (1..=RECORDS).collect::<Vec<_>>());
     wait_status(&mut status, "all acked", WAIT, |s| s.acked_total == RECORDS).await;
     assert_eq!(spool.stats().await.unwrap().records, 0);
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,12 +279,7 @@ async fn server_name_override_verifies_the_certificate_against_that_name() {
         "smeltwatch/+/live/#",
     )
     .await;
-    let settings = |server_name: Option<&str>| TlsSettings {
-        ca_file: Some(s.ca_file.clone()),
-        cert_file: Some(s.client_cert.clone()),
-        key_file: Some(s.client_key.clone()),
-        server_name: server_name.map(str::to_owned),
-    };
+    let settings = |server_name: Option<&str>| s.client_tls(server_name);
     let reason = expect_tls_failure(&s, settings(None)).await;
     assert_eq!(
         reason,
@@ -294,11 +294,7 @@ async fn server_name_override_verifies_the_certificate_against_that_name() {
     let task = tokio::spawn(uplink.run(stop.clone()));
     let seqs = receive_all(&mut rx, RECORDS).await;
     assert_eq!(seqs, (1..=RECORDS).collect::<Vec<_>>());
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,16 +321,7 @@ async fn wrong_ca_fails_with_one_clear_error_and_keeps_the_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_server_certificate_fails_with_one_clear_error_and_keeps_the_data() {
     let s = setup(&["127.0.0.1"], true);
-    let reason = expect_tls_failure(
-        &s,
-        TlsSettings {
-            ca_file: Some(s.ca_file.clone()),
-            cert_file: Some(s.client_cert.clone()),
-            key_file: Some(s.client_key.clone()),
-            server_name: None,
-        },
-    )
-    .await;
+    let reason = expect_tls_failure(&s, s.client_tls(None)).await;
     assert_eq!(reason, "TLS: the broker's certificate has expired");
 }
 
@@ -399,12 +386,7 @@ async fn sparkplug_over_mutual_tls_publishes_births_and_replays_the_spool() {
         mosquitto::subscribe(s.broker.plain_port.expect("plain port"), "spBv1.0/#").await;
     let dir = tempfile::tempdir().unwrap();
     let spool = spool_with_records(dir.path()).await;
-    let tls = TlsSettings {
-        ca_file: Some(s.ca_file.clone()),
-        cert_file: Some(s.client_cert.clone()),
-        key_file: Some(s.client_key.clone()),
-        server_name: None,
-    };
+    let tls = s.client_tls(None);
     let UplinkKind::Mqtt(mqtt) = uplink_config(s.broker.port, tls).kind else {
         panic!("an MQTT uplink")
     };
@@ -444,9 +426,5 @@ async fn sparkplug_over_mutual_tls_publishes_births_and_replays_the_spool() {
             Some(Value::Float(100.0 + i as f64))
         );
     }
-    stop.cancel();
-    timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(&stop, task).await;
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use common::agent;
 use common::mosquitto::Mosquitto;
 use common::plant::{meter_map_toml, meter_source_toml, meters};
+use common::probe::assert_not_ready_for;
+use common::status::status_comes;
 use smeltwatch::app::Agent;
 use smeltwatch::config::SpoolConfig;
 use smeltwatch::live::UplinkView;
@@ -132,17 +134,11 @@ async fn spool_closes_under(agent: &Agent, name: &str) {
     delivering(&view).await;
     view.spool.clone().close().await.unwrap();
     let mut status = view.status.clone();
-    let restarted = timeout(Duration::from_secs(15), async {
-        loop {
-            if matches!(&status.borrow_and_update().state, LinkState::Failed(r) if r.contains("restart 2"))
-            {
-                return true;
-            }
-            if status.changed().await.is_err() {
-                return false; // nobody updates the status any more
-            }
-        }
-    })
+    let restarted = status_comes(
+        &mut status,
+        Duration::from_secs(15),
+        |s| matches!(&s.state, LinkState::Failed(r) if r.contains("restart 2")),
+    )
     .await;
     assert_eq!(
         restarted,
@@ -153,16 +149,7 @@ async fn spool_closes_under(agent: &Agent, name: &str) {
     assert!(status.borrow().restarts >= 2, "{}", *status.borrow());
     let collected = std::sync::Mutex::new(smeltwatch::live::feed::Collected::default());
     let snap = smeltwatch::http::snapshot::Snapshot::gather(&agent.live, &collected).await;
-    let verdict = smeltwatch::http::snapshot::readiness(&snap, &Default::default());
-    assert!(!verdict.ready);
-    assert!(
-        verdict
-            .reasons
-            .iter()
-            .any(|r| r.contains(&format!("{name:?} failed"))),
-        "{:?}",
-        verdict.reasons
-    );
+    assert_not_ready_for(&snap, &format!("{name:?} failed"));
     let metrics = smeltwatch::http::metrics::render(&snap);
     let restarts: u64 = metrics
         .lines()

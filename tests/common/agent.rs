@@ -9,6 +9,31 @@ use smeltwatch::app::{Agent, RunOptions};
 use smeltwatch::config::Stream;
 use smeltwatch::model::Timestamp;
 
+/// The poll cycles the agent's pollers have run, all sources together.
+pub fn poll_cycles(agent: &Agent) -> u64 {
+    agent
+        .live
+        .pollers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.cycles.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+/// Run `smeltwatch` with `args` to its end: whether it succeeded, its stdout and its stderr.
+pub fn smeltwatch(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_smeltwatch"))
+        .args(args)
+        .output()
+        .expect("running smeltwatch");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `smeltwatch run -c config` with `RUST_LOG=warn`, no stdin or stdout and its log on the test's
 /// stderr; the caller adds what its test needs (environment, a log file) and spawns it.
 pub fn run_command(config: &Path) -> Command {

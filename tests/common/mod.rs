@@ -15,6 +15,7 @@ pub mod plant;
 pub mod probe;
 pub mod records;
 pub mod status;
+pub mod task;
 
 // Each test file uses a part of these.
 #[allow(unused_imports)]

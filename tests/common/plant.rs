@@ -1,14 +1,19 @@
 //! Simulated Modbus devices for the integration tests: a device with small register banks, f32
 //! words in the big-endian order the test maps use, a server on a fresh loopback port, the
-//! simulator's stack CEMS and the configuration that polls them.
+//! simulator's stack CEMS and the configuration that polls them; the broker, simulator and
+//! state directory an agent-level end-to-end test starts from.
 
 use std::path::{Path, PathBuf};
 
+use rumqttc::AsyncClient;
 use smeltwatch::simulator::{
     self, BankSizes, BindMode, Device, RunningSimulator, SimulatorConfig, UnitMap, serve_tcp,
 };
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use super::mosquitto::{self, Mosquitto};
 
 /// A device with 8 coils, 8 discrete inputs, 64 holding and 64 input registers.
 pub fn device(name: &str) -> Device {
@@ -179,6 +184,32 @@ type = "f32"
 unit = "kA"
 "#;
 
+/// A `[[sources]]` `name` at the Modbus server on `port`, polled every `poll` with a timeout of
+/// 500 ms; its devices follow.
+pub fn polled_source_toml(name: &str, port: u16, poll: &str) -> String {
+    format!(
+        "\n[[sources]]\nname = \"{name}\"\ntcp = \"127.0.0.1:{port}\"\ntimeout = \"500ms\"\n\
+         default_poll = \"{poll}\""
+    )
+}
+
+/// `count` pots `pot_001`… (units 10…) whose cell voltage (V, 0 to 60) is the f32 at input 0.
+pub fn pots_toml(count: u8) -> String {
+    format!(
+        r#"[[sources.devices]]
+name = "pot_{{n:03}}"
+count = {count}
+unit_id = 10
+[sources.devices.points.cell_voltage_v]
+area = "input"
+address = 0
+type = "f32"
+unit = "V"
+range = [0.0, 60.0]
+"#
+    )
+}
+
 /// The register map `pcu` of the simulator's potline cells: the cell voltage (the f32 at input
 /// registers 0-1), and the in-service and cut-out bits of input register 5.
 pub const PCU_MAP: &str = r#"
@@ -287,4 +318,141 @@ pub fn endpoint_port(sim: &RunningSimulator, name: &str) -> u16 {
         .unwrap_or_else(|| panic!("endpoint {name}"))
         .bound
         .port()
+}
+
+/// The plant of an agent-level end-to-end test: how to simulate it, its site (whose topics the
+/// test subscribes to), the two simulator endpoints the agent polls and the agent's configuration for them.
+pub struct EndToEnd {
+    pub simulator: fn() -> SimulatorConfig,
+    /// The site: the subscriber takes `smeltwatch/{site}/#`.
+    pub site: &'static str,
+    /// The endpoints whose ports `agent_config` takes first and second.
+    pub endpoints: [&'static str; 2],
+    /// The agent's configuration from the two endpoint ports, the broker's port and the state
+    /// directory.
+    pub agent_config: fn(u16, u16, u16, &Path) -> String,
+}
+
+/// What [`EndToEnd::start`] starts: a broker, its subscriber (client and what it receives), the
+/// simulator, a state directory and the agent's configuration for them.
+pub type Started = (
+    Mosquitto,
+    AsyncClient,
+    mpsc::Receiver<(String, Vec<u8>)>,
+    RunningSimulator,
+    tempfile::TempDir,
+    String,
+);
+
+impl EndToEnd {
+    /// Start the broker, subscribe, start the simulator on free ports, make the state directory
+    /// and write the agent's configuration; the agent itself is the test's to start.
+    pub async fn start(&self) -> Started {
+        let broker = Mosquitto::start();
+        let (sub, rx) =
+            mosquitto::subscribe(broker.port, &format!("smeltwatch/{}/#", self.site)).await;
+        let sim = simulator::start(&(self.simulator)(), BindMode::AnyPort)
+            .await
+            .expect("simulator starts");
+        let state = tempfile::tempdir().expect("temp dir");
+        let [a, b] = self.endpoints.map(|name| endpoint_port(&sim, name));
+        let toml = (self.agent_config)(a, b, broker.port, state.path());
+        (broker, sub, rx, sim, state, toml)
+    }
+}
+
+/// The `[[sources]]` of potline1 at `port`, polled every 100 ms, with `source_keys` (TOML lines:
+/// its timeout, say): the rectifier (unit 1) with `line_current_ka` (kA at input 0) and
+/// `rectifier_points` (TOML lines) besides, and four cells `pot_001`… (units 10…) on the `pcu`
+/// map of [`PCU_MAP`].
+pub fn potline1_source_toml(port: u16, source_keys: &str, rectifier_points: &str) -> String {
+    format!(
+        r#"
+[[sources]]
+name = "potline1"
+tcp = "127.0.0.1:{port}"
+default_poll = "100ms"
+{source_keys}
+[[sources.devices]]
+name = "rectifier"
+unit_id = 1
+points.line_current_ka = {{ area = "input", address = 0, type = "f32", unit = "kA" }}
+{rectifier_points}
+[[sources.devices]]
+name = "pot_{{n:03}}"
+count = 4
+unit_id = 10
+map = "pcu"
+"#
+    )
+}
+
+/// The `[[sources]]` `gtc1` at `port`, polled every 100 ms with `timeout`: the stack CEMS
+/// `gtc1_stack` (unit 1) on the `cems` map.
+pub fn gtc1_cems_map_source_toml(port: u16, timeout: &str) -> String {
+    format!(
+        "\n[[sources]]\nname = \"gtc1\"\ntcp = \"127.0.0.1:{port}\"\ntimeout = \"{timeout}\"\n\
+         default_poll = \"100ms\"\n\n[[sources.devices]]\nname = \"gtc1_stack\"\nunit_id = 1\n\
+         map = \"cems\"\n"
+    )
+}
+
+/// `[[calc.potlines]]` for potline1 (its rectifier and cells), with `keys` (TOML lines) besides.
+pub fn calc_potline1_toml(keys: &str) -> String {
+    format!(
+        "[[calc.potlines]]\nname = \"potline1\"\nrectifier = \"potline1/rectifier\"\n\
+         pots = \"potline1/pot_*\"\n{keys}"
+    )
+}
+
+/// `[[calc.stacks]]` for `gtc1_stack` under GB 25465's limits for aluminium pot gas, with
+/// `pollutants` (an inline table) and its calibration flag `in_calibration`.
+pub fn calc_gtc1_stack_toml(pollutants: &str) -> String {
+    format!(
+        "[[calc.stacks]]\nname = \"gtc1_stack\"\ndevice = \"gtc1/gtc1_stack\"\n\
+         limits = \"gb25465_2010_al_pot_gas\"\npollutants = {pollutants}\n\
+         calibration_point = \"in_calibration\"\n"
+    )
+}
+
+/// The head of a simulator configuration for the agent-level end-to-end tests: `seed`, a 50 ms
+/// tick at `time_scale` plant seconds per real second, and potline1 (four cells on 127.0.0.1:1,
+/// no random anode effects), whose other keys may follow.
+pub fn simulated_potline1_toml(seed: u64, time_scale: f64) -> String {
+    format!(
+        "\nseed = {seed}\ntick = \"50ms\"\ntime_scale = {time_scale}\n\n[[potlines]]\n\
+         name = \"potline1\"\nlisten = \"127.0.0.1:1\"\ncells = 4\nanode_effects_per_cell_day = 0.0\n"
+    )
+}
+
+/// The configuration of an agent of `site` that keeps its state in `state`: the cells' `pcu`
+/// map ([`PCU_MAP`]), then `sections` (TOML text each), in order.
+pub fn agent_toml(site: &str, state: &Path, sections: &[&str]) -> String {
+    let mut toml = format!(
+        "\nsite = \"{site}\"\nstate_dir = \"{}\"\n{PCU_MAP}",
+        state.display()
+    );
+    for section in sections {
+        toml.push_str(section);
+        toml.push('\n');
+    }
+    toml
+}
+
+/// The register map `cems` of the simulator's stack: SO2 (mg/m³, f32 at input 0), fluoride when
+/// asked (mg/m³, f32 at input 6), the flow (m³/h, f32 at input 10) and the calibration flag (bit 0
+/// of input 14).
+pub fn cems_map_toml(fluoride: bool) -> String {
+    let fluoride = if fluoride {
+        "fluoride_mg_m3 = { area = \"input\", address = 6, type = \"f32\", unit = \"mg/m3\" }\n"
+    } else {
+        ""
+    };
+    format!(
+        "[register_maps.cems.points]\n\
+         so2_mg_m3 = {{ area = \"input\", address = 0, type = \"f32\", unit = \"mg/m3\" }}\n\
+         {fluoride}\
+         flow_m3h = {{ area = \"input\", address = 10, type = \"f32\", unit = \"m3/h\" }}\n\
+         in_calibration = {{ area = \"input\", address = 14, type = \"bool\", bit = 0 }}\n"
+    )
 }

@@ -89,3 +89,31 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
+
+/// The agent's HTTP endpoint on `live`, served with `opts` on a free loopback port: its address,
+/// what stops it and its task.
+pub async fn serve_http(
+    live: std::sync::Arc<smeltwatch::live::LiveState>,
+    opts: smeltwatch::http::HttpOptions,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), smeltwatch::http::HttpError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(smeltwatch::http::serve(listener, live, opts, stop.clone()));
+    (addr, stop, server)
+}
+
+/// The readiness verdict on `snap` is not ready, with a reason that contains `reason`.
+pub fn assert_not_ready_for(snap: &smeltwatch::http::snapshot::Snapshot, reason: &str) {
+    let verdict = smeltwatch::http::snapshot::readiness(snap, &Default::default());
+    assert!(!verdict.ready);
+    assert!(
+        verdict.reasons.iter().any(|r| r.contains(reason)),
+        "{:?}",
+        verdict.reasons
+    );
+}
