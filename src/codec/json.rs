@@ -80,20 +80,7 @@ fn encode_batch(
     batch: &ReadingBatch,
     historical: bool,
 ) -> Vec<u8> {
-    write_batch(
-        Header {
-            site,
-            stream,
-            seq,
-            historical,
-        },
-        &batch.source,
-        &batch.device,
-        batch.unit_id,
-        batch.poll_interval_ms,
-        batch.scheduled,
-        &batch.readings,
-    )
+    write_batch(Header::new(site, stream, seq, historical), batch)
 }
 
 /// What every payload starts with.
@@ -104,26 +91,30 @@ struct Header<'a> {
     historical: bool,
 }
 
-fn write_batch<R: ReadingFields>(
-    header: Header<'_>,
-    source: &str,
-    device: &str,
-    unit_id: u8,
-    poll_interval_ms: u64,
-    scheduled: Timestamp,
-    readings: &[R],
-) -> Vec<u8> {
+impl<'a> Header<'a> {
+    fn new(site: &'a str, stream: Stream, seq: u64, historical: bool) -> Self {
+        Header {
+            site,
+            stream,
+            seq,
+            historical,
+        }
+    }
+}
+
+fn write_batch<B: BatchFields>(header: Header<'_>, batch: &B) -> Vec<u8> {
     let head = BatchHead {
         site: header.site,
         stream: header.stream.as_str(),
         seq: header.seq,
         historical: header.historical,
-        source,
-        device,
-        unit_id,
-        poll_interval_ms,
-        scheduled: Rfc3339(scheduled),
+        source: batch.source(),
+        device: batch.device(),
+        unit_id: batch.unit_id(),
+        poll_interval_ms: batch.poll_interval_ms(),
+        scheduled: Rfc3339(batch.scheduled()),
     };
+    let readings = batch.readings();
     // Rough size guess: ~110 bytes per reading plus the header; avoids most regrowth.
     let mut out = Vec::with_capacity(192 + 112 * readings.len());
     serde_json::to_writer(&mut out, &head)
@@ -201,20 +192,7 @@ impl<'a> SpooledBatch<'a> {
 
     /// The JSON payload, as [`encode_record`] writes it for the decoded batch.
     pub fn encode(&self, site: &str, stream: Stream, seq: u64, historical: bool) -> Vec<u8> {
-        write_batch(
-            Header {
-                site,
-                stream,
-                seq,
-                historical,
-            },
-            &self.source,
-            &self.device,
-            self.unit_id,
-            self.poll_interval_ms,
-            self.scheduled,
-            &self.readings,
-        )
+        write_batch(Header::new(site, stream, seq, historical), self)
     }
 }
 
@@ -227,20 +205,7 @@ pub fn encode_view(
     batch: &BatchView<'_>,
     historical: bool,
 ) -> Vec<u8> {
-    write_batch(
-        Header {
-            site,
-            stream,
-            seq,
-            historical,
-        },
-        batch.source,
-        batch.device,
-        batch.unit_id,
-        batch.poll_interval_ms,
-        batch.scheduled,
-        &batch.readings,
-    )
+    write_batch(Header::new(site, stream, seq, historical), batch)
 }
 
 /// The fields of a reading that a payload shows, owned or borrowed.
@@ -276,6 +241,51 @@ macro_rules! reading_fields {
 }
 
 reading_fields!(Reading, SpooledReading<'_>, ReadingView<'_>);
+
+/// The fields of a poll batch that a payload shows, whatever holds them: the decoded batch, a JSON
+/// spool body ([`SpooledBatch`]) or a binary one read in place ([`BatchView`]).
+trait BatchFields {
+    type Reading: ReadingFields;
+    fn source(&self) -> &str;
+    fn device(&self) -> &str;
+    fn unit_id(&self) -> u8;
+    fn poll_interval_ms(&self) -> u64;
+    fn scheduled(&self) -> Timestamp;
+    fn readings(&self) -> &[Self::Reading];
+}
+
+/// The three batches have the same fields; only their string types differ.
+macro_rules! batch_fields {
+    ($(<$($lt:lifetime)?> $t:ty => $r:ty),+) => {$(
+        impl<$($lt)?> BatchFields for $t {
+            type Reading = $r;
+            fn source(&self) -> &str {
+                &self.source
+            }
+            fn device(&self) -> &str {
+                &self.device
+            }
+            fn unit_id(&self) -> u8 {
+                self.unit_id
+            }
+            fn poll_interval_ms(&self) -> u64 {
+                self.poll_interval_ms
+            }
+            fn scheduled(&self) -> Timestamp {
+                self.scheduled
+            }
+            fn readings(&self) -> &[$r] {
+                &self.readings
+            }
+        }
+    )+};
+}
+
+batch_fields!(
+    <> ReadingBatch => Reading,
+    <'a> SpooledBatch<'a> => SpooledReading<'a>,
+    <'a> BatchView<'a> => ReadingView<'a>
+);
 
 #[derive(Serialize)]
 struct BatchHead<'a> {

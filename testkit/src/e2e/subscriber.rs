@@ -123,59 +123,49 @@ fn is_replayed(payload: &[u8]) -> bool {
         .any(|w| w == FLAG)
 }
 
+/// A batch as the counter parsed it.
+enum Parsed<'a> {
+    /// Fresh: in full, to size its spool body.
+    Fresh(Msg<'a>),
+    /// Replayed: light (see [`Replayed`]).
+    Replayed(Replayed<'a>),
+}
+
 impl Seen {
     fn record(&mut self, payload: &[u8], arrival_ms: i64) {
-        if is_replayed(payload) {
-            self.record_replayed(payload, arrival_ms);
-            return;
-        }
-        let Ok(m) = serde_json::from_slice::<Msg<'_>>(payload) else {
+        let parsed = if is_replayed(payload) {
+            serde_json::from_slice(payload).ok().map(Parsed::Replayed)
+        } else {
+            serde_json::from_slice(payload).ok().map(Parsed::Fresh)
+        };
+        let Some(parsed) = parsed else {
             self.undecodable += 1;
             return;
         };
-        let Some(sched) = scheduled_ms(m.scheduled) else {
+        let (device, scheduled, historical) = match &parsed {
+            Parsed::Fresh(m) => (m.device, m.scheduled, m.historical),
+            Parsed::Replayed(m) => (m.device, m.scheduled, true),
+        };
+        let Some(sched) = scheduled_ms(scheduled) else {
             self.undecodable += 1;
             return;
         };
-        let arrived = Arrived {
-            device: m.device,
-            sched,
-            historical: m.historical,
-            acquired: m.readings.iter().map(|r| r.ts_ms).max().unwrap_or(sched),
-            readings: m.readings.len(),
-            good: m
-                .readings
-                .iter()
-                .filter(|r| r.quality == Quality::Good && r.value.is_some())
-                .count(),
-            payload_bytes: payload.len(),
+        let arrived = match &parsed {
+            Parsed::Fresh(m) => {
+                let readings = m.readings.iter();
+                let readings = readings.map(|r| (r.ts_ms, r.quality, r.value.is_some()));
+                Arrived::of(device, sched, historical, readings, payload.len())
+            }
+            Parsed::Replayed(m) => {
+                let readings = m.readings.iter();
+                let readings = readings.map(|r| (r.ts_ms, r.quality, r.value.is_some()));
+                Arrived::of(device, sched, historical, readings, payload.len())
+            }
         };
-        self.count(arrived, arrival_ms, || spool_body_len(m, sched));
-    }
-
-    fn record_replayed(&mut self, payload: &[u8], arrival_ms: i64) {
-        let Ok(m) = serde_json::from_slice::<Replayed<'_>>(payload) else {
-            self.undecodable += 1;
-            return;
-        };
-        let Some(sched) = scheduled_ms(m.scheduled) else {
-            self.undecodable += 1;
-            return;
-        };
-        let arrived = Arrived {
-            device: m.device,
-            sched,
-            historical: true,
-            acquired: m.readings.iter().map(|r| r.ts_ms).max().unwrap_or(sched),
-            readings: m.readings.len(),
-            good: m
-                .readings
-                .iter()
-                .filter(|r| r.quality == Quality::Good && r.value.is_some())
-                .count(),
-            payload_bytes: payload.len(),
-        };
-        self.count(arrived, arrival_ms, || 0);
+        self.count(arrived, arrival_ms, || match parsed {
+            Parsed::Fresh(m) => spool_body_len(m, sched),
+            Parsed::Replayed(_) => 0,
+        });
     }
 
     /// Count one arrival: the first copy of a cycle is recorded (with its spool body size, from
@@ -217,6 +207,33 @@ struct Arrived<'a> {
     readings: usize,
     good: usize,
     payload_bytes: usize,
+}
+
+impl<'a> Arrived<'a> {
+    /// `readings`: each reading's acquisition time, quality and whether it has a value.
+    fn of(
+        device: &'a str,
+        sched: i64,
+        historical: bool,
+        readings: impl Iterator<Item = (i64, Quality, bool)>,
+        payload_bytes: usize,
+    ) -> Self {
+        let (mut count, mut good, mut acquired) = (0, 0, None::<i64>);
+        for (ts_ms, quality, has_value) in readings {
+            count += 1;
+            good += usize::from(quality == Quality::Good && has_value);
+            acquired = Some(acquired.map_or(ts_ms, |a| a.max(ts_ms)));
+        }
+        Arrived {
+            device,
+            sched,
+            historical,
+            acquired: acquired.unwrap_or(sched),
+            readings: count,
+            good,
+            payload_bytes,
+        }
+    }
 }
 
 /// A batch's `scheduled` (RFC 3339) in Unix milliseconds.
