@@ -315,7 +315,7 @@ broker = "mqtt://broker"
     assert_eq!(mqtt.client_id, "smeltwatch-t-plant");
     assert_eq!(mqtt.keep_alive, Duration::from_secs(15));
     assert_eq!(mqtt.max_packet_size, 1024 * 1024);
-    assert_eq!(mqtt.max_inflight, 64);
+    assert_eq!(mqtt.max_inflight, 256);
     assert_eq!(mqtt.reconnect_min, Duration::from_millis(500));
     assert_eq!(mqtt.reconnect_max, Duration::from_secs(30));
     assert_eq!(mqtt.topics, config::TopicTemplates::default());
