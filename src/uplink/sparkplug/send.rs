@@ -168,14 +168,16 @@ impl Session<'_> {
             return Ok(());
         }
         let n = up.spool.ack(ids).await.map_err(SessionError::SpoolAck)?;
-        up.status_tx.send_modify(|s| {
-            s.acked_total += n;
-            s.unproven = 0;
-        });
+        // Latency first: whoever sees `acked_total` grow (a status watcher, a test) finds the
+        // group's latencies already counted.
         let now = Timestamp::now();
         for t in acquired {
             up.publish_latency.observe_between(*t, now);
         }
+        up.status_tx.send_modify(|s| {
+            s.acked_total += n;
+            s.unproven = 0;
+        });
         up.status_tx.report().spool_acked(n, tallies);
         Ok(())
     }
