@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::ExceptionCode;
 
+use super::poller::LinkError;
 use crate::config::{Area, ByteOrder, DataType, DeviceConfig, PointConfig, SourceConfig};
 use crate::model::Value;
 
@@ -321,9 +322,10 @@ pub enum WriteError {
     /// The device answered with a Modbus exception; the link is healthy.
     #[error("the device answered with exception {0:?}")]
     Exception(ExceptionCode),
-    /// No connection, a transport error or no reply in time; the connection is rebuilt.
-    #[error("{0}")]
-    Link(String),
+    /// No connection, a transport error, a mismatched reply or no reply in time; the connection
+    /// is rebuilt.
+    #[error(transparent)]
+    Link(LinkError),
 }
 
 /// The poller's end of a source's write queue (see [`Poller::with_writes`](super::poller::Poller::with_writes)).
