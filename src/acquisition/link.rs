@@ -170,3 +170,48 @@ pub async fn connect_tcp(addr: &HostPort) -> io::Result<tokio::net::TcpStream> {
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> ConnectError {
+        ConnectError::Tcp(io::Error::from(io::ErrorKind::ConnectionRefused).into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_connect_waits_its_backoff_and_a_hanging_one_times_out() {
+        let stats = Arc::new(PollerStats::default());
+        let mut link: Link<u8> = Link::new(
+            Duration::from_secs(1),
+            Duration::from_secs(4),
+            stats.clone(),
+        );
+        let limit = Duration::ZERO;
+        let failed = link.connect("s", &"peer", limit, async { Err(refused()) });
+        assert_eq!(failed.await, Err(refused()));
+        let early = link.connect("s", &"peer", limit, async { Ok(7) });
+        assert_eq!(early.await, Err(ConnectError::Backoff));
+        tokio::time::advance(Duration::from_millis(1250)).await;
+        assert_eq!(
+            link.connect("s", &"peer", limit, async { Ok(7) }).await,
+            Ok(())
+        );
+        assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
+        assert_eq!(*link.after_gap(Duration::ZERO).await, 7);
+
+        link.drop_connection();
+        let started = Instant::now();
+        let hanging = link.connect("s", &"peer", limit, std::future::pending());
+        assert_eq!(hanging.await, Err(ConnectError::TimedOut));
+        assert_eq!(started.elapsed(), Duration::from_secs(1), "at least 1 s");
+    }
+
+    #[test]
+    fn shared_errors_compare_by_message_and_read_as_the_error() {
+        assert_eq!(refused(), refused());
+        let other = ConnectError::Tcp(io::Error::other("no route").into());
+        assert_ne!(refused(), other);
+        assert_eq!(other.to_string(), "no route");
+    }
+}

@@ -240,11 +240,8 @@ impl Jobs for BusJobs<'_> {
     /// DL/T 645 has no unit id (0): meters are told apart by their address.
     fn device(&self, job: usize) -> (Arc<str>, u8, Duration) {
         let plan = &self.plans[job];
-        (
-            self.bus.meters[plan.meter].name.clone(),
-            0,
-            plan.poll_interval,
-        )
+        let meter = &self.bus.meters[plan.meter];
+        (meter.name.clone(), 0, plan.poll_interval)
     }
 
     async fn poll(&mut self, job: usize, readings: &mut Vec<Reading>) {

@@ -592,6 +592,18 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_reads_as_its_link_failure() {
+        use crate::acquisition::ConnectError;
+        use crate::modbus::poller::LinkError;
+        let timed_out = WriteError::Link(LinkError::TimedOut(Duration::from_millis(1500)));
+        assert_eq!(timed_out.to_string(), "no reply within 1s 500ms");
+        let backoff = WriteError::Link(LinkError::NotConnected(ConnectError::Backoff));
+        assert_eq!(backoff.to_string(), "reconnect backoff");
+        let short = LinkError::ShortReply { got: 1, asked: 2 };
+        assert_eq!(short.to_string(), "short reply: 1 of 2 values");
+    }
+
+    #[test]
     fn f32_cdab_lays_out_the_low_word_first() {
         // 400.0 f32 = 0x43C8_0000: CDAB sends 0x0000 then 0x43C8.
         let p = point(DataType::F32, ByteOrder::Cdab);
