@@ -42,12 +42,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BusConfig, BusTransport, MeterConfig};
 use super::frame::{self, Address, DataId, Decoder, Edition, ErrorWord, Frame, FrameError, Reply};
-use crate::acquisition::{Backoff, Breaker, PollerStats, Schedule, Transition};
+use crate::acquisition::{Breaker, ConnectError, Jobs, Link, PollerBase, PollerStats, Transition};
 use crate::clock::Clock;
 use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
 
@@ -168,9 +168,7 @@ fn unit_suffix(unit: &str) -> String {
 pub struct Dlt645Poller {
     bus: BusConfig,
     plans: Vec<MeterPlan>,
-    out: mpsc::Sender<ReadingBatch>,
-    stats: Arc<PollerStats>,
-    clock: Arc<Clock>,
+    base: PollerBase,
 }
 
 /// Circuit breaker and silence of one meter.
@@ -188,66 +186,69 @@ impl Dlt645Poller {
         Dlt645Poller {
             bus,
             plans,
-            out,
-            stats: Arc::new(PollerStats::default()),
-            clock: Clock::system(),
+            base: PollerBase::new(out),
         }
     }
 
     /// Take the schedule's wall time from `clock` (tests step it).
     pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
-        self.clock = clock;
+        self.base.clock = clock;
         self
     }
 
     /// The poller's counters (the Modbus poller's, with DL/T 645 meaning: a request is one
     /// exchange, an exception an abnormal reply).
     pub fn stats(&self) -> Arc<PollerStats> {
-        self.stats.clone()
+        self.base.stats.clone()
     }
 
     /// Poll until `shutdown` is cancelled or the output channel closes.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Dlt645Poller {
-            bus,
-            plans,
-            out,
-            stats,
-            clock,
-        } = self;
-        if plans.is_empty() {
-            tracing::warn!(source = %bus.name, "meter bus has no points to poll");
-            return;
-        }
-        let mut line = Line::new(&bus, stats.clone());
-        let mut health = vec![MeterHealth::default(); bus.meters.len()];
-        let mut schedule = Schedule::new(plans.len(), bus.poll_offset, clock);
-        while let Some((due, job)) = schedule.pop() {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = sleep_until(due) => {}
-            }
-            let plan = &plans[job];
-            let meter = &bus.meters[plan.meter];
-            let scheduled = schedule.wall_time(due);
-            let mut readings = Vec::new();
-            let h = &mut health[plan.meter];
-            run_job(&mut line, &bus, meter, plan, h, &mut readings).await;
-            let batch = ReadingBatch {
-                source: bus.name.clone(),
-                device: meter.name.clone(),
-                // DL/T 645 has no unit id: meters are told apart by their address.
-                unit_id: 0,
-                poll_interval_ms: plan.poll_interval.as_millis() as u64,
-                scheduled,
-                readings,
-            };
-            let next = (&mut schedule, due, job, plan.poll_interval);
-            if !crate::acquisition::finish_cycle(batch, &out, &stats, &shutdown, next).await {
-                break;
-            }
-        }
+        let Dlt645Poller { bus, plans, base } = self;
+        let mut jobs = BusJobs {
+            line: Line::new(&bus, base.stats.clone()),
+            health: vec![MeterHealth::default(); bus.meters.len()],
+            bus: &bus,
+            plans: &plans,
+        };
+        let schedule = (plans.len(), bus.poll_offset);
+        base.run(&mut jobs, (&bus.name, "meter bus"), schedule, &shutdown)
+            .await;
+    }
+}
+
+/// The jobs of one bus and its line, as the poll loop runs them.
+struct BusJobs<'a> {
+    line: Line,
+    health: Vec<MeterHealth>,
+    bus: &'a BusConfig,
+    plans: &'a [MeterPlan],
+}
+
+impl Jobs for BusJobs<'_> {
+    /// Nothing goes between polls on a meter bus.
+    type Between = std::convert::Infallible;
+
+    async fn next_between(&mut self) -> Self::Between {
+        std::future::pending().await
+    }
+
+    async fn between(&mut self, nothing: Self::Between) {
+        match nothing {}
+    }
+
+    /// DL/T 645 has no unit id (0): meters are told apart by their address.
+    fn device(&self, job: usize) -> (Arc<str>, u8, Duration) {
+        let plan = &self.plans[job];
+        let meter = &self.bus.meters[plan.meter];
+        (meter.name.clone(), 0, plan.poll_interval)
+    }
+
+    async fn poll(&mut self, job: usize, readings: &mut Vec<Reading>) {
+        let plan = &self.plans[job];
+        let meter = &self.bus.meters[plan.meter];
+        let health = &mut self.health[plan.meter];
+        run_job(&mut self.line, self.bus, meter, plan, health, readings).await;
     }
 }
 
@@ -257,21 +258,28 @@ enum Failure {
     /// The meter refused.
     Refused(ErrorWord),
     /// No usable answer.
-    Comm(String),
+    Comm(CommFailure),
 }
 
-/// Why the bus is not connected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum ConnectError {
-    /// The reconnect backoff has not elapsed.
-    #[error("reconnect backoff")]
-    Backoff,
-    /// Connecting failed.
-    #[error("{0}")]
-    Io(String),
-    /// Connecting took longer than the bus's timeout (at least 1 s).
-    #[error("connect timed out")]
-    TimedOut,
+/// Why an exchange brought no usable answer.
+#[derive(Debug, thiserror::Error)]
+enum CommFailure {
+    /// There is no connection to send the request on.
+    #[error(transparent)]
+    NotConnected(#[from] ConnectError),
+    /// The transport failed (the serial server closed the connection, the port failed): the
+    /// line is built anew.
+    #[error(transparent)]
+    Transport(io::Error),
+    /// No answer within the bus's timeout.
+    #[error("no reply within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    /// The answer's frame has a bad checksum: nothing in it can be trusted.
+    #[error(transparent)]
+    BadFrame(#[from] FrameError),
+    /// The meter answered, but not with the value or the refusal of a read.
+    #[error("unexpected answer {0:?}")]
+    Unexpected(Reply),
 }
 
 /// Runs every read of one job, appending one reading per point.
@@ -374,16 +382,10 @@ fn fill(
     ts: Timestamp,
     readings: &mut Vec<Reading>,
 ) {
-    for &i in points {
-        let p = &meter.points[i];
-        readings.push(Reading {
-            point: p.name.clone(),
-            value: None,
-            unit: p.unit.clone(),
-            quality,
-            ts,
-        });
-    }
+    let named = points
+        .iter()
+        .map(|&i| (&meter.points[i].name, &meter.points[i].unit));
+    crate::acquisition::push_valueless(readings, named, quality, ts);
 }
 
 /// A byte stream to the bus: a TCP connection or a serial port.
@@ -392,56 +394,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// The (re)connecting line of one bus.
 struct Line {
-    stream: Option<Box<dyn Stream>>,
+    link: Link<Box<dyn Stream>>,
     decoder: Decoder,
-    backoff: Backoff,
-    /// End of the previous exchange, for the inter-frame gap.
-    last_exchange: Option<Instant>,
-    /// Whether the last connect attempt failed (to log state changes once).
-    down: bool,
     stats: Arc<PollerStats>,
 }
 
 impl Line {
     fn new(bus: &BusConfig, stats: Arc<PollerStats>) -> Self {
         Line {
-            stream: None,
+            link: Link::new(bus.reconnect_min, bus.reconnect_max, stats.clone()),
             decoder: Decoder::new(),
-            backoff: Backoff::new(bus.reconnect_min, bus.reconnect_max),
-            last_exchange: None,
-            down: false,
             stats,
         }
-    }
-
-    async fn ensure_connected(&mut self, bus: &BusConfig) -> Result<(), ConnectError> {
-        if self.stream.is_some() {
-            return Ok(());
-        }
-        if !self.backoff.ready() {
-            return Err(ConnectError::Backoff);
-        }
-        let attempt = tokio::time::timeout(bus.timeout.max(Duration::from_secs(1)), connect(bus));
-        let reason = match attempt.await {
-            Ok(Ok(stream)) => {
-                self.stream = Some(stream);
-                self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                self.backoff.succeeded();
-                if self.down {
-                    tracing::info!(source = %bus.name, "connected to {}", bus.transport);
-                }
-                self.down = false;
-                return Ok(());
-            }
-            Ok(Err(e)) => ConnectError::Io(e.to_string()),
-            Err(_) => ConnectError::TimedOut,
-        };
-        if !self.down {
-            tracing::warn!(source = %bus.name, "cannot connect to {}: {reason}", bus.transport);
-        }
-        self.down = true;
-        self.backoff.failed();
-        Err(reason)
     }
 
     /// One request for `di` to `address` and its answer's value bytes.
@@ -451,56 +415,57 @@ impl Line {
         address: Address,
         di: DataId,
     ) -> Result<Vec<u8>, Failure> {
-        self.ensure_connected(bus)
+        let attempt = connect(bus);
+        self.link
+            .connect(&bus.name, &bus.transport, bus.timeout, attempt)
             .await
-            .map_err(|e| Failure::Comm(e.to_string()))?;
-        if let Some(last) = self.last_exchange {
-            sleep_until(last + bus.inter_frame_gap).await;
-        }
+            .map_err(|e| Failure::Comm(e.into()))?;
+        let stream = self.link.after_gap(bus.inter_frame_gap).await;
         let deadline = Instant::now() + bus.timeout;
-        let result = timeout_at(deadline, self.request(bus, address, di)).await;
-        self.last_exchange = Some(Instant::now());
+        let (decoder, stats) = (&mut self.decoder, &self.stats);
+        let answer = request(stream, decoder, stats, bus.edition, address, di);
+        let result = timeout_at(deadline, answer).await;
+        self.link.exchanged();
         match result {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 // The serial server went away (or the port failed): build the line anew.
-                self.stream = None;
-                Err(Failure::Comm(e.to_string()))
+                self.link.drop_connection();
+                Err(Failure::Comm(CommFailure::Transport(e)))
             }
-            Err(_) => Err(Failure::Comm(format!(
-                "no reply within {}",
-                humantime::format_duration(bus.timeout)
-            ))),
+            Err(_) => Err(Failure::Comm(CommFailure::TimedOut(bus.timeout))),
         }
     }
+}
 
-    /// Sends the request and reads until its answer; the outer result is the transport's.
-    async fn request(
-        &mut self,
-        bus: &BusConfig,
-        address: Address,
-        di: DataId,
-    ) -> io::Result<Result<Vec<u8>, Failure>> {
-        let stream = self.stream.as_mut().expect("ensure_connected succeeded");
-        self.decoder.clear();
-        stream.write_all(&frame::read_request(address, di)).await?;
-        let accepts = |f: &Frame, reply: &Reply| {
-            f.address == address
-                && match reply {
-                    Reply::Data { di: got, .. } => *got == di,
-                    Reply::Error(_) => true,
-                    Reply::Address(_) => false,
-                }
-        };
-        let discarded = &self.stats.discarded_replies;
-        let answer = read_answer(stream, &mut self.decoder, bus.edition, discarded, accepts);
-        Ok(match answer.await? {
-            Ok(Reply::Data { value, .. }) => Ok(value),
-            Ok(Reply::Error(word)) => Err(Failure::Refused(word)),
-            Ok(other) => Err(Failure::Comm(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(Failure::Comm(e.to_string())),
-        })
-    }
+/// Sends the request on `stream` and reads until its answer; the outer result is the
+/// transport's.
+async fn request(
+    stream: &mut Box<dyn Stream>,
+    decoder: &mut Decoder,
+    stats: &PollerStats,
+    edition: Edition,
+    address: Address,
+    di: DataId,
+) -> io::Result<Result<Vec<u8>, Failure>> {
+    decoder.clear();
+    stream.write_all(&frame::read_request(address, di)).await?;
+    let accepts = |f: &Frame, reply: &Reply| {
+        f.address == address
+            && match reply {
+                Reply::Data { di: got, .. } => *got == di,
+                Reply::Error(_) => true,
+                Reply::Address(_) => false,
+            }
+    };
+    let discarded = &stats.discarded_replies;
+    let answer = read_answer(stream, decoder, edition, discarded, accepts);
+    Ok(match answer.await? {
+        Ok(Reply::Data { value, .. }) => Ok(value),
+        Ok(Reply::Error(word)) => Err(Failure::Refused(word)),
+        Ok(other) => Err(Failure::Comm(CommFailure::Unexpected(other))),
+        Err(e) => Err(Failure::Comm(e.into())),
+    })
 }
 
 /// Reads `stream` until a frame that `accepts` takes, and returns its meaning. Frames it does
@@ -544,14 +509,16 @@ pub(crate) async fn read_answer<S: AsyncRead + Unpin + ?Sized>(
     }
 }
 
-async fn connect(bus: &BusConfig) -> io::Result<Box<dyn Stream>> {
+async fn connect(bus: &BusConfig) -> Result<Box<dyn Stream>, ConnectError> {
     match &bus.transport {
-        BusTransport::SerialServer(addr) => {
-            let stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream))
-        }
-        BusTransport::Serial(settings) => Ok(Box::new(crate::acquisition::open_serial(settings)?)),
+        BusTransport::SerialServer(addr) => match crate::acquisition::connect_tcp(addr).await {
+            Ok(stream) => Ok(Box::new(stream)),
+            Err(e) => Err(ConnectError::Tcp(e.into())),
+        },
+        BusTransport::Serial(settings) => match crate::acquisition::open_serial(settings) {
+            Ok(port) => Ok(Box::new(port)),
+            Err(e) => Err(ConnectError::Serial(e.into())),
+        },
     }
 }
 

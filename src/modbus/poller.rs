@@ -51,20 +51,24 @@
 //! Every job run emits exactly one [`ReadingBatch`] with one reading per configured point, so a
 //! consumer can count expected against received readings.
 
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
+use tokio_modbus::ProtocolError;
 use tokio_modbus::client::Context;
 use tokio_modbus::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use crate::acquisition::{Backoff, Breaker, PollerStats, Schedule, Transition};
+use crate::acquisition::{
+    Breaker, ConnectError, Jobs, Link, PollerBase, PollerStats, SharedError, Transition,
+};
 use crate::clock::Clock;
-use crate::config::{Area, DeviceConfig, HostPort, SerialSettings, SourceConfig, Transport};
+use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
 use crate::modbus::decode::{self, RequestData};
 use crate::modbus::plan::{self, DevicePlan, ReadRequest};
 use crate::modbus::write::{WriteCommand, WriteData, WriteError, WriteQueue};
@@ -75,10 +79,8 @@ use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
 pub struct Poller {
     source: SourceConfig,
     plans: Vec<DevicePlan>,
-    out: mpsc::Sender<ReadingBatch>,
-    stats: Arc<PollerStats>,
     writes: Option<WriteQueue>,
-    clock: Arc<Clock>,
+    base: PollerBase,
 }
 
 /// Circuit-breaker and failure state of one device.
@@ -92,30 +94,49 @@ struct DeviceHealth {
     requests: std::collections::HashMap<(&'static str, u16), Breaker>,
 }
 
-/// Why the poller has no connection to its source: like a read's [`RequestFailure`], it tells
-/// apart what happened to the link, so the log and the breaker see the cause.
-#[derive(Debug, thiserror::Error)]
-enum ConnectError {
-    /// The last attempt failed and its backoff has not run out: no attempt was made.
-    #[error("reconnect backoff")]
-    Backoff,
-    /// The TCP connection was refused or failed.
-    #[error("{0}")]
-    Tcp(#[source] io::Error),
-    /// The serial port could not be opened or set up.
-    #[error("{0}")]
-    Serial(#[source] io::Error),
-    /// No connection within the source's timeout (at least 1 s).
-    #[error("connect timed out")]
-    TimedOut,
-}
-
 /// What went wrong with one request.
 enum RequestFailure {
     /// The device said no; the link is healthy.
     Exception(ExceptionCode),
     /// No usable answer: the connection must be rebuilt.
-    Comm(String),
+    Comm(LinkError),
+}
+
+/// Why a request (a read or a write) brought no usable answer; the connection is rebuilt.
+///
+/// `Clone + Eq` because a write's outcome ([`WriteError`]) is: the errors of the transport and
+/// of tokio-modbus are held in a [`SharedError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// There is no connection to send it on.
+    #[error(transparent)]
+    NotConnected(#[from] ConnectError),
+    /// The transport failed during the exchange.
+    #[error(transparent)]
+    Transport(SharedError<io::Error>),
+    /// The reply did not match the request (its transaction id, unit or function code).
+    #[error(transparent)]
+    Mismatch(SharedError<ProtocolError>),
+    /// No reply within the source's timeout.
+    #[error("no reply within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    /// A read's reply held fewer values than asked: nothing in it can be trusted to be aligned.
+    #[error("short reply: {got} of {asked} values")]
+    ShortReply {
+        /// Values in the reply.
+        got: usize,
+        /// Values asked for.
+        asked: u16,
+    },
+}
+
+impl From<tokio_modbus::Error> for LinkError {
+    fn from(e: tokio_modbus::Error) -> Self {
+        match e {
+            tokio_modbus::Error::Transport(e) => LinkError::Transport(e.into()),
+            tokio_modbus::Error::Protocol(e) => LinkError::Mismatch(e.into()),
+        }
+    }
 }
 
 impl Poller {
@@ -128,16 +149,14 @@ impl Poller {
         Poller {
             source,
             plans,
-            out,
-            stats: Arc::new(PollerStats::default()),
             writes: None,
-            clock: Clock::system(),
+            base: PollerBase::new(out),
         }
     }
 
     /// Take the wall time of the schedule from `clock` instead of the system clock (tests step it).
     pub fn with_clock(mut self, clock: Arc<Clock>) -> Self {
-        self.clock = clock;
+        self.base.clock = clock;
         self
     }
 
@@ -151,7 +170,7 @@ impl Poller {
 
     /// The poller's counters.
     pub fn stats(&self) -> Arc<PollerStats> {
-        self.stats.clone()
+        self.base.stats.clone()
     }
 
     /// Poll until `shutdown` is cancelled or the output channel closes.
@@ -159,78 +178,68 @@ impl Poller {
         let Poller {
             source,
             plans,
-            out,
-            stats,
             writes,
-            clock,
+            base,
         } = self;
-        let mut writes = writes.map(|q| q.0);
-        if plans.is_empty() {
-            tracing::warn!(source = %source.name, "source has no points to poll");
-            return;
-        }
-        let mut conn = Connection::new(&source, stats.clone());
-        let mut health = vec![DeviceHealth::default(); source.devices.len()];
+        let mut jobs = SourceJobs {
+            conn: Connection::new(&source, base.stats.clone()),
+            health: vec![DeviceHealth::default(); source.devices.len()],
+            writes: writes.map(|q| q.0),
+            source: &source,
+            plans: &plans,
+            stats: &base.stats,
+        };
         // The schedule starts `poll_offset` from now (the sources of one agent are spread over
-        // their poll interval in slots unless configured otherwise). Jobs due together run in
-        // configuration order.
-        let mut schedule = Schedule::new(plans.len(), source.poll_offset, clock);
-        let mut readings = Vec::new();
-
-        while let Some((due, job)) = schedule.pop() {
-            tokio::select! {
-                biased;
-                // Writes before polls: a late schedule must not starve them (the queue is bounded).
-                _ = shutdown.cancelled() => break,
-                cmd = next_write(&mut writes) => {
-                    match cmd {
-                        Some(cmd) => conn.serve_write(&source, cmd).await,
-                        // Every writer is gone: no more writes will come.
-                        None => writes = None,
-                    }
-                    // The job was not run: wait for its deadline again.
-                    schedule.put_back(due, job);
-                    continue;
-                }
-                _ = sleep_until(due) => {}
-            }
-            let plan = &plans[job];
-            let device = &source.devices[plan.device];
-            let scheduled = schedule.wall_time(due);
-
-            readings.clear();
-            run_job(
-                &mut conn,
-                &source,
-                device,
-                plan,
-                &mut health[plan.device],
-                &stats,
-                &mut readings,
-            )
+        // their poll interval in slots unless configured otherwise).
+        let schedule = (plans.len(), source.poll_offset);
+        base.run(&mut jobs, (&source.name, "source"), schedule, &shutdown)
             .await;
-            let batch = ReadingBatch {
-                source: source.name.clone(),
-                device: device.name.clone(),
-                unit_id: device.unit_id,
-                poll_interval_ms: plan.poll_interval.as_millis() as u64,
-                scheduled,
-                readings: std::mem::take(&mut readings),
-            };
-            let next = (&mut schedule, due, job, plan.poll_interval);
-            if !crate::acquisition::finish_cycle(batch, &out, &stats, &shutdown, next).await {
-                break;
-            }
-        }
-        conn.close().await;
+        jobs.conn.close().await;
     }
 }
 
-/// The next queued write, or never when the poller serves none.
-async fn next_write(writes: &mut Option<mpsc::Receiver<WriteCommand>>) -> Option<WriteCommand> {
-    match writes {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+/// The jobs of one source and their connection, as the poll loop runs them.
+struct SourceJobs<'a> {
+    conn: Connection,
+    health: Vec<DeviceHealth>,
+    /// The queue of guarded writes, while any writer is left.
+    writes: Option<mpsc::Receiver<WriteCommand>>,
+    source: &'a SourceConfig,
+    plans: &'a [DevicePlan],
+    stats: &'a PollerStats,
+}
+
+impl Jobs for SourceJobs<'_> {
+    /// The next queued write; `None` once every writer is gone.
+    type Between = Option<WriteCommand>;
+
+    async fn next_between(&mut self) -> Option<WriteCommand> {
+        match &mut self.writes {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn between(&mut self, cmd: Option<WriteCommand>) {
+        match cmd {
+            Some(cmd) => self.conn.serve_write(self.source, cmd).await,
+            // Every writer is gone: no more writes will come.
+            None => self.writes = None,
+        }
+    }
+
+    fn device(&self, job: usize) -> (Arc<str>, u8, Duration) {
+        let plan = &self.plans[job];
+        let device = &self.source.devices[plan.device];
+        (device.name.clone(), device.unit_id, plan.poll_interval)
+    }
+
+    async fn poll(&mut self, job: usize, readings: &mut Vec<Reading>) {
+        let plan = &self.plans[job];
+        let device = &self.source.devices[plan.device];
+        let health = &mut self.health[plan.device];
+        let (conn, source) = (&mut self.conn, self.source);
+        run_job(conn, source, device, plan, health, self.stats, readings).await;
     }
 }
 
@@ -367,16 +376,9 @@ fn fill_failed(
     ts: Timestamp,
     readings: &mut Vec<Reading>,
 ) {
-    for slot in &req.points {
-        let p = &device.points[slot.point];
-        readings.push(Reading {
-            point: p.name.clone(),
-            value: None,
-            unit: p.unit.clone(),
-            quality,
-            ts,
-        });
-    }
+    let points = req.points.iter().map(|slot| &device.points[slot.point]);
+    let named = points.map(|p| (&p.name, &p.unit));
+    crate::acquisition::push_valueless(readings, named, quality, ts);
 }
 
 /// Data of a successful read.
@@ -385,92 +387,57 @@ enum ReadData {
     Bits(Vec<bool>),
 }
 
-/// A (re)connecting Modbus client for one source.
+/// The (re)connecting Modbus client of one source.
 struct Connection {
-    ctx: Option<Context>,
-    /// When the next connect attempt may go after a failed one.
-    backoff: Backoff,
-    /// End of the previous exchange, for the inter-request gap.
-    last_exchange: Option<Instant>,
-    name: Arc<str>,
-    /// Whether the last connect attempt failed (to log state changes once).
-    down: bool,
+    link: Link<Context>,
     stats: Arc<PollerStats>,
 }
 
 impl Connection {
     fn new(source: &SourceConfig, stats: Arc<PollerStats>) -> Self {
         Connection {
-            ctx: None,
-            backoff: Backoff::new(source.reconnect_min, source.reconnect_max),
-            last_exchange: None,
-            name: source.name.clone(),
-            down: false,
+            link: Link::new(source.reconnect_min, source.reconnect_max, stats.clone()),
             stats,
         }
     }
 
     async fn close(&mut self) {
-        if let Some(mut ctx) = self.ctx.take() {
+        if let Some(mut ctx) = self.link.take() {
             let _ = ctx.disconnect().await;
         }
     }
 
-    fn drop_context(&mut self) {
-        // Dropping the context closes the socket; a late reply dies with it.
-        self.ctx = None;
-    }
-
-    async fn ensure_connected(&mut self, source: &SourceConfig) -> Result<(), ConnectError> {
-        if self.ctx.is_some() {
-            return Ok(());
-        }
-        if !self.backoff.ready() {
-            return Err(ConnectError::Backoff);
-        }
-        match timeout(
-            source.timeout.max(Duration::from_secs(1)),
-            connect(&source.transport),
-        )
-        .await
-        {
-            Ok(Ok(ctx)) => {
-                self.ctx = Some(ctx);
-                self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                self.backoff.succeeded();
-                if self.down {
-                    tracing::info!(source = %self.name, "connected to {}", describe(&source.transport));
-                } else {
-                    tracing::debug!(source = %self.name, "connected to {}", describe(&source.transport));
-                }
-                self.down = false;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(self.connect_failed(source, e)),
-            Err(_) => Err(self.connect_failed(source, ConnectError::TimedOut)),
-        }
-    }
-
-    fn connect_failed(&mut self, source: &SourceConfig, reason: ConnectError) -> ConnectError {
-        if !self.down {
-            tracing::warn!(source = %self.name, "cannot connect to {}: {reason}", describe(&source.transport));
-        }
-        self.down = true;
-        self.backoff.failed();
-        reason
-    }
-
-    /// The connected context, addressed to `unit_id` once the source's gap since the last
-    /// exchange has passed. Call after `ensure_connected` succeeded.
-    async fn addressed(&mut self, source: &SourceConfig, unit_id: u8) -> &mut Context {
-        if let Some(last) = self.last_exchange
-            && !source.inter_request_gap.is_zero()
-        {
-            sleep_until(last + source.inter_request_gap).await;
-        }
-        let ctx = self.ctx.as_mut().expect("ensure_connected succeeded");
+    /// One exchange with `unit_id`: connected first, after the source's inter-request gap,
+    /// within its timeout. A transport error, a mismatched reply or a timeout drops the
+    /// connection (dropping the context closes the socket, so a late reply dies with it).
+    async fn exchange<T>(
+        &mut self,
+        source: &SourceConfig,
+        unit_id: u8,
+        call: impl AsyncFnOnce(&mut Context) -> tokio_modbus::Result<T>,
+    ) -> Result<T, RequestFailure> {
+        let peer = Peer(&source.transport);
+        let attempt = connect(&source.transport);
+        self.link
+            .connect(&source.name, &peer, source.timeout, attempt)
+            .await
+            .map_err(|e| RequestFailure::Comm(e.into()))?;
+        let ctx = self.link.after_gap(source.inter_request_gap).await;
         ctx.set_slave(Slave(unit_id));
-        ctx
+        let result = timeout(source.timeout, call(ctx)).await;
+        self.link.exchanged();
+        match result {
+            Ok(Ok(Ok(data))) => Ok(data),
+            Ok(Ok(Err(code))) => Err(RequestFailure::Exception(code)),
+            Ok(Err(e)) => {
+                self.link.drop_connection();
+                Err(RequestFailure::Comm(e.into()))
+            }
+            Err(_) => {
+                self.link.drop_connection();
+                Err(RequestFailure::Comm(LinkError::TimedOut(source.timeout)))
+            }
+        }
     }
 
     async fn read(
@@ -479,61 +446,31 @@ impl Connection {
         unit_id: u8,
         req: &ReadRequest,
     ) -> Result<ReadData, RequestFailure> {
-        self.ensure_connected(source)
-            .await
-            .map_err(|e| RequestFailure::Comm(e.to_string()))?;
-        let ctx = self.addressed(source, unit_id).await;
-        let call = async {
-            match req.area {
-                Area::Holding => ctx
-                    .read_holding_registers(req.start, req.count)
-                    .await
-                    .map(|r| r.map(ReadData::Registers)),
-                Area::Input => ctx
-                    .read_input_registers(req.start, req.count)
-                    .await
-                    .map(|r| r.map(ReadData::Registers)),
-                Area::Coil => ctx
-                    .read_coils(req.start, req.count)
-                    .await
-                    .map(|r| r.map(ReadData::Bits)),
-                Area::DiscreteInput => ctx
-                    .read_discrete_inputs(req.start, req.count)
-                    .await
-                    .map(|r| r.map(ReadData::Bits)),
-            }
+        use ReadData::{Bits, Registers};
+        let (start, n) = (req.start, req.count);
+        let call = async |ctx: &mut Context| {
+            let data = match req.area {
+                Area::Holding => ctx.read_holding_registers(start, n).await?.map(Registers),
+                Area::Input => ctx.read_input_registers(start, n).await?.map(Registers),
+                Area::Coil => ctx.read_coils(start, n).await?.map(Bits),
+                Area::DiscreteInput => ctx.read_discrete_inputs(start, n).await?.map(Bits),
+            };
+            Ok::<_, tokio_modbus::Error>(data)
         };
-        let result = timeout(source.timeout, call).await;
-        self.last_exchange = Some(Instant::now());
-        match result {
-            Ok(Ok(Ok(data))) => {
-                let got = match &data {
-                    ReadData::Registers(w) => w.len(),
-                    ReadData::Bits(b) => b.len(),
-                };
-                if got < usize::from(req.count) {
-                    // A short answer is a bad frame: nothing in it can be trusted to be aligned.
-                    self.drop_context();
-                    return Err(RequestFailure::Comm(format!(
-                        "short reply: {got} of {} values",
-                        req.count
-                    )));
-                }
-                Ok(data)
-            }
-            Ok(Ok(Err(code))) => Err(RequestFailure::Exception(code)),
-            Ok(Err(e)) => {
-                self.drop_context();
-                Err(RequestFailure::Comm(e.to_string()))
-            }
-            Err(_) => {
-                self.drop_context();
-                Err(RequestFailure::Comm(format!(
-                    "no reply within {}",
-                    humantime::format_duration(source.timeout)
-                )))
-            }
+        let data = self.exchange(source, unit_id, call).await?;
+        let got = match &data {
+            ReadData::Registers(w) => w.len(),
+            ReadData::Bits(b) => b.len(),
+        };
+        if got < usize::from(req.count) {
+            // A short answer is a bad frame: nothing in it can be trusted to be aligned.
+            self.link.drop_connection();
+            return Err(RequestFailure::Comm(LinkError::ShortReply {
+                got,
+                asked: req.count,
+            }));
         }
+        Ok(data)
     }
 }
 
@@ -560,6 +497,8 @@ impl Connection {
         let _ = reply.send(result);
     }
 
+    /// One write; counted as a request once it went on the bus (not when there is no
+    /// connection to send it on).
     async fn write(
         &mut self,
         source: &SourceConfig,
@@ -567,71 +506,64 @@ impl Connection {
         address: u16,
         data: &WriteData,
     ) -> Result<(), WriteError> {
-        self.ensure_connected(source)
-            .await
-            .map_err(|e| WriteError::Link(e.to_string()))?;
-        let ctx = self.addressed(source, unit_id).await;
-        let call = async {
-            match data {
-                WriteData::Coil(on) => ctx.write_single_coil(address, *on).await,
-                WriteData::Registers(words) if words.len() == 1 => {
-                    ctx.write_single_register(address, words[0]).await
-                }
-                WriteData::Registers(words) => ctx.write_multiple_registers(address, words).await,
+        let call = async |ctx: &mut Context| match data {
+            WriteData::Coil(on) => ctx.write_single_coil(address, *on).await,
+            WriteData::Registers(words) if words.len() == 1 => {
+                ctx.write_single_register(address, words[0]).await
             }
+            WriteData::Registers(words) => ctx.write_multiple_registers(address, words).await,
         };
-        let result = timeout(source.timeout, call).await;
-        self.last_exchange = Some(Instant::now());
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(code))) => {
-                self.stats.exceptions.fetch_add(1, Ordering::Relaxed);
-                Err(WriteError::Exception(code))
+        let result = match self.exchange(source, unit_id, call).await {
+            // No connection: nothing went on the bus, there is nothing to count.
+            Err(RequestFailure::Comm(e @ LinkError::NotConnected(_))) => {
+                return Err(WriteError::Link(e));
             }
-            Ok(Err(e)) => {
-                self.stats.comm_failures.fetch_add(1, Ordering::Relaxed);
-                self.drop_context();
-                Err(WriteError::Link(e.to_string()))
+            result => result,
+        };
+        let stats = &self.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        result.map_err(|failure| match failure {
+            RequestFailure::Exception(code) => {
+                stats.exceptions.fetch_add(1, Ordering::Relaxed);
+                WriteError::Exception(code)
             }
-            Err(_) => {
-                self.stats.comm_failures.fetch_add(1, Ordering::Relaxed);
-                self.drop_context();
-                Err(WriteError::Link(format!(
-                    "no reply within {}",
-                    humantime::format_duration(source.timeout)
-                )))
+            RequestFailure::Comm(e) => {
+                stats.comm_failures.fetch_add(1, Ordering::Relaxed);
+                WriteError::Link(e)
             }
-        }
+        })
     }
 }
 
-fn describe(t: &Transport) -> String {
-    match t {
-        Transport::Tcp { addr } => format!("modbus tcp {addr}"),
-        Transport::RtuOverTcp { addr } => format!("rtu over tcp {addr}"),
-        Transport::Rtu(s) => format!("serial {} at {} baud", s.path, s.baud),
+/// How the log names a source's link.
+struct Peer<'a>(&'a Transport);
+
+impl fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Transport::Tcp { addr } => write!(f, "modbus tcp {addr}"),
+            Transport::RtuOverTcp { addr } => write!(f, "rtu over tcp {addr}"),
+            Transport::Rtu(s) => write!(f, "serial {} at {} baud", s.path, s.baud),
+        }
     }
 }
 
 async fn connect(transport: &Transport) -> Result<Context, ConnectError> {
     match transport {
         Transport::Tcp { addr } => {
-            let stream = tcp_stream(addr).await.map_err(ConnectError::Tcp)?;
+            let stream = crate::acquisition::connect_tcp(addr)
+                .await
+                .map_err(|e| ConnectError::Tcp(e.into()))?;
             Ok(tokio_modbus::client::tcp::attach(stream))
         }
         Transport::RtuOverTcp { addr } => {
-            let stream = tcp_stream(addr).await.map_err(ConnectError::Tcp)?;
+            let stream = crate::acquisition::connect_tcp(addr)
+                .await
+                .map_err(|e| ConnectError::Tcp(e.into()))?;
             Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(1)))
         }
-        Transport::Rtu(serial) => open_serial(serial).map_err(ConnectError::Serial),
+        Transport::Rtu(serial) => open_serial(serial).map_err(|e| ConnectError::Serial(e.into())),
     }
-}
-
-async fn tcp_stream(addr: &HostPort) -> io::Result<tokio::net::TcpStream> {
-    let stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 fn open_serial(s: &SerialSettings) -> io::Result<Context> {

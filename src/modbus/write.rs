@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::ExceptionCode;
 
+use super::poller::LinkError;
 use crate::config::{Area, ByteOrder, DataType, DeviceConfig, PointConfig, SourceConfig};
 use crate::model::Value;
 
@@ -321,9 +322,10 @@ pub enum WriteError {
     /// The device answered with a Modbus exception; the link is healthy.
     #[error("the device answered with exception {0:?}")]
     Exception(ExceptionCode),
-    /// No connection, a transport error or no reply in time; the connection is rebuilt.
-    #[error("{0}")]
-    Link(String),
+    /// No connection, a transport error, a mismatched reply or no reply in time; the connection
+    /// is rebuilt.
+    #[error(transparent)]
+    Link(LinkError),
 }
 
 /// The poller's end of a source's write queue (see [`Poller::with_writes`](super::poller::Poller::with_writes)).
@@ -587,6 +589,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_failed_write_reads_as_its_link_failure() {
+        use crate::acquisition::ConnectError;
+        use crate::modbus::poller::LinkError;
+        let timed_out = WriteError::Link(LinkError::TimedOut(Duration::from_millis(1500)));
+        assert_eq!(timed_out.to_string(), "no reply within 1s 500ms");
+        let backoff = WriteError::Link(LinkError::NotConnected(ConnectError::Backoff));
+        assert_eq!(backoff.to_string(), "reconnect backoff");
+        let short = LinkError::ShortReply { got: 1, asked: 2 };
+        assert_eq!(short.to_string(), "short reply: 1 of 2 values");
     }
 
     #[test]
