@@ -75,6 +75,7 @@ pub fn to_json(body: &[u8]) -> Result<serde_json::Value, BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_fixtures::one_reading;
     use crate::model::{Quality, Reading, ReadingBatch, Timestamp, Value};
 
     /// One record of every kind, from the JSON form the spool held before schema 2.
@@ -126,22 +127,7 @@ mod tests {
 
     #[test]
     fn non_finite_floats_survive_the_binary_form() {
-        let batch = |v: f64| {
-            Record::Batch(ReadingBatch {
-                source: "s".into(),
-                device: "d".into(),
-                unit_id: 1,
-                poll_interval_ms: 1000,
-                scheduled: Timestamp(0),
-                readings: vec![Reading {
-                    point: "p".into(),
-                    value: Some(Value::Float(v)),
-                    unit: "".into(),
-                    quality: Quality::OutOfRange,
-                    ts: Timestamp(0),
-                }],
-            })
-        };
+        let batch = |v: f64| one_reading(Some(Value::Float(v)), "", Quality::OutOfRange, 0);
         for v in [f64::INFINITY, f64::NEG_INFINITY] {
             assert_eq!(decode(&encode(&batch(v))).unwrap(), batch(v));
         }

@@ -14,6 +14,8 @@ pub mod json;
 pub mod protobuf;
 pub mod seal;
 pub mod sparkplug;
+#[cfg(test)]
+mod test_fixtures;
 pub mod topic;
 
 use crate::config::{Encoding, Stream};

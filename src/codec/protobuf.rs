@@ -595,6 +595,7 @@ mod batch_wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_fixtures::one_reading;
     use proptest::prelude::*;
 
     fn any_value() -> impl Strategy<Value = Option<Value>> {
@@ -687,20 +688,7 @@ mod tests {
 
     #[test]
     fn a_missing_value_stays_missing_and_is_not_zero() {
-        let r = Record::Batch(ReadingBatch {
-            source: "s".into(),
-            device: "d".into(),
-            unit_id: 1,
-            poll_interval_ms: 1000,
-            scheduled: Timestamp(0),
-            readings: vec![Reading {
-                point: "p".into(),
-                value: None,
-                unit: "V".into(),
-                quality: Quality::CommFail,
-                ts: Timestamp(5),
-            }],
-        });
+        let r = one_reading(None, "V", Quality::CommFail, 5);
         let env = envelope("x", Stream::Live, 1, &r, false);
         let Some(pb::envelope::Body::Batch(b)) = env.body else {
             panic!("not a batch")

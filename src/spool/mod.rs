@@ -230,28 +230,28 @@ pub struct SpoolStats {
 }
 
 /// A record set aside because its peer would not take it (see [`Spool::dead_letter`]).
+///
+/// It is the queued record as it was (id, stream, seq, topic, body, creation time, attempts) plus
+/// why and when it was set aside; its record's fields read through it (`letter.seq`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// The id it had in the queue.
-    pub id: i64,
-    /// The record's stream.
-    pub stream: Stream,
-    /// Its seq, kept when it is re-queued.
-    pub seq: u64,
-    /// The topic it was to be published on.
-    pub topic: String,
-    /// The encoded record (empty in what [`Spool::dead_letter`] returns).
-    pub body: Vec<u8>,
-    /// When the data was acquired or produced.
-    pub created: Timestamp,
-    /// Its `attempts` when it was set aside.
-    pub attempts: u32,
+    /// The record as it stood in the queue; its body is empty in what [`Spool::dead_letter`]
+    /// returns.
+    pub record: StoredRecord,
     /// Why it was set aside.
     pub reason: String,
     /// When it was set aside.
     pub dead_at: Timestamp,
     /// A re-queue was asked for and the owning process has not moved it back yet.
     pub requeue: bool,
+}
+
+impl std::ops::Deref for DeadLetter {
+    type Target = StoredRecord;
+
+    fn deref(&self) -> &StoredRecord {
+        &self.record
+    }
 }
 
 /// Records a spool dropped, by reason.

@@ -5,7 +5,7 @@ use rusqlite::params;
 
 use super::*;
 use crate::model::Timestamp;
-use crate::spool::{DeadLetter, SpoolError, StoredRecord};
+use crate::spool::{DeadLetter, SpoolError};
 
 /// The table of version 3 (also part of [`SCHEMA`]).
 pub(super) const DEAD_LETTERS_SCHEMA: &str = "
@@ -35,14 +35,9 @@ impl Spool {
         if letters.is_empty() {
             return Ok(Vec::new());
         }
-        self.owned()?;
-        self.spill()?;
-        let mut streams = self.streams;
-        let path = self.path.clone();
-        let err = |e| classify(&path, e);
-        let tx = self.conn.transaction().map_err(err)?;
-        let mut moved = Vec::new();
-        {
+        self.move_in_transaction(|tx, streams, path| {
+            let err = |e| classify(path, e);
+            let mut moved = Vec::new();
             let mut copy = tx
                 .prepare_cached(
                     "INSERT INTO dead_letters \
@@ -67,18 +62,21 @@ impl Spool {
                 }
                 let mut rows = delete.query([id]).map_err(err)?;
                 while let Some(row) = rows.next().map_err(err)? {
-                    let record = read_record(&path, row)?;
-                    let bytes = non_negative(&path, "size", row.get(7).map_err(err)?)?;
+                    let record = read_record(path, row)?;
+                    let bytes = non_negative(path, "size", row.get(7).map_err(err)?)?;
                     let s = &mut streams[index(record.stream)];
                     s.records = s.records.saturating_sub(1);
                     s.bytes = s.bytes.saturating_sub(bytes);
-                    moved.push(set_aside_as(record, reason.clone(), now, false));
+                    moved.push(DeadLetter {
+                        record,
+                        reason: reason.clone(),
+                        dead_at: now,
+                        requeue: false,
+                    });
                 }
             }
-        }
-        tx.commit().map_err(err)?;
-        self.streams = streams;
-        Ok(moved)
+            Ok(moved)
+        })
     }
 
     /// Every dead letter, oldest id first, with its body.
@@ -98,7 +96,12 @@ impl Spool {
             let reason = row.get(7).map_err(err)?;
             let dead_at = Timestamp(row.get(8).map_err(err)?);
             let requeue = row.get::<_, i64>(9).map_err(err)? != 0;
-            out.push(set_aside_as(record, reason, dead_at, requeue));
+            out.push(DeadLetter {
+                record,
+                reason,
+                dead_at,
+                requeue,
+            });
         }
         Ok(out)
     }
@@ -159,56 +162,53 @@ impl Spool {
         if flagged == 0 {
             return Ok(0);
         }
+        let moved = self.move_in_transaction(|tx, streams, path| {
+            let err = |e| classify(path, e);
+            let mut moved = 0;
+            {
+                let sql = format!(
+                    "INSERT INTO records (stream, seq, topic, body, created_ms) \
+                     SELECT stream, seq, topic, body, created_ms FROM dead_letters \
+                     WHERE requeue = 1 ORDER BY id RETURNING stream, {ROW_BYTES}"
+                );
+                let mut insert = tx.prepare_cached(&sql).map_err(err)?;
+                let mut rows = insert.query([]).map_err(err)?;
+                while let Some(row) = rows.next().map_err(err)? {
+                    let stream = parse_stream(path, &row.get::<_, String>(0).map_err(err)?)?;
+                    let bytes = non_negative(path, "size", row.get(1).map_err(err)?)?;
+                    let s = &mut streams[index(stream)];
+                    s.records += 1;
+                    s.bytes += bytes;
+                    moved += 1;
+                }
+            }
+            tx.execute("DELETE FROM dead_letters WHERE requeue = 1", [])
+                .map_err(err)?;
+            Ok(moved)
+        })?;
+        self.next_id = self.next_id.max(self.sqlite_last_id()? + 1);
+        Ok(moved)
+    }
+
+    /// Runs `body` in one transaction, after the records still in the write-ahead log have moved
+    /// into SQLite (dead letters move rows between the tables there), with a copy of the
+    /// per-stream counts that replaces them only once the transaction has committed.
+    fn move_in_transaction<T>(
+        &mut self,
+        body: impl FnOnce(
+            &rusqlite::Transaction<'_>,
+            &mut [StreamState; 4],
+            &Path,
+        ) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
         self.owned()?;
         self.spill()?;
         let mut streams = self.streams;
         let path = self.path.clone();
-        let err = |e| classify(&path, e);
-        let tx = self.conn.transaction().map_err(err)?;
-        let mut moved = 0;
-        {
-            let sql = format!(
-                "INSERT INTO records (stream, seq, topic, body, created_ms) \
-                 SELECT stream, seq, topic, body, created_ms FROM dead_letters \
-                 WHERE requeue = 1 ORDER BY id RETURNING stream, {ROW_BYTES}"
-            );
-            let mut insert = tx.prepare_cached(&sql).map_err(err)?;
-            let mut rows = insert.query([]).map_err(err)?;
-            while let Some(row) = rows.next().map_err(err)? {
-                let stream = parse_stream(&path, &row.get::<_, String>(0).map_err(err)?)?;
-                let bytes = non_negative(&path, "size", row.get(1).map_err(err)?)?;
-                let s = &mut streams[index(stream)];
-                s.records += 1;
-                s.bytes += bytes;
-                moved += 1;
-            }
-        }
-        tx.execute("DELETE FROM dead_letters WHERE requeue = 1", [])
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
+        let tx = self.conn.transaction().map_err(|e| classify(&path, e))?;
+        let out = body(&tx, &mut streams, &path)?;
+        tx.commit().map_err(|e| classify(&path, e))?;
         self.streams = streams;
-        self.next_id = self.next_id.max(self.sqlite_last_id()? + 1);
-        Ok(moved)
-    }
-}
-
-/// `record` as a dead letter set aside for `reason` at `dead_at`.
-fn set_aside_as(
-    record: StoredRecord,
-    reason: String,
-    dead_at: Timestamp,
-    requeue: bool,
-) -> DeadLetter {
-    DeadLetter {
-        id: record.id,
-        stream: record.stream,
-        seq: record.seq,
-        topic: record.topic,
-        body: record.body,
-        created: record.created,
-        attempts: record.attempts,
-        reason,
-        dead_at,
-        requeue,
+        Ok(out)
     }
 }
