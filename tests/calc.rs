@@ -630,11 +630,7 @@ fn pot(device: &str, ts: i64, v: f64, in_service: bool, cut_out: bool) -> Readin
 }
 
 const DEMO_CALC: &str = concat!(
-    r#"
-gwp = "ar5"
-grid_factor = "qinghai-2022"
-utc_offset_hours = 8
-"#,
+    include_str!("fixtures/calc_demo_head.toml"),
     include_str!("fixtures/calc_potline1.toml"),
     r#"approved_capacity_t_per_year = 1100.0
 

@@ -27,11 +27,7 @@ const STEP_MS: i64 = 10_000;
 const K: f64 = 26.981_538_5 / (3.0 * 96_485.332_12) * 3600.0;
 
 const CALC: &str = concat!(
-    r#"
-gwp = "ar5"
-grid_factor = "qinghai-2022"
-utc_offset_hours = 8
-"#,
+    include_str!("fixtures/calc_demo_head.toml"),
     include_str!("fixtures/calc_potline1.toml"),
 );
 
