@@ -14,8 +14,8 @@ use proptest::prelude::*;
 use smeltwatch::codec::protobuf::{decode_record, encode_record};
 use smeltwatch::config::{Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
-    Record, Timestamp, Value,
+    Aggregate, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch, Record, Timestamp,
+    Value,
 };
 
 const T0: i64 = 1_764_300_253_000;
@@ -65,19 +65,15 @@ fn metrics() -> Record {
 }
 
 fn event() -> Record {
-    Record::Event(Event {
-        kind: "anode_effect".into(),
-        subject: "potline1/pot_017".into(),
-        phase: EventPhase::End,
-        ts: Timestamp(T0 + 42_000),
-        attributes: vec![
+    Record::Event(common::records::pot_017_anode_effect_end(
+        vec![
             ("peak_voltage_v".into(), Value::Float(31.2)),
             ("duration_s".into(), Value::UInt(42)),
             ("killed".into(), Value::Bool(true)),
             ("by".into(), Value::Text("auto".into())),
         ],
-        message: "anode effect on pot_017 ended after 42 s".into(),
-    })
+        "anode effect on pot_017 ended after 42 s",
+    ))
 }
 
 fn aggregate() -> Record {

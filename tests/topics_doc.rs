@@ -17,7 +17,7 @@ use smeltwatch::codec::json::encode_record;
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{Stream, TopicTemplates};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
+    Aggregate, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
 };
 
 const SITE: &str = "demo-al-01";
@@ -59,20 +59,15 @@ fn metrics() -> Record {
 
 /// The end of an anode effect, as the anode-effect calculator reports it.
 fn event() -> Record {
-    Record::Event(Event {
-        kind: "anode_effect".into(),
-        subject: "potline1/pot_017".into(),
-        phase: EventPhase::End,
-        ts: Timestamp(T0 + 42_000),
-        attributes: vec![
+    Record::Event(common::records::pot_017_anode_effect_end(
+        vec![
             ("start".into(), Value::Int(T0)),
             ("duration_s".into(), Value::Float(42.0)),
             ("peak_voltage_v".into(), Value::Float(31.2)),
             ("mean_voltage_v".into(), Value::Float(18.4)),
         ],
-        message: "anode effect on potline1/pot_017 ended after 42.0 s (peak 31.2 V, mean 18.4 V)"
-            .into(),
-    })
+        "anode effect on potline1/pot_017 ended after 42.0 s (peak 31.2 V, mean 18.4 V)",
+    ))
 }
 
 /// An hour of a stack's SO2 mass flow (METRICS.md, "Stack aggregates": 47 valid minutes at a

@@ -3,7 +3,11 @@
 
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{Stream, TopicTemplates};
-use smeltwatch::model::{Aggregate, Period, Quality, ReadingBatch, Record, Timestamp, Value};
+use std::sync::Arc;
+
+use smeltwatch::model::{
+    Aggregate, Event, EventPhase, Period, Quality, ReadingBatch, Record, Timestamp, Value,
+};
 use smeltwatch::spool::NewRecord;
 use smeltwatch_testkit::batch::{one_second_batch, reading as testkit_reading};
 
@@ -34,6 +38,19 @@ pub fn documented_live_batch() -> ReadingBatch {
     ReadingBatch {
         unit_id: 12,
         ..one_second_batch("potline1", "pot_003", T0, readings)
+    }
+}
+
+/// The end of an anode effect on `potline1/pot_017`, 42 s after the docs' live batch was
+/// scheduled, with `attributes` and `message`.
+pub fn pot_017_anode_effect_end(attributes: Vec<(Arc<str>, Value)>, message: &str) -> Event {
+    Event {
+        kind: "anode_effect".into(),
+        subject: "potline1/pot_017".into(),
+        phase: EventPhase::End,
+        ts: Timestamp(1_764_300_253_000 + 42_000),
+        attributes,
+        message: message.into(),
     }
 }
 
