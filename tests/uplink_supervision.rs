@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::{meter_map_toml, meter_source_toml, meters, mqtt_uplink_toml_backing_off_to};
+use common::plant::{meter_site_toml, meter_source_toml, meters, mqtt_uplink_toml_backing_off_to};
 use common::probe::assert_not_ready_for;
 use common::status::status_comes;
 use smeltwatch::app::Agent;
@@ -73,15 +73,8 @@ over_time = "10s"
 }
 
 async fn start_agent(state: &Path, modbus: u16, uplinks: &[String], grace: Duration) -> Agent {
-    let mut src = format!(
-        r#"
-site = "sup"
-state_dir = "{state}"
-{map}{source}"#,
-        state = state.display(),
-        map = meter_map_toml(false),
-        source = meter_source_toml("bus", modbus, "100ms", "", 2),
-    );
+    let mut src = meter_site_toml("sup", state);
+    src.push_str(&meter_source_toml("bus", modbus, "100ms", "", 2));
     for u in uplinks {
         src.push_str(u);
     }

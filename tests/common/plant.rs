@@ -60,6 +60,16 @@ pub async fn meters(count: u8, shutdown: &CancellationToken) -> u16 {
     serve(units, shutdown).await
 }
 
+/// The head of an agent configuration for a plant of [`meters`]: site `site`, its state in
+/// `state`, and the register map of [`meter_map_toml`] without energy; its sources follow.
+pub fn meter_site_toml(site: &str, state: &Path) -> String {
+    format!(
+        "\nsite = \"{site}\"\nstate_dir = \"{}\"\n{}",
+        state.display(),
+        meter_map_toml(false)
+    )
+}
+
 /// The register map `meter` of the [`meters`] devices: `power_mw`, the f32 at input registers
 /// 0-1, and with `energy` also `energy_mwh`, the f32 at 2-3.
 pub fn meter_map_toml(energy: bool) -> String {
@@ -159,6 +169,16 @@ type = "mqtt"
 /// after 100 ms to 1 s, carrying `streams`.
 pub fn mqtt_uplink_toml(name: &str, port: u16, streams: &[&str]) -> String {
     mqtt_uplink_toml_backing_off_to(name, port, streams, "1s")
+}
+
+/// The MQTT uplink `plant` to the test broker on loopback `port` carrying the live, metrics,
+/// events and emissions streams, reconnecting after 100 ms to 500 ms.
+pub fn four_streams_uplink_toml(port: u16) -> String {
+    format!(
+        "[[uplinks]]\nname = \"plant\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
+         reconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n\
+         streams = [\"live\", \"metrics\", \"events\", \"emissions\"]\n"
+    )
 }
 
 /// [`mqtt_uplink_toml`] whose reconnection backs off up to `reconnect_max`.
