@@ -13,64 +13,26 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use smeltwatch::derived::Engine;
-use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
+use smeltwatch::model::{Quality, Record, Timestamp, Value};
+use smeltwatch_testkit::batch::{one_second_batch, reading};
 
 const T0: i64 = 1_740_787_200_000;
 
-const CONFIG: &str = r#"
+const CONFIG: &str = concat!(
+    r#"
 site = "bench"
-
-[register_maps.pcu.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-
-[register_maps.meter.points.energy_kwh]
-area = "input"
-address = 0
-type = "f32"
-unit = "kWh"
-
-[[sources]]
-name = "potline1"
-tcp = "127.0.0.1:5020"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-[sources.devices.points.line_voltage_v]
-area = "input"
-address = 2
-type = "f32"
-unit = "V"
-
+"#,
+    include_str!("../tests/fixtures/derived_potline.toml"),
+    r#"
 [[sources.devices]]
 name = "pot_{n:03}"
 count = 300
 unit_id = 2
 address_stride = 2
 map = "pcu"
-
-[[sources]]
-name = "aux"
-tcp = "127.0.0.1:5021"
-
-[[sources.devices]]
-name = "compressors"
-unit_id = 1
-map = "meter"
-
-[[sources.devices]]
-name = "gtc_fans"
-unit_id = 2
-map = "meter"
-
+"#,
+    include_str!("../tests/fixtures/derived_aux_meters.toml"),
+    r#"
 [[derived]]
 name = "mean_cell_voltage_v"
 expr = "mean(potline1/pot_*.cell_voltage_v)"
@@ -109,47 +71,32 @@ expr = "mean(potline1/pot_*.cell_voltage_v) > 4.6 ? 1 : 0"
 name = "aux_energy_kwh"
 expr = "aux/compressors.energy_kwh + (has(aux/gtc_fans.energy_kwh) ? aux/gtc_fans.energy_kwh : 0)"
 unit = "kWh"
-"#;
+"#,
+);
 
 fn batch(source: &str, device: &str, point: &Arc<str>, v: f64, ts: i64) -> Record {
-    Record::Batch(ReadingBatch {
-        source: Arc::from(source),
-        device: Arc::from(device),
-        unit_id: 1,
-        poll_interval_ms: 1000,
-        scheduled: Timestamp(ts),
-        readings: vec![Reading {
-            point: point.clone(),
-            value: Some(Value::Float(v)),
-            unit: Arc::from(""),
-            quality: Quality::Good,
-            ts: Timestamp(ts),
-        }],
-    })
+    let readings = vec![reading(
+        point.clone(),
+        Some(Value::Float(v)),
+        "",
+        Quality::Good,
+        ts,
+    )];
+    Record::Batch(one_second_batch(source, device, ts, readings))
 }
 
 /// One second of the line at `s` seconds.
 fn second(s: i64, voltage: &Arc<str>, energy: &Arc<str>) -> Vec<Record> {
     let ts = T0 + s * 1000;
     let mut out = Vec::with_capacity(303);
-    out.push(Record::Batch(ReadingBatch {
-        source: Arc::from("potline1"),
-        device: Arc::from("rectifier"),
-        unit_id: 1,
-        poll_interval_ms: 1000,
-        scheduled: Timestamp(ts),
-        readings: ["line_current_ka", "line_voltage_v"]
-            .iter()
-            .zip([400.0, 1_300.0])
-            .map(|(p, v)| Reading {
-                point: Arc::from(*p),
-                value: Some(Value::Float(v)),
-                unit: Arc::from(""),
-                quality: Quality::Good,
-                ts: Timestamp(ts),
-            })
-            .collect(),
-    }));
+    let line = [("line_current_ka", 400.0), ("line_voltage_v", 1_300.0)]
+        .map(|(p, v)| reading(p, Some(Value::Float(v)), "", Quality::Good, ts));
+    out.push(Record::Batch(one_second_batch(
+        "potline1",
+        "rectifier",
+        ts,
+        line.to_vec(),
+    )));
     for p in 1..=300 {
         let v = 4.1 + (p % 7) as f64 * 0.01;
         out.push(batch("potline1", &format!("pot_{p:03}"), voltage, v, ts));

@@ -10,29 +10,26 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use smeltwatch::model::{Quality, Reading, ReadingBatch, Timestamp, Value};
+use smeltwatch::model::{Quality, ReadingBatch, Timestamp, Value};
 use smeltwatch::series::SeriesStore;
+use smeltwatch_testkit::batch::{one_second_batch, reading};
 
 const T0: i64 = 1_740_787_200_000;
 
 fn batch(device: &str, ts: i64, points: &[(&Arc<str>, &Arc<str>, f64)]) -> ReadingBatch {
-    ReadingBatch {
-        source: Arc::from("potline1"),
-        device: Arc::from(device),
-        unit_id: 1,
-        poll_interval_ms: 1000,
-        scheduled: Timestamp(ts),
-        readings: points
-            .iter()
-            .map(|(p, u, v)| Reading {
-                point: (*p).clone(),
-                value: Some(Value::Float(*v)),
-                unit: (*u).clone(),
-                quality: Quality::Good,
-                ts: Timestamp(ts),
-            })
-            .collect(),
-    }
+    let readings = points
+        .iter()
+        .map(|&(p, u, v)| {
+            reading(
+                p.clone(),
+                Some(Value::Float(v)),
+                u.clone(),
+                Quality::Good,
+                ts,
+            )
+        })
+        .collect();
+    one_second_batch("potline1", device, ts, readings)
 }
 
 fn potline(c: &mut Criterion) {

@@ -417,6 +417,40 @@ fn site(rest: &str) -> String {
     format!("smeltwatch/{SITE}/{rest}")
 }
 
+/// A topic of each stream the plant's agent publishes under its site (the emissions at
+/// `period`, `minute` or `hour`), in the order the tests publish them.
+fn site_streams(period: &str) -> Vec<String> {
+    vec![
+        site("live/potroom_gw/pot_001"),
+        site("metrics/potline"),
+        site("events/anode_effect"),
+        site(&format!("emissions/gtc3_stack/{period}")),
+        site("status"),
+    ]
+}
+
+/// A mix of what the agent publishes in a minute, in this order: a live batch, the potline's
+/// metrics, the stack's minute emissions, its status and a Sparkplug NDATA. Tests about which of
+/// them a reader gets append the topics they are about.
+fn minute_mix() -> Vec<String> {
+    vec![
+        site("live/potroom_gw/pot_001"),
+        site("metrics/potline"),
+        site("emissions/gtc3_stack/minute"),
+        site("status"),
+        spb(&format!("NDATA/{SITE}")),
+    ]
+}
+
+/// `published` in order, then `marker`: what a reader allowed all of them sees.
+fn then_marker<'a>(published: &'a [String], marker: &'a str) -> Vec<&'a str> {
+    published
+        .iter()
+        .map(String::as_str)
+        .chain([marker])
+        .collect()
+}
+
 fn spb(rest: &str) -> String {
     format!("spBv1.0/{GROUP}/{rest}")
 }
@@ -451,16 +485,12 @@ async fn the_agent_writes_only_its_site_and_its_edge_node() {
     let mut observer = observer_of(&broker).await;
     let agent = broker.login("agent-al-yunnan-03").await;
 
-    let allowed = [
-        site("live/potroom_gw/pot_001"),
-        site("metrics/potline"),
-        site("events/anode_effect"),
-        site("emissions/gtc3_stack/minute"),
-        site("status"),
+    let mut allowed = site_streams("minute");
+    allowed.extend([
         spb(&format!("NBIRTH/{SITE}")),
         spb(&format!("NDATA/{SITE}")),
         spb(&format!("DDATA/{SITE}/pot_001")),
-    ];
+    ]);
     let forbidden = [
         "smeltwatch/cu-other-01/live/gw/dev".to_owned(),
         "smeltwatch/cu-other-01/emissions/stack/minute".to_owned(),
@@ -474,11 +504,9 @@ async fn the_agent_writes_only_its_site_and_its_edge_node() {
     let marker = interleave_then_marker(&agent, &allowed, &forbidden).await;
 
     let seen = observer.until(&marker).await;
-    let mut expected: Vec<&str> = allowed.iter().map(String::as_str).collect();
-    expected.push(&marker);
     assert_eq!(
         topics(&seen),
-        expected,
+        then_marker(&allowed, &marker),
         "what the broker accepted from the agent"
     );
 }
@@ -523,21 +551,13 @@ async fn operators_read_the_whole_site_and_write_nothing() {
     let mut observer = observer_of(&broker).await;
     let agent = broker.login("agent-al-yunnan-03").await;
 
-    let streams = [
-        site("live/potroom_gw/pot_001"),
-        site("metrics/potline"),
-        site("events/anode_effect"),
-        site("emissions/gtc3_stack/hour"),
-        site("status"),
-        spb(&format!("NDATA/{SITE}")),
-    ];
+    let mut streams = site_streams("hour");
+    streams.push(spb(&format!("NDATA/{SITE}")));
     let first_marker = publish_then_marker(&agent, &streams, "marker1").await;
     let seen = operator.until(&first_marker).await;
-    let mut expected: Vec<&str> = streams.iter().map(String::as_str).collect();
-    expected.push(&first_marker);
     assert_eq!(
         topics(&seen),
-        expected,
+        then_marker(&streams, &first_marker),
         "an operator reads every stream of the site"
     );
 
@@ -576,15 +596,8 @@ async fn regulators_get_emissions_and_events_and_nothing_live() {
     let spark = regulator.subscribe("spBv1.0/#").await;
 
     let agent = broker.login("agent-al-yunnan-03").await;
-    let published = [
-        site("live/potroom_gw/pot_001"),
-        site("metrics/potline"),
-        site("emissions/gtc3_stack/minute"),
-        site("status"),
-        spb(&format!("NDATA/{SITE}")),
-        site("events/exceedance"),
-        site("live/gtc_cems/gtc3_stack"),
-    ];
+    let mut published = minute_mix();
+    published.extend([site("events/exceedance"), site("live/gtc_cems/gtc3_stack")]);
     let marker = publish_then_marker(&agent, &published, "marker").await;
 
     let seen = regulator.until(&marker).await;
@@ -652,9 +665,7 @@ async fn the_province_lets_each_plant_write_only_its_own_regulated_topics() {
     ];
     let marker = interleave_then_marker(&plant, &allowed, &forbidden).await;
     let seen = observer.until(&marker).await;
-    let mut expected: Vec<&str> = allowed.iter().map(String::as_str).collect();
-    expected.push(&marker);
-    assert_eq!(topics(&seen), expected);
+    assert_eq!(topics(&seen), then_marker(&allowed, &marker));
 
     // The platform's consumers read the regulated streams of every plant.
     let mut ingest = province.login("platform-ingest").await;
@@ -721,16 +732,12 @@ async fn the_bridge_carries_emissions_events_and_metrics_to_the_province_and_not
         }
     }
 
-    let published = [
-        site("live/potroom_gw/pot_001"),
-        site("metrics/potline"),
-        site("emissions/gtc3_stack/minute"),
-        site("status"),
-        spb(&format!("NDATA/{SITE}")),
+    let mut published = minute_mix();
+    published.extend([
         site("events/anode_effect"),
         site("live/gtc_cems/gtc3_stack"),
         site("emissions/gtc3_stack/hour"),
-    ];
+    ]);
     let marker = publish_then_marker(&agent, &published, "marker").await;
 
     let carried: Vec<String> = topics_but(&observer.until(&marker).await, &probe);

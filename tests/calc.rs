@@ -11,7 +11,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::calc::{batch, coef, of, reading, sample, so2_rate_window};
+use common::calc::{
+    batch, coef, events_of, of, reading, sample, smelter1_batches, so2_rate_window,
+};
 
 use proptest::prelude::*;
 use smeltwatch::calc::anode_effect::{AeDetector, AeParams, AeStats, AeTransition};
@@ -627,17 +629,10 @@ fn pot(device: &str, ts: i64, v: f64, in_service: bool, cut_out: bool) -> Readin
     )
 }
 
-const DEMO_CALC: &str = r#"
-gwp = "ar5"
-grid_factor = "qinghai-2022"
-utc_offset_hours = 8
-
-[[potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = 0.935
-approved_capacity_t_per_year = 1100.0
+const DEMO_CALC: &str = concat!(
+    include_str!("fixtures/calc_demo_head.toml"),
+    include_str!("fixtures/calc_potline1.toml"),
+    r#"approved_capacity_t_per_year = 1100.0
 
 [[stacks]]
 name = "gtc1_stack"
@@ -645,7 +640,8 @@ device = "gtc1/gtc1_stack"
 limits = "gb25465_2010_al_pot_gas"
 pollutants = { so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }
 calibration_point = "in_calibration"
-"#;
+"#,
+);
 
 fn pipeline() -> Pipeline {
     let cfg: CalcConfig = toml::from_str(DEMO_CALC).expect("calc config parses");
@@ -841,13 +837,7 @@ fn stack_hour_with_an_exceedance_gives_an_event_and_mass() {
     close(so2.avg.expect("valid"), 225.0, 1e-9);
     let f = hour("fluoride_kg_h");
     close(f.total.expect("valid"), 1.36, 1e-9);
-    let exceed: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Event(e) if &*e.kind == "exceedance" => Some(e),
-            _ => None,
-        })
-        .collect();
+    let exceed = events_of(&records, "exceedance");
     assert_eq!(exceed.len(), 1);
     assert_eq!(&*exceed[0].subject, "gtc1_stack/so2_mg_m3");
 }
@@ -1116,23 +1106,11 @@ fn gb25323_copper_grades() {
     );
 }
 
-const SMELTER_CALC: &str = r#"
-utc_offset_hours = 8
-
-[[stacks]]
-name = "smelter1_stack"
-device = "smelter1/smelter1_stack"
-limits = "gb25467_2010_cu_smelting"
-pollutants = { so2 = "so2_mg_m3" }
-
-[[smelters]]
-name = "smelter1"
-device = "smelter1/smelter1"
-acid_plant_gas_flow_point = "acid_plant_gas_nm3h"
-stack = "smelter1_stack"
-copper_output_point = "cathode_tph"
-energy_kgce_point = "energy_kgce_h"
-"#;
+const SMELTER_CALC: &str = concat!(
+    "utc_offset_hours = 8\n",
+    include_str!("fixtures/calc_smelter1.toml"),
+    "limits = \"gb25467_2010_cu_smelting\"\n",
+);
 
 #[test]
 fn smelter_day_integrates_feed_oxygen_so2_and_energy() {
@@ -1143,29 +1121,9 @@ fn smelter_day_integrates_feed_oxygen_so2_and_energy() {
     let mut records = Vec::new();
     let mut t = midnight - step;
     while t <= midnight + DAY_MS {
-        records.extend(p.on_batch(&batch(
-            "smelter1",
-            "smelter1_stack",
-            10_000,
-            vec![
-                reading("so2_mg_m3", Value::Float(120.0), t),
-                reading("flow_m3h", Value::Float(250_000.0), t),
-            ],
-        )));
-        records.extend(p.on_batch(&batch(
-            "smelter1",
-            "smelter1",
-            10_000,
-            vec![
-                reading("concentrate_feed_tph", Value::Float(150.0), t),
-                reading("oxygen_flow_nm3h", Value::Float(24_750.0), t),
-                reading("oxygen_enrichment_pct", Value::Float(70.0), t),
-                reading("acid_plant_so2_pct", Value::Float(12.0), t),
-                reading("acid_plant_gas_nm3h", Value::Float(100_000.0), t),
-                reading("cathode_tph", Value::Float(40.0), t),
-                reading("energy_kgce_h", Value::Float(9_000.0), t),
-            ],
-        )));
+        for b in smelter1_batches(t) {
+            records.extend(p.on_batch(&b));
+        }
         t += step;
     }
     let day = |name: &str| metric(&records, "copper", name, "day").expect(name);
@@ -1235,10 +1193,7 @@ fn a_smelter_feed_declared_in_kg_per_h_is_converted_and_an_oxygen_flow_in_kw_is_
     };
     assert_eq!(minute("concentrate_feed_tph"), Some(Some(150.0)));
     assert_eq!(minute("oxygen_flow_nm3h"), Some(None));
-    let refused = records
-        .iter()
-        .filter(|r| matches!(r, Record::Event(e) if &*e.kind == "unit_mismatch"))
-        .count();
+    let refused = events_of(&records, "unit_mismatch").len();
     assert_eq!(refused, 1);
 }
 
@@ -1362,13 +1317,7 @@ fn a_glitched_ac_counter_reading_adds_the_real_energy_and_raises_one_meter_anoma
         100.0,
         1e-9,
     );
-    let anomalies: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Event(e) if &*e.kind == "meter_anomaly" => Some(e),
-            _ => None,
-        })
-        .collect();
+    let anomalies = events_of(&records, "meter_anomaly");
     assert_eq!(anomalies.len(), 1, "{anomalies:?}");
     assert_eq!(&*anomalies[0].subject, "potline1/rectifier.ac_energy_kwh");
     assert_eq!(

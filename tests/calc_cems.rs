@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::calc::{close, of, rules, sample, so2_rate_window};
+use common::calc::{close, events_of, of, rules, sample, so2_rate_window};
 use smeltwatch::calc::emissions::mass_flow_kg_h;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use smeltwatch::calc::window::{MAX_CATCH_UP_HOURS, Window};
@@ -74,17 +74,13 @@ fn item_3_hours_with_no_data_are_emitted_as_invalid_comm_fail() {
 
 // === item 4: mass from the measured concentration, limits on the converted one ===
 
-const O2_STACK: &str = r#"
-utc_offset_hours = 8
-
-[[stacks]]
-name = "boiler_stack"
-device = "plant/boiler_stack"
-limits = "gb25467_2010_cu_smelting"
-pollutants = { so2 = "so2_mg_m3" }
+const O2_STACK: &str = concat!(
+    include_str!("fixtures/calc_boiler_stack.toml"),
+    r#"limits = "gb25467_2010_cu_smelting"
 o2_point = "o2_pct"
 o2_reference_pct = 6.0
-"#;
+"#,
+);
 
 fn reading(point: &str, value: f64, ts: i64) -> Reading {
     common::calc::reading(point, Value::Float(value), ts)
@@ -142,15 +138,10 @@ fn item_4_mass_uses_the_measured_concentration_100_kg_h_not_150() {
 
 // === item 3: a day's missing hours are filled by the substitution policy (HJ 75 default) ===
 
-const PLAIN_STACK: &str = r#"
-utc_offset_hours = 8
-
-[[stacks]]
-name = "boiler_stack"
-device = "plant/boiler_stack"
-pollutants = { so2 = "so2_mg_m3" }
-calibration_point = "in_calibration"
-"#;
+const PLAIN_STACK: &str = concat!(
+    include_str!("fixtures/calc_boiler_stack.toml"),
+    "calibration_point = \"in_calibration\"\n",
+);
 
 /// One poll a minute for every hour of the local day 2025-03-01: `so2(hour)` gives the SO2
 /// concentration and whether the analyser is calibrating, `None` a silent device.
@@ -356,13 +347,7 @@ fn the_aggregate_json_has_substituted_only_when_hours_were_filled() {
 // === item 4: the converted concentration is its own quantity, and the limits apply to it ===
 
 fn exceedances(records: &[Record]) -> Vec<&smeltwatch::model::Event> {
-    records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Event(e) if &*e.kind == "exceedance" => Some(e),
-            _ => None,
-        })
-        .collect()
+    events_of(records, "exceedance")
 }
 
 fn drive_hour(p: &mut Pipeline, readings: impl Fn(i64) -> Vec<Reading>) -> Vec<Record> {
@@ -419,17 +404,13 @@ fn item_4_without_o2_readings_nothing_is_converted_and_mass_is_still_counted() {
     close(hour_total(&records, "so2_kg_h"), 100.0, 1e-9, "kg");
 }
 
-const EXHAUST_STACK: &str = r#"
-utc_offset_hours = 8
-
-[[stacks]]
-name = "boiler_stack"
-device = "plant/boiler_stack"
-limits = "gb25465_2010_al_pot_gas"
-pollutants = { so2 = "so2_mg_m3" }
+const EXHAUST_STACK: &str = concat!(
+    include_str!("fixtures/calc_boiler_stack.toml"),
+    r#"limits = "gb25465_2010_al_pot_gas"
 reference_exhaust_m3_per_t = 8000.0
 production_point = "production_tph"
-"#;
+"#,
+);
 
 #[test]
 fn item_4_reference_exhaust_volume_scales_the_concentration_only_above_the_reference() {
@@ -541,9 +522,6 @@ fn a_flow_declared_in_m3_per_s_is_converted_and_one_in_kg_is_refused() {
     let records = run("kg");
     let kg = hour_of(&records, "so2_kg_h");
     assert!(!kg.valid && kg.total.is_none(), "{kg:?}");
-    let events: Vec<_> = records
-        .iter()
-        .filter(|r| matches!(r, Record::Event(e) if &*e.kind == "unit_mismatch"))
-        .collect();
+    let events = events_of(&records, "unit_mismatch");
     assert_eq!(events.len(), 1, "{events:?}");
 }

@@ -255,14 +255,7 @@ fn the_open_month_survives_a_restart_and_an_older_snapshot_without_it_restores()
 
 // === through the pipeline: every stack quantity gets its month ===
 
-const STACK: &str = r#"
-utc_offset_hours = 8
-
-[[stacks]]
-name = "boiler_stack"
-device = "plant/boiler_stack"
-pollutants = { so2 = "so2_mg_m3" }
-"#;
+const STACK: &str = include_str!("fixtures/calc_boiler_stack.toml");
 
 fn reading(point: &str, value: f64, ts: i64) -> Reading {
     common::calc::reading(point, Value::Float(value), ts)

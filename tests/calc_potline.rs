@@ -12,7 +12,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::calc::{close, reading};
+use common::calc::{close, events_of, reading};
 use smeltwatch::calc::coefficients::Coefficients;
 use smeltwatch::calc::tariff::{surcharge_cost_yuan, surcharge_yuan_per_kwh};
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, days_from_civil};
@@ -26,17 +26,10 @@ const STEP_MS: i64 = 10_000;
 /// kg per kA·h of aluminium (M / 3F × 3600).
 const K: f64 = 26.981_538_5 / (3.0 * 96_485.332_12) * 3600.0;
 
-const CALC: &str = r#"
-gwp = "ar5"
-grid_factor = "qinghai-2022"
-utc_offset_hours = 8
-
-[[potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = 0.935
-"#;
+const CALC: &str = concat!(
+    include_str!("fixtures/calc_demo_head.toml"),
+    include_str!("fixtures/calc_potline1.toml"),
+);
 
 /// What the simulated plant does on the day.
 #[derive(Clone, Default)]
@@ -300,10 +293,7 @@ fn a_lost_rectifier_link_is_bridged_and_flagged_not_a_grade_fail() {
         assert_eq!(m.quality, Quality::Substituted, "{name}");
     }
     assert_eq!(value(&r, "ac_grade"), 3.0);
-    let bridged = r
-        .iter()
-        .filter(|r| matches!(r, Record::Event(e) if &*e.kind == "gap_bridged"))
-        .count();
+    let bridged = events_of(&r, "gap_bridged").len();
     assert_eq!(bridged, 1);
 }
 
@@ -414,11 +404,7 @@ point = "aux_energy_kwh"
 /// poll interval's energy not counted).
 #[test]
 fn an_auxiliary_meter_that_wraps_at_a_million_kwh_counts_through_its_wrap() {
-    let anomalies = |r: &[Record]| {
-        r.iter()
-            .filter(|r| matches!(r, Record::Event(e) if &*e.kind == "meter_anomaly"))
-            .count()
-    };
+    let anomalies = |r: &[Record]| events_of(r, "meter_anomaly").len();
     let wrapping = |keys| Day {
         keys,
         aux_kwh_per_t: Some(250.0),
@@ -684,13 +670,7 @@ fn a_reading_in_another_unit_is_converted_and_one_it_cannot_be_is_refused() {
         0.0,
         "a current in kW is not used"
     );
-    let mismatches: Vec<_> = r
-        .iter()
-        .filter_map(|r| match r {
-            Record::Event(e) if &*e.kind == "unit_mismatch" => Some(e),
-            _ => None,
-        })
-        .collect();
+    let mismatches = events_of(&r, "unit_mismatch");
     assert_eq!(mismatches.len(), 1, "reported once: {mismatches:?}");
     assert_eq!(
         &*mismatches[0].subject,

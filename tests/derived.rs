@@ -14,72 +14,32 @@ use proptest::prelude::*;
 use smeltwatch::config::{self, Config, ConfigError, Location};
 use smeltwatch::derived::{Engine, check_report};
 use smeltwatch::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
+use smeltwatch_testkit::batch::{one_second_batch, reading};
 
-/// A potline with a rectifier, three pots and two auxiliary meters, then `derived`.
-fn plant(derived: &str) -> String {
-    format!(
-        r#"
+/// A potline with a rectifier, three pots and two auxiliary meters.
+const PLANT: &str = concat!(
+    r#"
 site = "derived"
-
-[register_maps.pcu.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-
-[[sources]]
-name = "potline1"
-tcp = "127.0.0.1:5020"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-[sources.devices.points.line_voltage_v]
-area = "input"
-address = 2
-type = "f32"
-unit = "V"
-[sources.devices.points.line_current_a]
+"#,
+    include_str!("fixtures/derived_potline.toml"),
+    r#"[sources.devices.points.line_current_a]
 area = "input"
 address = 4
 type = "f32"
 unit = "A"
 
 [[sources.devices]]
-name = "pot_{{n:03}}"
+name = "pot_{n:03}"
 count = 3
 unit_id = 10
 map = "pcu"
+"#,
+    include_str!("fixtures/derived_aux_meters.toml"),
+);
 
-[[sources]]
-name = "aux"
-tcp = "127.0.0.1:5021"
-
-[[sources.devices]]
-name = "compressors"
-unit_id = 1
-[sources.devices.points.energy_kwh]
-area = "input"
-address = 0
-type = "f32"
-unit = "kWh"
-
-[[sources.devices]]
-name = "gtc_fans"
-unit_id = 2
-[sources.devices.points.energy_kwh]
-area = "input"
-address = 0
-type = "f32"
-unit = "kWh"
-{derived}
-"#
-    )
+/// [`PLANT`], then `derived`.
+fn plant(derived: &str) -> String {
+    format!("{PLANT}{derived}\n")
 }
 
 fn parse(src: &str) -> Result<Config, ConfigError> {
@@ -344,23 +304,11 @@ fn name_trigger_and_unit_keys_are_checked() {
 }
 
 fn batch(source: &str, device: &str, points: &[(&str, Option<f64>, Quality)], ts: i64) -> Record {
-    Record::Batch(ReadingBatch {
-        source: Arc::from(source),
-        device: Arc::from(device),
-        unit_id: 1,
-        poll_interval_ms: 1000,
-        scheduled: Timestamp(ts),
-        readings: points
-            .iter()
-            .map(|(p, v, q)| Reading {
-                point: Arc::from(*p),
-                value: v.map(Value::Float),
-                unit: Arc::from(""),
-                quality: *q,
-                ts: Timestamp(ts),
-            })
-            .collect(),
-    })
+    let readings = points
+        .iter()
+        .map(|&(p, v, q)| reading(p, v.map(Value::Float), "", q, ts))
+        .collect();
+    Record::Batch(one_second_batch(source, device, ts, readings))
 }
 
 /// The result of derived point `name` in the engine's output: (value, quality, ts).

@@ -45,6 +45,15 @@ map = "pcu"
     )
 }
 
+/// The line's mean cell voltage, a `live` derived point under device `potline1`.
+const MEAN_CELL_VOLTAGE: &str = r#"[[derived]]
+name = "mean_cell_voltage_v"
+expr = "mean(line1/pot_*.cell_voltage_v)"
+unit = "V"
+stream = "live"
+device = "potline1"
+"#;
+
 fn plant_config(modbus_port: u16, mqtt_port: u16, http_port: u16, state_dir: &Path) -> String {
     format!(
         r#"
@@ -62,13 +71,7 @@ name = "compressors"
 unit_id = 20
 map = "meter"
 
-[[derived]]
-name = "mean_cell_voltage_v"
-expr = "mean(line1/pot_*.cell_voltage_v)"
-unit = "V"
-stream = "live"
-device = "potline1"
-
+{MEAN_CELL_VOLTAGE}
 [[derived]]
 name = "aux_power_kw"
 expr = "rate(compressors.energy_kwh, \"3s\")"
@@ -281,13 +284,7 @@ fn sparkplug_config(modbus_port: u16, mqtt_port: u16, state_dir: &Path) -> Strin
 site = "e2e"
 state_dir = "{state}"
 {pots}
-[[derived]]
-name = "mean_cell_voltage_v"
-expr = "mean(line1/pot_*.cell_voltage_v)"
-unit = "V"
-stream = "live"
-device = "potline1"
-
+{MEAN_CELL_VOLTAGE}
 [[derived]]
 name = "sum_cell_voltage_v"
 expr = "sum(line1/pot_*.cell_voltage_v)"

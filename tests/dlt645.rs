@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::acquisition::{collect, float, reading_of};
+use common::acquisition::{collect, first_batch_within_10s, float, pty_pair, reading_of};
 use smeltwatch::acquisition::PollerStats;
 use smeltwatch::config::{self, Config};
 use smeltwatch::dlt645::config::BusTransport;
@@ -147,9 +147,7 @@ map = "aux"
 
 #[tokio::test]
 async fn poller_reads_a_1997_meter_through_a_pty_pair() {
-    use tokio_serial::SerialPort as _;
-    let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
-    let path = slave.name().expect("the pty slave has a path");
+    let (master, slave, path) = pty_pair();
     let shutdown = CancellationToken::new();
     let meter = Meter::new(Edition::Dlt1997, address("7"), 88.2, 10.0);
     tokio::spawn(serve_meter_stream(
@@ -184,10 +182,7 @@ points.power_kw = {{ di = "B630", format = "sXX.XXXX", unit = "kW" }}
     );
     assert_eq!(serial.parity, config::Parity::Even);
     let (mut rx, _) = start(&cfg, &shutdown);
-    let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a batch within 10 s")
-        .unwrap();
+    let batch = first_batch_within_10s(&mut rx, "a batch within 10 s").await;
     shutdown.cancel();
     drop(slave);
     assert_eq!(
@@ -385,14 +380,23 @@ points.unknown = { di = "04000409", format = "XXXXXX" }
     assert_eq!(stats.comm_failures.load(Ordering::Relaxed), 0);
 }
 
+/// `toml` loaded as `smeltwatch.toml` from a fresh directory that also holds the meter map
+/// `csv_name` with the text `csv`; the directory lives as long as the returned guard.
+fn load_beside_map(
+    csv_name: &str,
+    csv: &str,
+    toml: &str,
+) -> (tempfile::TempDir, Result<Config, config::ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(csv_name), csv).unwrap();
+    let path = dir.path().join("smeltwatch.toml");
+    std::fs::write(&path, toml).unwrap();
+    let loaded = config::load(&path);
+    (dir, loaded)
+}
+
 #[test]
 fn meter_maps_come_from_csv_and_check_prints_the_read_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("aux.csv"),
-        "# auxiliary feeder meters\nname,di,format,unit,poll\nenergy_kwh,00010000,XXXXXX.XX,kWh,1m\npower_kw,02030000,sXX.XXXX,kW,5s\n",
-    )
-    .unwrap();
     let toml = r#"
 site = "t"
 [meter_maps.aux]
@@ -409,9 +413,12 @@ count = 2
 address_step = 10
 map = "aux"
 "#;
-    let path = dir.path().join("smeltwatch.toml");
-    std::fs::write(&path, toml).unwrap();
-    let cfg = config::load(&path).expect("valid configuration");
+    let (_dir, loaded) = load_beside_map(
+        "aux.csv",
+        "# auxiliary feeder meters\nname,di,format,unit,poll\nenergy_kwh,00010000,XXXXXX.XX,kWh,1m\npower_kw,02030000,sXX.XXXX,kW,5s\n",
+        toml,
+    );
+    let cfg = loaded.expect("valid configuration");
     let bus = &cfg.meter_buses[0];
     let BusTransport::Serial(serial) = &bus.transport else {
         panic!("serial");
@@ -453,15 +460,9 @@ map = "aux"
 
 #[test]
 fn meter_bus_mistakes_are_located() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("old.csv"),
+    let (dir, loaded) = load_beside_map(
+        "old.csv",
         "name,di,format,unit\nenergy_kwh,9010,XXXXXX.XX,kWh\nbad,00010000,XX.X.X,\n",
-    )
-    .unwrap();
-    let path = dir.path().join("smeltwatch.toml");
-    std::fs::write(
-        &path,
         r#"site = "t"
 [meter_maps.old]
 csv = "old.csv"
@@ -475,9 +476,8 @@ name = "m"
 address = "12x"
 map = "old"
 "#,
-    )
-    .unwrap();
-    let err = config::load(&path).expect_err("mistakes").to_string();
+    );
+    let err = loaded.expect_err("mistakes").to_string();
     let csv = dir.path().join("old.csv");
     let csv = csv.display();
     for expected in [

@@ -33,7 +33,10 @@ use std::time::Duration;
 
 use common::hj212::platform;
 use common::mosquitto::{self, Mosquitto};
-use common::plant::{cems_map, stack_simulator, two_cems_source_toml};
+use common::plant::{
+    calc_pot_gas_stack_toml, cems_map, four_streams_uplink_toml, stack_simulator,
+    two_cems_source_toml,
+};
 use common::probe::{SmallFs, get, metric_sum};
 use common::{agent, free_port};
 use smeltwatch::codec::hj212;
@@ -127,14 +130,7 @@ site = "{SITE}"
 state_dir = "{state}"
 
 {sources}
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt}"
-reconnect_min = "100ms"
-reconnect_max = "500ms"
-streams = ["live", "metrics", "events", "emissions"]
-
+{plant_uplink}
 # Its limit (the smallest allowed) is below the size of a live batch of a CEMS (about 2 kB of
 # JSON) and above an event's: every live record is a poison record here, the events are not.
 [[uplinks]]
@@ -177,23 +173,18 @@ utc_offset_hours = 8
 scale = 120
 start = "2025-03-01T00:00:00Z"
 
-[[calc.stacks]]
-name = "gtc1_stack"
-device = "cems/gtc1_cems"
-limits = "gb25465_2010_al_pot_gas"
-pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
-calibration_point = "in_calibration"
-
-[[calc.stacks]]
-name = "gtc2_stack"
-device = "cems/gtc2_cems"
-limits = "gb25465_2010_al_pot_gas"
-pollutants = {{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }}
-calibration_point = "in_calibration"
-"#,
+{stacks}"#,
+        stacks = ["gtc1", "gtc2"]
+            .map(|gtc| calc_pot_gas_stack_toml(
+                &format!("{gtc}_stack"),
+                &format!("cems/{gtc}_cems"),
+                r#"{ so2 = "so2_mg_m3", fluoride = "fluoride_mg_m3" }"#,
+            ))
+            .join("\n"),
         state = state.display(),
         sources = two_cems_source_toml(p.modbus, map),
         mqtt = p.mqtt,
+        plant_uplink = four_streams_uplink_toml(p.mqtt),
         platform = p.platform,
         http = p.http,
     )

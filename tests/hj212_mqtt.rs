@@ -233,39 +233,45 @@ fn the_hj212_encoding_is_read_with_its_station() {
 
 #[test]
 fn the_configuration_refuses_what_hj212_over_mqtt_cannot_do() {
+    let mqtt = |keys: &str| {
+        format!("[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://h\"\n{keys}")
+    };
     let cases = [
         (
-            "[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://h\"\nencoding = \"hj212\"\n",
+            mqtt("encoding = \"hj212\"\n"),
             "uplinks[0].hj212: missing [uplinks.hj212]: encoding = \"hj212\" needs",
         ),
         (
-            "[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://h\"\nencoding = \"hj212\"\n\
-             [uplinks.hj212]\nmn = \"M1\"\npw = \"123456\"\n",
+            mqtt("encoding = \"hj212\"\n[uplinks.hj212]\nmn = \"M1\"\npw = \"123456\"\n"),
             "uplinks[0].encoding: the `metrics` stream has no HJ 212 form",
         ),
         (
-            "[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://h\"\nstreams = [\"emissions\"]\n\
-             encoding = \"hj212\"\n[uplinks.hj212]\nmn = \"M1\"\npw = \"123456\"\nover_time = \"5s\"\n",
+            mqtt(
+                "streams = [\"emissions\"]\nencoding = \"hj212\"\n[uplinks.hj212]\nmn = \"M1\"\n\
+                 pw = \"123456\"\nover_time = \"5s\"\n",
+            ),
             "uplinks[0].hj212.over_time: `over_time` applies to an HJ 212 TCP uplink",
         ),
         (
-            "[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://h\"\n\
-             [uplinks.hj212]\nmn = \"M1\"\npw = \"123456\"\n",
+            mqtt("[uplinks.hj212]\nmn = \"M1\"\npw = \"123456\"\n"),
             "uplinks[0].hj212: [uplinks.hj212] of an MQTT uplink is used only by encoding = \"hj212\"",
         ),
         (
-            "[[uplinks]]\nname = \"p\"\ntype = \"mqtt\"\nbroker = \"mqtt://h\"\nstreams = [\"emissions\"]\n\
-             encoding = \"hj212\"\n[uplinks.hj212]\nmn = \"M1\"\npw = \"12\"\n",
+            mqtt(
+                "streams = [\"emissions\"]\nencoding = \"hj212\"\n[uplinks.hj212]\nmn = \"M1\"\n\
+                 pw = \"12\"\n",
+            ),
             "uplinks[0].hj212.pw: pw must be 6 printable ASCII characters",
         ),
         (
             "[[uplinks]]\nname = \"p\"\ntype = \"sparkplug\"\nbroker = \"mqtt://h\"\n\
-             group_id = \"g\"\nedge_node_id = \"e\"\n[uplinks.hj212]\nmn = \"M1\"\npw = \"123456\"\n",
+             group_id = \"g\"\nedge_node_id = \"e\"\n[uplinks.hj212]\nmn = \"M1\"\npw = \"123456\"\n"
+                .to_owned(),
             "uplinks[0].hj212: `hj212` does not apply to an uplink of type = \"sparkplug\"",
         ),
     ];
     for (uplink, expected) in cases {
-        let err = config_with(uplink).expect_err(uplink).to_string();
+        let err = config_with(&uplink).expect_err(&uplink).to_string();
         assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
     }
 }

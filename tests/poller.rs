@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::acquisition::{collect, float, reading_of};
+use common::acquisition::{collect, first_batch_within_10s, float, pty_pair, reading_of};
 use common::plant::serve;
 use smeltwatch::acquisition::PollerStats;
 use smeltwatch::config::Config;
@@ -54,12 +54,13 @@ fn rtu_meter(name: &str) -> Device {
     dev
 }
 
-/// The first batch on `rx`, within 10 s (`what` says which when it does not come).
-async fn first_batch_within_10s(rx: &mut mpsc::Receiver<ReadingBatch>, what: &str) -> ReadingBatch {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect(what)
-        .unwrap()
+/// Site `t` with the one RTU source `source` (a 1 s timeout, then `link`: the keys of its serial
+/// line) and its one device `device` at `unit_id`, with [`RTU_METER_POINTS`].
+fn rtu_meter_config(source: &str, link: &str, device: &str, unit_id: u8) -> Config {
+    parse(&format!(
+        "\nsite = \"t\"\n[[sources]]\nname = \"{source}\"\ntimeout = \"1s\"\n{link}\n\
+         [[sources.devices]]\nname = \"{device}\"\nunit_id = {unit_id}\n{RTU_METER_POINTS}"
+    ))
 }
 
 /// `batch` holds what [`rtu_meter`] holds, read good.
@@ -606,9 +607,7 @@ type = "bool"
 
 #[tokio::test]
 async fn poller_reads_rtu_through_a_pty_pair() {
-    use tokio_serial::SerialPort as _;
-    let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
-    let path = slave.name().expect("the pty slave has a path");
+    let (master, slave, path) = pty_pair();
     let dev = rtu_meter("rtu_meter");
     let shutdown = CancellationToken::new();
     tokio::spawn(smeltwatch::simulator::serve_rtu(
@@ -616,21 +615,12 @@ async fn poller_reads_rtu_through_a_pty_pair() {
         UnitMap::from([(17, dev)]),
         shutdown.clone(),
     ));
-    let cfg = parse(&format!(
-        r#"
-site = "t"
-[[sources]]
-name = "rs485"
-timeout = "1s"
-[sources.serial]
-path = "{path}"
-baud = 19200
-parity = "even"
-[[sources.devices]]
-name = "rtu_meter"
-unit_id = 17
-{RTU_METER_POINTS}"#
-    ));
+    let cfg = rtu_meter_config(
+        "rs485",
+        &format!("[sources.serial]\npath = \"{path}\"\nbaud = 19200\nparity = \"even\""),
+        "rtu_meter",
+        17,
+    );
     let (mut rx, _) = start_pollers(&cfg, &shutdown);
     let batch = first_batch_within_10s(&mut rx, "an RTU batch within 10 s").await;
     shutdown.cancel();
@@ -713,7 +703,7 @@ points.cell_voltage_mv = { area = "holding", address = 0, type = "u16" }
 /// simulator's RTU server on the other end, as a serial-to-Ethernet converter does.
 #[tokio::test]
 async fn poller_reads_rtu_over_tcp_through_a_transparent_serial_server() {
-    let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
+    let (master, slave, _) = pty_pair();
     let dev = rtu_meter("rtu_gw_meter");
     let shutdown = CancellationToken::new();
     tokio::spawn(smeltwatch::simulator::serve_rtu(
@@ -728,18 +718,12 @@ async fn poller_reads_rtu_over_tcp_through_a_transparent_serial_server() {
         let mut line = slave;
         let _ = tokio::io::copy_bidirectional(&mut tcp, &mut line).await;
     });
-    let cfg = parse(&format!(
-        r#"
-site = "t"
-[[sources]]
-name = "serial_server"
-rtu_over_tcp = "127.0.0.1:{port}"
-timeout = "1s"
-[[sources.devices]]
-name = "rtu_gw_meter"
-unit_id = 9
-{RTU_METER_POINTS}"#
-    ));
+    let cfg = rtu_meter_config(
+        "serial_server",
+        &format!("rtu_over_tcp = \"127.0.0.1:{port}\""),
+        "rtu_gw_meter",
+        9,
+    );
     let (mut rx, stats) = start_pollers(&cfg, &shutdown);
     let batch = first_batch_within_10s(&mut rx, "a batch within 10 s").await;
     shutdown.cancel();

@@ -14,51 +14,26 @@ use proptest::prelude::*;
 use smeltwatch::codec::protobuf::{decode_record, encode_record};
 use smeltwatch::config::{Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
-    Record, Timestamp, Value,
+    Aggregate, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch, Record, Timestamp,
+    Value,
 };
 
 const T0: i64 = 1_764_300_253_000;
 
+/// The docs' live batch with a negative integer between the counter and the failed read.
 fn batch() -> Record {
-    let ts = |ms: i64| Timestamp(T0 + ms);
-    Record::Batch(ReadingBatch {
-        source: "potline1".into(),
-        device: "pot_003".into(),
-        unit_id: 12,
-        poll_interval_ms: 1000,
-        scheduled: ts(0),
-        readings: vec![
-            Reading {
-                point: "cell_voltage_v".into(),
-                value: Some(Value::Float(4.061)),
-                unit: "V".into(),
-                quality: Quality::Good,
-                ts: ts(123),
-            },
-            Reading {
-                point: "energy_kwh".into(),
-                value: Some(Value::UInt(18_446_744_073_709_551_000)),
-                unit: "kWh".into(),
-                quality: Quality::Good,
-                ts: ts(123),
-            },
-            Reading {
-                point: "offset_i16".into(),
-                value: Some(Value::Int(-5)),
-                unit: "".into(),
-                quality: Quality::Good,
-                ts: ts(123),
-            },
-            Reading {
-                point: "anode_current_ka".into(),
-                value: None,
-                unit: "kA".into(),
-                quality: Quality::CommFail,
-                ts: ts(310),
-            },
-        ],
-    })
+    let mut b = common::records::documented_live_batch();
+    b.readings.insert(
+        2,
+        Reading {
+            point: "offset_i16".into(),
+            value: Some(Value::Int(-5)),
+            unit: "".into(),
+            quality: Quality::Good,
+            ts: Timestamp(T0 + 123),
+        },
+    );
+    Record::Batch(b)
 }
 
 fn metrics() -> Record {
@@ -90,19 +65,15 @@ fn metrics() -> Record {
 }
 
 fn event() -> Record {
-    Record::Event(Event {
-        kind: "anode_effect".into(),
-        subject: "potline1/pot_017".into(),
-        phase: EventPhase::End,
-        ts: Timestamp(T0 + 42_000),
-        attributes: vec![
+    Record::Event(common::records::pot_017_anode_effect_end(
+        vec![
             ("peak_voltage_v".into(), Value::Float(31.2)),
             ("duration_s".into(), Value::UInt(42)),
             ("killed".into(), Value::Bool(true)),
             ("by".into(), Value::Text("auto".into())),
         ],
-        message: "anode effect on pot_017 ended after 42 s".into(),
-    })
+        "anode effect on pot_017 ended after 42 s",
+    ))
 }
 
 fn aggregate() -> Record {

@@ -24,29 +24,9 @@ use smeltwatch::model::{Metric, MetricBatch, Quality, Reading, ReadingBatch, Tim
 
 const T0: i64 = 1_764_300_253_000;
 
-const CONFIG: &str = r#"
-site = "al-line1"
-state_dir = "var/state"
-
-[[sources]]
-name = "gw1"
-tcp = "127.0.0.1:15020"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-
-[sources.devices.points.offset_raw]
-area = "holding"
-address = 10
-type = "i16"
-
+const CONFIG: &str = concat!(
+    include_str!("fixtures/sparkplug_gw1.toml"),
+    r#"
 [sources.devices.points.delta_i32]
 area = "holding"
 address = 12
@@ -74,21 +54,9 @@ unit = "degC"
 area = "coil"
 address = 0
 type = "bool"
-
-[[sources]]
-name = "gw2"
-tcp = "127.0.0.1:15021"
-
-[[sources.devices]]
-name = "pot_001"
-unit_id = 2
-
-[sources.devices.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-"#;
+"#,
+    include_str!("fixtures/pot_001_gateway.toml"),
+);
 
 fn model() -> EdgeNodeModel {
     let cfg = smeltwatch::config::parse(CONFIG, Path::new("test.toml")).expect("valid config");

@@ -16,8 +16,8 @@ use std::time::Duration;
 use common::agent::poll_cycles;
 use common::mosquitto::Mosquitto;
 use common::plant::{
-    GTC1_STACK_CALC, cems_map, gtc1_source_toml, meter_map_toml, meter_source_toml, meters,
-    stack_simulator,
+    GTC1_STACK_CALC, cems_map, four_streams_uplink_toml, gtc1_source_toml, meter_site_toml,
+    meter_source_toml, meters, stack_simulator,
 };
 use common::probe::{SmallFs, get, metric_sum};
 use common::{agent, free_port};
@@ -36,15 +36,8 @@ fn agent_toml(
     mqtt_port: u16,
     http_port: u16,
 ) -> String {
-    let mut toml = format!(
-        r#"
-site = "full-disk"
-state_dir = "{state}"
-{map}{gtc1}"#,
-        state = state.display(),
-        map = meter_map_toml(false),
-        gtc1 = gtc1_source_toml(stack_port, &cems_map(maps, "100ms")),
-    );
+    let mut toml = meter_site_toml("full-disk", state);
+    toml.push_str(&gtc1_source_toml(stack_port, &cems_map(maps, "100ms")));
     for (i, port) in meter_ports.iter().enumerate() {
         toml.push_str(&meter_source_toml(
             &format!("bus{i}"),
@@ -54,16 +47,10 @@ state_dir = "{state}"
             METERS,
         ));
     }
+    let plant_uplink = four_streams_uplink_toml(mqtt_port);
     toml.push_str(&format!(
         r#"
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{mqtt_port}"
-reconnect_min = "100ms"
-reconnect_max = "500ms"
-streams = ["live", "metrics", "events", "emissions"]
-
+{plant_uplink}
 [http]
 listen = "127.0.0.1:{http_port}"
 

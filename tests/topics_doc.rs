@@ -9,14 +9,15 @@
 //! golden files after an intended change, run with `SMELTWATCH_BLESS=1`, review the diff and copy
 //! the new payloads into the docs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use smeltwatch::codec::json::encode_record;
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{Stream, TopicTemplates};
 use smeltwatch::model::{
-    Aggregate, Event, EventPhase, Metric, MetricBatch, Period, Quality, Reading, ReadingBatch,
-    Record, Timestamp, Value,
+    Aggregate, Metric, MetricBatch, Period, Quality, Record, Timestamp, Value,
 };
 
 const SITE: &str = "demo-al-01";
@@ -27,41 +28,9 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// The live example: a float, a 64-bit counter and a failed read (also pinned by the encoder's
-/// own golden test in src/codec/json.rs).
+/// The live example: [`common::records::documented_live_batch`].
 fn live() -> Record {
-    let ts = |ms: i64| Timestamp(T0 + ms);
-    let reading = |point: &str, value: Option<Value>, unit: &str, quality, at| Reading {
-        point: point.into(),
-        value,
-        unit: unit.into(),
-        quality,
-        ts: ts(at),
-    };
-    Record::Batch(ReadingBatch {
-        source: "potline1".into(),
-        device: "pot_003".into(),
-        unit_id: 12,
-        poll_interval_ms: 1000,
-        scheduled: ts(0),
-        readings: vec![
-            reading(
-                "cell_voltage_v",
-                Some(Value::Float(4.061)),
-                "V",
-                Quality::Good,
-                123,
-            ),
-            reading(
-                "energy_kwh",
-                Some(Value::UInt(18_446_744_073_709_551_000)),
-                "kWh",
-                Quality::Good,
-                123,
-            ),
-            reading("anode_current_ka", None, "kA", Quality::CommFail, 310),
-        ],
-    })
+    Record::Batch(common::records::documented_live_batch())
 }
 
 /// The potline's minute figures at the end of a minute (METRICS.md, "Minute figures").
@@ -90,20 +59,15 @@ fn metrics() -> Record {
 
 /// The end of an anode effect, as the anode-effect calculator reports it.
 fn event() -> Record {
-    Record::Event(Event {
-        kind: "anode_effect".into(),
-        subject: "potline1/pot_017".into(),
-        phase: EventPhase::End,
-        ts: Timestamp(T0 + 42_000),
-        attributes: vec![
+    Record::Event(common::records::pot_017_anode_effect_end(
+        vec![
             ("start".into(), Value::Int(T0)),
             ("duration_s".into(), Value::Float(42.0)),
             ("peak_voltage_v".into(), Value::Float(31.2)),
             ("mean_voltage_v".into(), Value::Float(18.4)),
         ],
-        message: "anode effect on potline1/pot_017 ended after 42.0 s (peak 31.2 V, mean 18.4 V)"
-            .into(),
-    })
+        "anode effect on potline1/pot_017 ended after 42.0 s (peak 31.2 V, mean 18.4 V)",
+    ))
 }
 
 /// An hour of a stack's SO2 mass flow (METRICS.md, "Stack aggregates": 47 valid minutes at a

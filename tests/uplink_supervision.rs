@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::agent;
 use common::mosquitto::Mosquitto;
-use common::plant::{meter_map_toml, meter_source_toml, meters};
+use common::plant::{meter_site_toml, meter_source_toml, meters, mqtt_uplink_toml_backing_off_to};
 use common::probe::assert_not_ready_for;
 use common::status::status_comes;
 use smeltwatch::app::Agent;
@@ -33,16 +33,8 @@ async fn plant(shutdown: &CancellationToken) -> u16 {
 
 fn mqtt_uplink(broker: u16) -> String {
     format!(
-        r#"
-[[uplinks]]
-name = "plant"
-type = "mqtt"
-broker = "mqtt://127.0.0.1:{broker}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "400ms"
-streams = ["live"]
-"#
+        "\n{}",
+        mqtt_uplink_toml_backing_off_to("plant", broker, &["live"], "400ms")
     )
 }
 
@@ -81,15 +73,8 @@ over_time = "10s"
 }
 
 async fn start_agent(state: &Path, modbus: u16, uplinks: &[String], grace: Duration) -> Agent {
-    let mut src = format!(
-        r#"
-site = "sup"
-state_dir = "{state}"
-{map}{source}"#,
-        state = state.display(),
-        map = meter_map_toml(false),
-        source = meter_source_toml("bus", modbus, "100ms", "", 2),
-    );
+    let mut src = meter_site_toml("sup", state);
+    src.push_str(&meter_source_toml("bus", modbus, "100ms", "", 2));
     for u in uplinks {
         src.push_str(u);
     }

@@ -1,7 +1,8 @@
-//! Helpers shared by smeltwatch's integration tests and benches: a real Mosquitto broker on a
-//! free loopback port ([`mosquitto`]) and the end-to-end load harness ([`e2e`]) that
+//! Helpers shared by smeltwatch's integration tests and benches: hand-built poll batches
+//! ([`batch`]), a real Mosquitto broker on a free loopback port ([`mosquitto`]) and the end-to-end load harness ([`e2e`]) that
 //! `benches/e2e` runs for figures and `tests/e2e_harness.rs` runs to check that it counts right.
 
+pub mod batch;
 pub mod e2e;
 pub mod mosquitto;
 

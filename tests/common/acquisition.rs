@@ -1,5 +1,5 @@
-//! Driving pollers directly: a configuration that must load, the readings of a batch, and the
-//! batches that arrive on a poller's channel grouped by device.
+//! Driving pollers directly: a configuration that must load, a pty pair for a serial line, the
+//! readings of a batch, and the batches that arrive on a poller's channel.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use smeltwatch::config::{self, Config};
 use smeltwatch::model::{Quality, ReadingBatch, Value};
 use tokio::sync::mpsc;
+use tokio_serial::SerialStream;
 
 /// `toml` parsed as if read from `file`; fails the test with the problems and the text when it
 /// is refused.
@@ -27,6 +28,26 @@ pub fn reading_of<'a>(batch: &'a ReadingBatch, point: &str) -> (&'a Option<Value
         .find(|r| &*r.point == point)
         .unwrap_or_else(|| panic!("no reading for {point} in {batch:?}"));
     (&r.value, r.quality)
+}
+
+/// A pty pair standing for a serial line: (the master end, which a simulator serves; the slave
+/// end, which must live as long as the test reads; the slave's path, for `[sources.serial]`).
+pub fn pty_pair() -> (SerialStream, SerialStream, String) {
+    use tokio_serial::SerialPort as _;
+    let (master, slave) = SerialStream::pair().expect("a pty pair");
+    let path = slave.name().expect("the pty slave has a path");
+    (master, slave, path)
+}
+
+/// The first batch on `rx`, within 10 s (`what` says which when it does not come).
+pub async fn first_batch_within_10s(
+    rx: &mut mpsc::Receiver<ReadingBatch>,
+    what: &str,
+) -> ReadingBatch {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect(what)
+        .unwrap()
 }
 
 /// A reading's value as a number; fails the test when it has none.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use smeltwatch::calc::coefficients::Coefficients;
 use smeltwatch::calc::time::HOUR_MS;
 use smeltwatch::calc::window::{Sample, Substitution, Window, WindowRules};
-use smeltwatch::model::{Aggregate, Period, Quality, Reading, ReadingBatch, Timestamp, Value};
+use smeltwatch::model::{
+    Aggregate, Event, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
+};
 
 /// The shipped coefficient table (`cn-2025`).
 pub fn coef() -> Coefficients {
@@ -71,6 +73,36 @@ pub fn batch(source: &str, device: &str, interval_ms: u64, readings: Vec<Reading
         scheduled: ts,
         readings,
     }
+}
+
+/// The poll batches of the steady copper smelter `smelter1` at `t` (10 s polls): its stack
+/// (SO2 120 mg/m³ in 250 000 m³/h) and the smelter (150 t/h of concentrate, 24 750 Nm³/h of
+/// oxygen at 70 %, 12 % SO2 in 100 000 Nm³/h of acid-plant gas, 40 t/h of cathode, 9 000 kgce/h).
+pub fn smelter1_batches(t: i64) -> [ReadingBatch; 2] {
+    let at = |point: &str, v: f64| reading(point, Value::Float(v), t);
+    let stack = vec![at("so2_mg_m3", 120.0), at("flow_m3h", 250_000.0)];
+    let smelter = vec![
+        at("concentrate_feed_tph", 150.0),
+        at("oxygen_flow_nm3h", 24_750.0),
+        at("oxygen_enrichment_pct", 70.0),
+        at("acid_plant_so2_pct", 12.0),
+        at("acid_plant_gas_nm3h", 100_000.0),
+        at("cathode_tph", 40.0),
+        at("energy_kgce_h", 9_000.0),
+    ];
+    [("smelter1_stack", stack), ("smelter1", smelter)]
+        .map(|(device, readings)| batch("smelter1", device, 10_000, readings))
+}
+
+/// The events of `kind` among `records`, in order.
+pub fn events_of<'a>(records: &'a [Record], kind: &str) -> Vec<&'a Event> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) if &*e.kind == kind => Some(e),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Assert that `actual` is within `tol` of `expected`, saying what was compared.

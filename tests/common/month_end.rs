@@ -8,36 +8,20 @@ use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS, days_from_civil};
 use smeltwatch::calc::{CalcConfig, Pipeline};
 use smeltwatch::model::{MetricBatch, ReadingBatch, Record, Value};
 
-use super::calc::{batch, reading};
+use super::calc::{batch, reading, smelter1_batches};
 
 /// Every optional input of a potline and of a smelter.
-pub const EVERY_INPUT: &str = r#"
-utc_offset_hours = 8
-
-[[potlines]]
-name = "potline1"
-rectifier = "potline1/rectifier"
-pots = "potline1/pot_*"
-current_efficiency = 0.935
-approved_capacity_t_per_year = 1100.0
+pub const EVERY_INPUT: &str = concat!(
+    "utc_offset_hours = 8\n",
+    include_str!("../fixtures/calc_potline1.toml"),
+    r#"approved_capacity_t_per_year = 1100.0
 tapped_metal_kg_point = "tapped_kg"
 
 [[potlines.auxiliary_meters]]
 device = "potline1/aux_fans"
-
-[[stacks]]
-name = "smelter1_stack"
-device = "smelter1/smelter1_stack"
-pollutants = { so2 = "so2_mg_m3" }
-
-[[smelters]]
-name = "smelter1"
-device = "smelter1/smelter1"
-acid_plant_gas_flow_point = "acid_plant_gas_nm3h"
-stack = "smelter1_stack"
-copper_output_point = "cathode_tph"
-energy_kgce_point = "energy_kgce_h"
-"#;
+"#,
+    include_str!("../fixtures/calc_smelter1.toml"),
+);
 
 /// The poll batches of one 10 s step at `t`: the rectifier (line current, the energy counters
 /// and the tapped-metal counter), four pots (one in anode effect for a minute), an auxiliary
@@ -77,29 +61,7 @@ pub fn step(t: i64, n: u64, tapped_kg: u64, ae_from: i64) -> Vec<ReadingBatch> {
         10_000,
         vec![reading("energy_kwh", Value::UInt(50_000 + 2 * n), t)],
     ));
-    out.push(batch(
-        "smelter1",
-        "smelter1_stack",
-        10_000,
-        vec![
-            reading("so2_mg_m3", Value::Float(120.0), t),
-            reading("flow_m3h", Value::Float(250_000.0), t),
-        ],
-    ));
-    out.push(batch(
-        "smelter1",
-        "smelter1",
-        10_000,
-        vec![
-            reading("concentrate_feed_tph", Value::Float(150.0), t),
-            reading("oxygen_flow_nm3h", Value::Float(24_750.0), t),
-            reading("oxygen_enrichment_pct", Value::Float(70.0), t),
-            reading("acid_plant_so2_pct", Value::Float(12.0), t),
-            reading("acid_plant_gas_nm3h", Value::Float(100_000.0), t),
-            reading("cathode_tph", Value::Float(40.0), t),
-            reading("energy_kgce_h", Value::Float(9_000.0), t),
-        ],
-    ));
+    out.extend(smelter1_batches(t));
     out
 }
 

@@ -60,6 +60,16 @@ pub async fn meters(count: u8, shutdown: &CancellationToken) -> u16 {
     serve(units, shutdown).await
 }
 
+/// The head of an agent configuration for a plant of [`meters`]: site `site`, its state in
+/// `state`, and the register map of [`meter_map_toml`] without energy; its sources follow.
+pub fn meter_site_toml(site: &str, state: &Path) -> String {
+    format!(
+        "\nsite = \"{site}\"\nstate_dir = \"{}\"\n{}",
+        state.display(),
+        meter_map_toml(false)
+    )
+}
+
 /// The register map `meter` of the [`meters`] devices: `power_mw`, the f32 at input registers
 /// 0-1, and with `energy` also `energy_mwh`, the f32 at 2-3.
 pub fn meter_map_toml(energy: bool) -> String {
@@ -158,6 +168,26 @@ type = "mqtt"
 /// An MQTT uplink `name` to the test broker on loopback `port`, 5 s keep-alive, reconnecting
 /// after 100 ms to 1 s, carrying `streams`.
 pub fn mqtt_uplink_toml(name: &str, port: u16, streams: &[&str]) -> String {
+    mqtt_uplink_toml_backing_off_to(name, port, streams, "1s")
+}
+
+/// The MQTT uplink `plant` to the test broker on loopback `port` carrying the live, metrics,
+/// events and emissions streams, reconnecting after 100 ms to 500 ms.
+pub fn four_streams_uplink_toml(port: u16) -> String {
+    format!(
+        "[[uplinks]]\nname = \"plant\"\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
+         reconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n\
+         streams = [\"live\", \"metrics\", \"events\", \"emissions\"]\n"
+    )
+}
+
+/// [`mqtt_uplink_toml`] whose reconnection backs off up to `reconnect_max`.
+pub fn mqtt_uplink_toml_backing_off_to(
+    name: &str,
+    port: u16,
+    streams: &[&str],
+    reconnect_max: &str,
+) -> String {
     format!(
         r#"[[uplinks]]
 name = "{name}"
@@ -165,7 +195,7 @@ type = "mqtt"
 broker = "mqtt://127.0.0.1:{port}"
 keep_alive = "5s"
 reconnect_min = "100ms"
-reconnect_max = "1s"
+reconnect_max = "{reconnect_max}"
 streams = {streams:?}
 "#
     )
@@ -173,16 +203,7 @@ streams = {streams:?}
 
 /// Device `rectifier` (unit 1) whose `line_current_ka` is the f32 at input registers 0-1; more
 /// of its points may follow.
-pub const RECTIFIER_DEVICE: &str = r#"
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-"#;
+pub const RECTIFIER_DEVICE: &str = include_str!("../fixtures/rectifier_device.toml");
 
 /// A `[[sources]]` `name` at the Modbus server on `port`, polled every `poll` with a timeout of
 /// 500 ms; its devices follow.
@@ -408,8 +429,15 @@ pub fn calc_potline1_toml(keys: &str) -> String {
 /// `[[calc.stacks]]` for `gtc1_stack` under GB 25465's limits for aluminium pot gas, with
 /// `pollutants` (an inline table) and its calibration flag `in_calibration`.
 pub fn calc_gtc1_stack_toml(pollutants: &str) -> String {
+    calc_pot_gas_stack_toml("gtc1_stack", "gtc1/gtc1_stack", pollutants)
+}
+
+/// `[[calc.stacks]]` for the stack `name` measured by `device`, under GB 25465's limits for
+/// aluminium pot gas, with `pollutants` (an inline table) and its calibration flag
+/// `in_calibration`.
+pub fn calc_pot_gas_stack_toml(name: &str, device: &str, pollutants: &str) -> String {
     format!(
-        "[[calc.stacks]]\nname = \"gtc1_stack\"\ndevice = \"gtc1/gtc1_stack\"\n\
+        "[[calc.stacks]]\nname = \"{name}\"\ndevice = \"{device}\"\n\
          limits = \"gb25465_2010_al_pot_gas\"\npollutants = {pollutants}\n\
          calibration_point = \"in_calibration\"\n"
     )

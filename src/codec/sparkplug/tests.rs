@@ -3,60 +3,43 @@ use std::path::Path;
 
 const T0: i64 = 1_764_300_253_000;
 
-const CONFIG: &str = r#"
-site = "al-line1"
-state_dir = "var/state"
-
-[[sources]]
-name = "gw1"
-tcp = "127.0.0.1:15020"
-
-[[sources.devices]]
-name = "rectifier"
-unit_id = 1
-
-[sources.devices.points.line_current_ka]
-area = "input"
-address = 0
-type = "f32"
-unit = "kA"
-
-[sources.devices.points.offset_raw]
-area = "holding"
-address = 10
-type = "i16"
-
+// The Sparkplug suites' plant (the fixtures are shared with `tests/sparkplug.rs`) with this
+// suite's own rectifier and pot points: the alias tests pin exactly these five metrics.
+const CONFIG: &str = concat!(
+    include_str!("../../../tests/fixtures/sparkplug_gw1.toml"),
+    r#"
 [sources.devices.points.temp_c]
 area = "holding"
 address = 11
 type = "i16"
 scale = 0.1
 unit = "degC"
-
-[[sources]]
-name = "gw2"
-tcp = "127.0.0.1:15021"
-
-[[sources.devices]]
-name = "pot_001"
-unit_id = 2
-
-[sources.devices.points.cell_voltage_v]
-area = "input"
-address = 0
-type = "f32"
-unit = "V"
-
+"#,
+    include_str!("../../../tests/fixtures/pot_001_gateway.toml"),
+    r#"
 [sources.devices.points.energy_kwh]
 area = "input"
 address = 2
 type = "u64"
 unit = "kWh"
-"#;
+"#,
+);
 
 fn model() -> EdgeNodeModel {
     let cfg = crate::config::parse(CONFIG, Path::new("test.toml")).expect("valid config");
     EdgeNodeModel::from_sources(&cfg.sources)
+}
+
+/// [`CONFIG`] with the `[[derived]]` entries of `derived`, parsed.
+fn config_with(derived: &str) -> crate::config::Config {
+    crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
+        .expect("valid config")
+}
+
+/// The model of [`CONFIG`] with the `[[derived]]` entries of `derived`.
+fn model_with(derived: &str) -> EdgeNodeModel {
+    let cfg = config_with(derived);
+    EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived)
 }
 
 fn reading(point: &str, value: Option<Value>, q: Quality, ts: i64) -> Reading {
@@ -131,9 +114,7 @@ name = "on_metrics_v"
 expr = "pot_001.cell_voltage_v"
 unit = "V"
 "#;
-    let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
-        .expect("valid config");
-    let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+    let m = model_with(derived);
     let names = device_metrics(&m.devices[2..]);
     assert_eq!(
         names,
@@ -204,9 +185,7 @@ expr = "rectifier.line_current_ka * 2"
 unit = "kA"
 stream = "live"
 "#;
-    let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
-        .expect("valid config");
-    let m = EdgeNodeModel::from_sources(&cfg.sources).with_derived(&cfg.derived);
+    let m = model_with(derived);
     let rect = &m.devices[0];
     let p = dbirth(
         rect,
@@ -550,8 +529,7 @@ unit = "V"
 device = "potline1"
 labels = { line = "potline1" }
 "#;
-    let cfg = crate::config::parse(&format!("{CONFIG}{derived}"), Path::new("test.toml"))
-        .expect("valid config");
+    let cfg = config_with(derived);
     let mut figures = node_metrics(&cfg.derived, None);
     let day = Some("day");
     figures.extend([

@@ -189,57 +189,49 @@ struct EndpointLoop {
 /// `stop` or a failed publish.
 async fn poll_endpoint(e: EndpointLoop) {
     use tokio_modbus::prelude::*;
-    let EndpointLoop {
-        addr,
-        source,
-        devices,
-        registers,
-        interval,
-        offset,
-        client,
-        stop,
-        late,
-    } = e;
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(e.addr)
+        .await
+        .expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let mut ctx = tokio_modbus::client::tcp::attach(stream);
-    let start = tokio::time::Instant::now() + offset;
-    let wall = Timestamp(Timestamp::now().0 + offset.as_millis() as i64);
-    let mut tick = tokio::time::interval_at(start, interval);
+    let start = tokio::time::Instant::now() + e.offset;
+    let wall = Timestamp(Timestamp::now().0 + e.offset.as_millis() as i64);
+    let mut tick = tokio::time::interval_at(start, e.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let interval_ms = interval.as_millis() as u64;
+    let interval_ms = e.interval.as_millis() as u64;
     let mut expected_next = start;
     let mut seq = 0u64;
-    let mut buf = Vec::with_capacity(128 * usize::from(registers) + 256);
+    let mut buf = Vec::with_capacity(128 * usize::from(e.registers) + 256);
     loop {
         let at = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = e.stop.cancelled() => return,
             at = tick.tick() => at,
         };
         if at > expected_next {
             let skipped = (at - expected_next).as_millis() as u64 / interval_ms.max(1);
-            late.fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
+            e.late
+                .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
         }
-        expected_next = at + interval;
+        expected_next = at + e.interval;
         let scheduled = Timestamp(wall.0 + (at - start).as_millis() as i64);
-        for (k, device) in devices.iter().enumerate() {
+        for (k, device) in e.devices.iter().enumerate() {
             ctx.set_slave(Slave(k as u8 + 1));
-            let Ok(Ok(words)) = ctx.read_holding_registers(0, registers).await else {
+            let Ok(Ok(words)) = ctx.read_holding_registers(0, e.registers).await else {
                 continue;
             };
             let ts = Timestamp::now();
             seq += 1;
             let head = BatchHead {
                 seq,
-                source: &source,
+                source: &e.source,
                 device,
                 unit_id: k as u8 + 1,
                 interval_ms,
                 scheduled,
             };
             encode_reference(&mut buf, &head, ts, &words);
-            let topic = format!("smeltwatch/{SITE}/live/{source}/{device}");
-            if client
+            let topic = format!("smeltwatch/{SITE}/live/{}/{device}", e.source);
+            if e.client
                 .publish(topic, buf.clone(), PublishOptions::new(QoS::AtLeastOnce))
                 .await
                 .is_err()
