@@ -288,13 +288,18 @@ impl Linger {
 
 /// Adds to `burst` what arrives within [`APPEND_LINGER`], until it holds
 /// [`MAX_BATCHES_PER_APPEND`] batches or the channel closes (see [`APPEND_LINGER`]).
+///
+/// One timer for the whole wait: a `timeout` per batch would enter the timer wheel again for
+/// every batch that arrives.
 async fn linger(rx: &mut mpsc::Receiver<ReadingBatch>, burst: &mut Vec<ReadingBatch>) {
-    let until = tokio::time::Instant::now() + APPEND_LINGER;
+    let until = tokio::time::sleep(APPEND_LINGER);
+    tokio::pin!(until);
     while burst.len() < MAX_BATCHES_PER_APPEND {
         let room = MAX_BATCHES_PER_APPEND - burst.len();
-        match tokio::time::timeout_at(until, rx.recv_many(burst, room)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        tokio::select! {
+            biased;
+            received = rx.recv_many(burst, room) => if received == 0 { return },
+            () = &mut until => return,
         }
     }
 }

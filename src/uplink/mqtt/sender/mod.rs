@@ -124,6 +124,15 @@ impl<'a> Sender<'a> {
         self.refresh_dead_letters().await;
         let mut requeue_check = tokio::time::interval(REQUEUE_CHECK_INTERVAL);
         requeue_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer each for the ack flush and the replay token, moved only when their deadline
+        // moves. A `sleep_until` made afresh on every turn of the loop (each PUBACK is one) enters
+        // tokio's timer wheel again each time, and an entry earlier than the driver's next wake
+        // writes to the runtime's eventfd: about ten system calls a second for nothing at 20
+        // devices (docs/PERFORMANCE.md, "the sender re-armed its timers on every PUBACK").
+        let ack_timer = sleep_until(far_future());
+        tokio::pin!(ack_timer);
+        let token_timer = sleep_until(far_future());
+        tokio::pin!(token_timer);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -137,6 +146,8 @@ impl<'a> Sender<'a> {
             let token_wait =
                 (self.conn.is_some() && self.state.backlog_more() && self.state.has_room())
                     .then(|| self.bucket.next_token_at());
+            arm(ack_timer.as_mut(), self.ack_deadline);
+            arm(token_timer.as_mut(), token_wait);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = self.conn_rx.changed() => {
@@ -158,10 +169,10 @@ impl<'a> Sender<'a> {
                     }
                     self.state.appended();
                 }
-                _ = sleep_until(self.ack_deadline.unwrap_or_else(far_future)), if self.ack_deadline.is_some() => {
+                () = &mut ack_timer, if self.ack_deadline.is_some() => {
                     self.flush_acks().await;
                 }
-                _ = sleep_until(token_wait.unwrap_or_else(far_future)), if token_wait.is_some() => {}
+                () = &mut token_timer, if token_wait.is_some() => {}
                 _ = requeue_check.tick(), if self.conn.is_some() => self.take_requeued().await,
             }
             if self.to_ack.len() >= ACK_FLUSH_IDS {
@@ -414,6 +425,17 @@ pub(super) enum Sent {
     /// Nothing to publish (a record with no HJ 212 form): acked at once, not delivered.
     Nothing,
     Failed,
+}
+
+/// Moves `timer` to `deadline` when it is set and differs from the timer's, so that a deadline
+/// that stays put keeps its one entry in the timer wheel. A timer whose deadline is not set is
+/// left where it is: its `select!` branch is disabled.
+fn arm(timer: std::pin::Pin<&mut tokio::time::Sleep>, deadline: Option<Instant>) {
+    if let Some(at) = deadline
+        && timer.deadline() != at
+    {
+        timer.reset(at);
+    }
 }
 
 pub(super) fn far_future() -> Instant {
