@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use smeltwatch::codec::Envelope;
 use smeltwatch::codec::sparkplug::{
     self as spb, DeviceModel, DeviceState, MetricModel, pb::DataType,
 };
@@ -60,8 +61,9 @@ fn bench(c: &mut Criterion) {
     let mut base = DeviceState::new(CELLS);
     base.absorb(&dev, &batch);
 
-    let json_len = json::encode_record("site", Stream::Live, 1, &record, false).len();
-    let pb_len = protobuf::encode_record("site", Stream::Live, 1, &record, false).len();
+    let envelope = Envelope::new("site", Stream::Live, 1, false);
+    let json_len = json::encode_record(envelope, &record).len();
+    let pb_len = protobuf::encode_record(envelope, &record).len();
     let ddata_len = {
         let mut st = base.clone();
         let changes = st.changes(&dev, &next);
@@ -83,10 +85,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_300_cells");
     g.throughput(Throughput::Elements(CELLS as u64));
     g.bench_function("json", |b| {
-        b.iter(|| json::encode_record("site", Stream::Live, 1, black_box(&record), false))
+        b.iter(|| json::encode_record(envelope, black_box(&record)))
     });
     g.bench_function("protobuf", |b| {
-        b.iter(|| protobuf::encode_record("site", Stream::Live, 1, black_box(&record), false))
+        b.iter(|| protobuf::encode_record(envelope, black_box(&record)))
     });
     g.bench_function("sparkplug_ddata_by_exception", |b| {
         b.iter(|| {

@@ -11,6 +11,7 @@ use smeltwatch::calc::emissions::mass_flow_kg_h;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use smeltwatch::calc::window::{MAX_CATCH_UP_HOURS, Window};
 use smeltwatch::calc::{CalcConfig, Pipeline};
+use smeltwatch::codec::Envelope;
 use smeltwatch::model::{
     Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };
@@ -339,7 +340,8 @@ fn the_aggregate_json_has_substituted_only_when_hours_were_filled() {
     use smeltwatch::codec::protobuf;
     use smeltwatch::config::Stream;
     let record = Record::Aggregate(day.clone());
-    let bytes = protobuf::encode_record("site", Stream::Emissions, 1, &record, false);
+    let bytes =
+        protobuf::encode_record(Envelope::new("site", Stream::Emissions, 1, false), &record);
     let back = protobuf::decode_record(&bytes).expect("decodes");
     assert_eq!(back.record, record);
 }

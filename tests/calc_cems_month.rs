@@ -12,6 +12,7 @@ use common::hj212::station;
 use smeltwatch::calc::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 use smeltwatch::calc::window::{Sample, Window};
 use smeltwatch::calc::{CalcConfig, Pipeline};
+use smeltwatch::codec::Envelope;
 use smeltwatch::model::{
     Aggregate, Period, Quality, Reading, ReadingBatch, Record, Timestamp, Value,
 };
@@ -314,7 +315,8 @@ fn the_pipeline_closes_a_month_for_each_stack_quantity() {
     use smeltwatch::codec::{hj212, protobuf};
     use smeltwatch::config::Stream;
     let record = Record::Aggregate(month("so2_kg_h").clone());
-    let bytes = protobuf::encode_record("site", Stream::Emissions, 1, &record, false);
+    let bytes =
+        protobuf::encode_record(Envelope::new("site", Stream::Emissions, 1, false), &record);
     let back = protobuf::decode_record(&bytes).expect("decodes");
     assert_eq!(back.record, record);
     let station = station(false);

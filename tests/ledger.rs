@@ -6,6 +6,7 @@ mod common;
 use common::records::stack_aggregate;
 use ed25519_dalek::SigningKey;
 use smeltwatch::audit;
+use smeltwatch::codec::Envelope;
 use smeltwatch::ledger::{self, Chain, GENESIS, LedgerError, LedgerRecord, Report};
 
 const SITE: &str = "demo-al-01";
@@ -361,11 +362,8 @@ fn sealed_payloads(
             assert_eq!(carried, seal);
             let payload = smeltwatch::codec::encode_sealed(
                 encoding,
-                SITE,
-                Stream::Emissions,
-                i as u64 + 1,
+                Envelope::new(SITE, Stream::Emissions, i as u64 + 1, hist),
                 &back,
-                hist,
                 Some(&carried),
             );
             (seal, payload)
@@ -459,11 +457,13 @@ fn capture_files_of_json_payloads_or_protobuf_envelopes_verify() {
         for (encoding, out) in [(Encoding::Json, 0), (Encoding::Protobuf, 1)] {
             let payload = smeltwatch::codec::encode_sealed(
                 encoding,
-                SITE,
-                smeltwatch::config::Stream::Emissions,
-                resealed.seq,
+                Envelope::new(
+                    SITE,
+                    smeltwatch::config::Stream::Emissions,
+                    resealed.seq,
+                    false,
+                ),
                 &record,
-                false,
                 Some(&resealed),
             );
             if out == 0 {
@@ -765,11 +765,8 @@ fn a_record_sent_live_and_again_as_historical_is_one_record_delivered_twice() {
     let record: smeltwatch::model::Record = serde_json::from_str(&seal.payload).unwrap();
     let again = smeltwatch::codec::encode_sealed(
         Encoding::Json,
-        SITE,
-        smeltwatch::config::Stream::Emissions,
-        1,
+        Envelope::new(SITE, smeltwatch::config::Stream::Emissions, 1, true),
         &record,
-        true,
         Some(&seal),
     );
     let v: serde_json::Value = serde_json::from_slice(&again).unwrap();

@@ -17,6 +17,7 @@ use common::mqtt_config;
 use common::records::queued;
 use common::status::wait_status;
 use common::task::stop_and_join;
+use smeltwatch::codec::Envelope;
 use smeltwatch::codec::json::encode_record;
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
@@ -166,7 +167,7 @@ async fn records_arrive_as_exact_json_in_seq_order_and_leave_the_spool_after_pub
         assert_eq!(topic, &topic_for(&TopicTemplates::default(), SITE, &r));
         assert_eq!(
             payload,
-            &encode_record(SITE, Stream::Live, seq, &r, is_historical),
+            &encode_record(Envelope::new(SITE, Stream::Live, seq, is_historical), &r),
             "payload of seq {seq}"
         );
         if is_historical {

@@ -16,6 +16,7 @@ use common::mosquitto::{self, Mosquitto};
 use common::mqtt_config;
 use common::plant::one_meter_toml;
 use common::status::wait_status;
+use smeltwatch::codec::Envelope;
 use smeltwatch::codec::topic::topic_for;
 use smeltwatch::config::{
     MqttConfig, SpoolConfig, Stream, TopicTemplates, UplinkConfig, UplinkKind,
@@ -72,7 +73,7 @@ fn new_record(r: &Record) -> NewRecord {
 }
 
 fn json_len(r: &Record) -> usize {
-    smeltwatch::codec::json::encode_record(SITE, Stream::Live, 1, r, false).len()
+    smeltwatch::codec::json::encode_record(Envelope::new(SITE, Stream::Live, 1, false), r).len()
 }
 
 /// One record of more than 2 KiB as JSON, then ten small ones (seqs 2..=11).

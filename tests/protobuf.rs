@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use smeltwatch::codec::Envelope;
 use smeltwatch::codec::protobuf::{decode_record, encode_record};
 use smeltwatch::config::{Encoding, Stream, UplinkKind};
 use smeltwatch::model::{
@@ -116,7 +117,8 @@ fn golden_path(name: &str) -> PathBuf {
 fn every_message_type_matches_its_golden_file_byte_for_byte() {
     let bless = std::env::var_os("SMELTWATCH_BLESS").is_some();
     for (name, stream, seq, record, historical) in cases() {
-        let got = encode_record("demo-al-01", stream, seq, &record, historical);
+        let envelope = Envelope::new("demo-al-01", stream, seq, historical);
+        let got = encode_record(envelope, &record);
         let path = golden_path(name);
         if bless {
             std::fs::write(&path, &got).unwrap();
@@ -133,7 +135,8 @@ fn every_message_type_matches_its_golden_file_byte_for_byte() {
 #[test]
 fn every_message_type_round_trips() {
     for (name, stream, seq, record, historical) in cases() {
-        let bytes = encode_record("demo-al-01", stream, seq, &record, historical);
+        let envelope = Envelope::new("demo-al-01", stream, seq, historical);
+        let bytes = encode_record(envelope, &record);
         let back = decode_record(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(back.site, "demo-al-01", "{name}");
         assert_eq!(back.stream, stream, "{name}");
@@ -155,8 +158,9 @@ fn the_golden_files_decode_to_the_documented_records() {
 #[test]
 fn protobuf_is_smaller_than_json_for_a_poll_batch() {
     let r = batch();
-    let pb = encode_record("demo-al-01", Stream::Live, 17, &r, false);
-    let json = smeltwatch::codec::json::encode_record("demo-al-01", Stream::Live, 17, &r, false);
+    let envelope = Envelope::new("demo-al-01", Stream::Live, 17, false);
+    let pb = encode_record(envelope, &r);
+    let json = smeltwatch::codec::json::encode_record(envelope, &r);
     assert!(
         pb.len() * 2 < json.len(),
         "protobuf {} vs json {}",
@@ -200,7 +204,8 @@ proptest! {
                 ts: Timestamp(ts),
             }],
         });
-        let back = decode_record(&encode_record("x", Stream::Live, seq, &r, false)).unwrap();
+        let envelope = Envelope::new("x", Stream::Live, seq, false);
+        let back = decode_record(&encode_record(envelope, &r)).unwrap();
         prop_assert_eq!(back.record, r);
         prop_assert_eq!(back.seq, seq);
     }

@@ -26,6 +26,7 @@ use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::style::{Color, Modifier};
 use rumqttc::{AsyncClient, MqttOptions, PublishOptions};
+use smeltwatch::codec::Envelope;
 use smeltwatch::codec::sparkplug::{self as spb, DeviceModel, DeviceState, MetricModel};
 use smeltwatch::codec::topic;
 use smeltwatch::codec::{json, protobuf};
@@ -215,9 +216,9 @@ fn encode(records: Vec<(Stream, Record)>, protobuf: bool) -> Vec<(String, Vec<u8
         let seq = seqs.entry(stream).or_insert(0u64);
         *seq += 1;
         let bytes = if protobuf {
-            protobuf::encode_record(SITE, stream, *seq, &record, false)
+            protobuf::encode_record(Envelope::new(SITE, stream, *seq, false), &record)
         } else {
-            json::encode_record(SITE, stream, *seq, &record, false)
+            json::encode_record(Envelope::new(SITE, stream, *seq, false), &record)
         };
         out.push((topic::topic_for(&templates, SITE, &record), bytes));
     }

@@ -290,6 +290,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
+    use crate::codec::Envelope;
     use crate::codec::json::encode_record;
     use crate::codec::seal::seal_json_payload;
     use crate::config::Stream;
@@ -305,7 +306,7 @@ mod tests {
         let seal = Chain::new("s", REGULATED_CHAIN).append(&SigningKey::from_bytes(&[3; 32]), old);
         // The spool body holds the old payload; this build decodes it and encodes its JSON form.
         let record: Record = serde_json::from_slice(&sealed_body(&seal)).unwrap();
-        let payload = encode_record("s", Stream::Metrics, 1, &record, false);
+        let payload = encode_record(Envelope::new("s", Stream::Metrics, 1, false), &record);
         assert!(
             std::str::from_utf8(&payload)
                 .unwrap()

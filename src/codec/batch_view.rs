@@ -231,7 +231,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::codec::{body, json};
+    use crate::codec::{Envelope, body, json};
     use crate::config::Stream;
     use crate::model::{Reading, ReadingBatch, Record};
 
@@ -327,9 +327,10 @@ mod tests {
             let body = body::encode(&Record::Batch(batch));
             let view = BatchView::parse(&body[1..]).expect("the encoder's shape");
             let decoded = body::decode(&body).unwrap();
+            let envelope = Envelope::new("site-1", Stream::Live, seq, historical);
             prop_assert_eq!(
-                json::encode_view("site-1", Stream::Live, seq, &view, historical),
-                json::encode_record("site-1", Stream::Live, seq, &decoded, historical)
+                json::encode_view(envelope, &view),
+                json::encode_record(envelope, &decoded)
             );
         }
     }

@@ -13,7 +13,7 @@
 //! and infinities, which JSON cannot). A sealed record stays JSON because its seal signs exactly
 //! that JSON. Both forms decode here, so a spool written by an older build drains after an upgrade.
 
-use crate::codec::protobuf;
+use crate::codec::{Envelope, protobuf};
 use crate::model::Record;
 
 /// First byte of the binary form (see the module documentation).
@@ -40,7 +40,8 @@ pub enum BodyError {
 /// [`sealed_body`](crate::ledger::capture::sealed_body)).
 pub fn encode(record: &Record) -> Vec<u8> {
     let mut out = vec![PROTOBUF_FORM];
-    protobuf::encode_record_to("", record.stream(), 0, record, false, &mut out);
+    let envelope = Envelope::new("", record.stream(), 0, false);
+    protobuf::encode_record_to(envelope, record, &mut out);
     out
 }
 

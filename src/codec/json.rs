@@ -21,40 +21,28 @@ use std::borrow::Cow;
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Envelope;
 use crate::codec::batch_view::{BatchView, ReadingView};
-use crate::config::Stream;
 use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 
 /// Encode one spooled record as a JSON payload.
 ///
-/// `historical` marks a record sent after an outage, behind newer data; it adds
+/// `envelope.historical` marks a record sent after an outage, behind newer data; it adds
 /// `"historical":true` and is omitted when false.
-pub fn encode_record(
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    record: &Record,
-    historical: bool,
-) -> Vec<u8> {
+pub fn encode_record(envelope: Envelope<'_>, record: &Record) -> Vec<u8> {
     match record {
-        Record::Batch(batch) => encode_batch(site, stream, seq, batch, historical),
-        Record::Metrics(m) => encode_envelope(site, stream, seq, historical, m),
-        Record::Event(e) => encode_envelope(site, stream, seq, historical, e),
-        Record::Aggregate(a) => encode_envelope(site, stream, seq, historical, a),
+        Record::Batch(batch) => write_batch(envelope, batch),
+        Record::Metrics(m) => encode_envelope(envelope, m),
+        Record::Event(e) => encode_envelope(envelope, e),
+        Record::Aggregate(a) => encode_envelope(envelope, a),
     }
 }
 
 /// Metrics, events and aggregates: the record's own fields (timestamps as Unix milliseconds)
 /// after the common `site`, `stream`, `seq` (and `historical`) header.
-fn encode_envelope<T: Serialize>(
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    historical: bool,
-    body: &T,
-) -> Vec<u8> {
+fn encode_envelope<T: Serialize>(envelope: Envelope<'_>, body: &T) -> Vec<u8> {
     #[derive(Serialize)]
-    struct Envelope<'a, T> {
+    struct Payload<'a, T> {
         site: &'a str,
         stream: &'a str,
         seq: u64,
@@ -63,51 +51,22 @@ fn encode_envelope<T: Serialize>(
         #[serde(flatten)]
         body: &'a T,
     }
-    serde_json::to_vec(&Envelope {
-        site,
-        stream: stream.as_str(),
-        seq,
-        historical,
+    serde_json::to_vec(&Payload {
+        site: envelope.site,
+        stream: envelope.stream.as_str(),
+        seq: envelope.seq,
+        historical: envelope.historical,
         body,
     })
     .expect("serialising plain data into a Vec cannot fail")
 }
 
-fn encode_batch(
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    batch: &ReadingBatch,
-    historical: bool,
-) -> Vec<u8> {
-    write_batch(Header::new(site, stream, seq, historical), batch)
-}
-
-/// What every payload starts with.
-struct Header<'a> {
-    site: &'a str,
-    stream: Stream,
-    seq: u64,
-    historical: bool,
-}
-
-impl<'a> Header<'a> {
-    fn new(site: &'a str, stream: Stream, seq: u64, historical: bool) -> Self {
-        Header {
-            site,
-            stream,
-            seq,
-            historical,
-        }
-    }
-}
-
-fn write_batch<B: BatchFields>(header: Header<'_>, batch: &B) -> Vec<u8> {
+fn write_batch<B: BatchFields>(envelope: Envelope<'_>, batch: &B) -> Vec<u8> {
     let head = BatchHead {
-        site: header.site,
-        stream: header.stream.as_str(),
-        seq: header.seq,
-        historical: header.historical,
+        site: envelope.site,
+        stream: envelope.stream.as_str(),
+        seq: envelope.seq,
+        historical: envelope.historical,
         source: batch.source(),
         device: batch.device(),
         unit_id: batch.unit_id(),
@@ -191,21 +150,15 @@ impl<'a> SpooledBatch<'a> {
     }
 
     /// The JSON payload, as [`encode_record`] writes it for the decoded batch.
-    pub fn encode(&self, site: &str, stream: Stream, seq: u64, historical: bool) -> Vec<u8> {
-        write_batch(Header::new(site, stream, seq, historical), self)
+    pub fn encode(&self, envelope: Envelope<'_>) -> Vec<u8> {
+        write_batch(envelope, self)
     }
 }
 
 /// The JSON payload of a live batch read in place from its binary spool body: the bytes
 /// [`encode_record`] writes for the decoded batch (a property test holds both to that).
-pub fn encode_view(
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    batch: &BatchView<'_>,
-    historical: bool,
-) -> Vec<u8> {
-    write_batch(Header::new(site, stream, seq, historical), batch)
+pub fn encode_view(envelope: Envelope<'_>, batch: &BatchView<'_>) -> Vec<u8> {
+    write_batch(envelope, batch)
 }
 
 /// The fields of a reading that a payload shows, owned or borrowed.
@@ -352,6 +305,7 @@ fn scalar<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Stream;
 
     fn reading(point: &str, value: Option<Value>, unit: &str, q: Quality, ts: i64) -> Reading {
         Reading {
@@ -377,8 +331,13 @@ mod tests {
     #[test]
     fn historical_flag_appears_only_when_set() {
         let r = batch(vec![]);
-        let live = String::from_utf8(encode_record("s", Stream::Live, 1, &r, false)).unwrap();
-        let hist = String::from_utf8(encode_record("s", Stream::Live, 1, &r, true)).unwrap();
+        let live = String::from_utf8(encode_record(
+            Envelope::new("s", Stream::Live, 1, false),
+            &r,
+        ))
+        .unwrap();
+        let hist = String::from_utf8(encode_record(Envelope::new("s", Stream::Live, 1, true), &r))
+            .unwrap();
         assert!(!live.contains("historical"), "{live}");
         assert!(
             hist.contains(r#""seq":1,"historical":true,"source""#),
@@ -402,8 +361,11 @@ mod tests {
             reading("t", Some(Value::Text("A\"1".into())), "", Quality::Good, 0),
             reading("n", None, "V", Quality::CommFail, 0),
         ]);
-        let v: serde_json::Value =
-            serde_json::from_slice(&encode_record("s", Stream::Live, 2, &r, false)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&encode_record(
+            Envelope::new("s", Stream::Live, 2, false),
+            &r,
+        ))
+        .unwrap();
         let values: Vec<&serde_json::Value> = v["readings"]
             .as_array()
             .unwrap()
@@ -446,15 +408,10 @@ mod tests {
         let body = serde_json::to_vec(&r).unwrap();
         let spooled = SpooledBatch::parse(&body).expect("a batch body");
         for (seq, historical) in [(1, false), (u64::MAX, true)] {
+            let envelope = Envelope::new("site \"1\"", Stream::Live, seq, historical);
             assert_eq!(
-                String::from_utf8(spooled.encode("site \"1\"", Stream::Live, seq, historical)),
-                String::from_utf8(encode_record(
-                    "site \"1\"",
-                    Stream::Live,
-                    seq,
-                    &r,
-                    historical
-                ))
+                String::from_utf8(spooled.encode(envelope)),
+                String::from_utf8(encode_record(envelope, &r))
             );
         }
         assert_eq!(spooled.device, "pot_003");
@@ -481,6 +438,7 @@ mod tests {
 #[cfg(test)]
 mod golden {
     use super::*;
+    use crate::config::Stream;
 
     /// The batch of the module docs: three readings covering a float, an integer counter and a
     /// failed read.
@@ -522,7 +480,10 @@ mod golden {
 
     #[test]
     fn batch_matches_the_golden_file_byte_for_byte() {
-        let got = encode_record("demo-al-01", Stream::Live, 17, &documented_batch(), false);
+        let got = encode_record(
+            Envelope::new("demo-al-01", Stream::Live, 17, false),
+            &documented_batch(),
+        );
         // The golden file ends with a newline for editors; the payload does not.
         let want = GOLDEN.strip_suffix(b"\n").unwrap_or(GOLDEN);
         assert_eq!(
@@ -534,7 +495,10 @@ mod golden {
 
     #[test]
     fn batch_round_trips_through_a_json_parser() {
-        let got = encode_record("demo-al-01", Stream::Live, 17, &documented_batch(), false);
+        let got = encode_record(
+            Envelope::new("demo-al-01", Stream::Live, 17, false),
+            &documented_batch(),
+        );
         let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
         assert_eq!(v["site"], "demo-al-01");
         assert_eq!(v["stream"], "live");

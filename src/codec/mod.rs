@@ -21,24 +21,43 @@ pub mod topic;
 use crate::config::{Encoding, Stream};
 use crate::model::Record;
 
+/// The header every payload carries around its record, in every encoding: what a consumer keys
+/// on to drop the duplicates of at-least-once delivery and to spot gaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// The site identifier (`site`): which smelter sent the payload, as configured.
+    pub site: &'a str,
+    /// The stream the record belongs to (`stream`: `live`, `metrics`, `events`, `emissions`).
+    pub stream: Stream,
+    /// The record's sequence number within `(site, stream)` (`seq`), assigned by the spool; it
+    /// never repeats for another record, so a consumer sees a gap as a jump.
+    pub seq: u64,
+    /// Whether the record is replayed after an outage, behind newer data (`historical`); JSON
+    /// writes `"historical":true` only when set.
+    pub historical: bool,
+}
+
+impl<'a> Envelope<'a> {
+    /// The envelope of record `seq` of `(site, stream)`, sent live or (`historical`) replayed.
+    pub fn new(site: &'a str, stream: Stream, seq: u64, historical: bool) -> Self {
+        Envelope {
+            site,
+            stream,
+            seq,
+            historical,
+        }
+    }
+}
+
 /// Encode a record with the uplink's chosen encoding (see [`json::encode_record`] and
 /// [`protobuf::encode_record`]).
-pub fn encode_record(
-    encoding: Encoding,
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    record: &Record,
-    historical: bool,
-) -> Vec<u8> {
+pub fn encode_record(encoding: Encoding, envelope: Envelope<'_>, record: &Record) -> Vec<u8> {
     match encoding {
         // HJ 212 text needs a station header and makes one message of a window's records: the
         // MQTT uplink encodes it with `hj212_message` before reaching here. A caller without a
         // station gets the self-describing JSON form, never a packet with an empty header.
-        Encoding::Json | Encoding::Hj212 => {
-            json::encode_record(site, stream, seq, record, historical)
-        }
-        Encoding::Protobuf => protobuf::encode_record(site, stream, seq, record, historical),
+        Encoding::Json | Encoding::Hj212 => json::encode_record(envelope, record),
+        Encoding::Protobuf => protobuf::encode_record(envelope, record),
     }
 }
 
@@ -46,28 +65,24 @@ pub fn encode_record(
 /// `"ledger"` object, the protobuf envelope its `ledger` field (see [`seal`]).
 pub fn encode_sealed(
     encoding: Encoding,
-    site: &str,
-    stream: Stream,
-    seq: u64,
+    envelope: Envelope<'_>,
     record: &Record,
-    historical: bool,
     seal: Option<&crate::ledger::LedgerRecord>,
 ) -> Vec<u8> {
     let Some(seal) = seal else {
-        return encode_record(encoding, site, stream, seq, record, historical);
+        return encode_record(encoding, envelope, record);
     };
     // The seal goes out with the signature of the label the record is sent with.
-    let seal = &seal.delivered(historical);
+    let seal = &seal.delivered(envelope.historical);
     match encoding {
-        Encoding::Json | Encoding::Hj212 => seal::seal_json_payload(
-            json::encode_record(site, stream, seq, record, historical),
-            seal,
-        ),
+        Encoding::Json | Encoding::Hj212 => {
+            seal::seal_json_payload(json::encode_record(envelope, record), seal)
+        }
         Encoding::Protobuf => {
             use prost::Message as _;
-            let mut envelope = protobuf::envelope(site, stream, seq, record, historical);
-            envelope.ledger = Some(seal::seal_pb(seal));
-            envelope.encode_to_vec()
+            let mut message = protobuf::envelope(envelope, record);
+            message.ledger = Some(seal::seal_pb(seal));
+            message.encode_to_vec()
         }
     }
 }

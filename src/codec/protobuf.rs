@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use prost::Message;
 
+use crate::codec::Envelope;
 use crate::config::Stream;
 use crate::model::{
     Aggregate, Event, EventKind, EventPhase, Metric, MetricBatch, Period, Quality, Reading,
@@ -75,15 +76,9 @@ pub struct Decoded {
 /// Encode one spooled record as a `smeltwatch.v1.Envelope`.
 ///
 /// Same signature and meaning as [`super::json::encode_record`].
-pub fn encode_record(
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    record: &Record,
-    historical: bool,
-) -> Vec<u8> {
+pub fn encode_record(envelope: Envelope<'_>, record: &Record) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_record_to(site, stream, seq, record, historical, &mut out);
+    encode_record_to(envelope, record, &mut out);
     out
 }
 
@@ -92,30 +87,17 @@ pub fn encode_record(
 /// A poll batch, the bulk of the traffic, is written straight from the borrowed record
 /// ([`batch_wire`]); other records go through the prost messages. Both give the bytes prost writes
 /// for [`envelope`] (a unit test holds the batch writer to that).
-pub fn encode_record_to(
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    record: &Record,
-    historical: bool,
-    out: &mut Vec<u8>,
-) {
+pub fn encode_record_to(envelope: Envelope<'_>, record: &Record, out: &mut Vec<u8>) {
     match record {
-        Record::Batch(b) => batch_wire::envelope(site, stream, seq, historical, b, out),
-        _ => envelope(site, stream, seq, record, historical)
+        Record::Batch(b) => batch_wire::envelope(envelope, b, out),
+        _ => self::envelope(envelope, record)
             .encode(out)
             .expect("a Vec grows as needed"),
     }
 }
 
 /// The envelope message of a record (for callers that want the message rather than bytes).
-pub fn envelope(
-    site: &str,
-    stream: Stream,
-    seq: u64,
-    record: &Record,
-    historical: bool,
-) -> pb::Envelope {
+pub fn envelope(envelope: Envelope<'_>, record: &Record) -> pb::Envelope {
     use pb::envelope::Body;
     let body = match record {
         Record::Batch(b) => Body::Batch(batch(b)),
@@ -124,10 +106,10 @@ pub fn envelope(
         Record::Aggregate(a) => Body::Aggregate(aggregate(a)),
     };
     pb::Envelope {
-        site: site.to_owned(),
-        stream: stream_pb(stream) as i32,
-        seq,
-        historical,
+        site: envelope.site.to_owned(),
+        stream: stream_pb(envelope.stream) as i32,
+        seq: envelope.seq,
+        historical: envelope.historical,
         body: Some(body),
         ledger: None,
     }
@@ -436,7 +418,7 @@ mod batch_wire {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
     use super::{quality_pb, stream_pb};
-    use crate::config::Stream;
+    use crate::codec::Envelope;
     use crate::model::{Reading, ReadingBatch, Value};
 
     /// `Envelope.body` oneof: `batch`.
@@ -565,20 +547,13 @@ mod batch_wire {
     }
 
     /// Append the envelope `{site, stream, seq, historical, batch}` to `out`.
-    pub(super) fn envelope(
-        site: &str,
-        stream: Stream,
-        seq: u64,
-        historical: bool,
-        b: &ReadingBatch,
-        out: &mut Vec<u8>,
-    ) {
+    pub(super) fn envelope(envelope: Envelope<'_>, b: &ReadingBatch, out: &mut Vec<u8>) {
         let len = batch_len(b);
-        out.reserve(site.len() + len + 32);
-        put_str(1, site, out);
-        put_varint(2, int(i64::from(stream_pb(stream) as i32)), out);
-        put_varint(3, seq, out);
-        put_varint(4, u64::from(historical), out);
+        out.reserve(envelope.site.len() + len + 32);
+        put_str(1, envelope.site, out);
+        put_varint(2, int(i64::from(stream_pb(envelope.stream) as i32)), out);
+        put_varint(3, envelope.seq, out);
+        put_varint(4, u64::from(envelope.historical), out);
         put_delimiter(ENVELOPE_BATCH, len, out);
         put_str(1, &b.source, out);
         put_str(2, &b.device, out);
@@ -658,8 +633,9 @@ mod tests {
         ) {
             let stream = [Stream::Live, Stream::Metrics, Stream::Events, Stream::Emissions][stream];
             let record = Record::Batch(batch);
-            let ours = encode_record(&site, stream, seq, &record, historical);
-            let prost = envelope(&site, stream, seq, &record, historical).encode_to_vec();
+            let head = Envelope::new(&site, stream, seq, historical);
+            let ours = encode_record(head, &record);
+            let prost = envelope(head, &record).encode_to_vec();
             prop_assert_eq!(&ours, &prost);
             let back = decode_record(&ours).unwrap();
             let (Record::Batch(a), Record::Batch(b)) = (&back.record, &record) else {
@@ -689,12 +665,13 @@ mod tests {
     #[test]
     fn a_missing_value_stays_missing_and_is_not_zero() {
         let r = one_reading(None, "V", Quality::CommFail, 5);
-        let env = envelope("x", Stream::Live, 1, &r, false);
+        let head = Envelope::new("x", Stream::Live, 1, false);
+        let env = envelope(head, &r);
         let Some(pb::envelope::Body::Batch(b)) = env.body else {
             panic!("not a batch")
         };
         assert!(b.readings[0].value.is_none());
-        let back = decode_record(&encode_record("x", Stream::Live, 1, &r, false)).unwrap();
+        let back = decode_record(&encode_record(head, &r)).unwrap();
         assert_eq!(back.record, r);
     }
 

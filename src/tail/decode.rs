@@ -487,7 +487,7 @@ fn decode_json(topic: &str, payload: &[u8]) -> Result<Message, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{json, sparkplug as enc};
+    use crate::codec::{Envelope, json, sparkplug as enc};
     use crate::model::{EventPhase, Metric};
 
     const T0: i64 = 1_764_300_253_000;
@@ -588,12 +588,10 @@ mod tests {
     #[test]
     fn json_and_protobuf_payloads_decode_to_the_encoded_record() {
         for (stream, record) in records() {
+            let envelope = Envelope::new("s1", stream, 7, true);
             for (name, bytes) in [
-                ("json", json::encode_record("s1", stream, 7, &record, true)),
-                (
-                    "protobuf",
-                    protobuf::encode_record("s1", stream, 7, &record, true),
-                ),
+                ("json", json::encode_record(envelope, &record)),
+                ("protobuf", protobuf::encode_record(envelope, &record)),
             ] {
                 let got = Decoder::new().decode("smeltwatch/s1/x", &bytes).unwrap();
                 assert_eq!(

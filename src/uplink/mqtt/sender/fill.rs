@@ -8,6 +8,7 @@ use rumqttc::{PublishOptions, QoS};
 use tokio::time::Instant;
 
 use super::*;
+use crate::codec::Envelope;
 use crate::codec::hj212_message::Hj212Messages;
 use crate::codec::json;
 use crate::codec::topic::{self};
@@ -165,20 +166,13 @@ impl Sender<'_> {
     ) -> Result<(Vec<u8>, String, Option<Tally>, Timestamp), crate::codec::body::BodyError> {
         let u = self.uplink;
         let historical = self.is_historical(record);
+        let envelope = Envelope::new(&u.site, record.stream, record.seq, historical);
         let encoding = u.cfg.encoding.for_stream(record.stream);
         if let Some(decoded) = decoded.as_ref().and_then(|d| d.downcast_ref::<Record>())
             && !record.topic.is_empty()
             && decoded.is_batch_exact_in_json()
         {
-            let payload = crate::codec::encode_sealed(
-                encoding,
-                &u.site,
-                record.stream,
-                record.seq,
-                decoded,
-                historical,
-                None,
-            );
+            let payload = crate::codec::encode_sealed(encoding, envelope, decoded, None);
             let tally = u
                 .report
                 .counts_delivery()
@@ -198,26 +192,18 @@ impl Sender<'_> {
                 .then(|| completeness::live_tally(Arc::from(device), scheduled, counts))
         };
         if live_json && let Some(batch) = crate::codec::body::live_batch(&record.body) {
-            let payload = json::encode_view(&u.site, record.stream, record.seq, &batch, historical);
+            let payload = json::encode_view(envelope, &batch);
             let tally = tally_of(batch.device, batch.scheduled, batch.quality_counts());
             return Ok((payload, record.topic.clone(), tally, batch.scheduled));
         }
         if live_json && let Some(batch) = json::SpooledBatch::parse(&record.body) {
-            let payload = batch.encode(&u.site, record.stream, record.seq, historical);
+            let payload = batch.encode(envelope);
             let tally = tally_of(&batch.device, batch.scheduled, batch.quality_counts());
             return Ok((payload, record.topic.clone(), tally, batch.scheduled));
         }
         let decoded = crate::codec::body::decode(&record.body)?;
         let seal = crate::ledger::capture::seal_of(&record.body);
-        let payload = crate::codec::encode_sealed(
-            encoding,
-            &u.site,
-            record.stream,
-            record.seq,
-            &decoded,
-            historical,
-            seal.as_ref(),
-        );
+        let payload = crate::codec::encode_sealed(encoding, envelope, &decoded, seal.as_ref());
         let topic = if record.topic.is_empty() {
             topic::topic_for(&u.cfg.topics, &u.site, &decoded)
         } else {
