@@ -127,7 +127,7 @@ impl<'a> Sender<'a> {
         // One timer each for the ack flush and the replay token, moved only when their deadline
         // moves. A `sleep_until` made afresh on every turn of the loop (each PUBACK is one) enters
         // tokio's timer wheel again each time, and an entry earlier than the driver's next wake
-        // writes to the runtime's eventfd: about ten system calls a second for nothing at 20
+        // writes to the runtime's eventfd: about twenty system calls a second for nothing at 20
         // devices (docs/PERFORMANCE.md, "the sender re-armed its timers on every PUBACK").
         let ack_timer = sleep_until(far_future());
         tokio::pin!(ack_timer);
