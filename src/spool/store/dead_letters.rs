@@ -109,9 +109,8 @@ impl Spool {
     /// Dead letters waiting (re-queue requests included).
     pub fn dead_letter_count(&self) -> Result<u64, SpoolError> {
         self.conn
-            .query_row("SELECT count(*) FROM dead_letters", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .prepare_cached("SELECT count(*) FROM dead_letters")
+            .and_then(|mut count| count.query_row([], |r| r.get::<_, i64>(0)))
             .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(|e| self.err(e))
     }
@@ -151,13 +150,11 @@ impl Spool {
     /// (its identity for consumers), topic, body and creation time, and starts again at 0
     /// attempts. Re-queued records bypass the byte budget: they were counted in it once.
     pub fn take_requeued(&mut self) -> Result<u64, SpoolError> {
+        // Asked every few seconds by every uplink: the statement is kept, not parsed each time.
         let flagged: i64 = self
             .conn
-            .query_row(
-                "SELECT count(*) FROM dead_letters WHERE requeue = 1",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT count(*) FROM dead_letters WHERE requeue = 1")
+            .and_then(|mut count| count.query_row([], |r| r.get(0)))
             .map_err(|e| self.err(e))?;
         if flagged == 0 {
             return Ok(0);
