@@ -78,7 +78,14 @@ impl CalcStage {
     /// calculators produced any of them (a window closed, an event). Saving after the hand-on,
     /// not before, means a crash in between repeats records rather than losing them.
     pub async fn saved_after(&mut self, records: &[Record]) {
-        if self.save_due || records.iter().any(|r| !matches!(r, Record::Batch(_))) {
+        let derived = records.iter().any(|r| !matches!(r, Record::Batch(_)));
+        self.saved_after_derived(derived).await;
+    }
+
+    /// [`saved_after`](Self::saved_after), told only whether the records held anything other
+    /// than poll batches: the fan-out's records move on into the spools (their decoded forms).
+    pub async fn saved_after_derived(&mut self, derived: bool) {
+        if self.save_due || derived {
             self.save_due = false;
             self.save().await;
         }

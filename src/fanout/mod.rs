@@ -70,32 +70,41 @@ struct FanContext {
 }
 
 impl FanContext {
-    /// Seal, store in history and append to the spools.
-    async fn hand_on(&mut self, targets: &mut [FanTarget], records: &mut Vec<Record>) {
+    /// Seal, store in history and append to the spools. The records are used up: the poll
+    /// batches move into the decoded forms that the uplinks share. Returns whether any of them was
+    /// something other than a poll batch (the calculators save their snapshot after those).
+    async fn hand_on(&mut self, targets: &mut [FanTarget], records: &mut Vec<Record>) -> bool {
         if records.is_empty() {
-            return;
+            return false;
         }
         if self.drain_deadline.is_cancelled() {
             count_undrained(&self.live, targets, records);
-            return;
+            return any_derived(records);
         }
         let seals = tokio::select! {
             seals = self.regulator.process(records) => seals,
             _ = self.drain_deadline.cancelled() => {
                 count_undrained(&self.live, targets, records);
-                return;
+                return any_derived(records);
             }
         };
+        let derived = any_derived(records);
         route(
             targets,
             &self.site,
-            records,
+            std::mem::take(records),
             &seals,
             &self.live.health,
             &self.drain_deadline,
         )
         .await;
+        derived
     }
+}
+
+/// Whether `records` hold anything other than poll batches.
+fn any_derived(records: &[Record]) -> bool {
+    records.iter().any(|r| !matches!(r, Record::Batch(_)))
 }
 
 /// Count `records` as lost at shutdown, once for every spool that would have taken them.
@@ -209,9 +218,9 @@ pub(crate) async fn fan_out(fan: FanOut) {
         publish_derived(&live, &records);
         live.completeness.received(&records);
         records.extend(live.completeness.tick(Timestamp::now()).await);
-        cx.hand_on(&mut targets, &mut records).await;
+        let derived = cx.hand_on(&mut targets, &mut records).await;
         if let Some(c) = calc.as_mut() {
-            c.saved_after(&records).await;
+            c.saved_after_derived(derived).await;
         }
     }
     finish(&mut cx, &mut targets, calc.as_mut()).await;
@@ -231,8 +240,8 @@ async fn finish(
         let mut records = c.flush(Timestamp::now());
         publish_derived(&live, &records);
         live.completeness.received(&records);
-        cx.hand_on(targets, &mut records).await;
-        c.saved_after(&records).await;
+        let derived = cx.hand_on(targets, &mut records).await;
+        c.saved_after_derived(derived).await;
     }
     let mut partial = live.completeness.partial(Timestamp::now());
     cx.hand_on(targets, &mut partial).await;
@@ -330,17 +339,19 @@ fn publish_derived(live: &LiveState, records: &[Record]) {
 
 /// Append `records` to the spool of every uplink that carries their stream; a sealed record
 /// (`seals[i]`, see [`regulated`]) carries its seal in the spool body.
+///
+/// Each record moves into an `Arc`, which is the decoded form handed over with it: every uplink
+/// that takes decoded forms shares the fan-out's own, with no copy of its readings.
 async fn route(
     targets: &mut [FanTarget],
     site: &str,
-    records: &[Record],
+    records: Vec<Record>,
     seals: &[Option<crate::ledger::LedgerRecord>],
     health: &health::Health,
     drain_deadline: &CancellationToken,
 ) {
     let created = Timestamp::now();
-    // Decoded forms, made on first use and shared by every uplink that takes them.
-    let mut shared: Vec<Option<Decoded>> = vec![None; records.len()];
+    let records: Vec<Arc<Record>> = records.into_iter().map(Arc::new).collect();
     for target in targets.iter_mut() {
         let mut new = Vec::with_capacity(records.len());
         let mut decoded = Vec::new();
@@ -358,12 +369,8 @@ async fn route(
                 // Poll batches are the bulk of the traffic. A sealed record's payload carries its
                 // seal, which only the body has. Whether a form may stand in for its body is the
                 // uplink's call (`Record::is_batch_exact_in_json`).
-                let hand_over = seal.is_none() && matches!(record, Record::Batch(_));
-                decoded.push(hand_over.then(|| {
-                    shared[i]
-                        .get_or_insert_with(|| Arc::new(record.clone()) as Decoded)
-                        .clone()
-                }));
+                let hand_over = seal.is_none() && matches!(**record, Record::Batch(_));
+                decoded.push(hand_over.then(|| Arc::clone(record) as Decoded));
             }
             new.push(NewRecord {
                 stream,
