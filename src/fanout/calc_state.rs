@@ -78,8 +78,7 @@ impl CalcStage {
     /// calculators produced any of them (a window closed, an event). Saving after the hand-on,
     /// not before, means a crash in between repeats records rather than losing them.
     pub async fn saved_after(&mut self, records: &[Record]) {
-        let derived = records.iter().any(|r| !matches!(r, Record::Batch(_)));
-        self.saved_after_derived(derived).await;
+        self.saved_after_derived(super::any_derived(records)).await;
     }
 
     /// [`saved_after`](Self::saved_after), told only whether the records held anything other
