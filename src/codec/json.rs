@@ -82,18 +82,12 @@ fn write_batch<B: BatchFields>(envelope: Envelope<'_>, batch: &B) -> Vec<u8> {
     debug_assert_eq!(out.last(), Some(&b'}'));
     out.pop();
     out.extend_from_slice(b",\"readings\":[");
-    // The readings of one request share their timestamp: format each distinct one once.
-    let mut formatted: Option<(Timestamp, String)> = None;
+    let mut tail = Tail::default();
     for (i, r) in readings.iter().enumerate() {
-        let at = r.ts();
-        let ts = match &formatted {
-            Some((t, text)) if *t == at => text,
-            _ => &formatted.insert((at, at.to_rfc3339())).1,
-        };
         if i > 0 {
             out.push(b',');
         }
-        write_reading(&mut out, r, ts);
+        write_reading(&mut out, r, &mut tail);
     }
     out.extend_from_slice(b"]}");
     out
@@ -272,7 +266,7 @@ impl Serialize for Rfc3339 {
 /// the timestamp of every one although none of them can need it. The point, the unit and text
 /// values go through `serde_json`, which escapes them; numbers are printed by `serde_json` too,
 /// so the bytes are what serde writes for the same fields (the golden file holds them).
-fn write_reading<R: ReadingFields>(out: &mut Vec<u8>, r: &R, ts: &str) {
+fn write_reading<'r, R: ReadingFields>(out: &mut Vec<u8>, r: &'r R, tail: &mut Tail<'r>) {
     out.extend_from_slice(b"{\"point\":");
     scalar(out, r.point());
     out.extend_from_slice(b",\"value\":");
@@ -285,16 +279,45 @@ fn write_reading<R: ReadingFields>(out: &mut Vec<u8>, r: &R, ts: &str) {
         // Nothing was read, or a non-finite float (JSON has no NaN): the quality says why.
         Some(Value::Float(_)) | None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"unit\":");
-    scalar(out, r.unit());
-    // Quality names are fixed snake_case words, RFC 3339 timestamps digits and `-:.TZ`.
-    out.extend_from_slice(b",\"quality\":\"");
-    out.extend_from_slice(r.quality().as_str().as_bytes());
-    out.extend_from_slice(b"\",\"ts\":\"");
-    out.extend_from_slice(ts.as_bytes());
-    out.extend_from_slice(b"\",\"ts_ms\":");
-    scalar(out, &r.ts().unix_ms());
-    out.push(b'}');
+    out.extend_from_slice(tail.of(r.unit(), r.quality(), r.ts()));
+}
+
+/// The end of a reading after its value, `,"unit":…,"quality":…,"ts":…,"ts_ms":…}`, kept for
+/// the next reading: the readings of one request share their timestamp and quality, and often
+/// their unit, so a batch formats a handful of tails instead of one per reading (the timestamp
+/// as RFC 3339 and as a number, the quality, the escaped unit).
+#[derive(Default)]
+struct Tail<'r> {
+    key: Option<(&'r str, Quality, Timestamp)>,
+    bytes: Vec<u8>,
+    /// The last timestamp formatted as RFC 3339, which tails of other units or qualities share.
+    rfc3339: Option<(Timestamp, String)>,
+}
+
+impl<'r> Tail<'r> {
+    fn of(&mut self, unit: &'r str, quality: Quality, ts: Timestamp) -> &[u8] {
+        let key = (unit, quality, ts);
+        if self.key != Some(key) {
+            let text = match &self.rfc3339 {
+                Some((t, text)) if *t == ts => text,
+                _ => &self.rfc3339.insert((ts, ts.to_rfc3339())).1,
+            };
+            let out = &mut self.bytes;
+            out.clear();
+            out.extend_from_slice(b",\"unit\":");
+            scalar(out, unit);
+            // Quality names are fixed snake_case words, RFC 3339 timestamps digits and `-:.TZ`.
+            out.extend_from_slice(b",\"quality\":\"");
+            out.extend_from_slice(quality.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"ts\":\"");
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(b"\",\"ts_ms\":");
+            scalar(out, &ts.unix_ms());
+            out.push(b'}');
+            self.key = Some(key);
+        }
+        &self.bytes
+    }
 }
 
 /// A JSON string (escaped) or number, as `serde_json` prints it.
@@ -432,6 +455,63 @@ mod tests {
         assert!(SpooledBatch::parse(&event).is_none());
         assert!(SpooledBatch::parse(br#"{"source":"s","record":"batch"}"#).is_none());
         assert!(SpooledBatch::parse(br#"{"record":"batch","source":1}"#).is_none());
+    }
+}
+
+#[cfg(test)]
+mod readings_prop {
+    use super::*;
+    use crate::config::Stream;
+    use proptest::prelude::*;
+
+    /// Readings drawn from few units, qualities and instants, so that neighbours share some of
+    /// them and differ in others: each reading must show its own, whatever came before it.
+    fn any_reading() -> impl Strategy<Value = Reading> {
+        (
+            0..4usize,
+            0..Quality::ALL.len(),
+            prop_oneof![Just(1_764_300_253_123_i64), Just(-1), Just(0), any::<i64>()],
+            proptest::option::of(any::<i64>()),
+        )
+            .prop_map(|(u, q, ts, v)| Reading {
+                point: format!("p{u}{q}").into(),
+                value: v.map(Value::Int),
+                unit: ["", "kA", "mg/m\"3", "°C"][u].into(),
+                quality: Quality::ALL[q],
+                ts: Timestamp(ts.clamp(-1, 253_402_300_799_999)),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_reading_shows_its_own_unit_quality_and_time(
+            readings in proptest::collection::vec(any_reading(), 0..40)
+        ) {
+            let batch = Record::Batch(ReadingBatch {
+                source: "s".into(),
+                device: "d".into(),
+                unit_id: 1,
+                poll_interval_ms: 1000,
+                scheduled: Timestamp(0),
+                readings: readings.clone(),
+            });
+            let json = encode_record(Envelope::new("x", Stream::Live, 1, false), &batch);
+            let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            let got = v["readings"].as_array().unwrap();
+            prop_assert_eq!(got.len(), readings.len());
+            for (g, r) in got.iter().zip(&readings) {
+                prop_assert_eq!(g["point"].as_str(), Some(&*r.point));
+                prop_assert_eq!(g["unit"].as_str(), Some(&*r.unit));
+                prop_assert_eq!(g["quality"].as_str(), Some(r.quality.as_str()));
+                let ts = r.ts.to_rfc3339();
+                prop_assert_eq!(g["ts"].as_str(), Some(ts.as_str()));
+                prop_assert_eq!(g["ts_ms"].as_i64(), Some(r.ts.unix_ms()));
+                prop_assert_eq!(g["value"].as_i64(), r.value.as_ref().and_then(|v| match v {
+                    Value::Int(i) => Some(*i),
+                    _ => None,
+                }));
+            }
+        }
     }
 }
 
