@@ -7,6 +7,12 @@ use rumqttc::{LastWill, MqttOptions};
 
 use crate::config::MqttConfig;
 
+/// Requests rumqttc's event loop takes from its channel per turn before it flushes the socket. Its
+/// default, one, makes a turn of the loop (and a flush) per PUBLISH; a poll slot hands it a
+/// burst of them, one per device. The write buffer stays bounded all the same: the codec flushes
+/// whenever its buffer passes 8 KiB.
+const REQUEST_BATCH: usize = 32;
+
 /// The options of a fresh connection to `cfg`'s broker: client id, TLS (`tls`, with the
 /// configured server name), keep-alive, packet size limit in both directions, credentials, a clean
 /// session, and `will` as the Last Will. What differs between the uplinks (the in-flight window,
@@ -26,6 +32,7 @@ pub(super) fn mqtt_options(
     o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX))
         .set_clean_session(true)
         .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
+        .set_max_request_batch(REQUEST_BATCH)
         .set_last_will(will);
     match (&cfg.username, &cfg.password) {
         (Some(user), Some(password)) => {
