@@ -437,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn the_checksum_is_crc32c_at_every_length_and_alignment() {
+    fn the_checksum_is_crc32c_across_lengths_and_offsets() {
         assert_eq!(
             checksum(b"123456789"),
             0xE306_9283,
