@@ -482,6 +482,66 @@ mod readings_prop {
             })
     }
 
+    /// Any text: quotes, backslashes, every control character, non-ASCII.
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z_0-9]{0,12}", "[\\x00-\\x7f]{0,12}", any::<String>(),]
+    }
+
+    fn any_value() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            Just(None),
+            any::<bool>().prop_map(|b| Some(Value::Bool(b))),
+            any::<i64>().prop_map(|i| Some(Value::Int(i))),
+            any::<u64>().prop_map(|u| Some(Value::UInt(u))),
+            // Any bit pattern: NaNs, infinities, -0.0, subnormals, exponents both ways.
+            any::<u64>().prop_map(|bits| Some(Value::Float(f64::from_bits(bits)))),
+            any::<f64>().prop_map(|f| Some(Value::Float(f))),
+            any_text().prop_map(|t| Some(Value::Text(t))),
+        ]
+    }
+
+    /// A reading as serde writes it, field by field: what `write_reading` must print.
+    #[derive(Serialize)]
+    struct BySerde<'a> {
+        point: &'a str,
+        value: Option<&'a Value>,
+        unit: &'a str,
+        quality: &'a str,
+        ts: String,
+        ts_ms: i64,
+    }
+
+    proptest! {
+        #[test]
+        fn a_reading_is_the_bytes_serde_writes_for_its_fields(
+            point in any_text(),
+            value in any_value(),
+            unit in any_text(),
+            q in 0..Quality::ALL.len(),
+            ts in -1..253_402_300_799_999_i64,
+        ) {
+            let r = Reading {
+                point: point.as_str().into(),
+                value,
+                unit: unit.as_str().into(),
+                quality: Quality::ALL[q],
+                ts: Timestamp(ts),
+            };
+            let mut got = Vec::new();
+            write_reading(&mut got, &r, &mut Tail::default());
+            let expected = serde_json::to_vec(&BySerde {
+                point: &r.point,
+                value: r.value.as_ref(),
+                unit: &r.unit,
+                quality: r.quality.as_str(),
+                ts: r.ts.to_rfc3339(),
+                ts_ms: r.ts.unix_ms(),
+            })
+            .unwrap();
+            prop_assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(expected).unwrap());
+        }
+    }
+
     proptest! {
         #[test]
         fn every_reading_shows_its_own_unit_quality_and_time(
