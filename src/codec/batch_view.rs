@@ -231,6 +231,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::codec::test_fixtures::any_value;
     use crate::codec::{Envelope, body, json};
     use crate::config::Stream;
     use crate::model::{Reading, ReadingBatch, Record};
@@ -238,21 +239,10 @@ mod tests {
     /// Times a payload can print (RFC 3339 needs years 0 to 9999): 1900 to 2100.
     const TIMES: std::ops::Range<i64> = -2_208_988_800_000..4_102_444_800_000;
 
-    fn value_strategy() -> impl Strategy<Value = Option<Value>> {
-        prop_oneof![
-            Just(None),
-            any::<bool>().prop_map(|b| Some(Value::Bool(b))),
-            any::<i64>().prop_map(|i| Some(Value::Int(i))),
-            any::<u64>().prop_map(|u| Some(Value::UInt(u))),
-            any::<f64>().prop_map(|f| Some(Value::Float(f))),
-            "[a-z\"\\\\ é]{0,8}".prop_map(|t| Some(Value::Text(t))),
-        ]
-    }
-
     fn batch_strategy() -> impl Strategy<Value = ReadingBatch> {
         let reading = (
             "[a-z_]{0,12}",
-            value_strategy(),
+            any_value("[a-z\"\\\\ é]{0,8}"),
             "[A-Za-z%/]{0,4}",
             0..Quality::ALL.len(),
             TIMES,

@@ -569,27 +569,15 @@ mod batch_wire {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::test_fixtures::one_reading;
+    use crate::codec::test_fixtures::{any_value, one_reading};
     use proptest::prelude::*;
-
-    fn any_value() -> impl Strategy<Value = Option<Value>> {
-        prop_oneof![
-            Just(None),
-            any::<bool>().prop_map(|b| Some(Value::Bool(b))),
-            any::<i64>().prop_map(|i| Some(Value::Int(i))),
-            any::<u64>().prop_map(|u| Some(Value::UInt(u))),
-            // Any bit pattern: NaNs, infinities, -0.0 and subnormals included.
-            any::<u64>().prop_map(|bits| Some(Value::Float(f64::from_bits(bits)))),
-            ".{0,20}".prop_map(|t| Some(Value::Text(t))),
-            // Readings of 128 bytes and more, whose length takes two bytes or three.
-            ".{120,400}".prop_map(|t| Some(Value::Text(t))),
-        ]
-    }
 
     fn any_batch() -> impl Strategy<Value = ReadingBatch> {
         let reading = (
             prop_oneof!["[a-z_0-9]{0,12}", "[a-z_0-9]{100,200}"],
-            any_value(),
+            // Long texts make readings of 128 bytes and more, whose length takes two bytes or
+            // three.
+            any_value(prop_oneof![".{0,20}", ".{120,400}"]),
             "(|V|kA|mg/m3|°C)",
             0..Quality::ALL.len(),
             any::<i64>(),
