@@ -537,9 +537,16 @@ mod batch_wire {
         if len < 0x80 {
             out[at] = len as u8;
         } else {
-            let mut prefix = Vec::with_capacity(10);
-            encode_varint(len as u64, &mut prefix);
-            out.splice(at..=at, prefix);
+            // The varint on the stack: this happens once per batch at least (its own length).
+            let mut prefix = [0u8; 10];
+            let (mut v, mut n) = (len as u64, 0);
+            while v >= 0x80 {
+                prefix[n] = (v as u8) | 0x80;
+                v >>= 7;
+                n += 1;
+            }
+            prefix[n] = v as u8;
+            out.splice(at..=at, prefix[..=n].iter().copied());
         }
     }
 

@@ -4,8 +4,8 @@ use proptest::prelude::*;
 
 use crate::model::{Quality, Reading, ReadingBatch, Record, Timestamp, Value};
 
-/// Any reading value, or none: every kind, floats of any bit pattern (NaNs, infinities, -0.0,
-/// subnormals) and as proptest draws them, texts from `text`.
+/// Any reading value, or none: every kind; floats both of any bit pattern (NaNs, infinities,
+/// -0.0, subnormals) and as proptest draws them; texts from `text`.
 pub(crate) fn any_value(
     text: impl Strategy<Value = String> + 'static,
 ) -> impl Strategy<Value = Option<Value>> {
