@@ -279,8 +279,8 @@ fn default_worker_threads() -> usize {
 /// One worker is tokio's current-thread scheduler: the tasks run on the calling thread, and a
 /// task woken by another one goes on a local queue instead of through the work-stealing
 /// scheduler's atomics and idle-worker bookkeeping, which a lone worker pays for nothing: 4-6 %
-/// less CPU per point at 20 devices × 100 registers (docs/PERFORMANCE.md, "One worker on tokio's
-/// current-thread scheduler"). Nothing in the agent blocks a worker waiting for another task,
+/// less CPU per point at 20 devices × 100 registers (docs/PERFORMANCE.md, "one worker on the
+/// multi-threaded scheduler"). Nothing in the agent blocks a worker waiting for another task,
 /// which a single thread would turn into a deadlock.
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if workers == 1 {
