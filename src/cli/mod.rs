@@ -282,18 +282,29 @@ fn default_worker_threads() -> usize {
 /// less CPU per point at 20 devices × 100 registers (docs/PERFORMANCE.md, "one worker on the
 /// multi-threaded scheduler"). Nothing in the agent blocks a worker waiting for another task,
 /// which a single thread would turn into a deadlock.
+///
+/// Idle blocking threads are kept for [`BLOCKING_KEEP_ALIVE`].
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers == 1 {
+    let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .enable_all()
+        .build()
 }
+
+/// How long an idle thread of the blocking pool waits for work before it exits. The agent's
+/// steady user of the pool is the completeness checkpoint, every
+/// [`crate::completeness::CHECKPOINT_EVERY`] (10 s). With tokio's default keep-alive, also 10 s,
+/// its thread exited just before each checkpoint and every checkpoint started a thread again.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(60);
+const _: () =
+    assert!(BLOCKING_KEEP_ALIVE.as_secs() > crate::completeness::CHECKPOINT_EVERY.as_secs());
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {

@@ -5,7 +5,9 @@
 //!   one sentence.
 //! - [`subscriber`]: MQTT options of the read-only clients (`tail`, `verify --broker`).
 //! - [`connect_options`]: the broker address, TLS and server-name override of every client.
+//! - [`coalesce`]: the uplinks' TCP stream, which writes a burst of PUBLISHes at once.
 
+pub mod coalesce;
 pub mod subscriber;
 pub mod tls;
 

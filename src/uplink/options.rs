@@ -9,8 +9,8 @@ use crate::config::MqttConfig;
 
 /// Requests rumqttc's event loop takes from its channel per turn before it flushes the socket. Its
 /// default, one, makes a turn of the loop (and a flush) per PUBLISH; a poll slot hands it a
-/// burst of them, one per device. The write buffer stays bounded all the same: the codec flushes
-/// whenever its buffer passes 8 KiB.
+/// burst of them, one per device. The codec still flushes whenever its buffer passes 8 KiB; the
+/// uplink's stream (`mqtt::coalesce`) writes those flushes together.
 const REQUEST_BATCH: usize = 32;
 
 /// The options of a fresh connection to `cfg`'s broker: client id, TLS (`tls`, with the
@@ -34,6 +34,13 @@ pub(super) fn mqtt_options(
         .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
         .set_max_request_batch(REQUEST_BATCH)
         .set_last_will(will);
+    // An uplink's connection writes a burst of PUBLISHes at once (`mqtt::coalesce`). It dials the
+    // configured host, as `connect_options` does for a server-name override; each address the
+    // name resolves to is tried in turn.
+    let dial = format!("{}:{}", cfg.broker.host, cfg.broker.port);
+    o.set_socket_connector(move |_host, network| {
+        crate::mqtt::coalesce::connect(dial.clone(), network)
+    });
     match (&cfg.username, &cfg.password) {
         (Some(user), Some(password)) => {
             o.set_credentials(user.clone(), password.0.clone());

@@ -194,9 +194,9 @@ impl Sender<'_> {
         generation: u64,
         notice: rumqttc::PublishNotice,
     ) {
-        self.waiters.spawn(async move {
+        self.waiters.push(Box::pin(async move {
             let result = notice.wait_async().await.map(drop);
             (id, generation, result)
-        });
+        }));
     }
 }

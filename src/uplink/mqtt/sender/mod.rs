@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +55,10 @@ pub(super) struct Sender<'a> {
     tallies: HashMap<i64, Tally>,
     /// When each published record was acquired, until its ack (publish latency).
     acquired: HashMap<i64, Timestamp>,
-    waiters: JoinSet<NoticeOutcome>,
+    /// One future per publish awaiting its notice, polled by the sender's own task: a task
+    /// spawned per publish cost a spawn, a trip through the scheduler and a join per PUBLISH
+    /// (docs/PERFORMANCE.md, "a task per PUBACK").
+    waiters: FuturesUnordered<BoxFuture<'static, NoticeOutcome>>,
     to_ack: Vec<i64>,
     /// Ids whose publish ended without a PUBACK, to be counted in the spool's `attempts` with the
     /// next ack flush. A successful send is not written: the ack deletes the row anyway, and
@@ -83,7 +88,7 @@ impl<'a> Sender<'a> {
             drain: DrainRate::new(),
             tallies: HashMap::new(),
             acquired: HashMap::new(),
-            waiters: JoinSet::new(),
+            waiters: FuturesUnordered::new(),
             to_ack: Vec::new(),
             failed_sends: Vec::new(),
             ack_deadline: None,
@@ -156,10 +161,8 @@ impl<'a> Sender<'a> {
                     }
                     self.on_connection_change().await;
                 }
-                Some(joined) = self.waiters.join_next(), if !self.waiters.is_empty() => {
-                    if let Ok(outcome) = joined {
-                        self.on_notice(outcome);
-                    }
+                Some(outcome) = self.waiters.next(), if !self.waiters.is_empty() => {
+                    self.on_notice(outcome);
                 }
                 changed = appended.changed() => {
                     if changed.is_err() {
@@ -316,16 +319,15 @@ impl<'a> Sender<'a> {
                     );
                     break;
                 }
-                joined = self.waiters.join_next() => match joined {
-                    Some(Ok(outcome)) => self.on_notice(outcome),
-                    Some(Err(_)) => {}
+                outcome = self.waiters.next() => match outcome {
+                    Some(outcome) => self.on_notice(outcome),
                     None => break,
                 },
             }
         }
         self.flush_acks().await;
         self.publish_status();
-        self.waiters.abort_all();
+        self.waiters.clear();
     }
 }
 
