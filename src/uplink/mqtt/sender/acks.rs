@@ -151,6 +151,7 @@ impl Sender<'_> {
 
     pub(super) async fn flush_acks(&mut self) {
         self.ack_deadline = None;
+        self.last_ack_flush = Instant::now();
         if !self.failed_sends.is_empty() {
             let ids = std::mem::take(&mut self.failed_sends);
             if let Err(e) = self.spool.mark_attempt(ids).await {
@@ -198,5 +199,35 @@ impl Sender<'_> {
             let result = notice.wait_async().await.map(drop);
             (id, generation, result)
         }));
+    }
+}
+
+/// Write the acks now rather than at the flush timer: some are waiting, nothing published is still
+/// awaiting its PUBACK, and the last write is [`ACK_FLUSH_INTERVAL`] old. After a poll slot's burst
+/// the last PUBACK comes a few milliseconds after the PUBLISHes, while the runtime is awake anyway;
+/// waiting for the timer instead woke it twice more (the timer wheel moves a deadline that far
+/// off down a level first). Records that trickle in, one poll batch at a time behind a gateway,
+/// still make at most one write per interval.
+pub(super) fn flush_early(waiting: usize, in_flight: bool, since_last: Duration) -> bool {
+    waiting > 0 && !in_flight && since_last >= ACK_FLUSH_INTERVAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_are_written_early_once_nothing_is_in_flight_and_the_interval_has_passed() {
+        let long_ago = ACK_FLUSH_INTERVAL;
+        let just_now = ACK_FLUSH_INTERVAL - Duration::from_millis(1);
+        assert!(flush_early(20, false, long_ago));
+        assert!(flush_early(1, false, Duration::from_secs(3600)));
+        // Nothing to write.
+        assert!(!flush_early(0, false, long_ago));
+        // A PUBACK still to come: it would make a second write right after.
+        assert!(!flush_early(20, true, long_ago));
+        // Written less than an interval ago: the timer decides, as before.
+        assert!(!flush_early(20, false, just_now));
+        assert!(!flush_early(20, false, Duration::ZERO));
     }
 }

@@ -65,6 +65,8 @@ pub(super) struct Sender<'a> {
     /// rewriting a whole row (body included) per publish cost a write transaction per refill.
     failed_sends: Vec<i64>,
     ack_deadline: Option<Instant>,
+    /// When acks were last written to the spool (see [`acks::flush_early`]).
+    last_ack_flush: Instant,
     /// Records to move to the dead-letter table with the next flush, with their reason.
     to_dead: Vec<(i64, String)>,
     /// `encoding = "hj212"` on some stream: the messages' encoder.
@@ -92,6 +94,7 @@ impl<'a> Sender<'a> {
             to_ack: Vec::new(),
             failed_sends: Vec::new(),
             ack_deadline: None,
+            last_ack_flush: Instant::now(),
             to_dead: Vec::new(),
             hj212: uplink
                 .cfg
@@ -178,7 +181,15 @@ impl<'a> Sender<'a> {
                 () = &mut token_timer, if token_wait.is_some() => {}
                 _ = requeue_check.tick(), if self.conn.is_some() => self.take_requeued().await,
             }
-            if self.to_ack.len() >= ACK_FLUSH_IDS {
+            // A waiter per publish until its notice is taken: none left is nothing in flight.
+            if self.to_ack.len() >= ACK_FLUSH_IDS
+                || (!self.to_ack.is_empty()
+                    && acks::flush_early(
+                        self.to_ack.len(),
+                        !self.waiters.is_empty(),
+                        self.last_ack_flush.elapsed(),
+                    ))
+            {
                 self.flush_acks().await;
             }
         }
@@ -433,13 +444,38 @@ pub(super) enum Sent {
 /// that stays put keeps its one entry in the timer wheel. A timer whose deadline is not set is
 /// left where it is: its `select!` branch is disabled.
 fn arm(timer: std::pin::Pin<&mut tokio::time::Sleep>, deadline: Option<Instant>) {
-    if let Some(at) = deadline
-        && timer.deadline() != at
-    {
-        timer.reset(at);
+    match deadline {
+        Some(at) if timer.deadline() != at => timer.reset(at),
+        // A timer no longer wanted is moved far away: left at its deadline, it would still wake
+        // the runtime (and this task) when that passes, for nothing.
+        None if timer.deadline() < Instant::now() + DISARMED_BEYOND => timer.reset(far_future()),
+        _ => {}
     }
 }
 
+/// A timer whose deadline is further away than this counts as disarmed (see [`arm`]).
+const DISARMED_BEYOND: Duration = Duration::from_secs(3600);
+
 pub(super) fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_no_longer_wanted_is_moved_out_of_the_way_and_one_wanted_is_set() {
+        let timer = tokio::time::sleep(ACK_FLUSH_INTERVAL);
+        tokio::pin!(timer);
+        // A flush happened before the timer's deadline: the timer must not wake anyone then.
+        arm(timer.as_mut(), None);
+        assert!(timer.deadline() >= Instant::now() + DISARMED_BEYOND);
+        let parked = timer.deadline();
+        arm(timer.as_mut(), None);
+        assert_eq!(timer.deadline(), parked, "a parked timer is left alone");
+        let at = Instant::now() + Duration::from_millis(40);
+        arm(timer.as_mut(), Some(at));
+        assert_eq!(timer.deadline(), at);
+    }
 }
