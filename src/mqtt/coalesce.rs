@@ -3,10 +3,9 @@
 //!
 //! rumqttc's codec flushes its buffer to the socket whenever the buffer passes 8 KiB, and once
 //! more at the end of each batch of requests. A poll slot hands the event loop one PUBLISH per
-//! device, each larger than that (a batch of 100 readings is 11 kB of JSON), so every PUBLISH was
-//! a `writev` of its own, and each write woke the broker again. That send path was about an
-//! eighth of the agent's CPU at 20 devices × 100 registers (docs/PERFORMANCE.md, "one write per
-//! PUBLISH").
+//! device, each larger than that (a batch of 100 readings is 11 kB of JSON), so every PUBLISH would
+//! be a write of its own, and each write would wake the broker again (docs/PERFORMANCE.md, "one
+//! write per PUBLISH").
 //!
 //! The event loop reads whenever nothing else is ready: after a batch of requests, after a
 //! keep-alive PINGREQ, while it waits for CONNACK, PUBACKs or the TLS handshake. That read first

@@ -134,9 +134,9 @@ use sender::Sender;
 /// Acks collected from PUBACKs are written to the spool at least this often… Each flush is a
 /// command to the spool's thread, so the interval is longer than a batch period: one flush per
 /// batch would be one more wake-up of that thread per batch. A flush comes before the timer once
-/// nothing is in flight and the last one is this old (`sender::acks::flush_early`). A slower flush only delays what
-/// counts on acks (completeness, `acked_total`) and, after a crash, resends what was acked since
-/// the last flush; the publish latency is taken at the PUBACK.
+/// nothing is in flight and the last one is this old (`sender::acks::flush_early`). A slower flush
+/// only delays what counts on acks (completeness, `acked_total`) and, after a crash, resends what
+/// was acked since the last flush; the publish latency is taken at the PUBACK.
 const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// …or as soon as this many are waiting.
 const ACK_FLUSH_IDS: usize = 256;

@@ -57,7 +57,7 @@ pub(super) struct Sender<'a> {
     acquired: HashMap<i64, Timestamp>,
     /// One future per publish awaiting its notice, polled by the sender's own task: a task
     /// spawned per publish cost a spawn, a trip through the scheduler and a join per PUBLISH
-    /// (docs/PERFORMANCE.md, "a task per PUBACK").
+    /// (docs/PERFORMANCE.md, "one write per PUBLISH").
     waiters: FuturesUnordered<BoxFuture<'static, NoticeOutcome>>,
     to_ack: Vec<i64>,
     /// Ids whose publish ended without a PUBACK, to be counted in the spool's `attempts` with the
@@ -441,13 +441,12 @@ pub(super) enum Sent {
 }
 
 /// Moves `timer` to `deadline` when it is set and differs from the timer's, so that a deadline
-/// that stays put keeps its one entry in the timer wheel. A timer whose deadline is not set is
-/// left where it is: its `select!` branch is disabled.
+/// that stays put keeps its one entry in the timer wheel. A timer whose deadline is not set (its
+/// `select!` branch is disabled) is moved far away, once: left at its deadline, it would still
+/// wake the runtime (and this task) when that passes, for nothing.
 fn arm(timer: std::pin::Pin<&mut tokio::time::Sleep>, deadline: Option<Instant>) {
     match deadline {
         Some(at) if timer.deadline() != at => timer.reset(at),
-        // A timer no longer wanted is moved far away: left at its deadline, it would still wake
-        // the runtime (and this task) when that passes, for nothing.
         None if timer.deadline() < Instant::now() + DISARMED_BEYOND => timer.reset(far_future()),
         _ => {}
     }
