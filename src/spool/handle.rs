@@ -18,7 +18,7 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -58,7 +58,7 @@ enum Command {
     Append(
         Vec<NewRecord>,
         Vec<Option<Decoded>>,
-        oneshot::Sender<Result<Vec<Appended>, Box<AppendFailed>>>,
+        oneshot::Sender<AppendReply>,
     ),
     ReadAfter(i64, usize, Reply<Vec<StoredRecord>>),
     ReadAfterDecoded(i64, usize, Reply<Vec<(StoredRecord, Option<Decoded>)>>),
@@ -87,6 +87,11 @@ enum Command {
 pub struct SpoolHandle {
     commands: mpsc::Sender<Command>,
     appended: watch::Receiver<i64>,
+    /// Moved on by the appender once its append returned (see [`publish_appended`]), so that the
+    /// spool thread wakes the runtime once per append (its reply) rather than twice. The thread
+    /// holds the one strong reference: the watch closes when the thread stops, which tells the
+    /// uplinks the spool is gone.
+    appended_tx: Weak<watch::Sender<i64>>,
     path: Arc<PathBuf>,
 }
 
@@ -110,10 +115,12 @@ impl SpoolHandle {
     fn serve_on_thread(spool: Spool) -> Result<SpoolHandle, SpoolError> {
         let path = spool.path().to_path_buf();
         let (appended_tx, appended) = watch::channel(spool.last_id()?);
+        let thread_tx = Arc::new(appended_tx);
+        let appended_tx = Arc::downgrade(&thread_tx);
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
         std::thread::Builder::new()
             .name("smeltwatch-spool".to_owned())
-            .spawn(move || serve(spool, rx, appended_tx))
+            .spawn(move || serve(spool, rx, &thread_tx))
             .map_err(|source| SpoolError::Thread {
                 path: path.clone(),
                 source,
@@ -121,6 +128,7 @@ impl SpoolHandle {
         Ok(SpoolHandle {
             commands,
             appended,
+            appended_tx,
             path: Arc::new(path),
         })
     }
@@ -180,15 +188,25 @@ impl SpoolHandle {
                 decoded,
             }));
         }
+        let mut answer = PendingAppend {
+            answer,
+            appended: &self.appended_tx,
+        };
         // A dropped reply sender means the thread stopped before serving this command, and
         // dropped the records with it.
-        answer.await.unwrap_or_else(|_| {
+        let result = (&mut answer.answer).await.unwrap_or_else(|_| {
             Err(Box::new(AppendFailed {
                 error: SpoolError::Closed,
                 records: Vec::new(),
                 decoded: Vec::new(),
             }))
-        })
+        });
+        if let Ok(stored) = &result
+            && let Some(appended) = self.appended_tx.upgrade()
+        {
+            publish_appended(&appended, stored);
+        }
+        result
     }
 
     /// Up to `limit` records with `id > after_id`, oldest first. See [`Spool::read_after`].
@@ -291,6 +309,44 @@ impl SpoolHandle {
     }
 }
 
+type AppendReply = Result<Vec<Appended>, Box<AppendFailed>>;
+
+/// Moves the [`SpoolHandle::appended`] watch on to the last of `stored`, never back: appends
+/// from several tasks may return in another order than they committed.
+fn publish_appended(appended: &watch::Sender<i64>, stored: &[Appended]) {
+    if let Some(last) = stored.last() {
+        appended.send_if_modified(|id| {
+            let newer = last.id > *id;
+            if newer {
+                *id = last.id;
+            }
+            newer
+        });
+    }
+}
+
+/// The reply of an append being awaited. If the append's future is dropped before it took the
+/// reply, the records may still be stored: then whichever of the two comes second, this guard's
+/// drop or the spool thread's failed reply, moves the watch on, so that the uplink still reads
+/// them without waiting for the next append.
+struct PendingAppend<'h> {
+    answer: oneshot::Receiver<AppendReply>,
+    appended: &'h Weak<watch::Sender<i64>>,
+}
+
+impl Drop for PendingAppend<'_> {
+    fn drop(&mut self) {
+        // After `close`, the thread's reply fails (and it moves the watch itself), and a reply
+        // sent before is still here to take.
+        self.answer.close();
+        if let Ok(Ok(stored)) = self.answer.try_recv()
+            && let Some(appended) = self.appended.upgrade()
+        {
+            publish_appended(&appended, &stored);
+        }
+    }
+}
+
 /// Decoded forms of appended records by id, with the body bytes each stands for.
 #[derive(Default)]
 struct DecodedForms {
@@ -339,7 +395,7 @@ impl DecodedForms {
 // One match arm per command, each a call on the spool and its reply: split, the arms would only
 // move into functions that each take the whole state.
 #[allow(clippy::too_many_lines)]
-fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watch::Sender<i64>) {
+fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: &watch::Sender<i64>) {
     let mut forms = DecodedForms::default();
     // A failed `send` on a reply only means the caller stopped waiting; the work is done anyway.
     while let Some(command) = commands.blocking_recv() {
@@ -355,9 +411,6 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
                         if !sizes.is_empty() {
                             forms.keep(&sizes, decoded, &stored);
                         }
-                        if let Some(last) = stored.last() {
-                            appended.send_replace(last.id);
-                        }
                         Ok(stored)
                     }
                     Err(error) => Err(Box::new(AppendFailed {
@@ -366,7 +419,11 @@ fn serve(mut spool: Spool, mut commands: mpsc::Receiver<Command>, appended: watc
                         decoded,
                     })),
                 };
-                let _ = reply.send(result);
+                // The appender moves the watch on when it takes the reply; one that stopped
+                // waiting cannot.
+                if let Err(Ok(stored)) = reply.send(result) {
+                    publish_appended(appended, &stored);
+                }
             }
             Command::ReadAfter(after_id, limit, reply) => {
                 let _ = reply.send(spool.read_after(after_id, limit));
@@ -626,6 +683,49 @@ mod tests {
             .unwrap_err();
         assert!(matches!(failed.error, SpoolError::Closed));
         assert_eq!(failed.records, records);
+    }
+
+    #[tokio::test]
+    async fn an_append_whose_caller_stopped_waiting_still_moves_the_watch() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let handle = SpoolHandle::open(&dir.path().join("c.db"), &SpoolConfig::default()).unwrap();
+        let mut appended = handle.appended();
+        assert_eq!(*appended.borrow_and_update(), 0);
+        // The append is sent on its first poll and dropped right after, almost always while its
+        // commit (an fsync) runs: the thread's reply finds no one and the thread moves the watch.
+        tokio::select! {
+            biased;
+            _ = handle.append(vec![rec(Stream::Live, 1), rec(Stream::Live, 2)]) => {}
+            () = std::future::ready(()) => {}
+        }
+        appended.changed().await.unwrap();
+        assert_eq!(*appended.borrow_and_update(), 2);
+        assert_eq!(handle.read_after(0, 10).await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_reply_left_behind_by_a_dropped_append_moves_the_watch_and_never_back() {
+        let (tx, mut rx) = watch::channel(5_i64);
+        let tx = Arc::new(tx);
+        let weak = Arc::downgrade(&tx);
+        let appended = |id| Appended {
+            id,
+            stream: Stream::Live,
+            seq: 1,
+        };
+        // The reply arrived, the caller was gone before it took it.
+        let (reply, answer) = oneshot::channel::<AppendReply>();
+        reply.send(Ok(vec![appended(6), appended(7)])).unwrap();
+        drop(PendingAppend {
+            answer,
+            appended: &weak,
+        });
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 7);
+        // An append that committed earlier but returned later does not move it back.
+        publish_appended(&tx, &[appended(6)]);
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow(), 7);
     }
 
     #[tokio::test]

@@ -133,6 +133,7 @@ impl Sender<'_> {
 
     pub(super) async fn refresh_dead_letters(&mut self) {
         if let Ok(stats) = self.spool.stats().await {
+            self.dead_letters = Some(stats.dead_letters);
             self.uplink.update(|s| s.dead_letters = stats.dead_letters);
         }
     }

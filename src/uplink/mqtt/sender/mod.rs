@@ -69,6 +69,10 @@ pub(super) struct Sender<'a> {
     last_ack_flush: Instant,
     /// Records to move to the dead-letter table with the next flush, with their reason.
     to_dead: Vec<(i64, String)>,
+    /// Dead letters in the spool when last counted (`None`: not counted yet). Only this process
+    /// sets records aside, so while it is zero `smeltwatch spool requeue` has nothing to flag and
+    /// the periodic re-queue check is skipped (see [`requeue_check_due`]).
+    dead_letters: Option<u64>,
     /// `encoding = "hj212"` on some stream: the messages' encoder.
     hj212: Option<Hj212Messages>,
 }
@@ -96,6 +100,7 @@ impl<'a> Sender<'a> {
             ack_deadline: None,
             last_ack_flush: Instant::now(),
             to_dead: Vec::new(),
+            dead_letters: None,
             hj212: uplink
                 .cfg
                 .encoding
@@ -179,7 +184,9 @@ impl<'a> Sender<'a> {
                     self.flush_acks().await;
                 }
                 () = &mut token_timer, if token_wait.is_some() => {}
-                _ = requeue_check.tick(), if self.conn.is_some() => self.take_requeued().await,
+                _ = requeue_check.tick(), if requeue_check_due(self.conn.is_some(), self.dead_letters) => {
+                    self.take_requeued().await;
+                }
             }
             // A waiter per publish until its notice is taken: none left is nothing in flight.
             if self.to_ack.len() >= ACK_FLUSH_IDS
@@ -442,14 +449,30 @@ pub(super) enum Sent {
 
 /// Moves `timer` to `deadline` when it is set and differs from the timer's, so that a deadline
 /// that stays put keeps its one entry in the timer wheel. A timer whose deadline is not set (its
-/// `select!` branch is disabled) is moved far away, once: left at its deadline, it would still
-/// wake the runtime (and this task) when that passes, for nothing.
-fn arm(timer: std::pin::Pin<&mut tokio::time::Sleep>, deadline: Option<Instant>) {
+/// `select!` branch is disabled) is replaced, once, by one parked far away that is never polled
+/// and so never enters the wheel.
+///
+/// Replacing, not [`Sleep::reset`](tokio::time::Sleep::reset): a reset to a later deadline only
+/// marks the wheel's entry as extended, and the wheel still wakes the runtime where the old
+/// deadline's slot falls (up to 64 ms before it, for a 250 ms ack deadline) to file the entry
+/// again further on; a dropped `Sleep` leaves the wheel at once. The same holds for a deadline
+/// that moves later.
+fn arm(mut timer: std::pin::Pin<&mut tokio::time::Sleep>, deadline: Option<Instant>) {
     match deadline {
-        Some(at) if timer.deadline() != at => timer.reset(at),
-        None if timer.deadline() < Instant::now() + DISARMED_BEYOND => timer.reset(far_future()),
+        Some(at) if timer.deadline() != at => timer.set(sleep_until(at)),
+        None if timer.deadline() < Instant::now() + DISARMED_BEYOND => {
+            timer.set(sleep_until(far_future()));
+        }
         _ => {}
     }
+}
+
+/// Whether the periodic re-queue check runs: only while connected, and only while dead letters
+/// may exist (counted, or not counted yet). `smeltwatch spool requeue` flags dead letters that
+/// this process set aside; with none, a check would only cost a round trip to the spool thread
+/// and a SQL query every [`REQUEUE_CHECK_INTERVAL`].
+fn requeue_check_due(connected: bool, dead_letters: Option<u64>) -> bool {
+    connected && dead_letters != Some(0)
 }
 
 /// A timer whose deadline is further away than this counts as disarmed (see [`arm`]).
@@ -461,6 +484,8 @@ pub(super) fn far_future() -> Instant {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -476,5 +501,22 @@ mod tests {
         let at = Instant::now() + Duration::from_millis(40);
         arm(timer.as_mut(), Some(at));
         assert_eq!(timer.deadline(), at);
+        let later = at + Duration::from_millis(300);
+        arm(timer.as_mut(), Some(later));
+        assert_eq!(timer.deadline(), later);
+        // The armed timer fires at its deadline, not before.
+        tokio::time::sleep_until(later - Duration::from_millis(1)).await;
+        assert!(timer.as_mut().now_or_never().is_none());
+        tokio::time::sleep_until(later).await;
+        assert!(timer.as_mut().now_or_never().is_some());
+    }
+
+    #[test]
+    fn the_requeue_check_runs_while_connected_unless_the_spool_has_no_dead_letters() {
+        assert!(requeue_check_due(true, None), "not counted yet");
+        assert!(requeue_check_due(true, Some(3)));
+        assert!(!requeue_check_due(true, Some(0)));
+        assert!(!requeue_check_due(false, Some(3)));
+        assert!(!requeue_check_due(false, None));
     }
 }
