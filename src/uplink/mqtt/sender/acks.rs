@@ -132,9 +132,13 @@ impl Sender<'_> {
     }
 
     pub(super) async fn refresh_dead_letters(&mut self) {
-        if let Ok(stats) = self.spool.stats().await {
-            self.dead_letters = Some(stats.dead_letters);
-            self.uplink.update(|s| s.dead_letters = stats.dead_letters);
+        match self.spool.stats().await {
+            Ok(stats) => {
+                self.dead_letters = Some(stats.dead_letters);
+                self.uplink.update(|s| s.dead_letters = stats.dead_letters);
+            }
+            // Not counted: the re-queue check runs until a count succeeds.
+            Err(_) => self.dead_letters = None,
         }
     }
 
