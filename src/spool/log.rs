@@ -9,23 +9,44 @@
 //! emptied, never by being rewritten (see [`super::Spool`] for when it is emptied).
 //!
 //! # Format
-//! An 8-byte file magic, then frames:
+//! A 16-byte file header, `SWSPLOG2` and the log's generation (u64 LE), then frames:
 //! ```text
-//! payload_len u32 LE | crc32c u32 LE (over kind and payload) | kind u8 | payload
+//! payload_len u32 LE | crc32c u32 LE (over generation, kind and payload) | generation u32 LE
+//!   | kind u8 | payload
 //! kind 1, a record: id i64 | stream u8 | seq u64 | created_ms i64 | topic_len u32 | topic | body
 //! kind 2, acks:     (first_id i64, last_id i64) per range of acked ids
 //! kind 3, attempts: id i64 per record whose send ended unacknowledged (once per attempt)
 //! ```
-//! After a synced append the next frame starts on the next 4 KiB boundary: the page the append
-//! ended in is then never written again after its fsync (a page dirtied again is written to
-//! flash again in full). The file is also kept at a fixed size, [`FILE_BYTES`], its blocks
-//! allocated ahead (`posix_fallocate`; sparse where the file system cannot): on ext4 an append
-//! that extends a file also writes the page that held the old end again, and allocated blocks let
-//! appends go on when the file system fills, as SQLite's WAL reuses its own pages. Together they bring an append of a 2.2 kB batch from about 1.5 pages (no
-//! alignment), or 2 (alignment alone), to one. A reader skips a run of zero bytes to the next
-//! boundary. Replay stops at the first frame that is incomplete or fails its checksum: only the
-//! tail can be torn, since every append that returned was synced; what lies after such a frame
-//! is reported, not guessed at.
+//! A frame carries the low 32 bits of the generation it was written in.
+//!
+//! # The file is written in place, never emptied
+//! The file is kept at a fixed size, [`FILE_BYTES`], its blocks allocated ahead
+//! (`posix_fallocate`; sparse where the file system cannot), so that appends never extend it
+//! (on ext4 an append that extends a file also writes the page that held the old end again) and
+//! go on when the file system fills, as SQLite's WAL reuses its own pages. Emptying the log
+//! ([`RecordLog::reset`]) only moves its generation on: the old frames stay where they are and
+//! are overwritten by the new ones. Truncating and allocating the file again instead would hand
+//! every append blocks that are allocated but never written, and the first write to such a block
+//! changes the file's extent map: each `fdatasync` then wrote the inode as well as the data, and
+//! each append took fresh pages into the page cache (docs/PERFORMANCE.md, "the record log
+//! emptied by truncation"). Replay stops at the first frame of another generation, which is where
+//! the current one ends.
+//!
+//! After a synced append the rest of its last page is written with zeros and the next frame
+//! starts on the next 4 KiB boundary: the page the append ended in is then never written again
+//! after its fsync (a page dirtied again is written to flash again in full). A reader skips a run
+//! of zeros to the next boundary. Together they bring an append of a 2.2 kB batch from about 1.5
+//! pages (no alignment), or 2 (alignment alone), to one.
+//!
+//! Replay stops at the first frame that is incomplete or fails its checksum: only the tail can be
+//! torn, since every append that returned was synced; what lies after such a frame is reported,
+//! not guessed at. A frame of another generation, or bytes that are no frame at all, end the log
+//! without a report: they are what an earlier generation left after the last frame of this one.
+//!
+//! # Logs of earlier releases
+//! `SWSPLOG1` logs (an 8-byte header, frames without the generation field, zeros after the last
+//! frame) are read back, and appended to in their own format until the log is next emptied,
+//! which truncates the file once and starts it again in this format.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -33,10 +54,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Stream;
+use crate::spool::NewRecord;
 
-const FILE_MAGIC: &[u8; 8] = b"SWSPLOG1";
-const HEADER_LEN: u64 = FILE_MAGIC.len() as u64;
-const FRAME_HEADER_LEN: usize = 9;
+/// The magic of this release's logs.
+const FILE_MAGIC: &[u8; 8] = b"SWSPLOG2";
+/// The magic of the logs written by earlier releases (read, see [`Format::V1`]).
+const FILE_MAGIC_V1: &[u8; 8] = b"SWSPLOG1";
 const KIND_RECORD: u8 = 1;
 const KIND_ACKS: u8 = 2;
 const KIND_ATTEMPTS: u8 = 3;
@@ -77,11 +100,82 @@ pub(super) struct Replay {
     pub(super) acked: Vec<(i64, i64)>,
     /// One id per unacknowledged send of that record.
     pub(super) attempts: Vec<i64>,
-    /// Bytes from the first incomplete or damaged frame to the last non-zero byte (a torn tail
-    /// is normal after a crash).
+    /// The damaged frame's bytes: in a log of this release, from where it starts to where its
+    /// header says it ends (or the end of the file); in one of an earlier release, to the last
+    /// non-zero byte. A torn tail is normal after a crash.
     pub(super) discarded_bytes: u64,
+    /// Where the damaged frame starts (when `discarded_bytes` is not 0).
+    pub(super) discarded_at: u64,
     /// Where the last good frame ends.
     pub(super) end: u64,
+}
+
+/// The layout of one log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    /// `SWSPLOG1`, an earlier release's: frames without a generation, zeros after the last one.
+    V1,
+    /// `SWSPLOG2`: every frame carries the low 32 bits of `generation`.
+    V2 { generation: u64 },
+}
+
+impl Format {
+    /// The format a file's first bytes announce, if they are a log's.
+    fn of(bytes: &[u8]) -> Option<Format> {
+        if bytes.starts_with(FILE_MAGIC_V1) {
+            return Some(Format::V1);
+        }
+        let generation = bytes.get(8..16)?;
+        bytes.starts_with(FILE_MAGIC).then(|| Format::V2 {
+            generation: u64::from_le_bytes(generation.try_into().expect("8 bytes")),
+        })
+    }
+
+    /// The file header's length: where the first frame starts.
+    fn header_len(self) -> u64 {
+        match self {
+            Format::V1 => 8,
+            Format::V2 { .. } => 16,
+        }
+    }
+
+    /// The frame header's length; the checksum covers what follows its first 8 bytes.
+    fn frame_header_len(self) -> usize {
+        match self {
+            Format::V1 => 9,
+            Format::V2 { .. } => 13,
+        }
+    }
+
+    /// Appends one frame of `kind` with `payload` to `out`.
+    fn push_frame(self, out: &mut Vec<u8>, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+        let start = out.len();
+        let header = self.frame_header_len();
+        out.extend_from_slice(&[0; 13][..header]);
+        if let Format::V2 { generation } = self {
+            out[start + 8..start + 12].copy_from_slice(&(generation as u32).to_le_bytes());
+        }
+        out[start + header - 1] = kind;
+        payload(out);
+        let len = u32::try_from(out.len() - start - header).unwrap_or(u32::MAX);
+        let crc = checksum(&out[start + 8..]);
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// A record frame for `record`.
+    pub(super) fn encode_record(self, out: &mut Vec<u8>, id: i64, seq: u64, record: &NewRecord) {
+        self.push_frame(out, KIND_RECORD, |p| {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.push(stream_code(record.stream));
+            p.extend_from_slice(&seq.to_le_bytes());
+            p.extend_from_slice(&record.created.unix_ms().to_le_bytes());
+            let topic_len = u32::try_from(record.topic.len()).unwrap_or(u32::MAX);
+            p.extend_from_slice(&topic_len.to_le_bytes());
+            p.extend_from_slice(record.topic.as_bytes());
+            p.extend_from_slice(&record.body);
+        });
+    }
 }
 
 /// The log file, open for appending.
@@ -89,6 +183,7 @@ pub(super) struct Replay {
 pub(super) struct RecordLog {
     file: File,
     path: PathBuf,
+    format: Format,
     /// Where the next frame goes.
     end: u64,
 }
@@ -116,32 +211,6 @@ fn align_up(offset: u64) -> u64 {
     offset.div_ceil(PAGE_BYTES) * PAGE_BYTES
 }
 
-/// Appends one frame of `kind` with `payload` to `out`.
-fn push_frame(out: &mut Vec<u8>, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-    out[start + 8] = kind;
-    payload(out);
-    let len = u32::try_from(out.len() - start - FRAME_HEADER_LEN).unwrap_or(u32::MAX);
-    let crc = checksum(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// A record frame for `record`.
-pub(super) fn encode_record(out: &mut Vec<u8>, id: i64, seq: u64, record: &super::NewRecord) {
-    push_frame(out, KIND_RECORD, |p| {
-        p.extend_from_slice(&id.to_le_bytes());
-        p.push(stream_code(record.stream));
-        p.extend_from_slice(&seq.to_le_bytes());
-        p.extend_from_slice(&record.created.unix_ms().to_le_bytes());
-        let topic_len = u32::try_from(record.topic.len()).unwrap_or(u32::MAX);
-        p.extend_from_slice(&topic_len.to_le_bytes());
-        p.extend_from_slice(record.topic.as_bytes());
-        p.extend_from_slice(&record.body);
-    });
-}
-
 fn decode_record(payload: &[u8]) -> Option<LoggedRecord> {
     let fixed = payload.get(..RECORD_FIXED_LEN)?;
     let i64_at = |at: usize| i64::from_le_bytes(fixed[at..at + 8].try_into().expect("8 bytes"));
@@ -166,39 +235,55 @@ fn non_zero_extent(bytes: &[u8], at: usize) -> u64 {
         .map_or(0, |p| p as u64 + 1)
 }
 
-/// Parses a whole log file's bytes (after the magic check).
-fn replay(bytes: &[u8]) -> Replay {
+/// Parses a whole log file's bytes, laid out as `format`.
+fn replay(bytes: &[u8], format: Format) -> Replay {
     let mut out = Replay {
-        end: HEADER_LEN,
+        end: format.header_len(),
         ..Replay::default()
     };
-    let mut at = HEADER_LEN as usize;
+    let frame_header = format.frame_header_len();
+    let mut at = format.header_len() as usize;
     while at < bytes.len() {
-        let header = bytes.get(at..at + FRAME_HEADER_LEN);
+        let header = bytes.get(at..at + frame_header);
         if header.is_none_or(|h| h.iter().all(|&b| b == 0)) {
             // Zeros: the rest of a page after a synced append, or the unused part of the file.
             let next = (align_up(at as u64 + 1) as usize).min(bytes.len());
             if bytes[at..next].iter().any(|&b| b != 0) {
-                out.discarded_bytes = non_zero_extent(bytes, at);
+                if format == Format::V1 {
+                    (out.discarded_bytes, out.discarded_at) =
+                        (non_zero_extent(bytes, at), at as u64);
+                }
+                // In this release's logs: what an earlier generation left after an unsynced
+                // append of this one.
                 break;
             }
             at = next;
             continue;
         }
         let header = header.expect("checked above");
+        if let Format::V2 { generation } = format
+            && header[8..12] != (generation as u32).to_le_bytes()
+        {
+            // An earlier generation's frame, or part of one: the current generation ends here.
+            break;
+        }
         let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let end = at.saturating_add(FRAME_HEADER_LEN).saturating_add(len);
+        let end = at.saturating_add(frame_header).saturating_add(len);
+        let damaged = || match format {
+            Format::V1 => non_zero_extent(bytes, at),
+            Format::V2 { .. } => (end.min(bytes.len()) - at) as u64,
+        };
         let Some(checked) = bytes.get(at + 8..end) else {
-            out.discarded_bytes = non_zero_extent(bytes, at);
+            (out.discarded_bytes, out.discarded_at) = (damaged(), at as u64);
             break;
         };
         if checksum(checked) != crc {
-            out.discarded_bytes = non_zero_extent(bytes, at);
+            (out.discarded_bytes, out.discarded_at) = (damaged(), at as u64);
             break;
         }
-        let payload = &checked[1..];
-        let parsed = match checked[0] {
+        let (kind, payload) = (header[frame_header - 1], &bytes[at + frame_header..end]);
+        let parsed = match kind {
             KIND_RECORD => decode_record(payload).map(|r| out.records.push(r)),
             KIND_ACKS if payload.len().is_multiple_of(16) => {
                 for pair in payload.chunks_exact(16) {
@@ -220,7 +305,7 @@ fn replay(bytes: &[u8]) -> Replay {
         if parsed.is_none() {
             // A checksummed frame this build cannot read: written by a newer one, or damage the
             // checksum missed. Nothing after it is taken on trust.
-            out.discarded_bytes = non_zero_extent(bytes, at);
+            (out.discarded_bytes, out.discarded_at) = (damaged(), at as u64);
             break;
         }
         at = end;
@@ -258,6 +343,13 @@ pub(super) enum OpenError {
     Io(io::Error),
 }
 
+fn not_a_log(path: &Path) -> OpenError {
+    OpenError::NotALog(format!(
+        "{} does not start with the record log's magic",
+        path.display()
+    ))
+}
+
 impl RecordLog {
     /// Opens (or creates) the log at `path` and reads it back whole. A missing or empty file is a
     /// new log; a file without the magic is [`OpenError::NotALog`].
@@ -282,31 +374,55 @@ impl RecordLog {
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(OpenError::Io)?;
+        if bytes.is_empty() {
+            let mut log = RecordLog {
+                file,
+                path: path.to_path_buf(),
+                format: Format::V2 { generation: 0 },
+                end: 0,
+            };
+            log.start(1).map_err(OpenError::Io)?;
+            return Ok((log, Replay::default()));
+        }
+        let format = Format::of(&bytes).ok_or_else(|| not_a_log(path))?;
+        let replay = replay(&bytes, format);
         let mut log = RecordLog {
             file,
             path: path.to_path_buf(),
-            end: HEADER_LEN,
+            format,
+            end: replay.end,
         };
-        if bytes.is_empty() {
-            log.reset().map_err(OpenError::Io)?;
-            return Ok((log, Replay::default()));
+        match format {
+            Format::V1 => {
+                if replay.discarded_bytes > 0 {
+                    // Zero the torn frame, or the next replay would stop at it again, before
+                    // frames appended after it.
+                    log.file.set_len(replay.end).map_err(OpenError::Io)?;
+                }
+                log.end = align_up(replay.end);
+            }
+            Format::V2 { .. } => {
+                if replay.discarded_bytes > 0 {
+                    // The same, in place: a shorter frame appended there must not leave the
+                    // torn one's remains to be read as damage.
+                    let zeros = vec![0; replay.discarded_bytes as usize];
+                    log.file
+                        .write_all_at(&zeros, replay.discarded_at)
+                        .map_err(OpenError::Io)?;
+                }
+                // After a synced append's zeros the next frame goes on the next page, as it would
+                // have without the restart; after an unsynced one, what follows it is an earlier
+                // generation's, which the next frame must overwrite from where this one ends.
+                let boundary = align_up(replay.end);
+                let gap = bytes.get(replay.end as usize..(boundary as usize).min(bytes.len()));
+                if gap.is_none_or(|g| g.iter().all(|&b| b == 0)) {
+                    log.end = boundary;
+                }
+            }
         }
-        if !bytes.starts_with(FILE_MAGIC) {
-            return Err(OpenError::NotALog(format!(
-                "{} does not start with the record log's magic",
-                path.display()
-            )));
+        if (log.file_len().map_err(OpenError::Io)?) < FILE_BYTES {
+            allocate(&log.file, FILE_BYTES).map_err(OpenError::Io)?;
         }
-        let replay = replay(&bytes);
-        if replay.discarded_bytes > 0 {
-            // Zero the torn frame, or the next replay would stop at it again, before frames
-            // appended after it.
-            log.file.set_len(replay.end).map_err(OpenError::Io)?;
-        }
-        if replay.discarded_bytes > 0 || (bytes.len() as u64) < FILE_BYTES {
-            allocate(&log.file, FILE_BYTES.max(replay.end)).map_err(OpenError::Io)?;
-        }
-        log.end = align_up(replay.end);
         Ok((log, replay))
     }
 
@@ -315,20 +431,33 @@ impl RecordLog {
     pub(super) fn read(path: &Path) -> Result<Replay, OpenError> {
         match fs::read(path) {
             Ok(bytes) if bytes.is_empty() => Ok(Replay::default()),
-            Ok(bytes) if bytes.starts_with(FILE_MAGIC) => Ok(replay(&bytes)),
-            Ok(_) => Err(OpenError::NotALog(format!(
-                "{} does not start with the record log's magic",
-                path.display()
-            ))),
+            Ok(bytes) => match Format::of(&bytes) {
+                Some(format) => Ok(replay(&bytes, format)),
+                None => Err(not_a_log(path)),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Replay::default()),
             Err(e) => Err(OpenError::Io(e)),
         }
     }
 
-    /// Writes the frames in `frames` (from [`encode_record`]) and, if `sync`, waits until they are
-    /// on disk. On error nothing of them stays in the file.
-    pub(super) fn append(&mut self, frames: &[u8], sync: bool) -> io::Result<()> {
+    fn file_len(&self) -> io::Result<u64> {
+        self.file.metadata().map(|m| m.len())
+    }
+
+    /// The format frames appended to this log take ([`Format::encode_record`]).
+    pub(super) fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Writes `frames` (from this log's [`format`](Self::format)) and, if `sync`, waits until they
+    /// are on disk; a synced append is padded with zeros to the next page boundary in `frames`
+    /// itself, so that it goes out in one write. On error nothing of them stays in the file.
+    pub(super) fn append(&mut self, frames: &mut Vec<u8>, sync: bool) -> io::Result<()> {
         let at = self.end;
+        if sync {
+            let padded = align_up(at + frames.len() as u64) - at;
+            frames.resize(padded as usize, 0);
+        }
         let written = self
             .file
             .write_all_at(frames, at)
@@ -342,33 +471,32 @@ impl RecordLog {
                 .and_then(|()| allocate(&self.file, FILE_BYTES.max(at)));
             return Err(e);
         }
-        let end = at + frames.len() as u64;
-        self.end = if sync { align_up(end) } else { end };
+        self.end = at + frames.len() as u64;
         Ok(())
     }
 
     /// Appends one frame of acked id ranges, without a sync (see [`super::Spool::ack`]).
     pub(super) fn append_acks(&mut self, ranges: &[(i64, i64)]) -> io::Result<()> {
-        let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + 16 * ranges.len());
-        push_frame(&mut frame, KIND_ACKS, |p| {
+        let mut frame = Vec::with_capacity(self.format.frame_header_len() + 16 * ranges.len());
+        self.format.push_frame(&mut frame, KIND_ACKS, |p| {
             for (first, last) in ranges {
                 p.extend_from_slice(&first.to_le_bytes());
                 p.extend_from_slice(&last.to_le_bytes());
             }
         });
-        self.append(&frame, false)
+        self.append(&mut frame, false)
     }
 
     /// Appends one frame counting a send attempt of each record in `ids`, without a sync (the
     /// count only guides dead-lettering).
     pub(super) fn append_attempts(&mut self, ids: &[i64]) -> io::Result<()> {
-        let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + 8 * ids.len());
-        push_frame(&mut frame, KIND_ATTEMPTS, |p| {
+        let mut frame = Vec::with_capacity(self.format.frame_header_len() + 8 * ids.len());
+        self.format.push_frame(&mut frame, KIND_ATTEMPTS, |p| {
             for id in ids {
                 p.extend_from_slice(&id.to_le_bytes());
             }
         });
-        self.append(&frame, false)
+        self.append(&mut frame, false)
     }
 
     /// Bytes of the file in use.
@@ -378,15 +506,34 @@ impl RecordLog {
 
     /// Whether the log holds no frame.
     pub(super) fn is_empty(&self) -> bool {
-        self.end == HEADER_LEN
+        self.end == self.format.header_len()
     }
 
-    /// Empties the log (after its records were written elsewhere).
+    /// Empties the log (after its records were written elsewhere): the next generation starts,
+    /// in place. A log of an earlier release is truncated and allocated again instead, once, since
+    /// its frames carry no generation.
     pub(super) fn reset(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
-        allocate(&self.file, FILE_BYTES)?;
-        self.file.write_all_at(FILE_MAGIC, 0)?;
-        self.end = HEADER_LEN;
+        let generation = match self.format {
+            Format::V2 { generation } => generation + 1,
+            Format::V1 => {
+                self.file.set_len(0)?;
+                allocate(&self.file, FILE_BYTES)?;
+                1
+            }
+        };
+        self.start(generation)
+    }
+
+    /// Writes the header of `generation`; frames follow it.
+    fn start(&mut self, generation: u64) -> io::Result<()> {
+        if self.file_len()? < FILE_BYTES {
+            allocate(&self.file, FILE_BYTES)?;
+        }
+        let mut header = FILE_MAGIC.to_vec();
+        header.extend_from_slice(&generation.to_le_bytes());
+        self.file.write_all_at(&header, 0)?;
+        self.format = Format::V2 { generation };
+        self.end = self.format.header_len();
         Ok(())
     }
 
@@ -400,8 +547,9 @@ impl RecordLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FRAME_HEADER_LEN_V2: usize = 13;
     use crate::model::Timestamp;
-    use crate::spool::NewRecord;
 
     fn rec(stream: Stream, topic: &str, body: &[u8], ms: i64) -> NewRecord {
         NewRecord {
@@ -412,12 +560,16 @@ mod tests {
         }
     }
 
-    fn frames(records: &[(i64, u64, NewRecord)]) -> Vec<u8> {
+    fn frames(format: Format, records: &[(i64, u64, NewRecord)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (id, seq, r) in records {
-            encode_record(&mut out, *id, *seq, r);
+            format.encode_record(&mut out, *id, *seq, r);
         }
         out
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// CRC-32C bit by bit (reflected, polynomial 0x82F63B78): the definition, as the oracle.
@@ -457,20 +609,56 @@ mod tests {
         }
     }
 
-    /// A record frame as the log has always written it: logs written by earlier releases read
-    /// back, and what this one writes reads in them.
+    /// A record frame as this release writes it, its checksum from the bitwise oracle: the
+    /// layout is pinned, and what it writes reads back.
     #[test]
     fn a_record_frame_keeps_its_bytes() {
+        let format = Format::V2 {
+            generation: 0x1_0000_0005,
+        };
         let mut out = Vec::new();
-        encode_record(&mut out, 7, 3, &rec(Stream::Live, "a/b", &[1, 2, 3], 1_000));
-        let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, GOLDEN_FRAME);
-        let replayed = replay(&[FILE_MAGIC.as_slice(), &out].concat());
+        format.encode_record(&mut out, 7, 3, &rec(Stream::Live, "a/b", &[1, 2, 3], 1_000));
+        let covered = [
+            "05000000",         // generation, low 32 bits
+            "01",               // a record
+            "0700000000000000", // id
+            "00",               // stream: live
+            "0300000000000000", // seq
+            "e803000000000000", // created_ms
+            "03000000612f62",   // topic "a/b"
+            "010203",           // body
+        ]
+        .concat();
+        let covered_bytes: Vec<u8> = (0..covered.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&covered[i..i + 2], 16).unwrap())
+            .collect();
+        let crc = crc32c_bitwise(&covered_bytes).to_le_bytes();
+        assert_eq!(hex(&out), format!("23000000{}{covered}", hex(&crc)));
+        let mut file = b"SWSPLOG2".to_vec();
+        file.extend_from_slice(&0x1_0000_0005u64.to_le_bytes());
+        file.extend_from_slice(&out);
+        assert_eq!(Format::of(&file), Some(format));
+        let replayed = replay(&file, format);
         assert_eq!(replayed.records.len(), 1);
         assert_eq!(replayed.discarded_bytes, 0);
     }
 
-    const GOLDEN_FRAME: &str = concat!(
+    /// A record frame as earlier releases wrote it (`SWSPLOG1`): their logs read back, and what
+    /// this one appends to them before their first reset reads in them.
+    #[test]
+    fn a_record_frame_of_an_earlier_release_keeps_its_bytes() {
+        let mut out = Vec::new();
+        Format::V1.encode_record(&mut out, 7, 3, &rec(Stream::Live, "a/b", &[1, 2, 3], 1_000));
+        assert_eq!(hex(&out), GOLDEN_FRAME_V1);
+        let file = [b"SWSPLOG1".as_slice(), &out].concat();
+        assert_eq!(Format::of(&file), Some(Format::V1));
+        let replayed = replay(&file, Format::V1);
+        assert_eq!(replayed.records.len(), 1);
+        assert_eq!(replayed.discarded_bytes, 0);
+    }
+
+    const GOLDEN_FRAME_V1: &str = concat!(
         "23000000",         // payload length
         "50a44e48",         // CRC-32C of kind and payload
         "01",               // a record
@@ -491,12 +679,17 @@ mod tests {
         let a = rec(Stream::Live, "a/b", &[1, 2, 3], 1_000);
         let b = rec(Stream::Emissions, "é/x", &[], -5);
         let c = rec(Stream::Events, "c", &[9; 5000], 7);
-        log.append(&frames(&[(1, 1, a.clone()), (2, 1, b.clone())]), true)
-            .unwrap();
+        let format = log.format();
+        log.append(
+            &mut frames(format, &[(1, 1, a.clone()), (2, 1, b.clone())]),
+            true,
+        )
+        .unwrap();
         assert_eq!(log.len(), 4096, "a synced append ends on a page boundary");
         log.append_acks(&[(1, 1)]).unwrap();
         log.append_attempts(&[2, 2]).unwrap();
-        log.append(&frames(&[(3, 1, c.clone())]), true).unwrap();
+        log.append(&mut frames(format, &[(3, 1, c.clone())]), true)
+            .unwrap();
         assert_eq!(log.len(), 3 * 4096);
         drop(log);
 
@@ -535,34 +728,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db-log");
         let (mut log, _) = RecordLog::open(&path).unwrap();
-        log.append(&frames(&[(1, 1, rec(Stream::Live, "t", b"one", 1))]), true)
+        let format = log.format();
+        let first = rec(Stream::Live, "t", b"one", 1);
+        log.append(&mut frames(format, &[(1, 1, first)]), true)
             .unwrap();
-        let second = frames(&[(2, 2, rec(Stream::Live, "t", b"two", 2))]);
-        log.append(&second, false).unwrap();
+        let mut second = frames(format, &[(2, 2, rec(Stream::Live, "t", b"two", 2))]);
+        let second_len = second.len();
+        log.append(&mut second, false).unwrap();
         drop(log);
         let whole = fs::read(&path).unwrap();
-        for cut in [1, FRAME_HEADER_LEN, second.len() - 1] {
-            fs::write(&path, &whole[..4096 + cut]).unwrap();
+        assert_eq!(whole.len() as u64, FILE_BYTES);
+        // Cut short (the rest of the file as it was before, zeros here): a frame whose header
+        // names this generation is reported, to where it says it ends; with less than a header
+        // there is nothing to tell it from what an earlier generation left.
+        for (cut, reported) in [
+            (1, 0),
+            (FRAME_HEADER_LEN_V2, second_len),
+            (second_len - 1, second_len),
+        ] {
+            let mut torn = whole.clone();
+            torn[4096 + cut..4096 + second_len].fill(0);
+            fs::write(&path, &torn).unwrap();
             let replay = RecordLog::read(&path).unwrap();
             assert_eq!(replay.records.len(), 1, "cut {cut}");
-            assert_eq!(replay.discarded_bytes, cut as u64, "cut {cut}");
+            assert_eq!(replay.discarded_bytes, reported as u64, "cut {cut}");
         }
         let mut flipped = whole.clone();
-        let last = 4096 + second.len() - 1;
+        let last = 4096 + second_len - 1;
         flipped[last] ^= 0x40;
         fs::write(&path, &flipped).unwrap();
-        let (log, replay) = RecordLog::open(&path).unwrap();
+        let (mut log, replay) = RecordLog::open(&path).unwrap();
         assert_eq!(replay.records.len(), 1);
-        assert_eq!(replay.discarded_bytes, second.len() as u64);
-        assert_eq!(
-            log.len(),
-            4096,
-            "the next append overwrites the damaged frame"
-        );
+        assert_eq!(replay.discarded_bytes, second_len as u64);
         drop(log);
         let zeroed = fs::read(&path).unwrap();
         assert_eq!(zeroed.len() as u64, FILE_BYTES);
-        assert!(zeroed[4096..].iter().all(|&b| b == 0), "which is zeroed");
+        assert!(
+            zeroed[4096..].iter().all(|&b| b == 0),
+            "the damaged frame is zeroed"
+        );
+        // The next append goes after the last good frame and reads back.
+        (log, _) = RecordLog::open(&path).unwrap();
+        let third = rec(Stream::Live, "t", b"three", 3);
+        log.append(&mut frames(format, &[(3, 3, third)]), true)
+            .unwrap();
+        drop(log);
+        let replay = RecordLog::read(&path).unwrap();
+        let ids: Vec<i64> = replay.records.iter().map(|r| r.id).collect();
+        assert_eq!((ids, replay.discarded_bytes), (vec![1, 3], 0));
     }
 
     #[test]
@@ -574,37 +787,124 @@ mod tests {
         fs::write(&path, b"").unwrap();
         let (log, replay) = RecordLog::open(&path).unwrap();
         assert!(replay.records.is_empty());
-        assert_eq!(log.len(), HEADER_LEN);
+        assert_eq!(log.len(), 16, "the header");
         log.remove().unwrap();
         assert!(!path.exists());
         assert!(RecordLog::read(&path).unwrap().records.is_empty());
     }
 
     #[test]
-    fn reset_empties_the_log() {
+    fn reset_empties_the_log_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s-log");
         let (mut log, _) = RecordLog::open(&path).unwrap();
-        log.append(&frames(&[(1, 1, rec(Stream::Live, "t", b"x", 1))]), true)
+        let long = rec(Stream::Live, "t", &[0xAB; 9000], 1);
+        log.append(&mut frames(log.format(), &[(1, 1, long)]), true)
             .unwrap();
+        log.append_acks(&[(1, 1)]).unwrap();
+        let before = fs::read(&path).unwrap();
         log.reset().unwrap();
-        log.append(&frames(&[(2, 2, rec(Stream::Live, "t", b"y", 2))]), true)
-            .unwrap();
-        drop(log);
+        assert_eq!(log.format(), Format::V2 { generation: 2 });
+        assert!(log.is_empty());
+        let after = fs::read(&path).unwrap();
+        assert_eq!(after.len() as u64, FILE_BYTES, "the file keeps its size");
+        assert_eq!(
+            after[16..],
+            before[16..],
+            "the old frames stay where they are: no block is given back and taken again"
+        );
         let replay = RecordLog::read(&path).unwrap();
+        assert!(replay.records.is_empty() && replay.acked.is_empty());
+        assert_eq!(
+            replay.discarded_bytes, 0,
+            "an earlier generation is not damage"
+        );
+
+        // A shorter generation over the old one: a synced append, then an unsynced ack frame
+        // followed by what the old generation left.
+        let short = rec(Stream::Live, "t", b"y", 2);
+        log.append(&mut frames(log.format(), &[(2, 2, short)]), true)
+            .unwrap();
+        log.append_acks(&[(2, 2)]).unwrap();
+        drop(log);
+        for replay in [
+            RecordLog::read(&path).unwrap(),
+            RecordLog::open(&path).unwrap().1,
+        ] {
+            let ids: Vec<i64> = replay.records.iter().map(|r| r.id).collect();
+            assert_eq!(ids, [2]);
+            assert_eq!(replay.acked, [(2, 2)]);
+            assert_eq!(replay.discarded_bytes, 0);
+        }
+    }
+
+    /// A log an earlier release left behind: read back, appended to in its own format, and
+    /// started again in this one (truncated once) when it is next emptied.
+    #[test]
+    fn a_log_of_an_earlier_release_is_read_and_converted_at_its_first_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s-log");
+        let mut file = b"SWSPLOG1".to_vec();
+        file.extend(frames(
+            Format::V1,
+            &[(1, 1, rec(Stream::Live, "t", b"x", 1))],
+        ));
+        file.resize(FILE_BYTES as usize, 0);
+        fs::write(&path, &file).unwrap();
+        let (mut log, replay) = RecordLog::open(&path).unwrap();
         assert_eq!(replay.records.len(), 1);
-        assert_eq!(replay.records[0].id, 2);
+        assert_eq!(log.format(), Format::V1);
+        log.append(
+            &mut frames(log.format(), &[(2, 2, rec(Stream::Live, "t", b"y", 2))]),
+            true,
+        )
+        .unwrap();
+        let ids: Vec<i64> = RecordLog::read(&path)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [1, 2]);
+        log.reset().unwrap();
+        assert_eq!(log.format(), Format::V2 { generation: 1 });
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"SWSPLOG2"));
+        assert!(bytes[16..].iter().all(|&b| b == 0), "its frames are gone");
+        log.append(
+            &mut frames(log.format(), &[(3, 3, rec(Stream::Live, "t", b"z", 3))]),
+            true,
+        )
+        .unwrap();
+        drop(log);
+        let ids: Vec<i64> = RecordLog::read(&path)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [3]);
     }
 
     proptest::proptest! {
         /// No byte sequence after the magic panics the reader, and what it returns stays within
         /// the input.
         #[test]
-        fn replay_never_panics(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
-            let mut bytes = FILE_MAGIC.to_vec();
-            bytes.extend_from_slice(&tail);
-            let r = replay(&bytes);
-            proptest::prop_assert!(r.discarded_bytes <= tail.len() as u64);
+        fn replay_never_panics(
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            generation in proptest::num::u64::ANY,
+        ) {
+            for format in [Format::V1, Format::V2 { generation }] {
+                let mut bytes = match format {
+                    Format::V1 => b"SWSPLOG1".to_vec(),
+                    Format::V2 { .. } => [b"SWSPLOG2".as_slice(), &generation.to_le_bytes()].concat(),
+                };
+                bytes.extend_from_slice(&tail);
+                proptest::prop_assert_eq!(Format::of(&bytes), Some(format));
+                let r = replay(&bytes, format);
+                proptest::prop_assert!(r.discarded_bytes <= tail.len() as u64);
+                proptest::prop_assert!(r.end <= bytes.len() as u64);
+            }
         }
     }
 }

@@ -206,13 +206,14 @@ impl Spool {
                 return None;
             }
         }
+        let format = self.log.as_ref()?.format();
         let mut frames = Vec::with_capacity(records.iter().map(|r| r.body.len() + 64).sum());
         let mut appended = Vec::with_capacity(records.len());
         let mut streams = self.streams;
         for (k, r) in records.iter().enumerate() {
             let s = &mut streams[index(r.stream)];
             let id = self.next_id + k as i64;
-            log::encode_record(&mut frames, id, s.next_seq, r);
+            format.encode_record(&mut frames, id, s.next_seq, r);
             appended.push(Appended {
                 id,
                 stream: r.stream,
@@ -223,7 +224,7 @@ impl Spool {
             s.bytes += (r.topic.len() + r.body.len()) as u64;
         }
         let log = self.log.as_mut()?;
-        if let Err(e) = log.append(&frames, self.synchronous_full) {
+        if let Err(e) = log.append(&mut frames, self.synchronous_full) {
             return Some(Err(classify_io(&log::path_for(&self.path), e)));
         }
         self.streams = streams;
