@@ -15,7 +15,9 @@
 //! - [`open_serial`], [`connect_tcp`]: a local serial port with its line settings, a TCP
 //!   connection;
 //! - [`PollerStats`]: the counters both keep, read by the status display and the metrics
-//!   endpoint.
+//!   endpoint;
+//! - [`wakes`]: replies awaited by several connections at once gathered per wake-up of the
+//!   runtime.
 
 mod backoff;
 mod breaker;
@@ -23,6 +25,7 @@ mod link;
 mod schedule;
 mod serial;
 mod stats;
+pub mod wakes;
 
 pub use backoff::Backoff;
 pub use breaker::{Breaker, Transition};
@@ -31,6 +34,7 @@ pub use link::{ConnectError, SharedError, connect_tcp};
 pub use schedule::Schedule;
 pub use serial::open_serial;
 pub use stats::{DeviceReadErrors, PollerStats};
+pub(crate) use wakes::Awaiting;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -283,7 +283,9 @@ fn default_worker_threads() -> usize {
 /// multi-threaded scheduler"). Nothing in the agent blocks a worker waiting for another task,
 /// which a single thread would turn into a deadlock.
 ///
-/// Idle blocking threads are kept for [`BLOCKING_KEEP_ALIVE`].
+/// Idle blocking threads are kept for [`BLOCKING_KEEP_ALIVE`]. While replies from devices are
+/// awaited, a worker about to sleep first gathers them for a moment
+/// ([`crate::acquisition::wakes`]).
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -293,6 +295,8 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     builder
+        .on_thread_park(crate::acquisition::wakes::before_park)
+        .on_thread_unpark(crate::acquisition::wakes::after_unpark)
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .enable_all()
         .build()

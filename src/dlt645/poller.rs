@@ -47,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{BusConfig, BusTransport, MeterConfig};
 use super::frame::{self, Address, DataId, Decoder, Edition, ErrorWord, Frame, FrameError, Reply};
-use crate::acquisition::{Breaker, ConnectError, Jobs, Link, PollerBase, PollerStats, Transition};
+use crate::acquisition::{
+    Awaiting, Breaker, ConnectError, Jobs, Link, PollerBase, PollerStats, Transition,
+};
 use crate::clock::Clock;
 use crate::model::{Quality, Reading, ReadingBatch, Timestamp};
 
@@ -424,7 +426,9 @@ impl Line {
         let deadline = Instant::now() + bus.timeout;
         let (decoder, stats) = (&mut self.decoder, &self.stats);
         let answer = request(stream, decoder, stats, bus.edition, address, di);
+        let awaiting = Awaiting::start();
         let result = timeout_at(deadline, answer).await;
+        drop(awaiting);
         self.link.exchanged();
         match result {
             Ok(Ok(answer)) => answer,

@@ -65,7 +65,7 @@ use tokio_modbus::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use crate::acquisition::{
-    Breaker, ConnectError, Jobs, Link, PollerBase, PollerStats, SharedError, Transition,
+    Awaiting, Breaker, ConnectError, Jobs, Link, PollerBase, PollerStats, SharedError, Transition,
 };
 use crate::clock::Clock;
 use crate::config::{Area, DeviceConfig, SerialSettings, SourceConfig, Transport};
@@ -424,7 +424,9 @@ impl Connection {
             .map_err(|e| RequestFailure::Comm(e.into()))?;
         let ctx = self.link.after_gap(source.inter_request_gap).await;
         ctx.set_slave(Slave(unit_id));
+        let awaiting = Awaiting::start();
         let result = timeout(source.timeout, call(ctx)).await;
+        drop(awaiting);
         self.link.exchanged();
         match result {
             Ok(Ok(Ok(data))) => Ok(data),
