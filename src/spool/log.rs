@@ -618,17 +618,8 @@ mod tests {
         };
         let mut out = Vec::new();
         format.encode_record(&mut out, 7, 3, &rec(Stream::Live, "a/b", &[1, 2, 3], 1_000));
-        let covered = [
-            "05000000",         // generation, low 32 bits
-            "01",               // a record
-            "0700000000000000", // id
-            "00",               // stream: live
-            "0300000000000000", // seq
-            "e803000000000000", // created_ms
-            "03000000612f62",   // topic "a/b"
-            "010203",           // body
-        ]
-        .concat();
+        // Generation 5 (its low 32 bits), kind 1 (a record), the payload.
+        let covered = format!("0500000001{GOLDEN_PAYLOAD}");
         let covered_bytes: Vec<u8> = (0..covered.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&covered[i..i + 2], 16).unwrap())
@@ -650,7 +641,8 @@ mod tests {
     fn a_record_frame_of_an_earlier_release_keeps_its_bytes() {
         let mut out = Vec::new();
         Format::V1.encode_record(&mut out, 7, 3, &rec(Stream::Live, "a/b", &[1, 2, 3], 1_000));
-        assert_eq!(hex(&out), GOLDEN_FRAME_V1);
+        // Payload length 0x23, CRC-32C of kind and payload, kind 1 (a record), the payload.
+        assert_eq!(hex(&out), format!("2300000050a44e4801{GOLDEN_PAYLOAD}"));
         let file = [b"SWSPLOG1".as_slice(), &out].concat();
         assert_eq!(Format::of(&file), Some(Format::V1));
         let replayed = replay(&file, Format::V1);
@@ -658,10 +650,8 @@ mod tests {
         assert_eq!(replayed.discarded_bytes, 0);
     }
 
-    const GOLDEN_FRAME_V1: &str = concat!(
-        "23000000",         // payload length
-        "50a44e48",         // CRC-32C of kind and payload
-        "01",               // a record
+    /// The payload of the golden record frame, in both formats.
+    const GOLDEN_PAYLOAD: &str = concat!(
         "0700000000000000", // id
         "00",               // stream: live
         "0300000000000000", // seq
