@@ -568,6 +568,12 @@ mod tests {
         out
     }
 
+    /// The ids of the records a reader finds in the log at `path`.
+    fn read_ids(path: &Path) -> Vec<i64> {
+        let replay = RecordLog::read(path).unwrap();
+        replay.records.iter().map(|r| r.id).collect()
+    }
+
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -849,13 +855,7 @@ mod tests {
             true,
         )
         .unwrap();
-        let ids: Vec<i64> = RecordLog::read(&path)
-            .unwrap()
-            .records
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, [1, 2]);
+        assert_eq!(read_ids(&path), [1, 2]);
         log.reset().unwrap();
         assert_eq!(log.format(), Format::V2 { generation: 1 });
         let bytes = fs::read(&path).unwrap();
@@ -867,13 +867,7 @@ mod tests {
         )
         .unwrap();
         drop(log);
-        let ids: Vec<i64> = RecordLog::read(&path)
-            .unwrap()
-            .records
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, [3]);
+        assert_eq!(read_ids(&path), [3]);
     }
 
     proptest::proptest! {
