@@ -19,7 +19,7 @@
 //! ```
 //! A frame carries the low 32 bits of the generation it was written in.
 //!
-//! # The file is written in place, never emptied
+//! # The file is written in place, never truncated
 //! The file is kept at a fixed size, [`FILE_BYTES`], its blocks allocated ahead
 //! (`posix_fallocate`; sparse where the file system cannot), so that appends never extend it
 //! (on ext4 an append that extends a file also writes the page that held the old end again) and
